@@ -1,0 +1,44 @@
+# One setup path for everything: a .venv with the package and its test extras, and the
+# pinned npm tools (solc-js, anvil, ocpp-rpc). Stamp files make a repeated setup instant.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP_PY := $(VENV)/.devsen-installed
+STAMP_NPM := node_modules/.devsen-installed
+
+.PHONY: setup devnet test lint typecheck pytest bench sim clean
+
+setup: $(STAMP_PY) $(STAMP_NPM)
+
+$(STAMP_PY): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $@
+
+$(STAMP_NPM): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+## Start a local multi-node DEVSEN network on an embedded chain (Ctrl-C stops it).
+devnet: setup
+	$(VENV)/bin/devsen devnet
+
+## Lint, type-check and run the whole test suite.
+test: setup lint typecheck pytest
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+typecheck: setup
+	$(VENV)/bin/mypy consensus ocpp_adapter anchoring devsen
+
+pytest: setup
+	$(VENV)/bin/pytest -q
+
+bench: setup
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

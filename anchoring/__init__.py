@@ -1,0 +1,1 @@
+"""Merkle trees and proofs, anchor batches, the Ethereum chain client, settlement, audit."""
