@@ -1,0 +1,147 @@
+"""The `devsen` command: run a node or a local devnet, manage keys, deploy contracts, act as
+a wallet, audit events against the chain.
+
+Subcommands import their implementation lazily, so `devsen --help` is instant. A
+subcommand whose implementation is absent says so and exits 2; nothing pretends to work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from devsen import __version__
+from devsen.config import ConfigError, config_to_toml, load_config
+
+EXIT_NOT_BUILT = 2
+
+# subcommand -> (module, function taking argv and returning an exit code, one-line help)
+DELEGATED: dict[str, tuple[str, str, str]] = {
+    "devnet": ("devsen.devnet", "devnet_main",
+               "start a local multi-node network on a local chain (anvil) and keep it running"),
+    "chain": ("anchoring.chain.deploy", "deploy_main",
+              "chain tools: `devsen chain deploy --rpc URL --validators ... --out deployment.json`"),
+    "wallet": ("devsen.wallet", "wallet_main",
+               "act on chain as a device owner or driver: register a device or idTag, deposit, request a session"),
+    "audit": ("anchoring.audit", "audit_main",
+              "verify a charger event against the chain: `devsen audit verify EVENT_ID --node URL --rpc URL`"),
+    "ocpp-serve": ("ocpp_adapter.standalone", "main",
+                   "run the OCPP endpoint alone with an in-memory ingest (for charger bring-up)"),
+    "sim": ("consensus.sim", "main",
+            "run the deterministic consensus simulator: `devsen sim --seeds 1000`"),
+}
+
+
+def _load(module_name: str, function_name: str) -> Callable[..., Any] | None:
+    """The function `module_name.function_name`, or None if that module is not built."""
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (exc.name == module_name or module_name.startswith(exc.name + ".")):
+            return None
+        raise
+    function = getattr(module, function_name, None)
+    return function if callable(function) else None
+
+
+def _run_delegated(name: str, argv: list[str]) -> int:
+    module_name, function_name, _ = DELEGATED[name]
+    function = _load(module_name, function_name)
+    if function is None:
+        print(f"devsen {name}: not built yet ({module_name}.{function_name} is missing)", file=sys.stderr)
+        return EXIT_NOT_BUILT
+    return int(function(argv) or 0)
+
+
+def _cmd_node(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"devsen node: {exc}", file=sys.stderr)
+        return 2
+    run = _load("devsen.node", "run_node")
+    if run is None:
+        print("devsen node: not built yet (devsen.node.run_node is missing)", file=sys.stderr)
+        return EXIT_NOT_BUILT
+    return int(run(config, log_format=args.log_format, log_level=args.log_level) or 0)
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"devsen config check: {exc}", file=sys.stderr)
+        return 2
+    print(config_to_toml(config), end="")
+    return 0
+
+
+def _cmd_keys(args: argparse.Namespace) -> int:
+    function_name = "init_keys" if args.keys_command == "init" else "load_keys"
+    function = _load("p2p.keys", function_name)
+    if function is None:
+        print(f"devsen keys: not built yet (p2p.keys.{function_name} is missing)", file=sys.stderr)
+        return EXIT_NOT_BUILT
+    try:
+        node_keys = function(args.dir)
+    except (FileExistsError, FileNotFoundError) as exc:
+        print(f"devsen keys {args.keys_command}: {exc}", file=sys.stderr)
+        return 1
+    print(f"validator address: 0x{node_keys.validator.address.hex()}")
+    print(f"libp2p peer id:    {node_keys.peer_id}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `devsen` (exposed for tests and docs)."""
+    parser = argparse.ArgumentParser(
+        prog="devsen",
+        description="DEVSEN: a decentralized charging-station management network (OCPP + BFT + Ethereum).",
+    )
+    parser.add_argument("--version", action="version", version=f"devsen {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    node = sub.add_parser("node", help="run a node: `devsen node --config node.toml`")
+    node.add_argument("--config", required=True, help="path of the node's TOML config")
+    node.add_argument("--log-format", choices=("text", "json"), default=None,
+                      help="override logging.format")
+    node.add_argument("--log-level", default=None, help="override logging.level")
+    node.set_defaults(handler=_cmd_node)
+
+    config = sub.add_parser("config", help="check a node config: `devsen config check --config node.toml`")
+    config.add_argument("config_command", choices=("check",))
+    config.add_argument("--config", required=True)
+    config.set_defaults(handler=_cmd_config)
+
+    keys = sub.add_parser("keys", help="create or show a node's keys (libp2p Ed25519 + validator secp256k1)")
+    keys.add_argument("keys_command", choices=("init", "show"))
+    keys.add_argument("--dir", required=True, help="key directory (the node's keys.dir)")
+    keys.set_defaults(handler=_cmd_keys)
+
+    for name, (_, _, help_text) in DELEGATED.items():
+        delegated = sub.add_parser(name, help=help_text, add_help=False)
+        delegated.add_argument("rest", nargs=argparse.REMAINDER)
+        delegated.set_defaults(delegated=name)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `devsen` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if argv and argv[0] in DELEGATED:
+        return _run_delegated(argv[0], argv[1:])
+    args = parser.parse_args(argv)
+    if getattr(args, "delegated", None):
+        return _run_delegated(args.delegated, args.rest)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 0
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,337 @@
+"""Node configuration: a TOML file loaded into typed, validated dataclasses.
+
+`load_config(path)` rejects unknown sections and keys, wrong types and out-of-range values
+with a `ConfigError` that names the key and says how to fix it. Any scalar key can be
+overridden from the environment as `DEVSEN_<SECTION>_<KEY>` (upper case), e.g.
+`DEVSEN_CHAIN_RPC=http://127.0.0.1:8545` or `DEVSEN_OCPP_PORT=9001`; lists take
+comma-separated values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "DEVSEN_"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased for the operator: which key, what is wrong, the fix."""
+
+
+@dataclass(frozen=True)
+class NodeSection:
+    """Identity and storage of this node."""
+
+    name: str = "node"
+    data_dir: str = "./var/node"
+
+    def validate(self) -> None:
+        _require(bool(self.name.strip()), "node.name", "must not be empty", 'name = "node-1"')
+        _require(bool(self.data_dir.strip()), "node.data_dir", "must not be empty", 'data_dir = "./var/node-1"')
+
+
+@dataclass(frozen=True)
+class KeysSection:
+    """Where the node's keys live (`devsen keys init` creates them)."""
+
+    dir: str = ""  # empty: <data_dir>/keys
+
+    def validate(self) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class P2PSection:
+    """libp2p: where to listen and whom to dial first."""
+
+    listen: str = "/ip4/127.0.0.1/tcp/4001"
+    bootstrap: list[str] = field(default_factory=list)
+    max_peers: int = 64
+
+    def validate(self) -> None:
+        _require(self.listen.startswith("/ip4/") or self.listen.startswith("/ip6/"),
+                 "p2p.listen", f"{self.listen!r} is not an IP multiaddr",
+                 'listen = "/ip4/127.0.0.1/tcp/4001"')
+        for entry in self.bootstrap:
+            _require("/p2p/" in entry, "p2p.bootstrap", f"{entry!r} lacks a /p2p/<peer id> part",
+                     'bootstrap = ["/ip4/127.0.0.1/tcp/4002/p2p/12D3Koo..."]')
+        _require(1 <= self.max_peers <= 1024, "p2p.max_peers", f"{self.max_peers} is out of 1..1024",
+                 "max_peers = 64")
+
+
+@dataclass(frozen=True)
+class OcppSection:
+    """The OCPP-J endpoint chargers connect to: ws(s)://host:port/ocpp/{chargeBoxId}."""
+
+    host: str = "127.0.0.1"
+    port: int = 9000
+    security_profile: int = 1
+    tls_cert: str = ""
+    tls_key: str = ""
+    max_connections: int = 5000
+    max_frame_bytes: int = 65536
+    messages_per_second: float = 20.0
+    call_timeout_s: float = 30.0
+
+    def validate(self) -> None:
+        _check_port("ocpp.port", self.port)
+        _require(self.security_profile in (0, 1, 2), "ocpp.security_profile",
+                 f"{self.security_profile} is not 0, 1 or 2",
+                 "security_profile = 1 (HTTP Basic auth) or 2 (Basic auth over TLS)")
+        if self.security_profile == 2:
+            _require(bool(self.tls_cert and self.tls_key), "ocpp.tls_cert",
+                     "security profile 2 needs both tls_cert and tls_key",
+                     'tls_cert = "/etc/devsen/cert.pem" and tls_key = "/etc/devsen/key.pem"')
+        _require(1 <= self.max_connections <= 100_000, "ocpp.max_connections",
+                 f"{self.max_connections} is out of 1..100000", "max_connections = 5000")
+        _require(1024 <= self.max_frame_bytes <= 16 * 1024 * 1024, "ocpp.max_frame_bytes",
+                 f"{self.max_frame_bytes} is out of 1024..16777216", "max_frame_bytes = 65536")
+        _require(0 < self.messages_per_second <= 10_000, "ocpp.messages_per_second",
+                 f"{self.messages_per_second} is out of (0, 10000]", "messages_per_second = 20")
+        _require(0 < self.call_timeout_s <= 600, "ocpp.call_timeout_s",
+                 f"{self.call_timeout_s} is out of (0, 600]", "call_timeout_s = 30")
+
+
+@dataclass(frozen=True)
+class HttpSection:
+    """The node's HTTP API (status, proofs for auditors)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+    def validate(self) -> None:
+        _check_port("http.port", self.port)
+
+
+@dataclass(frozen=True)
+class ChainSection:
+    """The Ethereum chain the network anchors to and reads registries from."""
+
+    rpc: str = "http://127.0.0.1:8545"
+    deployment: str = "./deployment.json"
+    confirmations: int = 2
+    poll_interval_s: float = 1.0
+
+    def validate(self) -> None:
+        _require(self.rpc == "embedded" or self.rpc.startswith(("http://", "https://")),
+                 "chain.rpc", f"{self.rpc!r} is neither an http(s) URL nor 'embedded'",
+                 'rpc = "http://127.0.0.1:8545"')
+        _require(0 <= self.confirmations <= 128, "chain.confirmations",
+                 f"{self.confirmations} is out of 0..128", "confirmations = 2")
+        _require(0.05 <= self.poll_interval_s <= 60, "chain.poll_interval_s",
+                 f"{self.poll_interval_s} is out of [0.05, 60]", "poll_interval_s = 1.0")
+
+
+@dataclass(frozen=True)
+class ConsensusSection:
+    """Timeouts and limits of the BFT protocol."""
+
+    timeout_propose_ms: int = 1000
+    timeout_vote_ms: int = 500
+    timeout_delta_ms: int = 250
+    max_block_payloads: int = 2000
+    max_block_bytes: int = 4 * 1024 * 1024
+    mempool_max_payloads: int = 20000
+
+    def validate(self) -> None:
+        for key in ("timeout_propose_ms", "timeout_vote_ms", "timeout_delta_ms"):
+            value = getattr(self, key)
+            _require(10 <= value <= 600_000, f"consensus.{key}", f"{value} is out of 10..600000 ms",
+                     f"{key} = 1000")
+        _require(1 <= self.max_block_payloads <= 100_000, "consensus.max_block_payloads",
+                 f"{self.max_block_payloads} is out of 1..100000", "max_block_payloads = 2000")
+        _require(1024 <= self.max_block_bytes <= 64 * 1024 * 1024, "consensus.max_block_bytes",
+                 f"{self.max_block_bytes} is out of 1 KiB..64 MiB", "max_block_bytes = 4194304")
+        _require(self.mempool_max_payloads >= self.max_block_payloads, "consensus.mempool_max_payloads",
+                 "must be at least consensus.max_block_payloads",
+                 f"mempool_max_payloads = {10 * self.max_block_payloads}")
+
+
+@dataclass(frozen=True)
+class AnchoringSection:
+    """When batches of committed events are anchored on chain."""
+
+    every_blocks: int = 20
+    every_seconds: int = 30
+    submit_timeout_s: float = 30.0
+
+    def validate(self) -> None:
+        _require(1 <= self.every_blocks <= 100_000, "anchoring.every_blocks",
+                 f"{self.every_blocks} is out of 1..100000", "every_blocks = 20")
+        _require(1 <= self.every_seconds <= 86_400, "anchoring.every_seconds",
+                 f"{self.every_seconds} is out of 1..86400", "every_seconds = 30")
+        _require(1 <= self.submit_timeout_s <= 3600, "anchoring.submit_timeout_s",
+                 f"{self.submit_timeout_s} is out of 1..3600", "submit_timeout_s = 30")
+
+
+@dataclass(frozen=True)
+class LoggingSection:
+    """Log level and format (text for people, json for collectors)."""
+
+    level: str = "INFO"
+    format: str = "text"
+
+    def validate(self) -> None:
+        _require(self.level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "logging.level",
+                 f"{self.level!r} is not a log level", 'level = "INFO" (DEBUG, INFO, WARNING, ERROR)')
+        _require(self.format in ("text", "json"), "logging.format", f"{self.format!r} is unknown",
+                 'format = "text" or "json"')
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """The whole node configuration, one attribute per TOML section."""
+
+    node: NodeSection = field(default_factory=NodeSection)
+    keys: KeysSection = field(default_factory=KeysSection)
+    p2p: P2PSection = field(default_factory=P2PSection)
+    ocpp: OcppSection = field(default_factory=OcppSection)
+    http: HttpSection = field(default_factory=HttpSection)
+    chain: ChainSection = field(default_factory=ChainSection)
+    consensus: ConsensusSection = field(default_factory=ConsensusSection)
+    anchoring: AnchoringSection = field(default_factory=AnchoringSection)
+    logging: LoggingSection = field(default_factory=LoggingSection)
+
+    @property
+    def keys_dir(self) -> Path:
+        """The key directory: `keys.dir`, or `<node.data_dir>/keys`."""
+        return Path(self.keys.dir) if self.keys.dir else Path(self.node.data_dir) / "keys"
+
+
+def _require(ok: bool, key: str, problem: str, fix: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}': {problem}; fix: {fix}")
+
+
+def _check_port(key: str, port: int) -> None:
+    _require(0 <= port <= 65535, key, f"{port} is not a TCP port", f"{key.split('.')[-1]} = 9000 (0 picks a free port)")
+
+
+def _describe(tp: Any) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(
+        tp, "a list of strings"
+    )
+
+
+def _coerce(key: str, tp: Any, value: Any, *, from_env: bool) -> Any:
+    """Check (TOML) or parse (environment) one value against the declared field type."""
+    origin = typing.get_origin(tp)
+    if origin is list:
+        if from_env:
+            return [item.strip() for item in str(value).split(",") if item.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"config key '{key}': expected a list of strings, got {value!r}; "
+                              f'fix: {key.split(".")[-1]} = ["..."]')
+        return list(value)
+    if from_env:
+        try:
+            if tp is bool:
+                lowered = str(value).lower()
+                if lowered not in ("1", "0", "true", "false", "yes", "no"):
+                    raise ValueError(value)
+                return lowered in ("1", "true", "yes")
+            return tp(value)
+        except ValueError:
+            raise ConfigError(
+                f"environment {ENV_PREFIX}{key.replace('.', '_').upper()}={value!r}: "
+                f"expected {_describe(tp)}"
+            ) from None
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ConfigError(f"config key '{key}': expected {_describe(tp)}, got {value!r}; "
+                          f"fix: write it as {_describe(tp)}")
+    return value
+
+
+def _section_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def config_from_mapping(data: Mapping[str, Any], env: Mapping[str, str] | None = None) -> NodeConfig:
+    """Build and validate a NodeConfig from parsed TOML data plus environment overrides."""
+    env = os.environ if env is None else env
+    section_classes = _section_types(NodeConfig)
+    for name in data:
+        if name not in section_classes:
+            raise ConfigError(
+                f"unknown config section [{name}]; fix: use one of "
+                + ", ".join(f"[{s}]" for s in section_classes)
+            )
+    sections: dict[str, Any] = {}
+    for section_name, section_cls in section_classes.items():
+        raw = data.get(section_name, {})
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config key '{section_name}' must be a [section] table")
+        field_types = _section_types(section_cls)
+        for key in raw:
+            if key not in field_types:
+                raise ConfigError(
+                    f"unknown config key '{section_name}.{key}'; fix: remove it or use one of: "
+                    + ", ".join(field_types)
+                )
+        values = {k: _coerce(f"{section_name}.{k}", field_types[k], v, from_env=False)
+                  for k, v in raw.items()}
+        for key, tp in field_types.items():
+            env_name = f"{ENV_PREFIX}{section_name}_{key}".upper()
+            if env_name in env:
+                values[key] = _coerce(f"{section_name}.{key}", tp, env[env_name], from_env=True)
+        section = section_cls(**values)
+        section.validate()
+        sections[section_name] = section
+    return NodeConfig(**sections)
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> NodeConfig:
+    """Read, parse and validate a node TOML file; errors name the file and the key."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist; fix: pass --config PATH "
+                          "(see deploy/node.example.toml)") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    try:
+        return config_from_mapping(data, env)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def config_to_toml(config: NodeConfig) -> str:
+    """Render a config as TOML (used by the devnet to write one file per node)."""
+    lines: list[str] = []
+    for section in dataclasses.fields(config):
+        lines.append(f"[{section.name}]")
+        for key, value in dataclasses.asdict(getattr(config, section.name)).items():
+            lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+__all__ = [
+    "AnchoringSection", "ChainSection", "ConfigError", "ConsensusSection", "HttpSection",
+    "KeysSection", "LoggingSection", "NodeConfig", "NodeSection", "OcppSection", "P2PSection",
+    "config_from_mapping", "config_to_toml", "load_config",
+]
