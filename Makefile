@@ -42,3 +42,8 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache
+
+## Recompile the Solidity contracts with the pinned solc-js and rewrite the committed artifacts.
+.PHONY: contracts
+contracts: setup
+	$(PY) -m contracts.build

@@ -1,0 +1,223 @@
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.24;
+
+import {IDeviceFactory, IUserRegistry} from "./Interfaces.sol";
+
+error ChargeBoxIdInvalid(string chargeBoxId);
+error DeviceAlreadyExists(bytes32 deviceId);
+error UnknownDevice(bytes32 deviceId);
+error NotDeviceManager(bytes32 deviceId, address caller);
+error NotADeviceManagerAccount(address account);
+error ConnectorCountInvalid(uint8 connectorCount);
+error LocationTooLong(uint256 length);
+error ChargerPublicKeyTooLong(uint256 length);
+error AuthCredentialInvalid();
+error ManagerZero();
+
+/// @title DeviceFactory (FactoryDEVSEN + DeviceDEVSEN)
+/// @notice One device record per EVSE, keyed by deviceId = keccak256(chargeBoxId).
+///
+/// Design choice: a registry mapping, not one minimal-proxy clone per device. A clone costs
+/// a CREATE (32,000 gas plus code deposit) and an initializer call on top of the very same
+/// storage writes; it also scatters devices over addresses that nodes would have to
+/// discover and follow one by one. With a mapping, creation only pays for the record, every
+/// node reads any device with one call at an agreed block number, and one contract's events
+/// describe every change. Per-device logic (what a clone would buy) is not needed: a
+/// device is data (manager, tariff, credential) that the validators interpret.
+///
+/// The OCPP basic-auth credential is stored as authSalt (16 bytes) and
+/// authHash = scrypt(password, salt=authSalt, n=16384, r=8, p=1, dklen=32), computed off chain.
+contract DeviceFactory is IDeviceFactory {
+    uint256 public constant MAX_CHARGE_BOX_ID_BYTES = 48;
+    uint256 public constant MAX_LOCATION_BYTES = 256;
+    uint256 public constant MAX_PUBLIC_KEY_BYTES = 128;
+    uint8 private constant ROLE_DEVICE_MANAGER = 2;
+
+    struct Device {
+        address manager;
+        uint8 connectorCount;
+        bool active;
+        bytes16 authSalt;
+        uint128 pricePerKWh; // token base units per kWh
+        uint128 perMinuteFee; // token base units per started minute, 0 = none
+        bytes32 authHash;
+        string chargeBoxId;
+        string location;
+        bytes chargerPublicKey; // optional key for signed meter values
+    }
+
+    IUserRegistry public immutable users;
+    mapping(bytes32 => Device) private _devices;
+    bytes32[] private _deviceIds;
+
+    event DeviceCreated(
+        bytes32 indexed deviceId, string chargeBoxId, address indexed manager, uint8 connectorCount
+    );
+    event DeviceLocationChanged(bytes32 indexed deviceId, string location);
+    event DeviceConnectorsChanged(bytes32 indexed deviceId, uint8 connectorCount);
+    event DeviceTariffChanged(bytes32 indexed deviceId, uint128 pricePerKWh, uint128 perMinuteFee);
+    event DeviceAuthChanged(bytes32 indexed deviceId, bytes16 authSalt, bytes32 authHash);
+    event DevicePublicKeyChanged(bytes32 indexed deviceId, bytes chargerPublicKey);
+    event DeviceActiveChanged(bytes32 indexed deviceId, bool active);
+    event DeviceManagerChanged(bytes32 indexed deviceId, address indexed manager);
+
+    constructor(IUserRegistry users_) {
+        users = users_;
+    }
+
+    /// @notice Register a charger; the caller (a device manager account) manages it.
+    function createDevice(
+        string calldata chargeBoxId,
+        string calldata location,
+        uint8 connectorCount,
+        uint128 pricePerKWh,
+        uint128 perMinuteFee,
+        bytes16 authSalt,
+        bytes32 authHash,
+        bytes calldata chargerPublicKey
+    ) external returns (bytes32 deviceId) {
+        if (!users.hasRoles(msg.sender, ROLE_DEVICE_MANAGER)) {
+            revert NotADeviceManagerAccount(msg.sender);
+        }
+        _checkChargeBoxId(chargeBoxId);
+        deviceId = keccak256(bytes(chargeBoxId));
+        if (_devices[deviceId].manager != address(0)) revert DeviceAlreadyExists(deviceId);
+        _checkConnectors(connectorCount);
+        _checkLocation(location);
+        _checkAuth(authSalt, authHash);
+        _checkPublicKey(chargerPublicKey);
+        Device storage d = _devices[deviceId];
+        d.manager = msg.sender;
+        d.connectorCount = connectorCount;
+        d.active = true;
+        d.authSalt = authSalt;
+        d.pricePerKWh = pricePerKWh;
+        d.perMinuteFee = perMinuteFee;
+        d.authHash = authHash;
+        d.chargeBoxId = chargeBoxId;
+        d.location = location;
+        d.chargerPublicKey = chargerPublicKey;
+        _deviceIds.push(deviceId);
+        emit DeviceCreated(deviceId, chargeBoxId, msg.sender, connectorCount);
+        emit DeviceLocationChanged(deviceId, location);
+        emit DeviceTariffChanged(deviceId, pricePerKWh, perMinuteFee);
+        emit DeviceAuthChanged(deviceId, authSalt, authHash);
+        if (chargerPublicKey.length != 0) emit DevicePublicKeyChanged(deviceId, chargerPublicKey);
+    }
+
+    function setLocation(bytes32 deviceId, string calldata location) external {
+        _checkLocation(location);
+        _managed(deviceId).location = location;
+        emit DeviceLocationChanged(deviceId, location);
+    }
+
+    function setConnectorCount(bytes32 deviceId, uint8 connectorCount) external {
+        _checkConnectors(connectorCount);
+        _managed(deviceId).connectorCount = connectorCount;
+        emit DeviceConnectorsChanged(deviceId, connectorCount);
+    }
+
+    function setTariff(bytes32 deviceId, uint128 pricePerKWh, uint128 perMinuteFee) external {
+        Device storage d = _managed(deviceId);
+        d.pricePerKWh = pricePerKWh;
+        d.perMinuteFee = perMinuteFee;
+        emit DeviceTariffChanged(deviceId, pricePerKWh, perMinuteFee);
+    }
+
+    function setAuth(bytes32 deviceId, bytes16 authSalt, bytes32 authHash) external {
+        _checkAuth(authSalt, authHash);
+        Device storage d = _managed(deviceId);
+        d.authSalt = authSalt;
+        d.authHash = authHash;
+        emit DeviceAuthChanged(deviceId, authSalt, authHash);
+    }
+
+    function setChargerPublicKey(bytes32 deviceId, bytes calldata chargerPublicKey) external {
+        _checkPublicKey(chargerPublicKey);
+        _managed(deviceId).chargerPublicKey = chargerPublicKey;
+        emit DevicePublicKeyChanged(deviceId, chargerPublicKey);
+    }
+
+    function setActive(bytes32 deviceId, bool active) external {
+        _managed(deviceId).active = active;
+        emit DeviceActiveChanged(deviceId, active);
+    }
+
+    /// @notice Hand the device to another device-manager account.
+    function transferManagement(bytes32 deviceId, address manager) external {
+        if (manager == address(0)) revert ManagerZero();
+        if (!users.hasRoles(manager, ROLE_DEVICE_MANAGER)) revert NotADeviceManagerAccount(manager);
+        _managed(deviceId).manager = manager;
+        emit DeviceManagerChanged(deviceId, manager);
+    }
+
+    function device(bytes32 deviceId) external view returns (Device memory) {
+        Device storage d = _devices[deviceId];
+        if (d.manager == address(0)) revert UnknownDevice(deviceId);
+        return d;
+    }
+
+    function deviceIdOf(string calldata chargeBoxId) external pure returns (bytes32) {
+        return keccak256(bytes(chargeBoxId));
+    }
+
+    function deviceCount() external view returns (uint256) {
+        return _deviceIds.length;
+    }
+
+    function deviceIdAt(uint256 index) external view returns (bytes32) {
+        return _deviceIds[index];
+    }
+
+    /// @inheritdoc IDeviceFactory
+    function deviceForSession(string calldata chargeBoxId)
+        external
+        view
+        returns (bytes32 deviceId, address manager, uint8 connectorCount, bool active)
+    {
+        deviceId = keccak256(bytes(chargeBoxId));
+        Device storage d = _devices[deviceId];
+        if (d.manager == address(0)) revert UnknownDevice(deviceId);
+        return (deviceId, d.manager, d.connectorCount, d.active);
+    }
+
+    /// @inheritdoc IDeviceFactory
+    function managerOf(bytes32 deviceId) external view returns (address) {
+        return _devices[deviceId].manager;
+    }
+
+    function _managed(bytes32 deviceId) private view returns (Device storage d) {
+        d = _devices[deviceId];
+        if (d.manager == address(0)) revert UnknownDevice(deviceId);
+        if (d.manager != msg.sender) revert NotDeviceManager(deviceId, msg.sender);
+    }
+
+    // OCPP charge point identity: 1..48 bytes of A-Z a-z 0-9 and * - _ = : + | @ . (OCPP 2.0.1).
+    function _checkChargeBoxId(string calldata chargeBoxId) private pure {
+        bytes calldata b = bytes(chargeBoxId);
+        if (b.length == 0 || b.length > MAX_CHARGE_BOX_ID_BYTES) revert ChargeBoxIdInvalid(chargeBoxId);
+        for (uint256 i; i < b.length; ++i) {
+            bytes1 c = b[i];
+            bool ok = (c >= "a" && c <= "z") || (c >= "A" && c <= "Z") || (c >= "0" && c <= "9")
+                || c == "*" || c == "-" || c == "_" || c == "=" || c == ":" || c == "+" || c == "|"
+                || c == "@" || c == ".";
+            if (!ok) revert ChargeBoxIdInvalid(chargeBoxId);
+        }
+    }
+
+    function _checkConnectors(uint8 connectorCount) private pure {
+        if (connectorCount == 0) revert ConnectorCountInvalid(connectorCount);
+    }
+
+    function _checkLocation(string calldata location) private pure {
+        if (bytes(location).length > MAX_LOCATION_BYTES) revert LocationTooLong(bytes(location).length);
+    }
+
+    function _checkAuth(bytes16 authSalt, bytes32 authHash) private pure {
+        if (authSalt == bytes16(0) || authHash == bytes32(0)) revert AuthCredentialInvalid();
+    }
+
+    function _checkPublicKey(bytes calldata key) private pure {
+        if (key.length > MAX_PUBLIC_KEY_BYTES) revert ChargerPublicKeyTooLong(key.length);
+    }
+}

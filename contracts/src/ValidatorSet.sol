@@ -1,0 +1,148 @@
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.24;
+
+import {DevsenDomain} from "./DevsenDomain.sol";
+import {IValidatorSet} from "./Interfaces.sol";
+import {Signatures} from "./Signatures.sol";
+
+error TooFewSignatures(uint256 given, uint256 required);
+error DuplicateSigner(uint256 index, address signer);
+error SignersNotSorted(uint256 index, address signer);
+error SignerNotValidator(uint256 index, address signer);
+error EpochMismatch(uint64 given, uint64 expected);
+error ValidatorCountInvalid(uint256 count);
+error ValidatorsNotSorted(uint256 index);
+error ValidatorListLengthMismatch();
+error PeerIdTooLong(uint256 index);
+error EndpointTooLong(uint256 index);
+error NotAValidator(address account);
+
+/// @title ValidatorSet
+/// @notice The DEVSEN validators: secp256k1 address, libp2p peer id and OCPP endpoint URL, and
+/// the quorum floor(2n/3)+1. The deployer bootstraps epoch 0 in the constructor and keeps no
+/// power afterwards: every later set is approved by a quorum of the current one, signing
+/// `ValidatorSetUpdate(uint64 epoch,bytes32 validatorsHash)` under this contract's domain.
+/// This contract's domain is also the network id of consensus votes (consensus/SIGNING.md).
+contract ValidatorSet is DevsenDomain, IValidatorSet {
+    uint256 public constant MAX_VALIDATORS = 128;
+    uint256 public constant MAX_PEER_ID_BYTES = 64;
+    uint256 public constant MAX_ENDPOINT_BYTES = 256;
+    bytes32 public constant VALIDATOR_SET_UPDATE_TYPEHASH =
+        keccak256("ValidatorSetUpdate(uint64 epoch,bytes32 validatorsHash)");
+
+    struct ValidatorInfo {
+        bytes peerId;
+        string endpoint;
+    }
+
+    uint64 public epoch;
+    address[] private _validators;
+    mapping(address => bool) private _isValidator;
+    mapping(address => ValidatorInfo) private _info;
+
+    event ValidatorSetUpdated(uint64 indexed epoch, address[] validators, uint256 quorum);
+    event ValidatorInfoSet(address indexed validator, bytes peerId, string endpoint);
+
+    /// @param validators the epoch-0 set, strictly ascending addresses.
+    constructor(address[] memory validators, bytes[] memory peerIds, string[] memory endpoints) {
+        _install(validators, peerIds, endpoints);
+    }
+
+    /// @notice Replace the set with `newValidators` (strictly ascending) at `newEpoch` =
+    /// epoch + 1, approved by a quorum of the current set.
+    function updateValidators(
+        uint64 newEpoch,
+        address[] calldata newValidators,
+        bytes[] calldata peerIds,
+        string[] calldata endpoints,
+        bytes[] calldata signatures
+    ) external {
+        if (newEpoch != epoch + 1) revert EpochMismatch(newEpoch, epoch + 1);
+        bytes32 structHash = keccak256(
+            abi.encode(VALIDATOR_SET_UPDATE_TYPEHASH, newEpoch, keccak256(abi.encode(newValidators)))
+        );
+        verifyQuorum(_typedDigest(structHash), signatures);
+        address[] memory old = _validators;
+        for (uint256 i; i < old.length; ++i) {
+            delete _isValidator[old[i]];
+            delete _info[old[i]];
+        }
+        epoch = newEpoch;
+        _install(newValidators, peerIds, endpoints);
+    }
+
+    /// @notice A validator publishes its own libp2p peer id and OCPP endpoint URL.
+    function setValidatorInfo(bytes calldata peerId, string calldata endpoint) external {
+        if (!_isValidator[msg.sender]) revert NotAValidator(msg.sender);
+        if (peerId.length > MAX_PEER_ID_BYTES) revert PeerIdTooLong(0);
+        if (bytes(endpoint).length > MAX_ENDPOINT_BYTES) revert EndpointTooLong(0);
+        _info[msg.sender] = ValidatorInfo(peerId, endpoint);
+        emit ValidatorInfoSet(msg.sender, peerId, endpoint);
+    }
+
+    /// @inheritdoc IValidatorSet
+    function verifyQuorum(bytes32 digest, bytes[] calldata signatures) public view {
+        uint256 required = quorum();
+        if (signatures.length < required) revert TooFewSignatures(signatures.length, required);
+        address previous = address(0);
+        for (uint256 i; i < signatures.length; ++i) {
+            address signer = Signatures.recover(digest, signatures[i], i);
+            if (signer == previous) revert DuplicateSigner(i, signer);
+            if (signer < previous) revert SignersNotSorted(i, signer);
+            if (!_isValidator[signer]) revert SignerNotValidator(i, signer);
+            previous = signer;
+        }
+    }
+
+    /// @inheritdoc IValidatorSet
+    function isValidator(address account) external view returns (bool) {
+        return _isValidator[account];
+    }
+
+    /// @inheritdoc IValidatorSet
+    function quorum() public view returns (uint256) {
+        return (2 * _validators.length) / 3 + 1;
+    }
+
+    function validatorCount() external view returns (uint256) {
+        return _validators.length;
+    }
+
+    /// @notice The current validators, ascending.
+    function validators() external view returns (address[] memory) {
+        return _validators;
+    }
+
+    function validatorInfo(address validator)
+        external
+        view
+        returns (bytes memory peerId, string memory endpoint)
+    {
+        ValidatorInfo storage info = _info[validator];
+        return (info.peerId, info.endpoint);
+    }
+
+    function _install(
+        address[] memory validators_,
+        bytes[] memory peerIds,
+        string[] memory endpoints
+    ) private {
+        uint256 n = validators_.length;
+        if (n == 0 || n > MAX_VALIDATORS) revert ValidatorCountInvalid(n);
+        if (peerIds.length != n || endpoints.length != n) revert ValidatorListLengthMismatch();
+        delete _validators;
+        address previous = address(0);
+        for (uint256 i; i < n; ++i) {
+            address v = validators_[i];
+            if (v <= previous) revert ValidatorsNotSorted(i);
+            if (peerIds[i].length > MAX_PEER_ID_BYTES) revert PeerIdTooLong(i);
+            if (bytes(endpoints[i]).length > MAX_ENDPOINT_BYTES) revert EndpointTooLong(i);
+            _validators.push(v);
+            _isValidator[v] = true;
+            _info[v] = ValidatorInfo(peerIds[i], endpoints[i]);
+            emit ValidatorInfoSet(v, peerIds[i], endpoints[i]);
+            previous = v;
+        }
+        emit ValidatorSetUpdated(epoch, validators_, quorum());
+    }
+}
