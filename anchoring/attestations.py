@@ -1,0 +1,182 @@
+"""Attestations: a validator's EIP-712 signature over an anchor batch or a settlement, carried
+as a consensus payload so that every node learns the same signature set.
+
+Wire format of a payload (strict, bounded, canonical): one tag byte, then msgpack of a
+fixed-order array.
+
+    ANCHOR_ATTESTATION_TAG (0xA1) || [1, batchId, root(bin 32), firstHeight, lastHeight,
+                                      eventCount, signer(bin 20), signature(bin 65)]
+    SETTLEMENT_ATTESTATION_TAG (0xA2) || [1, sessionId(bin 32), energyWh,
+                                          amount(bin 32, big-endian uint256),
+                                          signer(bin 20), signature(bin 65)]
+
+The node tells payload kinds apart by the first byte (`payload_kind`). Decoding rejects
+anything that does not re-encode to the same bytes, so one attestation has one encoding.
+Signatures follow consensus/SIGNING.md: `AnchorBatch` under the Anchor contract's domain,
+`Settlement` under the Escrow contract's domain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from consensus.signing import (
+    ANCHOR_BATCH_TYPE,
+    SETTLEMENT_TYPE,
+    SIGNATURE_BYTES,
+    Domain,
+    SignatureError,
+    SigningKey,
+    recover_address,
+    typed_digest,
+)
+
+ANCHOR_ATTESTATION_TAG = 0xA1
+SETTLEMENT_ATTESTATION_TAG = 0xA2
+ATTESTATION_TAGS = frozenset({ANCHOR_ATTESTATION_TAG, SETTLEMENT_ATTESTATION_TAG})
+ATTESTATION_VERSION = 1
+MAX_ATTESTATION_BYTES = 256  # both kinds encode to < 200 bytes
+UINT64_MAX = (1 << 64) - 1
+
+
+class AttestationError(ValueError):
+    """A payload is not a well-formed attestation, or its signature does not match its signer."""
+
+
+def _check_uint(name: str, value: int, bits: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << bits:
+        raise AttestationError(f"{name} must be a uint{bits}, got {value!r}")
+
+
+def _check_bytes(name: str, value: bytes, length: int) -> None:
+    if not isinstance(value, bytes) or len(value) != length:
+        raise AttestationError(f"{name} must be {length} bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class AnchorBatch:
+    """The EIP-712 `AnchorBatch`: a Merkle root over the events of heights first..last."""
+
+    batch_id: int
+    root: bytes
+    first_height: int
+    last_height: int
+    event_count: int
+
+    def __post_init__(self) -> None:
+        for name in ("batch_id", "first_height", "last_height", "event_count"):
+            _check_uint(name, getattr(self, name), 64)
+        _check_bytes("root", self.root, 32)
+        if self.first_height > self.last_height:
+            raise AttestationError("first_height must not exceed last_height")
+        if (self.event_count == 0) != (self.root == b"\x00" * 32):
+            raise AttestationError("the root is zero exactly when the batch has no events")
+
+    def digest(self, domain: Domain) -> bytes:
+        """The EIP-712 digest validators sign, under the Anchor contract's domain."""
+        return typed_digest(domain, ANCHOR_BATCH_TYPE, [
+            self.batch_id, self.root, self.first_height, self.last_height, self.event_count])
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """The EIP-712 `Settlement`: pay `amount` for `energy_wh` from escrow session `session_id`."""
+
+    session_id: bytes
+    energy_wh: int
+    amount: int
+
+    def __post_init__(self) -> None:
+        _check_bytes("session_id", self.session_id, 32)
+        _check_uint("energy_wh", self.energy_wh, 64)
+        _check_uint("amount", self.amount, 256)
+
+    def digest(self, domain: Domain) -> bytes:
+        """The EIP-712 digest validators sign, under the Escrow contract's domain."""
+        return typed_digest(domain, SETTLEMENT_TYPE, [self.session_id, self.energy_wh, self.amount])
+
+
+@dataclass(frozen=True, slots=True)
+class Attestation:
+    """One validator's signature over `subject` (an AnchorBatch or a Settlement)."""
+
+    subject: AnchorBatch | Settlement
+    signer: bytes
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        _check_bytes("signer", self.signer, 20)
+        _check_bytes("signature", self.signature, SIGNATURE_BYTES)
+
+    @property
+    def tag(self) -> int:
+        """The payload tag byte of this attestation's kind."""
+        return ANCHOR_ATTESTATION_TAG if isinstance(self.subject, AnchorBatch) else SETTLEMENT_ATTESTATION_TAG
+
+    def encode(self) -> bytes:
+        """The canonical payload bytes (tag byte + msgpack)."""
+        subject = self.subject
+        fields: list[Any]
+        if isinstance(subject, AnchorBatch):
+            fields = [ATTESTATION_VERSION, subject.batch_id, subject.root, subject.first_height,
+                      subject.last_height, subject.event_count]
+        else:
+            fields = [ATTESTATION_VERSION, subject.session_id, subject.energy_wh,
+                      subject.amount.to_bytes(32, "big")]
+        data = bytes([self.tag]) + msgpack.packb([*fields, self.signer, self.signature], use_bin_type=True)
+        assert len(data) <= MAX_ATTESTATION_BYTES
+        return data
+
+    def verify(self, domain: Domain) -> None:
+        """Raise AttestationError unless the signature recovers to `signer` under `domain`."""
+        try:
+            recovered = recover_address(self.subject.digest(domain), self.signature)
+        except SignatureError as exc:
+            raise AttestationError(f"bad attestation signature: {exc}") from exc
+        if recovered != self.signer:
+            raise AttestationError(
+                f"signature recovers to 0x{recovered.hex()}, not the claimed signer 0x{self.signer.hex()}")
+
+
+def attest(subject: AnchorBatch | Settlement, key: SigningKey, domain: Domain) -> Attestation:
+    """Sign `subject` with `key` under `domain` (Anchor domain for batches, Escrow for settlements)."""
+    return Attestation(subject, key.address, key.sign(subject.digest(domain)))
+
+
+def payload_kind(payload: bytes) -> int | None:
+    """The attestation tag of `payload`, or None if it is not an attestation payload."""
+    return payload[0] if payload and payload[0] in ATTESTATION_TAGS else None
+
+
+def decode_attestation(payload: bytes) -> Attestation:
+    """Parse a payload strictly; the signature is not checked here (see `Attestation.verify`)."""
+    if not payload or payload[0] not in ATTESTATION_TAGS:
+        raise AttestationError("not an attestation payload (unknown tag byte)")
+    if len(payload) > MAX_ATTESTATION_BYTES:
+        raise AttestationError(f"attestation is {len(payload)} bytes, limit {MAX_ATTESTATION_BYTES}")
+    try:
+        fields = msgpack.unpackb(payload[1:], raw=False, strict_map_key=True, max_bin_len=SIGNATURE_BYTES,
+                                 max_str_len=0, max_array_len=8, max_map_len=0, max_ext_len=0)
+    except Exception as exc:  # msgpack raises several unrelated types on bad input
+        raise AttestationError(f"attestation body is not msgpack: {exc}") from exc
+    expected = 8 if payload[0] == ANCHOR_ATTESTATION_TAG else 6
+    if not isinstance(fields, list) or len(fields) != expected or fields[0] != ATTESTATION_VERSION:
+        raise AttestationError(f"attestation body must be a version-{ATTESTATION_VERSION} array of {expected}")
+    try:
+        subject: AnchorBatch | Settlement
+        if payload[0] == ANCHOR_ATTESTATION_TAG:
+            _, batch_id, root, first, last, count, signer, signature = fields
+            subject = AnchorBatch(batch_id, root, first, last, count)
+        else:
+            _, session_id, energy_wh, amount, signer, signature = fields
+            _check_bytes("amount", amount, 32)
+            subject = Settlement(session_id, energy_wh, int.from_bytes(amount, "big"))
+        attestation = Attestation(subject, signer, signature)
+    except (TypeError, ValueError) as exc:
+        raise AttestationError(f"bad attestation field: {exc}") from exc
+    if attestation.encode() != payload:
+        raise AttestationError("attestation is not in canonical form")
+    return attestation

@@ -1,0 +1,232 @@
+"""Anchor batches and attestation quorums as pure functions of committed blocks (sans-I/O).
+
+`BatchBuilder` is fed every committed block in height order and says when a batch closes:
+after `every_blocks` blocks, after `every_ms` of *block* time since the previous batch
+closed, or once it holds `max_events` events, whichever comes first. Every node feeds the
+same blocks, so every node closes the same batches with the same roots, without a clock.
+
+`AttestationBook` is fed the attestations committed in blocks (in block order) and says
+when an anchor batch or a settlement has a quorum of valid signatures; every node reaches
+the same quorum, with the same signature set, at the same height.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from anchoring.attestations import AnchorBatch, Attestation, AttestationError, Settlement
+from anchoring.merkle import HASH_BYTES, MAX_LEAVES, MerkleTree
+from consensus.signing import Domain, quorum_size
+
+MAX_OPEN_SUBJECTS = 4096  # batches and settlements waiting for a quorum, per kind
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPolicy:
+    """When a batch closes: K blocks, T ms of block time, or an event count, first reached."""
+
+    every_blocks: int = 20
+    every_ms: int = 30_000
+    max_events: int = 100_000
+    close_empty: bool = False  # False: a batch without events stays open (no gas for nothing)
+
+    def __post_init__(self) -> None:
+        assert self.every_blocks >= 1 and self.every_ms >= 1
+        assert 1 <= self.max_events <= MAX_LEAVES // 2
+
+
+@dataclass(frozen=True, slots=True)
+class CommittedBlock:
+    """What batching needs of a committed block: height, block time and event ids in order."""
+
+    height: int
+    timestamp_ms: int
+    event_ids: tuple[bytes, ...]
+
+    def __post_init__(self) -> None:
+        assert self.height >= 0 and self.timestamp_ms >= 0
+        assert all(len(e) == HASH_BYTES for e in self.event_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class BuilderState:
+    """Where batching stands after the last closed batch; enough to resume after a restart.
+
+    Resume by building `BatchBuilder(policy, state)` and feeding the committed blocks from
+    `next_height` on again.
+    """
+
+    next_batch_id: int
+    next_height: int
+    last_close_ms: int | None = None  # block time of the block that closed the previous batch
+
+
+@dataclass(slots=True)
+class _OpenBatch:
+    first_height: int
+    opened_ms: int
+    event_ids: list[bytes] = field(default_factory=list)
+    seen: set[bytes] = field(default_factory=set)
+
+
+class BatchBuilder:
+    """Cuts committed blocks into contiguous, sequentially numbered anchor batches."""
+
+    def __init__(self, policy: BatchPolicy, state: BuilderState) -> None:
+        self.policy = policy
+        self._next_batch_id = state.next_batch_id
+        self._next_height = state.next_height
+        self._last_close_ms = state.last_close_ms
+        self._open: _OpenBatch | None = None
+
+    @property
+    def state(self) -> BuilderState:
+        """The resume point: replaying blocks from `next_height` rebuilds the open batch."""
+        open_first = self._open.first_height if self._open else self._next_height
+        return BuilderState(self._next_batch_id, open_first, self._last_close_ms)
+
+    def on_block(self, block: CommittedBlock) -> tuple[AnchorBatch, tuple[bytes, ...]] | None:
+        """Take the next committed block; return (batch, its event ids) if it closes a batch."""
+        if block.height != self._next_height:
+            raise ValueError(f"expected block {self._next_height}, got {block.height}")
+        self._next_height += 1
+        if self._open is None:
+            opened = self._last_close_ms if self._last_close_ms is not None else block.timestamp_ms
+            self._open = _OpenBatch(block.height, opened)
+        batch = self._open
+        for event_id in block.event_ids:
+            if event_id not in batch.seen:  # an event id appears once in a batch (MERKLE.md)
+                batch.seen.add(event_id)
+                batch.event_ids.append(event_id)
+        if not self._should_close(batch, block):
+            return None
+        tree = MerkleTree(batch.event_ids)
+        closed = AnchorBatch(self._next_batch_id, tree.root, batch.first_height, block.height, len(tree))
+        self._next_batch_id += 1
+        self._last_close_ms = block.timestamp_ms
+        self._open = None
+        return closed, tuple(batch.event_ids)
+
+    def _should_close(self, batch: _OpenBatch, block: CommittedBlock) -> bool:
+        policy = self.policy
+        if not batch.event_ids and not policy.close_empty:
+            return False
+        return (
+            block.height - batch.first_height + 1 >= policy.every_blocks
+            or block.timestamp_ms - batch.opened_ms >= policy.every_ms
+            or len(batch.event_ids) >= policy.max_events
+        )
+
+
+def batch_event_ids(blocks: Sequence[CommittedBlock]) -> list[bytes]:
+    """The leaves' event ids of a batch over `blocks`: block order, first occurrence only."""
+    seen: set[bytes] = set()
+    out: list[bytes] = []
+    for block in blocks:
+        for event_id in block.event_ids:
+            if event_id not in seen:
+                seen.add(event_id)
+                out.append(event_id)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Quorum:
+    """A subject with a quorum of signatures, ordered by signer address ascending."""
+
+    subject: AnchorBatch | Settlement
+    signers: tuple[bytes, ...]
+    signatures: tuple[bytes, ...]
+    height: int  # the block height at which the quorum was committed
+
+
+def submitter_order(validators: Sequence[bytes], subject: AnchorBatch | Settlement) -> list[bytes]:
+    """Who submits `subject`: the validator at (batchId mod n), then the next ones, in turn.
+
+    Settlements start at (sessionId as an integer mod n). `validators` is sorted here.
+    """
+    ordered = sorted(validators)
+    assert ordered, "a validator set is never empty"
+    if isinstance(subject, AnchorBatch):
+        start = subject.batch_id % len(ordered)
+    else:
+        start = int.from_bytes(subject.session_id, "big") % len(ordered)
+    return ordered[start:] + ordered[:start]
+
+
+@dataclass(slots=True)
+class _Pending:
+    subject: AnchorBatch | Settlement
+    signatures: dict[bytes, bytes] = field(default_factory=dict)  # signer -> signature, commit order
+
+
+class AttestationBook:
+    """Collects committed attestations for the batches and settlements this node expects.
+
+    Only attestations that match the node's own subject exactly, come from a validator
+    and carry a valid signature count; the first quorum in commit order is the result.
+    """
+
+    def __init__(self, validators: Sequence[bytes], anchor_domain: Domain, escrow_domain: Domain) -> None:
+        if not validators or len(set(validators)) != len(validators):
+            raise ValueError("the validator set must be non-empty and without duplicates")
+        self.validators = frozenset(validators)
+        self.quorum = quorum_size(len(validators))
+        self.anchor_domain = anchor_domain
+        self.escrow_domain = escrow_domain
+        self._batches: OrderedDict[int, _Pending] = OrderedDict()
+        self._settlements: OrderedDict[bytes, _Pending] = OrderedDict()
+
+    def expect(self, subject: AnchorBatch | Settlement) -> None:
+        """Register a batch this node closed, or a settlement order its ledger produced."""
+        table, key = self._table(subject)
+        if key in table:
+            if table[key].subject != subject:
+                raise ValueError(f"a different subject is already expected under {key!r}")
+            return
+        if len(table) >= MAX_OPEN_SUBJECTS:
+            raise OverflowError(f"{MAX_OPEN_SUBJECTS} subjects already wait for a quorum")
+        table[key] = _Pending(subject)
+
+    def pending_count(self) -> int:
+        """Subjects still waiting for a quorum."""
+        return len(self._batches) + len(self._settlements)
+
+    def check(self, attestation: Attestation) -> None:
+        """Raise AttestationError unless `attestation` would count (for mempool admission too)."""
+        table, key = self._table(attestation.subject)
+        pending = table.get(key)
+        if pending is None:
+            raise AttestationError(f"no open subject {key!r} (unknown, or its quorum is complete)")
+        if pending.subject != attestation.subject:
+            raise AttestationError(f"attestation for {key!r} signs different terms than this node's")
+        if attestation.signer not in self.validators:
+            raise AttestationError(f"0x{attestation.signer.hex()} is not a validator")
+        domain = self.anchor_domain if isinstance(attestation.subject, AnchorBatch) else self.escrow_domain
+        attestation.verify(domain)
+
+    def on_committed(self, attestation: Attestation, height: int) -> Quorum | None:
+        """Count a committed attestation; return the Quorum the first time one is reached.
+
+        Attestations that do not count (see `check`) or repeat a signer are ignored, as
+        every node ignores them the same way; AttestationError tells the caller why.
+        """
+        self.check(attestation)
+        table, key = self._table(attestation.subject)
+        pending = table[key]
+        if attestation.signer in pending.signatures:
+            return None
+        pending.signatures[attestation.signer] = attestation.signature
+        if len(pending.signatures) < self.quorum:
+            return None
+        del table[key]
+        signers = tuple(sorted(pending.signatures))
+        assert len(signers) == self.quorum
+        return Quorum(pending.subject, signers, tuple(pending.signatures[s] for s in signers), height)
+
+    def _table(self, subject: AnchorBatch | Settlement) -> tuple[OrderedDict, int | bytes]:
+        if isinstance(subject, AnchorBatch):
+            return self._batches, subject.batch_id
+        return self._settlements, subject.session_id

@@ -1,0 +1,224 @@
+"""Attestation payloads, deterministic batch closing and quorum collection."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+from eth_account import Account
+from eth_account.messages import encode_typed_data
+
+from anchoring.attestations import (
+    ANCHOR_ATTESTATION_TAG,
+    SETTLEMENT_ATTESTATION_TAG,
+    AnchorBatch,
+    Attestation,
+    AttestationError,
+    Settlement,
+    attest,
+    decode_attestation,
+    payload_kind,
+)
+from anchoring.batches import (
+    AttestationBook,
+    BatchBuilder,
+    BatchPolicy,
+    BuilderState,
+    CommittedBlock,
+    batch_event_ids,
+    submitter_order,
+)
+from anchoring.merkle import ZERO_ROOT, merkle_root
+from consensus.signing import Domain, SigningKey, keccak256, to_checksum_hex
+
+ANCHOR = Domain(31337, bytes.fromhex("aa" * 20))
+ESCROW = Domain(31337, bytes.fromhex("ee" * 20))
+KEYS = [SigningKey(keccak256(bytes([i]))) for i in range(4)]
+VALIDATORS = [k.address for k in KEYS]
+BATCH = AnchorBatch(7, keccak256(b"root"), 141, 160, 1234)
+SETTLEMENT = Settlement(keccak256(b"session"), 15_000, 3 * 10**18)
+
+
+def eid(i: int) -> bytes:
+    return keccak256(i.to_bytes(8, "big"))
+
+
+def test_anchor_digest_matches_eth_account():
+    fields = [{"name": n, "type": t} for t, n in
+              [("uint64", "batchId"), ("bytes32", "root"), ("uint64", "firstHeight"),
+               ("uint64", "lastHeight"), ("uint64", "eventCount")]]
+    domain_fields = [{"name": "name", "type": "string"}, {"name": "version", "type": "string"},
+                     {"name": "chainId", "type": "uint256"}, {"name": "verifyingContract", "type": "address"}]
+    message = {
+        "types": {"EIP712Domain": domain_fields, "AnchorBatch": fields},
+        "primaryType": "AnchorBatch",
+        "domain": {"name": "DEVSEN", "version": "1", "chainId": 31337,
+                   "verifyingContract": to_checksum_hex(ANCHOR.verifying_contract)},
+        "message": {"batchId": 7, "root": BATCH.root, "firstHeight": 141, "lastHeight": 160,
+                    "eventCount": 1234},
+    }
+    signed = Account.sign_message(encode_typed_data(full_message=message), KEYS[0].secret)
+    assert signed.message_hash == BATCH.digest(ANCHOR)
+    assert attest(BATCH, KEYS[0], ANCHOR).signature == signed.signature
+
+
+@pytest.mark.parametrize("subject", [BATCH, SETTLEMENT, AnchorBatch(0, ZERO_ROOT, 1, 1, 0),
+                                     Settlement(b"\x01" * 32, 0, (1 << 256) - 1)])
+def test_attestation_roundtrip_and_signature(subject):
+    domain = ANCHOR if isinstance(subject, AnchorBatch) else ESCROW
+    attestation = attest(subject, KEYS[1], domain)
+    payload = attestation.encode()
+    assert payload_kind(payload) in (ANCHOR_ATTESTATION_TAG, SETTLEMENT_ATTESTATION_TAG)
+    assert len(payload) < 200
+    decoded = decode_attestation(payload)
+    assert decoded == attestation
+    decoded.verify(domain)
+    with pytest.raises(AttestationError, match="recovers to"):
+        decoded.verify(ESCROW if domain is ANCHOR else ANCHOR)  # another contract's domain
+
+
+def test_decode_rejects_malformed_payloads():
+    good = attest(BATCH, KEYS[0], ANCHOR)
+    payload = good.encode()
+    fields = msgpack.unpackb(payload[1:])
+    def repack(values, tag=ANCHOR_ATTESTATION_TAG):
+        return bytes([tag]) + msgpack.packb(values, use_bin_type=True)
+    bad = {
+        "empty": b"",
+        "unknown tag": b"\x01" + payload[1:],
+        "truncated": payload[:-3],
+        "trailing byte": payload + b"\x00",
+        "wrong version": repack([2, *fields[1:]]),
+        "short array": repack(fields[:-1]),
+        "bool as int": repack([1, True, *fields[2:]]),
+        "negative height": repack([1, 7, fields[2], -1, *fields[4:]]),
+        "short root": repack([1, 7, b"\x01" * 31, *fields[3:]]),
+        "inverted range": repack([1, 7, fields[2], 170, 160, *fields[5:]]),
+        "zero root with events": repack([1, 7, ZERO_ROOT, *fields[3:]]),
+        "string signer": repack([*fields[:6], "0x" + "11" * 20, fields[7]]),
+        "settlement body under anchor tag": attest(SETTLEMENT, KEYS[0], ESCROW).encode().replace(
+            bytes([SETTLEMENT_ATTESTATION_TAG]), bytes([ANCHOR_ATTESTATION_TAG]), 1),
+        "oversized": bytes([ANCHOR_ATTESTATION_TAG]) + b"\x00" * 300,
+        "non-canonical int": payload.replace(b"\x07", b"\xcd\x00\x07", 1),
+    }
+    for name, data in bad.items():
+        with pytest.raises(AttestationError):
+            decode_attestation(data)
+            pytest.fail(name)
+    assert payload_kind(b"\x00event") is None and payload_kind(b"") is None
+
+
+def blocks(spec: list[tuple[int, int]], start: int = 1, base_ms: int = 1_000_000) -> list[CommittedBlock]:
+    """(seconds since base, number of events) per block -> committed blocks with unique ids."""
+    out, counter = [], 0
+    for offset, (seconds, count) in enumerate(spec):
+        ids = tuple(eid(counter + i) for i in range(count))
+        counter += count
+        out.append(CommittedBlock(start + offset, base_ms + 1000 * seconds, ids))
+    return out
+
+
+def run(builder: BatchBuilder, chain: list[CommittedBlock]) -> list[AnchorBatch]:
+    return [closed[0] for b in chain if (closed := builder.on_block(b))]
+
+
+def test_batches_close_every_k_blocks_contiguously():
+    chain = blocks([(i, 2) for i in range(10)])
+    closed = run(BatchBuilder(BatchPolicy(every_blocks=4, every_ms=10**9), BuilderState(0, 1)), chain)
+    assert [(b.batch_id, b.first_height, b.last_height, b.event_count) for b in closed] == [
+        (0, 1, 4, 8), (1, 5, 8, 8)]
+    assert closed[0].root == merkle_root(batch_event_ids(chain[:4]))
+    assert closed[1].root == merkle_root(batch_event_ids(chain[4:8]))
+
+
+def test_batches_close_on_block_time_and_event_cap():
+    chain = blocks([(0, 1), (10, 1), (29, 1), (30, 1), (31, 1), (90, 1)])
+    closed = run(BatchBuilder(BatchPolicy(every_blocks=100, every_ms=30_000), BuilderState(0, 1)), chain)
+    # batch 0 opens at block 1's time; batch 1 counts from the time batch 0 closed (t=30)
+    assert [(b.first_height, b.last_height) for b in closed] == [(1, 4), (5, 6)]
+    capped = run(BatchBuilder(BatchPolicy(every_blocks=100, every_ms=10**9, max_events=5), BuilderState(3, 1)),
+                 blocks([(0, 3), (1, 3), (2, 1), (3, 4)]))
+    assert [(b.batch_id, b.event_count, b.first_height, b.last_height) for b in capped] == [
+        (3, 6, 1, 2), (4, 5, 3, 4)]
+
+
+def test_empty_batches_stay_open_unless_policy_says_close():
+    chain = blocks([(0, 0), (1, 0), (2, 0), (3, 0), (4, 1), (5, 0)])
+    closed = run(BatchBuilder(BatchPolicy(every_blocks=2, every_ms=10**9), BuilderState(0, 1)), chain)
+    assert [(b.first_height, b.last_height, b.event_count) for b in closed] == [(1, 5, 1)]
+    eager = run(BatchBuilder(BatchPolicy(every_blocks=2, every_ms=10**9, close_empty=True),
+                             BuilderState(0, 1)), chain)
+    assert [(b.first_height, b.last_height, b.root == ZERO_ROOT) for b in eager] == [
+        (1, 2, True), (3, 4, True), (5, 6, False)]
+
+
+def test_duplicate_event_ids_count_once_and_builder_resumes():
+    dup = eid(0)
+    chain = [CommittedBlock(1, 0, (dup, eid(1))), CommittedBlock(2, 5, (dup, eid(2))),
+             CommittedBlock(3, 6, (eid(3),)), CommittedBlock(4, 7, (eid(4),))]
+    policy = BatchPolicy(every_blocks=2, every_ms=10**9)
+    builder = BatchBuilder(policy, BuilderState(0, 1))
+    first = builder.on_block(chain[0]), builder.on_block(chain[1])
+    assert first[0] is None and first[1] is not None
+    assert first[1][0].event_count == 3 and first[1][1] == (dup, eid(1), eid(2))
+    builder.on_block(chain[2])
+    resumed = BatchBuilder(policy, builder.state)  # restart in the middle of batch 1
+    assert resumed.state == BuilderState(1, 3, 5)
+    assert run(resumed, chain[2:]) == run(builder, chain[3:])
+    with pytest.raises(ValueError, match="expected block"):
+        resumed.on_block(chain[0])
+
+
+def test_same_blocks_same_batches_on_every_node():
+    chain = blocks([(i * 7 % 13, i % 4) for i in range(60)])
+    chain = [CommittedBlock(b.height, 1_000_000 + 1000 * b.height * 3, b.event_ids) for b in chain]
+    policy = BatchPolicy(every_blocks=8, every_ms=20_000)
+    assert run(BatchBuilder(policy, BuilderState(0, 1)), chain) == run(BatchBuilder(policy, BuilderState(0, 1)), chain)
+
+
+def test_attestation_book_reaches_quorum_once_with_sorted_signers():
+    book = AttestationBook(VALIDATORS, ANCHOR, ESCROW)
+    assert book.quorum == 3
+    book.expect(BATCH)
+    book.expect(SETTLEMENT)
+    assert book.on_committed(attest(BATCH, KEYS[2], ANCHOR), 200) is None
+    assert book.on_committed(attest(BATCH, KEYS[2], ANCHOR), 200) is None  # repeat signer
+    assert book.on_committed(attest(BATCH, KEYS[0], ANCHOR), 201) is None
+    quorum = book.on_committed(attest(BATCH, KEYS[3], ANCHOR), 202)
+    assert quorum is not None and quorum.subject == BATCH and quorum.height == 202
+    assert list(quorum.signers) == sorted([VALIDATORS[0], VALIDATORS[2], VALIDATORS[3]])
+    for signer, signature in zip(quorum.signers, quorum.signatures, strict=True):
+        Attestation(BATCH, signer, signature).verify(ANCHOR)
+    with pytest.raises(AttestationError, match="no open subject"):
+        book.on_committed(attest(BATCH, KEYS[1], ANCHOR), 203)  # late fourth signature
+    assert book.pending_count() == 1
+
+
+def test_attestation_book_rejects_what_does_not_count():
+    book = AttestationBook(VALIDATORS, ANCHOR, ESCROW)
+    book.expect(SETTLEMENT)
+    outsider = SigningKey(keccak256(b"outsider"))
+    other_terms = Settlement(SETTLEMENT.session_id, SETTLEMENT.energy_wh, SETTLEMENT.amount + 1)
+    forged = Attestation(SETTLEMENT, VALIDATORS[0], attest(SETTLEMENT, KEYS[1], ESCROW).signature)
+    cases = {
+        "outsider": attest(SETTLEMENT, outsider, ESCROW),
+        "other terms": attest(other_terms, KEYS[0], ESCROW),
+        "wrong domain": attest(SETTLEMENT, KEYS[0], ANCHOR),
+        "signer mismatch": forged,
+        "unknown batch": attest(BATCH, KEYS[0], ANCHOR),
+    }
+    for name, attestation in cases.items():
+        with pytest.raises(AttestationError):
+            book.on_committed(attestation, 10)
+            pytest.fail(name)
+    with pytest.raises(ValueError):
+        book.expect(other_terms)
+    with pytest.raises(ValueError):
+        AttestationBook([VALIDATORS[0], VALIDATORS[0]], ANCHOR, ESCROW)
+
+
+def test_submitter_order_rotates_by_batch_id():
+    ordered = sorted(VALIDATORS)
+    assert submitter_order(VALIDATORS, AnchorBatch(0, ZERO_ROOT, 1, 1, 0))[0] == ordered[0]
+    assert submitter_order(VALIDATORS, AnchorBatch(5, ZERO_ROOT, 1, 1, 0)) == ordered[1:] + ordered[:1]
+    order = submitter_order(reversed(VALIDATORS), SETTLEMENT)  # input order does not matter
+    assert sorted(order) == ordered and order == submitter_order(VALIDATORS, SETTLEMENT)
