@@ -1,0 +1,41 @@
+"""The deterministic charging ledger that consensus drives: blocks of charger events in,
+OCPP replies, settlement orders and a state hash out. Pure: no I/O, clocks or randomness."""
+
+from devsen.ledger.chain import (
+    BlockContext,
+    ChainView,
+    DeviceInfo,
+    EscrowSession,
+    IdTagInfo,
+    StaticChainView,
+    Tariff,
+    id_tag_hash,
+)
+from devsen.ledger.ledger import (
+    BlockOutcome,
+    BlockRejected,
+    EventResult,
+    Ledger,
+    LedgerParams,
+)
+from devsen.ledger.state import Anomaly, DeviceRecord, Session, SettlementOrder
+
+__all__ = [
+    "Anomaly",
+    "BlockContext",
+    "BlockOutcome",
+    "BlockRejected",
+    "ChainView",
+    "DeviceInfo",
+    "DeviceRecord",
+    "EscrowSession",
+    "EventResult",
+    "IdTagInfo",
+    "Ledger",
+    "LedgerParams",
+    "Session",
+    "SettlementOrder",
+    "StaticChainView",
+    "Tariff",
+    "id_tag_hash",
+]

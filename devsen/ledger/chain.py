@@ -1,0 +1,150 @@
+"""What the ledger reads from Ethereum: a read-only snapshot at the block's agreed Ethereum block.
+
+Every block names one Ethereum block (number and hash); every node reads the registries and
+the escrow at exactly that block, so every node sees the same `ChainView` and the ledger
+decides the same way everywhere. The node fills a `ChainView` from the contracts;
+`StaticChainView` is the same facts as plain in-memory data (tests, standalone runs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from ocpp_adapter.events import keccak256
+
+MAX_CONNECTORS = 64  # a device registry entry never declares more connectors (or EVSEs) than this
+
+
+@dataclass(frozen=True, slots=True)
+class BlockContext:
+    """The agreed facts of one committed block that the ledger needs."""
+
+    height: int
+    timestamp_ms: int
+    eth_block_number: int
+    eth_block_hash: bytes
+
+    def __post_init__(self) -> None:
+        if self.height < 1 or self.timestamp_ms < 0 or self.eth_block_number < 0:
+            raise ValueError("height must be >= 1; timestamp and Ethereum block number >= 0")
+        if len(self.eth_block_hash) != 32:
+            raise ValueError("eth_block_hash must be 32 bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class Tariff:
+    """A device's price: token base units per kWh, plus an optional fee per whole minute."""
+
+    price_per_kwh: int
+    per_minute_fee: int = 0
+
+    def __post_init__(self) -> None:
+        if self.price_per_kwh < 0 or self.per_minute_fee < 0:
+            raise ValueError("tariff amounts must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    """A charger as the on-chain device registry knows it (keyed by chargeBoxId).
+
+    `connector_count` counts OCPP 1.6 connectors, or OCPP 2.0.1 EVSEs.
+    """
+
+    device_id: bytes
+    manager: str
+    connector_count: int
+    tariff: Tariff
+    active: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.connector_count <= MAX_CONNECTORS:
+            raise ValueError(f"connector_count must be in 0..{MAX_CONNECTORS}")
+
+
+@dataclass(frozen=True, slots=True)
+class IdTagInfo:
+    """An idTag (RFID uid, token) as the on-chain registry knows it (keyed by keccak256 of it).
+
+    `expiry_s` is a Unix time in seconds; 0 means it never expires.
+    """
+
+    account: str
+    expiry_s: int = 0
+    revoked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EscrowSession:
+    """A prepaid session a driver opened in the Escrow contract and that is still open."""
+
+    session_id: bytes
+    driver: str
+    charge_box_id: str
+    connector_id: int
+    id_tag_hash: bytes
+    deposit: int
+    opened_at_s: int
+
+    def __post_init__(self) -> None:
+        if len(self.session_id) != 32 or len(self.id_tag_hash) != 32:
+            raise ValueError("session_id and id_tag_hash must be 32 bytes")
+        if self.deposit < 0 or self.opened_at_s < 0:
+            raise ValueError("deposit and opened_at_s must be >= 0")
+
+
+def id_tag_hash(id_tag: str) -> bytes:
+    """The registry key of an idTag / idToken: keccak-256 of its UTF-8 bytes, exactly as sent."""
+    return keccak256(id_tag.encode("utf-8"))
+
+
+class ChainView(Protocol):
+    """Read-only on-chain facts at one Ethereum block. Must not change while a block applies."""
+
+    def device(self, charge_box_id: str) -> DeviceInfo | None:
+        """The registered device with this chargeBoxId, or None."""
+        ...
+
+    def id_tag(self, tag_hash: bytes) -> IdTagInfo | None:
+        """The registered idTag with this keccak-256 hash, or None."""
+        ...
+
+    def open_escrow_sessions(self, charge_box_id: str) -> Sequence[EscrowSession]:
+        """Open escrow sessions for this chargeBoxId (any order; the ledger sorts)."""
+        ...
+
+    def escrow_session(self, session_id: bytes) -> EscrowSession | None:
+        """The escrow session with this id if it is still open, else None."""
+        ...
+
+
+class StaticChainView:
+    """A `ChainView` over plain in-memory data."""
+
+    def __init__(
+        self,
+        devices: dict[str, DeviceInfo] | None = None,
+        id_tags: dict[str, IdTagInfo] | None = None,
+        escrow_sessions: Iterable[EscrowSession] = (),
+    ) -> None:
+        """`id_tags` is keyed by the idTag text; it is hashed here as the registry does."""
+        self.devices = dict(devices or {})
+        self.id_tags = {id_tag_hash(tag): info for tag, info in (id_tags or {}).items()}
+        self.sessions = {s.session_id: s for s in escrow_sessions}
+
+    def device(self, charge_box_id: str) -> DeviceInfo | None:
+        return self.devices.get(charge_box_id)
+
+    def id_tag(self, tag_hash: bytes) -> IdTagInfo | None:
+        return self.id_tags.get(tag_hash)
+
+    def open_escrow_sessions(self, charge_box_id: str) -> Sequence[EscrowSession]:
+        return [s for s in self.sessions.values() if s.charge_box_id == charge_box_id]
+
+    def escrow_session(self, session_id: bytes) -> EscrowSession | None:
+        return self.sessions.get(session_id)
+
+    def close_escrow_session(self, session_id: bytes) -> None:
+        """Mark a session closed, as the Escrow contract does once it is settled or refunded."""
+        self.sessions.pop(session_id, None)

@@ -1,0 +1,795 @@
+"""The deterministic charging ledger: committed blocks of charger events in, replies and settlements out.
+
+`Ledger.apply_block(ctx, chain, events)` is the whole state transition. It is pure: no I/O,
+no clocks, no randomness, no floats in state; the block context and the on-chain snapshot
+are its only inputs besides the events. Every node that applies the same blocks against the
+same chain snapshots holds byte-identical state and the same `state_hash()`.
+
+Policies (see also LEDGER.md):
+- No charging without prepayment: a transaction is accepted only when the driver's idTag is
+  valid on chain and an open escrow session exists for this chargeBoxId, connector (1.6) or
+  EVSE (2.0.1) and idTag hash. Otherwise 1.6 StartTransaction answers idTagInfo Blocked and
+  2.0.1 answers idTokenInfo NoCredit (Invalid/Expired/Blocked when the idTag itself is bad).
+- Amount = energy_wh * price_per_kwh // 1000 + whole_minutes * per_minute_fee, both rounded
+  down (in the driver's favour), capped at the deposit. Minutes run from the later of the
+  charger's start time and the escrow opening to the earlier of the charger's stop time and
+  the stop block's timestamp.
+- Input that is schema-valid but cannot be honoured gets a well-defined reply and an
+  `Anomaly` record; malformed input (which only a faulty proposer can put in a block) gets a
+  CALLERROR code; neither raises.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from devsen.ledger.chain import BlockContext, ChainView, DeviceInfo, EscrowSession, id_tag_hash
+from devsen.ledger.parse import (
+    MAX_METER_WH,
+    MalformedPayload,
+    format_timestamp_ms,
+    get_int,
+    get_list,
+    get_obj,
+    get_str,
+    parse_timestamp_ms,
+    register_wh_v16,
+    register_wh_v201,
+    req_int,
+    req_str,
+)
+from devsen.ledger.state import (
+    Anomaly,
+    ClosedTransaction,
+    ConnectorStatus,
+    DeviceRecord,
+    HashedTable,
+    PendingSettlement,
+    Session,
+    SettlementOrder,
+    StoredReply,
+    from_state_bytes,
+    state_bytes,
+)
+from ocpp_adapter.events import ChargerEvent, keccak256
+
+SNAPSHOT_VERSION = 1
+MAX_TRANSACTION_ID = 2**31 - 1  # 1.6 chargers hold transactionId in a signed 32-bit integer
+MAX_CONNECTORS_PER_EVSE = 8  # 2.0.1 connector statuses kept per EVSE
+MAX_TEXT_KEPT = 50  # longest free text (vendor, model, event type...) kept in state
+
+# Anomaly kinds.
+UNREGISTERED_DEVICE = "unregistered_device"
+CONNECTOR_OUT_OF_RANGE = "connector_out_of_range"
+CONNECTOR_BUSY = "connector_busy"
+CAPACITY = "capacity"
+UNKNOWN_TRANSACTION = "unknown_transaction"
+CLOSED_TRANSACTION = "closed_transaction"
+DUPLICATE_TRANSACTION_ID = "duplicate_transaction_id"
+NEGATIVE_ENERGY = "negative_energy"
+METER_BACKWARDS = "meter_backwards"
+BAD_METER = "bad_meter"
+BAD_TIMESTAMP = "bad_timestamp"
+ESCROW_CLOSED = "escrow_closed"
+MALFORMED = "malformed"
+
+
+class BlockRejected(ValueError):
+    """The block cannot be applied at all (wrong height, time going backwards, too many events)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerParams:
+    """Ledger parameters; part of the state (and its hash), fixed at genesis."""
+
+    heartbeat_interval_s: int = 300
+    boot_retry_interval_s: int = 60
+    max_devices: int = 10_000
+    max_open_sessions: int = 10_000
+    max_pending_settlements: int = 10_000
+    max_closed_transactions: int = 20_000
+    max_reply_history: int = 100_000
+    max_anomalies: int = 1_000
+    max_block_events: int = 10_000
+    settlement_checks_per_block: int = 64
+    data_transfer_vendor_ids: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        bounds = (
+            self.max_devices,
+            self.max_open_sessions,
+            self.max_pending_settlements,
+            self.max_closed_transactions,
+            self.max_reply_history,
+            self.max_anomalies,
+            self.max_block_events,
+            self.settlement_checks_per_block,
+        )
+        if min(bounds) < 1 or self.heartbeat_interval_s < 1 or self.boot_retry_interval_s < 1:
+            raise ValueError("every bound and interval must be >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class EventResult:
+    """The ledger's answer to one event of a block.
+
+    `reply` is the CALLRESULT payload (camelCase, schema-valid for the action and version);
+    when it is None, `error_code` is the OCPP CALLERROR code to send instead.
+    """
+
+    event_id: bytes
+    dedup_key: bytes
+    reply: dict[str, Any] | None
+    error_code: str | None = None
+    duplicate: bool = False
+    anomalies: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class BlockOutcome:
+    """Everything one block produced: a result per event, settlements, and the new state hash."""
+
+    height: int
+    results: tuple[EventResult, ...]
+    settlements: tuple[SettlementOrder, ...]
+    state_hash: bytes
+
+
+@dataclass(slots=True)
+class _Counters:
+    """Scalar state."""
+
+    height: int = 0
+    block_ms: int = 0
+    eth_block_number: int = 0
+    seq: int = 0
+    next_transaction_id: int = 1
+    events_applied: int = 0
+    duplicates: int = 0
+    anomalies_total: int = 0
+    settled_count: int = 0
+    settled_amount: int = 0
+    settled_deposits: int = 0
+
+
+@dataclass(slots=True)
+class _Step:
+    """Per-event working context."""
+
+    chain: ChainView
+    event: ChargerEvent
+    settlements: list[SettlementOrder]
+    anomalies: list[str] = field(default_factory=list)
+
+
+Handler = Callable[["Ledger", _Step, dict[str, Any]], dict[str, Any]]
+
+
+class Ledger:
+    """Devices, connectors, sessions, transaction ids, settlements owed, and the reply history."""
+
+    def __init__(self, params: LedgerParams | None = None) -> None:
+        self.params = params or LedgerParams()
+        self._c = _Counters()
+        self._devices: HashedTable[str, DeviceRecord] = HashedTable("devices")
+        self._sessions: HashedTable[tuple[str, str], Session] = HashedTable("sessions")
+        self._closed: HashedTable[tuple[str, str], ClosedTransaction] = HashedTable("closed")
+        self._pending: HashedTable[bytes, PendingSettlement] = HashedTable("pending")
+        self._replies: HashedTable[bytes, StoredReply] = HashedTable("replies")
+        self._anomalies: HashedTable[int, Anomaly] = HashedTable("anomalies")
+        # Indexes derived from `_sessions` (not hashed; rebuilt on restore).
+        self._by_connector: dict[tuple[str, int], str] = {}
+        self._by_escrow: dict[bytes, tuple[str, str]] = {}
+
+    # ----------------------------------------------------------------- public API
+
+    @property
+    def height(self) -> int:
+        """Height of the last applied block (0 before the first)."""
+        return self._c.height
+
+    def check_block(self, ctx: BlockContext, events: Sequence[ChargerEvent]) -> str | None:
+        """Why this block cannot be applied next, or None if it can. Changes nothing."""
+        if ctx.height != self._c.height + 1:
+            return f"height {ctx.height} does not follow {self._c.height}"
+        if ctx.timestamp_ms < self._c.block_ms:
+            return "block timestamp goes backwards"
+        if ctx.eth_block_number < self._c.eth_block_number:
+            return "Ethereum read block goes backwards"
+        if len(events) > self.params.max_block_events:
+            return f"{len(events)} events, limit {self.params.max_block_events}"
+        return None
+
+    def apply_block(self, ctx: BlockContext, chain: ChainView, events: Sequence[ChargerEvent]) -> BlockOutcome:
+        """Apply one committed block; raises BlockRejected only for a block that `check_block` refuses."""
+        problem = self.check_block(ctx, events)
+        if problem is not None:
+            raise BlockRejected(problem)
+        self._c.height = ctx.height
+        self._c.block_ms = ctx.timestamp_ms
+        self._c.eth_block_number = ctx.eth_block_number
+        self._release_settled(chain)
+        settlements: list[SettlementOrder] = []
+        results = tuple(self._apply_event(chain, event, settlements) for event in events)
+        self._check_invariants()
+        return BlockOutcome(ctx.height, results, tuple(settlements), self.state_hash())
+
+    def reply_for(self, dedup_key: bytes) -> tuple[dict[str, Any] | None, str | None] | None:
+        """(reply, error_code) given to the charger message with this dedup key, if still remembered."""
+        stored = self._replies.get(dedup_key)
+        if stored is None:
+            return None
+        return copy.deepcopy(stored.reply), stored.error_code
+
+    def pending_settlements(self) -> tuple[SettlementOrder, ...]:
+        """Settlement orders whose escrow session is still open on chain, oldest first."""
+        return tuple(p.order for p in self._pending.values())
+
+    def open_sessions(self) -> tuple[Session, ...]:
+        """Open charging sessions, oldest first."""
+        return tuple(self._sessions.values())
+
+    def device(self, charger_id: str) -> DeviceRecord | None:
+        """What the ledger remembers of this charger, if it is cached."""
+        return self._devices.get(charger_id)
+
+    def anomalies(self) -> tuple[Anomaly, ...]:
+        """The most recent anomalies, oldest first (at most `max_anomalies`)."""
+        return tuple(self._anomalies.values())
+
+    def counters(self) -> dict[str, int]:
+        """Scalar state: height, transaction counter, totals."""
+        return {f.name: getattr(self._c, f.name) for f in fields(self._c)}
+
+    def state_hash(self) -> bytes:
+        """keccak-256 over the parameters, the counters and every table's digest."""
+        tables = [t.digest() for t in self._tables()]
+        return keccak256(state_bytes([SNAPSHOT_VERSION, self.params, self._counter_values(), tables]))
+
+    def to_bytes(self) -> bytes:
+        """A snapshot of the full state, for restart."""
+        tables = [t.to_state() for t in self._tables()]
+        return state_bytes([SNAPSHOT_VERSION, self.params, self._counter_values(), tables])
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Ledger:
+        """Restore a snapshot made by `to_bytes`; digests and indexes are recomputed from entries."""
+        version, params, counters, tables = from_state_bytes(data)
+        if version != SNAPSHOT_VERSION:
+            raise ValueError(f"snapshot version {version}, expected {SNAPSHOT_VERSION}")
+        ledger = cls(LedgerParams(*params))
+        ledger._c = _Counters(*counters)
+        devices, sessions, closed, pending, replies, anomalies = tables
+        for key, v in devices:
+            values = list(v)
+            values[8] = tuple(ConnectorStatus(*c) for c in v[8])
+            ledger._devices.put(key, DeviceRecord(*values))
+        for key, v in sessions:
+            ledger._open_session(Session(*v), restoring=key)
+        for key, v in closed:
+            ledger._closed.put(key, ClosedTransaction(*v))
+        for key, v in pending:
+            ledger._pending.put(key, PendingSettlement(v[0], v[1], SettlementOrder(*v[2]), v[3]))
+        for key, v in replies:
+            ledger._replies.put(key, StoredReply(*v))
+        for key, v in anomalies:
+            ledger._anomalies.put(key, Anomaly(*v))
+        ledger._check_invariants()
+        return ledger
+
+    # ----------------------------------------------------------------- block mechanics
+
+    def _tables(self) -> tuple[HashedTable[Any, Any], ...]:
+        return (self._devices, self._sessions, self._closed, self._pending, self._replies, self._anomalies)
+
+    def _counter_values(self) -> list[int]:
+        return [getattr(self._c, f.name) for f in fields(self._c)]
+
+    def _next_seq(self) -> int:
+        self._c.seq += 1
+        return self._c.seq
+
+    def _release_settled(self, chain: ChainView) -> None:
+        """Forget settlement orders whose escrow session the chain has closed (paid or refunded).
+
+        At most `settlement_checks_per_block` of the oldest orders are checked per block; those
+        still open go to the back of the queue, so a stuck order never hides the others.
+        """
+        for session_id in list(self._pending)[: self.params.settlement_checks_per_block]:
+            pending = self._pending.pop(session_id)
+            if chain.escrow_session(session_id) is not None:
+                self._pending.put(session_id, replace(pending, seq=self._next_seq()))
+
+    def _apply_event(self, chain: ChainView, event: ChargerEvent, settlements: list[SettlementOrder]) -> EventResult:
+        key = event.dedup_key
+        stored = self._replies.get(key)
+        if stored is not None:
+            self._c.duplicates += 1
+            return EventResult(event.event_id, key, copy.deepcopy(stored.reply), stored.error_code, duplicate=True)
+        step = _Step(chain, event, settlements)
+        handler = _HANDLERS.get((event.ocpp_version, event.action))
+        reply: dict[str, Any] | None = None
+        error_code: str | None = None
+        if handler is None:
+            error_code = "NotSupported"
+        else:
+            try:
+                reply = handler(self, step, event.payload)
+            except MalformedPayload as exc:
+                error_code = "FormationViolation" if event.ocpp_version == "1.6" else "FormatViolation"
+                self._anomaly(step, MALFORMED, str(exc))
+        self._c.events_applied += 1
+        self._replies.put(key, StoredReply(self._next_seq(), self._c.height, reply, error_code))
+        while len(self._replies) > self.params.max_reply_history:
+            self._replies.pop(self._replies.oldest())
+        return EventResult(event.event_id, key, copy.deepcopy(reply), error_code, anomalies=tuple(step.anomalies))
+
+    def _anomaly(self, step: _Step, kind: str, detail: str) -> None:
+        event = step.event
+        seq = self._next_seq()
+        record = Anomaly(seq, self._c.height, event.charger_id, event.action, event.message_id, kind, detail[:200])
+        self._anomalies.put(seq, record)
+        while len(self._anomalies) > self.params.max_anomalies:
+            self._anomalies.pop(self._anomalies.oldest())
+        self._c.anomalies_total += 1
+        step.anomalies.append(kind)
+
+    def _check_invariants(self) -> None:
+        c = self._c
+        assert c.settled_amount <= c.settled_deposits, "settled more than was deposited"
+        assert len(self._sessions) <= self.params.max_open_sessions
+        assert len(self._devices) <= self.params.max_devices
+        assert len(self._pending) <= self.params.max_pending_settlements
+        assert len(self._by_connector) == len(self._sessions), "one open session per connector"
+        assert len(self._by_escrow) == sum(1 for s in self._sessions.values() if s.bound)
+        assert c.next_transaction_id <= MAX_TRANSACTION_ID + 1
+
+    # ----------------------------------------------------------------- devices
+
+    def _registered(self, step: _Step) -> DeviceInfo | None:
+        """The on-chain device if it is active (and touch its cached record); else record an anomaly."""
+        device = step.chain.device(step.event.charger_id)
+        if device is None or not device.active:
+            self._anomaly(step, UNREGISTERED_DEVICE, "device is not registered and active on chain")
+            return None
+        return device
+
+    def _update_device(self, step: _Step, **changes: Any) -> None:
+        """Apply `changes` to the charger's record (creating it), move it to the end of the LRU order."""
+        charger_id = step.event.charger_id
+        record = self._devices.get(charger_id) or DeviceRecord(charger_id, 0)
+        record = replace(record, touch_seq=self._next_seq(), **changes)
+        self._devices.put(charger_id, record, to_end=True)
+        while len(self._devices) > self.params.max_devices:
+            self._devices.pop(self._devices.oldest())
+
+    def _device_record(self, charger_id: str) -> DeviceRecord:
+        return self._devices.get(charger_id) or DeviceRecord(charger_id, 0)
+
+    # ----------------------------------------------------------------- sessions
+
+    def _open_session(self, session: Session, *, restoring: tuple[str, str] | None = None) -> None:
+        key = (session.charger_id, session.tx_ref)
+        assert restoring is None or restoring == key
+        connector = (session.charger_id, session.connector_id)
+        assert key not in self._sessions and key not in self._closed, "transaction ids are unique"
+        assert connector not in self._by_connector, "one open session per connector"
+        self._sessions.put(key, session)
+        self._by_connector[connector] = session.tx_ref
+        if session.bound:
+            assert session.escrow_session_id not in self._by_escrow
+            self._by_escrow[session.escrow_session_id] = key
+
+    def _bind(self, key: tuple[str, str], escrow: EscrowSession, device: DeviceInfo, tag_hash: bytes, start_ms: int) -> None:
+        session = self._sessions.get(key)
+        assert session is not None and not session.bound
+        assert escrow.session_id not in self._by_escrow and escrow.session_id not in self._pending
+        session = replace(
+            session,
+            id_tag_hash=tag_hash,
+            escrow_session_id=escrow.session_id,
+            deposit=escrow.deposit,
+            escrow_opened_at_s=escrow.opened_at_s,
+            price_per_kwh=device.tariff.price_per_kwh,
+            per_minute_fee=device.tariff.per_minute_fee,
+            charge_start_ms=start_ms,
+            meter_start_wh=session.meter_start_wh if session.meter_start_wh is not None else session.meter_last_wh,
+        )
+        self._sessions.put(key, session)
+        self._by_escrow[escrow.session_id] = key
+
+    def _find_escrow(self, step: _Step, connector_id: int, tag_hash: bytes) -> EscrowSession | None:
+        """The oldest open escrow session for this charger, connector and idTag not yet in use."""
+        candidates = sorted(
+            (
+                s
+                for s in step.chain.open_escrow_sessions(step.event.charger_id)
+                if s.charge_box_id == step.event.charger_id
+                and s.connector_id == connector_id
+                and s.id_tag_hash == tag_hash
+                and s.session_id not in self._by_escrow
+                and s.session_id not in self._pending
+            ),
+            key=lambda s: (s.opened_at_s, s.session_id),
+        )
+        return candidates[0] if candidates else None
+
+    def _capacity_problem(self) -> str | None:
+        if len(self._sessions) >= self.params.max_open_sessions:
+            return "open sessions at limit"
+        if len(self._pending) >= self.params.max_pending_settlements:
+            return "settlement backlog at limit"
+        return None
+
+    def _record_meter(self, step: _Step, key: tuple[str, str], wh: int | None) -> None:
+        session = self._sessions.get(key)
+        if wh is None or session is None:
+            return
+        if session.meter_last_wh is not None and wh < session.meter_last_wh:
+            self._anomaly(step, METER_BACKWARDS, f"register {wh} Wh below {session.meter_last_wh} Wh")
+            return
+        start = session.meter_start_wh
+        if start is None and session.bound:
+            start = wh
+        self._sessions.put(key, replace(session, meter_last_wh=wh, meter_start_wh=start))
+
+    def _close(self, step: _Step, key: tuple[str, str], meter_stop_wh: int | None, stop_ms: int) -> None:
+        """Close an open session; a bound one yields a settlement order if its escrow is still open."""
+        session = self._sessions.pop(key)
+        del self._by_connector[(session.charger_id, session.connector_id)]
+        seq = self._next_seq()
+        if not session.bound:
+            self._remember_closed(key, ClosedTransaction(seq, "unpaid"))
+            return
+        del self._by_escrow[session.escrow_session_id]
+        energy = 0
+        start_wh = session.meter_start_wh
+        if meter_stop_wh is not None and start_wh is not None:
+            if meter_stop_wh < start_wh:
+                self._anomaly(step, NEGATIVE_ENERGY, f"stop {meter_stop_wh} Wh below start {start_wh} Wh")
+            else:
+                energy = meter_stop_wh - start_wh
+        begin = max(session.charge_start_ms, session.escrow_opened_at_s * 1000)
+        end = min(stop_ms, self._c.block_ms)
+        minutes = max(0, end - begin) // 60_000
+        amount = min(energy * session.price_per_kwh // 1000 + minutes * session.per_minute_fee, session.deposit)
+        if step.chain.escrow_session(session.escrow_session_id) is None:
+            self._anomaly(step, ESCROW_CLOSED, "escrow session closed on chain before the stop")
+            self._remember_closed(key, ClosedTransaction(seq, "escrow_closed", energy, 0))
+            return
+        order = SettlementOrder(session.escrow_session_id, energy, amount)
+        assert 0 <= amount <= session.deposit and energy <= MAX_METER_WH
+        self._pending.put(order.session_id, PendingSettlement(seq, self._c.height, order, session.deposit))
+        self._c.settled_count += 1
+        self._c.settled_amount += amount
+        self._c.settled_deposits += session.deposit
+        step.settlements.append(order)
+        self._remember_closed(key, ClosedTransaction(seq, "settled", energy, amount))
+
+    def _remember_closed(self, key: tuple[str, str], closed: ClosedTransaction) -> None:
+        self._closed.put(key, closed)
+        while len(self._closed) > self.params.max_closed_transactions:
+            self._closed.pop(self._closed.oldest())
+
+    def _transaction_unknown(self, step: _Step, key: tuple[str, str]) -> None:
+        """Record why an event names a transaction that is not open."""
+        closed = self._closed.get(key)
+        if closed is None:
+            self._anomaly(step, UNKNOWN_TRANSACTION, f"transaction {key[1]} is unknown")
+        elif closed.outcome != "rejected":
+            self._anomaly(step, CLOSED_TRANSACTION, f"transaction {key[1]} is already closed")
+
+    def _event_time_ms(self, step: _Step, text: str | None) -> int:
+        """A charger timestamp in ms; the block time when absent or unreadable (recorded)."""
+        if text is None:
+            return self._c.block_ms
+        ms = parse_timestamp_ms(text)
+        if ms is None:
+            self._anomaly(step, BAD_TIMESTAMP, f"unreadable timestamp {text[:40]!r}")
+            return self._c.block_ms
+        return ms
+
+    # ----------------------------------------------------------------- authorization
+
+    def _tag_status(self, step: _Step, tag_hash: bytes) -> tuple[str, int]:
+        """(Accepted | Invalid | Expired | Blocked, expiry in s or 0) from the on-chain registry."""
+        info = step.chain.id_tag(tag_hash)
+        if info is None:
+            return "Invalid", 0
+        if info.revoked:
+            return "Blocked", info.expiry_s
+        if info.expiry_s and info.expiry_s * 1000 <= self._c.block_ms:
+            return "Expired", info.expiry_s
+        return "Accepted", info.expiry_s
+
+    # ----------------------------------------------------------------- handlers: both versions
+
+    def _heartbeat(self, step: _Step, payload: dict[str, Any]) -> dict[str, Any]:
+        device = step.chain.device(step.event.charger_id)
+        if device is not None and device.active:
+            self._update_device(step, last_heartbeat_ms=self._c.block_ms)
+        return {"currentTime": format_timestamp_ms(self._c.block_ms)}
+
+    def _boot(self, step: _Step, payload: dict[str, Any]) -> dict[str, Any]:
+        if step.event.ocpp_version == "1.6":
+            vendor = req_str(payload, "chargePointVendor", max_len=MAX_TEXT_KEPT)
+            model = req_str(payload, "chargePointModel", max_len=MAX_TEXT_KEPT)
+            firmware = get_str(payload, "firmwareVersion", max_len=MAX_TEXT_KEPT, required=False)
+        else:
+            station = get_obj(payload, "chargingStation", required=True)
+            assert station is not None
+            vendor = req_str(station, "vendorName", max_len=MAX_TEXT_KEPT)
+            model = req_str(station, "model", max_len=MAX_TEXT_KEPT)
+            firmware = get_str(station, "firmwareVersion", max_len=MAX_TEXT_KEPT, required=False)
+        now = format_timestamp_ms(self._c.block_ms)
+        if self._registered(step) is None:
+            return {"status": "Rejected", "currentTime": now, "interval": self.params.boot_retry_interval_s}
+        self._update_device(
+            step,
+            boot_status="Accepted",
+            vendor=vendor,
+            model=model,
+            firmware_version=firmware or "",
+            last_boot_ms=self._c.block_ms,
+        )
+        return {"status": "Accepted", "currentTime": now, "interval": self.params.heartbeat_interval_s}
+
+    def _status(self, step: _Step, payload: dict[str, Any]) -> dict[str, Any]:
+        if step.event.ocpp_version == "1.6":
+            number = req_int(payload, "connectorId")
+            status = req_str(payload, "status", max_len=MAX_TEXT_KEPT)
+            error_code = req_str(payload, "errorCode", max_len=MAX_TEXT_KEPT)
+            label, sub = str(number), 0
+        else:
+            number = req_int(payload, "evseId")
+            sub = req_int(payload, "connectorId")
+            status = req_str(payload, "connectorStatus", max_len=MAX_TEXT_KEPT)
+            error_code = ""
+            label = f"{number}/{sub}"
+        device = self._registered(step)
+        if device is None:
+            return {}
+        if not 0 <= number <= device.connector_count or not 0 <= sub <= MAX_CONNECTORS_PER_EVSE:
+            self._anomaly(step, CONNECTOR_OUT_OF_RANGE, f"connector {label} of {device.connector_count}")
+            return {}
+        entry = ConnectorStatus(label, status, error_code, self._c.block_ms)
+        others = [c for c in self._device_record(step.event.charger_id).connectors if c.connector != label]
+        connectors = tuple(sorted([*others, entry], key=lambda c: c.connector))
+        self._update_device(step, connectors=connectors)
+        return {}
+
+    def _authorize(self, step: _Step, payload: dict[str, Any]) -> dict[str, Any]:
+        tag = self._id_tag(step, payload)
+        assert tag is not None
+        status, expiry_s = self._tag_status(step, id_tag_hash(tag))
+        if self._registered(step) is None:
+            status = "Invalid"
+        return self._tag_info(step, status, expiry_s)
+
+    def _id_tag(self, step: _Step, payload: dict[str, Any], *, required: bool = True) -> str | None:
+        """The idTag (1.6) or idToken.idToken (2.0.1) of a payload."""
+        if step.event.ocpp_version == "1.6":
+            return get_str(payload, "idTag", max_len=20, required=required)
+        token = get_obj(payload, "idToken", required=required)
+        return None if token is None else req_str(token, "idToken", max_len=36)
+
+    def _tag_info(self, step: _Step, status: str, expiry_s: int = 0) -> dict[str, Any]:
+        """{"idTagInfo": ...} (1.6) or {"idTokenInfo": ...} (2.0.1)."""
+        if step.event.ocpp_version == "1.6":
+            info: dict[str, Any] = {"status": status}
+            if expiry_s:
+                info["expiryDate"] = format_timestamp_ms(expiry_s * 1000)
+            return {"idTagInfo": info}
+        info = {"status": status}
+        if expiry_s:
+            info["cacheExpiryDateTime"] = format_timestamp_ms(expiry_s * 1000)
+        return {"idTokenInfo": info}
+
+    def _data_transfer(self, step: _Step, payload: dict[str, Any]) -> dict[str, Any]:
+        vendor = req_str(payload, "vendorId", max_len=255)
+        if self._registered(step) is not None:
+            record = self._device_record(step.event.charger_id)
+            self._update_device(step, data_transfers=record.data_transfers + 1)
+        accepted = vendor in self.params.data_transfer_vendor_ids
+        return {"status": "Accepted" if accepted else "UnknownVendorId"}
+
+    def _meter_values(self, step: _Step, payload: dict[str, Any]) -> dict[str, Any]:
+        if step.event.ocpp_version == "1.6":
+            connector = req_int(payload, "connectorId")
+            tx = get_int(payload, "transactionId", required=False)
+            wh = register_wh_v16(get_list(payload, "meterValue"))
+        else:
+            connector = req_int(payload, "evseId")
+            tx = None
+            wh = register_wh_v201(get_list(payload, "meterValue"))
+        if self._registered(step) is None:
+            return {}
+        charger = step.event.charger_id
+        tx_ref = str(tx) if tx is not None else self._by_connector.get((charger, connector))
+        if tx_ref is None:
+            return {}  # readings outside a transaction (e.g. clock-aligned main meter) are not billed
+        key = (charger, tx_ref)
+        if key not in self._sessions:
+            self._transaction_unknown(step, key)
+            return {}
+        self._record_meter(step, key, wh)
+        return {}
+
+    # ----------------------------------------------------------------- handlers: OCPP 1.6 transactions
+
+    def _start_transaction(self, step: _Step, payload: dict[str, Any]) -> dict[str, Any]:
+        connector = req_int(payload, "connectorId")
+        tag = req_str(payload, "idTag", max_len=20)
+        meter_start = req_int(payload, "meterStart")
+        start_text = req_str(payload, "timestamp", max_len=64)
+        assert self._c.next_transaction_id <= MAX_TRANSACTION_ID
+        tx = self._c.next_transaction_id
+        self._c.next_transaction_id += 1
+        key = (step.event.charger_id, str(tx))
+        status, expiry_s = self._open_transaction(step, key, connector, tag, meter_start, start_text)
+        if status != "Accepted":
+            self._remember_closed(key, ClosedTransaction(self._next_seq(), "rejected"))
+        reply = self._tag_info(step, status, expiry_s)
+        reply["transactionId"] = tx
+        return reply
+
+    def _open_transaction(
+        self, step: _Step, key: tuple[str, str], connector: int, tag: str, meter_wh: int, start_text: str
+    ) -> tuple[str, int]:
+        """Open (and, if paid for, bind) a session; the idTag status to answer, and its expiry."""
+        device = self._registered(step)
+        if device is None:
+            return "Invalid", 0
+        if not 1 <= connector <= device.connector_count:
+            self._anomaly(step, CONNECTOR_OUT_OF_RANGE, f"connector {connector} of {device.connector_count}")
+            return "Invalid", 0
+        if not 0 <= meter_wh <= MAX_METER_WH:
+            self._anomaly(step, BAD_METER, f"meter reading {meter_wh} Wh out of range")
+            return "Invalid", 0
+        status, expiry_s = self._tag_status(step, id_tag_hash(tag))
+        if status != "Accepted":
+            return status, expiry_s
+        if (key[0], connector) in self._by_connector:
+            self._anomaly(step, CONNECTOR_BUSY, f"connector {connector} has an open transaction")
+            return "ConcurrentTx", expiry_s
+        problem = self._capacity_problem()
+        if problem is not None:
+            self._anomaly(step, CAPACITY, problem)
+            return "Blocked", expiry_s
+        escrow = self._find_escrow(step, connector, id_tag_hash(tag))
+        if escrow is None:
+            return "Blocked", expiry_s  # no prepayment: 1.6 has no NoCredit status
+        self._open_session(
+            Session(key[0], key[1], step.event.ocpp_version, connector, self._next_seq(), self._c.block_ms, meter_start_wh=meter_wh, meter_last_wh=meter_wh)
+        )
+        self._bind(key, escrow, device, id_tag_hash(tag), self._event_time_ms(step, start_text))
+        return "Accepted", expiry_s
+
+    def _stop_transaction(self, step: _Step, payload: dict[str, Any]) -> dict[str, Any]:
+        tx = req_int(payload, "transactionId")
+        meter_stop = req_int(payload, "meterStop")
+        stop_text = req_str(payload, "timestamp", max_len=64)
+        tag = get_str(payload, "idTag", max_len=20, required=False)
+        reply = {} if tag is None else self._tag_info(step, *self._tag_status(step, id_tag_hash(tag)))
+        key = (step.event.charger_id, str(tx))
+        if key not in self._sessions:
+            self._transaction_unknown(step, key)
+            return reply
+        stop_wh: int | None = meter_stop
+        if not 0 <= meter_stop <= MAX_METER_WH:
+            self._anomaly(step, BAD_METER, f"meterStop {meter_stop} Wh out of range")
+            stop_wh = None
+        self._close(step, key, stop_wh, self._event_time_ms(step, stop_text))
+        return reply
+
+    # ----------------------------------------------------------------- handlers: OCPP 2.0.1 transactions
+
+    def _transaction_event(self, step: _Step, payload: dict[str, Any]) -> dict[str, Any]:
+        event_type = req_str(payload, "eventType", max_len=20)
+        time_text = req_str(payload, "timestamp", max_len=64)
+        info = get_obj(payload, "transactionInfo", required=True)
+        assert info is not None
+        tx_ref = req_str(info, "transactionId", max_len=36)
+        evse = get_obj(payload, "evse")
+        evse_id = None if evse is None else req_int(evse, "id")
+        tag = self._id_tag(step, payload, required=False)
+        wh = register_wh_v201(get_list(payload, "meterValue"))
+        if event_type not in ("Started", "Updated", "Ended"):
+            raise MalformedPayload("eventType must be Started, Updated or Ended")
+        key = (step.event.charger_id, tx_ref)
+        if event_type == "Started":
+            return self._transaction_started(step, key, evse_id, tag, wh, time_text)
+        if key not in self._sessions:
+            self._transaction_unknown(step, key)
+            return {} if tag is None else self._tag_info(step, "Invalid")
+        self._record_meter(step, key, wh)
+        reply: dict[str, Any] = {}
+        if tag is not None:
+            reply = self._tag_info(step, self._authorize_session(step, key, tag, time_text))
+        if event_type == "Ended":
+            session = self._sessions.get(key)
+            assert session is not None
+            self._close(step, key, session.meter_last_wh, self._event_time_ms(step, time_text))
+        return reply
+
+    def _transaction_started(
+        self, step: _Step, key: tuple[str, str], evse_id: int | None, tag: str | None, wh: int | None, time_text: str
+    ) -> dict[str, Any]:
+        refused = {} if tag is None else self._tag_info(step, "Invalid")
+        if key in self._sessions or key in self._closed:
+            self._anomaly(step, DUPLICATE_TRANSACTION_ID, f"transaction {key[1]} already started")
+            return refused
+        device = self._registered(step)
+        if device is None:
+            return refused
+        if evse_id is None or not 1 <= evse_id <= device.connector_count:
+            self._anomaly(step, CONNECTOR_OUT_OF_RANGE, f"evse {evse_id} of {device.connector_count}")
+            return refused
+        if (key[0], evse_id) in self._by_connector:
+            self._anomaly(step, CONNECTOR_BUSY, f"evse {evse_id} has an open transaction")
+            return {} if tag is None else self._tag_info(step, "ConcurrentTx")
+        problem = self._capacity_problem()
+        if problem is not None:
+            self._anomaly(step, CAPACITY, problem)
+            return {} if tag is None else self._tag_info(step, "Blocked")
+        self._open_session(Session(key[0], key[1], "2.0.1", evse_id, self._next_seq(), self._c.block_ms, meter_last_wh=wh))
+        if tag is None:
+            return {}
+        return self._tag_info(step, self._authorize_session(step, key, tag, time_text))
+
+    def _authorize_session(self, step: _Step, key: tuple[str, str], tag: str, time_text: str) -> str:
+        """Authorize an open 2.0.1 session with an idToken, binding its escrow; the status to answer."""
+        session = self._sessions.get(key)
+        assert session is not None
+        tag_hash = id_tag_hash(tag)
+        status, _ = self._tag_status(step, tag_hash)
+        if session.bound:
+            return status if session.id_tag_hash != tag_hash else "Accepted"
+        if status != "Accepted":
+            return status
+        device = step.chain.device(key[0])
+        escrow = self._find_escrow(step, session.connector_id, tag_hash)
+        if device is None or escrow is None:
+            return "NoCredit"
+        self._bind(key, escrow, device, tag_hash, self._event_time_ms(step, time_text))
+        return "Accepted"
+
+
+def _notification(field_name: str, payload_key: str | None) -> Handler:
+    """A handler that records a status text (or bumps a counter) on the device record and replies {}."""
+
+    def handle(ledger: Ledger, step: _Step, payload: dict[str, Any]) -> dict[str, Any]:
+        text = "" if payload_key is None else req_str(payload, payload_key, max_len=1000)[:MAX_TEXT_KEPT]
+        if ledger._registered(step) is not None:
+            record = ledger._device_record(step.event.charger_id)
+            current = getattr(record, field_name)
+            changes: dict[str, Any] = {field_name: current + 1 if isinstance(current, int) else text}
+            if field_name == "security_events":
+                changes["last_security_event"] = text
+            ledger._update_device(step, **changes)
+        return {}
+
+    return handle
+
+
+_HANDLERS: dict[tuple[str, str], Handler] = {}
+for _version in ("1.6", "2.0.1"):
+    _HANDLERS[(_version, "BootNotification")] = Ledger._boot
+    _HANDLERS[(_version, "Heartbeat")] = Ledger._heartbeat
+    _HANDLERS[(_version, "StatusNotification")] = Ledger._status
+    _HANDLERS[(_version, "Authorize")] = Ledger._authorize
+    _HANDLERS[(_version, "MeterValues")] = Ledger._meter_values
+    _HANDLERS[(_version, "DataTransfer")] = Ledger._data_transfer
+    _HANDLERS[(_version, "FirmwareStatusNotification")] = _notification("firmware_status", "status")
+    _HANDLERS[(_version, "SecurityEventNotification")] = _notification("security_events", "type")
+    _HANDLERS[(_version, "LogStatusNotification")] = _notification("log_status", "status")
+_HANDLERS[("1.6", "StartTransaction")] = Ledger._start_transaction
+_HANDLERS[("1.6", "StopTransaction")] = Ledger._stop_transaction
+_HANDLERS[("1.6", "DiagnosticsStatusNotification")] = _notification("diagnostics_status", "status")
+_HANDLERS[("1.6", "SignedFirmwareStatusNotification")] = _notification("firmware_status", "status")
+_HANDLERS[("2.0.1", "TransactionEvent")] = Ledger._transaction_event
+_HANDLERS[("2.0.1", "NotifyReport")] = _notification("reports", None)
+_HANDLERS[("2.0.1", "NotifyEvent")] = _notification("notify_events", None)

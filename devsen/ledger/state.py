@@ -1,0 +1,224 @@
+"""The ledger's state records and the hashed table that holds them.
+
+Every record is a frozen dataclass of ints, strings, bytes, bools, None, tuples and (for
+reply payloads) string-keyed dicts of those: no floats. A `HashedTable` keeps a digest that
+is a pure function of its entries and is updated in O(1) per change: the sum, modulo 2**256,
+of keccak-256 over each (table, key, value) entry's canonical bytes (an additive multiset
+hash). Insertion order, which decides eviction, is itself recorded in each entry (`seq`), so
+the digest covers it, and a snapshot restores it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import msgpack
+
+from ocpp_adapter.events import keccak256
+
+_MOD = 2**256
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def state_value(value: Any) -> Any:
+    """`value` as plain msgpack-ready data: dataclasses -> lists, dict keys sorted; no floats."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return [state_value(getattr(value, f.name)) for f in dataclasses.fields(value)]
+    if isinstance(value, dict):
+        assert all(isinstance(k, str) for k in value), "state maps have string keys"
+        return {k: state_value(value[k]) for k in sorted(value)}
+    if isinstance(value, (list, tuple)):
+        return [state_value(v) for v in value]
+    assert value is None or isinstance(value, (bool, int, str, bytes)), f"no {type(value).__name__} in state"
+    return value
+
+
+def state_bytes(value: Any) -> bytes:
+    """Canonical msgpack of `state_value(value)`."""
+    return msgpack.packb(state_value(value), use_bin_type=True)
+
+
+def from_state_bytes(data: bytes) -> Any:
+    """Inverse of `state_bytes` up to dataclasses: arrays come back as tuples."""
+    return msgpack.unpackb(data, raw=False, use_list=False, strict_map_key=True)
+
+
+class HashedTable(Generic[K, V]):
+    """An insertion-ordered map with an incrementally maintained, order-independent digest."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._items: dict[K, V] = {}
+        self._hashes: dict[K, int] = {}
+        self._sum = 0
+
+    def _entry_hash(self, key: K, value: V) -> int:
+        return int.from_bytes(keccak256(state_bytes([self.name, key, value])), "big")
+
+    def get(self, key: K) -> V | None:
+        return self._items.get(key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._items)
+
+    def items(self) -> Iterator[tuple[K, V]]:
+        return iter(self._items.items())
+
+    def values(self) -> Iterator[V]:
+        return iter(self._items.values())
+
+    def put(self, key: K, value: V, *, to_end: bool = False) -> None:
+        """Insert or replace; a new key goes last; `to_end` also moves an existing key last."""
+        if key in self._items:
+            self._sum -= self._hashes[key]
+            if to_end:
+                del self._items[key]
+        h = self._entry_hash(key, value)
+        self._items[key] = value
+        self._hashes[key] = h
+        self._sum = (self._sum + h) % _MOD
+
+    def pop(self, key: K) -> V:
+        """Remove and return the entry for `key` (which must exist)."""
+        value = self._items.pop(key)
+        self._sum = (self._sum - self._hashes.pop(key)) % _MOD
+        return value
+
+    def oldest(self) -> K:
+        """The first key in insertion order (the table must not be empty)."""
+        return next(iter(self._items))
+
+    def digest(self) -> bytes:
+        """keccak-256 over (name, entry count, sum of entry hashes)."""
+        return keccak256(state_bytes([self.name, len(self._items), self._sum.to_bytes(32, "big")]))
+
+    def to_state(self) -> list[Any]:
+        """Entries in insertion order, for a snapshot."""
+        return [[key, value] for key, value in self._items.items()]
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectorStatus:
+    """The last status a charger reported for one connector (1.6 "N", 2.0.1 "evse/connector")."""
+
+    connector: str
+    status: str
+    error_code: str
+    block_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRecord:
+    """What the ledger remembers about one registered charger. `touch_seq` orders eviction."""
+
+    charger_id: str
+    touch_seq: int
+    boot_status: str = ""
+    vendor: str = ""
+    model: str = ""
+    firmware_version: str = ""
+    last_boot_ms: int = 0
+    last_heartbeat_ms: int = 0
+    connectors: tuple[ConnectorStatus, ...] = ()
+    firmware_status: str = ""
+    diagnostics_status: str = ""
+    log_status: str = ""
+    last_security_event: str = ""
+    security_events: int = 0
+    reports: int = 0
+    notify_events: int = 0
+    data_transfers: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """An open charging session (a transaction the ledger accepted or is waiting to authorize).
+
+    `tx_ref` is the transaction id as text: the ledger's counter for 1.6, the charger's
+    transactionId for 2.0.1. A session is paid only when bound to an escrow session.
+    """
+
+    charger_id: str
+    tx_ref: str
+    ocpp_version: str
+    connector_id: int
+    opened_seq: int
+    opened_block_ms: int
+    id_tag_hash: bytes = b""
+    escrow_session_id: bytes = b""
+    deposit: int = 0
+    escrow_opened_at_s: int = 0
+    price_per_kwh: int = 0
+    per_minute_fee: int = 0
+    charge_start_ms: int = 0
+    meter_start_wh: int | None = None
+    meter_last_wh: int | None = None
+
+    @property
+    def bound(self) -> bool:
+        return bool(self.escrow_session_id)
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedTransaction:
+    """How a transaction ended: "settled", "rejected", "unpaid" or "escrow_closed"."""
+
+    seq: int
+    outcome: str
+    energy_wh: int = 0
+    amount: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SettlementOrder:
+    """Pay `amount` of the escrow session's deposit to the device owner, refund the rest.
+
+    Exactly the fields of the EIP-712 `Settlement(bytes32 sessionId,uint64 energyWh,uint256 amount)`.
+    """
+
+    session_id: bytes
+    energy_wh: int
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class PendingSettlement:
+    """A settlement order waiting for the Escrow contract to close its session."""
+
+    seq: int
+    height: int
+    order: SettlementOrder
+    deposit: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReply:
+    """The answer given to one charger message, kept so that a retry gets the same answer."""
+
+    seq: int
+    height: int
+    reply: dict[str, Any] | None
+    error_code: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Anomaly:
+    """Schema-valid input the ledger could not honour, recorded for operators and auditors."""
+
+    seq: int
+    height: int
+    charger_id: str
+    action: str
+    message_id: str
+    kind: str
+    detail: str
