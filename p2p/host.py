@@ -1,0 +1,295 @@
+"""The libp2p host of a node: identity from the key directory, Noise-only TCP, gossipsub with
+settings fixed on purpose, and a peer keeper that dials bootstrap and validator peers and
+redials them with backoff.
+
+Every gossipsub/pubsub setting below departs from py-libp2p 0.8.1's defaults for a reason
+written next to it (see also p2p/README.md and ../shared/knowledge/py-libp2p.md): those
+defaults drop messages silently or slow a small validator network down.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import multiaddr
+import trio
+from libp2p import new_host
+from libp2p.abc import IHost
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.network.config import ConnectionConfig
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.peer.peerstore import PERMANENT_ADDR_TTL
+from libp2p.pubsub import pubsub as pubsub_module
+from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
+from libp2p.pubsub.pb import rpc_pb2
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.tools.anyio_service import background_trio_service
+
+from p2p.envelope import DropCounters
+from p2p.keys import NodeKeys
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class GossipSettings:
+    """Gossipsub and pubsub parameters; each default is chosen on purpose (see field notes)."""
+
+    # Only /meshsub/1.1.0: 1.2+ sends an IDONTWANT per message per mesh peer, measured 2.3x
+    # slower on 4 nodes; our messages are few and large, so IDONTWANT saves nothing.
+    protocols: tuple[str, ...] = (str(PROTOCOL_ID_V11),)
+    # Mesh degrees: D_low >= peers-1 for validator sets up to 6 nodes gives a full mesh
+    # (every validator hears every batch first-hand, no gossip round trip).
+    degree: int = 6
+    degree_low: int = 5
+    degree_high: int = 12
+    # 1 s heartbeat (default 120 s): mesh repair after a restart within seconds.
+    heartbeat_interval: int = 1
+    # Adaptive gossip rewrites the heartbeat to 30-60 s on a small idle network: off.
+    adaptive_gossip: bool = False
+    # Spam protection runs after topic validation, so it only ever drops messages of
+    # already-authenticated validators (own publishes included), silently, at ~10 msgs/s:
+    # off. Admission is the envelope check (validator set + signature) plus our own
+    # per-peer queue backpressure.
+    spam_protection: bool = False
+    # Eclipse protection wants >= 3 distinct IPs in the mesh; local and single-host
+    # networks have one: off (validators are an allow-list anyway).
+    eclipse_protection: bool = False
+    # Gossipsub peer exchange off: peers learn validator addresses from the signed peer
+    # exchange on consensus links only, so a stranger cannot inject addresses.
+    do_px: bool = False
+    # Back off 10 s (default 60 s) after a PRUNE so a restarted validator regrafts quickly.
+    prune_back_off: int = 10
+    # Subscription channel (default 32, overflow = a warning and a loss): deep enough for
+    # bursts; our reader drains it into bounded application queues.
+    subscription_channel_size: int = 1024
+    # Our own publish gate: publish only while every peer's outbound RPC queue (fixed at 32
+    # in py-libp2p, full = silent drop) holds fewer than this many RPCs.
+    max_peer_queue_before_publish: int = 16
+    # Signed pubsub messages authenticate from_id before our topic validators run.
+    strict_signing: bool = True
+    # Clear gossipsub's adaptive delivery log (grows per message when adaptive is off).
+    housekeeping_interval_s: float = 10.0
+
+
+@dataclass(slots=True)
+class HostConfig:
+    """Where a node listens and whom it dials first."""
+
+    listen: str = "/ip4/127.0.0.1/tcp/0"
+    bootstrap: Sequence[str] = ()
+    gossip: GossipSettings = field(default_factory=GossipSettings)
+    # Redial backoff: first retry after `redial_min_s`, doubling up to `redial_max_s`.
+    redial_min_s: float = 0.25
+    redial_max_s: float = 5.0
+    dial_timeout_s: float = 3.0
+
+
+class CountingGossipSub(GossipSub):
+    """GossipSub that counts the outbound RPCs py-libp2p drops (queue full, oversize)."""
+
+    drops: DropCounters
+
+    def _handle_dropped_rpc(self, peer_id: ID, rpc: rpc_pb2.RPC, reason: str) -> None:
+        if rpc.publish:
+            self.drops.add("pubsub_outbound", reason, len(rpc.publish))
+            logger.warning("libp2p dropped %d outbound messages to %s: %s", len(rpc.publish), peer_id, reason)
+        super()._handle_dropped_rpc(peer_id, rpc, reason)
+
+
+class CountingPubsub(Pubsub):
+    """Pubsub that counts deliveries its subscription channels could not take."""
+
+    drops: DropCounters
+
+    def notify_subscriptions(self, publish_message: rpc_pb2.Message) -> None:
+        for topic in publish_message.topicIDs:
+            channel = self.subscribed_topics_send.get(topic)
+            if channel is None:
+                continue
+            try:
+                channel.send_nowait(publish_message)
+            except trio.WouldBlock:
+                self.drops.add(topic, "subscription_full")
+                logger.warning("subscription channel of %s full: message lost", topic)
+
+
+def parse_peer_addr(address: str) -> PeerInfo:
+    """`/ip4/.../tcp/N/p2p/<peer id>` -> PeerInfo; a clear error without the /p2p part."""
+    try:
+        return info_from_p2p_addr(multiaddr.Multiaddr(address))
+    except Exception as exc:
+        raise ValueError(f"bad peer address {address!r} (needs /p2p/<peer id>): {exc}") from exc
+
+
+class PeerKeeper:
+    """Keeps connections to known peers: dials, and redials with capped exponential backoff."""
+
+    def __init__(self, host: IHost, config: HostConfig) -> None:
+        self._host = host
+        self._config = config
+        self._targets: dict[ID, list[multiaddr.Multiaddr]] = {}
+        self._next_attempt: dict[ID, float] = {}
+        self._backoff: dict[ID, float] = {}
+        self.dial_failures = 0
+        self._wake = trio.Event()
+
+    def add_target(self, peer: PeerInfo) -> None:
+        """Keep a connection to `peer`; addresses never expire (permanent TTL)."""
+        if peer.peer_id == self._host.get_id() or not peer.addrs:
+            return
+        known = self._targets.setdefault(peer.peer_id, [])
+        new = [a for a in peer.addrs if a not in known]
+        if not new:
+            return
+        known.extend(new)
+        self._host.get_peerstore().add_addrs(peer.peer_id, new, PERMANENT_ADDR_TTL)
+        self._next_attempt[peer.peer_id] = 0.0
+        self._wake.set()
+
+    def known_addresses(self) -> dict[ID, list[multiaddr.Multiaddr]]:
+        """Peers kept and their dial addresses."""
+        return {p: list(a) for p, a in self._targets.items()}
+
+    def is_connected(self, peer_id: ID) -> bool:
+        """Whether the host has a live connection to `peer_id`."""
+        return bool(self._host.get_network().connections.get(peer_id))
+
+    async def run(self) -> None:
+        """Dial every target that is not connected and is due; forever."""
+        async with trio.open_nursery() as nursery:
+            while True:
+                now = time.monotonic()
+                for peer_id in list(self._targets):
+                    if self.is_connected(peer_id):
+                        self._backoff.pop(peer_id, None)
+                        continue
+                    if self._next_attempt.get(peer_id, 0.0) > now:
+                        continue
+                    backoff = self._backoff.get(peer_id, self._config.redial_min_s / 2) * 2
+                    backoff = min(backoff, self._config.redial_max_s)
+                    self._backoff[peer_id] = backoff
+                    # The attempt itself takes up to dial_timeout_s; jitter spreads redials.
+                    self._next_attempt[peer_id] = (
+                        now + self._config.dial_timeout_s + backoff * random.uniform(0.8, 1.2)
+                    )
+                    nursery.start_soon(self._dial, peer_id)
+                self._wake = trio.Event()
+                with trio.move_on_after(self._config.redial_min_s):
+                    await self._wake.wait()
+
+    async def _dial(self, peer_id: ID) -> None:
+        addrs = self._targets[peer_id]
+        try:
+            with trio.fail_after(self._config.dial_timeout_s):
+                await self._host.connect(PeerInfo(peer_id, addrs))
+            logger.info("connected to %s", peer_id)
+            self._next_attempt[peer_id] = 0.0
+        except Exception as exc:  # any dial failure: retry later with backoff
+            self.dial_failures += 1
+            logger.debug("dial %s failed: %s", peer_id, exc)
+
+
+@dataclass
+class RunningHost:
+    """A started host with its pubsub, router and peer keeper."""
+
+    host: IHost
+    pubsub: CountingPubsub
+    router: CountingGossipSub
+    keeper: PeerKeeper
+    settings: GossipSettings
+    drops: DropCounters
+
+    @property
+    def peer_id(self) -> ID:
+        """This node's peer id."""
+        return self.host.get_id()
+
+    def listen_addrs(self) -> list[str]:
+        """Full dialable addresses (with /p2p/<peer id>) this host listens on."""
+        return [f"{a}/p2p/{self.peer_id.to_base58()}" for a in self.host.get_addrs() if "/p2p/" not in str(a)] or [
+            str(a) for a in self.host.get_addrs()
+        ]
+
+    def max_outbound_queue(self) -> int:
+        """The longest per-peer outbound pubsub RPC queue right now."""
+        return max((len(q) for q in self.pubsub.peer_queues.values()), default=0)
+
+
+def build_host(keys: NodeKeys, config: HostConfig) -> IHost:
+    """A libp2p host with the node's identity, Noise as the only security protocol, TCP."""
+    key_pair = keys.key_pair
+    noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
+    return new_host(
+        key_pair=key_pair,
+        sec_opt={NOISE_PROTOCOL_ID: noise},
+        listen_addrs=[multiaddr.Multiaddr(config.listen)],
+        # One connection per peer: connect() takes ~10 ms instead of ~250 ms (happy eyeballs).
+        connection_config=ConnectionConfig(max_connections_per_peer=1),
+    )
+
+
+def build_pubsub(host: IHost, settings: GossipSettings, drops: DropCounters) -> tuple[CountingPubsub, CountingGossipSub]:
+    """Pubsub + gossipsub router with `settings`."""
+    router = CountingGossipSub(
+        protocols=[TProtocol(p) for p in settings.protocols],
+        degree=settings.degree,
+        degree_low=settings.degree_low,
+        degree_high=settings.degree_high,
+        heartbeat_interval=settings.heartbeat_interval,
+        do_px=settings.do_px,
+        prune_back_off=settings.prune_back_off,
+        adaptive_gossip_enabled=settings.adaptive_gossip,
+        spam_protection_enabled=settings.spam_protection,
+        eclipse_protection_enabled=settings.eclipse_protection,
+    )
+    router.drops = drops
+    pubsub = CountingPubsub(host, router, strict_signing=settings.strict_signing)
+    pubsub.drops = drops
+    # Sequence numbers start at the clock in microseconds, not seconds: a node restarted
+    # after publishing more messages than seconds elapsed would otherwise reuse (from, seqno)
+    # ids that peers still hold in their seen-cache and have its messages dropped as dups.
+    pubsub.counter = time.time_ns() // 1000
+    return pubsub, router
+
+
+async def _housekeeping(router: GossipSub, interval_s: float) -> None:
+    """Bound gossipsub's per-message delivery log (it grows when adaptive gossip is off)."""
+    while True:
+        await trio.sleep(interval_s)
+        router.recent_message_deliveries.clear()
+
+
+@asynccontextmanager
+async def open_host(keys: NodeKeys, config: HostConfig) -> AsyncIterator[RunningHost]:
+    """Start host, pubsub and peer keeper; dial the bootstrap peers; stop all on exit."""
+    settings = config.gossip
+    pubsub_module.SUBSCRIPTION_CHANNEL_SIZE = settings.subscription_channel_size
+    bootstrap = [parse_peer_addr(a) for a in config.bootstrap]
+    drops = DropCounters()
+    host = build_host(keys, config)
+    pubsub, router = build_pubsub(host, settings, drops)
+    keeper = PeerKeeper(host, config)
+    # Services outside, host.run innermost: the other nesting raised "Nursery is closed to
+    # new arrivals" on exit under traffic.
+    async with background_trio_service(pubsub), background_trio_service(router):
+        async with host.run([multiaddr.Multiaddr(config.listen)]), trio.open_nursery() as nursery:
+            await pubsub.wait_until_ready()
+            for peer in bootstrap:
+                keeper.add_target(peer)
+            nursery.start_soon(keeper.run)
+            nursery.start_soon(_housekeeping, router, settings.housekeeping_interval_s)
+            try:
+                yield RunningHost(host, pubsub, router, keeper, settings, drops)
+            finally:
+                nursery.cancel_scope.cancel()
