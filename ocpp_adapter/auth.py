@@ -1,0 +1,150 @@
+"""Charger authentication (OCPP security profile 1/2: HTTP Basic auth per charger).
+
+The on-chain device record stores `(authSalt: 16 bytes, authHash: 32 bytes)` with
+`authHash = scrypt(password, salt=authSalt, n=16384, r=8, p=1, dklen=32)`. The server
+asks a `ChargerRegistry` for that record; the node plugs in one backed by the chain,
+`InMemoryChargerRegistry` serves standalone runs and tests.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import tomllib
+from dataclasses import dataclass
+from typing import Protocol
+
+from ocpp_adapter.bounded import LruMap
+
+SALT_BYTES = 16
+HASH_BYTES = 32
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 16384, 8, 1
+MAX_PASSWORD_BYTES = 256
+
+
+def hash_charger_password(password: str, salt: bytes) -> bytes:
+    """authHash for `password` with `salt` (CPU- and memory-hard: ~50 ms, 16 MiB)."""
+    if len(salt) != SALT_BYTES:
+        raise ValueError(f"salt must be {SALT_BYTES} bytes, got {len(salt)}")
+    return hashlib.scrypt(
+        password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=HASH_BYTES,
+        maxmem=64 * 1024 * 1024,
+    )
+
+
+def verify_charger_password(password: str, salt: bytes, expected_hash: bytes) -> bool:
+    """True if `password` hashes to `expected_hash` (constant-time comparison)."""
+    if len(expected_hash) != HASH_BYTES or len(password.encode()) > MAX_PASSWORD_BYTES:
+        return False
+    return hmac.compare_digest(hash_charger_password(password, salt), expected_hash)
+
+
+@dataclass(frozen=True, slots=True)
+class ChargerCredentials:
+    """What the registry knows about one charger."""
+
+    auth_salt: bytes
+    auth_hash: bytes
+    admitted: bool = True
+
+    def __post_init__(self) -> None:
+        if len(self.auth_salt) != SALT_BYTES or len(self.auth_hash) != HASH_BYTES:
+            raise ValueError("auth_salt must be 16 bytes and auth_hash 32 bytes")
+
+    @classmethod
+    def from_password(cls, password: str, *, admitted: bool = True) -> ChargerCredentials:
+        """Fresh random salt, hashed password."""
+        salt = os.urandom(SALT_BYTES)
+        return cls(salt, hash_charger_password(password, salt), admitted)
+
+
+class ChargerRegistry(Protocol):
+    """Where the server looks up a charger's credentials (the node: on-chain registry)."""
+
+    async def credentials(self, charge_box_id: str) -> ChargerCredentials | None:
+        """The charger's record, or None if the id is unknown."""
+        ...
+
+
+class InMemoryChargerRegistry:
+    """A fixed map charge box id -> credentials, for standalone runs and tests."""
+
+    def __init__(self, entries: dict[str, ChargerCredentials] | None = None) -> None:
+        self._entries = dict(entries or {})
+
+    async def credentials(self, charge_box_id: str) -> ChargerCredentials | None:
+        return self._entries.get(charge_box_id)
+
+    def add(self, charge_box_id: str, credentials: ChargerCredentials) -> None:
+        self._entries[charge_box_id] = credentials
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @classmethod
+    def from_passwords(cls, passwords: dict[str, str]) -> InMemoryChargerRegistry:
+        return cls({cid: ChargerCredentials.from_password(pw) for cid, pw in passwords.items()})
+
+    @classmethod
+    def from_toml(cls, path: str) -> InMemoryChargerRegistry:
+        """Load `chargeBoxId = "password"` lines, or tables
+        `[chargeBoxId]` with `password = "..."` or `salt`/`hash` (hex), and `admitted`."""
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+        entries: dict[str, ChargerCredentials] = {}
+        for charge_box_id, value in data.items():
+            if isinstance(value, str):
+                entries[charge_box_id] = ChargerCredentials.from_password(value)
+                continue
+            if not isinstance(value, dict):
+                raise ValueError(f"{path}: {charge_box_id}: expected a password or a table")
+            admitted = bool(value.get("admitted", True))
+            if "password" in value:
+                entries[charge_box_id] = ChargerCredentials.from_password(str(value["password"]), admitted=admitted)
+            elif "salt" in value and "hash" in value:
+                entries[charge_box_id] = ChargerCredentials(
+                    bytes.fromhex(value["salt"]), bytes.fromhex(value["hash"]), admitted
+                )
+            else:
+                raise ValueError(f"{path}: {charge_box_id}: needs password, or salt and hash")
+        return cls(entries)
+
+
+def parse_basic_auth(header_value: bytes) -> tuple[str, str] | None:
+    """(username, password) from an `Authorization: Basic ...` header value, or None."""
+    scheme, _, encoded = header_value.strip().partition(b" ")
+    if scheme.lower() != b"basic" or not encoded or len(encoded) > 1024:
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    username, sep, password = decoded.partition(":")
+    if not sep:
+        return None
+    return username, password
+
+
+class VerifiedCredentialsCache:
+    """Remembers recent successful verifications so a reconnecting charger does not cost
+    another scrypt. Keyed by a keyed hash of (id, password, salt, hash): a changed record
+    or password misses. Bounded."""
+
+    def __init__(self, capacity: int) -> None:
+        self._key = os.urandom(32)
+        self._seen: LruMap[bytes, bool] = LruMap(capacity)
+
+    def _digest(self, charge_box_id: str, password: str, creds: ChargerCredentials) -> bytes:
+        mac = hmac.new(self._key, digestmod=hashlib.sha256)
+        for part in (charge_box_id.encode(), password.encode(), creds.auth_salt, creds.auth_hash):
+            mac.update(len(part).to_bytes(4, "big") + part)
+        return mac.digest()
+
+    def known_good(self, charge_box_id: str, password: str, creds: ChargerCredentials) -> bool:
+        return self._seen.get(self._digest(charge_box_id, password, creds)) is not None
+
+    def remember(self, charge_box_id: str, password: str, creds: ChargerCredentials) -> None:
+        self._seen.put(self._digest(charge_box_id, password, creds), True)
