@@ -1,0 +1,153 @@
+"""Unit tests of the sans-I/O parts of p2p: keys, frames, envelopes, batching."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from consensus.signing import Domain, SigningKey
+from p2p.batching import Batcher, BatchError, decode_batch, encode_batch
+from p2p.envelope import (
+    DropCounters,
+    DropReason,
+    EnvelopeDropped,
+    MessageKind,
+    ValidatorDirectory,
+    network_id_of,
+    open_envelope,
+    seal,
+)
+from p2p.framing import FrameDecoder, FrameError, encode_frame, encode_uvarint
+from p2p.keys import LIBP2P_KEY_FILE, VALIDATOR_KEY_FILE, KeyFileError, init_keys, load_keys
+
+NETWORK = network_id_of(Domain(31337, b"\x11" * 20))
+OTHER_NETWORK = network_id_of(Domain(31337, b"\x22" * 20))
+
+
+def test_keys_are_created_private_and_reloaded_identically(tmp_path):
+    keys = init_keys(tmp_path / "k")
+    for name in (LIBP2P_KEY_FILE, VALIDATOR_KEY_FILE):
+        assert stat.S_IMODE(os.stat(tmp_path / "k" / name).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(tmp_path / "k").st_mode) == 0o700
+    again = init_keys(tmp_path / "k")  # idempotent: loads, never overwrites
+    loaded = load_keys(tmp_path / "k")
+    assert again == loaded == keys
+    assert loaded.peer_id == keys.peer_id
+    assert loaded.describe()["validator_address"].lower() == "0x" + keys.validator_address.hex()
+
+
+def test_keys_refuse_half_directories_exposed_files_and_garbage(tmp_path):
+    init_keys(tmp_path / "k")
+    (tmp_path / "k" / VALIDATOR_KEY_FILE).unlink()
+    with pytest.raises(KeyFileError, match="only one"):
+        init_keys(tmp_path / "k")
+    with pytest.raises(KeyFileError, match="missing"):
+        load_keys(tmp_path / "k")
+    init_keys(tmp_path / "j")
+    os.chmod(tmp_path / "j" / LIBP2P_KEY_FILE, 0o644)
+    with pytest.raises(KeyFileError, match="readable by others"):
+        load_keys(tmp_path / "j")
+    os.chmod(tmp_path / "j" / LIBP2P_KEY_FILE, 0o600)
+    (tmp_path / "j" / LIBP2P_KEY_FILE).write_text("zz\n")
+    with pytest.raises(KeyFileError, match="not hex"):
+        load_keys(tmp_path / "j")
+
+
+@given(st.lists(st.binary(max_size=300), max_size=20), st.integers(min_value=1, max_value=64))
+def test_frames_roundtrip_in_any_chunking(bodies, chunk):
+    wire = b"".join(encode_frame(b, 300) for b in bodies)
+    decoder = FrameDecoder(300)
+    out = []
+    for i in range(0, len(wire), chunk):
+        decoder.feed(wire[i : i + chunk])
+        while (frame := decoder.next_frame()) is not None:
+            out.append(frame)
+    assert out == bodies
+    assert decoder.buffered == 0
+
+
+def test_frames_refuse_oversize_before_buffering_and_bad_varints():
+    decoder = FrameDecoder(100)
+    decoder.feed(encode_uvarint(101))
+    with pytest.raises(FrameError, match="101-byte frame"):
+        decoder.next_frame()
+    decoder = FrameDecoder(100)
+    decoder.feed(b"\xff" * 11)
+    with pytest.raises(FrameError, match="too long"):
+        decoder.next_frame()
+    with pytest.raises(FrameError):
+        encode_frame(b"x" * 101, 100)
+
+
+def _open(wire, directory, from_peer, kinds=(MessageKind.CONSENSUS,), network=NETWORK):
+    return open_envelope(wire, network_id=network, kinds=kinds, directory=directory,
+                         from_peer=from_peer, max_body_bytes=1024)
+
+
+def test_envelope_accepts_a_bound_validator_and_drops_everything_else():
+    alice, mallory = SigningKey(b"\x01" * 32), SigningKey(b"\x02" * 32)
+    directory = ValidatorDirectory({alice.address: b"peer-alice"})
+    wire = seal(alice, NETWORK, MessageKind.CONSENSUS, b"vote")
+    envelope = _open(wire, directory, b"peer-alice")
+    assert (envelope.sender, envelope.body, envelope.kind) == (alice.address, b"vote", MessageKind.CONSENSUS)
+
+    def reason(wire, from_peer=b"peer-alice", **kw):
+        with pytest.raises(EnvelopeDropped) as info:
+            _open(wire, directory, from_peer, **kw)
+        return info.value.reason
+
+    assert reason(wire, network=OTHER_NETWORK) is DropReason.WRONG_NETWORK
+    assert reason(wire, kinds=(MessageKind.EVENT_BATCH,)) is DropReason.WRONG_KIND
+    assert reason(wire, from_peer=b"peer-mallory") is DropReason.PEER_MISMATCH
+    assert reason(seal(mallory, NETWORK, MessageKind.CONSENSUS, b"vote"), b"peer-mallory") is DropReason.NOT_VALIDATOR
+    assert reason(b"\xc1garbage") is DropReason.MALFORMED
+    assert reason(seal(alice, NETWORK, MessageKind.CONSENSUS, b"x" * 2000)) is DropReason.OVERSIZE
+    fields = msgpack.unpackb(wire)
+    fields[4] = b"forged"  # body changed after signing
+    assert reason(msgpack.packb(fields)) is DropReason.BAD_SIGNATURE
+    fields = msgpack.unpackb(seal(mallory, NETWORK, MessageKind.CONSENSUS, b"vote"))
+    fields[3] = alice.address  # mallory claims to be alice on alice's peer id
+    assert reason(msgpack.packb(fields)) is DropReason.BAD_SIGNATURE
+
+
+def test_directory_replace_and_drop_counters():
+    directory = ValidatorDirectory({b"\x01" * 20: b"p1"})
+    directory.replace({b"\x02" * 20: b"p2", b"\x03" * 20: b"p3"})
+    assert directory.addresses() == [b"\x02" * 20, b"\x03" * 20]
+    assert directory.address_of(b"p1") is None and directory.peer_of(b"\x03" * 20) == b"p3"
+    with pytest.raises(ValueError, match="one peer id"):
+        directory.replace({b"\x02" * 20: b"p", b"\x03" * 20: b"p"})
+    counters = DropCounters()
+    counters.add("events", "not_validator", 3)
+    counters.add("links", "wrong_network")
+    assert counters.get("events", "not_validator") == 3 and counters.total() == 4
+    assert counters.snapshot() == {"events/not_validator": 3, "links/wrong_network": 1}
+
+
+def test_batcher_closes_by_count_bytes_and_deadline():
+    batcher = Batcher(max_count=3, max_bytes=100, max_delay_s=0.005)
+    assert batcher.deadline() is None and not batcher.due(0.0)
+    for i in range(3):
+        assert batcher.add(b"p%d" % i, now=1.0) is None
+    assert batcher.full() and batcher.due(1.0)
+    assert batcher.add(b"p3", now=1.001) == [b"p0", b"p1", b"p2"]
+    assert not batcher.due(1.005) and batcher.due(1.006)
+    assert batcher.take() == [b"p3"] and len(batcher) == 0
+    assert batcher.add(b"x" * 60, 2.0) is None
+    assert batcher.add(b"y" * 60, 2.0) == [b"x" * 60]  # bytes bound
+    with pytest.raises(BatchError):
+        batcher.add(b"z" * 200, 2.0)
+
+
+def test_batch_codec_bounds():
+    payloads = [b"a", b"bb", b""]
+    assert decode_batch(encode_batch(payloads), 3) == payloads
+    with pytest.raises(BatchError):
+        decode_batch(encode_batch(payloads), 2)
+    with pytest.raises(BatchError):
+        decode_batch(msgpack.packb(["text"]), 10)
