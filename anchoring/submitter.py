@@ -1,0 +1,353 @@
+"""Submission of quorum-signed anchor batches and settlements to the chain (trio shell).
+
+Every node runs a `Submitter` and hands it every `Quorum` its `AttestationBook` reaches.
+For each one the submitter reads the chain and then:
+- already stored on chain at `confirmations` blocks below the head: done (idempotent: it
+  does not matter who sent it);
+- stored at the head but not yet that deep: wait; if a reorg removes it, it becomes
+  submittable again and is re-sent;
+- submittable (for a batch: the contract's `nextBatchId` is this batch's id; for a
+  settlement: the escrow session is open): send it when it is this node's turn. The
+  validator at (id mod n) of the sorted validator set goes first; the k-th next one
+  takes over `k * turn_timeout_s` after the subject became submittable, so a dead or
+  stuck submitter delays a batch by one timeout, never forever;
+- RPC failures (connection refused, timeouts) back off exponentially and retry.
+
+Pending work lives in SQLite (`JobStore`), written before it is acted on, and is resumed
+after a restart. The chain is reached through the small `SubmissionChain` protocol.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+import trio
+
+from anchoring.attestations import AnchorBatch, Settlement
+from anchoring.batches import Quorum, submitter_order
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus
+
+log = logging.getLogger("devsen.anchoring.submitter")
+
+ANCHOR = "anchor"
+SETTLEMENT = "settlement"
+SESSION_NONE, SESSION_OPEN, SESSION_SETTLED, SESSION_REFUNDED = 0, 1, 2, 3
+MAX_PENDING_JOBS = 10_000
+MAX_DONE_JOBS_KEPT = 1_000
+
+T = TypeVar("T")
+
+
+class ChainUnavailable(Exception):
+    """The chain RPC could not be reached or did not answer (transient: retried)."""
+
+
+class SubmissionRejected(Exception):
+    """The chain refused a transaction (it reverted, or the node refused it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionState:
+    """What the Escrow contract holds for a session: status, settled energy and amount."""
+
+    status: int
+    energy_wh: int = 0
+    amount: int = 0
+
+
+class SubmissionChain(Protocol):
+    """What the submitter needs from a chain client. `block=None` reads at the head."""
+
+    async def head_number(self) -> int: ...
+
+    async def next_batch_id(self, block: int | None = None) -> int: ...
+
+    async def anchored_batch(self, batch_id: int, block: int | None = None) -> AnchorBatch | None: ...
+
+    async def submit_batch(self, batch: AnchorBatch, signatures: Sequence[bytes]) -> bytes: ...
+
+    async def session_state(self, session_id: bytes, block: int | None = None) -> SessionState: ...
+
+    async def submit_settlement(self, settlement: Settlement, signatures: Sequence[bytes]) -> bytes: ...
+
+
+RETRYABLE = (ChainUnavailable, OSError, TimeoutError, trio.TooSlowError)
+
+
+def subject_to_json(subject: AnchorBatch | Settlement) -> dict[str, Any]:
+    """JSON form of a batch or settlement (hex bytes, decimal integers as numbers)."""
+    if isinstance(subject, AnchorBatch):
+        return {"batch_id": subject.batch_id, "root": "0x" + subject.root.hex(),
+                "first_height": subject.first_height, "last_height": subject.last_height,
+                "event_count": subject.event_count}
+    return {"session_id": "0x" + subject.session_id.hex(), "energy_wh": subject.energy_wh,
+            "amount": str(subject.amount)}
+
+
+def subject_from_json(kind: str, data: dict[str, Any]) -> AnchorBatch | Settlement:
+    """Inverse of `subject_to_json`."""
+    if kind == ANCHOR:
+        return AnchorBatch(int(data["batch_id"]), bytes.fromhex(data["root"][2:]), int(data["first_height"]),
+                           int(data["last_height"]), int(data["event_count"]))
+    return Settlement(bytes.fromhex(data["session_id"][2:]), int(data["energy_wh"]), int(data["amount"]))
+
+
+@dataclass(slots=True)
+class Job:
+    """One quorum to bring on chain, with its local (not persisted) timers."""
+
+    quorum: Quorum
+    added_at: float  # wall clock, seconds
+    ready_since: float | None = None  # trio clock: when it last became submittable
+    last_sent: float | None = None  # trio clock: when this node last sent it
+    sends: int = 0
+
+    @property
+    def kind(self) -> str:
+        return ANCHOR if isinstance(self.quorum.subject, AnchorBatch) else SETTLEMENT
+
+    @property
+    def key(self) -> str:
+        subject = self.quorum.subject
+        return str(subject.batch_id) if isinstance(subject, AnchorBatch) else subject.session_id.hex()
+
+
+class JobStore:
+    """SQLite table of jobs: pending ones survive restarts; the last done ones are kept for status."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS jobs (kind TEXT NOT NULL, key TEXT NOT NULL, subject TEXT NOT NULL,"
+            " signers TEXT NOT NULL, signatures TEXT NOT NULL, height INTEGER NOT NULL,"
+            " added_at REAL NOT NULL, outcome TEXT, done_at REAL, PRIMARY KEY (kind, key))")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def put(self, job: Job) -> bool:
+        """Insert a pending job; False if the same (kind, key) is already known."""
+        q = job.quorum
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
+            (job.kind, job.key, json.dumps(subject_to_json(q.subject)),
+             json.dumps([s.hex() for s in q.signers]), json.dumps([s.hex() for s in q.signatures]),
+             q.height, job.added_at))
+        return cursor.rowcount == 1
+
+    def pending(self) -> list[Job]:
+        """All jobs not done yet."""
+        rows = self._db.execute(
+            "SELECT kind, subject, signers, signatures, height, added_at FROM jobs WHERE outcome IS NULL"
+        ).fetchall()
+        jobs = []
+        for kind, subject, signers, signatures, height, added_at in rows:
+            quorum = Quorum(subject_from_json(kind, json.loads(subject)),
+                            tuple(bytes.fromhex(s) for s in json.loads(signers)),
+                            tuple(bytes.fromhex(s) for s in json.loads(signatures)), height)
+            jobs.append(Job(quorum, added_at))
+        return jobs
+
+    def finish(self, job: Job, outcome: str, done_at: float) -> None:
+        """Record how a job ended and drop done jobs beyond the newest MAX_DONE_JOBS_KEPT."""
+        self._db.execute("UPDATE jobs SET outcome = ?, done_at = ? WHERE kind = ? AND key = ?",
+                         (outcome, done_at, job.kind, job.key))
+        self._db.execute(
+            "DELETE FROM jobs WHERE outcome IS NOT NULL AND rowid NOT IN (SELECT rowid FROM jobs"
+            " WHERE outcome IS NOT NULL ORDER BY done_at DESC LIMIT ?)", (MAX_DONE_JOBS_KEPT,))
+
+    def done(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest finished jobs: kind, subject, outcome, seconds from quorum to done."""
+        rows = self._db.execute(
+            "SELECT kind, subject, outcome, added_at, done_at FROM jobs WHERE outcome IS NOT NULL"
+            " ORDER BY done_at DESC LIMIT ?", (limit,)).fetchall()
+        return [{"kind": k, "subject": json.loads(s), "outcome": o, "seconds": round(d - a, 3)}
+                for k, s, o, a, d in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitterConfig:
+    """Timing of submission. `turn_timeout_s` is how long each validator in turn gets."""
+
+    confirmations: int = 2
+    turn_timeout_s: float = 30.0
+    poll_interval_s: float = 1.0
+    rpc_timeout_s: float = 10.0
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        assert self.confirmations >= 0 and self.turn_timeout_s > 0 and self.poll_interval_s > 0
+        assert 0 < self.backoff_initial_s <= self.backoff_max_s and self.rpc_timeout_s > 0
+
+
+@dataclass(slots=True)
+class _Counters:
+    rounds: int = 0
+    rpc_failures: int = 0
+    sends: int = 0
+    rejected_sends: int = 0
+    done: dict[str, int] = field(default_factory=dict)
+
+
+class Submitter:
+    """Brings every quorum on chain exactly once, whoever sends it; see the module docstring."""
+
+    def __init__(self, chain: SubmissionChain, store: JobStore, me: bytes, validators: Sequence[bytes],
+                 config: SubmitterConfig | None = None) -> None:
+        self.chain = chain
+        self.store = store
+        self.me = me
+        self.validators = sorted(validators)
+        self.config = config or SubmitterConfig()
+        self._jobs: dict[tuple[str, str], Job] = {(j.kind, j.key): j for j in store.pending()}
+        self._wake = trio.Event()
+        self._counters = _Counters()
+
+    async def add(self, quorum: Quorum) -> None:
+        """Persist a quorum and have it submitted; adding a known one again changes nothing."""
+        job = Job(quorum, time.time())
+        if (job.kind, job.key) in self._jobs:
+            return
+        if len(self._jobs) >= MAX_PENDING_JOBS:
+            raise OverflowError(f"{MAX_PENDING_JOBS} submissions already pending; the chain is not keeping up")
+        if self.store.put(job):  # a few ms of SQLite, a few times per batch: not worth a thread
+            self._jobs[(job.kind, job.key)] = job
+            self._wake.set()
+
+    def pending(self) -> list[Job]:
+        """Jobs not yet anchored/settled at the confirmation depth."""
+        return list(self._jobs.values())
+
+    def status(self) -> dict[str, Any]:
+        """JSON-ready summary for the node's HTTP API and logs."""
+        c = self._counters
+        return {
+            "pending": [{"kind": j.kind, "subject": subject_to_json(j.quorum.subject), "sends": j.sends}
+                        for j in self._jobs.values()],
+            "rounds": c.rounds, "rpc_failures": c.rpc_failures, "sends": c.sends,
+            "rejected_sends": c.rejected_sends, "done": dict(c.done),
+        }
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Poll and submit until cancelled; RPC failures back off exponentially."""
+        task_status.started()
+        backoff = self.config.backoff_initial_s
+        while True:
+            try:
+                await self.run_round()
+                backoff = self.config.backoff_initial_s
+                delay = self.config.poll_interval_s
+            except RETRYABLE as exc:
+                self._counters.rpc_failures += 1
+                delay = backoff * random.uniform(0.75, 1.25)
+                log.warning("chain RPC failed (%s: %s); retrying in %.2fs", type(exc).__name__, exc, delay)
+                backoff = min(backoff * 2, self.config.backoff_max_s)
+            with trio.move_on_after(delay):
+                await self._wake.wait()
+            self._wake = trio.Event()
+
+    async def run_round(self) -> None:
+        """One pass over all pending jobs against the current chain head."""
+        self._counters.rounds += 1
+        if not self._jobs:
+            return
+        head = await self._call(self.chain.head_number)
+        confirmed = head - self.config.confirmations
+        anchors = sorted((j for j in self._jobs.values() if j.kind == ANCHOR),
+                         key=lambda j: j.quorum.subject.batch_id)  # type: ignore[union-attr]
+        if anchors:
+            next_id = await self._call(self.chain.next_batch_id, None)
+            confirmed_next = await self._call(self.chain.next_batch_id, confirmed) if confirmed >= 0 else 0
+            for job in anchors:
+                await self._advance_anchor(job, next_id, confirmed_next, confirmed)
+        for job in [j for j in self._jobs.values() if j.kind == SETTLEMENT]:
+            await self._advance_settlement(job, confirmed)
+
+    async def _advance_anchor(self, job: Job, next_id: int, confirmed_next: int, confirmed: int) -> None:
+        batch = job.quorum.subject
+        assert isinstance(batch, AnchorBatch)
+        if batch.batch_id < confirmed_next:
+            stored = await self._call(self.chain.anchored_batch, batch.batch_id, confirmed)
+            if stored == batch:
+                await self._finish(job, "anchored")
+            else:
+                log.error("batch %d on chain is %s, not this node's %s", batch.batch_id, stored, batch)
+                await self._finish(job, "conflict")
+        elif batch.batch_id < next_id:
+            job.ready_since = None  # landed, waiting for depth; a reorg restarts the turn timers
+        elif batch.batch_id > next_id:
+            job.ready_since = None  # batch next_id must land first
+        else:
+            await self._maybe_send(job, self.chain.submit_batch)
+
+    async def _advance_settlement(self, job: Job, confirmed: int) -> None:
+        settlement = job.quorum.subject
+        assert isinstance(settlement, Settlement)
+        if confirmed >= 0:
+            state = await self._call(self.chain.session_state, settlement.session_id, confirmed)
+            if state.status == SESSION_SETTLED:
+                same = (state.energy_wh, state.amount) == (settlement.energy_wh, settlement.amount)
+                if not same:
+                    log.error("session %s settled on chain as %s, not %s", settlement.session_id.hex(),
+                              state, settlement)
+                await self._finish(job, "settled" if same else "conflict")
+                return
+            if state.status == SESSION_REFUNDED:
+                log.warning("session %s was refunded to its driver before it could be settled",
+                            settlement.session_id.hex())
+                await self._finish(job, "refunded")
+                return
+        latest = await self._call(self.chain.session_state, settlement.session_id, None)
+        if latest.status == SESSION_OPEN:
+            await self._maybe_send(job, self.chain.submit_settlement)
+        else:
+            job.ready_since = None  # closed at the head but not yet deep enough, or not visible yet
+
+    async def _maybe_send(self, job: Job, send: Callable[[Any, Sequence[bytes]], Awaitable[bytes]]) -> None:
+        now = trio.current_time()
+        if job.ready_since is None:
+            job.ready_since = now
+        if self.me not in self.validators:
+            return  # an observer node tracks but never sends
+        order = submitter_order(self.validators, job.quorum.subject)
+        rank = order.index(self.me)
+        turn = self.config.turn_timeout_s
+        if now < job.ready_since + rank * turn:
+            return
+        if job.last_sent is not None and now - job.last_sent < turn:
+            return  # our transaction may still land
+        if rank:
+            log.info("taking over %s %s as submitter #%d", job.kind, job.key, rank)
+        job.last_sent = now
+        job.sends += 1
+        self._counters.sends += 1
+        try:
+            tx = await self._call(send, job.quorum.subject, job.quorum.signatures)
+        except SubmissionRejected as exc:
+            self._counters.rejected_sends += 1
+            log.warning("%s %s was refused by the chain: %s", job.kind, job.key, exc)
+            return
+        log.info("sent %s %s in tx 0x%s", job.kind, job.key, tx.hex())
+
+    async def _finish(self, job: Job, outcome: str) -> None:
+        self.store.finish(job, outcome, time.time())
+        del self._jobs[(job.kind, job.key)]
+        self._counters.done[outcome] = self._counters.done.get(outcome, 0) + 1
+        log.info("%s %s done: %s after %.1fs", job.kind, job.key, outcome, time.time() - job.added_at)
+
+    async def _call(self, function: Callable[..., Awaitable[T]], *args: Any) -> T:
+        with trio.fail_after(self.config.rpc_timeout_s):
+            return await function(*args)

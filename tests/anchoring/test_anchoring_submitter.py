@@ -1,0 +1,261 @@
+"""Submitter logic against a scripted in-memory chain (unit test of this layer only).
+
+The fake keeps the Anchor/Escrow rules that matter here: sequential batch ids, one
+settlement per session, state readable at past block numbers, reorgs and outages.
+The same submitter runs against the real contracts in test_anchoring_chain.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+import trio
+import trio.testing
+
+from anchoring.attestations import AnchorBatch, Settlement
+from anchoring.batches import Quorum, submitter_order
+from anchoring.submitter import (
+    SESSION_OPEN,
+    SESSION_REFUNDED,
+    ChainUnavailable,
+    JobStore,
+    SessionState,
+    SubmissionRejected,
+    Submitter,
+    SubmitterConfig,
+)
+from consensus.signing import keccak256
+
+VALIDATORS = sorted(keccak256(bytes([i]))[:20] for i in range(4))
+CONFIG = SubmitterConfig(confirmations=2, turn_timeout_s=30, poll_interval_s=1, rpc_timeout_s=5,
+                         backoff_initial_s=0.5, backoff_max_s=8)
+
+
+def batch(i: int) -> AnchorBatch:
+    return AnchorBatch(i, keccak256(b"root%d" % i), 10 * i + 1, 10 * i + 10, 5)
+
+
+def quorum(subject) -> Quorum:
+    return Quorum(subject, tuple(VALIDATORS[:3]), tuple(bytes([27]) * 65 for _ in range(3)), 1)
+
+
+class FakeChain:
+    """States per block: block n holds (batches tuple, sessions dict). Each tx mines one block."""
+
+    def __init__(self) -> None:
+        self.states: list[tuple[tuple[AnchorBatch, ...], dict[bytes, SessionState]]] = [((), {})]
+        self.down = False
+        self.sent: list[tuple[bytes, object]] = []  # (sender, subject) of every accepted tx
+
+    def _state(self, block: int | None):
+        self._check()
+        return self.states[-1 if block is None else block]
+
+    def _check(self) -> None:
+        if self.down:
+            raise ChainUnavailable("connection refused")
+
+    def mine(self, count: int = 1) -> None:
+        for _ in range(count):
+            batches, sessions = self.states[-1]
+            self.states.append((batches, dict(sessions)))
+
+    def reorg_out(self, batch_id: int) -> None:
+        """Replace every block from the one that stored `batch_id` on with empty ones."""
+        landed = next(n for n, (batches, _) in enumerate(self.states) if len(batches) > batch_id)
+        depth = len(self.states) - landed
+        del self.states[landed:]
+        self.mine(depth)
+
+    async def head_number(self) -> int:
+        self._check()
+        return len(self.states) - 1
+
+    async def next_batch_id(self, block: int | None = None) -> int:
+        return len(self._state(block)[0])
+
+    async def anchored_batch(self, batch_id: int, block: int | None = None) -> AnchorBatch | None:
+        batches = self._state(block)[0]
+        return batches[batch_id] if batch_id < len(batches) else None
+
+    async def session_state(self, session_id: bytes, block: int | None = None) -> SessionState:
+        return self._state(block)[1].get(session_id, SessionState(0))
+
+    def sender(self, submitter: Submitter) -> FakeSender:
+        return FakeSender(self, submitter.me)
+
+
+class FakeSender:
+    """The chain as one node sees it: sends are attributed to that node."""
+
+    def __init__(self, chain: FakeChain, me: bytes) -> None:
+        self.chain = chain
+        self.me = me
+
+    def __getattr__(self, name):
+        return getattr(self.chain, name)
+
+    async def submit_batch(self, subject: AnchorBatch, signatures: Sequence[bytes]) -> bytes:
+        chain = self.chain
+        chain._check()
+        batches, sessions = chain.states[-1]
+        if subject.batch_id != len(batches):
+            raise SubmissionRejected(f"BatchIdOutOfOrder({subject.batch_id}, {len(batches)})")
+        chain.states.append(((*batches, subject), dict(sessions)))
+        chain.sent.append((self.me, subject))
+        return keccak256(repr(subject).encode())
+
+    async def submit_settlement(self, subject: Settlement, signatures: Sequence[bytes]) -> bytes:
+        chain = self.chain
+        chain._check()
+        batches, sessions = chain.states[-1]
+        if sessions.get(subject.session_id, SessionState(0)).status != SESSION_OPEN:
+            raise SubmissionRejected("SessionNotOpen")
+        sessions = dict(sessions)
+        sessions[subject.session_id] = SessionState(2, subject.energy_wh, subject.amount)
+        chain.states.append((batches, sessions))
+        chain.sent.append((self.me, subject))
+        return b"\x01" * 32
+
+
+def make(chain: FakeChain, me: bytes, path=":memory:") -> Submitter:
+    submitter = Submitter(None, JobStore(path), me, VALIDATORS, CONFIG)  # type: ignore[arg-type]
+    submitter.chain = chain.sender(submitter)  # type: ignore[assignment]
+    return submitter
+
+
+async def run_until(predicate, chain: FakeChain, seconds: float, mine_every: float = 1.0) -> None:
+    """Let time pass (autojump clock) mining a block every `mine_every` s until `predicate()`."""
+    with trio.fail_after(seconds):
+        while not predicate():
+            await trio.sleep(mine_every)
+            chain.mine()
+
+
+def first_submitter(subject) -> bytes:
+    return submitter_order(VALIDATORS, subject)[0]
+
+
+@pytest.mark.parametrize("trio_clock", [trio.testing.MockClock(autojump_threshold=0)])
+async def test_designated_submitter_sends_once_and_waits_for_depth(trio_clock):
+    chain = FakeChain()
+    nodes = [make(chain, v) for v in VALIDATORS]
+    async with trio.open_nursery() as nursery:
+        for node in nodes:
+            await node.add(quorum(batch(0)))
+            await node.add(quorum(batch(0)))  # idempotent
+            nursery.start_soon(node.run)
+        await run_until(lambda: all(not n.pending() for n in nodes), chain, 20)
+        nursery.cancel_scope.cancel()
+    assert chain.sent == [(first_submitter(batch(0)), batch(0))]
+    assert all(n.status()["done"] == {"anchored": 1} for n in nodes)
+    assert nodes[0].store.done()[0]["outcome"] == "anchored"
+
+
+@pytest.mark.parametrize("trio_clock", [trio.testing.MockClock(autojump_threshold=0)])
+async def test_next_validator_takes_over_when_the_submitter_is_dead(trio_clock):
+    chain = FakeChain()
+    dead = first_submitter(batch(1))
+    alive = [make(chain, v) for v in VALIDATORS if v != dead]
+    async with trio.open_nursery() as nursery:
+        for node in alive:
+            for i in (0, 1):  # batch 1 can only land after batch 0
+                await node.add(quorum(batch(i)))
+            nursery.start_soon(node.run)
+        started = trio.current_time()
+        await run_until(lambda: len(chain.sent) == 2, chain, 200)
+        elapsed = trio.current_time() - started
+        nursery.cancel_scope.cancel()
+    senders = [s for s, _ in chain.sent]
+    assert [b for _, b in chain.sent] == [batch(0), batch(1)]
+    assert senders[1] == submitter_order(VALIDATORS, batch(1))[1]  # the next in turn
+    assert 30 <= elapsed < 70  # one turn timeout for batch 1 (and possibly one for batch 0)
+
+
+@pytest.mark.parametrize("trio_clock", [trio.testing.MockClock(autojump_threshold=0)])
+async def test_rpc_outage_backs_off_and_the_batch_lands_once(trio_clock):
+    chain = FakeChain()
+    node = make(chain, first_submitter(batch(0)))
+    chain.down = True
+    async with trio.open_nursery() as nursery:
+        await node.add(quorum(batch(0)))
+        nursery.start_soon(node.run)
+        await trio.sleep(60)
+        failures = node.status()["rpc_failures"]
+        assert 5 <= failures <= 20  # exponential backoff capped at 8 s, not one try per second
+        chain.down = False
+        await run_until(lambda: not node.pending(), chain, 60)
+        nursery.cancel_scope.cancel()
+    assert chain.sent == [(node.me, batch(0))]
+
+
+@pytest.mark.parametrize("trio_clock", [trio.testing.MockClock(autojump_threshold=0)])
+async def test_pending_jobs_resume_after_restart(trio_clock, tmp_path):
+    chain = FakeChain()
+    me = first_submitter(batch(0))
+    path = tmp_path / "jobs.sqlite"
+    first = make(chain, me, path)
+    chain.down = True
+    await first.add(quorum(batch(0)))
+    await first.add(quorum(Settlement(b"\x05" * 32, 100, 7)))
+    first.store.close()  # the process dies before any submission
+    chain.down = False
+    chain.states[-1][1][b"\x05" * 32] = SessionState(SESSION_OPEN)
+    second = make(chain, me, path)
+    assert {j.kind for j in second.pending()} == {"anchor", "settlement"}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(second.run)
+        await run_until(lambda: not second.pending(), chain, 300)
+        nursery.cancel_scope.cancel()
+    assert [s for _, s in chain.sent][0] == batch(0)
+    assert sorted(second.status()["done"].items()) == [("anchored", 1), ("settled", 1)]
+    assert len(second.store.done()) == 2 and second.store.pending() == []
+
+
+@pytest.mark.parametrize("trio_clock", [trio.testing.MockClock(autojump_threshold=0)])
+async def test_reorg_before_depth_resubmits(trio_clock):
+    chain = FakeChain()
+    node = make(chain, first_submitter(batch(0)))
+    async with trio.open_nursery() as nursery:
+        await node.add(quorum(batch(0)))
+        nursery.start_soon(node.run)
+        await run_until(lambda: len(chain.sent) == 1, chain, 10)
+        chain.reorg_out(0)  # the block with the batch is replaced before it is 2 deep
+        assert await chain.next_batch_id() == 0
+        await run_until(lambda: not node.pending(), chain, 120, mine_every=5)
+        nursery.cancel_scope.cancel()
+    assert [s for _, s in chain.sent] == [batch(0), batch(0)]
+    assert await chain.anchored_batch(0) == batch(0)
+    assert node.status()["done"] == {"anchored": 1}
+
+
+@pytest.mark.parametrize("trio_clock", [trio.testing.MockClock(autojump_threshold=0)])
+async def test_already_anchored_or_refunded_needs_no_send(trio_clock):
+    chain = FakeChain()
+    session = b"\x09" * 32
+    chain.states[-1] = ((batch(0),), {session: SessionState(SESSION_REFUNDED)})
+    chain.mine(3)
+    node = make(chain, first_submitter(batch(0)))
+    other = AnchorBatch(0, keccak256(b"other"), 1, 10, 5)
+    async with trio.open_nursery() as nursery:
+        await node.add(quorum(batch(0)))
+        await node.add(quorum(Settlement(session, 1, 1)))
+        nursery.start_soon(node.run)
+        await run_until(lambda: not node.pending(), chain, 10)
+        conflicting = make(chain, VALIDATORS[0])
+        await conflicting.add(Quorum(other, (), (), 1))
+        await conflicting.run_round()
+        nursery.cancel_scope.cancel()
+    assert chain.sent == []
+    assert node.status()["done"] == {"anchored": 1, "refunded": 1}
+    assert conflicting.status()["done"] == {"conflict": 1}
+
+
+async def test_observer_never_sends_and_bound_on_pending():
+    chain = FakeChain()
+    observer = make(chain, b"\x77" * 20)
+    await observer.add(quorum(batch(0)))
+    for _ in range(3):
+        await observer.run_round()
+    assert chain.sent == [] and len(observer.pending()) == 1
