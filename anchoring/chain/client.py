@@ -1,0 +1,345 @@
+"""The typed DEVSEN chain client: reads at an agreed block number, writes through a sender.
+
+Every read takes `block` (a block number; "latest" only for tools), so all nodes read the
+same state for one consensus height. Writes go through `TransactionSender` with explicit
+gas from `GAS`, and return the receipt (and the new id where there is one).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from eth_abi import encode as abi_encode
+from eth_utils import keccak
+from web3 import Web3
+from web3.contract import Contract
+from web3.types import BlockIdentifier
+
+from anchoring.chain.deploy import Deployment
+from anchoring.chain.errors import ChainRevert, revert_from_exception
+from anchoring.chain.transact import Receipt, RetryPolicy, TransactionSender, with_retries
+from contracts import load_artifact
+
+BlockId = BlockIdentifier  # a block number for consensus reads; "latest" for tools
+MAX_DEVICES_PER_LISTING = 10_000
+_READ_RETRY = RetryPolicy()
+
+# Explicit gas limits (anvil measurements in bench/results/gas.md, with headroom).
+GAS = {
+    "registerRoles": 80_000,
+    "registerIdTag": 120_000,
+    "revokeIdTag": 60_000,
+    "createDevice": 700_000,
+    "deviceUpdate": 250_000,
+    "approve": 80_000,
+    "faucetMint": 100_000,
+    "transfer": 80_000,
+    "openSession": 300_000,
+    "settleBase": 150_000,
+    "refund": 120_000,
+    "anchorBase": 150_000,
+    "perSignature": 12_000,
+    "updateValidatorsBase": 200_000,
+    "perValidator": 120_000,
+}
+
+
+class SessionStatus(enum.IntEnum):
+    OPEN = 1
+    SETTLED = 2
+    REFUNDED = 3
+
+
+@dataclass(frozen=True, slots=True)
+class ValidatorInfo:
+    address: str
+    peer_id: bytes
+    endpoint: str
+
+
+@dataclass(frozen=True, slots=True)
+class ValidatorSetState:
+    epoch: int
+    validators: tuple[ValidatorInfo, ...]
+    quorum: int
+
+    def addresses(self) -> tuple[str, ...]:
+        return tuple(v.address for v in self.validators)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRecord:
+    device_id: bytes
+    charge_box_id: str
+    manager: str
+    location: str
+    connector_count: int
+    price_per_kwh: int
+    per_minute_fee: int
+    auth_salt: bytes
+    auth_hash: bytes
+    charger_public_key: bytes
+    active: bool
+
+
+@dataclass(frozen=True, slots=True)
+class IdTagRecord:
+    id_tag_hash: bytes
+    account: str
+    expiry: int  # unix seconds, 0 = never
+    revoked: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EscrowSession:
+    session_id: bytes
+    driver: str
+    device_id: bytes
+    connector_id: int
+    id_tag_hash: bytes
+    deposit: int
+    settled_amount: int
+    energy_wh: int
+    opened_at: int
+    status: SessionStatus
+
+
+@dataclass(frozen=True, slots=True)
+class AnchoredBatch:
+    batch_id: int
+    root: bytes
+    first_height: int
+    last_height: int
+    event_count: int
+
+
+def id_tag_hash(id_tag: str) -> bytes:
+    """keccak256 of the idTag's UTF-8 bytes: how idTags are stored on chain."""
+    return bytes(keccak(id_tag.encode("utf-8")))
+
+
+def device_id_of(charge_box_id: str) -> bytes:
+    """keccak256 of the chargeBoxId: the DeviceFactory key."""
+    return bytes(keccak(charge_box_id.encode("utf-8")))
+
+
+class ChainClient:
+    """Typed access to one DEVSEN deployment. `sender` is needed only for writes."""
+
+    def __init__(self, w3: Web3, deployment: Deployment, sender: TransactionSender | None = None):
+        self.w3 = w3
+        self.deployment = deployment
+        self.sender = sender
+        self.contracts: dict[str, Contract] = {
+            name: w3.eth.contract(address=Web3.to_checksum_address(address), abi=load_artifact(name)["abi"])
+            for name, address in deployment.addresses().items()
+        }
+
+    # ---- reads -------------------------------------------------------------------------
+
+    def _read(self, contract: str, function: str, *args: Any, block: BlockId) -> Any:
+        call = self.contracts[contract].functions[function](*args)
+        try:
+            if self.sender is not None:
+                return self.sender.rpc(lambda: call.call(block_identifier=block))
+            return with_retries(lambda: call.call(block_identifier=block), _READ_RETRY)
+        except ChainRevert:
+            raise
+        except Exception as exc:
+            revert = revert_from_exception(exc)
+            if revert is None:
+                raise
+            raise revert from exc
+
+    def block_number(self) -> int:
+        return int(self.w3.eth.block_number)
+
+    def validator_set(self, block: BlockId) -> ValidatorSetState:
+        addresses = self._read("ValidatorSet", "validators", block=block)
+        infos = []
+        for address in addresses:
+            peer_id, endpoint = self._read("ValidatorSet", "validatorInfo", address, block=block)
+            infos.append(ValidatorInfo(address, bytes(peer_id), endpoint))
+        return ValidatorSetState(
+            epoch=self._read("ValidatorSet", "epoch", block=block),
+            validators=tuple(infos),
+            quorum=self._read("ValidatorSet", "quorum", block=block),
+        )
+
+    def device(self, charge_box_id: str, block: BlockId) -> DeviceRecord | None:
+        return self.device_by_id(device_id_of(charge_box_id), block)
+
+    def device_by_id(self, device_id: bytes, block: BlockId) -> DeviceRecord | None:
+        try:
+            d = self._read("DeviceFactory", "device", device_id, block=block)
+        except ChainRevert as exc:
+            if exc.name == "UnknownDevice":
+                return None
+            raise
+        (manager, connectors, active, salt, price, fee, auth_hash, cbid, location, key) = d
+        return DeviceRecord(
+            device_id, cbid, manager, location, connectors, price, fee, bytes(salt), bytes(auth_hash), bytes(key), active
+        )
+
+    def device_ids(self, block: BlockId) -> list[bytes]:
+        count = self._read("DeviceFactory", "deviceCount", block=block)
+        if count > MAX_DEVICES_PER_LISTING:
+            raise ValueError(f"{count} devices exceed the listing bound {MAX_DEVICES_PER_LISTING}")
+        return [bytes(self._read("DeviceFactory", "deviceIdAt", i, block=block)) for i in range(count)]
+
+    def id_tag(self, tag_hash: bytes, block: BlockId) -> IdTagRecord | None:
+        account, expiry, revoked = self._read("UserRegistry", "idTag", tag_hash, block=block)
+        if int(account, 16) == 0:
+            return None
+        return IdTagRecord(tag_hash, account, expiry, revoked)
+
+    def roles_of(self, account: str, block: BlockId) -> int:
+        return int(self._read("UserRegistry", "rolesOf", account, block=block))
+
+    def session(self, session_id: bytes, block: BlockId) -> EscrowSession | None:
+        try:
+            s = self._read("Escrow", "session", session_id, block=block)
+        except ChainRevert as exc:
+            if exc.name == "UnknownSession":
+                return None
+            raise
+        driver, energy_wh, connector_id, status, device_id, tag_hash, deposit, settled, opened_at = s
+        return EscrowSession(
+            session_id, driver, bytes(device_id), connector_id, bytes(tag_hash), deposit, settled,
+            energy_wh, opened_at, SessionStatus(status),
+        )
+
+    def next_session_id(self, driver: str, block: BlockId) -> bytes:
+        return bytes(self._read("Escrow", "nextSessionId", driver, block=block))
+
+    def open_deposits(self, block: BlockId) -> int:
+        return int(self._read("Escrow", "openDeposits", block=block))
+
+    def token_balance(self, account: str, block: BlockId) -> int:
+        return int(self._read("ChargeToken", "balanceOf", account, block=block))
+
+    def anchored_batch(self, batch_id: int, block: BlockId) -> AnchoredBatch | None:
+        if batch_id >= self.next_batch_id(block):
+            return None
+        root, first, last, count = self._read("Anchor", "batch", batch_id, block=block)
+        return AnchoredBatch(batch_id, bytes(root), first, last, count)
+
+    def next_batch_id(self, block: BlockId) -> int:
+        return int(self._read("Anchor", "nextBatchId", block=block))
+
+    def next_first_height(self, block: BlockId) -> int:
+        return int(self._read("Anchor", "nextFirstHeight", block=block))
+
+    def verify_inclusion(
+        self, batch_id: int, event_id: bytes, proof: Sequence[bytes], directions: int, block: BlockId
+    ) -> bool:
+        return bool(self._read("Anchor", "verifyInclusion", batch_id, event_id, list(proof), directions, block=block))
+
+    # ---- writes ------------------------------------------------------------------------
+
+    def _send(self, contract: str, function: str, *args: Any, gas: int) -> Receipt:
+        if self.sender is None:
+            raise ValueError("this ChainClient has no sender: it is read-only")
+        return self.sender.send(self.contracts[contract].functions[function](*args), gas=gas)
+
+    def register_roles(self, roles: int) -> Receipt:
+        return self._send("UserRegistry", "registerRoles", roles, gas=GAS["registerRoles"])
+
+    def register_id_tag(self, id_tag: str, expiry: int = 0) -> Receipt:
+        return self._send("UserRegistry", "registerIdTag", id_tag_hash(id_tag), expiry, gas=GAS["registerIdTag"])
+
+    def revoke_id_tag(self, id_tag: str) -> Receipt:
+        return self._send("UserRegistry", "revokeIdTag", id_tag_hash(id_tag), gas=GAS["revokeIdTag"])
+
+    def create_device(
+        self,
+        charge_box_id: str,
+        *,
+        location: str,
+        connector_count: int,
+        price_per_kwh: int,
+        per_minute_fee: int,
+        auth_salt: bytes,
+        auth_hash: bytes,
+        charger_public_key: bytes = b"",
+    ) -> Receipt:
+        return self._send(
+            "DeviceFactory", "createDevice", charge_box_id, location, connector_count, price_per_kwh,
+            per_minute_fee, auth_salt, auth_hash, charger_public_key, gas=GAS["createDevice"],
+        )
+
+    def update_device(self, function: str, charge_box_id: str, *args: Any) -> Receipt:
+        """Manager-only update: function is setLocation, setConnectorCount, setTariff,
+        setAuth, setChargerPublicKey, setActive or transferManagement."""
+        allowed = ("setLocation", "setConnectorCount", "setTariff", "setAuth", "setChargerPublicKey",
+                   "setActive", "transferManagement")
+        if function not in allowed:
+            raise ValueError(f"{function} is not a device update")
+        return self._send("DeviceFactory", function, device_id_of(charge_box_id), *args, gas=GAS["deviceUpdate"])
+
+    def approve(self, spender: str, amount: int) -> Receipt:
+        return self._send("ChargeToken", "approve", spender, amount, gas=GAS["approve"])
+
+    def faucet_mint(self, to: str, amount: int) -> Receipt:
+        return self._send("ChargeToken", "faucetMint", to, amount, gas=GAS["faucetMint"])
+
+    def transfer(self, to: str, amount: int) -> Receipt:
+        return self._send("ChargeToken", "transfer", to, amount, gas=GAS["transfer"])
+
+    def open_session(
+        self, charge_box_id: str, connector_id: int, id_tag: str, deposit: int
+    ) -> tuple[bytes, Receipt]:
+        """Open an escrow session (approve the Escrow first); returns (session id, receipt)."""
+        receipt = self._send(
+            "Escrow", "openSession", charge_box_id, connector_id, id_tag_hash(id_tag), deposit,
+            gas=GAS["openSession"],
+        )
+        events = self.contracts["Escrow"].events.SessionRequested().process_receipt(receipt.raw)
+        assert len(events) == 1
+        return bytes(events[0]["args"]["sessionId"]), receipt
+
+    def settle(self, session_id: bytes, energy_wh: int, amount: int, signatures: Sequence[bytes]) -> Receipt:
+        """Submit a settlement with signatures ordered by signer (see sort_signatures_by_signer)."""
+        gas = GAS["settleBase"] + GAS["perSignature"] * len(signatures)
+        return self._send("Escrow", "settle", session_id, energy_wh, amount, list(signatures), gas=gas)
+
+    def refund(self, session_id: bytes) -> Receipt:
+        return self._send("Escrow", "refund", session_id, gas=GAS["refund"])
+
+    def submit_anchor_batch(
+        self,
+        batch_id: int,
+        root: bytes,
+        first_height: int,
+        last_height: int,
+        event_count: int,
+        signatures: Sequence[bytes],
+    ) -> Receipt:
+        gas = GAS["anchorBase"] + GAS["perSignature"] * len(signatures)
+        return self._send(
+            "Anchor", "submitBatch", batch_id, root, first_height, last_height, event_count,
+            list(signatures), gas=gas,
+        )
+
+    def update_validators(
+        self,
+        epoch: int,
+        validators: Sequence[str],
+        peer_ids: Sequence[bytes],
+        endpoints: Sequence[str],
+        signatures: Sequence[bytes],
+    ) -> Receipt:
+        gas = (GAS["updateValidatorsBase"] + GAS["perValidator"] * len(validators)
+               + GAS["perSignature"] * len(signatures))
+        return self._send(
+            "ValidatorSet", "updateValidators", epoch, list(validators), list(peer_ids),
+            list(endpoints), list(signatures), gas=gas,
+        )
+
+
+def validators_hash(sorted_validators: Sequence[str]) -> bytes:
+    """keccak256(abi.encode(address[])) of the new set, as ValidatorSetUpdate signs it."""
+    return bytes(keccak(abi_encode(["address[]"], [list(sorted_validators)])))

@@ -1,0 +1,202 @@
+"""Deploy the DEVSEN contracts and describe where they are (`Deployment`, a JSON file).
+
+`deploy_all` deploys ValidatorSet, UserRegistry, DeviceFactory, ChargeToken, Escrow and
+Anchor in that order from one key; `deploy_main` is the `devsen chain deploy` command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from web3 import Web3
+
+from anchoring.chain.errors import ChainError
+from anchoring.chain.transact import TransactionSender, connect
+from consensus.signing import Domain
+from contracts import load_artifact
+
+DEPLOYMENT_FORMAT = "devsen-deployment/1"
+DEFAULT_REFUND_TIMEOUT_S = 24 * 3600
+DEFAULT_INITIAL_HEIGHT = 1
+DEPLOY_GAS = {
+    "ValidatorSet": 6_000_000,
+    "UserRegistry": 1_500_000,
+    "DeviceFactory": 2_500_000,
+    "ChargeToken": 1_500_000,
+    "Escrow": 2_500_000,
+    "Anchor": 1_500_000,
+}
+DEPLOY_GAS_PER_VALIDATOR = 120_000
+KEY_ENV = "DEVSEN_DEPLOYER_KEY"
+
+
+@dataclass(frozen=True, slots=True)
+class ValidatorSpec:
+    """An epoch-0 validator: address, libp2p peer id bytes, OCPP endpoint URL."""
+
+    address: str
+    peer_id: bytes = b""
+    endpoint: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """Where the contracts of one DEVSEN network live."""
+
+    chain_id: int
+    deploy_block: int
+    validator_set: str
+    user_registry: str
+    device_factory: str
+    charge_token: str
+    escrow: str
+    anchor: str
+
+    def addresses(self) -> dict[str, str]:
+        """Contract name -> checksum address."""
+        return {
+            "ValidatorSet": self.validator_set,
+            "UserRegistry": self.user_registry,
+            "DeviceFactory": self.device_factory,
+            "ChargeToken": self.charge_token,
+            "Escrow": self.escrow,
+            "Anchor": self.anchor,
+        }
+
+    def domain(self, contract: str) -> Domain:
+        """The EIP-712 domain of `contract` ("ValidatorSet", "Escrow" or "Anchor")."""
+        if contract not in ("ValidatorSet", "Escrow", "Anchor"):
+            raise ValueError(f"{contract} has no signing domain")
+        return Domain(self.chain_id, bytes.fromhex(self.addresses()[contract][2:]))
+
+    def to_json(self) -> str:
+        return json.dumps({"format": DEPLOYMENT_FORMAT, **asdict(self)}, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Deployment:
+        data: dict[str, Any] = json.loads(text)
+        if data.pop("format", None) != DEPLOYMENT_FORMAT:
+            raise ValueError(f"not a {DEPLOYMENT_FORMAT} file")
+        deployment = cls(**data)
+        for address in deployment.addresses().values():
+            if not Web3.is_checksum_address(address):
+                raise ValueError(f"bad address {address!r} in deployment")
+        return deployment
+
+    def save(self, path: Path) -> None:
+        """Write atomically (temp file + rename)."""
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(self.to_json())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> Deployment:
+        return cls.from_json(path.read_text())
+
+
+def deploy_all(
+    sender: TransactionSender,
+    validators: list[ValidatorSpec],
+    *,
+    refund_timeout_s: int = DEFAULT_REFUND_TIMEOUT_S,
+    initial_height: int = DEFAULT_INITIAL_HEIGHT,
+    token_supply: int = 0,
+    faucet: bool = False,
+    admin: str | None = None,
+) -> Deployment:
+    """Deploy every contract from `sender`'s key. Validators are sorted by address here;
+    the token supply goes to the deployer; `admin` (default deployer) grants operator roles."""
+    if not validators:
+        raise ValueError("at least one validator")
+    ordered = sorted(validators, key=lambda v: bytes.fromhex(v.address.removeprefix("0x")))
+    w3 = sender.w3
+    chain_id = sender.rpc(lambda: w3.eth.chain_id)
+    addresses: dict[str, str] = {}
+    blocks: list[int] = []
+
+    def deploy(name: str, *args: Any, extra_gas: int = 0) -> str:
+        artifact = load_artifact(name)
+        receipt = sender.deploy(artifact["abi"], artifact["bytecode"], args, gas=DEPLOY_GAS[name] + extra_gas)
+        assert receipt.contract_address is not None
+        blocks.append(receipt.block_number)
+        addresses[name] = Web3.to_checksum_address(receipt.contract_address)
+        return addresses[name]
+
+    first = deploy(
+        "ValidatorSet",
+        [Web3.to_checksum_address(v.address) for v in ordered],
+        [v.peer_id for v in ordered],
+        [v.endpoint for v in ordered],
+        extra_gas=DEPLOY_GAS_PER_VALIDATOR * len(ordered),
+    )
+    deploy("UserRegistry", admin or sender.address)
+    deploy("DeviceFactory", addresses["UserRegistry"])
+    deploy("ChargeToken", sender.address, token_supply, faucet)
+    deploy(
+        "Escrow",
+        addresses["ChargeToken"],
+        first,
+        addresses["DeviceFactory"],
+        addresses["UserRegistry"],
+        refund_timeout_s,
+    )
+    deploy("Anchor", first, initial_height)
+    return Deployment(
+        chain_id=chain_id,
+        deploy_block=blocks[0],
+        validator_set=addresses["ValidatorSet"],
+        user_registry=addresses["UserRegistry"],
+        device_factory=addresses["DeviceFactory"],
+        charge_token=addresses["ChargeToken"],
+        escrow=addresses["Escrow"],
+        anchor=addresses["Anchor"],
+    )
+
+
+def _read_key(args: argparse.Namespace) -> str:
+    if args.key_file:
+        return Path(args.key_file).read_text().strip()
+    key = os.environ.get(KEY_ENV, "").strip()
+    if not key:
+        raise ValueError(f"give --key-file or set {KEY_ENV} to the deployer's private key (hex)")
+    return key
+
+
+def deploy_main(argv: list[str]) -> int:
+    """`devsen chain deploy`: deploy all contracts to --rpc and write --out. Returns an exit code."""
+    parser = argparse.ArgumentParser(prog="devsen chain deploy", description=__doc__)
+    parser.add_argument("--rpc", required=True, help='JSON-RPC URL (http://...), or "tester"')
+    parser.add_argument("--validators", required=True, help="comma-separated validator addresses")
+    parser.add_argument("--out", required=True, type=Path, help="deployment file to write")
+    parser.add_argument("--key-file", help=f"file with the deployer key (hex); else ${KEY_ENV}")
+    parser.add_argument("--refund-timeout", type=int, default=DEFAULT_REFUND_TIMEOUT_S, help="seconds")
+    parser.add_argument("--initial-height", type=int, default=DEFAULT_INITIAL_HEIGHT)
+    parser.add_argument("--token-supply", type=int, default=0, help="base units minted to the deployer")
+    parser.add_argument("--faucet", action="store_true", help="devnet: enable ChargeToken.faucetMint")
+    args = parser.parse_args(argv)
+    try:
+        validators = [ValidatorSpec(a.strip()) for a in args.validators.split(",") if a.strip()]
+        for v in validators:
+            if not Web3.is_address(v.address):
+                raise ValueError(f"not an address: {v.address!r}")
+        sender = TransactionSender(connect(args.rpc), _read_key(args))
+        deployment = deploy_all(
+            sender,
+            validators,
+            refund_timeout_s=args.refund_timeout,
+            initial_height=args.initial_height,
+            token_supply=args.token_supply,
+            faucet=args.faucet,
+        )
+    except (ValueError, OSError, ChainError) as exc:
+        print(f"devsen chain deploy: {exc}", file=sys.stderr)
+        return 1
+    deployment.save(args.out)
+    print(f"deployed to chain {deployment.chain_id} at block {deployment.deploy_block}: {args.out}")
+    return 0

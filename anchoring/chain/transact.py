@@ -1,0 +1,233 @@
+"""Connecting, retrying and sending transactions: explicit gas, a local nonce, receipts.
+
+`TransactionSender` signs locally (EIP-1559) and sends raw transactions, which works the
+same on the in-process py-evm chain and on any JSON-RPC node. Before sending it runs the
+call (`eth_call`) so a revert surfaces as a decoded `ChainRevert` without spending gas;
+a transaction that still fails on chain (state changed in between) is replayed at its
+block to decode the error. Transport failures are retried with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import requests
+from eth_account import Account
+from web3 import EthereumTesterProvider, HTTPProvider, Web3
+from web3.exceptions import TransactionNotFound, Web3RPCError
+
+from anchoring.chain.errors import (
+    ChainRevert,
+    RpcUnavailable,
+    TransactionTimeout,
+    revert_from_exception,
+)
+
+T = TypeVar("T")
+TESTER_RPC = "tester"
+MAX_GAS_PER_TX = 15_000_000
+DEFAULT_PRIORITY_FEE_WEI = 1_000_000_000
+RECEIPT_POLL_S = 0.02
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    ConnectionError,
+    TimeoutError,
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+)
+
+
+def connect(rpc: str, *, timeout_s: float = 10.0) -> Web3:
+    """A Web3 on `rpc`: "tester" for a fresh in-process py-evm chain, else an http(s) URL."""
+    if rpc == TESTER_RPC:
+        return Web3(EthereumTesterProvider())
+    if not rpc.startswith(("http://", "https://")):
+        raise ValueError(f"rpc must be {TESTER_RPC!r} or an http(s) URL, not {rpc!r}")
+    return Web3(
+        HTTPProvider(rpc, request_kwargs={"timeout": timeout_s}, exception_retry_configuration=None)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff: `attempts` tries, delays base * 2**k capped at max_delay_s."""
+
+    attempts: int = 5
+    base_delay_s: float = 0.1
+    max_delay_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        assert self.attempts >= 1 and 0 <= self.base_delay_s <= self.max_delay_s
+
+    def delay(self, attempt: int) -> float:
+        return float(min(self.max_delay_s, self.base_delay_s * (2**attempt)))
+
+
+def with_retries(
+    operation: Callable[[], T], policy: RetryPolicy, sleep: Callable[[float], None] = time.sleep
+) -> T:
+    """Run `operation`, retrying transport errors with backoff; RpcUnavailable when exhausted."""
+    for attempt in range(policy.attempts):
+        try:
+            return operation()
+        except TRANSIENT_ERRORS as exc:
+            if attempt + 1 == policy.attempts:
+                raise RpcUnavailable(f"RPC failed {policy.attempts} times: {exc}") from exc
+            sleep(policy.delay(attempt))
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """A mined, successful transaction."""
+
+    tx_hash: bytes
+    block_number: int
+    block_hash: bytes
+    gas_used: int
+    contract_address: str | None
+    raw: Any = field(repr=False)
+
+
+def _error_message(exc: BaseException) -> str:
+    return str(getattr(exc, "message", None) or exc).lower()
+
+
+class TransactionSender:
+    """Signs and sends transactions from one key with a locally managed nonce.
+
+    Thread-safe (one lock per sender): a trio shell calls it through `trio.to_thread`.
+    """
+
+    def __init__(
+        self,
+        w3: Web3,
+        private_key: bytes | str,
+        *,
+        retry: RetryPolicy = RetryPolicy(),
+        receipt_timeout_s: float = 60.0,
+        priority_fee_wei: int = DEFAULT_PRIORITY_FEE_WEI,
+        preflight: bool = True,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.w3 = w3
+        self._account = Account.from_key(private_key)
+        self._retry = retry
+        self._receipt_timeout_s = receipt_timeout_s
+        self._priority_fee_wei = priority_fee_wei
+        self._preflight = preflight
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._nonce: int | None = None
+        self._chain_id: int | None = None
+
+    @property
+    def address(self) -> str:
+        return str(self._account.address)
+
+    def rpc(self, operation: Callable[[], T]) -> T:
+        """Run one read against the node with this sender's retry policy."""
+        return with_retries(operation, self._retry, self._sleep)
+
+    def send(self, call: Any, *, gas: int, value: int = 0) -> Receipt:
+        """Send a bound contract function call (`contract.functions.f(...)`) with explicit gas."""
+        return self.send_data(call.address, bytes(Web3.to_bytes(hexstr=call._encode_transaction_data())), gas=gas, value=value)
+
+    def deploy(self, abi: list[Any], bytecode: str, args: tuple[Any, ...], *, gas: int) -> Receipt:
+        """Deploy a contract; the receipt's `contract_address` is set."""
+        data = self.w3.eth.contract(abi=abi, bytecode=bytecode).constructor(*args).data_in_transaction
+        receipt = self.send_data(None, bytes(Web3.to_bytes(hexstr=data)), gas=gas)
+        assert receipt.contract_address is not None
+        return receipt
+
+    def send_data(self, to: str | None, data: bytes, *, gas: int, value: int = 0) -> Receipt:
+        """Sign, send and wait for a transaction; ChainRevert if it reverts (before or on chain)."""
+        if not 21_000 <= gas <= MAX_GAS_PER_TX:
+            raise ValueError(f"gas {gas} outside [21000, {MAX_GAS_PER_TX}]")
+        call = {"from": self.address, "data": data, "value": value, "gas": gas}
+        if to is not None:
+            call["to"] = to
+        if self._preflight:
+            self._call_or_raise(call, "latest")
+        with self._lock:
+            tx_hash = self._sign_and_send(to, data, gas, value)
+        receipt = self._wait_for_receipt(tx_hash)
+        if receipt["status"] != 1:
+            self._call_or_raise(call, receipt["blockNumber"] - 1, tx_hash)
+            raise ChainRevert("Unknown", ("failed without revert data (out of gas?)",), b"", tx_hash)
+        return Receipt(
+            tx_hash=tx_hash,
+            block_number=receipt["blockNumber"],
+            block_hash=bytes(receipt["blockHash"]),
+            gas_used=receipt["gasUsed"],
+            contract_address=receipt.get("contractAddress"),
+            raw=receipt,
+        )
+
+    def _call_or_raise(self, call: dict[str, Any], block: int | str, tx_hash: bytes | None = None) -> None:
+        try:
+            self.rpc(lambda: self.w3.eth.call(call, block))  # type: ignore[arg-type]
+        except TRANSIENT_ERRORS + (RpcUnavailable,):
+            raise
+        except Exception as exc:
+            revert = revert_from_exception(exc, tx_hash)
+            if revert is None:
+                raise
+            raise revert from exc
+
+    def _sign_and_send(self, to: str | None, data: bytes, gas: int, value: int) -> bytes:
+        eth = self.w3.eth
+        if self._chain_id is None:
+            self._chain_id = self.rpc(lambda: eth.chain_id)
+        if self._nonce is None:
+            self._nonce = self.rpc(lambda: eth.get_transaction_count(self._account.address, "pending"))
+        base_fee = self.rpc(lambda: eth.get_block("latest")).get("baseFeePerGas", 0)
+        tx: dict[str, Any] = {
+            "chainId": self._chain_id,
+            "nonce": self._nonce,
+            "gas": gas,
+            "maxFeePerGas": 2 * base_fee + self._priority_fee_wei,
+            "maxPriorityFeePerGas": self._priority_fee_wei,
+            "value": value,
+            "data": data,
+            "type": 2,
+        }
+        if to is not None:
+            tx["to"] = to
+        signed = self._account.sign_transaction(tx)
+        tx_hash = bytes(signed.hash)
+        try:
+            self.rpc(lambda: eth.send_raw_transaction(signed.raw_transaction))
+        except Web3RPCError as exc:
+            message = _error_message(exc)
+            if "already known" not in message:
+                self._nonce = None  # resync from the node next time
+                raise
+        except Exception:
+            self._nonce = None
+            raise
+        self._nonce += 1
+        return tx_hash
+
+    def _wait_for_receipt(self, tx_hash: bytes) -> Any:
+        deadline = time.monotonic() + self._receipt_timeout_s
+        while True:
+            try:
+                return self.rpc(lambda: self.w3.eth.get_transaction_receipt(tx_hash))  # type: ignore[arg-type]
+            except TransactionNotFound:
+                if time.monotonic() > deadline:
+                    raise TransactionTimeout(f"no receipt for 0x{tx_hash.hex()} in {self._receipt_timeout_s} s") from None
+                self._sleep(RECEIPT_POLL_S)
+
+
+__all__ = [
+    "Receipt",
+    "RetryPolicy",
+    "TransactionSender",
+    "connect",
+    "with_retries",
+]
