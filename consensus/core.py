@@ -54,6 +54,8 @@ from consensus.types import (
     verify_certificate,
 )
 
+Peer = str | bytes  # whatever names a peer in the shell (peer id or validator address)
+
 MAX_ROUNDS_AHEAD = 64  # votes/proposals further ahead of our round are dropped
 MAX_FUTURE_MESSAGES = 1024  # buffered messages for height + 1
 MAX_RECENT_COMMITS = 16  # committed blocks kept to help peers one height behind
@@ -147,7 +149,7 @@ class Broadcast:
 class SendTo:
     """Send `message` to one peer (e.g. a committed block to a peer that is behind)."""
 
-    peer: str
+    peer: Peer
     message: Message
 
     @property
@@ -198,7 +200,7 @@ class Commit:
 class RequestCatchUp:
     """More than 1/3 of the power is at a later height: fetch certified blocks from `peer`."""
 
-    peer: str | None
+    peer: Peer | None
     from_height: int
 
 
@@ -213,7 +215,7 @@ class ReportEvidence:
 class Dropped:
     """An input was refused (stale, hostile or malformed); `peer` may be penalized."""
 
-    peer: str | None
+    peer: Peer | None
     reason: str
 
 
@@ -285,7 +287,7 @@ class _HeightState:
     evidence_seen: set[tuple[bytes, int, int]] = field(default_factory=set)
     awaiting_content: int | None = None
     ahead_power: dict[bytes, int] = field(default_factory=dict)  # validators seen at later heights
-    catch_up_peer: str | None = None
+    catch_up_peer: Peer | None = None
     catch_up_requested: bool = False
 
 
@@ -334,7 +336,7 @@ class ConsensusCore:
         self._state = _HeightState()
         self._future: OrderedDict[tuple[object, ...], Proposal | Vote] = OrderedDict()
         self._recent: OrderedDict[int, CommittedBlock] = OrderedDict()
-        self._served: set[tuple[str, int]] = set()
+        self._served: set[tuple[Peer, int]] = set()
 
     # ------------------------------------------------------------------ public inputs
 
@@ -387,7 +389,7 @@ class ConsensusCore:
         self._retransmit(out)
         return out
 
-    def on_message(self, message: bytes | Message, sender: str | None = None) -> list[Output]:
+    def on_message(self, message: bytes | Message, sender: Peer | None = None) -> list[Output]:
         """A message from a peer (wire bytes or decoded); `sender` names the peer."""
         out: list[Output] = []
         if isinstance(message, bytes | bytearray | memoryview):
@@ -472,7 +474,7 @@ class ConsensusCore:
         self._run_rules(out)
         return out
 
-    def on_committed_block(self, committed: CommittedBlock, sender: str | None = None) -> list[Output]:
+    def on_committed_block(self, committed: CommittedBlock, sender: Peer | None = None) -> list[Output]:
         """A certified block fetched from a peer (catch-up); only the next height is taken."""
         out: list[Output] = []
         if committed.height != self.height:
@@ -500,7 +502,7 @@ class ConsensusCore:
 
     # ------------------------------------------------------------------ message intake
 
-    def _accept(self, message: Proposal | Vote, sender: str | None, out: list[Output],
+    def _accept(self, message: Proposal | Vote, sender: Peer | None, out: list[Output],
                 persist: bool, trusted: bool) -> None:
         """Validate and store one proposal or vote of any height."""
         if message.height < self.height:
@@ -522,7 +524,7 @@ class ConsensusCore:
         else:
             self._accept_proposal(message, sender, out, persist, trusted)
 
-    def _accept_vote(self, vote: Vote, sender: str | None, out: list[Output], persist: bool,
+    def _accept_vote(self, vote: Vote, sender: Peer | None, out: list[Output], persist: bool,
                      trusted: bool) -> None:
         state = self._state
         tally = state.votes.setdefault((vote.round, vote.vote_type), _RoundVotes())
@@ -542,7 +544,7 @@ class ConsensusCore:
         if persist and vote.validator != self.address:
             out.append(Persist(vote, own=False))
 
-    def _accept_proposal(self, proposal: Proposal, sender: str | None, out: list[Output],
+    def _accept_proposal(self, proposal: Proposal, sender: Peer | None, out: list[Output],
                          persist: bool, trusted: bool) -> None:
         state = self._state
         if proposal.proposer != self.validators.proposer(self.height, proposal.round):
@@ -612,7 +614,7 @@ class ConsensusCore:
         out.append(ReportEvidence(Evidence(kind, _signer(first), first.height, first.round,
                                            first.to_bytes(), second.to_bytes())))
 
-    def _buffer_future(self, message: Proposal | Vote, sender: str | None, out: list[Output]) -> None:
+    def _buffer_future(self, message: Proposal | Vote, sender: Peer | None, out: list[Output]) -> None:
         """Keep messages of height + 1 (bounded); note who is ahead to trigger catch-up."""
         signer = _signer(message)
         validators = self.schedule.set_for(message.height)
@@ -651,7 +653,7 @@ class ConsensusCore:
             state.catch_up_requested = True
             out.append(RequestCatchUp(state.catch_up_peer, self.height))
 
-    def _help_lagging_peer(self, height: int, sender: str | None, out: list[Output]) -> None:
+    def _help_lagging_peer(self, height: int, sender: Peer | None, out: list[Output]) -> None:
         """A peer still works on a height we decided: send it the certified block once."""
         committed = self._recent.get(height)
         if committed is None or sender is None or (sender, height) in self._served:
@@ -659,7 +661,7 @@ class ConsensusCore:
         self._served.add((sender, height))
         out.append(SendTo(sender, committed))
 
-    def _serve_recent(self, request: BlockRequest, sender: str | None, out: list[Output]) -> None:
+    def _serve_recent(self, request: BlockRequest, sender: Peer | None, out: list[Output]) -> None:
         if sender is None:
             return
         for height in range(request.from_height, request.from_height + request.count):
