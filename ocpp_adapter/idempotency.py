@@ -1,13 +1,16 @@
 """Adapter-side idempotency: one submission per charger message, shared by its retries.
 
-Keyed by `ChargerEvent.dedup_key`. A retry that arrives while the first submission is
-still in flight awaits the same outcome instead of submitting again; a finished outcome
-(reply or permanent rejection) is remembered in a bounded LRU. Transient failures
-(overload, timeout, cancellation) are not remembered, so the next retry submits afresh.
+Keyed by `ChargerEvent.dedup_key`. Each submission runs as a task of the server's own
+nursery, not of the connection that received it: a charger that reconnects and retries
+while the first submission is still in flight awaits that same submission instead of
+submitting twice, and the first is not cancelled with the old connection. A finished
+outcome (reply or permanent rejection) is remembered in a bounded LRU; transient
+failures (overload, timeout, ingest bug) are forgotten, so the next retry submits afresh.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -15,11 +18,15 @@ import trio
 
 from ocpp_adapter.bounded import LruMap
 from ocpp_adapter.events import ChargerEvent
-from ocpp_adapter.ingest import IngestRejected, IngestResult
+from ocpp_adapter.ingest import IngestOverloaded, IngestRejected, IngestResult
+
+log = logging.getLogger("ocpp_adapter.idempotency")
+
+Submit = Callable[[ChargerEvent], Awaitable[IngestResult]]
 
 
-class SubmissionAborted(Exception):
-    """The first submission of this message failed transiently; the retry should resubmit."""
+class SubmissionFailed(Exception):
+    """The submission ended without a decision (timeout or ingest failure); retry later."""
 
 
 @dataclass(slots=True)
@@ -27,42 +34,64 @@ class _Entry:
     done: trio.Event = field(default_factory=trio.Event)
     result: IngestResult | None = None
     rejected: IngestRejected | None = None
+    transient: Exception | None = None
 
 
 class ReplyCache:
-    """Bounded map dedup_key -> outcome, with in-flight sharing."""
+    """Bounded map dedup_key -> outcome, with in-flight sharing and a cap on submissions."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, max_in_flight: int) -> None:
+        assert max_in_flight > 0
         self._entries: LruMap[bytes, _Entry] = LruMap(capacity)
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
     async def submit_once(
-        self, event: ChargerEvent, submit: Callable[[ChargerEvent], Awaitable[IngestResult]]
+        self, event: ChargerEvent, submit: Submit, nursery: trio.Nursery, timeout: float
     ) -> IngestResult:
-        """Return the outcome for `event`, calling `submit` only if no equal message is
-        known or in flight. Raises IngestRejected (remembered), or whatever `submit`
-        raised transiently (then forgotten); waiters on a failed first attempt get
-        SubmissionAborted."""
+        """The outcome for `event`, submitting it (in `nursery`, within `timeout`) only if
+        no equal message is known or in flight.
+
+        Raises IngestRejected (remembered), IngestOverloaded or SubmissionFailed (forgotten).
+        """
         key = event.dedup_key
         entry = self._entries.get(key)
-        if entry is not None:
-            await entry.done.wait()
-            if entry.rejected is not None:
-                raise entry.rejected
-            if entry.result is None:
-                raise SubmissionAborted("the first submission of this message failed; retry")
+        if entry is None:
+            if self.in_flight >= self.max_in_flight:
+                raise IngestOverloaded(f"{self.in_flight} submissions in flight at this endpoint")
+            entry = _Entry()
+            self._entries.put(key, entry)
+            self.in_flight += 1
+            nursery.start_soon(self._run, key, entry, event, submit, timeout)
+        await entry.done.wait()
+        if entry.result is not None:
             return entry.result
-        entry = _Entry()
-        self._entries.put(key, entry)
+        if entry.rejected is not None:
+            raise entry.rejected
+        if isinstance(entry.transient, IngestOverloaded):
+            raise entry.transient
+        raise SubmissionFailed(str(entry.transient or "no decision"))
+
+    async def _run(self, key: bytes, entry: _Entry, event: ChargerEvent, submit: Submit, timeout: float) -> None:
+        """Never raises (it runs in the server's nursery)."""
         try:
-            entry.result = await submit(event)
-            return entry.result
-        except IngestRejected as exc:
-            entry.rejected = exc
-            raise
+            with trio.move_on_after(timeout):
+                try:
+                    entry.result = await submit(event)
+                except IngestRejected as exc:
+                    entry.rejected = exc
+                except IngestOverloaded as exc:
+                    entry.transient = exc
+                except Exception as exc:
+                    log.exception("ingest failed on %s from %s", event.action, event.charger_id)
+                    entry.transient = exc
+            if entry.result is None and entry.rejected is None and entry.transient is None:
+                entry.transient = SubmissionFailed(f"not decided within {timeout:g}s")
         finally:
+            self.in_flight -= 1
             if entry.result is None and entry.rejected is None and self._entries.get(key) is entry:
                 self._entries.pop(key)
             entry.done.set()

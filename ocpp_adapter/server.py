@@ -34,7 +34,7 @@ from ocpp_adapter.auth import (
 from ocpp_adapter.bounded import TokenBucket
 from ocpp_adapter.config import OcppServerConfig
 from ocpp_adapter.events import ChargerEvent, EventEncodingError
-from ocpp_adapter.idempotency import ReplyCache, SubmissionAborted
+from ocpp_adapter.idempotency import ReplyCache, SubmissionFailed
 from ocpp_adapter.ingest import Ingest, IngestOverloaded, IngestRejected
 from ocpp_adapter.protocol import (
     SUBPROTOCOL_VERSIONS,
@@ -204,7 +204,8 @@ class OcppServer:
         self.ingest = ingest
         self.registry = registry
         self.connections = connections
-        self.replies = ReplyCache(config.reply_cache_entries)
+        self.replies = ReplyCache(config.reply_cache_entries, config.max_in_flight_submissions)
+        self.submissions: trio.Nursery | None = None  # owns ingest submissions (outlive connections)
         self.verified = VerifiedCredentialsCache(config.verified_auth_cache_entries)
         self.password_checks = trio.CapacityLimiter(config.concurrent_password_checks)
         self.streams = trio.CapacityLimiter(config.max_connections + config.max_pending_handshakes)
@@ -396,18 +397,17 @@ class OcppServer:
             event.to_bytes()
         except EventEncodingError as exc:
             return fail(errors.payload_format_code(version), f"payload has no canonical encoding: {exc}")
+        assert self.submissions is not None, "serve_ocpp sets the submissions nursery"
         try:
-            with trio.fail_after(self.config.ingest_timeout):
-                result = await self.replies.submit_once(event, self.ingest.submit)
+            result = await self.replies.submit_once(
+                event, self.ingest.submit, self.submissions, self.config.ingest_timeout
+            )
         except IngestOverloaded as exc:
             return fail(errors.INTERNAL_ERROR, f"node overloaded, retry later: {exc}")
         except IngestRejected as exc:
             return fail(errors.GENERIC_ERROR, f"rejected: {exc}")
-        except (trio.TooSlowError, SubmissionAborted):
-            return fail(errors.INTERNAL_ERROR, "not decided in time, retry later")
-        except Exception:
-            log.exception("ingest failed on %s from %s", call.action, conn.charge_box_id)
-            return fail(errors.INTERNAL_ERROR, "internal error")
+        except SubmissionFailed as exc:
+            return fail(errors.INTERNAL_ERROR, f"no decision, retry later: {exc}")
         reply = conn.session.result(call, result.reply)
         if isinstance(reply, SendReply):
             log.error("ingest reply to %s breaks the schema: %s", call.action, reply.reason)
@@ -461,5 +461,6 @@ async def serve_ocpp(
     port = tcp_listener.socket.getsockname()[1]
     log.info("OCPP endpoint on %s://%s:%d%s{chargeBoxId}", config.scheme, config.host, port, config.path_prefix)
     async with trio.open_nursery() as nursery:
+        server.submissions = nursery
         await nursery.start(trio.serve_listeners, server.handle_stream, listeners)
         task_status.started(port)
