@@ -16,6 +16,7 @@ from eth_abi import encode as abi_encode
 from eth_utils import keccak
 from web3 import Web3
 from web3.contract import Contract
+from web3.logs import DISCARD
 from web3.types import BlockIdentifier
 
 from anchoring.chain.deploy import Deployment
@@ -297,7 +298,7 @@ class ChainClient:
             "Escrow", "openSession", charge_box_id, connector_id, id_tag_hash(id_tag), deposit,
             gas=GAS["openSession"],
         )
-        events = self.contracts["Escrow"].events.SessionRequested().process_receipt(receipt.raw)
+        events = self.contracts["Escrow"].events.SessionRequested().process_receipt(receipt.raw, errors=DISCARD)
         assert len(events) == 1
         return bytes(events[0]["args"]["sessionId"]), receipt
 
