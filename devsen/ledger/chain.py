@@ -14,6 +14,7 @@ from typing import Protocol
 
 from ocpp_adapter.events import keccak256
 
+MAX_AMOUNT = 2**256 - 1  # token amounts are uint256 on chain
 MAX_CONNECTORS = 64  # a device registry entry never declares more connectors (or EVSEs) than this
 
 
@@ -41,8 +42,8 @@ class Tariff:
     per_minute_fee: int = 0
 
     def __post_init__(self) -> None:
-        if self.price_per_kwh < 0 or self.per_minute_fee < 0:
-            raise ValueError("tariff amounts must be >= 0")
+        if not (0 <= self.price_per_kwh <= MAX_AMOUNT and 0 <= self.per_minute_fee <= MAX_AMOUNT):
+            raise ValueError("tariff amounts must be uint256")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,8 +91,8 @@ class EscrowSession:
     def __post_init__(self) -> None:
         if len(self.session_id) != 32 or len(self.id_tag_hash) != 32:
             raise ValueError("session_id and id_tag_hash must be 32 bytes")
-        if self.deposit < 0 or self.opened_at_s < 0:
-            raise ValueError("deposit and opened_at_s must be >= 0")
+        if not 0 <= self.deposit <= MAX_AMOUNT or self.opened_at_s < 0:
+            raise ValueError("deposit must be uint256 and opened_at_s >= 0")
 
 
 def id_tag_hash(id_tag: str) -> bytes:

@@ -20,6 +20,8 @@ import msgpack
 from ocpp_adapter.events import keccak256
 
 _MOD = 2**256
+_BIG_INT_EXT = 1  # msgpack ext type: a non-negative int >= 2**64, minimal big-endian bytes
+_NATIVE_INT_END = 2**64
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -33,18 +35,30 @@ def state_value(value: Any) -> Any:
         return {k: state_value(value[k]) for k in sorted(value)}
     if isinstance(value, (list, tuple)):
         return [state_value(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool) and value >= _NATIVE_INT_END:
+        return msgpack.ExtType(_BIG_INT_EXT, value.to_bytes((value.bit_length() + 7) // 8, "big"))
     assert value is None or isinstance(value, (bool, int, str, bytes)), f"no {type(value).__name__} in state"
+    assert not isinstance(value, int) or value >= -(2**63), "no large negative integers in state"
     return value
 
 
 def state_bytes(value: Any) -> bytes:
-    """Canonical msgpack of `state_value(value)`."""
+    """Canonical msgpack of `state_value(value)`; token amounts up to uint256 and beyond fit."""
     return msgpack.packb(state_value(value), use_bin_type=True)
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code != _BIG_INT_EXT or not data or data[0] == 0:
+        raise ValueError("not a canonical state encoding")
+    value = int.from_bytes(data, "big")
+    if value < _NATIVE_INT_END:
+        raise ValueError("not a canonical state encoding")
+    return value
 
 
 def from_state_bytes(data: bytes) -> Any:
     """Inverse of `state_bytes` up to dataclasses: arrays come back as tuples."""
-    return msgpack.unpackb(data, raw=False, use_list=False, strict_map_key=True)
+    return msgpack.unpackb(data, raw=False, use_list=False, strict_map_key=True, ext_hook=_ext_hook)
 
 
 class HashedTable(Generic[K, V]):
