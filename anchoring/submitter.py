@@ -185,12 +185,14 @@ class SubmitterConfig:
     turn_timeout_s: float = 30.0
     poll_interval_s: float = 1.0
     rpc_timeout_s: float = 10.0
+    send_timeout_s: float = 90.0  # a send waits for its receipt: longer than the sender's own timeout
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
 
     def __post_init__(self) -> None:
         assert self.confirmations >= 0 and self.turn_timeout_s > 0 and self.poll_interval_s > 0
-        assert 0 < self.backoff_initial_s <= self.backoff_max_s and self.rpc_timeout_s > 0
+        assert 0 < self.backoff_initial_s <= self.backoff_max_s
+        assert 0 < self.rpc_timeout_s <= self.send_timeout_s
 
 
 @dataclass(slots=True)
@@ -335,7 +337,8 @@ class Submitter:
         job.sends += 1
         self._counters.sends += 1
         try:
-            tx = await self._call(send, job.quorum.subject, job.quorum.signatures)
+            with trio.fail_after(self.config.send_timeout_s):
+                tx = await send(job.quorum.subject, job.quorum.signatures)
         except SubmissionRejected as exc:
             self._counters.rejected_sends += 1
             log.warning("%s %s was refused by the chain: %s", job.kind, job.key, exc)

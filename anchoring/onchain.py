@@ -1,0 +1,95 @@
+"""`SubmissionChain` over the real chain client (anchoring/chain), for the trio submitter.
+
+The chain client is synchronous (web3 over HTTP, or the in-process py-evm chain); every
+call runs in a worker thread, one at a time per `OnChain` (a capacity limiter of one), so
+the in-process chain is never entered from two threads. Transport failures become
+`ChainUnavailable` (retried by the submitter), reverts become `SubmissionRejected`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import requests
+import trio
+from web3.exceptions import BadFunctionCallOutput
+
+from anchoring.attestations import AnchorBatch, Settlement
+from anchoring.chain.client import ChainClient
+from anchoring.chain.errors import ChainRevert, RpcUnavailable, TransactionTimeout
+from anchoring.chain.transact import Receipt
+from anchoring.submitter import ChainUnavailable, SessionState, SubmissionRejected
+
+T = TypeVar("T")
+_TRANSPORT = (RpcUnavailable, TransactionTimeout, requests.exceptions.RequestException, ConnectionError)
+
+
+class OnChain:
+    """The Anchor and Escrow contracts of one deployment, as the submitter sees them."""
+
+    def __init__(self, client: ChainClient) -> None:
+        self.client = client
+        self.limiter = trio.CapacityLimiter(1)
+
+    async def run_sync(self, function: Callable[..., T], *args: object) -> T:
+        """Run one blocking chain-client call in the worker thread, mapping its errors."""
+        try:
+            return await trio.to_thread.run_sync(functools.partial(function, *args), limiter=self.limiter,
+                                                 abandon_on_cancel=True)  # type: ignore[call-arg]
+        except ChainRevert as exc:
+            raise SubmissionRejected(str(exc)) from exc
+        except _TRANSPORT as exc:
+            raise ChainUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def head_number(self) -> int:
+        return await self.run_sync(self.client.block_number)
+
+    async def next_batch_id(self, block: int | None = None) -> int:
+        try:
+            return await self.run_sync(self.client.next_batch_id, "latest" if block is None else block)
+        except BadFunctionCallOutput:
+            if block is None:
+                raise
+            return 0  # read below the Anchor contract's deployment: nothing anchored yet
+
+    async def anchored_batch(self, batch_id: int, block: int | None = None) -> AnchorBatch | None:
+        stored = await self.run_sync(self.client.anchored_batch, batch_id, "latest" if block is None else block)
+        if stored is None:
+            return None
+        return AnchorBatch(stored.batch_id, stored.root, stored.first_height, stored.last_height, stored.event_count)
+
+    async def submit_batch(self, batch: AnchorBatch, signatures: Sequence[bytes]) -> bytes:
+        receipt = await self._send(self.client.submit_anchor_batch, batch.batch_id, batch.root,
+                                   batch.first_height, batch.last_height, batch.event_count, list(signatures))
+        return receipt.tx_hash
+
+    async def session_state(self, session_id: bytes, block: int | None = None) -> SessionState:
+        try:
+            session = await self.run_sync(self.client.session, session_id, "latest" if block is None else block)
+        except BadFunctionCallOutput:
+            if block is None:
+                raise
+            return SessionState(0)  # read below the Escrow contract's deployment
+        if session is None:
+            return SessionState(0)
+        return SessionState(int(session.status), session.energy_wh, session.settled_amount)
+
+    async def submit_settlement(self, settlement: Settlement, signatures: Sequence[bytes]) -> bytes:
+        receipt = await self._send(self.client.settle, settlement.session_id, settlement.energy_wh,
+                                   settlement.amount, list(signatures))
+        return receipt.tx_hash
+
+    async def _send(self, function: Callable[..., Receipt], *args: object) -> Receipt:
+        try:
+            return await self.run_sync(function, *args)
+        except ChainUnavailable as exc:
+            if isinstance(exc.__cause__, TransactionTimeout):
+                # The transaction was dropped (e.g. its block was reorged away) and the
+                # sender's cached nonce now points past the account's real nonce: make it
+                # re-read the nonce, or every later transaction would wait behind a gap.
+                sender = self.client.sender
+                if sender is not None and hasattr(sender, "_nonce"):
+                    sender._nonce = None
+            raise

@@ -1,0 +1,215 @@
+"""Anchoring against the real contracts: Python <-> Solidity Merkle vectors, and the
+submitter bringing quorum-signed batches on chain (in-process py-evm chain and anvil)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import trio
+from eth_account import Account
+from web3 import Web3
+
+from anchoring.attestations import AnchorBatch, attest
+from anchoring.batches import AttestationBook, Quorum, submitter_order
+from anchoring.chain import (
+    ChainClient,
+    Deployment,
+    TransactionSender,
+    ValidatorSpec,
+    connect,
+    deploy_all,
+)
+from anchoring.chain.anvil import running_anvil
+from anchoring.merkle import ZERO_ROOT, MerkleTree, leaf_hash
+from anchoring.onchain import OnChain
+from anchoring.submitter import JobStore, Submitter, SubmitterConfig
+from consensus.signing import SigningKey, to_checksum_hex
+
+VECTORS = Path(__file__).parents[1] / "vectors" / "merkle_v1.json"
+KEYS = sorted((SigningKey(hashlib.sha256(b"anchoring-validator-%d" % i).digest()) for i in range(4)),
+              key=lambda k: k.address)
+
+
+class Net:
+    """A deployment with 4 validators that can also pay for their own transactions."""
+
+    def __init__(self, w3: Web3) -> None:
+        self.w3 = w3
+        deployer = Account.create()
+        for address in [deployer.address] + [to_checksum_hex(k.address) for k in KEYS]:
+            tx = w3.eth.send_transaction({"from": w3.eth.accounts[0], "to": address, "value": 10**19,
+                                          "gas": 21_000})
+            w3.eth.wait_for_transaction_receipt(tx)
+        self.deployment: Deployment = deploy_all(
+            TransactionSender(w3, deployer.key),
+            [ValidatorSpec(to_checksum_hex(k.address)) for k in KEYS])
+        self.anchor_domain = self.deployment.domain("Anchor")
+
+    def client(self, key: SigningKey) -> ChainClient:
+        sender = TransactionSender(self.w3, key.secret, receipt_timeout_s=2.0)
+        return ChainClient(self.w3, self.deployment, sender)
+
+    def quorum(self, batch: AnchorBatch, height: int = 0) -> Quorum:
+        book = AttestationBook([k.address for k in KEYS], self.anchor_domain, self.deployment.domain("Escrow"))
+        book.expect(batch)
+        for key in KEYS:
+            done = book.on_committed(attest(batch, key, self.anchor_domain), height)
+            if done:
+                return done
+        raise AssertionError("no quorum")
+
+    def mine(self, count: int) -> None:
+        provider = self.w3.provider
+        if hasattr(provider, "ethereum_tester"):
+            provider.ethereum_tester.mine_blocks(count)
+        else:
+            for _ in range(count):
+                provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def tester_net() -> Net:
+    return Net(connect("tester"))
+
+
+@pytest.fixture
+def anvil_net(tmp_path):
+    with running_anvil(tmp_path / "anvil.log") as anvil:
+        yield Net(connect(anvil.url))
+
+
+def test_solidity_verify_inclusion_agrees_with_python_vectors(tester_net: Net):
+    net = tester_net
+    client = net.client(KEYS[0])
+    cases = json.loads(VECTORS.read_text())["cases"]
+    first_batch = client.next_batch_id("latest")
+    for offset, case in enumerate(cases):
+        batch_id = first_batch + offset
+        height = client.next_first_height("latest")
+        batch = AnchorBatch(batch_id, bytes.fromhex(case["root"][2:]), height, height, case["leaf_count"])
+        quorum = net.quorum(batch)
+        client.submit_anchor_batch(batch.batch_id, batch.root, batch.first_height, batch.last_height,
+                                   batch.event_count, list(quorum.signatures))
+    assert client.next_batch_id("latest") == first_batch + len(cases)
+    checked = 0
+    for offset, case in enumerate(cases):
+        batch_id = first_batch + offset
+        for index, entry in enumerate(case["leaves"]):
+            event_id = bytes.fromhex(entry["event_id"][2:])
+            proof = [bytes.fromhex(s[2:]) for s in entry["proof"]]
+            directions = entry["directions"]
+            assert client.verify_inclusion(batch_id, event_id, proof, directions, "latest")
+            checked += 1
+            # tampered: other batch, flipped direction, leaf posing as event id, extra direction bit
+            assert not client.verify_inclusion(batch_id - 1, event_id, proof, directions, "latest")
+            if proof:
+                assert not client.verify_inclusion(batch_id, event_id, proof, directions ^ 1, "latest")
+            assert not client.verify_inclusion(batch_id, leaf_hash(event_id), proof, directions, "latest")
+            assert not client.verify_inclusion(batch_id, event_id, proof, directions | 1 << len(proof),
+                                               "latest")
+            if index == 0 and len(case["leaves"]) >= 2:
+                # second preimage: the parent of leaves 0 and 1 presented as an event id
+                tree = MerkleTree([bytes.fromhex(e["event_id"][2:]) for e in case["leaves"]])
+                upper = tree.proof(0)
+                parent = bytes.fromhex(entry["leaf"][2:])
+                parent = Web3.keccak(b"\x01" + parent + upper.siblings[0])
+                assert not client.verify_inclusion(batch_id, bytes(parent), list(upper.siblings[1:]),
+                                                   upper.directions >> 1, "latest")
+    assert checked == sum(c["leaf_count"] for c in cases) == 32
+    empty = first_batch + [c["leaf_count"] for c in cases].index(0)
+    assert not client.verify_inclusion(empty, ZERO_ROOT, [], 0, "latest")
+
+
+def batch_for(client: ChainClient, event_ids: list[bytes]) -> AnchorBatch:
+    tree = MerkleTree(event_ids)
+    height = client.next_first_height("latest")
+    return AnchorBatch(client.next_batch_id("latest"), tree.root, height, height + 9, len(tree))
+
+
+async def drive(net: Net, submitters: list[Submitter], until, seconds: float) -> None:
+    """Run the submitters, mining a block every 50 ms, until `until()` holds."""
+    async with trio.open_nursery() as nursery:
+        for submitter in submitters:
+            nursery.start_soon(submitter.run)
+        with trio.fail_after(seconds):
+            while not until():
+                await trio.sleep(0.05)
+                await submitters[0].chain.run_sync(net.mine, 1)  # type: ignore[attr-defined]
+        nursery.cancel_scope.cancel()
+
+
+FAST = SubmitterConfig(confirmations=2, turn_timeout_s=1.0, poll_interval_s=0.05, rpc_timeout_s=10,
+                       backoff_initial_s=0.05, backoff_max_s=0.4)
+
+
+def make_submitters(net: Net, keys: list[SigningKey], tmp_path: Path) -> list[Submitter]:
+    return [Submitter(OnChain(net.client(k)), JobStore(tmp_path / f"{k.address.hex()}.sqlite"), k.address,
+                      [v.address for v in KEYS], FAST) for k in keys]
+
+
+async def test_submitters_anchor_once_on_the_in_process_chain(tester_net: Net, tmp_path):
+    net = tester_net
+    reader = net.client(KEYS[0])
+    batch = batch_for(reader, [hashlib.sha256(b"e%d" % i).digest() for i in range(100)])
+    quorum = net.quorum(batch)
+    submitters = make_submitters(net, KEYS, tmp_path)
+    # one shared OnChain would serialise best, but separate ones must also be safe: share the limiter
+    for s in submitters[1:]:
+        s.chain.limiter = submitters[0].chain.limiter  # type: ignore[attr-defined]
+    for s in submitters:
+        await s.add(quorum)
+    await drive(net, submitters, lambda: all(not s.pending() for s in submitters), 30)
+    assert reader.anchored_batch(batch.batch_id, "latest").root == batch.root
+    assert sum(s.status()["sends"] for s in submitters) == 1
+    first = submitter_order([k.address for k in KEYS], batch)[0]
+    assert [s.status()["sends"] for s in submitters if s.me == first] == [1]
+    assert all(s.status()["done"] == {"anchored": 1} for s in submitters)
+
+
+async def test_dead_submitter_is_replaced_on_anvil(anvil_net: Net, tmp_path):
+    net = anvil_net
+    reader = net.client(KEYS[0])
+    batch = batch_for(reader, [hashlib.sha256(b"d%d" % i).digest() for i in range(10)])
+    first = submitter_order([k.address for k in KEYS], batch)[0]
+    alive = make_submitters(net, [k for k in KEYS if k.address != first], tmp_path)
+    quorum = net.quorum(batch)
+    for s in alive:
+        await s.add(quorum)
+    started = trio.current_time()
+    await drive(net, alive, lambda: all(not s.pending() for s in alive), 30)
+    assert trio.current_time() - started >= FAST.turn_timeout_s
+    assert reader.anchored_batch(batch.batch_id, "latest").root == batch.root
+    second = submitter_order([k.address for k in KEYS], batch)[1]
+    assert [s.status()["sends"] for s in alive if s.me == second] == [1]
+
+
+async def test_reorg_before_depth_is_resubmitted_on_anvil(anvil_net: Net, tmp_path):
+    net = anvil_net
+    reader = net.client(KEYS[0])
+    batch = batch_for(reader, [hashlib.sha256(b"r%d" % i).digest() for i in range(10)])
+    first = next(k for k in KEYS if k.address == submitter_order([k.address for k in KEYS], batch)[0])
+    (node,) = make_submitters(net, [first], tmp_path)
+    node.config = SubmitterConfig(confirmations=5, turn_timeout_s=0.5, poll_interval_s=0.05, rpc_timeout_s=5,
+                                  send_timeout_s=5, backoff_initial_s=0.05, backoff_max_s=0.4)
+    snapshot = net.w3.provider.make_request("evm_snapshot", [])["result"]  # type: ignore[arg-type]
+    await node.add(net.quorum(batch))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(node.run)
+        with trio.fail_after(20):
+            while reader.next_batch_id("latest") <= batch.batch_id:
+                await trio.sleep(0.05)
+        assert node.pending(), "not yet 5 blocks deep"
+        # the chain drops the block with the batch (a reorg below the confirmation depth)
+        await node.chain.run_sync(net.w3.provider.make_request, "evm_revert", [snapshot])  # type: ignore
+        assert reader.next_batch_id("latest") == batch.batch_id
+        with trio.fail_after(30):
+            while node.pending():
+                await trio.sleep(0.05)
+                await node.chain.run_sync(net.mine, 1)  # type: ignore[attr-defined]
+        nursery.cancel_scope.cancel()
+    # re-sent after the reorg; a send whose nonce was orphaned by the revert may time out first
+    assert 2 <= node.status()["sends"] <= 3
+    assert reader.anchored_batch(batch.batch_id, "latest").root == batch.root
