@@ -21,9 +21,10 @@ ENERGY_REGISTER = "Energy.Active.Import.Register"
 MAX_SAMPLES_READ = 256  # sampled values inspected per message; the rest are ignored
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|z|[+-]\d{2}:\d{2})?"
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|z|[+-]\d{2}:\d{2})?",
+    re.ASCII,
 )
-_DECIMAL_TEXT = re.compile(r"[+-]?\d{1,20}(?:\.\d{1,9})?")
+_DECIMAL_TEXT = re.compile(r"[+-]?\d{1,20}(?:\.\d{1,9})?", re.ASCII)
 
 
 class MalformedPayload(ValueError):
