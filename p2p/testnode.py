@@ -251,6 +251,13 @@ class NodeProcess:
 
     def start(self, timeout_s: float = 30.0) -> dict[str, Any]:
         """Spawn the process and wait for its ready line."""
+        self.spawn()
+        self.ready = self.wait_for("ready", timeout_s=timeout_s)
+        return self.ready
+
+    def spawn(self) -> None:
+        """Spawn the process (see `start`)."""
+        self.ready = {}
         stderr = open(self.workdir / f"{self.name}.stderr", "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "p2p.testnode", str(self.config_path)],
@@ -260,8 +267,6 @@ class NodeProcess:
         stderr.close()
         self.events = queue.Queue()
         threading.Thread(target=self._pump, args=(self.proc,), daemon=True).start()
-        self.ready = self.wait_for("ready", timeout_s=timeout_s)
-        return self.ready
 
     def _pump(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stdout is not None
@@ -364,7 +369,9 @@ class LocalNetwork:
             for node in nodes[1:]:
                 node.config["bootstrap"] = boot
                 node.config_path.write_text(json.dumps(node.config))
-                node.start(timeout_s)
+                node.spawn()
+            for node in nodes[1:]:
+                node.ready = node.wait_for("ready", timeout_s=timeout_s)
             for node in nodes:  # a restart reuses its port
                 node.config["listen"] = node.ready["addrs"][0].split("/p2p/")[0]
                 node.config_path.write_text(json.dumps(node.config))
