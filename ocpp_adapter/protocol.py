@@ -216,9 +216,9 @@ class OcppSession:
         ):
             return self._framing_error("-1", "message id is not a string of 1..36 characters")
         type_id = frame[0]
-        if type_id == CALL and not isinstance(type_id, bool):
+        if type(type_id) is int and type_id == CALL:
             return self._receive_call(frame, message_id)
-        if type_id in (CALLRESULT, CALLERROR) and not isinstance(type_id, bool):
+        if type(type_id) is int and type_id in (CALLRESULT, CALLERROR):
             return self._receive_answer(frame, message_id)
         if self.version == "1.6":
             return Ignored(f"unknown message type {str(type_id)[:20]}")

@@ -100,6 +100,7 @@ class _Connection:
         self.call_waiters = 0
         self.answer: _Answer | None = None
         self.closed_reason: str | None = None
+        self.close_code = CLOSE_NORMAL
         self.scope = trio.CancelScope()
         self.stats = {"received": 0, "calls": 0, "errors_sent": 0, "rate_limited": 0}
 
@@ -310,8 +311,7 @@ class OcppServer:
             self.accepted -= 1
             self.connections._unregister(conn)
             conn.close(conn.closed_reason or "connection ended")
-        code = CLOSE_NORMAL if conn.closed_reason != "internal error" else CLOSE_INTERNAL
-        await self._close(ws, code, (conn.closed_reason or "")[:100])
+        await self._close(ws, conn.close_code, (conn.closed_reason or "")[:100])
 
     async def _close(self, ws: WebSocketConnection, code: int, reason: str) -> None:
         with trio.move_on_after(self.config.close_timeout):
@@ -331,9 +331,13 @@ class OcppServer:
         except Exception:
             log.exception("charger %s: connection task failed (contained)", conn.charge_box_id)
             conn.closed_reason = "internal error"
+            conn.close_code = CLOSE_INTERNAL
 
     async def _receive_loop(self, conn: _Connection, calls: trio.MemorySendChannel[IncomingCall]) -> None:
-        bucket = TokenBucket(self.config.messages_per_second, self.config.burst_messages, trio.current_time())
+        now = trio.current_time()
+        bucket = TokenBucket(self.config.messages_per_second, self.config.burst_messages, now)
+        # refusals a charger may collect before it is disconnected as a flooder
+        strikes = TokenBucket(self.config.messages_per_second / 10, self.config.burst_messages, now)
         while True:
             try:
                 message = await conn.ws.get_message()
@@ -355,6 +359,10 @@ class OcppServer:
                 log.info("charger %s: ignored frame: %s", conn.charge_box_id, outcome.reason)
             elif wait > 0:
                 conn.stats["rate_limited"] += 1
+                if strikes.take(trio.current_time()) > 0:
+                    conn.close_code = CLOSE_POLICY
+                    conn.close("rate limit exceeded persistently")
+                    return
                 await conn.send(
                     error_frame(
                         outcome.message_id, errors.GENERIC_ERROR,
