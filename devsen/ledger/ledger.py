@@ -65,6 +65,7 @@ MAX_TEXT_KEPT = 50  # longest free text (vendor, model, event type...) kept in s
 UNREGISTERED_DEVICE = "unregistered_device"
 CONNECTOR_OUT_OF_RANGE = "connector_out_of_range"
 CONNECTOR_BUSY = "connector_busy"
+STALE_SESSION = "stale_session"
 CAPACITY = "capacity"
 UNKNOWN_TRANSACTION = "unknown_transaction"
 CLOSED_TRANSACTION = "closed_transaction"
@@ -95,6 +96,7 @@ class LedgerParams:
     max_anomalies: int = 1_000
     max_block_events: int = 10_000
     settlement_checks_per_block: int = 64
+    stale_session_ms: int = 24 * 3_600_000
     data_transfer_vendor_ids: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -107,6 +109,7 @@ class LedgerParams:
             self.max_anomalies,
             self.max_block_events,
             self.settlement_checks_per_block,
+            self.stale_session_ms,
         )
         if min(bounds) < 1 or self.heartbeat_interval_s < 1 or self.boot_retry_interval_s < 1:
             raise ValueError("every bound and interval must be >= 1")
@@ -428,12 +431,37 @@ class Ledger:
             return "settlement backlog at limit"
         return None
 
-    def _record_meter(self, step: _Step, key: tuple[str, str], wh: int | None) -> None:
+    def _connector_busy(self, step: _Step, connector: int) -> bool:
+        """Whether the connector has an open session; one idle for `stale_session_ms` is closed first.
+
+        A stale session is settled on its last reading at its last activity, so a charger that
+        lost a transaction (and never sent its stop) does not block its connector forever.
+        """
+        tx_ref = self._by_connector.get((step.event.charger_id, connector))
+        if tx_ref is None:
+            return False
+        key = (step.event.charger_id, tx_ref)
         session = self._sessions.get(key)
-        if wh is None or session is None:
+        assert session is not None
+        if self._c.block_ms - session.last_block_ms < self.params.stale_session_ms:
+            self._anomaly(step, CONNECTOR_BUSY, f"connector {connector} has open transaction {tx_ref}")
+            return True
+        self._anomaly(step, STALE_SESSION, f"transaction {tx_ref} idle since {session.last_block_ms} closed")
+        self._close(step, key, session.meter_last_wh, session.last_block_ms)
+        return False
+
+    def _record_meter(self, step: _Step, key: tuple[str, str], wh: int | None) -> None:
+        """Note activity on an open session and its latest energy register, if any."""
+        session = self._sessions.get(key)
+        if session is None:
+            return
+        session = replace(session, last_block_ms=self._c.block_ms)
+        if wh is None:
+            self._sessions.put(key, session)
             return
         if session.meter_last_wh is not None and wh < session.meter_last_wh:
             self._anomaly(step, METER_BACKWARDS, f"register {wh} Wh below {session.meter_last_wh} Wh")
+            self._sessions.put(key, session)
             return
         start = session.meter_start_wh
         if start is None and session.bound:
@@ -656,8 +684,7 @@ class Ledger:
         status, expiry_s = self._tag_status(step, id_tag_hash(tag))
         if status != "Accepted":
             return status, expiry_s
-        if (key[0], connector) in self._by_connector:
-            self._anomaly(step, CONNECTOR_BUSY, f"connector {connector} has an open transaction")
+        if self._connector_busy(step, connector):
             return "ConcurrentTx", expiry_s
         problem = self._capacity_problem()
         if problem is not None:
@@ -667,7 +694,10 @@ class Ledger:
         if escrow is None:
             return "Blocked", expiry_s  # no prepayment: 1.6 has no NoCredit status
         self._open_session(
-            Session(key[0], key[1], step.event.ocpp_version, connector, self._next_seq(), self._c.block_ms, meter_start_wh=meter_wh, meter_last_wh=meter_wh)
+            Session(
+                key[0], key[1], "1.6", connector, self._next_seq(), self._c.block_ms,
+                meter_start_wh=meter_wh, meter_last_wh=meter_wh, last_block_ms=self._c.block_ms,
+            )
         )
         self._bind(key, escrow, device, id_tag_hash(tag), self._event_time_ms(step, start_text))
         return "Accepted", expiry_s
@@ -732,14 +762,18 @@ class Ledger:
         if evse_id is None or not 1 <= evse_id <= device.connector_count:
             self._anomaly(step, CONNECTOR_OUT_OF_RANGE, f"evse {evse_id} of {device.connector_count}")
             return refused
-        if (key[0], evse_id) in self._by_connector:
-            self._anomaly(step, CONNECTOR_BUSY, f"evse {evse_id} has an open transaction")
+        if self._connector_busy(step, evse_id):
             return {} if tag is None else self._tag_info(step, "ConcurrentTx")
         problem = self._capacity_problem()
         if problem is not None:
             self._anomaly(step, CAPACITY, problem)
             return {} if tag is None else self._tag_info(step, "Blocked")
-        self._open_session(Session(key[0], key[1], "2.0.1", evse_id, self._next_seq(), self._c.block_ms, meter_last_wh=wh))
+        self._open_session(
+            Session(
+                key[0], key[1], "2.0.1", evse_id, self._next_seq(), self._c.block_ms,
+                meter_last_wh=wh, last_block_ms=self._c.block_ms,
+            )
+        )
         if tag is None:
             return {}
         return self._tag_info(step, self._authorize_session(step, key, tag, time_text))

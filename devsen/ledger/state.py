@@ -28,18 +28,27 @@ V = TypeVar("V")
 
 def state_value(value: Any) -> Any:
     """`value` as plain msgpack-ready data: dataclasses -> lists, dict keys sorted; no floats."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return [state_value(getattr(value, f.name)) for f in dataclasses.fields(value)]
-    if isinstance(value, dict):
-        assert all(isinstance(k, str) for k in value), "state maps have string keys"
-        return {k: state_value(value[k]) for k in sorted(value)}
-    if isinstance(value, (list, tuple)):
+    kind = type(value)
+    if kind is str or kind is bytes or kind is bool or value is None:
+        return value
+    if kind is int:
+        if value >= _NATIVE_INT_END:
+            return msgpack.ExtType(_BIG_INT_EXT, value.to_bytes((value.bit_length() + 7) // 8, "big"))
+        assert value >= -(2**63), "no large negative integers in state"
+        return value
+    if kind is tuple or kind is list:
         return [state_value(v) for v in value]
-    if isinstance(value, int) and not isinstance(value, bool) and value >= _NATIVE_INT_END:
-        return msgpack.ExtType(_BIG_INT_EXT, value.to_bytes((value.bit_length() + 7) // 8, "big"))
-    assert value is None or isinstance(value, (bool, int, str, bytes)), f"no {type(value).__name__} in state"
-    assert not isinstance(value, int) or value >= -(2**63), "no large negative integers in state"
-    return value
+    if kind is dict:
+        assert all(type(k) is str for k in value), "state maps have string keys"
+        return {k: state_value(value[k]) for k in sorted(value)}
+    names = _FIELD_NAMES.get(kind)
+    if names is None:
+        assert dataclasses.is_dataclass(value), f"no {kind.__name__} in state"
+        names = _FIELD_NAMES[kind] = tuple(f.name for f in dataclasses.fields(value))
+    return [state_value(getattr(value, name)) for name in names]
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
 def state_bytes(value: Any) -> bytes:
@@ -177,6 +186,7 @@ class Session:
     charge_start_ms: int = 0
     meter_start_wh: int | None = None
     meter_last_wh: int | None = None
+    last_block_ms: int = 0  # block time of the last event about this session
 
     @property
     def bound(self) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from ledger_world import (
     CHARGER,
@@ -254,3 +256,18 @@ def test_blocks_must_follow_in_order() -> None:
         world.ledger.apply_block(BlockContext(2, T0_MS - 1, 200, b"\x00" * 32), chain, [])
     small = World(LedgerParams(max_block_events=1))
     assert small.ledger.check_block(BlockContext(1, T0_MS, 1, b"\x00" * 32), [start16(), start16()])
+
+
+def test_stale_session_is_settled_when_its_connector_is_needed() -> None:
+    world = World(LedgerParams(stale_session_ms=3_600_000))
+    world.one(start16(meter=0))
+    world.one(ev("MeterValues", {"connectorId": 1, "transactionId": 1, "meterValue": [
+        {"timestamp": iso(T0_MS), "sampledValue": [{"value": "2000"}]}]}))
+    world.block(advance_ms=30 * 60_000)
+    assert world.one(start16(meter=3_000))["idTagInfo"]["status"] == "ConcurrentTx"  # not stale yet
+    world.block(advance_ms=3_600_000)
+    world.chain.sessions[b"\x09" * 32] = replace(world.chain.sessions[ESCROW_1], session_id=b"\x09" * 32)
+    outcome = world.block(start16(meter=3_000))
+    assert outcome.results[0].reply == {"idTagInfo": {"status": "Accepted"}, "transactionId": 3}
+    assert outcome.settlements == (SettlementOrder(ESCROW_1, 2_000, 2 * TARIFF.price_per_kwh),)
+    assert kinds(world) == ["connector_busy", "stale_session"]
