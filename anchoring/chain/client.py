@@ -141,7 +141,8 @@ class ChainClient:
 
     # ---- reads -------------------------------------------------------------------------
 
-    def _read(self, contract: str, function: str, *args: Any, block: BlockId) -> Any:
+    def read(self, contract: str, function: str, *args: Any, block: BlockId) -> Any:
+        """Call view `function` of `contract` at `block`; reverts become ChainRevert."""
         call = self.contracts[contract].functions[function](*args)
         try:
             if self.sender is not None:
@@ -159,15 +160,15 @@ class ChainClient:
         return int(self.w3.eth.block_number)
 
     def validator_set(self, block: BlockId) -> ValidatorSetState:
-        addresses = self._read("ValidatorSet", "validators", block=block)
+        addresses = self.read("ValidatorSet", "validators", block=block)
         infos = []
         for address in addresses:
-            peer_id, endpoint = self._read("ValidatorSet", "validatorInfo", address, block=block)
+            peer_id, endpoint = self.read("ValidatorSet", "validatorInfo", address, block=block)
             infos.append(ValidatorInfo(address, bytes(peer_id), endpoint))
         return ValidatorSetState(
-            epoch=self._read("ValidatorSet", "epoch", block=block),
+            epoch=self.read("ValidatorSet", "epoch", block=block),
             validators=tuple(infos),
-            quorum=self._read("ValidatorSet", "quorum", block=block),
+            quorum=self.read("ValidatorSet", "quorum", block=block),
         )
 
     def device(self, charge_box_id: str, block: BlockId) -> DeviceRecord | None:
@@ -175,7 +176,7 @@ class ChainClient:
 
     def device_by_id(self, device_id: bytes, block: BlockId) -> DeviceRecord | None:
         try:
-            d = self._read("DeviceFactory", "device", device_id, block=block)
+            d = self.read("DeviceFactory", "device", device_id, block=block)
         except ChainRevert as exc:
             if exc.name == "UnknownDevice":
                 return None
@@ -186,23 +187,23 @@ class ChainClient:
         )
 
     def device_ids(self, block: BlockId) -> list[bytes]:
-        count = self._read("DeviceFactory", "deviceCount", block=block)
+        count = self.read("DeviceFactory", "deviceCount", block=block)
         if count > MAX_DEVICES_PER_LISTING:
             raise ValueError(f"{count} devices exceed the listing bound {MAX_DEVICES_PER_LISTING}")
-        return [bytes(self._read("DeviceFactory", "deviceIdAt", i, block=block)) for i in range(count)]
+        return [bytes(self.read("DeviceFactory", "deviceIdAt", i, block=block)) for i in range(count)]
 
     def id_tag(self, tag_hash: bytes, block: BlockId) -> IdTagRecord | None:
-        account, expiry, revoked = self._read("UserRegistry", "idTag", tag_hash, block=block)
+        account, expiry, revoked = self.read("UserRegistry", "idTag", tag_hash, block=block)
         if int(account, 16) == 0:
             return None
         return IdTagRecord(tag_hash, account, expiry, revoked)
 
     def roles_of(self, account: str, block: BlockId) -> int:
-        return int(self._read("UserRegistry", "rolesOf", account, block=block))
+        return int(self.read("UserRegistry", "rolesOf", account, block=block))
 
     def session(self, session_id: bytes, block: BlockId) -> EscrowSession | None:
         try:
-            s = self._read("Escrow", "session", session_id, block=block)
+            s = self.read("Escrow", "session", session_id, block=block)
         except ChainRevert as exc:
             if exc.name == "UnknownSession":
                 return None
@@ -214,46 +215,47 @@ class ChainClient:
         )
 
     def next_session_id(self, driver: str, block: BlockId) -> bytes:
-        return bytes(self._read("Escrow", "nextSessionId", driver, block=block))
+        return bytes(self.read("Escrow", "nextSessionId", driver, block=block))
 
     def open_deposits(self, block: BlockId) -> int:
-        return int(self._read("Escrow", "openDeposits", block=block))
+        return int(self.read("Escrow", "openDeposits", block=block))
 
     def token_balance(self, account: str, block: BlockId) -> int:
-        return int(self._read("ChargeToken", "balanceOf", account, block=block))
+        return int(self.read("ChargeToken", "balanceOf", account, block=block))
 
     def anchored_batch(self, batch_id: int, block: BlockId) -> AnchoredBatch | None:
         if batch_id >= self.next_batch_id(block):
             return None
-        root, first, last, count = self._read("Anchor", "batch", batch_id, block=block)
+        root, first, last, count = self.read("Anchor", "batch", batch_id, block=block)
         return AnchoredBatch(batch_id, bytes(root), first, last, count)
 
     def next_batch_id(self, block: BlockId) -> int:
-        return int(self._read("Anchor", "nextBatchId", block=block))
+        return int(self.read("Anchor", "nextBatchId", block=block))
 
     def next_first_height(self, block: BlockId) -> int:
-        return int(self._read("Anchor", "nextFirstHeight", block=block))
+        return int(self.read("Anchor", "nextFirstHeight", block=block))
 
     def verify_inclusion(
         self, batch_id: int, event_id: bytes, proof: Sequence[bytes], directions: int, block: BlockId
     ) -> bool:
-        return bool(self._read("Anchor", "verifyInclusion", batch_id, event_id, list(proof), directions, block=block))
+        return bool(self.read("Anchor", "verifyInclusion", batch_id, event_id, list(proof), directions, block=block))
 
     # ---- writes ------------------------------------------------------------------------
 
-    def _send(self, contract: str, function: str, *args: Any, gas: int) -> Receipt:
+    def send(self, contract: str, function: str, *args: Any, gas: int) -> Receipt:
+        """Send `contract.function(*args)` with explicit gas (for calls without a typed helper)."""
         if self.sender is None:
             raise ValueError("this ChainClient has no sender: it is read-only")
         return self.sender.send(self.contracts[contract].functions[function](*args), gas=gas)
 
     def register_roles(self, roles: int) -> Receipt:
-        return self._send("UserRegistry", "registerRoles", roles, gas=GAS["registerRoles"])
+        return self.send("UserRegistry", "registerRoles", roles, gas=GAS["registerRoles"])
 
     def register_id_tag(self, id_tag: str, expiry: int = 0) -> Receipt:
-        return self._send("UserRegistry", "registerIdTag", id_tag_hash(id_tag), expiry, gas=GAS["registerIdTag"])
+        return self.send("UserRegistry", "registerIdTag", id_tag_hash(id_tag), expiry, gas=GAS["registerIdTag"])
 
     def revoke_id_tag(self, id_tag: str) -> Receipt:
-        return self._send("UserRegistry", "revokeIdTag", id_tag_hash(id_tag), gas=GAS["revokeIdTag"])
+        return self.send("UserRegistry", "revokeIdTag", id_tag_hash(id_tag), gas=GAS["revokeIdTag"])
 
     def create_device(
         self,
@@ -267,7 +269,7 @@ class ChainClient:
         auth_hash: bytes,
         charger_public_key: bytes = b"",
     ) -> Receipt:
-        return self._send(
+        return self.send(
             "DeviceFactory", "createDevice", charge_box_id, location, connector_count, price_per_kwh,
             per_minute_fee, auth_salt, auth_hash, charger_public_key, gas=GAS["createDevice"],
         )
@@ -279,22 +281,22 @@ class ChainClient:
                    "setActive", "transferManagement")
         if function not in allowed:
             raise ValueError(f"{function} is not a device update")
-        return self._send("DeviceFactory", function, device_id_of(charge_box_id), *args, gas=GAS["deviceUpdate"])
+        return self.send("DeviceFactory", function, device_id_of(charge_box_id), *args, gas=GAS["deviceUpdate"])
 
     def approve(self, spender: str, amount: int) -> Receipt:
-        return self._send("ChargeToken", "approve", spender, amount, gas=GAS["approve"])
+        return self.send("ChargeToken", "approve", spender, amount, gas=GAS["approve"])
 
     def faucet_mint(self, to: str, amount: int) -> Receipt:
-        return self._send("ChargeToken", "faucetMint", to, amount, gas=GAS["faucetMint"])
+        return self.send("ChargeToken", "faucetMint", to, amount, gas=GAS["faucetMint"])
 
     def transfer(self, to: str, amount: int) -> Receipt:
-        return self._send("ChargeToken", "transfer", to, amount, gas=GAS["transfer"])
+        return self.send("ChargeToken", "transfer", to, amount, gas=GAS["transfer"])
 
     def open_session(
         self, charge_box_id: str, connector_id: int, id_tag: str, deposit: int
     ) -> tuple[bytes, Receipt]:
         """Open an escrow session (approve the Escrow first); returns (session id, receipt)."""
-        receipt = self._send(
+        receipt = self.send(
             "Escrow", "openSession", charge_box_id, connector_id, id_tag_hash(id_tag), deposit,
             gas=GAS["openSession"],
         )
@@ -305,10 +307,10 @@ class ChainClient:
     def settle(self, session_id: bytes, energy_wh: int, amount: int, signatures: Sequence[bytes]) -> Receipt:
         """Submit a settlement with signatures ordered by signer (see sort_signatures_by_signer)."""
         gas = GAS["settleBase"] + GAS["perSignature"] * len(signatures)
-        return self._send("Escrow", "settle", session_id, energy_wh, amount, list(signatures), gas=gas)
+        return self.send("Escrow", "settle", session_id, energy_wh, amount, list(signatures), gas=gas)
 
     def refund(self, session_id: bytes) -> Receipt:
-        return self._send("Escrow", "refund", session_id, gas=GAS["refund"])
+        return self.send("Escrow", "refund", session_id, gas=GAS["refund"])
 
     def submit_anchor_batch(
         self,
@@ -320,7 +322,7 @@ class ChainClient:
         signatures: Sequence[bytes],
     ) -> Receipt:
         gas = GAS["anchorBase"] + GAS["perSignature"] * len(signatures)
-        return self._send(
+        return self.send(
             "Anchor", "submitBatch", batch_id, root, first_height, last_height, event_count,
             list(signatures), gas=gas,
         )
@@ -335,7 +337,7 @@ class ChainClient:
     ) -> Receipt:
         gas = (GAS["updateValidatorsBase"] + GAS["perValidator"] * len(validators)
                + GAS["perSignature"] * len(signatures))
-        return self._send(
+        return self.send(
             "ValidatorSet", "updateValidators", epoch, list(validators), list(peer_ids),
             list(endpoints), list(signatures), gas=gas,
         )
