@@ -1,7 +1,7 @@
 """OCPP JSON schemas (shipped by the `ocpp` package), compiled once with fastjsonschema.
 
 A schema violation becomes a `PayloadInvalid` carrying the OCPP-J error code our table
-prescribes for that version (see ERROR_TABLE.md). Validation never mutates the payload
+prescribes for that version (the table in errors.py). Validation never mutates the payload
 (defaults are not filled in), so the event stores exactly what the charger sent.
 """
 

@@ -67,7 +67,10 @@ def charge_box_id_from_path(path: str, prefix: str) -> str | None:
         raw = raw[:-1]
     if "/" in raw:
         return None
-    charge_box_id = urllib.parse.unquote(raw, errors="strict") if "%" in raw else raw
+    try:
+        charge_box_id = urllib.parse.unquote(raw, errors="strict") if "%" in raw else raw
+    except UnicodeDecodeError:
+        return None
     return charge_box_id if CHARGE_BOX_ID.fullmatch(charge_box_id) else None
 
 
