@@ -9,65 +9,19 @@ from pathlib import Path
 
 import pytest
 import trio
-from eth_account import Account
+from anchoring_world import KEYS, Net
 from web3 import Web3
 
-from anchoring.attestations import AnchorBatch, attest
-from anchoring.batches import AttestationBook, Quorum, submitter_order
-from anchoring.chain import (
-    ChainClient,
-    Deployment,
-    TransactionSender,
-    ValidatorSpec,
-    connect,
-    deploy_all,
-)
+from anchoring.attestations import AnchorBatch
+from anchoring.batches import submitter_order
+from anchoring.chain import ChainClient, connect
 from anchoring.chain.anvil import running_anvil
 from anchoring.merkle import ZERO_ROOT, MerkleTree, leaf_hash
 from anchoring.onchain import OnChain
 from anchoring.submitter import JobStore, Submitter, SubmitterConfig
-from consensus.signing import SigningKey, to_checksum_hex
+from consensus.signing import SigningKey
 
 VECTORS = Path(__file__).parents[1] / "vectors" / "merkle_v1.json"
-KEYS = sorted((SigningKey(hashlib.sha256(b"anchoring-validator-%d" % i).digest()) for i in range(4)),
-              key=lambda k: k.address)
-
-
-class Net:
-    """A deployment with 4 validators that can also pay for their own transactions."""
-
-    def __init__(self, w3: Web3) -> None:
-        self.w3 = w3
-        deployer = Account.create()
-        for address in [deployer.address] + [to_checksum_hex(k.address) for k in KEYS]:
-            tx = w3.eth.send_transaction({"from": w3.eth.accounts[0], "to": address, "value": 10**19,
-                                          "gas": 21_000})
-            w3.eth.wait_for_transaction_receipt(tx)
-        self.deployment: Deployment = deploy_all(
-            TransactionSender(w3, deployer.key),
-            [ValidatorSpec(to_checksum_hex(k.address)) for k in KEYS])
-        self.anchor_domain = self.deployment.domain("Anchor")
-
-    def client(self, key: SigningKey) -> ChainClient:
-        sender = TransactionSender(self.w3, key.secret, receipt_timeout_s=2.0)
-        return ChainClient(self.w3, self.deployment, sender)
-
-    def quorum(self, batch: AnchorBatch, height: int = 0) -> Quorum:
-        book = AttestationBook([k.address for k in KEYS], self.anchor_domain, self.deployment.domain("Escrow"))
-        book.expect(batch)
-        for key in KEYS:
-            done = book.on_committed(attest(batch, key, self.anchor_domain), height)
-            if done:
-                return done
-        raise AssertionError("no quorum")
-
-    def mine(self, count: int) -> None:
-        provider = self.w3.provider
-        if hasattr(provider, "ethereum_tester"):
-            provider.ethereum_tester.mine_blocks(count)
-        else:
-            for _ in range(count):
-                provider.make_request("evm_mine", [])  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,388 @@
+"""`devsen audit`: check charger events and blocks against the chain, trusting no node.
+
+    devsen audit verify EVENT_ID --node URL --rpc URL [--deployment FILE]
+    devsen audit replay --from H --to H --node URL --rpc URL [--deployment FILE]
+
+`verify` fetches the proof document of one event from one node (anchoring/AUDIT.md),
+recomputes the event id and the leaf from the event bytes, walks the Merkle proof
+locally, reads the batch root from the Anchor contract at the RPC (and asks the
+contract's own `verifyInclusion`), recomputes the block hash from the header and payload
+hashes and checks the commit certificate against the ValidatorSet contract's validators.
+`replay` does the same for every block of a height range and recomputes the root of
+every batch covering it from the blocks' events. Each check prints PASS or FAIL; the
+exit code is 0 when all pass, 1 when any fails, 3 when (replay) some blocks are not yet
+anchored, 2 for bad usage or an unreachable node or RPC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from anchoring.attestations import AnchorBatch
+from anchoring.batches import batch_event_ids
+from anchoring.merkle import MerkleProof, MerkleTree, leaf_hash, root_from_proof
+from anchoring.proofs import (
+    PROOF_FORMAT,
+    batch_block,
+    batch_from_json,
+    block_from_document,
+    certificate_from_json,
+    events_in_payload,
+    hex0x,
+    unhex,
+)
+from consensus.signing import Domain, keccak256
+from consensus.types import (
+    Block,
+    CertificateError,
+    CommitCertificate,
+    ValidatorSet,
+    verify_certificate,
+)
+from ocpp_adapter.events import ChargerEvent, EventEncodingError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PENDING = 0, 1, 2, 3
+MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+MAX_REPLAY_BLOCKS = 10_000
+HTTP_TIMEOUT_S = 15.0
+
+
+class AuditUnavailable(Exception):
+    """The node or the RPC could not be asked (not a verdict about the data)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One verified (or failed) property, with what was compared."""
+
+    name: str
+    ok: bool
+    detail: str
+
+    def line(self) -> str:
+        return f"{'PASS' if self.ok else 'FAIL'}  {self.name}: {self.detail}"
+
+
+class ChainReader:
+    """Read-only view of the Anchor and ValidatorSet contracts at one RPC (web3)."""
+
+    def __init__(self, w3: Any, anchor_address: bytes) -> None:
+        from web3 import Web3
+
+        from contracts import load_artifact
+
+        self.w3 = w3
+        self.chain_id = int(w3.eth.chain_id)
+        self.anchor_address = anchor_address
+        self.anchor = w3.eth.contract(address=Web3.to_checksum_address(anchor_address),
+                                      abi=load_artifact("Anchor")["abi"])
+        if not w3.eth.get_code(self.anchor.address):
+            raise AuditUnavailable(f"no contract at Anchor address {hex0x(anchor_address)} on chain {self.chain_id}")
+        self.validator_set_address = bytes.fromhex(self.anchor.functions.validatorSet().call()[2:])
+        self._validators: ValidatorSet | None = None
+        self.validator_set = w3.eth.contract(address=Web3.to_checksum_address(self.validator_set_address),
+                                             abi=load_artifact("ValidatorSet")["abi"])
+
+    def batch(self, batch_id: int) -> AnchorBatch | None:
+        """The anchored batch `batch_id`, or None if not anchored."""
+        if batch_id >= self.anchor.functions.nextBatchId().call():
+            return None
+        root, first, last, count = self.anchor.functions.batch(batch_id).call()
+        return AnchorBatch(batch_id, bytes(root), first, last, count)
+
+    def next_first_height(self) -> int:
+        return int(self.anchor.functions.nextFirstHeight().call())
+
+    def verify_inclusion(self, batch_id: int, event_id: bytes, proof: MerkleProof) -> bool:
+        return bool(self.anchor.functions.verifyInclusion(batch_id, event_id, list(proof.siblings),
+                                                          proof.directions).call())
+
+    def validators(self) -> ValidatorSet:
+        """The ValidatorSet contract's current validators (read once per audit)."""
+        if self._validators is None:
+            addresses = [bytes.fromhex(a[2:]) for a in self.validator_set.functions.validators().call()]
+            self._validators = ValidatorSet.equal(addresses)
+        return self._validators
+
+    @property
+    def consensus_domain(self) -> Domain:
+        return Domain(self.chain_id, self.validator_set_address)
+
+
+def check_certificate(chain: ChainReader, block_hash: bytes, certificate: CommitCertificate) -> Check:
+    """The certificate is a quorum of the on-chain validators' precommits for `block_hash`."""
+    validators = chain.validators()
+    try:
+        signers = verify_certificate(certificate, validators, chain.consensus_domain, block_hash)
+    except CertificateError as exc:
+        return Check("commit certificate", False,
+                     f"{exc} (checked against the ValidatorSet at {hex0x(chain.validator_set_address)})")
+    return Check("commit certificate", True,
+                 f"{len(signers)} of {len(validators.addresses)} validators precommitted block {hex0x(block_hash)}"
+                 f" at round {certificate.round}")
+
+
+def _block_hash_from_proof(block: dict[str, Any]) -> bytes:
+    """Block hash of SIGNING.md from header fields and payload hashes (no payload bytes)."""
+    from consensus.signing import abi_encode
+
+    payloads_hash = keccak256(b"".join(unhex(h, 32) for h in block["payload_hashes"]))
+    return keccak256(abi_encode(
+        ["uint64", "uint64", "address", "bytes32", "bytes32", "bytes32", "bytes32"],
+        [int(block["height"]), int(block["timestamp_ms"]), unhex(block["proposer"], 20),
+         unhex(block["prev_block_hash"], 32), unhex(block["app_state_hash"], 32), payloads_hash,
+         keccak256(unhex(block["app_header"]))]))
+
+
+def verify_event(document: dict[str, Any], event_id: bytes, chain: ChainReader) -> list[Check]:
+    """All checks of `audit verify` on one proof document."""
+    checks: list[Check] = []
+    try:
+        if document.get("format") != PROOF_FORMAT:
+            raise ValueError(f"format is {document.get('format')!r}, expected {PROOF_FORMAT!r}")
+        event_bytes = unhex(document["event_bytes"])
+        proof = MerkleProof(tuple(unhex(s, 32) for s in document["proof"]), int(document["directions"]))
+        batch = batch_from_json(document["batch"])
+        block = document["block"]
+        certificate = certificate_from_json(document["certificate"])
+        payload = unhex(block["payload"])
+        payload_index = int(block["payload_index"])
+    except (KeyError, TypeError, ValueError) as exc:
+        return [Check("proof document", False, f"malformed: {exc}")]
+
+    recomputed_id = keccak256(event_bytes)
+    checks.append(Check("event id", recomputed_id == event_id,
+                        f"keccak256(event bytes) = {hex0x(recomputed_id)}, asked for {hex0x(event_id)}"))
+    try:
+        event = ChargerEvent.from_bytes(event_bytes)
+        checks.append(Check("event bytes", True, f"canonical ChargerEvent {event.action} from charger "
+                            f"{event.charger_id!r}, message {event.message_id!r}, received by {event.ingress_node!r}"))
+    except EventEncodingError as exc:
+        checks.append(Check("event bytes", False, f"not a canonical ChargerEvent: {exc}"))
+    leaf = leaf_hash(recomputed_id)
+    checks.append(Check("leaf", hex0x(leaf) == document.get("leaf"), f"H(0x00 || event id) = {hex0x(leaf)}"))
+    local_root = root_from_proof(recomputed_id, proof)
+    checks.append(Check("merkle proof (local)", local_root == batch.root,
+                        f"{len(proof.siblings)} siblings lead to {hex0x(local_root)}; batch {batch.batch_id}"
+                        f" claims root {hex0x(batch.root)}"))
+
+    on_chain = chain.batch(batch.batch_id)
+    if on_chain is None:
+        checks.append(Check("root on chain", False, f"batch {batch.batch_id} is not anchored at Anchor "
+                            f"{hex0x(chain.anchor_address)} on chain {chain.chain_id}"))
+    else:
+        checks.append(Check("root on chain", on_chain.root == local_root,
+                            f"Anchor.batch({batch.batch_id}).root = {hex0x(on_chain.root)}"))
+        checks.append(Check("batch range", on_chain == batch,
+                            f"on chain: heights {on_chain.first_height}..{on_chain.last_height}, "
+                            f"{on_chain.event_count} events"))
+        checks.append(Check("contract verifyInclusion", chain.verify_inclusion(batch.batch_id, recomputed_id, proof),
+                            "the Anchor contract's own check of the same proof"))
+
+    height = int(block["height"])
+    checks.append(Check("block in batch", batch.first_height <= height <= batch.last_height,
+                        f"block {height} in heights {batch.first_height}..{batch.last_height}"))
+    hashes = block.get("payload_hashes", [])
+    in_block = (0 <= payload_index < len(hashes) and unhex(hashes[payload_index], 32) == keccak256(payload)
+                and event_bytes in events_in_payload(payload))
+    checks.append(Check("event in block", in_block, f"payload #{payload_index} of block {height} carries the event"))
+    block_hash = _block_hash_from_proof(block)
+    checks.append(Check("block hash", hex0x(block_hash) == block.get("hash") and certificate.height == height,
+                        f"recomputed {hex0x(block_hash)} from the header and {len(hashes)} payload hashes"))
+    checks.append(check_certificate(chain, block_hash, certificate))
+    return checks
+
+
+def replay(fetch: Callable[[str], Any], chain: ChainReader, first: int, last: int) -> tuple[list[Check], list[int]]:
+    """Checks of `audit replay` over heights first..last; also returns the heights not yet anchored."""
+    checks: list[Check] = []
+    blocks: dict[int, Block] = {}
+    claimed_batch: dict[int, int | None] = {}
+
+    def load(height: int) -> Block | None:
+        if height in blocks:
+            return blocks[height]
+        document = fetch(f"/v1/blocks/{height}")
+        try:
+            block = block_from_document(document["block"])
+            certificate = certificate_from_json(document["certificate"])
+        except (KeyError, TypeError, ValueError) as exc:
+            checks.append(Check(f"block {height}", False, f"malformed block document: {exc}"))
+            return None
+        claimed_batch[height] = document.get("batch_id")
+        certificate_check = check_certificate(chain, block.hash, certificate)
+        checks.append(Check(f"block {height}", certificate_check.ok and block.height == height,
+                            f"hash {hex0x(block.hash)}; {certificate_check.detail}"))
+        blocks[height] = block
+        return block
+
+    for height in range(first, last + 1):
+        load(height)
+    for height in range(first + 1, last + 1):
+        if height in blocks and height - 1 in blocks:
+            linked = blocks[height].prev_block_hash == blocks[height - 1].hash
+            checks.append(Check(f"link {height - 1}->{height}", linked, "prev_block_hash matches"))
+
+    anchored_up_to = chain.next_first_height() - 1
+    pending = [h for h in range(first, last + 1) if h > anchored_up_to]
+    batch_ids = sorted({b for h, b in claimed_batch.items() if b is not None and h <= anchored_up_to})
+    for batch_id in batch_ids:
+        on_chain = chain.batch(batch_id)
+        if on_chain is None:
+            checks.append(Check(f"batch {batch_id}", False, "the node names it, but it is not anchored"))
+            continue
+        if on_chain.last_height - on_chain.first_height + 1 > MAX_REPLAY_BLOCKS:
+            checks.append(Check(f"batch {batch_id}", False, f"range exceeds {MAX_REPLAY_BLOCKS} blocks"))
+            continue
+        range_blocks = [load(h) for h in range(on_chain.first_height, on_chain.last_height + 1)]
+        if any(b is None for b in range_blocks):
+            checks.append(Check(f"batch {batch_id}", False, "some of its blocks could not be read"))
+            continue
+        ids = batch_event_ids([batch_block(b) for b in range_blocks if b is not None])
+        root = MerkleTree(ids).root
+        claims = {claimed_batch.get(h) for h in range(on_chain.first_height, on_chain.last_height + 1)}
+        ok = root == on_chain.root and len(ids) == on_chain.event_count and claims == {batch_id}
+        checks.append(Check(f"batch {batch_id}", ok,
+                            f"heights {on_chain.first_height}..{on_chain.last_height}: {len(ids)} events, recomputed"
+                            f" root {hex0x(root)}, on chain {hex0x(on_chain.root)} ({on_chain.event_count} events)"))
+    return checks, pending
+
+
+def _fetcher(node: str) -> Callable[[str], Any]:
+    base = node.rstrip("/")
+
+    def fetch(path: str) -> Any:
+        url = base + path
+        try:
+            with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S) as response:
+                body = response.read(MAX_RESPONSE_BYTES + 1)
+        except urllib.error.HTTPError as exc:
+            detail = exc.read(4096).decode(errors="replace")
+            raise AuditUnavailable(f"GET {url}: HTTP {exc.code}: {detail}") from exc
+        except (urllib.error.URLError, OSError) as exc:
+            raise AuditUnavailable(f"GET {url}: {exc}") from exc
+        if len(body) > MAX_RESPONSE_BYTES:
+            raise AuditUnavailable(f"GET {url}: response larger than {MAX_RESPONSE_BYTES} bytes")
+        try:
+            return json.loads(body)
+        except ValueError as exc:
+            raise AuditUnavailable(f"GET {url}: not JSON: {exc}") from exc
+
+    return fetch
+
+
+def _anchor_address(args: argparse.Namespace, claimed: str | None) -> tuple[bytes, str]:
+    """The Anchor address to trust and where it came from."""
+    if args.deployment:
+        from anchoring.chain.deploy import Deployment
+
+        deployment = Deployment.load(Path(args.deployment))
+        return unhex(deployment.anchor.lower(), 20), f"deployment file {args.deployment}"
+    if claimed is None:
+        raise AuditUnavailable("the node did not name an Anchor contract; pass --deployment FILE")
+    return unhex(claimed, 20), "the node (pass --deployment FILE to pin the contract yourself)"
+
+
+def _chain(args: argparse.Namespace, anchor: bytes) -> ChainReader:
+    from anchoring.chain.transact import connect
+
+    try:
+        return ChainReader(connect(args.rpc), anchor)
+    except AuditUnavailable:
+        raise
+    except Exception as exc:  # web3 raises many unrelated types for an unreachable or wrong RPC
+        raise AuditUnavailable(f"RPC {args.rpc}: {type(exc).__name__}: {exc}") from exc
+
+
+def _print_checks(checks: list[Check]) -> bool:
+    for check in checks:
+        print(check.line())
+    return all(c.ok for c in checks)
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    try:
+        event_id = unhex(args.event_id if args.event_id.startswith("0x") else "0x" + args.event_id, 32)
+    except ValueError as exc:
+        print(f"bad EVENT_ID: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    document = _fetcher(args.node)(f"/v1/events/{hex0x(event_id)}/proof")
+    claimed = document.get("anchor", {}).get("contract") if isinstance(document, dict) else None
+    anchor, source = _anchor_address(args, claimed)
+    chain = _chain(args, anchor)
+    print(f"event {hex0x(event_id)}; node {args.node}; chain {chain.chain_id} at {args.rpc}; "
+          f"Anchor {hex0x(anchor)} from {source}")
+    if claimed is not None and claimed != hex0x(anchor):
+        print(f"note: the node names Anchor {claimed}, not the pinned {hex0x(anchor)}")
+    checks = verify_event(document, event_id, chain)
+    if _print_checks(checks):
+        batch = document["batch"]
+        print(f"VERDICT: VALID. Event {hex0x(event_id)} is in batch {batch['batch_id']} (root {batch['root']}), "
+              f"anchored on chain {chain.chain_id}.")
+        return EXIT_OK
+    failed = ", ".join(c.name for c in checks if not c.ok)
+    print(f"VERDICT: INVALID. Failed: {failed}.")
+    return EXIT_FAILED
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    if not 1 <= args.from_height <= args.to_height or args.to_height - args.from_height >= MAX_REPLAY_BLOCKS:
+        print(f"need 1 <= --from <= --to and at most {MAX_REPLAY_BLOCKS} blocks", file=sys.stderr)
+        return EXIT_USAGE
+    fetch = _fetcher(args.node)
+    claimed = None
+    if not args.deployment:
+        first_doc = fetch(f"/v1/blocks/{args.from_height}")
+        batch_id = first_doc.get("batch_id") if isinstance(first_doc, dict) else None
+        if batch_id is not None:
+            claimed = fetch(f"/v1/batches/{batch_id}").get("anchor", {}).get("contract")
+    anchor, source = _anchor_address(args, claimed)
+    chain = _chain(args, anchor)
+    print(f"blocks {args.from_height}..{args.to_height}; node {args.node}; chain {chain.chain_id} at {args.rpc}; "
+          f"Anchor {hex0x(anchor)} from {source}")
+    checks, pending = replay(fetch, chain, args.from_height, args.to_height)
+    ok = _print_checks(checks)
+    if not ok:
+        print(f"VERDICT: INVALID. Failed: {', '.join(c.name for c in checks if not c.ok)}.")
+        return EXIT_FAILED
+    if pending:
+        print(f"VERDICT: VALID SO FAR. Blocks {pending[0]}..{pending[-1]} are certified but not anchored yet.")
+        return EXIT_PENDING
+    print(f"VERDICT: VALID. All {args.to_height - args.from_height + 1} blocks are certified and anchored.")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="devsen audit", description="Check events and blocks against the chain.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    verify = commands.add_parser("verify", help="verify one event against its on-chain root")
+    verify.add_argument("event_id", metavar="EVENT_ID", help="0x-prefixed 32-byte event id")
+    replay_cmd = commands.add_parser("replay", help="verify a range of blocks and their batches")
+    replay_cmd.add_argument("--from", dest="from_height", type=int, required=True)
+    replay_cmd.add_argument("--to", dest="to_height", type=int, required=True)
+    for sub in (verify, replay_cmd):
+        sub.add_argument("--node", required=True, help="a node's HTTP API, e.g. http://127.0.0.1:8080")
+        sub.add_argument("--rpc", required=True, help="Ethereum JSON-RPC URL")
+        sub.add_argument("--deployment", help="deployment JSON naming the contracts (recommended)")
+    return parser
+
+
+def audit_main(argv: list[str]) -> int:
+    """Entry point of `devsen audit`; returns the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        return EXIT_OK if exc.code == 0 else EXIT_USAGE
+    try:
+        return _cmd_verify(args) if args.command == "verify" else _cmd_replay(args)
+    except AuditUnavailable as exc:
+        print(f"cannot audit: {exc}", file=sys.stderr)
+        return EXIT_USAGE

@@ -1,0 +1,109 @@
+"""Test fixtures of the anchoring tests: a deployed network and a node's committed chain.
+
+`Net` deploys the contracts with 4 validators (funded, so they can send). `LocalChain`
+commits real blocks (ChargerEvent payloads, precommit certificates signed by 3 of the 4
+validators) into a consensus BlockStore, closes batches with `BatchBuilder` and indexes
+them in an `AnchorIndex`, exactly as a node does, then serves proofs with `ProofService`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from eth_account import Account
+from web3 import Web3
+
+from anchoring.attestations import AnchorBatch, attest
+from anchoring.batches import AttestationBook, BatchBuilder, BatchPolicy, BuilderState, Quorum
+from anchoring.chain import ChainClient, Deployment, TransactionSender, ValidatorSpec, deploy_all
+from anchoring.proofs import AnchorIndex, ProofService, batch_block, block_event_ids
+from consensus.signing import ZERO_HASH, SigningKey, to_checksum_hex
+from consensus.store import BlockStore
+from consensus.types import Block, CommitCertificate, CommittedBlock, Vote, VoteType
+from ocpp_adapter.events import ChargerEvent
+
+KEYS = sorted((SigningKey(hashlib.sha256(b"anchoring-validator-%d" % i).digest()) for i in range(4)),
+              key=lambda k: k.address)
+
+
+class Net:
+    """A deployment with 4 validators that can also pay for their own transactions."""
+
+    def __init__(self, w3: Web3) -> None:
+        self.w3 = w3
+        deployer = Account.create()
+        for address in [deployer.address] + [to_checksum_hex(k.address) for k in KEYS]:
+            tx = w3.eth.send_transaction({"from": w3.eth.accounts[0], "to": address, "value": 10**19,
+                                          "gas": 21_000})
+            w3.eth.wait_for_transaction_receipt(tx)
+        self.deployment: Deployment = deploy_all(
+            TransactionSender(w3, deployer.key),
+            [ValidatorSpec(to_checksum_hex(k.address)) for k in KEYS])
+        self.anchor_domain = self.deployment.domain("Anchor")
+        self.anchor_address = self.anchor_domain.verifying_contract
+
+    def client(self, key: SigningKey) -> ChainClient:
+        sender = TransactionSender(self.w3, key.secret, receipt_timeout_s=2.0)
+        return ChainClient(self.w3, self.deployment, sender)
+
+    def quorum(self, batch: AnchorBatch, height: int = 0) -> Quorum:
+        book = AttestationBook([k.address for k in KEYS], self.anchor_domain, self.deployment.domain("Escrow"))
+        book.expect(batch)
+        for key in KEYS:
+            done = book.on_committed(attest(batch, key, self.anchor_domain), height)
+            if done:
+                return done
+        raise AssertionError("no quorum")
+
+    def anchor(self, batch: AnchorBatch) -> None:
+        """Store `batch` on chain directly (the submitter's job, tested elsewhere)."""
+        self.client(KEYS[0]).submit_anchor_batch(batch.batch_id, batch.root, batch.first_height,
+                                                 batch.last_height, batch.event_count,
+                                                 list(self.quorum(batch).signatures))
+
+    def mine(self, count: int) -> None:
+        provider = self.w3.provider
+        if hasattr(provider, "ethereum_tester"):
+            provider.ethereum_tester.mine_blocks(count)
+        else:
+            for _ in range(count):
+                provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+
+
+def charger_event(i: int, action: str = "MeterValues") -> ChargerEvent:
+    return ChargerEvent(f"CP-{i % 7:03d}", "1.6", action, f"msg-{i}",
+                        {"connectorId": 1, "meterValue": [{"timestamp": "2026-11-22T02:00:00Z",
+                                                           "sampledValue": [{"value": str(i)}]}]},
+                        "node-a", 1_795_000_000_000 + i)
+
+
+class LocalChain:
+    """A node's committed chain, batches and proof service, built without the network."""
+
+    def __init__(self, directory: Path, net: Net, policy: BatchPolicy) -> None:
+        self.net = net
+        self.store = BlockStore(directory / "blocks.sqlite", durable=False)
+        self.index = AnchorIndex(directory / "anchor-index.sqlite")
+        self.builder = BatchBuilder(policy, BuilderState(0, 1))
+        self.service = ProofService(self.store, self.index, chain_id=net.deployment.chain_id,
+                                    anchor_address=net.anchor_address)
+        self.consensus_domain = net.deployment.domain("ValidatorSet")
+        self.batches: list[AnchorBatch] = []
+        self.events: list[ChargerEvent] = []
+
+    def commit(self, events: list[ChargerEvent], extra_payloads: tuple[bytes, ...] = ()) -> Block:
+        last = self.store.last()
+        height = last.height + 1 if last else 1
+        block = Block(height, 1_795_000_000_000 + 1000 * height, KEYS[height % 4].address,
+                      last.block.hash if last else ZERO_HASH, ZERO_HASH,
+                      tuple(e.to_bytes() for e in events) + extra_payloads, b"")
+        votes = [Vote.sign(k, self.consensus_domain, VoteType.PRECOMMIT, height, 0, block.hash) for k in KEYS[:3]]
+        self.store.save(CommittedBlock(block, CommitCertificate.from_votes(votes)))
+        self.index.record_block(height, block_event_ids(block))
+        self.events += events
+        closed = self.builder.on_block(batch_block(block))
+        if closed:
+            self.index.record_batch(closed[0])
+            self.batches.append(closed[0])
+        return block

@@ -1,0 +1,203 @@
+"""Proof service and audit: a real event verifies; tampered events, proofs from another
+batch, roots not on chain and forged certificates fail. `audit replay` over block ranges.
+The chain is the in-process py-evm chain; the CLI test runs the node API and anvil."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import trio
+from anchoring_world import KEYS, LocalChain, Net, charger_event
+
+from anchoring.attestations import AnchorBatch, attest
+from anchoring.audit import ChainReader, audit_main, replay, verify_event
+from anchoring.batches import BatchPolicy
+from anchoring.chain import connect
+from anchoring.chain.anvil import running_anvil
+from anchoring.proofs import ProofNotFound, ProofNotReady, events_in_payload, http_routes
+from consensus.signing import SigningKey, keccak256
+from consensus.types import Vote, VoteType
+from ocpp_adapter.events import ChargerEvent
+
+POLICY = BatchPolicy(every_blocks=3, every_ms=10**9)
+
+
+def build(tmp_path, net: Net, anchored_batches: int = 2) -> LocalChain:
+    """Nine blocks of 0..4 events and one attestation payload: batches 0..2, some anchored."""
+    local = LocalChain(tmp_path, net, POLICY)
+    attestation = attest(AnchorBatch(99, keccak256(b"x"), 1, 1, 1), KEYS[0], net.anchor_domain).encode()
+    for height in range(1, 11):
+        events = [charger_event(1000 * height + i) for i in range(height % 5)]
+        local.commit(events, (attestation,) if height == 2 else ())  # not an event: not a leaf
+    for batch in local.batches[:anchored_batches]:
+        net.anchor(batch)
+    return local
+
+
+@pytest.fixture
+def local(tmp_path) -> LocalChain:
+    return build(tmp_path, Net(connect("tester")))  # a fresh chain per test: batch ids start at 0
+
+
+def test_real_event_verifies(local: LocalChain):
+    chain = ChainReader(local.net.w3, local.net.anchor_address)
+    assert [b.batch_id for b in local.batches] == [0, 1, 2]
+    for event in local.events[:6]:
+        document = json.loads(json.dumps(local.service.event_proof(event.event_id)))
+        checks = verify_event(document, event.event_id, chain)
+        assert all(c.ok for c in checks), [c.line() for c in checks if not c.ok]
+        assert {c.name for c in checks} >= {"merkle proof (local)", "root on chain", "commit certificate",
+                                             "contract verifyInclusion", "event in block", "block hash"}
+
+
+def failing(checks) -> set[str]:
+    return {c.name for c in checks if not c.ok}
+
+
+def test_tampered_event_fails(local: LocalChain):
+    chain = ChainReader(local.net.w3, local.net.anchor_address)
+    event = local.events[0]
+    document = local.service.event_proof(event.event_id)
+    fields = ChargerEvent.from_bytes(event.to_bytes())
+    tampered = ChargerEvent(fields.charger_id, fields.ocpp_version, fields.action, fields.message_id,
+                            {**fields.payload, "connectorId": 2}, fields.ingress_node, fields.received_at_ms)
+    forged = {**document, "event_bytes": "0x" + tampered.to_bytes().hex()}
+    # asked for the original id: the bytes do not hash to it
+    assert "event id" in failing(verify_event(forged, event.event_id, chain))
+    # asked for the tampered event's own id: the proof does not lead to the anchored root
+    result = failing(verify_event(forged, tampered.event_id, chain))
+    assert {"merkle proof (local)", "root on chain", "contract verifyInclusion", "event in block"} <= result
+
+
+def test_proof_from_another_batch_fails(local: LocalChain):
+    chain = ChainReader(local.net.w3, local.net.anchor_address)
+    in_batch_1 = next(e for e in local.events if local.index.height_of(e.event_id) >= 4)
+    document = copy.deepcopy(local.service.event_proof(in_batch_1.event_id))
+    assert document["batch"]["batch_id"] == 1
+    other = local.service.batch_document(0)["batch"]
+    document["batch"] = other  # the node claims batch 0 for a proof that belongs to batch 1
+    result = failing(verify_event(document, in_batch_1.event_id, chain))
+    assert {"merkle proof (local)", "root on chain", "contract verifyInclusion", "block in batch"} <= result
+
+
+def test_root_not_on_chain_fails(local: LocalChain):
+    chain = ChainReader(local.net.w3, local.net.anchor_address)
+    in_batch_2 = next(e for e in local.events if local.index.height_of(e.event_id) >= 7)
+    document = local.service.event_proof(in_batch_2.event_id)
+    assert document["batch"]["batch_id"] == 2
+    result = failing(verify_event(document, in_batch_2.event_id, chain))
+    assert result == {"root on chain"}
+    assert "not anchored" in next(c.detail for c in verify_event(document, in_batch_2.event_id, chain)
+                                  if c.name == "root on chain")
+
+
+def test_forged_certificate_and_header_fail(local: LocalChain):
+    chain = ChainReader(local.net.w3, local.net.anchor_address)
+    event = local.events[0]
+    document = copy.deepcopy(local.service.event_proof(event.event_id))
+    outsider = SigningKey(keccak256(b"outsider"))
+    block_hash = bytes.fromhex(document["block"]["hash"][2:])
+    height = document["block"]["height"]
+    domain = local.consensus_domain
+    votes = [Vote.sign(k, domain, VoteType.PRECOMMIT, height, 0, block_hash) for k in (*KEYS[:2], outsider)]
+    document["certificate"]["signatures"] = ["0x" + v.signature.hex()
+                                             for v in sorted(votes, key=lambda v: v.validator)]
+    assert failing(verify_event(document, event.event_id, chain)) == {"commit certificate"}
+    two = copy.deepcopy(local.service.event_proof(event.event_id))
+    two["certificate"]["signatures"] = two["certificate"]["signatures"][:2]  # below quorum
+    assert failing(verify_event(two, event.event_id, chain)) == {"commit certificate"}
+    moved = copy.deepcopy(local.service.event_proof(event.event_id))
+    moved["block"]["timestamp_ms"] += 1  # a header that is not the certified block
+    assert failing(verify_event(moved, event.event_id, chain)) == {"block hash", "commit certificate"}
+
+
+def test_proof_service_errors_and_routes(local: LocalChain):
+    with pytest.raises(ProofNotFound):
+        local.service.event_proof(keccak256(b"never committed"))
+    late = charger_event(424242)
+    local.commit([late])  # height 11: batch 3 is still open
+    with pytest.raises(ProofNotReady):
+        local.service.event_proof(late.event_id)
+    routes = http_routes(local.service)
+
+    async def call(template, **params):
+        return await routes[template](params)
+
+    assert trio.run(lambda: call("/v1/events/{event_id}/proof", event_id="0x" + late.event_id.hex()))[0] == 409
+    assert trio.run(lambda: call("/v1/events/{event_id}/proof", event_id="0x12"))[0] == 400
+    assert trio.run(lambda: call("/v1/blocks/{height}", height="999"))[0] == 404
+    status, body = trio.run(lambda: call("/v1/batches/{batch_id}", batch_id="1"))
+    assert status == 200 and body["batch"]["first_height"] == 4
+    assert events_in_payload(b"\xa1junk") == [] and events_in_payload(b"\x98junk") == []
+
+
+def test_replay_checks_blocks_and_batches(local: LocalChain):
+    chain = ChainReader(local.net.w3, local.net.anchor_address)
+
+    def fetch(path: str):
+        _, kind, key = path.split("/")[1:4]
+        assert kind == "blocks"
+        return json.loads(json.dumps(local.service.block_document(int(key))))
+
+    checks, pending = replay(fetch, chain, 1, 9)
+    assert all(c.ok for c in checks), [c.line() for c in checks if not c.ok]
+    assert pending == [7, 8, 9]  # batch 2 is closed but not anchored
+    assert {c.name for c in checks} >= {"batch 0", "batch 1", "block 1", "link 8->9"}
+    checks, pending = replay(fetch, chain, 5, 5)  # a batch is always recomputed over its whole range
+    assert all(c.ok for c in checks) and "batch 1" in {c.name for c in checks} and pending == []
+
+    def tampering_fetch(path: str):
+        document = fetch(path)
+        if path == "/v1/blocks/4":
+            payloads = document["block"]["payloads"]
+            document["block"]["payloads"] = payloads[1:]  # the node hides an event
+        return document
+
+    checks, _ = replay(tampering_fetch, chain, 4, 6)
+    assert failing(checks) == {"block 4", "link 4->5", "batch 1"}
+
+
+async def _serve(local: LocalChain, task_status=trio.TASK_STATUS_IGNORED):
+    from devsen.http_api import Router, serve_http
+
+    router = Router()
+    for template, handler in http_routes(local.service).items():
+        router.get(template, handler)
+    await serve_http(router, "127.0.0.1", 0, task_status=task_status)
+
+
+async def test_cli_verify_and_replay_against_anvil(tmp_path, capsys):
+    with running_anvil(tmp_path / "anvil.log") as anvil:
+        net = Net(connect(anvil.url))
+        local = build(tmp_path, net)
+        deployment_file = tmp_path / "deployment.json"
+        net.deployment.save(deployment_file)
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(_serve, local)
+            node = f"http://127.0.0.1:{port}"
+            event = local.events[0]
+
+            async def cli(*argv: str) -> int:
+                return await trio.to_thread.run_sync(audit_main, list(argv))
+
+            assert await cli("verify", "0x" + event.event_id.hex(), "--node", node, "--rpc", anvil.url) == 0
+            out = capsys.readouterr().out
+            assert "VERDICT: VALID" in out and "from the node" in out
+            assert await cli("verify", event.event_id.hex(), "--node", node, "--rpc", anvil.url,
+                             "--deployment", str(deployment_file)) == 0
+            unanchored = next(e for e in local.events if local.index.height_of(e.event_id) >= 7)
+            assert await cli("verify", "0x" + unanchored.event_id.hex(), "--node", node, "--rpc", anvil.url) == 1
+            out = capsys.readouterr().out
+            assert "VERDICT: INVALID. Failed: root on chain." in out
+            assert await cli("verify", "0x" + "ab" * 32, "--node", node, "--rpc", anvil.url) == 2
+            assert "HTTP 404" in capsys.readouterr().err
+            assert await cli("replay", "--from", "1", "--to", "6", "--node", node, "--rpc", anvil.url) == 0
+            assert "VERDICT: VALID. All 6 blocks" in capsys.readouterr().out
+            assert await cli("replay", "--from", "1", "--to", "9", "--node", node, "--rpc", anvil.url,
+                             "--deployment", str(deployment_file)) == 3
+            assert "Blocks 7..9 are certified but not anchored yet" in capsys.readouterr().out
+            assert await cli("verify", "0x" + event.event_id.hex(), "--node", node, "--rpc",
+                             "http://127.0.0.1:1") == 2
+            nursery.cancel_scope.cancel()
