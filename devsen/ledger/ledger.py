@@ -506,6 +506,11 @@ class Ledger:
         while len(self._closed) > self.params.max_closed_transactions:
             self._closed.pop(self._closed.oldest())
 
+    def _is_open(self, step: _Step, key: tuple[str, str]) -> bool:
+        """Whether `key` names an open session of the event's OCPP version (ids of 1.6 and 2.0.1 differ)."""
+        session = self._sessions.get(key)
+        return session is not None and session.ocpp_version == step.event.ocpp_version
+
     def _transaction_unknown(self, step: _Step, key: tuple[str, str]) -> None:
         """Record why an event names a transaction that is not open."""
         closed = self._closed.get(key)
@@ -644,7 +649,7 @@ class Ledger:
         if tx_ref is None:
             return {}  # readings outside a transaction (e.g. clock-aligned main meter) are not billed
         key = (charger, tx_ref)
-        if key not in self._sessions:
+        if not self._is_open(step, key):
             self._transaction_unknown(step, key)
             return {}
         self._record_meter(step, key, wh)
@@ -661,6 +666,9 @@ class Ledger:
         tx = self._c.next_transaction_id
         self._c.next_transaction_id += 1
         key = (step.event.charger_id, str(tx))
+        if key in self._sessions or key in self._closed:  # the charger used this id under 2.0.1
+            self._anomaly(step, DUPLICATE_TRANSACTION_ID, f"transaction {tx} already exists")
+            return {"idTagInfo": {"status": "Invalid"}, "transactionId": tx}
         status, expiry_s = self._open_transaction(step, key, connector, tag, meter_start, start_text)
         if status != "Accepted":
             self._remember_closed(key, ClosedTransaction(self._next_seq(), "rejected"))
@@ -709,7 +717,7 @@ class Ledger:
         tag = get_str(payload, "idTag", max_len=20, required=False)
         reply = {} if tag is None else self._tag_info(step, *self._tag_status(step, id_tag_hash(tag)))
         key = (step.event.charger_id, str(tx))
-        if key not in self._sessions:
+        if not self._is_open(step, key):
             self._transaction_unknown(step, key)
             return reply
         stop_wh: int | None = meter_stop
@@ -736,7 +744,7 @@ class Ledger:
         key = (step.event.charger_id, tx_ref)
         if event_type == "Started":
             return self._transaction_started(step, key, evse_id, tag, wh, time_text)
-        if key not in self._sessions:
+        if not self._is_open(step, key):
             self._transaction_unknown(step, key)
             return {} if tag is None else self._tag_info(step, "Invalid")
         self._record_meter(step, key, wh)

@@ -24,7 +24,7 @@ from ledger_world import (
 from devsen.ledger import BlockContext, EscrowSession, Ledger, LedgerParams, Tariff, id_tag_hash
 
 CHARGERS_16 = [CHARGER] * 4 + ["OFF-1", "NOPE"]  # repeats weight the draw towards what can settle
-CHARGERS_201 = [CHARGER_201] * 4 + ["OFF-1"]
+CHARGERS_201 = [CHARGER_201] * 4 + ["OFF-1", CHARGER]  # CP-1 also speaks 2.0.1: ids must not clash
 TAGS = ["TAG-OK"] * 4 + ["TAG-NOPAY", "TAG-EXP", "TAG-REV", "TAG-LATER", "NOBODY"]
 CONNECTORS = [1, 1, 1, 2, 2, 0, 3, -1]
 json_leaf = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), st.text(max_size=8),
@@ -71,7 +71,7 @@ def event_16(draw: st.DrawFn) -> Any:
 
 @st.composite
 def event_201(draw: st.DrawFn) -> Any:
-    tx = draw(st.sampled_from(["a", "b", "c"]))
+    tx = draw(st.sampled_from(["a", "b", "1", "2"]))
     event_type = draw(st.sampled_from(["Started", "Updated", "Ended"]))
     tag = draw(st.one_of(st.none(), st.sampled_from(TAGS)))
     wh = draw(st.one_of(st.none(), st.integers(-5, 40_000), st.floats(0, 40_000)))

@@ -16,6 +16,7 @@ from ledger_world import (
     iso,
     start16,
     stop16,
+    tx_event,
 )
 
 from devsen.ledger import BlockContext, BlockRejected, LedgerParams, SettlementOrder
@@ -271,3 +272,14 @@ def test_stale_session_is_settled_when_its_connector_is_needed() -> None:
     assert outcome.results[0].reply == {"idTagInfo": {"status": "Accepted"}, "transactionId": 3}
     assert outcome.settlements == (SettlementOrder(ESCROW_1, 2_000, 2 * TARIFF.price_per_kwh),)
     assert kinds(world) == ["connector_busy", "stale_session"]
+
+
+def test_transaction_ids_of_both_versions_on_one_charger_never_collide() -> None:
+    world = World()
+    started = ev("TransactionEvent", tx_event("Started", "1", tag="TAG-OK").payload, version="2.0.1", charger=CHARGER)
+    assert world.one(started) == {"idTokenInfo": {"status": "Accepted"}}  # escrow of connector 1
+    reply = world.one(start16(connector=2))  # the ledger's counter also gives 1
+    assert reply == {"idTagInfo": {"status": "Invalid"}, "transactionId": 1}
+    assert world.one(stop16(1, 5_000, T0_MS)) == {}  # a 1.6 stop does not close the 2.0.1 session
+    assert [s.ocpp_version for s in world.ledger.open_sessions()] == ["2.0.1"]
+    assert kinds(world) == ["duplicate_transaction_id", "unknown_transaction"]
