@@ -265,9 +265,14 @@ class ValidatorSchedule:
 
 @dataclass
 class _RoundVotes:
-    """Votes of one (round, type): first vote per validator, power tallies per block hash."""
+    """Votes of one (round, type): per validator the votes by block hash, power per hash.
 
-    votes: dict[bytes, Vote] = field(default_factory=dict)
+    An equivocating validator counts towards each value it voted for, as in the paper's
+    counting of messages (safe: two quorums still share an honest validator), but once
+    in `total_power`, which counts distinct senders.
+    """
+
+    votes: dict[bytes, dict[bytes, Vote]] = field(default_factory=dict)
     power_by_hash: dict[bytes, int] = field(default_factory=dict)
     total_power: int = 0
 
@@ -337,6 +342,8 @@ class ConsensusCore:
         self._future: OrderedDict[tuple[object, ...], Proposal | Vote] = OrderedDict()
         self._recent: OrderedDict[int, CommittedBlock] = OrderedDict()
         self._served: set[tuple[Peer, int]] = set()
+        self._decided_in_call = False
+        self._replay_pending = False
 
     # ------------------------------------------------------------------ public inputs
 
@@ -376,6 +383,9 @@ class ConsensusCore:
         if precommits:
             last = max(precommits, key=lambda v: v.round)
             self.locked_hash, self.locked_round = last.block_hash, last.round
+            for proposal in replay:  # L42-L43 set the valid value together with the lock
+                if isinstance(proposal, Proposal) and proposal.block_hash == last.block_hash:
+                    self.valid_block, self.valid_round = proposal.block, last.round
         self.round = max([m.round for m in own], default=0)
         self.step = Step.PROPOSE
         if (self.round, VoteType.PREVOTE) in self._state.own_votes:
@@ -391,7 +401,7 @@ class ConsensusCore:
 
     def on_message(self, message: bytes | Message, sender: Peer | None = None) -> list[Output]:
         """A message from a peer (wire bytes or decoded); `sender` names the peer."""
-        out: list[Output] = []
+        out = self._begin()
         if isinstance(message, bytes | bytearray | memoryview):
             try:
                 message = decode_message(bytes(message))
@@ -399,7 +409,8 @@ class ConsensusCore:
                 out.append(Dropped(sender, f"malformed: {exc}"))
                 return out
         if isinstance(message, CommittedBlock):
-            return self.on_committed_block(message, sender)
+            self._take_certified(message, sender, out)
+            return out
         if isinstance(message, BlockRequest):
             self._serve_recent(message, sender, out)
             return out
@@ -415,7 +426,7 @@ class ConsensusCore:
 
     def on_timeout(self, timeout: Timeout) -> list[Output]:
         """A timer from ScheduleTimeout fired (L57-L67; RETRANSMIT re-sends own messages)."""
-        out: list[Output] = []
+        out = self._begin()
         if timeout.height != self.height or not self.started:
             return out
         if timeout.kind == TimeoutKind.PROPOSE:
@@ -443,7 +454,7 @@ class ConsensusCore:
 
     def on_proposal_content(self, height: int, round: int, content: ProposalContent) -> list[Output]:
         """The answer to RequestProposal: build, sign and broadcast the block (L18-L19)."""
-        out: list[Output] = []
+        out = self._begin()
         state = self._state
         if (height, round) != (self.height, self.round) or state.awaiting_content != round:
             out.append(Dropped(None, "proposal content for a round that is over"))
@@ -466,7 +477,7 @@ class ConsensusCore:
 
     def on_validation_result(self, block_hash: bytes, valid: bool) -> list[Output]:
         """The application's verdict valid(v) for a block from ValidateBlock."""
-        out: list[Output] = []
+        out = self._begin()
         state = self._state
         if block_hash not in state.validation_requested or block_hash in state.verdicts:
             return out
@@ -476,17 +487,8 @@ class ConsensusCore:
 
     def on_committed_block(self, committed: CommittedBlock, sender: Peer | None = None) -> list[Output]:
         """A certified block fetched from a peer (catch-up); only the next height is taken."""
-        out: list[Output] = []
-        if committed.height != self.height:
-            if committed.height > self.height:
-                out.append(Dropped(sender, "certified block is not for the next height"))
-            return out
-        reason = self._check_certified(committed)
-        if reason:
-            out.append(Dropped(sender, reason))
-            return out
-        self._decide(committed.block, committed.certificate, out)
-        self._run_rules(out)
+        out = self._begin()
+        self._take_certified(committed, sender, out)
         return out
 
     def set_validators(self, from_height: int, validators: ValidatorSet) -> list[Output]:
@@ -495,12 +497,47 @@ class ConsensusCore:
         Must be called identically on every node (it follows committed state), for a
         height after the current one.
         """
+        if (from_height, validators) in self.schedule.entries:
+            return []  # already known (e.g. the application re-applies blocks after a restart)
         if from_height <= self.height:
             raise ValueError(f"a set change must start after the current height {self.height}")
         self.schedule.add(from_height, validators)
         return []
 
     # ------------------------------------------------------------------ message intake
+
+    def _begin(self) -> list[Output]:
+        """Every input starts here: replay messages buffered for the height we are now at.
+
+        Replay waits for the input after a decision, so the shell has carried out the
+        Commit (applied the block, announced validator set changes) before anything of the
+        next height is decided: at most one Commit per input.
+        """
+        out: list[Output] = []
+        self._decided_in_call = False
+        if self._replay_pending and self.started:
+            self._replay_pending = False
+            future, self._future = self._future, OrderedDict()
+            for message in future.values():
+                self._accept(message, None, out, persist=True, trusted=False)
+            self._run_rules(out)
+        return out
+
+    def _take_certified(self, committed: CommittedBlock, sender: Peer | None, out: list[Output]) -> None:
+        if committed.height != self.height:
+            if committed.height > self.height:
+                out.append(Dropped(sender, "certified block is not for the next height"))
+            return
+        if self._decided_in_call:
+            out.append(Dropped(sender, "a block was decided by this input already; offer it again"))
+            return
+        reason = self._check_certified(committed)
+        if reason:
+            out.append(Dropped(sender, reason))
+            return
+        self._decide(committed.block, committed.certificate, out)
+        self._run_rules(out)
+
 
     def _accept(self, message: Proposal | Vote, sender: Peer | None, out: list[Output],
                 persist: bool, trusted: bool) -> None:
@@ -529,20 +566,34 @@ class ConsensusCore:
         state = self._state
         tally = state.votes.setdefault((vote.round, vote.vote_type), _RoundVotes())
         known = tally.votes.get(vote.validator)
-        if known is not None:
-            if known.block_hash != vote.block_hash and (trusted or vote.verify(self.domain)):
-                self._report(EvidenceKind.DUPLICATE_VOTE, known, vote, out)
+        if known is not None and vote.block_hash in known:
             return
         if not trusted and not vote.verify(self.domain):
             out.append(Dropped(sender, "bad vote signature"))
             return
         power = self.validators.power(vote.validator)
-        tally.votes[vote.validator] = vote
+        if known is not None:
+            self._report(EvidenceKind.DUPLICATE_VOTE, next(iter(known.values())), vote, out)
+            if not self._worth_counting(tally, vote.block_hash):
+                return
+            known[vote.block_hash] = vote
+        else:
+            tally.votes[vote.validator] = {vote.block_hash: vote}
+            tally.total_power += power
         tally.power_by_hash[vote.block_hash] = tally.power_by_hash.get(vote.block_hash, 0) + power
-        tally.total_power += power
         state.senders.setdefault(vote.round, {})[vote.validator] = power
         if persist and vote.validator != self.address:
             out.append(Persist(vote, own=False))
+
+    def _worth_counting(self, tally: _RoundVotes, block_hash: bytes) -> bool:
+        """Is a conflicting vote for `block_hash` relevant (bounds what an equivocator adds)?
+
+        Yes for nil, for a proposed block of this height, or for a value others voted for.
+        """
+        if block_hash == ZERO_HASH or tally.power_by_hash.get(block_hash, 0) > 0:
+            return True
+        return any(p.block_hash == block_hash
+                   for proposals in self._state.proposals.values() for p in proposals)
 
     def _accept_proposal(self, proposal: Proposal, sender: Peer | None, out: list[Output],
                          persist: bool, trusted: bool) -> None:
@@ -728,6 +779,7 @@ class ConsensusCore:
     def _decide(self, block: Block, certificate: CommitCertificate, out: list[Output]) -> None:
         """L51-L54: decide, move to the next height, reset the height state, StartRound(0)."""
         assert block.height == self.height and certificate.block_hash == block.hash
+        assert not self._decided_in_call, "at most one decision per input"
         out.append(Commit(block, certificate))
         self._recent[block.height] = CommittedBlock(block, certificate)
         while len(self._recent) > MAX_RECENT_COMMITS:
@@ -740,21 +792,35 @@ class ConsensusCore:
         self._state = _HeightState()
         self._served.clear()
         self._start_round(0, out)  # L54
-        future, self._future = self._future, OrderedDict()
-        for message in future.values():
-            self._accept(message, None, out, persist=True, trusted=False)
+        self._decided_in_call = True
+        self._replay_pending = True  # buffered messages of the new height: at the next input
 
     def _retransmit(self, out: list[Output]) -> None:
-        """Re-broadcast own messages that others may still need (lost before GST)."""
+        """Re-send what others may have lost before GST (the paper assumes reliable gossip).
+
+        Own proposals and votes of the last two rounds, and the prevotes that justify our
+        lock and valid value (their polka), so a re-proposal with that POL round (L28) can
+        be accepted by nodes that missed those prevotes.
+        """
         state = self._state
-        rounds = {self.round, self.round - 1, self.valid_round, self.locked_round}
-        for r in sorted(x for x in rounds if x >= 0):
+        for r in (self.round - 1, self.round):
+            if r < 0:
+                continue
             if r in state.own_proposals:
                 out.append(Broadcast(state.own_proposals[r]))
             for vote_type in (VoteType.PREVOTE, VoteType.PRECOMMIT):
                 vote = state.own_votes.get((r, vote_type))
                 if vote is not None:
                     out.append(Broadcast(vote))
+        polkas = {(self.locked_round, self.locked_hash)}
+        if self.valid_block is not None:
+            polkas.add((self.valid_round, self.valid_block.hash))
+        for r, block_hash in sorted(p for p in polkas if p[0] >= 0 and p[1] is not None):
+            if r >= self.round - 1:
+                continue  # already re-sent above, or ours is in there
+            for by_hash in self._tally(r, VoteType.PREVOTE).votes.values():
+                if block_hash in by_hash:
+                    out.append(Broadcast(by_hash[block_hash]))
 
     # ------------------------------------------------------------------ the upon-rules
 
@@ -858,7 +924,9 @@ class ConsensusCore:
         return True
 
     def _rule_commit(self, out: list[Output]) -> bool:
-        # L49-L54, for any round r
+        # L49-L54, for any round r (one decision per input; the next input continues)
+        if self._decided_in_call:
+            return False
         quorum = self.validators.quorum_power
         for (r, vote_type), tally in self._state.votes.items():
             if vote_type != VoteType.PRECOMMIT or tally.total_power < quorum:
@@ -868,7 +936,7 @@ class ConsensusCore:
                     continue
                 for proposal in self._state.proposals.get(r, []):
                     if proposal.block_hash == v and self._valid(v):  # L50
-                        votes = [x for x in tally.votes.values() if x.block_hash == v]
+                        votes = [x[v] for x in tally.votes.values() if v in x]
                         self._decide(proposal.block, CommitCertificate.from_votes(votes), out)
                         return True
         return False

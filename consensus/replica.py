@@ -139,7 +139,7 @@ class Replica:
         """Validator set change at an epoch boundary (stored, so it survives restarts)."""
         outputs = self.core.set_validators(from_height, validators)
         self.store.save_validator_set(from_height, validators)
-        return self._carry(outputs)
+        return self._store_outputs(outputs)
 
     def close(self) -> None:
         self.wal.close()
@@ -156,25 +156,38 @@ class Replica:
             out.append(SendTo(sender, committed))
         return out
 
+    def poll(self) -> list[Output]:
+        """Feed the next buffered catch-up block, if any (call after applying a Commit)."""
+        return self._carry([])
+
     def _carry(self, outputs: list[Output]) -> list[Output]:
-        """Do the storage outputs in order; return the rest, in order."""
+        """Do the storage outputs in order; return the rest, in order.
+
+        When the input decided nothing, the next buffered catch-up block is fed to the
+        core: one Commit per call, so the application applies each block (and announces
+        validator set changes) before the next one is decided.
+        """
+        result = self._store_outputs(outputs)
+        if any(isinstance(o, Commit) for o in result):
+            return result
+        ready = self.catch_up.take_next(self.core.height, self.core.prev_block_hash,
+                                        self.core.validators)
+        if ready is not None:
+            result += self._store_outputs(self.core.on_committed_block(ready))
+        return result
+
+    def _store_outputs(self, outputs: list[Output]) -> list[Output]:
         result: list[Output] = []
-        pending = list(outputs)
-        while True:
-            for output in pending:
+        for output in outputs:
+            if self.fault_hook:
+                self.fault_hook(output, "before")
+            if isinstance(output, Persist):
+                self.wal.append(output.message, output.own)
+                continue
+            if isinstance(output, Commit):
+                self.store.save(CommittedBlock(output.block, output.certificate))
                 if self.fault_hook:
-                    self.fault_hook(output, "before")
-                if isinstance(output, Persist):
-                    self.wal.append(output.message, output.own)
-                    continue
-                if isinstance(output, Commit):
-                    self.store.save(CommittedBlock(output.block, output.certificate))
-                    if self.fault_hook:
-                        self.fault_hook(output, "stored")
-                    self.wal.prune_below(output.block.height + 1)
-                result.append(output)
-            ready = self.catch_up.take_next(self.core.height, self.core.prev_block_hash,
-                                            self.core.validators)
-            if ready is None:
-                return result
-            pending = self.core.on_committed_block(ready)
+                    self.fault_hook(output, "stored")
+                self.wal.prune_below(output.block.height + 1)
+            result.append(output)
+        return result

@@ -1,0 +1,698 @@
+"""Deterministic fault simulator for the consensus core (in the spirit of TigerBeetle's VOPR).
+
+    python -m consensus.sim --seeds 1000 --validators 4
+    python -m consensus.sim --seed 1234 --validators 7 --trace     # replay one seed exactly
+    python -m consensus.sim --bench --validators 4                 # throughput vs batch size
+
+Every run is a pure function of (seed, config): one seeded PRNG drives the network
+(delays, drops, duplicates, reordering, partitions that heal at GST), crashes at any point
+of a node's output processing with restart from its WAL and block store (SQLite, in
+memory), timer skew, client retries, and up to f Byzantine validators (equivocating
+proposer, double voter, silent, garbage sender). Honest nodes are `Replica`s with a small
+deterministic application. After every commit it checks agreement, validity, no payload
+committed twice, chain links and certificates; at the end, liveness (every submitted
+payload committed by every honest node once the network is good).
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import hashlib
+import heapq
+import itertools
+import random
+import sqlite3
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from consensus.core import (
+    Broadcast,
+    Commit,
+    Dropped,
+    Output,
+    ProposalContent,
+    ReportEvidence,
+    RequestCatchUp,
+    RequestProposal,
+    ScheduleTimeout,
+    SendTo,
+    TimeoutConfig,
+    ValidateBlock,
+)
+from consensus.mempool import Mempool, MempoolFull
+from consensus.replica import FaultHook, Replica
+from consensus.signing import ZERO_HASH, Domain, SigningKey, keccak256
+from consensus.types import (
+    Block,
+    BlockRequest,
+    CertificateError,
+    CommitCertificate,
+    CommittedBlock,
+    Evidence,
+    EvidenceKind,
+    Proposal,
+    ValidatorSet,
+    Vote,
+    VoteType,
+    verify_certificate,
+)
+
+SIM_DOMAIN = Domain(31337, bytes.fromhex("5e" * 20))
+SIM_TIMEOUTS = TimeoutConfig(
+    propose_ms=400, propose_delta_ms=100, prevote_ms=100, prevote_delta_ms=50,
+    precommit_ms=100, precommit_delta_ms=50, retransmit_ms=300, max_ms=5000,
+)
+_db_ids = itertools.count()
+
+
+class Behavior(enum.Enum):
+    HONEST = "honest"
+    SILENT = "silent"
+    GARBAGE = "garbage"
+    DOUBLE_VOTER = "double-voter"
+    EQUIVOCATOR = "equivocating-proposer"
+
+
+BYZANTINE = [Behavior.SILENT, Behavior.GARBAGE, Behavior.DOUBLE_VOTER, Behavior.EQUIVOCATOR]
+
+
+class SimCrash(Exception):
+    """Raised by the fault hook: the node dies at this exact point."""
+
+
+class SafetyViolation(AssertionError):
+    """An invariant failed; the message says which."""
+
+
+@dataclass
+class SimConfig:
+    """Knobs of one simulated run (ticks are simulated milliseconds)."""
+
+    validators: int = 4
+    payloads: int = 12
+    batch: int = 8
+    faults: bool = True
+    byzantine: int | None = None  # None: a random number in 0..f
+    submit_until: int = 2500
+    gst_min: int = 1500
+    gst_max: int = 3500
+    max_delay_before_gst: int = 60
+    max_delay_after_gst: int = 10
+    drop_rate: float = 0.1
+    duplicate_rate: float = 0.05
+    crash_rate: float = 0.5  # expected crashes per honest node before GST
+    idle_block_ticks: int = 150
+    client_retry_ticks: int = 500
+    liveness_window: int = 40_000  # ticks after GST for everything to be committed
+    epoch_change_height: int | None = 4  # at this commit, weights change from height + 2
+
+
+@dataclass
+class SimResult:
+    seed: int
+    ok: bool
+    failure: str = ""
+    heights: int = 0
+    rounds: int = 0
+    ticks: int = 0
+    events: int = 0
+    crashes: int = 0
+    evidence: int = 0
+    dropped: int = 0
+    behaviors: list[str] = field(default_factory=list)
+    fingerprint: str = ""
+    latencies: list[int] = field(default_factory=list)
+    committed_payloads: int = 0
+
+
+class SimApp:
+    """The deterministic application of a simulated honest node: a hash chain of blocks."""
+
+    def __init__(self) -> None:
+        self.state_hash = ZERO_HASH
+        self.height = 0
+        self.committed: set[bytes] = set()
+        self.mempool = Mempool(max_count=10_000, max_bytes=64 * 1024 * 1024)
+
+    def validate(self, block: Block, submitted: set[bytes]) -> bool:
+        payloads = block.payloads
+        return (block.app_state_hash == self.state_hash
+                and len(set(payloads)) == len(payloads)
+                and all(p in submitted and p not in self.committed for p in payloads))
+
+    def apply(self, block: Block) -> None:
+        if block.height != self.height + 1 or block.app_state_hash != self.state_hash:
+            raise SafetyViolation(f"app applies block {block.height} out of order or on another state")
+        self.height = block.height
+        self.state_hash = keccak256(self.state_hash + block.hash)
+        self.committed.update(block.payloads)
+        self.mempool.remove_committed(block.payloads)
+
+
+@dataclass
+class SimNode:
+    index: int
+    key: SigningKey
+    behavior: Behavior
+    wal_uri: str
+    store_uri: str
+    skew: float
+    replica: Replica | None = None
+    app: SimApp = field(default_factory=SimApp)
+    incarnation: int = 0
+    crash_countdown: int | None = None
+    pending_content: tuple[int, int] | None = None
+
+    @property
+    def up(self) -> bool:
+        return self.replica is not None
+
+    @property
+    def honest(self) -> bool:
+        return self.behavior == Behavior.HONEST
+
+
+class Simulation:
+    """One seeded run; `run()` returns a SimResult (ok False with the first failure)."""
+
+    def __init__(self, seed: int, config: SimConfig | None = None, trace: bool = False) -> None:
+        self.seed = seed
+        self.config = config or SimConfig()
+        self.trace = trace
+        self.rng = random.Random(seed)
+        self.now = 0
+        self._queue: list[tuple[int, int, str, Any]] = []
+        self._seq = itertools.count()
+        self.fingerprint = hashlib.sha256()
+        cfg = self.config
+        n = cfg.validators
+        f = (n - 1) // 3
+        keys = [SigningKey(keccak256(b"sim-key-%d-%d" % (seed, i))) for i in range(n)]
+        keys.sort(key=lambda k: k.address)
+        self.genesis = ValidatorSet.equal([k.address for k in keys])
+        byzantine = cfg.byzantine if cfg.byzantine is not None else self.rng.randint(0, f)
+        assert 0 <= byzantine <= f, "the simulator keeps f < n/3"
+        bad = set(self.rng.sample(range(n), byzantine))
+        db = next(_db_ids)
+        self.nodes: list[SimNode] = []
+        for i, key in enumerate(keys):
+            behavior = self.rng.choice(BYZANTINE) if i in bad else Behavior.HONEST
+            skew = self.rng.uniform(0.7, 1.5) if cfg.faults else 1.0
+            self.nodes.append(SimNode(
+                i, key, behavior,
+                f"file:sim{db}-{i}-wal?mode=memory&cache=shared",
+                f"file:sim{db}-{i}-blocks?mode=memory&cache=shared", skew))
+        # Keep every in-memory database alive across crashes: they are the nodes' disks.
+        self._disks = [sqlite3.connect(u, uri=True) for nd in self.nodes for u in (nd.wal_uri, nd.store_uri)]
+        self.gst = self.rng.randint(cfg.gst_min, cfg.gst_max) if cfg.faults else 0
+        self.partition: list[set[int]] | None = None
+        self.submitted: set[bytes] = set()
+        self.submit_time: dict[bytes, int] = {}
+        self.decided: dict[int, bytes] = {}
+        self.decided_blocks: dict[int, Block] = {}
+        self.committed_at: dict[bytes, int] = {}
+        self.rounds_at: dict[int, int] = {}
+        self.result = SimResult(seed, True, behaviors=[nd.behavior.value for nd in self.nodes])
+        self.garbage_key = SigningKey(keccak256(b"sim-outsider-%d" % seed))
+
+    # ------------------------------------------------------------------ event queue
+
+    def _push(self, at: int, kind: str, data: Any) -> None:
+        heapq.heappush(self._queue, (at, next(self._seq), kind, data))
+
+    def _log(self, text: str) -> None:
+        self.fingerprint.update(f"{self.now}:{text}\n".encode())
+        if self.trace:
+            print(f"[{self.now:6d}] {text}")
+
+    def _good(self) -> bool:
+        return self.now >= self.gst
+
+    def _send(self, src: int, dst: int, channel: str, data: bytes) -> None:
+        """Put a message on the simulated network (drop, duplicate, delay, partition)."""
+        cfg = self.config
+        if not self._good() and cfg.faults:
+            if self.partition and not any(src in g and dst in g for g in self.partition):
+                return
+            if self.rng.random() < cfg.drop_rate:
+                return
+            copies = 2 if self.rng.random() < cfg.duplicate_rate else 1
+            max_delay = cfg.max_delay_before_gst
+        else:
+            copies = 2 if cfg.faults and self.rng.random() < cfg.duplicate_rate else 1
+            max_delay = cfg.max_delay_after_gst
+        for _ in range(copies):
+            self._push(self.now + self.rng.randint(1, max_delay), "deliver", (dst, src, channel, data))
+
+    # ------------------------------------------------------------------ setup and run
+
+    def run(self) -> SimResult:
+        cfg = self.config
+        try:
+            for node in self.nodes:
+                if node.behavior != Behavior.SILENT:
+                    self._boot(node)
+            for k in range(cfg.payloads):
+                payload = b"tx-%d-%d" % (self.seed, k)
+                self._push(self.rng.randint(0, cfg.submit_until), "submit", payload)
+            if cfg.faults:
+                self._plan_faults()
+            deadline = max(self.gst, cfg.submit_until) + cfg.liveness_window
+            while self._queue:
+                at, _, kind, data = heapq.heappop(self._queue)
+                if at > deadline:
+                    break
+                self.now = at
+                self.result.events += 1
+                self._step(kind, data)
+                if self._finished():
+                    break
+            self._check_liveness()
+        except SafetyViolation as exc:
+            self.result.ok = False
+            self.result.failure = str(exc)
+        finally:
+            for node in self.nodes:
+                if node.replica:
+                    node.replica.close()
+            for disk in self._disks:
+                disk.close()
+        self.result.ticks = self.now
+        self.result.heights = len(self.decided)
+        self.result.rounds = sum(self.rounds_at.values())
+        self.result.fingerprint = self.fingerprint.hexdigest()[:16]
+        self.result.committed_payloads = len(self.committed_at)
+        return self.result
+
+    def _plan_faults(self) -> None:
+        cfg = self.config
+        for node in self.nodes:
+            if not node.honest:
+                continue
+            crashes = sum(1 for _ in range(3) if self.rng.random() < cfg.crash_rate / 3)
+            for _ in range(crashes):
+                self._push(self.rng.randint(0, max(1, self.gst - 1)), "crash", node.index)
+        at = 0
+        while at < self.gst:
+            at += self.rng.randint(200, 1500)
+            if at >= self.gst:
+                break
+            self._push(at, "partition", None)
+            self._push(min(self.gst, at + self.rng.randint(100, 1200)), "heal", None)
+        self._push(self.gst, "heal", None)
+        for node in self.nodes:
+            if node.behavior == Behavior.GARBAGE:
+                self._push(self.rng.randint(1, 100), "garbage", node.index)
+
+    def _boot(self, node: SimNode) -> None:
+        node.incarnation += 1
+        node.crash_countdown = None
+        node.pending_content = None
+        node.app = SimApp()
+        replica = Replica(node.key, SIM_DOMAIN, self.genesis, "", timeouts=SIM_TIMEOUTS,
+                          durable=False, max_payloads=self.config.batch,
+                          fault_hook=self._fault_hook(node), wal_path=node.wal_uri,
+                          store_path=node.store_uri)
+        node.replica = replica
+        for height in range(1, replica.store.last_height() + 1):  # rebuild the application
+            committed = replica.store.get(height)
+            assert committed is not None
+            node.app.apply(committed.block)
+            self._maybe_change_epoch(node, committed.block.height)
+        self._run_node(node, lambda r: r.start())
+
+    def _fault_hook(self, node: SimNode) -> FaultHook:
+        def hook(output: Output, phase: str) -> None:
+            self._countdown(node)
+        return hook
+
+    def _countdown(self, node: SimNode) -> None:
+        if node.crash_countdown is None:
+            return
+        if node.crash_countdown <= 0:
+            raise SimCrash()
+        node.crash_countdown -= 1
+
+    def _crash(self, node: SimNode) -> None:
+        assert node.replica is not None
+        self._log(f"crash n{node.index} at height {node.replica.height}")
+        node.replica.close()
+        node.replica = None
+        node.crash_countdown = None
+        node.incarnation += 1
+        self.result.crashes += 1
+        restart = self.now + self.rng.randint(50, 1500)
+        self._push(min(restart, self.gst), "restart", node.index)
+
+    # ------------------------------------------------------------------ events
+
+    def _step(self, kind: str, data: Any) -> None:
+        if kind == "deliver":
+            dst, src, channel, body = data
+            node = self.nodes[dst]
+            if not node.up:
+                return
+            if channel == "payload":
+                self._take_payload(node, body, gossip=False)
+            else:
+                self._run_node(node, lambda r: r.handle_message(body, str(src)))
+        elif kind == "timer":
+            index, incarnation, timeout = data
+            node = self.nodes[index]
+            if node.up and node.incarnation == incarnation:
+                self._run_node(node, lambda r: r.handle_timeout(timeout))
+        elif kind == "content":
+            index, incarnation = data
+            node = self.nodes[index]
+            if node.up and node.incarnation == incarnation and node.pending_content:
+                self._answer_content(node)
+        elif kind == "submit":
+            self._client_submit(data)
+        elif kind == "crash":
+            node = self.nodes[data]
+            if node.up and not self._good():
+                if self.rng.random() < 0.5:
+                    self._crash(node)
+                else:
+                    node.crash_countdown = self.rng.randint(0, 8)  # dies mid-processing
+        elif kind == "restart":
+            node = self.nodes[data]
+            if not node.up:
+                self._log(f"restart n{node.index}")
+                self._boot(node)
+        elif kind == "partition":
+            members = list(range(len(self.nodes)))
+            self.rng.shuffle(members)
+            cut = self.rng.randint(1, len(members) - 1)
+            self.partition = [set(members[:cut]), set(members[cut:])]
+            self._log(f"partition {sorted(self.partition[0])} | {sorted(self.partition[1])}")
+        elif kind == "heal":
+            self.partition = None
+            if self.now >= self.gst:
+                for node in self.nodes:
+                    node.crash_countdown = None
+        elif kind == "garbage":
+            self._send_garbage(self.nodes[data])
+            if self.now < self.gst + 2000:
+                self._push(self.now + self.rng.randint(20, 200), "garbage", data)
+
+    def _client_submit(self, payload: bytes) -> None:
+        """A charger (client) hands a payload to a random node, retrying until committed."""
+        if payload in self.committed_at:
+            return
+        if payload not in self.submitted:
+            self.submitted.add(payload)
+            self.submit_time[payload] = self.now
+        node = self.rng.choice(self.nodes)
+        self._log(f"submit {payload.decode()} to n{node.index}")
+        if node.up and node.behavior != Behavior.SILENT:
+            self._take_payload(node, payload, gossip=True)
+        self._push(self.now + self.config.client_retry_ticks, "submit", payload)
+
+    def _take_payload(self, node: SimNode, payload: bytes, gossip: bool) -> None:
+        if payload in node.app.committed:
+            return
+        try:
+            added = node.app.mempool.add(payload, source="client" if gossip else "peer")
+        except MempoolFull:
+            return
+        if added and gossip:
+            for other in self.nodes:
+                if other is not node:
+                    self._send(node.index, other.index, "payload", payload)
+        if added and node.pending_content:
+            self._answer_content(node)
+
+    def _answer_content(self, node: SimNode) -> None:
+        self._run_node(node, self._content_call(node))
+
+    def _content_call(self, node: SimNode) -> Any:
+        """The proposer's application answers RequestProposal from its mempool."""
+        assert node.pending_content is not None and node.replica is not None
+        height, round_ = node.pending_content
+        node.pending_content = None
+        payloads = node.app.mempool.reap(self.config.batch, 1 << 20)
+        prev_ts = node.replica.core.prev_timestamp_ms
+        content = ProposalContent(payloads, b"sim", max(prev_ts + 1, self.now), node.app.state_hash)
+        return lambda r: r.handle_proposal_content(height, round_, content)
+
+    # ------------------------------------------------------------------ driving one node
+
+    def _run_node(self, node: SimNode, call: Any) -> None:
+        """Call into the node's replica and carry out its outputs, unless it crashes."""
+        assert node.replica is not None
+        work = [call]
+        while work:
+            if node.replica is None:
+                return
+            try:
+                outputs = work.pop(0)(node.replica)
+                for output in outputs:
+                    self._countdown(node)
+                    work.extend(self._dispatch(node, output))
+                    if node.replica is None:
+                        return
+            except SimCrash:
+                self._crash(node)
+                return
+
+    def _dispatch(self, node: SimNode, output: Output) -> Iterator[Any]:
+        """Carry out one output; yields follow-up calls into the same replica."""
+        if isinstance(output, Broadcast):
+            self._broadcast(node, output)
+        elif isinstance(output, SendTo):
+            self._send(node.index, int(str(output.peer)), "consensus", output.data)
+        elif isinstance(output, ScheduleTimeout):
+            delay = max(1, int(output.duration_ms * node.skew))
+            self._push(self.now + delay, "timer", (node.index, node.incarnation, output.timeout))
+        elif isinstance(output, RequestProposal):
+            node.pending_content = (output.height, output.round)
+            if len(node.app.mempool) or not self.config.idle_block_ticks:
+                yield self._content_call(node)
+            else:
+                self._push(self.now + self.config.idle_block_ticks, "content",
+                           (node.index, node.incarnation))
+        elif isinstance(output, ValidateBlock):
+            block = output.block
+            verdict = True if not node.honest else node.app.validate(block, self.submitted)
+            yield lambda r: r.handle_validation_result(block.hash, verdict)
+        elif isinstance(output, Commit):
+            self._on_commit(node, output)
+        elif isinstance(output, RequestCatchUp):
+            peers = [i for i in range(len(self.nodes)) if i != node.index]
+            peer = int(str(output.peer)) if output.peer is not None else self.rng.choice(peers)
+            request = BlockRequest(output.from_height, 16)
+            self._send(node.index, peer, "consensus", request.to_bytes())
+        elif isinstance(output, ReportEvidence):
+            if not output.evidence.verify(SIM_DOMAIN):
+                raise SafetyViolation("core reported evidence that does not verify")
+            if self.nodes[self._index_of(output.evidence.validator)].honest:
+                raise SafetyViolation(f"evidence against honest validator: {output.evidence.kind!r}")
+            self.result.evidence += 1
+        elif isinstance(output, Dropped):
+            self.result.dropped += 1
+
+    def _index_of(self, address: bytes) -> int:
+        return next(n.index for n in self.nodes if n.key.address == address)
+
+    def _broadcast(self, node: SimNode, output: Broadcast) -> None:
+        message = output.message
+        for other in self.nodes:
+            if other is node:
+                continue
+            data = output.data
+            if node.behavior == Behavior.DOUBLE_VOTER and isinstance(message, Vote) and self.rng.random() < 0.5:
+                other_hash = self.rng.choice([ZERO_HASH, keccak256(self.rng.getrandbits(64).to_bytes(8, "big"))])
+                if other_hash != message.block_hash:
+                    data = Vote.sign(node.key, SIM_DOMAIN, message.vote_type, message.height,
+                                     message.round, other_hash).to_bytes()
+            elif (node.behavior == Behavior.EQUIVOCATOR and isinstance(message, Proposal)
+                  and other.index % 2 == 1):
+                block = message.block
+                twin = Block(block.height, block.timestamp_ms + 1, block.proposer,
+                             block.prev_block_hash, block.app_state_hash, block.payloads[:-1] or (),
+                             block.app_header)
+                data = Proposal.sign(node.key, SIM_DOMAIN, message.round, -1, twin).to_bytes()
+            self._send(node.index, other.index, "consensus", data)
+
+    def _send_garbage(self, node: SimNode) -> None:
+        """Hostile inputs: random bytes, forged/non-validator votes, wrong heights, oversize."""
+        if not node.up:
+            return
+        core = node.replica.core if node.replica else None
+        height = core.height if core else 1
+        target = self.rng.choice([n.index for n in self.nodes if n is not node])
+        choice = self.rng.randint(0, 7)
+        if choice == 0:
+            data = bytes(self.rng.getrandbits(8) for _ in range(self.rng.randint(0, 200)))
+        elif choice == 1:
+            data = Vote.sign(self.garbage_key, SIM_DOMAIN, VoteType.PRECOMMIT, height, 0,
+                             keccak256(b"x")).to_bytes()
+        elif choice == 2:
+            vote = Vote.sign(node.key, SIM_DOMAIN, VoteType.PREVOTE, height, 0, keccak256(b"y"))
+            data = Vote(vote.vote_type, vote.height, vote.round, vote.block_hash, vote.validator,
+                        vote.signature[:10] + bytes([vote.signature[10] ^ 1]) + vote.signature[11:]).to_bytes()
+        elif choice == 3:
+            data = Vote.sign(node.key, SIM_DOMAIN, VoteType.PRECOMMIT,
+                             self.rng.choice([height + 50, max(1, height - 1)]),
+                             self.rng.randint(0, 1000), keccak256(b"z")).to_bytes()
+        elif choice == 4:
+            data = msgpack.packb([1, 1, height, 0, -1, [height, 1, node.key.address, ZERO_HASH,
+                                  ZERO_HASH, [b"p"] * 5000, b""], node.key.address, b"\x00" * 65])
+        elif choice == 5:
+            prev = core.prev_block_hash if core else ZERO_HASH
+            block = Block(height, 1, node.key.address, prev, ZERO_HASH, (b"forged",), b"")
+            forged = CommitCertificate(height, 0, block.hash, (node.key.sign(keccak256(b"no")),))
+            data = CommittedBlock(block, forged).to_bytes()
+        elif choice == 6:
+            vote = Vote.sign(node.key, SIM_DOMAIN, VoteType.PREVOTE, height, 0, ZERO_HASH)
+            data = Evidence(EvidenceKind.DUPLICATE_VOTE, node.key.address, height, 0,
+                            vote.to_bytes(), b"junk").to_bytes()
+        else:
+            data = BlockRequest(1, 64).to_bytes()[:-1] + b"\xff"
+        self._send(node.index, target, "consensus", data)
+
+    # ------------------------------------------------------------------ invariants
+
+    def _on_commit(self, node: SimNode, commit: Commit) -> None:
+        block, certificate = commit.block, commit.certificate
+        self._log(f"n{node.index} commits h{block.height} r{certificate.round} "
+                  f"{block.hash.hex()[:8]} {len(block.payloads)} payloads")
+        if node.honest:
+            assert node.replica is not None
+            validators = node.replica.core.schedule.set_for(block.height)
+            try:
+                verify_certificate(certificate, validators, SIM_DOMAIN, block.hash)
+            except CertificateError as exc:
+                raise SafetyViolation(f"n{node.index} committed h{block.height} with a bad certificate: {exc}") from exc
+            first = self.decided.setdefault(block.height, block.hash)
+            if first != block.hash:
+                raise SafetyViolation(f"agreement: h{block.height} decided {first.hex()[:8]} and "
+                                      f"{block.hash.hex()[:8]} (n{node.index})")
+            if block.height not in self.decided_blocks:
+                self.decided_blocks[block.height] = block
+                self.rounds_at[block.height] = certificate.round + 1
+                if len(set(block.payloads)) != len(block.payloads):
+                    raise SafetyViolation(f"payload twice in block {block.height}")
+                for payload in block.payloads:
+                    if payload not in self.submitted:
+                        raise SafetyViolation(f"validity: h{block.height} holds unsubmitted payload")
+                    if payload in self.committed_at:
+                        raise SafetyViolation(f"payload committed at h{self.committed_at[payload]} "
+                                              f"and again at h{block.height}")
+                    self.committed_at[payload] = block.height
+                    self.result.latencies.append(self.now - self.submit_time[payload])
+            if block.height > 1 and block.prev_block_hash != self.decided.get(block.height - 1, block.prev_block_hash):
+                raise SafetyViolation(f"h{block.height} does not extend the decided chain")
+        node.app.apply(block)
+        self._maybe_change_epoch(node, block.height)
+
+    def _maybe_change_epoch(self, node: SimNode, height: int) -> None:
+        """At one height the application re-weights the validators (an epoch change)."""
+        change = self.config.epoch_change_height
+        if change is None or height != change or node.replica is None:
+            return
+        heavy = next(n.index for n in self.nodes if n.honest)  # Byzantine power stays < 1/3
+        powers = tuple(2 if i == heavy else 1 for i in range(len(self.genesis.addresses)))
+        weighted = ValidatorSet(self.genesis.addresses, powers, 1)
+        outputs = node.replica.set_validators(change + 2, weighted)
+        assert not outputs, "a validator set change has no immediate effect"
+
+    def _finished(self) -> bool:
+        if not self._good() or len(self.committed_at) < self.config.payloads:
+            return False
+        target = max(self.committed_at.values())
+        return all(n.up and n.app.height >= target for n in self.nodes if n.honest)
+
+    def _check_liveness(self) -> None:
+        missing = self.config.payloads - len(self.committed_at)
+        if missing:
+            raise SafetyViolation(f"liveness: {missing} payloads never committed (GST {self.gst})")
+        target = max(self.committed_at.values(), default=0)
+        for node in self.nodes:
+            if node.honest and (not node.up or node.app.height < target):
+                raise SafetyViolation(f"liveness: n{node.index} stuck below height {target}")
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def run_seeds(seeds: list[int], config: SimConfig) -> list[SimResult]:
+    """Run each seed; returns all results (failures have ok False)."""
+    return [Simulation(seed, config).run() for seed in seeds]
+
+
+def _bench(validators: int) -> None:
+    print(f"throughput/latency, {validators} validators, no faults, 1 tick = 1 simulated ms,"
+          " network delay 1..10 ticks")
+    print(f"{'batch':>6} {'payloads':>8} {'heights':>7} {'rounds/h':>8} {'ticks':>6} "
+          f"{'payl/ktick':>10} {'lat mean':>8} {'lat p99':>7} {'wall s':>6}")
+    for batch in (1, 4, 16, 64, 256):
+        config = SimConfig(validators=validators, payloads=1024, batch=batch, faults=False,
+                           byzantine=0, submit_until=2000, idle_block_ticks=20,
+                           epoch_change_height=None, liveness_window=200_000)
+        started = time.perf_counter()
+        result = Simulation(1, config).run()
+        wall = time.perf_counter() - started
+        lat = sorted(result.latencies)
+        p99 = lat[int(len(lat) * 0.99) - 1] if lat else 0
+        mean = sum(lat) / len(lat) if lat else 0
+        status = "" if result.ok else f"  FAIL {result.failure}"
+        print(f"{batch:>6} {result.committed_payloads:>8} {result.heights:>7} "
+              f"{result.rounds / max(1, result.heights):>8.2f} {result.ticks:>6} "
+              f"{1000 * result.committed_payloads / max(1, result.ticks):>10.1f} {mean:>8.0f} "
+              f"{p99:>7} {wall:>6.1f}{status}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m consensus.sim", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=100, help="how many seeds to run")
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, help="run (replay) exactly this seed")
+    parser.add_argument("--validators", type=int, default=4, choices=[4, 7])
+    parser.add_argument("--payloads", type=int, default=12)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--trace", action="store_true", help="print every event of the run")
+    parser.add_argument("--bench", action="store_true", help="throughput/latency as batch grows")
+    args = parser.parse_args(argv)
+    if args.bench:
+        _bench(args.validators)
+        return 0
+    config = SimConfig(validators=args.validators, payloads=args.payloads, batch=args.batch)
+    if args.seed is not None:
+        result = Simulation(args.seed, config, trace=args.trace).run()
+        print(_describe(result))
+        return 0 if result.ok else 1
+    started = time.perf_counter()
+    failures = 0
+    totals = {"heights": 0, "rounds": 0, "crashes": 0, "evidence": 0, "dropped": 0}
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        result = Simulation(seed, config).run()
+        for key in totals:
+            totals[key] += getattr(result, key)
+        if not result.ok:
+            failures += 1
+            print(f"FAIL {_describe(result)}", flush=True)
+    wall = time.perf_counter() - started
+    print(f"{args.seeds} seeds, {args.validators} validators: {failures} failed; "
+          f"{totals['heights']} heights in {totals['rounds']} rounds, {totals['crashes']} crashes, "
+          f"{totals['evidence']} evidence reports, {totals['dropped']} inputs dropped; {wall:.1f} s")
+    return 1 if failures else 0
+
+
+def _describe(result: SimResult) -> str:
+    state = "ok" if result.ok else f"FAILED: {result.failure}"
+    return (f"seed={result.seed} {state} heights={result.heights} rounds={result.rounds} "
+            f"ticks={result.ticks} events={result.events} crashes={result.crashes} "
+            f"evidence={result.evidence} behaviors={','.join(result.behaviors)} "
+            f"fingerprint={result.fingerprint}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
