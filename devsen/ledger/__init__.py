@@ -17,6 +17,7 @@ from devsen.ledger.ledger import (
     EventResult,
     Ledger,
     LedgerParams,
+    SnapshotError,
 )
 from devsen.ledger.state import Anomaly, DeviceRecord, Session, SettlementOrder
 
@@ -35,6 +36,7 @@ __all__ = [
     "LedgerParams",
     "Session",
     "SettlementOrder",
+    "SnapshotError",
     "StaticChainView",
     "Tariff",
     "id_tag_hash",

@@ -78,6 +78,10 @@ ESCROW_CLOSED = "escrow_closed"
 MALFORMED = "malformed"
 
 
+class SnapshotError(ValueError):
+    """Bytes that are not a ledger snapshot of this version."""
+
+
 class BlockRejected(ValueError):
     """The block cannot be applied at all (wrong height, time going backwards, too many events)."""
 
@@ -263,10 +267,25 @@ class Ledger:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Ledger:
-        """Restore a snapshot made by `to_bytes`; digests and indexes are recomputed from entries."""
-        version, params, counters, tables = from_state_bytes(data)
+        """Restore a snapshot made by `to_bytes`; digests and indexes are recomputed from entries.
+
+        Raises SnapshotError for bytes that are not such a snapshot.
+        """
+        try:
+            ledger = cls._restore(from_state_bytes(data))
+        except SnapshotError:
+            raise
+        except (ValueError, TypeError, IndexError, KeyError, AssertionError) as exc:
+            raise SnapshotError(f"not a ledger snapshot: {exc!r}") from exc
+        if ledger.to_bytes() != data:
+            raise SnapshotError("snapshot is not in canonical form")
+        return ledger
+
+    @classmethod
+    def _restore(cls, decoded: Any) -> Ledger:
+        version, params, counters, tables = decoded
         if version != SNAPSHOT_VERSION:
-            raise ValueError(f"snapshot version {version}, expected {SNAPSHOT_VERSION}")
+            raise SnapshotError(f"snapshot version {version}, expected {SNAPSHOT_VERSION}")
         ledger = cls(LedgerParams(*params))
         ledger._c = _Counters(*counters)
         devices, sessions, closed, pending, replies, anomalies = tables

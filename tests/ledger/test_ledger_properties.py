@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import event as note_event
 from hypothesis import strategies as st
@@ -21,7 +22,15 @@ from ledger_world import (
     tx_event,
 )
 
-from devsen.ledger import BlockContext, EscrowSession, Ledger, LedgerParams, Tariff, id_tag_hash
+from devsen.ledger import (
+    BlockContext,
+    EscrowSession,
+    Ledger,
+    LedgerParams,
+    SnapshotError,
+    Tariff,
+    id_tag_hash,
+)
 
 CHARGERS_16 = [CHARGER] * 4 + ["OFF-1", "NOPE"]  # repeats weight the draw towards what can settle
 CHARGERS_201 = [CHARGER_201] * 4 + ["OFF-1", CHARGER]  # CP-1 also speaks 2.0.1: ids must not clash
@@ -228,3 +237,11 @@ def test_settlement_follows_the_tariff_and_never_exceeds_the_deposit(
     assert order.amount == min(energy * price // 1000 + minutes * fee, deposit)
     counters = world.ledger.counters()
     assert counters["settled_amount"] <= counters["settled_deposits"] == deposit
+
+
+@pytest.mark.parametrize("mutate", [lambda b: b[:-1], lambda b: b"\x93" + b[1:], lambda b: b"", lambda b: b + b"\x00"])
+def test_damaged_snapshots_are_refused(mutate: Any) -> None:
+    world = World()
+    world.block(start16())
+    with pytest.raises(SnapshotError):
+        Ledger.from_bytes(mutate(world.ledger.to_bytes()))

@@ -283,3 +283,32 @@ def test_transaction_ids_of_both_versions_on_one_charger_never_collide() -> None
     assert world.one(stop16(1, 5_000, T0_MS)) == {}  # a 1.6 stop does not close the 2.0.1 session
     assert [s.ocpp_version for s in world.ledger.open_sessions()] == ["2.0.1"]
     assert kinds(world) == ["duplicate_transaction_id", "unknown_transaction"]
+
+
+def test_an_escrow_session_pays_for_one_transaction_only() -> None:
+    world = World()
+    world.chain.sessions[b"\x00" * 32] = replace(world.chain.sessions[ESCROW_1], session_id=b"\x00" * 32,
+                                                 opened_at_s=T0_MS // 1000 - 60)
+    world.one(start16())  # binds the oldest open escrow of connector 1: ESCROW_1
+    assert world.ledger.open_sessions()[0].escrow_session_id == ESCROW_1
+    world.block(stop16(1, 2_000, T0_MS))
+    world.one(start16())  # ESCROW_1 is settled (pending on chain): the newer one is bound
+    assert world.ledger.open_sessions()[0].escrow_session_id == b"\x00" * 32
+    world.block(stop16(2, 2_000, T0_MS))
+    assert world.one(start16())["idTagInfo"]["status"] == "Blocked"  # nothing prepaid is left
+    assert {o.session_id for o in world.ledger.pending_settlements()} == {ESCROW_1, b"\x00" * 32}
+
+
+def test_capacity_limits_refuse_new_transactions() -> None:
+    world = World(LedgerParams(max_open_sessions=1))
+    world.one(start16(connector=1))
+    assert world.one(start16(connector=2))["idTagInfo"]["status"] == "Blocked"
+    world.block(stop16(1, 1_000, T0_MS))
+    backlog = World(LedgerParams(max_pending_settlements=1))
+    backlog.one(start16(connector=1))
+    backlog.block(stop16(1, 1_000, T0_MS))
+    assert backlog.one(start16(connector=2))["idTagInfo"]["status"] == "Blocked"
+    backlog.chain.close_escrow_session(ESCROW_1)  # paid on chain: the backlog drains
+    backlog.block()
+    assert backlog.one(start16(connector=2))["idTagInfo"]["status"] == "Accepted"
+    assert kinds(world) == kinds(backlog) == ["capacity"]
