@@ -34,6 +34,7 @@ class OcppServerConfig:
     call_queue: int = 4  # charger CALLs waiting for their turn (OCPP-J allows one)
     max_call_waiters: int = 16  # CSMS-to-charger calls queued per connection
     reply_cache_entries: int = 100_000
+    reply_cache_seconds: float = 600.0  # how long a decided reply answers retries at this node
     max_in_flight_submissions: int = 20_000  # ingest submissions awaiting a decision, all chargers
     verified_auth_cache_entries: int = 100_000
     concurrent_password_checks: int = 2
@@ -66,6 +67,7 @@ class OcppServerConfig:
             "messages_per_second": self.messages_per_second, "burst_messages": self.burst_messages,
             "receive_queue": self.receive_queue, "call_queue": self.call_queue,
             "max_call_waiters": self.max_call_waiters, "reply_cache_entries": self.reply_cache_entries,
+            "reply_cache_seconds": self.reply_cache_seconds,
             "max_in_flight_submissions": self.max_in_flight_submissions,
             "verified_auth_cache_entries": self.verified_auth_cache_entries,
             "concurrent_password_checks": self.concurrent_password_checks,

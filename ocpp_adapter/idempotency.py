@@ -4,8 +4,10 @@ Keyed by `ChargerEvent.dedup_key`. Each submission runs as a task of the server'
 nursery, not of the connection that received it: a charger that reconnects and retries
 while the first submission is still in flight awaits that same submission instead of
 submitting twice, and the first is not cancelled with the old connection. A finished
-outcome (reply or permanent rejection) is remembered in a bounded LRU; transient
-failures (overload, timeout, ingest bug) are forgotten, so the next retry submits afresh.
+outcome (reply or permanent rejection) is remembered in a bounded LRU for `ttl` seconds (OCPP
+retries come within minutes; chargers that restart their message-id counter after a reboot
+must not get a stale Heartbeat time); transient failures (overload, timeout, ingest bug)
+are forgotten at once, so the next retry submits afresh.
 """
 
 from __future__ import annotations
@@ -35,14 +37,16 @@ class _Entry:
     result: IngestResult | None = None
     rejected: IngestRejected | None = None
     transient: Exception | None = None
+    decided_at: float = 0.0
 
 
 class ReplyCache:
     """Bounded map dedup_key -> outcome, with in-flight sharing and a cap on submissions."""
 
-    def __init__(self, capacity: int, max_in_flight: int) -> None:
-        assert max_in_flight > 0
+    def __init__(self, capacity: int, max_in_flight: int, ttl: float = 600.0) -> None:
+        assert max_in_flight > 0 and ttl > 0
         self._entries: LruMap[bytes, _Entry] = LruMap(capacity)
+        self.ttl = ttl
         self.max_in_flight = max_in_flight
         self.in_flight = 0
 
@@ -59,6 +63,9 @@ class ReplyCache:
         """
         key = event.dedup_key
         entry = self._entries.get(key)
+        if entry is not None and entry.done.is_set() and trio.current_time() - entry.decided_at > self.ttl:
+            self._entries.pop(key)
+            entry = None
         if entry is None:
             if self.in_flight >= self.max_in_flight:
                 raise IngestOverloaded(f"{self.in_flight} submissions in flight at this endpoint")
@@ -91,6 +98,7 @@ class ReplyCache:
             if entry.result is None and entry.rejected is None and entry.transient is None:
                 entry.transient = SubmissionFailed(f"not decided within {timeout:g}s")
         finally:
+            entry.decided_at = trio.current_time()
             self.in_flight -= 1
             if entry.result is None and entry.rejected is None and self._entries.get(key) is entry:
                 self._entries.pop(key)

@@ -271,6 +271,8 @@ class OcppSession:
         assert self.pending is None, "one outstanding CALL per direction"
         if action not in schemas.known_actions(self.version):
             raise ValueError(f"{action!r} is not an OCPP {self.version} action")
+        if action in CHARGER_INITIATED[self.version] and action != "DataTransfer":
+            raise ValueError(f"{action} is sent by chargers, not to them")
         try:
             schemas.validate(self.version, action, payload)
         except schemas.PayloadInvalid as exc:

@@ -108,9 +108,13 @@ class _Connection:
         self.stats = {"received": 0, "calls": 0, "errors_sent": 0, "rate_limited": 0}
 
     async def send(self, frame: str) -> None:
-        """Send within `send_timeout`; a charger that does not read gets disconnected."""
+        """Send within `send_timeout`; a charger that does not read gets disconnected.
+        A closed connection ends this connection's tasks (never raises ConnectionClosed)."""
         with trio.move_on_after(self.config.send_timeout) as scope:
-            await self.ws.send_message(frame)
+            try:
+                await self.ws.send_message(frame)
+            except ConnectionClosed as exc:
+                self.close(f"closed while sending ({exc.reason})")
         if scope.cancelled_caught:
             self.close(f"send blocked for {self.config.send_timeout}s")
 
@@ -208,7 +212,9 @@ class OcppServer:
         self.ingest = ingest
         self.registry = registry
         self.connections = connections
-        self.replies = ReplyCache(config.reply_cache_entries, config.max_in_flight_submissions)
+        self.replies = ReplyCache(
+            config.reply_cache_entries, config.max_in_flight_submissions, config.reply_cache_seconds
+        )
         self.submissions: trio.Nursery | None = None  # owns ingest submissions (outlive connections)
         self.verified = VerifiedCredentialsCache(config.verified_auth_cache_entries)
         self.password_checks = trio.CapacityLimiter(config.concurrent_password_checks)

@@ -163,6 +163,24 @@ async def test_reply_cache_remembers_decisions_and_forgets_transient_failures():
         assert len(calls) == 4  # transient: submitted again
 
 
+async def test_reply_cache_entries_expire(autojump_clock):
+    cache = ReplyCache(capacity=10, max_in_flight=2, ttl=60)
+    calls = []
+
+    async def submit(ev):
+        calls.append(ev)
+        return IngestResult({}, ev.event_id)
+
+    async with trio.open_nursery() as nursery:
+        await cache.submit_once(event(), submit, nursery, 1.0)
+        await trio.sleep(59)
+        await cache.submit_once(event(), submit, nursery, 1.0)
+        assert len(calls) == 1
+        await trio.sleep(2)
+        await cache.submit_once(event(), submit, nursery, 1.0)
+        assert len(calls) == 2
+
+
 async def test_reply_cache_times_out_and_caps_in_flight():
     cache = ReplyCache(capacity=10, max_in_flight=1)
 
@@ -237,3 +255,49 @@ async def test_memory_ingest_rules_and_idempotency():
     assert ingest.applied == 4 and len(ingest.events) == 4
     with pytest.raises(IngestRejected):
         await ingest.submit(event("Reset", {"type": "Hard"}))
+
+
+CSMS_CALLS = {
+    "1.6": {
+        "RemoteStartTransaction": {"idTag": "T", "connectorId": 1, "chargingProfile": {
+            "chargingProfileId": 1, "stackLevel": 0, "chargingProfilePurpose": "TxProfile",
+            "chargingProfileKind": "Absolute", "chargingSchedule": {
+                "chargingRateUnit": "A", "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 21.4}]}}},
+        "RemoteStopTransaction": {"transactionId": 1},
+        "Reset": {"type": "Soft"},
+        "ChangeConfiguration": {"key": "HeartbeatInterval", "value": "60"},
+        "GetConfiguration": {"key": ["HeartbeatInterval"]},
+        "TriggerMessage": {"requestedMessage": "StatusNotification", "connectorId": 1},
+        "ChangeAvailability": {"connectorId": 1, "type": "Inoperative"},
+        "UnlockConnector": {"connectorId": 1},
+        "ReserveNow": {"connectorId": 1, "expiryDate": NOW, "idTag": "T", "reservationId": 3},
+        "CancelReservation": {"reservationId": 3},
+        "DataTransfer": {"vendorId": "devsen"},
+    },
+    "2.0.1": {
+        "RequestStartTransaction": {"idToken": {"idToken": "T", "type": "ISO14443"}, "remoteStartId": 1},
+        "RequestStopTransaction": {"transactionId": "tx-1"},
+        "Reset": {"type": "OnIdle"},
+        "SetVariables": {"setVariableData": [{"attributeValue": "60", "component": {"name": "OCPPCommCtrlr"},
+                                              "variable": {"name": "HeartbeatInterval"}}]},
+        "GetVariables": {"getVariableData": [{"component": {"name": "OCPPCommCtrlr"},
+                                              "variable": {"name": "HeartbeatInterval"}}]},
+        "TriggerMessage": {"requestedMessage": "Heartbeat"},
+        "ChangeAvailability": {"operationalStatus": "Inoperative", "evse": {"id": 1}},
+        "UnlockConnector": {"evseId": 1, "connectorId": 1},
+        "ReserveNow": {"id": 3, "expiryDateTime": NOW, "idToken": {"idToken": "T", "type": "ISO14443"}},
+        "CancelReservation": {"reservationId": 3},
+    },
+}
+
+
+@pytest.mark.parametrize(("version", "action"), [(v, a) for v, calls in CSMS_CALLS.items() for a in calls])
+def test_csms_to_charger_calls_validate(version, action):
+    session = OcppSession(version)
+    message_id, frame = session.begin_call(action, CSMS_CALLS[version][action])
+    assert json.loads(frame)[:3] == [2, message_id, action]
+
+
+def test_csms_cannot_send_charger_initiated_actions():
+    with pytest.raises(ValueError):
+        OcppSession("1.6").begin_call("BootNotification", {"chargePointVendor": "v", "chargePointModel": "m"})
