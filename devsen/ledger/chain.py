@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from devsen.ledger.parse import MAX_TIMESTAMP_MS
 from ocpp_adapter.events import keccak256
 
 MAX_AMOUNT = 2**256 - 1  # token amounts are uint256 on chain
@@ -28,8 +29,8 @@ class BlockContext:
     eth_block_hash: bytes
 
     def __post_init__(self) -> None:
-        if self.height < 1 or self.timestamp_ms < 0 or self.eth_block_number < 0:
-            raise ValueError("height must be >= 1; timestamp and Ethereum block number >= 0")
+        if self.height < 1 or not 0 <= self.timestamp_ms <= MAX_TIMESTAMP_MS or self.eth_block_number < 0:
+            raise ValueError("height must be >= 1, timestamp within years 1970..9999, Ethereum block >= 0")
         if len(self.eth_block_hash) != 32:
             raise ValueError("eth_block_hash must be 32 bytes")
 

@@ -29,6 +29,7 @@ from typing import Any
 from devsen.ledger.chain import BlockContext, ChainView, DeviceInfo, EscrowSession, id_tag_hash
 from devsen.ledger.parse import (
     MAX_METER_WH,
+    MAX_TIMESTAMP_MS,
     MalformedPayload,
     format_timestamp_ms,
     get_int,
@@ -634,6 +635,8 @@ class Ledger:
 
     def _tag_info(self, step: _Step, status: str, expiry_s: int = 0) -> dict[str, Any]:
         """{"idTagInfo": ...} (1.6) or {"idTokenInfo": ...} (2.0.1)."""
+        if expiry_s * 1000 > MAX_TIMESTAMP_MS:
+            expiry_s = 0  # beyond year 9999: as good as never
         if step.event.ocpp_version == "1.6":
             info: dict[str, Any] = {"status": status}
             if expiry_s:

@@ -16,6 +16,7 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
+MAX_TIMESTAMP_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last RFC 3339 instant
 MAX_METER_WH = 2**63 - 1  # a register beyond this is not a meter reading
 ENERGY_REGISTER = "Energy.Active.Import.Register"
 MAX_SAMPLES_READ = 256  # sampled values inspected per message; the rest are ignored
@@ -117,7 +118,7 @@ def parse_timestamp_ms(text: str) -> int | None:
 
 def format_timestamp_ms(ms: int) -> str:
     """ISO 8601 UTC with milliseconds, e.g. 2026-01-02T03:04:05.678Z."""
-    assert ms >= 0
+    assert 0 <= ms <= MAX_TIMESTAMP_MS
     moment = _EPOCH + timedelta(milliseconds=ms)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 

@@ -19,7 +19,14 @@ from ledger_world import (
     tx_event,
 )
 
-from devsen.ledger import BlockContext, BlockRejected, LedgerParams, SettlementOrder
+from devsen.ledger import (
+    BlockContext,
+    BlockRejected,
+    IdTagInfo,
+    LedgerParams,
+    SettlementOrder,
+    id_tag_hash,
+)
 
 
 def kinds(world: World) -> list[str]:
@@ -312,3 +319,11 @@ def test_capacity_limits_refuse_new_transactions() -> None:
     backlog.block()
     assert backlog.one(start16(connector=2))["idTagInfo"]["status"] == "Accepted"
     assert kinds(world) == kinds(backlog) == ["capacity"]
+
+
+def test_far_future_expiry_is_not_reported() -> None:
+    world = World()
+    world.chain.id_tags[id_tag_hash("TAG-OK")] = IdTagInfo("0x" + "dd" * 20, expiry_s=2**64 - 1)
+    assert world.one(ev("Authorize", {"idTag": "TAG-OK"})) == {"idTagInfo": {"status": "Accepted"}}
+    with pytest.raises(ValueError):
+        BlockContext(1, 10**15, 1, b"\x00" * 32)
