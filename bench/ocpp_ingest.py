@@ -37,6 +37,13 @@ def rss_kib(pid: int) -> dict[str, int]:
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time consumed by `pid` so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def write_chargers_file(path: str, count: int, password: str) -> None:
     """TOML for `--chargers`: BENCH00000 .. with one shared password."""
     with open(path, "w") as f:
@@ -143,10 +150,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             rss_connected = rss_kib(server.pid)
             stop_at[0] = time.perf_counter() + args.duration
             began = time.perf_counter()
+            cpu_before = cpu_seconds(server.pid)
             start.set()
             await trio.sleep(args.duration / 2)
             rss_mid = rss_kib(server.pid)
         elapsed = time.perf_counter() - began
+        server_cpu = cpu_seconds(server.pid) - cpu_before
         rss_end = rss_kib(server.pid)
     finally:
         server.kill()
@@ -168,6 +177,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                        "max": round(lat[-1] * 1000, 2) if lat else None},
         "server_rss_kib": {"idle": rss_idle["VmRSS"], "connected": rss_connected["VmRSS"],
                            "under_load": rss_mid["VmRSS"], "peak": rss_end["VmHWM"]},
+        "server_cpu_s": round(server_cpu, 2),
+        "server_cpu_us_per_msg": round(server_cpu / max(1, len(lat)) * 1e6, 1),
         "cpu_count": os.cpu_count(),
         "note": "client and server share the machine; clients run closed-loop in one trio process",
     }
