@@ -91,6 +91,10 @@ class ConsensusLinks:
             a for a in (self._directory.address_of(p) for p in self._links) if a is not None
         )
 
+    def max_queued(self) -> int:
+        """The fullest per-peer send queue, in frames (for producers that pace themselves)."""
+        return max((c.statistics().current_buffer_used for c in self._links.values()), default=0)
+
     def broadcast(self, body: bytes) -> int:
         """Send a consensus message to every other validator; returns how many got it queued."""
         frame = encode_frame(seal(self._keys.validator, self._network_id, MessageKind.CONSENSUS, body), MAX_CONSENSUS_FRAME_BYTES)
@@ -116,8 +120,11 @@ class ConsensusLinks:
             return False
         try:
             channel.send_nowait(frame)
-        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+        except trio.WouldBlock:
             self.drops.add("consensus_out", "queue_full")
+            return False
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            self.drops.add("consensus_out", "link_closed")
             return False
         return True
 
@@ -136,7 +143,7 @@ class ConsensusLinks:
                     await stream.write(frame)
                     self.sent_frames += 1
         except Exception as exc:  # the link broke or never opened; the manager retries
-            logger.debug("consensus link to %s ended: %s", peer_id, exc)
+            logger.info("consensus link to %s ended: %r", peer_id, exc)
         finally:
             if self._links.get(peer) is send:
                 del self._links[peer]

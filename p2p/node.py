@@ -92,6 +92,7 @@ class P2PNode:
             "events_gate_waits": self.gossip.gate_waits,
             "consensus_sent_frames": self.links.sent_frames,
             "consensus_received_frames": self.links.received_frames,
+            "consensus_max_queued": self.links.max_queued(),
             "sync_served": self.sync_server.served_requests,
             "dial_failures": self.running.keeper.dial_failures,
             "drops": self.running.drops.snapshot(),

@@ -131,7 +131,7 @@ async def _run_consensus(config: dict[str, Any]) -> None:
         service.signed_listeners.append(on_signed)
         service.commit_listeners.append(lambda c: emit(
             "commit", height=c.height, hash=c.block.hash.hex(), payloads=len(c.block.payloads),
-            round=c.certificate.round, state=app.state.hex()))
+            round=c.certificate.round, state=app.state.hex(), t=time.time()))
         net = service._net
         assert net is not None
         emit("ready", peer_id=net.running.peer_id.to_base58(), addrs=net.running.listen_addrs(),
@@ -208,10 +208,10 @@ async def _run_p2p(config: dict[str, Any]) -> None:
                 for i in range(int(command["count"])):
                     tagged = i.to_bytes(8, "big") + body
                     if command["via"] == "links":
-                        while len(net.links.linked_validators()) and net.links.broadcast(tagged) == 0:
-                            await trio.sleep(0.001)
-                        if i % 16 == 15:
-                            await trio.lowlevel.checkpoint()  # let the link writers drain
+                        while net.links.max_queued() > 64:
+                            await trio.sleep(0.001)  # pace on the fullest peer queue
+                        net.links.broadcast(tagged)
+                        await trio.lowlevel.checkpoint()
                     else:
                         await net.publish_event(tagged)
                 emit("flooded", seconds=time.monotonic() - started)
@@ -229,7 +229,13 @@ def main() -> None:
     logging.basicConfig(level=os.environ.get("DEVSEN_TESTNODE_LOG", "WARNING"),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     runner = _run_p2p if config.get("mode") == "p2p" else _run_consensus
-    trio.run(runner, config)
+    profile_to = os.environ.get("DEVSEN_TESTNODE_PROFILE")
+    if profile_to:  # where does a node spend its CPU (bench investigations)
+        import cProfile
+
+        cProfile.runctx("trio.run(runner, config)", globals(), locals(), f"{profile_to}.{os.getpid()}")
+    else:
+        trio.run(runner, config)
 
 
 # ---------------------------------------------------------------------- harness side

@@ -1,0 +1,129 @@
+"""p2p + consensus figures for 4 local node processes (127.0.0.1), written to bench/results/p2p.json.
+
+1. Transport: small (200 B) messages/s delivered to the 3 other nodes, one sender, over
+   (a) gossipsub, one message per publish, and (b) the direct consensus links.
+2. Consensus: events committed/s and submit-to-commit latency p50/p99 as events per
+   gossip message grows (1, 10, 100, 1000), and libp2p messages per committed block
+   (consensus frames sent by all nodes, and gossip messages originated).
+
+Run: `.venv/bin/python bench/p2p_throughput.py [--quick]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from p2p.testnode import LocalNetwork, NodeProcess  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _stats(node: NodeProcess) -> dict:
+    return node.request({"cmd": "stats"}, "stats")
+
+
+def transport(via: str, count: int, size: int = 200) -> dict:
+    """Messages/s from node 0 to the 3 others over `via` ("gossip" or "links")."""
+    with tempfile.TemporaryDirectory() as tmp:
+        net = LocalNetwork.start(Path(tmp), 4, extra={"mode": "p2p", "batch_max_count": 1, "batch_max_delay_s": 0.0})
+        try:
+            sender, receivers = net.nodes[0], net.nodes[1:]
+            deadline = time.monotonic() + 20
+            while _stats(sender)["linked_validators"] < 3 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            time.sleep(1.5)  # gossip mesh forms on the 1 s heartbeat
+            key = "consensus" if via == "links" else "payloads"
+            started = time.monotonic()
+            sender.send({"cmd": "flood", "via": via, "count": count, "size": size})
+            received = [0] * len(receivers)
+            while time.monotonic() - started < 120:
+                received = [_stats(r)["received"][key] for r in receivers]
+                if min(received) >= count:
+                    break
+                time.sleep(0.1)
+            seconds = time.monotonic() - started
+            drops = _stats(sender)["drops"]
+        finally:
+            net.stop()
+    return {"via": via, "messages": count, "bytes": size, "seconds": round(seconds, 2),
+            "delivered_min": min(received), "msgs_per_s": round(min(received) / seconds, 1),
+            "sender_drops": drops}
+
+
+def consensus(events_per_message: int, events: int, submitters: int = 4) -> dict:
+    """Commit `events` ChargerEvent-sized payloads through 4 validators; rate and latency."""
+    with tempfile.TemporaryDirectory() as tmp:
+        net = LocalNetwork.start(Path(tmp), 4, extra={
+            "batch_max_count": events_per_message, "min_block_interval_s": 0.05,
+            "empty_block_interval_s": 0.5, "submit_timeout_s": 120,
+            "timeouts": {"propose_ms": 3000, "propose_delta_ms": 500, "prevote_ms": 1000,
+                         "prevote_delta_ms": 500, "precommit_ms": 1000, "precommit_delta_ms": 500,
+                         "retransmit_ms": 2000},
+        })
+        try:
+            net.wait_all_height(1, 30)
+            before = [_stats(n) for n in net.nodes]
+            start_height = net.nodes[0].committed_height()
+            per_node = events // submitters
+            replies: list[dict] = []
+
+            def submit(node: NodeProcess, tag: int) -> None:
+                payloads = [(f"{tag:02d}-{i:07d}-" + "e" * 280).encode().hex() for i in range(per_node)]
+                replies.append(node.request({"cmd": "submit", "id": tag, "payloads": payloads}, "submitted", 300))
+
+            threads = [threading.Thread(target=submit, args=(net.nodes[i], i)) for i in range(submitters)]
+            started = time.monotonic()
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            seconds = time.monotonic() - started
+            after = [_stats(n) for n in net.nodes]
+            blocks = net.nodes[0].committed_height() - start_height
+        finally:
+            net.stop()
+    results = [r for reply in replies for r in reply["results"]]
+    latencies = sorted(r[1] for r in results if isinstance(r[0], int))
+    frames = sum(a["p2p"]["consensus_sent_frames"] - b["p2p"]["consensus_sent_frames"] for a, b in zip(after, before, strict=True))
+    gossip = sum(a["p2p"]["events_published_messages"] - b["p2p"]["events_published_messages"] for a, b in zip(after, before, strict=True))
+    return {
+        "events_per_gossip_message": events_per_message,
+        "events": len(results), "committed": len(latencies), "seconds": round(seconds, 2),
+        "events_per_s": round(len(latencies) / seconds, 1),
+        "latency_ms_p50": round(statistics.median(latencies), 1) if latencies else None,
+        "latency_ms_p99": round(latencies[int(0.99 * (len(latencies) - 1))], 1) if latencies else None,
+        "blocks": blocks,
+        "consensus_frames_per_block": round(frames / max(blocks, 1), 1),
+        "gossip_messages_per_block": round(gossip / max(blocks, 1), 2),
+        "errors": [r for r in results if not isinstance(r[0], int)][:3],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer events (a ~2 minute run)")
+    args = parser.parse_args()
+    scale = 1 if args.quick else 3
+    out: dict = {"machine": "2 cores, shared", "nodes": 4, "transport": [], "consensus": []}
+    for via, count in (("gossip", 400 * scale), ("links", 2000 * scale)):
+        out["transport"].append(transport(via, count))
+        print(json.dumps(out["transport"][-1]), flush=True)
+    for k, events in ((1, 200 * scale), (10, 1000 * scale), (100, 2000 * scale), (1000, 2000 * scale)):
+        out["consensus"].append(consensus(k, events))
+        print(json.dumps(out["consensus"][-1]), flush=True)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "p2p.json").write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {RESULTS / 'p2p.json'}")
+
+
+if __name__ == "__main__":
+    main()
