@@ -243,6 +243,8 @@ class OcppServer:
                 if request is not None:
                     await self._handle_request(request)
                 nursery.cancel_scope.cancel()
+        except ConnectionClosed as exc:
+            log.debug("connection closed during the handshake: %s", exc.reason)
         except Exception:
             log.exception("connection handler failed (contained)")
         finally:
@@ -252,8 +254,10 @@ class OcppServer:
     async def _reject(self, request: WebSocketRequest, status: int, why: str, charge_box_id: str | None) -> None:
         log.warning("rejecting %s from %s: %d %s", charge_box_id or request.path[:80], request.remote, status, why)
         headers = [(b"WWW-Authenticate", b'Basic realm="OCPP", charset="UTF-8"')] if status == 401 else []
+        # the log says why; the charger only learns the status (no probing which ids exist)
+        body = {401: "unauthorized", 403: "forbidden"}.get(status, why)
         with trio.move_on_after(self.config.send_timeout):
-            await request.reject(status, extra_headers=headers, body=why.encode())
+            await request.reject(status, extra_headers=headers, body=body.encode())
 
     async def _authenticate(self, request: WebSocketRequest, charge_box_id: str) -> tuple[int, str] | None:
         """None if the charger may connect, else (HTTP status, reason)."""
