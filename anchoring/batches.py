@@ -178,6 +178,7 @@ class AttestationBook:
         self.escrow_domain = escrow_domain
         self._batches: OrderedDict[int, _Pending] = OrderedDict()
         self._settlements: OrderedDict[bytes, _Pending] = OrderedDict()
+        self._completed: OrderedDict[int | bytes, None] = OrderedDict()  # recent quorums, bounded
 
     def expect(self, subject: AnchorBatch | Settlement) -> None:
         """Register a batch this node closed, or a settlement order its ledger produced."""
@@ -193,6 +194,12 @@ class AttestationBook:
     def pending_count(self) -> int:
         """Subjects still waiting for a quorum."""
         return len(self._batches) + len(self._settlements)
+
+    def signers_of(self, subject: AnchorBatch | Settlement) -> frozenset[bytes]:
+        """Validators whose attestation for the open `subject` has been counted."""
+        table, key = self._table(subject)
+        pending = table.get(key)
+        return frozenset(pending.signatures) if pending is not None else frozenset()
 
     def check(self, attestation: Attestation) -> None:
         """Raise AttestationError unless `attestation` would count (for mempool admission too)."""
@@ -210,11 +217,14 @@ class AttestationBook:
     def on_committed(self, attestation: Attestation, height: int) -> Quorum | None:
         """Count a committed attestation; return the Quorum the first time one is reached.
 
-        Attestations that do not count (see `check`) or repeat a signer are ignored, as
-        every node ignores them the same way; AttestationError tells the caller why.
+        Attestations that repeat a signer or arrive after the quorum are ignored quietly;
+        others that do not count (see `check`) raise AttestationError, which every node
+        raises the same way, so the caller just logs it.
         """
-        self.check(attestation)
         table, key = self._table(attestation.subject)
+        if key in self._completed:
+            return None
+        self.check(attestation)
         pending = table[key]
         if attestation.signer in pending.signatures:
             return None
@@ -222,6 +232,9 @@ class AttestationBook:
         if len(pending.signatures) < self.quorum:
             return None
         del table[key]
+        self._completed[key] = None
+        while len(self._completed) > MAX_OPEN_SUBJECTS:
+            self._completed.popitem(last=False)
         signers = tuple(sorted(pending.signatures))
         assert len(signers) == self.quorum
         return Quorum(pending.subject, signers, tuple(pending.signatures[s] for s in signers), height)

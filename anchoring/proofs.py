@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from anchoring.attestations import AnchorBatch
+from anchoring.batches import BuilderState, batch_event_ids
 from anchoring.batches import CommittedBlock as BatchBlock
-from anchoring.batches import batch_event_ids
 from anchoring.merkle import MerkleTree, leaf_hash
 from consensus.signing import keccak256
 from consensus.types import Block, CommitCertificate, CommittedBlock
@@ -114,7 +114,8 @@ class AnchorIndex:
         self._db.execute("CREATE TABLE IF NOT EXISTS events (event_id BLOB PRIMARY KEY, height INTEGER NOT NULL)")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS batches (batch_id INTEGER PRIMARY KEY, root BLOB NOT NULL,"
-            " first_height INTEGER NOT NULL, last_height INTEGER NOT NULL UNIQUE, event_count INTEGER NOT NULL)")
+            " first_height INTEGER NOT NULL, last_height INTEGER NOT NULL UNIQUE, event_count INTEGER NOT NULL,"
+            " quorum_height INTEGER)")
 
     def close(self) -> None:
         self._db.close()
@@ -133,25 +134,50 @@ class AnchorIndex:
                 return
             assert batch.batch_id == last.batch_id + 1, "batches are recorded in order"
             assert batch.first_height == last.last_height + 1, "batch heights are contiguous"
-        self._db.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?)", (
+        self._db.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?, NULL)", (
             batch.batch_id, batch.root, batch.first_height, batch.last_height, batch.event_count))
+
+    def record_quorum(self, batch_id: int, height: int) -> None:
+        """Remember that batch `batch_id` reached its signature quorum at `height`."""
+        self._db.execute("UPDATE batches SET quorum_height = ? WHERE batch_id = ? AND quorum_height IS NULL",
+                         (height, batch_id))
+
+    def oldest_batch_without_quorum(self) -> AnchorBatch | None:
+        return self._one("SELECT * FROM batches WHERE quorum_height IS NULL ORDER BY batch_id LIMIT 1")
+
+    def resume_state(self, block_time_ms: Callable[[int], int], first_height: int = 1) -> BuilderState:
+        """Where batching restarts after a crash: at the oldest batch still short of a quorum
+        (so its attestations are counted again), else after the last batch.
+
+        Replay the committed blocks from `next_height` into a fresh BatchBuilder and
+        AttestationBook (the index ignores what it already has; do not re-submit the own
+        attestations produced while replaying, only those for subjects still open at the
+        end). `block_time_ms(h)` is the timestamp of committed block h.
+        """
+        open_batch = self.oldest_batch_without_quorum()
+        if open_batch is not None:
+            batch_id, height = open_batch.batch_id, open_batch.first_height
+        else:
+            last = self.last_batch()
+            batch_id, height = (last.batch_id + 1, last.last_height + 1) if last else (0, first_height)
+        return BuilderState(batch_id, height, block_time_ms(height - 1) if height > first_height else None)
 
     def height_of(self, event_id: bytes) -> int | None:
         row = self._db.execute("SELECT height FROM events WHERE event_id = ?", (event_id,)).fetchone()
         return None if row is None else int(row[0])
 
     def batch(self, batch_id: int) -> AnchorBatch | None:
-        row = self._db.execute("SELECT * FROM batches WHERE batch_id = ?", (batch_id,)).fetchone()
-        return None if row is None else AnchorBatch(row[0], bytes(row[1]), row[2], row[3], row[4])
+        return self._one("SELECT * FROM batches WHERE batch_id = ?", batch_id)
 
     def batch_covering(self, height: int) -> AnchorBatch | None:
         """The closed batch whose height range holds `height`, or None (not closed yet)."""
-        row = self._db.execute(
-            "SELECT * FROM batches WHERE first_height <= ? AND last_height >= ?", (height, height)).fetchone()
-        return None if row is None else AnchorBatch(row[0], bytes(row[1]), row[2], row[3], row[4])
+        return self._one("SELECT * FROM batches WHERE first_height <= ? AND last_height >= ?", height, height)
 
     def last_batch(self) -> AnchorBatch | None:
-        row = self._db.execute("SELECT * FROM batches ORDER BY batch_id DESC LIMIT 1").fetchone()
+        return self._one("SELECT * FROM batches ORDER BY batch_id DESC LIMIT 1")
+
+    def _one(self, query: str, *params: int) -> AnchorBatch | None:
+        row = self._db.execute(query, params).fetchone()
         return None if row is None else AnchorBatch(row[0], bytes(row[1]), row[2], row[3], row[4])
 
 
