@@ -19,6 +19,8 @@ from anchoring.chain.client import (
     ValidatorSetState,
     device_id_of,
     id_tag_hash,
+    new_auth_credential,
+    ocpp_auth_hash,
     validators_hash,
 )
 from anchoring.chain.deploy import Deployment, ValidatorSpec, deploy_all, deploy_main
@@ -70,6 +72,8 @@ __all__ = [
     "device_id_of",
     "follow_events",
     "id_tag_hash",
+    "new_auth_credential",
+    "ocpp_auth_hash",
     "revert_from_exception",
     "validators_hash",
     "with_retries",

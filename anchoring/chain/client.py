@@ -8,6 +8,8 @@ gas from `GAS`, and return the receipt (and the new id where there is one).
 from __future__ import annotations
 
 import enum
+import hashlib
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +29,8 @@ from contracts import load_artifact
 BlockId = BlockIdentifier  # a block number for consensus reads; "latest" for tools
 MAX_DEVICES_PER_LISTING = 10_000
 _READ_RETRY = RetryPolicy()
+AUTH_SALT_BYTES = 16
+SCRYPT_MAXMEM = 64 * 1024 * 1024
 
 # Explicit gas limits (anvil measurements in bench/results/gas.md, with headroom).
 GAS = {
@@ -120,6 +124,19 @@ class AnchoredBatch:
 def id_tag_hash(id_tag: str) -> bytes:
     """keccak256 of the idTag's UTF-8 bytes: how idTags are stored on chain."""
     return bytes(keccak(id_tag.encode("utf-8")))
+
+
+def ocpp_auth_hash(password: str, salt: bytes) -> bytes:
+    """The on-chain OCPP basic-auth hash: scrypt(password, salt, n=16384, r=8, p=1, dklen=32)."""
+    if len(salt) != AUTH_SALT_BYTES:
+        raise ValueError(f"the auth salt is {AUTH_SALT_BYTES} bytes")
+    return hashlib.scrypt(password.encode("utf-8"), salt=salt, n=16384, r=8, p=1, dklen=32, maxmem=SCRYPT_MAXMEM)
+
+
+def new_auth_credential(password: str) -> tuple[bytes, bytes]:
+    """A fresh (authSalt, authHash) pair for DeviceFactory.createDevice / setAuth."""
+    salt = secrets.token_bytes(AUTH_SALT_BYTES)
+    return salt, ocpp_auth_hash(password, salt)
 
 
 def device_id_of(charge_box_id: str) -> bytes:

@@ -34,6 +34,9 @@ DEPLOY_GAS = {
 }
 DEPLOY_GAS_PER_VALIDATOR = 120_000
 KEY_ENV = "DEVSEN_DEPLOYER_KEY"
+FUND_ETH_GAS = 21_000
+FUND_TOKEN_GAS = 100_000
+FAUCET_MAX_PER_CALL = 1_000_000 * 10**6  # ChargeToken.FAUCET_MAX_PER_CALL
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,9 +84,12 @@ class Deployment:
     @classmethod
     def from_json(cls, text: str) -> Deployment:
         data: dict[str, Any] = json.loads(text)
-        if data.pop("format", None) != DEPLOYMENT_FORMAT:
+        if not isinstance(data, dict) or data.pop("format", None) != DEPLOYMENT_FORMAT:
             raise ValueError(f"not a {DEPLOYMENT_FORMAT} file")
-        deployment = cls(**data)
+        try:
+            deployment = cls(**data)
+        except TypeError as exc:
+            raise ValueError(f"bad deployment file: {exc}") from exc
         for address in deployment.addresses().values():
             if not Web3.is_checksum_address(address):
                 raise ValueError(f"bad address {address!r} in deployment")
@@ -159,6 +165,35 @@ def deploy_all(
     )
 
 
+def fund_devnet_accounts(
+    sender: TransactionSender, deployment: Deployment, accounts: list[str], *, eth_wei: int, tokens: int
+) -> None:
+    """Devnet: send `eth_wei` from the sender and mint `tokens` from the faucet to each account."""
+    if not accounts:
+        return
+    token = sender.w3.eth.contract(address=Web3.to_checksum_address(deployment.charge_token), abi=load_artifact("ChargeToken")["abi"])
+    for account in accounts:
+        if eth_wei:
+            sender.send_data(account, b"", gas=FUND_ETH_GAS, value=eth_wei)
+        remaining = tokens
+        while remaining > 0:
+            amount = min(remaining, FAUCET_MAX_PER_CALL)
+            sender.send(token.functions.faucetMint(account, amount), gas=FUND_TOKEN_GAS)
+            remaining -= amount
+
+
+def _addresses(text: str) -> list[str]:
+    """Checksum addresses from a comma-separated list; ValueError on a bad one."""
+    result: list[str] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        if not Web3.is_address(item):
+            raise ValueError(f"not an address: {item!r}")
+        result.append(Web3.to_checksum_address(item))
+    return result
+
+
 def _read_key(args: argparse.Namespace) -> str:
     if args.key_file:
         return Path(args.key_file).read_text().strip()
@@ -169,7 +204,10 @@ def _read_key(args: argparse.Namespace) -> str:
 
 
 def deploy_main(argv: list[str]) -> int:
-    """`devsen chain deploy`: deploy all contracts to --rpc and write --out. Returns an exit code."""
+    """`devsen chain deploy`: deploy all contracts to --rpc and write --out. Returns an exit code.
+    `argv` may start with the word "deploy" (as `devsen chain` passes it)."""
+    if argv[:1] == ["deploy"]:
+        argv = argv[1:]
     parser = argparse.ArgumentParser(prog="devsen chain deploy", description=__doc__)
     parser.add_argument("--rpc", required=True, help='JSON-RPC URL (http://...), or "tester"')
     parser.add_argument("--validators", required=True, help="comma-separated validator addresses")
@@ -179,12 +217,15 @@ def deploy_main(argv: list[str]) -> int:
     parser.add_argument("--initial-height", type=int, default=DEFAULT_INITIAL_HEIGHT)
     parser.add_argument("--token-supply", type=int, default=0, help="base units minted to the deployer")
     parser.add_argument("--faucet", action="store_true", help="devnet: enable ChargeToken.faucetMint")
+    parser.add_argument("--fund", default="", help="devnet: comma-separated accounts to give ETH and tokens")
+    parser.add_argument("--fund-eth-wei", type=int, default=10**18)
+    parser.add_argument("--fund-tokens", type=int, default=1_000 * 10**6, help="base units (needs --faucet)")
     args = parser.parse_args(argv)
     try:
-        validators = [ValidatorSpec(a.strip()) for a in args.validators.split(",") if a.strip()]
-        for v in validators:
-            if not Web3.is_address(v.address):
-                raise ValueError(f"not an address: {v.address!r}")
+        validators = [ValidatorSpec(a) for a in _addresses(args.validators)]
+        funded = _addresses(args.fund)
+        if funded and args.fund_tokens and not args.faucet:
+            raise ValueError("--fund with tokens needs --faucet (a devnet token)")
         sender = TransactionSender(connect(args.rpc), _read_key(args))
         deployment = deploy_all(
             sender,
@@ -194,6 +235,7 @@ def deploy_main(argv: list[str]) -> int:
             token_supply=args.token_supply,
             faucet=args.faucet,
         )
+        fund_devnet_accounts(sender, deployment, funded, eth_wei=args.fund_eth_wei, tokens=args.fund_tokens)
     except (ValueError, OSError, ChainError) as exc:
         print(f"devsen chain deploy: {exc}", file=sys.stderr)
         return 1

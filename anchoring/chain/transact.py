@@ -32,6 +32,7 @@ TESTER_RPC = "tester"
 MAX_GAS_PER_TX = 15_000_000
 DEFAULT_PRIORITY_FEE_WEI = 1_000_000_000
 RECEIPT_POLL_S = 0.02
+MAX_RECEIPT_POLL_S = 1.0
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     TimeoutError,
@@ -203,9 +204,9 @@ class TransactionSender:
         try:
             self.rpc(lambda: eth.send_raw_transaction(signed.raw_transaction))
         except Web3RPCError as exc:
-            message = _error_message(exc)
-            if "already known" not in message:
-                self._nonce = None  # resync from the node next time
+            # "already known" / "nonce too low" after a retried send: the first attempt arrived
+            if not ("already known" in _error_message(exc) or self._is_known(tx_hash)):
+                self._nonce = None  # resync from the node next time (another sender used the key?)
                 raise
         except Exception:
             self._nonce = None
@@ -213,15 +214,25 @@ class TransactionSender:
         self._nonce += 1
         return tx_hash
 
+    def _is_known(self, tx_hash: bytes) -> bool:
+        try:
+            self.rpc(lambda: self.w3.eth.get_transaction(tx_hash))  # type: ignore[arg-type]
+        except TransactionNotFound:
+            return False
+        return True
+
     def _wait_for_receipt(self, tx_hash: bytes) -> Any:
+        """Poll for the receipt, from every 20 ms (automining chains) up to every 1 s."""
         deadline = time.monotonic() + self._receipt_timeout_s
+        poll_s = RECEIPT_POLL_S
         while True:
             try:
                 return self.rpc(lambda: self.w3.eth.get_transaction_receipt(tx_hash))  # type: ignore[arg-type]
             except TransactionNotFound:
                 if time.monotonic() > deadline:
                     raise TransactionTimeout(f"no receipt for 0x{tx_hash.hex()} in {self._receipt_timeout_s} s") from None
-                self._sleep(RECEIPT_POLL_S)
+                self._sleep(poll_s)
+                poll_s = min(MAX_RECEIPT_POLL_S, poll_s * 2)
 
 
 __all__ = [

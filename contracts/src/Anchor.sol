@@ -9,6 +9,7 @@ error BatchIdOutOfOrder(uint64 batchId, uint64 expected);
 error HeightsNotContiguous(uint64 firstHeight, uint64 expected);
 error HeightRangeInvalid(uint64 firstHeight, uint64 lastHeight);
 error RootEventCountMismatch(bytes32 root, uint64 eventCount);
+error UnknownBatch(uint64 batchId);
 
 /// @title Anchor
 /// @notice Merkle roots of the events the validators agreed on, batch by batch. Batch ids
@@ -80,7 +81,7 @@ contract Anchor is DevsenDomain {
         view
         returns (bytes32 root, uint64 firstHeight, uint64 lastHeight, uint64 eventCount)
     {
-        if (batchId >= nextBatchId) revert BatchIdOutOfOrder(batchId, nextBatchId);
+        if (batchId >= nextBatchId) revert UnknownBatch(batchId);
         Batch storage b = _batches[batchId];
         return (b.root, b.firstHeight, b.lastHeight, b.eventCount);
     }

@@ -43,7 +43,9 @@ def advance_time(w3: Web3, seconds: int) -> None:
     provider = w3.provider
     if hasattr(provider, "ethereum_tester"):
         tester = provider.ethereum_tester
-        tester.time_travel(int(w3.eth.get_block("latest")["timestamp"]) + seconds)
+        latest = int(w3.eth.get_block("latest")["timestamp"])
+        pending = int(tester.get_block_by_number("pending")["timestamp"])
+        tester.time_travel(max(pending, latest + seconds))
         tester.mine_blocks(1)
     else:
         provider.make_request("evm_increaseTime", [seconds])  # type: ignore[arg-type]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from anchoring.chain import (
     SessionStatus,
     device_id_of,
     id_tag_hash,
+    new_auth_credential,
+    ocpp_auth_hash,
     validators_hash,
 )
 from anchoring.merkle import MerkleTree
@@ -100,6 +103,19 @@ def test_device_lifecycle_and_unauthorized_update(world: World) -> None:
     # reads at the earlier block still see the earlier state
     assert world.deployer.device(cbid, block) == record
     assert world.deployer.device("no-such-box", block) is None
+
+
+def test_device_auth_credential_is_scrypt_of_password(world: World) -> None:
+    salt, auth_hash = new_auth_credential("s3cret-charger-password")
+    assert auth_hash == ocpp_auth_hash("s3cret-charger-password", salt) != ocpp_auth_hash("other", salt)
+    assert hashlib.scrypt(b"s3cret-charger-password", salt=salt, n=16384, r=8, p=1, dklen=32) == auth_hash
+    cbid = unique("CB")
+    world.manager.create_device(cbid, location="", connector_count=1, price_per_kwh=1, per_minute_fee=0,
+                                auth_salt=salt, auth_hash=auth_hash)
+    record = world.deployer.device(cbid, "latest")
+    assert record is not None and ocpp_auth_hash("s3cret-charger-password", record.auth_salt) == record.auth_hash
+    with pytest.raises(ValueError):
+        ocpp_auth_hash("x", b"short")
 
 
 def test_id_tags_are_hashed_revocable_and_unique(world: World) -> None:
@@ -229,6 +245,8 @@ def test_anchor_batches_contiguous_and_replay_rejected(world: World) -> None:
     assert not client.verify_inclusion(start, b"\x09" * 32, proof.siblings, proof.directions, "latest")
     assert not client.verify_inclusion(start + 1, bytes(32), [], 0, "latest")  # zero root never verifies
     assert not client.verify_inclusion(start + 5, bytes(32), [], 0, "latest")  # unknown batch
+    assert client.anchored_batch(start + 5, "latest") is None
+    expect_revert("UnknownBatch", client.read, "Anchor", "batch", start + 5, block="latest")
 
 
 def test_anchor_verify_inclusion_matches_shared_vectors(world: World) -> None:

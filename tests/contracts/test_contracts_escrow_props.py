@@ -37,7 +37,7 @@ def _holders(world: World) -> list[str]:
     return [world.driver.sender.address, world.manager.sender.address, d.escrow]  # type: ignore[union-attr]
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=operations)
 def test_balances_sum_and_escrow_covers_open_deposits(escrow_world: World, ops: list[tuple[str, int]]) -> None:
     world = escrow_world

@@ -13,6 +13,7 @@ from eth_account import Account
 from web3 import Web3
 
 from anchoring.chain import (
+    ChainClient,
     ChainEvent,
     Deployment,
     EventFollower,
@@ -128,16 +129,28 @@ def test_deploy_main_writes_deployment_file(tmp_path: Path, monkeypatch: pytest.
         os.chmod(key_file, 0o600)
         out = tmp_path / "deployment.json"
         validators = ",".join(Account.create().address for _ in range(4))
-        code = deploy_main(["--rpc", anvil.url, "--validators", validators, "--out", str(out),
-                            "--key-file", str(key_file), "--faucet"])
+        driver = Account.create().address
+        code = deploy_main(["deploy", "--rpc", anvil.url, "--validators", validators, "--out", str(out),
+                            "--key-file", str(key_file), "--faucet", "--fund", driver,
+                            "--fund-tokens", str(5 * 10**6)])
         assert code == 0
         deployment = Deployment.load(out)
         assert deployment.chain_id == 31337
         w3 = connect(anvil.url)
         assert all(len(w3.eth.get_code(a)) > 0 for a in deployment.addresses().values())
+        client = ChainClient(w3, deployment)
+        assert client.token_balance(driver, "latest") == 5 * 10**6
+        assert w3.eth.get_balance(driver) == 10**18
+        assert len(client.validator_set(deployment.deploy_block).validators) == 4
         monkeypatch.delenv("DEVSEN_DEPLOYER_KEY", raising=False)
         assert deploy_main(["--rpc", anvil.url, "--validators", validators, "--out", str(out)]) == 1
         assert deploy_main(["--rpc", anvil.url, "--validators", "0xnope", "--out", str(out),
                             "--key-file", str(key_file)]) == 1
+        assert deploy_main(["--rpc", anvil.url, "--validators", validators, "--out", str(out),
+                            "--key-file", str(key_file), "--fund", driver]) == 1  # tokens need --faucet
+        bad = tmp_path / "bad.json"
+        bad.write_text('{"format": "devsen-deployment/1", "chain_id": 1}')
+        with pytest.raises(ValueError):
+            Deployment.load(bad)
     finally:
         anvil.stop()
