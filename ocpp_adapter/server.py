@@ -31,7 +31,7 @@ from ocpp_adapter.auth import (
     parse_basic_auth,
     verify_charger_password,
 )
-from ocpp_adapter.bounded import TokenBucket
+from ocpp_adapter.bounded import LruMap, TokenBucket
 from ocpp_adapter.config import OcppServerConfig
 from ocpp_adapter.events import ChargerEvent, EventEncodingError
 from ocpp_adapter.idempotency import ReplyCache, SubmissionFailed
@@ -217,6 +217,8 @@ class OcppServer:
         )
         self.submissions: trio.Nursery | None = None  # owns ingest submissions (outlive connections)
         self.verified = VerifiedCredentialsCache(config.verified_auth_cache_entries)
+        # per remote address: how many more wrong passwords we hash (scrypt is costly)
+        self.auth_failures: LruMap[str, TokenBucket] = LruMap(config.verified_auth_cache_entries)
         self.password_checks = trio.CapacityLimiter(config.concurrent_password_checks)
         self.streams = trio.CapacityLimiter(config.max_connections + config.max_pending_handshakes)
         self.accepted = 0
@@ -287,10 +289,20 @@ class OcppServer:
             return 403, "charger is not admitted"
         if self.verified.known_good(charge_box_id, password, creds):
             return None
+        address = str(getattr(request.remote, "address", request.remote))
+        budget = self.auth_failures.get(address)
+        if budget is not None and budget.take(trio.current_time()) > 0:
+            return 429, "too many failed logins from this address; wait"
         ok = await trio.to_thread.run_sync(
             verify_charger_password, password, creds.auth_salt, creds.auth_hash, limiter=self.password_checks
         )
         if not ok:
+            if budget is None:
+                budget = TokenBucket(
+                    self.config.failed_logins_per_minute / 60, self.config.failed_logins_per_minute, trio.current_time()
+                )
+                budget.take(trio.current_time())
+                self.auth_failures.put(address, budget)
             return 401, "wrong password"
         self.verified.remember(charge_box_id, password, creds)
         return None

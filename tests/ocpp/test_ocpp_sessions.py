@@ -241,3 +241,36 @@ async def test_security_profile_2_over_tls(tmp_path):
                                           extra_headers=basic_auth("CP017", "wrong")):
                 pass
         assert info.value.status_code == 401
+
+
+async def test_failed_logins_are_throttled_per_address():
+    async with running_server(failed_logins_per_minute=3) as harness:
+        async with charger(harness, "CP018"):
+            pass  # verified once: later logins of CP018 with this password skip the hash
+        statuses = [await handshake_status(harness.url("CP019"), basic_auth("CP019", "guess")) for _ in range(4)]
+        assert statuses == [401, 401, 401, 429]
+        assert await handshake_status(harness.url("CP019"), basic_auth("CP019", PASSWORD)) == 429
+        assert await handshake_status(harness.url("CP018"), basic_auth("CP018", PASSWORD)) == 101
+
+
+async def test_pipelined_calls_beyond_the_queue_are_refused():
+    ingest = GatedIngest()
+    async with running_server(ingest=ingest, call_queue=2) as harness, charger(harness, "CP021") as ws:
+        for n in range(5):  # one in the worker, two queued, two refused at once
+            await ws.send_message(json.dumps([2, f"p{n}", "Heartbeat", {}]))
+        refused = []
+        with trio.fail_after(5):
+            for _ in range(2):
+                refused.append(json.loads(await ws.get_message()))
+        assert sorted(r[1] for r in refused) == ["p3", "p4"]
+        assert all(r[2] == "GenericError" for r in refused)
+        ingest.gate.set()
+        with trio.fail_after(5):
+            answered = [json.loads(await ws.get_message()) for _ in range(3)]
+        assert [a[:2] for a in answered] == [[3, "p0"], [3, "p1"], [3, "p2"]]
+
+
+async def test_keepalive_pings_keep_a_responsive_charger():
+    async with running_server(ping_interval=0.05) as harness, charger(harness, "CP022") as ws:
+        await trio.sleep(0.4)
+        assert (await exchange(ws, HEARTBEAT))[0] == 3
