@@ -10,9 +10,9 @@ from __future__ import annotations
 import enum
 import hashlib
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from eth_abi import encode as abi_encode
 from eth_utils import keccak
@@ -22,10 +22,11 @@ from web3.logs import DISCARD
 from web3.types import BlockIdentifier
 
 from anchoring.chain.deploy import Deployment
-from anchoring.chain.errors import ChainRevert, revert_from_exception
+from anchoring.chain.errors import ChainError, ChainRevert, revert_from_exception
 from anchoring.chain.transact import Receipt, RetryPolicy, TransactionSender, with_retries
 from contracts import load_artifact
 
+T = TypeVar("T")
 BlockId = BlockIdentifier  # a block number for consensus reads; "latest" for tools
 MAX_DEVICES_PER_LISTING = 10_000
 _READ_RETRY = RetryPolicy()
@@ -156,15 +157,31 @@ class ChainClient:
             for name, address in deployment.addresses().items()
         }
 
+    def check_deployment(self) -> None:
+        """Raise ChainError unless the node is on the deployment's chain and every contract
+        address holds code (call once at startup: a wrong RPC URL fails loudly here)."""
+        chain_id = self.rpc(lambda: self.w3.eth.chain_id)
+        if chain_id != self.deployment.chain_id:
+            raise ChainError(f"RPC is on chain {chain_id}, the deployment on chain {self.deployment.chain_id}")
+        for name, contract in self.contracts.items():
+            address = contract.address
+            code = self.rpc(lambda: self.w3.eth.get_code(address))  # noqa: B023 (called at once)
+            if not code:
+                raise ChainError(f"no code for {name} at {address}")
+
+    def rpc(self, operation: Callable[[], T]) -> T:
+        """Run one node request with retries (the sender's policy when there is a sender)."""
+        if self.sender is not None:
+            return self.sender.rpc(operation)
+        return with_retries(operation, _READ_RETRY)
+
     # ---- reads -------------------------------------------------------------------------
 
     def read(self, contract: str, function: str, *args: Any, block: BlockId) -> Any:
         """Call view `function` of `contract` at `block`; reverts become ChainRevert."""
         call = self.contracts[contract].functions[function](*args)
         try:
-            if self.sender is not None:
-                return self.sender.rpc(lambda: call.call(block_identifier=block))
-            return with_retries(lambda: call.call(block_identifier=block), _READ_RETRY)
+            return self.rpc(lambda: call.call(block_identifier=block))
         except ChainRevert:
             raise
         except Exception as exc:
@@ -174,7 +191,7 @@ class ChainClient:
             raise revert from exc
 
     def block_number(self) -> int:
-        return int(self.w3.eth.block_number)
+        return int(self.rpc(lambda: self.w3.eth.block_number))
 
     def validator_set(self, block: BlockId) -> ValidatorSetState:
         addresses = self.read("ValidatorSet", "validators", block=block)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -11,6 +12,8 @@ from conftest import REFUND_TIMEOUT_S, TOKEN, World, advance_time, quorum_signat
 from web3 import Web3
 
 from anchoring.chain import (
+    ChainClient,
+    ChainError,
     ChainRevert,
     Deployment,
     SessionStatus,
@@ -310,3 +313,10 @@ def test_deployment_file_round_trip(world: World, tmp_path: Path) -> None:
     path = tmp_path / "deployment.json"
     world.deployment.save(path)
     assert Deployment.load(path) == world.deployment
+    world.deployer.check_deployment()
+    moved = dataclasses.replace(world.deployment, chain_id=world.deployment.chain_id + 1)
+    with pytest.raises(ChainError):
+        ChainClient(world.w3, moved).check_deployment()
+    empty = dataclasses.replace(world.deployment, anchor=Web3.to_checksum_address("0x" + "ab" * 20))
+    with pytest.raises(ChainError):
+        ChainClient(world.w3, empty).check_deployment()
