@@ -14,7 +14,7 @@ from web3 import Web3
 
 from anchoring.attestations import AnchorBatch
 from anchoring.batches import submitter_order
-from anchoring.chain import ChainClient, connect
+from anchoring.chain import ChainClient, TransactionSender, connect
 from anchoring.chain.anvil import running_anvil
 from anchoring.merkle import ZERO_ROOT, MerkleTree, leaf_hash
 from anchoring.onchain import OnChain
@@ -167,3 +167,69 @@ async def test_reorg_before_depth_is_resubmitted_on_anvil(anvil_net: Net, tmp_pa
     # re-sent after the reorg; a send whose nonce was orphaned by the revert may time out first
     assert 2 <= node.status()["sends"] <= 3
     assert reader.anchored_batch(batch.batch_id, "latest").root == batch.root
+
+
+class TcpProxy:
+    """A TCP relay to anvil that can be taken down (listener and connections closed) and
+    brought back on the same port: the chain RPC failing and recovering, as seen by a node."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = 0
+        self._scope: trio.CancelScope | None = None
+
+    async def up(self, nursery: trio.Nursery) -> None:
+        await nursery.start(self._serve)
+
+    def down(self) -> None:
+        assert self._scope is not None
+        self._scope.cancel()
+
+    async def _serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        with trio.CancelScope() as scope:
+            self._scope = scope
+            listeners = await trio.open_tcp_listeners(self.port, host="127.0.0.1")
+            self.port = listeners[0].socket.getsockname()[1]
+            task_status.started()
+            await trio.serve_listeners(self._relay, listeners)
+
+    async def _relay(self, client: trio.SocketStream) -> None:
+        async with client, await trio.open_tcp_stream("127.0.0.1", self.upstream_port) as upstream:
+            async def pump(source: trio.SocketStream, sink: trio.SocketStream) -> None:
+                while data := await source.receive_some(65536):
+                    await sink.send_all(data)
+                await sink.send_eof()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pump, client, upstream)
+                nursery.start_soon(pump, upstream, client)
+
+
+async def test_rpc_outage_during_submission_lands_the_batch_once(tmp_path):
+    with running_anvil(tmp_path / "anvil.log") as anvil:
+        net = Net(connect(anvil.url))
+        reader = net.client(KEYS[0])
+        batch = batch_for(reader, [hashlib.sha256(b"o%d" % i).digest() for i in range(10)])
+        first = next(k for k in KEYS if k.address == submitter_order([k.address for k in KEYS], batch)[0])
+        proxy = TcpProxy(anvil.port)
+        async with trio.open_nursery() as nursery:
+            await proxy.up(nursery)
+            behind_proxy = connect(f"http://127.0.0.1:{proxy.port}", timeout_s=2)
+            client = ChainClient(behind_proxy, net.deployment,
+                                 TransactionSender(behind_proxy, first.secret, receipt_timeout_s=2.0))
+            node = Submitter(OnChain(client), JobStore(tmp_path / "jobs.sqlite"), first.address,
+                             [k.address for k in KEYS], FAST)
+            proxy.down()
+            await node.add(net.quorum(batch))
+            nursery.start_soon(node.run)
+            await trio.sleep(4)  # each failure is the chain client's own 5 tries (~1.5 s), then backoff
+            assert node.status()["rpc_failures"] >= 2 and node.status()["sends"] == 0
+            await proxy.up(nursery)  # the RPC comes back on the same address
+            with trio.fail_after(30):
+                while node.pending():
+                    await trio.sleep(0.05)
+                    await node.chain.run_sync(net.mine, 1)  # type: ignore[attr-defined]
+            nursery.cancel_scope.cancel()
+        logs = reader.contracts["Anchor"].events.BatchAnchored().get_logs(from_block=0)
+        assert [log["args"]["batchId"] for log in logs].count(batch.batch_id) == 1
+        assert node.status()["sends"] == 1 and node.status()["done"] == {"anchored": 1}
