@@ -1,0 +1,252 @@
+"""The node's consensus application: committed blocks in, ledger state, replies, anchors out.
+
+`NodeApplication` is what `ConsensusService` drives (ABCI-like):
+- `propose_app_header`: the Ethereum block (number, hash) at which this block's chain reads
+  are made: `confirmations` below the head, never behind the previous block's.
+- `validate_block`: the header names a real chain block, not going backwards; every payload
+  is a canonical ChargerEvent or a well-formed attestation signed by a validator; the
+  ledger accepts the events (height, time, count).
+- `apply_block`: applies the events to the deterministic ledger at that Ethereum block,
+  records each event's result for the waiting charger, feeds the anchor batcher (closing a
+  batch -> this validator signs it and queues an attestation payload), turns settlement
+  orders into signed attestations, and counts committed attestations; a quorum goes to
+  the submitter.
+
+Payload kinds are told apart by the first byte (anchoring/proofs.py, attestations.py):
+0x98 a canonical ChargerEvent, 0xA1/0xA2 an attestation.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import msgpack
+
+from anchoring.attestations import (
+    ATTESTATION_TAGS,
+    AnchorBatch,
+    Attestation,
+    AttestationError,
+    Settlement,
+    attest,
+    decode_attestation,
+)
+from anchoring.batches import AttestationBook, BatchBuilder, BatchPolicy, BuilderState, Quorum
+from anchoring.batches import CommittedBlock as BatchBlock
+from anchoring.proofs import EVENT_PAYLOAD_FIRST_BYTE, AnchorIndex
+from consensus.signing import Domain, SigningKey
+from consensus.types import Block, CommitCertificate
+from devsen.ledger import BlockContext, BlockRejected, ChainView, EventResult, Ledger
+from ocpp_adapter.events import ChargerEvent, EventEncodingError
+
+log = logging.getLogger("devsen.app")
+
+APP_HEADER_VERSION = 1
+MAX_APP_HEADER_BYTES = 128
+MAX_REMEMBERED_RESULTS = 200_000
+
+
+class AppHeaderError(ValueError):
+    """The app header is not [1, eth block number, eth block hash]."""
+
+
+def encode_app_header(eth_block_number: int, eth_block_hash: bytes) -> bytes:
+    """Canonical app header bytes."""
+    assert eth_block_number >= 0 and len(eth_block_hash) == 32
+    return msgpack.packb([APP_HEADER_VERSION, eth_block_number, eth_block_hash], use_bin_type=True)
+
+
+def decode_app_header(data: bytes) -> tuple[int, bytes]:
+    """(eth block number, eth block hash) from app header bytes; strict."""
+    if len(data) > MAX_APP_HEADER_BYTES:
+        raise AppHeaderError("app header too long")
+    try:
+        fields = msgpack.unpackb(data, raw=False)
+    except Exception as exc:
+        raise AppHeaderError(f"app header is not msgpack: {exc}") from exc
+    if (not isinstance(fields, list) or len(fields) != 3 or fields[0] != APP_HEADER_VERSION
+            or not isinstance(fields[1], int) or isinstance(fields[1], bool) or fields[1] < 0
+            or not isinstance(fields[2], bytes) or len(fields[2]) != 32):
+        raise AppHeaderError("app header must be [1, eth block number, 32-byte eth block hash]")
+    if encode_app_header(fields[1], fields[2]) != data:
+        raise AppHeaderError("app header is not canonical")
+    return fields[1], fields[2]
+
+
+class ChainAccess(Protocol):
+    """The chain reads the application makes (devsen.chain_view.ContractChainAccess)."""
+
+    def head(self) -> int: ...
+
+    def block_hash(self, number: int) -> bytes: ...
+
+    def view_at(self, number: int) -> ChainView: ...
+
+
+@dataclass
+class Payloads:
+    """A block's payloads split by kind."""
+
+    events: list[ChargerEvent] = field(default_factory=list)
+    attestations: list[Attestation] = field(default_factory=list)
+
+
+def split_payloads(payloads: tuple[bytes, ...]) -> Payloads:
+    """Decode every payload; raise ValueError naming the first malformed one."""
+    out = Payloads()
+    for index, payload in enumerate(payloads):
+        if not payload:
+            raise ValueError(f"payload {index} is empty")
+        if payload[0] == EVENT_PAYLOAD_FIRST_BYTE:
+            try:
+                out.events.append(ChargerEvent.from_bytes(payload))
+            except EventEncodingError as exc:
+                raise ValueError(f"payload {index}: {exc}") from exc
+        elif payload[0] in ATTESTATION_TAGS:
+            try:
+                out.attestations.append(decode_attestation(payload))
+            except AttestationError as exc:
+                raise ValueError(f"payload {index}: {exc}") from exc
+        else:
+            raise ValueError(f"payload {index} has unknown kind 0x{payload[0]:02x}")
+    return out
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    """Fixed parameters of the application on every node of one network."""
+
+    key: SigningKey
+    validators: tuple[bytes, ...]
+    anchor_domain: Domain
+    escrow_domain: Domain
+    batch_policy: BatchPolicy
+    confirmations: int
+
+
+class NodeApplication:
+    """Drives the ledger, batching and attestations from committed blocks (module docstring)."""
+
+    def __init__(self, settings: AppSettings, chain: ChainAccess, ledger: Ledger, anchor_index: AnchorIndex,
+                 *, on_own_attestation: Callable[[bytes], None], on_own_committed: Callable[[bytes], None],
+                 on_quorum: Callable[[Quorum], None]) -> None:
+        self.settings = settings
+        self.chain = chain
+        self.ledger = ledger
+        self.anchor_index = anchor_index
+        self.batcher = BatchBuilder(settings.batch_policy, BuilderState(next_batch_id=0, next_height=1))
+        self.book = AttestationBook(settings.validators, settings.anchor_domain, settings.escrow_domain)
+        self.on_own_attestation = on_own_attestation
+        self.on_own_committed = on_own_committed
+        self.on_quorum = on_quorum
+        self.results: OrderedDict[bytes, tuple[int, EventResult]] = OrderedDict()
+        self.by_message: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self.last_eth_block = 0
+        self.counters: dict[str, int] = {"blocks": 0, "events": 0, "attestations_counted": 0,
+                                         "attestations_ignored": 0, "batches_closed": 0, "quorums": 0}
+
+    # ---------------------------------------------------------------- proposing
+
+    def propose_app_header(self, height: int) -> bytes:
+        """Name the Ethereum block for this height's reads: head - confirmations, monotonic."""
+        head = self.chain.head()
+        number = max(self.last_eth_block, head - self.settings.confirmations, 0)
+        return encode_app_header(number, self.chain.block_hash(number))
+
+    # ---------------------------------------------------------------- validating
+
+    def validate_block(self, block: Block) -> bool:
+        """Deterministic checks plus: the named Ethereum block exists with that hash here."""
+        try:
+            number, eth_hash = decode_app_header(block.app_header)
+            parts = split_payloads(block.payloads)
+        except ValueError as exc:
+            log.warning("block %d rejected: %s", block.height, exc)
+            return False
+        if number < self.last_eth_block:
+            log.warning("block %d rejected: Ethereum read block %d is behind %d", block.height, number,
+                        self.last_eth_block)
+            return False
+        if number > self.chain.head() or self.chain.block_hash(number) != eth_hash:
+            log.warning("block %d rejected: Ethereum block %d unknown here or hash differs", block.height, number)
+            return False
+        for attestation in parts.attestations:
+            if attestation.signer not in self.settings.validators:
+                log.warning("block %d rejected: attestation from non-validator", block.height)
+                return False
+            domain = (self.settings.anchor_domain if isinstance(attestation.subject, AnchorBatch)
+                      else self.settings.escrow_domain)
+            try:
+                attestation.verify(domain)
+            except AttestationError as exc:
+                log.warning("block %d rejected: %s", block.height, exc)
+                return False
+        context = BlockContext(block.height, block.timestamp_ms, number, eth_hash)
+        problem = self.ledger.check_block(context, parts.events)
+        if problem is not None:
+            log.warning("block %d rejected by the ledger: %s", block.height, problem)
+            return False
+        return True
+
+    # ---------------------------------------------------------------- applying
+
+    def apply_block(self, block: Block, certificate: CommitCertificate) -> bytes:
+        """Apply a committed block (see the module docstring); returns the ledger state hash."""
+        number, eth_hash = decode_app_header(block.app_header)
+        parts = split_payloads(block.payloads)
+        context = BlockContext(block.height, block.timestamp_ms, number, eth_hash)
+        try:
+            outcome = self.ledger.apply_block(context, self.chain.view_at(number), parts.events)
+        except BlockRejected as exc:  # validated before commit: reaching this is a bug
+            raise AssertionError(f"committed block {block.height} rejected by the ledger: {exc}") from exc
+        self.last_eth_block = number
+        for result in outcome.results:
+            self.results[result.event_id] = (block.height, result)
+        for event in parts.events:
+            self.by_message.setdefault((event.charger_id, event.message_id), event.event_id)
+        while len(self.results) > MAX_REMEMBERED_RESULTS:
+            self.results.popitem(last=False)
+        while len(self.by_message) > MAX_REMEMBERED_RESULTS:
+            self.by_message.popitem(last=False)
+        event_ids = tuple(event.event_id for event in parts.events)
+        self.anchor_index.record_block(block.height, event_ids)
+        closed = self.batcher.on_block(BatchBlock(block.height, block.timestamp_ms, event_ids))
+        if closed is not None:
+            batch, _ = closed
+            self.anchor_index.record_batch(batch)
+            self.counters["batches_closed"] += 1
+            self._expect_and_sign(batch)
+        for order in outcome.settlements:
+            self._expect_and_sign(Settlement(order.session_id, order.energy_wh, order.amount))
+        for attestation in parts.attestations:
+            if attestation.signer == self.settings.key.address:
+                self.on_own_committed(attestation.encode())
+            try:
+                quorum = self.book.on_committed(attestation, block.height)
+            except AttestationError:
+                self.counters["attestations_ignored"] += 1  # late, repeated or for a closed subject
+                continue
+            self.counters["attestations_counted"] += 1
+            if quorum is not None:
+                self.counters["quorums"] += 1
+                self.on_quorum(quorum)
+        self.counters["blocks"] += 1
+        self.counters["events"] += len(parts.events)
+        return outcome.state_hash
+
+    def _expect_and_sign(self, subject: AnchorBatch | Settlement) -> None:
+        self.book.expect(subject)
+        domain = self.settings.anchor_domain if isinstance(subject, AnchorBatch) else self.settings.escrow_domain
+        self.on_own_attestation(attest(subject, self.settings.key, domain).encode())
+
+    def event_for_message(self, charger_id: str, message_id: str) -> bytes | None:
+        """The id of the first committed event carrying this charger message, while remembered."""
+        return self.by_message.get((charger_id, message_id))
+
+    def result_for(self, event_id: bytes) -> tuple[int, EventResult] | None:
+        """(height, result) of a committed event, while remembered."""
+        return self.results.get(event_id)

@@ -1,0 +1,98 @@
+"""A small OCPP 1.6-J charge point on trio-websocket, used by the devnet demo and tests.
+
+It speaks the wire protocol as a charger does (Basic auth, subprotocol `ocpp1.6`, one
+outstanding CALL, CALLRESULT/CALLERROR correlation) and answers CSMS-initiated CALLs
+with `NotSupported`, so a node can be exercised end to end without vendor hardware.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+from trio_websocket import WebSocketConnection, open_websocket_url
+
+CALL, CALLRESULT, CALLERROR = 2, 3, 4
+
+
+class ChargerCallFailed(Exception):
+    """The node answered a CALL with a CALLERROR."""
+
+    def __init__(self, code: str, description: str) -> None:
+        super().__init__(f"{code}: {description}")
+        self.code = code
+
+
+def iso_now() -> str:
+    """UTC now in the ISO 8601 form chargers send."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+@dataclass
+class DemoCharger:
+    """One OCPP 1.6 charge point connection (use `connect_demo_charger`)."""
+
+    ws: WebSocketConnection
+    charge_box_id: str
+    timeout_s: float = 60.0
+    sent: list[tuple[str, str]] = field(default_factory=list)  # (message id, action)
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    async def call(self, action: str, payload: dict[str, Any], message_id: str | None = None) -> dict[str, Any]:
+        """Send a CALL and return the CALLRESULT payload; CALLERROR raises ChargerCallFailed."""
+        message_id = message_id or f"{self.charge_box_id}-{next(self._ids)}-{time.time_ns()}"
+        self.sent.append((message_id, action))
+        await self.ws.send_message(json.dumps([CALL, message_id, action, payload]))
+        with trio.fail_after(self.timeout_s):
+            while True:
+                frame = json.loads(await self.ws.get_message())
+                if frame[0] == CALL:  # the CSMS calls us: this demo supports none of them
+                    await self.ws.send_message(json.dumps(
+                        [CALLERROR, frame[1], "NotSupported", "demo charger", {}]))
+                    continue
+                if frame[1] != message_id:
+                    continue
+                if frame[0] == CALLRESULT:
+                    result: dict[str, Any] = frame[2]
+                    return result
+                raise ChargerCallFailed(frame[2], frame[3])
+
+    async def charge_session(self, id_tag: str, connector: int, meter_start_wh: int,
+                             meter_stop_wh: int) -> dict[str, Any]:
+        """Boot, status, authorize, start, one meter value, stop; returns what the node said."""
+        boot = await self.call("BootNotification", {"chargePointVendor": "DEVSEN", "chargePointModel": "demo"})
+        await self.call("StatusNotification", {"connectorId": connector, "errorCode": "NoError",
+                                               "status": "Available", "timestamp": iso_now()})
+        authorize = await self.call("Authorize", {"idTag": id_tag})
+        start = await self.call("StartTransaction", {"connectorId": connector, "idTag": id_tag,
+                                                     "meterStart": meter_start_wh, "timestamp": iso_now()})
+        transaction_id = start["transactionId"]
+        middle = (meter_start_wh + meter_stop_wh) // 2
+        await self.call("MeterValues", {"connectorId": connector, "transactionId": transaction_id, "meterValue": [
+            {"timestamp": iso_now(), "sampledValue": [
+                {"value": str(middle), "measurand": "Energy.Active.Import.Register", "unit": "Wh"}]}]})
+        stop = await self.call("StopTransaction", {"transactionId": transaction_id, "meterStop": meter_stop_wh,
+                                                   "timestamp": iso_now(), "idTag": id_tag})
+        return {"boot": boot, "authorize": authorize, "start": start, "stop": stop}
+
+
+def basic_auth_header(charge_box_id: str, password: str) -> tuple[bytes, bytes]:
+    """The HTTP Basic `Authorization` header of OCPP security profile 1."""
+    token = base64.b64encode(f"{charge_box_id}:{password}".encode()).decode()
+    return (b"Authorization", f"Basic {token}".encode())
+
+
+@asynccontextmanager
+async def connect_demo_charger(url_base: str, charge_box_id: str, password: str) -> AsyncIterator[DemoCharger]:
+    """A DemoCharger connected to `url_base` + "/" + chargeBoxId for the duration of the block."""
+    url = url_base.rstrip("/") + "/" + charge_box_id
+    async with open_websocket_url(url, subprotocols=["ocpp1.6"],
+                                  extra_headers=[basic_auth_header(charge_box_id, password)]) as ws:
+        yield DemoCharger(ws, charge_box_id)

@@ -1,0 +1,328 @@
+"""`devsen node`: one validator node, every part wired in one trio nursery.
+
+    chain (web3) --- validator set, registries, escrow at agreed blocks ---+
+                                                                           |
+    chargers --OCPP--> ocpp_adapter --NodeIngest--> ConsensusService --> NodeApplication
+                                                     (p2p + BFT)          (ledger, batches,
+    auditors --HTTP--> proofs, blocks, status                              attestations)
+                                                                           |
+                                  Submitter --> Anchor / Escrow contracts <-+
+
+A charger's message is answered only after the block carrying it is committed and applied.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+from libp2p.peer.id import ID
+
+from anchoring.batches import BatchPolicy, Quorum
+from anchoring.chain import ChainClient, Deployment, TransactionSender, connect
+from anchoring.onchain import OnChain
+from anchoring.proofs import AnchorIndex, ProofService, http_routes
+from anchoring.submitter import JobStore, Submitter, SubmitterConfig
+from consensus.core import TimeoutConfig
+from consensus.types import ValidatorSet
+from devsen.app import AppSettings, NodeApplication
+from devsen.chain_view import ChainChargerRegistry, ContractChainAccess, SessionIndex
+from devsen.config import ConfigError, NodeConfig
+from devsen.consensus_service import (
+    CommitTimeout,
+    ConsensusOverloaded,
+    ConsensusService,
+    ServiceConfig,
+)
+from devsen.http_api import HttpError, Router, serve_http
+from devsen.ledger import Ledger
+from devsen.logs import setup_logging
+from ocpp_adapter.config import OcppServerConfig
+from ocpp_adapter.events import ChargerEvent
+from ocpp_adapter.ingest import IngestOverloaded, IngestRejected, IngestResult
+from ocpp_adapter.server import ChargerConnections, serve_ocpp
+from p2p.envelope import ValidatorDirectory
+from p2p.host import HostConfig
+from p2p.keys import NodeKeys, load_keys
+
+log = logging.getLogger("devsen.node")
+
+MAX_OWN_ATTESTATIONS = 10_000
+ATTESTATION_RETRY_S = 2.0
+
+
+class NodeIngest:
+    """The OCPP adapter's Ingest: order the event through consensus, answer from the ledger."""
+
+    def __init__(self, service: ConsensusService, app: NodeApplication, commit_timeout_s: float) -> None:
+        self.service = service
+        self.app = app
+        self.commit_timeout_s = commit_timeout_s
+
+    async def submit(self, event: ChargerEvent) -> IngestResult:
+        """Commit `event` (or find the earlier commit of the same charger message) and reply."""
+        earlier = self.app.ledger.reply_for(event.dedup_key)
+        if earlier is not None:
+            reply, error_code = earlier
+            if reply is None:
+                raise IngestRejected(f"the ledger refused this message earlier ({error_code})")
+            return IngestResult(reply, event.event_id, None, duplicate=True)
+        try:
+            receipt = await self.service.submit(event.to_bytes(), timeout_s=self.commit_timeout_s)
+        except ConsensusOverloaded as exc:
+            raise IngestOverloaded(str(exc)) from exc
+        except CommitTimeout as exc:
+            raise IngestOverloaded(f"not committed yet, retry the same message: {exc}") from exc
+        found = self.app.result_for(event.event_id)
+        if found is None:
+            raise IngestOverloaded("committed, but its result is no longer in memory; retry")
+        height, result = found
+        if result.reply is None:
+            raise IngestRejected(f"the ledger refused this message ({result.error_code})")
+        return IngestResult(result.reply, event.event_id, receipt.height, duplicate=result.duplicate,
+                            notes={"anomalies": list(result.anomalies)} if result.anomalies else {})
+
+
+class AttestationOutbox:
+    """This validator's own attestation payloads, submitted to consensus until committed."""
+
+    def __init__(self) -> None:
+        self.pending: OrderedDict[bytes, None] = OrderedDict()
+        self.wake = trio.Event()
+        self.dropped = 0
+
+    def add(self, payload: bytes) -> None:
+        """Queue a payload (called from apply_block); the oldest go first when full."""
+        if len(self.pending) >= MAX_OWN_ATTESTATIONS:
+            self.pending.popitem(last=False)
+            self.dropped += 1
+            log.error("own attestation outbox full: dropped the oldest (the chain is far behind)")
+        self.pending[payload] = None
+        self.wake.set()
+
+    def committed(self, payload: bytes) -> None:
+        """A payload is in a committed block: stop resubmitting it."""
+        self.pending.pop(payload, None)
+
+    async def run(self, service: ConsensusService) -> None:
+        """Submit pending payloads one by one; retry after overload or timeouts."""
+        while True:
+            if not self.pending:
+                self.wake = trio.Event()
+                await self.wake.wait()
+            payload = next(iter(self.pending))
+            try:
+                await service.submit(payload, timeout_s=30.0)
+                self.pending.pop(payload, None)
+            except (ConsensusOverloaded, CommitTimeout, ValueError) as exc:
+                log.warning("own attestation not committed yet (%s); retrying", exc)
+                await trio.sleep(ATTESTATION_RETRY_S)
+
+
+@dataclass
+class NodeParts:
+    """Everything `run_node` builds, exposed for tests and the status endpoint."""
+
+    config: NodeConfig
+    keys: NodeKeys
+    deployment: Deployment
+    client: ChainClient
+    app: NodeApplication
+    service: ConsensusService
+    submitter: Submitter
+    outbox: AttestationOutbox
+    quorums: QuorumInbox
+    connections: ChargerConnections
+    started_at: float
+
+
+def _load_deployment(config: NodeConfig) -> Deployment:
+    path = Path(config.chain.deployment)
+    if not path.is_file():
+        raise ConfigError(f"config key 'chain.deployment': {path} does not exist; fix: run "
+                          "`devsen chain deploy --rpc URL --validators ... --out deployment.json` first")
+    return Deployment.from_json(path.read_text())
+
+
+def build_node(config: NodeConfig) -> NodeParts:
+    """Load keys and deployment, read the validator set from chain, construct every part."""
+    if config.chain.rpc == "embedded":
+        raise ConfigError("config key 'chain.rpc': 'embedded' runs in one process only (tests); "
+                          "fix: point nodes at a shared JSON-RPC chain, e.g. the devnet's anvil")
+    keys = load_keys(config.keys_dir)
+    deployment = _load_deployment(config)
+    data_dir = Path(config.node.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    w3 = connect(config.chain.rpc)
+    client = ChainClient(w3, deployment, TransactionSender(w3, keys.validator.secret))
+    chain_id = int(w3.eth.chain_id)
+    if chain_id != deployment.chain_id:
+        raise ConfigError(f"config key 'chain.rpc': the chain there has id {chain_id}, the deployment file "
+                          f"says {deployment.chain_id}; fix: use the RPC of the deployment's chain")
+    validator_state = client.validator_set("latest")
+    addresses = [bytes.fromhex(v.address[2:]) for v in validator_state.validators]
+    me = keys.validator.address
+    if me not in addresses:
+        raise ConfigError(f"this node's validator address 0x{me.hex()} is not in the on-chain ValidatorSet "
+                          f"at {deployment.validator_set}; fix: register it (a quorum-signed update) or use "
+                          "the keys of a registered validator")
+    bindings = {bytes.fromhex(v.address[2:]): bytes(v.peer_id) for v in validator_state.validators}
+    if bindings[me] != keys.peer_id.to_bytes():
+        raise ConfigError(f"the on-chain peer id of validator 0x{me.hex()} is "
+                          f"{ID(bindings[me]).to_base58()}, this node's key gives {keys.peer_id.to_base58()}; "
+                          "fix: use the node's own key directory (keys.dir)")
+    settings = AppSettings(
+        key=keys.validator,
+        validators=tuple(sorted(addresses)),
+        anchor_domain=deployment.domain("Anchor"),
+        escrow_domain=deployment.domain("Escrow"),
+        batch_policy=BatchPolicy(every_blocks=config.anchoring.every_blocks,
+                                 every_ms=config.anchoring.every_seconds * 1000),
+        confirmations=config.chain.confirmations,
+    )
+    outbox = AttestationOutbox()
+    submitter = Submitter(
+        OnChain(client), JobStore(data_dir / "submissions.sqlite"), me, addresses,
+        SubmitterConfig(confirmations=config.chain.confirmations, turn_timeout_s=config.anchoring.submit_timeout_s,
+                        poll_interval_s=config.chain.poll_interval_s),
+    )
+    quorums = QuorumInbox()
+    access = ContractChainAccess(client, SessionIndex(client, deployment.deploy_block))
+    app = NodeApplication(settings, access, Ledger(), AnchorIndex(data_dir / "anchors.sqlite"),
+                          on_own_attestation=outbox.add, on_own_committed=outbox.committed,
+                          on_quorum=quorums.add)
+    timeouts = TimeoutConfig(
+        propose_ms=config.consensus.timeout_propose_ms, propose_delta_ms=config.consensus.timeout_delta_ms,
+        prevote_ms=config.consensus.timeout_vote_ms, prevote_delta_ms=config.consensus.timeout_delta_ms,
+        precommit_ms=config.consensus.timeout_vote_ms, precommit_delta_ms=config.consensus.timeout_delta_ms,
+    )
+    service = ConsensusService(keys, ServiceConfig(
+        data_dir=data_dir / "consensus",
+        domain=deployment.domain("ValidatorSet"),
+        validators=ValidatorSet.equal(addresses),
+        directory=ValidatorDirectory(bindings),
+        host=HostConfig(listen=config.p2p.listen, bootstrap=tuple(config.p2p.bootstrap)),
+        timeouts=timeouts,
+        mempool_max_count=config.consensus.mempool_max_payloads,
+        block_max_payloads=config.consensus.max_block_payloads,
+        block_max_bytes=config.consensus.max_block_bytes,
+    ), app)
+    return NodeParts(config, keys, deployment, client, app, service, submitter, outbox, quorums,
+                     ChargerConnections(), time.time())
+
+
+def build_router(parts: NodeParts) -> Router:
+    """The node's HTTP API: status plus the proof service's routes (anchoring/AUDIT.md)."""
+    router = Router()
+    proofs = ProofService(parts.service.store, parts.app.anchor_index, chain_id=parts.deployment.chain_id,
+                          anchor_address=bytes.fromhex(parts.deployment.anchor[2:]))
+    for template, handler in http_routes(proofs).items():
+        router.get(template, handler)
+
+    async def status(_: dict[str, str]) -> tuple[int, Any]:
+        service = parts.service
+        return 200, {
+            "node": parts.config.node.name,
+            "validator": "0x" + parts.keys.validator.address.hex(),
+            "peer_id": parts.keys.peer_id.to_base58(),
+            "committed_height": service.committed_height,
+            "app_state_hash": "0x" + service.app_state_hash.hex(),
+            "chargers_connected": len(parts.connections),
+            "consensus": {k: v for k, v in service.stats().items() if k != "p2p"},
+            "app": dict(parts.app.counters),
+            "own_attestations_pending": len(parts.outbox.pending),
+            "submitter": parts.submitter.status(),
+            "uptime_s": round(time.time() - parts.started_at, 1),
+        }
+
+    async def ledger_state(params: dict[str, str]) -> tuple[int, Any]:
+        if not params["height"].isdigit():
+            raise HttpError(400, "height must be a decimal integer")
+        committed = parts.service.store.get(int(params["height"]))
+        if committed is None:
+            raise HttpError(404, f"no committed block at height {params['height']}")
+        return 200, {"height": committed.height, "block_hash": "0x" + committed.block.hash.hex(),
+                     "app_state_hash_before": "0x" + committed.block.app_state_hash.hex()}
+
+    async def charger_message(params: dict[str, str]) -> tuple[int, Any]:
+        event_id = parts.app.event_for_message(params["charger_id"], params["message_id"])
+        if event_id is None:
+            raise HttpError(404, "no committed event for that charger message (or no longer remembered)")
+        found = parts.app.result_for(event_id)
+        body: dict[str, Any] = {"event_id": "0x" + event_id.hex()}
+        if found is not None:
+            body.update(height=found[0], reply=found[1].reply, duplicate=found[1].duplicate)
+        return 200, body
+
+    router.get("/v1/status", status)
+    router.get("/v1/chargers/{charger_id}/messages/{message_id}", charger_message)
+    router.get("/v1/heights/{height}", ledger_state)
+    return router
+
+
+class QuorumInbox:
+    """Quorums found while applying blocks (sync), handed to the submitter (async)."""
+
+    def __init__(self) -> None:
+        self.queue: deque[Quorum] = deque()
+        self.wake = trio.Event()
+
+    def add(self, quorum: Quorum) -> None:
+        """Called from apply_block; bounded by the AttestationBook's open-subject limit."""
+        self.queue.append(quorum)
+        self.wake.set()
+
+    async def run(self, submitter: Submitter) -> None:
+        """Forward every quorum to the submitter, which persists it before acting."""
+        while True:
+            if not self.queue:
+                self.wake = trio.Event()
+                await self.wake.wait()
+            await submitter.add(self.queue[0])
+            self.queue.popleft()
+
+
+async def serve_node(parts: NodeParts, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Run consensus, the OCPP endpoint, the HTTP API and the submitter until cancelled."""
+    config = parts.config
+    ingest = NodeIngest(parts.service, parts.app, commit_timeout_s=config.ocpp.call_timeout_s)
+    ocpp_config = OcppServerConfig(
+        host=config.ocpp.host, port=config.ocpp.port, node_name=config.node.name,
+        security_profile=config.ocpp.security_profile, tls_cert=config.ocpp.tls_cert or None,
+        tls_key=config.ocpp.tls_key or None, max_connections=config.ocpp.max_connections,
+        max_frame_bytes=config.ocpp.max_frame_bytes, messages_per_second=config.ocpp.messages_per_second,
+        call_timeout=config.ocpp.call_timeout_s, ingest_timeout=config.ocpp.call_timeout_s + 5,
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(parts.service.run)
+        nursery.start_soon(parts.outbox.run, parts.service)
+        await nursery.start(parts.submitter.run)
+        nursery.start_soon(parts.quorums.run, parts.submitter)
+        ocpp_port = await nursery.start(
+            lambda task_status: serve_ocpp(ocpp_config, ingest, ChainChargerRegistry(parts.client),
+                                           connections=parts.connections, task_status=task_status))
+        http_port = await nursery.start(serve_http, build_router(parts), config.http.host, config.http.port)
+        log.info("node %s up: validator 0x%s, OCPP ws://%s:%d/ocpp/{chargeBoxId}, HTTP http://%s:%d",
+                 config.node.name, parts.keys.validator.address.hex(), config.ocpp.host, ocpp_port,
+                 config.http.host, http_port)
+        task_status.started({"ocpp_port": ocpp_port, "http_port": http_port})
+
+
+def run_node(config: NodeConfig, *, log_format: str | None = None, log_level: str | None = None) -> int:
+    """`devsen node`: build the node and serve until interrupted; config problems exit 2."""
+    setup_logging(log_level or config.logging.level, log_format or config.logging.format)
+    try:
+        parts = build_node(config)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    try:
+        trio.run(serve_node, parts)
+    except KeyboardInterrupt:
+        log.info("stopped by interrupt")
+    return 0
