@@ -461,6 +461,7 @@ class ConsensusCore:
             return out
         if self.step != Step.PROPOSE or round in state.own_proposals:
             state.awaiting_content = None
+            out.append(Dropped(None, "proposal content arrived after the propose step"))
             return out
         state.awaiting_content = None
         if len(content.payloads) > self.max_payloads or sum(map(len, content.payloads)) > self.max_payload_bytes:
@@ -490,6 +491,17 @@ class ConsensusCore:
         out = self._begin()
         self._take_certified(committed, sender, out)
         return out
+
+    def remember_committed(self, committed: CommittedBlock) -> None:
+        """Keep a stored committed block to hand to peers still deciding its height.
+
+        A restarted node calls this with its last few stored blocks: a peer that missed
+        our precommit for the last height can then still finish it.
+        """
+        assert committed.height < self.height
+        self._recent[committed.height] = committed
+        while len(self._recent) > MAX_RECENT_COMMITS:
+            self._recent.popitem(last=False)
 
     def set_validators(self, from_height: int, validators: ValidatorSet) -> list[Output]:
         """Validator set change at an epoch boundary, decided by the application.

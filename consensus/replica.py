@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from consensus.core import (
+    MAX_RECENT_COMMITS,
     Commit,
     ConsensusCore,
     Dropped,
@@ -84,6 +85,10 @@ class Replica:
             prev_timestamp_ms=last.block.timestamp_ms if last else 0,
             timeouts=timeouts, max_payloads=max_payloads, max_payload_bytes=max_payload_bytes,
         )
+        for height in range(max(1, self.core.height - MAX_RECENT_COMMITS), self.core.height):
+            recent = self.store.get(height)
+            assert recent is not None, f"block store has a gap at height {height}"
+            self.core.remember_committed(recent)
         self.catch_up = CatchUp(domain)
         self.fault_hook = fault_hook
         self.wal.prune_below(self.core.height)

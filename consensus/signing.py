@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import coincurve
 from Crypto.Hash import keccak
@@ -80,14 +81,20 @@ def abi_encode(types: Sequence[str], values: Sequence[object]) -> bytes:
     return b"".join(_encode_static(t, v) for t, v in zip(types, values, strict=True))
 
 
-def hash_struct(type_string: str, values: Sequence[object]) -> bytes:
-    """EIP-712 hashStruct for a struct whose members are all static ABI types."""
+@lru_cache(maxsize=64)
+def _parse_struct(type_string: str) -> tuple[bytes, tuple[str, ...]]:
+    """(typeHash, member types) of a struct type string; cached, there are a handful."""
     match = _TYPE.match(type_string)
     if not match:
         raise ValueError(f"bad struct type string {type_string!r}")
     fields = _FIELD.findall(match.group(2))
-    types = [t for t, _ in fields]
-    return keccak256(keccak256(type_string.encode()) + abi_encode(types, values))
+    return keccak256(type_string.encode()), tuple(t for t, _ in fields)
+
+
+def hash_struct(type_string: str, values: Sequence[object]) -> bytes:
+    """EIP-712 hashStruct for a struct whose members are all static ABI types."""
+    type_hash, types = _parse_struct(type_string)
+    return keccak256(type_hash + abi_encode(types, values))
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +115,13 @@ class Domain:
     @property
     def separator(self) -> bytes:
         """The domain separator: hashStruct(EIP712Domain)."""
-        return keccak256(
+        return _domain_separator(self)
+
+
+@lru_cache(maxsize=64)
+def _domain_separator(domain: Domain) -> bytes:
+    self = domain
+    return keccak256(
             keccak256(DOMAIN_TYPE.encode())
             + keccak256(self.name.encode())
             + keccak256(self.version.encode())
@@ -141,7 +154,7 @@ class SigningKey:
     @property
     def address(self) -> bytes:
         """The 20-byte Ethereum address of this key."""
-        return address_of_public_key(coincurve.PrivateKey(self.secret).public_key)
+        return _address_of_secret(self.secret)
 
     def sign(self, digest: bytes) -> bytes:
         """Sign a 32-byte digest: 65 bytes r || s || v with low s and v in {27, 28}."""
@@ -151,6 +164,11 @@ class SigningKey:
         signature = raw[:64] + bytes([raw[64] + 27])
         assert int.from_bytes(signature[32:64], "big") <= SECP256K1_N // 2
         return signature
+
+
+@lru_cache(maxsize=1024)
+def _address_of_secret(secret: bytes) -> bytes:
+    return address_of_public_key(coincurve.PrivateKey(secret).public_key)
 
 
 def recover_address(digest: bytes, signature: bytes) -> bytes:
