@@ -55,62 +55,44 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if math.isinf(value):
-        raise _Unreadable(f"number {text[:40]} overflows a double")
-    return value
-
-
 def _reject_constant(text: str) -> Any:
     raise _Unreadable(f"{text} is not JSON")
 
 
-def _nesting_depth_exceeds(value: Any, limit: int) -> bool:
+def _uncanonical_reason(value: Any, depth_limit: int) -> str | None:
+    """Why `value` cannot be stored canonically (too deep, integer outside msgpack's
+    [-2**63, 2**64) range), or None. One iterative walk, no recursion."""
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, dict):
+        if type(item) is dict:
             item = list(item.values())
-        if isinstance(item, list):
-            if depth > limit:
-                return True
-            stack.extend((child, depth + 1) for child in item if isinstance(child, (dict, list)))
-    return False
+        if type(item) is list:
+            if depth > depth_limit:
+                return f"JSON nested deeper than {depth_limit}"
+            stack.extend((child, depth + 1) for child in item)
+        elif type(item) is int and not -(2**63) <= item < 2**64:
+            return "integer outside the 64-bit range"
+        elif type(item) is float and math.isinf(item):
+            return "number overflows a double"
+    return None
 
 
-def _int_out_of_range(value: Any) -> bool:
-    """msgpack (the canonical encoding) carries integers in [-2**63, 2**64)."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-        elif isinstance(item, int) and not -(2**63) <= item < 2**64:
-            return True
-    return False
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant)
 
 
 def loads_strict(text: str) -> Any:
     """Parse JSON as the adapter stores it: floats stay floats, but nothing without a
     canonical form gets through (NaN, infinities, duplicate keys, deep nesting, huge ints)."""
     try:
-        value = json.loads(
-            text,
-            object_pairs_hook=_no_duplicate_keys,
-            parse_float=_finite_float,
-            parse_constant=_reject_constant,
-        )
+        value = _DECODER.decode(text)
     except RecursionError:
         raise _Unreadable("JSON nested too deeply") from None
     except json.JSONDecodeError as exc:
         raise _Unreadable(f"not JSON: {exc.msg} at {exc.pos}") from None
-    if _nesting_depth_exceeds(value, MAX_NESTING):
-        raise _Unreadable(f"JSON nested deeper than {MAX_NESTING}")
-    if _int_out_of_range(value):
-        raise _Unreadable("integer outside the 64-bit range")
+    reason = _uncanonical_reason(value, MAX_NESTING)
+    if reason is not None:
+        raise _Unreadable(reason)
     return value
 
 

@@ -301,3 +301,20 @@ def test_csms_to_charger_calls_validate(version, action):
 def test_csms_cannot_send_charger_initiated_actions():
     with pytest.raises(ValueError):
         OcppSession("1.6").begin_call("BootNotification", {"chargePointVendor": "v", "chargePointModel": "m"})
+
+
+@pytest.mark.parametrize(
+    "text", ["[1e400]", "[-1e400]", "[NaN]", "[Infinity]", '{"a":1,"a":1}', "[" * 40 + "]" * 40, "[18446744073709551616]"]
+)
+def test_strict_parse_refuses_what_has_no_canonical_form(text):
+    from ocpp_adapter.protocol import loads_strict
+
+    with pytest.raises(ValueError):
+        loads_strict(text)
+
+
+def test_strict_parse_keeps_plain_json_types():
+    from ocpp_adapter.protocol import loads_strict
+
+    assert loads_strict('{"a":[1,2.5,"x",true,null],"b":18446744073709551615}') == {
+        "a": [1, 2.5, "x", True, None], "b": 2**64 - 1}
