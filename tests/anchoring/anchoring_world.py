@@ -39,7 +39,7 @@ class Net:
             w3.eth.wait_for_transaction_receipt(tx)
         self.deployment: Deployment = deploy_all(
             TransactionSender(w3, deployer.key),
-            [ValidatorSpec(to_checksum_hex(k.address)) for k in KEYS])
+            [ValidatorSpec(to_checksum_hex(k.address)) for k in KEYS], faucet=True)
         self.anchor_domain = self.deployment.domain("Anchor")
         self.anchor_address = self.anchor_domain.verifying_contract
 
@@ -61,6 +61,25 @@ class Net:
         self.client(KEYS[0]).submit_anchor_batch(batch.batch_id, batch.root, batch.first_height,
                                                  batch.last_height, batch.event_count,
                                                  list(self.quorum(batch).signatures))
+
+    def open_escrow_session(self, deposit: int) -> bytes:
+        """A device, a driver with an idTag and tokens, and an open escrow session: its id."""
+        manager, driver = Account.create(), Account.create()
+        for account in (manager, driver):
+            tx = self.w3.eth.send_transaction({"from": self.w3.eth.accounts[0], "to": account.address,
+                                               "value": 10**19, "gas": 21_000})
+            self.w3.eth.wait_for_transaction_receipt(tx)
+        owner = ChainClient(self.w3, self.deployment, TransactionSender(self.w3, manager.key))
+        owner.register_roles(2)
+        owner.create_device("CP-ESCROW", location="test bay", connector_count=1, price_per_kwh=1000,
+                            per_minute_fee=0, auth_salt=b"\x01" * 16, auth_hash=b"\x02" * 32)
+        user = ChainClient(self.w3, self.deployment, TransactionSender(self.w3, driver.key))
+        user.register_roles(1)
+        user.register_id_tag("TAG-ESCROW")
+        user.faucet_mint(driver.address, deposit)
+        user.approve(self.deployment.escrow, deposit)
+        session_id, _ = user.open_session("CP-ESCROW", 1, "TAG-ESCROW", deposit)
+        return session_id
 
     def mine(self, count: int) -> None:
         provider = self.w3.provider

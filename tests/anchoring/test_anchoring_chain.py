@@ -12,13 +12,13 @@ import trio
 from anchoring_world import KEYS, Net
 from web3 import Web3
 
-from anchoring.attestations import AnchorBatch
-from anchoring.batches import submitter_order
+from anchoring.attestations import AnchorBatch, Settlement, attest
+from anchoring.batches import AttestationBook, submitter_order
 from anchoring.chain import ChainClient, TransactionSender, connect
 from anchoring.chain.anvil import running_anvil
 from anchoring.merkle import ZERO_ROOT, MerkleTree, leaf_hash
 from anchoring.onchain import OnChain
-from anchoring.submitter import JobStore, Submitter, SubmitterConfig
+from anchoring.submitter import SESSION_SETTLED, JobStore, Submitter, SubmitterConfig
 from consensus.signing import SigningKey
 
 VECTORS = Path(__file__).parents[1] / "vectors" / "merkle_v1.json"
@@ -121,6 +121,27 @@ async def test_submitters_anchor_once_on_the_in_process_chain(tester_net: Net, t
     first = submitter_order([k.address for k in KEYS], batch)[0]
     assert [s.status()["sends"] for s in submitters if s.me == first] == [1]
     assert all(s.status()["done"] == {"anchored": 1} for s in submitters)
+
+
+async def test_settlement_is_settled_once_on_the_in_process_chain(tester_net: Net, tmp_path):
+    net = tester_net
+    session_id = net.open_escrow_session(deposit=5_000)
+    settlement = Settlement(session_id, 7_250, 3_100)
+    book = AttestationBook([k.address for k in KEYS], net.anchor_domain, net.deployment.domain("Escrow"))
+    book.expect(settlement)
+    quorums = [book.on_committed(attest(settlement, k, net.deployment.domain("Escrow")), 9) for k in KEYS[:3]]
+    assert quorums[-1] is not None
+    submitters = make_submitters(net, KEYS, tmp_path)
+    for s in submitters[1:]:
+        s.chain.limiter = submitters[0].chain.limiter  # type: ignore[attr-defined]
+    for s in submitters:
+        await s.add(quorums[-1])
+    await drive(net, submitters, lambda: all(not s.pending() for s in submitters), 30)
+    session = net.client(KEYS[0]).session(session_id, "latest")
+    assert session is not None and (session.energy_wh, session.settled_amount) == (7_250, 3_100)
+    assert int(session.status) == SESSION_SETTLED
+    assert sum(s.status()["sends"] for s in submitters) == 1
+    assert all(s.status()["done"] == {"settled": 1} for s in submitters)
 
 
 async def test_dead_submitter_is_replaced_on_anvil(anvil_net: Net, tmp_path):
