@@ -130,6 +130,11 @@ class TransactionSender:
     def address(self) -> str:
         return str(self._account.address)
 
+    def resync_nonce(self) -> None:
+        """Forget the local nonce; the next send reads the account's pending nonce."""
+        with self._lock:
+            self._nonce = None
+
     def rpc(self, operation: Callable[[], T]) -> T:
         """Run one read against the node with this sender's retry policy."""
         return with_retries(operation, self._retry, self._sleep)
@@ -156,7 +161,11 @@ class TransactionSender:
             self._call_or_raise(call, "latest")
         with self._lock:
             tx_hash = self._sign_and_send(to, data, gas, value)
-        receipt = self._wait_for_receipt(tx_hash)
+        try:
+            receipt = self._wait_for_receipt(tx_hash)
+        except TransactionTimeout:
+            self.resync_nonce()  # the transaction may have been dropped: do not leave a nonce gap
+            raise
         if receipt["status"] != 1:
             self._call_or_raise(call, receipt["blockNumber"] - 1, tx_hash)
             raise ChainRevert("Unknown", ("failed without revert data (out of gas?)",), b"", tx_hash)

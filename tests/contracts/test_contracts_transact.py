@@ -4,9 +4,11 @@ after the fact, the nonce after failures, and the small registry paths."""
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
-from conftest import World
+from conftest import World, fund
+from eth_account import Account
 from web3 import Web3
 
 from anchoring.chain import (
@@ -14,9 +16,11 @@ from anchoring.chain import (
     RetryPolicy,
     RpcUnavailable,
     TransactionSender,
+    TransactionTimeout,
     connect,
     with_retries,
 )
+from anchoring.chain.anvil import running_anvil
 
 
 def test_with_retries_backs_off_exponentially_then_gives_up() -> None:
@@ -53,9 +57,11 @@ def test_unreachable_rpc_raises_rpc_unavailable() -> None:
 
 
 def test_revert_mined_on_chain_is_decoded_and_nonce_stays_in_step(world: World) -> None:
-    key = world.new_actor()
+    account = Account.create()
+    fund(world.w3, account.address)
+    key = world.client_for(account.key.hex())
     assert key.sender is not None
-    raw = TransactionSender(world.w3, key.sender._account.key, preflight=False)
+    raw = TransactionSender(world.w3, account.key, preflight=False)
     token = world.deployer.contracts["ChargeToken"]
     with pytest.raises(ChainRevert) as info:
         raw.send(token.functions.transfer(world.deployment.escrow, 10**30), gas=80_000)
@@ -84,3 +90,19 @@ def test_operator_role_validator_info_and_gas_bounds(world: World) -> None:
     assert info.value.name == "RolesNotSelfService"
     with pytest.raises(ValueError):
         world.driver.send("UserRegistry", "registerRoles", 1, gas=20_000_000)
+
+
+def test_receipt_timeout_resyncs_nonce_after_a_dropped_transaction(tmp_path: Path) -> None:
+    with running_anvil(tmp_path / "anvil.log", extra_args=["--no-mining"]) as anvil:
+        w3 = connect(anvil.url)
+        sender = TransactionSender(w3, anvil.dev_keys[0], receipt_timeout_s=0.3)
+        target = Web3.to_checksum_address("0x" + "33" * 20)
+        with pytest.raises(TransactionTimeout):
+            sender.send_data(target, b"", gas=21_000, value=1)
+        pending = w3.eth.get_block("pending", full_transactions=True)["transactions"]
+        assert len(pending) == 1
+        w3.provider.make_request("anvil_dropTransaction", [pending[0]["hash"].to_0x_hex()])  # type: ignore[arg-type]
+        w3.provider.make_request("evm_setAutomine", [True])  # type: ignore[arg-type]
+        receipt = sender.send_data(target, b"", gas=21_000, value=2)  # reuses nonce 0: no gap
+        assert w3.eth.get_transaction(receipt.tx_hash)["nonce"] == 0  # type: ignore[arg-type]
+        assert w3.eth.get_balance(target) == 2
