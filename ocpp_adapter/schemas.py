@@ -3,6 +3,11 @@
 A schema violation becomes a `PayloadInvalid` carrying the OCPP-J error code our table
 prescribes for that version (the table in errors.py). Validation never mutates the payload
 (defaults are not filled in), so the event stores exactly what the charger sent.
+
+Numbers stay plain floats (Decimal has no canonical encoding). The 1.6 schemas whose
+`multipleOf: 0.1` needs decimal arithmetic still validate exactly: fastjsonschema checks
+multipleOf as Decimal(repr(x)), and repr of a parsed float is its shortest decimal form.
+JSON Schema draft-04 (1.6) refuses 1.0 for an integer; draft-06 (2.0.1) accepts it.
 """
 
 from __future__ import annotations

@@ -318,3 +318,16 @@ def test_strict_parse_keeps_plain_json_types():
 
     assert loads_strict('{"a":[1,2.5,"x",true,null],"b":18446744073709551615}') == {
         "a": [1, 2.5, "x", True, None], "b": 2**64 - 1}
+
+
+def test_multiple_of_is_decimal_exact_on_floats():
+    profile = CSMS_CALLS["1.6"]["RemoteStartTransaction"]
+    period = profile["chargingProfile"]["chargingSchedule"]["chargingSchedulePeriod"][0]
+    for limit, valid in [(21.4, True), (0.3, True), (21.45, False)]:
+        payload = json.loads(json.dumps(profile).replace('"limit": 21.4', f'"limit": {limit}'))
+        assert period["limit"] == 21.4
+        if valid:
+            schemas.validate("1.6", "RemoteStartTransaction", payload)
+        else:
+            with pytest.raises(schemas.PayloadInvalid):
+                schemas.validate("1.6", "RemoteStartTransaction", payload)
