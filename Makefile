@@ -23,7 +23,7 @@ $(STAMP_NPM): package.json package-lock.json
 
 ## Start a local multi-node DEVSEN network on an embedded chain (Ctrl-C stops it).
 devnet: setup
-	$(VENV)/bin/devsen devnet
+	$(VENV)/bin/devsen devnet --demo
 
 ## Lint, type-check and run the whole test suite.
 test: setup lint typecheck pytest
