@@ -2,8 +2,9 @@
 
 1. Transport: small (200 B) messages/s delivered to the 3 other nodes, one sender, over
    (a) gossipsub, one message per publish, and (b) the direct consensus links.
-2. Consensus: events committed/s and submit-to-commit latency p50/p99 as events per
-   gossip message grows (1, 10, 100, 1000), and libp2p messages per committed block
+2. Consensus: each node is offered `--rate` ChargerEvent-sized (~300 B) payloads/s, each
+   awaited until committed; events committed/s and submit-to-commit latency p50/p99 as
+   events per gossip message grows (1, 10, 100, 1000), and libp2p messages per committed block
    (consensus frames sent by all nodes, and gossip messages originated).
 
 Run: `.venv/bin/python bench/p2p_throughput.py [--quick]`.
@@ -59,8 +60,8 @@ def transport(via: str, count: int, size: int = 200) -> dict:
             "sender_drops": drops}
 
 
-def consensus(events_per_message: int, events: int, submitters: int = 4) -> dict:
-    """Commit `events` ChargerEvent-sized payloads through 4 validators; rate and latency."""
+def consensus(events_per_message: int, rate_per_node: float, seconds: float) -> dict:
+    """4 validators, each offered `rate_per_node` ChargerEvent-sized payloads/s for `seconds`."""
     with tempfile.TemporaryDirectory() as tmp:
         net = LocalNetwork.start(Path(tmp), 4, extra={
             "batch_max_count": events_per_message, "min_block_interval_s": 0.05,
@@ -71,34 +72,36 @@ def consensus(events_per_message: int, events: int, submitters: int = 4) -> dict
         })
         try:
             net.wait_all_height(1, 30)
+            time.sleep(1.0)
             before = [_stats(n) for n in net.nodes]
             start_height = net.nodes[0].committed_height()
-            per_node = events // submitters
             replies: list[dict] = []
 
-            def submit(node: NodeProcess, tag: int) -> None:
-                payloads = [(f"{tag:02d}-{i:07d}-" + "e" * 280).encode().hex() for i in range(per_node)]
-                replies.append(node.request({"cmd": "submit", "id": tag, "payloads": payloads}, "submitted", 300))
+            def load(node: NodeProcess, tag: int) -> None:
+                node.send({"cmd": "load", "id": f"n{tag}", "rate": rate_per_node, "seconds": seconds})
+                replies.append(node.wait_for("loaded", 300))
 
-            threads = [threading.Thread(target=submit, args=(net.nodes[i], i)) for i in range(submitters)]
-            started = time.monotonic()
+            threads = [threading.Thread(target=load, args=(n, i)) for i, n in enumerate(net.nodes)]
+            started = time.time()
             for thread in threads:
                 thread.start()
             for thread in threads:
                 thread.join()
-            seconds = time.monotonic() - started
+            last_commit = max(c["t"] for c in net.nodes[0].commits)
             after = [_stats(n) for n in net.nodes]
             blocks = net.nodes[0].committed_height() - start_height
         finally:
             net.stop()
     results = [r for reply in replies for r in reply["results"]]
     latencies = sorted(r[1] for r in results if isinstance(r[0], int))
+    elapsed = last_commit - started
     frames = sum(a["p2p"]["consensus_sent_frames"] - b["p2p"]["consensus_sent_frames"] for a, b in zip(after, before, strict=True))
     gossip = sum(a["p2p"]["events_published_messages"] - b["p2p"]["events_published_messages"] for a, b in zip(after, before, strict=True))
     return {
         "events_per_gossip_message": events_per_message,
-        "events": len(results), "committed": len(latencies), "seconds": round(seconds, 2),
-        "events_per_s": round(len(latencies) / seconds, 1),
+        "offered_events_per_s": 4 * rate_per_node,
+        "events": len(results), "committed": len(latencies), "seconds": round(elapsed, 2),
+        "events_per_s": round(len(latencies) / elapsed, 1),
         "latency_ms_p50": round(statistics.median(latencies), 1) if latencies else None,
         "latency_ms_p99": round(latencies[int(0.99 * (len(latencies) - 1))], 1) if latencies else None,
         "blocks": blocks,
@@ -110,15 +113,16 @@ def consensus(events_per_message: int, events: int, submitters: int = 4) -> dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer events (a ~2 minute run)")
+    parser.add_argument("--quick", action="store_true", help="shorter runs (a ~2 minute run)")
+    parser.add_argument("--rate", type=float, default=150.0, help="offered events/s per node")
     args = parser.parse_args()
     scale = 1 if args.quick else 3
     out: dict = {"machine": "2 cores, shared", "nodes": 4, "transport": [], "consensus": []}
     for via, count in (("gossip", 400 * scale), ("links", 2000 * scale)):
         out["transport"].append(transport(via, count))
         print(json.dumps(out["transport"][-1]), flush=True)
-    for k, events in ((1, 200 * scale), (10, 1000 * scale), (100, 2000 * scale), (1000, 2000 * scale)):
-        out["consensus"].append(consensus(k, events))
+    for k in (1, 10, 100, 1000):
+        out["consensus"].append(consensus(k, rate_per_node=args.rate, seconds=4.0 * scale))
         print(json.dumps(out["consensus"][-1]), flush=True)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "p2p.json").write_text(json.dumps(out, indent=2) + "\n")

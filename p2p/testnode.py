@@ -5,6 +5,7 @@ payloads) or, with `"mode": "p2p"`, the bare p2p stack (to measure transports, o
 non-validator intruder). Control is JSON lines: commands on stdin, events on stdout.
 
 Commands: {"cmd": "submit", "id": k, "payloads": [hex, ...]}   -> {"event": "submitted", ...}
+          {"cmd": "load", "rate": r, "seconds": s} -> {"event": "loaded", "results": [...]}
           {"cmd": "stats"} -> {"event": "stats", ...}
           {"cmd": "chain", "from": 1, "to": n} -> {"event": "chain", "hashes": [hex, ...]}
           {"cmd": "flood", "via": "links" | "gossip", "count": n, "size": bytes}
@@ -156,6 +157,18 @@ async def _run_consensus(config: dict[str, Any]) -> None:
                     for index, payload in enumerate(payloads):
                         nursery.start_soon(submit_one, payload, results, index)
                 emit("submitted", id=command.get("id"), results=results)
+            elif cmd == "load":
+                # Open-loop load: `rate` payloads/s for `seconds`, each awaited to commit.
+                rate, seconds, tag = float(command["rate"]), float(command["seconds"]), command.get("id", "load")
+                total = int(rate * seconds)
+                results = [None] * total
+                started = trio.current_time()
+                async with trio.open_nursery() as nursery:
+                    for index in range(total):
+                        await trio.sleep_until(started + index / rate)
+                        payload = f"{tag}-{index:07d}-".encode() + b"e" * 280
+                        nursery.start_soon(submit_one, payload, results, index)
+                emit("loaded", id=command.get("id"), results=results)
             elif cmd == "stats":
                 emit("stats", **service.stats())
             elif cmd == "chain":
