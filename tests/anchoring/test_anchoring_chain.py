@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,13 @@ from anchoring.chain import ChainClient, TransactionSender, connect
 from anchoring.chain.anvil import running_anvil
 from anchoring.merkle import ZERO_ROOT, MerkleTree, leaf_hash
 from anchoring.onchain import OnChain
-from anchoring.submitter import SESSION_SETTLED, JobStore, Submitter, SubmitterConfig
+from anchoring.submitter import (
+    SESSION_SETTLED,
+    JobStore,
+    Submitter,
+    SubmitterConfig,
+    subject_to_json,
+)
 from consensus.signing import SigningKey
 
 VECTORS = Path(__file__).parents[1] / "vectors" / "merkle_v1.json"
@@ -254,3 +262,78 @@ async def test_rpc_outage_during_submission_lands_the_batch_once(tmp_path):
         logs = reader.contracts["Anchor"].events.BatchAnchored().get_logs(from_block=0)
         assert [log["args"]["batchId"] for log in logs].count(batch.batch_id) == 1
         assert node.status()["sends"] == 1 and node.status()["done"] == {"anchored": 1}
+
+
+CHILD_SUBMITTER = """
+import json, logging, sys, trio
+from anchoring.batches import Quorum
+from anchoring.chain import ChainClient, Deployment, TransactionSender, connect
+from anchoring.onchain import OnChain
+from anchoring.submitter import ANCHOR, JobStore, Submitter, SubmitterConfig, subject_from_json
+from consensus.signing import SigningKey
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
+spec = json.load(open(sys.argv[1]))
+w3 = connect(spec["rpc"])
+key = SigningKey(bytes.fromhex(spec["key"]))
+client = ChainClient(w3, Deployment.from_json(spec["deployment"]), TransactionSender(w3, key.secret))
+quorum = Quorum(subject_from_json(ANCHOR, spec["batch"]), tuple(bytes.fromhex(s) for s in spec["signers"]),
+                tuple(bytes.fromhex(s) for s in spec["signatures"]), 0)
+config = SubmitterConfig(confirmations=2, turn_timeout_s=1.0, poll_interval_s=0.05, send_timeout_s=60)
+node = Submitter(OnChain(client), JobStore(spec["jobs"]), key.address, [bytes.fromhex(v) for v in spec["validators"]],
+                 config)
+async def main():
+    await node.add(quorum)
+    await node.run()
+trio.run(main)
+"""
+
+
+def spawn_child_submitter(spec: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    """A designated submitter in its own process (output to a file, killed by pid by the test)."""
+    with open(log_path, "wb") as log:
+        return subprocess.Popen([sys.executable, "-c", CHILD_SUBMITTER, str(spec)], stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+async def test_submitter_killed_mid_submission_is_replaced_and_resumes(tmp_path):
+    with running_anvil(tmp_path / "anvil.log") as anvil:
+        net = Net(connect(anvil.url))
+        reader = net.client(KEYS[0])
+        batch = batch_for(reader, [hashlib.sha256(b"k%d" % i).digest() for i in range(10)])
+        order = submitter_order([k.address for k in KEYS], batch)
+        first = next(k for k in KEYS if k.address == order[0])
+        quorum = net.quorum(batch)
+        spec = tmp_path / "child.json"
+        spec.write_text(json.dumps({
+            "rpc": anvil.url, "key": first.secret.hex(), "deployment": net.deployment.to_json(),
+            "batch": subject_to_json(batch), "signers": [s.hex() for s in quorum.signers],
+            "signatures": [s.hex() for s in quorum.signatures], "jobs": str(tmp_path / "first.sqlite"),
+            "validators": [k.address.hex() for k in KEYS]}))
+        rpc = net.w3.provider.make_request
+        rpc("evm_setAutomine", [False])  # type: ignore[arg-type]
+        child = spawn_child_submitter(spec, tmp_path / "child.log")
+        try:
+            with trio.fail_after(30):
+                while not (pending := rpc("txpool_content", [])["result"]["pending"]):  # type: ignore[arg-type]
+                    await trio.sleep(0.05)
+        finally:
+            child.kill()  # by pid: the submitter dies after broadcasting, before its receipt
+            child.wait(timeout=10)
+        (txs,) = pending.values()
+        (tx,) = txs.values()
+        rpc("anvil_dropTransaction", [tx["hash"]])  # type: ignore[arg-type]  # its tx never propagated
+        rpc("evm_setAutomine", [True])  # type: ignore[arg-type]
+        others = make_submitters(net, [k for k in KEYS if k.address != first.address], tmp_path)
+        for s in others:
+            await s.add(quorum)
+        await drive(net, others, lambda: all(not s.pending() for s in others), 30)
+        second = next(s for s in others if s.me == order[1])
+        assert second.status()["sends"] == 1
+        # the killed submitter restarts from its persisted job and finds the batch anchored
+        restarted = Submitter(OnChain(net.client(first)), JobStore(tmp_path / "first.sqlite"), first.address,
+                              [k.address for k in KEYS], FAST)
+        assert [j.key for j in restarted.pending()] == [str(batch.batch_id)]
+        await restarted.run_round()
+        assert restarted.status()["done"] == {"anchored": 1} and restarted.status()["sends"] == 0
+        logs = reader.contracts["Anchor"].events.BatchAnchored().get_logs(from_block=0)
+        assert [log["args"]["batchId"] for log in logs].count(batch.batch_id) == 1
