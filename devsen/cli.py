@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -28,7 +29,7 @@ DELEGATED: dict[str, tuple[str, str, str]] = {
                "act on chain as a device owner or driver: register a device or idTag, deposit, request a session"),
     "audit": ("anchoring.audit", "audit_main",
               "verify a charger event against the chain: `devsen audit verify EVENT_ID --node URL --rpc URL`"),
-    "ocpp-serve": ("ocpp_adapter.standalone", "main",
+    "ocpp-serve": ("ocpp_adapter.standalone", "run_standalone",
                    "run the OCPP endpoint alone with an in-memory ingest (for charger bring-up)"),
     "sim": ("consensus.sim", "main",
             "run the deterministic consensus simulator: `devsen sim --seeds 1000`"),
@@ -53,6 +54,10 @@ def _run_delegated(name: str, argv: list[str]) -> int:
     if function is None:
         print(f"devsen {name}: not built yet ({module_name}.{function_name} is missing)", file=sys.stderr)
         return EXIT_NOT_BUILT
+    if inspect.iscoroutinefunction(function):
+        import trio
+
+        return int(trio.run(function, argv) or 0)
     return int(function(argv) or 0)
 
 
