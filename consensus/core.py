@@ -57,6 +57,7 @@ from consensus.types import (
 Peer = str | bytes  # whatever names a peer in the shell (peer id or validator address)
 
 MAX_ROUNDS_AHEAD = 64  # votes/proposals further ahead of our round are dropped
+MAX_ROUNDS_BEHIND = 128  # older rounds are forgotten (except the lock's and valid value's)
 MAX_FUTURE_MESSAGES = 1024  # buffered messages for height + 1
 MAX_RECENT_COMMITS = 16  # committed blocks kept to help peers one height behind
 MAX_RULE_ITERATIONS = 10_000  # the rule loop reaches a fixed point far sooner
@@ -769,7 +770,22 @@ class ConsensusCore:
         """L11-L21 StartRound(round)."""
         self.round = round  # L12
         self.step = Step.PROPOSE  # L13
+        self._forget_old_rounds()
         self._arm_round(out)
+
+    def _forget_old_rounds(self) -> None:
+        """Bound the message log of a long height: drop rounds far behind, keep the polkas."""
+        horizon = self.round - MAX_ROUNDS_BEHIND
+        if horizon <= 0:
+            return
+        keep = {self.locked_round, self.valid_round}
+        state = self._state
+        for r, vote_type in [k for k in state.votes if k[0] < horizon and k[0] not in keep]:
+            del state.votes[(r, vote_type)]
+        for r in [r for r in state.proposals if r < horizon and r not in keep]:
+            del state.proposals[r]
+        for r in [r for r in state.senders if r < horizon]:
+            del state.senders[r]
 
     def _arm_round(self, out: list[Output]) -> None:
         """Propose if it is our turn (L14-L19) and arm the round's timers (L21)."""

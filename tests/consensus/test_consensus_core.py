@@ -432,3 +432,18 @@ def test_non_validator_node_follows_without_signing():
     core.start()
     out = core.on_timeout(Timeout(1, 0, TimeoutKind.PROPOSE))
     assert core.step == Step.PREVOTE and not own_votes(out)
+
+
+def test_a_long_height_forgets_old_rounds_but_keeps_its_lock():
+    from consensus.core import MAX_ROUNDS_BEHIND
+
+    core, _ = started()
+    b, _ = prevote_valid_proposal(core)
+    feed(core, *(vote(k, PV, 1, 0, b.hash) for k in OTHERS[:2]))  # locked in round 0
+    for r in range(1, MAX_ROUNDS_BEHIND + 10):
+        feed(core, vote(OTHERS[2], PV, 1, r, ZERO_HASH))
+        core.on_timeout(Timeout(1, r - 1, TimeoutKind.PRECOMMIT))
+    assert core.round == MAX_ROUNDS_BEHIND + 9
+    rounds = {r for r, _ in core._state.votes}
+    assert 0 in rounds and 1 not in rounds and len(rounds) <= MAX_ROUNDS_BEHIND + 2
+    assert core.locked_round == 0
