@@ -147,6 +147,10 @@ class ChargerConnections:
     def __len__(self) -> int:
         return len(self._live)
 
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """Per connected charger: OCPP version and message counters (for status pages)."""
+        return {cid: {"version": conn.version, **conn.stats} for cid, conn in sorted(self._live.items())}
+
     def _register(self, conn: _Connection) -> None:
         old = self._live.get(conn.charge_box_id)
         self._live[conn.charge_box_id] = conn
@@ -489,7 +493,9 @@ async def serve_ocpp(
     if context is None:
         listeners = list(await trio.open_tcp_listeners(config.port, host=config.host))
     else:
-        listeners = list(await trio.open_ssl_over_tcp_listeners(config.port, context, host=config.host))
+        listeners = list(
+            await trio.open_ssl_over_tcp_listeners(config.port, context, host=config.host, https_compatible=True)
+        )
     tcp_listener: Any = getattr(listeners[0], "transport_listener", listeners[0])
     port = tcp_listener.socket.getsockname()[1]
     log.info("OCPP endpoint on %s://%s:%d%s{chargeBoxId}", config.scheme, config.host, port, config.path_prefix)

@@ -129,6 +129,8 @@ async def test_new_connection_replaces_the_old_one():
                         await old.get_message()
                 assert (await exchange(new, HEARTBEAT))[0] == 3
                 assert harness.connections.connected() == ["CP014"]
+                snapshot = harness.connections.snapshot()["CP014"]
+                assert snapshot["version"] == "1.6" and snapshot["calls"] == 1
 
 
 async def answer_next_call(ws, make_answer) -> list:
