@@ -4,6 +4,8 @@ import msgpack
 import pytest
 from consensus_testkit import DOMAIN, KEYS, OUTSIDER, VALIDATORS, block, proposal, vote
 from eth_abi import encode as abi_encode_reference
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from consensus.signing import ZERO_HASH, keccak256, quorum_size
 from consensus.types import (
@@ -173,3 +175,26 @@ def test_certificate_verification():
         verify_certificate(good, VALIDATORS, other_domain)
     with pytest.raises(WireError):
         CommittedBlock(block(payloads=(b"other",)), good)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_bytes_only_ever_raise_wire_error(data):
+    try:
+        decode_message(data)
+    except WireError:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_mutated_valid_messages_decode_to_themselves_or_fail_cleanly(data):
+    original = proposal(block(), 0).to_bytes()
+    index = data.draw(st.integers(0, len(original) - 1))
+    value = data.draw(st.integers(0, 255))
+    mutated = original[:index] + bytes([value]) + original[index + 1:]
+    try:
+        message = decode_message(mutated)
+    except WireError:
+        return
+    assert message.to_bytes() == mutated  # whatever decodes is canonical
