@@ -49,7 +49,8 @@ GAS = {
     "anchorBase": 150_000,
     "perSignature": 12_000,
     "updateValidatorsBase": 200_000,
-    "perValidator": 120_000,
+    "perValidator": 60_000,
+    "validatorInfo": 200_000,
 }
 
 
@@ -361,20 +362,16 @@ class ChainClient:
             list(signatures), gas=gas,
         )
 
-    def update_validators(
-        self,
-        epoch: int,
-        validators: Sequence[str],
-        peer_ids: Sequence[bytes],
-        endpoints: Sequence[str],
-        signatures: Sequence[bytes],
-    ) -> Receipt:
+    def update_validators(self, epoch: int, validators: Sequence[str], signatures: Sequence[bytes]) -> Receipt:
+        """Install the validator set `validators` (ascending) at `epoch`, with a quorum of the
+        current set's signatures over ValidatorSetUpdate(epoch, validators_hash(validators))."""
         gas = (GAS["updateValidatorsBase"] + GAS["perValidator"] * len(validators)
                + GAS["perSignature"] * len(signatures))
-        return self.send(
-            "ValidatorSet", "updateValidators", epoch, list(validators), list(peer_ids),
-            list(endpoints), list(signatures), gas=gas,
-        )
+        return self.send("ValidatorSet", "updateValidators", epoch, list(validators), list(signatures), gas=gas)
+
+    def set_validator_info(self, peer_id: bytes, endpoint: str) -> Receipt:
+        """The sender (a validator) publishes its libp2p peer id and OCPP endpoint URL."""
+        return self.send("ValidatorSet", "setValidatorInfo", peer_id, endpoint, gas=GAS["validatorInfo"])
 
 
 def validators_hash(sorted_validators: Sequence[str]) -> bytes:

@@ -20,8 +20,8 @@ error NotAValidator(address account);
 /// @title ValidatorSet
 /// @notice The DEVSEN validators: secp256k1 address, libp2p peer id and OCPP endpoint URL, and
 /// the quorum floor(2n/3)+1. The deployer bootstraps epoch 0 in the constructor and keeps no
-/// power afterwards: every later set is approved by a quorum of the current one, signing
-/// `ValidatorSetUpdate(uint64 epoch,bytes32 validatorsHash)` under this contract's domain.
+/// power afterwards. Each validator maintains its own peer id and endpoint. Every later set
+/// is approved by a quorum of the current one, signing `ValidatorSetUpdate(uint64 epoch,bytes32 validatorsHash)` under this contract's domain.
 /// This contract's domain is also the network id of consensus votes (consensus/SIGNING.md).
 contract ValidatorSet is DevsenDomain, IValidatorSet {
     uint256 public constant MAX_VALIDATORS = 128;
@@ -43,20 +43,24 @@ contract ValidatorSet is DevsenDomain, IValidatorSet {
     event ValidatorSetUpdated(uint64 indexed epoch, address[] validators, uint256 quorum);
     event ValidatorInfoSet(address indexed validator, bytes peerId, string endpoint);
 
-    /// @param validators the epoch-0 set, strictly ascending addresses.
+    /// @param validators the epoch-0 set, strictly ascending addresses, with their peer ids
+    /// and endpoints: the deployer's one act of bootstrap authority.
     constructor(address[] memory validators, bytes[] memory peerIds, string[] memory endpoints) {
-        _install(validators, peerIds, endpoints);
+        uint256 n = validators.length;
+        if (peerIds.length != n || endpoints.length != n) revert ValidatorListLengthMismatch();
+        _install(validators);
+        for (uint256 i; i < n; ++i) {
+            _setInfo(validators[i], peerIds[i], endpoints[i], i);
+        }
     }
 
     /// @notice Replace the set with `newValidators` (strictly ascending) at `newEpoch` =
-    /// epoch + 1, approved by a quorum of the current set.
-    function updateValidators(
-        uint64 newEpoch,
-        address[] calldata newValidators,
-        bytes[] calldata peerIds,
-        string[] calldata endpoints,
-        bytes[] calldata signatures
-    ) external {
+    /// epoch + 1, approved by a quorum of the current set. Validators that stay keep their
+    /// peer id and endpoint; new ones publish theirs with `setValidatorInfo` (the signed
+    /// update covers addresses only, so nobody relaying it can bind foreign peer ids).
+    function updateValidators(uint64 newEpoch, address[] calldata newValidators, bytes[] calldata signatures)
+        external
+    {
         if (newEpoch != epoch + 1) revert EpochMismatch(newEpoch, epoch + 1);
         bytes32 structHash = keccak256(
             abi.encode(VALIDATOR_SET_UPDATE_TYPEHASH, newEpoch, keccak256(abi.encode(newValidators)))
@@ -65,19 +69,18 @@ contract ValidatorSet is DevsenDomain, IValidatorSet {
         address[] memory old = _validators;
         for (uint256 i; i < old.length; ++i) {
             delete _isValidator[old[i]];
-            delete _info[old[i]];
         }
         epoch = newEpoch;
-        _install(newValidators, peerIds, endpoints);
+        _install(newValidators);
+        for (uint256 i; i < old.length; ++i) {
+            if (!_isValidator[old[i]]) delete _info[old[i]];
+        }
     }
 
     /// @notice A validator publishes its own libp2p peer id and OCPP endpoint URL.
     function setValidatorInfo(bytes calldata peerId, string calldata endpoint) external {
         if (!_isValidator[msg.sender]) revert NotAValidator(msg.sender);
-        if (peerId.length > MAX_PEER_ID_BYTES) revert PeerIdTooLong(0);
-        if (bytes(endpoint).length > MAX_ENDPOINT_BYTES) revert EndpointTooLong(0);
-        _info[msg.sender] = ValidatorInfo(peerId, endpoint);
-        emit ValidatorInfoSet(msg.sender, peerId, endpoint);
+        _setInfo(msg.sender, peerId, endpoint, 0);
     }
 
     /// @inheritdoc IValidatorSet
@@ -122,27 +125,25 @@ contract ValidatorSet is DevsenDomain, IValidatorSet {
         return (info.peerId, info.endpoint);
     }
 
-    function _install(
-        address[] memory validators_,
-        bytes[] memory peerIds,
-        string[] memory endpoints
-    ) private {
+    function _install(address[] memory validators_) private {
         uint256 n = validators_.length;
         if (n == 0 || n > MAX_VALIDATORS) revert ValidatorCountInvalid(n);
-        if (peerIds.length != n || endpoints.length != n) revert ValidatorListLengthMismatch();
         delete _validators;
         address previous = address(0);
         for (uint256 i; i < n; ++i) {
             address v = validators_[i];
             if (v <= previous) revert ValidatorsNotSorted(i);
-            if (peerIds[i].length > MAX_PEER_ID_BYTES) revert PeerIdTooLong(i);
-            if (bytes(endpoints[i]).length > MAX_ENDPOINT_BYTES) revert EndpointTooLong(i);
             _validators.push(v);
             _isValidator[v] = true;
-            _info[v] = ValidatorInfo(peerIds[i], endpoints[i]);
-            emit ValidatorInfoSet(v, peerIds[i], endpoints[i]);
             previous = v;
         }
         emit ValidatorSetUpdated(epoch, validators_, quorum());
+    }
+
+    function _setInfo(address validator, bytes memory peerId, string memory endpoint, uint256 index) private {
+        if (peerId.length > MAX_PEER_ID_BYTES) revert PeerIdTooLong(index);
+        if (bytes(endpoint).length > MAX_ENDPOINT_BYTES) revert EndpointTooLong(index);
+        _info[validator] = ValidatorInfo(peerId, endpoint);
+        emit ValidatorInfoSet(validator, peerId, endpoint);
     }
 }

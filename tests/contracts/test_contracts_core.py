@@ -8,7 +8,15 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import REFUND_TIMEOUT_S, TOKEN, World, advance_time, quorum_signatures, validator_keys
+from conftest import (
+    REFUND_TIMEOUT_S,
+    TOKEN,
+    World,
+    advance_time,
+    fund,
+    quorum_signatures,
+    validator_keys,
+)
 from web3 import Web3
 
 from anchoring.chain import (
@@ -284,29 +292,44 @@ def test_validator_set_update_needs_quorum_of_current_set(world: World) -> None:
     client = world.relayer
     state = client.validator_set("latest")
     assert state.quorum == 3 and len(state.validators) == 4
-    new_keys = validator_keys(7, seed="epoch1")
-    new_set = [Web3.to_checksum_address(k.address) for k in new_keys]
+    stays = world.validators[0]
+    new_keys = validator_keys(6, seed="epoch1")
+    new_set = sorted(Web3.to_checksum_address(k.address) for k in [*new_keys, stays])
     domain = world.deployment.domain("ValidatorSet")
     digest = typed_digest(domain, VALIDATOR_SET_UPDATE_TYPE, [state.epoch + 1, validators_hash(new_set)])
-    args = (state.epoch + 1, new_set, [b""] * 7, [""] * 7)
-    expect_revert("SignerNotValidator", client.update_validators, *args, quorum_signatures(new_keys[:5], digest))
-    expect_revert("EpochMismatch", client.update_validators, state.epoch + 2, *args[1:],
+    expect_revert("SignerNotValidator", client.update_validators, state.epoch + 1, new_set,
+                  quorum_signatures(new_keys[:5], digest))
+    expect_revert("EpochMismatch", client.update_validators, state.epoch + 2, new_set,
                   quorum_signatures(world.validators[:3], digest))
-    client.update_validators(*args, quorum_signatures(world.validators[:3], digest))
+    unsorted = typed_digest(domain, VALIDATOR_SET_UPDATE_TYPE, [state.epoch + 1, validators_hash(new_set[::-1])])
+    expect_revert("ValidatorsNotSorted", client.update_validators, state.epoch + 1, new_set[::-1],
+                  quorum_signatures(world.validators[:3], unsorted))
+    client.update_validators(state.epoch + 1, new_set, quorum_signatures(world.validators[:3], digest))
     after = client.validator_set("latest")
     assert after.epoch == state.epoch + 1 and after.addresses() == tuple(new_set) and after.quorum == 5
+    info = {v.address: v for v in after.validators}
+    assert info[Web3.to_checksum_address(stays.address)].peer_id == b"peer"  # stayed: kept its info
+    assert sum(v.peer_id == b"" for v in after.validators) == 6  # new: publish their own
+    newcomer = world.client_for(new_keys[0].secret.hex())
+    fund(world.w3, Web3.to_checksum_address(new_keys[0].address))
+    newcomer.set_validator_info(b"peer-0", "ws://node0.example:8080/ocpp")
+    published = {v.address: v for v in client.validator_set("latest").validators}
+    assert published[Web3.to_checksum_address(new_keys[0].address)].endpoint == "ws://node0.example:8080/ocpp"
     # the old set can no longer anchor; the new one can, with 5 of 7
     batch = [client.next_batch_id("latest"), b"\x00" * 32, client.next_first_height("latest"),
              client.next_first_height("latest"), 0]
     expect_revert("TooFewSignatures", client.submit_anchor_batch, *batch,
                   anchor_sigs(world, batch, keys=world.validators))
     expect_revert("SignerNotValidator", client.submit_anchor_batch, *batch,
-                  anchor_sigs(world, batch, keys=new_keys[:4] + [world.validators[0]]))
+                  anchor_sigs(world, batch, keys=new_keys[:4] + [world.validators[1]]))
     client.submit_anchor_batch(*batch, anchor_sigs(world, batch, keys=new_keys[:5]))
     # restore the 4-validator set for other tests of this module
     old_set = [Web3.to_checksum_address(k.address) for k in world.validators]
     back = typed_digest(domain, VALIDATOR_SET_UPDATE_TYPE, [after.epoch + 1, validators_hash(old_set)])
-    client.update_validators(after.epoch + 1, old_set, [b""] * 4, [""] * 4, quorum_signatures(new_keys[:5], back))
+    client.update_validators(after.epoch + 1, old_set, quorum_signatures(new_keys[:5], back))
+    restored = client.validator_set("latest")
+    assert restored.addresses() == tuple(old_set)
+    assert [v.peer_id for v in restored.validators].count(b"peer") == 1
 
 
 def test_deployment_file_round_trip(world: World, tmp_path: Path) -> None:
