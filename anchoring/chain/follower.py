@@ -160,10 +160,24 @@ class EventFollower:
     def acknowledge(self, batch: EventBatch) -> None:
         """Record that `batch` was handled: advance and persist the cursor."""
         assert batch.from_block == self.cursor.next_block, "acknowledge batches in order"
+        self._store(batch.cursor)
+
+    def rewind(self, next_block: int) -> None:
+        """After a ReorgDetected: re-read from `next_block` (at or below the fork point) on the
+        chain as it is now. The handler then sees those blocks' events again."""
+        if not 0 <= next_block <= self.cursor.next_block:
+            raise ValueError(f"rewind to {next_block}: must be in [0, {self.cursor.next_block}]")
+        if next_block == 0:
+            self._store(FollowCursor(0))
+            return
+        parent = bytes(self._rpc(lambda: self.w3.eth.get_block(next_block - 1))["hash"])
+        self._store(FollowCursor(next_block, next_block - 1, parent))
+
+    def _store(self, cursor: FollowCursor) -> None:
         tmp = self.cursor_path.with_name(self.cursor_path.name + ".tmp")
-        tmp.write_text(batch.cursor.to_json())
+        tmp.write_text(cursor.to_json())
         os.replace(tmp, self.cursor_path)
-        self.cursor = batch.cursor
+        self.cursor = cursor
 
     def _decode(self, log: Any) -> ChainEvent:
         contract = self._addresses[Web3.to_checksum_address(log["address"])]

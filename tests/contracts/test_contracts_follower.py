@@ -105,6 +105,11 @@ def test_reorg_below_depth_is_reported(world: World, tmp_path: Path) -> None:
     with pytest.raises(ReorgDetected) as info:
         follower.poll()
     assert info.value.block_number == follower.cursor.last_block
+    fork_point = follower.cursor.last_block - 2  # type: ignore[operator]
+    follower.rewind(fork_point)
+    assert all(e.name != "DeviceCreated" for e in _drain(follower)), "the reorged-away event is gone"
+    with pytest.raises(ValueError):
+        follower.rewind(follower.cursor.next_block + 1)
 
 
 def test_anvil_runner_parses_port_and_keys_and_stops(tmp_path: Path) -> None:
