@@ -34,8 +34,8 @@ from anchoring.proofs import (
     batch_block,
     batch_from_json,
     block_from_document,
+    canonical_events_in_payload,
     certificate_from_json,
-    events_in_payload,
     hex0x,
     unhex,
 )
@@ -192,7 +192,7 @@ def verify_event(document: dict[str, Any], event_id: bytes, chain: ChainReader) 
                         f"block {height} in heights {batch.first_height}..{batch.last_height}"))
     hashes = block.get("payload_hashes", [])
     in_block = (0 <= payload_index < len(hashes) and unhex(hashes[payload_index], 32) == keccak256(payload)
-                and event_bytes in events_in_payload(payload))
+                and event_bytes in canonical_events_in_payload(payload))
     checks.append(Check("event in block", in_block, f"payload #{payload_index} of block {height} carries the event"))
     block_hash = _block_hash_from_proof(block)
     checks.append(Check("block hash", hex0x(block_hash) == block.get("hash") and certificate.height == height,
@@ -246,7 +246,7 @@ def replay(fetch: Callable[[str], Any], chain: ChainReader, first: int, last: in
         if any(b is None for b in range_blocks):
             checks.append(Check(f"batch {batch_id}", False, "some of its blocks could not be read"))
             continue
-        ids = batch_event_ids([batch_block(b) for b in range_blocks if b is not None])
+        ids = batch_event_ids([batch_block(b, canonical_events_in_payload) for b in range_blocks if b is not None])
         root = MerkleTree(ids).root
         claims = {claimed_batch.get(h) for h in range(on_chain.first_height, on_chain.last_height + 1)}
         ok = root == on_chain.root and len(ids) == on_chain.event_count and claims == {batch_id}

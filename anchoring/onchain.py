@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import requests
 import trio
-from web3.exceptions import BadFunctionCallOutput
+from web3.exceptions import BadFunctionCallOutput, Web3RPCError
 
 from anchoring.attestations import AnchorBatch, Settlement
 from anchoring.chain.client import ChainClient
@@ -23,7 +23,9 @@ from anchoring.chain.transact import Receipt
 from anchoring.submitter import ChainUnavailable, SessionState, SubmissionRejected
 
 T = TypeVar("T")
-_TRANSPORT = (RpcUnavailable, TransactionTimeout, requests.exceptions.RequestException, ConnectionError)
+# Transport failures, and JSON-RPC errors that are not reverts (e.g. a node still syncing)
+_TRANSPORT = (RpcUnavailable, TransactionTimeout, requests.exceptions.RequestException, ConnectionError,
+              Web3RPCError)
 
 
 class OnChain:

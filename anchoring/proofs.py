@@ -6,10 +6,12 @@ block carries each event and which batch covers each height. `ProofService` answ
 `GET /v1/batches/{batch_id}` with the JSON documented in anchoring/AUDIT.md: the event
 bytes, the leaf, the Merkle proof, the batch, and the block with its commit certificate.
 
-Which payloads carry events: `events_in_payload` (the default) reads a payload that is
-one canonical ChargerEvent encoding (it starts with 0x98, a msgpack array of 8) as one
-event, and attestation payloads (0xA1/0xA2) and anything else as none. The node may pass
-its own extractor; the auditor's `audit replay` uses the default.
+Which payloads carry events: a payload that starts with 0x98 (a msgpack array of 8, the
+canonical ChargerEvent encoding) is one event; attestation payloads (0xA1/0xA2) and
+anything else carry none. `events_in_payload` (the default, for the node's own committed
+blocks) relies on consensus having validated every such payload before commit;
+`canonical_events_in_payload` also checks the encoding (for blocks from elsewhere: the
+auditor's `audit replay`). On committed blocks both give the same events.
 """
 
 from __future__ import annotations
@@ -23,8 +25,7 @@ from typing import Any, Protocol
 from anchoring.attestations import AnchorBatch
 from anchoring.batches import BuilderState, batch_event_ids
 from anchoring.batches import CommittedBlock as BatchBlock
-from anchoring.merkle import MerkleTree, leaf_hash
-from consensus.signing import keccak256
+from anchoring.merkle import MerkleTree, keccak, leaf_hash
 from consensus.types import Block, CommitCertificate, CommittedBlock
 from ocpp_adapter.events import ChargerEvent, EventEncodingError
 
@@ -44,8 +45,13 @@ class ProofNotReady(LookupError):
 
 
 def events_in_payload(payload: bytes) -> list[bytes]:
-    """The canonical event bytes a block payload carries (default extractor)."""
-    if not payload or payload[0] != EVENT_PAYLOAD_FIRST_BYTE:
+    """The event bytes a committed block payload carries (default extractor; no decoding)."""
+    return [payload] if payload and payload[0] == EVENT_PAYLOAD_FIRST_BYTE else []
+
+
+def canonical_events_in_payload(payload: bytes) -> list[bytes]:
+    """Like `events_in_payload`, but only canonical ChargerEvent encodings count (untrusted blocks)."""
+    if not events_in_payload(payload):
         return []
     try:
         ChargerEvent.from_bytes(payload)
@@ -56,7 +62,7 @@ def events_in_payload(payload: bytes) -> list[bytes]:
 
 def block_event_ids(block: Block, extract: EventExtractor = events_in_payload) -> list[bytes]:
     """Event ids of a block in order (block payload order, then order inside a payload)."""
-    return [keccak256(data) for payload in block.payloads for data in extract(payload)]
+    return [keccak(data) for payload in block.payloads for data in extract(payload)]
 
 
 def batch_block(block: Block, extract: EventExtractor = events_in_payload) -> BatchBlock:
@@ -248,7 +254,7 @@ class ProofService:
             "batch": batch_to_json(batch),
             "anchor": {"chain_id": self.chain_id, "contract": hex0x(self.anchor_address)},
             "block": {**header_to_json(committed.block),
-                      "payload_hashes": [hex0x(keccak256(p)) for p in committed.block.payloads],
+                      "payload_hashes": [hex0x(keccak(p)) for p in committed.block.payloads],
                       "payload_index": payload_index,
                       "payload": hex0x(committed.block.payloads[payload_index])},
             "certificate": certificate_to_json(committed.certificate),
@@ -257,7 +263,7 @@ class ProofService:
     def _locate(self, block: Block, event_id: bytes) -> tuple[int, bytes]:
         for index, payload in enumerate(block.payloads):
             for data in self.extract(payload):
-                if keccak256(data) == event_id:
+                if keccak(data) == event_id:
                     return index, data
         raise AssertionError(f"event 0x{event_id.hex()} is indexed at height {block.height} but not in it")
 

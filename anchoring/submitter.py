@@ -252,7 +252,7 @@ class Submitter:
                 await self.run_round()
                 backoff = self.config.backoff_initial_s
                 delay = self.config.poll_interval_s
-            except RETRYABLE as exc:
+            except (*RETRYABLE, SubmissionRejected) as exc:  # a read that reverts: retried, logged
                 self._counters.rpc_failures += 1
                 delay = backoff * random.uniform(0.75, 1.25)
                 log.warning("chain RPC failed (%s: %s); retrying in %.2fs", type(exc).__name__, exc, delay)

@@ -16,7 +16,13 @@ from anchoring.audit import ChainReader, audit_main, replay, verify_event
 from anchoring.batches import BatchPolicy
 from anchoring.chain import connect
 from anchoring.chain.anvil import running_anvil
-from anchoring.proofs import ProofNotFound, ProofNotReady, events_in_payload, http_routes
+from anchoring.proofs import (
+    ProofNotFound,
+    ProofNotReady,
+    canonical_events_in_payload,
+    events_in_payload,
+    http_routes,
+)
 from consensus.signing import SigningKey, keccak256
 from consensus.types import Vote, VoteType
 from ocpp_adapter.events import ChargerEvent
@@ -130,7 +136,9 @@ def test_proof_service_errors_and_routes(local: LocalChain):
     assert trio.run(lambda: call("/v1/blocks/{height}", height="999"))[0] == 404
     status, body = trio.run(lambda: call("/v1/batches/{batch_id}", batch_id="1"))
     assert status == 200 and body["batch"]["first_height"] == 4
-    assert events_in_payload(b"\xa1junk") == [] and events_in_payload(b"\x98junk") == []
+    assert events_in_payload(b"\xa1junk") == [] and events_in_payload(b"\x98junk") == [b"\x98junk"]
+    assert canonical_events_in_payload(b"\x98junk") == [] and canonical_events_in_payload(b"") == []
+    assert canonical_events_in_payload(late.to_bytes()) == [late.to_bytes()]
 
 
 def test_replay_checks_blocks_and_batches(local: LocalChain):
