@@ -38,8 +38,8 @@ contract Escrow is DevsenDomain {
         uint8 status;
         bytes32 deviceId;
         bytes32 idTagHash;
-        uint128 deposit;
-        uint128 settledAmount;
+        uint96 deposit; // deposit, settled amount and open time share one storage slot
+        uint96 settledAmount;
         uint64 openedAt;
     }
 
@@ -103,7 +103,7 @@ contract Escrow is DevsenDomain {
         if (!users.isIdTagValidFor(idTagHash, msg.sender)) {
             revert IdTagNotValidForDriver(idTagHash, msg.sender);
         }
-        if (deposit == 0 || deposit > type(uint128).max) revert DepositInvalid(deposit);
+        if (deposit == 0 || deposit > type(uint96).max) revert DepositInvalid(deposit);
         sessionId = nextSessionId(msg.sender);
         sessionNonce[msg.sender] += 1;
         _sessions[sessionId] = Session({
@@ -113,7 +113,7 @@ contract Escrow is DevsenDomain {
             status: STATUS_OPEN,
             deviceId: deviceId,
             idTagHash: idTagHash,
-            deposit: uint128(deposit),
+            deposit: uint96(deposit),
             settledAmount: 0,
             openedAt: uint64(block.timestamp)
         });
@@ -134,7 +134,7 @@ contract Escrow is DevsenDomain {
         validatorSet.verifyQuorum(_typedDigest(structHash), signatures);
         s.status = STATUS_SETTLED;
         s.energyWh = energyWh;
-        s.settledAmount = uint128(amount);
+        s.settledAmount = uint96(amount);
         openDeposits -= deposit;
         address payee = devices.managerOf(s.deviceId);
         address driver = s.driver;

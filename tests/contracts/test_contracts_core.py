@@ -202,6 +202,7 @@ def test_open_session_checks(world: World) -> None:
     expect_revert("ConnectorInvalid", world.driver.open_session, cbid, 3, tag, TOKEN)
     expect_revert("IdTagNotValidForDriver", world.driver.open_session, cbid, 1, unique("TAG"), TOKEN)
     expect_revert("DepositInvalid", world.driver.open_session, cbid, 1, tag, 0)
+    expect_revert("DepositInvalid", world.driver.open_session, cbid, 1, tag, 2**96)
     expect_revert("UnknownDevice", world.driver.open_session, "nope", 1, tag, TOKEN)
     expect_revert("InsufficientAllowance", world.driver.open_session, cbid, 1, tag, 2 * TOKEN)
     expected_id = world.driver.next_session_id(world.driver.sender.address, "latest")  # type: ignore[union-attr]
