@@ -219,6 +219,7 @@ class Simulation:
         self.committed_at: dict[bytes, int] = {}
         self.rounds_at: dict[int, int] = {}
         self.result = SimResult(seed, True, behaviors=[nd.behavior.value for nd in self.nodes])
+        self.signed: dict[tuple[int, str, int, int, int], bytes] = {}  # across restarts
         self.garbage_key = SigningKey(keccak256(b"sim-outsider-%d" % seed))
 
     # ------------------------------------------------------------------ event queue
@@ -271,6 +272,7 @@ class Simulation:
                 self.now = at
                 self.result.events += 1
                 self._step(kind, data)
+                self._check_step()
                 if self._finished():
                     break
             self._check_liveness()
@@ -323,8 +325,7 @@ class Simulation:
         for height in range(1, replica.store.last_height() + 1):  # rebuild the application
             committed = replica.store.get(height)
             assert committed is not None
-            node.app.apply(committed.block)
-            self._maybe_change_epoch(node, committed.block.height)
+            self._on_commit(node, Commit(committed.block, committed.certificate))
         self._run_node(node, lambda r: r.start())
 
     def _fault_hook(self, node: SimNode) -> FaultHook:
@@ -503,6 +504,12 @@ class Simulation:
 
     def _broadcast(self, node: SimNode, output: Broadcast) -> None:
         message = output.message
+        if node.honest and isinstance(message, Vote | Proposal) and _signer(message) == node.key.address:
+            slot = (node.index, type(message).__name__, int(getattr(message, "vote_type", 0)),
+                    message.height, message.round)
+            first = self.signed.setdefault(slot, message.block_hash)
+            if first != message.block_hash:
+                raise SafetyViolation(f"honest n{node.index} signed two different messages for {slot}")
         for other in self.nodes:
             if other is node:
                 continue
@@ -604,6 +611,18 @@ class Simulation:
         outputs = node.replica.set_validators(change + 2, weighted)
         assert not outputs, "a validator set change has no immediate effect"
 
+    def _check_step(self) -> None:
+        """After every event: each live honest node's application, store and core agree."""
+        top = len(self.decided)
+        for node in self.nodes:
+            if node.honest and node.replica is not None:
+                core = node.replica.core
+                if node.app.height != core.height - 1 or core.height > top + 1:
+                    raise SafetyViolation(f"n{node.index}: core at {core.height}, app at "
+                                          f"{node.app.height}, decided {top}")
+                if core.height > 1 and core.prev_block_hash != self.decided[core.height - 1]:
+                    raise SafetyViolation(f"n{node.index} builds on a block nobody decided")
+
     def _finished(self) -> bool:
         if not self._good() or len(self.committed_at) < self.config.payloads:
             return False
@@ -618,6 +637,10 @@ class Simulation:
         for node in self.nodes:
             if node.honest and (not node.up or node.app.height < target):
                 raise SafetyViolation(f"liveness: n{node.index} stuck below height {target}")
+
+
+def _signer(message: Vote | Proposal) -> bytes:
+    return message.validator if isinstance(message, Vote) else message.proposer
 
 
 # --------------------------------------------------------------------------- command line
