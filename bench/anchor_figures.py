@@ -7,6 +7,8 @@ proof and tree timings, and the time from a quorum to a batch anchored at depth.
 - Proofs: size in bytes (on-chain calldata: 32 per sibling + 32 for directions, and the
   JSON document of AUDIT.md), local verification time (mean over 2,000 random leaves),
   and the gas of the contract's `verifyInclusion` (eth_estimateGas of the view call).
+- Proof service: a proof served from the node's block store (the batch tree rebuilt from
+  committed blocks: cold; then cached: warm), and the size of the JSON proof document.
 - Quorum -> anchored: 4 submitters on anvil mining a block every second, confirmation
   depth 2: seconds from `Submitter.add` until the batch counts as anchored (5 batches).
 
@@ -29,14 +31,19 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "anchoring"))
 
-from anchoring_world import KEYS, Net  # noqa: E402 (test fixtures reused for the deployment)
+from anchoring_world import KEYS, Net, charger_event  # noqa: E402 (test fixtures reused)
 
 from anchoring.attestations import AnchorBatch  # noqa: E402
+from anchoring.batches import BatchBuilder, BatchPolicy, BuilderState  # noqa: E402
 from anchoring.chain import connect  # noqa: E402
 from anchoring.chain.anvil import running_anvil  # noqa: E402
 from anchoring.merkle import MerkleTree, root_from_proof  # noqa: E402
 from anchoring.onchain import OnChain  # noqa: E402
+from anchoring.proofs import AnchorIndex, ProofService, batch_block, block_event_ids  # noqa: E402
 from anchoring.submitter import JobStore, Submitter, SubmitterConfig  # noqa: E402
+from consensus.signing import ZERO_HASH, Domain  # noqa: E402
+from consensus.store import BlockStore  # noqa: E402
+from consensus.types import Block, CommitCertificate, CommittedBlock, Vote, VoteType  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "anchor.json"
 SIZES = (100, 1_000, 10_000, 100_000)
@@ -92,6 +99,42 @@ def gas_and_proofs(net: Net) -> list[dict[str, Any]]:
     return rows
 
 
+def proof_service(directory: Path) -> list[dict[str, Any]]:
+    """Cold and warm proof latency of ProofService over a 50-block batch of N events."""
+    rows = []
+    for size in (10_000, 100_000):
+        store = BlockStore(directory / f"blocks-{size}.sqlite", durable=False)
+        index = AnchorIndex(directory / f"index-{size}.sqlite")
+        domain = Domain(1, b"\x01" * 20)
+        builder = BatchBuilder(BatchPolicy(every_blocks=50, every_ms=10**12, max_events=10**6), BuilderState(0, 1))
+        previous, events = ZERO_HASH, []
+        for height in range(1, 51):
+            block_events = [charger_event(height * 1_000_000 + i) for i in range(size // 50)]
+            events += block_events
+            block = Block(height, 1000 * height, KEYS[0].address, previous, ZERO_HASH,
+                          tuple(e.to_bytes() for e in block_events), b"")
+            votes = [Vote.sign(k, domain, VoteType.PRECOMMIT, height, 0, block.hash) for k in KEYS[:3]]
+            store.save(CommittedBlock(block, CommitCertificate.from_votes(votes)))
+            previous = block.hash
+            index.record_block(height, block_event_ids(block))
+            closed = builder.on_block(batch_block(block))
+            if closed:
+                index.record_batch(closed[0])
+        service = ProofService(store, index, chain_id=1, anchor_address=b"\x02" * 20)
+        started = time.perf_counter()
+        document = service.event_proof(events[size // 2].event_id)
+        cold = time.perf_counter() - started
+        started = time.perf_counter()
+        service.event_proof(events[7].event_id)
+        warm = time.perf_counter() - started
+        rows.append({"batch_events": size, "blocks": 50, "cold_proof_s": round(cold, 3),
+                     "warm_proof_s": round(warm, 4), "proof_document_bytes": len(json.dumps(document))})
+        print(rows[-1], flush=True)
+        store.close()
+        index.close()
+    return rows
+
+
 async def quorum_to_anchored(net: Net, directory: Path) -> list[float]:
     config = SubmitterConfig(confirmations=2, turn_timeout_s=10, poll_interval_s=0.2, rpc_timeout_s=10,
                              backoff_initial_s=0.2, backoff_max_s=2)
@@ -124,11 +167,13 @@ def main() -> int:
         directory = Path(tmp)
         with running_anvil(directory / "anvil.log") as anvil:
             rows = gas_and_proofs(Net(connect(anvil.url)))
+        service_rows = proof_service(directory)
         with running_anvil(directory / "anvil-timed.log", block_time_s=1) as anvil:
             latency = trio.run(quorum_to_anchored, Net(connect(anvil.url)), directory)
     result = {
         "chain": "anvil 1.7.1, cancun, 4 validators, 3-of-4 EIP-712 signatures per anchor",
         "batches": rows,
+        "proof_service": service_rows,
         "quorum_to_anchored_s": {"block_time_s": 1, "confirmations": 2, "samples": latency,
                                  "median": statistics.median(latency)},
         "notes": "anchor gas is independent of the batch size (only the root is stored); "
