@@ -684,13 +684,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--validators", type=int, default=4, choices=[4, 7])
     parser.add_argument("--payloads", type=int, default=12)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--drop-rate", type=float, default=0.1, help="message loss before GST")
+    parser.add_argument("--crash-rate", type=float, default=0.5, help="crashes per honest node")
+    parser.add_argument("--byzantine", type=int, help="exactly this many (default: random 0..f)")
     parser.add_argument("--trace", action="store_true", help="print every event of the run")
     parser.add_argument("--bench", action="store_true", help="throughput/latency as batch grows")
     args = parser.parse_args(argv)
     if args.bench:
         _bench(args.validators)
         return 0
-    config = SimConfig(validators=args.validators, payloads=args.payloads, batch=args.batch)
+    config = SimConfig(validators=args.validators, payloads=args.payloads, batch=args.batch,
+                       drop_rate=args.drop_rate, crash_rate=args.crash_rate,
+                       byzantine=args.byzantine)
     if args.seed is not None:
         result = Simulation(args.seed, config, trace=args.trace).run()
         print(_describe(result))
