@@ -1,7 +1,7 @@
 """`devsen audit`: check charger events and blocks against the chain, trusting no node.
 
-    devsen audit verify EVENT_ID --node URL --rpc URL [--deployment FILE]
-    devsen audit replay --from H --to H --node URL --rpc URL [--deployment FILE]
+    devsen audit verify EVENT_ID --node URL --rpc URL [--deployment FILE] [--confirmations N]
+    devsen audit replay --from H --to H --node URL --rpc URL [--deployment FILE] [--confirmations N]
 
 `verify` fetches the proof document of one event from one node (anchoring/AUDIT.md),
 recomputes the event id and the leaf from the event bytes, walks the Merkle proof
@@ -72,38 +72,52 @@ class Check:
 
 
 class ChainReader:
-    """Read-only view of the Anchor and ValidatorSet contracts at one RPC (web3)."""
+    """Read-only view of the Anchor and ValidatorSet contracts at one RPC (web3).
 
-    def __init__(self, w3: Any, anchor_address: bytes) -> None:
+    Reads are made `confirmations` blocks below the chain head, so a root counts only once
+    it is that deep (0: the head).
+    """
+
+    def __init__(self, w3: Any, anchor_address: bytes, confirmations: int = 0) -> None:
         from web3 import Web3
 
         from contracts import load_artifact
 
+        if confirmations < 0:
+            raise ValueError("confirmations must be >= 0")
         self.w3 = w3
         self.chain_id = int(w3.eth.chain_id)
         self.anchor_address = anchor_address
+        self.confirmations = confirmations
+        self.block = max(0, int(w3.eth.block_number) - confirmations)
         self.anchor = w3.eth.contract(address=Web3.to_checksum_address(anchor_address),
                                       abi=load_artifact("Anchor")["abi"])
         if not w3.eth.get_code(self.anchor.address):
             raise AuditUnavailable(f"no contract at Anchor address {hex0x(anchor_address)} on chain {self.chain_id}")
         self.validator_set_address = bytes.fromhex(self.anchor.functions.validatorSet().call()[2:])
+        self._anchor_deployed = bool(w3.eth.get_code(self.anchor.address, self.block))
         self._validators: ValidatorSet | None = None
         self.validator_set = w3.eth.contract(address=Web3.to_checksum_address(self.validator_set_address),
                                              abi=load_artifact("ValidatorSet")["abi"])
 
     def batch(self, batch_id: int) -> AnchorBatch | None:
         """The anchored batch `batch_id`, or None if not anchored."""
-        if batch_id >= self.anchor.functions.nextBatchId().call():
+        if not self._anchor_deployed or batch_id >= self.anchor.functions.nextBatchId().call(
+                block_identifier=self.block):
             return None
-        root, first, last, count = self.anchor.functions.batch(batch_id).call()
+        root, first, last, count = self.anchor.functions.batch(batch_id).call(block_identifier=self.block)
         return AnchorBatch(batch_id, bytes(root), first, last, count)
 
     def next_first_height(self) -> int:
-        return int(self.anchor.functions.nextFirstHeight().call())
+        if not self._anchor_deployed:
+            return 0
+        return int(self.anchor.functions.nextFirstHeight().call(block_identifier=self.block))
 
     def verify_inclusion(self, batch_id: int, event_id: bytes, proof: MerkleProof) -> bool:
+        if not self._anchor_deployed:
+            return False
         return bool(self.anchor.functions.verifyInclusion(batch_id, event_id, list(proof.siblings),
-                                                          proof.directions).call())
+                                                          proof.directions).call(block_identifier=self.block))
 
     def validators(self) -> ValidatorSet:
         """The ValidatorSet contract's current validators (read once per audit)."""
@@ -176,7 +190,8 @@ def verify_event(document: dict[str, Any], event_id: bytes, chain: ChainReader) 
 
     on_chain = chain.batch(batch.batch_id)
     if on_chain is None:
-        checks.append(Check("root on chain", False, f"batch {batch.batch_id} is not anchored at Anchor "
+        depth = f" at least {chain.confirmations} blocks deep" if chain.confirmations else ""
+        checks.append(Check("root on chain", False, f"batch {batch.batch_id} is not anchored{depth} at Anchor "
                             f"{hex0x(chain.anchor_address)} on chain {chain.chain_id}"))
     else:
         checks.append(Check("root on chain", on_chain.root == local_root,
@@ -295,7 +310,7 @@ def _chain(args: argparse.Namespace, anchor: bytes) -> ChainReader:
     from anchoring.chain.transact import connect
 
     try:
-        return ChainReader(connect(args.rpc), anchor)
+        return ChainReader(connect(args.rpc), anchor, args.confirmations)
     except AuditUnavailable:
         raise
     except Exception as exc:  # web3 raises many unrelated types for an unreachable or wrong RPC
@@ -318,8 +333,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     claimed = document.get("anchor", {}).get("contract") if isinstance(document, dict) else None
     anchor, source = _anchor_address(args, claimed)
     chain = _chain(args, anchor)
-    print(f"event {hex0x(event_id)}; node {args.node}; chain {chain.chain_id} at {args.rpc}; "
-          f"Anchor {hex0x(anchor)} from {source}")
+    print(f"event {hex0x(event_id)}; node {args.node}; chain {chain.chain_id} at {args.rpc}, read at block "
+          f"{chain.block} ({chain.confirmations} confirmations); Anchor {hex0x(anchor)} from {source}")
     if claimed is not None and claimed != hex0x(anchor):
         print(f"note: the node names Anchor {claimed}, not the pinned {hex0x(anchor)}")
     checks = verify_event(document, event_id, chain)
@@ -372,6 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--node", required=True, help="a node's HTTP API, e.g. http://127.0.0.1:8080")
         sub.add_argument("--rpc", required=True, help="Ethereum JSON-RPC URL")
         sub.add_argument("--deployment", help="deployment JSON naming the contracts (recommended)")
+        sub.add_argument("--confirmations", type=int, default=0,
+                         help="count a root only once it is this many blocks below the chain head")
     return parser
 
 

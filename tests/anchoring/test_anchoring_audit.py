@@ -195,6 +195,14 @@ async def test_cli_verify_and_replay_against_anvil(tmp_path, capsys):
             assert "VERDICT: VALID" in out and "from the node" in out
             assert await cli("verify", event.event_id.hex(), "--node", node, "--rpc", anvil.url,
                              "--deployment", str(deployment_file)) == 0
+            capsys.readouterr()
+            # the roots are only a few blocks deep: demanding 1000 confirmations fails
+            assert await cli("verify", event.event_id.hex(), "--node", node, "--rpc", anvil.url,
+                             "--confirmations", "1000") == 1
+            assert "not anchored at least 1000 blocks deep" in capsys.readouterr().out
+            net.mine(3)
+            assert await cli("verify", event.event_id.hex(), "--node", node, "--rpc", anvil.url,
+                             "--confirmations", "3") == 0
             unanchored = next(e for e in local.events if local.index.height_of(e.event_id) >= 7)
             assert await cli("verify", "0x" + unanchored.event_id.hex(), "--node", node, "--rpc", anvil.url) == 1
             out = capsys.readouterr().out
