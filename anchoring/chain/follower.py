@@ -11,6 +11,7 @@ if not, the chain reorganised deeper than the confirmation depth: `ReorgDetected
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Awaitable, Callable
@@ -21,6 +22,7 @@ from typing import Any
 import trio
 from eth_utils import event_abi_to_log_topic
 from web3 import Web3
+from web3.types import FilterParams
 
 from anchoring.chain.deploy import Deployment
 from anchoring.chain.errors import ChainError
@@ -143,13 +145,18 @@ class EventFollower:
         if safe < cursor.next_block:
             return None
         to_block = min(safe, cursor.next_block + self.max_blocks_per_poll - 1)
-        logs = self._rpc(lambda: self.w3.eth.get_logs({
-            "fromBlock": cursor.next_block,
-            "toBlock": to_block,
-            "address": list(self._addresses),
-        }))
-        if len(logs) > MAX_EVENTS_PER_POLL:
-            raise ChainError(f"{len(logs)} logs in one poll exceed {MAX_EVENTS_PER_POLL}; lower max_blocks_per_poll")
+        while True:
+            query: FilterParams = {
+                "fromBlock": cursor.next_block,
+                "toBlock": to_block,
+                "address": list(self._addresses),
+            }
+            logs = self._rpc(functools.partial(self.w3.eth.get_logs, query))
+            if len(logs) <= MAX_EVENTS_PER_POLL:
+                break
+            if to_block == cursor.next_block:
+                raise ChainError(f"{len(logs)} logs in block {to_block} exceed {MAX_EVENTS_PER_POLL}")
+            to_block = cursor.next_block + (to_block - cursor.next_block) // 2  # halve the range
         events = tuple(self._decode(log) for log in logs)
         to_hash = bytes(self._rpc(lambda: self.w3.eth.get_block(to_block))["hash"])
         for event in events:

@@ -69,6 +69,13 @@ def test_follow_with_confirmations_and_resume(world: World, tmp_path: Path) -> N
     assert [e.name for e in again] == ["DeviceLocationChanged"]
 
 
+def test_crowded_ranges_are_halved_not_dropped(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    everything = _drain(EventFollower(world.w3, world.deployment, tmp_path / "a.json", confirmations=0))
+    monkeypatch.setattr("anchoring.chain.follower.MAX_EVENTS_PER_POLL", 5)
+    halved = _drain(EventFollower(world.w3, world.deployment, tmp_path / "b.json", confirmations=0))
+    assert halved[: len(everything)] == everything and len(everything) > 10
+
+
 async def test_trio_shell_hands_events_over(world: World, tmp_path: Path) -> None:
     follower = EventFollower(world.w3, world.deployment, tmp_path / "c.json", confirmations=0)
     seen: list[ChainEvent] = []
