@@ -18,6 +18,8 @@ from ocpp.v201 import call as call201
 from ocpp.v201 import call_result as result201
 from ocpp_testkit import PASSWORD, running_server
 
+from ocpp_adapter.events import ChargerEvent
+
 NOW = "2026-01-01T00:00:00Z"
 
 
@@ -122,5 +124,8 @@ async def test_ocpp_package_chargepoint_full_session(subprotocol):
     assert outcome["heartbeat"].current_time
     actions = [e.action for e in harness.ingest.events]
     assert len(actions) == 7 and actions[-1] == "Heartbeat"
-    # payloads are stored exactly as sent on the wire: camelCase
-    assert "chargePointVendor" in harness.ingest.events[0].payload or "chargingStation" in harness.ingest.events[0].payload
+    # payloads are stored exactly as sent on the wire (camelCase), and round-trip canonically
+    first = harness.ingest.events[0].payload
+    assert "chargePointVendor" in first or "chargingStation" in first
+    for event in harness.ingest.events:
+        assert ChargerEvent.from_bytes(event.to_bytes()) == event

@@ -276,3 +276,32 @@ async def test_keepalive_pings_keep_a_responsive_charger():
     async with running_server(ping_interval=0.05) as harness, charger(harness, "CP022") as ws:
         await trio.sleep(0.4)
         assert (await exchange(ws, HEARTBEAT))[0] == 3
+
+
+async def test_ingest_may_call_the_charger_while_deciding_no_deadlock():
+    """The receive loop keeps routing while a CALL is being decided, so a decision that
+    itself needs an answer from the charger (e.g. read its configuration) completes."""
+
+    class AskingIngest:
+        def __init__(self) -> None:
+            self.inner = MemoryIngest()
+            self.events = self.inner.events
+            self.connections = None
+            self.asked: dict = {}
+
+        async def submit(self, event) -> IngestResult:
+            if event.action == "BootNotification":
+                self.asked = await self.connections.call(event.charger_id, "GetConfiguration", {"key": ["X"]})
+            return await self.inner.submit(event)
+
+    ingest = AskingIngest()
+    async with running_server(ingest=ingest) as harness, charger(harness, "CP023") as ws:
+        ingest.connections = harness.connections
+        await ws.send_message(json.dumps([2, "boot", "BootNotification", {"chargePointVendor": "v", "chargePointModel": "m"}]))
+        with trio.fail_after(5):
+            call = json.loads(await ws.get_message())
+            assert call[2] == "GetConfiguration"
+            await ws.send_message(json.dumps([3, call[1], {"configurationKey": [{"key": "X", "readonly": True, "value": "1"}]}]))
+            reply = json.loads(await ws.get_message())
+        assert reply[:2] == [3, "boot"] and reply[2]["status"] == "Accepted"
+        assert ingest.asked["configurationKey"][0]["value"] == "1"
