@@ -25,7 +25,7 @@ _CREDS = ChargerCredentials.from_password(PASSWORD)
 CHARGERS = [f"CP{i:03d}" for i in range(40)]
 
 
-def test_registry() -> InMemoryChargerRegistry:
+def make_registry() -> InMemoryChargerRegistry:
     registry = InMemoryChargerRegistry({cid: _CREDS for cid in CHARGERS})
     registry.add("BANNED", dataclasses.replace(_CREDS, admitted=False))
     return registry
@@ -54,7 +54,7 @@ async def running_server(ingest: Ingest | None = None, **overrides: Any) -> Asyn
     settings.update(overrides)
     config = OcppServerConfig(**settings)
     ingest = ingest if ingest is not None else MemoryIngest(id_tags=["TAG-OK"], heartbeat_interval=60)
-    registry = test_registry()
+    registry = make_registry()
     connections = ChargerConnections()
     async with trio.open_nursery() as nursery:
         port = await nursery.start(lambda task_status: serve_ocpp(
