@@ -445,7 +445,11 @@ class OcppServer:
             return fail(errors.GENERIC_ERROR, f"rejected: {exc}")
         except SubmissionFailed as exc:
             return fail(errors.INTERNAL_ERROR, f"no decision, retry later: {exc}")
-        reply = conn.session.result(call, result.reply)
+        try:
+            reply = conn.session.result(call, result.reply)
+        except (TypeError, ValueError) as exc:  # not JSON-encodable (e.g. Decimal, NaN)
+            log.error("ingest reply to %s is not JSON: %s", call.action, exc)
+            return fail(errors.INTERNAL_ERROR, "CSMS produced an unencodable reply")
         if isinstance(reply, SendReply):
             log.error("ingest reply to %s breaks the schema: %s", call.action, reply.reason)
             return reply.frame

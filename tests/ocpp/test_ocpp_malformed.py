@@ -5,6 +5,8 @@ After each bad frame the same connection must still answer a Heartbeat.
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 from ocpp_testkit import HEARTBEAT, charger, exchange, no_answer, running_server
 
@@ -93,16 +95,18 @@ async def test_error_table_row(subprotocol, name, frame, expected):
 
 
 @pytest.mark.parametrize("subprotocol", ["ocpp1.6", "ocpp2.0.1"])
-async def test_invalid_reply_from_ingest_becomes_internal_error(subprotocol):
+@pytest.mark.parametrize("bad_reply", [{"currentTime": "not a time"}, {"currentTime": NOW, "customData": {"vendorId": "v", "x": Decimal("1.5")}}])
+async def test_invalid_reply_from_ingest_becomes_internal_error(subprotocol, bad_reply):
     class BrokenIngest:
         async def submit(self, event):
             from ocpp_adapter.ingest import IngestResult
 
-            return IngestResult(reply={"currentTime": "not a time"}, event_id=event.event_id)
+            return IngestResult(reply=bad_reply, event_id=event.event_id)
 
     async with running_server(ingest=BrokenIngest()) as harness, charger(harness, "CP004", subprotocol) as ws:
         answer = await exchange(ws, HEARTBEAT)
         assert answer[:3] == [4, "hb", "InternalError"]
+        assert (await exchange(ws, [2, "hb2", "Heartbeat", {}]))[:3] == [4, "hb2", "InternalError"]
 
 
 @pytest.mark.parametrize(
