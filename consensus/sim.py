@@ -60,6 +60,8 @@ from consensus.types import (
     ValidatorSet,
     Vote,
     VoteType,
+    WireError,
+    decode_message,
     verify_certificate,
 )
 
@@ -220,6 +222,7 @@ class Simulation:
         self.rounds_at: dict[int, int] = {}
         self.result = SimResult(seed, True, behaviors=[nd.behavior.value for nd in self.nodes])
         self.signed: dict[tuple[int, str, int, int, int], bytes] = {}  # across restarts
+        self.amplified: set[tuple[int, int, int, int, bytes]] = set()
         self.garbage_key = SigningKey(keccak256(b"sim-outsider-%d" % seed))
 
     # ------------------------------------------------------------------ event queue
@@ -362,6 +365,8 @@ class Simulation:
             if channel == "payload":
                 self._take_payload(node, body, gossip=False)
             else:
+                if node.behavior in (Behavior.DOUBLE_VOTER, Behavior.EQUIVOCATOR):
+                    self._amplify(node, body)
                 self._run_node(node, lambda r: r.handle_message(body, str(src)))
         elif kind == "timer":
             index, incarnation, timeout = data
@@ -521,12 +526,39 @@ class Simulation:
                                      message.round, other_hash).to_bytes()
             elif (node.behavior == Behavior.EQUIVOCATOR and isinstance(message, Proposal)
                   and other.index % 2 == 1):
-                block = message.block
-                twin = Block(block.height, block.timestamp_ms + 1, block.proposer,
-                             block.prev_block_hash, block.app_state_hash, block.payloads[:-1] or (),
-                             block.app_header)
-                data = Proposal.sign(node.key, SIM_DOMAIN, message.round, -1, twin).to_bytes()
+                data = Proposal.sign(node.key, SIM_DOMAIN, message.round, -1,
+                                     self._twin(node, message.block)).to_bytes()
             self._send(node.index, other.index, "consensus", data)
+
+    def _twin(self, node: SimNode, block: Block) -> Block:
+        """A conflicting block: fewer payloads, a forged payload, or an already committed one."""
+        payloads = block.payloads[:-1]
+        choice = self.rng.randint(0, 2)
+        if choice == 1:
+            payloads = (*payloads, b"forged-%d" % self.rng.getrandbits(32))
+        elif choice == 2 and node.app.committed:
+            payloads = (*payloads, min(node.app.committed))
+        return Block(block.height, block.timestamp_ms + 1, block.proposer, block.prev_block_hash,
+                     block.app_state_hash, payloads, block.app_header)
+
+    def _amplify(self, node: SimNode, body: bytes) -> None:
+        """Double voters and equivocators also vote for every value they see anyone vote
+        for (worst case: their power joins every would-be quorum)."""
+        try:
+            message = decode_message(body)
+        except WireError:
+            return
+        if not isinstance(message, Vote) or message.validator == node.key.address:
+            return
+        slot = (node.index, message.vote_type, message.height, message.round, message.block_hash)
+        if slot in self.amplified:
+            return
+        self.amplified.add(slot)
+        echo = Vote.sign(node.key, SIM_DOMAIN, message.vote_type, message.height, message.round,
+                         message.block_hash).to_bytes()
+        for other in self.nodes:
+            if other is not node:
+                self._send(node.index, other.index, "consensus", echo)
 
     def _send_garbage(self, node: SimNode) -> None:
         """Hostile inputs: random bytes, forged/non-validator votes, wrong heights, oversize."""
