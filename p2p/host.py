@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import multiaddr
 import trio
@@ -161,8 +162,21 @@ class PeerKeeper:
         return {p: list(a) for p, a in self._targets.items()}
 
     def is_connected(self, peer_id: ID) -> bool:
-        """Whether the host has a live connection to `peer_id`."""
-        return bool(self._host.get_network().connections.get(peer_id))
+        """Whether the host has a live (not closed) connection to `peer_id`."""
+        connections = self._host.get_network().connections.get(peer_id) or []
+        return any(not c.is_closed for c in connections)
+
+    def _forget_dead_connections(self, peer_id: ID) -> None:
+        """Drop closed connections py-libp2p still lists, and its 60 s "recently failed"
+        mark: either makes `connect` return at once without dialing, so a restarted peer
+        would stay unreachable. Our own backoff decides when to redial."""
+        network: Any = self._host.get_network()
+        for connection in list(network.connections.get(peer_id) or []):
+            if connection.is_closed:
+                network.remove_conn(connection)
+        negative_cache = getattr(network, "_negative_peer_cache", None)
+        if negative_cache is not None:
+            negative_cache.evict(str(peer_id))
 
     async def run(self) -> None:
         """Dial every target that is not connected and is due; forever."""
@@ -189,6 +203,7 @@ class PeerKeeper:
 
     async def _dial(self, peer_id: ID) -> None:
         addrs = self._targets[peer_id]
+        self._forget_dead_connections(peer_id)
         try:
             with trio.fail_after(self._config.dial_timeout_s):
                 await self._host.connect(PeerInfo(peer_id, addrs))

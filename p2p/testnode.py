@@ -333,7 +333,9 @@ class NodeProcess:
         return self.wait_for(reply, timeout_s)
 
     def committed_height(self) -> int:
-        return self.commits[-1]["height"] if self.commits else 0
+        """Last committed height seen: from commit events, or recovered at start."""
+        recovered = int(self.ready.get("height", 1)) - 1
+        return max(self.commits[-1]["height"] if self.commits else 0, recovered)
 
     def kill(self) -> None:
         """SIGKILL by pid (a crash)."""

@@ -148,10 +148,15 @@ def _signed(node: NodeProcess) -> list[dict]:
 
 def test_sigkill_one_node_others_continue_and_it_catches_up_without_conflicts(network):
     victim, submitter = network.nodes[2], network.nodes[1]
-    _submit(submitter, "pre", 10)
+    # payloads are flowing (submitted at two nodes, one of them the victim) when it dies
+    submitter.send({"cmd": "load", "id": "flow", "rate": 40, "seconds": 3})
+    victim.send({"cmd": "load", "id": "lost", "rate": 40, "seconds": 3})
+    time.sleep(1.0)
     victim.kill()
     killed_at = max(n.committed_height() for n in network.nodes)
-    for i in range(3):
+    flow = submitter.wait_for("loaded", 40)["results"]
+    assert all(isinstance(r[0], int) for r in flow), [r for r in flow if not isinstance(r[0], int)][:3]
+    for i in range(2):
         results = _submit(submitter, f"down{i}", 15)
         assert all(isinstance(r[0], int) for r in results), results
     survivors = [n for n in network.nodes if n is not victim]
@@ -175,3 +180,32 @@ def test_sigkill_one_node_others_continue_and_it_catches_up_without_conflicts(ne
     for (h, r, kind), block_hash in seen.items():
         if kind == "vote2" and block_hash != "00" * 32 and rounds.get(h) == r and h in committed:
             assert block_hash == committed[h], f"precommit at {h}/{r} for another block"
+
+
+@pytest.mark.slow
+def test_bootstrap_node_crash_under_load_restart_and_full_agreement(tmp_path):
+    """Kill node 0 (everyone's only bootstrap address) under load, restart it twice."""
+    net = LocalNetwork.start(tmp_path, 4)
+    try:
+        net.wait_all_height(1, 30)
+        loaders = net.nodes[1:]
+        for node in loaders:
+            node.send({"cmd": "load", "id": node.name, "rate": 30, "seconds": 12})
+        for _ in range(2):
+            time.sleep(2.0)
+            net.nodes[0].kill()
+            time.sleep(2.0)
+            net.nodes[0].commits.clear()
+            net.nodes[0].start()
+        for node in loaders:
+            results = node.wait_for("loaded", 90)["results"]
+            assert all(isinstance(r[0], int) for r in results), [r for r in results if not isinstance(r[0], int)][:3]
+        top = max(n.committed_height() for n in loaders)
+        net.wait_all_height(top, 40)
+        _assert_same_chain(net.nodes)
+        seen: dict[tuple, str] = {}
+        for record in _signed(net.nodes[0]):
+            slot = (record["height"], record["round"], record["kind"])
+            assert seen.setdefault(slot, record["hash"]) == record["hash"], f"conflicting signatures at {slot}"
+    finally:
+        net.stop()
