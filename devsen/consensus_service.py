@@ -86,6 +86,10 @@ class ConsensusOverloaded(Exception):
     """The node cannot take the payload now (mempool full); the caller should retry later."""
 
 
+class AlreadyCommitted(Exception):
+    """The payload was committed long ago; its receipt is no longer in memory."""
+
+
 class CommitTimeout(Exception):
     """The payload was accepted but not committed within the caller's deadline (it may still be)."""
 
@@ -223,7 +227,8 @@ class ConsensusService:
         """Order `payload`; returns once it is committed and applied.
 
         Raises ConsensusOverloaded when the mempool is full, ValueError for a bad payload,
-        CommitTimeout when no commit came within `timeout_s`.
+        CommitTimeout when no commit came within `timeout_s`, AlreadyCommitted for a payload
+        committed so long ago that its receipt was forgotten.
         """
         digest = keccak256(payload)
         receipt = self._receipts.get(digest)
@@ -232,10 +237,12 @@ class ConsensusService:
         waiter = self._waiters.get(digest)
         if waiter is None:
             try:
-                self.mempool.add(payload, source="local")
+                added = self.mempool.add(payload, source="local")
             except MempoolFull as exc:
                 self.counters["submit_overloaded"] += 1
                 raise ConsensusOverloaded(str(exc)) from exc
+            if not added and digest not in self.mempool:
+                raise AlreadyCommitted("payload was committed before (its receipt is no longer kept)")
             waiter = self._waiters[digest] = _Waiter()
             self._wake()
             if self._net is not None:
