@@ -107,6 +107,7 @@ class SimConfig:
     max_delay_before_gst: int = 60
     max_delay_after_gst: int = 10
     drop_rate: float = 0.1
+    targeted_hold_rate: float = 0.5  # precommits / certified blocks held back before GST
     duplicate_rate: float = 0.05
     crash_rate: float = 0.5  # expected crashes per honest node before GST
     idle_block_ticks: int = 150
@@ -238,21 +239,31 @@ class Simulation:
     def _good(self) -> bool:
         return self.now >= self.gst
 
-    def _send(self, src: int, dst: int, channel: str, data: bytes) -> None:
-        """Put a message on the simulated network (drop, duplicate, delay, partition)."""
+    def _send(self, src: int, dst: int, channel: str, data: bytes, targeted: bool = False) -> None:
+        """Put a message on the simulated network (drop, duplicate, delay, partition).
+
+        Before GST the network is adversarial: `targeted` messages (precommits and
+        certified blocks, which finish a height) are often held back until about GST, so
+        some nodes decide while others keep voting at that height: the schedules where
+        only the locks (L23/L29) keep validators from deciding something else.
+        """
         cfg = self.config
+        hold = 0
         if not self._good() and cfg.faults:
             if self.partition and not any(src in g and dst in g for g in self.partition):
                 return
             if self.rng.random() < cfg.drop_rate:
                 return
+            if targeted and self.rng.random() < cfg.targeted_hold_rate:
+                hold = self.rng.randint(0, self.gst - self.now)
             copies = 2 if self.rng.random() < cfg.duplicate_rate else 1
             max_delay = cfg.max_delay_before_gst
         else:
             copies = 2 if cfg.faults and self.rng.random() < cfg.duplicate_rate else 1
             max_delay = cfg.max_delay_after_gst
         for _ in range(copies):
-            self._push(self.now + self.rng.randint(1, max_delay), "deliver", (dst, src, channel, data))
+            at = self.now + hold + self.rng.randint(1, max_delay)
+            self._push(at, "deliver", (dst, src, channel, data))
 
     # ------------------------------------------------------------------ setup and run
 
@@ -473,7 +484,8 @@ class Simulation:
         if isinstance(output, Broadcast):
             self._broadcast(node, output)
         elif isinstance(output, SendTo):
-            self._send(node.index, int(str(output.peer)), "consensus", output.data)
+            self._send(node.index, int(str(output.peer)), "consensus", output.data,
+                       targeted=isinstance(output.message, CommittedBlock))
         elif isinstance(output, ScheduleTimeout):
             delay = max(1, int(output.duration_ms * node.skew))
             self._push(self.now + delay, "timer", (node.index, node.incarnation, output.timeout))
@@ -528,7 +540,8 @@ class Simulation:
                   and other.index % 2 == 1):
                 data = Proposal.sign(node.key, SIM_DOMAIN, message.round, -1,
                                      self._twin(node, message.block)).to_bytes()
-            self._send(node.index, other.index, "consensus", data)
+            targeted = isinstance(message, Vote) and message.vote_type == VoteType.PRECOMMIT
+            self._send(node.index, other.index, "consensus", data, targeted)
 
     def _twin(self, node: SimNode, block: Block) -> Block:
         """A conflicting block: fewer payloads, a forged payload, or an already committed one."""
