@@ -15,8 +15,11 @@ Inputs                                   Outputs
   on_validation_result(block_hash, ok)     RequestProposal(...)      getValue() of L18
   on_committed_block(committed, sender)    ValidateBlock(block)      valid(v) of L23/29/36/50
   set_validators(from_height, set)         Commit(block, certificate)
-                                           RequestCatchUp(peer, from_height)
+  remember_committed(committed)            RequestCatchUp(peer, from_height)
                                            ReportEvidence(evidence), Dropped(peer, reason)
+
+At most one height is decided per input: the shell applies each Commit (and announces
+validator set changes for height + 2) before its next input. See CONSENSUS.md.
 
 Deviations from the paper, all liveness-only: the proposer also arms timeoutPropose (it
 is a no-op once it has proposed); a RETRANSMIT timer re-broadcasts the node's own
