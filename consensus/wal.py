@@ -57,13 +57,15 @@ class WriteAheadLog:
         self.synced += int(own)
 
     def messages(self, height: int) -> list[Proposal | Vote]:
-        """Records of `height` in append order (own and received)."""
-        rows = self._db.execute(
-            "SELECT data FROM wal WHERE height = ? ORDER BY seq LIMIT ?",
+        """Records of `height` in append order: all own ones, the latest received ones."""
+        own = self._db.execute(
+            "SELECT seq, data FROM wal WHERE height = ? AND own = 1", (height,)).fetchall()
+        received = self._db.execute(
+            "SELECT seq, data FROM wal WHERE height = ? AND own = 0 ORDER BY seq DESC LIMIT ?",
             (height, MAX_RECORDS_PER_HEIGHT),
-        ).fetchall()
+        ).fetchall()  # every own record, and the most recent received ones
         out: list[Proposal | Vote] = []
-        for (data,) in rows:
+        for _, data in sorted(own + received):
             try:
                 message = decode_message(bytes(data))
             except WireError as exc:

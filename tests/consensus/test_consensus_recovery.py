@@ -229,3 +229,16 @@ def test_replica_serves_block_requests_and_buffers_blocks_ahead(tmp_path):
     assert fresh.latest_height() == 3
     fresh.close()
     cluster.close()
+
+
+def test_wal_replay_bound_keeps_every_own_record(tmp_path, monkeypatch):
+    import consensus.wal
+
+    monkeypatch.setattr(consensus.wal, "MAX_RECORDS_PER_HEIGHT", 2)
+    wal = WriteAheadLog(tmp_path / "wal.sqlite", durable=False)
+    mine = vote(KEYS[0], VoteType.PREVOTE, 1, 0, ZERO_HASH)
+    wal.append(mine, own=True)
+    received = [vote(KEYS[1], VoteType.PREVOTE, 1, r, ZERO_HASH) for r in range(5)]
+    for message in received:
+        wal.append(message, own=False)
+    assert wal.messages(1) == [mine, *received[-2:]]
