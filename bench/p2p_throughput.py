@@ -35,7 +35,7 @@ def _stats(node: NodeProcess) -> dict:
 def transport(via: str, count: int, size: int = 200) -> dict:
     """Messages/s from node 0 to the 3 others over `via` ("gossip" or "links")."""
     with tempfile.TemporaryDirectory() as tmp:
-        net = LocalNetwork.start(Path(tmp), 4, extra={"mode": "p2p", "batch_max_count": 1, "batch_max_delay_s": 0.0})
+        net = LocalNetwork.start(Path(tmp), 4, extra={"mode": "p2p", "batch_max_count": 1, "batch_max_delay_s": 0.0, "batch_min_interval_s": 0.0})
         try:
             sender, receivers = net.nodes[0], net.nodes[1:]
             deadline = time.monotonic() + 20

@@ -3,7 +3,8 @@
 Publishing: `publish(payload)` puts the payload into the open batch; closed batches wait in
 a bounded ready queue; one sender task seals each batch in an envelope and hands it to
 gossipsub only while every peer's outbound RPC queue is below the configured mark (py-libp2p
-drops silently when a queue is full). When the ready queue stays full for `publish_timeout_s`
+drops silently when a queue is full), at most one message per `min_interval_s` (20 ms), so
+batches grow with load while an event on a quiet network leaves after `max_delay_s` (5 ms). When the ready queue stays full for `publish_timeout_s`
 the caller gets `GossipOverloaded`: nothing is dropped without the caller knowing.
 
 Receiving: a topic validator opens the envelope (network id, validator set, origin peer id
@@ -63,6 +64,7 @@ class EventGossip:
         max_count: int = 1000,
         max_bytes: int = 512 * 1024,
         max_delay_s: float = 0.005,
+        min_interval_s: float = 0.02,
         max_ready_batches: int = 8,
         publish_timeout_s: float = 2.0,
     ) -> None:
@@ -74,6 +76,7 @@ class EventGossip:
         self._batcher = Batcher(max_count, max_bytes, max_delay_s)
         self._ready: deque[list[bytes]] = deque()
         self._max_ready = max_ready_batches
+        self._min_interval_s = min_interval_s
         self._publish_timeout_s = publish_timeout_s
         self._wake_sender = trio.Event()
         self._space = trio.Event()
@@ -125,9 +128,13 @@ class EventGossip:
                 self.gate_waits += 1
                 await trio.sleep(0.002)
             wire = seal(self._keys.validator, self._network_id, MessageKind.EVENT_BATCH, encode_batch(batch))
+            published_at = trio.current_time()
             await pubsub.publish(self.topic, wire)
             self.published_messages += 1
             self.published_payloads += len(batch)
+            # Space publishes: under load the open batch grows meanwhile (a gossip message
+            # costs ~1 ms CPU per hop whatever its size); a lone event still leaves at once.
+            await trio.sleep_until(published_at + self._min_interval_s)
 
     # -- receiving ---------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ class P2PConfig:
     batch_max_count: int = 1000
     batch_max_bytes: int = 512 * 1024
     batch_max_delay_s: float = 0.005
+    batch_min_interval_s: float = 0.02
     publish_timeout_s: float = 2.0
 
 
@@ -106,7 +107,8 @@ async def open_p2p(keys: NodeKeys, config: P2PConfig, handlers: P2PHandlers) -> 
         gossip = EventGossip(
             running, keys, config.network_id, config.directory, handlers.on_payloads,
             max_count=config.batch_max_count, max_bytes=config.batch_max_bytes,
-            max_delay_s=config.batch_max_delay_s, publish_timeout_s=config.publish_timeout_s,
+            max_delay_s=config.batch_max_delay_s, min_interval_s=config.batch_min_interval_s,
+            publish_timeout_s=config.publish_timeout_s,
         )
         links = ConsensusLinks(running, keys, config.network_id, config.directory, handlers.on_consensus)
         sync_server = BlockSyncServer(running, keys, config.network_id, config.directory, handlers.block_source, handlers.latest_height)

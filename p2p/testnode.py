@@ -205,7 +205,8 @@ async def _run_p2p(config: dict[str, Any]) -> None:
 
     p2p_config = P2PConfig(network_id_of(domain), directory, host,
                            batch_max_count=int(config.get("batch_max_count", 1000)),
-                           batch_max_delay_s=float(config.get("batch_max_delay_s", 0.005)))
+                           batch_max_delay_s=float(config.get("batch_max_delay_s", 0.005)),
+                           batch_min_interval_s=float(config.get("batch_min_interval_s", 0.02)))
     handlers = P2PHandlers(on_consensus, on_payloads, lambda lo, hi: [], lambda: 0)
     async with open_p2p(keys, p2p_config, handlers) as net:
         emit("ready", peer_id=net.running.peer_id.to_base58(), addrs=net.running.listen_addrs(),
