@@ -89,35 +89,46 @@ class ChainReader:
         self.chain_id = int(w3.eth.chain_id)
         self.anchor_address = anchor_address
         self.confirmations = confirmations
-        self.block = max(0, int(w3.eth.block_number) - confirmations)
         self.anchor = w3.eth.contract(address=Web3.to_checksum_address(anchor_address),
                                       abi=load_artifact("Anchor")["abi"])
         if not w3.eth.get_code(self.anchor.address):
             raise AuditUnavailable(f"no contract at Anchor address {hex0x(anchor_address)} on chain {self.chain_id}")
         self.validator_set_address = bytes.fromhex(self.anchor.functions.validatorSet().call()[2:])
-        self._anchor_deployed = bool(w3.eth.get_code(self.anchor.address, self.block))
+        self._deployed_at: int | None = None  # a block at which the Anchor contract was seen deployed
         self._validators: ValidatorSet | None = None
         self.validator_set = w3.eth.contract(address=Web3.to_checksum_address(self.validator_set_address),
                                              abi=load_artifact("ValidatorSet")["abi"])
 
+    @property
+    def block(self) -> int:
+        """The block all contract reads are made at now: `confirmations` below the head."""
+        return max(0, int(self.w3.eth.block_number) - self.confirmations)
+
+    def _read_block(self) -> int | None:
+        """`block`, or None if the Anchor contract does not exist yet at that block."""
+        block = self.block
+        if self._deployed_at is None or block < self._deployed_at:
+            if not self.w3.eth.get_code(self.anchor.address, block):
+                return None
+            self._deployed_at = block
+        return block
+
     def batch(self, batch_id: int) -> AnchorBatch | None:
-        """The anchored batch `batch_id`, or None if not anchored."""
-        if not self._anchor_deployed or batch_id >= self.anchor.functions.nextBatchId().call(
-                block_identifier=self.block):
+        """The anchored batch `batch_id`, or None if not anchored (at the confirmation depth)."""
+        block = self._read_block()
+        if block is None or batch_id >= self.anchor.functions.nextBatchId().call(block_identifier=block):
             return None
-        root, first, last, count = self.anchor.functions.batch(batch_id).call(block_identifier=self.block)
+        root, first, last, count = self.anchor.functions.batch(batch_id).call(block_identifier=block)
         return AnchorBatch(batch_id, bytes(root), first, last, count)
 
     def next_first_height(self) -> int:
-        if not self._anchor_deployed:
-            return 0
-        return int(self.anchor.functions.nextFirstHeight().call(block_identifier=self.block))
+        block = self._read_block()
+        return 0 if block is None else int(self.anchor.functions.nextFirstHeight().call(block_identifier=block))
 
     def verify_inclusion(self, batch_id: int, event_id: bytes, proof: MerkleProof) -> bool:
-        if not self._anchor_deployed:
-            return False
-        return bool(self.anchor.functions.verifyInclusion(batch_id, event_id, list(proof.siblings),
-                                                          proof.directions).call(block_identifier=self.block))
+        block = self._read_block()
+        return block is not None and bool(self.anchor.functions.verifyInclusion(
+            batch_id, event_id, list(proof.siblings), proof.directions).call(block_identifier=block))
 
     def validators(self) -> ValidatorSet:
         """The ValidatorSet contract's current validators (read once per audit)."""
