@@ -107,7 +107,8 @@ class SimConfig:
     max_delay_before_gst: int = 60
     max_delay_after_gst: int = 10
     drop_rate: float = 0.1
-    targeted_hold_rate: float = 0.5  # precommits / certified blocks held back before GST
+    hold_precommit_rate: float = 0.5  # precommits held back until about GST
+    hold_certified_rate: float = 0.5  # certified blocks (catch-up help) held back likewise
     duplicate_rate: float = 0.05
     crash_rate: float = 0.5  # expected crashes per honest node before GST
     idle_block_ticks: int = 150
@@ -239,11 +240,11 @@ class Simulation:
     def _good(self) -> bool:
         return self.now >= self.gst
 
-    def _send(self, src: int, dst: int, channel: str, data: bytes, targeted: bool = False) -> None:
+    def _send(self, src: int, dst: int, channel: str, data: bytes, targeted: float = 0.0) -> None:
         """Put a message on the simulated network (drop, duplicate, delay, partition).
 
-        Before GST the network is adversarial: `targeted` messages (precommits and
-        certified blocks, which finish a height) are often held back until about GST, so
+        Before GST the network is adversarial: messages that finish a height (precommits,
+        certified blocks) are held back until about GST with probability `targeted`, so
         some nodes decide while others keep voting at that height: the schedules where
         only the locks (L23/L29) keep validators from deciding something else.
         """
@@ -254,7 +255,7 @@ class Simulation:
                 return
             if self.rng.random() < cfg.drop_rate:
                 return
-            if targeted and self.rng.random() < cfg.targeted_hold_rate:
+            if targeted and self.rng.random() < targeted:
                 hold = self.rng.randint(0, self.gst - self.now)
             copies = 2 if self.rng.random() < cfg.duplicate_rate else 1
             max_delay = cfg.max_delay_before_gst
@@ -485,7 +486,7 @@ class Simulation:
             self._broadcast(node, output)
         elif isinstance(output, SendTo):
             self._send(node.index, int(str(output.peer)), "consensus", output.data,
-                       targeted=isinstance(output.message, CommittedBlock))
+                       self.config.hold_certified_rate if isinstance(output.message, CommittedBlock) else 0.0)
         elif isinstance(output, ScheduleTimeout):
             delay = max(1, int(output.duration_ms * node.skew))
             self._push(self.now + delay, "timer", (node.index, node.incarnation, output.timeout))
@@ -540,8 +541,9 @@ class Simulation:
                   and other.index % 2 == 1):
                 data = Proposal.sign(node.key, SIM_DOMAIN, message.round, -1,
                                      self._twin(node, message.block)).to_bytes()
-            targeted = isinstance(message, Vote) and message.vote_type == VoteType.PRECOMMIT
-            self._send(node.index, other.index, "consensus", data, targeted)
+            precommit = isinstance(message, Vote) and message.vote_type == VoteType.PRECOMMIT
+            self._send(node.index, other.index, "consensus", data,
+                       self.config.hold_precommit_rate if precommit else 0.0)
 
     def _twin(self, node: SimNode, block: Block) -> Block:
         """A conflicting block: fewer payloads, a forged payload, or an already committed one."""
