@@ -56,6 +56,10 @@ def setup_logging(level: str = "INFO", fmt: str = "text", stream: TextIO | None 
     handler._devsen = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level.upper())
+    for name in list(logging.root.manager.loggerDict):
+        # Sub-loggers some libraries pin to INFO (libp2p's auto_connector) inherit instead.
+        if name.split(".")[0] in THIRD_PARTY_LOGGERS and "." in name:
+            logging.getLogger(name).setLevel(logging.NOTSET)
     for name in THIRD_PARTY_LOGGERS:
         logger = logging.getLogger(name)
         for old in list(logger.handlers):

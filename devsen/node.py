@@ -24,7 +24,7 @@ import trio
 from libp2p.peer.id import ID
 
 from anchoring.batches import BatchPolicy, Quorum
-from anchoring.chain import ChainClient, Deployment, TransactionSender, connect
+from anchoring.chain import ChainClient, Deployment, TransactionSender, ValidatorSetState, connect
 from anchoring.onchain import OnChain
 from anchoring.proofs import AnchorIndex, ProofService, http_routes
 from anchoring.submitter import JobStore, Submitter, SubmitterConfig
@@ -149,6 +149,28 @@ def _load_deployment(config: NodeConfig) -> Deployment:
     return Deployment.from_json(path.read_text())
 
 
+def _peer_bindings(state: ValidatorSetState) -> dict[bytes, bytes]:
+    """Validator address -> libp2p peer id, for validators that published one."""
+    return {bytes.fromhex(v.address[2:]): bytes(v.peer_id) for v in state.validators if v.peer_id}
+
+
+async def refresh_peer_bindings(parts: NodeParts, interval_s: float = 5.0) -> None:
+    """Follow validators publishing (or changing) their peer ids in the ValidatorSet."""
+    directory = parts.service.config.directory
+    while True:
+        await trio.sleep(interval_s)
+        try:
+            state = await trio.to_thread.run_sync(parts.client.validator_set, "latest")
+        except Exception as exc:  # RPC trouble: keep the bindings we have, try again later
+            log.warning("could not refresh validator peer ids: %s", exc)
+            continue
+        bindings = _peer_bindings(state)
+        bindings = {a: p for a, p in bindings.items() if a in parts.app.settings.validators}
+        if bindings != {a: directory.peer_of(a) for a in directory.addresses()}:
+            log.info("validator peer ids changed on chain; updating the directory")
+            directory.replace(bindings)
+
+
 def build_node(config: NodeConfig) -> NodeParts:
     """Load keys and deployment, read the validator set from chain, construct every part."""
     if config.chain.rpc == "embedded":
@@ -171,11 +193,14 @@ def build_node(config: NodeConfig) -> NodeParts:
         raise ConfigError(f"this node's validator address 0x{me.hex()} is not in the on-chain ValidatorSet "
                           f"at {deployment.validator_set}; fix: register it (a quorum-signed update) or use "
                           "the keys of a registered validator")
-    bindings = {bytes.fromhex(v.address[2:]): bytes(v.peer_id) for v in validator_state.validators}
-    if bindings[me] != keys.peer_id.to_bytes():
-        raise ConfigError(f"the on-chain peer id of validator 0x{me.hex()} is "
-                          f"{ID(bindings[me]).to_base58()}, this node's key gives {keys.peer_id.to_base58()}; "
-                          "fix: use the node's own key directory (keys.dir)")
+    bindings = _peer_bindings(validator_state)
+    my_peer = keys.peer_id.to_bytes()
+    if bindings.get(me) != my_peer:
+        if me in bindings:
+            log.warning("the ValidatorSet binds validator 0x%s to peer %s; publishing this node's peer %s",
+                        me.hex(), ID(bindings[me]).to_base58(), keys.peer_id.to_base58())
+        client.set_validator_info(my_peer, f"ws://{config.ocpp.host}:{config.ocpp.port}/ocpp")
+        bindings[me] = my_peer
     settings = AppSettings(
         key=keys.validator,
         validators=tuple(sorted(addresses)),
@@ -303,6 +328,7 @@ async def serve_node(parts: NodeParts, *, task_status: Any = trio.TASK_STATUS_IG
         nursery.start_soon(parts.outbox.run, parts.service)
         await nursery.start(parts.submitter.run)
         nursery.start_soon(parts.quorums.run, parts.submitter)
+        nursery.start_soon(refresh_peer_bindings, parts)
         ocpp_port = await nursery.start(
             lambda task_status: serve_ocpp(ocpp_config, ingest, ChainChargerRegistry(parts.client),
                                            connections=parts.connections, task_status=task_status))
