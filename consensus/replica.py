@@ -129,7 +129,10 @@ class Replica:
         if committed.height > self.core.height:
             self.catch_up.offer(committed, self.core.height)
             return []
-        return self._carry(self.core.on_committed_block(committed, sender))
+        outputs = self.core.on_committed_block(committed, sender)
+        if committed.height == self.core.height:  # not taken (e.g. this input decided already)
+            self.catch_up.offer(committed, self.core.height)
+        return self._carry(outputs)
 
     def handle_timeout(self, timeout: Timeout) -> list[Output]:
         return self._carry(self.core.on_timeout(timeout))
