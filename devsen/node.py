@@ -70,7 +70,7 @@ class NodeIngest:
         if earlier is not None:
             reply, error_code = earlier
             if reply is None:
-                raise IngestRejected(f"the ledger refused this message earlier ({error_code})")
+                raise IngestRejected(f"the ledger refused this message earlier ({error_code})", code=error_code)
             return IngestResult(reply, event.event_id, None, duplicate=True)
         try:
             receipt = await self.service.submit(event.to_bytes(), timeout_s=self.commit_timeout_s)
@@ -83,7 +83,7 @@ class NodeIngest:
             raise IngestOverloaded("committed, but its result is no longer in memory; retry")
         height, result = found
         if result.reply is None:
-            raise IngestRejected(f"the ledger refused this message ({result.error_code})")
+            raise IngestRejected(f"the ledger refused this message ({result.error_code})", code=result.error_code)
         return IngestResult(result.reply, event.event_id, receipt.height, duplicate=result.duplicate,
                             notes={"anomalies": list(result.anomalies)} if result.anomalies else {})
 

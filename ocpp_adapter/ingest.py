@@ -18,7 +18,15 @@ class IngestOverloaded(Exception):
 
 
 class IngestRejected(Exception):
-    """The ingest side refuses this event for good (e.g. charger not registered)."""
+    """The ingest side refuses this event for good (e.g. charger not registered).
+
+    `code` is the OCPP CALLERROR code to answer with (e.g. "NotSupported"); None means
+    GenericError.
+    """
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True, slots=True)

@@ -442,7 +442,7 @@ class OcppServer:
         except IngestOverloaded as exc:
             return fail(errors.INTERNAL_ERROR, f"node overloaded, retry later: {exc}")
         except IngestRejected as exc:
-            return fail(errors.GENERIC_ERROR, f"rejected: {exc}")
+            return fail(exc.code or errors.GENERIC_ERROR, f"rejected: {exc}")
         except SubmissionFailed as exc:
             return fail(errors.INTERNAL_ERROR, f"no decision, retry later: {exc}")
         try:

@@ -1,0 +1,131 @@
+"""NodeApplication (the consensus application) with a static chain: validation, apply, batches,
+attestations and quorums. Unit tests of one layer: the chain is a fake here; the e2e tests
+run the same code against anvil."""
+
+from __future__ import annotations
+
+import pytest
+
+from anchoring.attestations import AnchorBatch, attest, decode_attestation
+from anchoring.batches import BatchPolicy
+from anchoring.proofs import AnchorIndex
+from consensus.signing import ZERO_HASH, Domain, SigningKey
+from consensus.types import Block, CommitCertificate
+from devsen.app import (
+    AppHeaderError,
+    AppSettings,
+    NodeApplication,
+    decode_app_header,
+    encode_app_header,
+)
+from devsen.ledger import DeviceInfo, IdTagInfo, Ledger, StaticChainView, Tariff
+from ocpp_adapter.events import ChargerEvent
+
+KEYS = [SigningKey(bytes([i]) * 32) for i in range(1, 5)]
+VALIDATORS = tuple(sorted(k.address for k in KEYS))
+ANCHOR = Domain(31337, b"\x0a" * 20)
+ESCROW = Domain(31337, b"\x0e" * 20)
+CERT = CommitCertificate.__new__(CommitCertificate)  # apply_block does not read it
+
+
+class StaticChain:
+    """Ethereum blocks 0..head with fixed hashes and one static view."""
+
+    def __init__(self, head: int = 10) -> None:
+        self.head_number = head
+        self.view = StaticChainView(
+            devices={"CP-1": DeviceInfo(b"\x01" * 32, "0x" + "11" * 20, 2, Tariff(300_000))},
+            id_tags={"TAG-1": IdTagInfo("0x" + "22" * 20)},
+        )
+
+    def head(self) -> int:
+        return self.head_number
+
+    def block_hash(self, number: int) -> bytes:
+        return number.to_bytes(32, "big")
+
+    def view_at(self, number: int) -> StaticChainView:
+        return self.view
+
+
+def make_app(tmp_path, key: SigningKey = KEYS[0], every_blocks: int = 2):
+    own: list[bytes] = []
+    committed_own: list[bytes] = []
+    quorums = []
+    app = NodeApplication(
+        AppSettings(key, VALIDATORS, ANCHOR, ESCROW, BatchPolicy(every_blocks=every_blocks, every_ms=10**9), 2),
+        StaticChain(), Ledger(), AnchorIndex(tmp_path / "anchors.sqlite"),
+        on_own_attestation=own.append, on_own_committed=committed_own.append, on_quorum=quorums.append)
+    return app, own, committed_own, quorums
+
+
+def event(message_id: str, action: str = "BootNotification", payload: dict | None = None) -> bytes:
+    body = payload if payload is not None else {"chargePointVendor": "V", "chargePointModel": "M"}
+    return ChargerEvent("CP-1", "1.6", action, message_id, body, "node-1", 1_700_000_000_000).to_bytes()
+
+
+def block(app: NodeApplication, height: int, payloads: tuple[bytes, ...], eth_block: int = 5) -> Block:
+    return Block(height, 1_700_000_000_000 + height * 1000, KEYS[0].address, ZERO_HASH, ZERO_HASH, payloads,
+                 encode_app_header(eth_block, eth_block.to_bytes(32, "big")))
+
+
+def test_app_header_round_trip_and_strictness():
+    header = encode_app_header(7, b"\x07" * 32)
+    assert decode_app_header(header) == (7, b"\x07" * 32)
+    for bad in (b"", b"\xc0", header + b"\x00", encode_app_header(7, b"\x07" * 32)[:-1]):
+        with pytest.raises(AppHeaderError):
+            decode_app_header(bad)
+
+
+def test_proposed_header_names_a_confirmed_block_and_never_goes_back(tmp_path):
+    app, *_ = make_app(tmp_path)
+    assert decode_app_header(app.propose_app_header(1))[0] == 10 - 2
+    app.last_eth_block = 9
+    assert decode_app_header(app.propose_app_header(2))[0] == 9
+
+
+def test_validation_rejects_garbage_foreign_and_backward_blocks(tmp_path):
+    app, *_ = make_app(tmp_path)
+    assert app.validate_block(block(app, 1, (event("m1"),)))
+    assert not app.validate_block(block(app, 1, (b"\x01garbage",)))
+    assert not app.validate_block(block(app, 1, (event("m1")[:-1],)))
+    assert not app.validate_block(block(app, 1, (), eth_block=11))  # beyond the chain head here
+    wrong_hash = Block(1, 1, KEYS[0].address, ZERO_HASH, ZERO_HASH, (), encode_app_header(5, b"\xff" * 32))
+    assert not app.validate_block(wrong_hash)
+    outsider = SigningKey(b"\x09" * 32)
+    foreign = attest(AnchorBatch(0, b"\x01" * 32, 1, 1, 1), outsider, ANCHOR).encode()
+    assert not app.validate_block(block(app, 1, (foreign,)))
+    forged = bytearray(attest(AnchorBatch(0, b"\x01" * 32, 1, 1, 1), KEYS[1], ANCHOR).encode())
+    forged[-5] ^= 1
+    assert not app.validate_block(block(app, 1, (bytes(forged),)))
+    app.apply_block(block(app, 1, (), eth_block=6), CERT)
+    assert not app.validate_block(block(app, 2, (), eth_block=5))  # Ethereum read block went back
+
+
+def test_apply_answers_events_closes_batches_and_collects_a_quorum(tmp_path):
+    for path in (tmp_path / f"n{i}" for i in range(4)):
+        path.mkdir()
+    apps = [make_app(tmp_path / f"n{i}", key) for i, key in enumerate(KEYS)]
+    payloads = (event("m1"), event("m2", "Heartbeat", {}))
+    hashes = {app.apply_block(block(app, 1, payloads), CERT) for app, *_ in apps}
+    assert len(hashes) == 1  # every node reaches the same state
+    app, own, committed_own, quorums = apps[0]
+    first_id = ChargerEvent.from_bytes(payloads[0]).event_id
+    height, result = app.result_for(first_id)
+    assert height == 1 and result.reply["status"] == "Accepted"
+    assert app.event_for_message("CP-1", "m2") == ChargerEvent.from_bytes(payloads[1]).event_id
+    assert not own  # the batch needs 2 blocks
+    for node, *_ in apps:
+        node.apply_block(block(node, 2, ()), CERT)
+    attestations = [outbox[0] for _, outbox, _, _ in apps]
+    assert all(len(outbox) == 1 for _, outbox, _, _ in apps)
+    batch = decode_attestation(attestations[0]).subject
+    assert isinstance(batch, AnchorBatch) and batch.batch_id == 0 and batch.event_count == 2
+    # Three of four attestations committed in block 3 reach the quorum on every node.
+    for node, _, _, node_quorums in apps:
+        node.apply_block(block(node, 3, tuple(attestations[:3])), CERT)
+        assert len(node_quorums) == 1 and node_quorums[0].subject == batch
+    assert committed_own == [attestations[0]]
+    # A late fourth attestation is ignored quietly: no second quorum, no error.
+    app.apply_block(block(app, 4, (attestations[3],)), CERT)
+    assert app.counters["attestations_ignored"] == 0 and len(quorums) == 1
