@@ -16,11 +16,14 @@ auditor's `audit replay`). On committed blocks both give the same events.
 
 from __future__ import annotations
 
+import inspect
 import sqlite3
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
+
+import trio
 
 from anchoring.attestations import AnchorBatch
 from anchoring.batches import BuilderState, batch_event_ids
@@ -205,6 +208,7 @@ class ProofService:
         self.anchor_address = anchor_address
         self.extract = extract
         self._trees: OrderedDict[int, MerkleTree] = OrderedDict()
+        self._build_lock = trio.Lock()
 
     def _committed(self, height: int) -> CommittedBlock:
         committed = self.blocks.get(height)
@@ -216,15 +220,41 @@ class ProofService:
         """The batch's Merkle tree, rebuilt from its blocks (and cached, bounded)."""
         tree = self._trees.get(batch.batch_id)
         if tree is None:
-            blocks = [batch_block(self._committed(h).block, self.extract)
-                      for h in range(batch.first_height, batch.last_height + 1)]
-            tree = MerkleTree(batch_event_ids(blocks))
-            if tree.root != batch.root:
-                raise AssertionError(f"batch {batch.batch_id} rebuilt from the block store has another root")
-            self._trees[batch.batch_id] = tree
-            while len(self._trees) > TREE_CACHE_SIZE:
-                self._trees.popitem(last=False)
+            blocks = [self._batch_block(h) for h in range(batch.first_height, batch.last_height + 1)]
+            tree = self._cache(batch, MerkleTree(batch_event_ids(blocks)))
         self._trees.move_to_end(batch.batch_id)
+        return tree
+
+    async def warm_tree(self, batch: AnchorBatch) -> None:
+        """Build and cache the batch's tree without stalling the event loop: one checkpoint per
+        block read, the hashing in a worker thread, one build at a time."""
+        async with self._build_lock:
+            if batch.batch_id in self._trees:
+                return
+            blocks = []
+            for height in range(batch.first_height, batch.last_height + 1):
+                blocks.append(self._batch_block(height))
+                await trio.lowlevel.checkpoint()
+            tree = await trio.to_thread.run_sync(MerkleTree, batch_event_ids(blocks))
+            self._cache(batch, tree)
+
+    async def event_proof_async(self, event_id: bytes) -> dict[str, Any]:
+        """`event_proof` for a trio server: a cold batch tree is built by `warm_tree` first."""
+        height = self.index.height_of(event_id) if len(event_id) == 32 else None
+        batch = self.index.batch_covering(height) if height is not None else None
+        if batch is not None:
+            await self.warm_tree(batch)
+        return self.event_proof(event_id)
+
+    def _batch_block(self, height: int) -> BatchBlock:
+        return batch_block(self._committed(height).block, self.extract)
+
+    def _cache(self, batch: AnchorBatch, tree: MerkleTree) -> MerkleTree:
+        if tree.root != batch.root:
+            raise AssertionError(f"batch {batch.batch_id} rebuilt from the block store has another root")
+        self._trees[batch.batch_id] = tree
+        while len(self._trees) > TREE_CACHE_SIZE:
+            self._trees.popitem(last=False)
         return tree
 
     def event_proof(self, event_id: bytes) -> dict[str, Any]:
@@ -301,7 +331,7 @@ def http_routes(service: ProofService) -> dict[str, RouteHandler]:
     """GET route templates -> handlers `(params) -> (status, json body)` for the node's HTTP API.
 
     404: unknown event, block or batch; 409: the event's batch has not closed yet (retry);
-    400: malformed id. Building a batch tree runs in the request (cached for the next ones).
+    400: malformed id. A batch tree not in the cache is built without stalling the event loop.
     """
 
     async def event_proof(params: dict[str, str]) -> tuple[int, Any]:
@@ -309,25 +339,29 @@ def http_routes(service: ProofService) -> dict[str, RouteHandler]:
             event_id = unhex(params["event_id"], 32)
         except ValueError as exc:
             return 400, {"error": f"bad event id: {exc}"}
-        return _answer(lambda: service.event_proof(event_id))
+        return await _answer(lambda: service.event_proof_async(event_id))
 
     async def block(params: dict[str, str]) -> tuple[int, Any]:
         if not params["height"].isdigit():
             return 400, {"error": "height must be a decimal integer"}
-        return _answer(lambda: service.block_document(int(params["height"])))
+        return await _answer(lambda: service.block_document(int(params["height"])))
 
     async def batch(params: dict[str, str]) -> tuple[int, Any]:
         if not params["batch_id"].isdigit():
             return 400, {"error": "batch id must be a decimal integer"}
-        return _answer(lambda: service.batch_document(int(params["batch_id"])))
+        return await _answer(lambda: service.batch_document(int(params["batch_id"])))
 
     return {"/v1/events/{event_id}/proof": event_proof, "/v1/blocks/{height}": block,
             "/v1/batches/{batch_id}": batch}
 
 
-def _answer(build: Callable[[], dict[str, Any]]) -> tuple[int, Any]:
+async def _answer(build: Callable[[], Any]) -> tuple[int, Any]:
+    """200 with the document `build()` returns (awaited if need be); 409 / 404 for not ready / unknown."""
     try:
-        return 200, build()
+        document = build()
+        if inspect.isawaitable(document):
+            document = await document
+        return 200, document
     except ProofNotReady as exc:
         return 409, {"error": str(exc)}
     except ProofNotFound as exc:

@@ -136,6 +136,25 @@ def test_proof_service_errors_and_routes(local: LocalChain):
     assert trio.run(lambda: call("/v1/events/{event_id}/proof", event_id="0x" + late.event_id.hex()))[0] == 409
     assert trio.run(lambda: call("/v1/events/{event_id}/proof", event_id="0x12"))[0] == 400
     assert trio.run(lambda: call("/v1/blocks/{height}", height="999"))[0] == 404
+    first = local.events[0]
+    status, body = trio.run(lambda: call("/v1/events/{event_id}/proof", event_id="0x" + first.event_id.hex()))
+    assert status == 200 and body == local.service.event_proof(first.event_id)
+
+    async def concurrent_cold_requests() -> dict[str, dict]:
+        local.service._trees.clear()  # every batch cold: the requests share one build per batch
+        documents: dict[str, dict] = {}
+
+        async def request(event: ChargerEvent) -> None:
+            documents["0x" + event.event_id.hex()] = await local.service.event_proof_async(event.event_id)
+
+        async with trio.open_nursery() as nursery:
+            for event in local.events[:6]:
+                nursery.start_soon(request, event)
+        return documents
+
+    documents = trio.run(concurrent_cold_requests)
+    assert all(documents[k] == local.service.event_proof(bytes.fromhex(k[2:])) for k in documents)
+    assert len(documents) == 6
     status, body = trio.run(lambda: call("/v1/batches/{batch_id}", batch_id="1"))
     assert status == 200 and body["batch"]["first_height"] == 4
     assert events_in_payload(b"\xa1junk") == [] and events_in_payload(b"\x98junk") == [b"\x98junk"]
