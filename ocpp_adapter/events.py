@@ -8,6 +8,7 @@ from the same event. Anchoring proves these bytes; the ledger replays them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import msgpack
@@ -54,12 +55,13 @@ def canonical_bytes(value: Any) -> bytes:
     return msgpack.packb(canonical_value(value), use_bin_type=True)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ChargerEvent:
     """One charger-to-CSMS call, as received by one node.
 
     `payload` is the OCPP payload as the charger sent it (camelCase keys, plain JSON types).
     `ingress_node` names the node that received it; `received_at_ms` is that node's clock.
+    The event is immutable (do not mutate `payload`): its bytes and ids are computed once.
     """
 
     charger_id: str
@@ -82,6 +84,10 @@ class ChargerEvent:
 
     def to_bytes(self) -> bytes:
         """The canonical encoding; the same event always gives the same bytes."""
+        return self._encoded
+
+    @cached_property
+    def _encoded(self) -> bytes:
         data = canonical_bytes(
             [
                 ENCODING_VERSION,
@@ -98,12 +104,12 @@ class ChargerEvent:
             raise EventEncodingError(f"event is {len(data)} bytes, limit {MAX_EVENT_BYTES}")
         return data
 
-    @property
+    @cached_property
     def event_id(self) -> bytes:
         """keccak-256 of the canonical bytes: the event's identity in mempool, blocks and proofs."""
         return keccak256(self.to_bytes())
 
-    @property
+    @cached_property
     def dedup_key(self) -> bytes:
         """Identity of the *charger message*, independent of which node received it or when.
 
