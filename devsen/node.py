@@ -34,6 +34,7 @@ from devsen.app import AppSettings, NodeApplication
 from devsen.chain_view import ChainChargerRegistry, ContractChainAccess, SessionIndex
 from devsen.config import ConfigError, NodeConfig
 from devsen.consensus_service import (
+    AlreadyCommitted,
     CommitTimeout,
     ConsensusOverloaded,
     ConsensusService,
@@ -78,6 +79,11 @@ class NodeIngest:
             raise IngestOverloaded(str(exc)) from exc
         except CommitTimeout as exc:
             raise IngestOverloaded(f"not committed yet, retry the same message: {exc}") from exc
+        except AlreadyCommitted as exc:
+            found = self.app.result_for(event.event_id)
+            if found is None or found[1].reply is None:
+                raise IngestRejected(f"this exact event was committed long ago: {exc}") from exc
+            return IngestResult(found[1].reply, event.event_id, found[0], duplicate=True)
         found = self.app.result_for(event.event_id)
         if found is None:
             raise IngestOverloaded("committed, but its result is no longer in memory; retry")
@@ -118,6 +124,8 @@ class AttestationOutbox:
             payload = next(iter(self.pending))
             try:
                 await service.submit(payload, timeout_s=30.0)
+                self.pending.pop(payload, None)
+            except AlreadyCommitted:
                 self.pending.pop(payload, None)
             except (ConsensusOverloaded, CommitTimeout, ValueError) as exc:
                 log.warning("own attestation not committed yet (%s); retrying", exc)
