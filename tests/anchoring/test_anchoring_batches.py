@@ -6,6 +6,8 @@ import msgpack
 import pytest
 from eth_account import Account
 from eth_account.messages import encode_typed_data
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from anchoring.attestations import (
     ANCHOR_ATTESTATION_TAG,
@@ -223,3 +225,21 @@ def test_submitter_order_rotates_by_batch_id():
     assert submitter_order(VALIDATORS, AnchorBatch(5, ZERO_ROOT, 1, 1, 0)) == ordered[1:] + ordered[:1]
     order = submitter_order(reversed(VALIDATORS), SETTLEMENT)  # input order does not matter
     assert sorted(order) == ordered and order == submitter_order(VALIDATORS, SETTLEMENT)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(
+    st.binary(max_size=300),
+    st.builds(lambda tag, body: bytes([tag]) + body,
+              st.sampled_from([ANCHOR_ATTESTATION_TAG, SETTLEMENT_ATTESTATION_TAG]), st.binary(max_size=250)),
+    st.builds(lambda tag, fields: bytes([tag]) + msgpack.packb(fields, use_bin_type=True),
+              st.sampled_from([ANCHOR_ATTESTATION_TAG, SETTLEMENT_ATTESTATION_TAG]),
+              st.lists(st.one_of(st.integers(-2**63, 2**64 - 1), st.binary(max_size=70), st.text(max_size=5),
+                                 st.booleans(), st.none()), max_size=9)),
+))
+def test_decoder_only_ever_raises_attestation_error(data):
+    try:
+        attestation = decode_attestation(data)
+    except AttestationError:
+        return
+    assert attestation.encode() == data  # whatever decodes is canonical

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from anchoring.merkle import (
     ZERO_ROOT,
@@ -172,3 +174,16 @@ def test_hundred_thousand_leaves_build_and_proofs():
         assert verify_inclusion(event_ids[index], proof, tree.root)
     assert len(tree.proof(0).siblings) == 17 and len(tree.proof(99_999).siblings) == 10
     assert tree.root == reference_root([leaf_hash(e) for e in event_ids])
+
+
+@settings(max_examples=150, deadline=None)
+@given(size=st.integers(1, 300), seed=st.integers(0, 2**32), data=st.data())
+def test_every_proof_matches_the_reference_root(size, seed, data):
+    ids = [keccak256(b"%d:%d" % (seed, i)) for i in range(size)]
+    tree = MerkleTree(ids)
+    assert tree.root == reference_root([leaf_hash(e) for e in ids])
+    index = data.draw(st.integers(0, size - 1))
+    proof = tree.proof(index)
+    assert root_from_proof(ids[index], proof) == tree.root
+    other = data.draw(st.integers(0, size - 1))
+    assert verify_inclusion(ids[other], proof, tree.root) == (other == index)
