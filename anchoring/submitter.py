@@ -44,6 +44,7 @@ SETTLEMENT = "settlement"
 SESSION_NONE, SESSION_OPEN, SESSION_SETTLED, SESSION_REFUNDED = 0, 1, 2, 3
 MAX_PENDING_JOBS = 10_000
 MAX_DONE_JOBS_KEPT = 1_000
+MAX_SETTLEMENT_CHECKS_PER_ROUND = 64  # each costs 1-2 reads; the least recently checked go first
 
 T = TypeVar("T")
 
@@ -110,6 +111,7 @@ class Job:
     added_at: float  # wall clock, seconds
     ready_since: float | None = None  # trio clock: when it last became submittable
     last_sent: float | None = None  # trio clock: when this node last sent it
+    last_checked: float = float("-inf")  # trio clock: when its chain state was last read
     sends: int = 0
 
     @property
@@ -275,7 +277,10 @@ class Submitter:
             confirmed_next = await self._call(self.chain.next_batch_id, confirmed) if confirmed >= 0 else 0
             for job in anchors:
                 await self._advance_anchor(job, next_id, confirmed_next, confirmed)
-        for job in [j for j in self._jobs.values() if j.kind == SETTLEMENT]:
+        settlements = sorted((j for j in self._jobs.values() if j.kind == SETTLEMENT),
+                             key=lambda j: j.last_checked)[:MAX_SETTLEMENT_CHECKS_PER_ROUND]
+        for job in settlements:
+            job.last_checked = trio.current_time()
             await self._advance_settlement(job, confirmed)
 
     async def _advance_anchor(self, job: Job, next_id: int, confirmed_next: int, confirmed: int) -> None:

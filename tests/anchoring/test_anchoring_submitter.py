@@ -16,6 +16,7 @@ import trio.testing
 from anchoring.attestations import AnchorBatch, Settlement
 from anchoring.batches import Quorum, submitter_order
 from anchoring.submitter import (
+    MAX_SETTLEMENT_CHECKS_PER_ROUND,
     SESSION_OPEN,
     SESSION_REFUNDED,
     ChainUnavailable,
@@ -47,6 +48,7 @@ class FakeChain:
         self.states: list[tuple[tuple[AnchorBatch, ...], dict[bytes, SessionState]]] = [((), {})]
         self.down = False
         self.sent: list[tuple[bytes, object]] = []  # (sender, subject) of every accepted tx
+        self.session_reads = 0
 
     def _state(self, block: int | None):
         self._check()
@@ -80,6 +82,7 @@ class FakeChain:
         return batches[batch_id] if batch_id < len(batches) else None
 
     async def session_state(self, session_id: bytes, block: int | None = None) -> SessionState:
+        self.session_reads += 1
         return self._state(block)[1].get(session_id, SessionState(0))
 
     def sender(self, submitter: Submitter) -> FakeSender:
@@ -259,3 +262,25 @@ async def test_observer_never_sends_and_bound_on_pending():
     for _ in range(3):
         await observer.run_round()
     assert chain.sent == [] and len(observer.pending()) == 1
+
+
+@pytest.mark.parametrize("trio_clock", [trio.testing.MockClock(autojump_threshold=0)])
+async def test_many_pending_settlements_are_checked_in_bounded_rounds(trio_clock):
+    chain = FakeChain()
+    sessions = [keccak256(b"s%d" % i) for i in range(150)]
+    chain.states[-1] = ((), {s: SessionState(SESSION_OPEN) for s in sessions})
+    chain.mine(3)
+    nodes = [make(chain, v) for v in VALIDATORS]
+    for node in nodes:
+        for session in sessions:
+            await node.add(quorum(Settlement(session, 10, 5)))
+    before = chain.session_reads
+    await nodes[0].run_round()
+    assert chain.session_reads - before <= 2 * MAX_SETTLEMENT_CHECKS_PER_ROUND
+    async with trio.open_nursery() as nursery:
+        for node in nodes:
+            nursery.start_soon(node.run)
+        await run_until(lambda: all(not n.pending() for n in nodes), chain, 600)
+        nursery.cancel_scope.cancel()
+    assert sorted(s.session_id for _, s in chain.sent) == sorted(sessions)  # each settled once
+    assert all(n.status()["done"] == {"settled": 150} for n in nodes)
