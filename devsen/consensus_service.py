@@ -287,8 +287,9 @@ class ConsensusService:
     # ------------------------------------------------------------------ the driver
 
     def _push_timer(self, timeout: Timeout, duration_ms: int) -> None:
-        self._timers = [t for t in self._timers if t[2].height >= self.core.height] if len(self._timers) >= MAX_TIMERS // 2 else self._timers
-        heapq.heapify(self._timers)
+        if len(self._timers) >= MAX_TIMERS // 2:  # drop timers of decided heights
+            self._timers = [t for t in self._timers if t[2].height >= self.core.height]
+            heapq.heapify(self._timers)
         assert len(self._timers) < MAX_TIMERS, "timer heap bound"
         self._timer_seq += 1
         heapq.heappush(self._timers, (trio.current_time() + duration_ms / 1000, self._timer_seq, timeout))
@@ -369,7 +370,16 @@ class ConsensusService:
             if net is not None:
                 net.broadcast_consensus(output.data)
         elif isinstance(output, SendTo):
-            if net is not None and isinstance(output.peer, bytes) and output.peer in net.directory:
+            if (
+                isinstance(output.message, CommittedBlock)
+                and output.message.height >= self.core.height - 1
+            ):
+                # A vote of the height we just decided arrived late: its sender is usually
+                # just slower, not stuck, and a whole block per late vote costs more than the
+                # rest of the height. A peer that is really stuck sees f+1 validators ahead and
+                # fetches the block by sync.
+                self.counters["recent_block_not_pushed"] += 1
+            elif net is not None and isinstance(output.peer, bytes) and output.peer in net.directory:
                 net.links.send_to(output.peer, output.data)
         elif isinstance(output, ScheduleTimeout):
             self._push_timer(output.timeout, output.duration_ms)

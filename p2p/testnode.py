@@ -137,6 +137,28 @@ async def _run_consensus(config: dict[str, Any]) -> None:
         assert net is not None
         emit("ready", peer_id=net.running.peer_id.to_base58(), addrs=net.running.listen_addrs(),
              address=keys.validator_address.hex(), height=service.height)
+        lags: list[float] = []
+        import gc
+
+        gc_started = [0.0]
+        gc_pauses: list[float] = []
+
+        def on_gc(phase: str, info: dict[str, Any]) -> None:
+            if phase == "start":
+                gc_started[0] = time.perf_counter()
+            else:
+                gc_pauses.append(time.perf_counter() - gc_started[0])
+                del gc_pauses[:-1000]
+
+        gc.callbacks.append(on_gc)
+
+        async def watch_loop_lag() -> None:
+            """Scheduling delay of a 10 ms sleep: how busy this node's event loop is."""
+            while True:
+                asked = trio.current_time()
+                await trio.sleep(0.01)
+                lags.append(trio.current_time() - asked - 0.01)
+                del lags[:-1000]
 
         async def submit_one(payload: bytes, results: list[Any], index: int) -> None:
             started = time.monotonic()
@@ -170,7 +192,10 @@ async def _run_consensus(config: dict[str, Any]) -> None:
                         nursery.start_soon(submit_one, payload, results, index)
                 emit("loaded", id=command.get("id"), results=results)
             elif cmd == "stats":
-                emit("stats", **service.stats())
+                ordered = sorted(lags) or [0.0]
+                emit("stats", gc_ms_max=round(1000 * max(gc_pauses, default=0.0), 1), gc_count=len(gc_pauses),
+                     loop_lag_ms_p50=round(1000 * ordered[len(ordered) // 2], 1),
+                     loop_lag_ms_max=round(1000 * ordered[-1], 1), **service.stats())
             elif cmd == "chain":
                 hashes = []
                 for height in range(int(command["from"]), int(command["to"]) + 1):
@@ -178,7 +203,10 @@ async def _run_consensus(config: dict[str, Any]) -> None:
                     hashes.append(committed.block.hash.hex() if committed else None)
                 emit("chain", hashes=hashes)
 
-        await _read_commands(handle)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch_loop_lag)
+            await _read_commands(handle)
+            nursery.cancel_scope.cancel()
 
 
 async def _run_p2p(config: dict[str, Any]) -> None:
