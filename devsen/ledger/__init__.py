@@ -10,6 +10,8 @@ from devsen.ledger.chain import (
     StaticChainView,
     Tariff,
     id_tag_hash,
+    is_session_token,
+    session_token,
 )
 from devsen.ledger.ledger import (
     BlockOutcome,
@@ -40,4 +42,6 @@ __all__ = [
     "StaticChainView",
     "Tariff",
     "id_tag_hash",
+    "is_session_token",
+    "session_token",
 ]

@@ -101,6 +101,25 @@ def id_tag_hash(id_tag: str) -> bytes:
     return keccak256(id_tag.encode("utf-8"))
 
 
+SESSION_TOKEN_PREFIX = "S"
+SESSION_TOKEN_HEX_DIGITS = 19  # "S" + 19 hex digits = 20 characters, an OCPP 1.6 CiString20
+
+
+def session_token(session_id: bytes) -> str:
+    """The idTag a node sends in a remote start for an escrow session: "S" + the first 19
+    lowercase hex digits of its id (1.6 idTag; 2.0.1 idToken of type Central)."""
+    if len(session_id) != 32:
+        raise ValueError("session_id must be 32 bytes")
+    return SESSION_TOKEN_PREFIX + session_id.hex()[:SESSION_TOKEN_HEX_DIGITS]
+
+
+def is_session_token(id_tag: str) -> bool:
+    """Whether `id_tag` has the shape of a session token (it may still match no open session)."""
+    digits = id_tag[len(SESSION_TOKEN_PREFIX):]
+    return (id_tag.startswith(SESSION_TOKEN_PREFIX) and len(digits) == SESSION_TOKEN_HEX_DIGITS
+            and all(c in "0123456789abcdef" for c in digits))
+
+
 class ChainView(Protocol):
     """Read-only on-chain facts at one Ethereum block. Must not change while a block applies."""
 

@@ -10,6 +10,8 @@ Policies (see also LEDGER.md):
   valid on chain and an open escrow session exists for this chargeBoxId, connector (1.6) or
   EVSE (2.0.1) and idTag hash. Otherwise 1.6 StartTransaction answers idTagInfo Blocked and
   2.0.1 answers idTokenInfo NoCredit (Invalid/Expired/Blocked when the idTag itself is bad).
+  The session token of an open escrow session (`session_token`, sent in remote starts)
+  counts as a valid idTag for that session's charger and connector and binds that session.
 - Amount = energy_wh * price_per_kwh // 1000 + whole_minutes * per_minute_fee, both rounded
   down (in the driver's favour), capped at the deposit. Minutes run from the later of the
   charger's start time and the escrow opening to the earlier of the charger's stop time and
@@ -26,7 +28,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from devsen.ledger.chain import BlockContext, ChainView, DeviceInfo, EscrowSession, id_tag_hash
+from devsen.ledger.chain import (
+    BlockContext,
+    ChainView,
+    DeviceInfo,
+    EscrowSession,
+    id_tag_hash,
+    is_session_token,
+    session_token,
+)
 from devsen.ledger.parse import (
     MAX_METER_WH,
     MAX_TIMESTAMP_MS,
@@ -428,15 +438,19 @@ class Ledger:
         self._sessions.put(key, session)
         self._by_escrow[escrow.session_id] = key
 
-    def _find_escrow(self, step: _Step, connector_id: int, tag_hash: bytes) -> EscrowSession | None:
-        """The oldest open escrow session for this charger, connector and idTag not yet in use."""
+    def _find_escrow(self, step: _Step, connector_id: int, tag: str) -> EscrowSession | None:
+        """The oldest open escrow session for this charger, connector and idTag not yet in use.
+
+        The idTag matches a session by its hash, or by being the session's token (remote start).
+        """
+        tag_hash = id_tag_hash(tag)
         candidates = sorted(
             (
                 s
                 for s in step.chain.open_escrow_sessions(step.event.charger_id)
                 if s.charge_box_id == step.event.charger_id
                 and s.connector_id == connector_id
-                and s.id_tag_hash == tag_hash
+                and (s.id_tag_hash == tag_hash or self._is_token_of(tag, s))
                 and s.session_id not in self._by_escrow
                 and s.session_id not in self._pending
             ),
@@ -551,9 +565,25 @@ class Ledger:
 
     # ----------------------------------------------------------------- authorization
 
-    def _tag_status(self, step: _Step, tag_hash: bytes) -> tuple[str, int]:
-        """(Accepted | Invalid | Expired | Blocked, expiry in s or 0) from the on-chain registry."""
-        info = step.chain.id_tag(tag_hash)
+    @staticmethod
+    def _is_token_of(tag: str, escrow: EscrowSession) -> bool:
+        """Whether `tag` is the session token of this escrow session."""
+        return is_session_token(tag) and session_token(escrow.session_id) == tag
+
+    def _tag_status(self, step: _Step, tag: str, connector_id: int | None = None) -> tuple[str, int]:
+        """(Accepted | Invalid | Expired | Blocked, expiry in s or 0) for an idTag at this charger.
+
+        The session token of an open escrow session for this charger (and connector, when
+        known) is Accepted without expiry; any other idTag is looked up in the on-chain registry.
+        """
+        if is_session_token(tag) and any(
+            s.charge_box_id == step.event.charger_id
+            and (connector_id is None or s.connector_id == connector_id)
+            and self._is_token_of(tag, s)
+            for s in step.chain.open_escrow_sessions(step.event.charger_id)
+        ):
+            return "Accepted", 0
+        info = step.chain.id_tag(id_tag_hash(tag))
         if info is None:
             return "Invalid", 0
         if info.revoked:
@@ -621,7 +651,7 @@ class Ledger:
     def _authorize(self, step: _Step, payload: dict[str, Any]) -> dict[str, Any]:
         tag = self._id_tag(step, payload)
         assert tag is not None
-        status, expiry_s = self._tag_status(step, id_tag_hash(tag))
+        status, expiry_s = self._tag_status(step, tag)
         if self._registered(step) is None:
             status = "Invalid"
         return self._tag_info(step, status, expiry_s)
@@ -711,7 +741,7 @@ class Ledger:
         if not 0 <= meter_wh <= MAX_METER_WH:
             self._anomaly(step, BAD_METER, f"meter reading {meter_wh} Wh out of range")
             return "Invalid", 0
-        status, expiry_s = self._tag_status(step, id_tag_hash(tag))
+        status, expiry_s = self._tag_status(step, tag, connector)
         if status != "Accepted":
             return status, expiry_s
         if self._connector_busy(step, connector):
@@ -720,7 +750,7 @@ class Ledger:
         if problem is not None:
             self._anomaly(step, CAPACITY, problem)
             return "Blocked", expiry_s
-        escrow = self._find_escrow(step, connector, id_tag_hash(tag))
+        escrow = self._find_escrow(step, connector, tag)
         if escrow is None:
             return "Blocked", expiry_s  # no prepayment: 1.6 has no NoCredit status
         self._open_session(
@@ -737,7 +767,7 @@ class Ledger:
         meter_stop = req_int(payload, "meterStop")
         stop_text = req_str(payload, "timestamp", max_len=64)
         tag = get_str(payload, "idTag", max_len=20, required=False)
-        reply = {} if tag is None else self._tag_info(step, *self._tag_status(step, id_tag_hash(tag)))
+        reply = {} if tag is None else self._tag_info(step, *self._tag_status(step, tag))
         key = (step.event.charger_id, str(tx))
         if not self._is_open(step, key):
             self._transaction_unknown(step, key)
@@ -813,13 +843,13 @@ class Ledger:
         session = self._sessions.get(key)
         assert session is not None
         tag_hash = id_tag_hash(tag)
-        status, _ = self._tag_status(step, tag_hash)
+        status, _ = self._tag_status(step, tag, session.connector_id)
         if session.bound:
             return status if session.id_tag_hash != tag_hash else "Accepted"
         if status != "Accepted":
             return status
         device = step.chain.device(key[0])
-        escrow = self._find_escrow(step, session.connector_id, tag_hash)
+        escrow = self._find_escrow(step, session.connector_id, tag)
         if device is None or escrow is None:
             return "NoCredit"
         self._bind(key, escrow, device, tag_hash, self._event_time_ms(step, time_text))
