@@ -11,6 +11,10 @@ proof and tree timings, and the time from a quorum to a batch anchored at depth.
   committed blocks: cold; then cached: warm), and the size of the JSON proof document.
 - Quorum -> anchored: 4 submitters on anvil mining a block every second, confirmation
   depth 2: seconds from `Submitter.add` until the batch counts as anchored (5 batches).
+- Commit -> anchored on a real devnet (anvil with 1 s blocks, 4 `devsen node` processes,
+  batches every 5 blocks or 5 s, confirmation depth from the devnet config): a charger's
+  Heartbeat is answered (= committed), then the seconds until its proof is served and
+  until its batch root is on chain, at the head and 2 blocks deep.
 
 Writes bench/results/anchor.json. Run: `.venv/bin/python bench/anchor_figures.py`.
 """
@@ -36,7 +40,7 @@ from anchoring_world import KEYS, Net, charger_event  # noqa: E402 (test fixture
 from anchoring.attestations import AnchorBatch  # noqa: E402
 from anchoring.batches import BatchBuilder, BatchPolicy, BuilderState  # noqa: E402
 from anchoring.chain import connect  # noqa: E402
-from anchoring.chain.anvil import running_anvil  # noqa: E402
+from anchoring.chain.anvil import running_anvil, start_anvil  # noqa: E402
 from anchoring.merkle import MerkleTree, root_from_proof  # noqa: E402
 from anchoring.onchain import OnChain  # noqa: E402
 from anchoring.proofs import AnchorIndex, ProofService, batch_block, block_event_ids  # noqa: E402
@@ -162,6 +166,64 @@ async def quorum_to_anchored(net: Net, directory: Path) -> list[float]:
     return seconds
 
 
+async def commit_to_anchored_on_devnet(directory: Path, samples: int = 5) -> list[dict[str, float]]:
+    from anchoring.audit import ChainReader
+    from devsen.demo_charger import connect_demo_charger
+    from devsen.devnet import (
+        CHAIN_ID,
+        DEMO_CHARGER,
+        DEMO_PASSWORD,
+        deploy_network,
+        prepare_nodes,
+        start_node_process,
+        stop_process,
+        wait_until_serving,
+    )
+    from devsen.http_api import http_get_json
+
+    anvil = start_anvil(directory / "devnet-anvil.log", chain_id=CHAIN_ID, block_time_s=1)
+    nodes = []
+    rows = []
+    try:
+        deployment_path = directory / "deployment.json"
+        nodes = prepare_nodes(directory / "devnet", 4, deployment_path, anvil.url)
+        deployment, _ = deploy_network(anvil, nodes, deployment_path)
+        for node in nodes:
+            start_node_process(node)
+        await wait_until_serving(nodes)
+        anchor = bytes.fromhex(deployment.anchor[2:])
+        head, deep = ChainReader(connect(anvil.url), anchor), ChainReader(connect(anvil.url), anchor, 2)
+        async with connect_demo_charger(nodes[0].ocpp_url, DEMO_CHARGER, DEMO_PASSWORD) as charger:
+            await charger.call("BootNotification", {"chargePointVendor": "DEVSEN", "chargePointModel": "bench"})
+            for _ in range(samples):
+                await charger.call("Heartbeat", {})
+                committed = trio.current_time()
+                message_id = charger.sent[-1][0]
+                _, found = await http_get_json(f"{nodes[1].http_url}/v1/chargers/{DEMO_CHARGER}/messages/{message_id}")
+                event_id = found["event_id"]
+                times: dict[str, float] = {}
+                with trio.fail_after(120):
+                    while "anchored_2_deep_s" not in times:
+                        status, document = await http_get_json(f"{nodes[2].http_url}/v1/events/{event_id}/proof")
+                        now = round(trio.current_time() - committed, 2)
+                        if status == 200:
+                            times.setdefault("proof_served_s", now)
+                            batch_id = document["batch"]["batch_id"]
+                            if "anchored_at_head_s" not in times and head.batch(batch_id) is not None:
+                                times["anchored_at_head_s"] = now
+                            if deep.batch(batch_id) is not None:
+                                times["anchored_2_deep_s"] = now
+                        await trio.sleep(0.1)
+                rows.append(times)
+                print(f"heartbeat {event_id[:10]}: {times}", flush=True)
+                await trio.sleep(2.5)  # spread the samples over different batch positions
+    finally:
+        for node in nodes:
+            stop_process(node.process)
+        anvil.stop()
+    return rows
+
+
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
@@ -170,12 +232,20 @@ def main() -> int:
         service_rows = proof_service(directory)
         with running_anvil(directory / "anvil-timed.log", block_time_s=1) as anvil:
             latency = trio.run(quorum_to_anchored, Net(connect(anvil.url)), directory)
+        devnet_rows = trio.run(commit_to_anchored_on_devnet, directory)
     result = {
         "chain": "anvil 1.7.1, cancun, 4 validators, 3-of-4 EIP-712 signatures per anchor",
         "batches": rows,
         "proof_service": service_rows,
         "quorum_to_anchored_s": {"block_time_s": 1, "confirmations": 2, "samples": latency,
                                  "median": statistics.median(latency)},
+        "commit_to_anchored_devnet": {
+            "setup": "anvil 1 s blocks, 4 devsen nodes, batches every 5 blocks or 5 s; seconds after the "
+                     "charger's Heartbeat was answered (committed)",
+            "samples": devnet_rows,
+            "median_anchored_at_head_s": statistics.median(r["anchored_at_head_s"] for r in devnet_rows),
+            "median_anchored_2_deep_s": statistics.median(r["anchored_2_deep_s"] for r in devnet_rows),
+        },
         "notes": "anchor gas is independent of the batch size (only the root is stored); "
                  "gas_per_event = anchor_gas / batch_events. Timings: one core, Python 3.11.",
     }
