@@ -236,11 +236,13 @@ class Submitter:
         return list(self._jobs.values())
 
     def status(self) -> dict[str, Any]:
-        """JSON-ready summary for the node's HTTP API and logs."""
+        """JSON-ready summary for the node's HTTP API and logs (the first 100 pending jobs)."""
         c = self._counters
+        shown = list(self._jobs.values())[:100]
         return {
+            "pending_count": len(self._jobs),
             "pending": [{"kind": j.kind, "subject": subject_to_json(j.quorum.subject), "sends": j.sends}
-                        for j in self._jobs.values()],
+                        for j in shown],
             "rounds": c.rounds, "rpc_failures": c.rpc_failures, "sends": c.sends,
             "rejected_sends": c.rejected_sends, "done": dict(c.done),
         }
