@@ -19,7 +19,6 @@ from web3.exceptions import BadFunctionCallOutput, Web3RPCError
 from anchoring.attestations import AnchorBatch, Settlement
 from anchoring.chain.client import ChainClient
 from anchoring.chain.errors import ChainRevert, RpcUnavailable, TransactionTimeout
-from anchoring.chain.transact import Receipt
 from anchoring.submitter import ChainUnavailable, SessionState, SubmissionRejected
 
 T = TypeVar("T")
@@ -63,8 +62,8 @@ class OnChain:
         return AnchorBatch(stored.batch_id, stored.root, stored.first_height, stored.last_height, stored.event_count)
 
     async def submit_batch(self, batch: AnchorBatch, signatures: Sequence[bytes]) -> bytes:
-        receipt = await self._send(self.client.submit_anchor_batch, batch.batch_id, batch.root,
-                                   batch.first_height, batch.last_height, batch.event_count, list(signatures))
+        receipt = await self.run_sync(self.client.submit_anchor_batch, batch.batch_id, batch.root,
+                                      batch.first_height, batch.last_height, batch.event_count, list(signatures))
         return receipt.tx_hash
 
     async def session_state(self, session_id: bytes, block: int | None = None) -> SessionState:
@@ -79,19 +78,6 @@ class OnChain:
         return SessionState(int(session.status), session.energy_wh, session.settled_amount)
 
     async def submit_settlement(self, settlement: Settlement, signatures: Sequence[bytes]) -> bytes:
-        receipt = await self._send(self.client.settle, settlement.session_id, settlement.energy_wh,
-                                   settlement.amount, list(signatures))
+        receipt = await self.run_sync(self.client.settle, settlement.session_id, settlement.energy_wh,
+                                      settlement.amount, list(signatures))
         return receipt.tx_hash
-
-    async def _send(self, function: Callable[..., Receipt], *args: object) -> Receipt:
-        try:
-            return await self.run_sync(function, *args)
-        except ChainUnavailable as exc:
-            if isinstance(exc.__cause__, TransactionTimeout):
-                # The transaction was dropped (e.g. its block was reorged away) and the
-                # sender's cached nonce now points past the account's real nonce: make it
-                # re-read the nonce, or every later transaction would wait behind a gap.
-                sender = self.client.sender
-                if sender is not None and hasattr(sender, "_nonce"):
-                    sender._nonce = None
-            raise
