@@ -43,8 +43,9 @@ def anvil_net(tmp_path):
         yield Net(connect(anvil.url))
 
 
-def test_solidity_verify_inclusion_agrees_with_python_vectors(tester_net: Net):
-    net = tester_net
+@pytest.mark.parametrize("chain", ["tester", "anvil"])
+def test_solidity_verify_inclusion_agrees_with_python_vectors(chain: str, request: pytest.FixtureRequest):
+    net: Net = request.getfixturevalue("tester_net" if chain == "tester" else "anvil_net")
     client = net.client(KEYS[0])
     cases = json.loads(VECTORS.read_text())["cases"]
     first_batch = client.next_batch_id("latest")
