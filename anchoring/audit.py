@@ -199,6 +199,10 @@ def verify_event(document: dict[str, Any], event_id: bytes, chain: ChainReader) 
                         f"{len(proof.siblings)} siblings lead to {hex0x(local_root)}; batch {batch.batch_id}"
                         f" claims root {hex0x(batch.root)}"))
 
+    claimed_chain = document.get("anchor", {}).get("chain_id") if isinstance(document.get("anchor"), dict) else None
+    if claimed_chain is not None and claimed_chain != chain.chain_id:
+        checks.append(Check("chain id", False, f"the node anchors on chain {claimed_chain}, the RPC is chain "
+                            f"{chain.chain_id}"))
     on_chain = chain.batch(batch.batch_id)
     if on_chain is None:
         depth = f" at least {chain.confirmations} blocks deep" if chain.confirmations else ""

@@ -116,6 +116,9 @@ def test_forged_certificate_and_header_fail(local: LocalChain):
     two = copy.deepcopy(local.service.event_proof(event.event_id))
     two["certificate"]["signatures"] = two["certificate"]["signatures"][:2]  # below quorum
     assert failing(verify_event(two, event.event_id, chain)) == {"commit certificate"}
+    elsewhere = copy.deepcopy(local.service.event_proof(event.event_id))
+    elsewhere["anchor"]["chain_id"] = 1
+    assert failing(verify_event(elsewhere, event.event_id, chain)) == {"chain id"}
     moved = copy.deepcopy(local.service.event_proof(event.event_id))
     moved["block"]["timestamp_ms"] += 1  # a header that is not the certified block
     assert failing(verify_event(moved, event.event_id, chain)) == {"block hash", "commit certificate"}
