@@ -39,7 +39,7 @@ from anchoring.proofs import (
     hex0x,
     unhex,
 )
-from consensus.signing import Domain, keccak256
+from consensus.signing import Domain, abi_encode, keccak256
 from consensus.types import (
     Block,
     CertificateError,
@@ -157,8 +157,6 @@ def check_certificate(chain: ChainReader, block_hash: bytes, certificate: Commit
 
 def _block_hash_from_proof(block: dict[str, Any]) -> bytes:
     """Block hash of SIGNING.md from header fields and payload hashes (no payload bytes)."""
-    from consensus.signing import abi_encode
-
     payloads_hash = keccak256(b"".join(unhex(h, 32) for h in block["payload_hashes"]))
     return keccak256(abi_encode(
         ["uint64", "uint64", "address", "bytes32", "bytes32", "bytes32", "bytes32"],
@@ -171,8 +169,8 @@ def verify_event(document: dict[str, Any], event_id: bytes, chain: ChainReader) 
     """All checks of `audit verify` on one proof document."""
     checks: list[Check] = []
     try:
-        if document.get("format") != PROOF_FORMAT:
-            raise ValueError(f"format is {document.get('format')!r}, expected {PROOF_FORMAT!r}")
+        if not isinstance(document, dict) or document.get("format") != PROOF_FORMAT:
+            raise ValueError(f"not a {PROOF_FORMAT} document")
         event_bytes = unhex(document["event_bytes"])
         proof = MerkleProof(tuple(unhex(s, 32) for s in document["proof"]), int(document["directions"]))
         batch = batch_from_json(document["batch"])
@@ -180,7 +178,11 @@ def verify_event(document: dict[str, Any], event_id: bytes, chain: ChainReader) 
         certificate = certificate_from_json(document["certificate"])
         payload = unhex(block["payload"])
         payload_index = int(block["payload_index"])
-    except (KeyError, TypeError, ValueError) as exc:
+        height = int(block["height"])
+        hashes = [unhex(h, 32) for h in block["payload_hashes"]]
+        block_hash = _block_hash_from_proof(block)
+        claimed_chain = document.get("anchor", {}).get("chain_id")
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
         return [Check("proof document", False, f"malformed: {exc}")]
 
     recomputed_id = keccak256(event_bytes)
@@ -199,7 +201,6 @@ def verify_event(document: dict[str, Any], event_id: bytes, chain: ChainReader) 
                         f"{len(proof.siblings)} siblings lead to {hex0x(local_root)}; batch {batch.batch_id}"
                         f" claims root {hex0x(batch.root)}"))
 
-    claimed_chain = document.get("anchor", {}).get("chain_id") if isinstance(document.get("anchor"), dict) else None
     if claimed_chain is not None and claimed_chain != chain.chain_id:
         checks.append(Check("chain id", False, f"the node anchors on chain {claimed_chain}, the RPC is chain "
                             f"{chain.chain_id}"))
@@ -217,14 +218,11 @@ def verify_event(document: dict[str, Any], event_id: bytes, chain: ChainReader) 
         checks.append(Check("contract verifyInclusion", chain.verify_inclusion(batch.batch_id, recomputed_id, proof),
                             "the Anchor contract's own check of the same proof"))
 
-    height = int(block["height"])
     checks.append(Check("block in batch", batch.first_height <= height <= batch.last_height,
                         f"block {height} in heights {batch.first_height}..{batch.last_height}"))
-    hashes = block.get("payload_hashes", [])
-    in_block = (0 <= payload_index < len(hashes) and unhex(hashes[payload_index], 32) == keccak256(payload)
+    in_block = (0 <= payload_index < len(hashes) and hashes[payload_index] == keccak256(payload)
                 and event_bytes in canonical_events_in_payload(payload))
     checks.append(Check("event in block", in_block, f"payload #{payload_index} of block {height} carries the event"))
-    block_hash = _block_hash_from_proof(block)
     checks.append(Check("block hash", hex0x(block_hash) == block.get("hash") and certificate.height == height,
                         f"recomputed {hex0x(block_hash)} from the header and {len(hashes)} payload hashes"))
     checks.append(check_certificate(chain, block_hash, certificate))
@@ -244,10 +242,13 @@ def replay(fetch: Callable[[str], Any], chain: ChainReader, first: int, last: in
         try:
             block = block_from_document(document["block"])
             certificate = certificate_from_json(document["certificate"])
+            batch_id = document["batch_id"]
+            if batch_id is not None and (not isinstance(batch_id, int) or isinstance(batch_id, bool)):
+                raise ValueError(f"batch_id {batch_id!r} is not an integer")
         except (KeyError, TypeError, ValueError) as exc:
             checks.append(Check(f"block {height}", False, f"malformed block document: {exc}"))
             return None
-        claimed_batch[height] = document.get("batch_id")
+        claimed_batch[height] = batch_id
         certificate_check = check_certificate(chain, block.hash, certificate)
         checks.append(Check(f"block {height}", certificate_check.ok and block.height == height,
                             f"hash {hex0x(block.hash)}; {certificate_check.detail}"))
@@ -309,6 +310,19 @@ def _fetcher(node: str) -> Callable[[str], Any]:
     return fetch
 
 
+def _claimed_anchor(document: Any) -> str | None:
+    """The Anchor address a node's document names ("0x" + 40 hex digits), or None."""
+    anchor = document.get("anchor") if isinstance(document, dict) else None
+    contract = anchor.get("contract") if isinstance(anchor, dict) else None
+    if isinstance(contract, str) and len(contract) == 42 and contract.startswith("0x"):
+        try:
+            bytes.fromhex(contract[2:])
+            return contract.lower()
+        except ValueError:
+            return None
+    return None
+
+
 def _anchor_address(args: argparse.Namespace, claimed: str | None) -> tuple[bytes, str]:
     """The Anchor address to trust and where it came from."""
     if args.deployment:
@@ -345,7 +359,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         print(f"bad EVENT_ID: {exc}", file=sys.stderr)
         return EXIT_USAGE
     document = _fetcher(args.node)(f"/v1/events/{hex0x(event_id)}/proof")
-    claimed = document.get("anchor", {}).get("contract") if isinstance(document, dict) else None
+    claimed = _claimed_anchor(document)
     anchor, source = _anchor_address(args, claimed)
     chain = _chain(args, anchor)
     print(f"event {hex0x(event_id)}; node {args.node}; chain {chain.chain_id} at {args.rpc}, read at block "
@@ -372,8 +386,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     if not args.deployment:
         first_doc = fetch(f"/v1/blocks/{args.from_height}")
         batch_id = first_doc.get("batch_id") if isinstance(first_doc, dict) else None
-        if batch_id is not None:
-            claimed = fetch(f"/v1/batches/{batch_id}").get("anchor", {}).get("contract")
+        if isinstance(batch_id, int):
+            claimed = _claimed_anchor(fetch(f"/v1/batches/{batch_id}"))
     anchor, source = _anchor_address(args, claimed)
     chain = _chain(args, anchor)
     print(f"blocks {args.from_height}..{args.to_height}; node {args.node}; chain {chain.chain_id} at {args.rpc}; "

@@ -77,6 +77,18 @@ def test_tampered_event_fails(local: LocalChain):
     assert {"merkle proof (local)", "root on chain", "contract verifyInclusion", "event in block"} <= result
 
 
+def test_malformed_documents_fail_cleanly(local: LocalChain):
+    chain = ChainReader(local.net.w3, local.net.anchor_address)
+    event = local.events[0]
+    good = local.service.event_proof(event.event_id)
+    broken = [[], {}, {**good, "format": "other"}, {**good, "proof": ["0x12"]},
+              {**good, "block": {**good["block"], "payload_hashes": "nope"}},
+              {**good, "block": {**good["block"], "proposer": "0xzz"}}, {**good, "directions": "x"},
+              {**good, "certificate": {**good["certificate"], "signatures": ["0x00"]}}]
+    for document in broken:
+        assert [c.name for c in verify_event(document, event.event_id, chain)] == ["proof document"]
+
+
 def test_proof_from_another_batch_fails(local: LocalChain):
     chain = ChainReader(local.net.w3, local.net.anchor_address)
     in_batch_1 = next(e for e in local.events if local.index.height_of(e.event_id) >= 4)
