@@ -181,6 +181,7 @@ class ConsensusService:
         self._last_commit_at = 0.0
         self._catching_up = False
         self._net: P2PNode | None = None
+        self._nursery: trio.Nursery | None = None
         self.app_state_hash = ZERO_HASH
         self.core = self._recover()
         self.ready = trio.Event()
@@ -490,8 +491,6 @@ class ConsensusService:
                 return False  # the blocks were refused (bad certificate or chain)
 
     # ------------------------------------------------------------------ running
-
-    _nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Start p2p, restore from the WAL, and drive consensus until cancelled."""
