@@ -427,8 +427,14 @@ def audit_main(argv: list[str]) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:
         return EXIT_OK if exc.code == 0 else EXIT_USAGE
+    from requests.exceptions import RequestException
+    from web3.exceptions import Web3Exception
+
     try:
         return _cmd_verify(args) if args.command == "verify" else _cmd_replay(args)
     except AuditUnavailable as exc:
         print(f"cannot audit: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (RequestException, Web3Exception, OSError) as exc:  # the RPC failed in the middle of the audit
+        print(f"cannot audit: RPC {args.rpc} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_USAGE
