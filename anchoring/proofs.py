@@ -180,7 +180,8 @@ class AnchorIndex:
 
     def batch_covering(self, height: int) -> AnchorBatch | None:
         """The closed batch whose height range holds `height`, or None (not closed yet)."""
-        return self._one("SELECT * FROM batches WHERE first_height <= ? AND last_height >= ?", height, height)
+        batch = self._one("SELECT * FROM batches WHERE last_height >= ? ORDER BY last_height LIMIT 1", height)
+        return batch if batch is not None and batch.first_height <= height else None  # uses the unique index
 
     def last_batch(self) -> AnchorBatch | None:
         return self._one("SELECT * FROM batches ORDER BY batch_id DESC LIMIT 1")
