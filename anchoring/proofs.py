@@ -125,6 +125,8 @@ class AnchorIndex:
             "CREATE TABLE IF NOT EXISTS batches (batch_id INTEGER PRIMARY KEY, root BLOB NOT NULL,"
             " first_height INTEGER NOT NULL, last_height INTEGER NOT NULL UNIQUE, event_count INTEGER NOT NULL,"
             " quorum_height INTEGER)")
+        self._db.execute("CREATE INDEX IF NOT EXISTS batches_without_quorum ON batches (batch_id)"
+                         " WHERE quorum_height IS NULL")
 
     def close(self) -> None:
         self._db.close()
@@ -156,7 +158,8 @@ class AnchorIndex:
 
     def resume_state(self, block_time_ms: Callable[[int], int], first_height: int = 1) -> BuilderState:
         """Where batching restarts after a crash: at the oldest batch still short of a quorum
-        (so its attestations are counted again), else after the last batch.
+        (so its attestations are counted again), else after the last batch. Only correct if
+        the node calls `record_quorum` for every anchor quorum (else it replays from batch 0).
 
         Replay the committed blocks from `next_height` into a fresh BatchBuilder and
         AttestationBook (the index ignores what it already has; do not re-submit the own
