@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import math
 import os
 import shutil
 import signal
@@ -52,6 +53,9 @@ from devsen.devnet import (
 from devsen.http_api import http_get_json
 from devsen.wallet import create_device
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ocpp_ingest import cpu_seconds, percentile, rss_kib  # noqa: E402  (the sibling bench script's /proc helpers)
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 NODES = 4
@@ -71,32 +75,6 @@ def charger_password(index: int) -> str:
     return f"bench-password-{index:04d}"  # bench devnet only
 
 
-# ---------------------------------------------------------------- process figures (/proc)
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds consumed by `pid` so far (utime + stime of /proc/PID/stat)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def memory_kib(pid: int) -> dict[str, int]:
-    """Current (VmRSS) and peak (VmHWM) resident memory of `pid`, KiB."""
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                key, value = line.split(":", 1)
-                out[key.lower()] = int(value.split()[0])
-    return out
-
-
-def percentile(sorted_values: list[float], q: float) -> float | None:
-    if not sorted_values:
-        return None
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
-
-
 # ---------------------------------------------------------------- network setup
 
 def register_devices(anvil: AnvilProcess, deployment_path: Path, count: int) -> None:
@@ -109,6 +87,27 @@ def register_devices(anvil: AnvilProcess, deployment_path: Path, count: int) -> 
         create_device(manager, charger_id(index), charger_password(index), connectors=2, location="bench")
 
 
+def probe_device_reads(anvil: AnvilProcess, deployment_path: Path, reads: int = 50) -> dict[str, Any]:
+    """Wall time of the ledger's per-event chain read (`ChainClient.device` at head - 2) and the
+    JSON-RPC requests it makes (counted in anvil's log); run before the nodes start."""
+    w3 = connect(anvil.url)
+    client = ChainClient(w3, Deployment.from_json(deployment_path.read_text()), None)
+    block = max(int(w3.eth.block_number) - 2, 0)
+    client.device(charger_id(0), block)
+    log_size = anvil.log_path.stat().st_size
+    started = time.perf_counter()
+    for _ in range(reads):
+        client.device(charger_id(0), block)
+    elapsed = time.perf_counter() - started
+    time.sleep(0.3)  # let anvil flush its log
+    with open(anvil.log_path, "rb") as log:
+        log.seek(log_size)
+        methods = collections.Counter(line.strip() for line in log.read().decode(errors="replace").splitlines()
+                                      if line.strip().startswith("eth_"))
+    return {"device_read_ms": round(1000 * elapsed / reads, 2),
+            "rpc_requests_per_device_read": {m: round(n / reads, 2) for m, n in methods.items()}}
+
+
 @dataclass
 class Network:
     """The running benchmark network."""
@@ -117,6 +116,7 @@ class Network:
     anvil: AnvilProcess
     nodes: list[DevnetNode]
     dead: set[int] = field(default_factory=set)  # indexes (0-based) of nodes killed on purpose
+    chain_read_probe: dict[str, Any] = field(default_factory=dict)
 
     def live_nodes(self) -> list[DevnetNode]:
         return [n for i, n in enumerate(self.nodes) if i not in self.dead]
@@ -133,6 +133,8 @@ def start_network(root: Path, devices: int) -> Network:
         started = time.monotonic()
         register_devices(anvil, deployment_path, devices)
         print(f"registered {devices} devices in {time.monotonic() - started:.1f} s")
+        network.chain_read_probe = probe_device_reads(anvil, deployment_path)
+        print(f"one device() chain read: {network.chain_read_probe}")
         connect(anvil.url).provider.make_request("evm_setIntervalMining", [1])  # type: ignore[arg-type]
         for node in network.nodes:
             start_node_process(node)
@@ -254,7 +256,7 @@ async def snapshot(network: Network) -> dict[str, Any]:
             continue
         status = await node_status(node)
         out["nodes"][i] = {"status": status, "cpu_s": cpu_seconds(node.process.pid),
-                           "mem": memory_kib(node.process.pid)}
+                           "mem": rss_kib(node.process.pid)}
     out["anvil_cpu_s"] = cpu_seconds(network.anvil.pid)
     out["client_cpu_s"] = cpu_seconds(os.getpid())
     return out
@@ -285,8 +287,8 @@ def summarize(name: str, chargers: int, stats: RunStats, before: dict[str, Any],
     nodes: dict[str, Any] = {}
     for i, entry in after["nodes"].items():
         cpu = entry["cpu_s"] - before["nodes"][i]["cpu_s"]
-        nodes[f"node-{i + 1}"] = {"cpu_pct": round(100 * cpu / elapsed, 1), "rss_mib": round(entry["mem"]["vmrss"] / 1024, 1),
-                                  "peak_rss_mib": round(entry["mem"]["vmhwm"] / 1024, 1)}
+        nodes[f"node-{i + 1}"] = {"cpu_pct": round(100 * cpu / elapsed, 1), "rss_mib": round(entry["mem"]["VmRSS"] / 1024, 1),
+                                  "peak_rss_mib": round(entry["mem"]["VmHWM"] / 1024, 1)}
     row: dict[str, Any] = {
         "run": name, "chargers": chargers, "connected": stats.connected,
         "connect_s": round(stats.connect_seconds, 2), "window_s": round(elapsed, 2),
@@ -302,6 +304,7 @@ def summarize(name: str, chargers: int, stats: RunStats, before: dict[str, Any],
         "anvil_cpu_pct": round(100 * (after["anvil_cpu_s"] - before["anvil_cpu_s"]) / elapsed, 1),
         "client_cpu_pct": round(100 * (after["client_cpu_s"] - before["client_cpu_s"]) / elapsed, 1),
         "errors": dict(stats.errors), "failovers": stats.failovers,
+        "machine_load_1m": round(os.getloadavg()[0], 1),
     }
     if kill_after_s is not None and after_kill is not None:
         tail = after["t"] - after_kill["t"]
@@ -314,7 +317,7 @@ def summarize(name: str, chargers: int, stats: RunStats, before: dict[str, Any],
 
 
 def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 1)
+    return None if value is None or math.isnan(value) else round(value, 1)
 
 
 async def run_load(network: Network, chargers: int, duration_s: float, *, kill_after_s: float | None = None,
@@ -411,20 +414,26 @@ def markdown(result: dict[str, Any]) -> str:
     lines = ["# Node throughput: 4 validator processes + anvil on one 2-core machine", "",
              result["note"], "",
              "| run | chargers | events/s (ledger) | replies/s | p50 ms | p99 ms | blocks/s | payloads/block "
-             "| node CPU % (sum of 4) | node RSS MiB (max) | errors |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| node CPU % (sum of 4) | node RSS MiB (max) | errors | machine load (1 min) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in result["runs"]:
         rss = max((n["rss_mib"] for n in row["nodes"].values()), default=0)
         errors = sum(row["errors"].values())
         lines.append(f"| {row['run']} | {row['chargers']} | {row['events_per_s_ledger']} | {row['replies_per_s']} "
                      f"| {row['latency_ms']['p50']} | {row['latency_ms']['p99']} | {row['blocks_per_s']} "
-                     f"| {row['payloads_per_block']} | {row['node_cpu_pct_total']} | {rss} | {errors} |")
+                     f"| {row['payloads_per_block']} | {row['node_cpu_pct_total']} | {rss} | {errors} "
+                     f"| {row['machine_load_1m']} |")
     for row in result["runs"]:
         if "killed" in row:
             k = row["killed"]
             lines += ["", f"Kill run: node-4 SIGKILLed {k['at_s']} s into the window; over the last "
                           f"{k['window_after_kill_s']} s with 3 of 4 up: {k['events_per_s_3_of_4']} events/s, "
                           f"{k['blocks_per_s_3_of_4']} blocks/s; {row['failovers']} charger failovers."]
+    probe = result.get("chain_read_probe")
+    if probe:
+        lines += ["", f"One `ChainClient.device` read (what the ledger does per event of an unseen charger per "
+                      f"block), from a fresh process to the same anvil: {probe['device_read_ms']} ms, JSON-RPC "
+                      f"requests per read: {probe['rpc_requests_per_device_read']}."]
     profile = result.get("profile")
     if profile:
         lines += ["", f"## Where node-1's time goes (py-spy, {profile['samples']} samples, run {profile['run']})", "",
@@ -463,10 +472,13 @@ async def bench(network: Network, args: argparse.Namespace) -> dict[str, Any]:
     print_table(runs[-1:])
     result: dict[str, Any] = {
         "nodes": NODES, "duration_s": args.duration, "cpu_count": os.cpu_count(), "runs": runs,
+        "chain_read_probe": network.chain_read_probe,
         "note": ("All on one machine: 4 node processes, anvil (1 block/s) and the chargers (one trio process) share "
                  f"{os.cpu_count()} cores. Chargers alternate Heartbeat and MeterValues in a closed loop; a reply "
-                 "comes only after commit, so reply latency = commit latency. events/s from /v1/status app.events "
-                 "deltas of a node alive throughout; CPU % is of one core."),
+                 "comes only after commit, so reply latency = commit latency. replies/s counts CALLs sent and answered "
+                 "inside the window (under a long latency it trails events/s). events/s from /v1/status app.events "
+                 "deltas of a node alive throughout; CPU % is of one core. The machine is shared with other "
+                 "work: its 1-minute load average is given per run, and figures vary between invocations."),
     }
     if profile_path.exists():
         result["profile"] = {"run": f"C={max(args.chargers)}", **summarize_profile(profile_path)}
