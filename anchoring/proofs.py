@@ -125,6 +125,9 @@ class AnchorIndex:
             "CREATE TABLE IF NOT EXISTS batches (batch_id INTEGER PRIMARY KEY, root BLOB NOT NULL,"
             " first_height INTEGER NOT NULL, last_height INTEGER NOT NULL UNIQUE, event_count INTEGER NOT NULL,"
             " quorum_height INTEGER)")
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(batches)")}
+        if "quorum_height" not in columns:  # an index written before quorums were recorded
+            self._db.execute("ALTER TABLE batches ADD COLUMN quorum_height INTEGER")
         self._db.execute("CREATE INDEX IF NOT EXISTS batches_without_quorum ON batches (batch_id)"
                          " WHERE quorum_height IS NULL")
 
