@@ -1,8 +1,9 @@
 """A small OCPP 1.6-J charge point on trio-websocket, used by the devnet demo and tests.
 
 It speaks the wire protocol as a charger does (Basic auth, subprotocol `ocpp1.6`, one
-outstanding CALL, CALLRESULT/CALLERROR correlation) and answers CSMS-initiated CALLs
-with `NotSupported`, so a node can be exercised end to end without vendor hardware.
+outstanding CALL, CALLRESULT/CALLERROR correlation), accepts a CSMS RemoteStartTransaction
+(queued for `next_remote_start`) and answers other CSMS-initiated CALLs with `NotSupported`,
+so a node can be exercised end to end without vendor hardware.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
 CALL, CALLRESULT, CALLERROR = 2, 3, 4
+MAX_QUEUED_REMOTE_STARTS = 16  # a demo charger runs one transaction at a time
 
 
 class ChargerCallFailed(Exception):
@@ -43,6 +45,7 @@ class DemoCharger:
     charge_box_id: str
     timeout_s: float = 60.0
     sent: list[tuple[str, str]] = field(default_factory=list)  # (message id, action)
+    remote_starts: list[dict[str, Any]] = field(default_factory=list)  # accepted, not yet taken
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     async def call(self, action: str, payload: dict[str, Any], message_id: str | None = None) -> dict[str, Any]:
@@ -53,9 +56,8 @@ class DemoCharger:
         with trio.fail_after(self.timeout_s):
             while True:
                 frame = json.loads(await self.ws.get_message())
-                if frame[0] == CALL:  # the CSMS calls us: this demo supports none of them
-                    await self.ws.send_message(json.dumps(
-                        [CALLERROR, frame[1], "NotSupported", "demo charger", {}]))
+                if frame[0] == CALL:
+                    await self._answer_csms_call(frame)
                     continue
                 if frame[1] != message_id:
                     continue
@@ -64,12 +66,45 @@ class DemoCharger:
                     return result
                 raise ChargerCallFailed(frame[2], frame[3])
 
-    async def charge_session(self, id_tag: str, connector: int, meter_start_wh: int,
-                             meter_stop_wh: int) -> dict[str, Any]:
-        """Boot, status, authorize, start, one meter value, stop; returns what the node said."""
+    async def _answer_csms_call(self, frame: list[Any]) -> None:
+        """Accept a RemoteStartTransaction with an idTag (queue it); refuse every other CSMS call."""
+        message_id, action, payload = frame[1], frame[2], frame[3]
+        if (action == "RemoteStartTransaction" and isinstance(payload, dict) and isinstance(payload.get("idTag"), str)
+                and len(self.remote_starts) < MAX_QUEUED_REMOTE_STARTS):
+            self.remote_starts.append(payload)
+            await self.ws.send_message(json.dumps([CALLRESULT, message_id, {"status": "Accepted"}]))
+            return
+        if action == "RemoteStartTransaction":
+            await self.ws.send_message(json.dumps([CALLRESULT, message_id, {"status": "Rejected"}]))
+            return
+        await self.ws.send_message(json.dumps([CALLERROR, message_id, "NotSupported", "demo charger", {}]))
+
+    async def next_remote_start(self, timeout_s: float) -> dict[str, Any]:
+        """The oldest accepted RemoteStartTransaction payload, waiting up to `timeout_s` for one."""
+        with trio.fail_after(timeout_s):
+            while not self.remote_starts:
+                frame = json.loads(await self.ws.get_message())
+                if frame[0] == CALL:
+                    await self._answer_csms_call(frame)
+                # a CALLRESULT/CALLERROR here answers a call given up earlier: dropped
+        return self.remote_starts.pop(0)
+
+    async def boot(self, connector: int) -> dict[str, Any]:
+        """BootNotification and an Available StatusNotification; returns the boot reply."""
         boot = await self.call("BootNotification", {"chargePointVendor": "DEVSEN", "chargePointModel": "demo"})
         await self.call("StatusNotification", {"connectorId": connector, "errorCode": "NoError",
                                                "status": "Available", "timestamp": iso_now()})
+        return boot
+
+    async def charge_session(self, id_tag: str, connector: int, meter_start_wh: int,
+                             meter_stop_wh: int) -> dict[str, Any]:
+        """Boot, status, then `transaction`; returns what the node said."""
+        boot = await self.boot(connector)
+        return {"boot": boot, **await self.transaction(id_tag, connector, meter_start_wh, meter_stop_wh)}
+
+    async def transaction(self, id_tag: str, connector: int, meter_start_wh: int,
+                          meter_stop_wh: int) -> dict[str, Any]:
+        """Authorize, start, one meter value, stop; returns what the node said to each."""
         authorize = await self.call("Authorize", {"idTag": id_tag})
         start = await self.call("StartTransaction", {"connectorId": connector, "idTag": id_tag,
                                                      "meterStart": meter_start_wh, "timestamp": iso_now()})
@@ -80,7 +115,7 @@ class DemoCharger:
                 {"value": str(middle), "measurand": "Energy.Active.Import.Register", "unit": "Wh"}]}]})
         stop = await self.call("StopTransaction", {"transactionId": transaction_id, "meterStop": meter_stop_wh,
                                                    "timestamp": iso_now(), "idTag": id_tag})
-        return {"boot": boot, "authorize": authorize, "start": start, "stop": stop}
+        return {"authorize": authorize, "start": start, "stop": stop}
 
 
 def basic_auth_header(charge_box_id: str, password: str) -> tuple[bytes, bytes]:

@@ -43,6 +43,7 @@ from devsen.consensus_service import (
 from devsen.http_api import HttpError, Router, serve_http
 from devsen.ledger import Ledger
 from devsen.logs import setup_logging
+from devsen.remote_start import run_remote_starts
 from ocpp_adapter.config import OcppServerConfig
 from ocpp_adapter.events import ChargerEvent
 from ocpp_adapter.ingest import IngestOverloaded, IngestRejected, IngestResult
@@ -337,6 +338,8 @@ async def serve_node(parts: NodeParts, *, task_status: Any = trio.TASK_STATUS_IG
         await nursery.start(parts.submitter.run)
         nursery.start_soon(parts.quorums.run, parts.submitter)
         nursery.start_soon(refresh_peer_bindings, parts)
+        nursery.start_soon(run_remote_starts, parts.client, parts.deployment, parts.connections,
+                           Path(config.node.data_dir), config.chain.confirmations, config.chain.poll_interval_s)
         ocpp_port = await nursery.start(
             lambda task_status: serve_ocpp(ocpp_config, ingest, ChainChargerRegistry(parts.client),
                                            connections=parts.connections, task_status=task_status))
