@@ -13,6 +13,8 @@ from ledger_world import (
     CHARGER,
     CHARGER_201,
     ESCROW_1,
+    ESCROW_2,
+    ESCROW_201,
     T0_MS,
     World,
     ev,
@@ -30,11 +32,17 @@ from devsen.ledger import (
     SnapshotError,
     Tariff,
     id_tag_hash,
+    session_token,
 )
 
 CHARGERS_16 = [CHARGER] * 4 + ["OFF-1", "NOPE"]  # repeats weight the draw towards what can settle
 CHARGERS_201 = [CHARGER_201] * 4 + ["OFF-1", CHARGER]  # CP-1 also speaks 2.0.1: ids must not clash
-TAGS = ["TAG-OK"] * 4 + ["TAG-NOPAY", "TAG-EXP", "TAG-REV", "TAG-LATER", "NOBODY"]
+# RFID tags, and session tokens (remote start) of escrow sessions that exist or that
+# `apply_chain_change` may open (n = 1) for each charger, and of one at the other charger
+TAGS = ["TAG-OK"] * 4 + ["TAG-NOPAY", "TAG-EXP", "TAG-REV", "TAG-LATER", "NOBODY"] + [
+    session_token(sid) for sid in (ESCROW_1, ESCROW_2, ESCROW_201, (CHARGER.encode() + b"\x01" * 32)[:32],
+                                   (CHARGER_201.encode() + b"\x01" * 32)[:32])
+]
 CONNECTORS = [1, 1, 1, 2, 2, 0, 3, -1]
 json_leaf = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), st.text(max_size=8),
                       st.floats(allow_nan=False, allow_infinity=False))
