@@ -12,7 +12,8 @@ transaction to that escrow session (devsen/ledger/LEDGER.md, "Remote start").
 
 Chargers connected to another node are skipped (that node starts them). Delivery is at most
 once per session per process run (a bounded memory of sessions already handled); a replay
-after a restart or reorg re-sends only for sessions still open on chain, and a charger
+after a restart or reorg re-sends only for sessions still open on chain and opened less than
+`MAX_SESSION_AGE_S` ago (a new node reading old history starts nothing stale), and a charger
 already charging that session is refused a second binding by the ledger. Every failure is
 logged; none stops the node.
 """
@@ -20,6 +21,7 @@ logged; none stops the node.
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -50,6 +52,7 @@ CALL_TIMEOUT_S = 30.0  # for the charger's answer (and the chain read before it)
 REMEMBERED_SESSIONS = 4_096  # sessions already handled, for dropping replays
 RETRY_AFTER_ERROR_S = 5.0
 REORG_REWIND_BLOCKS = 64  # re-read this far below a block that changed under the follower
+MAX_SESSION_AGE_S = 900  # a driver waits at the charger: older requests (replays, a new node) are not started
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +137,11 @@ async def _start_one(client: ChainClient, connections: ChargerConnections, start
     if session is None or session.status != SessionStatus.OPEN:
         log.info("escrow session 0x%s is no longer open: no remote start", start.session_id.hex())
         return
+    age_s = time.time() - session.opened_at
+    if age_s > MAX_SESSION_AGE_S:
+        log.info("escrow session 0x%s was opened %.0f s ago (over %d s): no remote start", start.session_id.hex(),
+                 age_s, MAX_SESSION_AGE_S)
+        return
     version = connections.version(start.charge_box_id)
     if version is None:
         log.info("charger %s disconnected before the remote start of 0x%s", start.charge_box_id,
@@ -146,8 +154,9 @@ async def _start_one(client: ChainClient, connections: ChargerConnections, start
              answer.get("status"))
 
 
-async def _worker(client: ChainClient, connections: ChargerConnections,
-                  queue: trio.MemoryReceiveChannel[RemoteStart], timeout_s: float) -> None:
+async def remote_start_worker(client: ChainClient, connections: ChargerConnections,
+                              queue: trio.MemoryReceiveChannel[RemoteStart], timeout_s: float) -> None:
+    """Send the remote starts from `queue` one by one until it closes; failures are logged, not raised."""
     async for start in queue:
         try:
             with trio.fail_after(timeout_s + 5):
@@ -185,7 +194,7 @@ async def run_remote_starts(
 
     async with trio.open_nursery() as nursery:
         for _ in range(WORKERS):
-            nursery.start_soon(_worker, client, connections, receive, call_timeout_s)
+            nursery.start_soon(remote_start_worker, client, connections, receive, call_timeout_s)
         while True:
             try:
                 await follow_events(follower, handle, poll_interval_s=poll_interval_s)
