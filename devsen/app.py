@@ -233,6 +233,8 @@ class NodeApplication:
             self.counters["attestations_counted"] += 1
             if quorum is not None:
                 self.counters["quorums"] += 1
+                if isinstance(quorum.subject, AnchorBatch):
+                    self.anchor_index.record_quorum(quorum.subject.batch_id, block.height)
                 self.on_quorum(quorum)
         self.counters["blocks"] += 1
         self.counters["events"] += len(parts.events)
