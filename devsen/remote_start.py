@@ -52,6 +52,7 @@ CALL_TIMEOUT_S = 30.0  # for the charger's answer (and the chain read before it)
 REMEMBERED_SESSIONS = 4_096  # sessions already handled, for dropping replays
 RETRY_AFTER_ERROR_S = 5.0
 REORG_REWIND_BLOCKS = 64  # re-read this far below a block that changed under the follower
+LEDGER_MARGIN_BLOCKS = 1  # follow one block deeper than the ledger reads, so the token is valid there
 MAX_SESSION_AGE_S = 900  # a driver waits at the charger: older requests (replays, a new node) are not started
 
 
@@ -110,7 +111,12 @@ class HandledSessions:
 
 
 def _open_follower(client: ChainClient, deployment: Deployment, cursor_path: Path, confirmations: int) -> EventFollower:
-    """The follower with its cursor; an unreadable cursor file is set aside and reading starts over."""
+    """The follower with its cursor; an unreadable cursor file is set aside and reading starts over.
+
+    It reads `LEDGER_MARGIN_BLOCKS` deeper than the ledger's Ethereum read block (head -
+    confirmations), so by the time the charger starts, a block proposed by a node whose RPC
+    lags a little still sees the escrow session and accepts its token."""
+    confirmations += LEDGER_MARGIN_BLOCKS
     try:
         return EventFollower(client.w3, deployment, cursor_path, confirmations=confirmations)
     except (ValueError, KeyError, TypeError) as exc:
