@@ -29,6 +29,12 @@ from p2p.testnode import LocalNetwork, NodeProcess  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _stats(node: NodeProcess) -> dict:
     return node.request({"cmd": "stats"}, "stats")
 
@@ -83,12 +89,14 @@ def consensus(events_per_message: int, rate_per_node: float, seconds: float) -> 
                 replies.append(node.wait_for("loaded", 300))
 
             threads = [threading.Thread(target=load, args=(n, i)) for i, n in enumerate(net.nodes)]
+            cpu_before = sum(_cpu_seconds(n.pid) for n in net.nodes)
             started = time.time()
             for thread in threads:
                 thread.start()
             for thread in threads:
                 thread.join()
             last_commit = max(c["t"] for c in net.nodes[0].commits)
+            cpu_used = sum(_cpu_seconds(n.pid) for n in net.nodes) - cpu_before
             after = [_stats(n) for n in net.nodes]
             blocks = net.nodes[0].committed_height() - start_height
         finally:
@@ -107,6 +115,8 @@ def consensus(events_per_message: int, rate_per_node: float, seconds: float) -> 
         "latency_ms_p50": round(statistics.median(latencies), 1) if latencies else None,
         "latency_ms_p99": round(latencies[int(0.99 * (len(latencies) - 1))], 1) if latencies else None,
         "blocks": blocks,
+        # CPU of all 4 node processes per 1000 committed events: the machine-independent cost
+        "cpu_s_per_1000_events": round(1000 * cpu_used / max(len(latencies), 1), 2),
         "consensus_frames_per_block": round(frames / max(blocks, 1), 1),
         "gossip_messages_per_block": round(gossip / max(blocks, 1), 2),
         "errors": [r for r in results if not isinstance(r[0], int)][:3],
