@@ -180,6 +180,29 @@ class AttestationBook:
         self._settlements: OrderedDict[bytes, _Pending] = OrderedDict()
         self._completed: OrderedDict[int | bytes, None] = OrderedDict()  # recent quorums, bounded
 
+    def rebased(self, validators: Sequence[bytes], height: int) -> tuple[AttestationBook, list[Quorum]]:
+        """This book for a new validator set (an epoch change committed at `height`).
+
+        Open subjects carry over with the signatures of signers still in the set; subjects
+        that already reach the new quorum with those come back as Quorums. Completed
+        subjects stay completed.
+        """
+        book = AttestationBook(validators, self.anchor_domain, self.escrow_domain)
+        book._completed = OrderedDict(self._completed)
+        quorums: list[Quorum] = []
+        for pending in [*self._batches.values(), *self._settlements.values()]:
+            book.expect(pending.subject)
+            for signer, signature in pending.signatures.items():
+                if signer in book.validators:
+                    quorum = book.on_committed(Attestation(pending.subject, signer, signature), height)
+                    if quorum is not None:
+                        quorums.append(quorum)
+        return book, quorums
+
+    def open_subjects(self) -> list[AnchorBatch | Settlement]:
+        """Subjects still waiting for a quorum, batches first, oldest first."""
+        return [p.subject for p in [*self._batches.values(), *self._settlements.values()]]
+
     def expect(self, subject: AnchorBatch | Settlement) -> None:
         """Register a batch this node closed, or a settlement order its ledger produced."""
         table, key = self._table(subject)

@@ -39,7 +39,7 @@ from anchoring.batches import AttestationBook, BatchBuilder, BatchPolicy, Builde
 from anchoring.batches import CommittedBlock as BatchBlock
 from anchoring.proofs import EVENT_PAYLOAD_FIRST_BYTE, AnchorIndex
 from consensus.signing import Domain, SigningKey
-from consensus.types import Block, CommitCertificate
+from consensus.types import Block, CommitCertificate, ValidatorSet
 from devsen.ledger import BlockContext, BlockRejected, ChainView, EventResult, Ledger
 from ocpp_adapter.events import ChargerEvent, EventEncodingError
 
@@ -86,6 +86,10 @@ class ChainAccess(Protocol):
 
     def view_at(self, number: int) -> ChainView: ...
 
+    def validators_at(self, number: int) -> tuple[int, tuple[bytes, ...], dict[bytes, bytes]]:
+        """(epoch, sorted validator addresses, address -> peer id) of the ValidatorSet at a block."""
+        ...
+
 
 @dataclass
 class Payloads:
@@ -126,6 +130,7 @@ class AppSettings:
     escrow_domain: Domain
     batch_policy: BatchPolicy
     confirmations: int
+    epoch: int = 0
 
 
 class NodeApplication:
@@ -143,6 +148,10 @@ class NodeApplication:
         self.on_own_attestation = on_own_attestation
         self.on_own_committed = on_own_committed
         self.on_quorum = on_quorum
+        self.validators: tuple[bytes, ...] = tuple(sorted(settings.validators))
+        self.epoch = settings.epoch
+        self.on_validators_changed: Callable[[tuple[bytes, ...], dict[bytes, bytes]], None] | None = None
+        self._set_change: tuple[int, ValidatorSet, dict[bytes, bytes]] | None = None
         self.results: OrderedDict[bytes, tuple[int, EventResult]] = OrderedDict()
         self.by_message: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self.last_eth_block = 0
@@ -175,7 +184,7 @@ class NodeApplication:
             log.warning("block %d rejected: Ethereum block %d unknown here or hash differs", block.height, number)
             return False
         for attestation in parts.attestations:
-            if attestation.signer not in self.settings.validators:
+            if attestation.signer not in self.validators:
                 log.warning("block %d rejected: attestation from non-validator", block.height)
                 return False
             domain = (self.settings.anchor_domain if isinstance(attestation.subject, AnchorBatch)
@@ -236,12 +245,52 @@ class NodeApplication:
                 if isinstance(quorum.subject, AnchorBatch):
                     self.anchor_index.record_quorum(quorum.subject.batch_id, block.height)
                 self.on_quorum(quorum)
+        self._follow_validator_set(block.height, number)
         self.counters["blocks"] += 1
         self.counters["events"] += len(parts.events)
         return outcome.state_hash
 
+    def _follow_validator_set(self, height: int, eth_block: int) -> None:
+        """An epoch change on chain at the block's Ethereum read block takes effect here.
+
+        Deterministic: every node reads the ValidatorSet at the same agreed Ethereum block.
+        Consensus switches sets two heights later (`validator_update`); attestations switch
+        now, carrying over open subjects (and signing them if this node just joined).
+        """
+        epoch, addresses, bindings = self.chain.validators_at(eth_block)
+        if epoch == self.epoch:
+            return
+        assert epoch > self.epoch, f"the ValidatorSet epoch went back from {self.epoch} to {epoch}"
+        log.info("validator set epoch %d -> %d at height %d: %d validators", self.epoch, epoch, height,
+                 len(addresses))
+        me = self.settings.key.address
+        joined = me in addresses and me not in self.validators
+        self.epoch, self.validators = epoch, addresses
+        self._set_change = (height, ValidatorSet.equal(list(addresses), epoch), bindings)
+        self.book, quorums = self.book.rebased(addresses, height)
+        for quorum in quorums:
+            self.counters["quorums"] += 1
+            self.on_quorum(quorum)
+        if joined:
+            for subject in self.book.open_subjects():
+                self._sign(subject)
+        if self.on_validators_changed is not None:
+            self.on_validators_changed(addresses, bindings)
+
+    def validator_update(self, height: int) -> tuple[ValidatorSet, dict[bytes, bytes]] | None:
+        """The consensus hook: the new set if committing `height` changed the epoch."""
+        change = self._set_change
+        if change is None or change[0] != height:
+            return None
+        self._set_change = None
+        return change[1], change[2]
+
     def _expect_and_sign(self, subject: AnchorBatch | Settlement) -> None:
         self.book.expect(subject)
+        if self.settings.key.address in self.validators:
+            self._sign(subject)
+
+    def _sign(self, subject: AnchorBatch | Settlement) -> None:
         domain = self.settings.anchor_domain if isinstance(subject, AnchorBatch) else self.settings.escrow_domain
         self.on_own_attestation(attest(subject, self.settings.key, domain).encode())
 

@@ -173,6 +173,7 @@ class ContractChainAccess:
     def __init__(self, client: ChainClient, index: SessionIndex) -> None:
         self.client = client
         self.index = index
+        self._validators_cache: tuple[int, tuple[int, tuple[bytes, ...], dict[bytes, bytes]]] | None = None
 
     def head(self) -> int:
         """The latest block number."""
@@ -191,3 +192,22 @@ class ContractChainAccess:
     def view_at(self, number: int) -> ContractChainView:
         """The ledger's ChainView at block `number`."""
         return ContractChainView(self.client, self.index, number)
+
+    def validators_at(self, number: int) -> tuple[int, tuple[bytes, ...], dict[bytes, bytes]]:
+        """(epoch, sorted addresses, address -> peer id) of the ValidatorSet at block `number`."""
+        cached = self._validators_cache
+        if cached is not None and cached[0] == number:
+            return cached[1]
+        try:
+            epoch = int(self.client.read("ValidatorSet", "epoch", block=number))
+            if cached is not None and cached[1][0] == epoch:
+                result = cached[1]  # same epoch: same set (only a quorum update changes it)
+            else:
+                state = self.client.validator_set(number)
+                bindings = {bytes.fromhex(v.address[2:]): bytes(v.peer_id) for v in state.validators if v.peer_id}
+                addresses = tuple(sorted(bytes.fromhex(v.address[2:]) for v in state.validators))
+                result = (state.epoch, addresses, bindings)
+        except Exception as exc:
+            raise ChainReadError(f"reading the ValidatorSet at block {number}: {exc}") from exc
+        self._validators_cache = (number, result)
+        return result

@@ -174,7 +174,7 @@ async def refresh_peer_bindings(parts: NodeParts, interval_s: float = 5.0) -> No
             log.warning("could not refresh validator peer ids: %s", exc)
             continue
         bindings = _peer_bindings(state)
-        bindings = {a: p for a, p in bindings.items() if a in parts.app.settings.validators}
+        bindings = {a: p for a, p in bindings.items() if a in parts.app.validators}
         if bindings != {a: directory.peer_of(a) for a in directory.addresses()}:
             log.info("validator peer ids changed on chain; updating the directory")
             directory.replace(bindings)
@@ -210,9 +210,14 @@ def build_node(config: NodeConfig) -> NodeParts:
                         me.hex(), ID(bindings[me]).to_base58(), keys.peer_id.to_base58())
         client.set_validator_info(my_peer, f"ws://{config.ocpp.host}:{config.ocpp.port}/ocpp")
         bindings[me] = my_peer
+    # Consensus starts from the set in force at deployment (epoch 0); the application replays
+    # later epoch changes at the heights where they were committed.
+    genesis = client.validator_set(deployment.deploy_block)
+    genesis_addresses = sorted(bytes.fromhex(v.address[2:]) for v in genesis.validators)
     settings = AppSettings(
         key=keys.validator,
-        validators=tuple(sorted(addresses)),
+        validators=tuple(genesis_addresses),
+        epoch=genesis.epoch,
         anchor_domain=deployment.domain("Anchor"),
         escrow_domain=deployment.domain("Escrow"),
         batch_policy=BatchPolicy(every_blocks=config.anchoring.every_blocks,
@@ -221,7 +226,7 @@ def build_node(config: NodeConfig) -> NodeParts:
     )
     outbox = AttestationOutbox()
     submitter = Submitter(
-        OnChain(client), JobStore(data_dir / "submissions.sqlite"), me, addresses,
+        OnChain(client), JobStore(data_dir / "submissions.sqlite"), me, genesis_addresses,
         SubmitterConfig(confirmations=config.chain.confirmations, turn_timeout_s=config.anchoring.submit_timeout_s,
                         poll_interval_s=config.chain.poll_interval_s),
     )
@@ -238,7 +243,7 @@ def build_node(config: NodeConfig) -> NodeParts:
     service = ConsensusService(keys, ServiceConfig(
         data_dir=data_dir / "consensus",
         domain=deployment.domain("ValidatorSet"),
-        validators=ValidatorSet.equal(addresses),
+        validators=ValidatorSet.equal(genesis_addresses, genesis.epoch),
         directory=ValidatorDirectory(bindings),
         host=HostConfig(listen=config.p2p.listen, bootstrap=tuple(config.p2p.bootstrap)),
         timeouts=timeouts,
@@ -246,6 +251,15 @@ def build_node(config: NodeConfig) -> NodeParts:
         block_max_payloads=config.consensus.max_block_payloads,
         block_max_bytes=config.consensus.max_block_bytes,
     ), app)
+    directory = service.config.directory
+
+    def validators_changed(validators: tuple[bytes, ...], chain_bindings: dict[bytes, bytes]) -> None:
+        known = {a: directory.peer_of(a) for a in directory.addresses()}
+        directory.replace({a: p for a in validators if (p := chain_bindings.get(a) or known.get(a))})
+        submitter.validators = sorted(validators)
+
+    validators_changed(app.validators, bindings)  # after the replay of committed blocks
+    app.on_validators_changed = validators_changed
     return NodeParts(config, keys, deployment, client, app, service, submitter, outbox, quorums,
                      ChargerConnections(), time.time())
 

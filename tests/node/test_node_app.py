@@ -33,6 +33,7 @@ class StaticChain:
 
     def __init__(self, head: int = 10) -> None:
         self.head_number = head
+        self.epochs: dict[int, tuple[bytes, ...]] = {0: VALIDATORS}  # from Ethereum block -> set
         self.view = StaticChainView(
             devices={"CP-1": DeviceInfo(b"\x01" * 32, "0x" + "11" * 20, 2, Tariff(300_000))},
             id_tags={"TAG-1": IdTagInfo("0x" + "22" * 20)},
@@ -46,6 +47,11 @@ class StaticChain:
 
     def view_at(self, number: int) -> StaticChainView:
         return self.view
+
+    def validators_at(self, number: int):
+        epoch = max(e for e in self.epochs if e <= number)
+        addresses = self.epochs[epoch]
+        return len([e for e in self.epochs if e <= number]) - 1, addresses, {a: b"peer" + a for a in addresses}
 
 
 def make_app(tmp_path, key: SigningKey = KEYS[0], every_blocks: int = 2):
@@ -129,3 +135,29 @@ def test_apply_answers_events_closes_batches_and_collects_a_quorum(tmp_path):
     # A late fourth attestation is ignored quietly: no second quorum, no error.
     app.apply_block(block(app, 4, (attestations[3],)), CERT)
     assert app.counters["attestations_ignored"] == 0 and len(quorums) == 1
+
+
+def test_epoch_change_on_chain_switches_consensus_and_attestations(tmp_path):
+    newcomer = SigningKey(b"\x07" * 32)
+    app, own, _, quorums = make_app(tmp_path, key=newcomer, every_blocks=2)
+    changed = []
+    app.on_validators_changed = lambda validators, bindings: changed.append(validators)
+    app.apply_block(block(app, 1, (event("m1"),), eth_block=5), CERT)
+    app.apply_block(block(app, 2, (), eth_block=5), CERT)
+    assert not own  # not a validator yet: it closes the batch but does not sign
+    new_set = tuple(sorted([*VALIDATORS[1:], newcomer.address]))
+    app.chain.epochs[6] = new_set
+    app.apply_block(block(app, 3, (), eth_block=6), CERT)
+    assert app.epoch == 1 and app.validators == new_set and changed == [new_set]
+    update = app.validator_update(3)
+    assert update is not None and update[0].addresses == new_set and update[0].epoch == 1
+    assert app.validator_update(3) is None
+    assert len(own) == 1  # as a new validator it signs the batch still waiting for a quorum
+    # Attestations now count only from the new set: the dropped validator's no longer validate.
+    dropped_key = next(k for k in KEYS if k.address == VALIDATORS[0])
+    dropped = attest(decode_attestation(own[0]).subject, dropped_key, ANCHOR).encode()
+    assert not app.validate_block(block(app, 4, (dropped,), eth_block=6))
+    signers = [k for k in KEYS if k.address in new_set]
+    payloads = tuple(attest(decode_attestation(own[0]).subject, k, ANCHOR).encode() for k in signers[:2])
+    app.apply_block(block(app, 4, (own[0], *payloads), eth_block=6), CERT)
+    assert len(quorums) == 1 and newcomer.address in quorums[0].signers
