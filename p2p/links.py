@@ -157,14 +157,15 @@ class ConsensusLinks:
         my_peer = self._running.peer_id.to_bytes()
         next_px = 0.0
         while True:
-            for peer in list(self._directory.peers()):
+            validators = set(self._directory.peers())
+            for peer in validators:
                 if peer == my_peer or peer in self._links or peer in self._opening:
                     continue
                 if self._running.keeper.is_connected(ID(peer)):
                     self._opening.add(peer)
                     nursery.start_soon(self._outbound_link, peer)
             for peer in list(self._links):
-                if peer not in set(self._directory.peers()):
+                if peer not in validators:
                     self._links.pop(peer).close()  # no longer a validator
             now = trio.current_time()
             if now >= next_px:
