@@ -279,6 +279,8 @@ def build_router(parts: NodeParts) -> Router:
             "validator": "0x" + parts.keys.validator.address.hex(),
             "peer_id": parts.keys.peer_id.to_base58(),
             "committed_height": service.committed_height,
+            "epoch": parts.app.epoch,
+            "validators": len(parts.app.validators),
             "app_state_hash": "0x" + service.app_state_hash.hex(),
             "chargers_connected": len(parts.connections),
             "consensus": {k: v for k, v in service.stats().items() if k != "p2p"},
