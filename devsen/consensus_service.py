@@ -68,6 +68,7 @@ from consensus.types import (
     decode_message,
 )
 from consensus.wal import WriteAheadLog
+from p2p.batching import BatchError
 from p2p.envelope import ValidatorDirectory, network_id_of
 from p2p.gossip import GossipOverloaded
 from p2p.host import HostConfig
@@ -252,6 +253,9 @@ class ConsensusService:
                 except GossipOverloaded:
                     # Still in our mempool: it is committed when this node proposes.
                     self.counters["gossip_overloaded"] += 1
+                except BatchError:
+                    # Larger than an events message: only this node's proposals carry it.
+                    self.counters["gossip_payload_too_large"] += 1
         try:
             with trio.fail_after(timeout_s):
                 await waiter.event.wait()
