@@ -250,6 +250,8 @@ def build_node(config: NodeConfig) -> NodeParts:
         mempool_max_count=config.consensus.mempool_max_payloads,
         block_max_payloads=config.consensus.max_block_payloads,
         block_max_bytes=config.consensus.max_block_bytes,
+        # An idle proposer waits for payloads, but well inside its own propose timeout.
+        empty_block_interval_s=max(0.05, min(1.0, config.consensus.timeout_propose_ms / 2000)),
     ), app)
     directory = service.config.directory
 
