@@ -32,7 +32,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 typecheck: setup
-	$(VENV)/bin/mypy consensus ocpp_adapter anchoring devsen
+	$(VENV)/bin/mypy consensus ocpp_adapter anchoring devsen p2p contracts
 
 pytest: setup
 	$(VENV)/bin/pytest -q

@@ -19,6 +19,7 @@ Payload kinds are told apart by the first byte (anchoring/proofs.py, attestation
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,6 +49,9 @@ log = logging.getLogger("devsen.app")
 APP_HEADER_VERSION = 1
 MAX_APP_HEADER_BYTES = 128
 MAX_REMEMBERED_RESULTS = 200_000
+# A proposal whose time is this far ahead of our clock is refused (only the future is bounded:
+# a locked value may be re-proposed rounds later with its original, older time).
+MAX_FUTURE_DRIFT_MS = 30_000
 
 
 class AppHeaderError(ValueError):
@@ -175,6 +179,10 @@ class NodeApplication:
             parts = split_payloads(block.payloads)
         except ValueError as exc:
             log.warning("block %d rejected: %s", block.height, exc)
+            return False
+        if block.timestamp_ms > time.time() * 1000 + MAX_FUTURE_DRIFT_MS:
+            log.warning("block %d rejected: its time is more than %d s ahead of this node's clock",
+                        block.height, MAX_FUTURE_DRIFT_MS // 1000)
             return False
         if number < self.last_eth_block:
             log.warning("block %d rejected: Ethereum read block %d is behind %d", block.height, number,

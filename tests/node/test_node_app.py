@@ -104,6 +104,8 @@ def test_validation_rejects_garbage_foreign_and_backward_blocks(tmp_path):
     forged = bytearray(attest(AnchorBatch(0, b"\x01" * 32, 1, 1, 1), KEYS[1], ANCHOR).encode())
     forged[-5] ^= 1
     assert not app.validate_block(block(app, 1, (bytes(forged),)))
+    future = Block(1, 4_000_000_000_000, KEYS[0].address, ZERO_HASH, ZERO_HASH, (), encode_app_header(5, b"\x00" * 27 + b"\x00\x00\x00\x00\x05"))
+    assert not app.validate_block(future)  # block time far ahead of this node's clock
     app.apply_block(block(app, 1, (), eth_block=6), CERT)
     assert not app.validate_block(block(app, 2, (), eth_block=5))  # Ethereum read block went back
 
