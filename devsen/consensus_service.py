@@ -36,6 +36,7 @@ from typing import Any, Protocol
 import trio
 
 from consensus.core import (
+    MAX_RECENT_COMMITS,
     Broadcast,
     Commit,
     ConsensusCore,
@@ -210,6 +211,11 @@ class ConsensusService:
             max_payloads=self.config.block_max_payloads,
             max_payload_bytes=self.config.block_max_bytes,
         )
+        # Peers that missed our precommit for the last heights can still finish them.
+        for height in range(max(1, core.height - MAX_RECENT_COMMITS), core.height):
+            recent = self.store.get(height)
+            assert recent is not None, f"block store has a gap at height {height}"
+            core.remember_committed(recent)
         logger.info("recovered at height %d with app state %s", core.height, self.app_state_hash.hex())
         return core
 
