@@ -31,6 +31,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ from trio_websocket import ConnectionClosed, HandshakeError
 
 from anchoring.chain import ChainClient, Deployment, TransactionSender, connect
 from anchoring.chain.anvil import AnvilProcess, start_anvil
+from devsen.config import config_to_toml
 from devsen.demo_charger import ChargerCallFailed, DemoCharger, connect_demo_charger, iso_now
 from devsen.devnet import (
     CHAIN_ID,
@@ -64,6 +67,7 @@ CONNECT_TIMEOUT_S = 60.0
 CALL_TIMEOUT_S = 35.0
 STATUS_TIMEOUT_S = 10.0
 MAX_LATENCIES = 1_000_000  # bound on samples kept per run
+MAX_UNANSWERED_KEPT = 20
 PY_SPY = Path(sys.executable).parent / "py-spy"
 
 
@@ -108,6 +112,40 @@ def probe_device_reads(anvil: AnvilProcess, deployment_path: Path, reads: int = 
             "rpc_requests_per_device_read": {m: round(n / reads, 2) for m, n in methods.items()}}
 
 
+# What-if (--what-if): the node process with one change, applied here at start-up and never
+# in the product: device records read from the chain are memoised for the life of the process,
+# across Ethereum blocks, instead of re-read in every consensus block (ContractChainView's memo
+# lives for one block). Correct here only because no device changes during the runs; a product
+# cache would have to follow DeviceFactory changes at the agreed block. It bounds what removing
+# the per-event chain read from the commit path would gain.
+DEVICE_MEMO_LAUNCHER = """
+import sys
+import devsen.chain_view as chain_view
+from devsen.cli import main
+
+device_memo = {}
+read_device = chain_view.ContractChainView.device
+
+def device_memoised(self, charge_box_id):
+    if charge_box_id not in device_memo:
+        assert len(device_memo) < 100_000
+        device_memo[charge_box_id] = read_device(self, charge_box_id)
+    return device_memo[charge_box_id]
+
+chain_view.ContractChainView.device = device_memoised
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def start_node_with_device_memo(node: DevnetNode) -> None:
+    """Like devnet.start_node_process, through DEVICE_MEMO_LAUNCHER."""
+    node.config_path.write_text(config_to_toml(node.config))
+    with open(node.log_path, "ab") as log_file:
+        node.process = subprocess.Popen(
+            [sys.executable, "-c", DEVICE_MEMO_LAUNCHER, "node", "--config", str(node.config_path)],
+            stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+
+
 @dataclass
 class Network:
     """The running benchmark network."""
@@ -122,7 +160,7 @@ class Network:
         return [n for i, n in enumerate(self.nodes) if i not in self.dead]
 
 
-def start_network(root: Path, devices: int) -> Network:
+def start_network(root: Path, devices: int, start_node: Callable[[DevnetNode], None] = start_node_process) -> Network:
     """anvil (automining while seeding, then one block per second), contracts, devices, 4 nodes."""
     anvil = start_anvil(root / "anvil.log", chain_id=CHAIN_ID)
     network = Network(root, anvil, [])
@@ -137,7 +175,7 @@ def start_network(root: Path, devices: int) -> Network:
         print(f"one device() chain read: {network.chain_read_probe}")
         connect(anvil.url).provider.make_request("evm_setIntervalMining", [1])  # type: ignore[arg-type]
         for node in network.nodes:
-            start_node_process(node)
+            start_node(node)
         trio.run(wait_until_serving, network.nodes)
     except BaseException:
         stop_network(network)
@@ -149,6 +187,23 @@ def stop_network(network: Network) -> None:
     for node in network.nodes:
         stop_process(node.process)
     network.anvil.stop()
+
+
+@contextmanager
+def running_network(prefix: str, devices: int, start_node: Callable[[DevnetNode], None],
+                    keep: bool) -> Iterator[Network]:
+    """A network in a fresh temporary directory, stopped (and the directory removed unless
+    `keep`) on the way out, whatever happens."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        network = start_network(root, devices, start_node)
+        try:
+            yield network
+        finally:
+            stop_network(network)
+    finally:
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- load
@@ -163,6 +218,7 @@ class RunStats:
     connected: int = 0
     failovers: int = 0
     connect_seconds: float = 0.0
+    unanswered: list[dict[str, Any]] = field(default_factory=list)  # first MAX_UNANSWERED_KEPT timeouts
 
     def record(self, latency_ms: float, in_window: bool) -> None:
         if in_window:
@@ -183,7 +239,7 @@ class Window:
         return self.go.is_set() and sent_at >= self.start and replied_at <= self.end
 
 
-async def closed_loop(charger: DemoCharger, window: Window, stats: RunStats, seq: list[int]) -> None:
+async def closed_loop(charger: DemoCharger, node_name: str, window: Window, stats: RunStats, seq: list[int]) -> None:
     """Heartbeat and MeterValues alternately until the window ends."""
     while trio.current_time() < window.end:
         seq[0] += 1
@@ -202,6 +258,9 @@ async def closed_loop(charger: DemoCharger, window: Window, stats: RunStats, seq
             continue
         except trio.TooSlowError:
             stats.errors["reply timeout"] += 1
+            if len(stats.unanswered) < MAX_UNANSWERED_KEPT:
+                stats.unanswered.append({"charger": charger.charge_box_id, "message_id": charger.sent[-1][0],
+                                         "action": action, "node": node_name})
             continue
         replied_at = trio.current_time()
         stats.record((replied_at - sent_at) * 1000, window.contains(sent_at, replied_at))
@@ -230,7 +289,7 @@ async def run_charger(network: Network, index: int, window: Window, stats: RunSt
                     if ready[0] == count:
                         all_ready.set()
                     await window.go.wait()
-                await closed_loop(charger, window, stats, seq)
+                await closed_loop(charger, node.config.node.name, window, stats, seq)
                 return
         except (ConnectionClosed, HandshakeError, OSError, trio.TooSlowError, ChargerCallFailed) as exc:
             stats.errors[f"connection: {type(exc).__name__}"] += 1
@@ -303,7 +362,7 @@ def summarize(name: str, chargers: int, stats: RunStats, before: dict[str, Any],
         "node_cpu_pct_total": round(sum(n["cpu_pct"] for n in nodes.values()), 1),
         "anvil_cpu_pct": round(100 * (after["anvil_cpu_s"] - before["anvil_cpu_s"]) / elapsed, 1),
         "client_cpu_pct": round(100 * (after["client_cpu_s"] - before["client_cpu_s"]) / elapsed, 1),
-        "errors": dict(stats.errors), "failovers": stats.failovers,
+        "errors": dict(stats.errors), "failovers": stats.failovers, "unanswered": stats.unanswered,
         "machine_load_1m": round(os.getloadavg()[0], 1),
     }
     if kill_after_s is not None and after_kill is not None:
@@ -363,7 +422,24 @@ async def run_load(network: Network, chargers: int, duration_s: float, *, kill_a
         if profiler.returncode is None:
             profiler.kill()
             await profiler.wait()
+    await look_up_unanswered(network, stats.unanswered)
     return summarize(name, chargers, stats, before, after, kill_after_s, after_kill)
+
+
+async def look_up_unanswered(network: Network, unanswered: list[dict[str, Any]]) -> None:
+    """For each CALL left without a reply: did the live nodes commit it (and at which height)?"""
+    for entry in unanswered:
+        found = {}
+        for i, node in enumerate(network.nodes):
+            if i in network.dead:
+                continue
+            url = f"{node.http_url}/v1/chargers/{entry['charger']}/messages/{entry['message_id']}"
+            try:
+                status, body = await http_get_json(url, timeout=STATUS_TIMEOUT_S)
+            except (OSError, trio.TooSlowError, ValueError) as exc:
+                status, body = 0, {"error": type(exc).__name__}
+            found[node.config.node.name] = body.get("height", "committed") if status == 200 else status
+        entry["committed_per_node"] = found
 
 
 async def idle_run(network: Network, seconds: float) -> dict[str, Any]:
@@ -429,6 +505,14 @@ def markdown(result: dict[str, Any]) -> str:
             lines += ["", f"Kill run: node-4 SIGKILLed {k['at_s']} s into the window; over the last "
                           f"{k['window_after_kill_s']} s with 3 of 4 up: {k['events_per_s_3_of_4']} events/s, "
                           f"{k['blocks_per_s_3_of_4']} blocks/s; {row['failovers']} charger failovers."]
+    what = result.get("what_if_device_memo")
+    if what:
+        lines += ["", f"What-if, not the product: {what['change']}.", "",
+                  "| run | events/s | replies/s | p50 ms | p99 ms | blocks/s | payloads/block | node CPU % | load |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['run']} | {r['events_per_s_ledger']} | {r['replies_per_s']} | {r['latency_ms']['p50']} "
+                  f"| {r['latency_ms']['p99']} | {r['blocks_per_s']} | {r['payloads_per_block']} "
+                  f"| {r['node_cpu_pct_total']} | {r['machine_load_1m']} |" for r in what["runs"]]
     probe = result.get("chain_read_probe")
     if probe:
         lines += ["", f"One `ChainClient.device` read (what the ledger does per event of an unseen charger per "
@@ -491,25 +575,41 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of load per run")
     parser.add_argument("--profile", action="store_true", help="py-spy node 1 during the largest run")
     parser.add_argument("--keep", action="store_true", help="keep the data directory (node logs)")
+    parser.add_argument("--what-if", type=int, nargs="*", default=None, metavar="C",
+                        help="then, on a fresh network whose nodes memoise device records across blocks "
+                             "(a start-up patch, see DEVICE_MEMO_LAUNCHER), run these charger counts (default 50 100)")
     args = parser.parse_args()
     if not all(1 <= c <= 1000 for c in args.chargers) or not 5 <= args.duration <= 60:
         parser.error("chargers in 1..1000, duration in 5..60 s")
-    root = Path(tempfile.mkdtemp(prefix="devsen-bench-"))
     started = time.monotonic()
-    network = start_network(root, max(args.chargers))
-    print(f"network up in {time.monotonic() - started:.1f} s (data in {root})")
-    try:
+    with running_network("devsen-bench-", max(args.chargers), start_node_process, args.keep) as network:
+        print(f"network up in {time.monotonic() - started:.1f} s (data in {network.root})")
         result = trio.run(_bench_bounded, network, args, TOTAL_BUDGET_S - (time.monotonic() - started))
-    finally:
-        stop_network(network)
-        if not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
+    if args.what_if is not None:
+        result["what_if_device_memo"] = what_if(args, args.what_if or [50, 100],
+                                                      TOTAL_BUDGET_S - (time.monotonic() - started))
     result["total_s"] = round(time.monotonic() - started, 1)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "node_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / "node_throughput.md").write_text(markdown(result))
     print(f"total {result['total_s']} s; wrote {RESULTS / 'node_throughput.json'} and .md")
     return 0
+
+
+def what_if(args: argparse.Namespace, counts: list[int], budget_s: float) -> dict[str, Any]:
+    """The same closed-loop runs against nodes started with DEVICE_MEMO_LAUNCHER."""
+    print("what-if: nodes memoising device records across blocks")
+    with running_network("devsen-bench-whatif-", max(counts), start_node_with_device_memo, args.keep) as network:
+        async def runs() -> list[dict[str, Any]]:
+            rows = []
+            with trio.fail_after(budget_s):
+                for count in counts:
+                    rows.append(await run_load(network, count, args.duration))
+                    print_table(rows[-1:])
+            return rows
+        return {"change": ("device records memoised across blocks instead of one eth_call per charger per "
+                           "consensus block (bench-only start-up patch; upper bound)"),
+                "runs": trio.run(runs)}
 
 
 async def _bench_bounded(network: Network, args: argparse.Namespace, budget_s: float) -> dict[str, Any]:
