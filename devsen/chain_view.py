@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +29,7 @@ log = logging.getLogger("devsen.chain")
 
 MAX_INDEXED_SESSIONS = 1_000_000  # a devnet/test bound; beyond it the node refuses to go on
 MAX_LOG_RANGE = 2_000  # blocks per eth_getLogs call
+BLOCK_HASH_CACHE = 64
 
 
 class ChainReadError(RuntimeError):
@@ -173,6 +175,7 @@ class ContractChainAccess:
     def __init__(self, client: ChainClient, index: SessionIndex) -> None:
         self.client = client
         self.index = index
+        self._hashes: OrderedDict[int, bytes] = OrderedDict()
         self._validators_cache: tuple[int, tuple[int, tuple[bytes, ...], dict[bytes, bytes]]] | None = None
 
     def head(self) -> int:
@@ -183,11 +186,19 @@ class ContractChainAccess:
             raise ChainReadError(f"eth_blockNumber failed: {exc}") from exc
 
     def block_hash(self, number: int) -> bytes:
-        """The hash of block `number` on the chain as the RPC sees it now."""
+        """The hash of block `number` as the RPC sees it (remembered for a few recent blocks:
+        blocks named by consensus are `confirmations` deep, below where reorgs are expected)."""
+        cached = self._hashes.get(number)
+        if cached is not None:
+            return cached
         try:
-            return bytes(self.client.w3.eth.get_block(number)["hash"])
+            block_hash = bytes(self.client.w3.eth.get_block(number)["hash"])
         except Exception as exc:
             raise ChainReadError(f"eth_getBlockByNumber({number}) failed: {exc}") from exc
+        self._hashes[number] = block_hash
+        while len(self._hashes) > BLOCK_HASH_CACHE:
+            self._hashes.popitem(last=False)
+        return block_hash
 
     def view_at(self, number: int) -> ContractChainView:
         """The ledger's ChainView at block `number`."""
