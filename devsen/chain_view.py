@@ -19,7 +19,7 @@ from typing import Any
 import trio
 from web3 import Web3
 
-from anchoring.chain import ChainClient
+from anchoring.chain import ChainClient, device_id_of
 from anchoring.chain import EscrowSession as ChainEscrowSession
 from anchoring.chain.client import SessionStatus
 from devsen.ledger import ChainView, DeviceInfo, EscrowSession, IdTagInfo, Tariff
@@ -30,6 +30,7 @@ log = logging.getLogger("devsen.chain")
 MAX_INDEXED_SESSIONS = 1_000_000  # a devnet/test bound; beyond it the node refuses to go on
 MAX_LOG_RANGE = 2_000  # blocks per eth_getLogs call
 BLOCK_HASH_CACHE = 64
+MAX_CACHED_READS = 100_000
 
 
 class ChainReadError(RuntimeError):
@@ -88,13 +89,83 @@ def _to_ledger_session(charge_box_id: str, session: ChainEscrowSession) -> Escro
     )
 
 
+class ReadCache:
+    """Registry and escrow reads kept across Ethereum blocks until a contract event touches them.
+
+    Valid at `block`: an entry read at an earlier block is still the value at `block`,
+    because every state change of the fields read here emits an event whose first indexed
+    topic is the key (deviceId, idTagHash, sessionId; any ValidatorSet event for the set),
+    and `advance(E)` drops the keys touched by the logs of blocks (block, E]. This turns one
+    eth_call per charger per consensus block into one eth_getLogs per new Ethereum block.
+    """
+
+    KINDS_BY_CONTRACT = {"DeviceFactory": ("device",), "UserRegistry": ("id_tag",), "Escrow": ("session",)}
+
+    def __init__(self, client: ChainClient, max_entries: int = MAX_CACHED_READS) -> None:
+        self._client = client
+        self._contracts = {Web3.to_checksum_address(a): name for name, a in client.deployment.addresses().items()
+                           if name in ("DeviceFactory", "UserRegistry", "Escrow", "ValidatorSet")}
+        self.max_entries = max_entries
+        self.block = -1
+        self.entries: OrderedDict[tuple[str, bytes], Any] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def advance(self, number: int) -> None:
+        """Make the cache valid at block `number` (going back empties it)."""
+        if number == self.block:
+            return
+        if number < self.block or self.block < 0:
+            self.entries.clear()
+            self.block = number
+            return
+        while self.block < number:
+            to_block = min(number, self.block + MAX_LOG_RANGE)
+            try:
+                logs = self._client.w3.eth.get_logs({"fromBlock": self.block + 1, "toBlock": to_block,
+                                                     "address": list(self._contracts)})
+            except Exception as exc:
+                raise ChainReadError(f"eth_getLogs {self.block + 1}..{to_block} failed: {exc}") from exc
+            for entry in logs:
+                contract = self._contracts.get(Web3.to_checksum_address(entry["address"]))
+                if contract == "ValidatorSet":
+                    self.entries.pop(("validators", b""), None)
+                elif contract is not None and len(entry["topics"]) > 1:
+                    key = bytes(entry["topics"][1])
+                    for kind in self.KINDS_BY_CONTRACT[contract]:
+                        self.entries.pop((kind, key), None)
+            self.block = to_block
+
+    def get(self, kind: str, key: bytes, read: Any) -> Any:
+        """The cached value of (kind, key) at `block`, reading it at `block` when absent."""
+        slot = (kind, key)
+        if slot in self.entries:
+            self.hits += 1
+            self.entries.move_to_end(slot)
+            return self.entries[slot]
+        self.misses += 1
+        try:
+            value = read(self.block)
+        except ChainReadError:
+            raise
+        except Exception as exc:
+            raise ChainReadError(f"reading {kind} at block {self.block}: {exc}") from exc
+        self.entries[slot] = value
+        while len(self.entries) > self.max_entries:
+            self.entries.popitem(last=False)
+        return value
+
+
+
 class ContractChainView(ChainView):
     """On-chain facts at one Ethereum block, read through the chain client and memoised."""
 
-    def __init__(self, client: ChainClient, index: SessionIndex, block_number: int) -> None:
+    def __init__(self, client: ChainClient, index: SessionIndex, block_number: int, cache: ReadCache) -> None:
+        assert cache.block == block_number, "advance the cache to the view's block first"
         self._client = client
         self._index = index
         self.block_number = block_number
+        self._cache = cache
         self._memo: dict[tuple[str, Any], Any] = {}
 
     def _read(self, key: tuple[str, Any], read: Any) -> Any:
@@ -108,8 +179,8 @@ class ContractChainView(ChainView):
         return self._memo[key]
 
     def device(self, charge_box_id: str) -> DeviceInfo | None:
-        record = self._read(("device", charge_box_id),
-                            lambda: self._client.device(charge_box_id, self.block_number))
+        record = self._cache.get("device", device_id_of(charge_box_id),
+                                 lambda block: self._client.device(charge_box_id, block))
         if record is None:
             return None
         return DeviceInfo(
@@ -121,14 +192,14 @@ class ContractChainView(ChainView):
         )
 
     def id_tag(self, tag_hash: bytes) -> IdTagInfo | None:
-        record = self._read(("id_tag", tag_hash), lambda: self._client.id_tag(tag_hash, self.block_number))
+        record = self._cache.get("id_tag", tag_hash, lambda block: self._client.id_tag(tag_hash, block))
         if record is None:
             return None
         return IdTagInfo(account=record.account, expiry_s=record.expiry, revoked=record.revoked)
 
     def _session(self, session_id: bytes) -> ChainEscrowSession | None:
-        result: ChainEscrowSession | None = self._read(
-            ("session", session_id), lambda: self._client.session(session_id, self.block_number))
+        result: ChainEscrowSession | None = self._cache.get(
+            "session", session_id, lambda block: self._client.session(session_id, block))
         return result
 
     def open_escrow_sessions(self, charge_box_id: str) -> Sequence[EscrowSession]:
@@ -145,8 +216,8 @@ class ContractChainView(ChainView):
         session = self._session(session_id)
         if session is None or session.status != SessionStatus.OPEN:
             return None
-        device = self._read(("device_by_id", session.device_id),
-                            lambda: self._client.device_by_id(session.device_id, self.block_number))
+        device = self._cache.get("device", session.device_id,
+                                 lambda block: self._client.device_by_id(session.device_id, block))
         return _to_ledger_session(device.charge_box_id if device else "", session)
 
 
@@ -176,7 +247,7 @@ class ContractChainAccess:
         self.client = client
         self.index = index
         self._hashes: OrderedDict[int, bytes] = OrderedDict()
-        self._validators_cache: tuple[int, tuple[int, tuple[bytes, ...], dict[bytes, bytes]]] | None = None
+        self.cache = ReadCache(client)
 
     def head(self) -> int:
         """The latest block number."""
@@ -202,23 +273,17 @@ class ContractChainAccess:
 
     def view_at(self, number: int) -> ContractChainView:
         """The ledger's ChainView at block `number`."""
-        return ContractChainView(self.client, self.index, number)
+        self.cache.advance(number)
+        return ContractChainView(self.client, self.index, number, self.cache)
 
     def validators_at(self, number: int) -> tuple[int, tuple[bytes, ...], dict[bytes, bytes]]:
         """(epoch, sorted addresses, address -> peer id) of the ValidatorSet at block `number`."""
-        cached = self._validators_cache
-        if cached is not None and cached[0] == number:
-            return cached[1]
-        try:
-            epoch = int(self.client.read("ValidatorSet", "epoch", block=number))
-            if cached is not None and cached[1][0] == epoch:
-                result = cached[1]  # same epoch: same set (only a quorum update changes it)
-            else:
-                state = self.client.validator_set(number)
-                bindings = {bytes.fromhex(v.address[2:]): bytes(v.peer_id) for v in state.validators if v.peer_id}
-                addresses = tuple(sorted(bytes.fromhex(v.address[2:]) for v in state.validators))
-                result = (state.epoch, addresses, bindings)
-        except Exception as exc:
-            raise ChainReadError(f"reading the ValidatorSet at block {number}: {exc}") from exc
-        self._validators_cache = (number, result)
+        self.cache.advance(number)
+
+        def read(block: int) -> tuple[int, tuple[bytes, ...], dict[bytes, bytes]]:
+            state = self.client.validator_set(block)
+            bindings = {bytes.fromhex(v.address[2:]): bytes(v.peer_id) for v in state.validators if v.peer_id}
+            return state.epoch, tuple(sorted(bytes.fromhex(v.address[2:]) for v in state.validators)), bindings
+
+        result: tuple[int, tuple[bytes, ...], dict[bytes, bytes]] = self.cache.get("validators", b"", read)
         return result
