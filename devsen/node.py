@@ -55,6 +55,7 @@ from p2p.keys import NodeKeys, load_keys
 log = logging.getLogger("devsen.node")
 
 MAX_OWN_ATTESTATIONS = 10_000
+MAX_QUEUED_QUORUMS = 10_000
 ATTESTATION_RETRY_S = 2.0
 
 
@@ -323,9 +324,16 @@ class QuorumInbox:
     def __init__(self) -> None:
         self.queue: deque[Quorum] = deque()
         self.wake = trio.Event()
+        self.dropped = 0
 
     def add(self, quorum: Quorum) -> None:
-        """Called from apply_block; bounded by the AttestationBook's open-subject limit."""
+        """Called from apply_block. Bounded: the submitter persists quorums faster than blocks
+        make them; if it is stuck this long, the oldest is dropped (a restart finds it again
+        by replaying the blocks)."""
+        if len(self.queue) >= MAX_QUEUED_QUORUMS:
+            self.queue.popleft()
+            self.dropped += 1
+            log.error("quorum queue full: dropped the oldest (the submitter is stuck)")
         self.queue.append(quorum)
         self.wake.set()
 
