@@ -10,7 +10,8 @@ and applied, so reply latency is commit latency.
 Measured per run: committed events/s (from the nodes' /v1/status `app.events` counters and
 from replies received), reply latency p50/p99, blocks/s, payloads per block, CPU and RSS of
 every node process (from /proc), plus one run with a node SIGKILLed mid-run (its chargers
-fail over to the next node). With --profile, py-spy samples node 1 during the largest run.
+fail over to the next node), and the cost of one uncached chain read. With --profile, py-spy
+(if installed in the venv) samples node 1 during the largest run, summarised per area.
 Prints a table and writes bench/results/node_throughput.json and .md.
 
     .venv/bin/python bench/node_throughput.py [--chargers 1 10 50 100] [--duration 20]
@@ -31,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,6 @@ from trio_websocket import ConnectionClosed, HandshakeError
 
 from anchoring.chain import ChainClient, Deployment, TransactionSender, connect
 from anchoring.chain.anvil import AnvilProcess, start_anvil
-from devsen.config import config_to_toml
 from devsen.demo_charger import ChargerCallFailed, DemoCharger, connect_demo_charger, iso_now
 from devsen.devnet import (
     CHAIN_ID,
@@ -92,8 +92,9 @@ def register_devices(anvil: AnvilProcess, deployment_path: Path, count: int) -> 
 
 
 def probe_device_reads(anvil: AnvilProcess, deployment_path: Path, reads: int = 50) -> dict[str, Any]:
-    """Wall time of the ledger's per-event chain read (`ChainClient.device` at head - 2) and the
-    JSON-RPC requests it makes (counted in anvil's log); run before the nodes start."""
+    """Wall time of one uncached device read (`ChainClient.device` at head - 2, what the ledger's
+    chain view does on a cache miss) and the JSON-RPC requests it makes (counted in anvil's log);
+    run before the nodes start."""
     w3 = connect(anvil.url)
     client = ChainClient(w3, Deployment.from_json(deployment_path.read_text()), None)
     block = max(int(w3.eth.block_number) - 2, 0)
@@ -112,40 +113,6 @@ def probe_device_reads(anvil: AnvilProcess, deployment_path: Path, reads: int = 
             "rpc_requests_per_device_read": {m: round(n / reads, 2) for m, n in methods.items()}}
 
 
-# What-if (--what-if): the node process with one change, applied here at start-up and never
-# in the product: device records read from the chain are memoised for the life of the process,
-# across Ethereum blocks, instead of re-read in every consensus block (ContractChainView's memo
-# lives for one block). Correct here only because no device changes during the runs; a product
-# cache would have to follow DeviceFactory changes at the agreed block. It bounds what removing
-# the per-event chain read from the commit path would gain.
-DEVICE_MEMO_LAUNCHER = """
-import sys
-import devsen.chain_view as chain_view
-from devsen.cli import main
-
-device_memo = {}
-read_device = chain_view.ContractChainView.device
-
-def device_memoised(self, charge_box_id):
-    if charge_box_id not in device_memo:
-        assert len(device_memo) < 100_000
-        device_memo[charge_box_id] = read_device(self, charge_box_id)
-    return device_memo[charge_box_id]
-
-chain_view.ContractChainView.device = device_memoised
-sys.exit(main(sys.argv[1:]))
-"""
-
-
-def start_node_with_device_memo(node: DevnetNode) -> None:
-    """Like devnet.start_node_process, through DEVICE_MEMO_LAUNCHER."""
-    node.config_path.write_text(config_to_toml(node.config))
-    with open(node.log_path, "ab") as log_file:
-        node.process = subprocess.Popen(
-            [sys.executable, "-c", DEVICE_MEMO_LAUNCHER, "node", "--config", str(node.config_path)],
-            stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-
-
 @dataclass
 class Network:
     """The running benchmark network."""
@@ -160,7 +127,7 @@ class Network:
         return [n for i, n in enumerate(self.nodes) if i not in self.dead]
 
 
-def start_network(root: Path, devices: int, start_node: Callable[[DevnetNode], None] = start_node_process) -> Network:
+def start_network(root: Path, devices: int) -> Network:
     """anvil (automining while seeding, then one block per second), contracts, devices, 4 nodes."""
     anvil = start_anvil(root / "anvil.log", chain_id=CHAIN_ID)
     network = Network(root, anvil, [])
@@ -175,7 +142,7 @@ def start_network(root: Path, devices: int, start_node: Callable[[DevnetNode], N
         print(f"one device() chain read: {network.chain_read_probe}")
         connect(anvil.url).provider.make_request("evm_setIntervalMining", [1])  # type: ignore[arg-type]
         for node in network.nodes:
-            start_node(node)
+            start_node_process(node)
         trio.run(wait_until_serving, network.nodes)
     except BaseException:
         stop_network(network)
@@ -190,13 +157,12 @@ def stop_network(network: Network) -> None:
 
 
 @contextmanager
-def running_network(prefix: str, devices: int, start_node: Callable[[DevnetNode], None],
-                    keep: bool) -> Iterator[Network]:
+def running_network(prefix: str, devices: int, keep: bool) -> Iterator[Network]:
     """A network in a fresh temporary directory, stopped (and the directory removed unless
     `keep`) on the way out, whatever happens."""
     root = Path(tempfile.mkdtemp(prefix=prefix))
     try:
-        network = start_network(root, devices, start_node)
+        network = start_network(root, devices)
         try:
             yield network
         finally:
@@ -251,7 +217,9 @@ async def closed_loop(charger: DemoCharger, node_name: str, window: Window, stat
             action = "MeterValues"
         sent_at = trio.current_time()
         try:
-            await charger.call(action, payload)
+            # DemoCharger's own ids ("{chargeBoxId}-{n}-{ns}") pass OCPP's 36-character limit from
+            # the 100th message of a 13-character chargeBoxId on; these stay under 26 and unique.
+            await charger.call(action, payload, message_id=f"{seq[0]}-{time.time_ns()}")
         except ChargerCallFailed as exc:
             stats.errors[f"CALLERROR {exc.code}"] += 1
             await trio.sleep(0.1)
@@ -452,10 +420,29 @@ async def idle_run(network: Network, seconds: float) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- py-spy summary
 
+# Areas of a node's time, first match wins: (area, file prefixes of any frame in the stack).
+PROFILE_AREAS = (
+    ("chain JSON-RPC (web3)", ("web3/",)),
+    ("WAL, block store, anchor index (disk)", ("consensus/wal.py", "consensus/store.py", "sqlite3/",
+                                               "anchoring/proofs.py", "anchoring/submitter")),
+    ("signatures and hashes", ("nacl/", "coincurve/", "Crypto/", "eth_keys/", "consensus/signing.py")),
+    ("OCPP endpoint (websocket, JSON schema)", ("ocpp_adapter/", "trio_websocket/", "wsproto/", "jsonschema/")),
+    ("p2p (libp2p, links, gossip)", ("libp2p/", "p2p/", "multiaddr/")),
+    ("ledger and app apply", ("devsen/ledger/", "devsen/app.py")),
+    ("consensus core and service", ("consensus/", "devsen/consensus_service.py")),
+    ("HTTP status API", ("devsen/http_api.py",)),
+    ("event loop wait (epoll)", ("trio/_core/_io_epoll.py",)),
+)
+BOILERPLATE_FRAMES = ("<frozen runpy>", "devsen/cli.py", "threading.py", "trio/_core/_run.py",
+                      "trio/_core/_thread_cache.py", "trio/_threads.py", "outcome/_impl.py")
+
+
 def summarize_profile(path: Path, top: int = 15) -> dict[str, Any]:
-    """Self and inclusive sample shares per function from py-spy's raw (collapsed) output."""
+    """Sample shares from py-spy's raw (collapsed) output: per area (PROFILE_AREAS), per
+    function (self), and per project or library function (inclusive, boilerplate left out)."""
     own: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
+    areas: collections.Counter[str] = collections.Counter()
     total = 0
     for line in path.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -467,11 +454,16 @@ def summarize_profile(path: Path, top: int = 15) -> dict[str, Any]:
         own[frames[-1]] += count
         for frame in set(frames):
             inclusive[frame] += count
+        files = [f.rsplit(" (", 1)[-1] for f in frames]
+        areas[next((area for area, prefixes in PROFILE_AREAS if any(f.startswith(prefixes) for f in files)),
+                   "other")] += count
     share = (lambda c: round(100 * c / total, 1)) if total else (lambda c: 0.0)
+    kept = [(f, c) for f, c in inclusive.most_common()
+            if not f.rsplit(" (", 1)[-1].startswith(BOILERPLATE_FRAMES) and not f.startswith("run_node ")]
     return {"samples": total,
+            "areas_pct": [[a, share(c)] for a, c in areas.most_common()],
             "self_pct": [[f, share(c)] for f, c in own.most_common(top)],
-            "inclusive_pct": [[f, share(c)] for f, c in inclusive.most_common(top * 3)
-                              if not f.startswith(("<module>", "run (trio", "_run", "main"))][:top * 2]}
+            "inclusive_pct": [[f, share(c)] for f, c in kept[:top * 2]]}
 
 
 def _short_frame(frame: str) -> str:
@@ -487,8 +479,11 @@ def _short_frame(frame: str) -> str:
 # ---------------------------------------------------------------- report
 
 def markdown(result: dict[str, Any]) -> str:
+    code = result["code"]
     lines = ["# Node throughput: 4 validator processes + anvil on one 2-core machine", "",
              result["note"], "",
+             f"Code: commit {code['commit'][:12]}, {code['product_files_changed']} product files modified in the "
+             "work tree at the time of the run.", "",
              "| run | chargers | events/s (ledger) | replies/s | p50 ms | p99 ms | blocks/s | payloads/block "
              "| node CPU % (sum of 4) | node RSS MiB (max) | errors | machine load (1 min) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -505,23 +500,17 @@ def markdown(result: dict[str, Any]) -> str:
             lines += ["", f"Kill run: node-4 SIGKILLed {k['at_s']} s into the window; over the last "
                           f"{k['window_after_kill_s']} s with 3 of 4 up: {k['events_per_s_3_of_4']} events/s, "
                           f"{k['blocks_per_s_3_of_4']} blocks/s; {row['failovers']} charger failovers."]
-    what = result.get("what_if_device_memo")
-    if what:
-        lines += ["", f"What-if, not the product: {what['change']}.", "",
-                  "| run | events/s | replies/s | p50 ms | p99 ms | blocks/s | payloads/block | node CPU % | load |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['run']} | {r['events_per_s_ledger']} | {r['replies_per_s']} | {r['latency_ms']['p50']} "
-                  f"| {r['latency_ms']['p99']} | {r['blocks_per_s']} | {r['payloads_per_block']} "
-                  f"| {r['node_cpu_pct_total']} | {r['machine_load_1m']} |" for r in what["runs"]]
     probe = result.get("chain_read_probe")
     if probe:
-        lines += ["", f"One `ChainClient.device` read (what the ledger does per event of an unseen charger per "
-                      f"block), from a fresh process to the same anvil: {probe['device_read_ms']} ms, JSON-RPC "
-                      f"requests per read: {probe['rpc_requests_per_device_read']}."]
+        lines += ["", f"One uncached `ChainClient.device` read (the chain read behind a charger event when the "
+                      f"node's read cache misses), from a fresh process to the same anvil: {probe['device_read_ms']} "
+                      f"ms, JSON-RPC requests per read: {probe['rpc_requests_per_device_read']}."]
     profile = result.get("profile")
     if profile:
         lines += ["", f"## Where node-1's time goes (py-spy, {profile['samples']} samples, run {profile['run']})", "",
-                  "| function (self) | % |", "|---|---|"]
+                  "| area (any frame of the stack, first match) | % |", "|---|---|"]
+        lines += [f"| {a} | {p} |" for a, p in profile["areas_pct"]]
+        lines += ["", "| function (self) | % |", "|---|---|"]
         lines += [f"| `{f}` | {p} |" for f, p in profile["self_pct"]]
         lines += ["", "| function (inclusive) | % |", "|---|---|"]
         lines += [f"| `{f}` | {p} |" for f, p in profile["inclusive_pct"]]
@@ -539,6 +528,15 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         print(f"{row['run']:<18}{row['events_per_s_ledger'] or 0:>8}{row['replies_per_s']:>8}"
               f"{row['latency_ms']['p50'] or 0:>9}{row['latency_ms']['p99'] or 0:>9}{row['blocks_per_s'] or 0:>7}"
               f"{row['payloads_per_block'] or 0:>8}{row['node_cpu_pct_total']:>7}{rss:>8}{sum(row['errors'].values()):>5}")
+
+
+def code_version() -> dict[str, Any]:
+    """The commit the nodes ran, and whether product files differed from it (shared work tree)."""
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(HERE.parent), *args], capture_output=True, text=True, timeout=10)
+        return done.stdout.strip()
+    changed = git("status", "--porcelain", "--", "consensus", "devsen", "anchoring", "p2p", "ocpp_adapter")
+    return {"commit": git("rev-parse", "HEAD"), "product_files_changed": len(changed.splitlines())}
 
 
 async def bench(network: Network, args: argparse.Namespace) -> dict[str, Any]:
@@ -575,41 +573,21 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of load per run")
     parser.add_argument("--profile", action="store_true", help="py-spy node 1 during the largest run")
     parser.add_argument("--keep", action="store_true", help="keep the data directory (node logs)")
-    parser.add_argument("--what-if", type=int, nargs="*", default=None, metavar="C",
-                        help="then, on a fresh network whose nodes memoise device records across blocks "
-                             "(a start-up patch, see DEVICE_MEMO_LAUNCHER), run these charger counts (default 50 100)")
     args = parser.parse_args()
     if not all(1 <= c <= 1000 for c in args.chargers) or not 5 <= args.duration <= 60:
         parser.error("chargers in 1..1000, duration in 5..60 s")
     started = time.monotonic()
-    with running_network("devsen-bench-", max(args.chargers), start_node_process, args.keep) as network:
+    code = code_version()  # what the node processes are about to load
+    with running_network("devsen-bench-", max(args.chargers), args.keep) as network:
         print(f"network up in {time.monotonic() - started:.1f} s (data in {network.root})")
         result = trio.run(_bench_bounded, network, args, TOTAL_BUDGET_S - (time.monotonic() - started))
-    if args.what_if is not None:
-        result["what_if_device_memo"] = what_if(args, args.what_if or [50, 100],
-                                                      TOTAL_BUDGET_S - (time.monotonic() - started))
+    result["code"] = code
     result["total_s"] = round(time.monotonic() - started, 1)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "node_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / "node_throughput.md").write_text(markdown(result))
     print(f"total {result['total_s']} s; wrote {RESULTS / 'node_throughput.json'} and .md")
     return 0
-
-
-def what_if(args: argparse.Namespace, counts: list[int], budget_s: float) -> dict[str, Any]:
-    """The same closed-loop runs against nodes started with DEVICE_MEMO_LAUNCHER."""
-    print("what-if: nodes memoising device records across blocks")
-    with running_network("devsen-bench-whatif-", max(counts), start_node_with_device_memo, args.keep) as network:
-        async def runs() -> list[dict[str, Any]]:
-            rows = []
-            with trio.fail_after(budget_s):
-                for count in counts:
-                    rows.append(await run_load(network, count, args.duration))
-                    print_table(rows[-1:])
-            return rows
-        return {"change": ("device records memoised across blocks instead of one eth_call per charger per "
-                           "consensus block (bench-only start-up patch; upper bound)"),
-                "runs": trio.run(runs)}
 
 
 async def _bench_bounded(network: Network, args: argparse.Namespace, budget_s: float) -> dict[str, Any]:
