@@ -68,6 +68,7 @@ CALL_TIMEOUT_S = 35.0
 STATUS_TIMEOUT_S = 10.0
 MAX_LATENCIES = 1_000_000  # bound on samples kept per run
 MAX_UNANSWERED_KEPT = 20
+RSS_SAMPLE_S = 5.0
 PY_SPY = Path(sys.executable).parent / "py-spy"
 
 
@@ -184,6 +185,7 @@ class RunStats:
     connected: int = 0
     failovers: int = 0
     connect_seconds: float = 0.0
+    rss_series: list[float] = field(default_factory=list)  # node-1 RSS MiB every RSS_SAMPLE_S of the window
     unanswered: list[dict[str, Any]] = field(default_factory=list)  # first MAX_UNANSWERED_KEPT timeouts
 
     def record(self, latency_ms: float, in_window: bool) -> None:
@@ -331,6 +333,7 @@ def summarize(name: str, chargers: int, stats: RunStats, before: dict[str, Any],
         "anvil_cpu_pct": round(100 * (after["anvil_cpu_s"] - before["anvil_cpu_s"]) / elapsed, 1),
         "client_cpu_pct": round(100 * (after["client_cpu_s"] - before["client_cpu_s"]) / elapsed, 1),
         "errors": dict(stats.errors), "failovers": stats.failovers, "unanswered": stats.unanswered,
+        "node1_rss_mib_every_5s": stats.rss_series,
         "machine_load_1m": round(os.getloadavg()[0], 1),
     }
     if kill_after_s is not None and after_kill is not None:
@@ -365,6 +368,7 @@ async def run_load(network: Network, chargers: int, duration_s: float, *, kill_a
         before = await snapshot(network)
         window.start, window.end = trio.current_time(), trio.current_time() + duration_s
         window.go.set()
+        nursery.start_soon(sample_rss, network, window, stats.rss_series)
         if profile_out is not None and PY_SPY.exists():
             node = network.nodes[0]
             assert node.process is not None
@@ -392,6 +396,14 @@ async def run_load(network: Network, chargers: int, duration_s: float, *, kill_a
             await profiler.wait()
     await look_up_unanswered(network, stats.unanswered)
     return summarize(name, chargers, stats, before, after, kill_after_s, after_kill)
+
+
+async def sample_rss(network: Network, window: Window, series: list[float]) -> None:
+    """node-1's RSS (MiB) at the start of the window and every RSS_SAMPLE_S until its end."""
+    node = network.nodes[0]
+    while trio.current_time() <= window.end and node.process is not None and node.process.poll() is None:
+        series.append(round(rss_kib(node.process.pid)["VmRSS"] / 1024, 1))
+        await trio.sleep(RSS_SAMPLE_S)
 
 
 async def look_up_unanswered(network: Network, unanswered: list[dict[str, Any]]) -> None:
