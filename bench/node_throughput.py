@@ -450,11 +450,13 @@ BOILERPLATE_FRAMES = ("<frozen runpy>", "devsen/cli.py", "threading.py", "trio/_
 
 
 def summarize_profile(path: Path, top: int = 15) -> dict[str, Any]:
-    """Sample shares from py-spy's raw (collapsed) output: per area (PROFILE_AREAS), per
-    function (self), and per project or library function (inclusive, boilerplate left out)."""
+    """Sample shares from py-spy's raw (collapsed) output: per area (PROFILE_AREAS; all threads and
+    the event loop thread alone), per function (self), and per project or library function
+    (inclusive, boilerplate left out)."""
     own: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
     areas: collections.Counter[str] = collections.Counter()
+    loop_areas: collections.Counter[str] = collections.Counter()
     total = 0
     for line in path.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -467,13 +469,16 @@ def summarize_profile(path: Path, top: int = 15) -> dict[str, Any]:
         for frame in set(frames):
             inclusive[frame] += count
         files = [f.rsplit(" (", 1)[-1] for f in frames]
-        areas[next((area for area, prefixes in PROFILE_AREAS if any(f.startswith(prefixes) for f in files)),
-                   "other")] += count
+        area = next((a for a, prefixes in PROFILE_AREAS if any(f.startswith(prefixes) for f in files)), "other")
+        areas[area] += count
+        if not any(f.startswith("threading.py") for f in files):  # the trio thread, not a to_thread worker
+            loop_areas[area] += count
     share = (lambda c: round(100 * c / total, 1)) if total else (lambda c: 0.0)
     kept = [(f, c) for f, c in inclusive.most_common()
             if not f.rsplit(" (", 1)[-1].startswith(BOILERPLATE_FRAMES) and not f.startswith("run_node ")]
     return {"samples": total,
-            "areas_pct": [[a, share(c)] for a, c in areas.most_common()],
+            "areas_pct": [[a, share(c), share(loop_areas[a])] for a, c in areas.most_common()],
+            "event_loop_thread_pct": share(sum(loop_areas.values())),
             "self_pct": [[f, share(c)] for f, c in own.most_common(top)],
             "inclusive_pct": [[f, share(c)] for f, c in kept[:top * 2]]}
 
@@ -520,8 +525,11 @@ def markdown(result: dict[str, Any]) -> str:
     profile = result.get("profile")
     if profile:
         lines += ["", f"## Where node-1's time goes (py-spy, {profile['samples']} samples, run {profile['run']})", "",
-                  "| area (any frame of the stack, first match) | % |", "|---|---|"]
-        lines += [f"| {a} | {p} |" for a, p in profile["areas_pct"]]
+                  "| area (any frame of the stack, first match) | % of samples | of which on the event loop thread |",
+                  "|---|---|---|"]
+        lines += [f"| {a} | {p} | {loop} |" for a, p, loop in profile["areas_pct"]]
+        lines += ["", f"py-spy samples every thread; {profile['event_loop_thread_pct']} % of samples were on the trio "
+                      "thread, the rest in worker threads (trio.to_thread: chain reads, hashing)."]
         lines += ["", "| function (self) | % |", "|---|---|"]
         lines += [f"| `{f}` | {p} |" for f, p in profile["self_pct"]]
         lines += ["", "| function (inclusive) | % |", "|---|---|"]
