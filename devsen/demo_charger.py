@@ -9,9 +9,9 @@ so a node can be exercised end to end without vendor hardware.
 from __future__ import annotations
 
 import base64
-import itertools
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -46,11 +46,10 @@ class DemoCharger:
     timeout_s: float = 60.0
     sent: list[tuple[str, str]] = field(default_factory=list)  # (message id, action)
     remote_starts: list[dict[str, Any]] = field(default_factory=list)  # accepted, not yet taken
-    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     async def call(self, action: str, payload: dict[str, Any], message_id: str | None = None) -> dict[str, Any]:
         """Send a CALL and return the CALLRESULT payload; CALLERROR raises ChargerCallFailed."""
-        message_id = message_id or f"{self.charge_box_id}-{next(self._ids)}-{time.time_ns()}"
+        message_id = message_id or str(uuid.uuid4())  # OCPP-J allows at most 36 characters
         self.sent.append((message_id, action))
         await self.ws.send_message(json.dumps([CALL, message_id, action, payload]))
         with trio.fail_after(self.timeout_s):
