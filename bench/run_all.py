@@ -20,7 +20,7 @@ RUNS = [
     ("anchor_figures.py", [], []),
     ("ocpp_ingest.py", ["--chargers", "1000", "--duration", "10"], ["--chargers", "200", "--duration", "5"]),
     ("p2p_throughput.py", [], ["--quick"]),
-    ("node_throughput.py", [], ["--quick"]),
+    ("node_throughput.py", [], ["--chargers", "1", "10", "--duration", "5"]),
 ]
 
 
