@@ -48,7 +48,7 @@ log = logging.getLogger("devsen.app")
 
 APP_HEADER_VERSION = 1
 MAX_APP_HEADER_BYTES = 128
-MAX_REMEMBERED_RESULTS = 200_000
+MAX_REMEMBERED_RESULTS = 50_000  # results wait only for the ingest (and message look-ups)
 # A proposal whose time is this far ahead of our clock is refused (only the future is bounded:
 # a locked value may be re-proposed rounds later with its original, older time).
 MAX_FUTURE_DRIFT_MS = 30_000
@@ -84,7 +84,7 @@ def decode_app_header(data: bytes) -> tuple[int, bytes]:
 class ChainAccess(Protocol):
     """The chain reads the application makes (devsen.chain_view.ContractChainAccess)."""
 
-    def head(self) -> int: ...
+    def head(self, max_age_s: float = ...) -> int: ...
 
     def block_hash(self, number: int) -> bytes: ...
 
@@ -188,7 +188,8 @@ class NodeApplication:
             log.warning("block %d rejected: Ethereum read block %d is behind %d", block.height, number,
                         self.last_eth_block)
             return False
-        if number > self.chain.head() or self.chain.block_hash(number) != eth_hash:
+        if (number > self.chain.head() and number > self.chain.head(max_age_s=0)) \
+                or self.chain.block_hash(number) != eth_hash:
             log.warning("block %d rejected: Ethereum block %d unknown here or hash differs", block.height, number)
             return False
         for attestation in parts.attestations:

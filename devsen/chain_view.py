@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -31,6 +32,7 @@ MAX_INDEXED_SESSIONS = 1_000_000  # a devnet/test bound; beyond it the node refu
 MAX_LOG_RANGE = 2_000  # blocks per eth_getLogs call
 BLOCK_HASH_CACHE = 64
 MAX_CACHED_READS = 100_000
+HEAD_MAX_AGE_S = 0.25  # blocks come every ~1 s or slower; proposals name head - confirmations
 
 
 class ChainReadError(RuntimeError):
@@ -247,14 +249,20 @@ class ContractChainAccess:
         self.client = client
         self.index = index
         self._hashes: OrderedDict[int, bytes] = OrderedDict()
+        self._head: tuple[int, float] | None = None
         self.cache = ReadCache(client)
 
-    def head(self) -> int:
-        """The latest block number."""
+    def head(self, max_age_s: float = HEAD_MAX_AGE_S) -> int:
+        """The latest block number, as seen at most `max_age_s` ago (0: ask the RPC now)."""
+        now = time.monotonic()
+        if self._head is not None and now - self._head[1] <= max_age_s:
+            return self._head[0]
         try:
-            return self.client.block_number()
+            number = self.client.block_number()
         except Exception as exc:
             raise ChainReadError(f"eth_blockNumber failed: {exc}") from exc
+        self._head = (number, now)
+        return number
 
     def block_hash(self, number: int) -> bytes:
         """The hash of block `number` as the RPC sees it (remembered for a few recent blocks:

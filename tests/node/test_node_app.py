@@ -39,7 +39,7 @@ class StaticChain:
             id_tags={"TAG-1": IdTagInfo("0x" + "22" * 20)},
         )
 
-    def head(self) -> int:
+    def head(self, max_age_s: float = 0.25) -> int:
         return self.head_number
 
     def block_hash(self, number: int) -> bytes:
