@@ -199,6 +199,23 @@ class AttestationBook:
                         quorums.append(quorum)
         return book, quorums
 
+    def export_state(self) -> tuple[list[tuple[AnchorBatch | Settlement, dict[bytes, bytes]]], list[int | bytes]]:
+        """(open subjects with the signatures counted so far, keys of recent quorums): for snapshots."""
+        pending = [(p.subject, dict(p.signatures)) for p in [*self._batches.values(), *self._settlements.values()]]
+        return pending, list(self._completed)
+
+    def import_state(self, pending: Sequence[tuple[AnchorBatch | Settlement, dict[bytes, bytes]]],
+                     completed: Sequence[int | bytes]) -> None:
+        """Restore what `export_state` returned into an empty book (signatures are re-verified)."""
+        assert not self._batches and not self._settlements, "import into an empty book"
+        self._completed = OrderedDict((key, None) for key in completed)
+        for subject, signatures in pending:
+            self.expect(subject)
+            table, key = self._table(subject)
+            for signer, signature in signatures.items():
+                self.check(Attestation(subject, signer, signature))
+                table[key].signatures[signer] = signature
+
     def open_subjects(self) -> list[AnchorBatch | Settlement]:
         """Subjects still waiting for a quorum, batches first, oldest first."""
         return [p.subject for p in [*self._batches.values(), *self._settlements.values()]]

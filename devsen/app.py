@@ -19,11 +19,13 @@ Payload kinds are told apart by the first byte (anchoring/proofs.py, attestation
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 import msgpack
 
@@ -40,8 +42,9 @@ from anchoring.batches import AttestationBook, BatchBuilder, BatchPolicy, Builde
 from anchoring.batches import CommittedBlock as BatchBlock
 from anchoring.proofs import EVENT_PAYLOAD_FIRST_BYTE, AnchorIndex
 from consensus.signing import Domain, SigningKey
-from consensus.types import Block, CommitCertificate, ValidatorSet
+from consensus.types import Block, CommitCertificate, CommittedBlock, ValidatorSet
 from devsen.ledger import BlockContext, BlockRejected, ChainView, EventResult, Ledger
+from devsen.ledger.ledger import SnapshotError
 from ocpp_adapter.events import ChargerEvent, EventEncodingError
 
 log = logging.getLogger("devsen.app")
@@ -52,6 +55,8 @@ MAX_REMEMBERED_RESULTS = 50_000  # results wait only for the ingest (and message
 # A proposal whose time is this far ahead of our clock is refused (only the future is bounded:
 # a locked value may be re-proposed rounds later with its original, older time).
 MAX_FUTURE_DRIFT_MS = 30_000
+SNAPSHOT_FORMAT = 1
+SNAPSHOT_EVERY_BLOCKS = 100  # a restart replays at most this many blocks (and reads the chain for them)
 
 
 class AppHeaderError(ValueError):
@@ -156,6 +161,7 @@ class NodeApplication:
         self.epoch = settings.epoch
         self.on_validators_changed: Callable[[tuple[bytes, ...], dict[bytes, bytes]], None] | None = None
         self._set_change: tuple[int, ValidatorSet, dict[bytes, bytes]] | None = None
+        self.snapshot_path: Path | None = None
         self.results: OrderedDict[bytes, tuple[int, EventResult]] = OrderedDict()
         self.by_message: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self.last_eth_block = 0
@@ -214,6 +220,12 @@ class NodeApplication:
 
     def apply_block(self, block: Block, certificate: CommitCertificate) -> bytes:
         """Apply a committed block (see the module docstring); returns the ledger state hash."""
+        if self._set_change is not None and self._set_change[0] < block.height:
+            self._set_change = None  # consumed by validator_update, or a replay that does not ask
+        previous = block.height - 1
+        if self.snapshot_path is not None and previous > 0 and previous % SNAPSHOT_EVERY_BLOCKS == 0:
+            # The state after `previous`, whose commit (validator set changes included) is done.
+            self.write_snapshot(previous, block.prev_block_hash)
         number, eth_hash = decode_app_header(block.app_header)
         parts = split_payloads(block.payloads)
         context = BlockContext(block.height, block.timestamp_ms, number, eth_hash)
@@ -303,6 +315,68 @@ class NodeApplication:
         domain = self.settings.anchor_domain if isinstance(subject, AnchorBatch) else self.settings.escrow_domain
         self.on_own_attestation(attest(subject, self.settings.key, domain).encode())
 
+    # ---------------------------------------------------------------- snapshots
+
+    def write_snapshot(self, height: int, block_hash: bytes) -> None:
+        """Persist the application state after `height` (atomically: temp file + rename)."""
+        assert self.snapshot_path is not None
+        pending, completed = self.book.export_state()
+        batcher = self.batcher.state
+        data = msgpack.packb([
+            SNAPSHOT_FORMAT, height, block_hash, self.ledger.state_hash(), self.ledger.to_bytes(),
+            self.last_eth_block, self.epoch, list(self.validators),
+            [batcher.next_batch_id, batcher.next_height, batcher.last_close_ms],
+            [[_subject_fields(subject), [[a, sig] for a, sig in signatures.items()]] for subject, signatures in pending],
+            completed,
+        ], use_bin_type=True)
+        temporary = self.snapshot_path.with_name(self.snapshot_path.name + ".tmp")
+        with open(temporary, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, self.snapshot_path)
+        self.counters["snapshots"] = self.counters.get("snapshots", 0) + 1
+
+    def restore(self, last_height: int, get_block: Any) -> tuple[int, bytes] | None:
+        """Load the latest snapshot at or below `last_height` that matches the block store.
+
+        Returns (snapshot height, ledger state hash) — the caller replays later blocks — or
+        None (no usable snapshot: replay from genesis). `get_block(h)` reads the block store.
+        """
+        if self.snapshot_path is None or not self.snapshot_path.is_file():
+            return None
+        try:
+            (version, height, block_hash, state_hash, ledger_bytes, last_eth_block, epoch, validators,
+             batcher, pending, completed) = msgpack.unpackb(self.snapshot_path.read_bytes(), raw=False)
+            if version != SNAPSHOT_FORMAT or not 0 < height <= last_height:
+                raise ValueError(f"snapshot format {version} at height {height} does not fit the store")
+            committed: CommittedBlock | None = get_block(height)
+            if committed is None or committed.block.hash != block_hash:
+                raise ValueError(f"snapshot block {height} is not the stored block")
+            ledger = Ledger.from_bytes(ledger_bytes)
+        except (SnapshotError, ValueError, TypeError, OSError) as exc:
+            log.warning("ignoring the application snapshot (%s); replaying from genesis", exc)
+            return None
+        assert ledger.state_hash() == state_hash, "a snapshot's ledger must hash as recorded"
+        self.ledger, self.last_eth_block, self.epoch = ledger, last_eth_block, epoch
+        self.validators = tuple(validators)
+        self.book = AttestationBook(self.validators, self.settings.anchor_domain, self.settings.escrow_domain)
+        self.book.import_state([(_subject_from_fields(f), dict((a, sig) for a, sig in sigs)) for f, sigs in pending],
+                               [bytes(k) if isinstance(k, bytes) else k for k in completed])
+        self.batcher = BatchBuilder(self.settings.batch_policy, BuilderState(*batcher))
+        for h in range(batcher[1], height + 1):  # rebuild the open batch from stored blocks
+            stored = get_block(h)
+            assert stored is not None, f"block store misses height {h}"
+            ids = tuple(event.event_id for event in split_payloads(stored.block.payloads).events)
+            assert self.batcher.on_block(BatchBlock(h, stored.block.timestamp_ms, ids)) is None
+        me = self.settings.key.address
+        if me in self.validators:
+            for subject in self.book.open_subjects():
+                if me not in self.book.signers_of(subject):
+                    self._sign(subject)  # our attestation may not have been committed before the stop
+        log.info("application restored from the snapshot at height %d", height)
+        return height, state_hash
+
     def event_for_message(self, charger_id: str, message_id: str) -> bytes | None:
         """The id of the first committed event carrying this charger message, while remembered."""
         return self.by_message.get((charger_id, message_id))
@@ -310,3 +384,15 @@ class NodeApplication:
     def result_for(self, event_id: bytes) -> tuple[int, EventResult] | None:
         """(height, result) of a committed event, while remembered."""
         return self.results.get(event_id)
+
+
+def _subject_fields(subject: AnchorBatch | Settlement) -> list[Any]:
+    if isinstance(subject, AnchorBatch):
+        return [0, subject.batch_id, subject.root, subject.first_height, subject.last_height, subject.event_count]
+    return [1, subject.session_id, subject.energy_wh, subject.amount.to_bytes(32, "big")]
+
+
+def _subject_from_fields(fields: list[Any]) -> AnchorBatch | Settlement:
+    if fields[0] == 0:
+        return AnchorBatch(*fields[1:])
+    return Settlement(fields[1], fields[2], int.from_bytes(fields[3], "big"))

@@ -196,7 +196,13 @@ class ConsensusService:
         for from_height, validators in self.store.validator_sets():
             schedule.add(from_height, validators)
         last = self.store.last()
-        for height in range(1, (last.height if last else 0) + 1):
+        first = 1
+        restore = getattr(self.app, "restore", None)  # optional: an application snapshot
+        if last is not None and restore is not None:
+            restored = restore(last.height, self.store.get)
+            if restored is not None:
+                first, self.app_state_hash = restored[0] + 1, restored[1]
+        for height in range(first, (last.height if last else 0) + 1):
             committed = self.store.get(height)
             assert committed is not None, f"block store misses height {height}"
             self.app_state_hash = self.app.apply_block(committed.block, committed.certificate)

@@ -236,6 +236,7 @@ def build_node(config: NodeConfig) -> NodeParts:
     app = NodeApplication(settings, access, Ledger(), AnchorIndex(data_dir / "anchors.sqlite"),
                           on_own_attestation=outbox.add, on_own_committed=outbox.committed,
                           on_quorum=quorums.add)
+    app.snapshot_path = data_dir / "app_snapshot.msgpack"
     timeouts = TimeoutConfig(
         propose_ms=config.consensus.timeout_propose_ms, propose_delta_ms=config.consensus.timeout_delta_ms,
         prevote_ms=config.consensus.timeout_vote_ms, prevote_delta_ms=config.consensus.timeout_delta_ms,

@@ -163,3 +163,52 @@ def test_epoch_change_on_chain_switches_consensus_and_attestations(tmp_path):
     payloads = tuple(attest(decode_attestation(own[0]).subject, k, ANCHOR).encode() for k in signers[:2])
     app.apply_block(block(app, 4, (own[0], *payloads), eth_block=6), CERT)
     assert len(quorums) == 1 and newcomer.address in quorums[0].signers
+
+
+def test_snapshot_restore_then_replay_reaches_the_same_state(tmp_path, monkeypatch):
+    import types
+
+    import devsen.app as app_module
+
+    monkeypatch.setattr(app_module, "SNAPSHOT_EVERY_BLOCKS", 4)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, own_a, _, _ = make_app(tmp_path / "a")
+    a.snapshot_path = tmp_path / "snapshot.msgpack"
+    stored = {}
+    prev = ZERO_HASH
+
+    def commit(app, height, payloads):
+        nonlocal prev
+        b = Block(height, 1_700_000_000_000 + height * 1000, KEYS[0].address, prev, ZERO_HASH, payloads,
+                  encode_app_header(5, (5).to_bytes(32, "big")))
+        prev = b.hash
+        stored[height] = types.SimpleNamespace(block=b)
+        return app.apply_block(b, CERT)
+
+    commit(a, 1, (event("m1"), event("m2", "Heartbeat", {})))
+    commit(a, 2, ())  # closes batch 0; node a signs it
+    other = attest(decode_attestation(own_a[0]).subject, KEYS[1], ANCHOR).encode()
+    commit(a, 3, (other,))  # batch 0 waits with one signature
+    commit(a, 4, (event("m3", "Heartbeat", {}),))
+    commit(a, 5, ())  # writes the snapshot of the state after height 4
+    commit(a, 6, (event("m4", "Heartbeat", {}),))
+    assert a.snapshot_path.is_file() and a.counters["snapshots"] == 1
+
+    b, own_b, _, _ = make_app(tmp_path / "b")
+    b.snapshot_path = a.snapshot_path
+    restored = b.restore(6, stored.get)
+    assert restored is not None and restored[0] == 4
+    for height in (5, 6):
+        b.apply_block(stored[height].block, CERT)
+    assert b.ledger.state_hash() == a.ledger.state_hash()
+    assert b.book.export_state() == a.book.export_state()
+    assert b.batcher.state == a.batcher.state and b.last_eth_block == a.last_eth_block
+    assert sorted(own_b) == sorted(own_a)  # open batches are signed again (maybe never committed)
+
+    # A snapshot that does not match the block store, or is garbage, is ignored.
+    c, *_ = make_app(tmp_path / "b")
+    c.snapshot_path = a.snapshot_path
+    assert c.restore(3, stored.get) is None
+    a.snapshot_path.write_bytes(b"\x93garbage")
+    assert c.restore(6, stored.get) is None
