@@ -43,6 +43,7 @@ from anchoring.batches import CommittedBlock as BatchBlock
 from anchoring.proofs import EVENT_PAYLOAD_FIRST_BYTE, AnchorIndex
 from consensus.signing import Domain, SigningKey
 from consensus.types import Block, CommitCertificate, CommittedBlock, ValidatorSet
+from devsen.chain_view import ChainReadError
 from devsen.ledger import BlockContext, BlockRejected, ChainView, EventResult, Ledger
 from devsen.ledger.ledger import SnapshotError
 from ocpp_adapter.events import ChargerEvent, EventEncodingError
@@ -55,6 +56,7 @@ MAX_REMEMBERED_RESULTS = 50_000  # results wait only for the ingest (and message
 # A proposal whose time is this far ahead of our clock is refused (only the future is bounded:
 # a locked value may be re-proposed rounds later with its original, older time).
 MAX_FUTURE_DRIFT_MS = 30_000
+CHAIN_OUTAGE_LIMIT_S = 300.0  # how long block application waits for the chain before giving up
 SNAPSHOT_FORMAT = 1
 SNAPSHOT_EVERY_BLOCKS = 100  # a restart replays at most this many blocks (and reads the chain for them)
 
@@ -91,7 +93,7 @@ class ChainAccess(Protocol):
 
     def head(self, max_age_s: float = ...) -> int: ...
 
-    def block_hash(self, number: int) -> bytes: ...
+    def block_hash(self, number: int, fresh: bool = False) -> bytes: ...
 
     def view_at(self, number: int) -> ChainView: ...
 
@@ -199,15 +201,9 @@ class NodeApplication:
             log.warning("block %d rejected: Ethereum block %d unknown here or hash differs", block.height, number)
             return False
         for attestation in parts.attestations:
-            if attestation.signer not in self.validators:
-                log.warning("block %d rejected: attestation from non-validator", block.height)
-                return False
-            domain = (self.settings.anchor_domain if isinstance(attestation.subject, AnchorBatch)
-                      else self.settings.escrow_domain)
-            try:
-                attestation.verify(domain)
-            except AttestationError as exc:
-                log.warning("block %d rejected: %s", block.height, exc)
+            problem = self._attestation_problem(attestation)
+            if problem is not None:
+                log.warning("block %d rejected: %s", block.height, problem)
                 return False
         context = BlockContext(block.height, block.timestamp_ms, number, eth_hash)
         problem = self.ledger.check_block(context, parts.events)
@@ -215,6 +211,26 @@ class NodeApplication:
             log.warning("block %d rejected by the ledger: %s", block.height, problem)
             return False
         return True
+
+    def _attestation_problem(self, attestation: Attestation) -> str | None:
+        """Why an attestation can never count now (non-validator signer, bad signature), or None."""
+        if attestation.signer not in self.validators:
+            return f"attestation from non-validator 0x{attestation.signer.hex()}"
+        domain = (self.settings.anchor_domain if isinstance(attestation.subject, AnchorBatch)
+                  else self.settings.escrow_domain)
+        try:
+            attestation.verify(domain)
+        except AttestationError as exc:
+            return str(exc)
+        return None
+
+    def check_payload(self, payload: bytes) -> bool:
+        """Mempool admission: a canonical ChargerEvent, or a validator's well-signed attestation."""
+        try:
+            parts = split_payloads((payload,))
+        except ValueError:
+            return False
+        return all(self._attestation_problem(a) is None for a in parts.attestations)
 
     # ---------------------------------------------------------------- applying
 
@@ -229,6 +245,7 @@ class NodeApplication:
         number, eth_hash = decode_app_header(block.app_header)
         parts = split_payloads(block.payloads)
         context = BlockContext(block.height, block.timestamp_ms, number, eth_hash)
+        self._await_chain_block(number, eth_hash)
         try:
             outcome = self.ledger.apply_block(context, self.chain.view_at(number), parts.events)
         except BlockRejected as exc:  # validated before commit: reaching this is a bug
@@ -306,8 +323,35 @@ class NodeApplication:
         self._set_change = None
         return change[1], change[2]
 
+    def _await_chain_block(self, number: int, eth_hash: bytes) -> None:
+        """Block until our RPC has the committed block's Ethereum block, with that hash.
+
+        A node that did not validate this block (catch-up) may have an RPC that lags or sits
+        on another fork; reading state there would diverge from the network. Gives up (the
+        node exits and restarts from its snapshot) after CHAIN_OUTAGE_LIMIT_S.
+        """
+        delay, waited = 0.25, 0.0
+        while True:
+            try:
+                if self.chain.head(max_age_s=0) >= number and self.chain.block_hash(number, fresh=waited > 0) == eth_hash:
+                    return
+                problem = f"Ethereum block {number} with hash 0x{eth_hash.hex()} not on our RPC yet"
+            except ChainReadError as exc:
+                problem = str(exc)
+            if waited >= CHAIN_OUTAGE_LIMIT_S:
+                raise ChainReadError(f"cannot apply: {problem} after {waited:.0f} s")
+            log.warning("%s; retrying in %.1f s", problem, delay)
+            time.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 10.0)
+
     def _expect_and_sign(self, subject: AnchorBatch | Settlement) -> None:
-        self.book.expect(subject)
+        try:
+            self.book.expect(subject)
+        except (OverflowError, ValueError) as exc:  # every node fails alike; never halt the chain
+            self.counters["subjects_refused"] = self.counters.get("subjects_refused", 0) + 1
+            log.error("cannot collect attestations for %s: %s", subject, exc)
+            return
         if self.settings.key.address in self.validators:
             self._sign(subject)
 

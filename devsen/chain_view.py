@@ -14,8 +14,9 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any, TypeVar
 
 import trio
 from web3 import Web3
@@ -27,16 +28,38 @@ from devsen.ledger import ChainView, DeviceInfo, EscrowSession, IdTagInfo, Tarif
 from ocpp_adapter.auth import ChargerCredentials
 
 log = logging.getLogger("devsen.chain")
+T = TypeVar("T")
 
 MAX_INDEXED_SESSIONS = 1_000_000  # a devnet/test bound; beyond it the node refuses to go on
 MAX_LOG_RANGE = 2_000  # blocks per eth_getLogs call
 BLOCK_HASH_CACHE = 64
 MAX_CACHED_READS = 100_000
+CHAIN_OUTAGE_LIMIT_S = 300.0
 HEAD_MAX_AGE_S = 0.25  # blocks come every ~1 s or slower; proposals name head - confirmations
 
 
 class ChainReadError(RuntimeError):
     """The chain could not be read at the agreed block (the node cannot apply the block yet)."""
+
+
+def patiently(what: str, read: Callable[[], T]) -> T:
+    """Run a chain read, retrying with backoff for up to CHAIN_OUTAGE_LIMIT_S.
+
+    Used inside block application, which must not fail half-way on an RPC blip: the node
+    stalls (blocking its event loop) while the chain is unreachable, and gives up — the
+    process exits and restarts from its snapshot — only after a long outage.
+    """
+    delay, waited = 0.25, 0.0
+    while True:
+        try:
+            return read()
+        except Exception as exc:
+            if waited >= CHAIN_OUTAGE_LIMIT_S:
+                raise ChainReadError(f"{what}: chain unreachable for {waited:.0f} s: {exc}") from exc
+            log.warning("%s failed (%s); retrying in %.1f s", what, exc, delay)
+            time.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 10.0)
 
 
 class SessionIndex:
@@ -60,10 +83,8 @@ class SessionIndex:
             while self.indexed_to < block_number:
                 from_block = self.indexed_to + 1
                 to_block = min(block_number, from_block + MAX_LOG_RANGE - 1)
-                try:
-                    logs = self._event.get_logs(from_block=from_block, to_block=to_block)
-                except Exception as exc:
-                    raise ChainReadError(f"eth_getLogs {from_block}..{to_block} failed: {exc}") from exc
+                logs = patiently(f"eth_getLogs {from_block}..{to_block}",
+                                 partial(self._event.get_logs, from_block=from_block, to_block=to_block))
                 for entry in sorted(logs, key=lambda e: (e["blockNumber"], e["logIndex"])):
                     args = entry["args"]
                     self._by_charger.setdefault(args["chargeBoxId"], []).append(
@@ -123,11 +144,9 @@ class ReadCache:
             return
         while self.block < number:
             to_block = min(number, self.block + MAX_LOG_RANGE)
-            try:
-                logs = self._client.w3.eth.get_logs({"fromBlock": self.block + 1, "toBlock": to_block,
-                                                     "address": list(self._contracts)})
-            except Exception as exc:
-                raise ChainReadError(f"eth_getLogs {self.block + 1}..{to_block} failed: {exc}") from exc
+            first = self.block + 1
+            logs = patiently(f"eth_getLogs {first}..{to_block}", partial(
+                self._client.w3.eth.get_logs, {"fromBlock": first, "toBlock": to_block, "address": list(self._contracts)}))
             for entry in logs:
                 contract = self._contracts.get(Web3.to_checksum_address(entry["address"]))
                 if contract == "ValidatorSet":
@@ -146,12 +165,7 @@ class ReadCache:
             self.entries.move_to_end(slot)
             return self.entries[slot]
         self.misses += 1
-        try:
-            value = read(self.block)
-        except ChainReadError:
-            raise
-        except Exception as exc:
-            raise ChainReadError(f"reading {kind} at block {self.block}: {exc}") from exc
+        value = patiently(f"reading {kind} at block {self.block}", lambda: read(self.block))
         self.entries[slot] = value
         while len(self.entries) > self.max_entries:
             self.entries.popitem(last=False)
@@ -264,11 +278,11 @@ class ContractChainAccess:
         self._head = (number, now)
         return number
 
-    def block_hash(self, number: int) -> bytes:
+    def block_hash(self, number: int, fresh: bool = False) -> bytes:
         """The hash of block `number` as the RPC sees it (remembered for a few recent blocks:
         blocks named by consensus are `confirmations` deep, below where reorgs are expected)."""
         cached = self._hashes.get(number)
-        if cached is not None:
+        if cached is not None and not fresh:
             return cached
         try:
             block_hash = bytes(self.client.w3.eth.get_block(number)["hash"])

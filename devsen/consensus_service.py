@@ -248,6 +248,8 @@ class ConsensusService:
         receipt = self._receipts.get(digest)
         if receipt is not None:
             return receipt
+        if not self._payload_ok(payload):
+            raise ValueError("the application refuses this payload")
         waiter = self._waiters.get(digest)
         if waiter is None:
             try:
@@ -287,8 +289,23 @@ class ConsensusService:
     async def _on_consensus(self, sender: bytes, body: bytes) -> None:
         await self._inputs_send.send(("message", sender, body))
 
+    def _payload_ok(self, payload: bytes) -> bool:
+        """The application's admission check (if it has one): a payload that could never be in
+        a valid block must not enter the mempool, or every proposal carrying it is refused."""
+        check = getattr(self.app, "check_payload", None)
+        if check is None:
+            return True
+        try:
+            return bool(check(payload))
+        except Exception:  # a failing check refuses the payload; it never stops the node
+            logger.exception("payload admission check failed")
+            return False
+
     async def _on_payloads(self, sender: bytes, payloads: list[bytes]) -> None:
         for payload in payloads:
+            if not self._payload_ok(payload):
+                self.counters["gossip_payload_refused"] += 1
+                continue
             try:
                 self.mempool.add(payload, source=sender.hex())
             except MempoolFull:
@@ -357,9 +374,21 @@ class ConsensusService:
         if (request.height, request.round) != (self.core.height, self.core.round):
             return
         payloads = self.mempool.reap(request.max_payloads, request.max_payload_bytes)
+        refused = [p for p in payloads if not self._payload_ok(p)]  # e.g. a removed validator's
+        if refused:
+            self.mempool.remove_committed(refused)
+            self.counters["proposal_payload_refused"] += len(refused)
+            refused_set = set(refused)
+            payloads = tuple(p for p in payloads if p not in refused_set)
+        try:
+            app_header = self.app.propose_app_header(request.height)
+        except Exception as exc:  # e.g. the chain RPC is down: skip our turn, the round moves on
+            self.counters["proposal_header_failed"] += 1
+            logger.warning("no proposal at height %d: the application header failed: %s", request.height, exc)
+            return
         content = ProposalContent(
             payloads=payloads,
-            app_header=self.app.propose_app_header(request.height),
+            app_header=app_header,
             timestamp_ms=max(int(time.time() * 1000), request.prev_timestamp_ms + 1),
             app_state_hash=self.app_state_hash,
         )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,9 @@ log = logging.getLogger("devsen.node")
 
 MAX_OWN_ATTESTATIONS = 10_000
 MAX_QUEUED_QUORUMS = 10_000
+QUORUM_RETRY_S = 5.0
 ATTESTATION_RETRY_S = 2.0
+MAX_ATTESTATIONS_IN_FLIGHT = 64
 
 
 class NodeIngest:
@@ -83,9 +86,13 @@ class NodeIngest:
             raise IngestOverloaded(f"not committed yet, retry the same message: {exc}") from exc
         except AlreadyCommitted as exc:
             found = self.app.result_for(event.event_id)
-            if found is None or found[1].reply is None:
-                raise IngestRejected(f"this exact event was committed long ago: {exc}") from exc
-            return IngestResult(found[1].reply, event.event_id, found[0], duplicate=True)
+            if found is not None and found[1].reply is not None:
+                return IngestResult(found[1].reply, event.event_id, found[0], duplicate=True)
+            earlier = self.app.ledger.reply_for(event.dedup_key)
+            if earlier is not None and earlier[0] is not None:
+                return IngestResult(earlier[0], event.event_id, None, duplicate=True)
+            code = found[1].error_code if found is not None else earlier[1] if earlier is not None else None
+            raise IngestRejected(f"this exact event was committed long ago: {exc}", code=code) from exc
         found = self.app.result_for(event.event_id)
         if found is None:
             raise IngestOverloaded("committed, but its result is no longer in memory; retry")
@@ -118,20 +125,33 @@ class AttestationOutbox:
         self.pending.pop(payload, None)
 
     async def run(self, service: ConsensusService) -> None:
-        """Submit pending payloads one by one; retry after overload or timeouts."""
-        while True:
-            if not self.pending:
-                self.wake = trio.Event()
-                await self.wake.wait()
-            payload = next(iter(self.pending))
+        """Submit pending payloads concurrently (bounded); retry after overload or timeouts."""
+        in_flight: set[bytes] = set()
+
+        async def submit_one(payload: bytes) -> None:
             try:
                 await service.submit(payload, timeout_s=30.0)
                 self.pending.pop(payload, None)
-            except AlreadyCommitted:
+            except (AlreadyCommitted, ValueError) as exc:  # done long ago, or can never count now
+                log.info("own attestation dropped from the outbox: %s", exc)
                 self.pending.pop(payload, None)
-            except (ConsensusOverloaded, CommitTimeout, ValueError) as exc:
+            except (ConsensusOverloaded, CommitTimeout) as exc:
                 log.warning("own attestation not committed yet (%s); retrying", exc)
                 await trio.sleep(ATTESTATION_RETRY_S)
+            finally:
+                in_flight.discard(payload)
+                self.wake.set()
+
+        async with trio.open_nursery() as nursery:
+            while True:
+                self.wake = trio.Event()
+                for payload in list(self.pending):
+                    if len(in_flight) >= MAX_ATTESTATIONS_IN_FLIGHT:
+                        break
+                    if payload not in in_flight:
+                        in_flight.add(payload)
+                        nursery.start_soon(submit_one, payload)
+                await self.wake.wait()
 
 
 @dataclass
@@ -164,6 +184,16 @@ def _peer_bindings(state: ValidatorSetState) -> dict[bytes, bytes]:
     return {bytes.fromhex(v.address[2:]): bytes(v.peer_id) for v in state.validators if v.peer_id}
 
 
+def merge_bindings(directory: ValidatorDirectory, validators: tuple[bytes, ...],
+                   chain_bindings: dict[bytes, bytes]) -> dict[bytes, bytes]:
+    """Peer ids of the application's validators plus those already bound: the chain's id, else
+    the one we had. A validator removed on chain stays reachable, since consensus switches
+    sets two heights later and the core itself refuses votes from outside the set."""
+    known = {a: directory.peer_of(a) for a in directory.addresses()}
+    wanted = set(validators) | set(known)
+    return {a: p for a in sorted(wanted) if (p := chain_bindings.get(a) or known.get(a))}
+
+
 async def refresh_peer_bindings(parts: NodeParts, interval_s: float = 5.0) -> None:
     """Follow validators publishing (or changing) their peer ids in the ValidatorSet."""
     directory = parts.service.config.directory
@@ -174,11 +204,10 @@ async def refresh_peer_bindings(parts: NodeParts, interval_s: float = 5.0) -> No
         except Exception as exc:  # RPC trouble: keep the bindings we have, try again later
             log.warning("could not refresh validator peer ids: %s", exc)
             continue
-        bindings = _peer_bindings(state)
-        bindings = {a: p for a, p in bindings.items() if a in parts.app.validators}
-        if bindings != {a: directory.peer_of(a) for a in directory.addresses()}:
+        merged = merge_bindings(directory, parts.app.validators, _peer_bindings(state))
+        if merged != {a: directory.peer_of(a) for a in directory.addresses()}:
             log.info("validator peer ids changed on chain; updating the directory")
-            directory.replace(bindings)
+            directory.replace(merged)
 
 
 def build_node(config: NodeConfig) -> NodeParts:
@@ -258,8 +287,7 @@ def build_node(config: NodeConfig) -> NodeParts:
     directory = service.config.directory
 
     def validators_changed(validators: tuple[bytes, ...], chain_bindings: dict[bytes, bytes]) -> None:
-        known = {a: directory.peer_of(a) for a in directory.addresses()}
-        directory.replace({a: p for a in validators if (p := chain_bindings.get(a) or known.get(a))})
+        directory.replace(merge_bindings(directory, validators, chain_bindings))
         submitter.validators = sorted(validators)
 
     validators_changed(app.validators, bindings)  # after the replay of committed blocks
@@ -344,8 +372,25 @@ class QuorumInbox:
             if not self.queue:
                 self.wake = trio.Event()
                 await self.wake.wait()
-            await submitter.add(self.queue[0])
+            try:
+                await submitter.add(self.queue[0])
+            except Exception as exc:  # full or failing job store: keep the quorum, try again
+                log.error("the submitter did not take quorum %s: %s; retrying", self.queue[0].subject, exc)
+                await trio.sleep(QUORUM_RETRY_S)
+                continue
             self.queue.popleft()
+
+
+async def supervised(name: str, run: Callable[[], Awaitable[None]], restart_delay_s: float = 5.0) -> None:
+    """Run a background task of the node forever: a crash is logged and the task restarted,
+    so a bug or an unexpected chain error in one part never stops consensus or chargers."""
+    while True:
+        try:
+            await run()
+            log.error("%s stopped unexpectedly; restarting", name)
+        except Exception:
+            log.exception("%s failed; restarting in %.0f s", name, restart_delay_s)
+        await trio.sleep(restart_delay_s)
 
 
 async def serve_node(parts: NodeParts, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -361,10 +406,10 @@ async def serve_node(parts: NodeParts, *, task_status: Any = trio.TASK_STATUS_IG
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(parts.service.run)
-        nursery.start_soon(parts.outbox.run, parts.service)
-        await nursery.start(parts.submitter.run)
-        nursery.start_soon(parts.quorums.run, parts.submitter)
-        nursery.start_soon(refresh_peer_bindings, parts)
+        nursery.start_soon(supervised, "attestation outbox", lambda: parts.outbox.run(parts.service))
+        nursery.start_soon(supervised, "submitter", parts.submitter.run)
+        nursery.start_soon(supervised, "quorum inbox", lambda: parts.quorums.run(parts.submitter))
+        nursery.start_soon(supervised, "peer-id refresh", lambda: refresh_peer_bindings(parts))
         nursery.start_soon(run_remote_starts, parts.client, parts.deployment, parts.connections,
                            Path(config.node.data_dir), config.chain.confirmations, config.chain.poll_interval_s)
         ocpp_port = await nursery.start(

@@ -52,7 +52,10 @@ def canonical_value(value: Any) -> Any:
 
 def canonical_bytes(value: Any) -> bytes:
     """msgpack of `canonical_value(value)`."""
-    return msgpack.packb(canonical_value(value), use_bin_type=True)
+    try:
+        return msgpack.packb(canonical_value(value), use_bin_type=True)
+    except UnicodeEncodeError as exc:
+        raise EventEncodingError(f"a string is not valid Unicode: {exc.reason}") from exc
 
 
 @dataclass(frozen=True)

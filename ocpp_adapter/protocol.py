@@ -61,13 +61,19 @@ def _reject_constant(text: str) -> Any:
 
 def _uncanonical_reason(value: Any, depth_limit: int) -> str | None:
     """Why `value` cannot be stored canonically (too deep, integer outside msgpack's
-    [-2**63, 2**64) range), or None. One iterative walk, no recursion."""
+    [-2**63, 2**64) range, a lone surrogate that UTF-8 cannot encode), or None. One
+    iterative walk, no recursion."""
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
         if type(item) is dict:
-            item = list(item.values())
-        if type(item) is list:
+            item = [*item.keys(), *item.values()]
+        if type(item) is str:
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return "string is not valid Unicode (a lone surrogate escape)"
+        elif type(item) is list:
             if depth > depth_limit:
                 return f"JSON nested deeper than {depth_limit}"
             stack.extend((child, depth + 1) for child in item)

@@ -42,7 +42,7 @@ class StaticChain:
     def head(self, max_age_s: float = 0.25) -> int:
         return self.head_number
 
-    def block_hash(self, number: int) -> bytes:
+    def block_hash(self, number: int, fresh: bool = False) -> bytes:
         return number.to_bytes(32, "big")
 
     def view_at(self, number: int) -> StaticChainView:
