@@ -212,3 +212,14 @@ def test_snapshot_restore_then_replay_reaches_the_same_state(tmp_path, monkeypat
     assert c.restore(3, stored.get) is None
     a.snapshot_path.write_bytes(b"\x93garbage")
     assert c.restore(6, stored.get) is None
+
+
+def test_mempool_admission_refuses_what_no_block_could_carry(tmp_path):
+    app, *_ = make_app(tmp_path)
+    batch = AnchorBatch(0, b"\x01" * 32, 1, 1, 1)
+    assert app.check_payload(event("m1"))
+    assert app.check_payload(attest(batch, KEYS[1], ANCHOR).encode())
+    assert not app.check_payload(b"\x01x")  # unknown kind
+    assert not app.check_payload(event("m1")[:-1])  # truncated event
+    assert not app.check_payload(attest(batch, SigningKey(b"\x09" * 32), ANCHOR).encode())  # outsider
+    assert not app.check_payload(attest(batch, KEYS[1], ESCROW).encode())  # signed under another domain
