@@ -96,6 +96,9 @@ class HostConfig:
     dial_timeout_s: float = 3.0
 
 
+MAX_ADDRS_PER_PEER = 8  # dial addresses kept per peer (newest first)
+
+
 class CountingGossipSub(GossipSub):
     """GossipSub that counts the outbound RPCs py-libp2p drops (queue full, oversize)."""
 
@@ -150,12 +153,16 @@ class PeerKeeper:
         if peer.peer_id == self._host.get_id() or not peer.addrs:
             return
         known = self._targets.setdefault(peer.peer_id, [])
-        new = [a for a in peer.addrs if a not in known]
+        new = [a for a in peer.addrs if a not in known][:MAX_ADDRS_PER_PEER]
         if not new:
             return
-        known.extend(new)
+        # Newest first, bounded: a peer that restarted on a new port is tried first, and no
+        # peer (or a faulty validator advertising for it) can grow this list without end.
+        known[:0] = new
+        del known[MAX_ADDRS_PER_PEER:]
         self._host.get_peerstore().add_addrs(peer.peer_id, new, PERMANENT_ADDR_TTL)
-        self._next_attempt[peer.peer_id] = 0.0
+        if not self.is_connected(peer.peer_id):
+            self._next_attempt[peer.peer_id] = 0.0
         self._wake.set()
 
     def known_addresses(self) -> dict[ID, list[multiaddr.Multiaddr]]:

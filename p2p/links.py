@@ -40,7 +40,7 @@ from p2p.envelope import (
     seal,
 )
 from p2p.framing import FrameError, FrameReader, encode_frame, reset_quietly
-from p2p.host import RunningHost
+from p2p.host import MAX_ADDRS_PER_PEER, RunningHost
 from p2p.keys import NodeKeys
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,6 @@ logger = logging.getLogger(__name__)
 CONSENSUS_PROTOCOL = TProtocol("/devsen/consensus/1.0.0")
 MAX_CONSENSUS_FRAME_BYTES = 8 * 1024 * 1024  # a proposal carries a whole block
 MAX_PEER_EXCHANGE_ENTRIES = 256
-MAX_ADDRS_PER_PEER = 8
 
 MessageHandler = Callable[[bytes, bytes], Awaitable[None]]
 
