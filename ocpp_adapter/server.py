@@ -293,7 +293,9 @@ class OcppServer:
             return 403, "charger is not admitted"
         if self.verified.known_good(charge_box_id, password, creds):
             return None
-        address = str(getattr(request.remote, "address", request.remote))
+        # Failed-login budgets per (address, charger): one misconfigured charger behind a site's
+        # shared NAT address does not lock out its neighbours.
+        address = f'{getattr(request.remote, "address", request.remote)}|{charge_box_id}'
         budget = self.auth_failures.get(address)
         if budget is not None and budget.take(trio.current_time()) > 0:
             return 429, "too many failed logins from this address; wait"
@@ -316,7 +318,9 @@ class OcppServer:
         if charge_box_id is None:
             await self._reject(request, 404, f"path must be {self.config.path_prefix}{{chargeBoxId}}", None)
             return
-        refusal = await self._authenticate(request, charge_box_id)
+        refusal: tuple[int, str] | None = (503, "authentication timed out (server busy); retry later")
+        with trio.move_on_after(self.config.handshake_timeout):  # password checks queue: bound the wait
+            refusal = await self._authenticate(request, charge_box_id)
         if refusal is not None:
             await self._reject(request, refusal[0], refusal[1], charge_box_id)
             return

@@ -245,7 +245,7 @@ async def test_security_profile_2_over_tls(tmp_path):
         assert info.value.status_code == 401
 
 
-async def test_failed_logins_are_throttled_per_address():
+async def test_failed_logins_are_throttled_per_address_and_charger():
     async with running_server(failed_logins_per_minute=3) as harness:
         async with charger(harness, "CP018"):
             pass  # verified once: later logins of CP018 with this password skip the hash
@@ -253,6 +253,9 @@ async def test_failed_logins_are_throttled_per_address():
         assert statuses == [401, 401, 401, 429]
         assert await handshake_status(harness.url("CP019"), basic_auth("CP019", PASSWORD)) == 429
         assert await handshake_status(harness.url("CP018"), basic_auth("CP018", PASSWORD)) == 101
+        # Budgets are per (address, charger): a neighbour behind the same address, never verified
+        # before, still logs in (its password is hashed and checked).
+        assert await handshake_status(harness.url("CP020"), basic_auth("CP020", PASSWORD)) == 101
 
 
 async def test_pipelined_calls_beyond_the_queue_are_refused():
