@@ -408,10 +408,10 @@ class ConsensusService:
     def _execute(self, output: Output) -> list[Output] | None:
         net = self._net
         if isinstance(output, Persist):
+            self.wal.append(output.message, output.own)  # durable before anyone else sees it
             if output.own:
                 for listener in self.signed_listeners:
                     listener(output.message)
-            self.wal.append(output.message, output.own)
         elif isinstance(output, Broadcast):
             if net is not None:
                 net.broadcast_consensus(output.data)
