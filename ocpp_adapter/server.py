@@ -327,24 +327,27 @@ class OcppServer:
         if self.accepted >= self.config.max_connections:
             await self._reject(request, 503, "connection limit reached", charge_box_id)
             return
-        subprotocol = choose_subprotocol(request.proposed_subprotocols, self.config.subprotocols)
-        ws = await request.accept(subprotocol=subprotocol)
-        if subprotocol is None:
-            log.warning("charger %s offered no supported subprotocol %s", charge_box_id, request.proposed_subprotocols)
-            await self._close(ws, CLOSE_PROTOCOL_ERROR, "no supported OCPP subprotocol")
-            return
-        conn = _Connection(charge_box_id, SUBPROTOCOL_VERSIONS[subprotocol], ws, self.config)
-        self.accepted += 1
-        self.connections._register(conn)
-        log.info("charger %s connected (%s) from %s", charge_box_id, subprotocol, request.remote)
+        self.accepted += 1  # reserved now: concurrent handshakes cannot overshoot the limit
         try:
-            with conn.scope:
-                await self._run_connection(conn)
+            subprotocol = choose_subprotocol(request.proposed_subprotocols, self.config.subprotocols)
+            ws = await request.accept(subprotocol=subprotocol)
+            if subprotocol is None:
+                log.warning("charger %s offered no supported subprotocol %s", charge_box_id,
+                            request.proposed_subprotocols)
+                await self._close(ws, CLOSE_PROTOCOL_ERROR, "no supported OCPP subprotocol")
+                return
+            conn = _Connection(charge_box_id, SUBPROTOCOL_VERSIONS[subprotocol], ws, self.config)
+            self.connections._register(conn)
+            log.info("charger %s connected (%s) from %s", charge_box_id, subprotocol, request.remote)
+            try:
+                with conn.scope:
+                    await self._run_connection(conn)
+            finally:
+                self.connections._unregister(conn)
+                conn.close(conn.closed_reason or "connection ended")
+            await self._close(ws, conn.close_code, (conn.closed_reason or "")[:100])
         finally:
             self.accepted -= 1
-            self.connections._unregister(conn)
-            conn.close(conn.closed_reason or "connection ended")
-        await self._close(ws, conn.close_code, (conn.closed_reason or "")[:100])
 
     async def _close(self, ws: WebSocketConnection, code: int, reason: str) -> None:
         with trio.move_on_after(self.config.close_timeout):
