@@ -242,6 +242,27 @@ async def run_demo(nodes: list[DevnetNode], anvil: AnvilProcess, deployment_path
 
 async def _serve(nodes: list[DevnetNode], anvil: AnvilProcess, deployment_path: Path, seeded: dict[str, Any],
                  demo: bool, duration_s: float | None) -> bool:
+    """Run the devnet until `duration_s` passes or SIGTERM/Ctrl-C arrives; True if the demo passed."""
+    outcome = [True]
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def stop_on_sigterm() -> None:
+                async for _ in signals:
+                    print("SIGTERM: stopping the devnet")
+                    nursery.cancel_scope.cancel()
+
+            async def run() -> None:
+                outcome[0] = await _run_devnet(nodes, anvil, deployment_path, seeded, demo, duration_s)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(stop_on_sigterm)
+            nursery.start_soon(run)
+    return outcome[0]
+
+
+async def _run_devnet(nodes: list[DevnetNode], anvil: AnvilProcess, deployment_path: Path,
+                      seeded: dict[str, Any], demo: bool, duration_s: float | None) -> bool:
     await wait_until_serving(nodes)
     print(f"\nDEVSEN devnet is up: chain {anvil.url} (chain id {CHAIN_ID}), deployment {deployment_path}")
     for node in nodes:
@@ -273,6 +294,11 @@ def devnet_main(argv: list[str]) -> int:
     if not 1 <= args.nodes <= 16:
         parser.error("--nodes must be in 1..16")
     setup_logging("INFO", "text")
+
+    def stop_on_sigterm(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # during set-up: the cleanup below stops what was started
+
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     if args.dir.exists():
         shutil.rmtree(args.dir)
     args.dir.mkdir(parents=True)
