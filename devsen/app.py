@@ -43,7 +43,7 @@ from anchoring.batches import CommittedBlock as BatchBlock
 from anchoring.proofs import EVENT_PAYLOAD_FIRST_BYTE, AnchorIndex
 from consensus.signing import Domain, SigningKey
 from consensus.types import Block, CommitCertificate, CommittedBlock, ValidatorSet
-from devsen.chain_view import ChainReadError
+from devsen.chain_view import ChainReadError, patiently
 from devsen.ledger import BlockContext, BlockRejected, ChainView, EventResult, Ledger
 from devsen.ledger.ledger import SnapshotError
 from ocpp_adapter.events import ChargerEvent, EventEncodingError
@@ -56,7 +56,6 @@ MAX_REMEMBERED_RESULTS = 50_000  # results wait only for the ingest (and message
 # A proposal whose time is this far ahead of our clock is refused (only the future is bounded:
 # a locked value may be re-proposed rounds later with its original, older time).
 MAX_FUTURE_DRIFT_MS = 30_000
-CHAIN_OUTAGE_LIMIT_S = 300.0  # how long block application waits for the chain before giving up
 SNAPSHOT_FORMAT = 1
 SNAPSHOT_EVERY_BLOCKS = 100  # a restart replays at most this many blocks (and reads the chain for them)
 
@@ -328,22 +327,17 @@ class NodeApplication:
 
         A node that did not validate this block (catch-up) may have an RPC that lags or sits
         on another fork; reading state there would diverge from the network. Gives up (the
-        node exits and restarts from its snapshot) after CHAIN_OUTAGE_LIMIT_S.
+        node exits and restarts from its snapshot) after the chain view's outage limit.
         """
-        delay, waited = 0.25, 0.0
-        while True:
-            try:
-                if self.chain.head(max_age_s=0) >= number and self.chain.block_hash(number, fresh=waited > 0) == eth_hash:
-                    return
-                problem = f"Ethereum block {number} with hash 0x{eth_hash.hex()} not on our RPC yet"
-            except ChainReadError as exc:
-                problem = str(exc)
-            if waited >= CHAIN_OUTAGE_LIMIT_S:
-                raise ChainReadError(f"cannot apply: {problem} after {waited:.0f} s")
-            log.warning("%s; retrying in %.1f s", problem, delay)
-            time.sleep(delay)
-            waited += delay
-            delay = min(delay * 2, 10.0)
+        attempts = [0]
+
+        def check() -> None:
+            fresh = attempts[0] > 0  # a remembered hash may predate a reorg: re-read on retries
+            attempts[0] += 1
+            if self.chain.head(max_age_s=0) < number or self.chain.block_hash(number, fresh=fresh) != eth_hash:
+                raise ChainReadError(f"Ethereum block {number} with hash 0x{eth_hash.hex()} not on our RPC yet")
+
+        patiently(f"waiting for Ethereum block {number}", check)
 
     def _expect_and_sign(self, subject: AnchorBatch | Settlement) -> None:
         try:
