@@ -251,11 +251,6 @@ class ChainChargerRegistry:
         return ChargerCredentials(record.auth_salt, record.auth_hash, admitted=record.active)
 
 
-def checksum(address: bytes) -> str:
-    """0x-checksummed hex of a 20-byte address."""
-    return Web3.to_checksum_address(address)
-
-
 class ContractChainAccess:
     """What the node application needs of the chain: head, block hashes, views at a block."""
 
