@@ -21,7 +21,7 @@ from typing import Any
 import multiaddr
 import trio
 from libp2p import new_host
-from libp2p.abc import IHost
+from libp2p.abc import IHost, INetStream
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.network.config import ConnectionConfig
@@ -115,6 +115,22 @@ class CountingPubsub(Pubsub):
     """Pubsub that counts deliveries its subscription channels could not take."""
 
     drops: DropCounters
+
+    async def continuously_read_stream(self, stream: INetStream) -> None:
+        """py-libp2p's reader, guarded: bytes that are not a pubsub RPC (py-libp2p lets the
+        protobuf DecodeError escape and stop the whole node) close that peer's stream only."""
+        try:
+            await super().continuously_read_stream(stream)
+        except Exception as exc:  # any peer-supplied garbage; the node must stay up
+            peer_id = stream.muxed_conn.peer_id
+            self.drops.add("pubsub_inbound", "malformed_rpc")
+            logger.warning("peer %s sent a malformed pubsub RPC (%s); closing its stream",
+                           peer_id, type(exc).__name__)
+            try:
+                await stream.reset()
+            except Exception:
+                pass
+            self._handle_dead_peer(peer_id)
 
     def notify_subscriptions(self, publish_message: rpc_pb2.Message) -> None:
         for topic in publish_message.topicIDs:
