@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import trio
+import trio.lowlevel
 
 from behaviours import after_start
 
@@ -24,7 +25,7 @@ async def attack(parts: Any) -> None:
             await service._net.publish_event(event.to_bytes())
         except Exception:  # GossipOverloaded
             await trio.sleep(0.01)
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
 
 
 def install() -> None:

@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 import trio
+import trio.lowlevel
 
 from behaviours import after_start
 
@@ -19,7 +20,7 @@ async def attack(parts: Any) -> None:
             await service._net.publish_event(b"\xff" + os.urandom(200))
         except Exception:  # GossipOverloaded: peers are saturated; keep pushing
             await trio.sleep(0.01)
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
 
 
 def install() -> None:

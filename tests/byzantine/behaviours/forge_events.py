@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import trio
@@ -49,7 +48,7 @@ async def attack(parts: Any) -> None:
     report["stop_message_id"] = stop.message_id
     report["stop"] = await _commit(parts, stop)
     log.warning("forged events: %s", report)
-    Path(env("REPORT")).write_text(json.dumps(report, default=str))
+    await trio.Path(env("REPORT")).write_text(json.dumps(report, default=str))
 
 
 def install() -> None:

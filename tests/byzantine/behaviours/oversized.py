@@ -14,8 +14,6 @@ def install() -> None:
     from consensus import core
     from consensus.types import Block, Proposal
 
-    original = core.ConsensusCore._propose
-
     def _propose(self: Any, block: Any, pol_round: int, out: list[Any]) -> None:
         big = object.__new__(Block)
         for field in ("height", "timestamp_ms", "proposer", "prev_block_hash", "app_state_hash", "app_header"):
