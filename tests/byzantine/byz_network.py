@@ -96,6 +96,7 @@ class ByzNetwork:
     seeded: dict[str, Any]
     root: Path
     behaviour: str = "honest"
+    byzantine_start_crashes: list[str] = field(default_factory=list)
 
     @property
     def honest(self) -> list[DevnetNode]:
@@ -107,11 +108,18 @@ class ByzNetwork:
 
     def swap(self, behaviour: str, extra_env: dict[str, str] | None = None, wait: bool = True) -> None:
         """Restart node 4 with `behaviour` (it keeps its keys and data)."""
-        stop_process(self.byzantine.process)
-        start_with_behaviour(self.byzantine, behaviour, extra_env)
         self.behaviour = behaviour
-        if wait:
-            trio.run(wait_until_serving, [self.byzantine])
+        for attempt in range(3):
+            stop_process(self.byzantine.process)
+            start_with_behaviour(self.byzantine, behaviour, extra_env)
+            if not wait:
+                return
+            try:
+                trio.run(wait_until_serving, [self.byzantine])
+                return
+            except RuntimeError as exc:  # node 4 itself crashed while starting: start it again
+                self.byzantine_start_crashes.append(f"{behaviour} attempt {attempt + 1}: {exc}")
+        raise RuntimeError(f"node 4 never started with {behaviour}: {self.byzantine_start_crashes[-3:]}")
 
     def restart_honest(self, node: DevnetNode) -> None:
         from devsen.devnet import start_node_process

@@ -69,9 +69,10 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Any:
             anvil.stop()
 
 
-def _attack(net: ByzNetwork, behaviour: str, during: Any = None, extra_env: dict[str, str] | None = None) -> Any:
+def _attack(net: ByzNetwork, behaviour: str, during: Any = None, extra_env: dict[str, str] | None = None,
+            seconds: float = ATTACK_S) -> Any:
     net.swap(behaviour, extra_env)
-    return trio.run(net.observe, behaviour, ATTACK_S, during)
+    return trio.run(net.observe, behaviour, seconds, during)
 
 
 async def _counter(net: ByzNetwork, name: str) -> list[int]:
@@ -169,11 +170,21 @@ _RESULT: dict[str, Any] = {}
 @pytest.mark.xfail(reason="needs per-source mempool quotas (issue 10 item 5)", strict=False)
 def test_mempool_flood_of_valid_looking_events_leaves_room_for_honest_chargers(net):
     _RESULT.clear()
-    observation = _attack(net, "flood_mempool_events", during=lambda: _heartbeats(net))
+    observation = _attack(net, "flood_mempool_events", during=lambda: _heartbeats(net), seconds=2 * ATTACK_S)
     mempools = trio.run(_counter, net, "mempool")
     print("honest heartbeats during the flood:", _RESULT, "honest mempool sizes:", mempools)
     assert_honest_progress(observation)
     assert _RESULT.get("answered", 0) >= 3 and _RESULT.get("failed", 0) == 0, _RESULT
+    # One source may hold at most a share of every mempool, never most of it.
+    capacity = net.honest[0].config.consensus.mempool_max_payloads
+    assert max(mempools) <= capacity // 2, f"one validator's junk fills {max(mempools)} of {capacity} slots"
+
+
+def test_malformed_pubsub_rpc_does_not_crash_a_node(net):
+    """Node 4 writes bytes that are not a protobuf RPC on gossipsub streams to its peers
+    (seen once by accident: a DecodeError in py-libp2p's pubsub reader stopped a whole node)."""
+    observation = _attack(net, "malformed_pubsub")
+    assert_honest_progress(observation)
 
 
 def test_consensus_link_flood(net):
@@ -306,9 +317,15 @@ def test_device_with_255_connectors_cannot_halt_the_network(net):
     observation = trio.run(net.observe, "connectors_255", ATTACK_S + 10, boot)
     print("255 connectors:", outcome, "heights", observation.start_heights, "->", observation.end_heights,
           "alive", observation.alive)
-    assert_honest_progress(observation)
     for node in net.nodes:  # and no crash loop on restart (replaying the block)
         stop_process(node.process)
     for node in net.honest:
         start_node_process(node)
-    trio.run(wait_until_serving, net.honest)
+    try:
+        trio.run(wait_until_serving, net.honest)
+        restarted = "all honest nodes serve again"
+    except (RuntimeError, trio.TooSlowError) as exc:
+        restarted = f"restart failed: {exc}"
+    print("255 connectors, restart:", restarted)
+    assert_honest_progress(observation)
+    assert restarted == "all honest nodes serve again"
