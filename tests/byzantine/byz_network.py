@@ -121,6 +121,19 @@ class ByzNetwork:
                 self.byzantine_start_crashes.append(f"{behaviour} attempt {attempt + 1}: {exc}")
         raise RuntimeError(f"node 4 never started with {behaviour}: {self.byzantine_start_crashes[-3:]}")
 
+    def heal(self) -> list[int]:
+        """Restart every honest node that died in an earlier scenario (they catch up from
+        their stores and peers), so one scenario's damage does not fail the next; returns
+        the indexes restarted."""
+        from devsen.devnet import start_node_process
+
+        dead = [n for n in self.honest if n.process is None or n.process.poll() is not None]
+        for node in dead:
+            start_node_process(node)
+        if dead:
+            trio.run(wait_until_serving, dead)
+        return [n.index for n in dead]
+
     def restart_honest(self, node: DevnetNode) -> None:
         from devsen.devnet import start_node_process
 

