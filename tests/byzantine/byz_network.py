@@ -121,18 +121,34 @@ class ByzNetwork:
                 self.byzantine_start_crashes.append(f"{behaviour} attempt {attempt + 1}: {exc}")
         raise RuntimeError(f"node 4 never started with {behaviour}: {self.byzantine_start_crashes[-3:]}")
 
-    def heal(self) -> list[int]:
+    def heal(self, attempts: int = 3) -> list[int]:
         """Restart every honest node that died in an earlier scenario (they catch up from
-        their stores and peers), so one scenario's damage does not fail the next; returns
-        the indexes restarted."""
+        their stores and peers), so one scenario's damage does not fail the next; a node that
+        dies again right after its restart is restarted again. Returns the indexes restarted."""
         from devsen.devnet import start_node_process
 
-        dead = [n for n in self.honest if n.process is None or n.process.poll() is not None]
-        for node in dead:
-            start_node_process(node)
-        if dead:
-            trio.run(wait_until_serving, dead)
-        return [n.index for n in dead]
+        restarted: list[int] = []
+        for _ in range(attempts):
+            dead = [n for n in self.honest if n.process is None or n.process.poll() is not None]
+            if not dead:
+                break
+            for node in dead:
+                start_node_process(node)
+                restarted.append(node.index)
+            try:
+                trio.run(wait_until_serving, dead)
+            except (RuntimeError, trio.TooSlowError):
+                continue
+            trio.run(self._wait_caught_up, 30.0)
+        return restarted
+
+    async def _wait_caught_up(self, timeout_s: float) -> None:
+        with trio.move_on_after(timeout_s):
+            while True:
+                heights = [await height(n) for n in self.honest]
+                if None not in heights and max(heights) - min(heights) <= 2:  # type: ignore[type-var, operator]
+                    return
+                await trio.sleep(1)
 
     def restart_honest(self, node: DevnetNode) -> None:
         from devsen.devnet import start_node_process
