@@ -1,0 +1,5 @@
+"""No change: the control run (the same launcher, nothing patched)."""
+
+
+def install() -> None:
+    pass

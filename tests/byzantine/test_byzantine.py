@@ -1,0 +1,341 @@
+"""Byzantine scenarios on a real network: anvil, 3 honest `devsen node` processes and node 4
+running the same product with one behaviour altered (behaviours/*.py via launch.py), or a
+hostile Ethereum account.
+
+One network for the module; node 4 is restarted with the next behaviour for each scenario.
+Each scenario asserts the defended outcome: the 3 honest nodes stay alive, keep committing
+during the attack, agree on the state hash at the same height, and settle nothing beyond the
+bounds. Scenarios whose defence is not on main yet are xfail (non-strict); the observed
+figures of every run are appended to $BYZ_RESULTS (default /tmp/devsen-byzantine-results.jsonl)
+and printed (pytest -s). The scenarios that can break the whole network run last.
+
+    .venv/bin/pytest -m byzantine tests/byzantine -s
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from byz_network import ByzNetwork, assert_honest_progress, get, start_with_behaviour
+
+from anchoring.chain import ChainClient, TransactionSender, connect
+from anchoring.chain.anvil import start_anvil
+from anchoring.chain.client import SessionStatus
+from devsen.demo_charger import connect_demo_charger
+from devsen.devnet import (
+    CHAIN_ID,
+    DEMO_CHARGER,
+    DEMO_PASSWORD,
+    deploy_network,
+    prepare_nodes,
+    start_node_process,
+    stop_process,
+    wait_until_serving,
+)
+from devsen.wallet import create_device
+
+pytestmark = [pytest.mark.byzantine, pytest.mark.slow]
+
+ATTACK_S = 15.0
+NEEDS_PUBSUB_GUARD = ("needs the p2p layer to drop a malformed gossipsub RPC instead of stopping the node "
+                      "(py-libp2p Pubsub.continuously_read_stream lets protobuf DecodeError escape the Swarm)")
+NEEDS_EVENT_SIGNATURES = "needs ingress-signed events (issue 10 item 2) and the physics cap (item 3)"
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    root: Path = tmp_path_factory.mktemp("byzantine")
+    anvil = start_anvil(root / "anvil.log", chain_id=CHAIN_ID, block_time_s=1)
+    network = None
+    try:
+        deployment_path = root / "deployment.json"
+        nodes = prepare_nodes(root, 4, deployment_path, anvil.url)
+        _, seeded = deploy_network(anvil, nodes, deployment_path)
+        network = ByzNetwork(anvil, nodes, deployment_path, seeded, root)
+        for node in nodes[:3]:
+            start_node_process(node)
+        start_with_behaviour(nodes[3], "honest")
+        trio.run(wait_until_serving, nodes)
+        yield network
+    finally:
+        if network is not None:
+            network.stop()
+            for node in network.nodes:  # shown by pytest only when a test failed
+                print(f"--- {node.log_path} (tail) ---\n" + node.log_path.read_text()[-2500:])
+        else:
+            anvil.stop()
+
+
+def _attack(net: ByzNetwork, behaviour: str, during: Any = None, extra_env: dict[str, str] | None = None,
+            seconds: float = ATTACK_S) -> Any:
+    healed = net.heal()
+    if healed:
+        print(f"before {behaviour}: restarted honest nodes {healed} that an earlier scenario stopped")
+    net.swap(behaviour, extra_env)
+    return trio.run(net.observe, behaviour, seconds, during)
+
+
+async def _counter(net: ByzNetwork, name: str) -> list[int]:
+    values = []
+    for node in net.honest:
+        status, body = await get(node.http_url + "/v1/status")
+        values.append(int(body["consensus"].get(name, 0)) if status == 200 else -1)
+    return values
+
+
+def test_baseline_honest_network(net):
+    observation = _attack(net, "honest")
+    assert_honest_progress(observation)
+
+
+def test_equivocating_validator_is_reported_and_the_network_commits(net):
+    observation = _attack(net, "equivocate")
+    assert_honest_progress(observation)
+    evidence = trio.run(_counter, net, "evidence")
+    print("evidence counters at the honest nodes:", evidence)
+    assert max(evidence) > 0, "no honest node recorded the double signing"
+
+
+@pytest.mark.parametrize("behaviour", ["bad_header", "bad_payload", "oversized", "future_eth"])
+def test_invalid_proposals_are_refused(net, behaviour):
+    observation = _attack(net, behaviour)
+    assert_honest_progress(observation)
+
+
+@pytest.mark.xfail(reason="needs the reorg check: a named Ethereum block must be `confirmations` deep "
+                          "by the validator's own head (issue 10 item 6)", strict=False)
+def test_proposal_naming_an_unconfirmed_ethereum_block_is_refused(net):
+    """The Byzantine proposer names the head. A committed block whose Ethereum read block N
+    had fewer than `confirmations` successors when it was committed shows the attack worked."""
+    observation = _attack(net, "unconfirmed_eth")
+    assert_honest_progress(observation)
+    w3 = connect(net.anvil.url)
+    confirmations = net.honest[0].config.chain.confirmations
+    shallow = []
+
+    async def scan() -> None:
+        end = observation.end_heights[0] or 0
+        for h in range(max(1, observation.start_heights[0] or 1), end + 1):
+            status, body = await get(f"{net.honest[0].http_url}/v1/blocks/{h}")
+            if status != 200:
+                continue
+            block = body["block"]
+            header = bytes.fromhex(block["app_header"].removeprefix("0x"))
+            from devsen.app import decode_app_header
+            number, _ = decode_app_header(header)
+            later = w3.eth.get_block(number + confirmations)
+            if later["timestamp"] > block["timestamp_ms"] / 1000 + 0.999:
+                shallow.append((h, number))
+
+    trio.run(scan)
+    print("blocks committed on an unconfirmed Ethereum block:", shallow)
+    assert not shallow
+
+
+@pytest.mark.xfail(reason=NEEDS_PUBSUB_GUARD, strict=False)
+def test_mempool_flood_of_junk_is_refused_at_admission(net):
+    observation = _attack(net, "flood_mempool_junk")
+    assert_honest_progress(observation)
+    refused = trio.run(_counter, net, "gossip_payload_refused")
+    print("gossip payloads refused at the honest nodes:", refused)
+
+
+async def _heartbeats(net: ByzNetwork) -> dict[str, Any]:
+    """Honest charger traffic at node 1 during the attack: how many heartbeats are answered."""
+    await trio.sleep(5)  # let the flood fill the mempools first
+    answered, failed, latencies = 0, 0, []
+    try:
+        async with connect_demo_charger(net.honest[0].ocpp_url, DEMO_CHARGER, DEMO_PASSWORD) as charger:
+            while True:
+                began = time.monotonic()
+                try:
+                    await charger.call("Heartbeat", {})
+                    answered += 1
+                    latencies.append(round(time.monotonic() - began, 2))
+                except Exception:
+                    failed += 1
+                await trio.sleep(0.5)
+    except trio.Cancelled:
+        raise
+    except Exception as exc:
+        failed += 1000
+        print("heartbeat connection failed:", exc)
+    finally:
+        _RESULT.update(answered=answered, failed=failed, latencies=latencies[-5:])
+    return {}
+
+
+_RESULT: dict[str, Any] = {}
+
+
+@pytest.mark.xfail(reason="needs per-source mempool quotas (issue 10 item 5)", strict=False)
+def test_mempool_flood_of_valid_looking_events_leaves_room_for_honest_chargers(net):
+    _RESULT.clear()
+    observation = _attack(net, "flood_mempool_events", during=lambda: _heartbeats(net), seconds=2 * ATTACK_S)
+    mempools = trio.run(_counter, net, "mempool")
+    print("honest heartbeats during the flood:", _RESULT, "honest mempool sizes:", mempools)
+    assert_honest_progress(observation)
+    assert _RESULT.get("answered", 0) >= 3 and _RESULT.get("failed", 0) == 0, _RESULT
+    # One source may hold at most a share of every mempool, never most of it.
+    capacity = net.honest[0].config.consensus.mempool_max_payloads
+    assert max(mempools) <= capacity // 2, f"one validator's junk fills {max(mempools)} of {capacity} slots"
+
+
+@pytest.mark.xfail(reason=NEEDS_PUBSUB_GUARD, strict=False)
+def test_malformed_pubsub_rpc_does_not_crash_a_node(net):
+    """Node 4 writes bytes that are not a protobuf RPC on gossipsub streams to its peers
+    (seen once by accident: a DecodeError in py-libp2p's pubsub reader stopped a whole node)."""
+    observation = _attack(net, "malformed_pubsub")
+    assert_honest_progress(observation)
+
+
+def test_consensus_link_flood(net):
+    observation = _attack(net, "flood_consensus")
+    assert_honest_progress(observation)
+
+
+@pytest.mark.xfail(reason=NEEDS_EVENT_SIGNATURES, strict=False)
+def test_forged_charger_events_settle_nothing(net, tmp_path):
+    """Node 4 gossips a StartTransaction with the demo session's token and a StopTransaction
+    with meterStop = 2**62 for DEMO-CP-1, a charger it never talked to (unsigned events,
+    `ingress_node` claiming node 2). Defended: no honest ledger accepts them, and the escrow
+    session is never settled for that energy."""
+    report_path = tmp_path / "forged.json"
+    session_id = net.seeded["session_id"]
+    observation = _attack(net, "forge_events", extra_env={
+        "BYZ_CHARGER": DEMO_CHARGER, "BYZ_CONNECTOR": "1", "BYZ_SESSION_ID": session_id.hex(),
+        "BYZ_REPORT": str(report_path)})
+    deadline = time.monotonic() + 60
+    while not report_path.exists() and time.monotonic() < deadline:
+        time.sleep(1)
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    print("forger's own view:", report)
+    assert_honest_progress(observation)
+    accepted = []
+
+    async def check() -> None:
+        for key in ("start_message_id", "stop_message_id"):
+            if key not in report:
+                continue
+            for node in net.honest:
+                status, body = await get(f"{node.http_url}/v1/chargers/{DEMO_CHARGER}/messages/{report[key]}")
+                if status == 200 and body.get("reply"):
+                    accepted.append((node.index, key, body["reply"]))
+
+    trio.run(check)
+    print("forged events accepted by honest ledgers:", accepted)
+    client: ChainClient = net.seeded["driver_client"]
+    session = None
+    deadline = time.monotonic() + 45
+    while time.monotonic() < deadline:
+        session = client.session(session_id, "latest")
+        if session is not None and session.status == SessionStatus.SETTLED:
+            break
+        time.sleep(2)
+    print("escrow session after the forgery:", session)
+    assert not accepted
+    assert session is None or session.status != SessionStatus.SETTLED or session.energy_wh < 10**9
+
+
+@pytest.mark.xfail(reason="needs a minimum escrow deposit on chain (issue 10 item 5)", strict=False)
+def test_one_unit_escrow_deposits_are_refused(net):
+    """A driver opens one-unit escrow sessions; defended: the contract refuses them (a minimum
+    deposit), and the nodes keep committing either way."""
+    client: ChainClient = net.seeded["driver_client"]
+    outcomes: list[str] = []
+
+    async def deposits() -> dict[str, Any]:
+        for i in range(10):
+            try:
+                await trio.to_thread.run_sync(
+                    lambda i=i: (client.approve(client.deployment.escrow, 1),
+                                 client.open_session(DEMO_CHARGER, 2, "DEMO-TAG-1", 1)))
+                outcomes.append("opened")
+            except Exception as exc:
+                outcomes.append(type(exc).__name__ + ": " + str(exc)[:80])
+        return {"one_unit_deposits": outcomes}
+
+    net.heal()
+    net.swap("honest")
+    observation = trio.run(net.observe, "one_unit_deposits", ATTACK_S, deposits)
+    print("one-unit deposits:", outcomes)
+    assert_honest_progress(observation)
+    assert outcomes and "opened" not in outcomes
+
+
+@pytest.mark.xfail(reason="needs unique peer ids on chain and a refused (not fatal) duplicate in the "
+                          "directory (issue 10 item 4)", strict=False)
+def test_duplicate_peer_id_on_chain_does_not_stop_restarts(net):
+    """Node 4 registers node 1's peer id as its own; then honest node 1 restarts. Defended:
+    the contract refuses, or node 1 starts anyway; the network keeps committing."""
+    victim = net.honest[0]
+    net.heal()
+    try:
+        net.swap("duplicate_peer_id")
+        trio.run(trio.sleep, 8)  # the peer-id refresh (every 5 s) sees the duplicate
+        net.restart_honest(victim)
+        started = True
+        try:
+            trio.run(wait_until_serving, [victim])
+        except (RuntimeError, trio.TooSlowError) as exc:
+            started = False
+            print("honest node 1 after the duplicate peer id:", exc)
+        observation = trio.run(net.observe, "duplicate_peer_id", ATTACK_S)
+        observation.notes["restart_ok"] = started
+        assert started, "honest node 1 could not restart"
+        assert_honest_progress(observation)
+    finally:  # repair for the scenarios after this one: node 4 republishes its own peer id
+        net.swap("honest")
+        if victim.process is None or victim.process.poll() is not None:
+            net.restart_honest(victim)
+            trio.run(wait_until_serving, [victim])
+
+
+@pytest.mark.xfail(reason="needs ledger bounds on chain data: out-of-bound devices are unregistered, "
+                          "never an exception (issue 10 item 1) and contract bounds on connectors", strict=False)
+def test_device_with_255_connectors_cannot_halt_the_network(net):
+    """A hostile Ethereum account registers a device with 255 connectors and boots it at
+    node 1. Defended: the contract refuses it, or the ledger treats it as unregistered; every
+    node keeps committing. Runs last: on the old code it halts every node."""
+    w3 = connect(net.anvil.url)
+    hostile = ChainClient(w3, net.seeded["driver_client"].deployment, TransactionSender(w3, net.anvil.dev_keys[1]))
+    outcome: dict[str, Any] = {}
+    try:
+        create_device(hostile, "HOSTILE-CP-255", "hostile-password-255", connectors=255, location="x")
+        outcome["created"] = True
+    except Exception as exc:
+        outcome["created"] = f"refused: {exc}"[:160]
+
+    async def boot() -> dict[str, Any]:
+        if outcome["created"] is not True:
+            return outcome
+        await trio.sleep(3)  # a few confirmations
+        try:
+            async with connect_demo_charger(net.honest[0].ocpp_url, "HOSTILE-CP-255", "hostile-password-255") as c:
+                outcome["boot"] = await c.call("BootNotification", {"chargePointVendor": "x", "chargePointModel": "y"})
+        except Exception as exc:
+            outcome["boot"] = f"{type(exc).__name__}: {exc}"[:160]
+        return outcome
+
+    net.heal()
+    net.swap("honest")
+    observation = trio.run(net.observe, "connectors_255", ATTACK_S + 10, boot)
+    print("255 connectors:", outcome, "heights", observation.start_heights, "->", observation.end_heights,
+          "alive", observation.alive)
+    for node in net.nodes:  # and no crash loop on restart (replaying the block)
+        stop_process(node.process)
+    for node in net.honest:
+        start_node_process(node)
+    try:
+        trio.run(wait_until_serving, net.honest)
+        restarted = "all honest nodes serve again"
+    except (RuntimeError, trio.TooSlowError) as exc:
+        restarted = f"restart failed: {exc}"
+    print("255 connectors, restart:", restarted)
+    assert_honest_progress(observation)
+    assert restarted == "all honest nodes serve again"
