@@ -42,10 +42,7 @@ from devsen.wallet import create_device
 pytestmark = [pytest.mark.byzantine, pytest.mark.slow]
 
 ATTACK_S = 15.0
-NEEDS_PUBSUB_GUARD = ("needs the p2p layer to drop a malformed gossipsub RPC instead of stopping the node "
-                      "(py-libp2p Pubsub.continuously_read_stream lets protobuf DecodeError escape the Swarm)")
 NEEDS_EVENT_SIGNATURES = "needs ingress-signed events (issue 10 item 2) and the physics cap (item 3)"
-
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Any:
@@ -137,7 +134,6 @@ def test_proposal_naming_an_unconfirmed_ethereum_block_is_refused(net):
     assert not shallow
 
 
-@pytest.mark.xfail(reason=NEEDS_PUBSUB_GUARD, strict=False)
 def test_mempool_flood_of_junk_is_refused_at_admission(net):
     observation = _attack(net, "flood_mempool_junk")
     assert_honest_progress(observation)
@@ -186,7 +182,6 @@ def test_mempool_flood_of_valid_looking_events_leaves_room_for_honest_chargers(n
     assert max(mempools) <= capacity // 2, f"one validator's junk fills {max(mempools)} of {capacity} slots"
 
 
-@pytest.mark.xfail(reason=NEEDS_PUBSUB_GUARD, strict=False)
 def test_malformed_pubsub_rpc_does_not_crash_a_node(net):
     """Node 4 writes bytes that are not a protobuf RPC on gossipsub streams to its peers
     (seen once by accident: a DecodeError in py-libp2p's pubsub reader stopped a whole node)."""
