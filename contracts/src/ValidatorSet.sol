@@ -50,7 +50,6 @@ contract ValidatorSet is DevsenDomain, IValidatorSet {
     }
 
     uint64 public epoch;
-    address[] private _validators;
     mapping(address => bool) private _isValidator;
     mapping(address => ValidatorInfo) private _info;
     mapping(bytes32 => address) private _peerIdHolder; // keccak256(peerId) -> validator
@@ -82,7 +81,7 @@ contract ValidatorSet is DevsenDomain, IValidatorSet {
             abi.encode(VALIDATOR_SET_UPDATE_TYPEHASH, newEpoch, keccak256(abi.encode(newValidators)))
         );
         verifyQuorum(_typedDigest(structHash), signatures);
-        address[] memory old = _validators;
+        address[] memory old = _epochs[epoch].validators;
         for (uint256 i; i < old.length; ++i) {
             delete _isValidator[old[i]];
         }
@@ -123,16 +122,16 @@ contract ValidatorSet is DevsenDomain, IValidatorSet {
 
     /// @inheritdoc IValidatorSet
     function quorum() public view returns (uint256) {
-        return (2 * _validators.length) / 3 + 1;
+        return (2 * _epochs[epoch].validators.length) / 3 + 1;
     }
 
     function validatorCount() external view returns (uint256) {
-        return _validators.length;
+        return _epochs[epoch].validators.length;
     }
 
     /// @notice The current validators, ascending.
     function validators() external view returns (address[] memory) {
-        return _validators;
+        return _epochs[epoch].validators;
     }
 
     /// @notice The validator bound to `peerId` (zero address if none).
@@ -183,15 +182,14 @@ contract ValidatorSet is DevsenDomain, IValidatorSet {
     function _install(address[] memory validators_) private {
         uint256 n = validators_.length;
         if (n == 0 || n > MAX_VALIDATORS) revert ValidatorCountInvalid(n);
-        delete _validators;
         address previous = address(0);
         for (uint256 i; i < n; ++i) {
             address v = validators_[i];
             if (v <= previous) revert ValidatorsNotSorted(i);
-            _validators.push(v);
             _isValidator[v] = true;
             previous = v;
         }
+        assert(_epochs.length == epoch); // the record of epoch e is _epochs[e]
         Epoch storage record = _epochs.push();
         record.startBlock = uint64(block.number);
         record.validators = validators_;
