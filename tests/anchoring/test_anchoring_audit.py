@@ -12,7 +12,7 @@ import trio
 from anchoring_world import KEYS, LocalChain, Net, charger_event
 
 from anchoring.attestations import AnchorBatch, attest
-from anchoring.audit import ChainReader, audit_main, replay, verify_event
+from anchoring.audit import ChainReader, audit_main, block_loader, replay, verify_event
 from anchoring.batches import BatchPolicy
 from anchoring.chain import connect
 from anchoring.chain.anvil import running_anvil
@@ -52,10 +52,15 @@ def test_real_event_verifies(local: LocalChain):
     assert [b.batch_id for b in local.batches] == [0, 1, 2]
     for event in local.events[:6]:
         document = json.loads(json.dumps(local.service.event_proof(event.event_id)))
-        checks = verify_event(document, event.event_id, chain)
+        checks = verify_event(document, event.event_id, chain, loader(local))
         assert all(c.ok for c in checks), [c.line() for c in checks if not c.ok]
         assert {c.name for c in checks} >= {"merkle proof (local)", "root on chain", "commit certificate",
                                              "contract verifyInclusion", "event in block", "block hash"}
+
+
+def loader(local: LocalChain):
+    """What `audit verify` fetches besides the proof: the blocks below the event's block."""
+    return block_loader(lambda path: json.loads(json.dumps(local.service.block_document(int(path.split("/")[-1])))))
 
 
 def failing(checks) -> set[str]:
@@ -71,9 +76,9 @@ def test_tampered_event_fails(local: LocalChain):
                             {**fields.payload, "connectorId": 2}, fields.ingress_node, fields.received_at_ms)
     forged = {**document, "event_bytes": "0x" + tampered.to_bytes().hex()}
     # asked for the original id: the bytes do not hash to it
-    assert "event id" in failing(verify_event(forged, event.event_id, chain))
+    assert "event id" in failing(verify_event(forged, event.event_id, chain, loader(local)))
     # asked for the tampered event's own id: the proof does not lead to the anchored root
-    result = failing(verify_event(forged, tampered.event_id, chain))
+    result = failing(verify_event(forged, tampered.event_id, chain, loader(local)))
     assert {"merkle proof (local)", "root on chain", "contract verifyInclusion", "event in block"} <= result
 
 
@@ -86,7 +91,7 @@ def test_malformed_documents_fail_cleanly(local: LocalChain):
               {**good, "block": {**good["block"], "proposer": "0xzz"}}, {**good, "directions": "x"},
               {**good, "certificate": {**good["certificate"], "signatures": ["0x00"]}}]
     for document in broken:
-        assert [c.name for c in verify_event(document, event.event_id, chain)] == ["proof document"]
+        assert [c.name for c in verify_event(document, event.event_id, chain, loader(local))] == ["proof document"]
 
 
 def test_proof_from_another_batch_fails(local: LocalChain):
@@ -96,7 +101,7 @@ def test_proof_from_another_batch_fails(local: LocalChain):
     assert document["batch"]["batch_id"] == 1
     other = local.service.batch_document(0)["batch"]
     document["batch"] = other  # the node claims batch 0 for a proof that belongs to batch 1
-    result = failing(verify_event(document, in_batch_1.event_id, chain))
+    result = failing(verify_event(document, in_batch_1.event_id, chain, loader(local)))
     assert {"merkle proof (local)", "root on chain", "contract verifyInclusion", "block in batch"} <= result
 
 
@@ -105,12 +110,12 @@ def test_root_not_on_chain_fails(local: LocalChain):
     in_batch_2 = next(e for e in local.events if local.index.height_of(e.event_id) >= 7)
     document = local.service.event_proof(in_batch_2.event_id)
     assert document["batch"]["batch_id"] == 2
-    result = failing(verify_event(document, in_batch_2.event_id, chain))
+    result = failing(verify_event(document, in_batch_2.event_id, chain, loader(local)))
     assert result == {"root on chain"}
-    assert "not anchored" in next(c.detail for c in verify_event(document, in_batch_2.event_id, chain)
+    assert "not anchored" in next(c.detail for c in verify_event(document, in_batch_2.event_id, chain, loader(local))
                                   if c.name == "root on chain")
     local.net.anchor(local.batches[2])  # anchored later: the same reader sees it now
-    assert all(c.ok for c in verify_event(document, in_batch_2.event_id, chain))
+    assert all(c.ok for c in verify_event(document, in_batch_2.event_id, chain, loader(local)))
 
 
 def test_forged_certificate_and_header_fail(local: LocalChain):
@@ -124,16 +129,16 @@ def test_forged_certificate_and_header_fail(local: LocalChain):
     votes = [Vote.sign(k, domain, VoteType.PRECOMMIT, height, 0, block_hash) for k in (*KEYS[:2], outsider)]
     document["certificate"]["signatures"] = ["0x" + v.signature.hex()
                                              for v in sorted(votes, key=lambda v: v.validator)]
-    assert failing(verify_event(document, event.event_id, chain)) == {"commit certificate"}
+    assert failing(verify_event(document, event.event_id, chain, loader(local))) == {"commit certificate"}
     two = copy.deepcopy(local.service.event_proof(event.event_id))
     two["certificate"]["signatures"] = two["certificate"]["signatures"][:2]  # below quorum
-    assert failing(verify_event(two, event.event_id, chain)) == {"commit certificate"}
+    assert failing(verify_event(two, event.event_id, chain, loader(local))) == {"commit certificate"}
     elsewhere = copy.deepcopy(local.service.event_proof(event.event_id))
     elsewhere["anchor"]["chain_id"] = 1
-    assert failing(verify_event(elsewhere, event.event_id, chain)) == {"chain id"}
+    assert failing(verify_event(elsewhere, event.event_id, chain, loader(local))) == {"chain id"}
     moved = copy.deepcopy(local.service.event_proof(event.event_id))
     moved["block"]["timestamp_ms"] += 1  # a header that is not the certified block
-    assert failing(verify_event(moved, event.event_id, chain)) == {"block hash", "commit certificate"}
+    assert failing(verify_event(moved, event.event_id, chain, loader(local))) == {"block hash", "commit certificate"}
 
 
 def test_proof_service_errors_and_routes(local: LocalChain):
@@ -200,7 +205,8 @@ def test_replay_checks_blocks_and_batches(local: LocalChain):
         return document
 
     checks, _ = replay(tampering_fetch, chain, 4, 6)
-    assert failing(checks) == {"block 4", "link 4->5", "batch 1"}
+    # blocks 5 and 6 too: their set is read from headers that no longer hash-link to them
+    assert failing(checks) == {"block 4", "block 5", "block 6", "link 4->5", "batch 1"}
 
 
 async def _serve(local: LocalChain, task_status=trio.TASK_STATUS_IGNORED):
