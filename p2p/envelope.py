@@ -141,7 +141,7 @@ class ValidatorDirectory:
         self._logged: set[tuple[bytes, str]] = set()
         self.replace(bindings or {})
 
-    def replace(self, bindings: Mapping[object, object]) -> None:
+    def replace(self, bindings: Mapping[bytes, bytes]) -> None:
         """Install a new validator set; malformed or duplicated bindings are refused entries."""
         refused: dict[bytes, str] = {}
         claims: dict[bytes, list[bytes]] = {}

@@ -97,3 +97,49 @@ def test_update_gas_of_the_largest_set_fits_the_budget(fresh: World) -> None:
     budget = GAS["updateValidatorsBase"] + GAS["perValidator"] * 128 + GAS["perSignature"] * 3
     assert used < budget, (used, budget)
     assert fresh.relayer.epoch_record(1, "latest") is not None
+
+
+def test_node_builds_from_hostile_chain_bindings(tmp_path) -> None:
+    """A ValidatorSet read (an old deployment without PeerIdTaken, or a lying RPC) where one
+    validator squats this node's peer id, one binds garbage and one an over-long endpoint:
+    before, `build_node` raised in ValidatorDirectory.replace and the node could not start."""
+    import dataclasses
+
+    from anchoring.chain import ChainClient as Client
+    from anchoring.chain import ValidatorSetState
+    from anchoring.chain.anvil import running_anvil
+    from devsen.devnet import deploy_network, prepare_nodes
+    from devsen.node import build_node, merge_bindings
+
+    with running_anvil(tmp_path / "anvil.log") as anvil:
+        deployment_path = tmp_path / "deployment.json"
+        nodes = prepare_nodes(tmp_path, 4, deployment_path, anvil.url)
+        deploy_network(anvil, nodes, deployment_path)
+        peers = [n.keys.peer_id.to_bytes() for n in nodes]
+        real = Client.validator_set
+
+        def hostile(self: Client, block: object) -> ValidatorSetState:
+            state = real(self, block)  # type: ignore[arg-type]
+            by_peer = {bytes(v.peer_id): v for v in state.validators}
+            squatter, garbage, verbose = (by_peer[p] for p in peers[1:])
+            swapped = {squatter.address: dataclasses.replace(squatter, peer_id=peers[0]),  # node 1's id
+                       garbage.address: dataclasses.replace(garbage, peer_id=b"\xff" * 200),
+                       verbose.address: dataclasses.replace(verbose, endpoint="ws://" + "x" * 100_000)}
+            return ValidatorSetState(state.epoch, tuple(swapped.get(v.address, v) for v in state.validators),
+                                     state.quorum)
+
+        Client.validator_set = hostile  # type: ignore[method-assign]
+        try:
+            parts = build_node(nodes[0].config)
+        finally:
+            Client.validator_set = real  # type: ignore[method-assign]
+        directory = parts.service.config.directory
+        me = nodes[0].keys.validator.address
+        assert directory.peer_of(me) == peers[0] and directory.address_of(peers[0]) == me  # its own id stays its own
+        assert nodes[1].keys.validator.address not in directory  # the squatter is refused
+        assert directory.peer_of(nodes[3].keys.validator.address) == peers[3]
+        assert nodes[2].keys.validator.address not in directory  # a 200-byte id is unusable
+        # a later refresh with a duplicate claim keeps the incumbent and never raises
+        squat = {nodes[1].keys.validator.address: peers[0], me: peers[0], b"bad": b"x"}
+        directory.replace(merge_bindings(directory, (me,), squat))
+        assert directory.address_of(peers[0]) == me
