@@ -231,7 +231,7 @@ async def refresh_peer_bindings(parts: NodeParts, interval_s: float = 5.0) -> No
     """Follow validators publishing (or changing) their peer ids in the ValidatorSet."""
     directory = parts.service.config.directory
     me, my_peer = parts.keys.validator.address, parts.keys.peer_id.to_bytes()
-    last: dict[bytes, bytes] | None = None
+    last: tuple[dict[bytes, bytes], dict[bytes, bytes | None]] | None = None  # (merged, directory after it)
     while True:
         await trio.sleep(interval_s)
         try:
@@ -240,10 +240,12 @@ async def refresh_peer_bindings(parts: NodeParts, interval_s: float = 5.0) -> No
         except Exception as exc:  # RPC trouble or hostile data: keep the bindings we have, retry later
             log.warning("could not refresh validator peer ids: %s", exc)
             continue
-        if merged != last and merged != {a: directory.peer_of(a) for a in directory.addresses()}:
-            log.info("validator peer ids changed on chain; updating the directory")
-            directory.replace(merged)
-        last = merged
+        current = {a: directory.peer_of(a) for a in directory.addresses()}
+        if merged == current or last == (merged, current):
+            continue  # unchanged (a refused entry keeps `merged` and the directory apart: no churn)
+        log.info("validator peer ids changed on chain; updating the directory")
+        directory.replace(merged)
+        last = (merged, {a: directory.peer_of(a) for a in directory.addresses()})
 
 
 def _own_binding_first(state: ValidatorSetState, me: bytes, my_peer: bytes) -> dict[bytes, bytes]:
@@ -255,15 +257,14 @@ def _own_binding_first(state: ValidatorSetState, me: bytes, my_peer: bytes) -> d
 
 
 def _publish_own_info(client: ChainClient, me: bytes, my_peer: bytes, endpoint: str) -> None:
-    """Publish this validator's peer id and endpoint; a refusal (peer id taken, endpoint too
-    long, chain trouble) is logged with the fix, and the node starts anyway."""
+    """Publish this validator's peer id and endpoint; a refusal by the contract (peer id taken,
+    endpoint too long) is logged with the fix and the node starts anyway (RPC trouble still
+    fails the start, as before: a restart retries)."""
     try:
         client.set_validator_info(my_peer, endpoint)
-    except ChainRevert as exc:
+    except ChainRevert as exc:  # deterministic: retrying cannot help, starting still serves chargers
         log.error("the ValidatorSet refused this node's peer id / endpoint (%s); fix: a peer id held by "
                   "another validator needs fresh p2p keys, an endpoint must be at most 256 bytes", exc)
-    except Exception as exc:  # noqa: BLE001 (startup must survive a flaky RPC; refresh retries)
-        log.error("could not publish this node's peer id to the ValidatorSet: %s", exc)
 
 
 def build_node(config: NodeConfig) -> NodeParts:

@@ -99,7 +99,7 @@ def test_update_gas_of_the_largest_set_fits_the_budget(fresh: World) -> None:
     assert fresh.relayer.epoch_record(1, "latest") is not None
 
 
-def test_node_builds_from_hostile_chain_bindings(tmp_path) -> None:
+def test_node_builds_from_hostile_chain_bindings(tmp_path, caplog: pytest.LogCaptureFixture) -> None:
     """A ValidatorSet read (an old deployment without PeerIdTaken, or a lying RPC) where one
     validator squats this node's peer id, one binds garbage and one an over-long endpoint:
     before, `build_node` raised in ValidatorDirectory.replace and the node could not start."""
@@ -131,6 +131,12 @@ def test_node_builds_from_hostile_chain_bindings(tmp_path) -> None:
         Client.validator_set = hostile  # type: ignore[method-assign]
         try:
             parts = build_node(nodes[0].config)
+            # node 2 sees its id squatted and re-publishes it with an endpoint the contract refuses
+            # (EndpointTooLong): logged with the fix, and the node still builds
+            long_host = dataclasses.replace(nodes[1].config.ocpp, host="h" * 300)
+            second = build_node(dataclasses.replace(nodes[1].config, ocpp=long_host))
+            assert second.service.config.directory.peer_of(nodes[1].keys.validator.address) == peers[1]
+            assert "EndpointTooLong" in caplog.text and "refused this node's peer id" in caplog.text
         finally:
             Client.validator_set = real  # type: ignore[method-assign]
         directory = parts.service.config.directory
