@@ -7,11 +7,18 @@
 recomputes the event id and the leaf from the event bytes, walks the Merkle proof
 locally, reads the batch root from the Anchor contract at the RPC (and asks the
 contract's own `verifyInclusion`), recomputes the block hash from the header and payload
-hashes and checks the commit certificate against the ValidatorSet contract's validators.
+hashes and checks the commit certificate against the validators in force at that height,
+read from the ValidatorSet contract's epoch history (below).
 `replay` does the same for every block of a height range and recomputes the root of
 every batch covering it from the blocks' events. Each check prints PASS or FAIL; the
 exit code is 0 when all pass, 1 when any fails, 3 when (replay) some blocks are not yet
 anchored, 2 for bad usage or an unreachable node or RPC.
+
+Which set certifies height h: a set change the application commits at height H (the
+ValidatorSet epoch at the Ethereum block H names differs from the previous one) is used by
+consensus from H + SET_SWITCH_DELAY (devsen/consensus_service.py). So the set at h >= 3 is the
+epoch in force at the Ethereum block named by block h-2 (`ValidatorSet.epochAtBlock`), whose
+header is fetched from the node and hash-linked to block h; heights 1 and 2 use epoch 0.
 """
 
 from __future__ import annotations
@@ -52,6 +59,9 @@ from ocpp_adapter.events import ChargerEvent, EventEncodingError
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PENDING = 0, 1, 2, 3
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 MAX_REPLAY_BLOCKS = 10_000
+SET_SWITCH_DELAY = 2  # a set change committed at height H certifies from H + 2 (consensus_service)
+MAX_CACHED_EPOCHS = 1024
+APP_HEADER_VERSION = 1  # the app header is msgpack [1, eth block number, eth block hash] (devsen/app.py)
 HTTP_TIMEOUT_S = 15.0
 
 
@@ -96,6 +106,7 @@ class ChainReader:
         self.validator_set_address = bytes.fromhex(self.anchor.functions.validatorSet().call()[2:])
         self._deployed_at: int | None = None  # a block at which the Anchor contract was seen deployed
         self._validators: ValidatorSet | None = None
+        self._epochs: dict[int, ValidatorSet] = {}
         self.validator_set = w3.eth.contract(address=Web3.to_checksum_address(self.validator_set_address),
                                              abi=load_artifact("ValidatorSet")["abi"])
 
@@ -137,22 +148,119 @@ class ChainReader:
             self._validators = ValidatorSet.equal(addresses)
         return self._validators
 
+    def _history_block(self) -> int:
+        """The block the epoch history is read at (`block`); ValueError before the deployment."""
+        block = self._read_block()
+        if block is None:
+            raise ValueError(f"the contracts do not exist yet at block {self.block} ({self.confirmations} "
+                             "confirmations)")
+        return block
+
+    def epoch_at(self, eth_block: int) -> int:
+        """The ValidatorSet epoch in force in the state of Ethereum block `eth_block`."""
+        return int(self.validator_set.functions.epochAtBlock(eth_block).call(block_identifier=self._history_block()))
+
+    def epoch_validators(self, epoch: int) -> ValidatorSet:
+        """The validators of `epoch` from the contract's history (cached, bounded)."""
+        if epoch not in self._epochs:
+            if len(self._epochs) >= MAX_CACHED_EPOCHS:
+                self._epochs.clear()
+            addresses = self.validator_set.functions.epochValidators(epoch).call(
+                block_identifier=self._history_block())
+            self._epochs[epoch] = ValidatorSet.equal([bytes.fromhex(a[2:]) for a in addresses], epoch)
+        return self._epochs[epoch]
+
+    def validators_in_force(self, set_block: int | None) -> ValidatorSet:
+        """The set certifying a height whose block two below named Ethereum block `set_block`
+        (None: heights 1 and 2, certified by epoch 0)."""
+        return self.epoch_validators(0 if set_block is None else self.epoch_at(set_block))
+
     @property
     def consensus_domain(self) -> Domain:
         return Domain(self.chain_id, self.validator_set_address)
 
 
-def check_certificate(chain: ChainReader, block_hash: bytes, certificate: CommitCertificate) -> Check:
-    """The certificate is a quorum of the on-chain validators' precommits for `block_hash`."""
-    validators = chain.validators()
+def eth_block_of(app_header: bytes) -> int:
+    """The Ethereum block number a block's app header names; ValueError unless canonical."""
+    import msgpack
+
+    try:
+        fields = msgpack.unpackb(app_header, raw=False)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise ValueError(f"app header is not msgpack: {exc}") from exc
+    if (not isinstance(fields, list) or len(fields) != 3 or fields[0] != APP_HEADER_VERSION
+            or not isinstance(fields[1], int) or isinstance(fields[1], bool) or fields[1] < 0
+            or not isinstance(fields[2], bytes) or len(fields[2]) != 32
+            or msgpack.packb(fields, use_bin_type=True) != app_header):
+        raise ValueError("app header is not [1, eth block number, 32-byte eth block hash]")
+    return fields[1]
+
+
+BlockLoader = Callable[[int], "Block | None"]
+
+
+def set_block_for(height: int, prev_block_hash: bytes, load: BlockLoader) -> int | None:
+    """The Ethereum block whose epoch certifies `height` (None: epoch 0), from the headers of
+    blocks height-1 and height-2, which must hash-link to `prev_block_hash`. ValueError if
+    the node does not serve them or they do not link."""
+    if height <= SET_SWITCH_DELAY:
+        return None
+    expected = prev_block_hash
+    ancestor: Block | None = None
+    for below in range(height - 1, height - SET_SWITCH_DELAY - 1, -1):
+        ancestor = load(below)
+        if ancestor is None:
+            raise ValueError(f"the node does not serve block {below}")
+        if ancestor.height != below or ancestor.hash != expected:
+            raise ValueError(f"block {below} does not hash-link to block {below + 1}")
+        expected = ancestor.prev_block_hash
+    assert ancestor is not None
+    return eth_block_of(ancestor.app_header)
+
+
+def check_certificate(chain: ChainReader, block_hash: bytes, certificate: CommitCertificate,
+                      set_block: int | None = None) -> Check:
+    """The certificate is a quorum of precommits for `block_hash` by the validators in force
+    at its height: the epoch of Ethereum block `set_block` (see `set_block_for`)."""
+    validators = chain.validators_in_force(set_block)
+    source = (f"epoch {validators.epoch} of the ValidatorSet at {hex0x(chain.validator_set_address)}"
+              f" (in force at Ethereum block {set_block if set_block is not None else 'of deployment'})")
     try:
         signers = verify_certificate(certificate, validators, chain.consensus_domain, block_hash)
     except CertificateError as exc:
-        return Check("commit certificate", False,
-                     f"{exc} (checked against the ValidatorSet at {hex0x(chain.validator_set_address)})")
+        return Check("commit certificate", False, f"{exc} (checked against {source})")
     return Check("commit certificate", True,
-                 f"{len(signers)} of {len(validators.addresses)} validators precommitted block {hex0x(block_hash)}"
-                 f" at round {certificate.round}")
+                 f"{len(signers)} of {len(validators.addresses)} validators of {source} precommitted block "
+                 f"{hex0x(block_hash)} at round {certificate.round}")
+
+
+def _certificate_check(chain: ChainReader, block_hash: bytes, height: int,
+                       prev_block_hash: bytes, certificate: CommitCertificate, load: BlockLoader | None) -> Check:
+    """check_certificate with the set in force at `height` found through `load`."""
+    try:
+        if load is None and height > SET_SWITCH_DELAY:
+            raise ValueError("no way to fetch the blocks below it")
+        set_block = set_block_for(height, prev_block_hash, load or (lambda _: None))
+        return check_certificate(chain, block_hash, certificate, set_block)
+    except ValueError as exc:
+        return Check("commit certificate", False, f"cannot tell which validator set certifies block {height}: {exc}")
+
+
+def block_loader(fetch: Callable[[str], Any]) -> BlockLoader:
+    """Blocks by height from a node's `/v1/blocks/{height}` (None if missing or malformed)."""
+    cache: dict[int, Block | None] = {}
+
+    def load(height: int) -> Block | None:
+        if height not in cache:
+            if len(cache) >= MAX_REPLAY_BLOCKS:
+                cache.clear()
+            try:
+                cache[height] = block_from_document(fetch(f"/v1/blocks/{height}")["block"])
+            except (KeyError, TypeError, ValueError, AuditUnavailable):
+                cache[height] = None
+        return cache[height]
+
+    return load
 
 
 def _block_hash_from_proof(block: dict[str, Any]) -> bytes:
@@ -165,8 +273,10 @@ def _block_hash_from_proof(block: dict[str, Any]) -> bytes:
          keccak256(unhex(block["app_header"]))]))
 
 
-def verify_event(document: dict[str, Any], event_id: bytes, chain: ChainReader) -> list[Check]:
-    """All checks of `audit verify` on one proof document."""
+def verify_event(document: dict[str, Any], event_id: bytes, chain: ChainReader,
+                 load: BlockLoader | None = None) -> list[Check]:
+    """All checks of `audit verify` on one proof document; `load` fetches the two blocks below
+    the event's block (their headers say which validator set certifies it)."""
     checks: list[Check] = []
     try:
         if not isinstance(document, dict) or document.get("format") != PROOF_FORMAT:
@@ -181,6 +291,7 @@ def verify_event(document: dict[str, Any], event_id: bytes, chain: ChainReader) 
         height = int(block["height"])
         hashes = [unhex(h, 32) for h in block["payload_hashes"]]
         block_hash = _block_hash_from_proof(block)
+        prev_block_hash = unhex(block["prev_block_hash"], 32)
         claimed_chain = document.get("anchor", {}).get("chain_id")
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         return [Check("proof document", False, f"malformed: {exc}")]
@@ -225,7 +336,7 @@ def verify_event(document: dict[str, Any], event_id: bytes, chain: ChainReader) 
     checks.append(Check("event in block", in_block, f"payload #{payload_index} of block {height} carries the event"))
     checks.append(Check("block hash", hex0x(block_hash) == block.get("hash") and certificate.height == height,
                         f"recomputed {hex0x(block_hash)} from the header and {len(hashes)} payload hashes"))
-    checks.append(check_certificate(chain, block_hash, certificate))
+    checks.append(_certificate_check(chain, block_hash, height, prev_block_hash, certificate, load))
     return checks
 
 
@@ -234,6 +345,10 @@ def replay(fetch: Callable[[str], Any], chain: ChainReader, first: int, last: in
     checks: list[Check] = []
     blocks: dict[int, Block] = {}
     claimed_batch: dict[int, int | None] = {}
+    raw = block_loader(fetch)
+
+    def ancestor(height: int) -> Block | None:
+        return blocks.get(height) or raw(height)
 
     def load(height: int) -> Block | None:
         if height in blocks:
@@ -249,7 +364,8 @@ def replay(fetch: Callable[[str], Any], chain: ChainReader, first: int, last: in
             checks.append(Check(f"block {height}", False, f"malformed block document: {exc}"))
             return None
         claimed_batch[height] = batch_id
-        certificate_check = check_certificate(chain, block.hash, certificate)
+        certificate_check = _certificate_check(chain, block.hash, block.height, block.prev_block_hash,
+                                               certificate, ancestor)
         checks.append(Check(f"block {height}", certificate_check.ok and block.height == height,
                             f"hash {hex0x(block.hash)}; {certificate_check.detail}"))
         blocks[height] = block
@@ -366,7 +482,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
           f"{chain.block} ({chain.confirmations} confirmations); Anchor {hex0x(anchor)} from {source}")
     if claimed is not None and claimed != hex0x(anchor):
         print(f"note: the node names Anchor {claimed}, not the pinned {hex0x(anchor)}")
-    checks = verify_event(document, event_id, chain)
+    checks = verify_event(document, event_id, chain, block_loader(_fetcher(args.node)))
     if _print_checks(checks):
         batch = document["batch"]
         print(f"VERDICT: VALID. Event {hex0x(event_id)} is in batch {batch['batch_id']} (root {batch['root']}), "

@@ -25,7 +25,14 @@ import trio
 from libp2p.peer.id import ID
 
 from anchoring.batches import BatchPolicy, Quorum
-from anchoring.chain import ChainClient, Deployment, TransactionSender, ValidatorSetState, connect
+from anchoring.chain import (
+    ChainClient,
+    ChainRevert,
+    Deployment,
+    TransactionSender,
+    ValidatorSetState,
+    connect,
+)
 from anchoring.onchain import OnChain
 from anchoring.proofs import AnchorIndex, ProofService, http_routes
 from anchoring.submitter import JobStore, Submitter, SubmitterConfig
@@ -49,7 +56,7 @@ from ocpp_adapter.config import OcppServerConfig
 from ocpp_adapter.events import ChargerEvent
 from ocpp_adapter.ingest import IngestOverloaded, IngestRejected, IngestResult
 from ocpp_adapter.server import ChargerConnections, serve_ocpp
-from p2p.envelope import ValidatorDirectory
+from p2p.envelope import ValidatorDirectory, peer_id_problem
 from p2p.host import HostConfig
 from p2p.keys import NodeKeys, load_keys
 
@@ -180,34 +187,84 @@ def _load_deployment(config: NodeConfig) -> Deployment:
 
 
 def _peer_bindings(state: ValidatorSetState) -> dict[bytes, bytes]:
-    """Validator address -> libp2p peer id, for validators that published one."""
-    return {bytes.fromhex(v.address[2:]): bytes(v.peer_id) for v in state.validators if v.peer_id}
+    """Validator address -> libp2p peer id, for validators that published a usable one.
+
+    Chain data is hostile input: a malformed address or peer id is skipped (logged), never
+    raised; duplicates are left to the directory, which refuses them deterministically."""
+    out: dict[bytes, bytes] = {}
+    for v in state.validators:
+        try:
+            address = bytes.fromhex(str(v.address).removeprefix("0x"))
+        except ValueError:
+            log.warning("the ValidatorSet lists a malformed address %r; ignored", v.address)
+            continue
+        peer = v.peer_id
+        if not peer:
+            continue
+        problem = peer_id_problem(peer) if len(address) == 20 else "malformed address"
+        if problem is not None:
+            log.warning("the ValidatorSet binds %s to an unusable peer id (%s); ignored", v.address, problem)
+            continue
+        out[address] = bytes(peer)
+    return out
 
 
 def merge_bindings(directory: ValidatorDirectory, validators: tuple[bytes, ...],
                    chain_bindings: dict[bytes, bytes]) -> dict[bytes, bytes]:
     """Peer ids of the application's validators plus those already bound: the chain's id, else
     the one we had. A validator removed on chain stays reachable, since consensus switches
-    sets two heights later and the core itself refuses votes from outside the set."""
+    sets two heights later and the core itself refuses votes from outside the set. Total:
+    unusable entries are dropped here, duplicates are refused by the directory."""
     known = {a: directory.peer_of(a) for a in directory.addresses()}
     wanted = set(validators) | set(known)
-    return {a: p for a in sorted(wanted) if (p := chain_bindings.get(a) or known.get(a))}
+    merged: dict[bytes, bytes] = {}
+    for address in sorted(wanted):
+        peer = chain_bindings.get(address)
+        if peer_id_problem(peer) is not None:
+            peer = known.get(address)
+        if peer is not None and peer_id_problem(peer) is None:
+            merged[address] = peer
+    return merged
 
 
 async def refresh_peer_bindings(parts: NodeParts, interval_s: float = 5.0) -> None:
     """Follow validators publishing (or changing) their peer ids in the ValidatorSet."""
     directory = parts.service.config.directory
+    me, my_peer = parts.keys.validator.address, parts.keys.peer_id.to_bytes()
+    last: tuple[dict[bytes, bytes], dict[bytes, bytes | None]] | None = None  # (merged, directory after it)
     while True:
         await trio.sleep(interval_s)
         try:
             state = await trio.to_thread.run_sync(parts.client.validator_set, "latest")
-        except Exception as exc:  # RPC trouble: keep the bindings we have, try again later
+            merged = merge_bindings(directory, parts.app.validators, _own_binding_first(state, me, my_peer))
+        except Exception as exc:  # RPC trouble or hostile data: keep the bindings we have, retry later
             log.warning("could not refresh validator peer ids: %s", exc)
             continue
-        merged = merge_bindings(directory, parts.app.validators, _peer_bindings(state))
-        if merged != {a: directory.peer_of(a) for a in directory.addresses()}:
-            log.info("validator peer ids changed on chain; updating the directory")
-            directory.replace(merged)
+        current = {a: directory.peer_of(a) for a in directory.addresses()}
+        if merged == current or last == (merged, current):
+            continue  # unchanged (a refused entry keeps `merged` and the directory apart: no churn)
+        log.info("validator peer ids changed on chain; updating the directory")
+        directory.replace(merged)
+        last = (merged, {a: directory.peer_of(a) for a in directory.addresses()})
+
+
+def _own_binding_first(state: ValidatorSetState, me: bytes, my_peer: bytes) -> dict[bytes, bytes]:
+    """The chain's bindings with this node's own (proven by its key) in place of any other
+    validator's claim on the same peer id."""
+    bindings = {a: p for a, p in _peer_bindings(state).items() if p != my_peer or a == me}
+    bindings[me] = my_peer
+    return bindings
+
+
+def _publish_own_info(client: ChainClient, me: bytes, my_peer: bytes, endpoint: str) -> None:
+    """Publish this validator's peer id and endpoint; a refusal by the contract (peer id taken,
+    endpoint too long) is logged with the fix and the node starts anyway (RPC trouble still
+    fails the start, as before: a restart retries)."""
+    try:
+        client.set_validator_info(my_peer, endpoint)
+    except ChainRevert as exc:  # deterministic: retrying cannot help, starting still serves chargers
+        log.error("the ValidatorSet refused this node's peer id / endpoint (%s); fix: a peer id held by "
+                  "another validator needs fresh p2p keys, an endpoint must be at most 256 bytes", exc)
 
 
 def build_node(config: NodeConfig) -> NodeParts:
@@ -232,14 +289,14 @@ def build_node(config: NodeConfig) -> NodeParts:
         raise ConfigError(f"this node's validator address 0x{me.hex()} is not in the on-chain ValidatorSet "
                           f"at {deployment.validator_set}; fix: register it (a quorum-signed update) or use "
                           "the keys of a registered validator")
-    bindings = _peer_bindings(validator_state)
     my_peer = keys.peer_id.to_bytes()
-    if bindings.get(me) != my_peer:
-        if me in bindings:
+    on_chain = _peer_bindings(validator_state)
+    if on_chain.get(me) != my_peer:
+        if me in on_chain:
             log.warning("the ValidatorSet binds validator 0x%s to peer %s; publishing this node's peer %s",
-                        me.hex(), ID(bindings[me]).to_base58(), keys.peer_id.to_base58())
-        client.set_validator_info(my_peer, f"ws://{config.ocpp.host}:{config.ocpp.port}/ocpp")
-        bindings[me] = my_peer
+                        me.hex(), ID(on_chain[me]).to_base58(), keys.peer_id.to_base58())
+        _publish_own_info(client, me, my_peer, f"ws://{config.ocpp.host}:{config.ocpp.port}/ocpp")
+    bindings = _own_binding_first(validator_state, me, my_peer)
     # Consensus starts from the set in force at deployment (epoch 0); the application replays
     # later epoch changes at the heights where they were committed.
     genesis = client.validator_set(deployment.deploy_block)

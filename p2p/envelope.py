@@ -15,6 +15,7 @@ Every refusal is an `EnvelopeDropped` with a `DropReason`, counted by `DropCount
 from __future__ import annotations
 
 import enum
+import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -36,6 +37,10 @@ ENVELOPE_DOMAIN_TAG = b"DEVSEN/p2p-envelope/v1"
 NETWORK_ID_BYTES = 32
 ADDRESS_BYTES = 20
 ENVELOPE_OVERHEAD_BYTES = 160  # msgpack framing + ids + signature, an upper bound
+MAX_PEER_ID_BYTES = 64  # ValidatorSet.MAX_PEER_ID_BYTES
+MAX_LOGGED_REFUSALS = 1024
+
+log = logging.getLogger("devsen.p2p.directory")
 
 
 class MessageKind(enum.IntEnum):
@@ -103,31 +108,70 @@ def seal(key: SigningKey, network_id: bytes, kind: MessageKind, body: bytes) -> 
     return wire
 
 
+def peer_id_problem(peer: object) -> str | None:
+    """Why `peer` cannot be a libp2p peer id (raw bytes, 1..MAX_PEER_ID_BYTES), or None.
+
+    Bytes that are no valid multihash are kept: such a peer can never connect, so the
+    binding only makes its validator unreachable, which is what it asked for.
+    """
+    if not isinstance(peer, bytes):
+        return f"peer id is a {type(peer).__name__}, not bytes"
+    if not peer:
+        return "empty peer id"
+    if len(peer) > MAX_PEER_ID_BYTES:
+        return f"peer id of {len(peer)} bytes exceeds {MAX_PEER_ID_BYTES}"
+    return None
+
+
 class ValidatorDirectory:
     """The current validator set as address <-> libp2p peer id (raw peer id bytes).
 
     The node fills it from the on-chain ValidatorSet; until then, from static config.
-    `replace` swaps the whole set atomically (a validator-set change).
+    `replace` swaps the whole set atomically (a validator-set change). It is total: a
+    malformed entry or a peer id claimed by several validators is a refused entry (logged
+    once, listed in `refused`), never an exception. Of several claimants of one peer id,
+    the validator already bound to it keeps it, else the lowest address: the same outcome
+    on every node fed the same bindings.
     """
 
     def __init__(self, bindings: Mapping[bytes, bytes] | None = None) -> None:
         self._peer_by_address: dict[bytes, bytes] = {}
         self._address_by_peer: dict[bytes, bytes] = {}
+        self.refused: dict[bytes, str] = {}  # address (as given) -> why its binding was refused
+        self._logged: set[tuple[bytes, str]] = set()
         self.replace(bindings or {})
 
     def replace(self, bindings: Mapping[bytes, bytes]) -> None:
-        """Install a new validator set; rejects malformed or duplicated bindings."""
-        by_peer: dict[bytes, bytes] = {}
+        """Install a new validator set; malformed or duplicated bindings are refused entries."""
+        refused: dict[bytes, str] = {}
+        claims: dict[bytes, list[bytes]] = {}
         for address, peer in bindings.items():
-            if len(address) != ADDRESS_BYTES:
-                raise ValueError(f"validator address must be 20 bytes, got {len(address)}")
-            if not peer:
-                raise ValueError(f"validator {to_checksum_hex(address)} has an empty peer id")
-            if peer in by_peer:
-                raise ValueError("two validators bound to one peer id")
-            by_peer[peer] = address
-        self._peer_by_address = dict(bindings)
+            key = address if isinstance(address, bytes) else repr(address).encode()[:64]
+            if not isinstance(address, bytes) or len(address) != ADDRESS_BYTES:
+                refused[key] = "validator address is not 20 bytes"
+                continue
+            problem = peer_id_problem(peer)
+            if problem is not None:
+                refused[address] = problem
+                continue
+            assert isinstance(peer, bytes)
+            claims.setdefault(peer, []).append(address)
+        by_peer: dict[bytes, bytes] = {}
+        for peer, claimants in claims.items():
+            incumbent = self._address_by_peer.get(peer)
+            keeper = incumbent if incumbent in claimants else min(claimants)
+            by_peer[peer] = keeper
+            for other in claimants:
+                if other != keeper:
+                    refused[other] = f"peer id already bound to validator {to_checksum_hex(keeper)}"
+        self._peer_by_address = {address: peer for peer, address in by_peer.items()}
         self._address_by_peer = by_peer
+        self.refused = refused
+        for address, reason in sorted(refused.items()):
+            if (address, reason) not in self._logged and len(self._logged) < MAX_LOGGED_REFUSALS:
+                self._logged.add((address, reason))
+                shown = to_checksum_hex(address) if len(address) == ADDRESS_BYTES else repr(address)
+                log.warning("validator directory refused the binding of %s: %s", shown, reason)
 
     def __len__(self) -> int:
         return len(self._peer_by_address)

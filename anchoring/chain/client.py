@@ -78,6 +78,15 @@ class ValidatorSetState:
 
 
 @dataclass(frozen=True, slots=True)
+class EpochRecord:
+    """One epoch of the ValidatorSet's history: its set and the Ethereum block it took effect at."""
+
+    epoch: int
+    start_block: int
+    validators: tuple[str, ...]  # ascending
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceRecord:
     device_id: bytes
     charge_box_id: str
@@ -205,6 +214,30 @@ class ChainClient:
             validators=tuple(infos),
             quorum=self.read("ValidatorSet", "quorum", block=block),
         )
+
+    def epoch_count(self, block: BlockId) -> int:
+        """Epochs the ValidatorSet has recorded at `block` (current epoch + 1)."""
+        return int(self.read("ValidatorSet", "epochCount", block=block))
+
+    def epoch_record(self, epoch: int, block: BlockId) -> EpochRecord | None:
+        """Epoch `epoch` of the ValidatorSet's history, or None if not (yet) recorded."""
+        try:
+            start, _ = self.read("ValidatorSet", "epochInfo", epoch, block=block)
+            addresses = self.read("ValidatorSet", "epochValidators", epoch, block=block)
+        except ChainRevert as exc:
+            if exc.name == "UnknownEpoch":
+                return None
+            raise
+        return EpochRecord(epoch, int(start), tuple(addresses))
+
+    def epoch_at_block(self, number: int, block: BlockId) -> int:
+        """The epoch in force in the state of Ethereum block `number` (from the history at `block`)."""
+        return int(self.read("ValidatorSet", "epochAtBlock", number, block=block))
+
+    def peer_id_holder(self, peer_id: bytes, block: BlockId) -> str | None:
+        """The validator bound to `peer_id` on chain, or None."""
+        holder = self.read("ValidatorSet", "peerIdHolder", peer_id, block=block)
+        return None if int(holder, 16) == 0 else str(holder)
 
     def device(self, charge_box_id: str, block: BlockId) -> DeviceRecord | None:
         return self.device_by_id(device_id_of(charge_box_id), block)
@@ -370,7 +403,9 @@ class ChainClient:
         return self.send("ValidatorSet", "updateValidators", epoch, list(validators), list(signatures), gas=gas)
 
     def set_validator_info(self, peer_id: bytes, endpoint: str) -> Receipt:
-        """The sender (a validator) publishes its libp2p peer id and OCPP endpoint URL."""
+        """The sender (a validator) publishes its libp2p peer id and OCPP endpoint URL.
+
+        Reverts `PeerIdTaken` if another validator holds that peer id (ids are unique on chain)."""
         return self.send("ValidatorSet", "setValidatorInfo", peer_id, endpoint, gas=GAS["validatorInfo"])
 
 

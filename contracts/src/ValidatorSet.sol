@@ -16,6 +16,8 @@ error ValidatorListLengthMismatch();
 error PeerIdTooLong(uint256 index);
 error EndpointTooLong(uint256 index);
 error NotAValidator(address account);
+error PeerIdTaken(bytes peerId, address holder);
+error UnknownEpoch(uint64 epoch);
 
 /// @title ValidatorSet
 /// @notice The DEVSEN validators: secp256k1 address, libp2p peer id and OCPP endpoint URL, and
@@ -23,6 +25,13 @@ error NotAValidator(address account);
 /// power afterwards. Each validator maintains its own peer id and endpoint. Every later set
 /// is approved by a quorum of the current one, signing `ValidatorSetUpdate(uint64 epoch,bytes32 validatorsHash)` under this contract's domain.
 /// This contract's domain is also the network id of consensus votes (consensus/SIGNING.md).
+///
+/// A non-empty peer id is bound to at most one validator (`peerIdHolder`); it is freed when its
+/// validator publishes another one or leaves the set. Every epoch's set stays readable with the
+/// Ethereum block where it took effect (`epochInfo`, `epochValidators`, `epochAtBlock`), so a
+/// commit certificate of any past height can be checked against the set in force then. The
+/// history grows by one record (at most MAX_VALIDATORS addresses) per quorum-approved update;
+/// every view returns at most one record, and `epochAtBlock` is a binary search.
 contract ValidatorSet is DevsenDomain, IValidatorSet {
     uint256 public constant MAX_VALIDATORS = 128;
     uint256 public constant MAX_PEER_ID_BYTES = 64;
@@ -35,10 +44,16 @@ contract ValidatorSet is DevsenDomain, IValidatorSet {
         string endpoint;
     }
 
+    struct Epoch {
+        uint64 startBlock; // the Ethereum block whose state first shows this set
+        address[] validators;
+    }
+
     uint64 public epoch;
-    address[] private _validators;
     mapping(address => bool) private _isValidator;
     mapping(address => ValidatorInfo) private _info;
+    mapping(bytes32 => address) private _peerIdHolder; // keccak256(peerId) -> validator
+    Epoch[] private _epochs; // _epochs[e] is epoch e
 
     event ValidatorSetUpdated(uint64 indexed epoch, address[] validators, uint256 quorum);
     event ValidatorInfoSet(address indexed validator, bytes peerId, string endpoint);
@@ -66,14 +81,17 @@ contract ValidatorSet is DevsenDomain, IValidatorSet {
             abi.encode(VALIDATOR_SET_UPDATE_TYPEHASH, newEpoch, keccak256(abi.encode(newValidators)))
         );
         verifyQuorum(_typedDigest(structHash), signatures);
-        address[] memory old = _validators;
+        address[] memory old = _epochs[epoch].validators;
         for (uint256 i; i < old.length; ++i) {
             delete _isValidator[old[i]];
         }
         epoch = newEpoch;
         _install(newValidators);
         for (uint256 i; i < old.length; ++i) {
-            if (!_isValidator[old[i]]) delete _info[old[i]];
+            if (!_isValidator[old[i]]) {
+                _freePeerId(old[i]);
+                delete _info[old[i]];
+            }
         }
     }
 
@@ -104,16 +122,52 @@ contract ValidatorSet is DevsenDomain, IValidatorSet {
 
     /// @inheritdoc IValidatorSet
     function quorum() public view returns (uint256) {
-        return (2 * _validators.length) / 3 + 1;
+        return (2 * _epochs[epoch].validators.length) / 3 + 1;
     }
 
     function validatorCount() external view returns (uint256) {
-        return _validators.length;
+        return _epochs[epoch].validators.length;
     }
 
     /// @notice The current validators, ascending.
     function validators() external view returns (address[] memory) {
-        return _validators;
+        return _epochs[epoch].validators;
+    }
+
+    /// @notice The validator bound to `peerId` (zero address if none).
+    function peerIdHolder(bytes calldata peerId) external view returns (address) {
+        return _peerIdHolder[keccak256(peerId)];
+    }
+
+    /// @notice Epochs recorded so far (epoch + 1).
+    function epochCount() external view returns (uint256) {
+        return _epochs.length;
+    }
+
+    /// @notice Epoch `e`: the Ethereum block it took effect at and its validator count.
+    function epochInfo(uint64 e) external view returns (uint64 startBlock, uint256 validatorCount_) {
+        if (e >= _epochs.length) revert UnknownEpoch(e);
+        Epoch storage record = _epochs[e];
+        return (record.startBlock, record.validators.length);
+    }
+
+    /// @notice The validators of epoch `e`, ascending.
+    function epochValidators(uint64 e) external view returns (address[] memory) {
+        if (e >= _epochs.length) revert UnknownEpoch(e);
+        return _epochs[e].validators;
+    }
+
+    /// @notice The epoch in force in the state of Ethereum block `blockNumber` (epoch 0 for
+    /// blocks before the deployment).
+    function epochAtBlock(uint256 blockNumber) external view returns (uint64) {
+        uint256 low = 0;
+        uint256 high = _epochs.length - 1;
+        while (low < high) {
+            uint256 mid = (low + high + 1) / 2;
+            if (_epochs[mid].startBlock <= blockNumber) low = mid;
+            else high = mid - 1;
+        }
+        return uint64(low);
     }
 
     function validatorInfo(address validator)
@@ -128,22 +182,36 @@ contract ValidatorSet is DevsenDomain, IValidatorSet {
     function _install(address[] memory validators_) private {
         uint256 n = validators_.length;
         if (n == 0 || n > MAX_VALIDATORS) revert ValidatorCountInvalid(n);
-        delete _validators;
         address previous = address(0);
         for (uint256 i; i < n; ++i) {
             address v = validators_[i];
             if (v <= previous) revert ValidatorsNotSorted(i);
-            _validators.push(v);
             _isValidator[v] = true;
             previous = v;
         }
+        assert(_epochs.length == epoch); // the record of epoch e is _epochs[e]
+        Epoch storage record = _epochs.push();
+        record.startBlock = uint64(block.number);
+        record.validators = validators_;
         emit ValidatorSetUpdated(epoch, validators_, quorum());
     }
 
     function _setInfo(address validator, bytes memory peerId, string memory endpoint, uint256 index) private {
         if (peerId.length > MAX_PEER_ID_BYTES) revert PeerIdTooLong(index);
         if (bytes(endpoint).length > MAX_ENDPOINT_BYTES) revert EndpointTooLong(index);
+        _freePeerId(validator);
+        if (peerId.length != 0) {
+            bytes32 key = keccak256(peerId);
+            address holder = _peerIdHolder[key];
+            if (holder != address(0)) revert PeerIdTaken(peerId, holder);
+            _peerIdHolder[key] = validator;
+        }
         _info[validator] = ValidatorInfo(peerId, endpoint);
         emit ValidatorInfoSet(validator, peerId, endpoint);
+    }
+
+    function _freePeerId(address validator) private {
+        bytes storage current = _info[validator].peerId;
+        if (current.length != 0) delete _peerIdHolder[keccak256(current)];
     }
 }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import msgpack
 from eth_account import Account
 from web3 import Web3
 
@@ -111,13 +112,19 @@ class LocalChain:
         self.batches: list[AnchorBatch] = []
         self.events: list[ChargerEvent] = []
 
-    def commit(self, events: list[ChargerEvent], extra_payloads: tuple[bytes, ...] = ()) -> Block:
+    def commit(self, events: list[ChargerEvent], extra_payloads: tuple[bytes, ...] = (),
+               signers: list[SigningKey] | None = None) -> Block:
+        """Commit a block naming the chain's latest Ethereum block, certified by `signers`
+        (default: 3 of the 4 deployed validators)."""
         last = self.store.last()
         height = last.height + 1 if last else 1
+        head = self.net.w3.eth.get_block("latest")
+        app_header = msgpack.packb([1, int(head["number"]), bytes(head["hash"])], use_bin_type=True)
         block = Block(height, 1_795_000_000_000 + 1000 * height, KEYS[height % 4].address,
                       last.block.hash if last else ZERO_HASH, ZERO_HASH,
-                      tuple(e.to_bytes() for e in events) + extra_payloads, b"")
-        votes = [Vote.sign(k, self.consensus_domain, VoteType.PRECOMMIT, height, 0, block.hash) for k in KEYS[:3]]
+                      tuple(e.to_bytes() for e in events) + extra_payloads, app_header)
+        votes = [Vote.sign(k, self.consensus_domain, VoteType.PRECOMMIT, height, 0, block.hash)
+                 for k in (signers if signers is not None else KEYS[:3])]
         self.store.save(CommittedBlock(block, CommitCertificate.from_votes(votes)))
         self.index.record_block(height, block_event_ids(block))
         self.events += events

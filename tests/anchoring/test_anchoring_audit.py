@@ -12,9 +12,9 @@ import trio
 from anchoring_world import KEYS, LocalChain, Net, charger_event
 
 from anchoring.attestations import AnchorBatch, attest
-from anchoring.audit import ChainReader, audit_main, replay, verify_event
+from anchoring.audit import ChainReader, audit_main, block_loader, replay, verify_event
 from anchoring.batches import BatchPolicy
-from anchoring.chain import connect
+from anchoring.chain import ChainRevert, connect, validators_hash
 from anchoring.chain.anvil import running_anvil
 from anchoring.proofs import (
     ProofNotFound,
@@ -23,7 +23,14 @@ from anchoring.proofs import (
     events_in_payload,
     http_routes,
 )
-from consensus.signing import SigningKey, keccak256
+from consensus.signing import (
+    VALIDATOR_SET_UPDATE_TYPE,
+    SigningKey,
+    keccak256,
+    sort_signatures_by_signer,
+    to_checksum_hex,
+    typed_digest,
+)
 from consensus.types import Vote, VoteType
 from ocpp_adapter.events import ChargerEvent
 
@@ -52,10 +59,15 @@ def test_real_event_verifies(local: LocalChain):
     assert [b.batch_id for b in local.batches] == [0, 1, 2]
     for event in local.events[:6]:
         document = json.loads(json.dumps(local.service.event_proof(event.event_id)))
-        checks = verify_event(document, event.event_id, chain)
+        checks = verify_event(document, event.event_id, chain, loader(local))
         assert all(c.ok for c in checks), [c.line() for c in checks if not c.ok]
         assert {c.name for c in checks} >= {"merkle proof (local)", "root on chain", "commit certificate",
                                              "contract verifyInclusion", "event in block", "block hash"}
+
+
+def loader(local: LocalChain):
+    """What `audit verify` fetches besides the proof: the blocks below the event's block."""
+    return block_loader(lambda path: json.loads(json.dumps(local.service.block_document(int(path.split("/")[-1])))))
 
 
 def failing(checks) -> set[str]:
@@ -71,9 +83,9 @@ def test_tampered_event_fails(local: LocalChain):
                             {**fields.payload, "connectorId": 2}, fields.ingress_node, fields.received_at_ms)
     forged = {**document, "event_bytes": "0x" + tampered.to_bytes().hex()}
     # asked for the original id: the bytes do not hash to it
-    assert "event id" in failing(verify_event(forged, event.event_id, chain))
+    assert "event id" in failing(verify_event(forged, event.event_id, chain, loader(local)))
     # asked for the tampered event's own id: the proof does not lead to the anchored root
-    result = failing(verify_event(forged, tampered.event_id, chain))
+    result = failing(verify_event(forged, tampered.event_id, chain, loader(local)))
     assert {"merkle proof (local)", "root on chain", "contract verifyInclusion", "event in block"} <= result
 
 
@@ -86,7 +98,7 @@ def test_malformed_documents_fail_cleanly(local: LocalChain):
               {**good, "block": {**good["block"], "proposer": "0xzz"}}, {**good, "directions": "x"},
               {**good, "certificate": {**good["certificate"], "signatures": ["0x00"]}}]
     for document in broken:
-        assert [c.name for c in verify_event(document, event.event_id, chain)] == ["proof document"]
+        assert [c.name for c in verify_event(document, event.event_id, chain, loader(local))] == ["proof document"]
 
 
 def test_proof_from_another_batch_fails(local: LocalChain):
@@ -96,7 +108,7 @@ def test_proof_from_another_batch_fails(local: LocalChain):
     assert document["batch"]["batch_id"] == 1
     other = local.service.batch_document(0)["batch"]
     document["batch"] = other  # the node claims batch 0 for a proof that belongs to batch 1
-    result = failing(verify_event(document, in_batch_1.event_id, chain))
+    result = failing(verify_event(document, in_batch_1.event_id, chain, loader(local)))
     assert {"merkle proof (local)", "root on chain", "contract verifyInclusion", "block in batch"} <= result
 
 
@@ -105,12 +117,12 @@ def test_root_not_on_chain_fails(local: LocalChain):
     in_batch_2 = next(e for e in local.events if local.index.height_of(e.event_id) >= 7)
     document = local.service.event_proof(in_batch_2.event_id)
     assert document["batch"]["batch_id"] == 2
-    result = failing(verify_event(document, in_batch_2.event_id, chain))
+    result = failing(verify_event(document, in_batch_2.event_id, chain, loader(local)))
     assert result == {"root on chain"}
-    assert "not anchored" in next(c.detail for c in verify_event(document, in_batch_2.event_id, chain)
+    assert "not anchored" in next(c.detail for c in verify_event(document, in_batch_2.event_id, chain, loader(local))
                                   if c.name == "root on chain")
     local.net.anchor(local.batches[2])  # anchored later: the same reader sees it now
-    assert all(c.ok for c in verify_event(document, in_batch_2.event_id, chain))
+    assert all(c.ok for c in verify_event(document, in_batch_2.event_id, chain, loader(local)))
 
 
 def test_forged_certificate_and_header_fail(local: LocalChain):
@@ -124,16 +136,16 @@ def test_forged_certificate_and_header_fail(local: LocalChain):
     votes = [Vote.sign(k, domain, VoteType.PRECOMMIT, height, 0, block_hash) for k in (*KEYS[:2], outsider)]
     document["certificate"]["signatures"] = ["0x" + v.signature.hex()
                                              for v in sorted(votes, key=lambda v: v.validator)]
-    assert failing(verify_event(document, event.event_id, chain)) == {"commit certificate"}
+    assert failing(verify_event(document, event.event_id, chain, loader(local))) == {"commit certificate"}
     two = copy.deepcopy(local.service.event_proof(event.event_id))
     two["certificate"]["signatures"] = two["certificate"]["signatures"][:2]  # below quorum
-    assert failing(verify_event(two, event.event_id, chain)) == {"commit certificate"}
+    assert failing(verify_event(two, event.event_id, chain, loader(local))) == {"commit certificate"}
     elsewhere = copy.deepcopy(local.service.event_proof(event.event_id))
     elsewhere["anchor"]["chain_id"] = 1
-    assert failing(verify_event(elsewhere, event.event_id, chain)) == {"chain id"}
+    assert failing(verify_event(elsewhere, event.event_id, chain, loader(local))) == {"chain id"}
     moved = copy.deepcopy(local.service.event_proof(event.event_id))
     moved["block"]["timestamp_ms"] += 1  # a header that is not the certified block
-    assert failing(verify_event(moved, event.event_id, chain)) == {"block hash", "commit certificate"}
+    assert failing(verify_event(moved, event.event_id, chain, loader(local))) == {"block hash", "commit certificate"}
 
 
 def test_proof_service_errors_and_routes(local: LocalChain):
@@ -200,7 +212,8 @@ def test_replay_checks_blocks_and_batches(local: LocalChain):
         return document
 
     checks, _ = replay(tampering_fetch, chain, 4, 6)
-    assert failing(checks) == {"block 4", "link 4->5", "batch 1"}
+    # blocks 5 and 6 too: their set is read from headers that no longer hash-link to them
+    assert failing(checks) == {"block 4", "block 5", "block 6", "link 4->5", "batch 1"}
 
 
 async def _serve(local: LocalChain, task_status=trio.TASK_STATUS_IGNORED):
@@ -253,3 +266,101 @@ async def test_cli_verify_and_replay_against_anvil(tmp_path, capsys):
             assert await cli("verify", "0x" + event.event_id.hex(), "--node", node, "--rpc",
                              "http://127.0.0.1:1") == 2
             nursery.cancel_scope.cancel()
+
+
+def _replace_two_validators(net: Net) -> list[SigningKey]:
+    """Epoch 1 on chain: KEYS[2] and KEYS[3] replaced by two newcomers (2 of 4), signed by
+    3 of the epoch-0 set. Returns the new set's keys, ascending."""
+    newcomers = [SigningKey(keccak256(b"epoch-1-newcomer-%d" % i)) for i in range(2)]
+    new_keys = sorted([*KEYS[:2], *newcomers], key=lambda k: k.address)
+    new_set = [to_checksum_hex(k.address) for k in new_keys]
+    digest = typed_digest(net.deployment.domain("ValidatorSet"), VALIDATOR_SET_UPDATE_TYPE,
+                          [1, validators_hash(new_set)])
+    net.client(KEYS[0]).update_validators(1, new_set, sort_signatures_by_signer(digest, [k.sign(digest)
+                                                                                        for k in KEYS[:3]]))
+    return new_keys
+
+
+def _anchor_with(net: Net, batch: AnchorBatch, keys: list[SigningKey]) -> None:
+    digest = batch.digest(net.anchor_domain)
+    net.client(KEYS[0]).submit_anchor_batch(batch.batch_id, batch.root, batch.first_height, batch.last_height,
+                                            batch.event_count,
+                                            sort_signatures_by_signer(digest, [k.sign(digest) for k in keys]))
+
+
+def _resigned(document: dict, local: LocalChain, keys: list[SigningKey]) -> dict:
+    """The same proof, its block certified by `keys` instead."""
+    forged = copy.deepcopy(document)
+    block_hash = bytes.fromhex(forged["block"]["hash"][2:])
+    votes = [Vote.sign(k, local.consensus_domain, VoteType.PRECOMMIT, forged["block"]["height"], 0, block_hash)
+             for k in keys]
+    forged["certificate"]["signatures"] = ["0x" + v.signature.hex() for v in sorted(votes, key=lambda v: v.validator)]
+    return forged
+
+
+def test_events_before_and_after_an_epoch_change_verify_against_their_own_set(tmp_path):
+    """Two of four validators are replaced. Before, the audit checked every certificate against
+    today's set, so every event committed before the change failed audit; now each height is
+    checked against the set in force there, and a certificate by the wrong set fails."""
+    net = Net(connect("tester"))
+    local = build(tmp_path, net, anchored_batches=3)  # heights 1..10 by epoch 0, batches 0..2 anchored
+    new_keys = _replace_two_validators(net)
+    signer_of_height = {}
+    for height in range(11, 19):
+        # block 11 is the first to name an Ethereum block of epoch 1: consensus switches at 13
+        signers = KEYS[:3] if height <= 12 else new_keys[:3]
+        signer_of_height[height] = signers
+        local.commit([charger_event(1000 * height + i) for i in range(height % 5 or 1)], signers=signers)
+    assert [b.batch_id for b in local.batches] == [0, 1, 2, 3, 4, 5]
+    for batch in local.batches[3:5]:
+        _anchor_with(net, batch, new_keys[:3])  # the Anchor checks the set in force on chain now
+    chain = ChainReader(net.w3, net.anchor_address)
+    assert chain.validators().addresses == tuple(k.address for k in new_keys)
+    by_height: dict[int, ChargerEvent] = {}
+    for event in local.events:
+        by_height.setdefault(local.index.height_of(event.event_id), event)
+    for height in (1, 3, 9, 11, 12, 13, 15):
+        event = by_height[height]
+        document = json.loads(json.dumps(local.service.event_proof(event.event_id)))
+        checks = verify_event(document, event.event_id, chain, loader(local))
+        assert all(c.ok for c in checks), (height, [c.line() for c in checks if not c.ok])
+        detail = next(c.detail for c in checks if c.name == "commit certificate")
+        assert f"epoch {0 if height <= 12 else 1} " in detail
+        # the other set's quorum for the same block is refused: the old set after the switch,
+        # the new set before it (KEYS[0..1] are in both, the third signer is not)
+        newcomer = next(k for k in new_keys if k not in KEYS)
+        wrong = [*KEYS[:2], newcomer] if height <= 12 else KEYS[:3]
+        assert set(wrong) != set(signer_of_height.get(height, KEYS[:3]))
+        forged = _resigned(document, local, sorted(wrong, key=lambda k: k.address))
+        assert failing(verify_event(forged, event.event_id, chain, loader(local))) == {"commit certificate"}
+
+    def fetch(path: str):
+        return json.loads(json.dumps(local.service.block_document(int(path.split("/")[-1]))))
+
+    checks, pending = replay(fetch, chain, 1, 18)
+    assert all(c.ok for c in checks), [c.line() for c in checks if not c.ok]
+    assert pending == [16, 17, 18]
+    # a node that hides the headers below a block leaves its set unknown: a failure, not a pass
+    lost = json.loads(json.dumps(local.service.event_proof(by_height[13].event_id)))
+    checks = verify_event(lost, by_height[13].event_id, chain, block_loader(lambda path: {}))
+    assert failing(checks) == {"commit certificate"}
+
+
+def test_a_quorum_of_the_replaced_set_no_longer_anchors(tmp_path):
+    """What happens to a quorum formed before an epoch change: the Anchor checks the set in
+    force when the transaction runs, so the old set's quorum is refused once the change landed
+    (and a batch anchored before the change stays valid and auditable)."""
+    net = Net(connect("tester"))
+    local = build(tmp_path, net, anchored_batches=2)
+    stale = net.quorum(local.batches[2])  # formed by epoch 0
+    new_keys = _replace_two_validators(net)
+    with pytest.raises(ChainRevert) as info:
+        net.client(KEYS[0]).submit_anchor_batch(2, local.batches[2].root, local.batches[2].first_height,
+                                                local.batches[2].last_height, local.batches[2].event_count,
+                                                list(stale.signatures))
+    assert info.value.name in {"SignerNotValidator", "TooFewSignatures"}
+    _anchor_with(net, local.batches[2], new_keys[:3])  # re-signed by the new set, it lands
+    chain = ChainReader(net.w3, net.anchor_address)
+    event = local.events[0]
+    document = json.loads(json.dumps(local.service.event_proof(event.event_id)))
+    assert all(c.ok for c in verify_event(document, event.event_id, chain, loader(local)))

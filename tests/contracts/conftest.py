@@ -87,7 +87,8 @@ def build_world(w3: Web3, validator_count: int = 4) -> World:
     deployer_sender = TransactionSender(w3, actors[0].key)
     deployment = deploy_all(
         deployer_sender,
-        [ValidatorSpec(Web3.to_checksum_address(k.address), b"peer", "ws://127.0.0.1/ocpp") for k in keys],
+        [ValidatorSpec(Web3.to_checksum_address(k.address), b"peer-%d" % i, "ws://127.0.0.1/ocpp")
+         for i, k in enumerate(keys)],
         refund_timeout_s=REFUND_TIMEOUT_S,
         faucet=True,
     )

@@ -309,11 +309,11 @@ def test_validator_set_update_needs_quorum_of_current_set(world: World) -> None:
     after = client.validator_set("latest")
     assert after.epoch == state.epoch + 1 and after.addresses() == tuple(new_set) and after.quorum == 5
     info = {v.address: v for v in after.validators}
-    assert info[Web3.to_checksum_address(stays.address)].peer_id == b"peer"  # stayed: kept its info
+    assert info[Web3.to_checksum_address(stays.address)].peer_id == b"peer-0"  # stayed: kept its info
     assert sum(v.peer_id == b"" for v in after.validators) == 6  # new: publish their own
     newcomer = world.client_for(new_keys[0].secret.hex())
     fund(world.w3, Web3.to_checksum_address(new_keys[0].address))
-    newcomer.set_validator_info(b"peer-0", "ws://node0.example:8080/ocpp")
+    newcomer.set_validator_info(b"peer-new-0", "ws://node0.example:8080/ocpp")
     published = {v.address: v for v in client.validator_set("latest").validators}
     assert published[Web3.to_checksum_address(new_keys[0].address)].endpoint == "ws://node0.example:8080/ocpp"
     # the old set can no longer anchor; the new one can, with 5 of 7
@@ -330,7 +330,7 @@ def test_validator_set_update_needs_quorum_of_current_set(world: World) -> None:
     client.update_validators(after.epoch + 1, old_set, quorum_signatures(new_keys[:5], back))
     restored = client.validator_set("latest")
     assert restored.addresses() == tuple(old_set)
-    assert [v.peer_id for v in restored.validators].count(b"peer") == 1
+    assert [v.peer_id for v in restored.validators].count(b"peer-0") == 1
 
 
 def test_deployment_file_round_trip(world: World, tmp_path: Path) -> None:

@@ -115,13 +115,35 @@ def test_envelope_accepts_a_bound_validator_and_drops_everything_else():
     assert reason(msgpack.packb(fields)) is DropReason.BAD_SIGNATURE
 
 
+def test_directory_refuses_duplicate_peer_ids_without_raising(caplog):
+    """Two validators claim one peer id (a hostile ValidatorSet entry): before, `replace`
+    raised and every node failed to start; now the claim is a refused entry."""
+    a, b, c = b"\x01" * 20, b"\x02" * 20, b"\x03" * 20
+    directory = ValidatorDirectory({b: b"peer-b", c: b"peer-c"})
+    with caplog.at_level("WARNING", logger="devsen.p2p.directory"):
+        directory.replace({a: b"peer-b", b: b"peer-b", c: b"peer-c"})  # a (lower address) squats b's id
+        directory.replace({a: b"peer-b", b: b"peer-b", c: b"peer-c"})
+    assert directory.peer_of(b) == b"peer-b" and directory.address_of(b"peer-b") == b  # the incumbent keeps it
+    assert a not in directory and set(directory.refused) == {a}
+    assert sum("refused" in r.message for r in caplog.records) == 1  # logged once
+    fresh = ValidatorDirectory({c: b"same", b: b"same", a: b"same"})  # no incumbent: the lowest address
+    assert fresh.addresses() == [a] and set(fresh.refused) == {b, c}
+    assert ValidatorDirectory({b: b"same", c: b"same", a: b"same"}).addresses() == [a]  # order-independent
+
+
+def test_directory_refuses_garbage_entries():
+    ok = b"\x05" * 20
+    hostile = {b"short": b"p", b"\x01" * 20: b"", b"\x02" * 20: b"x" * 65, b"\x03" * 20: "text",
+               7: b"p7", ok: b"fine"}
+    directory = ValidatorDirectory(hostile)  # type: ignore[arg-type]
+    assert directory.addresses() == [ok] and len(directory.refused) == 5
+
+
 def test_directory_replace_and_drop_counters():
     directory = ValidatorDirectory({b"\x01" * 20: b"p1"})
     directory.replace({b"\x02" * 20: b"p2", b"\x03" * 20: b"p3"})
     assert directory.addresses() == [b"\x02" * 20, b"\x03" * 20]
     assert directory.address_of(b"p1") is None and directory.peer_of(b"\x03" * 20) == b"p3"
-    with pytest.raises(ValueError, match="one peer id"):
-        directory.replace({b"\x02" * 20: b"p", b"\x03" * 20: b"p"})
     counters = DropCounters()
     counters.add("events", "not_validator", 3)
     counters.add("links", "wrong_network")
