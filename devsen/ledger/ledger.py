@@ -99,6 +99,7 @@ ESCROW_CLOSED = "escrow_closed"
 MALFORMED = "malformed"
 BAD_CHAIN_DATA = "bad_chain_data"
 ENERGY_CAPPED = "energy_capped"
+MAX_PAYLOAD_DEPTH = 32  # OCPP payloads nest a handful of levels; deeper is malformed
 MAX_OPEN_ESCROWS_READ = 4_096  # open escrow sessions of one charger considered per look-up
 
 
@@ -194,6 +195,23 @@ def energy_bound(max_power_w: int, begin_ms: int, end_ms: int) -> int:
     will tighten it by passing a narrower window (or replacing the bound by signed readings).
     """
     return max(0, end_ms - begin_ms) * max_power_w // 3_600_000
+
+
+def _depth_within(value: Any, limit: int) -> bool:
+    """Whether JSON `value` nests at most `limit` containers deep (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return False
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list, tuple)))
+    return True
 
 
 class _CheckedChain:
@@ -431,6 +449,9 @@ class Ledger:
                 self._pending.put(session_id, replace(pending, seq=self._next_seq()))
 
     def _apply_event(self, chain: _CheckedChain, event: ChargerEvent, settlements: list[SettlementOrder]) -> EventResult:
+        refused = self._unencodable(chain, event, settlements)
+        if refused is not None:
+            return refused
         key = event.dedup_key
         stored = self._replies.get(key)
         if stored is not None:
@@ -452,6 +473,30 @@ class Ledger:
         self._c.events_applied += 1
         self._replies.put(key, StoredReply(self._next_seq(), self._c.height, reply, error_code))
         return EventResult(event.event_id, key, copy.deepcopy(reply), error_code, anomalies=tuple(step.anomalies))
+
+    def _unencodable(
+        self, chain: _CheckedChain, event: ChargerEvent, settlements: list[SettlementOrder]
+    ) -> EventResult | None:
+        """A refusal for an event that has no canonical encoding (nested deeper than
+        MAX_PAYLOAD_DEPTH, integers beyond 64 bits, non-JSON types), else None.
+
+        Such an event cannot travel in a block (its bytes do not exist), but `apply_block` is
+        total over every ChargerEvent: it is answered with a format error, remembered nowhere.
+        """
+        problem = None
+        if not _depth_within(event.payload, MAX_PAYLOAD_DEPTH):
+            problem = f"payload nested deeper than {MAX_PAYLOAD_DEPTH}"
+        else:
+            try:
+                _ = (event.event_id, event.dedup_key)
+            except (ValueError, TypeError, OverflowError) as exc:
+                problem = f"no canonical encoding: {type(exc).__name__}"
+        if problem is None:
+            return None
+        step = _Step(chain, event, settlements)
+        self._anomaly(step, MALFORMED, problem)
+        code = "FormationViolation" if event.ocpp_version == "1.6" else "FormatViolation"
+        return EventResult(b"", b"", None, code, anomalies=tuple(step.anomalies))
 
     def _anomaly(self, step: _Step, kind: str, detail: str) -> None:
         event = step.event

@@ -10,12 +10,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import event as note_event
 from hypothesis import strategies as st
 from ledger_world import (
+    BLOCK_MS,
     CHARGER,
     CHARGER_201,
     ESCROW_1,
     ESCROW_2,
     ESCROW_201,
-    BLOCK_MS,
     T0_MS,
     World,
     ev,
