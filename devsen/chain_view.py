@@ -13,13 +13,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
 import trio
 from web3 import Web3
+from web3.types import FilterParams
 
 from anchoring.chain import ChainClient, device_id_of
 from anchoring.chain import EscrowSession as ChainEscrowSession
@@ -30,7 +31,9 @@ from ocpp_adapter.auth import ChargerCredentials
 log = logging.getLogger("devsen.chain")
 T = TypeVar("T")
 
-MAX_INDEXED_SESSIONS = 1_000_000  # a devnet/test bound; beyond it the node refuses to go on
+MAX_INDEXED_SESSIONS = 1_000_000  # open escrow sessions indexed in all; requests beyond are ignored
+MAX_OPEN_PER_CHARGER = 256  # open escrow sessions indexed per chargeBoxId; requests beyond are ignored
+CLOSED_KEPT_BLOCKS = 256  # a closed session leaves the index this many blocks after its close
 MAX_LOG_RANGE = 2_000  # blocks per eth_getLogs call
 BLOCK_HASH_CACHE = 64
 MAX_CACHED_READS = 100_000
@@ -63,53 +66,127 @@ def patiently(what: str, read: Callable[[], T]) -> T:
 
 
 class SessionIndex:
-    """chargeBoxId -> [(block number, session id)] from Escrow `SessionRequested` logs.
+    """chargeBoxId -> the escrow sessions OPEN on chain, from Escrow logs up to a block.
 
-    Append-only and ordered by block, so a view at block E sees exactly the sessions
-    requested at or before E. `ensure(E)` fetches missing log ranges synchronously.
+    `SessionRequested` adds a session, `SessionSettled` / `SessionRefunded` remove it, so the
+    index (and each start's look-up) holds only open sessions, not every past one. Bounded:
+    at most `MAX_OPEN_PER_CHARGER` open sessions per charger and `MAX_INDEXED_SESSIONS` in
+    all are indexed; a request beyond either is ignored (logged; the driver gets a refund
+    after the escrow's timeout). Which ones are ignored depends only on the log order, so
+    every node ignores the same. Never raises inside block application except
+    ChainReadError for an outage.
+
+    Views must ask at non-decreasing blocks (consensus never names an older Ethereum block):
+    a closed session is kept, marked with its close block, until the asked block is
+    `CLOSED_KEPT_BLOCKS` past it.
     """
 
     def __init__(self, client: ChainClient, start_block: int) -> None:
         self._client = client
-        self._event = client.contracts["Escrow"].events.SessionRequested()
-        self._by_charger: dict[str, list[tuple[int, bytes]]] = {}
-        self._count = 0
+        escrow = client.contracts["Escrow"]
+        self._address = Web3.to_checksum_address(client.deployment.addresses()["Escrow"])
+        self._events = {Web3.to_bytes(hexstr=e.topic): e for e in (
+            escrow.events.SessionRequested(), escrow.events.SessionSettled(), escrow.events.SessionRefunded())}
+        # charger -> {session id: (requested at, closed at or None)}, in log order
+        self._by_charger: dict[str, dict[bytes, tuple[int, int | None]]] = {}
+        self._charger_of: dict[bytes, str] = {}
+        self._closed: deque[tuple[int, bytes]] = deque()
+        self.ignored = 0
         self.indexed_to = start_block - 1
+        self._asked = -1
         self._lock = threading.Lock()
 
+    def __len__(self) -> int:
+        return len(self._charger_of)
+
     def ensure(self, block_number: int) -> None:
-        """Index every SessionRequested log up to `block_number` (inclusive)."""
+        """Index every Escrow session log up to `block_number` (inclusive)."""
         with self._lock:
             while self.indexed_to < block_number:
                 from_block = self.indexed_to + 1
                 to_block = min(block_number, from_block + MAX_LOG_RANGE - 1)
-                logs = patiently(f"eth_getLogs {from_block}..{to_block}",
-                                 partial(self._event.get_logs, from_block=from_block, to_block=to_block))
+                query: FilterParams = {"fromBlock": from_block, "toBlock": to_block, "address": self._address,
+                         "topics": [["0x" + t.hex() for t in self._events]]}
+                logs = patiently(f"eth_getLogs {from_block}..{to_block}", partial(self._client.w3.eth.get_logs, query))
                 for entry in sorted(logs, key=lambda e: (e["blockNumber"], e["logIndex"])):
-                    args = entry["args"]
-                    self._by_charger.setdefault(args["chargeBoxId"], []).append(
-                        (int(entry["blockNumber"]), bytes(args["sessionId"])))
-                    self._count += 1
-                    if self._count > MAX_INDEXED_SESSIONS:
-                        raise ChainReadError(f"more than {MAX_INDEXED_SESSIONS} escrow sessions indexed")
+                    self._apply_log(entry)
                 self.indexed_to = to_block
 
+    def _apply_log(self, entry: Any) -> None:
+        event = self._events.get(bytes(entry["topics"][0])) if entry["topics"] else None
+        if event is None:
+            return
+        args = event.process_log(entry)["args"]
+        session_id, block = bytes(args["sessionId"]), int(entry["blockNumber"])
+        if event.event_name != "SessionRequested":
+            charger = self._charger_of.get(session_id)
+            sessions = self._by_charger.get(charger) if charger is not None else None
+            if sessions is not None and session_id in sessions and sessions[session_id][1] is None:
+                sessions[session_id] = (sessions[session_id][0], block)
+                self._closed.append((block, session_id))
+            return
+        charger = str(args["chargeBoxId"])
+        sessions = self._by_charger.setdefault(charger, {})
+        if session_id in self._charger_of:
+            return
+        if len(sessions) >= MAX_OPEN_PER_CHARGER or len(self._charger_of) >= MAX_INDEXED_SESSIONS:
+            self.ignored += 1
+            log.warning("escrow session 0x%s for %s ignored: index bound reached", session_id.hex(), charger[:48])
+            return
+        sessions[session_id] = (block, None)
+        self._charger_of[session_id] = charger
+
+    def _forget_closed(self, asked: int) -> None:
+        self._asked = max(self._asked, asked)
+        while self._closed and self._closed[0][0] <= self._asked - CLOSED_KEPT_BLOCKS:
+            _, session_id = self._closed.popleft()
+            charger = self._charger_of.pop(session_id)
+            sessions = self._by_charger[charger]
+            del sessions[session_id]
+            if not sessions:
+                del self._by_charger[charger]
+
     def session_ids(self, charge_box_id: str, up_to_block: int) -> list[bytes]:
-        """Session ids requested for `charge_box_id` at or before `up_to_block`."""
+        """Sessions for `charge_box_id` requested at or before `up_to_block` and open at it."""
         self.ensure(up_to_block)
-        return [sid for block, sid in self._by_charger.get(charge_box_id, []) if block <= up_to_block]
+        with self._lock:
+            self._forget_closed(up_to_block)
+            return [sid for sid, (opened, closed) in self._by_charger.get(charge_box_id, {}).items()
+                    if opened <= up_to_block and (closed is None or closed > up_to_block)]
 
 
-def _to_ledger_session(charge_box_id: str, session: ChainEscrowSession) -> EscrowSession:
-    return EscrowSession(
-        session_id=session.session_id,
-        driver=session.driver,
-        charge_box_id=charge_box_id,
-        connector_id=session.connector_id,
-        id_tag_hash=session.id_tag_hash,
-        deposit=session.deposit,
-        opened_at_s=session.opened_at,
-    )
+def _to_ledger_session(charge_box_id: str, session: ChainEscrowSession) -> EscrowSession | None:
+    """The ledger's record of an escrow session; None (logged) if it is outside the ledger's bounds."""
+    try:
+        return EscrowSession(
+            session_id=session.session_id,
+            driver=session.driver,
+            charge_box_id=charge_box_id,
+            connector_id=session.connector_id,
+            id_tag_hash=session.id_tag_hash,
+            deposit=session.deposit,
+            opened_at_s=session.opened_at,
+        )
+    except (ValueError, TypeError) as exc:
+        log.warning("escrow session 0x%s ignored: %s", session.session_id.hex(), exc)
+        return None
+
+
+def _to_ledger_device(record: Any) -> DeviceInfo | None:
+    """The ledger's record of a device; None (treated as unregistered, logged) if it is outside
+    the ledger's bounds (e.g. more connectors than MAX_CONNECTORS)."""
+    try:
+        return DeviceInfo(
+            device_id=record.device_id,
+            manager=record.manager,
+            connector_count=record.connector_count,
+            tariff=Tariff(record.price_per_kwh, record.per_minute_fee),
+            active=record.active,
+            max_power_w=record.max_power_w,
+        )
+    except (ValueError, TypeError) as exc:
+        log.warning("device %s treated as unregistered: %s", str(record.charge_box_id)[:48], exc)
+        return None
 
 
 class ReadCache:
@@ -199,13 +276,7 @@ class ContractChainView(ChainView):
                                  lambda block: self._client.device(charge_box_id, block))
         if record is None:
             return None
-        return DeviceInfo(
-            device_id=record.device_id,
-            manager=record.manager,
-            connector_count=record.connector_count,
-            tariff=Tariff(record.price_per_kwh, record.per_minute_fee),
-            active=record.active,
-        )
+        return _to_ledger_device(record)
 
     def id_tag(self, tag_hash: bytes) -> IdTagInfo | None:
         record = self._cache.get("id_tag", tag_hash, lambda block: self._client.id_tag(tag_hash, block))
@@ -225,7 +296,9 @@ class ContractChainView(ChainView):
         for session_id in ids:
             session = self._session(session_id)
             if session is not None and session.status == SessionStatus.OPEN:
-                sessions.append(_to_ledger_session(charge_box_id, session))
+                converted = _to_ledger_session(charge_box_id, session)
+                if converted is not None:
+                    sessions.append(converted)
         return sessions
 
     def escrow_session(self, session_id: bytes) -> EscrowSession | None:

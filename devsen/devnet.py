@@ -58,6 +58,7 @@ from devsen.config import (
 )
 from devsen.demo_charger import connect_demo_charger
 from devsen.http_api import http_get_json
+from devsen.ledger.chain import MAX_POWER_W
 from devsen.logs import setup_logging
 from devsen.wallet import ROLE_DEVICE_MANAGER, ROLE_DRIVER, create_device, open_prepaid_session
 from p2p.keys import NodeKeys, init_keys
@@ -145,8 +146,10 @@ def deploy_network(anvil: AnvilProcess, nodes: list[DevnetNode], deployment_path
     manager = ChainClient(w3, deployment, TransactionSender(w3, manager_key))
     driver = ChainClient(w3, deployment, TransactionSender(w3, driver_key))
     manager.register_roles(ROLE_DEVICE_MANAGER)
+    # The demo charger delivers kWh within seconds: give it the largest power the ledger allows
+    # (2 MW), or physics (max power x time since the escrow opened) would cap its energy.
     create_device(manager, DEMO_CHARGER, DEMO_PASSWORD, connectors=2, price_per_kwh=DEMO_PRICE_PER_KWH,
-                  location="devnet")
+                  location="devnet", max_power_w=MAX_POWER_W)
     driver.register_roles(ROLE_DRIVER)
     driver.register_id_tag(DEMO_ID_TAG)
     assert driver.sender is not None

@@ -34,6 +34,7 @@ from anchoring.chain import (
     connect,
     new_auth_credential,
 )
+from anchoring.chain.client import DEFAULT_MAX_POWER_W
 
 KEY_ENV = "DEVSEN_WALLET_KEY"
 ROLE_DRIVER, ROLE_DEVICE_MANAGER = 1, 2
@@ -47,12 +48,14 @@ def open_wallet(rpc: str, deployment_path: str | Path, key_hex: str) -> ChainCli
 
 
 def create_device(client: ChainClient, charge_box_id: str, password: str, *, connectors: int = 2,
-                  price_per_kwh: int = 300_000, per_minute_fee: int = 0, location: str = "") -> None:
-    """Register a charger; its OCPP password is stored only as a salted scrypt hash."""
+                  price_per_kwh: int = 300_000, per_minute_fee: int = 0, location: str = "",
+                  max_power_w: int = DEFAULT_MAX_POWER_W) -> None:
+    """Register a charger; its OCPP password is stored only as a salted scrypt hash.
+    `max_power_w` (per connector, 1..2,000,000 W) bounds the energy the ledger settles."""
     salt, auth_hash = new_auth_credential(password)
     client.create_device(charge_box_id, location=location, connector_count=connectors,
                          price_per_kwh=price_per_kwh, per_minute_fee=per_minute_fee,
-                         auth_salt=salt, auth_hash=auth_hash)
+                         auth_salt=salt, auth_hash=auth_hash, max_power_w=max_power_w)
 
 
 def open_prepaid_session(client: ChainClient, charge_box_id: str, connector: int, id_tag: str,
@@ -80,6 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     device.add_argument("--price-per-kwh", type=int, default=300_000, help="token base units per kWh")
     device.add_argument("--per-minute-fee", type=int, default=0)
     device.add_argument("--location", default="")
+    device.add_argument("--max-power-w", type=int, default=DEFAULT_MAX_POWER_W,
+                        help="one connector's maximum power in W (caps settled energy)")
     tag = sub.add_parser("register-idtag")
     tag.add_argument("id_tag")
     tag.add_argument("--expiry", type=int, default=0, help="unix seconds, 0 = never")
@@ -123,7 +128,8 @@ def _run(args: argparse.Namespace, client: ChainClient) -> Any:
         return f"roles {roles} registered for {me}"
     if args.command == "create-device":
         create_device(client, args.charge_box_id, args.password, connectors=args.connectors,
-                      price_per_kwh=args.price_per_kwh, per_minute_fee=args.per_minute_fee, location=args.location)
+                      price_per_kwh=args.price_per_kwh, per_minute_fee=args.per_minute_fee, location=args.location,
+                      max_power_w=args.max_power_w)
         return f"device {args.charge_box_id} created, managed by {me}"
     if args.command == "register-idtag":
         client.register_id_tag(args.id_tag, args.expiry)

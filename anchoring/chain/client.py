@@ -29,6 +29,7 @@ from contracts import load_artifact
 T = TypeVar("T")
 BlockId = BlockIdentifier  # a block number for consensus reads; "latest" for tools
 MAX_DEVICES_PER_LISTING = 10_000
+DEFAULT_MAX_POWER_W = 350_000  # DeviceFactory.DEFAULT_MAX_POWER_W: a sane default for call sites that do not say
 _READ_RETRY = RetryPolicy()
 AUTH_SALT_BYTES = 16
 SCRYPT_MAXMEM = 64 * 1024 * 1024
@@ -99,6 +100,7 @@ class DeviceRecord:
     auth_hash: bytes
     charger_public_key: bytes
     active: bool
+    max_power_w: int = 0  # per connector / EVSE, watts (DeviceFactory.maxPowerW)
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,9 +251,10 @@ class ChainClient:
             if exc.name == "UnknownDevice":
                 return None
             raise
-        (manager, connectors, active, salt, price, fee, auth_hash, cbid, location, key) = d
+        (manager, connectors, active, max_power_w, salt, price, fee, auth_hash, cbid, location, key) = d
         return DeviceRecord(
-            device_id, cbid, manager, location, connectors, price, fee, bytes(salt), bytes(auth_hash), bytes(key), active
+            device_id, cbid, manager, location, connectors, price, fee, bytes(salt), bytes(auth_hash), bytes(key), active,
+            max_power_w,
         )
 
     def device_ids(self, block: BlockId) -> list[bytes]:
@@ -336,16 +339,18 @@ class ChainClient:
         auth_salt: bytes,
         auth_hash: bytes,
         charger_public_key: bytes = b"",
+        max_power_w: int = DEFAULT_MAX_POWER_W,
     ) -> Receipt:
+        """Register a device; `max_power_w` is one connector's maximum power (DeviceFactory bounds it)."""
         return self.send(
-            "DeviceFactory", "createDevice", charge_box_id, location, connector_count, price_per_kwh,
+            "DeviceFactory", "createDevice", charge_box_id, location, connector_count, max_power_w, price_per_kwh,
             per_minute_fee, auth_salt, auth_hash, charger_public_key, gas=GAS["createDevice"],
         )
 
     def update_device(self, function: str, charge_box_id: str, *args: Any) -> Receipt:
-        """Manager-only update: function is setLocation, setConnectorCount, setTariff,
+        """Manager-only update: function is setLocation, setConnectorCount, setMaxPower, setTariff,
         setAuth, setChargerPublicKey, setActive or transferManagement."""
-        allowed = ("setLocation", "setConnectorCount", "setTariff", "setAuth", "setChargerPublicKey",
+        allowed = ("setLocation", "setConnectorCount", "setMaxPower", "setTariff", "setAuth", "setChargerPublicKey",
                    "setActive", "transferManagement")
         if function not in allowed:
             raise ValueError(f"{function} is not a device update")

@@ -9,6 +9,7 @@ error UnknownDevice(bytes32 deviceId);
 error NotDeviceManager(bytes32 deviceId, address caller);
 error NotADeviceManagerAccount(address account);
 error ConnectorCountInvalid(uint8 connectorCount);
+error MaxPowerInvalid(uint32 maxPowerW);
 error LocationTooLong(uint256 length);
 error ChargerPublicKeyTooLong(uint256 length);
 error AuthCredentialInvalid();
@@ -31,12 +32,17 @@ contract DeviceFactory is IDeviceFactory {
     uint256 public constant MAX_CHARGE_BOX_ID_BYTES = 48;
     uint256 public constant MAX_LOCATION_BYTES = 256;
     uint256 public constant MAX_PUBLIC_KEY_BYTES = 128;
+    /// The ledger's bounds (devsen/ledger/chain.py): a device beyond them would be refused there.
+    uint8 public constant MAX_CONNECTORS = 64;
+    uint32 public constant MAX_POWER_W = 2_000_000; // 2 MW per connector: above any charger built
+    uint32 public constant DEFAULT_MAX_POWER_W = 350_000;
     uint8 private constant ROLE_DEVICE_MANAGER = 2;
 
     struct Device {
         address manager;
         uint8 connectorCount;
         bool active;
+        uint32 maxPowerW; // per connector / EVSE, watts: the ledger caps energy at this x duration
         bytes16 authSalt;
         uint128 pricePerKWh; // token base units per kWh
         uint128 perMinuteFee; // token base units per started minute, 0 = none
@@ -55,6 +61,7 @@ contract DeviceFactory is IDeviceFactory {
     );
     event DeviceLocationChanged(bytes32 indexed deviceId, string location);
     event DeviceConnectorsChanged(bytes32 indexed deviceId, uint8 connectorCount);
+    event DeviceMaxPowerChanged(bytes32 indexed deviceId, uint32 maxPowerW);
     event DeviceTariffChanged(bytes32 indexed deviceId, uint128 pricePerKWh, uint128 perMinuteFee);
     event DeviceAuthChanged(bytes32 indexed deviceId, bytes16 authSalt, bytes32 authHash);
     event DevicePublicKeyChanged(bytes32 indexed deviceId, bytes chargerPublicKey);
@@ -66,10 +73,12 @@ contract DeviceFactory is IDeviceFactory {
     }
 
     /// @notice Register a charger; the caller (a device manager account) manages it.
+    /// `maxPowerW` is the most one connector can deliver (1..MAX_POWER_W watts).
     function createDevice(
         string calldata chargeBoxId,
         string calldata location,
         uint8 connectorCount,
+        uint32 maxPowerW,
         uint128 pricePerKWh,
         uint128 perMinuteFee,
         bytes16 authSalt,
@@ -82,27 +91,54 @@ contract DeviceFactory is IDeviceFactory {
         _checkChargeBoxId(chargeBoxId);
         deviceId = keccak256(bytes(chargeBoxId));
         if (_devices[deviceId].manager != address(0)) revert DeviceAlreadyExists(deviceId);
-        _checkConnectors(connectorCount);
         _checkLocation(location);
-        _checkAuth(authSalt, authHash);
         _checkPublicKey(chargerPublicKey);
+        _initRecord(deviceId, connectorCount, maxPowerW, pricePerKWh, perMinuteFee, authSalt, authHash);
+        _initText(deviceId, chargeBoxId, location, chargerPublicKey);
+        _deviceIds.push(deviceId);
+        emit DeviceCreated(deviceId, chargeBoxId, msg.sender, connectorCount);
+        if (chargerPublicKey.length != 0) emit DevicePublicKeyChanged(deviceId, chargerPublicKey);
+    }
+
+    /// The fixed-size fields of a new record (split from createDevice to keep its stack small).
+    function _initRecord(
+        bytes32 deviceId,
+        uint8 connectorCount,
+        uint32 maxPowerW,
+        uint128 pricePerKWh,
+        uint128 perMinuteFee,
+        bytes16 authSalt,
+        bytes32 authHash
+    ) private {
+        _checkConnectors(connectorCount);
+        _checkMaxPower(maxPowerW);
+        _checkAuth(authSalt, authHash);
         Device storage d = _devices[deviceId];
         d.manager = msg.sender;
         d.connectorCount = connectorCount;
         d.active = true;
+        d.maxPowerW = maxPowerW;
         d.authSalt = authSalt;
         d.pricePerKWh = pricePerKWh;
         d.perMinuteFee = perMinuteFee;
         d.authHash = authHash;
+        emit DeviceMaxPowerChanged(deviceId, maxPowerW);
+        emit DeviceTariffChanged(deviceId, pricePerKWh, perMinuteFee);
+        emit DeviceAuthChanged(deviceId, authSalt, authHash);
+    }
+
+    /// The variable-size fields of a new record.
+    function _initText(
+        bytes32 deviceId,
+        string calldata chargeBoxId,
+        string calldata location,
+        bytes calldata chargerPublicKey
+    ) private {
+        Device storage d = _devices[deviceId];
         d.chargeBoxId = chargeBoxId;
         d.location = location;
         d.chargerPublicKey = chargerPublicKey;
-        _deviceIds.push(deviceId);
-        emit DeviceCreated(deviceId, chargeBoxId, msg.sender, connectorCount);
         emit DeviceLocationChanged(deviceId, location);
-        emit DeviceTariffChanged(deviceId, pricePerKWh, perMinuteFee);
-        emit DeviceAuthChanged(deviceId, authSalt, authHash);
-        if (chargerPublicKey.length != 0) emit DevicePublicKeyChanged(deviceId, chargerPublicKey);
     }
 
     function setLocation(bytes32 deviceId, string calldata location) external {
@@ -115,6 +151,12 @@ contract DeviceFactory is IDeviceFactory {
         _checkConnectors(connectorCount);
         _managed(deviceId).connectorCount = connectorCount;
         emit DeviceConnectorsChanged(deviceId, connectorCount);
+    }
+
+    function setMaxPower(bytes32 deviceId, uint32 maxPowerW) external {
+        _checkMaxPower(maxPowerW);
+        _managed(deviceId).maxPowerW = maxPowerW;
+        emit DeviceMaxPowerChanged(deviceId, maxPowerW);
     }
 
     function setTariff(bytes32 deviceId, uint128 pricePerKWh, uint128 perMinuteFee) external {
@@ -206,7 +248,11 @@ contract DeviceFactory is IDeviceFactory {
     }
 
     function _checkConnectors(uint8 connectorCount) private pure {
-        if (connectorCount == 0) revert ConnectorCountInvalid(connectorCount);
+        if (connectorCount == 0 || connectorCount > MAX_CONNECTORS) revert ConnectorCountInvalid(connectorCount);
+    }
+
+    function _checkMaxPower(uint32 maxPowerW) private pure {
+        if (maxPowerW == 0 || maxPowerW > MAX_POWER_W) revert MaxPowerInvalid(maxPowerW);
     }
 
     function _checkLocation(string calldata location) private pure {

@@ -28,6 +28,9 @@ contract Escrow is DevsenDomain {
     uint8 public constant STATUS_OPEN = 1;
     uint8 public constant STATUS_SETTLED = 2;
     uint8 public constant STATUS_REFUNDED = 3;
+    /// Smallest deposit (ChargeToken base units, 6 decimals): opening sessions costs locked
+    /// capital as well as gas, so spamming sessions is not free.
+    uint256 public constant MIN_DEPOSIT = 1_000;
     bytes32 public constant SETTLEMENT_TYPEHASH =
         keccak256("Settlement(bytes32 sessionId,uint64 energyWh,uint256 amount)");
 
@@ -103,7 +106,7 @@ contract Escrow is DevsenDomain {
         if (!users.isIdTagValidFor(idTagHash, msg.sender)) {
             revert IdTagNotValidForDriver(idTagHash, msg.sender);
         }
-        if (deposit == 0 || deposit > type(uint96).max) revert DepositInvalid(deposit);
+        if (deposit < MIN_DEPOSIT || deposit > type(uint96).max) revert DepositInvalid(deposit);
         sessionId = nextSessionId(msg.sender);
         sessionNonce[msg.sender] += 1;
         _sessions[sessionId] = Session({

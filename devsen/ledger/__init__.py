@@ -20,6 +20,7 @@ from devsen.ledger.ledger import (
     Ledger,
     LedgerParams,
     SnapshotError,
+    energy_bound,
 )
 from devsen.ledger.state import Anomaly, DeviceRecord, Session, SettlementOrder
 
@@ -41,6 +42,7 @@ __all__ = [
     "SnapshotError",
     "StaticChainView",
     "Tariff",
+    "energy_bound",
     "id_tag_hash",
     "is_session_token",
     "session_token",

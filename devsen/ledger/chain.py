@@ -17,6 +17,9 @@ from ocpp_adapter.events import keccak256
 
 MAX_AMOUNT = 2**256 - 1  # token amounts are uint256 on chain
 MAX_CONNECTORS = 64  # a device registry entry never declares more connectors (or EVSEs) than this
+MAX_POWER_W = 2_000_000  # DeviceFactory.MAX_POWER_W: one connector's maximum power, watts
+DEFAULT_MAX_POWER_W = 350_000  # DeviceFactory.DEFAULT_MAX_POWER_W
+MAX_ESCROW_TIME_S = 253_402_300_799  # an escrow opening time after year 9999 is not one
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +54,8 @@ class Tariff:
 class DeviceInfo:
     """A charger as the on-chain device registry knows it (keyed by chargeBoxId).
 
-    `connector_count` counts OCPP 1.6 connectors, or OCPP 2.0.1 EVSEs.
+    `connector_count` counts OCPP 1.6 connectors, or OCPP 2.0.1 EVSEs; `max_power_w` is what
+    one of them can deliver at most (the ledger caps a session's energy by it).
     """
 
     device_id: bytes
@@ -59,10 +63,33 @@ class DeviceInfo:
     connector_count: int
     tariff: Tariff
     active: bool = True
+    max_power_w: int = DEFAULT_MAX_POWER_W
 
     def __post_init__(self) -> None:
-        if not 0 <= self.connector_count <= MAX_CONNECTORS:
-            raise ValueError(f"connector_count must be in 0..{MAX_CONNECTORS}")
+        problem = device_problem(self)
+        if problem is not None:
+            raise ValueError(problem)
+
+
+def device_problem(device: object) -> str | None:
+    """Why `device` is not a DeviceInfo within the ledger's bounds, or None if it is.
+
+    Used where chain data is converted (and again by the ledger on whatever a ChainView
+    returns), so out-of-bound data becomes "unregistered", never an exception.
+    """
+    if not isinstance(device, DeviceInfo):
+        return f"not a DeviceInfo: {type(device).__name__}"
+    count, power, tariff = device.connector_count, device.max_power_w, device.tariff
+    if type(count) is not int or not 0 <= count <= MAX_CONNECTORS:
+        return f"connector_count must be in 0..{MAX_CONNECTORS}"
+    if type(power) is not int or not 1 <= power <= MAX_POWER_W:
+        return f"max_power_w must be in 1..{MAX_POWER_W}"
+    if type(device.active) is not bool or not isinstance(tariff, Tariff):
+        return "active must be a bool and tariff a Tariff"
+    fee, price = tariff.per_minute_fee, tariff.price_per_kwh
+    if type(price) is not int or type(fee) is not int or not (0 <= price <= MAX_AMOUNT and 0 <= fee <= MAX_AMOUNT):
+        return "tariff amounts must be uint256"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,10 +117,37 @@ class EscrowSession:
     opened_at_s: int
 
     def __post_init__(self) -> None:
-        if len(self.session_id) != 32 or len(self.id_tag_hash) != 32:
-            raise ValueError("session_id and id_tag_hash must be 32 bytes")
-        if not 0 <= self.deposit <= MAX_AMOUNT or self.opened_at_s < 0:
-            raise ValueError("deposit must be uint256 and opened_at_s >= 0")
+        problem = escrow_problem(self)
+        if problem is not None:
+            raise ValueError(problem)
+
+
+def escrow_problem(session: object) -> str | None:
+    """Why `session` is not an EscrowSession within the ledger's bounds, or None if it is."""
+    if not isinstance(session, EscrowSession):
+        return f"not an EscrowSession: {type(session).__name__}"
+    s = session
+    if type(s.session_id) is not bytes or type(s.id_tag_hash) is not bytes or len(s.session_id) != 32 \
+            or len(s.id_tag_hash) != 32:
+        return "session_id and id_tag_hash must be 32 bytes"
+    if type(s.deposit) is not int or not 0 <= s.deposit <= MAX_AMOUNT:
+        return "deposit must be uint256"
+    if type(s.opened_at_s) is not int or not 0 <= s.opened_at_s <= MAX_ESCROW_TIME_S:
+        return f"opened_at_s must be in 0..{MAX_ESCROW_TIME_S}"
+    if type(s.connector_id) is not int or not 0 <= s.connector_id <= 255:
+        return "connector_id must be a uint8"
+    if type(s.charge_box_id) is not str:
+        return "charge_box_id must be a string"
+    return None
+
+
+def id_tag_problem(info: object) -> str | None:
+    """Why `info` is not an IdTagInfo within the ledger's bounds, or None if it is."""
+    if not isinstance(info, IdTagInfo):
+        return f"not an IdTagInfo: {type(info).__name__}"
+    if type(info.expiry_s) is not int or not 0 <= info.expiry_s < 2**64 or type(info.revoked) is not bool:
+        return "expiry_s must be a uint64 and revoked a bool"
+    return None
 
 
 def id_tag_hash(id_tag: str) -> bytes:

@@ -16,6 +16,12 @@ Policies (see also LEDGER.md):
   down (in the driver's favour), capped at the deposit. Minutes run from the later of the
   charger's start time and the escrow opening to the earlier of the charger's stop time and
   the stop block's timestamp.
+- Energy is bounded by physics: at most the device's on-chain `max_power_w` times the
+  session's trusted window (escrow opening to the stop block), see `energy_bound`; beyond it
+  the energy is capped and an `energy_capped` anomaly names the vouching node.
+- Chain data outside the ledger's bounds (a ChainView is only as good as the chain) is a
+  deterministic refusal: the device counts as unregistered, the escrow session as absent,
+  and a `bad_chain_data` anomaly is recorded.
 - Input that is schema-valid but cannot be honoured gets a well-defined reply and an
   `Anomaly` record; malformed input (which only a faulty proposer can put in a block) gets a
   CALLERROR code; neither raises.
@@ -33,7 +39,11 @@ from devsen.ledger.chain import (
     ChainView,
     DeviceInfo,
     EscrowSession,
+    IdTagInfo,
+    device_problem,
+    escrow_problem,
     id_tag_hash,
+    id_tag_problem,
     is_session_token,
     session_token,
 )
@@ -67,7 +77,7 @@ from devsen.ledger.state import (
 )
 from ocpp_adapter.events import ChargerEvent, keccak256
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2  # 2: sessions keep max power and binding time; reply history by height window
 MAX_TRANSACTION_ID = 2**31 - 1  # 1.6 chargers hold transactionId in a signed 32-bit integer
 MAX_CONNECTORS_PER_EVSE = 8  # 2.0.1 connector statuses kept per EVSE
 MAX_TEXT_KEPT = 50  # longest free text (vendor, model, event type...) kept in state
@@ -87,6 +97,10 @@ BAD_METER = "bad_meter"
 BAD_TIMESTAMP = "bad_timestamp"
 ESCROW_CLOSED = "escrow_closed"
 MALFORMED = "malformed"
+BAD_CHAIN_DATA = "bad_chain_data"
+ENERGY_CAPPED = "energy_capped"
+MAX_PAYLOAD_DEPTH = 32  # OCPP payloads nest a handful of levels; deeper is malformed
+MAX_OPEN_ESCROWS_READ = 4_096  # open escrow sessions of one charger considered per look-up
 
 
 class SnapshotError(ValueError):
@@ -107,7 +121,7 @@ class LedgerParams:
     max_open_sessions: int = 10_000
     max_pending_settlements: int = 10_000
     max_closed_transactions: int = 20_000
-    max_reply_history: int = 100_000
+    reply_window_heights: int = 600  # replies kept for this many heights (~10 min at 1 block/s)
     max_anomalies: int = 1_000
     max_block_events: int = 10_000
     settlement_checks_per_block: int = 64
@@ -120,7 +134,7 @@ class LedgerParams:
             self.max_open_sessions,
             self.max_pending_settlements,
             self.max_closed_transactions,
-            self.max_reply_history,
+            self.reply_window_heights,
             self.max_anomalies,
             self.max_block_events,
             self.settlement_checks_per_block,
@@ -173,11 +187,92 @@ class _Counters:
     settled_deposits: int = 0
 
 
+def energy_bound(max_power_w: int, begin_ms: int, end_ms: int) -> int:
+    """The most energy (Wh, rounded down) a connector can deliver in [begin_ms, end_ms].
+
+    Today the window is the one the ledger trusts without the charger: from the escrow
+    session's opening (Ethereum time) to the stop block's time. Charger-signed meter values
+    will tighten it by passing a narrower window (or replacing the bound by signed readings).
+    """
+    return max(0, end_ms - begin_ms) * max_power_w // 3_600_000
+
+
+def _depth_within(value: Any, limit: int) -> bool:
+    """Whether JSON `value` nests at most `limit` containers deep (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return False
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list, tuple)))
+    return True
+
+
+class _CheckedChain:
+    """A ChainView whose answers are checked against the ledger's bounds.
+
+    Out-of-bound data is reported (`report`, an anomaly) and treated as absent, so no value
+    a ChainView returns can make the ledger raise.
+    """
+
+    __slots__ = ("_chain", "report")
+
+    def __init__(self, chain: ChainView) -> None:
+        self._chain = chain
+        self.report: Callable[[str], None] = lambda detail: None
+
+    def device(self, charge_box_id: str) -> DeviceInfo | None:
+        device = self._chain.device(charge_box_id)
+        if device is None:
+            return None
+        problem = device_problem(device)
+        if problem is not None:
+            self.report(f"device {charge_box_id[:48]}: {problem}")
+            return None
+        return device
+
+    def id_tag(self, tag_hash: bytes) -> IdTagInfo | None:
+        info = self._chain.id_tag(tag_hash)
+        if info is None:
+            return None
+        problem = id_tag_problem(info)
+        if problem is not None:
+            self.report(f"idTag {tag_hash.hex()[:16]}: {problem}")
+            return None
+        return info
+
+    def open_escrow_sessions(self, charge_box_id: str) -> list[EscrowSession]:
+        found: list[EscrowSession] = []
+        for session in list(self._chain.open_escrow_sessions(charge_box_id))[:MAX_OPEN_ESCROWS_READ]:
+            problem = escrow_problem(session)
+            if problem is not None:
+                self.report(f"escrow session: {problem}")
+            elif session.charge_box_id == charge_box_id:
+                found.append(session)
+        return found
+
+    def escrow_session(self, session_id: bytes) -> EscrowSession | None:
+        session = self._chain.escrow_session(session_id)
+        if session is None:
+            return None
+        problem = escrow_problem(session)
+        if problem is not None:
+            self.report(f"escrow session {session_id.hex()[:16]}: {problem}")
+            return None
+        return session
+
+
 @dataclass(slots=True)
 class _Step:
     """Per-event working context."""
 
-    chain: ChainView
+    chain: _CheckedChain
     event: ChargerEvent
     settlements: list[SettlementOrder]
     anomalies: list[str] = field(default_factory=list)
@@ -229,9 +324,11 @@ class Ledger:
         self._c.height = ctx.height
         self._c.block_ms = ctx.timestamp_ms
         self._c.eth_block_number = ctx.eth_block_number
-        self._release_settled(chain)
+        self._forget_old_replies()
+        checked = _CheckedChain(chain)
+        self._release_settled(checked)
         settlements: list[SettlementOrder] = []
-        results = tuple(self._apply_event(chain, event, settlements) for event in events)
+        results = tuple(self._apply_event(checked, event, settlements) for event in events)
         self._check_invariants()
         return BlockOutcome(ctx.height, results, tuple(settlements), self.state_hash())
 
@@ -329,7 +426,18 @@ class Ledger:
         self._c.seq += 1
         return self._c.seq
 
-    def _release_settled(self, chain: ChainView) -> None:
+    def _forget_old_replies(self) -> None:
+        """Drop the replies of heights older than `reply_window_heights` (oldest are first).
+
+        The window is in heights, not entries, so no flood of messages can push a reply out
+        early: a retry within the window always gets the stored answer. Memory is bounded by
+        `reply_window_heights * max_block_events` entries.
+        """
+        floor = self._c.height - self.params.reply_window_heights
+        while self._replies and self._replies.get(oldest := self._replies.oldest()).height <= floor:  # type: ignore[union-attr]
+            self._replies.pop(oldest)
+
+    def _release_settled(self, chain: _CheckedChain) -> None:
         """Forget settlement orders whose escrow session the chain has closed (paid or refunded).
 
         At most `settlement_checks_per_block` of the oldest orders are checked per block; those
@@ -340,13 +448,17 @@ class Ledger:
             if chain.escrow_session(session_id) is not None:
                 self._pending.put(session_id, replace(pending, seq=self._next_seq()))
 
-    def _apply_event(self, chain: ChainView, event: ChargerEvent, settlements: list[SettlementOrder]) -> EventResult:
+    def _apply_event(self, chain: _CheckedChain, event: ChargerEvent, settlements: list[SettlementOrder]) -> EventResult:
+        refused = self._unencodable(chain, event, settlements)
+        if refused is not None:
+            return refused
         key = event.dedup_key
         stored = self._replies.get(key)
         if stored is not None:
             self._c.duplicates += 1
             return EventResult(event.event_id, key, copy.deepcopy(stored.reply), stored.error_code, duplicate=True)
         step = _Step(chain, event, settlements)
+        chain.report = lambda detail: self._anomaly(step, BAD_CHAIN_DATA, detail)
         handler = _HANDLERS.get((event.ocpp_version, event.action))
         reply: dict[str, Any] | None = None
         error_code: str | None = None
@@ -360,9 +472,31 @@ class Ledger:
                 self._anomaly(step, MALFORMED, str(exc))
         self._c.events_applied += 1
         self._replies.put(key, StoredReply(self._next_seq(), self._c.height, reply, error_code))
-        while len(self._replies) > self.params.max_reply_history:
-            self._replies.pop(self._replies.oldest())
         return EventResult(event.event_id, key, copy.deepcopy(reply), error_code, anomalies=tuple(step.anomalies))
+
+    def _unencodable(
+        self, chain: _CheckedChain, event: ChargerEvent, settlements: list[SettlementOrder]
+    ) -> EventResult | None:
+        """A refusal for an event that has no canonical encoding (nested deeper than
+        MAX_PAYLOAD_DEPTH, integers beyond 64 bits, non-JSON types), else None.
+
+        Such an event cannot travel in a block (its bytes do not exist), but `apply_block` is
+        total over every ChargerEvent: it is answered with a format error, remembered nowhere.
+        """
+        problem = None
+        if not _depth_within(event.payload, MAX_PAYLOAD_DEPTH):
+            problem = f"payload nested deeper than {MAX_PAYLOAD_DEPTH}"
+        else:
+            try:
+                _ = (event.event_id, event.dedup_key)
+            except (ValueError, TypeError, OverflowError) as exc:
+                problem = f"no canonical encoding: {type(exc).__name__}"
+        if problem is None:
+            return None
+        step = _Step(chain, event, settlements)
+        self._anomaly(step, MALFORMED, problem)
+        code = "FormationViolation" if event.ocpp_version == "1.6" else "FormatViolation"
+        return EventResult(b"", b"", None, code, anomalies=tuple(step.anomalies))
 
     def _anomaly(self, step: _Step, kind: str, detail: str) -> None:
         event = step.event
@@ -432,6 +566,7 @@ class Ledger:
             escrow_opened_at_s=escrow.opened_at_s,
             price_per_kwh=device.tariff.price_per_kwh,
             per_minute_fee=device.tariff.per_minute_fee,
+            max_power_w=device.max_power_w,
             charge_start_ms=start_ms,
             meter_start_wh=session.meter_start_wh if session.meter_start_wh is not None else session.meter_last_wh,
         )
@@ -481,7 +616,7 @@ class Ledger:
             self._anomaly(step, CONNECTOR_BUSY, f"connector {connector} has open transaction {tx_ref}")
             return True
         self._anomaly(step, STALE_SESSION, f"transaction {tx_ref} idle since {session.last_block_ms} closed")
-        self._close(step, key, session.meter_last_wh, session.last_block_ms)
+        self._close(step, key, session.meter_last_wh, session.last_block_ms, trusted_end_ms=session.last_block_ms)
         return False
 
     def _record_meter(self, step: _Step, key: tuple[str, str], wh: int | None) -> None:
@@ -502,8 +637,15 @@ class Ledger:
             start = wh
         self._sessions.put(key, replace(session, meter_last_wh=wh, meter_start_wh=start))
 
-    def _close(self, step: _Step, key: tuple[str, str], meter_stop_wh: int | None, stop_ms: int) -> None:
-        """Close an open session; a bound one yields a settlement order if its escrow is still open."""
+    def _close(
+        self, step: _Step, key: tuple[str, str], meter_stop_wh: int | None, stop_ms: int,
+        *, trusted_end_ms: int | None = None,
+    ) -> None:
+        """Close an open session; a bound one yields a settlement order if its escrow is still open.
+
+        `trusted_end_ms` is the latest time the ledger itself vouches for (the stop block's
+        time, or a stale session's last activity): it ends the window of `energy_bound`.
+        """
         session = self._sessions.pop(key)
         del self._by_connector[(session.charger_id, session.connector_id)]
         seq = self._next_seq()
@@ -518,7 +660,14 @@ class Ledger:
                 self._anomaly(step, NEGATIVE_ENERGY, f"stop {meter_stop_wh} Wh below start {start_wh} Wh")
             else:
                 energy = meter_stop_wh - start_wh
-        begin = max(session.charge_start_ms, session.escrow_opened_at_s * 1000)
+        window_begin = session.escrow_opened_at_s * 1000
+        window_end = self._c.block_ms if trusted_end_ms is None else trusted_end_ms
+        bound = energy_bound(session.max_power_w, window_begin, window_end)
+        if energy > bound:
+            self._anomaly(step, ENERGY_CAPPED, f"vouched by {step.event.ingress_node[:66]}: {energy} Wh capped at "
+                          f"{bound} Wh ({session.max_power_w} W x {max(0, window_end - window_begin)} ms)")
+            energy = bound
+        begin = max(session.charge_start_ms, window_begin)
         end = min(stop_ms, self._c.block_ms)
         minutes = max(0, end - begin) // 60_000
         amount = min(energy * session.price_per_kwh // 1000 + minutes * session.per_minute_fee, session.deposit)

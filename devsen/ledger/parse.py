@@ -18,6 +18,7 @@ from typing import Any
 
 MAX_TIMESTAMP_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last RFC 3339 instant
 MAX_METER_WH = 2**63 - 1  # a register beyond this is not a meter reading
+MAX_PAYLOAD_INT = 2**63 - 1  # |integer field| beyond this is malformed (no OCPP field is larger)
 ENERGY_REGISTER = "Energy.Active.Import.Register"
 MAX_SAMPLES_READ = 256  # sampled values inspected per message; the rest are ignored
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -60,6 +61,8 @@ def get_int(payload: dict[str, Any], key: str, *, required: bool = True) -> int 
         return None
     if not isinstance(value, int) or isinstance(value, bool):
         raise MalformedPayload(f"{key} must be an integer")
+    if not -MAX_PAYLOAD_INT <= value <= MAX_PAYLOAD_INT:
+        raise MalformedPayload(f"{key} must be within +-(2^63 - 1)")
     return value
 
 
@@ -144,7 +147,7 @@ def register_wh_v16(meter_values: list[Any]) -> int | None:
         text = sample.get("value")
         if not isinstance(text, str) or _DECIMAL_TEXT.fullmatch(text) is None:
             raise MalformedPayload("sampledValue.value must be a decimal number")
-        scale = {"Wh": 1, "kWh": 1000}.get(sample.get("unit", "Wh"))
+        scale = _unit_scale(sample.get("unit", "Wh"))
         if scale is None:
             raise MalformedPayload("energy register unit must be Wh or kWh")
         wh = _to_wh(Fraction(Decimal(text)) * scale)
@@ -170,15 +173,24 @@ def register_wh_v201(meter_values: list[Any]) -> int | None:
         unit = sample.get("unitOfMeasure") or {}
         if not isinstance(unit, dict):
             raise MalformedPayload("unitOfMeasure must be an object")
-        scale = {"Wh": 1, "kWh": 1000}.get(unit.get("unit", "Wh"))
+        scale = _unit_scale(unit.get("unit", "Wh"))
         multiplier = unit.get("multiplier", 0)
-        if scale is None or not isinstance(multiplier, int) or not -9 <= multiplier <= 9:
+        if scale is None or type(multiplier) is not int or not -9 <= multiplier <= 9:
             raise MalformedPayload("energy register unit must be Wh or kWh, multiplier -9..9")
         wh = _to_wh(Fraction(value) * scale * Fraction(10) ** multiplier)
         if wh is None:
             raise MalformedPayload("energy register out of range")
         found = wh
     return found
+
+
+def _unit_scale(unit: Any) -> int | None:
+    """Wh per unit for "Wh" / "kWh"; None for anything else (including non-strings)."""
+    if unit == "Wh" and type(unit) is str:
+        return 1
+    if unit == "kWh" and type(unit) is str:
+        return 1000
+    return None
 
 
 def _energy_samples(meter_values: list[Any]) -> list[dict[str, Any]]:

@@ -183,6 +183,7 @@ class Session:
     escrow_opened_at_s: int = 0
     price_per_kwh: int = 0
     per_minute_fee: int = 0
+    max_power_w: int = 0  # the device's maximum power at binding (caps the energy settled)
     charge_start_ms: int = 0
     meter_start_wh: int | None = None
     meter_last_wh: int | None = None

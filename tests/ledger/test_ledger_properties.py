@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import event as note_event
 from hypothesis import strategies as st
 from ledger_world import (
+    BLOCK_MS,
     CHARGER,
     CHARGER_201,
     ESCROW_1,
@@ -31,6 +32,7 @@ from devsen.ledger import (
     LedgerParams,
     SnapshotError,
     Tariff,
+    energy_bound,
     id_tag_hash,
     session_token,
 )
@@ -124,7 +126,7 @@ def apply_chain_change(world: World, change: tuple[str, int, int, str, int]) -> 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(block_strategy, min_size=1, max_size=10))
 def test_random_streams_never_raise_stay_deterministic_and_within_deposits(blocks: list[Any]) -> None:
-    params = LedgerParams(max_open_sessions=3, max_reply_history=20, max_anomalies=5, max_devices=2,
+    params = LedgerParams(max_open_sessions=3, reply_window_heights=3, max_anomalies=5, max_devices=2,
                           max_closed_transactions=4, max_pending_settlements=3, settlement_checks_per_block=2)
     world, twin = World(params), World(params)
     twin.chain = world.chain  # same chain snapshot for both
@@ -241,6 +243,8 @@ def test_settlement_follows_the_tariff_and_never_exceeds_the_deposit(
     outcome = world.block(stop16(1, max(0, meter_start + delta), stop_ms))
     (order,) = outcome.settlements
     energy = max(0, delta) if meter_start + delta >= 0 else 0
+    window_ms = T0_MS + BLOCK_MS + minutes * 60_000 - escrow.opened_at_s * 1000  # escrow opening .. stop block
+    energy = min(energy, energy_bound(device.max_power_w, 0, window_ms))  # physics caps what was claimed
     assert order.energy_wh == energy
     assert order.amount == min(energy * price // 1000 + minutes * fee, deposit)
     counters = world.ledger.counters()

@@ -114,9 +114,9 @@ def test_full_session_settles_energy_and_minutes() -> None:
 def test_amount_capped_at_deposit() -> None:
     world = World()
     world.one(start16(meter=0))
-    outcome = world.block(stop16(1, 10_000_000, T0_MS + 1_000))
+    outcome = world.block(stop16(1, 300_000, T0_MS + 1_000))
     assert outcome.settlements[0].amount == DEPOSIT
-    assert outcome.settlements[0].energy_wh == 10_000_000
+    assert outcome.settlements[0].energy_wh == 300_000
 
 
 def test_start_rejections_and_transaction_ids_stay_unique() -> None:
@@ -247,11 +247,19 @@ def test_retry_of_same_message_gets_same_reply_and_is_not_applied_twice() -> Non
     assert len(world.ledger.open_sessions()) == 1
 
 
-def test_reply_history_is_bounded_oldest_first() -> None:
-    world = World(LedgerParams(max_reply_history=3))
-    events = [ev("Heartbeat", {}) for _ in range(5)]
-    world.block(*events)
-    assert [world.ledger.reply_for(e.dedup_key) is not None for e in events] == [False, False, True, True, True]
+def test_reply_history_is_kept_by_height_window_not_entry_count() -> None:
+    """A flood of messages in later blocks cannot push out a reply inside the window."""
+    world = World(LedgerParams(reply_window_heights=3))
+    first = ev("Heartbeat", {})
+    world.block(first)  # height 1
+    flood = [ev("Heartbeat", {}) for _ in range(500)]
+    world.block(*flood)  # height 2: 500 entries after ours
+    assert world.ledger.reply_for(first.dedup_key) is not None, "500 later entries pushed nothing out"
+    again = world.block(first).results[0]  # height 3: heights 1..3 are the window
+    assert again.duplicate
+    world.block()  # height 4: height 1 falls out of the window
+    assert world.ledger.reply_for(first.dedup_key) is None
+    assert world.ledger.reply_for(flood[0].dedup_key) is not None
 
 
 def test_blocks_must_follow_in_order() -> None:

@@ -58,3 +58,58 @@ def test_views_follow_the_chain_and_the_cache_drops_only_touched_keys():
     old = access.view_at(first)
     assert old.device("CP-A").tariff.price_per_kwh == 100
     assert old.id_tag(id_tag_hash("TAG-1")).revoked is False
+
+
+def test_session_index_holds_only_open_sessions_within_its_bound(monkeypatch):
+    """Settled and refunded sessions leave the index; requests beyond the per-charger bound are
+    ignored (deterministically, by log order) instead of raising inside apply."""
+    import devsen.chain_view as chain_view
+    from consensus.signing import SETTLEMENT_TYPE, typed_digest
+
+    monkeypatch.setattr(chain_view, "MAX_OPEN_PER_CHARGER", 3)
+    monkeypatch.setattr(chain_view, "CLOSED_KEPT_BLOCKS", 5)
+    world = build_world(connect("tester"))
+    w3: Web3 = world.w3
+    world.manager.create_device("CP-S", location="x", connector_count=2, price_per_kwh=100, per_minute_fee=0,
+                                auth_salt=b"\x01" * 16, auth_hash=b"\x02" * 32, max_power_w=22_000)
+    world.driver.register_id_tag("TAG-S")
+    world.driver.faucet_mint(world.driver.sender.address, 100 * _world.TOKEN)
+    world.driver.approve(world.deployment.escrow, 2**256 - 1)
+    ids = [world.driver.open_session("CP-S", 1, "TAG-S", _world.TOKEN)[0] for _ in range(4)]
+    index = SessionIndex(world.deployer, world.deployment.deploy_block)
+    access = ContractChainAccess(world.deployer, index)
+    opened = w3.eth.block_number
+    view = access.view_at(opened)
+    assert view.device("CP-S").max_power_w == 22_000
+    assert [s.session_id for s in view.open_escrow_sessions("CP-S")] == ids[:3]
+    assert index.ignored == 1 and len(index) == 3  # the 4th is beyond the bound
+
+    digest = typed_digest(world.deployment.domain("Escrow"), SETTLEMENT_TYPE, [ids[0], 1, 10])
+    world.relayer.settle(ids[0], 1, 10, _world.quorum_signatures(world.validators[:3], digest))
+    _world.advance_time(w3, _world.REFUND_TIMEOUT_S + 1)
+    world.driver.refund(ids[1])
+    closed = w3.eth.block_number
+    assert index.session_ids("CP-S", closed) == [ids[2]]
+    assert index.session_ids("CP-S", closed - 1) == ids[1:3], "a view just before the refund still sees it"
+    for _ in range(6):
+        world.driver.register_id_tag(f"TAG-PAD-{_}")  # blocks pass
+    assert index.session_ids("CP-S", w3.eth.block_number) == [ids[2]]
+    assert len(index) == 1, "closed sessions are forgotten once the asked block is past them"
+    view = access.view_at(w3.eth.block_number)
+    assert [s.session_id for s in view.open_escrow_sessions("CP-S")] == [ids[2]]
+
+
+def test_out_of_bound_device_data_is_unregistered_not_an_exception():
+    """If the chain ever reports a device beyond the ledger's bounds (255 connectors, e.g. from
+    an older DeviceFactory), the conversion treats it as unregistered instead of raising."""
+    import dataclasses
+
+    from anchoring.chain.client import DeviceRecord
+    from devsen.chain_view import _to_ledger_device
+
+    record = DeviceRecord(b"\x01" * 32, "CP-255", "0x" + "11" * 20, "", 2, 1, 0, b"\x01" * 16, b"\x02" * 32, b"",
+                          True, 350_000)
+    assert _to_ledger_device(record) is not None
+    assert _to_ledger_device(dataclasses.replace(record, connector_count=255)) is None
+    assert _to_ledger_device(dataclasses.replace(record, max_power_w=0)) is None
+    assert _to_ledger_device(dataclasses.replace(record, price_per_kwh=2**300)) is None
