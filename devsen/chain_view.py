@@ -138,8 +138,19 @@ class ChainClientByHash(ChainClient):
                 raise ChainRevert(name, decoded, raw)
             raise ChainReadError(f"eth_call {contract}.{function} at block 0x{bytes(block).hex()}: {error}")
         output = bytes.fromhex(str(response["result"])[2:])
-        values = self.w3.codec.decode(get_abi_output_types(call.abi), output)
+        values = _checksummed(self.w3.codec.decode(get_abi_output_types(call.abi), output))
         return values[0] if len(values) == 1 else tuple(values)
+
+
+def _checksummed(value: Any) -> Any:
+    """Decoded ABI values as web3's contract calls return them (checksum addresses)."""
+    if isinstance(value, str) and len(value) == 42 and value.startswith("0x"):
+        return Web3.to_checksum_address(value)
+    if isinstance(value, list):
+        return [_checksummed(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_checksummed(v) for v in value)
+    return value
 
 
 class ReadCache:
