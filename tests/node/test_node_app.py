@@ -298,3 +298,50 @@ def test_mempool_admission_refuses_what_no_block_could_carry(tmp_path):
     outsider = app.check_tx(attest(batch, SigningKey(b"\x09" * 32), ANCHOR).encode())
     assert not outsider.ok and "non-validator" in outsider.reason
     assert not app.check_tx(attest(batch, KEYS[1], ESCROW).encode()).ok  # signed under another domain
+
+
+def test_node_ingest_answers_from_the_commit_receipts_result(tmp_path):
+    """The charger's reply comes from the receipt's TxResult; no application-side result map."""
+    import types
+
+    import trio
+
+    from devsen.app import event_tx_result
+    from devsen.ledger import EventResult
+    from devsen.node import NodeIngest
+    from ocpp_adapter.ingest import IngestRejected
+
+    app, _ = make_app(tmp_path)
+    ev = ChargerEvent.from_bytes(event("m1"))
+    answers = {
+        "ok": event_tx_result(EventResult(ev.event_id, ev.dedup_key, {"status": "Accepted"}, anomalies=("clock",))),
+        "refused": event_tx_result(EventResult(ev.event_id, ev.dedup_key, None, "SecurityError")),
+    }
+
+    class Service:
+        answer = "ok"
+
+        async def submit(self, payload, timeout_s):
+            return types.SimpleNamespace(height=7, block_hash=ZERO_HASH, index=0, result=answers[self.answer])
+
+    service = Service()
+    ingest = NodeIngest(service, app, commit_timeout_s=1.0)
+
+    async def main():
+        got = await ingest.submit(ev)
+        assert got.reply == {"status": "Accepted"} and got.committed_height == 7 and got.notes == {"anomalies": ["clock"]}
+        service.answer = "refused"
+        with pytest.raises(IngestRejected) as refused:
+            await ingest.submit(ev)
+        assert refused.value.code == "SecurityError"
+
+    trio.run(main)
+
+
+def test_finalize_is_total_for_a_committed_block_the_ledger_refuses(tmp_path):
+    app, shell = make_app(tmp_path)
+    shell.finalize(block(app, 1, ()))
+    before = app.ledger.state_hash()
+    stale = block(app, 1, (event("m1"),))  # height 1 again: the ledger refuses it
+    result = app.finalize_block(stale, CERT, app.fetch_facts(1, stale.app_header, stale.payloads, committed=True))
+    assert result.app_hash == before and [r.code for r in result.tx_results] == [3]
