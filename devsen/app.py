@@ -1,16 +1,19 @@
-"""The node's consensus application: committed blocks in, ledger state, replies, anchors out.
+"""The node's consensus application: the typed ABCI of consensus/abci.py over the ledger.
 
-`NodeApplication` is what `ConsensusService` drives (ABCI-like):
-- `propose_app_header`: the Ethereum block (number, hash) at which this block's chain reads
-  are made: `confirmations` below the head, never behind the previous block's.
-- `validate_block`: the header names a real chain block, not going backwards; every payload
-  is a canonical ChargerEvent or a well-formed attestation signed by a validator; the
-  ledger accepts the events (height, time, count).
-- `apply_block`: applies the events to the deterministic ledger at that Ethereum block,
-  records each event's result for the waiting charger, feeds the anchor batcher (closing a
-  batch -> this validator signs it and queues an attestation payload), turns settlement
-  orders into signed attestations, and counts committed attestations; a quorum goes to
-  the submitter.
+`NodeApplication` is driven by the consensus shell, per height:
+- `check_tx`: mempool admission (a canonical ChargerEvent, or a validator's signed attestation).
+- `propose_facts` (I/O) + `prepare_proposal`: the Ethereum block (number, hash) at which the
+  block's chain reads are made, `confirmations` below our head and never behind the previous
+  block's, and the admissible payloads.
+- `fetch_facts` (I/O, off the event loop): every chain read of the block, by block hash, into
+  an immutable `ChainFacts` (devsen/chain_facts.py); a named Ethereum block unknown here or
+  less than `confirmations` deep by our own head makes the proposal invalid (reorg safety).
+- `process_proposal`, `finalize_block`: pure over (block, facts). Finalizing applies the
+  events to the ledger and returns one `FinalizeResult`: a TxResult per payload (an event's
+  OCPP reply in `data`, see `event_tx_result`), the ledger state hash, the validator-set
+  update, this validator's own attestations to submit (batches it closed, settlements) and
+  notices for the node (quorums, `OwnAttestationCommitted`, `ValidatorsChanged`).
+- `commit`: snapshot to disk every SNAPSHOT_EVERY_BLOCKS; `restore` after a restart.
 
 Payload kinds are told apart by the first byte (anchoring/proofs.py, attestations.py):
 0x98 a canonical ChargerEvent, 0xA1/0xA2 an attestation.
@@ -21,11 +24,12 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from types import MappingProxyType
+from typing import Any, Protocol, TypeVar
 
 import msgpack
 
@@ -38,26 +42,82 @@ from anchoring.attestations import (
     attest,
     decode_attestation,
 )
-from anchoring.batches import AttestationBook, BatchBuilder, BatchPolicy, BuilderState, Quorum
+from anchoring.batches import AttestationBook, BatchBuilder, BatchPolicy, BuilderState
 from anchoring.batches import CommittedBlock as BatchBlock
 from anchoring.proofs import EVENT_PAYLOAD_FIRST_BYTE, AnchorIndex
-from consensus.signing import Domain, SigningKey
+from consensus.abci import (
+    CheckResult,
+    FinalizeResult,
+    Prepared,
+    Snapshot,
+    TxResult,
+    ValidatorUpdate,
+)
+from consensus.signing import ZERO_HASH, Domain, SigningKey, keccak256
 from consensus.types import Block, CommitCertificate, CommittedBlock, ValidatorSet
+from devsen.chain_facts import ChainFacts, ChainKeys, KeyReader, chain_keys, read_facts
 from devsen.chain_view import ChainReadError, patiently
-from devsen.ledger import BlockContext, BlockRejected, ChainView, EventResult, Ledger
+from devsen.ledger import BlockContext, BlockRejected, EventResult, Ledger
 from devsen.ledger.ledger import SnapshotError
 from ocpp_adapter.events import ChargerEvent, EventEncodingError
 
 log = logging.getLogger("devsen.app")
+T = TypeVar("T")
 
 APP_HEADER_VERSION = 1
 MAX_APP_HEADER_BYTES = 128
-MAX_REMEMBERED_RESULTS = 50_000  # results wait only for the ingest (and message look-ups)
+MESSAGE_WINDOW_BLOCKS = 1_000  # the HTTP charger-message look-up covers this many recent heights
 # A proposal whose time is this far ahead of our clock is refused (only the future is bounded:
 # a locked value may be re-proposed rounds later with its original, older time).
 MAX_FUTURE_DRIFT_MS = 30_000
 SNAPSHOT_FORMAT = 1
 SNAPSHOT_EVERY_BLOCKS = 100  # a restart replays at most this many blocks (and reads the chain for them)
+CODE_CALLERROR = 1  # TxResult.code of an event the ledger answered with a CALLERROR (`log` = OCPP code)
+CODE_ATTESTATION_IGNORED = 2  # late, repeated or for a closed subject
+CODE_BLOCK_REFUSED = 3  # the ledger refused the whole committed block (state unchanged)
+
+
+@dataclass(frozen=True, slots=True)
+class OwnAttestationCommitted:
+    """Notice: one of this validator's attestations is in a committed block (stop resubmitting)."""
+
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ValidatorsChanged:
+    """Notice: the validator set changed at this block (peer directory, submitter)."""
+
+    validators: tuple[bytes, ...]
+    bindings: dict[bytes, bytes]
+
+
+class _PatientReader:
+    """A KeyReader whose every read waits out RPC blips (worker thread only)."""
+
+    def __init__(self, reader: KeyReader) -> None:
+        self._reader = reader
+
+    def _patiently(self, what: str, read: Callable[[], T]) -> T:
+        return patiently(what, read)
+
+    def device(self, charge_box_id: str) -> Any:
+        return self._patiently(f"device {charge_box_id}", lambda: self._reader.device(charge_box_id))
+
+    def id_tag(self, tag_hash: bytes) -> Any:
+        return self._patiently("idTag", lambda: self._reader.id_tag(tag_hash))
+
+    def open_escrow_sessions(self, charge_box_id: str) -> Any:
+        return self._patiently(f"escrow sessions of {charge_box_id}",
+                               lambda: self._reader.open_escrow_sessions(charge_box_id))
+
+    def escrow_session(self, session_id: bytes) -> Any:
+        return self._patiently("escrow session", lambda: self._reader.escrow_session(session_id))
+
+
+def patiently_reader(reader: KeyReader) -> KeyReader:
+    """`reader` with RPC retries (devsen.chain_view.patiently) around every read."""
+    return _PatientReader(reader)
 
 
 class AppHeaderError(ValueError):
@@ -88,15 +148,18 @@ def decode_app_header(data: bytes) -> tuple[int, bytes]:
 
 
 class ChainAccess(Protocol):
-    """The chain reads the application makes (devsen.chain_view.ContractChainAccess)."""
+    """The chain reads the application makes (devsen.chain_view.ContractChainAccess); all I/O,
+    called only from `propose_facts` / `fetch_facts` (off the event loop)."""
 
     def head(self, max_age_s: float = ...) -> int: ...
 
     def block_hash(self, number: int, fresh: bool = False) -> bytes: ...
 
-    def view_at(self, number: int) -> ChainView: ...
+    def view_at(self, number: int, block_hash: bytes) -> KeyReader:
+        """Reads at the block with this hash (EIP-1898), `number` its height."""
+        ...
 
-    def validators_at(self, number: int) -> tuple[int, tuple[bytes, ...], dict[bytes, bytes]]:
+    def validators_at(self, number: int, block_hash: bytes) -> tuple[int, tuple[bytes, ...], dict[bytes, bytes]]:
         """(epoch, sorted validator addresses, address -> peer id) of the ValidatorSet at a block."""
         ...
 
@@ -144,72 +207,141 @@ class AppSettings:
 
 
 class NodeApplication:
-    """Drives the ledger, batching and attestations from committed blocks (module docstring)."""
+    """The ABCI application of a node (consensus/abci.py): ledger, batches, attestations."""
 
-    def __init__(self, settings: AppSettings, chain: ChainAccess, ledger: Ledger, anchor_index: AnchorIndex,
-                 *, on_own_attestation: Callable[[bytes], None], on_own_committed: Callable[[bytes], None],
-                 on_quorum: Callable[[Quorum], None]) -> None:
+    def __init__(self, settings: AppSettings, chain: ChainAccess, ledger: Ledger, anchor_index: AnchorIndex) -> None:
         self.settings = settings
         self.chain = chain
         self.ledger = ledger
         self.anchor_index = anchor_index
         self.batcher = BatchBuilder(settings.batch_policy, BuilderState(next_batch_id=0, next_height=1))
         self.book = AttestationBook(settings.validators, settings.anchor_domain, settings.escrow_domain)
-        self.on_own_attestation = on_own_attestation
-        self.on_own_committed = on_own_committed
-        self.on_quorum = on_quorum
         self.validators: tuple[bytes, ...] = tuple(sorted(settings.validators))
         self.epoch = settings.epoch
-        self.on_validators_changed: Callable[[tuple[bytes, ...], dict[bytes, bytes]], None] | None = None
-        self._set_change: tuple[int, ValidatorSet, dict[bytes, bytes]] | None = None
         self.snapshot_path: Path | None = None
-        self.results: OrderedDict[bytes, tuple[int, EventResult]] = OrderedDict()
-        self.by_message: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        # (charger, message id) -> (height, event id, dedup key) for the HTTP look-up, kept
+        # for the last MESSAGE_WINDOW_BLOCKS heights (a height window, not an entry count).
+        self.by_message: dict[tuple[str, str], tuple[int, bytes, bytes]] = {}
+        self._messages_by_height: deque[tuple[int, tuple[tuple[str, str], ...]]] = deque()
         self.last_eth_block = 0
+        self._last_block: tuple[int, bytes] = (0, b"")
+        self._outbound: list[bytes] = []  # own attestations signed while finalizing
+        self._restored: list[bytes] = []  # ... and while restoring (take_restored_outbound)
+        self.outside_reads = 0
         self.counters: dict[str, int] = {"blocks": 0, "events": 0, "attestations_counted": 0,
                                          "attestations_ignored": 0, "batches_closed": 0, "quorums": 0}
 
+    # ---------------------------------------------------------------- admission
+
+    def check_tx(self, payload: bytes) -> CheckResult:
+        """Mempool admission: a canonical ChargerEvent, or a validator's well-signed attestation."""
+        try:
+            parts = split_payloads((payload,))
+        except ValueError as exc:
+            return CheckResult(False, str(exc))
+        for attestation in parts.attestations:
+            problem = self._attestation_problem(attestation)
+            if problem is not None:
+                return CheckResult(False, problem)
+            return CheckResult(True, source="0x" + attestation.signer.hex())
+        return CheckResult(True, source=parts.events[0].ingress_node if parts.events else "")
+
     # ---------------------------------------------------------------- proposing
 
-    def propose_app_header(self, height: int) -> bytes:
-        """Name the Ethereum block for this height's reads: head - confirmations, monotonic."""
-        head = self.chain.head()
+    def propose_facts(self, height: int) -> tuple[int, bytes]:
+        """I/O: the Ethereum block to name, head - confirmations by a fresh head, monotonic."""
+        head = self.chain.head(max_age_s=0)
         number = max(self.last_eth_block, head - self.settings.confirmations, 0)
-        return encode_app_header(number, self.chain.block_hash(number))
+        return number, self.chain.block_hash(number)
 
-    # ---------------------------------------------------------------- validating
+    def prepare_proposal(self, height: int, payloads: tuple[bytes, ...], facts: Any) -> Prepared:
+        """Our proposal: the header naming `facts`' Ethereum block and the admissible payloads."""
+        number, eth_hash = facts
+        kept = tuple(p for p in payloads if self.check_tx(p).ok)  # e.g. a removed validator's
+        return Prepared(encode_app_header(number, eth_hash), kept)
 
-    def validate_block(self, block: Block) -> bool:
-        """Deterministic checks plus: the named Ethereum block exists with that hash here."""
+    # ---------------------------------------------------------------- chain facts (I/O)
+
+    def fetch_facts(self, height: int, app_header: bytes, payloads: tuple[bytes, ...] = (),
+                    *, committed: bool = False) -> ChainFacts:
+        """I/O, off the event loop: every chain read of the block (header + payloads) at its
+        Ethereum block, by hash. Call it after `finalize_block(height - 1)`: the keys depend on
+        the ledger state before the block.
+
+        A proposal (committed=False) naming a block unknown here, with another hash, or less
+        than `confirmations` deep by our own head gets facts with a `problem` (refused) at once.
+        For a committed block (committed=True: catch-up, replay) it waits, retrying, until our
+        RPC has that block (ChainReadError after the chain view's outage limit).
+        """
+        digest = _payloads_digest(payloads)
+        try:
+            number, eth_hash = decode_app_header(app_header)
+            events = split_payloads(payloads).events
+        except ValueError as exc:
+            return ChainFacts(0, ZERO_HASH, digest, ChainKeys(), complete=False, problem=str(exc))
+        if committed:
+            self._await_chain_block(number, eth_hash)
+        else:
+            head = self.chain.head(max_age_s=0)
+            if number > head or self.chain.block_hash(number, fresh=True) != eth_hash:
+                return ChainFacts(number, eth_hash, digest, ChainKeys(), complete=False,
+                                  problem=f"Ethereum block {number} 0x{eth_hash.hex()} is not on this node's chain")
+        keys = chain_keys(events, self.ledger)
+        reads = read_facts(patiently_reader(self.chain.view_at(number, eth_hash)), keys)
+        epoch, validators, bindings = patiently(f"ValidatorSet at {number}",
+                                                lambda: self.chain.validators_at(number, eth_hash))
+        problem = None
+        if not committed:
+            head = self.chain.head(max_age_s=0)
+            if head - number < self.settings.confirmations:
+                problem = (f"Ethereum block {number} is {head - number} deep by this node's head {head}, "
+                           f"fewer than {self.settings.confirmations} confirmations")
+        return ChainFacts(number, eth_hash, digest, keys, epoch=epoch, validators=validators,
+                          bindings=MappingProxyType(dict(bindings)), problem=problem, **reads)
+
+    def _await_chain_block(self, number: int, eth_hash: bytes) -> None:
+        """Block (worker thread) until our RPC has the committed block's Ethereum block, with
+        that hash: a lagging RPC or one on another fork would make this node diverge."""
+        def check() -> None:
+            if self.chain.head(max_age_s=0) < number or self.chain.block_hash(number, fresh=True) != eth_hash:
+                raise ChainReadError(f"Ethereum block {number} with hash 0x{eth_hash.hex()} not on our RPC yet")
+
+        patiently(f"waiting for Ethereum block {number}", check)
+
+    # ---------------------------------------------------------------- validating (pure)
+
+    def process_proposal(self, block: Block, facts: Any) -> bool:
+        """Validity of a proposed block over (block, facts) alone (module docstring)."""
+        problem = self._block_problem(block, facts, proposing=True)
+        if problem is not None:
+            log.warning("block %d rejected: %s", block.height, problem)
+            return False
+        return True
+
+    def _block_problem(self, block: Block, facts: Any, *, proposing: bool) -> str | None:
         try:
             number, eth_hash = decode_app_header(block.app_header)
             parts = split_payloads(block.payloads)
         except ValueError as exc:
-            log.warning("block %d rejected: %s", block.height, exc)
-            return False
-        if block.timestamp_ms > time.time() * 1000 + MAX_FUTURE_DRIFT_MS:
-            log.warning("block %d rejected: its time is more than %d s ahead of this node's clock",
-                        block.height, MAX_FUTURE_DRIFT_MS // 1000)
-            return False
+            return str(exc)
+        if not isinstance(facts, ChainFacts) or facts.payloads_digest != _payloads_digest(block.payloads) \
+                or (facts.complete and (facts.eth_number, facts.eth_hash) != (number, eth_hash)):
+            return "the chain facts were fetched for another block (a shell bug)"
+        if proposing and facts.problem is not None:
+            return facts.problem
+        if not facts.complete:
+            return "no chain facts for this block"
+        if proposing and block.timestamp_ms > time.time() * 1000 + MAX_FUTURE_DRIFT_MS:
+            return f"its time is more than {MAX_FUTURE_DRIFT_MS // 1000} s ahead of this node's clock"
         if number < self.last_eth_block:
-            log.warning("block %d rejected: Ethereum read block %d is behind %d", block.height, number,
-                        self.last_eth_block)
-            return False
-        if (number > self.chain.head() and number > self.chain.head(max_age_s=0)) \
-                or self.chain.block_hash(number) != eth_hash:
-            log.warning("block %d rejected: Ethereum block %d unknown here or hash differs", block.height, number)
-            return False
+            return f"Ethereum read block {number} is behind {self.last_eth_block}"
         for attestation in parts.attestations:
             problem = self._attestation_problem(attestation)
             if problem is not None:
-                log.warning("block %d rejected: %s", block.height, problem)
-                return False
+                return problem
         context = BlockContext(block.height, block.timestamp_ms, number, eth_hash)
         problem = self.ledger.check_block(context, parts.events)
-        if problem is not None:
-            log.warning("block %d rejected by the ledger: %s", block.height, problem)
-            return False
-        return True
+        return None if problem is None else f"refused by the ledger: {problem}"
 
     def _attestation_problem(self, attestation: Attestation) -> str | None:
         """Why an attestation can never count now (non-validator signer, bad signature), or None."""
@@ -223,43 +355,42 @@ class NodeApplication:
             return str(exc)
         return None
 
-    def check_payload(self, payload: bytes) -> bool:
-        """Mempool admission: a canonical ChargerEvent, or a validator's well-signed attestation."""
-        try:
-            parts = split_payloads((payload,))
-        except ValueError:
-            return False
-        return all(self._attestation_problem(a) is None for a in parts.attestations)
+    # ---------------------------------------------------------------- applying (pure, total)
 
-    # ---------------------------------------------------------------- applying
+    def finalize_block(self, block: Block, certificate: CommitCertificate, facts: Any) -> FinalizeResult:
+        """Apply a committed block over its facts; everything it produced in one value.
 
-    def apply_block(self, block: Block, certificate: CommitCertificate) -> bytes:
-        """Apply a committed block (see the module docstring); returns the ledger state hash."""
-        if self._set_change is not None and self._set_change[0] < block.height:
-            self._set_change = None  # consumed by validator_update, or a replay that does not ask
-        previous = block.height - 1
-        if self.snapshot_path is not None and previous > 0 and previous % SNAPSHOT_EVERY_BLOCKS == 0:
-            # The state after `previous`, whose commit (validator set changes included) is done.
-            self.write_snapshot(previous, block.prev_block_hash)
-        number, eth_hash = decode_app_header(block.app_header)
-        parts = split_payloads(block.payloads)
-        context = BlockContext(block.height, block.timestamp_ms, number, eth_hash)
-        self._await_chain_block(number, eth_hash)
+        Total: a block the ledger refuses (impossible after validation, but a committed block
+        is never re-judged) leaves the state unchanged and refuses each payload. Facts for
+        another block are a shell bug and raise AssertionError (fetch them with committed=True).
+        """
+        assert isinstance(facts, ChainFacts) and facts.complete \
+            and facts.payloads_digest == _payloads_digest(block.payloads), \
+            f"finalize_block({block.height}): facts are missing or for another block; fix the shell to call " \
+            "fetch_facts(height, app_header, payloads, committed=True) first"
+        self._outbound = []
         try:
-            outcome = self.ledger.apply_block(context, self.chain.view_at(number), parts.events)
-        except BlockRejected as exc:  # validated before commit: reaching this is a bug
-            raise AssertionError(f"committed block {block.height} rejected by the ledger: {exc}") from exc
+            number, eth_hash = decode_app_header(block.app_header)
+            parts = split_payloads(block.payloads)
+            context = BlockContext(block.height, block.timestamp_ms, number, eth_hash)
+        except ValueError as exc:
+            return self._refused_block(block, f"malformed committed block: {exc}")
+        view = facts.view()
+        try:
+            outcome = self.ledger.apply_block(context, view, parts.events)
+        except BlockRejected as exc:
+            return self._refused_block(block, f"the ledger refused committed block {block.height}: {exc}")
+        if view.outside:
+            self.outside_reads += len(view.outside)
+            log.error("block %d read chain keys outside its facts (answered as absent): %s", block.height,
+                      view.outside[:4])
         self.last_eth_block = number
-        for result in outcome.results:
-            self.results[result.event_id] = (block.height, result)
-        for event in parts.events:
-            self.by_message.setdefault((event.charger_id, event.message_id), event.event_id)
-        while len(self.results) > MAX_REMEMBERED_RESULTS:
-            self.results.popitem(last=False)
-        while len(self.by_message) > MAX_REMEMBERED_RESULTS:
-            self.by_message.popitem(last=False)
+        self._last_block = (block.height, block.hash)
+        self._remember_messages(block.height, parts.events)
+        results = {r.event_id: r for r in outcome.results}
         event_ids = tuple(event.event_id for event in parts.events)
         self.anchor_index.record_block(block.height, event_ids)
+        notices: list[Any] = []
         closed = self.batcher.on_block(BatchBlock(block.height, block.timestamp_ms, event_ids))
         if closed is not None:
             batch, _ = closed
@@ -268,76 +399,84 @@ class NodeApplication:
             self._expect_and_sign(batch)
         for order in outcome.settlements:
             self._expect_and_sign(Settlement(order.session_id, order.energy_wh, order.amount))
+        attestation_results: dict[bytes, TxResult] = {}
         for attestation in parts.attestations:
+            encoded = attestation.encode()
             if attestation.signer == self.settings.key.address:
-                self.on_own_committed(attestation.encode())
+                notices.append(OwnAttestationCommitted(encoded))
             try:
                 quorum = self.book.on_committed(attestation, block.height)
-            except AttestationError:
+            except AttestationError as exc:
                 self.counters["attestations_ignored"] += 1  # late, repeated or for a closed subject
+                attestation_results[encoded] = TxResult(CODE_ATTESTATION_IGNORED, log=str(exc))
                 continue
             self.counters["attestations_counted"] += 1
+            attestation_results[encoded] = TxResult()
             if quorum is not None:
                 self.counters["quorums"] += 1
                 if isinstance(quorum.subject, AnchorBatch):
                     self.anchor_index.record_quorum(quorum.subject.batch_id, block.height)
-                self.on_quorum(quorum)
-        self._follow_validator_set(block.height, number)
+                notices.append(quorum)
+        update = self._follow_validator_set(block.height, facts, notices)
         self.counters["blocks"] += 1
         self.counters["events"] += len(parts.events)
-        return outcome.state_hash
+        tx_results = []
+        for payload in block.payloads:
+            if payload[0] == EVENT_PAYLOAD_FIRST_BYTE:
+                tx_results.append(event_tx_result(results[ChargerEvent.from_bytes(payload).event_id]))
+            else:
+                tx_results.append(attestation_results.get(payload, TxResult(CODE_ATTESTATION_IGNORED)))
+        outbound, self._outbound = tuple(self._outbound), []
+        return FinalizeResult(tuple(tx_results), outcome.state_hash, update, outbound, tuple(notices))
 
-    def _follow_validator_set(self, height: int, eth_block: int) -> None:
+    def _refused_block(self, block: Block, why: str) -> FinalizeResult:
+        log.error("%s; the state is unchanged", why)
+        self.counters["blocks_refused"] = self.counters.get("blocks_refused", 0) + 1
+        self._last_block = (block.height, block.hash)
+        refusal = TxResult(CODE_BLOCK_REFUSED, log=why)
+        return FinalizeResult(tuple(refusal for _ in block.payloads), self.ledger.state_hash())
+
+    def _remember_messages(self, height: int, events: list[ChargerEvent]) -> None:
+        keys = []
+        for event in events:
+            key = (event.charger_id, event.message_id)
+            if key not in self.by_message:
+                self.by_message[key] = (height, event.event_id, event.dedup_key)
+                keys.append(key)
+        self._messages_by_height.append((height, tuple(keys)))
+        while self._messages_by_height and self._messages_by_height[0][0] <= height - MESSAGE_WINDOW_BLOCKS:
+            _, old = self._messages_by_height.popleft()
+            for key in old:
+                self.by_message.pop(key, None)
+
+    def _follow_validator_set(self, height: int, facts: ChainFacts, notices: list[Any]) -> ValidatorUpdate | None:
         """An epoch change on chain at the block's Ethereum read block takes effect here.
 
-        Deterministic: every node reads the ValidatorSet at the same agreed Ethereum block.
-        Consensus switches sets two heights later (`validator_update`); attestations switch
-        now, carrying over open subjects (and signing them if this node just joined).
+        Deterministic: every node read the ValidatorSet at the same agreed Ethereum block (in
+        the facts). Consensus switches sets two heights later (the ValidatorUpdate);
+        attestations switch now, carrying over open subjects (signed if this node just joined).
         """
-        epoch, addresses, bindings = self.chain.validators_at(eth_block)
-        if epoch == self.epoch:
-            return
-        assert epoch > self.epoch, f"the ValidatorSet epoch went back from {self.epoch} to {epoch}"
+        epoch, addresses = facts.epoch, facts.validators
+        if epoch <= self.epoch or not addresses:
+            if epoch < self.epoch:
+                log.error("the ValidatorSet epoch went back from %d to %d at height %d; ignored",
+                          self.epoch, epoch, height)
+            return None
         log.info("validator set epoch %d -> %d at height %d: %d validators", self.epoch, epoch, height,
                  len(addresses))
         me = self.settings.key.address
         joined = me in addresses and me not in self.validators
         self.epoch, self.validators = epoch, addresses
-        self._set_change = (height, ValidatorSet.equal(list(addresses), epoch), bindings)
+        bindings = dict(facts.bindings)
         self.book, quorums = self.book.rebased(addresses, height)
         for quorum in quorums:
             self.counters["quorums"] += 1
-            self.on_quorum(quorum)
+            notices.append(quorum)
         if joined:
             for subject in self.book.open_subjects():
                 self._sign(subject)
-        if self.on_validators_changed is not None:
-            self.on_validators_changed(addresses, bindings)
-
-    def validator_update(self, height: int) -> tuple[ValidatorSet, dict[bytes, bytes]] | None:
-        """The consensus hook: the new set if committing `height` changed the epoch."""
-        change = self._set_change
-        if change is None or change[0] != height:
-            return None
-        self._set_change = None
-        return change[1], change[2]
-
-    def _await_chain_block(self, number: int, eth_hash: bytes) -> None:
-        """Block until our RPC has the committed block's Ethereum block, with that hash.
-
-        A node that did not validate this block (catch-up) may have an RPC that lags or sits
-        on another fork; reading state there would diverge from the network. Gives up (the
-        node exits and restarts from its snapshot) after the chain view's outage limit.
-        """
-        attempts = [0]
-
-        def check() -> None:
-            fresh = attempts[0] > 0  # a remembered hash may predate a reorg: re-read on retries
-            attempts[0] += 1
-            if self.chain.head(max_age_s=0) < number or self.chain.block_hash(number, fresh=fresh) != eth_hash:
-                raise ChainReadError(f"Ethereum block {number} with hash 0x{eth_hash.hex()} not on our RPC yet")
-
-        patiently(f"waiting for Ethereum block {number}", check)
+        notices.append(ValidatorsChanged(addresses, bindings))
+        return ValidatorUpdate(height + 2, ValidatorSet.equal(list(addresses), epoch), bindings)
 
     def _expect_and_sign(self, subject: AnchorBatch | Settlement) -> None:
         try:
@@ -351,7 +490,35 @@ class NodeApplication:
 
     def _sign(self, subject: AnchorBatch | Settlement) -> None:
         domain = self.settings.anchor_domain if isinstance(subject, AnchorBatch) else self.settings.escrow_domain
-        self.on_own_attestation(attest(subject, self.settings.key, domain).encode())
+        self._outbound.append(attest(subject, self.settings.key, domain).encode())
+
+    # ---------------------------------------------------------------- commit (disk)
+
+    def commit(self, height: int) -> None:
+        """Persist after `height` is finalized and saved: a snapshot every SNAPSHOT_EVERY_BLOCKS."""
+        if self.snapshot_path is not None and height > 0 and height % SNAPSHOT_EVERY_BLOCKS == 0 \
+                and self._last_block[0] == height:
+            self.write_snapshot(height, self._last_block[1])
+
+    def take_restored_outbound(self) -> tuple[bytes, ...]:
+        """Own attestations `restore` signed again (the node submits them)."""
+        outbound, self._restored = tuple(self._restored), []
+        return outbound
+
+    # ---------------------------------------------------------------- state sync (not offered yet)
+
+    def list_snapshots(self) -> tuple[Snapshot, ...]:
+        """State sync is not offered yet (the community-nodes issue): no snapshots listed."""
+        return ()
+
+    def load_snapshot_chunk(self, height: int, format: int, index: int) -> bytes | None:
+        return None
+
+    def offer_snapshot(self, snapshot: Snapshot, app_hash: bytes) -> bool:
+        return False
+
+    def apply_snapshot_chunk(self, index: int, chunk: bytes) -> bool | None:
+        return False
 
     # ---------------------------------------------------------------- snapshots
 
@@ -397,6 +564,7 @@ class NodeApplication:
             return None
         assert ledger.state_hash() == state_hash, "a snapshot's ledger must hash as recorded"
         self.ledger, self.last_eth_block, self.epoch = ledger, last_eth_block, epoch
+        self._last_block = (height, block_hash)
         self.validators = tuple(validators)
         self.book = AttestationBook(self.validators, self.settings.anchor_domain, self.settings.escrow_domain)
         self.book.import_state([(_subject_from_fields(f), dict((a, sig) for a, sig in sigs)) for f, sigs in pending],
@@ -412,16 +580,34 @@ class NodeApplication:
             for subject in self.book.open_subjects():
                 if me not in self.book.signers_of(subject):
                     self._sign(subject)  # our attestation may not have been committed before the stop
+        self._restored.extend(self._outbound)
+        self._outbound = []
         log.info("application restored from the snapshot at height %d", height)
         return height, state_hash
 
-    def event_for_message(self, charger_id: str, message_id: str) -> bytes | None:
-        """The id of the first committed event carrying this charger message, while remembered."""
+    def message(self, charger_id: str, message_id: str) -> tuple[int, bytes, bytes] | None:
+        """(height, event id, dedup key) of the first committed event carrying this charger
+        message, within the last MESSAGE_WINDOW_BLOCKS heights."""
         return self.by_message.get((charger_id, message_id))
 
-    def result_for(self, event_id: bytes) -> tuple[int, EventResult] | None:
-        """(height, result) of a committed event, while remembered."""
-        return self.results.get(event_id)
+
+def _payloads_digest(payloads: tuple[bytes, ...]) -> bytes:
+    return keccak256(b"".join(keccak256(p) for p in payloads))
+
+
+def event_tx_result(result: EventResult) -> TxResult:
+    """The TxResult of one event: `data` = msgpack {"reply", "error_code", "duplicate"}, `code`
+    0 for a CALLRESULT, CODE_CALLERROR with the OCPP error code in `log`; anomalies in `info`."""
+    data = msgpack.packb({"reply": result.reply, "error_code": result.error_code, "duplicate": result.duplicate},
+                         use_bin_type=True)
+    return TxResult(0 if result.reply is not None else CODE_CALLERROR, data, result.error_code or "",
+                    (("anomalies", result.anomalies),) if result.anomalies else ())
+
+
+def decode_event_reply(result: TxResult) -> tuple[dict[str, Any] | None, str | None, bool]:
+    """(reply, OCPP error code, duplicate) from an event's TxResult (event_tx_result)."""
+    fields = msgpack.unpackb(result.data, raw=False) if result.data else {}
+    return fields.get("reply"), fields.get("error_code") or result.log or None, bool(fields.get("duplicate"))
 
 
 def _subject_fields(subject: AnchorBatch | Settlement) -> list[Any]:

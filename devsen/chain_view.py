@@ -19,10 +19,11 @@ from functools import partial
 from typing import Any, TypeVar
 
 import trio
+from eth_utils.abi import get_abi_output_types
 from web3 import Web3
 from web3.types import FilterParams
 
-from anchoring.chain import ChainClient, device_id_of
+from anchoring.chain import ChainClient, ChainRevert, decode_revert_data, device_id_of
 from anchoring.chain import EscrowSession as ChainEscrowSession
 from anchoring.chain.client import SessionStatus
 from devsen.ledger import ChainView, DeviceInfo, EscrowSession, IdTagInfo, Tariff
@@ -189,6 +190,46 @@ def _to_ledger_device(record: Any) -> DeviceInfo | None:
         return None
 
 
+class BlockHash(bytes):
+    """A 32-byte block hash used as a read's block: the read is pinned by hash (EIP-1898)."""
+
+
+class ChainClientByHash(ChainClient):
+    """The chain client whose reads at a `BlockHash` go to `eth_call` with EIP-1898's
+    `{"blockHash": ..., "requireCanonical": true}`: a reorg makes the read fail, never answer
+    from another fork (web3's contract calls turn a hash into a number first)."""
+
+    def read(self, contract: str, function: str, *args: Any, block: Any) -> Any:
+        if not isinstance(block, BlockHash):
+            return super().read(contract, function, *args, block=block)
+        call = self.contracts[contract].functions[function](*args)
+        request = {"to": self.contracts[contract].address, "data": call._encode_transaction_data()}
+        at = {"blockHash": "0x" + bytes(block).hex(), "requireCanonical": True}
+        response = self.rpc(lambda: self.w3.provider.make_request("eth_call", [request, at]))  # type: ignore[arg-type]
+        error = response.get("error")
+        if error:
+            data = error.get("data") if isinstance(error, dict) else None
+            if isinstance(data, str) and data.startswith("0x") and len(data) >= 10:
+                raw = bytes.fromhex(data[2:])
+                name, decoded = decode_revert_data(raw)
+                raise ChainRevert(name, decoded, raw)
+            raise ChainReadError(f"eth_call {contract}.{function} at block 0x{bytes(block).hex()}: {error}")
+        output = bytes.fromhex(str(response["result"])[2:])
+        values = _checksummed(self.w3.codec.decode(get_abi_output_types(call.abi), output))
+        return values[0] if len(values) == 1 else tuple(values)
+
+
+def _checksummed(value: Any) -> Any:
+    """Decoded ABI values as web3's contract calls return them (checksum addresses)."""
+    if isinstance(value, str) and len(value) == 42 and value.startswith("0x"):
+        return Web3.to_checksum_address(value)
+    if isinstance(value, list):
+        return [_checksummed(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_checksummed(v) for v in value)
+    return value
+
+
 class ReadCache:
     """Registry and escrow reads kept across Ethereum blocks until a contract event touches them.
 
@@ -253,11 +294,15 @@ class ReadCache:
 class ContractChainView(ChainView):
     """On-chain facts at one Ethereum block, read through the chain client and memoised."""
 
-    def __init__(self, client: ChainClient, index: SessionIndex, block_number: int, cache: ReadCache) -> None:
+    def __init__(self, client: ChainClient, index: SessionIndex, block_number: int, cache: ReadCache,
+                 block_hash: bytes | None = None) -> None:
         assert cache.block == block_number, "advance the cache to the view's block first"
         self._client = client
         self._index = index
         self.block_number = block_number
+        # Reads go by hash when it is known (EIP-1898): a reorg fails them instead of answering
+        # from another fork. The read cache is keyed by number and follows the same chain.
+        self.at: Any = BlockHash(block_hash) if block_hash is not None else block_number
         self._cache = cache
         self._memo: dict[tuple[str, Any], Any] = {}
 
@@ -273,20 +318,20 @@ class ContractChainView(ChainView):
 
     def device(self, charge_box_id: str) -> DeviceInfo | None:
         record = self._cache.get("device", device_id_of(charge_box_id),
-                                 lambda block: self._client.device(charge_box_id, block))
+                                 lambda block: self._client.device(charge_box_id, self.at))
         if record is None:
             return None
         return _to_ledger_device(record)
 
     def id_tag(self, tag_hash: bytes) -> IdTagInfo | None:
-        record = self._cache.get("id_tag", tag_hash, lambda block: self._client.id_tag(tag_hash, block))
+        record = self._cache.get("id_tag", tag_hash, lambda block: self._client.id_tag(tag_hash, self.at))
         if record is None:
             return None
         return IdTagInfo(account=record.account, expiry_s=record.expiry, revoked=record.revoked)
 
     def _session(self, session_id: bytes) -> ChainEscrowSession | None:
         result: ChainEscrowSession | None = self._cache.get(
-            "session", session_id, lambda block: self._client.session(session_id, block))
+            "session", session_id, lambda block: self._client.session(session_id, self.at))
         return result
 
     def open_escrow_sessions(self, charge_box_id: str) -> Sequence[EscrowSession]:
@@ -306,7 +351,7 @@ class ContractChainView(ChainView):
         if session is None or session.status != SessionStatus.OPEN:
             return None
         device = self._cache.get("device", session.device_id,
-                                 lambda block: self._client.device_by_id(session.device_id, block))
+                                 lambda block: self._client.device_by_id(session.device_id, self.at))
         return _to_ledger_session(device.charge_box_id if device else "", session)
 
 
@@ -361,17 +406,19 @@ class ContractChainAccess:
             self._hashes.popitem(last=False)
         return block_hash
 
-    def view_at(self, number: int) -> ContractChainView:
-        """The ledger's ChainView at block `number`."""
+    def view_at(self, number: int, block_hash: bytes | None = None) -> ContractChainView:
+        """The ledger's ChainView at block `number` (reads by `block_hash` when given)."""
         self.cache.advance(number)
-        return ContractChainView(self.client, self.index, number, self.cache)
+        return ContractChainView(self.client, self.index, number, self.cache, block_hash)
 
-    def validators_at(self, number: int) -> tuple[int, tuple[bytes, ...], dict[bytes, bytes]]:
-        """(epoch, sorted addresses, address -> peer id) of the ValidatorSet at block `number`."""
+    def validators_at(self, number: int, block_hash: bytes | None = None) -> tuple[int, tuple[bytes, ...], dict[bytes, bytes]]:
+        """(epoch, sorted addresses, address -> peer id) of the ValidatorSet at block `number`
+        (read by `block_hash` when given)."""
         self.cache.advance(number)
+        at: Any = BlockHash(block_hash) if block_hash is not None else number
 
         def read(block: int) -> tuple[int, tuple[bytes, ...], dict[bytes, bytes]]:
-            state = self.client.validator_set(block)
+            state = self.client.validator_set(at)
             bindings = {bytes.fromhex(v.address[2:]): bytes(v.peer_id) for v in state.validators if v.peer_id}
             return state.epoch, tuple(sorted(bytes.fromhex(v.address[2:]) for v in state.validators)), bindings
 

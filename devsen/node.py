@@ -36,10 +36,24 @@ from anchoring.chain import (
 from anchoring.onchain import OnChain
 from anchoring.proofs import AnchorIndex, ProofService, http_routes
 from anchoring.submitter import JobStore, Submitter, SubmitterConfig
+from consensus.abci import FinalizeResult, TxResult
 from consensus.core import TimeoutConfig
-from consensus.types import ValidatorSet
-from devsen.app import AppSettings, NodeApplication
-from devsen.chain_view import ChainChargerRegistry, ContractChainAccess, SessionIndex
+from consensus.types import Block, ValidatorSet
+from devsen.abci_shim import LegacyShellAdapter
+from devsen.app import (
+    MESSAGE_WINDOW_BLOCKS,
+    AppSettings,
+    NodeApplication,
+    OwnAttestationCommitted,
+    ValidatorsChanged,
+    decode_event_reply,
+)
+from devsen.chain_view import (
+    ChainChargerRegistry,
+    ChainClientByHash,
+    ContractChainAccess,
+    SessionIndex,
+)
 from devsen.config import ConfigError, NodeConfig
 from devsen.consensus_service import (
     AlreadyCommitted,
@@ -70,21 +84,33 @@ MAX_ATTESTATIONS_IN_FLIGHT = 64
 
 
 class NodeIngest:
-    """The OCPP adapter's Ingest: order the event through consensus, answer from the ledger."""
+    """The OCPP adapter's Ingest: order the event through consensus, answer from its TxResult.
 
-    def __init__(self, service: ConsensusService, app: NodeApplication, commit_timeout_s: float) -> None:
+    The reply travels in the commit receipt (`receipt.result`, the event's TxResult from
+    FinalizeBlock); a retry of a message committed earlier is answered from the ledger's
+    reply history (by dedup key)."""
+
+    def __init__(self, service: ConsensusService, app: NodeApplication, commit_timeout_s: float,
+                 result_of: Callable[[Any], TxResult | None] | None = None) -> None:
         self.service = service
         self.app = app
         self.commit_timeout_s = commit_timeout_s
+        self.result_of = result_of or (lambda receipt: getattr(receipt, "result", None))
+
+    def _earlier(self, event: ChargerEvent) -> IngestResult | None:
+        earlier = self.app.ledger.reply_for(event.dedup_key)
+        if earlier is None:
+            return None
+        reply, error_code = earlier
+        if reply is None:
+            raise IngestRejected(f"the ledger refused this message earlier ({error_code})", code=error_code)
+        return IngestResult(reply, event.event_id, None, duplicate=True)
 
     async def submit(self, event: ChargerEvent) -> IngestResult:
         """Commit `event` (or find the earlier commit of the same charger message) and reply."""
-        earlier = self.app.ledger.reply_for(event.dedup_key)
+        earlier = self._earlier(event)
         if earlier is not None:
-            reply, error_code = earlier
-            if reply is None:
-                raise IngestRejected(f"the ledger refused this message earlier ({error_code})", code=error_code)
-            return IngestResult(reply, event.event_id, None, duplicate=True)
+            return earlier
         try:
             receipt = await self.service.submit(event.to_bytes(), timeout_s=self.commit_timeout_s)
         except ConsensusOverloaded as exc:
@@ -92,22 +118,22 @@ class NodeIngest:
         except CommitTimeout as exc:
             raise IngestOverloaded(f"not committed yet, retry the same message: {exc}") from exc
         except AlreadyCommitted as exc:
-            found = self.app.result_for(event.event_id)
-            if found is not None and found[1].reply is not None:
-                return IngestResult(found[1].reply, event.event_id, found[0], duplicate=True)
-            earlier = self.app.ledger.reply_for(event.dedup_key)
-            if earlier is not None and earlier[0] is not None:
-                return IngestResult(earlier[0], event.event_id, None, duplicate=True)
-            code = found[1].error_code if found is not None else earlier[1] if earlier is not None else None
-            raise IngestRejected(f"this exact event was committed long ago: {exc}", code=code) from exc
-        found = self.app.result_for(event.event_id)
-        if found is None:
-            raise IngestOverloaded("committed, but its result is no longer in memory; retry")
-        height, result = found
-        if result.reply is None:
-            raise IngestRejected(f"the ledger refused this message ({result.error_code})", code=result.error_code)
-        return IngestResult(result.reply, event.event_id, receipt.height, duplicate=result.duplicate,
-                            notes={"anomalies": list(result.anomalies)} if result.anomalies else {})
+            earlier = self._earlier(event)
+            if earlier is not None:
+                return earlier
+            raise IngestRejected(f"this exact event was committed long ago: {exc}") from exc
+        result = self.result_of(receipt)
+        if result is None:  # cannot happen with CommitReceipt.result; the shim's window passed
+            earlier = self._earlier(event)
+            if earlier is not None:
+                return earlier
+            raise IngestOverloaded("committed, but its result was not delivered; retry the same message")
+        reply, error_code, duplicate = decode_event_reply(result)
+        if reply is None:
+            raise IngestRejected(f"the ledger refused this message ({error_code})", code=error_code)
+        anomalies = dict(result.info).get("anomalies")
+        return IngestResult(reply, event.event_id, receipt.height, duplicate=duplicate,
+                            notes={"anomalies": list(anomalies)} if anomalies else {})
 
 
 class AttestationOutbox:
@@ -119,7 +145,7 @@ class AttestationOutbox:
         self.dropped = 0
 
     def add(self, payload: bytes) -> None:
-        """Queue a payload (called from apply_block); the oldest go first when full."""
+        """Queue a payload (from FinalizeResult.outbound_payloads); the oldest go first when full."""
         if len(self.pending) >= MAX_OWN_ATTESTATIONS:
             self.pending.popitem(last=False)
             self.dropped += 1
@@ -176,6 +202,7 @@ class NodeParts:
     quorums: QuorumInbox
     connections: ChargerConnections
     started_at: float
+    result_of: Callable[[Any], TxResult | None] | None = None
 
 
 def _load_deployment(config: NodeConfig) -> Deployment:
@@ -277,7 +304,7 @@ def build_node(config: NodeConfig) -> NodeParts:
     data_dir = Path(config.node.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     w3 = connect(config.chain.rpc)
-    client = ChainClient(w3, deployment, TransactionSender(w3, keys.validator.secret))
+    client = ChainClientByHash(w3, deployment, TransactionSender(w3, keys.validator.secret))
     chain_id = int(w3.eth.chain_id)
     if chain_id != deployment.chain_id:
         raise ConfigError(f"config key 'chain.rpc': the chain there has id {chain_id}, the deployment file "
@@ -319,10 +346,11 @@ def build_node(config: NodeConfig) -> NodeParts:
     )
     quorums = QuorumInbox()
     access = ContractChainAccess(client, SessionIndex(client, deployment.deploy_block))
-    app = NodeApplication(settings, access, Ledger(), AnchorIndex(data_dir / "anchors.sqlite"),
-                          on_own_attestation=outbox.add, on_own_committed=outbox.committed,
-                          on_quorum=quorums.add)
+    app = NodeApplication(settings, access, Ledger(), AnchorIndex(data_dir / "anchors.sqlite"))
     app.snapshot_path = data_dir / "app_snapshot.msgpack"
+    on_validators: list[Callable[[ValidatorsChanged], None]] = []
+    route = FinalizeRouter(outbox, quorums, on_validators)
+    shell_app = LegacyShellAdapter(app, route.on_finalized)  # THROWAWAY: until wt-shell lands
     timeouts = TimeoutConfig(
         propose_ms=config.consensus.timeout_propose_ms, propose_delta_ms=config.consensus.timeout_delta_ms,
         prevote_ms=config.consensus.timeout_vote_ms, prevote_delta_ms=config.consensus.timeout_delta_ms,
@@ -340,7 +368,7 @@ def build_node(config: NodeConfig) -> NodeParts:
         block_max_bytes=config.consensus.max_block_bytes,
         # An idle proposer waits for payloads, but well inside its own propose timeout.
         empty_block_interval_s=max(0.05, min(1.0, config.consensus.timeout_propose_ms / 2000)),
-    ), app)
+    ), shell_app)
     directory = service.config.directory
 
     def validators_changed(validators: tuple[bytes, ...], chain_bindings: dict[bytes, bytes]) -> None:
@@ -348,9 +376,11 @@ def build_node(config: NodeConfig) -> NodeParts:
         submitter.validators = sorted(validators)
 
     validators_changed(app.validators, bindings)  # after the replay of committed blocks
-    app.on_validators_changed = validators_changed
+    on_validators.append(lambda change: validators_changed(change.validators, change.bindings))
+    for payload in app.take_restored_outbound():
+        outbox.add(payload)
     return NodeParts(config, keys, deployment, client, app, service, submitter, outbox, quorums,
-                     ChargerConnections(), time.time())
+                     ChargerConnections(), time.time(), result_of=shell_app.result_of)
 
 
 def build_router(parts: NodeParts) -> Router:
@@ -389,19 +419,45 @@ def build_router(parts: NodeParts) -> Router:
                      "app_state_hash_before": "0x" + committed.block.app_state_hash.hex()}
 
     async def charger_message(params: dict[str, str]) -> tuple[int, Any]:
-        event_id = parts.app.event_for_message(params["charger_id"], params["message_id"])
-        if event_id is None:
-            raise HttpError(404, "no committed event for that charger message (or no longer remembered)")
-        found = parts.app.result_for(event_id)
-        body: dict[str, Any] = {"event_id": "0x" + event_id.hex()}
-        if found is not None:
-            body.update(height=found[0], reply=found[1].reply, duplicate=found[1].duplicate)
+        found = parts.app.message(params["charger_id"], params["message_id"])
+        if found is None:
+            raise HttpError(404, "no committed event for that charger message in the last "
+                                 f"{MESSAGE_WINDOW_BLOCKS} blocks")
+        height, event_id, dedup_key = found
+        body: dict[str, Any] = {"event_id": "0x" + event_id.hex(), "height": height}
+        reply = parts.app.ledger.reply_for(dedup_key)
+        if reply is not None:
+            body.update(reply=reply[0], error_code=reply[1])
         return 200, body
 
     router.get("/v1/status", status)
     router.get("/v1/chargers/{charger_id}/messages/{message_id}", charger_message)
     router.get("/v1/heights/{height}", ledger_state)
     return router
+
+
+class FinalizeRouter:
+    """Carries out a FinalizeResult after its block is committed: own attestations to the
+    outbox, committed own attestations out of it, quorums to the submitter's inbox, validator
+    set changes to the peer directory and the submitter."""
+
+    def __init__(self, outbox: AttestationOutbox, quorums: QuorumInbox,
+                 on_validators: list[Callable[[ValidatorsChanged], None]]) -> None:
+        self.outbox = outbox
+        self.quorums = quorums
+        self.on_validators = on_validators
+
+    def on_finalized(self, block: Block, result: FinalizeResult) -> None:
+        for payload in result.outbound_payloads:
+            self.outbox.add(payload)
+        for notice in result.notices:
+            if isinstance(notice, OwnAttestationCommitted):
+                self.outbox.committed(notice.payload)
+            elif isinstance(notice, Quorum):
+                self.quorums.add(notice)
+            elif isinstance(notice, ValidatorsChanged):
+                for listener in self.on_validators:
+                    listener(notice)
 
 
 class QuorumInbox:
@@ -413,7 +469,7 @@ class QuorumInbox:
         self.dropped = 0
 
     def add(self, quorum: Quorum) -> None:
-        """Called from apply_block. Bounded: the submitter persists quorums faster than blocks
+        """Called with FinalizeResult notices. Bounded: the submitter persists quorums faster than blocks
         make them; if it is stuck this long, the oldest is dropped (a restart finds it again
         by replaying the blocks)."""
         if len(self.queue) >= MAX_QUEUED_QUORUMS:
@@ -453,7 +509,8 @@ async def supervised(name: str, run: Callable[[], Awaitable[None]], restart_dela
 async def serve_node(parts: NodeParts, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     """Run consensus, the OCPP endpoint, the HTTP API and the submitter until cancelled."""
     config = parts.config
-    ingest = NodeIngest(parts.service, parts.app, commit_timeout_s=config.ocpp.call_timeout_s)
+    ingest = NodeIngest(parts.service, parts.app, commit_timeout_s=config.ocpp.call_timeout_s,
+                        result_of=parts.result_of)
     ocpp_config = OcppServerConfig(
         host=config.ocpp.host, port=config.ocpp.port, node_name=config.node.name,
         security_profile=config.ocpp.security_profile, tls_cert=config.ocpp.tls_cert or None,

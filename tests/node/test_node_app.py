@@ -15,7 +15,10 @@ from devsen.app import (
     AppHeaderError,
     AppSettings,
     NodeApplication,
+    OwnAttestationCommitted,
+    ValidatorsChanged,
     decode_app_header,
+    decode_event_reply,
     encode_app_header,
 )
 from devsen.ledger import DeviceInfo, IdTagInfo, Ledger, StaticChainView, Tariff
@@ -25,7 +28,7 @@ KEYS = [SigningKey(bytes([i]) * 32) for i in range(1, 5)]
 VALIDATORS = tuple(sorted(k.address for k in KEYS))
 ANCHOR = Domain(31337, b"\x0a" * 20)
 ESCROW = Domain(31337, b"\x0e" * 20)
-CERT = CommitCertificate.__new__(CommitCertificate)  # apply_block does not read it
+CERT = CommitCertificate.__new__(CommitCertificate)  # finalize_block does not read it
 
 
 class StaticChain:
@@ -38,6 +41,7 @@ class StaticChain:
             devices={"CP-1": DeviceInfo(b"\x01" * 32, "0x" + "11" * 20, 2, Tariff(300_000))},
             id_tags={"TAG-1": IdTagInfo("0x" + "22" * 20)},
         )
+        self.reads_by: list[bytes] = []
 
     def head(self, max_age_s: float = 0.25) -> int:
         return self.head_number
@@ -45,24 +49,56 @@ class StaticChain:
     def block_hash(self, number: int, fresh: bool = False) -> bytes:
         return number.to_bytes(32, "big")
 
-    def view_at(self, number: int) -> StaticChainView:
+    def view_at(self, number: int, block_hash: bytes) -> StaticChainView:
+        self.reads_by.append(block_hash)
         return self.view
 
-    def validators_at(self, number: int):
+    def validators_at(self, number: int, block_hash: bytes):
         epoch = max(e for e in self.epochs if e <= number)
         addresses = self.epochs[epoch]
         return len([e for e in self.epochs if e <= number]) - 1, addresses, {a: b"peer" + a for a in addresses}
 
 
-def make_app(tmp_path, key: SigningKey = KEYS[0], every_blocks: int = 2):
-    own: list[bytes] = []
-    committed_own: list[bytes] = []
-    quorums = []
+class Shell:
+    """The consensus shell's calls into the application, in order, collecting what it returns."""
+
+    def __init__(self, app: NodeApplication) -> None:
+        self.app = app
+        self.own: list[bytes] = []
+        self.committed_own: list[bytes] = []
+        self.quorums: list = []
+        self.changes: list = []
+        self.updates: list = []
+        self.results: list = []
+
+    def process(self, b: Block) -> bool:
+        return self.app.process_proposal(b, self.app.fetch_facts(b.height, b.app_header, b.payloads))
+
+    def finalize(self, b: Block) -> bytes:
+        facts = self.app.fetch_facts(b.height, b.app_header, b.payloads, committed=True)
+        result = self.app.finalize_block(b, CERT, facts)
+        assert len(result.tx_results) == len(b.payloads)
+        self.app.commit(b.height)
+        self.own.extend(result.outbound_payloads)
+        for notice in result.notices:
+            if isinstance(notice, OwnAttestationCommitted):
+                self.committed_own.append(notice.payload)
+            elif isinstance(notice, ValidatorsChanged):
+                self.changes.append(notice.validators)
+            else:
+                self.quorums.append(notice)
+        if result.validator_update is not None:
+            self.updates.append(result.validator_update)
+        self.results.append(result)
+        return result.app_hash
+
+
+def make_app(tmp_path, key: SigningKey = KEYS[0], every_blocks: int = 2, confirmations: int = 2):
     app = NodeApplication(
-        AppSettings(key, VALIDATORS, ANCHOR, ESCROW, BatchPolicy(every_blocks=every_blocks, every_ms=10**9), 2),
-        StaticChain(), Ledger(), AnchorIndex(tmp_path / "anchors.sqlite"),
-        on_own_attestation=own.append, on_own_committed=committed_own.append, on_quorum=quorums.append)
-    return app, own, committed_own, quorums
+        AppSettings(key, VALIDATORS, ANCHOR, ESCROW, BatchPolicy(every_blocks=every_blocks, every_ms=10**9),
+                    confirmations),
+        StaticChain(), Ledger(), AnchorIndex(tmp_path / "anchors.sqlite"))
+    return app, Shell(app)
 
 
 def event(message_id: str, action: str = "BootNotification", payload: dict | None = None) -> bytes:
@@ -84,85 +120,121 @@ def test_app_header_round_trip_and_strictness():
 
 
 def test_proposed_header_names_a_confirmed_block_and_never_goes_back(tmp_path):
-    app, *_ = make_app(tmp_path)
-    assert decode_app_header(app.propose_app_header(1))[0] == 10 - 2
+    app, _ = make_app(tmp_path)
+    prepared = app.prepare_proposal(1, (event("m1"), b"\x01junk"), app.propose_facts(1))
+    assert decode_app_header(prepared.app_header)[0] == 10 - 2
+    assert prepared.payloads == (event("m1"),)  # what no block could carry is left out
     app.last_eth_block = 9
-    assert decode_app_header(app.propose_app_header(2))[0] == 9
+    assert decode_app_header(app.prepare_proposal(2, (), app.propose_facts(2)).app_header)[0] == 9
 
 
 def test_validation_rejects_garbage_foreign_and_backward_blocks(tmp_path):
-    app, *_ = make_app(tmp_path)
-    assert app.validate_block(block(app, 1, (event("m1"),)))
-    assert not app.validate_block(block(app, 1, (b"\x01garbage",)))
-    assert not app.validate_block(block(app, 1, (event("m1")[:-1],)))
-    assert not app.validate_block(block(app, 1, (), eth_block=11))  # beyond the chain head here
+    app, shell = make_app(tmp_path)
+    assert shell.process(block(app, 1, (event("m1"),)))
+    assert not shell.process(block(app, 1, (b"\x01garbage",)))
+    assert not shell.process(block(app, 1, (event("m1")[:-1],)))
+    assert not shell.process(block(app, 1, (), eth_block=11))  # beyond the chain head here
     wrong_hash = Block(1, 1, KEYS[0].address, ZERO_HASH, ZERO_HASH, (), encode_app_header(5, b"\xff" * 32))
-    assert not app.validate_block(wrong_hash)
+    assert not shell.process(wrong_hash)
     outsider = SigningKey(b"\x09" * 32)
     foreign = attest(AnchorBatch(0, b"\x01" * 32, 1, 1, 1), outsider, ANCHOR).encode()
-    assert not app.validate_block(block(app, 1, (foreign,)))
+    assert not shell.process(block(app, 1, (foreign,)))
     forged = bytearray(attest(AnchorBatch(0, b"\x01" * 32, 1, 1, 1), KEYS[1], ANCHOR).encode())
     forged[-5] ^= 1
-    assert not app.validate_block(block(app, 1, (bytes(forged),)))
-    future = Block(1, 4_000_000_000_000, KEYS[0].address, ZERO_HASH, ZERO_HASH, (), encode_app_header(5, b"\x00" * 27 + b"\x00\x00\x00\x00\x05"))
-    assert not app.validate_block(future)  # block time far ahead of this node's clock
-    app.apply_block(block(app, 1, (), eth_block=6), CERT)
-    assert not app.validate_block(block(app, 2, (), eth_block=5))  # Ethereum read block went back
+    assert not shell.process(block(app, 1, (bytes(forged),)))
+    future = Block(1, 4_000_000_000_000, KEYS[0].address, ZERO_HASH, ZERO_HASH, (), encode_app_header(5, (5).to_bytes(32, "big")))
+    assert not shell.process(future)  # block time far ahead of this node's clock
+    shell.finalize(block(app, 1, (), eth_block=6))
+    assert not shell.process(block(app, 2, (), eth_block=5))  # Ethereum read block went back
+
+
+def test_a_proposal_naming_an_unconfirmed_ethereum_block_is_refused(tmp_path):
+    """Reorg safety: head 10, confirmations 2 -> block 9 or 10 is too shallow by our own head."""
+    app, shell = make_app(tmp_path)
+    assert shell.process(block(app, 1, (), eth_block=8))
+    for shallow in (9, 10):
+        facts = app.fetch_facts(1, block(app, 1, (), eth_block=shallow).app_header)
+        assert facts.problem is not None and "confirmations" in facts.problem
+        assert not shell.process(block(app, 1, (), eth_block=shallow))
+    # Once committed (2f+1 others saw it deep enough), it is applied all the same.
+    shell.finalize(block(app, 1, (), eth_block=9))
+    assert app.last_eth_block == 9
+    assert app.chain.reads_by[-1] == (9).to_bytes(32, "big")  # reads pinned by the block's hash
+
+
+def test_facts_for_another_block_are_refused(tmp_path):
+    app, shell = make_app(tmp_path)
+    b = block(app, 1, (event("m1"),))
+    other = app.fetch_facts(1, b.app_header, ())  # fetched without the block's payloads
+    assert not app.process_proposal(b, other)
+    with pytest.raises(AssertionError, match="fetch_facts"):
+        app.finalize_block(b, CERT, other)
 
 
 def test_apply_answers_events_closes_batches_and_collects_a_quorum(tmp_path):
     for path in (tmp_path / f"n{i}" for i in range(4)):
         path.mkdir()
     apps = [make_app(tmp_path / f"n{i}", key) for i, key in enumerate(KEYS)]
-    payloads = (event("m1"), event("m2", "Heartbeat", {}))
-    hashes = {app.apply_block(block(app, 1, payloads), CERT) for app, *_ in apps}
+    payloads = (event("m1"), event("m2", "Heartbeat", {}), event("m3", "Authorize", {"idTag": "NOPE"}))
+    hashes = {shell.finalize(block(app, 1, payloads)) for app, shell in apps}
     assert len(hashes) == 1  # every node reaches the same state
-    app, own, committed_own, quorums = apps[0]
-    first_id = ChargerEvent.from_bytes(payloads[0]).event_id
-    height, result = app.result_for(first_id)
-    assert height == 1 and result.reply["status"] == "Accepted"
-    assert app.event_for_message("CP-1", "m2") == ChargerEvent.from_bytes(payloads[1]).event_id
-    assert not own  # the batch needs 2 blocks
-    for node, *_ in apps:
-        node.apply_block(block(node, 2, ()), CERT)
-    attestations = [outbox[0] for _, outbox, _, _ in apps]
-    assert all(len(outbox) == 1 for _, outbox, _, _ in apps)
+    app, shell = apps[0]
+    results = shell.results[0].tx_results
+    reply, error_code, duplicate = decode_event_reply(results[0])
+    assert results[0].code == 0 and reply["status"] == "Accepted" and error_code is None and not duplicate
+    assert decode_event_reply(results[2])[0] == {"idTagInfo": {"status": "Invalid"}}
+    assert app.message("CP-1", "m2")[1] == ChargerEvent.from_bytes(payloads[1]).event_id
+    assert not shell.own  # the batch needs 2 blocks
+    for node, node_shell in apps:
+        node_shell.finalize(block(node, 2, ()))
+    attestations = [s.own[0] for _, s in apps]
+    assert all(len(s.own) == 1 for _, s in apps)
     batch = decode_attestation(attestations[0]).subject
-    assert isinstance(batch, AnchorBatch) and batch.batch_id == 0 and batch.event_count == 2
+    assert isinstance(batch, AnchorBatch) and batch.batch_id == 0 and batch.event_count == 3
     # Three of four attestations committed in block 3 reach the quorum on every node.
-    for node, _, _, node_quorums in apps:
-        node.apply_block(block(node, 3, tuple(attestations[:3])), CERT)
-        assert len(node_quorums) == 1 and node_quorums[0].subject == batch
-    assert committed_own == [attestations[0]]
+    for node, node_shell in apps:
+        node_shell.finalize(block(node, 3, tuple(attestations[:3])))
+        assert len(node_shell.quorums) == 1 and node_shell.quorums[0].subject == batch
+    assert shell.committed_own == [attestations[0]]
     # A late fourth attestation is ignored quietly: no second quorum, no error.
-    app.apply_block(block(app, 4, (attestations[3],)), CERT)
-    assert app.counters["attestations_ignored"] == 0 and len(quorums) == 1
+    shell.finalize(block(app, 4, (attestations[3],)))
+    assert app.counters["attestations_ignored"] == 0 and len(shell.quorums) == 1
+
+
+def test_message_lookup_is_kept_for_a_height_window(tmp_path, monkeypatch):
+    import devsen.app as app_module
+
+    monkeypatch.setattr(app_module, "MESSAGE_WINDOW_BLOCKS", 3)
+    app, shell = make_app(tmp_path, every_blocks=100)
+    shell.finalize(block(app, 1, (event("m1", "Heartbeat", {}),)))
+    for height in (2, 3):
+        shell.finalize(block(app, height, ()))
+        assert app.message("CP-1", "m1") is not None
+    shell.finalize(block(app, 4, ()))
+    assert app.message("CP-1", "m1") is None and not app.by_message
 
 
 def test_epoch_change_on_chain_switches_consensus_and_attestations(tmp_path):
     newcomer = SigningKey(b"\x07" * 32)
-    app, own, _, quorums = make_app(tmp_path, key=newcomer, every_blocks=2)
-    changed = []
-    app.on_validators_changed = lambda validators, bindings: changed.append(validators)
-    app.apply_block(block(app, 1, (event("m1"),), eth_block=5), CERT)
-    app.apply_block(block(app, 2, (), eth_block=5), CERT)
-    assert not own  # not a validator yet: it closes the batch but does not sign
+    app, shell = make_app(tmp_path, key=newcomer, every_blocks=2)
+    shell.finalize(block(app, 1, (event("m1"),), eth_block=5))
+    shell.finalize(block(app, 2, (), eth_block=5))
+    assert not shell.own  # not a validator yet: it closes the batch but does not sign
     new_set = tuple(sorted([*VALIDATORS[1:], newcomer.address]))
     app.chain.epochs[6] = new_set
-    app.apply_block(block(app, 3, (), eth_block=6), CERT)
-    assert app.epoch == 1 and app.validators == new_set and changed == [new_set]
-    update = app.validator_update(3)
-    assert update is not None and update[0].addresses == new_set and update[0].epoch == 1
-    assert app.validator_update(3) is None
-    assert len(own) == 1  # as a new validator it signs the batch still waiting for a quorum
+    shell.finalize(block(app, 3, (), eth_block=6))
+    assert app.epoch == 1 and app.validators == new_set and shell.changes == [new_set]
+    (update,) = shell.updates
+    assert update.from_height == 5 and update.validators.addresses == new_set and update.validators.epoch == 1
+    assert len(shell.own) == 1  # as a new validator it signs the batch still waiting for a quorum
     # Attestations now count only from the new set: the dropped validator's no longer validate.
     dropped_key = next(k for k in KEYS if k.address == VALIDATORS[0])
-    dropped = attest(decode_attestation(own[0]).subject, dropped_key, ANCHOR).encode()
-    assert not app.validate_block(block(app, 4, (dropped,), eth_block=6))
+    dropped = attest(decode_attestation(shell.own[0]).subject, dropped_key, ANCHOR).encode()
+    assert not shell.process(block(app, 4, (dropped,), eth_block=6))
     signers = [k for k in KEYS if k.address in new_set]
-    payloads = tuple(attest(decode_attestation(own[0]).subject, k, ANCHOR).encode() for k in signers[:2])
-    app.apply_block(block(app, 4, (own[0], *payloads), eth_block=6), CERT)
-    assert len(quorums) == 1 and newcomer.address in quorums[0].signers
+    payloads = tuple(attest(decode_attestation(shell.own[0]).subject, k, ANCHOR).encode() for k in signers[:2])
+    shell.finalize(block(app, 4, (shell.own[0], *payloads), eth_block=6))
+    assert len(shell.quorums) == 1 and newcomer.address in shell.quorums[0].signers
 
 
 def test_snapshot_restore_then_replay_reaches_the_same_state(tmp_path, monkeypatch):
@@ -173,41 +245,42 @@ def test_snapshot_restore_then_replay_reaches_the_same_state(tmp_path, monkeypat
     monkeypatch.setattr(app_module, "SNAPSHOT_EVERY_BLOCKS", 4)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    a, own_a, _, _ = make_app(tmp_path / "a")
+    a, shell_a = make_app(tmp_path / "a")
     a.snapshot_path = tmp_path / "snapshot.msgpack"
     stored = {}
     prev = ZERO_HASH
 
-    def commit(app, height, payloads):
+    def commit(shell, height, payloads):
         nonlocal prev
         b = Block(height, 1_700_000_000_000 + height * 1000, KEYS[0].address, prev, ZERO_HASH, payloads,
                   encode_app_header(5, (5).to_bytes(32, "big")))
         prev = b.hash
         stored[height] = types.SimpleNamespace(block=b)
-        return app.apply_block(b, CERT)
+        return shell.finalize(b)
 
-    commit(a, 1, (event("m1"), event("m2", "Heartbeat", {})))
-    commit(a, 2, ())  # closes batch 0; node a signs it
-    other = attest(decode_attestation(own_a[0]).subject, KEYS[1], ANCHOR).encode()
-    commit(a, 3, (other,))  # batch 0 waits with one signature
-    commit(a, 4, (event("m3", "Heartbeat", {}),))
-    commit(a, 5, ())  # writes the snapshot of the state after height 4
-    commit(a, 6, (event("m4", "Heartbeat", {}),))
+    commit(shell_a, 1, (event("m1"), event("m2", "Heartbeat", {})))
+    commit(shell_a, 2, ())  # closes batch 0; node a signs it
+    other = attest(decode_attestation(shell_a.own[0]).subject, KEYS[1], ANCHOR).encode()
+    commit(shell_a, 3, (other,))  # batch 0 waits with one signature
+    commit(shell_a, 4, (event("m3", "Heartbeat", {}),))  # commit(4) writes the snapshot after height 4
+    commit(shell_a, 5, ())
+    commit(shell_a, 6, (event("m4", "Heartbeat", {}),))
     assert a.snapshot_path.is_file() and a.counters["snapshots"] == 1
 
-    b, own_b, _, _ = make_app(tmp_path / "b")
+    b, shell_b = make_app(tmp_path / "b")
     b.snapshot_path = a.snapshot_path
     restored = b.restore(6, stored.get)
     assert restored is not None and restored[0] == 4
+    resigned = b.take_restored_outbound()
     for height in (5, 6):
-        b.apply_block(stored[height].block, CERT)
+        shell_b.finalize(stored[height].block)
     assert b.ledger.state_hash() == a.ledger.state_hash()
     assert b.book.export_state() == a.book.export_state()
     assert b.batcher.state == a.batcher.state and b.last_eth_block == a.last_eth_block
-    assert sorted(own_b) == sorted(own_a)  # open batches are signed again (maybe never committed)
+    assert sorted([*resigned, *shell_b.own]) == sorted(shell_a.own)  # open batches are signed again
 
     # A snapshot that does not match the block store, or is garbage, is ignored.
-    c, *_ = make_app(tmp_path / "b")
+    c, _ = make_app(tmp_path / "b")
     c.snapshot_path = a.snapshot_path
     assert c.restore(3, stored.get) is None
     a.snapshot_path.write_bytes(b"\x93garbage")
@@ -215,11 +288,60 @@ def test_snapshot_restore_then_replay_reaches_the_same_state(tmp_path, monkeypat
 
 
 def test_mempool_admission_refuses_what_no_block_could_carry(tmp_path):
-    app, *_ = make_app(tmp_path)
+    app, _ = make_app(tmp_path)
     batch = AnchorBatch(0, b"\x01" * 32, 1, 1, 1)
-    assert app.check_payload(event("m1"))
-    assert app.check_payload(attest(batch, KEYS[1], ANCHOR).encode())
-    assert not app.check_payload(b"\x01x")  # unknown kind
-    assert not app.check_payload(event("m1")[:-1])  # truncated event
-    assert not app.check_payload(attest(batch, SigningKey(b"\x09" * 32), ANCHOR).encode())  # outsider
-    assert not app.check_payload(attest(batch, KEYS[1], ESCROW).encode())  # signed under another domain
+    assert app.check_tx(event("m1")).ok
+    ok = app.check_tx(attest(batch, KEYS[1], ANCHOR).encode())
+    assert ok.ok and ok.source == "0x" + KEYS[1].address.hex()
+    assert not app.check_tx(b"\x01x").ok  # unknown kind
+    assert not app.check_tx(event("m1")[:-1]).ok  # truncated event
+    outsider = app.check_tx(attest(batch, SigningKey(b"\x09" * 32), ANCHOR).encode())
+    assert not outsider.ok and "non-validator" in outsider.reason
+    assert not app.check_tx(attest(batch, KEYS[1], ESCROW).encode()).ok  # signed under another domain
+
+
+def test_node_ingest_answers_from_the_commit_receipts_result(tmp_path):
+    """The charger's reply comes from the receipt's TxResult; no application-side result map."""
+    import types
+
+    import trio
+
+    from devsen.app import event_tx_result
+    from devsen.ledger import EventResult
+    from devsen.node import NodeIngest
+    from ocpp_adapter.ingest import IngestRejected
+
+    app, _ = make_app(tmp_path)
+    ev = ChargerEvent.from_bytes(event("m1"))
+    answers = {
+        "ok": event_tx_result(EventResult(ev.event_id, ev.dedup_key, {"status": "Accepted"}, anomalies=("clock",))),
+        "refused": event_tx_result(EventResult(ev.event_id, ev.dedup_key, None, "SecurityError")),
+    }
+
+    class Service:
+        answer = "ok"
+
+        async def submit(self, payload, timeout_s):
+            return types.SimpleNamespace(height=7, block_hash=ZERO_HASH, index=0, result=answers[self.answer])
+
+    service = Service()
+    ingest = NodeIngest(service, app, commit_timeout_s=1.0)
+
+    async def main():
+        got = await ingest.submit(ev)
+        assert got.reply == {"status": "Accepted"} and got.committed_height == 7 and got.notes == {"anomalies": ["clock"]}
+        service.answer = "refused"
+        with pytest.raises(IngestRejected) as refused:
+            await ingest.submit(ev)
+        assert refused.value.code == "SecurityError"
+
+    trio.run(main)
+
+
+def test_finalize_is_total_for_a_committed_block_the_ledger_refuses(tmp_path):
+    app, shell = make_app(tmp_path)
+    shell.finalize(block(app, 1, ()))
+    before = app.ledger.state_hash()
+    stale = block(app, 1, (event("m1"),))  # height 1 again: the ledger refuses it
+    result = app.finalize_block(stale, CERT, app.fetch_facts(1, stale.app_header, stale.payloads, committed=True))
+    assert result.app_hash == before and [r.code for r in result.tx_results] == [3]

@@ -113,3 +113,32 @@ def test_out_of_bound_device_data_is_unregistered_not_an_exception():
     assert _to_ledger_device(dataclasses.replace(record, connector_count=255)) is None
     assert _to_ledger_device(dataclasses.replace(record, max_power_w=0)) is None
     assert _to_ledger_device(dataclasses.replace(record, price_per_kwh=2**300)) is None
+
+
+def test_reads_by_block_hash_follow_that_block_and_fail_for_a_block_not_on_the_chain(tmp_path):
+    """EIP-1898 on anvil: a read pinned by hash answers that block's state; a hash that is not
+    on the canonical chain (a reorged-out block) fails instead of answering from another fork."""
+    import pytest
+
+    from anchoring.chain.anvil import running_anvil
+    from devsen.chain_view import BlockHash, ChainClientByHash, ChainReadError
+
+    with running_anvil(tmp_path / "anvil.log") as anvil:
+        world = build_world(connect(anvil.url))
+        w3: Web3 = world.w3
+        world.manager.create_device("CP-A", location="x", connector_count=2, price_per_kwh=100, per_minute_fee=0,
+                                    auth_salt=b"\x01" * 16, auth_hash=b"\x02" * 32)
+        first = w3.eth.block_number
+        first_hash = bytes(w3.eth.get_block(first)["hash"])
+        world.manager.update_device("setTariff", "CP-A", 250, 5)
+        client = ChainClientByHash(w3, world.deployment)
+        access = ContractChainAccess(client, SessionIndex(client, world.deployment.deploy_block))
+        view = access.view_at(first, first_hash)
+        assert view.device("CP-A").tariff.price_per_kwh == 100  # the state at that hash, not the head's
+        assert view.device("NOPE") is None  # a revert (UnknownDevice) decoded as before
+        assert client.device("CP-A", "latest").price_per_kwh == 250
+        epoch, validators, _ = access.validators_at(first, first_hash)
+        assert epoch == 0 and len(validators) == 4
+        with pytest.raises(Exception) as failure:
+            client.device("CP-A", BlockHash(b"\x42" * 32))
+        assert isinstance(failure.value, ChainReadError) or "block" in str(failure.value).lower()

@@ -1,0 +1,157 @@
+"""Chain facts for one block: every chain read the block's application makes, fetched first.
+
+The consensus shell calls `NodeApplication.fetch_facts` off the event loop (a worker thread):
+it lists the keys the block can read (`chain_keys`, a pure function of the block's events and
+the ledger state before it), reads exactly those at the block's Ethereum block (by hash) and
+returns an immutable `ChainFacts`. Validation and application are then pure over
+(block, facts): `FactsView` answers the ledger from the facts alone, and a read outside them
+is answered "absent" (deterministic: every node lists the same keys) and counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Protocol
+
+from devsen.ledger import ChainView, DeviceInfo, EscrowSession, IdTagInfo, Ledger, id_tag_hash
+from ocpp_adapter.events import ChargerEvent
+
+MAX_KEY_DEPTH = 8  # OCPP payloads nest a few levels; idTags are never deeper than this
+MAX_OUTSIDE_READS_KEPT = 64
+
+
+@dataclass(frozen=True, slots=True)
+class ChainKeys:
+    """What a block may read from the chain (sorted, so equal blocks list equal keys)."""
+
+    chargers: tuple[str, ...] = ()  # device(charger) and open_escrow_sessions(charger)
+    id_tags: tuple[bytes, ...] = ()  # id_tag(hash)
+    sessions: tuple[bytes, ...] = ()  # escrow_session(id)
+
+
+def _id_tags_in(value: Any, depth: int = 0) -> Iterable[str]:
+    """Every idTag (1.6 `idTag`) and idToken (2.0.1 `idToken.idToken`) string in a payload."""
+    if depth > MAX_KEY_DEPTH:
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "idTag" and isinstance(item, str):
+                yield item
+            elif key == "idToken" and isinstance(item, dict) and isinstance(item.get("idToken"), str):
+                yield item["idToken"]
+            yield from _id_tags_in(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _id_tags_in(item, depth + 1)
+
+
+def chain_keys(events: Sequence[ChargerEvent], ledger: Ledger) -> ChainKeys:
+    """The chain keys applying `events` to `ledger` can read; pure (block + state before it).
+
+    Chargers: each event's charger (its device and open escrow sessions). IdTags: every idTag /
+    idToken the payloads carry. Sessions: the escrow sessions of pending settlement orders (the
+    ledger re-checks whether they were paid) and of the open sessions of the block's chargers.
+    """
+    chargers = sorted({event.charger_id for event in events})
+    tags = sorted({id_tag_hash(tag) for event in events for tag in _id_tags_in(event.payload)})
+    wanted = set(chargers)
+    sessions = {order.session_id for order in ledger.pending_settlements()}
+    sessions.update(s.escrow_session_id for s in ledger.open_sessions()
+                    if s.charger_id in wanted and s.escrow_session_id)
+    return ChainKeys(tuple(chargers), tuple(tags), tuple(sorted(sessions)))
+
+
+class KeyReader(Protocol):
+    """Reads at one Ethereum block (devsen.chain_view.ContractChainView, or a static view)."""
+
+    def device(self, charge_box_id: str) -> DeviceInfo | None: ...
+
+    def id_tag(self, tag_hash: bytes) -> IdTagInfo | None: ...
+
+    def open_escrow_sessions(self, charge_box_id: str) -> Sequence[EscrowSession]: ...
+
+    def escrow_session(self, session_id: bytes) -> EscrowSession | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ChainFacts:
+    """Everything one block reads from Ethereum, fixed before validation and application.
+
+    `problem` says why a proposal naming this Ethereum block must be refused by this node
+    (unknown block or hash, not `confirmations` deep by our head); facts with `complete`
+    False hold no reads (the named block is not on our RPC) and cannot be applied.
+    """
+
+    eth_number: int
+    eth_hash: bytes
+    payloads_digest: bytes
+    keys: ChainKeys
+    devices: Mapping[str, DeviceInfo | None] = field(default_factory=dict)
+    id_tags: Mapping[bytes, IdTagInfo | None] = field(default_factory=dict)
+    open_sessions: Mapping[str, tuple[EscrowSession, ...]] = field(default_factory=dict)
+    sessions: Mapping[bytes, EscrowSession | None] = field(default_factory=dict)
+    epoch: int = 0
+    validators: tuple[bytes, ...] = ()
+    bindings: Mapping[bytes, bytes] = field(default_factory=dict)
+    complete: bool = True
+    problem: str | None = None
+
+    def view(self) -> FactsView:
+        """A fresh ChainView over these facts (it records reads outside them)."""
+        return FactsView(self)
+
+
+def read_facts(reader: KeyReader, keys: ChainKeys) -> dict[str, Any]:
+    """Read every key through `reader` (I/O); the mappings of a ChainFacts, read-only."""
+    return {
+        "devices": MappingProxyType({c: reader.device(c) for c in keys.chargers}),
+        "id_tags": MappingProxyType({t: reader.id_tag(t) for t in keys.id_tags}),
+        "open_sessions": MappingProxyType({c: tuple(reader.open_escrow_sessions(c)) for c in keys.chargers}),
+        "sessions": MappingProxyType({s: reader.escrow_session(s) for s in keys.sessions}),
+    }
+
+
+class FactsView(ChainView):
+    """The ledger's ChainView answered from ChainFacts alone: no I/O, deterministic.
+
+    A key outside the facts reads as absent (no device, unknown idTag, no open session) and is
+    recorded in `outside` (a bug in `chain_keys` if it happens; the test suite asserts it never does).
+    """
+
+    def __init__(self, facts: ChainFacts) -> None:
+        self.facts = facts
+        self.outside: list[tuple[str, Any]] = []
+
+    def _miss(self, kind: str, key: Any) -> None:
+        if len(self.outside) < MAX_OUTSIDE_READS_KEPT:
+            self.outside.append((kind, key))
+
+    def device(self, charge_box_id: str) -> DeviceInfo | None:
+        if charge_box_id not in self.facts.devices:
+            self._miss("device", charge_box_id)
+            return None
+        return self.facts.devices[charge_box_id]
+
+    def id_tag(self, tag_hash: bytes) -> IdTagInfo | None:
+        if tag_hash not in self.facts.id_tags:
+            self._miss("id_tag", tag_hash)
+            return None
+        return self.facts.id_tags[tag_hash]
+
+    def open_escrow_sessions(self, charge_box_id: str) -> Sequence[EscrowSession]:
+        if charge_box_id not in self.facts.open_sessions:
+            self._miss("open_escrow_sessions", charge_box_id)
+            return ()
+        return self.facts.open_sessions[charge_box_id]
+
+    def escrow_session(self, session_id: bytes) -> EscrowSession | None:
+        if session_id in self.facts.sessions:
+            return self.facts.sessions[session_id]
+        for sessions in self.facts.open_sessions.values():  # open sessions of the block's chargers
+            for session in sessions:
+                if session.session_id == session_id:
+                    return session
+        self._miss("escrow_session", session_id)
+        return None

@@ -1,0 +1,38 @@
+"""A pytest plugin (`-p tests.node.facts_guard`): every Ledger.apply_block of the run is also
+made over ChainFacts prefetched for `chain_keys(events, ledger)` alone, and must read nothing
+outside them and give exactly the outcome of the full chain view."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from devsen.chain_facts import ChainFacts, FactsView, chain_keys, read_facts
+from devsen.ledger import BlockRejected, Ledger
+
+CHECKED = {"blocks": 0}
+
+
+def pytest_configure(config: Any) -> None:
+    original = Ledger.apply_block
+
+    def guarded(self: Ledger, ctx: Any, chain: Any, events: Any) -> Any:
+        keys = chain_keys(events, self)
+        facts = ChainFacts(ctx.eth_block_number, ctx.eth_block_hash, b"", keys, **read_facts(chain, keys))
+        twin = copy.deepcopy(self)
+        view = FactsView(facts)
+        try:
+            expected = original(twin, ctx, chain, events)
+        except BlockRejected:
+            return original(self, ctx, view, events)
+        got = original(self, ctx, view, events)
+        assert not view.outside, f"the ledger read outside the prefetched chain keys: {view.outside}"
+        assert got == expected and self.state_hash() == twin.state_hash()
+        CHECKED["blocks"] += 1
+        return got
+
+    Ledger.apply_block = guarded  # type: ignore[method-assign]
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    terminalreporter.write_line(f"facts_guard: {CHECKED['blocks']} blocks applied over prefetched facts")
