@@ -31,12 +31,12 @@ from typing import Any
 
 import msgpack
 
+from consensus.abci import CheckResult, FinalizeResult, Prepared, Snapshot, TxResult, ValidatorUpdate
 from consensus.core import (
     Broadcast,
     Commit,
     Dropped,
     Output,
-    ProposalContent,
     ReportEvidence,
     RequestCatchUp,
     RequestProposal,
@@ -136,27 +136,67 @@ class SimResult:
 
 
 class SimApp:
-    """The deterministic application of a simulated honest node: a hash chain of blocks."""
+    """The deterministic application of a simulated node (implements `consensus.abci.Application`):
+    a hash chain of blocks; at `epoch_change` it re-weights the validators from height + 2."""
 
-    def __init__(self) -> None:
+    def __init__(self, submitted: set[bytes], honest: bool = True,
+                 epoch_change: tuple[int, ValidatorSet] | None = None) -> None:
         self.state_hash = ZERO_HASH
         self.height = 0
         self.committed: set[bytes] = set()
+        self.submitted = submitted
+        self.honest = honest
+        self.epoch_change = epoch_change
         self.mempool = Mempool(max_count=10_000, max_bytes=64 * 1024 * 1024)
 
-    def validate(self, block: Block, submitted: set[bytes]) -> bool:
-        payloads = block.payloads
-        return (block.app_state_hash == self.state_hash
-                and len(set(payloads)) == len(payloads)
-                and all(p in submitted and p not in self.committed for p in payloads))
+    def check_tx(self, payload: bytes) -> CheckResult:
+        return CheckResult(payload not in self.committed, "committed")
 
-    def apply(self, block: Block) -> None:
+    def propose_facts(self, height: int) -> Any:
+        return None
+
+    def prepare_proposal(self, height: int, payloads: tuple[bytes, ...], facts: Any) -> Prepared:
+        return Prepared(b"sim", tuple(p for p in payloads if p not in self.committed))
+
+    def fetch_facts(self, height: int, app_header: bytes) -> Any:
+        return None
+
+    def process_proposal(self, block: Block, facts: Any) -> bool:
+        if not self.honest:
+            return True  # Byzantine nodes vote for anything
+        payloads = block.payloads
+        return (len(set(payloads)) == len(payloads)
+                and all(p in self.submitted and p not in self.committed for p in payloads))
+
+    def finalize_block(self, block: Block, certificate: CommitCertificate, facts: Any) -> FinalizeResult:
         if block.height != self.height + 1 or block.app_state_hash != self.state_hash:
             raise SafetyViolation(f"app applies block {block.height} out of order or on another state")
         self.height = block.height
         self.state_hash = keccak256(self.state_hash + block.hash)
         self.committed.update(block.payloads)
         self.mempool.remove_committed(block.payloads)
+        update = None
+        if self.epoch_change is not None and block.height == self.epoch_change[0]:
+            update = ValidatorUpdate(block.height + 2, self.epoch_change[1])
+        return FinalizeResult(tuple(TxResult() for _ in block.payloads), self.state_hash, update)
+
+    def commit(self, height: int) -> None:
+        pass
+
+    def restore(self, last_height: int, get_block: Any) -> tuple[int, bytes] | None:
+        return None
+
+    def list_snapshots(self) -> tuple[Snapshot, ...]:
+        return ()
+
+    def load_snapshot_chunk(self, height: int, format: int, index: int) -> bytes | None:
+        return None
+
+    def offer_snapshot(self, snapshot: Snapshot, app_hash: bytes) -> bool:
+        return False
+
+    def apply_snapshot_chunk(self, index: int, chunk: bytes) -> bool | None:
+        return False
 
 
 @dataclass
@@ -168,10 +208,10 @@ class SimNode:
     store_uri: str
     skew: float
     replica: Replica | None = None
-    app: SimApp = field(default_factory=SimApp)
+    app: SimApp = field(default_factory=lambda: SimApp(set()))
     incarnation: int = 0
     crash_countdown: int | None = None
-    pending_content: tuple[int, int] | None = None
+    pending_content: RequestProposal | None = None
 
     @property
     def up(self) -> bool:
@@ -331,16 +371,17 @@ class Simulation:
         node.incarnation += 1
         node.crash_countdown = None
         node.pending_content = None
-        node.app = SimApp()
-        replica = Replica(node.key, SIM_DOMAIN, self.genesis, "", timeouts=SIM_TIMEOUTS,
+        node.app = SimApp(self.submitted, node.honest, self._epoch_change())
+        replica = Replica(node.key, SIM_DOMAIN, self.genesis, "", node.app, timeouts=SIM_TIMEOUTS,
                           durable=False, max_payloads=self.config.batch,
                           fault_hook=self._fault_hook(node), wal_path=node.wal_uri,
                           store_path=node.store_uri)
         node.replica = replica
-        for height in range(1, replica.store.last_height() + 1):  # rebuild the application
+        for height in replica.replay_heights():  # rebuild the application
             committed = replica.store.get(height)
             assert committed is not None
             self._on_commit(node, Commit(committed.block, committed.certificate))
+            replica.replay(height, None)
         self._run_node(node, lambda r: r.start())
 
     def _fault_hook(self, node: SimNode) -> FaultHook:
@@ -444,7 +485,9 @@ class Simulation:
             for other in self.nodes:
                 if other is not node:
                     self._send(node.index, other.index, "payload", payload)
-        if added and node.pending_content:
+        if added and node.replica is not None and node.replica.idle:
+            self._run_node(node, lambda r: r.wake())
+        if added and node.pending_content and node.up:
             self._answer_content(node)
 
     def _answer_content(self, node: SimNode) -> None:
@@ -453,12 +496,10 @@ class Simulation:
     def _content_call(self, node: SimNode) -> Any:
         """The proposer's application answers RequestProposal from its mempool."""
         assert node.pending_content is not None and node.replica is not None
-        height, round_ = node.pending_content
+        request = node.pending_content
         node.pending_content = None
         payloads = node.app.mempool.reap(self.config.batch, 1 << 20)
-        prev_ts = node.replica.core.prev_timestamp_ms
-        content = ProposalContent(payloads, b"sim", max(prev_ts + 1, self.now), node.app.state_hash)
-        return lambda r: r.handle_proposal_content(height, round_, content)
+        return lambda r: r.propose(request, payloads, None, self.now)
 
     # ------------------------------------------------------------------ driving one node
 
@@ -476,6 +517,9 @@ class Simulation:
                     work.extend(self._dispatch(node, output))
                     if node.replica is None:
                         return
+                replica = node.replica
+                if not work and replica.idle and replica.pending_commit is None and len(node.app.mempool):
+                    work.append(lambda r: r.wake())  # payloads wait: start the height
             except SimCrash:
                 self._crash(node)
                 return
@@ -491,7 +535,7 @@ class Simulation:
             delay = max(1, int(output.duration_ms * node.skew))
             self._push(self.now + delay, "timer", (node.index, node.incarnation, output.timeout))
         elif isinstance(output, RequestProposal):
-            node.pending_content = (output.height, output.round)
+            node.pending_content = output
             if len(node.app.mempool) or not self.config.idle_block_ticks:
                 yield self._content_call(node)
             else:
@@ -499,10 +543,10 @@ class Simulation:
                            (node.index, node.incarnation))
         elif isinstance(output, ValidateBlock):
             block = output.block
-            verdict = True if not node.honest else node.app.validate(block, self.submitted)
-            yield lambda r: r.handle_validation_result(block.hash, verdict)
+            yield lambda r: r.validate(block, None)
         elif isinstance(output, Commit):
             self._on_commit(node, output)
+            yield lambda r: r.finalize(output, None)[1]
         elif isinstance(output, RequestCatchUp):
             peers = [i for i in range(len(self.nodes)) if i != node.index]
             peer = int(str(output.peer)) if output.peer is not None else self.rng.choice(peers)
@@ -644,19 +688,15 @@ class Simulation:
                     self.result.latencies.append(self.now - self.submit_time[payload])
             if block.height > 1 and block.prev_block_hash != self.decided.get(block.height - 1, block.prev_block_hash):
                 raise SafetyViolation(f"h{block.height} does not extend the decided chain")
-        node.app.apply(block)
-        self._maybe_change_epoch(node, block.height)
 
-    def _maybe_change_epoch(self, node: SimNode, height: int) -> None:
+    def _epoch_change(self) -> tuple[int, ValidatorSet] | None:
         """At one height the application re-weights the validators (an epoch change)."""
         change = self.config.epoch_change_height
-        if change is None or height != change or node.replica is None:
-            return
+        if change is None:
+            return None
         heavy = next(n.index for n in self.nodes if n.honest)  # Byzantine power stays < 1/3
         powers = tuple(2 if i == heavy else 1 for i in range(len(self.genesis.addresses)))
-        weighted = ValidatorSet(self.genesis.addresses, powers, 1)
-        outputs = node.replica.set_validators(change + 2, weighted)
-        assert not outputs, "a validator set change has no immediate effect"
+        return change, ValidatorSet(self.genesis.addresses, powers, 1)
 
     def _check_step(self) -> None:
         """After every event: each live honest node's application, store and core agree."""
