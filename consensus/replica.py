@@ -23,7 +23,8 @@ are kept (`bindings_in_force`); the shell installs them in its p2p directory.
 No empty blocks (CometBFT's create_empty_blocks=false): a new height's timers and proposal
 request are held until `wake()` (the shell has payloads, or the application's
 `FinalizeResult.block_needed_by_ms` passed) or until another validator's proposal or vote
-of that height arrives (someone else started it).
+of that height arrives (someone else started it). The first height after (re)start always
+runs, so a node that fell behind while the others are idle still finds out.
 
 Opening a Replica on an existing data directory: `app.restore` loads a snapshot, the shell
 replays `replay_heights()` through `replay(height, facts)`, then `start()` resumes at the
@@ -192,7 +193,9 @@ class Replica:
         """Begin, or resume from the WAL after a restart (call after the replay)."""
         assert self._applied == self.store.last_height(), "replay the stored blocks first"
         messages = self.wal.messages(self.core.height)
-        self._active = bool(messages) or self.create_empty_blocks
+        # A (re)started node runs its first height: if it is behind, its votes make peers send
+        # it the blocks it missed (an idle network sends nothing by itself).
+        self._active = True
         return self._carry(self.core.restore(messages) if messages else self.core.start())
 
     # ------------------------------------------------------------------ inputs
@@ -211,7 +214,8 @@ class Replica:
             return self.handle_committed_block(message, sender)
         woken: list[Output] = []
         if isinstance(message, Proposal | Vote) and message.height == self.core.height and not self._active:
-            if message.verify(self.core.domain):  # another validator started this height
+            signer = message.validator if isinstance(message, Vote) else message.proposer
+            if signer in self.core.validators and message.verify(self.core.domain):  # a validator started it
                 woken = self.wake()
         return woken + self._carry(self.core.on_message(message, sender))
 
