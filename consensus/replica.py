@@ -136,6 +136,7 @@ class Replica:
         self._active = True
         self._held: list[Output] = []
         self._applied = 0
+        self.last_refused: tuple[bytes, ...] = ()
         restored = app.restore(last.height, self.store.get) if last is not None else None
         if restored is not None:
             self._applied, self.app_hash = restored
@@ -245,12 +246,15 @@ class Replica:
     def propose(self, request: RequestProposal, payloads: tuple[bytes, ...], facts: Any,
                 now_ms: int) -> list[Output]:
         """Answer RequestProposal: `prepare_proposal` picks the payloads, the core signs the block."""
+        self.last_refused = ()
         if (request.height, request.round) != (self.core.height, self.core.round) or self._pending:
             return [Dropped(None, "proposal request of a round that is over")]
         try:
             prepared = self.app.prepare_proposal(request.height, payloads, facts)
         except Exception as exc:  # skip our turn: the round moves on without us
             return [Dropped(None, f"prepare_proposal failed: {exc}")]
+        kept = set(prepared.payloads)
+        self.last_refused = tuple(p for p in payloads if p not in kept)
         chosen = prepared.payloads[:request.max_payloads]
         while chosen and sum(map(len, chosen)) > request.max_payload_bytes:
             chosen = chosen[:-1]
@@ -274,6 +278,13 @@ class Replica:
             except Exception:  # a failing check refuses the block; it never stops the node
                 verdict = False
         return self._carry(self.core.on_validation_result(block.hash, verdict))
+
+    def refuse(self, block: Block) -> list[Output]:
+        """Answer ValidateBlock with "invalid" (e.g. the block's chain facts cannot be had)."""
+        if block.height < self.core.height:
+            return []
+        self._check_no_pending()
+        return self._carry(self.core.on_validation_result(block.hash, False))
 
     def finalize(self, commit: Commit, facts: Any) -> tuple[FinalizeResult, list[Output]]:
         """Apply the returned Commit and store it with its validator-set change, atomically."""

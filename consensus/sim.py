@@ -31,7 +31,14 @@ from typing import Any
 
 import msgpack
 
-from consensus.abci import CheckResult, FinalizeResult, Prepared, Snapshot, TxResult, ValidatorUpdate
+from consensus.abci import (
+    CheckResult,
+    FinalizeResult,
+    Prepared,
+    Snapshot,
+    TxResult,
+    ValidatorUpdate,
+)
 from consensus.core import (
     Broadcast,
     Commit,

@@ -7,20 +7,26 @@ from collections import deque
 import pytest
 from consensus_testkit import DOMAIN, KEYS, OUTSIDER, TIMEOUTS, VALIDATORS, block, proposal, vote
 
+from consensus.abci import CheckResult, FinalizeResult, Prepared, TxResult, ValidatorUpdate
 from consensus.core import (
     Broadcast,
     Commit,
-    ProposalContent,
     RequestProposal,
     ScheduleTimeout,
     SendTo,
     ValidateBlock,
 )
-from consensus.abci import CheckResult, FinalizeResult, Prepared, TxResult, ValidatorUpdate
 from consensus.replica import Replica
 from consensus.signing import ZERO_HASH, SigningKey, keccak256
 from consensus.store import BlockStore, CatchUp, StoreError
-from consensus.types import CommitCertificate, CommittedBlock, ValidatorSet, Vote, VoteType, verify_certificate
+from consensus.types import (
+    CommitCertificate,
+    CommittedBlock,
+    ValidatorSet,
+    Vote,
+    VoteType,
+    verify_certificate,
+)
 from consensus.wal import WriteAheadLog
 
 
