@@ -231,8 +231,8 @@ class ConsensusService:
 
     @property
     def committed_height(self) -> int:
-        """Height of the last committed block."""
-        return self.replica.height - 1
+        """Height of the last committed (stored) block."""
+        return self.replica.latest_height()
 
     # ------------------------------------------------------------------ submitting
 
