@@ -24,7 +24,8 @@ No empty blocks (CometBFT's create_empty_blocks=false): a new height's timers an
 request are held until `wake()` (the shell has payloads, or the application's
 `FinalizeResult.block_needed_by_ms` passed) or until another validator's proposal or vote
 of that height arrives (someone else started it). The first height after (re)start always
-runs, so a node that fell behind while the others are idle still finds out.
+runs, and so does a height reached through a certified (catch-up) block: a node that fell
+behind while the others are idle still finds out.
 
 Opening a Replica on an existing data directory: `app.restore` loads a snapshot, the shell
 replays `replay_heights()` through `replay(height, facts)`, then `start()` resumes at the
@@ -72,6 +73,8 @@ from consensus.types import (
 )
 from consensus.wal import WriteAheadLog
 
+# `core_class` exists for the simulator's seeded faulty cores (it must catch them); the node
+# always runs ConsensusCore.
 # Called before each output is carried out (phase "before") and after a commit is stored
 # (phase "stored"); raising there models a crash at that exact point (tests, simulator).
 FaultHook = Callable[[Output, str], None]
@@ -103,6 +106,7 @@ class Replica:
         wal_path: str | None = None,
         store_path: str | None = None,
         create_empty_blocks: bool = False,
+        core_class: type[ConsensusCore] = ConsensusCore,
     ) -> None:
         if wal_path is None or store_path is None:
             Path(data_dir).mkdir(parents=True, exist_ok=True)
@@ -115,7 +119,7 @@ class Replica:
             schedule.add(from_height, validators)
             self._bindings.append((from_height, bindings))
         last = self.store.last()
-        self.core = ConsensusCore(
+        self.core = core_class(
             key, domain, schedule,
             height=last.height + 1 if last else 1,
             prev_block_hash=last.block.hash if last else ZERO_HASH,
@@ -135,6 +139,7 @@ class Replica:
         self._pending: Commit | None = None
         self._active = True
         self._held: list[Output] = []
+        self._catching_up = False
         self._applied = 0
         self.last_refused: tuple[bytes, ...] = ()
         restored = app.restore(last.height, self.store.get) if last is not None else None
@@ -226,10 +231,14 @@ class Replica:
         if committed.height > self.core.height:
             self.catch_up.offer(committed, self.core.height)
             return []
-        outputs = self.core.on_committed_block(committed, sender)
-        if committed.height == self.core.height:  # not taken (e.g. this input decided already)
-            self.catch_up.offer(committed, self.core.height)
-        return self._carry(outputs)
+        self._catching_up = True
+        try:
+            outputs = self.core.on_committed_block(committed, sender)
+            if committed.height == self.core.height:  # not taken (e.g. this input decided already)
+                self.catch_up.offer(committed, self.core.height)
+            return self._carry(outputs)
+        finally:
+            self._catching_up = False
 
     def handle_timeout(self, timeout: Timeout) -> list[Output]:
         self._check_no_pending()
@@ -347,7 +356,11 @@ class Replica:
         ready = self.catch_up.take_next(self.core.height, self.core.prev_block_hash,
                                         self.core.validators)
         if ready is not None:
-            result += self._store_outputs(self.core.on_committed_block(ready))
+            self._catching_up = True
+            try:
+                result += self._store_outputs(self.core.on_committed_block(ready))
+            finally:
+                self._catching_up = False
         return result
 
     def _store_outputs(self, outputs: list[Output]) -> list[Output]:
@@ -360,7 +373,8 @@ class Replica:
                 continue
             if isinstance(output, Commit):
                 self._pending = output
-                self._active = self.create_empty_blocks
+                # A node catching up keeps running: its votes make peers send what it still misses.
+                self._active = self.create_empty_blocks or self._catching_up
                 self._held = []  # timers of the decided height
             elif not self._active and isinstance(output, ScheduleTimeout | RequestProposal):
                 height = output.timeout.height if isinstance(output, ScheduleTimeout) else output.height

@@ -42,6 +42,7 @@ from consensus.abci import (
 from consensus.core import (
     Broadcast,
     Commit,
+    ConsensusCore,
     Dropped,
     Output,
     ReportEvidence,
@@ -91,6 +92,36 @@ class Behavior(enum.Enum):
 BYZANTINE = [Behavior.SILENT, Behavior.GARBAGE, Behavior.DOUBLE_VOTER, Behavior.EQUIVOCATOR]
 
 
+class MajorityQuorumCore(ConsensusCore):
+    """FAULTY (the simulator must catch it): decides on a simple majority instead of 2f+1."""
+
+    @property
+    def validators(self) -> ValidatorSet:
+        real = self.schedule.set_for(self.height)
+        return _MajoritySet(real.addresses, real.powers, real.epoch)
+
+
+class _MajoritySet(ValidatorSet):
+    @property
+    def quorum_power(self) -> int:
+        return sum(self.powers) // 2 + 1
+
+
+class IgnoredLockCore(ConsensusCore):
+    """FAULTY: prevotes any valid proposal, whatever it is locked on (L23/L29 ignored)."""
+
+    def _rule_prevote_on_proposal(self, out: list[Output]) -> bool:
+        locked = self.locked_round, self.locked_hash
+        self.locked_round, self.locked_hash = -1, None
+        try:
+            return super()._rule_prevote_on_proposal(out)
+        finally:
+            self.locked_round, self.locked_hash = locked
+
+
+FAULTY_CORES = ("no-wal", "majority-quorum", "ignored-lock")
+
+
 class SimCrash(Exception):
     """Raised by the fault hook: the node dies at this exact point."""
 
@@ -122,6 +153,8 @@ class SimConfig:
     client_retry_ticks: int = 500
     liveness_window: int = 40_000  # ticks after GST for everything to be committed
     epoch_change_height: int | None = 4  # at this commit, weights change from height + 2
+    hold_prevote_rate: float = 0.6  # prevotes to one node per height held back (it misses polkas)
+    faulty_core: str = ""  # one of FAULTY_CORES: every honest node runs that bug (must be caught)
 
 
 @dataclass
@@ -382,7 +415,9 @@ class Simulation:
         replica = Replica(node.key, SIM_DOMAIN, self.genesis, "", node.app, timeouts=SIM_TIMEOUTS,
                           durable=False, max_payloads=self.config.batch,
                           fault_hook=self._fault_hook(node), wal_path=node.wal_uri,
-                          store_path=node.store_uri)
+                          store_path=node.store_uri, core_class=self._core_class(node))
+        if self.config.faulty_core == "no-wal":
+            replica.wal.append = lambda message, own: None  # type: ignore[method-assign]
         node.replica = replica
         for height in replica.replay_heights():  # rebuild the application
             committed = replica.store.get(height)
@@ -390,6 +425,12 @@ class Simulation:
             self._on_commit(node, Commit(committed.block, committed.certificate))
             replica.replay(height, None)
         self._run_node(node, lambda r: r.start())
+
+    def _core_class(self, node: SimNode) -> type[ConsensusCore]:
+        if not node.honest:
+            return ConsensusCore
+        return {"majority-quorum": MajorityQuorumCore, "ignored-lock": IgnoredLockCore}.get(
+            self.config.faulty_core, ConsensusCore)
 
     def _fault_hook(self, node: SimNode) -> FaultHook:
         def hook(output: Output, phase: str) -> None:
@@ -593,8 +634,18 @@ class Simulation:
                 data = Proposal.sign(node.key, SIM_DOMAIN, message.round, -1,
                                      self._twin(node, message.block)).to_bytes()
             precommit = isinstance(message, Vote) and message.vote_type == VoteType.PRECOMMIT
+            prevote = isinstance(message, Vote) and message.vote_type == VoteType.PREVOTE
+            # One node per height misses the polkas (it may propose something else next round,
+            # which only locked validators refuse).
+            blind = prevote and other.index == self._blind_node(message.height)
             self._send(node.index, other.index, "consensus", data,
-                       self.config.hold_precommit_rate if precommit else 0.0)
+                       self.config.hold_precommit_rate if precommit
+                       else self.config.hold_prevote_rate if blind else 0.0)
+
+    def _blind_node(self, height: int) -> int:
+        """The proposer of round 1: missing round 0's polka, it proposes a fresh block that
+        the validators locked in round 0 must refuse."""
+        return self._index_of(self.genesis.proposer(height, 1))
 
     def _twin(self, node: SimNode, block: Block) -> Block:
         """A conflicting block: fewer payloads, a forged payload, or an already committed one."""
@@ -775,7 +826,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=100, help="how many seeds to run")
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--seed", type=int, help="run (replay) exactly this seed")
-    parser.add_argument("--validators", type=int, default=4, choices=[4, 7])
+    parser.add_argument("--validators", type=int, default=4, choices=[4, 7, 10])
+    parser.add_argument("--faulty-core", default="", choices=["", *FAULTY_CORES],
+                        help="seed a known bug into every honest node (the run must fail)")
+    parser.add_argument("--summary", help="write a JSON summary of the sweep to this path")
     parser.add_argument("--payloads", type=int, default=12)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--drop-rate", type=float, default=0.1, help="message loss before GST")
@@ -789,7 +843,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     config = SimConfig(validators=args.validators, payloads=args.payloads, batch=args.batch,
                        drop_rate=args.drop_rate, crash_rate=args.crash_rate,
-                       byzantine=args.byzantine)
+                       byzantine=args.byzantine, faulty_core=args.faulty_core)
+    if args.faulty_core:
+        print(f"faulty core {args.faulty_core}: every failure below is the simulator catching it")
     if args.seed is not None:
         result = Simulation(args.seed, config, trace=args.trace).run()
         print(_describe(result))
@@ -797,18 +853,49 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     failures = 0
     totals = {"heights": 0, "rounds": 0, "crashes": 0, "evidence": 0, "dropped": 0}
+    caught_by: dict[str, int] = {}
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         result = Simulation(seed, config).run()
         for key in totals:
             totals[key] += getattr(result, key)
         if not result.ok:
             failures += 1
-            print(f"FAIL {_describe(result)}", flush=True)
+            kind = _failure_kind(result.failure)
+            caught_by[kind] = caught_by.get(kind, 0) + 1
+            if not args.faulty_core:
+                print(f"FAIL {_describe(result)}", flush=True)
     wall = time.perf_counter() - started
+    if args.summary:
+        _write_summary(args.summary, {
+            "validators": args.validators, "faulty_core": args.faulty_core or None,
+            "seeds": args.seeds, "first_seed": args.first_seed, "failed": failures,
+            "caught_by": caught_by, "seconds": round(wall, 1),
+            "seeds_per_s": round(args.seeds / wall, 2), **totals})
     print(f"{args.seeds} seeds, {args.validators} validators: {failures} failed; "
           f"{totals['heights']} heights in {totals['rounds']} rounds, {totals['crashes']} crashes, "
           f"{totals['evidence']} evidence reports, {totals['dropped']} inputs dropped; {wall:.1f} s")
     return 1 if failures else 0
+
+
+def _failure_kind(failure: str) -> str:
+    """The invariant a failure broke, without node ids, heights and hashes."""
+    import re
+
+    text = re.sub(r"\bn\d+\b", "n*", failure.split(" for (")[0])
+    return re.sub(r"\b[hr]?\d+\b|[0-9a-f]{8}", "*", text)[:80]
+
+
+def _write_summary(path: str, row: dict[str, Any]) -> None:
+    """Add (or replace) this configuration's row in the JSON summary at `path`."""
+    import json
+    from pathlib import Path
+
+    target = Path(path)
+    rows = json.loads(target.read_text())["runs"] if target.exists() else []
+    key = (row["validators"], row["faulty_core"])
+    rows = [r for r in rows if (r["validators"], r["faulty_core"]) != key] + [row]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps({"runs": rows}, indent=2) + "\n")
 
 
 def _describe(result: SimResult) -> str:

@@ -15,7 +15,7 @@ import trio
 from consensus.abci import CheckResult, FinalizeResult, Prepared, TxResult
 from consensus.signing import ZERO_HASH, Domain, keccak256
 from consensus.types import ValidatorSet
-from devsen.consensus_service import ConsensusService, ServiceConfig, SenderQueues
+from devsen.consensus_service import ConsensusService, SenderQueues, ServiceConfig
 from p2p.envelope import ValidatorDirectory
 from p2p.host import HostConfig
 from p2p.keys import init_keys

@@ -26,6 +26,17 @@ def test_seven_validators_over_seeds():
     assert any(r.behaviors.count("honest") == 5 for r in results)  # f = 2 Byzantine
 
 
+def test_ten_validators_over_seeds():
+    results = run_seeds(list(range(2000, 2010)), SimConfig(validators=10, payloads=6))
+    assert_all_ok(results)
+
+
+@pytest.mark.parametrize("faulty", ["no-wal", "majority-quorum"])
+def test_seeded_faulty_cores_are_caught(faulty):
+    results = run_seeds(list(range(40)), SimConfig(validators=4, payloads=8, faulty_core=faulty))
+    assert sum(not r.ok for r in results) >= 5, faulty
+
+
 def test_a_seed_replays_exactly():
     first = Simulation(4242, SimConfig()).run()
     second = Simulation(4242, SimConfig()).run()
