@@ -151,7 +151,7 @@ async def _run_consensus(config: dict[str, Any]) -> None:
         batch_max_count=int(config.get("batch_max_count", 1000)),
         min_block_interval_s=float(config.get("min_block_interval_s", 0.01)),
         empty_block_interval_s=float(config.get("empty_block_interval_s", 1.0)),
-        create_empty_blocks=bool(config.get("create_empty_blocks", False)),
+        create_empty_blocks=bool(config.get("create_empty_blocks", True)),  # harness: heights tick
         block_max_payloads=int(config.get("block_max_payloads", 4096)),
     )
     audit = _open_audit(data_dir)
