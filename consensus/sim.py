@@ -85,11 +85,13 @@ class Behavior(enum.Enum):
     HONEST = "honest"
     SILENT = "silent"
     GARBAGE = "garbage"
+    FLOODER = "flooder"  # validly signed votes of future heights and rounds, in bursts
     DOUBLE_VOTER = "double-voter"
     EQUIVOCATOR = "equivocating-proposer"
 
 
-BYZANTINE = [Behavior.SILENT, Behavior.GARBAGE, Behavior.DOUBLE_VOTER, Behavior.EQUIVOCATOR]
+BYZANTINE = [Behavior.SILENT, Behavior.GARBAGE, Behavior.DOUBLE_VOTER, Behavior.EQUIVOCATOR,
+             Behavior.FLOODER]
 
 
 class MajorityQuorumCore(ConsensusCore):
@@ -404,7 +406,7 @@ class Simulation:
             self._push(min(self.gst, at + self.rng.randint(100, 1200)), "heal", None)
         self._push(self.gst, "heal", None)
         for node in self.nodes:
-            if node.behavior == Behavior.GARBAGE:
+            if node.behavior in (Behavior.GARBAGE, Behavior.FLOODER):
                 self._push(self.rng.randint(1, 100), "garbage", node.index)
 
     def _boot(self, node: SimNode) -> None:
@@ -678,8 +680,19 @@ class Simulation:
                 self._send(node.index, other.index, "consensus", echo)
 
     def _send_garbage(self, node: SimNode) -> None:
-        """Hostile inputs: random bytes, forged/non-validator votes, wrong heights, oversize."""
+        """Hostile inputs: random bytes, forged/non-validator votes, wrong heights, oversize;
+        a flooder sends bursts of validly signed votes for the next height (they fill only
+        its own share of every core's future-height buffer)."""
         if not node.up:
+            return
+        if node.behavior == Behavior.FLOODER:
+            height = node.replica.core.height if node.replica else 1
+            for _ in range(40):
+                flood = Vote.sign(node.key, SIM_DOMAIN, VoteType.PREVOTE, height + 1,
+                                  self.rng.randint(0, 10_000), keccak256(b"%d" % self.rng.getrandbits(32)))
+                for other in self.nodes:
+                    if other is not node:
+                        self._send(node.index, other.index, "consensus", flood.to_bytes())
             return
         core = node.replica.core if node.replica else None
         height = core.height if core else 1

@@ -17,7 +17,7 @@ def test_four_validators_over_many_seeds():
     assert sum(r.evidence for r in results) > 0
     assert sum(r.heights for r in results) > 250 * 2
     behaviors = {b for r in results for b in r.behaviors}
-    assert behaviors >= {"silent", "garbage", "double-voter", "equivocating-proposer"}
+    assert behaviors >= {"silent", "garbage", "double-voter", "equivocating-proposer", "flooder"}
 
 
 def test_seven_validators_over_seeds():
