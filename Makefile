@@ -40,6 +40,18 @@ pytest: setup
 bench: setup
 	$(PY) bench/run_all.py
 
+## The fault simulator: 10,000 seeds over 4, 7 and 10 validators, then each seeded faulty
+## core (must be caught); summary in bench/results/sim.json. Takes a while.
+SIM_SEEDS ?= 10000
+sim: setup
+	rm -f bench/results/sim.json
+	$(PY) -m consensus.sim --validators 4 --seeds $$(( $(SIM_SEEDS) * 6 / 10 )) --summary bench/results/sim.json
+	$(PY) -m consensus.sim --validators 7 --seeds $$(( $(SIM_SEEDS) * 3 / 10 )) --first-seed 100000 --summary bench/results/sim.json
+	$(PY) -m consensus.sim --validators 10 --seeds $$(( $(SIM_SEEDS) / 10 )) --first-seed 200000 --summary bench/results/sim.json
+	for core in no-wal majority-quorum ignored-lock; do \
+	  $(PY) -m consensus.sim --validators 4 --seeds 200 --faulty-core $$core --summary bench/results/sim.json || true; \
+	done
+
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache
 

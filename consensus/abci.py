@@ -22,6 +22,10 @@ on a serving node; offer_snapshot / apply_snapshot_chunk on a joining node.
 `propose_facts()` is the I/O half of proposing (e.g. the chain head to name), also called
 off the loop; its result is passed to `prepare_proposal`.
 
+Changes made by the consensus shell (wt-shell): `FinalizeResult.block_needed_by_ms` (the
+network makes no empty blocks while idle; the application names when it needs the next one).
+`CommitReceipt.result` (consensus_service) carries each payload's `TxResult` to its waiter.
+
 Everything the application wants done after a commit leaves through `FinalizeResult`, never
 through callbacks fired in the middle of applying: per-payload results (the waiting charger's
 reply travels in its `CommitReceipt`), validator-set updates, payloads this node must submit
@@ -80,6 +84,9 @@ class FinalizeResult:
     validator_update: ValidatorUpdate | None = None
     outbound_payloads: tuple[bytes, ...] = ()  # this node submits these to consensus (own attestations)
     notices: tuple[Any, ...] = ()  # opaque to consensus: handed to the node after commit (quorums, ...)
+    # No empty blocks while idle: the next height starts when payloads wait, or at this wall-clock
+    # time (ms) if the application needs a block then (anchoring interval, pending settlement).
+    block_needed_by_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

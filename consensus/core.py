@@ -31,7 +31,7 @@ messages for a later height trigger catch-up with certified blocks; rounds more 
 from __future__ import annotations
 
 import enum
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -61,7 +61,8 @@ Peer = str | bytes  # whatever names a peer in the shell (peer id or validator a
 
 MAX_ROUNDS_AHEAD = 64  # votes/proposals further ahead of our round are dropped
 MAX_ROUNDS_BEHIND = 128  # older rounds are forgotten (except the lock's and valid value's)
-MAX_FUTURE_MESSAGES = 1024  # buffered messages for height + 1
+MAX_FUTURE_MESSAGES = 1024  # buffered messages for height + 1, shared out per signer
+MIN_FUTURE_PER_SIGNER = 16
 MAX_RECENT_COMMITS = 16  # committed blocks kept to help peers one height behind
 MAX_RULE_ITERATIONS = 10_000  # the rule loop reaches a fixed point far sooner
 MAX_VALIDATOR_SCHEDULE = 1024  # epoch entries kept
@@ -344,6 +345,7 @@ class ConsensusCore:
         self.started = False
         self._state = _HeightState()
         self._future: OrderedDict[tuple[object, ...], Proposal | Vote] = OrderedDict()
+        self._future_count: Counter[bytes] = Counter()
         self._recent: OrderedDict[int, CommittedBlock] = OrderedDict()
         self._served: set[tuple[Peer, int]] = set()
         self._decided_in_call = False
@@ -534,6 +536,7 @@ class ConsensusCore:
         if self._replay_pending and self.started:
             self._replay_pending = False
             future, self._future = self._future, OrderedDict()
+            self._future_count.clear()
             for message in future.values():
                 self._accept(message, None, out, persist=True, trusted=False)
             self._run_rules(out)
@@ -705,10 +708,14 @@ class ConsensusCore:
         )
         if key in self._future:
             return
-        if len(self._future) >= MAX_FUTURE_MESSAGES:
-            out.append(Dropped(sender, "future-height buffer full"))
+        # A share per signer (each a validator with a valid signature): one validator's flood
+        # fills only its own share, never another's.
+        share = max(MIN_FUTURE_PER_SIGNER, MAX_FUTURE_MESSAGES // max(1, len(validators.addresses)))
+        if len(self._future) >= MAX_FUTURE_MESSAGES or self._future_count[signer] >= share:
+            out.append(Dropped(sender, "future-height buffer full for this signer"))
             return
         self._future[key] = message
+        self._future_count[signer] += 1
 
     def _maybe_catch_up(self, out: list[Output], force: bool) -> None:
         """RequestCatchUp once f+1 power is seen ahead (at least one honest validator)."""

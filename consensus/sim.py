@@ -31,12 +31,20 @@ from typing import Any
 
 import msgpack
 
+from consensus.abci import (
+    CheckResult,
+    FinalizeResult,
+    Prepared,
+    Snapshot,
+    TxResult,
+    ValidatorUpdate,
+)
 from consensus.core import (
     Broadcast,
     Commit,
+    ConsensusCore,
     Dropped,
     Output,
-    ProposalContent,
     ReportEvidence,
     RequestCatchUp,
     RequestProposal,
@@ -77,11 +85,43 @@ class Behavior(enum.Enum):
     HONEST = "honest"
     SILENT = "silent"
     GARBAGE = "garbage"
+    FLOODER = "flooder"  # validly signed votes of future heights and rounds, in bursts
     DOUBLE_VOTER = "double-voter"
     EQUIVOCATOR = "equivocating-proposer"
 
 
-BYZANTINE = [Behavior.SILENT, Behavior.GARBAGE, Behavior.DOUBLE_VOTER, Behavior.EQUIVOCATOR]
+BYZANTINE = [Behavior.SILENT, Behavior.GARBAGE, Behavior.DOUBLE_VOTER, Behavior.EQUIVOCATOR,
+             Behavior.FLOODER]
+
+
+class MajorityQuorumCore(ConsensusCore):
+    """FAULTY (the simulator must catch it): decides on a simple majority instead of 2f+1."""
+
+    @property
+    def validators(self) -> ValidatorSet:
+        real = self.schedule.set_for(self.height)
+        return _MajoritySet(real.addresses, real.powers, real.epoch)
+
+
+class _MajoritySet(ValidatorSet):
+    @property
+    def quorum_power(self) -> int:
+        return sum(self.powers) // 2 + 1
+
+
+class IgnoredLockCore(ConsensusCore):
+    """FAULTY: prevotes any valid proposal, whatever it is locked on (L23/L29 ignored)."""
+
+    def _rule_prevote_on_proposal(self, out: list[Output]) -> bool:
+        locked = self.locked_round, self.locked_hash
+        self.locked_round, self.locked_hash = -1, None
+        try:
+            return super()._rule_prevote_on_proposal(out)
+        finally:
+            self.locked_round, self.locked_hash = locked
+
+
+FAULTY_CORES = ("no-wal", "majority-quorum", "ignored-lock")
 
 
 class SimCrash(Exception):
@@ -115,6 +155,8 @@ class SimConfig:
     client_retry_ticks: int = 500
     liveness_window: int = 40_000  # ticks after GST for everything to be committed
     epoch_change_height: int | None = 4  # at this commit, weights change from height + 2
+    hold_prevote_rate: float = 0.6  # prevotes to one node per height held back (it misses polkas)
+    faulty_core: str = ""  # one of FAULTY_CORES: every honest node runs that bug (must be caught)
 
 
 @dataclass
@@ -136,27 +178,67 @@ class SimResult:
 
 
 class SimApp:
-    """The deterministic application of a simulated honest node: a hash chain of blocks."""
+    """The deterministic application of a simulated node (implements `consensus.abci.Application`):
+    a hash chain of blocks; at `epoch_change` it re-weights the validators from height + 2."""
 
-    def __init__(self) -> None:
+    def __init__(self, submitted: set[bytes], honest: bool = True,
+                 epoch_change: tuple[int, ValidatorSet] | None = None) -> None:
         self.state_hash = ZERO_HASH
         self.height = 0
         self.committed: set[bytes] = set()
+        self.submitted = submitted
+        self.honest = honest
+        self.epoch_change = epoch_change
         self.mempool = Mempool(max_count=10_000, max_bytes=64 * 1024 * 1024)
 
-    def validate(self, block: Block, submitted: set[bytes]) -> bool:
-        payloads = block.payloads
-        return (block.app_state_hash == self.state_hash
-                and len(set(payloads)) == len(payloads)
-                and all(p in submitted and p not in self.committed for p in payloads))
+    def check_tx(self, payload: bytes) -> CheckResult:
+        return CheckResult(payload not in self.committed, "committed")
 
-    def apply(self, block: Block) -> None:
+    def propose_facts(self, height: int) -> Any:
+        return None
+
+    def prepare_proposal(self, height: int, payloads: tuple[bytes, ...], facts: Any) -> Prepared:
+        return Prepared(b"sim", tuple(p for p in payloads if p not in self.committed))
+
+    def fetch_facts(self, height: int, app_header: bytes) -> Any:
+        return None
+
+    def process_proposal(self, block: Block, facts: Any) -> bool:
+        if not self.honest:
+            return True  # Byzantine nodes vote for anything
+        payloads = block.payloads
+        return (len(set(payloads)) == len(payloads)
+                and all(p in self.submitted and p not in self.committed for p in payloads))
+
+    def finalize_block(self, block: Block, certificate: CommitCertificate, facts: Any) -> FinalizeResult:
         if block.height != self.height + 1 or block.app_state_hash != self.state_hash:
             raise SafetyViolation(f"app applies block {block.height} out of order or on another state")
         self.height = block.height
         self.state_hash = keccak256(self.state_hash + block.hash)
         self.committed.update(block.payloads)
         self.mempool.remove_committed(block.payloads)
+        update = None
+        if self.epoch_change is not None and block.height == self.epoch_change[0]:
+            update = ValidatorUpdate(block.height + 2, self.epoch_change[1])
+        return FinalizeResult(tuple(TxResult() for _ in block.payloads), self.state_hash, update)
+
+    def commit(self, height: int) -> None:
+        pass
+
+    def restore(self, last_height: int, get_block: Any) -> tuple[int, bytes] | None:
+        return None
+
+    def list_snapshots(self) -> tuple[Snapshot, ...]:
+        return ()
+
+    def load_snapshot_chunk(self, height: int, format: int, index: int) -> bytes | None:
+        return None
+
+    def offer_snapshot(self, snapshot: Snapshot, app_hash: bytes) -> bool:
+        return False
+
+    def apply_snapshot_chunk(self, index: int, chunk: bytes) -> bool | None:
+        return False
 
 
 @dataclass
@@ -168,10 +250,10 @@ class SimNode:
     store_uri: str
     skew: float
     replica: Replica | None = None
-    app: SimApp = field(default_factory=SimApp)
+    app: SimApp = field(default_factory=lambda: SimApp(set()))
     incarnation: int = 0
     crash_countdown: int | None = None
-    pending_content: tuple[int, int] | None = None
+    pending_content: RequestProposal | None = None
 
     @property
     def up(self) -> bool:
@@ -324,24 +406,33 @@ class Simulation:
             self._push(min(self.gst, at + self.rng.randint(100, 1200)), "heal", None)
         self._push(self.gst, "heal", None)
         for node in self.nodes:
-            if node.behavior == Behavior.GARBAGE:
+            if node.behavior in (Behavior.GARBAGE, Behavior.FLOODER):
                 self._push(self.rng.randint(1, 100), "garbage", node.index)
 
     def _boot(self, node: SimNode) -> None:
         node.incarnation += 1
         node.crash_countdown = None
         node.pending_content = None
-        node.app = SimApp()
-        replica = Replica(node.key, SIM_DOMAIN, self.genesis, "", timeouts=SIM_TIMEOUTS,
+        node.app = SimApp(self.submitted, node.honest, self._epoch_change())
+        replica = Replica(node.key, SIM_DOMAIN, self.genesis, "", node.app, timeouts=SIM_TIMEOUTS,
                           durable=False, max_payloads=self.config.batch,
                           fault_hook=self._fault_hook(node), wal_path=node.wal_uri,
-                          store_path=node.store_uri)
+                          store_path=node.store_uri, core_class=self._core_class(node))
+        if self.config.faulty_core == "no-wal":
+            replica.wal.append = lambda message, own: None  # type: ignore[method-assign]
         node.replica = replica
-        for height in range(1, replica.store.last_height() + 1):  # rebuild the application
+        for height in replica.replay_heights():  # rebuild the application
             committed = replica.store.get(height)
             assert committed is not None
             self._on_commit(node, Commit(committed.block, committed.certificate))
+            replica.replay(height, None)
         self._run_node(node, lambda r: r.start())
+
+    def _core_class(self, node: SimNode) -> type[ConsensusCore]:
+        if not node.honest:
+            return ConsensusCore
+        return {"majority-quorum": MajorityQuorumCore, "ignored-lock": IgnoredLockCore}.get(
+            self.config.faulty_core, ConsensusCore)
 
     def _fault_hook(self, node: SimNode) -> FaultHook:
         def hook(output: Output, phase: str) -> None:
@@ -444,7 +535,9 @@ class Simulation:
             for other in self.nodes:
                 if other is not node:
                     self._send(node.index, other.index, "payload", payload)
-        if added and node.pending_content:
+        if added and node.replica is not None and node.replica.idle:
+            self._run_node(node, lambda r: r.wake())
+        if added and node.pending_content and node.up:
             self._answer_content(node)
 
     def _answer_content(self, node: SimNode) -> None:
@@ -453,12 +546,10 @@ class Simulation:
     def _content_call(self, node: SimNode) -> Any:
         """The proposer's application answers RequestProposal from its mempool."""
         assert node.pending_content is not None and node.replica is not None
-        height, round_ = node.pending_content
+        request = node.pending_content
         node.pending_content = None
         payloads = node.app.mempool.reap(self.config.batch, 1 << 20)
-        prev_ts = node.replica.core.prev_timestamp_ms
-        content = ProposalContent(payloads, b"sim", max(prev_ts + 1, self.now), node.app.state_hash)
-        return lambda r: r.handle_proposal_content(height, round_, content)
+        return lambda r: r.propose(request, payloads, None, self.now)
 
     # ------------------------------------------------------------------ driving one node
 
@@ -476,6 +567,9 @@ class Simulation:
                     work.extend(self._dispatch(node, output))
                     if node.replica is None:
                         return
+                replica = node.replica
+                if not work and replica.idle and replica.pending_commit is None and len(node.app.mempool):
+                    work.append(lambda r: r.wake())  # payloads wait: start the height
             except SimCrash:
                 self._crash(node)
                 return
@@ -491,7 +585,7 @@ class Simulation:
             delay = max(1, int(output.duration_ms * node.skew))
             self._push(self.now + delay, "timer", (node.index, node.incarnation, output.timeout))
         elif isinstance(output, RequestProposal):
-            node.pending_content = (output.height, output.round)
+            node.pending_content = output
             if len(node.app.mempool) or not self.config.idle_block_ticks:
                 yield self._content_call(node)
             else:
@@ -499,10 +593,10 @@ class Simulation:
                            (node.index, node.incarnation))
         elif isinstance(output, ValidateBlock):
             block = output.block
-            verdict = True if not node.honest else node.app.validate(block, self.submitted)
-            yield lambda r: r.handle_validation_result(block.hash, verdict)
+            yield lambda r: r.validate(block, None)
         elif isinstance(output, Commit):
             self._on_commit(node, output)
+            yield lambda r: r.finalize(output, None)[1]
         elif isinstance(output, RequestCatchUp):
             peers = [i for i in range(len(self.nodes)) if i != node.index]
             peer = int(str(output.peer)) if output.peer is not None else self.rng.choice(peers)
@@ -542,8 +636,18 @@ class Simulation:
                 data = Proposal.sign(node.key, SIM_DOMAIN, message.round, -1,
                                      self._twin(node, message.block)).to_bytes()
             precommit = isinstance(message, Vote) and message.vote_type == VoteType.PRECOMMIT
+            prevote = isinstance(message, Vote) and message.vote_type == VoteType.PREVOTE
+            # One node per height misses the polkas (it may propose something else next round,
+            # which only locked validators refuse).
+            blind = prevote and other.index == self._blind_node(message.height)
             self._send(node.index, other.index, "consensus", data,
-                       self.config.hold_precommit_rate if precommit else 0.0)
+                       self.config.hold_precommit_rate if precommit
+                       else self.config.hold_prevote_rate if blind else 0.0)
+
+    def _blind_node(self, height: int) -> int:
+        """The proposer of round 1: missing round 0's polka, it proposes a fresh block that
+        the validators locked in round 0 must refuse."""
+        return self._index_of(self.genesis.proposer(height, 1))
 
     def _twin(self, node: SimNode, block: Block) -> Block:
         """A conflicting block: fewer payloads, a forged payload, or an already committed one."""
@@ -576,8 +680,19 @@ class Simulation:
                 self._send(node.index, other.index, "consensus", echo)
 
     def _send_garbage(self, node: SimNode) -> None:
-        """Hostile inputs: random bytes, forged/non-validator votes, wrong heights, oversize."""
+        """Hostile inputs: random bytes, forged/non-validator votes, wrong heights, oversize;
+        a flooder sends bursts of validly signed votes for the next height (they fill only
+        its own share of every core's future-height buffer)."""
         if not node.up:
+            return
+        if node.behavior == Behavior.FLOODER:
+            height = node.replica.core.height if node.replica else 1
+            for _ in range(40):
+                flood = Vote.sign(node.key, SIM_DOMAIN, VoteType.PREVOTE, height + 1,
+                                  self.rng.randint(0, 10_000), keccak256(b"%d" % self.rng.getrandbits(32)))
+                for other in self.nodes:
+                    if other is not node:
+                        self._send(node.index, other.index, "consensus", flood.to_bytes())
             return
         core = node.replica.core if node.replica else None
         height = core.height if core else 1
@@ -644,19 +759,15 @@ class Simulation:
                     self.result.latencies.append(self.now - self.submit_time[payload])
             if block.height > 1 and block.prev_block_hash != self.decided.get(block.height - 1, block.prev_block_hash):
                 raise SafetyViolation(f"h{block.height} does not extend the decided chain")
-        node.app.apply(block)
-        self._maybe_change_epoch(node, block.height)
 
-    def _maybe_change_epoch(self, node: SimNode, height: int) -> None:
+    def _epoch_change(self) -> tuple[int, ValidatorSet] | None:
         """At one height the application re-weights the validators (an epoch change)."""
         change = self.config.epoch_change_height
-        if change is None or height != change or node.replica is None:
-            return
+        if change is None:
+            return None
         heavy = next(n.index for n in self.nodes if n.honest)  # Byzantine power stays < 1/3
         powers = tuple(2 if i == heavy else 1 for i in range(len(self.genesis.addresses)))
-        weighted = ValidatorSet(self.genesis.addresses, powers, 1)
-        outputs = node.replica.set_validators(change + 2, weighted)
-        assert not outputs, "a validator set change has no immediate effect"
+        return change, ValidatorSet(self.genesis.addresses, powers, 1)
 
     def _check_step(self) -> None:
         """After every event: each live honest node's application, store and core agree."""
@@ -728,7 +839,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=100, help="how many seeds to run")
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--seed", type=int, help="run (replay) exactly this seed")
-    parser.add_argument("--validators", type=int, default=4, choices=[4, 7])
+    parser.add_argument("--validators", type=int, default=4, choices=[4, 7, 10])
+    parser.add_argument("--faulty-core", default="", choices=["", *FAULTY_CORES],
+                        help="seed a known bug into every honest node (the run must fail)")
+    parser.add_argument("--summary", help="write a JSON summary of the sweep to this path")
     parser.add_argument("--payloads", type=int, default=12)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--drop-rate", type=float, default=0.1, help="message loss before GST")
@@ -742,7 +856,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     config = SimConfig(validators=args.validators, payloads=args.payloads, batch=args.batch,
                        drop_rate=args.drop_rate, crash_rate=args.crash_rate,
-                       byzantine=args.byzantine)
+                       byzantine=args.byzantine, faulty_core=args.faulty_core)
+    if args.faulty_core:
+        print(f"faulty core {args.faulty_core}: every failure below is the simulator catching it")
     if args.seed is not None:
         result = Simulation(args.seed, config, trace=args.trace).run()
         print(_describe(result))
@@ -750,18 +866,49 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     failures = 0
     totals = {"heights": 0, "rounds": 0, "crashes": 0, "evidence": 0, "dropped": 0}
+    caught_by: dict[str, int] = {}
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         result = Simulation(seed, config).run()
         for key in totals:
             totals[key] += getattr(result, key)
         if not result.ok:
             failures += 1
-            print(f"FAIL {_describe(result)}", flush=True)
+            kind = _failure_kind(result.failure)
+            caught_by[kind] = caught_by.get(kind, 0) + 1
+            if not args.faulty_core:
+                print(f"FAIL {_describe(result)}", flush=True)
     wall = time.perf_counter() - started
+    if args.summary:
+        _write_summary(args.summary, {
+            "validators": args.validators, "faulty_core": args.faulty_core or None,
+            "seeds": args.seeds, "first_seed": args.first_seed, "failed": failures,
+            "caught_by": caught_by, "seconds": round(wall, 1),
+            "seeds_per_s": round(args.seeds / wall, 2), **totals})
     print(f"{args.seeds} seeds, {args.validators} validators: {failures} failed; "
           f"{totals['heights']} heights in {totals['rounds']} rounds, {totals['crashes']} crashes, "
           f"{totals['evidence']} evidence reports, {totals['dropped']} inputs dropped; {wall:.1f} s")
     return 1 if failures else 0
+
+
+def _failure_kind(failure: str) -> str:
+    """The invariant a failure broke, without node ids, heights and hashes."""
+    import re
+
+    text = re.sub(r"\bn\d+\b", "n*", failure.split(" for (")[0])
+    return re.sub(r"\b[hr]?\d+\b|[0-9a-f]{8}", "*", text)[:80]
+
+
+def _write_summary(path: str, row: dict[str, Any]) -> None:
+    """Add (or replace) this configuration's row in the JSON summary at `path`."""
+    import json
+    from pathlib import Path
+
+    target = Path(path)
+    rows = json.loads(target.read_text())["runs"] if target.exists() else []
+    key = (row["validators"], row["faulty_core"])
+    rows = [r for r in rows if (r["validators"], r["faulty_core"]) != key] + [row]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps({"runs": rows}, indent=2) + "\n")
 
 
 def _describe(result: SimResult) -> str:

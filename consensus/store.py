@@ -71,8 +71,10 @@ class BlockStore:
         height = self.last_height()
         return self.get(height) if height else None
 
-    def save(self, committed: CommittedBlock) -> None:
-        """Append the next committed block (one fsynced transaction)."""
+    def save(self, committed: CommittedBlock,
+             change: tuple[int, ValidatorSet, dict[bytes, bytes]] | None = None) -> None:
+        """Append the next committed block and the validator-set change it makes (one fsynced
+        transaction: a crash never leaves the block stored without its set change)."""
         last = self.last()
         expected_height = last.height + 1 if last else 1
         expected_prev = last.block.hash if last else ZERO_HASH
@@ -80,8 +82,16 @@ class BlockStore:
             raise StoreError(f"block {committed.height} does not follow stored height {expected_height - 1}")
         if committed.block.prev_block_hash != expected_prev:
             raise StoreError(f"block {committed.height} does not extend the stored chain")
-        self._db.execute("INSERT INTO blocks (height, hash, data) VALUES (?, ?, ?)",
-                         (committed.height, committed.block.hash, committed.to_bytes()))
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("INSERT INTO blocks (height, hash, data) VALUES (?, ?, ?)",
+                             (committed.height, committed.block.hash, committed.to_bytes()))
+            if change is not None:
+                self._save_change(*change)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def records(self, from_height: int, to_height: int) -> list[bytes]:
         """Wire bytes of committed blocks from_height..to_height (inclusive), bounded."""
@@ -92,9 +102,14 @@ class BlockStore:
         ).fetchall()
         return [bytes(r[0]) for r in rows]
 
-    def save_validator_set(self, from_height: int, validators: ValidatorSet) -> None:
+    def save_validator_set(self, from_height: int, validators: ValidatorSet,
+                           bindings: dict[bytes, bytes] | None = None) -> None:
         """Remember that `validators` govern heights from `from_height` on."""
-        data = msgpack.packb([list(validators.addresses), list(validators.powers)], use_bin_type=True)
+        self._save_change(from_height, validators, bindings or {})
+
+    def _save_change(self, from_height: int, validators: ValidatorSet, bindings: dict[bytes, bytes]) -> None:
+        data = msgpack.packb([list(validators.addresses), list(validators.powers),
+                              sorted(bindings.items())], use_bin_type=True)
         self._db.execute(
             "INSERT OR REPLACE INTO validator_sets (from_height, epoch, data) VALUES (?, ?, ?)",
             (from_height, validators.epoch, data),
@@ -102,12 +117,18 @@ class BlockStore:
 
     def validator_sets(self) -> list[tuple[int, ValidatorSet]]:
         """Stored set changes, by height."""
+        return [(h, v) for h, v, _ in self.validator_changes()]
+
+    def validator_changes(self) -> list[tuple[int, ValidatorSet, dict[bytes, bytes]]]:
+        """Stored set changes with their peer bindings, by height."""
         out = []
         rows = self._db.execute(
             "SELECT from_height, epoch, data FROM validator_sets ORDER BY from_height").fetchall()
         for from_height, epoch, data in rows:
-            addresses, powers = msgpack.unpackb(bytes(data), raw=False)
-            out.append((int(from_height), ValidatorSet(tuple(addresses), tuple(powers), int(epoch))))
+            fields = msgpack.unpackb(bytes(data), raw=False)
+            bindings = {bytes(a): bytes(p) for a, p in fields[2]} if len(fields) > 2 else {}
+            out.append((int(from_height), ValidatorSet(tuple(fields[0]), tuple(fields[1]), int(epoch)),
+                        bindings))
         return out
 
     def close(self) -> None:

@@ -1,24 +1,25 @@
-"""The trio shell that drives the sans-I/O consensus core over the p2p layer.
+"""The node's trio shell around the one durable `consensus.replica.Replica`.
 
-One driver task owns the `ConsensusCore`: it takes inputs from one bounded channel
-(consensus messages from the links, certified blocks from sync, wake-ups), fires timers
-from a heap against trio's clock, and carries the core's outputs out in order:
+The Replica (shared with the simulator and the crash tests) owns the core, the WAL, the
+block store, the catch-up buffer and the application's pure calls. This service keeps only
+what needs trio: timers, the mempool, p2p, waiting submitters and the worker-thread calls:
 
-  Persist        -> WAL (own messages fsynced before anything after them leaves the node)
-  Broadcast      -> direct links to every other validator;  SendTo -> one validator
-  ScheduleTimeout-> timer heap;  RequestProposal -> mempool + Application header
-  ValidateBlock  -> Application.validate_block (+ the block's app state hash must be ours)
-  Commit         -> block store, Application.apply_block, mempool, waiting submitters
-  RequestCatchUp -> block sync from a validator, blocks fed back to the core (it verifies)
-  ReportEvidence / Dropped -> counted and logged
+  Broadcast / SendTo -> direct links;  ScheduleTimeout -> timer heap
+  RequestProposal    -> mempool reap + `propose_facts` in a worker thread -> Replica.propose
+  ValidateBlock      -> `fetch_facts` in a worker thread -> Replica.validate
+  Commit             -> `fetch_facts` in a worker thread -> Replica.finalize (block and its
+                        validator-set change stored together) -> mempool, waiters (the
+                        receipt carries the payload's TxResult), p2p bindings of every set in
+                        force, own `outbound_payloads` submitted, `notices` to `on_notices`
+  RequestCatchUp     -> block sync from a validator, blocks fed back to the Replica
+
+Consensus input is queued per sender (bounded) and served round-robin, so one peer's flood
+cannot delay another's messages. An idle network makes no blocks: the Replica holds a new
+height until payloads wait here or the application's `block_needed_by_ms` passes.
 
 `submit(payload)` puts a payload in the mempool, gossips it (batched) and returns only
-after a block carrying it is committed and applied, so the node replies to a charger only
-for committed events. A full mempool raises `ConsensusOverloaded` at once.
-
-The proposer waits (up to `empty_block_interval_s`) for payloads before proposing, so an
-idle network does not spin out empty blocks, and at least `min_block_interval_s` between
-blocks so payloads arriving together share a block.
+after a block carrying it is committed and applied. A full mempool raises
+`ConsensusOverloaded` at once.
 """
 
 from __future__ import annotations
@@ -26,24 +27,23 @@ from __future__ import annotations
 import heapq
 import logging
 import time
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import trio
 
+from consensus.abci import Application, FinalizeResult, TxResult
 from consensus.core import (
-    MAX_RECENT_COMMITS,
     Broadcast,
     Commit,
     ConsensusCore,
     Dropped,
     Output,
     Persist,
-    ProposalContent,
     ReportEvidence,
     RequestCatchUp,
     RequestProposal,
@@ -52,15 +52,13 @@ from consensus.core import (
     Timeout,
     TimeoutConfig,
     ValidateBlock,
-    ValidatorSchedule,
 )
 from consensus.mempool import Mempool, MempoolFull
-from consensus.signing import ZERO_HASH, Domain, keccak256
+from consensus.replica import Replica
+from consensus.signing import Domain, keccak256
 from consensus.store import BlockStore
 from consensus.types import (
     MAX_BLOCKS_PER_REQUEST,
-    Block,
-    CommitCertificate,
     CommittedBlock,
     Proposal,
     ValidatorSet,
@@ -68,7 +66,6 @@ from consensus.types import (
     WireError,
     decode_message,
 )
-from consensus.wal import WriteAheadLog
 from p2p.batching import BatchError
 from p2p.envelope import ValidatorDirectory, network_id_of
 from p2p.gossip import GossipOverloaded
@@ -79,7 +76,9 @@ from p2p.sync import SyncError
 
 logger = logging.getLogger(__name__)
 
-MAX_INPUTS = 1024
+MAX_INPUTS_PER_SENDER = 256
+MAX_SENDERS = 512
+MAX_SYNC_INPUTS = 2 * MAX_BLOCKS_PER_REQUEST
 MAX_TIMERS = 4096
 MAX_RECENT_RECEIPTS = 100_000
 
@@ -96,30 +95,6 @@ class CommitTimeout(Exception):
     """The payload was accepted but not committed within the caller's deadline (it may still be)."""
 
 
-class Application(Protocol):
-    """What consensus needs from the deterministic application (the ledger)."""
-
-    def propose_app_header(self, height: int) -> bytes:
-        """Opaque header bytes for a block this node proposes at `height`."""
-        ...
-
-    def validate_block(self, block: Block) -> bool:
-        """Deterministic validity of a proposed block (same verdict on every honest node)."""
-        ...
-
-    def apply_block(self, block: Block, certificate: CommitCertificate) -> bytes:
-        """Apply a committed block; returns the 32-byte application state hash after it."""
-        ...
-
-
-class ValidatorSetChanges(Protocol):
-    """Optional application hook: a committed block changes the validator set."""
-
-    def validator_update(self, height: int) -> tuple[ValidatorSet, dict[bytes, bytes]] | None:
-        """After committing `height`: the new set and its address -> peer id bindings."""
-        ...
-
-
 @dataclass(frozen=True, slots=True)
 class CommitReceipt:
     """Where a submitted payload was committed."""
@@ -127,6 +102,7 @@ class CommitReceipt:
     height: int
     block_hash: bytes
     index: int
+    result: TxResult = field(default_factory=TxResult)  # the application's outcome for it
 
 
 @dataclass(slots=True)
@@ -148,6 +124,7 @@ class ServiceConfig:
     batch_max_count: int = 1000
     batch_max_delay_s: float = 0.005
     durable: bool = True
+    create_empty_blocks: bool = False  # True: CometBFT's default (a block every interval)
 
 
 @dataclass(slots=True)
@@ -158,100 +135,123 @@ class _Waiter:
 
 CommitListener = Callable[[CommittedBlock], None]
 SignedListener = Callable[[Proposal | Vote], None]
+NoticeListener = Callable[[tuple[Any, ...]], None]
+
+
+class SenderQueues:
+    """Bounded FIFO per sender, served round-robin (one flooding sender fills only its own)."""
+
+    def __init__(self, per_sender: int = MAX_INPUTS_PER_SENDER, max_senders: int = MAX_SENDERS) -> None:
+        self.per_sender = per_sender
+        self.max_senders = max_senders
+        self._queues: OrderedDict[bytes, deque[Any]] = OrderedDict()
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    def put(self, sender: bytes, item: Any) -> bool:
+        queue = self._queues.get(sender)
+        if queue is None:
+            if len(self._queues) >= self.max_senders:
+                self.dropped += 1
+                return False
+            queue = self._queues[sender] = deque()
+        if len(queue) >= self.per_sender:
+            self.dropped += 1
+            return False
+        queue.append(item)
+        return True
+
+    def take(self) -> Any | None:
+        """The oldest item of the next sender in turn (that sender moves to the back)."""
+        while self._queues:
+            sender, queue = next(iter(self._queues.items()))
+            self._queues.move_to_end(sender)
+            if queue:
+                item = queue.popleft()
+                if not queue:
+                    del self._queues[sender]
+                return item
+            del self._queues[sender]
+        return None
 
 
 class ConsensusService:
-    """Runs the consensus core for one validator node (see the module docstring)."""
+    """Runs the Replica for one validator node (see the module docstring)."""
 
     def __init__(self, keys: NodeKeys, config: ServiceConfig, app: Application) -> None:
         self.keys = keys
         self.config = config
         self.app = app
-        config.data_dir.mkdir(parents=True, exist_ok=True)
-        self.wal = WriteAheadLog(config.data_dir / "wal.sqlite", durable=config.durable)
-        self.store = BlockStore(config.data_dir / "blocks.sqlite", durable=config.durable)
+        directory = config.directory
+        self.replica = Replica(
+            keys.validator, config.domain, config.validators, config.data_dir, app,
+            genesis_bindings={a: p for a in directory.addresses() if (p := directory.peer_of(a))},
+            timeouts=config.timeouts, durable=config.durable, max_payloads=config.block_max_payloads,
+            max_payload_bytes=config.block_max_bytes, create_empty_blocks=config.create_empty_blocks,
+        )
         self.mempool = Mempool(config.mempool_max_count, config.mempool_max_bytes)
         self.counters: Counter[str] = Counter()
         self.commit_listeners: list[CommitListener] = []
         self.signed_listeners: list[SignedListener] = []
-        self._inputs_send, self._inputs_recv = trio.open_memory_channel[tuple[Any, ...]](MAX_INPUTS)
+        self.on_notices: NoticeListener | None = None
+        self.inputs = SenderQueues()
+        self._sync_inputs: deque[tuple[bytes, CommittedBlock]] = deque()
+        self._input_ready = trio.Event()
         self._timers: list[tuple[float, int, Timeout]] = []
         self._timer_seq = 0
         self._waiters: dict[bytes, _Waiter] = {}
         self._receipts: OrderedDict[bytes, CommitReceipt] = OrderedDict()
         self._pending_proposal: tuple[RequestProposal, float] | None = None
+        self._announced: OrderedDict[tuple[Any, ...], None] = OrderedDict()
+        self._installed_bindings: dict[bytes, bytes] = {}
         self._last_commit_at = 0.0
         self._catching_up = False
         self._net: P2PNode | None = None
         self._nursery: trio.Nursery | None = None
-        self.app_state_hash = ZERO_HASH
-        self.core = self._recover()
         self.ready = trio.Event()
 
-    # ------------------------------------------------------------------ recovery
+    @property
+    def store(self) -> BlockStore:
+        return self.replica.store
 
-    def _recover(self) -> ConsensusCore:
-        """Rebuild the app state from the block store and the core from the WAL."""
-        schedule = ValidatorSchedule(self.config.validators)
-        for from_height, validators in self.store.validator_sets():
-            schedule.add(from_height, validators)
-        last = self.store.last()
-        first = 1
-        restore = getattr(self.app, "restore", None)  # optional: an application snapshot
-        if last is not None and restore is not None:
-            restored = restore(last.height, self.store.get)
-            if restored is not None:
-                first, self.app_state_hash = restored[0] + 1, restored[1]
-        for height in range(first, (last.height if last else 0) + 1):
-            committed = self.store.get(height)
-            assert committed is not None, f"block store misses height {height}"
-            self.app_state_hash = self.app.apply_block(committed.block, committed.certificate)
-        core = ConsensusCore(
-            self.keys.validator,
-            self.config.domain,
-            schedule,
-            height=(last.height + 1) if last else 1,
-            prev_block_hash=last.block.hash if last else ZERO_HASH,
-            prev_timestamp_ms=last.block.timestamp_ms if last else 0,
-            timeouts=self.config.timeouts,
-            max_payloads=self.config.block_max_payloads,
-            max_payload_bytes=self.config.block_max_bytes,
-        )
-        # Peers that missed our precommit for the last heights can still finish them.
-        for height in range(max(1, core.height - MAX_RECENT_COMMITS), core.height):
-            recent = self.store.get(height)
-            assert recent is not None, f"block store has a gap at height {height}"
-            core.remember_committed(recent)
-        logger.info("recovered at height %d with app state %s", core.height, self.app_state_hash.hex())
-        return core
+    @property
+    def core(self) -> ConsensusCore:
+        return self.replica.core
+
+    @property
+    def app_state_hash(self) -> bytes:
+        return self.replica.app_hash
 
     @property
     def height(self) -> int:
         """The next height to decide."""
-        return self.core.height
+        return self.replica.height
 
     @property
     def committed_height(self) -> int:
-        """Height of the last committed block."""
-        return self.core.height - 1
+        """Height of the last committed (stored) block."""
+        return self.replica.latest_height()
 
     # ------------------------------------------------------------------ submitting
 
     async def submit(self, payload: bytes, timeout_s: float = 30.0) -> CommitReceipt:
-        """Order `payload`; returns once it is committed and applied.
+        """Order `payload`; returns once it is committed and applied (receipt with its result).
 
-        Raises ConsensusOverloaded when the mempool is full, ValueError for a bad payload,
-        CommitTimeout when no commit came within `timeout_s`, AlreadyCommitted for a payload
-        committed so long ago that its receipt was forgotten.
+        Raises ConsensusOverloaded when the mempool is full, ValueError for a payload the
+        application refuses, CommitTimeout when no commit came within `timeout_s`,
+        AlreadyCommitted for a payload committed so long ago that its receipt was forgotten.
         """
         digest = keccak256(payload)
         receipt = self._receipts.get(digest)
         if receipt is not None:
             return receipt
-        if not self._payload_ok(payload):
-            raise ValueError("the application refuses this payload")
         waiter = self._waiters.get(digest)
         if waiter is None:
+            verdict = self._check(payload)
+            if verdict is not None:
+                raise ValueError(f"the application refuses this payload: {verdict}")
             try:
                 added = self.mempool.add(payload, source="local")
             except MempoolFull as exc:
@@ -260,16 +260,8 @@ class ConsensusService:
             if not added and digest not in self.mempool:
                 raise AlreadyCommitted("payload was committed before (its receipt is no longer kept)")
             waiter = self._waiters[digest] = _Waiter()
-            self._wake()
-            if self._net is not None:
-                try:
-                    await self._net.publish_event(payload)
-                except GossipOverloaded:
-                    # Still in our mempool: it is committed when this node proposes.
-                    self.counters["gossip_overloaded"] += 1
-                except BatchError:
-                    # Larger than an events message: only this node's proposals carry it.
-                    self.counters["gossip_payload_too_large"] += 1
+            self._input_ready.set()
+            await self._gossip(payload)
         try:
             with trio.fail_after(timeout_s):
                 await waiter.event.wait()
@@ -278,32 +270,35 @@ class ConsensusService:
         assert waiter.receipt is not None
         return waiter.receipt
 
-    def _wake(self) -> None:
+    async def _gossip(self, payload: bytes) -> None:
+        if self._net is None:
+            return
         try:
-            self._inputs_send.send_nowait(("wake",))
-        except trio.WouldBlock:
-            pass  # the driver is busy and will look at the mempool anyway
+            await self._net.publish_event(payload)
+        except GossipOverloaded:  # still in our mempool: committed when this node proposes
+            self.counters["gossip_overloaded"] += 1
+        except BatchError:  # larger than an events message: only this node's proposals carry it
+            self.counters["gossip_payload_too_large"] += 1
+
+    def _check(self, payload: bytes) -> str | None:
+        """check_tx: None if admitted, else the reason (a failing check refuses, never stops)."""
+        try:
+            result = self.app.check_tx(payload)
+        except Exception as exc:
+            logger.exception("payload admission check failed")
+            return f"admission check failed: {exc}"
+        return None if result.ok else (result.reason or "refused")
 
     # ------------------------------------------------------------------ p2p handlers
 
     async def _on_consensus(self, sender: bytes, body: bytes) -> None:
-        await self._inputs_send.send(("message", sender, body))
-
-    def _payload_ok(self, payload: bytes) -> bool:
-        """The application's admission check (if it has one): a payload that could never be in
-        a valid block must not enter the mempool, or every proposal carrying it is refused."""
-        check = getattr(self.app, "check_payload", None)
-        if check is None:
-            return True
-        try:
-            return bool(check(payload))
-        except Exception:  # a failing check refuses the payload; it never stops the node
-            logger.exception("payload admission check failed")
-            return False
+        if not self.inputs.put(sender, (sender, body)):
+            self.counters["input_dropped_sender_full"] += 1
+        self._input_ready.set()
 
     async def _on_payloads(self, sender: bytes, payloads: list[bytes]) -> None:
         for payload in payloads:
-            if not self._payload_ok(payload):
+            if self._check(payload) is not None:
                 self.counters["gossip_payload_refused"] += 1
                 continue
             try:
@@ -313,16 +308,16 @@ class ConsensusService:
                 self.counters["gossip_payload_mempool_full"] += 1
             except ValueError:
                 self.counters["gossip_payload_invalid"] += 1
-        self._wake()
+        self._input_ready.set()
 
     def _block_records(self, from_height: int, to_height: int) -> list[bytes]:
-        return self.store.records(from_height, to_height)
+        return self.replica.block_records(from_height, to_height)
 
     # ------------------------------------------------------------------ the driver
 
     def _push_timer(self, timeout: Timeout, duration_ms: int) -> None:
         if len(self._timers) >= MAX_TIMERS // 2:  # drop timers of decided heights
-            self._timers = [t for t in self._timers if t[2].height >= self.core.height]
+            self._timers = [t for t in self._timers if t[2].height >= self.replica.height]
             heapq.heapify(self._timers)
         assert len(self._timers) < MAX_TIMERS, "timer heap bound"
         self._timer_seq += 1
@@ -332,109 +327,117 @@ class ConsensusService:
         deadline = self._timers[0][0] if self._timers else float("inf")
         if self._pending_proposal is not None:
             deadline = min(deadline, self._proposal_due())
+        needed = self.replica.block_needed_by_ms
+        if self.replica.idle and needed is not None:
+            deadline = min(deadline, trio.current_time() + max(0.0, needed / 1000 - time.time()))
         return deadline
 
     def _proposal_due(self) -> float:
-        """When the pending proposal request must be answered."""
+        """When the pending proposal request is answered (payloads arriving together share it)."""
         assert self._pending_proposal is not None
         _, asked_at = self._pending_proposal
         earliest = max(asked_at, self._last_commit_at + self.config.min_block_interval_s)
-        if len(self.mempool):
+        if len(self.mempool) or not self.config.create_empty_blocks:
             return earliest
         return max(earliest, asked_at + self.config.empty_block_interval_s)
 
     async def _drive(self) -> None:
-        self._carry_out(self.core.restore(self.wal.messages(self.core.height)))
+        await self._carry_out(self.replica.start())
         while True:
-            with trio.move_on_at(self._next_deadline()):
-                item = await self._inputs_recv.receive()
-                self._handle_input(item)
+            if not len(self.inputs) and not self._sync_inputs:
+                with trio.move_on_at(self._next_deadline()):
+                    await self._input_ready.wait()
+            self._input_ready = trio.Event()
             now = trio.current_time()
             while self._timers and self._timers[0][0] <= now:
                 _, _, timeout = heapq.heappop(self._timers)
-                self._carry_out(self.core.on_timeout(timeout))
-            if self._pending_proposal is not None and self._proposal_due() <= now:
-                self._answer_proposal()
+                await self._carry_out(self.replica.handle_timeout(timeout))
+            for _ in range(64):  # a slice of inputs, then timers and proposals again
+                if self._sync_inputs:
+                    sender, committed = self._sync_inputs.popleft()
+                    await self._carry_out(self.replica.handle_committed_block(committed, sender))
+                body = self.inputs.take()
+                if body is None:
+                    break
+                sender, data = body
+                await self._carry_out(self.replica.handle_message(data, sender))
+            if self.replica.idle and self._wants_block():
+                await self._carry_out(self.replica.wake())
+            if self._pending_proposal is not None and self._proposal_due() <= trio.current_time():
+                await self._answer_proposal()
 
-    def _handle_input(self, item: tuple[Any, ...]) -> None:
-        kind = item[0]
-        if kind == "message":
-            _, sender, body = item
-            self._carry_out(self.core.on_message(body, sender))
-        elif kind == "committed":
-            _, sender, committed = item
-            self._carry_out(self.core.on_committed_block(committed, sender))
-        else:
-            assert kind == "wake"
+    def _wants_block(self) -> bool:
+        needed = self.replica.block_needed_by_ms
+        return bool(len(self.mempool)) or (needed is not None and needed <= time.time() * 1000)
 
-    def _answer_proposal(self) -> None:
+    async def _answer_proposal(self) -> None:
         assert self._pending_proposal is not None
         request, _ = self._pending_proposal
         self._pending_proposal = None
-        if (request.height, request.round) != (self.core.height, self.core.round):
+        if (request.height, request.round) != (self.replica.height, self.replica.core.round):
             return
         payloads = self.mempool.reap(request.max_payloads, request.max_payload_bytes)
-        refused = [p for p in payloads if not self._payload_ok(p)]  # e.g. a removed validator's
-        if refused:
+        try:
+            facts = await trio.to_thread.run_sync(self.app.propose_facts, request.height)
+        except Exception as exc:  # e.g. the chain RPC is down: skip our turn, the round moves on
+            self.counters["proposal_facts_failed"] += 1
+            logger.warning("no proposal at height %d: propose_facts failed: %s", request.height, exc)
+            return
+        if (request.height, request.round) != (self.replica.height, self.replica.core.round):
+            return  # the round moved on while the facts were fetched
+        outputs = self.replica.propose(request, payloads, facts, int(time.time() * 1000))
+        refused = self.replica.last_refused
+        if refused:  # payloads prepare_proposal dropped can never be in a block: forget them
             self.mempool.remove_committed(refused)
             self.counters["proposal_payload_refused"] += len(refused)
-            refused_set = set(refused)
-            payloads = tuple(p for p in payloads if p not in refused_set)
-        try:
-            app_header = self.app.propose_app_header(request.height)
-        except Exception as exc:  # e.g. the chain RPC is down: skip our turn, the round moves on
-            self.counters["proposal_header_failed"] += 1
-            logger.warning("no proposal at height %d: the application header failed: %s", request.height, exc)
-            return
-        content = ProposalContent(
-            payloads=payloads,
-            app_header=app_header,
-            timestamp_ms=max(int(time.time() * 1000), request.prev_timestamp_ms + 1),
-            app_state_hash=self.app_state_hash,
-        )
-        self._carry_out(self.core.on_proposal_content(request.height, request.round, content))
+        await self._carry_out(outputs)
 
-    def _carry_out(self, outputs: list[Output]) -> None:
-        """Execute core outputs in order; outputs of follow-up inputs are appended."""
-        queue = list(outputs)
-        index = 0
-        while index < len(queue):
-            output = queue[index]
-            index += 1
-            follow = self._execute(output)
-            if follow:
-                queue.extend(follow)
+    async def _carry_out(self, outputs: list[Output]) -> None:
+        """Carry out Replica outputs; a Commit is finalized before anything else."""
+        queue = deque(sorted(outputs, key=lambda o: not isinstance(o, Commit)))
+        while queue:
+            follow = await self._execute(queue.popleft())
+            queue.extend(sorted(follow, key=lambda o: not isinstance(o, Commit)))
+            if any(isinstance(o, Commit) for o in queue):
+                queue = deque(sorted(queue, key=lambda o: not isinstance(o, Commit)))
 
-    def _execute(self, output: Output) -> list[Output] | None:
+    async def _execute(self, output: Output) -> list[Output]:
         net = self._net
-        if isinstance(output, Persist):
-            self.wal.append(output.message, output.own)  # durable before anyone else sees it
-            if output.own:
-                for listener in self.signed_listeners:
-                    listener(output.message)
-        elif isinstance(output, Broadcast):
+        if isinstance(output, Broadcast):
+            message = output.message
+            if self._is_own(message) and self.signed_listeners:  # the WAL has it already
+                slot = (type(message).__name__, int(getattr(message, "vote_type", 0)), message.height,
+                        message.round, message.block_hash)
+                if slot not in self._announced:
+                    self._announced[slot] = None
+                    while len(self._announced) > 1024:
+                        self._announced.popitem(last=False)
+                    for listener in self.signed_listeners:
+                        listener(message)
             if net is not None:
                 net.broadcast_consensus(output.data)
         elif isinstance(output, SendTo):
-            if (
-                isinstance(output.message, CommittedBlock)
-                and output.message.height >= self.core.height - 1
-            ):
-                # A vote of the height we just decided arrived late: its sender is usually
-                # just slower, not stuck, and a whole block per late vote costs more than the
-                # rest of the height. A peer that is really stuck sees f+1 validators ahead and
-                # fetches the block by sync.
+            if isinstance(output.message, CommittedBlock) and output.message.height >= self.replica.height - 1:
+                # A vote of the height we just decided arrived late: its sender is usually just
+                # slower, not stuck; one that is really stuck fetches the block by sync.
                 self.counters["recent_block_not_pushed"] += 1
-            elif net is not None and isinstance(output.peer, bytes) and output.peer in net.directory:
+            elif net is not None and isinstance(output.peer, bytes):
                 net.links.send_to(output.peer, output.data)
         elif isinstance(output, ScheduleTimeout):
             self._push_timer(output.timeout, output.duration_ms)
         elif isinstance(output, RequestProposal):
             self._pending_proposal = (output, trio.current_time())
         elif isinstance(output, ValidateBlock):
-            return self.core.on_validation_result(output.block.hash, self._validate(output.block))
+            block = output.block
+            try:
+                facts = await trio.to_thread.run_sync(self.app.fetch_facts, block.height, block.app_header)
+            except Exception as exc:  # the facts can never be had: the block is refused
+                logger.warning("block %d refused: its facts cannot be fetched: %s", block.height, exc)
+                self.counters["validation_facts_failed"] += 1
+                return self.replica.refuse(block)
+            return self.replica.validate(block, facts)
         elif isinstance(output, Commit):
-            return self._commit(output.block, output.certificate)
+            return await self._commit(output)
         elif isinstance(output, RequestCatchUp):
             self._start_catch_up(output.peer if isinstance(output.peer, bytes) else None, output.from_height)
         elif isinstance(output, ReportEvidence):
@@ -442,28 +445,31 @@ class ConsensusService:
             logger.warning("equivocation by 0x%s at height %d", output.evidence.validator.hex(), output.evidence.height)
         elif isinstance(output, Dropped):
             self.counters[f"dropped:{output.reason.split(':')[0]}"] += 1
-        return None
+        elif isinstance(output, Persist):  # the Replica keeps these; never returned
+            pass
+        return []
 
-    def _validate(self, block: Block) -> bool:
-        if block.app_state_hash != self.app_state_hash:
-            self.counters["invalid_app_state_hash"] += 1
-            return False
-        try:
-            return bool(self.app.validate_block(block))
-        except Exception:  # a crashing validator rejects; the block must not be accepted
-            logger.exception("application failed to validate block %d", block.height)
-            return False
+    def _is_own(self, message: Proposal | Vote) -> bool:
+        signer = message.validator if isinstance(message, Vote) else message.proposer
+        return signer == self.keys.validator_address
 
-    def _commit(self, block: Block, certificate: CommitCertificate) -> list[Output]:
-        committed = CommittedBlock(block, certificate)
-        self.store.save(committed)
-        self.app_state_hash = self.app.apply_block(block, certificate)
-        self.wal.prune_below(block.height)
+    async def _commit(self, commit: Commit) -> list[Output]:
+        block = commit.block
+        # Blocks until the facts are had (the application retries inside): a chain outage
+        # delays commits, the loop keeps serving everything else meanwhile.
+        facts = await trio.to_thread.run_sync(self.app.fetch_facts, block.height, block.app_header)
+        result, follow = self.replica.finalize(commit, facts)
+        self._after_commit(CommittedBlock(block, commit.certificate), result)
+        return follow
+
+    def _after_commit(self, committed: CommittedBlock, result: FinalizeResult) -> None:
+        block = committed.block
         self.mempool.remove_committed(block.payloads)
         self._last_commit_at = trio.current_time()
         for index, payload in enumerate(block.payloads):
             digest = keccak256(payload)
-            receipt = CommitReceipt(block.height, block.hash, index)
+            tx = result.tx_results[index] if index < len(result.tx_results) else TxResult(1, log="no result")
+            receipt = CommitReceipt(block.height, block.hash, index, tx)
             self._receipts[digest] = receipt
             waiter = self._waiters.pop(digest, None)
             if waiter is not None:
@@ -473,17 +479,32 @@ class ConsensusService:
             self._receipts.popitem(last=False)
         self.counters["committed_blocks"] += 1
         self.counters["committed_payloads"] += len(block.payloads)
+        self._install_bindings()
+        for payload in result.outbound_payloads:
+            self._submit_own(payload)
+        if result.notices and self.on_notices is not None:
+            self.on_notices(result.notices)
         for listener in self.commit_listeners:
             listener(committed)
-        update = getattr(self.app, "validator_update", None)
-        change = update(block.height) if update is not None else None
-        if change is not None:
-            validators, bindings = change
-            self.store.save_validator_set(block.height + 2, validators)
-            if self._net is not None:
-                self._net.directory.replace(bindings)
-            return self.core.set_validators(block.height + 2, validators)
-        return []
+
+    def _install_bindings(self) -> None:
+        """p2p accepts the peers of every validator set deciding now or later (old set until the
+        switch height, new set from when it is announced)."""
+        bindings = self.replica.bindings_in_force()
+        if bindings != self._installed_bindings:
+            self.config.directory.replace(bindings)
+            self._installed_bindings = bindings
+
+    def _submit_own(self, payload: bytes) -> None:
+        """An own payload the application asked for (e.g. an attestation): mempool + gossip."""
+        if self._check(payload) is not None:
+            self.counters["own_payload_refused"] += 1
+            return
+        try:
+            if self.mempool.add(payload, source="local") and self._nursery is not None:
+                self._nursery.start_soon(self._gossip, payload)
+        except MempoolFull:
+            self.counters["own_payload_mempool_full"] += 1
 
     # ------------------------------------------------------------------ catch-up
 
@@ -494,7 +515,7 @@ class ConsensusService:
         self._nursery.start_soon(self._catch_up, peer, from_height)
 
     async def _catch_up(self, peer: bytes | None, from_height: int) -> None:
-        """Fetch certified blocks from validators until none is ahead; the core verifies them."""
+        """Fetch certified blocks from validators until none is ahead; the Replica verifies them."""
         net = self._net
         assert net is not None
         try:
@@ -502,7 +523,7 @@ class ConsensusService:
                 a for a in net.connected_validators() if a != peer
             ]
             for address in candidates:
-                if await self._catch_up_from(net, address, max(from_height, self.core.height)):
+                if await self._catch_up_from(net, address, max(from_height, self.replica.height)):
                     return
         finally:
             self._catching_up = False
@@ -523,22 +544,34 @@ class ConsensusService:
                 if not isinstance(committed, CommittedBlock):
                     self.counters["sync_malformed"] += 1
                     return False
-                await self._inputs_send.send(("committed", address, committed))
+                while len(self._sync_inputs) >= MAX_SYNC_INPUTS:
+                    await trio.sleep(0.01)
+                self._sync_inputs.append((address, committed))
+                self._input_ready.set()
             self.counters["sync_blocks_fetched"] += len(records)
             if not records:
-                return self.core.height > latest
+                return self.replica.height > latest
             height += len(records)
-            # Let the driver apply what we fed before asking for more.
-            with trio.move_on_after(5):
-                while self.core.height < height:
+            with trio.move_on_after(5):  # let the driver apply what we fed before asking for more
+                while self.replica.height < height:
                     await trio.sleep(0.01)
-            if self.core.height < height:
+            if self.replica.height < height:
                 return False  # the blocks were refused (bad certificate or chain)
 
     # ------------------------------------------------------------------ running
 
+    async def _replay(self) -> None:
+        """Re-apply stored blocks above the application's snapshot (facts off the loop)."""
+        for height in self.replica.replay_heights():
+            committed = self.replica.store.get(height)
+            assert committed is not None, f"block store misses height {height}"
+            facts = await trio.to_thread.run_sync(self.app.fetch_facts, height, committed.block.app_header)
+            self.replica.replay(height, facts)
+        logger.info("recovered at height %d with app state %s", self.replica.height,
+                    self.replica.app_hash.hex())
+
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Start p2p, restore from the WAL, and drive consensus until cancelled."""
+        """Replay, start p2p, resume from the WAL, and drive consensus until cancelled."""
         handlers = P2PHandlers(self._on_consensus, self._on_payloads, self._block_records, lambda: self.committed_height)
         p2p_config = P2PConfig(
             network_id=network_id_of(self.config.domain),
@@ -548,6 +581,8 @@ class ConsensusService:
             batch_max_delay_s=self.config.batch_max_delay_s,
         )
         try:
+            await self._replay()
+            self._install_bindings()
             async with open_p2p(self.keys, p2p_config, handlers) as net, trio.open_nursery() as nursery:
                 self._net = net
                 self._nursery = nursery
@@ -557,8 +592,7 @@ class ConsensusService:
                 task_status.started(net)
         finally:
             self._net = None
-            self.wal.close()
-            self.store.close()
+            self.replica.close()
 
     async def _initial_sync(self) -> None:
         """Once links are up, ask validators for blocks we missed while down."""
@@ -567,12 +601,13 @@ class ConsensusService:
         with trio.move_on_after(10):
             while not net.connected_validators():
                 await trio.sleep(0.1)
-        self._start_catch_up(None, self.core.height)
+        self._start_catch_up(None, self.replica.height)
 
     def stats(self) -> dict[str, Any]:
         """Counters for metrics and tests."""
         out: dict[str, Any] = dict(self.counters)
-        out.update(height=self.core.height, round=self.core.round, mempool=len(self.mempool))
+        out.update(height=self.replica.height, round=self.replica.core.round, mempool=len(self.mempool),
+                   inputs_dropped=self.inputs.dropped, idle=self.replica.idle)
         if self._net is not None:
             out["p2p"] = self._net.stats()
         return out

@@ -42,19 +42,52 @@ class HashChainApp:
         self.state = ZERO_HASH
         self.height = 0
 
-    def propose_app_header(self, height: int) -> bytes:
-        return HASH_CHAIN_HEADER
+    # consensus.abci.Application (the shell's only way in)
+    def check_tx(self, payload: bytes) -> Any:
+        from consensus.abci import CheckResult
 
-    def validate_block(self, block: Any) -> bool:
+        return CheckResult(len(payload) <= 65536, "payload too large")
+
+    def propose_facts(self, height: int) -> Any:
+        return None
+
+    def prepare_proposal(self, height: int, payloads: tuple[bytes, ...], facts: Any) -> Any:
+        from consensus.abci import Prepared
+
+        return Prepared(HASH_CHAIN_HEADER, payloads)
+
+    def fetch_facts(self, height: int, app_header: bytes) -> Any:
+        return None
+
+    def process_proposal(self, block: Any, facts: Any) -> bool:
         return bool(block.app_header == HASH_CHAIN_HEADER and all(len(p) <= 65536 for p in block.payloads))
 
-    def apply_block(self, block: Any, certificate: Any) -> bytes:
+    def finalize_block(self, block: Any, certificate: Any, facts: Any) -> Any:
+        from consensus.abci import FinalizeResult, TxResult
         from consensus.signing import keccak256
 
         assert block.height == self.height + 1, "blocks are applied in order"
         self.state = keccak256(self.state + block.payloads_hash)
         self.height = block.height
-        return self.state
+        return FinalizeResult(tuple(TxResult() for _ in block.payloads), self.state)
+
+    def commit(self, height: int) -> None:
+        pass
+
+    def restore(self, last_height: int, get_block: Any) -> Any:
+        return None
+
+    def list_snapshots(self) -> Any:
+        return ()
+
+    def load_snapshot_chunk(self, height: int, format: int, index: int) -> bytes | None:
+        return None
+
+    def offer_snapshot(self, snapshot: Any, app_hash: bytes) -> bool:
+        return False
+
+    def apply_snapshot_chunk(self, index: int, chunk: bytes) -> bool | None:
+        return False
 
 
 def emit(event: str, **fields: Any) -> None:
@@ -118,6 +151,7 @@ async def _run_consensus(config: dict[str, Any]) -> None:
         batch_max_count=int(config.get("batch_max_count", 1000)),
         min_block_interval_s=float(config.get("min_block_interval_s", 0.01)),
         empty_block_interval_s=float(config.get("empty_block_interval_s", 1.0)),
+        create_empty_blocks=bool(config.get("create_empty_blocks", True)),  # harness: heights tick
         block_max_payloads=int(config.get("block_max_payloads", 4096)),
     )
     audit = _open_audit(data_dir)

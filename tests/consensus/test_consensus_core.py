@@ -447,3 +447,19 @@ def test_a_long_height_forgets_old_rounds_but_keeps_its_lock():
     rounds = {r for r, _ in core._state.votes}
     assert 0 in rounds and 1 not in rounds and len(rounds) <= MAX_ROUNDS_BEHIND + 2
     assert core.locked_round == 0
+
+
+def test_one_validators_flood_of_future_messages_leaves_room_for_the_others():
+    from consensus.core import MAX_FUTURE_MESSAGES, MIN_FUTURE_PER_SIGNER
+
+    core = core_for(0)
+    core.start()
+    flooder = KEYS[1]
+    for r in range(MAX_FUTURE_MESSAGES + 10):  # distinct, validly signed, height + 1
+        core.on_message(vote(flooder, VoteType.PREVOTE, 2, r, ZERO_HASH).to_bytes(), "1")
+    share = max(MIN_FUTURE_PER_SIGNER, MAX_FUTURE_MESSAGES // 4)
+    assert len(core._future) == share  # the flooder filled only its own share
+    honest = vote(KEYS[2], VoteType.PREVOTE, 2, 0, ZERO_HASH)
+    out = core.on_message(honest.to_bytes(), "2")
+    assert not [o for o in out if isinstance(o, Dropped)]
+    assert len(core._future) == share + 1

@@ -17,13 +17,24 @@ def test_four_validators_over_many_seeds():
     assert sum(r.evidence for r in results) > 0
     assert sum(r.heights for r in results) > 250 * 2
     behaviors = {b for r in results for b in r.behaviors}
-    assert behaviors >= {"silent", "garbage", "double-voter", "equivocating-proposer"}
+    assert behaviors >= {"silent", "garbage", "double-voter", "equivocating-proposer", "flooder"}
 
 
 def test_seven_validators_over_seeds():
     results = run_seeds(list(range(1000, 1050)), SimConfig(validators=7, payloads=8))
     assert_all_ok(results)
     assert any(r.behaviors.count("honest") == 5 for r in results)  # f = 2 Byzantine
+
+
+def test_ten_validators_over_seeds():
+    results = run_seeds(list(range(2000, 2010)), SimConfig(validators=10, payloads=6))
+    assert_all_ok(results)
+
+
+@pytest.mark.parametrize("faulty", ["no-wal", "majority-quorum"])
+def test_seeded_faulty_cores_are_caught(faulty):
+    results = run_seeds(list(range(40)), SimConfig(validators=4, payloads=8, faulty_core=faulty))
+    assert sum(not r.ok for r in results) >= 5, faulty
 
 
 def test_a_seed_replays_exactly():

@@ -1,0 +1,153 @@
+"""ConsensusService in-process: four services on loopback libp2p, driving the shared Replica.
+
+Payloads commit with their TxResult in the receipt; outbound payloads and notices leave
+through FinalizeResult; an idle network makes no blocks; a restarted service replays.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from consensus.abci import CheckResult, FinalizeResult, Prepared, TxResult
+from consensus.signing import ZERO_HASH, Domain, keccak256
+from consensus.types import ValidatorSet
+from devsen.consensus_service import ConsensusService, SenderQueues, ServiceConfig
+from p2p.envelope import ValidatorDirectory
+from p2p.host import HostConfig
+from p2p.keys import init_keys
+
+DOMAIN = Domain(31337, bytes.fromhex("cd" * 20))
+
+
+class EchoApp:
+    """Replies b"ok:" + payload; a payload starting with b"attest" makes every node submit its
+    own b"own-<node>-<height>" payload and hand a notice to the node."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.app_hash = ZERO_HASH
+        self.height = 0
+        self.loop_calls = 0
+
+    def check_tx(self, payload: bytes) -> CheckResult:
+        return CheckResult(not payload.startswith(b"bad"), "bad payload")
+
+    def propose_facts(self, height: int) -> Any:
+        try:  # called in a worker thread, never on the event loop
+            trio.lowlevel.current_trio_token()
+            self.loop_calls += 1
+        except RuntimeError:
+            pass
+        return height
+
+    def prepare_proposal(self, height: int, payloads: tuple[bytes, ...], facts: Any) -> Prepared:
+        return Prepared(b"echo", payloads)
+
+    def fetch_facts(self, height: int, app_header: bytes) -> Any:
+        return app_header
+
+    def process_proposal(self, block: Any, facts: Any) -> bool:
+        return bool(facts == b"echo")
+
+    def finalize_block(self, block: Any, certificate: Any, facts: Any) -> FinalizeResult:
+        assert block.height == self.height + 1
+        self.height = block.height
+        self.app_hash = keccak256(self.app_hash + block.hash)
+        own = tuple(b"own-%s-%d" % (self.name.encode(), block.height)
+                    for p in block.payloads if p.startswith(b"attest"))
+        return FinalizeResult(tuple(TxResult(0, b"ok:" + p) for p in block.payloads), self.app_hash,
+                              outbound_payloads=own, notices=tuple(("quorum", p) for p in own))
+
+    def commit(self, height: int) -> None:
+        pass
+
+    def restore(self, last_height: int, get_block: Any) -> Any:
+        return None
+
+    def list_snapshots(self) -> Any:
+        return ()
+
+    def load_snapshot_chunk(self, height: int, format: int, index: int) -> bytes | None:
+        return None
+
+    def offer_snapshot(self, snapshot: Any, app_hash: bytes) -> bool:
+        return False
+
+    def apply_snapshot_chunk(self, index: int, chunk: bytes) -> bool | None:
+        return False
+
+
+def _network(tmp_path: Path, n: int = 4) -> tuple[list[Any], ValidatorSet, dict[bytes, bytes]]:
+    keys = [init_keys(tmp_path / f"keys{i}") for i in range(n)]
+    bindings = {k.validator_address: k.peer_id.to_bytes() for k in keys}
+    return keys, ValidatorSet.equal(list(bindings)), bindings
+
+
+def _config(tmp_path: Path, i: int, validators: ValidatorSet, bindings: dict[bytes, bytes],
+            bootstrap: list[str]) -> ServiceConfig:
+    return ServiceConfig(data_dir=tmp_path / f"node{i}", domain=DOMAIN, validators=validators,
+                         directory=ValidatorDirectory(bindings),
+                         host=HostConfig(listen="/ip4/127.0.0.1/tcp/0", bootstrap=tuple(bootstrap)),
+                         durable=False)
+
+
+async def _start(nursery: trio.Nursery, service: ConsensusService) -> list[str]:
+    net = await nursery.start(service.run)
+    return list(net.running.listen_addrs())
+
+
+def test_four_services_commit_reply_and_stay_idle(tmp_path: Path) -> None:
+    keys, validators, bindings = _network(tmp_path)
+    apps = [EchoApp(f"n{i}") for i in range(4)]
+    notices: list[tuple[Any, ...]] = []
+
+    async def main() -> None:
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                services = []
+                boot: list[str] = []
+                for i in range(4):
+                    service = ConsensusService(keys[i], _config(tmp_path, i, validators, bindings, boot), apps[i])
+                    if i == 0:
+                        service.on_notices = notices.append
+                    addrs = await _start(nursery, service)
+                    boot = boot or addrs
+                    services.append(service)
+                receipt = await services[1].submit(b"hello", timeout_s=30)
+                assert receipt.result == TxResult(0, b"ok:hello")  # in the receipt, no side map
+                with pytest.raises(ValueError, match="bad payload"):
+                    await services[2].submit(b"bad one")
+                receipt = await services[3].submit(b"attest-1", timeout_s=30)
+                # every node's own payload, submitted by its service, commits too
+                with trio.fail_after(30):
+                    while not all(len([1 for h in range(1, s.committed_height + 1)
+                                       for p in s.store.get(h).block.payloads if p.startswith(b"own-")]) == 4
+                                  for s in services):
+                        await trio.sleep(0.05)
+                assert notices and notices[0][0][0] == "quorum"
+                # idle: no empty blocks
+                await trio.sleep(0.5)
+                heights = [s.committed_height for s in services]
+                await trio.sleep(2.0)
+                assert [s.committed_height for s in services] == heights
+                assert all(s.replica.idle for s in services)
+                assert all(a.loop_calls == 0 for a in apps)
+                hashes = {s.store.get(heights[0]).block.hash for s in services}
+                assert len(hashes) == 1 and len({s.app_state_hash for s in services}) == 1
+                nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_sender_queues_serve_a_quiet_sender_past_a_flood() -> None:
+    queues = SenderQueues(per_sender=100)
+    for k in range(1000):
+        queues.put(b"flooder", k)
+    assert len(queues) == 100 and queues.dropped == 900
+    queues.put(b"honest", "vote")
+    served = [queues.take() for _ in range(2)]
+    assert "vote" in served  # the honest message is second in line, not 101st
