@@ -147,7 +147,7 @@ def deploy_network(anvil: AnvilProcess, nodes: list[DevnetNode], deployment_path
     driver = ChainClient(w3, deployment, TransactionSender(w3, driver_key))
     manager.register_roles(ROLE_DEVICE_MANAGER)
     # The demo charger delivers kWh within seconds: give it the largest power the ledger allows
-    # (2 MW), or physics (max power x time since the escrow opened) would cap its energy.
+    # (4 MW), or physics (max power x time since the escrow opened) would cap its energy.
     create_device(manager, DEMO_CHARGER, DEMO_PASSWORD, connectors=2, price_per_kwh=DEMO_PRICE_PER_KWH,
                   location="devnet", max_power_w=MAX_POWER_W)
     driver.register_roles(ROLE_DRIVER)

@@ -51,7 +51,7 @@ def create_device(client: ChainClient, charge_box_id: str, password: str, *, con
                   price_per_kwh: int = 300_000, per_minute_fee: int = 0, location: str = "",
                   max_power_w: int = DEFAULT_MAX_POWER_W) -> None:
     """Register a charger; its OCPP password is stored only as a salted scrypt hash.
-    `max_power_w` (per connector, 1..2,000,000 W) bounds the energy the ledger settles."""
+    `max_power_w` (per connector, 1..4,000,000 W) bounds the energy the ledger settles."""
     salt, auth_hash = new_auth_credential(password)
     client.create_device(charge_box_id, location=location, connector_count=connectors,
                          price_per_kwh=price_per_kwh, per_minute_fee=per_minute_fee,

@@ -34,7 +34,7 @@ contract DeviceFactory is IDeviceFactory {
     uint256 public constant MAX_PUBLIC_KEY_BYTES = 128;
     /// The ledger's bounds (devsen/ledger/chain.py): a device beyond them would be refused there.
     uint8 public constant MAX_CONNECTORS = 64;
-    uint32 public constant MAX_POWER_W = 2_000_000; // 2 MW per connector: above any charger built
+    uint32 public constant MAX_POWER_W = 4_000_000; // 4 MW per connector: above MCS (3.75 MW), the largest standard
     uint32 public constant DEFAULT_MAX_POWER_W = 350_000;
     uint8 private constant ROLE_DEVICE_MANAGER = 2;
 

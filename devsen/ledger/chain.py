@@ -17,7 +17,7 @@ from ocpp_adapter.events import keccak256
 
 MAX_AMOUNT = 2**256 - 1  # token amounts are uint256 on chain
 MAX_CONNECTORS = 64  # a device registry entry never declares more connectors (or EVSEs) than this
-MAX_POWER_W = 2_000_000  # DeviceFactory.MAX_POWER_W: one connector's maximum power, watts
+MAX_POWER_W = 4_000_000  # DeviceFactory.MAX_POWER_W: one connector's maximum power, watts (MCS is 3.75 MW)
 DEFAULT_MAX_POWER_W = 350_000  # DeviceFactory.DEFAULT_MAX_POWER_W
 MAX_ESCROW_TIME_S = 253_402_300_799  # an escrow opening time after year 9999 is not one
 

@@ -1,5 +1,5 @@
 """The contracts refuse, at write time, the values the ledger would refuse (issue 10): more
-than 64 connectors, a maximum power outside 1..2 MW, and deposits below MIN_DEPOSIT (so
+than 64 connectors, a maximum power outside 1..4 MW, and deposits below MIN_DEPOSIT (so
 sessions cannot be spammed at one base unit each)."""
 
 from __future__ import annotations
