@@ -200,7 +200,8 @@ class SimApp:
     def prepare_proposal(self, height: int, payloads: tuple[bytes, ...], facts: Any) -> Prepared:
         return Prepared(b"sim", tuple(p for p in payloads if p not in self.committed))
 
-    def fetch_facts(self, height: int, app_header: bytes) -> Any:
+    def fetch_facts(self, height: int, app_header: bytes, payloads: tuple[bytes, ...] = (),
+                    *, committed: bool = False) -> Any:
         return None
 
     def process_proposal(self, block: Block, facts: Any) -> bool:

@@ -59,6 +59,7 @@ from consensus.signing import Domain, keccak256
 from consensus.store import BlockStore
 from consensus.types import (
     MAX_BLOCKS_PER_REQUEST,
+    Block,
     CommittedBlock,
     Proposal,
     ValidatorSet,
@@ -125,6 +126,9 @@ class ServiceConfig:
     batch_max_delay_s: float = 0.005
     durable: bool = True
     create_empty_blocks: bool = False  # True: CometBFT's default (a block every interval)
+    # False: the node carries FinalizeResult.outbound_payloads itself (a finalize listener with
+    # its own retrying outbox); True: this service puts them in the mempool and gossips them.
+    submit_outbound: bool = True
 
 
 @dataclass(slots=True)
@@ -136,6 +140,7 @@ class _Waiter:
 CommitListener = Callable[[CommittedBlock], None]
 SignedListener = Callable[[Proposal | Vote], None]
 NoticeListener = Callable[[tuple[Any, ...]], None]
+FinalizeListener = Callable[[Block, FinalizeResult], None]
 
 
 class SenderQueues:
@@ -196,6 +201,8 @@ class ConsensusService:
         self.commit_listeners: list[CommitListener] = []
         self.signed_listeners: list[SignedListener] = []
         self.on_notices: NoticeListener | None = None
+        # Called with (block, FinalizeResult) after each commit and each replayed block.
+        self.finalize_listeners: list[FinalizeListener] = []
         self.inputs = SenderQueues()
         self._sync_inputs: deque[tuple[bytes, CommittedBlock]] = deque()
         self._input_ready = trio.Event()
@@ -430,7 +437,8 @@ class ConsensusService:
         elif isinstance(output, ValidateBlock):
             block = output.block
             try:
-                facts = await trio.to_thread.run_sync(self.app.fetch_facts, block.height, block.app_header)
+                facts = await trio.to_thread.run_sync(self.app.fetch_facts, block.height, block.app_header,
+                                                      block.payloads)
             except Exception as exc:  # the facts can never be had: the block is refused
                 logger.warning("block %d refused: its facts cannot be fetched: %s", block.height, exc)
                 self.counters["validation_facts_failed"] += 1
@@ -457,10 +465,14 @@ class ConsensusService:
         block = commit.block
         # Blocks until the facts are had (the application retries inside): a chain outage
         # delays commits, the loop keeps serving everything else meanwhile.
-        facts = await trio.to_thread.run_sync(self.app.fetch_facts, block.height, block.app_header)
+        facts = await trio.to_thread.run_sync(self._committed_facts, block)
         result, follow = self.replica.finalize(commit, facts)
         self._after_commit(CommittedBlock(block, commit.certificate), result)
         return follow
+
+    def _committed_facts(self, block: Block) -> Any:
+        """A decided block's chain facts (worker thread; the application waits out RPC trouble)."""
+        return self.app.fetch_facts(block.height, block.app_header, block.payloads, committed=True)
 
     def _after_commit(self, committed: CommittedBlock, result: FinalizeResult) -> None:
         block = committed.block
@@ -480,10 +492,13 @@ class ConsensusService:
         self.counters["committed_blocks"] += 1
         self.counters["committed_payloads"] += len(block.payloads)
         self._install_bindings()
-        for payload in result.outbound_payloads:
-            self._submit_own(payload)
+        if self.config.submit_outbound:
+            for payload in result.outbound_payloads:
+                self._submit_own(payload)
         if result.notices and self.on_notices is not None:
             self.on_notices(result.notices)
+        for finalize_listener in self.finalize_listeners:
+            finalize_listener(block, result)
         for listener in self.commit_listeners:
             listener(committed)
 
@@ -565,8 +580,11 @@ class ConsensusService:
         for height in self.replica.replay_heights():
             committed = self.replica.store.get(height)
             assert committed is not None, f"block store misses height {height}"
-            facts = await trio.to_thread.run_sync(self.app.fetch_facts, height, committed.block.app_header)
-            self.replica.replay(height, facts)
+            block = committed.block
+            facts = await trio.to_thread.run_sync(self._committed_facts, block)
+            result = self.replica.replay(height, facts)
+            for finalize_listener in self.finalize_listeners:
+                finalize_listener(block, result)
         logger.info("recovered at height %d with app state %s", self.replica.height,
                     self.replica.app_hash.hex())
 

@@ -39,7 +39,6 @@ from anchoring.submitter import JobStore, Submitter, SubmitterConfig
 from consensus.abci import FinalizeResult, TxResult
 from consensus.core import TimeoutConfig
 from consensus.types import Block, ValidatorSet
-from devsen.abci_shim import LegacyShellAdapter
 from devsen.app import (
     MESSAGE_WINDOW_BLOCKS,
     AppSettings,
@@ -90,12 +89,10 @@ class NodeIngest:
     FinalizeBlock); a retry of a message committed earlier is answered from the ledger's
     reply history (by dedup key)."""
 
-    def __init__(self, service: ConsensusService, app: NodeApplication, commit_timeout_s: float,
-                 result_of: Callable[[Any], TxResult | None] | None = None) -> None:
+    def __init__(self, service: ConsensusService, app: NodeApplication, commit_timeout_s: float) -> None:
         self.service = service
         self.app = app
         self.commit_timeout_s = commit_timeout_s
-        self.result_of = result_of or (lambda receipt: getattr(receipt, "result", None))
 
     def _earlier(self, event: ChargerEvent) -> IngestResult | None:
         earlier = self.app.ledger.reply_for(event.dedup_key)
@@ -122,12 +119,7 @@ class NodeIngest:
             if earlier is not None:
                 return earlier
             raise IngestRejected(f"this exact event was committed long ago: {exc}") from exc
-        result = self.result_of(receipt)
-        if result is None:  # cannot happen with CommitReceipt.result; the shim's window passed
-            earlier = self._earlier(event)
-            if earlier is not None:
-                return earlier
-            raise IngestOverloaded("committed, but its result was not delivered; retry the same message")
+        result: TxResult = receipt.result
         reply, error_code, duplicate = decode_event_reply(result)
         if reply is None:
             raise IngestRejected(f"the ledger refused this message ({error_code})", code=error_code)
@@ -202,7 +194,6 @@ class NodeParts:
     quorums: QuorumInbox
     connections: ChargerConnections
     started_at: float
-    result_of: Callable[[Any], TxResult | None] | None = None
 
 
 def _load_deployment(config: NodeConfig) -> Deployment:
@@ -350,7 +341,6 @@ def build_node(config: NodeConfig) -> NodeParts:
     app.snapshot_path = data_dir / "app_snapshot.msgpack"
     on_validators: list[Callable[[ValidatorsChanged], None]] = []
     route = FinalizeRouter(outbox, quorums, on_validators)
-    shell_app = LegacyShellAdapter(app, route.on_finalized)  # THROWAWAY: until wt-shell lands
     timeouts = TimeoutConfig(
         propose_ms=config.consensus.timeout_propose_ms, propose_delta_ms=config.consensus.timeout_delta_ms,
         prevote_ms=config.consensus.timeout_vote_ms, prevote_delta_ms=config.consensus.timeout_delta_ms,
@@ -368,7 +358,9 @@ def build_node(config: NodeConfig) -> NodeParts:
         block_max_bytes=config.consensus.max_block_bytes,
         # An idle proposer waits for payloads, but well inside its own propose timeout.
         empty_block_interval_s=max(0.05, min(1.0, config.consensus.timeout_propose_ms / 2000)),
-    ), shell_app)
+        submit_outbound=False,  # own attestations go through the retrying AttestationOutbox
+    ), app)
+    service.finalize_listeners.append(route.on_finalized)
     directory = service.config.directory
 
     def validators_changed(validators: tuple[bytes, ...], chain_bindings: dict[bytes, bytes]) -> None:
@@ -380,7 +372,7 @@ def build_node(config: NodeConfig) -> NodeParts:
     for payload in app.take_restored_outbound():
         outbox.add(payload)
     return NodeParts(config, keys, deployment, client, app, service, submitter, outbox, quorums,
-                     ChargerConnections(), time.time(), result_of=shell_app.result_of)
+                     ChargerConnections(), time.time())
 
 
 def build_router(parts: NodeParts) -> Router:
@@ -509,8 +501,7 @@ async def supervised(name: str, run: Callable[[], Awaitable[None]], restart_dela
 async def serve_node(parts: NodeParts, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     """Run consensus, the OCPP endpoint, the HTTP API and the submitter until cancelled."""
     config = parts.config
-    ingest = NodeIngest(parts.service, parts.app, commit_timeout_s=config.ocpp.call_timeout_s,
-                        result_of=parts.result_of)
+    ingest = NodeIngest(parts.service, parts.app, commit_timeout_s=config.ocpp.call_timeout_s)
     ocpp_config = OcppServerConfig(
         host=config.ocpp.host, port=config.ocpp.port, node_name=config.node.name,
         security_profile=config.ocpp.security_profile, tls_cert=config.ocpp.tls_cert or None,

@@ -56,7 +56,8 @@ class HashChainApp:
 
         return Prepared(HASH_CHAIN_HEADER, payloads)
 
-    def fetch_facts(self, height: int, app_header: bytes) -> Any:
+    def fetch_facts(self, height: int, app_header: bytes, payloads: tuple[bytes, ...] = (),
+                    *, committed: bool = False) -> Any:
         return None
 
     def process_proposal(self, block: Any, facts: Any) -> bool:

@@ -57,7 +57,7 @@ class ChainApp:
     def prepare_proposal(self, height, payloads, facts):
         return Prepared(b"", payloads)
 
-    def fetch_facts(self, height, app_header):
+    def fetch_facts(self, height, app_header, payloads=(), *, committed=False):
         return None
 
     def process_proposal(self, block, facts):

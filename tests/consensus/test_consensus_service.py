@@ -47,7 +47,8 @@ class EchoApp:
     def prepare_proposal(self, height: int, payloads: tuple[bytes, ...], facts: Any) -> Prepared:
         return Prepared(b"echo", payloads)
 
-    def fetch_facts(self, height: int, app_header: bytes) -> Any:
+    def fetch_facts(self, height: int, app_header: bytes, payloads: tuple[bytes, ...] = (),
+                    *, committed: bool = False) -> Any:
         return app_header
 
     def process_proposal(self, block: Any, facts: Any) -> bool:
