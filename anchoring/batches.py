@@ -109,6 +109,15 @@ class BatchBuilder:
         self._open = None
         return closed, tuple(batch.event_ids)
 
+    def close_due_ms(self) -> int | None:
+        """Block time by which a block must come to close the open batch by time, or None
+        (nothing waits to be anchored). An idle network makes no blocks by itself: the node
+        asks consensus for one at this time so every event is anchored within `every_ms`."""
+        batch = self._open
+        if batch is None or (not batch.event_ids and not self.policy.close_empty):
+            return None
+        return batch.opened_ms + self.policy.every_ms
+
     def _should_close(self, batch: _OpenBatch, block: CommittedBlock) -> bool:
         policy = self.policy
         if not batch.event_ids and not policy.close_empty:

@@ -70,6 +70,7 @@ MESSAGE_WINDOW_BLOCKS = 1_000  # the HTTP charger-message look-up covers this ma
 # A proposal whose time is this far ahead of our clock is refused (only the future is bounded:
 # a locked value may be re-proposed rounds later with its original, older time).
 MAX_FUTURE_DRIFT_MS = 30_000
+IDLE_HEARTBEAT_MS = 30_000  # an idle network still makes one block this often (chain-side changes)
 SNAPSHOT_FORMAT = 1
 SNAPSHOT_EVERY_BLOCKS = 100  # a restart replays at most this many blocks (and reads the chain for them)
 CODE_CALLERROR = 1  # TxResult.code of an event the ledger answered with a CALLERROR (`log` = OCPP code)
@@ -427,7 +428,16 @@ class NodeApplication:
             else:
                 tx_results.append(attestation_results.get(payload, TxResult(CODE_ATTESTATION_IGNORED)))
         outbound, self._outbound = tuple(self._outbound), []
-        return FinalizeResult(tuple(tx_results), outcome.state_hash, update, outbound, tuple(notices))
+        return FinalizeResult(tuple(tx_results), outcome.state_hash, update, outbound, tuple(notices),
+                              block_needed_by_ms=self._block_needed_by_ms(block.timestamp_ms))
+
+    def _block_needed_by_ms(self, block_time_ms: int) -> int:
+        """When this application needs the next block on an idle network: the open anchor
+        batch's deadline, else a heartbeat block (so chain-side changes such as an epoch switch
+        or a remote-start request are noticed within IDLE_HEARTBEAT_MS)."""
+        heartbeat = block_time_ms + IDLE_HEARTBEAT_MS
+        due = self.batcher.close_due_ms()
+        return heartbeat if due is None else min(due, heartbeat)
 
     def _refused_block(self, block: Block, why: str) -> FinalizeResult:
         log.error("%s; the state is unchanged", why)
