@@ -13,7 +13,7 @@
   the submitter.
 
 Payload kinds are told apart by the first byte (anchoring/proofs.py, attestations.py):
-0x98 a canonical ChargerEvent, 0xA1/0xA2 an attestation.
+0x9A a canonical ChargerEvent, 0xA1/0xA2 an attestation.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from consensus.types import Block, CommitCertificate, CommittedBlock, ValidatorS
 from devsen.chain_view import ChainReadError, patiently
 from devsen.ledger import BlockContext, BlockRejected, ChainView, EventResult, Ledger
 from devsen.ledger.ledger import SnapshotError
+from devsen.vouching import VouchCache, ingress_domain
 from ocpp_adapter.events import ChargerEvent, EventEncodingError
 
 log = logging.getLogger("devsen.app")
@@ -155,6 +156,7 @@ class NodeApplication:
         self.anchor_index = anchor_index
         self.batcher = BatchBuilder(settings.batch_policy, BuilderState(next_batch_id=0, next_height=1))
         self.book = AttestationBook(settings.validators, settings.anchor_domain, settings.escrow_domain)
+        self.vouches = VouchCache(ingress_domain(settings.anchor_domain))
         self.on_own_attestation = on_own_attestation
         self.on_own_committed = on_own_committed
         self.on_quorum = on_quorum
@@ -204,6 +206,11 @@ class NodeApplication:
             if problem is not None:
                 log.warning("block %d rejected: %s", block.height, problem)
                 return False
+        for event in parts.events:
+            problem = self.vouches.problem(event, self.validators)
+            if problem is not None:
+                log.warning("block %d rejected: event 0x%s: %s", block.height, event.event_id.hex(), problem)
+                return False
         context = BlockContext(block.height, block.timestamp_ms, number, eth_hash)
         problem = self.ledger.check_block(context, parts.events)
         if problem is not None:
@@ -229,7 +236,8 @@ class NodeApplication:
             parts = split_payloads((payload,))
         except ValueError:
             return False
-        return all(self._attestation_problem(a) is None for a in parts.attestations)
+        return all(self._attestation_problem(a) is None for a in parts.attestations) \
+            and all(self.vouches.problem(e, self.validators) is None for e in parts.events)
 
     # ---------------------------------------------------------------- applying
 
