@@ -46,7 +46,8 @@ from devsen.ledger import Ledger
 from devsen.logs import setup_logging
 from devsen.remote_start import run_remote_starts
 from ocpp_adapter.config import OcppServerConfig
-from ocpp_adapter.events import ChargerEvent
+from ocpp_adapter.events import ChargerEvent, EventEncodingError
+from devsen.vouching import vouch
 from ocpp_adapter.ingest import IngestOverloaded, IngestRejected, IngestResult
 from ocpp_adapter.server import ChargerConnections, serve_ocpp
 from p2p.envelope import ValidatorDirectory
@@ -71,7 +72,13 @@ class NodeIngest:
         self.commit_timeout_s = commit_timeout_s
 
     async def submit(self, event: ChargerEvent) -> IngestResult:
-        """Commit `event` (or find the earlier commit of the same charger message) and reply."""
+        """Vouch for `event` (this node authenticated its charger), commit it (or find the earlier
+        commit of the same charger message) and reply."""
+        try:
+            event = vouch(event, self.app.settings.key, self.app.vouches.domain)
+            event.to_bytes()
+        except EventEncodingError as exc:
+            raise IngestRejected(f"the vouched event has no valid encoding: {exc}") from exc
         earlier = self.app.ledger.reply_for(event.dedup_key)
         if earlier is not None:
             reply, error_code = earlier
