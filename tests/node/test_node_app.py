@@ -10,6 +10,7 @@ from anchoring.attestations import AnchorBatch, attest, decode_attestation
 from anchoring.batches import BatchPolicy
 from anchoring.proofs import AnchorIndex
 from consensus.signing import ZERO_HASH, Domain, SigningKey
+from devsen.vouching import ingress_domain, vouch
 from consensus.types import Block, CommitCertificate
 from devsen.app import (
     AppHeaderError,
@@ -67,7 +68,8 @@ def make_app(tmp_path, key: SigningKey = KEYS[0], every_blocks: int = 2):
 
 def event(message_id: str, action: str = "BootNotification", payload: dict | None = None) -> bytes:
     body = payload if payload is not None else {"chargePointVendor": "V", "chargePointModel": "M"}
-    return ChargerEvent("CP-1", "1.6", action, message_id, body, "node-1", 1_700_000_000_000).to_bytes()
+    unsigned = ChargerEvent("CP-1", "1.6", action, message_id, body, "", 1_700_000_000_000)
+    return vouch(unsigned, KEYS[0], ingress_domain(ANCHOR)).to_bytes()
 
 
 def block(app: NodeApplication, height: int, payloads: tuple[bytes, ...], eth_block: int = 5) -> Block:
