@@ -10,7 +10,6 @@ from anchoring.attestations import AnchorBatch, attest, decode_attestation
 from anchoring.batches import BatchPolicy
 from anchoring.proofs import AnchorIndex
 from consensus.signing import ZERO_HASH, Domain, SigningKey
-from devsen.vouching import ingress_domain, vouch
 from consensus.types import Block, CommitCertificate
 from devsen.app import (
     AppHeaderError,
@@ -20,6 +19,7 @@ from devsen.app import (
     encode_app_header,
 )
 from devsen.ledger import DeviceInfo, IdTagInfo, Ledger, StaticChainView, Tariff
+from devsen.vouching import ingress_domain, vouch
 from ocpp_adapter.events import ChargerEvent
 
 KEYS = [SigningKey(bytes([i]) * 32) for i in range(1, 5)]
