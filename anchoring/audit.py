@@ -54,6 +54,7 @@ from consensus.types import (
     ValidatorSet,
     verify_certificate,
 )
+from devsen.vouching import ingress_domain, recovered_voucher, vouch_problem
 from ocpp_adapter.events import ChargerEvent, EventEncodingError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PENDING = 0, 1, 2, 3
@@ -263,6 +264,16 @@ def block_loader(fetch: Callable[[str], Any]) -> BlockLoader:
     return load
 
 
+def _vouch_check(event: ChargerEvent, chain: ChainReader) -> Check:
+    """Who vouched for the event (the recovered ingress signer), and whether that is valid."""
+    domain = ingress_domain(Domain(chain.chain_id, chain.anchor_address))
+    signer = recovered_voucher(event, domain)
+    problem = vouch_problem(event, domain, chain.validators().addresses, signer)
+    who = f"vouched for by 0x{signer.hex()}" if isinstance(signer, bytes) else "no voucher"
+    return Check("vouch", problem is None, f"{who} over connection 0x{event.connection_id.hex()}"
+                 + (f": {problem}" if problem else " (a validator; it authenticated the charger)"))
+
+
 def _block_hash_from_proof(block: dict[str, Any]) -> bytes:
     """Block hash of SIGNING.md from header fields and payload hashes (no payload bytes)."""
     payloads_hash = keccak256(b"".join(unhex(h, 32) for h in block["payload_hashes"]))
@@ -303,6 +314,7 @@ def verify_event(document: dict[str, Any], event_id: bytes, chain: ChainReader,
         event = ChargerEvent.from_bytes(event_bytes)
         checks.append(Check("event bytes", True, f"canonical ChargerEvent {event.action} from charger "
                             f"{event.charger_id!r}, message {event.message_id!r}, received by {event.ingress_node!r}"))
+        checks.append(_vouch_check(event, chain))
     except EventEncodingError as exc:
         checks.append(Check("event bytes", False, f"not a canonical ChargerEvent: {exc}"))
     leaf = leaf_hash(recomputed_id)

@@ -6,7 +6,7 @@ block carries each event and which batch covers each height. `ProofService` answ
 `GET /v1/batches/{batch_id}` with the JSON documented in anchoring/AUDIT.md: the event
 bytes, the leaf, the Merkle proof, the batch, and the block with its commit certificate.
 
-Which payloads carry events: a payload that starts with 0x98 (a msgpack array of 8, the
+Which payloads carry events: a payload that starts with 0x9A (a msgpack array of 10, the
 canonical ChargerEvent encoding) is one event; attestation payloads (0xA1/0xA2) and
 anything else carry none. `events_in_payload` (the default, for the node's own committed
 blocks) relies on consensus having validated every such payload before commit;
@@ -33,7 +33,7 @@ from consensus.types import Block, CommitCertificate, CommittedBlock
 from ocpp_adapter.events import ChargerEvent, EventEncodingError
 
 PROOF_FORMAT = "devsen-event-proof/1"
-EVENT_PAYLOAD_FIRST_BYTE = 0x98  # msgpack fixarray of 8: the canonical ChargerEvent encoding
+EVENT_PAYLOAD_FIRST_BYTE = 0x9A  # msgpack fixarray of 10: the canonical (version-2) ChargerEvent encoding
 TREE_CACHE_SIZE = 2  # batch trees kept in memory (a 1e5-event tree is ~20 MB of Python objects)
 
 EventExtractor = Callable[[bytes], list[bytes]]

@@ -16,7 +16,7 @@
 - `commit`: snapshot to disk every SNAPSHOT_EVERY_BLOCKS; `restore` after a restart.
 
 Payload kinds are told apart by the first byte (anchoring/proofs.py, attestations.py):
-0x98 a canonical ChargerEvent, 0xA1/0xA2 an attestation.
+0x9A a canonical ChargerEvent, 0xA1/0xA2 an attestation.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ from devsen.chain_facts import ChainFacts, ChainKeys, KeyReader, chain_keys, rea
 from devsen.chain_view import ChainReadError, patiently
 from devsen.ledger import BlockContext, BlockRejected, EventResult, Ledger
 from devsen.ledger.ledger import SnapshotError
+from devsen.vouching import VouchCache, ingress_domain
 from ocpp_adapter.events import ChargerEvent, EventEncodingError
 
 log = logging.getLogger("devsen.app")
@@ -217,6 +218,7 @@ class NodeApplication:
         self.anchor_index = anchor_index
         self.batcher = BatchBuilder(settings.batch_policy, BuilderState(next_batch_id=0, next_height=1))
         self.book = AttestationBook(settings.validators, settings.anchor_domain, settings.escrow_domain)
+        self.vouches = VouchCache(ingress_domain(settings.anchor_domain))
         self.validators: tuple[bytes, ...] = tuple(sorted(settings.validators))
         self.epoch = settings.epoch
         self.snapshot_path: Path | None = None
@@ -245,6 +247,10 @@ class NodeApplication:
             if problem is not None:
                 return CheckResult(False, problem)
             return CheckResult(True, source="0x" + attestation.signer.hex())
+        for event in parts.events:
+            problem = self.vouches.problem(event, self.validators)
+            if problem is not None:
+                return CheckResult(False, problem)
         return CheckResult(True, source=parts.events[0].ingress_node if parts.events else "")
 
     # ---------------------------------------------------------------- proposing
@@ -340,6 +346,10 @@ class NodeApplication:
             problem = self._attestation_problem(attestation)
             if problem is not None:
                 return problem
+        for event in parts.events:
+            problem = self.vouches.problem(event, self.validators)
+            if problem is not None:
+                return f"event 0x{event.event_id.hex()}: {problem}"
         context = BlockContext(block.height, block.timestamp_ms, number, eth_hash)
         problem = self.ledger.check_block(context, parts.events)
         return None if problem is None else f"refused by the ledger: {problem}"

@@ -65,8 +65,9 @@ from devsen.http_api import HttpError, Router, serve_http
 from devsen.ledger import Ledger
 from devsen.logs import setup_logging
 from devsen.remote_start import run_remote_starts
+from devsen.vouching import vouch
 from ocpp_adapter.config import OcppServerConfig
-from ocpp_adapter.events import ChargerEvent
+from ocpp_adapter.events import ChargerEvent, EventEncodingError
 from ocpp_adapter.ingest import IngestOverloaded, IngestRejected, IngestResult
 from ocpp_adapter.server import ChargerConnections, serve_ocpp
 from p2p.envelope import ValidatorDirectory, peer_id_problem
@@ -104,7 +105,13 @@ class NodeIngest:
         return IngestResult(reply, event.event_id, None, duplicate=True)
 
     async def submit(self, event: ChargerEvent) -> IngestResult:
-        """Commit `event` (or find the earlier commit of the same charger message) and reply."""
+        """Vouch for `event` (this node authenticated its charger), commit it (or find the earlier
+        commit of the same charger message) and reply."""
+        try:
+            event = vouch(event, self.app.settings.key, self.app.vouches.domain)
+            event.to_bytes()
+        except EventEncodingError as exc:
+            raise IngestRejected(f"the vouched event has no valid encoding: {exc}") from exc
         earlier = self._earlier(event)
         if earlier is not None:
             return earlier

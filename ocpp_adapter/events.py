@@ -3,18 +3,35 @@
 The canonical encoding is msgpack of a fixed-order array with every map's keys sorted,
 so every node derives the same bytes, and so the same event id (keccak-256 of the bytes),
 from the same event. Anchoring proves these bytes; the ledger replays them.
+
+Version 2 (the only one accepted) makes every event attributable: it names the ingress
+validator's secp256k1 address, the id of the authenticated WebSocket connection the charger
+sent it on (16 bytes chosen when the connection was authenticated as `charger_id`), and the
+ingress validator's 65-byte recoverable signature over the typed digest of the body (see
+devsen/vouching.py). The adapter builds the event unsigned (no ingress address, no
+signature); the node that authenticated the charger fills both in (`with_vouch`).
+
+    [2, charger_id, ocpp_version, action, message_id, payload, received_at_ms,
+     ingress (20 bytes, or empty if unsigned), connection_id (16 bytes), signature (65 bytes or empty)]
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
 
 import msgpack
 from Crypto.Hash import keccak
 
-ENCODING_VERSION = 1
+ENCODING_VERSION = 2
+ADDRESS_BYTES = 20
+CONNECTION_ID_BYTES = 16
+SIGNATURE_BYTES = 65
+NO_CONNECTION = b"\x00" * CONNECTION_ID_BYTES
+MAX_TEXT_CHARS = 256  # charger id, action, message id: far above what OCPP allows (<= 36..48)
+_ADDRESS_HEX = re.compile(r"0x[0-9a-f]{40}")
 MAX_EVENT_BYTES = 64 * 1024  # one event never exceeds this once encoded
 OCPP_VERSIONS = ("1.6", "2.0.1")
 
@@ -63,7 +80,11 @@ class ChargerEvent:
     """One charger-to-CSMS call, as received by one node.
 
     `payload` is the OCPP payload as the charger sent it (camelCase keys, plain JSON types).
-    `ingress_node` names the node that received it; `received_at_ms` is that node's clock.
+    `ingress_node` is the 0x-hex (lowercase) address of the validator that authenticated the
+    charger and vouches for the event ("" while unsigned); `received_at_ms` is that node's
+    clock; `connection_id` names the authenticated connection; `signature` is the ingress
+    validator's vouch (b"" while unsigned). Only devsen/vouching.py decides whether a vouch
+    is valid; this class only bounds the shapes.
     The event is immutable (do not mutate `payload`): its bytes and ids are computed once.
     """
 
@@ -74,6 +95,8 @@ class ChargerEvent:
     payload: dict[str, Any]
     ingress_node: str
     received_at_ms: int
+    connection_id: bytes = NO_CONNECTION
+    signature: bytes = b""
 
     def __post_init__(self) -> None:
         if self.ocpp_version not in OCPP_VERSIONS:
@@ -82,27 +105,50 @@ class ChargerEvent:
             raise EventEncodingError("charger_id, action and message_id must be non-empty")
         if not isinstance(self.payload, dict):
             raise EventEncodingError("payload must be a JSON object")
-        if self.received_at_ms < 0:
-            raise EventEncodingError("received_at_ms must be >= 0")
+        if max(len(self.charger_id), len(self.action), len(self.message_id)) > MAX_TEXT_CHARS:
+            raise EventEncodingError(f"charger_id, action and message_id are at most {MAX_TEXT_CHARS} characters")
+        if not 0 <= self.received_at_ms < 1 << 63:
+            raise EventEncodingError("received_at_ms must be in [0, 2^63)")
+        if self.ingress_node and not _ADDRESS_HEX.fullmatch(self.ingress_node):
+            raise EventEncodingError("ingress_node must be a lowercase 0x-hex 20-byte address (or empty if unsigned)")
+        if not isinstance(self.connection_id, bytes) or len(self.connection_id) != CONNECTION_ID_BYTES:
+            raise EventEncodingError(f"connection_id must be {CONNECTION_ID_BYTES} bytes")
+        if not isinstance(self.signature, bytes) or len(self.signature) not in (0, SIGNATURE_BYTES):
+            raise EventEncodingError(f"signature must be {SIGNATURE_BYTES} bytes (or empty if unsigned)")
+
+    @property
+    def ingress_address(self) -> bytes:
+        """The ingress validator's 20-byte address (b"" while unsigned)."""
+        return bytes.fromhex(self.ingress_node[2:]) if self.ingress_node else b""
+
+    def unsigned(self) -> ChargerEvent:
+        """This event without ingress address and signature (what the adapter produced)."""
+        return replace(self, ingress_node="", signature=b"")
+
+    def with_vouch(self, ingress: bytes, signature: bytes) -> ChargerEvent:
+        """This event named as received by validator `ingress` and carrying its `signature`."""
+        if len(ingress) != ADDRESS_BYTES:
+            raise EventEncodingError(f"ingress address must be {ADDRESS_BYTES} bytes")
+        return replace(self, ingress_node="0x" + ingress.hex(), signature=signature)
 
     def to_bytes(self) -> bytes:
         """The canonical encoding; the same event always gives the same bytes."""
         return self._encoded
 
+    def _fields(self) -> list[Any]:
+        return [
+            ENCODING_VERSION, self.charger_id, self.ocpp_version, self.action, self.message_id, self.payload,
+            self.received_at_ms, self.ingress_address, self.connection_id,
+        ]
+
+    @cached_property
+    def body_hash(self) -> bytes:
+        """keccak-256 of the canonical bytes without the signature: what the ingress validator signs."""
+        return keccak256(canonical_bytes(self._fields()))
+
     @cached_property
     def _encoded(self) -> bytes:
-        data = canonical_bytes(
-            [
-                ENCODING_VERSION,
-                self.charger_id,
-                self.ocpp_version,
-                self.action,
-                self.message_id,
-                self.payload,
-                self.ingress_node,
-                self.received_at_ms,
-            ]
-        )
+        data = canonical_bytes([*self._fields(), self.signature])
         if len(data) > MAX_EVENT_BYTES:
             raise EventEncodingError(f"event is {len(data)} bytes, limit {MAX_EVENT_BYTES}")
         return data
@@ -114,7 +160,8 @@ class ChargerEvent:
 
     @cached_property
     def dedup_key(self) -> bytes:
-        """Identity of the *charger message*, independent of which node received it or when.
+        """Identity of the *charger message*, independent of which node received it, when, on
+        which connection, and of the signature.
 
         A charger retrying the same message id with the same payload (at any node) has the
         same dedup key, so the ledger applies it once and answers every retry the same way.
@@ -132,14 +179,23 @@ class ChargerEvent:
             fields = msgpack.unpackb(data, raw=False, strict_map_key=True)
         except Exception as exc:  # msgpack raises several unrelated types
             raise EventEncodingError(f"not msgpack: {exc}") from exc
-        if not isinstance(fields, list) or len(fields) != 8 or fields[0] != ENCODING_VERSION:
-            raise EventEncodingError("not a version-1 ChargerEvent array")
-        _, charger_id, version, action, message_id, payload, ingress, received = fields
-        if not all(isinstance(x, str) for x in (charger_id, version, action, message_id, ingress)):
+        if not isinstance(fields, list) or not fields or fields[0] != ENCODING_VERSION:
+            found = fields[0] if isinstance(fields, list) and fields else None
+            raise EventEncodingError(f"not a version-{ENCODING_VERSION} ChargerEvent array (version {found!r}); "
+                                     "older events are unsigned and refused")
+        if len(fields) != 10:
+            raise EventEncodingError(f"a ChargerEvent array has 10 fields, not {len(fields)}")
+        _, charger_id, version, action, message_id, payload, received, ingress, connection, signature = fields
+        if not all(isinstance(x, str) for x in (charger_id, version, action, message_id)):
             raise EventEncodingError("text fields must be strings")
         if not isinstance(received, int) or isinstance(received, bool):
             raise EventEncodingError("received_at_ms must be an integer")
-        event = cls(charger_id, version, action, message_id, payload, ingress, received)
+        if not all(isinstance(x, bytes) for x in (ingress, connection, signature)):
+            raise EventEncodingError("ingress, connection_id and signature must be byte strings")
+        if len(ingress) not in (0, ADDRESS_BYTES):
+            raise EventEncodingError(f"ingress must be {ADDRESS_BYTES} bytes (or empty if unsigned)")
+        event = cls(charger_id, version, action, message_id, payload, "0x" + ingress.hex() if ingress else "",
+                    received, connection, signature)
         if event.to_bytes() != data:
             raise EventEncodingError("bytes are not in canonical form")
         return event

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 import ssl
 import time
 import urllib.parse
@@ -33,7 +34,7 @@ from ocpp_adapter.auth import (
 )
 from ocpp_adapter.bounded import LruMap, TokenBucket
 from ocpp_adapter.config import OcppServerConfig
-from ocpp_adapter.events import ChargerEvent, EventEncodingError
+from ocpp_adapter.events import CONNECTION_ID_BYTES, ChargerEvent, EventEncodingError
 from ocpp_adapter.idempotency import ReplyCache, SubmissionFailed
 from ocpp_adapter.ingest import Ingest, IngestOverloaded, IngestRejected
 from ocpp_adapter.protocol import (
@@ -96,6 +97,7 @@ class _Connection:
     def __init__(self, charge_box_id: str, version: str, ws: WebSocketConnection, config: OcppServerConfig) -> None:
         self.charge_box_id = charge_box_id
         self.version = version
+        self.connection_id = secrets.token_bytes(CONNECTION_ID_BYTES)  # names this authenticated connection
         self.ws = ws
         self.config = config
         self.session = OcppSession(version)
@@ -435,9 +437,9 @@ class OcppServer:
         try:
             event = ChargerEvent(
                 charger_id=conn.charge_box_id, ocpp_version=version, action=call.action,
-                message_id=call.message_id, payload=call.payload, ingress_node=self.config.node_name,
-                received_at_ms=time.time_ns() // 1_000_000,
-            )
+                message_id=call.message_id, payload=call.payload, ingress_node="",
+                received_at_ms=time.time_ns() // 1_000_000, connection_id=conn.connection_id,
+            )  # unsigned: the ingest (the node that owns the validator key) vouches for it
             event.to_bytes()
         except EventEncodingError as exc:
             return fail(errors.payload_format_code(version), f"payload has no canonical encoding: {exc}")

@@ -19,7 +19,7 @@ from anchoring.attestations import AnchorBatch, attest
 from anchoring.batches import AttestationBook, BatchBuilder, BatchPolicy, BuilderState, Quorum
 from anchoring.chain import ChainClient, Deployment, TransactionSender, ValidatorSpec, deploy_all
 from anchoring.proofs import AnchorIndex, ProofService, batch_block, block_event_ids
-from consensus.signing import ZERO_HASH, SigningKey, to_checksum_hex
+from consensus.signing import ZERO_HASH, Domain, SigningKey, to_checksum_hex
 from consensus.store import BlockStore
 from consensus.types import Block, CommitCertificate, CommittedBlock, Vote, VoteType
 from ocpp_adapter.events import ChargerEvent
@@ -95,7 +95,13 @@ def charger_event(i: int, action: str = "MeterValues") -> ChargerEvent:
     return ChargerEvent(f"CP-{i % 7:03d}", "1.6", action, f"msg-{i}",
                         {"connectorId": 1, "meterValue": [{"timestamp": "2026-11-22T02:00:00Z",
                                                            "sampledValue": [{"value": str(i)}]}]},
-                        "node-a", 1_795_000_000_000 + i)
+                        "", 1_795_000_000_000 + i, bytes([i % 256]) * 16)
+
+
+def vouched_event(event: ChargerEvent, anchor_domain: Domain, key: SigningKey = KEYS[0]) -> ChargerEvent:
+    """`event` vouched for by validator `key` of the network with this Anchor domain."""
+    from devsen.vouching import ingress_domain, vouch
+    return vouch(event, key, ingress_domain(anchor_domain))
 
 
 class LocalChain:

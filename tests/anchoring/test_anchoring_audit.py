@@ -9,7 +9,7 @@ import json
 
 import pytest
 import trio
-from anchoring_world import KEYS, LocalChain, Net, charger_event
+from anchoring_world import KEYS, LocalChain, Net, charger_event, vouched_event
 
 from anchoring.attestations import AnchorBatch, attest
 from anchoring.audit import ChainReader, audit_main, block_loader, replay, verify_event
@@ -42,7 +42,7 @@ def build(tmp_path, net: Net, anchored_batches: int = 2) -> LocalChain:
     local = LocalChain(tmp_path, net, POLICY)
     attestation = attest(AnchorBatch(99, keccak256(b"x"), 1, 1, 1), KEYS[0], net.anchor_domain).encode()
     for height in range(1, 11):
-        events = [charger_event(1000 * height + i) for i in range(height % 5)]
+        events = [vouched_event(charger_event(1000 * height + i), net.anchor_domain) for i in range(height % 5)]
         local.commit(events, (attestation,) if height == 2 else ())  # not an event: not a leaf
     for batch in local.batches[:anchored_batches]:
         net.anchor(batch)
@@ -62,7 +62,21 @@ def test_real_event_verifies(local: LocalChain):
         checks = verify_event(document, event.event_id, chain, loader(local))
         assert all(c.ok for c in checks), [c.line() for c in checks if not c.ok]
         assert {c.name for c in checks} >= {"merkle proof (local)", "root on chain", "commit certificate",
-                                             "contract verifyInclusion", "event in block", "block hash"}
+                                             "contract verifyInclusion", "event in block", "block hash", "vouch"}
+        vouch_line = next(c.line() for c in checks if c.name == "vouch")
+        assert f"vouched for by 0x{KEYS[0].address.hex()}" in vouch_line
+
+
+def test_event_vouched_by_non_validator_fails_the_audit(local: LocalChain):
+    """A forged event signed by an outsider, or signed by A while naming B, fails the vouch check."""
+    chain = ChainReader(local.net.w3, local.net.anchor_address)
+    event = local.events[0]
+    document = local.service.event_proof(event.event_id)
+    outsider = vouched_event(event.unsigned(), local.net.anchor_domain, SigningKey(b"\x09" * 32))
+    named_b = outsider.with_vouch(KEYS[1].address, vouched_event(event.unsigned(), local.net.anchor_domain).signature)
+    for forged_event in (outsider, named_b, event.unsigned()):
+        forged = {**document, "event_bytes": "0x" + forged_event.to_bytes().hex()}
+        assert "vouch" in failing(verify_event(forged, forged_event.event_id, chain, loader(local)))
 
 
 def loader(local: LocalChain):
@@ -80,13 +94,14 @@ def test_tampered_event_fails(local: LocalChain):
     document = local.service.event_proof(event.event_id)
     fields = ChargerEvent.from_bytes(event.to_bytes())
     tampered = ChargerEvent(fields.charger_id, fields.ocpp_version, fields.action, fields.message_id,
-                            {**fields.payload, "connectorId": 2}, fields.ingress_node, fields.received_at_ms)
+                            {**fields.payload, "connectorId": 2}, fields.ingress_node, fields.received_at_ms,
+                            fields.connection_id, fields.signature)
     forged = {**document, "event_bytes": "0x" + tampered.to_bytes().hex()}
     # asked for the original id: the bytes do not hash to it
     assert "event id" in failing(verify_event(forged, event.event_id, chain, loader(local)))
     # asked for the tampered event's own id: the proof does not lead to the anchored root
     result = failing(verify_event(forged, tampered.event_id, chain, loader(local)))
-    assert {"merkle proof (local)", "root on chain", "contract verifyInclusion", "event in block"} <= result
+    assert {"merkle proof (local)", "root on chain", "contract verifyInclusion", "event in block", "vouch"} <= result
 
 
 def test_malformed_documents_fail_cleanly(local: LocalChain):
@@ -184,7 +199,7 @@ def test_proof_service_errors_and_routes(local: LocalChain):
     assert len(documents) == 6
     status, body = trio.run(lambda: call("/v1/batches/{batch_id}", batch_id="1"))
     assert status == 200 and body["batch"]["first_height"] == 4
-    assert events_in_payload(b"\xa1junk") == [] and events_in_payload(b"\x98junk") == [b"\x98junk"]
+    assert events_in_payload(b"\xa1junk") == [] and events_in_payload(b"\x9ajunk") == [b"\x9ajunk"]
     assert canonical_events_in_payload(b"\x98junk") == [] and canonical_events_in_payload(b"") == []
     assert canonical_events_in_payload(late.to_bytes()) == [late.to_bytes()]
 

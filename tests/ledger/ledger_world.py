@@ -57,7 +57,7 @@ def make_chain() -> StaticChainView:
 
 
 def ev(action: str, payload: dict[str, Any], *, version: str = "1.6", charger: str | None = None,
-       message_id: str | None = None, ingress: str = "node-a", raw: bool = False) -> ChargerEvent:
+       message_id: str | None = None, ingress: str = "0xa1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1", raw: bool = False) -> ChargerEvent:
     """A charger event with a fresh message id unless one is given.
 
     The payload is checked against the request schema, as the OCPP adapter would, unless `raw`

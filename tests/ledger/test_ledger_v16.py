@@ -233,7 +233,7 @@ def test_unhandled_action_and_malformed_payload_get_error_codes() -> None:
 def test_retry_of_same_message_gets_same_reply_and_is_not_applied_twice() -> None:
     world = World()
     first = start16()
-    retry_elsewhere = ev(first.action, first.payload, message_id=first.message_id, ingress="node-b")
+    retry_elsewhere = ev(first.action, first.payload, message_id=first.message_id, ingress="0xb2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2")
     outcome = world.block(first, retry_elsewhere)
     a, b = outcome.results
     assert (a.duplicate, b.duplicate) == (False, True)

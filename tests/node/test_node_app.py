@@ -22,6 +22,7 @@ from devsen.app import (
     encode_app_header,
 )
 from devsen.ledger import DeviceInfo, IdTagInfo, Ledger, StaticChainView, Tariff
+from devsen.vouching import ingress_domain, vouch
 from ocpp_adapter.events import ChargerEvent
 
 KEYS = [SigningKey(bytes([i]) * 32) for i in range(1, 5)]
@@ -103,7 +104,8 @@ def make_app(tmp_path, key: SigningKey = KEYS[0], every_blocks: int = 2, confirm
 
 def event(message_id: str, action: str = "BootNotification", payload: dict | None = None) -> bytes:
     body = payload if payload is not None else {"chargePointVendor": "V", "chargePointModel": "M"}
-    return ChargerEvent("CP-1", "1.6", action, message_id, body, "node-1", 1_700_000_000_000).to_bytes()
+    unsigned = ChargerEvent("CP-1", "1.6", action, message_id, body, "", 1_700_000_000_000)
+    return vouch(unsigned, KEYS[0], ingress_domain(ANCHOR)).to_bytes()
 
 
 def block(app: NodeApplication, height: int, payloads: tuple[bytes, ...], eth_block: int = 5) -> Block:

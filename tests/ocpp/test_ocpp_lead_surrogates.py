@@ -19,6 +19,6 @@ def test_lone_surrogates_are_unreadable(frame):
 
 
 def test_event_encoding_refuses_surrogates_with_its_own_error():
-    event = ChargerEvent("CP", "1.6", "DataTransfer", "m1", {"vendorId": "\ud800"}, "n", 1)
+    event = ChargerEvent("CP", "1.6", "DataTransfer", "m1", {"vendorId": "\ud800"}, "", 1)
     with pytest.raises(EventEncodingError):
         event.to_bytes()

@@ -134,7 +134,7 @@ def test_session_outgoing_call_lifecycle():
 
 
 def event(action="Heartbeat", payload=None, message_id="m1", charger="CP1", version="1.6") -> ChargerEvent:
-    return ChargerEvent(charger, version, action, message_id, payload or {}, "node", 1)
+    return ChargerEvent(charger, version, action, message_id, payload or {}, "", 1)
 
 
 async def test_reply_cache_remembers_decisions_and_forgets_transient_failures():

@@ -13,10 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from anchoring.merkle import MerkleTree, leaf_hash
+from consensus.signing import Domain, SigningKey
+from devsen.vouching import ingress_domain, vouch
 from ocpp_adapter.events import ChargerEvent
 
 VECTOR_PATH = Path(__file__).with_name("merkle_v1.json")
 LEAF_COUNTS = (0, 1, 2, 3, 5, 8, 13)
+VOUCHER = SigningKey(b"\x01" * 32)  # events are version 2: vouched for by this (test) validator
+DOMAIN = ingress_domain(Domain(31337, b"\x42" * 20))
 
 
 def _event(n: int, i: int) -> ChargerEvent:
@@ -27,16 +31,21 @@ def _event(n: int, i: int) -> ChargerEvent:
         message_id=f"m{i}",
         payload={"connectorId": 1, "meterValue": [{"timestamp": "2026-01-01T00:00:00Z",
                                                    "sampledValue": [{"value": str(100 * i)}]}]},
-        ingress_node="node-0",
+        ingress_node="",
         received_at_ms=1_767_225_600_000 + i,
+        connection_id=bytes([n, i]) * 8,
     )
+
+
+def _vouched(n: int, i: int) -> ChargerEvent:
+    return vouch(_event(n, i), VOUCHER, DOMAIN)
 
 
 def build_vectors() -> dict[str, Any]:
     """The vector document: one case per leaf count, every leaf with its proof."""
     cases = []
     for n in LEAF_COUNTS:
-        events = [_event(n, i) for i in range(n)]
+        events = [_vouched(n, i) for i in range(n)]
         ids = [e.event_id for e in events]
         tree = MerkleTree(ids)
         leaves = []
