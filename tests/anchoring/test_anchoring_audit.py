@@ -325,7 +325,8 @@ def test_events_before_and_after_an_epoch_change_verify_against_their_own_set(tm
         # block 11 is the first to name an Ethereum block of epoch 1: consensus switches at 13
         signers = KEYS[:3] if height <= 12 else new_keys[:3]
         signer_of_height[height] = signers
-        local.commit([charger_event(1000 * height + i) for i in range(height % 5 or 1)], signers=signers)
+        local.commit([vouched_event(charger_event(1000 * height + i), net.anchor_domain)
+                      for i in range(height % 5 or 1)], signers=signers)
     assert [b.batch_id for b in local.batches] == [0, 1, 2, 3, 4, 5]
     for batch in local.batches[3:5]:
         _anchor_with(net, batch, new_keys[:3])  # the Anchor checks the set in force on chain now

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _event(charger: str, action: str, payload: dict) -> ChargerEvent:
-    return ChargerEvent(charger, "1.6", action, "m", payload, "node-1", 1_700_000_000_000)
+    return ChargerEvent(charger, "1.6", action, "m", payload, "0x" + "a1" * 20, 1_700_000_000_000)
 
 
 def test_keys_list_chargers_and_every_id_tag_sorted_and_deduplicated():

@@ -1,7 +1,7 @@
 """Every event is vouched for by the validator that authenticated the charger (issue 10 item 2).
 
 A Byzantine validator forging a charger event for any charger must fail at mempool admission
-(`check_payload`) and a block carrying the forgery must fail `validate_block`.
+(`check_tx`) and a block carrying the forgery must fail `process_proposal`.
 """
 
 from __future__ import annotations
@@ -61,13 +61,17 @@ def test_forged_event_refused_by_the_pure_check(name):
 @pytest.mark.parametrize("name", list(forgeries()))
 def test_forged_event_refused_at_admission_and_in_blocks(tmp_path, name):
     app, *_ = make_app(tmp_path)
+
+    def valid(b):
+        return app.process_proposal(b, app.fetch_facts(b.height, b.app_header, b.payloads))
+
     forged = forgeries()[name].to_bytes()
-    assert not app.check_payload(forged)
-    assert not app.validate_block(block(app, 1, (forged,)))
+    assert not app.check_tx(forged).ok
+    assert not valid(block(app, 1, (forged,)))
     good = vouch(unsigned(), KEYS[1], DOMAIN).to_bytes()
-    assert app.check_payload(good)
-    assert app.validate_block(block(app, 1, (good,)))
-    assert not app.validate_block(block(app, 1, (good, forged)))  # one forgery spoils the block
+    assert app.check_tx(good).ok
+    assert valid(block(app, 1, (good,)))
+    assert not valid(block(app, 1, (good, forged)))  # one forgery spoils the block
 
 
 def test_version_1_event_refused():

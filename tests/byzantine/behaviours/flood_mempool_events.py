@@ -13,14 +13,15 @@ from behaviours import after_start
 
 
 async def attack(parts: Any) -> None:
+    from devsen.vouching import vouch
     from ocpp_adapter.events import ChargerEvent
 
     service = parts.service
     while service._net is None:
         await trio.sleep(0.1)
     for n in itertools.count():
-        event = ChargerEvent(f"FLOOD-{n % 997}", "1.6", "Heartbeat", f"flood-{n}", {}, "node-4",
-                             int(time.time() * 1000))
+        event = vouch(ChargerEvent(f"FLOOD-{n % 997}", "1.6", "Heartbeat", f"flood-{n}", {}, "",
+                                   int(time.time() * 1000)), parts.app.settings.key, parts.app.vouches.domain)
         try:
             await service._net.publish_event(event.to_bytes())
         except Exception:  # GossipOverloaded

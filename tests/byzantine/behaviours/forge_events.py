@@ -1,5 +1,7 @@
 """Forge charger events: a StartTransaction with an open escrow session's token and a
-StopTransaction with meterStop = 2**62, for a charger this node never talked to.
+StopTransaction with meterStop = 2**62, for a charger this node never talked to. The forger
+vouches for them with its own validator key (the strongest forgery: the signature is valid,
+so only the ledger's physics bound and the attribution stand in its way).
 
 BYZ_CHARGER, BYZ_SESSION_ID (hex), BYZ_CONNECTOR name the victim; BYZ_REPORT is a file where
 the message ids and the replies this node's own ledger gave are written (JSON).
@@ -17,13 +19,16 @@ from behaviours import after_start, env, log
 
 
 async def _commit(parts: Any, event: Any) -> Any:
+    from devsen.app import decode_event_reply
+    from devsen.vouching import vouch
+
+    event = vouch(event, parts.app.settings.key, parts.app.vouches.domain)
     try:
-        await parts.service.submit(event.to_bytes(), timeout_s=60)
+        receipt = await parts.service.submit(event.to_bytes(), timeout_s=60)
     except Exception as exc:
         return f"not committed: {exc!r}"
-    found = parts.app.result_for(event.event_id)
-    return None if found is None else {"height": found[0], "reply": found[1].reply,
-                                       "error_code": found[1].error_code}
+    reply, error_code, _ = decode_event_reply(receipt.result)
+    return {"height": receipt.height, "reply": reply, "error_code": error_code}
 
 
 async def attack(parts: Any) -> None:
@@ -37,14 +42,14 @@ async def attack(parts: Any) -> None:
     tag = f"forged-{time.time_ns()}"[:30]
     start = ChargerEvent(charger, "1.6", "StartTransaction", tag + "-s",
                          {"connectorId": connector, "idTag": token, "meterStart": 0, "timestamp": stamp},
-                         "node-2", int(time.time() * 1000))
+                         "", int(time.time() * 1000))
     report: dict[str, Any] = {"start_message_id": start.message_id, "start": await _commit(parts, start)}
     reply = report["start"]["reply"] if isinstance(report["start"], dict) else None
     transaction_id = (reply or {}).get("transactionId", 1)
     stop = ChargerEvent(charger, "1.6", "StopTransaction", tag + "-e",
                         {"transactionId": transaction_id, "meterStop": 2**62,
                          "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
-                        "node-2", int(time.time() * 1000))
+                        "", int(time.time() * 1000))
     report["stop_message_id"] = stop.message_id
     report["stop"] = await _commit(parts, stop)
     log.warning("forged events: %s", report)
