@@ -415,7 +415,7 @@ def replay(fetch: Callable[[str], Any], chain: ChainReader, first: int, last: in
     return checks, pending
 
 
-def _fetcher(node: str) -> Callable[[str], Any]:
+def http_fetcher(node: str) -> Callable[[str], Any]:
     base = node.rstrip("/")
 
     def fetch(path: str) -> Any:
@@ -486,7 +486,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"bad EVENT_ID: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    document = _fetcher(args.node)(f"/v1/events/{hex0x(event_id)}/proof")
+    document = http_fetcher(args.node)(f"/v1/events/{hex0x(event_id)}/proof")
     claimed = _claimed_anchor(document)
     anchor, source = _anchor_address(args, claimed)
     chain = _chain(args, anchor)
@@ -494,7 +494,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
           f"{chain.block} ({chain.confirmations} confirmations); Anchor {hex0x(anchor)} from {source}")
     if claimed is not None and claimed != hex0x(anchor):
         print(f"note: the node names Anchor {claimed}, not the pinned {hex0x(anchor)}")
-    checks = verify_event(document, event_id, chain, block_loader(_fetcher(args.node)))
+    checks = verify_event(document, event_id, chain, block_loader(http_fetcher(args.node)))
     if _print_checks(checks):
         batch = document["batch"]
         print(f"VERDICT: VALID. Event {hex0x(event_id)} is in batch {batch['batch_id']} (root {batch['root']}), "
@@ -509,7 +509,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     if not 1 <= args.from_height <= args.to_height or args.to_height - args.from_height >= MAX_REPLAY_BLOCKS:
         print(f"need 1 <= --from <= --to and at most {MAX_REPLAY_BLOCKS} blocks", file=sys.stderr)
         return EXIT_USAGE
-    fetch = _fetcher(args.node)
+    fetch = http_fetcher(args.node)
     claimed = None
     if not args.deployment:
         first_doc = fetch(f"/v1/blocks/{args.from_height}")

@@ -18,7 +18,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionRejected
 
-from anchoring.audit import ChainReader, verify_event
+from anchoring.audit import ChainReader, block_loader, http_fetcher, verify_event
 from anchoring.chain import connect
 from anchoring.chain.anvil import start_anvil
 from anchoring.chain.client import SessionStatus
@@ -96,7 +96,8 @@ async def test_prepaid_session_is_committed_anchored_audited_and_settled(network
     chain = ChainReader(connect(network["anvil"].url), bytes.fromhex(network["deployment"].anchor[2:]))
     document = await _wait_for_proof(auditor.http_url, event_id, chain)
 
-    checks = verify_event(document, bytes.fromhex(event_id[2:]), chain)
+    load = block_loader(http_fetcher(auditor.http_url))
+    checks = verify_event(document, bytes.fromhex(event_id[2:]), chain, load)
     assert checks and all(c.ok for c in checks), [c.line() for c in checks if not c.ok]
 
     # Tampering with the event, the proof, or the claimed batch is caught.
@@ -110,7 +111,7 @@ async def test_prepaid_session_is_committed_anchored_audited_and_settled(network
     bad_proof["proof"] = ["0x" + "11" * 32] + list(document["proof"])
     bad_proof["directions"] = 0
     for tampered in (tampered_event, other_batch, bad_proof):
-        assert not all(c.ok for c in verify_event(tampered, bytes.fromhex(event_id[2:]), chain))
+        assert not all(c.ok for c in verify_event(tampered, bytes.fromhex(event_id[2:]), chain, load))
 
     # The escrow pays the manager for 10 kWh at the device tariff and refunds the rest.
     client = network["seeded"]["driver_client"]
