@@ -55,7 +55,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ocpp_adapter.server")
 
-CHARGE_BOX_ID = re.compile(r"[A-Za-z0-9._~:*@+=-]{1,48}")
+# Exactly DeviceFactory._checkChargeBoxId (OCPP identifierString: a-z A-Z 0-9 * - _ = : + | @ .),
+# at most MAX_CHARGE_BOX_ID_BYTES = 48; `|` arrives percent-encoded (%7C) in the URL path.
+CHARGE_BOX_ID = re.compile(r"[A-Za-z0-9*\-_=:+|@.]{1,48}")
 CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, CLOSE_POLICY, CLOSE_INTERNAL = 1000, 1002, 1008, 1011
 
 
