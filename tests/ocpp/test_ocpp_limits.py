@@ -37,7 +37,7 @@ def test_charge_box_id_charset_is_exactly_the_contracts():
 
     for code in range(256):
         char = chr(code)
-        encoded = "%{:02X}".format(code)
+        encoded = f"%{code:02X}"
         accepted = charge_box_id_from_path(f"/ocpp/CP{encoded}1", "/ocpp/") == f"CP{char}1"
         assert accepted == (char in CONTRACT_CHARSET), repr(char)  # old code: '~' accepted, '|' refused
     assert charge_box_id_from_path("/ocpp/" + "A" * 48, "/ocpp/") == "A" * 48
