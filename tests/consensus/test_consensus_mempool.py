@@ -151,12 +151,14 @@ def test_property_an_honest_sources_share_survives_any_flood(max_count, flood, h
     honest_size = max(1, min(64, max_bytes // len(SOURCES) // max(1, quota_count)))
     honest_slots = sorted(honest_at)[:quota_count]
     mine: list[bytes] = []
+    sent = 0
     step_commits = set(commits)
     for step, (flooder, size) in enumerate(flood):
         while honest_slots and honest_slots[0] <= step:
             honest_slots.pop(0)
             for source in ("honest", "local"):
-                payload = b"%s-%d-" % (source.encode(), len(mine)) + b"h" * honest_size
+                sent += 1
+                payload = b"%s-%d-" % (source.encode(), sent) + b"h" * honest_size
                 payload = payload[:honest_size] if len(payload) > honest_size else payload
                 assert pool.add(payload, source=source) is True  # never MempoolFull
                 mine.append(payload)
