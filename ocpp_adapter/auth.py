@@ -4,6 +4,11 @@ The on-chain device record stores `(authSalt: 16 bytes, authHash: 32 bytes)` wit
 `authHash = scrypt(password, salt=authSalt, n=16384, r=8, p=1, dklen=32)`. The server
 asks a `ChargerRegistry` for that record; the node plugs in one backed by the chain,
 `InMemoryChargerRegistry` serves standalone runs and tests.
+
+scrypt is deliberately slow, so the server guards it: a reconnect with a password verified
+before hits `VerifiedCredentialsCache` (no scrypt), and `LoginBudgets` limits how many wrong
+passwords are hashed per (address, charger) and per address across all charger ids, so one
+address cycling through the public charger ids cannot keep the password checkers busy.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import tomllib
 from dataclasses import dataclass
 from typing import Protocol
 
-from ocpp_adapter.bounded import LruMap
+from ocpp_adapter.bounded import LruMap, TokenBucket
 
 SALT_BYTES = 16
 HASH_BYTES = 32
@@ -148,3 +153,41 @@ class VerifiedCredentialsCache:
 
     def remember(self, charge_box_id: str, password: str, creds: ChargerCredentials) -> None:
         self._seen.put(self._digest(charge_box_id, password, creds), True)
+
+
+class LoginBudgets:
+    """Failed-login budgets, sans I/O (time is passed in): per (address, charger), so one
+    misconfigured charger behind a site's shared NAT address does not lock out its neighbours,
+    and per address across charger ids, so one address cycling through public ids is throttled
+    as a whole. A budget exists only after a failure; each further hashed attempt takes a token.
+    Bounded: at most `capacity` entries of each kind (least recently used forgotten)."""
+
+    def __init__(self, per_charger_per_minute: int, per_address_per_minute: int, capacity: int) -> None:
+        assert per_charger_per_minute > 0 and per_address_per_minute > 0 and capacity > 0
+        self.per_charger = per_charger_per_minute
+        self.per_address = per_address_per_minute
+        self._pairs: LruMap[tuple[str, str], TokenBucket] = LruMap(capacity)
+        self._addresses: LruMap[str, TokenBucket] = LruMap(capacity)
+
+    def admit(self, address: str, charge_box_id: str, now: float) -> str | None:
+        """None if a password from `address` for `charge_box_id` may be hashed now, else why not."""
+        for_address = self._addresses.get(address)
+        if for_address is not None and for_address.take(now) > 0:
+            return "too many failed logins from this address; wait"
+        for_pair = self._pairs.get((address, charge_box_id))
+        if for_pair is not None and for_pair.take(now) > 0:
+            return "too many failed logins for this charger from this address; wait"
+        return None
+
+    def failed(self, address: str, charge_box_id: str, now: float) -> None:
+        """Record a wrong password (opens the budgets on the first failure)."""
+        if self._addresses.get(address) is None:
+            self._addresses.put(address, self._opened(self.per_address, now))
+        if self._pairs.get((address, charge_box_id)) is None:
+            self._pairs.put((address, charge_box_id), self._opened(self.per_charger, now))
+
+    @staticmethod
+    def _opened(per_minute: int, now: float) -> TokenBucket:
+        bucket = TokenBucket(per_minute / 60, per_minute, now)
+        bucket.take(now)  # the failure that opened it
+        return bucket

@@ -38,7 +38,8 @@ class OcppServerConfig:
     max_in_flight_submissions: int = 20_000  # ingest submissions awaiting a decision, all chargers
     verified_auth_cache_entries: int = 100_000
     concurrent_password_checks: int = 2
-    failed_logins_per_minute: int = 10  # per remote address; beyond it the handshake gets 429
+    failed_logins_per_minute: int = 10  # per (remote address, charger); beyond it the handshake gets 429
+    failed_logins_per_address_per_minute: int = 30  # per remote address across all charger ids
     # timeouts, seconds
     call_timeout: float = 30.0
     ingest_timeout: float = 60.0
@@ -73,6 +74,7 @@ class OcppServerConfig:
             "verified_auth_cache_entries": self.verified_auth_cache_entries,
             "concurrent_password_checks": self.concurrent_password_checks,
             "failed_logins_per_minute": self.failed_logins_per_minute,
+            "failed_logins_per_address_per_minute": self.failed_logins_per_address_per_minute,
             "call_timeout": self.call_timeout, "ingest_timeout": self.ingest_timeout,
             "handshake_timeout": self.handshake_timeout, "send_timeout": self.send_timeout,
             "close_timeout": self.close_timeout, "registry_timeout": self.registry_timeout,

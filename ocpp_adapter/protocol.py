@@ -96,6 +96,8 @@ def loads_strict(text: str) -> Any:
         raise _Unreadable("JSON nested too deeply") from None
     except json.JSONDecodeError as exc:
         raise _Unreadable(f"not JSON: {exc.msg} at {exc.pos}") from None
+    except ValueError:  # int() refuses literals beyond sys.get_int_max_str_digits (4,300 digits)
+        raise _Unreadable("integer literal too long") from None
     reason = _uncanonical_reason(value, MAX_NESTING)
     if reason is not None:
         raise _Unreadable(reason)

@@ -14,6 +14,8 @@ import secrets
 import ssl
 import time
 import urllib.parse
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -28,11 +30,12 @@ from trio_websocket import (
 from ocpp_adapter import errors
 from ocpp_adapter.auth import (
     ChargerRegistry,
+    LoginBudgets,
     VerifiedCredentialsCache,
     parse_basic_auth,
     verify_charger_password,
 )
-from ocpp_adapter.bounded import LruMap, TokenBucket
+from ocpp_adapter.bounded import TokenBucket
 from ocpp_adapter.config import OcppServerConfig
 from ocpp_adapter.events import CONNECTION_ID_BYTES, ChargerEvent, EventEncodingError
 from ocpp_adapter.idempotency import ReplyCache, SubmissionFailed
@@ -53,7 +56,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ocpp_adapter.server")
 
-CHARGE_BOX_ID = re.compile(r"[A-Za-z0-9._~:*@+=-]{1,48}")
+# Exactly DeviceFactory._checkChargeBoxId (OCPP identifierString: a-z A-Z 0-9 * - _ = : + | @ .),
+# at most MAX_CHARGE_BOX_ID_BYTES = 48; `|` arrives percent-encoded (%7C) in the URL path.
+CHARGE_BOX_ID = re.compile(r"[A-Za-z0-9*\-_=:+|@.]{1,48}")
 CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, CLOSE_POLICY, CLOSE_INTERNAL = 1000, 1002, 1008, 1011
 
 
@@ -223,8 +228,13 @@ class OcppServer:
         )
         self.submissions: trio.Nursery | None = None  # owns ingest submissions (outlive connections)
         self.verified = VerifiedCredentialsCache(config.verified_auth_cache_entries)
-        # per remote address: how many more wrong passwords we hash (scrypt is costly)
-        self.auth_failures: LruMap[str, TokenBucket] = LruMap(config.verified_auth_cache_entries)
+        # how many more wrong passwords we hash (scrypt is costly), per (address, charger) and per address
+        self.login_budgets = LoginBudgets(
+            config.failed_logins_per_minute, config.failed_logins_per_address_per_minute,
+            config.verified_auth_cache_entries,
+        )
+        # address -> (lock, holders + waiters); an entry lives only while a handshake uses it
+        self._address_checks: dict[str, tuple[trio.Lock, int]] = {}
         self.password_checks = trio.CapacityLimiter(config.concurrent_password_checks)
         self.streams = trio.CapacityLimiter(config.max_connections + config.max_pending_handshakes)
         self.accepted = 0
@@ -267,6 +277,22 @@ class OcppServer:
         with trio.move_on_after(self.config.send_timeout):
             await request.reject(status, extra_headers=headers, body=body.encode())
 
+    @asynccontextmanager
+    async def _one_check_per_address(self, address: str) -> AsyncIterator[None]:
+        lock, users = self._address_checks.get(address, (None, 0))
+        if lock is None:
+            lock = trio.Lock()
+        self._address_checks[address] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._address_checks[address]
+            if users == 1:
+                del self._address_checks[address]
+            else:
+                self._address_checks[address] = (lock, users - 1)
+
     async def _authenticate(self, request: WebSocketRequest, charge_box_id: str) -> tuple[int, str] | None:
         """None if the charger may connect, else (HTTP status, reason)."""
         if self.config.security_profile == 0:
@@ -295,23 +321,19 @@ class OcppServer:
             return 403, "charger is not admitted"
         if self.verified.known_good(charge_box_id, password, creds):
             return None
-        # Failed-login budgets per (address, charger): one misconfigured charger behind a site's
-        # shared NAT address does not lock out its neighbours.
-        address = f'{getattr(request.remote, "address", request.remote)}|{charge_box_id}'
-        budget = self.auth_failures.get(address)
-        if budget is not None and budget.take(trio.current_time()) > 0:
-            return 429, "too many failed logins from this address; wait"
-        ok = await trio.to_thread.run_sync(
-            verify_charger_password, password, creds.auth_salt, creds.auth_hash, limiter=self.password_checks
-        )
-        if not ok:
-            if budget is None:
-                budget = TokenBucket(
-                    self.config.failed_logins_per_minute / 60, self.config.failed_logins_per_minute, trio.current_time()
-                )
-                budget.take(trio.current_time())
-                self.auth_failures.put(address, budget)
-            return 401, "wrong password"
+        # Budgets per (address, charger) and per address across charger ids; one password check
+        # per address at a time, so one address holds at most one of the scrypt workers.
+        address = str(getattr(request.remote, "address", request.remote))
+        async with self._one_check_per_address(address):
+            refused = self.login_budgets.admit(address, charge_box_id, trio.current_time())
+            if refused is not None:
+                return 429, refused
+            ok = await trio.to_thread.run_sync(
+                verify_charger_password, password, creds.auth_salt, creds.auth_hash, limiter=self.password_checks
+            )
+            if not ok:
+                self.login_budgets.failed(address, charge_box_id, trio.current_time())
+                return 401, "wrong password"
         self.verified.remember(charge_box_id, password, creds)
         return None
 
