@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP_PY := $(VENV)/.devsen-installed
 STAMP_NPM := node_modules/.devsen-installed
 
-.PHONY: setup devnet test lint typecheck pytest bench sim clean
+.PHONY: setup devnet test lint typecheck pytest bench sim byzantine clean
 
 setup: $(STAMP_PY) $(STAMP_NPM)
 
@@ -39,6 +39,11 @@ pytest: setup
 
 bench: setup
 	$(PY) bench/run_all.py
+
+## The Byzantine suite: 4 real node processes on anvil, one of them running an altered
+## behaviour (tests/byzantine/behaviours); about 8 minutes.
+byzantine: setup
+	$(VENV)/bin/pytest -q -m byzantine tests/byzantine -rxX
 
 ## The fault simulator: 10,000 seeds over 4, 7 and 10 validators, then each seeded faulty
 ## core (must be caught); summary in bench/results/sim.json. Takes a while.

@@ -20,6 +20,8 @@ from typing import Any
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
+from devsen.ledger.chain import MAX_POWER_W
+
 CALL, CALLRESULT, CALLERROR = 2, 3, 4
 MAX_QUEUED_REMOTE_STARTS = 16  # a demo charger runs one transaction at a time
 
@@ -102,16 +104,21 @@ class DemoCharger:
         return {"boot": boot, **await self.transaction(id_tag, connector, meter_start_wh, meter_stop_wh)}
 
     async def transaction(self, id_tag: str, connector: int, meter_start_wh: int,
-                          meter_stop_wh: int) -> dict[str, Any]:
-        """Authorize, start, one meter value, stop; returns what the node said to each."""
+                          meter_stop_wh: int, max_power_w: int = MAX_POWER_W) -> dict[str, Any]:
+        """Authorize, start, one meter value, stop; returns what the node said to each.
+
+        Physically plausible: the stop comes no sooner than the energy takes at `max_power_w`
+        (plus 20 %), since the ledger caps a session's energy at max power x duration."""
         authorize = await self.call("Authorize", {"idTag": id_tag})
         start = await self.call("StartTransaction", {"connectorId": connector, "idTag": id_tag,
                                                      "meterStart": meter_start_wh, "timestamp": iso_now()})
+        stop_not_before = trio.current_time() + 1.2 * max(0, meter_stop_wh - meter_start_wh) * 3600 / max_power_w
         transaction_id = start["transactionId"]
         middle = (meter_start_wh + meter_stop_wh) // 2
         await self.call("MeterValues", {"connectorId": connector, "transactionId": transaction_id, "meterValue": [
             {"timestamp": iso_now(), "sampledValue": [
                 {"value": str(middle), "measurand": "Energy.Active.Import.Register", "unit": "Wh"}]}]})
+        await trio.sleep_until(stop_not_before)
         stop = await self.call("StopTransaction", {"transactionId": transaction_id, "meterStop": meter_stop_wh,
                                                    "timestamp": iso_now(), "idTag": id_tag})
         return {"authorize": authorize, "start": start, "stop": stop}
