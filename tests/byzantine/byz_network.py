@@ -163,6 +163,7 @@ class ByzNetwork:
         began = time.monotonic()
         notes: dict[str, Any] = {}
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._honest_load, notes)
             if during is not None:
                 async def run_during() -> None:
                     notes.update(await during() or {})
@@ -186,6 +187,27 @@ class ByzNetwork:
             and self.byzantine.process.poll() is None
         observation.record()
         return observation
+
+    async def _honest_load(self, notes: dict[str, Any]) -> None:
+        """An honest charger's heartbeats (4 a second) at an honest node: the network makes no
+        empty blocks, so progress during an attack is the commit of honest traffic."""
+        from devsen.demo_charger import connect_demo_charger
+        from devsen.devnet import DEMO_CHARGER, DEMO_PASSWORD
+
+        answered = refused = 0
+        try:
+            async with connect_demo_charger(self.honest[2].ocpp_url, DEMO_CHARGER, DEMO_PASSWORD) as charger:
+                while True:
+                    try:
+                        with trio.fail_after(10):
+                            await charger.call("Heartbeat", {})
+                        answered += 1
+                    except Exception:
+                        refused += 1
+                    notes["honest_heartbeats"] = {"answered": answered, "refused": refused}
+                    await trio.sleep(0.25)
+        except Exception as exc:  # the honest node is down: the observation shows it
+            notes["honest_load_error"] = type(exc).__name__
 
     def stop(self) -> None:
         for node in self.nodes:
