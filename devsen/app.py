@@ -25,11 +25,10 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import msgpack
 
@@ -63,7 +62,6 @@ from devsen.vouching import VouchCache, ingress_domain
 from ocpp_adapter.events import ChargerEvent, EventEncodingError
 
 log = logging.getLogger("devsen.app")
-T = TypeVar("T")
 
 APP_HEADER_VERSION = 1
 MAX_APP_HEADER_BYTES = 128
@@ -100,21 +98,18 @@ class _PatientReader:
     def __init__(self, reader: KeyReader) -> None:
         self._reader = reader
 
-    def _patiently(self, what: str, read: Callable[[], T]) -> T:
-        return patiently(what, read)
-
     def device(self, charge_box_id: str) -> Any:
-        return self._patiently(f"device {charge_box_id}", lambda: self._reader.device(charge_box_id))
+        return patiently(f"device {charge_box_id}", lambda: self._reader.device(charge_box_id))
 
     def id_tag(self, tag_hash: bytes) -> Any:
-        return self._patiently("idTag", lambda: self._reader.id_tag(tag_hash))
+        return patiently("idTag", lambda: self._reader.id_tag(tag_hash))
 
     def open_escrow_sessions(self, charge_box_id: str) -> Any:
-        return self._patiently(f"escrow sessions of {charge_box_id}",
+        return patiently(f"escrow sessions of {charge_box_id}",
                                lambda: self._reader.open_escrow_sessions(charge_box_id))
 
     def escrow_session(self, session_id: bytes) -> Any:
-        return self._patiently("escrow session", lambda: self._reader.escrow_session(session_id))
+        return patiently("escrow session", lambda: self._reader.escrow_session(session_id))
 
 
 def patiently_reader(reader: KeyReader) -> KeyReader:
@@ -286,10 +281,11 @@ class NodeApplication:
             events = split_payloads(payloads).events
         except ValueError as exc:
             return ChainFacts(0, ZERO_HASH, digest, ChainKeys(), complete=False, problem=str(exc))
+        head = 0
         if committed:
             self._await_chain_block(number, eth_hash)
         else:
-            head = self.chain.head(max_age_s=0)
+            head = self.chain.head(max_age_s=0)  # one fresh head serves both checks below
             if number > head or self.chain.block_hash(number, fresh=True) != eth_hash:
                 return ChainFacts(number, eth_hash, digest, ChainKeys(), complete=False,
                                   problem=f"Ethereum block {number} 0x{eth_hash.hex()} is not on this node's chain")
@@ -298,11 +294,9 @@ class NodeApplication:
         epoch, validators, bindings = patiently(f"ValidatorSet at {number}",
                                                 lambda: self.chain.validators_at(number, eth_hash))
         problem = None
-        if not committed:
-            head = self.chain.head(max_age_s=0)
-            if head - number < self.settings.confirmations:
-                problem = (f"Ethereum block {number} is {head - number} deep by this node's head {head}, "
-                           f"fewer than {self.settings.confirmations} confirmations")
+        if not committed and head - number < self.settings.confirmations:
+            problem = (f"Ethereum block {number} is {head - number} deep by this node's head {head}, "
+                       f"fewer than {self.settings.confirmations} confirmations")
         return ChainFacts(number, eth_hash, digest, keys, epoch=epoch, validators=validators,
                           bindings=MappingProxyType(dict(bindings)), problem=problem, **reads)
 
