@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 import trio
-from anchoring_world import KEYS, LocalChain, Net, vouched_event
+from anchoring_world import LocalChain, Net, vouched_event
 from trio_websocket import open_websocket_url
 
 from anchoring.audit import ChainReader, block_loader, verify_event

@@ -16,7 +16,13 @@ from ledger_world import CHARGER, CHARGER_201, ESCROW_1, T0_MS, World, ev, start
 from devsen.app import split_payloads
 from devsen.ledger import id_tag_hash, session_token, session_token_hash
 from devsen.ledger.parse import MalformedPayload, get_tag_hash
-from ocpp_adapter.events import ChargerEvent, EventEncodingError, hash_id_tags, hashed_id_tag, tag_hash_of
+from ocpp_adapter.events import (
+    ChargerEvent,
+    EventEncodingError,
+    hash_id_tags,
+    hashed_id_tag,
+    tag_hash_of,
+)
 
 TAG = "04A2B3C4D5E6F7"
 HASHED = "keccak256:" + id_tag_hash(TAG).hex()
@@ -116,9 +122,9 @@ def test_ledger_refuses_a_plaintext_id_tag_deterministically() -> None:
     for _ in range(2):
         world = World()
         events = []
-        for version, action, payload in EVENTS:
+        for n, (version, action, payload) in enumerate(EVENTS):
             event = ev(action, payload, version=version, charger=CHARGER if version == "1.6" else CHARGER_201,
-                       raw=True)
+                       message_id=f"plain-{n}", raw=True)
             object.__setattr__(event, "payload", payload)
             events.append(event)
         outcomes.append(world.block(*events))
