@@ -88,7 +88,9 @@ class NodeIngest:
 
     The reply travels in the commit receipt (`receipt.result`, the event's TxResult from
     FinalizeBlock); a retry of a message committed earlier is answered from the ledger's
-    reply history (by dedup key)."""
+    reply history (by dedup key). The event's idTags are already hashes (ChargerEvent hashes
+    them when the adapter builds it), so what this node signs and gossips carries none in
+    plaintext; the charger's own call, answered by the adapter, stays in its memory."""
 
     def __init__(self, service: ConsensusService, app: NodeApplication, commit_timeout_s: float) -> None:
         self.service = service

@@ -21,10 +21,11 @@ blocks, proofs and the audit are public). The payload of a ChargerEvent is alway
     "keccak256:" + 64 lowercase hex digits of keccak-256(UTF-8 bytes of the idTag)
 
 (the key the on-chain UserRegistry and the Escrow already use), before the event id, the
-dedup key and the vouch are computed. The fields hashed (`hash_id_tags`) are the 1.6
-top-level `idTag` (Authorize, StartTransaction, StopTransaction) and in 2.0.1 the top-level
-`idToken.idToken` (Authorize, TransactionEvent), every `idToken.additionalInfo[].additionalIdToken`
-and Authorize's `certificate` (an EV contract certificate names the driver). A legal
+dedup key and the vouch are computed. The fields hashed (`hash_id_tags`), in every action:
+the top-level `idTag` (1.6 Authorize, StartTransaction, StopTransaction), the top-level
+`idToken.idToken` (2.0.1 Authorize, TransactionEvent) and every
+`idToken.additionalInfo[].additionalIdToken`; and 2.0.1 Authorize's `certificate` (an EV
+contract certificate names the driver). A legal
 plaintext is never mistaken for a hash: OCPP bounds those idTags to 20 / 36 characters, the
 hashed form has 74. The plaintext stays only in the adapter's memory (the call being
 answered); the charger's reply is unchanged, since no reply echoes an idTag.
@@ -95,19 +96,17 @@ def _hashed(value: Any) -> Any:
 def hash_id_tags(ocpp_version: str, action: str, payload: Any) -> Any:
     """`payload` with every idTag field in hashed form (the module docstring lists the fields).
 
-    Returns `payload` itself when nothing changes, else a copy (the argument is not mutated).
-    Total: any value is accepted, shapes OCPP does not allow are left as they are.
+    The fields are hashed whatever the version says (a 1.6 `idToken` is no field the ledger
+    reads, but it is no less personal). Returns `payload` itself when nothing changes, else a
+    copy (the argument is not mutated). Total: any value is accepted; shapes OCPP does not
+    allow are left as they are.
     """
     if not isinstance(payload, dict):
         return payload
     out = payload
-    if ocpp_version == "1.6":
-        tag = payload.get("idTag")
-        if _hashed(tag) is not tag:
-            out = {**payload, "idTag": _hashed(tag)}
-        return out
-    if ocpp_version != "2.0.1":
-        return payload
+    tag = payload.get("idTag")
+    if _hashed(tag) is not tag:
+        out = {**out, "idTag": _hashed(tag)}
     token = payload.get("idToken")
     if isinstance(token, dict):
         new_token = token
@@ -120,9 +119,9 @@ def hash_id_tags(ocpp_version: str, action: str, payload: Any) -> Any:
             if any(a is not b for a, b in zip(new_extra, extra, strict=True)):
                 new_token = {**new_token, "additionalInfo": new_extra}
         if new_token is not token:
-            out = {**payload, "idToken": new_token}
+            out = {**out, "idToken": new_token}
     certificate = payload.get("certificate")
-    if action == "Authorize" and _hashed(certificate) is not certificate:
+    if ocpp_version == "2.0.1" and action == "Authorize" and _hashed(certificate) is not certificate:
         out = {**out, "certificate": _hashed(certificate)}
     return out
 

@@ -132,6 +132,7 @@ async def test_no_plaintext_id_tag_in_blocks_proofs_or_audit(tmp_path):
     local = LocalChain(tmp_path, net, BatchPolicy(every_blocks=2, every_ms=10**9))
     for start in range(0, len(ingest.events), 2):
         local.commit(ingest.events[start:start + 2])
+    local.commit([])  # closes the last batch (two blocks per batch)
     for batch in local.batches:
         net.anchor(batch)
     routes = http_routes(local.service)

@@ -105,7 +105,7 @@ def test_bytes_with_a_plaintext_or_malformed_hash_are_refused(version: str, acti
 def test_shapes_hashing_cannot_touch_are_left_for_the_ledger_to_refuse() -> None:
     assert hash_id_tags("1.6", "Authorize", {"idTag": 5}) == {"idTag": 5}
     assert hash_id_tags("2.0.1", "Authorize", {"idToken": ["x"]}) == {"idToken": ["x"]}
-    assert hash_id_tags("9", "Authorize", {"idTag": "x"}) == {"idTag": "x"}
+    assert hash_id_tags("1.6", "Authorize", {"idToken": {"idToken": "x"}}) != {"idToken": {"idToken": "x"}}
     assert hash_id_tags("1.6", "Authorize", "not a dict") == "not a dict"
     world = World()
     result = world.block(ev("Authorize", {"idTag": 5}, raw=True)).results[0]
