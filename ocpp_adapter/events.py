@@ -105,14 +105,14 @@ def hash_id_tags(ocpp_version: str, action: str, payload: Any) -> Any:
         return payload
     out = payload
     tag = payload.get("idTag")
-    if _hashed(tag) is not tag:
-        out = {**out, "idTag": _hashed(tag)}
+    if (hashed := _hashed(tag)) is not tag:
+        out = {**out, "idTag": hashed}
     token = payload.get("idToken")
     if isinstance(token, dict):
         new_token = token
         inner = token.get("idToken")
-        if _hashed(inner) is not inner:
-            new_token = {**token, "idToken": _hashed(inner)}
+        if (hashed := _hashed(inner)) is not inner:
+            new_token = {**token, "idToken": hashed}
         extra = token.get("additionalInfo")
         if isinstance(extra, list):
             new_extra = [_hash_additional(item) for item in extra]
@@ -121,8 +121,8 @@ def hash_id_tags(ocpp_version: str, action: str, payload: Any) -> Any:
         if new_token is not token:
             out = {**out, "idToken": new_token}
     certificate = payload.get("certificate")
-    if ocpp_version == "2.0.1" and action == "Authorize" and _hashed(certificate) is not certificate:
-        out = {**out, "certificate": _hashed(certificate)}
+    if ocpp_version == "2.0.1" and action == "Authorize" and (hashed := _hashed(certificate)) is not certificate:
+        out = {**out, "certificate": hashed}
     return out
 
 
@@ -130,7 +130,8 @@ def _hash_additional(item: Any) -> Any:
     if not isinstance(item, dict):
         return item
     extra = item.get("additionalIdToken")
-    return item if _hashed(extra) is extra else {**item, "additionalIdToken": _hashed(extra)}
+    hashed = _hashed(extra)
+    return item if hashed is extra else {**item, "additionalIdToken": hashed}
 
 
 def canonical_value(value: Any) -> Any:

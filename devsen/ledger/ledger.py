@@ -200,14 +200,31 @@ class _CheckedChain:
     """A ChainView whose answers are checked against the ledger's bounds.
 
     Out-of-bound data is reported (`report`, an anomaly) and treated as absent, so no value
-    a ChainView returns can make the ledger raise.
+    a ChainView returns can make the ledger raise. One is made per block.
     """
 
-    __slots__ = ("_chain", "report")
+    __slots__ = ("_chain", "report", "_tokens")
 
     def __init__(self, chain: ChainView) -> None:
         self._chain = chain
         self.report: Callable[[str], None] = lambda detail: None
+        self._tokens: dict[str, dict[bytes, list[EscrowSession]]] = {}
+
+    def token_sessions(self, charge_box_id: str, tag_hash: bytes) -> list[EscrowSession]:
+        """The open escrow sessions of this charger whose session token hashes to `tag_hash`.
+
+        Events carry idTags only as hashes, so a token is recognised by its hash: the token
+        hashes of a charger's open sessions are indexed once per block (a ChainView does not
+        change while a block applies), bounded by the block's chargers times
+        MAX_OPEN_ESCROWS_READ; `session_token_hash` memoises them across blocks.
+        """
+        index = self._tokens.get(charge_box_id)
+        if index is None:
+            index = {}
+            for session in self.open_escrow_sessions(charge_box_id):
+                index.setdefault(session_token_hash(session.session_id), []).append(session)
+            self._tokens[charge_box_id] = index
+        return index.get(tag_hash, [])
 
     def device(self, charge_box_id: str) -> DeviceInfo | None:
         device = self._chain.device(charge_box_id)
@@ -700,10 +717,8 @@ class Ledger:
         Events carry only hashes, so a token is recognised by `session_token_hash`.
         """
         if any(
-            s.charge_box_id == step.event.charger_id
-            and (connector_id is None or s.connector_id == connector_id)
-            and session_token_hash(s.session_id) == tag_hash
-            for s in step.chain.open_escrow_sessions(step.event.charger_id)
+            connector_id is None or s.connector_id == connector_id
+            for s in step.chain.token_sessions(step.event.charger_id, tag_hash)
         ):
             return "Accepted", 0
         info = step.chain.id_tag(tag_hash)
