@@ -360,7 +360,7 @@ def build_node(config: NodeConfig) -> NodeParts:
         domain=deployment.domain("ValidatorSet"),
         validators=ValidatorSet.equal(genesis_addresses, genesis.epoch),
         directory=ValidatorDirectory(bindings),
-        host=HostConfig(listen=config.p2p.listen, bootstrap=tuple(config.p2p.bootstrap)),
+        host=HostConfig(listen=config.p2p.listen, bootstrap=tuple(config.p2p.bootstrap), max_peers=config.p2p.max_peers),
         timeouts=timeouts,
         mempool_max_count=config.consensus.mempool_max_payloads,
         block_max_payloads=config.consensus.max_block_payloads,
