@@ -11,7 +11,8 @@ from devsen import evidence as ev
 from devsen.app import event_tx_result
 from devsen.evidence import EvidenceRecorder, EvidenceStore, admission_evidence, block_evidence
 from devsen.ledger import EventResult
-from devsen.vouching import ingress_domain, vouch, vouch_digest
+from devsen.vouching import ingress_domain, vouch, vouch_digest, vouch_problem
+from ocpp_adapter.events import ChargerEvent
 
 DOMAIN = ingress_domain(ANCHOR)
 VALIDATORS = tuple(k.address for k in KEYS)
@@ -96,7 +97,8 @@ def test_recorder_spends_bounded_work_on_refused_events(tmp_path):
     recorder = EvidenceRecorder(EvidenceStore(tmp_path / "e.sqlite"), DOMAIN, lambda: VALIDATORS, lambda: 9,
                                 clock=lambda: now[0])
     lies = [lie(f"m{i}", 2, 1) for i in range(4)]
-    reason = "the event names ingress X but is signed by 0x.."
+    reason = vouch_problem(ChargerEvent.from_bytes(lies[0]), DOMAIN, VALIDATORS)  # admission's real wording
+    assert reason is not None
     recorder.on_refused(b"\xff", reason)
     recorder.on_refused(unsigned().to_bytes(), "the event is not vouched for")  # no recovery at all
     for event in lies[:2]:
