@@ -4,6 +4,8 @@
 no clocks, no randomness, no floats in state; the block context and the on-chain snapshot
 are its only inputs besides the events. Every node that applies the same blocks against the
 same chain snapshots holds byte-identical state and the same `state_hash()`.
+This module is the driver (block mechanics, devices, sessions, authorization, snapshots);
+the per-action handlers are in handlers.py, the anomaly kinds and shared limits in kinds.py.
 
 Policies (see also LEDGER.md):
 - No charging without prepayment: a transaction is accepted only when the driver's idTag is
@@ -47,21 +49,23 @@ from devsen.ledger.chain import (
     is_session_token,
     session_token,
 )
-from devsen.ledger.parse import (
-    MAX_METER_WH,
-    MAX_TIMESTAMP_MS,
-    MalformedPayload,
-    format_timestamp_ms,
-    get_int,
-    get_list,
-    get_obj,
-    get_str,
-    parse_timestamp_ms,
-    register_wh_v16,
-    register_wh_v201,
-    req_int,
-    req_str,
+from devsen.ledger.handlers import HANDLERS
+from devsen.ledger.kinds import (
+    BAD_CHAIN_DATA,
+    BAD_TIMESTAMP,
+    CLOSED_TRANSACTION,
+    CONNECTOR_BUSY,
+    ENERGY_CAPPED,
+    ESCROW_CLOSED,
+    MALFORMED,
+    MAX_TRANSACTION_ID,
+    METER_BACKWARDS,
+    NEGATIVE_ENERGY,
+    STALE_SESSION,
+    UNKNOWN_TRANSACTION,
+    UNREGISTERED_DEVICE,
 )
+from devsen.ledger.parse import MAX_METER_WH, MalformedPayload, parse_timestamp_ms
 from devsen.ledger.state import (
     Anomaly,
     ClosedTransaction,
@@ -78,27 +82,6 @@ from devsen.ledger.state import (
 from ocpp_adapter.events import ChargerEvent, keccak256
 
 SNAPSHOT_VERSION = 2  # 2: sessions keep max power and binding time; reply history by height window
-MAX_TRANSACTION_ID = 2**31 - 1  # 1.6 chargers hold transactionId in a signed 32-bit integer
-MAX_CONNECTORS_PER_EVSE = 8  # 2.0.1 connector statuses kept per EVSE
-MAX_TEXT_KEPT = 50  # longest free text (vendor, model, event type...) kept in state
-
-# Anomaly kinds.
-UNREGISTERED_DEVICE = "unregistered_device"
-CONNECTOR_OUT_OF_RANGE = "connector_out_of_range"
-CONNECTOR_BUSY = "connector_busy"
-STALE_SESSION = "stale_session"
-CAPACITY = "capacity"
-UNKNOWN_TRANSACTION = "unknown_transaction"
-CLOSED_TRANSACTION = "closed_transaction"
-DUPLICATE_TRANSACTION_ID = "duplicate_transaction_id"
-NEGATIVE_ENERGY = "negative_energy"
-METER_BACKWARDS = "meter_backwards"
-BAD_METER = "bad_meter"
-BAD_TIMESTAMP = "bad_timestamp"
-ESCROW_CLOSED = "escrow_closed"
-MALFORMED = "malformed"
-BAD_CHAIN_DATA = "bad_chain_data"
-ENERGY_CAPPED = "energy_capped"
 MAX_PAYLOAD_DEPTH = 32  # OCPP payloads nest a handful of levels; deeper is malformed
 MAX_OPEN_ESCROWS_READ = 4_096  # open escrow sessions of one charger considered per look-up
 
@@ -276,9 +259,6 @@ class _Step:
     event: ChargerEvent
     settlements: list[SettlementOrder]
     anomalies: list[str] = field(default_factory=list)
-
-
-Handler = Callable[["Ledger", _Step, dict[str, Any]], dict[str, Any]]
 
 
 class Ledger:
@@ -459,7 +439,7 @@ class Ledger:
             return EventResult(event.event_id, key, copy.deepcopy(stored.reply), stored.error_code, duplicate=True)
         step = _Step(chain, event, settlements)
         chain.report = lambda detail: self._anomaly(step, BAD_CHAIN_DATA, detail)
-        handler = _HANDLERS.get((event.ocpp_version, event.action))
+        handler = HANDLERS.get((event.ocpp_version, event.action))
         reply: dict[str, Any] | None = None
         error_code: str | None = None
         if handler is None:
@@ -740,303 +720,3 @@ class Ledger:
         if info.expiry_s and info.expiry_s * 1000 <= self._c.block_ms:
             return "Expired", info.expiry_s
         return "Accepted", info.expiry_s
-
-    # ----------------------------------------------------------------- handlers: both versions
-
-    def _heartbeat(self, step: _Step, payload: dict[str, Any]) -> dict[str, Any]:
-        device = step.chain.device(step.event.charger_id)
-        if device is not None and device.active:
-            self._update_device(step, last_heartbeat_ms=self._c.block_ms)
-        return {"currentTime": format_timestamp_ms(self._c.block_ms)}
-
-    def _boot(self, step: _Step, payload: dict[str, Any]) -> dict[str, Any]:
-        if step.event.ocpp_version == "1.6":
-            vendor = req_str(payload, "chargePointVendor", max_len=MAX_TEXT_KEPT)
-            model = req_str(payload, "chargePointModel", max_len=MAX_TEXT_KEPT)
-            firmware = get_str(payload, "firmwareVersion", max_len=MAX_TEXT_KEPT, required=False)
-        else:
-            station = get_obj(payload, "chargingStation", required=True)
-            assert station is not None
-            vendor = req_str(station, "vendorName", max_len=MAX_TEXT_KEPT)
-            model = req_str(station, "model", max_len=MAX_TEXT_KEPT)
-            firmware = get_str(station, "firmwareVersion", max_len=MAX_TEXT_KEPT, required=False)
-        now = format_timestamp_ms(self._c.block_ms)
-        if self._registered(step) is None:
-            return {"status": "Rejected", "currentTime": now, "interval": self.params.boot_retry_interval_s}
-        self._update_device(
-            step,
-            boot_status="Accepted",
-            vendor=vendor,
-            model=model,
-            firmware_version=firmware or "",
-            last_boot_ms=self._c.block_ms,
-        )
-        return {"status": "Accepted", "currentTime": now, "interval": self.params.heartbeat_interval_s}
-
-    def _status(self, step: _Step, payload: dict[str, Any]) -> dict[str, Any]:
-        if step.event.ocpp_version == "1.6":
-            number = req_int(payload, "connectorId")
-            status = req_str(payload, "status", max_len=MAX_TEXT_KEPT)
-            error_code = req_str(payload, "errorCode", max_len=MAX_TEXT_KEPT)
-            label, sub = str(number), 0
-        else:
-            number = req_int(payload, "evseId")
-            sub = req_int(payload, "connectorId")
-            status = req_str(payload, "connectorStatus", max_len=MAX_TEXT_KEPT)
-            error_code = ""
-            label = f"{number}/{sub}"
-        device = self._registered(step)
-        if device is None:
-            return {}
-        if not 0 <= number <= device.connector_count or not 0 <= sub <= MAX_CONNECTORS_PER_EVSE:
-            self._anomaly(step, CONNECTOR_OUT_OF_RANGE, f"connector {label} of {device.connector_count}")
-            return {}
-        entry = ConnectorStatus(label, status, error_code, self._c.block_ms)
-        others = [c for c in self._device_record(step.event.charger_id).connectors if c.connector != label]
-        connectors = tuple(sorted([*others, entry], key=lambda c: c.connector))
-        self._update_device(step, connectors=connectors)
-        return {}
-
-    def _authorize(self, step: _Step, payload: dict[str, Any]) -> dict[str, Any]:
-        tag = self._id_tag(step, payload)
-        assert tag is not None
-        status, expiry_s = self._tag_status(step, tag)
-        if self._registered(step) is None:
-            status = "Invalid"
-        return self._tag_info(step, status, expiry_s)
-
-    def _id_tag(self, step: _Step, payload: dict[str, Any], *, required: bool = True) -> str | None:
-        """The idTag (1.6) or idToken.idToken (2.0.1) of a payload."""
-        if step.event.ocpp_version == "1.6":
-            return get_str(payload, "idTag", max_len=20, required=required)
-        token = get_obj(payload, "idToken", required=required)
-        return None if token is None else req_str(token, "idToken", max_len=36)
-
-    def _tag_info(self, step: _Step, status: str, expiry_s: int = 0) -> dict[str, Any]:
-        """{"idTagInfo": ...} (1.6) or {"idTokenInfo": ...} (2.0.1)."""
-        if expiry_s * 1000 > MAX_TIMESTAMP_MS:
-            expiry_s = 0  # beyond year 9999: as good as never
-        if step.event.ocpp_version == "1.6":
-            info: dict[str, Any] = {"status": status}
-            if expiry_s:
-                info["expiryDate"] = format_timestamp_ms(expiry_s * 1000)
-            return {"idTagInfo": info}
-        info = {"status": status}
-        if expiry_s:
-            info["cacheExpiryDateTime"] = format_timestamp_ms(expiry_s * 1000)
-        return {"idTokenInfo": info}
-
-    def _data_transfer(self, step: _Step, payload: dict[str, Any]) -> dict[str, Any]:
-        vendor = req_str(payload, "vendorId", max_len=255)
-        if self._registered(step) is not None:
-            record = self._device_record(step.event.charger_id)
-            self._update_device(step, data_transfers=record.data_transfers + 1)
-        accepted = vendor in self.params.data_transfer_vendor_ids
-        return {"status": "Accepted" if accepted else "UnknownVendorId"}
-
-    def _meter_values(self, step: _Step, payload: dict[str, Any]) -> dict[str, Any]:
-        if step.event.ocpp_version == "1.6":
-            connector = req_int(payload, "connectorId")
-            tx = get_int(payload, "transactionId", required=False)
-            wh = register_wh_v16(get_list(payload, "meterValue"))
-        else:
-            connector = req_int(payload, "evseId")
-            tx = None
-            wh = register_wh_v201(get_list(payload, "meterValue"))
-        if self._registered(step) is None:
-            return {}
-        charger = step.event.charger_id
-        tx_ref = str(tx) if tx is not None else self._by_connector.get((charger, connector))
-        if tx_ref is None:
-            return {}  # readings outside a transaction (e.g. clock-aligned main meter) are not billed
-        key = (charger, tx_ref)
-        if not self._is_open(step, key):
-            self._transaction_unknown(step, key)
-            return {}
-        self._record_meter(step, key, wh)
-        return {}
-
-    # ----------------------------------------------------------------- handlers: OCPP 1.6 transactions
-
-    def _start_transaction(self, step: _Step, payload: dict[str, Any]) -> dict[str, Any]:
-        connector = req_int(payload, "connectorId")
-        tag = req_str(payload, "idTag", max_len=20)
-        meter_start = req_int(payload, "meterStart")
-        start_text = req_str(payload, "timestamp", max_len=64)
-        assert self._c.next_transaction_id <= MAX_TRANSACTION_ID
-        tx = self._c.next_transaction_id
-        self._c.next_transaction_id += 1
-        key = (step.event.charger_id, str(tx))
-        if key in self._sessions or key in self._closed:  # the charger used this id under 2.0.1
-            self._anomaly(step, DUPLICATE_TRANSACTION_ID, f"transaction {tx} already exists")
-            return {"idTagInfo": {"status": "Invalid"}, "transactionId": tx}
-        status, expiry_s = self._open_transaction(step, key, connector, tag, meter_start, start_text)
-        if status != "Accepted":
-            self._remember_closed(key, ClosedTransaction(self._next_seq(), "rejected"))
-        reply = self._tag_info(step, status, expiry_s)
-        reply["transactionId"] = tx
-        return reply
-
-    def _open_transaction(
-        self, step: _Step, key: tuple[str, str], connector: int, tag: str, meter_wh: int, start_text: str
-    ) -> tuple[str, int]:
-        """Open (and, if paid for, bind) a session; the idTag status to answer, and its expiry."""
-        device = self._registered(step)
-        if device is None:
-            return "Invalid", 0
-        if not 1 <= connector <= device.connector_count:
-            self._anomaly(step, CONNECTOR_OUT_OF_RANGE, f"connector {connector} of {device.connector_count}")
-            return "Invalid", 0
-        if not 0 <= meter_wh <= MAX_METER_WH:
-            self._anomaly(step, BAD_METER, f"meter reading {meter_wh} Wh out of range")
-            return "Invalid", 0
-        status, expiry_s = self._tag_status(step, tag, connector)
-        if status != "Accepted":
-            return status, expiry_s
-        if self._connector_busy(step, connector):
-            return "ConcurrentTx", expiry_s
-        problem = self._capacity_problem()
-        if problem is not None:
-            self._anomaly(step, CAPACITY, problem)
-            return "Blocked", expiry_s
-        escrow = self._find_escrow(step, connector, tag)
-        if escrow is None:
-            return "Blocked", expiry_s  # no prepayment: 1.6 has no NoCredit status
-        self._open_session(
-            Session(
-                key[0], key[1], "1.6", connector, self._next_seq(), self._c.block_ms,
-                meter_start_wh=meter_wh, meter_last_wh=meter_wh, last_block_ms=self._c.block_ms,
-            )
-        )
-        self._bind(key, escrow, device, id_tag_hash(tag), self._event_time_ms(step, start_text))
-        return "Accepted", expiry_s
-
-    def _stop_transaction(self, step: _Step, payload: dict[str, Any]) -> dict[str, Any]:
-        tx = req_int(payload, "transactionId")
-        meter_stop = req_int(payload, "meterStop")
-        stop_text = req_str(payload, "timestamp", max_len=64)
-        tag = get_str(payload, "idTag", max_len=20, required=False)
-        reply = {} if tag is None else self._tag_info(step, *self._tag_status(step, tag))
-        key = (step.event.charger_id, str(tx))
-        if not self._is_open(step, key):
-            self._transaction_unknown(step, key)
-            return reply
-        stop_wh: int | None = meter_stop
-        if not 0 <= meter_stop <= MAX_METER_WH:
-            self._anomaly(step, BAD_METER, f"meterStop {meter_stop} Wh out of range")
-            stop_wh = None
-        self._close(step, key, stop_wh, self._event_time_ms(step, stop_text))
-        return reply
-
-    # ----------------------------------------------------------------- handlers: OCPP 2.0.1 transactions
-
-    def _transaction_event(self, step: _Step, payload: dict[str, Any]) -> dict[str, Any]:
-        event_type = req_str(payload, "eventType", max_len=20)
-        time_text = req_str(payload, "timestamp", max_len=64)
-        info = get_obj(payload, "transactionInfo", required=True)
-        assert info is not None
-        tx_ref = req_str(info, "transactionId", max_len=36)
-        evse = get_obj(payload, "evse")
-        evse_id = None if evse is None else req_int(evse, "id")
-        tag = self._id_tag(step, payload, required=False)
-        wh = register_wh_v201(get_list(payload, "meterValue"))
-        if event_type not in ("Started", "Updated", "Ended"):
-            raise MalformedPayload("eventType must be Started, Updated or Ended")
-        key = (step.event.charger_id, tx_ref)
-        if event_type == "Started":
-            return self._transaction_started(step, key, evse_id, tag, wh, time_text)
-        if not self._is_open(step, key):
-            self._transaction_unknown(step, key)
-            return {} if tag is None else self._tag_info(step, "Invalid")
-        self._record_meter(step, key, wh)
-        reply: dict[str, Any] = {}
-        if tag is not None:
-            reply = self._tag_info(step, self._authorize_session(step, key, tag, time_text))
-        if event_type == "Ended":
-            session = self._sessions.get(key)
-            assert session is not None
-            self._close(step, key, session.meter_last_wh, self._event_time_ms(step, time_text))
-        return reply
-
-    def _transaction_started(
-        self, step: _Step, key: tuple[str, str], evse_id: int | None, tag: str | None, wh: int | None, time_text: str
-    ) -> dict[str, Any]:
-        refused = {} if tag is None else self._tag_info(step, "Invalid")
-        if key in self._sessions or key in self._closed:
-            self._anomaly(step, DUPLICATE_TRANSACTION_ID, f"transaction {key[1]} already started")
-            return refused
-        device = self._registered(step)
-        if device is None:
-            return refused
-        if evse_id is None or not 1 <= evse_id <= device.connector_count:
-            self._anomaly(step, CONNECTOR_OUT_OF_RANGE, f"evse {evse_id} of {device.connector_count}")
-            return refused
-        if self._connector_busy(step, evse_id):
-            return {} if tag is None else self._tag_info(step, "ConcurrentTx")
-        problem = self._capacity_problem()
-        if problem is not None:
-            self._anomaly(step, CAPACITY, problem)
-            return {} if tag is None else self._tag_info(step, "Blocked")
-        self._open_session(
-            Session(
-                key[0], key[1], "2.0.1", evse_id, self._next_seq(), self._c.block_ms,
-                meter_last_wh=wh, last_block_ms=self._c.block_ms,
-            )
-        )
-        if tag is None:
-            return {}
-        return self._tag_info(step, self._authorize_session(step, key, tag, time_text))
-
-    def _authorize_session(self, step: _Step, key: tuple[str, str], tag: str, time_text: str) -> str:
-        """Authorize an open 2.0.1 session with an idToken, binding its escrow; the status to answer."""
-        session = self._sessions.get(key)
-        assert session is not None
-        tag_hash = id_tag_hash(tag)
-        status, _ = self._tag_status(step, tag, session.connector_id)
-        if session.bound:
-            return status if session.id_tag_hash != tag_hash else "Accepted"
-        if status != "Accepted":
-            return status
-        device = step.chain.device(key[0])
-        escrow = self._find_escrow(step, session.connector_id, tag)
-        if device is None or escrow is None:
-            return "NoCredit"
-        self._bind(key, escrow, device, tag_hash, self._event_time_ms(step, time_text))
-        return "Accepted"
-
-
-def _notification(field_name: str, payload_key: str | None) -> Handler:
-    """A handler that records a status text (or bumps a counter) on the device record and replies {}."""
-
-    def handle(ledger: Ledger, step: _Step, payload: dict[str, Any]) -> dict[str, Any]:
-        text = "" if payload_key is None else req_str(payload, payload_key, max_len=1000)[:MAX_TEXT_KEPT]
-        if ledger._registered(step) is not None:
-            record = ledger._device_record(step.event.charger_id)
-            current = getattr(record, field_name)
-            changes: dict[str, Any] = {field_name: current + 1 if isinstance(current, int) else text}
-            if field_name == "security_events":
-                changes["last_security_event"] = text
-            ledger._update_device(step, **changes)
-        return {}
-
-    return handle
-
-
-_HANDLERS: dict[tuple[str, str], Handler] = {}
-for _version in ("1.6", "2.0.1"):
-    _HANDLERS[(_version, "BootNotification")] = Ledger._boot
-    _HANDLERS[(_version, "Heartbeat")] = Ledger._heartbeat
-    _HANDLERS[(_version, "StatusNotification")] = Ledger._status
-    _HANDLERS[(_version, "Authorize")] = Ledger._authorize
-    _HANDLERS[(_version, "MeterValues")] = Ledger._meter_values
-    _HANDLERS[(_version, "DataTransfer")] = Ledger._data_transfer
-    _HANDLERS[(_version, "FirmwareStatusNotification")] = _notification("firmware_status", "status")
-    _HANDLERS[(_version, "SecurityEventNotification")] = _notification("security_events", "type")
-    _HANDLERS[(_version, "LogStatusNotification")] = _notification("log_status", "status")
-_HANDLERS[("1.6", "StartTransaction")] = Ledger._start_transaction
-_HANDLERS[("1.6", "StopTransaction")] = Ledger._stop_transaction
-_HANDLERS[("1.6", "DiagnosticsStatusNotification")] = _notification("diagnostics_status", "status")
-_HANDLERS[("1.6", "SignedFirmwareStatusNotification")] = _notification("firmware_status", "status")
-_HANDLERS[("2.0.1", "TransactionEvent")] = Ledger._transaction_event
-_HANDLERS[("2.0.1", "NotifyReport")] = _notification("reports", None)
-_HANDLERS[("2.0.1", "NotifyEvent")] = _notification("notify_events", None)
