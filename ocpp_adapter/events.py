@@ -25,10 +25,10 @@ dedup key and the vouch are computed. The fields hashed (`hash_id_tags`), in eve
 the top-level `idTag` (1.6 Authorize, StartTransaction, StopTransaction), the top-level
 `idToken.idToken` (2.0.1 Authorize, TransactionEvent) and every
 `idToken.additionalInfo[].additionalIdToken`; and 2.0.1 Authorize's `certificate` (an EV
-contract certificate names the driver). A legal
-plaintext is never mistaken for a hash: OCPP bounds those idTags to 20 / 36 characters, the
-hashed form has 74. The plaintext stays only in the adapter's memory (the call being
-answered); the charger's reply is unchanged, since no reply echoes an idTag.
+contract certificate names the driver). A legal plaintext is never mistaken for a hash:
+OCPP bounds those idTags to 20 / 36 characters, the hashed form has 74. The plaintext stays
+only in the adapter's memory (the call being answered); the charger's reply is unchanged,
+since no reply echoes an idTag.
 `from_bytes` refuses bytes carrying a plaintext (or malformed hashed) idTag, so a block with
 one is invalid everywhere, and the ledger reads only the hashed form (devsen/ledger/LEDGER.md).
 """
