@@ -359,7 +359,7 @@ def test_events_before_and_after_an_epoch_change_verify_against_their_own_set(tm
     # a node that hides the headers below a block leaves its set unknown: a failure, not a pass
     lost = json.loads(json.dumps(local.service.event_proof(by_height[13].event_id)))
     checks = verify_event(lost, by_height[13].event_id, chain, block_loader(lambda path: {}))
-    assert failing(checks) == {"commit certificate"}
+    assert failing(checks) == {"commit certificate", "vouch"}
 
 
 def test_a_quorum_of_the_replaced_set_no_longer_anchors(tmp_path):
@@ -380,3 +380,38 @@ def test_a_quorum_of_the_replaced_set_no_longer_anchors(tmp_path):
     event = local.events[0]
     document = json.loads(json.dumps(local.service.event_proof(event.event_id)))
     assert all(c.ok for c in verify_event(document, event.event_id, chain, loader(local)))
+
+
+def test_the_vouch_is_checked_against_the_set_in_force_at_the_events_height(tmp_path):
+    """Two of four validators are replaced; block 11 names the first Ethereum block of epoch 1,
+    so the application judges vouches by epoch 0 up to block 11 and by epoch 1 from block 12.
+    Before, the audit checked every vouch against today's set: an event vouched for by a
+    validator removed later failed, and one vouched for by a newcomer before it joined passed."""
+    net = Net(connect("tester"))
+    local = build(tmp_path, net, anchored_batches=3)  # heights 1..10, epoch 0
+    new_keys = _replace_two_validators(net)
+    removed, newcomer = KEYS[3], next(k for k in new_keys if k not in KEYS)
+    cases: dict[int, list[tuple[ChargerEvent, bool]]] = {}
+    for height in (11, 12, 13):
+        by_removed = vouched_event(charger_event(50_000 + 2 * height), net.anchor_domain, removed)
+        by_newcomer = vouched_event(charger_event(50_001 + 2 * height), net.anchor_domain, newcomer)
+        # the set that judged the block's vouches: epoch 0 at 11, epoch 1 from 12
+        cases[height] = [(by_removed, height <= 11), (by_newcomer, height >= 12)]
+        local.commit([by_removed, by_newcomer], signers=KEYS[:3] if height <= 12 else new_keys[:3])
+    assert [b.batch_id for b in local.batches] == [0, 1, 2, 3]  # batch 3: heights 10..12
+    _anchor_with(net, local.batches[3], new_keys[:3])
+    chain = ChainReader(net.w3, net.anchor_address)
+    for height in (11, 12):
+        for event, valid in cases[height]:
+            document = json.loads(json.dumps(local.service.event_proof(event.event_id)))
+            checks = verify_event(document, event.event_id, chain, loader(local))
+            vouch_line = next(c.line() for c in checks if c.name == "vouch")
+            assert failing(checks) == (set() if valid else {"vouch"}), (height, vouch_line)
+            assert f"epoch {0 if height <= 11 else 1}" in vouch_line
+    # an event of block 1 vouched for by the (later removed) validator still verifies today
+    early = json.loads(json.dumps(local.service.event_proof(local.events[0].event_id)))
+    assert all(c.ok for c in verify_event(early, local.events[0].event_id, chain, loader(local)))
+    # without the blocks below it the set is unknown: a failure, not a pass
+    document = json.loads(json.dumps(local.service.event_proof(cases[12][1][0].event_id)))
+    lost = verify_event(document, cases[12][1][0].event_id, chain, block_loader(lambda path: {}))
+    assert "vouch" in failing(lost)
