@@ -9,12 +9,19 @@ import json
 
 import pytest
 import trio
-from anchoring_world import KEYS, LocalChain, Net, charger_event, vouched_event
+from anchoring_world import (
+    KEYS,
+    LocalChain,
+    Net,
+    charger_event,
+    replace_two_validators,
+    vouched_event,
+)
 
 from anchoring.attestations import AnchorBatch, attest
 from anchoring.audit import ChainReader, audit_main, block_loader, replay, verify_event
 from anchoring.batches import BatchPolicy
-from anchoring.chain import ChainRevert, connect, validators_hash
+from anchoring.chain import ChainRevert, connect
 from anchoring.chain.anvil import running_anvil
 from anchoring.proofs import (
     ProofNotFound,
@@ -24,12 +31,9 @@ from anchoring.proofs import (
     http_routes,
 )
 from consensus.signing import (
-    VALIDATOR_SET_UPDATE_TYPE,
     SigningKey,
     keccak256,
     sort_signatures_by_signer,
-    to_checksum_hex,
-    typed_digest,
 )
 from consensus.types import Vote, VoteType
 from ocpp_adapter.events import ChargerEvent
@@ -283,17 +287,7 @@ async def test_cli_verify_and_replay_against_anvil(tmp_path, capsys):
             nursery.cancel_scope.cancel()
 
 
-def _replace_two_validators(net: Net) -> list[SigningKey]:
-    """Epoch 1 on chain: KEYS[2] and KEYS[3] replaced by two newcomers (2 of 4), signed by
-    3 of the epoch-0 set. Returns the new set's keys, ascending."""
-    newcomers = [SigningKey(keccak256(b"epoch-1-newcomer-%d" % i)) for i in range(2)]
-    new_keys = sorted([*KEYS[:2], *newcomers], key=lambda k: k.address)
-    new_set = [to_checksum_hex(k.address) for k in new_keys]
-    digest = typed_digest(net.deployment.domain("ValidatorSet"), VALIDATOR_SET_UPDATE_TYPE,
-                          [1, validators_hash(new_set)])
-    net.client(KEYS[0]).update_validators(1, new_set, sort_signatures_by_signer(digest, [k.sign(digest)
-                                                                                        for k in KEYS[:3]]))
-    return new_keys
+_replace_two_validators = replace_two_validators
 
 
 def _anchor_with(net: Net, batch: AnchorBatch, keys: list[SigningKey]) -> None:
@@ -365,7 +359,8 @@ def test_events_before_and_after_an_epoch_change_verify_against_their_own_set(tm
 def test_a_quorum_of_the_replaced_set_no_longer_anchors(tmp_path):
     """What happens to a quorum formed before an epoch change: the Anchor checks the set in
     force when the transaction runs, so the old set's quorum is refused once the change landed
-    (and a batch anchored before the change stays valid and auditable)."""
+    (and a batch anchored before the change stays valid and auditable). The nodes re-collect
+    such quorums from the new set: test_anchoring_epoch.py runs that against these contracts."""
     net = Net(connect("tester"))
     local = build(tmp_path, net, anchored_batches=2)
     stale = net.quorum(local.batches[2])  # formed by epoch 0
