@@ -198,6 +198,7 @@ class AttestationBook:
         self._completed: OrderedDict[int | bytes, Quorum] = OrderedDict()  # recent quorums, bounded
         # re-opened at an epoch change: key -> (quorum of the old set, height the wait ends)
         self._reopened: dict[int | bytes, tuple[Quorum, int]] = {}
+        self._first_expiry: int | None = None  # no re-opened wait ends before this height
 
     def rebased(self, validators: Sequence[bytes], height: int) -> tuple[AttestationBook, list[Quorum]]:
         """This book for a new validator set (an epoch change committed at `height`).
@@ -234,17 +235,21 @@ class AttestationBook:
         table[key] = _Pending(subject, {s: sig for s, sig in signatures.items() if s in self.validators})
         if reopened is not None:
             self._reopened[key] = reopened
+            self._first_expiry = min(reopened[1], self._first_expiry or reopened[1])
         return self._complete_if_quorum(table, key, height)
 
     def expire(self, height: int) -> None:
         """Re-opened subjects whose wait ended by `height` go back to completed with their old
         quorum (deterministic: call it once per committed height, on every node alike)."""
+        if self._first_expiry is None or height < self._first_expiry:
+            return
         for key, (done, until) in list(self._reopened.items()):
             if until <= height:
                 table, _ = self._table(done.subject)
                 table.pop(key, None)
                 del self._reopened[key]
                 self._completed[key] = done
+        self._first_expiry = min((until for _, until in self._reopened.values()), default=None)
         self._bound_completed()
 
     def reopened(self, subject: AnchorBatch | Settlement) -> bool:
@@ -265,6 +270,7 @@ class AttestationBook:
         assert not self._batches and not self._settlements, "import into an empty book"
         self._completed = OrderedDict((self._table(q.subject)[1], q) for q in completed)
         self._reopened = {self._table(q.subject)[1]: (q, until) for q, until in reopened}
+        self._first_expiry = min((until for _, until in self._reopened.values()), default=None)
         for subject, signatures in pending:
             table, key = self._table(subject)
             if key in table:

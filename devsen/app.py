@@ -665,6 +665,8 @@ def _quorum_fields(quorum: Quorum) -> list[Any]:
 
 def _quorum_from_fields(fields: list[Any]) -> Quorum:
     subject, signers, signatures, height = fields
+    if len(signers) != len(signatures) or not isinstance(height, int):
+        raise ValueError("a snapshot quorum needs one signature per signer and an integer height")
     return Quorum(_subject_from_fields(subject), tuple(signers), tuple(signatures), height)
 
 
