@@ -273,6 +273,7 @@ async def test_replacing_two_of_four_while_work_is_pending_keeps_anchoring_and_s
         network.commit()
     await network.deliver()
     await network.submit_until(lambda: network.next_batch_id() >= 5)
+    await network.submit_until(lambda: not any(s.pending() for s in network.submitters.values()))
     client = net.client(KEYS[0])
     anchored = [client.anchored_batch(i, "latest") for i in range(network.next_batch_id())]
     assert [(b.batch_id, b.root) for b in anchored] == [(b.batch_id, b.root) for b in network.batches[:len(anchored)]]
@@ -283,6 +284,21 @@ async def test_replacing_two_of_four_while_work_is_pending_keeps_anchoring_and_s
     successful = sum(s["sends"] - s["rejected_sends"] for s in statuses)
     assert successful == len(anchored) + 1
     assert not any("conflict" in s["done"] for s in statuses)
+    # A restart now hands the book's recent quorums to the submitter again (a quorum queued but
+    # not persisted before a stop is not lost); those already on chain are not sent again.
+    first = network.apps[KEYS[0].address]
+    height = len(network.blocks)
+    first.snapshot_path = tmp_path / "first.msgpack"
+    first.write_snapshot(height, network.blocks[height].hash)
+    again = network.make_app(KEYS[0].address)
+    again.snapshot_path = first.snapshot_path
+    stored = {h: types.SimpleNamespace(block=b) for h, b in network.blocks.items()}
+    assert again.restore(height, stored.get) is not None
+    restored = again.take_restored_quorums()
+    assert {_key(q.subject) for q in restored} >= {1, 2, 3, 4, session_id}
+    for quorum in restored:
+        await network.submitters[KEYS[0].address].add(quorum)
+    assert network.submitters[KEYS[0].address].pending() == []
     print(f"\nepoch change -> batches 1, 2 and the settlement on chain: {since_change:.2f} s "
           f"(submission rounds {landed:.2f} s after the re-collected quorums)")
 
