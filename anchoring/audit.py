@@ -61,6 +61,9 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PENDING = 0, 1, 2, 3
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 MAX_REPLAY_BLOCKS = 10_000
 SET_SWITCH_DELAY = 2  # a set change committed at height H certifies from H + 2 (consensus_service)
+# The application switches its own set (the one vouches are checked against in block validation)
+# at the end of height H, so the vouches of block h are judged by the epoch block h-1 names.
+VOUCH_SET_DELAY = 1
 MAX_CACHED_EPOCHS = 1024
 APP_HEADER_VERSION = 1  # the app header is msgpack [1, eth block number, eth block hash] (devsen/app.py)
 HTTP_TIMEOUT_S = 15.0
@@ -200,15 +203,17 @@ def eth_block_of(app_header: bytes) -> int:
 BlockLoader = Callable[[int], "Block | None"]
 
 
-def set_block_for(height: int, prev_block_hash: bytes, load: BlockLoader) -> int | None:
+def set_block_for(height: int, prev_block_hash: bytes, load: BlockLoader,
+                  delay: int = SET_SWITCH_DELAY) -> int | None:
     """The Ethereum block whose epoch certifies `height` (None: epoch 0), from the headers of
-    blocks height-1 and height-2, which must hash-link to `prev_block_hash`. ValueError if
-    the node does not serve them or they do not link."""
-    if height <= SET_SWITCH_DELAY:
+    blocks height-1 .. height-`delay`, which must hash-link to `prev_block_hash`. ValueError
+    if the node does not serve them or they do not link. `delay` is SET_SWITCH_DELAY for
+    commit certificates and VOUCH_SET_DELAY for the vouch (the application's own set)."""
+    if height <= delay:
         return None
     expected = prev_block_hash
     ancestor: Block | None = None
-    for below in range(height - 1, height - SET_SWITCH_DELAY - 1, -1):
+    for below in range(height - 1, height - delay - 1, -1):
         ancestor = load(below)
         if ancestor is None:
             raise ValueError(f"the node does not serve block {below}")
@@ -264,14 +269,25 @@ def block_loader(fetch: Callable[[str], Any]) -> BlockLoader:
     return load
 
 
-def _vouch_check(event: ChargerEvent, chain: ChainReader) -> Check:
-    """Who vouched for the event (the recovered ingress signer), and whether that is valid."""
+def _vouch_check(event: ChargerEvent, chain: ChainReader, height: int, prev_block_hash: bytes,
+                 load: BlockLoader | None) -> Check:
+    """Who vouched for the event (the recovered ingress signer), and whether it was a validator
+    of the set that judged block `height`'s vouches: the epoch block height-1 names (found,
+    hash-linked, through `load`), as in block validation; never today's set."""
     domain = ingress_domain(Domain(chain.chain_id, chain.anchor_address))
     signer = recovered_voucher(event, domain)
-    problem = vouch_problem(event, domain, chain.validators().addresses, signer)
     who = f"vouched for by 0x{signer.hex()}" if isinstance(signer, bytes) else "no voucher"
+    try:
+        if load is None and height > VOUCH_SET_DELAY:
+            raise ValueError("no way to fetch the block below it")
+        set_block = set_block_for(height, prev_block_hash, load or (lambda _: None), VOUCH_SET_DELAY)
+        validators = chain.validators_in_force(set_block)
+    except ValueError as exc:
+        return Check("vouch", False, f"{who}, but which validator set judged block {height} is unknown: {exc}")
+    problem = vouch_problem(event, domain, validators.addresses, signer)
     return Check("vouch", problem is None, f"{who} over connection 0x{event.connection_id.hex()}"
-                 + (f": {problem}" if problem else " (a validator; it authenticated the charger)"))
+                 + (f": {problem} (epoch {validators.epoch})" if problem
+                    else f" (a validator of epoch {validators.epoch}; it authenticated the charger)"))
 
 
 def _block_hash_from_proof(block: dict[str, Any]) -> bytes:
@@ -314,7 +330,7 @@ def verify_event(document: dict[str, Any], event_id: bytes, chain: ChainReader,
         event = ChargerEvent.from_bytes(event_bytes)
         checks.append(Check("event bytes", True, f"canonical ChargerEvent {event.action} from charger "
                             f"{event.charger_id!r}, message {event.message_id!r}, received by {event.ingress_node!r}"))
-        checks.append(_vouch_check(event, chain))
+        checks.append(_vouch_check(event, chain, height, prev_block_hash, load))
     except EventEncodingError as exc:
         checks.append(Check("event bytes", False, f"not a canonical ChargerEvent: {exc}"))
     leaf = leaf_hash(recomputed_id)

@@ -171,11 +171,19 @@ class _Pending:
     signatures: dict[bytes, bytes] = field(default_factory=dict)  # signer -> signature, commit order
 
 
+# A completed subject re-opened at an epoch change (its quorum was formed by the old set and
+# the contracts check the set in force) waits this many heights for the new set's signatures;
+# then it goes back to completed with its old quorum (it had landed, so nobody re-signed it).
+RECOLLECT_WINDOW_BLOCKS = 1_000
+
+
 class AttestationBook:
     """Collects committed attestations for the batches and settlements this node expects.
 
     Only attestations that match the node's own subject exactly, come from a validator
     and carry a valid signature count; the first quorum in commit order is the result.
+    The last MAX_OPEN_SUBJECTS quorums are kept, so that an epoch change can have them
+    re-collected from the new set (`rebased`).
     """
 
     def __init__(self, validators: Sequence[bytes], anchor_domain: Domain, escrow_domain: Domain) -> None:
@@ -187,43 +195,94 @@ class AttestationBook:
         self.escrow_domain = escrow_domain
         self._batches: OrderedDict[int, _Pending] = OrderedDict()
         self._settlements: OrderedDict[bytes, _Pending] = OrderedDict()
-        self._completed: OrderedDict[int | bytes, None] = OrderedDict()  # recent quorums, bounded
+        self._completed: OrderedDict[int | bytes, Quorum] = OrderedDict()  # recent quorums, bounded
+        # re-opened at an epoch change: key -> (quorum of the old set, height the wait ends)
+        self._reopened: dict[int | bytes, tuple[Quorum, int]] = {}
+        self._first_expiry: int | None = None  # no re-opened wait ends before this height
 
     def rebased(self, validators: Sequence[bytes], height: int) -> tuple[AttestationBook, list[Quorum]]:
         """This book for a new validator set (an epoch change committed at `height`).
 
-        Open subjects carry over with the signatures of signers still in the set; subjects
-        that already reach the new quorum with those come back as Quorums. Completed
-        subjects stay completed.
+        Open subjects carry over with the signatures of signers still in the set. Completed
+        subjects whose quorum is not a quorum of the new set are re-opened the same way (the
+        Anchor and Escrow contracts check the set in force when a transaction runs, so an
+        unsubmitted old quorum could never land) for RECOLLECT_WINDOW_BLOCKS heights. Every
+        subject that reaches the new quorum with the carried signatures comes back as a Quorum.
         """
         book = AttestationBook(validators, self.anchor_domain, self.escrow_domain)
-        book._completed = OrderedDict(self._completed)
         quorums: list[Quorum] = []
         for pending in [*self._batches.values(), *self._settlements.values()]:
-            book.expect(pending.subject)
-            for signer, signature in pending.signatures.items():
-                if signer in book.validators:
-                    quorum = book.on_committed(Attestation(pending.subject, signer, signature), height)
-                    if quorum is not None:
-                        quorums.append(quorum)
+            old = self._reopened.get(self._table(pending.subject)[1])
+            quorum = book._carry(pending.subject, pending.signatures, height,
+                                 None if old is None else (old[0], height + RECOLLECT_WINDOW_BLOCKS))
+            if quorum is not None:
+                quorums.append(quorum)
+        for key, done in self._completed.items():
+            if set(done.signers) <= book.validators and len(done.signers) >= book.quorum:
+                book._completed[key] = done  # still a quorum of the new set: nothing to do
+                continue
+            signatures = dict(zip(done.signers, done.signatures, strict=True))
+            quorum = book._carry(done.subject, signatures, height, (done, height + RECOLLECT_WINDOW_BLOCKS))
+            if quorum is not None:
+                quorums.append(quorum)
+        book._bound_completed()
         return book, quorums
 
-    def export_state(self) -> tuple[list[tuple[AnchorBatch | Settlement, dict[bytes, bytes]]], list[int | bytes]]:
-        """(open subjects with the signatures counted so far, keys of recent quorums): for snapshots."""
+    def _carry(self, subject: AnchorBatch | Settlement, signatures: dict[bytes, bytes], height: int,
+               reopened: tuple[Quorum, int] | None) -> Quorum | None:
+        """Open `subject` here with the (already verified) signatures of signers in this set."""
+        table, key = self._table(subject)
+        table[key] = _Pending(subject, {s: sig for s, sig in signatures.items() if s in self.validators})
+        if reopened is not None:
+            self._reopened[key] = reopened
+            self._first_expiry = min(reopened[1], self._first_expiry or reopened[1])
+        return self._complete_if_quorum(table, key, height)
+
+    def expire(self, height: int) -> None:
+        """Re-opened subjects whose wait ended by `height` go back to completed with their old
+        quorum (deterministic: call it once per committed height, on every node alike)."""
+        if self._first_expiry is None or height < self._first_expiry:
+            return
+        for key, (done, until) in list(self._reopened.items()):
+            if until <= height:
+                table, _ = self._table(done.subject)
+                table.pop(key, None)
+                del self._reopened[key]
+                self._completed[key] = done
+        self._first_expiry = min((until for _, until in self._reopened.values()), default=None)
+        self._bound_completed()
+
+    def reopened(self, subject: AnchorBatch | Settlement) -> bool:
+        """True if `subject` waits for the new set's signatures after an epoch change."""
+        return self._table(subject)[1] in self._reopened
+
+    def export_state(self) -> tuple[list[tuple[AnchorBatch | Settlement, dict[bytes, bytes]]], list[Quorum],
+                                    list[tuple[Quorum, int]]]:
+        """(open subjects with the signatures counted so far, recent quorums, re-opened subjects'
+        old quorums with the height their wait ends): for snapshots."""
         pending = [(p.subject, dict(p.signatures)) for p in [*self._batches.values(), *self._settlements.values()]]
-        return pending, list(self._completed)
+        return pending, list(self._completed.values()), list(self._reopened.values())
 
     def import_state(self, pending: Sequence[tuple[AnchorBatch | Settlement, dict[bytes, bytes]]],
-                     completed: Sequence[int | bytes]) -> None:
-        """Restore what `export_state` returned into an empty book (signatures are re-verified)."""
+                     completed: Sequence[Quorum], reopened: Sequence[tuple[Quorum, int]] = ()) -> None:
+        """Restore what `export_state` returned into an empty book (signatures are re-verified);
+        `reopened` pairs each re-opened key's old quorum with the height its wait ends."""
         assert not self._batches and not self._settlements, "import into an empty book"
-        self._completed = OrderedDict((key, None) for key in completed)
+        self._completed = OrderedDict((self._table(q.subject)[1], q) for q in completed)
+        self._reopened = {self._table(q.subject)[1]: (q, until) for q, until in reopened}
+        self._first_expiry = min((until for _, until in self._reopened.values()), default=None)
         for subject, signatures in pending:
-            self.expect(subject)
             table, key = self._table(subject)
+            if key in table:
+                raise ValueError(f"subject {key!r} appears twice")
+            table[key] = _Pending(subject)
             for signer, signature in signatures.items():
                 self.check(Attestation(subject, signer, signature))
                 table[key].signatures[signer] = signature
+
+    def completed_quorums(self) -> list[Quorum]:
+        """The recent quorums, oldest first (a restarted node hands them to its submitter again)."""
+        return list(self._completed.values())
 
     def open_subjects(self) -> list[AnchorBatch | Settlement]:
         """Subjects still waiting for a quorum, batches first, oldest first."""
@@ -236,7 +295,7 @@ class AttestationBook:
             if table[key].subject != subject:
                 raise ValueError(f"a different subject is already expected under {key!r}")
             return
-        if len(table) >= MAX_OPEN_SUBJECTS:
+        if len(table) - sum(1 for k in self._reopened if k in table) >= MAX_OPEN_SUBJECTS:
             raise OverflowError(f"{MAX_OPEN_SUBJECTS} subjects already wait for a quorum")
         table[key] = _Pending(subject)
 
@@ -278,15 +337,25 @@ class AttestationBook:
         if attestation.signer in pending.signatures:
             return None
         pending.signatures[attestation.signer] = attestation.signature
+        return self._complete_if_quorum(table, key, height)
+
+    def _complete_if_quorum(self, table: OrderedDict, key: int | bytes, height: int) -> Quorum | None:
+        pending = table[key]
         if len(pending.signatures) < self.quorum:
             return None
         del table[key]
-        self._completed[key] = None
+        self._reopened.pop(key, None)
+        # the first `quorum` signers in commit order (carried ones first): the same on every node
+        chosen = list(pending.signatures)[:self.quorum]
+        signers = tuple(sorted(chosen))
+        quorum = Quorum(pending.subject, signers, tuple(pending.signatures[s] for s in signers), height)
+        self._completed[key] = quorum
+        self._bound_completed()
+        return quorum
+
+    def _bound_completed(self) -> None:
         while len(self._completed) > MAX_OPEN_SUBJECTS:
             self._completed.popitem(last=False)
-        signers = tuple(sorted(pending.signatures))
-        assert len(signers) == self.quorum
-        return Quorum(pending.subject, signers, tuple(pending.signatures[s] for s in signers), height)
 
     def _table(self, subject: AnchorBatch | Settlement) -> tuple[OrderedDict, int | bytes]:
         if isinstance(subject, AnchorBatch):

@@ -13,6 +13,10 @@ For each one the submitter reads the chain and then:
   stuck submitter delays a batch by one timeout, never forever;
 - RPC failures (connection refused, timeouts) back off exponentially and retry.
 
+After a validator-set change the contracts refuse a quorum of the old set. The application
+re-collects such subjects from the new set (AttestationBook.rebased); the newer quorum
+replaces the pending job's, and a quorum that is not one of the current set is not sent.
+
 Pending work lives in SQLite (`JobStore`), written before it is acted on, and is resumed
 after a restart. The chain is reached through the small `SubmissionChain` protocol.
 """
@@ -33,6 +37,7 @@ import trio
 
 from anchoring.attestations import AnchorBatch, Settlement
 from anchoring.batches import Quorum, submitter_order
+from consensus.signing import quorum_size
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
@@ -43,7 +48,7 @@ ANCHOR = "anchor"
 SETTLEMENT = "settlement"
 SESSION_NONE, SESSION_OPEN, SESSION_SETTLED, SESSION_REFUNDED = 0, 1, 2, 3
 MAX_PENDING_JOBS = 10_000
-MAX_DONE_JOBS_KEPT = 1_000
+MAX_DONE_JOBS_KEPT = 10_000  # more than the attestation book's recent quorums: a re-sent one is known
 MAX_SETTLEMENT_CHECKS_PER_ROUND = 64  # each costs 1-2 reads; the least recently checked go first
 
 T = TypeVar("T")
@@ -149,6 +154,18 @@ class JobStore:
              q.height, job.added_at))
         return cursor.rowcount == 1
 
+    def replace_quorum(self, job: Job, quorum: Quorum) -> None:
+        """Give a pending job a newer quorum for the same subject (re-collected after an epoch change)."""
+        self._db.execute(
+            "UPDATE jobs SET signers = ?, signatures = ?, height = ? WHERE kind = ? AND key = ? AND outcome IS NULL",
+            (json.dumps([s.hex() for s in quorum.signers]), json.dumps([s.hex() for s in quorum.signatures]),
+             quorum.height, job.kind, job.key))
+
+    def outcome(self, kind: str, key: str) -> str | None:
+        """How the job for (kind, key) ended; None if it is pending or unknown."""
+        row = self._db.execute("SELECT outcome FROM jobs WHERE kind = ? AND key = ?", (kind, key)).fetchone()
+        return None if row is None else row[0]
+
     def pending(self) -> list[Job]:
         """All jobs not done yet."""
         rows = self._db.execute(
@@ -203,6 +220,8 @@ class _Counters:
     rpc_failures: int = 0
     sends: int = 0
     rejected_sends: int = 0
+    replaced: int = 0
+    stale_quorum_waits: int = 0
     done: dict[str, int] = field(default_factory=dict)
 
 
@@ -221,9 +240,20 @@ class Submitter:
         self._counters = _Counters()
 
     async def add(self, quorum: Quorum) -> None:
-        """Persist a quorum and have it submitted; adding a known one again changes nothing."""
+        """Persist a quorum and have it submitted; adding a known one again changes nothing, and
+        a newer quorum for a pending subject (re-collected from a new validator set) replaces
+        the job's. A subject already done is never submitted again."""
         job = Job(quorum, time.time())
-        if (job.kind, job.key) in self._jobs:
+        known = self._jobs.get((job.kind, job.key))
+        if known is not None:
+            if quorum.subject == known.quorum.subject and quorum.height > known.quorum.height \
+                    and quorum.signatures != known.quorum.signatures:
+                self.store.replace_quorum(known, quorum)
+                known.quorum = quorum
+                known.last_sent = None  # the old quorum's transaction cannot land any more
+                self._counters.replaced += 1
+                log.info("%s %s: quorum re-collected at height %d", job.kind, job.key, quorum.height)
+                self._wake.set()
             return
         if len(self._jobs) >= MAX_PENDING_JOBS:
             raise OverflowError(f"{MAX_PENDING_JOBS} submissions already pending; the chain is not keeping up")
@@ -235,6 +265,12 @@ class Submitter:
         """Jobs not yet anchored/settled at the confirmation depth."""
         return list(self._jobs.values())
 
+    def known_done(self, subject: AnchorBatch | Settlement) -> bool:
+        """True if this node saw `subject` anchored or settled (or otherwise finished) on chain."""
+        if isinstance(subject, AnchorBatch):
+            return self.store.outcome(ANCHOR, str(subject.batch_id)) is not None
+        return self.store.outcome(SETTLEMENT, subject.session_id.hex()) is not None
+
     def status(self) -> dict[str, Any]:
         """JSON-ready summary for the node's HTTP API and logs (the first 100 pending jobs)."""
         c = self._counters
@@ -244,7 +280,8 @@ class Submitter:
             "pending": [{"kind": j.kind, "subject": subject_to_json(j.quorum.subject), "sends": j.sends}
                         for j in shown],
             "rounds": c.rounds, "rpc_failures": c.rpc_failures, "sends": c.sends,
-            "rejected_sends": c.rejected_sends, "done": dict(c.done),
+            "rejected_sends": c.rejected_sends, "replaced_quorums": c.replaced,
+            "stale_quorum_waits": c.stale_quorum_waits, "done": dict(c.done),
         }
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -331,6 +368,10 @@ class Submitter:
             job.ready_since = now
         if self.me not in self.validators:
             return  # an observer node tracks but never sends
+        signers = job.quorum.signers
+        if not set(signers) <= set(self.validators) or len(signers) < quorum_size(len(self.validators)):
+            self._counters.stale_quorum_waits += 1  # the contract would refuse it: wait for the new set's
+            return
         order = submitter_order(self.validators, job.quorum.subject)
         rank = order.index(self.me)
         turn = self.config.turn_timeout_s

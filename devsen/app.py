@@ -25,6 +25,7 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -41,7 +42,7 @@ from anchoring.attestations import (
     attest,
     decode_attestation,
 )
-from anchoring.batches import AttestationBook, BatchBuilder, BatchPolicy, BuilderState
+from anchoring.batches import AttestationBook, BatchBuilder, BatchPolicy, BuilderState, Quorum
 from anchoring.batches import CommittedBlock as BatchBlock
 from anchoring.proofs import EVENT_PAYLOAD_FIRST_BYTE, AnchorIndex
 from consensus.abci import (
@@ -70,7 +71,7 @@ MESSAGE_WINDOW_BLOCKS = 1_000  # the HTTP charger-message look-up covers this ma
 # a locked value may be re-proposed rounds later with its original, older time).
 MAX_FUTURE_DRIFT_MS = 30_000
 IDLE_HEARTBEAT_MS = 30_000  # an idle network still makes one block this often (chain-side changes)
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2  # 2: the attestation book keeps its recent quorums and re-opened subjects
 SNAPSHOT_EVERY_BLOCKS = 100  # a restart replays at most this many blocks (and reads the chain for them)
 CODE_CALLERROR = 1  # TxResult.code of an event the ledger answered with a CALLERROR (`log` = OCPP code)
 CODE_ATTESTATION_IGNORED = 2  # late, repeated or for a closed subject
@@ -225,6 +226,11 @@ class NodeApplication:
         self._last_block: tuple[int, bytes] = (0, b"")
         self._outbound: list[bytes] = []  # own attestations signed while finalizing
         self._restored: list[bytes] = []  # ... and while restoring (take_restored_outbound)
+        self._restored_quorums: list[Quorum] = []  # the book's recent quorums after a restore
+        # Whether this node should sign a subject re-opened at an epoch change: the node sets it
+        # to "its submitter has not seen the subject land" (local, affects only what we sign;
+        # counting stays deterministic). Default: sign every re-opened subject.
+        self.resign_filter: Callable[[AnchorBatch | Settlement], bool] = lambda subject: True
         self.outside_reads = 0
         self.counters: dict[str, int] = {"blocks": 0, "events": 0, "attestations_counted": 0,
                                          "attestations_ignored": 0, "batches_closed": 0, "quorums": 0}
@@ -422,6 +428,7 @@ class NodeApplication:
                 if isinstance(quorum.subject, AnchorBatch):
                     self.anchor_index.record_quorum(quorum.subject.batch_id, block.height)
                 notices.append(quorum)
+        self.book.expire(block.height)
         update = self._follow_validator_set(block.height, facts, notices)
         self.counters["blocks"] += 1
         self.counters["events"] += len(parts.events)
@@ -468,7 +475,10 @@ class NodeApplication:
 
         Deterministic: every node read the ValidatorSet at the same agreed Ethereum block (in
         the facts). Consensus switches sets two heights later (the ValidatorUpdate);
-        attestations switch now, carrying over open subjects (signed if this node just joined).
+        attestations switch now: open subjects carry over, and so do completed ones whose
+        quorum the contracts would now refuse (AttestationBook.rebased). A member of the new
+        set signs every carried subject it has not signed yet (re-opened ones unless its
+        submitter saw them land), so they are re-collected and resubmitted.
         """
         epoch, addresses = facts.epoch, facts.validators
         if epoch <= self.epoch or not addresses:
@@ -478,17 +488,13 @@ class NodeApplication:
             return None
         log.info("validator set epoch %d -> %d at height %d: %d validators", self.epoch, epoch, height,
                  len(addresses))
-        me = self.settings.key.address
-        joined = me in addresses and me not in self.validators
         self.epoch, self.validators = epoch, addresses
         bindings = dict(facts.bindings)
         self.book, quorums = self.book.rebased(addresses, height)
         for quorum in quorums:
             self.counters["quorums"] += 1
             notices.append(quorum)
-        if joined:
-            for subject in self.book.open_subjects():
-                self._sign(subject)
+        self._sign_missing()
         notices.append(ValidatorsChanged(addresses, bindings))
         return ValidatorUpdate(height + 2, ValidatorSet.equal(list(addresses), epoch), bindings)
 
@@ -500,6 +506,21 @@ class NodeApplication:
             log.error("cannot collect attestations for %s: %s", subject, exc)
             return
         if self.settings.key.address in self.validators:
+            self._sign(subject)
+
+    def _sign_missing(self) -> None:
+        """Sign every open subject our attestation is not counted for (a member only)."""
+        me = self.settings.key.address
+        if me not in self.validators:
+            return
+        for subject in self.book.open_subjects():
+            if me in self.book.signers_of(subject):
+                continue
+            if self.book.reopened(subject):
+                self.counters["reopened_subjects"] = self.counters.get("reopened_subjects", 0) + 1
+                if not self.resign_filter(subject):
+                    continue
+                self.counters["resigned_subjects"] = self.counters.get("resigned_subjects", 0) + 1
             self._sign(subject)
 
     def _sign(self, subject: AnchorBatch | Settlement) -> None:
@@ -518,6 +539,13 @@ class NodeApplication:
         """Own attestations `restore` signed again (the node submits them)."""
         outbound, self._restored = tuple(self._restored), []
         return outbound
+
+    def take_restored_quorums(self) -> tuple[Quorum, ...]:
+        """The recent quorums of the restored snapshot: the node hands them to its submitter
+        again (it ignores known ones), so a quorum queued but not persisted before a stop is
+        not lost."""
+        quorums, self._restored_quorums = tuple(self._restored_quorums), []
+        return quorums
 
     # ---------------------------------------------------------------- state sync (not offered yet)
 
@@ -539,14 +567,15 @@ class NodeApplication:
     def write_snapshot(self, height: int, block_hash: bytes) -> None:
         """Persist the application state after `height` (atomically: temp file + rename)."""
         assert self.snapshot_path is not None
-        pending, completed = self.book.export_state()
+        pending, completed, reopened = self.book.export_state()
         batcher = self.batcher.state
         data = msgpack.packb([
             SNAPSHOT_FORMAT, height, block_hash, self.ledger.state_hash(), self.ledger.to_bytes(),
             self.last_eth_block, self.epoch, list(self.validators),
             [batcher.next_batch_id, batcher.next_height, batcher.last_close_ms],
             [[_subject_fields(subject), [[a, sig] for a, sig in signatures.items()]] for subject, signatures in pending],
-            completed,
+            [_quorum_fields(q) for q in completed],
+            [[_quorum_fields(q), until] for q, until in reopened],
         ], use_bin_type=True)
         temporary = self.snapshot_path.with_name(self.snapshot_path.name + ".tmp")
         with open(temporary, "wb") as file:
@@ -566,34 +595,34 @@ class NodeApplication:
             return None
         try:
             (version, height, block_hash, state_hash, ledger_bytes, last_eth_block, epoch, validators,
-             batcher, pending, completed) = msgpack.unpackb(self.snapshot_path.read_bytes(), raw=False)
+             batcher, pending, completed, reopened) = msgpack.unpackb(self.snapshot_path.read_bytes(), raw=False)
             if version != SNAPSHOT_FORMAT or not 0 < height <= last_height:
                 raise ValueError(f"snapshot format {version} at height {height} does not fit the store")
             committed: CommittedBlock | None = get_block(height)
             if committed is None or committed.block.hash != block_hash:
                 raise ValueError(f"snapshot block {height} is not the stored block")
             ledger = Ledger.from_bytes(ledger_bytes)
-        except (SnapshotError, ValueError, TypeError, OSError) as exc:
+            book = AttestationBook(tuple(validators), self.settings.anchor_domain, self.settings.escrow_domain)
+            book.import_state(
+                [(_subject_from_fields(f), dict((a, sig) for a, sig in sigs)) for f, sigs in pending],
+                [_quorum_from_fields(q) for q in completed],
+                [(_quorum_from_fields(q), until) for q, until in reopened])
+        except (SnapshotError, ValueError, TypeError, OSError, AttestationError) as exc:
             log.warning("ignoring the application snapshot (%s); replaying from genesis", exc)
             return None
         assert ledger.state_hash() == state_hash, "a snapshot's ledger must hash as recorded"
         self.ledger, self.last_eth_block, self.epoch = ledger, last_eth_block, epoch
         self._last_block = (height, block_hash)
         self.validators = tuple(validators)
-        self.book = AttestationBook(self.validators, self.settings.anchor_domain, self.settings.escrow_domain)
-        self.book.import_state([(_subject_from_fields(f), dict((a, sig) for a, sig in sigs)) for f, sigs in pending],
-                               [bytes(k) if isinstance(k, bytes) else k for k in completed])
+        self.book = book
         self.batcher = BatchBuilder(self.settings.batch_policy, BuilderState(*batcher))
         for h in range(batcher[1], height + 1):  # rebuild the open batch from stored blocks
             stored = get_block(h)
             assert stored is not None, f"block store misses height {h}"
             ids = tuple(event.event_id for event in split_payloads(stored.block.payloads).events)
             assert self.batcher.on_block(BatchBlock(h, stored.block.timestamp_ms, ids)) is None
-        me = self.settings.key.address
-        if me in self.validators:
-            for subject in self.book.open_subjects():
-                if me not in self.book.signers_of(subject):
-                    self._sign(subject)  # our attestation may not have been committed before the stop
+        self._sign_missing()  # our attestations may not have been committed before the stop
+        self._restored_quorums = self.book.completed_quorums()
         self._restored.extend(self._outbound)
         self._outbound = []
         log.info("application restored from the snapshot at height %d", height)
@@ -628,6 +657,17 @@ def _subject_fields(subject: AnchorBatch | Settlement) -> list[Any]:
     if isinstance(subject, AnchorBatch):
         return [0, subject.batch_id, subject.root, subject.first_height, subject.last_height, subject.event_count]
     return [1, subject.session_id, subject.energy_wh, subject.amount.to_bytes(32, "big")]
+
+
+def _quorum_fields(quorum: Quorum) -> list[Any]:
+    return [_subject_fields(quorum.subject), list(quorum.signers), list(quorum.signatures), quorum.height]
+
+
+def _quorum_from_fields(fields: list[Any]) -> Quorum:
+    subject, signers, signatures, height = fields
+    if len(signers) != len(signatures) or not isinstance(height, int):
+        raise ValueError("a snapshot quorum needs one signature per signer and an integer height")
+    return Quorum(_subject_from_fields(subject), tuple(signers), tuple(signatures), height)
 
 
 def _subject_from_fields(fields: list[Any]) -> AnchorBatch | Settlement:

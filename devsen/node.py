@@ -350,6 +350,8 @@ def build_node(config: NodeConfig) -> NodeParts:
     access = ContractChainAccess(client, SessionIndex(client, deployment.deploy_block))
     app = NodeApplication(settings, access, Ledger(), AnchorIndex(data_dir / "anchors.sqlite"))
     app.snapshot_path = data_dir / "app_snapshot.msgpack"
+    # After an epoch change, re-sign only what this node has not seen land (AttestationBook.rebased).
+    app.resign_filter = lambda subject: not submitter.known_done(subject)
     on_validators: list[Callable[[ValidatorsChanged], None]] = []
     route = FinalizeRouter(outbox, quorums, on_validators)
     timeouts = TimeoutConfig(
@@ -383,6 +385,8 @@ def build_node(config: NodeConfig) -> NodeParts:
     on_validators.append(lambda change: validators_changed(change.validators, change.bindings))
     for payload in app.take_restored_outbound():
         outbox.add(payload)
+    for quorum in app.take_restored_quorums():  # the submitter ignores the ones it knows
+        quorums.add(quorum)
     return NodeParts(config, keys, deployment, client, app, service, submitter, outbox, quorums,
                      ChargerConnections(), time.time(), evidence)
 

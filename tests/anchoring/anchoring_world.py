@@ -17,9 +17,25 @@ from web3 import Web3
 
 from anchoring.attestations import AnchorBatch, attest
 from anchoring.batches import AttestationBook, BatchBuilder, BatchPolicy, BuilderState, Quorum
-from anchoring.chain import ChainClient, Deployment, TransactionSender, ValidatorSpec, deploy_all
+from anchoring.chain import (
+    ChainClient,
+    Deployment,
+    TransactionSender,
+    ValidatorSpec,
+    deploy_all,
+    validators_hash,
+)
 from anchoring.proofs import AnchorIndex, ProofService, batch_block, block_event_ids
-from consensus.signing import ZERO_HASH, Domain, SigningKey, to_checksum_hex
+from consensus.signing import (
+    VALIDATOR_SET_UPDATE_TYPE,
+    ZERO_HASH,
+    Domain,
+    SigningKey,
+    keccak256,
+    sort_signatures_by_signer,
+    to_checksum_hex,
+    typed_digest,
+)
 from consensus.store import BlockStore
 from consensus.types import Block, CommitCertificate, CommittedBlock, Vote, VoteType
 from ocpp_adapter.events import ChargerEvent
@@ -89,6 +105,21 @@ class Net:
         else:
             for _ in range(count):
                 provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+
+
+NEWCOMERS = [SigningKey(keccak256(b"epoch-1-newcomer-%d" % i)) for i in range(2)]
+
+
+def replace_two_validators(net: Net) -> list[SigningKey]:
+    """Epoch 1 on chain: KEYS[2] and KEYS[3] replaced by the two NEWCOMERS (2 of 4), signed by
+    3 of the epoch-0 set. Returns the new set's keys, ascending."""
+    new_keys = sorted([*KEYS[:2], *NEWCOMERS], key=lambda k: k.address)
+    new_set = [to_checksum_hex(k.address) for k in new_keys]
+    digest = typed_digest(net.deployment.domain("ValidatorSet"), VALIDATOR_SET_UPDATE_TYPE,
+                          [1, validators_hash(new_set)])
+    net.client(KEYS[0]).update_validators(1, new_set, sort_signatures_by_signer(digest, [k.sign(digest)
+                                                                                        for k in KEYS[:3]]))
+    return new_keys
 
 
 def charger_event(i: int, action: str = "MeterValues") -> ChargerEvent:

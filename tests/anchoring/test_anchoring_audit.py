@@ -9,12 +9,19 @@ import json
 
 import pytest
 import trio
-from anchoring_world import KEYS, LocalChain, Net, charger_event, vouched_event
+from anchoring_world import (
+    KEYS,
+    LocalChain,
+    Net,
+    charger_event,
+    replace_two_validators,
+    vouched_event,
+)
 
 from anchoring.attestations import AnchorBatch, attest
 from anchoring.audit import ChainReader, audit_main, block_loader, replay, verify_event
 from anchoring.batches import BatchPolicy
-from anchoring.chain import ChainRevert, connect, validators_hash
+from anchoring.chain import ChainRevert, connect
 from anchoring.chain.anvil import running_anvil
 from anchoring.proofs import (
     ProofNotFound,
@@ -24,12 +31,9 @@ from anchoring.proofs import (
     http_routes,
 )
 from consensus.signing import (
-    VALIDATOR_SET_UPDATE_TYPE,
     SigningKey,
     keccak256,
     sort_signatures_by_signer,
-    to_checksum_hex,
-    typed_digest,
 )
 from consensus.types import Vote, VoteType
 from ocpp_adapter.events import ChargerEvent
@@ -283,17 +287,7 @@ async def test_cli_verify_and_replay_against_anvil(tmp_path, capsys):
             nursery.cancel_scope.cancel()
 
 
-def _replace_two_validators(net: Net) -> list[SigningKey]:
-    """Epoch 1 on chain: KEYS[2] and KEYS[3] replaced by two newcomers (2 of 4), signed by
-    3 of the epoch-0 set. Returns the new set's keys, ascending."""
-    newcomers = [SigningKey(keccak256(b"epoch-1-newcomer-%d" % i)) for i in range(2)]
-    new_keys = sorted([*KEYS[:2], *newcomers], key=lambda k: k.address)
-    new_set = [to_checksum_hex(k.address) for k in new_keys]
-    digest = typed_digest(net.deployment.domain("ValidatorSet"), VALIDATOR_SET_UPDATE_TYPE,
-                          [1, validators_hash(new_set)])
-    net.client(KEYS[0]).update_validators(1, new_set, sort_signatures_by_signer(digest, [k.sign(digest)
-                                                                                        for k in KEYS[:3]]))
-    return new_keys
+_replace_two_validators = replace_two_validators
 
 
 def _anchor_with(net: Net, batch: AnchorBatch, keys: list[SigningKey]) -> None:
@@ -359,13 +353,14 @@ def test_events_before_and_after_an_epoch_change_verify_against_their_own_set(tm
     # a node that hides the headers below a block leaves its set unknown: a failure, not a pass
     lost = json.loads(json.dumps(local.service.event_proof(by_height[13].event_id)))
     checks = verify_event(lost, by_height[13].event_id, chain, block_loader(lambda path: {}))
-    assert failing(checks) == {"commit certificate"}
+    assert failing(checks) == {"commit certificate", "vouch"}
 
 
 def test_a_quorum_of_the_replaced_set_no_longer_anchors(tmp_path):
     """What happens to a quorum formed before an epoch change: the Anchor checks the set in
     force when the transaction runs, so the old set's quorum is refused once the change landed
-    (and a batch anchored before the change stays valid and auditable)."""
+    (and a batch anchored before the change stays valid and auditable). The nodes re-collect
+    such quorums from the new set: test_anchoring_epoch.py runs that against these contracts."""
     net = Net(connect("tester"))
     local = build(tmp_path, net, anchored_batches=2)
     stale = net.quorum(local.batches[2])  # formed by epoch 0
@@ -380,3 +375,38 @@ def test_a_quorum_of_the_replaced_set_no_longer_anchors(tmp_path):
     event = local.events[0]
     document = json.loads(json.dumps(local.service.event_proof(event.event_id)))
     assert all(c.ok for c in verify_event(document, event.event_id, chain, loader(local)))
+
+
+def test_the_vouch_is_checked_against_the_set_in_force_at_the_events_height(tmp_path):
+    """Two of four validators are replaced; block 11 names the first Ethereum block of epoch 1,
+    so the application judges vouches by epoch 0 up to block 11 and by epoch 1 from block 12.
+    Before, the audit checked every vouch against today's set: an event vouched for by a
+    validator removed later failed, and one vouched for by a newcomer before it joined passed."""
+    net = Net(connect("tester"))
+    local = build(tmp_path, net, anchored_batches=3)  # heights 1..10, epoch 0
+    new_keys = _replace_two_validators(net)
+    removed, newcomer = KEYS[3], next(k for k in new_keys if k not in KEYS)
+    cases: dict[int, list[tuple[ChargerEvent, bool]]] = {}
+    for height in (11, 12, 13):
+        by_removed = vouched_event(charger_event(50_000 + 2 * height), net.anchor_domain, removed)
+        by_newcomer = vouched_event(charger_event(50_001 + 2 * height), net.anchor_domain, newcomer)
+        # the set that judged the block's vouches: epoch 0 at 11, epoch 1 from 12
+        cases[height] = [(by_removed, height <= 11), (by_newcomer, height >= 12)]
+        local.commit([by_removed, by_newcomer], signers=KEYS[:3] if height <= 12 else new_keys[:3])
+    assert [b.batch_id for b in local.batches] == [0, 1, 2, 3]  # batch 3: heights 10..12
+    _anchor_with(net, local.batches[3], new_keys[:3])
+    chain = ChainReader(net.w3, net.anchor_address)
+    for height in (11, 12):
+        for event, valid in cases[height]:
+            document = json.loads(json.dumps(local.service.event_proof(event.event_id)))
+            checks = verify_event(document, event.event_id, chain, loader(local))
+            vouch_line = next(c.line() for c in checks if c.name == "vouch")
+            assert failing(checks) == (set() if valid else {"vouch"}), (height, vouch_line)
+            assert f"epoch {0 if height <= 11 else 1}" in vouch_line
+    # an event of block 1 vouched for by the (later removed) validator still verifies today
+    early = json.loads(json.dumps(local.service.event_proof(local.events[0].event_id)))
+    assert all(c.ok for c in verify_event(early, local.events[0].event_id, chain, loader(local)))
+    # without the blocks below it the set is unknown: a failure, not a pass
+    document = json.loads(json.dumps(local.service.event_proof(cases[12][1][0].event_id)))
+    lost = verify_event(document, cases[12][1][0].event_id, chain, block_loader(lambda path: {}))
+    assert "vouch" in failing(lost)

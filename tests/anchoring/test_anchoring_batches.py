@@ -243,3 +243,78 @@ def test_decoder_only_ever_raises_attestation_error(data):
     except AttestationError:
         return
     assert attestation.encode() == data  # whatever decodes is canonical
+
+
+def _completed_book(signers_of: dict) -> AttestationBook:
+    book = AttestationBook(VALIDATORS, ANCHOR, ESCROW)
+    for subject, keys in signers_of.items():
+        book.expect(subject)
+        domain = ANCHOR if isinstance(subject, AnchorBatch) else ESCROW
+        results = [book.on_committed(attest(subject, k, domain), 10) for k in keys]
+        assert (results[-1] is not None) == (len(keys) >= book.quorum)
+    return book
+
+
+def test_an_epoch_change_reopens_quorums_the_new_set_must_re_sign():
+    """Replace 2 of 4: a quorum with a removed signer can never land (the contracts check the
+    set in force), so it is re-opened with the signatures of those who stay; the new set
+    completes it, and the removed validators' attestations no longer count."""
+    from anchoring.batches import RECOLLECT_WINDOW_BLOCKS
+    newcomers = [SigningKey(keccak256(b"newcomer-%d" % i)) for i in range(2)]
+    other = AnchorBatch(8, keccak256(b"root8"), 161, 170, 3)
+    book = _completed_book({BATCH: KEYS[:3], SETTLEMENT: KEYS[1:], other: KEYS[2:3]})
+    new_set = [*VALIDATORS[:2], *(k.address for k in newcomers)]
+    rebased, quorums = book.rebased(new_set, 20)
+    assert quorums == []
+    assert {rebased.reopened(s) for s in (BATCH, SETTLEMENT)} == {True} and not rebased.reopened(other)
+    assert rebased.signers_of(BATCH) == set(VALIDATORS[:2]) and rebased.signers_of(SETTLEMENT) == {VALIDATORS[1]}
+    assert rebased.signers_of(other) == set()  # open, its only signer left
+    with pytest.raises(AttestationError, match="not a validator"):
+        rebased.on_committed(attest(BATCH, KEYS[3], ANCHOR), 21)
+    quorum = rebased.on_committed(attest(BATCH, newcomers[1], ANCHOR), 21)
+    assert quorum is not None and set(quorum.signers) <= set(new_set) and quorum.height == 21
+    assert not rebased.reopened(BATCH) and rebased.on_committed(attest(BATCH, newcomers[0], ANCHOR), 22) is None
+    # A re-opened subject nobody re-signs (it had landed) goes back to completed when its wait ends.
+    rebased.expire(20 + RECOLLECT_WINDOW_BLOCKS - 1)
+    assert rebased.reopened(SETTLEMENT)
+    rebased.expire(20 + RECOLLECT_WINDOW_BLOCKS)
+    assert not rebased.reopened(SETTLEMENT) and SETTLEMENT not in rebased.open_subjects()
+    assert rebased.on_committed(attest(SETTLEMENT, newcomers[0], ESCROW), 1100) is None  # quietly ignored
+    assert {q.subject for q in rebased.completed_quorums()} == {BATCH, SETTLEMENT}
+
+
+def test_an_epoch_change_keeps_quorums_still_valid_and_reopens_too_small_ones():
+    # remove a validator outside the quorum: the quorum (3 of the 3 left) still lands
+    book = _completed_book({BATCH: KEYS[:3]})
+    kept, quorums = book.rebased(VALIDATORS[:3], 30)
+    assert quorums == [] and not kept.reopened(BATCH) and kept.open_subjects() == []
+    # add a fifth validator: 3 signatures are short of the new quorum of 4
+    fifth = SigningKey(keccak256(b"fifth"))
+    grown, quorums = book.rebased([*VALIDATORS, fifth.address], 30)
+    assert quorums == [] and grown.reopened(BATCH) and grown.quorum == 4
+    quorum = grown.on_committed(attest(BATCH, fifth, ANCHOR), 31)
+    assert quorum is not None and len(quorum.signers) == 4
+    # shrink to the two signers of an open batch: their carried signatures complete it at once
+    book = _completed_book({BATCH: KEYS[:2]})
+    shrunk, quorums = book.rebased(VALIDATORS[:2], 30)
+    assert [(q.subject, set(q.signers), q.height) for q in quorums] == [(BATCH, set(VALIDATORS[:2]), 30)]
+    assert shrunk.open_subjects() == []
+
+
+def test_reopened_subjects_survive_export_and_import_and_do_not_take_open_slots():
+    from anchoring import batches
+    book = _completed_book({BATCH: KEYS[:3]})
+    rebased, _ = book.rebased(VALIDATORS[:2] + [SigningKey(keccak256(b"n")).address], 40)
+    copy = AttestationBook(VALIDATORS[:2] + [SigningKey(keccak256(b"n")).address], ANCHOR, ESCROW)
+    copy.import_state(*rebased.export_state())
+    assert copy.export_state() == rebased.export_state() and copy.reopened(BATCH)
+    copy.expire(40 + batches.RECOLLECT_WINDOW_BLOCKS)
+    assert not copy.reopened(BATCH) and [q.subject for q in copy.completed_quorums()] == [BATCH]
+    original = batches.MAX_OPEN_SUBJECTS
+    try:
+        batches.MAX_OPEN_SUBJECTS = 1
+        rebased.expect(AnchorBatch(9, keccak256(b"r9"), 171, 180, 1))  # the re-opened batch 7 is not counted
+        with pytest.raises(OverflowError):
+            rebased.expect(AnchorBatch(10, keccak256(b"r10"), 181, 190, 1))
+    finally:
+        batches.MAX_OPEN_SUBJECTS = original

@@ -284,3 +284,40 @@ async def test_many_pending_settlements_are_checked_in_bounded_rounds(trio_clock
         nursery.cancel_scope.cancel()
     assert sorted(s.session_id for _, s in chain.sent) == sorted(sessions)  # each settled once
     assert all(n.status()["done"] == {"settled": 150} for n in nodes)
+
+
+@pytest.mark.parametrize("trio_clock", [trio.testing.MockClock(autojump_threshold=0)])
+async def test_a_quorum_re_collected_after_an_epoch_change_replaces_the_stale_one(trio_clock, tmp_path):
+    """The old set's quorum is not sent once the set changed (the contract would refuse it);
+    the new set's quorum replaces it, survives a restart, and lands once; nothing is sent
+    again after that, whatever quorum arrives."""
+    chain = FakeChain()
+    newcomers = [keccak256(b"newcomer-%d" % i)[:20] for i in range(2)]
+    new_set = sorted([*VALIDATORS[:2], *newcomers])
+    subject = batch(0)
+    me = VALIDATORS[0]
+    path = tmp_path / "jobs.sqlite"
+    node = make(chain, me, path)
+    await node.add(quorum(subject))  # signed by VALIDATORS[:3]
+    node.validators = new_set  # VALIDATORS[2:] replaced: the quorum has a removed signer
+    for _ in range(5):
+        await node.run_round()
+        await trio.sleep(CONFIG.turn_timeout_s)
+    assert chain.sent == [] and node.status()["stale_quorum_waits"] >= 5
+    fresh = Quorum(subject, tuple(sorted([VALIDATORS[0], VALIDATORS[1], newcomers[0]])),
+                   tuple(bytes([28]) * 65 for _ in range(3)), 9)
+    await node.add(fresh)
+    await node.add(quorum(subject))  # the older one again: ignored
+    assert node.pending()[0].quorum == fresh and node.status()["replaced_quorums"] == 1
+    node.store.close()
+    again = make(chain, me, path)
+    again.validators = new_set
+    assert [j.quorum for j in again.pending()] == [fresh]
+    assert not again.known_done(subject)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(again.run)
+        await run_until(lambda: not again.pending(), chain, 300)
+        nursery.cancel_scope.cancel()
+    assert [s for _, s in chain.sent] == [subject] and again.known_done(subject)
+    await again.add(Quorum(subject, fresh.signers, tuple(bytes([27]) * 65 for _ in range(3)), 12))
+    assert again.pending() == []
