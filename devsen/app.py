@@ -75,6 +75,12 @@ SNAPSHOT_EVERY_BLOCKS = 100  # a restart replays at most this many blocks (and r
 CODE_CALLERROR = 1  # TxResult.code of an event the ledger answered with a CALLERROR (`log` = OCPP code)
 CODE_ATTESTATION_IGNORED = 2  # late, repeated or for a closed subject
 CODE_BLOCK_REFUSED = 3  # the ledger refused the whole committed block (state unchanged)
+# A block carries at most this many events vouched by one validator (a validity rule: pure
+# over the block). Each event of an uncached charger costs a chain read to validate, so this
+# bounds what one Byzantine validator's self-vouched flood adds to any block, its own
+# proposals included. An OCPP charger has one CALL in flight, so this is also the number of
+# a validator's chargers that can be heard in one block; the rest wait for the next.
+MAX_VOUCHED_EVENTS_PER_BLOCK = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,8 +265,19 @@ class NodeApplication:
     def prepare_proposal(self, height: int, payloads: tuple[bytes, ...], facts: Any) -> Prepared:
         """Our proposal: the header naming `facts`' Ethereum block and the admissible payloads."""
         number, eth_hash = facts
-        kept = tuple(p for p in payloads if self.check_tx(p).ok)  # e.g. a removed validator's
-        return Prepared(encode_app_header(number, eth_hash), kept)
+        kept: list[bytes] = []
+        per_voucher: dict[str, int] = {}
+        for payload in payloads:
+            checked = self.check_tx(payload)
+            if not checked.ok:  # e.g. a removed validator's
+                continue
+            if payload[0] == EVENT_PAYLOAD_FIRST_BYTE:
+                count = per_voucher.get(checked.source, 0)
+                if count >= MAX_VOUCHED_EVENTS_PER_BLOCK:
+                    continue
+                per_voucher[checked.source] = count + 1
+            kept.append(payload)
+        return Prepared(encode_app_header(number, eth_hash), tuple(kept))
 
     # ---------------------------------------------------------------- chain facts (I/O)
 
@@ -336,6 +353,9 @@ class NodeApplication:
             return f"its time is more than {MAX_FUTURE_DRIFT_MS // 1000} s ahead of this node's clock"
         if number < self.last_eth_block:
             return f"Ethereum read block {number} is behind {self.last_eth_block}"
+        problem = vouched_events_problem(parts.events)
+        if problem is not None:
+            return problem
         for attestation in parts.attestations:
             problem = self._attestation_problem(attestation)
             if problem is not None:
@@ -603,6 +623,18 @@ class NodeApplication:
         """(height, event id, dedup key) of the first committed event carrying this charger
         message, within the last MESSAGE_WINDOW_BLOCKS heights."""
         return self.by_message.get((charger_id, message_id))
+
+
+def vouched_events_problem(events: list[ChargerEvent]) -> str | None:
+    """Why a block's events exceed MAX_VOUCHED_EVENTS_PER_BLOCK for one voucher, or None (pure)."""
+    counts: dict[str, int] = {}
+    for event in events:
+        counts[event.ingress_node] = counts.get(event.ingress_node, 0) + 1
+    over = sorted((n, voucher) for voucher, n in counts.items() if n > MAX_VOUCHED_EVENTS_PER_BLOCK)
+    if over:
+        n, voucher = over[-1]
+        return f"{n} events vouched for by {voucher or 'nobody'}, limit {MAX_VOUCHED_EVENTS_PER_BLOCK} per block"
+    return None
 
 
 def _payloads_digest(payloads: tuple[bytes, ...]) -> bytes:

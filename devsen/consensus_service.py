@@ -20,6 +20,15 @@ height until payloads wait here or the application's `block_needed_by_ms` passes
 `submit(payload)` puts a payload in the mempool, gossips it (batched) and returns only
 after a block carrying it is committed and applied. A full mempool raises
 `ConsensusOverloaded` at once.
+
+Gossiped payloads are bounded per source, cheapest check first: a payload already pending or
+committed is skipped; each gossip origin (the validator that signed the batch envelope, so it
+cannot be spoofed) has a token bucket (`gossip_rate_per_origin`/s), and a payload over its
+origin's budget is refused before `check_tx` recovers any signature; an admitted payload is
+pooled under its accountable source (`CheckResult.source`: the vouching validator; this
+node's own are "local"), and no source holds more than `mempool_max_count / n` payloads.
+A proposal takes at most `block_max_per_source` payloads of one source (the rest wait), so a
+flooder gets a slice of each block while honest sources get theirs.
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ from typing import Any
 
 import trio
 
-from consensus.abci import Application, FinalizeResult, TxResult
+from consensus.abci import Application, CheckResult, FinalizeResult, TxResult
 from consensus.core import (
     Broadcast,
     Commit,
@@ -82,6 +91,9 @@ MAX_SENDERS = 512
 MAX_SYNC_INPUTS = 2 * MAX_BLOCKS_PER_REQUEST
 MAX_TIMERS = 4096
 MAX_RECENT_RECEIPTS = 100_000
+# A proposal takes at most this many payloads of one source (vouching validator); at most
+# the app's per-voucher validity cap, so a composed block is never refused for it.
+BLOCK_MAX_PER_SOURCE = 32
 
 
 class ConsensusOverloaded(Exception):
@@ -122,6 +134,9 @@ class ServiceConfig:
     block_max_bytes: int = 4 * 1024 * 1024
     min_block_interval_s: float = 0.01
     empty_block_interval_s: float = 1.0
+    block_max_per_source: int = BLOCK_MAX_PER_SOURCE  # payloads of one source in our proposals
+    gossip_rate_per_origin: float = 200.0  # gossiped payloads/s admitted per origin validator
+    gossip_burst_per_origin: int = 400
     batch_max_count: int = 1000
     batch_max_delay_s: float = 0.005
     durable: bool = True
@@ -182,6 +197,33 @@ class SenderQueues:
         return None
 
 
+class GossipBudget:
+    """A token bucket per gossip origin (`rate` payloads/s, up to `burst` at once); bounded
+    to `max_origins` origins (the envelope check admits only validators, so far fewer)."""
+
+    def __init__(self, rate: float, burst: int, max_origins: int = MAX_SENDERS) -> None:
+        assert rate > 0 and burst >= 1 and max_origins >= 1
+        self.rate = rate
+        self.burst = burst
+        self.max_origins = max_origins
+        self._buckets: dict[bytes, list[float]] = {}  # origin -> [tokens, last refill time]
+
+    def take(self, origin: bytes, now: float) -> bool:
+        """Spend one of `origin`'s tokens at time `now` (seconds); False when it has none."""
+        bucket = self._buckets.get(origin)
+        if bucket is None:
+            if len(self._buckets) >= self.max_origins:
+                return False
+            bucket = self._buckets[origin] = [float(self.burst), now]
+        tokens = min(float(self.burst), bucket[0] + max(0.0, now - bucket[1]) * self.rate)
+        bucket[1] = now
+        if tokens < 1.0:
+            bucket[0] = tokens
+            return False
+        bucket[0] = tokens - 1.0
+        return True
+
+
 class ConsensusService:
     """Runs the Replica for one validator node (see the module docstring)."""
 
@@ -196,7 +238,11 @@ class ConsensusService:
             timeouts=config.timeouts, durable=config.durable, max_payloads=config.block_max_payloads,
             max_payload_bytes=config.block_max_bytes, create_empty_blocks=config.create_empty_blocks,
         )
-        self.mempool = Mempool(config.mempool_max_count, config.mempool_max_bytes)
+        # One source may hold 1/n of the pool at most (n validators, at least 2), full or not.
+        per_source = max(1, config.mempool_max_count // max(2, len(config.validators.addresses)))
+        self.mempool = Mempool(config.mempool_max_count, config.mempool_max_bytes, max_per_source=per_source)
+        self.gossip_budget = GossipBudget(config.gossip_rate_per_origin, config.gossip_burst_per_origin)
+        self._own_source = "0x" + keys.validator_address.hex()
         self.counters: Counter[str] = Counter()
         self.commit_listeners: list[CommitListener] = []
         self.signed_listeners: list[SignedListener] = []
@@ -289,12 +335,21 @@ class ConsensusService:
 
     def _check(self, payload: bytes) -> str | None:
         """check_tx: None if admitted, else the reason (a failing check refuses, never stops)."""
+        result = self._check_result(payload)
+        return None if result.ok else (result.reason or "refused")
+
+    def _check_result(self, payload: bytes) -> CheckResult:
         try:
-            result = self.app.check_tx(payload)
+            return self.app.check_tx(payload)
         except Exception as exc:
             logger.exception("payload admission check failed")
-            return f"admission check failed: {exc}"
-        return None if result.ok else (result.reason or "refused")
+            return CheckResult(False, f"admission check failed: {exc}")
+
+    def _source_of(self, result: CheckResult, origin: bytes) -> str:
+        """The mempool source of an admitted gossiped payload: its accountable source (the
+        vouching validator), "local" when that is this node, else the gossip origin."""
+        source = result.source or "0x" + origin.hex()
+        return "local" if source == self._own_source else source
 
     # ------------------------------------------------------------------ p2p handlers
 
@@ -304,12 +359,26 @@ class ConsensusService:
         self._input_ready.set()
 
     async def _on_payloads(self, sender: bytes, payloads: list[bytes]) -> None:
+        """Gossiped payloads from origin `sender`: cheap checks first (module docstring)."""
+        now = trio.current_time()
         for payload in payloads:
-            if self._check(payload) is not None:
+            if not payload:
+                self.counters["gossip_payload_invalid"] += 1
+                continue
+            digest = keccak256(payload)
+            if digest in self.mempool or self.mempool.is_committed(digest):
+                self.counters["gossip_payload_duplicate"] += 1
+                continue
+            if not self.gossip_budget.take(sender, now):
+                # Before any signature is recovered; an honest origin still proposes it itself.
+                self.counters["gossip_payload_over_budget"] += 1
+                continue
+            result = self._check_result(payload)
+            if not result.ok:
                 self.counters["gossip_payload_refused"] += 1
                 continue
             try:
-                self.mempool.add(payload, source=sender.hex())
+                self.mempool.add(payload, source=self._source_of(result, sender))
             except MempoolFull:
                 # The origin node keeps it in its own mempool and proposes it in its turn.
                 self.counters["gossip_payload_mempool_full"] += 1
@@ -383,7 +452,8 @@ class ConsensusService:
         self._pending_proposal = None
         if (request.height, request.round) != (self.replica.height, self.replica.core.round):
             return
-        payloads = self.mempool.reap(request.max_payloads, request.max_payload_bytes)
+        payloads = self.mempool.reap(request.max_payloads, request.max_payload_bytes,
+                                     per_source=self.config.block_max_per_source)
         try:
             facts = await trio.to_thread.run_sync(self.app.propose_facts, request.height)
         except Exception as exc:  # e.g. the chain RPC is down: skip our turn, the round moves on
