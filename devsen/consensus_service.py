@@ -22,8 +22,8 @@ after a block carrying it is committed and applied. A full mempool raises
 `ConsensusOverloaded` at once.
 
 Gossiped payloads are bounded per source, cheapest check first: a payload already pending or
-committed is skipped; each gossip origin (the validator that signed the batch envelope, so it
-cannot be spoofed) has a token bucket (`gossip_rate_per_origin`/s), and a payload over its
+committed is skipped, so is one whose origin (the validator that signed the batch envelope,
+so it cannot be spoofed) already holds its mempool maximum; each origin has a token bucket (`gossip_rate_per_origin`/s), and a payload over its
 origin's budget is refused before `check_tx` recovers any signature; an admitted payload is
 pooled under its accountable source (`CheckResult.source`: the vouching validator; this
 node's own are "local"), and no source holds more than `mempool_max_count / n` payloads.
@@ -345,6 +345,10 @@ class ConsensusService:
             logger.exception("payload admission check failed")
             return CheckResult(False, f"admission check failed: {exc}")
 
+    def _source_full(self, source: str) -> bool:
+        cap = self.mempool.max_per_source
+        return cap is not None and source != self._own_source and self.mempool.usage(source)[0] >= cap
+
     def _source_of(self, result: CheckResult, origin: bytes) -> str:
         """The mempool source of an admitted gossiped payload: its accountable source (the
         vouching validator), "local" when that is this node, else the gossip origin."""
@@ -368,6 +372,9 @@ class ConsensusService:
             digest = keccak256(payload)
             if digest in self.mempool or self.mempool.is_committed(digest):
                 self.counters["gossip_payload_duplicate"] += 1
+                continue
+            if self._source_full("0x" + sender.hex()):  # an origin's own events are pooled under it
+                self.counters["gossip_payload_source_full"] += 1
                 continue
             if not self.gossip_budget.take(sender, now):
                 # Before any signature is recovered; an honest origin still proposes it itself.
@@ -463,10 +470,14 @@ class ConsensusService:
         if (request.height, request.round) != (self.replica.height, self.replica.core.round):
             return  # the round moved on while the facts were fetched
         outputs = self.replica.propose(request, payloads, facts, int(time.time() * 1000))
-        refused = self.replica.last_refused
-        if refused:  # payloads prepare_proposal dropped can never be in a block: forget them
+        left_out = self.replica.last_refused
+        if left_out:
+            # Payloads check_tx now refuses can never be in a block: forget them. The rest were
+            # over their source's share of this block (prepare_proposal): they wait for the next.
+            refused = [p for p in left_out if not self._check_result(p).ok]
             self.mempool.remove_committed(refused)
             self.counters["proposal_payload_refused"] += len(refused)
+            self.counters["proposal_payload_deferred"] += len(left_out) - len(refused)
         await self._carry_out(outputs)
 
     async def _carry_out(self, outputs: list[Output]) -> None:
