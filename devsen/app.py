@@ -88,7 +88,7 @@ MAX_VOUCHED_EVENTS_PER_BLOCK = 64
 # ... of which at most this many may be from chargers the ledger holds no record of (first
 # contact, or not registered on chain): only those can miss every read cache, and an honest
 # validator meets few new chargers per block, while a flooder's fresh charger ids are all new.
-MAX_NEW_CHARGER_EVENTS_PER_VOUCHER = 8
+MAX_NEW_CHARGER_EVENTS_PER_VOUCHER = 4
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,8 @@ after a block carrying it is committed and applied. A full mempool raises
 
 Gossiped payloads are bounded per source, cheapest check first: a payload already pending or
 committed is skipped, so is one whose origin (the validator that signed the batch envelope,
-so it cannot be spoofed) already holds its mempool maximum; each origin has a token bucket (`gossip_rate_per_origin`/s), and a payload over its
+so it cannot be spoofed) has `gossip_max_pending_per_origin` payloads waiting here already
+(admission then follows what blocks take from it); each origin has a token bucket (`gossip_rate_per_origin`/s), and a payload over its
 origin's budget is refused before `check_tx` recovers any signature; an admitted payload is
 pooled under its accountable source (`CheckResult.source`: the vouching validator; this
 node's own are "local"), and no source holds more than `mempool_max_count / n` payloads.
@@ -137,6 +138,9 @@ class ServiceConfig:
     block_max_per_source: int = BLOCK_MAX_PER_SOURCE  # payloads of one source in our proposals
     gossip_rate_per_origin: float = 200.0  # gossiped payloads/s admitted per origin validator
     gossip_burst_per_origin: int = 400
+    # Gossip from an origin whose events wait here in this number already is refused at once
+    # (its own node still proposes them): admission then follows what blocks take from it.
+    gossip_max_pending_per_origin: int = 8 * BLOCK_MAX_PER_SOURCE
     batch_max_count: int = 1000
     batch_max_delay_s: float = 0.005
     durable: bool = True
@@ -345,9 +349,9 @@ class ConsensusService:
             logger.exception("payload admission check failed")
             return CheckResult(False, f"admission check failed: {exc}")
 
-    def _source_full(self, source: str) -> bool:
-        cap = self.mempool.max_per_source
-        return cap is not None and source != self._own_source and self.mempool.usage(source)[0] >= cap
+    def _origin_backlogged(self, source: str) -> bool:
+        """True if `source` already has more pending here than blocks take from it soon."""
+        return source != self._own_source and self.mempool.usage(source)[0] >= self.config.gossip_max_pending_per_origin
 
     def _source_of(self, result: CheckResult, origin: bytes) -> str:
         """The mempool source of an admitted gossiped payload: its accountable source (the
@@ -373,8 +377,8 @@ class ConsensusService:
             if digest in self.mempool or self.mempool.is_committed(digest):
                 self.counters["gossip_payload_duplicate"] += 1
                 continue
-            if self._source_full("0x" + sender.hex()):  # an origin's own events are pooled under it
-                self.counters["gossip_payload_source_full"] += 1
+            if self._origin_backlogged("0x" + sender.hex()):  # an origin's own events are pooled under it
+                self.counters["gossip_payload_origin_backlogged"] += 1
                 continue
             if not self.gossip_budget.take(sender, now):
                 # Before any signature is recovered; an honest origin still proposes it itself.

@@ -5,7 +5,7 @@ helps: every event costs each honest validator a chain read):
 - gossip: canonical events signed with this validator's own key, published as fast as the
   events topic takes them, to every honest mempool;
 - its own proposals: each carries as many fresh self-vouched events as a valid block may
-  (devsen.app.MAX_VOUCHED_EVENTS_PER_BLOCK), on top of what its mempool offers.
+  (devsen.app's per-voucher shares), on top of what its mempool offers.
 """
 
 from __future__ import annotations
@@ -51,9 +51,12 @@ def install() -> None:
     def prepare_proposal(self: Any, height: int, payloads: tuple[bytes, ...], facts: Any) -> Any:
         prepared = original(self, height, payloads, facts)
         mine = "0x" + self.settings.key.address.hex()
-        room = app_module.MAX_VOUCHED_EVENTS_PER_BLOCK - sum(
-            1 for p in prepared.payloads if p[0] == app_module.EVENT_PAYLOAD_FIRST_BYTE
-            and app_module.ChargerEvent.from_bytes(p).ingress_node == mine)
+        own = sum(1 for p in prepared.payloads if p[0] == app_module.EVENT_PAYLOAD_FIRST_BYTE
+                  and app_module.ChargerEvent.from_bytes(p).ingress_node == mine)
+        # As many fresh (unknown-charger) events as a valid block may carry: the attack at its
+        # strongest that honest validators still have to accept.
+        room = min(app_module.MAX_VOUCHED_EVENTS_PER_BLOCK,
+                   getattr(app_module, "MAX_NEW_CHARGER_EVENTS_PER_VOUCHER", 10**6)) - own
         stuffed = tuple(_flood_event(self, "P") for _ in range(max(0, room)))
         return type(prepared)(prepared.app_header, prepared.payloads + stuffed)
 

@@ -46,11 +46,67 @@ def _sampler(path: str) -> None:
         if time.monotonic() - last_dump > 2:
             last_dump = time.monotonic()
             with open(path + ".tmp", "w") as out:
-                json.dump({"samples": samples, "inclusive": dict(inclusive), "leaf": dict(leaf)}, out)
+                json.dump({"samples": samples, "inclusive": dict(inclusive), "leaf": dict(leaf),
+                       "timers": {k: list(v) for k, v in TIMERS.items()}}, out)
             os.replace(path + ".tmp", path)
 
 
 def install() -> None:
     path = os.environ.get("BYZ_PROFILE")
     if path:
+        install_timers()
         threading.Thread(target=_sampler, args=(path,), daemon=True).start()
+
+
+TIMERS: dict[str, list[float]] = {}  # name -> [calls, total s, max s]
+
+
+def _note(name: str, began: float) -> None:
+    took = time.perf_counter() - began
+    entry = TIMERS.setdefault(name, [0, 0.0, 0.0])
+    entry[0] += 1
+    entry[1] += took
+    entry[2] = max(entry[2], took)
+
+
+def _time_sync(cls: type, method: str, name_of: object = None) -> None:
+    original = getattr(cls, method)
+
+    def timed(self: object, *args: object, **kwargs: object) -> object:
+        began = time.perf_counter()
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            _note(f"{cls.__name__}.{method}", began)
+
+    setattr(cls, method, timed)
+
+
+def _time_async(cls: type, method: str, name_of: object = None) -> None:
+    original = getattr(cls, method)
+
+    async def timed(self: object, *args: object, **kwargs: object) -> object:
+        began = time.perf_counter()
+        try:
+            return await original(self, *args, **kwargs)
+        finally:
+            label = f"{cls.__name__}.{method}"
+            if callable(name_of):
+                label += ":" + name_of(*args)
+            _note(label, began)
+
+    setattr(cls, method, timed)
+
+
+def install_timers() -> None:
+    from consensus.replica import Replica
+    from devsen.app import NodeApplication
+    from devsen.consensus_service import ConsensusService
+
+    for m in ("fetch_facts", "process_proposal", "finalize_block", "prepare_proposal", "check_tx", "propose_facts"):
+        _time_sync(NodeApplication, m)
+    for m in ("handle_message", "handle_timeout", "validate", "finalize", "propose"):
+        _time_sync(Replica, m)
+    _time_async(ConsensusService, "_execute", lambda output: type(output).__name__)
+    _time_async(ConsensusService, "_on_payloads")
+    _time_async(ConsensusService, "_answer_proposal")
