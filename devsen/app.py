@@ -89,6 +89,9 @@ MAX_VOUCHED_EVENTS_PER_BLOCK = 64
 # contact, or not registered on chain): only those can miss every read cache, and an honest
 # validator meets few new chargers per block, while a flooder's fresh charger ids are all new.
 MAX_NEW_CHARGER_EVENTS_PER_VOUCHER = 4
+# An honest proposer takes fewer of another validator's new-charger events (it cannot tell an
+# honest first contact from a flood; that validator's own proposals take up to the full share).
+PROPOSE_NEW_CHARGER_EVENTS_PER_OTHER_VOUCHER = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,7 +277,8 @@ class NodeApplication:
         """Our proposal: the header naming `facts`' Ethereum block and the admissible payloads."""
         number, eth_hash = facts
         kept: list[bytes] = []
-        budget = VoucherBudget(self._known_charger)
+        budget = VoucherBudget(self._known_charger, mine="0x" + self.settings.key.address.hex(),
+                               new_for_others=PROPOSE_NEW_CHARGER_EVENTS_PER_OTHER_VOUCHER)
         for payload in payloads:
             if not self.check_tx(payload).ok:  # e.g. a removed validator's
                 continue
@@ -644,10 +648,15 @@ class NodeApplication:
 class VoucherBudget:
     """One block's per-voucher bounds (pure, deterministic over the block and the ledger state
     before it): at most MAX_VOUCHED_EVENTS_PER_BLOCK events vouched for by one validator, of
-    which at most MAX_NEW_CHARGER_EVENTS_PER_VOUCHER from chargers the ledger does not know."""
+    which at most MAX_NEW_CHARGER_EVENTS_PER_VOUCHER from chargers the ledger does not know.
+    A proposer composing a block passes `mine` and a smaller `new_for_others` share."""
 
-    def __init__(self, known_charger: Callable[[str], bool]) -> None:
+    def __init__(self, known_charger: Callable[[str], bool], mine: str = "",
+                 new_for_others: int = MAX_NEW_CHARGER_EVENTS_PER_VOUCHER) -> None:
+        assert 0 <= new_for_others <= MAX_NEW_CHARGER_EVENTS_PER_VOUCHER
         self._known = known_charger
+        self._mine = mine
+        self._new_for_others = new_for_others
         self._events: dict[str, int] = {}
         self._new: dict[str, int] = {}
 
@@ -660,8 +669,10 @@ class VoucherBudget:
                     "in one block")
         if not self._known(event.charger_id):
             new = self._new.get(voucher, 0)
-            if new >= MAX_NEW_CHARGER_EVENTS_PER_VOUCHER:
-                return (f"more than {MAX_NEW_CHARGER_EVENTS_PER_VOUCHER} events of chargers the ledger does "
+            limit = MAX_NEW_CHARGER_EVENTS_PER_VOUCHER if not self._mine or voucher == self._mine \
+                else self._new_for_others
+            if new >= limit:
+                return (f"more than {limit} events of chargers the ledger does "
                         f"not know vouched for by {voucher or 'nobody'} in one block")
             self._new[voucher] = new + 1
         self._events[voucher] = events + 1
