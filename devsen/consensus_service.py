@@ -28,8 +28,10 @@ so it cannot be spoofed) has `gossip_max_pending_per_origin` payloads waiting he
 origin's budget is refused before `check_tx` recovers any signature; an admitted payload is
 pooled under its accountable source (`CheckResult.source`: the vouching validator; this
 node's own are "local"), and no source holds more than `mempool_max_count / n` payloads.
-A proposal takes at most `block_max_per_source` payloads of one source (the rest wait), so a
-flooder gets a slice of each block while honest sources get theirs.
+A batch from a backlogged or out-of-budget origin is refused by the events topic's validator
+already (neither delivered nor forwarded). A proposal takes at most `block_max_per_source`
+payloads of one source (the rest wait), so a flooder gets a slice of each block while honest
+sources get theirs.
 """
 
 from __future__ import annotations
@@ -212,6 +214,13 @@ class GossipBudget:
         self.max_origins = max_origins
         self._buckets: dict[bytes, list[float]] = {}  # origin -> [tokens, last refill time]
 
+    def has_tokens(self, origin: bytes, now: float) -> bool:
+        """True if `origin` could spend a token at `now` (nothing is spent)."""
+        bucket = self._buckets.get(origin)
+        if bucket is None:
+            return len(self._buckets) < self.max_origins
+        return bucket[0] + max(0.0, now - bucket[1]) * self.rate >= 1.0
+
     def take(self, origin: bytes, now: float) -> bool:
         """Spend one of `origin`'s tokens at time `now` (seconds); False when it has none."""
         bucket = self._buckets.get(origin)
@@ -348,6 +357,15 @@ class ConsensusService:
         except Exception as exc:
             logger.exception("payload admission check failed")
             return CheckResult(False, f"admission check failed: {exc}")
+
+    def _accepts_gossip_from(self, origin: bytes) -> bool:
+        """The events topic's backpressure (p2p/gossip.py `accept_origin`): a batch from an
+        origin that is backlogged here or out of budget is neither taken nor forwarded, so a
+        flooder's batches stop costing honest validators relays and duplicates."""
+        if self._origin_backlogged("0x" + origin.hex()) or not self.gossip_budget.has_tokens(origin, trio.current_time()):
+            self.counters["gossip_batch_refused_backlogged"] += 1
+            return False
+        return True
 
     def _origin_backlogged(self, source: str) -> bool:
         """True if `source` already has more pending here than blocks take from it soon."""
@@ -688,6 +706,7 @@ class ConsensusService:
             self._install_bindings()
             async with open_p2p(self.keys, p2p_config, handlers) as net, trio.open_nursery() as nursery:
                 self._net = net
+                net.gossip.accept_origin = self._accepts_gossip_from
                 self._nursery = nursery
                 nursery.start_soon(self._drive)
                 nursery.start_soon(self._initial_sync)
