@@ -25,7 +25,12 @@ from devsen.app import (
     MAX_VOUCHED_EVENTS_PER_BLOCK,
     PROPOSE_NEW_CHARGER_EVENTS_PER_OTHER_VOUCHER,
 )
-from devsen.consensus_service import BLOCK_MAX_PER_SOURCE, ConsensusService, GossipBudget, ServiceConfig
+from devsen.consensus_service import (
+    BLOCK_MAX_PER_SOURCE,
+    ConsensusService,
+    GossipBudget,
+    ServiceConfig,
+)
 from devsen.vouching import ingress_domain, vouch
 from ocpp_adapter.events import ChargerEvent
 from p2p.envelope import ValidatorDirectory
