@@ -211,3 +211,77 @@ def test_an_origin_over_its_token_budget_is_refused_before_check_tx(tmp_path):
 
     trio.run(main)
 
+
+
+class DeferringApp(CountingApp):
+    """prepare_proposal leaves out b"later" payloads (over a share); check_tx refuses b"stale" ones
+    from now on (they became invalid)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refuse_stale = False
+
+    def check_tx(self, payload: bytes) -> CheckResult:
+        self.checks += 1
+        return CheckResult(not (self.refuse_stale and payload.startswith(b"stale")), source="0xsome")
+
+    def prepare_proposal(self, height: int, payloads: tuple[bytes, ...], facts: Any) -> Prepared:
+        return Prepared(b"h", tuple(p for p in payloads if p.startswith(b"now")))
+
+
+def test_payloads_a_proposal_leaves_out_over_their_share_wait_and_refused_ones_are_forgotten(tmp_path):
+    keys = init_keys(tmp_path / "keys")
+    bindings = {keys.validator_address: keys.peer_id.to_bytes()}
+    app = DeferringApp()
+    config = ServiceConfig(data_dir=tmp_path / "node", domain=Domain(31337, b"\xcd" * 20),
+                           validators=ValidatorSet.equal(list(bindings)), directory=ValidatorDirectory(bindings),
+                           durable=False)
+    service = ConsensusService(keys, config, app)  # the only validator: it proposes every height
+
+    async def main() -> None:
+        for payload in (b"now-1", b"later-1", b"stale-1"):
+            service.mempool.add(payload, source="0xsome")
+        app.refuse_stale = True
+        await service._carry_out(service.replica.start())
+        if service._pending_proposal is None:
+            await service._carry_out(service.replica.wake())
+        assert service._pending_proposal is not None
+        with trio.fail_after(10):
+            await service._answer_proposal()
+        assert service.committed_height == 1 and service.store.get(1).block.payloads == (b"now-1",)
+        assert len(service.mempool) == 1 and service.mempool.reap(10, 10**6) == (b"later-1",)
+        assert service.counters["proposal_payload_deferred"] == 1
+        assert service.counters["proposal_payload_refused"] == 1
+
+    trio.run(main)
+
+
+def test_the_events_topic_drops_a_batch_whose_origin_the_node_refuses(tmp_path):
+    """p2p/gossip.py `accept_origin`: the node's backpressure refuses the batch in the topic
+    validator, so py-libp2p neither delivers nor forwards it."""
+    from types import SimpleNamespace
+
+    from libp2p.pubsub.pb import rpc_pb2
+
+    from p2p.batching import encode_batch
+    from p2p.envelope import DropCounters, MessageKind, seal
+    from p2p.gossip import EventGossip
+
+    keys = [init_keys(tmp_path / f"keys{i}") for i in range(2)]
+    directory = ValidatorDirectory({k.validator_address: k.peer_id.to_bytes() for k in keys})
+    network_id = b"\x07" * 32
+    running = SimpleNamespace(drops=DropCounters())
+
+    async def on_payloads(sender: bytes, payloads: list[bytes]) -> None:
+        pass
+
+    gossip = EventGossip(running, keys[0], network_id, directory, on_payloads)  # type: ignore[arg-type]
+    wire = seal(keys[1].validator, network_id, MessageKind.EVENT_BATCH, encode_batch([b"e1", b"e2"]))
+    msg = rpc_pb2.Message(from_id=keys[1].peer_id.to_bytes(), seqno=b"\x00" * 8, data=wire)
+    assert gossip._validate(keys[1].peer_id, msg)  # no backpressure: accepted
+    refused: list[bytes] = []
+    gossip.accept_origin = lambda origin: refused.append(origin) is not None  # always False
+    msg.seqno = b"\x00" * 7 + b"\x01"
+    assert not gossip._validate(keys[1].peer_id, msg)
+    assert refused == [keys[1].validator_address]
+    assert running.drops.snapshot().get(f"{gossip.topic}/origin_backlogged") == 1
