@@ -22,16 +22,16 @@ after a block carrying it is committed and applied. A full mempool raises
 `ConsensusOverloaded` at once.
 
 Gossiped payloads are bounded per source, cheapest check first: a payload already pending or
-committed is skipped, so is one whose origin (the validator that signed the batch envelope,
+committed is skipped; so is one whose origin (the validator that signed the batch envelope,
 so it cannot be spoofed) has `gossip_max_pending_per_origin` payloads waiting here already
-(admission then follows what blocks take from it); each origin has a token bucket (`gossip_rate_per_origin`/s), and a payload over its
-origin's budget is refused before `check_tx` recovers any signature; an admitted payload is
-pooled under its accountable source (`CheckResult.source`: the vouching validator; this
-node's own are "local"), and no source holds more than `mempool_max_count / n` payloads.
-A batch from a backlogged or out-of-budget origin is refused by the events topic's validator
-already (neither delivered nor forwarded). A proposal takes at most `block_max_per_source`
-payloads of one source (the rest wait), so a flooder gets a slice of each block while honest
-sources get theirs.
+(admission then follows what blocks take from it); each origin has a token bucket
+(`gossip_rate_per_origin`/s), and a payload over it is refused before `check_tx` recovers
+any signature. An admitted payload is pooled under its accountable source (`CheckResult.source`:
+the vouching validator; this node's own are "local"), and no source holds more than
+`mempool_max_count / n` payloads. The events topic's validator already refuses a batch from
+a backlogged or out-of-budget origin (neither delivered nor forwarded). A proposal takes at
+most `block_max_per_source` payloads of one source (the rest wait), so a flooder gets a slice
+of each block while honest sources get theirs.
 """
 
 from __future__ import annotations
@@ -362,14 +362,16 @@ class ConsensusService:
         """The events topic's backpressure (p2p/gossip.py `accept_origin`): a batch from an
         origin that is backlogged here or out of budget is neither taken nor forwarded, so a
         flooder's batches stop costing honest validators relays and duplicates."""
-        if self._origin_backlogged("0x" + origin.hex()) or not self.gossip_budget.has_tokens(origin, trio.current_time()):
-            self.counters["gossip_batch_refused_backlogged"] += 1
+        if self._origin_backlogged("0x" + origin.hex()) \
+                or not self.gossip_budget.has_tokens(origin, trio.current_time()):
+            self.counters["gossip_batch_refused"] += 1
             return False
         return True
 
     def _origin_backlogged(self, source: str) -> bool:
         """True if `source` already has more pending here than blocks take from it soon."""
-        return source != self._own_source and self.mempool.usage(source)[0] >= self.config.gossip_max_pending_per_origin
+        pending = self.mempool.usage(source)[0]
+        return source != self._own_source and pending >= self.config.gossip_max_pending_per_origin
 
     def _source_of(self, result: CheckResult, origin: bytes) -> str:
         """The mempool source of an admitted gossiped payload: its accountable source (the
