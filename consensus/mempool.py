@@ -8,13 +8,17 @@ active sources is entitled to bound/n payloads and bytes. A source within its sh
 gets in, by evicting the newest payloads of whichever source is furthest over its share
 (never a protected source such as "local", whose payloads a submitter is waiting on); a
 source at or over its share gets `MempoolFull`, which the submitter passes back (OCPP:
-retry later). So a flood only ever refuses or evicts the flooder. Reaping is fair across
-sources too (round-robin over submitters, FIFO within each). Payloads leave the pool when
-committed; their hashes are remembered (bounded) so a late duplicate is not proposed again.
+retry later). So a flood only ever refuses or evicts the flooder. Independently of fullness,
+`max_per_source` caps what one unprotected source may hold at all, so no single source ever
+fills the pool. Reaping is fair across sources too (round-robin over submitters, FIFO within
+each, at most `max_per_source` payloads of one source per block while the rest wait). Payloads
+leave the pool when committed; their hashes are remembered (bounded) so a late duplicate is
+not proposed again.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Iterable
 
@@ -40,8 +44,11 @@ class Mempool:
         max_bytes: int = DEFAULT_MAX_BYTES,
         committed_memory: int = DEFAULT_COMMITTED_MEMORY,
         protected_sources: Iterable[str] = (LOCAL_SOURCE,),
+        max_per_source: int | None = None,
     ) -> None:
         assert max_count > 0 and max_bytes >= MAX_PAYLOAD_BYTES and committed_memory > 0
+        assert max_per_source is None or max_per_source > 0
+        self.max_per_source = max_per_source  # payloads one unprotected source may hold, full or not
         self.max_count = max_count
         self.max_bytes = max_bytes
         self.committed_memory = committed_memory
@@ -66,7 +73,7 @@ class Mempool:
         its fair share (bound / active sources, in count and in bytes) still gets in: the newest
         payloads of the sources furthest over their share make room (never a protected source's).
         Raises MempoolFull when `source` itself would exceed its share of a full pool (the flooder
-        is refused), ValueError for an empty or oversize payload.
+        is refused) or hold more than `max_per_source`, ValueError for an empty or oversize payload.
         """
         if not isinstance(payload, bytes) or not payload:
             raise ValueError("a payload is non-empty bytes")
@@ -75,6 +82,11 @@ class Mempool:
         digest = keccak256(payload)
         if digest in self._source_of or digest in self._committed:
             return False
+        if self.max_per_source is not None and source not in self.protected_sources:
+            held = len(self._by_source.get(source, ()))
+            if held >= self.max_per_source:
+                raise MempoolFull(f"source {source!r} holds its maximum of {self.max_per_source} pending "
+                                  "payloads; retry later")
         victims = self._make_room(source, len(payload))
         for victim in victims:
             evicted_from = self._drop(victim)
@@ -142,13 +154,16 @@ class Mempool:
         self.total_bytes -= len(payload)
         return source
 
-    def reap(self, max_count: int, max_bytes: int) -> tuple[bytes, ...]:
-        """Up to `max_count` payloads / `max_bytes` bytes, round-robin over sources, FIFO each.
+    def reap(self, max_count: int, max_bytes: int, per_source: int | None = None) -> tuple[bytes, ...]:
+        """Up to `max_count` payloads / `max_bytes` bytes, round-robin over sources, FIFO each,
+        and at most `per_source` payloads of any one source (its later payloads wait for the
+        next block, so a flooding source gets its share of a block and honest sources theirs).
 
         Payloads stay in the pool until `remove_committed`.
         """
-        assert max_count >= 0 and max_bytes >= 0
-        iterators = [iter(queue.values()) for queue in self._by_source.values()]
+        assert max_count >= 0 and max_bytes >= 0 and (per_source is None or per_source >= 0)
+        taken = max_count if per_source is None else min(max_count, per_source)
+        iterators = [itertools.islice(queue.values(), taken) for queue in self._by_source.values()]
         chosen: list[bytes] = []
         size = 0
         while iterators and len(chosen) < max_count:

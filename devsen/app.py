@@ -8,7 +8,10 @@
 - `fetch_facts` (I/O, off the event loop): every chain read of the block, by block hash, into
   an immutable `ChainFacts` (devsen/chain_facts.py); a named Ethereum block unknown here or
   less than `confirmations` deep by our own head makes the proposal invalid (reorg safety).
-- `process_proposal`, `finalize_block`: pure over (block, facts). Finalizing applies the
+- `process_proposal`, `finalize_block`: pure over (block, facts). A valid block carries at most
+  MAX_VOUCHED_EVENTS_PER_BLOCK events vouched for by one validator, at most
+  MAX_NEW_CHARGER_EVENTS_PER_VOUCHER of them from chargers the ledger does not know
+  (`VoucherBudget`); `prepare_proposal` composes blocks within those shares. Finalizing applies the
   events to the ledger and returns one `FinalizeResult`: a TxResult per payload (an event's
   OCPP reply in `data`, see `event_tx_result`), the ledger state hash, the validator-set
   update, this validator's own attestations to submit (batches it closed, settlements) and
@@ -76,6 +79,19 @@ SNAPSHOT_EVERY_BLOCKS = 100  # a restart replays at most this many blocks (and r
 CODE_CALLERROR = 1  # TxResult.code of an event the ledger answered with a CALLERROR (`log` = OCPP code)
 CODE_ATTESTATION_IGNORED = 2  # late, repeated or for a closed subject
 CODE_BLOCK_REFUSED = 3  # the ledger refused the whole committed block (state unchanged)
+# A block carries at most this many events vouched by one validator (a validity rule: pure
+# over the block). Each event of an uncached charger costs a chain read to validate, so this
+# bounds what one Byzantine validator's self-vouched flood adds to any block, its own
+# proposals included. An OCPP charger has one CALL in flight, so this is also the number of
+# a validator's chargers that can be heard in one block; the rest wait for the next.
+MAX_VOUCHED_EVENTS_PER_BLOCK = 64
+# ... of which at most this many may be from chargers the ledger holds no record of (first
+# contact, or not registered on chain): only those can miss every read cache, and an honest
+# validator meets few new chargers per block, while a flooder's fresh charger ids are all new.
+MAX_NEW_CHARGER_EVENTS_PER_VOUCHER = 4
+# An honest proposer takes fewer of another validator's new-charger events (it cannot tell an
+# honest first contact from a flood; that validator's own proposals take up to the full share).
+PROPOSE_NEW_CHARGER_EVENTS_PER_OTHER_VOUCHER = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,8 +281,20 @@ class NodeApplication:
     def prepare_proposal(self, height: int, payloads: tuple[bytes, ...], facts: Any) -> Prepared:
         """Our proposal: the header naming `facts`' Ethereum block and the admissible payloads."""
         number, eth_hash = facts
-        kept = tuple(p for p in payloads if self.check_tx(p).ok)  # e.g. a removed validator's
-        return Prepared(encode_app_header(number, eth_hash), kept)
+        kept: list[bytes] = []
+        budget = VoucherBudget(self._known_charger, mine="0x" + self.settings.key.address.hex(),
+                               new_for_others=PROPOSE_NEW_CHARGER_EVENTS_PER_OTHER_VOUCHER)
+        for payload in payloads:
+            if not self.check_tx(payload).ok:  # e.g. a removed validator's
+                continue
+            if payload[0] == EVENT_PAYLOAD_FIRST_BYTE and budget.take(ChargerEvent.from_bytes(payload)) is not None:
+                continue  # over its voucher's share of this block: waits in the mempool for the next
+            kept.append(payload)
+        return Prepared(encode_app_header(number, eth_hash), tuple(kept))
+
+    def _known_charger(self, charger_id: str) -> bool:
+        """True if the ledger (state before the next block) holds a record of this charger."""
+        return self.ledger.device(charger_id) is not None
 
     # ---------------------------------------------------------------- chain facts (I/O)
 
@@ -288,6 +316,12 @@ class NodeApplication:
         except ValueError as exc:
             return ChainFacts(0, ZERO_HASH, digest, ChainKeys(), complete=False, problem=str(exc))
         head = 0
+        if not committed:  # a block over a voucher's share is refused before any chain read
+            budget = VoucherBudget(self._known_charger)
+            for event in events:
+                problem = budget.take(event)
+                if problem is not None:
+                    return ChainFacts(number, eth_hash, digest, ChainKeys(), complete=False, problem=problem)
         if committed:
             self._await_chain_block(number, eth_hash)
         else:
@@ -342,6 +376,11 @@ class NodeApplication:
             return f"its time is more than {MAX_FUTURE_DRIFT_MS // 1000} s ahead of this node's clock"
         if number < self.last_eth_block:
             return f"Ethereum read block {number} is behind {self.last_eth_block}"
+        budget = VoucherBudget(self._known_charger)
+        for event in parts.events:  # cheap counts before any signature is recovered
+            problem = budget.take(event)
+            if problem is not None:
+                return problem
         for attestation in parts.attestations:
             problem = self._attestation_problem(attestation)
             if problem is not None:
@@ -632,6 +671,40 @@ class NodeApplication:
         """(height, event id, dedup key) of the first committed event carrying this charger
         message, within the last MESSAGE_WINDOW_BLOCKS heights."""
         return self.by_message.get((charger_id, message_id))
+
+
+class VoucherBudget:
+    """One block's per-voucher bounds (pure, deterministic over the block and the ledger state
+    before it): at most MAX_VOUCHED_EVENTS_PER_BLOCK events vouched for by one validator, of
+    which at most MAX_NEW_CHARGER_EVENTS_PER_VOUCHER from chargers the ledger does not know.
+    A proposer composing a block passes `mine` and a smaller `new_for_others` share."""
+
+    def __init__(self, known_charger: Callable[[str], bool], mine: str = "",
+                 new_for_others: int = MAX_NEW_CHARGER_EVENTS_PER_VOUCHER) -> None:
+        assert 0 <= new_for_others <= MAX_NEW_CHARGER_EVENTS_PER_VOUCHER
+        self._known = known_charger
+        self._mine = mine
+        self._new_for_others = new_for_others
+        self._events: dict[str, int] = {}
+        self._new: dict[str, int] = {}
+
+    def take(self, event: ChargerEvent) -> str | None:
+        """Count `event` in its voucher's budget; None if it fits, else why not (nothing counted)."""
+        voucher = event.ingress_node
+        events = self._events.get(voucher, 0)
+        if events >= MAX_VOUCHED_EVENTS_PER_BLOCK:
+            return (f"more than {MAX_VOUCHED_EVENTS_PER_BLOCK} events vouched for by {voucher or 'nobody'} "
+                    "in one block")
+        if not self._known(event.charger_id):
+            new = self._new.get(voucher, 0)
+            limit = MAX_NEW_CHARGER_EVENTS_PER_VOUCHER if not self._mine or voucher == self._mine \
+                else self._new_for_others
+            if new >= limit:
+                return (f"more than {limit} events of chargers the ledger does "
+                        f"not know vouched for by {voucher or 'nobody'} in one block")
+            self._new[voucher] = new + 1
+        self._events[voucher] = events + 1
+        return None
 
 
 def _payloads_digest(payloads: tuple[bytes, ...]) -> bytes:

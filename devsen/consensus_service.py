@@ -20,6 +20,18 @@ height until payloads wait here or the application's `block_needed_by_ms` passes
 `submit(payload)` puts a payload in the mempool, gossips it (batched) and returns only
 after a block carrying it is committed and applied. A full mempool raises
 `ConsensusOverloaded` at once.
+
+Gossiped payloads are bounded per source, cheapest check first: a payload already pending or
+committed is skipped; so is one whose origin (the validator that signed the batch envelope,
+so it cannot be spoofed) has `gossip_max_pending_per_origin` payloads waiting here already
+(admission then follows what blocks take from it); each origin has a token bucket
+(`gossip_rate_per_origin`/s), and a payload over it is refused before `check_tx` recovers
+any signature. An admitted payload is pooled under its accountable source (`CheckResult.source`:
+the vouching validator; this node's own are "local"), and no source holds more than
+`mempool_max_count / n` payloads. The events topic's validator already refuses a batch from
+a backlogged or out-of-budget origin (neither delivered nor forwarded). A proposal takes at
+most `block_max_per_source` payloads of one source (the rest wait), so a flooder gets a slice
+of each block while honest sources get theirs.
 """
 
 from __future__ import annotations
@@ -36,7 +48,7 @@ from typing import Any
 
 import trio
 
-from consensus.abci import Application, FinalizeResult, TxResult
+from consensus.abci import Application, CheckResult, FinalizeResult, TxResult
 from consensus.core import (
     Broadcast,
     Commit,
@@ -82,6 +94,9 @@ MAX_SENDERS = 512
 MAX_SYNC_INPUTS = 2 * MAX_BLOCKS_PER_REQUEST
 MAX_TIMERS = 4096
 MAX_RECENT_RECEIPTS = 100_000
+# A proposal takes at most this many payloads of one source (vouching validator); at most
+# the app's per-voucher validity cap, so a composed block is never refused for it.
+BLOCK_MAX_PER_SOURCE = 32
 
 
 class ConsensusOverloaded(Exception):
@@ -122,6 +137,12 @@ class ServiceConfig:
     block_max_bytes: int = 4 * 1024 * 1024
     min_block_interval_s: float = 0.01
     empty_block_interval_s: float = 1.0
+    block_max_per_source: int = BLOCK_MAX_PER_SOURCE  # payloads of one source in our proposals
+    gossip_rate_per_origin: float = 200.0  # gossiped payloads/s admitted per origin validator
+    gossip_burst_per_origin: int = 400
+    # Gossip from an origin whose events wait here in this number already is refused at once
+    # (its own node still proposes them): admission then follows what blocks take from it.
+    gossip_max_pending_per_origin: int = 8 * BLOCK_MAX_PER_SOURCE
     batch_max_count: int = 1000
     batch_max_delay_s: float = 0.005
     durable: bool = True
@@ -182,6 +203,40 @@ class SenderQueues:
         return None
 
 
+class GossipBudget:
+    """A token bucket per gossip origin (`rate` payloads/s, up to `burst` at once); bounded
+    to `max_origins` origins (the envelope check admits only validators, so far fewer)."""
+
+    def __init__(self, rate: float, burst: int, max_origins: int = MAX_SENDERS) -> None:
+        assert rate > 0 and burst >= 1 and max_origins >= 1
+        self.rate = rate
+        self.burst = burst
+        self.max_origins = max_origins
+        self._buckets: dict[bytes, list[float]] = {}  # origin -> [tokens, last refill time]
+
+    def has_tokens(self, origin: bytes, now: float) -> bool:
+        """True if `origin` could spend a token at `now` (nothing is spent)."""
+        bucket = self._buckets.get(origin)
+        if bucket is None:
+            return len(self._buckets) < self.max_origins
+        return bucket[0] + max(0.0, now - bucket[1]) * self.rate >= 1.0
+
+    def take(self, origin: bytes, now: float) -> bool:
+        """Spend one of `origin`'s tokens at time `now` (seconds); False when it has none."""
+        bucket = self._buckets.get(origin)
+        if bucket is None:
+            if len(self._buckets) >= self.max_origins:
+                return False
+            bucket = self._buckets[origin] = [float(self.burst), now]
+        tokens = min(float(self.burst), bucket[0] + max(0.0, now - bucket[1]) * self.rate)
+        bucket[1] = now
+        if tokens < 1.0:
+            bucket[0] = tokens
+            return False
+        bucket[0] = tokens - 1.0
+        return True
+
+
 class ConsensusService:
     """Runs the Replica for one validator node (see the module docstring)."""
 
@@ -196,7 +251,11 @@ class ConsensusService:
             timeouts=config.timeouts, durable=config.durable, max_payloads=config.block_max_payloads,
             max_payload_bytes=config.block_max_bytes, create_empty_blocks=config.create_empty_blocks,
         )
-        self.mempool = Mempool(config.mempool_max_count, config.mempool_max_bytes)
+        # One source may hold 1/n of the pool at most (n validators, at least 2), full or not.
+        per_source = max(1, config.mempool_max_count // max(2, len(config.validators.addresses)))
+        self.mempool = Mempool(config.mempool_max_count, config.mempool_max_bytes, max_per_source=per_source)
+        self.gossip_budget = GossipBudget(config.gossip_rate_per_origin, config.gossip_burst_per_origin)
+        self._own_source = "0x" + keys.validator_address.hex()
         self.counters: Counter[str] = Counter()
         self.commit_listeners: list[CommitListener] = []
         self.signed_listeners: list[SignedListener] = []
@@ -291,12 +350,36 @@ class ConsensusService:
 
     def _check(self, payload: bytes) -> str | None:
         """check_tx: None if admitted, else the reason (a failing check refuses, never stops)."""
+        result = self._check_result(payload)
+        return None if result.ok else (result.reason or "refused")
+
+    def _check_result(self, payload: bytes) -> CheckResult:
         try:
-            result = self.app.check_tx(payload)
+            return self.app.check_tx(payload)
         except Exception as exc:
             logger.exception("payload admission check failed")
-            return f"admission check failed: {exc}"
-        return None if result.ok else (result.reason or "refused")
+            return CheckResult(False, f"admission check failed: {exc}")
+
+    def _accepts_gossip_from(self, origin: bytes) -> bool:
+        """The events topic's backpressure (p2p/gossip.py `accept_origin`): a batch from an
+        origin that is backlogged here or out of budget is neither taken nor forwarded, so a
+        flooder's batches stop costing honest validators relays and duplicates."""
+        if self._origin_backlogged("0x" + origin.hex()) \
+                or not self.gossip_budget.has_tokens(origin, trio.current_time()):
+            self.counters["gossip_batch_refused"] += 1
+            return False
+        return True
+
+    def _origin_backlogged(self, source: str) -> bool:
+        """True if `source` already has more pending here than blocks take from it soon."""
+        pending = self.mempool.usage(source)[0]
+        return source != self._own_source and pending >= self.config.gossip_max_pending_per_origin
+
+    def _source_of(self, result: CheckResult, origin: bytes) -> str:
+        """The mempool source of an admitted gossiped payload: its accountable source (the
+        vouching validator), "local" when that is this node, else the gossip origin."""
+        source = result.source or "0x" + origin.hex()
+        return "local" if source == self._own_source else source
 
     # ------------------------------------------------------------------ p2p handlers
 
@@ -306,15 +389,31 @@ class ConsensusService:
         self._input_ready.set()
 
     async def _on_payloads(self, sender: bytes, payloads: list[bytes]) -> None:
+        """Gossiped payloads from origin `sender`: cheap checks first (module docstring)."""
+        now = trio.current_time()
         for payload in payloads:
-            refused = self._check(payload)
-            if refused is not None:
+            if not payload:
+                self.counters["gossip_payload_invalid"] += 1
+                continue
+            digest = keccak256(payload)
+            if digest in self.mempool or self.mempool.is_committed(digest):
+                self.counters["gossip_payload_duplicate"] += 1
+                continue
+            if self._origin_backlogged("0x" + sender.hex()):  # an origin's own events are pooled under it
+                self.counters["gossip_payload_origin_backlogged"] += 1
+                continue
+            if not self.gossip_budget.take(sender, now):
+                # Before any signature is recovered; an honest origin still proposes it itself.
+                self.counters["gossip_payload_over_budget"] += 1
+                continue
+            result = self._check_result(payload)
+            if not result.ok:
                 self.counters["gossip_payload_refused"] += 1
                 for refusal_listener in self.refusal_listeners:
-                    refusal_listener(payload, refused)
+                    refusal_listener(payload, result.reason or "refused")
                 continue
             try:
-                self.mempool.add(payload, source=sender.hex())
+                self.mempool.add(payload, source=self._source_of(result, sender))
             except MempoolFull:
                 # The origin node keeps it in its own mempool and proposes it in its turn.
                 self.counters["gossip_payload_mempool_full"] += 1
@@ -388,7 +487,8 @@ class ConsensusService:
         self._pending_proposal = None
         if (request.height, request.round) != (self.replica.height, self.replica.core.round):
             return
-        payloads = self.mempool.reap(request.max_payloads, request.max_payload_bytes)
+        payloads = self.mempool.reap(request.max_payloads, request.max_payload_bytes,
+                                     per_source=self.config.block_max_per_source)
         try:
             facts = await trio.to_thread.run_sync(self.app.propose_facts, request.height)
         except Exception as exc:  # e.g. the chain RPC is down: skip our turn, the round moves on
@@ -398,10 +498,14 @@ class ConsensusService:
         if (request.height, request.round) != (self.replica.height, self.replica.core.round):
             return  # the round moved on while the facts were fetched
         outputs = self.replica.propose(request, payloads, facts, int(time.time() * 1000))
-        refused = self.replica.last_refused
-        if refused:  # payloads prepare_proposal dropped can never be in a block: forget them
+        left_out = self.replica.last_refused
+        if left_out:
+            # Payloads check_tx now refuses can never be in a block: forget them. The rest were
+            # over their source's share of this block (prepare_proposal): they wait for the next.
+            refused = [p for p in left_out if not self._check_result(p).ok]
             self.mempool.remove_committed(refused)
             self.counters["proposal_payload_refused"] += len(refused)
+            self.counters["proposal_payload_deferred"] += len(left_out) - len(refused)
         await self._carry_out(outputs)
 
     async def _carry_out(self, outputs: list[Output]) -> None:
@@ -608,6 +712,7 @@ class ConsensusService:
             self._install_bindings()
             async with open_p2p(self.keys, p2p_config, handlers) as net, trio.open_nursery() as nursery:
                 self._net = net
+                net.gossip.accept_origin = self._accepts_gossip_from
                 self._nursery = nursery
                 nursery.start_soon(self._drive)
                 nursery.start_soon(self._initial_sync)

@@ -9,7 +9,8 @@ the caller gets `GossipOverloaded`: nothing is dropped without the caller knowin
 
 Receiving: a topic validator opens the envelope (network id, validator set, origin peer id
 bound to the sender, signature) before gossipsub forwards anything; refusals are counted
-by reason. Accepted batches go to `on_payloads(sender_address, payloads)`.
+by reason, and `accept_origin` (set by the node) refuses batches of an origin it is
+backlogged with. Accepted batches go to `on_payloads(sender_address, payloads)`.
 """
 
 from __future__ import annotations
@@ -81,6 +82,9 @@ class EventGossip:
         self._wake_sender = trio.Event()
         self._space = trio.Event()
         self._stash: OrderedDict[bytes, tuple[bytes, list[bytes]]] = OrderedDict()
+        # Application backpressure: a batch whose origin validator this returns False for (it
+        # has more waiting here than blocks take) is neither delivered nor forwarded.
+        self.accept_origin: Callable[[bytes], bool] | None = None
         self.topic = events_topic(network_id)
         self.drops = running.drops
         self.published_messages = 0
@@ -157,6 +161,9 @@ class EventGossip:
         except BatchError as exc:
             self.drops.add(self.topic, DropReason.MALFORMED.value)
             logger.debug("dropped malformed batch from %s: %s", ID(msg.from_id), exc)
+            return False
+        if self.accept_origin is not None and not self.accept_origin(envelope.sender):
+            self.drops.add(self.topic, "origin_backlogged")
             return False
         self._stash[msg.from_id + msg.seqno] = (envelope.sender, payloads)
         while len(self._stash) > MAX_STASHED_VALIDATIONS:

@@ -173,3 +173,31 @@ def test_property_an_honest_sources_share_survives_any_flood(max_count, flood, h
         assert len(pool) <= max_count and pool.total_bytes <= max_bytes
         assert all(keccak256(p) in pool for p in mine), "an honest payload was evicted"
     assert set(pool.evicted) <= {"flooder-1", "flooder-2"}
+
+
+def test_one_source_never_holds_more_than_its_cap_even_in_a_roomy_pool():
+    pool = Mempool(max_count=1000, max_per_source=10)
+    for i in range(10):
+        pool.add(b"flood-%d" % i, source="0xbyz")
+    with pytest.raises(MempoolFull, match="its maximum of 10"):
+        pool.add(b"flood-more", source="0xbyz")
+    assert pool.usage("0xbyz")[0] == 10 and len(pool) == 10  # the pool is far from full
+    assert pool.add(b"honest", source="0xhonest")  # another source is unaffected
+    for i in range(20):  # this node's own submissions are bounded by the pool, not the cap
+        pool.add(b"local-%d" % i, source="local")
+    assert pool.usage("local")[0] == 20
+
+
+def test_reap_takes_at_most_a_share_of_each_source_and_the_rest_wait():
+    pool = Mempool(max_count=1000)
+    flood = [b"flood-%03d" % i for i in range(100)]
+    for payload in flood:
+        pool.add(payload, source="0xbyz")
+    pool.add(b"honest-1", source="0xhonest")
+    pool.add(b"honest-2", source="local")
+    block = pool.reap(50, 10**6, per_source=8)
+    assert sum(p.startswith(b"flood") for p in block) == 8
+    assert b"honest-1" in block and b"honest-2" in block
+    pool.remove_committed(block)
+    assert len(pool) == 92  # the flooder's later payloads still wait, in order
+    assert pool.reap(50, 10**6, per_source=8) == tuple(flood[8:16])
