@@ -158,7 +158,8 @@ def session_document(client: ChainClient, session: EscrowSession) -> dict[str, A
         "session_token": session_token(session.session_id),
         "deposit_units": session.deposit,
         "settled_units": session.settled_amount,
-        "refundable_units": session.deposit - session.settled_amount if session.status.name == "SETTLED" else 0,
+        "refunded_units": {"SETTLED": session.deposit - session.settled_amount,
+                           "REFUNDED": session.deposit}.get(session.status.name, 0),
         "energy_wh": session.energy_wh,
         "opened_at": iso_time(session.opened_at),
         "opened_at_unix": session.opened_at,
@@ -180,7 +181,9 @@ def format_session(doc: dict[str, Any]) -> str:
     if doc["status"] == "SETTLED":
         lines += [f"energy    {doc['energy_wh']} Wh",
                   f"paid      {token_amount(doc['settled_units'])} to the device manager",
-                  f"refunded  {token_amount(doc['deposit_units'] - doc['settled_units'])} to the driver"]
+                  f"refunded  {token_amount(doc['refunded_units'])} to the driver"]
+    elif doc["status"] == "REFUNDED":
+        lines.append(f"refunded  {token_amount(doc['refunded_units'])} to the driver")
     elif doc["status"] == "OPEN":
         lines.append(f"token     {doc['session_token']} (the idTag the charger gets in its remote start)")
     lines.append(f"idTag     hash {doc['id_tag_hash']}")
