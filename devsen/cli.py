@@ -145,7 +145,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     url = args.node.rstrip("/")
     try:
         code, body = trio.run(http_get_json, url + "/v1/status", args.timeout)
-    except (OSError, ValueError, trio.TooSlowError) as exc:
+    except (OSError, ValueError, IndexError, trio.TooSlowError, trio.BrokenResourceError) as exc:
         print(f"devsen status: {url} did not answer ({type(exc).__name__}: {exc}); is the node running? "
               "(`devsen devnet status` lists a devnet's HTTP URLs)", file=sys.stderr)
         return 1

@@ -221,7 +221,7 @@ async def wait_until_serving(nodes: list[DevnetNode], on_progress: Callable[[str
                     status, _ = await http_get_json(node.http_url + "/v1/status", timeout=2)
                     if status == 200:
                         break
-                except (OSError, trio.TooSlowError, ValueError):
+                except (OSError, trio.TooSlowError, ValueError, IndexError, trio.BrokenResourceError):
                     pass
                 await trio.sleep(0.25)
             if on_progress is not None:

@@ -194,8 +194,8 @@ async def _node_status(url: str) -> dict[str, Any] | None:
 
     try:
         status, body = await http_get_json(url + "/v1/status", timeout=PROBE_TIMEOUT_S)
-    except (OSError, ValueError, trio.TooSlowError):
-        return None
+    except (OSError, ValueError, IndexError, trio.TooSlowError, trio.BrokenResourceError):
+        return None  # not up yet, or went away mid-answer
     return body if status == 200 and isinstance(body, dict) else None
 
 

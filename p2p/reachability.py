@@ -66,6 +66,7 @@ class Reachability:
         if peer not in self._up:
             return
         self._up.discard(peer)
+        self._restart_summary_clock()
         self._down[peer] = _Down(self._clock(), announced=True, was_up=True)
         self._log.warning("lost the connection to peer %s; redialing with backoff (one summary per %.0f s "
                           "while it stays unreachable)", peer, self._summary_interval_s)
@@ -83,9 +84,15 @@ class Reachability:
         down.last_error = error[:200]
         self._log.debug("dial %s failed (%d in a row): %s", peer, down.failures, error)
         if not down.announced and now - max(down.since, self._started) >= self._grace_s:
+            self._restart_summary_clock()
             down.announced = True
             self._log.warning("peer %s is unreachable (%d dials failed, last: %s); redialing with backoff",
                               peer, down.failures, down.last_error)
+
+    def _restart_summary_clock(self) -> None:
+        """The first summary comes a whole interval after the first peer goes."""
+        if not self.unreachable():
+            self._next_summary = self._clock() + self._summary_interval_s
 
     def unreachable(self) -> list[str]:
         """Peers currently announced as unreachable."""

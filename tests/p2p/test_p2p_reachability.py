@@ -127,3 +127,20 @@ def test_a_real_peer_down_then_up_then_down_logs_few_lines_and_no_libp2p_errors(
     assert len([line for line in down.splitlines() if peer_b in line]) <= 4  # 5 s of a down peer
     assert up.count(f"peer {peer_b} is reachable again") == 1
     assert everything.count(f"lost the connection to peer {peer_b}") == 1
+
+
+def test_the_first_summary_comes_a_whole_interval_after_the_peer_goes(caplog):
+    reach, clock = _tracker(caplog, summary_interval_s=60, grace_s=10)
+    reach.connected("peerE")
+    for _ in range(200):  # up for 200 s: the ticks find nobody down
+        clock.now += 1
+        reach.tick()
+    reach.lost("peerE")
+    for _ in range(59):
+        clock.now += 1
+        reach.tick()
+    assert not [w for w in _lines(caplog, logging.WARNING) if w.startswith("still unreachable")]
+    clock.now += 1
+    reach.tick()
+    assert [w for w in _lines(caplog, logging.WARNING) if w.startswith("still unreachable")] == [
+        "still unreachable: peerE (for 60 s, 0 failed dials)"]
