@@ -36,7 +36,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -343,11 +343,12 @@ class StopRequested(BaseException):
 
 _stop_signal: list[int] = []
 _in_trio = [False]  # inside trio.run, trio's signal receiver takes SIGINT/SIGTERM
+_held = [False]  # a process is being started: the request is acted on right after
 
 
 def _on_stop_signal(signum: int, frame: Any) -> None:
     _stop_signal.append(signum)
-    if len(_stop_signal) == 1 and not _in_trio[0]:
+    if len(_stop_signal) == 1 and not _in_trio[0] and not _held[0]:
         raise StopRequested(signum)
 
 
@@ -407,6 +408,19 @@ async def _run_devnet(nodes: list[DevnetNode], anvil: AnvilProcess, deployment_p
     else:
         await trio.sleep(duration_s)
     return ok
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Defer a stop request while a child process is started and recorded (no pid is lost).
+    Not a signal mask: children would inherit it and ignore SIGTERM."""
+    _held[0] = True
+    try:
+        yield
+    finally:
+        _held[0] = False
+    if _stop_signal:
+        raise StopRequested(_stop_signal[0])
 
 
 def _running_devnet(root: Path) -> int | None:
@@ -475,7 +489,8 @@ def devnet_main(argv: list[str]) -> int:
         args.dir.mkdir(parents=True)
         deployment_path = args.dir / "deployment.json"
         progress("starting the chain (anvil, one block per second)")
-        anvil = start_anvil(args.dir / "anvil.log", chain_id=CHAIN_ID, block_time_s=1)
+        with _signals_held():  # a stop request waits until anvil's pid is known
+            anvil = start_anvil(args.dir / "anvil.log", chain_id=CHAIN_ID, block_time_s=1)
         progress(f"chain at {anvil.url} (pid {anvil.pid}); creating keys for {args.nodes} validators")
         nodes = prepare_nodes(args.dir, args.nodes, deployment_path, anvil.url)
         progress("deploying the contracts with those validators and seeding the demo charger, driver and "
@@ -485,10 +500,11 @@ def devnet_main(argv: list[str]) -> int:
                  f"#{DEV_ACCOUNTS['driver']} (driver)")
         accounts = seed_dev_accounts(anvil, deployment, args.dir)
         progress(f"starting {len(nodes)} node processes")
-        for node in nodes:
-            start_node_process(node)
-        write_state(args.dir, devnet_state(args.dir, anvil, deployment, deployment_path, nodes, accounts, seeded,
-                                           started_at))
+        with _signals_held():  # every pid is recorded before a stop request is acted on
+            for node in nodes:
+                start_node_process(node)
+            write_state(args.dir, devnet_state(args.dir, anvil, deployment, deployment_path, nodes, accounts,
+                                               seeded, started_at))
         _in_trio[0] = True
         try:
             ok = trio.run(_serve, nodes, anvil, deployment_path, seeded, args.demo, args.duration, progress)
