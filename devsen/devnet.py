@@ -238,7 +238,7 @@ async def run_demo(nodes: list[DevnetNode], anvil: AnvilProcess, deployment_path
         result = await charger.charge_session(DEMO_ID_TAG, connector=1, meter_start_wh=1_000, meter_stop_wh=13_000)
         stop_message_id = charger.sent[-1][0]
     for step, reply in result.items():
-        print(f"[demo] {step:<9} -> {reply}")
+        print(f"[demo] {step:<9} -> {json.dumps(reply)}")
     status, found = await http_get_json(f"{entry.http_url}/v1/chargers/{DEMO_CHARGER}/messages/{stop_message_id}")
     if status != 200:
         print(f"[demo] could not find the StopTransaction event: {found}")
