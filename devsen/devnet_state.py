@@ -396,3 +396,7 @@ def state_main(argv: list[str]) -> int:
     except DevnetStateError as exc:
         print(f"devsen devnet {args.command}: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C while waiting: what was started keeps running, and says so
+        print(f"devsen devnet {args.command}: interrupted; `devsen devnet status --dir {args.dir}` shows what runs",
+              file=sys.stderr)
+        return 130
