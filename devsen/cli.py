@@ -22,7 +22,8 @@ EXIT_NOT_BUILT = 2
 # subcommand -> (module, function taking argv and returning an exit code, one-line help)
 DELEGATED: dict[str, tuple[str, str, str]] = {
     "devnet": ("devsen.devnet", "devnet_main",
-               "start a local multi-node network on a local chain (anvil) and keep it running"),
+               "start a local multi-node network on a local chain (anvil) and keep it running; "
+               "`devsen devnet status`, `devsen devnet node stop|start|restart N`"),
     "chain": ("anchoring.chain.deploy", "deploy_main",
               "chain tools: `devsen chain deploy --rpc URL --validators ... --out deployment.json`"),
     "wallet": ("devsen.wallet", "wallet_main",
