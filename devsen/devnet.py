@@ -100,6 +100,7 @@ CHAIN_ID = 31337
 STARTUP_TIMEOUT_S = 90.0
 ANCHOR_TIMEOUT_S = 120.0
 DEV_DRIVER_TOKENS = 100 * 10**6  # minted to the named dev driver account
+DEFAULT_DIR = Path("devnet-data").absolute()
 
 
 @dataclass
@@ -396,7 +397,7 @@ async def _run_devnet(nodes: list[DevnetNode], anvil: AnvilProcess, deployment_p
               f"validator 0x{node.keys.validator.address.hex()}  log {node.log_path}")
     print(f"  demo charger: id {DEMO_CHARGER}, Basic-auth password {DEMO_PASSWORD!r}; idTag {DEMO_ID_TAG} "
           f"has an open prepaid session on connector 1")
-    dir_arg = "" if root == Path("devnet-data") else f" --dir {root}"
+    dir_arg = "" if root == DEFAULT_DIR else f" --dir {root}"
     print(f"  everything above, pids and the dev accounts' keys: devsen devnet status{dir_arg}  ({state_path(root)})")
     ok = True
     if demo:
@@ -469,6 +470,7 @@ def devnet_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if not 1 <= args.nodes <= 16:
         parser.error("--nodes must be in 1..16")
+    args.dir = args.dir.absolute()  # configs and the state file hold absolute paths: any cwd can use them
     running = _running_devnet(args.dir)
     if running is not None:
         print(f"devsen devnet: a devnet is already running from {args.dir} (pid {running}); stop it first "

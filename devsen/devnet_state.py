@@ -287,7 +287,7 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append(f"demo charger {demo['charger']} (password {demo['password']!r}), idTag {demo['id_tag']}")
     lines.append(f"logs        {chain['log']}, {status['dir']}/node-N/node.log")
     lines.append("control     devsen devnet node stop|start|restart N" +
-                 (f" --dir {status['dir']}" if status['dir'] != "devnet-data" else ""))
+                 (f" --dir {status['dir']}" if Path(status["dir"]) != Path("devnet-data").absolute() else ""))
     return "\n".join(lines)
 
 
