@@ -388,6 +388,7 @@ async def _serve(nodes: list[DevnetNode], anvil: AnvilProcess, deployment_path: 
 
 async def _run_devnet(nodes: list[DevnetNode], anvil: AnvilProcess, deployment_path: Path,
                       seeded: dict[str, Any], demo: bool, duration_s: float | None, progress: Progress) -> bool:
+    progress(f"waiting for the {len(nodes)} nodes to serve (each loads its keys and chain view and dials its peers)")
     await wait_until_serving(nodes, on_progress=progress)
     root = deployment_path.parent
     progress(f"devnet up; state in {state_path(root)}")
@@ -496,7 +497,7 @@ def devnet_main(argv: list[str]) -> int:
         progress(f"chain at {anvil.url} (pid {anvil.pid}); creating keys for {args.nodes} validators")
         nodes = prepare_nodes(args.dir, args.nodes, deployment_path, anvil.url)
         progress("deploying the contracts with those validators and seeding the demo charger, driver and "
-                 "escrow session (one transaction per block: about 30 s)")
+                 "escrow session (one transaction per block: about 20 s)")
         deployment, seeded = deploy_network(anvil, nodes, deployment_path)
         progress(f"funding the dev accounts #{DEV_ACCOUNTS['manager']} (manager) and "
                  f"#{DEV_ACCOUNTS['driver']} (driver)")
