@@ -435,6 +435,19 @@ def _running_devnet(root: Path) -> int | None:
     return pid if pid != os.getpid() and pid_alive(pid, "devnet") else None
 
 
+def stop_leftovers(root: Path) -> int:
+    """Stop the processes a devnet that died without cleaning up (kill -9) left running
+    from `root`, by the pids of its state file; returns how many."""
+    try:
+        state = load_state(root)
+    except DevnetStateError:
+        return 0
+    targets = [(entry["pid"], entry["config"]) for entry in state.get("nodes", []) if entry.get("pid")]
+    if state.get("chain", {}).get("anvil_pid"):
+        targets.append((state["chain"]["anvil_pid"], "anvil"))
+    return terminate_pids(targets, reap=reap_child)
+
+
 def _stop_all(root: Path, nodes: list[DevnetNode], anvil: AnvilProcess | None) -> int:
     """Stop every node (the pids in the state file: a node restarted by `devsen devnet node
     start` is not our child) and anvil; returns how many processes were still running."""
@@ -477,6 +490,10 @@ def devnet_main(argv: list[str]) -> int:
         print(f"devsen devnet: a devnet is already running from {args.dir} (pid {running}); stop it first "
               f"(Ctrl-C in its terminal, or `kill {running}`), or pass another --dir", file=sys.stderr)
         return 1
+    leftovers = stop_leftovers(args.dir)
+    if leftovers:
+        print(f"stopped {leftovers} process{'es' if leftovers != 1 else ''} left running by an earlier devnet "
+              f"in {args.dir}", flush=True)
     setup_logging("INFO", "text")
     _stop_signal.clear()
     signal.signal(signal.SIGTERM, _on_stop_signal)

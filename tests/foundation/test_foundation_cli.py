@@ -246,3 +246,25 @@ def test_wallet_and_audit_accept_json_before_or_after_the_command(capsys):
     assert _parser().parse_args(["--rpc", "x", "--deployment", "d", "balance", "--json"]).json is True
     assert _parser().parse_args(["--rpc", "x", "--deployment", "d", "--json", "balance"]).json is True
     assert _parser().parse_args(["--rpc", "x", "--deployment", "d", "balance"]).json is False
+
+
+def test_processes_left_by_a_devnet_that_died_are_stopped_by_the_next_one(tmp_path):
+    import subprocess
+    import sys
+
+    from devsen.devnet import stop_leftovers
+    from devsen.devnet_state import pid_alive, write_state
+
+    state = _stopped_devnet_state(tmp_path)
+    config = state["nodes"][0]["config"]
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", config], start_new_session=True)
+    try:
+        state["nodes"][0]["pid"] = orphan.pid
+        write_state(tmp_path, state)
+        assert pid_alive(orphan.pid, config)
+        assert stop_leftovers(tmp_path) == 1
+        assert orphan.wait(timeout=10) is not None and not pid_alive(orphan.pid, config)
+        assert stop_leftovers(tmp_path) == 0
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
