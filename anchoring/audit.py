@@ -490,10 +490,29 @@ def _chain(args: argparse.Namespace, anchor: bytes) -> ChainReader:
         raise AuditUnavailable(f"RPC {args.rpc}: {type(exc).__name__}: {exc}") from exc
 
 
-def _print_checks(checks: list[Check]) -> bool:
-    for check in checks:
-        print(check.line())
-    return all(c.ok for c in checks)
+class _Report:
+    """What an audit command prints: lines for people, or (`--json`) one document at the end."""
+
+    def __init__(self, as_json: bool, command: str) -> None:
+        self.as_json = as_json
+        self.document: dict[str, Any] = {"command": command}
+
+    def line(self, text: str) -> None:
+        if not self.as_json:
+            print(text)
+
+    def checks(self, checks: list[Check]) -> bool:
+        for check in checks:
+            self.line(check.line())
+        self.document["checks"] = [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in checks]
+        return all(c.ok for c in checks)
+
+    def verdict(self, verdict: str, text: str, code: int, **fields: Any) -> int:
+        self.line(text)
+        if self.as_json:
+            self.document.update(fields, verdict=verdict, exit_code=code, summary=text.removeprefix("VERDICT: "))
+            print(json.dumps(self.document, indent=2))
+        return code
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -506,19 +525,22 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     claimed = _claimed_anchor(document)
     anchor, source = _anchor_address(args, claimed)
     chain = _chain(args, anchor)
-    print(f"event {hex0x(event_id)}; node {args.node}; chain {chain.chain_id} at {args.rpc}, read at block "
-          f"{chain.block} ({chain.confirmations} confirmations); Anchor {hex0x(anchor)} from {source}")
+    report = _Report(args.json, "verify")
+    report.document.update(event_id=hex0x(event_id), node=args.node, rpc=args.rpc, chain_id=chain.chain_id,
+                           read_at_block=chain.block, confirmations=chain.confirmations, anchor=hex0x(anchor),
+                           anchor_from=source, node_names_anchor=claimed)
+    report.line(f"event {hex0x(event_id)}; node {args.node}; chain {chain.chain_id} at {args.rpc}, read at block "
+                f"{chain.block} ({chain.confirmations} confirmations); Anchor {hex0x(anchor)} from {source}")
     if claimed is not None and claimed != hex0x(anchor):
-        print(f"note: the node names Anchor {claimed}, not the pinned {hex0x(anchor)}")
+        report.line(f"note: the node names Anchor {claimed}, not the pinned {hex0x(anchor)}")
     checks = verify_event(document, event_id, chain, block_loader(http_fetcher(args.node)))
-    if _print_checks(checks):
+    if report.checks(checks):
         batch = document["batch"]
-        print(f"VERDICT: VALID. Event {hex0x(event_id)} is in batch {batch['batch_id']} (root {batch['root']}), "
-              f"anchored on chain {chain.chain_id}.")
-        return EXIT_OK
-    failed = ", ".join(c.name for c in checks if not c.ok)
-    print(f"VERDICT: INVALID. Failed: {failed}.")
-    return EXIT_FAILED
+        return report.verdict(
+            "VALID", f"VERDICT: VALID. Event {hex0x(event_id)} is in batch {batch['batch_id']} (root {batch['root']}), "
+            f"anchored on chain {chain.chain_id}.", EXIT_OK, batch_id=batch["batch_id"], root=batch["root"])
+    failed = [c.name for c in checks if not c.ok]
+    return report.verdict("INVALID", f"VERDICT: INVALID. Failed: {', '.join(failed)}.", EXIT_FAILED, failed=failed)
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
@@ -534,18 +556,24 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             claimed = _claimed_anchor(fetch(f"/v1/batches/{batch_id}"))
     anchor, source = _anchor_address(args, claimed)
     chain = _chain(args, anchor)
-    print(f"blocks {args.from_height}..{args.to_height}; node {args.node}; chain {chain.chain_id} at {args.rpc}; "
-          f"Anchor {hex0x(anchor)} from {source}")
+    report = _Report(args.json, "replay")
+    report.document.update(from_height=args.from_height, to_height=args.to_height, node=args.node, rpc=args.rpc,
+                           chain_id=chain.chain_id, anchor=hex0x(anchor), anchor_from=source)
+    report.line(f"blocks {args.from_height}..{args.to_height}; node {args.node}; chain {chain.chain_id} at {args.rpc}; "
+                f"Anchor {hex0x(anchor)} from {source}")
     checks, pending = replay(fetch, chain, args.from_height, args.to_height)
-    ok = _print_checks(checks)
+    ok = report.checks(checks)
     if not ok:
-        print(f"VERDICT: INVALID. Failed: {', '.join(c.name for c in checks if not c.ok)}.")
-        return EXIT_FAILED
+        failed = [c.name for c in checks if not c.ok]
+        return report.verdict("INVALID", f"VERDICT: INVALID. Failed: {', '.join(failed)}.", EXIT_FAILED,
+                              failed=failed)
     if pending:
-        print(f"VERDICT: VALID SO FAR. Blocks {pending[0]}..{pending[-1]} are certified but not anchored yet.")
-        return EXIT_PENDING
-    print(f"VERDICT: VALID. All {args.to_height - args.from_height + 1} blocks are certified and anchored.")
-    return EXIT_OK
+        return report.verdict(
+            "VALID_SO_FAR", f"VERDICT: VALID SO FAR. Blocks {pending[0]}..{pending[-1]} are certified but not "
+            "anchored yet.", EXIT_PENDING, pending_heights=[pending[0], pending[-1]])
+    return report.verdict(
+        "VALID", f"VERDICT: VALID. All {args.to_height - args.from_height + 1} blocks are certified and anchored.",
+        EXIT_OK)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -562,6 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--deployment", help="deployment JSON naming the contracts (recommended)")
         sub.add_argument("--confirmations", type=int, default=0,
                          help="count a root only once it is this many blocks below the chain head")
+        sub.add_argument("--json", action="store_true", help="print one JSON document (checks and verdict)")
     return parser
 
 
@@ -577,8 +606,15 @@ def audit_main(argv: list[str]) -> int:
     try:
         return _cmd_verify(args) if args.command == "verify" else _cmd_replay(args)
     except AuditUnavailable as exc:
-        print(f"cannot audit: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _unavailable(args, f"cannot audit: {exc}")
     except (RequestException, Web3Exception, OSError) as exc:  # the RPC failed in the middle of the audit
-        print(f"cannot audit: RPC {args.rpc} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _unavailable(args, f"cannot audit: RPC {args.rpc} failed: {type(exc).__name__}: {exc}")
+
+
+def _unavailable(args: argparse.Namespace, message: str) -> int:
+    """No verdict could be reached: the reason on stderr (and as JSON with `--json`)."""
+    if args.json:
+        print(json.dumps({"command": args.command, "verdict": "UNAVAILABLE", "exit_code": EXIT_USAGE,
+                          "error": message.removeprefix("cannot audit: ")}, indent=2))
+    print(message, file=sys.stderr)
+    return EXIT_USAGE

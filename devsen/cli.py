@@ -1,5 +1,5 @@
 """The `devsen` command: run a node or a local devnet, manage keys, deploy contracts, act as
-a wallet, audit events against the chain.
+a wallet, audit events against the chain, show a node's status.
 
 Subcommands import their implementation lazily, so `devsen --help` is instant. A
 subcommand whose implementation is absent says so and exits 2; nothing pretends to work.
@@ -22,7 +22,8 @@ EXIT_NOT_BUILT = 2
 # subcommand -> (module, function taking argv and returning an exit code, one-line help)
 DELEGATED: dict[str, tuple[str, str, str]] = {
     "devnet": ("devsen.devnet", "devnet_main",
-               "start a local multi-node network on a local chain (anvil) and keep it running"),
+               "start a local multi-node network on a local chain (anvil) and keep it running; "
+               "`devsen devnet status`, `devsen devnet node stop|start|restart N`"),
     "chain": ("anchoring.chain.deploy", "deploy_main",
               "chain tools: `devsen chain deploy --rpc URL --validators ... --out deployment.json`"),
     "wallet": ("devsen.wallet", "wallet_main",
@@ -100,6 +101,62 @@ def _cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def format_node_status(status: dict[str, Any]) -> str:
+    """`devsen status` for people: what a node sees, one line per concern."""
+    from devsen.fmt import duration
+
+    def get(*path: str, default: Any = "-") -> Any:
+        value: Any = status
+        for key in path:
+            if not isinstance(value, dict) or key not in value:
+                return default
+            value = value[key]
+        return value
+
+    seen = get("validators_seen", default=[])
+    validator_set = get("validator_set", default=[])
+    unreachable = get("peers", "unreachable", default=[])
+    head, agreed, lag = get("chain", "head"), get("chain", "agreed_block"), get("chain", "lag_blocks")
+    consensus = get("consensus", default={})
+    lines = [
+        f"node        {get('node')}  validator {get('validator')}  up {duration(float(get('uptime_s', default=0)))}",
+        f"height      {get('committed_height')}  (epoch {get('epoch')}, round {consensus.get('round', '-')}, "
+        f"mempool {consensus.get('mempool', '-')}, state {str(get('app_state_hash'))[:18]}...)",
+        f"peers       {get('peers', 'connected')} connected"
+        + (f"; unreachable: {', '.join(unreachable)}" if unreachable else ""),
+        f"validators  {len(seen)} of {len(validator_set) or get('validators')} seen (self + linked): "
+        + ", ".join(seen),
+        f"chargers    {get('chargers_connected')} connected",
+        f"pending     anchors {get('pending', 'anchors')}, settlements {get('pending', 'settlements')} "
+        f"(quorums waiting for their transaction); own attestations {get('pending', 'own_attestations')}",
+        f"chain       head {head}, agreed block {agreed}, lag {lag} blocks "
+        f"(reads wait {get('chain', 'confirmations')} confirmations); RPC {get('chain', 'rpc')}",
+        f"peer id     {get('peer_id')}",
+    ]
+    return "\n".join(lines)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    import trio
+
+    from devsen.http_api import http_get_json
+
+    url = args.node.rstrip("/")
+    try:
+        code, body = trio.run(http_get_json, url + "/v1/status", args.timeout)
+    except (OSError, ValueError, IndexError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+        print(f"devsen status: {url} did not answer ({type(exc).__name__}: {exc}); is the node running? "
+              "(`devsen devnet status` lists a devnet's HTTP URLs)", file=sys.stderr)
+        return 1
+    if code != 200 or not isinstance(body, dict):
+        print(f"devsen status: {url}/v1/status answered {code}: {body}", file=sys.stderr)
+        return 1
+    print(json.dumps(body, indent=2) if args.json else format_node_status(body))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `devsen` (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(
@@ -125,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("keys_command", choices=("init", "show"))
     keys.add_argument("--dir", required=True, help="key directory (the node's keys.dir)")
     keys.set_defaults(handler=_cmd_keys)
+
+    status = sub.add_parser("status", help="what a running node sees: `devsen status --node http://HOST:HTTP_PORT`")
+    status.add_argument("--node", required=True, help="the node's HTTP API URL")
+    status.add_argument("--json", action="store_true", help="the node's /v1/status document as is")
+    status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
+    status.set_defaults(handler=_cmd_status)
 
     for name, (_, _, help_text) in DELEGATED.items():
         delegated = sub.add_parser(name, help=help_text, add_help=False)

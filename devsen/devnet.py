@@ -13,12 +13,21 @@
    commits, anchors and settles it; the StopTransaction event is then audited against the
    chain through node 3 (`devsen audit verify`), and the escrow payout is shown.
 
-It runs until Ctrl-C (or `--duration`), then stops every process it started, by pid.
+Start-up prints a progress line per step with the seconds elapsed. Once the contracts are
+deployed, `DIR/devnet.json` holds everything needed next (chain URL, deployment, each node's
+OCPP/HTTP URLs, pids and logs, and two named dev accounts, a manager and a driver, whose
+keys are in `DIR/accounts/`); `devsen devnet status` shows it and `devsen devnet node
+stop|start|restart N` controls one node (devsen/devnet_state.py).
+
+It runs until Ctrl-C, SIGTERM (or `--duration`), then stops every process it started, by
+pid, including nodes restarted since, and prints "stopped N processes".
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import logging
 import os
 import shutil
@@ -26,6 +35,8 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +52,7 @@ from anchoring.chain import (
     connect,
     deploy_all,
 )
-from anchoring.chain.anvil import AnvilProcess, start_anvil
+from anchoring.chain.anvil import AnvilError, AnvilProcess, start_anvil
 from anchoring.chain.client import SessionStatus
 from anchoring.chain.deploy import fund_devnet_accounts
 from devsen.config import (
@@ -57,6 +68,21 @@ from devsen.config import (
     config_to_toml,
 )
 from devsen.demo_charger import connect_demo_charger
+from devsen.devnet_state import (
+    ANVIL_MNEMONIC,
+    DEV_ACCOUNTS,
+    STATE_VERSION,
+    DevnetStateError,
+    load_state,
+    pid_alive,
+    reap_child,
+    state_main,
+    state_path,
+    terminate_pids,
+    update_state,
+    write_state,
+)
+from devsen.fmt import iso_time, token_amount
 from devsen.http_api import http_get_json
 from devsen.ledger.chain import MAX_POWER_W
 from devsen.logs import setup_logging
@@ -73,6 +99,8 @@ DEMO_PRICE_PER_KWH = 300_000
 CHAIN_ID = 31337
 STARTUP_TIMEOUT_S = 90.0
 ANCHOR_TIMEOUT_S = 120.0
+DEV_DRIVER_TOKENS = 100 * 10**6  # minted to the named dev driver account
+DEFAULT_DIR = Path("devnet-data").absolute()
 
 
 @dataclass
@@ -181,10 +209,11 @@ def stop_process(process: subprocess.Popen[bytes] | None, timeout_s: float = 10.
         process.wait(timeout=timeout_s)
 
 
-async def wait_until_serving(nodes: list[DevnetNode]) -> None:
-    """Wait until every node answers /v1/status; a node process exiting early is an error."""
+async def wait_until_serving(nodes: list[DevnetNode], on_progress: Callable[[str], None] | None = None) -> None:
+    """Wait until every node answers /v1/status; a node process exiting early is an error.
+    `on_progress` hears how many serve each time that number grows."""
     with trio.fail_after(STARTUP_TIMEOUT_S):
-        for node in nodes:
+        for served, node in enumerate(nodes):
             while True:
                 assert node.process is not None
                 if node.process.poll() is not None:
@@ -193,9 +222,11 @@ async def wait_until_serving(nodes: list[DevnetNode]) -> None:
                     status, _ = await http_get_json(node.http_url + "/v1/status", timeout=2)
                     if status == 200:
                         break
-                except (OSError, trio.TooSlowError, ValueError):
+                except (OSError, trio.TooSlowError, ValueError, IndexError, trio.BrokenResourceError):
                     pass
                 await trio.sleep(0.25)
+            if on_progress is not None:
+                on_progress(f"{served + 1}/{len(nodes)} nodes serving their HTTP API")
 
 
 async def run_demo(nodes: list[DevnetNode], anvil: AnvilProcess, deployment_path: Path,
@@ -208,7 +239,7 @@ async def run_demo(nodes: list[DevnetNode], anvil: AnvilProcess, deployment_path
         result = await charger.charge_session(DEMO_ID_TAG, connector=1, meter_start_wh=1_000, meter_stop_wh=13_000)
         stop_message_id = charger.sent[-1][0]
     for step, reply in result.items():
-        print(f"[demo] {step:<9} -> {reply}")
+        print(f"[demo] {step:<9} -> {json.dumps(reply)}")
     status, found = await http_get_json(f"{entry.http_url}/v1/chargers/{DEMO_CHARGER}/messages/{stop_message_id}")
     if status != 200:
         print(f"[demo] could not find the StopTransaction event: {found}")
@@ -236,57 +267,214 @@ async def run_demo(nodes: list[DevnetNode], anvil: AnvilProcess, deployment_path
                 break
             await trio.sleep(1.0)
     if session is not None and session.status == SessionStatus.SETTLED:
-        print(f"[demo] escrow session settled on chain: {session.energy_wh} Wh, paid {session.settled_amount} "
-              f"to the device manager, refunded {session.deposit - session.settled_amount} to the driver")
+        print(f"[demo] escrow session settled on chain: {session.energy_wh} Wh, paid "
+              f"{token_amount(session.settled_amount)} to the device manager, refunded "
+              f"{token_amount(session.deposit - session.settled_amount)} to the driver")
     else:
         print("[demo] escrow session not settled in time")
     return verdict == 0 and session is not None and session.status == SessionStatus.SETTLED
 
 
+def seed_dev_accounts(anvil: AnvilProcess, deployment: Deployment, root: Path) -> dict[str, dict[str, Any]]:
+    """The named dev accounts (anvil keys the demo never uses): key files under
+    `root/accounts/`, and tokens for the driver so it can open a session at once."""
+    from eth_account import Account
+
+    w3 = connect(anvil.url)
+    deployer = TransactionSender(w3, anvil.dev_keys[0])
+    accounts: dict[str, dict[str, Any]] = {}
+    (root / "accounts").mkdir(exist_ok=True)
+    for role, index in DEV_ACCOUNTS.items():
+        if index >= len(anvil.dev_keys):
+            continue
+        key = anvil.dev_keys[index]
+        key_file = root / "accounts" / f"{role}.key"
+        key_file.write_text(key + "\n")
+        key_file.chmod(0o600)
+        accounts[role] = {"index": index, "address": Account.from_key(key).address, "private_key": key,
+                          "key_file": str(key_file)}
+    if "driver" in accounts:
+        fund_devnet_accounts(deployer, deployment, [accounts["driver"]["address"]], eth_wei=0,
+                             tokens=DEV_DRIVER_TOKENS)
+        accounts["driver"]["tokens_minted"] = DEV_DRIVER_TOKENS
+    return accounts
+
+
+def devnet_state(root: Path, anvil: AnvilProcess, deployment: Deployment, deployment_path: Path,
+                 nodes: list[DevnetNode], accounts: dict[str, dict[str, Any]], seeded: dict[str, Any],
+                 started_at: float) -> dict[str, Any]:
+    """The content of `devnet.json` (devsen/devnet_state.py reads it)."""
+    return {
+        "version": STATE_VERSION,
+        "dir": str(root),
+        "supervisor": {"pid": os.getpid(), "started_at": iso_time(round(started_at)),
+                       "started_at_unix": round(started_at, 3)},
+        "chain": {"rpc": anvil.url, "chain_id": CHAIN_ID, "anvil_pid": anvil.pid, "log": str(anvil.log_path),
+                  "mnemonic": ANVIL_MNEMONIC},
+        "deployment_file": str(deployment_path),
+        "deployment": json.loads(deployment_path.read_text()),
+        "nodes": [{
+            "index": node.index, "name": node.config.node.name,
+            "validator": "0x" + node.keys.validator.address.hex(), "peer_id": node.keys.peer_id.to_base58(),
+            "ocpp_url": node.ocpp_url, "ocpp_url_template": node.ocpp_url + "/{chargeBoxId}",
+            "http_url": node.http_url, "p2p": f"{node.config.p2p.listen}/p2p/{node.keys.peer_id.to_base58()}",
+            "pid": node.process.pid if node.process is not None else None,
+            "config": str(node.config_path), "data_dir": node.config.node.data_dir, "log": str(node.log_path),
+        } for node in nodes],
+        "accounts": accounts,
+        "demo": {"charger": DEMO_CHARGER, "password": DEMO_PASSWORD, "id_tag": DEMO_ID_TAG,
+                 "connector": 1, "session_id": "0x" + seeded["session_id"].hex(),
+                 "accounts": {"deployer": 0, "manager": 1, "driver": 2}} if seeded else None,
+    }
+
+
+class Progress:
+    """Start-up progress lines: `[  12.3s] what is being done`."""
+
+    def __init__(self) -> None:
+        self.began = time.monotonic()
+
+    def __call__(self, message: str) -> None:
+        print(f"[{time.monotonic() - self.began:6.1f}s] {message}", flush=True)
+
+
+class StopRequested(BaseException):
+    """SIGINT or SIGTERM during the synchronous set-up (before trio runs)."""
+
+
+_stop_signal: list[int] = []
+_in_trio = [False]  # inside trio.run, trio's signal receiver takes SIGINT/SIGTERM
+_held = [False]  # a process is being started: the request is acted on right after
+
+
+def _on_stop_signal(signum: int, frame: Any) -> None:
+    _stop_signal.append(signum)
+    if len(_stop_signal) == 1 and not _in_trio[0] and not _held[0]:
+        raise StopRequested(signum)
+
+
 async def _serve(nodes: list[DevnetNode], anvil: AnvilProcess, deployment_path: Path, seeded: dict[str, Any],
-                 demo: bool, duration_s: float | None) -> bool:
-    """Run the devnet until `duration_s` passes or SIGTERM/Ctrl-C arrives; True if the demo passed."""
+                 demo: bool, duration_s: float | None, progress: Progress) -> bool:
+    """Run the devnet until `duration_s` passes or SIGINT/SIGTERM arrives; True if the demo passed."""
     outcome = [True]
-    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
 
-            async def stop_on_sigterm() -> None:
-                async for _ in signals:
-                    print("SIGTERM: stopping the devnet")
+            async def stop_on_signal() -> None:
+                async for signum in signals:
+                    _stop_signal.append(signum)
+                    print(f"\n{signal.Signals(signum).name}: stopping the devnet", flush=True)
                     nursery.cancel_scope.cancel()
 
+            async def reap_children() -> None:
+                while True:  # nodes stopped by `devsen devnet node stop` leave no zombie here
+                    for node in nodes:
+                        if node.process is not None:
+                            node.process.poll()
+                    await trio.sleep(1.0)
+
             async def run() -> None:
-                outcome[0] = await _run_devnet(nodes, anvil, deployment_path, seeded, demo, duration_s)
+                outcome[0] = await _run_devnet(nodes, anvil, deployment_path, seeded, demo, duration_s, progress)
                 nursery.cancel_scope.cancel()
 
-            nursery.start_soon(stop_on_sigterm)
-            nursery.start_soon(run)
+            nursery.start_soon(stop_on_signal)
+            nursery.start_soon(reap_children)
+            if not _stop_signal:
+                nursery.start_soon(run)
+            else:
+                nursery.cancel_scope.cancel()
     return outcome[0]
 
 
 async def _run_devnet(nodes: list[DevnetNode], anvil: AnvilProcess, deployment_path: Path,
-                      seeded: dict[str, Any], demo: bool, duration_s: float | None) -> bool:
-    await wait_until_serving(nodes)
+                      seeded: dict[str, Any], demo: bool, duration_s: float | None, progress: Progress) -> bool:
+    progress(f"waiting for the {len(nodes)} nodes to serve (each loads its keys and chain view and dials its peers)")
+    await wait_until_serving(nodes, on_progress=progress)
+    root = deployment_path.parent
+    progress(f"devnet up; state in {state_path(root)}")
     print(f"\nDEVSEN devnet is up: chain {anvil.url} (chain id {CHAIN_ID}), deployment {deployment_path}")
     for node in nodes:
         print(f"  node {node.index}: OCPP {node.ocpp_url}/{{chargeBoxId}}  HTTP {node.http_url}  "
               f"validator 0x{node.keys.validator.address.hex()}  log {node.log_path}")
     print(f"  demo charger: id {DEMO_CHARGER}, Basic-auth password {DEMO_PASSWORD!r}; idTag {DEMO_ID_TAG} "
           f"has an open prepaid session on connector 1")
+    dir_arg = "" if root == DEFAULT_DIR else f" --dir {root}"
+    print(f"  everything above, pids and the dev accounts' keys: devsen devnet status{dir_arg}  ({state_path(root)})")
     ok = True
     if demo:
         ok = await run_demo(nodes, anvil, deployment_path, seeded)
-        print(f"[demo] {'PASSED' if ok else 'FAILED'}")
+        print(f"[demo] {'PASSED' if ok else 'FAILED'}", flush=True)
     if duration_s is None:
-        print("Running; Ctrl-C stops every process started here.")
+        print("Running; Ctrl-C stops every process started here.", flush=True)
         await trio.sleep_forever()
     else:
         await trio.sleep(duration_s)
     return ok
 
 
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Defer a stop request while a child process is started and recorded (no pid is lost).
+    Not a signal mask: children would inherit it and ignore SIGTERM."""
+    _held[0] = True
+    try:
+        yield
+    finally:
+        _held[0] = False
+    if _stop_signal:
+        raise StopRequested(_stop_signal[0])
+
+
+def _running_devnet(root: Path) -> int | None:
+    """The pid of a devnet still running from `root`, if any."""
+    try:
+        state = load_state(root)
+    except DevnetStateError:
+        return None
+    pid = state.get("supervisor", {}).get("pid")
+    return pid if pid != os.getpid() and pid_alive(pid, "devnet") else None
+
+
+def stop_leftovers(root: Path) -> int:
+    """Stop the processes a devnet that died without cleaning up (kill -9) left running
+    from `root`, by the pids of its state file; returns how many."""
+    try:
+        state = load_state(root)
+    except DevnetStateError:
+        return 0
+    targets = [(entry["pid"], entry["config"]) for entry in state.get("nodes", []) if entry.get("pid")]
+    if state.get("chain", {}).get("anvil_pid"):
+        targets.append((state["chain"]["anvil_pid"], "anvil"))
+    return terminate_pids(targets, reap=reap_child)
+
+
+def _stop_all(root: Path, nodes: list[DevnetNode], anvil: AnvilProcess | None) -> int:
+    """Stop every node (the pids in the state file: a node restarted by `devsen devnet node
+    start` is not our child) and anvil; returns how many processes were still running."""
+    targets: dict[int, str] = {}
+    for node in nodes:
+        if node.process is not None:
+            targets[node.process.pid] = str(node.config_path)
+    try:
+        for entry in load_state(root)["nodes"]:
+            if entry.get("pid"):
+                targets[entry["pid"]] = entry["config"]
+    except (DevnetStateError, KeyError, TypeError):
+        pass
+    stopped = terminate_pids(list(targets.items()), reap=reap_child)
+    for node in nodes:
+        if node.process is not None:
+            node.process.poll()
+    if anvil is not None:
+        stopped += terminate_pids([(anvil.pid, "anvil")], reap=reap_child)
+        anvil.process.poll()
+    return stopped
+
+
 def devnet_main(argv: list[str]) -> int:
     """Entry point of `devsen devnet`."""
+    if argv and argv[0] in ("status", "node"):
+        return state_main(argv)
     parser = argparse.ArgumentParser(prog="devsen devnet", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nodes", type=int, default=4, help="validator nodes (>= 1; 4 tolerates one fault)")
@@ -296,28 +484,73 @@ def devnet_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if not 1 <= args.nodes <= 16:
         parser.error("--nodes must be in 1..16")
+    args.dir = args.dir.absolute()  # configs and the state file hold absolute paths: any cwd can use them
+    running = _running_devnet(args.dir)
+    if running is not None:
+        print(f"devsen devnet: a devnet is already running from {args.dir} (pid {running}); stop it first "
+              f"(Ctrl-C in its terminal, or `kill {running}`), or pass another --dir", file=sys.stderr)
+        return 1
+    leftovers = stop_leftovers(args.dir)
+    if leftovers:
+        print(f"stopped {leftovers} process{'es' if leftovers != 1 else ''} left running by an earlier devnet "
+              f"in {args.dir}", flush=True)
     setup_logging("INFO", "text")
-
-    def stop_on_sigterm(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt  # during set-up: the cleanup below stops what was started
-
-    signal.signal(signal.SIGTERM, stop_on_sigterm)
-    if args.dir.exists():
-        shutil.rmtree(args.dir)
-    args.dir.mkdir(parents=True)
-    deployment_path = args.dir / "deployment.json"
-    anvil = start_anvil(args.dir / "anvil.log", chain_id=CHAIN_ID, block_time_s=1)
+    _stop_signal.clear()
+    signal.signal(signal.SIGTERM, _on_stop_signal)
+    signal.signal(signal.SIGINT, _on_stop_signal)
+    progress = Progress()
+    started_at = time.time()
+    anvil: AnvilProcess | None = None
     nodes: list[DevnetNode] = []
+    ok = True
     try:
+        if args.dir.exists():
+            shutil.rmtree(args.dir)
+        args.dir.mkdir(parents=True)
+        deployment_path = args.dir / "deployment.json"
+        progress("starting the chain (anvil, one block per second)")
+        with _signals_held():  # a stop request waits until anvil's pid is known
+            anvil = start_anvil(args.dir / "anvil.log", chain_id=CHAIN_ID, block_time_s=1)
+        progress(f"chain at {anvil.url} (pid {anvil.pid}); creating keys for {args.nodes} validators")
         nodes = prepare_nodes(args.dir, args.nodes, deployment_path, anvil.url)
-        _, seeded = deploy_network(anvil, nodes, deployment_path)
-        for node in nodes:
-            start_node_process(node)
-        ok = trio.run(_serve, nodes, anvil, deployment_path, seeded, args.demo, args.duration)
-        return 0 if ok else 1
-    except KeyboardInterrupt:
-        return 0
+        progress("deploying the contracts with those validators and seeding the demo charger, driver and "
+                 "escrow session (one transaction per block: about 20 s)")
+        deployment, seeded = deploy_network(anvil, nodes, deployment_path)
+        progress(f"funding the dev accounts #{DEV_ACCOUNTS['manager']} (manager) and "
+                 f"#{DEV_ACCOUNTS['driver']} (driver)")
+        accounts = seed_dev_accounts(anvil, deployment, args.dir)
+        progress(f"starting {len(nodes)} node processes")
+        with _signals_held():  # every pid is recorded before a stop request is acted on
+            for node in nodes:
+                start_node_process(node)
+            write_state(args.dir, devnet_state(args.dir, anvil, deployment, deployment_path, nodes, accounts,
+                                               seeded, started_at))
+        _in_trio[0] = True
+        try:
+            ok = trio.run(_serve, nodes, anvil, deployment_path, seeded, args.demo, args.duration, progress)
+        finally:
+            _in_trio[0] = False
+    except StopRequested as stop:
+        print(f"\n{signal.Signals(stop.args[0]).name}: stopping the devnet", flush=True)
+    except (RuntimeError, AnvilError, trio.TooSlowError, DevnetStateError) as exc:
+        print(f"devsen devnet: start-up failed: {exc or 'timed out'} (logs in {args.dir})", file=sys.stderr)
+        ok = False
     finally:
-        for node in nodes:
-            stop_process(node.process)
-        anvil.stop()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        count = _stop_all(args.dir, nodes, anvil)
+        with contextlib.suppress(DevnetStateError, OSError):
+            update_state(args.dir, _mark_stopped)
+        print(f"stopped {count} process{'es' if count != 1 else ''}", flush=True)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if _stop_signal:
+        return 0
+    return 0 if ok else 1
+
+
+def _mark_stopped(state: dict[str, Any]) -> None:
+    state["supervisor"]["stopped_at"] = iso_time(round(time.time()))
+    for entry in state["nodes"]:
+        entry["pid"] = None
+    state["chain"]["anvil_pid"] = None

@@ -35,7 +35,7 @@ from anchoring.chain import (
 )
 from anchoring.onchain import OnChain
 from anchoring.proofs import AnchorIndex, ProofService, http_routes
-from anchoring.submitter import JobStore, Submitter, SubmitterConfig
+from anchoring.submitter import ANCHOR, SETTLEMENT, JobStore, Submitter, SubmitterConfig
 from consensus.abci import FinalizeResult, TxResult
 from consensus.core import TimeoutConfig
 from consensus.types import Block, ValidatorSet
@@ -417,8 +417,24 @@ def build_router(parts: NodeParts) -> Router:
     for template, handler in http_routes(proofs).items():
         router.get(template, handler)
 
+    async def chain_head() -> int | None:
+        """The chain head (cached up to 2 s; read off the event loop, bounded)."""
+        with trio.move_on_after(2.0):
+            try:
+                return await trio.to_thread.run_sync(lambda: parts.app.chain.head(max_age_s=2.0),
+                                                     abandon_on_cancel=True)  # type: ignore[call-arg]
+            except Exception:  # the RPC is down: status still answers
+                return None
+        return None
+
     async def status(_: dict[str, str]) -> tuple[int, Any]:
         service = parts.service
+        stats = service.stats()
+        p2p = stats.get("p2p", {})
+        pending_kinds = [job["kind"] for job in parts.submitter.status()["pending"]]
+        head = await chain_head()
+        agreed = parts.app.last_eth_block
+        me = "0x" + parts.keys.validator.address.hex()
         return 200, {
             "node": parts.config.node.name,
             "validator": "0x" + parts.keys.validator.address.hex(),
@@ -433,6 +449,17 @@ def build_router(parts: NodeParts) -> Router:
             "own_attestations_pending": len(parts.outbox.pending),
             "submitter": parts.submitter.status(),
             "uptime_s": round(time.time() - parts.started_at, 1),
+            "height": service.committed_height,
+            "peers": {"connected": p2p.get("peers_connected", 0), "unreachable": p2p.get("peers_unreachable", []),
+                      "linked_validators": p2p.get("linked_validators", 0)},
+            "validators_seen": sorted({me, *p2p.get("linked_validator_addresses", [])}),
+            "validator_set": ["0x" + v.hex() for v in parts.app.validators],
+            "pending": {"anchors": pending_kinds.count(ANCHOR), "settlements": pending_kinds.count(SETTLEMENT),
+                        "submissions": parts.submitter.status()["pending_count"],
+                        "own_attestations": len(parts.outbox.pending)},
+            "chain": {"rpc": parts.config.chain.rpc, "head": head, "agreed_block": agreed,
+                      "lag_blocks": head - agreed if head is not None else None,
+                      "confirmations": parts.config.chain.confirmations},
         }
 
     async def ledger_state(params: dict[str, str]) -> tuple[int, Any]:

@@ -12,6 +12,10 @@
     session SESSION_ID                 show an escrow session
     balance                            show your ETH and ChargeToken balances
 
+Ids are printed as 0x hex, token amounts in DCT with the base units alongside (1 DCT =
+10^6 units), times in ISO 8601 UTC, statuses by name. `--json` (before or after the
+command) prints one JSON document instead, for scripts.
+
 The key is read from --key-file (hex) or $DEVSEN_WALLET_KEY. Errors from the contracts are
 shown by their custom error names.
 """
@@ -34,7 +38,10 @@ from anchoring.chain import (
     connect,
     new_auth_credential,
 )
-from anchoring.chain.client import DEFAULT_MAX_POWER_W
+from anchoring.chain.client import DEFAULT_MAX_POWER_W, EscrowSession
+from anchoring.chain.transact import Receipt
+from devsen.fmt import dumps, eth_amount, hex0x, iso_time, token_amount
+from devsen.ledger.chain import session_token
 
 KEY_ENV = "DEVSEN_WALLET_KEY"
 ROLE_DRIVER, ROLE_DEVICE_MANAGER = 1, 2
@@ -49,11 +56,11 @@ def open_wallet(rpc: str, deployment_path: str | Path, key_hex: str) -> ChainCli
 
 def create_device(client: ChainClient, charge_box_id: str, password: str, *, connectors: int = 2,
                   price_per_kwh: int = 300_000, per_minute_fee: int = 0, location: str = "",
-                  max_power_w: int = DEFAULT_MAX_POWER_W) -> None:
+                  max_power_w: int = DEFAULT_MAX_POWER_W) -> Receipt:
     """Register a charger; its OCPP password is stored only as a salted scrypt hash.
     `max_power_w` (per connector, 1..4,000,000 W) bounds the energy the ledger settles."""
     salt, auth_hash = new_auth_credential(password)
-    client.create_device(charge_box_id, location=location, connector_count=connectors,
+    return client.create_device(charge_box_id, location=location, connector_count=connectors,
                          price_per_kwh=price_per_kwh, per_minute_fee=per_minute_fee,
                          auth_salt=salt, auth_hash=auth_hash, max_power_w=max_power_w)
 
@@ -66,13 +73,18 @@ def open_prepaid_session(client: ChainClient, charge_box_id: str, connector: int
     return session_id
 
 
+ROLE_NAMES = {ROLE_DRIVER: "driver", ROLE_DEVICE_MANAGER: "device manager"}
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="devsen wallet", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rpc", required=True, help="Ethereum JSON-RPC URL")
     parser.add_argument("--deployment", required=True, help="deployment file of the network")
     parser.add_argument("--key-file", help=f"file holding the account key (hex); else ${KEY_ENV}")
+    parser.add_argument("--json", action="store_true", help="print one JSON document (for scripts)")
     sub = parser.add_subparsers(dest="command", required=True)
+    commands = []
     roles = sub.add_parser("roles")
     roles.add_argument("--driver", action="store_true")
     roles.add_argument("--manager", action="store_true")
@@ -89,17 +101,20 @@ def _parser() -> argparse.ArgumentParser:
     tag.add_argument("id_tag")
     tag.add_argument("--expiry", type=int, default=0, help="unix seconds, 0 = never")
     faucet = sub.add_parser("faucet")
-    faucet.add_argument("amount", type=int)
+    faucet.add_argument("amount", type=int, help="token base units (1 DCT = 1000000)")
     session = sub.add_parser("open-session")
     session.add_argument("charge_box_id")
     session.add_argument("--connector", type=int, required=True)
     session.add_argument("--id-tag", required=True)
-    session.add_argument("--deposit", type=int, required=True)
+    session.add_argument("--deposit", type=int, required=True, help="token base units (1 DCT = 1000000)")
     refund = sub.add_parser("refund")
     refund.add_argument("session_id")
     show = sub.add_parser("session")
     show.add_argument("session_id")
-    sub.add_parser("balance")
+    balance = sub.add_parser("balance")
+    commands += [roles, device, tag, faucet, session, refund, show, balance]
+    for command in commands:  # `--json` also after the command
+        command.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
@@ -112,41 +127,125 @@ def _key(args: argparse.Namespace) -> str:
 
 
 def _session_id(text: str) -> bytes:
-    raw = bytes.fromhex(text.removeprefix("0x"))
+    try:
+        raw = bytes.fromhex(text.removeprefix("0x"))
+    except ValueError:
+        raw = b""
     if len(raw) != 32:
-        raise ValueError("a session id is 32 bytes of hex")
+        raise ValueError(f"{text!r} is not a session id (0x + 64 hex digits)")
     return raw
 
 
-def _run(args: argparse.Namespace, client: ChainClient) -> Any:
+def _tx(receipt: Receipt) -> dict[str, Any]:
+    return {"tx_hash": hex0x(receipt.tx_hash), "block": receipt.block_number, "gas_used": receipt.gas_used}
+
+
+def _tx_line(receipt: Receipt) -> str:
+    return f"tx {hex0x(receipt.tx_hash)} in block {receipt.block_number}"
+
+
+def session_document(client: ChainClient, session: EscrowSession) -> dict[str, Any]:
+    """An escrow session as JSON-ready values (hex ids, status name, amounts in base units)."""
+    device = client.device_by_id(session.device_id, "latest")
+    return {
+        "session_id": hex0x(session.session_id),
+        "status": session.status.name,
+        "driver": session.driver,
+        "device_id": hex0x(session.device_id),
+        "charge_box_id": device.charge_box_id if device is not None else None,
+        "connector": session.connector_id,
+        "id_tag_hash": hex0x(session.id_tag_hash),
+        "session_token": session_token(session.session_id),
+        "deposit_units": session.deposit,
+        "settled_units": session.settled_amount,
+        "refunded_units": {"SETTLED": session.deposit - session.settled_amount,
+                           "REFUNDED": session.deposit}.get(session.status.name, 0),
+        "energy_wh": session.energy_wh,
+        "opened_at": iso_time(session.opened_at),
+        "opened_at_unix": session.opened_at,
+    }
+
+
+def format_session(doc: dict[str, Any]) -> str:
+    """`devsen wallet session` for people."""
+    where = f"{doc['charge_box_id']} connector {doc['connector']}" if doc["charge_box_id"] else \
+        f"device {doc['device_id']} connector {doc['connector']}"
+    lines = [
+        f"session   {doc['session_id']}",
+        f"status    {doc['status']}",
+        f"charger   {where}",
+        f"driver    {doc['driver']}",
+        f"opened    {doc['opened_at']}",
+        f"deposit   {token_amount(doc['deposit_units'])}",
+    ]
+    if doc["status"] == "SETTLED":
+        lines += [f"energy    {doc['energy_wh']} Wh",
+                  f"paid      {token_amount(doc['settled_units'])} to the device manager",
+                  f"refunded  {token_amount(doc['refunded_units'])} to the driver"]
+    elif doc["status"] == "REFUNDED":
+        lines.append(f"refunded  {token_amount(doc['refunded_units'])} to the driver")
+    elif doc["status"] == "OPEN":
+        lines.append(f"token     {doc['session_token']} (the idTag the charger gets in its remote start)")
+    lines.append(f"idTag     hash {doc['id_tag_hash']}")
+    return "\n".join(lines)
+
+
+def _run(args: argparse.Namespace, client: ChainClient) -> tuple[str, dict[str, Any]]:
+    """Carry out the command; returns (text for people, JSON document)."""
     me = client.sender.address if client.sender else ""
     if args.command == "roles":
         roles = (ROLE_DRIVER if args.driver else 0) | (ROLE_DEVICE_MANAGER if args.manager else 0)
         if not roles:
             raise ValueError("give --driver and/or --manager")
-        client.register_roles(roles)
-        return f"roles {roles} registered for {me}"
+        receipt = client.register_roles(roles)
+        names = [name for bit, name in ROLE_NAMES.items() if roles & bit]
+        return (f"{me} registered as {' and '.join(names)}; {_tx_line(receipt)}",
+                {"account": me, "roles": names, "roles_bits": roles, **_tx(receipt)})
     if args.command == "create-device":
-        create_device(client, args.charge_box_id, args.password, connectors=args.connectors,
-                      price_per_kwh=args.price_per_kwh, per_minute_fee=args.per_minute_fee, location=args.location,
-                      max_power_w=args.max_power_w)
-        return f"device {args.charge_box_id} created, managed by {me}"
+        receipt = create_device(client, args.charge_box_id, args.password, connectors=args.connectors,
+                                price_per_kwh=args.price_per_kwh, per_minute_fee=args.per_minute_fee,
+                                location=args.location, max_power_w=args.max_power_w)
+        return (f"device {args.charge_box_id} created, managed by {me}: {args.connectors} connectors, "
+                f"{token_amount(args.price_per_kwh)} per kWh, max {args.max_power_w} W; {_tx_line(receipt)}",
+                {"charge_box_id": args.charge_box_id, "manager": me, "connectors": args.connectors,
+                 "price_per_kwh_units": args.price_per_kwh, "per_minute_fee_units": args.per_minute_fee,
+                 "max_power_w": args.max_power_w, **_tx(receipt)})
     if args.command == "register-idtag":
-        client.register_id_tag(args.id_tag, args.expiry)
-        return f"idTag registered (as its keccak-256) for {me}"
+        receipt = client.register_id_tag(args.id_tag, args.expiry)
+        return (f"idTag {args.id_tag} registered for {me} (stored as its keccak-256), expires "
+                f"{iso_time(args.expiry)}; {_tx_line(receipt)}",
+                {"account": me, "id_tag": args.id_tag, "expiry": iso_time(args.expiry),
+                 "expiry_unix": args.expiry, **_tx(receipt)})
     if args.command == "faucet":
-        client.faucet_mint(me, args.amount)
-        return f"minted {args.amount} to {me}"
+        receipt = client.faucet_mint(me, args.amount)
+        return (f"minted {token_amount(args.amount)} to {me}; {_tx_line(receipt)}",
+                {"account": me, "minted_units": args.amount, **_tx(receipt)})
     if args.command == "open-session":
-        session_id = open_prepaid_session(client, args.charge_box_id, args.connector, args.id_tag, args.deposit)
-        return f"session 0x{session_id.hex()} opened with deposit {args.deposit}"
+        client.approve(client.deployment.escrow, args.deposit)
+        session_id, receipt = client.open_session(args.charge_box_id, args.connector, args.id_tag, args.deposit)
+        token = session_token(session_id)
+        return (f"session {hex0x(session_id)} opened at {args.charge_box_id} connector {args.connector} with "
+                f"deposit {token_amount(args.deposit)}; {_tx_line(receipt)}\n"
+                f"the node the charger is connected to sends it a remote start with idTag {token}; "
+                f"or present idTag {args.id_tag} at the charger",
+                {"session_id": hex0x(session_id), "session_token": token, "charge_box_id": args.charge_box_id,
+                 "connector": args.connector, "deposit_units": args.deposit, **_tx(receipt)})
     if args.command == "refund":
-        client.refund(_session_id(args.session_id))
-        return "refunded"
+        session_id = _session_id(args.session_id)
+        receipt = client.refund(session_id)
+        return (f"session {hex0x(session_id)} refunded to {me}; {_tx_line(receipt)}",
+                {"session_id": hex0x(session_id), "refunded_to": me, **_tx(receipt)})
     if args.command == "session":
-        return repr(client.session(_session_id(args.session_id), "latest"))
+        session_id = _session_id(args.session_id)
+        session = client.session(session_id, "latest")
+        if session is None:
+            raise ValueError(f"no escrow session {hex0x(session_id)} on this chain")
+        doc = session_document(client, session)
+        return format_session(doc), doc
     eth = client.w3.eth.get_balance(Web3.to_checksum_address(me))
-    return f"{me}: {eth} wei, {client.token_balance(me, 'latest')} ChargeToken base units"
+    tokens = client.token_balance(me, "latest")
+    return (f"{me}\n  {eth_amount(eth)}\n  {token_amount(tokens)}",
+            {"account": me, "eth_wei": str(eth), "token_units": tokens})
 
 
 def wallet_main(argv: list[str]) -> int:
@@ -154,8 +253,11 @@ def wallet_main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     try:
         client = open_wallet(args.rpc, args.deployment, _key(args))
-        print(_run(args, client))
+        text, document = _run(args, client)
     except (ChainError, ValueError, OSError) as exc:
+        if args.json:
+            print(dumps({"error": str(exc), "command": args.command}))
         print(f"devsen wallet {args.command}: {exc}", file=sys.stderr)
         return 1
+    print(dumps(document) if args.json else text)
     return 0

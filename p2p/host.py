@@ -25,7 +25,7 @@ from libp2p import new_host
 from libp2p.abc import IHost, IMuxedConn, INetStream
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
-from libp2p.network.config import ConnectionConfig
+from libp2p.network.config import ConnectionConfig, RetryConfig
 from libp2p.network.connection.raw_connection import RawConnection
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
@@ -40,6 +40,7 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from p2p.envelope import DropCounters, ValidatorDirectory
 from p2p.keys import NodeKeys
+from p2p.reachability import Reachability, quiet_libp2p_dial_errors
 
 logger = logging.getLogger(__name__)
 
@@ -288,6 +289,8 @@ class PeerKeeper:
         self._backoff: dict[ID, float] = {}
         self.dial_failures = 0
         self._wake = trio.Event()
+        self.reachability = Reachability()  # log lines for peers that go and come back
+        quiet_libp2p_dial_errors()
 
     def add_target(self, peer: PeerInfo) -> None:
         """Keep a connection to `peer`; addresses never expire (permanent TTL)."""
@@ -335,7 +338,9 @@ class PeerKeeper:
                 for peer_id in list(self._targets):
                     if self.is_connected(peer_id):
                         self._backoff.pop(peer_id, None)
+                        self.reachability.connected(str(peer_id))
                         continue
+                    self.reachability.lost(str(peer_id))
                     if self._next_attempt.get(peer_id, 0.0) > now:
                         continue
                     backoff = self._backoff.get(peer_id, self._config.redial_min_s / 2) * 2
@@ -346,6 +351,7 @@ class PeerKeeper:
                         now + self._config.dial_timeout_s + backoff * random.uniform(0.8, 1.2)
                     )
                     nursery.start_soon(self._dial, peer_id)
+                self.reachability.tick()
                 self._wake = trio.Event()
                 with trio.move_on_after(self._config.redial_min_s):
                     await self._wake.wait()
@@ -356,11 +362,12 @@ class PeerKeeper:
         try:
             with trio.fail_after(self._config.dial_timeout_s):
                 await self._host.connect(PeerInfo(peer_id, addrs))
-            logger.info("connected to %s", peer_id)
+            logger.debug("connected to %s", peer_id)
+            self.reachability.connected(str(peer_id))
             self._next_attempt[peer_id] = 0.0
-        except Exception as exc:  # any dial failure: retry later with backoff
+        except Exception as exc:  # any dial failure: retry later with backoff (logged by reachability)
             self.dial_failures += 1
-            logger.debug("dial %s failed: %s", peer_id, exc)
+            self.reachability.dial_failed(str(peer_id), f"{type(exc).__name__}: {exc}")
 
 
 @dataclass
@@ -395,7 +402,7 @@ def build_host(keys: NodeKeys, config: HostConfig) -> IHost:
     """A libp2p host with the node's identity, Noise as the only security protocol, TCP."""
     key_pair = keys.key_pair
     noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
-    return new_host(
+    host = new_host(
         key_pair=key_pair,
         sec_opt={NOISE_PROTOCOL_ID: noise},
         listen_addrs=[multiaddr.Multiaddr(config.listen)],
@@ -408,6 +415,12 @@ def build_host(keys: NodeKeys, config: HostConfig) -> IHost:
             high_watermark=config.max_peers + LIBP2P_CONNECTION_HEADROOM,
         ),
     )
+    # The PeerKeeper's backoff spaces the dials; the swarm's own 3 quick retries per address
+    # (new_host cannot set them) would only multiply the attempts to a peer that is down.
+    network: Any = host.get_network()
+    if hasattr(network, "retry_config"):
+        network.retry_config = RetryConfig(max_retries=0)
+    return host
 
 
 def build_pubsub(host: IHost, settings: GossipSettings, drops: DropCounters) -> tuple[CountingPubsub, CountingGossipSub]:

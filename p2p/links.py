@@ -48,6 +48,8 @@ logger = logging.getLogger(__name__)
 CONSENSUS_PROTOCOL = TProtocol("/devsen/consensus/1.0.0")
 MAX_CONSENSUS_FRAME_BYTES = 8 * 1024 * 1024  # a proposal carries a whole block
 MAX_PEER_EXCHANGE_ENTRIES = 256
+LINK_RETRY_MIN_S = 0.2  # a link that failed to open is retried after this, doubling...
+LINK_RETRY_MAX_S = 2.0  # ...up to this (the connection itself is the keeper's business)
 
 MessageHandler = Callable[[bytes, bytes], Awaitable[None]]
 
@@ -77,6 +79,8 @@ class ConsensusLinks:
         self._px_interval_s = peer_exchange_interval_s
         self._links: dict[bytes, trio.MemorySendChannel[bytes]] = {}
         self._opening: set[bytes] = set()
+        # Per peer whose link failed to open: (earliest next attempt, current backoff).
+        self._retry: dict[bytes, tuple[float, float]] = {}
         self._own_addrs: dict[bytes, list[str]] = {}
         self.drops = running.drops
         self.sent_frames = 0
@@ -132,17 +136,27 @@ class ConsensusLinks:
         peer_id = ID(peer)
         send, receive = trio.open_memory_channel[bytes](self._queue_frames)
         stream: INetStream | None = None
+        opened = False
         try:
             with trio.fail_after(self._open_timeout_s):
                 stream = await self._running.host.new_stream(peer_id, [CONSENSUS_PROTOCOL])
             self._links[peer] = send
             await stream.write(self._peer_exchange_frame())
+            opened = True
+            self._retry.pop(peer, None)
             async with receive:
                 async for frame in receive:
                     await stream.write(frame)
                     self.sent_frames += 1
         except Exception as exc:  # the link broke or never opened; the manager retries
-            logger.info("consensus link to %s ended: %r", peer_id, exc)
+            if opened:
+                logger.info("consensus link to %s ended: %r", peer_id, exc)
+            else:  # retried with backoff; said once per run of failures
+                _, backoff = self._retry.get(peer, (0.0, LINK_RETRY_MIN_S / 2))
+                backoff = min(backoff * 2, LINK_RETRY_MAX_S)
+                self._retry[peer] = (trio.current_time() + backoff, backoff)
+                level = logging.INFO if backoff == LINK_RETRY_MIN_S else logging.DEBUG
+                logger.log(level, "consensus link to %s did not open (%r); retrying with backoff", peer_id, exc)
         finally:
             if self._links.get(peer) is send:
                 del self._links[peer]
@@ -160,12 +174,17 @@ class ConsensusLinks:
             for peer in validators:
                 if peer == my_peer or peer in self._links or peer in self._opening:
                     continue
+                if self._retry.get(peer, (0.0, 0.0))[0] > trio.current_time():
+                    continue
                 if self._running.keeper.is_connected(ID(peer)):
                     self._opening.add(peer)
                     nursery.start_soon(self._outbound_link, peer)
             for peer in list(self._links):
                 if peer not in validators:
                     self._links.pop(peer).close()  # no longer a validator
+            for peer in list(self._retry):
+                if peer not in validators:
+                    del self._retry[peer]
             now = trio.current_time()
             if now >= next_px:
                 next_px = now + self._px_interval_s

@@ -96,6 +96,10 @@ class P2PNode:
             "consensus_max_queued": self.links.max_queued(),
             "sync_served": self.sync_server.served_requests,
             "dial_failures": self.running.keeper.dial_failures,
+            "peers_connected": sum(1 for p in self.running.keeper.known_addresses()
+                                   if self.running.keeper.is_connected(p)),
+            "peers_unreachable": self.running.keeper.reachability.unreachable(),
+            "linked_validator_addresses": ["0x" + a.hex() for a in self.links.linked_validators()],
             "drops": self.running.drops.snapshot(),
         }
 
