@@ -32,7 +32,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 typecheck: setup
-	$(VENV)/bin/mypy consensus ocpp_adapter anchoring devsen p2p contracts
+	$(VENV)/bin/mypy primitives consensus ocpp_adapter anchoring devsen p2p contracts
 
 pytest: setup
 	$(VENV)/bin/pytest -q

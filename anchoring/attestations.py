@@ -23,9 +23,8 @@ from typing import Any
 
 import msgpack
 
-from consensus.signing import (
-    ANCHOR_BATCH_TYPE,
-    SETTLEMENT_TYPE,
+from consensus.signing import ANCHOR_BATCH_TYPE, SETTLEMENT_TYPE
+from primitives.eip712 import (
     SIGNATURE_BYTES,
     Domain,
     SignatureError,

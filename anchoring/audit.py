@@ -46,7 +46,6 @@ from anchoring.proofs import (
     hex0x,
     unhex,
 )
-from consensus.signing import Domain, abi_encode, keccak256
 from consensus.types import (
     Block,
     CertificateError,
@@ -56,6 +55,8 @@ from consensus.types import (
 )
 from devsen.vouching import ingress_domain, recovered_voucher, vouch_problem
 from ocpp_adapter.events import ChargerEvent, EventEncodingError
+from primitives.eip712 import Domain, abi_encode
+from primitives.hashing import keccak256
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PENDING = 0, 1, 2, 3
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 from anchoring.attestations import AnchorBatch, Attestation, AttestationError, Settlement
 from anchoring.merkle import HASH_BYTES, MAX_LEAVES, MerkleTree
-from consensus.signing import Domain, quorum_size
+from consensus.signing import quorum_size
+from primitives.eip712 import Domain
 
 MAX_OPEN_SUBJECTS = 4096  # batches and settlements waiting for a quorum, per kind
 

@@ -45,9 +45,9 @@ from anchoring.merkle import MerkleTree, root_from_proof  # noqa: E402
 from anchoring.onchain import OnChain  # noqa: E402
 from anchoring.proofs import AnchorIndex, ProofService, batch_block, block_event_ids  # noqa: E402
 from anchoring.submitter import JobStore, Submitter, SubmitterConfig  # noqa: E402
-from consensus.signing import ZERO_HASH, Domain  # noqa: E402
 from consensus.store import BlockStore  # noqa: E402
 from consensus.types import Block, CommitCertificate, CommittedBlock, Vote, VoteType  # noqa: E402
+from primitives.eip712 import ZERO_HASH, Domain  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "anchor.json"
 SIZES = (100, 1_000, 10_000, 100_000)

@@ -26,13 +26,8 @@ from anchoring.chain import (
     deploy_all,
 )
 from anchoring.chain.anvil import running_anvil
-from consensus.signing import (
-    ANCHOR_BATCH_TYPE,
-    SETTLEMENT_TYPE,
-    SigningKey,
-    sort_signatures_by_signer,
-    typed_digest,
-)
+from consensus.signing import ANCHOR_BATCH_TYPE, SETTLEMENT_TYPE
+from primitives.eip712 import SigningKey, sort_signatures_by_signer, typed_digest
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TOKEN = 10**6

@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable
 
-from consensus.signing import keccak256
 from consensus.types import MAX_PAYLOAD_BYTES
+from primitives.hashing import keccak256
 
 DEFAULT_MAX_COUNT = 100_000
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024

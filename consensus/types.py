@@ -19,19 +19,18 @@ from typing import Any
 
 import msgpack
 
-from consensus.signing import (
-    PROPOSAL_TYPE,
+from consensus.signing import PROPOSAL_TYPE, VOTE_TYPE
+from primitives.eip712 import (
     SIGNATURE_BYTES,
-    VOTE_TYPE,
     ZERO_HASH,
     Domain,
     SignatureError,
     SigningKey,
     abi_encode,
-    keccak256,
     recover_address,
     typed_digest,
 )
+from primitives.hashing import keccak256, validators_hash
 
 WIRE_VERSION = 1
 
@@ -384,9 +383,7 @@ class ValidatorSet:
     @cached_property
     def validators_hash(self) -> bytes:
         """keccak256(abi.encode(address[] sortedValidators)) of SIGNING.md."""
-        words = [(32).to_bytes(32, "big"), len(self.addresses).to_bytes(32, "big")]
-        words += [b"\x00" * 12 + a for a in self.addresses]
-        return keccak256(b"".join(words))
+        return validators_hash(self.addresses)
 
 
 # --------------------------------------------------------------------------- certificates

@@ -52,7 +52,6 @@ from consensus.abci import (
     TxResult,
     ValidatorUpdate,
 )
-from consensus.signing import ZERO_HASH, Domain, SigningKey, keccak256
 from consensus.types import Block, CommitCertificate, CommittedBlock, ValidatorSet
 from devsen.chain_facts import ChainFacts, ChainKeys, KeyReader, chain_keys, read_facts
 from devsen.chain_view import ChainReadError, patiently
@@ -60,6 +59,8 @@ from devsen.ledger import BlockContext, BlockRejected, EventResult, Ledger
 from devsen.ledger.ledger import SnapshotError
 from devsen.vouching import VouchCache, ingress_domain
 from ocpp_adapter.events import ChargerEvent, EventEncodingError
+from primitives.eip712 import ZERO_HASH, Domain, SigningKey
+from primitives.hashing import keccak256
 
 log = logging.getLogger("devsen.app")
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Collection
 
-from consensus.signing import Domain, SignatureError, SigningKey, recover_address, typed_digest
 from ocpp_adapter.events import ChargerEvent
+from primitives.eip712 import Domain, SignatureError, SigningKey, recover_address, typed_digest
 
 VOUCH_TYPE = "ChargerEventVouch(bytes32 bodyHash,uint128 connectionId,address ingressNode)"
 INGRESS_DOMAIN_NAME = "DEVSEN Ingress"

@@ -32,9 +32,9 @@ from anchoring.chain import (
     Deployment,
     TransactionSender,
     connect,
-    new_auth_credential,
 )
 from anchoring.chain.client import DEFAULT_MAX_POWER_W
+from primitives.credentials import new_auth_credential
 
 KEY_ENV = "DEVSEN_WALLET_KEY"
 ROLE_DRIVER, ROLE_DEVICE_MANAGER = 1, 2

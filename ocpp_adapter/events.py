@@ -23,7 +23,8 @@ from functools import cached_property
 from typing import Any
 
 import msgpack
-from Crypto.Hash import keccak
+
+from primitives.hashing import keccak256
 
 ENCODING_VERSION = 2
 ADDRESS_BYTES = 20
@@ -38,13 +39,6 @@ OCPP_VERSIONS = ("1.6", "2.0.1")
 
 class EventEncodingError(ValueError):
     """The bytes or fields cannot form a valid ChargerEvent."""
-
-
-def keccak256(data: bytes) -> bytes:
-    """Keccak-256 (Ethereum's hash) of `data`."""
-    h = keccak.new(digest_bits=256)
-    h.update(data)
-    return h.digest()
 
 
 def canonical_value(value: Any) -> Any:

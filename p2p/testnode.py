@@ -37,7 +37,7 @@ class HashChainApp:
     """Deterministic test application: state_h = keccak(state_{h-1} || payloadsHash_h)."""
 
     def __init__(self) -> None:
-        from consensus.signing import ZERO_HASH
+        from primitives.eip712 import ZERO_HASH
 
         self.state = ZERO_HASH
         self.height = 0
@@ -65,7 +65,7 @@ class HashChainApp:
 
     def finalize_block(self, block: Any, certificate: Any, facts: Any) -> Any:
         from consensus.abci import FinalizeResult, TxResult
-        from consensus.signing import keccak256
+        from primitives.hashing import keccak256
 
         assert block.height == self.height + 1, "blocks are applied in order"
         self.state = keccak256(self.state + block.payloads_hash)
@@ -118,11 +118,11 @@ async def _read_commands(handle: Any) -> None:
 def _build(config: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
     from libp2p.peer.id import ID
 
-    from consensus.signing import Domain
     from consensus.types import ValidatorSet
     from p2p.envelope import ValidatorDirectory
     from p2p.host import HostConfig
     from p2p.keys import init_keys
+    from primitives.eip712 import Domain
 
     keys = init_keys(config["key_dir"])
     domain = Domain(int(config["chain_id"]), bytes.fromhex(config["verifying_contract"]))

@@ -18,8 +18,8 @@ from web3 import Web3
 
 from anchoring.chain.errors import ChainError
 from anchoring.chain.transact import TransactionSender, connect
-from consensus.signing import Domain
 from contracts import load_artifact
+from primitives.eip712 import Domain
 
 DEPLOYMENT_FORMAT = "devsen-deployment/1"
 DEFAULT_REFUND_TIMEOUT_S = 24 * 3600

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from devsen.ledger.chain import id_tag_hash
 from devsen.ledger.kinds import (
     BAD_METER,
     CAPACITY,
@@ -35,6 +34,7 @@ from devsen.ledger.parse import (
     req_str,
 )
 from devsen.ledger.state import ClosedTransaction, ConnectorStatus, Session
+from primitives.hashing import id_tag_hash
 
 if TYPE_CHECKING:
     from devsen.ledger.ledger import Ledger, _Step

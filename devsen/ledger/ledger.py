@@ -44,7 +44,6 @@ from devsen.ledger.chain import (
     IdTagInfo,
     device_problem,
     escrow_problem,
-    id_tag_hash,
     id_tag_problem,
     is_session_token,
     session_token,
@@ -79,7 +78,8 @@ from devsen.ledger.state import (
     from_state_bytes,
     state_bytes,
 )
-from ocpp_adapter.events import ChargerEvent, keccak256
+from ocpp_adapter.events import ChargerEvent
+from primitives.hashing import id_tag_hash, keccak256
 
 SNAPSHOT_VERSION = 2  # 2: sessions keep max power and binding time; reply history by height window
 MAX_PAYLOAD_DEPTH = 32  # OCPP payloads nest a handful of levels; deeper is malformed

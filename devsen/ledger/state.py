@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar
 
 import msgpack
 
-from ocpp_adapter.events import keccak256
+from primitives.hashing import keccak256
 
 _MOD = 2**256
 _BIG_INT_EXT = 1  # msgpack ext type: a non-negative int >= 2**64, minimal big-endian bytes

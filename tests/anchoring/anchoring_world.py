@@ -19,10 +19,10 @@ from anchoring.attestations import AnchorBatch, attest
 from anchoring.batches import AttestationBook, BatchBuilder, BatchPolicy, BuilderState, Quorum
 from anchoring.chain import ChainClient, Deployment, TransactionSender, ValidatorSpec, deploy_all
 from anchoring.proofs import AnchorIndex, ProofService, batch_block, block_event_ids
-from consensus.signing import ZERO_HASH, Domain, SigningKey, to_checksum_hex
 from consensus.store import BlockStore
 from consensus.types import Block, CommitCertificate, CommittedBlock, Vote, VoteType
 from ocpp_adapter.events import ChargerEvent
+from primitives.eip712 import ZERO_HASH, Domain, SigningKey, to_checksum_hex
 
 KEYS = sorted((SigningKey(hashlib.sha256(b"anchoring-validator-%d" % i).digest()) for i in range(4)),
               key=lambda k: k.address)

@@ -14,7 +14,7 @@ from anchoring_world import KEYS, LocalChain, Net, charger_event, vouched_event
 from anchoring.attestations import AnchorBatch, attest
 from anchoring.audit import ChainReader, audit_main, block_loader, replay, verify_event
 from anchoring.batches import BatchPolicy
-from anchoring.chain import ChainRevert, connect, validators_hash
+from anchoring.chain import ChainRevert, connect
 from anchoring.chain.anvil import running_anvil
 from anchoring.proofs import (
     ProofNotFound,
@@ -23,16 +23,11 @@ from anchoring.proofs import (
     events_in_payload,
     http_routes,
 )
-from consensus.signing import (
-    VALIDATOR_SET_UPDATE_TYPE,
-    SigningKey,
-    keccak256,
-    sort_signatures_by_signer,
-    to_checksum_hex,
-    typed_digest,
-)
+from consensus.signing import VALIDATOR_SET_UPDATE_TYPE
 from consensus.types import Vote, VoteType
 from ocpp_adapter.events import ChargerEvent
+from primitives.eip712 import SigningKey, sort_signatures_by_signer, to_checksum_hex, typed_digest
+from primitives.hashing import keccak256, validators_hash
 
 POLICY = BatchPolicy(every_blocks=3, every_ms=10**9)
 

@@ -13,12 +13,13 @@ import pytest
 import trio
 
 from consensus.abci import CheckResult, FinalizeResult, Prepared, TxResult
-from consensus.signing import ZERO_HASH, Domain, keccak256
 from consensus.types import ValidatorSet
 from devsen.consensus_service import ConsensusService, SenderQueues, ServiceConfig
 from p2p.envelope import ValidatorDirectory
 from p2p.host import HostConfig
 from p2p.keys import init_keys
+from primitives.eip712 import ZERO_HASH, Domain
+from primitives.hashing import keccak256
 
 DOMAIN = Domain(31337, bytes.fromhex("cd" * 20))
 

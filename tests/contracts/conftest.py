@@ -21,7 +21,7 @@ from anchoring.chain import (
     deploy_all,
 )
 from anchoring.chain.anvil import running_anvil
-from consensus.signing import SigningKey, sort_signatures_by_signer
+from primitives.eip712 import SigningKey, sort_signatures_by_signer
 
 ETH = 10**18
 TOKEN = 10**6

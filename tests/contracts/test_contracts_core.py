@@ -26,19 +26,12 @@ from anchoring.chain import (
     Deployment,
     SessionStatus,
     device_id_of,
-    id_tag_hash,
-    new_auth_credential,
-    ocpp_auth_hash,
-    validators_hash,
 )
 from anchoring.merkle import MerkleTree
-from consensus.signing import (
-    ANCHOR_BATCH_TYPE,
-    SETTLEMENT_TYPE,
-    VALIDATOR_SET_UPDATE_TYPE,
-    Domain,
-    typed_digest,
-)
+from consensus.signing import ANCHOR_BATCH_TYPE, SETTLEMENT_TYPE, VALIDATOR_SET_UPDATE_TYPE
+from primitives.credentials import hash_charger_password, new_auth_credential
+from primitives.eip712 import Domain, typed_digest
+from primitives.hashing import id_tag_hash, validators_hash
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "merkle_v1.json"
 SALT = bytes(range(16))
@@ -118,15 +111,15 @@ def test_device_lifecycle_and_unauthorized_update(world: World) -> None:
 
 def test_device_auth_credential_is_scrypt_of_password(world: World) -> None:
     salt, auth_hash = new_auth_credential("s3cret-charger-password")
-    assert auth_hash == ocpp_auth_hash("s3cret-charger-password", salt) != ocpp_auth_hash("other", salt)
+    assert auth_hash == hash_charger_password("s3cret-charger-password", salt) != hash_charger_password("other", salt)
     assert hashlib.scrypt(b"s3cret-charger-password", salt=salt, n=16384, r=8, p=1, dklen=32) == auth_hash
     cbid = unique("CB")
     world.manager.create_device(cbid, location="", connector_count=1, price_per_kwh=1, per_minute_fee=0,
                                 auth_salt=salt, auth_hash=auth_hash)
     record = world.deployer.device(cbid, "latest")
-    assert record is not None and ocpp_auth_hash("s3cret-charger-password", record.auth_salt) == record.auth_hash
+    assert record is not None and hash_charger_password("s3cret-charger-password", record.auth_salt) == record.auth_hash
     with pytest.raises(ValueError):
-        ocpp_auth_hash("x", b"short")
+        hash_charger_password("x", b"short")
 
 
 def test_id_tags_are_hashed_revocable_and_unique(world: World) -> None:

@@ -7,9 +7,11 @@ from conftest import World, build_world, fund, quorum_signatures, validator_keys
 from test_contracts_core import expect_revert
 from web3 import Web3
 
-from anchoring.chain import ChainClient, validators_hash
+from anchoring.chain import ChainClient
 from anchoring.chain.client import GAS
-from consensus.signing import VALIDATOR_SET_UPDATE_TYPE, SigningKey, typed_digest
+from consensus.signing import VALIDATOR_SET_UPDATE_TYPE
+from primitives.eip712 import SigningKey, typed_digest
+from primitives.hashing import validators_hash
 
 
 @pytest.fixture

@@ -4,12 +4,11 @@ import pytest
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 
-from consensus.signing import (
-    VOTE_TYPE,
+from consensus.signing import VOTE_TYPE, quorum_size
+from primitives.eip712 import (
     Domain,
     SignatureError,
     SigningKey,
-    quorum_size,
     recover_address,
     sort_signatures_by_signer,
     to_checksum_hex,

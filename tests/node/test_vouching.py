@@ -11,9 +11,9 @@ import time
 import pytest
 from test_node_app import ANCHOR, KEYS, block, make_app
 
-from consensus.signing import SigningKey
 from devsen.vouching import VouchCache, ingress_domain, vouch, vouch_digest, vouch_problem
 from ocpp_adapter.events import ChargerEvent, EventEncodingError
+from primitives.eip712 import SigningKey
 
 DOMAIN = ingress_domain(ANCHOR)
 OUTSIDER = SigningKey(b"\x09" * 32)

@@ -8,12 +8,12 @@ import msgpack
 import pytest
 import trio
 
-from consensus.signing import SigningKey
 from p2p.envelope import DropCounters, ValidatorDirectory
 from p2p.gossip import EventGossip, GossipOverloaded
 from p2p.host import GossipSettings
 from p2p.keys import NodeKeys
 from p2p.sync import MAX_SYNC_BLOCKS, MAX_SYNC_RESPONSE_BYTES, BlockSyncServer
+from primitives.eip712 import SigningKey
 
 KEYS = NodeKeys(libp2p_seed=b"\x07" * 32, validator=SigningKey(b"\x05" * 32))
 NETWORK = b"\x01" * 32

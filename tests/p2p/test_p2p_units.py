@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consensus.signing import Domain, SigningKey
 from p2p.batching import Batcher, BatchError, decode_batch, encode_batch
 from p2p.envelope import (
     DropCounters,
@@ -24,6 +23,7 @@ from p2p.envelope import (
 )
 from p2p.framing import FrameDecoder, FrameError, encode_frame, encode_uvarint
 from p2p.keys import LIBP2P_KEY_FILE, VALIDATOR_KEY_FILE, KeyFileError, init_keys, load_keys
+from primitives.eip712 import Domain, SigningKey
 
 NETWORK = network_id_of(Domain(31337, b"\x11" * 20))
 OTHER_NETWORK = network_id_of(Domain(31337, b"\x22" * 20))
