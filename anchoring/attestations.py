@@ -125,7 +125,7 @@ class Attestation:
         else:
             fields = [ATTESTATION_VERSION, subject.session_id, subject.energy_wh,
                       subject.amount.to_bytes(32, "big")]
-        data = bytes([self.tag]) + msgpack.packb([*fields, self.signer, self.signature], use_bin_type=True)
+        data: bytes = bytes([self.tag]) + msgpack.packb([*fields, self.signer, self.signature], use_bin_type=True)
         assert len(data) <= MAX_ATTESTATION_BYTES
         return data
 

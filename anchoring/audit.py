@@ -53,8 +53,8 @@ from consensus.types import (
     ValidatorSet,
     verify_certificate,
 )
-from devsen.vouching import ingress_domain, recovered_voucher, vouch_problem
 from ocpp_adapter.events import ChargerEvent, EventEncodingError
+from ocpp_adapter.vouching import ingress_domain, recovered_voucher, vouch_problem
 from primitives.eip712 import Domain, abi_encode
 from primitives.hashing import keccak256
 

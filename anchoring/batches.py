@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from anchoring.attestations import AnchorBatch, Attestation, AttestationError, Settlement
 from anchoring.merkle import HASH_BYTES, MAX_LEAVES, MerkleTree
@@ -289,7 +290,7 @@ class AttestationBook:
         assert len(signers) == self.quorum
         return Quorum(pending.subject, signers, tuple(pending.signatures[s] for s in signers), height)
 
-    def _table(self, subject: AnchorBatch | Settlement) -> tuple[OrderedDict, int | bytes]:
+    def _table(self, subject: AnchorBatch | Settlement) -> tuple[OrderedDict[Any, _Pending], int | bytes]:
         if isinstance(subject, AnchorBatch):
             return self._batches, subject.batch_id
         return self._settlements, subject.session_id

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from p2p.testnode import LocalNetwork, NodeProcess  # noqa: E402
+from devsen.testnode import LocalNetwork, NodeProcess  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

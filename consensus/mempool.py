@@ -16,7 +16,7 @@ committed; their hashes are remembered (bounded) so a late duplicate is not prop
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from consensus.types import MAX_PAYLOAD_BYTES
 from primitives.hashing import keccak256
@@ -152,7 +152,7 @@ class Mempool:
         chosen: list[bytes] = []
         size = 0
         while iterators and len(chosen) < max_count:
-            still: list = []
+            still: list[Iterator[bytes]] = []
             for it in iterators:
                 if len(chosen) >= max_count:
                     break

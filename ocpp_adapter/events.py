@@ -8,7 +8,7 @@ Version 2 (the only one accepted) makes every event attributable: it names the i
 validator's secp256k1 address, the id of the authenticated WebSocket connection the charger
 sent it on (16 bytes chosen when the connection was authenticated as `charger_id`), and the
 ingress validator's 65-byte recoverable signature over the typed digest of the body (see
-devsen/vouching.py). The adapter builds the event unsigned (no ingress address, no
+ocpp_adapter/vouching.py). The adapter builds the event unsigned (no ingress address, no
 signature); the node that authenticated the charger fills both in (`with_vouch`).
 
     [2, charger_id, ocpp_version, action, message_id, payload, received_at_ms,
@@ -64,7 +64,8 @@ def canonical_value(value: Any) -> Any:
 def canonical_bytes(value: Any) -> bytes:
     """msgpack of `canonical_value(value)`."""
     try:
-        return msgpack.packb(canonical_value(value), use_bin_type=True)
+        packed: bytes = msgpack.packb(canonical_value(value), use_bin_type=True)
+        return packed
     except UnicodeEncodeError as exc:
         raise EventEncodingError(f"a string is not valid Unicode: {exc.reason}") from exc
 
@@ -77,7 +78,7 @@ class ChargerEvent:
     `ingress_node` is the 0x-hex (lowercase) address of the validator that authenticated the
     charger and vouches for the event ("" while unsigned); `received_at_ms` is that node's
     clock; `connection_id` names the authenticated connection; `signature` is the ingress
-    validator's vouch (b"" while unsigned). Only devsen/vouching.py decides whether a vouch
+    validator's vouch (b"" while unsigned). Only ocpp_adapter/vouching.py decides whether a vouch
     is valid; this class only bounds the shapes.
     The event is immutable (do not mutate `payload`): its bytes and ids are computed once.
     """

@@ -15,7 +15,8 @@ ADDRESS_BYTES = 20
 
 def keccak256(data: bytes) -> bytes:
     """Keccak-256 (Ethereum's hash) of `data`."""
-    return keccak_256(data).digest()
+    digest: bytes = keccak_256(data).digest()
+    return digest
 
 
 def id_tag_hash(id_tag: str) -> bytes:

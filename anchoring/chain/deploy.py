@@ -242,3 +242,7 @@ def deploy_main(argv: list[str]) -> int:
     deployment.save(args.out)
     print(f"deployed to chain {deployment.chain_id} at block {deployment.deploy_block}: {args.out}")
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(deploy_main(sys.argv[1:]))

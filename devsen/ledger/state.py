@@ -53,7 +53,8 @@ _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 def state_bytes(value: Any) -> bytes:
     """Canonical msgpack of `state_value(value)`; token amounts up to uint256 and beyond fit."""
-    return msgpack.packb(state_value(value), use_bin_type=True)
+    packed: bytes = msgpack.packb(state_value(value), use_bin_type=True)
+    return packed
 
 
 def _ext_hook(code: int, data: bytes) -> Any:

@@ -21,8 +21,8 @@ from devsen.app import (
     encode_app_header,
 )
 from devsen.ledger import DeviceInfo, IdTagInfo, Ledger, StaticChainView, Tariff
-from devsen.vouching import ingress_domain, vouch
 from ocpp_adapter.events import ChargerEvent
+from ocpp_adapter.vouching import ingress_domain, vouch
 from primitives.eip712 import ZERO_HASH, Domain, SigningKey
 
 KEYS = [SigningKey(bytes([i]) * 32) for i in range(1, 5)]

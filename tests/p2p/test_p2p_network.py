@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from devsen.testnode import LocalNetwork, NodeProcess
 from p2p.keys import init_keys
-from p2p.testnode import LocalNetwork, NodeProcess
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ from behaviours import after_start
 
 
 async def attack(parts: Any) -> None:
-    from devsen.vouching import vouch
     from ocpp_adapter.events import ChargerEvent
+    from ocpp_adapter.vouching import vouch
 
     service = parts.service
     while service._net is None:

@@ -20,7 +20,7 @@ from behaviours import after_start, env, log
 
 async def _commit(parts: Any, event: Any) -> Any:
     from devsen.app import decode_event_reply
-    from devsen.vouching import vouch
+    from ocpp_adapter.vouching import vouch
 
     event = vouch(event, parts.app.settings.key, parts.app.vouches.domain)
     try:
