@@ -3,8 +3,8 @@
 import hashlib
 
 import pytest
-from eth_abi import encode as abi_encode
-from eth_utils import keccak as reference_keccak
+from eth_abi.abi import encode as abi_encode
+from eth_utils.crypto import keccak as reference_keccak
 
 from primitives.credentials import (
     SALT_BYTES,
