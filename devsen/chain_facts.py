@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol
 
-from devsen.ledger import ChainView, DeviceInfo, EscrowSession, IdTagInfo, Ledger, id_tag_hash
-from ocpp_adapter.events import ChargerEvent
+from devsen.ledger import ChainView, DeviceInfo, EscrowSession, IdTagInfo, Ledger
+from ocpp_adapter.events import ChargerEvent, tag_hash_of
 
 MAX_KEY_DEPTH = 8  # OCPP payloads nest a few levels; idTags are never deeper than this
 MAX_OUTSIDE_READS_KEPT = 64
@@ -31,20 +31,21 @@ class ChainKeys:
     sessions: tuple[bytes, ...] = ()  # escrow_session(id)
 
 
-def _id_tags_in(value: Any, depth: int = 0) -> Iterable[str]:
-    """Every idTag (1.6 `idTag`) and idToken (2.0.1 `idToken.idToken`) string in a payload."""
+def _id_tag_hashes_in(value: Any, depth: int = 0) -> Iterable[bytes]:
+    """The hash named by every idTag (1.6 `idTag`) and idToken (2.0.1 `idToken.idToken`) in a
+    payload; events carry them only in hashed form (ocpp_adapter/events.py), other values are skipped."""
     if depth > MAX_KEY_DEPTH:
         return
     if isinstance(value, dict):
         for key, item in value.items():
-            if key == "idTag" and isinstance(item, str):
-                yield item
-            elif key == "idToken" and isinstance(item, dict) and isinstance(item.get("idToken"), str):
-                yield item["idToken"]
-            yield from _id_tags_in(item, depth + 1)
+            tag_hash = tag_hash_of(item.get("idToken") if key == "idToken" and isinstance(item, dict) else
+                                   item if key == "idTag" else None)
+            if tag_hash is not None:
+                yield tag_hash
+            yield from _id_tag_hashes_in(item, depth + 1)
     elif isinstance(value, list):
         for item in value:
-            yield from _id_tags_in(item, depth + 1)
+            yield from _id_tag_hashes_in(item, depth + 1)
 
 
 def chain_keys(events: Sequence[ChargerEvent], ledger: Ledger) -> ChainKeys:
@@ -55,7 +56,7 @@ def chain_keys(events: Sequence[ChargerEvent], ledger: Ledger) -> ChainKeys:
     ledger re-checks whether they were paid) and of the open sessions of the block's chargers.
     """
     chargers = sorted({event.charger_id for event in events})
-    tags = sorted({id_tag_hash(tag) for event in events for tag in _id_tags_in(event.payload)})
+    tags = sorted({tag_hash for event in events for tag_hash in _id_tag_hashes_in(event.payload)})
     wanted = set(chargers)
     sessions = {order.session_id for order in ledger.pending_settlements()}
     sessions.update(s.escrow_session_id for s in ledger.open_sessions()

@@ -204,6 +204,8 @@ class ConsensusService:
         self.on_notices: NoticeListener | None = None
         # Called with (block, FinalizeResult) after each commit and each replayed block.
         self.finalize_listeners: list[FinalizeListener] = []
+        # Called with (payload, reason) for each gossiped payload admission refused (evidence).
+        self.refusal_listeners: list[Callable[[bytes, str], None]] = []
         self.inputs = SenderQueues()
         self._sync_inputs: deque[tuple[bytes, CommittedBlock]] = deque()
         self._input_ready = trio.Event()
@@ -306,8 +308,11 @@ class ConsensusService:
 
     async def _on_payloads(self, sender: bytes, payloads: list[bytes]) -> None:
         for payload in payloads:
-            if self._check(payload) is not None:
+            refused = self._check(payload)
+            if refused is not None:
                 self.counters["gossip_payload_refused"] += 1
+                for refusal_listener in self.refusal_listeners:
+                    refusal_listener(payload, refused)
                 continue
             try:
                 self.mempool.add(payload, source=sender.hex())

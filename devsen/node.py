@@ -61,6 +61,7 @@ from devsen.consensus_service import (
     ConsensusService,
     ServiceConfig,
 )
+from devsen.evidence import EvidenceRecorder, EvidenceStore
 from devsen.http_api import HttpError, Router, serve_http
 from devsen.ledger import Ledger
 from devsen.logs import setup_logging
@@ -88,7 +89,9 @@ class NodeIngest:
 
     The reply travels in the commit receipt (`receipt.result`, the event's TxResult from
     FinalizeBlock); a retry of a message committed earlier is answered from the ledger's
-    reply history (by dedup key)."""
+    reply history (by dedup key). The event's idTags are already hashes (ChargerEvent hashes
+    them when the adapter builds it), so what this node signs and gossips carries none in
+    plaintext; the charger's own call, answered by the adapter, stays in its memory."""
 
     def __init__(self, service: ConsensusService, app: NodeApplication, commit_timeout_s: float) -> None:
         self.service = service
@@ -201,6 +204,7 @@ class NodeParts:
     quorums: QuorumInbox
     connections: ChargerConnections
     started_at: float
+    evidence: EvidenceRecorder | None = None
 
 
 def _load_deployment(config: NodeConfig) -> Deployment:
@@ -358,7 +362,7 @@ def build_node(config: NodeConfig) -> NodeParts:
         domain=deployment.domain("ValidatorSet"),
         validators=ValidatorSet.equal(genesis_addresses, genesis.epoch),
         directory=ValidatorDirectory(bindings),
-        host=HostConfig(listen=config.p2p.listen, bootstrap=tuple(config.p2p.bootstrap)),
+        host=HostConfig(listen=config.p2p.listen, bootstrap=tuple(config.p2p.bootstrap), max_peers=config.p2p.max_peers),
         timeouts=timeouts,
         mempool_max_count=config.consensus.mempool_max_payloads,
         block_max_payloads=config.consensus.max_block_payloads,
@@ -368,6 +372,7 @@ def build_node(config: NodeConfig) -> NodeParts:
         submit_outbound=False,  # own attestations go through the retrying AttestationOutbox
     ), app)
     service.finalize_listeners.append(route.on_finalized)
+    evidence = _evidence_recorder(data_dir, app, service)
     directory = service.config.directory
 
     def validators_changed(validators: tuple[bytes, ...], chain_bindings: dict[bytes, bytes]) -> None:
@@ -379,7 +384,25 @@ def build_node(config: NodeConfig) -> NodeParts:
     for payload in app.take_restored_outbound():
         outbox.add(payload)
     return NodeParts(config, keys, deployment, client, app, service, submitter, outbox, quorums,
-                     ChargerConnections(), time.time())
+                     ChargerConnections(), time.time(), evidence)
+
+
+def _evidence_recorder(data_dir: Path, app: NodeApplication, service: ConsensusService) -> EvidenceRecorder:
+    """Evidence against validators (devsen/evidence.py) from every finalized block and every
+    gossiped event admission refuses; the ledger's anomaly detail explains a capped event."""
+
+    def detail_of(event: ChargerEvent, kind: str) -> str:
+        for anomaly in reversed(app.ledger.anomalies()):
+            if (anomaly.kind, anomaly.charger_id, anomaly.message_id) == (kind, event.charger_id, event.message_id):
+                return anomaly.detail
+        return ""
+
+    recorder = EvidenceRecorder(EvidenceStore(data_dir / "evidence.sqlite"), app.vouches.domain,
+                                lambda: app.validators, lambda: service.committed_height, detail_of)
+    service.finalize_listeners.append(
+        lambda block, result: recorder.on_finalized(block.height, block.payloads, result.tx_results))
+    service.refusal_listeners.append(recorder.on_refused)
+    return recorder
 
 
 def build_router(parts: NodeParts) -> Router:
@@ -429,7 +452,23 @@ def build_router(parts: NodeParts) -> Router:
             body.update(reply=reply[0], error_code=reply[1])
         return 200, body
 
+    async def evidence_summary(_: dict[str, str]) -> tuple[int, Any]:
+        if parts.evidence is None:
+            return 200, {"validators": {}, "dropped": 0}
+        counts = parts.evidence.store.counts()
+        return 200, {"validators": {"0x" + a.hex(): n for a, n in sorted(counts.items())},
+                     "dropped": parts.evidence.store.dropped}
+
+    async def evidence_of(params: dict[str, str]) -> tuple[int, Any]:
+        text = params["validator"].lower().removeprefix("0x")
+        if len(text) != 40 or any(c not in "0123456789abcdef" for c in text):
+            raise HttpError(400, "validator must be a 0x-hex 20-byte address")
+        records = [] if parts.evidence is None else parts.evidence.store.of(bytes.fromhex(text))
+        return 200, {"validator": "0x" + text, "records": [r.to_json() for r in records]}
+
     router.get("/v1/status", status)
+    router.get("/v1/evidence", evidence_summary)
+    router.get("/v1/evidence/{validator}", evidence_of)
     router.get("/v1/chargers/{charger_id}/messages/{message_id}", charger_message)
     router.get("/v1/heights/{height}", ledger_state)
     return router

@@ -4,7 +4,9 @@ A driver opens an escrow session on chain for (chargeBoxId, connector, idTag has
 The node the charger is connected to sends it a remote start whose idTag is the session's
 token (`devsen.ledger.session_token`: the chain holds only the RFID tag's hash, OCPP needs a
 plaintext idTag); the ledger accepts that token at that charger and connector and binds the
-transaction to that escrow session (devsen/ledger/LEDGER.md, "Remote start").
+transaction to that escrow session (devsen/ledger/LEDGER.md, "Remote start"). The charger's
+StartTransaction carries the token back, and like every idTag it reaches the ledger only as
+its hash (`session_token_hash`).
 
     EventFollower (confirmed blocks, cursor in data_dir) --SessionRequested--> bounded queue
         --> workers: still open on chain? charger connected here? --> RemoteStartTransaction

@@ -13,6 +13,24 @@ signature); the node that authenticated the charger fills both in (`with_vouch`)
 
     [2, charger_id, ocpp_version, action, message_id, payload, received_at_ms,
      ingress (20 bytes, or empty if unsigned), connection_id (16 bytes), signature (65 bytes or empty)]
+
+idTags never leave the ingress node in plaintext (they are RFID UIDs: personal data, and
+blocks, proofs and the audit are public). The payload of a ChargerEvent is always in
+*hashed form*: constructing one replaces each plaintext idTag by its marked hash,
+
+    "keccak256:" + 64 lowercase hex digits of keccak-256(UTF-8 bytes of the idTag)
+
+(the key the on-chain UserRegistry and the Escrow already use), before the event id, the
+dedup key and the vouch are computed. The fields hashed (`hash_id_tags`), in every action:
+the top-level `idTag` (1.6 Authorize, StartTransaction, StopTransaction), the top-level
+`idToken.idToken` (2.0.1 Authorize, TransactionEvent) and every
+`idToken.additionalInfo[].additionalIdToken`; and 2.0.1 Authorize's `certificate` (an EV
+contract certificate names the driver). A legal plaintext is never mistaken for a hash:
+OCPP bounds those idTags to 20 / 36 characters, the hashed form has 74. The plaintext stays
+only in the adapter's memory (the call being answered); the charger's reply is unchanged,
+since no reply echoes an idTag.
+`from_bytes` refuses bytes carrying a plaintext (or malformed hashed) idTag, so a block with
+one is invalid everywhere, and the ledger reads only the hashed form (devsen/ledger/LEDGER.md).
 """
 
 from __future__ import annotations
@@ -24,7 +42,7 @@ from typing import Any
 
 import msgpack
 
-from primitives.hashing import keccak256
+from primitives.hashing import id_tag_hash, keccak256
 
 ENCODING_VERSION = 2
 ADDRESS_BYTES = 20
@@ -35,10 +53,79 @@ MAX_TEXT_CHARS = 256  # charger id, action, message id: far above what OCPP allo
 _ADDRESS_HEX = re.compile(r"0x[0-9a-f]{40}")
 MAX_EVENT_BYTES = 64 * 1024  # one event never exceeds this once encoded
 OCPP_VERSIONS = ("1.6", "2.0.1")
+TAG_HASH_PREFIX = "keccak256:"
+_TAG_HASH = re.compile(r"keccak256:[0-9a-f]{64}")
 
 
 class EventEncodingError(ValueError):
     """The bytes or fields cannot form a valid ChargerEvent."""
+
+
+def hashed_id_tag(id_tag: str) -> str:
+    """The hashed form of a plaintext idTag / idToken: "keccak256:" + hex of keccak-256(UTF-8).
+
+    Raises UnicodeEncodeError for a string that is not valid Unicode (lone surrogates).
+    """
+    return TAG_HASH_PREFIX + id_tag_hash(id_tag).hex()
+
+
+def tag_hash_of(value: Any) -> bytes | None:
+    """The 32-byte hash a hashed-form idTag names, or None if `value` is not exactly that form."""
+    if type(value) is not str or _TAG_HASH.fullmatch(value) is None:
+        return None
+    return bytes.fromhex(value[len(TAG_HASH_PREFIX):])
+
+
+def _hashed(value: Any) -> Any:
+    """`value` in hashed form: strings not already hashed are hashed; anything else unchanged
+    (a non-string is malformed for the ledger; an unencodable string makes the event unencodable)."""
+    if type(value) is not str or tag_hash_of(value) is not None:
+        return value
+    try:
+        return hashed_id_tag(value)
+    except UnicodeEncodeError:
+        return value
+
+
+def hash_id_tags(ocpp_version: str, action: str, payload: Any) -> Any:
+    """`payload` with every idTag field in hashed form (the module docstring lists the fields).
+
+    The fields are hashed whatever the version says (a 1.6 `idToken` is no field the ledger
+    reads, but it is no less personal). Returns `payload` itself when nothing changes, else a
+    copy (the argument is not mutated). Total: any value is accepted; shapes OCPP does not
+    allow are left as they are.
+    """
+    if not isinstance(payload, dict):
+        return payload
+    out = payload
+    tag = payload.get("idTag")
+    if (hashed := _hashed(tag)) is not tag:
+        out = {**out, "idTag": hashed}
+    token = payload.get("idToken")
+    if isinstance(token, dict):
+        new_token = token
+        inner = token.get("idToken")
+        if (hashed := _hashed(inner)) is not inner:
+            new_token = {**token, "idToken": hashed}
+        extra = token.get("additionalInfo")
+        if isinstance(extra, list):
+            new_extra = [_hash_additional(item) for item in extra]
+            if any(a is not b for a, b in zip(new_extra, extra, strict=True)):
+                new_token = {**new_token, "additionalInfo": new_extra}
+        if new_token is not token:
+            out = {**out, "idToken": new_token}
+    certificate = payload.get("certificate")
+    if ocpp_version == "2.0.1" and action == "Authorize" and (hashed := _hashed(certificate)) is not certificate:
+        out = {**out, "certificate": hashed}
+    return out
+
+
+def _hash_additional(item: Any) -> Any:
+    if not isinstance(item, dict):
+        return item
+    extra = item.get("additionalIdToken")
+    hashed = _hashed(extra)
+    return item if hashed is extra else {**item, "additionalIdToken": hashed}
 
 
 def canonical_value(value: Any) -> Any:
@@ -74,7 +161,9 @@ def canonical_bytes(value: Any) -> bytes:
 class ChargerEvent:
     """One charger-to-CSMS call, as received by one node.
 
-    `payload` is the OCPP payload as the charger sent it (camelCase keys, plain JSON types).
+    `payload` is the OCPP payload as the charger sent it (camelCase keys, plain JSON types),
+    except that its idTags are in hashed form: the constructor hashes plaintext ones
+    (`hash_id_tags`), so no ChargerEvent holds a plaintext idTag.
     `ingress_node` is the 0x-hex (lowercase) address of the validator that authenticated the
     charger and vouches for the event ("" while unsigned); `received_at_ms` is that node's
     clock; `connection_id` names the authenticated connection; `signature` is the ingress
@@ -100,6 +189,7 @@ class ChargerEvent:
             raise EventEncodingError("charger_id, action and message_id must be non-empty")
         if not isinstance(self.payload, dict):
             raise EventEncodingError("payload must be a JSON object")
+        object.__setattr__(self, "payload", hash_id_tags(self.ocpp_version, self.action, self.payload))
         if max(len(self.charger_id), len(self.action), len(self.message_id)) > MAX_TEXT_CHARS:
             raise EventEncodingError(f"charger_id, action and message_id are at most {MAX_TEXT_CHARS} characters")
         if not 0 <= self.received_at_ms < 1 << 63:
@@ -189,6 +279,9 @@ class ChargerEvent:
             raise EventEncodingError("ingress, connection_id and signature must be byte strings")
         if len(ingress) not in (0, ADDRESS_BYTES):
             raise EventEncodingError(f"ingress must be {ADDRESS_BYTES} bytes (or empty if unsigned)")
+        if hash_id_tags(version, action, payload) is not payload:
+            raise EventEncodingError(f"the {action} payload carries a plaintext idTag (or one not in the hashed form "
+                                     f"{TAG_HASH_PREFIX}<64 lowercase hex>): events carry idTags only as hashes")
         event = cls(charger_id, version, action, message_id, payload, "0x" + ingress.hex() if ingress else "",
                     received, connection, signature)
         if event.to_bytes() != data:

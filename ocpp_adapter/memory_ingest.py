@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ocpp_adapter.bounded import LruMap
-from ocpp_adapter.events import ChargerEvent
+from ocpp_adapter.events import ChargerEvent, hashed_id_tag
 from ocpp_adapter.ingest import IngestRejected, IngestResult
 
 
@@ -37,7 +37,8 @@ class MemoryIngest:
         keep_events: int = 10_000,
         clock: Callable[[], str] = utc_timestamp,
     ) -> None:
-        self.id_tags = None if id_tags is None else frozenset(id_tags)
+        # events carry idTags only in hashed form (ocpp_adapter/events.py): compare those
+        self.id_tags = None if id_tags is None else frozenset(hashed_id_tag(tag) for tag in id_tags)
         self.heartbeat_interval = heartbeat_interval
         self.clock = clock
         self._replies: LruMap[bytes, IngestResult] = LruMap(max_remembered)

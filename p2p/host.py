@@ -1,6 +1,6 @@
 """The libp2p host of a node: identity from the key directory, Noise-only TCP, gossipsub with
-settings fixed on purpose, and a peer keeper that dials bootstrap and validator peers and
-redials them with backoff.
+settings fixed on purpose, a peer keeper that dials bootstrap and validator peers and
+redials them with backoff, and an inbound gate that enforces `max_peers`.
 
 Every gossipsub/pubsub setting below departs from py-libp2p 0.8.1's defaults for a reason
 written next to it (see also p2p/README.md and ../shared/knowledge/py-libp2p.md): those
@@ -9,11 +9,12 @@ defaults drop messages silently or slow a small validator network down.
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,10 +22,11 @@ from typing import Any
 import multiaddr
 import trio
 from libp2p import new_host
-from libp2p.abc import IHost, INetStream
+from libp2p.abc import IHost, IMuxedConn, INetStream
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.network.config import ConnectionConfig
+from libp2p.network.connection.raw_connection import RawConnection
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.peer.peerstore import PERMANENT_ADDR_TTL
@@ -36,7 +38,7 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.tools.anyio_service import background_trio_service
 
-from p2p.envelope import DropCounters
+from p2p.envelope import DropCounters, ValidatorDirectory
 from p2p.keys import NodeKeys
 
 logger = logging.getLogger(__name__)
@@ -94,9 +96,132 @@ class HostConfig:
     redial_min_s: float = 0.25
     redial_max_s: float = 5.0
     dial_timeout_s: float = 3.0
+    # Inbound bound (InboundGate): at most max_peers connections, of which one slot per
+    # current validator is reserved (validators are always admitted); at most
+    # max_pending_handshakes unauthenticated handshakes at once, each within handshake_timeout_s.
+    max_peers: int = 64
+    max_pending_handshakes: int = 16
+    handshake_timeout_s: float = 5.0
 
 
 MAX_ADDRS_PER_PEER = 8  # dial addresses kept per peer (newest first)
+# libp2p's own global cap sits above ours by this many (validators beyond max_peers, our own
+# dials): it must never be what refuses a validator link, since outsiders can fill it.
+LIBP2P_CONNECTION_HEADROOM = 1024
+
+
+def outsider_slots(max_peers: int, validators: int) -> int:
+    """Inbound connections non-validator peers may hold: max_peers less one per validator."""
+    return max(0, max_peers - validators)
+
+
+class InboundGate:
+    """Bounds inbound connections (`p2p.max_peers`) so that no flood of outsiders can take a
+    validator's place.
+
+    Before the handshake nothing is known of the peer, so only the number of concurrent
+    unauthenticated handshakes is bounded (cheap refusal: the socket is closed unread). Right
+    after the Noise handshake proves the peer id, and before the connection is multiplexed
+    or announced to pubsub, a validator of the current set is always admitted and an outsider
+    only while fewer than `outsider_slots` outsiders are connected. Validators keep their links
+    anyway through our own dials, which no inbound bound touches.
+    """
+
+    def __init__(self, max_peers: int, max_pending: int, is_validator: Callable[[bytes], bool],
+                 validator_count: Callable[[], int], drops: DropCounters) -> None:
+        self.max_peers = max_peers
+        self.max_pending = max_pending
+        self.is_validator = is_validator
+        self.validator_count = validator_count
+        self.drops = drops
+        self.pending = 0
+        self.outsiders = 0
+        self.validators = 0
+
+    def begin_handshake(self) -> bool:
+        """Take a handshake slot, or refuse (counted) when all are busy."""
+        if self.pending >= self.max_pending:
+            self.drops.add("inbound", "handshakes_busy")
+            return False
+        self.pending += 1
+        return True
+
+    def end_handshake(self) -> None:
+        self.pending -= 1
+
+    def admit(self, peer: bytes) -> str | None:
+        """"validator" or "outsider" (a slot taken: release it), or None (refused, counted)."""
+        if self.is_validator(peer):
+            self.validators += 1
+            return "validator"
+        if self.outsiders >= outsider_slots(self.max_peers, self.validator_count()):
+            self.drops.add("inbound", "outsider_slots_full")
+            return None
+        self.outsiders += 1
+        return "outsider"
+
+    def release(self, kind: str) -> None:
+        if kind == "outsider":
+            self.outsiders -= 1
+        else:
+            self.validators -= 1
+
+
+async def _close_quietly(*closables: Any) -> None:
+    for closable in closables:
+        if closable is None:
+            continue
+        try:
+            with trio.move_on_after(1):
+                await closable.close()
+        except Exception:
+            pass
+
+
+async def _gated_inbound(swarm: Any, gate: InboundGate, timeout_s: float, original: Any,
+                         read_write_closer: Any, maddr: multiaddr.Multiaddr) -> None:
+    """py-libp2p's inbound handler with `gate` applied (TCP: security, admission, muxer).
+
+    Also ends with the connection: py-libp2p's own handler waits for the whole swarm to stop,
+    so every inbound connection ever accepted left a task and an inbound-limiter token behind
+    (after max_connections - min_connections accepts in a node's life, no inbound at all)."""
+    if isinstance(read_write_closer, IMuxedConn):  # pre-multiplexed transports: not ours (TCP only)
+        await original(read_write_closer, maddr)
+        return
+    if not gate.begin_handshake():
+        await _close_quietly(read_write_closer)
+        return
+    raw = RawConnection(read_write_closer, False)
+    secured: Any = None
+    admitted: str | None = None
+    try:
+        try:
+            with trio.fail_after(timeout_s):
+                secured = await swarm.upgrader.upgrade_security(raw, False)
+                peer_id = secured.get_remote_peer()
+                admitted = gate.admit(peer_id.to_bytes())
+                if admitted is None:
+                    logger.debug("inbound connection from %s refused: outsider slots full", peer_id)
+                    await _close_quietly(secured, raw)
+                    return
+                muxed = await swarm.upgrader.upgrade_connection(secured, peer_id)
+        finally:
+            gate.end_handshake()
+        connection = await swarm.add_conn(muxed, direction="inbound")
+        await connection.event_closed.wait()
+    except Exception as exc:  # handshake failed, timed out, or the connection was refused
+        logger.debug("inbound connection on %s ended: %r", maddr, exc)
+        await _close_quietly(secured, raw)
+    finally:
+        if admitted is not None:
+            gate.release(admitted)
+
+
+def install_inbound_gate(host: IHost, gate: InboundGate, timeout_s: float) -> None:
+    """Route the host's inbound connections through `gate` (before it listens)."""
+    swarm: Any = host.get_network()
+    original = swarm._handle_inbound_connection
+    swarm._handle_inbound_connection = functools.partial(_gated_inbound, swarm, gate, timeout_s, original)
 
 
 class CountingGossipSub(GossipSub):
@@ -248,6 +373,7 @@ class RunningHost:
     keeper: PeerKeeper
     settings: GossipSettings
     drops: DropCounters
+    gate: InboundGate | None = None
 
     @property
     def peer_id(self) -> ID:
@@ -274,7 +400,13 @@ def build_host(keys: NodeKeys, config: HostConfig) -> IHost:
         sec_opt={NOISE_PROTOCOL_ID: noise},
         listen_addrs=[multiaddr.Multiaddr(config.listen)],
         # One connection per peer: connect() takes ~10 ms instead of ~250 ms (happy eyeballs).
-        connection_config=ConnectionConfig(max_connections_per_peer=1),
+        # The global cap and pruning watermark sit above `max_peers` (the InboundGate bounds
+        # inbound): a libp2p cap that outsiders can fill would refuse our dials to validators.
+        connection_config=ConnectionConfig(
+            max_connections_per_peer=1,
+            max_connections=config.max_peers + LIBP2P_CONNECTION_HEADROOM,
+            high_watermark=config.max_peers + LIBP2P_CONNECTION_HEADROOM,
+        ),
     )
 
 
@@ -319,13 +451,22 @@ async def _housekeeping(router: GossipSub, interval_s: float) -> None:
 
 
 @asynccontextmanager
-async def open_host(keys: NodeKeys, config: HostConfig) -> AsyncIterator[RunningHost]:
-    """Start host, pubsub and peer keeper; dial the bootstrap peers; stop all on exit."""
+async def open_host(keys: NodeKeys, config: HostConfig,
+                    directory: ValidatorDirectory | None = None) -> AsyncIterator[RunningHost]:
+    """Start host, pubsub and peer keeper; dial the bootstrap peers; stop all on exit.
+
+    Inbound connections pass an InboundGate bounded by `config.max_peers`; `directory` tells
+    it who the current validators are (without one, every peer counts as an outsider)."""
     settings = config.gossip
     pubsub_module.SUBSCRIPTION_CHANNEL_SIZE = settings.subscription_channel_size
     bootstrap = [parse_peer_addr(a) for a in config.bootstrap]
     drops = DropCounters()
     host = build_host(keys, config)
+    gate = InboundGate(
+        config.max_peers, config.max_pending_handshakes,
+        (lambda peer: directory.address_of(peer) is not None) if directory is not None else (lambda peer: False),
+        (lambda: len(directory)) if directory is not None else (lambda: 0), drops)
+    install_inbound_gate(host, gate, config.handshake_timeout_s)
     pubsub, router = build_pubsub(host, settings, drops)
     keeper = PeerKeeper(host, config)
     # Services outside, host.run innermost: the other nesting raised "Nursery is closed to
@@ -339,6 +480,6 @@ async def open_host(keys: NodeKeys, config: HostConfig) -> AsyncIterator[Running
             nursery.start_soon(keeper.run)
             nursery.start_soon(_housekeeping, router, settings.housekeeping_interval_s)
             try:
-                yield RunningHost(host, pubsub, router, keeper, settings, drops)
+                yield RunningHost(host, pubsub, router, keeper, settings, drops, gate)
             finally:
                 nursery.cancel_scope.cancel()

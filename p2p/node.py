@@ -103,7 +103,7 @@ class P2PNode:
 @asynccontextmanager
 async def open_p2p(keys: NodeKeys, config: P2PConfig, handlers: P2PHandlers) -> AsyncIterator[P2PNode]:
     """Start the p2p stack; everything stops when the block exits."""
-    async with open_host(keys, config.host) as running, trio.open_nursery() as nursery:
+    async with open_host(keys, config.host, config.directory) as running, trio.open_nursery() as nursery:
         gossip = EventGossip(
             running, keys, config.network_id, config.directory, handlers.on_payloads,
             max_count=config.batch_max_count, max_bytes=config.batch_max_bytes,

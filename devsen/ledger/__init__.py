@@ -11,6 +11,7 @@ from devsen.ledger.chain import (
     Tariff,
     is_session_token,
     session_token,
+    session_token_hash,
 )
 from devsen.ledger.ledger import (
     BlockOutcome,
@@ -46,4 +47,5 @@ __all__ = [
     "id_tag_hash",
     "is_session_token",
     "session_token",
+    "session_token_hash",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Protocol
 
 from devsen.ledger.parse import MAX_TIMESTAMP_MS
@@ -152,6 +153,7 @@ def id_tag_problem(info: object) -> str | None:
 
 SESSION_TOKEN_PREFIX = "S"
 SESSION_TOKEN_HEX_DIGITS = 19  # "S" + 19 hex digits = 20 characters, an OCPP 1.6 CiString20
+MAX_TOKEN_HASHES_CACHED = 65_536  # session token hashes memoised (open sessions are far fewer in use at once)
 
 
 def session_token(session_id: bytes) -> str:
@@ -160,6 +162,14 @@ def session_token(session_id: bytes) -> str:
     if len(session_id) != 32:
         raise ValueError("session_id must be 32 bytes")
     return SESSION_TOKEN_PREFIX + session_id.hex()[:SESSION_TOKEN_HEX_DIGITS]
+
+
+@lru_cache(maxsize=MAX_TOKEN_HASHES_CACHED)
+def session_token_hash(session_id: bytes) -> bytes:
+    """keccak-256 of the session token of `session_id`: how a token arrives in an event
+    (events carry idTags only as hashes). Memoised (bounded): the ledger compares it for
+    every open escrow session of a charger on each idTag look-up."""
+    return id_tag_hash(session_token(session_id))
 
 
 def is_session_token(id_tag: str) -> bool:

@@ -28,13 +28,13 @@ from devsen.ledger.parse import (
     get_list,
     get_obj,
     get_str,
+    get_tag_hash,
     register_wh_v16,
     register_wh_v201,
     req_int,
     req_str,
 )
 from devsen.ledger.state import ClosedTransaction, ConnectorStatus, Session
-from primitives.hashing import id_tag_hash
 
 if TYPE_CHECKING:
     from devsen.ledger.ledger import Ledger, _Step
@@ -114,12 +114,13 @@ def _authorize(ledger: Ledger, step: _Step, payload: dict[str, Any]) -> dict[str
     return _tag_info(ledger, step, status, expiry_s)
 
 
-def _id_tag(ledger: Ledger, step: _Step, payload: dict[str, Any], *, required: bool = True) -> str | None:
-    """The idTag (1.6) or idToken.idToken (2.0.1) of a payload."""
+def _id_tag(ledger: Ledger, step: _Step, payload: dict[str, Any], *, required: bool = True) -> bytes | None:
+    """The hash of the idTag (1.6) or idToken.idToken (2.0.1) of a payload: events carry
+    idTags only in hashed form (ocpp_adapter/events.py), anything else is malformed."""
     if step.event.ocpp_version == "1.6":
-        return get_str(payload, "idTag", max_len=20, required=required)
+        return get_tag_hash(payload, "idTag", required=required)
     token = get_obj(payload, "idToken", required=required)
-    return None if token is None else req_str(token, "idToken", max_len=36)
+    return None if token is None else get_tag_hash(token, "idToken")
 
 
 def _tag_info(ledger: Ledger, step: _Step, status: str, expiry_s: int = 0) -> dict[str, Any]:
@@ -174,7 +175,8 @@ def _meter_values(ledger: Ledger, step: _Step, payload: dict[str, Any]) -> dict[
 
 def _start_transaction(ledger: Ledger, step: _Step, payload: dict[str, Any]) -> dict[str, Any]:
     connector = req_int(payload, "connectorId")
-    tag = req_str(payload, "idTag", max_len=20)
+    tag = get_tag_hash(payload, "idTag")
+    assert tag is not None
     meter_start = req_int(payload, "meterStart")
     start_text = req_str(payload, "timestamp", max_len=64)
     assert ledger._c.next_transaction_id <= MAX_TRANSACTION_ID
@@ -193,7 +195,7 @@ def _start_transaction(ledger: Ledger, step: _Step, payload: dict[str, Any]) -> 
 
 
 def _open_transaction(
-    ledger: Ledger, step: _Step, key: tuple[str, str], connector: int, tag: str, meter_wh: int, start_text: str
+    ledger: Ledger, step: _Step, key: tuple[str, str], connector: int, tag: bytes, meter_wh: int, start_text: str
 ) -> tuple[str, int]:
     """Open (and, if paid for, bind) a session; the idTag status to answer, and its expiry."""
     device = ledger._registered(step)
@@ -223,7 +225,7 @@ def _open_transaction(
             meter_start_wh=meter_wh, meter_last_wh=meter_wh, last_block_ms=ledger._c.block_ms,
         )
     )
-    ledger._bind(key, escrow, device, id_tag_hash(tag), ledger._event_time_ms(step, start_text))
+    ledger._bind(key, escrow, device, tag, ledger._event_time_ms(step, start_text))
     return "Accepted", expiry_s
 
 
@@ -231,7 +233,7 @@ def _stop_transaction(ledger: Ledger, step: _Step, payload: dict[str, Any]) -> d
     tx = req_int(payload, "transactionId")
     meter_stop = req_int(payload, "meterStop")
     stop_text = req_str(payload, "timestamp", max_len=64)
-    tag = get_str(payload, "idTag", max_len=20, required=False)
+    tag = get_tag_hash(payload, "idTag", required=False)
     reply = {} if tag is None else _tag_info(ledger, step, *ledger._tag_status(step, tag))
     key = (step.event.charger_id, str(tx))
     if not ledger._is_open(step, key):
@@ -278,7 +280,7 @@ def _transaction_event(ledger: Ledger, step: _Step, payload: dict[str, Any]) -> 
 
 
 def _transaction_started(
-    ledger: Ledger, step: _Step, key: tuple[str, str], evse_id: int | None, tag: str | None, wh: int | None, time_text: str
+    ledger: Ledger, step: _Step, key: tuple[str, str], evse_id: int | None, tag: bytes | None, wh: int | None, time_text: str
 ) -> dict[str, Any]:
     refused = {} if tag is None else _tag_info(ledger, step, "Invalid")
     if key in ledger._sessions or key in ledger._closed:
@@ -307,18 +309,17 @@ def _transaction_started(
     return _tag_info(ledger, step, _authorize_session(ledger, step, key, tag, time_text))
 
 
-def _authorize_session(ledger: Ledger, step: _Step, key: tuple[str, str], tag: str, time_text: str) -> str:
-    """Authorize an open 2.0.1 session with an idToken, binding its escrow; the status to answer."""
+def _authorize_session(ledger: Ledger, step: _Step, key: tuple[str, str], tag_hash: bytes, time_text: str) -> str:
+    """Authorize an open 2.0.1 session with an idToken (its hash), binding its escrow; the status to answer."""
     session = ledger._sessions.get(key)
     assert session is not None
-    tag_hash = id_tag_hash(tag)
-    status, _ = ledger._tag_status(step, tag, session.connector_id)
+    status, _ = ledger._tag_status(step, tag_hash, session.connector_id)
     if session.bound:
         return status if session.id_tag_hash != tag_hash else "Accepted"
     if status != "Accepted":
         return status
     device = step.chain.device(key[0])
-    escrow = ledger._find_escrow(step, session.connector_id, tag)
+    escrow = ledger._find_escrow(step, session.connector_id, tag_hash)
     if device is None or escrow is None:
         return "NoCredit"
     ledger._bind(key, escrow, device, tag_hash, ledger._event_time_ms(step, time_text))

@@ -10,8 +10,9 @@ the per-action handlers are in handlers.py, the anomaly kinds and shared limits 
 Policies (see also LEDGER.md):
 - No charging without prepayment: a transaction is accepted only when the driver's idTag is
   valid on chain and an open escrow session exists for this chargeBoxId, connector (1.6) or
-  EVSE (2.0.1) and idTag hash. Otherwise 1.6 StartTransaction answers idTagInfo Blocked and
-  2.0.1 answers idTokenInfo NoCredit (Invalid/Expired/Blocked when the idTag itself is bad).
+  EVSE (2.0.1) and idTag hash (events carry idTags only as hashes). Otherwise 1.6
+  StartTransaction answers idTagInfo Blocked and 2.0.1 answers idTokenInfo NoCredit
+  (Invalid/Expired/Blocked when the idTag itself is bad).
   The session token of an open escrow session (`session_token`, sent in remote starts)
   counts as a valid idTag for that session's charger and connector and binds that session.
 - Amount = energy_wh * price_per_kwh // 1000 + whole_minutes * per_minute_fee, both rounded
@@ -45,8 +46,7 @@ from devsen.ledger.chain import (
     device_problem,
     escrow_problem,
     id_tag_problem,
-    is_session_token,
-    session_token,
+    session_token_hash,
 )
 from devsen.ledger.handlers import HANDLERS
 from devsen.ledger.kinds import (
@@ -79,7 +79,7 @@ from devsen.ledger.state import (
     state_bytes,
 )
 from ocpp_adapter.events import ChargerEvent
-from primitives.hashing import id_tag_hash, keccak256
+from primitives.hashing import keccak256
 
 SNAPSHOT_VERSION = 2  # 2: sessions keep max power and binding time; reply history by height window
 MAX_PAYLOAD_DEPTH = 32  # OCPP payloads nest a handful of levels; deeper is malformed
@@ -201,14 +201,31 @@ class _CheckedChain:
     """A ChainView whose answers are checked against the ledger's bounds.
 
     Out-of-bound data is reported (`report`, an anomaly) and treated as absent, so no value
-    a ChainView returns can make the ledger raise.
+    a ChainView returns can make the ledger raise. One is made per block.
     """
 
-    __slots__ = ("_chain", "report")
+    __slots__ = ("_chain", "report", "_tokens")
 
     def __init__(self, chain: ChainView) -> None:
         self._chain = chain
         self.report: Callable[[str], None] = lambda detail: None
+        self._tokens: dict[str, dict[bytes, list[EscrowSession]]] = {}
+
+    def token_sessions(self, charge_box_id: str, tag_hash: bytes) -> list[EscrowSession]:
+        """The open escrow sessions of this charger whose session token hashes to `tag_hash`.
+
+        Events carry idTags only as hashes, so a token is recognised by its hash: the token
+        hashes of a charger's open sessions are indexed once per block (a ChainView does not
+        change while a block applies), bounded by the block's chargers times
+        MAX_OPEN_ESCROWS_READ; `session_token_hash` memoises them across blocks.
+        """
+        index = self._tokens.get(charge_box_id)
+        if index is None:
+            index = {}
+            for session in self.open_escrow_sessions(charge_box_id):
+                index.setdefault(session_token_hash(session.session_id), []).append(session)
+            self._tokens[charge_box_id] = index
+        return index.get(tag_hash, [])
 
     def device(self, charge_box_id: str) -> DeviceInfo | None:
         device = self._chain.device(charge_box_id)
@@ -553,19 +570,18 @@ class Ledger:
         self._sessions.put(key, session)
         self._by_escrow[escrow.session_id] = key
 
-    def _find_escrow(self, step: _Step, connector_id: int, tag: str) -> EscrowSession | None:
-        """The oldest open escrow session for this charger, connector and idTag not yet in use.
+    def _find_escrow(self, step: _Step, connector_id: int, tag_hash: bytes) -> EscrowSession | None:
+        """The oldest open escrow session for this charger, connector and idTag (hash) not yet in use.
 
         The idTag matches a session by its hash, or by being the session's token (remote start).
         """
-        tag_hash = id_tag_hash(tag)
         candidates = sorted(
             (
                 s
                 for s in step.chain.open_escrow_sessions(step.event.charger_id)
                 if s.charge_box_id == step.event.charger_id
                 and s.connector_id == connector_id
-                and (s.id_tag_hash == tag_hash or self._is_token_of(tag, s))
+                and (s.id_tag_hash == tag_hash or session_token_hash(s.session_id) == tag_hash)
                 and s.session_id not in self._by_escrow
                 and s.session_id not in self._pending
             ),
@@ -694,25 +710,19 @@ class Ledger:
 
     # ----------------------------------------------------------------- authorization
 
-    @staticmethod
-    def _is_token_of(tag: str, escrow: EscrowSession) -> bool:
-        """Whether `tag` is the session token of this escrow session."""
-        return is_session_token(tag) and session_token(escrow.session_id) == tag
-
-    def _tag_status(self, step: _Step, tag: str, connector_id: int | None = None) -> tuple[str, int]:
-        """(Accepted | Invalid | Expired | Blocked, expiry in s or 0) for an idTag at this charger.
+    def _tag_status(self, step: _Step, tag_hash: bytes, connector_id: int | None = None) -> tuple[str, int]:
+        """(Accepted | Invalid | Expired | Blocked, expiry in s or 0) for an idTag (its hash) at this charger.
 
         The session token of an open escrow session for this charger (and connector, when
         known) is Accepted without expiry; any other idTag is looked up in the on-chain registry.
+        Events carry only hashes, so a token is recognised by `session_token_hash`.
         """
-        if is_session_token(tag) and any(
-            s.charge_box_id == step.event.charger_id
-            and (connector_id is None or s.connector_id == connector_id)
-            and self._is_token_of(tag, s)
-            for s in step.chain.open_escrow_sessions(step.event.charger_id)
+        if any(
+            connector_id is None or s.connector_id == connector_id
+            for s in step.chain.token_sessions(step.event.charger_id, tag_hash)
         ):
             return "Accepted", 0
-        info = step.chain.id_tag(id_tag_hash(tag))
+        info = step.chain.id_tag(tag_hash)
         if info is None:
             return "Invalid", 0
         if info.revoked:

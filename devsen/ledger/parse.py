@@ -16,6 +16,8 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
+from ocpp_adapter.events import TAG_HASH_PREFIX, tag_hash_of
+
 MAX_TIMESTAMP_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last RFC 3339 instant
 MAX_METER_WH = 2**63 - 1  # a register beyond this is not a meter reading
 MAX_PAYLOAD_INT = 2**63 - 1  # |integer field| beyond this is malformed (no OCPP field is larger)
@@ -50,6 +52,23 @@ def req_str(payload: dict[str, Any], key: str, *, max_len: int = 1000) -> str:
     value = get_str(payload, key, max_len=max_len)
     assert value is not None
     return value
+
+
+def get_tag_hash(payload: dict[str, Any], key: str, *, required: bool = True) -> bytes | None:
+    """The 32-byte keccak-256 an idTag field names, or None when optional and absent.
+
+    Events carry idTags only in hashed form ("keccak256:" + 64 lowercase hex, see
+    ocpp_adapter/events.py); a plaintext or otherwise shaped value is malformed.
+    """
+    value = payload.get(key)
+    if value is None:
+        if required:
+            raise MalformedPayload(f"{key} is required")
+        return None
+    tag_hash = tag_hash_of(value)
+    if tag_hash is None:
+        raise MalformedPayload(f"{key} must be a hashed idTag ({TAG_HASH_PREFIX}<64 lowercase hex>), never plaintext")
+    return tag_hash
 
 
 def get_int(payload: dict[str, Any], key: str, *, required: bool = True) -> int | None:

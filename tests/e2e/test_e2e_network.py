@@ -100,6 +100,15 @@ async def test_prepaid_session_is_committed_anchored_audited_and_settled(network
     checks = verify_event(document, bytes.fromhex(event_id[2:]), chain, load)
     assert checks and all(c.ok for c in checks), [c.line() for c in checks if not c.ok]
 
+    # idTags leave the ingress node only as hashes: nothing an auditor reads carries the tag.
+    published = [json.dumps(document), *(c.line() for c in checks)]
+    _, auditor_status = await _get(f"{auditor.http_url}/v1/status")
+    for height in range(1, auditor_status["committed_height"] + 1):
+        _, block_document = await _get(f"{auditor.http_url}/v1/blocks/{height}")
+        published.append(json.dumps(block_document))
+    text = "\n".join(published).lower()
+    assert DEMO_ID_TAG.lower() not in text and DEMO_ID_TAG.encode().hex() not in text
+
     # Tampering with the event, the proof, or the claimed batch is caught.
     tampered_event = copy.deepcopy(document)
     raw = bytearray.fromhex(tampered_event["event_bytes"].removeprefix("0x"))

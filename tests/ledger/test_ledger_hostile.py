@@ -133,6 +133,8 @@ HUGE = st.one_of(st.sampled_from([2**62, 2**63, 2**64, 2**256, 2**300, -1, -(2**
                  st.integers(4_999, 5_001).map(lambda digits: -(10**digits)))
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), HUGE, st.floats(allow_nan=True),
                     st.text(max_size=30), st.sampled_from(["Wh", "kWh", "Started", "Ended", "Updated", "TAG-OK",
+                                                           "keccak256:" + id_tag_hash("TAG-OK").hex(),
+                                                           "keccak256:" + "0" * 63,
                                                            "Energy.Active.Import.Register", iso(T0_MS)]))
 JSON = st.recursive(SCALARS, lambda inner: st.one_of(
     st.lists(inner, max_size=4), st.dictionaries(st.sampled_from(
@@ -166,6 +168,15 @@ hostile_events = st.builds(
     st.sampled_from(ACTIONS), st.sampled_from(["1.6", "2.0.1"]), st.sampled_from([CHARGER, CHARGER_201, "ODD", "x" * 60]),
     hostile_payloads, st.sampled_from(["0x" + "a1" * 20, "0x" + "ab" * 20, ""]), st.integers(0, 5),
 )
+
+
+def _unhashed(event: ChargerEvent, payload: Any) -> ChargerEvent:
+    """`event` holding `payload` as given, bypassing the constructor's idTag hashing (plaintext tags)."""
+    object.__setattr__(event, "payload", payload)
+    return event
+
+
+hostile_events = st.one_of(hostile_events, st.builds(_unhashed, hostile_events, hostile_payloads))
 honest_events = st.sampled_from([
     start16(), start16(connector=2), stop16(1, 50_000, T0_MS + 60_000), stop16(2, 2**62, T0_MS + 60_000),
     tx_event("Started", "T1", tag="TAG-OK", wh=0), tx_event("Ended", "T1", wh=10**12),
