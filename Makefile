@@ -32,7 +32,8 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 typecheck: setup
-	$(VENV)/bin/mypy consensus ocpp_adapter anchoring devsen p2p contracts
+	$(VENV)/bin/mypy primitives consensus ocpp_adapter anchoring devsen p2p contracts
+	$(VENV)/bin/mypy bench tests/primitives tests/foundation tests/ledger tests/contracts tests/p2p  # test dirs strict-clean so far
 
 pytest: setup
 	$(VENV)/bin/pytest -q

@@ -23,9 +23,8 @@ from typing import Any
 
 import msgpack
 
-from consensus.signing import (
-    ANCHOR_BATCH_TYPE,
-    SETTLEMENT_TYPE,
+from consensus.signing import ANCHOR_BATCH_TYPE, SETTLEMENT_TYPE
+from primitives.eip712 import (
     SIGNATURE_BYTES,
     Domain,
     SignatureError,
@@ -126,7 +125,7 @@ class Attestation:
         else:
             fields = [ATTESTATION_VERSION, subject.session_id, subject.energy_wh,
                       subject.amount.to_bytes(32, "big")]
-        data = bytes([self.tag]) + msgpack.packb([*fields, self.signer, self.signature], use_bin_type=True)
+        data: bytes = bytes([self.tag]) + msgpack.packb([*fields, self.signer, self.signature], use_bin_type=True)
         assert len(data) <= MAX_ATTESTATION_BYTES
         return data
 

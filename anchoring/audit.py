@@ -46,16 +46,19 @@ from anchoring.proofs import (
     hex0x,
     unhex,
 )
-from consensus.signing import Domain, abi_encode, keccak256
 from consensus.types import (
     Block,
     CertificateError,
     CommitCertificate,
     ValidatorSet,
+    block_hash,
+    payloads_hash_of,
     verify_certificate,
 )
-from devsen.vouching import ingress_domain, recovered_voucher, vouch_problem
 from ocpp_adapter.events import ChargerEvent, EventEncodingError
+from ocpp_adapter.vouching import ingress_domain, recovered_voucher, vouch_problem
+from primitives.eip712 import Domain
+from primitives.hashing import keccak256
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PENDING = 0, 1, 2, 3
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024
@@ -292,12 +295,10 @@ def _vouch_check(event: ChargerEvent, chain: ChainReader, height: int, prev_bloc
 
 def _block_hash_from_proof(block: dict[str, Any]) -> bytes:
     """Block hash of SIGNING.md from header fields and payload hashes (no payload bytes)."""
-    payloads_hash = keccak256(b"".join(unhex(h, 32) for h in block["payload_hashes"]))
-    return keccak256(abi_encode(
-        ["uint64", "uint64", "address", "bytes32", "bytes32", "bytes32", "bytes32"],
-        [int(block["height"]), int(block["timestamp_ms"]), unhex(block["proposer"], 20),
-         unhex(block["prev_block_hash"], 32), unhex(block["app_state_hash"], 32), payloads_hash,
-         keccak256(unhex(block["app_header"]))]))
+    payloads_hash = payloads_hash_of([unhex(h, 32) for h in block["payload_hashes"]])
+    return block_hash(int(block["height"]), int(block["timestamp_ms"]), unhex(block["proposer"], 20),
+                      unhex(block["prev_block_hash"], 32), unhex(block["app_state_hash"], 32), payloads_hash,
+                      keccak256(unhex(block["app_header"])))
 
 
 def verify_event(document: dict[str, Any], event_id: bytes, chain: ChainReader,

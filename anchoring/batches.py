@@ -15,10 +15,12 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from anchoring.attestations import AnchorBatch, Attestation, AttestationError, Settlement
 from anchoring.merkle import HASH_BYTES, MAX_LEAVES, MerkleTree
-from consensus.signing import Domain, quorum_size
+from consensus.signing import quorum_size
+from primitives.eip712 import Domain
 
 MAX_OPEN_SUBJECTS = 4096  # batches and settlements waiting for a quorum, per kind
 
@@ -357,7 +359,7 @@ class AttestationBook:
         while len(self._completed) > MAX_OPEN_SUBJECTS:
             self._completed.popitem(last=False)
 
-    def _table(self, subject: AnchorBatch | Settlement) -> tuple[OrderedDict, int | bytes]:
+    def _table(self, subject: AnchorBatch | Settlement) -> tuple[OrderedDict[Any, _Pending], int | bytes]:
         if isinstance(subject, AnchorBatch):
             return self._batches, subject.batch_id
         return self._settlements, subject.session_id

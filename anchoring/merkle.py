@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sha3 import keccak_256  # safe-pysha3: ~6x faster than pycryptodome for 33/65-byte inputs
+from primitives.hashing import keccak256
 
 LEAF_TAG = b"\x00"
 NODE_TAG = b"\x01"
@@ -24,21 +24,16 @@ class MerkleError(ValueError):
     """Malformed input to a tree or a proof (wrong lengths, duplicate ids, out of range)."""
 
 
-def keccak(data: bytes) -> bytes:
-    """keccak-256 of `data` (the fast C implementation; same result as consensus.signing.keccak256)."""
-    return keccak_256(data).digest()
-
-
 def leaf_hash(event_id: bytes) -> bytes:
     """`H(0x00 || event_id)`: the leaf of one event."""
     if len(event_id) != HASH_BYTES:
         raise MerkleError(f"an event id is {HASH_BYTES} bytes, got {len(event_id)}")
-    return keccak_256(LEAF_TAG + event_id).digest()
+    return keccak256(LEAF_TAG + event_id)
 
 
 def node_hash(left: bytes, right: bytes) -> bytes:
     """`H(0x01 || left || right)`: an inner node."""
-    return keccak_256(NODE_TAG + left + right).digest()
+    return keccak256(NODE_TAG + left + right)
 
 
 def _next_level(level: Sequence[bytes]) -> list[bytes]:

@@ -28,9 +28,10 @@ import trio
 from anchoring.attestations import AnchorBatch
 from anchoring.batches import BuilderState, batch_event_ids
 from anchoring.batches import CommittedBlock as BatchBlock
-from anchoring.merkle import MerkleTree, keccak, leaf_hash
+from anchoring.merkle import MerkleTree, leaf_hash
 from consensus.types import Block, CommitCertificate, CommittedBlock
 from ocpp_adapter.events import ChargerEvent, EventEncodingError
+from primitives.hashing import keccak256
 
 PROOF_FORMAT = "devsen-event-proof/1"
 EVENT_PAYLOAD_FIRST_BYTE = 0x9A  # msgpack fixarray of 10: the canonical (version-2) ChargerEvent encoding
@@ -65,7 +66,7 @@ def canonical_events_in_payload(payload: bytes) -> list[bytes]:
 
 def block_event_ids(block: Block, extract: EventExtractor = events_in_payload) -> list[bytes]:
     """Event ids of a block in order (block payload order, then order inside a payload)."""
-    return [keccak(data) for payload in block.payloads for data in extract(payload)]
+    return [keccak256(data) for payload in block.payloads for data in extract(payload)]
 
 
 def batch_block(block: Block, extract: EventExtractor = events_in_payload) -> BatchBlock:
@@ -291,7 +292,7 @@ class ProofService:
             "batch": batch_to_json(batch),
             "anchor": {"chain_id": self.chain_id, "contract": hex0x(self.anchor_address)},
             "block": {**header_to_json(committed.block),
-                      "payload_hashes": [hex0x(keccak(p)) for p in committed.block.payloads],
+                      "payload_hashes": [hex0x(keccak256(p)) for p in committed.block.payloads],
                       "payload_index": payload_index,
                       "payload": hex0x(committed.block.payloads[payload_index])},
             "certificate": certificate_to_json(committed.certificate),
@@ -300,7 +301,7 @@ class ProofService:
     def _locate(self, block: Block, event_id: bytes) -> tuple[int, bytes]:
         for index, payload in enumerate(block.payloads):
             for data in self.extract(payload):
-                if keccak(data) == event_id:
+                if keccak256(data) == event_id:
                     return index, data
         raise AssertionError(f"event 0x{event_id.hex()} is indexed at height {block.height} but not in it")
 

@@ -33,21 +33,18 @@ from typing import Any
 
 import trio
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "anchoring"))
-
-from anchoring_world import KEYS, Net, charger_event  # noqa: E402 (test fixtures reused)
-
-from anchoring.attestations import AnchorBatch  # noqa: E402
-from anchoring.batches import BatchBuilder, BatchPolicy, BuilderState  # noqa: E402
-from anchoring.chain import connect  # noqa: E402
-from anchoring.chain.anvil import running_anvil, start_anvil  # noqa: E402
-from anchoring.merkle import MerkleTree, root_from_proof  # noqa: E402
-from anchoring.onchain import OnChain  # noqa: E402
-from anchoring.proofs import AnchorIndex, ProofService, batch_block, block_event_ids  # noqa: E402
-from anchoring.submitter import JobStore, Submitter, SubmitterConfig  # noqa: E402
-from consensus.signing import ZERO_HASH, Domain  # noqa: E402
-from consensus.store import BlockStore  # noqa: E402
-from consensus.types import Block, CommitCertificate, CommittedBlock, Vote, VoteType  # noqa: E402
+from anchoring.attestations import AnchorBatch
+from anchoring.batches import BatchBuilder, BatchPolicy, BuilderState
+from anchoring.chain import connect
+from anchoring.chain.anvil import running_anvil, start_anvil
+from anchoring.merkle import MerkleTree, root_from_proof
+from anchoring.onchain import OnChain
+from anchoring.proofs import AnchorIndex, ProofService, batch_block, block_event_ids
+from anchoring.submitter import JobStore, Submitter, SubmitterConfig
+from anchoring.testkit import KEYS, Net, charger_event
+from consensus.store import BlockStore
+from consensus.types import Block, CommitCertificate, CommittedBlock, Vote, VoteType
+from primitives.eip712 import ZERO_HASH, Domain
 
 RESULTS = Path(__file__).resolve().parent / "results" / "anchor.json"
 SIZES = (100, 1_000, 10_000, 100_000)

@@ -26,13 +26,8 @@ from anchoring.chain import (
     deploy_all,
 )
 from anchoring.chain.anvil import running_anvil
-from consensus.signing import (
-    ANCHOR_BATCH_TYPE,
-    SETTLEMENT_TYPE,
-    SigningKey,
-    sort_signatures_by_signer,
-    typed_digest,
-)
+from consensus.signing import ANCHOR_BATCH_TYPE, SETTLEMENT_TYPE
+from primitives.eip712 import SigningKey, sort_signatures_by_signer, typed_digest
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TOKEN = 10**6
@@ -77,12 +72,12 @@ def measure(w3: Web3, dev_key: str, validator_count: int) -> dict[str, int]:
     gas[f"settle {quorum}-of-{validator_count}"] = relayer.settle(
         session_id, 12_000, 7 * TOKEN, _sign(keys[:quorum], digest)
     ).gas_used
-    batch = [0, b"\x33" * 32, 1, 20, 500]
+    batch: tuple[int, bytes, int, int, int] = (0, b"\x33" * 32, 1, 20, 500)
     digest = typed_digest(deployment.domain("Anchor"), ANCHOR_BATCH_TYPE, batch)
     gas[f"anchor {quorum}-of-{validator_count}"] = relayer.submit_anchor_batch(
         *batch, _sign(keys[:quorum], digest)
     ).gas_used
-    batch = [1, b"\x44" * 32, 21, 40, 300]
+    batch = (1, b"\x44" * 32, 21, 40, 300)
     digest = typed_digest(deployment.domain("Anchor"), ANCHOR_BATCH_TYPE, batch)
     gas[f"anchor {quorum}-of-{validator_count} (next batch)"] = relayer.submit_anchor_batch(
         *batch, _sign(keys[:quorum], digest)

@@ -22,13 +22,13 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from consensus.signing import Domain  # noqa: E402
+from consensus.testkit import HashChainApp  # noqa: E402
 from consensus.types import ValidatorSet  # noqa: E402
 from devsen.consensus_service import ConsensusService, ServiceConfig  # noqa: E402
 from p2p.envelope import ValidatorDirectory  # noqa: E402
 from p2p.host import HostConfig  # noqa: E402
 from p2p.keys import init_keys  # noqa: E402
-from p2p.testnode import HashChainApp  # noqa: E402
+from primitives.eip712 import Domain  # noqa: E402
 
 NODES = 4
 

@@ -437,7 +437,7 @@ PROFILE_AREAS = (
     ("chain JSON-RPC (web3)", ("web3/",)),
     ("WAL, block store, anchor index (disk)", ("consensus/wal.py", "consensus/store.py", "sqlite3/",
                                                "anchoring/proofs.py", "anchoring/submitter")),
-    ("signatures and hashes", ("nacl/", "coincurve/", "Crypto/", "eth_keys/", "consensus/signing.py")),
+    ("signatures and hashes", ("nacl/", "coincurve/", "Crypto/", "eth_keys/", "primitives/")),
     ("OCPP endpoint (websocket, JSON schema)", ("ocpp_adapter/", "trio_websocket/", "wsproto/", "jsonschema/")),
     ("p2p (libp2p, links, gossip)", ("libp2p/", "p2p/", "multiaddr/")),
     ("ledger and app apply", ("devsen/ledger/", "devsen/app.py")),

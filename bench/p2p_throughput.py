@@ -21,10 +21,11 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from p2p.testnode import LocalNetwork, NodeProcess  # noqa: E402
+from devsen.testnode import LocalNetwork, NodeProcess  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -35,11 +36,11 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _stats(node: NodeProcess) -> dict:
+def _stats(node: NodeProcess) -> dict[str, Any]:
     return node.request({"cmd": "stats"}, "stats")
 
 
-def transport(via: str, count: int, size: int = 200) -> dict:
+def transport(via: str, count: int, size: int = 200) -> dict[str, Any]:
     """Messages/s from node 0 to the 3 others over `via` ("gossip" or "links")."""
     with tempfile.TemporaryDirectory() as tmp:
         net = LocalNetwork.start(Path(tmp), 4, extra={"mode": "p2p", "batch_max_count": 1, "batch_max_delay_s": 0.0, "batch_min_interval_s": 0.0})
@@ -67,7 +68,7 @@ def transport(via: str, count: int, size: int = 200) -> dict:
             "sender_drops": drops}
 
 
-def consensus(events_per_message: int, rate_per_node: float, seconds: float) -> dict:
+def consensus(events_per_message: int, rate_per_node: float, seconds: float) -> dict[str, Any]:
     """4 validators, each offered `rate_per_node` ChargerEvent-sized payloads/s for `seconds`."""
     with tempfile.TemporaryDirectory() as tmp:
         net = LocalNetwork.start(Path(tmp), 4, extra={
@@ -82,7 +83,7 @@ def consensus(events_per_message: int, rate_per_node: float, seconds: float) -> 
             time.sleep(1.0)
             before = [_stats(n) for n in net.nodes]
             start_height = net.nodes[0].committed_height()
-            replies: list[dict] = []
+            replies: list[dict[str, Any]] = []
 
             def load(node: NodeProcess, tag: int) -> None:
                 node.send({"cmd": "load", "id": f"n{tag}", "rate": rate_per_node, "seconds": seconds})
@@ -129,7 +130,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=150.0, help="offered events/s per node")
     args = parser.parse_args()
     scale = 1 if args.quick else 3
-    out: dict = {"machine": f"{os.cpu_count()} cores, shared with other jobs (see load_avg_1m)",
+    out: dict[str, Any] = {"machine": f"{os.cpu_count()} cores, shared with other jobs (see load_avg_1m)",
                  "nodes": 4, "transport": [], "consensus": []}
     for via, count in (("gossip", 400 * scale), ("links", 2000 * scale)):
         out["transport"].append(transport(via, count))

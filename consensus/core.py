@@ -35,7 +35,6 @@ from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from consensus.signing import ZERO_HASH, Domain, SigningKey
 from consensus.types import (
     MAX_APP_HEADER_BYTES,
     MAX_BLOCK_PAYLOAD_BYTES,
@@ -56,6 +55,7 @@ from consensus.types import (
     decode_message,
     verify_certificate,
 )
+from primitives.eip712 import ZERO_HASH, Domain, SigningKey
 
 Peer = str | bytes  # whatever names a peer in the shell (peer id or validator address)
 

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
-from consensus.signing import keccak256
 from consensus.types import MAX_PAYLOAD_BYTES
+from primitives.hashing import keccak256
 
 DEFAULT_MAX_COUNT = 100_000
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
@@ -167,7 +167,7 @@ class Mempool:
         chosen: list[bytes] = []
         size = 0
         while iterators and len(chosen) < max_count:
-            still: list = []
+            still: list[Iterator[bytes]] = []
             for it in iterators:
                 if len(chosen) >= max_count:
                     break

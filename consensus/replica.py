@@ -56,7 +56,6 @@ from consensus.core import (
     TimeoutConfig,
     ValidatorSchedule,
 )
-from consensus.signing import ZERO_HASH, Domain, SigningKey
 from consensus.store import BlockStore, CatchUp
 from consensus.types import (
     MAX_BLOCK_PAYLOAD_BYTES,
@@ -72,6 +71,7 @@ from consensus.types import (
     decode_message,
 )
 from consensus.wal import WriteAheadLog
+from primitives.eip712 import ZERO_HASH, Domain, SigningKey
 
 # `core_class` exists for the simulator's seeded faulty cores (it must catch them); the node
 # always runs ConsensusCore.

@@ -55,7 +55,6 @@ from consensus.core import (
 )
 from consensus.mempool import Mempool, MempoolFull
 from consensus.replica import FaultHook, Replica
-from consensus.signing import ZERO_HASH, Domain, SigningKey, keccak256
 from consensus.types import (
     Block,
     BlockRequest,
@@ -72,6 +71,8 @@ from consensus.types import (
     decode_message,
     verify_certificate,
 )
+from primitives.eip712 import ZERO_HASH, Domain, SigningKey
+from primitives.hashing import keccak256
 
 SIM_DOMAIN = Domain(31337, bytes.fromhex("5e" * 20))
 SIM_TIMEOUTS = TimeoutConfig(

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import msgpack
 
-from consensus.signing import ZERO_HASH, Domain
 from consensus.types import (
     MAX_BLOCKS_PER_REQUEST,
     CertificateError,
@@ -25,6 +24,7 @@ from consensus.types import (
     decode_message,
     verify_certificate,
 )
+from primitives.eip712 import ZERO_HASH, Domain
 
 
 class StoreError(Exception):

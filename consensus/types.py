@@ -13,25 +13,25 @@ assume) that is SIGNING.md's `floor(2n/3) + 1` signatures.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 import msgpack
 
-from consensus.signing import (
-    PROPOSAL_TYPE,
+from consensus.signing import PROPOSAL_TYPE, VOTE_TYPE
+from primitives.eip712 import (
     SIGNATURE_BYTES,
-    VOTE_TYPE,
     ZERO_HASH,
     Domain,
     SignatureError,
     SigningKey,
     abi_encode,
-    keccak256,
     recover_address,
     typed_digest,
 )
+from primitives.hashing import keccak256, validators_hash
 
 WIRE_VERSION = 1
 
@@ -92,6 +92,22 @@ def _check_signature(value: object) -> None:
 # --------------------------------------------------------------------------- blocks
 
 
+def payloads_hash_of(payload_hashes: Iterable[bytes]) -> bytes:
+    """payloadsHash of SIGNING.md from the payloads' keccak-256 hashes, in block order."""
+    return keccak256(b"".join(payload_hashes))
+
+
+def block_hash(height: int, timestamp_ms: int, proposer: bytes, prev_block_hash: bytes,
+               app_state_hash: bytes, payloads_hash: bytes, app_header_hash: bytes) -> bytes:
+    """The block hash of SIGNING.md: keccak256 of abi.encode of the seven header fields.
+
+    One definition for the replicas (`Block.hash`) and the audit, which has only the header
+    fields and payload hashes of a proof document."""
+    return keccak256(abi_encode(
+        ["uint64", "uint64", "address", "bytes32", "bytes32", "bytes32", "bytes32"],
+        [height, timestamp_ms, proposer, prev_block_hash, app_state_hash, payloads_hash, app_header_hash]))
+
+
 @dataclass(frozen=True)
 class Block:
     """A proposed value: opaque payloads in order plus the chain links and app header.
@@ -133,25 +149,13 @@ class Block:
     @cached_property
     def payloads_hash(self) -> bytes:
         """keccak256(abi.encodePacked(keccak256(p_0), ..., keccak256(p_n-1)))."""
-        return keccak256(b"".join(keccak256(p) for p in self.payloads))
+        return payloads_hash_of(keccak256(p) for p in self.payloads)
 
     @cached_property
     def hash(self) -> bytes:
         """The block hash of SIGNING.md (abi.encode of the seven header fields)."""
-        return keccak256(
-            abi_encode(
-                ["uint64", "uint64", "address", "bytes32", "bytes32", "bytes32", "bytes32"],
-                [
-                    self.height,
-                    self.timestamp_ms,
-                    self.proposer,
-                    self.prev_block_hash,
-                    self.app_state_hash,
-                    self.payloads_hash,
-                    keccak256(self.app_header),
-                ],
-            )
-        )
+        return block_hash(self.height, self.timestamp_ms, self.proposer, self.prev_block_hash,
+                          self.app_state_hash, self.payloads_hash, keccak256(self.app_header))
 
     @property
     def payload_bytes(self) -> int:
@@ -384,9 +388,7 @@ class ValidatorSet:
     @cached_property
     def validators_hash(self) -> bytes:
         """keccak256(abi.encode(address[] sortedValidators)) of SIGNING.md."""
-        words = [(32).to_bytes(32, "big"), len(self.addresses).to_bytes(32, "big")]
-        words += [b"\x00" * 12 + a for a in self.addresses]
-        return keccak256(b"".join(words))
+        return validators_hash(self.addresses)
 
 
 # --------------------------------------------------------------------------- certificates

@@ -56,14 +56,15 @@ from consensus.abci import (
     TxResult,
     ValidatorUpdate,
 )
-from consensus.signing import ZERO_HASH, Domain, SigningKey, keccak256
 from consensus.types import Block, CommitCertificate, CommittedBlock, ValidatorSet
 from devsen.chain_facts import ChainFacts, ChainKeys, KeyReader, chain_keys, read_facts
 from devsen.chain_view import ChainReadError, patiently
 from devsen.ledger import BlockContext, BlockRejected, EventResult, Ledger
 from devsen.ledger.ledger import SnapshotError
-from devsen.vouching import VouchCache, ingress_domain
 from ocpp_adapter.events import ChargerEvent, EventEncodingError
+from ocpp_adapter.vouching import VouchCache, ingress_domain
+from primitives.eip712 import ZERO_HASH, Domain, SigningKey
+from primitives.hashing import keccak256
 
 log = logging.getLogger("devsen.app")
 
@@ -141,7 +142,8 @@ class AppHeaderError(ValueError):
 def encode_app_header(eth_block_number: int, eth_block_hash: bytes) -> bytes:
     """Canonical app header bytes."""
     assert eth_block_number >= 0 and len(eth_block_hash) == 32
-    return msgpack.packb([APP_HEADER_VERSION, eth_block_number, eth_block_hash], use_bin_type=True)
+    header: bytes = msgpack.packb([APP_HEADER_VERSION, eth_block_number, eth_block_hash], use_bin_type=True)
+    return header
 
 
 def decode_app_header(data: bytes) -> tuple[int, bytes]:

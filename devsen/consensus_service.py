@@ -67,7 +67,6 @@ from consensus.core import (
 )
 from consensus.mempool import Mempool, MempoolFull
 from consensus.replica import Replica
-from consensus.signing import Domain, keccak256
 from consensus.store import BlockStore
 from consensus.types import (
     MAX_BLOCKS_PER_REQUEST,
@@ -86,6 +85,8 @@ from p2p.host import HostConfig
 from p2p.keys import NodeKeys
 from p2p.node import P2PConfig, P2PHandlers, P2PNode, open_p2p
 from p2p.sync import SyncError
+from primitives.eip712 import Domain
+from primitives.hashing import keccak256
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Evidence against validators: signed events the network capped or refused, kept for slashing.
 
-Every ChargerEvent carries its ingress validator's EIP-712 vouch (devsen/vouching.py), so an
+Every ChargerEvent carries its ingress validator's EIP-712 vouch (ocpp_adapter/vouching.py), so an
 event the network could not honour as vouched for is evidence against its signer:
 
 | reason          | where found                      | proves                                          |
@@ -35,9 +35,9 @@ from typing import Any
 
 from anchoring.proofs import EVENT_PAYLOAD_FIRST_BYTE
 from consensus.abci import TxResult
-from consensus.signing import Domain
-from devsen.vouching import recovered_voucher
 from ocpp_adapter.events import ChargerEvent, EventEncodingError
+from ocpp_adapter.vouching import recovered_voucher
+from primitives.eip712 import Domain
 
 log = logging.getLogger(__name__)
 

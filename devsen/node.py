@@ -66,11 +66,11 @@ from devsen.http_api import HttpError, Router, serve_http
 from devsen.ledger import Ledger
 from devsen.logs import setup_logging
 from devsen.remote_start import run_remote_starts
-from devsen.vouching import vouch
 from ocpp_adapter.config import OcppServerConfig
 from ocpp_adapter.events import ChargerEvent, EventEncodingError
 from ocpp_adapter.ingest import IngestOverloaded, IngestRejected, IngestResult
 from ocpp_adapter.server import ChargerConnections, serve_ocpp
+from ocpp_adapter.vouching import vouch
 from p2p.envelope import ValidatorDirectory, peer_id_problem
 from p2p.host import HostConfig
 from p2p.keys import NodeKeys, load_keys

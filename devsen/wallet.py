@@ -36,12 +36,12 @@ from anchoring.chain import (
     Deployment,
     TransactionSender,
     connect,
-    new_auth_credential,
 )
 from anchoring.chain.client import DEFAULT_MAX_POWER_W, EscrowSession
 from anchoring.chain.transact import Receipt
 from devsen.fmt import dumps, eth_amount, hex0x, iso_time, token_amount
 from devsen.ledger.chain import session_token
+from primitives.credentials import new_auth_credential
 
 KEY_ENV = "DEVSEN_WALLET_KEY"
 ROLE_DRIVER, ROLE_DEVICE_MANAGER = 1, 2

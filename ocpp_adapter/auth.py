@@ -1,7 +1,8 @@
 """Charger authentication (OCPP security profile 1/2: HTTP Basic auth per charger).
 
 The on-chain device record stores `(authSalt: 16 bytes, authHash: 32 bytes)` with
-`authHash = scrypt(password, salt=authSalt, n=16384, r=8, p=1, dklen=32)`. The server
+`authHash = scrypt(password, salt=authSalt, n=16384, r=8, p=1, dklen=32)`
+(primitives.credentials, where the hash and its check live). The server
 asks a `ChargerRegistry` for that record; the node plugs in one backed by the chain,
 `InMemoryChargerRegistry` serves standalone runs and tests.
 
@@ -23,28 +24,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ocpp_adapter.bounded import LruMap, TokenBucket
-
-SALT_BYTES = 16
-HASH_BYTES = 32
-SCRYPT_N, SCRYPT_R, SCRYPT_P = 16384, 8, 1
-MAX_PASSWORD_BYTES = 256
-
-
-def hash_charger_password(password: str, salt: bytes) -> bytes:
-    """authHash for `password` with `salt` (CPU- and memory-hard: ~50 ms, 16 MiB)."""
-    if len(salt) != SALT_BYTES:
-        raise ValueError(f"salt must be {SALT_BYTES} bytes, got {len(salt)}")
-    return hashlib.scrypt(
-        password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=HASH_BYTES,
-        maxmem=64 * 1024 * 1024,
-    )
-
-
-def verify_charger_password(password: str, salt: bytes, expected_hash: bytes) -> bool:
-    """True if `password` hashes to `expected_hash` (constant-time comparison)."""
-    if len(expected_hash) != HASH_BYTES or len(password.encode()) > MAX_PASSWORD_BYTES:
-        return False
-    return hmac.compare_digest(hash_charger_password(password, salt), expected_hash)
+from primitives.credentials import HASH_BYTES, SALT_BYTES, hash_charger_password
 
 
 @dataclass(frozen=True, slots=True)

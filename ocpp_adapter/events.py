@@ -8,7 +8,7 @@ Version 2 (the only one accepted) makes every event attributable: it names the i
 validator's secp256k1 address, the id of the authenticated WebSocket connection the charger
 sent it on (16 bytes chosen when the connection was authenticated as `charger_id`), and the
 ingress validator's 65-byte recoverable signature over the typed digest of the body (see
-devsen/vouching.py). The adapter builds the event unsigned (no ingress address, no
+ocpp_adapter/vouching.py). The adapter builds the event unsigned (no ingress address, no
 signature); the node that authenticated the charger fills both in (`with_vouch`).
 
     [2, charger_id, ocpp_version, action, message_id, payload, received_at_ms,
@@ -41,7 +41,8 @@ from functools import cached_property
 from typing import Any
 
 import msgpack
-from Crypto.Hash import keccak
+
+from primitives.hashing import id_tag_hash, keccak256
 
 ENCODING_VERSION = 2
 ADDRESS_BYTES = 20
@@ -60,19 +61,12 @@ class EventEncodingError(ValueError):
     """The bytes or fields cannot form a valid ChargerEvent."""
 
 
-def keccak256(data: bytes) -> bytes:
-    """Keccak-256 (Ethereum's hash) of `data`."""
-    h = keccak.new(digest_bits=256)
-    h.update(data)
-    return h.digest()
-
-
 def hashed_id_tag(id_tag: str) -> str:
     """The hashed form of a plaintext idTag / idToken: "keccak256:" + hex of keccak-256(UTF-8).
 
     Raises UnicodeEncodeError for a string that is not valid Unicode (lone surrogates).
     """
-    return TAG_HASH_PREFIX + keccak256(id_tag.encode("utf-8")).hex()
+    return TAG_HASH_PREFIX + id_tag_hash(id_tag).hex()
 
 
 def tag_hash_of(value: Any) -> bytes | None:
@@ -157,7 +151,8 @@ def canonical_value(value: Any) -> Any:
 def canonical_bytes(value: Any) -> bytes:
     """msgpack of `canonical_value(value)`."""
     try:
-        return msgpack.packb(canonical_value(value), use_bin_type=True)
+        packed: bytes = msgpack.packb(canonical_value(value), use_bin_type=True)
+        return packed
     except UnicodeEncodeError as exc:
         raise EventEncodingError(f"a string is not valid Unicode: {exc.reason}") from exc
 
@@ -172,7 +167,7 @@ class ChargerEvent:
     `ingress_node` is the 0x-hex (lowercase) address of the validator that authenticated the
     charger and vouches for the event ("" while unsigned); `received_at_ms` is that node's
     clock; `connection_id` names the authenticated connection; `signature` is the ingress
-    validator's vouch (b"" while unsigned). Only devsen/vouching.py decides whether a vouch
+    validator's vouch (b"" while unsigned). Only ocpp_adapter/vouching.py decides whether a vouch
     is valid; this class only bounds the shapes.
     The event is immutable (do not mutate `payload`): its bytes and ids are computed once.
     """

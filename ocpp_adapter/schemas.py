@@ -85,7 +85,7 @@ def known_actions(version: str) -> frozenset[str]:
 def _validator(version: str, action: str, response: bool) -> Callable[[Any], Any]:
     with open(schema_file(version, action, response), encoding="utf-8-sig") as f:
         schema = json.load(f)
-    return fastjsonschema.compile(schema, use_default=False)  # type: ignore[no-any-return]
+    return fastjsonschema.compile(schema, use_default=False)
 
 
 def validate(version: str, action: str, payload: Any, *, response: bool = False) -> None:

@@ -33,7 +33,6 @@ from ocpp_adapter.auth import (
     LoginBudgets,
     VerifiedCredentialsCache,
     parse_basic_auth,
-    verify_charger_password,
 )
 from ocpp_adapter.bounded import TokenBucket
 from ocpp_adapter.config import OcppServerConfig
@@ -50,6 +49,7 @@ from ocpp_adapter.protocol import (
     error_frame,
 )
 from ocpp_adapter.schemas import precompile
+from primitives.credentials import verify_charger_password
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus

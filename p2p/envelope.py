@@ -22,15 +22,15 @@ from dataclasses import dataclass
 
 import msgpack
 
-from consensus.signing import (
+from primitives.eip712 import (
     SIGNATURE_BYTES,
     Domain,
     SignatureError,
     SigningKey,
-    keccak256,
     recover_address,
     to_checksum_hex,
 )
+from primitives.hashing import keccak256
 
 ENVELOPE_VERSION = 1
 ENVELOPE_DOMAIN_TAG = b"DEVSEN/p2p-envelope/v1"

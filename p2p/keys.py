@@ -20,7 +20,7 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.keys import KeyPair
 from libp2p.peer.id import ID
 
-from consensus.signing import SigningKey, to_checksum_hex
+from primitives.eip712 import SigningKey, to_checksum_hex
 
 LIBP2P_KEY_FILE = "libp2p_ed25519.key"
 VALIDATOR_KEY_FILE = "validator_secp256k1.key"

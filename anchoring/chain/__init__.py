@@ -18,10 +18,6 @@ from anchoring.chain.client import (
     ValidatorInfo,
     ValidatorSetState,
     device_id_of,
-    id_tag_hash,
-    new_auth_credential,
-    ocpp_auth_hash,
-    validators_hash,
 )
 from anchoring.chain.deploy import Deployment, ValidatorSpec, deploy_all, deploy_main
 from anchoring.chain.errors import (
@@ -71,10 +67,6 @@ __all__ = [
     "deploy_main",
     "device_id_of",
     "follow_events",
-    "id_tag_hash",
-    "new_auth_credential",
-    "ocpp_auth_hash",
     "revert_from_exception",
-    "validators_hash",
     "with_retries",
 ]

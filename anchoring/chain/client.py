@@ -8,14 +8,10 @@ gas from `GAS`, and return the receipt (and the new id where there is one).
 from __future__ import annotations
 
 import enum
-import hashlib
-import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from eth_abi import encode as abi_encode
-from eth_utils import keccak
 from web3 import Web3
 from web3.contract import Contract
 from web3.logs import DISCARD
@@ -25,14 +21,13 @@ from anchoring.chain.deploy import Deployment
 from anchoring.chain.errors import ChainError, ChainRevert, revert_from_exception
 from anchoring.chain.transact import Receipt, RetryPolicy, TransactionSender, with_retries
 from contracts import load_artifact
+from primitives.hashing import id_tag_hash, keccak256
 
 T = TypeVar("T")
 BlockId = BlockIdentifier  # a block number for consensus reads; "latest" for tools
 MAX_DEVICES_PER_LISTING = 10_000
 DEFAULT_MAX_POWER_W = 350_000  # DeviceFactory.DEFAULT_MAX_POWER_W: a sane default for call sites that do not say
 _READ_RETRY = RetryPolicy()
-AUTH_SALT_BYTES = 16
-SCRYPT_MAXMEM = 64 * 1024 * 1024
 
 # Explicit gas limits (anvil measurements in bench/results/gas.md, with headroom).
 GAS = {
@@ -134,27 +129,9 @@ class AnchoredBatch:
     event_count: int
 
 
-def id_tag_hash(id_tag: str) -> bytes:
-    """keccak256 of the idTag's UTF-8 bytes: how idTags are stored on chain."""
-    return bytes(keccak(id_tag.encode("utf-8")))
-
-
-def ocpp_auth_hash(password: str, salt: bytes) -> bytes:
-    """The on-chain OCPP basic-auth hash: scrypt(password, salt, n=16384, r=8, p=1, dklen=32)."""
-    if len(salt) != AUTH_SALT_BYTES:
-        raise ValueError(f"the auth salt is {AUTH_SALT_BYTES} bytes")
-    return hashlib.scrypt(password.encode("utf-8"), salt=salt, n=16384, r=8, p=1, dklen=32, maxmem=SCRYPT_MAXMEM)
-
-
-def new_auth_credential(password: str) -> tuple[bytes, bytes]:
-    """A fresh (authSalt, authHash) pair for DeviceFactory.createDevice / setAuth."""
-    salt = secrets.token_bytes(AUTH_SALT_BYTES)
-    return salt, ocpp_auth_hash(password, salt)
-
-
 def device_id_of(charge_box_id: str) -> bytes:
     """keccak256 of the chargeBoxId: the DeviceFactory key."""
-    return bytes(keccak(charge_box_id.encode("utf-8")))
+    return keccak256(charge_box_id.encode("utf-8"))
 
 
 class ChainClient:
@@ -412,8 +389,3 @@ class ChainClient:
 
         Reverts `PeerIdTaken` if another validator holds that peer id (ids are unique on chain)."""
         return self.send("ValidatorSet", "setValidatorInfo", peer_id, endpoint, gas=GAS["validatorInfo"])
-
-
-def validators_hash(sorted_validators: Sequence[str]) -> bytes:
-    """keccak256(abi.encode(address[])) of the new set, as ValidatorSetUpdate signs it."""
-    return bytes(keccak(abi_encode(["address[]"], [list(sorted_validators)])))

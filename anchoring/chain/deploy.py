@@ -18,8 +18,8 @@ from web3 import Web3
 
 from anchoring.chain.errors import ChainError
 from anchoring.chain.transact import TransactionSender, connect
-from consensus.signing import Domain
 from contracts import load_artifact
+from primitives.eip712 import Domain
 
 DEPLOYMENT_FORMAT = "devsen-deployment/1"
 DEFAULT_REFUND_TIMEOUT_S = 24 * 3600
@@ -242,3 +242,7 @@ def deploy_main(argv: list[str]) -> int:
     deployment.save(args.out)
     print(f"deployed to chain {deployment.chain_id} at block {deployment.deploy_block}: {args.out}")
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(deploy_main(sys.argv[1:]))

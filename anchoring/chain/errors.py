@@ -15,10 +15,10 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-from eth_abi import decode as abi_decode
-from eth_utils import keccak
+from eth_abi.abi import decode as abi_decode
 
 from contracts import load_artifact
+from primitives.hashing import keccak256
 
 CONTRACT_NAMES = ("ValidatorSet", "UserRegistry", "DeviceFactory", "ChargeToken", "Escrow", "Anchor")
 ERROR_STRING_SELECTOR = bytes.fromhex("08c379a0")
@@ -77,7 +77,7 @@ def error_selectors() -> dict[bytes, ErrorSpec]:
             if item["type"] != "error":
                 continue
             types = tuple(_canonical_type(p) for p in item["inputs"])
-            selector = keccak(text=f"{item['name']}({','.join(types)})")[:4]
+            selector = keccak256(f"{item['name']}({','.join(types)})".encode())[:4]
             spec = ErrorSpec(item["name"], types, tuple(p["name"] for p in item["inputs"]))
             assert table.get(selector, spec) == spec, f"selector clash on {item['name']}"
             table[selector] = spec

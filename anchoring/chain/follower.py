@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from eth_utils import event_abi_to_log_topic
+from eth_utils.abi import event_abi_to_log_topic
 from web3 import Web3
 from web3.types import FilterParams
 

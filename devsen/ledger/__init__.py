@@ -9,7 +9,6 @@ from devsen.ledger.chain import (
     IdTagInfo,
     StaticChainView,
     Tariff,
-    id_tag_hash,
     is_session_token,
     session_token,
     session_token_hash,
@@ -24,6 +23,7 @@ from devsen.ledger.ledger import (
     energy_bound,
 )
 from devsen.ledger.state import Anomaly, DeviceRecord, Session, SettlementOrder
+from primitives.hashing import id_tag_hash
 
 __all__ = [
     "Anomaly",

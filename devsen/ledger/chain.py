@@ -14,7 +14,7 @@ from functools import lru_cache
 from typing import Protocol
 
 from devsen.ledger.parse import MAX_TIMESTAMP_MS
-from ocpp_adapter.events import keccak256
+from primitives.hashing import id_tag_hash
 
 MAX_AMOUNT = 2**256 - 1  # token amounts are uint256 on chain
 MAX_CONNECTORS = 64  # a device registry entry never declares more connectors (or EVSEs) than this
@@ -149,11 +149,6 @@ def id_tag_problem(info: object) -> str | None:
     if type(info.expiry_s) is not int or not 0 <= info.expiry_s < 2**64 or type(info.revoked) is not bool:
         return "expiry_s must be a uint64 and revoked a bool"
     return None
-
-
-def id_tag_hash(id_tag: str) -> bytes:
-    """The registry key of an idTag / idToken: keccak-256 of its UTF-8 bytes, exactly as sent."""
-    return keccak256(id_tag.encode("utf-8"))
 
 
 SESSION_TOKEN_PREFIX = "S"

@@ -78,7 +78,8 @@ from devsen.ledger.state import (
     from_state_bytes,
     state_bytes,
 )
-from ocpp_adapter.events import ChargerEvent, keccak256
+from ocpp_adapter.events import ChargerEvent
+from primitives.hashing import keccak256
 
 SNAPSHOT_VERSION = 2  # 2: sessions keep max power and binding time; reply history by height window
 MAX_PAYLOAD_DEPTH = 32  # OCPP payloads nest a handful of levels; deeper is malformed

@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar
 
 import msgpack
 
-from ocpp_adapter.events import keccak256
+from primitives.hashing import keccak256
 
 _MOD = 2**256
 _BIG_INT_EXT = 1  # msgpack ext type: a non-negative int >= 2**64, minimal big-endian bytes
@@ -53,7 +53,8 @@ _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 def state_bytes(value: Any) -> bytes:
     """Canonical msgpack of `state_value(value)`; token amounts up to uint256 and beyond fit."""
-    return msgpack.packb(state_value(value), use_bin_type=True)
+    packed: bytes = msgpack.packb(state_value(value), use_bin_type=True)
+    return packed
 
 
 def _ext_hook(code: int, data: bytes) -> Any:

@@ -30,13 +30,10 @@ from anchoring.proofs import (
     events_in_payload,
     http_routes,
 )
-from consensus.signing import (
-    SigningKey,
-    keccak256,
-    sort_signatures_by_signer,
-)
 from consensus.types import Vote, VoteType
 from ocpp_adapter.events import ChargerEvent
+from primitives.eip712 import SigningKey, sort_signatures_by_signer
+from primitives.hashing import keccak256
 
 POLICY = BatchPolicy(every_blocks=3, every_ms=10**9)
 

@@ -30,7 +30,8 @@ from anchoring.batches import (
     submitter_order,
 )
 from anchoring.merkle import ZERO_ROOT, merkle_root
-from consensus.signing import Domain, SigningKey, keccak256, to_checksum_hex
+from primitives.eip712 import Domain, SigningKey, to_checksum_hex
+from primitives.hashing import keccak256
 
 ANCHOR = Domain(31337, bytes.fromhex("aa" * 20))
 ESCROW = Domain(31337, bytes.fromhex("ee" * 20))

@@ -27,7 +27,7 @@ from anchoring.submitter import (
     SubmitterConfig,
     subject_to_json,
 )
-from consensus.signing import SigningKey
+from primitives.eip712 import SigningKey
 
 VECTORS = Path(__file__).parents[1] / "vectors" / "merkle_v1.json"
 
@@ -271,7 +271,7 @@ from anchoring.batches import Quorum
 from anchoring.chain import ChainClient, Deployment, TransactionSender, connect
 from anchoring.onchain import OnChain
 from anchoring.submitter import ANCHOR, JobStore, Submitter, SubmitterConfig, subject_from_json
-from consensus.signing import SigningKey
+from primitives.eip712 import SigningKey
 logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
 spec = json.load(open(sys.argv[1]))
 w3 = connect(spec["rpc"])

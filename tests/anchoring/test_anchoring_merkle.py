@@ -23,8 +23,8 @@ from anchoring.merkle import (
     root_from_proof,
     verify_inclusion,
 )
-from consensus.signing import keccak256
 from ocpp_adapter.events import ChargerEvent
+from primitives.hashing import keccak256
 
 VECTORS = Path(__file__).parents[1] / "vectors" / "merkle_v1.json"
 

@@ -18,8 +18,8 @@ from anchoring.attestations import (
 )
 from anchoring.batches import AttestationBook, BatchBuilder, BatchPolicy, BuilderState, Quorum
 from anchoring.proofs import AnchorIndex, batch_block
-from consensus.signing import ZERO_HASH, Domain, SigningKey
 from consensus.types import Block
+from primitives.eip712 import ZERO_HASH, Domain, SigningKey
 
 ANCHOR = Domain(31337, b"\xaa" * 20)
 ESCROW = Domain(31337, b"\xee" * 20)

@@ -26,7 +26,7 @@ from anchoring.submitter import (
     Submitter,
     SubmitterConfig,
 )
-from consensus.signing import keccak256
+from primitives.hashing import keccak256
 
 VALIDATORS = sorted(keccak256(bytes([i]))[:20] for i in range(4))
 CONFIG = SubmitterConfig(confirmations=2, turn_timeout_s=30, poll_interval_s=1, rpc_timeout_s=5,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from consensus.core import ConsensusCore, Output, TimeoutConfig
-from consensus.signing import ZERO_HASH, Domain, SigningKey, keccak256
 from consensus.types import Block, Proposal, ValidatorSet, Vote, VoteType
+from primitives.eip712 import ZERO_HASH, Domain, SigningKey
+from primitives.hashing import keccak256
 
 DOMAIN = Domain(31337, bytes.fromhex("ab" * 20))
 KEYS = sorted((SigningKey(keccak256(b"test-validator-%d" % i)) for i in range(4)),

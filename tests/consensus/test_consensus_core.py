@@ -32,7 +32,6 @@ from consensus.core import (
     TimeoutKind,
     ValidateBlock,
 )
-from consensus.signing import ZERO_HASH
 from consensus.types import (
     CommitCertificate,
     CommittedBlock,
@@ -43,6 +42,7 @@ from consensus.types import (
     VoteType,
     verify_certificate,
 )
+from primitives.eip712 import ZERO_HASH
 
 PV, PC = VoteType.PREVOTE, VoteType.PRECOMMIT
 ME = 0  # KEYS[0] is not the proposer of (1, 0)

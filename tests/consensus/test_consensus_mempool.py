@@ -3,8 +3,8 @@
 import pytest
 
 from consensus.mempool import Mempool, MempoolFull
-from consensus.signing import keccak256
 from consensus.types import MAX_PAYLOAD_BYTES
+from primitives.hashing import keccak256
 
 
 def test_dedup_and_membership():

@@ -17,7 +17,6 @@ from consensus.core import (
     ValidateBlock,
 )
 from consensus.replica import Replica
-from consensus.signing import ZERO_HASH, SigningKey, keccak256
 from consensus.store import BlockStore, CatchUp, StoreError
 from consensus.types import (
     CommitCertificate,
@@ -28,6 +27,8 @@ from consensus.types import (
     verify_certificate,
 )
 from consensus.wal import WriteAheadLog
+from primitives.eip712 import ZERO_HASH, SigningKey
+from primitives.hashing import keccak256
 
 
 class Crash(Exception):

@@ -13,21 +13,24 @@ import pytest
 import trio
 
 from consensus.abci import CheckResult, FinalizeResult, Prepared, TxResult
-from consensus.signing import ZERO_HASH, Domain, keccak256
+from consensus.testkit import HashChainApp
 from consensus.types import ValidatorSet
 from devsen.consensus_service import ConsensusService, SenderQueues, ServiceConfig
 from p2p.envelope import ValidatorDirectory
 from p2p.host import HostConfig
 from p2p.keys import init_keys
+from primitives.eip712 import ZERO_HASH, Domain
+from primitives.hashing import keccak256
 
 DOMAIN = Domain(31337, bytes.fromhex("cd" * 20))
 
 
-class EchoApp:
+class EchoApp(HashChainApp):
     """Replies b"ok:" + payload; a payload starting with b"attest" makes every node submit its
-    own b"own-<node>-<height>" payload and hand a notice to the node."""
+    own b"own-<node>-<height>" payload and hand a notice to the node. No snapshots."""
 
     def __init__(self, name: str) -> None:
+        super().__init__()
         self.name = name
         self.app_hash = ZERO_HASH
         self.height = 0
@@ -62,24 +65,6 @@ class EchoApp:
                     for p in block.payloads if p.startswith(b"attest"))
         return FinalizeResult(tuple(TxResult(0, b"ok:" + p) for p in block.payloads), self.app_hash,
                               outbound_payloads=own, notices=tuple(("quorum", p) for p in own))
-
-    def commit(self, height: int) -> None:
-        pass
-
-    def restore(self, last_height: int, get_block: Any) -> Any:
-        return None
-
-    def list_snapshots(self) -> Any:
-        return ()
-
-    def load_snapshot_chunk(self, height: int, format: int, index: int) -> bytes | None:
-        return None
-
-    def offer_snapshot(self, snapshot: Any, app_hash: bytes) -> bool:
-        return False
-
-    def apply_snapshot_chunk(self, index: int, chunk: bytes) -> bool | None:
-        return False
 
 
 def _network(tmp_path: Path, n: int = 4) -> tuple[list[Any], ValidatorSet, dict[bytes, bytes]]:

@@ -7,7 +7,7 @@ from eth_abi import encode as abi_encode_reference
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consensus.signing import ZERO_HASH, keccak256, quorum_size
+from consensus.signing import quorum_size
 from consensus.types import (
     MAX_APP_HEADER_BYTES,
     MAX_BLOCK_PAYLOAD_BYTES,
@@ -26,6 +26,8 @@ from consensus.types import (
     decode_message,
     verify_certificate,
 )
+from primitives.eip712 import ZERO_HASH
+from primitives.hashing import keccak256
 
 
 def test_block_hash_matches_the_signing_spec():

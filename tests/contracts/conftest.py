@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from eth_account import Account
 from web3 import Web3
+from web3.types import Wei
 
 from anchoring.chain import (
     ChainClient,
@@ -21,7 +22,7 @@ from anchoring.chain import (
     deploy_all,
 )
 from anchoring.chain.anvil import running_anvil
-from consensus.signing import SigningKey, sort_signatures_by_signer
+from primitives.eip712 import SigningKey, sort_signatures_by_signer
 
 ETH = 10**18
 TOKEN = 10**6
@@ -53,7 +54,7 @@ def advance_time(w3: Web3, seconds: int) -> None:
 
 
 def fund(w3: Web3, address: str, wei: int = 10 * ETH) -> None:
-    tx = w3.eth.send_transaction({"from": w3.eth.accounts[0], "to": address, "value": wei, "gas": 21_000})
+    tx = w3.eth.send_transaction({"from": w3.eth.accounts[0], "to": address, "value": Wei(wei), "gas": 21_000})
     w3.eth.wait_for_transaction_receipt(tx)
 
 
@@ -93,7 +94,8 @@ def build_world(w3: Web3, validator_count: int = 4) -> World:
         faucet=True,
     )
     clients = [ChainClient(w3, deployment, TransactionSender(w3, a.key)) for a in actors]
-    world = World(w3, deployment, keys, *clients, outsider_key=SigningKey(b"\x07" * 32))
+    deployer, manager, driver, relayer = clients
+    world = World(w3, deployment, keys, deployer, manager, driver, relayer, outsider_key=SigningKey(b"\x07" * 32))
     world.manager.register_roles(2)
     world.driver.register_roles(1)
     return world

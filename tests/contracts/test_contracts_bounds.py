@@ -4,6 +4,8 @@ sessions cannot be spammed at one base unit each)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from conftest import TOKEN, World, build_world
 
@@ -21,7 +23,7 @@ def world() -> World:
 
 
 def _create(world: World, cbid: str, **overrides: int) -> None:
-    args = {"connector_count": 2, "price_per_kwh": 1, "per_minute_fee": 0, **overrides}
+    args: dict[str, Any] = {"connector_count": 2, "price_per_kwh": 1, "per_minute_fee": 0, **overrides}
     world.manager.create_device(cbid, location="", auth_salt=SALT, auth_hash=AUTH_HASH, **args)
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import (
@@ -26,19 +28,12 @@ from anchoring.chain import (
     Deployment,
     SessionStatus,
     device_id_of,
-    id_tag_hash,
-    new_auth_credential,
-    ocpp_auth_hash,
-    validators_hash,
 )
 from anchoring.merkle import MerkleTree
-from consensus.signing import (
-    ANCHOR_BATCH_TYPE,
-    SETTLEMENT_TYPE,
-    VALIDATOR_SET_UPDATE_TYPE,
-    Domain,
-    typed_digest,
-)
+from consensus.signing import ANCHOR_BATCH_TYPE, SETTLEMENT_TYPE, VALIDATOR_SET_UPDATE_TYPE
+from primitives.credentials import hash_charger_password, new_auth_credential
+from primitives.eip712 import Domain, SigningKey, typed_digest
+from primitives.hashing import id_tag_hash, validators_hash
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "merkle_v1.json"
 SALT = bytes(range(16))
@@ -70,19 +65,21 @@ def open_session(world: World, deposit: int = 20 * TOKEN) -> tuple[bytes, str]:
     return session_id, charge_box_id
 
 
-def settlement_sigs(world: World, session_id: bytes, energy: int, amount: int, keys=None, domain=None):
+def settlement_sigs(world: World, session_id: bytes, energy: int, amount: int,
+                    keys: list[SigningKey] | None = None, domain: Domain | None = None) -> list[bytes]:
     domain = domain or world.deployment.domain("Escrow")
     digest = typed_digest(domain, SETTLEMENT_TYPE, [session_id, energy, amount])
     return quorum_signatures(keys if keys is not None else world.validators[:3], digest)
 
 
-def anchor_sigs(world: World, batch: list, keys=None, domain=None):
+def anchor_sigs(world: World, batch: tuple[int, bytes, int, int, int], keys: list[SigningKey] | None = None,
+                domain: Domain | None = None) -> list[bytes]:
     domain = domain or world.deployment.domain("Anchor")
     digest = typed_digest(domain, ANCHOR_BATCH_TYPE, batch)
     return quorum_signatures(keys if keys is not None else world.validators[:3], digest)
 
 
-def expect_revert(name: str, fn, *args, **kwargs) -> ChainRevert:
+def expect_revert(name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> ChainRevert:
     with pytest.raises(ChainRevert) as info:
         fn(*args, **kwargs)
     assert info.value.name == name, info.value
@@ -97,7 +94,7 @@ def test_device_lifecycle_and_unauthorized_update(world: World) -> None:
     block = world.deployer.block_number()
     record = world.deployer.device(cbid, block)
     assert record is not None
-    assert (record.manager, record.connector_count, record.active) == (world.manager.sender.address, 3, True)
+    assert (record.manager, record.connector_count, record.active) == (world.manager.sender.address, 3, True)  # type: ignore[union-attr]
     assert (record.auth_salt, record.auth_hash, record.price_per_kwh) == (SALT, AUTH_HASH, 300_000)
     assert device_id_of(cbid) in world.deployer.device_ids(block)
     expect_revert("NotDeviceManager", world.driver.update_device, "setTariff", cbid, 1, 1)
@@ -118,22 +115,22 @@ def test_device_lifecycle_and_unauthorized_update(world: World) -> None:
 
 def test_device_auth_credential_is_scrypt_of_password(world: World) -> None:
     salt, auth_hash = new_auth_credential("s3cret-charger-password")
-    assert auth_hash == ocpp_auth_hash("s3cret-charger-password", salt) != ocpp_auth_hash("other", salt)
+    assert auth_hash == hash_charger_password("s3cret-charger-password", salt) != hash_charger_password("other", salt)
     assert hashlib.scrypt(b"s3cret-charger-password", salt=salt, n=16384, r=8, p=1, dklen=32) == auth_hash
     cbid = unique("CB")
     world.manager.create_device(cbid, location="", connector_count=1, price_per_kwh=1, per_minute_fee=0,
                                 auth_salt=salt, auth_hash=auth_hash)
     record = world.deployer.device(cbid, "latest")
-    assert record is not None and ocpp_auth_hash("s3cret-charger-password", record.auth_salt) == record.auth_hash
+    assert record is not None and hash_charger_password("s3cret-charger-password", record.auth_salt) == record.auth_hash
     with pytest.raises(ValueError):
-        ocpp_auth_hash("x", b"short")
+        hash_charger_password("x", b"short")
 
 
 def test_id_tags_are_hashed_revocable_and_unique(world: World) -> None:
     tag = unique("TAG")
     world.driver.register_id_tag(tag)
     record = world.deployer.id_tag(id_tag_hash(tag), "latest")
-    assert record is not None and record.account == world.driver.sender.address and not record.revoked
+    assert record is not None and record.account == world.driver.sender.address and not record.revoked  # type: ignore[union-attr]
     other = world.new_actor()
     other.register_roles(1)
     expect_revert("IdTagAlreadyRegistered", other.register_id_tag, tag)
@@ -233,19 +230,19 @@ def test_anchor_batches_contiguous_and_replay_rejected(world: World) -> None:
     start = client.next_batch_id("latest")
     first = client.next_first_height("latest")
     tree = MerkleTree([bytes([i]) * 32 for i in range(5)])
-    batch = [start, tree.root, first, first + 9, 5]
+    batch = (start, tree.root, first, first + 9, 5)
     client.submit_anchor_batch(*batch, anchor_sigs(world, batch, keys=world.validators))
     stored = client.anchored_batch(start, "latest")
     assert stored is not None and (stored.root, stored.first_height, stored.last_height) == (tree.root, first, first + 9)
     assert client.next_batch_id("latest") == start + 1
     expect_revert("BatchAlreadyAnchored", client.submit_anchor_batch, *batch, anchor_sigs(world, batch))
-    gap = [start + 1, tree.root, first + 11, first + 12, 5]
+    gap = (start + 1, tree.root, first + 11, first + 12, 5)
     expect_revert("HeightsNotContiguous", client.submit_anchor_batch, *gap, anchor_sigs(world, gap))
-    skip = [start + 2, tree.root, first + 10, first + 12, 5]
+    skip = (start + 2, tree.root, first + 10, first + 12, 5)
     expect_revert("BatchIdOutOfOrder", client.submit_anchor_batch, *skip, anchor_sigs(world, skip))
-    empty_bad = [start + 1, b"\x00" * 32, first + 10, first + 10, 1]
+    empty_bad = (start + 1, b"\x00" * 32, first + 10, first + 10, 1)
     expect_revert("RootEventCountMismatch", client.submit_anchor_batch, *empty_bad, anchor_sigs(world, empty_bad))
-    nxt = [start + 1, b"\x00" * 32, first + 10, first + 10, 0]
+    nxt = (start + 1, b"\x00" * 32, first + 10, first + 10, 0)
     expect_revert("TooFewSignatures", client.submit_anchor_batch, *nxt, anchor_sigs(world, nxt)[:2])
     wrong_chain = Domain(world.deployment.chain_id + 1, world.deployment.domain("Anchor").verifying_contract)
     expect_revert("SignerNotValidator", client.submit_anchor_batch, *nxt, anchor_sigs(world, nxt, domain=wrong_chain))
@@ -270,7 +267,7 @@ def test_anchor_verify_inclusion_matches_shared_vectors(world: World) -> None:
         batch_id = client.next_batch_id("latest")
         first = client.next_first_height("latest")
         root = bytes.fromhex(case["root"][2:])
-        batch = [batch_id, root, first, first, case["leaf_count"]]
+        batch = (batch_id, root, first, first, int(case["leaf_count"]))
         client.submit_anchor_batch(*batch, anchor_sigs(world, batch))
         for leaf in case["leaves"]:
             event_id = bytes.fromhex(leaf["event_id"][2:])
@@ -317,8 +314,8 @@ def test_validator_set_update_needs_quorum_of_current_set(world: World) -> None:
     published = {v.address: v for v in client.validator_set("latest").validators}
     assert published[Web3.to_checksum_address(new_keys[0].address)].endpoint == "ws://node0.example:8080/ocpp"
     # the old set can no longer anchor; the new one can, with 5 of 7
-    batch = [client.next_batch_id("latest"), b"\x00" * 32, client.next_first_height("latest"),
-             client.next_first_height("latest"), 0]
+    batch = (client.next_batch_id("latest"), b"\x00" * 32, client.next_first_height("latest"),
+             client.next_first_height("latest"), 0)
     expect_revert("TooFewSignatures", client.submit_anchor_batch, *batch,
                   anchor_sigs(world, batch, keys=world.validators))
     expect_revert("SignerNotValidator", client.submit_anchor_batch, *batch,

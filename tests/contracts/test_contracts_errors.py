@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from eth_abi import encode
+from eth_abi.abi import encode
 from eth_tester.exceptions import TransactionFailed
-from eth_utils import keccak
+from eth_utils.crypto import keccak
 from web3.exceptions import ContractCustomError
 
 from anchoring.chain import decode_revert_data, revert_from_exception

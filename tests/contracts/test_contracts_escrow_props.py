@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from anchoring.chain import ChainRevert, SessionStatus, connect
-from consensus.signing import SETTLEMENT_TYPE, typed_digest
+from consensus.signing import SETTLEMENT_TYPE
+from primitives.eip712 import typed_digest
 
 SALT = b"\x01" * 16
 AUTH_HASH = b"\x02" * 32

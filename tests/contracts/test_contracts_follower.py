@@ -112,7 +112,7 @@ def test_reorg_below_depth_is_reported(world: World, tmp_path: Path) -> None:
     with pytest.raises(ReorgDetected) as info:
         follower.poll()
     assert info.value.block_number == follower.cursor.last_block
-    fork_point = follower.cursor.last_block - 2  # type: ignore[operator]
+    fork_point = follower.cursor.last_block - 2
     follower.rewind(fork_point)
     assert all(e.name != "DeviceCreated" for e in _drain(follower)), "the reorged-away event is gone"
     with pytest.raises(ValueError):
@@ -149,7 +149,7 @@ def test_deploy_main_writes_deployment_file(tmp_path: Path, monkeypatch: pytest.
         deployment = Deployment.load(out)
         assert deployment.chain_id == 31337
         w3 = connect(anvil.url)
-        assert all(len(w3.eth.get_code(a)) > 0 for a in deployment.addresses().values())
+        assert all(len(w3.eth.get_code(Web3.to_checksum_address(a))) > 0 for a in deployment.addresses().values())
         client = ChainClient(w3, deployment)
         assert client.token_balance(driver, "latest") == 5 * 10**6
         assert w3.eth.get_balance(driver) == 10**18

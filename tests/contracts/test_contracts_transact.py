@@ -101,7 +101,7 @@ def test_receipt_timeout_resyncs_nonce_after_a_dropped_transaction(tmp_path: Pat
             sender.send_data(target, b"", gas=21_000, value=1)
         pending = w3.eth.get_block("pending", full_transactions=True)["transactions"]
         assert len(pending) == 1
-        w3.provider.make_request("anvil_dropTransaction", [pending[0]["hash"].to_0x_hex()])  # type: ignore[arg-type]
+        w3.provider.make_request("anvil_dropTransaction", [pending[0]["hash"].to_0x_hex()])  # type: ignore[arg-type, call-overload]
         w3.provider.make_request("evm_setAutomine", [True])  # type: ignore[arg-type]
         receipt = sender.send_data(target, b"", gas=21_000, value=2)  # reuses nonce 0: no gap
         assert w3.eth.get_transaction(receipt.tx_hash)["nonce"] == 0  # type: ignore[arg-type]

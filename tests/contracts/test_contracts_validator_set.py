@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from conftest import World, build_world, fund, quorum_signatures, validator_keys
 from test_contracts_core import expect_revert
 from web3 import Web3
 
-from anchoring.chain import ChainClient, validators_hash
+from anchoring.chain import ChainClient
 from anchoring.chain.client import GAS
-from consensus.signing import VALIDATOR_SET_UPDATE_TYPE, SigningKey, typed_digest
+from consensus.signing import VALIDATOR_SET_UPDATE_TYPE
+from primitives.eip712 import SigningKey, typed_digest
+from primitives.hashing import validators_hash
 
 
 @pytest.fixture
@@ -39,7 +43,7 @@ def test_duplicate_peer_id_is_refused_on_chain(fresh: World) -> None:
     is refused with PeerIdTaken; an id is freed when its validator changes it."""
     v0, v1 = (_as(fresh, k) for k in fresh.validators[:2])
     expect_revert("PeerIdTaken", v1.set_validator_info, b"peer-0", "ws://squatter/ocpp")
-    assert fresh.relayer.peer_id_holder(b"peer-0", "latest") == v0.sender.address
+    assert fresh.relayer.peer_id_holder(b"peer-0", "latest") == v0.sender.address  # type: ignore[union-attr]
     v1.set_validator_info(b"peer-1", "ws://other-endpoint/ocpp")  # re-publishing its own id is fine
     v0.set_validator_info(b"peer-0b", "ws://v0/ocpp")  # frees peer-0
     assert fresh.relayer.peer_id_holder(b"peer-0", "latest") is None
@@ -99,7 +103,7 @@ def test_update_gas_of_the_largest_set_fits_the_budget(fresh: World) -> None:
     assert fresh.relayer.epoch_record(1, "latest") is not None
 
 
-def test_node_builds_from_hostile_chain_bindings(tmp_path, caplog: pytest.LogCaptureFixture) -> None:
+def test_node_builds_from_hostile_chain_bindings(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A ValidatorSet read (an old deployment without PeerIdTaken, or a lying RPC) where one
     validator squats this node's peer id, one binds garbage and one an over-long endpoint:
     before, `build_node` raised in ValidatorDirectory.replace and the node could not start."""

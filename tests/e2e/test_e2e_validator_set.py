@@ -22,9 +22,9 @@ import test_e2e_network
 import trio
 
 from anchoring.audit import ChainReader
-from anchoring.chain import ChainClient, TransactionSender, connect, validators_hash
+from anchoring.chain import ChainClient, TransactionSender, connect
 from anchoring.chain.deploy import fund_devnet_accounts
-from consensus.signing import VALIDATOR_SET_UPDATE_TYPE, to_checksum_hex, typed_digest
+from consensus.signing import VALIDATOR_SET_UPDATE_TYPE
 from devsen.config import HttpSection, KeysSection, NodeSection, OcppSection, P2PSection
 from devsen.demo_charger import connect_demo_charger
 from devsen.devnet import (
@@ -37,6 +37,8 @@ from devsen.devnet import (
     wait_until_serving,
 )
 from p2p.keys import init_keys, load_keys
+from primitives.eip712 import to_checksum_hex, typed_digest
+from primitives.hashing import validators_hash
 
 network = test_e2e_network.network  # the devnet fixture: one network for this module
 _get = test_e2e_network._get

@@ -1,6 +1,7 @@
 """Node config: valid files load, every kind of bad input names the key and the fix."""
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -9,7 +10,7 @@ from devsen.config import ConfigError, config_from_mapping, config_to_toml, load
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "node.example.toml"
 
 
-def test_example_config_loads_with_documented_defaults():
+def test_example_config_loads_with_documented_defaults() -> None:
     config = load_config(EXAMPLE, env={})
     assert config.node.name == "node-1"
     assert config.ocpp.port == 9000 and config.ocpp.security_profile == 1
@@ -17,7 +18,7 @@ def test_example_config_loads_with_documented_defaults():
     assert config.keys_dir == Path("./var/node-1") / "keys"
 
 
-def test_empty_config_gives_defaults_and_round_trips_through_toml(tmp_path):
+def test_empty_config_gives_defaults_and_round_trips_through_toml(tmp_path: Path) -> None:
     config = config_from_mapping({}, env={})
     path = tmp_path / "node.toml"
     path.write_text(config_to_toml(config))
@@ -46,7 +47,7 @@ def test_empty_config_gives_defaults_and_round_trips_through_toml(tmp_path):
         ({"node": "x"}, "node"),
     ],
 )
-def test_bad_values_name_the_key_and_a_fix(data, must_mention):
+def test_bad_values_name_the_key_and_a_fix(data: dict[str, Any], must_mention: str) -> None:
     with pytest.raises(ConfigError) as info:
         config_from_mapping(data, env={})
     message = str(info.value)
@@ -54,7 +55,7 @@ def test_bad_values_name_the_key_and_a_fix(data, must_mention):
     assert "fix" in message or "must be a [section]" in message
 
 
-def test_environment_overrides_selected_keys():
+def test_environment_overrides_selected_keys() -> None:
     env = {"DEVSEN_OCPP_PORT": "9100", "DEVSEN_CHAIN_RPC": "embedded",
            "DEVSEN_P2P_BOOTSTRAP": "/ip4/127.0.0.1/tcp/1/p2p/A, /ip4/127.0.0.1/tcp/2/p2p/B",
            "DEVSEN_OCPP_MESSAGES_PER_SECOND": "5.5"}
@@ -65,12 +66,12 @@ def test_environment_overrides_selected_keys():
     assert config.ocpp.messages_per_second == 5.5
 
 
-def test_bad_environment_value_names_the_variable():
+def test_bad_environment_value_names_the_variable() -> None:
     with pytest.raises(ConfigError, match="DEVSEN_OCPP_PORT"):
         config_from_mapping({}, env={"DEVSEN_OCPP_PORT": "ninety"})
 
 
-def test_missing_file_and_broken_toml(tmp_path):
+def test_missing_file_and_broken_toml(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "absent.toml", env={})
     broken = tmp_path / "broken.toml"

@@ -1,5 +1,7 @@
 """The node's HTTP API server: routing, errors, limits, and a real socket round trip."""
 
+from typing import Any
+
 import trio
 
 from devsen.http_api import HttpError, Router, http_get_json, serve_http
@@ -8,12 +10,12 @@ from devsen.http_api import HttpError, Router, http_get_json, serve_http
 def make_router() -> Router:
     router = Router()
 
-    async def block(params):
+    async def block(params: dict[str, str]) -> tuple[int, Any]:
         if not params["height"].isdigit():
             raise HttpError(400, "height must be a non-negative integer")
         return 200, {"height": int(params["height"])}
 
-    async def broken(params):
+    async def broken(params: dict[str, str]) -> tuple[int, Any]:
         raise RuntimeError("bug")
 
     router.get("/v1/blocks/{height}", block)
@@ -21,7 +23,7 @@ def make_router() -> Router:
     return router
 
 
-async def test_routes_errors_and_socket_round_trip():
+async def test_routes_errors_and_socket_round_trip() -> None:
     router = make_router()
     assert await router.dispatch("GET", "/v1/blocks/7?x=1") == (200, {"height": 7})
     assert (await router.dispatch("GET", "/v1/blocks/x"))[0] == 400

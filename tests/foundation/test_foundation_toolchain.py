@@ -24,7 +24,7 @@ process.stdout.write(solc.compile(JSON.stringify(input)));
 """
 
 
-def test_solc_js_compiles_a_contract_for_cancun():
+def test_solc_js_compiles_a_contract_for_cancun() -> None:
     assert json.loads((ROOT / "package.json").read_text())["dependencies"]["solc"] == "0.8.37"
     standard_input = {
         "language": "Solidity",
@@ -40,7 +40,7 @@ def test_solc_js_compiles_a_contract_for_cancun():
     assert re.fullmatch(r"[0-9a-f]{100,}", counter["evm"]["bytecode"]["object"])
 
 
-def test_anvil_starts_on_loopback_and_answers_chain_id(tmp_path):
+def test_anvil_starts_on_loopback_and_answers_chain_id(tmp_path: Path) -> None:
     log_path = tmp_path / "anvil.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen(

@@ -46,7 +46,8 @@ def with_payload(event: ChargerEvent, payload: Any) -> bytes:
     """`event`'s canonical bytes with another payload, packed by hand (what a Byzantine proposer can send)."""
     fields = msgpack.unpackb(event.to_bytes(), raw=False)
     fields[5] = payload
-    return msgpack.packb(fields, use_bin_type=True)
+    packed: bytes = msgpack.packb(fields, use_bin_type=True)
+    return packed
 
 
 @pytest.mark.parametrize(("version", "action", "payload"), EVENTS)
@@ -69,9 +70,9 @@ def test_hashed_form_is_the_registry_key() -> None:
         assert tag_hash_of(bad) is None
     assert get_tag_hash({"idTag": HASHED}, "idTag") == id_tag_hash(TAG)
     assert get_tag_hash({}, "idTag", required=False) is None
-    for bad in (TAG, HASHED[:-2], 7, {"x": 1}):
+    for wrong in (TAG, HASHED[:-2], 7, {"x": 1}):
         with pytest.raises(MalformedPayload, match="hashed idTag"):
-            get_tag_hash({"idTag": bad}, "idTag")
+            get_tag_hash({"idTag": wrong}, "idTag")
 
 
 @pytest.mark.parametrize(("version", "action", "payload"), EVENTS)

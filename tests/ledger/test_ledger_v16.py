@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from ledger_world import (
@@ -200,7 +201,7 @@ def test_meter_values_outside_a_transaction_and_going_backwards() -> None:
          "firmware_status", "SignatureVerified"),
     ],
 )
-def test_notifications_recorded_with_empty_reply(action: str, payload: dict, field: str, value: object) -> None:
+def test_notifications_recorded_with_empty_reply(action: str, payload: dict[str, Any], field: str, value: object) -> None:
     world = World()
     assert world.one(ev(action, payload)) == {}
     assert getattr(world.ledger.device(CHARGER), field) == value

@@ -11,8 +11,8 @@ from devsen import evidence as ev
 from devsen.app import event_tx_result
 from devsen.evidence import EvidenceRecorder, EvidenceStore, admission_evidence, block_evidence
 from devsen.ledger import EventResult
-from devsen.vouching import ingress_domain, vouch, vouch_digest, vouch_problem
 from ocpp_adapter.events import ChargerEvent
+from ocpp_adapter.vouching import ingress_domain, vouch, vouch_digest, vouch_problem
 
 DOMAIN = ingress_domain(ANCHOR)
 VALIDATORS = tuple(k.address for k in KEYS)

@@ -31,8 +31,8 @@ from devsen.consensus_service import (
     GossipBudget,
     ServiceConfig,
 )
-from devsen.vouching import ingress_domain, vouch
 from ocpp_adapter.events import ChargerEvent
+from ocpp_adapter.vouching import ingress_domain, vouch
 from p2p.envelope import ValidatorDirectory
 from p2p.keys import init_keys
 

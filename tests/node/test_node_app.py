@@ -9,7 +9,6 @@ import pytest
 from anchoring.attestations import AnchorBatch, attest, decode_attestation
 from anchoring.batches import BatchPolicy
 from anchoring.proofs import AnchorIndex
-from consensus.signing import ZERO_HASH, Domain, SigningKey
 from consensus.types import Block, CommitCertificate
 from devsen.app import (
     AppHeaderError,
@@ -22,8 +21,9 @@ from devsen.app import (
     encode_app_header,
 )
 from devsen.ledger import DeviceInfo, IdTagInfo, Ledger, StaticChainView, Tariff
-from devsen.vouching import ingress_domain, vouch
 from ocpp_adapter.events import ChargerEvent
+from ocpp_adapter.vouching import ingress_domain, vouch
+from primitives.eip712 import ZERO_HASH, Domain, SigningKey
 
 KEYS = [SigningKey(bytes([i]) * 32) for i in range(1, 5)]
 VALIDATORS = tuple(sorted(k.address for k in KEYS))

@@ -64,7 +64,8 @@ def test_session_index_holds_only_open_sessions_within_its_bound(monkeypatch):
     """Settled and refunded sessions leave the index; requests beyond the per-charger bound are
     ignored (deterministically, by log order) instead of raising inside apply."""
     import devsen.chain_view as chain_view
-    from consensus.signing import SETTLEMENT_TYPE, typed_digest
+    from consensus.signing import SETTLEMENT_TYPE
+    from primitives.eip712 import typed_digest
 
     monkeypatch.setattr(chain_view, "MAX_OPEN_PER_CHARGER", 3)
     monkeypatch.setattr(chain_view, "CLOSED_KEPT_BLOCKS", 5)

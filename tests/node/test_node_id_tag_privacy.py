@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 from test_node_app import ANCHOR, KEYS, block, make_app
 
-from devsen.vouching import ingress_domain, vouch, vouch_digest
 from ocpp_adapter.events import ChargerEvent, EventEncodingError, hashed_id_tag
+from ocpp_adapter.vouching import ingress_domain, vouch, vouch_digest
 
 DOMAIN = ingress_domain(ANCHOR)
 TAG = "04A2B3C4D5E6F7"

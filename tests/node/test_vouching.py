@@ -11,9 +11,9 @@ import time
 import pytest
 from test_node_app import ANCHOR, KEYS, block, make_app
 
-from consensus.signing import SigningKey
-from devsen.vouching import VouchCache, ingress_domain, vouch, vouch_digest, vouch_problem
 from ocpp_adapter.events import ChargerEvent, EventEncodingError
+from ocpp_adapter.vouching import VouchCache, ingress_domain, vouch, vouch_digest, vouch_problem
+from primitives.eip712 import SigningKey
 
 DOMAIN = ingress_domain(ANCHOR)
 OUTSIDER = SigningKey(b"\x09" * 32)
@@ -82,7 +82,7 @@ def test_version_1_event_refused():
 
 
 def test_cache_recovers_once_and_is_bounded(monkeypatch):
-    import devsen.vouching as vouching
+    import ocpp_adapter.vouching as vouching
     calls = []
     real = vouching.recover_address
     monkeypatch.setattr(vouching, "recover_address", lambda d, s: calls.append(1) or real(d, s))

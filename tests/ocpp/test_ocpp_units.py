@@ -13,9 +13,7 @@ from ocpp_adapter import errors, schemas
 from ocpp_adapter.auth import (
     ChargerCredentials,
     InMemoryChargerRegistry,
-    hash_charger_password,
     parse_basic_auth,
-    verify_charger_password,
 )
 from ocpp_adapter.bounded import LruMap, TokenBucket
 from ocpp_adapter.config import OcppServerConfig
@@ -25,6 +23,7 @@ from ocpp_adapter.ingest import IngestOverloaded, IngestRejected, IngestResult
 from ocpp_adapter.memory_ingest import MemoryIngest
 from ocpp_adapter.protocol import CHARGER_INITIATED, CallAnswered, Ignored, OcppSession
 from ocpp_adapter.server import charge_box_id_from_path, choose_subprotocol
+from primitives.credentials import hash_charger_password, verify_charger_password
 
 NOW = "2026-01-01T00:00:00Z"
 

@@ -4,12 +4,20 @@ neither evict nor block a validator's link. In-process, loopback libp2p hosts.""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import trio
 from libp2p.peer.peerinfo import PeerInfo
 
 from p2p.envelope import DropCounters, ValidatorDirectory
-from p2p.host import HostConfig, InboundGate, build_host, outsider_slots, parse_peer_addr
+from p2p.host import (
+    HostConfig,
+    InboundGate,
+    RunningHost,
+    build_host,
+    outsider_slots,
+    parse_peer_addr,
+)
 from p2p.keys import init_keys
 from p2p.node import P2PConfig, P2PHandlers, open_p2p
 
@@ -18,7 +26,7 @@ MAX_PEERS = 3  # two validators: one outsider slot
 OUTSIDERS = 8
 
 
-def test_outsider_slots_reserve_one_per_validator():
+def test_outsider_slots_reserve_one_per_validator() -> None:
     assert outsider_slots(64, 4) == 60 and outsider_slots(3, 2) == 1 and outsider_slots(2, 5) == 0
     gate = InboundGate(3, 1, lambda peer: peer == b"v", lambda: 2, DropCounters())
     assert gate.admit(b"o1") == "outsider" and gate.admit(b"o2") is None  # the one slot is taken
@@ -29,7 +37,7 @@ def test_outsider_slots_reserve_one_per_validator():
     assert gate.drops.snapshot() == {"inbound/handshakes_busy": 1, "inbound/outsider_slots_full": 1}
 
 
-def _connected_peers(running) -> set[bytes]:
+def _connected_peers(running: RunningHost) -> set[bytes]:
     network = running.host.get_network()
     return {peer.to_bytes() for peer, conns in network.connections.items() if any(not c.is_closed for c in conns)}
 
@@ -38,7 +46,7 @@ def test_outsider_flood_stays_bounded_and_validator_links_still_work(tmp_path: P
     keys = [init_keys(tmp_path / f"v{i}") for i in range(2)]
     bindings = {k.validator_address: k.peer_id.to_bytes() for k in keys}
     received: list[tuple[bytes, bytes]] = []
-    figures: dict[str, object] = {}
+    figures: dict[str, Any] = {}
 
     async def on_consensus(sender: bytes, body: bytes) -> None:
         received.append((sender, body))
@@ -84,7 +92,7 @@ def test_outsider_flood_stays_bounded_and_validator_links_still_work(tmp_path: P
                     figures["drops"] = a.running.drops.snapshot()
                     nursery.cancel_scope.cancel()
         print("max_peers flood:", figures)
-        assert figures["drops"].get("inbound/outsider_slots_full", 0) >= OUTSIDERS - 1  # type: ignore[union-attr]
+        assert figures["drops"].get("inbound/outsider_slots_full", 0) >= OUTSIDERS - 1
 
     trio.run(main)
 

@@ -8,12 +8,12 @@ import msgpack
 import pytest
 import trio
 
-from consensus.signing import SigningKey
 from p2p.envelope import DropCounters, ValidatorDirectory
 from p2p.gossip import EventGossip, GossipOverloaded
 from p2p.host import GossipSettings
 from p2p.keys import NodeKeys
 from p2p.sync import MAX_SYNC_BLOCKS, MAX_SYNC_RESPONSE_BYTES, BlockSyncServer
+from primitives.eip712 import SigningKey
 
 KEYS = NodeKeys(libp2p_seed=b"\x07" * 32, validator=SigningKey(b"\x05" * 32))
 NETWORK = b"\x01" * 32
@@ -36,11 +36,12 @@ def _fake_host(queue_length: int) -> SimpleNamespace:
     )
 
 
-def test_sync_answers_are_bounded_in_blocks_and_bytes():
-    def source(lo, hi):
+def test_sync_answers_are_bounded_in_blocks_and_bytes() -> None:
+    def source(lo: int, hi: int) -> list[bytes]:
         return [b"%d" % h + b"x" * size for h in range(lo, hi + 1)]
 
-    server = BlockSyncServer(_fake_host(0), KEYS, NETWORK, ValidatorDirectory(), source, lambda: 10_000)
+    server = BlockSyncServer(_fake_host(0), KEYS, NETWORK, ValidatorDirectory(),  # type: ignore[arg-type]
+                             source, lambda: 10_000)
     size = 10
     latest, records = msgpack.unpackb(server.answer(1, 1000))
     assert latest == 10_000 and len(records) == MAX_SYNC_BLOCKS
@@ -50,9 +51,9 @@ def test_sync_answers_are_bounded_in_blocks_and_bytes():
     assert msgpack.unpackb(server.answer(5, 4)) == [10_000, []]
 
 
-async def test_event_publish_waits_then_reports_overload_when_peers_are_slow():
+async def test_event_publish_waits_then_reports_overload_when_peers_are_slow() -> None:
     host = _fake_host(queue_length=99)  # every peer queue above the publish mark
-    gossip = EventGossip(host, KEYS, NETWORK, ValidatorDirectory(), on_payloads=None,
+    gossip = EventGossip(host, KEYS, NETWORK, ValidatorDirectory(), on_payloads=None,  # type: ignore[arg-type]
                          max_count=2, max_delay_s=0.001, max_ready_batches=2, publish_timeout_s=0.3)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(gossip._send_loop)

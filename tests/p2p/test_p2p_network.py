@@ -11,16 +11,18 @@ import json
 import statistics
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from devsen.testnode import LocalNetwork, NodeProcess
 from p2p.keys import init_keys
-from p2p.testnode import LocalNetwork, NodeProcess
 
 
 @pytest.fixture(scope="module")
-def network(tmp_path_factory):
+def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
     net = LocalNetwork.start(tmp_path_factory.mktemp("p2pnet"), 4)
     try:
         yield net
@@ -32,17 +34,20 @@ def _payloads(tag: str, count: int) -> list[str]:
     return [f"{tag}-{i:05d}".encode().hex() for i in range(count)]
 
 
-def _submit(node: NodeProcess, tag: str, count: int, timeout_s: float = 40.0) -> list:
+def _submit(node: NodeProcess, tag: str, count: int, timeout_s: float = 40.0) -> list[Any]:
     reply = node.request({"cmd": "submit", "id": tag, "payloads": _payloads(tag, count)}, "submitted", timeout_s)
-    return reply["results"]
+    results: list[Any] = reply["results"]
+    return results
 
 
 def _chain(node: NodeProcess, to_height: int) -> list[str]:
-    return node.request({"cmd": "chain", "from": 1, "to": to_height}, "chain")["hashes"]
+    hashes: list[str] = node.request({"cmd": "chain", "from": 1, "to": to_height}, "chain")["hashes"]
+    return hashes
 
 
 def _drops(node: NodeProcess) -> dict[str, int]:
-    return node.request({"cmd": "stats"}, "stats")["p2p"]["drops"]
+    drops: dict[str, int] = node.request({"cmd": "stats"}, "stats")["p2p"]["drops"]
+    return drops
 
 
 def _assert_same_chain(nodes: list[NodeProcess]) -> int:
@@ -53,7 +58,7 @@ def _assert_same_chain(nodes: list[NodeProcess]) -> int:
     return height
 
 
-def test_four_nodes_from_one_bootstrap_commit_submitted_payloads_and_agree(network):
+def test_four_nodes_from_one_bootstrap_commit_submitted_payloads_and_agree(network: LocalNetwork) -> None:
     results_a = _submit(network.nodes[1], "a", 40)
     results_b = _submit(network.nodes[3], "b", 40)
     for result in results_a + results_b:
@@ -70,7 +75,7 @@ def test_four_nodes_from_one_bootstrap_commit_submitted_payloads_and_agree(netwo
     assert committed == 80
 
 
-def test_non_validator_publisher_is_ignored_and_does_not_slow_validators(network, tmp_path):
+def test_non_validator_publisher_is_ignored_and_does_not_slow_validators(network: LocalNetwork, tmp_path: Path) -> None:
     baseline = [r[1] for r in _submit(network.nodes[2], "base", 30)]
     intruder_keys = init_keys(tmp_path / "intruder-keys")
     intruder_config = dict(network.nodes[0].config)
@@ -102,7 +107,7 @@ def test_non_validator_publisher_is_ignored_and_does_not_slow_validators(network
     assert statistics.median(r[1] for r in during) < 3 * statistics.median(baseline) + 1000, (baseline, during)
 
 
-def test_wrong_network_and_foreign_keys_cannot_join(network, tmp_path):
+def test_wrong_network_and_foreign_keys_cannot_join(network: LocalNetwork, tmp_path: Path) -> None:
     base = network.nodes[0].config
     foreign_keys = init_keys(tmp_path / "foreign-keys")
     strangers = []
@@ -134,19 +139,19 @@ def test_wrong_network_and_foreign_keys_cannot_join(network, tmp_path):
     finally:
         for node in strangers:
             node.stop()
-    drops = defaultdict(int)
+    drops: defaultdict[str, int] = defaultdict(int)
     for validator in network.nodes:
         for key, value in _drops(validator).items():
             drops[key.rsplit("/", 1)[1]] += value
     assert drops["wrong_network"] > 0 and drops["not_validator"] > 0, dict(drops)
 
 
-def _signed(node: NodeProcess) -> list[dict]:
+def _signed(node: NodeProcess) -> list[dict[str, Any]]:
     path = Path(node.config["data_dir"]) / "signed.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_sigkill_one_node_others_continue_and_it_catches_up_without_conflicts(network):
+def test_sigkill_one_node_others_continue_and_it_catches_up_without_conflicts(network: LocalNetwork) -> None:
     victim, submitter = network.nodes[2], network.nodes[1]
     # payloads are flowing (submitted at two nodes, one of them the victim) when it dies
     submitter.send({"cmd": "load", "id": "flow", "rate": 40, "seconds": 3})
@@ -172,7 +177,7 @@ def test_sigkill_one_node_others_continue_and_it_catches_up_without_conflicts(ne
     # Nothing conflicting signed: one hash per (height, round, kind) across the crash, and
     # every own precommit in a block's commit round names that block.
     committed = dict(enumerate(_chain(network.nodes[0], height), start=1))
-    seen: dict[tuple, str] = {}
+    seen: dict[tuple[Any, ...], str] = {}
     for record in _signed(victim):
         slot = (record["height"], record["round"], record["kind"])
         assert seen.setdefault(slot, record["hash"]) == record["hash"], f"conflicting signatures at {slot}"
@@ -183,7 +188,7 @@ def test_sigkill_one_node_others_continue_and_it_catches_up_without_conflicts(ne
 
 
 @pytest.mark.slow
-def test_bootstrap_node_crash_under_load_restart_and_full_agreement(tmp_path):
+def test_bootstrap_node_crash_under_load_restart_and_full_agreement(tmp_path: Path) -> None:
     """Kill node 0 (everyone's only bootstrap address) under load, restart it twice."""
     net = LocalNetwork.start(tmp_path, 4)
     try:
@@ -203,7 +208,7 @@ def test_bootstrap_node_crash_under_load_restart_and_full_agreement(tmp_path):
         top = max(n.committed_height() for n in loaders)
         net.wait_all_height(top, 40)
         _assert_same_chain(net.nodes)
-        seen: dict[tuple, str] = {}
+        seen: dict[tuple[Any, ...], str] = {}
         for record in _signed(net.nodes[0]):
             slot = (record["height"], record["round"], record["kind"])
             assert seen.setdefault(slot, record["hash"]) == record["hash"], f"conflicting signatures at {slot}"

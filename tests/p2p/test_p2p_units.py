@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consensus.signing import Domain, SigningKey
 from p2p.batching import Batcher, BatchError, decode_batch, encode_batch
 from p2p.envelope import (
     DropCounters,
     DropReason,
+    Envelope,
     EnvelopeDropped,
     MessageKind,
     ValidatorDirectory,
@@ -24,12 +26,13 @@ from p2p.envelope import (
 )
 from p2p.framing import FrameDecoder, FrameError, encode_frame, encode_uvarint
 from p2p.keys import LIBP2P_KEY_FILE, VALIDATOR_KEY_FILE, KeyFileError, init_keys, load_keys
+from primitives.eip712 import Domain, SigningKey
 
 NETWORK = network_id_of(Domain(31337, b"\x11" * 20))
 OTHER_NETWORK = network_id_of(Domain(31337, b"\x22" * 20))
 
 
-def test_keys_are_created_private_and_reloaded_identically(tmp_path):
+def test_keys_are_created_private_and_reloaded_identically(tmp_path: Path) -> None:
     keys = init_keys(tmp_path / "k")
     for name in (LIBP2P_KEY_FILE, VALIDATOR_KEY_FILE):
         assert stat.S_IMODE(os.stat(tmp_path / "k" / name).st_mode) == 0o600
@@ -41,7 +44,7 @@ def test_keys_are_created_private_and_reloaded_identically(tmp_path):
     assert loaded.describe()["validator_address"].lower() == "0x" + keys.validator_address.hex()
 
 
-def test_keys_refuse_half_directories_exposed_files_and_garbage(tmp_path):
+def test_keys_refuse_half_directories_exposed_files_and_garbage(tmp_path: Path) -> None:
     init_keys(tmp_path / "k")
     (tmp_path / "k" / VALIDATOR_KEY_FILE).unlink()
     with pytest.raises(KeyFileError, match="only one"):
@@ -59,7 +62,7 @@ def test_keys_refuse_half_directories_exposed_files_and_garbage(tmp_path):
 
 
 @given(st.lists(st.binary(max_size=300), max_size=20), st.integers(min_value=1, max_value=64))
-def test_frames_roundtrip_in_any_chunking(bodies, chunk):
+def test_frames_roundtrip_in_any_chunking(bodies: list[bytes], chunk: int) -> None:
     wire = b"".join(encode_frame(b, 300) for b in bodies)
     decoder = FrameDecoder(300)
     out = []
@@ -71,7 +74,7 @@ def test_frames_roundtrip_in_any_chunking(bodies, chunk):
     assert decoder.buffered == 0
 
 
-def test_frames_refuse_oversize_before_buffering_and_bad_varints():
+def test_frames_refuse_oversize_before_buffering_and_bad_varints() -> None:
     decoder = FrameDecoder(100)
     decoder.feed(encode_uvarint(101))
     with pytest.raises(FrameError, match="101-byte frame"):
@@ -84,19 +87,20 @@ def test_frames_refuse_oversize_before_buffering_and_bad_varints():
         encode_frame(b"x" * 101, 100)
 
 
-def _open(wire, directory, from_peer, kinds=(MessageKind.CONSENSUS,), network=NETWORK):
+def _open(wire: bytes, directory: ValidatorDirectory, from_peer: bytes,
+          kinds: tuple[MessageKind, ...] = (MessageKind.CONSENSUS,), network: bytes = NETWORK) -> Envelope:
     return open_envelope(wire, network_id=network, kinds=kinds, directory=directory,
                          from_peer=from_peer, max_body_bytes=1024)
 
 
-def test_envelope_accepts_a_bound_validator_and_drops_everything_else():
+def test_envelope_accepts_a_bound_validator_and_drops_everything_else() -> None:
     alice, mallory = SigningKey(b"\x01" * 32), SigningKey(b"\x02" * 32)
     directory = ValidatorDirectory({alice.address: b"peer-alice"})
     wire = seal(alice, NETWORK, MessageKind.CONSENSUS, b"vote")
     envelope = _open(wire, directory, b"peer-alice")
     assert (envelope.sender, envelope.body, envelope.kind) == (alice.address, b"vote", MessageKind.CONSENSUS)
 
-    def reason(wire, from_peer=b"peer-alice", **kw):
+    def reason(wire: bytes, from_peer: bytes = b"peer-alice", **kw: Any) -> DropReason:
         with pytest.raises(EnvelopeDropped) as info:
             _open(wire, directory, from_peer, **kw)
         return info.value.reason
@@ -115,7 +119,7 @@ def test_envelope_accepts_a_bound_validator_and_drops_everything_else():
     assert reason(msgpack.packb(fields)) is DropReason.BAD_SIGNATURE
 
 
-def test_directory_refuses_duplicate_peer_ids_without_raising(caplog):
+def test_directory_refuses_duplicate_peer_ids_without_raising(caplog: pytest.LogCaptureFixture) -> None:
     """Two validators claim one peer id (a hostile ValidatorSet entry): before, `replace`
     raised and every node failed to start; now the claim is a refused entry."""
     a, b, c = b"\x01" * 20, b"\x02" * 20, b"\x03" * 20
@@ -131,7 +135,7 @@ def test_directory_refuses_duplicate_peer_ids_without_raising(caplog):
     assert ValidatorDirectory({b: b"same", c: b"same", a: b"same"}).addresses() == [a]  # order-independent
 
 
-def test_directory_refuses_garbage_entries():
+def test_directory_refuses_garbage_entries() -> None:
     ok = b"\x05" * 20
     hostile = {b"short": b"p", b"\x01" * 20: b"", b"\x02" * 20: b"x" * 65, b"\x03" * 20: "text",
                7: b"p7", ok: b"fine"}
@@ -139,7 +143,7 @@ def test_directory_refuses_garbage_entries():
     assert directory.addresses() == [ok] and len(directory.refused) == 5
 
 
-def test_directory_replace_and_drop_counters():
+def test_directory_replace_and_drop_counters() -> None:
     directory = ValidatorDirectory({b"\x01" * 20: b"p1"})
     directory.replace({b"\x02" * 20: b"p2", b"\x03" * 20: b"p3"})
     assert directory.addresses() == [b"\x02" * 20, b"\x03" * 20]
@@ -151,7 +155,7 @@ def test_directory_replace_and_drop_counters():
     assert counters.snapshot() == {"events/not_validator": 3, "links/wrong_network": 1}
 
 
-def test_batcher_closes_by_count_bytes_and_deadline():
+def test_batcher_closes_by_count_bytes_and_deadline() -> None:
     batcher = Batcher(max_count=3, max_bytes=100, max_delay_s=0.005)
     assert batcher.deadline() is None and not batcher.due(0.0)
     for i in range(3):
@@ -166,7 +170,7 @@ def test_batcher_closes_by_count_bytes_and_deadline():
         batcher.add(b"z" * 200, 2.0)
 
 
-def test_batch_codec_bounds():
+def test_batch_codec_bounds() -> None:
     payloads = [b"a", b"bb", b""]
     assert decode_batch(encode_batch(payloads), 3) == payloads
     with pytest.raises(BatchError):

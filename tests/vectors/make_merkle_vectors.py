@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from anchoring.merkle import MerkleTree, leaf_hash
-from consensus.signing import Domain, SigningKey
-from devsen.vouching import ingress_domain, vouch
 from ocpp_adapter.events import ChargerEvent
+from ocpp_adapter.vouching import ingress_domain, vouch
+from primitives.eip712 import Domain, SigningKey
 
 VECTOR_PATH = Path(__file__).with_name("merkle_v1.json")
 LEAF_COUNTS = (0, 1, 2, 3, 5, 8, 13)

@@ -23,8 +23,8 @@ _SEQ = itertools.count()
 
 
 def _flood_event(parts_app: Any, tag: str) -> bytes:
-    from devsen.vouching import vouch
     from ocpp_adapter.events import ChargerEvent
+    from ocpp_adapter.vouching import vouch
 
     n = next(_SEQ)
     event = ChargerEvent(f"FLOOD-{tag}{n}", "1.6", "Heartbeat", f"flood-{n}", {}, "", int(time.time() * 1000))

@@ -25,7 +25,7 @@ from behaviours import after_start, env, log
 
 async def _commit(parts: Any, event: Any) -> Any:
     from devsen.app import decode_event_reply
-    from devsen.vouching import vouch
+    from ocpp_adapter.vouching import vouch
 
     event = vouch(event, parts.app.settings.key, parts.app.vouches.domain)
     try:
@@ -50,8 +50,8 @@ def _pair(charger: str, connector: int, token: str, tag: str, transaction_id: in
 
 async def _gossip_unattributable(parts: Any, charger: str, connector: int, token: str, stem: str) -> dict[str, Any]:
     """The forgeries honest admission must refuse; returns their message ids by kind."""
-    from consensus.signing import SigningKey
-    from devsen.vouching import vouch, vouch_digest
+    from ocpp_adapter.vouching import vouch, vouch_digest
+    from primitives.eip712 import SigningKey
 
     key, domain = parts.app.settings.key, parts.app.vouches.domain
     other = next(a for a in parts.app.validators if a != key.address)

@@ -13,6 +13,8 @@ the connection id. A forged or altered event thus either fails to verify or is s
 
 `vouch_problem` is the one pure check, used by mempool admission and block validation;
 `VouchCache` remembers recovered signers (bounded) so each signature is recovered once.
+It sits with the event format, below the node (which signs and admits) and the audit
+(which verifies), so both share one check.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Collection
 
-from consensus.signing import Domain, SignatureError, SigningKey, recover_address, typed_digest
 from ocpp_adapter.events import ChargerEvent
+from primitives.eip712 import Domain, SignatureError, SigningKey, recover_address, typed_digest
 
 VOUCH_TYPE = "ChargerEventVouch(bytes32 bodyHash,uint128 connectionId,address ingressNode)"
 INGRESS_DOMAIN_NAME = "DEVSEN Ingress"

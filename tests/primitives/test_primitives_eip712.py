@@ -4,12 +4,11 @@ import pytest
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 
-from consensus.signing import (
-    VOTE_TYPE,
+from consensus.signing import VOTE_TYPE, quorum_size
+from primitives.eip712 import (
     Domain,
     SignatureError,
     SigningKey,
-    quorum_size,
     recover_address,
     sort_signatures_by_signer,
     to_checksum_hex,
@@ -30,7 +29,7 @@ VOTE_FIELDS = [
 ]
 
 
-def test_vote_digest_and_signature_match_eth_account():
+def test_vote_digest_and_signature_match_eth_account() -> None:
     key = SigningKey(bytes.fromhex("11" * 32))
     contract = bytes.fromhex("ab" * 20)
     digest = typed_digest(Domain(31337, contract), VOTE_TYPE, [2, 5, 1, b"\x22" * 32])
@@ -48,7 +47,7 @@ def test_vote_digest_and_signature_match_eth_account():
     assert Account.from_key(key.secret).address == to_checksum_hex(key.address)
 
 
-def test_domain_separates_chains_and_contracts():
+def test_domain_separates_chains_and_contracts() -> None:
     values = [2, 5, 1, b"\x22" * 32]
     a = typed_digest(Domain(1, b"\x01" * 20), VOTE_TYPE, values)
     assert a != typed_digest(Domain(2, b"\x01" * 20), VOTE_TYPE, values)
@@ -56,12 +55,12 @@ def test_domain_separates_chains_and_contracts():
 
 
 @pytest.mark.parametrize("bad", [b"", b"\x00" * 64, b"\x00" * 66])
-def test_malformed_signatures_are_rejected(bad):
+def test_malformed_signatures_are_rejected(bad: bytes) -> None:
     with pytest.raises(SignatureError):
         recover_address(b"\x01" * 32, bad)
 
 
-def test_high_s_and_bad_v_are_rejected():
+def test_high_s_and_bad_v_are_rejected() -> None:
     key = SigningKey(bytes.fromhex("22" * 32))
     digest = b"\x05" * 32
     sig = key.sign(digest)
@@ -73,14 +72,14 @@ def test_high_s_and_bad_v_are_rejected():
         recover_address(digest, sig[:64] + b"\x01")
 
 
-def test_out_of_range_values_and_keys_are_rejected():
+def test_out_of_range_values_and_keys_are_rejected() -> None:
     with pytest.raises(ValueError):
         typed_digest(Domain(1, b"\x01" * 20), VOTE_TYPE, [256, 1, 1, b"\x00" * 32])
     with pytest.raises(SignatureError):
         SigningKey(b"\x00" * 32)
 
 
-def test_quorum_and_signer_ordering():
+def test_quorum_and_signer_ordering() -> None:
     assert [quorum_size(n) for n in (1, 3, 4, 6, 7, 10)] == [1, 3, 3, 5, 5, 7]
     keys = [SigningKey(bytes([i]) * 32) for i in range(1, 6)]
     digest = b"\x07" * 32

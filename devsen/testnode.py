@@ -1,4 +1,4 @@
-"""Test harness node process: `python -m p2p.testnode CONFIG.json` (tests and benchmarks only).
+"""Test harness node process: `python -m devsen.testnode CONFIG.json` (tests and benchmarks only).
 
 Runs either the consensus service with a minimal deterministic application (a hash chain of
 payloads) or, with `"mode": "p2p"`, the bare p2p stack (to measure transports, or to play a
@@ -30,65 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-HASH_CHAIN_HEADER = b"hashchain/v1"
-
-
-class HashChainApp:
-    """Deterministic test application: state_h = keccak(state_{h-1} || payloadsHash_h)."""
-
-    def __init__(self) -> None:
-        from consensus.signing import ZERO_HASH
-
-        self.state = ZERO_HASH
-        self.height = 0
-
-    # consensus.abci.Application (the shell's only way in)
-    def check_tx(self, payload: bytes) -> Any:
-        from consensus.abci import CheckResult
-
-        return CheckResult(len(payload) <= 65536, "payload too large")
-
-    def propose_facts(self, height: int) -> Any:
-        return None
-
-    def prepare_proposal(self, height: int, payloads: tuple[bytes, ...], facts: Any) -> Any:
-        from consensus.abci import Prepared
-
-        return Prepared(HASH_CHAIN_HEADER, payloads)
-
-    def fetch_facts(self, height: int, app_header: bytes, payloads: tuple[bytes, ...] = (),
-                    *, committed: bool = False) -> Any:
-        return None
-
-    def process_proposal(self, block: Any, facts: Any) -> bool:
-        return bool(block.app_header == HASH_CHAIN_HEADER and all(len(p) <= 65536 for p in block.payloads))
-
-    def finalize_block(self, block: Any, certificate: Any, facts: Any) -> Any:
-        from consensus.abci import FinalizeResult, TxResult
-        from consensus.signing import keccak256
-
-        assert block.height == self.height + 1, "blocks are applied in order"
-        self.state = keccak256(self.state + block.payloads_hash)
-        self.height = block.height
-        return FinalizeResult(tuple(TxResult() for _ in block.payloads), self.state)
-
-    def commit(self, height: int) -> None:
-        pass
-
-    def restore(self, last_height: int, get_block: Any) -> Any:
-        return None
-
-    def list_snapshots(self) -> Any:
-        return ()
-
-    def load_snapshot_chunk(self, height: int, format: int, index: int) -> bytes | None:
-        return None
-
-    def offer_snapshot(self, snapshot: Any, app_hash: bytes) -> bool:
-        return False
-
-    def apply_snapshot_chunk(self, index: int, chunk: bytes) -> bool | None:
-        return False
+from consensus.testkit import HashChainApp
 
 
 def emit(event: str, **fields: Any) -> None:
@@ -118,11 +60,11 @@ async def _read_commands(handle: Any) -> None:
 def _build(config: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
     from libp2p.peer.id import ID
 
-    from consensus.signing import Domain
     from consensus.types import ValidatorSet
     from p2p.envelope import ValidatorDirectory
     from p2p.host import HostConfig
     from p2p.keys import init_keys
+    from primitives.eip712 import Domain
 
     keys = init_keys(config["key_dir"])
     domain = Domain(int(config["chain_id"]), bytes.fromhex(config["verifying_contract"]))
@@ -343,7 +285,7 @@ class NodeProcess:
         self.ready = {}
         stderr = open(self.workdir / f"{self.name}.stderr", "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "p2p.testnode", str(self.config_path)],
+            [sys.executable, "-m", "devsen.testnode", str(self.config_path)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
             cwd=str(Path(__file__).resolve().parent.parent),
         )

@@ -1,0 +1,65 @@
+"""A minimal deterministic ABCI application for tests, benchmarks and the harness node.
+
+`HashChainApp` admits payloads up to 64 KiB, proposes them under a fixed app header, and
+keeps state_h = keccak(state_{h-1} || payloadsHash_h); it has no snapshots. Test apps that
+need other behaviour subclass it and override only what differs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from consensus.abci import CheckResult, FinalizeResult, Prepared, TxResult
+from primitives.eip712 import ZERO_HASH
+from primitives.hashing import keccak256
+
+HASH_CHAIN_HEADER = b"hashchain/v1"
+
+
+class HashChainApp:
+    """Deterministic test application: state_h = keccak(state_{h-1} || payloadsHash_h)."""
+
+    def __init__(self) -> None:
+        self.state = ZERO_HASH
+        self.height = 0
+
+    # consensus.abci.Application (the shell's only way in)
+    def check_tx(self, payload: bytes) -> CheckResult:
+        return CheckResult(len(payload) <= 65536, "payload too large")
+
+    def propose_facts(self, height: int) -> Any:
+        return None
+
+    def prepare_proposal(self, height: int, payloads: tuple[bytes, ...], facts: Any) -> Prepared:
+        return Prepared(HASH_CHAIN_HEADER, payloads)
+
+    def fetch_facts(self, height: int, app_header: bytes, payloads: tuple[bytes, ...] = (),
+                    *, committed: bool = False) -> Any:
+        return None
+
+    def process_proposal(self, block: Any, facts: Any) -> bool:
+        return bool(block.app_header == HASH_CHAIN_HEADER and all(len(p) <= 65536 for p in block.payloads))
+
+    def finalize_block(self, block: Any, certificate: Any, facts: Any) -> FinalizeResult:
+        assert block.height == self.height + 1, "blocks are applied in order"
+        self.state = keccak256(self.state + block.payloads_hash)
+        self.height = block.height
+        return FinalizeResult(tuple(TxResult() for _ in block.payloads), self.state)
+
+    def commit(self, height: int) -> None:
+        pass
+
+    def restore(self, last_height: int, get_block: Any) -> Any:
+        return None
+
+    def list_snapshots(self) -> Any:
+        return ()
+
+    def load_snapshot_chunk(self, height: int, format: int, index: int) -> bytes | None:
+        return None
+
+    def offer_snapshot(self, snapshot: Any, app_hash: bytes) -> bool:
+        return False
+
+    def apply_snapshot_chunk(self, index: int, chunk: bytes) -> bool | None:
+        return False
