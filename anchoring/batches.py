@@ -341,7 +341,7 @@ class AttestationBook:
         pending.signatures[attestation.signer] = attestation.signature
         return self._complete_if_quorum(table, key, height)
 
-    def _complete_if_quorum(self, table: OrderedDict, key: int | bytes, height: int) -> Quorum | None:
+    def _complete_if_quorum(self, table: OrderedDict[Any, Any], key: int | bytes, height: int) -> Quorum | None:
         pending = table[key]
         if len(pending.signatures) < self.quorum:
             return None

@@ -229,7 +229,7 @@ async def wait_serving(url: str, pid: int, tag: str, timeout_s: float = NODE_STA
 def live_status(state: dict[str, Any]) -> dict[str, Any]:
     """The state file plus what is true now: which pids run, each node's height and peers,
     the chain head."""
-    out = json.loads(json.dumps(state))
+    out: dict[str, Any] = json.loads(json.dumps(state))
     supervisor = out.get("supervisor", {})
     supervisor["running"] = pid_alive(supervisor.get("pid"), "devnet")
     chain = out["chain"]
@@ -301,7 +301,8 @@ def _started_at(unix_s: float) -> str:
 def _node(state: dict[str, Any], index: int) -> dict[str, Any]:
     for node in state["nodes"]:
         if node["index"] == index:
-            return node
+            found: dict[str, Any] = node
+            return found
     raise DevnetStateError(f"no node {index}: this devnet has nodes 1..{len(state['nodes'])}")
 
 

@@ -5,7 +5,9 @@ import json
 import logging
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,7 +74,7 @@ STATUS_DOC = {
 }
 
 
-def test_formatting_helpers_show_units_hex_iso_times_and_enum_names():
+def test_formatting_helpers_show_units_hex_iso_times_and_enum_names() -> None:
     import enum
     from dataclasses import dataclass
 
@@ -96,7 +98,7 @@ def test_formatting_helpers_show_units_hex_iso_times_and_enum_names():
     assert jsonable(Thing(b"\xd4\x01", Colour.RED, (1, 2))) == {"id": "0xd401", "colour": "RED", "parts": [1, 2]}
 
 
-def test_node_status_for_people_names_every_concern():
+def test_node_status_for_people_names_every_concern() -> None:
     from devsen.cli import format_node_status
 
     text = format_node_status(STATUS_DOC)
@@ -111,7 +113,7 @@ def test_node_status_for_people_names_every_concern():
     assert "peers       - connected" in format_node_status({"node": "old", "committed_height": 3})
 
 
-def _serve_status(document):
+def _serve_status(document: dict[str, Any]) -> tuple[int, Callable[[], None]]:
     """A real HTTP server on 127.0.0.1 answering /v1/status with `document`; (port, stop)."""
     import threading
 
@@ -121,13 +123,13 @@ def _serve_status(document):
 
     router = Router()
 
-    async def status(_):
+    async def status(_: Any) -> tuple[int, dict[str, Any]]:
         return 200, document
 
     router.get("/v1/status", status)
-    ready, ports, stop = threading.Event(), [], []
+    ready, ports, stop = threading.Event(), list[int](), list[Any]()
 
-    async def main():
+    async def main() -> None:
         async with trio.open_nursery() as nursery:
             ports.append(await nursery.start(serve_http, router, "127.0.0.1", 0))
             stop.append((trio.lowlevel.current_trio_token(), nursery.cancel_scope.cancel))
@@ -137,7 +139,7 @@ def _serve_status(document):
     thread.start()
     assert ready.wait(10)
 
-    def close():
+    def close() -> None:
         token, cancel = stop[0]
         token.run_sync_soon(cancel)
         thread.join(10)
@@ -145,7 +147,7 @@ def _serve_status(document):
     return ports[0], close
 
 
-def test_status_command_text_json_and_a_node_that_does_not_answer(capsys):
+def test_status_command_text_json_and_a_node_that_does_not_answer(capsys: pytest.CaptureFixture[str]) -> None:
     port, close = _serve_status(STATUS_DOC)
     try:
         assert main(["status", "--node", f"http://127.0.0.1:{port}"]) == 0
@@ -159,7 +161,7 @@ def test_status_command_text_json_and_a_node_that_does_not_answer(capsys):
     assert "did not answer" in err and "devsen devnet status" in err
 
 
-def test_devnet_status_without_a_devnet_names_the_fix(tmp_path, capsys):
+def test_devnet_status_without_a_devnet_names_the_fix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["devnet", "status", "--dir", str(tmp_path / "none")]) == 1
     assert "make devnet" in capsys.readouterr().err
     (tmp_path / "bad").mkdir()
@@ -168,7 +170,7 @@ def test_devnet_status_without_a_devnet_names_the_fix(tmp_path, capsys):
     assert "not valid JSON" in capsys.readouterr().err
 
 
-def _stopped_devnet_state(root: Path) -> dict:
+def _stopped_devnet_state(root: Path) -> dict[str, Any]:
     return {
         "version": 1, "dir": str(root),
         "supervisor": {"pid": 0, "started_at": "2026-12-02T00:00:00Z", "started_at_unix": 0},
@@ -182,7 +184,7 @@ def _stopped_devnet_state(root: Path) -> dict:
     }
 
 
-def test_devnet_status_of_a_stopped_devnet_text_and_json(tmp_path, capsys):
+def test_devnet_status_of_a_stopped_devnet_text_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from devsen.devnet_state import write_state
 
     write_state(tmp_path, _stopped_devnet_state(tmp_path))
@@ -204,7 +206,7 @@ def test_devnet_status_of_a_stopped_devnet_text_and_json(tmp_path, capsys):
     assert "no node 7: this devnet has nodes 1..1" in capsys.readouterr().err
 
 
-def test_a_reused_pid_is_never_signalled(tmp_path):
+def test_a_reused_pid_is_never_signalled(tmp_path: Path) -> None:
     """The state file names this test's own pid for a node: its command line is not that
     node's, so `devnet node stop` leaves it alone."""
     import os
@@ -218,7 +220,7 @@ def test_a_reused_pid_is_never_signalled(tmp_path):
     assert stop_node(tmp_path, 1)["was_running"] is False  # and we are still here
 
 
-def test_wallet_session_for_people_has_no_reprs():
+def test_wallet_session_for_people_has_no_reprs() -> None:
     from devsen.wallet import format_session
 
     doc = {"session_id": "0x" + "d4" * 32, "status": "SETTLED", "driver": "0x" + "99" * 20,
@@ -234,7 +236,7 @@ def test_wallet_session_for_people_has_no_reprs():
     assert "opened    2026-12-02T00:47:45Z" in text
 
 
-def test_wallet_and_audit_accept_json_before_or_after_the_command(capsys):
+def test_wallet_and_audit_accept_json_before_or_after_the_command(capsys: pytest.CaptureFixture[str]) -> None:
     from anchoring.audit import audit_main
 
     assert audit_main(["verify", "0x" + "00" * 32, "--node", "http://127.0.0.1:9", "--rpc", "http://127.0.0.1:9",
@@ -248,7 +250,7 @@ def test_wallet_and_audit_accept_json_before_or_after_the_command(capsys):
     assert _parser().parse_args(["--rpc", "x", "--deployment", "d", "balance"]).json is False
 
 
-def test_processes_left_by_a_devnet_that_died_are_stopped_by_the_next_one(tmp_path):
+def test_processes_left_by_a_devnet_that_died_are_stopped_by_the_next_one(tmp_path: Path) -> None:
     import subprocess
     import sys
 

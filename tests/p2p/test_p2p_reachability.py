@@ -9,7 +9,10 @@ from __future__ import annotations
 import io
 import logging
 import socket
+from pathlib import Path
+from typing import Any
 
+import pytest
 import trio
 
 from devsen.logs import setup_logging
@@ -26,17 +29,17 @@ class Clock:
         return self.now
 
 
-def _tracker(caplog, **kwargs) -> tuple[Reachability, Clock]:
+def _tracker(caplog: pytest.LogCaptureFixture, **kwargs: Any) -> tuple[Reachability, Clock]:
     caplog.set_level(logging.DEBUG, logger="p2p.reachability")
     clock = Clock()
     return Reachability(clock=clock, **kwargs), clock
 
 
-def _lines(caplog, level: int) -> list[str]:
+def _lines(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "p2p.reachability" and r.levelno == level]
 
 
-def test_a_lost_peer_is_one_warning_then_a_summary_per_interval_then_one_info(caplog):
+def test_a_lost_peer_is_one_warning_then_a_summary_per_interval_then_one_info(caplog: pytest.LogCaptureFixture) -> None:
     reach, clock = _tracker(caplog, summary_interval_s=60, grace_s=10)
     reach.connected("peerB")
     reach.lost("peerB")
@@ -60,7 +63,7 @@ def test_a_lost_peer_is_one_warning_then_a_summary_per_interval_then_one_info(ca
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
-def test_a_peer_never_reached_is_announced_once_after_the_grace_time(caplog):
+def test_a_peer_never_reached_is_announced_once_after_the_grace_time(caplog: pytest.LogCaptureFixture) -> None:
     reach, clock = _tracker(caplog, summary_interval_s=60, grace_s=10)
     for _ in range(9):
         reach.dial_failed("peerC", "refused")
@@ -73,7 +76,7 @@ def test_a_peer_never_reached_is_announced_once_after_the_grace_time(caplog):
     assert "peer peerC is unreachable" in _lines(caplog, logging.WARNING)[0]
 
 
-def test_a_peer_that_connects_before_the_grace_time_leaves_no_line(caplog):
+def test_a_peer_that_connects_before_the_grace_time_leaves_no_line(caplog: pytest.LogCaptureFixture) -> None:
     reach, clock = _tracker(caplog, grace_s=10)
     reach.dial_failed("peerD", "refused")
     clock.now += 2
@@ -84,10 +87,10 @@ def test_a_peer_that_connects_before_the_grace_time_leaves_no_line(caplog):
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        return int(sock.getsockname()[1])
 
 
-def test_a_real_peer_down_then_up_then_down_logs_few_lines_and_no_libp2p_errors(tmp_path):
+def test_a_real_peer_down_then_up_then_down_logs_few_lines_and_no_libp2p_errors(tmp_path: Path) -> None:
     stream = io.StringIO()
     handler = setup_logging("INFO", "text", stream=stream)
     keys_a, keys_b = init_keys(tmp_path / "a"), init_keys(tmp_path / "b")
@@ -129,7 +132,7 @@ def test_a_real_peer_down_then_up_then_down_logs_few_lines_and_no_libp2p_errors(
     assert everything.count(f"lost the connection to peer {peer_b}") == 1
 
 
-def test_the_first_summary_comes_a_whole_interval_after_the_peer_goes(caplog):
+def test_the_first_summary_comes_a_whole_interval_after_the_peer_goes(caplog: pytest.LogCaptureFixture) -> None:
     reach, clock = _tracker(caplog, summary_interval_s=60, grace_s=10)
     reach.connected("peerE")
     for _ in range(200):  # up for 200 s: the ticks find nobody down
