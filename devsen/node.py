@@ -392,6 +392,8 @@ def build_router(parts: NodeParts) -> Router:
 
     async def status(_: dict[str, str]) -> tuple[int, Any]:
         service = parts.service
+        stats = service.stats()
+        p2p: dict[str, Any] = stats.get("p2p") or {}
         return 200, {
             "node": parts.config.node.name,
             "validator": "0x" + parts.keys.validator.address.hex(),
@@ -401,7 +403,8 @@ def build_router(parts: NodeParts) -> Router:
             "validators": len(parts.app.validators),
             "app_state_hash": "0x" + service.app_state_hash.hex(),
             "chargers_connected": len(parts.connections),
-            "consensus": {k: v for k, v in service.stats().items() if k != "p2p"},
+            "consensus": {k: v for k, v in stats.items() if k != "p2p"},
+            "p2p": {"linked_validators": p2p.get("linked_validators", 0), "dial_failures": p2p.get("dial_failures", 0)},
             "app": dict(parts.app.counters),
             "own_attestations_pending": len(parts.outbox.pending),
             "submitter": parts.submitter.status(),
