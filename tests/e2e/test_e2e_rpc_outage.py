@@ -22,6 +22,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import json
+import signal
 import time
 import uuid
 from collections import defaultdict
@@ -508,3 +509,59 @@ async def test_rpc_blackholed_for_15s_under_load(outage_network: Any) -> None:
 async def test_rpc_blackholed_for_60s_under_load(outage_network: Any) -> None:
     await run_outage(outage_network, "blackhole_60s", "blackhole", 60.0, outage_network["sessions"][1])
 
+
+
+@pytest.mark.slow
+async def test_node_restarted_during_an_outage_waits_for_the_chain_and_its_queued_message_is_answered_once(
+        outage_network: Any) -> None:
+    """Node 4 is killed while a charger's CALL waits there for the blackholed chain, and started
+    again during the outage: it waits for the RPC (no crash loop), then catches up; the CALL,
+    gossiped before the kill, is committed once, and the charger's retry with the same message
+    id at the restarted node gets that one answer."""
+    net = outage_network
+    nodes, proxy = net["nodes"], net["proxy"]
+    victim, charger_id = nodes[3], net["load_ids"][-1]
+    payload = {"connectorId": 1, "errorCode": "NoError", "status": "Available", "timestamp": iso_now()}
+    message_id = str(uuid.uuid4())
+    frame = json.dumps([CALL, message_id, "StatusNotification", payload])
+    figures: dict[str, Any] = {"scenario": "restart_during_blackhole", "mode": "blackhole"}
+    async with charger_at(victim.ocpp_url, charger_id, LOAD_PASSWORD) as charger:
+        await charger.result("Heartbeat", {})  # admitted, and its credentials remembered
+        proxy.blackhole()
+        began = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(charger.send, message_id, frame, "StatusNotification")
+            await trio.sleep(3.0)  # gossiped to the other validators' mempools meanwhile
+            nursery.cancel_scope.cancel()
+        assert not charger.replies.get(message_id), "answered while the chain is unreachable"
+    victim.process.send_signal(signal.SIGKILL)
+    victim.process.wait(timeout=10)
+    start_node_process(victim)
+    await trio.sleep(12.0)
+    assert victim.process.poll() is None, "the restarted node gave up on the unreachable chain"
+    figures["restarted_node_alive_during_outage_s"] = round(trio.current_time() - began, 1)
+    proxy.heal()
+    healed = trio.current_time()
+    await wait_until_serving([victim])
+    figures["serving_after_recovery_s"] = round(trio.current_time() - healed, 1)
+    with trio.fail_after(RECOVERY_BOUND_S):
+        while True:
+            heights = await _heights(nodes)
+            if heights[3] >= min(heights[:3]) > 0:
+                break
+            await trio.sleep(0.5)
+    figures["caught_up_after_recovery_s"] = round(trio.current_time() - healed, 1)
+    async with charger_at(victim.ocpp_url, charger_id, LOAD_PASSWORD) as charger:
+        with trio.fail_after(60):
+            reply = await charger.send(message_id, frame, "StatusNotification")
+        await trio.sleep(1.0)
+        assert reply[0] == CALLRESULT and len(charger.replies[message_id]) == 1, charger.replies[message_id]
+    events = set()
+    for node in nodes:
+        status, found = await http_get_json(f"{node.http_url}/v1/chargers/{charger_id}/messages/{message_id}")
+        assert status == 200, found
+        events.add((found["event_id"], found["height"]))
+    assert len(events) == 1, events  # committed once, the same event everywhere
+    figures["committed_at_height"] = next(iter(events))[1]
+    _record(figures)
+    print("\nrpc outage figures:", json.dumps(figures, indent=1))
