@@ -268,6 +268,11 @@ class Submitter:
                     log.warning("chain RPC failed (%s: %s); retrying with backoff", type(exc).__name__, exc)
                 failing_since = time.monotonic() if failing_since is None else failing_since
                 backoff = min(backoff * 2, self.config.backoff_max_s)
+                if not isinstance(exc, SubmissionRejected):
+                    # Turns count only time this node could reach the chain: after an outage shared
+                    # by every node, the first in order sends, not all of them at once.
+                    for job in self._jobs.values():
+                        job.ready_since = None
             with trio.move_on_after(delay):
                 await self._wake.wait()
             self._wake = trio.Event()
