@@ -32,6 +32,7 @@ from anchoring.chain.errors import (
 log = logging.getLogger("devsen.chain")
 T = TypeVar("T")
 DEFAULT_RPC_TIMEOUT_S = 10.0  # one HTTP request to the chain, connect + read
+PROBE_TIMEOUT_S = 2.0  # the same while the endpoint is known down
 TESTER_RPC = "tester"
 MAX_GAS_PER_TX = 15_000_000
 DEFAULT_PRIORITY_FEE_WEI = 1_000_000_000
@@ -109,11 +110,21 @@ class RpcHealth:
 
 
 class _TrackedHTTPProvider(HTTPProvider):
-    """web3's HTTPProvider reporting every transport outcome to an RpcHealth."""
+    """web3's HTTPProvider reporting every transport outcome to an RpcHealth. While the
+    endpoint is down its requests get the short `probe_timeout_s`, so the end of an outage
+    is noticed within that (a request still hanging on a dead connection would otherwise
+    hold its caller for the full timeout)."""
 
-    def __init__(self, *args: Any, health: RpcHealth, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, health: RpcHealth, probe_timeout_s: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.health = health
+        self.probe_timeout_s = probe_timeout_s
+
+    def get_request_kwargs(self) -> dict[str, Any]:  # type: ignore[override]
+        kwargs: dict[str, Any] = dict(super().get_request_kwargs())  # web3 turns its pairs into a dict
+        if "timeout" in kwargs and not self.health.up:
+            kwargs["timeout"] = min(float(kwargs["timeout"]), self.probe_timeout_s)
+        return kwargs
 
     def _make_request(self, method: RPCEndpoint, request_data: bytes) -> bytes:
         sent_at = time.monotonic()
@@ -145,9 +156,10 @@ def rpc_health(w3: Web3) -> RpcHealth | None:
 def connect(rpc: str, *, timeout_s: float = DEFAULT_RPC_TIMEOUT_S) -> Web3:
     """A Web3 on `rpc`: "tester" for a fresh in-process py-evm chain, else an http(s) URL.
 
-    Every HTTP request is bounded by `timeout_s` (connect and read): an endpoint that
-    accepts and never answers (a blackholed socket) fails the request instead of hanging
-    its thread. `rpc_health(w3)` tells whether the endpoint currently answers."""
+    Every HTTP request is bounded by `timeout_s` (connect and read; PROBE_TIMEOUT_S while
+    the endpoint is down): an endpoint that accepts and never answers (a blackholed socket)
+    fails the request instead of hanging its thread. `rpc_health(w3)` tells whether the
+    endpoint currently answers."""
     if rpc == TESTER_RPC:
         return Web3(EthereumTesterProvider())
     if not rpc.startswith(("http://", "https://")):
@@ -157,7 +169,7 @@ def connect(rpc: str, *, timeout_s: float = DEFAULT_RPC_TIMEOUT_S) -> Web3:
     return Web3(
         _TrackedHTTPProvider(rpc, request_kwargs={"timeout": timeout_s}, exception_retry_configuration=None,
                              cache_allowed_requests=True, cacheable_requests={RPCEndpoint("eth_chainId")},
-                             health=RpcHealth(rpc))
+                             health=RpcHealth(rpc), probe_timeout_s=min(timeout_s, PROBE_TIMEOUT_S))
     )
 
 

@@ -50,8 +50,16 @@ def test_a_blackholed_rpc_fails_each_request_in_bounded_time_and_is_logged_once(
             w3.eth.block_number  # noqa: B018 (the request is the point)
         assert time.monotonic() - began < 2.0
     assert not health.up and health.failures == 3 and health.outages == 1
+    w3 = connect(blackhole_url, timeout_s=30.0)  # while it is down, requests probe with a short timeout
+    health = rpc_health(w3)
+    assert health is not None
+    health.failed(ConnectionRefusedError("refused"))
+    began = time.monotonic()
+    with pytest.raises(requests.exceptions.Timeout):
+        w3.eth.block_number  # noqa: B018
+    assert time.monotonic() - began < 5.0
     assert health.status()["up"] is False and "Timeout" in health.status()["last_error"]
-    assert len(_outage_lines(caplog)) == 1  # not one per failed request
+    assert len(_outage_lines(caplog)) == 2  # one per endpoint's outage, not one per failed request
 
 
 def test_health_changes_state_once_each_way_and_ignores_requests_sent_before_a_success(
