@@ -347,6 +347,7 @@ async def run_outage(net: dict[str, Any], scenario: str, mode: str, outage_s: fl
         nursery.start_soon(newcomer)
         during_heights: list[list[int]] = []
         linked: list[int] = []
+        rpc_down_seen: set[int] = set()  # nodes whose /v1/status said the chain RPC is down
         probe = 0
         while trio.current_time() - outage["start"] < outage_s:
             for charger in chargers:
@@ -370,6 +371,8 @@ async def run_outage(net: dict[str, Any], scenario: str, mode: str, outage_s: fl
                     problems.append(f"node {node.index}: /v1/status failed during the outage")
                 else:
                     linked.append(int(body.get("p2p", {}).get("linked_validators", -1)))
+                    if not (body.get("chain_rpc") or {}).get("up", True):
+                        rpc_down_seen.add(node.index)
             during_heights.append(await _heights(nodes))
             await trio.sleep(0.5)
 
@@ -415,6 +418,7 @@ async def run_outage(net: dict[str, Any], scenario: str, mode: str, outage_s: fl
         "http_status_s_max": round(max(http), 4),
         "p2p_linked_validators_min": min(linked) if linked else None,
         "new_charger_during_outage": handshake,
+        "status_showed_rpc_down": sorted(rpc_down_seen),
         "heights_before": before, "heights_at_heal": at_heal, "heights_after": after,
         "blocks_committed_during_outage": max(at_heal) - max(before),
         "first_commit_after_recovery_s": round(first_commit, 2) if first_commit is not None else None,
@@ -447,6 +451,7 @@ async def run_outage(net: dict[str, Any], scenario: str, mode: str, outage_s: fl
     assert all(r and r[0][1][0] == CALLERROR for r in malformed), "every malformed frame gets one CALLERROR"
     assert figures["http_status_s_max"] < HTTP_BOUND_S, figures
     assert figures["p2p_linked_validators_min"] is not None and figures["p2p_linked_validators_min"] >= NODES - 1
+    assert len(rpc_down_seen) == NODES, "every node's /v1/status shows the outage"
     assert handshake.get("outcome") and handshake["seconds"] < HANDSHAKE_BOUND_S, handshake
     assert not duplicates and not lost, (duplicates[:5], lost[:5])
     assert len(queued) >= LOAD_CHARGERS and queued_results == len(queued), figures
