@@ -67,7 +67,7 @@ def _is_transport(exc: BaseException) -> bool:
 
 
 def patiently(what: str, read: Callable[[], T], *, limit_s: float = CHAIN_OUTAGE_LIMIT_S) -> T:
-    """Run a chain read in a worker thread, retrying with backoff until it succeeds.
+    """Run a chain read (in a worker thread), retrying with backoff until it succeeds.
 
     Used where a block must not fail half-way on RPC trouble (fetching a block's facts): the
     worker thread waits, the node's event loop keeps serving. While the RPC is unreachable

@@ -44,6 +44,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     requests.exceptions.ConnectionError,
     requests.exceptions.Timeout,
     requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.HTTPError,  # an error status from the endpoint or a gateway before it (502, 503, 429)
 )
 
 

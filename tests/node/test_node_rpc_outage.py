@@ -7,6 +7,7 @@ The end-to-end test with 4 node processes is tests/e2e/test_e2e_rpc_outage.py.
 
 from __future__ import annotations
 
+import http.server
 import logging
 import socket
 import threading
@@ -17,7 +18,7 @@ import pytest
 import requests
 import trio
 
-from anchoring.chain import connect
+from anchoring.chain import RetryPolicy, RpcUnavailable, connect, with_retries
 from anchoring.chain.client import DeviceRecord
 from anchoring.chain.transact import RpcHealth, rpc_health, sleep_until_recovery
 from devsen import chain_view
@@ -60,6 +61,38 @@ def test_a_blackholed_rpc_fails_each_request_in_bounded_time_and_is_logged_once(
     assert time.monotonic() - began < 5.0
     assert health.status()["up"] is False and "Timeout" in health.status()["last_error"]
     assert len(_outage_lines(caplog)) == 2  # one per endpoint's outage, not one per failed request
+
+
+def test_a_gateway_answering_503_counts_as_an_outage_and_is_retried(caplog: pytest.LogCaptureFixture) -> None:
+    class Unavailable(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (the stdlib's name)
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Unavailable)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        w3 = connect(f"http://127.0.0.1:{server.server_address[1]}", timeout_s=2)
+        with pytest.raises(RpcUnavailable):
+            with_retries(lambda: w3.eth.block_number, RetryPolicy(attempts=3, base_delay_s=0.01))
+        health = rpc_health(w3)
+        assert health is not None and not health.up and health.failures == 3
+        calls = iter(range(100))
+
+        def read() -> int:
+            if next(calls) < 3:
+                return int(w3.eth.block_number)  # the 503: retried as an outage, never given up on
+            return 7
+
+        assert patiently("head", read, limit_s=0.0) == 7
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_health_changes_state_once_each_way_and_ignores_requests_sent_before_a_success(
