@@ -6,11 +6,15 @@ values over real OCPP-J WebSockets, one charge session runs across the outage, t
 fails the RPC: it refuses (RST), or it blackholes it (accepts, never answers, open connections
 go silent for good).
 
+Nodes 1, 2 and 4 keep a charger's CALL open for 180 s; node 3 has the default 30 s, after which
+its chargers get a "not committed yet, retry" CALLERROR and send the same message again.
+
 During the outage each node must answer WebSocket pings and send the CALLERROR for a
 malformed frame within `RESPONSIVE_S`, serve /v1/status, keep its p2p links, and turn a new
 charger's handshake away (or in) promptly; commits may stop but never diverge. After it, every
 CALL queued during the outage gets exactly one answer, a CALLRESULT (counted per message id),
-commits resume, the state hashes agree, and the session's stop is anchored and settled.
+commits resume, the state hashes agree, and the session's stop is anchored and settled. A
+charger told to retry counts one answer per frame it sent; its message is committed once.
 
 The figures go to bench/results/rpc_outage.json (one entry per scenario) and are printed.
 The 60 s blackhole is `slow` (about 3 minutes with the network); `make test` runs the 12 s
@@ -25,7 +29,7 @@ import json
 import signal
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -65,7 +69,8 @@ from devsen.wallet import create_device, open_prepaid_session
 NODES = 4
 LOAD_CHARGERS = 8  # two per node
 LOAD_PASSWORD = "outage-load-password"
-CALL_TIMEOUT_S = 180.0  # the nodes keep a charger's CALL this long: queued calls are answered after
+CALL_TIMEOUT_S = 180.0  # nodes 1, 2, 4 keep a charger's CALL this long: queued calls are answered after
+DEFAULT_CALL_TIMEOUT_S = 30.0  # node 3's (the default): past it the charger is told to retry the same message
 RESPONSIVE_S = 1.0  # ping / CALLERROR bound during the outage
 HTTP_BOUND_S = 2.0
 HANDSHAKE_BOUND_S = 15.0  # a new charger during the outage: admitted or refused within this
@@ -135,8 +140,10 @@ def outage_network(tmp_path_factory: pytest.TempPathFactory) -> Any:
         # A second prepaid session (connector 2) for the second charge session across an outage.
         second_session = open_prepaid_session(seeded["driver_client"], DEMO_CHARGER, 2, DEMO_ID_TAG, DEMO_DEPOSIT)
         for node in nodes:
-            node.config = dataclasses.replace(
-                node.config, ocpp=dataclasses.replace(node.config.ocpp, call_timeout_s=CALL_TIMEOUT_S))
+            if node.index != 3:  # node 3 keeps the default: its chargers are told to retry
+                node.config = dataclasses.replace(
+                    node.config, ocpp=dataclasses.replace(node.config.ocpp, call_timeout_s=CALL_TIMEOUT_S))
+            assert node.index != 3 or node.config.ocpp.call_timeout_s == DEFAULT_CALL_TIMEOUT_S
             start_node_process(node)
         trio.run(wait_until_serving, nodes)
         yield {"anvil": anvil, "proxy": proxy, "nodes": nodes, "deployment": deployment, "seeded": seeded,
@@ -160,7 +167,9 @@ class Charger:
     ws: WebSocketConnection
     charge_box_id: str
     replies: dict[str, list[tuple[float, list[Any]]]] = dataclasses.field(default_factory=lambda: defaultdict(list))
-    sent: dict[str, tuple[float, str]] = dataclasses.field(default_factory=dict)  # id -> (time, action)
+    sent: dict[str, tuple[float, str]] = dataclasses.field(default_factory=dict)  # id -> (first sent, action)
+    sends: Counter[str] = dataclasses.field(default_factory=Counter)  # id -> times sent (a retry resends)
+    retried: int = 0
     _waiting: dict[str, trio.Event] = dataclasses.field(default_factory=dict)
 
     async def read(self) -> None:
@@ -186,11 +195,33 @@ class Charger:
         return await self.send(message_id, json.dumps([CALL, message_id, action, payload]), action)
 
     async def send(self, message_id: str, frame: str, action: str) -> list[Any]:
+        """Send `frame` (message id `message_id`) and wait for an answer to it; returns the newest."""
         event = self._waiting[message_id] = trio.Event()
-        self.sent[message_id] = (trio.current_time(), action)
+        self.sent.setdefault(message_id, (trio.current_time(), action))
+        self.sends[message_id] += 1
         await self.ws.send_message(frame)
         await event.wait()
-        return self.replies[message_id][0][1]
+        return self.replies[message_id][-1][1]
+
+    async def call_until_answered(self, action: str, payload: dict[str, Any]) -> list[Any]:
+        """A CALL, sent again with the same message id after the node's "not committed yet,
+        retry" CALLERROR (its call timeout ran out), as a charger retries a message."""
+        message_id = str(uuid.uuid4())
+        frame = json.dumps([CALL, message_id, action, payload])
+        while True:
+            reply = await self.send(message_id, frame, action)
+            if reply[0] == CALLERROR and reply[2] == "InternalError" and "retry" in reply[3]:
+                self.retried += 1
+                await trio.sleep(1.0)
+                continue
+            return reply
+
+    def outstanding(self, message_id: str) -> bool:
+        return len(self.replies.get(message_id, ())) < self.sends[message_id]
+
+    def answered_with_result(self, message_id: str) -> bool:
+        replies = self.replies.get(message_id)
+        return bool(replies) and not self.outstanding(message_id) and replies[-1][1][0] == CALLRESULT
 
     async def result(self, action: str, payload: dict[str, Any]) -> dict[str, Any]:
         frame = await self.call(action, payload)
@@ -240,9 +271,9 @@ async def _load(charger: Charger, stop: trio.Event, pause_s: float = 0.4) -> Non
     beat = 0
     while not stop.is_set():
         if beat % 2:
-            await charger.call("Heartbeat", {})
+            await charger.call_until_answered("Heartbeat", {})
         else:
-            await charger.call("MeterValues", {"connectorId": 1, "meterValue": [{"timestamp": iso_now(), "sampledValue": [
+            await charger.call_until_answered("MeterValues", {"connectorId": 1, "meterValue": [{"timestamp": iso_now(), "sampledValue": [
                 {"value": str(1000 + beat), "measurand": "Energy.Active.Import.Register", "unit": "Wh"}]}]})
         beat += 1
         await trio.sleep(pause_s)
@@ -380,7 +411,7 @@ async def run_outage(net: dict[str, Any], scenario: str, mode: str, outage_s: fl
         proxy.heal()
         outage["end"] = trio.current_time()
         queued = [(c, mid) for c in chargers for mid, (_, action) in c.sent.items()
-                  if action != "malformed" and not c.replies.get(mid)]
+                  if action != "malformed" and not c.answered_with_result(mid)]
         at_heal = await _heights(nodes)
         first_commit = None
         with trio.fail_after(RECOVERY_BOUND_S):
@@ -388,7 +419,7 @@ async def run_outage(net: dict[str, Any], scenario: str, mode: str, outage_s: fl
                 heights = await _heights(nodes)
                 if first_commit is None and max(heights) > max(at_heal):
                     first_commit = trio.current_time() - outage["end"]
-                if all(c.replies.get(mid) for c, mid in queued) and min(heights) > max(at_heal):
+                if all(c.answered_with_result(mid) for c, mid in queued) and min(heights) > max(at_heal):
                     break
                 await trio.sleep(0.2)
         all_answered = trio.current_time() - outage["end"]
@@ -404,11 +435,16 @@ async def run_outage(net: dict[str, Any], scenario: str, mode: str, outage_s: fl
     # ---- what the outage did
     calls = {(c.charge_box_id, mid): (sent, action, c.replies.get(mid, []))
              for c in chargers for mid, (sent, action) in c.sent.items()}
-    duplicates = sorted(k[1] for k, (_, _, r) in calls.items() if len(r) > 1)
-    lost = sorted(k[1] for k, (sent, _, r) in calls.items() if not r and sent < outage["end"])
-    queued_ids = {mid for _, mid in queued}
-    queued_answers = [r[0][1] for (_, mid), (_, _, r) in calls.items() if mid in queued_ids and r]
-    queued_results = sum(1 for f in queued_answers if f[0] == CALLRESULT)
+    sends = {(c.charge_box_id, mid): c.sends[mid] for c in chargers for mid in c.sent}
+    # Exactly one answer per frame sent: more is a duplicate, fewer (sent before the heal) a loss.
+    duplicates = sorted(k[1] for k, (_, _, r) in calls.items() if len(r) > sends[k])
+    lost = sorted(k[1] for k, (sent, _, r) in calls.items() if len(r) < sends[k] and sent < outage["end"])
+    queued_answers = [r[-1][1] for c, mid in queued if (r := c.replies.get(mid))]
+    queued_results = sum(1 for c, mid in queued if c.answered_with_result(mid))
+    committed = 0
+    for c, mid in queued:  # each queued message is in the ledger, under its message id
+        status, _ = await http_get_json(f"{nodes[0].http_url}/v1/chargers/{c.charge_box_id}/messages/{mid}")
+        committed += status == 200
     malformed = [r for (_, _, r) in (v for v in calls.values() if v[1] == "malformed")]
     figures["max_height_seen_during_outage"] = max(max(h) for h in during_heights) if during_heights else None
     figures.update({
@@ -425,6 +461,8 @@ async def run_outage(net: dict[str, Any], scenario: str, mode: str, outage_s: fl
         "all_queued_answered_after_s": round(all_answered, 2),
         "messages_queued": len(queued), "queued_answered": len(queued_answers),
         "queued_answered_callresult": queued_results,
+        "queued_committed": committed,
+        "retried_after_call_timeout": sum(c.retried for c in chargers),
         "calls_total": len(calls), "duplicate_replies": len(duplicates), "lost": len(lost),
         "proxy": {"accepted": proxy.accepted, "blackholed": proxy.blackholed, "reset": proxy.reset},
     })
@@ -454,7 +492,9 @@ async def run_outage(net: dict[str, Any], scenario: str, mode: str, outage_s: fl
     assert len(rpc_down_seen) == NODES, "every node's /v1/status shows the outage"
     assert handshake.get("outcome") and handshake["seconds"] < HANDSHAKE_BOUND_S, handshake
     assert not duplicates and not lost, (duplicates[:5], lost[:5])
-    assert len(queued) >= LOAD_CHARGERS and queued_results == len(queued), figures
+    assert len(queued) >= LOAD_CHARGERS and queued_results == committed == len(queued), figures
+    if outage_s > DEFAULT_CALL_TIMEOUT_S + 5:  # node 3's chargers were told to retry, and did
+        assert figures["retried_after_call_timeout"] >= 1, figures
     assert figures["blocks_committed_during_outage"] <= 2, "commits wait for the chain"
     assert figures["state_hashes_agree"], figures
     assert min(after) > max(at_heal)
