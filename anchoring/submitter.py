@@ -206,7 +206,7 @@ class SubmitterConfig:
     rpc_timeout_s: float = 10.0
     send_timeout_s: float = 90.0  # a send waits for its receipt: longer than the sender's own timeout
     backoff_initial_s: float = 0.5
-    backoff_max_s: float = 30.0
+    backoff_max_s: float = 10.0  # also how late submissions may resume after an outage
 
     def __post_init__(self) -> None:
         assert self.confirmations >= 0 and self.turn_timeout_s > 0 and self.poll_interval_s > 0
@@ -288,16 +288,28 @@ class Submitter:
         """Poll and submit until cancelled; RPC failures back off exponentially."""
         task_status.started()
         backoff = self.config.backoff_initial_s
+        failing_since: float | None = None  # logged once when rounds start failing, once when they pass
         while True:
             try:
                 await self.run_round()
                 backoff = self.config.backoff_initial_s
                 delay = self.config.poll_interval_s
+                if failing_since is not None:
+                    log.info("chain reachable again: submissions resume after %.1f s",
+                             time.monotonic() - failing_since)
+                    failing_since = None
             except (*RETRYABLE, SubmissionRejected) as exc:  # a read that reverts: retried, logged
                 self._counters.rpc_failures += 1
                 delay = backoff * random.uniform(0.75, 1.25)
-                log.warning("chain RPC failed (%s: %s); retrying in %.2fs", type(exc).__name__, exc, delay)
+                if failing_since is None or isinstance(exc, SubmissionRejected):
+                    log.warning("chain RPC failed (%s: %s); retrying with backoff", type(exc).__name__, exc)
+                failing_since = time.monotonic() if failing_since is None else failing_since
                 backoff = min(backoff * 2, self.config.backoff_max_s)
+                if not isinstance(exc, SubmissionRejected):
+                    # Turns count only time this node could reach the chain: after an outage shared
+                    # by every node, the first in order sends, not all of them at once.
+                    for job in self._jobs.values():
+                        job.ready_since = None
             with trio.move_on_after(delay):
                 await self._wake.wait()
             self._wake = trio.Event()

@@ -26,8 +26,10 @@ from web3.types import FilterParams
 from anchoring.chain import ChainClient, ChainRevert, decode_revert_data, device_id_of
 from anchoring.chain import EscrowSession as ChainEscrowSession
 from anchoring.chain.client import SessionStatus
+from anchoring.chain.errors import RpcUnavailable
+from anchoring.chain.transact import TRANSIENT_ERRORS, rpc_health, sleep_until_recovery
 from devsen.ledger import ChainView, DeviceInfo, EscrowSession, IdTagInfo, Tariff
-from ocpp_adapter.auth import ChargerCredentials
+from ocpp_adapter.auth import ChargerCredentials, RegistryUnavailable
 
 log = logging.getLogger("devsen.chain")
 T = TypeVar("T")
@@ -38,7 +40,13 @@ CLOSED_KEPT_BLOCKS = 256  # a closed session leaves the index this many blocks a
 MAX_LOG_RANGE = 2_000  # blocks per eth_getLogs call
 BLOCK_HASH_CACHE = 64
 MAX_CACHED_READS = 100_000
-CHAIN_OUTAGE_LIMIT_S = 300.0
+CHAIN_OUTAGE_LIMIT_S = 300.0  # a read the RPC answers wrongly (not an unreachable RPC) fails after this
+PATIENT_FIRST_DELAY_S = 0.25
+PATIENT_MAX_DELAY_S = 2.0  # a retry at most this long after the RPC is back (or sooner, see RpcHealth)
+REGISTRY_LOOKUP_S = 5.0  # one charger credentials read (the OCPP server's own bound is 10 s)
+REGISTRY_THREADS = 4  # worker threads for credential reads (abandoned reads hold one until they time out)
+STALE_CREDENTIALS_S = 900.0  # while the RPC is down, credentials read this recently still admit a charger
+MAX_REMEMBERED_CHARGERS = 100_000
 HEAD_MAX_AGE_S = 0.25  # blocks come every ~1 s or slower; proposals name head - confirmations
 
 
@@ -46,24 +54,49 @@ class ChainReadError(RuntimeError):
     """The chain could not be read at the agreed block (the node cannot apply the block yet)."""
 
 
-def patiently(what: str, read: Callable[[], T]) -> T:
-    """Run a chain read, retrying with backoff for up to CHAIN_OUTAGE_LIMIT_S.
+def _is_transport(exc: BaseException) -> bool:
+    """Whether `exc` (or what caused it) is the RPC being unreachable, not a wrong answer."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, (RpcUnavailable, *TRANSIENT_ERRORS)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
-    Used inside block application, which must not fail half-way on an RPC blip: the node
-    stalls (blocking its event loop) while the chain is unreachable, and gives up — the
-    process exits and restarts from its snapshot — only after a long outage.
+
+def patiently(what: str, read: Callable[[], T], *, limit_s: float = CHAIN_OUTAGE_LIMIT_S) -> T:
+    """Run a chain read (in a worker thread), retrying with backoff until it succeeds.
+
+    Used where a block must not fail half-way on RPC trouble (fetching a block's facts): the
+    worker thread waits, the node's event loop keeps serving. While the RPC is unreachable
+    (transport errors) it waits for as long as that lasts: a restart could not help, and the
+    endpoint's RpcHealth logs the outage once; the retry comes as soon as the RPC answers
+    again (`sleep_until_recovery`). Any other failure (the RPC answers, but not what the
+    block needs, e.g. it lags behind) is retried for `limit_s` of wall-clock time, then
+    raises ChainReadError. Logs once when it starts waiting and once when done, not per retry.
     """
-    delay, waited = 0.25, 0.0
+    delay, began, waiting = PATIENT_FIRST_DELAY_S, time.monotonic(), False
     while True:
         try:
-            return read()
+            value = read()
         except Exception as exc:
-            if waited >= CHAIN_OUTAGE_LIMIT_S:
-                raise ChainReadError(f"{what}: chain unreachable for {waited:.0f} s: {exc}") from exc
-            log.warning("%s failed (%s); retrying in %.1f s", what, exc, delay)
-            time.sleep(delay)
-            waited += delay
-            delay = min(delay * 2, 10.0)
+            transport = _is_transport(exc)
+            waited = time.monotonic() - began
+            if not transport and waited >= limit_s:
+                raise ChainReadError(f"{what}: still failing after {waited:.0f} s: {exc}") from exc
+            if not waiting and not transport:
+                log.warning("%s: waiting for the chain (%s); retrying with backoff", what, exc)
+            elif not waiting:
+                log.debug("%s: chain RPC unreachable (%s); retrying", what, exc)
+            waiting = waiting or not transport
+            sleep_until_recovery(delay)
+            delay = min(delay * 2, PATIENT_MAX_DELAY_S)
+            continue
+        if waiting:
+            log.info("%s: done after %.1f s", what, time.monotonic() - began)
+        return value
 
 
 class SessionIndex:
@@ -356,17 +389,58 @@ class ContractChainView(ChainView):
 
 
 class ChainChargerRegistry:
-    """OCPP credentials from the DeviceFactory at the latest block (admission needs `active`)."""
+    """OCPP credentials from the DeviceFactory at the latest block (admission needs `active`).
 
-    def __init__(self, client: ChainClient) -> None:
+    A look-up runs in its own few worker threads and is bounded by `lookup_s`, so a slow or
+    blackholed RPC never holds a charger's handshake (nor the threads block facts need).
+    While the RPC cannot be read, a charger admitted within the last `stale_s` is admitted
+    on the credentials read then (bounded memory); any other charger gets RegistryUnavailable
+    (the OCPP server answers 503, retry later)."""
+
+    def __init__(self, client: ChainClient, *, lookup_s: float = REGISTRY_LOOKUP_S,
+                 stale_s: float = STALE_CREDENTIALS_S, max_remembered: int = MAX_REMEMBERED_CHARGERS) -> None:
         self._client = client
+        self._health = rpc_health(client.w3)
+        self._limiter = trio.CapacityLimiter(REGISTRY_THREADS)
+        self._known: OrderedDict[str, tuple[float, ChargerCredentials]] = OrderedDict()
+        self.lookup_s = lookup_s
+        self.stale_s = stale_s
+        self.max_remembered = max_remembered
+        self.stale_answers = 0
 
     async def credentials(self, charge_box_id: str) -> ChargerCredentials | None:
         """The charger's salted password hash and whether it is admitted, or None if unknown."""
-        record = await trio.to_thread.run_sync(lambda: self._client.device(charge_box_id, "latest"))
-        if record is None:
-            return None
-        return ChargerCredentials(record.auth_salt, record.auth_hash, admitted=record.active)
+        failure: BaseException | None = None
+        if self._health is None or self._health.up:  # while it is down, others probe for its return
+            with trio.move_on_after(self.lookup_s):
+                try:
+                    record = await trio.to_thread.run_sync(
+                        lambda: self._client.device(charge_box_id, "latest"), limiter=self._limiter,
+                        abandon_on_cancel=True)  # type: ignore[call-arg]
+                except (ChainRevert, ValueError, TypeError):
+                    raise
+                except Exception as exc:
+                    failure = exc
+                else:
+                    if record is None:
+                        self._known.pop(charge_box_id, None)
+                        return None
+                    creds = ChargerCredentials(record.auth_salt, record.auth_hash, admitted=record.active)
+                    self._remember(charge_box_id, creds)
+                    return creds
+        known = self._known.get(charge_box_id)
+        if known is not None and time.monotonic() - known[0] <= self.stale_s:
+            self.stale_answers += 1
+            return known[1]
+        why = f"{type(failure).__name__}" if failure is not None else (
+            "RPC down" if self._health is not None and not self._health.up else f"no answer in {self.lookup_s:g} s")
+        raise RegistryUnavailable(f"the chain cannot be read now: {why}")
+
+    def _remember(self, charge_box_id: str, creds: ChargerCredentials) -> None:
+        self._known[charge_box_id] = (time.monotonic(), creds)
+        self._known.move_to_end(charge_box_id)
+        while len(self._known) > self.max_remembered:
+            self._known.popitem(last=False)
 
 
 class ContractChainAccess:

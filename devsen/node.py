@@ -33,6 +33,7 @@ from anchoring.chain import (
     ValidatorSetState,
     connect,
 )
+from anchoring.chain.transact import rpc_health
 from anchoring.onchain import OnChain
 from anchoring.proofs import AnchorIndex, ProofService, http_routes
 from anchoring.submitter import ANCHOR, SETTLEMENT, JobStore, Submitter, SubmitterConfig
@@ -52,6 +53,7 @@ from devsen.chain_view import (
     ChainClientByHash,
     ContractChainAccess,
     SessionIndex,
+    patiently,
 )
 from devsen.config import ConfigError, NodeConfig
 from devsen.consensus_service import (
@@ -261,14 +263,18 @@ async def refresh_peer_bindings(parts: NodeParts, interval_s: float = 5.0) -> No
     directory = parts.service.config.directory
     me, my_peer = parts.keys.validator.address, parts.keys.peer_id.to_bytes()
     last: tuple[dict[bytes, bytes], dict[bytes, bytes | None]] | None = None  # (merged, directory after it)
+    failing = False  # logged once per failing spell, not every interval
     while True:
         await trio.sleep(interval_s)
         try:
             state = await trio.to_thread.run_sync(parts.client.validator_set, "latest")
             merged = merge_bindings(directory, parts.app.validators, _own_binding_first(state, me, my_peer))
         except Exception as exc:  # RPC trouble or hostile data: keep the bindings we have, retry later
-            log.warning("could not refresh validator peer ids: %s", exc)
+            if not failing:
+                log.warning("could not refresh validator peer ids (%s); keeping the current ones, retrying", exc)
+            failing = True
             continue
+        failing = False
         current = {a: directory.peer_of(a) for a in directory.addresses()}
         if merged == current or last == (merged, current):
             continue  # unchanged (a refused entry keeps `merged` and the directory apart: no churn)
@@ -307,11 +313,12 @@ def build_node(config: NodeConfig) -> NodeParts:
     data_dir.mkdir(parents=True, exist_ok=True)
     w3 = connect(config.chain.rpc)
     client = ChainClientByHash(w3, deployment, TransactionSender(w3, keys.validator.secret))
-    chain_id = int(w3.eth.chain_id)
+    # A node (re)started during an RPC outage waits here for the chain (logged once), not crash-loops.
+    chain_id = patiently("reading the chain id at startup", lambda: int(w3.eth.chain_id))
     if chain_id != deployment.chain_id:
         raise ConfigError(f"config key 'chain.rpc': the chain there has id {chain_id}, the deployment file "
                           f"says {deployment.chain_id}; fix: use the RPC of the deployment's chain")
-    validator_state = client.validator_set("latest")
+    validator_state = patiently("reading the validator set at startup", lambda: client.validator_set("latest"))
     addresses = [bytes.fromhex(v.address[2:]) for v in validator_state.validators]
     me = keys.validator.address
     if me not in addresses:
@@ -324,11 +331,12 @@ def build_node(config: NodeConfig) -> NodeParts:
         if me in on_chain:
             log.warning("the ValidatorSet binds validator 0x%s to peer %s; publishing this node's peer %s",
                         me.hex(), ID(on_chain[me]).to_base58(), keys.peer_id.to_base58())
-        _publish_own_info(client, me, my_peer, f"ws://{config.ocpp.host}:{config.ocpp.port}/ocpp")
+        patiently("publishing this node's peer id", lambda: _publish_own_info(
+            client, me, my_peer, f"ws://{config.ocpp.host}:{config.ocpp.port}/ocpp"))
     bindings = _own_binding_first(validator_state, me, my_peer)
     # Consensus starts from the set in force at deployment (epoch 0); the application replays
     # later epoch changes at the heights where they were committed.
-    genesis = client.validator_set(deployment.deploy_block)
+    genesis = patiently("reading the genesis validator set", lambda: client.validator_set(deployment.deploy_block))
     genesis_addresses = sorted(bytes.fromhex(v.address[2:]) for v in genesis.validators)
     settings = AppSettings(
         key=keys.validator,
@@ -430,7 +438,8 @@ def build_router(parts: NodeParts) -> Router:
     async def status(_: dict[str, str]) -> tuple[int, Any]:
         service = parts.service
         stats = service.stats()
-        p2p = stats.get("p2p", {})
+        p2p: dict[str, Any] = stats.get("p2p") or {}
+        health = rpc_health(parts.client.w3)
         pending_kinds = [job["kind"] for job in parts.submitter.status()["pending"]]
         head = await chain_head()
         agreed = parts.app.last_eth_block
@@ -444,10 +453,12 @@ def build_router(parts: NodeParts) -> Router:
             "validators": len(parts.app.validators),
             "app_state_hash": "0x" + service.app_state_hash.hex(),
             "chargers_connected": len(parts.connections),
-            "consensus": {k: v for k, v in service.stats().items() if k != "p2p"},
+            "consensus": {k: v for k, v in stats.items() if k != "p2p"},
+            "p2p": {"linked_validators": p2p.get("linked_validators", 0), "dial_failures": p2p.get("dial_failures", 0)},
             "app": dict(parts.app.counters),
             "own_attestations_pending": len(parts.outbox.pending),
             "submitter": parts.submitter.status(),
+            "chain_rpc": health.status() if health is not None else None,
             "uptime_s": round(time.time() - parts.started_at, 1),
             "height": service.committed_height,
             "peers": {"connected": p2p.get("peers_connected", 0), "unreachable": p2p.get("peers_unreachable", []),

@@ -46,11 +46,15 @@ class ChargerCredentials:
         return cls(salt, hash_charger_password(password, salt), admitted)
 
 
+class RegistryUnavailable(Exception):
+    """The registry cannot answer now (e.g. its chain RPC is down): refuse with 503, retry later."""
+
+
 class ChargerRegistry(Protocol):
     """Where the server looks up a charger's credentials (the node: on-chain registry)."""
 
     async def credentials(self, charge_box_id: str) -> ChargerCredentials | None:
-        """The charger's record, or None if the id is unknown."""
+        """The charger's record, or None if the id is unknown; RegistryUnavailable if it cannot tell now."""
         ...
 
 

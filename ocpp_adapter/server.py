@@ -31,6 +31,7 @@ from ocpp_adapter import errors
 from ocpp_adapter.auth import (
     ChargerRegistry,
     LoginBudgets,
+    RegistryUnavailable,
     VerifiedCredentialsCache,
     parse_basic_auth,
 )
@@ -310,6 +311,8 @@ class OcppServer:
         with trio.move_on_after(self.config.registry_timeout):
             try:
                 creds = await self.registry.credentials(charge_box_id)
+            except RegistryUnavailable as exc:  # expected during an outage: the refusal is logged
+                return 503, f"charger registry unavailable ({str(exc)[:80]}); retry later"
             except Exception:
                 log.exception("charger registry lookup failed for %s", charge_box_id)
                 return 503, "charger registry unavailable"

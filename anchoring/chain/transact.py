@@ -9,6 +9,7 @@ block to decode the error. Transport failures are retried with exponential backo
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -28,7 +29,10 @@ from anchoring.chain.errors import (
     revert_from_exception,
 )
 
+log = logging.getLogger("devsen.chain")
 T = TypeVar("T")
+DEFAULT_RPC_TIMEOUT_S = 10.0  # one HTTP request to the chain, connect + read
+PROBE_TIMEOUT_S = 2.0  # the same while the endpoint is known down
 TESTER_RPC = "tester"
 MAX_GAS_PER_TX = 15_000_000
 DEFAULT_PRIORITY_FEE_WEI = 1_000_000_000
@@ -40,11 +44,123 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     requests.exceptions.ConnectionError,
     requests.exceptions.Timeout,
     requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.HTTPError,  # an error status from the endpoint or a gateway before it (502, 503, 429)
 )
 
 
-def connect(rpc: str, *, timeout_s: float = 10.0) -> Web3:
-    """A Web3 on `rpc`: "tester" for a fresh in-process py-evm chain, else an http(s) URL."""
+class RpcHealth:
+    """Whether one JSON-RPC endpoint answers, from the outcome of every request sent to it.
+
+    Logs once per change of state ("unreachable", then "back"), never once per retry, and
+    wakes every thread waiting in `wait_for_recovery` when the endpoint answers again.
+    Thread-safe: requests come from worker threads.
+    """
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.down_since: float | None = None  # time.monotonic() of the first failure of this outage
+        self.failures = 0  # failed requests in the current outage
+        self.outages = 0
+        self.last_error = ""
+        self.last_success = float("-inf")
+        self._changed = threading.Condition()
+
+    @property
+    def up(self) -> bool:
+        return self.down_since is None
+
+    def succeeded(self) -> None:
+        self.last_success = time.monotonic()
+        if self.down_since is None:
+            return
+        with self._changed:
+            if self.down_since is None:
+                return
+            log.warning("chain RPC %s is back after %.1f s (%d failed requests)", self.endpoint,
+                        time.monotonic() - self.down_since, self.failures)
+            self.down_since, self.failures = None, 0
+            self._changed.notify_all()
+        with _RECOVERED:
+            _RECOVERED.notify_all()
+
+    def failed(self, exc: BaseException, sent_at: float | None = None) -> None:
+        """A request sent at `sent_at` (time.monotonic()) failed. One sent before the latest
+        success does not mean the endpoint is down: it went to a connection that died earlier."""
+        if sent_at is not None and sent_at < self.last_success:
+            return
+        with self._changed:
+            self.failures += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+            if self.down_since is None:
+                self.down_since = time.monotonic()
+                self.outages += 1
+                log.warning("chain RPC %s unreachable (%s); requests are retried with backoff, commits wait "
+                            "for it", self.endpoint, self.last_error)
+
+    def wait_for_recovery(self, timeout_s: float) -> bool:
+        """Sleep up to `timeout_s`, returning early (True) once the endpoint is up."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self.down_since is None, timeout_s)
+
+    def status(self) -> dict[str, Any]:
+        """JSON-ready state for the node's status endpoint."""
+        down = self.down_since
+        return {"up": down is None, "down_for_s": None if down is None else round(time.monotonic() - down, 1),
+                "failed_requests": self.failures, "outages": self.outages,
+                "last_error": self.last_error if down is not None else ""}
+
+
+class _TrackedHTTPProvider(HTTPProvider):
+    """web3's HTTPProvider reporting every transport outcome to an RpcHealth. While the
+    endpoint is down its requests get the short `probe_timeout_s`, so the end of an outage
+    is noticed within that (a request still hanging on a dead connection would otherwise
+    hold its caller for the full timeout)."""
+
+    def __init__(self, *args: Any, health: RpcHealth, probe_timeout_s: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.health = health
+        self.probe_timeout_s = probe_timeout_s
+
+    def get_request_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = dict(super().get_request_kwargs())  # web3 turns its pairs into a dict
+        if "timeout" in kwargs and not self.health.up:
+            kwargs["timeout"] = min(float(kwargs["timeout"]), self.probe_timeout_s)
+        return kwargs
+
+    def _make_request(self, method: RPCEndpoint, request_data: bytes) -> bytes:
+        sent_at = time.monotonic()
+        try:
+            response = super()._make_request(method, request_data)
+        except TRANSIENT_ERRORS as exc:
+            self.health.failed(exc, sent_at)
+            raise
+        self.health.succeeded()
+        return response
+
+
+_RECOVERED = threading.Condition()  # notified whenever an endpoint that was down answers again
+
+
+def sleep_until_recovery(seconds: float) -> None:
+    """Sleep `seconds`, or less if a chain endpoint that was down answers again meanwhile
+    (a backoff that does not outlast the outage)."""
+    with _RECOVERED:
+        _RECOVERED.wait(seconds)
+
+
+def rpc_health(w3: Web3) -> RpcHealth | None:
+    """The RpcHealth of a Web3 made by `connect` (None for the in-process tester chain)."""
+    health = getattr(w3.provider, "health", None)
+    return health if isinstance(health, RpcHealth) else None
+
+
+def connect(rpc: str, *, timeout_s: float = DEFAULT_RPC_TIMEOUT_S) -> Web3:
+    """A Web3 on `rpc`: "tester" for a fresh in-process py-evm chain, else an http(s) URL.
+
+    Every HTTP request is bounded by `timeout_s` (connect and read; PROBE_TIMEOUT_S while
+    the endpoint is down): an endpoint that accepts and never answers (a blackholed socket)
+    fails the request instead of hanging its thread. `rpc_health(w3)` tells whether the
+    endpoint currently answers."""
     if rpc == TESTER_RPC:
         return Web3(EthereumTesterProvider())
     if not rpc.startswith(("http://", "https://")):
@@ -52,8 +168,9 @@ def connect(rpc: str, *, timeout_s: float = 10.0) -> Web3:
     # web3 asks eth_chainId before every call and transaction; the chain id of an endpoint
     # never changes, so that one answer is cached (it halves the round trips of a read).
     return Web3(
-        HTTPProvider(rpc, request_kwargs={"timeout": timeout_s}, exception_retry_configuration=None,
-                     cache_allowed_requests=True, cacheable_requests={RPCEndpoint("eth_chainId")})
+        _TrackedHTTPProvider(rpc, request_kwargs={"timeout": timeout_s}, exception_retry_configuration=None,
+                             cache_allowed_requests=True, cacheable_requests={RPCEndpoint("eth_chainId")},
+                             health=RpcHealth(rpc), probe_timeout_s=min(timeout_s, PROBE_TIMEOUT_S))
     )
 
 
@@ -251,7 +368,10 @@ class TransactionSender:
 __all__ = [
     "Receipt",
     "RetryPolicy",
+    "RpcHealth",
     "TransactionSender",
     "connect",
+    "rpc_health",
+    "sleep_until_recovery",
     "with_retries",
 ]
