@@ -35,11 +35,11 @@ from anchoring.chain import connect
 from anchoring.onchain import OnChain
 from anchoring.proofs import AnchorIndex
 from anchoring.submitter import SESSION_SETTLED, JobStore, Submitter, SubmitterConfig
-from consensus.signing import ZERO_HASH, SigningKey, to_checksum_hex
 from consensus.types import Block, CommitCertificate
 from devsen.app import AppSettings, NodeApplication, ValidatorsChanged
 from devsen.ledger import Ledger, StaticChainView
 from devsen.ledger.state import SettlementOrder
+from primitives.eip712 import ZERO_HASH, SigningKey, to_checksum_hex
 
 POLICY = BatchPolicy(every_blocks=3, every_ms=10**9)
 CERT = CommitCertificate.__new__(CommitCertificate)  # finalize_block does not read it

@@ -18,7 +18,6 @@ import trio
 from test_node_app import ANCHOR, KEYS, block, make_app
 
 from consensus.abci import CheckResult, FinalizeResult, Prepared, TxResult
-from consensus.signing import ZERO_HASH, Domain
 from consensus.types import ValidatorSet
 from devsen.app import (
     MAX_NEW_CHARGER_EVENTS_PER_VOUCHER,
@@ -35,6 +34,7 @@ from ocpp_adapter.events import ChargerEvent
 from ocpp_adapter.vouching import ingress_domain, vouch
 from p2p.envelope import ValidatorDirectory
 from p2p.keys import init_keys
+from primitives.eip712 import ZERO_HASH, Domain
 
 
 def vouched(charger: str, message_id: str, key_index: int = 0, action: str = "Heartbeat",
