@@ -66,6 +66,16 @@ def open_prepaid_session(client: ChainClient, charge_box_id: str, connector: int
     return session_id
 
 
+def set_meter_key(client: ChainClient, charge_box_id: str, public_key_der: bytes, require_signed: bool) -> None:
+    """Register the meter's OCMF key (DER SubjectPublicKeyInfo) and the signed-meter policy."""
+    from ocpp_adapter import ocmf
+
+    if public_key_der:
+        ocmf.load_public_key(public_key_der)  # refuse a key no validator could use, before paying gas
+    client.update_device("setChargerPublicKey", charge_box_id, public_key_der)
+    client.update_device("setRequireSignedMeter", charge_box_id, require_signed)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="devsen wallet", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -100,6 +110,11 @@ def _parser() -> argparse.ArgumentParser:
     show = sub.add_parser("session")
     show.add_argument("session_id")
     sub.add_parser("balance")
+    meter = sub.add_parser("meter-key", help="set a device's OCMF meter key and the requireSignedMeter policy")
+    meter.add_argument("charge_box_id")
+    meter.add_argument("--public-key", required=True, help="DER SubjectPublicKeyInfo as hex (the meter label's form)")
+    meter.add_argument("--require-signed", action=argparse.BooleanOptionalAction, default=True,
+                       help="settle only on signed readings (default on)")
     return parser
 
 
@@ -145,6 +160,15 @@ def _run(args: argparse.Namespace, client: ChainClient) -> Any:
         return "refunded"
     if args.command == "session":
         return repr(client.session(_session_id(args.session_id), "latest"))
+    if args.command == "meter-key":
+        from ocpp_adapter import ocmf
+
+        try:
+            der = ocmf.public_key_from_hex(args.public_key)
+            set_meter_key(client, args.charge_box_id, der, args.require_signed)
+        except ocmf.OcmfError as exc:
+            raise ValueError(f"--public-key: {exc}") from exc
+        return f"meter key set for {args.charge_box_id} ({len(der)} bytes), requireSignedMeter={args.require_signed}"
     eth = client.w3.eth.get_balance(Web3.to_checksum_address(me))
     return f"{me}: {eth} wei, {client.token_balance(me, 'latest')} ChargeToken base units"
 
