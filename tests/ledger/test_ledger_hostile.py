@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ledger_world import (
@@ -34,9 +36,6 @@ from devsen.ledger import (
     energy_bound,
     id_tag_hash,
 )
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-
 from ocpp_adapter import ocmf
 from ocpp_adapter.events import ChargerEvent
 

@@ -9,10 +9,10 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from ledger_world import CHARGER, CHARGER_201, T0_MS, TARIFF, World, ev, start16, stop16, tx_event
 
 from devsen.ledger import Ledger
 from ocpp_adapter import ocmf
-from ledger_world import CHARGER, CHARGER_201, T0_MS, TARIFF, World, ev, start16, stop16, tx_event
 
 METER_KEY = ec.generate_private_key(ec.SECP256R1())
 OTHER_KEY = ec.generate_private_key(ec.SECP256R1())
