@@ -175,3 +175,22 @@ def test_byzantine_ingress_inflating_energy_gains_nothing() -> None:
     assert good[0].energy_wh == 5_000
     assert bad[0].energy_wh <= good[0].energy_wh and bad[0].amount <= good[0].amount
     assert Ledger.from_bytes(forged.ledger.to_bytes()).state_hash() == forged.ledger.state_hash()
+
+
+def test_signed_documents_per_event_are_bounded() -> None:
+    world = signed_world()
+    tx = world.one(start16(meter=1_000))["transactionId"]
+    many = [{"timestamp": "2026-09-21T00:00:00Z", "sampledValue": [
+        {"value": doc(i + 1, (A, "B" if i == 0 else "X", 10_000 + i)), "format": "SignedData"}]} for i in range(12)]
+    result = world.block(ev("MeterValues", {"connectorId": 1, "transactionId": tx, "meterValue": many})).results[0]
+    assert "signed_budget" in result.anomalies
+    session = world.ledger.open_sessions()[0]
+    assert session.signed_pagination == 8 and session.signed_last_wh == 10_007  # the first 8 were checked
+
+
+def test_malformed_der_signature_is_a_bad_signature() -> None:
+    world = signed_world()
+    begin = doc(1, (A, "B", 10_000))
+    broken = begin[: begin.rindex("|")] + '|{"SA":"ECDSA-secp256r1-SHA256","SD":"3006020100020100"}'
+    orders = run16(world, broken, stop_doc=doc(2, (B, "E", 15_000)))
+    assert orders[0].energy_wh == 0 and "bad_signature" in kinds(world)
