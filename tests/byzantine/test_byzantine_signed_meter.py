@@ -22,7 +22,14 @@ from byz_network import ByzNetwork, assert_honest_progress, start_with_behaviour
 from anchoring.chain import ChainClient
 from anchoring.chain.anvil import start_anvil
 from anchoring.chain.client import SessionStatus
-from devsen.devnet import CHAIN_ID, DEMO_CHARGER, deploy_network, prepare_nodes, start_node_process, wait_until_serving
+from devsen.devnet import (
+    CHAIN_ID,
+    DEMO_CHARGER,
+    deploy_network,
+    prepare_nodes,
+    start_node_process,
+    wait_until_serving,
+)
 
 pytestmark = [pytest.mark.byzantine, pytest.mark.slow]
 
