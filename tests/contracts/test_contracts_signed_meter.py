@@ -59,3 +59,19 @@ def test_wallet_refuses_an_unusable_key_before_paying_gas(world: World) -> None:
     set_meter_key(world.manager, "METER-2", KEY, True)
     record = world.deployer.device("METER-2", "latest")
     assert record is not None and record.require_signed_meter
+
+
+def test_wallet_meter_key_command(world: World) -> None:
+    from devsen.wallet import _parser, _run
+
+    world.manager.create_device("METER-3", location="", connector_count=1, price_per_kwh=1, per_minute_fee=0,
+                                auth_salt=b"\x01" * 16, auth_hash=b"\x02" * 32)
+    base = ["--rpc", "unused", "--deployment", "unused", "meter-key", "METER-3", "--public-key"]
+    print(_run(_parser().parse_args([*base, KEY.hex()]), world.manager))
+    record = world.deployer.device("METER-3", "latest")
+    assert record is not None and record.charger_public_key == KEY and record.require_signed_meter
+    _run(_parser().parse_args([*base, KEY.hex(), "--no-require-signed"]), world.manager)
+    record = world.deployer.device("METER-3", "latest")
+    assert record is not None and not record.require_signed_meter
+    with pytest.raises(ValueError, match="--public-key"):
+        _run(_parser().parse_args([*base, "zz"]), world.manager)

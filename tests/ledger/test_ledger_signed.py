@@ -194,3 +194,20 @@ def test_malformed_der_signature_is_a_bad_signature() -> None:
     broken = begin[: begin.rindex("|")] + '|{"SA":"ECDSA-secp256r1-SHA256","SD":"3006020100020100"}'
     orders = run16(world, broken, stop_doc=doc(2, (B, "E", 15_000)))
     assert orders[0].energy_wh == 0 and "bad_signature" in kinds(world)
+
+
+def test_cost_of_a_signed_meter_values_event(capsys: Any) -> None:
+    """Figure: ledger apply time of a MeterValues event carrying one P-256 OCMF document."""
+    import time
+
+    world = signed_world()
+    tx = world.one(start16(meter=1_000))["transactionId"]
+    n = 100
+    events = [meter16(tx, doc(i + 1, (A, "B" if i == 0 else "X", 10_000 + i))) for i in range(n)]
+    began = time.perf_counter()
+    for event in events:
+        world.block(event)
+    per_event = (time.perf_counter() - began) / n * 1e6
+    with capsys.disabled():
+        print(f"\nledger: {per_event:.0f} us per signed MeterValues event (block of one, P-256)")
+    assert world.ledger.open_sessions()[0].signed_pagination == n
