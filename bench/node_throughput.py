@@ -43,7 +43,13 @@ from trio_websocket import ConnectionClosed, HandshakeError
 
 from anchoring.chain import ChainClient, Deployment, TransactionSender, connect
 from anchoring.chain.anvil import AnvilProcess, start_anvil
-from devsen.demo_charger import ChargerCallFailed, DemoCharger, connect_demo_charger, iso_now
+from devsen.demo_charger import (
+    ChargerCallFailed,
+    DemoCharger,
+    connect_demo_charger,
+    demo_meter_key,
+    iso_now,
+)
 from devsen.devnet import (
     CHAIN_ID,
     DevnetNode,
@@ -58,6 +64,8 @@ from devsen.wallet import create_device
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ocpp_ingest import cpu_seconds, percentile, rss_kib  # noqa: E402  (the sibling bench script's /proc helpers)
+
+SIGNED = {"on": False}  # --signed: every MeterValues also carries an OCMF-signed reading (test key)
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -214,8 +222,11 @@ async def closed_loop(charger: DemoCharger, node_name: str, window: Window, stat
         if seq[0] % 2:
             action, payload = "Heartbeat", {}
         else:
-            payload = {"connectorId": 1, "meterValue": [{"timestamp": iso_now(), "sampledValue": [
-                {"value": str(seq[0]), "measurand": "Energy.Active.Import.Register", "unit": "Wh"}]}]}
+            samples: list[dict[str, Any]] = [
+                {"value": str(seq[0]), "measurand": "Energy.Active.Import.Register", "unit": "Wh"}]
+            if charger.meter_key is not None:
+                samples.append(charger.signed_sample("", "X", seq[0]))
+            payload = {"connectorId": 1, "meterValue": [{"timestamp": iso_now(), "sampledValue": samples}]}
             action = "MeterValues"
         sent_at = trio.current_time()
         try:
@@ -249,7 +260,9 @@ async def run_charger(network: Network, index: int, window: Window, stats: RunSt
             continue
         node = network.nodes[node_index]
         try:
-            async with connect_demo_charger(node.ocpp_url, charger_id(index), charger_password(index)) as charger:
+            meter_key = demo_meter_key(charger_id(index)) if SIGNED["on"] else None
+            async with connect_demo_charger(node.ocpp_url, charger_id(index), charger_password(index),
+                                            meter_key) as charger:
                 charger.timeout_s = CALL_TIMEOUT_S
                 await charger.call("BootNotification", {"chargePointVendor": "DEVSEN", "chargePointModel": "bench"})
                 if first:
@@ -593,7 +606,9 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of load per run")
     parser.add_argument("--profile", action="store_true", help="py-spy node 1 during the largest run")
     parser.add_argument("--keep", action="store_true", help="keep the data directory (node logs)")
+    parser.add_argument("--signed", action="store_true", help="chargers sign their readings (OCMF, test keys)")
     args = parser.parse_args()
+    SIGNED["on"] = args.signed
     if not all(1 <= c <= 1000 for c in args.chargers) or not 5 <= args.duration <= 60:
         parser.error("chargers in 1..1000, duration in 5..60 s")
     started = time.monotonic()

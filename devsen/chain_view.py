@@ -217,6 +217,8 @@ def _to_ledger_device(record: Any) -> DeviceInfo | None:
             tariff=Tariff(record.price_per_kwh, record.per_minute_fee),
             active=record.active,
             max_power_w=record.max_power_w,
+            meter_public_key=bytes(record.charger_public_key),
+            require_signed_meter=bool(record.require_signed_meter),
         )
     except (ValueError, TypeError) as exc:
         log.warning("device %s treated as unregistered: %s", str(record.charge_box_id)[:48], exc)

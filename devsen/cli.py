@@ -28,8 +28,9 @@ DELEGATED: dict[str, tuple[str, str, str]] = {
               "chain tools: `devsen chain deploy --rpc URL --validators ... --out deployment.json`"),
     "wallet": ("devsen.wallet", "wallet_main",
                "act on chain as a device owner or driver: register a device or idTag, deposit, request a session"),
-    "audit": ("anchoring.audit", "audit_main",
-              "verify a charger event against the chain: `devsen audit verify EVENT_ID --node URL --rpc URL`"),
+    "audit": ("devsen.session_audit", "audit_main",
+              "verify a charger event against the chain: `devsen audit verify EVENT_ID --node URL --rpc URL`; "
+              "a settlement from the meter's signatures: `devsen audit session SESSION_ID ...`"),
     "ocpp-serve": ("ocpp_adapter.standalone", "run_standalone",
                    "run the OCPP endpoint alone with an in-memory ingest (for charger bring-up)"),
     "sim": ("consensus.sim", "main",

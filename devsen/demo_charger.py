@@ -4,6 +4,10 @@ It speaks the wire protocol as a charger does (Basic auth, subprotocol `ocpp1.6`
 outstanding CALL, CALLRESULT/CALLERROR correlation), accepts a CSMS RemoteStartTransaction
 (queued for `next_remote_start`) and answers other CSMS-initiated CALLs with `NotSupported`,
 so a node can be exercised end to end without vendor hardware.
+
+With a `meter_key` it behaves like an Eichrecht meter: its begin reading (in a MeterValues
+`SignedData` sample) and its end reading (in StopTransaction.transactionData) are OCMF
+documents signed with that key (`demo_meter_key()` is the devnet's well-known P-256 test key).
 """
 
 from __future__ import annotations
@@ -18,12 +22,28 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import trio
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from trio_websocket import WebSocketConnection, open_websocket_url
 
 from devsen.ledger.chain import MAX_POWER_W
+from ocpp_adapter import ocmf
+from primitives.hashing import keccak256
 
 CALL, CALLRESULT, CALLERROR = 2, 3, 4
 MAX_QUEUED_REMOTE_STARTS = 16  # a demo charger runs one transaction at a time
+
+
+def demo_meter_key(label: str = "devsen-demo-meter") -> ec.EllipticCurvePrivateKey:
+    """A deterministic P-256 meter key derived from `label`: a TEST key, public by construction."""
+    order = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+    scalar = int.from_bytes(keccak256(label.encode()), "big") % (order - 1) + 1
+    return ec.derive_private_key(scalar, ec.SECP256R1())
+
+
+def meter_public_key_der(key: ec.EllipticCurvePrivateKey) -> bytes:
+    """The DER SubjectPublicKeyInfo of a meter key (what DeviceFactory.chargerPublicKey holds)."""
+    return key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 class ChargerCallFailed(Exception):
@@ -48,6 +68,18 @@ class DemoCharger:
     timeout_s: float = 60.0
     sent: list[tuple[str, str]] = field(default_factory=list)  # (message id, action)
     remote_starts: list[dict[str, Any]] = field(default_factory=list)  # accepted, not yet taken
+    meter_key: ec.EllipticCurvePrivateKey | None = None  # sign readings as an OCMF meter
+    meter_serial: str = "DEMO-METER-1"
+    pagination: int = field(default_factory=lambda: int(time.time()))  # OCMF counters only go up, across runs too
+
+    def signed_sample(self, id_tag: str, tx: str, wh: int) -> dict[str, Any]:
+        """A 1.6 sampledValue carrying an OCMF document for one reading (requires `meter_key`)."""
+        assert self.meter_key is not None
+        self.pagination += 1
+        body = ocmf.payload_json(meter_serial=self.meter_serial, pagination=self.pagination, id_data=id_tag,
+                                 readings=[(int(time.time() * 1000), tx, wh)], charge_point_id=self.charge_box_id)
+        return {"value": ocmf.sign(body, self.meter_key), "format": "SignedData", "context": "Transaction.Begin"
+                if tx == "B" else "Transaction.End", "measurand": "Energy.Active.Import.Register", "unit": "Wh"}
 
     async def call(self, action: str, payload: dict[str, Any], message_id: str | None = None) -> dict[str, Any]:
         """Send a CALL and return the CALLRESULT payload; CALLERROR raises ChargerCallFailed."""
@@ -115,12 +147,19 @@ class DemoCharger:
         stop_not_before = trio.current_time() + 1.2 * max(0, meter_stop_wh - meter_start_wh) * 3600 / max_power_w
         transaction_id = start["transactionId"]
         middle = (meter_start_wh + meter_stop_wh) // 2
+        samples: list[dict[str, Any]] = [
+            {"value": str(middle), "measurand": "Energy.Active.Import.Register", "unit": "Wh"}]
+        if self.meter_key is not None:
+            samples.insert(0, self.signed_sample(id_tag, "B", meter_start_wh))
         await self.call("MeterValues", {"connectorId": connector, "transactionId": transaction_id, "meterValue": [
-            {"timestamp": iso_now(), "sampledValue": [
-                {"value": str(middle), "measurand": "Energy.Active.Import.Register", "unit": "Wh"}]}]})
+            {"timestamp": iso_now(), "sampledValue": samples}]})
         await trio.sleep_until(stop_not_before)
-        stop = await self.call("StopTransaction", {"transactionId": transaction_id, "meterStop": meter_stop_wh,
-                                                   "timestamp": iso_now(), "idTag": id_tag})
+        stop_payload: dict[str, Any] = {"transactionId": transaction_id, "meterStop": meter_stop_wh,
+                                        "timestamp": iso_now(), "idTag": id_tag}
+        if self.meter_key is not None:
+            stop_payload["transactionData"] = [
+                {"timestamp": iso_now(), "sampledValue": [self.signed_sample(id_tag, "E", meter_stop_wh)]}]
+        stop = await self.call("StopTransaction", stop_payload)
         return {"authorize": authorize, "start": start, "stop": stop}
 
 
@@ -131,9 +170,11 @@ def basic_auth_header(charge_box_id: str, password: str) -> tuple[bytes, bytes]:
 
 
 @asynccontextmanager
-async def connect_demo_charger(url_base: str, charge_box_id: str, password: str) -> AsyncIterator[DemoCharger]:
-    """A DemoCharger connected to `url_base` + "/" + chargeBoxId for the duration of the block."""
+async def connect_demo_charger(url_base: str, charge_box_id: str, password: str,
+                               meter_key: ec.EllipticCurvePrivateKey | None = None) -> AsyncIterator[DemoCharger]:
+    """A DemoCharger connected to `url_base` + "/" + chargeBoxId for the duration of the block;
+    with `meter_key` it signs its begin and end readings (OCMF)."""
     url = url_base.rstrip("/") + "/" + charge_box_id
     async with open_websocket_url(url, subprotocols=["ocpp1.6"],
                                   extra_headers=[basic_auth_header(charge_box_id, password)]) as ws:
-        yield DemoCharger(ws, charge_box_id)
+        yield DemoCharger(ws, charge_box_id, meter_key=meter_key)

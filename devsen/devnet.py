@@ -67,7 +67,7 @@ from devsen.config import (
     P2PSection,
     config_to_toml,
 )
-from devsen.demo_charger import connect_demo_charger
+from devsen.demo_charger import connect_demo_charger, demo_meter_key, meter_public_key_der
 from devsen.devnet_state import (
     ANVIL_MNEMONIC,
     DEV_ACCOUNTS,
@@ -86,7 +86,14 @@ from devsen.fmt import iso_time, token_amount
 from devsen.http_api import http_get_json
 from devsen.ledger.chain import MAX_POWER_W
 from devsen.logs import setup_logging
-from devsen.wallet import ROLE_DEVICE_MANAGER, ROLE_DRIVER, create_device, open_prepaid_session
+from devsen.session_audit import audit_main as session_audit_main
+from devsen.wallet import (
+    ROLE_DEVICE_MANAGER,
+    ROLE_DRIVER,
+    create_device,
+    open_prepaid_session,
+    set_meter_key,
+)
 from p2p.keys import NodeKeys, init_keys
 
 log = logging.getLogger("devsen.devnet")
@@ -160,8 +167,12 @@ def prepare_nodes(root: Path, count: int, deployment_path: Path, rpc: str) -> li
     return nodes
 
 
-def deploy_network(anvil: AnvilProcess, nodes: list[DevnetNode], deployment_path: Path) -> tuple[Deployment, dict[str, Any]]:
-    """Deploy the contracts with the nodes as validators; fund them; seed the demo actors."""
+def deploy_network(anvil: AnvilProcess, nodes: list[DevnetNode], deployment_path: Path,
+                   signed_meter: bool = False) -> tuple[Deployment, dict[str, Any]]:
+    """Deploy the contracts with the nodes as validators; fund them; seed the demo actors.
+
+    `signed_meter` (on for `devsen devnet`): the demo charger's meter key (`demo_meter_key`)
+    is registered on chain with requireSignedMeter, so it settles on OCMF-signed readings only."""
     w3 = connect(anvil.url)
     deployer = TransactionSender(w3, anvil.dev_keys[0])
     specs = [ValidatorSpec(w3.to_checksum_address(n.keys.validator.address), n.keys.peer_id.to_bytes(), n.ocpp_url)
@@ -178,6 +189,8 @@ def deploy_network(anvil: AnvilProcess, nodes: list[DevnetNode], deployment_path
     # (4 MW), or physics (max power x time since the escrow opened) would cap its energy.
     create_device(manager, DEMO_CHARGER, DEMO_PASSWORD, connectors=2, price_per_kwh=DEMO_PRICE_PER_KWH,
                   location="devnet", max_power_w=MAX_POWER_W)
+    if signed_meter:  # its meter signs readings (OCMF) with the devnet's test key
+        set_meter_key(manager, DEMO_CHARGER, meter_public_key_der(demo_meter_key()), True)
     driver.register_roles(ROLE_DRIVER)
     driver.register_id_tag(DEMO_ID_TAG)
     assert driver.sender is not None
@@ -185,7 +198,7 @@ def deploy_network(anvil: AnvilProcess, nodes: list[DevnetNode], deployment_path
     session_id = open_prepaid_session(driver, DEMO_CHARGER, 1, DEMO_ID_TAG, DEMO_DEPOSIT)
     assert manager.sender is not None
     return deployment, {"manager": manager.sender.address, "driver": driver.sender.address,
-                        "session_id": session_id, "driver_client": driver}
+                        "session_id": session_id, "driver_client": driver, "signed_meter": signed_meter}
 
 
 def start_node_process(node: DevnetNode) -> None:
@@ -235,7 +248,8 @@ async def run_demo(nodes: list[DevnetNode], anvil: AnvilProcess, deployment_path
     entry = nodes[1 % len(nodes)]
     auditor_node = nodes[2 % len(nodes)]
     print(f"\n[demo] charger {DEMO_CHARGER} connects to node {entry.index} at {entry.ocpp_url}")
-    async with connect_demo_charger(entry.ocpp_url, DEMO_CHARGER, DEMO_PASSWORD) as charger:
+    meter_key = demo_meter_key() if seeded.get("signed_meter") else None
+    async with connect_demo_charger(entry.ocpp_url, DEMO_CHARGER, DEMO_PASSWORD, meter_key) as charger:
         result = await charger.charge_session(DEMO_ID_TAG, connector=1, meter_start_wh=1_000, meter_stop_wh=13_000)
         stop_message_id = charger.sent[-1][0]
     for step, reply in result.items():
@@ -272,7 +286,14 @@ async def run_demo(nodes: list[DevnetNode], anvil: AnvilProcess, deployment_path
               f"{token_amount(session.deposit - session.settled_amount)} to the driver")
     else:
         print("[demo] escrow session not settled in time")
-    return verdict == 0 and session is not None and session.status == SessionStatus.SETTLED
+    settled = session is not None and session.status == SessionStatus.SETTLED
+    if settled and seeded.get("signed_meter"):
+        print(f"[demo] auditing the settlement from the meter's signatures through node {auditor_node.index}:")
+        session_verdict = await trio.to_thread.run_sync(lambda: session_audit_main(
+            ["session", "0x" + seeded["session_id"].hex(), "--node", auditor_node.http_url, "--rpc", anvil.url,
+             "--deployment", str(deployment_path)]))
+        settled = session_verdict == 0
+    return verdict == 0 and settled
 
 
 def seed_dev_accounts(anvil: AnvilProcess, deployment: Deployment, root: Path) -> dict[str, dict[str, Any]]:
@@ -515,7 +536,7 @@ def devnet_main(argv: list[str]) -> int:
         nodes = prepare_nodes(args.dir, args.nodes, deployment_path, anvil.url)
         progress("deploying the contracts with those validators and seeding the demo charger, driver and "
                  "escrow session (one transaction per block: about 20 s)")
-        deployment, seeded = deploy_network(anvil, nodes, deployment_path)
+        deployment, seeded = deploy_network(anvil, nodes, deployment_path, signed_meter=True)
         progress(f"funding the dev accounts #{DEV_ACCOUNTS['manager']} (manager) and "
                  f"#{DEV_ACCOUNTS['driver']} (driver)")
         accounts = seed_dev_accounts(anvil, deployment, args.dir)

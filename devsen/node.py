@@ -68,6 +68,8 @@ from devsen.http_api import HttpError, Router, serve_http
 from devsen.ledger import Ledger
 from devsen.logs import setup_logging
 from devsen.remote_start import run_remote_starts
+from devsen.session_audit import ROUTE as SESSION_READINGS_ROUTE
+from devsen.session_audit import session_readings_route
 from ocpp_adapter.config import OcppServerConfig
 from ocpp_adapter.events import ChargerEvent, EventEncodingError
 from ocpp_adapter.ingest import IngestOverloaded, IngestRejected, IngestResult
@@ -513,6 +515,7 @@ def build_router(parts: NodeParts) -> Router:
     router.get("/v1/evidence/{validator}", evidence_of)
     router.get("/v1/chargers/{charger_id}/messages/{message_id}", charger_message)
     router.get("/v1/heights/{height}", ledger_state)
+    router.get(SESSION_READINGS_ROUTE, session_readings_route(lambda: parts.app.ledger, proofs))
     return router
 
 

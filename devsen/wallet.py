@@ -76,6 +76,16 @@ def open_prepaid_session(client: ChainClient, charge_box_id: str, connector: int
 ROLE_NAMES = {ROLE_DRIVER: "driver", ROLE_DEVICE_MANAGER: "device manager"}
 
 
+def set_meter_key(client: ChainClient, charge_box_id: str, public_key_der: bytes, require_signed: bool) -> None:
+    """Register the meter's OCMF key (DER SubjectPublicKeyInfo) and the signed-meter policy."""
+    from ocpp_adapter import ocmf
+
+    if public_key_der:
+        ocmf.load_public_key(public_key_der)  # refuse a key no validator could use, before paying gas
+    client.update_device("setChargerPublicKey", charge_box_id, public_key_der)
+    client.update_device("setRequireSignedMeter", charge_box_id, require_signed)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="devsen wallet", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -112,7 +122,12 @@ def _parser() -> argparse.ArgumentParser:
     show = sub.add_parser("session")
     show.add_argument("session_id")
     balance = sub.add_parser("balance")
-    commands += [roles, device, tag, faucet, session, refund, show, balance]
+    meter = sub.add_parser("meter-key", help="set a device's OCMF meter key and the requireSignedMeter policy")
+    meter.add_argument("charge_box_id")
+    meter.add_argument("--public-key", required=True, help="DER SubjectPublicKeyInfo as hex (the meter label's form)")
+    meter.add_argument("--require-signed", action=argparse.BooleanOptionalAction, default=True,
+                       help="settle only on signed readings (default on)")
+    commands += [roles, device, tag, faucet, session, refund, show, balance, meter]
     for command in commands:  # `--json` also after the command
         command.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
@@ -242,6 +257,16 @@ def _run(args: argparse.Namespace, client: ChainClient) -> tuple[str, dict[str, 
             raise ValueError(f"no escrow session {hex0x(session_id)} on this chain")
         doc = session_document(client, session)
         return format_session(doc), doc
+    if args.command == "meter-key":
+        from ocpp_adapter import ocmf
+
+        try:
+            der = ocmf.public_key_from_hex(args.public_key)
+            set_meter_key(client, args.charge_box_id, der, args.require_signed)
+        except ocmf.OcmfError as exc:
+            raise ValueError(f"--public-key: {exc}") from exc
+        return (f"meter key set for {args.charge_box_id} ({len(der)} bytes), requireSignedMeter={args.require_signed}",
+                {"charge_box_id": args.charge_box_id, "public_key": hex0x(der), "require_signed_meter": args.require_signed})
     eth = client.w3.eth.get_balance(Web3.to_checksum_address(me))
     tokens = client.token_balance(me, "latest")
     return (f"{me}\n  {eth_amount(eth)}\n  {token_amount(tokens)}",

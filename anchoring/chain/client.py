@@ -96,6 +96,7 @@ class DeviceRecord:
     charger_public_key: bytes
     active: bool
     max_power_w: int = 0  # per connector / EVSE, watts (DeviceFactory.maxPowerW)
+    require_signed_meter: bool = False  # settle only on OCMF readings signed with charger_public_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,10 +229,10 @@ class ChainClient:
             if exc.name == "UnknownDevice":
                 return None
             raise
-        (manager, connectors, active, max_power_w, salt, price, fee, auth_hash, cbid, location, key) = d
+        (manager, connectors, active, max_power_w, require_signed, salt, price, fee, auth_hash, cbid, location, key) = d
         return DeviceRecord(
             device_id, cbid, manager, location, connectors, price, fee, bytes(salt), bytes(auth_hash), bytes(key), active,
-            max_power_w,
+            max_power_w, require_signed,
         )
 
     def device_ids(self, block: BlockId) -> list[bytes]:
@@ -326,9 +327,9 @@ class ChainClient:
 
     def update_device(self, function: str, charge_box_id: str, *args: Any) -> Receipt:
         """Manager-only update: function is setLocation, setConnectorCount, setMaxPower, setTariff,
-        setAuth, setChargerPublicKey, setActive or transferManagement."""
+        setAuth, setChargerPublicKey, setRequireSignedMeter, setActive or transferManagement."""
         allowed = ("setLocation", "setConnectorCount", "setMaxPower", "setTariff", "setAuth", "setChargerPublicKey",
-                   "setActive", "transferManagement")
+                   "setRequireSignedMeter", "setActive", "transferManagement")
         if function not in allowed:
             raise ValueError(f"{function} is not a device update")
         return self.send("DeviceFactory", function, device_id_of(charge_box_id), *args, gas=GAS["deviceUpdate"])

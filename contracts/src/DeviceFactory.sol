@@ -14,6 +14,7 @@ error LocationTooLong(uint256 length);
 error ChargerPublicKeyTooLong(uint256 length);
 error AuthCredentialInvalid();
 error ManagerZero();
+error SignedMeterNeedsKey(bytes32 deviceId);
 
 /// @title DeviceFactory (FactoryDEVSEN + DeviceDEVSEN)
 /// @notice One device record per EVSE, keyed by deviceId = keccak256(chargeBoxId).
@@ -43,13 +44,14 @@ contract DeviceFactory is IDeviceFactory {
         uint8 connectorCount;
         bool active;
         uint32 maxPowerW; // per connector / EVSE, watts: the ledger caps energy at this x duration
+        bool requireSignedMeter; // settle only on OCMF readings signed with chargerPublicKey
         bytes16 authSalt;
         uint128 pricePerKWh; // token base units per kWh
         uint128 perMinuteFee; // token base units per started minute, 0 = none
         bytes32 authHash;
         string chargeBoxId;
         string location;
-        bytes chargerPublicKey; // optional key for signed meter values
+        bytes chargerPublicKey; // the meter's OCMF key: DER SubjectPublicKeyInfo (e.g. 91 bytes for P-256)
     }
 
     IUserRegistry public immutable users;
@@ -66,6 +68,7 @@ contract DeviceFactory is IDeviceFactory {
     event DeviceAuthChanged(bytes32 indexed deviceId, bytes16 authSalt, bytes32 authHash);
     event DevicePublicKeyChanged(bytes32 indexed deviceId, bytes chargerPublicKey);
     event DeviceActiveChanged(bytes32 indexed deviceId, bool active);
+    event DeviceSignedMeterChanged(bytes32 indexed deviceId, bool requireSignedMeter);
     event DeviceManagerChanged(bytes32 indexed deviceId, address indexed manager);
 
     constructor(IUserRegistry users_) {
@@ -174,10 +177,24 @@ contract DeviceFactory is IDeviceFactory {
         emit DeviceAuthChanged(deviceId, authSalt, authHash);
     }
 
+    /// The meter's OCMF signing key. Clearing it also clears `requireSignedMeter` (nothing could settle).
     function setChargerPublicKey(bytes32 deviceId, bytes calldata chargerPublicKey) external {
         _checkPublicKey(chargerPublicKey);
-        _managed(deviceId).chargerPublicKey = chargerPublicKey;
+        Device storage d = _managed(deviceId);
+        d.chargerPublicKey = chargerPublicKey;
         emit DevicePublicKeyChanged(deviceId, chargerPublicKey);
+        if (chargerPublicKey.length == 0 && d.requireSignedMeter) {
+            d.requireSignedMeter = false;
+            emit DeviceSignedMeterChanged(deviceId, false);
+        }
+    }
+
+    /// Policy: when set, the ledger settles this device's sessions only on signed meter readings.
+    function setRequireSignedMeter(bytes32 deviceId, bool requireSignedMeter) external {
+        Device storage d = _managed(deviceId);
+        if (requireSignedMeter && d.chargerPublicKey.length == 0) revert SignedMeterNeedsKey(deviceId);
+        d.requireSignedMeter = requireSignedMeter;
+        emit DeviceSignedMeterChanged(deviceId, requireSignedMeter);
     }
 
     function setActive(bytes32 deviceId, bool active) external {

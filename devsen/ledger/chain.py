@@ -21,6 +21,7 @@ MAX_CONNECTORS = 64  # a device registry entry never declares more connectors (o
 MAX_POWER_W = 4_000_000  # DeviceFactory.MAX_POWER_W: one connector's maximum power, watts (MCS is 3.75 MW)
 DEFAULT_MAX_POWER_W = 350_000  # DeviceFactory.DEFAULT_MAX_POWER_W
 MAX_ESCROW_TIME_S = 253_402_300_799  # an escrow opening time after year 9999 is not one
+MAX_METER_KEY_BYTES = 128  # DeviceFactory.MAX_PUBLIC_KEY_BYTES: a DER SubjectPublicKeyInfo of the meter
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,9 @@ class DeviceInfo:
 
     `connector_count` counts OCPP 1.6 connectors, or OCPP 2.0.1 EVSEs; `max_power_w` is what
     one of them can deliver at most (the ledger caps a session's energy by it).
+    `meter_public_key` is the on-chain `chargerPublicKey` (DER SubjectPublicKeyInfo of the
+    meter's OCMF signing key, empty if none); with `require_signed_meter` the device settles
+    only on OCMF-signed readings (devsen/ledger/signed.py).
     """
 
     device_id: bytes
@@ -65,6 +69,8 @@ class DeviceInfo:
     tariff: Tariff
     active: bool = True
     max_power_w: int = DEFAULT_MAX_POWER_W
+    meter_public_key: bytes = b""
+    require_signed_meter: bool = False
 
     def __post_init__(self) -> None:
         problem = device_problem(self)
@@ -90,6 +96,9 @@ def device_problem(device: object) -> str | None:
     fee, price = tariff.per_minute_fee, tariff.price_per_kwh
     if type(price) is not int or type(fee) is not int or not (0 <= price <= MAX_AMOUNT and 0 <= fee <= MAX_AMOUNT):
         return "tariff amounts must be uint256"
+    key = device.meter_public_key
+    if type(key) is not bytes or len(key) > MAX_METER_KEY_BYTES or type(device.require_signed_meter) is not bool:
+        return f"meter_public_key must be at most {MAX_METER_KEY_BYTES} bytes and require_signed_meter a bool"
     return None
 
 

@@ -34,6 +34,7 @@ from devsen.ledger.parse import (
     req_int,
     req_str,
 )
+from devsen.ledger.signed import apply_signed, signed_documents
 from devsen.ledger.state import ClosedTransaction, ConnectorStatus, Session
 
 if TYPE_CHECKING:
@@ -167,6 +168,7 @@ def _meter_values(ledger: Ledger, step: _Step, payload: dict[str, Any]) -> dict[
         ledger._transaction_unknown(step, key)
         return {}
     ledger._record_meter(step, key, wh)
+    apply_signed(ledger, step, key, signed_documents(payload.get("meterValue")))
     return {}
 
 
@@ -243,6 +245,7 @@ def _stop_transaction(ledger: Ledger, step: _Step, payload: dict[str, Any]) -> d
     if not 0 <= meter_stop <= MAX_METER_WH:
         ledger._anomaly(step, BAD_METER, f"meterStop {meter_stop} Wh out of range")
         stop_wh = None
+    apply_signed(ledger, step, key, signed_documents(payload.get("transactionData")))
     ledger._close(step, key, stop_wh, ledger._event_time_ms(step, stop_text))
     return reply
 
@@ -264,7 +267,7 @@ def _transaction_event(ledger: Ledger, step: _Step, payload: dict[str, Any]) -> 
         raise MalformedPayload("eventType must be Started, Updated or Ended")
     key = (step.event.charger_id, tx_ref)
     if event_type == "Started":
-        return _transaction_started(ledger, step, key, evse_id, tag, wh, time_text)
+        return _transaction_started(ledger, step, key, evse_id, tag, wh, time_text, payload.get("meterValue"))
     if not ledger._is_open(step, key):
         ledger._transaction_unknown(step, key)
         return {} if tag is None else _tag_info(ledger, step, "Invalid")
@@ -272,6 +275,7 @@ def _transaction_event(ledger: Ledger, step: _Step, payload: dict[str, Any]) -> 
     reply: dict[str, Any] = {}
     if tag is not None:
         reply = _tag_info(ledger, step, _authorize_session(ledger, step, key, tag, time_text))
+    apply_signed(ledger, step, key, signed_documents(payload.get("meterValue")))
     if event_type == "Ended":
         session = ledger._sessions.get(key)
         assert session is not None
@@ -280,7 +284,8 @@ def _transaction_event(ledger: Ledger, step: _Step, payload: dict[str, Any]) -> 
 
 
 def _transaction_started(
-    ledger: Ledger, step: _Step, key: tuple[str, str], evse_id: int | None, tag: bytes | None, wh: int | None, time_text: str
+    ledger: Ledger, step: _Step, key: tuple[str, str], evse_id: int | None, tag: bytes | None, wh: int | None, time_text: str,
+    meter_values: object = None,
 ) -> dict[str, Any]:
     refused = {} if tag is None else _tag_info(ledger, step, "Invalid")
     if key in ledger._sessions or key in ledger._closed:
@@ -306,7 +311,9 @@ def _transaction_started(
     )
     if tag is None:
         return {}
-    return _tag_info(ledger, step, _authorize_session(ledger, step, key, tag, time_text))
+    reply = _tag_info(ledger, step, _authorize_session(ledger, step, key, tag, time_text))
+    apply_signed(ledger, step, key, signed_documents(meter_values))
+    return reply
 
 
 def _authorize_session(ledger: Ledger, step: _Step, key: tuple[str, str], tag_hash: bytes, time_text: str) -> str:

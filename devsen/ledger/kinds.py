@@ -19,3 +19,11 @@ ESCROW_CLOSED = "escrow_closed"
 MALFORMED = "malformed"
 BAD_CHAIN_DATA = "bad_chain_data"
 ENERGY_CAPPED = "energy_capped"
+# Charger-signed meter values (OCMF, devsen/ledger/signed.py): the reading is ignored.
+BAD_SIGNED_METER = "bad_signed_meter"  # not an OCMF document, unsupported algorithm, no key on chain
+BAD_SIGNATURE = "bad_signature"  # does not verify with the device's on-chain meter key
+METER_SERIAL_MISMATCH = "meter_serial_mismatch"  # another meter than the session's first signed reading
+PAGINATION_NOT_INCREASING = "pagination_not_increasing"  # replayed or reordered document
+READING_NOT_BOUND = "reading_not_bound"  # not of this transaction (time, identification, order)
+UNSIGNED_READING = "unsigned_reading"  # a device that requires signed values settled without one
+SIGNED_BUDGET = "signed_budget"  # more signed documents than an event or block may carry

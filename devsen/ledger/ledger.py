@@ -63,8 +63,10 @@ from devsen.ledger.kinds import (
     STALE_SESSION,
     UNKNOWN_TRANSACTION,
     UNREGISTERED_DEVICE,
+    UNSIGNED_READING,
 )
 from devsen.ledger.parse import MAX_METER_WH, MalformedPayload, parse_timestamp_ms
+from devsen.ledger.signed import settlement_terms
 from devsen.ledger.state import (
     Anomaly,
     ClosedTransaction,
@@ -81,7 +83,7 @@ from devsen.ledger.state import (
 from ocpp_adapter.events import ChargerEvent
 from primitives.hashing import keccak256
 
-SNAPSHOT_VERSION = 2  # 2: sessions keep max power and binding time; reply history by height window
+SNAPSHOT_VERSION = 3  # 3: signed meter values (sessions, closed transactions, devices' meter paginations)
 MAX_PAYLOAD_DEPTH = 32  # OCPP payloads nest a handful of levels; deeper is malformed
 MAX_OPEN_ESCROWS_READ = 4_096  # open escrow sessions of one charger considered per look-up
 
@@ -293,6 +295,7 @@ class Ledger:
         # Indexes derived from `_sessions` (not hashed; rebuilt on restore).
         self._by_connector: dict[tuple[str, int], str] = {}
         self._by_escrow: dict[bytes, tuple[str, str]] = {}
+        self._signed_in_block = 0  # OCMF documents checked in the current block (reset per block)
 
     # ----------------------------------------------------------------- public API
 
@@ -322,6 +325,7 @@ class Ledger:
         self._c.block_ms = ctx.timestamp_ms
         self._c.eth_block_number = ctx.eth_block_number
         self._forget_old_replies()
+        self._signed_in_block = 0
         checked = _CheckedChain(chain)
         self._release_settled(checked)
         settlements: list[SettlementOrder] = []
@@ -339,6 +343,13 @@ class Ledger:
     def pending_settlements(self) -> tuple[SettlementOrder, ...]:
         """Settlement orders whose escrow session is still open on chain, oldest first."""
         return tuple(p.order for p in self._pending.values())
+
+    def closed_for_escrow(self, session_id: bytes) -> ClosedTransaction | None:
+        """How the transaction bound to this escrow session ended, while still remembered (a scan)."""
+        for closed in self._closed.values():
+            if closed.escrow_session_id == session_id:
+                return closed
+        return None
 
     def open_sessions(self) -> tuple[Session, ...]:
         """Open charging sessions, oldest first."""
@@ -564,6 +575,7 @@ class Ledger:
             price_per_kwh=device.tariff.price_per_kwh,
             per_minute_fee=device.tariff.per_minute_fee,
             max_power_w=device.max_power_w,
+            require_signed=device.require_signed_meter,
             charge_start_ms=start_ms,
             meter_start_wh=session.meter_start_wh if session.meter_start_wh is not None else session.meter_last_wh,
         )
@@ -651,7 +663,13 @@ class Ledger:
         del self._by_escrow[session.escrow_session_id]
         energy = 0
         start_wh = session.meter_start_wh
-        if meter_stop_wh is not None and start_wh is not None:
+        charge_start_ms = session.charge_start_ms
+        if session.require_signed:  # only charger-signed readings count (devsen/ledger/signed.py)
+            signed_energy, charge_start_ms, stop_ms, missing = settlement_terms(session)
+            if missing:
+                self._anomaly(step, UNSIGNED_READING, missing)
+            energy = signed_energy or 0
+        elif meter_stop_wh is not None and start_wh is not None:
             if meter_stop_wh < start_wh:
                 self._anomaly(step, NEGATIVE_ENERGY, f"stop {meter_stop_wh} Wh below start {start_wh} Wh")
             else:
@@ -663,13 +681,14 @@ class Ledger:
             self._anomaly(step, ENERGY_CAPPED, f"vouched by {step.event.ingress_node[:66]}: {energy} Wh capped at "
                           f"{bound} Wh ({session.max_power_w} W x {max(0, window_end - window_begin)} ms)")
             energy = bound
-        begin = max(session.charge_start_ms, window_begin)
+        begin = max(charge_start_ms, window_begin)
         end = min(stop_ms, self._c.block_ms)
         minutes = max(0, end - begin) // 60_000
         amount = min(energy * session.price_per_kwh // 1000 + minutes * session.per_minute_fee, session.deposit)
         if step.chain.escrow_session(session.escrow_session_id) is None:
             self._anomaly(step, ESCROW_CLOSED, "escrow session closed on chain before the stop")
-            self._remember_closed(key, ClosedTransaction(seq, "escrow_closed", energy, 0))
+            self._remember_closed(key, ClosedTransaction(seq, "escrow_closed", energy, 0, session.escrow_session_id,
+                                                         session.signed_start_event, session.signed_last_event))
             return
         order = SettlementOrder(session.escrow_session_id, energy, amount)
         assert 0 <= amount <= session.deposit and energy <= MAX_METER_WH
@@ -678,7 +697,8 @@ class Ledger:
         self._c.settled_amount += amount
         self._c.settled_deposits += session.deposit
         step.settlements.append(order)
-        self._remember_closed(key, ClosedTransaction(seq, "settled", energy, amount))
+        self._remember_closed(key, ClosedTransaction(seq, "settled", energy, amount, session.escrow_session_id,
+                                                     session.signed_start_event, session.signed_last_event))
 
     def _remember_closed(self, key: tuple[str, str], closed: ClosedTransaction) -> None:
         self._closed.put(key, closed)

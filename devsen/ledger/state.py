@@ -162,6 +162,7 @@ class DeviceRecord:
     reports: int = 0
     notify_events: int = 0
     data_transfers: int = 0
+    meter_paginations: tuple[tuple[str, int], ...] = ()  # (meter serial, highest accepted OCMF pagination)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +190,17 @@ class Session:
     meter_start_wh: int | None = None
     meter_last_wh: int | None = None
     last_block_ms: int = 0  # block time of the last event about this session
+    # Charger-signed (OCMF) readings accepted for this session (devsen/ledger/signed.py).
+    require_signed: bool = False  # the device's on-chain policy at binding
+    signed_serial: str = ""  # meter serial (MS) of the first accepted document
+    signed_pagination: int = -1  # PG counter of the last accepted document
+    signed_start_wh: int | None = None
+    signed_start_ms: int = 0
+    signed_start_event: bytes = b""  # event id of the event that carried the signed start
+    signed_last_wh: int | None = None
+    signed_last_ms: int = 0
+    signed_last_event: bytes = b""
+    signed_stopped: bool = False  # an end reading (TX E/L/R/A) was accepted
 
     @property
     def bound(self) -> bool:
@@ -203,6 +215,9 @@ class ClosedTransaction:
     outcome: str
     energy_wh: int = 0
     amount: int = 0
+    escrow_session_id: bytes = b""
+    signed_start_event: bytes = b""  # signed-meter sessions: the events whose OCMF readings settled it
+    signed_last_event: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ledger_world import (
@@ -34,7 +36,12 @@ from devsen.ledger import (
     energy_bound,
     id_tag_hash,
 )
+from ocpp_adapter import ocmf
 from ocpp_adapter.events import ChargerEvent
+
+_METER = ec.generate_private_key(ec.SECP256R1())
+METER_DER = _METER.public_key().public_bytes(serialization.Encoding.DER,
+                                             serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def _forged(value: Any, **fields: Any) -> Any:
@@ -154,7 +161,34 @@ def _deep(depth: int) -> Any:
     return value
 
 
+def _signed(pg: int, tx: str, wh: int, at_ms: int) -> str:
+    body = ocmf.payload_json(meter_serial="M1", pagination=pg, id_data="TAG-OK", readings=[(at_ms, tx, wh)])
+    return ocmf.sign(body, _METER)
+
+
+VALID_OCMF = [_signed(1, "B", 1_000, T0_MS + 60_000), _signed(2, "X", 900, T0_MS + 90_000),
+              _signed(3, "E", 10**14, T0_MS + 120_000), _signed(2, "E", 5_000, T0_MS + 120_000)]
+OCMF_GARBAGE = st.one_of(
+    st.sampled_from(VALID_OCMF),
+    st.builds(lambda doc, i, ch: doc[:i] + ch + doc[i + 1:], st.sampled_from(VALID_OCMF), st.integers(0, 700),
+              st.sampled_from(list('|{}[]",:0123456789eE-.\\x') + ["\u0000", "NaN", "1e999"])),
+    st.text(max_size=40).map(lambda t: "OCMF|" + t),
+    st.integers(1, 3000).map(lambda d: "OCMF|" + "[" * d + "|{}"),
+    st.sampled_from(["OCMF|{}|{}", "OCMF||", "x" * 9000, 'OCMF|{"RD":[{"RV":1e400}]}|{"SD":"00"}']),
+    JSON,
+)
 hostile_payloads = st.one_of(
+    st.builds(lambda tx, docs: {"connectorId": 1, "transactionId": tx, "meterValue": [
+        {"timestamp": iso(T0_MS), "sampledValue": [{"format": "SignedData", "value": d} for d in docs]}]},
+        st.sampled_from([1, 2]), st.lists(OCMF_GARBAGE, max_size=10)),
+    st.builds(lambda p, docs: {**p.payload, "transactionData": [{"timestamp": iso(T0_MS), "sampledValue": [
+        {"format": "SignedData", "value": d} for d in docs]}]}, st.sampled_from([stop16(1, 5, T0_MS)]),
+        st.lists(OCMF_GARBAGE, max_size=3)),
+    st.builds(lambda kind, docs, enc: tx_event(kind, "T1", tag="TAG-OK").payload | {"meterValue": [
+        {"timestamp": iso(T0_MS), "sampledValue": [{"value": 1, "signedMeterValue": {
+            "signedMeterData": d, "signingMethod": "", "encodingMethod": enc, "publicKey": ""}} for d in docs]}]},
+        st.sampled_from(["Started", "Updated", "Ended"]), st.lists(OCMF_GARBAGE, max_size=3),
+        st.sampled_from(["OCMF", "ocmf", "EDL", 5])),
     st.dictionaries(st.sampled_from(FIELDS), JSON, max_size=6),
     st.builds(lambda p, k, v: {**p.payload, k: v}, st.sampled_from([start16(), stop16(1, 5, T0_MS)]),
               st.sampled_from(["meterStart", "meterStop", "connectorId", "transactionId", "timestamp", "idTag"]),
@@ -180,19 +214,25 @@ hostile_events = st.one_of(hostile_events, st.builds(_unhashed, hostile_events, 
 honest_events = st.sampled_from([
     start16(), start16(connector=2), stop16(1, 50_000, T0_MS + 60_000), stop16(2, 2**62, T0_MS + 60_000),
     tx_event("Started", "T1", tag="TAG-OK", wh=0), tx_event("Ended", "T1", wh=10**12),
+    *(ev("MeterValues", {"connectorId": 1, "transactionId": 1, "meterValue": [{"timestamp": iso(T0_MS),
+        "sampledValue": [{"format": "SignedData", "value": d}]}]}) for d in VALID_OCMF),
 ])
 
 bad_values = {
     "connector_count": st.sampled_from([-1, 65, 255, 2**64, True, "2"]),
     "max_power_w": st.sampled_from([0, -1, 4_000_001, 2**300, None]),
     "active": st.sampled_from([1, "yes", None]),
+    "meter_public_key": st.sampled_from([b"\x30" * 200, "3059", None, b"\x30\x03abc"]),
+    "require_signed_meter": st.sampled_from([1, "yes", None]),
 }
 
 
 @st.composite
 def hostile_device(draw: Any) -> Any:
     base = DeviceInfo(b"\x11" * 32, "0x" + "aa" * 20, draw(st.sampled_from([2, 2, 0, 1, 64])), TARIFF,
-                      max_power_w=draw(st.integers(1, 4_000_000)))
+                      max_power_w=draw(st.integers(1, 4_000_000)),
+                      meter_public_key=draw(st.sampled_from([b"", METER_DER, METER_DER, b"\x30\x03abc"])),
+                      require_signed_meter=draw(st.booleans()))
     if draw(st.booleans()):
         name = draw(st.sampled_from(sorted(bad_values)))
         return _forged(base, **{name: draw(bad_values[name])})

@@ -1,0 +1,84 @@
+"""Byzantine ingress against a signed-meter device (issue 12 part 1): node 4 runs the
+`forge_events` behaviour (a StartTransaction with the demo session's token and a
+StopTransaction with meterStop = 2**62, vouched with its own key) against DEMO-CP-1, whose
+meter key is on chain with requireSignedMeter. Nothing the forger writes is signed by the
+meter, so the honest nodes settle 0 Wh and 0 tokens (before signed meters: up to the physics
+bound), keep committing and agree.
+
+    .venv/bin/pytest -m byzantine tests/byzantine/test_byzantine_signed_meter.py -s
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from byz_network import ByzNetwork, assert_honest_progress, start_with_behaviour
+
+from anchoring.chain import ChainClient
+from anchoring.chain.anvil import start_anvil
+from anchoring.chain.client import SessionStatus
+from devsen.devnet import (
+    CHAIN_ID,
+    DEMO_CHARGER,
+    deploy_network,
+    prepare_nodes,
+    start_node_process,
+    wait_until_serving,
+)
+
+pytestmark = [pytest.mark.byzantine, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    root: Path = tmp_path_factory.mktemp("byzantine-signed")
+    anvil = start_anvil(root / "anvil.log", chain_id=CHAIN_ID, block_time_s=1)
+    network = None
+    try:
+        deployment_path = root / "deployment.json"
+        nodes = prepare_nodes(root, 4, deployment_path, anvil.url)
+        _, seeded = deploy_network(anvil, nodes, deployment_path, signed_meter=True)
+        network = ByzNetwork(anvil, nodes, deployment_path, seeded, root)
+        for node in nodes[:3]:
+            start_node_process(node)
+        start_with_behaviour(nodes[3], "honest")
+        trio.run(wait_until_serving, nodes)
+        yield network
+    finally:
+        if network is not None:
+            network.stop()
+            for node in network.nodes:
+                print(f"--- {node.log_path} (tail) ---\n" + node.log_path.read_text()[-2500:])
+        else:
+            anvil.stop()
+
+
+def test_forged_energy_on_a_signed_meter_device_settles_nothing(net, tmp_path):
+    report_path = tmp_path / "forged.json"
+    session_id = net.seeded["session_id"]
+    net.swap("forge_events", {"BYZ_CHARGER": DEMO_CHARGER, "BYZ_CONNECTOR": "1",
+                              "BYZ_SESSION_ID": session_id.hex(), "BYZ_REPORT": str(report_path)})
+    observation = trio.run(net.observe, "forge_events_signed_meter", 15.0, None)
+    deadline = time.monotonic() + 90
+    while not report_path.exists() and time.monotonic() < deadline:
+        time.sleep(1)
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    print("forger's own view:", report)
+    assert_honest_progress(observation)
+    assert report.get("stop", {}).get("height"), f"the self-vouched forgery was not committed: {report}"
+    client: ChainClient = net.seeded["driver_client"]
+    session = None
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        session = client.session(session_id, "latest")
+        if session is not None and session.status == SessionStatus.SETTLED:
+            break
+        time.sleep(2)
+    print("escrow session after the forgery:", session)
+    assert session is not None and session.status == SessionStatus.SETTLED
+    assert session.energy_wh == 0 and session.settled_amount == 0
