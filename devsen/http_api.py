@@ -22,6 +22,7 @@ from typing import Any
 import trio
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -72,6 +73,7 @@ class Router:
 
     def __init__(self) -> None:
         self.api = APIRouter()
+        self.declared: set[tuple[str, str]] = set()  # (method, path template) of every route
         self._app: FastAPI | None = None
 
     def get(self, template: str, handler: Handler, summary: str | None = None) -> None:
@@ -100,6 +102,9 @@ class Router:
     def include(self, api: APIRouter) -> None:
         """Add typed FastAPI routes (their parameters and answers appear in the OpenAPI document)."""
         self.api.include_router(api)
+        for route in api.routes:
+            if isinstance(route, APIRoute) and route.include_in_schema:
+                self.declared.update((method, route.path) for method in route.methods)
         self._app = None
 
     def _add(self, template: str, endpoint: Callable[[Request], Awaitable[Response]], method: str,
@@ -107,6 +112,7 @@ class Router:
         self.api.add_api_route(template, endpoint, methods=[method], summary=summary.splitlines()[0],
                                openapi_extra={"parameters": _path_parameters(template)} if "{" in template else None,
                                response_class=JsonResponse)
+        self.declared.add((method, template))
         self._app = None
 
     def app(self) -> FastAPI:
@@ -163,6 +169,10 @@ def build_app(api: APIRouter) -> FastAPI:
         else:
             message = str(exc.detail)
         return JsonResponse({"error": message}, status_code=exc.status_code)
+
+    @app.exception_handler(HttpError)
+    async def handler_error(request: Request, exc: HttpError) -> Response:
+        return JsonResponse({"error": exc.message}, status_code=exc.status)
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> Response:
