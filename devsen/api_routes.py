@@ -24,7 +24,7 @@ from typing import Annotated, Any
 import trio
 from fastapi import APIRouter, Path, Query
 
-from anchoring.batches import AnchorBatch
+from anchoring.attestations import AnchorBatch
 from anchoring.chain.client import DeviceRecord as ChainDevice
 from anchoring.chain.client import ValidatorInfo
 from consensus.types import CommittedBlock
@@ -181,7 +181,7 @@ class ChainCache:
         if missing:
             with trio.move_on_after(CHAIN_READ_TIMEOUT_S) as scope:
                 try:
-                    values = await trio.to_thread.run_sync(read_all, limiter=self.limiter, abandon_on_cancel=True)
+                    values = await trio.to_thread.run_sync(read_all, limiter=self.limiter, abandon_on_cancel=True)  # type: ignore[call-arg]
                 except Exception as exc:
                     raise HttpError(503, f"the chain RPC failed ({type(exc).__name__}); retry later") from exc
             if scope.cancelled_caught:

@@ -104,7 +104,7 @@ class Router:
         self.api.include_router(api)
         for route in api.routes:
             if isinstance(route, APIRoute) and route.include_in_schema:
-                self.declared.update((method, route.path) for method in route.methods)
+                self.declared.update((method, route.path) for method in route.methods or ())
         self._app = None
 
     def _add(self, template: str, endpoint: Callable[[Request], Awaitable[Response]], method: str,
@@ -239,7 +239,7 @@ async def serve_http(router: Router | Any, host: str, port: int, *,
     """Serve `router` (or an ASGI app) on host:port until cancelled; reports the bound port."""
     from hypercorn.trio import serve
 
-    app = router.app() if isinstance(router, Router) else router
+    app: Any = router.app() if isinstance(router, Router) else router
     config = hypercorn_config(host, port)
 
     async with trio.open_nursery() as nursery:

@@ -41,6 +41,7 @@ from anchoring.submitter import ANCHOR, SETTLEMENT, JobStore, Submitter, Submitt
 from consensus.abci import FinalizeResult, TxResult
 from consensus.core import TimeoutConfig
 from consensus.types import Block, ValidatorSet
+from devsen.api_routes import ReadSources, read_routes
 from devsen.app import (
     MESSAGE_WINDOW_BLOCKS,
     AppSettings,
@@ -64,7 +65,6 @@ from devsen.consensus_service import (
     ServiceConfig,
 )
 from devsen.evidence import EvidenceRecorder, EvidenceStore
-from devsen.api_routes import ReadSources, read_routes
 from devsen.http_api import HttpError, Router, serve_http
 from devsen.ledger import Ledger
 from devsen.logs import setup_logging
@@ -416,7 +416,7 @@ def node_metrics(parts: NodeParts) -> NodeMetrics:
         callerrors=lambda: dict(CALLERRORS_SENT),
     ))
     parts.service.finalize_listeners.append(metrics.on_finalized)
-    parts.client.rpc = metrics.timed_rpc(parts.client.rpc)  # type: ignore[method-assign]
+    parts.client.rpc = metrics.timed_rpc(parts.client.rpc)  # type: ignore[method-assign, assignment]
     return metrics
 
 

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ledger"))
 
 from ledger_world import CHARGER, CHARGER_201, ESCROW_2, T0_MS, World, ev, iso, start16  # noqa: E402
 
-from anchoring.batches import AnchorBatch  # noqa: E402
+from anchoring.attestations import AnchorBatch  # noqa: E402
 from anchoring.chain.client import DeviceRecord, ValidatorInfo  # noqa: E402
 from devsen.api_routes import ReadSources, distance_m, parse_location, read_routes  # noqa: E402
 from devsen.http_api import Router, asgi_request, http_get, serve_http  # noqa: E402
