@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -243,6 +244,10 @@ async def test_metrics_exposition_counts_blocks_and_levels() -> None:
                  "devsen_payloads_committed_total 2.0", 'devsen_commit_latency_seconds_bucket{le="0.25"} 1.0',
                  "devsen_chain_rpc_seconds_count 2.0", 'devsen_chain_rpc_errors_total{error="ZeroDivisionError"} 1.0'):
         assert line in text, line
+    dashboard = json.loads((Path(__file__).resolve().parents[2] / "deploy/grafana/devsen.json").read_text())
+    used = {name for panel in dashboard["panels"] for target in panel["targets"]
+            for name in re.findall(r"devsen_[a-z_]+", target["expr"])}
+    assert used and all(name in text for name in used), used - {n for n in used if n in text}
 
 
 async def _ocpp_round_trips(port: int, rounds: int) -> list[float]:
