@@ -216,6 +216,32 @@ async def asgi_request(app: Any, method: str, target: str, body: bytes = b"") ->
     return status, b"".join(chunks)
 
 
+MAX_IN_FLIGHT = 256
+
+
+class InFlightLimit:
+    """ASGI wrapper: at most `limit` requests in progress; more get 503 at once (never queued)."""
+
+    def __init__(self, app: Any, limit: int = MAX_IN_FLIGHT) -> None:
+        self.app = app
+        self.limit = limit
+        self.in_flight = 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            await JsonResponse({"error": f"over {self.limit} requests in progress; retry later"},
+                               status_code=503)(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
 def hypercorn_config(host: str, port: int) -> Any:
     """Hypercorn settings: HTTP/1.1 only, bounded heads, idle and read times; no access log."""
     from hypercorn.config import Config
@@ -239,7 +265,7 @@ async def serve_http(router: Router | Any, host: str, port: int, *,
     """Serve `router` (or an ASGI app) on host:port until cancelled; reports the bound port."""
     from hypercorn.trio import serve
 
-    app: Any = router.app() if isinstance(router, Router) else router
+    app: Any = InFlightLimit(router.app() if isinstance(router, Router) else router)
     config = hypercorn_config(host, port)
 
     async with trio.open_nursery() as nursery:
@@ -266,15 +292,22 @@ async def http_get(url: str, timeout: float = 10.0) -> tuple[int, bytes]:
         async with stream:
             request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
             await stream.send_all(request)
-            chunks = []
+            raw = b""
             while chunk := await stream.receive_some(65536):
-                chunks.append(chunk)
-    raw = b"".join(chunks)
+                raw += chunk
+                if _complete(raw):  # do not wait for the server's close
+                    break
     head, _, body = raw.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
     if b"transfer-encoding: chunked" in head.lower():
         body = _dechunk(body)
     return status, body
+
+
+def _complete(raw: bytes) -> bool:
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    match = re.search(rb"(?im)^content-length:\s*(\d+)\s*$", head)
+    return bool(sep) and match is not None and len(body) >= int(match.group(1))
 
 
 def _dechunk(data: bytes) -> bytes:

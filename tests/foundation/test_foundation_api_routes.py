@@ -223,6 +223,13 @@ async def test_a_slow_chain_answers_503_within_the_bound_and_the_loop_stays_free
     assert ticks >= 5  # the event loop kept running while the chain read waited
 
 
+def dashboard_series() -> set[str]:
+    """The metric names the Grafana dashboard (deploy/grafana/devsen.json) queries."""
+    dashboard = json.loads((Path(__file__).resolve().parents[2] / "deploy/grafana/devsen.json").read_text())
+    return {name for panel in dashboard["panels"] for target in panel["targets"]
+            for name in re.findall(r"devsen_[a-z_]+", target["expr"])}
+
+
 async def test_metrics_exposition_counts_blocks_and_levels() -> None:
     metrics = NodeMetrics(Levels(height=lambda: 7, mempool=lambda: 3, chargers=lambda: 2, peers=lambda: 1,
                                  pending=lambda: {"anchors": 1, "settlements": 0},
@@ -244,9 +251,7 @@ async def test_metrics_exposition_counts_blocks_and_levels() -> None:
                  "devsen_payloads_committed_total 2.0", 'devsen_commit_latency_seconds_bucket{le="0.25"} 1.0',
                  "devsen_chain_rpc_seconds_count 2.0", 'devsen_chain_rpc_errors_total{error="ZeroDivisionError"} 1.0'):
         assert line in text, line
-    dashboard = json.loads((Path(__file__).resolve().parents[2] / "deploy/grafana/devsen.json").read_text())
-    used = {name for panel in dashboard["panels"] for target in panel["targets"]
-            for name in re.findall(r"devsen_[a-z_]+", target["expr"])}
+    used = dashboard_series()
     assert used and all(name in text for name in used), used - {n for n in used if n in text}
 
 
