@@ -41,6 +41,8 @@ CHAIN_READ_TIMEOUT_S = 8.0
 CHAIN_CACHE_ENTRIES = 20_000
 EARTH_RADIUS_M = 6_371_008.8
 MAX_RADIUS_M = 20_100_000
+SETTLEMENT_LOG_CHUNK = 2_000  # blocks per eth_getLogs call looking for a settlement transaction
+SETTLEMENT_LOG_CHUNKS = 10  # looked back at most this many chunks before the read block
 
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="items per page")]
 Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="items to skip")]
@@ -65,6 +67,7 @@ class ReadSources:
     validators: Callable[[], tuple[int, tuple[bytes, ...]]]  # (epoch, addresses) in force
     chain_device: Callable[[str, int], ChainDevice | None]  # I/O: the device registry at a block
     chain_validators: Callable[[int], Sequence[ValidatorInfo]]  # I/O: peer ids and endpoints at a block
+    chain_session: Callable[[bytes, int], dict[str, Any] | None] | None = None  # I/O: an escrow session
 
 
 def parse_location(text: str) -> dict[str, Any]:
@@ -303,14 +306,20 @@ def read_routes(sources: ReadSources) -> APIRouter:
         items = [i for i in _charger_sessions(None) if state in (None, i["state"])]
         return {"height": height, **_page(items, limit, offset)}
 
-    @api.get("/sessions/{escrow_session_id}", summary="One escrow-bound session (open or settling)")
+    @api.get("/sessions/{escrow_session_id}",
+             summary="One escrow session: the ledger's view while open or settling, else the Escrow contract's")
     async def session(escrow_session_id: HexId) -> Any:
-        height, _ = now()
+        height, block = now()
         wanted = escrow_session_id.lower()
         for item in _charger_sessions(None):
             if item.get("escrow_session_id") == wanted:
                 return {"height": height, "session": item}
-        raise HttpError(404, f"no open or settling session with escrow id {wanted}")
+        if sources.chain_session is not None:
+            read = sources.chain_session
+            (found,) = await cache.many("session", [wanted], block, lambda key, b: read(bytes.fromhex(key[2:]), b))
+            if found is not None:
+                return {"height": height, "eth_block": block, "session": found}
+        raise HttpError(404, f"no escrow session {wanted} (in the ledger or on chain)")
 
     @api.get("/validators", summary="The validators in force: address, peer id, endpoint, epoch")
     async def validators() -> Any:
@@ -356,6 +365,41 @@ def read_routes(sources: ReadSources) -> APIRouter:
         return {"height": height, "limit": limit, "items": items}
 
     return api
+
+
+def chain_session_reader(client: Any, first_block: int) -> Callable[[bytes, int], dict[str, Any] | None]:
+    """I/O: an escrow session as the Escrow contract holds it at a block, with the transaction that
+    settled it when that lies within SETTLEMENT_LOG_CHUNKS * SETTLEMENT_LOG_CHUNK blocks before."""
+    from anchoring.chain.client import SessionStatus
+
+    escrow = client.contracts["Escrow"]
+    topic = escrow.events.SessionSettled().topic
+    address = escrow.address
+
+    def read(session_id: bytes, block: int) -> dict[str, Any] | None:
+        chain = client.session(session_id, block)
+        if chain is None:
+            return None
+        tx = None
+        if chain.status == SessionStatus.SETTLED:
+            to_block = block
+            for _ in range(SETTLEMENT_LOG_CHUNKS):
+                from_block = max(first_block, to_block - SETTLEMENT_LOG_CHUNK + 1)
+                logs = client.w3.eth.get_logs({"fromBlock": from_block, "toBlock": to_block, "address": address,
+                                               "topics": [topic, hex0x(session_id)]})
+                if logs:
+                    tx = hex0x(bytes(logs[-1]["transactionHash"]))
+                    break
+                if from_block <= first_block:
+                    break
+                to_block = from_block - 1
+        return {"state": chain.status.name.lower(), "escrow_session_id": hex0x(session_id),
+                "device_id": hex0x(chain.device_id), "connector_id": chain.connector_id,
+                "id_tag_hash": hex0x(chain.id_tag_hash), "deposit": str(chain.deposit),
+                "energy_wh": chain.energy_wh, "amount": str(chain.settled_amount), "opened_at_s": chain.opened_at,
+                "settlement_tx": tx}
+
+    return read
 
 
 def _peer_text(peer_id: bytes) -> str | None:

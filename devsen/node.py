@@ -41,7 +41,7 @@ from anchoring.submitter import ANCHOR, SETTLEMENT, JobStore, Submitter, Submitt
 from consensus.abci import FinalizeResult, TxResult
 from consensus.core import TimeoutConfig
 from consensus.types import Block, ValidatorSet
-from devsen.api_routes import ReadSources, read_routes
+from devsen.api_routes import ReadSources, chain_session_reader, read_routes
 from devsen.app import (
     MESSAGE_WINDOW_BLOCKS,
     AppSettings,
@@ -432,6 +432,7 @@ def read_sources(parts: NodeParts) -> ReadSources:
         validators=lambda: (app.epoch, tuple(app.validators)),
         chain_device=client.device,
         chain_validators=lambda block: client.validator_set(block).validators,
+        chain_session=chain_session_reader(client, parts.deployment.deploy_block),
     )
 
 

@@ -153,7 +153,7 @@ HOSTILE = {
     "/v1/chargers/%27%20OR%20%271%27=%271": ("404", "no charger"),
     "/v1/chargers/" + "A" * 65: ("400", "charger_id"),
     "/v1/chargers/UNKNOWN/sessions": ("404", "no charger"),
-    "/v1/sessions/0x" + "ff" * 32: ("404", "no open"),
+    "/v1/sessions/0x" + "ff" * 32: ("404", "no escrow session"),
     "/v1/sessions/0xnothex": ("400", "escrow_session_id"),
     "/v1/blocks?before=0": ("400", "before"),
     "/v1/nope": ("404", "no route"),
@@ -317,3 +317,27 @@ async def test_idle_and_oversize_http_clients_do_not_delay_ocpp_replies() -> Non
           f"{oversize_s * 1000:.0f} ms")
     assert (reply == b"" or reply.startswith((b"HTTP/1.1 400", b"HTTP/1.1 413", b"HTTP/1.1 431"))) and oversize_s < 3.0
     assert l95 < max(0.25, 5 * p95)
+
+
+def test_a_settled_escrow_session_is_read_from_chain_with_its_settlement_transaction() -> None:
+    from anchoring.attestations import Settlement, attest
+    from anchoring.chain import connect
+    from anchoring.testkit import KEYS, Net
+    from devsen.api_routes import chain_session_reader
+
+    net = Net(connect("tester"))
+    session_id = net.open_escrow_session(5_000)
+    client = net.client(KEYS[0])
+    read = chain_session_reader(client, net.deployment.deploy_block)
+    opened = read(session_id, client.block_number())
+    assert opened is not None and opened["state"] == "open" and opened["settlement_tx"] is None
+    subject = Settlement(session_id, 2_000, 2_000)
+    domain = net.deployment.domain("Escrow")
+    signatures = [attest(subject, key, domain).signature for key in KEYS]  # KEYS are sorted by address
+    receipt = client.settle(session_id, 2_000, 2_000, signatures)
+    net.mine(3)
+    settled = read(session_id, client.block_number())
+    assert settled is not None and settled["state"] == "settled" and settled["amount"] == "2000"
+    assert settled["energy_wh"] == 2_000 and settled["settlement_tx"] == "0x" + receipt.tx_hash.hex()
+    assert read(session_id, receipt.block_number - 1)["settlement_tx"] is None  # type: ignore[index]
+    assert read(b"\x42" * 32, client.block_number()) is None
