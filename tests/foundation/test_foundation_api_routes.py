@@ -22,6 +22,7 @@ from ledger_world import CHARGER, CHARGER_201, ESCROW_2, T0_MS, World, ev, iso, 
 
 from anchoring.attestations import AnchorBatch  # noqa: E402
 from anchoring.chain.client import DeviceRecord, ValidatorInfo  # noqa: E402
+from consensus.types import Block, CommitCertificate, CommittedBlock  # noqa: E402
 from devsen.api_routes import ReadSources, distance_m, parse_location, read_routes  # noqa: E402
 from devsen.http_api import Router, asgi_request, http_get, serve_http  # noqa: E402
 from devsen.metrics import Levels, NodeMetrics  # noqa: E402
@@ -65,10 +66,18 @@ def chain_device(charger_id: str, block: int) -> DeviceRecord | None:
                         b"", b"", b"", True, POWER[charger_id])
 
 
+def committed_block(height: int) -> CommittedBlock | None:
+    """Block `height` (1..20), with a certificate of one (format-valid) signature."""
+    if not 1 <= height <= 20:
+        return None
+    block = Block(height, T0_MS + height * 1_000, VALIDATORS[height % 2], b"\x00" * 32, b"\x01" * 32, (b"p",) * height, b"")
+    return CommittedBlock(block, CommitCertificate(height, 0, block.hash, (b"\x01" * 64 + b"\x1b",)))
+
+
 def sources_of(world: World) -> ReadSources:
     batches = [AnchorBatch(0, b"\x01" * 32, 1, 3, 4), AnchorBatch(1, b"\x02" * 32, 4, 5, 2)]
     return ReadSources(
-        ledger=world.ledger, eth_block=lambda: 100 + world.ledger.height, block=lambda h: None,
+        ledger=world.ledger, eth_block=lambda: 100 + world.ledger.height, block=committed_block,
         last_batch=lambda: batches[-1], batch=lambda i: batches[i] if 0 <= i < len(batches) else None,
         validators=lambda: (3, VALIDATORS), chain_device=chain_device,
         chain_validators=lambda block: [ValidatorInfo("0x" + v.hex(), b"", f"ws://10.0.0.{i}/ocpp")
@@ -119,6 +128,9 @@ async def test_every_read_route_answers_with_its_height() -> None:
     assert validators["epoch"] == 3 and [v["endpoint"] for v in validators["items"]] == \
         ["ws://10.0.0.0/ocpp", "ws://10.0.0.1/ocpp"]
     assert [b["batch_id"] for b in answers["/v1/anchors?limit=1"]["items"]] == [1]
+    assert [(b["height"], b["payloads"]) for b in answers["/v1/blocks"]["items"]] == [(h, h) for h in range(6, 0, -1)]
+    status, older = await router.dispatch("GET", "/v1/blocks?before=3&limit=1")
+    assert status == 200 and [b["height"] for b in older["items"]] == [2]
 
 
 async def test_two_nodes_at_the_same_height_answer_byte_identically() -> None:
