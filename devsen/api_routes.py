@@ -206,8 +206,16 @@ def read_routes(sources: ReadSources) -> APIRouter:
     cache = ChainCache()
     ledger = sources.ledger
 
+    sorted_at: list[Any] = [None, ()]  # (ledger height, its devices by charger id): one sort per height
+
     def now() -> tuple[int, int]:
         return ledger.height, sources.eth_block()
+
+    def devices_by_id() -> tuple[DeviceRecord, ...]:
+        if sorted_at[0] != ledger.height:
+            sorted_at[:] = [ledger.height, tuple(sorted(ledger.devices(), key=lambda r: r.charger_id))]
+        result: tuple[DeviceRecord, ...] = sorted_at[1]
+        return result
 
     async def devices(ids: Sequence[str], block: int) -> list[ChainDevice | None]:
         return await cache.many("device", ids, block, sources.chain_device)
@@ -224,7 +232,7 @@ def read_routes(sources: ReadSources) -> APIRouter:
     ) -> Any:
         centre = parse_near(near, radius_m)
         height, block = now()
-        records = sorted(ledger.devices(), key=lambda r: r.charger_id)
+        records = list(devices_by_id())
         if status is not None:
             records = [r for r in records if any(c.status == status for c in r.connectors)]
         needs_chain_filter = centre is not None or connector_type is not None or min_power_w is not None
