@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from fastapi import APIRouter
 from libp2p.peer.id import ID
+from starlette.responses import PlainTextResponse, Response
 
 from anchoring.batches import BatchPolicy, Quorum
 from anchoring.chain import (
@@ -40,6 +42,7 @@ from anchoring.submitter import ANCHOR, SETTLEMENT, JobStore, Submitter, Submitt
 from consensus.abci import FinalizeResult, TxResult
 from consensus.core import TimeoutConfig
 from consensus.types import Block, ValidatorSet
+from devsen.api_routes import ReadSources, chain_session_reader, read_routes
 from devsen.app import (
     MESSAGE_WINDOW_BLOCKS,
     AppSettings,
@@ -67,12 +70,14 @@ from devsen.evidence import EvidenceRecorder, EvidenceStore
 from devsen.http_api import HttpError, Router, serve_http
 from devsen.ledger import Ledger
 from devsen.logs import setup_logging
+from devsen.metrics import CONTENT_TYPE, Levels, NodeMetrics
 from devsen.remote_start import run_remote_starts
 from devsen.session_audit import ROUTE as SESSION_READINGS_ROUTE
 from devsen.session_audit import session_readings_route
 from ocpp_adapter.config import OcppServerConfig
 from ocpp_adapter.events import ChargerEvent, EventEncodingError
 from ocpp_adapter.ingest import IngestOverloaded, IngestRejected, IngestResult
+from ocpp_adapter.protocol import CALLERRORS_SENT
 from ocpp_adapter.server import ChargerConnections, serve_ocpp
 from ocpp_adapter.vouching import vouch
 from p2p.envelope import ValidatorDirectory, peer_id_problem
@@ -209,6 +214,7 @@ class NodeParts:
     connections: ChargerConnections
     started_at: float
     evidence: EvidenceRecorder | None = None
+    metrics: NodeMetrics | None = None
 
 
 def _load_deployment(config: NodeConfig) -> Deployment:
@@ -397,8 +403,47 @@ def build_node(config: NodeConfig) -> NodeParts:
         outbox.add(payload)
     for quorum in app.take_restored_quorums():  # the submitter ignores the ones it knows
         quorums.add(quorum)
-    return NodeParts(config, keys, deployment, client, app, service, submitter, outbox, quorums,
-                     ChargerConnections(), time.time(), evidence)
+    parts = NodeParts(config, keys, deployment, client, app, service, submitter, outbox, quorums,
+                      ChargerConnections(), time.time(), evidence)
+    parts.metrics = node_metrics(parts)
+    return parts
+
+
+def node_metrics(parts: NodeParts) -> NodeMetrics:
+    """The node's Prometheus metrics: a finalize listener, the chain client's requests timed, levels."""
+
+    def pending() -> dict[str, int]:
+        kinds = [job["kind"] for job in parts.submitter.status()["pending"]]
+        return {"anchors": kinds.count(ANCHOR), "settlements": kinds.count(SETTLEMENT),
+                "own_attestations": len(parts.outbox.pending)}
+
+    metrics = NodeMetrics(Levels(
+        height=lambda: parts.service.committed_height,
+        mempool=lambda: len(parts.service.mempool),
+        chargers=lambda: len(parts.connections),
+        peers=lambda: int(parts.service.stats().get("p2p", {}).get("peers_connected", 0)),
+        pending=pending,
+        callerrors=lambda: dict(CALLERRORS_SENT),
+    ))
+    parts.service.finalize_listeners.append(metrics.on_finalized)
+    parts.client.rpc = metrics.timed_rpc(parts.client.rpc)  # type: ignore[method-assign, assignment]
+    return metrics
+
+
+def read_sources(parts: NodeParts) -> ReadSources:
+    """What the public read API (devsen/api_routes.py) reads from this node."""
+    app, client, store = parts.app, parts.client, parts.service.store
+    return ReadSources(
+        ledger=app.ledger,
+        eth_block=lambda: app.last_eth_block,
+        block=store.get,
+        last_batch=app.anchor_index.last_batch,
+        batch=app.anchor_index.batch,
+        validators=lambda: (app.epoch, tuple(app.validators)),
+        chain_device=client.device,
+        chain_validators=lambda block: client.validator_set(block).validators,
+        chain_session=chain_session_reader(client, parts.deployment.deploy_block),
+    )
 
 
 def _evidence_recorder(data_dir: Path, app: NodeApplication, service: ConsensusService) -> EvidenceRecorder:
@@ -516,7 +561,21 @@ def build_router(parts: NodeParts) -> Router:
     router.get("/v1/chargers/{charger_id}/messages/{message_id}", charger_message)
     router.get("/v1/heights/{height}", ledger_state)
     router.get(SESSION_READINGS_ROUTE, session_readings_route(lambda: parts.app.ledger, proofs))
+    router.include(read_routes(read_sources(parts)))
+    if parts.metrics is not None:
+        router.include(metrics_route(parts.metrics))
     return router
+
+
+def metrics_route(metrics: NodeMetrics) -> APIRouter:
+    """`GET /metrics` in the Prometheus text format."""
+    api = APIRouter()
+
+    @api.get("/metrics", summary="Prometheus metrics of this node", response_class=PlainTextResponse)
+    async def scrape() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    return api
 
 
 class FinalizeRouter:

@@ -13,6 +13,7 @@ import itertools
 import json
 import math
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,9 +118,14 @@ def result_frame(message_id: str, payload: dict[str, Any]) -> str:
     return dumps([CALLRESULT, message_id, payload])
 
 
+CALLERRORS_SENT: Counter[str] = Counter()  # by error code, process-wide (for the node's /metrics)
+_MAX_ERROR_CODES = 64  # a bound on the counter's keys; codes beyond it count as "other"
+
+
 def error_frame(
     message_id: str, code: str, description: str, details: dict[str, Any] | None = None
 ) -> str:
+    CALLERRORS_SENT[code if code in CALLERRORS_SENT or len(CALLERRORS_SENT) < _MAX_ERROR_CODES else "other"] += 1
     return dumps([CALLERROR, message_id, code, description[:MAX_ERROR_DESCRIPTION_CHARS], details or {}])
 
 

@@ -359,6 +359,14 @@ class Ledger:
         """What the ledger remembers of this charger, if it is cached."""
         return self._devices.get(charger_id)
 
+    def devices(self) -> tuple[DeviceRecord, ...]:
+        """Every cached charger record, in the table's (deterministic) order (for the read API)."""
+        return tuple(self._devices.values())
+
+    def closed_transactions(self) -> tuple[tuple[str, str, ClosedTransaction], ...]:
+        """(charger id, transaction ref, how it ended) of the remembered closed transactions, oldest first."""
+        return tuple((key[0], key[1], closed) for key, closed in self._closed.items())
+
     def anomalies(self) -> tuple[Anomaly, ...]:
         """The most recent anomalies, oldest first (at most `max_anomalies`)."""
         return tuple(self._anomalies.values())

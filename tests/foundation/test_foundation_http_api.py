@@ -4,7 +4,14 @@ from typing import Any
 
 import trio
 
-from devsen.http_api import HttpError, Router, http_get_json, serve_http
+from devsen.http_api import (
+    HttpError,
+    InFlightLimit,
+    Router,
+    asgi_request,
+    http_get_json,
+    serve_http,
+)
 
 
 def make_router() -> Router:
@@ -50,3 +57,29 @@ async def test_routes_errors_and_socket_round_trip() -> None:
             assert reply == b"" or reply.startswith((b"HTTP/1.1 400", b"HTTP/1.1 431"))
         assert (await http_get_json(f"http://127.0.0.1:{port}/v1/blocks/1"))[0] == 200
         nursery.cancel_scope.cancel()
+
+
+async def test_requests_beyond_the_in_flight_limit_get_503_at_once() -> None:
+    router = Router()
+    release = trio.Event()
+
+    async def slow(params: dict[str, str]) -> tuple[int, Any]:
+        await release.wait()
+        return 200, {"ok": True}
+
+    router.get("/v1/slow", slow)
+    limited = InFlightLimit(router.app(), limit=2)
+    results: list[int] = []
+
+    async def one() -> None:
+        results.append((await asgi_request(limited, "GET", "/v1/slow"))[0])
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(one)
+        nursery.start_soon(one)
+        await trio.sleep(0.2)
+        with trio.fail_after(1):
+            status, body = await asgi_request(limited, "GET", "/v1/slow")
+        assert status == 503 and b"retry later" in body
+        release.set()
+    assert results == [200, 200] and limited.in_flight == 0
