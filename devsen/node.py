@@ -472,9 +472,12 @@ def build_router(parts: NodeParts) -> Router:
     for template, handler in http_routes(proofs).items():
         router.get(template, handler)
 
-    async def chain_head() -> int | None:
-        """The chain head (cached up to 2 s; read off the event loop, bounded)."""
-        with trio.move_on_after(2.0):
+    async def chain_head(rpc_up: bool) -> int | None:
+        """The chain head (cached up to 2 s; read off the event loop, bounded at 0.5 s). While
+        the RPC is known to be down, None at once: status must answer during an outage."""
+        if not rpc_up:
+            return None
+        with trio.move_on_after(0.5):
             try:
                 return await trio.to_thread.run_sync(lambda: parts.app.chain.head(max_age_s=2.0),
                                                      abandon_on_cancel=True)  # type: ignore[call-arg]
@@ -488,7 +491,7 @@ def build_router(parts: NodeParts) -> Router:
         p2p: dict[str, Any] = stats.get("p2p") or {}
         health = rpc_health(parts.client.w3)
         pending_kinds = [job["kind"] for job in parts.submitter.status()["pending"]]
-        head = await chain_head()
+        head = await chain_head(health is None or health.up)
         agreed = parts.app.last_eth_block
         me = "0x" + parts.keys.validator.address.hex()
         return 200, {
