@@ -189,6 +189,7 @@ class Session:
     meter_start_wh: int | None = None
     meter_last_wh: int | None = None
     last_block_ms: int = 0  # block time of the last event about this session
+    escrow_refund_at_s: int = 0  # when the driver may refund the escrow (0 = no deadline known)
 
     @property
     def bound(self) -> bool:
