@@ -21,5 +21,6 @@ BAD_CHAIN_DATA = "bad_chain_data"
 ENERGY_CAPPED = "energy_capped"
 REFUND_DEADLINE = "refund_deadline"
 # A transaction bound to an escrow session is closed (and settled) this long before the
-# escrow's refund deadline, so the settlement reaches the chain before the driver can refund.
+# escrow's refund deadline (or a quarter of the escrow's refund timeout if that is shorter), so
+# the settlement reaches the chain before the driver can refund.
 REFUND_MARGIN_MS = 2 * 3_600_000

@@ -589,25 +589,29 @@ class Ledger:
                 and (s.id_tag_hash == tag_hash or session_token_hash(s.session_id) == tag_hash)
                 and s.session_id not in self._by_escrow
                 and s.session_id not in self._pending
-                and not self._near_refund(s.refund_at_s or 0)
+                and not self._near_refund(s.opened_at_s, s.refund_at_s or 0)
             ),
             key=lambda s: (s.opened_at_s, s.session_id),
         )
         return candidates[0] if candidates else None
 
-    def _near_refund(self, refund_at_s: int) -> bool:
-        """Whether an escrow refundable at `refund_at_s` (0: no deadline) is within the margin now."""
-        return refund_at_s != 0 and self._c.block_ms >= refund_at_s * 1000 - REFUND_MARGIN_MS
+    def _near_refund(self, opened_at_s: int, refund_at_s: int) -> bool:
+        """Whether an escrow refundable at `refund_at_s` (0: no deadline) is within the margin now:
+        REFUND_MARGIN_MS, or a quarter of its refund timeout if that is shorter."""
+        if refund_at_s == 0:
+            return False
+        margin = min(REFUND_MARGIN_MS, (refund_at_s - opened_at_s) * 250)
+        return self._c.block_ms >= refund_at_s * 1000 - margin
 
     def _close_before_refund(self, chain: _CheckedChain, settlements: list[SettlementOrder]) -> None:
-        """Close every bound transaction whose escrow refund deadline is within REFUND_MARGIN_MS.
+        """Close every bound transaction whose escrow refund deadline is within the margin.
 
         It settles on its last reading at this block (a `refund_deadline` anomaly), so the
         settlement is owed before the driver may refund and a refund cannot race a charge.
         The escrow is not re-read here (it may not be among the block's chain facts): if it
         was closed meanwhile, the settlement is a no-op on chain and is released.
         """
-        due = [key for key, s in self._sessions.items() if s.bound and self._near_refund(s.escrow_refund_at_s)]
+        due = [key for key, s in self._sessions.items() if s.bound and self._near_refund(s.escrow_opened_at_s, s.escrow_refund_at_s)]
         for key in due:
             session = self._sessions.get(key)
             assert session is not None

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from ledger_world import CHARGER, DEPOSIT, ESCROW_1, T0_MS, TARIFF, World, start16, stop16
+from ledger_world import BLOCK_MS, CHARGER, DEPOSIT, ESCROW_1, T0_MS, TARIFF, World, start16, stop16
 
 from devsen.ledger import EscrowSession, Tariff
 from devsen.ledger.kinds import REFUND_DEADLINE, REFUND_MARGIN_MS
@@ -37,7 +37,7 @@ def test_without_a_copied_tariff_the_device_tariff_applies() -> None:
 
 def test_transaction_is_closed_and_settled_before_the_refund_deadline() -> None:
     world = World()
-    refund_at_s = (T0_MS + REFUND_MARGIN_MS + 10_000) // 1000
+    refund_at_s = T0_MS // 1000 + 24 * 3600  # a 25 h refund timeout: the full margin applies
     with_escrow(world, refund_at_s=refund_at_s)
     tx = world.one(start16(meter=1_000))["transactionId"]
     world.one(start16(connector=2, meter=0))  # ESCROW_2 has no deadline: stays open
@@ -48,6 +48,7 @@ def test_transaction_is_closed_and_settled_before_the_refund_deadline() -> None:
     assert [o.session_id for o in out.settlements] == [ESCROW_1]
     assert REFUND_DEADLINE in [a.kind for a in world.ledger.anomalies()]
     assert [s.connector_id for s in world.ledger.open_sessions()] == [2]
+    assert world.now_ms - BLOCK_MS < refund_at_s * 1000 - REFUND_MARGIN_MS + BLOCK_MS  # not one block late
     # the charger's late stop names a closed transaction: nothing more is owed
     late = world.block(stop16(tx, 50_000, world.now_ms))
     assert late.settlements == ()
@@ -55,7 +56,7 @@ def test_transaction_is_closed_and_settled_before_the_refund_deadline() -> None:
 
 def test_an_escrow_within_the_margin_is_not_bound() -> None:
     world = World()
-    with_escrow(world, refund_at_s=(T0_MS + REFUND_MARGIN_MS - 1_000) // 1000)
+    with_escrow(world, opened_at_s=T0_MS // 1000 - 20 * 3600, refund_at_s=T0_MS // 1000 + 3600)
     reply = world.one(start16(meter=1_000))
     assert reply["idTagInfo"]["status"] != "Accepted"
 
