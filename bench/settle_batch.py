@@ -18,7 +18,14 @@ from pathlib import Path
 from eth_account import Account
 from web3 import Web3
 
-from anchoring.chain import ChainClient, Deployment, TransactionSender, ValidatorSpec, connect, deploy_all
+from anchoring.chain import (
+    ChainClient,
+    Deployment,
+    TransactionSender,
+    ValidatorSpec,
+    connect,
+    deploy_all,
+)
 from anchoring.chain.anvil import running_anvil
 from anchoring.escrow_sign import settlement_batch_digest
 from consensus.signing import SETTLEMENT_TYPE

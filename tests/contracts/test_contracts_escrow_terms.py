@@ -8,7 +8,15 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import REFUND_TIMEOUT_S, TOKEN, World, advance_time, build_world, fund, quorum_signatures
+from conftest import (
+    REFUND_TIMEOUT_S,
+    TOKEN,
+    World,
+    advance_time,
+    build_world,
+    fund,
+    quorum_signatures,
+)
 from eth_account import Account
 from web3.logs import DISCARD
 
