@@ -212,3 +212,16 @@ def test_voucher_close_refuses_hostile_parties(world: World) -> None:
     for sid in (session_id, other_session, plain):
         s = world.deployer.session(sid, "latest")
         assert s is not None and s.status is SessionStatus.OPEN
+
+
+def test_batch_above_the_bound_and_refund_after_voucher_close_are_refused(world: World) -> None:
+    too_many = [(bytes([i % 256, i // 256]) + b"\x00" * 30, 1, 1) for i in range(257)]
+    digest = settlement_batch_digest(world.deployment.domain("Escrow"), too_many[:256])
+    expect_revert("BatchTooLarge", world.relayer.settle_batch, too_many,
+                  quorum_signatures(world.validators[:3], digest))
+    alice = Driver(world, unique("alice"))
+    session_id = open_for(world, alice.client, make_device(world), voucher_mode=True)
+    voucher = sign_payment_voucher(alice.key, world.deployment.domain("Escrow"), session_id, TOKEN)
+    world.manager.close_with_voucher(session_id, TOKEN, voucher)
+    advance_time(world.w3, REFUND_TIMEOUT_S + 1)
+    expect_revert("SessionNotOpen", alice.client.refund, session_id)
