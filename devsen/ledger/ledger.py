@@ -611,7 +611,8 @@ class Ledger:
         The escrow is not re-read here (it may not be among the block's chain facts): if it
         was closed meanwhile, the settlement is a no-op on chain and is released.
         """
-        due = [key for key, s in self._sessions.items() if s.bound and self._near_refund(s.escrow_opened_at_s, s.escrow_refund_at_s)]
+        due = sorted(key for key, s in self._sessions.items()  # sorted: independent of table order
+                     if s.bound and self._near_refund(s.escrow_opened_at_s, s.escrow_refund_at_s))
         for key in due:
             session = self._sessions.get(key)
             assert session is not None

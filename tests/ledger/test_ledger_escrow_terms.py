@@ -68,3 +68,18 @@ def test_escrow_terms_out_of_bounds_are_refused(changes: dict[str, object]) -> N
     session = EscrowSession(ESCROW_1, "0x" + "dd" * 20, CHARGER, 1, b"\x00" * 32, DEPOSIT, 1_000)
     with pytest.raises(ValueError):
         replace(session, **changes)  # type: ignore[arg-type]
+
+
+def test_forced_close_is_deterministic_across_a_snapshot_restore() -> None:
+    from devsen.ledger import Ledger
+
+    world = World()
+    refund_at_s = T0_MS // 1000 + 24 * 3600
+    with_escrow(world, refund_at_s=refund_at_s)
+    world.one(start16(meter=1_000))
+    restored = World()
+    restored.chain, restored.now_ms = world.chain, world.now_ms
+    restored.ledger = Ledger.from_bytes(world.ledger.to_bytes())
+    for w in (world, restored):
+        w.now_ms = refund_at_s * 1000 - REFUND_MARGIN_MS
+    assert world.block().state_hash == restored.block().state_hash
