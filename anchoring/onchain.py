@@ -75,7 +75,7 @@ class OnChain:
             return SessionState(0)  # read below the Escrow contract's deployment
         if session is None:
             return SessionState(0)
-        return SessionState(int(session.status), session.energy_wh, session.settled_amount)
+        return SessionState(int(session.status), session.energy_wh, session.settled_amount, session.voucher_mode)
 
     async def submit_settlement(self, settlement: Settlement, signatures: Sequence[bytes]) -> bytes:
         receipt = await self.run_sync(self.client.settle, settlement.session_id, settlement.energy_wh,

@@ -64,11 +64,13 @@ class SubmissionRejected(Exception):
 
 @dataclass(frozen=True, slots=True)
 class SessionState:
-    """What the Escrow contract holds for a session: status, settled energy and amount."""
+    """What the Escrow contract holds for a session: status, settled energy and amount, and
+    whether it was opened in voucher mode (its manager may close it with the driver's voucher)."""
 
     status: int
     energy_wh: int = 0
     amount: int = 0
+    voucher_mode: bool = False
 
 
 class SubmissionChain(Protocol):
@@ -358,6 +360,13 @@ class Submitter:
             state = await self._call(self.chain.session_state, settlement.session_id, confirmed)
             if state.status == SESSION_SETTLED:
                 same = (state.energy_wh, state.amount) == (settlement.energy_wh, settlement.amount)
+                if not same and state.voucher_mode:
+                    # the manager closed it with the driver's voucher (Escrow.closeWithVoucher):
+                    # the network's settlement is then a no-op, not a conflict to report
+                    log.info("session %s was closed with the driver's voucher (%d paid); settlement not needed",
+                             settlement.session_id.hex(), state.amount)
+                    await self._finish(job, "voucher_closed")
+                    return
                 if not same:
                     log.error("session %s settled on chain as %s, not %s", settlement.session_id.hex(),
                               state, settlement)

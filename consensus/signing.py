@@ -12,6 +12,8 @@ ANCHOR_BATCH_TYPE = (
     "AnchorBatch(uint64 batchId,bytes32 root,uint64 firstHeight,uint64 lastHeight,uint64 eventCount)"
 )
 SETTLEMENT_TYPE = "Settlement(bytes32 sessionId,uint64 energyWh,uint256 amount)"
+SETTLEMENT_BATCH_TYPE = "SettlementBatch(bytes32 settlementsHash)"  # keccak256 of the Settlement struct hashes
+PAYMENT_VOUCHER_TYPE = "PaymentVoucher(bytes32 sessionId,uint256 cumulativeAmount)"  # signed by the driver
 VALIDATOR_SET_UPDATE_TYPE = "ValidatorSetUpdate(uint64 epoch,bytes32 validatorsHash)"
 
 

@@ -32,6 +32,8 @@ from devsen.ledger import ChainView, DeviceInfo, EscrowSession, IdTagInfo, Tarif
 from ocpp_adapter.auth import ChargerCredentials, RegistryUnavailable
 
 log = logging.getLogger("devsen.chain")
+MAX_DEPLOYMENTS_REMEMBERED = 16
+_REFUND_TIMEOUTS: dict[str, int] = {}  # Escrow address -> its immutable refundTimeout
 T = TypeVar("T")
 
 MAX_INDEXED_SESSIONS = 1_000_000  # open escrow sessions indexed in all; requests beyond are ignored
@@ -189,7 +191,7 @@ class SessionIndex:
                     if opened <= up_to_block and (closed is None or closed > up_to_block)]
 
 
-def _to_ledger_session(charge_box_id: str, session: ChainEscrowSession) -> EscrowSession | None:
+def _to_ledger_session(charge_box_id: str, session: ChainEscrowSession, refund_timeout_s: int) -> EscrowSession | None:
     """The ledger's record of an escrow session; None (logged) if it is outside the ledger's bounds."""
     try:
         return EscrowSession(
@@ -200,6 +202,8 @@ def _to_ledger_session(charge_box_id: str, session: ChainEscrowSession) -> Escro
             id_tag_hash=session.id_tag_hash,
             deposit=session.deposit,
             opened_at_s=session.opened_at,
+            tariff=Tariff(session.price_per_kwh, session.per_minute_fee),
+            refund_at_s=session.opened_at + refund_timeout_s if refund_timeout_s else None,
         )
     except (ValueError, TypeError) as exc:
         log.warning("escrow session 0x%s ignored: %s", session.session_id.hex(), exc)
@@ -376,7 +380,7 @@ class ContractChainView(ChainView):
         for session_id in ids:
             session = self._session(session_id)
             if session is not None and session.status == SessionStatus.OPEN:
-                converted = _to_ledger_session(charge_box_id, session)
+                converted = _to_ledger_session(charge_box_id, session, self._refund_timeout())
                 if converted is not None:
                     sessions.append(converted)
         return sessions
@@ -387,7 +391,17 @@ class ContractChainView(ChainView):
             return None
         device = self._cache.get("device", session.device_id,
                                  lambda block: self._client.device_by_id(session.device_id, self.at))
-        return _to_ledger_session(device.charge_box_id if device else "", session)
+        return _to_ledger_session(device.charge_box_id if device else "", session, self._refund_timeout())
+
+    def _refund_timeout(self) -> int:
+        """The Escrow's refundTimeout (immutable: read once per deployment)."""
+        escrow = self._client.deployment.escrow
+        if escrow not in _REFUND_TIMEOUTS:
+            if len(_REFUND_TIMEOUTS) >= MAX_DEPLOYMENTS_REMEMBERED:
+                _REFUND_TIMEOUTS.clear()
+            _REFUND_TIMEOUTS[escrow] = self._read(("refund_timeout", escrow),
+                                                  lambda: self._client.refund_timeout(self.at))
+        return _REFUND_TIMEOUTS[escrow]
 
 
 class ChainChargerRegistry:

@@ -41,6 +41,9 @@ GAS = {
     "transfer": 80_000,
     "openSession": 300_000,
     "settleBase": 150_000,
+    "settleBatchBase": 80_000,
+    "settleBatchPerEntry": 45_000,
+    "closeWithVoucher": 150_000,
     "refund": 120_000,
     "anchorBase": 150_000,
     "perSignature": 12_000,
@@ -119,6 +122,9 @@ class EscrowSession:
     energy_wh: int
     opened_at: int
     status: SessionStatus
+    voucher_mode: bool = False
+    price_per_kwh: int = 0  # the device tariff copied when the session was opened
+    per_minute_fee: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,11 +263,16 @@ class ChainClient:
             if exc.name == "UnknownSession":
                 return None
             raise
-        driver, energy_wh, connector_id, status, device_id, tag_hash, deposit, settled, opened_at = s
+        (driver, energy_wh, connector_id, status, voucher_mode, device_id, tag_hash, deposit, settled, opened_at,
+         price, fee) = s
         return EscrowSession(
             session_id, driver, bytes(device_id), connector_id, bytes(tag_hash), deposit, settled,
-            energy_wh, opened_at, SessionStatus(status),
+            energy_wh, opened_at, SessionStatus(status), bool(voucher_mode), price, fee,
         )
+
+    def refund_timeout(self, block: BlockId) -> int:
+        """Seconds after opening from which a driver may refund an unsettled session."""
+        return int(self.read("Escrow", "refundTimeout", block=block))
 
     def next_session_id(self, driver: str, block: BlockId) -> bytes:
         return bytes(self.read("Escrow", "nextSessionId", driver, block=block))
@@ -344,12 +355,13 @@ class ChainClient:
         return self.send("ChargeToken", "transfer", to, amount, gas=GAS["transfer"])
 
     def open_session(
-        self, charge_box_id: str, connector_id: int, id_tag: str, deposit: int
+        self, charge_box_id: str, connector_id: int, id_tag: str, deposit: int, *, voucher_mode: bool = False
     ) -> tuple[bytes, Receipt]:
-        """Open an escrow session (approve the Escrow first); returns (session id, receipt)."""
+        """Open an escrow session (approve the Escrow first); returns (session id, receipt).
+        `voucher_mode` lets the device manager close it with the driver's PaymentVoucher."""
         receipt = self.send(
-            "Escrow", "openSession", charge_box_id, connector_id, id_tag_hash(id_tag), deposit,
-            gas=GAS["openSession"],
+            "Escrow", "openVoucherSession" if voucher_mode else "openSession", charge_box_id, connector_id,
+            id_tag_hash(id_tag), deposit, gas=GAS["openSession"],
         )
         events = self.contracts["Escrow"].events.SessionRequested().process_receipt(receipt.raw, errors=DISCARD)
         assert len(events) == 1
@@ -359,6 +371,22 @@ class ChainClient:
         """Submit a settlement with signatures ordered by signer (see sort_signatures_by_signer)."""
         gas = GAS["settleBase"] + GAS["perSignature"] * len(signatures)
         return self.send("Escrow", "settle", session_id, energy_wh, amount, list(signatures), gas=gas)
+
+    def settle_batch(
+        self, entries: Sequence[tuple[bytes, int, int]], signatures: Sequence[bytes], *, gas: int | None = None
+    ) -> Receipt:
+        """Settle (sessionId, energyWh, amount) entries under one quorum over their SettlementBatch
+        digest (see settlement_batch_digest); closed or invalid entries are skipped on chain."""
+        if gas is None:
+            gas = GAS["settleBatchBase"] + GAS["perSignature"] * len(signatures) \
+                + GAS["settleBatchPerEntry"] * len(entries)
+        rows = [(bytes(sid), int(energy), int(amount)) for sid, energy, amount in entries]
+        return self.send("Escrow", "settleBatch", rows, list(signatures), gas=gas)
+
+    def close_with_voucher(self, session_id: bytes, cumulative_amount: int, driver_signature: bytes) -> Receipt:
+        """Manager-only: close a voucher-mode session with the driver's signed PaymentVoucher."""
+        return self.send("Escrow", "closeWithVoucher", session_id, cumulative_amount, driver_signature,
+                         gas=GAS["closeWithVoucher"])
 
     def refund(self, session_id: bytes) -> Receipt:
         return self.send("Escrow", "refund", session_id, gas=GAS["refund"])

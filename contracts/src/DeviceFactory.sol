@@ -245,6 +245,12 @@ contract DeviceFactory is IDeviceFactory {
         return _devices[deviceId].manager;
     }
 
+    /// @inheritdoc IDeviceFactory
+    function tariffOf(bytes32 deviceId) external view returns (uint128 pricePerKWh, uint128 perMinuteFee) {
+        Device storage d = _devices[deviceId];
+        return (d.pricePerKWh, d.perMinuteFee);
+    }
+
     function _managed(bytes32 deviceId) private view returns (Device storage d) {
         d = _devices[deviceId];
         if (d.manager == address(0)) revert UnknownDevice(deviceId);

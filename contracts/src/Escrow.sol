@@ -2,6 +2,7 @@
 pragma solidity ^0.8.24;
 
 import {DevsenDomain} from "./DevsenDomain.sol";
+import {Signatures} from "./Signatures.sol";
 import {IDeviceFactory, IERC20Minimal, IUserRegistry, IValidatorSet} from "./Interfaces.sol";
 
 error DeviceInactive(bytes32 deviceId);
@@ -15,6 +16,11 @@ error NotSessionDriver(bytes32 sessionId, address caller);
 error RefundTooEarly(bytes32 sessionId, uint256 availableAt);
 error TokenTransferFailed();
 error RefundTimeoutInvalid(uint64 refundTimeout);
+error NotSessionManager(bytes32 sessionId, address caller);
+error NotVoucherSession(bytes32 sessionId);
+error VoucherSignerNotDriver(bytes32 sessionId, address signer);
+error BatchEmpty();
+error BatchTooLarge(uint256 count, uint256 maxCount);
 
 /// @title Escrow
 /// @notice Pre-paid charging sessions. A driver locks a deposit in the ChargeToken for one
@@ -23,6 +29,27 @@ error RefundTimeoutInvalid(uint64 refundTimeout);
 /// contract's EIP-712 domain by a quorum of the current validators pays `amount` to the
 /// device's manager and refunds the rest; a session never settled is refunded to its driver
 /// after `refundTimeout`. A session closes exactly once (settled or refunded).
+///
+/// Terms the driver agreed to: the device's tariff (price per kWh, per-minute fee) is copied
+/// into the session when it is opened; a later `setTariff` does not change open sessions, and
+/// the ledger settles at the copied tariff.
+///
+/// Refunds cannot race a charge: `refund` is possible only from `refundAt(sessionId)` =
+/// opening + `refundTimeout`; the ledger closes (and settles) any transaction bound to an
+/// escrow session before that deadline minus its margin (devsen/ledger/LEDGER.md), so a
+/// driver who refunds gets the deposit only for a session the network never settled.
+///
+/// Batches: `settleBatch` settles many sessions under one quorum over
+/// `SettlementBatch(bytes32 settlementsHash)` where settlementsHash is keccak256 of the
+/// concatenated `Settlement` struct hashes in list order (EIP-712's encoding of a
+/// `Settlement[]`). An entry whose session is unknown, already closed or whose amount exceeds
+/// the deposit is skipped with `SettlementSkipped`; the rest settle. Replaying a batch is a
+/// no-op (every session closes once), so batches carry no id.
+///
+/// Vouchers: a session opened with `openVoucherSession` may also be closed by the device's
+/// manager alone with the driver's latest `PaymentVoucher(bytes32 sessionId,uint256
+/// cumulativeAmount)` signed under this contract's domain: min(cumulativeAmount, deposit) to
+/// the manager, the rest to the driver. A later settlement for it is then skipped.
 contract Escrow is DevsenDomain {
     uint8 public constant STATUS_NONE = 0;
     uint8 public constant STATUS_OPEN = 1;
@@ -33,17 +60,35 @@ contract Escrow is DevsenDomain {
     uint256 public constant MIN_DEPOSIT = 1_000;
     bytes32 public constant SETTLEMENT_TYPEHASH =
         keccak256("Settlement(bytes32 sessionId,uint64 energyWh,uint256 amount)");
+    bytes32 public constant SETTLEMENT_BATCH_TYPEHASH = keccak256("SettlementBatch(bytes32 settlementsHash)");
+    bytes32 public constant PAYMENT_VOUCHER_TYPEHASH =
+        keccak256("PaymentVoucher(bytes32 sessionId,uint256 cumulativeAmount)");
+    /// Most entries in one settleBatch (bounds the calldata and the gas of one transaction).
+    uint256 public constant MAX_BATCH = 256;
+    uint8 public constant SKIP_UNKNOWN = 1;
+    uint8 public constant SKIP_CLOSED = 2;
+    uint8 public constant SKIP_AMOUNT = 3;
+
+    /// One entry of a settlement batch: the fields of the Settlement struct.
+    struct SettlementEntry {
+        bytes32 sessionId;
+        uint64 energyWh;
+        uint256 amount;
+    }
 
     struct Session {
         address driver;
         uint64 energyWh;
         uint8 connectorId;
         uint8 status;
+        bool voucherMode; // may be closed by the manager with a driver-signed PaymentVoucher
         bytes32 deviceId;
         bytes32 idTagHash;
         uint96 deposit; // deposit, settled amount and open time share one storage slot
         uint96 settledAmount;
         uint64 openedAt;
+        uint128 pricePerKWh; // the device's tariff when the session was opened
+        uint128 perMinuteFee;
     }
 
     IERC20Minimal public immutable token;
@@ -69,6 +114,9 @@ contract Escrow is DevsenDomain {
         bytes32 indexed sessionId, address indexed payee, uint64 energyWh, uint256 amount, uint256 refund
     );
     event SessionRefunded(bytes32 indexed sessionId, address indexed driver, uint256 deposit);
+    event SessionTariff(bytes32 indexed sessionId, bool voucherMode, uint128 pricePerKWh, uint128 perMinuteFee);
+    event SettlementSkipped(bytes32 indexed sessionId, uint8 reason);
+    event SessionClosedWithVoucher(bytes32 indexed sessionId, uint256 cumulativeAmount);
 
     constructor(
         IERC20Minimal token_,
@@ -92,12 +140,34 @@ contract Escrow is DevsenDomain {
 
     /// @notice Open a session on `connectorId` (1-based) of device `chargeBoxId`, locking
     /// `deposit` tokens (approve this contract first). `idTagHash` must be the caller's.
+    /// The device's current tariff is copied into the session.
     function openSession(
         string calldata chargeBoxId,
         uint8 connectorId,
         bytes32 idTagHash,
         uint256 deposit
     ) external returns (bytes32 sessionId) {
+        return _open(chargeBoxId, connectorId, idTagHash, deposit, false);
+    }
+
+    /// @notice As `openSession`, for a session the manager may also close with the driver's
+    /// signed PaymentVoucher (`closeWithVoucher`).
+    function openVoucherSession(
+        string calldata chargeBoxId,
+        uint8 connectorId,
+        bytes32 idTagHash,
+        uint256 deposit
+    ) external returns (bytes32 sessionId) {
+        return _open(chargeBoxId, connectorId, idTagHash, deposit, true);
+    }
+
+    function _open(
+        string calldata chargeBoxId,
+        uint8 connectorId,
+        bytes32 idTagHash,
+        uint256 deposit,
+        bool voucherMode
+    ) private returns (bytes32 sessionId) {
         (bytes32 deviceId,, uint8 connectorCount, bool active) = devices.deviceForSession(chargeBoxId);
         if (!active) revert DeviceInactive(deviceId);
         if (connectorId == 0 || connectorId > connectorCount) {
@@ -107,6 +177,7 @@ contract Escrow is DevsenDomain {
             revert IdTagNotValidForDriver(idTagHash, msg.sender);
         }
         if (deposit < MIN_DEPOSIT || deposit > type(uint96).max) revert DepositInvalid(deposit);
+        (uint128 pricePerKWh, uint128 perMinuteFee) = devices.tariffOf(deviceId);
         sessionId = nextSessionId(msg.sender);
         sessionNonce[msg.sender] += 1;
         _sessions[sessionId] = Session({
@@ -114,15 +185,19 @@ contract Escrow is DevsenDomain {
             energyWh: 0,
             connectorId: connectorId,
             status: STATUS_OPEN,
+            voucherMode: voucherMode,
             deviceId: deviceId,
             idTagHash: idTagHash,
             deposit: uint96(deposit),
             settledAmount: 0,
-            openedAt: uint64(block.timestamp)
+            openedAt: uint64(block.timestamp),
+            pricePerKWh: pricePerKWh,
+            perMinuteFee: perMinuteFee
         });
         openDeposits += deposit;
         if (!token.transferFrom(msg.sender, address(this), deposit)) revert TokenTransferFailed();
         emit SessionRequested(sessionId, msg.sender, chargeBoxId, connectorId, idTagHash, deposit);
+        emit SessionTariff(sessionId, voucherMode, pricePerKWh, perMinuteFee);
     }
 
     /// @notice Settle with a quorum of validator signatures (sorted by signer) over the
@@ -147,6 +222,92 @@ contract Escrow is DevsenDomain {
         emit SessionSettled(sessionId, payee, energyWh, amount, refund);
     }
 
+    /// @notice Settle many sessions under one quorum (sorted by signer) over
+    /// `SettlementBatch(bytes32 settlementsHash)`; anyone may submit. Entries that cannot
+    /// settle (unknown session, already closed, amount above the deposit) are skipped with
+    /// `SettlementSkipped`. Consecutive entries paying the same manager share one transfer.
+    /// Returns how many sessions settled.
+    function settleBatch(SettlementEntry[] calldata entries, bytes[] calldata signatures)
+        external
+        returns (uint256 settled)
+    {
+        uint256 count = entries.length;
+        if (count == 0) revert BatchEmpty();
+        if (count > MAX_BATCH) revert BatchTooLarge(count, MAX_BATCH);
+        bytes32[] memory hashes = new bytes32[](count);
+        for (uint256 i = 0; i < count; ++i) {
+            SettlementEntry calldata e = entries[i];
+            hashes[i] = keccak256(abi.encode(SETTLEMENT_TYPEHASH, e.sessionId, e.energyWh, e.amount));
+        }
+        bytes32 batchHash = keccak256(abi.encode(SETTLEMENT_BATCH_TYPEHASH, keccak256(abi.encodePacked(hashes))));
+        validatorSet.verifyQuorum(_typedDigest(batchHash), signatures);
+        address payee;
+        uint256 owed;
+        uint256 released;
+        for (uint256 i = 0; i < count; ++i) {
+            SettlementEntry calldata e = entries[i];
+            Session storage s = _sessions[e.sessionId];
+            uint8 status = s.status;
+            if (status != STATUS_OPEN) {
+                emit SettlementSkipped(e.sessionId, status == STATUS_NONE ? SKIP_UNKNOWN : SKIP_CLOSED);
+                continue;
+            }
+            uint256 deposit = s.deposit;
+            if (e.amount > deposit) {
+                emit SettlementSkipped(e.sessionId, SKIP_AMOUNT);
+                continue;
+            }
+            s.status = STATUS_SETTLED;
+            s.energyWh = e.energyWh;
+            s.settledAmount = uint96(e.amount);
+            released += deposit;
+            address manager = devices.managerOf(s.deviceId);
+            if (manager != payee) {
+                _pay(payee, owed);
+                (payee, owed) = (manager, 0);
+            }
+            owed += e.amount;
+            uint256 back = deposit - e.amount;
+            _pay(s.driver, back);
+            emit SessionSettled(e.sessionId, manager, e.energyWh, e.amount, back);
+            ++settled;
+        }
+        _pay(payee, owed);
+        openDeposits -= released;
+    }
+
+    /// @notice The device's manager closes a voucher-mode session with the driver's
+    /// signature over `PaymentVoucher(sessionId, cumulativeAmount)`: min(cumulativeAmount,
+    /// deposit) goes to the manager, the rest back to the driver. No quorum needed.
+    function closeWithVoucher(bytes32 sessionId, uint256 cumulativeAmount, bytes calldata driverSignature)
+        external
+    {
+        Session storage s = _openSession(sessionId);
+        if (!s.voucherMode) revert NotVoucherSession(sessionId);
+        address manager = devices.managerOf(s.deviceId);
+        if (msg.sender != manager) revert NotSessionManager(sessionId, msg.sender);
+        bytes32 structHash = keccak256(abi.encode(PAYMENT_VOUCHER_TYPEHASH, sessionId, cumulativeAmount));
+        address signer = Signatures.recover(_typedDigest(structHash), driverSignature, 0);
+        address driver = s.driver;
+        if (signer != driver) revert VoucherSignerNotDriver(sessionId, signer);
+        uint256 deposit = s.deposit;
+        uint256 amount = cumulativeAmount < deposit ? cumulativeAmount : deposit;
+        s.status = STATUS_SETTLED;
+        s.settledAmount = uint96(amount);
+        openDeposits -= deposit;
+        _pay(manager, amount);
+        _pay(driver, deposit - amount);
+        emit SessionSettled(sessionId, manager, 0, amount, deposit - amount);
+        emit SessionClosedWithVoucher(sessionId, cumulativeAmount);
+    }
+
+    /// @notice When the driver may refund the session (unix seconds).
+    function refundAt(bytes32 sessionId) external view returns (uint256) {
+        Session storage s = _sessions[sessionId];
+        if (s.status == STATUS_NONE) revert UnknownSession(sessionId);
+        return uint256(s.openedAt) + refundTimeout;
+    }
+
     /// @notice The driver takes back the whole deposit of a session never settled, once
     /// `refundTimeout` seconds have passed since it was opened.
     function refund(bytes32 sessionId) external {
@@ -165,6 +326,10 @@ contract Escrow is DevsenDomain {
         Session storage s = _sessions[sessionId];
         if (s.status == STATUS_NONE) revert UnknownSession(sessionId);
         return s;
+    }
+
+    function _pay(address to, uint256 amount) private {
+        if (amount != 0 && !token.transfer(to, amount)) revert TokenTransferFailed();
     }
 
     function _openSession(bytes32 sessionId) private view returns (Session storage s) {

@@ -30,4 +30,6 @@ interface IDeviceFactory {
         view
         returns (bytes32 deviceId, address manager, uint8 connectorCount, bool active);
     function managerOf(bytes32 deviceId) external view returns (address);
+    /// The device's current tariff (token base units per kWh, per started minute).
+    function tariffOf(bytes32 deviceId) external view returns (uint128 pricePerKWh, uint128 perMinuteFee);
 }

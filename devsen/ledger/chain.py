@@ -116,7 +116,12 @@ class IdTagInfo:
 
 @dataclass(frozen=True, slots=True)
 class EscrowSession:
-    """A prepaid session a driver opened in the Escrow contract and that is still open."""
+    """A prepaid session a driver opened in the Escrow contract and that is still open.
+
+    `tariff` is the device tariff the Escrow copied when the session was opened (the terms
+    the driver agreed to; None: not known, the device's current tariff applies);
+    `refund_at_s` is when the driver may refund it (None: unknown, no deadline enforced).
+    """
 
     session_id: bytes
     driver: str
@@ -125,6 +130,8 @@ class EscrowSession:
     id_tag_hash: bytes
     deposit: int
     opened_at_s: int
+    tariff: Tariff | None = None
+    refund_at_s: int | None = None
 
     def __post_init__(self) -> None:
         problem = escrow_problem(self)
@@ -148,6 +155,15 @@ def escrow_problem(session: object) -> str | None:
         return "connector_id must be a uint8"
     if type(s.charge_box_id) is not str:
         return "charge_box_id must be a string"
+    if s.tariff is not None:
+        if not isinstance(s.tariff, Tariff):
+            return "tariff must be a Tariff or None"
+        price, fee = s.tariff.price_per_kwh, s.tariff.per_minute_fee
+        if type(price) is not int or type(fee) is not int or not (0 <= price <= MAX_AMOUNT and 0 <= fee <= MAX_AMOUNT):
+            return "tariff amounts must be uint256"
+    if s.refund_at_s is not None and (type(s.refund_at_s) is not int
+                                      or not s.opened_at_s <= s.refund_at_s <= MAX_ESCROW_TIME_S):
+        return f"refund_at_s must be in opened_at_s..{MAX_ESCROW_TIME_S}"
     return None
 
 

@@ -27,3 +27,8 @@ PAGINATION_NOT_INCREASING = "pagination_not_increasing"  # replayed or reordered
 READING_NOT_BOUND = "reading_not_bound"  # not of this transaction (time, identification, order)
 UNSIGNED_READING = "unsigned_reading"  # a device that requires signed values settled without one
 SIGNED_BUDGET = "signed_budget"  # more signed documents than an event or block may carry
+REFUND_DEADLINE = "refund_deadline"
+# A transaction bound to an escrow session is closed (and settled) this long before the
+# escrow's refund deadline (or a quarter of the escrow's refund timeout if that is shorter), so
+# the settlement reaches the chain before the driver can refund.
+REFUND_MARGIN_MS = 2 * 3_600_000

@@ -60,6 +60,8 @@ from devsen.ledger.kinds import (
     MAX_TRANSACTION_ID,
     METER_BACKWARDS,
     NEGATIVE_ENERGY,
+    REFUND_DEADLINE,
+    REFUND_MARGIN_MS,
     STALE_SESSION,
     UNKNOWN_TRANSACTION,
     UNREGISTERED_DEVICE,
@@ -329,6 +331,7 @@ class Ledger:
         checked = _CheckedChain(chain)
         self._release_settled(checked)
         settlements: list[SettlementOrder] = []
+        self._close_before_refund(checked, settlements)
         results = tuple(self._apply_event(checked, event, settlements) for event in events)
         self._check_invariants()
         return BlockOutcome(ctx.height, results, tuple(settlements), self.state_hash())
@@ -574,14 +577,16 @@ class Ledger:
         session = self._sessions.get(key)
         assert session is not None and not session.bound
         assert escrow.session_id not in self._by_escrow and escrow.session_id not in self._pending
+        tariff = escrow.tariff if escrow.tariff is not None else device.tariff  # the terms copied at opening
         session = replace(
             session,
             id_tag_hash=tag_hash,
             escrow_session_id=escrow.session_id,
             deposit=escrow.deposit,
             escrow_opened_at_s=escrow.opened_at_s,
-            price_per_kwh=device.tariff.price_per_kwh,
-            per_minute_fee=device.tariff.per_minute_fee,
+            price_per_kwh=tariff.price_per_kwh,
+            per_minute_fee=tariff.per_minute_fee,
+            escrow_refund_at_s=escrow.refund_at_s or 0,
             max_power_w=device.max_power_w,
             require_signed=device.require_signed_meter,
             charge_start_ms=start_ms,
@@ -604,10 +609,39 @@ class Ledger:
                 and (s.id_tag_hash == tag_hash or session_token_hash(s.session_id) == tag_hash)
                 and s.session_id not in self._by_escrow
                 and s.session_id not in self._pending
+                and not self._near_refund(s.opened_at_s, s.refund_at_s or 0)
             ),
             key=lambda s: (s.opened_at_s, s.session_id),
         )
         return candidates[0] if candidates else None
+
+    def _near_refund(self, opened_at_s: int, refund_at_s: int) -> bool:
+        """Whether an escrow refundable at `refund_at_s` (0: no deadline) is within the margin now:
+        REFUND_MARGIN_MS, or a quarter of its refund timeout if that is shorter."""
+        if refund_at_s == 0:
+            return False
+        margin = min(REFUND_MARGIN_MS, (refund_at_s - opened_at_s) * 250)
+        return self._c.block_ms >= refund_at_s * 1000 - margin
+
+    def _close_before_refund(self, chain: _CheckedChain, settlements: list[SettlementOrder]) -> None:
+        """Close every bound transaction whose escrow refund deadline is within the margin.
+
+        It settles on its last reading at this block (a `refund_deadline` anomaly), so the
+        settlement is owed before the driver may refund and a refund cannot race a charge.
+        The escrow is not re-read here (it may not be among the block's chain facts): if it
+        was closed meanwhile, the settlement is a no-op on chain and is released.
+        """
+        due = sorted(key for key, s in self._sessions.items()  # sorted: independent of table order
+                     if s.bound and self._near_refund(s.escrow_opened_at_s, s.escrow_refund_at_s))
+        for key in due:
+            session = self._sessions.get(key)
+            assert session is not None
+            event = ChargerEvent(session.charger_id, session.ocpp_version, "EscrowRefundDeadline",
+                                 f"refund-deadline-{key[1]}"[:36], {}, "", self._c.block_ms)
+            step = _Step(chain, event, settlements)
+            self._anomaly(step, REFUND_DEADLINE, f"transaction {key[1]} closed: escrow refundable at "
+                                                 f"{session.escrow_refund_at_s} s")
+            self._close(step, key, session.meter_last_wh, self._c.block_ms, recheck_escrow=False)
 
     def _capacity_problem(self) -> str | None:
         if len(self._sessions) >= self.params.max_open_sessions:
@@ -655,7 +689,7 @@ class Ledger:
 
     def _close(
         self, step: _Step, key: tuple[str, str], meter_stop_wh: int | None, stop_ms: int,
-        *, trusted_end_ms: int | None = None,
+        *, trusted_end_ms: int | None = None, recheck_escrow: bool = True,
     ) -> None:
         """Close an open session; a bound one yields a settlement order if its escrow is still open.
 
@@ -693,7 +727,7 @@ class Ledger:
         end = min(stop_ms, self._c.block_ms)
         minutes = max(0, end - begin) // 60_000
         amount = min(energy * session.price_per_kwh // 1000 + minutes * session.per_minute_fee, session.deposit)
-        if step.chain.escrow_session(session.escrow_session_id) is None:
+        if recheck_escrow and step.chain.escrow_session(session.escrow_session_id) is None:
             self._anomaly(step, ESCROW_CLOSED, "escrow session closed on chain before the stop")
             self._remember_closed(key, ClosedTransaction(seq, "escrow_closed", energy, 0, session.escrow_session_id,
                                                          session.signed_start_event, session.signed_last_event))

@@ -201,6 +201,7 @@ class Session:
     signed_last_ms: int = 0
     signed_last_event: bytes = b""
     signed_stopped: bool = False  # an end reading (TX E/L/R/A) was accepted
+    escrow_refund_at_s: int = 0  # when the driver may refund the escrow (0 = no deadline known)
 
     @property
     def bound(self) -> bool:

@@ -255,6 +255,29 @@ async def test_already_anchored_or_refunded_needs_no_send(trio_clock):
     assert conflicting.status()["done"] == {"conflict": 1}
 
 
+@pytest.mark.parametrize("trio_clock", [trio.testing.MockClock(autojump_threshold=0)])
+async def test_a_session_closed_with_a_voucher_is_done_not_a_conflict_or_a_resend(trio_clock):
+    """The manager closed the voucher session on chain (another amount, 0 Wh): the network's
+    settlement for it finishes as "voucher_closed" without a send; a non-voucher session
+    settled differently is still a conflict."""
+    chain = FakeChain()
+    voucher_session, plain_session = b"\x0a" * 32, b"\x0b" * 32
+    chain.states[-1] = ((), {voucher_session: SessionState(SESSION_OPEN, voucher_mode=True)})
+    chain.mine(3)
+    chain.states[-1][1][voucher_session] = SessionState(2, 0, 7, voucher_mode=True)
+    chain.states[-1][1][plain_session] = SessionState(2, 0, 7)
+    chain.mine(3)
+    node = make(chain, VALIDATORS[0])
+    async with trio.open_nursery() as nursery:
+        await node.add(quorum(Settlement(voucher_session, 1_000, 9)))
+        await node.add(quorum(Settlement(plain_session, 1_000, 9)))
+        nursery.start_soon(node.run)
+        await run_until(lambda: not node.pending(), chain, 10)
+        nursery.cancel_scope.cancel()
+    assert chain.sent == []
+    assert node.status()["done"] == {"voucher_closed": 1, "conflict": 1}
+
+
 async def test_observer_never_sends_and_bound_on_pending():
     chain = FakeChain()
     observer = make(chain, b"\x77" * 20)
