@@ -99,13 +99,19 @@ class Prepared:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """An application snapshot a node offers for state sync."""
+    """An application snapshot a node offers for state sync (CometBFT's abci.Snapshot).
+
+    Nothing here is trusted by a joining node: it calls `offer_snapshot(snapshot, app_hash)`
+    with the app hash it read from a verified commit's header (block `height + 1`), and the
+    application checks every chunk against `metadata`'s chunk hashes and the restored state
+    against that app hash."""
 
     height: int
     format: int
     chunks: int
-    hash: bytes  # hash over the chunk hashes
-    app_hash: bytes  # the app hash certified in block `height + 1`'s header
+    hash: bytes  # keccak256 over the concatenated chunk hashes
+    app_hash: bytes  # the app hash the snapshot claims (block `height + 1`'s header certifies it)
+    metadata: bytes = b""  # application-defined; NodeApplication: msgpack [block hash, chunk hashes]
 
 
 class Application(Protocol):

@@ -156,6 +156,7 @@ class SimConfig:
     liveness_window: int = 40_000  # ticks after GST for everything to be committed
     epoch_change_height: int | None = 4  # at this commit, weights change from height + 2
     hold_prevote_rate: float = 0.6  # prevotes to one node per height held back (it misses polkas)
+    split_rate: float = 0.75  # runs with a lock split at one early height (see `_plan_split`)
     faulty_core: str = ""  # one of FAULTY_CORES: every honest node runs that bug (must be caught)
 
 
@@ -308,6 +309,12 @@ class Simulation:
         self.result = SimResult(seed, True, behaviors=[nd.behavior.value for nd in self.nodes])
         self.signed: dict[tuple[int, str, int, int, int], bytes] = {}  # across restarts
         self.amplified: set[tuple[int, int, int, int, bytes]] = set()
+        # Every prevote anyone signed: (height, round, block hash) -> signers (the lock invariant).
+        self.prevotes: dict[tuple[int, int, bytes], set[bytes]] = {}
+        # Each honest node's lock per height as its own signed precommits show it (survives its
+        # crashes: a node that forgot its lock is caught too): (node, height) -> (round, hash).
+        self.locks: dict[tuple[int, int], tuple[int, bytes]] = {}
+        self.split: tuple[int, int, dict[int, set[int]]] | None = None  # (height, round-1 proposer, ...)
         self.garbage_key = SigningKey(keccak256(b"sim-outsider-%d" % seed))
 
     # ------------------------------------------------------------------ event queue
@@ -323,7 +330,8 @@ class Simulation:
     def _good(self) -> bool:
         return self.now >= self.gst
 
-    def _send(self, src: int, dst: int, channel: str, data: bytes, targeted: float = 0.0) -> None:
+    def _send(self, src: int, dst: int, channel: str, data: bytes, targeted: float = 0.0,
+              message: Vote | Proposal | None = None) -> None:
         """Put a message on the simulated network (drop, duplicate, delay, partition).
 
         Before GST the network is adversarial: messages that finish a height (precommits,
@@ -333,6 +341,12 @@ class Simulation:
         """
         cfg = self.config
         hold = 0
+        if message is not None and self.split is not None and not self._good():
+            held = self._split_hold(src, dst, message)
+            if held is not None:  # the adversary controls this delivery exactly
+                at = (self.gst if held else self.now) + self.rng.randint(1, cfg.max_delay_after_gst)
+                self._push(at, "deliver", (dst, src, channel, data))
+                return
         if not self._good() and cfg.faults:
             if self.partition and not any(src in g and dst in g for g in self.partition):
                 return
@@ -362,6 +376,7 @@ class Simulation:
                 self._push(self.rng.randint(0, cfg.submit_until), "submit", payload)
             if cfg.faults:
                 self._plan_faults()
+                self._plan_split()
             deadline = max(self.gst, cfg.submit_until) + cfg.liveness_window
             while self._queue:
                 at, _, kind, data = heapq.heappop(self._queue)
@@ -623,19 +638,30 @@ class Simulation:
             first = self.signed.setdefault(slot, message.block_hash)
             if first != message.block_hash:
                 raise SafetyViolation(f"honest n{node.index} signed two different messages for {slot}")
+            if isinstance(message, Vote) and message.vote_type == VoteType.PREVOTE:
+                self._check_lock(node, message)
+            elif isinstance(message, Vote) and message.block_hash != ZERO_HASH:  # L36-L39: locked
+                key = (node.index, message.height)
+                if message.round > self.locks.get(key, (-1, b""))[0]:
+                    self.locks[key] = (message.round, message.block_hash)
+        if isinstance(message, Vote):
+            self._note_vote(message)
         for other in self.nodes:
             if other is node:
                 continue
             data = output.data
+            sent: Vote | Proposal | None = message if isinstance(message, Vote | Proposal) else None
             if node.behavior == Behavior.DOUBLE_VOTER and isinstance(message, Vote) and self.rng.random() < 0.5:
                 other_hash = self.rng.choice([ZERO_HASH, keccak256(self.rng.getrandbits(64).to_bytes(8, "big"))])
                 if other_hash != message.block_hash:
-                    data = Vote.sign(node.key, SIM_DOMAIN, message.vote_type, message.height,
-                                     message.round, other_hash).to_bytes()
+                    other_vote = Vote.sign(node.key, SIM_DOMAIN, message.vote_type, message.height,
+                                           message.round, other_hash)
+                    self._note_vote(other_vote)
+                    data, sent = other_vote.to_bytes(), other_vote
             elif (node.behavior == Behavior.EQUIVOCATOR and isinstance(message, Proposal)
                   and other.index % 2 == 1):
-                data = Proposal.sign(node.key, SIM_DOMAIN, message.round, -1,
-                                     self._twin(node, message.block)).to_bytes()
+                twin = Proposal.sign(node.key, SIM_DOMAIN, message.round, -1, self._twin(node, message.block))
+                data, sent = twin.to_bytes(), twin
             precommit = isinstance(message, Vote) and message.vote_type == VoteType.PRECOMMIT
             prevote = isinstance(message, Vote) and message.vote_type == VoteType.PREVOTE
             # One node per height misses the polkas (it may propose something else next round,
@@ -643,7 +669,76 @@ class Simulation:
             blind = prevote and other.index == self._blind_node(message.height)
             self._send(node.index, other.index, "consensus", data,
                        self.config.hold_precommit_rate if precommit
-                       else self.config.hold_prevote_rate if blind else 0.0)
+                       else self.config.hold_prevote_rate if blind else 0.0, sent)
+
+    def _note_vote(self, vote: Vote) -> None:
+        if vote.vote_type == VoteType.PREVOTE:
+            self.prevotes.setdefault((vote.height, vote.round, vote.block_hash), set()).add(vote.validator)
+
+    def _check_lock(self, node: SimNode, prevote: Vote) -> None:
+        """Locks (L23/L29): an honest validator locked on L in round lr < r prevotes another
+        block X in round r only if X had a polka (2f+1 prevotes) in some round vr, lr <= vr < r."""
+        assert node.replica is not None
+        x, r = prevote.block_hash, prevote.round
+        locked_round, locked = self.locks.get((node.index, prevote.height), (-1, ZERO_HASH))
+        if x == ZERO_HASH or locked_round < 0 or locked_round >= r or locked == x:
+            return
+        validators = node.replica.core.schedule.set_for(prevote.height)
+        for vr in range(locked_round, r):
+            signers = self.prevotes.get((prevote.height, vr, x), ())
+            if sum(validators.power(a) for a in signers) >= validators.quorum_power:
+                return
+        raise SafetyViolation(f"lock: n{node.index} locked on {locked.hex()[:8]} in round "
+                              f"{locked_round} prevoted {x.hex()[:8]} in round {r} at "
+                              f"h{prevote.height} without a newer polka")
+
+    def _plan_split(self) -> None:
+        """The schedule where only locks keep a height safe (Tendermint's L23/L29).
+
+        At one early height h, with P the proposer of round 0 and D that of round 1 (both
+        honest), until GST: D never gets round 0's proposal, so it cannot know B1 and prevotes
+        nil; every other node sees the polka for B1 and locks on it; each node gets just
+        enough round-0 precommits to time out (2f+1 in all) but fewer than 2f+1 for B1, so
+        nobody decides and all move to round 1, where D proposes a fresh block B2. Locked
+        validators must prevote nil for B2 (a core ignoring its lock prevotes B2: the lock
+        invariant fails, and with 2f+1 such prevotes B2 is decided where B1 may be)."""
+        if self.rng.random() >= self.config.split_rate:
+            return
+        n = len(self.nodes)
+        quorum = self.genesis.quorum_power
+        change = self.config.epoch_change_height
+        heights = [h for h in (1, 2, 3) if change is None or h < change + 2]
+        candidates = []
+        for h in heights:
+            p = self._index_of(self.genesis.proposer(h, 0))
+            d = self._index_of(self.genesis.proposer(h, 1))
+            if p != d and self.nodes[p].honest and self.nodes[d].honest:
+                candidates.append((h, d))
+        if not candidates:
+            return
+        h, d = self.rng.choice(candidates)
+        others = [i for i in range(n) if i != d]
+        self.rng.shuffle(others)
+        allowed: dict[int, set[int]] = {d: set(others[:quorum - 1])}
+        for k, t in enumerate(others):
+            ring = [others[(k + j) % len(others)] for j in range(1, len(others))]
+            allowed[t] = {d, *ring[:quorum - 2]}
+        self.split = (h, d, allowed)
+        self._log(f"split at h{h}: n{d} proposes round 1")
+
+    def _split_hold(self, src: int, dst: int, message: Vote | Proposal) -> bool | None:
+        """None: not a message of the split; True: held until GST; False: delivered now."""
+        assert self.split is not None
+        height, d, allowed = self.split
+        if message.height != height or message.round > 1:
+            return None
+        if message.round == 1:
+            return False
+        if isinstance(message, Proposal):
+            return dst == d
+        if message.vote_type == VoteType.PREVOTE:
+            return False
+        return src not in allowed[dst]
 
     def _blind_node(self, height: int) -> int:
         """The proposer of round 1: missing round 0's polka, it proposes a fresh block that
@@ -674,11 +769,13 @@ class Simulation:
         if slot in self.amplified:
             return
         self.amplified.add(slot)
-        echo = Vote.sign(node.key, SIM_DOMAIN, message.vote_type, message.height, message.round,
-                         message.block_hash).to_bytes()
+        vote = Vote.sign(node.key, SIM_DOMAIN, message.vote_type, message.height, message.round,
+                         message.block_hash)
+        self._note_vote(vote)
+        echo = vote.to_bytes()
         for other in self.nodes:
             if other is not node:
-                self._send(node.index, other.index, "consensus", echo)
+                self._send(node.index, other.index, "consensus", echo, message=vote)
 
     def _send_garbage(self, node: SimNode) -> None:
         """Hostile inputs: random bytes, forged/non-validator votes, wrong heights, oversize;
