@@ -314,7 +314,9 @@ class Simulation:
         # Each honest node's lock per height as its own signed precommits show it (survives its
         # crashes: a node that forgot its lock is caught too): (node, height) -> (round, hash).
         self.locks: dict[tuple[int, int], tuple[int, bytes]] = {}
-        self.split: tuple[int, int, dict[int, set[int]]] | None = None  # (height, round-1 proposer, ...)
+        # Lock splits (`_plan_split`): height -> (round-1 proposer, who gets whose round-0
+        # precommits), or None for a height decided without one.
+        self.splits: dict[int, tuple[int, dict[int, set[int]]] | None] = {}
         self.garbage_key = SigningKey(keccak256(b"sim-outsider-%d" % seed))
 
     # ------------------------------------------------------------------ event queue
@@ -341,7 +343,7 @@ class Simulation:
         """
         cfg = self.config
         hold = 0
-        if message is not None and self.split is not None and not self._good():
+        if message is not None and cfg.faults and not self._good():
             held = self._split_hold(src, dst, message)
             if held is not None:  # the adversary controls this delivery exactly
                 at = (self.gst if held else self.now) + self.rng.randint(1, cfg.max_delay_after_gst)
@@ -376,7 +378,6 @@ class Simulation:
                 self._push(self.rng.randint(0, cfg.submit_until), "submit", payload)
             if cfg.faults:
                 self._plan_faults()
-                self._plan_split()
             deadline = max(self.gst, cfg.submit_until) + cfg.liveness_window
             while self._queue:
                 at, _, kind, data = heapq.heappop(self._queue)
@@ -501,7 +502,9 @@ class Simulation:
             self._client_submit(data)
         elif kind == "crash":
             node = self.nodes[data]
-            if node.up and not self._good():
+            if node.up and not self._good() and self._splitting(node):
+                self._push(self.now + self.rng.randint(100, 500), "crash", data)  # later
+            elif node.up and not self._good():
                 if self.rng.random() < 0.5:
                     self._crash(node)
                 else:
@@ -692,46 +695,51 @@ class Simulation:
                               f"{locked_round} prevoted {x.hex()[:8]} in round {r} at "
                               f"h{prevote.height} without a newer polka")
 
-    def _plan_split(self) -> None:
+    def _plan_split(self, height: int) -> tuple[int, dict[int, set[int]]] | None:
         """The schedule where only locks keep a height safe (Tendermint's L23/L29).
 
-        At one early height h, with P the proposer of round 0 and D that of round 1 (both
-        honest), until GST: D never gets round 0's proposal, so it cannot know B1 and prevotes
-        nil; every other node sees the polka for B1 and locks on it; each node gets just
-        enough round-0 precommits to time out (2f+1 in all) but fewer than 2f+1 for B1, so
-        nobody decides and all move to round 1, where D proposes a fresh block B2. Locked
-        validators must prevote nil for B2 (a core ignoring its lock prevotes B2: the lock
-        invariant fails, and with 2f+1 such prevotes B2 is decided where B1 may be)."""
-        if self.rng.random() >= self.config.split_rate:
-            return
-        n = len(self.nodes)
-        quorum = self.genesis.quorum_power
+        Planned when a height's round-0 proposal is first sent, with probability `split_rate`,
+        if GST is not near. With P the proposer of round 0 and D that of round 1 (not silent;
+        D is not crashed meanwhile), until GST: D never gets round 0's proposal, so it cannot know B1 and prevotes nil;
+        every other node sees the polka for B1 and locks on it; each node gets just enough
+        round-0 precommits to time out (2f+1 in all) but fewer than 2f+1 for B1, so nobody
+        decides and all move to round 1, where D proposes a fresh block B2. Locked validators
+        must prevote nil for B2 (a core ignoring its lock prevotes B2: the lock invariant
+        fails, and with 2f+1 such prevotes B2 is decided where B1 may be).
+        """
         change = self.config.epoch_change_height
-        heights = [h for h in (1, 2, 3) if change is None or h < change + 2]
-        candidates = []
-        for h in heights:
-            p = self._index_of(self.genesis.proposer(h, 0))
-            d = self._index_of(self.genesis.proposer(h, 1))
-            if p != d and self.nodes[p].honest and self.nodes[d].honest:
-                candidates.append((h, d))
-        if not candidates:
-            return
-        h, d = self.rng.choice(candidates)
-        others = [i for i in range(n) if i != d]
+        if (change is not None and height >= change + 2) or self.now > self.gst - 600 \
+                or self.rng.random() >= self.config.split_rate:
+            return None  # (equal powers only: the precommit counts below assume them)
+        p = self._index_of(self.genesis.proposer(height, 0))
+        d = self._index_of(self.genesis.proposer(height, 1))
+        if p == d or Behavior.SILENT in (self.nodes[p].behavior, self.nodes[d].behavior):
+            return None
+        quorum = self.genesis.quorum_power
+        others = [i for i in range(len(self.nodes)) if i != d]
         self.rng.shuffle(others)
         allowed: dict[int, set[int]] = {d: set(others[:quorum - 1])}
         for k, t in enumerate(others):
             ring = [others[(k + j) % len(others)] for j in range(1, len(others))]
             allowed[t] = {d, *ring[:quorum - 2]}
-        self.split = (h, d, allowed)
-        self._log(f"split at h{h}: n{d} proposes round 1")
+        self._log(f"split at h{height}: n{d} proposes round 1")
+        return d, allowed
+
+    def _splitting(self, node: SimNode) -> bool:
+        """`node` is the round-1 proposer of a split still undecided (it is not crashed then)."""
+        return any(split is not None and split[0] == node.index and h not in self.decided
+                   for h, split in self.splits.items())
 
     def _split_hold(self, src: int, dst: int, message: Vote | Proposal) -> bool | None:
-        """None: not a message of the split; True: held until GST; False: delivered now."""
-        assert self.split is not None
-        height, d, allowed = self.split
-        if message.height != height or message.round > 1:
+        """None: not a message of a split; True: held until GST; False: delivered now."""
+        if message.height not in self.splits:
+            if not (isinstance(message, Proposal) and message.round == 0) or message.height in self.decided:
+                return None
+            self.splits[message.height] = self._plan_split(message.height)
+        split = self.splits[message.height]
+        if split is None or message.round > 1:
             return None
+        d, allowed = split
         if message.round == 1:
             return False
         if isinstance(message, Proposal):
