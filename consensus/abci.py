@@ -16,8 +16,12 @@ interface, in this order for every height:
                  facts)                  here halts every node: refuse inside, never raise)
   commit(height)                         persist what finalize produced (snapshots); may do disk I/O
 
-Snapshots (state sync, the community-nodes issue): list_snapshots / load_snapshot_chunk
-on a serving node; offer_snapshot / apply_snapshot_chunk on a joining node.
+Snapshots (state sync, after CometBFT's): list_snapshots / load_snapshot_chunk on a serving
+node; on a joining node offer_snapshot(snapshot, trusted_app_hash), where the trusted app hash
+is read from a verified commit's header (block height + 1), then apply_snapshot_chunk for each
+chunk: each is checked against the offered chunk hashes (a hostile peer's chunk is refused and
+fetched elsewhere), and the restored state must hash to the trusted app hash or is refused.
+Fetching chunks from peers is the community-nodes issue's.
 
 `propose_facts()` is the I/O half of proposing (e.g. the chain head to name), also called
 off the loop; its result is passed to `prepare_proposal`.

@@ -26,6 +26,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +64,7 @@ from consensus.types import (
     CommitCertificate,
     CommittedBlock,
     Evidence,
+    Message,
     EvidenceKind,
     Proposal,
     ValidatorSet,
@@ -124,6 +126,35 @@ class IgnoredLockCore(ConsensusCore):
 FAULTY_CORES = ("no-wal", "majority-quorum", "ignored-lock")
 
 
+@contextmanager
+def _verify_once() -> Iterator[None]:
+    """While one run lasts, each distinct Vote/Proposal's signature is checked once.
+
+    Every simulated node receives the same messages, and recovering a secp256k1 signature
+    (with its EIP-712 digest) was most of the simulator's time. `verify` is a pure function
+    of (message, domain), so remembering its result changes no outcome: every call still
+    gets what the real check answers for that exact message."""
+    originals = Vote.verify, Proposal.verify
+    memo: dict[tuple[Any, Domain], bool] = {}
+
+    def once(original: Any) -> Any:
+        def verify(self: Any, domain: Domain) -> bool:
+            key = (self, domain)
+            verdict = memo.get(key)
+            if verdict is None:
+                if len(memo) > 200_000:
+                    memo.clear()
+                verdict = memo[key] = original(self, domain)
+            return verdict
+        return verify
+
+    Vote.verify, Proposal.verify = once(originals[0]), once(originals[1])  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Vote.verify, Proposal.verify = originals  # type: ignore[method-assign]
+
+
 class SimCrash(Exception):
     """Raised by the fault hook: the node dies at this exact point."""
 
@@ -154,7 +185,7 @@ class SimConfig:
     idle_block_ticks: int = 150
     client_retry_ticks: int = 500
     liveness_window: int = 40_000  # ticks after GST for everything to be committed
-    epoch_change_height: int | None = 4  # at this commit, weights change from height + 2
+    epoch_change_height: int | None = 2  # at this commit, weights change from height + 2
     hold_prevote_rate: float = 0.6  # prevotes to one node per height held back (it misses polkas)
     split_rate: float = 0.75  # runs with a lock split at one early height (see `_plan_split`)
     faulty_core: str = ""  # one of FAULTY_CORES: every honest node runs that bug (must be caught)
@@ -318,6 +349,7 @@ class Simulation:
         # precommits), or None for a height decided without one.
         self.splits: dict[int, tuple[int, dict[int, set[int]]] | None] = {}
         self.garbage_key = SigningKey(keccak256(b"sim-outsider-%d" % seed))
+        self._decoded: dict[bytes, Message | None] = {}  # one decode per distinct message (immutable)
 
     # ------------------------------------------------------------------ event queue
 
@@ -368,6 +400,23 @@ class Simulation:
     # ------------------------------------------------------------------ setup and run
 
     def run(self) -> SimResult:
+        with _verify_once():
+            return self._run()
+
+    def _decode(self, body: bytes) -> Message | None:
+        """The decoded message (shared by every receiver: messages are immutable), or None."""
+        if body in self._decoded:
+            return self._decoded[body]
+        if len(self._decoded) > 100_000:
+            self._decoded.clear()
+        try:
+            message: Message | None = decode_message(body)
+        except WireError:
+            message = None
+        self._decoded[body] = message
+        return message
+
+    def _run(self) -> SimResult:
         cfg = self.config
         try:
             for node in self.nodes:
@@ -463,7 +512,7 @@ class Simulation:
             raise SimCrash()
         node.crash_countdown -= 1
 
-    def _crash(self, node: SimNode) -> None:
+    def _crash(self, node: SimNode, restart_within: int = 1500) -> None:
         assert node.replica is not None
         self._log(f"crash n{node.index} at height {node.replica.height}")
         node.replica.close()
@@ -471,7 +520,7 @@ class Simulation:
         node.crash_countdown = None
         node.incarnation += 1
         self.result.crashes += 1
-        restart = self.now + self.rng.randint(50, 1500)
+        restart = self.now + self.rng.randint(min(50, restart_within), restart_within)
         self._push(min(restart, self.gst), "restart", node.index)
 
     # ------------------------------------------------------------------ events
@@ -487,7 +536,8 @@ class Simulation:
             else:
                 if node.behavior in (Behavior.DOUBLE_VOTER, Behavior.EQUIVOCATOR):
                     self._amplify(node, body)
-                self._run_node(node, lambda r: r.handle_message(body, str(src)))
+                decoded = self._decode(body)  # undecodable bytes go in as bytes: the replica drops them
+                self._run_node(node, lambda r: r.handle_message(decoded or body, str(src)))
         elif kind == "timer":
             index, incarnation, timeout = data
             node = self.nodes[index]
@@ -509,6 +559,10 @@ class Simulation:
                     self._crash(node)
                 else:
                     node.crash_countdown = self.rng.randint(0, 8)  # dies mid-processing
+        elif kind == "bounce":  # crash and restart soon (before the next round's proposal)
+            node = self.nodes[data]
+            if node.up and not self._good():
+                self._crash(node, restart_within=200)
         elif kind == "restart":
             node = self.nodes[data]
             if not node.up:
@@ -647,6 +701,9 @@ class Simulation:
                 key = (node.index, message.height)
                 if message.round > self.locks.get(key, (-1, b""))[0]:
                     self.locks[key] = (message.round, message.block_hash)
+                if (self.splits.get(message.height) and message.round == 0 and not self._good()
+                        and self.rng.random() < 0.5):
+                    self._push(self.now + 1, "bounce", node.index)  # it locked: does it remember?
         if isinstance(message, Vote):
             self._note_vote(message)
         for other in self.nodes:
@@ -707,23 +764,39 @@ class Simulation:
         must prevote nil for B2 (a core ignoring its lock prevotes B2: the lock invariant
         fails, and with 2f+1 such prevotes B2 is decided where B1 may be).
         """
-        change = self.config.epoch_change_height
-        if (change is not None and height >= change + 2) or self.now > self.gst - 600 \
-                or self.rng.random() >= self.config.split_rate:
-            return None  # (equal powers only: the precommit counts below assume them)
-        p = self._index_of(self.genesis.proposer(height, 0))
-        d = self._index_of(self.genesis.proposer(height, 1))
+        if self.now > self.gst - 600 or self.rng.random() >= self.config.split_rate:
+            return None
+        validators = self._set_for(height)
+        p = self._index_of(validators.proposer(height, 0))
+        d = self._index_of(validators.proposer(height, 1))
         if p == d or Behavior.SILENT in (self.nodes[p].behavior, self.nodes[d].behavior):
             return None
-        quorum = self.genesis.quorum_power
+        power = [validators.power(node.key.address) for node in self.nodes]
+        quorum = validators.quorum_power
         others = [i for i in range(len(self.nodes)) if i != d]
         self.rng.shuffle(others)
-        allowed: dict[int, set[int]] = {d: set(others[:quorum - 1])}
-        for k, t in enumerate(others):
-            ring = [others[(k + j) % len(others)] for j in range(1, len(others))]
-            allowed[t] = {d, *ring[:quorum - 2]}
+        allowed: dict[int, set[int]] = {}
+        for t in range(len(self.nodes)):
+            senders = {d} if t != d else set()
+            total = power[t] + (power[d] if t != d else 0)  # its own precommit and D's nil
+            for_b1 = power[t] if t != d else 0
+            start = others.index(t) + 1 if t in others else 0
+            for o in (others[(start + j) % len(others)] for j in range(len(others))):
+                if total >= quorum:
+                    break
+                if o != t:
+                    senders.add(o)
+                    total += power[o]
+                    for_b1 += power[o]
+            if total < quorum or for_b1 >= quorum:
+                return None  # these powers admit no split
+            allowed[t] = senders
         self._log(f"split at h{height}: n{d} proposes round 1")
         return d, allowed
+
+    def _set_for(self, height: int) -> ValidatorSet:
+        change = self._epoch_change()
+        return change[1] if change is not None and height >= change[0] + 2 else self.genesis
 
     def _splitting(self, node: SimNode) -> bool:
         """`node` is the round-1 proposer of a split still undecided (it is not crashed then)."""
@@ -767,10 +840,7 @@ class Simulation:
     def _amplify(self, node: SimNode, body: bytes) -> None:
         """Double voters and equivocators also vote for every value they see anyone vote
         for (worst case: their power joins every would-be quorum)."""
-        try:
-            message = decode_message(body)
-        except WireError:
-            return
+        message = self._decode(body)
         if not isinstance(message, Vote) or message.validator == node.key.address:
             return
         slot = (node.index, message.vote_type, message.height, message.round, message.block_hash)
@@ -910,9 +980,19 @@ def _signer(message: Vote | Proposal) -> bytes:
 # --------------------------------------------------------------------------- command line
 
 
-def run_seeds(seeds: list[int], config: SimConfig) -> list[SimResult]:
-    """Run each seed; returns all results (failures have ok False)."""
-    return [Simulation(seed, config).run() for seed in seeds]
+def run_seeds(seeds: list[int], config: SimConfig, jobs: int = 1) -> list[SimResult]:
+    """Run each seed (in `jobs` processes); returns all results in seed order (failures have
+    ok False). A run is a pure function of (seed, config), so jobs change no result."""
+    if jobs <= 1 or len(seeds) < 2:
+        return [Simulation(seed, config).run() for seed in seeds]
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(jobs) as pool:
+        return pool.starmap(_run_one, [(seed, config) for seed in seeds], chunksize=8)
+
+
+def _run_one(seed: int, config: SimConfig) -> SimResult:
+    return Simulation(seed, config).run()
 
 
 def _bench(validators: int) -> None:
@@ -954,6 +1034,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drop-rate", type=float, default=0.1, help="message loss before GST")
     parser.add_argument("--crash-rate", type=float, default=0.5, help="crashes per honest node")
     parser.add_argument("--byzantine", type=int, help="exactly this many (default: random 0..f)")
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes (results do not depend on it)")
     parser.add_argument("--trace", action="store_true", help="print every event of the run")
     parser.add_argument("--bench", action="store_true", help="throughput/latency as batch grows")
     args = parser.parse_args(argv)
@@ -973,8 +1054,7 @@ def main(argv: list[str] | None = None) -> int:
     failures = 0
     totals = {"heights": 0, "rounds": 0, "crashes": 0, "evidence": 0, "dropped": 0}
     caught_by: dict[str, int] = {}
-    for seed in range(args.first_seed, args.first_seed + args.seeds):
-        result = Simulation(seed, config).run()
+    for result in run_seeds(list(range(args.first_seed, args.first_seed + args.seeds)), config, args.jobs):
         for key in totals:
             totals[key] += getattr(result, key)
         if not result.ok:
@@ -988,7 +1068,8 @@ def main(argv: list[str] | None = None) -> int:
         _write_summary(args.summary, {
             "validators": args.validators, "faulty_core": args.faulty_core or None,
             "seeds": args.seeds, "first_seed": args.first_seed, "failed": failures,
-            "caught_by": caught_by, "seconds": round(wall, 1),
+            **({"caught": f"{failures}/{args.seeds}"} if args.faulty_core else {}),
+            "caught_by": caught_by, "seconds": round(wall, 1), "jobs": args.jobs,
             "seeds_per_s": round(args.seeds / wall, 2), **totals})
     print(f"{args.seeds} seeds, {args.validators} validators: {failures} failed; "
           f"{totals['heights']} heights in {totals['rounds']} rounds, {totals['crashes']} crashes, "
