@@ -64,8 +64,8 @@ from consensus.types import (
     CommitCertificate,
     CommittedBlock,
     Evidence,
-    Message,
     EvidenceKind,
+    Message,
     Proposal,
     ValidatorSet,
     Vote,
@@ -185,9 +185,9 @@ class SimConfig:
     idle_block_ticks: int = 150
     client_retry_ticks: int = 500
     liveness_window: int = 40_000  # ticks after GST for everything to be committed
-    epoch_change_height: int | None = 2  # at this commit, weights change from height + 2
+    epoch_change_height: int | None = 1  # at this commit, weights change from height + 2
     hold_prevote_rate: float = 0.6  # prevotes to one node per height held back (it misses polkas)
-    split_rate: float = 0.75  # runs with a lock split at one early height (see `_plan_split`)
+    split_rate: float = 0.9  # chance that a height before GST gets a lock split (`_plan_split`)
     faulty_core: str = ""  # one of FAULTY_CORES: every honest node runs that bug (must be caught)
 
 

@@ -7,6 +7,7 @@ import dataclasses
 
 import msgpack
 import pytest
+from test_node_app import ANCHOR, KEYS, Shell, event, make_app
 
 import devsen.app as app_module
 from anchoring.attestations import attest, decode_attestation
@@ -14,7 +15,6 @@ from consensus.abci import Snapshot
 from consensus.signing import ZERO_HASH, keccak256
 from consensus.types import Block
 from devsen.app import encode_app_header
-from test_node_app import ANCHOR, KEYS, Shell, event, make_app
 
 
 @pytest.fixture
