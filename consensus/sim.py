@@ -983,16 +983,22 @@ def _signer(message: Vote | Proposal) -> bytes:
 def run_seeds(seeds: list[int], config: SimConfig, jobs: int = 1) -> list[SimResult]:
     """Run each seed (in `jobs` processes); returns all results in seed order (failures have
     ok False). A run is a pure function of (seed, config), so jobs change no result."""
+    return list(iter_seeds(seeds, config, jobs))
+
+
+def iter_seeds(seeds: list[int], config: SimConfig, jobs: int = 1) -> Iterator[SimResult]:
+    """`run_seeds`, yielding each result (in seed order) as soon as it is there."""
     if jobs <= 1 or len(seeds) < 2:
-        return [Simulation(seed, config).run() for seed in seeds]
+        yield from (Simulation(seed, config).run() for seed in seeds)
+        return
     import multiprocessing
 
     with multiprocessing.get_context("fork").Pool(jobs) as pool:
-        return pool.starmap(_run_one, [(seed, config) for seed in seeds], chunksize=8)
+        yield from pool.imap(_run_one, [(seed, config) for seed in seeds], chunksize=4)
 
 
-def _run_one(seed: int, config: SimConfig) -> SimResult:
-    return Simulation(seed, config).run()
+def _run_one(job: tuple[int, SimConfig]) -> SimResult:
+    return Simulation(*job).run()
 
 
 def _bench(validators: int) -> None:
@@ -1054,7 +1060,7 @@ def main(argv: list[str] | None = None) -> int:
     failures = 0
     totals = {"heights": 0, "rounds": 0, "crashes": 0, "evidence": 0, "dropped": 0}
     caught_by: dict[str, int] = {}
-    for result in run_seeds(list(range(args.first_seed, args.first_seed + args.seeds)), config, args.jobs):
+    for result in iter_seeds(list(range(args.first_seed, args.first_seed + args.seeds)), config, args.jobs):
         for key in totals:
             totals[key] += getattr(result, key)
         if not result.ok:
