@@ -78,6 +78,10 @@ def test_snapshot_moves_the_state_to_a_fresh_node(tmp_path, small_snapshots):
         assert b.ledger.state_hash() == empty_hash  # nothing taken before the last chunk
     assert b.apply_snapshot_chunk(len(chunks) - 1, chunks[-1]) is True
     assert b.ledger.state_hash() == hashes[6] and not b.restoring
+    # As a validator, b signs the batches still open at the snapshot that it had not signed.
+    resigned = [decode_attestation(p) for p in b.take_restored_outbound()]
+    assert resigned and all(att.signer == KEYS[1].address for att in resigned)
+    assert {att.subject for att in resigned} <= set(b.book.open_subjects())
     # Both continue from height 7 on and agree.
     assert shell_b.finalize(chain.blocks[6]) == hashes[7]
     nxt = chain.make((event("m8", "Heartbeat", {}),))
