@@ -183,6 +183,7 @@ class SimConfig:
     duplicate_rate: float = 0.05
     crash_rate: float = 0.5  # expected crashes per honest node before GST
     idle_block_ticks: int = 150
+    heartbeat_ticks: int = 2000  # an idle network still makes a block this often (the node's app does)
     client_retry_ticks: int = 500
     liveness_window: int = 40_000  # ticks after GST for everything to be committed
     epoch_change_height: int | None = 1  # at this commit, weights change from height + 2
@@ -214,13 +215,14 @@ class SimApp:
     a hash chain of blocks; at `epoch_change` it re-weights the validators from height + 2."""
 
     def __init__(self, submitted: set[bytes], honest: bool = True,
-                 epoch_change: tuple[int, ValidatorSet] | None = None) -> None:
+                 epoch_change: tuple[int, ValidatorSet] | None = None, heartbeat_ticks: int = 0) -> None:
         self.state_hash = ZERO_HASH
         self.height = 0
         self.committed: set[bytes] = set()
         self.submitted = submitted
         self.honest = honest
         self.epoch_change = epoch_change
+        self.heartbeat_ticks = heartbeat_ticks
         self.mempool = Mempool(max_count=10_000, max_bytes=64 * 1024 * 1024)
 
     def check_tx(self, payload: bytes) -> CheckResult:
@@ -253,7 +255,9 @@ class SimApp:
         update = None
         if self.epoch_change is not None and block.height == self.epoch_change[0]:
             update = ValidatorUpdate(block.height + 2, self.epoch_change[1])
-        return FinalizeResult(tuple(TxResult() for _ in block.payloads), self.state_hash, update)
+        needed = block.timestamp_ms + self.heartbeat_ticks if self.heartbeat_ticks else None
+        return FinalizeResult(tuple(TxResult() for _ in block.payloads), self.state_hash, update,
+                              block_needed_by_ms=needed)
 
     def commit(self, height: int) -> None:
         pass
@@ -348,6 +352,7 @@ class Simulation:
         # Lock splits (`_plan_split`): height -> (round-1 proposer, who gets whose round-0
         # precommits), or None for a height decided without one.
         self.splits: dict[int, tuple[int, dict[int, set[int]]] | None] = {}
+        self.bounced: set[tuple[int, int]] = set()  # (node, height): crashed once after locking
         self.garbage_key = SigningKey(keccak256(b"sim-outsider-%d" % seed))
         self._decoded: dict[bytes, Message | None] = {}  # one decode per distinct message (immutable)
 
@@ -479,7 +484,7 @@ class Simulation:
         node.incarnation += 1
         node.crash_countdown = None
         node.pending_content = None
-        node.app = SimApp(self.submitted, node.honest, self._epoch_change())
+        node.app = SimApp(self.submitted, node.honest, self._epoch_change(), self.config.heartbeat_ticks)
         replica = Replica(node.key, SIM_DOMAIN, self.genesis, "", node.app, timeouts=SIM_TIMEOUTS,
                           durable=False, max_payloads=self.config.batch,
                           fault_hook=self._fault_hook(node), wal_path=node.wal_uri,
@@ -543,6 +548,12 @@ class Simulation:
             node = self.nodes[index]
             if node.up and node.incarnation == incarnation:
                 self._run_node(node, lambda r: r.handle_timeout(timeout))
+        elif kind == "heartbeat":
+            index, incarnation, height = data
+            node = self.nodes[index]
+            if node.up and node.incarnation == incarnation and node.replica is not None \
+                    and node.replica.idle and node.replica.height == height:
+                self._run_node(node, lambda r: r.wake())
         elif kind == "content":
             index, incarnation = data
             node = self.nodes[index]
@@ -669,7 +680,7 @@ class Simulation:
             yield lambda r: r.validate(block, None)
         elif isinstance(output, Commit):
             self._on_commit(node, output)
-            yield lambda r: r.finalize(output, None)[1]
+            yield lambda r: self._finalize(node, r, output)
         elif isinstance(output, RequestCatchUp):
             peers = [i for i in range(len(self.nodes)) if i != node.index]
             peer = int(str(output.peer)) if output.peer is not None else self.rng.choice(peers)
@@ -683,6 +694,15 @@ class Simulation:
             self.result.evidence += 1
         elif isinstance(output, Dropped):
             self.result.dropped += 1
+
+    def _finalize(self, node: SimNode, replica: Replica, commit: Commit) -> list[Output]:
+        """Apply the commit; like the node's service, wake the next height when the application
+        needs a block (an idle network's heartbeat: a node left behind then finds out)."""
+        result, outputs = replica.finalize(commit, None)
+        if result.block_needed_by_ms is not None:
+            self._push(max(self.now + 1, result.block_needed_by_ms), "heartbeat",
+                       (node.index, node.incarnation, commit.block.height + 1))
+        return outputs
 
     def _index_of(self, address: bytes) -> int:
         return next(n.index for n in self.nodes if n.key.address == address)
@@ -702,7 +722,8 @@ class Simulation:
                 if message.round > self.locks.get(key, (-1, b""))[0]:
                     self.locks[key] = (message.round, message.block_hash)
                 if (self.splits.get(message.height) and message.round == 0 and not self._good()
-                        and self.rng.random() < 0.5):
+                        and key not in self.bounced and self.rng.random() < 0.5):
+                    self.bounced.add(key)
                     self._push(self.now + 1, "bounce", node.index)  # it locked: does it remember?
         if isinstance(message, Vote):
             self._note_vote(message)
