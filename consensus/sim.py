@@ -10,8 +10,11 @@ of a node's output processing with restart from its WAL and block store (SQLite,
 memory), timer skew, client retries, and up to f Byzantine validators (equivocating
 proposer, double voter, silent, garbage sender). Honest nodes are `Replica`s with a small
 deterministic application. After every commit it checks agreement, validity, no payload
-committed twice, chain links and certificates; at the end, liveness (every submitted
-payload committed by every honest node once the network is good).
+committed twice, chain links and certificates; at every prevote, the lock invariant (an
+honest validator locked on a block prevotes another only after a newer polka for it, its
+lock read from its own signed precommits, so a node that forgot it is caught too); at the
+end, liveness (every submitted payload committed by every honest node once the network is
+good). Lock splits (`_plan_split`) make the schedules where only locks keep a height safe.
 """
 
 from __future__ import annotations
