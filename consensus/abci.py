@@ -16,8 +16,12 @@ interface, in this order for every height:
                  facts)                  here halts every node: refuse inside, never raise)
   commit(height)                         persist what finalize produced (snapshots); may do disk I/O
 
-Snapshots (state sync, the community-nodes issue): list_snapshots / load_snapshot_chunk
-on a serving node; offer_snapshot / apply_snapshot_chunk on a joining node.
+Snapshots (state sync, after CometBFT's): list_snapshots / load_snapshot_chunk on a serving
+node; on a joining node offer_snapshot(snapshot, trusted_app_hash), where the trusted app hash
+is read from a verified commit's header (block height + 1), then apply_snapshot_chunk for each
+chunk: each is checked against the offered chunk hashes (a hostile peer's chunk is refused and
+fetched elsewhere), and the restored state must hash to the trusted app hash or is refused.
+Fetching chunks from peers is the community-nodes issue's.
 
 `propose_facts()` is the I/O half of proposing (e.g. the chain head to name), also called
 off the loop; its result is passed to `prepare_proposal`.
@@ -99,13 +103,19 @@ class Prepared:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """An application snapshot a node offers for state sync."""
+    """An application snapshot a node offers for state sync (CometBFT's abci.Snapshot).
+
+    Nothing here is trusted by a joining node: it calls `offer_snapshot(snapshot, app_hash)`
+    with the app hash it read from a verified commit's header (block `height + 1`), and the
+    application checks every chunk against `metadata`'s chunk hashes and the restored state
+    against that app hash."""
 
     height: int
     format: int
     chunks: int
-    hash: bytes  # hash over the chunk hashes
-    app_hash: bytes  # the app hash certified in block `height + 1`'s header
+    hash: bytes  # keccak256 over the concatenated chunk hashes
+    app_hash: bytes  # the app hash the snapshot claims (block `height + 1`'s header certifies it)
+    metadata: bytes = b""  # application-defined; NodeApplication: msgpack [block hash, chunk hashes]
 
 
 class Application(Protocol):

@@ -31,6 +31,11 @@ Opening a Replica on an existing data directory: `app.restore` loads a snapshot,
 replays `replay_heights()` through `replay(height, facts)`, then `start()` resumes at the
 next undecided height from the WAL, so a restarted node re-sends its old votes and never
 signs conflicting ones.
+
+State sync: a serving replica hands out its application's snapshots (`snapshots`,
+`snapshot_chunk`); a joining node offers one to its application with the app hash of a
+verified commit (`Application.offer_snapshot` / `apply_snapshot_chunk`). Starting a replica
+above a synced snapshot, with no blocks below it in the store, is the community-nodes issue's.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from consensus.abci import Application, FinalizeResult, ValidatorUpdate
+from consensus.abci import Application, FinalizeResult, Snapshot, ValidatorUpdate
 from consensus.core import (
     MAX_RECENT_COMMITS,
     Commit,
@@ -170,6 +175,14 @@ class Replica:
     def block_records(self, from_height: int, to_height: int) -> list[bytes]:
         """Committed blocks as wire bytes (the p2p sync server's BlockSource)."""
         return self.store.records(from_height, to_height)
+
+    def snapshots(self) -> tuple[Snapshot, ...]:
+        """The application's kept snapshots (the serving side of state sync, like `block_records`)."""
+        return self.app.list_snapshots()
+
+    def snapshot_chunk(self, height: int, format: int, index: int) -> bytes | None:
+        """One chunk of a kept snapshot, or None (no such snapshot, format or index)."""
+        return self.app.load_snapshot_chunk(height, format, index)
 
     def bindings_in_force(self) -> dict[bytes, bytes]:
         """Peer bindings of every validator set deciding the current height or a later one."""

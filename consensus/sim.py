@@ -10,8 +10,11 @@ of a node's output processing with restart from its WAL and block store (SQLite,
 memory), timer skew, client retries, and up to f Byzantine validators (equivocating
 proposer, double voter, silent, garbage sender). Honest nodes are `Replica`s with a small
 deterministic application. After every commit it checks agreement, validity, no payload
-committed twice, chain links and certificates; at the end, liveness (every submitted
-payload committed by every honest node once the network is good).
+committed twice, chain links and certificates; at every prevote, the lock invariant (an
+honest validator locked on a block prevotes another only after a newer polka for it, its
+lock read from its own signed precommits, so a node that forgot it is caught too); at the
+end, liveness (every submitted payload committed by every honest node once the network is
+good). Lock splits (`_plan_split`) make the schedules where only locks keep a height safe.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +67,7 @@ from consensus.types import (
     CommittedBlock,
     Evidence,
     EvidenceKind,
+    Message,
     Proposal,
     ValidatorSet,
     Vote,
@@ -125,6 +130,35 @@ class IgnoredLockCore(ConsensusCore):
 FAULTY_CORES = ("no-wal", "majority-quorum", "ignored-lock")
 
 
+@contextmanager
+def _verify_once() -> Iterator[None]:
+    """While one run lasts, each distinct Vote/Proposal's signature is checked once.
+
+    Every simulated node receives the same messages, and recovering a secp256k1 signature
+    (with its EIP-712 digest) was most of the simulator's time. `verify` is a pure function
+    of (message, domain), so remembering its result changes no outcome: every call still
+    gets what the real check answers for that exact message."""
+    originals = Vote.verify, Proposal.verify
+    memo: dict[tuple[Any, Domain], bool] = {}
+
+    def once(original: Any) -> Any:
+        def verify(self: Any, domain: Domain) -> bool:
+            key = (self, domain)
+            verdict = memo.get(key)
+            if verdict is None:
+                if len(memo) > 200_000:
+                    memo.clear()
+                verdict = memo[key] = original(self, domain)
+            return verdict
+        return verify
+
+    Vote.verify, Proposal.verify = once(originals[0]), once(originals[1])  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Vote.verify, Proposal.verify = originals  # type: ignore[method-assign]
+
+
 class SimCrash(Exception):
     """Raised by the fault hook: the node dies at this exact point."""
 
@@ -153,10 +187,12 @@ class SimConfig:
     duplicate_rate: float = 0.05
     crash_rate: float = 0.5  # expected crashes per honest node before GST
     idle_block_ticks: int = 150
+    heartbeat_ticks: int = 2000  # an idle network still makes a block this often (the node's app does)
     client_retry_ticks: int = 500
     liveness_window: int = 40_000  # ticks after GST for everything to be committed
-    epoch_change_height: int | None = 4  # at this commit, weights change from height + 2
+    epoch_change_height: int | None = 1  # at this commit, weights change from height + 2
     hold_prevote_rate: float = 0.6  # prevotes to one node per height held back (it misses polkas)
+    split_rate: float = 0.9  # chance that a height before GST gets a lock split (`_plan_split`)
     faulty_core: str = ""  # one of FAULTY_CORES: every honest node runs that bug (must be caught)
 
 
@@ -183,13 +219,14 @@ class SimApp:
     a hash chain of blocks; at `epoch_change` it re-weights the validators from height + 2."""
 
     def __init__(self, submitted: set[bytes], honest: bool = True,
-                 epoch_change: tuple[int, ValidatorSet] | None = None) -> None:
+                 epoch_change: tuple[int, ValidatorSet] | None = None, heartbeat_ticks: int = 0) -> None:
         self.state_hash = ZERO_HASH
         self.height = 0
         self.committed: set[bytes] = set()
         self.submitted = submitted
         self.honest = honest
         self.epoch_change = epoch_change
+        self.heartbeat_ticks = heartbeat_ticks
         self.mempool = Mempool(max_count=10_000, max_bytes=64 * 1024 * 1024)
 
     def check_tx(self, payload: bytes) -> CheckResult:
@@ -222,7 +259,9 @@ class SimApp:
         update = None
         if self.epoch_change is not None and block.height == self.epoch_change[0]:
             update = ValidatorUpdate(block.height + 2, self.epoch_change[1])
-        return FinalizeResult(tuple(TxResult() for _ in block.payloads), self.state_hash, update)
+        needed = block.timestamp_ms + self.heartbeat_ticks if self.heartbeat_ticks else None
+        return FinalizeResult(tuple(TxResult() for _ in block.payloads), self.state_hash, update,
+                              block_needed_by_ms=needed)
 
     def commit(self, height: int) -> None:
         pass
@@ -309,7 +348,17 @@ class Simulation:
         self.result = SimResult(seed, True, behaviors=[nd.behavior.value for nd in self.nodes])
         self.signed: dict[tuple[int, str, int, int, int], bytes] = {}  # across restarts
         self.amplified: set[tuple[int, int, int, int, bytes]] = set()
+        # Every prevote anyone signed: (height, round, block hash) -> signers (the lock invariant).
+        self.prevotes: dict[tuple[int, int, bytes], set[bytes]] = {}
+        # Each honest node's lock per height as its own signed precommits show it (survives its
+        # crashes: a node that forgot its lock is caught too): (node, height) -> (round, hash).
+        self.locks: dict[tuple[int, int], tuple[int, bytes]] = {}
+        # Lock splits (`_plan_split`): height -> (round-1 proposer, who gets whose round-0
+        # precommits), or None for a height decided without one.
+        self.splits: dict[int, tuple[int, dict[int, set[int]]] | None] = {}
+        self.bounced: set[tuple[int, int]] = set()  # (node, height): crashed once after locking
         self.garbage_key = SigningKey(keccak256(b"sim-outsider-%d" % seed))
+        self._decoded: dict[bytes, Message | None] = {}  # one decode per distinct message (immutable)
 
     # ------------------------------------------------------------------ event queue
 
@@ -324,7 +373,8 @@ class Simulation:
     def _good(self) -> bool:
         return self.now >= self.gst
 
-    def _send(self, src: int, dst: int, channel: str, data: bytes, targeted: float = 0.0) -> None:
+    def _send(self, src: int, dst: int, channel: str, data: bytes, targeted: float = 0.0,
+              message: Vote | Proposal | None = None) -> None:
         """Put a message on the simulated network (drop, duplicate, delay, partition).
 
         Before GST the network is adversarial: messages that finish a height (precommits,
@@ -334,6 +384,12 @@ class Simulation:
         """
         cfg = self.config
         hold = 0
+        if message is not None and cfg.faults and not self._good():
+            held = self._split_hold(src, dst, message)
+            if held is not None:  # the adversary controls this delivery exactly
+                at = (self.gst if held else self.now) + self.rng.randint(1, cfg.max_delay_after_gst)
+                self._push(at, "deliver", (dst, src, channel, data))
+                return
         if not self._good() and cfg.faults:
             if self.partition and not any(src in g and dst in g for g in self.partition):
                 return
@@ -353,6 +409,23 @@ class Simulation:
     # ------------------------------------------------------------------ setup and run
 
     def run(self) -> SimResult:
+        with _verify_once():
+            return self._run()
+
+    def _decode(self, body: bytes) -> Message | None:
+        """The decoded message (shared by every receiver: messages are immutable), or None."""
+        if body in self._decoded:
+            return self._decoded[body]
+        if len(self._decoded) > 100_000:
+            self._decoded.clear()
+        try:
+            message: Message | None = decode_message(body)
+        except WireError:
+            message = None
+        self._decoded[body] = message
+        return message
+
+    def _run(self) -> SimResult:
         cfg = self.config
         try:
             for node in self.nodes:
@@ -415,7 +488,7 @@ class Simulation:
         node.incarnation += 1
         node.crash_countdown = None
         node.pending_content = None
-        node.app = SimApp(self.submitted, node.honest, self._epoch_change())
+        node.app = SimApp(self.submitted, node.honest, self._epoch_change(), self.config.heartbeat_ticks)
         replica = Replica(node.key, SIM_DOMAIN, self.genesis, "", node.app, timeouts=SIM_TIMEOUTS,
                           durable=False, max_payloads=self.config.batch,
                           fault_hook=self._fault_hook(node), wal_path=node.wal_uri,
@@ -448,7 +521,7 @@ class Simulation:
             raise SimCrash()
         node.crash_countdown -= 1
 
-    def _crash(self, node: SimNode) -> None:
+    def _crash(self, node: SimNode, restart_within: int = 1500) -> None:
         assert node.replica is not None
         self._log(f"crash n{node.index} at height {node.replica.height}")
         node.replica.close()
@@ -456,7 +529,7 @@ class Simulation:
         node.crash_countdown = None
         node.incarnation += 1
         self.result.crashes += 1
-        restart = self.now + self.rng.randint(50, 1500)
+        restart = self.now + self.rng.randint(min(50, restart_within), restart_within)
         self._push(min(restart, self.gst), "restart", node.index)
 
     # ------------------------------------------------------------------ events
@@ -472,12 +545,19 @@ class Simulation:
             else:
                 if node.behavior in (Behavior.DOUBLE_VOTER, Behavior.EQUIVOCATOR):
                     self._amplify(node, body)
-                self._run_node(node, lambda r: r.handle_message(body, str(src)))
+                decoded = self._decode(body)  # undecodable bytes go in as bytes: the replica drops them
+                self._run_node(node, lambda r: r.handle_message(decoded or body, str(src)))
         elif kind == "timer":
             index, incarnation, timeout = data
             node = self.nodes[index]
             if node.up and node.incarnation == incarnation:
                 self._run_node(node, lambda r: r.handle_timeout(timeout))
+        elif kind == "heartbeat":
+            index, incarnation, height = data
+            node = self.nodes[index]
+            if node.up and node.incarnation == incarnation and node.replica is not None \
+                    and node.replica.idle and node.replica.height == height:
+                self._run_node(node, lambda r: r.wake())
         elif kind == "content":
             index, incarnation = data
             node = self.nodes[index]
@@ -487,11 +567,17 @@ class Simulation:
             self._client_submit(data)
         elif kind == "crash":
             node = self.nodes[data]
-            if node.up and not self._good():
+            if node.up and not self._good() and self._splitting(node):
+                self._push(self.now + self.rng.randint(100, 500), "crash", data)  # later
+            elif node.up and not self._good():
                 if self.rng.random() < 0.5:
                     self._crash(node)
                 else:
                     node.crash_countdown = self.rng.randint(0, 8)  # dies mid-processing
+        elif kind == "bounce":  # crash and restart soon (before the next round's proposal)
+            node = self.nodes[data]
+            if node.up and not self._good():
+                self._crash(node, restart_within=200)
         elif kind == "restart":
             node = self.nodes[data]
             if not node.up:
@@ -598,7 +684,7 @@ class Simulation:
             yield lambda r: r.validate(block, None)
         elif isinstance(output, Commit):
             self._on_commit(node, output)
-            yield lambda r: r.finalize(output, None)[1]
+            yield lambda r: self._finalize(node, r, output)
         elif isinstance(output, RequestCatchUp):
             peers = [i for i in range(len(self.nodes)) if i != node.index]
             peer = int(str(output.peer)) if output.peer is not None else self.rng.choice(peers)
@@ -613,6 +699,15 @@ class Simulation:
         elif isinstance(output, Dropped):
             self.result.dropped += 1
 
+    def _finalize(self, node: SimNode, replica: Replica, commit: Commit) -> list[Output]:
+        """Apply the commit; like the node's service, wake the next height when the application
+        needs a block (an idle network's heartbeat: a node left behind then finds out)."""
+        result, outputs = replica.finalize(commit, None)
+        if result.block_needed_by_ms is not None:
+            self._push(max(self.now + 1, result.block_needed_by_ms), "heartbeat",
+                       (node.index, node.incarnation, commit.block.height + 1))
+        return outputs
+
     def _index_of(self, address: bytes) -> int:
         return next(n.index for n in self.nodes if n.key.address == address)
 
@@ -624,19 +719,34 @@ class Simulation:
             first = self.signed.setdefault(slot, message.block_hash)
             if first != message.block_hash:
                 raise SafetyViolation(f"honest n{node.index} signed two different messages for {slot}")
+            if isinstance(message, Vote) and message.vote_type == VoteType.PREVOTE:
+                self._check_lock(node, message)
+            elif isinstance(message, Vote) and message.block_hash != ZERO_HASH:  # L36-L39: locked
+                key = (node.index, message.height)
+                if message.round > self.locks.get(key, (-1, b""))[0]:
+                    self.locks[key] = (message.round, message.block_hash)
+                if (self.splits.get(message.height) and message.round == 0 and not self._good()
+                        and key not in self.bounced and self.rng.random() < 0.5):
+                    self.bounced.add(key)
+                    self._push(self.now + 1, "bounce", node.index)  # it locked: does it remember?
+        if isinstance(message, Vote):
+            self._note_vote(message)
         for other in self.nodes:
             if other is node:
                 continue
             data = output.data
+            sent: Vote | Proposal | None = message if isinstance(message, Vote | Proposal) else None
             if node.behavior == Behavior.DOUBLE_VOTER and isinstance(message, Vote) and self.rng.random() < 0.5:
                 other_hash = self.rng.choice([ZERO_HASH, keccak256(self.rng.getrandbits(64).to_bytes(8, "big"))])
                 if other_hash != message.block_hash:
-                    data = Vote.sign(node.key, SIM_DOMAIN, message.vote_type, message.height,
-                                     message.round, other_hash).to_bytes()
+                    other_vote = Vote.sign(node.key, SIM_DOMAIN, message.vote_type, message.height,
+                                           message.round, other_hash)
+                    self._note_vote(other_vote)
+                    data, sent = other_vote.to_bytes(), other_vote
             elif (node.behavior == Behavior.EQUIVOCATOR and isinstance(message, Proposal)
                   and other.index % 2 == 1):
-                data = Proposal.sign(node.key, SIM_DOMAIN, message.round, -1,
-                                     self._twin(node, message.block)).to_bytes()
+                twin = Proposal.sign(node.key, SIM_DOMAIN, message.round, -1, self._twin(node, message.block))
+                data, sent = twin.to_bytes(), twin
             precommit = isinstance(message, Vote) and message.vote_type == VoteType.PRECOMMIT
             prevote = isinstance(message, Vote) and message.vote_type == VoteType.PREVOTE
             # One node per height misses the polkas (it may propose something else next round,
@@ -644,7 +754,97 @@ class Simulation:
             blind = prevote and other.index == self._blind_node(message.height)
             self._send(node.index, other.index, "consensus", data,
                        self.config.hold_precommit_rate if precommit
-                       else self.config.hold_prevote_rate if blind else 0.0)
+                       else self.config.hold_prevote_rate if blind else 0.0, sent)
+
+    def _note_vote(self, vote: Vote) -> None:
+        if vote.vote_type == VoteType.PREVOTE:
+            self.prevotes.setdefault((vote.height, vote.round, vote.block_hash), set()).add(vote.validator)
+
+    def _check_lock(self, node: SimNode, prevote: Vote) -> None:
+        """Locks (L23/L29): an honest validator locked on L in round lr < r prevotes another
+        block X in round r only if X had a polka (2f+1 prevotes) in some round vr, lr <= vr < r."""
+        assert node.replica is not None
+        x, r = prevote.block_hash, prevote.round
+        locked_round, locked = self.locks.get((node.index, prevote.height), (-1, ZERO_HASH))
+        if x == ZERO_HASH or locked_round < 0 or locked_round >= r or locked == x:
+            return
+        validators = node.replica.core.schedule.set_for(prevote.height)
+        for vr in range(locked_round, r):
+            signers = self.prevotes.get((prevote.height, vr, x), ())
+            if sum(validators.power(a) for a in signers) >= validators.quorum_power:
+                return
+        raise SafetyViolation(f"lock: n{node.index} locked on {locked.hex()[:8]} in round "
+                              f"{locked_round} prevoted {x.hex()[:8]} in round {r} at "
+                              f"h{prevote.height} without a newer polka")
+
+    def _plan_split(self, height: int) -> tuple[int, dict[int, set[int]]] | None:
+        """The schedule where only locks keep a height safe (Tendermint's L23/L29).
+
+        Planned when a height's round-0 proposal is first sent, with probability `split_rate`,
+        if GST is not near. With P the proposer of round 0 and D that of round 1 (not silent;
+        D is not crashed meanwhile), until GST: D never gets round 0's proposal, so it cannot know B1 and prevotes nil;
+        every other node sees the polka for B1 and locks on it; each node gets just enough
+        round-0 precommits to time out (2f+1 in all) but fewer than 2f+1 for B1, so nobody
+        decides and all move to round 1, where D proposes a fresh block B2. Locked validators
+        must prevote nil for B2 (a core ignoring its lock prevotes B2: the lock invariant
+        fails, and with 2f+1 such prevotes B2 is decided where B1 may be).
+        """
+        if self.now > self.gst - 600 or self.rng.random() >= self.config.split_rate:
+            return None
+        validators = self._set_for(height)
+        p = self._index_of(validators.proposer(height, 0))
+        d = self._index_of(validators.proposer(height, 1))
+        if p == d or Behavior.SILENT in (self.nodes[p].behavior, self.nodes[d].behavior):
+            return None
+        power = [validators.power(node.key.address) for node in self.nodes]
+        quorum = validators.quorum_power
+        others = [i for i in range(len(self.nodes)) if i != d]
+        self.rng.shuffle(others)
+        allowed: dict[int, set[int]] = {}
+        for t in range(len(self.nodes)):
+            senders = {d} if t != d else set()
+            total = power[t] + (power[d] if t != d else 0)  # its own precommit and D's nil
+            for_b1 = power[t] if t != d else 0
+            start = others.index(t) + 1 if t in others else 0
+            for o in (others[(start + j) % len(others)] for j in range(len(others))):
+                if total >= quorum:
+                    break
+                if o != t:
+                    senders.add(o)
+                    total += power[o]
+                    for_b1 += power[o]
+            if total < quorum or for_b1 >= quorum:
+                return None  # these powers admit no split
+            allowed[t] = senders
+        self._log(f"split at h{height}: n{d} proposes round 1")
+        return d, allowed
+
+    def _set_for(self, height: int) -> ValidatorSet:
+        change = self._epoch_change()
+        return change[1] if change is not None and height >= change[0] + 2 else self.genesis
+
+    def _splitting(self, node: SimNode) -> bool:
+        """`node` is the round-1 proposer of a split still undecided (it is not crashed then)."""
+        return any(split is not None and split[0] == node.index and h not in self.decided
+                   for h, split in self.splits.items())
+
+    def _split_hold(self, src: int, dst: int, message: Vote | Proposal) -> bool | None:
+        """None: not a message of a split; True: held until GST; False: delivered now."""
+        if message.height not in self.splits:
+            if not (isinstance(message, Proposal) and message.round == 0) or message.height in self.decided:
+                return None
+            self.splits[message.height] = self._plan_split(message.height)
+        split = self.splits[message.height]
+        if split is None or message.round > 1:
+            return None
+        d, allowed = split
+        if message.round == 1:
+            return False
+        if isinstance(message, Proposal):
+            return dst == d
+        if message.vote_type == VoteType.PREVOTE:
+            return False
+        return src not in allowed[dst]
 
     def _blind_node(self, height: int) -> int:
         """The proposer of round 1: missing round 0's polka, it proposes a fresh block that
@@ -665,21 +865,20 @@ class Simulation:
     def _amplify(self, node: SimNode, body: bytes) -> None:
         """Double voters and equivocators also vote for every value they see anyone vote
         for (worst case: their power joins every would-be quorum)."""
-        try:
-            message = decode_message(body)
-        except WireError:
-            return
+        message = self._decode(body)
         if not isinstance(message, Vote) or message.validator == node.key.address:
             return
         slot = (node.index, message.vote_type, message.height, message.round, message.block_hash)
         if slot in self.amplified:
             return
         self.amplified.add(slot)
-        echo = Vote.sign(node.key, SIM_DOMAIN, message.vote_type, message.height, message.round,
-                         message.block_hash).to_bytes()
+        vote = Vote.sign(node.key, SIM_DOMAIN, message.vote_type, message.height, message.round,
+                         message.block_hash)
+        self._note_vote(vote)
+        echo = vote.to_bytes()
         for other in self.nodes:
             if other is not node:
-                self._send(node.index, other.index, "consensus", echo)
+                self._send(node.index, other.index, "consensus", echo, message=vote)
 
     def _send_garbage(self, node: SimNode) -> None:
         """Hostile inputs: random bytes, forged/non-validator votes, wrong heights, oversize;
@@ -806,9 +1005,25 @@ def _signer(message: Vote | Proposal) -> bytes:
 # --------------------------------------------------------------------------- command line
 
 
-def run_seeds(seeds: list[int], config: SimConfig) -> list[SimResult]:
-    """Run each seed; returns all results (failures have ok False)."""
-    return [Simulation(seed, config).run() for seed in seeds]
+def run_seeds(seeds: list[int], config: SimConfig, jobs: int = 1) -> list[SimResult]:
+    """Run each seed (in `jobs` processes); returns all results in seed order (failures have
+    ok False). A run is a pure function of (seed, config), so jobs change no result."""
+    return list(iter_seeds(seeds, config, jobs))
+
+
+def iter_seeds(seeds: list[int], config: SimConfig, jobs: int = 1) -> Iterator[SimResult]:
+    """`run_seeds`, yielding each result (in seed order) as soon as it is there."""
+    if jobs <= 1 or len(seeds) < 2:
+        yield from (Simulation(seed, config).run() for seed in seeds)
+        return
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(jobs) as pool:
+        yield from pool.imap(_run_one, [(seed, config) for seed in seeds], chunksize=4)
+
+
+def _run_one(job: tuple[int, SimConfig]) -> SimResult:
+    return Simulation(*job).run()
 
 
 def _bench(validators: int) -> None:
@@ -850,6 +1065,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drop-rate", type=float, default=0.1, help="message loss before GST")
     parser.add_argument("--crash-rate", type=float, default=0.5, help="crashes per honest node")
     parser.add_argument("--byzantine", type=int, help="exactly this many (default: random 0..f)")
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes (results do not depend on it)")
     parser.add_argument("--trace", action="store_true", help="print every event of the run")
     parser.add_argument("--bench", action="store_true", help="throughput/latency as batch grows")
     args = parser.parse_args(argv)
@@ -869,8 +1085,7 @@ def main(argv: list[str] | None = None) -> int:
     failures = 0
     totals = {"heights": 0, "rounds": 0, "crashes": 0, "evidence": 0, "dropped": 0}
     caught_by: dict[str, int] = {}
-    for seed in range(args.first_seed, args.first_seed + args.seeds):
-        result = Simulation(seed, config).run()
+    for result in iter_seeds(list(range(args.first_seed, args.first_seed + args.seeds)), config, args.jobs):
         for key in totals:
             totals[key] += getattr(result, key)
         if not result.ok:
@@ -884,7 +1099,8 @@ def main(argv: list[str] | None = None) -> int:
         _write_summary(args.summary, {
             "validators": args.validators, "faulty_core": args.faulty_core or None,
             "seeds": args.seeds, "first_seed": args.first_seed, "failed": failures,
-            "caught_by": caught_by, "seconds": round(wall, 1),
+            **({"caught": f"{failures}/{args.seeds}"} if args.faulty_core else {}),
+            "caught_by": caught_by, "seconds": round(wall, 1), "jobs": args.jobs,
             "seeds_per_s": round(args.seeds / wall, 2), **totals})
     print(f"{args.seeds} seeds, {args.validators} validators: {failures} failed; "
           f"{totals['heights']} heights in {totals['rounds']} rounds, {totals['crashes']} crashes, "

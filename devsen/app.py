@@ -75,8 +75,12 @@ MESSAGE_WINDOW_BLOCKS = 1_000  # the HTTP charger-message look-up covers this ma
 # a locked value may be re-proposed rounds later with its original, older time).
 MAX_FUTURE_DRIFT_MS = 30_000
 IDLE_HEARTBEAT_MS = 30_000  # an idle network still makes one block this often (chain-side changes)
-SNAPSHOT_FORMAT = 2  # 2: the attestation book keeps its recent quorums and re-opened subjects
+SNAPSHOT_FORMAT = 3  # 3: the open anchor batch's blocks (state sync has no block store) and the
+# attestation book's recent and re-opened quorums (re-signed after a validator-set change)
 SNAPSHOT_EVERY_BLOCKS = 100  # a restart replays at most this many blocks (and reads the chain for them)
+SNAPSHOTS_KEPT = 3  # snapshots offered for state sync (older ones are deleted)
+SNAPSHOT_CHUNK_BYTES = 1 << 20  # state sync moves a snapshot in chunks of at most 1 MiB
+MAX_SNAPSHOT_CHUNKS = 4_096  # an offer of a bigger snapshot (> 4 GiB) is refused
 CODE_CALLERROR = 1  # TxResult.code of an event the ledger answered with a CALLERROR (`log` = OCPP code)
 CODE_ATTESTATION_IGNORED = 2  # late, repeated or for a closed subject
 CODE_BLOCK_REFUSED = 3  # the ledger refused the whole committed block (state unchanged)
@@ -242,6 +246,10 @@ class NodeApplication:
         self._messages_by_height: deque[tuple[int, tuple[tuple[str, str], ...]]] = deque()
         self.last_eth_block = 0
         self._last_block: tuple[int, bytes] = (0, b"")
+        # Blocks of the open anchor batch a snapshot must carry: (height, time, event ids) of its
+        # first block and of those with events (a state-synced node has no block store).
+        self._open_blocks: list[tuple[int, int, tuple[bytes, ...]]] = []
+        self._restoring: _Restoring | None = None  # a state-sync restore in progress
         self._outbound: list[bytes] = []  # own attestations signed while finalizing
         self._restored: list[bytes] = []  # ... and while restoring (take_restored_outbound)
         self._restored_quorums: list[Quorum] = []  # the book's recent quorums after a restore
@@ -444,6 +452,7 @@ class NodeApplication:
         self.anchor_index.record_block(block.height, event_ids)
         notices: list[Any] = []
         closed = self.batcher.on_block(BatchBlock(block.height, block.timestamp_ms, event_ids))
+        self._track_open_block(block.height, block.timestamp_ms, event_ids, closed is not None)
         if closed is not None:
             batch, _ = closed
             self.anchor_index.record_batch(batch)
@@ -588,36 +597,38 @@ class NodeApplication:
         quorums, self._restored_quorums = tuple(self._restored_quorums), []
         return quorums
 
-    # ---------------------------------------------------------------- state sync (not offered yet)
+    # ---------------------------------------------------------------- snapshots (local restore)
 
-    def list_snapshots(self) -> tuple[Snapshot, ...]:
-        """State sync is not offered yet (the community-nodes issue): no snapshots listed."""
-        return ()
+    def _track_open_block(self, height: int, time_ms: int, event_ids: tuple[bytes, ...], closed: bool) -> None:
+        if closed:
+            self._open_blocks = []
+        elif not self._open_blocks or event_ids:
+            self._open_blocks.append((height, time_ms, event_ids))
 
-    def load_snapshot_chunk(self, height: int, format: int, index: int) -> bytes | None:
-        return None
+    @property
+    def snapshot_dir(self) -> Path | None:
+        """Where the last SNAPSHOTS_KEPT snapshots are kept for state sync (next to `snapshot_path`)."""
+        return None if self.snapshot_path is None else self.snapshot_path.with_name(self.snapshot_path.name + ".d")
 
-    def offer_snapshot(self, snapshot: Snapshot, app_hash: bytes) -> bool:
-        return False
-
-    def apply_snapshot_chunk(self, index: int, chunk: bytes) -> bool | None:
-        return False
-
-    # ---------------------------------------------------------------- snapshots
-
-    def write_snapshot(self, height: int, block_hash: bytes) -> None:
-        """Persist the application state after `height` (atomically: temp file + rename)."""
-        assert self.snapshot_path is not None
+    def _snapshot_bytes(self, height: int, block_hash: bytes) -> bytes:
         pending, completed, reopened = self.book.export_state()
         batcher = self.batcher.state
-        data = msgpack.packb([
+        data: bytes = msgpack.packb([
             SNAPSHOT_FORMAT, height, block_hash, self.ledger.state_hash(), self.ledger.to_bytes(),
             self.last_eth_block, self.epoch, list(self.validators),
             [batcher.next_batch_id, batcher.next_height, batcher.last_close_ms],
             [[_subject_fields(subject), [[a, sig] for a, sig in signatures.items()]] for subject, signatures in pending],
             [_quorum_fields(q) for q in completed],
             [[_quorum_fields(q), until] for q, until in reopened],
+            [[h, t, list(ids)] for h, t, ids in self._open_blocks],
         ], use_bin_type=True)
+        return data
+
+    def write_snapshot(self, height: int, block_hash: bytes) -> None:
+        """Persist the application state after `height` (atomically: temp file + rename), and
+        keep it, chunked for state sync, among the last SNAPSHOTS_KEPT (`list_snapshots`)."""
+        assert self.snapshot_path is not None
+        data = self._snapshot_bytes(height, block_hash)
         temporary = self.snapshot_path.with_name(self.snapshot_path.name + ".tmp")
         with open(temporary, "wb") as file:
             file.write(data)
@@ -625,6 +636,30 @@ class NodeApplication:
             os.fsync(file.fileno())
         os.replace(temporary, self.snapshot_path)
         self.counters["snapshots"] = self.counters.get("snapshots", 0) + 1
+        self._keep_snapshot(height, block_hash, data)
+
+    def _keep_snapshot(self, height: int, block_hash: bytes, data: bytes) -> None:
+        """The retained copy is a hard link to the file just written (no second write), plus a
+        small sidecar with the chunk hashes; the oldest beyond SNAPSHOTS_KEPT are deleted."""
+        directory = self.snapshot_dir
+        assert directory is not None and self.snapshot_path is not None
+        directory.mkdir(exist_ok=True)
+        name = f"{height:012d}"
+        blob = directory / f"{name}.snap"
+        blob.unlink(missing_ok=True)
+        try:
+            os.link(self.snapshot_path, blob)
+        except OSError:  # a file system without hard links: copy
+            blob.write_bytes(data)
+        hashes = [keccak256(chunk) for chunk in _chunks(data)]
+        sidecar = msgpack.packb([SNAPSHOT_FORMAT, height, block_hash, self.ledger.state_hash(), hashes],
+                                use_bin_type=True)
+        temporary = directory / f"{name}.meta.tmp"
+        temporary.write_bytes(sidecar)
+        os.replace(temporary, directory / f"{name}.meta")  # the sidecar last: it makes the snapshot listed
+        for old in sorted(directory.glob("*.meta"))[:-SNAPSHOTS_KEPT]:
+            old.unlink(missing_ok=True)
+            old.with_suffix(".snap").unlink(missing_ok=True)
 
     def restore(self, last_height: int, get_block: Any) -> tuple[int, bytes] | None:
         """Load the latest snapshot at or below `last_height` that matches the block store.
@@ -635,39 +670,134 @@ class NodeApplication:
         if self.snapshot_path is None or not self.snapshot_path.is_file():
             return None
         try:
-            (version, height, block_hash, state_hash, ledger_bytes, last_eth_block, epoch, validators,
-             batcher, pending, completed, reopened) = msgpack.unpackb(self.snapshot_path.read_bytes(), raw=False)
-            if version != SNAPSHOT_FORMAT or not 0 < height <= last_height:
-                raise ValueError(f"snapshot format {version} at height {height} does not fit the store")
-            committed: CommittedBlock | None = get_block(height)
-            if committed is None or committed.block.hash != block_hash:
-                raise ValueError(f"snapshot block {height} is not the stored block")
-            ledger = Ledger.from_bytes(ledger_bytes)
-            book = AttestationBook(tuple(validators), self.settings.anchor_domain, self.settings.escrow_domain)
-            book.import_state(
-                [(_subject_from_fields(f), dict((a, sig) for a, sig in sigs)) for f, sigs in pending],
-                [_quorum_from_fields(q) for q in completed],
-                [(_quorum_from_fields(q), until) for q, until in reopened])
-        except (SnapshotError, ValueError, TypeError, OSError, AttestationError) as exc:
+            state = _SnapshotState.decode(self.snapshot_path.read_bytes())
+            if not 0 < state.height <= last_height:
+                raise ValueError(f"snapshot at height {state.height} does not fit the store")
+            committed: CommittedBlock | None = get_block(state.height)
+            if committed is None or committed.block.hash != state.block_hash:
+                raise ValueError(f"snapshot block {state.height} is not the stored block")
+        except (SnapshotError, ValueError, TypeError, OSError) as exc:
             log.warning("ignoring the application snapshot (%s); replaying from genesis", exc)
             return None
-        assert ledger.state_hash() == state_hash, "a snapshot's ledger must hash as recorded"
-        self.ledger, self.last_eth_block, self.epoch = ledger, last_eth_block, epoch
-        self._last_block = (height, block_hash)
-        self.validators = tuple(validators)
-        self.book = book
-        self.batcher = BatchBuilder(self.settings.batch_policy, BuilderState(*batcher))
-        for h in range(batcher[1], height + 1):  # rebuild the open batch from stored blocks
-            stored = get_block(h)
-            assert stored is not None, f"block store misses height {h}"
-            ids = tuple(event.event_id for event in split_payloads(stored.block.payloads).events)
-            assert self.batcher.on_block(BatchBlock(h, stored.block.timestamp_ms, ids)) is None
+        assert state.ledger.state_hash() == state.state_hash, "a snapshot's ledger must hash as recorded"
+        self._install(state)
+        log.info("application restored from the snapshot at height %d", state.height)
+        return state.height, state.state_hash
+
+    def _install(self, state: _SnapshotState) -> None:
+        """Take a decoded snapshot's state (the open batch is rebuilt from its blocks). Raises
+        ValueError, changing nothing, if the batch or attestation state does not rebuild."""
+        book = AttestationBook(state.validators, self.settings.anchor_domain, self.settings.escrow_domain)
+        book.import_state(state.pending, state.completed, state.reopened)
+        batcher = BatchBuilder(self.settings.batch_policy, state.batcher)
+        saved, self._open_blocks = self._open_blocks, []
+        recorded = {h: (t, ids) for h, t, ids in state.open_blocks}
+        time_ms = state.open_blocks[0][1] if state.open_blocks else 0
+        if not -1 <= state.height - state.batcher.next_height < 10 * MAX_SNAPSHOT_CHUNKS:
+            raise ValueError("a snapshot's open batch is implausibly long")
+        for h in range(state.batcher.next_height, state.height + 1):
+            time_ms, ids = recorded.get(h, (time_ms, ()))  # a block without events: the time of the one before
+            if batcher.on_block(BatchBlock(h, time_ms, ids)) is not None:
+                self._open_blocks = saved
+                raise ValueError("a snapshot's open batch closes while it is rebuilt")
+            self._track_open_block(h, time_ms, ids, False)
+        self.ledger, self.last_eth_block, self.epoch = state.ledger, state.last_eth_block, state.epoch
+        self._last_block = (state.height, state.block_hash)
+        self.validators, self.book, self.batcher = state.validators, book, batcher
         self._sign_missing()  # our attestations may not have been committed before the stop
         self._restored_quorums = self.book.completed_quorums()
         self._restored.extend(self._outbound)
         self._outbound = []
-        log.info("application restored from the snapshot at height %d", height)
-        return height, state_hash
+
+    # ---------------------------------------------------------------- state sync (ABCI snapshots)
+
+    def list_snapshots(self) -> tuple[Snapshot, ...]:
+        """The kept snapshots, newest first (a serving node offers them for state sync)."""
+        directory = self.snapshot_dir
+        if directory is None or not directory.is_dir():
+            return ()
+        found = []
+        for sidecar in sorted(directory.glob("*.meta"), reverse=True):
+            try:
+                version, height, block_hash, state_hash, hashes = msgpack.unpackb(sidecar.read_bytes())
+            except (ValueError, TypeError, OSError, msgpack.UnpackException) as exc:
+                log.warning("ignoring snapshot sidecar %s (%s)", sidecar.name, exc)
+                continue
+            found.append(Snapshot(height, version, len(hashes), keccak256(b"".join(hashes)), state_hash,
+                                  msgpack.packb([block_hash, hashes], use_bin_type=True)))
+        return tuple(found)
+
+    def load_snapshot_chunk(self, height: int, format: int, index: int) -> bytes | None:
+        """Chunk `index` of the kept snapshot at `height`, or None (no such snapshot or chunk)."""
+        directory = self.snapshot_dir
+        if directory is None or format != SNAPSHOT_FORMAT or not 0 <= index < MAX_SNAPSHOT_CHUNKS \
+                or not 0 < height < 10**12:
+            return None
+        try:
+            with open(directory / f"{height:012d}.snap", "rb") as file:
+                file.seek(index * SNAPSHOT_CHUNK_BYTES)
+                chunk = file.read(SNAPSHOT_CHUNK_BYTES)
+        except OSError:
+            return None
+        return chunk or None
+
+    def offer_snapshot(self, snapshot: Snapshot, app_hash: bytes) -> bool:
+        """A joining node is offered `snapshot`; `app_hash` is the TRUSTED app hash certified in
+        the header of block `snapshot.height + 1` (read from a verified commit by the caller).
+
+        Accepted only if it claims exactly that app hash, has our format, a bounded number of
+        chunks and metadata listing chunk hashes that hash to `snapshot.hash`; the restored
+        ledger is checked against `app_hash` after the last chunk. An accepted offer replaces
+        any restore in progress. Never raises."""
+        self._restoring = None
+        try:
+            block_hash, hashes = msgpack.unpackb(snapshot.metadata)
+            hashes = [bytes(h) for h in hashes]
+        except (ValueError, TypeError, msgpack.UnpackException):
+            return False
+        if (snapshot.format != SNAPSHOT_FORMAT or not 0 < snapshot.height < 10**12
+                or not 0 < snapshot.chunks <= MAX_SNAPSHOT_CHUNKS or len(hashes) != snapshot.chunks
+                or any(len(h) != 32 for h in hashes) or keccak256(b"".join(hashes)) != snapshot.hash
+                or len(app_hash) != 32 or snapshot.app_hash != app_hash
+                or not isinstance(block_hash, bytes) or len(block_hash) != 32):
+            return False
+        self._restoring = _Restoring(snapshot, app_hash, tuple(hashes), [None] * snapshot.chunks)
+        return True
+
+    def apply_snapshot_chunk(self, index: int, chunk: bytes) -> bool | None:
+        """One chunk of the accepted offer: None while chunks are missing, True once the
+        snapshot is complete and its ledger hashes to the trusted app hash (the state is then
+        replaced), False when refused. A chunk whose hash is not the offered one (a hostile
+        peer's), out of range or oversized, is refused and the restore goes on (`restoring`
+        stays True: fetch that chunk from another peer); a complete snapshot that does not
+        decode or does not hash to the trusted app hash ends the restore, old state kept."""
+        restoring = self._restoring
+        if restoring is None or not 0 <= index < len(restoring.chunks) or len(chunk) > SNAPSHOT_CHUNK_BYTES \
+                or keccak256(chunk) != restoring.hashes[index]:
+            return False
+        restoring.chunks[index] = chunk
+        if any(c is None for c in restoring.chunks):
+            return None
+        self._restoring = None
+        snapshot = restoring.snapshot
+        try:
+            state = _SnapshotState.decode(b"".join(c for c in restoring.chunks if c is not None))
+            state_hash = state.ledger.state_hash()
+            if state.height != snapshot.height or state_hash != restoring.app_hash \
+                    or state.state_hash != state_hash:
+                raise ValueError("its ledger does not hash to the certified app hash")
+            self._install(state)
+        except Exception as exc:  # hostile bytes: a refusal, never an escape (apply is total)
+            log.warning("state sync: the snapshot at height %d is refused (%s); the state is unchanged",
+                        snapshot.height, exc)
+            return False
+        log.info("application state synced to the snapshot at height %d", state.height)
+        return True
+
+    @property
+    def restoring(self) -> bool:
+        """A state-sync restore was offered and still misses chunks."""
+        return self._restoring is not None
 
     def message(self, charger_id: str, message_id: str) -> tuple[int, bytes, bytes] | None:
         """(height, event id, dedup key) of the first committed event carrying this charger
@@ -707,6 +837,67 @@ class VoucherBudget:
             self._new[voucher] = new + 1
         self._events[voucher] = events + 1
         return None
+
+
+def _chunks(data: bytes) -> list[bytes]:
+    """A snapshot's bytes cut into state-sync chunks of SNAPSHOT_CHUNK_BYTES (the last shorter)."""
+    return [data[i:i + SNAPSHOT_CHUNK_BYTES] for i in range(0, max(1, len(data)), SNAPSHOT_CHUNK_BYTES)]
+
+
+@dataclass(slots=True)
+class _Restoring:
+    """A state-sync restore in progress: the accepted offer, the trusted app hash, the chunks."""
+
+    snapshot: Snapshot
+    app_hash: bytes
+    hashes: tuple[bytes, ...]
+    chunks: list[bytes | None]
+
+
+@dataclass(frozen=True, slots=True)
+class _SnapshotState:
+    """A decoded snapshot (format SNAPSHOT_FORMAT): everything `_install` takes."""
+
+    height: int
+    block_hash: bytes
+    state_hash: bytes
+    ledger: Ledger
+    last_eth_block: int
+    epoch: int
+    validators: tuple[bytes, ...]
+    batcher: BuilderState
+    pending: list[tuple[AnchorBatch | Settlement, dict[bytes, bytes]]]
+    completed: list[Quorum]
+    reopened: list[tuple[Quorum, int]]
+    open_blocks: tuple[tuple[int, int, tuple[bytes, ...]], ...]
+
+    @classmethod
+    def decode(cls, data: bytes) -> _SnapshotState:
+        """Raises ValueError (or SnapshotError from the ledger) for anything malformed."""
+        try:
+            (version, height, block_hash, state_hash, ledger_bytes, last_eth_block, epoch, validators,
+             batcher, pending, completed, reopened, open_blocks) = msgpack.unpackb(data, raw=False)
+            if version != SNAPSHOT_FORMAT:
+                raise ValueError(f"snapshot format {version}, this node reads {SNAPSHOT_FORMAT}")
+            ints = (height, last_eth_block, epoch, batcher[0], batcher[1])
+            if not all(type(i) is int and 0 <= i < 2**63 for i in ints) or height < 1 \
+                    or not (batcher[2] is None or type(batcher[2]) is int):
+                raise ValueError("snapshot integers out of bounds")
+            if not all(isinstance(b, bytes) and len(b) == 32 for b in (block_hash, state_hash)):
+                raise ValueError("snapshot hashes malformed")
+            if not all(isinstance(a, bytes) and len(a) == 20 for a in validators):
+                raise ValueError("snapshot validator addresses malformed")
+            return cls(
+                height, block_hash, state_hash, Ledger.from_bytes(ledger_bytes), last_eth_block, epoch,
+                tuple(validators), BuilderState(*batcher),
+                [(_subject_from_fields(f), {bytes(a): bytes(sig) for a, sig in sigs}) for f, sigs in pending],
+                [_quorum_from_fields(q) for q in completed],
+                [(_quorum_from_fields(q), int(until)) for q, until in reopened],
+                tuple((int(h), int(t), tuple(bytes(i) for i in ids)) for h, t, ids in open_blocks))
+        except SnapshotError:
+            raise
+        except Exception as exc:  # wrong shapes of every kind: one refusal
+            raise ValueError(f"snapshot malformed: {exc!r}") from exc
 
 
 def _payloads_digest(payloads: tuple[bytes, ...]) -> bytes:
