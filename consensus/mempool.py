@@ -163,7 +163,8 @@ class Mempool:
         """
         assert max_count >= 0 and max_bytes >= 0 and (per_source is None or per_source >= 0)
         taken = max_count if per_source is None else min(max_count, per_source)
-        iterators = [itertools.islice(queue.values(), taken) for queue in self._by_source.values()]
+        iterators: list[Iterator[bytes]] = [itertools.islice(queue.values(), taken)
+                                            for queue in self._by_source.values()]
         chosen: list[bytes] = []
         size = 0
         while iterators and len(chosen) < max_count:
