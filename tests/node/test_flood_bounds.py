@@ -316,3 +316,44 @@ def test_the_events_topic_drops_a_batch_whose_origin_the_node_refuses(tmp_path):
     assert not gossip._validate(keys[1].peer_id, msg)
     assert refused == [keys[1].validator_address]
     assert running.drops.snapshot().get(f"{gossip.topic}/origin_backlogged") == 1
+
+
+# ---------------------------------------------------------------- chain reads of a block
+
+
+class SlowDevices:
+    """A chain client whose device() read takes 50 ms (an eth_call under load) and counts calls."""
+
+    def __init__(self) -> None:
+        from types import SimpleNamespace
+
+        self.deployment = SimpleNamespace(addresses=lambda: {})
+        self.calls: list[str] = []
+
+    def device(self, charge_box_id: str, block: Any) -> Any:
+        import time
+
+        time.sleep(0.05)
+        self.calls.append(charge_box_id)
+        return None if charge_box_id.startswith("FLOOD") else ("record", charge_box_id)
+
+
+def test_a_blocks_uncached_device_reads_are_prefetched_concurrently_then_hit_the_cache():
+    import time
+
+    from anchoring.chain import device_id_of
+    from devsen.chain_view import ContractChainView, ReadCache
+
+    client = SlowDevices()
+    cache = ReadCache(client)  # type: ignore[arg-type]
+    cache.advance(5)
+    view = ContractChainView(client, None, 5, cache)  # type: ignore[arg-type]
+    cache.put("device", device_id_of("CACHED"), ("record", "CACHED"))
+    chargers = [f"FLOOD-{i}" for i in range(32)] + ["CACHED"]
+    started = time.monotonic()
+    view.prefetch_devices(chargers, 8)
+    assert time.monotonic() - started < 32 * 0.05 / 2  # 8 at once, not one after another
+    assert sorted(client.calls) == sorted(chargers[:-1])  # the cached one is not read again
+    assert all(cache.entries[("device", device_id_of(c))] is None for c in chargers[:-1])  # absent, cached
+    before = len(client.calls)
+    assert view.device("FLOOD-3") is None and len(client.calls) == before  # answered from the cache
