@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from trio_websocket import ConnectionClosed, HandshakeError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import node_throughput as nt  # noqa: E402  (the sibling bench script)
@@ -64,35 +63,40 @@ async def boot_storm(network: nt.Network, count: int) -> dict[str, Any]:
                         done.set()
                     await done.wait()  # stay connected until the storm is over
                     return
-            except (OSError, trio.TooSlowError, ChargerCallFailed, ConnectionClosed, HandshakeError) as exc:
+            except Exception as exc:  # noqa: BLE001  (counted; a storm charger never stops the run)
                 key = type(exc).__name__ + (f" {exc.code}" if isinstance(exc, ChargerCallFailed) else "")
                 errors[key] = errors.get(key, 0) + 1
                 if go.is_set():
                     return  # a boot that failed after the start is counted as not booted
                 await trio.sleep(0.5)
 
-    connect_s = None
-    with trio.move_on_after(2 * STORM_TIMEOUT_S):
-        async with trio.open_nursery() as nursery:
-            started = trio.current_time()
-            for index in range(count):
-                nursery.start_soon(one, index)
-            with trio.move_on_after(STORM_TIMEOUT_S):
-                await all_connected.wait()
-            connect_s = trio.current_time() - started
-            await trio.sleep(1.0)
-            before = await nt.snapshot(network)
-            sent_at[0] = trio.current_time()
-            go.set()
-            with trio.move_on_after(STORM_TIMEOUT_S):
-                await done.wait()
-            elapsed = trio.current_time() - sent_at[0]
+    before: dict[str, Any] = {}
+    after: dict[str, Any] = {}
+    connect_s = elapsed = -1.0
+    async with trio.open_nursery() as nursery:
+        started = trio.current_time()
+        for index in range(count):
+            nursery.start_soon(one, index)
+        with trio.move_on_after(STORM_TIMEOUT_S):
+            await all_connected.wait()
+        connect_s = trio.current_time() - started
+        await trio.sleep(1.0)
+        before = await nt.snapshot(network)
+        sent_at[0] = trio.current_time()
+        go.set()
+        with trio.move_on_after(STORM_TIMEOUT_S):
+            await done.wait()
+        elapsed = trio.current_time() - sent_at[0]
+        try:
             after = await nt.snapshot(network)
-            done.set()
-    blocks = nt.counter_delta(before, after, 0, "committed_height")
+        finally:
+            print(f"storm: connected {connected[0]} booted {len(latencies)} in {elapsed:.2f} s; "
+                  f"cancelled: {nursery.cancel_scope.cancel_called}; errors {errors}", flush=True)
+        nursery.cancel_scope.cancel()
+    blocks = nt.counter_delta(before, after, 0, "committed_height") if before and after else None
     latencies.sort()
     return {"run": f"boot storm {count} at node-1", "chargers": count, "connected": connected[0],
-            "connect_all_s (scrypt logins)": round(connect_s, 2) if connect_s is not None else None,
+            "connect_all_s (scrypt logins)": round(connect_s, 2),
             "booted": len(latencies),
             "all_booted_s": round(elapsed, 2) if len(latencies) == count else None,
             "boot_latency_ms": {"p50": nt._round(percentile(latencies, 0.5)),

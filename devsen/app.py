@@ -93,6 +93,10 @@ BLOCK_EVENT_BUDGET = 2000  # events in one block, all vouchers (the default cons
 # (PREFETCH_WORKERS), so 256 of them cost a block well under a second even under load.
 NEW_CHARGER_READ_BUDGET = 256
 PREFETCH_WORKERS = 8  # concurrent uncached device reads of one block (fetch_facts)
+# Proposer policy (not validity): an honest proposer takes 1/4 of another voucher's new-charger
+# share (it cannot tell an honest first contact from a flood of fresh ids); a voucher's own
+# proposals take its whole share, so a boot storm at one node still clears in a few blocks.
+PROPOSE_OTHERS_NEW_CHARGER_FRACTION = 4
 
 
 def vouched_share(validators: int) -> int:
@@ -295,7 +299,9 @@ class NodeApplication:
         """Our proposal: the header naming `facts`' Ethereum block and the admissible payloads."""
         number, eth_hash = facts
         kept: list[bytes] = []
-        budget = self._voucher_budget()
+        share = new_charger_share(len(self.validators))
+        budget = VoucherBudget(self._known_charger, len(self.validators), mine="0x" + self.settings.key.address.hex(),
+                               new_for_others=max(1, share // PROPOSE_OTHERS_NEW_CHARGER_FRACTION))
         for payload in payloads:
             if not self.check_tx(payload).ok:  # e.g. a removed validator's
                 continue
@@ -698,10 +704,14 @@ class VoucherBudget:
     before it): at most `vouched_share(n)` events vouched for by one of n validators, of which
     at most `new_charger_share(n)` from chargers the ledger does not know."""
 
-    def __init__(self, known_charger: Callable[[str], bool], validators: int) -> None:
+    def __init__(self, known_charger: Callable[[str], bool], validators: int, mine: str = "",
+                 new_for_others: int | None = None) -> None:
+        """A proposer composing a block passes `mine` and a smaller `new_for_others` share."""
         self._known = known_charger
         self.events_limit = vouched_share(validators)
         self.new_limit = new_charger_share(validators)
+        self._mine = mine
+        self._new_for_others = self.new_limit if new_for_others is None else min(new_for_others, self.new_limit)
         self._events: dict[str, int] = {}
         self._new: dict[str, int] = {}
 
@@ -713,8 +723,9 @@ class VoucherBudget:
             return f"more than {self.events_limit} events vouched for by {voucher or 'nobody'} in one block"
         if not self._known(event.charger_id):
             new = self._new.get(voucher, 0)
-            if new >= self.new_limit:
-                return (f"more than {self.new_limit} events of chargers the ledger does "
+            limit = self.new_limit if not self._mine or voucher == self._mine else self._new_for_others
+            if new >= limit:
+                return (f"more than {limit} events of chargers the ledger does "
                         f"not know vouched for by {voucher or 'nobody'} in one block")
             self._new[voucher] = new + 1
         self._events[voucher] = events + 1
