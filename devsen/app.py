@@ -9,9 +9,9 @@
   an immutable `ChainFacts` (devsen/chain_facts.py); a named Ethereum block unknown here or
   less than `confirmations` deep by our own head makes the proposal invalid (reorg safety).
 - `process_proposal`, `finalize_block`: pure over (block, facts). A valid block carries at most
-  MAX_VOUCHED_EVENTS_PER_BLOCK events vouched for by one validator, at most
-  MAX_NEW_CHARGER_EVENTS_PER_VOUCHER of them from chargers the ledger does not know
-  (`VoucherBudget`); `prepare_proposal` composes blocks within those shares. Finalizing applies the
+  `vouched_share(n)` events vouched for by one of the n validators, at most
+  `new_charger_share(n)` of them from chargers the ledger does not know (`VoucherBudget`);
+  `prepare_proposal` composes blocks within those shares. Finalizing applies the
   events to the ledger and returns one `FinalizeResult`: a TxResult per payload (an event's
   OCPP reply in `data`, see `event_tx_result`), the ledger state hash, the validator-set
   update, this validator's own attestations to submit (batches it closed, settlements) and
@@ -84,19 +84,34 @@ MAX_SNAPSHOT_CHUNKS = 4_096  # an offer of a bigger snapshot (> 4 GiB) is refuse
 CODE_CALLERROR = 1  # TxResult.code of an event the ledger answered with a CALLERROR (`log` = OCPP code)
 CODE_ATTESTATION_IGNORED = 2  # late, repeated or for a closed subject
 CODE_BLOCK_REFUSED = 3  # the ledger refused the whole committed block (state unchanged)
-# A block carries at most this many events vouched by one validator (a validity rule: pure
-# over the block). Each event of an uncached charger costs a chain read to validate, so this
-# bounds what one Byzantine validator's self-vouched flood adds to any block, its own
-# proposals included. An OCPP charger has one CALL in flight, so this is also the number of
-# a validator's chargers that can be heard in one block; the rest wait for the next.
-MAX_VOUCHED_EVENTS_PER_BLOCK = 64
-# ... of which at most this many may be from chargers the ledger holds no record of (first
-# contact, or not registered on chain): only those can miss every read cache, and an honest
-# validator meets few new chargers per block, while a flooder's fresh charger ids are all new.
-MAX_NEW_CHARGER_EVENTS_PER_VOUCHER = 4
-# An honest proposer takes fewer of another validator's new-charger events (it cannot tell an
-# honest first contact from a flood; that validator's own proposals take up to the full share).
-PROPOSE_NEW_CHARGER_EVENTS_PER_OTHER_VOUCHER = 1
+# Per-voucher block validity (pure over the block and the ledger state before it), as shares
+# of two network-wide budgets split evenly over the n validators of the ledger's set, so one
+# Byzantine validator's self-vouched flood adds at most 1/n of each to any block, its own
+# proposals included, and honest traffic scales with the block. An OCPP charger has one CALL
+# in flight, so the event share is also how many of a validator's chargers one block hears.
+BLOCK_EVENT_BUDGET = 2000  # events in one block, all vouchers (the default consensus.max_block_payloads)
+# Chain reads one block may cost for chargers the ledger holds no record of (first contact, or
+# not registered on chain): only those miss every read cache (an honest boot storm; a flood of
+# fresh charger ids). One uncached device() read is one eth_call, 3.6 ms alone on this machine
+# (bench/results/flood_bounds_tradeoff.json), and fetch_facts reads them concurrently
+# (PREFETCH_WORKERS), so 256 of them cost a block well under a second even under load.
+NEW_CHARGER_READ_BUDGET = 256
+PREFETCH_WORKERS = 8  # concurrent uncached device reads of one block (fetch_facts)
+# Proposer policy (not validity): an honest proposer takes 1/4 of another voucher's new-charger
+# share (it cannot tell an honest first contact from a flood of fresh ids); a voucher's own
+# proposals take its whole share, so a boot storm at one node still clears in a few blocks.
+PROPOSE_OTHERS_NEW_CHARGER_FRACTION = 4
+
+
+def vouched_share(validators: int) -> int:
+    """Events one voucher may have in a block: BLOCK_EVENT_BUDGET / n (at least 1)."""
+    return max(1, BLOCK_EVENT_BUDGET // max(1, validators))
+
+
+def new_charger_share(validators: int) -> int:
+    """Events of chargers the ledger does not know one voucher may have in a block:
+    NEW_CHARGER_READ_BUDGET / n (at least 1)."""
+    return max(1, NEW_CHARGER_READ_BUDGET // max(1, validators))
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,8 +307,9 @@ class NodeApplication:
         """Our proposal: the header naming `facts`' Ethereum block and the admissible payloads."""
         number, eth_hash = facts
         kept: list[bytes] = []
-        budget = VoucherBudget(self._known_charger, mine="0x" + self.settings.key.address.hex(),
-                               new_for_others=PROPOSE_NEW_CHARGER_EVENTS_PER_OTHER_VOUCHER)
+        share = new_charger_share(len(self.validators))
+        budget = VoucherBudget(self._known_charger, len(self.validators), mine="0x" + self.settings.key.address.hex(),
+                               new_for_others=max(1, share // PROPOSE_OTHERS_NEW_CHARGER_FRACTION))
         for payload in payloads:
             if not self.check_tx(payload).ok:  # e.g. a removed validator's
                 continue
@@ -301,6 +317,10 @@ class NodeApplication:
                 continue  # over its voucher's share of this block: waits in the mempool for the next
             kept.append(payload)
         return Prepared(encode_app_header(number, eth_hash), tuple(kept))
+
+    def _voucher_budget(self) -> VoucherBudget:
+        """The per-voucher shares of the next block (over the ledger's validator set)."""
+        return VoucherBudget(self._known_charger, len(self.validators))
 
     def _known_charger(self, charger_id: str) -> bool:
         """True if the ledger (state before the next block) holds a record of this charger."""
@@ -327,7 +347,7 @@ class NodeApplication:
             return ChainFacts(0, ZERO_HASH, digest, ChainKeys(), complete=False, problem=str(exc))
         head = 0
         if not committed:  # a block over a voucher's share is refused before any chain read
-            budget = VoucherBudget(self._known_charger)
+            budget = self._voucher_budget()
             for event in events:
                 problem = budget.take(event)
                 if problem is not None:
@@ -340,7 +360,11 @@ class NodeApplication:
                 return ChainFacts(number, eth_hash, digest, ChainKeys(), complete=False,
                                   problem=f"Ethereum block {number} 0x{eth_hash.hex()} is not on this node's chain")
         keys = chain_keys(events, self.ledger)
-        reads = read_facts(patiently_reader(self.chain.view_at(number, eth_hash)), keys)
+        view = self.chain.view_at(number, eth_hash)
+        prefetch = getattr(view, "prefetch_devices", None)
+        if prefetch is not None:  # uncached device reads of the block at once, not one after another
+            prefetch(keys.chargers, PREFETCH_WORKERS)
+        reads = read_facts(patiently_reader(view), keys)
         epoch, validators, bindings = patiently(f"ValidatorSet at {number}",
                                                 lambda: self.chain.validators_at(number, eth_hash))
         problem = None
@@ -386,7 +410,7 @@ class NodeApplication:
             return f"its time is more than {MAX_FUTURE_DRIFT_MS // 1000} s ahead of this node's clock"
         if number < self.last_eth_block:
             return f"Ethereum read block {number} is behind {self.last_eth_block}"
-        budget = VoucherBudget(self._known_charger)
+        budget = self._voucher_budget()
         for event in parts.events:  # cheap counts before any signature is recovered
             problem = budget.take(event)
             if problem is not None:
@@ -807,16 +831,17 @@ class NodeApplication:
 
 class VoucherBudget:
     """One block's per-voucher bounds (pure, deterministic over the block and the ledger state
-    before it): at most MAX_VOUCHED_EVENTS_PER_BLOCK events vouched for by one validator, of
-    which at most MAX_NEW_CHARGER_EVENTS_PER_VOUCHER from chargers the ledger does not know.
-    A proposer composing a block passes `mine` and a smaller `new_for_others` share."""
+    before it): at most `vouched_share(n)` events vouched for by one of n validators, of which
+    at most `new_charger_share(n)` from chargers the ledger does not know."""
 
-    def __init__(self, known_charger: Callable[[str], bool], mine: str = "",
-                 new_for_others: int = MAX_NEW_CHARGER_EVENTS_PER_VOUCHER) -> None:
-        assert 0 <= new_for_others <= MAX_NEW_CHARGER_EVENTS_PER_VOUCHER
+    def __init__(self, known_charger: Callable[[str], bool], validators: int, mine: str = "",
+                 new_for_others: int | None = None) -> None:
+        """A proposer composing a block passes `mine` and a smaller `new_for_others` share."""
         self._known = known_charger
+        self.events_limit = vouched_share(validators)
+        self.new_limit = new_charger_share(validators)
         self._mine = mine
-        self._new_for_others = new_for_others
+        self._new_for_others = self.new_limit if new_for_others is None else min(new_for_others, self.new_limit)
         self._events: dict[str, int] = {}
         self._new: dict[str, int] = {}
 
@@ -824,13 +849,11 @@ class VoucherBudget:
         """Count `event` in its voucher's budget; None if it fits, else why not (nothing counted)."""
         voucher = event.ingress_node
         events = self._events.get(voucher, 0)
-        if events >= MAX_VOUCHED_EVENTS_PER_BLOCK:
-            return (f"more than {MAX_VOUCHED_EVENTS_PER_BLOCK} events vouched for by {voucher or 'nobody'} "
-                    "in one block")
+        if events >= self.events_limit:
+            return f"more than {self.events_limit} events vouched for by {voucher or 'nobody'} in one block"
         if not self._known(event.charger_id):
             new = self._new.get(voucher, 0)
-            limit = MAX_NEW_CHARGER_EVENTS_PER_VOUCHER if not self._mine or voucher == self._mine \
-                else self._new_for_others
+            limit = self.new_limit if not self._mine or voucher == self._mine else self._new_for_others
             if new >= limit:
                 return (f"more than {limit} events of chargers the ledger does "
                         f"not know vouched for by {voucher or 'nobody'} in one block")

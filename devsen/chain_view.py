@@ -15,6 +15,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
 
@@ -323,10 +324,14 @@ class ReadCache:
             return self.entries[slot]
         self.misses += 1
         value = patiently(f"reading {kind} at block {self.block}", lambda: read(self.block))
-        self.entries[slot] = value
+        self.put(kind, key, value)
+        return value
+
+    def put(self, kind: str, key: bytes, value: Any) -> None:
+        """Keep `value` as (kind, key) at `block` (read by the caller at `block`)."""
+        self.entries[(kind, key)] = value
         while len(self.entries) > self.max_entries:
             self.entries.popitem(last=False)
-        return value
 
 
 
@@ -354,6 +359,28 @@ class ContractChainView(ChainView):
             except Exception as exc:
                 raise ChainReadError(f"reading {key[0]} at block {self.block_number}: {exc}") from exc
         return self._memo[key]
+
+    def prefetch_devices(self, charge_box_ids: Sequence[str], workers: int) -> None:
+        """Read the uncached devices of `charge_box_ids` concurrently (`workers` threads) into
+        the read cache, so the block's reads that follow hit it; a failed read is left to
+        `device`'s own patient retry."""
+        wanted = {device_id_of(c): c for c in charge_box_ids}
+        missing = [(d, c) for d, c in wanted.items() if ("device", d) not in self._cache.entries]
+        if len(missing) < 2:
+            return
+
+        def read(charge_box_id: str) -> Any:
+            return self._client.device(charge_box_id, self.at)
+
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(missing)))) as pool:
+            futures = [(device_id, pool.submit(read, c)) for device_id, c in missing]
+            for device_id, future in futures:
+                try:
+                    record = future.result()
+                except Exception:  # an RPC blip: device() retries this one patiently
+                    continue
+                self._cache.misses += 1
+                self._cache.put("device", device_id, record)
 
     def device(self, charge_box_id: str) -> DeviceInfo | None:
         record = self._cache.get("device", device_id_of(charge_box_id),

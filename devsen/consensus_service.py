@@ -21,17 +21,20 @@ height until payloads wait here or the application's `block_needed_by_ms` passes
 after a block carrying it is committed and applied. A full mempool raises
 `ConsensusOverloaded` at once.
 
-Gossiped payloads are bounded per source, cheapest check first: a payload already pending or
-committed is skipped; so is one whose origin (the validator that signed the batch envelope,
-so it cannot be spoofed) has `gossip_max_pending_per_origin` payloads waiting here already
-(admission then follows what blocks take from it); each origin has a token bucket
-(`gossip_rate_per_origin`/s), and a payload over it is refused before `check_tx` recovers
-any signature. An admitted payload is pooled under its accountable source (`CheckResult.source`:
-the vouching validator; this node's own are "local"), and no source holds more than
+Gossiped payloads are bounded per source, cheapest check first, every bound proportional to
+one source's share of a block (`block_max_payloads / n` validators, `ServiceConfig.derived`):
+a payload already pending or committed is skipped; so is one whose origin (the validator that
+signed the batch envelope, so it cannot be spoofed) has `gossip_max_pending_per_origin`
+(8 shares) payloads waiting here already (admission then follows what blocks take from it);
+each origin has a token bucket (`gossip_rate_per_origin`/s: a share per block at 10 blocks/s,
+burst 2 shares), and a payload over it is refused before `check_tx` recovers any signature.
+An admitted payload is pooled under its accountable source (`CheckResult.source`: the
+vouching validator; this node's own are "local"), and no source holds more than
 `mempool_max_count / n` payloads. The events topic's validator already refuses a batch from
-a backlogged or out-of-budget origin (neither delivered nor forwarded). A proposal takes at
-most `block_max_per_source` payloads of one source (the rest wait), so a flooder gets a slice
-of each block while honest sources get theirs.
+a backlogged or out-of-budget origin (neither delivered nor forwarded). A proposal reaps
+round-robin over the sources with pending payloads (so each gets an equal part of the block,
+and what one leaves unused goes to the others), at most `block_max_per_source` (one share) of
+one source; the app defers whatever is over a voucher's validity share to the next block.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,9 +98,12 @@ MAX_SENDERS = 512
 MAX_SYNC_INPUTS = 2 * MAX_BLOCKS_PER_REQUEST
 MAX_TIMERS = 4096
 MAX_RECENT_RECEIPTS = 100_000
-# A proposal takes at most this many payloads of one source (vouching validator); at most
-# the app's per-voucher validity cap, so a composed block is never refused for it.
-BLOCK_MAX_PER_SOURCE = 32
+# Gossip admission per origin is sized from what blocks can take from it: its share of a block
+# (block_max_payloads / n validators) times this block rate (about what 4 validators on one
+# 2-core machine commit under load; bench/results/node_throughput.json).
+GOSSIP_PLANNED_BLOCKS_PER_S = 10
+GOSSIP_BURST_BLOCKS = 2  # an origin may send this many blocks' shares at once (a boot storm)
+GOSSIP_PENDING_BLOCKS = 8  # an origin with this many blocks' shares waiting here is backlogged
 
 
 class ConsensusOverloaded(Exception):
@@ -138,12 +144,13 @@ class ServiceConfig:
     block_max_bytes: int = 4 * 1024 * 1024
     min_block_interval_s: float = 0.01
     empty_block_interval_s: float = 1.0
-    block_max_per_source: int = BLOCK_MAX_PER_SOURCE  # payloads of one source in our proposals
-    gossip_rate_per_origin: float = 200.0  # gossiped payloads/s admitted per origin validator
-    gossip_burst_per_origin: int = 400
+    # None: derived from `source_share` (block_max_payloads / n validators), see `derived`.
+    block_max_per_source: int | None = None  # payloads of one source in our proposals
+    gossip_rate_per_origin: float | None = None  # gossiped payloads/s admitted per origin validator
+    gossip_burst_per_origin: int | None = None
     # Gossip from an origin whose events wait here in this number already is refused at once
     # (its own node still proposes them): admission then follows what blocks take from it.
-    gossip_max_pending_per_origin: int = 8 * BLOCK_MAX_PER_SOURCE
+    gossip_max_pending_per_origin: int | None = None
     batch_max_count: int = 1000
     batch_max_delay_s: float = 0.005
     durable: bool = True
@@ -151,6 +158,26 @@ class ServiceConfig:
     # False: the node carries FinalizeResult.outbound_payloads itself (a finalize listener with
     # its own retrying outbox); True: this service puts them in the mempool and gossips them.
     submit_outbound: bool = True
+
+
+    @property
+    def source_share(self) -> int:
+        """One source's (validator's) fair share of a block: block_max_payloads / n."""
+        return max(1, self.block_max_payloads // max(1, len(self.validators.addresses)))
+
+    def derived(self) -> ServiceConfig:
+        """This config with every per-source bound left None sized from `source_share`: a
+        proposal takes at most a share of one source (the app's validity share when
+        block_max_payloads is its BLOCK_EVENT_BUDGET; more would only be deferred); an origin
+        gets tokens for a share per block at GOSSIP_PLANNED_BLOCKS_PER_S, bursts of
+        GOSSIP_BURST_BLOCKS shares, and is backlogged at GOSSIP_PENDING_BLOCKS shares."""
+        share = self.source_share
+        return replace(
+            self,
+            block_max_per_source=self.block_max_per_source or share,
+            gossip_rate_per_origin=self.gossip_rate_per_origin or float(share * GOSSIP_PLANNED_BLOCKS_PER_S),
+            gossip_burst_per_origin=self.gossip_burst_per_origin or share * GOSSIP_BURST_BLOCKS,
+            gossip_max_pending_per_origin=self.gossip_max_pending_per_origin or share * GOSSIP_PENDING_BLOCKS)
 
 
 @dataclass(slots=True)
@@ -243,7 +270,7 @@ class ConsensusService:
 
     def __init__(self, keys: NodeKeys, config: ServiceConfig, app: Application) -> None:
         self.keys = keys
-        self.config = config
+        self.config = config = config.derived()
         self.app = app
         directory = config.directory
         self.replica = Replica(
@@ -255,6 +282,7 @@ class ConsensusService:
         # One source may hold 1/n of the pool at most (n validators, at least 2), full or not.
         per_source = max(1, config.mempool_max_count // max(2, len(config.validators.addresses)))
         self.mempool = Mempool(config.mempool_max_count, config.mempool_max_bytes, max_per_source=per_source)
+        assert config.gossip_rate_per_origin is not None and config.gossip_burst_per_origin is not None
         self.gossip_budget = GossipBudget(config.gossip_rate_per_origin, config.gossip_burst_per_origin)
         self._own_source = "0x" + keys.validator_address.hex()
         self.counters: Counter[str] = Counter()
@@ -374,7 +402,8 @@ class ConsensusService:
     def _origin_backlogged(self, source: str) -> bool:
         """True if `source` already has more pending here than blocks take from it soon."""
         pending = self.mempool.usage(source)[0]
-        return source != self._own_source and pending >= self.config.gossip_max_pending_per_origin
+        limit = self.config.gossip_max_pending_per_origin
+        return source != self._own_source and limit is not None and pending >= limit
 
     def _source_of(self, result: CheckResult, origin: bytes) -> str:
         """The mempool source of an admitted gossiped payload: its accountable source (the

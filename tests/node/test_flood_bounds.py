@@ -3,8 +3,9 @@ for itself (issue 10; tests/byzantine scenario `flood_mempool_events`).
 
 Each bound is tried by the hostile source and holds, and the honest share survives:
 - block validity: one voucher's events per block, and its events of chargers the ledger does
-  not know, are capped (pure, deterministic, checked before any chain read);
-- block composition: an honest proposer takes a share of each voucher, the rest waits;
+  not know, are capped at 1/n of network-wide budgets (pure, deterministic, checked before
+  any chain read), so honest capacity scales with the block and the flood's with 1/n;
+- block composition: an honest proposer takes up to each voucher's share, the rest waits;
 - gossip admission: duplicates, a backlogged origin and an origin over its token budget are
   refused before `check_tx` recovers a signature, and the events topic drops their batches.
 """
@@ -20,16 +21,14 @@ from test_node_app import ANCHOR, KEYS, block, make_app
 from consensus.abci import CheckResult, FinalizeResult, Prepared, TxResult
 from consensus.types import ValidatorSet
 from devsen.app import (
-    MAX_NEW_CHARGER_EVENTS_PER_VOUCHER,
-    MAX_VOUCHED_EVENTS_PER_BLOCK,
-    PROPOSE_NEW_CHARGER_EVENTS_PER_OTHER_VOUCHER,
+    BLOCK_EVENT_BUDGET,
+    NEW_CHARGER_READ_BUDGET,
+    PROPOSE_OTHERS_NEW_CHARGER_FRACTION,
+    new_charger_share,
+    vouched_share,
 )
-from devsen.consensus_service import (
-    BLOCK_MAX_PER_SOURCE,
-    ConsensusService,
-    GossipBudget,
-    ServiceConfig,
-)
+from devsen.config import ConsensusSection
+from devsen.consensus_service import ConsensusService, GossipBudget, ServiceConfig
 from ocpp_adapter.events import ChargerEvent
 from ocpp_adapter.vouching import ingress_domain, vouch
 from p2p.envelope import ValidatorDirectory
@@ -51,14 +50,41 @@ def boot(charger: str, message_id: str) -> bytes:
 # ---------------------------------------------------------------- block validity
 
 
-def test_composition_share_is_within_the_validity_caps():
-    assert BLOCK_MAX_PER_SOURCE <= MAX_VOUCHED_EVENTS_PER_BLOCK
-    assert PROPOSE_NEW_CHARGER_EVENTS_PER_OTHER_VOUCHER <= MAX_NEW_CHARGER_EVENTS_PER_VOUCHER
+def _config(tmp_path: Path, validators: int, **kwargs: Any) -> ServiceConfig:
+    keys = [init_keys(tmp_path / f"keys{i}") for i in range(validators)]
+    bindings = {k.validator_address: k.peer_id.to_bytes() for k in keys}
+    return ServiceConfig(data_dir=tmp_path / "node", domain=Domain(31337, b"\xcd" * 20),
+                         validators=ValidatorSet.equal(list(bindings)), directory=ValidatorDirectory(bindings),
+                         durable=False, **kwargs)
+
+
+def test_the_shares_are_proportional_to_the_budgets_and_composition_stays_within_validity(tmp_path):
+    assert ConsensusSection().max_block_payloads == BLOCK_EVENT_BUDGET  # a node's default block = the budget
+    for n in (1, 2, 3, 4, 7, 10, 100, 5000):
+        assert vouched_share(n) == max(1, BLOCK_EVENT_BUDGET // n) and vouched_share(n) * min(n, 2000) <= 2000
+        assert 1 <= new_charger_share(n) <= vouched_share(n)
+        assert new_charger_share(n) * n <= max(n, NEW_CHARGER_READ_BUDGET)  # the flood's reads are 1/n of the budget
+    assert vouched_share(4) == 500 and new_charger_share(4) == 64
+    for n in (1, 4, 7):  # the proposer's per-source reap is never above the validity share
+        config = _config(tmp_path / str(n), n, block_max_payloads=BLOCK_EVENT_BUDGET).derived()
+        assert config.block_max_per_source == config.source_share == vouched_share(n)
+        assert config.gossip_max_pending_per_origin == 8 * vouched_share(n)  # below the mempool's 1/n
+        assert config.gossip_rate_per_origin == 10.0 * vouched_share(n)
+        assert config.gossip_burst_per_origin == 2 * vouched_share(n)
+
+
+def test_a_thousand_first_boots_at_one_voucher_take_a_few_blocks_not_hundreds(tmp_path):
+    app, shell = make_app(tmp_path)
+    share = new_charger_share(len(app.validators))
+    boots = tuple(boot("CP-1" if i == 0 else f"NEW-{i}", f"b{i}") for i in range(share))
+    assert shell.process(block(app, 1, boots))  # a whole share of first contacts is one valid block
+    assert -(-1000 // share) <= 16  # 1000 first boots at one node: 16 blocks with 4 validators
 
 
 def test_a_block_over_one_vouchers_new_charger_share_is_refused_before_any_chain_read(tmp_path):
     app, shell = make_app(tmp_path)
-    fresh = tuple(vouched(f"FLOOD-{i}", f"f{i}", key_index=1) for i in range(MAX_NEW_CHARGER_EVENTS_PER_VOUCHER + 1))
+    share = new_charger_share(len(app.validators))
+    fresh = tuple(vouched(f"FLOOD-{i}", f"f{i}", key_index=1) for i in range(share + 1))
     reads = len(app.chain.reads_by)
     facts = app.fetch_facts(1, block(app, 1, fresh).app_header, fresh)
     assert facts.problem is not None and "chargers the ledger does not know" in facts.problem
@@ -66,7 +92,7 @@ def test_a_block_over_one_vouchers_new_charger_share_is_refused_before_any_chain
     assert not shell.process(block(app, 1, fresh))
     assert shell.process(block(app, 1, fresh[:-1]))  # the share itself is valid
     # Another voucher's share is its own: one voucher's flood does not use it up.
-    mixed = fresh[:-1] + tuple(vouched(f"OTHER-{i}", f"o{i}", key_index=2) for i in range(MAX_NEW_CHARGER_EVENTS_PER_VOUCHER))
+    mixed = fresh[:-1] + tuple(vouched(f"OTHER-{i}", f"o{i}", key_index=2) for i in range(share))
     assert shell.process(block(app, 1, mixed))
 
 
@@ -74,20 +100,22 @@ def test_events_of_chargers_the_ledger_knows_fill_up_to_the_per_voucher_cap(tmp_
     app, shell = make_app(tmp_path)
     shell.finalize(block(app, 1, (boot("CP-1", "b1"),)))  # CP-1 is registered on the static chain
     assert app.ledger.device("CP-1") is not None
-    known = tuple(vouched("CP-1", f"h{i}") for i in range(MAX_VOUCHED_EVENTS_PER_BLOCK))
+    cap = vouched_share(len(app.validators))
+    known = tuple(vouched("CP-1", f"h{i}") for i in range(cap))
     assert shell.process(block(app, 2, known))
     over = known + (vouched("CP-1", "one-more"),)
     assert not shell.process(block(app, 2, over))
     facts = app.fetch_facts(2, block(app, 2, over).app_header, over)
-    assert facts.problem is not None and f"more than {MAX_VOUCHED_EVENTS_PER_BLOCK} events" in facts.problem
+    assert facts.problem is not None and f"more than {cap} events" in facts.problem
 
 
 def test_unregistered_chargers_stay_new_so_a_flood_never_earns_a_bigger_share(tmp_path):
     app, shell = make_app(tmp_path)
-    first = tuple(vouched(f"FLOOD-{i}", f"f{i}", key_index=1) for i in range(MAX_NEW_CHARGER_EVENTS_PER_VOUCHER))
+    share = new_charger_share(len(app.validators))
+    first = tuple(vouched(f"FLOOD-{i}", f"f{i}", key_index=1) for i in range(share))
     shell.finalize(block(app, 1, first))
-    assert all(app.ledger.device(f"FLOOD-{i}") is None for i in range(MAX_NEW_CHARGER_EVENTS_PER_VOUCHER))
-    again = tuple(vouched(f"FLOOD-{i}", f"g{i}", key_index=1) for i in range(MAX_NEW_CHARGER_EVENTS_PER_VOUCHER + 1))
+    assert all(app.ledger.device(f"FLOOD-{i}") is None for i in range(share))
+    again = tuple(vouched(f"FLOOD-{i}", f"g{i}", key_index=1) for i in range(share + 1))
     assert not shell.process(block(app, 2, again))
 
 
@@ -97,17 +125,18 @@ def test_unregistered_chargers_stay_new_so_a_flood_never_earns_a_bigger_share(tm
 def test_an_honest_proposer_takes_a_share_of_the_flood_and_all_honest_traffic(tmp_path):
     app, shell = make_app(tmp_path)  # this node is KEYS[0]
     shell.finalize(block(app, 1, (boot("CP-1", "b1"),)))
-    flood = tuple(vouched(f"FLOOD-{i}", f"f{i}", key_index=1) for i in range(200))
+    share = new_charger_share(len(app.validators))
+    flood = tuple(vouched(f"FLOOD-{i}", f"f{i}", key_index=1) for i in range(share + 100))
     honest = (vouched("CP-1", "h1"), vouched("NEW-CP", "n1"), vouched("CP-1", "h2", key_index=2))
     offered = flood[:50] + honest + flood[50:]
     prepared = app.prepare_proposal(2, offered, (5, (5).to_bytes(32, "big")))
     kept = set(prepared.payloads)
     assert set(honest) <= kept
-    assert len(kept & set(flood)) == PROPOSE_NEW_CHARGER_EVENTS_PER_OTHER_VOUCHER
+    assert len(kept & set(flood)) == share // PROPOSE_OTHERS_NEW_CHARGER_FRACTION  # the rest waits
     assert shell.process(block(app, 2, prepared.payloads))
-    # This node's own new chargers get the full share in its own proposals.
-    own_new = tuple(vouched(f"MINE-{i}", f"m{i}") for i in range(MAX_NEW_CHARGER_EVENTS_PER_VOUCHER + 2))
-    assert len(app.prepare_proposal(2, own_new, (5, (5).to_bytes(32, "big"))).payloads) == MAX_NEW_CHARGER_EVENTS_PER_VOUCHER
+    # This node's own new chargers get the whole share in its own proposals.
+    own_new = tuple(vouched(f"MINE-{i}", f"m{i}") for i in range(share + 2))
+    assert len(app.prepare_proposal(2, own_new, (5, (5).to_bytes(32, "big"))).payloads) == share
 
 
 # ---------------------------------------------------------------- gossip admission
@@ -162,7 +191,7 @@ def _service(tmp_path: Path) -> tuple[ConsensusService, CountingApp, list[bytes]
     app = CountingApp()
     config = ServiceConfig(data_dir=tmp_path / "node", domain=Domain(31337, b"\xcd" * 20),
                            validators=ValidatorSet.equal(list(bindings)), directory=ValidatorDirectory(bindings),
-                           durable=False, mempool_max_count=20_000)
+                           durable=False, mempool_max_count=20_000, block_max_payloads=BLOCK_EVENT_BUDGET)
     return ConsensusService(keys[0], config, app), app, [k.validator_address for k in keys]
 
 
@@ -170,14 +199,17 @@ def test_a_flooding_origin_costs_at_most_its_backlog_in_checks_and_honest_gossip
     service, app, (me, honest, byzantine, _) = _service(tmp_path)
     flooder = "0x" + byzantine.hex()
     cap = service.config.gossip_max_pending_per_origin
+    assert cap == 4000
+    service.gossip_budget = GossipBudget(rate=1e9, burst=10**6)  # only the backlog bounds it here
+    sent = 5000
 
     async def main() -> None:
-        flood = [b"%s:flood-%d" % (flooder.encode(), i) for i in range(5000)]
+        flood = [b"%s:flood-%d" % (flooder.encode(), i) for i in range(sent)]
         for start in range(0, len(flood), 1000):  # batches as the events topic delivers them
             await service._on_payloads(byzantine, flood[start:start + 1000])
         assert service.mempool.usage(flooder)[0] == cap
         assert app.checks == cap  # every refused payload was refused before check_tx
-        assert service.counters["gossip_payload_origin_backlogged"] == 5000 - cap
+        assert service.counters["gossip_payload_origin_backlogged"] == sent - cap
         assert not service._accepts_gossip_from(byzantine)  # its next batches are not even relayed
         await service._on_payloads(byzantine, flood[:10])  # replays: skipped as duplicates
         assert app.checks == cap and service.counters["gossip_payload_duplicate"] == 10
@@ -190,7 +222,7 @@ def test_a_flooding_origin_costs_at_most_its_backlog_in_checks_and_honest_gossip
         assert service.mempool.usage("local")[0] == 1
         # A proposal takes a share of the flooder's backlog and all the honest traffic.
         reaped = service.mempool.reap(2000, 4 * 1024 * 1024, per_source=service.config.block_max_per_source)
-        assert sum(p.startswith(flooder.encode()) for p in reaped) == BLOCK_MAX_PER_SOURCE
+        assert sum(p.startswith(flooder.encode()) for p in reaped) == vouched_share(4) == 500
         assert set(good) <= set(reaped)
 
     trio.run(main)
@@ -285,3 +317,44 @@ def test_the_events_topic_drops_a_batch_whose_origin_the_node_refuses(tmp_path):
     assert not gossip._validate(keys[1].peer_id, msg)
     assert refused == [keys[1].validator_address]
     assert running.drops.snapshot().get(f"{gossip.topic}/origin_backlogged") == 1
+
+
+# ---------------------------------------------------------------- chain reads of a block
+
+
+class SlowDevices:
+    """A chain client whose device() read takes 50 ms (an eth_call under load) and counts calls."""
+
+    def __init__(self) -> None:
+        from types import SimpleNamespace
+
+        self.deployment = SimpleNamespace(addresses=lambda: {})
+        self.calls: list[str] = []
+
+    def device(self, charge_box_id: str, block: Any) -> Any:
+        import time
+
+        time.sleep(0.05)
+        self.calls.append(charge_box_id)
+        return None if charge_box_id.startswith("FLOOD") else ("record", charge_box_id)
+
+
+def test_a_blocks_uncached_device_reads_are_prefetched_concurrently_then_hit_the_cache():
+    import time
+
+    from anchoring.chain import device_id_of
+    from devsen.chain_view import ContractChainView, ReadCache
+
+    client = SlowDevices()
+    cache = ReadCache(client)  # type: ignore[arg-type]
+    cache.advance(5)
+    view = ContractChainView(client, None, 5, cache)  # type: ignore[arg-type]
+    cache.put("device", device_id_of("CACHED"), ("record", "CACHED"))
+    chargers = [f"FLOOD-{i}" for i in range(32)] + ["CACHED"]
+    started = time.monotonic()
+    view.prefetch_devices(chargers, 8)
+    assert time.monotonic() - started < 32 * 0.05 / 2  # 8 at once, not one after another
+    assert sorted(client.calls) == sorted(chargers[:-1])  # the cached one is not read again
+    assert all(cache.entries[("device", device_id_of(c))] is None for c in chargers[:-1])  # absent, cached
+    before = len(client.calls)
+    assert view.device("FLOOD-3") is None and len(client.calls) == before  # answered from the cache

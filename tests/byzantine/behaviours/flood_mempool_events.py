@@ -55,8 +55,7 @@ def install() -> None:
                   and app_module.ChargerEvent.from_bytes(p).ingress_node == mine)
         # As many fresh (unknown-charger) events as a valid block may carry: the attack at its
         # strongest that honest validators still have to accept.
-        room = min(app_module.MAX_VOUCHED_EVENTS_PER_BLOCK,
-                   getattr(app_module, "MAX_NEW_CHARGER_EVENTS_PER_VOUCHER", 10**6)) - own
+        room = app_module.new_charger_share(len(self.validators)) - own
         stuffed = tuple(_flood_event(self, "P") for _ in range(max(0, room)))
         return type(prepared)(prepared.app_header, prepared.payloads + stuffed)
 
