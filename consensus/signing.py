@@ -13,6 +13,7 @@ ANCHOR_BATCH_TYPE = (
 )
 SETTLEMENT_TYPE = "Settlement(bytes32 sessionId,uint64 energyWh,uint256 amount)"
 VALIDATOR_SET_UPDATE_TYPE = "ValidatorSetUpdate(uint64 epoch,bytes32 validatorsHash)"
+PAYMENT_VOUCHER_TYPE = "PaymentVoucher(bytes32 sessionId,uint256 cumulativeAmount)"
 
 
 def quorum_size(validator_count: int) -> int:

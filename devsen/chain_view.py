@@ -167,6 +167,8 @@ def _to_ledger_session(charge_box_id: str, session: ChainEscrowSession) -> Escro
             id_tag_hash=session.id_tag_hash,
             deposit=session.deposit,
             opened_at_s=session.opened_at,
+            # Escrow's voucherMode (issue 12, on-chain half): False until the client reads it.
+            voucher_mode=bool(getattr(session, "voucher_mode", False)),
         )
     except (ValueError, TypeError) as exc:
         log.warning("escrow session 0x%s ignored: %s", session.session_id.hex(), exc)

@@ -116,6 +116,9 @@ class EscrowSession:
     id_tag_hash: bytes
     deposit: int
     opened_at_s: int
+    # Opened in voucher mode (issue 12): the driver pays by per-chunk vouchers, the ledger stops
+    # the charge when they fall behind. Read from the Escrow session when the contract has it.
+    voucher_mode: bool = False
 
     def __post_init__(self) -> None:
         problem = escrow_problem(self)
@@ -139,6 +142,8 @@ def escrow_problem(session: object) -> str | None:
         return "connector_id must be a uint8"
     if type(s.charge_box_id) is not str:
         return "charge_box_id must be a string"
+    if type(s.voucher_mode) is not bool:
+        return "voucher_mode must be a bool"
     return None
 
 
