@@ -20,6 +20,7 @@ import trio
 log = logging.getLogger("devsen.http")
 
 MAX_REQUEST_BYTES = 16 * 1024
+MAX_BODY_BYTES = 4 * 1024  # POST bodies (a payment voucher is ~200 bytes of JSON)
 MAX_CONNECTIONS = 256
 REQUEST_TIMEOUT_S = 10.0
 
@@ -37,30 +38,45 @@ class HttpError(Exception):
 
 @dataclass
 class Router:
-    """GET routes with `{name}` placeholders, matched in registration order."""
+    """GET (and a few POST) routes with `{name}` placeholders, matched in registration order.
+    A POST handler finds the request body (JSON text, at most MAX_BODY_BYTES) in params["body"]."""
 
     routes: list[tuple[re.Pattern[str], Handler]] = field(default_factory=list)
+    post_routes: list[tuple[re.Pattern[str], Handler]] = field(default_factory=list)
+
+    @staticmethod
+    def _pattern(template: str) -> re.Pattern[str]:
+        return re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template) + "$")
 
     def get(self, template: str, handler: Handler) -> None:
         """Register `handler` for GET `template` (e.g. "/v1/blocks/{height}")."""
-        pattern = "^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template) + "$"
-        self.routes.append((re.compile(pattern), handler))
+        self.routes.append((self._pattern(template), handler))
 
-    async def dispatch(self, method: str, path: str) -> tuple[int, Any]:
+    def post(self, template: str, handler: Handler) -> None:
+        """Register `handler` for POST `template`; it gets the body as params["body"]."""
+        self.post_routes.append((self._pattern(template), handler))
+
+    async def dispatch(self, method: str, path: str, body: bytes = b"") -> tuple[int, Any]:
         """Route one request; unknown paths 404, other methods 405, handler errors 500."""
         path = path.split("?", 1)[0]
-        for pattern, handler in self.routes:
+        mine, other = (self.post_routes, self.routes) if method == "POST" else (self.routes, self.post_routes)
+        for pattern, handler in mine if method in ("GET", "POST") else ():
             match = pattern.match(path)
             if match:
-                if method != "GET":
-                    return 405, {"error": f"method {method} not allowed; use GET"}
+                params = match.groupdict()
+                if method == "POST":
+                    params["body"] = body.decode("utf-8", "replace")
                 try:
-                    return await handler(match.groupdict())
+                    return await handler(params)
                 except HttpError as exc:
                     return exc.status, {"error": exc.message}
                 except Exception:
                     log.exception("HTTP handler for %s failed", path)
                     return 500, {"error": "internal error; see the node's log"}
+        for pattern, _ in other + (mine if method not in ("GET", "POST") else []):
+            if pattern.match(path):
+                allowed = "POST" if any(p.match(path) for p, _ in self.post_routes) else "GET"
+                return 405, {"error": f"method {method} not allowed; use {allowed}"}
         return 404, {"error": f"no route for {path}"}
 
 
@@ -79,7 +95,11 @@ async def _serve_connection(stream: trio.SocketStream, router: Router) -> None:
                 if isinstance(event, h11.Request):
                     method = event.method.decode("ascii", "replace")
                     target = event.target.decode("ascii", "replace")
-                    status, body = await router.dispatch(method, target)
+                    request_body = await _read_body(stream, connection) if method == "POST" else b""
+                    if request_body is None:
+                        status, body = 413, {"error": f"request body over {MAX_BODY_BYTES} bytes"}
+                    else:
+                        status, body = await router.dispatch(method, target, request_body)
                     payload = json.dumps(body, separators=(",", ":")).encode()
                     headers = [("content-type", "application/json"), ("content-length", str(len(payload))),
                                ("connection", "close")]
@@ -94,6 +114,27 @@ async def _serve_connection(stream: trio.SocketStream, router: Router) -> None:
         return
     finally:
         await stream.aclose()
+
+
+async def _read_body(stream: trio.SocketStream, connection: h11.Connection) -> bytes | None:
+    """The request body, or None once it is over MAX_BODY_BYTES."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        event = connection.next_event()
+        if event is h11.NEED_DATA:
+            data = await stream.receive_some(MAX_REQUEST_BYTES)
+            if not data:
+                return b"".join(chunks)
+            connection.receive_data(data)
+            continue
+        if isinstance(event, h11.Data):
+            size += len(event.data)
+            if size > MAX_BODY_BYTES:
+                return None
+            chunks.append(bytes(event.data))
+            continue
+        return b"".join(chunks)  # EndOfMessage (or the peer gave up)
 
 
 async def _send_bad_request(stream: trio.SocketStream, connection: h11.Connection,
@@ -131,6 +172,15 @@ async def serve_http(router: Router, host: str, port: int, *,
 
 async def http_get_json(url: str, timeout: float = 10.0) -> tuple[int, Any]:
     """GET a JSON document over plain HTTP (used by `devsen audit` and tests)."""
+    return await _http_json("GET", url, None, timeout)
+
+
+async def http_post_json(url: str, body: str, timeout: float = 30.0) -> tuple[int, Any]:
+    """POST a JSON text and read the JSON answer (`devsen wallet stream`, tests)."""
+    return await _http_json("POST", url, body.encode(), timeout)
+
+
+async def _http_json(method: str, url: str, body: bytes | None, timeout: float) -> tuple[int, Any]:
     match = re.fullmatch(r"http://([^/:]+)(?::(\d+))?(/.*)?", url)
     if not match:
         raise ValueError(f"{url!r} is not an http:// URL")
@@ -138,8 +188,10 @@ async def http_get_json(url: str, timeout: float = 10.0) -> tuple[int, Any]:
     with trio.fail_after(timeout):
         stream = await trio.open_tcp_stream(host, port)
         async with stream:
-            request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
-            await stream.send_all(request)
+            extra = "" if body is None else \
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            request = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n".encode()
+            await stream.send_all(request + (body or b""))
             chunks = []
             while chunk := await stream.receive_some(65536):
                 chunks.append(chunk)
