@@ -44,6 +44,7 @@ from devsen.app import (
     AppSettings,
     NodeApplication,
     OwnAttestationCommitted,
+    StopCharge,
     ValidatorsChanged,
     decode_event_reply,
 )
@@ -64,8 +65,11 @@ from devsen.consensus_service import (
 from devsen.evidence import EvidenceRecorder, EvidenceStore
 from devsen.http_api import HttpError, Router, serve_http
 from devsen.ledger import Ledger
+from devsen.ledger.vouchers import StopOrder
 from devsen.logs import setup_logging
 from devsen.remote_start import run_remote_starts
+from devsen.remote_stop import RemoteStops
+from devsen.voucher_api import VoucherRoutes
 from ocpp_adapter.config import OcppServerConfig
 from ocpp_adapter.events import ChargerEvent, EventEncodingError
 from ocpp_adapter.ingest import IngestOverloaded, IngestRejected, IngestResult
@@ -205,6 +209,7 @@ class NodeParts:
     connections: ChargerConnections
     started_at: float
     evidence: EvidenceRecorder | None = None
+    stops: RemoteStops | None = None
 
 
 def _load_deployment(config: NodeConfig) -> Deployment:
@@ -353,7 +358,9 @@ def build_node(config: NodeConfig) -> NodeParts:
     # After an epoch change, re-sign only what this node has not seen land (AttestationBook.rebased).
     app.resign_filter = lambda subject: not submitter.known_done(subject)
     on_validators: list[Callable[[ValidatorsChanged], None]] = []
-    route = FinalizeRouter(outbox, quorums, on_validators)
+    connections = ChargerConnections()
+    stops = RemoteStops(connections)
+    route = FinalizeRouter(outbox, quorums, on_validators, stops.add)
     timeouts = TimeoutConfig(
         propose_ms=config.consensus.timeout_propose_ms, propose_delta_ms=config.consensus.timeout_delta_ms,
         prevote_ms=config.consensus.timeout_vote_ms, prevote_delta_ms=config.consensus.timeout_delta_ms,
@@ -388,7 +395,7 @@ def build_node(config: NodeConfig) -> NodeParts:
     for quorum in app.take_restored_quorums():  # the submitter ignores the ones it knows
         quorums.add(quorum)
     return NodeParts(config, keys, deployment, client, app, service, submitter, outbox, quorums,
-                     ChargerConnections(), time.time(), evidence)
+                     connections, time.time(), evidence, stops)
 
 
 def _evidence_recorder(data_dir: Path, app: NodeApplication, service: ConsensusService) -> EvidenceRecorder:
@@ -502,6 +509,9 @@ def build_router(parts: NodeParts) -> Router:
     router.get("/v1/evidence/{validator}", evidence_of)
     router.get("/v1/chargers/{charger_id}/messages/{message_id}", charger_message)
     router.get("/v1/heights/{height}", ledger_state)
+    vouchers = VoucherRoutes(parts.app, parts.service)
+    router.get("/v1/sessions/{session_id}", vouchers.session)
+    router.post("/v1/sessions/{session_id}/vouchers", vouchers.submit)
     return router
 
 
@@ -511,10 +521,12 @@ class FinalizeRouter:
     set changes to the peer directory and the submitter."""
 
     def __init__(self, outbox: AttestationOutbox, quorums: QuorumInbox,
-                 on_validators: list[Callable[[ValidatorsChanged], None]]) -> None:
+                 on_validators: list[Callable[[ValidatorsChanged], None]],
+                 on_stop: Callable[[StopOrder], None] | None = None) -> None:
         self.outbox = outbox
         self.quorums = quorums
         self.on_validators = on_validators
+        self.on_stop = on_stop
 
     def on_finalized(self, block: Block, result: FinalizeResult) -> None:
         for payload in result.outbound_payloads:
@@ -527,6 +539,8 @@ class FinalizeRouter:
             elif isinstance(notice, ValidatorsChanged):
                 for listener in self.on_validators:
                     listener(notice)
+            elif isinstance(notice, StopCharge) and self.on_stop is not None:
+                self.on_stop(notice.order)  # sent only if the charger is connected here
 
 
 class QuorumInbox:
@@ -592,6 +606,9 @@ async def serve_node(parts: NodeParts, *, task_status: Any = trio.TASK_STATUS_IG
         nursery.start_soon(supervised, "submitter", parts.submitter.run)
         nursery.start_soon(supervised, "quorum inbox", lambda: parts.quorums.run(parts.submitter))
         nursery.start_soon(supervised, "peer-id refresh", lambda: refresh_peer_bindings(parts))
+        if parts.stops is not None:
+            stops = parts.stops
+            nursery.start_soon(supervised, "voucher remote stops", lambda: stops.run())
         nursery.start_soon(run_remote_starts, parts.client, parts.deployment, parts.connections,
                            Path(config.node.data_dir), config.chain.confirmations, config.chain.poll_interval_s)
         ocpp_port = await nursery.start(

@@ -5,7 +5,19 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ledger_world import CHARGER, DEPOSIT, ESCROW_1, ESCROW_2, T0_MS, TARIFF, World, ev, iso, start16, stop16
+from ledger_world import (
+    CHARGER,
+    DEPOSIT,
+    ESCROW_1,
+    ESCROW_2,
+    T0_MS,
+    TARIFF,
+    World,
+    ev,
+    iso,
+    start16,
+    stop16,
+)
 
 from devsen.ledger import BlockContext, EscrowSession, Ledger, id_tag_hash
 from devsen.ledger.vouchers import (
