@@ -78,7 +78,12 @@ async def stream(node: str, session_id: bytes, key: SigningKey, domain: Domain, 
     state: dict[str, Any] = {}
     with trio.move_on_after(timeout_s):
         while True:
-            status, state = await http_get_json(url)
+            try:
+                status, state = await http_get_json(url)
+            except (OSError, trio.TooSlowError, ValueError) as exc:  # node busy or restarting: ask again
+                progress({"event": "node_unreachable", "reason": str(exc) or type(exc).__name__})
+                await trio.sleep(poll_s)
+                continue
             if status != 200:
                 raise ValueError(f"the node answered {status}: {state}")
             signed = max(signed, int(state.get("latest_voucher") or 0))
