@@ -103,6 +103,7 @@ MAX_NEW_CHARGER_EVENTS_PER_VOUCHER = 4
 # An honest proposer takes fewer of another validator's new-charger events (it cannot tell an
 # honest first contact from a flood; that validator's own proposals take up to the full share).
 PROPOSE_NEW_CHARGER_EVENTS_PER_OTHER_VOUCHER = 1
+MAX_VOUCHERS_PER_BLOCK = 256  # payment vouchers in one block (a validity rule; more wait for the next block)
 CODE_VOUCHER_REFUSED = 4  # a payment voucher the ledger did not count (`log` says why)
 VOUCHER_SIGNERS_CACHED = 4_096  # payment voucher payload -> recovered signer
 DRIVERS_CACHED = 4_096  # escrow session -> driver address, as last read from chain
@@ -299,7 +300,7 @@ class NodeApplication:
             problem = self.voucher_problem(voucher)
             if problem is not None:
                 return CheckResult(False, problem)
-            return CheckResult(True, source="voucher")
+            return CheckResult(True, source="voucher:" + voucher.session_id.hex()[:16])  # mempool share per session
         for event in parts.events:
             problem = self.vouches.problem(event, self.validators)
             if problem is not None:
@@ -355,6 +356,7 @@ class NodeApplication:
         """Our proposal: the header naming `facts`' Ethereum block and the admissible payloads."""
         number, eth_hash = facts
         kept: list[bytes] = []
+        vouchers = 0
         budget = VoucherBudget(self._known_charger, mine="0x" + self.settings.key.address.hex(),
                                new_for_others=PROPOSE_NEW_CHARGER_EVENTS_PER_OTHER_VOUCHER)
         for payload in payloads:
@@ -362,6 +364,10 @@ class NodeApplication:
                 continue
             if payload[0] == EVENT_PAYLOAD_FIRST_BYTE and budget.take(ChargerEvent.from_bytes(payload)) is not None:
                 continue  # over its voucher's share of this block: waits in the mempool for the next
+            if payload[0] == VOUCHER_PAYLOAD_TAG:
+                if vouchers >= MAX_VOUCHERS_PER_BLOCK:
+                    continue
+                vouchers += 1
             kept.append(payload)
         return Prepared(encode_app_header(number, eth_hash), tuple(kept))
 
@@ -463,6 +469,8 @@ class NodeApplication:
             problem = self.vouches.problem(event, self.validators)
             if problem is not None:
                 return f"event 0x{event.event_id.hex()}: {problem}"
+        if len(parts.vouchers) > MAX_VOUCHERS_PER_BLOCK:
+            return f"{len(parts.vouchers)} payment vouchers in one block, at most {MAX_VOUCHERS_PER_BLOCK}"
         for voucher in parts.vouchers:
             try:
                 self.voucher_signer(voucher)

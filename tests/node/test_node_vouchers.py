@@ -105,6 +105,15 @@ def test_a_block_with_an_unrecoverable_voucher_is_invalid(tmp_path):
     assert not shell.process(make_block(app, 1, (broken.encode(),)))
 
 
+def test_a_block_with_too_many_vouchers_is_invalid(tmp_path):
+    from devsen.app import MAX_VOUCHERS_PER_BLOCK
+
+    app, shell = voucher_app(tmp_path)
+    many = tuple(sign_voucher(DRIVER, ESCROW, SESSION, n + 1).encode() for n in range(MAX_VOUCHERS_PER_BLOCK + 1))
+    assert not shell.process(make_block(app, 1, many))
+    assert shell.process(make_block(app, 1, many[:-1]))
+
+
 def test_vouchers_in_blocks_counted_or_refused_deterministically_and_the_stop_notice(tmp_path):
     app, shell = voucher_app(tmp_path)
     (tmp_path / "b").mkdir()
