@@ -27,6 +27,7 @@ shown by their custom error names.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -273,8 +274,8 @@ def _stream(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     key = SigningKey(bytes.fromhex(_key(args).removeprefix("0x")))
 
     def progress(line: dict[str, Any]) -> None:
-        if args.json:
-            print(dumps(line), flush=True)
+        if args.json:  # JSON Lines: one compact document per progress line
+            print(json.dumps(line, separators=(",", ":")), flush=True)
         elif line["event"] == "signed":
             print(f"signed {token_amount(line['cumulative_amount'])} for {line['energy_wh']} Wh committed "
                   f"(cost {token_amount(int(line['cost']))}, car {line['car_wh']} Wh), block {line['height']}",
@@ -298,7 +299,7 @@ def wallet_main(argv: list[str]) -> int:
     try:
         if args.command == "stream":
             text, document = _stream(args)
-            print(dumps({"event": "done", **document}) if args.json else text)
+            print(json.dumps({"event": "done", **document}, separators=(",", ":")) if args.json else text)
             return 0
         client = open_wallet(args.rpc, args.deployment, _key(args))
         text, document = _run(args, client)

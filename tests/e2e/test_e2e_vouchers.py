@@ -87,3 +87,66 @@ async def test_vouchers_posted_to_one_node_are_agreed_by_all_and_bad_ones_refuse
         while (session := driver.session(session_id, "latest")).status != SessionStatus.SETTLED:
             await trio.sleep(0.5)
     assert session.settled_amount == 1_000 * DEMO_PRICE_PER_KWH // 1000  # not a voucher-mode session on main
+
+
+def _start_stream(network: Any, key_file: Any, session_id: bytes, node_url: str, car: Any,
+                  out_path: Any) -> tuple[Any, Any]:
+    """`devsen wallet --json stream ...` as a child process (time-bounded by --timeout-s; the test kills it)."""
+    import subprocess
+    import sys
+
+    out = open(out_path, "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "devsen.cli", "wallet", "--rpc", network["anvil"].url, "--deployment",
+         str(network["deployment_path"]), "--key-file", str(key_file), "--json", "stream", "0x" + session_id.hex(),
+         "--cap", str(DEPOSIT), "--node", node_url, "--battery-wh", str(car), "--poll-s", "0.3",
+         "--timeout-s", "120"], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    return process, out
+
+
+async def test_wallet_stream_cli_signs_chunk_by_chunk_and_stops_on_a_mismatch(network: Any, tmp_path: Any) -> None:
+    nodes, driver = network["nodes"], network["seeded"]["driver_client"]
+    key_file, car = tmp_path / "driver.key", tmp_path / "car_wh"
+    key_file.write_text(network["anvil"].dev_keys[2])
+    car.write_text("0")
+    entry, wallet_node = nodes[2], nodes[0]
+    async with connect_demo_charger(entry.ocpp_url, DEMO_CHARGER, DEMO_PASSWORD) as charger:
+        assert (await charger.boot(connector=2))["status"] == "Accepted"
+        session_id = await trio.to_thread.run_sync(open_prepaid_session, driver, DEMO_CHARGER, 2, DEMO_ID_TAG, DEPOSIT)
+        token = session_token(session_id)
+        with trio.fail_after(30):
+            while (await charger.next_remote_start(30))["idTag"] != token:
+                pass
+        process, out = _start_stream(network, key_file, session_id, wallet_node.http_url, car, tmp_path / "stream.out")
+        try:
+            started = trio.current_time()
+            start = await charger.call("StartTransaction", {"connectorId": 2, "idTag": token, "meterStart": 0,
+                                                            "timestamp": iso_now()})
+            tx = start["transactionId"]
+            for n in range(1, 7):
+                reported = 100 * n + (300 if n == 6 else 0)  # the sixth reading is inflated by its ingress node
+                car.write_text(str(100 * n))
+                await charger.call("MeterValues", {"connectorId": 2, "transactionId": tx, "meterValue": [
+                    {"timestamp": iso_now(), "sampledValue": [{"value": str(reported), "unit": "Wh"}]}]})
+                await trio.sleep(2.0)
+            await trio.sleep_until(started + 1.2 * 900 * 3600 / MAX_POWER_W)
+            await charger.call("StopTransaction", {"transactionId": tx, "meterStop": 900, "timestamp": iso_now(),
+                                                   "idTag": token})
+            with trio.fail_after(60):
+                while process.poll() is None:
+                    await trio.sleep(0.3)
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait(10)
+            out.close()
+    lines = [json.loads(line) for line in (tmp_path / "stream.out").read_text().splitlines() if line.startswith("{")]
+    signed = [line["cumulative_amount"] for line in lines if line["event"] == "signed"]
+    chunk = 500 * DEMO_PRICE_PER_KWH // 1000
+    assert process.returncode == 0, (tmp_path / "stream.out").read_text()
+    assert signed and all(amount % chunk == 0 for amount in signed) and signed == sorted(set(signed))
+    stops = [line for line in lines if line["event"] == "stopped_signing"]
+    assert stops and "mismatch" in stops[0]["reason"]
+    assert signed[-1] <= (500 * DEMO_PRICE_PER_KWH // 1000) + chunk  # never a chunk past the car's 0.5 kWh
+    done = lines[-1]
+    assert done["event"] == "done" and done["signed"] == signed[-1]
