@@ -179,3 +179,10 @@ def test_hostile_escrow_voucher_mode_is_refused_as_bad_chain_data() -> None:
     world.chain.sessions[ESCROW_1] = bad
     refusal = apply_vouchers(world, sign_voucher(DRIVER, DOMAIN, ESCROW_1, 10)).voucher_refusals[0]
     assert "not open on chain" in refusal
+
+
+def test_an_escrow_driver_that_is_not_an_address_refuses_every_voucher() -> None:
+    world = voucher_world()
+    world.chain.sessions[ESCROW_1] = replace(world.chain.sessions[ESCROW_1], driver="not-an-address")
+    refusal = apply_vouchers(world, sign_voucher(DRIVER, DOMAIN, ESCROW_1, 10)).voucher_refusals[0]
+    assert "not by the session's driver" in refusal

@@ -132,6 +132,11 @@ def test_vouchers_in_blocks_counted_or_refused_deterministically_and_the_stop_no
     assert [(s.charger_id, s.tx_ref) for s in stops] == [("CP-1", "1")]
     assert remote_stop_call("1.6", stops[0]) == ("RemoteStopTransaction", {"transactionId": 1})
     assert remote_stop_call("2.0.1", stops[0]) == ("RequestStopTransaction", {"transactionId": "1"})
+    from ocpp.messages import get_validator
+
+    for version in ("1.6", "2.0.1"):
+        action, payload = remote_stop_call(version, stops[0])
+        get_validator(2, action, version).validate(payload)  # schema-valid CSMS calls
 
 
 async def _with_server(app, chain, body):
@@ -227,3 +232,42 @@ def test_voucher_verify_cost(count):
     for v in vouchers:
         assert v.signer(ESCROW) == DRIVER.address
     print(f"voucher verify (EIP-712 digest + secp256k1 recover): {(time.perf_counter() - began) / count * 1e6:.0f} µs")
+
+
+class Connected:
+    """Stand-in for ChargerConnections: which chargers are connected here, the calls sent."""
+
+    def __init__(self, versions: dict[str, str]) -> None:
+        self.versions, self.calls = versions, []
+
+    def version(self, charge_box_id: str) -> str | None:
+        return self.versions.get(charge_box_id)
+
+    async def call(self, charge_box_id: str, action: str, payload: dict, timeout: float | None = None) -> dict:
+        self.calls.append((charge_box_id, action, payload))
+        if charge_box_id == "CP-BAD":
+            from ocpp_adapter.errors import ChargerCallFailed
+
+            raise ChargerCallFailed("NotSupported", "no remote stop here")
+        return {"status": "Accepted"}
+
+
+def test_remote_stops_go_only_to_chargers_connected_here_and_survive_failures():
+    from devsen.ledger.vouchers import StopOrder
+    from devsen.remote_stop import RemoteStops
+
+    connections = Connected({"CP-1": "1.6", "CP-BAD": "1.6", "CS-2": "2.0.1"})
+    stops = RemoteStops(connections)  # type: ignore[arg-type]
+    order = lambda charger, tx: StopOrder(SESSION, charger, tx, "1.6", 1, 10, 0)  # noqa: E731
+    for charger, tx in (("CP-ELSEWHERE", "1"), ("CP-BAD", "2"), ("CP-1", "3"), ("CS-2", "tx-9")):
+        stops.add(order(charger, tx))
+
+    async def run() -> None:
+        with trio.move_on_after(1.0):
+            await stops.run(timeout_s=1.0)
+
+    trio.run(run)
+    assert connections.calls == [("CP-BAD", "RemoteStopTransaction", {"transactionId": 2}),
+                                 ("CP-1", "RemoteStopTransaction", {"transactionId": 3}),
+                                 ("CS-2", "RequestStopTransaction", {"transactionId": "tx-9"})]
+    assert stops.sent == 2
