@@ -186,3 +186,45 @@ def test_an_escrow_driver_that_is_not_an_address_refuses_every_voucher() -> None
     world.chain.sessions[ESCROW_1] = replace(world.chain.sessions[ESCROW_1], driver="not-an-address")
     refusal = apply_vouchers(world, sign_voucher(DRIVER, DOMAIN, ESCROW_1, 10)).voucher_refusals[0]
     assert "not by the session's driver" in refusal
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+STEP = st.one_of(
+    st.tuples(st.just("voucher"), st.sampled_from([DRIVER, OTHER]), st.sampled_from([ESCROW_1, ESCROW_2, b"\x09" * 32]),
+              st.integers(0, DEPOSIT + 10)),
+    st.tuples(st.just("meter"), st.integers(0, 5_000)),
+    st.tuples(st.just("close"), st.sampled_from([ESCROW_1, ESCROW_2])),
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.booleans(), st.lists(STEP, max_size=12))
+def test_any_voucher_sequence_is_total_deterministic_and_never_pays_more_than_signed(mode: bool, steps: list) -> None:
+    worlds = [voucher_world(mode), voucher_world(mode)]
+    start = start16(meter=0)  # the same events for both ledgers (message ids are fresh per event)
+    for world in worlds:
+        world.one(start)
+    best: dict[bytes, int] = {}
+    for step in steps:
+        reading = meter(step[1]) if step[0] == "meter" else None
+        voucher = sign_voucher(step[1], DOMAIN, step[2], step[3]) if step[0] == "voucher" else None
+        for world in worlds:
+            if voucher is not None:
+                outcome = apply_vouchers(world, voucher)
+                if outcome.voucher_refusals == (None,):
+                    assert step[1] is DRIVER and voucher.cumulative_amount <= DEPOSIT
+                    assert voucher.cumulative_amount > best.get(voucher.session_id, -1)
+            elif reading is not None:
+                apply_vouchers(world, events=(reading,))
+            else:
+                world.chain.close_escrow_session(step[1])
+                apply_vouchers(world)
+        if voucher is not None and (latest := worlds[0].ledger.vouchers.latest(voucher.session_id)) is not None:
+            best[voucher.session_id] = latest.cumulative_amount
+        assert worlds[0].ledger.state_hash() == worlds[1].ledger.state_hash()
+    signed = worlds[0].ledger.vouchers.latest(ESCROW_1)
+    outcome = worlds[0].block(stop16(1, 5_000, T0_MS + 1_000))
+    if mode and outcome.settlements:
+        assert outcome.settlements[0].amount <= (signed.cumulative_amount if signed else 0)
