@@ -297,7 +297,7 @@ class Ledger:
         # Indexes derived from `_sessions` (not hashed; rebuilt on restore).
         self._by_connector: dict[tuple[str, int], str] = {}
         self._by_escrow: dict[bytes, tuple[str, str]] = {}
-        self.vouchers = VoucherBook()  # latest payment voucher per escrow session (vouchers.py)
+        self.vouchers = VoucherBook(self._next_seq)  # latest payment voucher per escrow session (vouchers.py)
 
     # ----------------------------------------------------------------- public API
 
@@ -393,7 +393,7 @@ class Ledger:
         """keccak-256 over the parameters, the counters and every table's digest."""
         tables = [t.digest() for t in self._tables()]
         if len(self.vouchers.table):  # appended only when in use: pre-voucher states hash as before
-            tables.append(keccak256(state_bytes(self.vouchers.to_state()[0]) + self.vouchers.digest()))
+            tables.append(self.vouchers.digest())
         return keccak256(state_bytes([SNAPSHOT_VERSION, self.params, self._counter_values(), tables]))
 
     def table_digests(self) -> dict[str, bytes]:

@@ -21,6 +21,7 @@ dropped each block once their escrow session has closed on chain.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -132,14 +133,18 @@ class StopOrder:
 
 
 class VoucherBook:
-    """The latest valid voucher per escrow session (part of the ledger's hashed state)."""
+    """The latest valid voucher per escrow session (part of the ledger's hashed state).
 
-    def __init__(self, max_entries: int = MAX_VOUCHER_ENTRIES, chunk_wh: int = CHUNK_WH) -> None:
+    `next_seq` is the ledger's sequence counter (hashed with its state), so an entry's `seq`,
+    which records its place in the table's order, is the same on every node, restarted or not."""
+
+    def __init__(self, next_seq: Callable[[], int], max_entries: int = MAX_VOUCHER_ENTRIES,
+                 chunk_wh: int = CHUNK_WH) -> None:
         assert max_entries >= 1 and chunk_wh >= 1
         self.max_entries = max_entries
         self.chunk_wh = chunk_wh
         self.table: HashedTable[bytes, LatestVoucher] = HashedTable("vouchers")
-        self._seq = 0
+        self._next_seq = next_seq
 
     def latest(self, session_id: bytes) -> LatestVoucher | None:
         return self.table.get(session_id)
@@ -171,10 +176,10 @@ class VoucherBook:
         if problem is not None:
             return problem
         latest = self.table.get(voucher.session_id)
-        self._seq += 1
         stopped = latest.stopped if latest is not None else False
+        seq = latest.seq if latest is not None else self._next_seq()  # a session keeps its place
         self.table.put(voucher.session_id,
-                       LatestVoucher(self._seq, voucher.cumulative_amount, voucher.signature, height, stopped))
+                       LatestVoucher(seq, voucher.cumulative_amount, voucher.signature, height, stopped))
         return None
 
     def stop_due(self, session: Session, escrow: EscrowSession | None, energy_wh: int, now_ms: int,
@@ -191,9 +196,8 @@ class VoucherBook:
             return None
         if latest is None and len(self.table) >= self.max_entries:
             return None  # cannot remember the decision; the settlement is still capped by the voucher
-        self._seq += 1
         if latest is None:
-            latest = LatestVoucher(self._seq, 0, b"", height)
+            latest = LatestVoucher(self._next_seq(), 0, b"", height)
         self.table.put(session.escrow_session_id, replace(latest, stopped=True))
         return StopOrder(session.escrow_session_id, session.charger_id, session.tx_ref, session.ocpp_version,
                          session.connector_id, cost, signed)
@@ -216,16 +220,14 @@ class VoucherBook:
         for session_id in self.prune_keys(limit):
             entry = self.table.pop(session_id)
             if open_on_chain(session_id):
-                self.table.put(session_id, entry)
+                self.table.put(session_id, replace(entry, seq=self._next_seq()))
 
     def digest(self) -> bytes:
         return self.table.digest()
 
     def to_state(self) -> list[Any]:
-        return [self._seq, self.table.to_state()]
+        return self.table.to_state()
 
-    def restore(self, state: Any) -> None:
-        seq, entries = state
-        self._seq = int(seq)
+    def restore(self, entries: Any) -> None:
         for key, v in entries:
             self.table.put(bytes(key), LatestVoucher(*v))

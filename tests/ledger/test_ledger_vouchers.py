@@ -228,3 +228,19 @@ def test_any_voucher_sequence_is_total_deterministic_and_never_pays_more_than_si
     outcome = worlds[0].block(stop16(1, 5_000, T0_MS + 1_000))
     if mode and outcome.settlements:
         assert outcome.settlements[0].amount <= (signed.cumulative_amount if signed else 0)
+
+
+def test_a_restarted_ledger_stays_in_step_after_its_voucher_table_emptied() -> None:
+    world = voucher_world()
+    world.one(start16(meter=0))
+    apply_vouchers(world, sign_voucher(DRIVER, DOMAIN, ESCROW_1, 500))
+    world.block(stop16(1, 100, T0_MS + 1_000))  # settles: the table is empty again
+    assert len(world.ledger.vouchers.table) == 0
+    restored = World()
+    restored.chain, restored.now_ms = world.chain, world.now_ms
+    restored.ledger = Ledger.from_bytes(world.ledger.to_bytes())
+    for w in (world, restored):
+        w.now_ms = restored.now_ms
+        apply_vouchers(w, sign_voucher(DRIVER, DOMAIN, ESCROW_2, 700))
+    assert restored.ledger.state_hash() == world.ledger.state_hash()
+    assert restored.ledger.to_bytes() == world.ledger.to_bytes()
