@@ -15,6 +15,7 @@ SETTLEMENT_TYPE = "Settlement(bytes32 sessionId,uint64 energyWh,uint256 amount)"
 SETTLEMENT_BATCH_TYPE = "SettlementBatch(bytes32 settlementsHash)"  # keccak256 of the Settlement struct hashes
 PAYMENT_VOUCHER_TYPE = "PaymentVoucher(bytes32 sessionId,uint256 cumulativeAmount)"  # signed by the driver
 VALIDATOR_SET_UPDATE_TYPE = "ValidatorSetUpdate(uint64 epoch,bytes32 validatorsHash)"
+PAYMENT_VOUCHER_TYPE = "PaymentVoucher(bytes32 sessionId,uint256 cumulativeAmount)"
 
 
 def quorum_size(validator_count: int) -> int:

@@ -18,8 +18,10 @@
   notices for the node (quorums, `OwnAttestationCommitted`, `ValidatorsChanged`).
 - `commit`: snapshot to disk every SNAPSHOT_EVERY_BLOCKS; `restore` after a restart.
 
-Payload kinds are told apart by the first byte (anchoring/proofs.py, attestations.py):
-0x9A a canonical ChargerEvent, 0xA1/0xA2 an attestation.
+Payload kinds are told apart by the first byte (anchoring/proofs.py, attestations.py,
+devsen/ledger/vouchers.py): 0x9A a canonical ChargerEvent, 0xA1/0xA2 an attestation, 0xB1 a
+driver's payment voucher (its signature must recover, else the block is invalid; whether it
+counts is the ledger's deterministic decision, a refusal is the payload's TxResult).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +63,14 @@ from devsen.chain_facts import ChainFacts, ChainKeys, KeyReader, chain_keys, rea
 from devsen.chain_view import ChainReadError, patiently
 from devsen.ledger import BlockContext, BlockRejected, EventResult, Ledger
 from devsen.ledger.ledger import SnapshotError
+from devsen.ledger.vouchers import (
+    VOUCHER_PAYLOAD_TAG,
+    PaymentVoucher,
+    StopOrder,
+    VoucherError,
+    address_bytes,
+    decode_voucher,
+)
 from ocpp_adapter.events import ChargerEvent, EventEncodingError
 from ocpp_adapter.vouching import VouchCache, ingress_domain
 from primitives.eip712 import ZERO_HASH, Domain, SigningKey
@@ -112,6 +122,19 @@ def new_charger_share(validators: int) -> int:
     """Events of chargers the ledger does not know one voucher may have in a block:
     NEW_CHARGER_READ_BUDGET / n (at least 1)."""
     return max(1, NEW_CHARGER_READ_BUDGET // max(1, validators))
+
+MAX_VOUCHERS_PER_BLOCK = 256  # payment vouchers in one block (a validity rule; more wait for the next block)
+CODE_VOUCHER_REFUSED = 4  # a payment voucher the ledger did not count (`log` says why)
+VOUCHER_SIGNERS_CACHED = 4_096  # payment voucher payload -> recovered signer
+DRIVERS_CACHED = 4_096  # escrow session -> driver address, as last read from chain
+
+
+@dataclass(frozen=True, slots=True)
+class StopCharge:
+    """Notice: the ledger decided to stop this voucher-mode transaction (its vouchers fell behind);
+    the node holding the charger's connection sends it a remote stop (devsen/remote_start.py)."""
+
+    order: StopOrder
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +228,7 @@ class Payloads:
 
     events: list[ChargerEvent] = field(default_factory=list)
     attestations: list[Attestation] = field(default_factory=list)
+    vouchers: list[PaymentVoucher] = field(default_factory=list)
 
 
 def split_payloads(payloads: tuple[bytes, ...]) -> Payloads:
@@ -222,6 +246,11 @@ def split_payloads(payloads: tuple[bytes, ...]) -> Payloads:
             try:
                 out.attestations.append(decode_attestation(payload))
             except AttestationError as exc:
+                raise ValueError(f"payload {index}: {exc}") from exc
+        elif payload[0] == VOUCHER_PAYLOAD_TAG:
+            try:
+                out.vouchers.append(decode_voucher(payload))
+            except VoucherError as exc:
                 raise ValueError(f"payload {index}: {exc}") from exc
         else:
             raise ValueError(f"payload {index} has unknown kind 0x{payload[0]:02x}")
@@ -273,6 +302,8 @@ class NodeApplication:
         # counting stays deterministic). Default: sign every re-opened subject.
         self.resign_filter: Callable[[AnchorBatch | Settlement], bool] = lambda subject: True
         self.outside_reads = 0
+        self._voucher_signers: OrderedDict[bytes, bytes] = OrderedDict()
+        self.drivers: OrderedDict[bytes, bytes] = OrderedDict()  # filled from chain reads (check_tx)
         self.counters: dict[str, int] = {"blocks": 0, "events": 0, "attestations_counted": 0,
                                          "attestations_ignored": 0, "batches_closed": 0, "quorums": 0}
 
@@ -289,11 +320,53 @@ class NodeApplication:
             if problem is not None:
                 return CheckResult(False, problem)
             return CheckResult(True, source="0x" + attestation.signer.hex())
+        for voucher in parts.vouchers:
+            problem = self.voucher_problem(voucher)
+            if problem is not None:
+                return CheckResult(False, problem)
+            return CheckResult(True, source="voucher:" + voucher.session_id.hex()[:16])  # mempool share per session
         for event in parts.events:
             problem = self.vouches.problem(event, self.validators)
             if problem is not None:
                 return CheckResult(False, problem)
         return CheckResult(True, source=parts.events[0].ingress_node if parts.events else "")
+
+    def voucher_signer(self, voucher: PaymentVoucher) -> bytes:
+        """The address a voucher's signature recovers to (cached, bounded); VoucherError if none."""
+        payload = voucher.encode()
+        signer = self._voucher_signers.get(payload)
+        if signer is None:
+            signer = voucher.signer(self.settings.escrow_domain)
+            self._voucher_signers[payload] = signer
+            while len(self._voucher_signers) > VOUCHER_SIGNERS_CACHED:
+                self._voucher_signers.popitem(last=False)
+        return signer
+
+    def note_escrow_driver(self, session_id: bytes, driver: str) -> None:
+        """Remember a session's driver as read from chain (for check_tx); bounded."""
+        address = address_bytes(driver)
+        if address is not None:
+            self.drivers[session_id] = address
+            self.drivers.move_to_end(session_id)
+            while len(self.drivers) > DRIVERS_CACHED:
+                self.drivers.popitem(last=False)
+
+    def voucher_problem(self, voucher: PaymentVoucher) -> str | None:
+        """Mempool admission of a voucher: a signature that recovers, to the session's driver if
+        this node has read it, above the latest voucher the ledger kept. The block's ledger
+        decision, at the agreed Ethereum block, is the final word."""
+        try:
+            signer = self.voucher_signer(voucher)
+        except VoucherError as exc:
+            return str(exc)
+        driver = self.drivers.get(voucher.session_id)
+        if driver is not None and signer != driver:
+            return f"voucher signed by 0x{signer.hex()}, not by the session's driver 0x{driver.hex()}"
+        latest = self.ledger.vouchers.latest(voucher.session_id)
+        if latest is not None and voucher.cumulative_amount <= latest.cumulative_amount:
+            return (f"cumulative amount {voucher.cumulative_amount} is not above the latest voucher "
+                    f"{latest.cumulative_amount}")
+        return None
 
     # ---------------------------------------------------------------- proposing
 
@@ -307,6 +380,7 @@ class NodeApplication:
         """Our proposal: the header naming `facts`' Ethereum block and the admissible payloads."""
         number, eth_hash = facts
         kept: list[bytes] = []
+        vouchers = 0
         share = new_charger_share(len(self.validators))
         budget = VoucherBudget(self._known_charger, len(self.validators), mine="0x" + self.settings.key.address.hex(),
                                new_for_others=max(1, share // PROPOSE_OTHERS_NEW_CHARGER_FRACTION))
@@ -315,6 +389,10 @@ class NodeApplication:
                 continue
             if payload[0] == EVENT_PAYLOAD_FIRST_BYTE and budget.take(ChargerEvent.from_bytes(payload)) is not None:
                 continue  # over its voucher's share of this block: waits in the mempool for the next
+            if payload[0] == VOUCHER_PAYLOAD_TAG:
+                if vouchers >= MAX_VOUCHERS_PER_BLOCK:
+                    continue
+                vouchers += 1
             kept.append(payload)
         return Prepared(encode_app_header(number, eth_hash), tuple(kept))
 
@@ -342,7 +420,8 @@ class NodeApplication:
         digest = _payloads_digest(payloads)
         try:
             number, eth_hash = decode_app_header(app_header)
-            events = split_payloads(payloads).events
+            parts = split_payloads(payloads)
+            events = parts.events
         except ValueError as exc:
             return ChainFacts(0, ZERO_HASH, digest, ChainKeys(), complete=False, problem=str(exc))
         head = 0
@@ -359,7 +438,7 @@ class NodeApplication:
             if number > head or self.chain.block_hash(number, fresh=True) != eth_hash:
                 return ChainFacts(number, eth_hash, digest, ChainKeys(), complete=False,
                                   problem=f"Ethereum block {number} 0x{eth_hash.hex()} is not on this node's chain")
-        keys = chain_keys(events, self.ledger)
+        keys = chain_keys(events, self.ledger, (v.session_id for v in parts.vouchers))
         view = self.chain.view_at(number, eth_hash)
         prefetch = getattr(view, "prefetch_devices", None)
         if prefetch is not None:  # uncached device reads of the block at once, not one after another
@@ -423,6 +502,13 @@ class NodeApplication:
             problem = self.vouches.problem(event, self.validators)
             if problem is not None:
                 return f"event 0x{event.event_id.hex()}: {problem}"
+        if len(parts.vouchers) > MAX_VOUCHERS_PER_BLOCK:
+            return f"{len(parts.vouchers)} payment vouchers in one block, at most {MAX_VOUCHERS_PER_BLOCK}"
+        for voucher in parts.vouchers:
+            try:
+                self.voucher_signer(voucher)
+            except VoucherError as exc:
+                return f"payment voucher for session 0x{voucher.session_id.hex()}: {exc}"
         context = BlockContext(block.height, block.timestamp_ms, number, eth_hash)
         problem = self.ledger.check_block(context, parts.events)
         return None if problem is None else f"refused by the ledger: {problem}"
@@ -460,8 +546,14 @@ class NodeApplication:
         except ValueError as exc:
             return self._refused_block(block, f"malformed committed block: {exc}")
         view = facts.view()
+        vouchers: list[tuple[PaymentVoucher, bytes]] = []
+        for voucher in parts.vouchers:
+            try:
+                vouchers.append((voucher, self.voucher_signer(voucher)))
+            except VoucherError as exc:
+                return self._refused_block(block, f"committed block {block.height} has a bad voucher: {exc}")
         try:
-            outcome = self.ledger.apply_block(context, view, parts.events)
+            outcome = self.ledger.apply_block(context, view, parts.events, vouchers)
         except BlockRejected as exc:
             return self._refused_block(block, f"the ledger refused committed block {block.height}: {exc}")
         if view.outside:
@@ -506,10 +598,17 @@ class NodeApplication:
         update = self._follow_validator_set(block.height, facts, notices)
         self.counters["blocks"] += 1
         self.counters["events"] += len(parts.events)
+        for stop in outcome.stops:
+            self.counters["voucher_stops"] = self.counters.get("voucher_stops", 0) + 1
+            notices.append(StopCharge(stop))
         tx_results = []
+        voucher_refusals = iter(outcome.voucher_refusals)
         for payload in block.payloads:
             if payload[0] == EVENT_PAYLOAD_FIRST_BYTE:
                 tx_results.append(event_tx_result(results[ChargerEvent.from_bytes(payload).event_id]))
+            elif payload[0] == VOUCHER_PAYLOAD_TAG:
+                refusal = next(voucher_refusals, "not applied")
+                tx_results.append(TxResult() if refusal is None else TxResult(CODE_VOUCHER_REFUSED, log=refusal))
             else:
                 tx_results.append(attestation_results.get(payload, TxResult(CODE_ATTESTATION_IGNORED)))
         outbound, self._outbound = tuple(self._outbound), []

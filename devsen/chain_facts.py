@@ -48,12 +48,13 @@ def _id_tag_hashes_in(value: Any, depth: int = 0) -> Iterable[bytes]:
             yield from _id_tag_hashes_in(item, depth + 1)
 
 
-def chain_keys(events: Sequence[ChargerEvent], ledger: Ledger) -> ChainKeys:
+def chain_keys(events: Sequence[ChargerEvent], ledger: Ledger, voucher_sessions: Iterable[bytes] = ()) -> ChainKeys:
     """The chain keys applying `events` to `ledger` can read; pure (block + state before it).
 
     Chargers: each event's charger (its device and open escrow sessions). IdTags: every idTag /
     idToken the payloads carry. Sessions: the escrow sessions of pending settlement orders (the
-    ledger re-checks whether they were paid) and of the open sessions of the block's chargers.
+    ledger re-checks whether they were paid) and of the open sessions of the block's chargers;
+    those the block's payment vouchers name and the oldest voucher entries the ledger re-checks.
     """
     chargers = sorted({event.charger_id for event in events})
     tags = sorted({tag_hash for event in events for tag_hash in _id_tag_hashes_in(event.payload)})
@@ -61,6 +62,8 @@ def chain_keys(events: Sequence[ChargerEvent], ledger: Ledger) -> ChainKeys:
     sessions = {order.session_id for order in ledger.pending_settlements()}
     sessions.update(s.escrow_session_id for s in ledger.open_sessions()
                     if s.charger_id in wanted and s.escrow_session_id)
+    sessions.update(voucher_sessions)
+    sessions.update(ledger.vouchers.prune_keys())
     return ChainKeys(tuple(chargers), tuple(tags), tuple(sorted(sessions)))
 
 

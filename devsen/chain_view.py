@@ -205,6 +205,8 @@ def _to_ledger_session(charge_box_id: str, session: ChainEscrowSession, refund_t
             opened_at_s=session.opened_at,
             tariff=Tariff(session.price_per_kwh, session.per_minute_fee),
             refund_at_s=session.opened_at + refund_timeout_s if refund_timeout_s else None,
+            # Escrow's voucherMode (issue 12, on-chain half): False until the client reads it.
+            voucher_mode=bool(getattr(session, "voucher_mode", False)),
         )
     except (ValueError, TypeError) as exc:
         log.warning("escrow session 0x%s ignored: %s", session.session_id.hex(), exc)

@@ -84,13 +84,16 @@ class Router:
 
         self._add(template, endpoint, "GET", summary or (handler.__doc__ or handler.__name__).strip())
 
-    def post(self, template: str, handler: BodyHandler, summary: str | None = None) -> None:
-        """Register `handler(params, json_body) -> (status, body)` for POST `template` (body at most 64 KiB)."""
+    def post(self, template: str, handler: BodyHandler, summary: str | None = None,
+             max_body_bytes: int = MAX_BODY_BYTES) -> None:
+        """Register `handler(params, json_body) -> (status, body)` for POST `template` (body at
+        most `max_body_bytes`, 64 KiB by default; more is 413)."""
+        assert 0 < max_body_bytes <= MAX_BODY_BYTES
 
         async def endpoint(request: Request) -> Response:
             raw = await request.body()
-            if len(raw) > MAX_BODY_BYTES:
-                return JsonResponse({"error": f"body over {MAX_BODY_BYTES} bytes"}, status_code=413)
+            if len(raw) > max_body_bytes:
+                return JsonResponse({"error": f"body over {max_body_bytes} bytes"}, status_code=413)
             try:
                 body = json.loads(raw) if raw else None
             except ValueError as exc:
@@ -281,8 +284,14 @@ async def http_get_json(url: str, timeout: float = 10.0) -> tuple[int, Any]:
     return status, json.loads(body) if body else None
 
 
-async def http_get(url: str, timeout: float = 10.0) -> tuple[int, bytes]:
-    """GET over plain HTTP/1.1: (status, body bytes), chunked bodies decoded."""
+async def http_post_json(url: str, body: str, timeout: float = 30.0) -> tuple[int, Any]:
+    """POST a JSON text and read the JSON answer (`devsen wallet stream`, tests)."""
+    status, raw = await http_get(url, timeout, method="POST", body=body.encode("utf-8"))
+    return status, json.loads(raw) if raw else None
+
+
+async def http_get(url: str, timeout: float = 10.0, *, method: str = "GET", body: bytes = b"") -> tuple[int, bytes]:
+    """GET (or `method` with `body`) over plain HTTP/1.1: (status, body bytes), chunked bodies decoded."""
     match = re.fullmatch(r"http://([^/:]+)(?::(\d+))?(/.*)?", url)
     if not match:
         raise ValueError(f"{url!r} is not an http:// URL")
@@ -290,8 +299,9 @@ async def http_get(url: str, timeout: float = 10.0) -> tuple[int, bytes]:
     with trio.fail_after(timeout):
         stream = await trio.open_tcp_stream(host, port)
         async with stream:
-            request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
-            await stream.send_all(request)
+            length = f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n" if method != "GET" else ""
+            request = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n{length}Connection: close\r\n\r\n".encode()
+            await stream.send_all(request + body)
             raw = b""
             while chunk := await stream.receive_some(65536):
                 raw += chunk

@@ -13,6 +13,7 @@ A charger's message is answered only after the block carrying it is committed an
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import OrderedDict, deque
@@ -48,6 +49,7 @@ from devsen.app import (
     AppSettings,
     NodeApplication,
     OwnAttestationCommitted,
+    StopCharge,
     ValidatorsChanged,
     decode_event_reply,
 )
@@ -69,11 +71,14 @@ from devsen.consensus_service import (
 from devsen.evidence import EvidenceRecorder, EvidenceStore
 from devsen.http_api import HttpError, Router, serve_http
 from devsen.ledger import Ledger
+from devsen.ledger.vouchers import StopOrder
 from devsen.logs import setup_logging
 from devsen.metrics import CONTENT_TYPE, Levels, NodeMetrics
 from devsen.remote_start import run_remote_starts
+from devsen.remote_stop import RemoteStops
 from devsen.session_audit import ROUTE as SESSION_READINGS_ROUTE
 from devsen.session_audit import session_readings_route
+from devsen.voucher_api import MAX_VOUCHER_BODY_BYTES, VoucherRoutes
 from ocpp_adapter.config import OcppServerConfig
 from ocpp_adapter.events import ChargerEvent, EventEncodingError
 from ocpp_adapter.ingest import IngestOverloaded, IngestRejected, IngestResult
@@ -215,6 +220,7 @@ class NodeParts:
     started_at: float
     evidence: EvidenceRecorder | None = None
     metrics: NodeMetrics | None = None
+    stops: RemoteStops | None = None
 
 
 def _load_deployment(config: NodeConfig) -> Deployment:
@@ -369,7 +375,9 @@ def build_node(config: NodeConfig) -> NodeParts:
     # After an epoch change, re-sign only what this node has not seen land (AttestationBook.rebased).
     app.resign_filter = lambda subject: not submitter.known_done(subject)
     on_validators: list[Callable[[ValidatorsChanged], None]] = []
-    route = FinalizeRouter(outbox, quorums, on_validators)
+    connections = ChargerConnections()
+    stops = RemoteStops(connections)
+    route = FinalizeRouter(outbox, quorums, on_validators, stops.add)
     timeouts = TimeoutConfig(
         propose_ms=config.consensus.timeout_propose_ms, propose_delta_ms=config.consensus.timeout_delta_ms,
         prevote_ms=config.consensus.timeout_vote_ms, prevote_delta_ms=config.consensus.timeout_delta_ms,
@@ -404,7 +412,7 @@ def build_node(config: NodeConfig) -> NodeParts:
     for quorum in app.take_restored_quorums():  # the submitter ignores the ones it knows
         quorums.add(quorum)
     parts = NodeParts(config, keys, deployment, client, app, service, submitter, outbox, quorums,
-                      ChargerConnections(), time.time(), evidence)
+                      connections, time.time(), evidence, stops=stops)
     parts.metrics = node_metrics(parts)
     return parts
 
@@ -567,6 +575,14 @@ def build_router(parts: NodeParts) -> Router:
     router.include(read_routes(read_sources(parts)))
     if parts.metrics is not None:
         router.include(metrics_route(parts.metrics))
+    vouchers = VoucherRoutes(parts.app, parts.service)
+    router.get("/v1/sessions/{session_id}/payment", vouchers.session)
+
+    async def submit_voucher(params: dict[str, str], body: Any) -> tuple[int, Any]:
+        return await vouchers.submit({**params, "body": json.dumps(body)})
+
+    router.post("/v1/sessions/{session_id}/vouchers", submit_voucher, summary="Submit a driver's payment voucher",
+                max_body_bytes=MAX_VOUCHER_BODY_BYTES)
     return router
 
 
@@ -587,10 +603,12 @@ class FinalizeRouter:
     set changes to the peer directory and the submitter."""
 
     def __init__(self, outbox: AttestationOutbox, quorums: QuorumInbox,
-                 on_validators: list[Callable[[ValidatorsChanged], None]]) -> None:
+                 on_validators: list[Callable[[ValidatorsChanged], None]],
+                 on_stop: Callable[[StopOrder], None] | None = None) -> None:
         self.outbox = outbox
         self.quorums = quorums
         self.on_validators = on_validators
+        self.on_stop = on_stop
 
     def on_finalized(self, block: Block, result: FinalizeResult) -> None:
         for payload in result.outbound_payloads:
@@ -603,6 +621,8 @@ class FinalizeRouter:
             elif isinstance(notice, ValidatorsChanged):
                 for listener in self.on_validators:
                     listener(notice)
+            elif isinstance(notice, StopCharge) and self.on_stop is not None:
+                self.on_stop(notice.order)  # sent only if the charger is connected here
 
 
 class QuorumInbox:
@@ -668,6 +688,9 @@ async def serve_node(parts: NodeParts, *, task_status: Any = trio.TASK_STATUS_IG
         nursery.start_soon(supervised, "submitter", parts.submitter.run)
         nursery.start_soon(supervised, "quorum inbox", lambda: parts.quorums.run(parts.submitter))
         nursery.start_soon(supervised, "peer-id refresh", lambda: refresh_peer_bindings(parts))
+        if parts.stops is not None:
+            stops = parts.stops
+            nursery.start_soon(supervised, "voucher remote stops", lambda: stops.run())
         nursery.start_soon(run_remote_starts, parts.client, parts.deployment, parts.connections,
                            Path(config.node.data_dir), config.chain.confirmations, config.chain.poll_interval_s)
         ocpp_port = await nursery.start(

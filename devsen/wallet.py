@@ -11,6 +11,10 @@
     refund SESSION_ID                  take back the deposit of a session never settled in time
     session SESSION_ID                 show an escrow session
     balance                            show your ETH and ChargeToken balances
+    stream SESSION_ID --cap AMOUNT --node URL [--battery-wh FILE] [--chunk-wh WH]
+                                       sign per-chunk payment vouchers as the session charges
+                                       (devsen/voucher_stream.py); stops at the cap or when the
+                                       committed energy runs ahead of the car's own view
 
 Ids are printed as 0x hex, token amounts in DCT with the base units alongside (1 DCT =
 10^6 units), times in ISO 8601 UTC, statuses by name. `--json` (before or after the
@@ -23,6 +27,7 @@ shown by their custom error names.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -41,7 +46,9 @@ from anchoring.chain.client import DEFAULT_MAX_POWER_W, EscrowSession
 from anchoring.chain.transact import Receipt
 from devsen.fmt import dumps, eth_amount, hex0x, iso_time, token_amount
 from devsen.ledger.chain import session_token
+from devsen.ledger.vouchers import CHUNK_WH
 from primitives.credentials import new_auth_credential
+from primitives.eip712 import SigningKey
 
 KEY_ENV = "DEVSEN_WALLET_KEY"
 ROLE_DRIVER, ROLE_DEVICE_MANAGER = 1, 2
@@ -127,7 +134,16 @@ def _parser() -> argparse.ArgumentParser:
     meter.add_argument("--public-key", required=True, help="DER SubjectPublicKeyInfo as hex (the meter label's form)")
     meter.add_argument("--require-signed", action=argparse.BooleanOptionalAction, default=True,
                        help="settle only on signed readings (default on)")
-    commands += [roles, device, tag, faucet, session, refund, show, balance, meter]
+    stream = sub.add_parser("stream")
+    stream.add_argument("session_id")
+    stream.add_argument("--cap", type=int, required=True, help="most you pay in total, token base units")
+    stream.add_argument("--node", required=True, help="a node's HTTP API, e.g. http://127.0.0.1:8080")
+    stream.add_argument("--battery-wh", help="file holding the cumulative Wh the car received (re-read)")
+    stream.add_argument("--chunk-wh", type=int, default=CHUNK_WH, help="energy per voucher step, Wh")
+    stream.add_argument("--tolerance-wh", type=int, default=0, help="committed Wh allowed above the car's view")
+    stream.add_argument("--poll-s", type=float, default=1.0)
+    stream.add_argument("--timeout-s", type=float, default=3_600.0)
+    commands += [roles, device, tag, faucet, session, refund, show, balance, meter, stream]
     for command in commands:  # `--json` also after the command
         command.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
@@ -273,10 +289,43 @@ def _run(args: argparse.Namespace, client: ChainClient) -> tuple[str, dict[str, 
             {"account": me, "eth_wei": str(eth), "token_units": tokens})
 
 
+def _stream(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """`devsen wallet stream`: no chain connection needed, the Escrow domain is in the deployment file."""
+    import trio
+
+    from devsen.voucher_stream import battery_reader, stream
+
+    domain = Deployment.from_json(Path(args.deployment).read_text()).domain("Escrow")
+    key = SigningKey(bytes.fromhex(_key(args).removeprefix("0x")))
+
+    def progress(line: dict[str, Any]) -> None:
+        if args.json:  # JSON Lines: one compact document per progress line
+            print(json.dumps(line, separators=(",", ":")), flush=True)
+        elif line["event"] == "signed":
+            print(f"signed {token_amount(line['cumulative_amount'])} for {line['energy_wh']} Wh committed "
+                  f"(cost {token_amount(int(line['cost']))}, car {line['car_wh']} Wh), block {line['height']}",
+                  flush=True)
+        elif line["event"] == "stopped_signing":
+            print(f"stopped signing: {line['reason']}", flush=True)
+        else:
+            print(f"node unreachable ({line['reason']}); retrying", flush=True)
+
+    result = trio.run(lambda: stream(args.node, _session_id(args.session_id), key, domain, args.cap,
+                                     chunk_wh=args.chunk_wh, battery=battery_reader(args.battery_wh),
+                                     tolerance_wh=args.tolerance_wh, poll_s=args.poll_s,
+                                     timeout_s=args.timeout_s, progress=progress))
+    return (f"session {result['session_id']}: signed {token_amount(result['signed'])} in total"
+            + (f"; stopped signing: {result['stop_reason']}" if result["stop_reason"] else ""), result)
+
+
 def wallet_main(argv: list[str]) -> int:
     """Entry point of `devsen wallet`; returns an exit code (1 on chain or input errors)."""
     args = _parser().parse_args(argv)
     try:
+        if args.command == "stream":
+            text, document = _stream(args)
+            print(json.dumps({"event": "done", **document}, separators=(",", ":")) if args.json else text)
+            return 0
         client = open_wallet(args.rpc, args.deployment, _key(args))
         text, document = _run(args, client)
     except (ChainError, ValueError, OSError) as exc:

@@ -132,6 +132,9 @@ class EscrowSession:
     opened_at_s: int
     tariff: Tariff | None = None
     refund_at_s: int | None = None
+    # Opened in voucher mode (issue 12): the driver pays by per-chunk vouchers, the ledger stops
+    # the charge when they fall behind. Read from the Escrow session when the contract has it.
+    voucher_mode: bool = False
 
     def __post_init__(self) -> None:
         problem = escrow_problem(self)
@@ -164,6 +167,8 @@ def escrow_problem(session: object) -> str | None:
     if s.refund_at_s is not None and (type(s.refund_at_s) is not int
                                       or not s.opened_at_s <= s.refund_at_s <= MAX_ESCROW_TIME_S):
         return f"refund_at_s must be in opened_at_s..{MAX_ESCROW_TIME_S}"
+    if type(s.voucher_mode) is not bool:
+        return "voucher_mode must be a bool"
     return None
 
 

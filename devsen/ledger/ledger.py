@@ -38,6 +38,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from devsen.ledger.chain import (
+    MAX_CONNECTORS,
     BlockContext,
     ChainView,
     DeviceInfo,
@@ -82,6 +83,7 @@ from devsen.ledger.state import (
     from_state_bytes,
     state_bytes,
 )
+from devsen.ledger.vouchers import PaymentVoucher, StopOrder, VoucherBook
 from ocpp_adapter.events import ChargerEvent
 from primitives.hashing import keccak256
 
@@ -155,6 +157,8 @@ class BlockOutcome:
     results: tuple[EventResult, ...]
     settlements: tuple[SettlementOrder, ...]
     state_hash: bytes
+    voucher_refusals: tuple[str | None, ...] = ()  # per voucher of the block: None if it counted
+    stops: tuple[StopOrder, ...] = ()  # voucher-mode transactions the ledger decided to stop
 
 
 @dataclass(slots=True)
@@ -298,6 +302,7 @@ class Ledger:
         self._by_connector: dict[tuple[str, int], str] = {}
         self._by_escrow: dict[bytes, tuple[str, str]] = {}
         self._signed_in_block = 0  # OCMF documents checked in the current block (reset per block)
+        self.vouchers = VoucherBook(self._next_seq)  # latest payment voucher per escrow session (vouchers.py)
 
     # ----------------------------------------------------------------- public API
 
@@ -318,8 +323,12 @@ class Ledger:
             return f"{len(events)} events, limit {self.params.max_block_events}"
         return None
 
-    def apply_block(self, ctx: BlockContext, chain: ChainView, events: Sequence[ChargerEvent]) -> BlockOutcome:
-        """Apply one committed block; raises BlockRejected only for a block that `check_block` refuses."""
+    def apply_block(self, ctx: BlockContext, chain: ChainView, events: Sequence[ChargerEvent],
+                    vouchers: Sequence[tuple[PaymentVoucher, bytes]] = ()) -> BlockOutcome:
+        """Apply one committed block; raises BlockRejected only for a block that `check_block` refuses.
+
+        `vouchers` are the block's payment vouchers with the address each recovers to (the
+        application checked the signatures); they apply before the events."""
         problem = self.check_block(ctx, events)
         if problem is not None:
             raise BlockRejected(problem)
@@ -330,11 +339,35 @@ class Ledger:
         self._signed_in_block = 0
         checked = _CheckedChain(chain)
         self._release_settled(checked)
+        refusals = tuple(self.vouchers.apply(v, signer, checked.escrow_session(v.session_id),
+                                             v.session_id in self._pending, ctx.height) for v, signer in vouchers)
         settlements: list[SettlementOrder] = []
         self._close_before_refund(checked, settlements)
         results = tuple(self._apply_event(checked, event, settlements) for event in events)
+        stops = self._voucher_stops(checked, events)
+        self.vouchers.prune(lambda sid: checked.escrow_session(sid) is not None)
         self._check_invariants()
-        return BlockOutcome(ctx.height, results, tuple(settlements), self.state_hash())
+        return BlockOutcome(ctx.height, results, tuple(settlements), self.state_hash(), refusals, stops)
+
+    def _voucher_stops(self, chain: _CheckedChain, events: Sequence[ChargerEvent]) -> tuple[StopOrder, ...]:
+        """The voucher-mode transactions of the block's chargers whose vouchers fell behind (vouchers.py)."""
+        stops: list[StopOrder] = []
+        for charger_id in sorted({event.charger_id for event in events}):
+            for connector in range(MAX_CONNECTORS + 1):
+                tx_ref = self._by_connector.get((charger_id, connector))
+                session = None if tx_ref is None else self._sessions.get((charger_id, tx_ref))
+                if session is None or not session.bound:
+                    continue
+                energy = 0
+                if session.meter_last_wh is not None and session.meter_start_wh is not None:
+                    energy = max(0, session.meter_last_wh - session.meter_start_wh)
+                energy = min(energy, energy_bound(session.max_power_w, session.escrow_opened_at_s * 1000,
+                                                  self._c.block_ms))
+                stop = self.vouchers.stop_due(session, chain.escrow_session(session.escrow_session_id), energy,
+                                              self._c.block_ms, self._c.height)
+                if stop is not None:
+                    stops.append(stop)
+        return tuple(stops)
 
     def reply_for(self, dedup_key: bytes) -> tuple[dict[str, Any] | None, str | None] | None:
         """(reply, error_code) given to the charger message with this dedup key, if still remembered."""
@@ -381,6 +414,8 @@ class Ledger:
     def state_hash(self) -> bytes:
         """keccak-256 over the parameters, the counters and every table's digest."""
         tables = [t.digest() for t in self._tables()]
+        if len(self.vouchers.table):  # appended only when in use: pre-voucher states hash as before
+            tables.append(self.vouchers.digest())
         return keccak256(state_bytes([SNAPSHOT_VERSION, self.params, self._counter_values(), tables]))
 
     def table_digests(self) -> dict[str, bytes]:
@@ -390,6 +425,8 @@ class Ledger:
     def to_bytes(self) -> bytes:
         """A snapshot of the full state, for restart."""
         tables = [t.to_state() for t in self._tables()]
+        if len(self.vouchers.table):
+            tables.append(self.vouchers.to_state())
         return state_bytes([SNAPSHOT_VERSION, self.params, self._counter_values(), tables])
 
     @classmethod
@@ -415,7 +452,11 @@ class Ledger:
             raise SnapshotError(f"snapshot version {version}, expected {SNAPSHOT_VERSION}")
         ledger = cls(LedgerParams(*params))
         ledger._c = _Counters(*counters)
-        devices, sessions, closed, pending, replies, anomalies = tables
+        if len(tables) not in (6, 7):
+            raise SnapshotError(f"{len(tables)} tables in the snapshot, expected 6 or 7")
+        devices, sessions, closed, pending, replies, anomalies = tables[:6]
+        if len(tables) == 7:
+            ledger.vouchers.restore(tables[6])
         for key, v in devices:
             values = list(v)
             values[8] = tuple(ConnectorStatus(*c) for c in v[8])
@@ -727,7 +768,9 @@ class Ledger:
         end = min(stop_ms, self._c.block_ms)
         minutes = max(0, end - begin) // 60_000
         amount = min(energy * session.price_per_kwh // 1000 + minutes * session.per_minute_fee, session.deposit)
-        if recheck_escrow and step.chain.escrow_session(session.escrow_session_id) is None:
+        escrow = step.chain.escrow_session(session.escrow_session_id)
+        amount = self.vouchers.settle(escrow, session.escrow_session_id, amount)  # voucher mode: min
+        if recheck_escrow and escrow is None:
             self._anomaly(step, ESCROW_CLOSED, "escrow session closed on chain before the stop")
             self._remember_closed(key, ClosedTransaction(seq, "escrow_closed", energy, 0, session.escrow_session_id,
                                                          session.signed_start_event, session.signed_last_event))
