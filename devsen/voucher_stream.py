@@ -73,7 +73,8 @@ async def stream(node: str, session_id: bytes, key: SigningKey, domain: Domain, 
                  tolerance_wh: int = 0, poll_s: float = 1.0, timeout_s: float = 3_600.0,
                  progress: Callable[[dict[str, Any]], None] = lambda line: None) -> dict[str, Any]:
     """Follow the session and sign until it ends, the cap is reached or the car's view disagrees."""
-    url = f"{node.rstrip('/')}/v1/sessions/0x{session_id.hex()}/payment"
+    session_url = f"{node.rstrip('/')}/v1/sessions/0x{session_id.hex()}"
+    url = session_url + "/payment"
     signed, stop_reason, seen_running = 0, None, False
     state: dict[str, Any] = {}
     with trio.move_on_after(timeout_s):
@@ -104,7 +105,7 @@ async def stream(node: str, session_id: bytes, key: SigningKey, domain: Domain, 
                 voucher = sign_voucher(key, domain, session_id, decision.amount)
                 body = json.dumps({"cumulative_amount": str(voucher.cumulative_amount),
                                    "signature": "0x" + voucher.signature.hex()})
-                code, answer = await http_post_json(url + "/vouchers", body)
+                code, answer = await http_post_json(session_url + "/vouchers", body)
                 if code != 200:
                     raise ValueError(f"the node refused voucher {decision.amount}: {answer}")
                 signed = decision.amount
