@@ -66,6 +66,7 @@ from devsen.http_api import HttpError, Router, serve_http
 from devsen.ledger import Ledger
 from devsen.logs import setup_logging
 from devsen.remote_start import run_remote_starts
+from devsen.rewards_view import rewards_document
 from ocpp_adapter.config import OcppServerConfig
 from ocpp_adapter.events import ChargerEvent, EventEncodingError
 from ocpp_adapter.ingest import IngestOverloaded, IngestRejected, IngestResult
@@ -497,6 +498,13 @@ def build_router(parts: NodeParts) -> Router:
         records = [] if parts.evidence is None else parts.evidence.store.of(bytes.fromhex(text))
         return 200, {"validator": "0x" + text, "records": [r.to_json() for r in records]}
 
+    async def rewards_of(params: dict[str, str]) -> tuple[int, Any]:
+        try:
+            return 200, rewards_document(parts.app.ledger.reward_distributions(), params["owner"])
+        except ValueError as exc:
+            raise HttpError(400, str(exc)) from exc
+
+    router.get("/v1/rewards/{owner}", rewards_of)
     router.get("/v1/status", status)
     router.get("/v1/evidence", evidence_summary)
     router.get("/v1/evidence/{validator}", evidence_of)

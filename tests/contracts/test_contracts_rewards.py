@@ -9,7 +9,14 @@ from conftest import TOKEN, fund, quorum_signatures, validator_keys
 from eth_account import Account
 from web3 import Web3
 
-from anchoring.chain import ChainClient, ChainRevert, TransactionSender, ValidatorSpec, connect, deploy_all
+from anchoring.chain import (
+    ChainClient,
+    ChainRevert,
+    TransactionSender,
+    ValidatorSpec,
+    connect,
+    deploy_all,
+)
 from anchoring.rewards import RewardSubject, distribute, paid_to
 from anchoring.rewards import fund as fund_pool
 from devsen.ledger.uptime import split_pool
