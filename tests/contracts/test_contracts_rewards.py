@@ -127,3 +127,46 @@ def test_unsorted_or_zero_payouts_refused_before_signing() -> None:
         RewardSubject(1, ((a, 0),))
     with pytest.raises(ValueError):
         RewardSubject(1, ((a, 1), (a, 1)))
+
+
+def test_wallet_rewards_shows_earned_and_paid(net) -> None:  # type: ignore[no-untyped-def]
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from devsen.ledger.uptime import DeviceUptime, OwnerReward, RewardDistribution
+    from devsen.rewards_view import rewards_document
+    from devsen.wallet import owner_rewards
+
+    client, reader, keys, domain = net
+    owner = owners(1)[0].lower()
+    dist = RewardDistribution(40, 3_600_000, BUDGET, 7_200_000, (OwnerReward(owner, BUDGET // 2, 3_600_000),),
+                              (DeviceUptime("CP-9", owner, 2, 3_600_000, 3_600_000),))
+    fund_pool(client, BUDGET)
+    subject = RewardSubject.from_payouts(40, [(owner, BUDGET // 2)])
+    distribute(client, subject, quorum_signatures(keys, subject.digest(domain)))
+
+    class Node(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server API)
+            body = json.dumps(rewards_document([dist], self.path.rsplit("/", 1)[1])).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Node)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        text, doc = owner_rewards(reader, f"http://127.0.0.1:{server.server_address[1]}", owner)
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)
+    assert doc["epochs"][0]["amount_units"] == doc["epochs"][0]["paid_units"] == BUDGET // 2
+    assert doc["epochs"][0]["devices"][0]["uptime_ppm"] == 500_000
+    assert "CP-9: 2 connectors, online 100.00%, connectors up 50.00%" in text
+    with pytest.raises(ValueError, match="--node"):
+        owner_rewards(reader, "http://127.0.0.1:9", owner)

@@ -160,3 +160,25 @@ def test_split_pool_rule() -> None:
         assert [r.owner for r in rewards] == sorted({o for o, _ in weights})
         assert split_pool(pool, list(reversed(weights))) == rewards
     assert "Faulted" not in UP_STATUSES and "Unavailable" not in UP_STATUSES
+
+
+def test_rewards_document_explains_the_share() -> None:
+    from devsen.rewards_view import format_rewards, rewards_document
+
+    world = World(PARAMS)
+    world.block(status16(1, "Available"), status16(2, "Faulted", "GroundFailure"),
+                status201(1, "Available"), status201(2, "Available"), advance_ms=5_000)
+    run_until_close(world, lambda: [hb(), hb("2.0.1")], EPOCH_END)
+    doc = rewards_document(world.ledger.reward_distributions(), OWNER_16.upper().replace("0X", "0x"))
+    (epoch,) = doc["epochs"]
+    assert epoch["amount_units"] == 333 and epoch["share_ppm"] == 333_333
+    (device,) = epoch["devices"]
+    assert device["charger_id"] == CHARGER and device["units"] == 2
+    assert device["online_ppm"] == 40_000 * 1_000_000 // EPOCH_MS and device["uptime_ppm"] == 333_333
+    text = format_rewards(doc)
+    assert "CP-1: 2 connectors" in text and "33.33%" in text
+    assert rewards_document(world.ledger.reward_distributions(), "0x" + "ee" * 20)["epochs"] == []
+    import pytest
+
+    with pytest.raises(ValueError, match="owner must be"):
+        rewards_document((), "not-an-address")
