@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from anchoring.chain.client import ChainClient, Receipt
+from anchoring.chain.client import BlockId, ChainClient
+from anchoring.chain.transact import Receipt
 from primitives.eip712 import Domain, SigningKey
 from primitives.hashing import keccak256
 
@@ -92,7 +93,7 @@ def fund(client: ChainClient, amount: int) -> Receipt:
     return client.send("Rewards", "fund", amount, gas=GAS_FUND)
 
 
-def paid_to(client: ChainClient, epoch: int, owner: str, block: int | str = "latest") -> int:
+def paid_to(client: ChainClient, epoch: int, owner: str, block: BlockId = "latest") -> int:
     """What the Rewards contract paid `owner` for `epoch` (0 if nothing)."""
     from web3 import Web3
 

@@ -63,7 +63,7 @@ from devsen.consensus_service import (
 )
 from devsen.evidence import EvidenceRecorder, EvidenceStore
 from devsen.http_api import HttpError, Router, serve_http
-from devsen.ledger import Ledger
+from devsen.ledger import Ledger, LedgerParams
 from devsen.logs import setup_logging
 from devsen.remote_start import run_remote_starts
 from devsen.rewards_view import rewards_document
@@ -337,6 +337,7 @@ def build_node(config: NodeConfig) -> NodeParts:
         epoch=genesis.epoch,
         anchor_domain=deployment.domain("Anchor"),
         escrow_domain=deployment.domain("Escrow"),
+        rewards_domain=deployment.domain("Rewards") if deployment.rewards else None,
         batch_policy=BatchPolicy(every_blocks=config.anchoring.every_blocks,
                                  every_ms=config.anchoring.every_seconds * 1000),
         confirmations=config.chain.confirmations,
@@ -349,7 +350,10 @@ def build_node(config: NodeConfig) -> NodeParts:
     )
     quorums = QuorumInbox()
     access = ContractChainAccess(client, SessionIndex(client, deployment.deploy_block))
-    app = NodeApplication(settings, access, Ledger(), AnchorIndex(data_dir / "anchors.sqlite"))
+    # the reward pool per epoch is the Rewards contract's immutable epochBudget: the same on every node
+    budget = int(client.read("Rewards", "epochBudget", block="latest")) if deployment.rewards else 0
+    ledger = Ledger(LedgerParams(reward_pool_per_epoch=budget))
+    app = NodeApplication(settings, access, ledger, AnchorIndex(data_dir / "anchors.sqlite"))
     app.snapshot_path = data_dir / "app_snapshot.msgpack"
     # After an epoch change, re-sign only what this node has not seen land (AttestationBook.rebased).
     app.resign_filter = lambda subject: not submitter.known_done(subject)

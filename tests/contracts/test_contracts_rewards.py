@@ -170,3 +170,47 @@ def test_wallet_rewards_shows_earned_and_paid(net) -> None:  # type: ignore[no-u
     assert "CP-9: 2 connectors, online 100.00%, connectors up 50.00%" in text
     with pytest.raises(ValueError, match="--node"):
         owner_rewards(reader, "http://127.0.0.1:9", owner)
+
+
+def test_attestation_path_quorum_pays_and_hostile_attestations_fail(net) -> None:  # type: ignore[no-untyped-def]
+    """Validators attest a reward subject (payload 0xA5); the book's quorum is what the contract pays."""
+    from anchoring.attestations import AttestationError, attest, decode_attestation
+    from anchoring.batches import AttestationBook
+
+    client, reader, keys, domain = net
+    fund_pool(client, BUDGET)
+    subject = subject_for(50, [7, 9, 11])
+    other = Domain(domain.chain_id, bytes.fromhex(client.deployment.escrow[2:]))
+    book = AttestationBook([k.address for k in keys], other, other, domain)
+    book.expect(subject)
+    assert book.open_subjects() == [subject]
+    quorum = None
+    for height, key in enumerate(keys[:3], start=1):
+        payload = attest(subject, key, domain).encode()
+        assert payload[0] == 0xA5
+        decoded = decode_attestation(payload)
+        assert decoded.subject == subject
+        quorum = book.on_committed(decoded, height) or quorum
+    assert quorum is not None and len(quorum.signatures) == 3
+    distribute(client, quorum.subject, quorum.signatures)  # type: ignore[arg-type]
+    assert paid_to(reader, 50, "0x" + subject.payouts[0][0].hex()) == 7
+
+    # hostile: other terms, another domain, an outsider, garbage, a book without Rewards
+    tampered = replace(subject, payouts=((subject.payouts[0][0], 8), *subject.payouts[1:]))
+    book.expect(subject_for(51, [1]))
+    with pytest.raises(AttestationError):
+        book.check(attest(tampered, keys[3], domain))
+    fresh = subject_for(52, [1])
+    book.expect(fresh)
+    with pytest.raises(AttestationError):
+        book.check(attest(fresh, keys[3], other))
+    with pytest.raises(AttestationError):
+        book.check(attest(fresh, validator_keys(1, seed="outsider")[0], domain))
+    good = attest(fresh, keys[0], domain).encode()
+    for bad in (good[:-1], good + b"\x00", b"\xa5" + b"\xff" * 40, b"\xa5" + b"\x00" * 20_000):
+        with pytest.raises(AttestationError):
+            decode_attestation(bad)
+    bare = AttestationBook([k.address for k in keys], other, other)
+    bare.expect(fresh)
+    with pytest.raises(AttestationError, match="no Rewards contract"):
+        bare.check(decode_attestation(good))
