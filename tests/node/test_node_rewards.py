@@ -3,7 +3,7 @@ quorum formed on the attestation path, like anchors and settlements."""
 
 from __future__ import annotations
 
-from test_node_app import ANCHOR, CERT, ESCROW, KEYS, VALIDATORS, Shell, StaticChain, block, event
+from test_node_app import ANCHOR, ESCROW, KEYS, VALIDATORS, Shell, StaticChain, block, event
 
 from anchoring.attestations import REWARD_ATTESTATION_TAG, attest, decode_attestation
 from anchoring.batches import BatchPolicy, Quorum
