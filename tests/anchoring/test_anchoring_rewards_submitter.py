@@ -12,7 +12,13 @@ from test_anchoring_submitter import VALIDATORS, FakeChain, FakeSender, make, qu
 
 from anchoring.batches import submitter_order
 from anchoring.rewards import RewardSubject
-from anchoring.submitter import REWARD, SubmissionRejected, Submitter, subject_from_json, subject_to_json
+from anchoring.submitter import (
+    REWARD,
+    SubmissionRejected,
+    Submitter,
+    subject_from_json,
+    subject_to_json,
+)
 
 SUBJECT = RewardSubject(42, ((b"\x01" * 20, 5), (b"\x02" * 20, 2**200)))
 
