@@ -350,9 +350,12 @@ def build_node(config: NodeConfig) -> NodeParts:
     )
     quorums = QuorumInbox()
     access = ContractChainAccess(client, SessionIndex(client, deployment.deploy_block))
-    # the reward pool per epoch is the Rewards contract's immutable epochBudget: the same on every node
-    budget = int(client.read("Rewards", "epochBudget", block="latest")) if deployment.rewards else 0
-    ledger = Ledger(LedgerParams(reward_pool_per_epoch=budget))
+    # the reward pool and epoch are the Rewards contract's immutables: the same on every node
+    params = LedgerParams()
+    if deployment.rewards:
+        params = LedgerParams(reward_pool_per_epoch=int(client.read("Rewards", "epochBudget", block="latest")),
+                              reward_epoch_ms=1000 * int(client.read("Rewards", "epochSeconds", block="latest")))
+    ledger = Ledger(params)
     app = NodeApplication(settings, access, ledger, AnchorIndex(data_dir / "anchors.sqlite"))
     app.snapshot_path = data_dir / "app_snapshot.msgpack"
     # After an epoch change, re-sign only what this node has not seen land (AttestationBook.rebased).

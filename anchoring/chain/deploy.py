@@ -119,6 +119,7 @@ def deploy_all(
     faucet: bool = False,
     admin: str | None = None,
     reward_epoch_budget: int = 0,
+    reward_epoch_s: int = 3600,
 ) -> Deployment:
     """Deploy every contract from `sender`'s key. Validators are sorted by address here;
     the token supply goes to the deployer; `admin` (default deployer) grants operator roles."""
@@ -157,7 +158,7 @@ def deploy_all(
         refund_timeout_s,
     )
     deploy("Anchor", first, initial_height)
-    deploy("Rewards", addresses["ChargeToken"], first, reward_epoch_budget)
+    deploy("Rewards", addresses["ChargeToken"], first, reward_epoch_budget, reward_epoch_s)
     return Deployment(
         chain_id=chain_id,
         deploy_block=blocks[0],

@@ -13,6 +13,7 @@ error RewardAboveBudget(uint256 total, uint256 budget);
 error RewardAbovePool(uint256 total, uint256 pool);
 error RewardFundingFailed();
 error RewardTransferFailed(address owner);
+error RewardEpochLengthInvalid();
 
 /// @title Rewards
 /// @notice Uptime rewards for EVSE owners (devsen/ledger/LEDGER.md "Uptime and rewards").
@@ -29,6 +30,8 @@ contract Rewards is DevsenDomain {
     IValidatorSet public immutable validatorSet;
     /// @notice The most one epoch distributes: the ledger's `reward_pool_per_epoch`.
     uint256 public immutable epochBudget;
+    /// @notice The reward epoch in seconds of agreed block time: the ledger's `reward_epoch_ms` / 1000.
+    uint64 public immutable epochSeconds;
 
     mapping(uint64 => bool) public epochPaid;
     mapping(uint64 => mapping(address => uint256)) public paidTo;
@@ -38,10 +41,12 @@ contract Rewards is DevsenDomain {
     event RewardPaid(uint64 indexed epoch, address indexed owner, uint256 amount);
     event EpochDistributed(uint64 indexed epoch, uint256 total, uint256 payouts, address submitter);
 
-    constructor(IERC20Minimal token_, IValidatorSet validatorSet_, uint256 epochBudget_) {
+    constructor(IERC20Minimal token_, IValidatorSet validatorSet_, uint256 epochBudget_, uint64 epochSeconds_) {
+        if (epochSeconds_ == 0) revert RewardEpochLengthInvalid();
         token = token_;
         validatorSet = validatorSet_;
         epochBudget = epochBudget_;
+        epochSeconds = epochSeconds_;
     }
 
     /// @notice What the pool holds now.
