@@ -182,3 +182,15 @@ def test_rewards_document_explains_the_share() -> None:
 
     with pytest.raises(ValueError, match="owner must be"):
         rewards_document((), "not-an-address")
+
+
+def test_a_replayed_heartbeat_does_not_keep_a_device_online() -> None:
+    world = World(PARAMS)
+    world.block(status16(1, "Available"), advance_ms=5_000)
+    beat = hb()
+    world.block(beat, advance_ms=5_000)  # T0+5s: seen
+    for _ in range(6):
+        out = world.block(beat, advance_ms=5_000)  # the same message again: a retry, not a sign of life
+        assert out.results[0].duplicate
+    closed = run_until_close(world, lambda: [], EPOCH_END)
+    assert closed[0].devices[0].online_ms == 5_000 + OFFLINE_MS
