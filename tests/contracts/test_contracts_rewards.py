@@ -214,3 +214,12 @@ def test_attestation_path_quorum_pays_and_hostile_attestations_fail(net) -> None
     bare.expect(fresh)
     with pytest.raises(AttestationError, match="no Rewards contract"):
         bare.check(decode_attestation(good))
+
+
+def test_more_owners_than_one_transaction_pays_is_refused_before_signing() -> None:
+    from anchoring.rewards import MAX_PAYOUTS
+
+    too_many = [((i + 1).to_bytes(20, "big"), 1) for i in range(MAX_PAYOUTS + 1)]
+    with pytest.raises(ValueError, match="at most"):
+        RewardSubject(1, tuple(too_many))
+    assert len(RewardSubject(1, tuple(too_many[:MAX_PAYOUTS])).payouts) == MAX_PAYOUTS
