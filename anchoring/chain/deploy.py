@@ -227,6 +227,9 @@ def deploy_main(argv: list[str]) -> int:
     parser.add_argument("--fund", default="", help="devnet: comma-separated accounts to give ETH and tokens")
     parser.add_argument("--fund-eth-wei", type=int, default=10**18)
     parser.add_argument("--fund-tokens", type=int, default=1_000 * 10**6, help="base units (needs --faucet)")
+    parser.add_argument("--reward-budget", type=int, default=0,
+                        help="uptime rewards per epoch, token base units (Rewards.epochBudget; 0 = none)")
+    parser.add_argument("--reward-epoch", type=int, default=3600, help="reward epoch, seconds of block time")
     args = parser.parse_args(argv)
     try:
         validators = [ValidatorSpec(a) for a in _addresses(args.validators)]
@@ -241,6 +244,8 @@ def deploy_main(argv: list[str]) -> int:
             initial_height=args.initial_height,
             token_supply=args.token_supply,
             faucet=args.faucet,
+            reward_epoch_budget=args.reward_budget,
+            reward_epoch_s=args.reward_epoch,
         )
         fund_devnet_accounts(sender, deployment, funded, eth_wei=args.fund_eth_wei, tokens=args.fund_tokens)
     except (ValueError, OSError, ChainError) as exc:
