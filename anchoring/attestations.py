@@ -10,10 +10,13 @@ fixed-order array.
                                           amount(bin 32, big-endian uint256),
                                           signer(bin 20), signature(bin 65)]
 
+    REWARD_ATTESTATION_TAG (0xA5) || [1, epoch, [[owner(bin 20), amount(bin 32)], ...],
+                                      signer(bin 20), signature(bin 65)]   (anchoring/rewards.py)
+
 The node tells payload kinds apart by the first byte (`payload_kind`). Decoding rejects
 anything that does not re-encode to the same bytes, so one attestation has one encoding.
 Signatures follow consensus/SIGNING.md: `AnchorBatch` under the Anchor contract's domain,
-`Settlement` under the Escrow contract's domain.
+`Settlement` under the Escrow contract's domain, `RewardDistribution` under the Rewards contract's.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 
 import msgpack
 
+from anchoring.rewards import MAX_PAYOUTS, RewardError, RewardSubject
 from consensus.signing import ANCHOR_BATCH_TYPE, SETTLEMENT_TYPE
 from primitives.eip712 import (
     SIGNATURE_BYTES,
@@ -35,10 +39,12 @@ from primitives.eip712 import (
 
 ANCHOR_ATTESTATION_TAG = 0xA1
 SETTLEMENT_ATTESTATION_TAG = 0xA2
-ATTESTATION_TAGS = frozenset({ANCHOR_ATTESTATION_TAG, SETTLEMENT_ATTESTATION_TAG})
+REWARD_ATTESTATION_TAG = 0xA5
+ATTESTATION_TAGS = frozenset({ANCHOR_ATTESTATION_TAG, SETTLEMENT_ATTESTATION_TAG, REWARD_ATTESTATION_TAG})
 ATTESTATION_VERSION = 1
 MAX_ATTESTATION_BYTES = 256  # both kinds encode to < 200 bytes
 UINT64_MAX = (1 << 64) - 1
+MAX_REWARD_ATTESTATION_BYTES = 128 + 60 * MAX_PAYOUTS  # a payout encodes to 58 bytes
 
 
 class AttestationError(ValueError):
@@ -102,7 +108,7 @@ class Settlement:
 class Attestation:
     """One validator's signature over `subject` (an AnchorBatch or a Settlement)."""
 
-    subject: AnchorBatch | Settlement
+    subject: AnchorBatch | Settlement | RewardSubject
     signer: bytes
     signature: bytes
 
@@ -113,6 +119,8 @@ class Attestation:
     @property
     def tag(self) -> int:
         """The payload tag byte of this attestation's kind."""
+        if isinstance(self.subject, RewardSubject):
+            return REWARD_ATTESTATION_TAG
         return ANCHOR_ATTESTATION_TAG if isinstance(self.subject, AnchorBatch) else SETTLEMENT_ATTESTATION_TAG
 
     def encode(self) -> bytes:
@@ -122,11 +130,15 @@ class Attestation:
         if isinstance(subject, AnchorBatch):
             fields = [ATTESTATION_VERSION, subject.batch_id, subject.root, subject.first_height,
                       subject.last_height, subject.event_count]
+        elif isinstance(subject, RewardSubject):
+            fields = [ATTESTATION_VERSION, subject.epoch,
+                      [[owner, amount.to_bytes(32, "big")] for owner, amount in subject.payouts]]
         else:
             fields = [ATTESTATION_VERSION, subject.session_id, subject.energy_wh,
                       subject.amount.to_bytes(32, "big")]
         data: bytes = bytes([self.tag]) + msgpack.packb([*fields, self.signer, self.signature], use_bin_type=True)
-        assert len(data) <= MAX_ATTESTATION_BYTES
+        assert len(data) <= (MAX_REWARD_ATTESTATION_BYTES if self.tag == REWARD_ATTESTATION_TAG
+                             else MAX_ATTESTATION_BYTES)
         return data
 
     def verify(self, domain: Domain) -> None:
@@ -140,7 +152,7 @@ class Attestation:
                 f"signature recovers to 0x{recovered.hex()}, not the claimed signer 0x{self.signer.hex()}")
 
 
-def attest(subject: AnchorBatch | Settlement, key: SigningKey, domain: Domain) -> Attestation:
+def attest(subject: AnchorBatch | Settlement | RewardSubject, key: SigningKey, domain: Domain) -> Attestation:
     """Sign `subject` with `key` under `domain` (Anchor domain for batches, Escrow for settlements)."""
     return Attestation(subject, key.address, key.sign(subject.digest(domain)))
 
@@ -154,6 +166,8 @@ def decode_attestation(payload: bytes) -> Attestation:
     """Parse a payload strictly; the signature is not checked here (see `Attestation.verify`)."""
     if not payload or payload[0] not in ATTESTATION_TAGS:
         raise AttestationError("not an attestation payload (unknown tag byte)")
+    if payload[0] == REWARD_ATTESTATION_TAG:
+        return _decode_reward_attestation(payload)
     if len(payload) > MAX_ATTESTATION_BYTES:
         raise AttestationError(f"attestation is {len(payload)} bytes, limit {MAX_ATTESTATION_BYTES}")
     try:
@@ -176,6 +190,33 @@ def decode_attestation(payload: bytes) -> Attestation:
         attestation = Attestation(subject, signer, signature)
     except (TypeError, ValueError) as exc:
         raise AttestationError(f"bad attestation field: {exc}") from exc
+    if attestation.encode() != payload:
+        raise AttestationError("attestation is not in canonical form")
+    return attestation
+
+
+def _decode_reward_attestation(payload: bytes) -> Attestation:
+    """Strict decoding of a REWARD_ATTESTATION_TAG payload (bounded by MAX_PAYOUTS)."""
+    if len(payload) > MAX_REWARD_ATTESTATION_BYTES:
+        raise AttestationError(f"reward attestation is {len(payload)} bytes, limit {MAX_REWARD_ATTESTATION_BYTES}")
+    try:
+        fields = msgpack.unpackb(payload[1:], raw=False, strict_map_key=True, max_bin_len=SIGNATURE_BYTES,
+                                 max_str_len=0, max_array_len=MAX_PAYOUTS, max_map_len=0, max_ext_len=0)
+    except Exception as exc:  # msgpack raises several unrelated types on bad input
+        raise AttestationError(f"attestation body is not msgpack: {exc}") from exc
+    if not isinstance(fields, list) or len(fields) != 5 or fields[0] != ATTESTATION_VERSION:
+        raise AttestationError(f"reward attestation body must be a version-{ATTESTATION_VERSION} array of 5")
+    try:
+        _, epoch, payouts, signer, signature = fields
+        items = []
+        for item in payouts:
+            owner, amount = item
+            _check_bytes("amount", amount, 32)
+            items.append((owner, int.from_bytes(amount, "big")))
+        _check_uint("epoch", epoch, 64)
+        attestation = Attestation(RewardSubject(epoch, tuple(items)), signer, signature)
+    except (TypeError, ValueError, RewardError) as exc:
+        raise AttestationError(f"bad reward attestation field: {exc}") from exc
     if attestation.encode() != payload:
         raise AttestationError("attestation is not in canonical form")
     return attestation

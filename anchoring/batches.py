@@ -19,6 +19,7 @@ from typing import Any
 
 from anchoring.attestations import AnchorBatch, Attestation, AttestationError, Settlement
 from anchoring.merkle import HASH_BYTES, MAX_LEAVES, MerkleTree
+from anchoring.rewards import RewardSubject
 from consensus.signing import quorum_size
 from primitives.eip712 import Domain
 
@@ -147,13 +148,13 @@ def batch_event_ids(blocks: Sequence[CommittedBlock]) -> list[bytes]:
 class Quorum:
     """A subject with a quorum of signatures, ordered by signer address ascending."""
 
-    subject: AnchorBatch | Settlement
+    subject: AnchorBatch | Settlement | RewardSubject
     signers: tuple[bytes, ...]
     signatures: tuple[bytes, ...]
     height: int  # the block height at which the quorum was committed
 
 
-def submitter_order(validators: Sequence[bytes], subject: AnchorBatch | Settlement) -> list[bytes]:
+def submitter_order(validators: Sequence[bytes], subject: AnchorBatch | Settlement | RewardSubject) -> list[bytes]:
     """Who submits `subject`: the validator at (batchId mod n), then the next ones, in turn.
 
     Settlements start at (sessionId as an integer mod n). `validators` is sorted here.
@@ -162,6 +163,8 @@ def submitter_order(validators: Sequence[bytes], subject: AnchorBatch | Settleme
     assert ordered, "a validator set is never empty"
     if isinstance(subject, AnchorBatch):
         start = subject.batch_id % len(ordered)
+    elif isinstance(subject, RewardSubject):
+        start = subject.epoch % len(ordered)
     else:
         start = int.from_bytes(subject.session_id, "big") % len(ordered)
     return ordered[start:] + ordered[:start]
@@ -169,7 +172,7 @@ def submitter_order(validators: Sequence[bytes], subject: AnchorBatch | Settleme
 
 @dataclass(slots=True)
 class _Pending:
-    subject: AnchorBatch | Settlement
+    subject: AnchorBatch | Settlement | RewardSubject
     signatures: dict[bytes, bytes] = field(default_factory=dict)  # signer -> signature, commit order
 
 
@@ -188,15 +191,18 @@ class AttestationBook:
     re-collected from the new set (`rebased`).
     """
 
-    def __init__(self, validators: Sequence[bytes], anchor_domain: Domain, escrow_domain: Domain) -> None:
+    def __init__(self, validators: Sequence[bytes], anchor_domain: Domain, escrow_domain: Domain,
+                 rewards_domain: Domain | None = None) -> None:
         if not validators or len(set(validators)) != len(validators):
             raise ValueError("the validator set must be non-empty and without duplicates")
         self.validators = frozenset(validators)
         self.quorum = quorum_size(len(validators))
         self.anchor_domain = anchor_domain
         self.escrow_domain = escrow_domain
+        self.rewards_domain = rewards_domain  # None: the network has no Rewards contract
         self._batches: OrderedDict[int, _Pending] = OrderedDict()
         self._settlements: OrderedDict[bytes, _Pending] = OrderedDict()
+        self._rewards: OrderedDict[bytes, _Pending] = OrderedDict()  # b"reward:" + epoch (8 bytes)
         self._completed: OrderedDict[int | bytes, Quorum] = OrderedDict()  # recent quorums, bounded
         # re-opened at an epoch change: key -> (quorum of the old set, height the wait ends)
         self._reopened: dict[int | bytes, tuple[Quorum, int]] = {}
@@ -211,9 +217,9 @@ class AttestationBook:
         unsubmitted old quorum could never land) for RECOLLECT_WINDOW_BLOCKS heights. Every
         subject that reaches the new quorum with the carried signatures comes back as a Quorum.
         """
-        book = AttestationBook(validators, self.anchor_domain, self.escrow_domain)
+        book = AttestationBook(validators, self.anchor_domain, self.escrow_domain, self.rewards_domain)
         quorums: list[Quorum] = []
-        for pending in [*self._batches.values(), *self._settlements.values()]:
+        for pending in [*self._batches.values(), *self._settlements.values(), *self._rewards.values()]:
             old = self._reopened.get(self._table(pending.subject)[1])
             quorum = book._carry(pending.subject, pending.signatures, height,
                                  None if old is None else (old[0], height + RECOLLECT_WINDOW_BLOCKS))
@@ -230,7 +236,7 @@ class AttestationBook:
         book._bound_completed()
         return book, quorums
 
-    def _carry(self, subject: AnchorBatch | Settlement, signatures: dict[bytes, bytes], height: int,
+    def _carry(self, subject: AnchorBatch | Settlement | RewardSubject, signatures: dict[bytes, bytes], height: int,
                reopened: tuple[Quorum, int] | None) -> Quorum | None:
         """Open `subject` here with the (already verified) signatures of signers in this set."""
         table, key = self._table(subject)
@@ -254,22 +260,23 @@ class AttestationBook:
         self._first_expiry = min((until for _, until in self._reopened.values()), default=None)
         self._bound_completed()
 
-    def reopened(self, subject: AnchorBatch | Settlement) -> bool:
+    def reopened(self, subject: AnchorBatch | Settlement | RewardSubject) -> bool:
         """True if `subject` waits for the new set's signatures after an epoch change."""
         return self._table(subject)[1] in self._reopened
 
-    def export_state(self) -> tuple[list[tuple[AnchorBatch | Settlement, dict[bytes, bytes]]], list[Quorum],
+    def export_state(self) -> tuple[list[tuple[AnchorBatch | Settlement | RewardSubject, dict[bytes, bytes]]], list[Quorum],
                                     list[tuple[Quorum, int]]]:
         """(open subjects with the signatures counted so far, recent quorums, re-opened subjects'
         old quorums with the height their wait ends): for snapshots."""
-        pending = [(p.subject, dict(p.signatures)) for p in [*self._batches.values(), *self._settlements.values()]]
+        pending = [(p.subject, dict(p.signatures))
+                   for p in [*self._batches.values(), *self._settlements.values(), *self._rewards.values()]]
         return pending, list(self._completed.values()), list(self._reopened.values())
 
-    def import_state(self, pending: Sequence[tuple[AnchorBatch | Settlement, dict[bytes, bytes]]],
+    def import_state(self, pending: Sequence[tuple[AnchorBatch | Settlement | RewardSubject, dict[bytes, bytes]]],
                      completed: Sequence[Quorum], reopened: Sequence[tuple[Quorum, int]] = ()) -> None:
         """Restore what `export_state` returned into an empty book (signatures are re-verified);
         `reopened` pairs each re-opened key's old quorum with the height its wait ends."""
-        assert not self._batches and not self._settlements, "import into an empty book"
+        assert not self._batches and not self._settlements and not self._rewards, "import into an empty book"
         self._completed = OrderedDict((self._table(q.subject)[1], q) for q in completed)
         self._reopened = {self._table(q.subject)[1]: (q, until) for q, until in reopened}
         self._first_expiry = min((until for _, until in self._reopened.values()), default=None)
@@ -286,11 +293,11 @@ class AttestationBook:
         """The recent quorums, oldest first (a restarted node hands them to its submitter again)."""
         return list(self._completed.values())
 
-    def open_subjects(self) -> list[AnchorBatch | Settlement]:
+    def open_subjects(self) -> list[AnchorBatch | Settlement | RewardSubject]:
         """Subjects still waiting for a quorum, batches first, oldest first."""
-        return [p.subject for p in [*self._batches.values(), *self._settlements.values()]]
+        return [p.subject for p in [*self._batches.values(), *self._settlements.values(), *self._rewards.values()]]
 
-    def expect(self, subject: AnchorBatch | Settlement) -> None:
+    def expect(self, subject: AnchorBatch | Settlement | RewardSubject) -> None:
         """Register a batch this node closed, or a settlement order its ledger produced."""
         table, key = self._table(subject)
         if key in table:
@@ -303,9 +310,9 @@ class AttestationBook:
 
     def pending_count(self) -> int:
         """Subjects still waiting for a quorum."""
-        return len(self._batches) + len(self._settlements)
+        return len(self._batches) + len(self._settlements) + len(self._rewards)
 
-    def signers_of(self, subject: AnchorBatch | Settlement) -> frozenset[bytes]:
+    def signers_of(self, subject: AnchorBatch | Settlement | RewardSubject) -> frozenset[bytes]:
         """Validators whose attestation for the open `subject` has been counted."""
         table, key = self._table(subject)
         pending = table.get(key)
@@ -322,6 +329,10 @@ class AttestationBook:
         if attestation.signer not in self.validators:
             raise AttestationError(f"0x{attestation.signer.hex()} is not a validator")
         domain = self.anchor_domain if isinstance(attestation.subject, AnchorBatch) else self.escrow_domain
+        if isinstance(attestation.subject, RewardSubject):
+            if self.rewards_domain is None:
+                raise AttestationError("this network has no Rewards contract")
+            domain = self.rewards_domain
         attestation.verify(domain)
 
     def on_committed(self, attestation: Attestation, height: int) -> Quorum | None:
@@ -359,7 +370,9 @@ class AttestationBook:
         while len(self._completed) > MAX_OPEN_SUBJECTS:
             self._completed.popitem(last=False)
 
-    def _table(self, subject: AnchorBatch | Settlement) -> tuple[OrderedDict[Any, _Pending], int | bytes]:
+    def _table(self, subject: AnchorBatch | Settlement | RewardSubject) -> tuple[OrderedDict[Any, _Pending], int | bytes]:
         if isinstance(subject, AnchorBatch):
             return self._batches, subject.batch_id
+        if isinstance(subject, RewardSubject):
+            return self._rewards, b"reward:" + subject.epoch.to_bytes(8, "big")
         return self._settlements, subject.session_id

@@ -19,6 +19,7 @@ from web3.exceptions import BadFunctionCallOutput, Web3RPCError
 from anchoring.attestations import AnchorBatch, Settlement
 from anchoring.chain.client import ChainClient
 from anchoring.chain.errors import ChainRevert, RpcUnavailable, TransactionTimeout
+from anchoring.rewards import RewardSubject, distribute
 from anchoring.submitter import ChainUnavailable, SessionState, SubmissionRejected
 
 T = TypeVar("T")
@@ -80,4 +81,22 @@ class OnChain:
     async def submit_settlement(self, settlement: Settlement, signatures: Sequence[bytes]) -> bytes:
         receipt = await self.run_sync(self.client.settle, settlement.session_id, settlement.energy_wh,
                                       settlement.amount, list(signatures))
+        return receipt.tx_hash
+
+    async def reward_paid(self, epoch: int, block: int | None = None) -> bool:
+        """Whether the Rewards contract paid `epoch` (False for a deployment without it)."""
+        if not self.client.deployment.rewards:
+            return False
+        try:
+            read = functools.partial(self.client.read, block="latest" if block is None else block)
+            return bool(await self.run_sync(read, "Rewards", "epochPaid", epoch))
+        except BadFunctionCallOutput:
+            if block is None:
+                raise
+            return False  # read below the Rewards contract's deployment
+
+    async def submit_rewards(self, subject: RewardSubject, signatures: Sequence[bytes]) -> bytes:
+        if not self.client.deployment.rewards:
+            raise SubmissionRejected("this deployment has no Rewards contract")
+        receipt = await self.run_sync(distribute, self.client, subject, list(signatures))
         return receipt.tx_hash

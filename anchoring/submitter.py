@@ -31,12 +31,13 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 import trio
 
 from anchoring.attestations import AnchorBatch, Settlement
 from anchoring.batches import Quorum, submitter_order
+from anchoring.rewards import RewardSubject
 from consensus.signing import quorum_size
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ log = logging.getLogger("devsen.anchoring.submitter")
 
 ANCHOR = "anchor"
 SETTLEMENT = "settlement"
+REWARD = "reward"
 SESSION_NONE, SESSION_OPEN, SESSION_SETTLED, SESSION_REFUNDED = 0, 1, 2, 3
 MAX_PENDING_JOBS = 10_000
 MAX_DONE_JOBS_KEPT = 10_000  # more than the attestation book's recent quorums: a re-sent one is known
@@ -89,11 +91,22 @@ class SubmissionChain(Protocol):
     async def submit_settlement(self, settlement: Settlement, signatures: Sequence[bytes]) -> bytes: ...
 
 
+@runtime_checkable
+class RewardChain(Protocol):
+    """What the submitter needs for reward distributions (a chain without them leaves them pending)."""
+
+    async def reward_paid(self, epoch: int, block: int | None = None) -> bool: ...
+
+    async def submit_rewards(self, subject: RewardSubject, signatures: Sequence[bytes]) -> bytes: ...
+
+
 RETRYABLE = (ChainUnavailable, OSError, TimeoutError, trio.TooSlowError)
 
 
-def subject_to_json(subject: AnchorBatch | Settlement) -> dict[str, Any]:
+def subject_to_json(subject: AnchorBatch | Settlement | RewardSubject) -> dict[str, Any]:
     """JSON form of a batch or settlement (hex bytes, decimal integers as numbers)."""
+    if isinstance(subject, RewardSubject):
+        return {"epoch": subject.epoch, "payouts": [["0x" + o.hex(), str(a)] for o, a in subject.payouts]}
     if isinstance(subject, AnchorBatch):
         return {"batch_id": subject.batch_id, "root": "0x" + subject.root.hex(),
                 "first_height": subject.first_height, "last_height": subject.last_height,
@@ -102,8 +115,10 @@ def subject_to_json(subject: AnchorBatch | Settlement) -> dict[str, Any]:
             "amount": str(subject.amount)}
 
 
-def subject_from_json(kind: str, data: dict[str, Any]) -> AnchorBatch | Settlement:
+def subject_from_json(kind: str, data: dict[str, Any]) -> AnchorBatch | Settlement | RewardSubject:
     """Inverse of `subject_to_json`."""
+    if kind == REWARD:
+        return RewardSubject(int(data["epoch"]), tuple((bytes.fromhex(o[2:]), int(a)) for o, a in data["payouts"]))
     if kind == ANCHOR:
         return AnchorBatch(int(data["batch_id"]), bytes.fromhex(data["root"][2:]), int(data["first_height"]),
                            int(data["last_height"]), int(data["event_count"]))
@@ -123,11 +138,15 @@ class Job:
 
     @property
     def kind(self) -> str:
+        if isinstance(self.quorum.subject, RewardSubject):
+            return REWARD
         return ANCHOR if isinstance(self.quorum.subject, AnchorBatch) else SETTLEMENT
 
     @property
     def key(self) -> str:
         subject = self.quorum.subject
+        if isinstance(subject, RewardSubject):
+            return str(subject.epoch)
         return str(subject.batch_id) if isinstance(subject, AnchorBatch) else subject.session_id.hex()
 
 
@@ -267,8 +286,10 @@ class Submitter:
         """Jobs not yet anchored/settled at the confirmation depth."""
         return list(self._jobs.values())
 
-    def known_done(self, subject: AnchorBatch | Settlement) -> bool:
+    def known_done(self, subject: AnchorBatch | Settlement | RewardSubject) -> bool:
         """True if this node saw `subject` anchored or settled (or otherwise finished) on chain."""
+        if isinstance(subject, RewardSubject):
+            return self.store.outcome(REWARD, str(subject.epoch)) is not None
         if isinstance(subject, AnchorBatch):
             return self.store.outcome(ANCHOR, str(subject.batch_id)) is not None
         return self.store.outcome(SETTLEMENT, subject.session_id.hex()) is not None
@@ -335,6 +356,20 @@ class Submitter:
         for job in settlements:
             job.last_checked = trio.current_time()
             await self._advance_settlement(job, confirmed)
+        chain = self.chain
+        if isinstance(chain, RewardChain):
+            for job in [j for j in self._jobs.values() if j.kind == REWARD][:MAX_SETTLEMENT_CHECKS_PER_ROUND]:
+                await self._advance_reward(chain, job, confirmed)
+
+    async def _advance_reward(self, chain: RewardChain, job: Job, confirmed: int) -> None:
+        subject = job.quorum.subject
+        assert isinstance(subject, RewardSubject)
+        if confirmed >= 0 and await self._call(chain.reward_paid, subject.epoch, confirmed):
+            await self._finish(job, "paid")
+        elif await self._call(chain.reward_paid, subject.epoch, None):
+            job.ready_since = None  # paid at the head, not yet deep enough
+        else:
+            await self._maybe_send(job, chain.submit_rewards)
 
     async def _advance_anchor(self, job: Job, next_id: int, confirmed_next: int, confirmed: int) -> None:
         batch = job.quorum.subject

@@ -23,7 +23,7 @@ SOLC_VERSION = "0.8.37"
 EVM_VERSION = "cancun"
 COMPILE_TIMEOUT_S = 120
 # The contracts that get an artifact (libraries, interfaces and abstract bases do not).
-DEPLOYABLE = ("ValidatorSet", "UserRegistry", "DeviceFactory", "ChargeToken", "Escrow", "Anchor")
+DEPLOYABLE = ("ValidatorSet", "UserRegistry", "DeviceFactory", "ChargeToken", "Escrow", "Anchor", "Rewards")
 
 _NODE_COMPILE = (
     "const solc = require('solc');"

@@ -19,7 +19,7 @@
 - `commit`: snapshot to disk every SNAPSHOT_EVERY_BLOCKS; `restore` after a restart.
 
 Payload kinds are told apart by the first byte (anchoring/proofs.py, attestations.py,
-devsen/ledger/vouchers.py): 0x9A a canonical ChargerEvent, 0xA1/0xA2 an attestation, 0xB1 a
+devsen/ledger/vouchers.py): 0x9A a canonical ChargerEvent, 0xA1/0xA2/0xA5 an attestation (0xA5: a reward distribution), 0xB1 a
 driver's payment voucher (its signature must recover, else the block is invalid; whether it
 counts is the ledger's deterministic decision, a refusal is the payload's TxResult).
 """
@@ -50,6 +50,7 @@ from anchoring.attestations import (
 from anchoring.batches import AttestationBook, BatchBuilder, BatchPolicy, BuilderState, Quorum
 from anchoring.batches import CommittedBlock as BatchBlock
 from anchoring.proofs import EVENT_PAYLOAD_FIRST_BYTE, AnchorIndex
+from anchoring.rewards import RewardSubject
 from consensus.abci import (
     CheckResult,
     FinalizeResult,
@@ -63,6 +64,7 @@ from devsen.chain_facts import ChainFacts, ChainKeys, KeyReader, chain_keys, rea
 from devsen.chain_view import ChainReadError, patiently
 from devsen.ledger import BlockContext, BlockRejected, EventResult, Ledger
 from devsen.ledger.ledger import SnapshotError
+from devsen.ledger.uptime import RewardDistribution
 from devsen.ledger.vouchers import (
     VOUCHER_PAYLOAD_TAG,
     PaymentVoucher,
@@ -268,6 +270,7 @@ class AppSettings:
     batch_policy: BatchPolicy
     confirmations: int
     epoch: int = 0
+    rewards_domain: Domain | None = None  # the Rewards contract's; None: no reward distributions signed
 
 
 class NodeApplication:
@@ -279,7 +282,8 @@ class NodeApplication:
         self.ledger = ledger
         self.anchor_index = anchor_index
         self.batcher = BatchBuilder(settings.batch_policy, BuilderState(next_batch_id=0, next_height=1))
-        self.book = AttestationBook(settings.validators, settings.anchor_domain, settings.escrow_domain)
+        self.book = AttestationBook(settings.validators, settings.anchor_domain, settings.escrow_domain,
+                                    settings.rewards_domain)
         self.vouches = VouchCache(ingress_domain(settings.anchor_domain))
         self.validators: tuple[bytes, ...] = tuple(sorted(settings.validators))
         self.epoch = settings.epoch
@@ -300,7 +304,7 @@ class NodeApplication:
         # Whether this node should sign a subject re-opened at an epoch change: the node sets it
         # to "its submitter has not seen the subject land" (local, affects only what we sign;
         # counting stays deterministic). Default: sign every re-opened subject.
-        self.resign_filter: Callable[[AnchorBatch | Settlement], bool] = lambda subject: True
+        self.resign_filter: Callable[[AnchorBatch | Settlement | RewardSubject], bool] = lambda subject: True
         self.outside_reads = 0
         self._voucher_signers: OrderedDict[bytes, bytes] = OrderedDict()
         self.drivers: OrderedDict[bytes, bytes] = OrderedDict()  # filled from chain reads (check_tx)
@@ -517,8 +521,9 @@ class NodeApplication:
         """Why an attestation can never count now (non-validator signer, bad signature), or None."""
         if attestation.signer not in self.validators:
             return f"attestation from non-validator 0x{attestation.signer.hex()}"
-        domain = (self.settings.anchor_domain if isinstance(attestation.subject, AnchorBatch)
-                  else self.settings.escrow_domain)
+        domain = self._domain_of(attestation.subject)
+        if domain is None:
+            return "this network has no Rewards contract"
         try:
             attestation.verify(domain)
         except AttestationError as exc:
@@ -576,6 +581,8 @@ class NodeApplication:
             self._expect_and_sign(batch)
         for order in outcome.settlements:
             self._expect_and_sign(Settlement(order.session_id, order.energy_wh, order.amount))
+        for distribution in outcome.rewards:
+            self._expect_rewards(distribution)
         attestation_results: dict[bytes, TxResult] = {}
         for attestation in parts.attestations:
             encoded = attestation.encode()
@@ -671,7 +678,24 @@ class NodeApplication:
         notices.append(ValidatorsChanged(addresses, bindings))
         return ValidatorUpdate(height + 2, ValidatorSet.equal(list(addresses), epoch), bindings)
 
-    def _expect_and_sign(self, subject: AnchorBatch | Settlement) -> None:
+    def _domain_of(self, subject: AnchorBatch | Settlement | RewardSubject) -> Domain | None:
+        if isinstance(subject, RewardSubject):
+            return self.settings.rewards_domain
+        return self.settings.anchor_domain if isinstance(subject, AnchorBatch) else self.settings.escrow_domain
+
+    def _expect_rewards(self, distribution: RewardDistribution) -> None:
+        """Collect a quorum for a closed reward epoch's payouts (none without a Rewards contract)."""
+        if self.settings.rewards_domain is None or not distribution.payouts():
+            return
+        try:
+            subject = RewardSubject.from_payouts(distribution.epoch, distribution.payouts())
+        except ValueError as exc:  # e.g. more owners than one transaction pays: every node alike
+            self.counters["subjects_refused"] = self.counters.get("subjects_refused", 0) + 1
+            log.error("cannot sign the rewards of epoch %d: %s", distribution.epoch, exc)
+            return
+        self._expect_and_sign(subject)
+
+    def _expect_and_sign(self, subject: AnchorBatch | Settlement | RewardSubject) -> None:
         try:
             self.book.expect(subject)
         except (OverflowError, ValueError) as exc:  # every node fails alike; never halt the chain
@@ -696,8 +720,9 @@ class NodeApplication:
                 self.counters["resigned_subjects"] = self.counters.get("resigned_subjects", 0) + 1
             self._sign(subject)
 
-    def _sign(self, subject: AnchorBatch | Settlement) -> None:
-        domain = self.settings.anchor_domain if isinstance(subject, AnchorBatch) else self.settings.escrow_domain
+    def _sign(self, subject: AnchorBatch | Settlement | RewardSubject) -> None:
+        domain = self._domain_of(subject)
+        assert domain is not None, "reward subjects are expected only with a Rewards domain"
         self._outbound.append(attest(subject, self.settings.key, domain).encode())
 
     # ---------------------------------------------------------------- commit (disk)
@@ -810,7 +835,8 @@ class NodeApplication:
     def _install(self, state: _SnapshotState) -> None:
         """Take a decoded snapshot's state (the open batch is rebuilt from its blocks). Raises
         ValueError, changing nothing, if the batch or attestation state does not rebuild."""
-        book = AttestationBook(state.validators, self.settings.anchor_domain, self.settings.escrow_domain)
+        book = AttestationBook(state.validators, self.settings.anchor_domain, self.settings.escrow_domain,
+                               self.settings.rewards_domain)
         book.import_state(state.pending, state.completed, state.reopened)
         batcher = BatchBuilder(self.settings.batch_policy, state.batcher)
         saved, self._open_blocks = self._open_blocks, []
@@ -988,7 +1014,7 @@ class _SnapshotState:
     epoch: int
     validators: tuple[bytes, ...]
     batcher: BuilderState
-    pending: list[tuple[AnchorBatch | Settlement, dict[bytes, bytes]]]
+    pending: list[tuple[AnchorBatch | Settlement | RewardSubject, dict[bytes, bytes]]]
     completed: list[Quorum]
     reopened: list[tuple[Quorum, int]]
     open_blocks: tuple[tuple[int, int, tuple[bytes, ...]], ...]
@@ -1041,7 +1067,9 @@ def decode_event_reply(result: TxResult) -> tuple[dict[str, Any] | None, str | N
     return fields.get("reply"), fields.get("error_code") or result.log or None, bool(fields.get("duplicate"))
 
 
-def _subject_fields(subject: AnchorBatch | Settlement) -> list[Any]:
+def _subject_fields(subject: AnchorBatch | Settlement | RewardSubject) -> list[Any]:
+    if isinstance(subject, RewardSubject):
+        return [2, subject.epoch, [[owner, amount.to_bytes(32, "big")] for owner, amount in subject.payouts]]
     if isinstance(subject, AnchorBatch):
         return [0, subject.batch_id, subject.root, subject.first_height, subject.last_height, subject.event_count]
     return [1, subject.session_id, subject.energy_wh, subject.amount.to_bytes(32, "big")]
@@ -1058,7 +1086,9 @@ def _quorum_from_fields(fields: list[Any]) -> Quorum:
     return Quorum(_subject_from_fields(subject), tuple(signers), tuple(signatures), height)
 
 
-def _subject_from_fields(fields: list[Any]) -> AnchorBatch | Settlement:
+def _subject_from_fields(fields: list[Any]) -> AnchorBatch | Settlement | RewardSubject:
+    if fields[0] == 2:
+        return RewardSubject(fields[1], tuple((o, int.from_bytes(a, "big")) for o, a in fields[2]))
     if fields[0] == 0:
         return AnchorBatch(*fields[1:])
     return Settlement(fields[1], fields[2], int.from_bytes(fields[3], "big"))

@@ -102,6 +102,7 @@ DEMO_CHARGER = "DEMO-CP-1"
 DEMO_PASSWORD = "demo-charger-password-1"  # devnet only; printed so a real charger can use it
 DEMO_ID_TAG = "DEMO-TAG-1"
 DEMO_DEPOSIT = 10 * 10**6  # ChargeToken base units
+DEMO_REWARD_BUDGET = 10 * 10**6  # uptime rewards per epoch, ChargeToken base units
 DEMO_PRICE_PER_KWH = 300_000
 CHAIN_ID = 31337
 STARTUP_TIMEOUT_S = 90.0
@@ -168,16 +169,19 @@ def prepare_nodes(root: Path, count: int, deployment_path: Path, rpc: str) -> li
 
 
 def deploy_network(anvil: AnvilProcess, nodes: list[DevnetNode], deployment_path: Path,
-                   signed_meter: bool = False) -> tuple[Deployment, dict[str, Any]]:
+                   signed_meter: bool = False, *, reward_epoch_s: int = 3600) -> tuple[Deployment, dict[str, Any]]:
     """Deploy the contracts with the nodes as validators; fund them; seed the demo actors.
 
     `signed_meter` (on for `devsen devnet`): the demo charger's meter key (`demo_meter_key`)
-    is registered on chain with requireSignedMeter, so it settles on OCMF-signed readings only."""
+    is registered on chain with requireSignedMeter, so it settles on OCMF-signed readings only.
+    Uptime rewards: DEMO_REWARD_BUDGET per `reward_epoch_s` (the pool starts empty; fund it
+    with Rewards.fund)."""
     w3 = connect(anvil.url)
     deployer = TransactionSender(w3, anvil.dev_keys[0])
     specs = [ValidatorSpec(w3.to_checksum_address(n.keys.validator.address), n.keys.peer_id.to_bytes(), n.ocpp_url)
              for n in nodes]
-    deployment = deploy_all(deployer, specs, faucet=True)
+    deployment = deploy_all(deployer, specs, faucet=True, reward_epoch_budget=DEMO_REWARD_BUDGET,
+                            reward_epoch_s=reward_epoch_s)
     deployment.save(deployment_path)
     validator_accounts = [spec.address for spec in specs]
     fund_devnet_accounts(deployer, deployment, validator_accounts, eth_wei=10**19, tokens=0)

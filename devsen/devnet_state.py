@@ -263,7 +263,8 @@ def format_status(status: dict[str, Any]) -> str:
                  f"anvil pid {chain.get('anvil_pid')} ({'running' if chain.get('running') else 'stopped'})")
     lines.append(f"deployment  {status['deployment_file']}")
     contracts = status.get("deployment", {})
-    names = [k for k in ("validator_set", "user_registry", "device_factory", "charge_token", "escrow", "anchor")
+    names = [k for k in ("validator_set", "user_registry", "device_factory", "charge_token", "escrow", "anchor",
+                         "rewards")
              if k in contracts]
     for name in names:
         lines.append(f"  {name:<15} {contracts[name]}")

@@ -70,12 +70,13 @@ from devsen.consensus_service import (
 )
 from devsen.evidence import EvidenceRecorder, EvidenceStore
 from devsen.http_api import HttpError, Router, serve_http
-from devsen.ledger import Ledger
+from devsen.ledger import Ledger, LedgerParams
 from devsen.ledger.vouchers import StopOrder
 from devsen.logs import setup_logging
 from devsen.metrics import CONTENT_TYPE, Levels, NodeMetrics
 from devsen.remote_start import run_remote_starts
 from devsen.remote_stop import RemoteStops
+from devsen.rewards_view import rewards_document
 from devsen.session_audit import ROUTE as SESSION_READINGS_ROUTE
 from devsen.session_audit import session_readings_route
 from devsen.voucher_api import MAX_VOUCHER_BODY_BYTES, VoucherRoutes
@@ -358,6 +359,7 @@ def build_node(config: NodeConfig) -> NodeParts:
         epoch=genesis.epoch,
         anchor_domain=deployment.domain("Anchor"),
         escrow_domain=deployment.domain("Escrow"),
+        rewards_domain=deployment.domain("Rewards") if deployment.rewards else None,
         batch_policy=BatchPolicy(every_blocks=config.anchoring.every_blocks,
                                  every_ms=config.anchoring.every_seconds * 1000),
         confirmations=config.chain.confirmations,
@@ -370,7 +372,13 @@ def build_node(config: NodeConfig) -> NodeParts:
     )
     quorums = QuorumInbox()
     access = ContractChainAccess(client, SessionIndex(client, deployment.deploy_block))
-    app = NodeApplication(settings, access, Ledger(), AnchorIndex(data_dir / "anchors.sqlite"))
+    # the reward pool and epoch are the Rewards contract's immutables: the same on every node
+    params = LedgerParams()
+    if deployment.rewards:
+        params = LedgerParams(reward_pool_per_epoch=int(client.read("Rewards", "epochBudget", block="latest")),
+                              reward_epoch_ms=1000 * int(client.read("Rewards", "epochSeconds", block="latest")))
+    ledger = Ledger(params)
+    app = NodeApplication(settings, access, ledger, AnchorIndex(data_dir / "anchors.sqlite"))
     app.snapshot_path = data_dir / "app_snapshot.msgpack"
     # After an epoch change, re-sign only what this node has not seen land (AttestationBook.rebased).
     app.resign_filter = lambda subject: not submitter.known_done(subject)
@@ -566,6 +574,13 @@ def build_router(parts: NodeParts) -> Router:
         records = [] if parts.evidence is None else parts.evidence.store.of(bytes.fromhex(text))
         return 200, {"validator": "0x" + text, "records": [r.to_json() for r in records]}
 
+    async def rewards_of(params: dict[str, str]) -> tuple[int, Any]:
+        try:
+            return 200, rewards_document(parts.app.ledger.reward_distributions(), params["owner"])
+        except ValueError as exc:
+            raise HttpError(400, str(exc)) from exc
+
+    router.get("/v1/rewards/{owner}", rewards_of)
     router.get("/v1/status", status)
     router.get("/v1/evidence", evidence_summary)
     router.get("/v1/evidence/{validator}", evidence_of)

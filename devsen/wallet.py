@@ -15,6 +15,9 @@
                                        sign per-chunk payment vouchers as the session charges
                                        (devsen/voucher_stream.py); stops at the cap or when the
                                        committed energy runs ahead of the car's own view
+    rewards [--owner ADDR] [--node URL]
+                                       uptime rewards per epoch and why (a node), paid (chain);
+                                       with --owner no key is needed
 
 Ids are printed as 0x hex, token amounts in DCT with the base units alongside (1 DCT =
 10^6 units), times in ISO 8601 UTC, statuses by name. `--json` (before or after the
@@ -30,6 +33,8 @@ import argparse
 import json
 import os
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +49,11 @@ from anchoring.chain import (
 )
 from anchoring.chain.client import DEFAULT_MAX_POWER_W, EscrowSession
 from anchoring.chain.transact import Receipt
+from anchoring.rewards import paid_to
 from devsen.fmt import dumps, eth_amount, hex0x, iso_time, token_amount
 from devsen.ledger.chain import session_token
 from devsen.ledger.vouchers import CHUNK_WH
+from devsen.rewards_view import add_chain_paid, format_rewards, parse_owner
 from primitives.credentials import new_auth_credential
 from primitives.eip712 import SigningKey
 
@@ -143,7 +150,10 @@ def _parser() -> argparse.ArgumentParser:
     stream.add_argument("--tolerance-wh", type=int, default=0, help="committed Wh allowed above the car's view")
     stream.add_argument("--poll-s", type=float, default=1.0)
     stream.add_argument("--timeout-s", type=float, default=3_600.0)
-    commands += [roles, device, tag, faucet, session, refund, show, balance, meter, stream]
+    rewards = sub.add_parser("rewards", help="uptime rewards earned per epoch and why (node) and paid (chain)")
+    rewards.add_argument("--owner", help="device manager address (default: the wallet's account)")
+    rewards.add_argument("--node", default="http://127.0.0.1:8080", help="a node's HTTP API URL")
+    commands += [roles, device, tag, faucet, session, refund, show, balance, meter, stream, rewards]
     for command in commands:  # `--json` also after the command
         command.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
@@ -224,6 +234,8 @@ def format_session(doc: dict[str, Any]) -> str:
 def _run(args: argparse.Namespace, client: ChainClient) -> tuple[str, dict[str, Any]]:
     """Carry out the command; returns (text for people, JSON document)."""
     me = client.sender.address if client.sender else ""
+    if args.command == "rewards":
+        return owner_rewards(client, args.node, args.owner or me)
     if args.command == "roles":
         roles = (ROLE_DRIVER if args.driver else 0) | (ROLE_DEVICE_MANAGER if args.manager else 0)
         if not roles:
@@ -318,6 +330,20 @@ def _stream(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
             + (f"; stopped signing: {result['stop_reason']}" if result["stop_reason"] else ""), result)
 
 
+def owner_rewards(client: ChainClient, node_url: str, owner_text: str) -> tuple[str, dict[str, Any]]:
+    """What `owner` earned (the node's ledger explains it) and what the Rewards contract paid."""
+    owner = parse_owner(owner_text)
+    url = f"{node_url.rstrip('/')}/v1/rewards/{owner}"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 (the operator's node URL)
+            doc: dict[str, Any] = json.loads(response.read())
+    except (urllib.error.URLError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read {url}: {exc}; pass --node with a running node's HTTP URL") from exc
+    if client.deployment.rewards:
+        doc = add_chain_paid(doc, lambda epoch: paid_to(client, epoch, owner))
+    return format_rewards(doc), doc
+
+
 def wallet_main(argv: list[str]) -> int:
     """Entry point of `devsen wallet`; returns an exit code (1 on chain or input errors)."""
     args = _parser().parse_args(argv)
@@ -327,6 +353,13 @@ def wallet_main(argv: list[str]) -> int:
             print(json.dumps({"event": "done", **document}, separators=(",", ":")) if args.json else text)
             return 0
         client = open_wallet(args.rpc, args.deployment, _key(args))
+
+
+        if args.command == "rewards" and args.owner and not (args.key_file or os.environ.get(KEY_ENV)):
+            deployment = Deployment.from_json(Path(args.deployment).read_text())
+            client = ChainClient(connect(args.rpc), deployment)  # read-only: no key needed
+        else:
+            client = open_wallet(args.rpc, args.deployment, _key(args))
         text, document = _run(args, client)
     except (ChainError, ValueError, OSError) as exc:
         if args.json:

@@ -1,7 +1,7 @@
 """Deploy the DEVSEN contracts and describe where they are (`Deployment`, a JSON file).
 
-`deploy_all` deploys ValidatorSet, UserRegistry, DeviceFactory, ChargeToken, Escrow and
-Anchor in that order from one key; `deploy_main` is the `devsen chain deploy` command.
+`deploy_all` deploys ValidatorSet, UserRegistry, DeviceFactory, ChargeToken, Escrow,
+Anchor and Rewards in that order from one key; `deploy_main` is the `devsen chain deploy` command.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ DEPLOY_GAS = {
     "ChargeToken": 1_500_000,
     "Escrow": 2_500_000,
     "Anchor": 1_500_000,
+    "Rewards": 1_500_000,
 }
 DEPLOY_GAS_PER_VALIDATOR = 120_000
 KEY_ENV = "DEVSEN_DEPLOYER_KEY"
@@ -60,6 +61,7 @@ class Deployment:
     charge_token: str
     escrow: str
     anchor: str
+    rewards: str = ""  # Rewards (uptime rewards); "" in deployments made before it existed
 
     def addresses(self) -> dict[str, str]:
         """Contract name -> checksum address."""
@@ -70,11 +72,12 @@ class Deployment:
             "ChargeToken": self.charge_token,
             "Escrow": self.escrow,
             "Anchor": self.anchor,
+            **({"Rewards": self.rewards} if self.rewards else {}),
         }
 
     def domain(self, contract: str) -> Domain:
         """The EIP-712 domain of `contract` ("ValidatorSet", "Escrow" or "Anchor")."""
-        if contract not in ("ValidatorSet", "Escrow", "Anchor"):
+        if contract not in ("ValidatorSet", "Escrow", "Anchor", "Rewards") or contract not in self.addresses():
             raise ValueError(f"{contract} has no signing domain")
         return Domain(self.chain_id, bytes.fromhex(self.addresses()[contract][2:]))
 
@@ -115,6 +118,8 @@ def deploy_all(
     token_supply: int = 0,
     faucet: bool = False,
     admin: str | None = None,
+    reward_epoch_budget: int = 0,
+    reward_epoch_s: int = 3600,
 ) -> Deployment:
     """Deploy every contract from `sender`'s key. Validators are sorted by address here;
     the token supply goes to the deployer; `admin` (default deployer) grants operator roles."""
@@ -153,6 +158,7 @@ def deploy_all(
         refund_timeout_s,
     )
     deploy("Anchor", first, initial_height)
+    deploy("Rewards", addresses["ChargeToken"], first, reward_epoch_budget, reward_epoch_s)
     return Deployment(
         chain_id=chain_id,
         deploy_block=blocks[0],
@@ -162,6 +168,7 @@ def deploy_all(
         charge_token=addresses["ChargeToken"],
         escrow=addresses["Escrow"],
         anchor=addresses["Anchor"],
+        rewards=addresses["Rewards"],
     )
 
 
@@ -220,6 +227,9 @@ def deploy_main(argv: list[str]) -> int:
     parser.add_argument("--fund", default="", help="devnet: comma-separated accounts to give ETH and tokens")
     parser.add_argument("--fund-eth-wei", type=int, default=10**18)
     parser.add_argument("--fund-tokens", type=int, default=1_000 * 10**6, help="base units (needs --faucet)")
+    parser.add_argument("--reward-budget", type=int, default=0,
+                        help="uptime rewards per epoch, token base units (Rewards.epochBudget; 0 = none)")
+    parser.add_argument("--reward-epoch", type=int, default=3600, help="reward epoch, seconds of block time")
     args = parser.parse_args(argv)
     try:
         validators = [ValidatorSpec(a) for a in _addresses(args.validators)]
@@ -234,6 +244,8 @@ def deploy_main(argv: list[str]) -> int:
             initial_height=args.initial_height,
             token_supply=args.token_supply,
             faucet=args.faucet,
+            reward_epoch_budget=args.reward_budget,
+            reward_epoch_s=args.reward_epoch,
         )
         fund_devnet_accounts(sender, deployment, funded, eth_wei=args.fund_eth_wei, tokens=args.fund_tokens)
     except (ValueError, OSError, ChainError) as exc:

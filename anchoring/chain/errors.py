@@ -20,7 +20,7 @@ from eth_abi.abi import decode as abi_decode
 from contracts import load_artifact
 from primitives.hashing import keccak256
 
-CONTRACT_NAMES = ("ValidatorSet", "UserRegistry", "DeviceFactory", "ChargeToken", "Escrow", "Anchor")
+CONTRACT_NAMES = ("ValidatorSet", "UserRegistry", "DeviceFactory", "ChargeToken", "Escrow", "Anchor", "Rewards")
 ERROR_STRING_SELECTOR = bytes.fromhex("08c379a0")
 PANIC_SELECTOR = bytes.fromhex("4e487b71")
 MAX_REVERT_DATA_BYTES = 64 * 1024

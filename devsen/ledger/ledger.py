@@ -83,11 +83,13 @@ from devsen.ledger.state import (
     from_state_bytes,
     state_bytes,
 )
+from devsen.ledger.uptime import RewardDistribution, UptimeBook, UptimeRecord, restore_distribution
 from devsen.ledger.vouchers import PaymentVoucher, StopOrder, VoucherBook
 from ocpp_adapter.events import ChargerEvent
 from primitives.hashing import keccak256
 
-SNAPSHOT_VERSION = 3  # 3: signed meter values (sessions, closed transactions, devices' meter paginations)
+SNAPSHOT_VERSION = 4  # 4: signed meter values, payment vouchers, uptime and reward tables
+
 MAX_PAYLOAD_DEPTH = 32  # OCPP payloads nest a handful of levels; deeper is malformed
 MAX_OPEN_ESCROWS_READ = 4_096  # open escrow sessions of one charger considered per look-up
 
@@ -116,6 +118,10 @@ class LedgerParams:
     settlement_checks_per_block: int = 64
     stale_session_ms: int = 24 * 3_600_000
     data_transfer_vendor_ids: tuple[str, ...] = ()
+    reward_epoch_ms: int = 3_600_000  # a reward epoch is one hour of block time (uptime.py)
+    offline_after_ms: int = 900_000  # a device silent this long counts offline (3 heartbeats)
+    reward_pool_per_epoch: int = 0  # token base units per epoch: the Rewards contract's epochBudget
+    max_reward_epochs: int = 168  # closed distributions kept (a week of hours)
 
     def __post_init__(self) -> None:
         bounds = (
@@ -128,7 +134,12 @@ class LedgerParams:
             self.max_block_events,
             self.settlement_checks_per_block,
             self.stale_session_ms,
+            self.reward_epoch_ms,
+            self.offline_after_ms,
+            self.max_reward_epochs,
         )
+        if self.reward_pool_per_epoch < 0:
+            raise ValueError("reward_pool_per_epoch must be >= 0")
         if min(bounds) < 1 or self.heartbeat_interval_s < 1 or self.boot_retry_interval_s < 1:
             raise ValueError("every bound and interval must be >= 1")
 
@@ -159,6 +170,7 @@ class BlockOutcome:
     state_hash: bytes
     voucher_refusals: tuple[str | None, ...] = ()  # per voucher of the block: None if it counted
     stops: tuple[StopOrder, ...] = ()  # voucher-mode transactions the ledger decided to stop
+    rewards: tuple[RewardDistribution, ...] = ()  # the reward epoch this block closed, if any
 
 
 @dataclass(slots=True)
@@ -298,6 +310,10 @@ class Ledger:
         self._pending: HashedTable[bytes, PendingSettlement] = HashedTable("pending")
         self._replies: HashedTable[bytes, StoredReply] = HashedTable("replies")
         self._anomalies: HashedTable[int, Anomaly] = HashedTable("anomalies")
+        p = self.params
+        self._uptime = UptimeBook(
+            p.reward_epoch_ms, p.offline_after_ms, p.reward_pool_per_epoch, p.max_devices, p.max_reward_epochs
+        )
         # Indexes derived from `_sessions` (not hashed; rebuilt on restore).
         self._by_connector: dict[tuple[str, int], str] = {}
         self._by_escrow: dict[bytes, tuple[str, str]] = {}
@@ -332,12 +348,14 @@ class Ledger:
         problem = self.check_block(ctx, events)
         if problem is not None:
             raise BlockRejected(problem)
+        prev_ms = self._c.block_ms
         self._c.height = ctx.height
         self._c.block_ms = ctx.timestamp_ms
         self._c.eth_block_number = ctx.eth_block_number
         self._forget_old_replies()
         self._signed_in_block = 0
         checked = _CheckedChain(chain)
+        closed = self._uptime.begin_block(prev_ms, ctx.timestamp_ms, checked)
         self._release_settled(checked)
         refusals = tuple(self.vouchers.apply(v, signer, checked.escrow_session(v.session_id),
                                              v.session_id in self._pending, ctx.height) for v, signer in vouchers)
@@ -346,8 +364,10 @@ class Ledger:
         results = tuple(self._apply_event(checked, event, settlements) for event in events)
         stops = self._voucher_stops(checked, events)
         self.vouchers.prune(lambda sid: checked.escrow_session(sid) is not None)
+        self._count_uptime(checked, events, results)
         self._check_invariants()
-        return BlockOutcome(ctx.height, results, tuple(settlements), self.state_hash(), refusals, stops)
+        rewards = (closed,) if closed is not None else ()
+        return BlockOutcome(ctx.height, results, tuple(settlements), self.state_hash(), refusals, stops, rewards)
 
     def _voucher_stops(self, chain: _CheckedChain, events: Sequence[ChargerEvent]) -> tuple[StopOrder, ...]:
         """The voucher-mode transactions of the block's chargers whose vouchers fell behind (vouchers.py)."""
@@ -368,6 +388,31 @@ class Ledger:
                 if stop is not None:
                     stops.append(stop)
         return tuple(stops)
+
+    def reward_distributions(self) -> tuple[RewardDistribution, ...]:
+        """The closed epochs' reward distributions kept (at most `max_reward_epochs`), oldest first."""
+        return tuple(self._uptime.distributions.values())
+
+    def uptime(self, charger_id: str) -> UptimeRecord | None:
+        """The device's uptime in the open reward epoch (counted up to its last event)."""
+        return self._uptime.records.get(charger_id)
+
+    def _count_uptime(
+        self, chain: _CheckedChain, events: Sequence[ChargerEvent], results: Sequence[EventResult]
+    ) -> None:
+        """Every registered, active device with a new, answered event in this block was online
+        at block time (a retry or a refused event shows nothing new: it changes no uptime)."""
+        chain.report = lambda detail: None
+        seen: set[str] = set()
+        for event, result in zip(events, results, strict=True):
+            charger_id = event.charger_id
+            if result.duplicate or result.error_code is not None or charger_id in seen:
+                continue
+            seen.add(charger_id)
+            record = self._devices.get(charger_id)
+            info = chain.device(charger_id) if record is not None else None
+            if record is not None and info is not None and info.active:
+                self._uptime.seen(record, info, self._c.block_ms, self._next_seq())
 
     def reply_for(self, dedup_key: bytes) -> tuple[dict[str, Any] | None, str | None] | None:
         """(reply, error_code) given to the charger message with this dedup key, if still remembered."""
@@ -452,11 +497,11 @@ class Ledger:
             raise SnapshotError(f"snapshot version {version}, expected {SNAPSHOT_VERSION}")
         ledger = cls(LedgerParams(*params))
         ledger._c = _Counters(*counters)
-        if len(tables) not in (6, 7):
-            raise SnapshotError(f"{len(tables)} tables in the snapshot, expected 6 or 7")
-        devices, sessions, closed, pending, replies, anomalies = tables[:6]
-        if len(tables) == 7:
-            ledger.vouchers.restore(tables[6])
+        if len(tables) not in (8, 9):
+            raise SnapshotError(f"{len(tables)} tables in the snapshot, expected 8 or 9")
+        devices, sessions, closed, pending, replies, anomalies, uptime, rewards = tables[:8]
+        if len(tables) == 9:
+            ledger.vouchers.restore(tables[8])
         for key, v in devices:
             values = list(v)
             values[8] = tuple(ConnectorStatus(*c) for c in v[8])
@@ -471,13 +516,18 @@ class Ledger:
             ledger._replies.put(key, StoredReply(*v))
         for key, v in anomalies:
             ledger._anomalies.put(key, Anomaly(*v))
+        for key, v in uptime:
+            ledger._uptime.records.put(key, UptimeRecord(*v))
+        for key, v in rewards:
+            ledger._uptime.distributions.put(key, restore_distribution(v))
         ledger._check_invariants()
         return ledger
 
     # ----------------------------------------------------------------- block mechanics
 
     def _tables(self) -> tuple[HashedTable[Any, Any], ...]:
-        return (self._devices, self._sessions, self._closed, self._pending, self._replies, self._anomalies)
+        return (self._devices, self._sessions, self._closed, self._pending, self._replies, self._anomalies,
+                *self._uptime.tables())
 
     def _counter_values(self) -> list[int]:
         return [getattr(self._c, f.name) for f in fields(self._c)]
