@@ -75,8 +75,8 @@ class OrderingLedger(Ledger):
 
     orders: dict[int, tuple[SettlementOrder, ...]] = {}
 
-    def apply_block(self, context: Any, view: Any, events: Any) -> Any:
-        outcome = super().apply_block(context, view, events)
+    def apply_block(self, context: Any, view: Any, events: Any, vouchers: Any = ()) -> Any:
+        outcome = super().apply_block(context, view, events, vouchers)
         extra = self.orders.get(context.height, ())
         return dataclasses.replace(outcome, settlements=(*outcome.settlements, *extra))
 
