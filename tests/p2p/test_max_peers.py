@@ -92,7 +92,10 @@ def test_outsider_flood_stays_bounded_and_validator_links_still_work(tmp_path: P
                     figures["drops"] = a.running.drops.snapshot()
                     nursery.cancel_scope.cancel()
         print("max_peers flood:", figures)
-        assert figures["drops"].get("inbound/outsider_slots_full", 0) >= OUTSIDERS - 1
+        # every outsider beyond the one slot was refused, after the handshake or before it (how
+        # often each redials depends on the dialer's retry policy, so count both kinds)
+        refused = figures["drops"].get("inbound/outsider_slots_full", 0) + figures["drops"].get("inbound/handshakes_busy", 0)
+        assert refused >= OUTSIDERS - 1, figures
 
     trio.run(main)
 
