@@ -1,8 +1,10 @@
-"""A second escrow session for the same charger, connector and idTag, after a first one settled."""
+"""A second escrow session for the same charger, connector and idTag, after a first one settled,
+binds (with or without a refund deadline, on a signed-meter device): the ledger was not the
+cause of the signed-meter e2e test's Blocked start (see tests/foundation/test_wallet_confirmations.py)."""
 
 from __future__ import annotations
 
-from ledger_world import CHARGER, DEPOSIT, ESCROW_1, T0_MS, World, start16, stop16, iso
+from ledger_world import CHARGER, DEPOSIT, ESCROW_1, World, start16, stop16
 
 from devsen.ledger import EscrowSession, id_tag_hash
 
