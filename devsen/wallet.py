@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -50,6 +51,7 @@ from anchoring.chain import (
 from anchoring.chain.client import DEFAULT_MAX_POWER_W, EscrowSession
 from anchoring.chain.transact import Receipt
 from anchoring.rewards import paid_to
+from devsen.config import ChainSection
 from devsen.fmt import dumps, eth_amount, hex0x, iso_time, token_amount
 from devsen.ledger.chain import session_token
 from devsen.ledger.vouchers import CHUNK_WH
@@ -79,11 +81,36 @@ def create_device(client: ChainClient, charge_box_id: str, password: str, *, con
                          auth_salt=salt, auth_hash=auth_hash, max_power_w=max_power_w)
 
 
+NETWORK_CONFIRMATIONS = ChainSection.confirmations  # the nodes' default `chain.confirmations`
+CONFIRM_TIMEOUT_S = 60.0
+CONFIRM_POLL_S = 0.25
+
+
+def wait_for_confirmations(client: ChainClient, block_number: int, confirmations: int = NETWORK_CONFIRMATIONS,
+                           timeout_s: float = CONFIRM_TIMEOUT_S) -> bool:
+    """Wait until `block_number` is `confirmations` deep by the chain head (False after `timeout_s`).
+
+    The network reads the chain `confirmations` blocks below its head, so an escrow session
+    opened in a shallower block is not yet visible to the ledger: a StartTransaction sent
+    then is answered Blocked (no prepayment), however valid the idTag.
+    """
+    deadline = time.monotonic() + timeout_s
+    while client.block_number() < block_number + confirmations:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(CONFIRM_POLL_S)
+    return True
+
+
 def open_prepaid_session(client: ChainClient, charge_box_id: str, connector: int, id_tag: str,
-                         deposit: int) -> bytes:
-    """Approve the escrow for `deposit` and open a session; returns the session id."""
+                         deposit: int, confirmations: int = NETWORK_CONFIRMATIONS) -> bytes:
+    """Approve the escrow for `deposit` and open a session; returns the session id once the
+    session is `confirmations` deep (the depth the nodes read at, so a charge may start then).
+    If the chain does not advance within CONFIRM_TIMEOUT_S it returns anyway: the session is
+    open, and the network honours it once its block is deep enough."""
     client.approve(client.deployment.escrow, deposit)
-    session_id, _ = client.open_session(charge_box_id, connector, id_tag, deposit)
+    session_id, receipt = client.open_session(charge_box_id, connector, id_tag, deposit)
+    wait_for_confirmations(client, receipt.block_number, confirmations)
     return session_id
 
 
@@ -266,6 +293,7 @@ def _run(args: argparse.Namespace, client: ChainClient) -> tuple[str, dict[str, 
     if args.command == "open-session":
         client.approve(client.deployment.escrow, args.deposit)
         session_id, receipt = client.open_session(args.charge_box_id, args.connector, args.id_tag, args.deposit)
+        wait_for_confirmations(client, receipt.block_number)  # the nodes see it from then on
         token = session_token(session_id)
         return (f"session {hex0x(session_id)} opened at {args.charge_box_id} connector {args.connector} with "
                 f"deposit {token_amount(args.deposit)}; {_tx_line(receipt)}\n"
