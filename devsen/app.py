@@ -473,6 +473,7 @@ class NodeApplication:
         problem = self._block_problem(block, facts, proposing=True)
         if problem is not None:
             log.warning("block %d rejected: %s", block.height, problem)
+            self.counters["proposals_rejected"] = self.counters.get("proposals_rejected", 0) + 1
             return False
         return True
 

@@ -97,17 +97,36 @@ def test_equivocating_validator_is_reported_and_the_network_commits(net):
     assert max(evidence) > 0, "no honest node recorded the double signing"
 
 
+async def _refusals(net: ByzNetwork) -> int:
+    """Proposals the honest nodes refused so far: rejected by process_proposal, or their
+    chain facts could not be had (a block naming an Ethereum block that does not exist)."""
+    total = 0
+    for node in net.honest:
+        status, body = await get(node.http_url + "/v1/status")
+        if status == 200:
+            total += int(body["app"].get("proposals_rejected", 0))
+            total += int(body["consensus"].get("validation_facts_failed", 0))
+    return total
+
+
 @pytest.mark.parametrize("behaviour", ["bad_header", "bad_payload", "oversized", "future_eth"])
 def test_invalid_proposals_are_refused(net, behaviour):
+    before = trio.run(_refusals, net)
     observation = _attack(net, behaviour)
     assert_honest_progress(observation)
+    # the attack happened: node 4's proposals reached the honest nodes and were refused (an
+    # oversized one never becomes a proposal: the link drops the frame before it is decoded)
+    if behaviour != "oversized":
+        assert trio.run(_refusals, net) > before, f"{behaviour}: no proposal was refused"
 
 
 def test_proposal_naming_an_unconfirmed_ethereum_block_is_refused(net):
     """The Byzantine proposer names the head. A committed block whose Ethereum read block N
     had fewer than `confirmations` successors when it was committed shows the attack worked."""
+    before = trio.run(_refusals, net)
     observation = _attack(net, "unconfirmed_eth")
     assert_honest_progress(observation)
+    assert trio.run(_refusals, net) > before, "no proposal naming the head was refused"
     w3 = connect(net.anvil.url)
     confirmations = net.honest[0].config.chain.confirmations
     shallow = []

@@ -6,9 +6,13 @@ from typing import Any
 
 
 def install() -> None:
+    from consensus.abci import Prepared
     from devsen.app import NodeApplication
 
-    def propose_app_header(self: Any, height: int) -> bytes:
-        return b"\x07not-an-app-header"
+    honest = NodeApplication.prepare_proposal
 
-    NodeApplication.propose_app_header = propose_app_header  # type: ignore[method-assign]
+    def prepare_proposal(self: Any, height: int, payloads: tuple[bytes, ...], facts: Any) -> Prepared:
+        prepared = honest(self, height, payloads, facts)
+        return Prepared(b"\x07not-an-app-header", prepared.payloads)
+
+    NodeApplication.prepare_proposal = prepare_proposal  # type: ignore[method-assign]

@@ -7,9 +7,9 @@ from typing import Any
 
 
 def install() -> None:
-    from devsen.app import NodeApplication, encode_app_header
+    from devsen.app import NodeApplication
 
-    def propose_app_header(self: Any, height: int) -> bytes:
-        return encode_app_header(self.chain.head(max_age_s=0) + 1000, os.urandom(32))
+    def propose_facts(self: Any, height: int) -> tuple[int, bytes]:
+        return self.chain.head(max_age_s=0) + 1000, os.urandom(32)
 
-    NodeApplication.propose_app_header = propose_app_header  # type: ignore[method-assign]
+    NodeApplication.propose_facts = propose_facts  # type: ignore[method-assign]

@@ -6,10 +6,10 @@ from typing import Any
 
 
 def install() -> None:
-    from devsen.app import NodeApplication, encode_app_header
+    from devsen.app import NodeApplication
 
-    def propose_app_header(self: Any, height: int) -> bytes:
+    def propose_facts(self: Any, height: int) -> tuple[int, bytes]:
         number = max(self.last_eth_block, self.chain.head(max_age_s=0))
-        return encode_app_header(number, self.chain.block_hash(number, fresh=True))
+        return number, self.chain.block_hash(number, fresh=True)
 
-    NodeApplication.propose_app_header = propose_app_header  # type: ignore[method-assign]
+    NodeApplication.propose_facts = propose_facts  # type: ignore[method-assign]
