@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import types
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -179,7 +180,7 @@ def _fund(w3: Web3, keys: list[SigningKey]) -> None:
         w3.eth.wait_for_transaction_receipt(tx)
 
 
-async def test_replacing_two_of_four_while_work_is_pending_keeps_anchoring_and_settling(tmp_path):
+async def test_replacing_two_of_four_while_work_is_pending_keeps_anchoring_and_settling(tmp_path: Path) -> None:
     net = Net(connect("tester"))
     _fund(net.w3, NEWCOMERS)
     session_id = net.open_escrow_session(10_000_000)

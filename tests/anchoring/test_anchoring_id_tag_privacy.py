@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -117,7 +118,7 @@ async def converse(ingest: LedgerIngest) -> dict[str, list[Any]]:
     return replies
 
 
-async def test_no_plaintext_id_tag_in_blocks_proofs_or_audit(tmp_path):
+async def test_no_plaintext_id_tag_in_blocks_proofs_or_audit(tmp_path: Path) -> None:
     net = Net(connect("tester"))
     ingest = LedgerIngest(net.anchor_domain)
     replies = await converse(ingest)

@@ -4,6 +4,9 @@ that resumes from `AnchorIndex.resume_state` by replaying blocks."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 from anchoring_world import KEYS, charger_event
 
@@ -74,7 +77,7 @@ def make_block(height: int, payloads: list[bytes]) -> Block:
     return Block(height, 1_000 * height, KEYS[0].address, ZERO_HASH, ZERO_HASH, tuple(payloads), b"")
 
 
-def run_chain(nodes: list[Node], heights: range, mempool: list[bytes], blocks: list[Block], live=None):
+def run_chain(nodes: list[Node], heights: range, mempool: list[bytes], blocks: list[Block], live: Any=None):
     """Commit one block per height: 2 new events plus every payload submitted so far."""
     live = nodes if live is None else live
     rows = []
@@ -90,7 +93,7 @@ def run_chain(nodes: list[Node], heights: range, mempool: list[bytes], blocks: l
     return rows
 
 
-def test_validators_and_observer_agree_on_batches_and_quorums(tmp_path):
+def test_validators_and_observer_agree_on_batches_and_quorums(tmp_path: Path) -> None:
     nodes = [Node(AnchorIndex(tmp_path / f"v{i}.sqlite"), k) for i, k in enumerate(KEYS)]
     nodes.append(Node(AnchorIndex(tmp_path / "observer.sqlite"), None))
     rows = run_chain(nodes, range(1, 14), [], [])
@@ -108,7 +111,7 @@ def test_validators_and_observer_agree_on_batches_and_quorums(tmp_path):
     assert nodes[0].index.oldest_batch_without_quorum() is None
 
 
-def test_settlement_quorum_and_mempool_check(tmp_path):
+def test_settlement_quorum_and_mempool_check(tmp_path: Path) -> None:
     nodes = [Node(AnchorIndex(tmp_path / f"v{i}.sqlite"), k) for i, k in enumerate(KEYS)]
     settlement = Settlement(b"\x42" * 32, 12_000, 3_600)
     payloads = [p for node in nodes for p in node.expect(settlement, ESCROW)]
@@ -121,7 +124,7 @@ def test_settlement_quorum_and_mempool_check(tmp_path):
     assert all([q.subject for q in r[1]] == [settlement] for r in rows)
 
 
-def test_restart_resumes_from_the_oldest_batch_without_quorum(tmp_path):
+def test_restart_resumes_from_the_oldest_batch_without_quorum(tmp_path: Path) -> None:
     nodes = [Node(AnchorIndex(tmp_path / f"v{i}.sqlite"), k) for i, k in enumerate(KEYS)]
     blocks: list[Block] = []
     mempool: list[bytes] = []

@@ -3,6 +3,8 @@
 import heapq
 import itertools
 from collections import deque
+from pathlib import Path
+from typing import Any
 
 import pytest
 from consensus_testkit import DOMAIN, KEYS, OUTSIDER, TIMEOUTS, VALIDATORS, block, proposal, vote
@@ -43,28 +45,28 @@ class ChainApp:
     """A minimal ABCI application: a hash chain; at `change_height` it replaces `replace`
     genesis validators by spares (from change_height + 2)."""
 
-    def __init__(self, change_height=None, replace=0):
+    def __init__(self, change_height: Any=None, replace: Any=0) -> None:
         self.app_hash = ZERO_HASH
         self.height = 0
         self.change_height = change_height
         self.replace = replace
 
-    def check_tx(self, payload):
+    def check_tx(self, payload: Any):
         return CheckResult(True)
 
-    def propose_facts(self, height):
+    def propose_facts(self, height: Any):
         return None
 
-    def prepare_proposal(self, height, payloads, facts):
+    def prepare_proposal(self, height: Any, payloads: Any, facts: Any):
         return Prepared(b"", payloads)
 
-    def fetch_facts(self, height, app_header, payloads=(), *, committed=False):
+    def fetch_facts(self, height: Any, app_header: Any, payloads: Any=(), *, committed: Any=False):
         return None
 
-    def process_proposal(self, block, facts):
+    def process_proposal(self, block: Any, facts: Any):
         return True
 
-    def finalize_block(self, block, certificate, facts):
+    def finalize_block(self, block: Any, certificate: Any, facts: Any):
         assert block.height == self.height + 1
         self.height = block.height
         self.app_hash = keccak256(self.app_hash + block.hash)
@@ -75,10 +77,10 @@ class ChainApp:
                                      {k.address: str(ALL_KEYS.index(k)).encode() for k in members})
         return FinalizeResult(tuple(TxResult() for _ in block.payloads), self.app_hash, update)
 
-    def commit(self, height):
+    def commit(self, height: Any) -> None:
         pass
 
-    def restore(self, last_height, get_block):
+    def restore(self, last_height: Any, get_block: Any):
         return None
 
 
@@ -90,8 +92,8 @@ class Cluster:
     `crash_node` may crash at its k-th storage step. A node takes a message only from a peer
     bound in its replica's `bindings_in_force()` (the p2p directory's rule)."""
 
-    def __init__(self, tmp_path, crash_at=None, durable=False, spares=0, change_height=None, replace=0,
-                 crash_node=0, empty_blocks=True):
+    def __init__(self, tmp_path: Path, crash_at: Any=None, durable: Any=False, spares: Any=0, change_height: Any=None, replace: Any=0,
+                 crash_node: Any=0, empty_blocks: Any=True) -> None:
         self.tmp_path = tmp_path
         self.durable = durable
         self.crash_at = crash_at
@@ -102,22 +104,22 @@ class Cluster:
         self.steps = 0
         self.crashes = 0
         self.refused = 0
-        self.sent_votes: dict[tuple, bytes] = {}
+        self.sent_votes: dict[tuple[Any, ...], bytes] = {}
         self.commits: dict[int, dict[int, bytes]] = {i: {} for i in range(self.size)}
         self.queue: deque = deque()
-        self.timers: list = []
+        self.timers: list[Any] = []
         self.now = 0
         self.seq = itertools.count()
         self.replicas = [self._open(i) for i in range(self.size)]
         for i in range(self.size):
             self._run(i, lambda r: r.start())
 
-    def _hook(self, output, phase):
+    def _hook(self, output: Any, phase: Any) -> None:
         self.steps += 1
         if self.crash_at is not None and self.steps == self.crash_at:
             raise Crash()
 
-    def _open(self, i):
+    def _open(self, i: Any):
         replica = Replica(ALL_KEYS[i], DOMAIN, VALIDATORS, self.tmp_path / f"n{i}", ChainApp(*self.change),
                           genesis_bindings=GENESIS_BINDINGS, timeouts=TIMEOUTS, durable=self.durable,
                           fault_hook=self._hook if i == self.crash_node else None, create_empty_blocks=self.empty_blocks)
@@ -125,7 +127,7 @@ class Cluster:
             replica.replay(height, None)
         return replica
 
-    def _run(self, i, call):
+    def _run(self, i: Any, call: Any) -> None:
         work = [call]
         while work:
             try:
@@ -143,13 +145,13 @@ class Cluster:
                 work = [lambda r: r.start()]
                 continue
 
-    def _deliver(self, dst, data, src):
+    def _deliver(self, dst: Any, data: Any, src: Any) -> None:
         if str(src).encode() not in self.replicas[dst].bindings_in_force().values():
             self.refused += 1
             return
         self._run(dst, lambda r: r.handle_message(data, str(src)))
 
-    def _dispatch(self, i, output):
+    def _dispatch(self, i: Any, output: Any):
         if isinstance(output, Broadcast):
             message = output.message
             if isinstance(message, Vote) and message.validator == ALL_KEYS[i].address:
@@ -172,7 +174,7 @@ class Cluster:
             self.commits[i][output.block.height] = output.block.hash
             yield lambda r: r.finalize(output, None)[1]
 
-    def run_until(self, height, max_steps=40_000):
+    def run_until(self, height: Any, max_steps: Any=40_000) -> None:
         for _ in range(max_steps):
             if all(len(c) >= height for c in self.commits.values()):
                 return
@@ -184,12 +186,12 @@ class Cluster:
                 self._run(i, lambda r, t=timeout: r.handle_timeout(t))
         raise AssertionError(f"no progress to height {height}: {self.commits}")
 
-    def close(self):
+    def close(self) -> None:
         for replica in self.replicas:
             replica.close()
 
 
-def test_cluster_of_replicas_agrees(tmp_path):
+def test_cluster_of_replicas_agrees(tmp_path: Path) -> None:
     cluster = Cluster(tmp_path, durable=True)
     cluster.run_until(3)
     chains = [[c[h] for h in (1, 2, 3)] for c in cluster.commits.values()]
@@ -200,14 +202,14 @@ def test_cluster_of_replicas_agrees(tmp_path):
     cluster.close()
 
 
-def storage_steps_for_three_heights(tmp_path):
+def storage_steps_for_three_heights(tmp_path: Path):
     cluster = Cluster(tmp_path / "count")
     cluster.run_until(3)
     cluster.close()
     return cluster.steps
 
 
-def test_crash_at_every_storage_step_never_equivocates(tmp_path):
+def test_crash_at_every_storage_step_never_equivocates(tmp_path: Path) -> None:
     total = storage_steps_for_three_heights(tmp_path)
     assert total > 20
     for crash_at in range(1, total):
@@ -219,7 +221,7 @@ def test_crash_at_every_storage_step_never_equivocates(tmp_path):
         cluster.close()
 
 
-def test_restart_resumes_at_the_next_height_with_old_votes(tmp_path):
+def test_restart_resumes_at_the_next_height_with_old_votes(tmp_path: Path) -> None:
     cluster = Cluster(tmp_path)
     cluster.run_until(2)
     replica = cluster.replicas[0]
@@ -238,7 +240,7 @@ def test_restart_resumes_at_the_next_height_with_old_votes(tmp_path):
         other.close()
 
 
-def test_wal_keeps_order_prunes_and_reopens(tmp_path):
+def test_wal_keeps_order_prunes_and_reopens(tmp_path: Path) -> None:
     wal = WriteAheadLog(tmp_path / "wal.sqlite")
     a = vote(KEYS[1], VoteType.PREVOTE, 5, 0, ZERO_HASH)
     p = proposal(block(5, timestamp=9), 0)
@@ -254,12 +256,12 @@ def test_wal_keeps_order_prunes_and_reopens(tmp_path):
     assert WriteAheadLog(tmp_path / "wal.sqlite").messages(5) == [a, p, b]
 
 
-def committed(b, round=0):
+def committed(b: Any, round: Any=0):
     votes = [vote(k, VoteType.PRECOMMIT, b.height, round, b.hash) for k in KEYS[:3]]
     return CommittedBlock(b, CommitCertificate.from_votes(votes))
 
 
-def test_block_store_only_extends_the_chain(tmp_path):
+def test_block_store_only_extends_the_chain(tmp_path: Path) -> None:
     store = BlockStore(tmp_path / "blocks.sqlite", durable=True)
     b1 = block()
     b2 = block(2, prev=b1.hash, timestamp=2000)
@@ -275,7 +277,7 @@ def test_block_store_only_extends_the_chain(tmp_path):
     assert store.validator_sets() == [(5, VALIDATORS)]
 
 
-def test_catch_up_hands_out_verified_blocks_in_order():
+def test_catch_up_hands_out_verified_blocks_in_order() -> None:
     helper = CatchUp(DOMAIN, max_buffered=4)
     b1 = block()
     b2 = block(2, prev=b1.hash, timestamp=2000)
@@ -287,7 +289,7 @@ def test_catch_up_hands_out_verified_blocks_in_order():
     assert helper.rejected == 1 and len(helper) == 0
 
 
-def test_replica_serves_block_requests_and_buffers_blocks_ahead(tmp_path):
+def test_replica_serves_block_requests_and_buffers_blocks_ahead(tmp_path: Path) -> None:
     cluster = Cluster(tmp_path)
     cluster.run_until(3)
     source = cluster.replicas[1]
@@ -311,7 +313,7 @@ def test_replica_serves_block_requests_and_buffers_blocks_ahead(tmp_path):
     cluster.close()
 
 
-def test_wal_replay_bound_keeps_every_own_record(tmp_path, monkeypatch):
+def test_wal_replay_bound_keeps_every_own_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import consensus.wal
 
     monkeypatch.setattr(consensus.wal, "MAX_RECORDS_PER_HEIGHT", 2)
@@ -325,7 +327,7 @@ def test_wal_replay_bound_keeps_every_own_record(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("replace", [2, 3])
-def test_replacing_most_validators_keeps_committing(tmp_path, replace):
+def test_replacing_most_validators_keeps_committing(tmp_path: Path, replace: int) -> None:
     # The old set decides height change+1 with its own bindings; on the old code (only the
     # new set's bindings installed at the commit) removed validators' votes were refused and
     # replacing 2 of 4 halted forever.
@@ -341,7 +343,7 @@ def test_replacing_most_validators_keeps_committing(tmp_path, replace):
     cluster.close()
 
 
-def test_crash_at_every_step_across_an_epoch_change_replacing_three_of_four(tmp_path):
+def test_crash_at_every_step_across_an_epoch_change_replacing_three_of_four(tmp_path: Path) -> None:
     def steps():
         c = Cluster(tmp_path / "count", spares=3, change_height=2, replace=3, crash_node=3)
         c.run_until(5)
@@ -360,7 +362,7 @@ def test_crash_at_every_step_across_an_epoch_change_replacing_three_of_four(tmp_
         cluster.close()
 
 
-def test_block_and_its_validator_set_change_are_stored_together(tmp_path):
+def test_block_and_its_validator_set_change_are_stored_together(tmp_path: Path) -> None:
     store = BlockStore(tmp_path / "blocks.sqlite", durable=True)
     b1 = block()
     new_set = ValidatorSet.equal([k.address for k in ALL_KEYS[2:6]], 1)
@@ -374,7 +376,7 @@ def test_block_and_its_validator_set_change_are_stored_together(tmp_path):
     store.close()
 
 
-def test_an_idle_network_makes_no_block_until_a_node_wakes(tmp_path):
+def test_an_idle_network_makes_no_block_until_a_node_wakes(tmp_path: Path) -> None:
     cluster = Cluster(tmp_path, empty_blocks=False)
     cluster.run_until(1)  # the first height after start always runs
     for _ in range(10_000):  # drain: nothing of height 2 happens by itself
@@ -392,7 +394,7 @@ def test_an_idle_network_makes_no_block_until_a_node_wakes(tmp_path):
     cluster.close()
 
 
-def test_only_a_validators_vote_starts_an_idle_height(tmp_path):
+def test_only_a_validators_vote_starts_an_idle_height(tmp_path: Path) -> None:
     cluster = Cluster(tmp_path, empty_blocks=False)
     cluster.run_until(1)
     replica = cluster.replicas[1]

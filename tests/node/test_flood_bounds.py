@@ -37,7 +37,7 @@ from primitives.eip712 import ZERO_HASH, Domain
 
 
 def vouched(charger: str, message_id: str, key_index: int = 0, action: str = "Heartbeat",
-            payload: dict | None = None) -> bytes:
+            payload: dict[Any, Any] | None = None) -> bytes:
     unsigned = ChargerEvent(charger, "1.6", action, message_id, payload or {}, "", 1_700_000_000_000)
     return vouch(unsigned, KEYS[key_index], ingress_domain(ANCHOR)).to_bytes()
 
@@ -58,7 +58,7 @@ def _config(tmp_path: Path, validators: int, **kwargs: Any) -> ServiceConfig:
                          durable=False, **kwargs)
 
 
-def test_the_shares_are_proportional_to_the_budgets_and_composition_stays_within_validity(tmp_path):
+def test_the_shares_are_proportional_to_the_budgets_and_composition_stays_within_validity(tmp_path: Path) -> None:
     assert ConsensusSection().max_block_payloads == BLOCK_EVENT_BUDGET  # a node's default block = the budget
     for n in (1, 2, 3, 4, 7, 10, 100, 5000):
         assert vouched_share(n) == max(1, BLOCK_EVENT_BUDGET // n) and vouched_share(n) * min(n, 2000) <= 2000
@@ -73,7 +73,7 @@ def test_the_shares_are_proportional_to_the_budgets_and_composition_stays_within
         assert config.gossip_burst_per_origin == 2 * vouched_share(n)
 
 
-def test_a_thousand_first_boots_at_one_voucher_take_a_few_blocks_not_hundreds(tmp_path):
+def test_a_thousand_first_boots_at_one_voucher_take_a_few_blocks_not_hundreds(tmp_path: Path) -> None:
     app, shell = make_app(tmp_path)
     share = new_charger_share(len(app.validators))
     boots = tuple(boot("CP-1" if i == 0 else f"NEW-{i}", f"b{i}") for i in range(share))
@@ -81,7 +81,7 @@ def test_a_thousand_first_boots_at_one_voucher_take_a_few_blocks_not_hundreds(tm
     assert -(-1000 // share) <= 16  # 1000 first boots at one node: 16 blocks with 4 validators
 
 
-def test_a_block_over_one_vouchers_new_charger_share_is_refused_before_any_chain_read(tmp_path):
+def test_a_block_over_one_vouchers_new_charger_share_is_refused_before_any_chain_read(tmp_path: Path) -> None:
     app, shell = make_app(tmp_path)
     share = new_charger_share(len(app.validators))
     fresh = tuple(vouched(f"FLOOD-{i}", f"f{i}", key_index=1) for i in range(share + 1))
@@ -96,7 +96,7 @@ def test_a_block_over_one_vouchers_new_charger_share_is_refused_before_any_chain
     assert shell.process(block(app, 1, mixed))
 
 
-def test_events_of_chargers_the_ledger_knows_fill_up_to_the_per_voucher_cap(tmp_path):
+def test_events_of_chargers_the_ledger_knows_fill_up_to_the_per_voucher_cap(tmp_path: Path) -> None:
     app, shell = make_app(tmp_path)
     shell.finalize(block(app, 1, (boot("CP-1", "b1"),)))  # CP-1 is registered on the static chain
     assert app.ledger.device("CP-1") is not None
@@ -109,7 +109,7 @@ def test_events_of_chargers_the_ledger_knows_fill_up_to_the_per_voucher_cap(tmp_
     assert facts.problem is not None and f"more than {cap} events" in facts.problem
 
 
-def test_unregistered_chargers_stay_new_so_a_flood_never_earns_a_bigger_share(tmp_path):
+def test_unregistered_chargers_stay_new_so_a_flood_never_earns_a_bigger_share(tmp_path: Path) -> None:
     app, shell = make_app(tmp_path)
     share = new_charger_share(len(app.validators))
     first = tuple(vouched(f"FLOOD-{i}", f"f{i}", key_index=1) for i in range(share))
@@ -122,7 +122,7 @@ def test_unregistered_chargers_stay_new_so_a_flood_never_earns_a_bigger_share(tm
 # ---------------------------------------------------------------- block composition
 
 
-def test_an_honest_proposer_takes_a_share_of_the_flood_and_all_honest_traffic(tmp_path):
+def test_an_honest_proposer_takes_a_share_of_the_flood_and_all_honest_traffic(tmp_path: Path) -> None:
     app, shell = make_app(tmp_path)  # this node is KEYS[0]
     shell.finalize(block(app, 1, (boot("CP-1", "b1"),)))
     share = new_charger_share(len(app.validators))
@@ -142,7 +142,7 @@ def test_an_honest_proposer_takes_a_share_of_the_flood_and_all_honest_traffic(tm
 # ---------------------------------------------------------------- gossip admission
 
 
-def test_gossip_budget_refills_at_its_rate_up_to_its_burst():
+def test_gossip_budget_refills_at_its_rate_up_to_its_burst() -> None:
     budget = GossipBudget(rate=10.0, burst=5, max_origins=2)
     assert [budget.take(b"a", 0.0) for _ in range(6)] == [True] * 5 + [False]
     assert not budget.has_tokens(b"a", 0.05)
@@ -195,7 +195,7 @@ def _service(tmp_path: Path) -> tuple[ConsensusService, CountingApp, list[bytes]
     return ConsensusService(keys[0], config, app), app, [k.validator_address for k in keys]
 
 
-def test_a_flooding_origin_costs_at_most_its_backlog_in_checks_and_honest_gossip_still_gets_in(tmp_path):
+def test_a_flooding_origin_costs_at_most_its_backlog_in_checks_and_honest_gossip_still_gets_in(tmp_path: Path) -> None:
     service, app, (me, honest, byzantine, _) = _service(tmp_path)
     flooder = "0x" + byzantine.hex()
     cap = service.config.gossip_max_pending_per_origin
@@ -228,7 +228,7 @@ def test_a_flooding_origin_costs_at_most_its_backlog_in_checks_and_honest_gossip
     trio.run(main)
 
 
-def test_an_origin_over_its_token_budget_is_refused_before_check_tx(tmp_path):
+def test_an_origin_over_its_token_budget_is_refused_before_check_tx(tmp_path: Path) -> None:
     service, app, (_, honest, _, _) = _service(tmp_path)
     service.config.gossip_max_pending_per_origin = 10**6  # only the token bucket bounds it here
     burst = service.config.gossip_burst_per_origin
@@ -261,7 +261,7 @@ class DeferringApp(CountingApp):
         return Prepared(b"h", tuple(p for p in payloads if p.startswith(b"now")))
 
 
-def test_payloads_a_proposal_leaves_out_over_their_share_wait_and_refused_ones_are_forgotten(tmp_path):
+def test_payloads_a_proposal_leaves_out_over_their_share_wait_and_refused_ones_are_forgotten(tmp_path: Path) -> None:
     keys = init_keys(tmp_path / "keys")
     bindings = {keys.validator_address: keys.peer_id.to_bytes()}
     app = DeferringApp()
@@ -288,7 +288,7 @@ def test_payloads_a_proposal_leaves_out_over_their_share_wait_and_refused_ones_a
     trio.run(main)
 
 
-def test_the_events_topic_drops_a_batch_whose_origin_the_node_refuses(tmp_path):
+def test_the_events_topic_drops_a_batch_whose_origin_the_node_refuses(tmp_path: Path) -> None:
     """p2p/gossip.py `accept_origin`: the node's backpressure refuses the batch in the topic
     validator, so py-libp2p neither delivers nor forwards it."""
     from types import SimpleNamespace
@@ -339,7 +339,7 @@ class SlowDevices:
         return None if charge_box_id.startswith("FLOOD") else ("record", charge_box_id)
 
 
-def test_a_blocks_uncached_device_reads_are_prefetched_concurrently_then_hit_the_cache():
+def test_a_blocks_uncached_device_reads_are_prefetched_concurrently_then_hit_the_cache() -> None:
     import time
 
     from anchoring.chain import device_id_of

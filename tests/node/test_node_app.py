@@ -4,6 +4,9 @@ run the same code against anvil."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from anchoring.attestations import AnchorBatch, attest, decode_attestation
@@ -67,10 +70,10 @@ class Shell:
         self.app = app
         self.own: list[bytes] = []
         self.committed_own: list[bytes] = []
-        self.quorums: list = []
-        self.changes: list = []
-        self.updates: list = []
-        self.results: list = []
+        self.quorums: list[Any] = []
+        self.changes: list[Any] = []
+        self.updates: list[Any] = []
+        self.results: list[Any] = []
 
     def process(self, b: Block) -> bool:
         return self.app.process_proposal(b, self.app.fetch_facts(b.height, b.app_header, b.payloads))
@@ -94,7 +97,7 @@ class Shell:
         return result.app_hash
 
 
-def make_app(tmp_path, key: SigningKey = KEYS[0], every_blocks: int = 2, confirmations: int = 2):
+def make_app(tmp_path: Path, key: SigningKey = KEYS[0], every_blocks: int = 2, confirmations: int = 2):
     app = NodeApplication(
         AppSettings(key, VALIDATORS, ANCHOR, ESCROW, BatchPolicy(every_blocks=every_blocks, every_ms=10**9),
                     confirmations),
@@ -102,7 +105,7 @@ def make_app(tmp_path, key: SigningKey = KEYS[0], every_blocks: int = 2, confirm
     return app, Shell(app)
 
 
-def event(message_id: str, action: str = "BootNotification", payload: dict | None = None) -> bytes:
+def event(message_id: str, action: str = "BootNotification", payload: dict[Any, Any] | None = None) -> bytes:
     body = payload if payload is not None else {"chargePointVendor": "V", "chargePointModel": "M"}
     unsigned = ChargerEvent("CP-1", "1.6", action, message_id, body, "", 1_700_000_000_000)
     return vouch(unsigned, KEYS[0], ingress_domain(ANCHOR)).to_bytes()
@@ -113,7 +116,7 @@ def block(app: NodeApplication, height: int, payloads: tuple[bytes, ...], eth_bl
                  encode_app_header(eth_block, eth_block.to_bytes(32, "big")))
 
 
-def test_app_header_round_trip_and_strictness():
+def test_app_header_round_trip_and_strictness() -> None:
     header = encode_app_header(7, b"\x07" * 32)
     assert decode_app_header(header) == (7, b"\x07" * 32)
     for bad in (b"", b"\xc0", header + b"\x00", encode_app_header(7, b"\x07" * 32)[:-1]):
@@ -121,7 +124,7 @@ def test_app_header_round_trip_and_strictness():
             decode_app_header(bad)
 
 
-def test_proposed_header_names_a_confirmed_block_and_never_goes_back(tmp_path):
+def test_proposed_header_names_a_confirmed_block_and_never_goes_back(tmp_path: Path) -> None:
     app, _ = make_app(tmp_path)
     prepared = app.prepare_proposal(1, (event("m1"), b"\x01junk"), app.propose_facts(1))
     assert decode_app_header(prepared.app_header)[0] == 10 - 2
@@ -130,7 +133,7 @@ def test_proposed_header_names_a_confirmed_block_and_never_goes_back(tmp_path):
     assert decode_app_header(app.prepare_proposal(2, (), app.propose_facts(2)).app_header)[0] == 9
 
 
-def test_validation_rejects_garbage_foreign_and_backward_blocks(tmp_path):
+def test_validation_rejects_garbage_foreign_and_backward_blocks(tmp_path: Path) -> None:
     app, shell = make_app(tmp_path)
     assert shell.process(block(app, 1, (event("m1"),)))
     assert not shell.process(block(app, 1, (b"\x01garbage",)))
@@ -150,7 +153,7 @@ def test_validation_rejects_garbage_foreign_and_backward_blocks(tmp_path):
     assert not shell.process(block(app, 2, (), eth_block=5))  # Ethereum read block went back
 
 
-def test_a_proposal_naming_an_unconfirmed_ethereum_block_is_refused(tmp_path):
+def test_a_proposal_naming_an_unconfirmed_ethereum_block_is_refused(tmp_path: Path) -> None:
     """Reorg safety: head 10, confirmations 2 -> block 9 or 10 is too shallow by our own head."""
     app, shell = make_app(tmp_path)
     assert shell.process(block(app, 1, (), eth_block=8))
@@ -164,7 +167,7 @@ def test_a_proposal_naming_an_unconfirmed_ethereum_block_is_refused(tmp_path):
     assert app.chain.reads_by[-1] == (9).to_bytes(32, "big")  # reads pinned by the block's hash
 
 
-def test_facts_for_another_block_are_refused(tmp_path):
+def test_facts_for_another_block_are_refused(tmp_path: Path) -> None:
     app, shell = make_app(tmp_path)
     b = block(app, 1, (event("m1"),))
     other = app.fetch_facts(1, b.app_header, ())  # fetched without the block's payloads
@@ -173,7 +176,7 @@ def test_facts_for_another_block_are_refused(tmp_path):
         app.finalize_block(b, CERT, other)
 
 
-def test_apply_answers_events_closes_batches_and_collects_a_quorum(tmp_path):
+def test_apply_answers_events_closes_batches_and_collects_a_quorum(tmp_path: Path) -> None:
     for path in (tmp_path / f"n{i}" for i in range(4)):
         path.mkdir()
     apps = [make_app(tmp_path / f"n{i}", key) for i, key in enumerate(KEYS)]
@@ -203,7 +206,7 @@ def test_apply_answers_events_closes_batches_and_collects_a_quorum(tmp_path):
     assert app.counters["attestations_ignored"] == 0 and len(shell.quorums) == 1
 
 
-def test_message_lookup_is_kept_for_a_height_window(tmp_path, monkeypatch):
+def test_message_lookup_is_kept_for_a_height_window(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import devsen.app as app_module
 
     monkeypatch.setattr(app_module, "MESSAGE_WINDOW_BLOCKS", 3)
@@ -216,7 +219,7 @@ def test_message_lookup_is_kept_for_a_height_window(tmp_path, monkeypatch):
     assert app.message("CP-1", "m1") is None and not app.by_message
 
 
-def test_epoch_change_on_chain_switches_consensus_and_attestations(tmp_path):
+def test_epoch_change_on_chain_switches_consensus_and_attestations(tmp_path: Path) -> None:
     newcomer = SigningKey(b"\x07" * 32)
     app, shell = make_app(tmp_path, key=newcomer, every_blocks=2)
     shell.finalize(block(app, 1, (event("m1"),), eth_block=5))
@@ -239,7 +242,7 @@ def test_epoch_change_on_chain_switches_consensus_and_attestations(tmp_path):
     assert len(shell.quorums) == 1 and newcomer.address in shell.quorums[0].signers
 
 
-def test_snapshot_restore_then_replay_reaches_the_same_state(tmp_path, monkeypatch):
+def test_snapshot_restore_then_replay_reaches_the_same_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import types
 
     import devsen.app as app_module
@@ -252,7 +255,7 @@ def test_snapshot_restore_then_replay_reaches_the_same_state(tmp_path, monkeypat
     stored = {}
     prev = ZERO_HASH
 
-    def commit(shell, height, payloads):
+    def commit(shell: Any, height: Any, payloads: Any):
         nonlocal prev
         b = Block(height, 1_700_000_000_000 + height * 1000, KEYS[0].address, prev, ZERO_HASH, payloads,
                   encode_app_header(5, (5).to_bytes(32, "big")))
@@ -289,7 +292,7 @@ def test_snapshot_restore_then_replay_reaches_the_same_state(tmp_path, monkeypat
     assert c.restore(6, stored.get) is None
 
 
-def test_mempool_admission_refuses_what_no_block_could_carry(tmp_path):
+def test_mempool_admission_refuses_what_no_block_could_carry(tmp_path: Path) -> None:
     app, _ = make_app(tmp_path)
     batch = AnchorBatch(0, b"\x01" * 32, 1, 1, 1)
     assert app.check_tx(event("m1")).ok
@@ -302,7 +305,7 @@ def test_mempool_admission_refuses_what_no_block_could_carry(tmp_path):
     assert not app.check_tx(attest(batch, KEYS[1], ESCROW).encode()).ok  # signed under another domain
 
 
-def test_node_ingest_answers_from_the_commit_receipts_result(tmp_path):
+def test_node_ingest_answers_from_the_commit_receipts_result(tmp_path: Path) -> None:
     """The charger's reply comes from the receipt's TxResult; no application-side result map."""
     import types
 
@@ -323,13 +326,13 @@ def test_node_ingest_answers_from_the_commit_receipts_result(tmp_path):
     class Service:
         answer = "ok"
 
-        async def submit(self, payload, timeout_s):
+        async def submit(self, payload: Any, timeout_s: Any):
             return types.SimpleNamespace(height=7, block_hash=ZERO_HASH, index=0, result=answers[self.answer])
 
     service = Service()
     ingest = NodeIngest(service, app, commit_timeout_s=1.0)
 
-    async def main():
+    async def main() -> None:
         got = await ingest.submit(ev)
         assert got.reply == {"status": "Accepted"} and got.committed_height == 7 and got.notes == {"anomalies": ["clock"]}
         service.answer = "refused"
@@ -340,7 +343,7 @@ def test_node_ingest_answers_from_the_commit_receipts_result(tmp_path):
     trio.run(main)
 
 
-def test_finalize_is_total_for_a_committed_block_the_ledger_refuses(tmp_path):
+def test_finalize_is_total_for_a_committed_block_the_ledger_refuses(tmp_path: Path) -> None:
     app, shell = make_app(tmp_path)
     shell.finalize(block(app, 1, ()))
     before = app.ledger.state_hash()

@@ -7,6 +7,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
 from web3 import Web3
 
 from anchoring.chain import connect
@@ -22,7 +23,7 @@ _spec.loader.exec_module(_world)
 build_world = _world.build_world
 
 
-def test_views_follow_the_chain_and_the_cache_drops_only_touched_keys():
+def test_views_follow_the_chain_and_the_cache_drops_only_touched_keys() -> None:
     world = build_world(connect("tester"))
     w3: Web3 = world.w3
     manager = world.manager
@@ -60,7 +61,7 @@ def test_views_follow_the_chain_and_the_cache_drops_only_touched_keys():
     assert old.id_tag(id_tag_hash("TAG-1")).revoked is False
 
 
-def test_session_index_holds_only_open_sessions_within_its_bound(monkeypatch):
+def test_session_index_holds_only_open_sessions_within_its_bound(monkeypatch: pytest.MonkeyPatch) -> None:
     """Settled and refunded sessions leave the index; requests beyond the per-charger bound are
     ignored (deterministically, by log order) instead of raising inside apply."""
     import devsen.chain_view as chain_view
@@ -100,7 +101,7 @@ def test_session_index_holds_only_open_sessions_within_its_bound(monkeypatch):
     assert [s.session_id for s in view.open_escrow_sessions("CP-S")] == [ids[2]]
 
 
-def test_out_of_bound_device_data_is_unregistered_not_an_exception():
+def test_out_of_bound_device_data_is_unregistered_not_an_exception() -> None:
     """If the chain ever reports a device beyond the ledger's bounds (255 connectors, e.g. from
     an older DeviceFactory), the conversion treats it as unregistered instead of raising."""
     import dataclasses
@@ -116,7 +117,7 @@ def test_out_of_bound_device_data_is_unregistered_not_an_exception():
     assert _to_ledger_device(dataclasses.replace(record, price_per_kwh=2**300)) is None
 
 
-def test_reads_by_block_hash_follow_that_block_and_fail_for_a_block_not_on_the_chain(tmp_path):
+def test_reads_by_block_hash_follow_that_block_and_fail_for_a_block_not_on_the_chain(tmp_path: Path) -> None:
     """EIP-1898 on anvil: a read pinned by hash answers that block's state; a hash that is not
     on the canonical chain (a reorged-out block) fails instead of answering from another fork."""
     import pytest
