@@ -42,5 +42,5 @@ def outputs_of(outputs: list[Output], kind: type) -> list[Any]:
     return [o for o in outputs if isinstance(o, kind)]
 
 
-def core_for(index: int, validators: ValidatorSet = VALIDATORS, **kwargs) -> ConsensusCore:
+def core_for(index: int, validators: ValidatorSet = VALIDATORS, **kwargs: Any) -> ConsensusCore:
     return ConsensusCore(KEYS[index], DOMAIN, validators, timeouts=TIMEOUTS, **kwargs)

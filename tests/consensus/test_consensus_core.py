@@ -21,6 +21,7 @@ from consensus.core import (
     MAX_ROUNDS_AHEAD,
     Broadcast,
     Commit,
+    ConsensusCore,
     Dropped,
     Persist,
     ProposalContent,
@@ -51,24 +52,24 @@ ME = 0  # KEYS[0] is not the proposer of (1, 0)
 OTHERS = [k for i, k in enumerate(KEYS) if i != ME]
 
 
-def started(index: int = ME):
+def started(index: int = ME) -> tuple[ConsensusCore, list[Any]]:
     core = core_for(index)
     return core, core.start()
 
 
-def own_votes(outputs: Any, vote_type: Any=None):
+def own_votes(outputs: Any, vote_type: Any=None) -> list[Vote]:
     return [o.message for o in outputs_of(outputs, Broadcast)
             if isinstance(o.message, Vote) and (vote_type is None or o.message.vote_type == vote_type)]
 
 
-def feed(core: Any, *messages, sender: Any="peer"):
+def feed(core: Any, *messages: Any, sender: Any="peer") -> list[Any]:
     out = []
     for message in messages:
         out += core.on_message(message.to_bytes(), sender)
     return out
 
 
-def prevote_valid_proposal(core: Any, b: Any=None, round: Any=0):
+def prevote_valid_proposal(core: Any, b: Any=None, round: Any=0) -> tuple[Any, list[Any]]:
     b = b or block()
     out = feed(core, proposal(b, round))
     out += core.on_validation_result(b.hash, True)
@@ -347,7 +348,7 @@ def test_equivocating_proposer_is_reported() -> None:
     assert evidence.kind == EvidenceKind.DUPLICATE_PROPOSAL and evidence.verify(DOMAIN)
 
 
-def decide_height_one(core: Any):
+def decide_height_one(core: Any) -> tuple[Any, Any]:
     b, _ = prevote_valid_proposal(core)
     out = feed(core, *(vote(k, PC, 1, 0, b.hash) for k in OTHERS))
     return b, outputs_of(out, Commit)[0]
@@ -393,7 +394,7 @@ def test_certified_block_is_committed_and_forged_one_refused() -> None:
     assert outputs_of(out, Commit)[0].block == b and core.height == 2
 
 
-def decide_height_one_for(core: Any):
+def decide_height_one_for(core: Any) -> tuple[Any, Any]:
     if not core.started:
         core.start()
     others = [k for k in KEYS if k.address != core.address]

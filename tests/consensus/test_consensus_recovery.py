@@ -3,13 +3,21 @@
 import heapq
 import itertools
 from collections import deque
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from consensus_testkit import DOMAIN, KEYS, OUTSIDER, TIMEOUTS, VALIDATORS, block, proposal, vote
 
-from consensus.abci import CheckResult, FinalizeResult, Prepared, TxResult, ValidatorUpdate
+from consensus.abci import (
+    Application,
+    CheckResult,
+    FinalizeResult,
+    Prepared,
+    TxResult,
+    ValidatorUpdate,
+)
 from consensus.core import (
     Broadcast,
     Commit,
@@ -51,22 +59,22 @@ class ChainApp:
         self.change_height = change_height
         self.replace = replace
 
-    def check_tx(self, payload: Any):
+    def check_tx(self, payload: Any) -> CheckResult:
         return CheckResult(True)
 
-    def propose_facts(self, height: Any):
+    def propose_facts(self, height: Any) -> Any:
         return None
 
-    def prepare_proposal(self, height: Any, payloads: Any, facts: Any):
+    def prepare_proposal(self, height: Any, payloads: Any, facts: Any) -> Prepared:
         return Prepared(b"", payloads)
 
-    def fetch_facts(self, height: Any, app_header: Any, payloads: Any=(), *, committed: Any=False):
+    def fetch_facts(self, height: Any, app_header: Any, payloads: Any=(), *, committed: Any=False) -> Any:
         return None
 
-    def process_proposal(self, block: Any, facts: Any):
+    def process_proposal(self, block: Any, facts: Any) -> bool:
         return True
 
-    def finalize_block(self, block: Any, certificate: Any, facts: Any):
+    def finalize_block(self, block: Any, certificate: Any, facts: Any) -> FinalizeResult:
         assert block.height == self.height + 1
         self.height = block.height
         self.app_hash = keccak256(self.app_hash + block.hash)
@@ -80,7 +88,7 @@ class ChainApp:
     def commit(self, height: Any) -> None:
         pass
 
-    def restore(self, last_height: Any, get_block: Any):
+    def restore(self, last_height: Any, get_block: Any) -> None:
         return None
 
 
@@ -106,7 +114,7 @@ class Cluster:
         self.refused = 0
         self.sent_votes: dict[tuple[Any, ...], bytes] = {}
         self.commits: dict[int, dict[int, bytes]] = {i: {} for i in range(self.size)}
-        self.queue: deque = deque()
+        self.queue: deque[Any] = deque()
         self.timers: list[Any] = []
         self.now = 0
         self.seq = itertools.count()
@@ -119,8 +127,8 @@ class Cluster:
         if self.crash_at is not None and self.steps == self.crash_at:
             raise Crash()
 
-    def _open(self, i: Any):
-        replica = Replica(ALL_KEYS[i], DOMAIN, VALIDATORS, self.tmp_path / f"n{i}", ChainApp(*self.change),
+    def _open(self, i: Any) -> Replica:
+        replica = Replica(ALL_KEYS[i], DOMAIN, VALIDATORS, self.tmp_path / f"n{i}", cast(Application, ChainApp(*self.change)),
                           genesis_bindings=GENESIS_BINDINGS, timeouts=TIMEOUTS, durable=self.durable,
                           fault_hook=self._hook if i == self.crash_node else None, create_empty_blocks=self.empty_blocks)
         for height in replica.replay_heights():
@@ -151,7 +159,7 @@ class Cluster:
             return
         self._run(dst, lambda r: r.handle_message(data, str(src)))
 
-    def _dispatch(self, i: Any, output: Any):
+    def _dispatch(self, i: Any, output: Any) -> Iterator[Callable[[Replica], Any]]:
         if isinstance(output, Broadcast):
             message = output.message
             if isinstance(message, Vote) and message.validator == ALL_KEYS[i].address:
@@ -197,12 +205,12 @@ def test_cluster_of_replicas_agrees(tmp_path: Path) -> None:
     chains = [[c[h] for h in (1, 2, 3)] for c in cluster.commits.values()]
     assert all(chain == chains[0] for chain in chains)
     store = cluster.replicas[2].store
-    assert store.last_height() >= 3 and store.get(2).block.prev_block_hash == chains[0][0]
+    assert store.last_height() >= 3 and cast(CommittedBlock, store.get(2)).block.prev_block_hash == chains[0][0]
     assert len(cluster.replicas[2].block_records(1, 100)) == store.last_height()
     cluster.close()
 
 
-def storage_steps_for_three_heights(tmp_path: Path):
+def storage_steps_for_three_heights(tmp_path: Path) -> int:
     cluster = Cluster(tmp_path / "count")
     cluster.run_until(3)
     cluster.close()
@@ -229,7 +237,7 @@ def test_restart_resumes_at_the_next_height_with_old_votes(tmp_path: Path) -> No
     wal_votes = [m for m in replica.wal.messages(height) if isinstance(m, Vote)
                  and m.validator == KEYS[0].address]
     replica.close()
-    again = Replica(KEYS[0], DOMAIN, VALIDATORS, tmp_path / "n0", ChainApp(), timeouts=TIMEOUTS, durable=False)
+    again = Replica(KEYS[0], DOMAIN, VALIDATORS, tmp_path / "n0", cast(Application, ChainApp()), timeouts=TIMEOUTS, durable=False)
     for h in again.replay_heights():
         again.replay(h, None)
     assert again.height == height and again.core.prev_block_hash == cluster.commits[0][height - 1]
@@ -256,7 +264,7 @@ def test_wal_keeps_order_prunes_and_reopens(tmp_path: Path) -> None:
     assert WriteAheadLog(tmp_path / "wal.sqlite").messages(5) == [a, p, b]
 
 
-def committed(b: Any, round: Any=0):
+def committed(b: Any, round: Any=0) -> CommittedBlock:
     votes = [vote(k, VoteType.PRECOMMIT, b.height, round, b.hash) for k in KEYS[:3]]
     return CommittedBlock(b, CommitCertificate.from_votes(votes))
 
@@ -271,7 +279,7 @@ def test_block_store_only_extends_the_chain(tmp_path: Path) -> None:
     with pytest.raises(StoreError):
         store.save(committed(block(2, prev=b"\x05" * 32, timestamp=2000)))
     store.save(committed(b2))
-    assert store.last_height() == 2 and store.get(2).block == b2 and store.get(3) is None
+    assert store.last_height() == 2 and cast(CommittedBlock, store.get(2)).block == b2 and store.get(3) is None
     assert store.records(1, 1000) == [committed(b1).to_bytes(), committed(b2).to_bytes()]
     store.save_validator_set(5, VALIDATORS)
     assert store.validator_sets() == [(5, VALIDATORS)]
@@ -296,9 +304,9 @@ def test_replica_serves_block_requests_and_buffers_blocks_ahead(tmp_path: Path) 
     from consensus.types import BlockRequest
 
     served = source.handle_message(BlockRequest(1, 3).to_bytes(), "peer")
-    blocks = [o.message for o in served if isinstance(o, SendTo)]
+    blocks = [cast(CommittedBlock, o.message) for o in served if isinstance(o, SendTo)]
     assert [b.height for b in blocks] == [1, 2, 3]
-    fresh = Replica(KEYS[3], DOMAIN, VALIDATORS, tmp_path / "fresh", ChainApp(), timeouts=TIMEOUTS,
+    fresh = Replica(KEYS[3], DOMAIN, VALIDATORS, tmp_path / "fresh", cast(Application, ChainApp()), timeouts=TIMEOUTS,
                     durable=False)
     fresh.start()
     assert fresh.handle_committed_block(blocks[2]) == []  # ahead: buffered
@@ -338,13 +346,13 @@ def test_replacing_most_validators_keeps_committing(tmp_path: Path, replace: int
     new_set = cluster.replicas[3].core.schedule.set_for(7)
     assert set(new_set.addresses) == {k.address for k in [*KEYS[replace:], *SPARES[:replace]]}
     for h in (5, 6, 7):  # certified by the new set
-        verify_certificate(cluster.replicas[3].store.get(h).certificate, new_set, DOMAIN,
-                           cluster.replicas[3].store.get(h).block.hash)
+        verify_certificate(cast(CommittedBlock, cluster.replicas[3].store.get(h)).certificate, new_set, DOMAIN,
+                           cast(CommittedBlock, cluster.replicas[3].store.get(h)).block.hash)
     cluster.close()
 
 
 def test_crash_at_every_step_across_an_epoch_change_replacing_three_of_four(tmp_path: Path) -> None:
-    def steps():
+    def steps() -> int:
         c = Cluster(tmp_path / "count", spares=3, change_height=2, replace=3, crash_node=3)
         c.run_until(5)
         c.close()

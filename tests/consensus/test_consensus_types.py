@@ -5,7 +5,7 @@ from typing import Any
 import msgpack
 import pytest
 from consensus_testkit import DOMAIN, KEYS, OUTSIDER, VALIDATORS, block, proposal, vote
-from eth_abi import encode as abi_encode_reference
+from eth_abi.abi import encode as abi_encode_reference
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -76,7 +76,7 @@ def test_committed_block_and_evidence_round_trip() -> None:
     assert not same_hash.verify(DOMAIN)  # different vote types do not conflict
 
 
-def valid_vote_fields():
+def valid_vote_fields() -> list[Any]:
     v = vote(KEYS[0], VoteType.PREVOTE, 1, 0, ZERO_HASH)
     return [1, 2, 1, 1, 0, ZERO_HASH, v.validator, v.signature]
 
@@ -154,7 +154,7 @@ def test_validator_set_rejects_bad_shapes() -> None:
             ValidatorSet(bad[0], bad[1], 0)
 
 
-def certificate_for(b: Any, keys: Any, round: Any=0):
+def certificate_for(b: Any, keys: Any, round: Any=0) -> CommitCertificate:
     return CommitCertificate.from_votes([vote(k, VoteType.PRECOMMIT, b.height, round, b.hash) for k in keys])
 
 
