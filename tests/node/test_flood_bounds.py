@@ -13,13 +13,13 @@ Each bound is tried by the hostile source and holds, and the honest share surviv
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import trio
 from test_node_app import ANCHOR, KEYS, block, make_app
 
-from consensus.abci import CheckResult, FinalizeResult, Prepared, TxResult
-from consensus.types import ValidatorSet
+from consensus.abci import Application, CheckResult, FinalizeResult, Prepared, TxResult
+from consensus.types import CommittedBlock, ValidatorSet
 from devsen.app import (
     BLOCK_EVENT_BUDGET,
     NEW_CHARGER_READ_BUDGET,
@@ -85,10 +85,10 @@ def test_a_block_over_one_vouchers_new_charger_share_is_refused_before_any_chain
     app, shell = make_app(tmp_path)
     share = new_charger_share(len(app.validators))
     fresh = tuple(vouched(f"FLOOD-{i}", f"f{i}", key_index=1) for i in range(share + 1))
-    reads = len(app.chain.reads_by)
+    reads = len(cast(Any, app.chain).reads_by)
     facts = app.fetch_facts(1, block(app, 1, fresh).app_header, fresh)
     assert facts.problem is not None and "chargers the ledger does not know" in facts.problem
-    assert len(app.chain.reads_by) == reads  # refused without reading the chain
+    assert len(cast(Any, app.chain).reads_by) == reads  # refused without reading the chain
     assert not shell.process(block(app, 1, fresh))
     assert shell.process(block(app, 1, fresh[:-1]))  # the share itself is valid
     # Another voucher's share is its own: one voucher's flood does not use it up.
@@ -192,7 +192,7 @@ def _service(tmp_path: Path) -> tuple[ConsensusService, CountingApp, list[bytes]
     config = ServiceConfig(data_dir=tmp_path / "node", domain=Domain(31337, b"\xcd" * 20),
                            validators=ValidatorSet.equal(list(bindings)), directory=ValidatorDirectory(bindings),
                            durable=False, mempool_max_count=20_000, block_max_payloads=BLOCK_EVENT_BUDGET)
-    return ConsensusService(keys[0], config, app), app, [k.validator_address for k in keys]
+    return ConsensusService(keys[0], config, cast(Application, app)), app, [k.validator_address for k in keys]
 
 
 def test_a_flooding_origin_costs_at_most_its_backlog_in_checks_and_honest_gossip_still_gets_in(tmp_path: Path) -> None:
@@ -231,7 +231,7 @@ def test_a_flooding_origin_costs_at_most_its_backlog_in_checks_and_honest_gossip
 def test_an_origin_over_its_token_budget_is_refused_before_check_tx(tmp_path: Path) -> None:
     service, app, (_, honest, _, _) = _service(tmp_path)
     service.config.gossip_max_pending_per_origin = 10**6  # only the token bucket bounds it here
-    burst = service.config.gossip_burst_per_origin
+    burst = cast(int, service.config.gossip_burst_per_origin)
     service.gossip_budget = GossipBudget(rate=0.001, burst=burst)  # no refill during the test
 
     async def main() -> None:
@@ -268,7 +268,7 @@ def test_payloads_a_proposal_leaves_out_over_their_share_wait_and_refused_ones_a
     config = ServiceConfig(data_dir=tmp_path / "node", domain=Domain(31337, b"\xcd" * 20),
                            validators=ValidatorSet.equal(list(bindings)), directory=ValidatorDirectory(bindings),
                            durable=False)
-    service = ConsensusService(keys, config, app)  # the only validator: it proposes every height
+    service = ConsensusService(keys, config, cast(Application, app))  # the only validator: it proposes every height
 
     async def main() -> None:
         for payload in (b"now-1", b"later-1", b"stale-1"):
@@ -280,7 +280,7 @@ def test_payloads_a_proposal_leaves_out_over_their_share_wait_and_refused_ones_a
         assert service._pending_proposal is not None
         with trio.fail_after(10):
             await service._answer_proposal()
-        assert service.committed_height == 1 and service.store.get(1).block.payloads == (b"now-1",)
+        assert service.committed_height == 1 and cast(CommittedBlock, service.store.get(1)).block.payloads == (b"now-1",)
         assert len(service.mempool) == 1 and service.mempool.reap(10, 10**6) == (b"later-1",)
         assert service.counters["proposal_payload_deferred"] == 1
         assert service.counters["proposal_payload_refused"] == 1
@@ -312,7 +312,7 @@ def test_the_events_topic_drops_a_batch_whose_origin_the_node_refuses(tmp_path: 
     msg = rpc_pb2.Message(from_id=keys[1].peer_id.to_bytes(), seqno=b"\x00" * 8, data=wire)
     assert gossip._validate(keys[1].peer_id, msg)  # no backpressure: accepted
     refused: list[bytes] = []
-    gossip.accept_origin = lambda origin: refused.append(origin) is not None  # always False
+    gossip.accept_origin = lambda origin: cast(Any, refused.append(origin)) is not None  # always False
     msg.seqno = b"\x00" * 7 + b"\x01"
     assert not gossip._validate(keys[1].peer_id, msg)
     assert refused == [keys[1].validator_address]

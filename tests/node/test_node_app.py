@@ -5,7 +5,7 @@ run the same code against anvil."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -57,7 +57,7 @@ class StaticChain:
         self.reads_by.append(block_hash)
         return self.view
 
-    def validators_at(self, number: int, block_hash: bytes):
+    def validators_at(self, number: int, block_hash: bytes) -> tuple[int, tuple[bytes, ...], dict[bytes, bytes]]:
         epoch = max(e for e in self.epochs if e <= number)
         addresses = self.epochs[epoch]
         return len([e for e in self.epochs if e <= number]) - 1, addresses, {a: b"peer" + a for a in addresses}
@@ -97,7 +97,8 @@ class Shell:
         return result.app_hash
 
 
-def make_app(tmp_path: Path, key: SigningKey = KEYS[0], every_blocks: int = 2, confirmations: int = 2):
+def make_app(tmp_path: Path, key: SigningKey = KEYS[0], every_blocks: int = 2,
+             confirmations: int = 2) -> tuple[NodeApplication, Shell]:
     app = NodeApplication(
         AppSettings(key, VALIDATORS, ANCHOR, ESCROW, BatchPolicy(every_blocks=every_blocks, every_ms=10**9),
                     confirmations),
@@ -164,7 +165,7 @@ def test_a_proposal_naming_an_unconfirmed_ethereum_block_is_refused(tmp_path: Pa
     # Once committed (2f+1 others saw it deep enough), it is applied all the same.
     shell.finalize(block(app, 1, (), eth_block=9))
     assert app.last_eth_block == 9
-    assert app.chain.reads_by[-1] == (9).to_bytes(32, "big")  # reads pinned by the block's hash
+    assert cast(StaticChain, app.chain).reads_by[-1] == (9).to_bytes(32, "big")  # reads pinned by the block's hash
 
 
 def test_facts_for_another_block_are_refused(tmp_path: Path) -> None:
@@ -186,9 +187,9 @@ def test_apply_answers_events_closes_batches_and_collects_a_quorum(tmp_path: Pat
     app, shell = apps[0]
     results = shell.results[0].tx_results
     reply, error_code, duplicate = decode_event_reply(results[0])
-    assert results[0].code == 0 and reply["status"] == "Accepted" and error_code is None and not duplicate
+    assert results[0].code == 0 and cast(dict[str, Any], reply)["status"] == "Accepted" and error_code is None and not duplicate
     assert decode_event_reply(results[2])[0] == {"idTagInfo": {"status": "Invalid"}}
-    assert app.message("CP-1", "m2")[1] == ChargerEvent.from_bytes(payloads[1]).event_id
+    assert cast(tuple[int, bytes, bytes], app.message("CP-1", "m2"))[1] == ChargerEvent.from_bytes(payloads[1]).event_id
     assert not shell.own  # the batch needs 2 blocks
     for node, node_shell in apps:
         node_shell.finalize(block(node, 2, ()))
@@ -226,7 +227,7 @@ def test_epoch_change_on_chain_switches_consensus_and_attestations(tmp_path: Pat
     shell.finalize(block(app, 2, (), eth_block=5))
     assert not shell.own  # not a validator yet: it closes the batch but does not sign
     new_set = tuple(sorted([*VALIDATORS[1:], newcomer.address]))
-    app.chain.epochs[6] = new_set
+    cast(StaticChain, app.chain).epochs[6] = new_set
     shell.finalize(block(app, 3, (), eth_block=6))
     assert app.epoch == 1 and app.validators == new_set and shell.changes == [new_set]
     (update,) = shell.updates
@@ -255,7 +256,7 @@ def test_snapshot_restore_then_replay_reaches_the_same_state(tmp_path: Path, mon
     stored = {}
     prev = ZERO_HASH
 
-    def commit(shell: Any, height: Any, payloads: Any):
+    def commit(shell: Any, height: Any, payloads: Any) -> Any:
         nonlocal prev
         b = Block(height, 1_700_000_000_000 + height * 1000, KEYS[0].address, prev, ZERO_HASH, payloads,
                   encode_app_header(5, (5).to_bytes(32, "big")))
@@ -326,11 +327,11 @@ def test_node_ingest_answers_from_the_commit_receipts_result(tmp_path: Path) -> 
     class Service:
         answer = "ok"
 
-        async def submit(self, payload: Any, timeout_s: Any):
+        async def submit(self, payload: Any, timeout_s: Any) -> Any:
             return types.SimpleNamespace(height=7, block_hash=ZERO_HASH, index=0, result=answers[self.answer])
 
     service = Service()
-    ingest = NodeIngest(service, app, commit_timeout_s=1.0)
+    ingest = NodeIngest(cast(Any, service), app, commit_timeout_s=1.0)
 
     async def main() -> None:
         got = await ingest.submit(ev)

@@ -33,7 +33,7 @@ def leaked(payload: dict[Any, Any]) -> bytes:
 def test_plaintext_or_malformed_id_tag_refused_at_admission_and_in_blocks(tmp_path: Path, value: Any) -> None:
     app, *_ = make_app(tmp_path)
 
-    def valid(b: Any):
+    def valid(b: Any) -> bool:
         return app.process_proposal(b, app.fetch_facts(b.height, b.app_header, b.payloads))
 
     data = leaked({"idTag": value})

@@ -42,7 +42,7 @@ class Chain:
         return b
 
 
-def serving_app(tmp_path: Path):
+def serving_app(tmp_path: Path) -> tuple[Any, Any, Any, Any]:
     """Node a: six heights with events, a batch waiting for signatures, snapshots every 2."""
     (tmp_path / "a").mkdir()
     a, shell = make_app(tmp_path / "a")
@@ -58,7 +58,7 @@ def serving_app(tmp_path: Path):
     return a, shell, chain, hashes
 
 
-def fresh_app(tmp_path: Path, name: Any="b"):
+def fresh_app(tmp_path: Path, name: Any="b") -> tuple[Any, Any]:
     (tmp_path / name).mkdir()
     return make_app(tmp_path / name, key=KEYS[1])
 

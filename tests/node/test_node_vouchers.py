@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trio
@@ -33,9 +33,9 @@ PRICE = 300_000  # per kWh (StaticChain's CP-1 tariff): a 0.5 kWh chunk is 150_0
 DEPOSIT = 10_000_000
 
 
-def voucher_app(tmp_path: Path):
+def voucher_app(tmp_path: Path) -> tuple[Any, Any]:
     app, shell = make_app(tmp_path, confirmations=0)
-    app.chain.view.sessions[SESSION] = EscrowSession(
+    cast(Any, app.chain).view.sessions[SESSION] = EscrowSession(
         SESSION, "0x" + DRIVER.address.hex(), "CP-1", 1, id_tag_hash("TAG-1"), DEPOSIT, T0 // 1000 - 3_600,
         voucher_mode=True)
     return app, shell
@@ -57,7 +57,7 @@ class Chain:
     def __init__(self, app: Any, shell: Any) -> None:
         self.app, self.shell, self.height = app, shell, 0
 
-    def commit(self, *payloads: bytes):
+    def commit(self, *payloads: bytes) -> Any:
         self.height += 1
         b = make_block(self.app, self.height, payloads)
         assert self.shell.process(b)
@@ -142,7 +142,7 @@ def test_vouchers_in_blocks_counted_or_refused_deterministically_and_the_stop_no
 
 
 async def _with_server(app: Any, chain: Any, body: Any) -> None:
-    routes = VoucherRoutes(app, OneNodeService(chain))
+    routes = VoucherRoutes(app, cast(Any, OneNodeService(chain)))
     router = Router()
     router.get("/v1/sessions/{session_id}/payment", routes.session)
 
@@ -244,7 +244,8 @@ class Connected:
     """Stand-in for ChargerConnections: which chargers are connected here, the calls sent."""
 
     def __init__(self, versions: dict[str, str]) -> None:
-        self.versions, self.calls = versions, []
+        self.versions = versions
+        self.calls: list[Any] = []
 
     def version(self, charge_box_id: str) -> str | None:
         return self.versions.get(charge_box_id)
@@ -264,7 +265,9 @@ def test_remote_stops_go_only_to_chargers_connected_here_and_survive_failures() 
 
     connections = Connected({"CP-1": "1.6", "CP-BAD": "1.6", "CS-2": "2.0.1"})
     stops = RemoteStops(connections)  # type: ignore[arg-type]
-    order = lambda charger, tx: StopOrder(SESSION, charger, tx, "1.6", 1, 10, 0)  # noqa: E731
+    def order(charger: str, tx: str) -> StopOrder:
+        return StopOrder(SESSION, charger, tx, "1.6", 1, 10, 0)
+
     for charger, tx in (("CP-ELSEWHERE", "1"), ("CP-BAD", "2"), ("CP-1", "3"), ("CS-2", "tx-9")):
         stops.add(order(charger, tx))
 

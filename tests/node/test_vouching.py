@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from test_node_app import ANCHOR, KEYS, block, make_app
 
 from ocpp_adapter.events import ChargerEvent, EventEncodingError
 from ocpp_adapter.vouching import VouchCache, ingress_domain, vouch, vouch_digest, vouch_problem
-from primitives.eip712 import SigningKey
+from primitives.eip712 import SigningKey, recover_address
 
 DOMAIN = ingress_domain(ANCHOR)
 OUTSIDER = SigningKey(b"\x09" * 32)
@@ -64,7 +64,7 @@ def test_forged_event_refused_by_the_pure_check(name: Any) -> None:
 def test_forged_event_refused_at_admission_and_in_blocks(tmp_path: Path, name: Any) -> None:
     app, *_ = make_app(tmp_path)
 
-    def valid(b: Any):
+    def valid(b: Any) -> bool:
         return app.process_proposal(b, app.fetch_facts(b.height, b.app_header, b.payloads))
 
     forged = forgeries()[name].to_bytes()
@@ -85,9 +85,9 @@ def test_version_1_event_refused() -> None:
 
 def test_cache_recovers_once_and_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     import ocpp_adapter.vouching as vouching
-    calls = []
-    real = vouching.recover_address
-    monkeypatch.setattr(vouching, "recover_address", lambda d, s: calls.append(1) or real(d, s))
+    calls: list[int] = []
+    real = recover_address
+    monkeypatch.setattr(vouching, "recover_address", lambda d, s: cast(Any, calls.append(1)) or real(d, s))
     cache = VouchCache(DOMAIN, limit=2)
     events = [vouch(unsigned(f"m{i}"), KEYS[0], DOMAIN) for i in range(3)]
     assert cache.problem(events[0], VALIDATORS) is None and cache.problem(events[0], VALIDATORS) is None
