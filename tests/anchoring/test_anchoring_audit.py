@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trio
@@ -82,7 +82,7 @@ def test_event_vouched_by_non_validator_fails_the_audit(local: LocalChain) -> No
         assert "vouch" in failing(verify_event(forged, forged_event.event_id, chain, loader(local)))
 
 
-def loader(local: LocalChain):
+def loader(local: LocalChain) -> Any:
     """What `audit verify` fetches besides the proof: the blocks below the event's block."""
     return block_loader(lambda path: json.loads(json.dumps(local.service.block_document(int(path.split("/")[-1])))))
 
@@ -111,7 +111,7 @@ def test_malformed_documents_fail_cleanly(local: LocalChain) -> None:
     chain = ChainReader(local.net.w3, local.net.anchor_address)
     event = local.events[0]
     good = local.service.event_proof(event.event_id)
-    broken = [[], {}, {**good, "format": "other"}, {**good, "proof": ["0x12"]},
+    broken: list[Any] = [[], {}, {**good, "format": "other"}, {**good, "proof": ["0x12"]},
               {**good, "block": {**good["block"], "payload_hashes": "nope"}},
               {**good, "block": {**good["block"], "proposer": "0xzz"}}, {**good, "directions": "x"},
               {**good, "certificate": {**good["certificate"], "signatures": ["0x00"]}}]
@@ -121,7 +121,7 @@ def test_malformed_documents_fail_cleanly(local: LocalChain) -> None:
 
 def test_proof_from_another_batch_fails(local: LocalChain) -> None:
     chain = ChainReader(local.net.w3, local.net.anchor_address)
-    in_batch_1 = next(e for e in local.events if local.index.height_of(e.event_id) >= 4)
+    in_batch_1 = next(e for e in local.events if cast(int, local.index.height_of(e.event_id)) >= 4)
     document = copy.deepcopy(local.service.event_proof(in_batch_1.event_id))
     assert document["batch"]["batch_id"] == 1
     other = local.service.batch_document(0)["batch"]
@@ -132,7 +132,7 @@ def test_proof_from_another_batch_fails(local: LocalChain) -> None:
 
 def test_root_not_on_chain_fails(local: LocalChain) -> None:
     chain = ChainReader(local.net.w3, local.net.anchor_address)
-    in_batch_2 = next(e for e in local.events if local.index.height_of(e.event_id) >= 7)
+    in_batch_2 = next(e for e in local.events if cast(int, local.index.height_of(e.event_id)) >= 7)
     document = local.service.event_proof(in_batch_2.event_id)
     assert document["batch"]["batch_id"] == 2
     result = failing(verify_event(document, in_batch_2.event_id, chain, loader(local)))
@@ -175,7 +175,7 @@ def test_proof_service_errors_and_routes(local: LocalChain) -> None:
         local.service.event_proof(late.event_id)
     routes = http_routes(local.service)
 
-    async def call(template: Any, **params):
+    async def call(template: Any, **params: Any) -> Any:
         return await routes[template](params)
 
     assert trio.run(lambda: call("/v1/events/{event_id}/proof", event_id="0x" + late.event_id.hex()))[0] == 409
@@ -185,9 +185,9 @@ def test_proof_service_errors_and_routes(local: LocalChain) -> None:
     status, body = trio.run(lambda: call("/v1/events/{event_id}/proof", event_id="0x" + first.event_id.hex()))
     assert status == 200 and body == local.service.event_proof(first.event_id)
 
-    async def concurrent_cold_requests() -> dict[str, dict]:
+    async def concurrent_cold_requests() -> dict[str, dict[str, Any]]:
         local.service._trees.clear()  # every batch cold: the requests share one build per batch
-        documents: dict[str, dict] = {}
+        documents: dict[str, dict[str, Any]] = {}
 
         async def request(event: ChargerEvent) -> None:
             documents["0x" + event.event_id.hex()] = await local.service.event_proof_async(event.event_id)
@@ -210,7 +210,7 @@ def test_proof_service_errors_and_routes(local: LocalChain) -> None:
 def test_replay_checks_blocks_and_batches(local: LocalChain) -> None:
     chain = ChainReader(local.net.w3, local.net.anchor_address)
 
-    def fetch(path: str):
+    def fetch(path: str) -> Any:
         _, kind, key = path.split("/")[1:4]
         assert kind == "blocks"
         return json.loads(json.dumps(local.service.block_document(int(key))))
@@ -222,7 +222,7 @@ def test_replay_checks_blocks_and_batches(local: LocalChain) -> None:
     checks, pending = replay(fetch, chain, 5, 5)  # a batch is always recomputed over its whole range
     assert all(c.ok for c in checks) and "batch 1" in {c.name for c in checks} and pending == []
 
-    def tampering_fetch(path: str):
+    def tampering_fetch(path: str) -> Any:
         document = fetch(path)
         if path == "/v1/blocks/4":
             payloads = document["block"]["payloads"]
@@ -270,7 +270,7 @@ async def test_cli_verify_and_replay_against_anvil(tmp_path: Path, capsys: pytes
             net.mine(3)
             assert await cli("verify", event.event_id.hex(), "--node", node, "--rpc", anvil.url,
                              "--confirmations", "3") == 0
-            unanchored = next(e for e in local.events if local.index.height_of(e.event_id) >= 7)
+            unanchored = next(e for e in local.events if cast(int, local.index.height_of(e.event_id)) >= 7)
             assert await cli("verify", "0x" + unanchored.event_id.hex(), "--node", node, "--rpc", anvil.url) == 1
             out = capsys.readouterr().out
             assert "VERDICT: INVALID. Failed: root on chain." in out
@@ -327,7 +327,7 @@ def test_events_before_and_after_an_epoch_change_verify_against_their_own_set(tm
     assert chain.validators().addresses == tuple(k.address for k in new_keys)
     by_height: dict[int, ChargerEvent] = {}
     for event in local.events:
-        by_height.setdefault(local.index.height_of(event.event_id), event)
+        by_height.setdefault(cast(int, local.index.height_of(event.event_id)), event)
     for height in (1, 3, 9, 11, 12, 13, 15):
         event = by_height[height]
         document = json.loads(json.dumps(local.service.event_proof(event.event_id)))
@@ -343,7 +343,7 @@ def test_events_before_and_after_an_epoch_change_verify_against_their_own_set(tm
         forged = _resigned(document, local, sorted(wrong, key=lambda k: k.address))
         assert failing(verify_event(forged, event.event_id, chain, loader(local))) == {"commit certificate"}
 
-    def fetch(path: str):
+    def fetch(path: str) -> Any:
         return json.loads(json.dumps(local.service.block_document(int(path.split("/")[-1]))))
 
     checks, pending = replay(fetch, chain, 1, 18)

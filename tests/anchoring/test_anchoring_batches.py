@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 import pytest
@@ -85,8 +85,8 @@ def test_decode_rejects_malformed_payloads() -> None:
     good = attest(BATCH, KEYS[0], ANCHOR)
     payload = good.encode()
     fields = msgpack.unpackb(payload[1:])
-    def repack(values: Any, tag: Any=ANCHOR_ATTESTATION_TAG):
-        return bytes([tag]) + msgpack.packb(values, use_bin_type=True)
+    def repack(values: Any, tag: Any=ANCHOR_ATTESTATION_TAG) -> bytes:
+        return bytes([tag]) + cast(bytes, msgpack.packb(values, use_bin_type=True))
     bad = {
         "empty": b"",
         "unknown tag": b"\x01" + payload[1:],
@@ -226,7 +226,7 @@ def test_submitter_order_rotates_by_batch_id() -> None:
     ordered = sorted(VALIDATORS)
     assert submitter_order(VALIDATORS, AnchorBatch(0, ZERO_ROOT, 1, 1, 0))[0] == ordered[0]
     assert submitter_order(VALIDATORS, AnchorBatch(5, ZERO_ROOT, 1, 1, 0)) == ordered[1:] + ordered[:1]
-    order = submitter_order(reversed(VALIDATORS), SETTLEMENT)  # input order does not matter
+    order = submitter_order(cast(Any, reversed(VALIDATORS)), SETTLEMENT)  # input order does not matter
     assert sorted(order) == ordered and order == submitter_order(VALIDATORS, SETTLEMENT)
 
 
@@ -248,7 +248,7 @@ def test_decoder_only_ever_raises_attestation_error(data: Any) -> None:
     assert attestation.encode() == data  # whatever decodes is canonical
 
 
-def _completed_book(signers_of: dict[str, Any]) -> AttestationBook:
+def _completed_book(signers_of: dict[Any, list[SigningKey]]) -> AttestationBook:
     book = AttestationBook(VALIDATORS, ANCHOR, ESCROW)
     for subject, keys in signers_of.items():
         book.expect(subject)
@@ -286,7 +286,7 @@ def test_an_epoch_change_reopens_quorums_the_new_set_must_re_sign() -> None:
     assert {q.subject for q in rebased.completed_quorums()} == {BATCH, SETTLEMENT}
 
 
-def test_an_epoch_change_keeps_quorums_still_valid_and_reopens_too_small_ones():
+def test_an_epoch_change_keeps_quorums_still_valid_and_reopens_too_small_ones() -> None:
     # remove a validator outside the quorum: the quorum (3 of the 3 left) still lands
     book = _completed_book({BATCH: KEYS[:3]})
     kept, quorums = book.rebased(VALIDATORS[:3], 30)

@@ -7,8 +7,9 @@ import hashlib
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trio
@@ -19,6 +20,7 @@ from anchoring.attestations import AnchorBatch, Settlement, attest
 from anchoring.batches import AttestationBook, submitter_order
 from anchoring.chain import ChainClient, TransactionSender, connect
 from anchoring.chain.anvil import running_anvil
+from anchoring.chain.client import AnchoredBatch
 from anchoring.merkle import ZERO_ROOT, MerkleTree, leaf_hash
 from anchoring.onchain import OnChain
 from anchoring.submitter import (
@@ -39,7 +41,7 @@ def tester_net() -> Net:
 
 
 @pytest.fixture
-def anvil_net(tmp_path: Path):
+def anvil_net(tmp_path: Path) -> Iterator[Net]:
     with running_anvil(tmp_path / "anvil.log") as anvil:
         yield Net(connect(anvil.url))
 
@@ -126,7 +128,7 @@ async def test_submitters_anchor_once_on_the_in_process_chain(tester_net: Net, t
     for s in submitters:
         await s.add(quorum)
     await drive(net, submitters, lambda: all(not s.pending() for s in submitters), 30)
-    assert reader.anchored_batch(batch.batch_id, "latest").root == batch.root
+    assert cast(AnchoredBatch, reader.anchored_batch(batch.batch_id, "latest")).root == batch.root
     assert sum(s.status()["sends"] for s in submitters) == 1
     first = submitter_order([k.address for k in KEYS], batch)[0]
     assert [s.status()["sends"] for s in submitters if s.me == first] == [1]
@@ -166,7 +168,7 @@ async def test_dead_submitter_is_replaced_on_anvil(anvil_net: Net, tmp_path: Pat
     started = trio.current_time()
     await drive(net, alive, lambda: all(not s.pending() for s in alive), 30)
     assert trio.current_time() - started >= FAST.turn_timeout_s
-    assert reader.anchored_batch(batch.batch_id, "latest").root == batch.root
+    assert cast(AnchoredBatch, reader.anchored_batch(batch.batch_id, "latest")).root == batch.root
     second = submitter_order([k.address for k in KEYS], batch)[1]
     assert [s.status()["sends"] for s in alive if s.me == second] == [1]
 
@@ -197,7 +199,7 @@ async def test_reorg_before_depth_is_resubmitted_on_anvil(anvil_net: Net, tmp_pa
         nursery.cancel_scope.cancel()
     # re-sent after the reorg; a send whose nonce was orphaned by the revert may time out first
     assert 2 <= node.status()["sends"] <= 3
-    assert reader.anchored_batch(batch.batch_id, "latest").root == batch.root
+    assert cast(AnchoredBatch, reader.anchored_batch(batch.batch_id, "latest")).root == batch.root
 
 
 class TcpProxy:

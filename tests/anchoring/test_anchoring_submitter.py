@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trio
@@ -52,7 +52,7 @@ class FakeChain:
         self.sent: list[tuple[bytes, object]] = []  # (sender, subject) of every accepted tx
         self.session_reads = 0
 
-    def _state(self, block: int | None):
+    def _state(self, block: int | None) -> tuple[tuple[AnchorBatch, ...], dict[bytes, SessionState]]:
         self._check()
         return self.states[-1 if block is None else block]
 
@@ -98,7 +98,7 @@ class FakeSender:
         self.chain = chain
         self.me = me
 
-    def __getattr__(self, name: Any):
+    def __getattr__(self, name: Any) -> Any:
         return getattr(self.chain, name)
 
     async def submit_batch(self, subject: AnchorBatch, signatures: Sequence[bytes]) -> bytes:
@@ -126,7 +126,7 @@ class FakeSender:
 
 def make(chain: FakeChain, me: bytes, path: Any=":memory:") -> Submitter:
     submitter = Submitter(None, JobStore(path), me, VALIDATORS, CONFIG)  # type: ignore[arg-type]
-    submitter.chain = chain.sender(submitter)  # type: ignore[assignment]
+    submitter.chain = chain.sender(submitter)
     return submitter
 
 
@@ -307,7 +307,7 @@ async def test_many_pending_settlements_are_checked_in_bounded_rounds(trio_clock
             nursery.start_soon(node.run)
         await run_until(lambda: all(not n.pending() for n in nodes), chain, 600)
         nursery.cancel_scope.cancel()
-    assert sorted(s.session_id for _, s in chain.sent) == sorted(sessions)  # each settled once
+    assert sorted(cast(Settlement, s).session_id for _, s in chain.sent) == sorted(sessions)  # each settled once
     assert all(n.status()["done"] == {"settled": 150} for n in nodes)
 
 
