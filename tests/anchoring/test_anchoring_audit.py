@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import trio
@@ -38,7 +40,7 @@ from primitives.hashing import keccak256
 POLICY = BatchPolicy(every_blocks=3, every_ms=10**9)
 
 
-def build(tmp_path, net: Net, anchored_batches: int = 2) -> LocalChain:
+def build(tmp_path: Path, net: Net, anchored_batches: int = 2) -> LocalChain:
     """Nine blocks of 0..4 events and one attestation payload: batches 0..2, some anchored."""
     local = LocalChain(tmp_path, net, POLICY)
     attestation = attest(AnchorBatch(99, keccak256(b"x"), 1, 1, 1), KEYS[0], net.anchor_domain).encode()
@@ -51,11 +53,11 @@ def build(tmp_path, net: Net, anchored_batches: int = 2) -> LocalChain:
 
 
 @pytest.fixture
-def local(tmp_path) -> LocalChain:
+def local(tmp_path: Path) -> LocalChain:
     return build(tmp_path, Net(connect("tester")))  # a fresh chain per test: batch ids start at 0
 
 
-def test_real_event_verifies(local: LocalChain):
+def test_real_event_verifies(local: LocalChain) -> None:
     chain = ChainReader(local.net.w3, local.net.anchor_address)
     assert [b.batch_id for b in local.batches] == [0, 1, 2]
     for event in local.events[:6]:
@@ -68,7 +70,7 @@ def test_real_event_verifies(local: LocalChain):
         assert f"vouched for by 0x{KEYS[0].address.hex()}" in vouch_line
 
 
-def test_event_vouched_by_non_validator_fails_the_audit(local: LocalChain):
+def test_event_vouched_by_non_validator_fails_the_audit(local: LocalChain) -> None:
     """A forged event signed by an outsider, or signed by A while naming B, fails the vouch check."""
     chain = ChainReader(local.net.w3, local.net.anchor_address)
     event = local.events[0]
@@ -80,16 +82,16 @@ def test_event_vouched_by_non_validator_fails_the_audit(local: LocalChain):
         assert "vouch" in failing(verify_event(forged, forged_event.event_id, chain, loader(local)))
 
 
-def loader(local: LocalChain):
+def loader(local: LocalChain) -> Any:
     """What `audit verify` fetches besides the proof: the blocks below the event's block."""
     return block_loader(lambda path: json.loads(json.dumps(local.service.block_document(int(path.split("/")[-1])))))
 
 
-def failing(checks) -> set[str]:
+def failing(checks: Any) -> set[str]:
     return {c.name for c in checks if not c.ok}
 
 
-def test_tampered_event_fails(local: LocalChain):
+def test_tampered_event_fails(local: LocalChain) -> None:
     chain = ChainReader(local.net.w3, local.net.anchor_address)
     event = local.events[0]
     document = local.service.event_proof(event.event_id)
@@ -105,11 +107,11 @@ def test_tampered_event_fails(local: LocalChain):
     assert {"merkle proof (local)", "root on chain", "contract verifyInclusion", "event in block", "vouch"} <= result
 
 
-def test_malformed_documents_fail_cleanly(local: LocalChain):
+def test_malformed_documents_fail_cleanly(local: LocalChain) -> None:
     chain = ChainReader(local.net.w3, local.net.anchor_address)
     event = local.events[0]
     good = local.service.event_proof(event.event_id)
-    broken = [[], {}, {**good, "format": "other"}, {**good, "proof": ["0x12"]},
+    broken: list[Any] = [[], {}, {**good, "format": "other"}, {**good, "proof": ["0x12"]},
               {**good, "block": {**good["block"], "payload_hashes": "nope"}},
               {**good, "block": {**good["block"], "proposer": "0xzz"}}, {**good, "directions": "x"},
               {**good, "certificate": {**good["certificate"], "signatures": ["0x00"]}}]
@@ -117,9 +119,9 @@ def test_malformed_documents_fail_cleanly(local: LocalChain):
         assert [c.name for c in verify_event(document, event.event_id, chain, loader(local))] == ["proof document"]
 
 
-def test_proof_from_another_batch_fails(local: LocalChain):
+def test_proof_from_another_batch_fails(local: LocalChain) -> None:
     chain = ChainReader(local.net.w3, local.net.anchor_address)
-    in_batch_1 = next(e for e in local.events if local.index.height_of(e.event_id) >= 4)
+    in_batch_1 = next(e for e in local.events if cast(int, local.index.height_of(e.event_id)) >= 4)
     document = copy.deepcopy(local.service.event_proof(in_batch_1.event_id))
     assert document["batch"]["batch_id"] == 1
     other = local.service.batch_document(0)["batch"]
@@ -128,9 +130,9 @@ def test_proof_from_another_batch_fails(local: LocalChain):
     assert {"merkle proof (local)", "root on chain", "contract verifyInclusion", "block in batch"} <= result
 
 
-def test_root_not_on_chain_fails(local: LocalChain):
+def test_root_not_on_chain_fails(local: LocalChain) -> None:
     chain = ChainReader(local.net.w3, local.net.anchor_address)
-    in_batch_2 = next(e for e in local.events if local.index.height_of(e.event_id) >= 7)
+    in_batch_2 = next(e for e in local.events if cast(int, local.index.height_of(e.event_id)) >= 7)
     document = local.service.event_proof(in_batch_2.event_id)
     assert document["batch"]["batch_id"] == 2
     result = failing(verify_event(document, in_batch_2.event_id, chain, loader(local)))
@@ -141,7 +143,7 @@ def test_root_not_on_chain_fails(local: LocalChain):
     assert all(c.ok for c in verify_event(document, in_batch_2.event_id, chain, loader(local)))
 
 
-def test_forged_certificate_and_header_fail(local: LocalChain):
+def test_forged_certificate_and_header_fail(local: LocalChain) -> None:
     chain = ChainReader(local.net.w3, local.net.anchor_address)
     event = local.events[0]
     document = copy.deepcopy(local.service.event_proof(event.event_id))
@@ -164,7 +166,7 @@ def test_forged_certificate_and_header_fail(local: LocalChain):
     assert failing(verify_event(moved, event.event_id, chain, loader(local))) == {"block hash", "commit certificate"}
 
 
-def test_proof_service_errors_and_routes(local: LocalChain):
+def test_proof_service_errors_and_routes(local: LocalChain) -> None:
     with pytest.raises(ProofNotFound):
         local.service.event_proof(keccak256(b"never committed"))
     late = charger_event(424242)
@@ -173,7 +175,7 @@ def test_proof_service_errors_and_routes(local: LocalChain):
         local.service.event_proof(late.event_id)
     routes = http_routes(local.service)
 
-    async def call(template, **params):
+    async def call(template: Any, **params: Any) -> Any:
         return await routes[template](params)
 
     assert trio.run(lambda: call("/v1/events/{event_id}/proof", event_id="0x" + late.event_id.hex()))[0] == 409
@@ -183,9 +185,9 @@ def test_proof_service_errors_and_routes(local: LocalChain):
     status, body = trio.run(lambda: call("/v1/events/{event_id}/proof", event_id="0x" + first.event_id.hex()))
     assert status == 200 and body == local.service.event_proof(first.event_id)
 
-    async def concurrent_cold_requests() -> dict[str, dict]:
+    async def concurrent_cold_requests() -> dict[str, dict[str, Any]]:
         local.service._trees.clear()  # every batch cold: the requests share one build per batch
-        documents: dict[str, dict] = {}
+        documents: dict[str, dict[str, Any]] = {}
 
         async def request(event: ChargerEvent) -> None:
             documents["0x" + event.event_id.hex()] = await local.service.event_proof_async(event.event_id)
@@ -205,10 +207,10 @@ def test_proof_service_errors_and_routes(local: LocalChain):
     assert canonical_events_in_payload(late.to_bytes()) == [late.to_bytes()]
 
 
-def test_replay_checks_blocks_and_batches(local: LocalChain):
+def test_replay_checks_blocks_and_batches(local: LocalChain) -> None:
     chain = ChainReader(local.net.w3, local.net.anchor_address)
 
-    def fetch(path: str):
+    def fetch(path: str) -> Any:
         _, kind, key = path.split("/")[1:4]
         assert kind == "blocks"
         return json.loads(json.dumps(local.service.block_document(int(key))))
@@ -220,7 +222,7 @@ def test_replay_checks_blocks_and_batches(local: LocalChain):
     checks, pending = replay(fetch, chain, 5, 5)  # a batch is always recomputed over its whole range
     assert all(c.ok for c in checks) and "batch 1" in {c.name for c in checks} and pending == []
 
-    def tampering_fetch(path: str):
+    def tampering_fetch(path: str) -> Any:
         document = fetch(path)
         if path == "/v1/blocks/4":
             payloads = document["block"]["payloads"]
@@ -232,7 +234,7 @@ def test_replay_checks_blocks_and_batches(local: LocalChain):
     assert failing(checks) == {"block 4", "block 5", "block 6", "link 4->5", "batch 1"}
 
 
-async def _serve(local: LocalChain, task_status=trio.TASK_STATUS_IGNORED):
+async def _serve(local: LocalChain, task_status: Any=trio.TASK_STATUS_IGNORED) -> None:
     from devsen.http_api import Router, serve_http
 
     router = Router()
@@ -241,7 +243,7 @@ async def _serve(local: LocalChain, task_status=trio.TASK_STATUS_IGNORED):
     await serve_http(router, "127.0.0.1", 0, task_status=task_status)
 
 
-async def test_cli_verify_and_replay_against_anvil(tmp_path, capsys):
+async def test_cli_verify_and_replay_against_anvil(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with running_anvil(tmp_path / "anvil.log") as anvil:
         net = Net(connect(anvil.url))
         local = build(tmp_path, net)
@@ -268,7 +270,7 @@ async def test_cli_verify_and_replay_against_anvil(tmp_path, capsys):
             net.mine(3)
             assert await cli("verify", event.event_id.hex(), "--node", node, "--rpc", anvil.url,
                              "--confirmations", "3") == 0
-            unanchored = next(e for e in local.events if local.index.height_of(e.event_id) >= 7)
+            unanchored = next(e for e in local.events if cast(int, local.index.height_of(e.event_id)) >= 7)
             assert await cli("verify", "0x" + unanchored.event_id.hex(), "--node", node, "--rpc", anvil.url) == 1
             out = capsys.readouterr().out
             assert "VERDICT: INVALID. Failed: root on chain." in out
@@ -294,7 +296,7 @@ def _anchor_with(net: Net, batch: AnchorBatch, keys: list[SigningKey]) -> None:
                                             sort_signatures_by_signer(digest, [k.sign(digest) for k in keys]))
 
 
-def _resigned(document: dict, local: LocalChain, keys: list[SigningKey]) -> dict:
+def _resigned(document: dict[str, Any], local: LocalChain, keys: list[SigningKey]) -> dict[str, Any]:
     """The same proof, its block certified by `keys` instead."""
     forged = copy.deepcopy(document)
     block_hash = bytes.fromhex(forged["block"]["hash"][2:])
@@ -304,7 +306,7 @@ def _resigned(document: dict, local: LocalChain, keys: list[SigningKey]) -> dict
     return forged
 
 
-def test_events_before_and_after_an_epoch_change_verify_against_their_own_set(tmp_path):
+def test_events_before_and_after_an_epoch_change_verify_against_their_own_set(tmp_path: Path) -> None:
     """Two of four validators are replaced. Before, the audit checked every certificate against
     today's set, so every event committed before the change failed audit; now each height is
     checked against the set in force there, and a certificate by the wrong set fails."""
@@ -325,7 +327,7 @@ def test_events_before_and_after_an_epoch_change_verify_against_their_own_set(tm
     assert chain.validators().addresses == tuple(k.address for k in new_keys)
     by_height: dict[int, ChargerEvent] = {}
     for event in local.events:
-        by_height.setdefault(local.index.height_of(event.event_id), event)
+        by_height.setdefault(cast(int, local.index.height_of(event.event_id)), event)
     for height in (1, 3, 9, 11, 12, 13, 15):
         event = by_height[height]
         document = json.loads(json.dumps(local.service.event_proof(event.event_id)))
@@ -341,7 +343,7 @@ def test_events_before_and_after_an_epoch_change_verify_against_their_own_set(tm
         forged = _resigned(document, local, sorted(wrong, key=lambda k: k.address))
         assert failing(verify_event(forged, event.event_id, chain, loader(local))) == {"commit certificate"}
 
-    def fetch(path: str):
+    def fetch(path: str) -> Any:
         return json.loads(json.dumps(local.service.block_document(int(path.split("/")[-1]))))
 
     checks, pending = replay(fetch, chain, 1, 18)
@@ -353,7 +355,7 @@ def test_events_before_and_after_an_epoch_change_verify_against_their_own_set(tm
     assert failing(checks) == {"commit certificate", "vouch"}
 
 
-def test_a_quorum_of_the_replaced_set_no_longer_anchors(tmp_path):
+def test_a_quorum_of_the_replaced_set_no_longer_anchors(tmp_path: Path) -> None:
     """What happens to a quorum formed before an epoch change: the Anchor checks the set in
     force when the transaction runs, so the old set's quorum is refused once the change landed
     (and a batch anchored before the change stays valid and auditable). The nodes re-collect
@@ -374,7 +376,7 @@ def test_a_quorum_of_the_replaced_set_no_longer_anchors(tmp_path):
     assert all(c.ok for c in verify_event(document, event.event_id, chain, loader(local)))
 
 
-def test_the_vouch_is_checked_against_the_set_in_force_at_the_events_height(tmp_path):
+def test_the_vouch_is_checked_against_the_set_in_force_at_the_events_height(tmp_path: Path) -> None:
     """Two of four validators are replaced; block 11 names the first Ethereum block of epoch 1,
     so the application judges vouches by epoch 0 up to block 11 and by epoch 1 from block 12.
     Before, the audit checked every vouch against today's set: an event vouched for by a

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import msgpack
 import pytest
 from eth_account import Account
@@ -45,7 +47,7 @@ def eid(i: int) -> bytes:
     return keccak256(i.to_bytes(8, "big"))
 
 
-def test_anchor_digest_matches_eth_account():
+def test_anchor_digest_matches_eth_account() -> None:
     fields = [{"name": n, "type": t} for t, n in
               [("uint64", "batchId"), ("bytes32", "root"), ("uint64", "firstHeight"),
                ("uint64", "lastHeight"), ("uint64", "eventCount")]]
@@ -66,7 +68,7 @@ def test_anchor_digest_matches_eth_account():
 
 @pytest.mark.parametrize("subject", [BATCH, SETTLEMENT, AnchorBatch(0, ZERO_ROOT, 1, 1, 0),
                                      Settlement(b"\x01" * 32, 0, (1 << 256) - 1)])
-def test_attestation_roundtrip_and_signature(subject):
+def test_attestation_roundtrip_and_signature(subject: Any) -> None:
     domain = ANCHOR if isinstance(subject, AnchorBatch) else ESCROW
     attestation = attest(subject, KEYS[1], domain)
     payload = attestation.encode()
@@ -79,12 +81,12 @@ def test_attestation_roundtrip_and_signature(subject):
         decoded.verify(ESCROW if domain is ANCHOR else ANCHOR)  # another contract's domain
 
 
-def test_decode_rejects_malformed_payloads():
+def test_decode_rejects_malformed_payloads() -> None:
     good = attest(BATCH, KEYS[0], ANCHOR)
     payload = good.encode()
     fields = msgpack.unpackb(payload[1:])
-    def repack(values, tag=ANCHOR_ATTESTATION_TAG):
-        return bytes([tag]) + msgpack.packb(values, use_bin_type=True)
+    def repack(values: Any, tag: Any=ANCHOR_ATTESTATION_TAG) -> bytes:
+        return bytes([tag]) + cast(bytes, msgpack.packb(values, use_bin_type=True))
     bad = {
         "empty": b"",
         "unknown tag": b"\x01" + payload[1:],
@@ -124,7 +126,7 @@ def run(builder: BatchBuilder, chain: list[CommittedBlock]) -> list[AnchorBatch]
     return [closed[0] for b in chain if (closed := builder.on_block(b))]
 
 
-def test_batches_close_every_k_blocks_contiguously():
+def test_batches_close_every_k_blocks_contiguously() -> None:
     chain = blocks([(i, 2) for i in range(10)])
     closed = run(BatchBuilder(BatchPolicy(every_blocks=4, every_ms=10**9), BuilderState(0, 1)), chain)
     assert [(b.batch_id, b.first_height, b.last_height, b.event_count) for b in closed] == [
@@ -133,7 +135,7 @@ def test_batches_close_every_k_blocks_contiguously():
     assert closed[1].root == merkle_root(batch_event_ids(chain[4:8]))
 
 
-def test_batches_close_on_block_time_and_event_cap():
+def test_batches_close_on_block_time_and_event_cap() -> None:
     chain = blocks([(0, 1), (10, 1), (29, 1), (30, 1), (31, 1), (90, 1)])
     closed = run(BatchBuilder(BatchPolicy(every_blocks=100, every_ms=30_000), BuilderState(0, 1)), chain)
     # batch 0 opens at block 1's time; batch 1 counts from the time batch 0 closed (t=30)
@@ -144,7 +146,7 @@ def test_batches_close_on_block_time_and_event_cap():
         (3, 6, 1, 2), (4, 5, 3, 4)]
 
 
-def test_empty_batches_stay_open_unless_policy_says_close():
+def test_empty_batches_stay_open_unless_policy_says_close() -> None:
     chain = blocks([(0, 0), (1, 0), (2, 0), (3, 0), (4, 1), (5, 0)])
     closed = run(BatchBuilder(BatchPolicy(every_blocks=2, every_ms=10**9), BuilderState(0, 1)), chain)
     assert [(b.first_height, b.last_height, b.event_count) for b in closed] == [(1, 5, 1)]
@@ -154,7 +156,7 @@ def test_empty_batches_stay_open_unless_policy_says_close():
         (1, 2, True), (3, 4, True), (5, 6, False)]
 
 
-def test_duplicate_event_ids_count_once_and_builder_resumes():
+def test_duplicate_event_ids_count_once_and_builder_resumes() -> None:
     dup = eid(0)
     chain = [CommittedBlock(1, 0, (dup, eid(1))), CommittedBlock(2, 5, (dup, eid(2))),
              CommittedBlock(3, 6, (eid(3),)), CommittedBlock(4, 7, (eid(4),))]
@@ -171,14 +173,14 @@ def test_duplicate_event_ids_count_once_and_builder_resumes():
         resumed.on_block(chain[0])
 
 
-def test_same_blocks_same_batches_on_every_node():
+def test_same_blocks_same_batches_on_every_node() -> None:
     chain = blocks([(i * 7 % 13, i % 4) for i in range(60)])
     chain = [CommittedBlock(b.height, 1_000_000 + 1000 * b.height * 3, b.event_ids) for b in chain]
     policy = BatchPolicy(every_blocks=8, every_ms=20_000)
     assert run(BatchBuilder(policy, BuilderState(0, 1)), chain) == run(BatchBuilder(policy, BuilderState(0, 1)), chain)
 
 
-def test_attestation_book_reaches_quorum_once_with_sorted_signers():
+def test_attestation_book_reaches_quorum_once_with_sorted_signers() -> None:
     book = AttestationBook(VALIDATORS, ANCHOR, ESCROW)
     assert book.quorum == 3
     book.expect(BATCH)
@@ -197,7 +199,7 @@ def test_attestation_book_reaches_quorum_once_with_sorted_signers():
     assert book.pending_count() == 1
 
 
-def test_attestation_book_rejects_what_does_not_count():
+def test_attestation_book_rejects_what_does_not_count() -> None:
     book = AttestationBook(VALIDATORS, ANCHOR, ESCROW)
     book.expect(SETTLEMENT)
     outsider = SigningKey(keccak256(b"outsider"))
@@ -220,11 +222,11 @@ def test_attestation_book_rejects_what_does_not_count():
         AttestationBook([VALIDATORS[0], VALIDATORS[0]], ANCHOR, ESCROW)
 
 
-def test_submitter_order_rotates_by_batch_id():
+def test_submitter_order_rotates_by_batch_id() -> None:
     ordered = sorted(VALIDATORS)
     assert submitter_order(VALIDATORS, AnchorBatch(0, ZERO_ROOT, 1, 1, 0))[0] == ordered[0]
     assert submitter_order(VALIDATORS, AnchorBatch(5, ZERO_ROOT, 1, 1, 0)) == ordered[1:] + ordered[:1]
-    order = submitter_order(reversed(VALIDATORS), SETTLEMENT)  # input order does not matter
+    order = submitter_order(cast(Any, reversed(VALIDATORS)), SETTLEMENT)  # input order does not matter
     assert sorted(order) == ordered and order == submitter_order(VALIDATORS, SETTLEMENT)
 
 
@@ -238,7 +240,7 @@ def test_submitter_order_rotates_by_batch_id():
               st.lists(st.one_of(st.integers(-2**63, 2**64 - 1), st.binary(max_size=70), st.text(max_size=5),
                                  st.booleans(), st.none()), max_size=9)),
 ))
-def test_decoder_only_ever_raises_attestation_error(data):
+def test_decoder_only_ever_raises_attestation_error(data: Any) -> None:
     try:
         attestation = decode_attestation(data)
     except AttestationError:
@@ -246,7 +248,7 @@ def test_decoder_only_ever_raises_attestation_error(data):
     assert attestation.encode() == data  # whatever decodes is canonical
 
 
-def _completed_book(signers_of: dict) -> AttestationBook:
+def _completed_book(signers_of: dict[Any, list[SigningKey]]) -> AttestationBook:
     book = AttestationBook(VALIDATORS, ANCHOR, ESCROW)
     for subject, keys in signers_of.items():
         book.expect(subject)
@@ -256,7 +258,7 @@ def _completed_book(signers_of: dict) -> AttestationBook:
     return book
 
 
-def test_an_epoch_change_reopens_quorums_the_new_set_must_re_sign():
+def test_an_epoch_change_reopens_quorums_the_new_set_must_re_sign() -> None:
     """Replace 2 of 4: a quorum with a removed signer can never land (the contracts check the
     set in force), so it is re-opened with the signatures of those who stay; the new set
     completes it, and the removed validators' attestations no longer count."""
@@ -284,7 +286,7 @@ def test_an_epoch_change_reopens_quorums_the_new_set_must_re_sign():
     assert {q.subject for q in rebased.completed_quorums()} == {BATCH, SETTLEMENT}
 
 
-def test_an_epoch_change_keeps_quorums_still_valid_and_reopens_too_small_ones():
+def test_an_epoch_change_keeps_quorums_still_valid_and_reopens_too_small_ones() -> None:
     # remove a validator outside the quorum: the quorum (3 of the 3 left) still lands
     book = _completed_book({BATCH: KEYS[:3]})
     kept, quorums = book.rebased(VALIDATORS[:3], 30)
@@ -302,7 +304,7 @@ def test_an_epoch_change_keeps_quorums_still_valid_and_reopens_too_small_ones():
     assert shrunk.open_subjects() == []
 
 
-def test_reopened_subjects_survive_export_and_import_and_do_not_take_open_slots():
+def test_reopened_subjects_survive_export_and_import_and_do_not_take_open_slots() -> None:
     from anchoring import batches
     book = _completed_book({BATCH: KEYS[:3]})
     rebased, _ = book.rebased(VALIDATORS[:2] + [SigningKey(keccak256(b"n")).address], 40)

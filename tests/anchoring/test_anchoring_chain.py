@@ -7,7 +7,9 @@ import hashlib
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import trio
@@ -18,6 +20,7 @@ from anchoring.attestations import AnchorBatch, Settlement, attest
 from anchoring.batches import AttestationBook, submitter_order
 from anchoring.chain import ChainClient, TransactionSender, connect
 from anchoring.chain.anvil import running_anvil
+from anchoring.chain.client import AnchoredBatch
 from anchoring.merkle import ZERO_ROOT, MerkleTree, leaf_hash
 from anchoring.onchain import OnChain
 from anchoring.submitter import (
@@ -38,13 +41,13 @@ def tester_net() -> Net:
 
 
 @pytest.fixture
-def anvil_net(tmp_path):
+def anvil_net(tmp_path: Path) -> Iterator[Net]:
     with running_anvil(tmp_path / "anvil.log") as anvil:
         yield Net(connect(anvil.url))
 
 
 @pytest.mark.parametrize("chain", ["tester", "anvil"])
-def test_solidity_verify_inclusion_agrees_with_python_vectors(chain: str, request: pytest.FixtureRequest):
+def test_solidity_verify_inclusion_agrees_with_python_vectors(chain: str, request: pytest.FixtureRequest) -> None:
     net: Net = request.getfixturevalue("tester_net" if chain == "tester" else "anvil_net")
     client = net.client(KEYS[0])
     cases = json.loads(VECTORS.read_text())["cases"]
@@ -92,7 +95,7 @@ def batch_for(client: ChainClient, event_ids: list[bytes]) -> AnchorBatch:
     return AnchorBatch(client.next_batch_id("latest"), tree.root, height, height + 9, len(tree))
 
 
-async def drive(net: Net, submitters: list[Submitter], until, seconds: float) -> None:
+async def drive(net: Net, submitters: list[Submitter], until: Any, seconds: float) -> None:
     """Run the submitters, mining a block every 50 ms, until `until()` holds."""
     async with trio.open_nursery() as nursery:
         for submitter in submitters:
@@ -113,7 +116,7 @@ def make_submitters(net: Net, keys: list[SigningKey], tmp_path: Path) -> list[Su
                       [v.address for v in KEYS], FAST) for k in keys]
 
 
-async def test_submitters_anchor_once_on_the_in_process_chain(tester_net: Net, tmp_path):
+async def test_submitters_anchor_once_on_the_in_process_chain(tester_net: Net, tmp_path: Path) -> None:
     net = tester_net
     reader = net.client(KEYS[0])
     batch = batch_for(reader, [hashlib.sha256(b"e%d" % i).digest() for i in range(100)])
@@ -125,14 +128,14 @@ async def test_submitters_anchor_once_on_the_in_process_chain(tester_net: Net, t
     for s in submitters:
         await s.add(quorum)
     await drive(net, submitters, lambda: all(not s.pending() for s in submitters), 30)
-    assert reader.anchored_batch(batch.batch_id, "latest").root == batch.root
+    assert cast(AnchoredBatch, reader.anchored_batch(batch.batch_id, "latest")).root == batch.root
     assert sum(s.status()["sends"] for s in submitters) == 1
     first = submitter_order([k.address for k in KEYS], batch)[0]
     assert [s.status()["sends"] for s in submitters if s.me == first] == [1]
     assert all(s.status()["done"] == {"anchored": 1} for s in submitters)
 
 
-async def test_settlement_is_settled_once_on_the_in_process_chain(tester_net: Net, tmp_path):
+async def test_settlement_is_settled_once_on_the_in_process_chain(tester_net: Net, tmp_path: Path) -> None:
     net = tester_net
     session_id = net.open_escrow_session(deposit=5_000)
     settlement = Settlement(session_id, 7_250, 3_100)
@@ -153,7 +156,7 @@ async def test_settlement_is_settled_once_on_the_in_process_chain(tester_net: Ne
     assert all(s.status()["done"] == {"settled": 1} for s in submitters)
 
 
-async def test_dead_submitter_is_replaced_on_anvil(anvil_net: Net, tmp_path):
+async def test_dead_submitter_is_replaced_on_anvil(anvil_net: Net, tmp_path: Path) -> None:
     net = anvil_net
     reader = net.client(KEYS[0])
     batch = batch_for(reader, [hashlib.sha256(b"d%d" % i).digest() for i in range(10)])
@@ -165,12 +168,12 @@ async def test_dead_submitter_is_replaced_on_anvil(anvil_net: Net, tmp_path):
     started = trio.current_time()
     await drive(net, alive, lambda: all(not s.pending() for s in alive), 30)
     assert trio.current_time() - started >= FAST.turn_timeout_s
-    assert reader.anchored_batch(batch.batch_id, "latest").root == batch.root
+    assert cast(AnchoredBatch, reader.anchored_batch(batch.batch_id, "latest")).root == batch.root
     second = submitter_order([k.address for k in KEYS], batch)[1]
     assert [s.status()["sends"] for s in alive if s.me == second] == [1]
 
 
-async def test_reorg_before_depth_is_resubmitted_on_anvil(anvil_net: Net, tmp_path):
+async def test_reorg_before_depth_is_resubmitted_on_anvil(anvil_net: Net, tmp_path: Path) -> None:
     net = anvil_net
     reader = net.client(KEYS[0])
     batch = batch_for(reader, [hashlib.sha256(b"r%d" % i).digest() for i in range(10)])
@@ -196,7 +199,7 @@ async def test_reorg_before_depth_is_resubmitted_on_anvil(anvil_net: Net, tmp_pa
         nursery.cancel_scope.cancel()
     # re-sent after the reorg; a send whose nonce was orphaned by the revert may time out first
     assert 2 <= node.status()["sends"] <= 3
-    assert reader.anchored_batch(batch.batch_id, "latest").root == batch.root
+    assert cast(AnchoredBatch, reader.anchored_batch(batch.batch_id, "latest")).root == batch.root
 
 
 class TcpProxy:
@@ -215,7 +218,7 @@ class TcpProxy:
         assert self._scope is not None
         self._scope.cancel()
 
-    async def _serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def _serve(self, task_status: Any=trio.TASK_STATUS_IGNORED) -> None:
         with trio.CancelScope() as scope:
             self._scope = scope
             listeners = await trio.open_tcp_listeners(self.port, host="127.0.0.1")
@@ -235,7 +238,7 @@ class TcpProxy:
                 nursery.start_soon(pump, upstream, client)
 
 
-async def test_rpc_outage_during_submission_lands_the_batch_once(tmp_path):
+async def test_rpc_outage_during_submission_lands_the_batch_once(tmp_path: Path) -> None:
     with running_anvil(tmp_path / "anvil.log") as anvil:
         net = Net(connect(anvil.url))
         reader = net.client(KEYS[0])
@@ -296,7 +299,7 @@ def spawn_child_submitter(spec: Path, log_path: Path) -> subprocess.Popen[bytes]
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 
-async def test_submitter_killed_mid_submission_is_replaced_and_resumes(tmp_path):
+async def test_submitter_killed_mid_submission_is_replaced_and_resumes(tmp_path: Path) -> None:
     with running_anvil(tmp_path / "anvil.log") as anvil:
         net = Net(connect(anvil.url))
         reader = net.client(KEYS[0])

@@ -16,7 +16,8 @@ from __future__ import annotations
 import dataclasses
 import time
 import types
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import trio
 from anchoring_world import (
@@ -28,10 +29,12 @@ from anchoring_world import (
     vouched_event,
 )
 from web3 import Web3
+from web3.types import Wei
 
 from anchoring.attestations import AnchorBatch, Settlement, decode_attestation
 from anchoring.batches import BatchPolicy, Quorum
 from anchoring.chain import connect
+from anchoring.chain.client import AnchoredBatch, EscrowSession
 from anchoring.onchain import OnChain
 from anchoring.proofs import AnchorIndex
 from anchoring.submitter import SESSION_SETTLED, JobStore, Submitter, SubmitterConfig
@@ -175,11 +178,11 @@ class Network:
 def _fund(w3: Web3, keys: list[SigningKey]) -> None:
     for key in keys:
         tx = w3.eth.send_transaction({"from": w3.eth.accounts[0], "to": to_checksum_hex(key.address),
-                                      "value": 10**19, "gas": 21_000})
+                                      "value": Wei(10**19), "gas": 21_000})
         w3.eth.wait_for_transaction_receipt(tx)
 
 
-async def test_replacing_two_of_four_while_work_is_pending_keeps_anchoring_and_settling(tmp_path):
+async def test_replacing_two_of_four_while_work_is_pending_keeps_anchoring_and_settling(tmp_path: Path) -> None:
     net = Net(connect("tester"))
     _fund(net.w3, NEWCOMERS)
     session_id = net.open_escrow_session(10_000_000)
@@ -228,9 +231,9 @@ async def test_replacing_two_of_four_while_work_is_pending_keeps_anchoring_and_s
     newcomer = NEWCOMERS[0].address
     app = network.apps[newcomer]
     assert app.epoch == 1 and set(app.validators) == new_set
-    reopened = {_key(s) for s in app.book.open_subjects() if app.book.reopened(s)}
+    reopened = {_key(cast("AnchorBatch | Settlement", s)) for s in app.book.open_subjects() if app.book.reopened(s)}
     assert reopened == {0, 1, session_id}
-    assert {_key(decode_attestation(p).subject) for p in network.mempool
+    assert {_key(cast("AnchorBatch | Settlement", decode_attestation(p).subject)) for p in network.mempool
             if decode_attestation(p).signer == newcomer} == {1, 2, session_id}  # not batch 0: it landed
 
     # A restart of a newcomer right after the rebase: its snapshot keeps the re-opened
@@ -243,7 +246,7 @@ async def test_replacing_two_of_four_while_work_is_pending_keeps_anchoring_and_s
     assert restarted.restore(11, stored.get) == (11, app.ledger.state_hash())
     assert restarted.book.export_state() == app.book.export_state()
     resigned = restarted.take_restored_outbound()
-    assert {_key(decode_attestation(p).subject) for p in resigned} == {1, 2, session_id}
+    assert {_key(cast("AnchorBatch | Settlement", decode_attestation(p).subject)) for p in resigned} == {1, 2, session_id}
     assert all(p in network.mempool for p in resigned)  # the same bytes as before the restart
     network.apps[newcomer] = restarted
 
@@ -275,9 +278,9 @@ async def test_replacing_two_of_four_while_work_is_pending_keeps_anchoring_and_s
     await network.submit_until(lambda: network.next_batch_id() >= 5)
     await network.submit_until(lambda: not any(s.pending() for s in network.submitters.values()))
     client = net.client(KEYS[0])
-    anchored = [client.anchored_batch(i, "latest") for i in range(network.next_batch_id())]
+    anchored = [cast(AnchoredBatch, client.anchored_batch(i, "latest")) for i in range(network.next_batch_id())]
     assert [(b.batch_id, b.root) for b in anchored] == [(b.batch_id, b.root) for b in network.batches[:len(anchored)]]
-    session = client.session(session_id, "latest")
+    session = cast(EscrowSession, client.session(session_id, "latest"))
     assert (session.energy_wh, session.settled_amount) == (order.energy_wh, order.amount)
     # Nothing was double-submitted: one successful transaction per subject that landed.
     statuses = [*network.retired, *(s.status() for s in network.submitters.values())]
@@ -290,12 +293,12 @@ async def test_replacing_two_of_four_while_work_is_pending_keeps_anchoring_and_s
     height = len(network.blocks)
     first.snapshot_path = tmp_path / "first.msgpack"
     first.write_snapshot(height, network.blocks[height].hash)
-    again = network.make_app(KEYS[0].address)
-    again.snapshot_path = first.snapshot_path
+    again_app = network.make_app(KEYS[0].address)
+    again_app.snapshot_path = first.snapshot_path
     stored = {h: types.SimpleNamespace(block=b) for h, b in network.blocks.items()}
-    assert again.restore(height, stored.get) is not None
-    restored = again.take_restored_quorums()
-    assert {_key(q.subject) for q in restored} >= {1, 2, 3, 4, session_id}
+    assert again_app.restore(height, stored.get) is not None
+    restored = again_app.take_restored_quorums()
+    assert {_key(cast("AnchorBatch | Settlement", q.subject)) for q in restored} >= {1, 2, 3, 4, session_id}
     for quorum in restored:
         await network.submitters[KEYS[0].address].add(quorum)
     assert network.submitters[KEYS[0].address].pending() == []

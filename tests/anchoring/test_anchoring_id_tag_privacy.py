@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import trio
 from anchoring_world import LocalChain, Net, vouched_event
@@ -20,6 +21,7 @@ from anchoring.audit import ChainReader, block_loader, verify_event
 from anchoring.batches import BatchPolicy
 from anchoring.chain import connect
 from anchoring.proofs import http_routes
+from consensus.types import CommittedBlock
 from devsen.ledger import (
     BlockContext,
     DeviceInfo,
@@ -117,7 +119,7 @@ async def converse(ingest: LedgerIngest) -> dict[str, list[Any]]:
     return replies
 
 
-async def test_no_plaintext_id_tag_in_blocks_proofs_or_audit(tmp_path):
+async def test_no_plaintext_id_tag_in_blocks_proofs_or_audit(tmp_path: Path) -> None:
     net = Net(connect("tester"))
     ingest = LedgerIngest(net.anchor_domain)
     replies = await converse(ingest)
@@ -138,8 +140,8 @@ async def test_no_plaintext_id_tag_in_blocks_proofs_or_audit(tmp_path):
     routes = http_routes(local.service)
     chain = ChainReader(net.w3, net.anchor_address)
     published: list[bytes] = []
-    for height in range(1, local.store.last().height + 1):
-        block = local.store.get(height).block
+    for height in range(1, cast(CommittedBlock, local.store.last()).height + 1):
+        block = cast(CommittedBlock, local.store.get(height)).block
         published += list(block.payloads)  # the raw committed bytes
         status, body = await routes["/v1/blocks/{height}"]({"height": str(height)})
         assert status == 200

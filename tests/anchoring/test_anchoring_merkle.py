@@ -7,6 +7,7 @@ import json
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -45,7 +46,7 @@ def ids(n: int, seed: int = 0) -> list[bytes]:
     return [keccak256(f"{seed}:{i}".encode()) for i in range(n)]
 
 
-def test_vectors_match_implementation_from_event_bytes():
+def test_vectors_match_implementation_from_event_bytes() -> None:
     document = json.loads(VECTORS.read_text())
     assert [c["leaf_count"] for c in document["cases"]] == [0, 1, 2, 3, 5, 8, 13]
     for case in document["cases"]:
@@ -66,7 +67,7 @@ def test_vectors_match_implementation_from_event_bytes():
             assert root == ZERO_ROOT
 
 
-def test_vector_file_is_generated_from_current_code():
+def test_vector_file_is_generated_from_current_code() -> None:
     spec = importlib.util.spec_from_file_location("make_merkle_vectors", VECTORS.with_name("make_merkle_vectors.py"))
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -75,7 +76,7 @@ def test_vector_file_is_generated_from_current_code():
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6, 7, 9, 16, 17, 31, 100])
-def test_every_proof_verifies_and_root_matches_reference(n):
+def test_every_proof_verifies_and_root_matches_reference(n: int) -> None:
     event_ids = ids(n)
     tree = MerkleTree(event_ids)
     assert tree.root == reference_root([leaf_hash(e) for e in event_ids])
@@ -87,7 +88,7 @@ def test_every_proof_verifies_and_root_matches_reference(n):
         assert not verify_inclusion(ids(1, seed=99)[0], proof, tree.root)
 
 
-def test_one_leaf_root_is_the_leaf_and_proof_is_empty():
+def test_one_leaf_root_is_the_leaf_and_proof_is_empty() -> None:
     (event_id,) = ids(1)
     tree = MerkleTree([event_id])
     assert tree.root == leaf_hash(event_id)
@@ -96,7 +97,7 @@ def test_one_leaf_root_is_the_leaf_and_proof_is_empty():
     assert not verify_inclusion(event_id, tree.proof(0), event_id)  # the id itself is not the root
 
 
-def test_two_and_three_leaves_exact_shape():
+def test_two_and_three_leaves_exact_shape() -> None:
     a, b, c = ids(3)
     assert merkle_root([a, b]) == node_hash(leaf_hash(a), leaf_hash(b))
     three = MerkleTree([a, b, c])
@@ -106,7 +107,7 @@ def test_two_and_three_leaves_exact_shape():
     assert three.proof(0) == MerkleProof((leaf_hash(b), leaf_hash(c)), 0b00)
 
 
-def test_odd_node_is_promoted_not_duplicated():
+def test_odd_node_is_promoted_not_duplicated() -> None:
     a, b, c = ids(3)
     # duplicating the last node (CVE-2012-2459 style) would make [a,b,c] and [a,b,c,c] collide
     assert merkle_root([a, b, c]) != node_hash(node_hash(leaf_hash(a), leaf_hash(b)),
@@ -115,7 +116,7 @@ def test_odd_node_is_promoted_not_duplicated():
         MerkleTree([a, b, c, c])
 
 
-def test_second_preimage_inner_node_as_leaf_is_rejected():
+def test_second_preimage_inner_node_as_leaf_is_rejected() -> None:
     event_ids = ids(8)
     tree = MerkleTree(event_ids)
     leaves = [leaf_hash(e) for e in event_ids]
@@ -132,7 +133,7 @@ def test_second_preimage_inner_node_as_leaf_is_rejected():
     assert not verify_inclusion(leaves[0], tree.proof(0), tree.root)
 
 
-def test_tampered_proofs_fail():
+def test_tampered_proofs_fail() -> None:
     event_ids = ids(13)
     tree = MerkleTree(event_ids)
     proof = tree.proof(6)
@@ -145,7 +146,7 @@ def test_tampered_proofs_fail():
     assert not verify_inclusion(event_ids[6], tree.proof(7), tree.root)
 
 
-def test_zero_root_and_malformed_input():
+def test_zero_root_and_malformed_input() -> None:
     assert MerkleTree([]).root == ZERO_ROOT
     assert not verify_inclusion(ids(1)[0], MerkleProof((), 0), ZERO_ROOT)
     with pytest.raises(MerkleError):
@@ -161,7 +162,7 @@ def test_zero_root_and_malformed_input():
     assert not verify_inclusion(ids(1)[0], MerkleProof((), 0), b"\x01" * 31)
 
 
-def test_hundred_thousand_leaves_build_and_proofs():
+def test_hundred_thousand_leaves_build_and_proofs() -> None:
     event_ids = ids(100_000)
     started = time.perf_counter()
     tree = MerkleTree(event_ids)
@@ -178,7 +179,7 @@ def test_hundred_thousand_leaves_build_and_proofs():
 
 @settings(max_examples=150, deadline=None)
 @given(size=st.integers(1, 300), seed=st.integers(0, 2**32), data=st.data())
-def test_every_proof_matches_the_reference_root(size, seed, data):
+def test_every_proof_matches_the_reference_root(size: Any, seed: Any, data: Any) -> None:
     ids = [keccak256(b"%d:%d" % (seed, i)) for i in range(size)]
     tree = MerkleTree(ids)
     assert tree.root == reference_root([leaf_hash(e) for e in ids])

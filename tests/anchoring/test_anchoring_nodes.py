@@ -4,6 +4,9 @@ that resumes from `AnchorIndex.resume_state` by replaying blocks."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any, cast
+
 import pytest
 from anchoring_world import KEYS, charger_event
 
@@ -47,7 +50,7 @@ class Node:
                     continue  # e.g. for a batch completed before a restart: the node logs it
                 if quorum is not None:
                     quorums.append(quorum)
-                    self.own.pop(quorum.subject, None)
+                    self.own.pop(cast("AnchorBatch | Settlement", quorum.subject), None)
                     if isinstance(quorum.subject, AnchorBatch):
                         self.index.record_quorum(quorum.subject.batch_id, block.height)
         summary = batch_block(block)
@@ -74,7 +77,8 @@ def make_block(height: int, payloads: list[bytes]) -> Block:
     return Block(height, 1_000 * height, KEYS[0].address, ZERO_HASH, ZERO_HASH, tuple(payloads), b"")
 
 
-def run_chain(nodes: list[Node], heights: range, mempool: list[bytes], blocks: list[Block], live=None):
+def run_chain(nodes: list[Node], heights: range, mempool: list[bytes], blocks: list[Block],
+              live: Any=None) -> Any:
     """Commit one block per height: 2 new events plus every payload submitted so far."""
     live = nodes if live is None else live
     rows = []
@@ -90,7 +94,7 @@ def run_chain(nodes: list[Node], heights: range, mempool: list[bytes], blocks: l
     return rows
 
 
-def test_validators_and_observer_agree_on_batches_and_quorums(tmp_path):
+def test_validators_and_observer_agree_on_batches_and_quorums(tmp_path: Path) -> None:
     nodes = [Node(AnchorIndex(tmp_path / f"v{i}.sqlite"), k) for i, k in enumerate(KEYS)]
     nodes.append(Node(AnchorIndex(tmp_path / "observer.sqlite"), None))
     rows = run_chain(nodes, range(1, 14), [], [])
@@ -108,7 +112,7 @@ def test_validators_and_observer_agree_on_batches_and_quorums(tmp_path):
     assert nodes[0].index.oldest_batch_without_quorum() is None
 
 
-def test_settlement_quorum_and_mempool_check(tmp_path):
+def test_settlement_quorum_and_mempool_check(tmp_path: Path) -> None:
     nodes = [Node(AnchorIndex(tmp_path / f"v{i}.sqlite"), k) for i, k in enumerate(KEYS)]
     settlement = Settlement(b"\x42" * 32, 12_000, 3_600)
     payloads = [p for node in nodes for p in node.expect(settlement, ESCROW)]
@@ -121,12 +125,12 @@ def test_settlement_quorum_and_mempool_check(tmp_path):
     assert all([q.subject for q in r[1]] == [settlement] for r in rows)
 
 
-def test_restart_resumes_from_the_oldest_batch_without_quorum(tmp_path):
+def test_restart_resumes_from_the_oldest_batch_without_quorum(tmp_path: Path) -> None:
     nodes = [Node(AnchorIndex(tmp_path / f"v{i}.sqlite"), k) for i, k in enumerate(KEYS)]
     blocks: list[Block] = []
     mempool: list[bytes] = []
     run_chain(nodes, range(1, 9), mempool, blocks)  # batch 0 has its quorum; batch 1 closes at 8
-    assert nodes[3].index.oldest_batch_without_quorum().batch_id == 1
+    assert cast(AnchorBatch, nodes[3].index.oldest_batch_without_quorum()).batch_id == 1
     # node 3 crashes; its attestation for batch 1 dies with its mempool
     mempool[:] = [p for p in mempool if decode_attestation(p).signer != KEYS[3].address]
     index = AnchorIndex(tmp_path / "v3.sqlite")
@@ -136,7 +140,7 @@ def test_restart_resumes_from_the_oldest_batch_without_quorum(tmp_path):
     for block in blocks[state.next_height - 1:]:
         restarted.apply(block)  # replay; what it would submit is dropped
     again = restarted.outstanding()
-    assert [decode_attestation(p).subject.batch_id for p in again] == [1]
+    assert [cast(AnchorBatch, decode_attestation(p).subject).batch_id for p in again] == [1]
     nodes[3] = restarted
     rows = run_chain(nodes, range(9, 10), mempool + again, blocks, live=nodes[:3])
     assert all([q.subject.batch_id for q in r[1]] == [1] for r in rows[0])

@@ -8,6 +8,8 @@ The same submitter runs against the real contracts in test_anchoring_chain.py.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import trio
@@ -37,7 +39,7 @@ def batch(i: int) -> AnchorBatch:
     return AnchorBatch(i, keccak256(b"root%d" % i), 10 * i + 1, 10 * i + 10, 5)
 
 
-def quorum(subject) -> Quorum:
+def quorum(subject: Any) -> Quorum:
     return Quorum(subject, tuple(VALIDATORS[:3]), tuple(bytes([27]) * 65 for _ in range(3)), 1)
 
 
@@ -50,7 +52,7 @@ class FakeChain:
         self.sent: list[tuple[bytes, object]] = []  # (sender, subject) of every accepted tx
         self.session_reads = 0
 
-    def _state(self, block: int | None):
+    def _state(self, block: int | None) -> tuple[tuple[AnchorBatch, ...], dict[bytes, SessionState]]:
         self._check()
         return self.states[-1 if block is None else block]
 
@@ -96,7 +98,7 @@ class FakeSender:
         self.chain = chain
         self.me = me
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: Any) -> Any:
         return getattr(self.chain, name)
 
     async def submit_batch(self, subject: AnchorBatch, signatures: Sequence[bytes]) -> bytes:
@@ -122,13 +124,13 @@ class FakeSender:
         return b"\x01" * 32
 
 
-def make(chain: FakeChain, me: bytes, path=":memory:") -> Submitter:
+def make(chain: FakeChain, me: bytes, path: Any=":memory:") -> Submitter:
     submitter = Submitter(None, JobStore(path), me, VALIDATORS, CONFIG)  # type: ignore[arg-type]
-    submitter.chain = chain.sender(submitter)  # type: ignore[assignment]
+    submitter.chain = chain.sender(submitter)
     return submitter
 
 
-async def run_until(predicate, chain: FakeChain, seconds: float, mine_every: float = 1.0) -> None:
+async def run_until(predicate: Any, chain: FakeChain, seconds: float, mine_every: float = 1.0) -> None:
     """Let time pass (autojump clock) mining a block every `mine_every` s until `predicate()`."""
     with trio.fail_after(seconds):
         while not predicate():
@@ -136,12 +138,12 @@ async def run_until(predicate, chain: FakeChain, seconds: float, mine_every: flo
             chain.mine()
 
 
-def first_submitter(subject) -> bytes:
+def first_submitter(subject: Any) -> bytes:
     return submitter_order(VALIDATORS, subject)[0]
 
 
 @pytest.mark.parametrize("trio_clock", [trio.testing.MockClock(autojump_threshold=0)])
-async def test_designated_submitter_sends_once_and_waits_for_depth(trio_clock):
+async def test_designated_submitter_sends_once_and_waits_for_depth(trio_clock: Any) -> None:
     chain = FakeChain()
     nodes = [make(chain, v) for v in VALIDATORS]
     async with trio.open_nursery() as nursery:
@@ -157,7 +159,7 @@ async def test_designated_submitter_sends_once_and_waits_for_depth(trio_clock):
 
 
 @pytest.mark.parametrize("trio_clock", [trio.testing.MockClock(autojump_threshold=0)])
-async def test_next_validator_takes_over_when_the_submitter_is_dead(trio_clock):
+async def test_next_validator_takes_over_when_the_submitter_is_dead(trio_clock: Any) -> None:
     chain = FakeChain()
     dead = first_submitter(batch(1))
     alive = [make(chain, v) for v in VALIDATORS if v != dead]
@@ -177,7 +179,7 @@ async def test_next_validator_takes_over_when_the_submitter_is_dead(trio_clock):
 
 
 @pytest.mark.parametrize("trio_clock", [trio.testing.MockClock(autojump_threshold=0)])
-async def test_rpc_outage_backs_off_and_the_batch_lands_once(trio_clock):
+async def test_rpc_outage_backs_off_and_the_batch_lands_once(trio_clock: Any) -> None:
     chain = FakeChain()
     node = make(chain, first_submitter(batch(0)))
     chain.down = True
@@ -194,7 +196,7 @@ async def test_rpc_outage_backs_off_and_the_batch_lands_once(trio_clock):
 
 
 @pytest.mark.parametrize("trio_clock", [trio.testing.MockClock(autojump_threshold=0)])
-async def test_pending_jobs_resume_after_restart(trio_clock, tmp_path):
+async def test_pending_jobs_resume_after_restart(trio_clock: Any, tmp_path: Path) -> None:
     chain = FakeChain()
     me = first_submitter(batch(0))
     path = tmp_path / "jobs.sqlite"
@@ -217,7 +219,7 @@ async def test_pending_jobs_resume_after_restart(trio_clock, tmp_path):
 
 
 @pytest.mark.parametrize("trio_clock", [trio.testing.MockClock(autojump_threshold=0)])
-async def test_reorg_before_depth_resubmits(trio_clock):
+async def test_reorg_before_depth_resubmits(trio_clock: Any) -> None:
     chain = FakeChain()
     node = make(chain, first_submitter(batch(0)))
     async with trio.open_nursery() as nursery:
@@ -234,7 +236,7 @@ async def test_reorg_before_depth_resubmits(trio_clock):
 
 
 @pytest.mark.parametrize("trio_clock", [trio.testing.MockClock(autojump_threshold=0)])
-async def test_already_anchored_or_refunded_needs_no_send(trio_clock):
+async def test_already_anchored_or_refunded_needs_no_send(trio_clock: Any) -> None:
     chain = FakeChain()
     session = b"\x09" * 32
     chain.states[-1] = ((batch(0),), {session: SessionState(SESSION_REFUNDED)})
@@ -256,7 +258,7 @@ async def test_already_anchored_or_refunded_needs_no_send(trio_clock):
 
 
 @pytest.mark.parametrize("trio_clock", [trio.testing.MockClock(autojump_threshold=0)])
-async def test_a_session_closed_with_a_voucher_is_done_not_a_conflict_or_a_resend(trio_clock):
+async def test_a_session_closed_with_a_voucher_is_done_not_a_conflict_or_a_resend(trio_clock: Any) -> None:
     """The manager closed the voucher session on chain (another amount, 0 Wh): the network's
     settlement for it finishes as "voucher_closed" without a send; a non-voucher session
     settled differently is still a conflict."""
@@ -278,7 +280,7 @@ async def test_a_session_closed_with_a_voucher_is_done_not_a_conflict_or_a_resen
     assert node.status()["done"] == {"voucher_closed": 1, "conflict": 1}
 
 
-async def test_observer_never_sends_and_bound_on_pending():
+async def test_observer_never_sends_and_bound_on_pending() -> None:
     chain = FakeChain()
     observer = make(chain, b"\x77" * 20)
     await observer.add(quorum(batch(0)))
@@ -288,7 +290,7 @@ async def test_observer_never_sends_and_bound_on_pending():
 
 
 @pytest.mark.parametrize("trio_clock", [trio.testing.MockClock(autojump_threshold=0)])
-async def test_many_pending_settlements_are_checked_in_bounded_rounds(trio_clock):
+async def test_many_pending_settlements_are_checked_in_bounded_rounds(trio_clock: Any) -> None:
     chain = FakeChain()
     sessions = [keccak256(b"s%d" % i) for i in range(150)]
     chain.states[-1] = ((), {s: SessionState(SESSION_OPEN) for s in sessions})
@@ -305,12 +307,12 @@ async def test_many_pending_settlements_are_checked_in_bounded_rounds(trio_clock
             nursery.start_soon(node.run)
         await run_until(lambda: all(not n.pending() for n in nodes), chain, 600)
         nursery.cancel_scope.cancel()
-    assert sorted(s.session_id for _, s in chain.sent) == sorted(sessions)  # each settled once
+    assert sorted(cast(Settlement, s).session_id for _, s in chain.sent) == sorted(sessions)  # each settled once
     assert all(n.status()["done"] == {"settled": 150} for n in nodes)
 
 
 @pytest.mark.parametrize("trio_clock", [trio.testing.MockClock(autojump_threshold=0)])
-async def test_a_quorum_re_collected_after_an_epoch_change_replaces_the_stale_one(trio_clock, tmp_path):
+async def test_a_quorum_re_collected_after_an_epoch_change_replaces_the_stale_one(trio_clock: Any, tmp_path: Path) -> None:
     """The old set's quorum is not sent once the set changed (the contract would refuse it);
     the new set's quorum replaces it, survives a restart, and lands once; nothing is sent
     again after that, whatever quorum arrives."""

@@ -7,6 +7,8 @@ sending the same batch at once (all but one would revert and waste gas).
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import trio
 import trio.testing
@@ -34,7 +36,7 @@ class FlakySendChain(FakeChain):
 
 
 @pytest.mark.parametrize("trio_clock", [trio.testing.MockClock(autojump_threshold=0)])
-async def test_after_a_shared_outage_only_the_first_in_turn_sends(trio_clock):
+async def test_after_a_shared_outage_only_the_first_in_turn_sends(trio_clock: Any) -> None:
     chain = FlakySendChain()
     nodes = [make(chain, v) for v in VALIDATORS]
     first = first_submitter(batch(0))

@@ -84,12 +84,12 @@ async def _counter(net: ByzNetwork, name: str) -> list[int]:
     return values
 
 
-def test_baseline_honest_network(net):
+def test_baseline_honest_network(net: ByzNetwork) -> None:
     observation = _attack(net, "honest")
     assert_honest_progress(observation)
 
 
-def test_equivocating_validator_is_reported_and_the_network_commits(net):
+def test_equivocating_validator_is_reported_and_the_network_commits(net: ByzNetwork) -> None:
     observation = _attack(net, "equivocate")
     assert_honest_progress(observation)
     evidence = trio.run(_counter, net, "evidence")
@@ -110,7 +110,7 @@ async def _refusals(net: ByzNetwork) -> int:
 
 
 @pytest.mark.parametrize("behaviour", ["bad_header", "bad_payload", "oversized", "future_eth"])
-def test_invalid_proposals_are_refused(net, behaviour):
+def test_invalid_proposals_are_refused(net: ByzNetwork, behaviour: str) -> None:
     before = trio.run(_refusals, net)
     observation = _attack(net, behaviour)
     assert_honest_progress(observation)
@@ -120,7 +120,7 @@ def test_invalid_proposals_are_refused(net, behaviour):
         assert trio.run(_refusals, net) > before, f"{behaviour}: no proposal was refused"
 
 
-def test_proposal_naming_an_unconfirmed_ethereum_block_is_refused(net):
+def test_proposal_naming_an_unconfirmed_ethereum_block_is_refused(net: ByzNetwork) -> None:
     """The Byzantine proposer names the head. A committed block whose Ethereum read block N
     had fewer than `confirmations` successors when it was committed shows the attack worked."""
     before = trio.run(_refusals, net)
@@ -150,7 +150,7 @@ def test_proposal_naming_an_unconfirmed_ethereum_block_is_refused(net):
     assert not shallow
 
 
-def test_mempool_flood_of_junk_is_refused_at_admission(net):
+def test_mempool_flood_of_junk_is_refused_at_admission(net: ByzNetwork) -> None:
     observation = _attack(net, "flood_mempool_junk")
     assert_honest_progress(observation)
     refused = trio.run(_counter, net, "gossip_payload_refused")
@@ -185,7 +185,7 @@ async def _heartbeats(net: ByzNetwork) -> dict[str, Any]:
 _RESULT: dict[str, Any] = {}
 
 
-def test_mempool_flood_of_valid_looking_events_leaves_room_for_honest_chargers(net):
+def test_mempool_flood_of_valid_looking_events_leaves_room_for_honest_chargers(net: ByzNetwork) -> None:
     """Node 4 gossips events it vouches for itself (a fresh unregistered charger id each) as fast
     as the events topic takes them and stuffs its own proposals up to the per-voucher share.
     Defended: honest heartbeats keep being answered, blocks keep coming, and no honest
@@ -201,19 +201,19 @@ def test_mempool_flood_of_valid_looking_events_leaves_room_for_honest_chargers(n
     assert max(mempools) <= capacity // 2, f"one validator's junk fills {max(mempools)} of {capacity} slots"
 
 
-def test_malformed_pubsub_rpc_does_not_crash_a_node(net):
+def test_malformed_pubsub_rpc_does_not_crash_a_node(net: ByzNetwork) -> None:
     """Node 4 writes bytes that are not a protobuf RPC on gossipsub streams to its peers
     (seen once by accident: a DecodeError in py-libp2p's pubsub reader stopped a whole node)."""
     observation = _attack(net, "malformed_pubsub")
     assert_honest_progress(observation)
 
 
-def test_consensus_link_flood(net):
+def test_consensus_link_flood(net: ByzNetwork) -> None:
     observation = _attack(net, "flood_consensus")
     assert_honest_progress(observation)
 
 
-def test_forged_charger_events_settle_nothing_beyond_physics_and_are_evidence(net, tmp_path):
+def test_forged_charger_events_settle_nothing_beyond_physics_and_are_evidence(net: ByzNetwork, tmp_path: Path) -> None:
     """Node 4 forges a StartTransaction with the demo session's token and a StopTransaction
     with meterStop = 2**62 for DEMO-CP-1, a charger it never talked to (issue 10 items 2-3).
 
@@ -286,7 +286,7 @@ def test_forged_charger_events_settle_nothing_beyond_physics_and_are_evidence(ne
         assert any(r["reason"] == "misattributed" for r in records), records
 
 
-def test_one_unit_escrow_deposits_are_refused(net):
+def test_one_unit_escrow_deposits_are_refused(net: ByzNetwork) -> None:
     """A driver opens one-unit escrow sessions; defended: the contract refuses them (a minimum
     deposit), and the nodes keep committing either way."""
     client: ChainClient = net.seeded["driver_client"]
@@ -311,7 +311,7 @@ def test_one_unit_escrow_deposits_are_refused(net):
     assert outcomes and "opened" not in outcomes
 
 
-def test_duplicate_peer_id_on_chain_does_not_stop_restarts(net, tmp_path):
+def test_duplicate_peer_id_on_chain_does_not_stop_restarts(net: ByzNetwork, tmp_path: Path) -> None:
     """Node 4 registers node 1's peer id as its own; then honest node 1 restarts. Defended:
     the ValidatorSet refuses (`PeerIdTaken`), the chain still binds the peer id to node 1
     alone, node 1 restarts, and the network keeps committing.
@@ -347,7 +347,7 @@ def test_duplicate_peer_id_on_chain_does_not_stop_restarts(net, tmp_path):
             trio.run(wait_until_serving, [victim])
 
 
-def test_device_with_255_connectors_cannot_halt_the_network(net):
+def test_device_with_255_connectors_cannot_halt_the_network(net: ByzNetwork) -> None:
     """A hostile Ethereum account registers a device with 255 connectors and boots it at
     node 1. Defended: the contract refuses it, or the ledger treats it as unregistered; every
     node keeps committing. Runs last: on the old code it halts every node."""

@@ -58,7 +58,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Any:
             anvil.stop()
 
 
-def test_forged_energy_on_a_signed_meter_device_settles_nothing(net, tmp_path):
+def test_forged_energy_on_a_signed_meter_device_settles_nothing(net: ByzNetwork, tmp_path: Path) -> None:
     report_path = tmp_path / "forged.json"
     session_id = net.seeded["session_id"]
     net.swap("forge_events", {"BYZ_CHARGER": DEMO_CHARGER, "BYZ_CONNECTOR": "1",

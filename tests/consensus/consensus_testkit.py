@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from consensus.core import ConsensusCore, Output, TimeoutConfig
 from consensus.types import Block, Proposal, ValidatorSet, Vote, VoteType
 from primitives.eip712 import ZERO_HASH, Domain, SigningKey
@@ -36,9 +38,9 @@ def vote(key: SigningKey, vote_type: VoteType, height: int, round: int, block_ha
     return Vote.sign(key, DOMAIN, vote_type, height, round, block_hash)
 
 
-def outputs_of(outputs: list[Output], kind: type) -> list:
+def outputs_of(outputs: list[Output], kind: type) -> list[Any]:
     return [o for o in outputs if isinstance(o, kind)]
 
 
-def core_for(index: int, validators: ValidatorSet = VALIDATORS, **kwargs) -> ConsensusCore:
+def core_for(index: int, validators: ValidatorSet = VALIDATORS, **kwargs: Any) -> ConsensusCore:
     return ConsensusCore(KEYS[index], DOMAIN, validators, timeouts=TIMEOUTS, **kwargs)

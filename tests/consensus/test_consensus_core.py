@@ -1,5 +1,7 @@
 """The Tendermint rules one by one (line numbers of Algorithm 1), and hostile inputs."""
 
+from typing import Any
+
 import msgpack
 import pytest
 from consensus_testkit import (
@@ -19,6 +21,7 @@ from consensus.core import (
     MAX_ROUNDS_AHEAD,
     Broadcast,
     Commit,
+    ConsensusCore,
     Dropped,
     Persist,
     ProposalContent,
@@ -49,31 +52,31 @@ ME = 0  # KEYS[0] is not the proposer of (1, 0)
 OTHERS = [k for i, k in enumerate(KEYS) if i != ME]
 
 
-def started(index: int = ME):
+def started(index: int = ME) -> tuple[ConsensusCore, list[Any]]:
     core = core_for(index)
     return core, core.start()
 
 
-def own_votes(outputs, vote_type=None):
+def own_votes(outputs: Any, vote_type: Any=None) -> list[Vote]:
     return [o.message for o in outputs_of(outputs, Broadcast)
             if isinstance(o.message, Vote) and (vote_type is None or o.message.vote_type == vote_type)]
 
 
-def feed(core, *messages, sender="peer"):
+def feed(core: Any, *messages: Any, sender: Any="peer") -> list[Any]:
     out = []
     for message in messages:
         out += core.on_message(message.to_bytes(), sender)
     return out
 
 
-def prevote_valid_proposal(core, b=None, round=0):
+def prevote_valid_proposal(core: Any, b: Any=None, round: Any=0) -> tuple[Any, list[Any]]:
     b = b or block()
     out = feed(core, proposal(b, round))
     out += core.on_validation_result(b.hash, True)
     return b, out
 
 
-def test_start_arms_propose_timeout_for_non_proposer():  # L10, L21
+def test_start_arms_propose_timeout_for_non_proposer() -> None:  # L10, L21
     assert VALIDATORS.proposer(1, 0) != KEYS[ME].address
     core, out = started()
     assert Timeout(1, 0, TimeoutKind.PROPOSE) in [o.timeout for o in outputs_of(out, ScheduleTimeout)]
@@ -81,7 +84,7 @@ def test_start_arms_propose_timeout_for_non_proposer():  # L10, L21
     assert (core.height, core.round, core.step) == (1, 0, Step.PROPOSE)
 
 
-def test_proposer_gets_value_signs_persists_then_broadcasts():  # L14-L19
+def test_proposer_gets_value_signs_persists_then_broadcasts() -> None:  # L14-L19
     index = KEYS.index(proposer_key(1, 0))
     core, out = started(index)
     request = outputs_of(out, RequestProposal)[0]
@@ -97,7 +100,7 @@ def test_proposer_gets_value_signs_persists_then_broadcasts():  # L14-L19
     assert own_votes(out, PV)[0].block_hash == prop.block_hash
 
 
-def test_content_for_a_finished_round_is_refused():
+def test_content_for_a_finished_round_is_refused() -> None:
     index = KEYS.index(proposer_key(1, 0))
     core, _ = started(index)
     core.on_timeout(Timeout(1, 0, TimeoutKind.PROPOSE))
@@ -105,7 +108,7 @@ def test_content_for_a_finished_round_is_refused():
     assert outputs_of(out, Dropped) and not [m for m in own_votes(out) if not m.is_nil]
 
 
-def test_valid_proposal_is_prevoted_after_the_verdict():  # L22-L24, L27
+def test_valid_proposal_is_prevoted_after_the_verdict() -> None:  # L22-L24, L27
     core, _ = started()
     b = block()
     out = feed(core, proposal(b))
@@ -116,7 +119,7 @@ def test_valid_proposal_is_prevoted_after_the_verdict():  # L22-L24, L27
     assert core.step == Step.PREVOTE
 
 
-def test_invalid_proposal_gets_a_nil_prevote():  # L26
+def test_invalid_proposal_gets_a_nil_prevote() -> None:  # L26
     core, _ = started()
     b = block()
     feed(core, proposal(b))
@@ -124,7 +127,7 @@ def test_invalid_proposal_gets_a_nil_prevote():  # L26
     assert [v.block_hash for v in own_votes(out, PV)] == [ZERO_HASH]
 
 
-def test_block_not_extending_the_chain_is_invalid_without_asking_the_app():
+def test_block_not_extending_the_chain_is_invalid_without_asking_the_app() -> None:
     core, _ = started()
     b = block(prev=b"\x01" * 32)
     out = feed(core, proposal(b))
@@ -132,7 +135,7 @@ def test_block_not_extending_the_chain_is_invalid_without_asking_the_app():
     assert [v.block_hash for v in own_votes(out, PV)] == [ZERO_HASH]
 
 
-def test_prevote_quorum_of_anything_arms_the_prevote_timeout():  # L34
+def test_prevote_quorum_of_anything_arms_the_prevote_timeout() -> None:  # L34
     core, _ = started()
     prevote_valid_proposal(core)
     out = feed(core, vote(OTHERS[0], PV, 1, 0, ZERO_HASH), vote(OTHERS[1], PV, 1, 0, b"\x07" * 32))
@@ -142,7 +145,7 @@ def test_prevote_quorum_of_anything_arms_the_prevote_timeout():  # L34
     assert core.step == Step.PRECOMMIT
 
 
-def test_polka_locks_and_precommits():  # L36-L43
+def test_polka_locks_and_precommits() -> None:  # L36-L43
     core, _ = started()
     b, _ = prevote_valid_proposal(core)
     out = feed(core, *(vote(k, PV, 1, 0, b.hash) for k in OTHERS[:2]))
@@ -151,14 +154,14 @@ def test_polka_locks_and_precommits():  # L36-L43
     assert (core.valid_block, core.valid_round) == (b, 0)
 
 
-def test_nil_polka_precommits_nil():  # L44-L46
+def test_nil_polka_precommits_nil() -> None:  # L44-L46
     core, _ = started()
     prevote_valid_proposal(core)
     out = feed(core, *(vote(k, PV, 1, 0, ZERO_HASH) for k in OTHERS))
     assert [v.block_hash for v in own_votes(out, PC)] == [ZERO_HASH]
 
 
-def test_precommit_quorum_arms_timeout_and_its_expiry_starts_next_round():  # L47, L65-L67
+def test_precommit_quorum_arms_timeout_and_its_expiry_starts_next_round() -> None:  # L47, L65-L67
     core, _ = started()
     out = feed(core, *(vote(k, PC, 1, 0, ZERO_HASH) for k in OTHERS[:2]),
                vote(OTHERS[2], PC, 1, 0, b"\x05" * 32))
@@ -167,7 +170,7 @@ def test_precommit_quorum_arms_timeout_and_its_expiry_starts_next_round():  # L4
     assert (core.round, core.step) == (1, Step.PROPOSE)
 
 
-def test_timeouts_grow_with_the_round_and_stale_ones_are_ignored():  # L57-L60
+def test_timeouts_grow_with_the_round_and_stale_ones_are_ignored() -> None:  # L57-L60
     core, _ = started()
     assert core.timeouts.duration(TimeoutKind.PROPOSE, 3) > core.timeouts.duration(TimeoutKind.PROPOSE, 0)
     assert core.on_timeout(Timeout(1, 5, TimeoutKind.PROPOSE)) == []
@@ -176,7 +179,7 @@ def test_timeouts_grow_with_the_round_and_stale_ones_are_ignored():  # L57-L60
     assert [v.block_hash for v in own_votes(out, PV)] == [ZERO_HASH] and core.step == Step.PREVOTE
 
 
-def test_decision_with_certificate():  # L49-L54
+def test_decision_with_certificate() -> None:  # L49-L54
     core, _ = started()
     b, _ = prevote_valid_proposal(core)
     out = feed(core, *(vote(k, PC, 1, 0, b.hash) for k in OTHERS))
@@ -187,7 +190,7 @@ def test_decision_with_certificate():  # L49-L54
     assert core.locked_round == -1 and core.valid_block is None  # L53
 
 
-def test_decision_for_an_earlier_round():  # L49 holds for any round r
+def test_decision_for_an_earlier_round() -> None:  # L49 holds for any round r
     core, _ = started()
     b, _ = prevote_valid_proposal(core)
     core.on_timeout(Timeout(1, 0, TimeoutKind.PREVOTE))
@@ -197,7 +200,7 @@ def test_decision_for_an_earlier_round():  # L49 holds for any round r
     assert outputs_of(out, Commit)[0].certificate.round == 0
 
 
-def test_f_plus_one_messages_of_a_higher_round_skip_ahead():  # L55-L56
+def test_f_plus_one_messages_of_a_higher_round_skip_ahead() -> None:  # L55-L56
     core, _ = started()
     feed(core, vote(OTHERS[0], PV, 1, 4, ZERO_HASH))
     assert core.round == 0  # one validator could be faulty
@@ -205,7 +208,7 @@ def test_f_plus_one_messages_of_a_higher_round_skip_ahead():  # L55-L56
     assert (core.round, core.step) == (4, Step.PROPOSE)
 
 
-def test_locked_validator_prevotes_nil_for_another_value():  # L23
+def test_locked_validator_prevotes_nil_for_another_value() -> None:  # L23
     core, _ = started()
     b, _ = prevote_valid_proposal(core)
     feed(core, *(vote(k, PV, 1, 0, b.hash) for k in OTHERS[:2]))  # locks on b in round 0
@@ -216,7 +219,7 @@ def test_locked_validator_prevotes_nil_for_another_value():  # L23
     assert [v.block_hash for v in own_votes(out, PV)] == [ZERO_HASH]
 
 
-def test_newer_polka_unlocks():  # L28-L30
+def test_newer_polka_unlocks() -> None:  # L28-L30
     core, _ = started()
     b, _ = prevote_valid_proposal(core)
     feed(core, *(vote(k, PV, 1, 0, b.hash) for k in OTHERS[:2]))  # locked on b, round 0
@@ -229,7 +232,7 @@ def test_newer_polka_unlocks():  # L28-L30
     assert [v.block_hash for v in own_votes(out, PV) if v.round == 2] == [other.hash]
 
 
-def test_proposal_with_unseen_pol_round_waits():  # L28 needs the polka
+def test_proposal_with_unseen_pol_round_waits() -> None:  # L28 needs the polka
     core, _ = started()
     feed(core, *(vote(k, PC, 1, 1, ZERO_HASH) for k in OTHERS[:2]))
     out = feed(core, proposal(block(), 1, pol_round=0))
@@ -237,7 +240,7 @@ def test_proposal_with_unseen_pol_round_waits():  # L28 needs the polka
     assert not own_votes(out, PV) and core.step == Step.PROPOSE
 
 
-def test_proposer_reproposes_its_valid_value():  # L15-L16, L19
+def test_proposer_reproposes_its_valid_value() -> None:  # L15-L16, L19
     index = KEYS.index(proposer_key(1, 1))
     core = core_for(index)
     core.start()
@@ -253,7 +256,7 @@ def test_proposer_reproposes_its_valid_value():  # L15-L16, L19
     assert not outputs_of(out, RequestProposal)
 
 
-def test_restored_node_never_signs_a_different_vote_in_a_slot():
+def test_restored_node_never_signs_a_different_vote_in_a_slot() -> None:
     core, _ = started()
     b, out = prevote_valid_proposal(core)
     signed = own_votes(out, PV)[0]
@@ -267,7 +270,7 @@ def test_restored_node_never_signs_a_different_vote_in_a_slot():
     assert not [p for p in outputs_of(out, Persist) if p.own and p.message.vote_type == PV]
 
 
-def test_restored_lock_is_respected():
+def test_restored_lock_is_respected() -> None:
     core, _ = started()
     b, _ = prevote_valid_proposal(core)
     out = feed(core, *(vote(k, PV, 1, 0, b.hash) for k in OTHERS[:2]))
@@ -285,20 +288,20 @@ def test_restored_lock_is_respected():
     msgpack.packb({"a": 1}), msgpack.packb([1, 2, 1, 1, 0, b"x", b"y", b"z"]),
     msgpack.packb([1, True, 1]),
 ])
-def test_garbage_is_dropped(data):
+def test_garbage_is_dropped(data: Any) -> None:
     core, _ = started()
     out = core.on_message(data, "evil")
     assert [o.peer for o in outputs_of(out, Dropped)] == ["evil"]
     assert (core.height, core.round, core.step) == (1, 0, Step.PROPOSE)
 
 
-def test_non_validator_vote_is_dropped():
+def test_non_validator_vote_is_dropped() -> None:
     core, _ = started()
     out = feed(core, vote(OUTSIDER, PV, 1, 0, ZERO_HASH), vote(OUTSIDER, PC, 1, 9, ZERO_HASH))
     assert len(outputs_of(out, Dropped)) == 2 and core.round == 0
 
 
-def test_bad_signature_is_dropped():
+def test_bad_signature_is_dropped() -> None:
     core, _ = started()
     good = vote(OTHERS[0], PV, 1, 0, ZERO_HASH)
     forged = Vote(good.vote_type, 1, 0, ZERO_HASH, OTHERS[1].address, good.signature)
@@ -306,27 +309,27 @@ def test_bad_signature_is_dropped():
     assert "signature" in outputs_of(out, Dropped)[0].reason
 
 
-def test_proposal_from_the_wrong_proposer_is_dropped():
+def test_proposal_from_the_wrong_proposer_is_dropped() -> None:
     core, _ = started()
     wrong = next(k for k in KEYS if k.address != VALIDATORS.proposer(1, 0))
     out = feed(core, proposal(block(), 0, key=wrong))
     assert outputs_of(out, Dropped) and not outputs_of(out, ValidateBlock)
 
 
-def test_oversize_block_is_rejected_on_the_wire():
+def test_oversize_block_is_rejected_on_the_wire() -> None:
     core, _ = started()
     b = [1, 1000, KEYS[1].address, ZERO_HASH, ZERO_HASH, [b"p"] * 5000, b""]
     data = msgpack.packb([1, 1, 1, 0, -1, b, KEYS[1].address, b"\x00" * 65], use_bin_type=True)
     assert outputs_of(core.on_message(data, "evil"), Dropped)
 
 
-def test_rounds_far_ahead_are_dropped():
+def test_rounds_far_ahead_are_dropped() -> None:
     core, _ = started()
     out = feed(core, vote(OTHERS[0], PV, 1, MAX_ROUNDS_AHEAD + 1, ZERO_HASH))
     assert "ahead" in outputs_of(out, Dropped)[0].reason
 
 
-def test_double_vote_is_reported_as_verifiable_evidence():
+def test_double_vote_is_reported_as_verifiable_evidence() -> None:
     core, _ = started()
     first = vote(OTHERS[0], PV, 1, 0, ZERO_HASH)
     second = vote(OTHERS[0], PV, 1, 0, b"\x09" * 32)
@@ -338,20 +341,20 @@ def test_double_vote_is_reported_as_verifiable_evidence():
     assert evidence.validator == OTHERS[0].address
 
 
-def test_equivocating_proposer_is_reported():
+def test_equivocating_proposer_is_reported() -> None:
     core, _ = started()
     out = feed(core, proposal(block()), proposal(block(payloads=(b"twin",))))
     evidence = outputs_of(out, ReportEvidence)[0].evidence
     assert evidence.kind == EvidenceKind.DUPLICATE_PROPOSAL and evidence.verify(DOMAIN)
 
 
-def decide_height_one(core):
+def decide_height_one(core: Any) -> tuple[Any, Any]:
     b, _ = prevote_valid_proposal(core)
     out = feed(core, *(vote(k, PC, 1, 0, b.hash) for k in OTHERS))
     return b, outputs_of(out, Commit)[0]
 
 
-def test_old_height_messages_get_the_certified_block():
+def test_old_height_messages_get_the_certified_block() -> None:
     core, _ = started()
     b, commit = decide_height_one(core)
     out = feed(core, vote(OTHERS[0], PV, 1, 2, ZERO_HASH), sender="late")
@@ -359,7 +362,7 @@ def test_old_height_messages_get_the_certified_block():
     assert sent[0].peer == "late" and sent[0].message == CommittedBlock(b, commit.certificate)
 
 
-def test_next_height_messages_wait_and_are_replayed_after_the_decision():
+def test_next_height_messages_wait_and_are_replayed_after_the_decision() -> None:
     core, _ = started()
     b1 = block()
     b2 = block(2, prev=b1.hash, timestamp=2000, proposer=KEYS[2].address)
@@ -371,7 +374,7 @@ def test_next_height_messages_wait_and_are_replayed_after_the_decision():
     assert [o.block for o in outputs_of(out, ValidateBlock)] == [b2]
 
 
-def test_catch_up_after_f_plus_one_ahead():
+def test_catch_up_after_f_plus_one_ahead() -> None:
     core, _ = started()
     out = feed(core, vote(OTHERS[0], PV, 3, 0, ZERO_HASH), sender="a")
     assert not outputs_of(out, RequestCatchUp)
@@ -379,7 +382,7 @@ def test_catch_up_after_f_plus_one_ahead():
     assert outputs_of(out, RequestCatchUp) == [RequestCatchUp("b", 1)]
 
 
-def test_certified_block_is_committed_and_forged_one_refused():
+def test_certified_block_is_committed_and_forged_one_refused() -> None:
     source, _ = started(1)
     b, commit = decide_height_one_for(source)
     core, _ = started()
@@ -391,7 +394,7 @@ def test_certified_block_is_committed_and_forged_one_refused():
     assert outputs_of(out, Commit)[0].block == b and core.height == 2
 
 
-def decide_height_one_for(core):
+def decide_height_one_for(core: Any) -> tuple[Any, Any]:
     if not core.started:
         core.start()
     others = [k for k in KEYS if k.address != core.address]
@@ -402,7 +405,7 @@ def decide_height_one_for(core):
     return b, outputs_of(out, Commit)[0]
 
 
-def test_one_decision_per_input():
+def test_one_decision_per_input() -> None:
     core, _ = started()
     b1 = block()
     b2 = block(2, prev=b1.hash, timestamp=2000, proposer=KEYS[2].address)
@@ -415,7 +418,7 @@ def test_one_decision_per_input():
     assert [c.block.height for c in outputs_of(out, Commit)] == [2]
 
 
-def test_validator_set_change_takes_effect_at_its_height():
+def test_validator_set_change_takes_effect_at_its_height() -> None:
     core, _ = started()
     weighted = ValidatorSet(VALIDATORS.addresses, (3, 1, 1, 1), 1)
     with pytest.raises(ValueError):
@@ -426,7 +429,7 @@ def test_validator_set_change_takes_effect_at_its_height():
     assert core.set_validators(3, weighted) == []  # idempotent (re-applied after restart)
 
 
-def test_non_validator_node_follows_without_signing():
+def test_non_validator_node_follows_without_signing() -> None:
     others_only = ValidatorSet.equal([k.address for k in OTHERS])
     core = core_for(ME, validators=others_only)
     core.start()
@@ -434,7 +437,7 @@ def test_non_validator_node_follows_without_signing():
     assert core.step == Step.PREVOTE and not own_votes(out)
 
 
-def test_a_long_height_forgets_old_rounds_but_keeps_its_lock():
+def test_a_long_height_forgets_old_rounds_but_keeps_its_lock() -> None:
     from consensus.core import MAX_ROUNDS_BEHIND
 
     core, _ = started()
@@ -449,7 +452,7 @@ def test_a_long_height_forgets_old_rounds_but_keeps_its_lock():
     assert core.locked_round == 0
 
 
-def test_one_validators_flood_of_future_messages_leaves_room_for_the_others():
+def test_one_validators_flood_of_future_messages_leaves_room_for_the_others() -> None:
     from consensus.core import MAX_FUTURE_MESSAGES, MIN_FUTURE_PER_SIGNER
 
     core = core_for(0)

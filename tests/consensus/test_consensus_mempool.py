@@ -1,5 +1,7 @@
 """Mempool: bounds with a clear error, dedup, fair FIFO reaping, committed removal."""
 
+from typing import Any
+
 import pytest
 
 from consensus.mempool import Mempool, MempoolFull
@@ -7,14 +9,14 @@ from consensus.types import MAX_PAYLOAD_BYTES
 from primitives.hashing import keccak256
 
 
-def test_dedup_and_membership():
+def test_dedup_and_membership() -> None:
     pool = Mempool(max_count=10)
     assert pool.add(b"a") is True
     assert pool.add(b"a") is False
     assert keccak256(b"a") in pool and len(pool) == 1 and pool.total_bytes == 1
 
 
-def test_full_by_count_and_by_bytes_raises_and_keeps_everything():
+def test_full_by_count_and_by_bytes_raises_and_keeps_everything() -> None:
     pool = Mempool(max_count=2, max_bytes=MAX_PAYLOAD_BYTES)
     pool.add(b"a")
     pool.add(b"b")
@@ -28,7 +30,7 @@ def test_full_by_count_and_by_bytes_raises_and_keeps_everything():
     assert len(by_bytes) == 1
 
 
-def test_bad_payloads_are_refused():
+def test_bad_payloads_are_refused() -> None:
     pool = Mempool()
     with pytest.raises(ValueError):
         pool.add(b"")
@@ -36,7 +38,7 @@ def test_bad_payloads_are_refused():
         pool.add(b"x" * (MAX_PAYLOAD_BYTES + 1))
 
 
-def test_reap_is_fifo_per_source_and_round_robin_across_sources():
+def test_reap_is_fifo_per_source_and_round_robin_across_sources() -> None:
     pool = Mempool()
     for i in range(5):
         pool.add(b"flood-%d" % i, source="flooder")
@@ -46,7 +48,7 @@ def test_reap_is_fifo_per_source_and_round_robin_across_sources():
     assert pool.reap(100, 10_000)[-1] == b"flood-4"
 
 
-def test_reap_respects_byte_limit_and_keeps_payloads_until_committed():
+def test_reap_respects_byte_limit_and_keeps_payloads_until_committed() -> None:
     pool = Mempool()
     pool.add(b"aaaa", source="s")
     pool.add(b"bb", source="s")
@@ -56,7 +58,7 @@ def test_reap_respects_byte_limit_and_keeps_payloads_until_committed():
     assert pool.reap(0, 100) == ()
 
 
-def test_committed_payloads_leave_and_are_not_taken_again():
+def test_committed_payloads_leave_and_are_not_taken_again() -> None:
     pool = Mempool(committed_memory=2)
     pool.add(b"a")
     pool.add(b"b")
@@ -73,7 +75,7 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 
-def test_a_flooder_that_filled_the_pool_is_evicted_for_an_honest_source_and_then_refused():
+def test_a_flooder_that_filled_the_pool_is_evicted_for_an_honest_source_and_then_refused() -> None:
     pool = Mempool(max_count=10)
     for i in range(10):
         pool.add(b"junk-%d" % i, source="flooder")  # an idle pool may be filled by anyone
@@ -92,7 +94,7 @@ def test_a_flooder_that_filled_the_pool_is_evicted_for_an_honest_source_and_then
     assert pool.usage("honest") == (3, 24)
 
 
-def test_byte_shares_evict_a_flooder_of_large_payloads():
+def test_byte_shares_evict_a_flooder_of_large_payloads() -> None:
     pool = Mempool(max_count=1000, max_bytes=2 * MAX_PAYLOAD_BYTES)
     pool.add(b"a" * MAX_PAYLOAD_BYTES, source="flooder")
     pool.add(b"b" * (MAX_PAYLOAD_BYTES - 10), source="flooder")
@@ -102,7 +104,7 @@ def test_byte_shares_evict_a_flooder_of_large_payloads():
         pool.add(b"c" * MAX_PAYLOAD_BYTES, source="flooder")
 
 
-def test_local_submissions_are_never_evicted_only_refused_at_their_share():
+def test_local_submissions_are_never_evicted_only_refused_at_their_share() -> None:
     pool = Mempool(max_count=4)
     for i in range(4):
         pool.add(b"mine-%d" % i, source="local")
@@ -113,7 +115,7 @@ def test_local_submissions_are_never_evicted_only_refused_at_their_share():
         pool.add(b"mine-4", source="local")
 
 
-def test_refusal_changes_nothing():
+def test_refusal_changes_nothing() -> None:
     pool = Mempool(max_count=3)
     for i in range(3):
         pool.add(b"x-%d" % i, source="s")
@@ -123,7 +125,7 @@ def test_refusal_changes_nothing():
     assert pool.reap(10, 10_000) == before and pool.evicted == {} and pool.total_bytes == 9
 
 
-def test_committed_removal_keeps_per_source_accounting():
+def test_committed_removal_keeps_per_source_accounting() -> None:
     pool = Mempool(max_count=4)
     pool.add(b"a1", source="a")
     pool.add(b"b1", source="b")
@@ -142,7 +144,7 @@ SOURCES = ["flooder-1", "flooder-2", "honest", "local"]
     honest_at=st.lists(st.integers(0, 300), max_size=40),
     commits=st.lists(st.integers(0, 300), max_size=10),
 )
-def test_property_an_honest_sources_share_survives_any_flood(max_count, flood, honest_at, commits):
+def test_property_an_honest_sources_share_survives_any_flood(max_count: Any, flood: Any, honest_at: Any, commits: Any) -> None:
     """Whatever two flooders send, and in whatever order, an honest peer and this node that
     each stay within bound / (number of sources) are never refused and never lose a payload."""
     max_bytes = 4 * MAX_PAYLOAD_BYTES
@@ -175,7 +177,7 @@ def test_property_an_honest_sources_share_survives_any_flood(max_count, flood, h
     assert set(pool.evicted) <= {"flooder-1", "flooder-2"}
 
 
-def test_one_source_never_holds_more_than_its_cap_even_in_a_roomy_pool():
+def test_one_source_never_holds_more_than_its_cap_even_in_a_roomy_pool() -> None:
     pool = Mempool(max_count=1000, max_per_source=10)
     for i in range(10):
         pool.add(b"flood-%d" % i, source="0xbyz")
@@ -188,7 +190,7 @@ def test_one_source_never_holds_more_than_its_cap_even_in_a_roomy_pool():
     assert pool.usage("local")[0] == 20
 
 
-def test_reap_takes_at_most_a_share_of_each_source_and_the_rest_wait():
+def test_reap_takes_at_most_a_share_of_each_source_and_the_rest_wait() -> None:
     pool = Mempool(max_count=1000)
     flood = [b"flood-%03d" % i for i in range(100)]
     for payload in flood:

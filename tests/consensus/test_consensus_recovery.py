@@ -3,11 +3,21 @@
 import heapq
 import itertools
 from collections import deque
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from consensus_testkit import DOMAIN, KEYS, OUTSIDER, TIMEOUTS, VALIDATORS, block, proposal, vote
 
-from consensus.abci import CheckResult, FinalizeResult, Prepared, TxResult, ValidatorUpdate
+from consensus.abci import (
+    Application,
+    CheckResult,
+    FinalizeResult,
+    Prepared,
+    TxResult,
+    ValidatorUpdate,
+)
 from consensus.core import (
     Broadcast,
     Commit,
@@ -43,28 +53,28 @@ class ChainApp:
     """A minimal ABCI application: a hash chain; at `change_height` it replaces `replace`
     genesis validators by spares (from change_height + 2)."""
 
-    def __init__(self, change_height=None, replace=0):
+    def __init__(self, change_height: Any=None, replace: Any=0) -> None:
         self.app_hash = ZERO_HASH
         self.height = 0
         self.change_height = change_height
         self.replace = replace
 
-    def check_tx(self, payload):
+    def check_tx(self, payload: Any) -> CheckResult:
         return CheckResult(True)
 
-    def propose_facts(self, height):
+    def propose_facts(self, height: Any) -> Any:
         return None
 
-    def prepare_proposal(self, height, payloads, facts):
+    def prepare_proposal(self, height: Any, payloads: Any, facts: Any) -> Prepared:
         return Prepared(b"", payloads)
 
-    def fetch_facts(self, height, app_header, payloads=(), *, committed=False):
+    def fetch_facts(self, height: Any, app_header: Any, payloads: Any=(), *, committed: Any=False) -> Any:
         return None
 
-    def process_proposal(self, block, facts):
+    def process_proposal(self, block: Any, facts: Any) -> bool:
         return True
 
-    def finalize_block(self, block, certificate, facts):
+    def finalize_block(self, block: Any, certificate: Any, facts: Any) -> FinalizeResult:
         assert block.height == self.height + 1
         self.height = block.height
         self.app_hash = keccak256(self.app_hash + block.hash)
@@ -75,10 +85,10 @@ class ChainApp:
                                      {k.address: str(ALL_KEYS.index(k)).encode() for k in members})
         return FinalizeResult(tuple(TxResult() for _ in block.payloads), self.app_hash, update)
 
-    def commit(self, height):
+    def commit(self, height: Any) -> None:
         pass
 
-    def restore(self, last_height, get_block):
+    def restore(self, last_height: Any, get_block: Any) -> None:
         return None
 
 
@@ -90,8 +100,8 @@ class Cluster:
     `crash_node` may crash at its k-th storage step. A node takes a message only from a peer
     bound in its replica's `bindings_in_force()` (the p2p directory's rule)."""
 
-    def __init__(self, tmp_path, crash_at=None, durable=False, spares=0, change_height=None, replace=0,
-                 crash_node=0, empty_blocks=True):
+    def __init__(self, tmp_path: Path, crash_at: Any=None, durable: Any=False, spares: Any=0, change_height: Any=None, replace: Any=0,
+                 crash_node: Any=0, empty_blocks: Any=True) -> None:
         self.tmp_path = tmp_path
         self.durable = durable
         self.crash_at = crash_at
@@ -102,30 +112,30 @@ class Cluster:
         self.steps = 0
         self.crashes = 0
         self.refused = 0
-        self.sent_votes: dict[tuple, bytes] = {}
+        self.sent_votes: dict[tuple[Any, ...], bytes] = {}
         self.commits: dict[int, dict[int, bytes]] = {i: {} for i in range(self.size)}
-        self.queue: deque = deque()
-        self.timers: list = []
+        self.queue: deque[Any] = deque()
+        self.timers: list[Any] = []
         self.now = 0
         self.seq = itertools.count()
         self.replicas = [self._open(i) for i in range(self.size)]
         for i in range(self.size):
             self._run(i, lambda r: r.start())
 
-    def _hook(self, output, phase):
+    def _hook(self, output: Any, phase: Any) -> None:
         self.steps += 1
         if self.crash_at is not None and self.steps == self.crash_at:
             raise Crash()
 
-    def _open(self, i):
-        replica = Replica(ALL_KEYS[i], DOMAIN, VALIDATORS, self.tmp_path / f"n{i}", ChainApp(*self.change),
+    def _open(self, i: Any) -> Replica:
+        replica = Replica(ALL_KEYS[i], DOMAIN, VALIDATORS, self.tmp_path / f"n{i}", cast(Application, ChainApp(*self.change)),
                           genesis_bindings=GENESIS_BINDINGS, timeouts=TIMEOUTS, durable=self.durable,
                           fault_hook=self._hook if i == self.crash_node else None, create_empty_blocks=self.empty_blocks)
         for height in replica.replay_heights():
             replica.replay(height, None)
         return replica
 
-    def _run(self, i, call):
+    def _run(self, i: Any, call: Any) -> None:
         work = [call]
         while work:
             try:
@@ -143,13 +153,13 @@ class Cluster:
                 work = [lambda r: r.start()]
                 continue
 
-    def _deliver(self, dst, data, src):
+    def _deliver(self, dst: Any, data: Any, src: Any) -> None:
         if str(src).encode() not in self.replicas[dst].bindings_in_force().values():
             self.refused += 1
             return
         self._run(dst, lambda r: r.handle_message(data, str(src)))
 
-    def _dispatch(self, i, output):
+    def _dispatch(self, i: Any, output: Any) -> Iterator[Callable[[Replica], Any]]:
         if isinstance(output, Broadcast):
             message = output.message
             if isinstance(message, Vote) and message.validator == ALL_KEYS[i].address:
@@ -172,7 +182,7 @@ class Cluster:
             self.commits[i][output.block.height] = output.block.hash
             yield lambda r: r.finalize(output, None)[1]
 
-    def run_until(self, height, max_steps=40_000):
+    def run_until(self, height: Any, max_steps: Any=40_000) -> None:
         for _ in range(max_steps):
             if all(len(c) >= height for c in self.commits.values()):
                 return
@@ -184,30 +194,30 @@ class Cluster:
                 self._run(i, lambda r, t=timeout: r.handle_timeout(t))
         raise AssertionError(f"no progress to height {height}: {self.commits}")
 
-    def close(self):
+    def close(self) -> None:
         for replica in self.replicas:
             replica.close()
 
 
-def test_cluster_of_replicas_agrees(tmp_path):
+def test_cluster_of_replicas_agrees(tmp_path: Path) -> None:
     cluster = Cluster(tmp_path, durable=True)
     cluster.run_until(3)
     chains = [[c[h] for h in (1, 2, 3)] for c in cluster.commits.values()]
     assert all(chain == chains[0] for chain in chains)
     store = cluster.replicas[2].store
-    assert store.last_height() >= 3 and store.get(2).block.prev_block_hash == chains[0][0]
+    assert store.last_height() >= 3 and cast(CommittedBlock, store.get(2)).block.prev_block_hash == chains[0][0]
     assert len(cluster.replicas[2].block_records(1, 100)) == store.last_height()
     cluster.close()
 
 
-def storage_steps_for_three_heights(tmp_path):
+def storage_steps_for_three_heights(tmp_path: Path) -> int:
     cluster = Cluster(tmp_path / "count")
     cluster.run_until(3)
     cluster.close()
     return cluster.steps
 
 
-def test_crash_at_every_storage_step_never_equivocates(tmp_path):
+def test_crash_at_every_storage_step_never_equivocates(tmp_path: Path) -> None:
     total = storage_steps_for_three_heights(tmp_path)
     assert total > 20
     for crash_at in range(1, total):
@@ -219,7 +229,7 @@ def test_crash_at_every_storage_step_never_equivocates(tmp_path):
         cluster.close()
 
 
-def test_restart_resumes_at_the_next_height_with_old_votes(tmp_path):
+def test_restart_resumes_at_the_next_height_with_old_votes(tmp_path: Path) -> None:
     cluster = Cluster(tmp_path)
     cluster.run_until(2)
     replica = cluster.replicas[0]
@@ -227,7 +237,7 @@ def test_restart_resumes_at_the_next_height_with_old_votes(tmp_path):
     wal_votes = [m for m in replica.wal.messages(height) if isinstance(m, Vote)
                  and m.validator == KEYS[0].address]
     replica.close()
-    again = Replica(KEYS[0], DOMAIN, VALIDATORS, tmp_path / "n0", ChainApp(), timeouts=TIMEOUTS, durable=False)
+    again = Replica(KEYS[0], DOMAIN, VALIDATORS, tmp_path / "n0", cast(Application, ChainApp()), timeouts=TIMEOUTS, durable=False)
     for h in again.replay_heights():
         again.replay(h, None)
     assert again.height == height and again.core.prev_block_hash == cluster.commits[0][height - 1]
@@ -238,7 +248,7 @@ def test_restart_resumes_at_the_next_height_with_old_votes(tmp_path):
         other.close()
 
 
-def test_wal_keeps_order_prunes_and_reopens(tmp_path):
+def test_wal_keeps_order_prunes_and_reopens(tmp_path: Path) -> None:
     wal = WriteAheadLog(tmp_path / "wal.sqlite")
     a = vote(KEYS[1], VoteType.PREVOTE, 5, 0, ZERO_HASH)
     p = proposal(block(5, timestamp=9), 0)
@@ -254,12 +264,12 @@ def test_wal_keeps_order_prunes_and_reopens(tmp_path):
     assert WriteAheadLog(tmp_path / "wal.sqlite").messages(5) == [a, p, b]
 
 
-def committed(b, round=0):
+def committed(b: Any, round: Any=0) -> CommittedBlock:
     votes = [vote(k, VoteType.PRECOMMIT, b.height, round, b.hash) for k in KEYS[:3]]
     return CommittedBlock(b, CommitCertificate.from_votes(votes))
 
 
-def test_block_store_only_extends_the_chain(tmp_path):
+def test_block_store_only_extends_the_chain(tmp_path: Path) -> None:
     store = BlockStore(tmp_path / "blocks.sqlite", durable=True)
     b1 = block()
     b2 = block(2, prev=b1.hash, timestamp=2000)
@@ -269,13 +279,13 @@ def test_block_store_only_extends_the_chain(tmp_path):
     with pytest.raises(StoreError):
         store.save(committed(block(2, prev=b"\x05" * 32, timestamp=2000)))
     store.save(committed(b2))
-    assert store.last_height() == 2 and store.get(2).block == b2 and store.get(3) is None
+    assert store.last_height() == 2 and cast(CommittedBlock, store.get(2)).block == b2 and store.get(3) is None
     assert store.records(1, 1000) == [committed(b1).to_bytes(), committed(b2).to_bytes()]
     store.save_validator_set(5, VALIDATORS)
     assert store.validator_sets() == [(5, VALIDATORS)]
 
 
-def test_catch_up_hands_out_verified_blocks_in_order():
+def test_catch_up_hands_out_verified_blocks_in_order() -> None:
     helper = CatchUp(DOMAIN, max_buffered=4)
     b1 = block()
     b2 = block(2, prev=b1.hash, timestamp=2000)
@@ -287,16 +297,16 @@ def test_catch_up_hands_out_verified_blocks_in_order():
     assert helper.rejected == 1 and len(helper) == 0
 
 
-def test_replica_serves_block_requests_and_buffers_blocks_ahead(tmp_path):
+def test_replica_serves_block_requests_and_buffers_blocks_ahead(tmp_path: Path) -> None:
     cluster = Cluster(tmp_path)
     cluster.run_until(3)
     source = cluster.replicas[1]
     from consensus.types import BlockRequest
 
     served = source.handle_message(BlockRequest(1, 3).to_bytes(), "peer")
-    blocks = [o.message for o in served if isinstance(o, SendTo)]
+    blocks = [cast(CommittedBlock, o.message) for o in served if isinstance(o, SendTo)]
     assert [b.height for b in blocks] == [1, 2, 3]
-    fresh = Replica(KEYS[3], DOMAIN, VALIDATORS, tmp_path / "fresh", ChainApp(), timeouts=TIMEOUTS,
+    fresh = Replica(KEYS[3], DOMAIN, VALIDATORS, tmp_path / "fresh", cast(Application, ChainApp()), timeouts=TIMEOUTS,
                     durable=False)
     fresh.start()
     assert fresh.handle_committed_block(blocks[2]) == []  # ahead: buffered
@@ -311,7 +321,7 @@ def test_replica_serves_block_requests_and_buffers_blocks_ahead(tmp_path):
     cluster.close()
 
 
-def test_wal_replay_bound_keeps_every_own_record(tmp_path, monkeypatch):
+def test_wal_replay_bound_keeps_every_own_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import consensus.wal
 
     monkeypatch.setattr(consensus.wal, "MAX_RECORDS_PER_HEIGHT", 2)
@@ -325,7 +335,7 @@ def test_wal_replay_bound_keeps_every_own_record(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("replace", [2, 3])
-def test_replacing_most_validators_keeps_committing(tmp_path, replace):
+def test_replacing_most_validators_keeps_committing(tmp_path: Path, replace: int) -> None:
     # The old set decides height change+1 with its own bindings; on the old code (only the
     # new set's bindings installed at the commit) removed validators' votes were refused and
     # replacing 2 of 4 halted forever.
@@ -336,13 +346,13 @@ def test_replacing_most_validators_keeps_committing(tmp_path, replace):
     new_set = cluster.replicas[3].core.schedule.set_for(7)
     assert set(new_set.addresses) == {k.address for k in [*KEYS[replace:], *SPARES[:replace]]}
     for h in (5, 6, 7):  # certified by the new set
-        verify_certificate(cluster.replicas[3].store.get(h).certificate, new_set, DOMAIN,
-                           cluster.replicas[3].store.get(h).block.hash)
+        verify_certificate(cast(CommittedBlock, cluster.replicas[3].store.get(h)).certificate, new_set, DOMAIN,
+                           cast(CommittedBlock, cluster.replicas[3].store.get(h)).block.hash)
     cluster.close()
 
 
-def test_crash_at_every_step_across_an_epoch_change_replacing_three_of_four(tmp_path):
-    def steps():
+def test_crash_at_every_step_across_an_epoch_change_replacing_three_of_four(tmp_path: Path) -> None:
+    def steps() -> int:
         c = Cluster(tmp_path / "count", spares=3, change_height=2, replace=3, crash_node=3)
         c.run_until(5)
         c.close()
@@ -360,7 +370,7 @@ def test_crash_at_every_step_across_an_epoch_change_replacing_three_of_four(tmp_
         cluster.close()
 
 
-def test_block_and_its_validator_set_change_are_stored_together(tmp_path):
+def test_block_and_its_validator_set_change_are_stored_together(tmp_path: Path) -> None:
     store = BlockStore(tmp_path / "blocks.sqlite", durable=True)
     b1 = block()
     new_set = ValidatorSet.equal([k.address for k in ALL_KEYS[2:6]], 1)
@@ -374,7 +384,7 @@ def test_block_and_its_validator_set_change_are_stored_together(tmp_path):
     store.close()
 
 
-def test_an_idle_network_makes_no_block_until_a_node_wakes(tmp_path):
+def test_an_idle_network_makes_no_block_until_a_node_wakes(tmp_path: Path) -> None:
     cluster = Cluster(tmp_path, empty_blocks=False)
     cluster.run_until(1)  # the first height after start always runs
     for _ in range(10_000):  # drain: nothing of height 2 happens by itself
@@ -392,7 +402,7 @@ def test_an_idle_network_makes_no_block_until_a_node_wakes(tmp_path):
     cluster.close()
 
 
-def test_only_a_validators_vote_starts_an_idle_height(tmp_path):
+def test_only_a_validators_vote_starts_an_idle_height(tmp_path: Path) -> None:
     cluster = Cluster(tmp_path, empty_blocks=False)
     cluster.run_until(1)
     replica = cluster.replicas[1]

@@ -7,14 +7,14 @@ through FinalizeResult; an idle network makes no blocks; a restarted service rep
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trio
 
 from consensus.abci import CheckResult, FinalizeResult, Prepared, TxResult
 from consensus.testkit import HashChainApp
-from consensus.types import ValidatorSet
+from consensus.types import CommittedBlock, ValidatorSet
 from devsen.consensus_service import ConsensusService, SenderQueues, ServiceConfig
 from p2p.envelope import ValidatorDirectory
 from p2p.host import HostConfig
@@ -111,7 +111,7 @@ def test_four_services_commit_reply_and_stay_idle(tmp_path: Path) -> None:
                 # every node's own payload, submitted by its service, commits too
                 with trio.fail_after(30):
                     while not all(len([1 for h in range(1, s.committed_height + 1)
-                                       for p in s.store.get(h).block.payloads if p.startswith(b"own-")]) == 4
+                                       for p in cast(CommittedBlock, s.store.get(h)).block.payloads if p.startswith(b"own-")]) == 4
                                   for s in services):
                         await trio.sleep(0.05)
                 assert notices and notices[0][0][0] == "quorum"
@@ -122,7 +122,7 @@ def test_four_services_commit_reply_and_stay_idle(tmp_path: Path) -> None:
                 assert [s.committed_height for s in services] == heights
                 assert all(s.replica.idle for s in services)
                 assert all(a.loop_calls == 0 for a in apps)
-                hashes = {s.store.get(heights[0]).block.hash for s in services}
+                hashes = {cast(CommittedBlock, s.store.get(heights[0])).block.hash for s in services}
                 assert len(hashes) == 1 and len({s.app_state_hash for s in services}) == 1
                 nursery.cancel_scope.cancel()
 

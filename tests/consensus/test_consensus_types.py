@@ -1,9 +1,11 @@
 """Wire codec, block hash (checked against eth_abi), validator sets, certificates."""
 
+from typing import Any
+
 import msgpack
 import pytest
 from consensus_testkit import DOMAIN, KEYS, OUTSIDER, VALIDATORS, block, proposal, vote
-from eth_abi import encode as abi_encode_reference
+from eth_abi.abi import encode as abi_encode_reference
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -30,7 +32,7 @@ from primitives.eip712 import ZERO_HASH
 from primitives.hashing import keccak256
 
 
-def test_block_hash_matches_the_signing_spec():
+def test_block_hash_matches_the_signing_spec() -> None:
     b = Block(7, 1_700_000_000_000, KEYS[1].address, b"\x11" * 32, b"\x22" * 32,
               (b"event-a", b"event-bb"), b"app header")
     payloads_hash = keccak256(keccak256(b"event-a") + keccak256(b"event-bb"))
@@ -43,7 +45,7 @@ def test_block_hash_matches_the_signing_spec():
     assert empty.payloads_hash == keccak256(b"")
 
 
-def test_validators_hash_matches_abi_encoded_address_array():
+def test_validators_hash_matches_abi_encoded_address_array() -> None:
     expected = keccak256(abi_encode_reference(["address[]"], [list(VALIDATORS.addresses)]))
     assert VALIDATORS.validators_hash == expected
 
@@ -55,13 +57,13 @@ def test_validators_hash_matches_abi_encoded_address_array():
     proposal(block(2, payloads=(), timestamp=5), 3, pol_round=1, key=KEYS[2]),
     BlockRequest(10, 64),
 ])
-def test_wire_round_trip(message):
+def test_wire_round_trip(message: Any) -> None:
     data = message.to_bytes()
     assert decode_message(data) == message
     assert decode_message(data).to_bytes() == data
 
 
-def test_committed_block_and_evidence_round_trip():
+def test_committed_block_and_evidence_round_trip() -> None:
     b = block()
     votes = [vote(k, VoteType.PRECOMMIT, 1, 0, b.hash) for k in KEYS[:3]]
     committed = CommittedBlock(b, CommitCertificate.from_votes(votes))
@@ -74,7 +76,7 @@ def test_committed_block_and_evidence_round_trip():
     assert not same_hash.verify(DOMAIN)  # different vote types do not conflict
 
 
-def valid_vote_fields():
+def valid_vote_fields() -> list[Any]:
     v = vote(KEYS[0], VoteType.PREVOTE, 1, 0, ZERO_HASH)
     return [1, 2, 1, 1, 0, ZERO_HASH, v.validator, v.signature]
 
@@ -92,13 +94,13 @@ def valid_vote_fields():
     lambda f: f[:6] + ["0x" + "00" * 20] + f[7:],  # address as text
     lambda f: f[:7] + [b"\x00" * 64],  # short signature
 ])
-def test_strict_decoding_rejects_malformed_votes(mutate):
+def test_strict_decoding_rejects_malformed_votes(mutate: Any) -> None:
     data = msgpack.packb(mutate(valid_vote_fields()), use_bin_type=True)
     with pytest.raises(WireError):
         decode_message(data)
 
 
-def test_non_canonical_encoding_is_rejected():
+def test_non_canonical_encoding_is_rejected() -> None:
     fields = valid_vote_fields()
     canonical = msgpack.packb(fields, use_bin_type=True)
     assert decode_message(canonical)
@@ -109,7 +111,7 @@ def test_non_canonical_encoding_is_rejected():
         decode_message(wide)
 
 
-def test_size_bounds():
+def test_size_bounds() -> None:
     with pytest.raises(WireError):
         block(payloads=(b"x",) * (MAX_PAYLOADS_PER_BLOCK + 1))
     with pytest.raises(WireError):
@@ -125,7 +127,7 @@ def test_size_bounds():
         BlockRequest(1, 65)
 
 
-def test_quorum_and_skip_thresholds():
+def test_quorum_and_skip_thresholds() -> None:
     for n in range(1, 20):
         vs = ValidatorSet.equal([keccak256(b"%d" % i)[:20] for i in range(n)])
         assert vs.quorum_power == quorum_size(n)
@@ -134,7 +136,7 @@ def test_quorum_and_skip_thresholds():
     assert weighted.quorum_power == 4  # more than 2/3 of 5
 
 
-def test_weighted_round_robin_proposer():
+def test_weighted_round_robin_proposer() -> None:
     weighted = ValidatorSet(VALIDATORS.addresses, (3, 1, 1, 1), 0)
     picks = [weighted.proposer(h, 0) for h in range(60)]
     assert picks.count(VALIDATORS.addresses[0]) == 30
@@ -145,18 +147,18 @@ def test_weighted_round_robin_proposer():
     assert VALIDATORS.proposer(5, 1) == VALIDATORS.proposer(6, 0)
 
 
-def test_validator_set_rejects_bad_shapes():
+def test_validator_set_rejects_bad_shapes() -> None:
     a, b = VALIDATORS.addresses[:2]
     for bad in [((b, a), (1, 1)), ((a, a), (1, 1)), ((a,), (0,)), ((a, b), (1,)), ((), ())]:
         with pytest.raises(ValueError):
             ValidatorSet(bad[0], bad[1], 0)
 
 
-def certificate_for(b, keys, round=0):
+def certificate_for(b: Any, keys: Any, round: Any=0) -> CommitCertificate:
     return CommitCertificate.from_votes([vote(k, VoteType.PRECOMMIT, b.height, round, b.hash) for k in keys])
 
 
-def test_certificate_verification():
+def test_certificate_verification() -> None:
     b = block()
     good = certificate_for(b, KEYS[:3])
     assert len(verify_certificate(good, VALIDATORS, DOMAIN, b.hash)) == 3
@@ -181,7 +183,7 @@ def test_certificate_verification():
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300))
-def test_random_bytes_only_ever_raise_wire_error(data):
+def test_random_bytes_only_ever_raise_wire_error(data: Any) -> None:
     try:
         decode_message(data)
     except WireError:
@@ -190,7 +192,7 @@ def test_random_bytes_only_ever_raise_wire_error(data):
 
 @settings(max_examples=200, deadline=None)
 @given(st.data())
-def test_mutated_valid_messages_decode_to_themselves_or_fail_cleanly(data):
+def test_mutated_valid_messages_decode_to_themselves_or_fail_cleanly(data: Any) -> None:
     original = proposal(block(), 0).to_bytes()
     index = data.draw(st.integers(0, len(original) - 1))
     value = data.draw(st.integers(0, 255))

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trio
@@ -72,7 +72,7 @@ class Devnet:
     def state(self) -> dict[str, Any]:
         state = json.loads((self.root / "devnet.json").read_text())
         self.remember_pids(state)
-        return state
+        return cast(dict[str, Any], state)
 
     def remember_pids(self, state: dict[str, Any]) -> None:
         if state["chain"].get("anvil_pid"):
@@ -109,7 +109,7 @@ def status_of(url: str) -> dict[str, Any] | None:
         except (OSError, trio.TooSlowError):
             return None
         return body if code == 200 else None
-    return trio.run(get)
+    return cast("dict[str, Any] | None", trio.run(get))
 
 
 @pytest.fixture(scope="module")
@@ -311,7 +311,7 @@ def _block_hash(url: str, height: int) -> str | None:
     async def get() -> Any:
         code, body = await http_get_json(f"{url}/v1/heights/{height}", timeout=5)
         return body["block_hash"] if code == 200 else None
-    return trio.run(get)
+    return cast("str | None", trio.run(get))
 
 
 def test_node_stopped_and_started_rejoins_and_catches_up_with_quiet_logs(devnet: Devnet) -> None:

@@ -12,7 +12,7 @@ import json
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trio
@@ -76,11 +76,11 @@ async def _wait_for_proof(url: str, event_id: str, chain: ChainReader, timeout_s
         while True:
             status, document = await _get(f"{url}/v1/events/{event_id}/proof")
             if status == 200 and chain.batch(int(document["batch"]["batch_id"])) is not None:
-                return document
+                return cast(dict[str, Any], document)
             await trio.sleep(0.5)
 
 
-async def test_prepaid_session_is_committed_anchored_audited_and_settled(network):
+async def test_prepaid_session_is_committed_anchored_audited_and_settled(network: dict[str, Any]) -> None:
     nodes = network["nodes"]
     entry, auditor = nodes[1], nodes[2]
     async with connect_demo_charger(entry.ocpp_url, DEMO_CHARGER, DEMO_PASSWORD) as charger:
@@ -148,7 +148,7 @@ async def test_prepaid_session_is_committed_anchored_audited_and_settled(network
     assert len(hashes) == 1
 
 
-async def test_retry_at_another_node_gets_the_same_reply_once(network):
+async def test_retry_at_another_node_gets_the_same_reply_once(network: dict[str, Any]) -> None:
     nodes = network["nodes"]
     payload = {"chargePointVendor": "DEVSEN", "chargePointModel": "retry-test"}
     message_id = f"retry-{time.time_ns()}"
@@ -159,7 +159,7 @@ async def test_retry_at_another_node_gets_the_same_reply_once(network):
     assert first == second and first["status"] == "Accepted"
 
 
-async def test_unknown_charger_and_wrong_password_are_refused(network):
+async def test_unknown_charger_and_wrong_password_are_refused(network: dict[str, Any]) -> None:
     node = network["nodes"][0]
     for charger_id, password in ((DEMO_CHARGER, "wrong-password"), ("NOT-REGISTERED", DEMO_PASSWORD)):
         with pytest.raises(ConnectionRejected) as info:
@@ -168,7 +168,7 @@ async def test_unknown_charger_and_wrong_password_are_refused(network):
         assert info.value.status_code in (401, 403)
 
 
-async def test_network_keeps_committing_with_one_validator_killed(network):
+async def test_network_keeps_committing_with_one_validator_killed(network: dict[str, Any]) -> None:
     nodes = network["nodes"]
     victim = nodes[3]
     victim.process.send_signal(signal.SIGKILL)

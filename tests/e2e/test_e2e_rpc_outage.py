@@ -221,7 +221,7 @@ class Charger:
 
     def answered_with_result(self, message_id: str) -> bool:
         replies = self.replies.get(message_id)
-        return bool(replies) and not self.outstanding(message_id) and replies[-1][1][0] == CALLRESULT
+        return bool(replies and not self.outstanding(message_id) and replies[-1][1][0] == CALLRESULT)
 
     async def result(self, action: str, payload: dict[str, Any]) -> dict[str, Any]:
         frame = await self.call(action, payload)

@@ -88,7 +88,7 @@ async def _audit_until_anchored(network: Any, session_id: bytes, node_url: str) 
             await trio.sleep(1.0)
 
 
-async def test_signing_charger_settles_signed_energy_and_audits_valid(network):
+async def test_signing_charger_settles_signed_energy_and_audits_valid(network: dict[str, Any]) -> None:
     nodes = network["nodes"]
     entry, auditor = nodes[1], nodes[2]
     signed: list[dict[str, Any]] = []

@@ -19,10 +19,11 @@ import test_e2e_network
 import trio
 
 from anchoring.chain.client import SessionStatus
-from devsen.demo_charger import MAX_POWER_W, connect_demo_charger, iso_now
+from devsen.demo_charger import connect_demo_charger, iso_now
 from devsen.devnet import DEMO_CHARGER, DEMO_ID_TAG, DEMO_PASSWORD, DEMO_PRICE_PER_KWH
 from devsen.http_api import http_get_json, http_post_json
 from devsen.ledger import session_token
+from devsen.ledger.chain import MAX_POWER_W
 from devsen.ledger.vouchers import sign_voucher
 from devsen.wallet import open_prepaid_session
 from primitives.eip712 import SigningKey

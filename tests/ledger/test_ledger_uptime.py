@@ -1,15 +1,15 @@
-# mypy: ignore-errors
-# (strict typing of this test module is pending)
 """Uptime accounting and the reward distribution rule (devsen/ledger/uptime.py, LEDGER.md)."""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 from ledger_world import CHARGER, CHARGER_201, T0_MS, World, ev
 
 from devsen.ledger import Ledger, LedgerParams
-from devsen.ledger.uptime import UP_STATUSES, split_pool
+from devsen.ledger.uptime import UP_STATUSES, RewardDistribution, split_pool
+from ocpp_adapter.events import ChargerEvent
 
 EPOCH_MS = 60_000
 OFFLINE_MS = 10_000
@@ -21,24 +21,25 @@ OWNER_16 = "0x" + "aa" * 20
 OWNER_201 = "0x" + "bb" * 20
 
 
-def status16(connector: int, status: str, error: str = "NoError") -> object:
+def status16(connector: int, status: str, error: str = "NoError") -> ChargerEvent:
     return ev("StatusNotification", {"connectorId": connector, "errorCode": error, "status": status})
 
 
-def status201(evse: int, status: str, connector: int = 1) -> object:
+def status201(evse: int, status: str, connector: int = 1) -> ChargerEvent:
     return ev("StatusNotification", {"timestamp": "2026-09-21T00:00:00Z", "connectorStatus": status,
                                      "evseId": evse, "connectorId": connector}, version="2.0.1")
 
 
-def hb(version: str = "1.6") -> object:
+def hb(version: str = "1.6") -> ChargerEvent:
     return ev("Heartbeat", {}, version=version)
 
 
-def run_until_close(world: World, per_block: object, until_ms: int, step_ms: int = 5_000):
+def run_until_close(world: World, per_block: Callable[[], list[ChargerEvent]], until_ms: int,
+                    step_ms: int = 5_000) -> list[RewardDistribution]:
     """Blocks every `step_ms` carrying `per_block()` events, until a block at or after `until_ms`."""
-    closed = []
+    closed: list[RewardDistribution] = []
     while world.now_ms < until_ms:
-        out = world.block(*per_block(), advance_ms=step_ms)  # type: ignore[operator]
+        out = world.block(*per_block(), advance_ms=step_ms)
         closed.extend(out.rewards)
     out = world.block()
     closed.extend(out.rewards)

@@ -1,11 +1,10 @@
-# mypy: ignore-errors
-# (strict typing of this test module is pending: its world helper returns loose tuples)
 """Payment vouchers in the ledger: the latest valid voucher kept, refusals, the stop decision,
 settlement = min(metered, voucher), and a Byzantine ingress validator inflating energy."""
 
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any, cast
 
 from ledger_world import (
     CHARGER,
@@ -22,12 +21,15 @@ from ledger_world import (
 )
 
 from devsen.ledger import BlockContext, EscrowSession, Ledger, id_tag_hash
+from devsen.ledger.ledger import BlockOutcome
 from devsen.ledger.vouchers import (
+    LatestVoucher,
     PaymentVoucher,
     chunk_amount,
     decode_voucher,
     sign_voucher,
 )
+from ocpp_adapter.events import ChargerEvent
 from primitives.eip712 import Domain, SigningKey
 
 DOMAIN = Domain(31337, b"\x42" * 20)
@@ -47,7 +49,7 @@ def voucher_world(voucher_mode: bool = True) -> World:
     return world
 
 
-def apply_vouchers(world: World, *vouchers: PaymentVoucher, events: tuple = ()) -> tuple:
+def apply_vouchers(world: World, *vouchers: PaymentVoucher, events: tuple[Any, ...] = ()) -> BlockOutcome:
     ctx = BlockContext(world.ledger.height + 1, world.now_ms, 100 + world.ledger.height, b"\xee" * 32)
     world.now_ms += 1_000
     outcome = world.ledger.apply_block(ctx, world.chain, list(events),
@@ -55,7 +57,7 @@ def apply_vouchers(world: World, *vouchers: PaymentVoucher, events: tuple = ()) 
     return outcome
 
 
-def meter(wh: int, at_ms: int = T0_MS) -> object:
+def meter(wh: int, at_ms: int = T0_MS) -> ChargerEvent:
     return ev("MeterValues", {"connectorId": 1, "transactionId": 1, "meterValue": [
         {"timestamp": iso(at_ms), "sampledValue": [{"value": str(wh), "unit": "Wh"}]}]})
 
@@ -68,17 +70,19 @@ def test_voucher_payload_round_trips_and_recovers_the_driver() -> None:
 
 def test_latest_voucher_kept_and_bad_ones_refused() -> None:
     world = voucher_world()
-    sign = lambda amount, key=DRIVER, sid=ESCROW_1: sign_voucher(key, DOMAIN, sid, amount)  # noqa: E731
+    def sign(amount: int, key: SigningKey = DRIVER, sid: bytes = ESCROW_1) -> PaymentVoucher:
+        return sign_voucher(key, DOMAIN, sid, amount)
+
     assert apply_vouchers(world, sign(1_000), sign(2_000)).voucher_refusals == (None, None)
-    assert world.ledger.vouchers.latest(ESCROW_1).cumulative_amount == 2_000
+    assert cast(LatestVoucher, world.ledger.vouchers.latest(ESCROW_1)).cumulative_amount == 2_000
     forged_other_session = PaymentVoucher(ESCROW_2, 5_000, sign(5_000).signature)  # signed for ESCROW_1
-    refusals = apply_vouchers(world, sign(2_000), sign(1_500), sign(DEPOSIT + 1), sign(3_000, OTHER),
+    refusals: Any = apply_vouchers(world, sign(2_000), sign(1_500), sign(DEPOSIT + 1), sign(3_000, OTHER),
                               forged_other_session, sign(3_000, sid=b"\x09" * 32)).voucher_refusals
     assert "not above the latest" in refusals[0] and "not above the latest" in refusals[1]
     assert "exceeds the deposit" in refusals[2]
     assert "not by the session's driver" in refusals[3] and "not by the session's driver" in refusals[4]
     assert "not open on chain" in refusals[5]
-    assert world.ledger.vouchers.latest(ESCROW_1).cumulative_amount == 2_000
+    assert cast(LatestVoucher, world.ledger.vouchers.latest(ESCROW_1)).cumulative_amount == 2_000
     assert world.ledger.vouchers.latest(ESCROW_2) is None
 
 
@@ -88,7 +92,7 @@ def test_voucher_state_is_in_the_hash_and_the_snapshot() -> None:
     apply_vouchers(world, sign_voucher(DRIVER, DOMAIN, ESCROW_1, 700))
     restored = Ledger.from_bytes(world.ledger.to_bytes())
     assert restored.state_hash() == world.ledger.state_hash() != before
-    assert restored.vouchers.latest(ESCROW_1).cumulative_amount == 700
+    assert cast(LatestVoucher, restored.vouchers.latest(ESCROW_1)).cumulative_amount == 700
 
 
 def test_stop_when_metered_cost_runs_more_than_a_chunk_ahead() -> None:
@@ -119,7 +123,7 @@ def test_settlement_is_min_of_metered_and_voucher() -> None:
     outcome = world.block(stop16(1, 2_000, T0_MS + 5_000))  # metered 4000 < voucher 9000
     assert outcome.settlements[0].amount == 4_000
     assert world.ledger.vouchers.latest(ESCROW_1) is None  # settled: the entry is dropped
-    refusal = apply_vouchers(world, sign_voucher(DRIVER, DOMAIN, ESCROW_1, 9_500)).voucher_refusals[0]
+    refusal: Any = apply_vouchers(world, sign_voucher(DRIVER, DOMAIN, ESCROW_1, 9_500)).voucher_refusals[0]
     assert "already settled" in refusal
 
 
@@ -179,14 +183,14 @@ def test_hostile_escrow_voucher_mode_is_refused_as_bad_chain_data() -> None:
     bad = replace(world.chain.sessions[ESCROW_1])
     object.__setattr__(bad, "voucher_mode", 1)  # not a bool: chain data outside the bounds
     world.chain.sessions[ESCROW_1] = bad
-    refusal = apply_vouchers(world, sign_voucher(DRIVER, DOMAIN, ESCROW_1, 10)).voucher_refusals[0]
+    refusal: Any = apply_vouchers(world, sign_voucher(DRIVER, DOMAIN, ESCROW_1, 10)).voucher_refusals[0]
     assert "not open on chain" in refusal
 
 
 def test_an_escrow_driver_that_is_not_an_address_refuses_every_voucher() -> None:
     world = voucher_world()
     world.chain.sessions[ESCROW_1] = replace(world.chain.sessions[ESCROW_1], driver="not-an-address")
-    refusal = apply_vouchers(world, sign_voucher(DRIVER, DOMAIN, ESCROW_1, 10)).voucher_refusals[0]
+    refusal: Any = apply_vouchers(world, sign_voucher(DRIVER, DOMAIN, ESCROW_1, 10)).voucher_refusals[0]
     assert "not by the session's driver" in refusal
 
 
@@ -203,7 +207,7 @@ STEP = st.one_of(
 
 @settings(max_examples=40, deadline=None)
 @given(st.booleans(), st.lists(STEP, max_size=12))
-def test_any_voucher_sequence_is_total_deterministic_and_never_pays_more_than_signed(mode: bool, steps: list) -> None:
+def test_any_voucher_sequence_is_total_deterministic_and_never_pays_more_than_signed(mode: bool, steps: list[Any]) -> None:
     worlds = [voucher_world(mode), voucher_world(mode)]
     start = start16(meter=0)  # the same events for both ledgers (message ids are fresh per event)
     for world in worlds:

@@ -5,10 +5,14 @@ outside them and give exactly the outcome of the full chain view."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import Any
 
 from devsen.chain_facts import ChainFacts, FactsView, chain_keys, read_facts
-from devsen.ledger import BlockRejected, Ledger
+from devsen.ledger import BlockContext, BlockRejected, Ledger
+from devsen.ledger.ledger import BlockOutcome
+from devsen.ledger.vouchers import PaymentVoucher
+from ocpp_adapter.events import ChargerEvent
 
 CHECKED = {"blocks": 0}
 
@@ -16,16 +20,17 @@ CHECKED = {"blocks": 0}
 def pytest_configure(config: Any) -> None:
     original = Ledger.apply_block
 
-    def guarded(self: Ledger, ctx: Any, chain: Any, events: Any) -> Any:
-        keys = chain_keys(events, self)
+    def guarded(self: Ledger, ctx: BlockContext, chain: Any, events: Sequence[ChargerEvent],
+                vouchers: Sequence[tuple[PaymentVoucher, bytes]] = ()) -> BlockOutcome:
+        keys = chain_keys(events, self, (v.session_id for v, _ in vouchers))
         facts = ChainFacts(ctx.eth_block_number, ctx.eth_block_hash, b"", keys, **read_facts(chain, keys))
         twin = copy.deepcopy(self)
         view = FactsView(facts)
         try:
-            expected = original(twin, ctx, chain, events)
+            expected = original(twin, ctx, chain, events, vouchers)
         except BlockRejected:
-            return original(self, ctx, view, events)
-        got = original(self, ctx, view, events)
+            return original(self, ctx, view, events, vouchers)
+        got = original(self, ctx, view, events, vouchers)
         assert not view.outside, f"the ledger read outside the prefetched chain keys: {view.outside}"
         assert got == expected and self.state_hash() == twin.state_hash()
         CHECKED["blocks"] += 1

@@ -3,6 +3,9 @@ refused for the signer's own vouch are kept, bounded and durable, for slashing (
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 from test_node_app import ANCHOR, KEYS
 from test_vouching import OUTSIDER, forgeries, unsigned
 
@@ -29,7 +32,7 @@ def capped_result(event_id: bytes) -> TxResult:
     return event_tx_result(EventResult(event_id, b"k", {}, anomalies=("energy_capped",)))
 
 
-def test_a_capped_event_in_a_block_is_evidence_against_its_voucher():
+def test_a_capped_event_in_a_block_is_evidence_against_its_voucher() -> None:
     forged = vouch(unsigned("forged", meter_stop=2**62), KEYS[3], DOMAIN)
     honest = vouch(unsigned("honest"), KEYS[0], DOMAIN)
     payloads = [honest.to_bytes(), forged.to_bytes(), b"\x02attestation-ish"]
@@ -40,7 +43,7 @@ def test_a_capped_event_in_a_block_is_evidence_against_its_voucher():
     assert record.source == "block" and record.to_json()["validator"] == "0x" + KEYS[3].address.hex()
 
 
-def test_block_evidence_is_total_on_hostile_input():
+def test_block_evidence_is_total_on_hostile_input() -> None:
     assert block_evidence(1, [b"\x01garbage"], [capped_result(b"x")]) == []
     assert block_evidence(1, [b""], [capped_result(b"x")]) == []
     assert block_evidence(1, [vouch(unsigned(), KEYS[0], DOMAIN).to_bytes()], []) == []  # misaligned
@@ -48,14 +51,14 @@ def test_block_evidence_is_total_on_hostile_input():
     assert block_evidence(1, [vouch(unsigned(), KEYS[0], DOMAIN).to_bytes()], [hostile_info]) == []
 
 
-def test_a_vouch_naming_another_validator_is_evidence_against_the_signer():
+def test_a_vouch_naming_another_validator_is_evidence_against_the_signer() -> None:
     record = admission_evidence(lie("m", 0, 1), DOMAIN, VALIDATORS, 42)
     assert record is not None and record.validator == KEYS[0].address
     assert record.reason == "misattributed" and record.height == 42 and record.source == "admission"
     assert "0x" + KEYS[1].address.hex() in record.detail
 
 
-def test_unattributable_forgeries_are_no_evidence():
+def test_unattributable_forgeries_are_no_evidence() -> None:
     """Unsigned, outsider-signed and tampered events prove nothing against a validator."""
     # (a signature copied onto an event naming someone else recovers to nobody in particular)
     for name in ("unsigned", "non-validator", "signed by A naming B", "tampered payload", "other network", "malformed signature"):
@@ -69,7 +72,7 @@ def _record(validator: int, n: int) -> ev.EvidenceRecord:
     return ev.EvidenceRecord(KEYS[validator].address, n.to_bytes(32, "big"), "energy_capped", n, "", b"e", "block")
 
 
-def test_store_is_durable_and_idempotent(tmp_path):
+def test_store_is_durable_and_idempotent(tmp_path: Path) -> None:
     store = EvidenceStore(tmp_path / "evidence.sqlite")
     assert store.add([_record(3, 1), _record(3, 2)]) == 2
     assert store.add([_record(3, 1)]) == 0  # a replayed block adds nothing
@@ -79,7 +82,7 @@ def test_store_is_durable_and_idempotent(tmp_path):
     assert again.counts() == {KEYS[3].address: 2}
 
 
-def test_one_validators_flood_fills_only_its_own_quota(tmp_path, monkeypatch):
+def test_one_validators_flood_fills_only_its_own_quota(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ev, "MAX_RECORDS_PER_VALIDATOR", 5)
     monkeypatch.setattr(ev, "MAX_RECORDS", 8)
     store = EvidenceStore(tmp_path / "evidence.sqlite")
@@ -92,7 +95,7 @@ def test_one_validators_flood_fills_only_its_own_quota(tmp_path, monkeypatch):
     assert [r.height for r in store.of(KEYS[3].address)] == [0, 1, 2, 3, 4]  # the first kept, never evicted
 
 
-def test_recorder_spends_bounded_work_on_refused_events(tmp_path):
+def test_recorder_spends_bounded_work_on_refused_events(tmp_path: Path) -> None:
     now = [0.0]
     recorder = EvidenceRecorder(EvidenceStore(tmp_path / "e.sqlite"), DOMAIN, lambda: VALIDATORS, lambda: 9,
                                 clock=lambda: now[0])

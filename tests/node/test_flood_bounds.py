@@ -13,13 +13,13 @@ Each bound is tried by the hostile source and holds, and the honest share surviv
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import trio
 from test_node_app import ANCHOR, KEYS, block, make_app
 
-from consensus.abci import CheckResult, FinalizeResult, Prepared, TxResult
-from consensus.types import ValidatorSet
+from consensus.abci import Application, CheckResult, FinalizeResult, Prepared, TxResult
+from consensus.types import CommittedBlock, ValidatorSet
 from devsen.app import (
     BLOCK_EVENT_BUDGET,
     NEW_CHARGER_READ_BUDGET,
@@ -37,7 +37,7 @@ from primitives.eip712 import ZERO_HASH, Domain
 
 
 def vouched(charger: str, message_id: str, key_index: int = 0, action: str = "Heartbeat",
-            payload: dict | None = None) -> bytes:
+            payload: dict[Any, Any] | None = None) -> bytes:
     unsigned = ChargerEvent(charger, "1.6", action, message_id, payload or {}, "", 1_700_000_000_000)
     return vouch(unsigned, KEYS[key_index], ingress_domain(ANCHOR)).to_bytes()
 
@@ -58,7 +58,7 @@ def _config(tmp_path: Path, validators: int, **kwargs: Any) -> ServiceConfig:
                          durable=False, **kwargs)
 
 
-def test_the_shares_are_proportional_to_the_budgets_and_composition_stays_within_validity(tmp_path):
+def test_the_shares_are_proportional_to_the_budgets_and_composition_stays_within_validity(tmp_path: Path) -> None:
     assert ConsensusSection().max_block_payloads == BLOCK_EVENT_BUDGET  # a node's default block = the budget
     for n in (1, 2, 3, 4, 7, 10, 100, 5000):
         assert vouched_share(n) == max(1, BLOCK_EVENT_BUDGET // n) and vouched_share(n) * min(n, 2000) <= 2000
@@ -73,7 +73,7 @@ def test_the_shares_are_proportional_to_the_budgets_and_composition_stays_within
         assert config.gossip_burst_per_origin == 2 * vouched_share(n)
 
 
-def test_a_thousand_first_boots_at_one_voucher_take_a_few_blocks_not_hundreds(tmp_path):
+def test_a_thousand_first_boots_at_one_voucher_take_a_few_blocks_not_hundreds(tmp_path: Path) -> None:
     app, shell = make_app(tmp_path)
     share = new_charger_share(len(app.validators))
     boots = tuple(boot("CP-1" if i == 0 else f"NEW-{i}", f"b{i}") for i in range(share))
@@ -81,14 +81,14 @@ def test_a_thousand_first_boots_at_one_voucher_take_a_few_blocks_not_hundreds(tm
     assert -(-1000 // share) <= 16  # 1000 first boots at one node: 16 blocks with 4 validators
 
 
-def test_a_block_over_one_vouchers_new_charger_share_is_refused_before_any_chain_read(tmp_path):
+def test_a_block_over_one_vouchers_new_charger_share_is_refused_before_any_chain_read(tmp_path: Path) -> None:
     app, shell = make_app(tmp_path)
     share = new_charger_share(len(app.validators))
     fresh = tuple(vouched(f"FLOOD-{i}", f"f{i}", key_index=1) for i in range(share + 1))
-    reads = len(app.chain.reads_by)
+    reads = len(cast(Any, app.chain).reads_by)
     facts = app.fetch_facts(1, block(app, 1, fresh).app_header, fresh)
     assert facts.problem is not None and "chargers the ledger does not know" in facts.problem
-    assert len(app.chain.reads_by) == reads  # refused without reading the chain
+    assert len(cast(Any, app.chain).reads_by) == reads  # refused without reading the chain
     assert not shell.process(block(app, 1, fresh))
     assert shell.process(block(app, 1, fresh[:-1]))  # the share itself is valid
     # Another voucher's share is its own: one voucher's flood does not use it up.
@@ -96,7 +96,7 @@ def test_a_block_over_one_vouchers_new_charger_share_is_refused_before_any_chain
     assert shell.process(block(app, 1, mixed))
 
 
-def test_events_of_chargers_the_ledger_knows_fill_up_to_the_per_voucher_cap(tmp_path):
+def test_events_of_chargers_the_ledger_knows_fill_up_to_the_per_voucher_cap(tmp_path: Path) -> None:
     app, shell = make_app(tmp_path)
     shell.finalize(block(app, 1, (boot("CP-1", "b1"),)))  # CP-1 is registered on the static chain
     assert app.ledger.device("CP-1") is not None
@@ -109,7 +109,7 @@ def test_events_of_chargers_the_ledger_knows_fill_up_to_the_per_voucher_cap(tmp_
     assert facts.problem is not None and f"more than {cap} events" in facts.problem
 
 
-def test_unregistered_chargers_stay_new_so_a_flood_never_earns_a_bigger_share(tmp_path):
+def test_unregistered_chargers_stay_new_so_a_flood_never_earns_a_bigger_share(tmp_path: Path) -> None:
     app, shell = make_app(tmp_path)
     share = new_charger_share(len(app.validators))
     first = tuple(vouched(f"FLOOD-{i}", f"f{i}", key_index=1) for i in range(share))
@@ -122,7 +122,7 @@ def test_unregistered_chargers_stay_new_so_a_flood_never_earns_a_bigger_share(tm
 # ---------------------------------------------------------------- block composition
 
 
-def test_an_honest_proposer_takes_a_share_of_the_flood_and_all_honest_traffic(tmp_path):
+def test_an_honest_proposer_takes_a_share_of_the_flood_and_all_honest_traffic(tmp_path: Path) -> None:
     app, shell = make_app(tmp_path)  # this node is KEYS[0]
     shell.finalize(block(app, 1, (boot("CP-1", "b1"),)))
     share = new_charger_share(len(app.validators))
@@ -142,7 +142,7 @@ def test_an_honest_proposer_takes_a_share_of_the_flood_and_all_honest_traffic(tm
 # ---------------------------------------------------------------- gossip admission
 
 
-def test_gossip_budget_refills_at_its_rate_up_to_its_burst():
+def test_gossip_budget_refills_at_its_rate_up_to_its_burst() -> None:
     budget = GossipBudget(rate=10.0, burst=5, max_origins=2)
     assert [budget.take(b"a", 0.0) for _ in range(6)] == [True] * 5 + [False]
     assert not budget.has_tokens(b"a", 0.05)
@@ -192,10 +192,10 @@ def _service(tmp_path: Path) -> tuple[ConsensusService, CountingApp, list[bytes]
     config = ServiceConfig(data_dir=tmp_path / "node", domain=Domain(31337, b"\xcd" * 20),
                            validators=ValidatorSet.equal(list(bindings)), directory=ValidatorDirectory(bindings),
                            durable=False, mempool_max_count=20_000, block_max_payloads=BLOCK_EVENT_BUDGET)
-    return ConsensusService(keys[0], config, app), app, [k.validator_address for k in keys]
+    return ConsensusService(keys[0], config, cast(Application, app)), app, [k.validator_address for k in keys]
 
 
-def test_a_flooding_origin_costs_at_most_its_backlog_in_checks_and_honest_gossip_still_gets_in(tmp_path):
+def test_a_flooding_origin_costs_at_most_its_backlog_in_checks_and_honest_gossip_still_gets_in(tmp_path: Path) -> None:
     service, app, (me, honest, byzantine, _) = _service(tmp_path)
     flooder = "0x" + byzantine.hex()
     cap = service.config.gossip_max_pending_per_origin
@@ -228,10 +228,10 @@ def test_a_flooding_origin_costs_at_most_its_backlog_in_checks_and_honest_gossip
     trio.run(main)
 
 
-def test_an_origin_over_its_token_budget_is_refused_before_check_tx(tmp_path):
+def test_an_origin_over_its_token_budget_is_refused_before_check_tx(tmp_path: Path) -> None:
     service, app, (_, honest, _, _) = _service(tmp_path)
     service.config.gossip_max_pending_per_origin = 10**6  # only the token bucket bounds it here
-    burst = service.config.gossip_burst_per_origin
+    burst = cast(int, service.config.gossip_burst_per_origin)
     service.gossip_budget = GossipBudget(rate=0.001, burst=burst)  # no refill during the test
 
     async def main() -> None:
@@ -261,14 +261,14 @@ class DeferringApp(CountingApp):
         return Prepared(b"h", tuple(p for p in payloads if p.startswith(b"now")))
 
 
-def test_payloads_a_proposal_leaves_out_over_their_share_wait_and_refused_ones_are_forgotten(tmp_path):
+def test_payloads_a_proposal_leaves_out_over_their_share_wait_and_refused_ones_are_forgotten(tmp_path: Path) -> None:
     keys = init_keys(tmp_path / "keys")
     bindings = {keys.validator_address: keys.peer_id.to_bytes()}
     app = DeferringApp()
     config = ServiceConfig(data_dir=tmp_path / "node", domain=Domain(31337, b"\xcd" * 20),
                            validators=ValidatorSet.equal(list(bindings)), directory=ValidatorDirectory(bindings),
                            durable=False)
-    service = ConsensusService(keys, config, app)  # the only validator: it proposes every height
+    service = ConsensusService(keys, config, cast(Application, app))  # the only validator: it proposes every height
 
     async def main() -> None:
         for payload in (b"now-1", b"later-1", b"stale-1"):
@@ -280,7 +280,7 @@ def test_payloads_a_proposal_leaves_out_over_their_share_wait_and_refused_ones_a
         assert service._pending_proposal is not None
         with trio.fail_after(10):
             await service._answer_proposal()
-        assert service.committed_height == 1 and service.store.get(1).block.payloads == (b"now-1",)
+        assert service.committed_height == 1 and cast(CommittedBlock, service.store.get(1)).block.payloads == (b"now-1",)
         assert len(service.mempool) == 1 and service.mempool.reap(10, 10**6) == (b"later-1",)
         assert service.counters["proposal_payload_deferred"] == 1
         assert service.counters["proposal_payload_refused"] == 1
@@ -288,7 +288,7 @@ def test_payloads_a_proposal_leaves_out_over_their_share_wait_and_refused_ones_a
     trio.run(main)
 
 
-def test_the_events_topic_drops_a_batch_whose_origin_the_node_refuses(tmp_path):
+def test_the_events_topic_drops_a_batch_whose_origin_the_node_refuses(tmp_path: Path) -> None:
     """p2p/gossip.py `accept_origin`: the node's backpressure refuses the batch in the topic
     validator, so py-libp2p neither delivers nor forwards it."""
     from types import SimpleNamespace
@@ -312,7 +312,7 @@ def test_the_events_topic_drops_a_batch_whose_origin_the_node_refuses(tmp_path):
     msg = rpc_pb2.Message(from_id=keys[1].peer_id.to_bytes(), seqno=b"\x00" * 8, data=wire)
     assert gossip._validate(keys[1].peer_id, msg)  # no backpressure: accepted
     refused: list[bytes] = []
-    gossip.accept_origin = lambda origin: refused.append(origin) is not None  # always False
+    gossip.accept_origin = lambda origin: cast(Any, refused.append(origin)) is not None  # always False
     msg.seqno = b"\x00" * 7 + b"\x01"
     assert not gossip._validate(keys[1].peer_id, msg)
     assert refused == [keys[1].validator_address]
@@ -339,7 +339,7 @@ class SlowDevices:
         return None if charge_box_id.startswith("FLOOD") else ("record", charge_box_id)
 
 
-def test_a_blocks_uncached_device_reads_are_prefetched_concurrently_then_hit_the_cache():
+def test_a_blocks_uncached_device_reads_are_prefetched_concurrently_then_hit_the_cache() -> None:
     import time
 
     from anchoring.chain import device_id_of

@@ -4,6 +4,9 @@ run the same code against anvil."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any, cast
+
 import pytest
 
 from anchoring.attestations import AnchorBatch, attest, decode_attestation
@@ -54,7 +57,7 @@ class StaticChain:
         self.reads_by.append(block_hash)
         return self.view
 
-    def validators_at(self, number: int, block_hash: bytes):
+    def validators_at(self, number: int, block_hash: bytes) -> tuple[int, tuple[bytes, ...], dict[bytes, bytes]]:
         epoch = max(e for e in self.epochs if e <= number)
         addresses = self.epochs[epoch]
         return len([e for e in self.epochs if e <= number]) - 1, addresses, {a: b"peer" + a for a in addresses}
@@ -67,10 +70,10 @@ class Shell:
         self.app = app
         self.own: list[bytes] = []
         self.committed_own: list[bytes] = []
-        self.quorums: list = []
-        self.changes: list = []
-        self.updates: list = []
-        self.results: list = []
+        self.quorums: list[Any] = []
+        self.changes: list[Any] = []
+        self.updates: list[Any] = []
+        self.results: list[Any] = []
 
     def process(self, b: Block) -> bool:
         return self.app.process_proposal(b, self.app.fetch_facts(b.height, b.app_header, b.payloads))
@@ -94,7 +97,8 @@ class Shell:
         return result.app_hash
 
 
-def make_app(tmp_path, key: SigningKey = KEYS[0], every_blocks: int = 2, confirmations: int = 2):
+def make_app(tmp_path: Path, key: SigningKey = KEYS[0], every_blocks: int = 2,
+             confirmations: int = 2) -> tuple[NodeApplication, Shell]:
     app = NodeApplication(
         AppSettings(key, VALIDATORS, ANCHOR, ESCROW, BatchPolicy(every_blocks=every_blocks, every_ms=10**9),
                     confirmations),
@@ -102,7 +106,7 @@ def make_app(tmp_path, key: SigningKey = KEYS[0], every_blocks: int = 2, confirm
     return app, Shell(app)
 
 
-def event(message_id: str, action: str = "BootNotification", payload: dict | None = None) -> bytes:
+def event(message_id: str, action: str = "BootNotification", payload: dict[Any, Any] | None = None) -> bytes:
     body = payload if payload is not None else {"chargePointVendor": "V", "chargePointModel": "M"}
     unsigned = ChargerEvent("CP-1", "1.6", action, message_id, body, "", 1_700_000_000_000)
     return vouch(unsigned, KEYS[0], ingress_domain(ANCHOR)).to_bytes()
@@ -113,7 +117,7 @@ def block(app: NodeApplication, height: int, payloads: tuple[bytes, ...], eth_bl
                  encode_app_header(eth_block, eth_block.to_bytes(32, "big")))
 
 
-def test_app_header_round_trip_and_strictness():
+def test_app_header_round_trip_and_strictness() -> None:
     header = encode_app_header(7, b"\x07" * 32)
     assert decode_app_header(header) == (7, b"\x07" * 32)
     for bad in (b"", b"\xc0", header + b"\x00", encode_app_header(7, b"\x07" * 32)[:-1]):
@@ -121,7 +125,7 @@ def test_app_header_round_trip_and_strictness():
             decode_app_header(bad)
 
 
-def test_proposed_header_names_a_confirmed_block_and_never_goes_back(tmp_path):
+def test_proposed_header_names_a_confirmed_block_and_never_goes_back(tmp_path: Path) -> None:
     app, _ = make_app(tmp_path)
     prepared = app.prepare_proposal(1, (event("m1"), b"\x01junk"), app.propose_facts(1))
     assert decode_app_header(prepared.app_header)[0] == 10 - 2
@@ -130,7 +134,7 @@ def test_proposed_header_names_a_confirmed_block_and_never_goes_back(tmp_path):
     assert decode_app_header(app.prepare_proposal(2, (), app.propose_facts(2)).app_header)[0] == 9
 
 
-def test_validation_rejects_garbage_foreign_and_backward_blocks(tmp_path):
+def test_validation_rejects_garbage_foreign_and_backward_blocks(tmp_path: Path) -> None:
     app, shell = make_app(tmp_path)
     assert shell.process(block(app, 1, (event("m1"),)))
     assert not shell.process(block(app, 1, (b"\x01garbage",)))
@@ -150,7 +154,7 @@ def test_validation_rejects_garbage_foreign_and_backward_blocks(tmp_path):
     assert not shell.process(block(app, 2, (), eth_block=5))  # Ethereum read block went back
 
 
-def test_a_proposal_naming_an_unconfirmed_ethereum_block_is_refused(tmp_path):
+def test_a_proposal_naming_an_unconfirmed_ethereum_block_is_refused(tmp_path: Path) -> None:
     """Reorg safety: head 10, confirmations 2 -> block 9 or 10 is too shallow by our own head."""
     app, shell = make_app(tmp_path)
     assert shell.process(block(app, 1, (), eth_block=8))
@@ -161,10 +165,10 @@ def test_a_proposal_naming_an_unconfirmed_ethereum_block_is_refused(tmp_path):
     # Once committed (2f+1 others saw it deep enough), it is applied all the same.
     shell.finalize(block(app, 1, (), eth_block=9))
     assert app.last_eth_block == 9
-    assert app.chain.reads_by[-1] == (9).to_bytes(32, "big")  # reads pinned by the block's hash
+    assert cast(StaticChain, app.chain).reads_by[-1] == (9).to_bytes(32, "big")  # reads pinned by the block's hash
 
 
-def test_facts_for_another_block_are_refused(tmp_path):
+def test_facts_for_another_block_are_refused(tmp_path: Path) -> None:
     app, shell = make_app(tmp_path)
     b = block(app, 1, (event("m1"),))
     other = app.fetch_facts(1, b.app_header, ())  # fetched without the block's payloads
@@ -173,7 +177,7 @@ def test_facts_for_another_block_are_refused(tmp_path):
         app.finalize_block(b, CERT, other)
 
 
-def test_apply_answers_events_closes_batches_and_collects_a_quorum(tmp_path):
+def test_apply_answers_events_closes_batches_and_collects_a_quorum(tmp_path: Path) -> None:
     for path in (tmp_path / f"n{i}" for i in range(4)):
         path.mkdir()
     apps = [make_app(tmp_path / f"n{i}", key) for i, key in enumerate(KEYS)]
@@ -183,9 +187,9 @@ def test_apply_answers_events_closes_batches_and_collects_a_quorum(tmp_path):
     app, shell = apps[0]
     results = shell.results[0].tx_results
     reply, error_code, duplicate = decode_event_reply(results[0])
-    assert results[0].code == 0 and reply["status"] == "Accepted" and error_code is None and not duplicate
+    assert results[0].code == 0 and cast(dict[str, Any], reply)["status"] == "Accepted" and error_code is None and not duplicate
     assert decode_event_reply(results[2])[0] == {"idTagInfo": {"status": "Invalid"}}
-    assert app.message("CP-1", "m2")[1] == ChargerEvent.from_bytes(payloads[1]).event_id
+    assert cast(tuple[int, bytes, bytes], app.message("CP-1", "m2"))[1] == ChargerEvent.from_bytes(payloads[1]).event_id
     assert not shell.own  # the batch needs 2 blocks
     for node, node_shell in apps:
         node_shell.finalize(block(node, 2, ()))
@@ -203,7 +207,7 @@ def test_apply_answers_events_closes_batches_and_collects_a_quorum(tmp_path):
     assert app.counters["attestations_ignored"] == 0 and len(shell.quorums) == 1
 
 
-def test_message_lookup_is_kept_for_a_height_window(tmp_path, monkeypatch):
+def test_message_lookup_is_kept_for_a_height_window(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import devsen.app as app_module
 
     monkeypatch.setattr(app_module, "MESSAGE_WINDOW_BLOCKS", 3)
@@ -216,14 +220,14 @@ def test_message_lookup_is_kept_for_a_height_window(tmp_path, monkeypatch):
     assert app.message("CP-1", "m1") is None and not app.by_message
 
 
-def test_epoch_change_on_chain_switches_consensus_and_attestations(tmp_path):
+def test_epoch_change_on_chain_switches_consensus_and_attestations(tmp_path: Path) -> None:
     newcomer = SigningKey(b"\x07" * 32)
     app, shell = make_app(tmp_path, key=newcomer, every_blocks=2)
     shell.finalize(block(app, 1, (event("m1"),), eth_block=5))
     shell.finalize(block(app, 2, (), eth_block=5))
     assert not shell.own  # not a validator yet: it closes the batch but does not sign
     new_set = tuple(sorted([*VALIDATORS[1:], newcomer.address]))
-    app.chain.epochs[6] = new_set
+    cast(StaticChain, app.chain).epochs[6] = new_set
     shell.finalize(block(app, 3, (), eth_block=6))
     assert app.epoch == 1 and app.validators == new_set and shell.changes == [new_set]
     (update,) = shell.updates
@@ -239,7 +243,7 @@ def test_epoch_change_on_chain_switches_consensus_and_attestations(tmp_path):
     assert len(shell.quorums) == 1 and newcomer.address in shell.quorums[0].signers
 
 
-def test_snapshot_restore_then_replay_reaches_the_same_state(tmp_path, monkeypatch):
+def test_snapshot_restore_then_replay_reaches_the_same_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import types
 
     import devsen.app as app_module
@@ -252,7 +256,7 @@ def test_snapshot_restore_then_replay_reaches_the_same_state(tmp_path, monkeypat
     stored = {}
     prev = ZERO_HASH
 
-    def commit(shell, height, payloads):
+    def commit(shell: Any, height: Any, payloads: Any) -> Any:
         nonlocal prev
         b = Block(height, 1_700_000_000_000 + height * 1000, KEYS[0].address, prev, ZERO_HASH, payloads,
                   encode_app_header(5, (5).to_bytes(32, "big")))
@@ -289,7 +293,7 @@ def test_snapshot_restore_then_replay_reaches_the_same_state(tmp_path, monkeypat
     assert c.restore(6, stored.get) is None
 
 
-def test_mempool_admission_refuses_what_no_block_could_carry(tmp_path):
+def test_mempool_admission_refuses_what_no_block_could_carry(tmp_path: Path) -> None:
     app, _ = make_app(tmp_path)
     batch = AnchorBatch(0, b"\x01" * 32, 1, 1, 1)
     assert app.check_tx(event("m1")).ok
@@ -302,7 +306,7 @@ def test_mempool_admission_refuses_what_no_block_could_carry(tmp_path):
     assert not app.check_tx(attest(batch, KEYS[1], ESCROW).encode()).ok  # signed under another domain
 
 
-def test_node_ingest_answers_from_the_commit_receipts_result(tmp_path):
+def test_node_ingest_answers_from_the_commit_receipts_result(tmp_path: Path) -> None:
     """The charger's reply comes from the receipt's TxResult; no application-side result map."""
     import types
 
@@ -323,13 +327,13 @@ def test_node_ingest_answers_from_the_commit_receipts_result(tmp_path):
     class Service:
         answer = "ok"
 
-        async def submit(self, payload, timeout_s):
+        async def submit(self, payload: Any, timeout_s: Any) -> Any:
             return types.SimpleNamespace(height=7, block_hash=ZERO_HASH, index=0, result=answers[self.answer])
 
     service = Service()
-    ingest = NodeIngest(service, app, commit_timeout_s=1.0)
+    ingest = NodeIngest(cast(Any, service), app, commit_timeout_s=1.0)
 
-    async def main():
+    async def main() -> None:
         got = await ingest.submit(ev)
         assert got.reply == {"status": "Accepted"} and got.committed_height == 7 and got.notes == {"anomalies": ["clock"]}
         service.answer = "refused"
@@ -340,7 +344,7 @@ def test_node_ingest_answers_from_the_commit_receipts_result(tmp_path):
     trio.run(main)
 
 
-def test_finalize_is_total_for_a_committed_block_the_ledger_refuses(tmp_path):
+def test_finalize_is_total_for_a_committed_block_the_ledger_refuses(tmp_path: Path) -> None:
     app, shell = make_app(tmp_path)
     shell.finalize(block(app, 1, ()))
     before = app.ledger.state_hash()

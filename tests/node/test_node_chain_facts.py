@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from devsen.chain_facts import ChainFacts, FactsView, chain_keys
 from devsen.ledger import DeviceInfo, Ledger, Tariff, id_tag_hash
@@ -14,11 +15,11 @@ from ocpp_adapter.events import ChargerEvent
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _event(charger: str, action: str, payload: dict) -> ChargerEvent:
+def _event(charger: str, action: str, payload: dict[Any, Any]) -> ChargerEvent:
     return ChargerEvent(charger, "1.6", action, "m", payload, "0x" + "a1" * 20, 1_700_000_000_000)
 
 
-def test_keys_list_chargers_and_every_id_tag_sorted_and_deduplicated():
+def test_keys_list_chargers_and_every_id_tag_sorted_and_deduplicated() -> None:
     events = [_event("B", "Authorize", {"idTag": "T1"}), _event("A", "StartTransaction", {"idTag": "T2"}),
               _event("B", "TransactionEvent", {"idToken": {"idToken": "T3", "type": "ISO14443"}})]
     keys = chain_keys(events, Ledger())
@@ -27,7 +28,7 @@ def test_keys_list_chargers_and_every_id_tag_sorted_and_deduplicated():
     assert chain_keys(list(reversed(events)), Ledger()) == keys  # order of events does not matter
 
 
-def test_a_read_outside_the_facts_is_absent_and_recorded():
+def test_a_read_outside_the_facts_is_absent_and_recorded() -> None:
     device = DeviceInfo(b"\x01" * 32, "0x" + "11" * 20, 2, Tariff(1))
     view = FactsView(ChainFacts(1, b"\x00" * 32, b"", chain_keys([], Ledger()), devices={"A": device}))
     assert view.device("A") == device
@@ -36,7 +37,7 @@ def test_a_read_outside_the_facts_is_absent_and_recorded():
     assert [kind for kind, _ in view.outside] == ["device", "id_tag", "open_escrow_sessions", "escrow_session"]
 
 
-def test_the_ledger_tests_never_read_outside_the_prefetched_facts():
+def test_the_ledger_tests_never_read_outside_the_prefetched_facts() -> None:
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "tests.node.facts_guard", "-p", "no:cacheprovider",
          "tests/ledger/test_ledger_v16.py", "tests/ledger/test_ledger_v201.py",

@@ -6,12 +6,16 @@ from __future__ import annotations
 import importlib.util
 import sys
 from pathlib import Path
+from typing import Any, cast
 
+import pytest
 from web3 import Web3
 
 from anchoring.chain import connect
+from anchoring.chain.client import DeviceRecord
 from devsen.chain_view import ContractChainAccess, SessionIndex
 from devsen.ledger import id_tag_hash
+from devsen.ledger.chain import DeviceInfo, IdTagInfo
 
 _spec = importlib.util.spec_from_file_location(  # the contract tests' deployment helper
     "contracts_test_world", Path(__file__).resolve().parents[1] / "contracts" / "conftest.py")
@@ -22,7 +26,7 @@ _spec.loader.exec_module(_world)
 build_world = _world.build_world
 
 
-def test_views_follow_the_chain_and_the_cache_drops_only_touched_keys():
+def test_views_follow_the_chain_and_the_cache_drops_only_touched_keys() -> None:
     world = build_world(connect("tester"))
     w3: Web3 = world.w3
     manager = world.manager
@@ -34,10 +38,10 @@ def test_views_follow_the_chain_and_the_cache_drops_only_touched_keys():
 
     first = w3.eth.block_number
     view = access.view_at(first)
-    assert view.device("CP-A").tariff.price_per_kwh == 100
-    assert view.device("CP-B").connector_count == 2
+    assert cast(DeviceInfo, view.device("CP-A")).tariff.price_per_kwh == 100
+    assert cast(DeviceInfo, view.device("CP-B")).connector_count == 2
     assert view.device("NOPE") is None
-    assert view.id_tag(id_tag_hash("TAG-1")).revoked is False
+    assert cast(IdTagInfo, view.id_tag(id_tag_hash("TAG-1"))).revoked is False
     assert view.id_tag(id_tag_hash("OTHER")) is None
     epoch, validators, _ = access.validators_at(first)
     assert epoch == 0 and len(validators) == 4
@@ -47,20 +51,20 @@ def test_views_follow_the_chain_and_the_cache_drops_only_touched_keys():
     world.driver.revoke_id_tag("TAG-1")
     later = w3.eth.block_number
     view = access.view_at(later)
-    assert view.device("CP-A").tariff == type(view.device("CP-A").tariff)(250, 5)  # re-read: touched
-    assert view.id_tag(id_tag_hash("TAG-1")).revoked is True  # re-read: touched
-    assert view.device("CP-B").connector_count == 2  # untouched: from the cache
+    assert cast(DeviceInfo, view.device("CP-A")).tariff == type(cast(DeviceInfo, view.device("CP-A")).tariff)(250, 5)  # re-read: touched
+    assert cast(IdTagInfo, view.id_tag(id_tag_hash("TAG-1"))).revoked is True  # re-read: touched
+    assert cast(DeviceInfo, view.device("CP-B")).connector_count == 2  # untouched: from the cache
     assert view.device("NOPE") is None
     access.validators_at(later)
     assert access.cache.misses == misses + 2 and access.cache.hits >= 3
 
     # Going back (a node replaying old blocks) empties the cache and reads at that block.
     old = access.view_at(first)
-    assert old.device("CP-A").tariff.price_per_kwh == 100
-    assert old.id_tag(id_tag_hash("TAG-1")).revoked is False
+    assert cast(DeviceInfo, old.device("CP-A")).tariff.price_per_kwh == 100
+    assert cast(IdTagInfo, old.id_tag(id_tag_hash("TAG-1"))).revoked is False
 
 
-def test_session_index_holds_only_open_sessions_within_its_bound(monkeypatch):
+def test_session_index_holds_only_open_sessions_within_its_bound(monkeypatch: pytest.MonkeyPatch) -> None:
     """Settled and refunded sessions leave the index; requests beyond the per-charger bound are
     ignored (deterministically, by log order) instead of raising inside apply."""
     import devsen.chain_view as chain_view
@@ -81,7 +85,7 @@ def test_session_index_holds_only_open_sessions_within_its_bound(monkeypatch):
     access = ContractChainAccess(world.deployer, index)
     opened = w3.eth.block_number
     view = access.view_at(opened)
-    assert view.device("CP-S").max_power_w == 22_000
+    assert cast(DeviceInfo, view.device("CP-S")).max_power_w == 22_000
     assert [s.session_id for s in view.open_escrow_sessions("CP-S")] == ids[:3]
     assert index.ignored == 1 and len(index) == 3  # the 4th is beyond the bound
 
@@ -100,7 +104,7 @@ def test_session_index_holds_only_open_sessions_within_its_bound(monkeypatch):
     assert [s.session_id for s in view.open_escrow_sessions("CP-S")] == [ids[2]]
 
 
-def test_out_of_bound_device_data_is_unregistered_not_an_exception():
+def test_out_of_bound_device_data_is_unregistered_not_an_exception() -> None:
     """If the chain ever reports a device beyond the ledger's bounds (255 connectors, e.g. from
     an older DeviceFactory), the conversion treats it as unregistered instead of raising."""
     import dataclasses
@@ -116,7 +120,7 @@ def test_out_of_bound_device_data_is_unregistered_not_an_exception():
     assert _to_ledger_device(dataclasses.replace(record, price_per_kwh=2**300)) is None
 
 
-def test_reads_by_block_hash_follow_that_block_and_fail_for_a_block_not_on_the_chain(tmp_path):
+def test_reads_by_block_hash_follow_that_block_and_fail_for_a_block_not_on_the_chain(tmp_path: Path) -> None:
     """EIP-1898 on anvil: a read pinned by hash answers that block's state; a hash that is not
     on the canonical chain (a reorged-out block) fails instead of answering from another fork."""
     import pytest
@@ -135,11 +139,11 @@ def test_reads_by_block_hash_follow_that_block_and_fail_for_a_block_not_on_the_c
         client = ChainClientByHash(w3, world.deployment)
         access = ContractChainAccess(client, SessionIndex(client, world.deployment.deploy_block))
         view = access.view_at(first, first_hash)
-        assert view.device("CP-A").tariff.price_per_kwh == 100  # the state at that hash, not the head's
+        assert cast(DeviceInfo, view.device("CP-A")).tariff.price_per_kwh == 100  # the state at that hash, not the head's
         assert view.device("NOPE") is None  # a revert (UnknownDevice) decoded as before
-        assert client.device("CP-A", "latest").price_per_kwh == 250
+        assert cast(DeviceRecord, client.device("CP-A", "latest")).price_per_kwh == 250
         epoch, validators, _ = access.validators_at(first, first_hash)
         assert epoch == 0 and len(validators) == 4
         with pytest.raises(Exception) as failure:
-            client.device("CP-A", BlockHash(b"\x42" * 32))
+            client.device("CP-A", cast(Any, BlockHash(b"\x42" * 32)))
         assert isinstance(failure.value, ChainReadError) or "block" in str(failure.value).lower()

@@ -7,11 +7,12 @@ import importlib.util
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 from anchoring.chain import SessionStatus, connect
 from anchoring.escrow_sign import settlement_batch_digest
 from devsen.chain_view import ContractChainAccess, SessionIndex
-from devsen.ledger import BlockContext, Ledger
+from devsen.ledger import BlockContext, DeviceInfo, Ledger
 from ocpp_adapter.events import ChargerEvent
 
 _spec = importlib.util.spec_from_file_location(  # the contract tests' deployment helper
@@ -45,14 +46,14 @@ def test_tariff_change_after_opening_does_not_change_the_settlement() -> None:
     access = ContractChainAccess(world.deployer, SessionIndex(world.deployer, world.deployment.deploy_block))
     head = world.w3.eth.block_number
     view = access.view_at(head)
-    assert view.device("CP-T").tariff.price_per_kwh == 3 * PRICE
+    assert cast(DeviceInfo, view.device("CP-T")).tariff.price_per_kwh == 3 * PRICE
     escrow = view.escrow_session(session_id)
     assert escrow is not None and escrow.tariff is not None and escrow.tariff.price_per_kwh == PRICE
     assert escrow.refund_at_s == escrow.opened_at_s + _world.REFUND_TIMEOUT_S
 
     ledger = Ledger()
     t0 = escrow.opened_at_s * 1000 + 1_000
-    boot = {"chargePointVendor": "v", "chargePointModel": "m"}
+    boot: dict[str, object] = {"chargePointVendor": "v", "chargePointModel": "m"}
     ledger.apply_block(BlockContext(1, t0, head, b"\x01" * 32), view, [event("BootNotification", boot, "b1", t0)])
     start = {"connectorId": 1, "idTag": "TAG-T", "meterStart": 1_000, "timestamp": iso(t0)}
     out = ledger.apply_block(BlockContext(2, t0 + 1_000, head, b"\x01" * 32), view,

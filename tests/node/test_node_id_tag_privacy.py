@@ -7,6 +7,9 @@ honest validator's block validation, whatever the signature.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 from test_node_app import ANCHOR, KEYS, block, make_app
 
@@ -17,7 +20,7 @@ DOMAIN = ingress_domain(ANCHOR)
 TAG = "04A2B3C4D5E6F7"
 
 
-def leaked(payload: dict) -> bytes:
+def leaked(payload: dict[Any, Any]) -> bytes:
     """Validator KEYS[0]'s well-signed encoding of an Authorize whose payload is `payload` as given."""
     event = ChargerEvent("CP-1", "1.6", "Authorize", "leak-1", {"idTag": TAG}, "", 1_700_000_000_000,
                          b"\x07" * 16).with_vouch(KEYS[0].address, b"")
@@ -27,10 +30,10 @@ def leaked(payload: dict) -> bytes:
 
 
 @pytest.mark.parametrize("value", [TAG, hashed_id_tag(TAG)[:-1], hashed_id_tag(TAG).upper()])
-def test_plaintext_or_malformed_id_tag_refused_at_admission_and_in_blocks(tmp_path, value):
+def test_plaintext_or_malformed_id_tag_refused_at_admission_and_in_blocks(tmp_path: Path, value: Any) -> None:
     app, *_ = make_app(tmp_path)
 
-    def valid(b):
+    def valid(b: Any) -> bool:
         return app.process_proposal(b, app.fetch_facts(b.height, b.app_header, b.payloads))
 
     data = leaked({"idTag": value})

@@ -4,6 +4,8 @@ hash), apply chunk by chunk; a hostile peer's chunks, a wrong app hash and bad i
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -19,7 +21,7 @@ from primitives.hashing import keccak256
 
 
 @pytest.fixture
-def small_snapshots(monkeypatch):
+def small_snapshots(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(app_module, "SNAPSHOT_EVERY_BLOCKS", 2)
     monkeypatch.setattr(app_module, "SNAPSHOT_CHUNK_BYTES", 256)  # several chunks per snapshot
     monkeypatch.setattr(app_module, "SNAPSHOTS_KEPT", 2)
@@ -40,7 +42,7 @@ class Chain:
         return b
 
 
-def serving_app(tmp_path):
+def serving_app(tmp_path: Path) -> tuple[Any, Any, Any, Any]:
     """Node a: six heights with events, a batch waiting for signatures, snapshots every 2."""
     (tmp_path / "a").mkdir()
     a, shell = make_app(tmp_path / "a")
@@ -56,12 +58,12 @@ def serving_app(tmp_path):
     return a, shell, chain, hashes
 
 
-def fresh_app(tmp_path, name="b"):
+def fresh_app(tmp_path: Path, name: Any="b") -> tuple[Any, Any]:
     (tmp_path / name).mkdir()
     return make_app(tmp_path / name, key=KEYS[1])
 
 
-def test_snapshot_moves_the_state_to_a_fresh_node(tmp_path, small_snapshots):
+def test_snapshot_moves_the_state_to_a_fresh_node(tmp_path: Path, small_snapshots: Any) -> None:
     a, shell_a, chain, hashes = serving_app(tmp_path)
     listed = a.list_snapshots()
     assert [s.height for s in listed] == [6, 4]  # newest first, only SNAPSHOTS_KEPT kept on disk
@@ -91,7 +93,7 @@ def test_snapshot_moves_the_state_to_a_fresh_node(tmp_path, small_snapshots):
     assert b.book.export_state() == a.book.export_state()
 
 
-def test_hostile_chunk_is_refused_and_another_peers_chunk_completes(tmp_path, small_snapshots):
+def test_hostile_chunk_is_refused_and_another_peers_chunk_completes(tmp_path: Path, small_snapshots: Any) -> None:
     a, _, _, hashes = serving_app(tmp_path)
     snapshot = a.list_snapshots()[0]
     chunks = [a.load_snapshot_chunk(6, snapshot.format, i) for i in range(snapshot.chunks)]
@@ -107,7 +109,7 @@ def test_hostile_chunk_is_refused_and_another_peers_chunk_completes(tmp_path, sm
     assert b.ledger.state_hash() == hashes[6]
 
 
-def test_offer_is_refused_unless_it_claims_the_trusted_app_hash(tmp_path, small_snapshots):
+def test_offer_is_refused_unless_it_claims_the_trusted_app_hash(tmp_path: Path, small_snapshots: Any) -> None:
     a, _, _, hashes = serving_app(tmp_path)
     snapshot = a.list_snapshots()[0]
     b, _ = fresh_app(tmp_path)
@@ -124,7 +126,7 @@ def test_offer_is_refused_unless_it_claims_the_trusted_app_hash(tmp_path, small_
     assert not b.restoring
 
 
-def test_snapshot_whose_state_is_not_the_certified_one_is_refused_and_old_state_kept(tmp_path, small_snapshots):
+def test_snapshot_whose_state_is_not_the_certified_one_is_refused_and_old_state_kept(tmp_path: Path, small_snapshots: Any) -> None:
     """A peer relabels height 4's snapshot as height 6's with block 7's certified app hash:
     every chunk matches its (peer-made) metadata, the restored ledger does not."""
     a, _, chain, hashes = serving_app(tmp_path)
@@ -145,7 +147,7 @@ def test_snapshot_whose_state_is_not_the_certified_one_is_refused_and_old_state_
     assert b.ledger.state_hash() == before
 
 
-def test_chunk_indices_are_bounds_checked(tmp_path, small_snapshots):
+def test_chunk_indices_are_bounds_checked(tmp_path: Path, small_snapshots: Any) -> None:
     a, _, _, hashes = serving_app(tmp_path)
     snapshot = a.list_snapshots()[0]
     for index in (-1, snapshot.chunks, app_module.MAX_SNAPSHOT_CHUNKS, 2**70):
@@ -161,7 +163,7 @@ def test_chunk_indices_are_bounds_checked(tmp_path, small_snapshots):
     assert b.restoring
 
 
-def test_garbage_that_matches_its_own_metadata_is_refused(tmp_path, small_snapshots):
+def test_garbage_that_matches_its_own_metadata_is_refused(tmp_path: Path, small_snapshots: Any) -> None:
     """A hostile server can make metadata for any bytes: they must decode and hash right."""
     b, _ = fresh_app(tmp_path)
     before = b.ledger.state_hash()
@@ -174,7 +176,7 @@ def test_garbage_that_matches_its_own_metadata_is_refused(tmp_path, small_snapsh
     assert b.ledger.state_hash() == before
 
 
-def test_local_restore_reads_the_new_format(tmp_path, small_snapshots):
+def test_local_restore_reads_the_new_format(tmp_path: Path, small_snapshots: Any) -> None:
     a, _, chain, hashes = serving_app(tmp_path)
     stored = {b.height: type("C", (), {"block": b})() for b in chain.blocks}
     b, shell_b = fresh_app(tmp_path)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import trio
@@ -32,15 +33,15 @@ PRICE = 300_000  # per kWh (StaticChain's CP-1 tariff): a 0.5 kWh chunk is 150_0
 DEPOSIT = 10_000_000
 
 
-def voucher_app(tmp_path):
+def voucher_app(tmp_path: Path) -> tuple[Any, Any]:
     app, shell = make_app(tmp_path, confirmations=0)
-    app.chain.view.sessions[SESSION] = EscrowSession(
+    cast(Any, app.chain).view.sessions[SESSION] = EscrowSession(
         SESSION, "0x" + DRIVER.address.hex(), "CP-1", 1, id_tag_hash("TAG-1"), DEPOSIT, T0 // 1000 - 3_600,
         voucher_mode=True)
     return app, shell
 
 
-def ocpp(message_id: str, action: str, payload: dict) -> bytes:
+def ocpp(message_id: str, action: str, payload: dict[Any, Any]) -> bytes:
     unsigned = ChargerEvent("CP-1", "1.6", action, message_id, payload, "", T0)
     return vouch(unsigned, KEYS[0], ingress_domain(make_app.__globals__["ANCHOR"])).to_bytes()
 
@@ -53,10 +54,10 @@ def meter(message_id: str, wh: int) -> bytes:
 class Chain:
     """Commits each payload in its own block through the application (check, propose, finalize)."""
 
-    def __init__(self, app, shell) -> None:
+    def __init__(self, app: Any, shell: Any) -> None:
         self.app, self.shell, self.height = app, shell, 0
 
-    def commit(self, *payloads: bytes):
+    def commit(self, *payloads: bytes) -> Any:
         self.height += 1
         b = make_block(self.app, self.height, payloads)
         assert self.shell.process(b)
@@ -78,7 +79,7 @@ class OneNodeService:
         return CommitReceipt(self.chain.height, b"", 0, result.tx_results[0])
 
 
-def started(app, shell) -> Chain:
+def started(app: Any, shell: Any) -> Chain:
     chain = Chain(app, shell)
     chain.commit(ocpp("b1", "BootNotification", {"chargePointVendor": "V", "chargePointModel": "M"}))
     start = chain.commit(ocpp("s1", "StartTransaction", {"connectorId": 1, "idTag": "TAG-1", "meterStart": 0,
@@ -87,7 +88,7 @@ def started(app, shell) -> Chain:
     return chain
 
 
-def test_check_tx_refuses_malformed_and_foreign_vouchers(tmp_path):
+def test_check_tx_refuses_malformed_and_foreign_vouchers(tmp_path: Path) -> None:
     app, shell = voucher_app(tmp_path)
     good = sign_voucher(DRIVER, ESCROW, SESSION, 1_000)
     assert app.check_tx(good.encode()).ok
@@ -99,14 +100,14 @@ def test_check_tx_refuses_malformed_and_foreign_vouchers(tmp_path):
     assert "not by the session's driver" in app.check_tx(foreign.encode()).reason
 
 
-def test_a_block_with_an_unrecoverable_voucher_is_invalid(tmp_path):
+def test_a_block_with_an_unrecoverable_voucher_is_invalid(tmp_path: Path) -> None:
     app, shell = voucher_app(tmp_path)
     good = sign_voucher(DRIVER, ESCROW, SESSION, 1_000)
     broken = PaymentVoucher(SESSION, 1_000, good.signature[:32] + b"\xff" * 32 + good.signature[64:])
     assert not shell.process(make_block(app, 1, (broken.encode(),)))
 
 
-def test_a_block_with_too_many_vouchers_is_invalid(tmp_path):
+def test_a_block_with_too_many_vouchers_is_invalid(tmp_path: Path) -> None:
     from devsen.app import MAX_VOUCHERS_PER_BLOCK
 
     app, shell = voucher_app(tmp_path)
@@ -115,7 +116,7 @@ def test_a_block_with_too_many_vouchers_is_invalid(tmp_path):
     assert shell.process(make_block(app, 1, many[:-1]))
 
 
-def test_vouchers_in_blocks_counted_or_refused_deterministically_and_the_stop_notice(tmp_path):
+def test_vouchers_in_blocks_counted_or_refused_deterministically_and_the_stop_notice(tmp_path: Path) -> None:
     app, shell = voucher_app(tmp_path)
     (tmp_path / "b").mkdir()
     other, other_shell = voucher_app(tmp_path / "b")
@@ -140,8 +141,8 @@ def test_vouchers_in_blocks_counted_or_refused_deterministically_and_the_stop_no
         get_validator(2, action, version).validate(payload)  # schema-valid CSMS calls
 
 
-async def _with_server(app, chain, body):
-    routes = VoucherRoutes(app, OneNodeService(chain))
+async def _with_server(app: Any, chain: Any, body: Any) -> None:
+    routes = VoucherRoutes(app, cast(Any, OneNodeService(chain)))
     router = Router()
     router.get("/v1/sessions/{session_id}/payment", routes.session)
 
@@ -161,7 +162,7 @@ def post_body(voucher: PaymentVoucher) -> str:
                        "signature": "0x" + voucher.signature.hex()})
 
 
-def test_http_submit_and_follow(tmp_path):
+def test_http_submit_and_follow(tmp_path: Path) -> None:
     app, shell = voucher_app(tmp_path)
     chain = started(app, shell)
     url = f"/v1/sessions/0x{SESSION.hex()}"
@@ -195,13 +196,13 @@ def test_http_submit_and_follow(tmp_path):
     trio.run(_with_server, app, chain, body)
 
 
-def test_wallet_stream_signs_chunk_by_chunk_and_stops_on_a_mismatch(tmp_path):
+def test_wallet_stream_signs_chunk_by_chunk_and_stops_on_a_mismatch(tmp_path: Path) -> None:
     from devsen.voucher_stream import stream
 
     app, shell = voucher_app(tmp_path)
     chain = started(app, shell)
     car = tmp_path / "car_wh"
-    lines: list[dict] = []
+    lines: list[dict[Any, Any]] = []
 
     async def body(base: str, routes: VoucherRoutes) -> None:
         async def charge() -> None:
@@ -231,7 +232,7 @@ def test_wallet_stream_signs_chunk_by_chunk_and_stops_on_a_mismatch(tmp_path):
 
 
 @pytest.mark.parametrize("count", [2_000])
-def test_voucher_verify_cost(count):
+def test_voucher_verify_cost(count: int) -> None:
     vouchers = [sign_voucher(DRIVER, ESCROW, SESSION, n + 1) for n in range(count)]
     began = time.perf_counter()
     for v in vouchers:
@@ -243,12 +244,13 @@ class Connected:
     """Stand-in for ChargerConnections: which chargers are connected here, the calls sent."""
 
     def __init__(self, versions: dict[str, str]) -> None:
-        self.versions, self.calls = versions, []
+        self.versions = versions
+        self.calls: list[Any] = []
 
     def version(self, charge_box_id: str) -> str | None:
         return self.versions.get(charge_box_id)
 
-    async def call(self, charge_box_id: str, action: str, payload: dict, timeout: float | None = None) -> dict:
+    async def call(self, charge_box_id: str, action: str, payload: dict[Any, Any], timeout: float | None = None) -> dict[Any, Any]:
         self.calls.append((charge_box_id, action, payload))
         if charge_box_id == "CP-BAD":
             from ocpp_adapter.errors import ChargerCallFailed
@@ -257,13 +259,15 @@ class Connected:
         return {"status": "Accepted"}
 
 
-def test_remote_stops_go_only_to_chargers_connected_here_and_survive_failures():
+def test_remote_stops_go_only_to_chargers_connected_here_and_survive_failures() -> None:
     from devsen.ledger.vouchers import StopOrder
     from devsen.remote_stop import RemoteStops
 
     connections = Connected({"CP-1": "1.6", "CP-BAD": "1.6", "CS-2": "2.0.1"})
     stops = RemoteStops(connections)  # type: ignore[arg-type]
-    order = lambda charger, tx: StopOrder(SESSION, charger, tx, "1.6", 1, 10, 0)  # noqa: E731
+    def order(charger: str, tx: str) -> StopOrder:
+        return StopOrder(SESSION, charger, tx, "1.6", 1, 10, 0)
+
     for charger, tx in (("CP-ELSEWHERE", "1"), ("CP-BAD", "2"), ("CP-1", "3"), ("CS-2", "tx-9")):
         stops.add(order(charger, tx))
 

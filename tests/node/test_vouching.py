@@ -7,13 +7,15 @@ A Byzantine validator forging a charger event for any charger must fail at mempo
 from __future__ import annotations
 
 import time
+from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from test_node_app import ANCHOR, KEYS, block, make_app
 
 from ocpp_adapter.events import ChargerEvent, EventEncodingError
 from ocpp_adapter.vouching import VouchCache, ingress_domain, vouch, vouch_digest, vouch_problem
-from primitives.eip712 import SigningKey
+from primitives.eip712 import SigningKey, recover_address
 
 DOMAIN = ingress_domain(ANCHOR)
 OUTSIDER = SigningKey(b"\x09" * 32)
@@ -42,7 +44,7 @@ def forgeries() -> dict[str, ChargerEvent]:
             "other network": vouch(unsigned(), KEYS[0], ingress_domain(type(ANCHOR)(1, b"\x0a" * 20)))}
 
 
-def test_vouched_event_round_trips_and_verifies():
+def test_vouched_event_round_trips_and_verifies() -> None:
     event = vouch(unsigned(), KEYS[2], DOMAIN)
     assert event.ingress_node == "0x" + KEYS[2].address.hex()
     assert ChargerEvent.from_bytes(event.to_bytes()) == event
@@ -54,15 +56,15 @@ def test_vouched_event_round_trips_and_verifies():
 
 
 @pytest.mark.parametrize("name", list(forgeries()))
-def test_forged_event_refused_by_the_pure_check(name):
+def test_forged_event_refused_by_the_pure_check(name: Any) -> None:
     assert vouch_problem(forgeries()[name], DOMAIN, VALIDATORS) is not None
 
 
 @pytest.mark.parametrize("name", list(forgeries()))
-def test_forged_event_refused_at_admission_and_in_blocks(tmp_path, name):
+def test_forged_event_refused_at_admission_and_in_blocks(tmp_path: Path, name: Any) -> None:
     app, *_ = make_app(tmp_path)
 
-    def valid(b):
+    def valid(b: Any) -> bool:
         return app.process_proposal(b, app.fetch_facts(b.height, b.app_header, b.payloads))
 
     forged = forgeries()[name].to_bytes()
@@ -74,18 +76,18 @@ def test_forged_event_refused_at_admission_and_in_blocks(tmp_path, name):
     assert not valid(block(app, 1, (good, forged)))  # one forgery spoils the block
 
 
-def test_version_1_event_refused():
+def test_version_1_event_refused() -> None:
     import msgpack
     v1 = msgpack.packb([1, "CP-1", "1.6", "Heartbeat", "m", {}, "node-1", 5], use_bin_type=True)
     with pytest.raises(EventEncodingError, match="version-2"):
         ChargerEvent.from_bytes(v1)
 
 
-def test_cache_recovers_once_and_is_bounded(monkeypatch):
+def test_cache_recovers_once_and_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     import ocpp_adapter.vouching as vouching
-    calls = []
-    real = vouching.recover_address
-    monkeypatch.setattr(vouching, "recover_address", lambda d, s: calls.append(1) or real(d, s))
+    calls: list[int] = []
+    real = recover_address
+    monkeypatch.setattr(vouching, "recover_address", lambda d, s: cast(Any, calls.append(1)) or real(d, s))
     cache = VouchCache(DOMAIN, limit=2)
     events = [vouch(unsigned(f"m{i}"), KEYS[0], DOMAIN) for i in range(3)]
     assert cache.problem(events[0], VALIDATORS) is None and cache.problem(events[0], VALIDATORS) is None
@@ -96,7 +98,7 @@ def test_cache_recovers_once_and_is_bounded(monkeypatch):
     assert len(cache._signers) == 2
 
 
-def test_cost_per_event(capsys):
+def test_cost_per_event(capsys: pytest.CaptureFixture[str]) -> None:
     """Measured cost of signing and verifying one vouch (reported, loosely bounded)."""
     events = [unsigned(f"m{i}") for i in range(300)]
     start = time.perf_counter()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from typing import Any, cast
 
 import pytest
 import trio
@@ -23,25 +24,25 @@ from ocpp_adapter.events import ChargerEvent
 NOW = "2026-01-01T00:00:00Z"
 
 
-class Charger16(ChargePoint16):
+class Charger16(ChargePoint16):  # type: ignore[misc]  # ocpp ships no type hints
     remote_started: asyncio.Event
 
-    @on("RemoteStartTransaction")
-    async def on_remote_start(self, id_tag, **kwargs):
+    @on("RemoteStartTransaction")  # type: ignore[untyped-decorator]
+    async def on_remote_start(self, id_tag: Any, **kwargs: Any) -> Any:
         self.remote_started.set()
         return result16.RemoteStartTransaction(status="Accepted")
 
 
-class Charger201(ChargePoint201):
+class Charger201(ChargePoint201):  # type: ignore[misc]  # ocpp ships no type hints
     remote_started: asyncio.Event
 
-    @on("RequestStartTransaction")
-    async def on_request_start(self, id_token, remote_start_id, **kwargs):
+    @on("RequestStartTransaction")  # type: ignore[untyped-decorator]
+    async def on_request_start(self, id_token: Any, remote_start_id: Any, **kwargs: Any) -> Any:
         self.remote_started.set()
         return result201.RequestStartTransaction(status="Accepted")
 
 
-async def session16(cp) -> list:
+async def session16(cp: Any) -> list[Any]:
     out = [await cp.call(call16.BootNotification(charge_point_model="m", charge_point_vendor="v"))]
     out.append(await cp.call(call16.StatusNotification(connector_id=1, error_code="NoError", status="Available")))
     out.append(await cp.call(call16.Authorize(id_tag="TAG-OK")))
@@ -54,7 +55,7 @@ async def session16(cp) -> list:
     return out
 
 
-async def session201(cp) -> list:
+async def session201(cp: Any) -> list[Any]:
     token = {"id_token": "TAG-OK", "type": "ISO14443"}
     out = [await cp.call(call201.BootNotification(charging_station={"model": "m", "vendor_name": "v"},
                                                   reason="PowerUp"))]
@@ -70,12 +71,12 @@ async def session201(cp) -> list:
     return out
 
 
-def run_charger(url: str, charge_box_id: str, subprotocol: str) -> dict:
+def run_charger(url: str, charge_box_id: str, subprotocol: str) -> dict[str, Any]:
     """A whole charger life in its own asyncio loop (called in a worker thread)."""
 
-    async def main() -> dict:
+    async def main() -> dict[str, Any]:
         auth = base64.b64encode(f"{charge_box_id}:{PASSWORD}".encode()).decode()
-        async with websockets.connect(url, subprotocols=[subprotocol],
+        async with websockets.connect(url, subprotocols=[cast(Any, subprotocol)],
                                       additional_headers={"Authorization": f"Basic {auth}"}) as ws:
             cls = Charger16 if subprotocol == "ocpp1.6" else Charger201
             cp = cls(charge_box_id, ws)
@@ -93,11 +94,11 @@ def run_charger(url: str, charge_box_id: str, subprotocol: str) -> dict:
 
 
 @pytest.mark.parametrize("subprotocol", ["ocpp1.6", "ocpp2.0.1"])
-async def test_ocpp_package_chargepoint_full_session(subprotocol):
+async def test_ocpp_package_chargepoint_full_session(subprotocol: str) -> None:
     async with running_server() as harness:
-        outcome: dict = {}
+        outcome: dict[str, Any] = {}
 
-        async def charger_thread():
+        async def charger_thread() -> None:
             outcome.update(await trio.to_thread.run_sync(run_charger, harness.url("CP020"), "CP020", subprotocol))
 
         async with trio.open_nursery() as nursery:

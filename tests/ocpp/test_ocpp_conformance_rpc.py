@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from typing import Any
 
 import pytest
 import trio
@@ -21,10 +22,10 @@ SERVER_CALL = {
 }
 
 
-async def run_session(harness, charge_box_id: str, protocol: str, password: str = PASSWORD) -> list[dict]:
+async def run_session(harness: Any, charge_box_id: str, protocol: str, password: str = PASSWORD) -> list[dict[str, Any]]:
     """Run the JS session, answering its 'ready' with a server-initiated call; return its lines."""
     endpoint = f"ws://127.0.0.1:{harness.port}/ocpp"
-    lines: list[dict] = []
+    lines: list[dict[str, Any]] = []
     proc = await trio.lowlevel.open_process(
         ["node", f"{JS_DIR}/ocpp_rpc_session.js", endpoint, charge_box_id, password, protocol],
         stdout=subprocess.PIPE, cwd=REPO,
@@ -48,8 +49,8 @@ async def run_session(harness, charge_box_id: str, protocol: str, password: str 
     return lines
 
 
-def results(lines: list[dict]) -> dict[str, list]:
-    out: dict[str, list] = {}
+def results(lines: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
     for line in lines:
         if "method" in line:
             out.setdefault(line["method"], []).append(line.get("result", line.get("error")))
@@ -57,7 +58,7 @@ def results(lines: list[dict]) -> dict[str, list]:
 
 
 @pytest.mark.parametrize("protocol", ["ocpp1.6", "ocpp2.0.1"])
-async def test_full_session_strict(protocol):
+async def test_full_session_strict(protocol: str) -> None:
     async with running_server() as harness:
         lines = await run_session(harness, "CP001", protocol)
     assert not any("fatal" in line or "error" in line for line in lines), lines
@@ -87,7 +88,7 @@ async def test_full_session_strict(protocol):
     assert len({e.event_id for e in events}) == len(events)
 
 
-async def test_wrong_password_is_refused_with_401():
+async def test_wrong_password_is_refused_with_401() -> None:
     async with running_server() as harness:
         lines = await run_session(harness, "CP002", "ocpp1.6", password="not the password")
     assert lines[0].get("code") == 401, lines

@@ -78,7 +78,7 @@ def expected(frame: str | bytes, version: str) -> str:
     return "call"
 
 
-def check_answer(frame: str | bytes, version: str, answer: list | None) -> None:
+def check_answer(frame: str | bytes, version: str, answer: list[Any] | None) -> None:
     kind = expected(frame, version)
     if answer is None:
         assert kind in ("none", "framing-or-any"), (frame, kind)
@@ -104,7 +104,7 @@ def check_answer(frame: str | bytes, version: str, answer: list | None) -> None:
 
 @settings(max_examples=400, deadline=None)
 @given(frame=frames, subprotocol=st.sampled_from(sorted(VERSIONS)))
-def test_session_classifies_every_frame_per_table(frame, subprotocol):
+def test_session_classifies_every_frame_per_table(frame: Any, subprotocol: Any) -> None:
     version = VERSIONS[subprotocol]
     outcome = OcppSession(version).receive(frame)
     if isinstance(outcome, SendReply):
@@ -120,7 +120,7 @@ def test_session_classifies_every_frame_per_table(frame, subprotocol):
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batch=st.lists(frames, min_size=1, max_size=12), subprotocol=st.sampled_from(sorted(VERSIONS)))
-async def test_live_server_survives_fuzzed_frames(batch, subprotocol):
+async def test_live_server_survives_fuzzed_frames(batch: Any, subprotocol: Any) -> None:
     version = VERSIONS[subprotocol]
     async with running_server(security_profile=0, messages_per_second=10_000, burst_messages=10_000) as harness:
         async with open_websocket_url(harness.url("FUZZ"), subprotocols=[subprotocol]) as ws:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any, cast
 
 import trio
 from ocpp_testkit import HEARTBEAT, PASSWORD, basic_auth, charger, exchange, running_server
@@ -14,7 +15,7 @@ from ocpp_adapter.ingest import IngestResult
 from ocpp_adapter.memory_ingest import MemoryIngest
 
 
-async def well_behaved_latencies(harness, rounds: int = 30) -> list[float]:
+async def well_behaved_latencies(harness: Any, rounds: int = 30) -> list[float]:
     """Round-trip times of a normal charger's heartbeats (one at a time, as OCPP-J requires)."""
     latencies = []
     async with charger(harness, "CP030") as ws:
@@ -27,20 +28,20 @@ async def well_behaved_latencies(harness, rounds: int = 30) -> list[float]:
     return latencies
 
 
-async def test_flooder_is_rate_limited_and_others_are_not_delayed():
+async def test_flooder_is_rate_limited_and_others_are_not_delayed() -> None:
     async with running_server(messages_per_second=50, burst_messages=20, send_timeout=1.0) as harness:
-        flood_replies: list = []
+        flood_replies: list[Any] = []
         sent = [0]
         close_codes: list[int] = []
 
-        async def flooder():
+        async def flooder() -> None:
             async with charger(harness, "CP031") as ws:
-                async def read():
+                async def read() -> None:
                     try:
                         while True:
                             flood_replies.append(json.loads(await ws.get_message()))
                     except ConnectionClosed as exc:
-                        close_codes.append(exc.reason.code)
+                        close_codes.append(cast(Any, exc.reason).code)
 
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(read)
@@ -66,7 +67,7 @@ async def test_flooder_is_rate_limited_and_others_are_not_delayed():
         assert len(flood_replies) < 2 * 50 * 1.5 + 20 + 10, (len(flood_replies), sent)
 
 
-async def test_oversize_frame_closes_only_that_connection():
+async def test_oversize_frame_closes_only_that_connection() -> None:
     async with running_server(max_frame_bytes=4096) as harness:
         async with charger(harness, "CP032") as big, charger(harness, "CP033") as normal:
             await big.send_message(json.dumps([2, "big", "DataTransfer", {"vendorId": "v", "data": "x" * 10_000}]))
@@ -75,7 +76,7 @@ async def test_oversize_frame_closes_only_that_connection():
                     await big.get_message()
                 raise AssertionError("oversize frame was answered")
             except ConnectionClosed as exc:
-                assert exc.reason.code == 1009
+                assert cast(Any, exc.reason).code == 1009
             assert (await exchange(normal, HEARTBEAT))[0] == 3
         assert (await well_behaved_latencies(harness, rounds=3))
 
@@ -88,14 +89,14 @@ class SlowForOne:
         self.events = self.inner.events
         self.stuck = 0
 
-    async def submit(self, event) -> IngestResult:
+    async def submit(self, event: Any) -> IngestResult:
         if event.charger_id == "CP034":
             self.stuck += 1
             await trio.sleep_forever()
         return await self.inner.submit(event)
 
 
-async def test_stalled_or_vanishing_charger_does_not_block_others():
+async def test_stalled_or_vanishing_charger_does_not_block_others() -> None:
     ingest = SlowForOne()
     async with running_server(ingest=ingest, ingest_timeout=0.5) as harness:
         # CP034 sends a call the ingest never decides, then disconnects mid-call
@@ -115,7 +116,7 @@ async def test_stalled_or_vanishing_charger_does_not_block_others():
             assert ingest.stuck == 2
 
 
-async def test_silent_tcp_client_times_out_of_the_handshake():
+async def test_silent_tcp_client_times_out_of_the_handshake() -> None:
     async with running_server(handshake_timeout=0.3) as harness:
         stream = await trio.open_tcp_stream("127.0.0.1", harness.port)
         try:
@@ -127,7 +128,7 @@ async def test_silent_tcp_client_times_out_of_the_handshake():
             await stream.aclose()
 
 
-async def test_connection_limit_refuses_with_503():
+async def test_connection_limit_refuses_with_503() -> None:
     async with running_server(max_connections=2) as harness:
         async with charger(harness, "CP035"), charger(harness, "CP036"):
             try:

@@ -13,7 +13,7 @@ HUGE = "9" * 5000
 
 
 @pytest.mark.parametrize("version", ["1.6", "2.0.1"])
-def test_a_5000_digit_integer_is_a_framing_callerror_not_an_exception(version):
+def test_a_5000_digit_integer_is_a_framing_callerror_not_an_exception(version: str) -> None:
     # old code: ValueError("Exceeds the limit (4300 digits) ...") escaped receive()
     outcome = OcppSession(version).receive(f'[2,"m1","Heartbeat",{{"x":{HUGE}}}]')
     assert isinstance(outcome, SendReply) and "integer literal too long" in outcome.reason
@@ -21,7 +21,7 @@ def test_a_5000_digit_integer_is_a_framing_callerror_not_an_exception(version):
     assert frame[0] == 4 and frame[2] == outcome.code
 
 
-async def test_the_connection_survives_a_5000_digit_integer():
+async def test_the_connection_survives_a_5000_digit_integer() -> None:
     async with running_server() as harness, charger(harness, "CP036") as ws:
         answer = await exchange(ws, f'[2,"m1","Heartbeat",{{"x":{HUGE}}}]')
         assert answer[0] == 4
@@ -32,7 +32,7 @@ async def test_the_connection_survives_a_5000_digit_integer():
 CONTRACT_CHARSET = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789*-_=:+|@.")
 
 
-def test_charge_box_id_charset_is_exactly_the_contracts():
+def test_charge_box_id_charset_is_exactly_the_contracts() -> None:
     from ocpp_adapter.server import charge_box_id_from_path
 
     for code in range(256):

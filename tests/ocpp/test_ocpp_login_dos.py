@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import trio
 from ocpp_testkit import _CREDS, PASSWORD, basic_auth, running_server
@@ -37,7 +38,7 @@ async def connect_from(local_address: str, port: int, charge_box_id: str, passwo
     return status
 
 
-async def attacker(url_of, ids: list[str], statuses: dict[int, int]) -> None:
+async def attacker(url_of: Any, ids: list[str], statuses: dict[int, int]) -> None:
     for charge_box_id in ids:
         try:
             async with open_websocket_url(url_of(charge_box_id), subprotocols=["ocpp1.6"],
@@ -72,7 +73,7 @@ async def honest_latency_under_attack(concurrency: int = 400) -> tuple[int, floa
         return first, first_latency, again, again_latency, statuses
 
 
-async def test_an_address_cycling_charger_ids_does_not_lock_out_an_honest_charger():
+async def test_an_address_cycling_charger_ids_does_not_lock_out_an_honest_charger() -> None:
     first, first_latency, again, again_latency, statuses = await honest_latency_under_attack()
     print(f"honest first login {first} in {first_latency:.3f}s, reconnect {again} in {again_latency:.3f}s; "
           f"attacker statuses {statuses}")
@@ -83,7 +84,7 @@ async def test_an_address_cycling_charger_ids_does_not_lock_out_an_honest_charge
     assert statuses.get(401, 0) <= 60  # 429 (budget) or 503 (waited its turn past the timeout) for the rest
 
 
-def test_login_budgets_are_per_address_across_charger_ids():
+def test_login_budgets_are_per_address_across_charger_ids() -> None:
     from ocpp_adapter.auth import LoginBudgets
 
     budgets = LoginBudgets(per_charger_per_minute=10, per_address_per_minute=3, capacity=100)
@@ -95,7 +96,7 @@ def test_login_budgets_are_per_address_across_charger_ids():
     assert budgets.admit("10.0.0.9", "CP99", now=20.0) is None  # refilled at 3 a minute
 
 
-async def test_cycling_ids_from_one_address_hits_the_address_budget_and_a_password_change_misses_the_cache():
+async def test_cycling_ids_from_one_address_hits_the_address_budget_and_a_password_change_misses_the_cache() -> None:
     from ocpp_adapter.auth import ChargerCredentials
 
     async with running_server(failed_logins_per_address_per_minute=3) as harness:

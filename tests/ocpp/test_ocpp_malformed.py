@@ -6,6 +6,7 @@ After each bad frame the same connection must still answer a Heartbeat.
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from ocpp_testkit import HEARTBEAT, charger, exchange, no_answer, running_server
@@ -75,12 +76,12 @@ CASES = [("ocpp1.6", name, *row) for name, row in ROWS_16.items()] + [
 ]
 
 
-def test_both_versions_cover_the_same_rows():
+def test_both_versions_cover_the_same_rows() -> None:
     assert set(ROWS_16) - {"float for integer"} == set(ROWS_201)
 
 
 @pytest.mark.parametrize(("subprotocol", "name", "frame", "expected"), CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
-async def test_error_table_row(subprotocol, name, frame, expected):
+async def test_error_table_row(subprotocol: Any, name: Any, frame: Any, expected: Any) -> None:
     async with running_server() as harness, charger(harness, "CP003", subprotocol) as ws:
         if expected is None:
             assert await no_answer(ws, frame), f"{name}: expected no reply"
@@ -96,9 +97,9 @@ async def test_error_table_row(subprotocol, name, frame, expected):
 
 @pytest.mark.parametrize("subprotocol", ["ocpp1.6", "ocpp2.0.1"])
 @pytest.mark.parametrize("bad_reply", [{"currentTime": "not a time"}, {"currentTime": NOW, "customData": {"vendorId": "v", "x": Decimal("1.5")}}])
-async def test_invalid_reply_from_ingest_becomes_internal_error(subprotocol, bad_reply):
+async def test_invalid_reply_from_ingest_becomes_internal_error(subprotocol: str, bad_reply: Any) -> None:
     class BrokenIngest:
-        async def submit(self, event):
+        async def submit(self, event: Any) -> Any:
             from ocpp_adapter.ingest import IngestResult
 
             return IngestResult(reply=bad_reply, event_id=event.event_id)
@@ -112,11 +113,11 @@ async def test_invalid_reply_from_ingest_becomes_internal_error(subprotocol, bad
 @pytest.mark.parametrize(
     ("failure", "code"), [("overloaded", "InternalError"), ("rejected", "GenericError"), ("crash", "InternalError")]
 )
-async def test_ingest_failures_map_to_errors_and_keep_the_connection(failure, code):
+async def test_ingest_failures_map_to_errors_and_keep_the_connection(failure: Any, code: Any) -> None:
     from ocpp_adapter.ingest import IngestOverloaded, IngestRejected
 
     class FailingIngest:
-        async def submit(self, event):
+        async def submit(self, event: Any) -> Any:
             if event.action == "Authorize":
                 raise {"overloaded": IngestOverloaded("mempool full"), "rejected": IngestRejected("unknown charger"),
                        "crash": RuntimeError("bug")}[failure]

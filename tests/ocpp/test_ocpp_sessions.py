@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime
 import json
 import ssl
+from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import trio
@@ -18,7 +20,7 @@ from ocpp_adapter.memory_ingest import MemoryIngest
 AUTHORIZE = [2, "auth-1", "Authorize", {"idTag": "TAG-OK"}]
 
 
-async def handshake_status(url: str, headers, subprotocols=("ocpp1.6",)) -> int:
+async def handshake_status(url: str, headers: Any, subprotocols: Any=("ocpp1.6",)) -> int:
     try:
         async with open_websocket_url(url, subprotocols=list(subprotocols), extra_headers=headers, connect_timeout=5):
             return 101
@@ -37,14 +39,14 @@ async def handshake_status(url: str, headers, subprotocols=("ocpp1.6",)) -> int:
         ("CP010", None, None, 401),
     ],
 )
-async def test_basic_auth(charge_box_id, user, password, status):
+async def test_basic_auth(charge_box_id: Any, user: Any, password: Any, status: Any) -> None:
     async with running_server() as harness:
         headers = basic_auth(user, password) if user else []
         assert await handshake_status(harness.url(charge_box_id), headers) == status
     assert not harness.ingest.events
 
 
-async def test_bad_path_is_404_and_profile_0_needs_no_password():
+async def test_bad_path_is_404_and_profile_0_needs_no_password() -> None:
     async with running_server(security_profile=0) as harness:
         assert await handshake_status(f"ws://127.0.0.1:{harness.port}/other/CP010", []) == 404
         assert await handshake_status(harness.url("has%20space"), []) == 404
@@ -52,7 +54,7 @@ async def test_bad_path_is_404_and_profile_0_needs_no_password():
             assert (await exchange(ws, HEARTBEAT))[0] == 3
 
 
-async def test_no_supported_subprotocol_closes_1002():
+async def test_no_supported_subprotocol_closes_1002() -> None:
     async with running_server() as harness:
         async with open_websocket_url(
             harness.url("CP010"), subprotocols=["ocpp1.5"], extra_headers=basic_auth("CP010", PASSWORD)
@@ -60,10 +62,10 @@ async def test_no_supported_subprotocol_closes_1002():
             with pytest.raises(ConnectionClosed) as info:
                 with trio.fail_after(5):
                     await ws.get_message()
-            assert info.value.reason.code == 1002
+            assert cast(Any, info.value.reason).code == 1002
 
 
-async def test_charger_preference_picks_the_subprotocol():
+async def test_charger_preference_picks_the_subprotocol() -> None:
     async with running_server() as harness:
         async with open_websocket_url(
             harness.url("CP010"), subprotocols=["ocpp1.6", "ocpp2.0.1"], extra_headers=basic_auth("CP010", PASSWORD)
@@ -72,7 +74,7 @@ async def test_charger_preference_picks_the_subprotocol():
             assert harness.connections.version("CP010") == "1.6"
 
 
-async def test_retry_after_reconnect_gets_same_reply_and_one_event():
+async def test_retry_after_reconnect_gets_same_reply_and_one_event() -> None:
     async with running_server() as harness:
         start = [2, "s-1", "StartTransaction", {"connectorId": 1, "idTag": "TAG-OK", "meterStart": 0,
                                                  "timestamp": "2026-01-01T00:00:00Z"}]
@@ -95,13 +97,13 @@ class GatedIngest:
         self.inner = MemoryIngest()
         self.events = self.inner.events
 
-    async def submit(self, event) -> IngestResult:
+    async def submit(self, event: Any) -> IngestResult:
         self.submitted += 1
         await self.gate.wait()
         return await self.inner.submit(event)
 
 
-async def test_retry_while_first_in_flight_shares_one_submission():
+async def test_retry_while_first_in_flight_shares_one_submission() -> None:
     ingest = GatedIngest()
     async with running_server(ingest=ingest) as harness:
         async with charger(harness, "CP013") as ws1:
@@ -120,7 +122,7 @@ async def test_retry_while_first_in_flight_shares_one_submission():
     assert ingest.submitted == 1 and len(ingest.events) == 1
 
 
-async def test_new_connection_replaces_the_old_one():
+async def test_new_connection_replaces_the_old_one() -> None:
     async with running_server() as harness:
         async with charger(harness, "CP014") as old:
             async with charger(harness, "CP014") as new:
@@ -133,16 +135,16 @@ async def test_new_connection_replaces_the_old_one():
                 assert snapshot["version"] == "1.6" and snapshot["calls"] == 1
 
 
-async def answer_next_call(ws, make_answer) -> list:
+async def answer_next_call(ws: Any, make_answer: Any) -> list[Any]:
     with trio.fail_after(5):
         call = json.loads(await ws.get_message())
     answer = make_answer(call)
     if answer is not None:
         await ws.send_message(json.dumps(answer))
-    return call
+    return cast(list[Any], call)
 
 
-async def test_csms_calls_and_their_errors():
+async def test_csms_calls_and_their_errors() -> None:
     async with running_server() as harness:
         calls = harness.connections
         with pytest.raises(errors.ChargerNotConnected):
@@ -171,7 +173,7 @@ async def test_csms_calls_and_their_errors():
             # a late answer to the timed-out call is ignored; the connection still works
             assert (await exchange(ws, HEARTBEAT))[0] == 3
 
-            async def disconnect_mid_call():
+            async def disconnect_mid_call() -> None:
                 await answer_next_call(ws, lambda c: None)
                 await ws.aclose()
 
@@ -181,11 +183,11 @@ async def test_csms_calls_and_their_errors():
                     await calls.call("CP015", "GetConfiguration", {}, timeout=5)
 
 
-async def test_concurrent_csms_calls_are_serialized():
+async def test_concurrent_csms_calls_are_serialized() -> None:
     async with running_server() as harness, charger(harness, "CP016", "ocpp2.0.1") as ws:
         seen: list[str] = []
 
-        async def charger_side():
+        async def charger_side() -> None:
             for _ in range(3):
                 with trio.fail_after(5):
                     call = json.loads(await ws.get_message())
@@ -195,7 +197,7 @@ async def test_concurrent_csms_calls_are_serialized():
 
         results = []
 
-        async def csms(action, payload):
+        async def csms(action: Any, payload: Any) -> None:
             results.append(await harness.connections.call("CP016", action, payload))
 
         async with trio.open_nursery() as nursery:
@@ -207,7 +209,7 @@ async def test_concurrent_csms_calls_are_serialized():
         assert results == [{"status": "Accepted"}] * 3
 
 
-def self_signed_cert(tmp_path):
+def self_signed_cert(tmp_path: Path) -> Any:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -230,7 +232,7 @@ def self_signed_cert(tmp_path):
     return str(cert_path), str(key_path)
 
 
-async def test_security_profile_2_over_tls(tmp_path):
+async def test_security_profile_2_over_tls(tmp_path: Path) -> None:
     cert, key = self_signed_cert(tmp_path)
     async with running_server(security_profile=2, tls_cert=cert, tls_key=key) as harness:
         client_context = ssl.create_default_context(cafile=cert)
@@ -245,7 +247,7 @@ async def test_security_profile_2_over_tls(tmp_path):
         assert info.value.status_code == 401
 
 
-async def test_failed_logins_are_throttled_per_address_and_charger():
+async def test_failed_logins_are_throttled_per_address_and_charger() -> None:
     async with running_server(failed_logins_per_minute=3) as harness:
         async with charger(harness, "CP018"):
             pass  # verified once: later logins of CP018 with this password skip the hash
@@ -258,7 +260,7 @@ async def test_failed_logins_are_throttled_per_address_and_charger():
         assert await handshake_status(harness.url("CP020"), basic_auth("CP020", PASSWORD)) == 101
 
 
-async def test_pipelined_calls_beyond_the_queue_are_refused():
+async def test_pipelined_calls_beyond_the_queue_are_refused() -> None:
     ingest = GatedIngest()
     async with running_server(ingest=ingest, call_queue=2) as harness, charger(harness, "CP021") as ws:
         for n in range(5):  # one in the worker, two queued, two refused at once
@@ -275,13 +277,13 @@ async def test_pipelined_calls_beyond_the_queue_are_refused():
         assert [a[:2] for a in answered] == [[3, "p0"], [3, "p1"], [3, "p2"]]
 
 
-async def test_keepalive_pings_keep_a_responsive_charger():
+async def test_keepalive_pings_keep_a_responsive_charger() -> None:
     async with running_server(ping_interval=0.05) as harness, charger(harness, "CP022") as ws:
         await trio.sleep(0.4)
         assert (await exchange(ws, HEARTBEAT))[0] == 3
 
 
-async def test_ingest_may_call_the_charger_while_deciding_no_deadlock():
+async def test_ingest_may_call_the_charger_while_deciding_no_deadlock() -> None:
     """The receive loop keeps routing while a CALL is being decided, so a decision that
     itself needs an answer from the charger (e.g. read its configuration) completes."""
 
@@ -289,10 +291,10 @@ async def test_ingest_may_call_the_charger_while_deciding_no_deadlock():
         def __init__(self) -> None:
             self.inner = MemoryIngest()
             self.events = self.inner.events
-            self.connections = None
-            self.asked: dict = {}
+            self.connections: Any = None
+            self.asked: dict[str, Any] = {}
 
-        async def submit(self, event) -> IngestResult:
+        async def submit(self, event: Any) -> IngestResult:
             if event.action == "BootNotification":
                 self.asked = await self.connections.call(event.charger_id, "GetConfiguration", {"key": ["X"]})
             return await self.inner.submit(event)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import trio
 from ocpp_testkit import REPO, basic_auth, exchange
@@ -12,12 +13,12 @@ from trio_websocket import open_websocket_url
 from ocpp_adapter.standalone import run_standalone
 
 
-async def test_refuses_to_start_without_any_admissible_charger():
+async def test_refuses_to_start_without_any_admissible_charger() -> None:
     assert await run_standalone(["--port", "0"]) == 2
     assert await run_standalone(["--port", "0", "--security-profile", "2"]) == 2
 
 
-async def test_standalone_process_serves_a_charger(tmp_path):
+async def test_standalone_process_serves_a_charger(tmp_path: Path) -> None:
     chargers = tmp_path / "chargers.toml"
     chargers.write_text('CPX1 = "sesame"\n')
     proc = await trio.lowlevel.open_process(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -28,7 +30,7 @@ from primitives.credentials import hash_charger_password, verify_charger_passwor
 NOW = "2026-01-01T00:00:00Z"
 
 
-def test_token_bucket_grants_burst_then_rate():
+def test_token_bucket_grants_burst_then_rate() -> None:
     bucket = TokenBucket(rate=10, burst=3, now=0.0)
     assert [bucket.take(0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
     assert bucket.take(0.0) == pytest.approx(0.1)
@@ -37,7 +39,7 @@ def test_token_bucket_grants_burst_then_rate():
     assert [bucket.take(10.0) for _ in range(3)][-1] > 0
 
 
-def test_lru_map_is_bounded_and_keeps_recent():
+def test_lru_map_is_bounded_and_keeps_recent() -> None:
     lru: LruMap[int, str] = LruMap(2)
     lru.put(1, "a")
     lru.put(2, "b")
@@ -46,7 +48,7 @@ def test_lru_map_is_bounded_and_keeps_recent():
     assert 2 not in lru and 1 in lru and 3 in lru and len(lru) == 2
 
 
-def test_password_hash_is_scrypt_of_the_agreed_parameters():
+def test_password_hash_is_scrypt_of_the_agreed_parameters() -> None:
     salt = bytes(range(16))
     import hashlib
 
@@ -59,7 +61,7 @@ def test_password_hash_is_scrypt_of_the_agreed_parameters():
         hash_charger_password("pw", b"short")
 
 
-def test_parse_basic_auth():
+def test_parse_basic_auth() -> None:
     def header(text: str) -> bytes:
         return b"Basic " + base64.b64encode(text.encode())
 
@@ -69,7 +71,7 @@ def test_parse_basic_auth():
     assert parse_basic_auth(b"Basic !!!") is None
 
 
-async def test_registry_from_toml(tmp_path):
+async def test_registry_from_toml(tmp_path: Path) -> None:
     salt, digest = bytes(16), hash_charger_password("x", bytes(16))
     path = tmp_path / "chargers.toml"
     path.write_text(
@@ -94,18 +96,18 @@ async def test_registry_from_toml(tmp_path):
         ("/ocpp/has%20space", None), ("/ocpp/%FF", None),
     ],
 )
-def test_charge_box_id_from_path(path, expected):
+def test_charge_box_id_from_path(path: Any, expected: Any) -> None:
     assert charge_box_id_from_path(path, "/ocpp/") == expected
 
 
-def test_choose_subprotocol_follows_the_charger_preference():
+def test_choose_subprotocol_follows_the_charger_preference() -> None:
     supported = ("ocpp2.0.1", "ocpp1.6")
     assert choose_subprotocol(("ocpp1.6", "ocpp2.0.1"), supported) == "ocpp1.6"
     assert choose_subprotocol(("ocpp2.0", "ocpp2.0.1"), supported) == "ocpp2.0.1"
     assert choose_subprotocol(("ocpp1.5",), supported) is None
 
 
-def test_config_rejects_nonsense():
+def test_config_rejects_nonsense() -> None:
     with pytest.raises(ValueError):
         OcppServerConfig(security_profile=2)  # TLS required
     with pytest.raises(ValueError):
@@ -116,7 +118,7 @@ def test_config_rejects_nonsense():
         OcppServerConfig(tls_cert="c.pem")
 
 
-def test_session_outgoing_call_lifecycle():
+def test_session_outgoing_call_lifecycle() -> None:
     session = OcppSession("1.6")
     message_id, frame = session.begin_call("Reset", {"type": "Hard"})
     assert json.loads(frame) == [2, message_id, "Reset", {"type": "Hard"}]
@@ -132,15 +134,15 @@ def test_session_outgoing_call_lifecycle():
     assert isinstance(error, CallAnswered) and isinstance(error.error, errors.ChargerCallError)
 
 
-def event(action="Heartbeat", payload=None, message_id="m1", charger="CP1", version="1.6") -> ChargerEvent:
+def event(action: Any="Heartbeat", payload: Any=None, message_id: Any="m1", charger: Any="CP1", version: Any="1.6") -> ChargerEvent:
     return ChargerEvent(charger, version, action, message_id, payload or {}, "", 1)
 
 
-async def test_reply_cache_remembers_decisions_and_forgets_transient_failures():
+async def test_reply_cache_remembers_decisions_and_forgets_transient_failures() -> None:
     cache = ReplyCache(capacity=10, max_in_flight=2)
     calls = []
 
-    async def submit(ev):
+    async def submit(ev: Any) -> Any:
         calls.append(ev)
         if ev.action == "Authorize":
             raise IngestRejected("no")
@@ -162,11 +164,11 @@ async def test_reply_cache_remembers_decisions_and_forgets_transient_failures():
         assert len(calls) == 4  # transient: submitted again
 
 
-async def test_reply_cache_entries_expire(autojump_clock):
+async def test_reply_cache_entries_expire(autojump_clock: Any) -> None:
     cache = ReplyCache(capacity=10, max_in_flight=2, ttl=60)
     calls = []
 
-    async def submit(ev):
+    async def submit(ev: Any) -> IngestResult:
         calls.append(ev)
         return IngestResult({}, ev.event_id)
 
@@ -180,14 +182,14 @@ async def test_reply_cache_entries_expire(autojump_clock):
         assert len(calls) == 2
 
 
-async def test_reply_cache_times_out_and_caps_in_flight():
+async def test_reply_cache_times_out_and_caps_in_flight() -> None:
     cache = ReplyCache(capacity=10, max_in_flight=1)
 
-    async def never(ev):
+    async def never(ev: Any) -> IngestResult:
         await trio.sleep_forever()
 
     async with trio.open_nursery() as nursery:
-        async def first():
+        async def first() -> None:
             with pytest.raises(SubmissionFailed):
                 await cache.submit_once(event(message_id="a"), never, nursery, 0.2)
 
@@ -226,12 +228,12 @@ SAMPLE_PAYLOADS = {
 }
 
 
-def test_samples_cover_every_handled_action():
+def test_samples_cover_every_handled_action() -> None:
     assert {k for k in SAMPLE_PAYLOADS} == {(v, a) for v, acts in CHARGER_INITIATED.items() for a in acts}
 
 
 @pytest.mark.parametrize(("version", "action"), sorted(SAMPLE_PAYLOADS))
-async def test_memory_ingest_replies_are_schema_valid(version, action):
+async def test_memory_ingest_replies_are_schema_valid(version: Any, action: Any) -> None:
     payload = SAMPLE_PAYLOADS[(version, action)]
     schemas.validate(version, action, payload)
     ingest = MemoryIngest(id_tags=["TAG-OK"])
@@ -239,7 +241,7 @@ async def test_memory_ingest_replies_are_schema_valid(version, action):
     schemas.validate(version, action, result.reply, response=True)
 
 
-async def test_memory_ingest_rules_and_idempotency():
+async def test_memory_ingest_rules_and_idempotency() -> None:
     ingest = MemoryIngest(id_tags=["TAG-OK"], heartbeat_interval=42)
     start = SAMPLE_PAYLOADS[("1.6", "StartTransaction")]
     first = await ingest.submit(event("StartTransaction", start, message_id="s1"))
@@ -256,7 +258,7 @@ async def test_memory_ingest_rules_and_idempotency():
         await ingest.submit(event("Reset", {"type": "Hard"}))
 
 
-CSMS_CALLS = {
+CSMS_CALLS: dict[str, dict[str, Any]] = {
     "1.6": {
         "RemoteStartTransaction": {"idTag": "T", "connectorId": 1, "chargingProfile": {
             "chargingProfileId": 1, "stackLevel": 0, "chargingProfilePurpose": "TxProfile",
@@ -291,13 +293,13 @@ CSMS_CALLS = {
 
 
 @pytest.mark.parametrize(("version", "action"), [(v, a) for v, calls in CSMS_CALLS.items() for a in calls])
-def test_csms_to_charger_calls_validate(version, action):
+def test_csms_to_charger_calls_validate(version: Any, action: Any) -> None:
     session = OcppSession(version)
     message_id, frame = session.begin_call(action, CSMS_CALLS[version][action])
     assert json.loads(frame)[:3] == [2, message_id, action]
 
 
-def test_csms_cannot_send_charger_initiated_actions():
+def test_csms_cannot_send_charger_initiated_actions() -> None:
     with pytest.raises(ValueError):
         OcppSession("1.6").begin_call("BootNotification", {"chargePointVendor": "v", "chargePointModel": "m"})
 
@@ -305,21 +307,21 @@ def test_csms_cannot_send_charger_initiated_actions():
 @pytest.mark.parametrize(
     "text", ["[1e400]", "[-1e400]", "[NaN]", "[Infinity]", '{"a":1,"a":1}', "[" * 40 + "]" * 40, "[18446744073709551616]"]
 )
-def test_strict_parse_refuses_what_has_no_canonical_form(text):
+def test_strict_parse_refuses_what_has_no_canonical_form(text: Any) -> None:
     from ocpp_adapter.protocol import loads_strict
 
     with pytest.raises(ValueError):
         loads_strict(text)
 
 
-def test_strict_parse_keeps_plain_json_types():
+def test_strict_parse_keeps_plain_json_types() -> None:
     from ocpp_adapter.protocol import loads_strict
 
     assert loads_strict('{"a":[1,2.5,"x",true,null],"b":18446744073709551615}') == {
         "a": [1, 2.5, "x", True, None], "b": 2**64 - 1}
 
 
-def test_multiple_of_is_decimal_exact_on_floats():
+def test_multiple_of_is_decimal_exact_on_floats() -> None:
     profile = CSMS_CALLS["1.6"]["RemoteStartTransaction"]
     period = profile["chargingProfile"]["chargingSchedule"]["chargingSchedulePeriod"][0]
     for limit, valid in [(21.4, True), (0.3, True), (21.45, False)]:

@@ -44,15 +44,17 @@ async def attack(parts: Any) -> None:
 
 
 def install() -> None:
+    from anchoring.proofs import EVENT_PAYLOAD_FIRST_BYTE
     from devsen import app as app_module
+    from ocpp_adapter.events import ChargerEvent
 
     original = app_module.NodeApplication.prepare_proposal
 
     def prepare_proposal(self: Any, height: int, payloads: tuple[bytes, ...], facts: Any) -> Any:
         prepared = original(self, height, payloads, facts)
         mine = "0x" + self.settings.key.address.hex()
-        own = sum(1 for p in prepared.payloads if p[0] == app_module.EVENT_PAYLOAD_FIRST_BYTE
-                  and app_module.ChargerEvent.from_bytes(p).ingress_node == mine)
+        own = sum(1 for p in prepared.payloads if p[0] == EVENT_PAYLOAD_FIRST_BYTE
+                  and ChargerEvent.from_bytes(p).ingress_node == mine)
         # As many fresh (unknown-charger) events as a valid block may carry: the attack at its
         # strongest that honest validators still have to accept.
         room = app_module.new_charger_share(len(self.validators)) - own

@@ -15,6 +15,8 @@ import sys
 import threading
 import time
 from collections import Counter
+from types import FrameType
+from typing import Any
 
 
 def _sampler(path: str) -> None:
@@ -33,7 +35,7 @@ def _sampler(path: str) -> None:
             kind = "main" if ident == main else "worker"
             seen = set()
             top = True
-            f = frame
+            f: FrameType | None = frame
             while f is not None:
                 code = f.f_code
                 name = f"{kind}:{os.path.basename(code.co_filename)}:{code.co_name}"
@@ -122,7 +124,7 @@ def install_timers() -> None:
 
     original_handle = Replica.handle_message
 
-    def handle_message(self: object, message: object, sender: object = None) -> object:
+    def handle_message(self: Any, message: Any, sender: Any = None) -> Any:
         try:
             decoded = decode_message(bytes(message)) if isinstance(message, bytes | bytearray) else message
         except WireError:
@@ -142,7 +144,7 @@ def install_timers() -> None:
     _time_async(ConsensusService, "_on_payloads")
     original_init = ConsensusService.__init__
 
-    def init(self: object, *args: object, **kwargs: object) -> None:
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
         original_init(self, *args, **kwargs)
         SERVICES.append(self)
 
