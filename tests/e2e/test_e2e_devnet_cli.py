@@ -31,7 +31,7 @@ from typing import Any, cast
 import pytest
 import trio
 
-from devsen.demo_charger import connect_demo_charger
+from devsen.demo_charger import connect_demo_charger, demo_meter_key
 from devsen.devnet_state import pid_alive, terminate_pids
 from devsen.http_api import http_get_json
 
@@ -254,7 +254,8 @@ def test_wallet_commands_print_hex_units_iso_times_and_json(devnet: Devnet) -> N
 
 
 async def _charge_and_find_event(ocpp_url: str, http_url: str, charger: str, password: str, id_tag: str) -> str:
-    async with connect_demo_charger(ocpp_url, charger, password) as device:
+    # the devnet registers the demo charger's meter key with requireSignedMeter: it signs (OCMF)
+    async with connect_demo_charger(ocpp_url, charger, password, demo_meter_key()) as device:
         await device.charge_session(id_tag, connector=1, meter_start_wh=1_000, meter_stop_wh=4_000)
         stop_message_id = device.sent[-1][0]
     code, found = await http_get_json(f"{http_url}/v1/chargers/{charger}/messages/{stop_message_id}")
