@@ -232,7 +232,10 @@ def session_main(argv: list[str]) -> int:
         print(json.dumps(report, sort_keys=True))
     else:
         for key in sorted(k for k in report if k not in ("reasons", "verdict")):
-            print(f"{key}: {report[key]}")
+            value = report[key]
+            if isinstance(value, dict):  # e.g. the tariff: "price_per_kwh=300000 per_minute_fee=0"
+                value = " ".join(f"{k}={v}" for k, v in value.items())
+            print(f"{key}: {value}")
         for reason in report["reasons"]:
             print(f"FAIL {reason}")
         print(f"VERDICT: {report['verdict']}")
