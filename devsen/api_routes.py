@@ -379,7 +379,7 @@ def read_routes(sources: ReadSources) -> APIRouter:
 
 def chain_session_reader(client: Any, first_block: int) -> Callable[[bytes, int], dict[str, Any] | None]:
     """I/O: an escrow session as the Escrow contract holds it at a block, with the transaction that
-    settled it when that lies within SETTLEMENT_LOG_CHUNKS * SETTLEMENT_LOG_CHUNK blocks before."""
+    settled it (and that block's time, `settled_at_s`) when that lies within SETTLEMENT_LOG_CHUNKS * SETTLEMENT_LOG_CHUNK blocks before."""
     from anchoring.chain.client import SessionStatus
 
     escrow = client.contracts["Escrow"]
@@ -391,6 +391,7 @@ def chain_session_reader(client: Any, first_block: int) -> Callable[[bytes, int]
         if chain is None:
             return None
         tx = None
+        settled_at = None
         if chain.status == SessionStatus.SETTLED:
             to_block = block
             for _ in range(SETTLEMENT_LOG_CHUNKS):
@@ -399,6 +400,7 @@ def chain_session_reader(client: Any, first_block: int) -> Callable[[bytes, int]
                                                "topics": [topic, hex0x(session_id)]})
                 if logs:
                     tx = hex0x(bytes(logs[-1]["transactionHash"]))
+                    settled_at = int(client.w3.eth.get_block(logs[-1]["blockNumber"])["timestamp"])
                     break
                 if from_block <= first_block:
                     break
@@ -407,7 +409,8 @@ def chain_session_reader(client: Any, first_block: int) -> Callable[[bytes, int]
                 "device_id": hex0x(chain.device_id), "connector_id": chain.connector_id,
                 "id_tag_hash": hex0x(chain.id_tag_hash), "deposit": str(chain.deposit),
                 "energy_wh": chain.energy_wh, "amount": str(chain.settled_amount), "opened_at_s": chain.opened_at,
-                "settlement_tx": tx}
+                "price_per_kwh": str(chain.price_per_kwh), "per_minute_fee": str(chain.per_minute_fee),
+                "settlement_tx": tx, "settled_at_s": settled_at}
 
     return read
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -185,6 +186,48 @@ class LoggingSection:
                  'format = "text" or "json"')
 
 
+OCPI_TOKEN_CHARS = re.compile(r"^[\x21-\x7e]{16,64}$")
+
+
+@dataclass(frozen=True)
+class OcpiSection:
+    """The OCPI 2.2.1 CPO interface (devsen/ocpi/README.md): who we are to roaming partners."""
+
+    enabled: bool = True
+    country_code: str = "DE"  # ISO 3166-1 alpha-2 of the CPO party
+    party_id: str = "DVS"  # the CPO's 3-character party id (eMI3)
+    business_name: str = "DEVSEN"
+    country: str = "DEU"  # ISO 3166-1 alpha-3 of the locations (the on-chain location may name its own)
+    time_zone: str = "Europe/Berlin"  # IANA zone of the locations
+    currency: str = "EUR"  # ISO 4217 code that 1 DCT (6 decimals) is priced in
+    public_url: str = ""  # base URL partners reach this node at; empty: from the request's Host
+    registration_token: str = ""  # a CREDENTIALS_TOKEN_A accepted once (or `devsen ocpi token create`)
+    max_parties: int = 1_000
+
+    def validate(self) -> None:
+        _require(bool(re.fullmatch(r"[A-Z]{2}", self.country_code)), "ocpi.country_code",
+                 f"{self.country_code!r} is not an ISO 3166-1 alpha-2 code", 'country_code = "DE"')
+        _require(bool(re.fullmatch(r"[A-Z0-9]{3}", self.party_id)), "ocpi.party_id",
+                 f"{self.party_id!r} is not 3 capital letters or digits", 'party_id = "DVS"')
+        _require(0 < len(self.business_name) <= 100, "ocpi.business_name",
+                 "must be 1..100 characters", 'business_name = "DEVSEN"')
+        _require(bool(re.fullmatch(r"[A-Z]{3}", self.country)), "ocpi.country",
+                 f"{self.country!r} is not an ISO 3166-1 alpha-3 code", 'country = "DEU"')
+        _require(bool(re.fullmatch(r"[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+){0,2}", self.time_zone))
+                 and len(self.time_zone) <= 255, "ocpi.time_zone",
+                 f"{self.time_zone!r} is not an IANA time zone name", 'time_zone = "Europe/Berlin"')
+        _require(bool(re.fullmatch(r"[A-Z]{3}", self.currency)), "ocpi.currency",
+                 f"{self.currency!r} is not an ISO 4217 code", 'currency = "EUR"')
+        _require(self.public_url == "" or bool(re.fullmatch(r"https?://[\x21-\x7e]{1,200}", self.public_url)),
+                 "ocpi.public_url", f"{self.public_url!r} is not an http(s) URL",
+                 'public_url = "https://node.example.org" (or leave it empty)')
+        _require(self.registration_token == "" or bool(OCPI_TOKEN_CHARS.fullmatch(self.registration_token)),
+                 "ocpi.registration_token", "must be 16..64 printable ASCII characters without spaces",
+                 "run `devsen ocpi token create --config FILE` instead, or leave it empty")
+        _require(1 <= self.max_parties <= 100_000, "ocpi.max_parties",
+                 f"{self.max_parties} is out of 1..100000", "max_parties = 1000")
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     """The whole node configuration, one attribute per TOML section."""
@@ -198,6 +241,7 @@ class NodeConfig:
     consensus: ConsensusSection = field(default_factory=ConsensusSection)
     anchoring: AnchoringSection = field(default_factory=AnchoringSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
+    ocpi: OcpiSection = field(default_factory=OcpiSection)
 
     @property
     def keys_dir(self) -> Path:

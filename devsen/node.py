@@ -74,6 +74,7 @@ from devsen.ledger import Ledger, LedgerParams
 from devsen.ledger.vouchers import StopOrder
 from devsen.logs import setup_logging
 from devsen.metrics import CONTENT_TYPE, Levels, NodeMetrics
+from devsen.ocpi import ocpi_router
 from devsen.remote_start import run_remote_starts
 from devsen.remote_stop import RemoteStops
 from devsen.rewards_view import rewards_document
@@ -588,6 +589,8 @@ def build_router(parts: NodeParts) -> Router:
     router.get("/v1/heights/{height}", ledger_state)
     router.get(SESSION_READINGS_ROUTE, session_readings_route(lambda: parts.app.ledger, proofs))
     router.include(read_routes(read_sources(parts)))
+    if parts.config.ocpi.enabled:
+        router.include(ocpi_router(read_sources(parts), parts.config.ocpi, Path(parts.config.node.data_dir)))
     if parts.metrics is not None:
         router.include(metrics_route(parts.metrics))
     vouchers = VoucherRoutes(parts.app, parts.service)
