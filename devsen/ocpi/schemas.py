@@ -139,4 +139,5 @@ DEFINITIONS: dict[str, dict[str, Any]] = {
 def validator(name: str) -> Callable[[Any], Any]:
     """A compiled validator of the OCPI 2.2.1 object `name` (raises JsonSchemaException)."""
     schema = {"$schema": "http://json-schema.org/draft-07/schema#", "definitions": DEFINITIONS, **ref(name)}
-    return fastjsonschema.compile(schema)  # type: ignore[no-any-return]
+    compiled: Callable[[Any], Any] = fastjsonschema.compile(schema)
+    return compiled

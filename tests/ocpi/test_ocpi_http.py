@@ -20,7 +20,7 @@ from devsen.ocpi.mapping import ocpi_time
 from devsen.ocpi.routes import OcpiApi, encode_token, ocpi_routes
 from devsen.ocpi.schemas import validator
 
-MSP = {"token": "msp-token-b-0123456789", "url": "http://127.0.0.1:1/ocpi/versions",
+MSP: dict[str, Any] = {"token": "msp-token-b-0123456789", "url": "http://127.0.0.1:1/ocpi/versions",
        "roles": [{"role": "EMSP", "country_code": "NL", "party_id": "MSP", "business_details": {"name": "An MSP"}}]}
 V = "/ocpi/2.2.1"
 

@@ -4,8 +4,18 @@ against the spec's object definitions (devsen/ocpi/schemas.py)."""
 from __future__ import annotations
 
 import pytest
-from ocpi_world import CHARGER, ESCROW, LONG_CHARGER, PARTY, T0_MS, TAG_HASH, chain_device, device_record, \
-    escrow_view, open_session
+from ocpi_world import (
+    CHARGER,
+    ESCROW,
+    LONG_CHARGER,
+    PARTY,
+    T0_MS,
+    TAG_HASH,
+    chain_device,
+    device_record,
+    escrow_view,
+    open_session,
+)
 
 from devsen.ledger.state import ClosedTransaction
 from devsen.ocpi import mapping
