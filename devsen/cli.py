@@ -31,6 +31,9 @@ DELEGATED: dict[str, tuple[str, str, str]] = {
     "audit": ("devsen.session_audit", "audit_main",
               "verify a charger event against the chain: `devsen audit verify EVENT_ID --node URL --rpc URL`; "
               "a settlement from the meter's signatures: `devsen audit session SESSION_ID ...`"),
+    "ocpi": ("devsen.ocpi.cli", "ocpi_main",
+             "OCPI roaming partners: `devsen ocpi token create --config FILE` (a registration token), "
+             "`devsen ocpi parties --config FILE`"),
     "ocpp-serve": ("ocpp_adapter.standalone", "run_standalone",
                    "run the OCPP endpoint alone with an in-memory ingest (for charger bring-up)"),
     "sim": ("consensus.sim", "main",

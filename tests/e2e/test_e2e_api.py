@@ -5,24 +5,14 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+from e2e_devnet import running_devnet
 
-from anchoring.chain.anvil import start_anvil
 from devsen.demo_charger import connect_demo_charger
-from devsen.devnet import (
-    CHAIN_ID,
-    DEMO_CHARGER,
-    DEMO_PASSWORD,
-    deploy_network,
-    prepare_nodes,
-    start_node_process,
-    stop_process,
-    wait_until_serving,
-)
+from devsen.devnet import DEMO_CHARGER, DEMO_PASSWORD
 from devsen.http_api import http_get
 
 NODES = 4
@@ -33,23 +23,8 @@ ROUTES = ["/v1/chargers", "/v1/chargers?status=Available", f"/v1/chargers/{DEMO_
 
 @pytest.fixture(scope="module")
 def network(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    root: Path = tmp_path_factory.mktemp("devnet-api")
-    anvil = start_anvil(root / "anvil.log", chain_id=CHAIN_ID, block_time_s=1)
-    nodes = []
-    try:
-        deployment_path = root / "deployment.json"
-        nodes = prepare_nodes(root, NODES, deployment_path, anvil.url)
-        deploy_network(anvil, nodes, deployment_path)
-        for node in nodes:
-            start_node_process(node)
-        trio.run(wait_until_serving, nodes)
-        yield nodes
-    finally:
-        for node in nodes:
-            stop_process(node.process)
-        anvil.stop()
-        for node in nodes:
-            print(f"--- {node.log_path} (tail) ---\n" + node.log_path.read_text()[-3000:])
+    with running_devnet(tmp_path_factory.mktemp("devnet-api"), NODES) as devnet:
+        yield devnet["nodes"]
 
 
 async def _same_height_pair(url_a: str, url_b: str, route: str) -> tuple[bytes, bytes]:

@@ -16,8 +16,9 @@ import trio
 from ocpi_world import CHARGER, FakeLedger, world
 
 from devsen.http_api import Router, serve_http
+from devsen.ocpi.client import OcpiAnswer, ocpi_request
 from devsen.ocpi.mapping import ocpi_time
-from devsen.ocpi.routes import OcpiApi, encode_token, ocpi_routes
+from devsen.ocpi.routes import OcpiApi, ocpi_routes
 from devsen.ocpi.schemas import validator
 
 MSP: dict[str, Any] = {"token": "msp-token-b-0123456789", "url": "http://127.0.0.1:1/ocpi/versions",
@@ -25,46 +26,18 @@ MSP: dict[str, Any] = {"token": "msp-token-b-0123456789", "url": "http://127.0.0
 V = "/ocpi/2.2.1"
 
 
-class Answer:
-    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
-        self.status, self.headers, self.raw = status, headers, body
-        self.json: Any = json.loads(body) if body else None
-        if self.json is not None and status != 404 or (self.json and "status_code" in self.json):
-            validator("Response")(self.json)
-
-    @property
-    def code(self) -> int:
-        return int(self.json["status_code"])
-
-    @property
-    def data(self) -> Any:
-        return self.json.get("data")
-
-
 class Client:
+    """The OCPI client (devsen/ocpi/client.py) on the test server; every answer is an OCPI envelope."""
+
     def __init__(self, port: int) -> None:
         self.port = port
 
     async def request(self, method: str, target: str, token: str | None = None, body: bytes = b"",
-                      headers: dict[str, str] | None = None, raw_auth: str | None = None) -> Answer:
-        lines = [f"{method} {target} HTTP/1.1", "Host: 127.0.0.1", "Connection: close",
-                 f"Content-Length: {len(body)}"]
-        if token is not None:
-            lines.append(f"Authorization: {encode_token(token)}")
-        if raw_auth is not None:
-            lines.append(f"Authorization: {raw_auth}")
-        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-        with trio.fail_after(10):
-            stream = await trio.open_tcp_stream("127.0.0.1", self.port)
-            async with stream:
-                await stream.send_all(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
-                raw = b""
-                while chunk := await stream.receive_some(65536):
-                    raw += chunk
-        head, _, payload = raw.partition(b"\r\n\r\n")
-        status_line, *header_lines = head.decode().split("\r\n")
-        parsed = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
-        return Answer(int(status_line.split()[1]), parsed, payload)
+                      headers: dict[str, str] | None = None, raw_auth: str | None = None) -> OcpiAnswer:
+        answer = await ocpi_request(f"http://127.0.0.1:{self.port}{target}", method, token, body,
+                                    headers=headers, authorization=raw_auth, timeout=10)
+        validator("Response")(answer.json)
+        return answer
 
 
 @pytest.fixture
