@@ -10,12 +10,14 @@ registration tokens.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import secrets
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,13 +104,22 @@ class CredentialsStore:
 
     # ---------------------------------------------------------------- parties
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
     def register(self, grant: Grant, party: str, credentials: dict[str, Any]) -> str:
         """Register `party` with the registration token of `grant`; returns its CREDENTIALS_TOKEN_C.
         Raises StoreFull past `max_parties`, KeyError if the party is already registered."""
         now = int(time.time())
         token = new_token()
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             if self._db.execute("SELECT 1 FROM parties WHERE party = ?", (party,)).fetchone():
                 raise KeyError(party)
             count = int(self._db.execute("SELECT COUNT(*) FROM parties").fetchone()[0])
@@ -120,33 +131,23 @@ class CredentialsStore:
                 raise KeyError("registration token already used")
             self._db.execute("INSERT INTO parties VALUES (?, ?, ?, ?)", (party, json.dumps(credentials), now, now))
             self._db.execute("INSERT INTO tokens VALUES (?, ?, ?, 0, ?)", (token_hash(token), PARTY, party, now))
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
         return token
 
     def update(self, party: str, credentials: dict[str, Any]) -> str:
         """New credentials for a registered party: a new CREDENTIALS_TOKEN_C, the old one invalid."""
         now = int(time.time())
         token = new_token()
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             self._db.execute("UPDATE parties SET credentials = ?, updated_s = ? WHERE party = ?",
                              (json.dumps(credentials), now, party))
             self._db.execute("DELETE FROM tokens WHERE kind = ? AND party = ?", (PARTY, party))
             self._db.execute("INSERT INTO tokens VALUES (?, ?, ?, 0, ?)", (token_hash(token), PARTY, party, now))
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
         return token
 
     def unregister(self, party: str) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-        self._db.execute("DELETE FROM tokens WHERE kind = ? AND party = ?", (PARTY, party))
-        self._db.execute("DELETE FROM parties WHERE party = ?", (party,))
-        self._db.execute("COMMIT")
+        with self._transaction():
+            self._db.execute("DELETE FROM tokens WHERE kind = ? AND party = ?", (PARTY, party))
+            self._db.execute("DELETE FROM parties WHERE party = ?", (party,))
 
     def party(self, party: str) -> dict[str, Any] | None:
         row = self._db.execute("SELECT credentials FROM parties WHERE party = ?", (party,)).fetchone()

@@ -11,29 +11,24 @@ import copy
 import json
 import signal
 import time
-from pathlib import Path
 from typing import Any, cast
 
 import pytest
 import trio
+from e2e_devnet import running_devnet
 from trio_websocket import ConnectionRejected
 
 from anchoring.audit import ChainReader, block_loader, http_fetcher, verify_event
 from anchoring.chain import connect
-from anchoring.chain.anvil import start_anvil
 from anchoring.chain.client import SessionStatus
 from devsen.demo_charger import connect_demo_charger
 from devsen.devnet import (
-    CHAIN_ID,
     DEMO_CHARGER,
     DEMO_DEPOSIT,
     DEMO_ID_TAG,
     DEMO_PASSWORD,
     DEMO_PRICE_PER_KWH,
-    deploy_network,
-    prepare_nodes,
     start_node_process,
-    stop_process,
     wait_until_serving,
 )
 from devsen.http_api import http_get_json
@@ -43,24 +38,8 @@ NODES = 4
 
 @pytest.fixture(scope="module")
 def network(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    root: Path = tmp_path_factory.mktemp("devnet")
-    anvil = start_anvil(root / "anvil.log", chain_id=CHAIN_ID, block_time_s=1)
-    nodes = []
-    try:
-        deployment_path = root / "deployment.json"
-        nodes = prepare_nodes(root, NODES, deployment_path, anvil.url)
-        deployment, seeded = deploy_network(anvil, nodes, deployment_path)
-        for node in nodes:
-            start_node_process(node)
-        trio.run(wait_until_serving, nodes)
-        yield {"anvil": anvil, "nodes": nodes, "deployment": deployment, "deployment_path": deployment_path,
-               "seeded": seeded}
-    finally:
-        for node in nodes:
-            stop_process(node.process)
-        anvil.stop()
-        for node in nodes:  # shown by pytest only when a test failed
-            print(f"--- {node.log_path} (tail) ---\n" + node.log_path.read_text()[-3000:])
+    with running_devnet(tmp_path_factory.mktemp("devnet"), NODES) as devnet:
+        yield devnet
 
 
 async def _get(url: str) -> tuple[int, Any]:

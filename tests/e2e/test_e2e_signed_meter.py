@@ -11,27 +11,20 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+from e2e_devnet import running_devnet
 
-from anchoring.chain.anvil import start_anvil
 from anchoring.chain.client import SessionStatus
 from devsen.demo_charger import connect_demo_charger, demo_meter_key
 from devsen.devnet import (
-    CHAIN_ID,
     DEMO_CHARGER,
     DEMO_DEPOSIT,
     DEMO_ID_TAG,
     DEMO_PASSWORD,
     DEMO_PRICE_PER_KWH,
-    deploy_network,
-    prepare_nodes,
-    start_node_process,
-    stop_process,
-    wait_until_serving,
 )
 from devsen.session_audit import EXIT_OK, EXIT_PENDING, session_main
 from devsen.wallet import open_prepaid_session
@@ -41,23 +34,8 @@ NODES = 4
 
 @pytest.fixture(scope="module")
 def network(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    root: Path = tmp_path_factory.mktemp("devnet-signed")
-    anvil = start_anvil(root / "anvil.log", chain_id=CHAIN_ID, block_time_s=1)
-    nodes = []
-    try:
-        deployment_path = root / "deployment.json"
-        nodes = prepare_nodes(root, NODES, deployment_path, anvil.url)
-        deployment, seeded = deploy_network(anvil, nodes, deployment_path, signed_meter=True)
-        for node in nodes:
-            start_node_process(node)
-        trio.run(wait_until_serving, nodes)
-        yield {"anvil": anvil, "nodes": nodes, "deployment_path": deployment_path, "seeded": seeded}
-    finally:
-        for node in nodes:
-            stop_process(node.process)
-        anvil.stop()
-        for node in nodes:
-            print(f"--- {node.log_path} (tail) ---\n" + node.log_path.read_text()[-3000:])
+    with running_devnet(tmp_path_factory.mktemp("devnet-signed"), NODES, signed_meter=True) as devnet:
+        yield devnet
 
 
 def _audit(argv: list[str]) -> tuple[int, dict[str, Any]]:
