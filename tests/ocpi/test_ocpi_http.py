@@ -193,3 +193,15 @@ async def test_a_failing_chain_read_is_an_ocpi_server_error(served: Any, monkeyp
     ledger.height += 1  # a new height: nothing memoised
     answer = await client.request("GET", f"{V}/locations", token)
     assert (answer.status, answer.code) == (503, 3000) and "ConnectionError" in answer.json["status_message"]
+
+
+async def test_openapi_documents_every_ocpi_route(tmp_path: Path) -> None:
+    _, _, api = world(tmp_path)
+    router = Router()
+    router.include(ocpi_routes(api))
+    status, document = await router.dispatch("GET", "/openapi.json")
+    assert status == 200
+    documented = {(method.upper(), path) for path, item in document["paths"].items() for method in item}
+    assert router.declared == documented and len(documented) == 13
+    names = {p["name"] for p in document["paths"][f"{V}/cdrs"]["get"]["parameters"]}
+    assert names == {"offset", "limit", "date_from", "date_to", "Authorization"}
