@@ -13,6 +13,7 @@ times as RFC 3339 UTC from block or chain time, never from a node's clock.
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import math
 import re
@@ -124,12 +125,33 @@ def _coordinate(value: float, integer_digits: int) -> str:
     return text if len(whole) <= integer_digits else f"{math.copysign(10**integer_digits - 1e-6, value):.6f}"
 
 
-def _field(text: str, key: str) -> str | None:
+@functools.lru_cache(maxsize=4_096)
+def _site(text: str, default_country: str) -> tuple[tuple[tuple[str, Any], ...] | None, tuple[tuple[str, str, str], ...]]:
+    """(address fields or None without coordinates, plug kinds) of an on-chain location string
+    (pure; cached: a registry holds few distinct strings and this runs per charger per height)."""
+    parsed = parse_location(text)
+    fields: dict[str, str] = {}
     for item in text.split(";")[1:]:
         name, _, value = item.partition("=")
-        if name.strip() == key and value.strip():
-            return value.strip()
-    return None
+        if value.strip():
+            fields.setdefault(name.strip(), value.strip())
+    names = parsed["connector_types"]
+    kinds = tuple(CONNECTOR_TYPES[n.lower()] for n in names if n.lower() in CONNECTOR_TYPES)
+    kinds = kinds or (CONNECTOR_TYPES[DEFAULT_CONNECTOR],)
+    if parsed["lat"] is None:
+        return None, kinds
+    country = fields.get("country")
+    out: dict[str, Any] = {
+        "address": fields.get("address", "")[:45],
+        "city": fields.get("city", "")[:45],
+        "country": country if country and re.fullmatch(r"[A-Z]{3}", country) else default_country,
+        "coordinates": (("latitude", _coordinate(parsed["lat"], 2)), ("longitude", _coordinate(parsed["lon"], 3))),
+    }
+    if fields.get("postal_code"):
+        out["postal_code"] = fields["postal_code"][:10]
+    if parsed.get("name"):
+        out["name"] = str(parsed["name"])[:255]
+    return tuple(out.items()), kinds
 
 
 def place(device: ChainDevice | None, party: Party) -> dict[str, Any] | None:
@@ -140,30 +162,17 @@ def place(device: ChainDevice | None, party: Party) -> dict[str, Any] | None:
     (alpha-3) and `name=` fields after `lat,lon`."""
     if device is None:
         return None
-    parsed = parse_location(device.location)
-    if parsed["lat"] is None:
+    fields, _ = _site(device.location, party.country)
+    if fields is None:
         return None
-    text = device.location
-    country = _field(text, "country")
-    out: dict[str, Any] = {
-        "address": (_field(text, "address") or "")[:45],
-        "city": (_field(text, "city") or "")[:45],
-        "country": country if country and re.fullmatch(r"[A-Z]{3}", country) else party.country,
-        "coordinates": {"latitude": _coordinate(parsed["lat"], 2), "longitude": _coordinate(parsed["lon"], 3)},
-    }
-    postal = _field(text, "postal_code")
-    if postal:
-        out["postal_code"] = postal[:10]
-    if parsed.get("name"):
-        out["name"] = str(parsed["name"])[:255]
+    out = dict(fields)
+    out["coordinates"] = dict(out["coordinates"])
     return out
 
 
 def connector_kinds(device: ChainDevice) -> list[tuple[str, str, str]]:
     """(standard, format, power type) of each plug an EVSE of this charger offers."""
-    names = parse_location(device.location)["connector_types"]
-    kinds = [CONNECTOR_TYPES[n.lower()] for n in names if n.lower() in CONNECTOR_TYPES]
-    return kinds or [CONNECTOR_TYPES[DEFAULT_CONNECTOR]]
+    return list(_site(device.location, "")[1])
 
 
 def _connector(index: int, kind: tuple[str, str, str], device: ChainDevice, tariff: str, updated: str) -> dict[str, Any]:
@@ -206,6 +215,7 @@ def location(record: DeviceRecord, device: ChainDevice | None, party: Party) -> 
     loc_id = ocpi_id(record.charger_id)
     updated_ms = record_updated_ms(record)
     evses: list[dict[str, Any]] = []
+    kinds = connector_kinds(device)
     newest = updated_ms
     for n in range(1, device.connector_count + 1):
         status, since = evse_status(record, n, device.active)
@@ -213,7 +223,7 @@ def location(record: DeviceRecord, device: ChainDevice | None, party: Party) -> 
         updated = ocpi_time(max(since, updated_ms))
         evses.append({"uid": evse_uid(record.charger_id, n), "status": status, "physical_reference": str(n),
                       "connectors": [_connector(i, kind, device, loc_id, updated)
-                                     for i, kind in enumerate(connector_kinds(device), start=1)],
+                                     for i, kind in enumerate(kinds, start=1)],
                       "last_updated": updated})
     return {"country_code": party.country_code, "party_id": party.party_id, "id": loc_id, "publish": True,
             **where, "time_zone": party.time_zone, "evses": evses,

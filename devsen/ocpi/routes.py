@@ -44,6 +44,7 @@ MAX_LIMIT = 100
 DEFAULT_LIMIT = 50
 MAX_CLOSED_SCAN = 1_000  # sessions and CDRs: the newest closed escrow-bound transactions considered
 CHAIN_CHUNK = 50  # chain reads per worker-thread call
+MAP_BATCH = 100  # objects mapped between checkpoints of the event loop
 CHAIN_TOTAL_S = 20.0  # at most this long reading chain data for one request
 MAX_BODY_BYTES = 16 * 1024
 MAX_HEADER_CHARS = 512
@@ -234,8 +235,14 @@ class OcpiApi:
         async def build() -> list[dict[str, Any]]:
             records = self._records()
             chain = await self.devices([r.charger_id for r in records], snap.eth_block)
-            out = (mapping.location(r, d, self.party) for r, d in zip(records, chain, strict=True))
-            return [loc for loc in out if loc is not None]
+            out = []
+            for i, (record, device) in enumerate(zip(records, chain, strict=True)):
+                if i % MAP_BATCH == MAP_BATCH - 1:
+                    await trio.sleep(0)  # 2,000 chargers map in ~0.1 s: let OCPP replies through meanwhile
+                loc = mapping.location(record, device, self.party)
+                if loc is not None:
+                    out.append(loc)
+            return out
         result: list[dict[str, Any]] = await self._memoised("locations", snap, build)
         return result
 
