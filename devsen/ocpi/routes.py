@@ -238,7 +238,7 @@ class OcpiApi:
             out = []
             for i, (record, device) in enumerate(zip(records, chain, strict=True)):
                 if i % MAP_BATCH == MAP_BATCH - 1:
-                    await trio.sleep(0)  # 2,000 chargers map in ~0.1 s: let OCPP replies through meanwhile
+                    await trio.lowlevel.checkpoint()  # let OCPP replies through while 2,000 chargers map
                 loc = mapping.location(record, device, self.party)
                 if loc is not None:
                     out.append(loc)
