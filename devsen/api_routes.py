@@ -287,7 +287,9 @@ def read_routes(sources: ReadSources) -> APIRouter:
         for cid, tx_ref, closed in reversed(ledger.closed_transactions()):
             if charger_id in (None, cid):
                 items.append({"state": "closed", "charger_id": cid, "tx_ref": tx_ref, "outcome": closed.outcome,
-                              "energy_wh": closed.energy_wh, "amount": str(closed.amount)})
+                              "energy_wh": closed.energy_wh, "amount": str(closed.amount),
+                              "escrow_session_id": hex0x(closed.escrow_session_id) if closed.escrow_session_id
+                              else None})
         return items
 
     @api.get("/chargers/{charger_id}/sessions", summary="A charger's open and recently closed sessions")
@@ -319,14 +321,18 @@ def read_routes(sources: ReadSources) -> APIRouter:
     async def session(escrow_session_id: HexId) -> Any:
         height, block = now()
         wanted = escrow_session_id.lower()
+        closed: dict[str, Any] = {}  # a closed transaction: the chain's record, with the ledger's charger and ref
         for item in _charger_sessions(None):
             if item.get("escrow_session_id") == wanted:
-                return {"height": height, "session": item}
+                if item["state"] != "closed":
+                    return {"height": height, "session": item}
+                closed = {"charger_id": item["charger_id"], "tx_ref": item["tx_ref"], "outcome": item["outcome"]}
+                break
         if sources.chain_session is not None:
             read = sources.chain_session
             (found,) = await cache.many("session", [wanted], block, lambda key, b: read(bytes.fromhex(key[2:]), b))
             if found is not None:
-                return {"height": height, "eth_block": block, "session": found}
+                return {"height": height, "eth_block": block, "session": {**found, **closed}}
         raise HttpError(404, f"no escrow session {wanted} (in the ledger or on chain)")
 
     @api.get("/validators", summary="The validators in force: address, peer id, endpoint, epoch")
