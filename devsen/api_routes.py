@@ -321,18 +321,21 @@ def read_routes(sources: ReadSources) -> APIRouter:
     async def session(escrow_session_id: HexId) -> Any:
         height, block = now()
         wanted = escrow_session_id.lower()
-        closed: dict[str, Any] = {}  # a closed transaction: the chain's record, with the ledger's charger and ref
-        for item in _charger_sessions(None):
-            if item.get("escrow_session_id") == wanted:
-                if item["state"] != "closed":
-                    return {"height": height, "session": item}
-                closed = {"charger_id": item["charger_id"], "tx_ref": item["tx_ref"], "outcome": item["outcome"]}
-                break
+        matches = [i for i in _charger_sessions(None) if i.get("escrow_session_id") == wanted]
+        live = next((i for i in matches if i["state"] != "closed"), None)  # open, or settling
+        if live is not None and live["state"] == "open":
+            return {"height": height, "session": live}
+        # Closed in the ledger: the Escrow contract's record, with the ledger's charger and transaction ref.
+        closed = next(({"charger_id": i["charger_id"], "tx_ref": i["tx_ref"], "outcome": i["outcome"]}
+                       for i in matches if i["state"] == "closed"), {})
+        found = None
         if sources.chain_session is not None:
             read = sources.chain_session
             (found,) = await cache.many("session", [wanted], block, lambda key, b: read(bytes.fromhex(key[2:]), b))
-            if found is not None:
-                return {"height": height, "eth_block": block, "session": {**found, **closed}}
+        if live is not None and (found is None or found["state"] != "settled"):
+            return {"height": height, "eth_block": block, "session": {**(found or {}), **live, **closed}}
+        if found is not None:
+            return {"height": height, "eth_block": block, "session": {**found, **closed}}
         raise HttpError(404, f"no escrow session {wanted} (in the ledger or on chain)")
 
     @api.get("/validators", summary="The validators in force: address, peer id, endpoint, epoch")

@@ -4,7 +4,7 @@ import { hex, keccak, unhex } from './bytes.js';
 import { dl, h, kwh, s, short, table, when } from './dom.js';
 import { Rpc } from './eth.js';
 import { decodeCanonical, toPlain } from './msgpack.js';
-import { ChainReader, blockHash, blockLoader, parseEvent, parseHeader, verifyEvent } from './verify.js';
+import { ChainReader, blockHash, blockLoader, certificateCheck, parseEvent, parseHeader, verifyEvent } from './verify.js';
 
 const NODE_TIMEOUT_MS = 15000;
 const MAX_NODE_BYTES = 32 * 1024 * 1024;
@@ -37,6 +37,9 @@ async function api(path) {
     clearTimeout(timer);
   }
 }
+
+let nodeName = '';
+const statusName = () => nodeName || 'this node';
 
 async function status() {
   if (!statusCache) statusCache = api('/v1/status').catch((exc) => { statusCache = null; throw exc; });
@@ -259,12 +262,13 @@ async function sessionPage(id) {
       ['Energy', kwh(energy)],
       ['Tariff', charger && charger.tariff ? `${tokens(charger.tariff.price_per_kwh)} per kWh, ${tokens(charger.tariff.per_minute_fee)} per minute (registry at height ${height})` : (x.price_per_kwh ? `${tokens(x.price_per_kwh)} per kWh` : '—')],
       ['Amount charged', h('strong', null, tokens(amount))],
-      ['Deposit (refund = deposit − amount)', tokens(x.deposit)],
+      ['Deposit', tokens(x.deposit)],
+      ['Refunded', /^\d+$/.test(String(x.deposit)) && /^\d+$/.test(String(amount)) ? tokens(BigInt(x.deposit) - BigInt(amount)) : '—'],
       ['Settlement transaction', h('code', null, x.settlement_tx ?? (x.state === 'settled' ? 'settled (transaction older than the node looks back)' : `not settled yet (${x.state})`))],
       ['Escrow session id', h('code', null, id)],
-      ['Outcome', `${x.state}${x.outcome ? ` (${x.outcome})` : ''}`],
+      ['Outcome', x.outcome && x.outcome !== x.state ? `${x.state} (${x.outcome})` : x.state],
     ], { id: 'receipt-fields' }),
-    h('p', { class: 'muted' }, 'Amounts in ChargeToken (DCT, 6 decimals). The settlement is the Escrow contract\'s record; the readings below can be verified against the anchored Merkle roots.'));
+    h('p', { class: 'muted' }, `Issued from the DEVSEN network's record, read from node ${statusName()} at height ${height}. `, 'Amounts in ChargeToken (DCT, 6 decimals). The settlement is the Escrow contract\'s record; the readings below can be verified against the anchored Merkle roots.'));
   render(
     h('h1', { class: 'no-print' }, `Session ${short(id, 8)}`),
     h('p', { class: 'no-print' }, h('button', { id: 'print', type: 'button', onclick: () => window.print() }, 'Print receipt'),
@@ -288,6 +292,7 @@ async function blockPage(heightText) {
   const b = doc.block; const c = doc.certificate;
   const payloads = b.payloads.map((p) => unhex(p));
   const recomputed = hex(blockHash(parseHeader(b), payloads.map(keccak)));
+  const certificateBox = h('pre', { class: 'checks', id: 'certificate' }, 'Checking the certificate against the chain…');
   let ethBlock = '—';
   try { ethBlock = String(decodeCanonical(unhex(b.app_header)).value[1]); } catch { ethBlock = 'unreadable'; }
   render(
@@ -303,8 +308,8 @@ async function blockPage(heightText) {
     ])),
     section('Commit certificate', dl([
       ['Height / round', `${c.height} / ${c.round}`], ['Block hash', h('code', null, c.block_hash)],
-      ['Precommit signatures', `${c.signatures.length} (checked against the on-chain validator set by "verify this event")`],
-    ]), h('ol', { class: 'sigs', id: 'certificate' }, c.signatures.map((x) => h('li', null, h('code', null, short(x, 16)))))),
+      ['Precommit signatures', String(c.signatures.length)],
+    ]), h('ol', { class: 'sigs' }, c.signatures.map((x) => h('li', null, h('code', null, short(x, 16))))), certificateBox),
     section(`Payloads (${payloads.length})`, table(['#', 'Kind', 'Bytes', 'Id', ''], payloads.map((p, i) => {
       const kind = PAYLOAD_KINDS[p[0]] || 'other';
       const id = hex(keccak(p));
@@ -313,7 +318,29 @@ async function blockPage(heightText) {
         h('code', null, short(id, 8)), kind === 'charger event' ? link(`#/verify/${id}`, 'verify this event') : ''];
     }), { id: 'payloads' })),
   );
+  await checkBlockCertificate(b, c, doc.batch_id, certificateBox);
   return false;
+}
+
+/** The block's commit certificate checked here against the validators in force on chain. */
+async function checkBlockCertificate(b, c, batchId, box) {
+  try {
+    const st = await status().catch(() => null);
+    const rpcUrl = setting('rpc', st && st.chain ? st.chain.rpc : '');
+    let anchorText = setting('anchor', '');
+    if (!anchorText && batchId !== null) anchorText = (await api(`/v1/batches/${batchId}`)).anchor.contract;
+    if (!anchorText) throw new Error('no Anchor contract to read the validator set from (pin one on the verify page)');
+    const chain = await new ChainReader(new Rpc(rpcUrl), unhex(anchorText.toLowerCase(), 20, 'Anchor address'), 0).open();
+    const header = parseHeader(b);
+    const hash = blockHash(header, b.payloads.map((p) => keccak(unhex(p))));
+    const cert = { height: c.height, round: c.round, blockHash: unhex(c.block_hash, 32, 'certificate.block_hash'),
+      signatures: c.signatures.map((x, i) => unhex(x, 65, `signatures[${i}]`)) };
+    const result = await certificateCheck(chain, hash, header.height, header.prev_block_hash, cert, blockLoader(api));
+    box.replaceChildren(h('span', { class: result.ok ? 'pass' : 'fail' }, `${result.ok ? 'PASS' : 'FAIL'}  ${result.name}: ${result.detail}`),
+      `\n(chain ${chain.chainId} at ${rpcUrl}, Anchor ${hex(chain.anchor)})`);
+  } catch (exc) {
+    box.replaceChildren(h('span', { class: 'fail' }, `NO VERDICT: cannot check the certificate: ${exc.message}`));
+  }
 }
 
 // ------------------------------------------------------------------ verify this event
@@ -399,5 +426,5 @@ async function route() {
 }
 
 window.addEventListener('hashchange', route);
-status().then((st) => { document.getElementById('node-label').textContent = `node ${st.node} · height ${st.committed_height}`; }).catch(() => {});
+status().then((st) => { nodeName = st.node; document.getElementById('node-label').textContent = `node ${st.node} · height ${st.committed_height}`; }).catch(() => {});
 route();

@@ -6,6 +6,7 @@
 // over the first nine of them).
 
 const text = new TextDecoder('utf-8', { fatal: true });
+const encoder = new TextEncoder();
 
 export class Bin {
   constructor(bytes) { this.bytes = bytes; }
@@ -86,10 +87,9 @@ export function decodeCanonical(data, maxDepth = 64) {
     const out = new Map();
     let previous = null;
     for (let i = 0; i < n; i++) {
-      const keyStart = at;
       const key = value(depth + 1);
       if (typeof key !== 'string') throw new Error('a map key is not a string');
-      const keyBytes = data.subarray(keyStart, at);
+      const keyBytes = encoder.encode(key); // UTF-8 order is code point order, as Python's sorted()
       if (previous !== null && compareBytes(previous, keyBytes) >= 0) {
         throw new Error('non-canonical msgpack: map keys not in strictly ascending order');
       }

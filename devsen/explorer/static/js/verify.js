@@ -157,7 +157,7 @@ export function parseEvent(bytes) {
   if (connection.bytes.length !== 16) throw new Error('connection_id must be 16 bytes');
   if (signature.bytes.length !== 0 && signature.bytes.length !== 65) throw new Error('signature must be 65 bytes (or empty if unsigned)');
   // The vouch signs the canonical bytes of the first nine fields: 0x99 then the same item encodings.
-  const body = concat(new Uint8Array([0x99]), bytes.subarray(topItems[1][0], topItems[8][1]));
+  const body = concat(new Uint8Array([0x99]), bytes.subarray(topItems[0][0], topItems[8][1]));
   return { chargerId, version, action, messageId, payload, receivedAtMs: Number(received),
     ingress: ingress.bytes, connectionId: connection.bytes, signature: signature.bytes, bodyHash: keccak(body) };
 }
@@ -201,7 +201,7 @@ async function vouchCheck(event, chain, height, prevBlockHash, load) {
     : `${who}${over}: ${problem} (epoch ${validators.epoch})`);
 }
 
-async function certificateCheck(chain, hash, height, prevBlockHash, certificate, load) {
+export async function certificateCheck(chain, hash, height, prevBlockHash, certificate, load) {
   let setBlock;
   let validators;
   try {
