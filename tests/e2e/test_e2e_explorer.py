@@ -208,7 +208,8 @@ async def test_explorer_pages_and_in_browser_audit(network: dict[str, Any], tmp_
             if all(readings["proofs"].values()):
                 break
             await trio.sleep(1.0)
-    event_id = readings["signed_last_event"]
+    # the signed reading whose Merkle proof is longest (a tampered sibling then has a path to break)
+    event_id = max(readings["proofs"], key=lambda e: (len(readings["proofs"][e]["proof"]), e))
     cli = await _anchored(event_id, web, anvil.url, deployment_path)
     event_height = json.loads(urllib.request.urlopen(f"{web}/v1/events/{event_id}/proof").read())["block"]["height"]
 
@@ -251,7 +252,8 @@ async def test_explorer_pages_and_in_browser_audit(network: dict[str, Any], tmp_
             assert sid[:10] in text_of(driver, "#sessions")
             shoot(driver, "charger")
 
-            timed("session", lambda: open_page(driver, base + f"#/session/{sid}"))
+            timed("session", lambda: open_page(driver, base + f"#/session/{sid}", lambda d: re.search(  # settled on chain
+                r"Settlement transaction\s+0x[0-9a-f]{64}", text_of(d, "#receipt")) is not None))
             receipt = text_of(driver, "#receipt")
             amount = min(7_500 * DEMO_PRICE_PER_KWH // 1000, DEMO_DEPOSIT)
             assert "7.500 kWh" in receipt and f"{amount / 10**6:.6f} DCT" in receipt, receipt

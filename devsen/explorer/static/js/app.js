@@ -281,7 +281,7 @@ async function sessionPage(id) {
           e.error ? e.error : h('ul', { class: 'readings' }, meterLines(e.payload).map((l) => h('li', null, l))),
           link(`#/verify/${e.eventId}`, 'verify this event')]), { id: 'readings' })),
   );
-  return false;
+  return !x.settlement_tx && x.state !== 'settled'; // refresh until the settlement is on chain
 }
 
 // ------------------------------------------------------------------ blocks
