@@ -1,4 +1,4 @@
-// DOM building without innerHTML: everything a node sends is shown as text, never parsed as markup.
+// DOM building from elements and text nodes only: everything a node sends is shown as text, never parsed as markup.
 const SVG_NS = 'http://www.w3.org/2000/svg';
 
 function build(el, attrs, children) {
