@@ -267,8 +267,9 @@ async function sessionPage(id) {
       ['Settlement transaction', h('code', null, x.settlement_tx ?? (x.state === 'settled' ? 'settled (transaction older than the node looks back)' : `not settled yet (${x.state})`))],
       ['Escrow session id', h('code', null, id)],
       ['Outcome', x.outcome && x.outcome !== x.state ? `${x.state} (${x.outcome})` : x.state],
+      events.length ? ['Signed readings (event ids)', h('span', null, events.map((e) => [h('code', null, e.eventId), h('br')]))] : null,
     ], { id: 'receipt-fields' }),
-    h('p', { class: 'muted' }, `Issued from the DEVSEN network's record, read from node ${statusName()} at height ${height}. `, 'Amounts in ChargeToken (DCT, 6 decimals). The settlement is the Escrow contract\'s record; the readings below can be verified against the anchored Merkle roots.'));
+    h('p', { class: 'muted' }, `Issued from the DEVSEN network's record, read from node ${statusName()} at height ${height}. `, 'Amounts in ChargeToken (DCT, 6 decimals). The settlement is the Escrow contract\'s record; each signed reading can be verified against its anchored Merkle root at /explorer/#/verify/EVENT_ID.'));
   render(
     h('h1', { class: 'no-print' }, `Session ${short(id, 8)}`),
     h('p', { class: 'no-print' }, h('button', { id: 'print', type: 'button', onclick: () => window.print() }, 'Print receipt'),
