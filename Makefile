@@ -9,7 +9,17 @@ STAMP_NPM := node_modules/.devsen-installed
 
 .PHONY: setup devnet test lint typecheck pytest bench sim byzantine clean
 
-setup: $(STAMP_PY) $(STAMP_NPM)
+setup: $(STAMP_PY) $(STAMP_NPM) browser
+
+## Debian's chromium and chromium-driver for the explorer's browser tests (tests/e2e/test_e2e_explorer.py);
+## a no-op when both are installed; installs them as root (CI), else says how.
+.PHONY: browser
+browser:
+	@if ! command -v chromium >/dev/null || ! test -x /usr/bin/chromedriver; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else echo "the explorer's browser tests need Debian's chromium and chromium-driver: sudo apt-get install chromium chromium-driver"; fi; \
+	fi
 
 $(STAMP_PY): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

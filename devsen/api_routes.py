@@ -287,7 +287,9 @@ def read_routes(sources: ReadSources) -> APIRouter:
         for cid, tx_ref, closed in reversed(ledger.closed_transactions()):
             if charger_id in (None, cid):
                 items.append({"state": "closed", "charger_id": cid, "tx_ref": tx_ref, "outcome": closed.outcome,
-                              "energy_wh": closed.energy_wh, "amount": str(closed.amount)})
+                              "energy_wh": closed.energy_wh, "amount": str(closed.amount),
+                              "escrow_session_id": hex0x(closed.escrow_session_id) if closed.escrow_session_id
+                              else None})
         return items
 
     @api.get("/chargers/{charger_id}/sessions", summary="A charger's open and recently closed sessions")
@@ -319,14 +321,21 @@ def read_routes(sources: ReadSources) -> APIRouter:
     async def session(escrow_session_id: HexId) -> Any:
         height, block = now()
         wanted = escrow_session_id.lower()
-        for item in _charger_sessions(None):
-            if item.get("escrow_session_id") == wanted:
-                return {"height": height, "session": item}
+        matches = [i for i in _charger_sessions(None) if i.get("escrow_session_id") == wanted]
+        live = next((i for i in matches if i["state"] != "closed"), None)  # open, or settling
+        if live is not None and live["state"] == "open":
+            return {"height": height, "session": live}
+        # Closed in the ledger: the Escrow contract's record, with the ledger's charger and transaction ref.
+        closed = next(({"charger_id": i["charger_id"], "tx_ref": i["tx_ref"], "outcome": i["outcome"]}
+                       for i in matches if i["state"] == "closed"), {})
+        found = None
         if sources.chain_session is not None:
             read = sources.chain_session
             (found,) = await cache.many("session", [wanted], block, lambda key, b: read(bytes.fromhex(key[2:]), b))
-            if found is not None:
-                return {"height": height, "eth_block": block, "session": found}
+        if live is not None and (found is None or found["state"] != "settled"):
+            return {"height": height, "eth_block": block, "session": {**(found or {}), **live, **closed}}
+        if found is not None:
+            return {"height": height, "eth_block": block, "session": {**found, **closed}}
         raise HttpError(404, f"no escrow session {wanted} (in the ledger or on chain)")
 
     @api.get("/validators", summary="The validators in force: address, peer id, endpoint, epoch")

@@ -69,6 +69,7 @@ from devsen.consensus_service import (
     ServiceConfig,
 )
 from devsen.evidence import EvidenceRecorder, EvidenceStore
+from devsen.explorer import explorer_routes
 from devsen.http_api import HttpError, Router, serve_http
 from devsen.ledger import Ledger, LedgerParams
 from devsen.ledger.vouchers import StopOrder
@@ -591,6 +592,7 @@ def build_router(parts: NodeParts) -> Router:
     router.include(read_routes(read_sources(parts)))
     if parts.config.ocpi.enabled:
         router.include(ocpi_router(read_sources(parts), parts.config.ocpi, Path(parts.config.node.data_dir)))
+    router.include(explorer_routes())  # the explorer's static page at /explorer/ (devsen/explorer)
     if parts.metrics is not None:
         router.include(metrics_route(parts.metrics))
     vouchers = VoucherRoutes(parts.app, parts.service)
