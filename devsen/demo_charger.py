@@ -2,7 +2,8 @@
 
 It speaks the wire protocol as a charger does (Basic auth, subprotocol `ocpp1.6` or
 `ocpp2.0.1`, one outstanding CALL, CALLRESULT/CALLERROR correlation), accepts a CSMS
-RemoteStartTransaction (queued for `next_remote_start`) and answers other CSMS-initiated CALLs
+RemoteStartTransaction / RequestStartTransaction (queued for `next_remote_start`) and answers
+other CSMS-initiated CALLs
 with `NotSupported`, so a node can be exercised end to end without vendor hardware.
 
 Remote stops are honoured like a real charger does: a RemoteStopTransaction (1.6) or
@@ -215,6 +216,13 @@ class DemoCharger:
         if action == "RemoteStartTransaction":
             await self.ws.send_message(json.dumps([CALLRESULT, message_id, {"status": "Rejected"}]))
             return
+        if action == "RequestStartTransaction" and self.ocpp_version == "2.0.1":  # queued like a 1.6 one
+            token = (payload.get("idToken") or {}).get("idToken") if isinstance(payload, dict) else None
+            ok = isinstance(token, str) and len(self.remote_starts) < MAX_QUEUED_REMOTE_STARTS
+            if ok:
+                self.remote_starts.append({**payload, "idTag": token})
+            await self.ws.send_message(json.dumps([CALLRESULT, message_id, {"status": "Accepted" if ok else "Rejected"}]))
+            return
         await self.ws.send_message(json.dumps([CALLERROR, message_id, "NotSupported", "demo charger", {}]))
 
     async def next_remote_start(self, timeout_s: float) -> dict[str, Any]:
@@ -250,7 +258,14 @@ class DemoCharger:
         return self.remote_stops[-1]
 
     async def boot(self, connector: int) -> dict[str, Any]:
-        """BootNotification and an Available StatusNotification; returns the boot reply."""
+        """BootNotification and an Available StatusNotification (2.0.1: of EVSE `connector`,
+        connector 1); returns the boot reply."""
+        if self.ocpp_version == "2.0.1":
+            boot = await self.call("BootNotification", {"reason": "PowerUp",
+                                                        "chargingStation": {"model": "demo", "vendorName": "DEVSEN"}})
+            await self.call("StatusNotification", {"timestamp": iso_now(), "connectorStatus": "Available",
+                                                   "evseId": connector, "connectorId": 1})
+            return boot
         boot = await self.call("BootNotification", {"chargePointVendor": "DEVSEN", "chargePointModel": "demo"})
         await self.call("StatusNotification", {"connectorId": connector, "errorCode": "NoError",
                                                "status": "Available", "timestamp": iso_now()})

@@ -361,6 +361,49 @@ async def test_wallet_that_stops_signing_gets_the_charge_stopped_and_pays_its_la
     record("stop_latency", figures)
 
 
+def _meter_201(wh: int) -> list[dict[str, Any]]:
+    return [{"timestamp": iso_now(), "sampledValue": [
+        {"value": wh, "measurand": "Energy.Active.Import.Register", "unitOfMeasure": {"unit": "Wh"}}]}]
+
+
+async def test_2_0_1_charger_gets_request_stop_when_vouchers_fall_behind(network: Any) -> None:
+    """The same stop for an OCPP 2.0.1 charger: RequestStopTransaction, TransactionEvent Ended (Remote)."""
+    nodes, driver = network["nodes"], network["seeded"]["driver_client"]
+    key = SigningKey(bytes.fromhex(network["anvil"].dev_keys[2].removeprefix("0x")))
+    domain = network["deployment"].domain("Escrow")
+    async with connect_demo_charger(nodes[1].ocpp_url, DEMO_CHARGER, DEMO_PASSWORD, ocpp_version="2.0.1") as charger:
+        assert (await charger.boot(connector=1))["status"] == "Accepted"
+        session_id, token = await _open_voucher_session(network, charger, 1)
+        ref = f"v201-{session_id.hex()[:12]}"
+        started = await charger.call("TransactionEvent", {
+            "eventType": "Started", "timestamp": iso_now(), "triggerReason": "RemoteStart",
+            "seqNo": charger.next_seq_no(), "transactionInfo": {"transactionId": ref},
+            "evse": {"id": 1, "connectorId": 1}, "idToken": {"idToken": token, "type": "Central"},
+            "meterValue": _meter_201(0)})
+        assert started["idTokenInfo"]["status"] == "Accepted"
+        # The driver signs one chunk, and no more.
+        status, answer = await http_post_json(f"{nodes[3].http_url}/v1/sessions/0x{session_id.hex()}/vouchers",
+                                              body(sign_voucher(key, domain, session_id, CHUNK)))
+        assert status == 200, answer
+        for step in range(1, 11):
+            await charger.call("TransactionEvent", {
+                "eventType": "Updated", "timestamp": iso_now(), "triggerReason": "MeterValuePeriodic",
+                "seqNo": charger.next_seq_no(), "transactionInfo": {"transactionId": ref},
+                "meterValue": _meter_201(300 * step)})
+            if not charger.remote_stops:
+                await charger.serve(1.0)
+            if charger.remote_stops:
+                break
+        stopped = charger.remote_stops[0] if charger.remote_stops else await charger.next_remote_stop(30)
+    assert stopped["action"] == "RequestStopTransaction" and stopped["payload"] == {"transactionId": ref}
+    assert stopped["stop_action"] == "TransactionEvent" and isinstance(stopped["stop_answer"], dict)
+    assert stopped["stop_payload"]["triggerReason"] == "RemoteStop"
+    assert stopped["stop_payload"]["transactionInfo"] == {"transactionId": ref, "stoppedReason": "Remote"}
+    session = await _settled(driver, session_id)
+    assert session.settled_amount == CHUNK  # the voucher, not the metered cost
+    assert session.energy_wh * DEMO_PRICE_PER_KWH // 1000 > 2 * CHUNK
+
+
 def _manager_cli(network: Any, key_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "devsen.cli", "wallet", "--rpc", network["anvil"].url, "--deployment",
