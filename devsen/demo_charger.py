@@ -1,10 +1,9 @@
-"""A small OCPP 1.6-J charge point on trio-websocket, used by the devnet demo and tests.
+"""A small OCPP-J charge point (1.6 or 2.0.1) on trio-websocket, used by the devnet demo and tests.
 
 It speaks the wire protocol as a charger does (Basic auth, subprotocol `ocpp1.6` or
 `ocpp2.0.1`, one outstanding CALL, CALLRESULT/CALLERROR correlation), accepts a CSMS
 RemoteStartTransaction / RequestStartTransaction (queued for `next_remote_start`) and answers
-other CSMS-initiated CALLs
-with `NotSupported`, so a node can be exercised end to end without vendor hardware.
+other CSMS-initiated CALLs with `NotSupported`, so a node can be exercised end to end without vendor hardware.
 
 Remote stops are honoured like a real charger does: a RemoteStopTransaction (1.6) or
 RequestStopTransaction (2.0.1) naming a transaction this charger runs is Accepted (any other
