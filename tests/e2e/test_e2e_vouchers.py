@@ -149,6 +149,20 @@ def _stream_lines(out_path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out_path.read_text().splitlines() if line.startswith("{")]
 
 
+async def _stream_exit(process: Any) -> None:
+    """Wait for the wallet stream to end by itself (the session stopped)."""
+    with trio.fail_after(60):
+        while process.poll() is None:
+            await trio.sleep(0.3)
+
+
+def _stream_result(process: Any, out_path: Path) -> tuple[list[dict[str, Any]], list[int]]:
+    """The stream's JSON lines and the amounts it signed; it must have exited 0."""
+    lines = _stream_lines(out_path)
+    assert process.returncode == 0, out_path.read_text()
+    return lines, [line["cumulative_amount"] for line in lines if line["event"] == "signed"]
+
+
 def _end_stream(process: Any, out: Any) -> None:
     if process.poll() is None:
         process.kill()
@@ -185,15 +199,11 @@ async def test_wallet_stream_cli_signs_chunk_by_chunk_and_stops_on_a_mismatch(ne
             await trio.sleep_until(started + 1.2 * 900 * 3600 / MAX_POWER_W)
             await charger.call("StopTransaction", {"transactionId": tx, "meterStop": 900, "timestamp": iso_now(),
                                                    "idTag": token})
-            with trio.fail_after(60):
-                while process.poll() is None:
-                    await trio.sleep(0.3)
+            await _stream_exit(process)
         finally:
             _end_stream(process, out)
-    lines = _stream_lines(tmp_path / "stream.out")
-    signed = [line["cumulative_amount"] for line in lines if line["event"] == "signed"]
+    lines, signed = _stream_result(process, tmp_path / "stream.out")
     chunk = 500 * DEMO_PRICE_PER_KWH // 1000
-    assert process.returncode == 0, (tmp_path / "stream.out").read_text()
     assert signed and all(amount % chunk == 0 for amount in signed) and signed == sorted(set(signed))
     stops = [line for line in lines if line["event"] == "stopped_signing"]
     assert stops and "mismatch" in stops[0]["reason"]
@@ -274,14 +284,10 @@ async def test_voucher_session_streamed_by_the_wallet_settles_at_min_of_metered_
             stop = await charger.call("StopTransaction", {"transactionId": tx, "meterStop": 1_200,
                                                           "timestamp": iso_now(), "idTag": token})
             assert stop["idTagInfo"]["status"] == "Accepted"
-            with trio.fail_after(60):
-                while process.poll() is None:
-                    await trio.sleep(0.3)
+            await _stream_exit(process)
         finally:
             _end_stream(process, out)
-    lines = _stream_lines(tmp_path / "stream.out")
-    assert process.returncode == 0, (tmp_path / "stream.out").read_text()
-    signed = [line["cumulative_amount"] for line in lines if line["event"] == "signed"]
+    lines, signed = _stream_result(process, tmp_path / "stream.out")
     assert signed == sorted(set(signed)) and all(amount % CHUNK == 0 for amount in signed)
     session = await _settled(driver, session_id)
     metered = 1_200 * DEMO_PRICE_PER_KWH // 1000
@@ -324,9 +330,7 @@ async def test_wallet_that_stops_signing_gets_the_charge_stopped_and_pays_its_la
                 if charger.remote_stops:
                     break
             stopped = charger.remote_stops[0] if charger.remote_stops else await charger.next_remote_stop(30)
-            with trio.fail_after(60):
-                while process.poll() is None:
-                    await trio.sleep(0.3)
+            await _stream_exit(process)
         finally:
             _end_stream(process, out)
     assert stopped["action"] == "RemoteStopTransaction" and stopped["payload"] == {"transactionId": tx}
@@ -336,9 +340,8 @@ async def test_wallet_that_stops_signing_gets_the_charge_stopped_and_pays_its_la
     assert stopped_wh * DEMO_PRICE_PER_KWH // 1000 - CHUNK > CHUNK  # it ran past the voucher: stopped
     status, state = await http_get_json(url)
     assert status == 200 and not state["running"]  # the stop is committed at every node
-    lines = _stream_lines(tmp_path / "stream.out")
-    assert process.returncode == 0, (tmp_path / "stream.out").read_text()
-    assert [line["cumulative_amount"] for line in lines if line["event"] == "signed"] == [CHUNK]
+    lines, signed = _stream_result(process, tmp_path / "stream.out")
+    assert signed == [CHUNK]
     assert any(line["event"] == "stopped_signing" and "cap" in line["reason"] for line in lines)
     session = await _settled(driver, session_id)
     assert session.energy_wh == stopped_wh
