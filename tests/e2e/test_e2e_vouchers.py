@@ -57,6 +57,7 @@ from primitives.eip712 import SigningKey
 network = test_e2e_network.network  # the devnet fixture: one network for this module
 DEPOSIT = 5 * 10**6
 CHUNK = chunk_amount(DEMO_PRICE_PER_KWH)  # 0.5 kWh at the demo tariff
+SUBMITS = 12  # vouchers posted one after another for the submit -> commit figures
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "vouchers.json"
 
 
@@ -99,7 +100,7 @@ async def test_vouchers_posted_to_one_node_are_agreed_by_all_and_bad_ones_refuse
         url = f"/v1/sessions/0x{session_id.hex()}"
         latencies = []
         chunk = 500 * DEMO_PRICE_PER_KWH // 1000
-        for n in range(1, 6):
+        for n in range(1, SUBMITS + 1):
             began = time.perf_counter()
             status, answer = await http_post_json(other.http_url + url + "/vouchers",
                                                   body(sign_voucher(key, domain, session_id, chunk * n)))
@@ -111,15 +112,15 @@ async def test_vouchers_posted_to_one_node_are_agreed_by_all_and_bad_ones_refuse
             "nodes": 4, "vouchers": len(latencies), "median_ms": round(statistics.median(latencies), 1),
             "max_ms": round(max(latencies), 1), "min_ms": round(min(latencies), 1),
             "what": "POST /v1/sessions/{id}/vouchers at a node the charger is not on, until its 200 (committed)"})
-        for voucher, why in ((sign_voucher(stranger, domain, session_id, chunk * 9), "not by the session's driver"),
-                             (sign_voucher(key, domain, session_id, chunk * 5), "not above the latest"),
+        for voucher, why in ((sign_voucher(stranger, domain, session_id, chunk * (SUBMITS + 4)), "not by the session's driver"),
+                             (sign_voucher(key, domain, session_id, chunk * SUBMITS), "not above the latest"),
                              (sign_voucher(key, domain, session_id, DEPOSIT + 1), "exceeds the deposit")):
             status, answer = await http_post_json(other.http_url + url + "/vouchers", body(voucher))
             assert status == 400 and why in answer["error"], answer
         with trio.fail_after(30):
             while True:
                 status, seen = await http_get_json(follower.http_url + url + "/payment")
-                if status == 200 and seen["latest_voucher"] == str(chunk * 5) and seen.get("energy_wh") == 400:
+                if status == 200 and seen["latest_voucher"] == str(chunk * SUBMITS) and seen.get("energy_wh") == 400:
                     break
                 await trio.sleep(0.3)
         assert seen["running"] and seen["cost"] == str(400 * DEMO_PRICE_PER_KWH // 1000)
@@ -246,6 +247,15 @@ async def _open_voucher_session(network: Any, charger: DemoCharger, connector: i
     return session_id, token
 
 
+async def _first_voucher(node: Any, session_id: bytes) -> None:
+    """Wait until `node` has agreed the wallet's first voucher (one chunk, signed before any
+    energy flows): the wallet process may take seconds to start on a loaded machine."""
+    url = f"{node.http_url}/v1/sessions/0x{session_id.hex()}/payment"
+    with trio.fail_after(60):
+        while (await http_get_json(url))[1].get("latest_voucher") != str(CHUNK):
+            await trio.sleep(0.1)
+
+
 async def _settled(driver: Any, session_id: bytes, timeout_s: float = 90) -> Any:
     with trio.fail_after(timeout_s):
         while (session := driver.session(session_id, "latest")).status != SessionStatus.SETTLED:
@@ -277,6 +287,7 @@ async def test_voucher_session_streamed_by_the_wallet_settles_at_min_of_metered_
                                                             "timestamp": iso_now()})
             assert start["idTagInfo"]["status"] == "Accepted"
             tx = start["transactionId"]
+            await _first_voucher(nodes[2], session_id)
             for wh in (200, 400, 600, 800, 1_000, 1_200):
                 await charger.call("MeterValues", _reading(1, tx, wh))
                 await charger.serve(1.5)  # answers (and would honour) a remote stop meanwhile
@@ -312,9 +323,7 @@ async def test_wallet_that_stops_signing_gets_the_charge_stopped_and_pays_its_la
             start = await charger.call("StartTransaction", {"connectorId": 2, "idTag": token, "meterStart": 0,
                                                             "timestamp": iso_now()})
             tx = start["transactionId"]
-            with trio.fail_after(30):
-                while (await http_get_json(url))[1].get("latest_voucher") != str(CHUNK):
-                    await trio.sleep(0.1)
+            await _first_voucher(observer, session_id)
             last_voucher_seen = time.perf_counter()
             trigger: dict[str, float] = {}
             for step in range(1, 11):
@@ -352,8 +361,8 @@ async def test_wallet_that_stops_signing_gets_the_charge_stopped_and_pays_its_la
     figures = {
         "last_voucher_to_remote_stop_ms": round((stopped["received_at"] - last_voucher_seen) * 1000, 1),
         "trigger_reading_sent_to_remote_stop_ms": round((stopped["received_at"] - trigger["sent"]) * 1000, 1),
-        "trigger_reading_committed_to_remote_stop_ms":
-            round(max(0.0, stopped["received_at"] - trigger["committed"]) * 1000, 1),
+        # negative: the remote stop reached the charger before the reading's own CALLRESULT did
+        "remote_stop_after_trigger_reply_ms": round((stopped["received_at"] - trigger["committed"]) * 1000, 1),
         "remote_stop_to_stop_committed_ms": round((stopped["stopped_at"] - stopped["received_at"]) * 1000, 1),
         "metered_units": stopped_wh * DEMO_PRICE_PER_KWH // 1000, "voucher_units": CHUNK,
         "settled_units": session.settled_amount, "overpaid_units": max(0, overpaid),
@@ -431,13 +440,16 @@ async def test_network_down_manager_closes_with_the_drivers_voucher_and_the_netw
         try:
             start = await charger.call("StartTransaction", {"connectorId": 1, "idTag": token, "meterStart": 0,
                                                             "timestamp": iso_now()})
+            assert start["idTagInfo"]["status"] == "Accepted", start
             tx = start["transactionId"]
+            await _first_voucher(nodes[3], session_id)
             for wh in (200, 400, 600, 800):
                 await charger.call("MeterValues", _reading(1, tx, wh))
                 await charger.serve(1.5)
-            with trio.fail_after(30):
+            with trio.move_on_after(30):
                 while not voucher_file.exists():
                     await trio.sleep(0.2)
+            assert voucher_file.exists(), (tmp_path / "stream.out").read_text()
             written = voucher_from_document(session_id, json.loads(voucher_file.read_text()))
             # Before the outage the manager can also take it from the ledger, at any node.
             with trio.fail_after(30):
