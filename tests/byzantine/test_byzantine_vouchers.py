@@ -71,7 +71,7 @@ async def _charge(net: ByzNetwork, tmp_path: Path) -> dict[str, Any]:
                                                             "meterStart": 0, "timestamp": iso_now()})
             assert start["idTagInfo"]["status"] == "Accepted"
             tx = start["transactionId"]
-            with trio.fail_after(30):  # the wallet signs its first chunk before any energy flows
+            with trio.fail_after(60):  # the wallet signs its first chunk before any energy flows
                 while ((await get(url))[1] or {}).get("latest_voucher") != str(CHUNK):
                     await trio.sleep(0.2)
             real_wh = 0
