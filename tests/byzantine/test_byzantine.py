@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import byz_network
 import pytest
 import trio
 from byz_network import ByzNetwork, assert_honest_progress, get
@@ -36,6 +37,7 @@ from devsen.devnet import (
 from devsen.wallet import create_device
 
 pytestmark = [pytest.mark.byzantine, pytest.mark.slow]
+net = byz_network.net  # the suite's network fixture: one network for this module
 
 ATTACK_S = 15.0
 

@@ -14,6 +14,7 @@ import json
 import time
 from pathlib import Path
 
+import byz_network
 import pytest
 import trio
 from byz_network import ByzNetwork, assert_honest_progress
@@ -23,9 +24,10 @@ from anchoring.chain.client import SessionStatus
 from devsen.devnet import DEMO_CHARGER
 
 pytestmark = [pytest.mark.byzantine, pytest.mark.slow]
+net = byz_network.net  # the suite's network fixture: one network for this module
 
 
-SIGNED_METER = True  # the `net` fixture (conftest.py) registers the demo meter key
+SIGNED_METER = True  # the `net` fixture (byz_network.py) registers the demo meter key
 
 
 def test_forged_energy_on_a_signed_meter_device_settles_nothing(net: ByzNetwork, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import byz_network
 import pytest
 import trio
 from byz_network import ByzNetwork, get, height, record_line
@@ -31,6 +32,7 @@ from devsen.ledger.vouchers import chunk_amount
 from devsen.wallet import open_prepaid_session
 
 pytestmark = [pytest.mark.byzantine, pytest.mark.slow]
+net = byz_network.net  # the suite's network fixture: one network for this module
 
 FACTOR = 5
 CONNECTOR = 2
