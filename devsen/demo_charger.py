@@ -236,19 +236,26 @@ class DemoCharger:
         return self.remote_starts.pop(0)
 
     async def serve(self, seconds: float) -> None:
-        """Answer CSMS calls (and honour remote stops) for `seconds`, sending nothing else."""
-        with trio.move_on_after(seconds):
-            while True:
-                frame = json.loads(await self.ws.get_message())
-                if frame[0] == CALL:
-                    await self._answer_csms_call(frame)
-                    await self._send_due_stops()
+        """Answer CSMS calls (and honour remote stops) for about `seconds`, sending nothing else.
+        Only the wait for a frame times out: a stop being sent is finished, however long it takes."""
+        deadline = trio.current_time() + seconds
+        await self._send_due_stops()
+        while True:
+            with trio.move_on_at(deadline) as waiting:
+                message = await self.ws.get_message()
+            if waiting.cancelled_caught:
+                return
+            frame = json.loads(message)
+            if frame[0] == CALL:
+                await self._answer_csms_call(frame)
+                await self._send_due_stops()
 
     async def next_remote_stop(self, timeout_s: float) -> dict[str, Any]:
         """The next remote stop honoured from now on (its record, once the stop was answered),
         waiting up to `timeout_s` while answering CSMS calls."""
         seen = len(self.remote_stops)
         with trio.fail_after(timeout_s):
+            await self._send_due_stops()
             while not (len(self.remote_stops) > seen and "stop_answer" in self.remote_stops[-1]):
                 frame = json.loads(await self.ws.get_message())
                 if frame[0] == CALL:

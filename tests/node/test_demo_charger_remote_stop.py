@@ -23,6 +23,7 @@ class ScriptedCsms:
         self.received: list[tuple[str, dict[str, Any]]] = []
         self.answers: dict[str, Any] = {}
         self.connected = trio.Event()
+        self.stop_reply_delay_s = 0.0
 
     async def handler(self, request: WebSocketRequest) -> None:
         self.ws = await request.accept(subprotocol=request.proposed_subprotocols[0])
@@ -37,6 +38,7 @@ class ScriptedCsms:
                         reply = {"transactionId": 7, "idTagInfo": {"status": "Accepted"}}
                     elif frame[2] == "StopTransaction":
                         reply = {"idTagInfo": {"status": "Accepted"}}
+                        await trio.sleep(self.stop_reply_delay_s)  # a node committing the stop
                     await self.ws.send_message(json.dumps([CALLRESULT, frame[1], reply]))
                 else:
                     self.answers[frame[1]] = frame[2]
@@ -110,6 +112,20 @@ async def test_2_0_1_request_stop_ends_the_transaction_event_ended_remote() -> N
     assert ended[0]["seqNo"] == 2
     assert ended[0]["meterValue"][0]["sampledValue"][0]["value"] == 1_250
     assert record["stop_action"] == "TransactionEvent"
+
+
+async def test_a_stop_taking_longer_than_the_serve_window_is_still_sent_and_answered() -> None:
+    async def script(charger: Any, csms: ScriptedCsms) -> Any:
+        csms.stop_reply_delay_s = 0.6
+        await charger.call("StartTransaction", {"connectorId": 1, "idTag": "T", "meterStart": 0,
+                                                "timestamp": iso_now()})
+        await csms.send("stop", "RemoteStopTransaction", {"transactionId": 7})
+        await charger.serve(0.2)  # the stop arrives at once; its answer takes 0.6 s
+        return list(charger.remote_stops)
+
+    csms, records = await _run("1.6", script)
+    assert len(records) == 1 and records[0]["stop_answer"] == {"idTagInfo": {"status": "Accepted"}}
+    assert [action for action, _ in csms.received].count("StopTransaction") == 1
 
 
 async def test_unknown_version_is_refused_by_name() -> None:
