@@ -1,9 +1,16 @@
-"""A small OCPP 1.6-J charge point on trio-websocket, used by the devnet demo and tests.
+"""A small OCPP-J charge point (1.6 or 2.0.1) on trio-websocket, used by the devnet demo and tests.
 
-It speaks the wire protocol as a charger does (Basic auth, subprotocol `ocpp1.6`, one
-outstanding CALL, CALLRESULT/CALLERROR correlation), accepts a CSMS RemoteStartTransaction
-(queued for `next_remote_start`) and answers other CSMS-initiated CALLs with `NotSupported`,
-so a node can be exercised end to end without vendor hardware.
+It speaks the wire protocol as a charger does (Basic auth, subprotocol `ocpp1.6` or
+`ocpp2.0.1`, one outstanding CALL, CALLRESULT/CALLERROR correlation), accepts a CSMS
+RemoteStartTransaction / RequestStartTransaction (queued for `next_remote_start`) and answers
+other CSMS-initiated CALLs with `NotSupported`, so a node can be exercised end to end without vendor hardware.
+
+Remote stops are honoured like a real charger does: a RemoteStopTransaction (1.6) or
+RequestStopTransaction (2.0.1) naming a transaction this charger runs is Accepted (any other
+is Rejected), and as soon as no CALL of its own is outstanding the charger ends it:
+StopTransaction with reason Remote (1.6) or TransactionEvent Ended, triggerReason RemoteStop,
+stoppedReason Remote (2.0.1), at the last meter reading it sent. `remote_stops` records each
+(when it arrived, what the node answered to the stop); `next_remote_stop` waits for one.
 
 With a `meter_key` it behaves like an Eichrecht meter: its begin reading (in a MeterValues
 `SignedData` sample) and its end reading (in StopTransaction.transactionData) are OCMF
@@ -32,6 +39,10 @@ from primitives.hashing import keccak256
 
 CALL, CALLRESULT, CALLERROR = 2, 3, 4
 MAX_QUEUED_REMOTE_STARTS = 16  # a demo charger runs one transaction at a time
+MAX_RUNNING_TRANSACTIONS = 16  # transactions it tracks for remote stops (one per connector)
+MAX_REMOTE_STOPS_KEPT = 64
+SUBPROTOCOLS = {"1.6": "ocpp1.6", "2.0.1": "ocpp2.0.1"}
+ENERGY_REGISTER = "Energy.Active.Import.Register"
 
 
 def demo_meter_key(label: str = "devsen-demo-meter") -> ec.EllipticCurvePrivateKey:
@@ -71,6 +82,12 @@ class DemoCharger:
     meter_key: ec.EllipticCurvePrivateKey | None = None  # sign readings as an OCMF meter
     meter_serial: str = "DEMO-METER-1"
     pagination: int = field(default_factory=lambda: int(time.time()))  # OCMF counters only go up, across runs too
+    ocpp_version: str = "1.6"  # or "2.0.1"
+    running: dict[str, dict[str, Any]] = field(default_factory=dict)  # tx ref -> connector, id_tag, meter_wh
+    remote_stops: list[dict[str, Any]] = field(default_factory=list)  # honoured remote stops, oldest first
+    _stops_due: list[str] = field(default_factory=list)
+    _seq_no: int = 0
+    _sending_stops: bool = False
 
     def signed_sample(self, id_tag: str, tx: str, wh: int) -> dict[str, Any]:
         """A 1.6 sampledValue carrying an OCMF document for one reading (requires `meter_key`)."""
@@ -96,12 +113,100 @@ class DemoCharger:
                     continue
                 if frame[0] == CALLRESULT:
                     result: dict[str, Any] = frame[2]
-                    return result
+                    break
                 raise ChargerCallFailed(frame[2], frame[3])
+        self._track(action, payload, result)
+        await self._send_due_stops()
+        return result
+
+    def _track(self, action: str, payload: dict[str, Any], result: dict[str, Any]) -> None:
+        """Follow the transactions this charger runs (what a remote stop may name) and their meters."""
+        accepted = (result.get("idTagInfo") or {}).get("status") == "Accepted"
+        if action == "StartTransaction" and accepted and len(self.running) < MAX_RUNNING_TRANSACTIONS:
+            self.running[str(result["transactionId"])] = {"connector": payload.get("connectorId"),
+                                                          "id_tag": payload.get("idTag"),
+                                                          "meter_wh": payload.get("meterStart", 0)}
+        elif action == "MeterValues" and str(payload.get("transactionId")) in self.running:
+            wh = _last_register_wh(payload.get("meterValue"))
+            if wh is not None:
+                self.running[str(payload["transactionId"])]["meter_wh"] = wh
+        elif action == "StopTransaction":
+            self.running.pop(str(payload.get("transactionId")), None)
+        elif action == "TransactionEvent":
+            ref = str((payload.get("transactionInfo") or {}).get("transactionId"))
+            if payload.get("eventType") == "Ended":
+                self.running.pop(ref, None)
+                return
+            if payload.get("eventType") == "Started" and len(self.running) < MAX_RUNNING_TRANSACTIONS:
+                self.running.setdefault(ref, {"connector": (payload.get("evse") or {}).get("id"),
+                                              "id_tag": (payload.get("idToken") or {}).get("idToken"), "meter_wh": 0})
+            wh = _last_register_wh(payload.get("meterValue"))
+            if ref in self.running and wh is not None:
+                self.running[ref]["meter_wh"] = wh
+
+    def next_seq_no(self) -> int:
+        """The 2.0.1 TransactionEvent seqNo (one counter per charger)."""
+        self._seq_no += 1
+        return self._seq_no - 1
+
+    def stop_call(self, tx_ref: str, reason: str = "Remote") -> tuple[str, dict[str, Any]]:
+        """(action, payload) ending transaction `tx_ref` at its last reading, in this charger's version."""
+        tx = self.running[tx_ref]
+        wh = int(tx["meter_wh"])
+        if self.ocpp_version == "2.0.1":
+            return "TransactionEvent", {
+                "eventType": "Ended", "timestamp": iso_now(), "seqNo": self.next_seq_no(),
+                "triggerReason": "RemoteStop" if reason == "Remote" else "StopAuthorized",
+                "transactionInfo": {"transactionId": tx_ref, "stoppedReason": reason},
+                "meterValue": [{"timestamp": iso_now(), "sampledValue": [
+                    {"value": wh, "measurand": ENERGY_REGISTER, "context": "Transaction.End",
+                     "unitOfMeasure": {"unit": "Wh"}}]}]}
+        payload: dict[str, Any] = {"transactionId": int(tx_ref), "meterStop": wh, "timestamp": iso_now(),
+                                   "reason": reason}
+        if self.meter_key is not None and isinstance(tx.get("id_tag"), str):
+            payload["transactionData"] = [
+                {"timestamp": iso_now(), "sampledValue": [self.signed_sample(tx["id_tag"], "E", wh)]}]
+        return "StopTransaction", payload
+
+    async def _send_due_stops(self) -> None:
+        """End the transactions a remote stop named (once no CALL of ours is outstanding)."""
+        if self._sending_stops:
+            return  # the stop's own CALL returning: the outer loop goes on
+        self._sending_stops = True
+        try:
+            while self._stops_due:
+                tx_ref = self._stops_due[0]  # stays due (a repeated stop is Rejected) until sent
+                if tx_ref in self.running:
+                    action, payload = self.stop_call(tx_ref)
+                    record = next((r for r in reversed(self.remote_stops) if r["transaction_id"] == tx_ref), None)
+                    try:
+                        answer: dict[str, Any] | str = await self.call(action, payload)
+                    except ChargerCallFailed as exc:
+                        answer = str(exc)
+                    self.running.pop(tx_ref, None)
+                    if record is not None:
+                        record.update(stop_action=action, stop_payload=payload, stop_answer=answer,
+                                      stopped_at=time.perf_counter())
+                self._stops_due.pop(0)
+        finally:
+            self._sending_stops = False
 
     async def _answer_csms_call(self, frame: list[Any]) -> None:
-        """Accept a RemoteStartTransaction with an idTag (queue it); refuse every other CSMS call."""
+        """Accept a RemoteStartTransaction with an idTag (queue it) and a remote stop of a running
+        transaction (end it next); refuse every other CSMS call."""
         message_id, action, payload = frame[1], frame[2], frame[3]
+        if action in ("RemoteStopTransaction", "RequestStopTransaction"):
+            expected = "RemoteStopTransaction" if self.ocpp_version == "1.6" else "RequestStopTransaction"
+            ref = payload.get("transactionId") if isinstance(payload, dict) else None
+            ok = action == expected and isinstance(ref, int if action == "RemoteStopTransaction" else str) \
+                and str(ref) in self.running and str(ref) not in self._stops_due
+            if ok:
+                self._stops_due.append(str(ref))
+                self.remote_stops.append({"transaction_id": str(ref), "action": action, "payload": payload,
+                                          "received_at": time.perf_counter()})
+                del self.remote_stops[:-MAX_REMOTE_STOPS_KEPT]
+            await self.ws.send_message(json.dumps([CALLRESULT, message_id, {"status": "Accepted" if ok else "Rejected"}]))
+            return
         if (action == "RemoteStartTransaction" and isinstance(payload, dict) and isinstance(payload.get("idTag"), str)
                 and len(self.remote_starts) < MAX_QUEUED_REMOTE_STARTS):
             self.remote_starts.append(payload)
@@ -109,6 +214,13 @@ class DemoCharger:
             return
         if action == "RemoteStartTransaction":
             await self.ws.send_message(json.dumps([CALLRESULT, message_id, {"status": "Rejected"}]))
+            return
+        if action == "RequestStartTransaction" and self.ocpp_version == "2.0.1":  # queued like a 1.6 one
+            token = (payload.get("idToken") or {}).get("idToken") if isinstance(payload, dict) else None
+            ok = isinstance(token, str) and len(self.remote_starts) < MAX_QUEUED_REMOTE_STARTS
+            if ok:
+                self.remote_starts.append({**payload, "idTag": token})
+            await self.ws.send_message(json.dumps([CALLRESULT, message_id, {"status": "Accepted" if ok else "Rejected"}]))
             return
         await self.ws.send_message(json.dumps([CALLERROR, message_id, "NotSupported", "demo charger", {}]))
 
@@ -119,11 +231,47 @@ class DemoCharger:
                 frame = json.loads(await self.ws.get_message())
                 if frame[0] == CALL:
                     await self._answer_csms_call(frame)
+                    await self._send_due_stops()
                 # a CALLRESULT/CALLERROR here answers a call given up earlier: dropped
         return self.remote_starts.pop(0)
 
+    async def serve(self, seconds: float) -> None:
+        """Answer CSMS calls (and honour remote stops) for about `seconds`, sending nothing else.
+        Only the wait for a frame times out: a stop being sent is finished, however long it takes."""
+        deadline = trio.current_time() + seconds
+        await self._send_due_stops()
+        while True:
+            with trio.move_on_at(deadline) as waiting:
+                message = await self.ws.get_message()
+            if waiting.cancelled_caught:
+                return
+            frame = json.loads(message)
+            if frame[0] == CALL:
+                await self._answer_csms_call(frame)
+                await self._send_due_stops()
+
+    async def next_remote_stop(self, timeout_s: float) -> dict[str, Any]:
+        """The next remote stop honoured from now on (its record, once the stop was answered),
+        waiting up to `timeout_s` while answering CSMS calls."""
+        seen = len(self.remote_stops)
+        with trio.fail_after(timeout_s):
+            await self._send_due_stops()
+            while not (len(self.remote_stops) > seen and "stop_answer" in self.remote_stops[-1]):
+                frame = json.loads(await self.ws.get_message())
+                if frame[0] == CALL:
+                    await self._answer_csms_call(frame)
+                    await self._send_due_stops()
+        return self.remote_stops[-1]
+
     async def boot(self, connector: int) -> dict[str, Any]:
-        """BootNotification and an Available StatusNotification; returns the boot reply."""
+        """BootNotification and an Available StatusNotification (2.0.1: of EVSE `connector`,
+        connector 1); returns the boot reply."""
+        if self.ocpp_version == "2.0.1":
+            boot = await self.call("BootNotification", {"reason": "PowerUp",
+                                                        "chargingStation": {"model": "demo", "vendorName": "DEVSEN"}})
+            await self.call("StatusNotification", {"timestamp": iso_now(), "connectorStatus": "Available",
+                                                   "evseId": connector, "connectorId": 1})
+            return boot
         boot = await self.call("BootNotification", {"chargePointVendor": "DEVSEN", "chargePointModel": "demo"})
         await self.call("StatusNotification", {"connectorId": connector, "errorCode": "NoError",
                                                "status": "Available", "timestamp": iso_now()})
@@ -163,6 +311,22 @@ class DemoCharger:
         return {"authorize": authorize, "start": start, "stop": stop}
 
 
+def _last_register_wh(meter_values: Any) -> int | None:
+    """The last unsigned Energy.Active.Import.Register reading (Wh) of a 1.6/2.0.1 meterValue list."""
+    found = None
+    for meter_value in meter_values if isinstance(meter_values, list) else ():
+        for sample in (meter_value.get("sampledValue") or []) if isinstance(meter_value, dict) else ():
+            if not isinstance(sample, dict) or sample.get("format") == "SignedData":
+                continue
+            if sample.get("measurand", ENERGY_REGISTER) != ENERGY_REGISTER:
+                continue
+            try:
+                found = int(float(sample["value"]))  # 1.6 sends text, 2.0.1 a number
+            except (KeyError, TypeError, ValueError):
+                continue
+    return found
+
+
 def basic_auth_header(charge_box_id: str, password: str) -> tuple[bytes, bytes]:
     """The HTTP Basic `Authorization` header of OCPP security profile 1."""
     token = base64.b64encode(f"{charge_box_id}:{password}".encode()).decode()
@@ -171,10 +335,13 @@ def basic_auth_header(charge_box_id: str, password: str) -> tuple[bytes, bytes]:
 
 @asynccontextmanager
 async def connect_demo_charger(url_base: str, charge_box_id: str, password: str,
-                               meter_key: ec.EllipticCurvePrivateKey | None = None) -> AsyncIterator[DemoCharger]:
+                               meter_key: ec.EllipticCurvePrivateKey | None = None,
+                               ocpp_version: str = "1.6") -> AsyncIterator[DemoCharger]:
     """A DemoCharger connected to `url_base` + "/" + chargeBoxId for the duration of the block;
-    with `meter_key` it signs its begin and end readings (OCMF)."""
+    with `meter_key` it signs its begin and end readings (OCMF); `ocpp_version` "1.6" or "2.0.1"."""
+    if ocpp_version not in SUBPROTOCOLS:
+        raise ValueError(f"ocpp_version {ocpp_version!r} is not one of {sorted(SUBPROTOCOLS)}")
     url = url_base.rstrip("/") + "/" + charge_box_id
-    async with open_websocket_url(url, subprotocols=["ocpp1.6"],
+    async with open_websocket_url(url, subprotocols=[SUBPROTOCOLS[ocpp_version]],
                                   extra_headers=[basic_auth_header(charge_box_id, password)]) as ws:
-        yield DemoCharger(ws, charge_box_id, meter_key=meter_key)
+        yield DemoCharger(ws, charge_box_id, meter_key=meter_key, ocpp_version=ocpp_version)

@@ -28,7 +28,13 @@ from devsen.consensus_service import (
 from devsen.http_api import HttpError
 from devsen.ledger import EscrowSession
 from devsen.ledger.ledger import energy_bound
-from devsen.ledger.vouchers import PaymentVoucher, VoucherError, chunk_amount, metered_cost
+from devsen.ledger.vouchers import (
+    PaymentVoucher,
+    VoucherError,
+    chunk_amount,
+    metered_cost,
+    voucher_from_document,
+)
 
 CHAIN_READ_TIMEOUT_S = 10.0
 COMMIT_TIMEOUT_S = 30.0
@@ -50,20 +56,10 @@ def parse_voucher(session_id: bytes, body: str) -> PaymentVoucher:
         document = json.loads(body)
     except ValueError as exc:
         raise HttpError(400, f"the body is not JSON: {exc}") from exc
-    if not isinstance(document, dict):
-        raise HttpError(400, 'the body must be {"cumulative_amount": "N", "signature": "0x..."}')
-    amount, signature = document.get("cumulative_amount"), document.get("signature")
-    if isinstance(amount, str) and amount.isdigit() and len(amount) <= 78:
-        amount = int(amount)
-    if type(amount) is not int or not 0 <= amount < 2**256:
-        raise HttpError(400, "cumulative_amount must be a uint256 (a decimal string or an integer)")
     try:
-        raw = bytes.fromhex(str(signature).removeprefix("0x")) if isinstance(signature, str) else b""
-    except ValueError:
-        raw = b""
-    if len(raw) != 65:
-        raise HttpError(400, "signature must be 0x + 130 hex digits (65 bytes r || s || v)")
-    return PaymentVoucher(session_id, amount, raw)
+        return voucher_from_document(session_id, document)
+    except VoucherError as exc:
+        raise HttpError(400, str(exc)) from exc
 
 
 class VoucherRoutes:
@@ -96,6 +92,9 @@ class VoucherRoutes:
         body: dict[str, Any] = {
             "session_id": "0x" + session_id.hex(), "height": ledger.height, "running": False,
             "latest_voucher": str(latest.cumulative_amount) if latest is not None else "0",
+            # the driver's signature over it: what the manager needs for Escrow.closeWithVoucher
+            "latest_voucher_signature": "0x" + latest.signature.hex() if latest is not None and latest.signature
+            else None,
             "stopped": bool(latest and latest.stopped), "settlement": None,
         }
         for order in ledger.pending_settlements():

@@ -6,6 +6,10 @@ received), and signs a voucher one chunk ahead of the committed cost, chunk by c
 each to the node (POST /v1/sessions/{id}/vouchers). It stops signing at the cap or when the
 committed energy runs ahead of the car's view: the network then stops the charge one chunk
 later, and a voucher-mode session settles at min(metered cost, latest voucher).
+
+With `voucher_out` it also keeps the latest voucher it signed in that file (written whole,
+then renamed over the old one): what the device manager needs to close the escrow with
+`devsen wallet close-with-voucher` when the network is unreachable.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 import trio
 
 from devsen.http_api import http_get_json, http_post_json
-from devsen.ledger.vouchers import CHUNK_WH, sign_voucher
+from devsen.ledger.vouchers import CHUNK_WH, PaymentVoucher, sign_voucher, voucher_document
 from primitives.eip712 import Domain, SigningKey
 
 
@@ -68,10 +72,18 @@ def battery_reader(spec: str | None) -> Callable[[], int | None]:
     return read
 
 
+def write_voucher_file(path: Path, voucher: PaymentVoucher) -> None:
+    """Write `voucher` (voucher_document JSON) to `path` atomically: a reader never sees half a file."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(voucher_document(voucher)) + "\n")
+    partial.replace(path)
+
+
 async def stream(node: str, session_id: bytes, key: SigningKey, domain: Domain, cap: int, *,
                  chunk_wh: int = CHUNK_WH, battery: Callable[[], int | None] = lambda: None,
                  tolerance_wh: int = 0, poll_s: float = 1.0, timeout_s: float = 3_600.0,
-                 progress: Callable[[dict[str, Any]], None] = lambda line: None) -> dict[str, Any]:
+                 progress: Callable[[dict[str, Any]], None] = lambda line: None,
+                 voucher_out: Path | None = None) -> dict[str, Any]:
     """Follow the session and sign until it ends, the cap is reached or the car's view disagrees."""
     session_url = f"{node.rstrip('/')}/v1/sessions/0x{session_id.hex()}"
     url = session_url + "/payment"
@@ -103,12 +115,12 @@ async def stream(node: str, session_id: bytes, key: SigningKey, domain: Domain, 
                 progress({"event": "stopped_signing", "reason": stop_reason, "signed": signed})
             if stop_reason is None and decision.amount is not None:
                 voucher = sign_voucher(key, domain, session_id, decision.amount)
-                body = json.dumps({"cumulative_amount": str(voucher.cumulative_amount),
-                                   "signature": "0x" + voucher.signature.hex()})
-                code, answer = await http_post_json(session_url + "/vouchers", body)
+                code, answer = await http_post_json(session_url + "/vouchers", json.dumps(voucher_document(voucher)))
                 if code != 200:
                     raise ValueError(f"the node refused voucher {decision.amount}: {answer}")
                 signed = decision.amount
+                if voucher_out is not None:
+                    write_voucher_file(voucher_out, voucher)
                 progress({"event": "signed", "cumulative_amount": signed, "energy_wh": state["energy_wh"],
                           "cost": state["cost"], "car_wh": car, "height": answer.get("height")})
             await trio.sleep(poll_s)

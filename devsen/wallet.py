@@ -6,15 +6,21 @@
     create-device ID --password PW     register a charger (EVSE) you manage
     register-idtag TAG [--expiry S]    register an RFID/token idTag (stored as keccak-256)
     faucet AMOUNT                      devnet only: mint ChargeToken base units to yourself
-    open-session ID --connector N --id-tag TAG --deposit AMOUNT
-                                       prepay a charging session (approve + openSession)
+    open-session ID --connector N --id-tag TAG --deposit AMOUNT [--voucher-mode]
+                                       prepay a charging session (approve + openSession;
+                                       openVoucherSession with --voucher-mode)
     refund SESSION_ID                  take back the deposit of a session never settled in time
     session SESSION_ID                 show an escrow session
     balance                            show your ETH and ChargeToken balances
-    stream SESSION_ID --cap AMOUNT --node URL [--battery-wh FILE] [--chunk-wh WH]
+    stream SESSION_ID --cap AMOUNT --node URL [--battery-wh FILE] [--chunk-wh WH] [--voucher-out FILE]
                                        sign per-chunk payment vouchers as the session charges
                                        (devsen/voucher_stream.py); stops at the cap or when the
                                        committed energy runs ahead of the car's own view
+    close-with-voucher SESSION_ID (--voucher FILE | --node URL)
+                                       device manager: close a voucher-mode escrow session on
+                                       chain with the driver's latest voucher alone (no network
+                                       needed with --voucher: the file `stream --voucher-out`
+                                       writes; --node reads it from a node's ledger)
     rewards [--owner ADDR] [--node URL]
                                        uptime rewards per epoch and why (a node), paid (chain);
                                        with --owner no key is needed
@@ -54,7 +60,7 @@ from anchoring.rewards import paid_to
 from devsen.config import ChainSection
 from devsen.fmt import dumps, eth_amount, hex0x, iso_time, token_amount
 from devsen.ledger.chain import session_token
-from devsen.ledger.vouchers import CHUNK_WH
+from devsen.ledger.vouchers import CHUNK_WH, PaymentVoucher, VoucherError, voucher_from_document
 from devsen.rewards_view import add_chain_paid, format_rewards, parse_owner
 from primitives.credentials import new_auth_credential
 from primitives.eip712 import SigningKey
@@ -103,13 +109,15 @@ def wait_for_confirmations(client: ChainClient, block_number: int, confirmations
 
 
 def open_prepaid_session(client: ChainClient, charge_box_id: str, connector: int, id_tag: str,
-                         deposit: int, confirmations: int = NETWORK_CONFIRMATIONS) -> bytes:
+                         deposit: int, confirmations: int = NETWORK_CONFIRMATIONS, *,
+                         voucher_mode: bool = False) -> bytes:
     """Approve the escrow for `deposit` and open a session; returns the session id once the
     session is `confirmations` deep (the depth the nodes read at, so a charge may start then).
     If the chain does not advance within CONFIRM_TIMEOUT_S it returns anyway: the session is
-    open, and the network honours it once its block is deep enough."""
+    open, and the network honours it once its block is deep enough. `voucher_mode`: the
+    session pays by the driver's vouchers (Escrow.openVoucherSession)."""
     client.approve(client.deployment.escrow, deposit)
-    session_id, receipt = client.open_session(charge_box_id, connector, id_tag, deposit)
+    session_id, receipt = client.open_session(charge_box_id, connector, id_tag, deposit, voucher_mode=voucher_mode)
     wait_for_confirmations(client, receipt.block_number, confirmations)
     return session_id
 
@@ -158,6 +166,8 @@ def _parser() -> argparse.ArgumentParser:
     session.add_argument("--connector", type=int, required=True)
     session.add_argument("--id-tag", required=True)
     session.add_argument("--deposit", type=int, required=True, help="token base units (1 DCT = 1000000)")
+    session.add_argument("--voucher-mode", action="store_true",
+                         help="pay by per-chunk vouchers (settles at min(metered, latest voucher))")
     refund = sub.add_parser("refund")
     refund.add_argument("session_id")
     show = sub.add_parser("session")
@@ -177,10 +187,16 @@ def _parser() -> argparse.ArgumentParser:
     stream.add_argument("--tolerance-wh", type=int, default=0, help="committed Wh allowed above the car's view")
     stream.add_argument("--poll-s", type=float, default=1.0)
     stream.add_argument("--timeout-s", type=float, default=3_600.0)
+    stream.add_argument("--voucher-out", help="keep the latest signed voucher in this file (for close-with-voucher)")
+    close = sub.add_parser("close-with-voucher", help="manager: close a voucher-mode session with the driver's voucher")
+    close.add_argument("session_id")
+    source = close.add_mutually_exclusive_group(required=True)
+    source.add_argument("--voucher", help="voucher file (JSON, as `stream --voucher-out` writes)")
+    source.add_argument("--node", help="a node's HTTP API: take the latest voucher its ledger agreed")
     rewards = sub.add_parser("rewards", help="uptime rewards earned per epoch and why (node) and paid (chain)")
     rewards.add_argument("--owner", help="device manager address (default: the wallet's account)")
     rewards.add_argument("--node", default="http://127.0.0.1:8080", help="a node's HTTP API URL")
-    commands += [roles, device, tag, faucet, session, refund, show, balance, meter, stream, rewards]
+    commands += [roles, device, tag, faucet, session, refund, show, balance, meter, stream, close, rewards]
     for command in commands:  # `--json` also after the command
         command.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
@@ -290,9 +306,12 @@ def _run(args: argparse.Namespace, client: ChainClient) -> tuple[str, dict[str, 
         receipt = client.faucet_mint(me, args.amount)
         return (f"minted {token_amount(args.amount)} to {me}; {_tx_line(receipt)}",
                 {"account": me, "minted_units": args.amount, **_tx(receipt)})
+    if args.command == "close-with-voucher":
+        return close_with_voucher(client, _session_id(args.session_id), voucher_file=args.voucher, node_url=args.node)
     if args.command == "open-session":
         client.approve(client.deployment.escrow, args.deposit)
-        session_id, receipt = client.open_session(args.charge_box_id, args.connector, args.id_tag, args.deposit)
+        session_id, receipt = client.open_session(args.charge_box_id, args.connector, args.id_tag, args.deposit,
+                                                  voucher_mode=args.voucher_mode)
         wait_for_confirmations(client, receipt.block_number)  # the nodes see it from then on
         token = session_token(session_id)
         return (f"session {hex0x(session_id)} opened at {args.charge_box_id} connector {args.connector} with "
@@ -300,7 +319,8 @@ def _run(args: argparse.Namespace, client: ChainClient) -> tuple[str, dict[str, 
                 f"the node the charger is connected to sends it a remote start with idTag {token}; "
                 f"or present idTag {args.id_tag} at the charger",
                 {"session_id": hex0x(session_id), "session_token": token, "charge_box_id": args.charge_box_id,
-                 "connector": args.connector, "deposit_units": args.deposit, **_tx(receipt)})
+                 "connector": args.connector, "deposit_units": args.deposit, "voucher_mode": args.voucher_mode,
+                 **_tx(receipt)})
     if args.command == "refund":
         session_id = _session_id(args.session_id)
         receipt = client.refund(session_id)
@@ -353,9 +373,58 @@ def _stream(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     result = trio.run(lambda: stream(args.node, _session_id(args.session_id), key, domain, args.cap,
                                      chunk_wh=args.chunk_wh, battery=battery_reader(args.battery_wh),
                                      tolerance_wh=args.tolerance_wh, poll_s=args.poll_s,
-                                     timeout_s=args.timeout_s, progress=progress))
+                                     timeout_s=args.timeout_s, progress=progress,
+                                     voucher_out=Path(args.voucher_out) if args.voucher_out else None))
     return (f"session {result['session_id']}: signed {token_amount(result['signed'])} in total"
             + (f"; stopped signing: {result['stop_reason']}" if result["stop_reason"] else ""), result)
+
+
+def latest_voucher(session_id: bytes, *, voucher_file: str | None = None,
+                   node_url: str | None = None) -> PaymentVoucher:
+    """The driver's latest voucher for `session_id`: from a voucher file, or the one a node's
+    ledger agreed (GET /v1/sessions/{id}/payment). ValueError naming the source and the problem."""
+    try:
+        if voucher_file is not None:
+            try:
+                document: Any = json.loads(Path(voucher_file).read_text())
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"--voucher {voucher_file}: cannot read a voucher: {exc}") from exc
+            return voucher_from_document(session_id, document)
+        assert node_url is not None
+        url = f"{node_url.rstrip('/')}/v1/sessions/{hex0x(session_id)}/payment"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 (the operator's node URL)
+                state = json.loads(response.read())
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise ValueError(f"--node: cannot read {url}: {exc}; with the network down pass --voucher FILE") from exc
+        if not state.get("latest_voucher_signature"):
+            raise ValueError(f"--node: the ledger holds no voucher for session {hex0x(session_id)}")
+        return voucher_from_document(session_id, {"cumulative_amount": state.get("latest_voucher"),
+                                                  "signature": state["latest_voucher_signature"]})
+    except VoucherError as exc:
+        raise ValueError(f"{'--voucher' if voucher_file is not None else '--node'}: {exc}") from exc
+
+
+def close_with_voucher(client: ChainClient, session_id: bytes, *, voucher_file: str | None = None,
+                       node_url: str | None = None) -> tuple[str, dict[str, Any]]:
+    """`devsen wallet close-with-voucher`: the manager closes a voucher-mode session on chain
+    with the driver's latest voucher (Escrow.closeWithVoucher; no validator quorum needed)."""
+    voucher = latest_voucher(session_id, voucher_file=voucher_file, node_url=node_url)
+    session = client.session(session_id, "latest")
+    if session is None:
+        raise ValueError(f"no escrow session {hex0x(session_id)} on this chain")
+    if not session.voucher_mode:
+        raise ValueError(f"session {hex0x(session_id)} was not opened in voucher mode")
+    signer = voucher.signer(client.deployment.domain("Escrow"))
+    if hex0x(signer) != session.driver.lower():
+        raise ValueError(f"the voucher is signed by {hex0x(signer)}, not by the session's driver {session.driver}")
+    receipt = client.close_with_voucher(session_id, voucher.cumulative_amount, voucher.signature)
+    paid = min(voucher.cumulative_amount, session.deposit)
+    return (f"session {hex0x(session_id)} closed with the driver's voucher: {token_amount(paid)} to the manager, "
+            f"{token_amount(session.deposit - paid)} back to the driver; {_tx_line(receipt)}",
+            {"session_id": hex0x(session_id), "cumulative_amount": str(voucher.cumulative_amount),
+             "paid_units": paid, "refunded_units": session.deposit - paid,
+             "source": "file" if voucher_file is not None else "node", **_tx(receipt)})
 
 
 def owner_rewards(client: ChainClient, node_url: str, owner_text: str) -> tuple[str, dict[str, Any]]:
@@ -380,9 +449,6 @@ def wallet_main(argv: list[str]) -> int:
             text, document = _stream(args)
             print(json.dumps({"event": "done", **document}, separators=(",", ":")) if args.json else text)
             return 0
-        client = open_wallet(args.rpc, args.deployment, _key(args))
-
-
         if args.command == "rewards" and args.owner and not (args.key_file or os.environ.get(KEY_ENV)):
             deployment = Deployment.from_json(Path(args.deployment).read_text())
             client = ChainClient(connect(args.rpc), deployment)  # read-only: no key needed

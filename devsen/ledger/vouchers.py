@@ -86,6 +86,35 @@ def decode_voucher(payload: bytes) -> PaymentVoucher:
     return PaymentVoucher(payload[1:33], int.from_bytes(payload[33:65], "big"), payload[65:])
 
 
+def voucher_document(voucher: PaymentVoucher) -> dict[str, str]:
+    """A voucher as JSON-ready text: what POST /v1/sessions/{id}/vouchers takes (plus the
+    session id), what `devsen wallet stream --voucher-out` writes and `close-with-voucher` reads."""
+    return {"session_id": "0x" + voucher.session_id.hex(), "cumulative_amount": str(voucher.cumulative_amount),
+            "signature": "0x" + voucher.signature.hex()}
+
+
+def voucher_from_document(session_id: bytes, document: object) -> PaymentVoucher:
+    """The voucher of a `voucher_document` (its session_id, if given, must be `session_id`);
+    VoucherError naming the key that is wrong."""
+    if not isinstance(document, dict):
+        raise VoucherError('a voucher is {"cumulative_amount": "N", "signature": "0x..."}')
+    named = document.get("session_id")
+    if named is not None and (not isinstance(named, str) or named.lower().removeprefix("0x") != session_id.hex()):
+        raise VoucherError(f"session_id {named!r} is not 0x{session_id.hex()}")
+    amount, signature = document.get("cumulative_amount"), document.get("signature")
+    if isinstance(amount, str) and amount.isdigit() and len(amount) <= 78:
+        amount = int(amount)
+    if type(amount) is not int or not 0 <= amount <= MAX_AMOUNT:
+        raise VoucherError("cumulative_amount must be a uint256 (a decimal string or an integer)")
+    try:
+        raw = bytes.fromhex(signature.removeprefix("0x")) if isinstance(signature, str) else b""
+    except ValueError:
+        raw = b""
+    if len(raw) != 65:
+        raise VoucherError("signature must be 0x + 130 hex digits (65 bytes r || s || v)")
+    return PaymentVoucher(session_id, amount, raw)
+
+
 def address_bytes(text: str) -> bytes | None:
     """A 0x-hex 20-byte address as bytes, or None if it is not one (chain data is hostile)."""
     if not isinstance(text, str):

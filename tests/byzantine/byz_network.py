@@ -1,6 +1,11 @@
 """The Byzantine test network: anvil, the contracts, 3 honest `devsen node` processes and one
 node (node 4) started through `launch.py` with a swappable behaviour.
 
+`net` is the module-scoped fixture every module of this suite uses (`net = byz_network.net`):
+one network per module, node 4 "honest" until a test swaps its behaviour; a module sets
+`SIGNED_METER = True` to have the demo charger registered with its OCMF meter key and
+requireSignedMeter.
+
 Everything listens on 127.0.0.1; every process is stopped by pid (its process group).
 """
 
@@ -11,15 +16,25 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
-from anchoring.chain.anvil import AnvilProcess
+from anchoring.chain.anvil import AnvilProcess, start_anvil
 from devsen.config import config_to_toml
-from devsen.devnet import DevnetNode, stop_process, wait_until_serving
+from devsen.devnet import (
+    CHAIN_ID,
+    DevnetNode,
+    deploy_network,
+    prepare_nodes,
+    start_node_process,
+    stop_process,
+    wait_until_serving,
+)
 from devsen.http_api import http_get_json
 
 LAUNCH = Path(__file__).resolve().parent / "launch.py"
@@ -53,6 +68,13 @@ async def height(node: DevnetNode) -> int | None:
     return body["committed_height"] if status == 200 else None
 
 
+def record_line(line: dict[str, Any]) -> None:
+    """Print one scenario's figures and append them to $BYZ_RESULTS (JSON Lines)."""
+    print("BYZANTINE", json.dumps(line))
+    with open(RESULTS, "a") as out:
+        out.write(json.dumps(line) + "\n")
+
+
 @dataclass
 class Observation:
     """What the honest nodes did during one attack window."""
@@ -78,9 +100,7 @@ class Observation:
         line = {"scenario": self.scenario, "seconds": round(self.seconds, 1), "start": self.start_heights,
                 "end": self.end_heights, "alive": self.alive, "commit_rate_bps": self.commit_rate,
                 "state_hash_agree": self.hashes_agree, **self.notes}
-        print("BYZANTINE", json.dumps(line))
-        with open(RESULTS, "a") as out:
-            out.write(json.dumps(line) + "\n")
+        record_line(line)
 
     @property
     def hashes_agree(self) -> bool:
@@ -221,3 +241,28 @@ def assert_honest_progress(observation: Observation, min_blocks: int = 3) -> Non
     assert all(observation.alive), f"an honest node died: {observation}"
     assert min(observation.grown) >= min_blocks, f"honest nodes stalled: grew {observation.grown}"
     assert observation.hashes_agree, f"honest state hashes differ: {observation.state_hashes}"
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[ByzNetwork]:
+    signed_meter = bool(getattr(request.module, "SIGNED_METER", False))
+    root: Path = tmp_path_factory.mktemp("byzantine-signed" if signed_meter else "byzantine")
+    anvil = start_anvil(root / "anvil.log", chain_id=CHAIN_ID, block_time_s=1)
+    network = None
+    try:
+        deployment_path = root / "deployment.json"
+        nodes = prepare_nodes(root, 4, deployment_path, anvil.url)
+        _, seeded = deploy_network(anvil, nodes, deployment_path, signed_meter=signed_meter)
+        network = ByzNetwork(anvil, nodes, deployment_path, seeded, root)
+        for node in nodes[:3]:
+            start_node_process(node)
+        start_with_behaviour(nodes[3], "honest")
+        trio.run(wait_until_serving, nodes)
+        yield network
+    finally:
+        if network is not None:
+            network.stop()
+            for node in network.nodes:  # shown by pytest only when a test failed
+                print(f"--- {node.log_path} (tail) ---\n" + node.log_path.read_text()[-2500:])
+        else:
+            anvil.stop()

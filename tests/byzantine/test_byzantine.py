@@ -19,20 +19,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import byz_network
 import pytest
 import trio
-from byz_network import ByzNetwork, assert_honest_progress, get, start_with_behaviour
+from byz_network import ByzNetwork, assert_honest_progress, get
 
 from anchoring.chain import ChainClient, TransactionSender, connect
-from anchoring.chain.anvil import start_anvil
 from anchoring.chain.client import SessionStatus
 from devsen.demo_charger import connect_demo_charger
 from devsen.devnet import (
-    CHAIN_ID,
     DEMO_CHARGER,
     DEMO_PASSWORD,
-    deploy_network,
-    prepare_nodes,
     start_node_process,
     stop_process,
     wait_until_serving,
@@ -40,32 +37,9 @@ from devsen.devnet import (
 from devsen.wallet import create_device
 
 pytestmark = [pytest.mark.byzantine, pytest.mark.slow]
+net = byz_network.net  # the suite's network fixture: one network for this module
 
 ATTACK_S = 15.0
-
-@pytest.fixture(scope="module")
-def net(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    root: Path = tmp_path_factory.mktemp("byzantine")
-    anvil = start_anvil(root / "anvil.log", chain_id=CHAIN_ID, block_time_s=1)
-    network = None
-    try:
-        deployment_path = root / "deployment.json"
-        nodes = prepare_nodes(root, 4, deployment_path, anvil.url)
-        _, seeded = deploy_network(anvil, nodes, deployment_path)
-        network = ByzNetwork(anvil, nodes, deployment_path, seeded, root)
-        for node in nodes[:3]:
-            start_node_process(node)
-        start_with_behaviour(nodes[3], "honest")
-        trio.run(wait_until_serving, nodes)
-        yield network
-    finally:
-        if network is not None:
-            network.stop()
-            for node in network.nodes:  # shown by pytest only when a test failed
-                print(f"--- {node.log_path} (tail) ---\n" + node.log_path.read_text()[-2500:])
-        else:
-            anvil.stop()
-
 
 def _attack(net: ByzNetwork, behaviour: str, during: Any = None, extra_env: dict[str, str] | None = None,
             seconds: float = ATTACK_S) -> Any:

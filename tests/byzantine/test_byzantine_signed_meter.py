@@ -13,49 +13,21 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
 
+import byz_network
 import pytest
 import trio
-from byz_network import ByzNetwork, assert_honest_progress, start_with_behaviour
+from byz_network import ByzNetwork, assert_honest_progress
 
 from anchoring.chain import ChainClient
-from anchoring.chain.anvil import start_anvil
 from anchoring.chain.client import SessionStatus
-from devsen.devnet import (
-    CHAIN_ID,
-    DEMO_CHARGER,
-    deploy_network,
-    prepare_nodes,
-    start_node_process,
-    wait_until_serving,
-)
+from devsen.devnet import DEMO_CHARGER
 
 pytestmark = [pytest.mark.byzantine, pytest.mark.slow]
+net = byz_network.net  # the suite's network fixture: one network for this module
 
 
-@pytest.fixture(scope="module")
-def net(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    root: Path = tmp_path_factory.mktemp("byzantine-signed")
-    anvil = start_anvil(root / "anvil.log", chain_id=CHAIN_ID, block_time_s=1)
-    network = None
-    try:
-        deployment_path = root / "deployment.json"
-        nodes = prepare_nodes(root, 4, deployment_path, anvil.url)
-        _, seeded = deploy_network(anvil, nodes, deployment_path, signed_meter=True)
-        network = ByzNetwork(anvil, nodes, deployment_path, seeded, root)
-        for node in nodes[:3]:
-            start_node_process(node)
-        start_with_behaviour(nodes[3], "honest")
-        trio.run(wait_until_serving, nodes)
-        yield network
-    finally:
-        if network is not None:
-            network.stop()
-            for node in network.nodes:
-                print(f"--- {node.log_path} (tail) ---\n" + node.log_path.read_text()[-2500:])
-        else:
-            anvil.stop()
+SIGNED_METER = True  # the `net` fixture (byz_network.py) registers the demo meter key
 
 
 def test_forged_energy_on_a_signed_meter_device_settles_nothing(net: ByzNetwork, tmp_path: Path) -> None:
