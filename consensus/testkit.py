@@ -10,10 +10,18 @@ from __future__ import annotations
 from typing import Any
 
 from consensus.abci import CheckResult, FinalizeResult, Prepared, TxResult
-from primitives.eip712 import ZERO_HASH
+from consensus.types import Block, CommitCertificate, CommittedBlock, Vote, VoteType
+from primitives.eip712 import ZERO_HASH, Domain, SigningKey
 from primitives.hashing import keccak256
 
 HASH_CHAIN_HEADER = b"hashchain/v1"
+
+
+def certify(block: Block, keys: list[SigningKey], domain: Domain, round: int = 0) -> CommittedBlock:
+    """`block` with a commit certificate of precommits by `keys` (tests, benchmarks: a chain
+    of certified blocks built without running consensus)."""
+    votes = [Vote.sign(k, domain, VoteType.PRECOMMIT, block.height, round, block.hash) for k in keys]
+    return CommittedBlock(block, CommitCertificate.from_votes(votes))
 
 
 class HashChainApp:
