@@ -7,7 +7,6 @@ an offer whose app hash is not certified (refused). The chain is a fake (one lay
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +17,10 @@ from libp2p.abc import INetStream
 from test_node_app import KEYS, StaticChain, event, make_app
 
 import devsen.app as app_module
-from consensus.abci import Snapshot
-from consensus.testkit import certify
-from consensus.types import Block, CommittedBlock
+from consensus.testkit import CertifiedChain, certify
+from consensus.types import CommittedBlock
 from devsen.app import NodeApplication, encode_app_header
+from devsen.consensus_service import ServedSnapshots
 from devsen.state_sync import (
     ChainReads,
     ChunkDir,
@@ -43,7 +42,7 @@ from p2p.snapshots import (
     SnapshotServer,
     list_offers,
 )
-from primitives.eip712 import ZERO_HASH, Domain, SigningKey
+from primitives.eip712 import Domain, SigningKey
 from primitives.hashing import keccak256
 
 NETWORK = b"\x5e" * 32
@@ -58,59 +57,40 @@ def small_snapshots(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(app_module, "SNAPSHOTS_KEPT", 2)
 
 
-class CertifiedChain:
-    """A serving application's chain: blocks linked and certified by the validators' keys."""
-
-    def __init__(self, app: NodeApplication, signers: Sequence[SigningKey] = KEYS[:3]) -> None:
-        self.app = app
-        self.signers = list(signers)
-        self.blocks: list[CommittedBlock] = []
-        self.app_hash = ZERO_HASH
-
-    def add(self, payloads: tuple[bytes, ...]) -> None:
-        height = len(self.blocks) + 1
-        prev = self.blocks[-1].block.hash if self.blocks else ZERO_HASH
-        block = Block(height, 1_700_000_000_000 + height * 1000, KEYS[0].address, prev, self.app_hash, payloads,
-                      encode_app_header(5, (5).to_bytes(32, "big")))
-        committed = certify(block, self.signers, CONSENSUS)
-        facts = self.app.fetch_facts(height, block.app_header, payloads, committed=True)
-        self.app_hash = self.app.finalize_block(block, committed.certificate, facts).app_hash
-        self.app.commit(height)
-        self.blocks.append(committed)
-
-
 def serving(tmp_path: Path, heights: int = 7) -> tuple[NodeApplication, CertifiedChain]:
     (tmp_path / "a").mkdir(exist_ok=True)
     app, _ = make_app(tmp_path / "a")
     app.snapshot_path = tmp_path / "a" / "app_snapshot.msgpack"
-    chain = CertifiedChain(app)
+    def finalize(committed: CommittedBlock) -> bytes:
+        block = committed.block
+        facts = app.fetch_facts(block.height, block.app_header, block.payloads, committed=True)
+        app_hash = app.finalize_block(block, committed.certificate, facts).app_hash
+        app.commit(block.height)
+        return app_hash
+
+    chain = CertifiedChain(finalize, KEYS[:3], CONSENSUS)
     for h in range(1, heights + 1):
-        chain.add((event(f"m{h}", "Heartbeat", {}),) if h > 1 else (event("m1"),))
+        chain.add((event(f"m{h}", "Heartbeat", {}),) if h > 1 else (event("m1"),),
+                  encode_app_header(5, (5).to_bytes(32, "big")))
     return app, chain
 
 
-class Source:
-    """A serving node's SnapshotSource (ReplicaSnapshots without a Replica); `tamper` flips a
-    bit of every chunk it serves, `oversize` serves chunks above the bound."""
+class Source(ServedSnapshots):
+    """A serving node's snapshots over the chain's blocks; `tamper` flips a bit of every chunk
+    it serves, `oversize` serves chunks above the bound."""
 
     def __init__(self, app: NodeApplication, chain: CertifiedChain, tamper: bool = False,
                  oversize: bool = False) -> None:
-        self.app, self.chain, self.tamper, self.oversize = app, chain, tamper, oversize
+        super().__init__(app.list_snapshots, app.load_snapshot_chunk,
+                         chain.records)
+        self.tamper, self.oversize = tamper, oversize
         self.chunk_requests = 0
-
-    def offers(self) -> list[tuple[Snapshot, list[bytes]]]:
-        out = []
-        for snapshot in self.app.list_snapshots():
-            records = [c.to_bytes() for c in self.chain.blocks[snapshot.height - 2:snapshot.height + 1]]
-            if len(records) == 3:
-                out.append((snapshot, records))
-        return out
 
     def chunk(self, height: int, format: int, index: int) -> bytes | None:
         self.chunk_requests += 1
         if self.oversize:
             return b"\x00" * (MAX_CHUNK_BYTES + 1)
-        data = self.app.load_snapshot_chunk(height, format, index)
+        data = super().chunk(height, format, index)
         if data is not None and self.tamper:
             data = bytes([data[0] ^ 1]) + data[1:]
         return data
