@@ -50,6 +50,8 @@ import msgpack
 import trio
 
 from consensus.abci import Snapshot
+from consensus.replica import BLOCKS_FILE
+from consensus.store import BlockStore
 from consensus.types import (
     CertificateError,
     CommittedBlock,
@@ -59,7 +61,8 @@ from consensus.types import (
     verify_certificate,
 )
 from devsen.app import NodeApplication, decode_app_header
-from p2p.host import RunningHost
+from p2p.host import HostConfig, RunningHost, open_host
+from p2p.keys import NodeKeys
 from p2p.snapshots import (
     ChunkFetcher,
     Offer,
@@ -330,3 +333,57 @@ async def join(running: RunningHost, network_id: bytes, peers: Sequence[bytes], 
         return trusted, report
     raise StateSyncError("no offered snapshot could be verified and restored: "
                          + ("; ".join(report.refused_offers) or "no peer offered one"))
+
+
+def save_joined(trusted: TrustedSnapshot, app: NodeApplication, store: BlockStore, genesis: ValidatorSet) -> None:
+    """Persist a restored join: the app's snapshot of block S, block S as the store's base, and
+    the validator sets of S+1 (certified it) and S+2 (the restored app's, checked on chain)
+    where their epoch moved past the one before (`genesis`: the set the Replica is opened
+    with), so a Replica opened on `store` restores S and decides S+1 on (consensus/replica.py)."""
+    app.write_snapshot(trusted.height, trusted.base.block.hash)
+    store.save_base(trusted.base)
+    last = genesis
+    if trusted.validators.epoch > last.epoch:
+        store.save_validator_set(trusted.height + 1, trusted.validators, trusted.bindings)
+        last = trusted.validators
+    after = ValidatorSet.equal(app.validators, app.epoch)
+    if after.epoch > last.epoch:
+        store.save_validator_set(trusted.height + 2, after)
+
+
+async def _connected_peers(running: RunningHost, wait_s: float) -> list[bytes]:
+    """Peers with a live connection once the bootstrap dials had `wait_s` to succeed."""
+    network: Any = running.host.get_network()
+    with trio.move_on_after(wait_s):
+        while not any(any(not c.is_closed for c in conns) for conns in network.connections.values()):
+            await trio.sleep(0.1)
+        await trio.sleep(0.5)  # let the other bootstrap dials land too
+    return [peer.to_bytes() for peer, conns in network.connections.items() if any(not c.is_closed for c in conns)]
+
+
+def sync_before_start(keys: NodeKeys, host: HostConfig, network_id: bytes, app: NodeApplication, domain: Domain,
+                      chain: ChainReads, consensus_dir: Path, genesis: ValidatorSet, *,
+                      deadline_s: float = 600.0) -> JoinReport | None:
+    """`p2p.state_sync`: if the block store under `consensus_dir` is empty, join by state sync
+    from the bootstrap peers on a host of its own (closed before consensus opens its own),
+    persist the result (`save_joined`) and return the report; None if the store has blocks.
+    Raises StateSyncError (the node must not start on a state it could not verify)."""
+    consensus_dir.mkdir(parents=True, exist_ok=True)
+    store = BlockStore(consensus_dir / BLOCKS_FILE)
+    try:
+        if store.last_height():
+            return None
+
+        async def main() -> tuple[TrustedSnapshot, JoinReport]:
+            async with open_host(keys, host) as running:
+                peers = await _connected_peers(running, 30.0)
+                if not peers:
+                    raise StateSyncError("state sync: no bootstrap peer answered within 30 s")
+                return await join(running, network_id, peers, app, domain, chain, consensus_dir / "statesync",
+                                  deadline_s=deadline_s)
+
+        trusted, report = trio.run(main)
+        save_joined(trusted, app, store, genesis)
+        return report
+    finally:
+        store.close()

@@ -14,11 +14,14 @@ import msgpack
 import pytest
 import trio
 from libp2p.abc import INetStream
-from test_node_app import KEYS, StaticChain, event, make_app
+from test_node_app import KEYS, VALIDATORS, StaticChain, event, make_app
 
 import devsen.app as app_module
+from consensus.core import Commit
+from consensus.replica import BLOCKS_FILE, Replica
+from consensus.store import BlockStore
 from consensus.testkit import CertifiedChain, certify
-from consensus.types import CommittedBlock
+from consensus.types import CommittedBlock, ValidatorSet
 from devsen.app import NodeApplication, encode_app_header
 from devsen.consensus_service import ServedSnapshots
 from devsen.state_sync import (
@@ -27,6 +30,7 @@ from devsen.state_sync import (
     StateSyncError,
     check_installed,
     join,
+    save_joined,
     snapshot_chunk_hashes,
     verify_offer,
 )
@@ -379,3 +383,55 @@ async def _read_or_reset(stream: INetStream) -> bytes | None:
     except Exception:
         return None
 
+
+
+def test_replica_opens_above_the_synced_snapshot_and_decides_the_next_block(tmp_path: Path) -> None:
+    """save_joined + Replica: no replay from genesis; block S+1 comes by catch-up, is verified
+    against the set of S+1 and applied; a restart of the joined node restores the same."""
+    app, chain = serving(tmp_path)
+    b = joiner(tmp_path)
+    b.snapshot_path = tmp_path / "b" / "app_snapshot.msgpack"
+    results = trio.run(lambda: _run_join(tmp_path, [Source(app, chain)], b))
+    trusted, _ = results["joined"]
+    (tmp_path / "b" / "consensus").mkdir()
+    store = BlockStore(tmp_path / "b" / "consensus" / BLOCKS_FILE)
+    save_joined(trusted, b, store, ValidatorSet.equal(VALIDATORS))
+    store.close()
+    for attempt in range(2):  # the first open, then a restart
+        fresh = joiner(tmp_path, f"b{attempt}")
+        fresh.snapshot_path = b.snapshot_path
+        replica = Replica(KEYS[1], CONSENSUS, ValidatorSet.equal(VALIDATORS), tmp_path / "b" / "consensus", fresh,
+                          durable=False)
+        assert replica.store.first_height() == 6 and fresh.ledger.state_hash() == trusted.app_hash
+        if attempt == 0:
+            assert replica.height == 7 and replica.app_hash == trusted.app_hash and not list(replica.replay_heights())
+            outputs = replica.handle_committed_block(chain.blocks[6])
+            commit = next(o for o in outputs if isinstance(o, Commit))
+            block = commit.block
+            facts = fresh.fetch_facts(block.height, block.app_header, block.payloads, committed=True)
+            replica.finalize(commit, facts)
+            assert replica.height == 8 and replica.app_hash == chain.app_hash
+        else:  # restored from its own snapshot of S, block S+1 replayed from its store
+            assert list(replica.replay_heights()) == [7]
+            block = replica.store.get(7)
+            assert block is not None
+            replica.replay(7, fresh.fetch_facts(7, block.block.app_header, block.block.payloads, committed=True))
+            assert replica.app_hash == chain.app_hash
+        replica.close()
+
+
+def test_forged_block_after_the_snapshot_is_refused_by_the_synced_replica(tmp_path: Path) -> None:
+    app, chain = serving(tmp_path)
+    b = joiner(tmp_path)
+    b.snapshot_path = tmp_path / "b" / "app_snapshot.msgpack"
+    trusted, _ = trio.run(lambda: _run_join(tmp_path, [Source(app, chain)], b))["joined"]
+    (tmp_path / "b" / "consensus").mkdir()
+    store = BlockStore(tmp_path / "b" / "consensus" / BLOCKS_FILE)
+    save_joined(trusted, b, store, ValidatorSet.equal(VALIDATORS))
+    store.close()
+    replica = Replica(KEYS[1], CONSENSUS, ValidatorSet.equal(VALIDATORS), tmp_path / "b" / "consensus", b,
+                      durable=False)
+    forged = certify(chain.blocks[6].block, OUTSIDERS[:3], CONSENSUS)
+    outputs = replica.handle_committed_block(forged)
+    assert not any(isinstance(o, Commit) for o in outputs) and replica.height == 7
+    replica.close()
