@@ -37,8 +37,10 @@ node): `FinalizeResult.app_hash = keccak(ledger hash || keccak(batcher, open blo
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import secrets
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -351,6 +353,12 @@ def save_joined(trusted: TrustedSnapshot, app: NodeApplication, store: BlockStor
         store.save_validator_set(trusted.height + 2, after)
 
 
+def _ephemeral(listen: str) -> str:
+    """The multiaddr `listen` with port 0 (its IP kept): `/ip4/127.0.0.1/tcp/4001` -> `.../tcp/0`."""
+    parts = listen.split("/")
+    return "/".join(parts[:-1] + ["0"]) if len(parts) >= 5 and parts[-2] == "tcp" else listen
+
+
 async def _connected_peers(running: RunningHost, wait_s: float) -> list[bytes]:
     """Peers with a live connection once the bootstrap dials had `wait_s` to succeed."""
     network: Any = running.host.get_network()
@@ -365,9 +373,14 @@ def sync_before_start(keys: NodeKeys, host: HostConfig, network_id: bytes, app: 
                       chain: ChainReads, consensus_dir: Path, genesis: ValidatorSet, *,
                       deadline_s: float = 600.0) -> JoinReport | None:
     """`p2p.state_sync`: if the block store under `consensus_dir` is empty, join by state sync
-    from the bootstrap peers on a host of its own (closed before consensus opens its own),
-    persist the result (`save_joined`) and return the report; None if the store has blocks.
-    Raises StateSyncError (the node must not start on a state it could not verify)."""
+    from the bootstrap peers on a host of its own, persist the result (`save_joined`) and
+    return the report; None if the store has blocks. Raises StateSyncError (the node must not
+    start on a state it could not verify).
+
+    That host has a throwaway libp2p identity and an ephemeral port (snapshots are served to
+    any peer and verified by content): peers that dial the node's own peer id meanwhile must
+    not reach a host without the consensus protocols (their links and gossip mesh to the node
+    would break until they gave up on it)."""
     consensus_dir.mkdir(parents=True, exist_ok=True)
     store = BlockStore(consensus_dir / BLOCKS_FILE)
     try:
@@ -375,7 +388,8 @@ def sync_before_start(keys: NodeKeys, host: HostConfig, network_id: bytes, app: 
             return None
 
         async def main() -> tuple[TrustedSnapshot, JoinReport]:
-            async with open_host(keys, host) as running:
+            throwaway = NodeKeys(libp2p_seed=secrets.token_bytes(32), validator=keys.validator)
+            async with open_host(throwaway, dataclasses.replace(host, listen=_ephemeral(host.listen))) as running:
                 peers = await _connected_peers(running, 30.0)
                 if not peers:
                     raise StateSyncError("state sync: no bootstrap peer answered within 30 s")
