@@ -34,8 +34,10 @@ signs conflicting ones.
 
 State sync: a serving replica hands out its application's snapshots (`snapshots`,
 `snapshot_chunk`); a joining node offers one to its application with the app hash of a
-verified commit (`Application.offer_snapshot` / `apply_snapshot_chunk`). Starting a replica
-above a synced snapshot, with no blocks below it in the store, is the community-nodes issue's.
+verified commit (`Application.offer_snapshot` / `apply_snapshot_chunk`), saves the snapshot
+and block S as its store's base (`BlockStore.save_base`, with the validator sets of S+1 and
+S+2) and opens a Replica there: `app.restore` finds the snapshot of the store's base block,
+nothing is replayed, and consensus goes on at S+1 (devsen/state_sync.py `sync_before_start`).
 """
 
 from __future__ import annotations
@@ -131,7 +133,7 @@ class Replica:
             prev_timestamp_ms=last.block.timestamp_ms if last else 0,
             timeouts=timeouts, max_payloads=max_payloads, max_payload_bytes=max_payload_bytes,
         )
-        for height in range(max(1, self.core.height - MAX_RECENT_COMMITS), self.core.height):
+        for height in range(max(1, self.store.first_height(), self.core.height - MAX_RECENT_COMMITS), self.core.height):
             recent = self.store.get(height)
             assert recent is not None, f"block store has a gap at height {height}"
             self.core.remember_committed(recent)
@@ -197,6 +199,9 @@ class Replica:
 
     def replay_heights(self) -> range:
         """Stored heights the application has not applied yet (replay them before `start`)."""
+        first = self.store.first_height()
+        assert first <= 1 or self._applied >= first, \
+            f"the block store starts at height {first} (state sync) but the application has no snapshot of it"
         return range(self._applied + 1, self.store.last_height() + 1)
 
     def replay(self, height: int, facts: Any) -> FinalizeResult:

@@ -53,6 +53,19 @@ class BlockStore:
         row = self._db.execute("SELECT MAX(height) FROM blocks").fetchone()
         return int(row[0] or 0)
 
+    def first_height(self) -> int:
+        """Height of the first stored block (1, or a state-synced node's base), 0 when empty."""
+        row = self._db.execute("SELECT MIN(height) FROM blocks").fetchone()
+        return int(row[0] or 0)
+
+    def save_base(self, committed: CommittedBlock) -> None:
+        """Start an EMPTY store at `committed` (a state-synced node: the block its snapshot is
+        of, tied by hash to a verified certificate by the caller); `save` extends it from there."""
+        if self.last_height():
+            raise StoreError("a base block goes only into an empty store")
+        self._db.execute("INSERT INTO blocks (height, hash, data) VALUES (?, ?, ?)",
+                         (committed.height, committed.block.hash, committed.to_bytes()))
+
     def get(self, height: int) -> CommittedBlock | None:
         """The committed block at `height`, or None."""
         row = self._db.execute("SELECT data FROM blocks WHERE height = ?", (height,)).fetchone()

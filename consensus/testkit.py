@@ -7,13 +7,50 @@ need other behaviour subclass it and override only what differs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from consensus.abci import CheckResult, FinalizeResult, Prepared, TxResult
-from primitives.eip712 import ZERO_HASH
+from consensus.types import Block, CommitCertificate, CommittedBlock, Vote, VoteType
+from primitives.eip712 import ZERO_HASH, Domain, SigningKey
 from primitives.hashing import keccak256
 
 HASH_CHAIN_HEADER = b"hashchain/v1"
+
+
+def certify(block: Block, keys: list[SigningKey], domain: Domain, round: int = 0) -> CommittedBlock:
+    """`block` with a commit certificate of precommits by `keys` (tests, benchmarks: a chain
+    of certified blocks built without running consensus)."""
+    votes = [Vote.sign(k, domain, VoteType.PRECOMMIT, block.height, round, block.hash) for k in keys]
+    return CommittedBlock(block, CommitCertificate.from_votes(votes))
+
+
+class CertifiedChain:
+    """A chain of linked, certified blocks applied by `finalize(committed) -> app hash` as they
+    are made (each header carries the app hash after the previous block, as consensus does)."""
+
+    def __init__(self, finalize: Callable[[CommittedBlock], bytes], signers: list[SigningKey], domain: Domain,
+                 start_ms: int = 1_700_000_000_000) -> None:
+        self.finalize = finalize
+        self.signers = signers
+        self.domain = domain
+        self.start_ms = start_ms
+        self.blocks: list[CommittedBlock] = []
+        self.app_hash = ZERO_HASH
+
+    def add(self, payloads: tuple[bytes, ...], app_header: bytes) -> CommittedBlock:
+        height = len(self.blocks) + 1
+        prev = self.blocks[-1].block.hash if self.blocks else ZERO_HASH
+        block = Block(height, self.start_ms + height * 1000, self.signers[0].address, prev, self.app_hash,
+                      payloads, app_header)
+        committed = certify(block, self.signers, self.domain)
+        self.app_hash = self.finalize(committed)
+        self.blocks.append(committed)
+        return committed
+
+    def records(self, from_height: int, to_height: int) -> list[bytes]:
+        """Wire bytes of blocks from_height..to_height (a BlockStore's `records`)."""
+        return [c.to_bytes() for c in self.blocks[max(0, from_height - 1):max(0, to_height)]]
 
 
 class HashChainApp:

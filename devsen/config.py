@@ -55,6 +55,9 @@ class P2PSection:
     listen: str = "/ip4/127.0.0.1/tcp/4001"
     bootstrap: list[str] = field(default_factory=list)
     max_peers: int = 64
+    # A node with an empty block store joins by state sync from its bootstrap peers
+    # (devsen/state_sync.py) instead of replaying every block from genesis.
+    state_sync: bool = False
 
     def validate(self) -> None:
         _require(self.listen.startswith("/ip4/") or self.listen.startswith("/ip6/"),
@@ -65,6 +68,9 @@ class P2PSection:
                      'bootstrap = ["/ip4/127.0.0.1/tcp/4002/p2p/12D3Koo..."]')
         _require(1 <= self.max_peers <= 1024, "p2p.max_peers", f"{self.max_peers} is out of 1..1024",
                  "max_peers = 64")
+        _require(not self.state_sync or bool(self.bootstrap), "p2p.state_sync",
+                 "state sync needs peers to fetch the snapshot from, and p2p.bootstrap is empty",
+                 'bootstrap = ["/ip4/127.0.0.1/tcp/4002/p2p/12D3Koo..."], or state_sync = false')
 
 
 @dataclass(frozen=True)

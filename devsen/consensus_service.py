@@ -51,7 +51,7 @@ from typing import Any
 
 import trio
 
-from consensus.abci import Application, CheckResult, FinalizeResult, TxResult
+from consensus.abci import Application, CheckResult, FinalizeResult, Snapshot, TxResult
 from consensus.core import (
     Broadcast,
     Commit,
@@ -229,6 +229,28 @@ class SenderQueues:
                 return item
             del self._queues[sender]
         return None
+
+
+class ServedSnapshots:
+    """Snapshots as p2p/snapshots.py serves them: each with the blocks S-1, S and S+1 a joining
+    node needs to trust it (offered once block S+1 is stored). `snapshots` and `chunk` are the
+    application's (via the Replica), `records(lo, hi)` the block store's."""
+
+    def __init__(self, snapshots: Callable[[], tuple[Snapshot, ...]],
+                 chunk: Callable[[int, int, int], bytes | None],
+                 records: Callable[[int, int], list[bytes]]) -> None:
+        self._snapshots, self._chunk, self._records = snapshots, chunk, records
+
+    def offers(self) -> list[tuple[Snapshot, list[bytes]]]:
+        out = []
+        for snapshot in self._snapshots():
+            records = self._records(snapshot.height - 1, snapshot.height + 1)
+            if len(records) == 3:
+                out.append((snapshot, records))
+        return out
+
+    def chunk(self, height: int, format: int, index: int) -> bytes | None:
+        return self._chunk(height, format, index)
 
 
 class GossipBudget:
@@ -729,7 +751,9 @@ class ConsensusService:
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Replay, start p2p, resume from the WAL, and drive consensus until cancelled."""
-        handlers = P2PHandlers(self._on_consensus, self._on_payloads, self._block_records, lambda: self.committed_height)
+        handlers = P2PHandlers(self._on_consensus, self._on_payloads, self._block_records, lambda: self.committed_height,
+                               snapshots=ServedSnapshots(self.replica.snapshots, self.replica.snapshot_chunk,
+                                                         self.replica.block_records))
         p2p_config = P2PConfig(
             network_id=network_id_of(self.config.domain),
             directory=self.config.directory,

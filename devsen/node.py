@@ -81,6 +81,7 @@ from devsen.remote_stop import RemoteStops
 from devsen.rewards_view import rewards_document
 from devsen.session_audit import ROUTE as SESSION_READINGS_ROUTE
 from devsen.session_audit import session_readings_route
+from devsen.state_sync import ChainReads, sync_before_start
 from devsen.voucher_api import MAX_VOUCHER_BODY_BYTES, VoucherRoutes
 from ocpp_adapter.config import OcppServerConfig
 from ocpp_adapter.events import ChargerEvent, EventEncodingError
@@ -88,7 +89,7 @@ from ocpp_adapter.ingest import IngestOverloaded, IngestRejected, IngestResult
 from ocpp_adapter.protocol import CALLERRORS_SENT
 from ocpp_adapter.server import ChargerConnections, serve_ocpp
 from ocpp_adapter.vouching import vouch
-from p2p.envelope import ValidatorDirectory, peer_id_problem
+from p2p.envelope import ValidatorDirectory, network_id_of, peer_id_problem
 from p2p.host import HostConfig
 from p2p.keys import NodeKeys, load_keys
 
@@ -382,6 +383,15 @@ def build_node(config: NodeConfig) -> NodeParts:
     ledger = Ledger(params)
     app = NodeApplication(settings, access, ledger, AnchorIndex(data_dir / "anchors.sqlite"))
     app.snapshot_path = data_dir / "app_snapshot.msgpack"
+    host = HostConfig(listen=config.p2p.listen, bootstrap=tuple(config.p2p.bootstrap), max_peers=config.p2p.max_peers)
+    if config.p2p.state_sync:  # an empty block store: restore a verified snapshot from peers first
+        consensus_domain = deployment.domain("ValidatorSet")
+        joined = sync_before_start(keys, host, network_id_of(consensus_domain), app, consensus_domain,
+                                   ChainReads(access.head, access.block_hash, access.validators_at),
+                                   data_dir / "consensus", ValidatorSet.equal(genesis_addresses, genesis.epoch))
+        if joined is not None:
+            log.info("joined by state sync at height %d (%d chunks, %.1f MB, %.1f s)", joined.height,
+                     joined.chunks, joined.bytes / 1e6, joined.seconds)
     # After an epoch change, re-sign only what this node has not seen land (AttestationBook.rebased).
     app.resign_filter = lambda subject: not submitter.known_done(subject)
     on_validators: list[Callable[[ValidatorsChanged], None]] = []
@@ -398,7 +408,7 @@ def build_node(config: NodeConfig) -> NodeParts:
         domain=deployment.domain("ValidatorSet"),
         validators=ValidatorSet.equal(genesis_addresses, genesis.epoch),
         directory=ValidatorDirectory(bindings),
-        host=HostConfig(listen=config.p2p.listen, bootstrap=tuple(config.p2p.bootstrap), max_peers=config.p2p.max_peers),
+        host=host,
         timeouts=timeouts,
         mempool_max_count=config.consensus.mempool_max_payloads,
         block_max_payloads=config.consensus.max_block_payloads,

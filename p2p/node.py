@@ -19,6 +19,7 @@ from p2p.gossip import EventGossip
 from p2p.host import HostConfig, RunningHost, open_host
 from p2p.keys import NodeKeys
 from p2p.links import ConsensusLinks
+from p2p.snapshots import SnapshotServer, SnapshotSource
 from p2p.sync import BlockSource, BlockSyncServer, LatestHeight, fetch_blocks
 
 
@@ -44,6 +45,7 @@ class P2PHandlers:
     on_payloads: Callable[[bytes, list[bytes]], Awaitable[None]]
     block_source: BlockSource
     latest_height: LatestHeight
+    snapshots: SnapshotSource | None = None  # state sync served to any peer (p2p/snapshots.py)
 
 
 class P2PNode:
@@ -56,6 +58,7 @@ class P2PNode:
         self.gossip = gossip
         self.links = links
         self.sync_server = sync_server
+        self.snapshot_server: SnapshotServer | None = None
 
     @property
     def directory(self) -> ValidatorDirectory:
@@ -95,6 +98,7 @@ class P2PNode:
             "consensus_received_frames": self.links.received_frames,
             "consensus_max_queued": self.links.max_queued(),
             "sync_served": self.sync_server.served_requests,
+            "snapshots_served": dict(self.snapshot_server.served) if self.snapshot_server is not None else {},
             "dial_failures": self.running.keeper.dial_failures,
             "peers_connected": sum(1 for p in self.running.keeper.known_addresses()
                                    if self.running.keeper.is_connected(p)),
@@ -117,9 +121,15 @@ async def open_p2p(keys: NodeKeys, config: P2PConfig, handlers: P2PHandlers) -> 
         links = ConsensusLinks(running, keys, config.network_id, config.directory, handlers.on_consensus)
         sync_server = BlockSyncServer(running, keys, config.network_id, config.directory, handlers.block_source, handlers.latest_height)
         sync_server.install()
+        snapshot_server = None
+        if handlers.snapshots is not None:
+            snapshot_server = SnapshotServer(running, config.network_id, handlers.snapshots)
+            snapshot_server.install()
         await nursery.start(links.run)
         await nursery.start(gossip.run)
         try:
-            yield P2PNode(running, keys, config, gossip, links, sync_server)
+            node = P2PNode(running, keys, config, gossip, links, sync_server)
+            node.snapshot_server = snapshot_server
+            yield node
         finally:
             nursery.cancel_scope.cancel()

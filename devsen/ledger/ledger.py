@@ -37,6 +37,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+import msgpack
+
 from devsen.ledger.chain import (
     MAX_CONNECTORS,
     BlockContext,
@@ -81,6 +83,8 @@ from devsen.ledger.state import (
     SettlementOrder,
     StoredReply,
     from_state_bytes,
+    has_float,
+    raw_state,
     state_bytes,
 )
 from devsen.ledger.uptime import RewardDistribution, UptimeBook, UptimeRecord, restore_distribution
@@ -481,18 +485,23 @@ class Ledger:
         Raises SnapshotError for bytes that are not such a snapshot.
         """
         try:
-            ledger = cls._restore(from_state_bytes(data))
+            raw = raw_state(data)
+            if msgpack.packb(raw, use_bin_type=True) != data or has_float(raw):
+                raise SnapshotError("snapshot is not in canonical form")
+            ledger = cls._restore(from_state_bytes(data), raw)
         except SnapshotError:
             raise
         except (ValueError, TypeError, IndexError, KeyError, AssertionError) as exc:
             raise SnapshotError(f"not a ledger snapshot: {exc!r}") from exc
-        if ledger.to_bytes() != data:
-            raise SnapshotError("snapshot is not in canonical form")
         return ledger
 
     @classmethod
-    def _restore(cls, decoded: Any) -> Ledger:
+    def _restore(cls, decoded: Any, raw: Any) -> Ledger:
+        """The ledger of a decoded snapshot; `raw` is the same snapshot as `raw_state` decodes
+        it (canonical, checked by the caller): the two tables that grow with traffic (closed
+        transactions, replies) hash their entries from it (HashedTable.restore)."""
         version, params, counters, tables = decoded
+        raw_tables = raw[3]
         if version != SNAPSHOT_VERSION:
             raise SnapshotError(f"snapshot version {version}, expected {SNAPSHOT_VERSION}")
         ledger = cls(LedgerParams(*params))
@@ -508,12 +517,12 @@ class Ledger:
             ledger._devices.put(key, DeviceRecord(*values))
         for key, v in sessions:
             ledger._open_session(Session(*v), restoring=key)
-        for key, v in closed:
-            ledger._closed.put(key, ClosedTransaction(*v))
+        for (key, v), (raw_key, raw_v) in zip(closed, raw_tables[2], strict=True):
+            ledger._closed.restore(key, ClosedTransaction(*v), raw_key, raw_v)
         for key, v in pending:
             ledger._pending.put(key, PendingSettlement(v[0], v[1], SettlementOrder(*v[2]), v[3]))
-        for key, v in replies:
-            ledger._replies.put(key, StoredReply(*v))
+        for (key, v), (raw_key, raw_v) in zip(replies, raw_tables[4], strict=True):
+            ledger._replies.restore(key, StoredReply(*v), raw_key, raw_v)
         for key, v in anomalies:
             ledger._anomalies.put(key, Anomaly(*v))
         for key, v in uptime:

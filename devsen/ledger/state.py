@@ -71,6 +71,34 @@ def from_state_bytes(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False, use_list=False, strict_map_key=True, ext_hook=_ext_hook)
 
 
+def _sorted_map(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    for (a, _), (b, _) in zip(pairs, pairs[1:], strict=False):
+        if not (type(a) is str and type(b) is str and a < b):
+            raise ValueError("not a canonical state encoding: map keys out of order")
+    return dict(pairs)
+
+
+def raw_state(data: bytes) -> Any:
+    """`data` decoded as written: big integers stay msgpack ext values and every map must have
+    its keys in ascending order (as `state_value` writes them). A canonical encoding is one
+    that re-packs (`msgpack.packb(raw, use_bin_type=True)`) to itself and holds no floats;
+    each entry of a canonical snapshot then packs to exactly the bytes `state_bytes` gives
+    its record, which lets `HashedTable.restore` hash entries without `state_value`."""
+    return msgpack.unpackb(data, raw=False, use_list=False, strict_map_key=True, object_pairs_hook=_sorted_map)
+
+
+def has_float(value: Any) -> bool:
+    """True if a float is anywhere in decoded `value` (state holds none)."""
+    kind = type(value)
+    if kind is float:
+        return True
+    if kind is tuple or kind is list:
+        return any(has_float(v) for v in value)
+    if kind is dict:
+        return any(has_float(v) for v in value.values())
+    return False
+
+
 class HashedTable(Generic[K, V]):
     """An insertion-ordered map with an incrementally maintained, order-independent digest."""
 
@@ -108,6 +136,15 @@ class HashedTable(Generic[K, V]):
             if to_end:
                 del self._items[key]
         h = self._entry_hash(key, value)
+        self._items[key] = value
+        self._hashes[key] = h
+        self._sum = (self._sum + h) % _MOD
+
+    def restore(self, key: K, value: V, raw_key: Any, raw_value: Any) -> None:
+        """Append a snapshot entry whose canonical encoding was checked (`raw_state`): hashed
+        from its raw form in C, as `_entry_hash` would hash the record (a new key only)."""
+        assert key not in self._items, "snapshot keys are unique"
+        h = int.from_bytes(keccak256(msgpack.packb([self.name, raw_key, raw_value], use_bin_type=True)), "big")
         self._items[key] = value
         self._hashes[key] = h
         self._sum = (self._sum + h) % _MOD

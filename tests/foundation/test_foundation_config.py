@@ -39,6 +39,8 @@ def test_empty_config_gives_defaults_and_round_trips_through_toml(tmp_path: Path
         ({"p2p": {"bootstrap": "/ip4/1.2.3.4/tcp/1"}}, "p2p.bootstrap"),
         ({"p2p": {"bootstrap": ["/ip4/127.0.0.1/tcp/4002"]}}, "p2p.bootstrap"),
         ({"p2p": {"listen": "127.0.0.1:4001"}}, "p2p.listen"),
+        ({"p2p": {"state_sync": True}}, "p2p.state_sync"),  # no bootstrap peers to sync from
+        ({"p2p": {"state_sync": "yes"}}, "p2p.state_sync"),
         ({"logging": {"format": "xml"}}, "logging.format"),
         ({"consensus": {"max_block_payloads": 0}}, "consensus.max_block_payloads"),
         ({"consensus": {"mempool_max_payloads": 10}}, "consensus.mempool_max_payloads"),
