@@ -97,13 +97,15 @@ contract ValidatorSet is DevsenDomain, IValidatorSet {
     uint16 public immutable reporterShareBps;
 
     uint64 public epoch;
-    mapping(address => bool) private _isValidator;
+    // bit CURRENT: in the current set; bit EVER: in the set of some epoch (one slot: one write)
+    mapping(address => uint8) private _membership;
+    uint8 private constant CURRENT = 1;
+    uint8 private constant EVER = 2;
     mapping(address => ValidatorInfo) private _info;
     mapping(bytes32 => address) private _peerIdHolder; // keccak256(peerId) -> validator
     Epoch[] private _epochs; // _epochs[e] is epoch e
     mapping(address => uint256) public stakeOf;
     mapping(address => uint64) public withdrawableAt; // 0: not unbonding
-    mapping(address => bool) public wasValidator; // in the set of some epoch
     mapping(bytes32 => bool) public offenceSlashed; // offenceId(signer, voteType, height, round)
     uint256 public totalStaked;
     uint256 public totalBurnt;
@@ -171,12 +173,12 @@ contract ValidatorSet is DevsenDomain, IValidatorSet {
         }
         address[] memory old = _epochs[epoch].validators;
         for (uint256 i; i < old.length; ++i) {
-            delete _isValidator[old[i]];
+            _membership[old[i]] = EVER;
         }
         epoch = newEpoch;
         _install(newValidators);
         for (uint256 i; i < old.length; ++i) {
-            if (!_isValidator[old[i]]) {
+            if (!_isCurrent(old[i])) {
                 _freePeerId(old[i]);
                 delete _info[old[i]];
             }
@@ -209,7 +211,7 @@ contract ValidatorSet is DevsenDomain, IValidatorSet {
     /// @notice Start the unbonding period of the caller's whole stake. A validator first leaves
     /// the set (a quorum-approved update without it); a candidate can leave at any time.
     function beginUnbonding() external {
-        if (_isValidator[msg.sender]) revert StillAValidator(msg.sender);
+        if (_isCurrent(msg.sender)) revert StillAValidator(msg.sender);
         uint64 unbondingUntil = withdrawableAt[msg.sender];
         if (unbondingUntil != 0) revert AlreadyUnbonding(msg.sender, unbondingUntil);
         uint256 stake = stakeOf[msg.sender];
@@ -259,7 +261,7 @@ contract ValidatorSet is DevsenDomain, IValidatorSet {
     }
 
     function _slash(address signer, uint8 voteType, uint64 height, uint32 round) private returns (uint256 slashed) {
-        if (!wasValidator[signer]) revert EvidenceSignerNeverValidator(signer);
+        if (!wasValidator(signer)) revert EvidenceSignerNeverValidator(signer);
         bytes32 offence = offenceId(signer, voteType, height, round);
         if (offenceSlashed[offence]) revert EvidenceAlreadySubmitted(offence);
         uint256 stake = stakeOf[signer];
@@ -276,7 +278,7 @@ contract ValidatorSet is DevsenDomain, IValidatorSet {
 
     /// @notice A validator publishes its own libp2p peer id and OCPP endpoint URL.
     function setValidatorInfo(bytes calldata peerId, string calldata endpoint) external {
-        if (!_isValidator[msg.sender]) revert NotAValidator(msg.sender);
+        if (!_isCurrent(msg.sender)) revert NotAValidator(msg.sender);
         _setInfo(msg.sender, peerId, endpoint, 0);
     }
 
@@ -289,14 +291,14 @@ contract ValidatorSet is DevsenDomain, IValidatorSet {
             address signer = Signatures.recover(digest, signatures[i], i);
             if (signer == previous) revert DuplicateSigner(i, signer);
             if (signer < previous) revert SignersNotSorted(i, signer);
-            if (!_isValidator[signer]) revert SignerNotValidator(i, signer);
+            if (!_isCurrent(signer)) revert SignerNotValidator(i, signer);
             previous = signer;
         }
     }
 
     /// @inheritdoc IValidatorSet
     function isValidator(address account) external view returns (bool) {
-        return _isValidator[account];
+        return _isCurrent(account);
     }
 
     /// @inheritdoc IValidatorSet
@@ -358,6 +360,15 @@ contract ValidatorSet is DevsenDomain, IValidatorSet {
         return (info.peerId, info.endpoint);
     }
 
+    /// @notice Whether `account` was in the set of some epoch (evidence can only name such an account).
+    function wasValidator(address account) public view returns (bool) {
+        return _membership[account] & EVER != 0;
+    }
+
+    function _isCurrent(address account) private view returns (bool) {
+        return _membership[account] & CURRENT != 0;
+    }
+
     function _voteDigest(uint8 voteType, uint64 height, uint32 round, bytes32 blockHash)
         private
         view
@@ -373,8 +384,7 @@ contract ValidatorSet is DevsenDomain, IValidatorSet {
         for (uint256 i; i < n; ++i) {
             address v = validators_[i];
             if (v <= previous) revert ValidatorsNotSorted(i);
-            _isValidator[v] = true;
-            wasValidator[v] = true;
+            _membership[v] = CURRENT | EVER;
             previous = v;
         }
         assert(_epochs.length == epoch); // the record of epoch e is _epochs[e]
