@@ -33,6 +33,9 @@ DELEGATED: dict[str, tuple[str, str, str]] = {
               "a settlement from the meter's signatures: `devsen audit session SESSION_ID ...`"),
     "ocpp-serve": ("ocpp_adapter.standalone", "run_standalone",
                    "run the OCPP endpoint alone with an in-memory ingest (for charger bring-up)"),
+    "evidence": ("devsen.slashing", "evidence_main",
+                 "double-sign evidence: `devsen evidence check|submit --votes FILE --network deployment.json "
+                 "--rpc URL`"),
     "sim": ("consensus.sim", "main",
             "run the deterministic consensus simulator: `devsen sim --seeds 1000`"),
 }

@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TOKEN, World, advance_time, build_world, fund, quorum_signatures, validator_keys
+from conftest import (
+    TOKEN,
+    World,
+    advance_time,
+    build_world,
+    fund,
+    quorum_signatures,
+    validator_keys,
+)
 from test_contracts_core import expect_revert
 from web3 import Web3
 
