@@ -41,6 +41,7 @@ DEPLOY_GAS_PER_VALIDATOR = 120_000
 KEY_ENV = "DEVSEN_DEPLOYER_KEY"
 FUND_ETH_GAS = 21_000
 FUND_TOKEN_GAS = 100_000
+BOND_GAS = 120_000
 FAUCET_MAX_PER_CALL = 1_000_000 * 10**6  # ChargeToken.FAUCET_MAX_PER_CALL
 
 
@@ -144,11 +145,16 @@ def deploy_all(
     reward_epoch_budget: int = 0,
     reward_epoch_s: int = 3600,
     staking: StakingParams | None = None,
+    genesis_stake: int = 0,
 ) -> Deployment:
     """Deploy every contract from `sender`'s key. Validators are sorted by address here;
-    the token supply goes to the deployer; `admin` (default deployer) grants operator roles."""
+    the token supply goes to the deployer; `admin` (default deployer) grants operator roles;
+    `genesis_stake` base units of that supply are bonded for each bootstrap validator."""
     if not validators:
         raise ValueError("at least one validator")
+    if genesis_stake < 0 or genesis_stake * len(validators) > token_supply:
+        raise ValueError(f"genesis_stake: {genesis_stake} for each of {len(validators)} validators needs a "
+                         f"token_supply of at least {genesis_stake * len(validators)} base units")
     ordered = sorted(validators, key=lambda v: bytes.fromhex(v.address.removeprefix("0x")))
     w3 = sender.w3
     chain_id = sender.rpc(lambda: w3.eth.chain_id)
@@ -173,6 +179,13 @@ def deploy_all(
         (addresses["ChargeToken"], stake.min_stake, stake.unbonding_s, stake.slash_bps, stake.reporter_share_bps),
         extra_gas=DEPLOY_GAS_PER_VALIDATOR * len(ordered),
     )
+    if genesis_stake:
+        token = w3.eth.contract(address=addresses["ChargeToken"], abi=load_artifact("ChargeToken")["abi"])
+        validator_set = w3.eth.contract(address=first, abi=load_artifact("ValidatorSet")["abi"])
+        sender.send(token.functions.approve(first, genesis_stake * len(ordered)), gas=FUND_TOKEN_GAS)
+        for v in ordered:
+            sender.send(validator_set.functions.bondFor(Web3.to_checksum_address(v.address), genesis_stake),
+                        gas=BOND_GAS)
     deploy("UserRegistry", admin or sender.address)
     deploy("DeviceFactory", addresses["UserRegistry"])
     deploy(

@@ -186,23 +186,27 @@ contract ValidatorSet is DevsenDomain, IValidatorSet {
     }
 
     /// @notice Add `amount` ChargeToken to the caller's stake (approve this contract first).
-    function bond(uint256 amount) public nonReentrant {
-        if (amount == 0) revert StakeAmountZero();
-        uint64 unbondingUntil = withdrawableAt[msg.sender];
-        if (unbondingUntil != 0) revert AlreadyUnbonding(msg.sender, unbondingUntil);
-        stakeOf[msg.sender] += amount;
-        totalStaked += amount;
-        if (!stakeToken.transferFrom(msg.sender, address(this), amount)) revert StakeTransferFailed();
-        emit StakeBonded(msg.sender, amount, stakeOf[msg.sender]);
+    function bond(uint256 amount) external nonReentrant {
+        _bond(msg.sender, amount);
+    }
+
+    /// @notice Add `amount` of the caller's ChargeToken to `account`'s stake (a sponsor, or the
+    /// deployer bonding the bootstrap set). The stake is `account`'s: only it unbonds and
+    /// withdraws, and slashing takes from it.
+    function bondFor(address account, uint256 amount) external nonReentrant {
+        _bond(account, amount);
     }
 
     /// @notice Bond `amount` and announce a candidacy with the node's peer id and endpoint (the
     /// validators then sign a set that includes the caller; once in, it publishes them with
     /// `setValidatorInfo`). The resulting stake must reach `minStake`.
-    function registerCandidate(uint256 amount, bytes calldata peerId, string calldata endpoint) external {
+    function registerCandidate(uint256 amount, bytes calldata peerId, string calldata endpoint)
+        external
+        nonReentrant
+    {
         if (peerId.length > MAX_PEER_ID_BYTES) revert PeerIdTooLong(0);
         if (bytes(endpoint).length > MAX_ENDPOINT_BYTES) revert EndpointTooLong(0);
-        bond(amount);
+        _bond(msg.sender, amount);
         uint256 stake = stakeOf[msg.sender];
         if (stake < minStake) revert InsufficientStake(0, msg.sender, stake, minStake);
         emit CandidateRegistered(msg.sender, stake, peerId, endpoint);
@@ -367,6 +371,16 @@ contract ValidatorSet is DevsenDomain, IValidatorSet {
 
     function _isCurrent(address account) private view returns (bool) {
         return _membership[account] & CURRENT != 0;
+    }
+
+    function _bond(address account, uint256 amount) private {
+        if (amount == 0) revert StakeAmountZero();
+        uint64 unbondingUntil = withdrawableAt[account];
+        if (unbondingUntil != 0) revert AlreadyUnbonding(account, unbondingUntil);
+        stakeOf[account] += amount;
+        totalStaked += amount;
+        if (!stakeToken.transferFrom(msg.sender, address(this), amount)) revert StakeTransferFailed();
+        emit StakeBonded(account, amount, stakeOf[account]);
     }
 
     function _voteDigest(uint8 voteType, uint64 height, uint32 round, bytes32 blockHash)

@@ -109,6 +109,34 @@ def test_candidate_joins_only_with_stake(staked: World) -> None:
     assert stake.stake == MIN_STAKE and stake.was_validator and stake.withdrawable_at == 0
 
 
+def test_a_sponsor_bonds_for_an_account_that_alone_unbonds(staked: World) -> None:
+    candidate = validator_keys(1, seed="sponsored")[0]
+    sponsor = staked.new_actor()
+    sponsor.faucet_mint(sponsor.sender.address, MIN_STAKE)  # type: ignore[union-attr]
+    sponsor.approve(staked.deployment.validator_set, MIN_STAKE)
+    sponsor.send("ValidatorSet", "bondFor", Web3.to_checksum_address(candidate.address), MIN_STAKE, gas=120_000)
+    assert staked.relayer.stake(candidate.address, "latest").stake == MIN_STAKE
+    expect_revert("NothingToWithdraw", sponsor.begin_unbonding)  # the sponsor owns no stake
+    _as(staked, candidate).begin_unbonding()
+
+
+def test_deploy_bonds_the_bootstrap_set(chain: Web3) -> None:
+    from anchoring.chain import ValidatorSpec, deploy_all
+
+    world = build_world(chain)
+    keys = validator_keys(3, seed="genesis-stake")
+    assert world.deployer.sender is not None
+    deployment = deploy_all(world.deployer.sender, [ValidatorSpec(Web3.to_checksum_address(k.address)) for k in keys],
+                            token_supply=3 * MIN_STAKE, staking=TERMS, genesis_stake=MIN_STAKE)
+    client = ChainClient(world.w3, deployment)
+    assert all(client.stake(k.address, "latest").stake == MIN_STAKE for k in keys)
+    assert client.staking_terms("latest").min_stake == MIN_STAKE
+    assert client.validator_set(deployment.deploy_block).addresses()  # the genesis set reads at deploy_block
+    with pytest.raises(ValueError, match="genesis_stake"):
+        deploy_all(world.deployer.sender, [ValidatorSpec(Web3.to_checksum_address(k.address)) for k in keys],
+                   token_supply=MIN_STAKE, staking=TERMS, genesis_stake=MIN_STAKE)
+
+
 def test_bootstrap_validators_must_bond_before_the_first_update(chain: Web3) -> None:
     world = build_world(chain, staking=TERMS)  # nobody bonded
     keys = world.validators
