@@ -79,7 +79,7 @@ from devsen.remote_stop import RemoteStops
 from devsen.rewards_view import rewards_document
 from devsen.session_audit import ROUTE as SESSION_READINGS_ROUTE
 from devsen.session_audit import session_readings_route
-from devsen.slashing import DoubleSignReporter, submit_pair
+from devsen.slashing import DoubleSignReporter, submit_pair, turn_delay_s
 from devsen.voucher_api import MAX_VOUCHER_BODY_BYTES, VoucherRoutes
 from ocpp_adapter.config import OcppServerConfig
 from ocpp_adapter.events import ChargerEvent, EventEncodingError
@@ -329,7 +329,13 @@ def build_node(config: NodeConfig) -> NodeParts:
     data_dir = Path(config.node.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     w3 = connect(config.chain.rpc)
-    client = ChainClientByHash(w3, deployment, TransactionSender(w3, keys.validator.secret))
+    client = ChainClientByHash(w3, deployment, TransactionSender(
+        w3, keys.validator.secret, priority_fee_wei=config.chain.priority_fee_wei,
+        max_fee_wei=config.chain.max_fee_wei))
+    if config.chain.chain_id and config.chain.chain_id != deployment.chain_id:
+        raise ConfigError(f"config key 'chain.chain_id': {config.chain.chain_id}, but the deployment file "
+                          f"{config.chain.deployment} is for chain {deployment.chain_id}; fix: use that network's "
+                          "deployment file or set chain_id to its chain")
     # A node (re)started during an RPC outage waits here for the chain (logged once), not crash-loops.
     chain_id = patiently("reading the chain id at startup", lambda: int(w3.eth.chain_id))
     if chain_id != deployment.chain_id:
@@ -411,7 +417,8 @@ def build_node(config: NodeConfig) -> NodeParts:
     evidence = _evidence_recorder(data_dir, app, service)
     # Equivocation the consensus core sees is written down and slashed on chain with this key.
     double_sign = DoubleSignReporter(data_dir / "double_sign", deployment.domain("ValidatorSet"),
-                                     lambda pair: submit_pair(client, pair))
+                                     lambda pair: submit_pair(client, pair),
+                                     lambda pair: turn_delay_s(me, app.validators, pair))
     service.evidence_listeners.append(double_sign.on_evidence)
     directory = service.config.directory
 

@@ -16,9 +16,10 @@ A vote-pair file (JSON, at most MAX_FILE_BYTES):
 `devsen evidence submit --votes FILE --network deployment.json --rpc URL [--key-file F]` sends
 it (the key pays the gas and receives the reporter share); `devsen evidence check` only checks.
 A node writes such a file for each equivocation its consensus core reports (`ReportEvidence`)
-into `DATA_DIR/double_sign/` and submits it with its own key (`DoubleSignReporter`): every
-honest node that saw it tries; the first transaction slashes, the others are refused at
-preflight (`EvidenceAlreadySubmitted`, no gas spent) and counted as already slashed.
+into `DATA_DIR/double_sign/` and submits it with its own key (`DoubleSignReporter`): the
+validators that saw it take turns (`turn_delay_s`), the first transaction slashes, the later
+ones are refused at preflight (`EvidenceAlreadySubmitted`, no gas spent) and counted as
+already slashed.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import logging
 import os
 import sys
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ MAX_PENDING = 64  # offences waiting for their transaction; more are written to 
 MAX_FILES = 1024  # vote-pair files a node keeps in its data dir
 MAX_ATTEMPTS = 5
 RETRY_S = 5.0
+STAGGER_TURN_S = 6.0  # one node's turn to submit an offence before the next one tries
 KEY_ENV = "DEVSEN_EVIDENCE_KEY"
 # Reverts that mean "nothing (more) to do" for this offence: somebody slashed it, or it cannot be.
 SETTLED_REVERTS = ("EvidenceAlreadySubmitted", "NothingToSlash", "EvidenceSignerNeverValidator")
@@ -169,14 +171,27 @@ def submit_pair(client: Any, pair: VotePair) -> Receipt:
     return receipt
 
 
+def turn_delay_s(me: bytes, validators: Collection[bytes], pair: VotePair, turn_s: float = STAGGER_TURN_S) -> float:
+    """This node's wait before submitting `pair`: validators take turns in address order,
+    rotated by the offence's height so no one node always pays the gas."""
+    ordered = sorted(validators)
+    if me not in ordered:
+        return 0.0
+    return turn_s * ((ordered.index(me) - pair.first.height) % len(ordered))
+
+
 class DoubleSignReporter:
     """A node's automatic path: each equivocation its consensus core reports is checked,
     written to `directory` and (with `submit`) sent on chain by `run`, once per offence."""
 
-    def __init__(self, directory: Path, domain: Domain, submit: Callable[[VotePair], Receipt] | None) -> None:
+    def __init__(self, directory: Path, domain: Domain, submit: Callable[[VotePair], Receipt] | None,
+                 stagger_s: Callable[[VotePair], float] = lambda pair: 0.0) -> None:
         self.directory = directory
         self.domain = domain
         self.submit = submit
+        # Seconds to wait before the first attempt, so the honest nodes that all saw one
+        # offence take turns instead of racing (the losers' transactions would revert and cost gas).
+        self.stagger_s = stagger_s
         self._pending: deque[VotePair] = deque()
         self._seen: set[tuple[bytes, int, int, int]] = set()
         self._wake = trio.Event()
@@ -237,6 +252,7 @@ class DoubleSignReporter:
         assert self.submit is not None
         submit = self.submit
         validator = "0x" + pair.first.validator.hex()
+        await trio.sleep(max(0.0, self.stagger_s(pair)))
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 receipt = await trio.to_thread.run_sync(lambda: submit(pair))

@@ -180,8 +180,9 @@ def deploy_all(
         extra_gas=DEPLOY_GAS_PER_VALIDATOR * len(ordered),
     )
     if genesis_stake:
-        token = w3.eth.contract(address=addresses["ChargeToken"], abi=load_artifact("ChargeToken")["abi"])
-        validator_set = w3.eth.contract(address=first, abi=load_artifact("ValidatorSet")["abi"])
+        token = w3.eth.contract(address=Web3.to_checksum_address(addresses["ChargeToken"]),
+                                abi=load_artifact("ChargeToken")["abi"])
+        validator_set = w3.eth.contract(address=Web3.to_checksum_address(first), abi=load_artifact("ValidatorSet")["abi"])
         sender.send(token.functions.approve(first, genesis_stake * len(ordered)), gas=FUND_TOKEN_GAS)
         for v in ordered:
             sender.send(validator_set.functions.bondFor(Web3.to_checksum_address(v.address), genesis_stake),
@@ -272,6 +273,8 @@ def deploy_main(argv: list[str]) -> int:
     parser.add_argument("--min-stake", type=int, default=0,
                         help="ChargeToken base units every member of an approved validator set must bond")
     parser.add_argument("--unbonding", type=int, default=DEFAULT_UNBONDING_S, help="unbonding period, seconds")
+    parser.add_argument("--genesis-stake", type=int, default=0,
+                        help="base units of --token-supply bonded for each bootstrap validator")
     parser.add_argument("--slash-bps", type=int, default=DEFAULT_SLASH_BPS, help="stake share one offence takes")
     parser.add_argument("--reporter-share-bps", type=int, default=DEFAULT_REPORTER_SHARE_BPS,
                         help="share of a slash paid to the evidence submitter")
@@ -292,6 +295,7 @@ def deploy_main(argv: list[str]) -> int:
             reward_epoch_budget=args.reward_budget,
             reward_epoch_s=args.reward_epoch,
             staking=StakingParams(args.min_stake, args.unbonding, args.slash_bps, args.reporter_share_bps),
+            genesis_stake=args.genesis_stake,
         )
         fund_devnet_accounts(sender, deployment, funded, eth_wei=args.fund_eth_wei, tokens=args.fund_tokens)
     except (ValueError, OSError, ChainError) as exc:

@@ -15,8 +15,8 @@ from web3 import Web3
 from anchoring.chain import StakingParams
 from consensus.types import Evidence, EvidenceKind, Vote, VoteType
 from devsen.cli import main
-from devsen.slashing import DoubleSignReporter, VotePair, parse_pair, submit_pair
-from primitives.eip712 import SigningKey
+from devsen.slashing import DoubleSignReporter, VotePair, parse_pair, submit_pair, turn_delay_s
+from primitives.eip712 import Domain, SigningKey
 
 STAKE = 100 * TOKEN
 
@@ -107,6 +107,26 @@ def test_pair_from_another_slot_is_no_evidence(world: World) -> None:
     text = json.dumps(_pair(world, key).to_json(domain))
     parsed, chain_id, _ = parse_pair(text)
     assert chain_id == world.deployment.chain_id and parsed.offence[2] == 7
+
+
+def test_validators_take_turns_to_submit() -> None:
+    keys = [SigningKey(bytes([i]) * 32) for i in range(1, 5)]
+    validators = [k.address for k in keys]
+    domain = Domain(1, b"\x01" * 20)
+    delays = []
+    for height in (10, 11):
+        pair = VotePair(Vote.sign(keys[0], domain, VoteType.PREVOTE, height, 0, b"\x01" * 32),
+                        Vote.sign(keys[0], domain, VoteType.PREVOTE, height, 0, b"\x02" * 32))
+        delays.append(sorted(turn_delay_s(a, validators, pair, 1.0) for a in validators))
+        assert turn_delay_s(b"\x09" * 20, validators, pair) == 0.0  # not a validator: no turn to wait for
+    assert delays == [[0.0, 1.0, 2.0, 3.0]] * 2  # one node per turn
+    first = VotePair(Vote.sign(keys[0], domain, VoteType.PREVOTE, 10, 0, b"\x01" * 32),
+                     Vote.sign(keys[0], domain, VoteType.PREVOTE, 10, 0, b"\x02" * 32))
+    second = VotePair(Vote.sign(keys[0], domain, VoteType.PREVOTE, 11, 0, b"\x01" * 32),
+                      Vote.sign(keys[0], domain, VoteType.PREVOTE, 11, 0, b"\x02" * 32))
+    who_first = [a for a in validators if turn_delay_s(a, validators, first) == 0.0]
+    who_second = [a for a in validators if turn_delay_s(a, validators, second) == 0.0]
+    assert who_first != who_second  # rotated by height
 
 
 def test_reporter_submits_each_offence_once(staked: World, tmp_path: Path) -> None:
