@@ -20,6 +20,7 @@ from typing import Any
 
 from anchoring.chain.deploy import Deployment
 from devsen.config import ConfigError, load_config
+from p2p.keys import KeyFileError
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "deploy" / "presets"
 LOCAL_CHAIN = {"rpc": "http://127.0.0.1:8545", "confirmations": 2, "poll_interval_s": 1.0,
@@ -224,7 +225,7 @@ def node_init_main(argv: list[str]) -> int:
                             rpc=args.rpc, host=args.host, public_host=args.public_host or args.host,
                             p2p_port=args.p2p_port, ocpp_port=args.ocpp_port, http_port=args.http_port,
                             bootstrap=args.bootstrap, use_existing_keys=args.use_existing_keys)
-    except (InitError, OSError) as exc:
+    except (InitError, OSError, KeyFileError) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(summary, indent=2) if args.json else next_steps(summary), end="" if not args.json else "\n")

@@ -35,6 +35,7 @@ from anchoring.chain import (
     connect,
 )
 from consensus.signing import VALIDATOR_SET_UPDATE_TYPE
+from p2p.keys import KeyFileError
 from primitives.eip712 import SignatureError, recover_address, to_checksum_hex, typed_digest
 from primitives.hashing import validators_hash
 
@@ -118,9 +119,9 @@ def stake_main(argv: list[str]) -> int:
     except ChainRevert as exc:
         print(f"{PROG} {args.action}: refused on chain: {exc.name}{exc.args_decoded}", file=sys.stderr)
         return 1
-    except (ChainError, OSError, ValueError, SignatureError) as exc:
+    except (ChainError, OSError, ValueError, SignatureError, KeyFileError) as exc:
         print(f"{PROG} {args.action}: {exc}", file=sys.stderr)
-        return 1 if isinstance(exc, (ChainError, OSError)) else 2
+        return 1 if isinstance(exc, (ChainError, OSError, KeyFileError)) else 2
     if args.json or args.action == "sign-update":
         print(json.dumps(result, sort_keys=True))
     else:

@@ -251,14 +251,14 @@ class ChainClient:
         holder = self.read("ValidatorSet", "peerIdHolder", peer_id, block=block)
         return None if int(holder, 16) == 0 else str(holder)
 
-    def stake(self, account: str, block: BlockId) -> StakeState:
+    def stake(self, account: str | bytes, block: BlockId) -> StakeState:
         """`account`'s bonded stake on the ValidatorSet."""
-        account = Web3.to_checksum_address(account)
+        address = Web3.to_checksum_address(account)
         return StakeState(
-            account,
-            int(self.read("ValidatorSet", "stakeOf", account, block=block)),
-            int(self.read("ValidatorSet", "withdrawableAt", account, block=block)),
-            bool(self.read("ValidatorSet", "wasValidator", account, block=block)),
+            address,
+            int(self.read("ValidatorSet", "stakeOf", address, block=block)),
+            int(self.read("ValidatorSet", "withdrawableAt", address, block=block)),
+            bool(self.read("ValidatorSet", "wasValidator", address, block=block)),
         )
 
     def staking_terms(self, block: BlockId) -> StakingTerms:
@@ -270,7 +270,7 @@ class ChainClient:
             int(self.read("ValidatorSet", "reporterShareBps", block=block)),
         )
 
-    def offence_slashed(self, signer: str, vote_type: int, height: int, round: int, block: BlockId) -> bool:
+    def offence_slashed(self, signer: str | bytes, vote_type: int, height: int, round: int, block: BlockId) -> bool:
         offence = self.read("ValidatorSet", "offenceId", Web3.to_checksum_address(signer), vote_type, height, round,
                             block=block)
         return bool(self.read("ValidatorSet", "offenceSlashed", offence, block=block))

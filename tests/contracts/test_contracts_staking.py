@@ -66,7 +66,7 @@ def _bond(world: World, key: SigningKey, amount: int, *, candidate: bool = False
     return client
 
 
-def _sorted(addresses: list[str]) -> list[str]:
+def _sorted(addresses: list[str] | list[bytes]) -> list[str]:
     return sorted((Web3.to_checksum_address(a) for a in addresses), key=lambda a: bytes.fromhex(a[2:]))
 
 
@@ -200,7 +200,7 @@ def test_evidence_that_proves_nothing_is_refused(staked: World) -> None:
     # votes of different heights, rounds or types are no double-sign: the second one, read at
     # the first one's slot, recovers to some other address
     for kwargs in ({"height": 11}, {"round": 1}, {"vote_type": VoteType.PREVOTE}):
-        later = _vote(staked, offender, HASH_B, **kwargs)  # type: ignore[arg-type]
+        later = _vote(staked, offender, HASH_B, **kwargs)
         expect_revert("EvidenceSignersDiffer", _submit, reporter, vote, later)
     # two validators, one vote each
     expect_revert("EvidenceSignersDiffer", _submit, reporter, vote, _vote(staked, other, HASH_B))
