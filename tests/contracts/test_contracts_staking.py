@@ -272,9 +272,14 @@ def test_withdraw_cannot_be_reentered(chain: Web3, tmp_path: Path) -> None:
 
 
 def test_zz_write_gas_figures(chain: Web3) -> None:
-    """bench/results/slashing.json: gas of each staking operation (from the anvil run)."""
+    """bench/results/slashing.json: gas of each staking operation (from the anvil run). Rewritten
+    only when a figure moved by more than 1 % (they vary by a few gas with the random addresses)."""
     if "submitVoteEvidence" not in _gas or chain.provider.__class__.__name__ == "EthereumTesterProvider":
         pytest.skip("figures are recorded from the anvil run")
+    if RESULTS.is_file():
+        old = json.loads(RESULTS.read_text()).get("gas", {})
+        if old.keys() == _gas.keys() and all(abs(old[k] - v) <= v // 100 for k, v in _gas.items()):
+            return
     RESULTS.write_text(json.dumps({
         "what": "gas used per ValidatorSet staking operation, anvil, solc 0.8.37 optimizer 200 runs",
         "unit": "gas",
