@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = "devsen-double-sign/1"
 MAX_FILE_BYTES = 16 * 1024
-MAX_PENDING = 64  # offences waiting for their transaction; more are written to disk only
+MAX_PENDING = 64  # offences waiting for or sending their transaction; more are written to disk only
 MAX_FILES = 1024  # vote-pair files a node keeps in its data dir
 MAX_ATTEMPTS = 5
 RETRY_S = 5.0
@@ -193,6 +193,7 @@ class DoubleSignReporter:
         # offence take turns instead of racing (the losers' transactions would revert and cost gas).
         self.stagger_s = stagger_s
         self._pending: deque[VotePair] = deque()
+        self._in_flight = 0  # submission tasks started and not finished
         self._seen: set[tuple[bytes, int, int, int]] = set()
         self._wake = trio.Event()
         self.counts = {"reported": 0, "invalid": 0, "submitted": 0, "already_slashed": 0, "failed": 0, "dropped": 0}
@@ -218,7 +219,7 @@ class DoubleSignReporter:
         self.counts["reported"] += 1
         self._write(pair)
         if self.submit is not None:
-            if len(self._pending) >= MAX_PENDING:
+            if len(self._pending) + self._in_flight >= MAX_PENDING:
                 self.counts["dropped"] += 1
                 return
             self._pending.append(pair)
@@ -239,14 +240,25 @@ class DoubleSignReporter:
             log.error("could not write double-sign evidence: %s", exc)
 
     async def run(self) -> None:
-        """Submit pending pairs, each up to MAX_ATTEMPTS times, RETRY_S apart."""
-        while True:
-            if not self._pending:
-                self._wake = trio.Event()
-                await self._wake.wait()
-                continue
-            pair = self._pending.popleft()
-            await self._submit_one(pair)
+        """Submit pending pairs, each in its own task (its turn's wait does not hold up the
+        others; at most MAX_PENDING at once), up to MAX_ATTEMPTS times, RETRY_S apart."""
+        limit = trio.CapacityLimiter(MAX_PENDING)
+
+        async def one(pair: VotePair) -> None:
+            try:
+                async with limit:
+                    await self._submit_one(pair)
+            finally:
+                self._in_flight -= 1
+
+        async with trio.open_nursery() as nursery:
+            while True:
+                if not self._pending:
+                    self._wake = trio.Event()
+                    await self._wake.wait()
+                    continue
+                self._in_flight += 1
+                nursery.start_soon(one, self._pending.popleft())
 
     async def _submit_one(self, pair: VotePair) -> None:
         assert self.submit is not None
@@ -274,7 +286,7 @@ class DoubleSignReporter:
         self.counts["failed"] += 1
 
     def status(self) -> dict[str, Any]:
-        return {**self.counts, "pending": len(self._pending), "directory": str(self.directory),
+        return {**self.counts, "pending": len(self._pending) + self._in_flight, "directory": str(self.directory),
                 "last_error": self.last_error}
 
 
