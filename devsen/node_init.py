@@ -161,12 +161,11 @@ def init_node(directory: Path, network: Path, *, name: str, preset: str, rpc: st
         tmp.unlink()
         raise InitError(f"the written config does not load: {exc}") from exc
     tmp.replace(config_path)
-    address = "0x" + keys.validator.address.hex()
     from primitives.eip712 import to_checksum_hex
 
     return {
         "directory": str(directory), "config": str(config_path), "keys": str(keys_dir),
-        "validator_address": to_checksum_hex(keys.validator.address), "address_lower": address,
+        "validator_address": to_checksum_hex(keys.validator.address),
         "peer_id": keys.peer_id.to_base58(), "chain_id": deployment.chain_id,
         "validator_set": deployment.validator_set, "charge_token": deployment.charge_token,
         "rpc": chain.get("rpc", LOCAL_CHAIN["rpc"]),
