@@ -39,10 +39,10 @@ class CompileError(RuntimeError):
     """solc reported errors, or the compiler is not the pinned one."""
 
 
-def standard_json_input() -> dict[str, Any]:
-    """The solc standard-JSON input for every source under `contracts/src`."""
+def standard_json_input(source_dir: Path = SOURCE_DIR) -> dict[str, Any]:
+    """The solc standard-JSON input for every source under `source_dir` (`contracts/src`)."""
     sources = {
-        f"src/{path.name}": {"content": path.read_text()} for path in sorted(SOURCE_DIR.glob("*.sol"))
+        f"src/{path.name}": {"content": path.read_text()} for path in sorted(source_dir.glob("*.sol"))
     }
     return {
         "language": "Solidity",
@@ -58,9 +58,17 @@ def standard_json_input() -> dict[str, Any]:
 
 def compile_artifacts() -> dict[str, bytes]:
     """Compile all sources; return artifact file name -> exact file bytes."""
+    compiled = compile_contracts(SOURCE_DIR, DEPLOYABLE)
+    return {f"{name}.json": (json.dumps(artifact, indent=1, sort_keys=True) + "\n").encode()
+            for name, artifact in compiled.items()}
+
+
+def compile_contracts(source_dir: Path, names: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Compile every `*.sol` under `source_dir` with the pinned solc; artifacts of `names`
+    (also what tests use for their test-only contracts)."""
     proc = subprocess.run(
         ["node", "-e", _NODE_COMPILE],
-        input=json.dumps(standard_json_input()).encode(),
+        input=json.dumps(standard_json_input(source_dir)).encode(),
         capture_output=True,
         cwd=REPO_ROOT,
         timeout=COMPILE_TIMEOUT_S,
@@ -78,10 +86,10 @@ def compile_artifacts() -> dict[str, bytes]:
     by_name: dict[str, dict[str, Any]] = {}
     for contracts in output["contracts"].values():
         by_name.update(contracts)
-    files: dict[str, bytes] = {}
-    for name in DEPLOYABLE:
+    artifacts: dict[str, dict[str, Any]] = {}
+    for name in names:
         compiled = by_name[name]
-        artifact = {
+        artifacts[name] = {
             "contractName": name,
             "compiler": f"solc-js {result['version']}",
             "evmVersion": EVM_VERSION,
@@ -89,8 +97,7 @@ def compile_artifacts() -> dict[str, bytes]:
             "bytecode": "0x" + compiled["evm"]["bytecode"]["object"],
             "deployedBytecode": "0x" + compiled["evm"]["deployedBytecode"]["object"],
         }
-        files[f"{name}.json"] = (json.dumps(artifact, indent=1, sort_keys=True) + "\n").encode()
-    return files
+    return artifacts
 
 
 def changed_artifacts(files: dict[str, bytes], directory: Path = ARTIFACTS_DIR) -> list[str]:

@@ -36,6 +36,11 @@ DELEGATED: dict[str, tuple[str, str, str]] = {
              "`devsen ocpi parties --config FILE`"),
     "ocpp-serve": ("ocpp_adapter.standalone", "run_standalone",
                    "run the OCPP endpoint alone with an in-memory ingest (for charger bring-up)"),
+    "stake": ("devsen.stake_cli", "stake_main",
+              "a validator's on-chain steps: `devsen stake show|register|sign-update|submit-update|unbond|withdraw`"),
+    "evidence": ("devsen.slashing", "evidence_main",
+                 "double-sign evidence: `devsen evidence check|submit --votes FILE --network deployment.json "
+                 "--rpc URL`"),
     "sim": ("consensus.sim", "main",
             "run the deterministic consensus simulator: `devsen sim --seeds 1000`"),
 }
@@ -170,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"devsen {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    node = sub.add_parser("node", help="run a node: `devsen node --config node.toml`")
+    node = sub.add_parser("node", help="run a node: `devsen node --config node.toml`; create one: "
+                          "`devsen node init --dir DIR --network deployment.json`")
     node.add_argument("--config", required=True, help="path of the node's TOML config")
     node.add_argument("--log-format", choices=("text", "json"), default=None,
                       help="override logging.format")
@@ -206,6 +212,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     if argv and argv[0] in DELEGATED:
         return _run_delegated(argv[0], argv[1:])
+    if argv[:2] == ["node", "init"]:
+        from devsen.node_init import node_init_main
+
+        return node_init_main(argv[2:])
     args = parser.parse_args(argv)
     if getattr(args, "delegated", None):
         return _run_delegated(args.delegated, args.rest)

@@ -125,6 +125,9 @@ class ChainSection:
     deployment: str = "./deployment.json"
     confirmations: int = 2
     poll_interval_s: float = 1.0
+    chain_id: int = 0  # 0: whatever the deployment file says; else the RPC and the deployment must match it
+    priority_fee_gwei: float = 1.0  # EIP-1559 tip of every transaction the node sends
+    max_fee_gwei: float = 0.0  # cap on maxFeePerGas (0: 2 x base fee + tip, uncapped)
 
     def validate(self) -> None:
         _require(self.rpc == "embedded" or self.rpc.startswith(("http://", "https://")),
@@ -134,6 +137,22 @@ class ChainSection:
                  f"{self.confirmations} is out of 0..128", "confirmations = 2")
         _require(0.05 <= self.poll_interval_s <= 60, "chain.poll_interval_s",
                  f"{self.poll_interval_s} is out of [0.05, 60]", "poll_interval_s = 1.0")
+        _require(0 <= self.chain_id < 1 << 63, "chain.chain_id", f"{self.chain_id} is not a chain id",
+                 "chain_id = 11155111 (Sepolia), or 0 to take the deployment file's")
+        _require(0 <= self.priority_fee_gwei <= 10_000, "chain.priority_fee_gwei",
+                 f"{self.priority_fee_gwei} is out of [0, 10000] gwei", "priority_fee_gwei = 1.0")
+        _require(self.max_fee_gwei == 0 or self.priority_fee_gwei <= self.max_fee_gwei <= 100_000,
+                 "chain.max_fee_gwei", f"{self.max_fee_gwei} gwei is below the tip "
+                 f"({self.priority_fee_gwei} gwei) or above 100000", "max_fee_gwei = 0 (no cap) or at least the tip")
+
+    @property
+    def priority_fee_wei(self) -> int:
+        return round(self.priority_fee_gwei * 10**9)
+
+    @property
+    def max_fee_wei(self) -> int | None:
+        """The cap on maxFeePerGas in wei; None when uncapped."""
+        return round(self.max_fee_gwei * 10**9) or None
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,7 @@ from consensus.types import (
     MAX_BLOCKS_PER_REQUEST,
     Block,
     CommittedBlock,
+    Evidence,
     Proposal,
     ValidatorSet,
     Vote,
@@ -315,6 +316,8 @@ class ConsensusService:
         self.finalize_listeners: list[FinalizeListener] = []
         # Called with (payload, reason) for each gossiped payload admission refused (evidence).
         self.refusal_listeners: list[Callable[[bytes, str], None]] = []
+        # Called with each equivocation Evidence the core reports (slashing: devsen/slashing.py).
+        self.evidence_listeners: list[Callable[[Evidence], None]] = []
         self.inputs = SenderQueues()
         self._sync_inputs: deque[tuple[bytes, CommittedBlock]] = deque()
         self._input_ready = trio.Event()
@@ -612,6 +615,8 @@ class ConsensusService:
         elif isinstance(output, ReportEvidence):
             self.counters["evidence"] += 1
             logger.warning("equivocation by 0x%s at height %d", output.evidence.validator.hex(), output.evidence.height)
+            for evidence_listener in self.evidence_listeners:
+                evidence_listener(output.evidence)
         elif isinstance(output, Dropped):
             self.counters[f"dropped:{output.reason.split(':')[0]}"] += 1
         elif isinstance(output, Persist):  # the Replica keeps these; never returned

@@ -47,6 +47,7 @@ from anchoring.audit import audit_main
 from anchoring.chain import (
     ChainClient,
     Deployment,
+    StakingParams,
     TransactionSender,
     ValidatorSpec,
     connect,
@@ -108,6 +109,8 @@ CHAIN_ID = 31337
 STARTUP_TIMEOUT_S = 90.0
 ANCHOR_TIMEOUT_S = 120.0
 DEV_DRIVER_TOKENS = 100 * 10**6  # minted to the named dev driver account
+DEVNET_STAKE = 1_000 * 10**6  # ValidatorSet.minStake on a devnet; bonded for each bootstrap validator
+DEVNET_UNBONDING_S = 300  # seconds from beginUnbonding to withdraw on a devnet
 DEFAULT_DIR = Path("devnet-data").absolute()
 
 
@@ -181,7 +184,9 @@ def deploy_network(anvil: AnvilProcess, nodes: list[DevnetNode], deployment_path
     specs = [ValidatorSpec(w3.to_checksum_address(n.keys.validator.address), n.keys.peer_id.to_bytes(), n.ocpp_url)
              for n in nodes]
     deployment = deploy_all(deployer, specs, faucet=True, reward_epoch_budget=DEMO_REWARD_BUDGET,
-                            reward_epoch_s=reward_epoch_s)
+                            reward_epoch_s=reward_epoch_s, token_supply=DEVNET_STAKE * len(specs),
+                            staking=StakingParams(min_stake=DEVNET_STAKE, unbonding_s=DEVNET_UNBONDING_S),
+                            genesis_stake=DEVNET_STAKE)
     deployment.save(deployment_path)
     validator_accounts = [spec.address for spec in specs]
     fund_devnet_accounts(deployer, deployment, validator_accounts, eth_wei=10**19, tokens=0)
@@ -203,6 +208,16 @@ def deploy_network(anvil: AnvilProcess, nodes: list[DevnetNode], deployment_path
     assert manager.sender is not None
     return deployment, {"manager": manager.sender.address, "driver": driver.sender.address,
                         "session_id": session_id, "driver_client": driver, "signed_meter": signed_meter}
+
+
+def register_devnet_candidate(w3: Any, deployment: Deployment, secret: bytes, peer_id: bytes, endpoint: str) -> None:
+    """A devnet validator candidate: faucet DEVNET_STAKE to it and bond it with registerCandidate
+    (the account needs ETH for gas). The validators' quorum can then add it to the set."""
+    client = ChainClient(w3, deployment, TransactionSender(w3, secret))
+    assert client.sender is not None
+    client.faucet_mint(client.sender.address, DEVNET_STAKE)
+    client.approve(deployment.validator_set, DEVNET_STAKE)
+    client.register_candidate(DEVNET_STAKE, peer_id, endpoint)
 
 
 def start_node_process(node: DevnetNode) -> None:

@@ -81,6 +81,7 @@ from devsen.remote_stop import RemoteStops
 from devsen.rewards_view import rewards_document
 from devsen.session_audit import ROUTE as SESSION_READINGS_ROUTE
 from devsen.session_audit import session_readings_route
+from devsen.slashing import DoubleSignReporter, submit_pair, turn_delay_s
 from devsen.state_sync import ChainReads, sync_before_start
 from devsen.voucher_api import MAX_VOUCHER_BODY_BYTES, VoucherRoutes
 from ocpp_adapter.config import OcppServerConfig
@@ -225,6 +226,7 @@ class NodeParts:
     evidence: EvidenceRecorder | None = None
     metrics: NodeMetrics | None = None
     stops: RemoteStops | None = None
+    double_sign: DoubleSignReporter | None = None
 
 
 def _load_deployment(config: NodeConfig) -> Deployment:
@@ -330,7 +332,13 @@ def build_node(config: NodeConfig) -> NodeParts:
     data_dir = Path(config.node.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     w3 = connect(config.chain.rpc)
-    client = ChainClientByHash(w3, deployment, TransactionSender(w3, keys.validator.secret))
+    client = ChainClientByHash(w3, deployment, TransactionSender(
+        w3, keys.validator.secret, priority_fee_wei=config.chain.priority_fee_wei,
+        max_fee_wei=config.chain.max_fee_wei))
+    if config.chain.chain_id and config.chain.chain_id != deployment.chain_id:
+        raise ConfigError(f"config key 'chain.chain_id': {config.chain.chain_id}, but the deployment file "
+                          f"{config.chain.deployment} is for chain {deployment.chain_id}; fix: use that network's "
+                          "deployment file or set chain_id to its chain")
     # A node (re)started during an RPC outage waits here for the chain (logged once), not crash-loops.
     chain_id = patiently("reading the chain id at startup", lambda: int(w3.eth.chain_id))
     if chain_id != deployment.chain_id:
@@ -419,6 +427,11 @@ def build_node(config: NodeConfig) -> NodeParts:
     ), app)
     service.finalize_listeners.append(route.on_finalized)
     evidence = _evidence_recorder(data_dir, app, service)
+    # Equivocation the consensus core sees is written down and slashed on chain with this key.
+    double_sign = DoubleSignReporter(data_dir / "double_sign", deployment.domain("ValidatorSet"),
+                                     lambda pair: submit_pair(client, pair),
+                                     lambda pair: turn_delay_s(me, app.validators, pair))
+    service.evidence_listeners.append(double_sign.on_evidence)
     directory = service.config.directory
 
     def validators_changed(validators: tuple[bytes, ...], chain_bindings: dict[bytes, bytes]) -> None:
@@ -432,7 +445,7 @@ def build_node(config: NodeConfig) -> NodeParts:
     for quorum in app.take_restored_quorums():  # the submitter ignores the ones it knows
         quorums.add(quorum)
     parts = NodeParts(config, keys, deployment, client, app, service, submitter, outbox, quorums,
-                      connections, time.time(), evidence, stops=stops)
+                      connections, time.time(), evidence, stops=stops, double_sign=double_sign)
     parts.metrics = node_metrics(parts)
     return parts
 
@@ -536,6 +549,7 @@ def build_router(parts: NodeParts) -> Router:
             "app": dict(parts.app.counters),
             "own_attestations_pending": len(parts.outbox.pending),
             "submitter": parts.submitter.status(),
+            "double_sign": parts.double_sign.status() if parts.double_sign is not None else None,
             "chain_rpc": health.status() if health is not None else None,
             "uptime_s": round(time.time() - parts.started_at, 1),
             "height": service.committed_height,
@@ -718,6 +732,8 @@ async def serve_node(parts: NodeParts, *, task_status: Any = trio.TASK_STATUS_IG
         nursery.start_soon(supervised, "submitter", parts.submitter.run)
         nursery.start_soon(supervised, "quorum inbox", lambda: parts.quorums.run(parts.submitter))
         nursery.start_soon(supervised, "peer-id refresh", lambda: refresh_peer_bindings(parts))
+        if parts.double_sign is not None:
+            nursery.start_soon(supervised, "double-sign reporter", parts.double_sign.run)
         if parts.stops is not None:
             stops = parts.stops
             nursery.start_soon(supervised, "voucher remote stops", lambda: stops.run())

@@ -19,7 +19,7 @@ from anchoring.chain.client import (
     ValidatorSetState,
     device_id_of,
 )
-from anchoring.chain.deploy import Deployment, ValidatorSpec, deploy_all, deploy_main
+from anchoring.chain.deploy import Deployment, StakingParams, ValidatorSpec, deploy_all, deploy_main
 from anchoring.chain.errors import (
     ChainError,
     ChainRevert,
@@ -63,6 +63,7 @@ __all__ = [
     "ValidatorSpec",
     "connect",
     "decode_revert_data",
+    "StakingParams",
     "deploy_all",
     "deploy_main",
     "device_id_of",

@@ -50,6 +50,11 @@ GAS = {
     "updateValidatorsBase": 200_000,
     "perValidator": 60_000,
     "validatorInfo": 200_000,
+    "bond": 120_000,
+    "registerCandidate": 130_000,
+    "beginUnbonding": 60_000,
+    "withdraw": 80_000,
+    "voteEvidence": 180_000,
 }
 
 
@@ -134,6 +139,27 @@ class AnchoredBatch:
     first_height: int
     last_height: int
     event_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class StakeState:
+    """One account's bonded stake (token base units) and unbonding end (0: not unbonding)."""
+
+    account: str
+    stake: int
+    withdrawable_at: int
+    was_validator: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StakingTerms:
+    """The ValidatorSet's staking parameters (contracts/STAKING.md)."""
+
+    token: str
+    min_stake: int
+    unbonding_s: int
+    slash_bps: int
+    reporter_share_bps: int
 
 
 def device_id_of(charge_box_id: str) -> bytes:
@@ -224,6 +250,30 @@ class ChainClient:
         """The validator bound to `peer_id` on chain, or None."""
         holder = self.read("ValidatorSet", "peerIdHolder", peer_id, block=block)
         return None if int(holder, 16) == 0 else str(holder)
+
+    def stake(self, account: str | bytes, block: BlockId) -> StakeState:
+        """`account`'s bonded stake on the ValidatorSet."""
+        address = Web3.to_checksum_address(account)
+        return StakeState(
+            address,
+            int(self.read("ValidatorSet", "stakeOf", address, block=block)),
+            int(self.read("ValidatorSet", "withdrawableAt", address, block=block)),
+            bool(self.read("ValidatorSet", "wasValidator", address, block=block)),
+        )
+
+    def staking_terms(self, block: BlockId) -> StakingTerms:
+        return StakingTerms(
+            str(self.read("ValidatorSet", "stakeToken", block=block)),
+            int(self.read("ValidatorSet", "minStake", block=block)),
+            int(self.read("ValidatorSet", "unbondingSeconds", block=block)),
+            int(self.read("ValidatorSet", "slashBps", block=block)),
+            int(self.read("ValidatorSet", "reporterShareBps", block=block)),
+        )
+
+    def offence_slashed(self, signer: str | bytes, vote_type: int, height: int, round: int, block: BlockId) -> bool:
+        offence = self.read("ValidatorSet", "offenceId", Web3.to_checksum_address(signer), vote_type, height, round,
+                            block=block)
+        return bool(self.read("ValidatorSet", "offenceSlashed", offence, block=block))
 
     def device(self, charge_box_id: str, block: BlockId) -> DeviceRecord | None:
         return self.device_by_id(device_id_of(charge_box_id), block)
@@ -412,6 +462,30 @@ class ChainClient:
         gas = (GAS["updateValidatorsBase"] + GAS["perValidator"] * len(validators)
                + GAS["perSignature"] * len(signatures))
         return self.send("ValidatorSet", "updateValidators", epoch, list(validators), list(signatures), gas=gas)
+
+    def bond(self, amount: int) -> Receipt:
+        """Add `amount` base units to the sender's stake (approve the ValidatorSet first)."""
+        return self.send("ValidatorSet", "bond", amount, gas=GAS["bond"])
+
+    def register_candidate(self, amount: int, peer_id: bytes, endpoint: str) -> Receipt:
+        """Bond `amount` and announce a validator candidacy (stake must reach minStake)."""
+        return self.send("ValidatorSet", "registerCandidate", amount, peer_id, endpoint, gas=GAS["registerCandidate"])
+
+    def begin_unbonding(self) -> Receipt:
+        """Start the unbonding period (the sender must be out of the current set)."""
+        return self.send("ValidatorSet", "beginUnbonding", gas=GAS["beginUnbonding"])
+
+    def withdraw_stake(self) -> Receipt:
+        """Pay the sender's stake out once the unbonding period is over."""
+        return self.send("ValidatorSet", "withdraw", gas=GAS["withdraw"])
+
+    def submit_vote_evidence(
+        self, vote_type: int, height: int, round: int,
+        block_hash_a: bytes, signature_a: bytes, block_hash_b: bytes, signature_b: bytes,
+    ) -> Receipt:
+        """Two conflicting votes of one validator: the ValidatorSet verifies and slashes."""
+        return self.send("ValidatorSet", "submitVoteEvidence", vote_type, height, round,
+                         block_hash_a, signature_a, block_hash_b, signature_b, gas=GAS["voteEvidence"])
 
     def set_validator_info(self, peer_id: bytes, endpoint: str) -> Receipt:
         """The sender (a validator) publishes its libp2p peer id and OCPP endpoint URL.

@@ -1,7 +1,8 @@
 """Deploy the DEVSEN contracts and describe where they are (`Deployment`, a JSON file).
 
-`deploy_all` deploys ValidatorSet, UserRegistry, DeviceFactory, ChargeToken, Escrow,
-Anchor and Rewards in that order from one key; `deploy_main` is the `devsen chain deploy` command.
+`deploy_all` deploys ChargeToken, ValidatorSet (which holds the validators' stake in that
+token, contracts/STAKING.md), UserRegistry, DeviceFactory, Escrow, Anchor and Rewards in that
+order from one key; `deploy_main` is the `devsen chain deploy` command.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from primitives.eip712 import Domain
 DEPLOYMENT_FORMAT = "devsen-deployment/1"
 DEFAULT_REFUND_TIMEOUT_S = 24 * 3600
 DEFAULT_INITIAL_HEIGHT = 1
+DEFAULT_UNBONDING_S = 14 * 24 * 3600
+DEFAULT_SLASH_BPS = 5_000  # one double-sign takes half the stake
+DEFAULT_REPORTER_SHARE_BPS = 1_000  # 10 % of it to the reporter, the rest locked for good
 DEPLOY_GAS = {
     "ValidatorSet": 6_000_000,
     "UserRegistry": 1_500_000,
@@ -37,6 +41,7 @@ DEPLOY_GAS_PER_VALIDATOR = 120_000
 KEY_ENV = "DEVSEN_DEPLOYER_KEY"
 FUND_ETH_GAS = 21_000
 FUND_TOKEN_GAS = 100_000
+BOND_GAS = 120_000
 FAUCET_MAX_PER_CALL = 1_000_000 * 10**6  # ChargeToken.FAUCET_MAX_PER_CALL
 
 
@@ -47,6 +52,25 @@ class ValidatorSpec:
     address: str
     peer_id: bytes = b""
     endpoint: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StakingParams:
+    """ValidatorSet staking parameters (contracts/STAKING.md); `min_stake` in token base units."""
+
+    min_stake: int = 0
+    unbonding_s: int = DEFAULT_UNBONDING_S
+    slash_bps: int = DEFAULT_SLASH_BPS
+    reporter_share_bps: int = DEFAULT_REPORTER_SHARE_BPS
+
+    def __post_init__(self) -> None:
+        if self.min_stake < 0:
+            raise ValueError("min_stake must be >= 0 token base units")
+        if not 0 <= self.unbonding_s < 1 << 63:
+            raise ValueError("unbonding_s must be >= 0 seconds")
+        for name in ("slash_bps", "reporter_share_bps"):
+            if not 0 <= getattr(self, name) <= 10_000:
+                raise ValueError(f"{name} must be in 0..10000 (basis points)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,11 +144,17 @@ def deploy_all(
     admin: str | None = None,
     reward_epoch_budget: int = 0,
     reward_epoch_s: int = 3600,
+    staking: StakingParams | None = None,
+    genesis_stake: int = 0,
 ) -> Deployment:
     """Deploy every contract from `sender`'s key. Validators are sorted by address here;
-    the token supply goes to the deployer; `admin` (default deployer) grants operator roles."""
+    the token supply goes to the deployer; `admin` (default deployer) grants operator roles;
+    `genesis_stake` base units of that supply are bonded for each bootstrap validator."""
     if not validators:
         raise ValueError("at least one validator")
+    if genesis_stake < 0 or genesis_stake * len(validators) > token_supply:
+        raise ValueError(f"genesis_stake: {genesis_stake} for each of {len(validators)} validators needs a "
+                         f"token_supply of at least {genesis_stake * len(validators)} base units")
     ordered = sorted(validators, key=lambda v: bytes.fromhex(v.address.removeprefix("0x")))
     w3 = sender.w3
     chain_id = sender.rpc(lambda: w3.eth.chain_id)
@@ -139,16 +169,26 @@ def deploy_all(
         addresses[name] = Web3.to_checksum_address(receipt.contract_address)
         return addresses[name]
 
+    stake = staking or StakingParams()
+    deploy("ChargeToken", sender.address, token_supply, faucet)
     first = deploy(
         "ValidatorSet",
         [Web3.to_checksum_address(v.address) for v in ordered],
         [v.peer_id for v in ordered],
         [v.endpoint for v in ordered],
+        (addresses["ChargeToken"], stake.min_stake, stake.unbonding_s, stake.slash_bps, stake.reporter_share_bps),
         extra_gas=DEPLOY_GAS_PER_VALIDATOR * len(ordered),
     )
+    if genesis_stake:
+        token = w3.eth.contract(address=Web3.to_checksum_address(addresses["ChargeToken"]),
+                                abi=load_artifact("ChargeToken")["abi"])
+        validator_set = w3.eth.contract(address=Web3.to_checksum_address(first), abi=load_artifact("ValidatorSet")["abi"])
+        sender.send(token.functions.approve(first, genesis_stake * len(ordered)), gas=FUND_TOKEN_GAS)
+        for v in ordered:
+            sender.send(validator_set.functions.bondFor(Web3.to_checksum_address(v.address), genesis_stake),
+                        gas=BOND_GAS)
     deploy("UserRegistry", admin or sender.address)
     deploy("DeviceFactory", addresses["UserRegistry"])
-    deploy("ChargeToken", sender.address, token_supply, faucet)
     deploy(
         "Escrow",
         addresses["ChargeToken"],
@@ -161,7 +201,7 @@ def deploy_all(
     deploy("Rewards", addresses["ChargeToken"], first, reward_epoch_budget, reward_epoch_s)
     return Deployment(
         chain_id=chain_id,
-        deploy_block=blocks[0],
+        deploy_block=blocks[1],  # the ValidatorSet's block: the genesis set is readable from it
         validator_set=addresses["ValidatorSet"],
         user_registry=addresses["UserRegistry"],
         device_factory=addresses["DeviceFactory"],
@@ -230,6 +270,14 @@ def deploy_main(argv: list[str]) -> int:
     parser.add_argument("--reward-budget", type=int, default=0,
                         help="uptime rewards per epoch, token base units (Rewards.epochBudget; 0 = none)")
     parser.add_argument("--reward-epoch", type=int, default=3600, help="reward epoch, seconds of block time")
+    parser.add_argument("--min-stake", type=int, default=0,
+                        help="ChargeToken base units every member of an approved validator set must bond")
+    parser.add_argument("--unbonding", type=int, default=DEFAULT_UNBONDING_S, help="unbonding period, seconds")
+    parser.add_argument("--genesis-stake", type=int, default=0,
+                        help="base units of --token-supply bonded for each bootstrap validator")
+    parser.add_argument("--slash-bps", type=int, default=DEFAULT_SLASH_BPS, help="stake share one offence takes")
+    parser.add_argument("--reporter-share-bps", type=int, default=DEFAULT_REPORTER_SHARE_BPS,
+                        help="share of a slash paid to the evidence submitter")
     args = parser.parse_args(argv)
     try:
         validators = [ValidatorSpec(a) for a in _addresses(args.validators)]
@@ -246,6 +294,8 @@ def deploy_main(argv: list[str]) -> int:
             faucet=args.faucet,
             reward_epoch_budget=args.reward_budget,
             reward_epoch_s=args.reward_epoch,
+            staking=StakingParams(args.min_stake, args.unbonding, args.slash_bps, args.reporter_share_bps),
+            genesis_stake=args.genesis_stake,
         )
         fund_devnet_accounts(sender, deployment, funded, eth_wei=args.fund_eth_wei, tokens=args.fund_tokens)
     except (ValueError, OSError, ChainError) as exc:

@@ -23,6 +23,7 @@ from web3.exceptions import TransactionNotFound, Web3RPCError
 from web3.types import RPCEndpoint
 
 from anchoring.chain.errors import (
+    ChainError,
     ChainRevert,
     RpcUnavailable,
     TransactionTimeout,
@@ -233,6 +234,7 @@ class TransactionSender:
         retry: RetryPolicy = RetryPolicy(),
         receipt_timeout_s: float = 60.0,
         priority_fee_wei: int = DEFAULT_PRIORITY_FEE_WEI,
+        max_fee_wei: int | None = None,
         preflight: bool = True,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -241,6 +243,7 @@ class TransactionSender:
         self._retry = retry
         self._receipt_timeout_s = receipt_timeout_s
         self._priority_fee_wei = priority_fee_wei
+        self._max_fee_wei = max_fee_wei  # cap on maxFeePerGas (None: uncapped)
         self._preflight = preflight
         self._sleep = sleep
         self._lock = threading.Lock()
@@ -317,12 +320,18 @@ class TransactionSender:
         if self._nonce is None:
             self._nonce = self.rpc(lambda: eth.get_transaction_count(self._account.address, "pending"))
         base_fee = self.rpc(lambda: eth.get_block("latest")).get("baseFeePerGas", 0)
+        max_fee = 2 * base_fee + self._priority_fee_wei
+        if self._max_fee_wei is not None:
+            if base_fee + self._priority_fee_wei > self._max_fee_wei:
+                raise ChainError(f"base fee {base_fee} wei + tip {self._priority_fee_wei} wei is above the "
+                                 f"configured cap chain.max_fee_gwei ({self._max_fee_wei} wei): not sent")
+            max_fee = min(max_fee, self._max_fee_wei)
         tx: dict[str, Any] = {
             "chainId": self._chain_id,
             "nonce": self._nonce,
             "gas": gas,
-            "maxFeePerGas": 2 * base_fee + self._priority_fee_wei,
-            "maxPriorityFeePerGas": self._priority_fee_wei,
+            "maxFeePerGas": max_fee,
+            "maxPriorityFeePerGas": min(self._priority_fee_wei, max_fee),
             "value": value,
             "data": data,
             "type": 2,

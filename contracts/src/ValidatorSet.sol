@@ -2,7 +2,7 @@
 pragma solidity ^0.8.24;
 
 import {DevsenDomain} from "./DevsenDomain.sol";
-import {IValidatorSet} from "./Interfaces.sol";
+import {IERC20Minimal, IValidatorSet} from "./Interfaces.sol";
 import {Signatures} from "./Signatures.sol";
 
 error TooFewSignatures(uint256 given, uint256 required);
@@ -18,6 +18,22 @@ error EndpointTooLong(uint256 index);
 error NotAValidator(address account);
 error PeerIdTaken(bytes peerId, address holder);
 error UnknownEpoch(uint64 epoch);
+error StakeParamsInvalid();
+error InsufficientStake(uint256 index, address validator, uint256 stake, uint256 minStake);
+error StakeTransferFailed();
+error StakeAmountZero();
+error StillAValidator(address account);
+error AlreadyUnbonding(address account, uint64 withdrawableAt);
+error NotUnbonding(address account);
+error UnbondingNotOver(uint64 withdrawableAt, uint64 now_);
+error NothingToWithdraw(address account);
+error Reentrancy();
+error EvidenceVoteTypeInvalid(uint8 voteType);
+error EvidenceNotConflicting();
+error EvidenceSignersDiffer(address first, address second);
+error EvidenceSignerNeverValidator(address signer);
+error EvidenceAlreadySubmitted(bytes32 offence);
+error NothingToSlash(address signer);
 
 /// @title ValidatorSet
 /// @notice The DEVSEN validators: secp256k1 address, libp2p peer id and OCPP endpoint URL, and
@@ -32,6 +48,18 @@ error UnknownEpoch(uint64 epoch);
 /// commit certificate of any past height can be checked against the set in force then. The
 /// history grows by one record (at most MAX_VALIDATORS addresses) per quorum-approved update;
 /// every view returns at most one record, and `epochAtBlock` is a binary search.
+///
+/// Stake (contracts/STAKING.md): anyone bonds ChargeToken (`bond`; `registerCandidate` bonds
+/// and announces a candidacy). A quorum-approved update refuses any member of the new set whose
+/// bonded stake is below `minStake` or who is unbonding (`InsufficientStake`), so every set after
+/// the bootstrap one is fully staked. An account outside the current set starts unbonding
+/// (`beginUnbonding`) and withdraws its whole stake `unbondingSeconds` later (`withdraw`), a
+/// window in which evidence of its past offences still slashes it. `submitVoteEvidence` takes
+/// two Votes signed by one (past or present) validator for the same (voteType, height, round)
+/// and different block hashes, verifies both signatures under this contract's domain (the
+/// consensus network id), and slashes `slashBps` of its stake once per offence: the reporter
+/// gets `reporterShareBps` of it, the rest stays locked in this contract forever (`totalBurnt`;
+/// ChargeToken has no burn).
 contract ValidatorSet is DevsenDomain, IValidatorSet {
     uint256 public constant MAX_VALIDATORS = 128;
     uint256 public constant MAX_PEER_ID_BYTES = 64;
@@ -49,18 +77,75 @@ contract ValidatorSet is DevsenDomain, IValidatorSet {
         address[] validators;
     }
 
+    bytes32 public constant VOTE_TYPEHASH =
+        keccak256("Vote(uint8 voteType,uint64 height,uint32 round,bytes32 blockHash)");
+    uint256 public constant BPS = 10_000;
+
+    /// @notice Constructor parameters of staking (a struct: the constructor has many).
+    struct StakingParams {
+        IERC20Minimal token; // the ChargeToken
+        uint256 minStake; // base units a member of any quorum-approved set must have bonded
+        uint64 unbondingSeconds; // from beginUnbonding to withdraw
+        uint16 slashBps; // share of the stake one offence takes
+        uint16 reporterShareBps; // share of the slashed amount paid to whoever submitted the evidence
+    }
+
+    IERC20Minimal public immutable stakeToken;
+    uint256 public immutable minStake;
+    uint64 public immutable unbondingSeconds;
+    uint16 public immutable slashBps;
+    uint16 public immutable reporterShareBps;
+
     uint64 public epoch;
-    mapping(address => bool) private _isValidator;
+    // bit CURRENT: in the current set; bit EVER: in the set of some epoch (one slot: one write)
+    mapping(address => uint8) private _membership;
+    uint8 private constant CURRENT = 1;
+    uint8 private constant EVER = 2;
     mapping(address => ValidatorInfo) private _info;
     mapping(bytes32 => address) private _peerIdHolder; // keccak256(peerId) -> validator
     Epoch[] private _epochs; // _epochs[e] is epoch e
+    mapping(address => uint256) public stakeOf;
+    mapping(address => uint64) public withdrawableAt; // 0: not unbonding
+    mapping(bytes32 => bool) public offenceSlashed; // offenceId(signer, voteType, height, round)
+    uint256 public totalStaked;
+    uint256 public totalBurnt;
+    uint256 private _lock = 1;
 
     event ValidatorSetUpdated(uint64 indexed epoch, address[] validators, uint256 quorum);
     event ValidatorInfoSet(address indexed validator, bytes peerId, string endpoint);
+    event StakeBonded(address indexed account, uint256 amount, uint256 stake);
+    event CandidateRegistered(address indexed candidate, uint256 stake, bytes peerId, string endpoint);
+    event UnbondingStarted(address indexed account, uint256 stake, uint64 withdrawableAt);
+    event StakeWithdrawn(address indexed account, uint256 amount);
+    event Slashed(
+        address indexed validator, bytes32 indexed offence, uint64 height, uint32 round,
+        uint256 amount, address reporter, uint256 reward
+    );
+
+    modifier nonReentrant() {
+        if (_lock != 1) revert Reentrancy();
+        _lock = 2;
+        _;
+        _lock = 1;
+    }
 
     /// @param validators the epoch-0 set, strictly ascending addresses, with their peer ids
-    /// and endpoints: the deployer's one act of bootstrap authority.
-    constructor(address[] memory validators, bytes[] memory peerIds, string[] memory endpoints) {
+    /// and endpoints: the deployer's one act of bootstrap authority (the bootstrap set needs no
+    /// stake; the first update needs every member staked).
+    /// @param staking token, minimum stake, unbonding period, slash and reporter shares.
+    constructor(
+        address[] memory validators,
+        bytes[] memory peerIds,
+        string[] memory endpoints,
+        StakingParams memory staking
+    ) {
+        if (staking.slashBps > BPS || staking.reporterShareBps > BPS) revert StakeParamsInvalid();
+        if (address(staking.token) == address(0) && staking.minStake != 0) revert StakeParamsInvalid();
+        stakeToken = staking.token;
+        minStake = staking.minStake;
+        unbondingSeconds = staking.unbondingSeconds;
+        slashBps = staking.slashBps;
+        reporterShareBps = staking.reporterShareBps;
         uint256 n = validators.length;
         if (peerIds.length != n || endpoints.length != n) revert ValidatorListLengthMismatch();
         _install(validators);
@@ -81,23 +166,123 @@ contract ValidatorSet is DevsenDomain, IValidatorSet {
             abi.encode(VALIDATOR_SET_UPDATE_TYPEHASH, newEpoch, keccak256(abi.encode(newValidators)))
         );
         verifyQuorum(_typedDigest(structHash), signatures);
+        for (uint256 i; i < newValidators.length; ++i) {
+            address v = newValidators[i];
+            uint256 stake = stakeOf[v];
+            if (stake < minStake || withdrawableAt[v] != 0) revert InsufficientStake(i, v, stake, minStake);
+        }
         address[] memory old = _epochs[epoch].validators;
         for (uint256 i; i < old.length; ++i) {
-            delete _isValidator[old[i]];
+            _membership[old[i]] = EVER;
         }
         epoch = newEpoch;
         _install(newValidators);
         for (uint256 i; i < old.length; ++i) {
-            if (!_isValidator[old[i]]) {
+            if (!_isCurrent(old[i])) {
                 _freePeerId(old[i]);
                 delete _info[old[i]];
             }
         }
     }
 
+    /// @notice Add `amount` ChargeToken to the caller's stake (approve this contract first).
+    function bond(uint256 amount) external nonReentrant {
+        _bond(msg.sender, amount);
+    }
+
+    /// @notice Add `amount` of the caller's ChargeToken to `account`'s stake (a sponsor, or the
+    /// deployer bonding the bootstrap set). The stake is `account`'s: only it unbonds and
+    /// withdraws, and slashing takes from it.
+    function bondFor(address account, uint256 amount) external nonReentrant {
+        _bond(account, amount);
+    }
+
+    /// @notice Bond `amount` and announce a candidacy with the node's peer id and endpoint (the
+    /// validators then sign a set that includes the caller; once in, it publishes them with
+    /// `setValidatorInfo`). The resulting stake must reach `minStake`.
+    function registerCandidate(uint256 amount, bytes calldata peerId, string calldata endpoint)
+        external
+        nonReentrant
+    {
+        if (peerId.length > MAX_PEER_ID_BYTES) revert PeerIdTooLong(0);
+        if (bytes(endpoint).length > MAX_ENDPOINT_BYTES) revert EndpointTooLong(0);
+        _bond(msg.sender, amount);
+        uint256 stake = stakeOf[msg.sender];
+        if (stake < minStake) revert InsufficientStake(0, msg.sender, stake, minStake);
+        emit CandidateRegistered(msg.sender, stake, peerId, endpoint);
+    }
+
+    /// @notice Start the unbonding period of the caller's whole stake. A validator first leaves
+    /// the set (a quorum-approved update without it); a candidate can leave at any time.
+    function beginUnbonding() external {
+        if (_isCurrent(msg.sender)) revert StillAValidator(msg.sender);
+        uint64 unbondingUntil = withdrawableAt[msg.sender];
+        if (unbondingUntil != 0) revert AlreadyUnbonding(msg.sender, unbondingUntil);
+        uint256 stake = stakeOf[msg.sender];
+        if (stake == 0) revert NothingToWithdraw(msg.sender);
+        uint64 at = uint64(block.timestamp) + unbondingSeconds;
+        withdrawableAt[msg.sender] = at;
+        emit UnbondingStarted(msg.sender, stake, at);
+    }
+
+    /// @notice After the unbonding period, pay the caller's remaining stake out (checks,
+    /// effects, then the transfer; guarded against re-entry).
+    function withdraw() external nonReentrant {
+        uint64 at = withdrawableAt[msg.sender];
+        if (at == 0) revert NotUnbonding(msg.sender);
+        if (block.timestamp < at) revert UnbondingNotOver(at, uint64(block.timestamp));
+        uint256 amount = stakeOf[msg.sender];
+        stakeOf[msg.sender] = 0;
+        withdrawableAt[msg.sender] = 0;
+        totalStaked -= amount;
+        if (amount != 0 && !stakeToken.transfer(msg.sender, amount)) revert StakeTransferFailed();
+        emit StakeWithdrawn(msg.sender, amount);
+    }
+
+    /// @notice Double-signing evidence: two Votes of one validator for the same (voteType,
+    /// height, round) and different block hashes (a nil vote, hash zero, conflicts with a block
+    /// vote too). Anyone may submit it; each offence slashes once. Returns the slashed amount.
+    function submitVoteEvidence(
+        uint8 voteType,
+        uint64 height,
+        uint32 round,
+        bytes32 blockHashA,
+        bytes calldata signatureA,
+        bytes32 blockHashB,
+        bytes calldata signatureB
+    ) external nonReentrant returns (uint256 slashed) {
+        if (voteType != 1 && voteType != 2) revert EvidenceVoteTypeInvalid(voteType);
+        if (blockHashA == blockHashB) revert EvidenceNotConflicting();
+        address signer = Signatures.recover(_voteDigest(voteType, height, round, blockHashA), signatureA, 0);
+        address other = Signatures.recover(_voteDigest(voteType, height, round, blockHashB), signatureB, 1);
+        if (signer != other) revert EvidenceSignersDiffer(signer, other);
+        return _slash(signer, voteType, height, round);
+    }
+
+    /// @notice The id of the offence (signer, voteType, height, round); see `offenceSlashed`.
+    function offenceId(address signer, uint8 voteType, uint64 height, uint32 round) public pure returns (bytes32) {
+        return keccak256(abi.encode(signer, voteType, height, round));
+    }
+
+    function _slash(address signer, uint8 voteType, uint64 height, uint32 round) private returns (uint256 slashed) {
+        if (!wasValidator(signer)) revert EvidenceSignerNeverValidator(signer);
+        bytes32 offence = offenceId(signer, voteType, height, round);
+        if (offenceSlashed[offence]) revert EvidenceAlreadySubmitted(offence);
+        uint256 stake = stakeOf[signer];
+        if (stake == 0) revert NothingToSlash(signer);
+        offenceSlashed[offence] = true;
+        slashed = (stake * slashBps) / BPS;
+        uint256 reward = (slashed * reporterShareBps) / BPS;
+        stakeOf[signer] = stake - slashed;
+        totalStaked -= slashed;
+        totalBurnt += slashed - reward;
+        if (reward != 0 && !stakeToken.transfer(msg.sender, reward)) revert StakeTransferFailed();
+        emit Slashed(signer, offence, height, round, slashed, msg.sender, reward);
+    }
+
     /// @notice A validator publishes its own libp2p peer id and OCPP endpoint URL.
     function setValidatorInfo(bytes calldata peerId, string calldata endpoint) external {
-        if (!_isValidator[msg.sender]) revert NotAValidator(msg.sender);
+        if (!_isCurrent(msg.sender)) revert NotAValidator(msg.sender);
         _setInfo(msg.sender, peerId, endpoint, 0);
     }
 
@@ -110,14 +295,14 @@ contract ValidatorSet is DevsenDomain, IValidatorSet {
             address signer = Signatures.recover(digest, signatures[i], i);
             if (signer == previous) revert DuplicateSigner(i, signer);
             if (signer < previous) revert SignersNotSorted(i, signer);
-            if (!_isValidator[signer]) revert SignerNotValidator(i, signer);
+            if (!_isCurrent(signer)) revert SignerNotValidator(i, signer);
             previous = signer;
         }
     }
 
     /// @inheritdoc IValidatorSet
     function isValidator(address account) external view returns (bool) {
-        return _isValidator[account];
+        return _isCurrent(account);
     }
 
     /// @inheritdoc IValidatorSet
@@ -179,6 +364,33 @@ contract ValidatorSet is DevsenDomain, IValidatorSet {
         return (info.peerId, info.endpoint);
     }
 
+    /// @notice Whether `account` was in the set of some epoch (evidence can only name such an account).
+    function wasValidator(address account) public view returns (bool) {
+        return _membership[account] & EVER != 0;
+    }
+
+    function _isCurrent(address account) private view returns (bool) {
+        return _membership[account] & CURRENT != 0;
+    }
+
+    function _bond(address account, uint256 amount) private {
+        if (amount == 0) revert StakeAmountZero();
+        uint64 unbondingUntil = withdrawableAt[account];
+        if (unbondingUntil != 0) revert AlreadyUnbonding(account, unbondingUntil);
+        stakeOf[account] += amount;
+        totalStaked += amount;
+        if (!stakeToken.transferFrom(msg.sender, address(this), amount)) revert StakeTransferFailed();
+        emit StakeBonded(account, amount, stakeOf[account]);
+    }
+
+    function _voteDigest(uint8 voteType, uint64 height, uint32 round, bytes32 blockHash)
+        private
+        view
+        returns (bytes32)
+    {
+        return _typedDigest(keccak256(abi.encode(VOTE_TYPEHASH, voteType, height, round, blockHash)));
+    }
+
     function _install(address[] memory validators_) private {
         uint256 n = validators_.length;
         if (n == 0 || n > MAX_VALIDATORS) revert ValidatorCountInvalid(n);
@@ -186,7 +398,7 @@ contract ValidatorSet is DevsenDomain, IValidatorSet {
         for (uint256 i; i < n; ++i) {
             address v = validators_[i];
             if (v <= previous) revert ValidatorsNotSorted(i);
-            _isValidator[v] = true;
+            _membership[v] = CURRENT | EVER;
             previous = v;
         }
         assert(_epochs.length == epoch); // the record of epoch e is _epochs[e]

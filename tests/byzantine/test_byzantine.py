@@ -24,17 +24,19 @@ import pytest
 import trio
 from byz_network import ByzNetwork, assert_honest_progress, get
 
-from anchoring.chain import ChainClient, TransactionSender, connect
+from anchoring.chain import ChainClient, Deployment, TransactionSender, connect
 from anchoring.chain.client import SessionStatus
 from devsen.demo_charger import connect_demo_charger
 from devsen.devnet import (
     DEMO_CHARGER,
     DEMO_PASSWORD,
+    DEVNET_STAKE,
     start_node_process,
     stop_process,
     wait_until_serving,
 )
 from devsen.wallet import create_device
+from primitives.eip712 import to_checksum_hex
 
 pytestmark = [pytest.mark.byzantine, pytest.mark.slow]
 net = byz_network.net  # the suite's network fixture: one network for this module
@@ -69,6 +71,20 @@ def test_equivocating_validator_is_reported_and_the_network_commits(net: ByzNetw
     evidence = trio.run(_counter, net, "evidence")
     print("evidence counters at the honest nodes:", evidence)
     assert max(evidence) > 0, "no honest node recorded the double signing"
+    # The honest nodes submit the vote pairs on chain (devsen/slashing.py): the stake is slashed.
+    client = ChainClient(connect(net.anvil.url), Deployment.load(net.deployment_path))
+    offender = to_checksum_hex(net.byzantine.keys.validator.address)
+    reports: list[Any] = []
+    deadline = time.monotonic() + 60
+    while client.stake(offender, "latest").stake >= DEVNET_STAKE and time.monotonic() < deadline:
+        time.sleep(1.0)
+    for node in net.honest:
+        status, body = trio.run(get, node.http_url + "/v1/status")
+        reports.append(body.get("double_sign") if status == 200 else status)
+    stake = client.stake(offender, "latest").stake
+    print(f"offender stake {stake} of {DEVNET_STAKE} base units; honest reporters: {reports}")
+    assert stake < DEVNET_STAKE, "the double-sign was not slashed on chain"
+    assert sum(r["submitted"] for r in reports if isinstance(r, dict)) >= 1
 
 
 async def _refusals(net: ByzNetwork) -> int:

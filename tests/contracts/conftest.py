@@ -16,6 +16,7 @@ from web3.types import Wei
 from anchoring.chain import (
     ChainClient,
     Deployment,
+    StakingParams,
     TransactionSender,
     ValidatorSpec,
     connect,
@@ -80,7 +81,7 @@ class World:
         return self.client_for(account.key.hex())
 
 
-def build_world(w3: Web3, validator_count: int = 4) -> World:
+def build_world(w3: Web3, validator_count: int = 4, staking: StakingParams | None = None) -> World:
     actors = [Account.create() for _ in range(4)]
     for account in actors:
         fund(w3, account.address)
@@ -92,6 +93,7 @@ def build_world(w3: Web3, validator_count: int = 4) -> World:
          for i, k in enumerate(keys)],
         refund_timeout_s=REFUND_TIMEOUT_S,
         faucet=True,
+        staking=staking,
     )
     clients = [ChainClient(w3, deployment, TransactionSender(w3, a.key)) for a in actors]
     deployer, manager, driver, relayer = clients

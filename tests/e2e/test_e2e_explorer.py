@@ -69,7 +69,7 @@ def browser(tmp: Path) -> Iterator[Any]:
         yield driver
     finally:
         with contextlib.suppress(Exception):
-            for entry in driver.get_log("browser"):
+            for entry in driver.get_log("browser"):  # type: ignore[no-untyped-call,unused-ignore]
                 print("browser:", entry.get("level"), entry.get("message"))
         driver.quit()
 

@@ -1,14 +1,15 @@
 """The validator set follows the on-chain ValidatorSet, on a real network.
 
-The operators of 3 of the 4 validators sign a ValidatorSetUpdate that adds a fifth
-validator; the update lands on chain; a fifth `devsen node` starts, publishes its peer id,
+A candidate bonds the devnet's minimum stake (registerCandidate); the operators of 3 of the
+4 validators sign a ValidatorSetUpdate that adds it as a fifth validator; the update lands on chain; a fifth `devsen node` starts, publishes its peer id,
 catches up and joins consensus at the epoch boundary every node derived from the chain.
 Then validator 4 is killed: 4 of 5 is a quorum only if the newcomer really votes, and the
 network must keep committing.
 
 Then 2 of the 5 (the dead validator 4 and validator 3) are replaced by two more newcomers
 while charger events wait to be anchored: the contracts refuse quorums of the old set, so
-the nodes re-collect them from the new set, and anchoring goes on.
+the nodes re-collect them from the new set, and anchoring goes on. The removed validator 3
+starts unbonding; withdrawing before the unbonding period ends is refused.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import signal
 import time
 from typing import Any
 
+import pytest
 import test_e2e_network
 import trio
 
 from anchoring.audit import ChainReader
-from anchoring.chain import ChainClient, TransactionSender, connect
+from anchoring.chain import ChainClient, ChainRevert, TransactionSender, connect
 from anchoring.chain.deploy import fund_devnet_accounts
 from consensus.signing import VALIDATOR_SET_UPDATE_TYPE
 from devsen.config import HttpSection, KeysSection, NodeSection, OcppSection, P2PSection
@@ -30,8 +32,10 @@ from devsen.demo_charger import connect_demo_charger
 from devsen.devnet import (
     DEMO_CHARGER,
     DEMO_PASSWORD,
+    DEVNET_STAKE,
     DevnetNode,
     free_ports,
+    register_devnet_candidate,
     start_node_process,
     stop_process,
     wait_until_serving,
@@ -59,6 +63,9 @@ def _extra_node(network: Any, index: int) -> DevnetNode:
     keys = init_keys(data_dir / "keys")
     fund_devnet_accounts(deployer, deployment, [to_checksum_hex(keys.validator.address)], eth_wei=10**19, tokens=0)
     p2p_port, ocpp_port, http_port = free_ports(3)
+    # a candidate bonds the devnet's minimum stake first: the quorum cannot admit it otherwise
+    register_devnet_candidate(deployer.w3, deployment, keys.validator.secret, keys.peer_id.to_bytes(),
+                              f"ws://127.0.0.1:{ocpp_port}/ocpp")
     template = nodes[0].config
     config = dataclasses.replace(
         template,
@@ -150,7 +157,6 @@ async def test_replacing_two_validators_while_events_wait_keeps_anchoring(networ
     formed but not yet submitted was refused by the Anchor for good, and batch ids are
     sequential, so nothing was ever anchored again)."""
     if "node-5" not in network:
-        import pytest
         pytest.skip("needs the fifth validator of the previous test")
     nodes: list[DevnetNode] = network["nodes"]
     anvil, deployment = network["anvil"], network["deployment"]
@@ -190,6 +196,13 @@ async def test_replacing_two_validators_while_events_wait_keeps_anchoring(networ
         both_s = time.monotonic() - changed_at
         status, body = await _get(f"{nodes[0].http_url}/v1/status")
         assert status == 200 and "conflict" not in body["submitter"]["done"]
+        # Validator 3 left the set: it starts unbonding; its stake cannot leave before the period.
+        leaver = ChainClient(w3, deployment, TransactionSender(w3, load_keys(nodes[2].config.keys_dir).validator.secret))
+        leaver.begin_unbonding()
+        with pytest.raises(ChainRevert) as refused:
+            leaver.withdraw_stake()
+        assert refused.value.name == "UnbondingNotOver"
+        assert leaver.stake(to_checksum_hex(nodes[2].keys.validator.address), "latest").stake == DEVNET_STAKE
         print(f"\nset change -> nodes on epoch 2: {switched_at - changed_at:.1f} s; -> the event committed before "
               f"the change anchored: {first_anchor_s:.1f} s; -> the one after: {both_s:.1f} s; node-1 app "
               f"counters {body['app']}; submitter {body['submitter']}")

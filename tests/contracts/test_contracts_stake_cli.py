@@ -1,0 +1,103 @@
+"""`devsen stake` on anvil: a candidate registers with stake, a quorum signs and submits the set
+change with `sign-update` / `submit-update`, the validator is later voted out, unbonds, and an
+early withdrawal is refused. A signature over another set is refused before any transaction."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+
+import pytest
+from conftest import TOKEN, World, build_world, fund
+from web3 import Web3
+
+from anchoring.chain import StakingParams
+from devsen.cli import main
+from p2p.keys import LIBP2P_KEY_FILE, VALIDATOR_KEY_FILE, _write_secret, init_keys
+from primitives.eip712 import SigningKey
+
+STAKE = 10 * TOKEN
+
+
+@pytest.fixture
+def staked(anvil_w3: Web3) -> World:
+    world = build_world(anvil_w3, staking=StakingParams(min_stake=STAKE, unbonding_s=3600))
+    for key in world.validators:
+        client = world.client_for(key.secret.hex())
+        fund(world.w3, client.sender.address)  # type: ignore[union-attr]
+        client.faucet_mint(client.sender.address, STAKE)  # type: ignore[union-attr]
+        client.approve(world.deployment.validator_set, STAKE)
+        client.bond(STAKE)
+    return world
+
+
+def _key_dir(root: Path, key: SigningKey) -> Path:
+    root.mkdir(parents=True, mode=0o700)
+    _write_secret(root / LIBP2P_KEY_FILE, secrets.token_bytes(32))
+    _write_secret(root / VALIDATOR_KEY_FILE, key.secret)
+    return root
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_join_and_leave_with_the_stake_cli(staked: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    network = tmp_path / "deployment.json"
+    staked.deployment.save(network)
+    rpc = str(staked.w3.provider.endpoint_uri)  # type: ignore[attr-defined]
+    common = ["--network", str(network), "--rpc", rpc]
+    candidate_dir = tmp_path / "candidate" / "keys"
+    candidate = init_keys(candidate_dir)
+    address = Web3.to_checksum_address(candidate.validator.address)
+    fund(staked.w3, address)
+    staked.relayer.faucet_mint(address, STAKE)
+    code, out, err = _run(["stake", "register", "--keys", str(candidate_dir), *common, "--peer-id",
+                           candidate.peer_id.to_base58(), "--endpoint", "ws://10.0.0.5:9000/ocpp", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["stake_base_units"] == STAKE
+    validator_dirs = [_key_dir(tmp_path / f"v{i}" / "keys", k) for i, k in enumerate(staked.validators)]
+
+    def quorum(flag: str, signers: list[Path], epoch: int) -> list[str]:
+        files = []
+        for i, directory in enumerate(signers):
+            code, out, err = _run(["stake", "sign-update", "--keys", str(directory), *common, flag, address], capsys)
+            assert code == 0, err
+            line = json.loads(out)
+            assert line["epoch"] == epoch
+            path = tmp_path / f"sig-{epoch}-{i}.json"
+            path.write_text(out)
+            files.append(str(path))
+        return files
+
+    files = quorum("--add", validator_dirs[:3], 1)
+    new_set = json.loads(Path(files[0]).read_text())["validators"]
+    # a signature over another set is refused before any transaction
+    other = json.loads(Path(files[2]).read_text())
+    other["validators"] = new_set[:-1]
+    forged = tmp_path / "other.json"
+    forged.write_text(json.dumps(other))
+    code, _, err = _run(["stake", "submit-update", "--keys", str(validator_dirs[0]), *common, "--epoch", "1",
+                         "--validators", ",".join(new_set), "--signatures", ",".join([*files[:2], str(forged)])], capsys)
+    assert code == 2 and "--signatures" in err and "another update" in err
+    code, out, err = _run(["stake", "submit-update", "--keys", str(validator_dirs[0]), *common, "--epoch", "1",
+                           "--validators", ",".join(new_set), "--signatures", ",".join(files)], capsys)
+    assert code == 0, err
+    assert address in staked.relayer.validator_set("latest").addresses()
+    code, _, err = _run(["stake", "unbond", "--keys", str(candidate_dir), *common], capsys)
+    assert code == 1 and "StillAValidator" in err  # a validator leaves by a set change first
+    files = quorum("--remove", validator_dirs, 2)  # 4 of the 5 now
+    code, out, err = _run(["stake", "submit-update", "--keys", str(validator_dirs[0]), *common, "--epoch", "2",
+                           "--validators", ",".join(json.loads(Path(files[0]).read_text())["validators"]),
+                           "--signatures", ",".join(files)], capsys)
+    assert code == 0, err
+    code, out, err = _run(["stake", "unbond", "--keys", str(candidate_dir), *common, "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["withdrawable_at"] > 0
+    code, _, err = _run(["stake", "withdraw", "--keys", str(candidate_dir), *common], capsys)
+    assert code == 1 and "UnbondingNotOver" in err
+    code, out, _ = _run(["stake", "show", "--keys", str(candidate_dir), *common], capsys)
+    assert code == 0 and "stake_base_units" in out and str(STAKE) in out
