@@ -27,7 +27,7 @@ class ChainWithBlocks:
     def approve(self, spender: str, amount: int) -> None:
         pass
 
-    def open_session(self, *args: Any) -> tuple[bytes, Any]:
+    def open_session(self, *args: Any, voucher_mode: bool = False) -> tuple[bytes, Any]:
         return SESSION, SimpleNamespace(block_number=OPENED_AT_BLOCK)
 
     def block_number(self) -> int:
