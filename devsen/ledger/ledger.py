@@ -425,6 +425,13 @@ class Ledger:
         """Settlement orders whose escrow session is still open on chain, oldest first."""
         return tuple(p.order for p in self._pending.values())
 
+    def settlements_ordered_between(self, first_height: int, last_height: int) -> tuple[SettlementOrder, ...]:
+        """Pending settlement orders made at heights first..last, by (height, queue position):
+        the same list on every node (a scan of at most max_pending_settlements orders)."""
+        chosen = sorted((p.height, p.seq, p.order) for p in self._pending.values()
+                        if first_height <= p.height <= last_height)
+        return tuple(order for _, _, order in chosen)
+
     def closed_for_escrow(self, session_id: bytes) -> ClosedTransaction | None:
         """How the transaction bound to this escrow session ended, while still remembered (a scan)."""
         for closed in self._closed.values():
