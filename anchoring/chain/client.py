@@ -42,7 +42,7 @@ GAS = {
     "openSession": 300_000,
     "settleBase": 150_000,
     "settleBatchBase": 80_000,
-    "settleBatchPerEntry": 45_000,
+    "settleBatchPerEntry": 80_000,  # worst case: every entry pays a cold manager and a cold driver
     "closeWithVoucher": 150_000,
     "refund": 120_000,
     "anchorBase": 150_000,
