@@ -19,7 +19,7 @@ from web3.types import BlockIdentifier
 
 from anchoring.chain.deploy import Deployment
 from anchoring.chain.errors import ChainError, ChainRevert, revert_from_exception
-from anchoring.chain.transact import Receipt, RetryPolicy, TransactionSender, with_retries
+from anchoring.chain.transact import MAX_GAS_PER_TX, Receipt, RetryPolicy, TransactionSender, with_retries
 from contracts import load_artifact
 from primitives.hashing import id_tag_hash, keccak256
 
@@ -42,7 +42,7 @@ GAS = {
     "openSession": 300_000,
     "settleBase": 150_000,
     "settleBatchBase": 80_000,
-    "settleBatchPerEntry": 80_000,  # worst case: every entry pays a cold manager and a cold driver
+    "settleBatchPerEntry": 60_000,  # ~cold worst case: every entry pays another fresh manager and driver
     "closeWithVoucher": 150_000,
     "refund": 120_000,
     "anchorBase": 150_000,
@@ -377,9 +377,9 @@ class ChainClient:
     ) -> Receipt:
         """Settle (sessionId, energyWh, amount) entries under one quorum over their SettlementBatch
         digest (see settlement_batch_digest); closed or invalid entries are skipped on chain."""
-        if gas is None:
-            gas = GAS["settleBatchBase"] + GAS["perSignature"] * len(signatures) \
-                + GAS["settleBatchPerEntry"] * len(entries)
+        if gas is None:  # a full batch of cold entries reaches the per-transaction bound
+            gas = min(GAS["settleBatchBase"] + GAS["perSignature"] * len(signatures)
+                      + GAS["settleBatchPerEntry"] * len(entries), MAX_GAS_PER_TX)
         rows = [(bytes(sid), int(energy), int(amount)) for sid, energy, amount in entries]
         return self.send("Escrow", "settleBatch", rows, list(signatures), gas=gas)
 
