@@ -19,7 +19,13 @@ from web3.types import BlockIdentifier
 
 from anchoring.chain.deploy import Deployment
 from anchoring.chain.errors import ChainError, ChainRevert, revert_from_exception
-from anchoring.chain.transact import MAX_GAS_PER_TX, Receipt, RetryPolicy, TransactionSender, with_retries
+from anchoring.chain.transact import (
+    MAX_GAS_PER_TX,
+    Receipt,
+    RetryPolicy,
+    TransactionSender,
+    with_retries,
+)
 from contracts import load_artifact
 from primitives.hashing import id_tag_hash, keccak256
 

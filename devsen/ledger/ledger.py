@@ -88,7 +88,8 @@ from devsen.ledger.vouchers import PaymentVoucher, StopOrder, VoucherBook
 from ocpp_adapter.events import ChargerEvent
 from primitives.hashing import keccak256
 
-SNAPSHOT_VERSION = 4  # 4: signed meter values, payment vouchers, uptime and reward tables
+SNAPSHOT_VERSION = 5  # 4: signed meter values, payment vouchers, uptime and reward tables; 5: the
+# pagination floor of evicted device records (paginations_forgotten_ms, DeviceRecord.paginations_ms)
 
 MAX_PAYLOAD_DEPTH = 32  # OCPP payloads nest a handful of levels; deeper is malformed
 MAX_OPEN_ESCROWS_READ = 4_096  # open escrow sessions of one charger considered per look-up
@@ -188,6 +189,10 @@ class _Counters:
     settled_count: int = 0
     settled_amount: int = 0
     settled_deposits: int = 0
+    # the latest block time at which an evicted device record's OCMF pagination floors last
+    # changed: a signed reading no later than this (plus the clock skew) of a meter whose floor
+    # is not remembered may be a replay, and is refused (devsen/ledger/signed.py)
+    paginations_forgotten_ms: int = 0
 
 
 def energy_bound(max_power_w: int, begin_ms: int, end_ms: int) -> int:
@@ -652,7 +657,9 @@ class Ledger:
         record = replace(record, touch_seq=self._next_seq(), **changes)
         self._devices.put(charger_id, record, to_end=True)
         while len(self._devices) > self.params.max_devices:
-            self._devices.pop(self._devices.oldest())
+            evicted = self._devices.pop(self._devices.oldest())
+            if evicted.meter_paginations:
+                self._c.paginations_forgotten_ms = max(self._c.paginations_forgotten_ms, evicted.paginations_ms)
 
     def _device_record(self, charger_id: str) -> DeviceRecord:
         return self._devices.get(charger_id) or DeviceRecord(charger_id, 0)
