@@ -46,7 +46,6 @@ GAS = {
     "faucetMint": 100_000,
     "transfer": 80_000,
     "openSession": 300_000,
-    "settleBase": 150_000,
     "settleBatchBase": 80_000,
     "settleBatchPerEntry": 60_000,  # ~cold worst case: every entry pays another fresh manager and driver
     "closeWithVoucher": 150_000,
@@ -372,11 +371,6 @@ class ChainClient:
         events = self.contracts["Escrow"].events.SessionRequested().process_receipt(receipt.raw, errors=DISCARD)
         assert len(events) == 1
         return bytes(events[0]["args"]["sessionId"]), receipt
-
-    def settle(self, session_id: bytes, energy_wh: int, amount: int, signatures: Sequence[bytes]) -> Receipt:
-        """Submit a settlement with signatures ordered by signer (see sort_signatures_by_signer)."""
-        gas = GAS["settleBase"] + GAS["perSignature"] * len(signatures)
-        return self.send("Escrow", "settle", session_id, energy_wh, amount, list(signatures), gas=gas)
 
     def settle_batch(
         self, entries: Sequence[tuple[bytes, int, int]], signatures: Sequence[bytes], *, gas: int | None = None
