@@ -223,7 +223,7 @@ class JobStore:
         rows = self._db.execute(
             "SELECT kind, subject, outcome, added_at, done_at FROM jobs WHERE outcome IS NOT NULL"
             " ORDER BY done_at DESC LIMIT ?", (limit,)).fetchall()
-        return [{"kind": k, "subject": json.loads(s), "outcome": o, "seconds": round(d - a, 3)}
+        return [{"kind": k, "subject": _summary(json.loads(s)), "outcome": o, "seconds": round(d - a, 3)}
                 for k, s, o, a, d in rows]
 
 
@@ -310,7 +310,7 @@ class Submitter:
         shown = list(self._jobs.values())[:100]
         return {
             "pending_count": len(self._jobs),
-            "pending": [{"kind": j.kind, "subject": subject_to_json(j.quorum.subject), "sends": j.sends}
+            "pending": [{"kind": j.kind, "subject": _summary(subject_to_json(j.quorum.subject)), "sends": j.sends}
                         for j in shown],
             "rounds": c.rounds, "rpc_failures": c.rpc_failures, "sends": c.sends,
             "rejected_sends": c.rejected_sends, "replaced_quorums": c.replaced,
@@ -495,3 +495,8 @@ def _closed_outcome(entry: Settlement, state: SessionState) -> str | None:
         return "voucher_closed"
     log.error("session %s settled on chain as %s, not %s", entry.session_id.hex(), state, entry)
     return "conflict"
+
+
+def _summary(subject: dict[str, Any]) -> dict[str, Any]:
+    """A subject's JSON for status output: a settlement batch's entries (up to 256) left out."""
+    return {k: v for k, v in subject.items() if k != "entries"}
