@@ -1,14 +1,17 @@
-"""Attestations: a validator's EIP-712 signature over an anchor batch or a settlement, carried
-as a consensus payload so that every node learns the same signature set.
+"""Attestations: a validator's EIP-712 signature over an anchor batch, a settlement batch or a
+reward distribution, carried as a consensus payload so that every node learns the same signature set.
 
 Wire format of a payload (strict, bounded, canonical): one tag byte, then msgpack of a
 fixed-order array.
 
     ANCHOR_ATTESTATION_TAG (0xA1) || [1, batchId, root(bin 32), firstHeight, lastHeight,
                                       eventCount, signer(bin 20), signature(bin 65)]
-    SETTLEMENT_ATTESTATION_TAG (0xA2) || [1, sessionId(bin 32), energyWh,
-                                          amount(bin 32, big-endian uint256),
+    SETTLEMENT_ATTESTATION_TAG (0xA2) || [1, batchId, count, settlementsHash(bin 32),
                                           signer(bin 20), signature(bin 65)]
+
+A settlement batch's entries are not on the wire: every node derives the same list of
+`Settlement`s from its own ledger (devsen/app.py, `settlement_batches`), and an attestation
+counts only where its (batchId, count, settlementsHash) equals the node's own batch.
 
     REWARD_ATTESTATION_TAG (0xA5) || [1, epoch, [[owner(bin 20), amount(bin 32)], ...],
                                       signer(bin 20), signature(bin 65)]   (anchoring/rewards.py)
@@ -16,26 +19,30 @@ fixed-order array.
 The node tells payload kinds apart by the first byte (`payload_kind`). Decoding rejects
 anything that does not re-encode to the same bytes, so one attestation has one encoding.
 Signatures follow consensus/SIGNING.md: `AnchorBatch` under the Anchor contract's domain,
-`Settlement` under the Escrow contract's domain, `RewardDistribution` under the Rewards contract's.
+`SettlementBatch(bytes32 settlementsHash)` under the Escrow contract's domain (settlementsHash:
+anchoring/escrow_sign.py), `RewardDistribution` under the Rewards contract's.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 
 from anchoring.rewards import MAX_PAYOUTS, RewardError, RewardSubject
-from consensus.signing import ANCHOR_BATCH_TYPE, SETTLEMENT_TYPE
+from consensus.signing import ANCHOR_BATCH_TYPE, SETTLEMENT_BATCH_TYPE, SETTLEMENT_TYPE
 from primitives.eip712 import (
     SIGNATURE_BYTES,
     Domain,
     SignatureError,
     SigningKey,
+    hash_struct,
     recover_address,
     typed_digest,
 )
+from primitives.hashing import keccak256
 
 ANCHOR_ATTESTATION_TAG = 0xA1
 SETTLEMENT_ATTESTATION_TAG = 0xA2
@@ -88,7 +95,8 @@ class AnchorBatch:
 
 @dataclass(frozen=True, slots=True)
 class Settlement:
-    """The EIP-712 `Settlement`: pay `amount` for `energy_wh` from escrow session `session_id`."""
+    """One entry of a settlement batch (the EIP-712 `Settlement` struct): pay `amount` for
+    `energy_wh` from escrow session `session_id`."""
 
     session_id: bytes
     energy_wh: int
@@ -99,16 +107,56 @@ class Settlement:
         _check_uint("energy_wh", self.energy_wh, 64)
         _check_uint("amount", self.amount, 256)
 
+
+MAX_SETTLEMENT_BATCH = 256  # Escrow.MAX_BATCH: entries of one settleBatch transaction
+
+
+@dataclass(frozen=True, slots=True)
+class SettlementBatch:
+    """The EIP-712 `SettlementBatch(bytes32 settlementsHash)` of `Escrow.settleBatch(entries)`.
+
+    Identity and equality are (batch_id, count, settlements_hash); `entries` travel only inside
+    a node (its own ledger derives them), so an attestation decoded from the wire has none."""
+
+    batch_id: int
+    count: int
+    settlements_hash: bytes
+    entries: tuple[Settlement, ...] = field(default=(), compare=False)
+
+    def __post_init__(self) -> None:
+        _check_uint("batch_id", self.batch_id, 64)
+        _check_bytes("settlements_hash", self.settlements_hash, 32)
+        if not isinstance(self.count, int) or not 1 <= self.count <= MAX_SETTLEMENT_BATCH:
+            raise AttestationError(f"count must be 1..{MAX_SETTLEMENT_BATCH}, got {self.count!r}")
+        if self.entries and (len(self.entries) != self.count
+                             or settlements_hash(self.entries) != self.settlements_hash):
+            raise AttestationError("the entries do not match count and settlements_hash")
+
+    @classmethod
+    def of(cls, batch_id: int, entries: Sequence[Settlement]) -> SettlementBatch:
+        """The batch of `entries` (1..MAX_SETTLEMENT_BATCH, in settleBatch order)."""
+        if not 1 <= len(entries) <= MAX_SETTLEMENT_BATCH:
+            raise AttestationError(f"a settlement batch has 1..{MAX_SETTLEMENT_BATCH} entries, got {len(entries)}")
+        return cls(batch_id, len(entries), settlements_hash(entries), tuple(entries))
+
     def digest(self, domain: Domain) -> bytes:
         """The EIP-712 digest validators sign, under the Escrow contract's domain."""
-        return typed_digest(domain, SETTLEMENT_TYPE, [self.session_id, self.energy_wh, self.amount])
+        return typed_digest(domain, SETTLEMENT_BATCH_TYPE, [self.settlements_hash])
+
+
+def settlements_hash(entries: Sequence[Settlement]) -> bytes:
+    """keccak256 of the entries' `Settlement` struct hashes, in order (EIP-712 `Settlement[]`)."""
+    return keccak256(b"".join(hash_struct(SETTLEMENT_TYPE, [e.session_id, e.energy_wh, e.amount]) for e in entries))
+
+
+Subject = AnchorBatch | SettlementBatch | RewardSubject  # what validators attest
 
 
 @dataclass(frozen=True, slots=True)
 class Attestation:
-    """One validator's signature over `subject` (an AnchorBatch or a Settlement)."""
+    """One validator's signature over `subject`."""
 
-    subject: AnchorBatch | Settlement | RewardSubject
+    subject: Subject
     signer: bytes
     signature: bytes
 
@@ -134,8 +182,7 @@ class Attestation:
             fields = [ATTESTATION_VERSION, subject.epoch,
                       [[owner, amount.to_bytes(32, "big")] for owner, amount in subject.payouts]]
         else:
-            fields = [ATTESTATION_VERSION, subject.session_id, subject.energy_wh,
-                      subject.amount.to_bytes(32, "big")]
+            fields = [ATTESTATION_VERSION, subject.batch_id, subject.count, subject.settlements_hash]
         data: bytes = bytes([self.tag]) + msgpack.packb([*fields, self.signer, self.signature], use_bin_type=True)
         assert len(data) <= (MAX_REWARD_ATTESTATION_BYTES if self.tag == REWARD_ATTESTATION_TAG
                              else MAX_ATTESTATION_BYTES)
@@ -152,7 +199,7 @@ class Attestation:
                 f"signature recovers to 0x{recovered.hex()}, not the claimed signer 0x{self.signer.hex()}")
 
 
-def attest(subject: AnchorBatch | Settlement | RewardSubject, key: SigningKey, domain: Domain) -> Attestation:
+def attest(subject: Subject, key: SigningKey, domain: Domain) -> Attestation:
     """Sign `subject` with `key` under `domain` (Anchor domain for batches, Escrow for settlements)."""
     return Attestation(subject, key.address, key.sign(subject.digest(domain)))
 
@@ -179,14 +226,13 @@ def decode_attestation(payload: bytes) -> Attestation:
     if not isinstance(fields, list) or len(fields) != expected or fields[0] != ATTESTATION_VERSION:
         raise AttestationError(f"attestation body must be a version-{ATTESTATION_VERSION} array of {expected}")
     try:
-        subject: AnchorBatch | Settlement
+        subject: AnchorBatch | SettlementBatch
         if payload[0] == ANCHOR_ATTESTATION_TAG:
             _, batch_id, root, first, last, count, signer, signature = fields
             subject = AnchorBatch(batch_id, root, first, last, count)
         else:
-            _, session_id, energy_wh, amount, signer, signature = fields
-            _check_bytes("amount", amount, 32)
-            subject = Settlement(session_id, energy_wh, int.from_bytes(amount, "big"))
+            _, batch_id, count, hashed, signer, signature = fields
+            subject = SettlementBatch(batch_id, count, hashed)
         attestation = Attestation(subject, signer, signature)
     except (TypeError, ValueError) as exc:
         raise AttestationError(f"bad attestation field: {exc}") from exc

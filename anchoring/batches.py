@@ -6,7 +6,7 @@ closed, or once it holds `max_events` events, whichever comes first. Every node 
 same blocks, so every node closes the same batches with the same roots, without a clock.
 
 `AttestationBook` is fed the attestations committed in blocks (in block order) and says
-when an anchor batch or a settlement has a quorum of valid signatures; every node reaches
+when an anchor batch, a settlement batch or a reward distribution has a quorum of valid signatures; every node reaches
 the same quorum, with the same signature set, at the same height.
 """
 
@@ -17,7 +17,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from anchoring.attestations import AnchorBatch, Attestation, AttestationError, Settlement
+from anchoring.attestations import (
+    MAX_SETTLEMENT_BATCH,
+    AnchorBatch,
+    Attestation,
+    AttestationError,
+    Settlement,
+    SettlementBatch,
+    Subject,
+)
 from anchoring.merkle import HASH_BYTES, MAX_LEAVES, MerkleTree
 from anchoring.rewards import RewardSubject
 from consensus.signing import quorum_size
@@ -144,20 +152,42 @@ def batch_event_ids(blocks: Sequence[CommittedBlock]) -> list[bytes]:
     return out
 
 
+# Settlement windows: the settlement orders the ledger made at heights (h - every, h] are signed
+# as settlement batches at the height h that is a multiple of `every` (the window's last block),
+# cut into chunks of MAX_SETTLEMENT_BATCH. Batch ids: h * MAX_SETTLEMENT_CHUNKS + chunk index.
+MAX_SETTLEMENT_CHUNKS = 64  # 64 x 256 > the ledger's 10,000 pending settlement orders
+
+
+def settlement_window_closes(height: int, every: int) -> bool:
+    """True if the block at `height` is the last of a settlement window of `every` blocks."""
+    return height > 0 and height % every == 0
+
+
+def settlement_batches(last_height: int, entries: Sequence[Settlement]) -> list[SettlementBatch]:
+    """The settlement batches of the window ending at `last_height`, in order; deterministic in
+    its inputs. Entries beyond MAX_SETTLEMENT_CHUNKS chunks raise ValueError (the ledger's
+    pending-settlement bound keeps them below it)."""
+    chunks = [entries[i:i + MAX_SETTLEMENT_BATCH] for i in range(0, len(entries), MAX_SETTLEMENT_BATCH)]
+    if len(chunks) > MAX_SETTLEMENT_CHUNKS:
+        raise ValueError(f"{len(entries)} settlements in one window, at most "
+                         f"{MAX_SETTLEMENT_CHUNKS * MAX_SETTLEMENT_BATCH}")
+    return [SettlementBatch.of(last_height * MAX_SETTLEMENT_CHUNKS + i, chunk) for i, chunk in enumerate(chunks)]
+
+
 @dataclass(frozen=True, slots=True)
 class Quorum:
     """A subject with a quorum of signatures, ordered by signer address ascending."""
 
-    subject: AnchorBatch | Settlement | RewardSubject
+    subject: Subject
     signers: tuple[bytes, ...]
     signatures: tuple[bytes, ...]
     height: int  # the block height at which the quorum was committed
 
 
-def submitter_order(validators: Sequence[bytes], subject: AnchorBatch | Settlement | RewardSubject) -> list[bytes]:
+def submitter_order(validators: Sequence[bytes], subject: Subject) -> list[bytes]:
     """Who submits `subject`: the validator at (batchId mod n), then the next ones, in turn.
 
-    Settlements start at (sessionId as an integer mod n). `validators` is sorted here.
+    Settlement batches start at (settlementsHash as an integer mod n). `validators` is sorted here.
     """
     ordered = sorted(validators)
     assert ordered, "a validator set is never empty"
@@ -166,13 +196,13 @@ def submitter_order(validators: Sequence[bytes], subject: AnchorBatch | Settleme
     elif isinstance(subject, RewardSubject):
         start = subject.epoch % len(ordered)
     else:
-        start = int.from_bytes(subject.session_id, "big") % len(ordered)
+        start = int.from_bytes(subject.settlements_hash, "big") % len(ordered)
     return ordered[start:] + ordered[:start]
 
 
 @dataclass(slots=True)
 class _Pending:
-    subject: AnchorBatch | Settlement | RewardSubject
+    subject: Subject
     signatures: dict[bytes, bytes] = field(default_factory=dict)  # signer -> signature, commit order
 
 
@@ -201,7 +231,7 @@ class AttestationBook:
         self.escrow_domain = escrow_domain
         self.rewards_domain = rewards_domain  # None: the network has no Rewards contract
         self._batches: OrderedDict[int, _Pending] = OrderedDict()
-        self._settlements: OrderedDict[bytes, _Pending] = OrderedDict()
+        self._settlements: OrderedDict[bytes, _Pending] = OrderedDict()  # b"settle:" + batchId (8 bytes)
         self._rewards: OrderedDict[bytes, _Pending] = OrderedDict()  # b"reward:" + epoch (8 bytes)
         self._completed: OrderedDict[int | bytes, Quorum] = OrderedDict()  # recent quorums, bounded
         # re-opened at an epoch change: key -> (quorum of the old set, height the wait ends)
@@ -236,7 +266,7 @@ class AttestationBook:
         book._bound_completed()
         return book, quorums
 
-    def _carry(self, subject: AnchorBatch | Settlement | RewardSubject, signatures: dict[bytes, bytes], height: int,
+    def _carry(self, subject: Subject, signatures: dict[bytes, bytes], height: int,
                reopened: tuple[Quorum, int] | None) -> Quorum | None:
         """Open `subject` here with the (already verified) signatures of signers in this set."""
         table, key = self._table(subject)
@@ -260,11 +290,11 @@ class AttestationBook:
         self._first_expiry = min((until for _, until in self._reopened.values()), default=None)
         self._bound_completed()
 
-    def reopened(self, subject: AnchorBatch | Settlement | RewardSubject) -> bool:
+    def reopened(self, subject: Subject) -> bool:
         """True if `subject` waits for the new set's signatures after an epoch change."""
         return self._table(subject)[1] in self._reopened
 
-    def export_state(self) -> tuple[list[tuple[AnchorBatch | Settlement | RewardSubject, dict[bytes, bytes]]], list[Quorum],
+    def export_state(self) -> tuple[list[tuple[Subject, dict[bytes, bytes]]], list[Quorum],
                                     list[tuple[Quorum, int]]]:
         """(open subjects with the signatures counted so far, recent quorums, re-opened subjects'
         old quorums with the height their wait ends): for snapshots."""
@@ -272,7 +302,7 @@ class AttestationBook:
                    for p in [*self._batches.values(), *self._settlements.values(), *self._rewards.values()]]
         return pending, list(self._completed.values()), list(self._reopened.values())
 
-    def import_state(self, pending: Sequence[tuple[AnchorBatch | Settlement | RewardSubject, dict[bytes, bytes]]],
+    def import_state(self, pending: Sequence[tuple[Subject, dict[bytes, bytes]]],
                      completed: Sequence[Quorum], reopened: Sequence[tuple[Quorum, int]] = ()) -> None:
         """Restore what `export_state` returned into an empty book (signatures are re-verified);
         `reopened` pairs each re-opened key's old quorum with the height its wait ends."""
@@ -293,12 +323,12 @@ class AttestationBook:
         """The recent quorums, oldest first (a restarted node hands them to its submitter again)."""
         return list(self._completed.values())
 
-    def open_subjects(self) -> list[AnchorBatch | Settlement | RewardSubject]:
+    def open_subjects(self) -> list[Subject]:
         """Subjects still waiting for a quorum, batches first, oldest first."""
         return [p.subject for p in [*self._batches.values(), *self._settlements.values(), *self._rewards.values()]]
 
-    def expect(self, subject: AnchorBatch | Settlement | RewardSubject) -> None:
-        """Register a batch this node closed, or a settlement order its ledger produced."""
+    def expect(self, subject: Subject) -> None:
+        """Register a batch this node closed, a settlement batch or a reward distribution its ledger produced."""
         table, key = self._table(subject)
         if key in table:
             if table[key].subject != subject:
@@ -312,7 +342,7 @@ class AttestationBook:
         """Subjects still waiting for a quorum."""
         return len(self._batches) + len(self._settlements) + len(self._rewards)
 
-    def signers_of(self, subject: AnchorBatch | Settlement | RewardSubject) -> frozenset[bytes]:
+    def signers_of(self, subject: Subject) -> frozenset[bytes]:
         """Validators whose attestation for the open `subject` has been counted."""
         table, key = self._table(subject)
         pending = table.get(key)
@@ -370,9 +400,9 @@ class AttestationBook:
         while len(self._completed) > MAX_OPEN_SUBJECTS:
             self._completed.popitem(last=False)
 
-    def _table(self, subject: AnchorBatch | Settlement | RewardSubject) -> tuple[OrderedDict[Any, _Pending], int | bytes]:
+    def _table(self, subject: Subject) -> tuple[OrderedDict[Any, _Pending], int | bytes]:
         if isinstance(subject, AnchorBatch):
             return self._batches, subject.batch_id
         if isinstance(subject, RewardSubject):
             return self._rewards, b"reward:" + subject.epoch.to_bytes(8, "big")
-        return self._settlements, subject.session_id
+        return self._settlements, b"settle:" + subject.batch_id.to_bytes(8, "big")

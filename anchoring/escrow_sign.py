@@ -12,23 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from consensus.signing import PAYMENT_VOUCHER_TYPE, SETTLEMENT_BATCH_TYPE, SETTLEMENT_TYPE
-from primitives.eip712 import Domain, SigningKey, hash_struct, typed_digest
-from primitives.hashing import keccak256
-
-MAX_BATCH = 256  # Escrow.MAX_BATCH
-
-
-def settlements_hash(entries: Sequence[tuple[bytes, int, int]]) -> bytes:
-    """keccak256 of the Settlement struct hashes of (sessionId, energyWh, amount) entries."""
-    return keccak256(b"".join(hash_struct(SETTLEMENT_TYPE, [sid, energy, amount]) for sid, energy, amount in entries))
+from anchoring.attestations import Settlement, SettlementBatch
+from consensus.signing import PAYMENT_VOUCHER_TYPE
+from primitives.eip712 import Domain, SigningKey, typed_digest
 
 
 def settlement_batch_digest(domain: Domain, entries: Sequence[tuple[bytes, int, int]]) -> bytes:
-    """The digest validators sign for `Escrow.settleBatch(entries)` (1..MAX_BATCH entries)."""
-    if not 1 <= len(entries) <= MAX_BATCH:
-        raise ValueError(f"a settlement batch has 1..{MAX_BATCH} entries, got {len(entries)}")
-    return typed_digest(domain, SETTLEMENT_BATCH_TYPE, [settlements_hash(entries)])
+    """The digest validators sign for `Escrow.settleBatch(entries)` (1..256 entries); the
+    validators' subject is `anchoring.attestations.SettlementBatch`."""
+    return SettlementBatch.of(0, [Settlement(*entry) for entry in entries]).digest(domain)
 
 
 def payment_voucher_digest(domain: Domain, session_id: bytes, cumulative_amount: int) -> bytes:

@@ -16,7 +16,7 @@ import requests
 import trio
 from web3.exceptions import BadFunctionCallOutput, Web3RPCError
 
-from anchoring.attestations import AnchorBatch, Settlement
+from anchoring.attestations import AnchorBatch, SettlementBatch
 from anchoring.chain.client import ChainClient
 from anchoring.chain.errors import ChainRevert, RpcUnavailable, TransactionTimeout
 from anchoring.rewards import RewardSubject, distribute
@@ -78,9 +78,9 @@ class OnChain:
             return SessionState(0)
         return SessionState(int(session.status), session.energy_wh, session.settled_amount, session.voucher_mode)
 
-    async def submit_settlement(self, settlement: Settlement, signatures: Sequence[bytes]) -> bytes:
-        receipt = await self.run_sync(self.client.settle, settlement.session_id, settlement.energy_wh,
-                                      settlement.amount, list(signatures))
+    async def submit_settlement(self, batch: SettlementBatch, signatures: Sequence[bytes]) -> bytes:
+        entries = [(e.session_id, e.energy_wh, e.amount) for e in batch.entries]
+        receipt = await self.run_sync(self.client.settle_batch, entries, list(signatures))
         return receipt.tx_hash
 
     async def reward_paid(self, epoch: int, block: int | None = None) -> bool:

@@ -1,4 +1,5 @@
-"""Submission of quorum-signed anchor batches and settlements to the chain (trio shell).
+"""Submission of quorum-signed anchor batches, settlement batches and reward distributions
+to the chain (trio shell).
 
 Every node runs a `Submitter` and hands it every `Quorum` its `AttestationBook` reaches.
 For each one the submitter reads the chain and then:
@@ -7,7 +8,9 @@ For each one the submitter reads the chain and then:
 - stored at the head but not yet that deep: wait; if a reorg removes it, it becomes
   submittable again and is re-sent;
 - submittable (for a batch: the contract's `nextBatchId` is this batch's id; for a
-  settlement: the escrow session is open): send it when it is this node's turn. The
+  settlement batch: one of its escrow sessions is open at the head; the whole signed list is
+  sent in one `settleBatch`, whose entries already closed, e.g. by `closeWithVoucher`, the
+  contract skips): send it when it is this node's turn. The
   validator at (id mod n) of the sorted validator set goes first; the k-th next one
   takes over `k * turn_timeout_s` after the subject became submittable, so a dead or
   stuck submitter delays a batch by one timeout, never forever;
@@ -35,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 import trio
 
-from anchoring.attestations import AnchorBatch, Settlement
+from anchoring.attestations import AnchorBatch, Settlement, SettlementBatch, Subject
 from anchoring.batches import Quorum, submitter_order
 from anchoring.rewards import RewardSubject
 from consensus.signing import quorum_size
@@ -51,7 +54,8 @@ REWARD = "reward"
 SESSION_NONE, SESSION_OPEN, SESSION_SETTLED, SESSION_REFUNDED = 0, 1, 2, 3
 MAX_PENDING_JOBS = 10_000
 MAX_DONE_JOBS_KEPT = 10_000  # more than the attestation book's recent quorums: a re-sent one is known
-MAX_SETTLEMENT_CHECKS_PER_ROUND = 64  # each costs 1-2 reads; the least recently checked go first
+MAX_SETTLEMENT_CHECKS_PER_ROUND = 64  # jobs checked per round; the least recently checked go first
+MAX_SESSION_READS_PER_ROUND = 512  # escrow session reads per round over all settlement batches
 
 T = TypeVar("T")
 
@@ -88,7 +92,7 @@ class SubmissionChain(Protocol):
 
     async def session_state(self, session_id: bytes, block: int | None = None) -> SessionState: ...
 
-    async def submit_settlement(self, settlement: Settlement, signatures: Sequence[bytes]) -> bytes: ...
+    async def submit_settlement(self, batch: SettlementBatch, signatures: Sequence[bytes]) -> bytes: ...
 
 
 @runtime_checkable
@@ -103,26 +107,31 @@ class RewardChain(Protocol):
 RETRYABLE = (ChainUnavailable, OSError, TimeoutError, trio.TooSlowError)
 
 
-def subject_to_json(subject: AnchorBatch | Settlement | RewardSubject) -> dict[str, Any]:
-    """JSON form of a batch or settlement (hex bytes, decimal integers as numbers)."""
+def subject_to_json(subject: Subject) -> dict[str, Any]:
+    """JSON form of a subject (hex bytes; amounts as decimal strings)."""
     if isinstance(subject, RewardSubject):
         return {"epoch": subject.epoch, "payouts": [["0x" + o.hex(), str(a)] for o, a in subject.payouts]}
     if isinstance(subject, AnchorBatch):
         return {"batch_id": subject.batch_id, "root": "0x" + subject.root.hex(),
                 "first_height": subject.first_height, "last_height": subject.last_height,
                 "event_count": subject.event_count}
-    return {"session_id": "0x" + subject.session_id.hex(), "energy_wh": subject.energy_wh,
-            "amount": str(subject.amount)}
+    return {"batch_id": subject.batch_id, "count": subject.count,
+            "settlements_hash": "0x" + subject.settlements_hash.hex(),
+            "entries": [["0x" + e.session_id.hex(), e.energy_wh, str(e.amount)] for e in subject.entries]}
 
 
-def subject_from_json(kind: str, data: dict[str, Any]) -> AnchorBatch | Settlement | RewardSubject:
+def subject_from_json(kind: str, data: dict[str, Any]) -> Subject:
     """Inverse of `subject_to_json`."""
     if kind == REWARD:
         return RewardSubject(int(data["epoch"]), tuple((bytes.fromhex(o[2:]), int(a)) for o, a in data["payouts"]))
     if kind == ANCHOR:
         return AnchorBatch(int(data["batch_id"]), bytes.fromhex(data["root"][2:]), int(data["first_height"]),
                            int(data["last_height"]), int(data["event_count"]))
-    return Settlement(bytes.fromhex(data["session_id"][2:]), int(data["energy_wh"]), int(data["amount"]))
+    entries = [Settlement(bytes.fromhex(sid[2:]), int(energy), int(amount)) for sid, energy, amount in data["entries"]]
+    batch = SettlementBatch.of(int(data["batch_id"]), entries)
+    if batch.settlements_hash.hex() != data["settlements_hash"][2:]:
+        raise ValueError(f"settlement batch {batch.batch_id}: stored entries do not match its hash")
+    return batch
 
 
 @dataclass(slots=True)
@@ -135,6 +144,7 @@ class Job:
     last_sent: float | None = None  # trio clock: when this node last sent it
     last_checked: float = float("-inf")  # trio clock: when its chain state was last read
     sends: int = 0
+    closed: dict[bytes, str] = field(default_factory=dict)  # settlement batch: session -> how it closed
 
     @property
     def kind(self) -> str:
@@ -147,7 +157,7 @@ class Job:
         subject = self.quorum.subject
         if isinstance(subject, RewardSubject):
             return str(subject.epoch)
-        return str(subject.batch_id) if isinstance(subject, AnchorBatch) else subject.session_id.hex()
+        return str(subject.batch_id)
 
 
 class JobStore:
@@ -213,7 +223,7 @@ class JobStore:
         rows = self._db.execute(
             "SELECT kind, subject, outcome, added_at, done_at FROM jobs WHERE outcome IS NOT NULL"
             " ORDER BY done_at DESC LIMIT ?", (limit,)).fetchall()
-        return [{"kind": k, "subject": json.loads(s), "outcome": o, "seconds": round(d - a, 3)}
+        return [{"kind": k, "subject": _summary(json.loads(s)), "outcome": o, "seconds": round(d - a, 3)}
                 for k, s, o, a, d in rows]
 
 
@@ -286,13 +296,13 @@ class Submitter:
         """Jobs not yet anchored/settled at the confirmation depth."""
         return list(self._jobs.values())
 
-    def known_done(self, subject: AnchorBatch | Settlement | RewardSubject) -> bool:
+    def known_done(self, subject: Subject) -> bool:
         """True if this node saw `subject` anchored or settled (or otherwise finished) on chain."""
         if isinstance(subject, RewardSubject):
             return self.store.outcome(REWARD, str(subject.epoch)) is not None
         if isinstance(subject, AnchorBatch):
             return self.store.outcome(ANCHOR, str(subject.batch_id)) is not None
-        return self.store.outcome(SETTLEMENT, subject.session_id.hex()) is not None
+        return self.store.outcome(SETTLEMENT, str(subject.batch_id)) is not None
 
     def status(self) -> dict[str, Any]:
         """JSON-ready summary for the node's HTTP API and logs (the first 100 pending jobs)."""
@@ -300,7 +310,7 @@ class Submitter:
         shown = list(self._jobs.values())[:100]
         return {
             "pending_count": len(self._jobs),
-            "pending": [{"kind": j.kind, "subject": subject_to_json(j.quorum.subject), "sends": j.sends}
+            "pending": [{"kind": j.kind, "subject": _summary(subject_to_json(j.quorum.subject)), "sends": j.sends}
                         for j in shown],
             "rounds": c.rounds, "rpc_failures": c.rpc_failures, "sends": c.sends,
             "rejected_sends": c.rejected_sends, "replaced_quorums": c.replaced,
@@ -353,9 +363,12 @@ class Submitter:
                 await self._advance_anchor(job, next_id, confirmed_next, confirmed)
         settlements = sorted((j for j in self._jobs.values() if j.kind == SETTLEMENT),
                              key=lambda j: j.last_checked)[:MAX_SETTLEMENT_CHECKS_PER_ROUND]
+        reads = MAX_SESSION_READS_PER_ROUND
         for job in settlements:
+            if reads <= 0:
+                break
             job.last_checked = trio.current_time()
-            await self._advance_settlement(job, confirmed)
+            reads -= await self._advance_settlement(job, confirmed, reads)
         chain = self.chain
         if isinstance(chain, RewardChain):
             for job in [j for j in self._jobs.values() if j.kind == REWARD][:MAX_SETTLEMENT_CHECKS_PER_ROUND]:
@@ -388,35 +401,38 @@ class Submitter:
         else:
             await self._maybe_send(job, self.chain.submit_batch)
 
-    async def _advance_settlement(self, job: Job, confirmed: int) -> None:
-        settlement = job.quorum.subject
-        assert isinstance(settlement, Settlement)
-        if confirmed >= 0:
-            state = await self._call(self.chain.session_state, settlement.session_id, confirmed)
-            if state.status == SESSION_SETTLED:
-                same = (state.energy_wh, state.amount) == (settlement.energy_wh, settlement.amount)
-                if not same and state.voucher_mode:
-                    # the manager closed it with the driver's voucher (Escrow.closeWithVoucher):
-                    # the network's settlement is then a no-op, not a conflict to report
-                    log.info("session %s was closed with the driver's voucher (%d paid); settlement not needed",
-                             settlement.session_id.hex(), state.amount)
-                    await self._finish(job, "voucher_closed")
-                    return
-                if not same:
-                    log.error("session %s settled on chain as %s, not %s", settlement.session_id.hex(),
-                              state, settlement)
-                await self._finish(job, "settled" if same else "conflict")
-                return
-            if state.status == SESSION_REFUNDED:
-                log.warning("session %s was refunded to its driver before it could be settled",
-                            settlement.session_id.hex())
-                await self._finish(job, "refunded")
-                return
-        latest = await self._call(self.chain.session_state, settlement.session_id, None)
-        if latest.status == SESSION_OPEN:
+    async def _advance_settlement(self, job: Job, confirmed: int, budget: int) -> int:
+        """Check a settlement batch's sessions (at most `budget` reads; returns the reads made).
+        Done when every entry is closed at the confirmation depth; sent while one is open."""
+        batch = job.quorum.subject
+        assert isinstance(batch, SettlementBatch)
+        reads, open_at_head = 0, False
+        for entry in batch.entries:
+            if entry.session_id in job.closed:
+                continue
+            if reads >= budget:
+                return reads
+            if confirmed >= 0:
+                reads += 1
+                outcome = _closed_outcome(entry, await self._call(self.chain.session_state, entry.session_id,
+                                                                  confirmed))
+                if outcome is not None:
+                    job.closed[entry.session_id] = outcome
+                    continue
+            reads += 1
+            if (await self._call(self.chain.session_state, entry.session_id, None)).status == SESSION_OPEN:
+                open_at_head = True
+                break  # the whole signed list goes in one transaction; the rest is read after it
+        if len(job.closed) == batch.count:
+            counts: dict[str, int] = {}
+            for outcome in job.closed.values():
+                counts[outcome] = counts.get(outcome, 0) + 1
+            await self._finish(job, " ".join(f"{k}={v}" for k, v in sorted(counts.items())), counts)
+        elif open_at_head:
             await self._maybe_send(job, self.chain.submit_settlement)
         else:
             job.ready_since = None  # closed at the head but not yet deep enough, or not visible yet
+        return reads
 
     async def _maybe_send(self, job: Job, send: Callable[[Any, Sequence[bytes]], Awaitable[bytes]]) -> None:
         now = trio.current_time()
@@ -449,12 +465,38 @@ class Submitter:
             return
         log.info("sent %s %s in tx 0x%s", job.kind, job.key, tx.hex())
 
-    async def _finish(self, job: Job, outcome: str) -> None:
+    async def _finish(self, job: Job, outcome: str, counts: dict[str, int] | None = None) -> None:
+        """`counts`: per-entry outcomes of a settlement batch (counted instead of `outcome`)."""
         self.store.finish(job, outcome, time.time())
         del self._jobs[(job.kind, job.key)]
-        self._counters.done[outcome] = self._counters.done.get(outcome, 0) + 1
+        for name, count in (counts or {outcome: 1}).items():
+            self._counters.done[name] = self._counters.done.get(name, 0) + count
         log.info("%s %s done: %s after %.1fs", job.kind, job.key, outcome, time.time() - job.added_at)
 
     async def _call(self, function: Callable[..., Awaitable[T]], *args: Any) -> T:
         with trio.fail_after(self.config.rpc_timeout_s):
             return await function(*args)
+
+
+def _closed_outcome(entry: Settlement, state: SessionState) -> str | None:
+    """How an escrow session that is no longer open ended, for one settlement entry; None if open
+    (or not visible). A voucher-mode session the manager closed with the driver's voucher
+    (Escrow.closeWithVoucher) makes the network's entry a no-op, not a conflict."""
+    if state.status == SESSION_REFUNDED:
+        log.warning("session %s was refunded to its driver before it could be settled", entry.session_id.hex())
+        return "refunded"
+    if state.status != SESSION_SETTLED:
+        return None
+    if (state.energy_wh, state.amount) == (entry.energy_wh, entry.amount):
+        return "settled"
+    if state.voucher_mode:
+        log.info("session %s was closed with the driver's voucher (%d paid); settlement not needed",
+                 entry.session_id.hex(), state.amount)
+        return "voucher_closed"
+    log.error("session %s settled on chain as %s, not %s", entry.session_id.hex(), state, entry)
+    return "conflict"
+
+
+def _summary(subject: dict[str, Any]) -> dict[str, Any]:
+    """A subject's JSON for status output: a settlement batch's entries (up to 256) left out."""
+    return {k: v for k, v in subject.items() if k != "entries"}

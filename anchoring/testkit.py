@@ -58,8 +58,9 @@ class Net:
                                                  batch.last_height, batch.event_count,
                                                  list(self.quorum(batch).signatures))
 
-    def open_escrow_session(self, deposit: int) -> bytes:
-        """A device, a driver with an idTag and tokens, and an open escrow session: its id."""
+    def open_escrow_session(self, deposit: int, name: str = "ESCROW") -> bytes:
+        """A device CP-`name`, a driver with idTag TAG-`name` and tokens, and an open escrow
+        session: its id (one session per `name`)."""
         manager, driver = Account.create(), Account.create()
         for account in (manager, driver):
             tx = self.w3.eth.send_transaction({"from": self.w3.eth.accounts[0], "to": account.address,
@@ -67,14 +68,14 @@ class Net:
             self.w3.eth.wait_for_transaction_receipt(tx)
         owner = ChainClient(self.w3, self.deployment, TransactionSender(self.w3, manager.key))
         owner.register_roles(2)
-        owner.create_device("CP-ESCROW", location="test bay", connector_count=1, price_per_kwh=1000,
+        owner.create_device(f"CP-{name}", location="test bay", connector_count=1, price_per_kwh=1000,
                             per_minute_fee=0, auth_salt=b"\x01" * 16, auth_hash=b"\x02" * 32)
         user = ChainClient(self.w3, self.deployment, TransactionSender(self.w3, driver.key))
         user.register_roles(1)
-        user.register_id_tag("TAG-ESCROW")
+        user.register_id_tag(f"TAG-{name}")
         user.faucet_mint(driver.address, deposit)
         user.approve(self.deployment.escrow, deposit)
-        session_id, _ = user.open_session("CP-ESCROW", 1, "TAG-ESCROW", deposit)
+        session_id, _ = user.open_session(f"CP-{name}", 1, f"TAG-{name}", deposit)
         return session_id
 
     def mine(self, count: int) -> None:

@@ -1,8 +1,8 @@
 """Gas of the DEVSEN contract operations on anvil (cancun), written as a table.
 
 Starts a local anvil, deploys two networks (4 and 7 validators) and measures from the
-receipts: device creation, idTag registration, open session, settle with 3-of-4 and 5-of-7
-signatures, anchor with 3-of-4 and 5-of-7. Writes bench/results/gas.json and gas.md.
+receipts: device creation, idTag registration, open session, settle (a settleBatch of one
+session) with 3-of-4 and 5-of-7 signatures, anchor with 3-of-4 and 5-of-7. Writes bench/results/gas.json and gas.md.
 Run: `.venv/bin/python bench/gas_report.py`.
 """
 
@@ -26,7 +26,8 @@ from anchoring.chain import (
     deploy_all,
 )
 from anchoring.chain.anvil import running_anvil
-from consensus.signing import ANCHOR_BATCH_TYPE, SETTLEMENT_TYPE
+from anchoring.escrow_sign import settlement_batch_digest
+from consensus.signing import ANCHOR_BATCH_TYPE
 from primitives.eip712 import SigningKey, sort_signatures_by_signer, typed_digest
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -68,9 +69,9 @@ def measure(w3: Web3, dev_key: str, validator_count: int) -> dict[str, int]:
     session_id, receipt = driver.open_session("GAS-CB-0001", 1, "GAS-TAG-0001", 20 * TOKEN)
     gas["open session"] = receipt.gas_used
     gas["open session (driver's 2nd)"] = driver.open_session("GAS-CB-0001", 2, "GAS-TAG-0001", 20 * TOKEN)[1].gas_used
-    digest = typed_digest(deployment.domain("Escrow"), SETTLEMENT_TYPE, [session_id, 12_000, 7 * TOKEN])
-    gas[f"settle {quorum}-of-{validator_count}"] = relayer.settle(
-        session_id, 12_000, 7 * TOKEN, _sign(keys[:quorum], digest)
+    digest = settlement_batch_digest(deployment.domain("Escrow"), [(session_id, 12_000, 7 * TOKEN)])
+    gas[f"settle {quorum}-of-{validator_count}"] = relayer.settle_batch(  # a settleBatch of one
+        [(session_id, 12_000, 7 * TOKEN)], _sign(keys[:quorum], digest)
     ).gas_used
     batch: tuple[int, bytes, int, int, int] = (0, b"\x33" * 32, 1, 20, 500)
     digest = typed_digest(deployment.domain("Anchor"), ANCHOR_BATCH_TYPE, batch)

@@ -3,7 +3,8 @@
 Each session has its own driver (so every refund writes a different, cold balance slot, as
 in real traffic); drivers and the manager already hold tokens (no zero-to-nonzero balance
 writes, which only a first payment pays). One manager owns the devices, so the batch pays
-the manager once. For comparison: one `settle` with the same setup. 3-of-4 validators sign.
+the manager once. 3-of-4 validators sign. (The network's own batches on the devnet, and the
+latency from stop to settled: bench/results/settle_devnet.json, from tests/e2e/test_e2e_network.py.)
 Writes bench/results/settle_batch.json. Run: `.venv/bin/python bench/settle_batch.py`.
 """
 
@@ -28,8 +29,7 @@ from anchoring.chain import (
 )
 from anchoring.chain.anvil import running_anvil
 from anchoring.escrow_sign import settlement_batch_digest
-from consensus.signing import SETTLEMENT_TYPE
-from primitives.eip712 import SigningKey, sort_signatures_by_signer, typed_digest
+from primitives.eip712 import SigningKey, sort_signatures_by_signer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TOKEN = 10**6
@@ -75,11 +75,8 @@ def measure(w3: Web3, dev_key: str) -> dict[str, object]:
                           auth_salt=b"\x11" * 16, auth_hash=b"\x22" * 32)
     # warm-up: the contract's first settlement pays one-time zero-to-nonzero writes
     warm = _open_sessions(w3, funder, deployment, cbid, 1, "W")
-    relayer.settle(warm[0], 1, 1, _sign(keys[:QUORUM], typed_digest(
-        deployment.domain("Escrow"), SETTLEMENT_TYPE, [warm[0], 1, 1])))
-    single = _open_sessions(w3, funder, deployment, cbid, 1, "S")[0]
-    digest = typed_digest(deployment.domain("Escrow"), SETTLEMENT_TYPE, [single, 12_000, 7 * TOKEN])
-    settle_gas = relayer.settle(single, 12_000, 7 * TOKEN, _sign(keys[:QUORUM], digest)).gas_used
+    relayer.settle_batch([(warm[0], 1, 1)], _sign(keys[:QUORUM], settlement_batch_digest(
+        deployment.domain("Escrow"), [(warm[0], 1, 1)])))
     rows: dict[str, dict[str, int]] = {}
     for size in SIZES:
         ids = _open_sessions(w3, funder, deployment, cbid, size, f"B{size}")
@@ -90,7 +87,7 @@ def measure(w3: Web3, dev_key: str) -> dict[str, object]:
         replay = relayer.settle_batch(entries, sigs, gas=200_000 + 40_000 * size)
         rows[str(size)]["replay_gas"] = replay.gas_used  # every entry skipped as already settled
     return {"chain": "anvil, cancun, solc 0.8.37 optimizer 200 runs",
-            "signatures": f"{QUORUM}-of-{VALIDATORS}", "settle_single_gas": settle_gas, "settle_batch": rows}
+            "signatures": f"{QUORUM}-of-{VALIDATORS}", "settle_batch": rows}
 
 
 def main() -> int:

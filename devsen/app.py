@@ -19,7 +19,8 @@
 - `commit`: snapshot to disk every SNAPSHOT_EVERY_BLOCKS; `restore` after a restart.
 
 Payload kinds are told apart by the first byte (anchoring/proofs.py, attestations.py,
-devsen/ledger/vouchers.py): 0x9A a canonical ChargerEvent, 0xA1/0xA2/0xA5 an attestation (0xA5: a reward distribution), 0xB1 a
+devsen/ledger/vouchers.py): 0x9A a canonical ChargerEvent, 0xA1/0xA2/0xA5 an attestation (0xA2: a settlement batch, 0xA5: a
+reward distribution), 0xB1 a
 driver's payment voucher (its signature must recover, else the block is invalid; whether it
 counts is the ledger's deterministic decision, a refusal is the payload's TxResult).
 """
@@ -44,10 +45,20 @@ from anchoring.attestations import (
     Attestation,
     AttestationError,
     Settlement,
+    SettlementBatch,
+    Subject,
     attest,
     decode_attestation,
 )
-from anchoring.batches import AttestationBook, BatchBuilder, BatchPolicy, BuilderState, Quorum
+from anchoring.batches import (
+    AttestationBook,
+    BatchBuilder,
+    BatchPolicy,
+    BuilderState,
+    Quorum,
+    settlement_batches,
+    settlement_window_closes,
+)
 from anchoring.batches import CommittedBlock as BatchBlock
 from anchoring.proofs import EVENT_PAYLOAD_FIRST_BYTE, AnchorIndex
 from anchoring.rewards import RewardSubject
@@ -87,8 +98,10 @@ MESSAGE_WINDOW_BLOCKS = 1_000  # the HTTP charger-message look-up covers this ma
 # a locked value may be re-proposed rounds later with its original, older time).
 MAX_FUTURE_DRIFT_MS = 30_000
 IDLE_HEARTBEAT_MS = 30_000  # an idle network still makes one block this often (chain-side changes)
-SNAPSHOT_FORMAT = 3  # 3: the open anchor batch's blocks (state sync has no block store) and the
-# attestation book's recent and re-opened quorums (re-signed after a validator-set change)
+SETTLE_WINDOW_BLOCK_GAP_MS = 500  # while settlement orders wait for their window to close, blocks this often
+SNAPSHOT_FORMAT = 4  # 3: the open anchor batch's blocks (state sync has no block store) and the
+# attestation book's recent and re-opened quorums (re-signed after a validator-set change);
+# 4: settlement subjects are settlement batches
 SNAPSHOT_EVERY_BLOCKS = 100  # a restart replays at most this many blocks (and reads the chain for them)
 SNAPSHOTS_KEPT = 3  # snapshots offered for state sync (older ones are deleted)
 SNAPSHOT_CHUNK_BYTES = 1 << 20  # state sync moves a snapshot in chunks of at most 1 MiB
@@ -271,6 +284,9 @@ class AppSettings:
     confirmations: int
     epoch: int = 0
     rewards_domain: Domain | None = None  # the Rewards contract's; None: no reward distributions signed
+    # settlement orders of `settle_every_blocks` consecutive heights are signed as one window of
+    # settlement batches (anchoring/batches.py); the same on every node of a network
+    settle_every_blocks: int = 4
 
 
 class NodeApplication:
@@ -304,7 +320,8 @@ class NodeApplication:
         # Whether this node should sign a subject re-opened at an epoch change: the node sets it
         # to "its submitter has not seen the subject land" (local, affects only what we sign;
         # counting stays deterministic). Default: sign every re-opened subject.
-        self.resign_filter: Callable[[AnchorBatch | Settlement | RewardSubject], bool] = lambda subject: True
+        self.resign_filter: Callable[[Subject], bool] = lambda subject: True
+        self._settlements_waiting = False  # the open settlement window holds orders (needs blocks soon)
         self.outside_reads = 0
         self._voucher_signers: OrderedDict[bytes, bytes] = OrderedDict()
         self.drivers: OrderedDict[bytes, bytes] = OrderedDict()  # filled from chain reads (check_tx)
@@ -580,8 +597,9 @@ class NodeApplication:
             self.anchor_index.record_batch(batch)
             self.counters["batches_closed"] += 1
             self._expect_and_sign(batch)
-        for order in outcome.settlements:
-            self._expect_and_sign(Settlement(order.session_id, order.energy_wh, order.amount))
+        self._settlements_waiting |= bool(outcome.settlements)
+        if settlement_window_closes(block.height, self.settings.settle_every_blocks):
+            self._close_settlement_window(block.height)
         for distribution in outcome.rewards:
             self._expect_rewards(distribution)
         attestation_results: dict[bytes, TxResult] = {}
@@ -628,6 +646,8 @@ class NodeApplication:
         batch's deadline, else a heartbeat block (so chain-side changes such as an epoch switch
         or a remote-start request are noticed within IDLE_HEARTBEAT_MS)."""
         heartbeat = block_time_ms + IDLE_HEARTBEAT_MS
+        if self._settlements_waiting:
+            heartbeat = block_time_ms + SETTLE_WINDOW_BLOCK_GAP_MS
         due = self.batcher.close_due_ms()
         return heartbeat if due is None else min(due, heartbeat)
 
@@ -679,7 +699,21 @@ class NodeApplication:
         notices.append(ValidatorsChanged(addresses, bindings))
         return ValidatorUpdate(height + 2, ValidatorSet.equal(list(addresses), epoch), bindings)
 
-    def _domain_of(self, subject: AnchorBatch | Settlement | RewardSubject) -> Domain | None:
+    def _close_settlement_window(self, height: int) -> None:
+        """Sign the settlement batches of the window ending at `height`: the ledger's pending
+        orders made in it, in the ledger's order (the same on every node)."""
+        self._settlements_waiting = False
+        orders = self.ledger.settlements_ordered_between(height - self.settings.settle_every_blocks + 1, height)
+        try:
+            batches = settlement_batches(height, [Settlement(o.session_id, o.energy_wh, o.amount) for o in orders])
+        except ValueError as exc:  # every node alike; never halt the chain
+            self.counters["subjects_refused"] = self.counters.get("subjects_refused", 0) + 1
+            log.error("cannot sign the settlements of heights up to %d: %s", height, exc)
+            return
+        for batch in batches:
+            self._expect_and_sign(batch)
+
+    def _domain_of(self, subject: Subject) -> Domain | None:
         if isinstance(subject, RewardSubject):
             return self.settings.rewards_domain
         return self.settings.anchor_domain if isinstance(subject, AnchorBatch) else self.settings.escrow_domain
@@ -696,7 +730,7 @@ class NodeApplication:
             return
         self._expect_and_sign(subject)
 
-    def _expect_and_sign(self, subject: AnchorBatch | Settlement | RewardSubject) -> None:
+    def _expect_and_sign(self, subject: Subject) -> None:
         try:
             self.book.expect(subject)
         except (OverflowError, ValueError) as exc:  # every node fails alike; never halt the chain
@@ -721,7 +755,7 @@ class NodeApplication:
                 self.counters["resigned_subjects"] = self.counters.get("resigned_subjects", 0) + 1
             self._sign(subject)
 
-    def _sign(self, subject: AnchorBatch | Settlement | RewardSubject) -> None:
+    def _sign(self, subject: Subject) -> None:
         domain = self._domain_of(subject)
         assert domain is not None, "reward subjects are expected only with a Rewards domain"
         self._outbound.append(attest(subject, self.settings.key, domain).encode())
@@ -854,6 +888,9 @@ class NodeApplication:
         self.ledger, self.last_eth_block, self.epoch = state.ledger, state.last_eth_block, state.epoch
         self._last_block = (state.height, state.block_hash)
         self.validators, self.book, self.batcher = state.validators, book, batcher
+        every = self.settings.settle_every_blocks
+        self._settlements_waiting = bool(self.ledger.settlements_ordered_between(
+            state.height - state.height % every + 1, state.height))
         self._sign_missing()  # our attestations may not have been committed before the stop
         self._restored_quorums = self.book.completed_quorums()
         self._restored.extend(self._outbound)
@@ -1015,7 +1052,7 @@ class _SnapshotState:
     epoch: int
     validators: tuple[bytes, ...]
     batcher: BuilderState
-    pending: list[tuple[AnchorBatch | Settlement | RewardSubject, dict[bytes, bytes]]]
+    pending: list[tuple[Subject, dict[bytes, bytes]]]
     completed: list[Quorum]
     reopened: list[tuple[Quorum, int]]
     open_blocks: tuple[tuple[int, int, tuple[bytes, ...]], ...]
@@ -1068,12 +1105,12 @@ def decode_event_reply(result: TxResult) -> tuple[dict[str, Any] | None, str | N
     return fields.get("reply"), fields.get("error_code") or result.log or None, bool(fields.get("duplicate"))
 
 
-def _subject_fields(subject: AnchorBatch | Settlement | RewardSubject) -> list[Any]:
+def _subject_fields(subject: Subject) -> list[Any]:
     if isinstance(subject, RewardSubject):
         return [2, subject.epoch, [[owner, amount.to_bytes(32, "big")] for owner, amount in subject.payouts]]
     if isinstance(subject, AnchorBatch):
         return [0, subject.batch_id, subject.root, subject.first_height, subject.last_height, subject.event_count]
-    return [1, subject.session_id, subject.energy_wh, subject.amount.to_bytes(32, "big")]
+    return [1, subject.batch_id, [[e.session_id, e.energy_wh, e.amount.to_bytes(32, "big")] for e in subject.entries]]
 
 
 def _quorum_fields(quorum: Quorum) -> list[Any]:
@@ -1087,9 +1124,10 @@ def _quorum_from_fields(fields: list[Any]) -> Quorum:
     return Quorum(_subject_from_fields(subject), tuple(signers), tuple(signatures), height)
 
 
-def _subject_from_fields(fields: list[Any]) -> AnchorBatch | Settlement | RewardSubject:
+def _subject_from_fields(fields: list[Any]) -> Subject:
     if fields[0] == 2:
         return RewardSubject(fields[1], tuple((o, int.from_bytes(a, "big")) for o, a in fields[2]))
     if fields[0] == 0:
         return AnchorBatch(*fields[1:])
-    return Settlement(fields[1], fields[2], int.from_bytes(fields[3], "big"))
+    return SettlementBatch.of(fields[1], [Settlement(sid, energy, int.from_bytes(amount, "big"))
+                                          for sid, energy, amount in fields[2]])

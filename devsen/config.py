@@ -187,6 +187,9 @@ class AnchoringSection:
     every_blocks: int = 20
     every_seconds: int = 30
     submit_timeout_s: float = 30.0
+    # settlement orders of this many consecutive blocks go in one quorum-signed settleBatch;
+    # must be the same on every node of a network (else no batch reaches a quorum)
+    settle_every_blocks: int = 4
 
     def validate(self) -> None:
         _require(1 <= self.every_blocks <= 100_000, "anchoring.every_blocks",
@@ -195,6 +198,8 @@ class AnchoringSection:
                  f"{self.every_seconds} is out of 1..86400", "every_seconds = 30")
         _require(1 <= self.submit_timeout_s <= 3600, "anchoring.submit_timeout_s",
                  f"{self.submit_timeout_s} is out of 1..3600", "submit_timeout_s = 30")
+        _require(1 <= self.settle_every_blocks <= 1_000, "anchoring.settle_every_blocks",
+                 f"{self.settle_every_blocks} is out of 1..1000", "settle_every_blocks = 4")
 
 
 @dataclass(frozen=True)

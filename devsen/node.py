@@ -374,6 +374,7 @@ def build_node(config: NodeConfig) -> NodeParts:
         batch_policy=BatchPolicy(every_blocks=config.anchoring.every_blocks,
                                  every_ms=config.anchoring.every_seconds * 1000),
         confirmations=config.chain.confirmations,
+        settle_every_blocks=config.anchoring.settle_every_blocks,
     )
     outbox = AttestationOutbox()
     submitter = Submitter(

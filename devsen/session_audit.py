@@ -9,14 +9,14 @@ proofs (GET /v1/sessions/{session_id}/readings). The auditor
    root, block hash, commit certificate), and that the event is of the session's charger;
 2. re-verifies the OCMF documents in those events against the device's on-chain
    `chargerPublicKey` and takes the begin reading (TX=B) and the last reading;
-3. recomputes energy and amount from the on-chain tariff: energy = last - begin (Wh);
+3. recomputes energy and amount from the tariff the Escrow copied into the session when it
+   was opened (a later DeviceFactory tariff change does not apply): energy = last - begin (Wh);
    amount = min(energy * pricePerKWh // 1000 + minutes * perMinuteFee, deposit), minutes from
    max(begin time, escrow opening) to min(last time, the last event's block time);
 4. compares with what the Escrow contract settled (energyWh, settledAmount).
 Verdict VALID or INVALID with reasons; exit 0 / 1; 3 while the events are not anchored yet;
 2 for bad usage or an unreachable node or RPC. Other `devsen audit` commands go to
-anchoring/audit.py. The tariff is read at the chain head: a tariff changed since the session
-was bound makes the audit report a mismatch (it says so).
+anchoring/audit.py.
 """
 
 from __future__ import annotations
@@ -194,18 +194,18 @@ def _audit(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
         except (EventEncodingError, KeyError, TypeError, ValueError) as exc:
             reasons.append(f"{name}: {exc}")
     if len(events) == 2 and device.charger_public_key:
-        terms = Terms(device.charge_box_id, device.charger_public_key, device.price_per_kwh, device.per_minute_fee,
-                      escrow.deposit, escrow.opened_at)
+        terms = Terms(device.charge_box_id, device.charger_public_key, escrow.price_per_kwh, escrow.per_minute_fee,
+                      escrow.deposit, escrow.opened_at)  # the session's terms, copied at opening
         result = recompute(events[0][0], events[1][0], events[1][1], terms)
         reasons.extend(result.reasons)
         report.update(recomputed_energy_wh=result.energy_wh,
                       recomputed_amount=None if result.amount is None else str(result.amount),
-                      tariff={"price_per_kwh": str(device.price_per_kwh), "per_minute_fee": str(device.per_minute_fee)})
+                      tariff={"price_per_kwh": str(escrow.price_per_kwh), "per_minute_fee": str(escrow.per_minute_fee)})
         if result.energy_wh is not None and result.energy_wh != escrow.energy_wh:
             reasons.append(f"the Escrow settled {escrow.energy_wh} Wh, the signed readings say {result.energy_wh} Wh")
         if result.amount is not None and result.amount != escrow.settled_amount:
-            reasons.append(f"the Escrow settled {escrow.settled_amount}, the signed readings and the on-chain "
-                           f"tariff give {result.amount} (a tariff changed since binding also shows here)")
+            reasons.append(f"the Escrow settled {escrow.settled_amount}, the signed readings and the session's "
+                           f"tariff give {result.amount}")
     if escrow.status != SessionStatus.SETTLED:
         reasons.append(f"the escrow session is {escrow.status.name}, not settled")
     verdict = "VALID" if not reasons else "INVALID"

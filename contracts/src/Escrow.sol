@@ -11,7 +11,6 @@ error IdTagNotValidForDriver(bytes32 idTagHash, address driver);
 error DepositInvalid(uint256 deposit);
 error UnknownSession(bytes32 sessionId);
 error SessionNotOpen(bytes32 sessionId, uint8 status);
-error AmountExceedsDeposit(uint256 amount, uint256 deposit);
 error NotSessionDriver(bytes32 sessionId, address caller);
 error RefundTooEarly(bytes32 sessionId, uint256 availableAt);
 error TokenTransferFailed();
@@ -25,10 +24,11 @@ error BatchTooLarge(uint256 count, uint256 maxCount);
 /// @title Escrow
 /// @notice Pre-paid charging sessions. A driver locks a deposit in the ChargeToken for one
 /// device connector (SessionRequested, which nodes turn into a remote start); a settlement
-/// `Settlement(bytes32 sessionId,uint64 energyWh,uint256 amount)` signed under this
-/// contract's EIP-712 domain by a quorum of the current validators pays `amount` to the
-/// device's manager and refunds the rest; a session never settled is refunded to its driver
-/// after `refundTimeout`. A session closes exactly once (settled or refunded).
+/// `Settlement(bytes32 sessionId,uint64 energyWh,uint256 amount)`, one entry of a batch signed
+/// under this contract's EIP-712 domain by a quorum of the current validators (`settleBatch`),
+/// pays `amount` to the device's manager and refunds the rest; a session never settled is
+/// refunded to its driver after `refundTimeout`. A session closes exactly once (settled,
+/// closed with a voucher, or refunded).
 ///
 /// Terms the driver agreed to: the device's tariff (price per kWh, per-minute fee) is copied
 /// into the session when it is opened; a later `setTariff` does not change open sessions, and
@@ -198,28 +198,6 @@ contract Escrow is DevsenDomain {
         if (!token.transferFrom(msg.sender, address(this), deposit)) revert TokenTransferFailed();
         emit SessionRequested(sessionId, msg.sender, chargeBoxId, connectorId, idTagHash, deposit);
         emit SessionTariff(sessionId, voucherMode, pricePerKWh, perMinuteFee);
-    }
-
-    /// @notice Settle with a quorum of validator signatures (sorted by signer) over the
-    /// Settlement struct; anyone may submit.
-    function settle(bytes32 sessionId, uint64 energyWh, uint256 amount, bytes[] calldata signatures)
-        external
-    {
-        Session storage s = _openSession(sessionId);
-        uint256 deposit = s.deposit;
-        if (amount > deposit) revert AmountExceedsDeposit(amount, deposit);
-        bytes32 structHash = keccak256(abi.encode(SETTLEMENT_TYPEHASH, sessionId, energyWh, amount));
-        validatorSet.verifyQuorum(_typedDigest(structHash), signatures);
-        s.status = STATUS_SETTLED;
-        s.energyWh = energyWh;
-        s.settledAmount = uint96(amount);
-        openDeposits -= deposit;
-        address payee = devices.managerOf(s.deviceId);
-        address driver = s.driver;
-        uint256 refund = deposit - amount;
-        if (amount != 0 && !token.transfer(payee, amount)) revert TokenTransferFailed();
-        if (refund != 0 && !token.transfer(driver, refund)) revert TokenTransferFailed();
-        emit SessionSettled(sessionId, payee, energyWh, amount, refund);
     }
 
     /// @notice Settle many sessions under one quorum (sorted by signer) over

@@ -92,7 +92,8 @@ from devsen.ledger.vouchers import PaymentVoucher, StopOrder, VoucherBook
 from ocpp_adapter.events import ChargerEvent
 from primitives.hashing import keccak256
 
-SNAPSHOT_VERSION = 4  # 4: signed meter values, payment vouchers, uptime and reward tables
+SNAPSHOT_VERSION = 5  # 4: signed meter values, payment vouchers, uptime and reward tables; 5: the
+# pagination floor of evicted device records (paginations_forgotten_ms, DeviceRecord.paginations_ms)
 
 MAX_PAYLOAD_DEPTH = 32  # OCPP payloads nest a handful of levels; deeper is malformed
 MAX_OPEN_ESCROWS_READ = 4_096  # open escrow sessions of one charger considered per look-up
@@ -192,6 +193,10 @@ class _Counters:
     settled_count: int = 0
     settled_amount: int = 0
     settled_deposits: int = 0
+    # the latest block time at which an evicted device record's OCMF pagination floors last
+    # changed: a signed reading no later than this (plus the clock skew) of a meter whose floor
+    # is not remembered may be a replay, and is refused (devsen/ledger/signed.py)
+    paginations_forgotten_ms: int = 0
 
 
 def energy_bound(max_power_w: int, begin_ms: int, end_ms: int) -> int:
@@ -429,6 +434,13 @@ class Ledger:
         """Settlement orders whose escrow session is still open on chain, oldest first."""
         return tuple(p.order for p in self._pending.values())
 
+    def settlements_ordered_between(self, first_height: int, last_height: int) -> tuple[SettlementOrder, ...]:
+        """Pending settlement orders made at heights first..last, by (height, queue position):
+        the same list on every node (a scan of at most max_pending_settlements orders)."""
+        chosen = sorted((p.height, p.seq, p.order) for p in self._pending.values()
+                        if first_height <= p.height <= last_height)
+        return tuple(order for _, _, order in chosen)
+
     def closed_for_escrow(self, session_id: bytes) -> ClosedTransaction | None:
         """How the transaction bound to this escrow session ended, while still remembered (a scan)."""
         for closed in self._closed.values():
@@ -654,7 +666,9 @@ class Ledger:
         record = replace(record, touch_seq=self._next_seq(), **changes)
         self._devices.put(charger_id, record, to_end=True)
         while len(self._devices) > self.params.max_devices:
-            self._devices.pop(self._devices.oldest())
+            evicted = self._devices.pop(self._devices.oldest())
+            if evicted.meter_paginations:
+                self._c.paginations_forgotten_ms = max(self._c.paginations_forgotten_ms, evicted.paginations_ms)
 
     def _device_record(self, charger_id: str) -> DeviceRecord:
         return self._devices.get(charger_id) or DeviceRecord(charger_id, 0)

@@ -7,7 +7,12 @@ checked at the block's agreed Ethereum block, all-or-nothing per document:
 - signature: verifies with the device's on-chain `chargerPublicKey` (DER SubjectPublicKeyInfo);
 - meter: the serial (MS) is the session's first signed serial; the pagination counter is above
   the one of the session's last document and above every document this meter had accepted
-  before (so a document from another session, even of the same meter, is refused);
+  before (so a document from another session, even of the same meter, is refused). Those
+  floors live on the device record, in the ledger's LRU of devices; when a record with floors
+  is evicted, the ledger keeps only the latest block time at which an evicted floor changed
+  (`paginations_forgotten_ms`), and a meter without a remembered floor has its documents
+  refused unless every reading is later than that time plus the clock skew (any document
+  accepted before the eviction has a reading no later than that: it cannot be replayed);
 - transaction binding: the session is bound to an escrow session; an identification (ID), if
   given, is the session's idTag (or token); every reading lies between the escrow's opening
   and the block time (5 minutes' clock skew allowed), in time order; exactly one begin
@@ -138,6 +143,12 @@ def _accept(ledger: Ledger, step: _Step, session: Session, text: object) -> tupl
     floor = max(session.signed_pagination, high_water)
     if document.pagination <= floor:
         return PAGINATION_NOT_INCREASING, f"pagination {document.pagination} not above {floor} (replayed document)"
+    forgotten = ledger._c.paginations_forgotten_ms
+    if high_water < 0 and forgotten and any(r.time_ms <= forgotten + CLOCK_SKEW_MS for r in document.readings):
+        # this meter's floor may have been evicted with its device record: a reading no later than
+        # the newest forgotten floor could have been accepted before, so it is refused
+        return PAGINATION_NOT_INCREASING, (f"reading time not after {forgotten + CLOCK_SKEW_MS} ms, when a "
+                                           "forgotten pagination floor may cover it (replayed document)")
     if document.id_data and not _same_identity(document.id_data, session.id_tag_hash):
         return READING_NOT_BOUND, f"identification {document.id_data[:24]!r} is not this transaction's idTag"
     readings = document.import_readings()
@@ -183,7 +194,7 @@ def _remember_pagination(ledger: Ledger, step: _Step, serial: str, pagination: i
     record = ledger._device_record(step.event.charger_id)
     pairs = [(s, p) for s, p in record.meter_paginations if s != serial]
     pairs.append((serial[: ocmf.MAX_TEXT], pagination))
-    ledger._update_device(step, meter_paginations=tuple(pairs[-MAX_METERS_REMEMBERED:]))
+    ledger._update_device(step, meter_paginations=tuple(pairs[-MAX_METERS_REMEMBERED:]), paginations_ms=ledger._c.block_ms)
 
 
 def settlement_terms(session: Session) -> tuple[int | None, int, int, str]:

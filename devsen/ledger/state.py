@@ -200,6 +200,7 @@ class DeviceRecord:
     notify_events: int = 0
     data_transfers: int = 0
     meter_paginations: tuple[tuple[str, int], ...] = ()  # (meter serial, highest accepted OCMF pagination)
+    paginations_ms: int = 0  # block time at which meter_paginations last changed
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from anchoring.attestations import (
     Attestation,
     AttestationError,
     Settlement,
+    SettlementBatch,
     attest,
     decode_attestation,
     payload_kind,
@@ -29,6 +30,8 @@ from anchoring.batches import (
     BuilderState,
     CommittedBlock,
     batch_event_ids,
+    settlement_batches,
+    settlement_window_closes,
     submitter_order,
 )
 from anchoring.merkle import ZERO_ROOT, merkle_root
@@ -40,7 +43,8 @@ ESCROW = Domain(31337, bytes.fromhex("ee" * 20))
 KEYS = [SigningKey(keccak256(bytes([i]))) for i in range(4)]
 VALIDATORS = [k.address for k in KEYS]
 BATCH = AnchorBatch(7, keccak256(b"root"), 141, 160, 1234)
-SETTLEMENT = Settlement(keccak256(b"session"), 15_000, 3 * 10**18)
+ENTRIES = (Settlement(keccak256(b"session"), 15_000, 3 * 10**18), Settlement(keccak256(b"session 2"), 1, 0))
+SETTLEMENT = SettlementBatch.of(7 * 64, ENTRIES)
 
 
 def eid(i: int) -> bytes:
@@ -67,7 +71,7 @@ def test_anchor_digest_matches_eth_account() -> None:
 
 
 @pytest.mark.parametrize("subject", [BATCH, SETTLEMENT, AnchorBatch(0, ZERO_ROOT, 1, 1, 0),
-                                     Settlement(b"\x01" * 32, 0, (1 << 256) - 1)])
+                                     SettlementBatch.of((1 << 64) - 1, [Settlement(b"\x01" * 32, 0, (1 << 256) - 1)])])
 def test_attestation_roundtrip_and_signature(subject: Any) -> None:
     domain = ANCHOR if isinstance(subject, AnchorBatch) else ESCROW
     attestation = attest(subject, KEYS[1], domain)
@@ -203,7 +207,7 @@ def test_attestation_book_rejects_what_does_not_count() -> None:
     book = AttestationBook(VALIDATORS, ANCHOR, ESCROW)
     book.expect(SETTLEMENT)
     outsider = SigningKey(keccak256(b"outsider"))
-    other_terms = Settlement(SETTLEMENT.session_id, SETTLEMENT.energy_wh, SETTLEMENT.amount + 1)
+    other_terms = SettlementBatch.of(SETTLEMENT.batch_id, [ENTRIES[0], Settlement(ENTRIES[1].session_id, 1, 1)])
     forged = Attestation(SETTLEMENT, VALIDATORS[0], attest(SETTLEMENT, KEYS[1], ESCROW).signature)
     cases = {
         "outsider": attest(SETTLEMENT, outsider, ESCROW),
@@ -321,3 +325,46 @@ def test_reopened_subjects_survive_export_and_import_and_do_not_take_open_slots(
             rebased.expect(AnchorBatch(10, keccak256(b"r10"), 181, 190, 1))
     finally:
         batches.MAX_OPEN_SUBJECTS = original
+
+
+def test_settlement_batch_identity_is_its_terms_and_entries_stay_local() -> None:
+    wire = decode_attestation(attest(SETTLEMENT, KEYS[0], ESCROW).encode())
+    assert isinstance(wire.subject, SettlementBatch) and wire.subject.entries == ()  # not on the wire
+    assert wire.subject == SETTLEMENT  # (batch id, count, settlements hash)
+    with pytest.raises(AttestationError, match="do not match"):
+        SettlementBatch(SETTLEMENT.batch_id, 2, SETTLEMENT.settlements_hash, (ENTRIES[1], ENTRIES[0]))
+    with pytest.raises(AttestationError, match="1..256"):
+        SettlementBatch.of(0, [])
+    with pytest.raises(AttestationError, match="1..256"):
+        SettlementBatch.of(0, [ENTRIES[1]] * 257)
+
+
+def test_byzantine_validators_signing_another_settlement_batch_get_no_quorum() -> None:
+    book = AttestationBook(VALIDATORS, ANCHOR, ESCROW)
+    book.expect(SETTLEMENT)
+    # two Byzantine validators sign the same batch id with the second entry paying more
+    inflated = SettlementBatch.of(SETTLEMENT.batch_id, [ENTRIES[0], Settlement(ENTRIES[1].session_id, 1, 10**18)])
+    for key in KEYS[2:]:
+        with pytest.raises(AttestationError, match="different terms"):
+            book.on_committed(decode_attestation(attest(inflated, key, ESCROW).encode()), 5)
+    assert book.on_committed(decode_attestation(attest(SETTLEMENT, KEYS[0], ESCROW).encode()), 6) is None
+    assert book.on_committed(decode_attestation(attest(SETTLEMENT, KEYS[1], ESCROW).encode()), 6) is None
+    assert book.signers_of(SETTLEMENT) == {VALIDATORS[0], VALIDATORS[1]}  # 2 of 4: no quorum of 3
+    # the third honest signature completes it; the quorum carries this node's own entries
+    quorum = book.on_committed(decode_attestation(attest(SETTLEMENT, KEYS[3], ESCROW).encode()), 7)
+    assert quorum is not None and isinstance(quorum.subject, SettlementBatch)
+    assert quorum.subject.entries == ENTRIES and VALIDATORS[2] not in quorum.signers
+
+
+def test_settlement_windows_cut_the_same_batches_from_the_same_orders() -> None:
+    orders = [Settlement(keccak256(i.to_bytes(4, "big")), i, i * 7) for i in range(600)]
+    assert [settlement_window_closes(h, 4) for h in range(0, 9)] == [False, False, False, False, True,
+                                                                      False, False, False, True]
+    batches = settlement_batches(40, orders)
+    assert [b.count for b in batches] == [256, 256, 88]
+    assert [b.batch_id for b in batches] == [40 * 64, 40 * 64 + 1, 40 * 64 + 2]
+    assert [e for b in batches for e in b.entries] == orders
+    assert settlement_batches(40, list(orders)) == batches and settlement_batches(41, orders) != batches
+    assert settlement_batches(8, []) == []
+    with pytest.raises(ValueError, match="at most"):
+        settlement_batches(8, orders[:1] * (64 * 256 + 1))

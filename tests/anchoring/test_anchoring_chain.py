@@ -16,7 +16,7 @@ import trio
 from anchoring_world import KEYS, Net
 from web3 import Web3
 
-from anchoring.attestations import AnchorBatch, Settlement, attest
+from anchoring.attestations import AnchorBatch, Settlement, SettlementBatch, attest
 from anchoring.batches import AttestationBook, submitter_order
 from anchoring.chain import ChainClient, TransactionSender, connect
 from anchoring.chain.anvil import running_anvil
@@ -135,10 +135,11 @@ async def test_submitters_anchor_once_on_the_in_process_chain(tester_net: Net, t
     assert all(s.status()["done"] == {"anchored": 1} for s in submitters)
 
 
-async def test_settlement_is_settled_once_on_the_in_process_chain(tester_net: Net, tmp_path: Path) -> None:
+async def test_settlement_batch_is_settled_once_in_one_transaction(tester_net: Net, tmp_path: Path) -> None:
     net = tester_net
     session_id = net.open_escrow_session(deposit=5_000)
-    settlement = Settlement(session_id, 7_250, 3_100)
+    other = net.open_escrow_session(deposit=5_000, name="ESCROW-2")
+    settlement = SettlementBatch.of(0, [Settlement(session_id, 7_250, 3_100), Settlement(other, 10, 1)])
     book = AttestationBook([k.address for k in KEYS], net.anchor_domain, net.deployment.domain("Escrow"))
     book.expect(settlement)
     quorums = [book.on_committed(attest(settlement, k, net.deployment.domain("Escrow")), 9) for k in KEYS[:3]]
@@ -152,8 +153,10 @@ async def test_settlement_is_settled_once_on_the_in_process_chain(tester_net: Ne
     session = net.client(KEYS[0]).session(session_id, "latest")
     assert session is not None and (session.energy_wh, session.settled_amount) == (7_250, 3_100)
     assert int(session.status) == SESSION_SETTLED
-    assert sum(s.status()["sends"] for s in submitters) == 1
-    assert all(s.status()["done"] == {"settled": 1} for s in submitters)
+    second = net.client(KEYS[0]).session(other, "latest")
+    assert second is not None and (second.energy_wh, second.settled_amount) == (10, 1)
+    assert sum(s.status()["sends"] for s in submitters) == 1  # both sessions in one settleBatch
+    assert all(s.status()["done"] == {"settled": 2} for s in submitters)
 
 
 async def test_dead_submitter_is_replaced_on_anvil(anvil_net: Net, tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ from anchoring_world import (
 from web3 import Web3
 from web3.types import Wei
 
-from anchoring.attestations import AnchorBatch, Settlement, decode_attestation
+from anchoring.attestations import AnchorBatch, SettlementBatch, decode_attestation
 from anchoring.batches import BatchPolicy, Quorum
 from anchoring.chain import connect
 from anchoring.chain.client import AnchoredBatch, EscrowSession
@@ -83,6 +83,10 @@ class OrderingLedger(Ledger):
         extra = self.orders.get(context.height, ())
         return dataclasses.replace(outcome, settlements=(*outcome.settlements, *extra))
 
+    def settlements_ordered_between(self, first_height: int, last_height: int) -> tuple[SettlementOrder, ...]:
+        scheduled = [o for h in range(first_height, last_height + 1) for o in self.orders.get(h, ())]
+        return (*super().settlements_ordered_between(first_height, last_height), *scheduled)
+
 
 class Network:
     """The six nodes, their submitters, a shared mempool and the committed blocks."""
@@ -101,7 +105,8 @@ class Network:
 
     def make_app(self, address: bytes) -> NodeApplication:
         settings = AppSettings(self.keys[address], self.genesis, self.net.anchor_domain,
-                               self.net.deployment.domain("Escrow"), POLICY, confirmations=0)
+                               self.net.deployment.domain("Escrow"), POLICY, confirmations=0,
+                               settle_every_blocks=1)
         app = NodeApplication(settings, ChainOfTester(self.net), OrderingLedger(),
                               AnchorIndex(self.tmp_path / f"anchors-{address.hex()}.sqlite"))
         # as devsen/node.py wires it: re-sign what this node's submitter has not seen land
@@ -200,7 +205,7 @@ async def test_replacing_two_of_four_while_work_is_pending_keeps_anchoring_and_s
     # Batch 1 (heights 4..6) and the settlement reach their quorums at 7; nobody submits yet.
     for _ in range(3):
         network.commit()
-    assert {type(q.subject) for _, q in network.quorums} == {AnchorBatch, Settlement}
+    assert {type(q.subject) for _, q in network.quorums} == {AnchorBatch, SettlementBatch}
     await network.deliver()
     # Batch 2 closes at 9; only the two validators about to leave get their attestations in.
     network.commit()
@@ -231,10 +236,10 @@ async def test_replacing_two_of_four_while_work_is_pending_keeps_anchoring_and_s
     newcomer = NEWCOMERS[0].address
     app = network.apps[newcomer]
     assert app.epoch == 1 and set(app.validators) == new_set
-    reopened = {_key(cast("AnchorBatch | Settlement", s)) for s in app.book.open_subjects() if app.book.reopened(s)}
-    assert reopened == {0, 1, session_id}
-    assert {_key(cast("AnchorBatch | Settlement", decode_attestation(p).subject)) for p in network.mempool
-            if decode_attestation(p).signer == newcomer} == {1, 2, session_id}  # not batch 0: it landed
+    reopened = {_key(cast("AnchorBatch | SettlementBatch", s)) for s in app.book.open_subjects() if app.book.reopened(s)}
+    assert reopened == {0, 1, SETTLED}
+    assert {_key(cast("AnchorBatch | SettlementBatch", decode_attestation(p).subject)) for p in network.mempool
+            if decode_attestation(p).signer == newcomer} == {1, 2, SETTLED}  # not batch 0: it landed
 
     # A restart of a newcomer right after the rebase: its snapshot keeps the re-opened
     # subjects, and it signs them again.
@@ -246,7 +251,7 @@ async def test_replacing_two_of_four_while_work_is_pending_keeps_anchoring_and_s
     assert restarted.restore(11, stored.get) == (11, app.ledger.state_hash())
     assert restarted.book.export_state() == app.book.export_state()
     resigned = restarted.take_restored_outbound()
-    assert {_key(cast("AnchorBatch | Settlement", decode_attestation(p).subject)) for p in resigned} == {1, 2, session_id}
+    assert {_key(cast("AnchorBatch | SettlementBatch", decode_attestation(p).subject)) for p in resigned} == {1, 2, SETTLED}
     assert all(p in network.mempool for p in resigned)  # the same bytes as before the restart
     network.apps[newcomer] = restarted
 
@@ -254,7 +259,7 @@ async def test_replacing_two_of_four_while_work_is_pending_keeps_anchoring_and_s
     network.commit()
     recollected = [q for a, q in network.quorums if a == KEYS[0].address]
     assert {(type(q.subject), getattr(q.subject, "batch_id", None)) for q in recollected} == {
-        (AnchorBatch, 1), (AnchorBatch, 2), (Settlement, None)}
+        (AnchorBatch, 1), (AnchorBatch, 2), (SettlementBatch, 6 * 64)}
     assert all(set(q.signers) <= new_set for q in recollected)
     await network.deliver()
     # The replaced quorums survive a submitter restart (they are in its job store).
@@ -298,7 +303,7 @@ async def test_replacing_two_of_four_while_work_is_pending_keeps_anchoring_and_s
     stored = {h: types.SimpleNamespace(block=b) for h, b in network.blocks.items()}
     assert again_app.restore(height, stored.get) is not None
     restored = again_app.take_restored_quorums()
-    assert {_key(cast("AnchorBatch | Settlement", q.subject)) for q in restored} >= {1, 2, 3, 4, session_id}
+    assert {_key(cast("AnchorBatch | SettlementBatch", q.subject)) for q in restored} >= {1, 2, 3, 4, SETTLED}
     for quorum in restored:
         await network.submitters[KEYS[0].address].add(quorum)
     assert network.submitters[KEYS[0].address].pending() == []
@@ -306,5 +311,8 @@ async def test_replacing_two_of_four_while_work_is_pending_keeps_anchoring_and_s
           f"(submission rounds {landed:.2f} s after the re-collected quorums)")
 
 
-def _key(subject: AnchorBatch | Settlement) -> int | bytes:
-    return subject.batch_id if isinstance(subject, AnchorBatch) else subject.session_id
+SETTLED = b"settlement batch"  # _key of the test's one settlement batch
+
+
+def _key(subject: AnchorBatch | SettlementBatch) -> int | bytes:
+    return subject.batch_id if isinstance(subject, AnchorBatch) else SETTLED

@@ -15,6 +15,7 @@ from anchoring.attestations import (
     Attestation,
     AttestationError,
     Settlement,
+    SettlementBatch,
     attest,
     decode_attestation,
     payload_kind,
@@ -38,7 +39,7 @@ class Node:
         self.key = key
         self.builder = BatchBuilder(POLICY, state)
         self.book = AttestationBook(VALIDATORS, ANCHOR, ESCROW)
-        self.own: dict[AnchorBatch | Settlement, bytes] = {}
+        self.own: dict[AnchorBatch | SettlementBatch, bytes] = {}
 
     def apply(self, block: Block) -> tuple[AnchorBatch | None, list[Quorum], list[bytes]]:
         quorums = []
@@ -50,7 +51,7 @@ class Node:
                     continue  # e.g. for a batch completed before a restart: the node logs it
                 if quorum is not None:
                     quorums.append(quorum)
-                    self.own.pop(cast("AnchorBatch | Settlement", quorum.subject), None)
+                    self.own.pop(cast("AnchorBatch | SettlementBatch", quorum.subject), None)
                     if isinstance(quorum.subject, AnchorBatch):
                         self.index.record_quorum(quorum.subject.batch_id, block.height)
         summary = batch_block(block)
@@ -62,7 +63,7 @@ class Node:
             to_submit = self.expect(closed[0], ANCHOR)
         return (closed[0] if closed else None), quorums, to_submit
 
-    def expect(self, subject: AnchorBatch | Settlement, domain: Domain) -> list[bytes]:
+    def expect(self, subject: AnchorBatch | SettlementBatch, domain: Domain) -> list[bytes]:
         self.book.expect(subject)
         if self.key is None:
             return []
@@ -114,11 +115,12 @@ def test_validators_and_observer_agree_on_batches_and_quorums(tmp_path: Path) ->
 
 def test_settlement_quorum_and_mempool_check(tmp_path: Path) -> None:
     nodes = [Node(AnchorIndex(tmp_path / f"v{i}.sqlite"), k) for i, k in enumerate(KEYS)]
-    settlement = Settlement(b"\x42" * 32, 12_000, 3_600)
+    settlement = SettlementBatch.of(64, [Settlement(b"\x42" * 32, 12_000, 3_600)])
     payloads = [p for node in nodes for p in node.expect(settlement, ESCROW)]
     nodes[0].book.check(decode_attestation(payloads[1]))
     signed = decode_attestation(payloads[1])
-    forged = Attestation(Settlement(settlement.session_id, 12_000, 3_601), signed.signer, signed.signature)
+    forged = Attestation(SettlementBatch.of(64, [Settlement(b"\x42" * 32, 12_000, 3_601)]), signed.signer,
+                         signed.signature)
     with pytest.raises(AttestationError, match="different terms"):
         nodes[0].book.check(forged)
     rows = [node.apply(make_block(1, payloads)) for node in nodes]  # all four: the fourth is late

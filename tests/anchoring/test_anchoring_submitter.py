@@ -1,7 +1,8 @@
 """Submitter logic against a scripted in-memory chain (unit test of this layer only).
 
 The fake keeps the Anchor/Escrow rules that matter here: sequential batch ids, one
-settlement per session, state readable at past block numbers, reorgs and outages.
+settlement per session (a settlement batch skips entries already closed, like
+Escrow.settleBatch), state readable at past block numbers, reorgs and outages.
 The same submitter runs against the real contracts in test_anchoring_chain.py.
 """
 
@@ -15,10 +16,10 @@ import pytest
 import trio
 import trio.testing
 
-from anchoring.attestations import AnchorBatch, Settlement
+from anchoring.attestations import AnchorBatch, Settlement, SettlementBatch
 from anchoring.batches import Quorum, submitter_order
 from anchoring.submitter import (
-    MAX_SETTLEMENT_CHECKS_PER_ROUND,
+    MAX_SESSION_READS_PER_ROUND,
     SESSION_OPEN,
     SESSION_REFUNDED,
     ChainUnavailable,
@@ -37,6 +38,10 @@ CONFIG = SubmitterConfig(confirmations=2, turn_timeout_s=30, poll_interval_s=1, 
 
 def batch(i: int) -> AnchorBatch:
     return AnchorBatch(i, keccak256(b"root%d" % i), 10 * i + 1, 10 * i + 10, 5)
+
+
+def settlements(batch_id: int, *entries: tuple[bytes, int, int]) -> SettlementBatch:
+    return SettlementBatch.of(batch_id, [Settlement(*entry) for entry in entries])
 
 
 def quorum(subject: Any) -> Quorum:
@@ -111,14 +116,14 @@ class FakeSender:
         chain.sent.append((self.me, subject))
         return keccak256(repr(subject).encode())
 
-    async def submit_settlement(self, subject: Settlement, signatures: Sequence[bytes]) -> bytes:
+    async def submit_settlement(self, subject: SettlementBatch, signatures: Sequence[bytes]) -> bytes:
         chain = self.chain
         chain._check()
         batches, sessions = chain.states[-1]
-        if sessions.get(subject.session_id, SessionState(0)).status != SESSION_OPEN:
-            raise SubmissionRejected("SessionNotOpen")
         sessions = dict(sessions)
-        sessions[subject.session_id] = SessionState(2, subject.energy_wh, subject.amount)
+        for entry in subject.entries:  # entries that are not open are skipped (SettlementSkipped)
+            if sessions.get(entry.session_id, SessionState(0)).status == SESSION_OPEN:
+                sessions[entry.session_id] = SessionState(2, entry.energy_wh, entry.amount)
         chain.states.append((batches, sessions))
         chain.sent.append((self.me, subject))
         return b"\x01" * 32
@@ -203,10 +208,11 @@ async def test_pending_jobs_resume_after_restart(trio_clock: Any, tmp_path: Path
     first = make(chain, me, path)
     chain.down = True
     await first.add(quorum(batch(0)))
-    await first.add(quorum(Settlement(b"\x05" * 32, 100, 7)))
+    await first.add(quorum(settlements(3, (b"\x05" * 32, 100, 7), (b"\x06" * 32, 1, 1))))
     first.store.close()  # the process dies before any submission
     chain.down = False
     chain.states[-1][1][b"\x05" * 32] = SessionState(SESSION_OPEN)
+    chain.states[-1][1][b"\x06" * 32] = SessionState(SESSION_OPEN)
     second = make(chain, me, path)
     assert {j.kind for j in second.pending()} == {"anchor", "settlement"}
     async with trio.open_nursery() as nursery:
@@ -214,7 +220,8 @@ async def test_pending_jobs_resume_after_restart(trio_clock: Any, tmp_path: Path
         await run_until(lambda: not second.pending(), chain, 300)
         nursery.cancel_scope.cancel()
     assert [s for _, s in chain.sent][0] == batch(0)
-    assert sorted(second.status()["done"].items()) == [("anchored", 1), ("settled", 1)]
+    assert sorted(second.status()["done"].items()) == [("anchored", 1), ("settled", 2)]
+    assert len(chain.sent) == 2  # the batch and both sessions in one settlement transaction
     assert len(second.store.done()) == 2 and second.store.pending() == []
 
 
@@ -245,7 +252,7 @@ async def test_already_anchored_or_refunded_needs_no_send(trio_clock: Any) -> No
     other = AnchorBatch(0, keccak256(b"other"), 1, 10, 5)
     async with trio.open_nursery() as nursery:
         await node.add(quorum(batch(0)))
-        await node.add(quorum(Settlement(session, 1, 1)))
+        await node.add(quorum(settlements(0, (session, 1, 1))))
         nursery.start_soon(node.run)
         await run_until(lambda: not node.pending(), chain, 10)
         conflicting = make(chain, VALIDATORS[0])
@@ -271,8 +278,7 @@ async def test_a_session_closed_with_a_voucher_is_done_not_a_conflict_or_a_resen
     chain.mine(3)
     node = make(chain, VALIDATORS[0])
     async with trio.open_nursery() as nursery:
-        await node.add(quorum(Settlement(voucher_session, 1_000, 9)))
-        await node.add(quorum(Settlement(plain_session, 1_000, 9)))
+        await node.add(quorum(settlements(0, (voucher_session, 1_000, 9), (plain_session, 1_000, 9))))
         nursery.start_soon(node.run)
         await run_until(lambda: not node.pending(), chain, 10)
         nursery.cancel_scope.cancel()
@@ -292,23 +298,48 @@ async def test_observer_never_sends_and_bound_on_pending() -> None:
 @pytest.mark.parametrize("trio_clock", [trio.testing.MockClock(autojump_threshold=0)])
 async def test_many_pending_settlements_are_checked_in_bounded_rounds(trio_clock: Any) -> None:
     chain = FakeChain()
-    sessions = [keccak256(b"s%d" % i) for i in range(150)]
+    sessions = [keccak256(b"s%d" % i) for i in range(1_000)]
     chain.states[-1] = ((), {s: SessionState(SESSION_OPEN) for s in sessions})
     chain.mine(3)
     nodes = [make(chain, v) for v in VALIDATORS]
+    subjects = [settlements(i, *((s, 10, 5) for s in sessions[i * 250:(i + 1) * 250])) for i in range(4)]
     for node in nodes:
-        for session in sessions:
-            await node.add(quorum(Settlement(session, 10, 5)))
+        for subject in subjects:
+            await node.add(quorum(subject))
     before = chain.session_reads
     await nodes[0].run_round()
-    assert chain.session_reads - before <= 2 * MAX_SETTLEMENT_CHECKS_PER_ROUND
+    assert chain.session_reads - before <= MAX_SESSION_READS_PER_ROUND
     async with trio.open_nursery() as nursery:
         for node in nodes:
             nursery.start_soon(node.run)
         await run_until(lambda: all(not n.pending() for n in nodes), chain, 600)
         nursery.cancel_scope.cancel()
-    assert sorted(cast(Settlement, s).session_id for _, s in chain.sent) == sorted(sessions)  # each settled once
-    assert all(n.status()["done"] == {"settled": 150} for n in nodes)
+    assert sorted(cast(SettlementBatch, s).batch_id for _, s in chain.sent) == [0, 1, 2, 3]  # one tx per batch
+    assert all(n.status()["done"] == {"settled": 1_000} for n in nodes)
+    assert {o["outcome"] for o in nodes[0].store.done()} == {"settled=250"}
+
+
+@pytest.mark.parametrize("trio_clock", [trio.testing.MockClock(autojump_threshold=0)])
+async def test_a_batch_with_entries_already_closed_is_sent_once_and_they_count_as_done(trio_clock: Any) -> None:
+    """One session of the batch was closed by its manager with the driver's voucher, one was
+    refunded: the batch is still sent once (the contract skips them), and all three are done."""
+    chain = FakeChain()
+    open_one, vouchered, refunded = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32
+    chain.states[-1] = ((), {open_one: SessionState(SESSION_OPEN), refunded: SessionState(SESSION_REFUNDED),
+                             vouchered: SessionState(2, 0, 4, voucher_mode=True)})
+    chain.mine(3)
+    subject = settlements(5, (vouchered, 500, 9), (open_one, 700, 8), (refunded, 1, 1))
+    nodes = [make(chain, v) for v in VALIDATORS]
+    async with trio.open_nursery() as nursery:
+        for node in nodes:
+            await node.add(quorum(subject))
+            nursery.start_soon(node.run)
+        await run_until(lambda: all(not n.pending() for n in nodes), chain, 300)
+        nursery.cancel_scope.cancel()
+    assert [s for _, s in chain.sent] == [subject]
+    assert await chain.session_state(open_one) == SessionState(2, 700, 8)
+    assert all(n.status()["done"] == {"refunded": 1, "settled": 1, "voucher_closed": 1} for n in nodes)
+    assert nodes[0].known_done(subject)
 
 
 @pytest.mark.parametrize("trio_clock", [trio.testing.MockClock(autojump_threshold=0)])

@@ -29,8 +29,9 @@ from anchoring.chain import (
     SessionStatus,
     device_id_of,
 )
+from anchoring.escrow_sign import settlement_batch_digest
 from anchoring.merkle import MerkleTree
-from consensus.signing import ANCHOR_BATCH_TYPE, SETTLEMENT_TYPE, VALIDATOR_SET_UPDATE_TYPE
+from consensus.signing import ANCHOR_BATCH_TYPE, VALIDATOR_SET_UPDATE_TYPE
 from primitives.credentials import hash_charger_password, new_auth_credential
 from primitives.eip712 import Domain, SigningKey, typed_digest
 from primitives.hashing import id_tag_hash, validators_hash
@@ -67,9 +68,19 @@ def open_session(world: World, deposit: int = 20 * TOKEN) -> tuple[bytes, str]:
 
 def settlement_sigs(world: World, session_id: bytes, energy: int, amount: int,
                     keys: list[SigningKey] | None = None, domain: Domain | None = None) -> list[bytes]:
+    """Signatures over the one-entry SettlementBatch of (session_id, energy, amount)."""
     domain = domain or world.deployment.domain("Escrow")
-    digest = typed_digest(domain, SETTLEMENT_TYPE, [session_id, energy, amount])
+    digest = settlement_batch_digest(domain, [(session_id, energy, amount)])
     return quorum_signatures(keys if keys is not None else world.validators[:3], digest)
+
+
+def settle(world: World, session_id: bytes, energy: int, amount: int, sigs: list[bytes]) -> list[int]:
+    """settleBatch of one entry; the SettlementSkipped reasons it emitted."""
+    from web3.logs import DISCARD
+
+    receipt = world.relayer.settle_batch([(session_id, energy, amount)], sigs)
+    skipped = world.relayer.contracts["Escrow"].events.SettlementSkipped().process_receipt(receipt.raw, errors=DISCARD)
+    return [int(e["args"]["reason"]) for e in skipped]
 
 
 def anchor_sigs(world: World, batch: tuple[int, bytes, int, int, int], keys: list[SigningKey] | None = None,
@@ -152,42 +163,45 @@ def test_settlement_pays_manager_and_refunds_rest(world: World) -> None:
     assert session is not None and session.status is SessionStatus.OPEN and session.deposit == 20 * TOKEN
     manager, driver = world.manager.sender.address, world.driver.sender.address  # type: ignore[union-attr]
     before = (world.deployer.token_balance(manager, block), world.deployer.token_balance(driver, block))
-    world.relayer.settle(session_id, 12_000, 7 * TOKEN, settlement_sigs(world, session_id, 12_000, 7 * TOKEN))
+    assert settle(world, session_id, 12_000, 7 * TOKEN, settlement_sigs(world, session_id, 12_000, 7 * TOKEN)) == []
     after_block = world.deployer.block_number()
     assert world.deployer.token_balance(manager, after_block) == before[0] + 7 * TOKEN
     assert world.deployer.token_balance(driver, after_block) == before[1] + 13 * TOKEN
     settled = world.deployer.session(session_id, after_block)
     assert settled is not None and settled.status is SessionStatus.SETTLED
     assert (settled.energy_wh, settled.settled_amount) == (12_000, 7 * TOKEN)
-    # double settlement
-    expect_revert("SessionNotOpen", world.relayer.settle, session_id, 12_000, 7 * TOKEN,
-                  settlement_sigs(world, session_id, 12_000, 7 * TOKEN))
+    # double settlement: skipped (SKIP_CLOSED), nothing paid twice
+    assert settle(world, session_id, 12_000, 7 * TOKEN, settlement_sigs(world, session_id, 12_000, 7 * TOKEN)) == [2]
+    assert world.deployer.token_balance(manager, "latest") == before[0] + 7 * TOKEN
 
 
 def test_settlement_revert_paths(world: World) -> None:
     session_id, _ = open_session(world, deposit=5 * TOKEN)
     amount = 4 * TOKEN
     sigs = settlement_sigs(world, session_id, 1000, amount)
-    expect_revert("TooFewSignatures", world.relayer.settle, session_id, 1000, amount, sigs[:2])
-    expect_revert("DuplicateSigner", world.relayer.settle, session_id, 1000, amount, [sigs[0], sigs[0], sigs[1]])
-    expect_revert("SignersNotSorted", world.relayer.settle, session_id, 1000, amount, [sigs[1], sigs[0], sigs[2]])
+    send = world.relayer.settle_batch
+    entries = [(session_id, 1000, amount)]
+    expect_revert("TooFewSignatures", send, entries, sigs[:2])
+    expect_revert("DuplicateSigner", send, entries, [sigs[0], sigs[0], sigs[1]])
+    expect_revert("SignersNotSorted", send, entries, [sigs[1], sigs[0], sigs[2]])
     outsider = settlement_sigs(world, session_id, 1000, amount, keys=world.validators[:2] + [world.outsider_key])
-    expect_revert("SignerNotValidator", world.relayer.settle, session_id, 1000, amount, outsider)
+    expect_revert("SignerNotValidator", send, entries, outsider)
     wrong_chain = Domain(world.deployment.chain_id + 1, world.deployment.domain("Escrow").verifying_contract)
-    expect_revert("SignerNotValidator", world.relayer.settle, session_id, 1000, amount,
-                  settlement_sigs(world, session_id, 1000, amount, domain=wrong_chain))
+    expect_revert("SignerNotValidator", send, entries, settlement_sigs(world, session_id, 1000, amount, domain=wrong_chain))
     # a signature made for another contract (the Anchor's domain) does not count here
-    expect_revert("SignerNotValidator", world.relayer.settle, session_id, 1000, amount,
+    expect_revert("SignerNotValidator", send, entries,
                   settlement_sigs(world, session_id, 1000, amount, domain=world.deployment.domain("Anchor")))
     high_s = bytearray(sigs[0])
     high_s[32:64] = (0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
                      - int.from_bytes(sigs[0][32:64], "big")).to_bytes(32, "big")
-    expect_revert("SignatureSInvalid", world.relayer.settle, session_id, 1000, amount, [bytes(high_s)] + sigs[1:])
-    over = 5 * TOKEN + 1
-    expect_revert("AmountExceedsDeposit", world.relayer.settle, session_id, 1000, over,
-                  settlement_sigs(world, session_id, 1000, over))
-    expect_revert("UnknownSession", world.relayer.settle, b"\x01" * 32, 1000, amount, sigs)
-    world.relayer.settle(session_id, 1000, amount, sigs)  # all four signatures also fine: see anchor test
+    expect_revert("SignatureSInvalid", send, entries, [bytes(high_s)] + sigs[1:])
+    over = 5 * TOKEN + 1  # above the deposit: skipped (SKIP_AMOUNT), the session stays open
+    assert settle(world, session_id, 1000, over, settlement_sigs(world, session_id, 1000, over)) == [3]
+    unknown = b"\x01" * 32  # no such session: skipped (SKIP_UNKNOWN)
+    assert settle(world, unknown, 1000, amount, settlement_sigs(world, unknown, 1000, amount)) == [1]
+    session = world.deployer.session(session_id, "latest")
+    assert session is not None and session.status is SessionStatus.OPEN
+    assert settle(world, session_id, 1000, amount, sigs) == []  # all four signatures also fine: see anchor test
 
 
 def test_open_session_checks(world: World) -> None:
@@ -219,7 +233,7 @@ def test_refund_only_after_timeout_and_only_by_driver(world: World) -> None:
     world.driver.refund(session_id)
     assert world.deployer.token_balance(driver, "latest") == before + 3 * TOKEN
     expect_revert("SessionNotOpen", world.driver.refund, session_id)
-    expect_revert("SessionNotOpen", world.relayer.settle, session_id, 1, 1, settlement_sigs(world, session_id, 1, 1))
+    assert settle(world, session_id, 1, 1, settlement_sigs(world, session_id, 1, 1)) == [2]  # refunded: skipped
 
 
 # ---- anchor ---------------------------------------------------------------------------

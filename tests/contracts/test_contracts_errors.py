@@ -17,7 +17,7 @@ def _custom(signature: str, types: list[str], values: list[object]) -> bytes:
 
 def test_every_contract_error_has_a_unique_selector() -> None:
     names = {spec.name for spec in error_selectors().values()}
-    assert {"TooFewSignatures", "SignerNotValidator", "AmountExceedsDeposit", "RefundTooEarly",
+    assert {"TooFewSignatures", "SignerNotValidator", "BatchTooLarge", "RefundTooEarly",
             "BatchAlreadyAnchored", "NotDeviceManager", "SessionNotOpen"} <= names
 
 

@@ -225,3 +225,36 @@ def test_batch_above_the_bound_and_refund_after_voucher_close_are_refused(world:
     world.manager.close_with_voucher(session_id, TOKEN, voucher)
     advance_time(world.w3, REFUND_TIMEOUT_S + 1)
     expect_revert("SessionNotOpen", alice.client.refund, session_id)
+
+
+def test_hostile_account_cannot_settle_a_batch_with_forged_signatures(world: World) -> None:
+    """Mallory (not a validator) sends settleBatch paying herself the whole deposit: her own
+    signatures, a quorum padded with hers, a validator's signature repeated, signatures over
+    another domain and a validator quorum over a different list all revert; nothing moves."""
+    cbid = make_device(world)
+    session_id = open_for(world, world.driver, cbid, deposit=10 * TOKEN)
+    mallory = Driver(world, unique("mallory"))
+    entries = [(session_id, 99_000, 10 * TOKEN)]
+    digest = batch_digest(world, entries)
+    outsiders = [SigningKey(bytes([0x50 + i]) * 32) for i in range(3)]
+    honest = quorum_signatures(world.validators[:3], digest)
+    padded = quorum_signatures([*world.validators[:2], world.outsider_key], digest)
+    anchor_domain = quorum_signatures(world.validators[:3], settlement_batch_digest(
+        world.deployment.domain("Anchor"), entries))
+    other_list = quorum_signatures(world.validators[:3], batch_digest(world, [(session_id, 1, 1)]))
+    before = balance(world, world.driver.sender.address)  # type: ignore[union-attr]
+    expect_revert("SignerNotValidator", mallory.client.settle_batch, entries, quorum_signatures(outsiders, digest))
+    expect_revert("SignerNotValidator", mallory.client.settle_batch, entries, padded)
+    expect_revert("DuplicateSigner", mallory.client.settle_batch, entries, [honest[0]] * 3)
+    for signatures in (anchor_domain, other_list):  # they recover to unrelated addresses, in any order
+        with pytest.raises(ChainRevert) as info:
+            mallory.client.settle_batch(entries, signatures)
+        assert info.value.name in ("SignerNotValidator", "SignersNotSorted"), info.value
+    expect_revert("TooFewSignatures", mallory.client.settle_batch, entries, honest[:2])
+    session = world.deployer.session(session_id, "latest")
+    assert session is not None and session.status is SessionStatus.OPEN
+    assert balance(world, world.driver.sender.address) == before  # type: ignore[union-attr]
+    # the honest quorum settles it, whoever relays it (settleBatch is permissionless)
+    mallory.client.settle_batch(entries, honest)
+    session = world.deployer.session(session_id, "latest")
+    assert session is not None and session.status is SessionStatus.SETTLED and session.settled_amount == 10 * TOKEN

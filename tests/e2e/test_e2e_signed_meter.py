@@ -4,7 +4,8 @@ begin and end readings (OCMF); the network settles exactly the signed energy; `d
 session` re-verifies the signatures against the on-chain key through another node and says
 VALID. A second session whose end documents are a tampered one (value raised after signing)
 and one replayed from the first session settles only what the meter signed (0 Wh), and its
-audit is VALID at 0 Wh too."""
+audit is VALID at 0 Wh too. A session whose device tariff is raised after opening settles and
+audits VALID at the tariff copied at opening."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ import pytest
 import trio
 from e2e_devnet import running_devnet
 
-from anchoring.chain.client import SessionStatus
+from anchoring.chain import ChainClient, TransactionSender, connect
+from anchoring.chain.client import SessionStatus, device_id_of
 from devsen.demo_charger import connect_demo_charger, demo_meter_key
 from devsen.devnet import (
     DEMO_CHARGER,
@@ -119,3 +121,28 @@ async def test_signing_charger_settles_signed_energy_and_audits_valid(network: d
     code, report = await _audit_until_anchored(network, second, nodes[3].http_url)
     print(report)
     assert code == EXIT_OK and report["recomputed_energy_wh"] == 0, report
+
+
+async def test_tariff_changed_after_opening_settles_and_audits_at_the_opening_tariff(
+        network: dict[str, Any]) -> None:
+    """The manager raises the device tariff after the driver opened the session: the network
+    settles at the tariff the Escrow copied at opening, and `devsen audit session` (which
+    reads that copy, not DeviceFactory.tariffOf at the head) says VALID."""
+    anvil, nodes = network["anvil"], network["nodes"]
+    client = network["seeded"]["driver_client"]
+    w3 = connect(anvil.url)
+    manager = ChainClient(w3, client.deployment, TransactionSender(w3, anvil.dev_keys[1]))
+    session_id = await trio.to_thread.run_sync(
+        lambda: open_prepaid_session(client, DEMO_CHARGER, 1, DEMO_ID_TAG, DEMO_DEPOSIT))
+    await trio.to_thread.run_sync(manager.update_device, "setTariff", DEMO_CHARGER, 3 * DEMO_PRICE_PER_KWH, 1_000)
+    device = manager.device_by_id(device_id_of(DEMO_CHARGER), "latest")
+    assert device is not None and device.price_per_kwh == 3 * DEMO_PRICE_PER_KWH
+    async with connect_demo_charger(nodes[0].ocpp_url, DEMO_CHARGER, DEMO_PASSWORD, demo_meter_key()) as charger:
+        await charger.transaction(DEMO_ID_TAG, 1, 40_000, 45_000)
+    session = await _settled(client, session_id)
+    assert session.energy_wh == 5_000
+    assert session.settled_amount == 5_000 * DEMO_PRICE_PER_KWH // 1000  # the opening tariff, no minute fee
+    code, report = await _audit_until_anchored(network, session_id, nodes[1].http_url)
+    print(report)
+    assert code == EXIT_OK and report["verdict"] == "VALID", report
+    assert report["tariff"] == {"price_per_kwh": str(DEMO_PRICE_PER_KWH), "per_minute_fee": "0"}

@@ -332,7 +332,7 @@ async def test_idle_and_oversize_http_clients_do_not_delay_ocpp_replies() -> Non
 
 
 def test_a_settled_escrow_session_is_read_from_chain_with_its_settlement_transaction() -> None:
-    from anchoring.attestations import Settlement, attest
+    from anchoring.attestations import Settlement, SettlementBatch, attest
     from anchoring.chain import connect
     from anchoring.testkit import KEYS, Net
     from devsen.api_routes import chain_session_reader
@@ -343,10 +343,10 @@ def test_a_settled_escrow_session_is_read_from_chain_with_its_settlement_transac
     read = chain_session_reader(client, net.deployment.deploy_block)
     opened = read(session_id, client.block_number())
     assert opened is not None and opened["state"] == "open" and opened["settlement_tx"] is None
-    subject = Settlement(session_id, 2_000, 2_000)
+    subject = SettlementBatch.of(0, [Settlement(session_id, 2_000, 2_000)])
     domain = net.deployment.domain("Escrow")
     signatures = [attest(subject, key, domain).signature for key in KEYS]  # KEYS are sorted by address
-    receipt = client.settle(session_id, 2_000, 2_000, signatures)
+    receipt = client.settle_batch([(session_id, 2_000, 2_000)], signatures)
     net.mine(3)
     settled = read(session_id, client.block_number())
     assert settled is not None and settled["state"] == "settled" and settled["amount"] == "2000"

@@ -211,3 +211,52 @@ def test_cost_of_a_signed_meter_values_event(capsys: Any) -> None:
     with capsys.disabled():
         print(f"\nledger: {per_event:.0f} us per signed MeterValues event (block of one, P-256)")
     assert world.ledger.open_sessions()[0].signed_pagination == n
+
+
+def test_a_replay_after_the_device_record_was_evicted_is_still_refused() -> None:
+    """The meter's pagination floor lived on its device record, evicted from the LRU of devices:
+    the ledger remembers when the newest evicted floor changed, so the old documents are still
+    refused (deterministically, across a snapshot), and a fresh document after it still counts."""
+    from devsen.ledger import DeviceInfo, LedgerParams
+    from devsen.ledger.signed import CLOCK_SKEW_MS
+
+    CP = CHARGER
+
+    def evicting_world() -> World:
+        world = signed_world()
+        world.ledger = Ledger(LedgerParams(max_devices=2))
+        world.chain.devices["CP-X"] = DeviceInfo(b"\x44" * 32, "0x" + "ee" * 20, 1, TARIFF)
+        return world
+
+    world, twin = evicting_world(), evicting_world()
+    begin, end = doc(1, (A, "B", 10_000)), doc(2, (B, "E", 15_000))
+    for w in (world, twin):
+        assert run16(w, begin, stop_doc=end)[0].energy_wh == 5_000
+        floor_at = w.ledger._device_record(CP).paginations_ms
+        assert floor_at > 0 and w.ledger._device_record(CP).meter_paginations == (("MTR-1", 2),)
+        for charger in (CHARGER_201, "CP-X"):  # two other devices: CP-1's record is evicted
+            w.block(ev("Heartbeat", {}, charger=charger, version="2.0.1" if charger == CHARGER_201 else "1.6"))
+        assert w.ledger._device_record(CP).meter_paginations == ()
+        assert w.ledger._c.paginations_forgotten_ms == floor_at
+    # (the twins' message ids differ, so compare the device table and the counter, not the whole state)
+    assert world.ledger.table_digests()["devices"] == twin.ledger.table_digests()["devices"]
+    world.ledger = Ledger.from_bytes(world.ledger.to_bytes())  # a restart keeps the forgotten floor
+    assert world.ledger._c.paginations_forgotten_ms == twin.ledger._c.paginations_forgotten_ms
+
+    world.chain.sessions[b"\x09" * 32] = replace(world.chain.sessions[b"\x02" * 32], session_id=b"\x09" * 32,
+                                                  connector_id=1)
+    before = kinds(world).count("pagination_not_increasing")
+    assert run16(world, begin, stop_doc=end)[0].energy_wh == 0  # the replayed pair counts for nothing
+    assert kinds(world).count("pagination_not_increasing") == before + 2
+    assert sum("forgotten pagination floor" in a.detail for a in world.ledger.anomalies()) == 2
+
+    later = world.ledger._c.paginations_forgotten_ms + CLOCK_SKEW_MS + 60_000
+    world.chain.sessions[b"\x0a" * 32] = replace(world.chain.sessions[b"\x02" * 32], session_id=b"\x0a" * 32,
+                                                  connector_id=1, opened_at_s=later // 1000)
+    world.now_ms = later + 1_000
+    tx = world.one(start16(meter=1_000, at_ms=later + 1_000))["transactionId"]
+    world.block(meter16(tx, doc(3, (later + 2_000, "B", 20_000))))
+    world.now_ms = later + 600_000
+    orders = world.block(stop16(tx, 999_999, later + 590_000,
+                                transactionData=signed16(doc(4, (later + 590_000, "E", 21_000))))).settlements
+    assert orders[0].energy_wh == 1_000  # fresh documents (later than the forgotten floor) count

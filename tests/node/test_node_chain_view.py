@@ -68,8 +68,7 @@ def test_session_index_holds_only_open_sessions_within_its_bound(monkeypatch: py
     """Settled and refunded sessions leave the index; requests beyond the per-charger bound are
     ignored (deterministically, by log order) instead of raising inside apply."""
     import devsen.chain_view as chain_view
-    from consensus.signing import SETTLEMENT_TYPE
-    from primitives.eip712 import typed_digest
+    from anchoring.escrow_sign import settlement_batch_digest
 
     monkeypatch.setattr(chain_view, "MAX_OPEN_PER_CHARGER", 3)
     monkeypatch.setattr(chain_view, "CLOSED_KEPT_BLOCKS", 5)
@@ -89,8 +88,8 @@ def test_session_index_holds_only_open_sessions_within_its_bound(monkeypatch: py
     assert [s.session_id for s in view.open_escrow_sessions("CP-S")] == ids[:3]
     assert index.ignored == 1 and len(index) == 3  # the 4th is beyond the bound
 
-    digest = typed_digest(world.deployment.domain("Escrow"), SETTLEMENT_TYPE, [ids[0], 1, 10])
-    world.relayer.settle(ids[0], 1, 10, _world.quorum_signatures(world.validators[:3], digest))
+    digest = settlement_batch_digest(world.deployment.domain("Escrow"), [(ids[0], 1, 10)])
+    world.relayer.settle_batch([(ids[0], 1, 10)], _world.quorum_signatures(world.validators[:3], digest))
     _world.advance_time(w3, _world.REFUND_TIMEOUT_S + 1)
     world.driver.refund(ids[1])
     closed = w3.eth.block_number
