@@ -153,9 +153,9 @@ class ChargerCommand:
     signature: bytes
 
     def encode(self) -> bytes:
-        return bytes([COMMAND_PAYLOAD_TAG]) + msgpack.packb(
-            [self.charger_id, self.ocpp_version, self.action, self.payload_json, self.nonce, self.expires_at_ms,
-             self.signature], use_bin_type=True)
+        packed: bytes = msgpack.packb([self.charger_id, self.ocpp_version, self.action, self.payload_json,
+                                       self.nonce, self.expires_at_ms, self.signature], use_bin_type=True)
+        return bytes([COMMAND_PAYLOAD_TAG]) + packed
 
     def digest(self, domain: Domain) -> bytes:
         """The EIP-712 digest the manager signs; also the command's id."""
@@ -247,8 +247,8 @@ class CommandOutcome:
     signature: bytes
 
     def encode(self) -> bytes:
-        return bytes([OUTCOME_PAYLOAD_TAG]) + msgpack.packb(
-            [self.command_id, self.kind, self.body_json, self.signature], use_bin_type=True)
+        packed: bytes = msgpack.packb([self.command_id, self.kind, self.body_json, self.signature], use_bin_type=True)
+        return bytes([OUTCOME_PAYLOAD_TAG]) + packed
 
     def digest(self, domain: Domain) -> bytes:
         return outcome_digest(domain, self.command_id, self.kind, self.body_json)
