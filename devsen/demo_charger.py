@@ -2,8 +2,12 @@
 
 It speaks the wire protocol as a charger does (Basic auth, subprotocol `ocpp1.6`, one
 outstanding CALL, CALLRESULT/CALLERROR correlation), accepts a CSMS RemoteStartTransaction
-(queued for `next_remote_start`) and answers other CSMS-initiated CALLs with `NotSupported`,
-so a node can be exercised end to end without vendor hardware.
+(queued for `next_remote_start`), answers the manager commands of devsen/ledger/commands.py as
+a charger does (`answer_command`: a configuration it reads and changes, Reset, UnlockConnector,
+TriggerMessage, ChangeAvailability, ClearCache, DataTransfer, charging profiles, local list;
+each call is recorded in `csms_calls`) and other CSMS-initiated CALLs with `NotSupported`,
+so a node can be exercised end to end without vendor hardware. `serve` answers CSMS calls
+while the charger is otherwise idle.
 
 With a `meter_key` it behaves like an Eichrecht meter: its begin reading (in a MeterValues
 `SignedData` sample) and its end reading (in StopTransaction.transactionData) are OCMF
@@ -16,7 +20,7 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +36,46 @@ from primitives.hashing import keccak256
 
 CALL, CALLRESULT, CALLERROR = 2, 3, 4
 MAX_QUEUED_REMOTE_STARTS = 16  # a demo charger runs one transaction at a time
+MAX_RECORDED_CALLS = 256
+
+
+def demo_configuration() -> dict[str, tuple[str, bool]]:
+    """The demo charger's 1.6 configuration keys: key -> (value, read-only)."""
+    return {"HeartbeatInterval": ("300", False), "MeterValueSampleInterval": ("60", False),
+            "MeterValuesSampledData": ("Energy.Active.Import.Register", False), "NumberOfConnectors": ("2", True),
+            "AuthorizeRemoteTxRequests": ("true", False)}
+
+
+def answer_command(config: dict[str, tuple[str, bool]], action: str, payload: Any) -> dict[str, Any] | None:
+    """A 1.6 charger's CALLRESULT to a CSMS command (None: not supported). Changes `config`."""
+    if not isinstance(payload, dict):
+        return None
+    if action == "GetConfiguration":
+        wanted = payload.get("key")
+        keys = [k for k in wanted if isinstance(k, str)] if isinstance(wanted, list) else sorted(config)
+        return {"configurationKey": [{"key": k, "value": config[k][0], "readonly": config[k][1]}
+                                     for k in keys if k in config],
+                "unknownKey": [k for k in keys if k not in config]}
+    if action == "ChangeConfiguration":
+        key, value = payload.get("key"), payload.get("value")
+        if not isinstance(key, str) or not isinstance(value, str) or key not in config:
+            return {"status": "NotSupported"}
+        if config[key][1]:
+            return {"status": "Rejected"}
+        config[key] = (value, False)
+        return {"status": "Accepted"}
+    simple: dict[str, dict[str, Any]] = {
+        "Reset": {"status": "Accepted"}, "UnlockConnector": {"status": "Unlocked"},
+        "TriggerMessage": {"status": "Accepted"}, "ChangeAvailability": {"status": "Accepted"},
+        "ClearCache": {"status": "Accepted"}, "DataTransfer": {"status": "Accepted"},
+        "SetChargingProfile": {"status": "Accepted"}, "ClearChargingProfile": {"status": "Accepted"},
+        "GetCompositeSchedule": {"status": "Rejected"}, "GetLocalListVersion": {"listVersion": 0},
+        "SendLocalList": {"status": "Accepted"},
+        "CancelReservation": {"status": "Rejected"}, "ReserveNow": {"status": "Rejected"},
+        "UpdateFirmware": {}, "GetDiagnostics": {},
+    }
+    reply = simple.get(action)
+    return dict(reply) if reply is not None else None
 
 
 def demo_meter_key(label: str = "devsen-demo-meter") -> ec.EllipticCurvePrivateKey:
@@ -71,6 +115,8 @@ class DemoCharger:
     meter_key: ec.EllipticCurvePrivateKey | None = None  # sign readings as an OCMF meter
     meter_serial: str = "DEMO-METER-1"
     pagination: int = field(default_factory=lambda: int(time.time()))  # OCMF counters only go up, across runs too
+    config: dict[str, tuple[str, bool]] = field(default_factory=demo_configuration)
+    csms_calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (action, payload) received
 
     def signed_sample(self, id_tag: str, tx: str, wh: int) -> dict[str, Any]:
         """A 1.6 sampledValue carrying an OCMF document for one reading (requires `meter_key`)."""
@@ -110,7 +156,21 @@ class DemoCharger:
         if action == "RemoteStartTransaction":
             await self.ws.send_message(json.dumps([CALLRESULT, message_id, {"status": "Rejected"}]))
             return
+        if len(self.csms_calls) < MAX_RECORDED_CALLS:
+            self.csms_calls.append((action, payload))
+        reply = answer_command(self.config, action, payload)
+        if reply is not None:
+            await self.ws.send_message(json.dumps([CALLRESULT, message_id, reply]))
+            return
         await self.ws.send_message(json.dumps([CALLERROR, message_id, "NotSupported", "demo charger", {}]))
+
+    async def serve(self, timeout_s: float, until: Callable[[], bool] = lambda: False) -> None:
+        """Answer CSMS calls for up to `timeout_s` seconds, or until `until()` holds after one."""
+        with trio.move_on_after(timeout_s):
+            while not until():
+                frame = json.loads(await self.ws.get_message())
+                if frame[0] == CALL:
+                    await self._answer_csms_call(frame)
 
     async def next_remote_start(self, timeout_s: float) -> dict[str, Any]:
         """The oldest accepted RemoteStartTransaction payload, waiting up to `timeout_s` for one."""
