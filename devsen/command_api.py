@@ -23,9 +23,6 @@ import trio
 
 from devsen.app import NodeApplication
 from devsen.consensus_service import (
-    AlreadyCommitted,
-    CommitTimeout,
-    ConsensusOverloaded,
     ConsensusService,
 )
 from devsen.http_api import HttpError
@@ -38,10 +35,10 @@ from devsen.ledger.commands import (
     config_document,
     json_text,
 )
+from devsen.voucher_api import commit_payload
 from ocpp_adapter.server import ChargerConnections
 
 CHAIN_READ_TIMEOUT_S = 10.0
-COMMIT_TIMEOUT_S = 30.0
 MAX_COMMAND_BODY_BYTES = 2 * MAX_COMMAND_JSON_BYTES + 1_024
 MAX_PENDING_LISTED = 32
 
@@ -121,16 +118,9 @@ class CommandRoutes:
             raise HttpError(400, f"command refused: {problem}")
         document = {"command_id": "0x" + command_id.hex(), "charger_id": command.charger_id,
                     "action": command.action, "status": "pending"}
-        try:
-            receipt = await self.service.submit(command.encode(), timeout_s=COMMIT_TIMEOUT_S)
-        except ConsensusOverloaded as exc:
-            raise HttpError(503, f"the node is overloaded ({exc}); retry") from exc
-        except CommitTimeout as exc:
-            raise HttpError(503, f"not committed yet ({exc}); retry the same command") from exc
-        except AlreadyCommitted:
+        receipt = await commit_payload(self.service, command.encode(), "command")
+        if receipt is None:
             return 200, {**document, "height": None, "duplicate": True}
-        except ValueError as exc:
-            raise HttpError(400, f"command refused: {exc}") from exc
         if receipt.result.code != 0:
             raise HttpError(400, f"command refused in block {receipt.height}: {receipt.result.log}")
         return 200, {**document, "height": receipt.height}

@@ -44,6 +44,7 @@ import msgpack
 
 from consensus.signing import CHARGER_COMMAND_TYPE, COMMAND_OUTCOME_TYPE
 from devsen.ledger.state import HashedTable
+from ocpp_adapter.protocol import loads_strict
 from ocpp_adapter.schemas import PayloadInvalid, validate
 from primitives.eip712 import Domain, SignatureError, SigningKey, recover_address, typed_digest
 from primitives.hashing import keccak256
@@ -55,7 +56,6 @@ MAX_COMMAND_JSON_BYTES = 8_192  # an OCPP CALL payload (SetChargingProfile with 
 MAX_OUTCOME_JSON_BYTES = 32_768  # a GetConfiguration result of a chatty charger fits
 MAX_COMMAND_BYTES = MAX_COMMAND_JSON_BYTES + 256
 MAX_OUTCOME_BYTES = MAX_OUTCOME_JSON_BYTES + 256
-MAX_JSON_DEPTH = 16
 MAX_COMMAND_TTL_MS = 7 * 86_400_000  # a command waits at most a week for its charger
 MAX_NONCE = 2**64 - 1
 NONCE_WINDOW = 64  # nonces this far below a device's highest may still be used once (reordering)
@@ -91,47 +91,17 @@ class CommandError(ValueError):
     """Bytes or fields that are not a well-formed command or outcome."""
 
 
-def _no_constants(name: str) -> Any:
-    raise CommandError(f"JSON constant {name} is not allowed")
-
-
-def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise CommandError(f"JSON object has the key {key!r} twice")
-        out[key] = value
-    return out
-
-
-def _depth(value: Any, limit: int) -> bool:
-    stack = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > limit:
-            return False
-        if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values())
-        elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item)
-    return True
-
-
 def parse_json_object(text: bytes, limit: int, what: str) -> dict[str, Any]:
-    """Strict JSON object: UTF-8, at most `limit` bytes, no NaN/Infinity, no duplicate keys,
-    bounded depth. CommandError naming `what` otherwise."""
+    """Strict JSON object (the OCPP adapter's `loads_strict`: no NaN/Infinity, duplicate keys,
+    deep nesting or huge integers), UTF-8, at most `limit` bytes. CommandError naming `what` otherwise."""
     if len(text) > limit:
         raise CommandError(f"{what} is {len(text)} bytes, at most {limit}")
     try:
-        value = json.loads(text.decode("utf-8"), parse_constant=_no_constants, object_pairs_hook=_pairs)
-    except CommandError:
-        raise
-    except (UnicodeDecodeError, ValueError) as exc:
+        value = loads_strict(text.decode("utf-8"))
+    except ValueError as exc:  # UnicodeDecodeError included
         raise CommandError(f"{what} is not JSON: {exc}") from None
     if not isinstance(value, dict):
         raise CommandError(f"{what} must be a JSON object")
-    if not _depth(value, MAX_JSON_DEPTH):
-        raise CommandError(f"{what} nests deeper than {MAX_JSON_DEPTH}")
     return value
 
 

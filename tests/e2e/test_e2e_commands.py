@@ -10,7 +10,6 @@ The network is the module fixture `network` of test_e2e_network.py (anvil, the c
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,11 +18,12 @@ from typing import Any
 import test_e2e_network
 import trio
 
+from anchoring.chain.deploy import Deployment
 from devsen.demo_charger import DemoCharger, connect_demo_charger
 from devsen.devnet import DEMO_CHARGER, DEMO_PASSWORD
 from devsen.http_api import http_get_json, http_post_json
 from devsen.ledger.commands import command_digest, json_text
-from primitives.eip712 import SigningKey
+from primitives.eip712 import Domain, SigningKey
 
 network = test_e2e_network.network  # the devnet fixture: one network for this module
 
@@ -32,6 +32,11 @@ def _key_file(network: dict[str, Any], index: int, name: str) -> Path:
     path = Path(network["deployment_path"]).with_name(f"{name}.key")
     path.write_text(network["anvil"].dev_keys[index])
     return path
+
+
+def command_domain(network: dict[str, Any]) -> Domain:
+    """The network's EIP-712 domain of manager commands (its DeviceFactory)."""
+    return Deployment.from_json(Path(network["deployment_path"]).read_text()).domain("DeviceFactory")
 
 
 async def cli(network: dict[str, Any], node: Any, *args: str, key: str = "manager") -> tuple[int, dict[str, Any]]:
@@ -121,9 +126,7 @@ async def test_offline_charger_gets_the_command_when_it_connects_at_another_node
 async def test_hostile_expired_replayed_and_invalid_commands_get_400_and_never_enter_a_block(
         network: dict[str, Any]) -> None:
     nodes = network["nodes"]
-    from anchoring.chain.deploy import Deployment
-
-    domain = Deployment.from_json(Path(network["deployment_path"]).read_text()).domain("DeviceFactory")
+    domain = command_domain(network)
     manager = SigningKey(bytes.fromhex(network["anvil"].dev_keys[1].removeprefix("0x")))
     hostile = SigningKey(bytes.fromhex(network["anvil"].dev_keys[2].removeprefix("0x")))
     now = int(time.time() * 1000)
