@@ -537,8 +537,12 @@ class CommandBook:
             self.merge_config(charger_id, "2.0.1", updates, height)
 
     def merge_config(self, charger_id: str, ocpp_version: str, updates: Iterable[ConfigEntry], height: int) -> None:
-        """Set these keys (bounded: longer keys or values and keys beyond MAX_CONFIG_KEYS are counted, not kept)."""
+        """Set these keys (bounded: longer keys or values and keys beyond MAX_CONFIG_KEYS are counted, not kept).
+        A charger now speaking another OCPP version starts a fresh configuration (1.6 keys are not 2.0.1 variables)."""
         current = self.config.get(charger_id)
+        if current is not None and current.ocpp_version != ocpp_version:
+            self.config.pop(charger_id)
+            current = None
         entries = {e.key: e for e in current.entries} if current is not None else {}
         dropped = current.dropped if current is not None else 0
         for entry in updates:

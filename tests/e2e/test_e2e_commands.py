@@ -164,3 +164,84 @@ async def test_hostile_expired_replayed_and_invalid_commands_get_400_and_never_e
     for node in nodes:
         status, _ = await http_get_json(f"{node.http_url}/v1/commands/0x{command_id.hex()}")
         assert status == 404
+
+
+class Charger201(DemoCharger):
+    """Test-only OCPP 2.0.1 charging station: variables it reads and sets, a base report it
+    streams as NotifyReport after accepting GetBaseReport."""
+
+    variables: dict[str, str]
+
+    async def _answer_csms_call(self, frame: list[Any]) -> None:
+        message_id, action, payload = frame[1], frame[2], frame[3]
+        self.csms_calls.append((action, payload))
+        report = False
+        if action == "GetVariables":
+            results = []
+            for item in payload["getVariableData"]:
+                key = f"{item['component']['name']}/{item['variable']['name']}"
+                found = key in self.variables
+                results.append({"attributeStatus": "Accepted" if found else "UnknownVariable",
+                                "component": item["component"], "variable": item["variable"],
+                                **({"attributeValue": self.variables[key]} if found else {})})
+            reply: dict[str, Any] = {"getVariableResult": results}
+        elif action == "SetVariables":
+            results = []
+            for item in payload["setVariableData"]:
+                self.variables[f"{item['component']['name']}/{item['variable']['name']}"] = item["attributeValue"]
+                results.append({"attributeStatus": "Accepted", "component": item["component"],
+                                "variable": item["variable"]})
+            reply = {"setVariableResult": results}
+        elif action in ("GetBaseReport", "Reset"):
+            reply, report = {"status": "Accepted"}, action == "GetBaseReport"
+        else:
+            await self.ws.send_message(json.dumps([4, message_id, "NotSupported", "test station", {}]))
+            return
+        await self.ws.send_message(json.dumps([3, message_id, reply]))
+        if report:  # the report stream, one NotifyReport per variable (its CALLRESULTs read by `serve`)
+            for seq, (key, value) in enumerate(sorted(self.variables.items())):
+                component, variable = key.split("/")
+                await self.ws.send_message(json.dumps([2, f"report-{seq}", "NotifyReport", {
+                    "requestId": payload["requestId"], "generatedAt": "2026-12-02T00:00:00Z", "seqNo": seq,
+                    "tbc": seq < len(self.variables) - 1, "reportData": [{
+                        "component": {"name": component}, "variable": {"name": variable},
+                        "variableAttribute": [{"value": value, "mutability": "ReadWrite"}]}]}]))
+
+
+async def test_201_variables_and_the_base_report_stream_become_shared_configuration(network: dict[str, Any]) -> None:
+    from trio_websocket import open_websocket_url
+
+    from devsen.demo_charger import basic_auth_header
+
+    nodes = network["nodes"]
+    url = nodes[2].ocpp_url.rstrip("/") + "/" + DEMO_CHARGER
+    async with open_websocket_url(url, subprotocols=["ocpp2.0.1"],
+                                  extra_headers=[basic_auth_header(DEMO_CHARGER, DEMO_PASSWORD)]) as ws:
+        station = Charger201(ws, DEMO_CHARGER)
+        station.variables = {"OCPPCommCtrlr/HeartbeatInterval": "300", "SampledDataCtrlr/TxUpdatedInterval": "0"}
+        boot = await station.call("BootNotification", {"reason": "PowerUp",
+                                                       "chargingStation": {"model": "demo", "vendorName": "DEVSEN"}})
+        assert boot["status"] == "Accepted"
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serving, station)
+            code, got = await cli(network, nodes[0], "config", "get", DEMO_CHARGER, "OCPPCommCtrlr/HeartbeatInterval",
+                                  "Nope/Nothing", "--ocpp", "2.0.1")
+            assert code == 0 and got["action"] == "GetVariables", got
+            assert [r["attributeStatus"] for r in got["outcome"]["getVariableResult"]] == ["Accepted", "UnknownVariable"]
+            code, changed = await cli(network, nodes[1], "config", "set", DEMO_CHARGER,
+                                      "SampledDataCtrlr/TxUpdatedInterval", "60", "--ocpp", "2.0.1")
+            assert code == 0 and changed["action"] == "SetVariables", changed
+            assert station.variables["SampledDataCtrlr/TxUpdatedInterval"] == "60"
+            code, report = await cli(network, nodes[3], "config", "get", DEMO_CHARGER, "--ocpp", "2.0.1")
+            assert code == 0 and report["action"] == "GetBaseReport" and report["outcome"] == {"status": "Accepted"}
+            with trio.fail_after(30):  # the NotifyReport stream is committed as charger events
+                while True:
+                    config = await same_everywhere(nodes, f"/v1/chargers/{DEMO_CHARGER}/configuration",
+                                                   ("at_height", "connected_here"))
+                    if len(config["keys"]) == 2 and config["height"] > report["outcome_height"]:
+                        break
+                    await trio.sleep(0.5)
+            nursery.cancel_scope.cancel()
+    assert {e["key"]: e["value"] for e in config["keys"]} == {
+        "OCPPCommCtrlr/HeartbeatInterval": "300", "SampledDataCtrlr/TxUpdatedInterval": "60"}
+    assert config["ocpp_version"] == "2.0.1"

@@ -262,3 +262,15 @@ def test_apply_is_total_over_hostile_outcomes() -> None:
     assert world.apply(outcomes=(weird,)).outcome_refusals == (None,)
     config = world.ledger.commands.configuration(CHARGER)
     assert config is not None and [e.key for e in config.entries] == ["A"]
+
+
+def test_a_charger_speaking_another_version_starts_a_fresh_configuration() -> None:
+    world = CommandWorld()
+    _answer(world, command("GetConfiguration", {}, nonce=1), {"configurationKey": [
+        {"key": "HeartbeatInterval", "readonly": False, "value": "300"}]})
+    variable = {"component": {"name": "OCPPCommCtrlr"}, "variable": {"name": "HeartbeatInterval"}}
+    _answer(world, command("GetVariables", {"getVariableData": [variable]}, nonce=2, version="2.0.1"),
+            {"getVariableResult": [{**variable, "attributeStatus": "Accepted", "attributeValue": "60"}]})
+    config = world.ledger.commands.configuration(CHARGER)
+    assert config is not None and config.ocpp_version == "2.0.1"
+    assert [(e.key, e.value) for e in config.entries] == [("OCPPCommCtrlr/HeartbeatInterval", "60")]
