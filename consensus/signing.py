@@ -14,6 +14,12 @@ ANCHOR_BATCH_TYPE = (
 SETTLEMENT_TYPE = "Settlement(bytes32 sessionId,uint64 energyWh,uint256 amount)"
 SETTLEMENT_BATCH_TYPE = "SettlementBatch(bytes32 settlementsHash)"  # keccak256 of the Settlement struct hashes
 PAYMENT_VOUCHER_TYPE = "PaymentVoucher(bytes32 sessionId,uint256 cumulativeAmount)"  # signed by the driver
+# A device manager's command to its charger (devsen/ledger/commands.py); payloadHash is the
+# keccak-256 of the exact JSON text of the OCPP CALL payload.
+CHARGER_COMMAND_TYPE = ("ChargerCommand(string chargeBoxId,string ocppVersion,string action,bytes32 payloadHash,"
+                        "uint64 nonce,uint64 expiresAtMs)")
+# A validator's report of what the charger answered to a command (bodyHash: keccak-256 of its JSON text).
+COMMAND_OUTCOME_TYPE = "CommandOutcome(bytes32 commandId,string kind,bytes32 bodyHash)"
 VALIDATOR_SET_UPDATE_TYPE = "ValidatorSetUpdate(uint64 epoch,bytes32 validatorsHash)"
 PAYMENT_VOUCHER_TYPE = "PaymentVoucher(bytes32 sessionId,uint256 cumulativeAmount)"
 

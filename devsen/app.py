@@ -22,7 +22,10 @@ Payload kinds are told apart by the first byte (anchoring/proofs.py, attestation
 devsen/ledger/vouchers.py): 0x9A a canonical ChargerEvent, 0xA1/0xA2/0xA5 an attestation (0xA2: a settlement batch, 0xA5: a
 reward distribution), 0xB1 a
 driver's payment voucher (its signature must recover, else the block is invalid; whether it
-counts is the ledger's deterministic decision, a refusal is the payload's TxResult).
+counts is the ledger's deterministic decision, a refusal is the payload's TxResult), 0xB2 a device
+manager's command to its charger and 0xB3 a validator's report of its outcome
+(devsen/ledger/commands.py; the rules are in devsen/command_gate.py: a block carrying an
+inadmissible command is invalid).
 """
 
 from __future__ import annotations
@@ -73,7 +76,18 @@ from consensus.abci import (
 from consensus.types import Block, CommitCertificate, CommittedBlock, ValidatorSet
 from devsen.chain_facts import ChainFacts, ChainKeys, KeyReader, chain_keys, read_facts
 from devsen.chain_view import ChainReadError, patiently
+from devsen.command_gate import MAX_COMMANDS_PER_BLOCK, MAX_OUTCOMES_PER_BLOCK, CommandGate
 from devsen.ledger import BlockContext, BlockRejected, EventResult, Ledger
+from devsen.ledger.commands import (
+    COMMAND_PAYLOAD_TAG,
+    OUTCOME_PAYLOAD_TAG,
+    AdmittedCommand,
+    ChargerCommand,
+    CommandError,
+    CommandOutcome,
+    decode_command,
+    decode_outcome,
+)
 from devsen.ledger.ledger import SnapshotError
 from devsen.ledger.uptime import RewardDistribution
 from devsen.ledger.vouchers import (
@@ -140,6 +154,7 @@ def new_charger_share(validators: int) -> int:
 
 MAX_VOUCHERS_PER_BLOCK = 256  # payment vouchers in one block (a validity rule; more wait for the next block)
 CODE_VOUCHER_REFUSED = 4  # a payment voucher the ledger did not count (`log` says why)
+CODE_COMMAND_REFUSED = 5  # a manager command or outcome the ledger did not take (`log` says why)
 VOUCHER_SIGNERS_CACHED = 4_096  # payment voucher payload -> recovered signer
 DRIVERS_CACHED = 4_096  # escrow session -> driver address, as last read from chain
 
@@ -150,6 +165,14 @@ class StopCharge:
     the node holding the charger's connection sends it a remote stop (devsen/remote_start.py)."""
 
     order: StopOrder
+
+
+@dataclass(frozen=True, slots=True)
+class CommandsAdmitted:
+    """Notice: manager commands admitted by this block; the node holding each charger's
+    connection delivers them (devsen/charger_commands.py)."""
+
+    commands: tuple[AdmittedCommand, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +267,8 @@ class Payloads:
     events: list[ChargerEvent] = field(default_factory=list)
     attestations: list[Attestation] = field(default_factory=list)
     vouchers: list[PaymentVoucher] = field(default_factory=list)
+    commands: list[ChargerCommand] = field(default_factory=list)
+    outcomes: list[CommandOutcome] = field(default_factory=list)
 
 
 def split_payloads(payloads: tuple[bytes, ...]) -> Payloads:
@@ -267,6 +292,14 @@ def split_payloads(payloads: tuple[bytes, ...]) -> Payloads:
                 out.vouchers.append(decode_voucher(payload))
             except VoucherError as exc:
                 raise ValueError(f"payload {index}: {exc}") from exc
+        elif payload[0] in (COMMAND_PAYLOAD_TAG, OUTCOME_PAYLOAD_TAG):
+            try:
+                if payload[0] == COMMAND_PAYLOAD_TAG:
+                    out.commands.append(decode_command(payload))
+                else:
+                    out.outcomes.append(decode_outcome(payload))
+            except CommandError as exc:
+                raise ValueError(f"payload {index}: {exc}") from exc
         else:
             raise ValueError(f"payload {index} has unknown kind 0x{payload[0]:02x}")
     return out
@@ -287,6 +320,7 @@ class AppSettings:
     # settlement orders of `settle_every_blocks` consecutive heights are signed as one window of
     # settlement batches (anchoring/batches.py); the same on every node of a network
     settle_every_blocks: int = 4
+    commands_domain: Domain | None = None  # the DeviceFactory's (manager commands); None: the Escrow's
 
 
 class NodeApplication:
@@ -323,6 +357,7 @@ class NodeApplication:
         self.resign_filter: Callable[[Subject], bool] = lambda subject: True
         self._settlements_waiting = False  # the open settlement window holds orders (needs blocks soon)
         self.outside_reads = 0
+        self.commands = CommandGate(settings.commands_domain or settings.escrow_domain, settings.anchor_domain)
         self._voucher_signers: OrderedDict[bytes, bytes] = OrderedDict()
         self.drivers: OrderedDict[bytes, bytes] = OrderedDict()  # filled from chain reads (check_tx)
         self.counters: dict[str, int] = {"blocks": 0, "events": 0, "attestations_counted": 0,
@@ -346,6 +381,12 @@ class NodeApplication:
             if problem is not None:
                 return CheckResult(False, problem)
             return CheckResult(True, source="voucher:" + voucher.session_id.hex()[:16])  # mempool share per session
+        for command in parts.commands:
+            problem = self.commands.command_check(command, self.ledger)
+            return CheckResult(problem is None, problem or "", source="command:" + command.charger_id)
+        for outcome in parts.outcomes:
+            problem = self.commands.outcome_check(outcome, self.validators)
+            return CheckResult(problem is None, problem or "", source="outcome")
         for event in parts.events:
             problem = self.vouches.problem(event, self.validators)
             if problem is not None:
@@ -395,13 +436,18 @@ class NodeApplication:
         """I/O: the Ethereum block to name, head - confirmations by a fresh head, monotonic."""
         head = self.chain.head(max_age_s=0)
         number = max(self.last_eth_block, head - self.settings.confirmations, 0)
-        return number, self.chain.block_hash(number)
+        eth_hash = self.chain.block_hash(number)
+        if self.commands.unknown:  # managers of mempool commands, so this proposal may carry them
+            self.commands.read_unknown_managers(self.chain.view_at(number, eth_hash))
+        return number, eth_hash
 
     def prepare_proposal(self, height: int, payloads: tuple[bytes, ...], facts: Any) -> Prepared:
         """Our proposal: the header naming `facts`' Ethereum block and the admissible payloads."""
         number, eth_hash = facts
         kept: list[bytes] = []
-        vouchers = 0
+        vouchers = commands = outcomes = 0
+        nonces: set[tuple[str, int]] = set()
+        now_ms = int(time.time() * 1000)
         share = new_charger_share(len(self.validators))
         budget = VoucherBudget(self._known_charger, len(self.validators), mine="0x" + self.settings.key.address.hex(),
                                new_for_others=max(1, share // PROPOSE_OTHERS_NEW_CHARGER_FRACTION))
@@ -414,6 +460,17 @@ class NodeApplication:
                 if vouchers >= MAX_VOUCHERS_PER_BLOCK:
                     continue
                 vouchers += 1
+            if payload[0] == COMMAND_PAYLOAD_TAG:
+                command = decode_command(payload)
+                if commands >= MAX_COMMANDS_PER_BLOCK or (command.charger_id, command.nonce) in nonces \
+                        or not self.commands.proposable(command, now_ms):
+                    continue  # waits: its manager is read by a later propose_facts
+                commands += 1
+                nonces.add((command.charger_id, command.nonce))
+            if payload[0] == OUTCOME_PAYLOAD_TAG:
+                if outcomes >= MAX_OUTCOMES_PER_BLOCK:
+                    continue
+                outcomes += 1
             kept.append(payload)
         return Prepared(encode_app_header(number, eth_hash), tuple(kept))
 
@@ -459,7 +516,8 @@ class NodeApplication:
             if number > head or self.chain.block_hash(number, fresh=True) != eth_hash:
                 return ChainFacts(number, eth_hash, digest, ChainKeys(), complete=False,
                                   problem=f"Ethereum block {number} 0x{eth_hash.hex()} is not on this node's chain")
-        keys = chain_keys(events, self.ledger, (v.session_id for v in parts.vouchers))
+        keys = chain_keys(events, self.ledger, (v.session_id for v in parts.vouchers),
+                          (c.charger_id for c in parts.commands))
         view = self.chain.view_at(number, eth_hash)
         prefetch = getattr(view, "prefetch_devices", None)
         if prefetch is not None:  # uncached device reads of the block at once, not one after another
@@ -467,12 +525,15 @@ class NodeApplication:
         reads = read_facts(patiently_reader(view), keys)
         epoch, validators, bindings = patiently(f"ValidatorSet at {number}",
                                                 lambda: self.chain.validators_at(number, eth_hash))
-        problem = None
+        facts_problem = None
         if not committed and head - number < self.settings.confirmations:
-            problem = (f"Ethereum block {number} is {head - number} deep by this node's head {head}, "
-                       f"fewer than {self.settings.confirmations} confirmations")
-        return ChainFacts(number, eth_hash, digest, keys, epoch=epoch, validators=validators,
-                          bindings=MappingProxyType(dict(bindings)), problem=problem, **reads)
+            facts_problem = (f"Ethereum block {number} is {head - number} deep by this node's head {head}, "
+                             f"fewer than {self.settings.confirmations} confirmations")
+        facts = ChainFacts(number, eth_hash, digest, keys, epoch=epoch, validators=validators,
+                           bindings=MappingProxyType(dict(bindings)), problem=facts_problem, **reads)
+        if parts.commands:
+            self.commands.note_view(facts.view(), (c.charger_id for c in parts.commands))
+        return facts
 
     def _await_chain_block(self, number: int, eth_hash: bytes) -> None:
         """Block (worker thread) until our RPC has the committed block's Ethereum block, with
@@ -531,6 +592,11 @@ class NodeApplication:
                 self.voucher_signer(voucher)
             except VoucherError as exc:
                 return f"payment voucher for session 0x{voucher.session_id.hex()}: {exc}"
+        if parts.commands or parts.outcomes:
+            problem = self.commands.block_problem(parts.commands, parts.outcomes, facts.view(), block.timestamp_ms,
+                                                  self.ledger, self.validators)
+            if problem is not None:
+                return problem
         context = BlockContext(block.height, block.timestamp_ms, number, eth_hash)
         problem = self.ledger.check_block(context, parts.events)
         return None if problem is None else f"refused by the ledger: {problem}"
@@ -576,7 +642,11 @@ class NodeApplication:
             except VoucherError as exc:
                 return self._refused_block(block, f"committed block {block.height} has a bad voucher: {exc}")
         try:
-            outcome = self.ledger.apply_block(context, view, parts.events, vouchers)
+            commands, command_outcomes = self.commands.ledger_inputs(parts.commands, parts.outcomes)
+        except CommandError as exc:
+            return self._refused_block(block, f"committed block {block.height} has a bad command: {exc}")
+        try:
+            outcome = self.ledger.apply_block(context, view, parts.events, vouchers, commands, command_outcomes)
         except BlockRejected as exc:
             return self._refused_block(block, f"the ledger refused committed block {block.height}: {exc}")
         if view.outside:
@@ -627,14 +697,22 @@ class NodeApplication:
         for stop in outcome.stops:
             self.counters["voucher_stops"] = self.counters.get("voucher_stops", 0) + 1
             notices.append(StopCharge(stop))
+        if outcome.admitted:
+            notices.append(CommandsAdmitted(outcome.admitted))
         tx_results = []
         voucher_refusals = iter(outcome.voucher_refusals)
+        command_refusals = iter(outcome.command_refusals)
+        outcome_refusals = iter(outcome.outcome_refusals)
         for payload in block.payloads:
             if payload[0] == EVENT_PAYLOAD_FIRST_BYTE:
                 tx_results.append(event_tx_result(results[ChargerEvent.from_bytes(payload).event_id]))
             elif payload[0] == VOUCHER_PAYLOAD_TAG:
                 refusal = next(voucher_refusals, "not applied")
                 tx_results.append(TxResult() if refusal is None else TxResult(CODE_VOUCHER_REFUSED, log=refusal))
+            elif payload[0] in (COMMAND_PAYLOAD_TAG, OUTCOME_PAYLOAD_TAG):
+                refusals = command_refusals if payload[0] == COMMAND_PAYLOAD_TAG else outcome_refusals
+                refusal = next(refusals, "not applied")
+                tx_results.append(TxResult() if refusal is None else TxResult(CODE_COMMAND_REFUSED, log=refusal))
             else:
                 tx_results.append(attestation_results.get(payload, TxResult(CODE_ATTESTATION_IGNORED)))
         outbound, self._outbound = tuple(self._outbound), []

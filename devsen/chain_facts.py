@@ -48,15 +48,17 @@ def _id_tag_hashes_in(value: Any, depth: int = 0) -> Iterable[bytes]:
             yield from _id_tag_hashes_in(item, depth + 1)
 
 
-def chain_keys(events: Sequence[ChargerEvent], ledger: Ledger, voucher_sessions: Iterable[bytes] = ()) -> ChainKeys:
+def chain_keys(events: Sequence[ChargerEvent], ledger: Ledger, voucher_sessions: Iterable[bytes] = (),
+               command_chargers: Iterable[str] = ()) -> ChainKeys:
     """The chain keys applying `events` to `ledger` can read; pure (block + state before it).
 
     Chargers: each event's charger (its device and open escrow sessions). IdTags: every idTag /
     idToken the payloads carry. Sessions: the escrow sessions of pending settlement orders (the
     ledger re-checks whether they were paid) and of the open sessions of the block's chargers;
     those the block's payment vouchers name and the oldest voucher entries the ledger re-checks.
+    The chargers of the block's manager commands (their manager, devsen/ledger/commands.py).
     """
-    chargers = sorted({event.charger_id for event in events})
+    chargers = sorted({event.charger_id for event in events} | set(command_chargers))
     tags = sorted({tag_hash for event in events for tag_hash in _id_tag_hashes_in(event.payload)})
     wanted = set(chargers)
     sessions = {order.session_id for order in ledger.pending_settlements()}

@@ -28,6 +28,9 @@ DELEGATED: dict[str, tuple[str, str, str]] = {
               "chain tools: `devsen chain deploy --rpc URL --validators ... --out deployment.json`"),
     "wallet": ("devsen.wallet", "wallet_main",
                "act on chain as a device owner or driver: register a device or idTag, deposit, request a session"),
+    "charger": ("devsen.charger_cli", "charger_main",
+                "operate a charger as its device manager through the network: `devsen charger config get CP-42`, "
+                "`devsen charger reset CP-42 --hard`, `devsen charger unlock CP-42 1`, ..."),
     "audit": ("devsen.session_audit", "audit_main",
               "verify a charger event against the chain: `devsen audit verify EVENT_ID --node URL --rpc URL`; "
               "a settlement from the meter's signatures: `devsen audit session SESSION_ID ...`"),

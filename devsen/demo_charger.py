@@ -12,6 +12,11 @@ StopTransaction with reason Remote (1.6) or TransactionEvent Ended, triggerReaso
 stoppedReason Remote (2.0.1), at the last meter reading it sent. `remote_stops` records each
 (when it arrived, what the node answered to the stop); `next_remote_stop` waits for one.
 
+It answers the manager commands of devsen/ledger/commands.py as a charger does
+(`answer_command`: a configuration it reads and changes, Reset, UnlockConnector,
+TriggerMessage, ChangeAvailability, ClearCache, DataTransfer, charging profiles, local list;
+each call is recorded in `csms_calls`); `serve` answers CSMS calls while the charger is otherwise idle.
+
 With a `meter_key` it behaves like an Eichrecht meter: its begin reading (in a MeterValues
 `SignedData` sample) and its end reading (in StopTransaction.transactionData) are OCMF
 documents signed with that key (`demo_meter_key()` is the devnet's well-known P-256 test key).
@@ -23,7 +28,7 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +48,46 @@ MAX_RUNNING_TRANSACTIONS = 16  # transactions it tracks for remote stops (one pe
 MAX_REMOTE_STOPS_KEPT = 64
 SUBPROTOCOLS = {"1.6": "ocpp1.6", "2.0.1": "ocpp2.0.1"}
 ENERGY_REGISTER = "Energy.Active.Import.Register"
+MAX_RECORDED_CALLS = 256
+
+
+def demo_configuration() -> dict[str, tuple[str, bool]]:
+    """The demo charger's 1.6 configuration keys: key -> (value, read-only)."""
+    return {"HeartbeatInterval": ("300", False), "MeterValueSampleInterval": ("60", False),
+            "MeterValuesSampledData": ("Energy.Active.Import.Register", False), "NumberOfConnectors": ("2", True),
+            "AuthorizeRemoteTxRequests": ("true", False)}
+
+
+def answer_command(config: dict[str, tuple[str, bool]], action: str, payload: Any) -> dict[str, Any] | None:
+    """A 1.6 charger's CALLRESULT to a CSMS command (None: not supported). Changes `config`."""
+    if not isinstance(payload, dict):
+        return None
+    if action == "GetConfiguration":
+        wanted = payload.get("key")
+        keys = [k for k in wanted if isinstance(k, str)] if isinstance(wanted, list) else sorted(config)
+        return {"configurationKey": [{"key": k, "value": config[k][0], "readonly": config[k][1]}
+                                     for k in keys if k in config],
+                "unknownKey": [k for k in keys if k not in config]}
+    if action == "ChangeConfiguration":
+        key, value = payload.get("key"), payload.get("value")
+        if not isinstance(key, str) or not isinstance(value, str) or key not in config:
+            return {"status": "NotSupported"}
+        if config[key][1]:
+            return {"status": "Rejected"}
+        config[key] = (value, False)
+        return {"status": "Accepted"}
+    simple: dict[str, dict[str, Any]] = {
+        "Reset": {"status": "Accepted"}, "UnlockConnector": {"status": "Unlocked"},
+        "TriggerMessage": {"status": "Accepted"}, "ChangeAvailability": {"status": "Accepted"},
+        "ClearCache": {"status": "Accepted"}, "DataTransfer": {"status": "Accepted"},
+        "SetChargingProfile": {"status": "Accepted"}, "ClearChargingProfile": {"status": "Accepted"},
+        "GetCompositeSchedule": {"status": "Rejected"}, "GetLocalListVersion": {"listVersion": 0},
+        "SendLocalList": {"status": "Accepted"},
+        "CancelReservation": {"status": "Rejected"}, "ReserveNow": {"status": "Rejected"},
+        "UpdateFirmware": {}, "GetDiagnostics": {},
+    }
+    reply = simple.get(action)
+    return dict(reply) if reply is not None else None
 
 
 def demo_meter_key(label: str = "devsen-demo-meter") -> ec.EllipticCurvePrivateKey:
@@ -88,6 +133,8 @@ class DemoCharger:
     _stops_due: list[str] = field(default_factory=list)
     _seq_no: int = 0
     _sending_stops: bool = False
+    config: dict[str, tuple[str, bool]] = field(default_factory=demo_configuration)
+    csms_calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (action, payload) received
 
     def signed_sample(self, id_tag: str, tx: str, wh: int) -> dict[str, Any]:
         """A 1.6 sampledValue carrying an OCMF document for one reading (requires `meter_key`)."""
@@ -222,6 +269,12 @@ class DemoCharger:
                 self.remote_starts.append({**payload, "idTag": token})
             await self.ws.send_message(json.dumps([CALLRESULT, message_id, {"status": "Accepted" if ok else "Rejected"}]))
             return
+        if len(self.csms_calls) < MAX_RECORDED_CALLS:
+            self.csms_calls.append((action, payload))
+        reply = answer_command(self.config, action, payload)
+        if reply is not None:
+            await self.ws.send_message(json.dumps([CALLRESULT, message_id, reply]))
+            return
         await self.ws.send_message(json.dumps([CALLERROR, message_id, "NotSupported", "demo charger", {}]))
 
     async def next_remote_start(self, timeout_s: float) -> dict[str, Any]:
@@ -235,12 +288,13 @@ class DemoCharger:
                 # a CALLRESULT/CALLERROR here answers a call given up earlier: dropped
         return self.remote_starts.pop(0)
 
-    async def serve(self, seconds: float) -> None:
-        """Answer CSMS calls (and honour remote stops) for about `seconds`, sending nothing else.
-        Only the wait for a frame times out: a stop being sent is finished, however long it takes."""
+    async def serve(self, seconds: float, until: Callable[[], bool] = lambda: False) -> None:
+        """Answer CSMS calls (and honour remote stops) for about `seconds`, or until `until()`
+        holds after one, sending nothing else. Only the wait for a frame times out: a stop being
+        sent is finished, however long it takes."""
         deadline = trio.current_time() + seconds
         await self._send_due_stops()
-        while True:
+        while not until():
             with trio.move_on_at(deadline) as waiting:
                 message = await self.ws.get_message()
             if waiting.cancelled_caught:

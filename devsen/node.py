@@ -47,6 +47,7 @@ from devsen.api_routes import ReadSources, chain_session_reader, read_routes
 from devsen.app import (
     MESSAGE_WINDOW_BLOCKS,
     AppSettings,
+    CommandsAdmitted,
     NodeApplication,
     OwnAttestationCommitted,
     StopCharge,
@@ -60,6 +61,8 @@ from devsen.chain_view import (
     SessionIndex,
     patiently,
 )
+from devsen.charger_commands import CommandDelivery
+from devsen.command_api import MAX_COMMAND_BODY_BYTES, CommandRoutes
 from devsen.config import ConfigError, NodeConfig
 from devsen.consensus_service import (
     AlreadyCommitted,
@@ -227,6 +230,7 @@ class NodeParts:
     metrics: NodeMetrics | None = None
     stops: RemoteStops | None = None
     double_sign: DoubleSignReporter | None = None
+    commands: CommandDelivery | None = None
 
 
 def _load_deployment(config: NodeConfig) -> Deployment:
@@ -371,6 +375,7 @@ def build_node(config: NodeConfig) -> NodeParts:
         anchor_domain=deployment.domain("Anchor"),
         escrow_domain=deployment.domain("Escrow"),
         rewards_domain=deployment.domain("Rewards") if deployment.rewards else None,
+        commands_domain=deployment.domain("DeviceFactory"),
         batch_policy=BatchPolicy(every_blocks=config.anchoring.every_blocks,
                                  every_ms=config.anchoring.every_seconds * 1000),
         confirmations=config.chain.confirmations,
@@ -406,7 +411,10 @@ def build_node(config: NodeConfig) -> NodeParts:
     on_validators: list[Callable[[ValidatorsChanged], None]] = []
     connections = ChargerConnections()
     stops = RemoteStops(connections)
-    route = FinalizeRouter(outbox, quorums, on_validators, stops.add)
+    delivery = CommandDelivery(connections, lambda charger: app.ledger.commands.pending_for(charger),
+                               lambda: app.ledger.commands.pending_chargers(), outbox.add, keys.validator,
+                               settings.anchor_domain, config.ocpp.call_timeout_s)
+    route = FinalizeRouter(outbox, quorums, on_validators, stops.add, delivery.wake)
     timeouts = TimeoutConfig(
         propose_ms=config.consensus.timeout_propose_ms, propose_delta_ms=config.consensus.timeout_delta_ms,
         prevote_ms=config.consensus.timeout_vote_ms, prevote_delta_ms=config.consensus.timeout_delta_ms,
@@ -446,7 +454,7 @@ def build_node(config: NodeConfig) -> NodeParts:
     for quorum in app.take_restored_quorums():  # the submitter ignores the ones it knows
         quorums.add(quorum)
     parts = NodeParts(config, keys, deployment, client, app, service, submitter, outbox, quorums,
-                      connections, time.time(), evidence, stops=stops, double_sign=double_sign)
+                      connections, time.time(), evidence, stops=stops, double_sign=double_sign, commands=delivery)
     parts.metrics = node_metrics(parts)
     return parts
 
@@ -628,6 +636,12 @@ def build_router(parts: NodeParts) -> Router:
 
     router.post("/v1/sessions/{session_id}/vouchers", submit_voucher, summary="Submit a driver's payment voucher",
                 max_body_bytes=MAX_VOUCHER_BODY_BYTES)
+    commands = CommandRoutes(parts.app, parts.service, parts.connections)
+    router.post("/v1/chargers/{charger_id}/commands", commands.submit,
+                summary="Submit a device manager's signed command to its charger", max_body_bytes=MAX_COMMAND_BODY_BYTES)
+    router.get("/v1/commands/{command_id}", commands.command, summary="A command and its outcome")
+    router.get("/v1/chargers/{charger_id}/configuration", commands.configuration,
+               summary="A charger's last known configuration (ledger state)")
     return router
 
 
@@ -649,11 +663,13 @@ class FinalizeRouter:
 
     def __init__(self, outbox: AttestationOutbox, quorums: QuorumInbox,
                  on_validators: list[Callable[[ValidatorsChanged], None]],
-                 on_stop: Callable[[StopOrder], None] | None = None) -> None:
+                 on_stop: Callable[[StopOrder], None] | None = None,
+                 on_commands: Callable[[CommandsAdmitted], None] | None = None) -> None:
         self.outbox = outbox
         self.quorums = quorums
         self.on_validators = on_validators
         self.on_stop = on_stop
+        self.on_commands = on_commands
 
     def on_finalized(self, block: Block, result: FinalizeResult) -> None:
         for payload in result.outbound_payloads:
@@ -668,6 +684,8 @@ class FinalizeRouter:
                     listener(notice)
             elif isinstance(notice, StopCharge) and self.on_stop is not None:
                 self.on_stop(notice.order)  # sent only if the charger is connected here
+            elif isinstance(notice, CommandsAdmitted) and self.on_commands is not None:
+                self.on_commands(notice)  # delivered by the node holding the charger's connection
 
 
 class QuorumInbox:
@@ -738,6 +756,8 @@ async def serve_node(parts: NodeParts, *, task_status: Any = trio.TASK_STATUS_IG
         if parts.stops is not None:
             stops = parts.stops
             nursery.start_soon(supervised, "voucher remote stops", lambda: stops.run())
+        if parts.commands is not None:
+            nursery.start_soon(supervised, "command delivery", parts.commands.run)
         nursery.start_soon(run_remote_starts, parts.client, parts.deployment, parts.connections,
                            Path(config.node.data_dir), config.chain.confirmations, config.chain.poll_interval_s)
         ocpp_port = await nursery.start(

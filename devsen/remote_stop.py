@@ -14,8 +14,8 @@ from typing import Any
 
 import trio
 
+from devsen.charger_commands import call_charger
 from devsen.ledger.vouchers import StopOrder
-from ocpp_adapter.errors import ChargerCallFailed
 from ocpp_adapter.server import ChargerConnections
 
 log = logging.getLogger("devsen.remote_stop")
@@ -61,12 +61,15 @@ class RemoteStops:
                 continue
             try:
                 action, payload = remote_stop_call(version, order)
-                with trio.fail_after(timeout_s + 5):
-                    answer = await self.connections.call(order.charger_id, action, payload, timeout=timeout_s)
-                self.sent += 1
-                log.info("voucher session 0x%s: metered %d ran more than a chunk past voucher %d; %s %s "
-                         "transaction %s: charger answered %s", order.session_id.hex(), order.metered_cost,
-                         order.voucher_amount, action, order.charger_id, order.tx_ref, answer.get("status"))
-            except (ChargerCallFailed, ValueError, trio.TooSlowError) as exc:
-                log.warning("remote stop of %s transaction %s failed: %s: %s", order.charger_id, order.tx_ref,
-                            type(exc).__name__, exc)
+            except ValueError as exc:
+                log.warning("remote stop of %s transaction %s failed: %s", order.charger_id, order.tx_ref, exc)
+                continue
+            answer = await call_charger(self.connections, order.charger_id, action, payload, timeout_s)
+            if answer.kind != "result":
+                log.warning("remote stop of %s transaction %s failed: %s", order.charger_id, order.tx_ref,
+                            answer.summary())
+                continue
+            self.sent += 1
+            log.info("voucher session 0x%s: metered %d ran more than a chunk past voucher %d; %s %s "
+                     "transaction %s: charger answered %s", order.session_id.hex(), order.metered_cost,
+                     order.voucher_amount, action, order.charger_id, order.tx_ref, answer.summary())

@@ -21,6 +21,7 @@ import trio
 from devsen.app import NodeApplication
 from devsen.consensus_service import (
     AlreadyCommitted,
+    CommitReceipt,
     CommitTimeout,
     ConsensusOverloaded,
     ConsensusService,
@@ -42,6 +43,21 @@ SUBMIT_LATENCIES_KEPT = 256
 
 
 MAX_VOUCHER_BODY_BYTES = 4_096  # a voucher's JSON is about 200 bytes
+
+async def commit_payload(service: ConsensusService, payload: bytes, what: str) -> CommitReceipt | None:
+    """Order `payload` through consensus for an HTTP handler: its receipt once committed, None
+    if it was committed before (a client's retry); HttpError 503 (retry) or 400 (refused)."""
+    try:
+        return await service.submit(payload, timeout_s=COMMIT_TIMEOUT_S)
+    except ConsensusOverloaded as exc:
+        raise HttpError(503, f"the node is overloaded ({exc}); retry") from exc
+    except CommitTimeout as exc:
+        raise HttpError(503, f"not committed yet ({exc}); retry the same {what}") from exc
+    except AlreadyCommitted:
+        return None
+    except ValueError as exc:
+        raise HttpError(400, f"{what} refused: {exc}") from exc
+
 
 def _session_id(text: str) -> bytes:
     digits = text.lower().removeprefix("0x")
@@ -131,16 +147,9 @@ class VoucherRoutes:
             problem = self.app.voucher_problem(voucher)
         if problem is not None:
             raise HttpError(400, f"voucher refused: {problem}")
-        try:
-            receipt = await self.service.submit(voucher.encode(), timeout_s=COMMIT_TIMEOUT_S)
-        except ConsensusOverloaded as exc:
-            raise HttpError(503, f"the node is overloaded ({exc}); retry") from exc
-        except CommitTimeout as exc:
-            raise HttpError(503, f"not committed yet ({exc}); retry the same voucher") from exc
-        except AlreadyCommitted:
+        receipt = await commit_payload(self.service, voucher.encode(), "voucher")
+        if receipt is None:
             return 200, {"cumulative_amount": str(voucher.cumulative_amount), "height": None, "duplicate": True}
-        except ValueError as exc:
-            raise HttpError(400, f"voucher refused: {exc}") from exc
         if receipt.result.code != 0:
             raise HttpError(400, f"voucher refused in block {receipt.height}: {receipt.result.log}")
         self.submit_latencies_ms = (self.submit_latencies_ms + [(time.perf_counter() - started) * 1000])[

@@ -152,6 +152,11 @@ class ChargerConnections:
         conn = self._live.get(charge_box_id)
         return conn.version if conn else None
 
+    def connection_id(self, charge_box_id: str) -> bytes | None:
+        """The id of the charger's live connection (a new one after every reconnect), or None."""
+        conn = self._live.get(charge_box_id)
+        return conn.connection_id if conn else None
+
     def __len__(self) -> int:
         return len(self._live)
 

@@ -62,6 +62,20 @@ def _encode_static(abi_type: str, value: object) -> bytes:
     raise ValueError(f"unsupported static ABI type {abi_type!r}")
 
 
+def _encode_member(abi_type: str, value: object) -> bytes:
+    """EIP-712 `encodeData` of one struct member: `string` and `bytes` (dynamic) as the
+    keccak-256 of their contents, as EIP-712 prescribes; static types as their ABI word."""
+    if abi_type == "string":
+        if not isinstance(value, str):
+            raise ValueError("string value must be a str")
+        return keccak256(value.encode())
+    if abi_type == "bytes":
+        if not isinstance(value, bytes):
+            raise ValueError("bytes value must be bytes")
+        return keccak256(value)
+    return _encode_static(abi_type, value)
+
+
 def abi_encode(types: Sequence[str], values: Sequence[object]) -> bytes:
     """`abi.encode` of static types only (uintN, intN, address, bool, bytes32)."""
     if len(types) != len(values):
@@ -80,9 +94,11 @@ def _parse_struct(type_string: str) -> tuple[bytes, tuple[str, ...]]:
 
 
 def hash_struct(type_string: str, values: Sequence[object]) -> bytes:
-    """EIP-712 hashStruct for a struct whose members are all static ABI types."""
+    """EIP-712 hashStruct for a struct whose members are static ABI types, `string` or `bytes`."""
     type_hash, types = _parse_struct(type_string)
-    return keccak256(type_hash + abi_encode(types, values))
+    if len(types) != len(values):
+        raise ValueError("types and values differ in length")
+    return keccak256(type_hash + b"".join(_encode_member(t, v) for t, v in zip(types, values, strict=True)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,8 +100,10 @@ class Deployment:
         }
 
     def domain(self, contract: str) -> Domain:
-        """The EIP-712 domain of `contract` ("ValidatorSet", "Escrow" or "Anchor")."""
-        if contract not in ("ValidatorSet", "Escrow", "Anchor", "Rewards") or contract not in self.addresses():
+        """The EIP-712 domain of `contract` ("ValidatorSet", "Escrow", "Anchor", "Rewards", or
+        "DeviceFactory": device managers' commands to their chargers, devsen/ledger/commands.py)."""
+        if contract not in ("ValidatorSet", "Escrow", "Anchor", "Rewards", "DeviceFactory") \
+                or contract not in self.addresses():
             raise ValueError(f"{contract} has no signing domain")
         return Domain(self.chain_id, bytes.fromhex(self.addresses()[contract][2:]))
 

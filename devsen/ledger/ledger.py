@@ -51,6 +51,7 @@ from devsen.ledger.chain import (
     id_tag_problem,
     session_token_hash,
 )
+from devsen.ledger.commands import AdmittedCommand, ChargerCommand, CommandBook, CommandOutcome
 from devsen.ledger.handlers import HANDLERS
 from devsen.ledger.kinds import (
     BAD_CHAIN_DATA,
@@ -88,12 +89,13 @@ from devsen.ledger.state import (
     state_bytes,
 )
 from devsen.ledger.uptime import RewardDistribution, UptimeBook, UptimeRecord, restore_distribution
-from devsen.ledger.vouchers import PaymentVoucher, StopOrder, VoucherBook
+from devsen.ledger.vouchers import PaymentVoucher, StopOrder, VoucherBook, address_bytes
 from ocpp_adapter.events import ChargerEvent
 from primitives.hashing import keccak256
 
-SNAPSHOT_VERSION = 5  # 4: signed meter values, payment vouchers, uptime and reward tables; 5: the
-# pagination floor of evicted device records (paginations_forgotten_ms, DeviceRecord.paginations_ms)
+SNAPSHOT_VERSION = 6  # 4: signed meter values, payment vouchers, uptime and reward tables; 5: the
+# pagination floor of evicted device records (paginations_forgotten_ms, DeviceRecord.paginations_ms);
+# 6: commands (commands.py: command records, nonce windows, charger configurations)
 
 MAX_PAYLOAD_DEPTH = 32  # OCPP payloads nest a handful of levels; deeper is malformed
 MAX_OPEN_ESCROWS_READ = 4_096  # open escrow sessions of one charger considered per look-up
@@ -176,6 +178,9 @@ class BlockOutcome:
     voucher_refusals: tuple[str | None, ...] = ()  # per voucher of the block: None if it counted
     stops: tuple[StopOrder, ...] = ()  # voucher-mode transactions the ledger decided to stop
     rewards: tuple[RewardDistribution, ...] = ()  # the reward epoch this block closed, if any
+    command_refusals: tuple[str | None, ...] = ()  # per command of the block: None if admitted
+    outcome_refusals: tuple[str | None, ...] = ()  # per command outcome of the block: None if recorded
+    admitted: tuple[AdmittedCommand, ...] = ()  # commands admitted by this block (to deliver)
 
 
 @dataclass(slots=True)
@@ -328,6 +333,7 @@ class Ledger:
         self._by_escrow: dict[bytes, tuple[str, str]] = {}
         self._signed_in_block = 0  # OCMF documents checked in the current block (reset per block)
         self.vouchers = VoucherBook(self._next_seq)  # latest payment voucher per escrow session (vouchers.py)
+        self.commands = CommandBook(self._next_seq)  # manager commands, nonces, configurations (commands.py)
 
     # ----------------------------------------------------------------- public API
 
@@ -349,11 +355,15 @@ class Ledger:
         return None
 
     def apply_block(self, ctx: BlockContext, chain: ChainView, events: Sequence[ChargerEvent],
-                    vouchers: Sequence[tuple[PaymentVoucher, bytes]] = ()) -> BlockOutcome:
+                    vouchers: Sequence[tuple[PaymentVoucher, bytes]] = (),
+                    commands: Sequence[tuple[ChargerCommand, bytes, bytes]] = (),
+                    outcomes: Sequence[tuple[CommandOutcome, bytes]] = ()) -> BlockOutcome:
         """Apply one committed block; raises BlockRejected only for a block that `check_block` refuses.
 
         `vouchers` are the block's payment vouchers with the address each recovers to (the
-        application checked the signatures); they apply before the events."""
+        application checked the signatures); they apply before the events. `commands` are the
+        block's manager commands as (command, id, signer), `outcomes` the command outcomes
+        with the validator that signed each (commands.py); they apply after the vouchers."""
         problem = self.check_block(ctx, events)
         if problem is not None:
             raise BlockRejected(problem)
@@ -368,6 +378,14 @@ class Ledger:
         self._release_settled(checked)
         refusals = tuple(self.vouchers.apply(v, signer, checked.escrow_session(v.session_id),
                                              v.session_id in self._pending, ctx.height) for v, signer in vouchers)
+        self.commands.expire(ctx.timestamp_ms, ctx.height)
+        command_refusals = tuple(
+            self.commands.admit(c, command_id, signer, self.device_manager(checked, c.charger_id), ctx.timestamp_ms,
+                                ctx.height) for c, command_id, signer in commands)
+        admitted = tuple(AdmittedCommand(command_id, record) for (_, command_id, _), refusal
+                         in zip(commands, command_refusals, strict=True)
+                         if refusal is None and (record := self.commands.get(command_id)) is not None)
+        outcome_refusals = tuple(self.commands.record_outcome(o, reporter, ctx.height) for o, reporter in outcomes)
         settlements: list[SettlementOrder] = []
         self._close_before_refund(checked, settlements)
         results = tuple(self._apply_event(checked, event, settlements) for event in events)
@@ -376,7 +394,16 @@ class Ledger:
         self._count_uptime(checked, events, results)
         self._check_invariants()
         rewards = (closed,) if closed is not None else ()
-        return BlockOutcome(ctx.height, results, tuple(settlements), self.state_hash(), refusals, stops, rewards)
+        return BlockOutcome(ctx.height, results, tuple(settlements), self.state_hash(), refusals, stops, rewards,
+                            command_refusals, outcome_refusals, admitted)
+
+    @staticmethod
+    def device_manager(chain: ChainView, charger_id: str) -> bytes | None:
+        """The 20-byte manager of an active registered device at the chain view's block, or None."""
+        device = chain.device(charger_id)
+        if device is None or not device.active:
+            return None
+        return address_bytes(device.manager)
 
     def _voucher_stops(self, chain: _CheckedChain, events: Sequence[ChargerEvent]) -> tuple[StopOrder, ...]:
         """The voucher-mode transactions of the block's chargers whose vouchers fell behind (vouchers.py)."""
@@ -475,8 +502,10 @@ class Ledger:
     def state_hash(self) -> bytes:
         """keccak-256 over the parameters, the counters and every table's digest."""
         tables = [t.digest() for t in self._tables()]
-        if len(self.vouchers.table):  # appended only when in use: pre-voucher states hash as before
+        if len(self.vouchers.table) or self.commands.in_use():  # appended only when in use
             tables.append(self.vouchers.digest())
+        if self.commands.in_use():
+            tables.extend(t.digest() for t in self.commands.tables())
         return keccak256(state_bytes([SNAPSHOT_VERSION, self.params, self._counter_values(), tables]))
 
     def table_digests(self) -> dict[str, bytes]:
@@ -486,8 +515,10 @@ class Ledger:
     def to_bytes(self) -> bytes:
         """A snapshot of the full state, for restart."""
         tables = [t.to_state() for t in self._tables()]
-        if len(self.vouchers.table):
+        if len(self.vouchers.table) or self.commands.in_use():
             tables.append(self.vouchers.to_state())
+        if self.commands.in_use():
+            tables.append(self.commands.to_state())
         return state_bytes([SNAPSHOT_VERSION, self.params, self._counter_values(), tables])
 
     @classmethod
@@ -518,11 +549,13 @@ class Ledger:
             raise SnapshotError(f"snapshot version {version}, expected {SNAPSHOT_VERSION}")
         ledger = cls(LedgerParams(*params))
         ledger._c = _Counters(*counters)
-        if len(tables) not in (8, 9):
-            raise SnapshotError(f"{len(tables)} tables in the snapshot, expected 8 or 9")
+        if len(tables) not in (8, 9, 10):
+            raise SnapshotError(f"{len(tables)} tables in the snapshot, expected 8, 9 or 10")
         devices, sessions, closed, pending, replies, anomalies, uptime, rewards = tables[:8]
-        if len(tables) == 9:
+        if len(tables) >= 9:
             ledger.vouchers.restore(tables[8])
+        if len(tables) == 10:
+            ledger.commands.restore(tables[9])
         for key, v in devices:
             values = list(v)
             values[8] = tuple(ConnectorStatus(*c) for c in v[8])
@@ -598,6 +631,8 @@ class Ledger:
         else:
             try:
                 reply = handler(self, step, event.payload)
+                if event.action == "NotifyReport" and self.device_manager(chain, event.charger_id) is not None:  # GetBaseReport's stream
+                    self.commands.config_from_report(event.charger_id, event.payload, self._c.height)
             except MalformedPayload as exc:
                 error_code = "FormationViolation" if event.ocpp_version == "1.6" else "FormatViolation"
                 self._anomaly(step, MALFORMED, str(exc))

@@ -78,8 +78,9 @@ class OrderingLedger(Ledger):
 
     orders: dict[int, tuple[SettlementOrder, ...]] = {}
 
-    def apply_block(self, context: Any, view: Any, events: Any, vouchers: Any = ()) -> Any:
-        outcome = super().apply_block(context, view, events, vouchers)
+    def apply_block(self, context: Any, view: Any, events: Any, vouchers: Any = (), commands: Any = (),
+                    outcomes: Any = ()) -> Any:
+        outcome = super().apply_block(context, view, events, vouchers, commands, outcomes)
         extra = self.orders.get(context.height, ())
         return dataclasses.replace(outcome, settlements=(*outcome.settlements, *extra))
 

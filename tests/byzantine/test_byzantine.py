@@ -99,7 +99,7 @@ async def _refusals(net: ByzNetwork) -> int:
     return total
 
 
-@pytest.mark.parametrize("behaviour", ["bad_header", "bad_payload", "oversized", "future_eth"])
+@pytest.mark.parametrize("behaviour", ["bad_header", "bad_payload", "oversized", "future_eth", "forge_command"])
 def test_invalid_proposals_are_refused(net: ByzNetwork, behaviour: str) -> None:
     before = trio.run(_refusals, net)
     observation = _attack(net, behaviour)

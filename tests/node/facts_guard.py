@@ -10,6 +10,7 @@ from typing import Any
 
 from devsen.chain_facts import ChainFacts, FactsView, chain_keys, read_facts
 from devsen.ledger import BlockContext, BlockRejected, Ledger
+from devsen.ledger.commands import ChargerCommand, CommandOutcome
 from devsen.ledger.ledger import BlockOutcome
 from devsen.ledger.vouchers import PaymentVoucher
 from ocpp_adapter.events import ChargerEvent
@@ -21,16 +22,18 @@ def pytest_configure(config: Any) -> None:
     original = Ledger.apply_block
 
     def guarded(self: Ledger, ctx: BlockContext, chain: Any, events: Sequence[ChargerEvent],
-                vouchers: Sequence[tuple[PaymentVoucher, bytes]] = ()) -> BlockOutcome:
-        keys = chain_keys(events, self, (v.session_id for v, _ in vouchers))
+                vouchers: Sequence[tuple[PaymentVoucher, bytes]] = (),
+                commands: Sequence[tuple[ChargerCommand, bytes, bytes]] = (),
+                outcomes: Sequence[tuple[CommandOutcome, bytes]] = ()) -> BlockOutcome:
+        keys = chain_keys(events, self, (v.session_id for v, _ in vouchers), (c.charger_id for c, _, _ in commands))
         facts = ChainFacts(ctx.eth_block_number, ctx.eth_block_hash, b"", keys, **read_facts(chain, keys))
         twin = copy.deepcopy(self)
         view = FactsView(facts)
         try:
-            expected = original(twin, ctx, chain, events, vouchers)
+            expected = original(twin, ctx, chain, events, vouchers, commands, outcomes)
         except BlockRejected:
-            return original(self, ctx, view, events, vouchers)
-        got = original(self, ctx, view, events, vouchers)
+            return original(self, ctx, view, events, vouchers, commands, outcomes)
+        got = original(self, ctx, view, events, vouchers, commands, outcomes)
         assert not view.outside, f"the ledger read outside the prefetched chain keys: {view.outside}"
         assert got == expected and self.state_hash() == twin.state_hash()
         CHECKED["blocks"] += 1
