@@ -33,6 +33,9 @@ DELEGATED: dict[str, tuple[str, str, str]] = {
               "a settlement from the meter's signatures: `devsen audit session SESSION_ID ...`"),
     "ocpp-serve": ("ocpp_adapter.standalone", "run_standalone",
                    "run the OCPP endpoint alone with an in-memory ingest (for charger bring-up)"),
+    "simulate": ("devsen.simulate", "simulate_main",
+                 "OCPP load generator: N chargers (1.6/2.0.1) in full sessions against CSMS URLs, open or closed "
+                 "loop: `devsen simulate --url ws://HOST:PORT --chargers 100 --rate 500 --closed --json`"),
     "sim": ("consensus.sim", "main",
             "run the deterministic consensus simulator: `devsen sim --seeds 1000`"),
 }

@@ -16,6 +16,7 @@ import base64
 import json
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ from primitives.hashing import keccak256
 
 CALL, CALLRESULT, CALLERROR = 2, 3, 4
 MAX_QUEUED_REMOTE_STARTS = 16  # a demo charger runs one transaction at a time
+MAX_SENT_KEPT = 256  # the last CALLs sent (message id, action), for tests and diagnostics
+SUBPROTOCOLS = {"1.6": "ocpp1.6", "2.0.1": "ocpp2.0.1"}  # OCPP version -> WebSocket subprotocol
 
 
 def demo_meter_key(label: str = "devsen-demo-meter") -> ec.EllipticCurvePrivateKey:
@@ -66,7 +69,7 @@ class DemoCharger:
     ws: WebSocketConnection
     charge_box_id: str
     timeout_s: float = 60.0
-    sent: list[tuple[str, str]] = field(default_factory=list)  # (message id, action)
+    sent: deque[tuple[str, str]] = field(default_factory=lambda: deque(maxlen=MAX_SENT_KEPT))  # (id, action)
     remote_starts: list[dict[str, Any]] = field(default_factory=list)  # accepted, not yet taken
     meter_key: ec.EllipticCurvePrivateKey | None = None  # sign readings as an OCMF meter
     meter_serial: str = "DEMO-METER-1"
@@ -171,10 +174,12 @@ def basic_auth_header(charge_box_id: str, password: str) -> tuple[bytes, bytes]:
 
 @asynccontextmanager
 async def connect_demo_charger(url_base: str, charge_box_id: str, password: str,
-                               meter_key: ec.EllipticCurvePrivateKey | None = None) -> AsyncIterator[DemoCharger]:
+                               meter_key: ec.EllipticCurvePrivateKey | None = None, *,
+                               version: str = "1.6") -> AsyncIterator[DemoCharger]:
     """A DemoCharger connected to `url_base` + "/" + chargeBoxId for the duration of the block;
-    with `meter_key` it signs its begin and end readings (OCMF)."""
+    with `meter_key` it signs its begin and end readings (OCMF). `version` ("1.6" or "2.0.1")
+    picks the subprotocol offered; `call` speaks either (the session helpers here are 1.6)."""
     url = url_base.rstrip("/") + "/" + charge_box_id
-    async with open_websocket_url(url, subprotocols=["ocpp1.6"],
+    async with open_websocket_url(url, subprotocols=[SUBPROTOCOLS[version]],
                                   extra_headers=[basic_auth_header(charge_box_id, password)]) as ws:
         yield DemoCharger(ws, charge_box_id, meter_key=meter_key)
