@@ -43,7 +43,13 @@ from typing import Any
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError
 
-from devsen.demo_charger import SUBPROTOCOLS, ChargerCallFailed, DemoCharger, connect_demo_charger, iso_now
+from devsen.demo_charger import (
+    SUBPROTOCOLS,
+    ChargerCallFailed,
+    DemoCharger,
+    connect_demo_charger,
+    iso_now,
+)
 
 VERSIONS = tuple(SUBPROTOCOLS)
 MAX_CHARGERS = 20_000
@@ -218,7 +224,7 @@ class Shared:
     phase_index: int = -1
     phase_start: float = 0.0
     phase_end: float = 0.0
-    phase_go: list[trio.Event] = field(default_factory=list)
+    phase_go: dict[int, trio.Event] = field(default_factory=dict)
     phase_done: list[trio.Event] = field(default_factory=list)
     all_done: trio.Event = field(default_factory=trio.Event)
     in_flight: int = 0
@@ -302,11 +308,16 @@ async def charger_session(shared: Shared, charger: DemoCharger, session: Session
                 session.started(reply)
     _setup_finished(shared)
     stage.name = "ready"
-    for number, phase in enumerate(shared.phases):
-        await shared.phase_go[number].wait()
+    number = 0
+    while True:
+        await _go(shared, number).wait()
+        if number >= len(shared.phases):  # no more phases
+            break
+        phase = shared.phases[number]
+        number += 1
         shared.in_phase += 1
         try:
-            await run_phase(shared, charger, session, index, phase, shared.tallies[number])
+            await run_phase(shared, charger, session, index, phase, shared.tallies[number - 1])
         finally:
             shared.in_phase -= 1
     await shared.all_done.wait()
@@ -314,6 +325,10 @@ async def charger_session(shared: Shared, charger: DemoCharger, session: Session
         reply = await timed_call(shared, charger, shared.teardown, (action, payload))
         if reply is not None and reply_status(reply) != "-":
             shared.statuses[f"{action} {reply_status(reply)}"] += 1
+
+
+def _go(shared: Shared, number: int) -> trio.Event:
+    return shared.phase_go.setdefault(number, trio.Event())
 
 
 def _setup_finished(shared: Shared) -> None:
@@ -358,18 +373,37 @@ def _record(tally: Tally, since: float, replied_at: float, end: float) -> None:
 
 
 PhaseHook = Callable[[str, int, Phase], Awaitable[None]]
+Plan = Callable[[list[dict[str, Any]]], "Phase | None"]  # the results so far -> the next phase, None: done
 
 
-async def simulate(specs: list[ChargerSpec], phases: list[Phase], *, id_tag: str = DEFAULT_ID_TAG,
+def fixed_plan(phases: Sequence[Phase]) -> Plan:
+    """The phases given, in order."""
+    return lambda done: phases[len(done)] if len(done) < len(phases) else None
+
+
+def sweep_plan(duration_s: float, fractions: Sequence[float]) -> Plan:
+    """A closed loop phase (the maximum), then open loop phases at `fractions` of that maximum:
+    offered loads from light to beyond saturation."""
+    def plan(done: list[dict[str, Any]]) -> Phase | None:
+        if not done:
+            return Phase(None, duration_s)
+        if len(done) > len(fractions):
+            return None
+        peak = max(float(done[0]["answered_per_s"]), 1.0)
+        return Phase(round(peak * fractions[len(done) - 1], 1), duration_s)
+    return plan
+
+
+async def simulate(specs: list[ChargerSpec], phases: Sequence[Phase] | Plan, *, id_tag: str = DEFAULT_ID_TAG,
                    call_timeout_s: float = 30.0, connect_concurrency: int = 64, setup_timeout_s: float = 600.0,
                    progress: Callable[[str], None] | None = None, hook: PhaseHook | None = None) -> dict[str, Any]:
     """Run the chargers through setup, every phase and teardown; the result document.
 
+    `phases`: a list, or a plan choosing each next phase from the results so far (sweep_plan).
     `hook("start"|"end", number, phase)` runs at each phase boundary (a benchmark samples its
     processes there); `progress` hears a one-line summary once a second."""
-    shared = Shared(specs, phases, call_timeout_s)
-    shared.tallies = [Tally() for _ in phases]
-    shared.phase_go = [trio.Event() for _ in phases]
+    plan = fixed_plan(phases) if isinstance(phases, Sequence) else phases
+    shared = Shared(specs, [], call_timeout_s)
     wall_started = time.time()
     started = trio.current_time()
     phase_rows: list[dict[str, Any]] = []
@@ -383,14 +417,20 @@ async def simulate(specs: list[ChargerSpec], phases: list[Phase], *, id_tag: str
         with trio.move_on_after(setup_timeout_s):
             await shared.ready.wait()
         setup_s = trio.current_time() - started
-        for number, phase in enumerate(phases if shared.connected else []):  # nobody connected: no phases
+        while shared.connected and len(shared.phases) < MAX_PHASES:  # nobody connected: no phases
+            next_phase = plan(phase_rows)
+            if next_phase is None:
+                break
+            phase, number = next_phase, len(shared.phases)
+            shared.phases.append(phase)
+            shared.tallies.append(Tally())
             shared.phase_index = number
             if hook is not None:
                 await hook("start", number, phase)
             shared.phase_start = trio.current_time() + 0.05
             shared.phase_end = shared.phase_start + phase.duration_s
             cpu_before = _own_cpu_s()
-            shared.phase_go[number].set()
+            _go(shared, number).set()
             await trio.sleep_until(shared.phase_end)
             cpu_window = _own_cpu_s() - cpu_before
             if hook is not None:
@@ -400,8 +440,9 @@ async def simulate(specs: list[ChargerSpec], phases: list[Phase], *, id_tag: str
                 while shared.in_phase:
                     await trio.sleep(0.05)
             phase_rows.append(phase_result(phase, shared.tallies[number], len(specs), cpu_window))
-        shared.phase_index = len(phases)
+        shared.phase_index = len(shared.phases)
         shared.all_done.set()
+        _go(shared, len(shared.phases)).set()
         teardown_started = trio.current_time()
         with trio.move_on_after(2 * call_timeout_s + 5):
             while shared.finished < len(specs):
@@ -529,6 +570,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rate", type=float, nargs="*", default=[], metavar="MSG_PER_S",
                         help="open loop phases: total meter-value messages per second")
     parser.add_argument("--closed", action="store_true", help="add a closed loop phase (the maximum)")
+    parser.add_argument("--sweep", type=float, nargs="*", default=None, metavar="FRACTION",
+                        help="closed loop first, then open loop at these fractions of its rate "
+                             "(e.g. --sweep 0.25 0.5 1 1.25); instead of --rate/--closed")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
     parser.add_argument("--call-timeout", type=float, default=30.0, help="seconds to wait for each reply")
     parser.add_argument("--connect-concurrency", type=int, default=64, help="logins in progress at once")
@@ -538,7 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def phases_from_args(args: argparse.Namespace) -> list[Phase]:
+def phases_from_args(args: argparse.Namespace) -> list[Phase] | Plan:
     if not 1 <= args.duration <= MAX_DURATION_S:
         raise SimulateError(f"--duration {args.duration}: 1..{MAX_DURATION_S:g} s")
     if not 0.1 <= args.call_timeout <= 600:
@@ -546,6 +590,12 @@ def phases_from_args(args: argparse.Namespace) -> list[Phase]:
     for rate in args.rate:
         if not 0 < rate <= MAX_RATE:
             raise SimulateError(f"--rate {rate}: 0 < rate <= {MAX_RATE:g} messages/s")
+    if args.sweep is not None:
+        if args.rate or args.closed or not 1 <= len(args.sweep) < MAX_PHASES:
+            raise SimulateError(f"--sweep: 1..{MAX_PHASES - 1} fractions, without --rate/--closed")
+        if not all(0 < f <= 100 for f in args.sweep):
+            raise SimulateError("--sweep: fractions in (0, 100]")
+        return sweep_plan(args.duration, args.sweep)
     phases = [Phase(r, args.duration) for r in args.rate] + ([Phase(None, args.duration)] if args.closed else [])
     if not phases:
         raise SimulateError("--rate R ... and/or --closed: give at least one phase")
