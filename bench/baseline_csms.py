@@ -107,39 +107,39 @@ class Station16(ChargePoint16):  # type: ignore[misc]
     async def _keep(self, action: str, payload: dict[str, Any]) -> None:
         await self.csms.store.append({"cp": self.id, "v": "1.6", "action": action, "payload": payload})
 
-    @on("BootNotification")  # type: ignore[misc]
+    @on("BootNotification")  # type: ignore[untyped-decorator]
     async def boot(self, **payload: Any) -> Any:
         await self._keep("BootNotification", payload)
         return result16.BootNotification(current_time=now(), interval=HEARTBEAT_S, status="Accepted")
 
-    @on("Heartbeat")  # type: ignore[misc]
+    @on("Heartbeat")  # type: ignore[untyped-decorator]
     async def heartbeat(self, **payload: Any) -> Any:
         await self._keep("Heartbeat", payload)
         return result16.Heartbeat(current_time=now())
 
-    @on("StatusNotification")  # type: ignore[misc]
+    @on("StatusNotification")  # type: ignore[untyped-decorator]
     async def status(self, **payload: Any) -> Any:
         await self._keep("StatusNotification", payload)
         return result16.StatusNotification()
 
-    @on("Authorize")  # type: ignore[misc]
+    @on("Authorize")  # type: ignore[untyped-decorator]
     async def authorize(self, id_tag: str, **payload: Any) -> Any:
         await self._keep("Authorize", {"id_tag": id_tag, **payload})
         return result16.Authorize(id_tag_info={"status": self.csms.tag_status(id_tag)})
 
-    @on("StartTransaction")  # type: ignore[misc]
+    @on("StartTransaction")  # type: ignore[untyped-decorator]
     async def start_transaction(self, id_tag: str, **payload: Any) -> Any:
         transaction_id = next(self.csms.transaction_ids)
         await self._keep("StartTransaction", {"id_tag": id_tag, "transaction_id": transaction_id, **payload})
         return result16.StartTransaction(transaction_id=transaction_id,
                                          id_tag_info={"status": self.csms.tag_status(id_tag)})
 
-    @on("MeterValues")  # type: ignore[misc]
+    @on("MeterValues")  # type: ignore[untyped-decorator]
     async def meter_values(self, **payload: Any) -> Any:
         await self._keep("MeterValues", payload)
         return result16.MeterValues()
 
-    @on("StopTransaction")  # type: ignore[misc]
+    @on("StopTransaction")  # type: ignore[untyped-decorator]
     async def stop_transaction(self, **payload: Any) -> Any:
         await self._keep("StopTransaction", payload)
         return result16.StopTransaction()
@@ -151,27 +151,27 @@ class Station201(ChargePoint201):  # type: ignore[misc]
     async def _keep(self, action: str, payload: dict[str, Any]) -> None:
         await self.csms.store.append({"cp": self.id, "v": "2.0.1", "action": action, "payload": payload})
 
-    @on("BootNotification")  # type: ignore[misc]
+    @on("BootNotification")  # type: ignore[untyped-decorator]
     async def boot(self, **payload: Any) -> Any:
         await self._keep("BootNotification", payload)
         return result201.BootNotification(current_time=now(), interval=HEARTBEAT_S, status="Accepted")
 
-    @on("Heartbeat")  # type: ignore[misc]
+    @on("Heartbeat")  # type: ignore[untyped-decorator]
     async def heartbeat(self, **payload: Any) -> Any:
         await self._keep("Heartbeat", payload)
         return result201.Heartbeat(current_time=now())
 
-    @on("StatusNotification")  # type: ignore[misc]
+    @on("StatusNotification")  # type: ignore[untyped-decorator]
     async def status(self, **payload: Any) -> Any:
         await self._keep("StatusNotification", payload)
         return result201.StatusNotification()
 
-    @on("Authorize")  # type: ignore[misc]
+    @on("Authorize")  # type: ignore[untyped-decorator]
     async def authorize(self, id_token: dict[str, Any], **payload: Any) -> Any:
         await self._keep("Authorize", {"id_token": id_token, **payload})
         return result201.Authorize(id_token_info={"status": self.csms.tag_status(str(id_token.get("id_token")))})
 
-    @on("TransactionEvent")  # type: ignore[misc]
+    @on("TransactionEvent")  # type: ignore[untyped-decorator]
     async def transaction_event(self, **payload: Any) -> Any:
         await self._keep("TransactionEvent", payload)
         token = payload.get("id_token")
@@ -235,7 +235,7 @@ async def serve_csms(port: int, credentials: dict[str, tuple[bytes, bytes]], log
     writer = asyncio.create_task(store.run())
     async with serve(handler, "127.0.0.1", port, subprotocols=["ocpp1.6", "ocpp2.0.1"],  # type: ignore[list-item]
                      process_request=process_request, max_size=MAX_MESSAGE_BYTES, ping_interval=None) as server:
-        print(f"listening {port}", flush=True)
+        print(f"listening {server.sockets[0].getsockname()[1]}", flush=True)  # --port 0: the one picked
         await stop.wait()
         server.close()
     writer.cancel()
