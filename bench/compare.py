@@ -263,18 +263,19 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{r['throughput_ratio']} | {r['closed_p50_ratio']} | {r['closed_p99_ratio']} | "
                      f"{r['cpu_ms_per_message_baseline']} | {r['cpu_ms_per_message_devsen']} |")
     lines += ["", "## Every phase", "",
-              "| system | chargers | phase | offered msg/s | committed msg/s | p50 ms | p95 ms | p99 ms | errors "
-              "| CPU % (system, of one core) | peak RSS MiB (largest process) | generator CPU % | p2p msgs/event "
-              "| load 1m |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| system | chargers | phase | offered msg/s | committed msg/s | ledger events/s | p50 ms | p95 ms "
+              "| p99 ms | errors | CPU % (system, of one core) | peak RSS MiB (largest process) | generator CPU % "
+              "| p2p msgs/event | load 1m |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in result["runs"]:
         for p in run["phases"]:
             cpu, rss = process_totals(p, run["system"])
             gen = p.get("processes", {}).get("generator", {}).get("cpu_pct", "-")
             wire = p.get("devsen", {}).get("p2p_messages_per_event", "-") if run["system"] == "devsen" else "-"
+            ledger = p.get("devsen", {}).get("events_per_s", "-") if run["system"] == "devsen" else "-"
             errors = sum(p["callerrors"].values()) + p["timeouts"] + p["connection_lost"] + p["unsent"]
             lat = p["latency_ms"]
             lines.append(f"| {run['system']} | {run['chargers']} | {p['mode']} | {p['offered_per_s'] or '-'} | "
-                         f"{p['answered_per_s']} | {lat['p50']} | {lat['p95']} | {lat['p99']} | {errors} | {cpu} | "
+                         f"{p['answered_per_s']} | {ledger} | {lat['p50']} | {lat['p95']} | {lat['p99']} | {errors} | {cpu} | "
                          f"{rss} | {gen} | {wire} | {p.get('load_1m_at_start', '-')} |")
     lines += ["", "## Setup (outside every measured window)", "",
               "| system | chargers | logins + session start s | connected | setup errors |", "|---|---|---|---|---|"]
