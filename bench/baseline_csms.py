@@ -2,8 +2,8 @@
 
 One asyncio process: the `ocpp` package's ChargePoint (1.6 and 2.0.1, its JSON schema checks on)
 over `websockets`, HTTP Basic auth checked against the same salted scrypt hashes DEVSEN keeps on
-chain (primitives.credentials; verified once per charger and cached, off the event loop, as the
-node does). Every CALL is written durably before it is answered: appended as one JSON line to
+chain (primitives.credentials; verified once per charger and cached, in 2 worker threads, as the
+node does; the fsyncs have their own thread, so a login storm never delays a durable write). Every CALL is written durably before it is answered: appended as one JSON line to
 an append-only log and fsync'd. fsyncs are grouped (group commit: every record that arrived
 while the last fsync ran goes in the next one), which is what a production store (a database
 WAL) does; one fsync per message would cap the baseline at the disk's fsync rate instead.
@@ -27,6 +27,7 @@ import logging
 import os
 import signal
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from websockets.http11 import Request, Response
 from primitives.credentials import verify_charger_password
 
 MAX_BATCH = 10_000  # records per fsync
+CONCURRENT_PASSWORD_CHECKS = 2  # scrypt hashes at once (the DEVSEN node's default, ocpp.concurrent_password_checks)
 HEARTBEAT_S = 300
 MAX_MESSAGE_BYTES = 65_536
 log = logging.getLogger("baseline_csms")
@@ -56,6 +58,7 @@ class DurableLog:
         self.wakeup = asyncio.Event()
         self.fsyncs = 0
         self.records = 0
+        self.thread = ThreadPoolExecutor(1, thread_name_prefix="fsync")  # never queued behind logins
 
     async def append(self, record: dict[str, Any]) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -69,7 +72,8 @@ class DurableLog:
             self.wakeup.clear()
             while self.pending:
                 batch, self.pending = self.pending[:MAX_BATCH], self.pending[MAX_BATCH:]
-                await asyncio.to_thread(self._write, b"".join(line for line, _ in batch))
+                data = b"".join(line for line, _ in batch)
+                await asyncio.get_running_loop().run_in_executor(self.thread, self._write, data)
                 self.fsyncs += 1
                 self.records += len(batch)
                 for _, future in batch:
@@ -82,6 +86,7 @@ class DurableLog:
         os.fsync(self.file.fileno())
 
     def close(self) -> None:
+        self.thread.shutdown()
         self.file.close()
 
 
@@ -186,6 +191,8 @@ class Logins:
     def __init__(self, credentials: dict[str, tuple[bytes, bytes]]) -> None:
         self.credentials = credentials
         self.verified: dict[str, str] = {}
+        self.checks = asyncio.Semaphore(CONCURRENT_PASSWORD_CHECKS)
+        self.thread = ThreadPoolExecutor(CONCURRENT_PASSWORD_CHECKS, thread_name_prefix="scrypt")
 
     async def check(self, charge_box_id: str, header: str | None) -> bool:
         if not header or not header.startswith("Basic "):
@@ -199,7 +206,9 @@ class Logins:
             return False
         if self.verified.get(charge_box_id) == password:
             return True
-        ok = await asyncio.to_thread(verify_charger_password, password, record[0], record[1])
+        async with self.checks:
+            ok = await asyncio.get_running_loop().run_in_executor(
+                self.thread, verify_charger_password, password, record[0], record[1])
         if ok:
             self.verified[charge_box_id] = password
         return ok
@@ -234,7 +243,8 @@ async def serve_csms(port: int, credentials: dict[str, tuple[bytes, bytes]], log
 
     writer = asyncio.create_task(store.run())
     async with serve(handler, "127.0.0.1", port, subprotocols=["ocpp1.6", "ocpp2.0.1"],  # type: ignore[list-item]
-                     process_request=process_request, max_size=MAX_MESSAGE_BYTES, ping_interval=None) as server:
+                     process_request=process_request, max_size=MAX_MESSAGE_BYTES, ping_interval=None,
+                     open_timeout=60) as server:
         print(f"listening {server.sockets[0].getsockname()[1]}", flush=True)  # --port 0: the one picked
         await stop.wait()
         server.close()
