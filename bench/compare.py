@@ -42,12 +42,14 @@ from primitives.credentials import new_auth_credential
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from node_throughput import (  # noqa: E402  (sibling bench scripts: network start-up and node snapshots)
+    PY_SPY,
     Network,
     charger_id,
     code_version,
     counter_delta,
     running_network,
     snapshot,
+    summarize_profile,
 )
 from ocpp_ingest import cpu_seconds, rss_kib  # noqa: E402
 
@@ -103,11 +105,26 @@ def phase_processes(before: dict[str, Any], after: dict[str, Any], seconds: floa
 
 
 async def drive(system: str, urls: list[str], size: int, plan: Plan, pids: Callable[[], dict[str, int]],
-                extra: Callable[[], Awaitable[dict[str, Any]]] | None) -> dict[str, Any]:
-    """Run the generator once against `urls`; annotate each phase with process figures."""
+                extra: Callable[[], Awaitable[dict[str, Any]]] | None,
+                profile: tuple[int, Path] | None = None) -> dict[str, Any]:
+    """Run the generator once against `urls`; annotate each phase with process figures.
+    `profile` (pid, output): py-spy samples that process through the closed loop phase."""
     marks: dict[int, dict[str, Any]] = {}
+    profiler: list[trio.Process] = []
 
     async def hook(edge: str, number: int, phase: Phase) -> None:
+        if profile is not None and phase.rate is None and PY_SPY.exists():
+            if edge == "start":
+                profiler.append(await trio.lowlevel.open_process(
+                    [str(PY_SPY), "record", "--pid", str(profile[0]), "--duration", str(max(1, int(phase.duration_s) - 1)),
+                     "--rate", "50", "--format", "raw", "--output", str(profile[1]), "--nonblocking"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            elif profiler:
+                with trio.move_on_after(30):
+                    await profiler[0].wait()
+                if profiler[0].returncode is None:
+                    profiler[0].kill()
+                    await profiler[0].wait()
         mark = {"t": trio.current_time(), "procs": proc_figures({**pids(), "generator": os.getpid()}),
                 "load_1m": round(os.getloadavg()[0], 2)}
         if extra is not None:
@@ -184,7 +201,8 @@ def run_baseline(root: Path, sizes: Sequence[int], plan_for: Callable[[], Plan])
     return runs
 
 
-def run_devsen(network: Network, sizes: Sequence[int], plan_for: Callable[[], Plan]) -> list[dict[str, Any]]:
+def run_devsen(network: Network, sizes: Sequence[int], plan_for: Callable[[], Plan],
+               profile_out: Path | None = None) -> list[dict[str, Any]]:
     def pids() -> dict[str, int]:
         out = {n.config.node.name: n.process.pid for n in network.nodes if n.process is not None}
         out["anvil"] = network.anvil.pid
@@ -194,7 +212,10 @@ def run_devsen(network: Network, sizes: Sequence[int], plan_for: Callable[[], Pl
         return await snapshot(network)
 
     urls = [node.ocpp_url for node in network.nodes]
-    return [trio.run(drive, "devsen", urls, size, plan_for(), pids, extra) for size in sizes]
+    node1 = network.nodes[0].process
+    return [trio.run(drive, "devsen", urls, size, plan_for(), pids, extra,
+                     (node1.pid, profile_out) if profile_out is not None and node1 is not None and size == max(sizes)
+                     else None) for size in sizes]
 
 
 async def idle(network: Network, seconds: float) -> dict[str, Any]:
@@ -296,6 +317,19 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def profile_markdown(profile: dict[str, Any]) -> str:
+    lines = [f"# Where node-1's time goes under load (py-spy, {profile['samples']} samples, {profile['run']})", "",
+             "| area (any frame of the stack, first match) | % of samples | of which on the event loop thread |",
+             "|---|---|---|"]
+    lines += [f"| {a} | {p} | {loop} |" for a, p, loop in profile["areas_pct"]]
+    lines += ["", f"{profile['event_loop_thread_pct']} % of samples were on the trio thread, the rest in worker threads.",
+              "", "| function (self) | % |", "|---|---|"]
+    lines += [f"| `{f}` | {p} |" for f, p in profile["self_pct"]]
+    lines += ["", "| function (inclusive) | % |", "|---|---|"]
+    lines += [f"| `{f}` | {p} |" for f, p in profile["inclusive_pct"]]
+    return "\n".join(lines) + "\n"
+
+
 def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -350,6 +384,8 @@ def main() -> int:
     parser.add_argument("--systems", nargs="+", choices=("baseline", "devsen"), default=["baseline", "devsen"])
     parser.add_argument("--quick", action="store_true", help="smoke test: 20 chargers, 3 s phases, 2 loads")
     parser.add_argument("--keep", action="store_true", help="keep the data directory")
+    parser.add_argument("--profile", action="store_true",
+                        help="py-spy node-1 through the closed loop of the largest size (compare_profile.md)")
     parser.add_argument("--out", type=Path, default=None,
                         help="result file (default bench/results/compare.json; --quick: compare-quick.json)")
     args = parser.parse_args()
@@ -366,6 +402,7 @@ def main() -> int:
     runs: list[dict[str, Any]] = []
     idle_row: dict[str, Any] | None = None
     registration_s = 0.0
+    profile_path = root / "node1.pyspy.txt"
 
     def plan_for() -> Plan:
         return combined_plan(args.duration, args.sweep, args.rates)
@@ -380,10 +417,10 @@ def main() -> int:
             with running_network("devsen-compare-net-", max(args.sizes), args.keep, PASSWORD) as network:
                 registration_s = round(time.monotonic() - t0, 1)
                 idle_row = trio.run(idle, network, 5.0)
-                runs += run_devsen(network, args.sizes, plan_for)
-    finally:
-        if not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
+                runs += run_devsen(network, args.sizes, plan_for, profile_path if args.profile else None)
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
     loads = [p["load_1m_at_start"] for r in runs for p in r["phases"] if "load_1m_at_start" in p]
     result: dict[str, Any] = {
         "sizes": args.sizes, "duration_s": args.duration, "sweep": args.sweep, "rates": args.rates,
@@ -401,10 +438,17 @@ def main() -> int:
                  "is of one core, summed over the system's processes (DEVSEN: 4 nodes + anvil); the generator's is "
                  "given apart. The machine is shared with other work: the load average is recorded per phase."),
     }
+    if args.profile and profile_path.exists():
+        result["profile"] = {"run": f"devsen closed loop C={max(args.sizes)}", **summarize_profile(profile_path)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(result))
     plot(result, args.out.with_suffix(".png"))
+    if not args.keep:
+        shutil.rmtree(root, ignore_errors=True)
+    if "profile" in result:
+        profile_md = args.out.with_name(args.out.stem + "_profile.md")
+        profile_md.write_text(profile_markdown(result["profile"]))
     print(markdown(result))
     print(f"total {result['total_s']} s; wrote {args.out}, {args.out.with_suffix('.md').name}, "
           f"{args.out.with_suffix('.png').name}")
