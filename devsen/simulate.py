@@ -34,6 +34,7 @@ import os
 import sys
 import time
 import tomllib
+import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -229,6 +230,8 @@ class Shared:
     all_done: trio.Event = field(default_factory=trio.Event)
     in_flight: int = 0
     in_phase: int = 0  # chargers still working on the current phase
+    stopping: bool = False  # set just before the run cancels its charger tasks
+    crashes: list[str] = field(default_factory=list)  # charger tasks that died of something unexpected
     finished: int = 0  # charger tasks over (teardown done, or failed)
 
 
@@ -259,6 +262,18 @@ class Stage:
 
     def __init__(self) -> None:
         self.name = "connect"
+
+
+async def guarded_charger(shared: Shared, index: int, id_tag: str, connect_limit: trio.CapacityLimiter) -> None:
+    """run_charger; whatever else kills it (a library bug, a Cancelled leaking out of a
+    WebSocket's own nursery) is recorded as a crash of that charger, not the end of the run."""
+    try:
+        await run_charger(shared, index, id_tag, connect_limit)
+    except BaseException as exc:
+        if shared.stopping or isinstance(exc, KeyboardInterrupt):
+            raise
+        shared.crashes.append(f"{shared.specs[index].charge_box_id}: {type(exc).__name__}: "
+                              + "".join(traceback.format_exception(exc))[-1500:])
 
 
 async def run_charger(shared: Shared, index: int, id_tag: str, connect_limit: trio.CapacityLimiter) -> None:
@@ -407,11 +422,12 @@ async def simulate(specs: list[ChargerSpec], phases: Sequence[Phase] | Plan, *, 
     wall_started = time.time()
     started = trio.current_time()
     phase_rows: list[dict[str, Any]] = []
-    setup_s = 0.0
+    setup_s = teardown_s = 0.0
+    completed = False
     async with trio.open_nursery() as nursery:
         limit = trio.CapacityLimiter(max(1, connect_concurrency))
         for index in range(len(specs)):
-            nursery.start_soon(run_charger, shared, index, id_tag, limit)
+            nursery.start_soon(guarded_charger, shared, index, id_tag, limit)
         if progress is not None:
             nursery.start_soon(_progress_loop, shared, progress, started)
         with trio.move_on_after(setup_timeout_s):
@@ -448,6 +464,8 @@ async def simulate(specs: list[ChargerSpec], phases: Sequence[Phase] | Plan, *, 
             while shared.finished < len(specs):
                 await trio.sleep(0.05)
         teardown_s = trio.current_time() - teardown_started
+        completed = True
+        shared.stopping = True
         nursery.cancel_scope.cancel()
     versions = collections.Counter(s.version for s in specs)
     protocol_errors = (sum(sum(t.callerrors.values()) for t in [shared.setup, shared.teardown, *shared.tallies]))
@@ -461,7 +479,9 @@ async def simulate(specs: list[ChargerSpec], phases: Sequence[Phase] | Plan, *, 
         "teardown": {"seconds": round(teardown_s, 2), **tally_counts(shared.teardown)},
         "reply_statuses": dict(sorted(shared.statuses.items())),
         "protocol_errors": protocol_errors,
-        "errors_total": shared.connect_failed + sum(t.errors for t in [shared.setup, shared.teardown, *shared.tallies]),
+        "completed": completed,  # False: the run was cancelled before its teardown ended
+        "charger_crashes": len(shared.crashes), "crash_samples": shared.crashes[:3],
+        "errors_total": shared.connect_failed + len(shared.crashes) + sum(t.errors for t in [shared.setup, shared.teardown, *shared.tallies]),
         "load_avg": [round(x, 2) for x in os.getloadavg()],
         "cpu_count": os.cpu_count(),
         "notes": ("latency_ms: open loop from each message's intended send time (queueing included), closed loop "
