@@ -27,8 +27,11 @@ def check_sane(result: dict[str, Any], phases: int) -> None:
         assert lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]
 
 
+FAST = {"messages_per_second": 10_000.0}  # the endpoint's per-charger limit (20/s) would refuse a closed loop
+
+
 async def test_simulate_full_sessions_both_versions() -> None:
-    async with running_server() as harness:
+    async with running_server(**FAST) as harness:
         url = f"ws://127.0.0.1:{harness.port}/ocpp"
         specs = charger_specs([url], [(cid, PASSWORD) for cid in CHARGERS[:6]], "mixed")
         result = await simulate(specs, [Phase(30.0, 2.0), Phase(None, 2.0)], id_tag="TAG-OK", call_timeout_s=5)
@@ -42,7 +45,7 @@ async def test_simulate_full_sessions_both_versions() -> None:
 
 
 async def test_simulate_sweep_offers_beyond_the_closed_loop_maximum() -> None:
-    async with running_server() as harness:
+    async with running_server(**FAST) as harness:
         specs = charger_specs([f"ws://127.0.0.1:{harness.port}/ocpp"], [(c, PASSWORD) for c in CHARGERS[:4]], "1.6")
         result = await simulate(specs, sweep_plan(1.5, [0.5, 2.0]), id_tag="TAG-OK", call_timeout_s=5)
     closed, half, double = result["phases"]
@@ -108,6 +111,19 @@ async def test_simulate_reports_callerrors_timeouts_and_lost_connections_honestl
     assert {s["kind"] for s in row["error_samples"]} >= {"CALLERROR", "timeout", "connection lost"}
 
 
+async def test_simulate_counts_the_endpoints_rate_limit_refusals() -> None:
+    """The endpoint's own per-charger limit (20 messages/s) refuses part of a closed loop with
+    GenericError: the generator counts every refusal, as protocol errors, never as answers."""
+    async with running_server() as harness:
+        specs = charger_specs([f"ws://127.0.0.1:{harness.port}/ocpp"], [(c, PASSWORD) for c in CHARGERS[:2]], "1.6")
+        result = await simulate(specs, [Phase(None, 2.0)], id_tag="TAG-OK", call_timeout_s=5)
+    row = result["phases"][0]
+    assert row["callerrors"].get("GenericError", 0) > 0
+    assert row["answered"] + row["callerrors"]["GenericError"] == row["sent"]
+    assert result["protocol_errors"] >= row["callerrors"]["GenericError"] and result["errors_total"] > 0
+    assert "rate limit" in row["error_samples"][0]["detail"]
+
+
 def test_simulate_cli_bad_input_names_the_parameter(capsys: pytest.CaptureFixture[str]) -> None:
     assert devsen_main(["simulate", "--url", "http://x", "--chargers", "2", "--closed"]) == 2
     assert "--url" in capsys.readouterr().err
@@ -121,7 +137,7 @@ def test_simulate_cli_bad_input_names_the_parameter(capsys: pytest.CaptureFixtur
 
 
 async def test_simulate_cli_writes_json(tmp_path: Path) -> None:
-    async with running_server() as harness:
+    async with running_server(**FAST) as harness:
         out = tmp_path / "result.json"
         argv = ["simulate", "--url", f"ws://127.0.0.1:{harness.port}/ocpp", "--chargers", "3", "--id-format",
                 "CP{i:03d}", "--password-format", PASSWORD, "--id-tag", "TAG-OK", "--rate", "20", "--duration", "1.5",
