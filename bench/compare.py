@@ -436,7 +436,9 @@ def main() -> int:
                  "the block carrying it is committed by the 4 validators and applied. committed msg/s counts replies "
                  "received inside the window. Open loop latency runs from each message's intended send time. CPU % "
                  "is of one core, summed over the system's processes (DEVSEN: 4 nodes + anvil); the generator's is "
-                 "given apart. The machine is shared with other work: the load average is recorded per phase."),
+                 "given apart. The machine is shared with other work: the load average is recorded per phase. Under such "
+                 "contention the kernel shares the cores per thread, which favours the system with more processes "
+                 "(DEVSEN: 5, the baseline: 1); CPU ms per message is the figure least affected by it."),
     }
     if args.profile and profile_path.exists():
         result["profile"] = {"run": f"devsen closed loop C={max(args.sizes)}", **summarize_profile(profile_path)}

@@ -27,7 +27,7 @@ def check_sane(result: dict[str, Any], phases: int) -> None:
         assert lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]
 
 
-FAST = {"messages_per_second": 10_000.0}  # the endpoint's per-charger limit (20/s) would refuse a closed loop
+FAST: dict[str, Any] = {"messages_per_second": 10_000.0}  # the endpoint's per-charger limit (20/s) would refuse a closed loop
 
 
 async def test_simulate_full_sessions_both_versions() -> None:
