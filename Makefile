@@ -24,7 +24,7 @@ browser:
 $(STAMP_PY): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,bench]'
 	@touch $@
 
 $(STAMP_NPM): package.json package-lock.json

@@ -43,6 +43,7 @@ from trio_websocket import ConnectionClosed, HandshakeError
 
 from anchoring.chain import ChainClient, Deployment, TransactionSender, connect
 from anchoring.chain.anvil import AnvilProcess, start_anvil
+from anchoring.chain.client import DEFAULT_MAX_POWER_W
 from devsen.demo_charger import (
     ChargerCallFailed,
     DemoCharger,
@@ -61,6 +62,7 @@ from devsen.devnet import (
 )
 from devsen.http_api import http_get_json
 from devsen.wallet import create_device
+from primitives.credentials import new_auth_credential
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ocpp_ingest import cpu_seconds, percentile, rss_kib  # noqa: E402  (the sibling bench script's /proc helpers)
@@ -90,12 +92,21 @@ def charger_password(index: int) -> str:
 
 # ---------------------------------------------------------------- network setup
 
-def register_devices(anvil: AnvilProcess, deployment_path: Path, count: int) -> None:
+def register_devices(anvil: AnvilProcess, deployment_path: Path, count: int, shared_password: str | None = None) -> None:
     """One device per simulated charger, created by the devnet's device manager (dev key 1),
-    one transaction after another on the automining chain (~60 ms of scrypt each)."""
+    one transaction after another on the automining chain (~60 ms of scrypt each). With
+    `shared_password` every device gets that password's one salted hash (bench only: hashed
+    once, so thousands of devices register in seconds; a node still runs scrypt per login)."""
     w3 = connect(anvil.url)
     deployment = Deployment.from_json(deployment_path.read_text())
     manager = ChainClient(w3, deployment, TransactionSender(w3, anvil.dev_keys[1]))
+    if shared_password is not None:
+        salt, auth_hash = new_auth_credential(shared_password)
+        for index in range(count):
+            manager.create_device(charger_id(index), location="bench", connector_count=2, price_per_kwh=300_000,
+                                  per_minute_fee=0, auth_salt=salt, auth_hash=auth_hash,
+                                  max_power_w=DEFAULT_MAX_POWER_W)
+        return
     for index in range(count):
         create_device(manager, charger_id(index), charger_password(index), connectors=2, location="bench")
 
@@ -136,7 +147,7 @@ class Network:
         return [n for i, n in enumerate(self.nodes) if i not in self.dead]
 
 
-def start_network(root: Path, devices: int) -> Network:
+def start_network(root: Path, devices: int, shared_password: str | None = None) -> Network:
     """anvil (automining while seeding, then one block per second), contracts, devices, 4 nodes."""
     anvil = start_anvil(root / "anvil.log", chain_id=CHAIN_ID)
     network = Network(root, anvil, [])
@@ -145,7 +156,7 @@ def start_network(root: Path, devices: int) -> Network:
         network.nodes = prepare_nodes(root, NODES, deployment_path, anvil.url)
         deploy_network(anvil, network.nodes, deployment_path)
         started = time.monotonic()
-        register_devices(anvil, deployment_path, devices)
+        register_devices(anvil, deployment_path, devices, shared_password)
         print(f"registered {devices} devices in {time.monotonic() - started:.1f} s")
         network.chain_read_probe = probe_device_reads(anvil, deployment_path)
         print(f"one device() chain read: {network.chain_read_probe}")
@@ -166,12 +177,12 @@ def stop_network(network: Network) -> None:
 
 
 @contextmanager
-def running_network(prefix: str, devices: int, keep: bool) -> Iterator[Network]:
+def running_network(prefix: str, devices: int, keep: bool, shared_password: str | None = None) -> Iterator[Network]:
     """A network in a fresh temporary directory, stopped (and the directory removed unless
     `keep`) on the way out, whatever happens."""
     root = Path(tempfile.mkdtemp(prefix=prefix))
     try:
-        network = start_network(root, devices)
+        network = start_network(root, devices, shared_password)
         try:
             yield network
         finally:

@@ -21,6 +21,7 @@ RUNS = [
     ("ocpp_ingest.py", ["--chargers", "1000", "--duration", "10"], ["--chargers", "200", "--duration", "5"]),
     ("p2p_throughput.py", [], ["--quick"]),
     ("node_throughput.py", [], ["--chargers", "1", "10", "--duration", "5"]),
+    ("compare.py", [], ["--quick"]),  # DEVSEN against the centralized baseline (issue 16)
 ]
 
 

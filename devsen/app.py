@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -98,6 +99,7 @@ from devsen.ledger.vouchers import (
     address_bytes,
     decode_voucher,
 )
+from ocpp_adapter.bounded import LruMap
 from ocpp_adapter.events import ChargerEvent, EventEncodingError
 from ocpp_adapter.vouching import VouchCache, ingress_domain
 from primitives.eip712 import ZERO_HASH, Domain, SigningKey
@@ -271,6 +273,28 @@ class Payloads:
     outcomes: list[CommandOutcome] = field(default_factory=list)
 
 
+# A node decodes each event payload in check_tx (on arrival, and again on every mempool recheck),
+# prepare_proposal, process_proposal and finalize_block: decoded once, kept here. ChargerEvent is
+# a frozen value decoded deterministically from its bytes, so a memo cannot change any result.
+# Bounded: at most DECODED_EVENTS entries, of payloads of at most DECODED_MAX_BYTES each.
+DECODED_EVENTS = 4096
+DECODED_MAX_BYTES = 4096
+_decoded: LruMap[bytes, ChargerEvent] = LruMap(DECODED_EVENTS)
+_decoded_lock = threading.Lock()  # check_tx may run in worker threads
+
+
+def decode_event(payload: bytes) -> ChargerEvent:
+    """ChargerEvent.from_bytes, memoized (EventEncodingError as it raises: failures are not kept)."""
+    with _decoded_lock:
+        event = _decoded.get(payload)
+    if event is None:
+        event = ChargerEvent.from_bytes(payload)
+        if len(payload) <= DECODED_MAX_BYTES:
+            with _decoded_lock:
+                _decoded.put(payload, event)
+    return event
+
+
 def split_payloads(payloads: tuple[bytes, ...]) -> Payloads:
     """Decode every payload; raise ValueError naming the first malformed one."""
     out = Payloads()
@@ -279,7 +303,7 @@ def split_payloads(payloads: tuple[bytes, ...]) -> Payloads:
             raise ValueError(f"payload {index} is empty")
         if payload[0] == EVENT_PAYLOAD_FIRST_BYTE:
             try:
-                out.events.append(ChargerEvent.from_bytes(payload))
+                out.events.append(decode_event(payload))
             except EventEncodingError as exc:
                 raise ValueError(f"payload {index}: {exc}") from exc
         elif payload[0] in ATTESTATION_TAGS:
@@ -454,7 +478,7 @@ class NodeApplication:
         for payload in payloads:
             if not self.check_tx(payload).ok:  # e.g. a removed validator's
                 continue
-            if payload[0] == EVENT_PAYLOAD_FIRST_BYTE and budget.take(ChargerEvent.from_bytes(payload)) is not None:
+            if payload[0] == EVENT_PAYLOAD_FIRST_BYTE and budget.take(decode_event(payload)) is not None:
                 continue  # over its voucher's share of this block: waits in the mempool for the next
             if payload[0] == VOUCHER_PAYLOAD_TAG:
                 if vouchers >= MAX_VOUCHERS_PER_BLOCK:
@@ -705,7 +729,7 @@ class NodeApplication:
         outcome_refusals = iter(outcome.outcome_refusals)
         for payload in block.payloads:
             if payload[0] == EVENT_PAYLOAD_FIRST_BYTE:
-                tx_results.append(event_tx_result(results[ChargerEvent.from_bytes(payload).event_id]))
+                tx_results.append(event_tx_result(results[decode_event(payload).event_id]))
             elif payload[0] == VOUCHER_PAYLOAD_TAG:
                 refusal = next(voucher_refusals, "not applied")
                 tx_results.append(TxResult() if refusal is None else TxResult(CODE_VOUCHER_REFUSED, log=refusal))

@@ -44,6 +44,9 @@ DELEGATED: dict[str, tuple[str, str, str]] = {
     "evidence": ("devsen.slashing", "evidence_main",
                  "double-sign evidence: `devsen evidence check|submit --votes FILE --network deployment.json "
                  "--rpc URL`"),
+    "simulate": ("devsen.simulate", "simulate_main",
+                 "OCPP load generator: N chargers (1.6/2.0.1) in full sessions against CSMS URLs, open or closed "
+                 "loop: `devsen simulate --url ws://HOST:PORT --chargers 100 --rate 500 --closed --json`"),
     "sim": ("consensus.sim", "main",
             "run the deterministic consensus simulator: `devsen sim --seeds 1000`"),
 }

@@ -28,6 +28,7 @@ import base64
 import json
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -46,7 +47,6 @@ CALL, CALLRESULT, CALLERROR = 2, 3, 4
 MAX_QUEUED_REMOTE_STARTS = 16  # a demo charger runs one transaction at a time
 MAX_RUNNING_TRANSACTIONS = 16  # transactions it tracks for remote stops (one per connector)
 MAX_REMOTE_STOPS_KEPT = 64
-SUBPROTOCOLS = {"1.6": "ocpp1.6", "2.0.1": "ocpp2.0.1"}
 ENERGY_REGISTER = "Energy.Active.Import.Register"
 MAX_RECORDED_CALLS = 256
 
@@ -88,6 +88,8 @@ def answer_command(config: dict[str, tuple[str, bool]], action: str, payload: An
     }
     reply = simple.get(action)
     return dict(reply) if reply is not None else None
+MAX_SENT_KEPT = 256  # the last CALLs sent (message id, action), for tests and diagnostics
+SUBPROTOCOLS = {"1.6": "ocpp1.6", "2.0.1": "ocpp2.0.1"}  # OCPP version -> WebSocket subprotocol
 
 
 def demo_meter_key(label: str = "devsen-demo-meter") -> ec.EllipticCurvePrivateKey:
@@ -122,7 +124,7 @@ class DemoCharger:
     ws: WebSocketConnection
     charge_box_id: str
     timeout_s: float = 60.0
-    sent: list[tuple[str, str]] = field(default_factory=list)  # (message id, action)
+    sent: deque[tuple[str, str]] = field(default_factory=lambda: deque(maxlen=MAX_SENT_KEPT))  # (id, action)
     remote_starts: list[dict[str, Any]] = field(default_factory=list)  # accepted, not yet taken
     meter_key: ec.EllipticCurvePrivateKey | None = None  # sign readings as an OCMF meter
     meter_serial: str = "DEMO-METER-1"

@@ -104,6 +104,9 @@ MAX_QUEUED_QUORUMS = 10_000
 QUORUM_RETRY_S = 5.0
 ATTESTATION_RETRY_S = 2.0
 MAX_ATTESTATIONS_IN_FLIGHT = 64
+# the p2p message counters /v1/status shows (messages on the wire per committed event, in bench/compare.py)
+P2P_COUNTERS = ("events_published_messages", "events_published_payloads", "events_received_messages",
+                "consensus_sent_frames", "consensus_received_frames", "sync_served")
 
 
 class NodeIngest:
@@ -554,7 +557,8 @@ def build_router(parts: NodeParts) -> Router:
             "app_state_hash": "0x" + service.app_state_hash.hex(),
             "chargers_connected": len(parts.connections),
             "consensus": {k: v for k, v in stats.items() if k != "p2p"},
-            "p2p": {"linked_validators": p2p.get("linked_validators", 0), "dial_failures": p2p.get("dial_failures", 0)},
+            "p2p": {"linked_validators": p2p.get("linked_validators", 0), "dial_failures": p2p.get("dial_failures", 0),
+                    **{k: p2p.get(k, 0) for k in P2P_COUNTERS}},
             "app": dict(parts.app.counters),
             "own_attestations_pending": len(parts.outbox.pending),
             "submitter": parts.submitter.status(),
