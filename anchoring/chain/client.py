@@ -50,6 +50,8 @@ GAS = {
     "settleBatchPerEntry": 60_000,  # ~cold worst case: every entry pays another fresh manager and driver
     "closeWithVoucher": 150_000,
     "refund": 120_000,
+    "reserve": 320_000,  # may first close the connector's expired reservation (two transfers)
+    "endReservation": 120_000,
     "anchorBase": 150_000,
     "perSignature": 12_000,
     "updateValidatorsBase": 200_000,
@@ -440,6 +442,23 @@ class ChainClient:
 
     def refund(self, session_id: bytes) -> Receipt:
         return self.send("Escrow", "refund", session_id, gas=GAS["refund"])
+
+    def reserve(self, charge_box_id: str, connector_id: int, id_tag: str, expires_at_s: int) -> tuple[int, Receipt]:
+        """Reserve a connector for `id_tag` until `expires_at_s` (unix seconds), paying the
+        device's per-minute fee per started minute (approve the Escrow first); (reservation id, receipt)."""
+        receipt = self.send("Escrow", "reserve", charge_box_id, connector_id, id_tag_hash(id_tag), expires_at_s,
+                            gas=GAS["reserve"])
+        events = self.contracts["Escrow"].events.ReservationMade().process_receipt(receipt.raw, errors=DISCARD)
+        assert len(events) == 1
+        return int(events[0]["args"]["reservationId"]), receipt
+
+    def cancel_reservation(self, reservation_id: int) -> Receipt:
+        """The driver cancels before expiry: the started minutes' fee to the manager, the rest back."""
+        return self.send("Escrow", "cancelReservation", reservation_id, gas=GAS["endReservation"])
+
+    def close_reservation(self, reservation_id: int) -> Receipt:
+        """Anyone closes an expired reservation: its whole fee to the device's manager."""
+        return self.send("Escrow", "closeReservation", reservation_id, gas=GAS["endReservation"])
 
     def submit_anchor_batch(
         self,
