@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from web3 import Web3
 from web3.contract import Contract
@@ -120,6 +120,20 @@ class IdTagRecord:
     account: str
     expiry: int  # unix seconds, 0 = never
     revoked: bool
+
+
+class ReservationRecord(NamedTuple):
+    """An Escrow reservation as the contract stores it (issue 13)."""
+
+    reservation_id: int
+    connector_id: int
+    driver: str
+    created_at: int
+    expires_at: int
+    device_id: bytes
+    id_tag_hash: bytes
+    per_minute_fee: int
+    fee: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,6 +340,18 @@ class ChainClient:
             session_id, driver, bytes(device_id), connector_id, bytes(tag_hash), deposit, settled,
             energy_wh, opened_at, SessionStatus(status), bool(voucher_mode), price, fee,
         )
+
+    def reservations_of(self, charge_box_id: str, block: BlockId) -> list[ReservationRecord]:
+        """The open Escrow reservations (expired or not) on the connectors of `charge_box_id`;
+        none for an unregistered device."""
+        try:
+            rows = self.read("Escrow", "reservationsOf", charge_box_id, block=block)
+        except ChainRevert as exc:
+            if exc.name == "UnknownDevice":
+                return []
+            raise
+        return [ReservationRecord(int(r[0]), int(r[1]), str(r[3]), int(r[4]), int(r[5]), bytes(r[6]), bytes(r[7]),
+                                  int(r[8]), int(r[9])) for r in rows]
 
     def refund_timeout(self, block: BlockId) -> int:
         """Seconds after opening from which a driver may refund an unsettled session."""
