@@ -34,8 +34,8 @@ from devsen.ledger.parse import (
     req_int,
     req_str,
 )
-from devsen.ledger.signed import apply_signed, signed_documents
 from devsen.ledger.reservations import RESERVED_STATUS
+from devsen.ledger.signed import apply_signed, signed_documents
 from devsen.ledger.state import ClosedTransaction, ConnectorStatus, Session
 
 if TYPE_CHECKING:

@@ -55,7 +55,6 @@ from devsen.ledger.chain import (
 )
 from devsen.ledger.commands import AdmittedCommand, ChargerCommand, CommandBook, CommandOutcome
 from devsen.ledger.handlers import HANDLERS
-from devsen.ledger.reservations import ReservationBook
 from devsen.ledger.kinds import (
     BAD_CHAIN_DATA,
     BAD_TIMESTAMP,
@@ -75,6 +74,7 @@ from devsen.ledger.kinds import (
     UNSIGNED_READING,
 )
 from devsen.ledger.parse import MAX_METER_WH, MalformedPayload, parse_timestamp_ms
+from devsen.ledger.reservations import ReservationBook
 from devsen.ledger.signed import settlement_terms
 from devsen.ledger.state import (
     Anomaly,

@@ -107,3 +107,26 @@ def test_hostile_durations_devices_connectors_and_tags_are_refused(world: World)
     with pytest.raises(Exception):  # noqa: B017 - the token's own revert
         poor.client.reserve(cbid, 1, poor_tag, t + 60)
     assert world.deployer.read("Escrow", "reservationsOf", cbid, block="latest") == []
+
+
+def test_wallet_reserve_and_cancel_reservation_commands(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    from devsen import wallet
+
+    monkeypatch.setattr(wallet, "wait_for_confirmations", lambda *args, **kwargs: True)  # a still chain
+    base = ["--rpc", "unused", "--deployment", "unused"]
+    cbid = make_device(world)
+    driver = world.driver
+    tag = tagged(driver)
+    text, doc = wallet._run(wallet._parser().parse_args([*base, "reserve", cbid, "1", "--minutes", "15", "--id-tag", tag]),
+                            driver)
+    assert doc["fee_units"] == 15 * FEE and doc["connector"] == 1
+    assert f"reservation {doc['reservation_id']}: {cbid} connector 1" in text and "Z" in doc["expires_at"]
+    with pytest.raises(ValueError, match="--minutes must be in 1..120"):
+        wallet._run(wallet._parser().parse_args([*base, "reserve", cbid, "2", "--minutes", "121", "--id-tag", tag]), driver)
+    with pytest.raises(ValueError, match="is not a registered device"):
+        wallet._run(wallet._parser().parse_args([*base, "reserve", "NOPE-X", "1", "--minutes", "5", "--id-tag", tag]),
+                    driver)
+    text, cancelled = wallet._run(wallet._parser().parse_args([*base, "cancel-reservation", str(doc["reservation_id"])]),
+                                  driver)
+    assert cancelled["reservation_id"] == doc["reservation_id"] and "cancelled" in text
+    assert reservation(world, int(doc["reservation_id"]))["status"] == 2

@@ -15,7 +15,14 @@ from ledger_world import (
     tx_event,
 )
 
-from devsen.ledger import ChainReservation, EscrowSession, IdTagInfo, Ledger, id_tag_hash, session_token
+from devsen.ledger import (
+    ChainReservation,
+    EscrowSession,
+    IdTagInfo,
+    Ledger,
+    id_tag_hash,
+    session_token,
+)
 from devsen.ledger.ledger import SNAPSHOT_VERSION
 from primitives.hashing import id_tag_hash as hash_tag
 
