@@ -437,6 +437,23 @@ class CommandBook:
         self._pending_all[command_id] = None
         return None
 
+    def admit_from_ledger(self, command_id: bytes, charger_id: str, ocpp_version: str, action: str,
+                          payload: dict[str, Any], expires_at_ms: int, height: int) -> bool:
+        """Admit a command the ledger itself decided (signer empty, no nonce), e.g. a ReserveNow
+        for a reservation from the chain (reservations.py); False if kept already or no room."""
+        if command_id in self.table or len(self._pending.get(charger_id, [])) >= MAX_PENDING_PER_CHARGER:
+            return False
+        if len(self.table) >= MAX_COMMANDS:
+            evict = self._evictable()
+            if evict is None:
+                return False
+            self.table.pop(evict)
+        self.table.put(command_id, CommandRecord(self._next_seq(), charger_id, ocpp_version, action,
+                                                 json_text(payload), 0, expires_at_ms, b"", height))
+        self._pending.setdefault(charger_id, []).append(command_id)
+        self._pending_all[command_id] = None
+        return True
+
     def _evictable(self) -> bytes | None:
         for index, command_id in enumerate(self.table):
             if index >= EVICTION_SCAN:

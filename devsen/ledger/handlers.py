@@ -34,7 +34,7 @@ from devsen.ledger.parse import (
     req_int,
     req_str,
 )
-from devsen.ledger.reservations import RESERVED_STATUS
+from devsen.ledger.reservations import RESERVED_STATUS, reservation_token
 from devsen.ledger.signed import apply_signed, signed_documents
 from devsen.ledger.state import ClosedTransaction, ConnectorStatus, Session
 
@@ -116,7 +116,14 @@ def _authorize(ledger: Ledger, step: _Step, payload: dict[str, Any]) -> dict[str
         status = "Invalid"
     elif status == "Accepted" and ledger._all_reserved_for_others(step, device, tag):
         status = RESERVED_STATUS
-    return _tag_info(ledger, step, status, expiry_s)
+    reply = _tag_info(ledger, step, status, expiry_s)
+    if status == "Accepted" and device is not None and ledger._holds_any(step, device, tag):
+        token = reservation_token(tag)  # the group the ReserveNow named: the charger admits this card
+        if step.event.ocpp_version == "1.6":
+            reply["idTagInfo"]["parentIdTag"] = token
+        else:
+            reply["idTokenInfo"]["groupIdToken"] = {"idToken": token, "type": "Central"}
+    return reply
 
 
 def _id_tag(ledger: Ledger, step: _Step, payload: dict[str, Any], *, required: bool = True) -> bytes | None:

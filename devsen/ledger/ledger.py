@@ -74,7 +74,7 @@ from devsen.ledger.kinds import (
     UNSIGNED_READING,
 )
 from devsen.ledger.parse import MAX_METER_WH, MalformedPayload, parse_timestamp_ms
-from devsen.ledger.reservations import ReservationBook
+from devsen.ledger.reservations import ReservationBook, reservation_command_id, reserve_now_payload
 from devsen.ledger.signed import settlement_terms
 from devsen.ledger.state import (
     Anomaly,
@@ -410,6 +410,7 @@ class Ledger:
         settlements: list[SettlementOrder] = []
         self._close_before_refund(checked, settlements)
         results = tuple(self._apply_event(checked, event, settlements) for event in events)
+        admitted += self._issue_reservations(checked, events)
         stops = self._voucher_stops(checked, events)
         self.vouchers.prune(lambda sid: checked.escrow_session(sid) is not None)
         self._count_uptime(checked, events, results)
@@ -425,6 +426,28 @@ class Ledger:
         if device is None or not device.active:
             return None
         return address_bytes(device.manager)
+
+    def _issue_reservations(self, chain: _CheckedChain, events: Sequence[ChargerEvent]) -> tuple[AdmittedCommand, ...]:
+        """A ReserveNow command for each active reservation of the block's registered chargers
+        not yet issued, in the OCPP version of the charger's last event (reservations.py)."""
+        versions = {event.charger_id: event.ocpp_version for event in events}
+        issued = []
+        for charger_id in sorted(versions):
+            device = chain.device(charger_id)
+            if device is None or not device.active:
+                continue
+            for connector in range(1, device.connector_count + 1):
+                held = self.reservations.holding(chain.reservations(charger_id), connector, self._c.block_ms)
+                if held is None:
+                    continue
+                command_id = reservation_command_id(held)
+                if self.commands.admit_from_ledger(command_id, charger_id, versions[charger_id], "ReserveNow",
+                                                   reserve_now_payload(versions[charger_id], held),
+                                                   held.expires_at_s * 1000, self._c.height):
+                    record = self.commands.get(command_id)
+                    assert record is not None
+                    issued.append(AdmittedCommand(command_id, record))
+        return tuple(issued)
 
     def _voucher_stops(self, chain: _CheckedChain, events: Sequence[ChargerEvent]) -> tuple[StopOrder, ...]:
         """The voucher-mode transactions of the block's chargers whose vouchers fell behind (vouchers.py)."""
@@ -981,6 +1004,12 @@ class Ledger:
                                          self._c.block_ms)
         if held is not None and self._holds_for(step, held, tag_hash):
             self.reservations.consume(held)
+
+    def _holds_any(self, step: _Step, device: DeviceInfo, tag_hash: bytes) -> bool:
+        """Whether some connector of the charger is held for exactly this idTag (its hash)."""
+        reservations = step.chain.reservations(step.event.charger_id)
+        return any(r.id_tag_hash == tag_hash for c in range(1, device.connector_count + 1)
+                   if (r := self.reservations.holding(reservations, c, self._c.block_ms)) is not None)
 
     def _all_reserved_for_others(self, step: _Step, device: DeviceInfo, tag_hash: bytes) -> bool:
         """Whether every connector of the charger is held for another idTag (an Authorize names none)."""

@@ -13,6 +13,18 @@ until it is consumed, a reservation holds its connector:
   starts normally, and its start consumes the reservation (recorded here, so the connector is
   free once that session ends, while the chain still lists the reservation until it expires).
 
+The network tells the charger (a ledger-originated command, delivered like a manager's by the
+node holding the connection, devsen/charger_commands.py): when a block carries an event of a
+charger with an active reservation not yet sent, the ledger admits a ReserveNow command for
+it (id `reservation_command_id`, signer empty: the ledger itself), expiring with the
+reservation. The charger only knows plaintext idTags and the chain only hashes, so the
+ReserveNow names the reservation token `reservation_token` ("R" + 19 hex digits of the idTag
+hash) as idTag and parentIdTag (1.6) / idToken and groupIdToken (2.0.1); the ledger's Authorize
+reply for the reserving idTag carries that token as its parentIdTag / groupIdToken, so the
+charger admits the driver's card on the reserved connector (OCPP 1.6 §5.13 "ReserveNow":
+idTag or parentIdTag matches). Cancellation and expiry are not sent (the charger's own
+reservation expires at the same time; a cancelled one stops holding in the ledger at once).
+
 The consumed set is part of the ledger state (table "reservations_used"), pruned once each
 entry's reservation has expired, and bounded (oldest dropped first).
 """
@@ -23,10 +35,39 @@ from collections.abc import Sequence
 from typing import Any
 
 from devsen.ledger.chain import ChainReservation
+from devsen.ledger.parse import format_timestamp_ms
 from devsen.ledger.state import HashedTable
+from primitives.hashing import keccak256
 
 MAX_CONSUMED_KEPT = 65_536  # consumed reservations remembered until they expire (oldest dropped beyond)
 RESERVED_STATUS = "Blocked"  # the idTag status for a start by another idTag on a held connector
+
+
+RESERVATION_TOKEN_PREFIX = "R"
+RESERVATION_TOKEN_HEX_DIGITS = 19  # "R" + 19 hex digits: an OCPP 1.6 CiString20
+
+
+def reservation_token(id_tag_hash: bytes) -> str:
+    """The idTag the network names in ReserveNow for a reservation held for `id_tag_hash`."""
+    return RESERVATION_TOKEN_PREFIX + id_tag_hash.hex()[:RESERVATION_TOKEN_HEX_DIGITS]
+
+
+def reservation_command_id(reservation: ChainReservation) -> bytes:
+    """The id of the ReserveNow command the ledger issues for `reservation`."""
+    return keccak256(b"devsen:ReserveNow:" + reservation.charge_box_id.encode() + b":"
+                     + reservation.reservation_id.to_bytes(4, "big"))
+
+
+def reserve_now_payload(ocpp_version: str, reservation: ChainReservation) -> dict[str, Any]:
+    """The ReserveNow CALL payload for `reservation` in the charger's OCPP version."""
+    token = reservation_token(reservation.id_tag_hash)
+    expiry = format_timestamp_ms(reservation.expires_at_s * 1000)
+    if ocpp_version == "1.6":
+        return {"connectorId": reservation.connector_id, "expiryDate": expiry, "idTag": token,
+                "parentIdTag": token, "reservationId": reservation.reservation_id}
+    central = {"idToken": token, "type": "Central"}
+    return {"id": reservation.reservation_id, "evseId": reservation.connector_id, "expiryDateTime": expiry,
+            "idToken": central, "groupIdToken": central}
 
 
 class ReservationBook:

@@ -3,6 +3,8 @@ idTag; a start by anyone else is refused ("Blocked"), the holder's start consume
 
 from __future__ import annotations
 
+import json
+
 from ledger_world import (
     CHARGER,
     CHARGER_201,
@@ -24,6 +26,7 @@ from devsen.ledger import (
     session_token,
 )
 from devsen.ledger.ledger import SNAPSHOT_VERSION
+from devsen.ledger.reservations import reservation_token
 from primitives.hashing import id_tag_hash as hash_tag
 
 HOLDER = "TAG-RES"
@@ -121,3 +124,38 @@ def test_consumed_reservations_survive_a_snapshot_and_are_pruned_after_expiry() 
     world.now_ms = T0_MS + 10_000
     world.one(ev("Heartbeat", {}))
     assert len(world.ledger.reservations.table) == 0
+
+
+def test_a_reserve_now_is_issued_once_per_reservation_in_the_chargers_version() -> None:
+    from ocpp.messages import get_validator
+
+    for charger, version in ((CHARGER, "1.6"), (CHARGER_201, "2.0.1")):
+        world = reserved_world(charger=charger)
+        first = world.block(ev("Heartbeat", {}, version=version))
+        (admitted,) = first.admitted
+        record = admitted.record
+        assert (record.action, record.ocpp_version, record.signer, record.charger_id) == (
+            "ReserveNow", version, b"", charger)
+        payload = json.loads(record.payload_json)
+        get_validator(2, "ReserveNow", version).validate(payload)
+        token = reservation_token(id_tag_hash(HOLDER))
+        if version == "1.6":
+            assert (payload["reservationId"], payload["connectorId"], payload["idTag"]) == (7, 1, token)
+        else:
+            assert (payload["id"], payload["evseId"], payload["groupIdToken"]["idToken"]) == (7, 1, token)
+        assert record.expires_at_ms == EXPIRES_S * 1000
+        assert world.block(ev("Heartbeat", {}, version=version)).admitted == ()  # once
+        assert [r.action for _, r in world.ledger.commands.pending_for(charger)] == ["ReserveNow"]
+
+
+def test_the_holders_authorize_names_the_reservation_group_so_the_charger_admits_its_card() -> None:
+    world = reserved_world()
+    info = world.one(ev("Authorize", {"idTag": HOLDER}))["idTagInfo"]
+    assert isinstance(info, dict) and info["parentIdTag"] == reservation_token(id_tag_hash(HOLDER))
+    other = world.one(ev("Authorize", {"idTag": "TAG-OK"}))["idTagInfo"]
+    assert isinstance(other, dict) and "parentIdTag" not in other
+    world201 = reserved_world(charger=CHARGER_201)
+    reply = world201.one(ev("Authorize", {"idToken": {"idToken": HOLDER, "type": "ISO14443"}}, version="2.0.1"))
+    token_info = reply["idTokenInfo"]
+    assert isinstance(token_info, dict)
+    assert token_info["groupIdToken"] == {"idToken": reservation_token(id_tag_hash(HOLDER)), "type": "Central"}

@@ -57,7 +57,8 @@ def test_an_escrow_reservation_read_at_the_agreed_block_holds_the_connector() ->
     ledger = Ledger()
     t0 = (now_s + 1) * 1000
     events = [start("TAG-OTHER", "s1", t0)]
-    facts = ChainFacts(head, b"\x01" * 32, b"", keys := chain_keys(events, ledger), **read_facts(view, keys))
+    keys = chain_keys(events, ledger)
+    facts = ChainFacts(head, b"\x01" * 32, b"", keys, **read_facts(view, keys))
     out = ledger.apply_block(BlockContext(1, t0, head, b"\x01" * 32), facts.view(), events)
     reply = out.results[0].reply
     assert reply is not None and reply["idTagInfo"]["status"] == "Blocked"
