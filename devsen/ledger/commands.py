@@ -608,7 +608,8 @@ def command_document(command_id: bytes, record: CommandRecord, block_ms: int) ->
     doc: dict[str, Any] = {
         "command_id": "0x" + command_id.hex(), "charger_id": record.charger_id, "ocpp_version": record.ocpp_version,
         "action": record.action, "payload": json.loads(record.payload_json), "nonce": str(record.nonce),
-        "expires_at_ms": record.expires_at_ms, "manager": "0x" + record.signer.hex(), "height": record.height,
+        "expires_at_ms": record.expires_at_ms, "manager": "0x" + record.signer.hex() if record.signer else None,
+        "origin": "manager" if record.signer else "ledger", "height": record.height,
         "status": status, "outcome_height": record.outcome_height or None,
         "reported_by": "0x" + record.reporter.hex() if record.reporter else None,
     }
