@@ -8,7 +8,6 @@ The network is the module fixture `network` of test_e2e_network.py, instantiated
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import test_e2e_network
@@ -31,7 +30,7 @@ PER_MINUTE_FEE = 1_000
 async def test_a_reservation_reaches_the_charger_as_reserve_now_and_cancels_with_a_refund(
         network: dict[str, Any]) -> None:
     nodes, driver = network["nodes"], network["seeded"]["driver_client"]
-    deployment = Deployment.from_json(Path(network["deployment_path"]).read_text())
+    deployment: Deployment = network["deployment"]
     manager = ChainClient(driver.w3, deployment, TransactionSender(driver.w3, network["anvil"].dev_keys[1]))
     await trio.to_thread.run_sync(manager.update_device, "setTariff", DEMO_CHARGER, DEMO_PRICE_PER_KWH,
                                   PER_MINUTE_FEE)
