@@ -50,7 +50,7 @@ GAS = {
     "settleBatchPerEntry": 60_000,  # ~cold worst case: every entry pays another fresh manager and driver
     "closeWithVoucher": 150_000,
     "refund": 120_000,
-    "reserve": 320_000,  # may first close the connector's expired reservation (two transfers)
+    "reserve": 400_000,  # ~265k measured; may first close the connector's expired reservation (two transfers)
     "endReservation": 120_000,
     "anchorBase": 150_000,
     "perSignature": 12_000,
