@@ -74,7 +74,12 @@ from devsen.ledger.kinds import (
     UNSIGNED_READING,
 )
 from devsen.ledger.parse import MAX_METER_WH, MalformedPayload, parse_timestamp_ms
-from devsen.ledger.reservations import ReservationBook, reservation_command_id, reserve_now_payload
+from devsen.ledger.reservations import (
+    ReservationBook,
+    cancel_command_id,
+    reservation_command_id,
+    reserve_now_payload,
+)
 from devsen.ledger.signed import settlement_terms
 from devsen.ledger.state import (
     Anomaly,
@@ -102,6 +107,7 @@ SNAPSHOT_VERSION = 7  # 4: signed meter values, payment vouchers, uptime and rew
 # 7: consumed reservations (reservations.py), an 11th table when in use
 
 MAX_PAYLOAD_DEPTH = 32  # OCPP payloads nest a handful of levels; deeper is malformed
+CANCEL_RESERVATION_TTL_MS = 2 * 3_600_000  # a CancelReservation waits for its charger as long as a reservation lasts
 MAX_OPEN_ESCROWS_READ = 4_096  # open escrow sessions of one charger considered per look-up
 
 
@@ -429,13 +435,24 @@ class Ledger:
 
     def _issue_reservations(self, chain: _CheckedChain, events: Sequence[ChargerEvent]) -> tuple[AdmittedCommand, ...]:
         """A ReserveNow command for each active reservation of the block's registered chargers
-        not yet issued, in the OCPP version of the charger's last event (reservations.py)."""
+        not yet issued, and a CancelReservation for each issued one cancelled on chain since, in
+        the OCPP version of the charger's last event (reservations.py)."""
         versions = {event.charger_id: event.ocpp_version for event in events}
         issued = []
         for charger_id in sorted(versions):
             device = chain.device(charger_id)
             if device is None or not device.active:
                 continue
+            version = versions[charger_id]
+            open_ids = {r.reservation_id for r in chain.reservations(charger_id)}
+            for reservation_id in self.reservations.cancelled(charger_id, open_ids):
+                command_id = cancel_command_id(charger_id, reservation_id)
+                if self.commands.admit_from_ledger(command_id, charger_id, version, "CancelReservation",
+                                                   {"reservationId": reservation_id},
+                                                   self._c.block_ms + CANCEL_RESERVATION_TTL_MS, self._c.height):
+                    record = self.commands.get(command_id)
+                    assert record is not None
+                    issued.append(AdmittedCommand(command_id, record))
             for connector in range(1, device.connector_count + 1):
                 held = self.reservations.holding(chain.reservations(charger_id), connector, self._c.block_ms)
                 if held is None:
@@ -444,6 +461,7 @@ class Ledger:
                 if self.commands.admit_from_ledger(command_id, charger_id, versions[charger_id], "ReserveNow",
                                                    reserve_now_payload(versions[charger_id], held),
                                                    held.expires_at_s * 1000, self._c.height):
+                    self.reservations.note_sent(held)
                     record = self.commands.get(command_id)
                     assert record is not None
                     issued.append(AdmittedCommand(command_id, record))
@@ -552,7 +570,7 @@ class Ledger:
         if extra >= 2:
             tables.extend(t.digest() for t in self.commands.tables())
         if extra >= 3:
-            tables.append(self.reservations.table.digest())
+            tables.extend((self.reservations.table.digest(), self.reservations.sent.digest()))
         return keccak256(state_bytes([SNAPSHOT_VERSION, self.params, self._counter_values(), tables]))
 
     def table_digests(self) -> dict[str, bytes]:
@@ -638,7 +656,7 @@ class Ledger:
     def _extra_tables(self) -> int:
         """How many of the later tables a snapshot carries: 0, 1 (vouchers), 2 (and commands)
         or 3 (and consumed reservations); each is present when it or a later one is in use."""
-        if len(self.reservations.table):
+        if self.reservations.in_use():
             return 3
         if self.commands.in_use():
             return 2

@@ -22,8 +22,10 @@ ReserveNow names the reservation token `reservation_token` ("R" + 19 hex digits 
 hash) as idTag and parentIdTag (1.6) / idToken and groupIdToken (2.0.1); the ledger's Authorize
 reply for the reserving idTag carries that token as its parentIdTag / groupIdToken, so the
 charger admits the driver's card on the reserved connector (OCPP 1.6 §5.13 "ReserveNow":
-idTag or parentIdTag matches). Cancellation and expiry are not sent (the charger's own
-reservation expires at the same time; a cancelled one stops holding in the ledger at once).
+idTag or parentIdTag matches). A reservation whose ReserveNow was issued and that is no longer
+open on chain before its expiry (the driver cancelled it) gets a CancelReservation the same
+way, once (table "reservations_sent" remembers the ReserveNows issued until they expire); an
+expired one is not sent (the charger's reservation expires at the same time).
 
 The consumed set is part of the ledger state (table "reservations_used"), pruned once each
 entry's reservation has expired, and bounded (oldest dropped first).
@@ -58,6 +60,11 @@ def reservation_command_id(reservation: ChainReservation) -> bytes:
                      + reservation.reservation_id.to_bytes(4, "big"))
 
 
+def cancel_command_id(charge_box_id: str, reservation_id: int) -> bytes:
+    """The id of the CancelReservation command the ledger issues for a cancelled reservation."""
+    return keccak256(b"devsen:CancelReservation:" + charge_box_id.encode() + b":" + reservation_id.to_bytes(4, "big"))
+
+
 def reserve_now_payload(ocpp_version: str, reservation: ChainReservation) -> dict[str, Any]:
     """The ReserveNow CALL payload for `reservation` in the charger's OCPP version."""
     token = reservation_token(reservation.id_tag_hash)
@@ -75,11 +82,42 @@ class ReservationBook:
 
     def __init__(self) -> None:
         self.table: HashedTable[int, int] = HashedTable("reservations_used")
+        # reservation id -> [charger, expiry s] of the ReserveNows issued and not yet expired
+        self.sent: HashedTable[int, tuple[str, int]] = HashedTable("reservations_sent")
+        self._sent_by_charger: dict[str, set[int]] = {}  # derived from `sent` (rebuilt on restore)
+
+    def in_use(self) -> bool:
+        return bool(len(self.table) or len(self.sent))
 
     def prune(self, block_ms: int) -> None:
-        """Forget consumed reservations that have expired (they hold nothing any more)."""
+        """Forget consumed and sent reservations that have expired (they hold nothing any more)."""
         for reservation_id in [k for k, expires_s in self.table.items() if expires_s * 1000 <= block_ms]:
             self.table.pop(reservation_id)
+        for reservation_id in [k for k, (_, expires_s) in self.sent.items() if expires_s * 1000 <= block_ms]:
+            self._forget_sent(reservation_id)
+
+    def note_sent(self, reservation: ChainReservation) -> None:
+        """A ReserveNow was issued for `reservation` (bounded: the oldest forgotten first)."""
+        self.sent.put(reservation.reservation_id, (reservation.charge_box_id, reservation.expires_at_s))
+        self._sent_by_charger.setdefault(reservation.charge_box_id, set()).add(reservation.reservation_id)
+        while len(self.sent) > MAX_CONSUMED_KEPT:
+            self._forget_sent(self.sent.oldest())
+
+    def cancelled(self, charge_box_id: str, open_ids: set[int]) -> list[int]:
+        """The reservations of this charger sent in a ReserveNow, unexpired, no longer open on
+        chain (cancelled): forgotten here, the caller issues their CancelReservation."""
+        gone = sorted(self._sent_by_charger.get(charge_box_id, set()) - open_ids)
+        for reservation_id in gone:
+            self._forget_sent(reservation_id)
+        return gone
+
+    def _forget_sent(self, reservation_id: int) -> None:
+        charger, _ = self.sent.pop(reservation_id)
+        ids = self._sent_by_charger.get(charger)
+        if ids is not None:
+            ids.discard(reservation_id)
+            if not ids:
+                del self._sent_by_charger[charger]
 
     def holding(self, reservations: Sequence[ChainReservation], connector_id: int,
                 block_ms: int) -> ChainReservation | None:
@@ -96,10 +134,16 @@ class ReservationBook:
             self.table.pop(self.table.oldest())
 
     def to_state(self) -> list[Any]:
-        return self.table.to_state()
+        return [self.table.to_state(), self.sent.to_state()]
 
     def restore(self, state: Any) -> None:
-        for key, value in state:
+        used, sent = state
+        for key, value in used:
             if type(key) is not int or type(value) is not int:
                 raise ValueError("reservations_used entries must be integers")
             self.table.put(key, value)
+        for key, (charger, expires_s) in sent:
+            if type(key) is not int or type(charger) is not str or type(expires_s) is not int:
+                raise ValueError("reservations_sent entries must be [id, [charger, expiry]]")
+            self.sent.put(key, (charger, expires_s))
+            self._sent_by_charger.setdefault(charger, set()).add(key)

@@ -159,3 +159,25 @@ def test_the_holders_authorize_names_the_reservation_group_so_the_charger_admits
     token_info = reply["idTokenInfo"]
     assert isinstance(token_info, dict)
     assert token_info["groupIdToken"] == {"idToken": reservation_token(id_tag_hash(HOLDER)), "type": "Central"}
+
+
+def test_a_reservation_cancelled_on_chain_gets_one_cancel_reservation_an_expired_one_none() -> None:
+    world = reserved_world()
+    assert [a.record.action for a in world.block(ev("Heartbeat", {})).admitted] == ["ReserveNow"]
+    world.chain.end_reservation(7)  # the driver cancelled on chain
+    (cancel,) = world.block(ev("Heartbeat", {})).admitted
+    assert cancel.record.action == "CancelReservation" and json.loads(cancel.record.payload_json) == {
+        "reservationId": 7}
+    assert world.block(ev("Heartbeat", {})).admitted == ()  # once
+    restored = Ledger.from_bytes(world.ledger.to_bytes())
+    assert restored.state_hash() == world.ledger.state_hash()
+
+    expiring = reserved_world(expires_s=T0_MS // 1000 + 2)
+    expiring.block(ev("Heartbeat", {}))
+    assert len(expiring.ledger.reservations.sent) == 1
+    restored = Ledger.from_bytes(expiring.ledger.to_bytes())
+    assert restored.state_hash() == expiring.ledger.state_hash()
+    expiring.now_ms = T0_MS + 5_000
+    expiring.chain.end_reservation(7)  # closed after expiry: the charger's own expired already
+    assert expiring.block(ev("Heartbeat", {})).admitted == ()
+    assert len(expiring.ledger.reservations.sent) == 0
