@@ -1,7 +1,7 @@
 """Reservations end to end (issue 13): a driver reserves a connector in the Escrow on anvil, the
 4 `devsen node` processes read it at the agreed Ethereum block, the node holding the demo
 charger's connection sends it ReserveNow, and the outcome is the same at every node; the driver
-cancels and the unspent minutes come back.
+cancels, the unspent minutes come back and the charger gets CancelReservation.
 
 The network is the module fixture `network` of test_e2e_network.py, instantiated again here."""
 
@@ -59,6 +59,13 @@ async def test_a_reservation_reaches_the_charger_as_reserve_now_and_cancels_with
         doc = await same_everywhere(nodes, f"/v1/commands/0x{command_id.hex()}")
         assert doc["action"] == "ReserveNow" and doc["origin"] == "ledger" and doc["status"] == "result"
         print(f"reservation {reservation_id}: ReserveNow at the charger {latency_s:.1f} s after the reserve confirmed")
-    await trio.to_thread.run_sync(driver.cancel_reservation, reservation_id)
-    after = driver.token_balance(driver.sender.address, "latest")
-    assert before - fee < after <= before  # the unspent minutes came back
+        await trio.to_thread.run_sync(driver.cancel_reservation, reservation_id)
+        after = driver.token_balance(driver.sender.address, "latest")
+        assert before - fee < after <= before  # the unspent minutes came back
+        cancels = [p for action, p in charger.csms_calls if action == "CancelReservation"]
+        with trio.fail_after(60):  # the network tells the charger once the cancel is deep enough
+            while not cancels:
+                await charger.call("Heartbeat", {})
+                await charger.serve(2, until=lambda: any(a == "CancelReservation" for a, _ in charger.csms_calls))
+                cancels = [p for action, p in charger.csms_calls if action == "CancelReservation"]
+        assert cancels == [{"reservationId": reservation_id}]
