@@ -211,6 +211,9 @@ class _PatientReader:
     def escrow_session(self, session_id: bytes) -> Any:
         return patiently("escrow session", lambda: self._reader.escrow_session(session_id))
 
+    def reservations(self, charge_box_id: str) -> Any:
+        return patiently(f"reservations of {charge_box_id}", lambda: self._reader.reservations(charge_box_id))
+
 
 def patiently_reader(reader: KeyReader) -> KeyReader:
     """`reader` with RPC retries (devsen.chain_view.patiently) around every read."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol
 
-from devsen.ledger import ChainView, DeviceInfo, EscrowSession, IdTagInfo, Ledger
+from devsen.ledger import ChainReservation, ChainView, DeviceInfo, EscrowSession, IdTagInfo, Ledger
 from ocpp_adapter.events import ChargerEvent, tag_hash_of
 
 MAX_KEY_DEPTH = 8  # OCPP payloads nest a few levels; idTags are never deeper than this
@@ -26,7 +26,7 @@ MAX_OUTSIDE_READS_KEPT = 64
 class ChainKeys:
     """What a block may read from the chain (sorted, so equal blocks list equal keys)."""
 
-    chargers: tuple[str, ...] = ()  # device(charger) and open_escrow_sessions(charger)
+    chargers: tuple[str, ...] = ()  # device(charger), open_escrow_sessions(charger), reservations(charger)
     id_tags: tuple[bytes, ...] = ()  # id_tag(hash)
     sessions: tuple[bytes, ...] = ()  # escrow_session(id)
 
@@ -80,6 +80,8 @@ class KeyReader(Protocol):
 
     def escrow_session(self, session_id: bytes) -> EscrowSession | None: ...
 
+    def reservations(self, charge_box_id: str) -> Sequence[ChainReservation]: ...
+
 
 @dataclass(frozen=True, slots=True)
 class ChainFacts:
@@ -98,6 +100,7 @@ class ChainFacts:
     id_tags: Mapping[bytes, IdTagInfo | None] = field(default_factory=dict)
     open_sessions: Mapping[str, tuple[EscrowSession, ...]] = field(default_factory=dict)
     sessions: Mapping[bytes, EscrowSession | None] = field(default_factory=dict)
+    reservations: Mapping[str, tuple[ChainReservation, ...]] = field(default_factory=dict)
     epoch: int = 0
     validators: tuple[bytes, ...] = ()
     bindings: Mapping[bytes, bytes] = field(default_factory=dict)
@@ -116,6 +119,7 @@ def read_facts(reader: KeyReader, keys: ChainKeys) -> dict[str, Any]:
         "id_tags": MappingProxyType({t: reader.id_tag(t) for t in keys.id_tags}),
         "open_sessions": MappingProxyType({c: tuple(reader.open_escrow_sessions(c)) for c in keys.chargers}),
         "sessions": MappingProxyType({s: reader.escrow_session(s) for s in keys.sessions}),
+        "reservations": MappingProxyType({c: tuple(reader.reservations(c)) for c in keys.chargers}),
     }
 
 
@@ -161,3 +165,9 @@ class FactsView(ChainView):
                     return session
         self._miss("escrow_session", session_id)
         return None
+
+    def reservations(self, charge_box_id: str) -> Sequence[ChainReservation]:
+        if charge_box_id not in self.facts.reservations:
+            self._miss("reservations", charge_box_id)
+            return ()
+        return self.facts.reservations[charge_box_id]

@@ -29,7 +29,7 @@ from anchoring.chain import EscrowSession as ChainEscrowSession
 from anchoring.chain.client import SessionStatus
 from anchoring.chain.errors import RpcUnavailable
 from anchoring.chain.transact import TRANSIENT_ERRORS, rpc_health, sleep_until_recovery
-from devsen.ledger import ChainView, DeviceInfo, EscrowSession, IdTagInfo, Tariff
+from devsen.ledger import ChainReservation, ChainView, DeviceInfo, EscrowSession, IdTagInfo, Tariff
 from ocpp_adapter.auth import ChargerCredentials, RegistryUnavailable
 
 log = logging.getLogger("devsen.chain")
@@ -421,6 +421,19 @@ class ContractChainView(ChainView):
         device = self._cache.get("device", session.device_id,
                                  lambda block: self._client.device_by_id(session.device_id, self.at))
         return _to_ledger_session(device.charge_box_id if device else "", session, self._refund_timeout())
+
+    def reservations(self, charge_box_id: str) -> Sequence[ChainReservation]:
+        rows = self._read(("reservations", charge_box_id),
+                          lambda: self._client.reservations_of(charge_box_id, self.at))
+        found = []
+        for row in rows:
+            try:
+                found.append(ChainReservation(row.reservation_id, charge_box_id, row.connector_id, row.id_tag_hash,
+                                              row.expires_at))
+            except ValueError:
+                log.warning("reservation %d of %s out of the ledger's bounds: ignored", row.reservation_id,
+                            charge_box_id[:48])
+        return found
 
     def _refund_timeout(self) -> int:
         """The Escrow's refundTimeout (immutable: read once per deployment)."""

@@ -122,6 +122,29 @@ def open_prepaid_session(client: ChainClient, charge_box_id: str, connector: int
     return session_id
 
 
+MAX_RESERVATION_MINUTES = 120  # Escrow.MAX_RESERVATION_S / 60
+
+
+def reserve_connector(client: ChainClient, charge_box_id: str, connector: int, id_tag: str, minutes: int,
+                      confirmations: int = NETWORK_CONFIRMATIONS) -> tuple[int, int, int, Receipt]:
+    """Reserve a connector for `minutes` (1..MAX_RESERVATION_MINUTES) in the Escrow, approving
+    the fee (the device's per-minute fee x minutes); (reservation id, expiry unix s, fee, receipt),
+    once `confirmations` deep (the depth the nodes read at, so the hold applies from then on)."""
+    if not 1 <= minutes <= MAX_RESERVATION_MINUTES:
+        raise ValueError(f"--minutes must be in 1..{MAX_RESERVATION_MINUTES}, got {minutes}")
+    device = client.device(charge_box_id, "latest")
+    if device is None:
+        raise ValueError(f"charge_box_id {charge_box_id!r} is not a registered device")
+    if device.per_minute_fee == 0:
+        raise ValueError(f"device {charge_box_id} takes no reservations (its per-minute fee is 0)")
+    fee = device.per_minute_fee * minutes
+    expires_at = int(client.w3.eth.get_block("latest")["timestamp"]) + minutes * 60
+    client.approve(client.deployment.escrow, fee)
+    reservation_id, receipt = client.reserve(charge_box_id, connector, id_tag, expires_at)
+    wait_for_confirmations(client, receipt.block_number, confirmations)
+    return reservation_id, expires_at, fee, receipt
+
+
 ROLE_NAMES = {ROLE_DRIVER: "driver", ROLE_DEVICE_MANAGER: "device manager"}
 
 
@@ -170,6 +193,13 @@ def _parser() -> argparse.ArgumentParser:
                          help="pay by per-chunk vouchers (settles at min(metered, latest voucher))")
     refund = sub.add_parser("refund")
     refund.add_argument("session_id")
+    reserve = sub.add_parser("reserve", help="reserve a connector for your idTag, paying its per-minute fee")
+    reserve.add_argument("charge_box_id")
+    reserve.add_argument("connector", type=int, help="1-based connector (2.0.1: EVSE) id")
+    reserve.add_argument("--minutes", type=int, required=True, help=f"1..{MAX_RESERVATION_MINUTES}")
+    reserve.add_argument("--id-tag", required=True, help="the idTag (yours) the connector is held for")
+    cancel = sub.add_parser("cancel-reservation", help="cancel your reservation; the unspent minutes are refunded")
+    cancel.add_argument("reservation_id", type=int)
     show = sub.add_parser("session")
     show.add_argument("session_id")
     balance = sub.add_parser("balance")
@@ -196,7 +226,7 @@ def _parser() -> argparse.ArgumentParser:
     rewards = sub.add_parser("rewards", help="uptime rewards earned per epoch and why (node) and paid (chain)")
     rewards.add_argument("--owner", help="device manager address (default: the wallet's account)")
     rewards.add_argument("--node", default="http://127.0.0.1:8080", help="a node's HTTP API URL")
-    commands += [roles, device, tag, faucet, session, refund, show, balance, meter, stream, close, rewards]
+    commands += [roles, device, tag, faucet, session, refund, reserve, cancel, show, balance, meter, stream, close, rewards]
     for command in commands:  # `--json` also after the command
         command.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
@@ -326,6 +356,19 @@ def _run(args: argparse.Namespace, client: ChainClient) -> tuple[str, dict[str, 
         receipt = client.refund(session_id)
         return (f"session {hex0x(session_id)} refunded to {me}; {_tx_line(receipt)}",
                 {"session_id": hex0x(session_id), "refunded_to": me, **_tx(receipt)})
+    if args.command == "reserve":
+        reservation_id, expires_at, fee, receipt = reserve_connector(
+            client, args.charge_box_id, args.connector, args.id_tag, args.minutes)
+        return (f"reservation {reservation_id}: {args.charge_box_id} connector {args.connector} held for idTag "
+                f"{args.id_tag} until {iso_time(expires_at)}, fee up to {token_amount(fee)}; {_tx_line(receipt)}",
+                {"reservation_id": reservation_id, "charge_box_id": args.charge_box_id, "connector": args.connector,
+                 "expires_at": iso_time(expires_at), "expires_at_unix": expires_at, "fee_units": fee, **_tx(receipt)})
+    if args.command == "cancel-reservation":
+        if not 1 <= args.reservation_id < 2**31:
+            raise ValueError(f"reservation_id must be in 1..{2**31 - 1}")
+        receipt = client.cancel_reservation(args.reservation_id)
+        return (f"reservation {args.reservation_id} cancelled, the unspent minutes refunded to {me}; {_tx_line(receipt)}",
+                {"reservation_id": args.reservation_id, "refunded_to": me, **_tx(receipt)})
     if args.command == "session":
         session_id = _session_id(args.session_id)
         session = client.session(session_id, "latest")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from web3 import Web3
 from web3.contract import Contract
@@ -50,6 +50,8 @@ GAS = {
     "settleBatchPerEntry": 60_000,  # ~cold worst case: every entry pays another fresh manager and driver
     "closeWithVoucher": 150_000,
     "refund": 120_000,
+    "reserve": 400_000,  # ~265k measured; may first close the connector's expired reservation (two transfers)
+    "endReservation": 120_000,
     "anchorBase": 150_000,
     "perSignature": 12_000,
     "updateValidatorsBase": 200_000,
@@ -118,6 +120,20 @@ class IdTagRecord:
     account: str
     expiry: int  # unix seconds, 0 = never
     revoked: bool
+
+
+class ReservationRecord(NamedTuple):
+    """An Escrow reservation as the contract stores it (issue 13)."""
+
+    reservation_id: int
+    connector_id: int
+    driver: str
+    created_at: int
+    expires_at: int
+    device_id: bytes
+    id_tag_hash: bytes
+    per_minute_fee: int
+    fee: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,6 +341,18 @@ class ChainClient:
             energy_wh, opened_at, SessionStatus(status), bool(voucher_mode), price, fee,
         )
 
+    def reservations_of(self, charge_box_id: str, block: BlockId) -> list[ReservationRecord]:
+        """The open Escrow reservations (expired or not) on the connectors of `charge_box_id`;
+        none for an unregistered device."""
+        try:
+            rows = self.read("Escrow", "reservationsOf", charge_box_id, block=block)
+        except ChainRevert as exc:
+            if exc.name == "UnknownDevice":
+                return []
+            raise
+        return [ReservationRecord(int(r[0]), int(r[1]), str(r[3]), int(r[4]), int(r[5]), bytes(r[6]), bytes(r[7]),
+                                  int(r[8]), int(r[9])) for r in rows]
+
     def refund_timeout(self, block: BlockId) -> int:
         """Seconds after opening from which a driver may refund an unsettled session."""
         return int(self.read("Escrow", "refundTimeout", block=block))
@@ -440,6 +468,23 @@ class ChainClient:
 
     def refund(self, session_id: bytes) -> Receipt:
         return self.send("Escrow", "refund", session_id, gas=GAS["refund"])
+
+    def reserve(self, charge_box_id: str, connector_id: int, id_tag: str, expires_at_s: int) -> tuple[int, Receipt]:
+        """Reserve a connector for `id_tag` until `expires_at_s` (unix seconds), paying the
+        device's per-minute fee per started minute (approve the Escrow first); (reservation id, receipt)."""
+        receipt = self.send("Escrow", "reserve", charge_box_id, connector_id, id_tag_hash(id_tag), expires_at_s,
+                            gas=GAS["reserve"])
+        events = self.contracts["Escrow"].events.ReservationMade().process_receipt(receipt.raw, errors=DISCARD)
+        assert len(events) == 1
+        return int(events[0]["args"]["reservationId"]), receipt
+
+    def cancel_reservation(self, reservation_id: int) -> Receipt:
+        """The driver cancels before expiry: the started minutes' fee to the manager, the rest back."""
+        return self.send("Escrow", "cancelReservation", reservation_id, gas=GAS["endReservation"])
+
+    def close_reservation(self, reservation_id: int) -> Receipt:
+        """Anyone closes an expired reservation: its whole fee to the device's manager."""
+        return self.send("Escrow", "closeReservation", reservation_id, gas=GAS["endReservation"])
 
     def submit_anchor_batch(
         self,

@@ -33,7 +33,7 @@ DEPLOY_GAS = {
     "UserRegistry": 1_500_000,
     "DeviceFactory": 2_500_000,
     "ChargeToken": 1_500_000,
-    "Escrow": 2_500_000,
+    "Escrow": 4_000_000,
     "Anchor": 1_500_000,
     "Rewards": 1_500_000,
 }

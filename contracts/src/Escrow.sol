@@ -20,6 +20,14 @@ error NotVoucherSession(bytes32 sessionId);
 error VoucherSignerNotDriver(bytes32 sessionId, address signer);
 error BatchEmpty();
 error BatchTooLarge(uint256 count, uint256 maxCount);
+error ReservationDurationInvalid(uint64 expiresAt, uint256 maxExpiresAt);
+error ReservationFeeZero(bytes32 deviceId);
+error ConnectorReserved(bytes32 deviceId, uint8 connectorId, uint32 reservationId);
+error UnknownReservation(uint32 reservationId);
+error ReservationNotOpen(uint32 reservationId);
+error NotReservationDriver(uint32 reservationId, address caller);
+error ReservationExpired(uint32 reservationId, uint64 expiresAt);
+error ReservationNotExpired(uint32 reservationId, uint64 expiresAt);
 
 /// @title Escrow
 /// @notice Pre-paid charging sessions. A driver locks a deposit in the ChargeToken for one
@@ -50,6 +58,16 @@ error BatchTooLarge(uint256 count, uint256 maxCount);
 /// manager alone with the driver's latest `PaymentVoucher(bytes32 sessionId,uint256
 /// cumulativeAmount)` signed under this contract's domain: min(cumulativeAmount, deposit) to
 /// the manager, the rest to the driver. A later settlement for it is then skipped.
+///
+/// Reservations (issue 13): a driver holds one connector for its idTag until `expiresAt`
+/// (at most MAX_RESERVATION_S ahead), paying the device's per-minute fee (its tariff's
+/// `perMinuteFee`, no separate field) for every started minute of the reservation, locked
+/// here. One open reservation per connector. A device whose per-minute fee is 0 takes no
+/// reservations (a free hold would let anyone block every connector). Before expiry the driver
+/// may cancel: the fee of the minutes started so far goes to the manager, the rest back. After
+/// expiry anyone may close it (the whole fee to the manager: a no-show, or a reservation the
+/// driver used); a new reservation on that connector closes an expired one first. Reservation
+/// ids are 1, 2, 3, ...: the OCPP reservationId the network sends in ReserveNow.
 contract Escrow is DevsenDomain {
     uint8 public constant STATUS_NONE = 0;
     uint8 public constant STATUS_OPEN = 1;
@@ -68,6 +86,10 @@ contract Escrow is DevsenDomain {
     uint8 public constant SKIP_UNKNOWN = 1;
     uint8 public constant SKIP_CLOSED = 2;
     uint8 public constant SKIP_AMOUNT = 3;
+    /// Longest reservation, seconds.
+    uint64 public constant MAX_RESERVATION_S = 2 hours;
+    /// Highest reservation id: OCPP reservationIds are 32-bit signed integers.
+    uint32 public constant MAX_RESERVATION_ID = 2_147_483_647;
 
     /// One entry of a settlement batch: the fields of the Settlement struct.
     struct SettlementEntry {
@@ -91,6 +113,19 @@ contract Escrow is DevsenDomain {
         uint128 perMinuteFee;
     }
 
+    struct Reservation {
+        uint32 reservationId;
+        uint8 connectorId;
+        uint8 status; // STATUS_OPEN, then STATUS_SETTLED (cancelled or closed)
+        address driver;
+        uint64 createdAt;
+        uint64 expiresAt;
+        bytes32 deviceId;
+        bytes32 idTagHash;
+        uint128 perMinuteFee; // the device's per-minute fee when it was made
+        uint128 fee; // locked: perMinuteFee x started minutes
+    }
+
     IERC20Minimal public immutable token;
     IValidatorSet public immutable validatorSet;
     IDeviceFactory public immutable devices;
@@ -101,6 +136,11 @@ contract Escrow is DevsenDomain {
     uint256 public openDeposits;
     mapping(address => uint256) public sessionNonce;
     mapping(bytes32 => Session) private _sessions;
+    /// Reservations made so far (the id of the last one).
+    uint32 public reservationCount;
+    mapping(uint32 => Reservation) private _reservations;
+    /// deviceId => connectorId => id of its open reservation (0: none).
+    mapping(bytes32 => mapping(uint8 => uint32)) public reservationOn;
 
     event SessionRequested(
         bytes32 indexed sessionId,
@@ -117,6 +157,17 @@ contract Escrow is DevsenDomain {
     event SessionTariff(bytes32 indexed sessionId, bool voucherMode, uint128 pricePerKWh, uint128 perMinuteFee);
     event SettlementSkipped(bytes32 indexed sessionId, uint8 reason);
     event SessionClosedWithVoucher(bytes32 indexed sessionId, uint256 cumulativeAmount);
+    event ReservationMade(
+        uint32 indexed reservationId,
+        address indexed driver,
+        string chargeBoxId,
+        uint8 connectorId,
+        bytes32 idTagHash,
+        uint64 expiresAt,
+        uint256 fee
+    );
+    /// `paid` to the manager, `refunded` to the driver; `cancelled`: by the driver before expiry.
+    event ReservationEnded(uint32 indexed reservationId, bool cancelled, uint256 paid, uint256 refunded);
 
     constructor(
         IERC20Minimal token_,
@@ -304,6 +355,115 @@ contract Escrow is DevsenDomain {
         Session storage s = _sessions[sessionId];
         if (s.status == STATUS_NONE) revert UnknownSession(sessionId);
         return s;
+    }
+
+    /// @notice Reserve `connectorId` (1-based) of `chargeBoxId` for `idTagHash` (the caller's)
+    /// until `expiresAt` (unix seconds, at most MAX_RESERVATION_S from now), paying the device's
+    /// per-minute fee for each started minute (approve this contract first).
+    function reserve(string calldata chargeBoxId, uint8 connectorId, bytes32 idTagHash, uint64 expiresAt)
+        external
+        returns (uint32 reservationId)
+    {
+        (bytes32 deviceId,, uint8 connectorCount, bool active) = devices.deviceForSession(chargeBoxId);
+        if (!active) revert DeviceInactive(deviceId);
+        if (connectorId == 0 || connectorId > connectorCount) {
+            revert ConnectorInvalid(connectorId, connectorCount);
+        }
+        if (!users.isIdTagValidFor(idTagHash, msg.sender)) {
+            revert IdTagNotValidForDriver(idTagHash, msg.sender);
+        }
+        uint256 maxExpiresAt = block.timestamp + MAX_RESERVATION_S;
+        if (expiresAt <= block.timestamp || expiresAt > maxExpiresAt) {
+            revert ReservationDurationInvalid(expiresAt, maxExpiresAt);
+        }
+        uint32 current = reservationOn[deviceId][connectorId];
+        if (current != 0) {
+            Reservation storage held = _reservations[current];
+            if (block.timestamp < held.expiresAt) revert ConnectorReserved(deviceId, connectorId, current);
+            _end(held, held.fee, false);
+        }
+        (, uint128 perMinuteFee) = devices.tariffOf(deviceId);
+        if (perMinuteFee == 0) revert ReservationFeeZero(deviceId);
+        uint256 fee = uint256(perMinuteFee) * _startedMinutes(expiresAt - block.timestamp);
+        if (fee > type(uint128).max) revert DepositInvalid(fee);
+        if (reservationCount >= MAX_RESERVATION_ID) revert DepositInvalid(0);
+        reservationId = ++reservationCount;
+        _reservations[reservationId] = Reservation({
+            reservationId: reservationId,
+            connectorId: connectorId,
+            status: STATUS_OPEN,
+            driver: msg.sender,
+            createdAt: uint64(block.timestamp),
+            expiresAt: expiresAt,
+            deviceId: deviceId,
+            idTagHash: idTagHash,
+            perMinuteFee: perMinuteFee,
+            fee: uint128(fee)
+        });
+        reservationOn[deviceId][connectorId] = reservationId;
+        openDeposits += fee;
+        if (!token.transferFrom(msg.sender, address(this), fee)) revert TokenTransferFailed();
+        emit ReservationMade(reservationId, msg.sender, chargeBoxId, connectorId, idTagHash, expiresAt, fee);
+    }
+
+    /// @notice The driver cancels an open reservation before it expires: the fee of the minutes
+    /// started so far goes to the device's manager, the rest back to the driver.
+    function cancelReservation(uint32 reservationId) external {
+        Reservation storage r = _openReservation(reservationId);
+        if (msg.sender != r.driver) revert NotReservationDriver(reservationId, msg.sender);
+        if (block.timestamp >= r.expiresAt) revert ReservationExpired(reservationId, r.expiresAt);
+        uint256 spent = uint256(r.perMinuteFee) * _startedMinutes(block.timestamp - r.createdAt);
+        _end(r, spent < r.fee ? spent : r.fee, true);
+    }
+
+    /// @notice Anyone closes an expired reservation: its whole fee goes to the device's manager.
+    function closeReservation(uint32 reservationId) external {
+        Reservation storage r = _openReservation(reservationId);
+        if (block.timestamp < r.expiresAt) revert ReservationNotExpired(reservationId, r.expiresAt);
+        _end(r, r.fee, false);
+    }
+
+    function reservation(uint32 reservationId) external view returns (Reservation memory) {
+        Reservation storage r = _reservations[reservationId];
+        if (r.status == STATUS_NONE) revert UnknownReservation(reservationId);
+        return r;
+    }
+
+    /// @notice The open reservations (expired or not) on the connectors of `chargeBoxId`.
+    function reservationsOf(string calldata chargeBoxId) external view returns (Reservation[] memory found) {
+        (bytes32 deviceId,, uint8 connectorCount,) = devices.deviceForSession(chargeBoxId);
+        uint256 count;
+        for (uint8 c = 1; c <= connectorCount && c != 0; ++c) {
+            if (reservationOn[deviceId][c] != 0) ++count;
+        }
+        found = new Reservation[](count);
+        count = 0;
+        for (uint8 c = 1; c <= connectorCount && c != 0; ++c) {
+            uint32 id = reservationOn[deviceId][c];
+            if (id != 0) found[count++] = _reservations[id];
+        }
+    }
+
+    function _end(Reservation storage r, uint256 paid, bool cancelled) private {
+        uint256 fee = r.fee;
+        r.status = STATUS_SETTLED;
+        if (reservationOn[r.deviceId][r.connectorId] == r.reservationId) {
+            reservationOn[r.deviceId][r.connectorId] = 0;
+        }
+        openDeposits -= fee;
+        _pay(devices.managerOf(r.deviceId), paid);
+        _pay(r.driver, fee - paid);
+        emit ReservationEnded(r.reservationId, cancelled, paid, fee - paid);
+    }
+
+    function _startedMinutes(uint256 seconds_) private pure returns (uint256) {
+        return (seconds_ + 59) / 60;
+    }
+
+    function _openReservation(uint32 reservationId) private view returns (Reservation storage r) {
+        r = _reservations[reservationId];
+        if (r.status == STATUS_NONE) revert UnknownReservation(reservationId);
+        if (r.status != STATUS_OPEN) revert ReservationNotOpen(reservationId);
     }
 
     function _pay(address to, uint256 amount) private {

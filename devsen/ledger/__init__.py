@@ -3,6 +3,7 @@ OCPP replies, settlement orders and a state hash out. Pure: no I/O, clocks or ra
 
 from devsen.ledger.chain import (
     BlockContext,
+    ChainReservation,
     ChainView,
     DeviceInfo,
     EscrowSession,
@@ -30,6 +31,7 @@ __all__ = [
     "BlockContext",
     "BlockOutcome",
     "BlockRejected",
+    "ChainReservation",
     "ChainView",
     "DeviceInfo",
     "DeviceRecord",

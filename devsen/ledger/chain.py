@@ -172,6 +172,44 @@ def escrow_problem(session: object) -> str | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class ChainReservation:
+    """An open reservation in the Escrow (issue 13): `connector_id` of `charge_box_id` held for
+    the idTag hashing to `id_tag_hash` until `expires_at_s` (unix seconds). Open on chain means
+    not cancelled nor closed; the ledger treats it as holding the connector only before its
+    expiry at the block's time. `reservation_id` is the OCPP reservationId (1, 2, 3, ...)."""
+
+    reservation_id: int
+    charge_box_id: str
+    connector_id: int
+    id_tag_hash: bytes
+    expires_at_s: int
+
+    def __post_init__(self) -> None:
+        problem = reservation_problem(self)
+        if problem is not None:
+            raise ValueError(problem)
+
+
+MAX_RESERVATION_ID = 2**31 - 1  # Escrow.MAX_RESERVATION_ID: an OCPP integer
+
+
+def reservation_problem(reservation: object) -> str | None:
+    """Why `reservation` is not a ChainReservation within the ledger's bounds, or None if it is."""
+    if not isinstance(reservation, ChainReservation):
+        return f"not a ChainReservation: {type(reservation).__name__}"
+    r = reservation
+    if type(r.reservation_id) is not int or not 1 <= r.reservation_id <= MAX_RESERVATION_ID:
+        return f"reservation_id must be in 1..{MAX_RESERVATION_ID}"
+    if type(r.connector_id) is not int or not 1 <= r.connector_id <= MAX_CONNECTORS:
+        return f"connector_id must be in 1..{MAX_CONNECTORS}"
+    if type(r.id_tag_hash) is not bytes or len(r.id_tag_hash) != 32 or type(r.charge_box_id) is not str:
+        return "id_tag_hash must be 32 bytes and charge_box_id a string"
+    if type(r.expires_at_s) is not int or not 0 <= r.expires_at_s <= MAX_ESCROW_TIME_S:
+        return f"expires_at_s must be in 0..{MAX_ESCROW_TIME_S}"
+    return None
+
+
 def id_tag_problem(info: object) -> str | None:
     """Why `info` is not an IdTagInfo within the ledger's bounds, or None if it is."""
     if not isinstance(info, IdTagInfo):
@@ -228,6 +266,10 @@ class ChainView(Protocol):
         """The escrow session with this id if it is still open, else None."""
         ...
 
+    def reservations(self, charge_box_id: str) -> Sequence[ChainReservation]:
+        """The open Escrow reservations on this chargeBoxId's connectors (expired or not)."""
+        ...
+
 
 class StaticChainView:
     """A `ChainView` over plain in-memory data."""
@@ -237,11 +279,13 @@ class StaticChainView:
         devices: dict[str, DeviceInfo] | None = None,
         id_tags: dict[str, IdTagInfo] | None = None,
         escrow_sessions: Iterable[EscrowSession] = (),
+        reservations: Iterable[ChainReservation] = (),
     ) -> None:
         """`id_tags` is keyed by the idTag text; it is hashed here as the registry does."""
         self.devices = dict(devices or {})
         self.id_tags = {id_tag_hash(tag): info for tag, info in (id_tags or {}).items()}
         self.sessions = {s.session_id: s for s in escrow_sessions}
+        self.reserved = {r.reservation_id: r for r in reservations}
 
     def device(self, charge_box_id: str) -> DeviceInfo | None:
         return self.devices.get(charge_box_id)
@@ -254,6 +298,13 @@ class StaticChainView:
 
     def escrow_session(self, session_id: bytes) -> EscrowSession | None:
         return self.sessions.get(session_id)
+
+    def reservations(self, charge_box_id: str) -> Sequence[ChainReservation]:
+        return [r for r in self.reserved.values() if r.charge_box_id == charge_box_id]
+
+    def end_reservation(self, reservation_id: int) -> None:
+        """Mark a reservation cancelled or closed, as the Escrow does."""
+        self.reserved.pop(reservation_id, None)
 
     def close_escrow_session(self, session_id: bytes) -> None:
         """Mark a session closed, as the Escrow contract does once it is settled or refunded."""

@@ -437,6 +437,23 @@ class CommandBook:
         self._pending_all[command_id] = None
         return None
 
+    def admit_from_ledger(self, command_id: bytes, charger_id: str, ocpp_version: str, action: str,
+                          payload: dict[str, Any], expires_at_ms: int, height: int) -> bool:
+        """Admit a command the ledger itself decided (signer empty, no nonce), e.g. a ReserveNow
+        for a reservation from the chain (reservations.py); False if kept already or no room."""
+        if command_id in self.table or len(self._pending.get(charger_id, [])) >= MAX_PENDING_PER_CHARGER:
+            return False
+        if len(self.table) >= MAX_COMMANDS:
+            evict = self._evictable()
+            if evict is None:
+                return False
+            self.table.pop(evict)
+        self.table.put(command_id, CommandRecord(self._next_seq(), charger_id, ocpp_version, action,
+                                                 json_text(payload), 0, expires_at_ms, b"", height))
+        self._pending.setdefault(charger_id, []).append(command_id)
+        self._pending_all[command_id] = None
+        return True
+
     def _evictable(self) -> bytes | None:
         for index, command_id in enumerate(self.table):
             if index >= EVICTION_SCAN:
@@ -591,7 +608,8 @@ def command_document(command_id: bytes, record: CommandRecord, block_ms: int) ->
     doc: dict[str, Any] = {
         "command_id": "0x" + command_id.hex(), "charger_id": record.charger_id, "ocpp_version": record.ocpp_version,
         "action": record.action, "payload": json.loads(record.payload_json), "nonce": str(record.nonce),
-        "expires_at_ms": record.expires_at_ms, "manager": "0x" + record.signer.hex(), "height": record.height,
+        "expires_at_ms": record.expires_at_ms, "manager": "0x" + record.signer.hex() if record.signer else None,
+        "origin": "manager" if record.signer else "ledger", "height": record.height,
         "status": status, "outcome_height": record.outcome_height or None,
         "reported_by": "0x" + record.reporter.hex() if record.reporter else None,
     }

@@ -34,6 +34,7 @@ from devsen.ledger.parse import (
     req_int,
     req_str,
 )
+from devsen.ledger.reservations import RESERVED_STATUS, reservation_token
 from devsen.ledger.signed import apply_signed, signed_documents
 from devsen.ledger.state import ClosedTransaction, ConnectorStatus, Session
 
@@ -110,9 +111,19 @@ def _authorize(ledger: Ledger, step: _Step, payload: dict[str, Any]) -> dict[str
     tag = _id_tag(ledger, step, payload)
     assert tag is not None
     status, expiry_s = ledger._tag_status(step, tag)
-    if ledger._registered(step) is None:
+    device = ledger._registered(step)
+    if device is None:
         status = "Invalid"
-    return _tag_info(ledger, step, status, expiry_s)
+    elif status == "Accepted" and ledger._all_reserved_for_others(step, device, tag):
+        status = RESERVED_STATUS
+    reply = _tag_info(ledger, step, status, expiry_s)
+    if status == "Accepted" and device is not None and ledger._holds_any(step, device, tag):
+        token = reservation_token(tag)  # the group the ReserveNow named: the charger admits this card
+        if step.event.ocpp_version == "1.6":
+            reply["idTagInfo"]["parentIdTag"] = token
+        else:
+            reply["idTokenInfo"]["groupIdToken"] = {"idToken": token, "type": "Central"}
+    return reply
 
 
 def _id_tag(ledger: Ledger, step: _Step, payload: dict[str, Any], *, required: bool = True) -> bytes | None:
@@ -212,6 +223,8 @@ def _open_transaction(
     status, expiry_s = ledger._tag_status(step, tag, connector)
     if status != "Accepted":
         return status, expiry_s
+    if ledger._reservation_for_other(step, connector, tag) is not None:
+        return RESERVED_STATUS, expiry_s
     if ledger._connector_busy(step, connector):
         return "ConcurrentTx", expiry_s
     problem = ledger._capacity_problem()
@@ -227,6 +240,7 @@ def _open_transaction(
             meter_start_wh=meter_wh, meter_last_wh=meter_wh, last_block_ms=ledger._c.block_ms,
         )
     )
+    ledger._consume_reservation(step, connector, tag)
     ledger._bind(key, escrow, device, tag, ledger._event_time_ms(step, start_text))
     return "Accepted", expiry_s
 
@@ -325,10 +339,13 @@ def _authorize_session(ledger: Ledger, step: _Step, key: tuple[str, str], tag_ha
         return status if session.id_tag_hash != tag_hash else "Accepted"
     if status != "Accepted":
         return status
+    if ledger._reservation_for_other(step, session.connector_id, tag_hash) is not None:
+        return RESERVED_STATUS
     device = step.chain.device(key[0])
     escrow = ledger._find_escrow(step, session.connector_id, tag_hash)
     if device is None or escrow is None:
         return "NoCredit"
+    ledger._consume_reservation(step, session.connector_id, tag_hash)
     ledger._bind(key, escrow, device, tag_hash, ledger._event_time_ms(step, time_text))
     return "Accepted"
 

@@ -42,6 +42,7 @@ import msgpack
 from devsen.ledger.chain import (
     MAX_CONNECTORS,
     BlockContext,
+    ChainReservation,
     ChainView,
     DeviceInfo,
     EscrowSession,
@@ -49,6 +50,7 @@ from devsen.ledger.chain import (
     device_problem,
     escrow_problem,
     id_tag_problem,
+    reservation_problem,
     session_token_hash,
 )
 from devsen.ledger.commands import AdmittedCommand, ChargerCommand, CommandBook, CommandOutcome
@@ -72,6 +74,12 @@ from devsen.ledger.kinds import (
     UNSIGNED_READING,
 )
 from devsen.ledger.parse import MAX_METER_WH, MalformedPayload, parse_timestamp_ms
+from devsen.ledger.reservations import (
+    ReservationBook,
+    cancel_command_id,
+    reservation_command_id,
+    reserve_now_payload,
+)
 from devsen.ledger.signed import settlement_terms
 from devsen.ledger.state import (
     Anomaly,
@@ -93,11 +101,13 @@ from devsen.ledger.vouchers import PaymentVoucher, StopOrder, VoucherBook, addre
 from ocpp_adapter.events import ChargerEvent
 from primitives.hashing import keccak256
 
-SNAPSHOT_VERSION = 6  # 4: signed meter values, payment vouchers, uptime and reward tables; 5: the
+SNAPSHOT_VERSION = 7  # 4: signed meter values, payment vouchers, uptime and reward tables; 5: the
 # pagination floor of evicted device records (paginations_forgotten_ms, DeviceRecord.paginations_ms);
-# 6: commands (commands.py: command records, nonce windows, charger configurations)
+# 6: commands (commands.py: command records, nonce windows, charger configurations);
+# 7: consumed reservations (reservations.py), an 11th table when in use
 
 MAX_PAYLOAD_DEPTH = 32  # OCPP payloads nest a handful of levels; deeper is malformed
+CANCEL_RESERVATION_TTL_MS = 2 * 3_600_000  # a CancelReservation waits for its charger as long as a reservation lasts
 MAX_OPEN_ESCROWS_READ = 4_096  # open escrow sessions of one charger considered per look-up
 
 
@@ -238,12 +248,27 @@ class _CheckedChain:
     a ChainView returns can make the ledger raise. One is made per block.
     """
 
-    __slots__ = ("_chain", "report", "_tokens")
+    __slots__ = ("_chain", "report", "_tokens", "_reservations")
 
     def __init__(self, chain: ChainView) -> None:
         self._chain = chain
         self.report: Callable[[str], None] = lambda detail: None
         self._tokens: dict[str, dict[bytes, list[EscrowSession]]] = {}
+        self._reservations: dict[str, list[ChainReservation]] = {}
+
+    def reservations(self, charge_box_id: str) -> list[ChainReservation]:
+        """The charger's open reservations (checked; at most MAX_CONNECTORS), read once per block."""
+        found = self._reservations.get(charge_box_id)
+        if found is None:
+            found = []
+            for reservation in list(self._chain.reservations(charge_box_id))[:MAX_CONNECTORS]:
+                problem = reservation_problem(reservation)
+                if problem is not None:
+                    self.report(f"reservation: {problem}")
+                elif reservation.charge_box_id == charge_box_id:
+                    found.append(reservation)
+            self._reservations[charge_box_id] = found
+        return found
 
     def token_sessions(self, charge_box_id: str, tag_hash: bytes) -> list[EscrowSession]:
         """The open escrow sessions of this charger whose session token hashes to `tag_hash`.
@@ -334,6 +359,7 @@ class Ledger:
         self._signed_in_block = 0  # OCMF documents checked in the current block (reset per block)
         self.vouchers = VoucherBook(self._next_seq)  # latest payment voucher per escrow session (vouchers.py)
         self.commands = CommandBook(self._next_seq)  # manager commands, nonces, configurations (commands.py)
+        self.reservations = ReservationBook()  # reservations consumed by a start (reservations.py)
 
     # ----------------------------------------------------------------- public API
 
@@ -376,6 +402,7 @@ class Ledger:
         checked = _CheckedChain(chain)
         closed = self._uptime.begin_block(prev_ms, ctx.timestamp_ms, checked)
         self._release_settled(checked)
+        self.reservations.prune(ctx.timestamp_ms)
         refusals = tuple(self.vouchers.apply(v, signer, checked.escrow_session(v.session_id),
                                              v.session_id in self._pending, ctx.height) for v, signer in vouchers)
         self.commands.expire(ctx.timestamp_ms, ctx.height)
@@ -389,6 +416,7 @@ class Ledger:
         settlements: list[SettlementOrder] = []
         self._close_before_refund(checked, settlements)
         results = tuple(self._apply_event(checked, event, settlements) for event in events)
+        admitted += self._issue_reservations(checked, events)
         stops = self._voucher_stops(checked, events)
         self.vouchers.prune(lambda sid: checked.escrow_session(sid) is not None)
         self._count_uptime(checked, events, results)
@@ -404,6 +432,40 @@ class Ledger:
         if device is None or not device.active:
             return None
         return address_bytes(device.manager)
+
+    def _issue_reservations(self, chain: _CheckedChain, events: Sequence[ChargerEvent]) -> tuple[AdmittedCommand, ...]:
+        """A ReserveNow command for each active reservation of the block's registered chargers
+        not yet issued, and a CancelReservation for each issued one cancelled on chain since, in
+        the OCPP version of the charger's last event (reservations.py)."""
+        versions = {event.charger_id: event.ocpp_version for event in events}
+        issued = []
+        for charger_id in sorted(versions):
+            device = chain.device(charger_id)
+            if device is None or not device.active:
+                continue
+            version = versions[charger_id]
+            open_ids = {r.reservation_id for r in chain.reservations(charger_id)}
+            for reservation_id in self.reservations.cancelled(charger_id, open_ids):
+                command_id = cancel_command_id(charger_id, reservation_id)
+                if self.commands.admit_from_ledger(command_id, charger_id, version, "CancelReservation",
+                                                   {"reservationId": reservation_id},
+                                                   self._c.block_ms + CANCEL_RESERVATION_TTL_MS, self._c.height):
+                    record = self.commands.get(command_id)
+                    assert record is not None
+                    issued.append(AdmittedCommand(command_id, record))
+            for connector in range(1, device.connector_count + 1):
+                held = self.reservations.holding(chain.reservations(charger_id), connector, self._c.block_ms)
+                if held is None:
+                    continue
+                command_id = reservation_command_id(held)
+                if self.commands.admit_from_ledger(command_id, charger_id, versions[charger_id], "ReserveNow",
+                                                   reserve_now_payload(versions[charger_id], held),
+                                                   held.expires_at_s * 1000, self._c.height):
+                    self.reservations.note_sent(held)
+                    record = self.commands.get(command_id)
+                    assert record is not None
+                    issued.append(AdmittedCommand(command_id, record))
+        return tuple(issued)
 
     def _voucher_stops(self, chain: _CheckedChain, events: Sequence[ChargerEvent]) -> tuple[StopOrder, ...]:
         """The voucher-mode transactions of the block's chargers whose vouchers fell behind (vouchers.py)."""
@@ -502,10 +564,13 @@ class Ledger:
     def state_hash(self) -> bytes:
         """keccak-256 over the parameters, the counters and every table's digest."""
         tables = [t.digest() for t in self._tables()]
-        if len(self.vouchers.table) or self.commands.in_use():  # appended only when in use
+        extra = self._extra_tables()
+        if extra >= 1:  # appended only when in use (this one or a later one)
             tables.append(self.vouchers.digest())
-        if self.commands.in_use():
+        if extra >= 2:
             tables.extend(t.digest() for t in self.commands.tables())
+        if extra >= 3:
+            tables.extend((self.reservations.table.digest(), self.reservations.sent.digest()))
         return keccak256(state_bytes([SNAPSHOT_VERSION, self.params, self._counter_values(), tables]))
 
     def table_digests(self) -> dict[str, bytes]:
@@ -515,10 +580,13 @@ class Ledger:
     def to_bytes(self) -> bytes:
         """A snapshot of the full state, for restart."""
         tables = [t.to_state() for t in self._tables()]
-        if len(self.vouchers.table) or self.commands.in_use():
+        extra = self._extra_tables()
+        if extra >= 1:
             tables.append(self.vouchers.to_state())
-        if self.commands.in_use():
+        if extra >= 2:
             tables.append(self.commands.to_state())
+        if extra >= 3:
+            tables.append(self.reservations.to_state())
         return state_bytes([SNAPSHOT_VERSION, self.params, self._counter_values(), tables])
 
     @classmethod
@@ -549,13 +617,15 @@ class Ledger:
             raise SnapshotError(f"snapshot version {version}, expected {SNAPSHOT_VERSION}")
         ledger = cls(LedgerParams(*params))
         ledger._c = _Counters(*counters)
-        if len(tables) not in (8, 9, 10):
-            raise SnapshotError(f"{len(tables)} tables in the snapshot, expected 8, 9 or 10")
+        if len(tables) not in (8, 9, 10, 11):
+            raise SnapshotError(f"{len(tables)} tables in the snapshot, expected 8 to 11")
         devices, sessions, closed, pending, replies, anomalies, uptime, rewards = tables[:8]
         if len(tables) >= 9:
             ledger.vouchers.restore(tables[8])
-        if len(tables) == 10:
+        if len(tables) >= 10:
             ledger.commands.restore(tables[9])
+        if len(tables) == 11:
+            ledger.reservations.restore(tables[10])
         for key, v in devices:
             values = list(v)
             values[8] = tuple(ConnectorStatus(*c) for c in v[8])
@@ -582,6 +652,15 @@ class Ledger:
     def _tables(self) -> tuple[HashedTable[Any, Any], ...]:
         return (self._devices, self._sessions, self._closed, self._pending, self._replies, self._anomalies,
                 *self._uptime.tables())
+
+    def _extra_tables(self) -> int:
+        """How many of the later tables a snapshot carries: 0, 1 (vouchers), 2 (and commands)
+        or 3 (and consumed reservations); each is present when it or a later one is in use."""
+        if self.reservations.in_use():
+            return 3
+        if self.commands.in_use():
+            return 2
+        return 1 if len(self.vouchers.table) else 0
 
     def _counter_values(self) -> list[int]:
         return [getattr(self._c, f.name) for f in fields(self._c)]
@@ -922,6 +1001,40 @@ class Ledger:
         return ms
 
     # ----------------------------------------------------------------- authorization
+
+    def _reservation_for_other(self, step: _Step, connector_id: int, tag_hash: bytes) -> ChainReservation | None:
+        """The reservation holding this connector of the event's charger, if it is held for an
+        idTag other than `tag_hash` (devsen/ledger/reservations.py); None if free or the holder's."""
+        held = self.reservations.holding(step.chain.reservations(step.event.charger_id), connector_id,
+                                         self._c.block_ms)
+        if held is None or self._holds_for(step, held, tag_hash):
+            return None
+        return held
+
+    def _holds_for(self, step: _Step, held: ChainReservation, tag_hash: bytes) -> bool:
+        """Whether `tag_hash` is the reserving idTag, or the token of its driver's escrow session."""
+        return held.id_tag_hash == tag_hash or any(
+            s.id_tag_hash == held.id_tag_hash for s in step.chain.token_sessions(step.event.charger_id, tag_hash))
+
+    def _consume_reservation(self, step: _Step, connector_id: int, tag_hash: bytes) -> None:
+        """A start by the holder on its reserved connector uses the reservation up."""
+        held = self.reservations.holding(step.chain.reservations(step.event.charger_id), connector_id,
+                                         self._c.block_ms)
+        if held is not None and self._holds_for(step, held, tag_hash):
+            self.reservations.consume(held)
+
+    def _holds_any(self, step: _Step, device: DeviceInfo, tag_hash: bytes) -> bool:
+        """Whether some connector of the charger is held for exactly this idTag (its hash)."""
+        reservations = step.chain.reservations(step.event.charger_id)
+        return any(r.id_tag_hash == tag_hash for c in range(1, device.connector_count + 1)
+                   if (r := self.reservations.holding(reservations, c, self._c.block_ms)) is not None)
+
+    def _all_reserved_for_others(self, step: _Step, device: DeviceInfo, tag_hash: bytes) -> bool:
+        """Whether every connector of the charger is held for another idTag (an Authorize names none)."""
+        if not step.chain.reservations(step.event.charger_id):
+            return False
+        return all(self._reservation_for_other(step, c, tag_hash) is not None
+                   for c in range(1, device.connector_count + 1))
 
     def _tag_status(self, step: _Step, tag_hash: bytes, connector_id: int | None = None) -> tuple[str, int]:
         """(Accepted | Invalid | Expired | Blocked, expiry in s or 0) for an idTag (its hash) at this charger.

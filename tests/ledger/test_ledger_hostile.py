@@ -28,6 +28,7 @@ from ledger_world import (
 
 from devsen.ledger import (
     BlockContext,
+    ChainReservation,
     DeviceInfo,
     EscrowSession,
     IdTagInfo,
@@ -253,11 +254,28 @@ def hostile_session(draw: Any) -> Any:
     return session
 
 
+@st.composite
+def hostile_reservation(draw: Any) -> Any:
+    reservation = ChainReservation(
+        draw(st.sampled_from([1, 2, 7])), draw(st.sampled_from([CHARGER, CHARGER_201, "OTHER"])),
+        draw(st.sampled_from([1, 1, 2, 64])), id_tag_hash(draw(st.sampled_from(["TAG-OK", "TAG-X"]))),
+        draw(st.sampled_from([0, T0_MS // 1000 + 30, T0_MS // 1000 + 10**6])))
+    if draw(st.booleans()):
+        name, value = draw(st.sampled_from([("reservation_id", 0), ("reservation_id", 2**40), ("connector_id", 0),
+                                            ("connector_id", 300), ("id_tag_hash", "x"), ("expires_at_s", -1),
+                                            ("expires_at_s", 10**20), ("charge_box_id", None)]))
+        return _forged(reservation, **{name: value})
+    return draw(st.sampled_from([reservation, reservation, "not a reservation", None]))
+
+
 class HostileView:
     """A ChainView answering with whatever it was given (duplicates, other chargers, garbage)."""
 
-    def __init__(self, devices: dict[str, Any], sessions: list[Any], tag: Any) -> None:
-        self.devices, self.sessions, self.tag = devices, sessions, tag
+    def __init__(self, devices: dict[str, Any], sessions: list[Any], tag: Any, reserved: list[Any]) -> None:
+        self.devices, self.sessions, self.tag, self.reserved = devices, sessions, tag, reserved
+
+    def reservations(self, charge_box_id: str) -> Sequence[Any]:
+        return self.reserved
 
     def device(self, charge_box_id: str) -> Any:
         return self.devices.get(charge_box_id)
@@ -279,6 +297,7 @@ views = st.builds(
     st.one_of(st.just(IdTagInfo("0x" + "dd" * 20)), st.sampled_from([None, _forged(IdTagInfo("0x1"), expiry_s=-5),
                                _forged(IdTagInfo("0x1"), revoked="no"), "tag"]),
               HUGE.map(lambda value: _forged(IdTagInfo("0x1"), expiry_s=value))),
+    st.lists(hostile_reservation(), max_size=4),
 )
 
 

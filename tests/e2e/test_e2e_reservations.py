@@ -1,0 +1,71 @@
+"""Reservations end to end (issue 13): a driver reserves a connector in the Escrow on anvil, the
+4 `devsen node` processes read it at the agreed Ethereum block, the node holding the demo
+charger's connection sends it ReserveNow, and the outcome is the same at every node; the driver
+cancels, the unspent minutes come back and the charger gets CancelReservation.
+
+The network is the module fixture `network` of test_e2e_network.py, instantiated again here."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import test_e2e_network
+import trio
+from test_e2e_commands import same_everywhere
+
+from anchoring.chain import ChainClient
+from anchoring.chain.deploy import Deployment
+from anchoring.chain.transact import TransactionSender
+from devsen.demo_charger import connect_demo_charger
+from devsen.devnet import DEMO_CHARGER, DEMO_ID_TAG, DEMO_PASSWORD, DEMO_PRICE_PER_KWH
+from devsen.ledger import ChainReservation, id_tag_hash
+from devsen.ledger.reservations import reservation_command_id, reservation_token
+from devsen.wallet import reserve_connector
+
+network = test_e2e_network.network  # the devnet fixture: one network for this module
+PER_MINUTE_FEE = 1_000
+
+
+async def test_a_reservation_reaches_the_charger_as_reserve_now_and_cancels_with_a_refund(
+        network: dict[str, Any]) -> None:
+    nodes, driver = network["nodes"], network["seeded"]["driver_client"]
+    deployment: Deployment = network["deployment"]
+    manager = ChainClient(driver.w3, deployment, TransactionSender(driver.w3, network["anvil"].dev_keys[1]))
+    await trio.to_thread.run_sync(manager.update_device, "setTariff", DEMO_CHARGER, DEMO_PRICE_PER_KWH,
+                                  PER_MINUTE_FEE)
+    before = driver.token_balance(driver.sender.address, "latest")
+    reservation_id, expires_at, fee, _ = await trio.to_thread.run_sync(
+        reserve_connector, driver, DEMO_CHARGER, 2, DEMO_ID_TAG, 15)
+    assert fee == 15 * PER_MINUTE_FEE
+    reservation = ChainReservation(reservation_id, DEMO_CHARGER, 2, id_tag_hash(DEMO_ID_TAG), expires_at)
+    began = time.perf_counter()
+
+    def reserve_now_calls(charger: Any) -> list[dict[str, Any]]:
+        return [p for action, p in charger.csms_calls if action == "ReserveNow"]
+
+    async with connect_demo_charger(nodes[1].ocpp_url, DEMO_CHARGER, DEMO_PASSWORD) as charger:
+        assert (await charger.boot(connector=1))["status"] == "Accepted"
+        with trio.fail_after(60):
+            while not reserve_now_calls(charger):
+                await charger.call("Heartbeat", {})  # an event of this charger in a block
+                await charger.serve(2, until=lambda: bool(reserve_now_calls(charger)))
+        latency_s = time.perf_counter() - began
+        (payload,) = reserve_now_calls(charger)
+        token = reservation_token(id_tag_hash(DEMO_ID_TAG))
+        assert payload["reservationId"] == reservation_id and payload["connectorId"] == 2
+        assert payload["idTag"] == payload["parentIdTag"] == token
+        command_id = reservation_command_id(reservation)
+        doc = await same_everywhere(nodes, f"/v1/commands/0x{command_id.hex()}")
+        assert doc["action"] == "ReserveNow" and doc["origin"] == "ledger" and doc["status"] == "result"
+        print(f"reservation {reservation_id}: ReserveNow at the charger {latency_s:.1f} s after the reserve confirmed")
+        await trio.to_thread.run_sync(driver.cancel_reservation, reservation_id)
+        after = driver.token_balance(driver.sender.address, "latest")
+        assert before - fee < after <= before  # the unspent minutes came back
+        cancels = [p for action, p in charger.csms_calls if action == "CancelReservation"]
+        with trio.fail_after(60):  # the network tells the charger once the cancel is deep enough
+            while not cancels:
+                await charger.call("Heartbeat", {})
+                await charger.serve(2, until=lambda: any(a == "CancelReservation" for a, _ in charger.csms_calls))
+                cancels = [p for action, p in charger.csms_calls if action == "CancelReservation"]
+        assert cancels == [{"reservationId": reservation_id}]
