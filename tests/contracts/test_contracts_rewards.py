@@ -67,14 +67,14 @@ def test_fund_and_pay_a_quorum_signed_epoch(net) -> None:  # type: ignore[no-unt
     rewards = split_pool(BUDGET, [(o, w) for o, w in zip(owners(3), (5, 3, 1), strict=True)])
     subject = RewardSubject.from_payouts(7, [(r.owner, r.amount) for r in rewards])
     sigs = quorum_signatures(keys[:3], subject.digest(domain))  # 3 of 4 is a quorum
-    assert reader.read("Rewards", "distributionDigest", 7, *_arrays(subject), block="latest") == subject.digest(domain)
+    assert reader.read("Rewards", "distributionDigest", 7, 0, 1, *_arrays(subject), block="latest") == subject.digest(domain)
     receipt = distribute(client, subject, sigs)
     for owner, amount in subject.payouts:
         assert paid_to(reader, 7, "0x" + owner.hex()) == amount
         assert reader.token_balance(Web3.to_checksum_address(owner), "latest") == amount
     assert reader.read("Rewards", "pool", block="latest") == 2 * BUDGET - subject.total
     print(f"distribute: 3 payouts, 3 signatures: {receipt.gas_used} gas")
-    expect_revert("RewardEpochAlreadyPaid", distribute, client, subject, sigs)  # replay
+    expect_revert("RewardPartAlreadyPaid", distribute, client, subject, sigs)  # replay
 
 
 def _arrays(subject: RewardSubject) -> tuple[list[str], list[int]]:
