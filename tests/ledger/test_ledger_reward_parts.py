@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from ledger_world import TARIFF, T0_MS, World, ev
+from ledger_world import TARIFF, World, ev
 
 from anchoring.rewards import MAX_PARTS, MAX_PAYOUTS, RewardError, reward_parts
 from devsen.ledger import DeviceInfo, LedgerParams
