@@ -11,6 +11,7 @@ from ledger_world import TARIFF, World, ev
 from anchoring.rewards import MAX_PARTS, MAX_PAYOUTS, RewardError, reward_parts
 from devsen.ledger import DeviceInfo, LedgerParams
 from devsen.ledger.chain import StaticChainView
+from devsen.ledger.uptime import RewardDistribution
 from primitives.eip712 import Domain
 
 EPOCH_MS = 60_000
@@ -24,7 +25,7 @@ def _chain() -> StaticChainView:
     return StaticChainView(devices)
 
 
-def _distribution_on_a_ledger(seed: int):  # type: ignore[no-untyped-def]
+def _distribution_on_a_ledger(seed: int) -> RewardDistribution:
     """One ledger's closed epoch: every charger reports Available, in an order given by `seed`."""
     world = World(PARAMS)
     world.chain = _chain()
@@ -33,7 +34,7 @@ def _distribution_on_a_ledger(seed: int):  # type: ignore[no-untyped-def]
     events = [ev("StatusNotification", {"connectorId": 1, "errorCode": "NoError", "status": "Available"},
                  charger=c) for c in chargers]
     world.block(*events, advance_ms=5_000)
-    closed = []
+    closed: list[RewardDistribution] = []
     while not closed:
         closed = list(world.block(*[ev("Heartbeat", {}, charger=c) for c in sorted(chargers)[::3]], advance_ms=10_000).rewards)
     return closed[0]

@@ -8,7 +8,12 @@ from dataclasses import replace
 import pytest
 from test_node_app import ANCHOR, ESCROW, KEYS, VALIDATORS, Shell, StaticChain, block, event
 
-from anchoring.attestations import REWARD_ATTESTATION_TAG, AttestationError, attest, decode_attestation
+from anchoring.attestations import (
+    REWARD_ATTESTATION_TAG,
+    AttestationError,
+    attest,
+    decode_attestation,
+)
 from anchoring.batches import BatchPolicy, Quorum
 from anchoring.proofs import AnchorIndex
 from anchoring.rewards import RewardSubject
