@@ -290,3 +290,22 @@ def test_parts_above_the_budget_or_out_of_range_are_refused(net) -> None:  # typ
         assert info.value.name == "RewardPartOutOfRange", info.value
     with pytest.raises(ValueError, match="part"):
         replace(subject, part=3, parts=3)  # and the node never signs one
+
+
+def test_the_gas_estimate_covers_the_first_part_of_a_fresh_contract() -> None:
+    """The costliest single payout: a new deployment's first part (every counter zero-to-nonzero)."""
+    w3 = connect("tester")
+    deployer, funder = Account.create(), Account.create()
+    for account in (deployer, funder):
+        fund(w3, account.address)
+    keys = validator_keys(4)
+    deployment = deploy_all(TransactionSender(w3, deployer.key),
+                            [ValidatorSpec(Web3.to_checksum_address(k.address)) for k in keys],
+                            faucet=True, reward_epoch_budget=BUDGET)
+    client = ChainClient(w3, deployment, TransactionSender(w3, funder.key))
+    client.faucet_mint(funder.address, BUDGET)
+    fund_pool(client, BUDGET)
+    subject = RewardSubject.from_payouts(1, [(owners(1)[0], BUDGET)])
+    receipt = distribute(client, subject, quorum_signatures(keys[:3], subject.digest(deployment.domain("Rewards"))))
+    assert paid_to(client, 1, "0x" + subject.payouts[0][0].hex()) == BUDGET
+    print(f"first part of a fresh contract, 1 payout: {receipt.gas_used} gas")
