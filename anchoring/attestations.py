@@ -13,8 +13,11 @@ A settlement batch's entries are not on the wire: every node derives the same li
 `Settlement`s from its own ledger (devsen/app.py, `settlement_batches`), and an attestation
 counts only where its (batchId, count, settlementsHash) equals the node's own batch.
 
-    REWARD_ATTESTATION_TAG (0xA5) || [1, epoch, [[owner(bin 20), amount(bin 32)], ...],
+    REWARD_ATTESTATION_TAG (0xA5) || [1, epoch, part, parts, [[owner(bin 20), amount(bin 32)], ...],
                                       signer(bin 20), signature(bin 65)]   (anchoring/rewards.py)
+
+A reward attestation signs one part (0..parts-1) of an epoch's distribution; an epoch with more
+than MAX_PAYOUTS owners is several parts, each with its own quorum and transaction.
 
 The node tells payload kinds apart by the first byte (`payload_kind`). Decoding rejects
 anything that does not re-encode to the same bytes, so one attestation has one encoding.
@@ -179,7 +182,7 @@ class Attestation:
             fields = [ATTESTATION_VERSION, subject.batch_id, subject.root, subject.first_height,
                       subject.last_height, subject.event_count]
         elif isinstance(subject, RewardSubject):
-            fields = [ATTESTATION_VERSION, subject.epoch,
+            fields = [ATTESTATION_VERSION, subject.epoch, subject.part, subject.parts,
                       [[owner, amount.to_bytes(32, "big")] for owner, amount in subject.payouts]]
         else:
             fields = [ATTESTATION_VERSION, subject.batch_id, subject.count, subject.settlements_hash]
@@ -250,17 +253,19 @@ def _decode_reward_attestation(payload: bytes) -> Attestation:
                                  max_str_len=0, max_array_len=MAX_PAYOUTS, max_map_len=0, max_ext_len=0)
     except Exception as exc:  # msgpack raises several unrelated types on bad input
         raise AttestationError(f"attestation body is not msgpack: {exc}") from exc
-    if not isinstance(fields, list) or len(fields) != 5 or fields[0] != ATTESTATION_VERSION:
-        raise AttestationError(f"reward attestation body must be a version-{ATTESTATION_VERSION} array of 5")
+    if not isinstance(fields, list) or len(fields) != 7 or fields[0] != ATTESTATION_VERSION:
+        raise AttestationError(f"reward attestation body must be a version-{ATTESTATION_VERSION} array of 7")
     try:
-        _, epoch, payouts, signer, signature = fields
+        _, epoch, part, parts, payouts, signer, signature = fields
         items = []
         for item in payouts:
             owner, amount = item
             _check_bytes("amount", amount, 32)
             items.append((owner, int.from_bytes(amount, "big")))
         _check_uint("epoch", epoch, 64)
-        attestation = Attestation(RewardSubject(epoch, tuple(items)), signer, signature)
+        _check_uint("part", part, 32)
+        _check_uint("parts", parts, 32)
+        attestation = Attestation(RewardSubject(epoch, tuple(items), part, parts), signer, signature)
     except (TypeError, ValueError, RewardError) as exc:
         raise AttestationError(f"bad reward attestation field: {exc}") from exc
     if attestation.encode() != payload:

@@ -187,14 +187,15 @@ class Quorum:
 def submitter_order(validators: Sequence[bytes], subject: Subject) -> list[bytes]:
     """Who submits `subject`: the validator at (batchId mod n), then the next ones, in turn.
 
-    Settlement batches start at (settlementsHash as an integer mod n). `validators` is sorted here.
+    Settlement batches start at (settlementsHash as an integer mod n), reward parts at (epoch + part
+    mod n). `validators` is sorted here.
     """
     ordered = sorted(validators)
     assert ordered, "a validator set is never empty"
     if isinstance(subject, AnchorBatch):
         start = subject.batch_id % len(ordered)
     elif isinstance(subject, RewardSubject):
-        start = subject.epoch % len(ordered)
+        start = (subject.epoch + subject.part) % len(ordered)
     else:
         start = int.from_bytes(subject.settlements_hash, "big") % len(ordered)
     return ordered[start:] + ordered[:start]
@@ -232,7 +233,7 @@ class AttestationBook:
         self.rewards_domain = rewards_domain  # None: the network has no Rewards contract
         self._batches: OrderedDict[int, _Pending] = OrderedDict()
         self._settlements: OrderedDict[bytes, _Pending] = OrderedDict()  # b"settle:" + batchId (8 bytes)
-        self._rewards: OrderedDict[bytes, _Pending] = OrderedDict()  # b"reward:" + epoch (8 bytes)
+        self._rewards: OrderedDict[bytes, _Pending] = OrderedDict()  # b"reward:" + epoch (8 bytes) + part (4)
         self._completed: OrderedDict[int | bytes, Quorum] = OrderedDict()  # recent quorums, bounded
         # re-opened at an epoch change: key -> (quorum of the old set, height the wait ends)
         self._reopened: dict[int | bytes, tuple[Quorum, int]] = {}
@@ -404,5 +405,5 @@ class AttestationBook:
         if isinstance(subject, AnchorBatch):
             return self._batches, subject.batch_id
         if isinstance(subject, RewardSubject):
-            return self._rewards, b"reward:" + subject.epoch.to_bytes(8, "big")
+            return self._rewards, b"reward:" + subject.epoch.to_bytes(8, "big") + subject.part.to_bytes(4, "big")
         return self._settlements, b"settle:" + subject.batch_id.to_bytes(8, "big")

@@ -83,13 +83,13 @@ class OnChain:
         receipt = await self.run_sync(self.client.settle_batch, entries, list(signatures))
         return receipt.tx_hash
 
-    async def reward_paid(self, epoch: int, block: int | None = None) -> bool:
-        """Whether the Rewards contract paid `epoch` (False for a deployment without it)."""
+    async def reward_paid(self, epoch: int, part: int, block: int | None = None) -> bool:
+        """Whether the Rewards contract paid part `part` of `epoch` (False for a deployment without it)."""
         if not self.client.deployment.rewards:
             return False
         try:
             read = functools.partial(self.client.read, block="latest" if block is None else block)
-            return bool(await self.run_sync(read, "Rewards", "epochPaid", epoch))
+            return bool(await self.run_sync(read, "Rewards", "partPaid", epoch, part))
         except BadFunctionCallOutput:
             if block is None:
                 raise

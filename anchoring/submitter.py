@@ -99,7 +99,7 @@ class SubmissionChain(Protocol):
 class RewardChain(Protocol):
     """What the submitter needs for reward distributions (a chain without them leaves them pending)."""
 
-    async def reward_paid(self, epoch: int, block: int | None = None) -> bool: ...
+    async def reward_paid(self, epoch: int, part: int, block: int | None = None) -> bool: ...
 
     async def submit_rewards(self, subject: RewardSubject, signatures: Sequence[bytes]) -> bytes: ...
 
@@ -110,7 +110,8 @@ RETRYABLE = (ChainUnavailable, OSError, TimeoutError, trio.TooSlowError)
 def subject_to_json(subject: Subject) -> dict[str, Any]:
     """JSON form of a subject (hex bytes; amounts as decimal strings)."""
     if isinstance(subject, RewardSubject):
-        return {"epoch": subject.epoch, "payouts": [["0x" + o.hex(), str(a)] for o, a in subject.payouts]}
+        return {"epoch": subject.epoch, "part": subject.part, "parts": subject.parts,
+                "payouts": [["0x" + o.hex(), str(a)] for o, a in subject.payouts]}
     if isinstance(subject, AnchorBatch):
         return {"batch_id": subject.batch_id, "root": "0x" + subject.root.hex(),
                 "first_height": subject.first_height, "last_height": subject.last_height,
@@ -123,7 +124,8 @@ def subject_to_json(subject: Subject) -> dict[str, Any]:
 def subject_from_json(kind: str, data: dict[str, Any]) -> Subject:
     """Inverse of `subject_to_json`."""
     if kind == REWARD:
-        return RewardSubject(int(data["epoch"]), tuple((bytes.fromhex(o[2:]), int(a)) for o, a in data["payouts"]))
+        return RewardSubject(int(data["epoch"]), tuple((bytes.fromhex(o[2:]), int(a)) for o, a in data["payouts"]),
+                             int(data.get("part", 0)), int(data.get("parts", 1)))
     if kind == ANCHOR:
         return AnchorBatch(int(data["batch_id"]), bytes.fromhex(data["root"][2:]), int(data["first_height"]),
                            int(data["last_height"]), int(data["event_count"]))
@@ -132,6 +134,11 @@ def subject_from_json(kind: str, data: dict[str, Any]) -> Subject:
     if batch.settlements_hash.hex() != data["settlements_hash"][2:]:
         raise ValueError(f"settlement batch {batch.batch_id}: stored entries do not match its hash")
     return batch
+
+
+def reward_key(subject: RewardSubject) -> str:
+    """A reward part's job key: "epoch" for a single-part epoch, "epoch/part" otherwise."""
+    return str(subject.epoch) if subject.parts == 1 else f"{subject.epoch}/{subject.part}"
 
 
 @dataclass(slots=True)
@@ -156,7 +163,7 @@ class Job:
     def key(self) -> str:
         subject = self.quorum.subject
         if isinstance(subject, RewardSubject):
-            return str(subject.epoch)
+            return reward_key(subject)
         return str(subject.batch_id)
 
 
@@ -299,7 +306,7 @@ class Submitter:
     def known_done(self, subject: Subject) -> bool:
         """True if this node saw `subject` anchored or settled (or otherwise finished) on chain."""
         if isinstance(subject, RewardSubject):
-            return self.store.outcome(REWARD, str(subject.epoch)) is not None
+            return self.store.outcome(REWARD, reward_key(subject)) is not None
         if isinstance(subject, AnchorBatch):
             return self.store.outcome(ANCHOR, str(subject.batch_id)) is not None
         return self.store.outcome(SETTLEMENT, str(subject.batch_id)) is not None
@@ -377,9 +384,9 @@ class Submitter:
     async def _advance_reward(self, chain: RewardChain, job: Job, confirmed: int) -> None:
         subject = job.quorum.subject
         assert isinstance(subject, RewardSubject)
-        if confirmed >= 0 and await self._call(chain.reward_paid, subject.epoch, confirmed):
+        if confirmed >= 0 and await self._call(chain.reward_paid, subject.epoch, subject.part, confirmed):
             await self._finish(job, "paid")
-        elif await self._call(chain.reward_paid, subject.epoch, None):
+        elif await self._call(chain.reward_paid, subject.epoch, subject.part, None):
             job.ready_since = None  # paid at the head, not yet deep enough
         else:
             await self._maybe_send(job, chain.submit_rewards)

@@ -65,7 +65,7 @@ from anchoring.batches import (
 )
 from anchoring.batches import CommittedBlock as BatchBlock
 from anchoring.proofs import EVENT_PAYLOAD_FIRST_BYTE, AnchorIndex
-from anchoring.rewards import RewardSubject
+from anchoring.rewards import RewardSubject, reward_parts
 from consensus.abci import (
     CheckResult,
     FinalizeResult,
@@ -824,16 +824,18 @@ class NodeApplication:
         return self.settings.anchor_domain if isinstance(subject, AnchorBatch) else self.settings.escrow_domain
 
     def _expect_rewards(self, distribution: RewardDistribution) -> None:
-        """Collect a quorum for a closed reward epoch's payouts (none without a Rewards contract)."""
+        """Collect a quorum for each part of a closed reward epoch's payouts (reward_parts: at most
+        MAX_PAYOUTS owners per part; none without a Rewards contract)."""
         if self.settings.rewards_domain is None or not distribution.payouts():
             return
         try:
-            subject = RewardSubject.from_payouts(distribution.epoch, distribution.payouts())
-        except ValueError as exc:  # e.g. more owners than one transaction pays: every node alike
+            subjects = reward_parts(distribution.epoch, distribution.payouts())
+        except ValueError as exc:  # more parts than the contract pays: every node alike
             self.counters["subjects_refused"] = self.counters.get("subjects_refused", 0) + 1
             log.error("cannot sign the rewards of epoch %d: %s", distribution.epoch, exc)
             return
-        self._expect_and_sign(subject)
+        for subject in subjects:
+            self._expect_and_sign(subject)
 
     def _expect_and_sign(self, subject: Subject) -> None:
         try:
@@ -1212,7 +1214,8 @@ def decode_event_reply(result: TxResult) -> tuple[dict[str, Any] | None, str | N
 
 def _subject_fields(subject: Subject) -> list[Any]:
     if isinstance(subject, RewardSubject):
-        return [2, subject.epoch, [[owner, amount.to_bytes(32, "big")] for owner, amount in subject.payouts]]
+        return [2, subject.epoch, [[owner, amount.to_bytes(32, "big")] for owner, amount in subject.payouts],
+                subject.part, subject.parts]
     if isinstance(subject, AnchorBatch):
         return [0, subject.batch_id, subject.root, subject.first_height, subject.last_height, subject.event_count]
     return [1, subject.batch_id, [[e.session_id, e.energy_wh, e.amount.to_bytes(32, "big")] for e in subject.entries]]
@@ -1231,7 +1234,8 @@ def _quorum_from_fields(fields: list[Any]) -> Quorum:
 
 def _subject_from_fields(fields: list[Any]) -> Subject:
     if fields[0] == 2:
-        return RewardSubject(fields[1], tuple((o, int.from_bytes(a, "big")) for o, a in fields[2]))
+        part, parts = fields[3:5] if len(fields) == 5 else (0, 1)  # snapshots before parts: one part
+        return RewardSubject(fields[1], tuple((o, int.from_bytes(a, "big")) for o, a in fields[2]), part, parts)
     if fields[0] == 0:
         return AnchorBatch(*fields[1:])
     return SettlementBatch.of(fields[1], [Settlement(sid, energy, int.from_bytes(amount, "big"))

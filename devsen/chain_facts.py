@@ -57,8 +57,10 @@ def chain_keys(events: Sequence[ChargerEvent], ledger: Ledger, voucher_sessions:
     ledger re-checks whether they were paid) and of the open sessions of the block's chargers;
     those the block's payment vouchers name and the oldest voucher entries the ledger re-checks.
     The chargers of the block's manager commands (their manager, devsen/ledger/commands.py).
+    The chargers with uptime in the open reward epoch (the block closes it if its time is past
+    the epoch end, unknown here; devsen/ledger/uptime.py reads their devices then).
     """
-    chargers = sorted({event.charger_id for event in events} | set(command_chargers))
+    chargers = sorted({event.charger_id for event in events} | set(command_chargers) | set(ledger.uptime_reads()))
     tags = sorted({tag_hash for event in events for tag_hash in _id_tag_hashes_in(event.payload)})
     wanted = set(chargers)
     sessions = {order.session_id for order in ledger.pending_settlements()}

@@ -491,6 +491,11 @@ class Ledger:
         """The closed epochs' reward distributions kept (at most `max_reward_epochs`), oldest first."""
         return tuple(self._uptime.distributions.values())
 
+    def uptime_reads(self) -> tuple[str, ...]:
+        """Chargers whose on-chain device the next block reads if it closes the reward epoch
+        (UptimeBook.closing_reads): chain facts must hold them, whatever the block's time."""
+        return self._uptime.closing_reads(self._c.block_ms)
+
     def uptime(self, charger_id: str) -> UptimeRecord | None:
         """The device's uptime in the open reward epoch (counted up to its last event)."""
         return self._uptime.records.get(charger_id)

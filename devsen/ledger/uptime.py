@@ -141,6 +141,12 @@ class UptimeBook:
     def tables(self) -> tuple[HashedTable[str, UptimeRecord], HashedTable[int, RewardDistribution]]:
         return (self.records, self.distributions)
 
+    def closing_reads(self, prev_ms: int) -> tuple[str, ...]:
+        """The chargers whose device `begin_block` reads if the next block closes the epoch of
+        `prev_ms` (their records are in that epoch); sorted, at most `max_devices`."""
+        old = prev_ms // self.epoch_ms
+        return tuple(c for c in sorted(self.records) if (rec := self.records.get(c)) is not None and rec.epoch == old)
+
     def begin_block(self, prev_ms: int, block_ms: int, chain: ChainView) -> RewardDistribution | None:
         """Close the epoch of the previous block if this block starts a later one; its distribution."""
         old, new = prev_ms // self.epoch_ms, block_ms // self.epoch_ms

@@ -24,15 +24,15 @@ SUBJECT = RewardSubject(42, ((b"\x01" * 20, 5), (b"\x02" * 20, 2**200)))
 
 
 class RewardFakeChain(FakeChain):
-    """FakeChain plus the Rewards contract: the block each epoch was paid in."""
+    """FakeChain plus the Rewards contract: the block each (epoch, part) was paid in."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.paid_at: dict[int, int] = {}
+        self.paid_at: dict[tuple[int, int], int] = {}
 
-    async def reward_paid(self, epoch: int, block: int | None = None) -> bool:
+    async def reward_paid(self, epoch: int, part: int, block: int | None = None) -> bool:
         self._check()
-        at = self.paid_at.get(epoch)
+        at = self.paid_at.get((epoch, part))
         head = len(self.states) - 1
         return at is not None and at <= (head if block is None else block)
 
@@ -45,10 +45,10 @@ class RewardSender(FakeSender):
         chain = self.chain
         assert isinstance(chain, RewardFakeChain)
         chain._check()
-        if subject.epoch in chain.paid_at:
-            raise SubmissionRejected(f"RewardEpochAlreadyPaid({subject.epoch})")
+        if (subject.epoch, subject.part) in chain.paid_at:
+            raise SubmissionRejected(f"RewardPartAlreadyPaid({subject.epoch}, {subject.part})")
         chain.mine()
-        chain.paid_at[subject.epoch] = len(chain.states) - 1
+        chain.paid_at[(subject.epoch, subject.part)] = len(chain.states) - 1
         chain.sent.append((self.me, subject))
         return b"\x02" * 32
 

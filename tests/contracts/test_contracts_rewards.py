@@ -67,14 +67,14 @@ def test_fund_and_pay_a_quorum_signed_epoch(net) -> None:  # type: ignore[no-unt
     rewards = split_pool(BUDGET, [(o, w) for o, w in zip(owners(3), (5, 3, 1), strict=True)])
     subject = RewardSubject.from_payouts(7, [(r.owner, r.amount) for r in rewards])
     sigs = quorum_signatures(keys[:3], subject.digest(domain))  # 3 of 4 is a quorum
-    assert reader.read("Rewards", "distributionDigest", 7, *_arrays(subject), block="latest") == subject.digest(domain)
+    assert reader.read("Rewards", "distributionDigest", 7, 0, 1, *_arrays(subject), block="latest") == subject.digest(domain)
     receipt = distribute(client, subject, sigs)
     for owner, amount in subject.payouts:
         assert paid_to(reader, 7, "0x" + owner.hex()) == amount
         assert reader.token_balance(Web3.to_checksum_address(owner), "latest") == amount
     assert reader.read("Rewards", "pool", block="latest") == 2 * BUDGET - subject.total
     print(f"distribute: 3 payouts, 3 signatures: {receipt.gas_used} gas")
-    expect_revert("RewardEpochAlreadyPaid", distribute, client, subject, sigs)  # replay
+    expect_revert("RewardPartAlreadyPaid", distribute, client, subject, sigs)  # replay
 
 
 def _arrays(subject: RewardSubject) -> tuple[list[str], list[int]]:
@@ -223,3 +223,89 @@ def test_more_owners_than_one_transaction_pays_is_refused_before_signing() -> No
     with pytest.raises(ValueError, match="at most"):
         RewardSubject(1, tuple(too_many))
     assert len(RewardSubject(1, tuple(too_many[:MAX_PAYOUTS])).payouts) == MAX_PAYOUTS
+
+
+def _random_owners(n: int) -> list[str]:
+    import os
+
+    return ["0x" + os.urandom(20).hex() for _ in range(n)]
+
+
+def _send_part(client: ChainClient, epoch: int, part: int, parts: int, subject: RewardSubject,
+               sigs: list[bytes]) -> None:
+    """`distribute` with any (part, parts), bypassing RewardSubject's own checks (a hostile submitter)."""
+    from anchoring.rewards import owners_and_amounts
+
+    client.send("Rewards", "distribute", epoch, part, parts, *owners_and_amounts(subject), sigs, gas=3_000_000)
+
+
+def test_an_epoch_of_450_owners_is_paid_in_3_parts_each_once(net) -> None:  # type: ignore[no-untyped-def]
+    from anchoring.rewards import MAX_PAYOUTS, reward_parts
+
+    client, reader, keys, domain = net
+    fund_pool(client, 2 * BUDGET)
+    epoch, amount = 60, BUDGET // 1_000
+    parts = reward_parts(epoch, [(o, amount) for o in _random_owners(450)])
+    assert [(p.part, p.parts, len(p.payouts)) for p in parts] == [(0, 3, 200), (1, 3, 200), (2, 3, 50)]
+    sigs = [quorum_signatures(keys[:3], p.digest(domain)) for p in parts]
+    digest = reader.read("Rewards", "distributionDigest", epoch, 1, 3, *_arrays(parts[1]), block="latest")
+    assert digest == parts[1].digest(domain)
+    # hostile: part 1's signatures on part 0's payouts (a forged part), and a partial quorum
+    expect_revert(FOREIGN, distribute, client, parts[0], sigs[1])
+    expect_revert("TooFewSignatures", distribute, client, parts[0], sigs[0][:2])
+    gas = []
+    for part, part_sigs in zip((parts[2], parts[0], parts[1]), (sigs[2], sigs[0], sigs[1]), strict=True):  # any order
+        assert not reader.read("Rewards", "epochPaid", epoch, block="latest")
+        gas.append(distribute(client, part, part_sigs).gas_used)
+        expect_revert("RewardPartAlreadyPaid", distribute, client, part, part_sigs)  # replayed part
+    assert reader.read("Rewards", "epochPaid", epoch, block="latest")
+    assert reader.read("Rewards", "epochTotal", epoch, block="latest") == 450 * amount
+    for part in parts:
+        for owner, paid in part.payouts[:: MAX_PAYOUTS // 4]:
+            assert paid_to(reader, epoch, "0x" + owner.hex()) == paid
+    print(f"distribute per part: {gas} gas (50, 200, 200 payouts)")
+
+
+def test_parts_above_the_budget_or_out_of_range_are_refused(net) -> None:  # type: ignore[no-untyped-def]
+    client, reader, keys, domain = net
+    fund_pool(client, 2 * BUDGET)
+    epoch = 70
+    # a quorum-signed split whose parts together exceed the epoch budget: the second part is refused
+    first = RewardSubject.from_payouts(epoch, [(o, BUDGET * 6 // 10) for o in _random_owners(1)])
+    first = replace(first, part=0, parts=2)
+    second = replace(RewardSubject.from_payouts(epoch, [(o, BUDGET * 6 // 10) for o in _random_owners(1)]),
+                     part=1, parts=2)
+    distribute(client, first, quorum_signatures(keys, first.digest(domain)))
+    expect_revert("RewardAboveBudget", distribute, client, second, quorum_signatures(keys, second.digest(domain)))
+    assert reader.read("Rewards", "epochTotal", epoch, block="latest") == BUDGET * 6 // 10
+    # the epoch's part count is fixed by its first paid part
+    other = replace(second, payouts=((second.payouts[0][0], 1),), part=1, parts=3)
+    expect_revert("RewardPartsMismatch", distribute, client, other, quorum_signatures(keys, other.digest(domain)))
+    # part index out of range (signed as the contract would hash it, so only the range check refuses)
+    subject = RewardSubject.from_payouts(71, [(o, 1) for o in _random_owners(1)])
+    for part, parts in ((3, 3), (0, 0), (0, 65), (2**32 - 1, 2)):
+        digest = reader.read("Rewards", "distributionDigest", 71, part, parts, *_arrays(subject), block="latest")
+        with pytest.raises(ChainRevert) as info:
+            _send_part(client, 71, part, parts, subject, quorum_signatures(keys, digest))
+        assert info.value.name == "RewardPartOutOfRange", info.value
+    with pytest.raises(ValueError, match="part"):
+        replace(subject, part=3, parts=3)  # and the node never signs one
+
+
+def test_the_gas_estimate_covers_the_first_part_of_a_fresh_contract() -> None:
+    """The costliest single payout: a new deployment's first part (every counter zero-to-nonzero)."""
+    w3 = connect("tester")
+    deployer, funder = Account.create(), Account.create()
+    for account in (deployer, funder):
+        fund(w3, account.address)
+    keys = validator_keys(4)
+    deployment = deploy_all(TransactionSender(w3, deployer.key),
+                            [ValidatorSpec(Web3.to_checksum_address(k.address)) for k in keys],
+                            faucet=True, reward_epoch_budget=BUDGET)
+    client = ChainClient(w3, deployment, TransactionSender(w3, funder.key))
+    client.faucet_mint(funder.address, BUDGET)
+    fund_pool(client, BUDGET)
+    subject = RewardSubject.from_payouts(1, [(owners(1)[0], BUDGET)])
+    receipt = distribute(client, subject, quorum_signatures(keys[:3], subject.digest(deployment.domain("Rewards"))))
+    assert paid_to(client, 1, "0x" + subject.payouts[0][0].hex()) == BUDGET
+    print(f"first part of a fresh contract, 1 payout: {receipt.gas_used} gas")

@@ -3,14 +3,23 @@ quorum formed on the attestation path, like anchors and settlements."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import pytest
 from test_node_app import ANCHOR, ESCROW, KEYS, VALIDATORS, Shell, StaticChain, block, event
 
-from anchoring.attestations import REWARD_ATTESTATION_TAG, attest, decode_attestation
+from anchoring.attestations import (
+    REWARD_ATTESTATION_TAG,
+    AttestationError,
+    attest,
+    decode_attestation,
+)
 from anchoring.batches import BatchPolicy, Quorum
 from anchoring.proofs import AnchorIndex
 from anchoring.rewards import RewardSubject
 from devsen.app import AppSettings, NodeApplication
 from devsen.ledger import Ledger, LedgerParams
+from devsen.ledger.uptime import OwnerReward, RewardDistribution
 from primitives.eip712 import Domain
 
 REWARDS = Domain(31337, b"\x0b" * 20)
@@ -74,3 +83,29 @@ def test_reward_subjects_survive_the_app_snapshot_encoding() -> None:
 
     subject = RewardSubject(9, ((b"\x01" * 20, 5), (b"\x02" * 20, 2**255)))
     assert _subject_from_fields(_subject_fields(subject)) == subject
+
+
+def test_an_epoch_of_450_owners_is_signed_as_3_parts_and_a_foreign_split_does_not_count(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    app, _shell = make(tmp_path)
+    owners = ["0x" + (i * 31).to_bytes(20, "big").hex() for i in range(1, 451)]
+    dist = RewardDistribution(77, 10_000, 450_000, 450, tuple(OwnerReward(o, 1_000, 1) for o in owners), ())
+    app._expect_rewards(dist)
+    subjects = [s for s in app.book.open_subjects() if isinstance(s, RewardSubject)]
+    assert [(s.part, s.parts, len(s.payouts)) for s in subjects] == [(0, 3, 200), (1, 3, 200), (2, 3, 50)]
+    signed = [decode_attestation(p) for p in app._outbound if p[0] == REWARD_ATTESTATION_TAG]
+    assert [a.subject for a in signed] == subjects  # each part signed by this validator
+    # hostile: part 1 re-cut as "part 1 of 2" (a Byzantine split) is not the node's part 1
+    foreign = replace(subjects[1], parts=2)
+    with pytest.raises(AttestationError, match="different terms"):
+        app.book.check(attest(foreign, KEYS[1], REWARDS))
+    app.book.check(attest(subjects[1], KEYS[1], REWARDS))  # the node's own part 1 counts
+
+
+def test_reward_parts_survive_the_wire_and_snapshot_encodings() -> None:
+    from devsen.app import _subject_fields, _subject_from_fields
+
+    subject = RewardSubject(9, ((b"\x01" * 20, 5),), 2, 3)
+    assert _subject_from_fields(_subject_fields(subject)) == subject
+    assert decode_attestation(attest(subject, KEYS[0], REWARDS).encode()).subject == subject
+    old_form = [2, 9, [[b"\x01" * 20, (5).to_bytes(32, "big")]]]  # a snapshot from before parts: one part
+    assert _subject_from_fields(old_form) == RewardSubject(9, ((b"\x01" * 20, 5),))
