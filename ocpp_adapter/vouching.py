@@ -86,15 +86,26 @@ class VouchCache:
         self.limit = limit
         self._signers: OrderedDict[bytes, bytes | str] = OrderedDict()
 
+    def _keep(self, key: bytes, signer: bytes | str) -> None:
+        self._signers[key] = signer
+        if len(self._signers) > self.limit:
+            self._signers.popitem(last=False)
+
+    def remember_own(self, event: ChargerEvent, key: SigningKey) -> ChargerEvent:
+        """`event` vouched for by this node's `key` (`vouch`), its signer remembered as `key`'s
+        address: the node's own events are admitted without recovering what it just signed (the
+        signature is deterministic and low-s, so recovery gives exactly that address)."""
+        vouched = vouch(event, key, self.domain)
+        self._keep(vouched.event_id, key.address)
+        return vouched
+
     def problem(self, event: ChargerEvent, validators: Collection[bytes]) -> str | None:
         """Why `event` is not vouched for by one of `validators`, or None."""
         key = event.event_id
         signer = self._signers.get(key)
         if signer is None:
             signer = recovered_voucher(event, self.domain)
-            self._signers[key] = signer
-            if len(self._signers) > self.limit:
-                self._signers.popitem(last=False)
+            self._keep(key, signer)
         else:
             self._signers.move_to_end(key)
         return vouch_problem(event, self.domain, validators, signer)
