@@ -35,7 +35,7 @@ import os
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -421,6 +421,18 @@ class NodeApplication:
             if problem is not None:
                 return CheckResult(False, problem)
         return CheckResult(True, source=parts.events[0].ingress_node if parts.events else "")
+
+    def recover_signatures(self, payloads: Sequence[bytes]) -> None:
+        """I/O-free but slow, for a worker thread: recover the ingress signer of each event
+        payload into the vouch cache, so `check_tx` on the event loop finds it (coincurve releases
+        the GIL: recovery runs on the other core). Malformed payloads are left to `check_tx`."""
+        for payload in payloads:
+            if payload and payload[0] == EVENT_PAYLOAD_FIRST_BYTE:
+                try:
+                    event = decode_event(payload)
+                except EventEncodingError:
+                    continue
+                self.vouches.signer(event)
 
     def voucher_signer(self, voucher: PaymentVoucher) -> bytes:
         """The address a voucher's signature recovers to (cached, bounded); VoucherError if none."""

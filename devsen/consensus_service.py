@@ -102,6 +102,9 @@ MAX_RECENT_RECEIPTS = 100_000
 # Gossip admission per origin is sized from what blocks can take from it: its share of a block
 # (block_max_payloads / n validators) times this block rate (about what 4 validators on one
 # 2-core machine commit under load; bench/results/node_throughput.json).
+# A gossiped batch of at least this many budgeted payloads has its signatures recovered in a
+# worker thread first (the GIL is released there; a thread hop costs about 2-3 recoveries).
+OFF_LOOP_RECOVERY_MIN = 4
 GOSSIP_PLANNED_BLOCKS_PER_S = 10
 GOSSIP_BURST_BLOCKS = 2  # an origin may send this many blocks' shares at once (a boot storm)
 GOSSIP_PENDING_BLOCKS = 8  # an origin with this many blocks' shares waiting here is backlogged
@@ -446,6 +449,7 @@ class ConsensusService:
     async def _on_payloads(self, sender: bytes, payloads: list[bytes]) -> None:
         """Gossiped payloads from origin `sender`: cheap checks first (module docstring)."""
         now = trio.current_time()
+        taken: list[tuple[bytes, bytes]] = []
         for payload in payloads:
             if not payload:
                 self.counters["gossip_payload_invalid"] += 1
@@ -460,6 +464,17 @@ class ConsensusService:
             if not self.gossip_budget.take(sender, now):
                 # Before any signature is recovered; an honest origin still proposes it itself.
                 self.counters["gossip_payload_over_budget"] += 1
+                continue
+            taken.append((payload, digest))
+        recover = getattr(self.app, "recover_signatures", None)
+        if recover is not None and len(taken) >= OFF_LOOP_RECOVERY_MIN:  # the budgeted ones only
+            try:
+                await trio.to_thread.run_sync(recover, [payload for payload, _ in taken])
+            except Exception:  # check_tx below recovers (and judges) them itself
+                logger.exception("recovering gossiped signatures off the loop failed")
+        for payload, digest in taken:
+            if digest in self.mempool or self.mempool.is_committed(digest):  # meanwhile (a submit, a block)
+                self.counters["gossip_payload_duplicate"] += 1
                 continue
             result = self._check_result(payload)
             if not result.ok:
