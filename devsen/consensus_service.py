@@ -467,14 +467,20 @@ class ConsensusService:
                 continue
             taken.append((payload, digest))
         recover = getattr(self.app, "recover_signatures", None)
-        if recover is not None and len(taken) >= OFF_LOOP_RECOVERY_MIN:  # the budgeted ones only
+        limit = self.config.gossip_max_pending_per_origin
+        room = len(taken) if limit is None else max(0, limit - self.mempool.usage("0x" + sender.hex())[0])
+        early = [payload for payload, _ in taken[:room]]  # budgeted, within the origin's backlog room
+        if recover is not None and len(early) >= OFF_LOOP_RECOVERY_MIN:
             try:
-                await trio.to_thread.run_sync(recover, [payload for payload, _ in taken])
+                await trio.to_thread.run_sync(recover, early)
             except Exception:  # check_tx below recovers (and judges) them itself
                 logger.exception("recovering gossiped signatures off the loop failed")
         for payload, digest in taken:
             if digest in self.mempool or self.mempool.is_committed(digest):  # meanwhile (a submit, a block)
                 self.counters["gossip_payload_duplicate"] += 1
+                continue
+            if self._origin_backlogged("0x" + sender.hex()):  # filled up by this batch's earlier payloads
+                self.counters["gossip_payload_origin_backlogged"] += 1
                 continue
             result = self._check_result(payload)
             if not result.ok:

@@ -379,3 +379,21 @@ def test_a_decided_block_reuses_its_validation_facts_only_over_the_same_state(tm
     assert shell.finalize(shallow) == twin_shell.finalize(shallow)
     assert len(chain.reads_by) == reads + 1 and app.counters["facts_reused"] == 1
 
+
+
+def test_signatures_recovered_in_a_worker_thread_are_not_recovered_again_at_admission(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import ocpp_adapter.vouching as vouching
+    app, _ = make_app(tmp_path)
+    calls: list[int] = []
+    real = vouching.recover_address
+    monkeypatch.setattr(vouching, "recover_address", lambda d, s: cast(Any, calls.append(threading.get_ident())) or real(d, s))
+    payloads = [event(f"w{i}") for i in range(5)] + [b"\x9a\xff garbage", b""]
+    worker = threading.Thread(target=app.recover_signatures, args=(payloads,))
+    worker.start()
+    worker.join()
+    assert len(calls) == 5 and threading.get_ident() not in calls
+    assert all(app.check_tx(p).ok for p in payloads[:5]) and len(calls) == 5
+    assert not app.check_tx(payloads[5]).ok  # malformed: left to check_tx, which refuses it
