@@ -386,9 +386,9 @@ def test_signatures_recovered_in_a_worker_thread_are_not_recovered_again_at_admi
     import threading
 
     import ocpp_adapter.vouching as vouching
+    from primitives.eip712 import recover_address as real
     app, _ = make_app(tmp_path)
     calls: list[int] = []
-    real = vouching.recover_address
     monkeypatch.setattr(vouching, "recover_address", lambda d, s: cast(Any, calls.append(threading.get_ident())) or real(d, s))
     payloads = [event(f"w{i}") for i in range(5)] + [b"\x9a\xff garbage", b""]
     worker = threading.Thread(target=app.recover_signatures, args=(payloads,))
