@@ -102,12 +102,12 @@ MAX_RECENT_RECEIPTS = 100_000
 # Gossip admission per origin is sized from what blocks can take from it: its share of a block
 # (block_max_payloads / n validators) times this block rate (about what 4 validators on one
 # 2-core machine commit under load; bench/results/node_throughput.json).
-# A gossiped batch of at least this many budgeted payloads has its signatures recovered in a
-# worker thread first (the GIL is released there; a thread hop costs about 2-3 recoveries).
-OFF_LOOP_RECOVERY_MIN = 4
 GOSSIP_PLANNED_BLOCKS_PER_S = 10
 GOSSIP_BURST_BLOCKS = 2  # an origin may send this many blocks' shares at once (a boot storm)
 GOSSIP_PENDING_BLOCKS = 8  # an origin with this many blocks' shares waiting here is backlogged
+# A gossiped batch of at least this many budgeted payloads has its signatures recovered in a
+# worker thread first (the GIL is released there; a thread hop costs about 2-3 recoveries).
+OFF_LOOP_RECOVERY_MIN = 4
 
 
 class ConsensusOverloaded(Exception):
