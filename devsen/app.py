@@ -35,7 +35,7 @@ import os
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -137,6 +137,7 @@ BLOCK_EVENT_BUDGET = 2000  # events in one block, all vouchers (the default cons
 # (bench/results/flood_bounds_tradeoff.json), and fetch_facts reads them concurrently
 # (PREFETCH_WORKERS), so 256 of them cost a block well under a second even under load.
 NEW_CHARGER_READ_BUDGET = 256
+VALIDATED_FACTS_KEPT = 4  # proposals of the current height (rounds) whose facts a commit can reuse
 PREFETCH_WORKERS = 8  # concurrent uncached device reads of one block (fetch_facts)
 # Proposer policy (not validity): an honest proposer takes 1/4 of another voucher's new-charger
 # share (it cannot tell an honest first contact from a flood of fresh ids); a voucher's own
@@ -387,6 +388,10 @@ class NodeApplication:
         self.commands = CommandGate(settings.commands_domain or settings.escrow_domain, settings.anchor_domain)
         self._voucher_signers: OrderedDict[bytes, bytes] = OrderedDict()
         self.drivers: OrderedDict[bytes, bytes] = OrderedDict()  # filled from chain reads (check_tx)
+        # The facts of the last few validated proposals, keyed by (height, header, payloads digest,
+        # last applied block): the decided block's fetch_facts(committed=True) reuses them (the same
+        # keys read at the same block hash) instead of reading the chain again (bench/perf_wins.py).
+        self._validated_facts: OrderedDict[tuple[int, bytes, bytes, tuple[int, bytes]], ChainFacts] = OrderedDict()
         self.counters: dict[str, int] = {"blocks": 0, "events": 0, "attestations_counted": 0,
                                          "attestations_ignored": 0, "batches_closed": 0, "quorums": 0}
 
@@ -419,6 +424,18 @@ class NodeApplication:
             if problem is not None:
                 return CheckResult(False, problem)
         return CheckResult(True, source=parts.events[0].ingress_node if parts.events else "")
+
+    def recover_signatures(self, payloads: Sequence[bytes]) -> None:
+        """I/O-free but slow, for a worker thread: recover the ingress signer of each event
+        payload into the vouch cache, so `check_tx` on the event loop finds it (coincurve releases
+        the GIL: recovery runs on the other core). Malformed payloads are left to `check_tx`."""
+        for payload in payloads:
+            if payload and payload[0] == EVENT_PAYLOAD_FIRST_BYTE:
+                try:
+                    event = decode_event(payload)
+                except EventEncodingError:
+                    continue
+                self.vouches.signer(event)
 
     def voucher_signer(self, voucher: PaymentVoucher) -> bytes:
         """The address a voucher's signature recovers to (cached, bounded); VoucherError if none."""
@@ -523,6 +540,12 @@ class NodeApplication:
         RPC has that block (ChainReadError after the chain view's outage limit).
         """
         digest = _payloads_digest(payloads)
+        reuse_key = (height, app_header, digest, self._last_block)
+        if committed:
+            validated = self._validated_facts.get(reuse_key)
+            if validated is not None:  # read at this block's hash over the same state: no chain I/O
+                self.counters["facts_reused"] = self.counters.get("facts_reused", 0) + 1
+                return validated
         try:
             number, eth_hash = decode_app_header(app_header)
             parts = split_payloads(payloads)
@@ -560,6 +583,10 @@ class NodeApplication:
                            bindings=MappingProxyType(dict(bindings)), problem=facts_problem, **reads)
         if parts.commands:
             self.commands.note_view(facts.view(), (c.charger_id for c in parts.commands))
+        if not committed and facts_problem is None:  # its RPC had the block, deep enough: reusable at commit
+            self._validated_facts[reuse_key] = facts
+            while len(self._validated_facts) > VALIDATED_FACTS_KEPT:
+                self._validated_facts.popitem(last=False)
         return facts
 
     def _await_chain_block(self, number: int, eth_hash: bytes) -> None:

@@ -105,6 +105,9 @@ MAX_RECENT_RECEIPTS = 100_000
 GOSSIP_PLANNED_BLOCKS_PER_S = 10
 GOSSIP_BURST_BLOCKS = 2  # an origin may send this many blocks' shares at once (a boot storm)
 GOSSIP_PENDING_BLOCKS = 8  # an origin with this many blocks' shares waiting here is backlogged
+# A gossiped batch of at least this many budgeted payloads has its signatures recovered in a
+# worker thread first (the GIL is released there; a thread hop costs about 2-3 recoveries).
+OFF_LOOP_RECOVERY_MIN = 4
 
 
 class ConsensusOverloaded(Exception):
@@ -446,6 +449,7 @@ class ConsensusService:
     async def _on_payloads(self, sender: bytes, payloads: list[bytes]) -> None:
         """Gossiped payloads from origin `sender`: cheap checks first (module docstring)."""
         now = trio.current_time()
+        taken: list[tuple[bytes, bytes]] = []
         for payload in payloads:
             if not payload:
                 self.counters["gossip_payload_invalid"] += 1
@@ -460,6 +464,23 @@ class ConsensusService:
             if not self.gossip_budget.take(sender, now):
                 # Before any signature is recovered; an honest origin still proposes it itself.
                 self.counters["gossip_payload_over_budget"] += 1
+                continue
+            taken.append((payload, digest))
+        recover = getattr(self.app, "recover_signatures", None)
+        limit = self.config.gossip_max_pending_per_origin
+        room = len(taken) if limit is None else max(0, limit - self.mempool.usage("0x" + sender.hex())[0])
+        early = [payload for payload, _ in taken[:room]]  # budgeted, within the origin's backlog room
+        if recover is not None and len(early) >= OFF_LOOP_RECOVERY_MIN:
+            try:
+                await trio.to_thread.run_sync(recover, early)
+            except Exception:  # check_tx below recovers (and judges) them itself
+                logger.exception("recovering gossiped signatures off the loop failed")
+        for payload, digest in taken:
+            if digest in self.mempool or self.mempool.is_committed(digest):  # meanwhile (a submit, a block)
+                self.counters["gossip_payload_duplicate"] += 1
+                continue
+            if self._origin_backlogged("0x" + sender.hex()):  # filled up by this batch's earlier payloads
+                self.counters["gossip_payload_origin_backlogged"] += 1
                 continue
             result = self._check_result(payload)
             if not result.ok:

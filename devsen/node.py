@@ -92,7 +92,6 @@ from ocpp_adapter.events import ChargerEvent, EventEncodingError
 from ocpp_adapter.ingest import IngestOverloaded, IngestRejected, IngestResult
 from ocpp_adapter.protocol import CALLERRORS_SENT
 from ocpp_adapter.server import ChargerConnections, serve_ocpp
-from ocpp_adapter.vouching import vouch
 from p2p.envelope import ValidatorDirectory, network_id_of, peer_id_problem
 from p2p.host import HostConfig
 from p2p.keys import NodeKeys, load_keys
@@ -136,7 +135,7 @@ class NodeIngest:
         """Vouch for `event` (this node authenticated its charger), commit it (or find the earlier
         commit of the same charger message) and reply."""
         try:
-            event = vouch(event, self.app.settings.key, self.app.vouches.domain)
+            event = self.app.vouches.remember_own(event, self.app.settings.key)
             event.to_bytes()
         except EventEncodingError as exc:
             raise IngestRejected(f"the vouched event has no valid encoding: {exc}") from exc

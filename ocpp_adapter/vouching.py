@@ -19,6 +19,7 @@ It sits with the event format, below the node (which signs and admits) and the a
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Collection
 
@@ -85,16 +86,35 @@ class VouchCache:
         self.domain = domain
         self.limit = limit
         self._signers: OrderedDict[bytes, bytes | str] = OrderedDict()
+        self._lock = threading.Lock()  # `signer` may run in worker threads
 
-    def problem(self, event: ChargerEvent, validators: Collection[bytes]) -> str | None:
-        """Why `event` is not vouched for by one of `validators`, or None."""
-        key = event.event_id
-        signer = self._signers.get(key)
-        if signer is None:
-            signer = recovered_voucher(event, self.domain)
+    def _keep(self, key: bytes, signer: bytes | str) -> None:
+        with self._lock:
             self._signers[key] = signer
             if len(self._signers) > self.limit:
                 self._signers.popitem(last=False)
-        else:
-            self._signers.move_to_end(key)
-        return vouch_problem(event, self.domain, validators, signer)
+
+    def signer(self, event: ChargerEvent) -> bytes | str:
+        """`event`'s recovered voucher (`recovered_voucher`), recovered once; callable from a
+        worker thread (recovery releases the GIL, so the node recovers off its event loop)."""
+        key = event.event_id
+        with self._lock:
+            signer = self._signers.get(key)
+            if signer is not None:
+                self._signers.move_to_end(key)
+                return signer
+        signer = recovered_voucher(event, self.domain)
+        self._keep(key, signer)
+        return signer
+
+    def remember_own(self, event: ChargerEvent, key: SigningKey) -> ChargerEvent:
+        """`event` vouched for by this node's `key` (`vouch`), its signer remembered as `key`'s
+        address: the node's own events are admitted without recovering what it just signed (the
+        signature is deterministic and low-s, so recovery gives exactly that address)."""
+        vouched = vouch(event, key, self.domain)
+        self._keep(vouched.event_id, key.address)
+        return vouched
+
+    def problem(self, event: ChargerEvent, validators: Collection[bytes]) -> str | None:
+        """Why `event` is not vouched for by one of `validators`, or None."""
+        return vouch_problem(event, self.domain, validators, self.signer(event))

@@ -12,6 +12,7 @@ Each bound is tried by the hostile source and holds, and the honest share surviv
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any, cast
 
@@ -243,6 +244,41 @@ def test_an_origin_over_its_token_budget_is_refused_before_check_tx(tmp_path: Pa
 
     trio.run(main)
 
+
+
+class RecoveringApp(CountingApp):
+    """Offers recover_signatures (as NodeApplication does): records what it was given, and where."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.recovered: list[bytes] = []
+        self.threads: set[int] = set()
+
+    def recover_signatures(self, payloads: Any) -> None:
+        self.threads.add(threading.get_ident())
+        self.recovered.extend(payloads)
+
+
+def test_gossiped_signatures_are_recovered_off_the_loop_only_within_the_budget_and_backlog(tmp_path: Path) -> None:
+    service, _, (_, honest, byzantine, _) = _service(tmp_path)
+    app = RecoveringApp()
+    service.app = cast(Application, app)
+    burst = 50
+    service.gossip_budget = GossipBudget(rate=0.001, burst=burst)  # no refill during the test
+    service.config.gossip_max_pending_per_origin = 30
+
+    async def main() -> None:
+        flood = [b"0x%s:e-%d" % (byzantine.hex().encode(), i) for i in range(burst + 100)]
+        await service._on_payloads(byzantine, flood)
+        assert app.recovered == flood[:30]  # within the backlog room of the budgeted 50
+        assert threading.get_ident() not in app.threads  # in a worker thread
+        assert app.checks == 30 and service.mempool.usage("0x" + byzantine.hex())[0] == 30
+        assert service.counters["gossip_payload_over_budget"] == 100
+        assert service.counters["gossip_payload_origin_backlogged"] == 20
+        await service._on_payloads(honest, [b"0x%s:one" % honest.hex().encode()])  # too few for a thread hop
+        assert len(app.recovered) == 30 and app.checks == 31
+
+    trio.run(main)
 
 
 class DeferringApp(CountingApp):

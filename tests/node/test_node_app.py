@@ -351,3 +351,49 @@ def test_finalize_is_total_for_a_committed_block_the_ledger_refuses(tmp_path: Pa
     stale = block(app, 1, (event("m1"),))  # height 1 again: the ledger refuses it
     result = app.finalize_block(stale, CERT, app.fetch_facts(1, stale.app_header, stale.payloads, committed=True))
     assert result.app_hash == before and [r.code for r in result.tx_results] == [3]
+
+
+def test_a_decided_block_reuses_its_validation_facts_only_over_the_same_state(tmp_path: Path) -> None:
+    app, shell = make_app(tmp_path)
+    (tmp_path / "twin").mkdir()
+    _, twin_shell = make_app(tmp_path / "twin")
+    chain = cast(StaticChain, app.chain)
+    first = block(app, 1, (event("m1"),))
+    assert shell.process(first)
+    reads = len(chain.reads_by)
+    hash_one = shell.finalize(first)
+    assert len(chain.reads_by) == reads and app.counters["facts_reused"] == 1  # no second chain read
+    assert hash_one == twin_shell.finalize(first)  # same state as a node that read the facts at commit
+
+    # Validated at height 2, but another block was decided at height 2: read afresh.
+    proposed, decided = block(app, 2, (event("m2"),)), block(app, 2, (event("m3"),))
+    assert shell.process(proposed)
+    reads = len(chain.reads_by)
+    assert shell.finalize(decided) == twin_shell.finalize(decided)
+    assert len(chain.reads_by) == reads + 1 and app.counters["facts_reused"] == 1
+
+    # A proposal refused for too few confirmations never lends its facts to the commit.
+    shallow = block(app, 3, (event("m4"),), eth_block=9)
+    assert not shell.process(shallow)
+    reads = len(chain.reads_by)
+    assert shell.finalize(shallow) == twin_shell.finalize(shallow)
+    assert len(chain.reads_by) == reads + 1 and app.counters["facts_reused"] == 1
+
+
+
+def test_signatures_recovered_in_a_worker_thread_are_not_recovered_again_at_admission(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import ocpp_adapter.vouching as vouching
+    from primitives.eip712 import recover_address as real
+    app, _ = make_app(tmp_path)
+    calls: list[int] = []
+    monkeypatch.setattr(vouching, "recover_address", lambda d, s: cast(Any, calls.append(threading.get_ident())) or real(d, s))
+    payloads = [event(f"w{i}") for i in range(5)] + [b"\x9a\xff garbage", b""]
+    worker = threading.Thread(target=app.recover_signatures, args=(payloads,))
+    worker.start()
+    worker.join()
+    assert len(calls) == 5 and threading.get_ident() not in calls
+    assert all(app.check_tx(p).ok for p in payloads[:5]) and len(calls) == 5
+    assert not app.check_tx(payloads[5]).ok  # malformed: left to check_tx, which refuses it

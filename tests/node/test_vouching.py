@@ -111,3 +111,21 @@ def test_cost_per_event(capsys: pytest.CaptureFixture[str]) -> None:
     with capsys.disabled():
         print(f"\nvouch: sign {sign_us:.0f} us/event, verify {verify_us:.0f} us/event")
     assert sign_us < 20_000 and verify_us < 20_000
+
+
+def test_own_vouches_are_admitted_without_recovery_and_match_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ocpp_adapter.vouching as vouching
+    calls: list[int] = []
+    real = recover_address
+    monkeypatch.setattr(vouching, "recover_address", lambda d, s: cast(Any, calls.append(1)) or real(d, s))
+    cache = VouchCache(DOMAIN)
+    for i in range(20):
+        own = cache.remember_own(unsigned(f"own{i}", meter_stop=i), KEYS[0])
+        assert own == vouch(unsigned(f"own{i}", meter_stop=i), KEYS[0], DOMAIN)  # the same event vouch() gives
+        assert cache.problem(own, VALIDATORS) is None
+        assert real(vouch_digest(own, DOMAIN), own.signature) == KEYS[0].address  # what recovery would give
+    assert calls == []
+    assert cache.problem(own, VALIDATORS[1:]) is not None  # membership is still checked on every call
+    # A hostile copy (same body, another signature) has another event id: recovered, and refused.
+    forged = own.with_vouch(KEYS[0].address, OUTSIDER.sign(vouch_digest(own.with_vouch(KEYS[0].address, b""), DOMAIN)))
+    assert cache.problem(forged, VALIDATORS) is not None and calls == [1]
