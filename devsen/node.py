@@ -106,7 +106,7 @@ ATTESTATION_RETRY_S = 2.0
 MAX_ATTESTATIONS_IN_FLIGHT = 64
 # the p2p message counters /v1/status shows (messages on the wire per committed event, in bench/compare.py)
 P2P_COUNTERS = ("events_published_messages", "events_published_payloads", "events_received_messages",
-                "consensus_sent_frames", "consensus_received_frames", "sync_served")
+                "consensus_sent_frames", "consensus_received_frames", "sync_served", "sync_served_outsiders")
 
 
 class NodeIngest:
@@ -566,7 +566,7 @@ def build_router(parts: NodeParts) -> Router:
             "chargers_connected": len(parts.connections),
             "consensus": {k: v for k, v in stats.items() if k != "p2p"},
             "p2p": {"linked_validators": p2p.get("linked_validators", 0), "dial_failures": p2p.get("dial_failures", 0),
-                    **{k: p2p.get(k, 0) for k in P2P_COUNTERS}},
+                    **{k: p2p.get(k, 0) for k in P2P_COUNTERS}, "drops": p2p.get("drops", {})},
             "app": dict(parts.app.counters),
             "own_attestations_pending": len(parts.outbox.pending),
             "submitter": parts.submitter.status(),
