@@ -25,7 +25,14 @@ from p2p.envelope import (
     seal,
 )
 from p2p.framing import FrameDecoder, FrameError, encode_frame, encode_uvarint
-from p2p.keys import LIBP2P_KEY_FILE, VALIDATOR_KEY_FILE, KeyFileError, init_keys, load_identity, load_keys
+from p2p.keys import (
+    LIBP2P_KEY_FILE,
+    VALIDATOR_KEY_FILE,
+    KeyFileError,
+    init_keys,
+    load_identity,
+    load_keys,
+)
 from p2p.sync import MAX_OUTSIDER_STREAMS, BlockSyncServer, _self_bound
 from primitives.eip712 import Domain, SigningKey
 
