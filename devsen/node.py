@@ -104,6 +104,8 @@ MAX_QUEUED_QUORUMS = 10_000
 QUORUM_RETRY_S = 5.0
 ATTESTATION_RETRY_S = 2.0
 MAX_ATTESTATIONS_IN_FLIGHT = 64
+# what a full node answers to a write (its payloads would reach no proposer: gossip admits validators' only)
+FULL_NODE_SUBMIT = "this is a full (non-validator) node: it serves reads only; send writes to a validator"
 # the p2p message counters /v1/status shows (messages on the wire per committed event, in bench/compare.py)
 P2P_COUNTERS = ("events_published_messages", "events_published_payloads", "events_received_messages",
                 "consensus_sent_frames", "consensus_received_frames", "sync_served", "sync_served_outsiders")
@@ -643,13 +645,23 @@ def build_router(parts: NodeParts) -> Router:
     vouchers = VoucherRoutes(parts.app, parts.service)
     router.get("/v1/sessions/{session_id}/payment", vouchers.session)
 
+    full = parts.config.node.role == ROLE_FULL
+
     async def submit_voucher(params: dict[str, str], body: Any) -> tuple[int, Any]:
+        if full:
+            raise HttpError(503, FULL_NODE_SUBMIT)
         return await vouchers.submit({**params, "body": json.dumps(body)})
 
     router.post("/v1/sessions/{session_id}/vouchers", submit_voucher, summary="Submit a driver's payment voucher",
                 max_body_bytes=MAX_VOUCHER_BODY_BYTES)
     commands = CommandRoutes(parts.app, parts.service, parts.connections)
-    router.post("/v1/chargers/{charger_id}/commands", commands.submit,
+
+    async def submit_command(params: dict[str, str], body: Any) -> tuple[int, Any]:
+        if full:
+            raise HttpError(503, FULL_NODE_SUBMIT)
+        return await commands.submit(params, body)
+
+    router.post("/v1/chargers/{charger_id}/commands", submit_command,
                 summary="Submit a device manager's signed command to its charger", max_body_bytes=MAX_COMMAND_BODY_BYTES)
     router.get("/v1/commands/{command_id}", commands.command, summary="A command and its outcome")
     router.get("/v1/chargers/{charger_id}/configuration", commands.configuration,

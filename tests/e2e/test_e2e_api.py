@@ -26,7 +26,7 @@ from devsen.devnet import (
     stop_process,
     wait_until_serving,
 )
-from devsen.http_api import http_get
+from devsen.http_api import http_get, http_post_json
 from p2p.keys import load_identity
 
 NODES = 4
@@ -216,5 +216,8 @@ async def test_a_full_node_follows_the_network_serves_reads_and_never_signs(netw
         with pytest.raises(OSError):  # no OCPP port: chargers connect to validators
             await trio.open_tcp_stream("127.0.0.1", full.config.ocpp.port)
         assert "not in the on-chain ValidatorSet" not in full.log_path.read_text()
+        for write in (f"/v1/chargers/{DEMO_CHARGER}/commands", "/v1/sessions/0x" + "00" * 32 + "/vouchers"):
+            status, body = await http_post_json(full.http_url + write, "{}")
+            assert status == 503 and "full (non-validator) node" in json.dumps(body), (write, status, body)
     finally:
         stop_process(full.process)
