@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "DEVSEN_"
+ROLE_VALIDATOR = "validator"
+ROLE_FULL = "full"
+ROLES = (ROLE_VALIDATOR, ROLE_FULL)
 
 
 class ConfigError(ValueError):
@@ -32,8 +35,14 @@ class NodeSection:
 
     name: str = "node"
     data_dir: str = "./var/node"
+    # "validator": proposes, votes and signs (its key must be in the on-chain ValidatorSet);
+    # "full": follows the chain by block sync, verifies every commit certificate, serves reads,
+    # never signs, needs no validator key, opens no OCPP port.
+    role: str = "validator"
 
     def validate(self) -> None:
+        _require(self.role in ROLES, "node.role", f"{self.role!r} is not a node role (one of {', '.join(ROLES)})",
+                 'role = "validator" (a registered validator) or role = "full" (a non-validator node)')
         _require(bool(self.name.strip()), "node.name", "must not be empty", 'name = "node-1"')
         _require(bool(self.data_dir.strip()), "node.data_dir", "must not be empty", 'data_dir = "./var/node-1"')
 
@@ -406,6 +415,6 @@ def _toml_value(value: Any) -> str:
 
 __all__ = [
     "AnchoringSection", "ChainSection", "ConfigError", "ConsensusSection", "HttpSection",
-    "KeysSection", "LoggingSection", "NodeConfig", "NodeSection", "OcppSection", "P2PSection",
+    "KeysSection", "LoggingSection", "ROLES", "ROLE_FULL", "ROLE_VALIDATOR", "NodeConfig", "NodeSection", "OcppSection", "P2PSection",
     "config_from_mapping", "config_to_toml", "load_config",
 ]

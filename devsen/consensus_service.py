@@ -162,7 +162,11 @@ class ServiceConfig:
     # False: the node carries FinalizeResult.outbound_payloads itself (a finalize listener with
     # its own retrying outbox); True: this service puts them in the mempool and gossips them.
     submit_outbound: bool = True
-
+    # A full (non-validator) node: no consensus links are granted to it, so it follows the chain
+    # by polling validators for certified blocks every `follow_interval_s` (the same Replica
+    # verification validators' block sync uses) and never signs (its key is in no set).
+    follower: bool = False
+    follow_interval_s: float = 0.5
 
     @property
     def source_share(self) -> int:
@@ -724,6 +728,8 @@ class ConsensusService:
             candidates = ([peer] if peer is not None else []) + [
                 a for a in net.connected_validators() if a != peer
             ]
+            if self.config.follower:  # no links: ask the validators of the directory directly
+                candidates += [a for a in net.directory.addresses() if a not in candidates]
             for address in candidates:
                 if await self._catch_up_from(net, address, max(from_height, self.replica.height)):
                     return
@@ -795,7 +801,7 @@ class ConsensusService:
                 net.gossip.accept_origin = self._accepts_gossip_from
                 self._nursery = nursery
                 nursery.start_soon(self._drive)
-                nursery.start_soon(self._initial_sync)
+                nursery.start_soon(self._follow if self.config.follower else self._initial_sync)
                 self.ready.set()
                 task_status.started(net)
         finally:
@@ -810,6 +816,12 @@ class ConsensusService:
             while not net.connected_validators():
                 await trio.sleep(0.1)
         self._start_catch_up(None, self.replica.height)
+
+    async def _follow(self) -> None:
+        """A full node: ask validators for new certified blocks, forever."""
+        while True:
+            self._start_catch_up(None, self.replica.height)
+            await trio.sleep(self.config.follow_interval_s)
 
     def stats(self) -> dict[str, Any]:
         """Counters for metrics and tests."""

@@ -63,7 +63,7 @@ from devsen.chain_view import (
 )
 from devsen.charger_commands import CommandDelivery
 from devsen.command_api import MAX_COMMAND_BODY_BYTES, CommandRoutes
-from devsen.config import ConfigError, NodeConfig
+from devsen.config import ROLE_FULL, ConfigError, NodeConfig
 from devsen.consensus_service import (
     AlreadyCommitted,
     CommitTimeout,
@@ -94,7 +94,7 @@ from ocpp_adapter.protocol import CALLERRORS_SENT
 from ocpp_adapter.server import ChargerConnections, serve_ocpp
 from p2p.envelope import ValidatorDirectory, network_id_of, peer_id_problem
 from p2p.host import HostConfig
-from p2p.keys import NodeKeys, load_keys
+from p2p.keys import NodeKeys, load_identity, load_keys
 
 log = logging.getLogger("devsen.node")
 
@@ -103,9 +103,11 @@ MAX_QUEUED_QUORUMS = 10_000
 QUORUM_RETRY_S = 5.0
 ATTESTATION_RETRY_S = 2.0
 MAX_ATTESTATIONS_IN_FLIGHT = 64
+# what a full node answers to a write (its payloads would reach no proposer: gossip admits validators' only)
+FULL_NODE_SUBMIT = "this is a full (non-validator) node: it serves reads only; send writes to a validator"
 # the p2p message counters /v1/status shows (messages on the wire per committed event, in bench/compare.py)
 P2P_COUNTERS = ("events_published_messages", "events_published_payloads", "events_received_messages",
-                "consensus_sent_frames", "consensus_received_frames", "sync_served")
+                "consensus_sent_frames", "consensus_received_frames", "sync_served", "sync_served_outsiders")
 
 
 class NodeIngest:
@@ -333,7 +335,8 @@ def build_node(config: NodeConfig) -> NodeParts:
     if config.chain.rpc == "embedded":
         raise ConfigError("config key 'chain.rpc': 'embedded' runs in one process only (tests); "
                           "fix: point nodes at a shared JSON-RPC chain, e.g. the devnet's anvil")
-    keys = load_keys(config.keys_dir)
+    full = config.node.role == ROLE_FULL
+    keys = load_identity(config.keys_dir) if full else load_keys(config.keys_dir)
     deployment = _load_deployment(config)
     data_dir = Path(config.node.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -353,19 +356,21 @@ def build_node(config: NodeConfig) -> NodeParts:
     validator_state = patiently("reading the validator set at startup", lambda: client.validator_set("latest"))
     addresses = [bytes.fromhex(v.address[2:]) for v in validator_state.validators]
     me = keys.validator.address
-    if me not in addresses:
+    if full:
+        log.info("role = full: following the chain as peer %s, never signing", keys.peer_id.to_base58())
+    elif me not in addresses:
         raise ConfigError(f"this node's validator address 0x{me.hex()} is not in the on-chain ValidatorSet "
                           f"at {deployment.validator_set}; fix: register it (a quorum-signed update) or use "
                           "the keys of a registered validator")
     my_peer = keys.peer_id.to_bytes()
     on_chain = _peer_bindings(validator_state)
-    if on_chain.get(me) != my_peer:
+    if not full and on_chain.get(me) != my_peer:
         if me in on_chain:
             log.warning("the ValidatorSet binds validator 0x%s to peer %s; publishing this node's peer %s",
                         me.hex(), ID(on_chain[me]).to_base58(), keys.peer_id.to_base58())
         patiently("publishing this node's peer id", lambda: _publish_own_info(
             client, me, my_peer, f"ws://{config.ocpp.host}:{config.ocpp.port}/ocpp"))
-    bindings = _own_binding_first(validator_state, me, my_peer)
+    bindings = on_chain if full else _own_binding_first(validator_state, me, my_peer)
     # Consensus starts from the set in force at deployment (epoch 0); the application replays
     # later epoch changes at the heights where they were committed.
     genesis = patiently("reading the genesis validator set", lambda: client.validator_set(deployment.deploy_block))
@@ -435,6 +440,7 @@ def build_node(config: NodeConfig) -> NodeParts:
         # An idle proposer waits for payloads, but well inside its own propose timeout.
         empty_block_interval_s=max(0.05, min(1.0, config.consensus.timeout_propose_ms / 2000)),
         submit_outbound=False,  # own attestations go through the retrying AttestationOutbox
+        follower=full,
     ), app)
     service.finalize_listeners.append(route.on_finalized)
     evidence = _evidence_recorder(data_dir, app, service)
@@ -442,7 +448,8 @@ def build_node(config: NodeConfig) -> NodeParts:
     double_sign = DoubleSignReporter(data_dir / "double_sign", deployment.domain("ValidatorSet"),
                                      lambda pair: submit_pair(client, pair),
                                      lambda pair: turn_delay_s(me, app.validators, pair))
-    service.evidence_listeners.append(double_sign.on_evidence)
+    if not full:  # a full node signs nothing, so it submits no evidence either
+        service.evidence_listeners.append(double_sign.on_evidence)
     directory = service.config.directory
 
     def validators_changed(validators: tuple[bytes, ...], chain_bindings: dict[bytes, bytes]) -> None:
@@ -456,7 +463,8 @@ def build_node(config: NodeConfig) -> NodeParts:
     for quorum in app.take_restored_quorums():  # the submitter ignores the ones it knows
         quorums.add(quorum)
     parts = NodeParts(config, keys, deployment, client, app, service, submitter, outbox, quorums,
-                      connections, time.time(), evidence, stops=stops, double_sign=double_sign, commands=delivery)
+                      connections, time.time(), evidence, stops=None if full else stops,
+                      double_sign=None if full else double_sign, commands=None if full else delivery)
     parts.metrics = node_metrics(parts)
     return parts
 
@@ -545,10 +553,12 @@ def build_router(parts: NodeParts) -> Router:
         pending_kinds = [job["kind"] for job in parts.submitter.status()["pending"]]
         head = await chain_head(health is None or health.up)
         agreed = parts.app.last_eth_block
+        full = parts.config.node.role == ROLE_FULL
         me = "0x" + parts.keys.validator.address.hex()
         return 200, {
             "node": parts.config.node.name,
-            "validator": "0x" + parts.keys.validator.address.hex(),
+            "role": parts.config.node.role,
+            "validator": None if full else me,
             "peer_id": parts.keys.peer_id.to_base58(),
             "committed_height": service.committed_height,
             "epoch": parts.app.epoch,
@@ -557,7 +567,7 @@ def build_router(parts: NodeParts) -> Router:
             "chargers_connected": len(parts.connections),
             "consensus": {k: v for k, v in stats.items() if k != "p2p"},
             "p2p": {"linked_validators": p2p.get("linked_validators", 0), "dial_failures": p2p.get("dial_failures", 0),
-                    **{k: p2p.get(k, 0) for k in P2P_COUNTERS}},
+                    **{k: p2p.get(k, 0) for k in P2P_COUNTERS}, "drops": p2p.get("drops", {})},
             "app": dict(parts.app.counters),
             "own_attestations_pending": len(parts.outbox.pending),
             "submitter": parts.submitter.status(),
@@ -567,7 +577,7 @@ def build_router(parts: NodeParts) -> Router:
             "height": service.committed_height,
             "peers": {"connected": p2p.get("peers_connected", 0), "unreachable": p2p.get("peers_unreachable", []),
                       "linked_validators": p2p.get("linked_validators", 0)},
-            "validators_seen": sorted({me, *p2p.get("linked_validator_addresses", [])}),
+            "validators_seen": sorted({*([] if full else [me]), *p2p.get("linked_validator_addresses", [])}),
             "validator_set": ["0x" + v.hex() for v in parts.app.validators],
             "pending": {"anchors": pending_kinds.count(ANCHOR), "settlements": pending_kinds.count(SETTLEMENT),
                         "submissions": parts.submitter.status()["pending_count"],
@@ -634,13 +644,23 @@ def build_router(parts: NodeParts) -> Router:
     vouchers = VoucherRoutes(parts.app, parts.service)
     router.get("/v1/sessions/{session_id}/payment", vouchers.session)
 
+    full = parts.config.node.role == ROLE_FULL
+
     async def submit_voucher(params: dict[str, str], body: Any) -> tuple[int, Any]:
+        if full:
+            raise HttpError(503, FULL_NODE_SUBMIT)
         return await vouchers.submit({**params, "body": json.dumps(body)})
 
     router.post("/v1/sessions/{session_id}/vouchers", submit_voucher, summary="Submit a driver's payment voucher",
                 max_body_bytes=MAX_VOUCHER_BODY_BYTES)
     commands = CommandRoutes(parts.app, parts.service, parts.connections)
-    router.post("/v1/chargers/{charger_id}/commands", commands.submit,
+
+    async def submit_command(params: dict[str, str], body: Any) -> tuple[int, Any]:
+        if full:
+            raise HttpError(503, FULL_NODE_SUBMIT)
+        return await commands.submit(params, body)
+
+    router.post("/v1/chargers/{charger_id}/commands", submit_command,
                 summary="Submit a device manager's signed command to its charger", max_body_bytes=MAX_COMMAND_BODY_BYTES)
     router.get("/v1/commands/{command_id}", commands.command, summary="A command and its outcome")
     router.get("/v1/chargers/{charger_id}/configuration", commands.configuration,
@@ -748,6 +768,9 @@ async def serve_node(parts: NodeParts, *, task_status: Any = trio.TASK_STATUS_IG
         max_frame_bytes=config.ocpp.max_frame_bytes, messages_per_second=config.ocpp.messages_per_second,
         call_timeout=config.ocpp.call_timeout_s, ingest_timeout=config.ocpp.call_timeout_s + 5,
     )
+    if config.node.role == ROLE_FULL:
+        await serve_full_node(parts, task_status=task_status)
+        return
     async with trio.open_nursery() as nursery:
         await nursery.start(parts.service.run)
         nursery.start_soon(supervised, "attestation outbox", lambda: parts.outbox.run(parts.service))
@@ -771,6 +794,19 @@ async def serve_node(parts: NodeParts, *, task_status: Any = trio.TASK_STATUS_IG
                  config.node.name, parts.keys.validator.address.hex(), config.ocpp.host, ocpp_port,
                  config.http.host, http_port)
         task_status.started({"ocpp_port": ocpp_port, "http_port": http_port})
+
+
+async def serve_full_node(parts: NodeParts, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """A full node: block sync and the read API only. No attestation outbox, submitter, quorum
+    inbox, double-sign reporter or command delivery (it signs nothing), and no OCPP port:
+    chargers connect to validators (forwarding charger events is not built yet)."""
+    config = parts.config
+    async with trio.open_nursery() as nursery:
+        await nursery.start(parts.service.run)
+        http_port = await nursery.start(serve_http, build_router(parts), config.http.host, config.http.port)
+        log.info("full node %s up: peer %s, no OCPP port, HTTP http://%s:%d", config.node.name,
+                 parts.keys.peer_id.to_base58(), config.http.host, http_port)
+        task_status.started({"ocpp_port": None, "http_port": http_port})
 
 
 def run_node(config: NodeConfig, *, log_format: str | None = None, log_level: str | None = None) -> int:

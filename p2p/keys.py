@@ -111,17 +111,31 @@ def init_keys(directory: str | os.PathLike[str]) -> NodeKeys:
         raise KeyFileError(f"{root} holds only one of the two key files; refusing to complete it")
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     seed = secrets.token_bytes(KEY_BYTES)
-    while True:
-        secret = secrets.token_bytes(KEY_BYTES)
-        try:
-            validator = SigningKey(secret)
-            break
-        except ValueError:  # astronomically rare: secret >= curve order
-            continue
+    validator = _fresh_signing_key()
     keys = NodeKeys(libp2p_seed=seed, validator=validator)
     _write_secret(libp2p_path, seed)
-    _write_secret(validator_path, secret)
+    _write_secret(validator_path, validator.secret)
     return keys
+
+
+def _fresh_signing_key() -> SigningKey:
+    while True:
+        try:
+            return SigningKey(secrets.token_bytes(KEY_BYTES))
+        except ValueError:  # astronomically rare: secret >= curve order
+            continue
+
+
+def load_identity(directory: str | os.PathLike[str]) -> NodeKeys:
+    """A full (non-validator) node's keys: its persistent libp2p identity (created if missing)
+    and a throwaway secp256k1 key for this process only, which signs nothing but its own
+    sync requests: no validator key file is read or needed."""
+    root = Path(directory)
+    libp2p_path = root / LIBP2P_KEY_FILE
+    if not libp2p_path.exists():
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _write_secret(libp2p_path, secrets.token_bytes(KEY_BYTES))
+    return NodeKeys(libp2p_seed=_read_secret(libp2p_path), validator=_fresh_signing_key())
 
 
 def load_keys(directory: str | os.PathLike[str]) -> NodeKeys:

@@ -98,6 +98,7 @@ class P2PNode:
             "consensus_received_frames": self.links.received_frames,
             "consensus_max_queued": self.links.max_queued(),
             "sync_served": self.sync_server.served_requests,
+            "sync_served_outsiders": self.sync_server.served_outsiders,
             "snapshots_served": dict(self.snapshot_server.served) if self.snapshot_server is not None else {},
             "dial_failures": self.running.keeper.dial_failures,
             "peers_connected": sum(1 for p in self.running.keeper.known_addresses()

@@ -42,6 +42,8 @@ MAX_SYNC_BLOCKS = 64
 MAX_SYNC_RESPONSE_BYTES = 8 * 1024 * 1024
 MAX_SYNC_FRAME_BYTES = MAX_SYNC_RESPONSE_BYTES + 64 * 1024
 MAX_REQUEST_BYTES = 256
+MAX_OUTSIDER_STREAMS_PER_PEER = 1  # a full node's concurrent sync requests to one validator
+MAX_OUTSIDER_STREAMS = 8  # all full nodes' concurrent sync requests to one validator
 
 # (from_height, to_height) inclusive -> records in height order, starting at from_height,
 # possibly fewer than asked; and the server's latest committed height.
@@ -72,7 +74,9 @@ class BlockSyncServer:
         self._block_source = block_source
         self._latest_height = latest_height
         self.served_requests = 0
+        self.served_outsiders = 0
         self.drops = running.drops
+        self._outsiders_open: dict[bytes, int] = {}
 
     def install(self) -> None:
         """Register the stream handler."""
@@ -95,8 +99,42 @@ class BlockSyncServer:
         assert isinstance(body, bytes)
         return body
 
+    def _admit_outsider(self, remote: bytes) -> bool:
+        """Full (non-validator) nodes sync too, bounded: one request at a time per peer and
+        MAX_OUTSIDER_STREAMS in all (a validator's requests are never counted against these)."""
+        if self._outsiders_open.get(remote, 0) >= MAX_OUTSIDER_STREAMS_PER_PEER:
+            self.drops.add("sync_in", "outsider_busy")
+            return False
+        if sum(self._outsiders_open.values()) >= MAX_OUTSIDER_STREAMS:
+            self.drops.add("sync_in", "outsiders_full")
+            return False
+        self._outsiders_open[remote] = self._outsiders_open.get(remote, 0) + 1
+        return True
+
+    def _release_outsider(self, remote: bytes) -> None:
+        left = self._outsiders_open.get(remote, 0) - 1
+        if left > 0:
+            self._outsiders_open[remote] = left
+        else:
+            self._outsiders_open.pop(remote, None)
+
     async def _handle(self, stream: INetStream) -> None:
         remote = stream.muxed_conn.peer_id.to_bytes()
+        if self._directory.address_of(remote) is not None:
+            await self._serve(stream, remote, self._directory)
+            return
+        if not self._admit_outsider(remote):
+            await reset_quietly(stream)
+            return
+        try:
+            await self._serve(stream, remote, None)
+            self.served_outsiders += 1
+        finally:
+            self._release_outsider(remote)
+
+    async def _serve(self, stream: INetStream, remote: bytes, directory: ValidatorDirectory | None) -> None:
+        """Answer one request; `directory` None: an outsider, whose envelope must be signed by
+        the key it names (bound to nothing: it asks for public, certified blocks only)."""
         try:
             with trio.fail_after(10):
                 wire = await FrameReader(stream, MAX_REQUEST_BYTES + 256).read_frame()
@@ -106,7 +144,7 @@ class BlockSyncServer:
                     wire,
                     network_id=self._network_id,
                     kinds=(MessageKind.SYNC_REQUEST,),
-                    directory=self._directory,
+                    directory=directory if directory is not None else _self_bound(wire, remote),
                     from_peer=remote,
                     max_body_bytes=MAX_REQUEST_BYTES,
                 )
@@ -125,6 +163,17 @@ class BlockSyncServer:
             self.drops.add("sync_in", "stream_error")
             logger.debug("sync request from %s failed: %s", ID(remote), exc)
             await reset_quietly(stream)
+
+
+def _self_bound(wire: bytes, remote: bytes) -> ValidatorDirectory:
+    """A one-entry directory binding the sender an outsider's envelope names to its own peer
+    id, so `open_envelope` still checks its shape, network, kind, size and signature."""
+    try:
+        fields = msgpack.unpackb(wire, raw=False)
+        sender = fields[3] if isinstance(fields, list) and len(fields) == 6 else None
+    except Exception:  # garbage: open_envelope refuses it with the reason
+        sender = None
+    return ValidatorDirectory({sender: remote} if isinstance(sender, bytes) and len(sender) == 20 else {})
 
 
 async def fetch_blocks(

@@ -15,15 +15,19 @@ import trio
 from e2e_devnet import running_devnet
 
 from devsen.app import SNAPSHOT_EVERY_BLOCKS
+from devsen.config import KeysSection, NodeSection
 from devsen.demo_charger import connect_demo_charger
 from devsen.devnet import (
     DEMO_CHARGER,
     DEMO_PASSWORD,
+    DevnetNode,
+    free_ports,
     start_node_process,
     stop_process,
     wait_until_serving,
 )
-from devsen.http_api import http_get
+from devsen.http_api import http_get, http_post_json
+from p2p.keys import load_identity
 
 NODES = 4
 ROUTES = ["/v1/chargers", "/v1/chargers?status=Available", f"/v1/chargers/{DEMO_CHARGER}",
@@ -103,17 +107,23 @@ async def _height(url: str) -> int:
     return height
 
 
+async def _past_a_snapshot(node: Any) -> None:
+    """Heartbeats through `node` until the network holds a snapshot (at SNAPSHOT_EVERY_BLOCKS)
+    and the block after it, which certifies it: what a state-syncing node needs."""
+    async with connect_demo_charger(node.ocpp_url, DEMO_CHARGER, DEMO_PASSWORD) as charger:
+        await charger.call("BootNotification", {"chargePointVendor": "DEVSEN", "chargePointModel": "api"})
+        with trio.fail_after(240):
+            while await _height(node.http_url) < SNAPSHOT_EVERY_BLOCKS + 2:
+                await charger.call("Heartbeat", {})
+
+
 async def test_a_node_that_lost_its_data_rejoins_by_state_sync(network: Any) -> None:
     """Node 4's data is wiped (keys kept); restarted with `p2p.state_sync`, it restores the
     network's snapshot (certified by block S+1 against the ValidatorSet on anvil) instead of
     replaying from genesis, catches up by block sync and answers the ledger's read routes
     byte-identically. (A joining node here is a validator: full nodes are not built yet.)"""
     nodes = network
-    async with connect_demo_charger(nodes[0].ocpp_url, DEMO_CHARGER, DEMO_PASSWORD) as charger:
-        await charger.call("BootNotification", {"chargePointVendor": "DEVSEN", "chargePointModel": "api"})
-        with trio.fail_after(240):  # a snapshot at SNAPSHOT_EVERY_BLOCKS and the block after it
-            while await _height(nodes[0].http_url) < SNAPSHOT_EVERY_BLOCKS + 2:
-                await charger.call("Heartbeat", {})
+    await _past_a_snapshot(nodes[0])
     joiner = nodes[3]
     stop_process(joiner.process)
     _wipe_keeping_keys(Path(joiner.config.node.data_dir))
@@ -140,3 +150,76 @@ async def test_a_node_that_lost_its_data_rejoins_by_state_sync(network: Any) -> 
         a, b = await _same_height_pair(nodes[0].http_url, joiner.http_url, route)
         assert a == b, (route, a, b)
     assert await _height(joiner.http_url) >= synced_at + 2
+
+
+def _full_node(validators: list[Any]) -> DevnetNode:
+    """A `role = "full"` node beside the devnet: a validator's config with its own directory,
+    ports and libp2p identity (no validator key file), bootstrapped to the validators."""
+    template = validators[0]
+    data_dir = Path(template.config.node.data_dir).parent / "full-1"
+    keys = load_identity(data_dir / "keys")
+    p2p_port, ocpp_port, http_port = free_ports(3)
+    config = dataclasses.replace(
+        template.config,
+        node=NodeSection(name="full-1", data_dir=str(data_dir), role="full"),
+        keys=KeysSection(dir=str(data_dir / "keys")),
+        p2p=dataclasses.replace(template.config.p2p, listen=f"/ip4/127.0.0.1/tcp/{p2p_port}", state_sync=True,
+                                bootstrap=[f"{n.config.p2p.listen}/p2p/{n.keys.peer_id.to_base58()}"
+                                           for n in validators]),
+        ocpp=dataclasses.replace(template.config.ocpp, port=ocpp_port),
+        http=dataclasses.replace(template.config.http, port=http_port))
+    return DevnetNode(len(validators) + 1, config, keys, data_dir / "node.toml", data_dir / "node.log")
+
+
+async def _status(url: str) -> Any:
+    status, body = await http_get(url + "/v1/status")
+    assert status == 200, body
+    return json.loads(body)
+
+
+async def test_a_full_node_follows_the_network_serves_reads_and_never_signs(network: Any) -> None:
+    """A `role = "full"` node (no validator key) joins by state sync, follows by verified block
+    sync to the head and answers the read routes byte-identically to a validator. Hostile side:
+    it dials the validators' consensus links like any node would, and every validator refuses
+    the stream (counted `consensus_in/not_validator`), so no vote of its can reach a core; it
+    opens no OCPP port; the validators keep their links to each other."""
+    nodes = network
+    await _past_a_snapshot(nodes[0])
+    full = _full_node(nodes)
+    assert not (Path(full.config.keys.dir) / "validator_secp256k1.key").exists()
+    start_node_process(full)
+    try:
+        await wait_until_serving([full])
+        started = time.perf_counter()
+        with trio.move_on_after(90):
+            while await _height(full.http_url) < await _height(nodes[0].http_url):
+                await trio.sleep(0.5)
+        heights = (await _height(full.http_url), await _height(nodes[0].http_url))
+        assert heights[0] >= heights[1] > 0, (heights, full.log_path.read_text()[-3000:])
+        print(f"full node reached the head (height {heights[0]}) {time.perf_counter() - started:.1f} s after serving")
+        async with connect_demo_charger(nodes[1].ocpp_url, DEMO_CHARGER, DEMO_PASSWORD) as charger:
+            await charger.call("Heartbeat", {})  # a new block the full node must follow
+        for route in SYNCED_ROUTES:
+            a, b = await _same_height_pair(nodes[1].http_url, full.http_url, route)
+            assert a == b, (route, a, b)
+
+        mine = await _status(full.http_url)
+        assert mine["role"] == "full" and mine["validator"] is None
+        assert mine["own_attestations_pending"] == 0 and mine["submitter"]["pending_count"] == 0
+        assert mine["peer_id"] == full.keys.peer_id.to_base58()
+        theirs = [await _status(n.http_url) for n in nodes]
+        assert all(s["role"] == "validator" and s["p2p"]["linked_validators"] == NODES - 1 for s in theirs)
+        assert all(mine["peer_id"] not in json.dumps(s["validators_seen"]) for s in theirs)
+        refused = sum(s["p2p"]["drops"].get("consensus_in/not_validator", 0) for s in theirs)
+        served = sum(s["p2p"]["sync_served_outsiders"] for s in theirs)
+        assert refused > 0 and served > 0, ([s["p2p"] for s in theirs])
+        validators = json.loads((await http_get(full.http_url + "/v1/validators"))[1])["items"]
+        assert mine["peer_id"] not in {v["peer_id"] for v in validators}
+        with pytest.raises(OSError):  # no OCPP port: chargers connect to validators
+            await trio.open_tcp_stream("127.0.0.1", full.config.ocpp.port)
+        assert "not in the on-chain ValidatorSet" not in full.log_path.read_text()
+        for write in (f"/v1/chargers/{DEMO_CHARGER}/commands", "/v1/sessions/0x" + "00" * 32 + "/vouchers"):
+            status, body = await http_post_json(full.http_url + write, "{}")
+            assert status == 503 and "full (non-validator) node" in json.dumps(body), (write, status, body)
+    finally:
+        stop_process(full.process)

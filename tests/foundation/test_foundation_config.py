@@ -80,3 +80,27 @@ def test_missing_file_and_broken_toml(tmp_path: Path) -> None:
     broken.write_text("[ocpp\nport = 1")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(broken, env={})
+
+
+def test_node_role_defaults_to_validator_and_accepts_full() -> None:
+    assert config_from_mapping({}, env={}).node.role == "validator"
+    assert config_from_mapping({"node": {"role": "full"}}, env={}).node.role == "full"
+    assert config_from_mapping({}, env={"DEVSEN_NODE_ROLE": "full"}).node.role == "full"
+
+
+@pytest.mark.parametrize("role", ["Full", "observer", "", "validator "])
+def test_a_bad_node_role_names_the_key_and_the_fix(role: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config_from_mapping({"node": {"role": role}}, env={})
+    message = str(info.value)
+    assert "node.role" in message and 'role = "full"' in message and 'role = "validator"' in message
+
+
+def test_a_bad_node_role_from_the_environment_is_refused_too() -> None:
+    with pytest.raises(ConfigError, match="node.role"):
+        config_from_mapping({}, env={"DEVSEN_NODE_ROLE": "archive"})
+
+
+def test_a_non_string_node_role_is_refused() -> None:
+    with pytest.raises(ConfigError, match="node.role"):
+        config_from_mapping({"node": {"role": 1}}, env={})

@@ -25,7 +25,15 @@ from p2p.envelope import (
     seal,
 )
 from p2p.framing import FrameDecoder, FrameError, encode_frame, encode_uvarint
-from p2p.keys import LIBP2P_KEY_FILE, VALIDATOR_KEY_FILE, KeyFileError, init_keys, load_keys
+from p2p.keys import (
+    LIBP2P_KEY_FILE,
+    VALIDATOR_KEY_FILE,
+    KeyFileError,
+    init_keys,
+    load_identity,
+    load_keys,
+)
+from p2p.sync import MAX_OUTSIDER_STREAMS, BlockSyncServer, _self_bound
 from primitives.eip712 import Domain, SigningKey
 
 NETWORK = network_id_of(Domain(31337, b"\x11" * 20))
@@ -177,3 +185,43 @@ def test_batch_codec_bounds() -> None:
         decode_batch(encode_batch(payloads), 2)
     with pytest.raises(BatchError):
         decode_batch(msgpack.packb(["text"]), 10)
+
+
+def test_full_node_keys_need_no_validator_key_and_keep_their_peer_id(tmp_path: Path) -> None:
+    first = load_identity(tmp_path / "keys")
+    assert not (tmp_path / "keys" / VALIDATOR_KEY_FILE).exists()
+    again = load_identity(tmp_path / "keys")
+    assert again.peer_id == first.peer_id  # a persistent libp2p identity
+    assert again.validator.address != first.validator.address  # a throwaway signer per process
+
+
+def test_sync_serves_outsiders_only_under_their_own_key_and_bounded_per_peer() -> None:
+    """A full node's sync request is checked like a validator's (network, kind, size, signature)
+    against the key it names on the peer it came from; a claim to be a validator fails; one
+    request at a time per outsider and MAX_OUTSIDER_STREAMS in all."""
+    full, alice = SigningKey(b"\x03" * 32), SigningKey(b"\x01" * 32)
+    request = seal(full, NETWORK, MessageKind.SYNC_REQUEST, b"req")
+    envelope = _open(request, _self_bound(request, b"peer-full"), b"peer-full", kinds=(MessageKind.SYNC_REQUEST,))
+    assert envelope.sender == full.address
+    fields = msgpack.unpackb(request)
+    fields[3] = alice.address  # an outsider posing as validator alice
+    forged = msgpack.packb(fields)
+    with pytest.raises(EnvelopeDropped) as info:
+        _open(forged, _self_bound(forged, b"peer-full"), b"peer-full", kinds=(MessageKind.SYNC_REQUEST,))
+    assert info.value.reason is DropReason.BAD_SIGNATURE
+    with pytest.raises(EnvelopeDropped) as info:
+        _open(b"\xc1garbage", _self_bound(b"\xc1garbage", b"peer-full"), b"peer-full")
+    assert info.value.reason is DropReason.MALFORMED
+
+    class Running:
+        drops = DropCounters()
+
+    server = BlockSyncServer(Running(), None, NETWORK, ValidatorDirectory(), lambda a, b: [], lambda: 0)  # type: ignore[arg-type]
+    assert server._admit_outsider(b"peer-full")
+    assert not server._admit_outsider(b"peer-full")  # its second concurrent request
+    server._release_outsider(b"peer-full")
+    assert server._admit_outsider(b"peer-full")
+    others = [b"peer-%d" % i for i in range(MAX_OUTSIDER_STREAMS - 1)]
+    assert all(server._admit_outsider(p) for p in others)
+    assert not server._admit_outsider(b"peer-one-too-many")
+    assert Running.drops.snapshot() == {"sync_in/outsider_busy": 1, "sync_in/outsiders_full": 1}
