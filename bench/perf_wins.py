@@ -32,6 +32,7 @@ from anchoring.proofs import AnchorIndex
 from consensus.types import Block, CommitCertificate
 from devsen.app import AppSettings, NodeApplication, encode_app_header
 from devsen.ledger import DeviceInfo, EscrowSession, IdTagInfo, Ledger, Tariff
+from devsen.ledger.chain import ChainReservation
 from ocpp_adapter import vouching
 from ocpp_adapter.events import ChargerEvent
 from primitives.eip712 import ZERO_HASH, Domain, SigningKey
@@ -83,6 +84,9 @@ class CachedReader:
     def escrow_session(self, session_id: bytes) -> EscrowSession | None:
         session: EscrowSession | None = self._get("session", session_id, None)
         return session
+
+    def reservations(self, charge_box_id: str) -> Sequence[ChainReservation]:
+        return ()  # read per charger like the open sessions; the bench has no reservations
 
 
 class CountingChain:
