@@ -133,10 +133,15 @@ class ChainReader:
 
     def batch(self, batch_id: int) -> AnchorBatch | None:
         """The anchored batch `batch_id`, or None if not anchored (at the confirmation depth)."""
+        from web3.exceptions import ContractLogicError
+
         block = self._read_block()
         if block is None or batch_id >= self.anchor.functions.nextBatchId().call(block_identifier=block):
             return None
-        root, first, last, count = self.anchor.functions.batch(batch_id).call(block_identifier=block)
+        try:
+            root, first, last, count = self.anchor.functions.batch(batch_id).call(block_identifier=block)
+        except ContractLogicError:  # UnknownBatch: the node behind the RPC answered at another state
+            return None
         return AnchorBatch(batch_id, bytes(root), first, last, count)
 
     def next_first_height(self) -> int:

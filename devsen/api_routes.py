@@ -389,6 +389,8 @@ def read_routes(sources: ReadSources) -> APIRouter:
 def chain_session_reader(client: Any, first_block: int) -> Callable[[bytes, int], dict[str, Any] | None]:
     """I/O: an escrow session as the Escrow contract holds it at a block, with the transaction that
     settled it (and that block's time, `settled_at_s`) when that lies within SETTLEMENT_LOG_CHUNKS * SETTLEMENT_LOG_CHUNK blocks before."""
+    from web3.exceptions import BadFunctionCallOutput
+
     from anchoring.chain.client import SessionStatus
 
     escrow = client.contracts["Escrow"]
@@ -396,7 +398,10 @@ def chain_session_reader(client: Any, first_block: int) -> Callable[[bytes, int]
     address = escrow.address
 
     def read(session_id: bytes, block: int) -> dict[str, Any] | None:
-        chain = client.session(session_id, block)
+        try:
+            chain = client.session(session_id, block)
+        except BadFunctionCallOutput:  # no Escrow code at that block yet (deployed after the read block)
+            return None
         if chain is None:
             return None
         tx = None
