@@ -76,17 +76,26 @@ def browser(tmp: Path) -> Iterator[Any]:
 
 def open_page(driver: Any, url: str, ready: Callable[[Any], bool] | None = None) -> None:
     """Load `url` and wait until the page has rendered its hash route (and `ready` holds)."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
     driver.get(url)
-    WebDriverWait(driver, PAGE_TIMEOUT_S).until(
+    # Pages that poll re-render their sections: an element read mid-render is stale, not an error.
+    WebDriverWait(driver, PAGE_TIMEOUT_S, ignored_exceptions=(
+        NoSuchElementException, StaleElementReferenceException)).until(
         lambda d: d.execute_script("return document.body.dataset.ready === location.hash")
         and (ready is None or ready(d)))
 
 
 def text_of(driver: Any, css: str) -> str:
+    """The text of the element at `css`, read again if a re-render replaced it meanwhile."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
+    for _ in range(9):
+        with contextlib.suppress(StaleElementReferenceException):
+            return str(driver.find_element(By.CSS_SELECTOR, css).text)
+        time.sleep(0.1)
     return str(driver.find_element(By.CSS_SELECTOR, css).text)
 
 
@@ -243,8 +252,9 @@ async def test_explorer_pages_and_in_browser_audit(network: dict[str, Any], tmp_
             listing = text_of(driver, "#chargers")
             assert DEMO_CHARGER in listing and MAPPED_CHARGER in listing and "Depot Mitte" in listing
             assert "Available" in listing and "Faulted" in listing and "0.450000 DCT / kWh" in listing
-            pins = driver.find_elements(By.CSS_SELECTOR, "svg.map a.pin")
-            assert len(pins) == 1 and "Depot Mitte" in pins[0].text
+            pins = driver.execute_script(  # read in one go: the list re-renders while we look
+                "return [...document.querySelectorAll('svg.map a.pin')].map(a => a.textContent)")
+            assert len(pins) == 1 and "Depot Mitte" in pins[0]
             assert re.search(r"\d+ (m|km)", text_of(driver, "#map-scale"))
             shoot(driver, "chargers")
 
