@@ -89,11 +89,13 @@ from devsen.ledger.chain import MAX_POWER_W
 from devsen.logs import setup_logging
 from devsen.session_audit import audit_main as session_audit_main
 from devsen.wallet import (
+    NETWORK_CONFIRMATIONS,
     ROLE_DEVICE_MANAGER,
     ROLE_DRIVER,
     create_device,
     open_prepaid_session,
     set_meter_key,
+    wait_for_confirmations,
 )
 from p2p.keys import NodeKeys, init_keys
 
@@ -179,6 +181,21 @@ def deploy_network(anvil: AnvilProcess, nodes: list[DevnetNode], deployment_path
     is registered on chain with requireSignedMeter, so it settles on OCMF-signed readings only.
     Uptime rewards: DEMO_REWARD_BUDGET per `reward_epoch_s` (the pool starts empty; fund it
     with Rewards.fund)."""
+    with anvil.mining_each_transaction():
+        deployment, seeded = _deploy_and_seed(anvil, nodes, deployment_path, signed_meter, reward_epoch_s)
+    # the demo session is usable once the nodes see it, `confirmations` blocks deep: at the block
+    # time, or mined at once on a chain that mines only on transactions
+    driver = seeded["driver_client"]
+    session_block = driver.block_number()
+    if anvil.block_time_s is None:
+        for _ in range(NETWORK_CONFIRMATIONS):
+            anvil.rpc("evm_mine", [])
+    wait_for_confirmations(driver, session_block)
+    return deployment, seeded
+
+
+def _deploy_and_seed(anvil: AnvilProcess, nodes: list[DevnetNode], deployment_path: Path,
+                     signed_meter: bool, reward_epoch_s: int) -> tuple[Deployment, dict[str, Any]]:
     w3 = connect(anvil.url)
     deployer = TransactionSender(w3, anvil.dev_keys[0])
     specs = [ValidatorSpec(w3.to_checksum_address(n.keys.validator.address), n.keys.peer_id.to_bytes(), n.ocpp_url)
@@ -204,7 +221,7 @@ def deploy_network(anvil: AnvilProcess, nodes: list[DevnetNode], deployment_path
     driver.register_id_tag(DEMO_ID_TAG)
     assert driver.sender is not None
     fund_devnet_accounts(deployer, deployment, [driver.sender.address], eth_wei=0, tokens=100 * 10**6)
-    session_id = open_prepaid_session(driver, DEMO_CHARGER, 1, DEMO_ID_TAG, DEMO_DEPOSIT)
+    session_id = open_prepaid_session(driver, DEMO_CHARGER, 1, DEMO_ID_TAG, DEMO_DEPOSIT, confirmations=0)
     assert manager.sender is not None
     return deployment, {"manager": manager.sender.address, "driver": driver.sender.address,
                         "session_id": session_id, "driver_client": driver, "signed_meter": signed_meter}
@@ -334,8 +351,9 @@ def seed_dev_accounts(anvil: AnvilProcess, deployment: Deployment, root: Path) -
         accounts[role] = {"index": index, "address": Account.from_key(key).address, "private_key": key,
                           "key_file": str(key_file)}
     if "driver" in accounts:
-        fund_devnet_accounts(deployer, deployment, [accounts["driver"]["address"]], eth_wei=0,
-                             tokens=DEV_DRIVER_TOKENS)
+        with anvil.mining_each_transaction():
+            fund_devnet_accounts(deployer, deployment, [accounts["driver"]["address"]], eth_wei=0,
+                                 tokens=DEV_DRIVER_TOKENS)
         accounts["driver"]["tokens_minted"] = DEV_DRIVER_TOKENS
     return accounts
 
@@ -554,7 +572,7 @@ def devnet_main(argv: list[str]) -> int:
         progress(f"chain at {anvil.url} (pid {anvil.pid}); creating keys for {args.nodes} validators")
         nodes = prepare_nodes(args.dir, args.nodes, deployment_path, anvil.url)
         progress("deploying the contracts with those validators and seeding the demo charger, driver and "
-                 "escrow session (one transaction per block: about 20 s)")
+                 "escrow session")
         deployment, seeded = deploy_network(anvil, nodes, deployment_path, signed_meter=True)
         progress(f"funding the dev accounts #{DEV_ACCOUNTS['manager']} (manager) and "
                  f"#{DEV_ACCOUNTS['driver']} (driver)")

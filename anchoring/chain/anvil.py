@@ -6,11 +6,13 @@ goes to a file, which is also where the listening port and the dev private keys 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,6 +40,7 @@ class AnvilProcess:
     port: int
     log_path: Path
     dev_keys: list[str] = field(default_factory=list)
+    block_time_s: int | None = None
 
     @property
     def pid(self) -> int:
@@ -46,6 +49,29 @@ class AnvilProcess:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def rpc(self, method: str, params: list[object]) -> object:
+        """One JSON-RPC call to this anvil (its own `anvil_*` / `evm_*` methods); raises AnvilError."""
+        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode()
+        request = urllib.request.Request(self.url, body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            reply = json.loads(answer.read())
+        if "error" in reply:
+            raise AnvilError(f"anvil {method}: {reply['error']}")
+        return reply.get("result")
+
+    @contextmanager
+    def mining_each_transaction(self) -> Iterator[None]:
+        """Mine a block per transaction meanwhile (a deployment of dozens of transactions takes
+        about a second instead of one block time each), then go back to `block_time_s`."""
+        if self.block_time_s is None:
+            yield
+            return
+        self.rpc("evm_setAutomine", [True])
+        try:
+            yield
+        finally:
+            self.rpc("evm_setIntervalMining", [self.block_time_s])
 
     def stop(self) -> None:
         """Terminate this anvil (by its pid), killing it if it does not exit in time."""
@@ -87,7 +113,7 @@ def start_anvil(
         match = _LISTENING.search(text)
         if match:
             keys = _PRIVATE_KEY.findall(text)
-            return AnvilProcess(process, int(match.group(1)), log_path, keys)
+            return AnvilProcess(process, int(match.group(1)), log_path, keys, block_time_s)
         if process.poll() is not None:
             raise AnvilError(f"anvil exited with {process.returncode}: {text[-1000:]}")
         time.sleep(0.02)
