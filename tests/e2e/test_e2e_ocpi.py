@@ -40,8 +40,9 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Any:
         anvil = devnet["anvil"]
         w3 = connect(anvil.url)
         manager = ChainClient(w3, devnet["deployment"], TransactionSender(w3, anvil.dev_keys[1]))
-        create_device(manager, CHARGER, PASSWORD, connectors=2, price_per_kwh=DEMO_PRICE_PER_KWH, location=LOCATION,
-                      max_power_w=MAX_POWER_W)
+        with anvil.mining_each_transaction():
+            create_device(manager, CHARGER, PASSWORD, connectors=2, price_per_kwh=DEMO_PRICE_PER_KWH,
+                          location=LOCATION, max_power_w=MAX_POWER_W)
         driver = devnet["seeded"]["driver_client"]
         devnet["session_id"] = open_prepaid_session(driver, CHARGER, 1, DEMO_ID_TAG, DEMO_DEPOSIT)
         yield devnet

@@ -43,8 +43,9 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Any:
         deployment, seeded = deploy_network(anvil, nodes, deployment_path, reward_epoch_s=EPOCH_S)
         w3 = connect(anvil.url)
         funder = ChainClient(w3, deployment, TransactionSender(w3, anvil.dev_keys[3]))
-        funder.faucet_mint(funder.sender.address, 5 * DEMO_REWARD_BUDGET)  # type: ignore[union-attr]
-        fund_pool(funder, 5 * DEMO_REWARD_BUDGET)
+        with anvil.mining_each_transaction():
+            funder.faucet_mint(funder.sender.address, 5 * DEMO_REWARD_BUDGET)  # type: ignore[union-attr]
+            fund_pool(funder, 5 * DEMO_REWARD_BUDGET)
         for node in nodes:
             start_node_process(node)
         trio.run(wait_until_serving, nodes)

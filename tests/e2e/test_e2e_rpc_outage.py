@@ -134,7 +134,7 @@ def outage_network(tmp_path_factory: pytest.TempPathFactory) -> Any:
         w3 = connect(anvil.url)
         manager = ChainClient(w3, deployment, TransactionSender(w3, anvil.dev_keys[1]))
         load_ids = [f"OUTAGE-LOAD-{i + 1}" for i in range(LOAD_CHARGERS + 1)]  # the last one joins mid-outage
-        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        with anvil.mining_each_transaction(), concurrent.futures.ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda cid: create_device(manager, cid, LOAD_PASSWORD, connectors=1, location="outage"),
                           load_ids))
         # A second prepaid session (connector 2) for the second charge session across an outage.
