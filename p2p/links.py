@@ -11,11 +11,9 @@ it reads the streams the others opened. Per peer, frames wait in a bounded queue
 queue or a missing link counts a drop for that peer (consensus recovers lost messages by
 rebroadcast and catch-up, and a slow peer must not stall the others).
 
-The links also carry a signed peer exchange: each validator states its own listen addresses
-and the validator addresses it knows, so nodes started with one bootstrap address find the
-whole validator set. It is the first frame of every link, then pushed within a few seconds
-whenever what the node knows changes, and unchanged every PX_REFRESH_S (an idle network
-does not sign and send it every few seconds). Only validators' statements are accepted
+The links also carry a signed peer exchange every few seconds: each validator states its
+own listen addresses and the validator addresses it knows, so nodes started with one
+bootstrap address find the whole validator set. Only validators' statements are accepted
 and only addresses of validator peer ids are kept.
 """
 
@@ -54,7 +52,6 @@ LINK_RETRY_MIN_S = 0.2  # a link that failed to open is retried after this, doub
 LINK_RETRY_MAX_S = 2.0  # ...up to this (the connection itself is the keeper's business)
 LINKS_CHECK_S = 0.2  # links are looked after this often while a validator has none...
 LINKS_IDLE_CHECK_S = 1.0  # ...and this often once every validator is linked
-PX_REFRESH_S = 30.0  # an unchanged peer exchange is pushed again this often (a change at once)
 
 MessageHandler = Callable[[bytes, bytes], Awaitable[None]]
 
@@ -173,8 +170,7 @@ class ConsensusLinks:
     async def _manage_links(self, nursery: trio.Nursery) -> None:
         """Keep one outbound link per connected validator; push peer exchange periodically."""
         my_peer = self._running.peer_id.to_bytes()
-        next_px = px_refresh_at = 0.0
-        last_px: dict[bytes, list[str]] | None = None
+        next_px = 0.0
         while True:
             validators = set(self._directory.peers())
             for peer in validators:
@@ -192,14 +188,11 @@ class ConsensusLinks:
                 if peer not in validators:
                     del self._retry[peer]
             now = trio.current_time()
-            if now >= next_px:  # pushed when what we know changed, else only every PX_REFRESH_S
+            if now >= next_px:
                 next_px = now + self._px_interval_s
-                entries = self._peer_exchange_entries()
-                if entries != last_px or now >= px_refresh_at:
-                    last_px, px_refresh_at = entries, now + PX_REFRESH_S
-                    frame = self._peer_exchange_frame(entries)
-                    for peer in list(self._links):
-                        self._enqueue(peer, frame)
+                frame = self._peer_exchange_frame()
+                for peer in list(self._links):
+                    self._enqueue(peer, frame)
             linked = all(p == my_peer or p in self._links for p in validators)
             await trio.sleep(LINKS_IDLE_CHECK_S if linked else LINKS_CHECK_S)
 
