@@ -151,10 +151,10 @@ async def measure(network: Network, seconds: float) -> dict[str, Any]:
     after, elapsed = sample(network), time.monotonic() - t0
     methods, _ = rpc_counts(network.anvil.log_path, offset)
     heights_after = await heights(network)
-    processes = {}
+    processes: dict[str, dict[str, Any]] = {}
     for i, name in enumerate(after):
         b, a = before[name], after[name]
-        row = {"cpu_pct": round(100 * (a["cpu_s"] - b["cpu_s"]) / elapsed, 2),
+        row: dict[str, Any] = {"cpu_pct": round(100 * (a["cpu_s"] - b["cpu_s"]) / elapsed, 2),
                "rss_mib": round(a["rss_kib"] / 1024, 1), "threads": int(a["threads"]),
                "wakeups_per_s": round((a["ctxt"] - b["ctxt"]) / elapsed, 1)}
         if name != "anvil":
