@@ -186,6 +186,42 @@ def profile(network: Network, seconds: int, out: Path) -> dict[str, Any] | None:
     return summary
 
 
+NOTES = """## What woke an idle node, and what changed (issue 16)
+
+Before (py-spy of node-1, 5.6 active samples/s at 200 Hz): chain JSON-RPC from the node's own
+loops, 7.4 requests/s per node against a chain making a block per second:
+- the remote-start EventFollower: 6 requests/s (eth_getBlockByNumber of the last block for the
+  reorg check, eth_blockNumber, eth_getLogs, eth_getBlockByNumber of the new block, then at once
+  a second poll finding nothing: reorg check + head again). Now: the head is asked first (a poll
+  that finds nothing new costs one eth_blockNumber), the follower sleeps after a batch that
+  reached the confirmed head, and while no charger is connected to the node it does not poll at
+  all (once a minute to keep its cursor near the head; the first connection resumes it within
+  `chain.poll_interval_s`);
+- the peer-id refresh: the whole ValidatorSet (3 + one eth_call per validator, ~22 ms of CPU
+  each time in web3) every 5 s. Now: every 5 s one eth_blockNumber and, if blocks were added,
+  one eth_getLogs of the ValidatorSet; the set is read only after it emitted an event, and in
+  full at least every 300 s (PEER_IDS_FULL_READ_S);
+- the anchoring submitter ticked every `chain.poll_interval_s` with no job: now it sleeps
+  until a quorum is added;
+- p2p: the consensus links' manager looked at its links 5 times a second and the peer keeper 4
+  times a second; with every validator linked/connected both look once a second (0.2 s and
+  `redial_min_s` while one is missing, as before).
+
+Left (after): ~8 wake-ups/s and ~0.65 % of a core per node. Consensus makes a heartbeat block
+every 30 s (IDLE_HEARTBEAT_MS, for chain-side changes: 2 blocks per minute, each with a
+ValidatorSet read at its Ethereum block); the signed peer exchange on every consensus link every
+2 s (kept: tests/p2p's wrong-network check relies on it; pushing it only on change would save
+one signature and 3 frames per 2 s); py-libp2p's gossipsub heartbeat (1 s, GossipSettings), the
+links' and keeper's 1 s looks, the command delivery's 1 s look (devsen/charger_commands.py,
+POLL_S), the paused remote-start follower's 1 s in-process check, and the peer-id check every 5 s
+(2 RPC). Chain requests: 2.3/s for the whole 4-node network (was 29.7/s).
+
+The 35 % of bench/results/compare.md ("Idle network") came from a 5 s window right after the
+nodes started, not from a settled network (not re-measured here); this benchmark waits until the
+committed height stops moving and measures 60 s.
+"""
+
+
 def markdown(result: dict[str, Any]) -> str:
     lines = ["# Idle devnet: CPU per process", "",
              "4 `devsen node` validator processes and anvil (one block per second) on 127.0.0.1, no chargers, "
@@ -216,7 +252,7 @@ def markdown(result: dict[str, Any]) -> str:
                       "", f"{prof['active_samples_per_s']} active samples/s ({prof['rate_hz']}/s = one core busy). "
                       "Inclusive share of active samples:", ""]
             lines += [f"- {f}: {p}%" for f, p in prof["inclusive_pct"][:30]]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + NOTES
 
 
 def main() -> int:
