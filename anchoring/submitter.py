@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import sqlite3
 import time
@@ -333,7 +334,8 @@ class Submitter:
             try:
                 await self.run_round()
                 backoff = self.config.backoff_initial_s
-                delay = self.config.poll_interval_s
+                # Nothing pending: sleep until `add` wakes us (no timer ticking while idle).
+                delay = self.config.poll_interval_s if self._jobs else math.inf
                 if failing_since is not None:
                     log.info("chain reachable again: submissions resume after %.1f s",
                              time.monotonic() - failing_since)

@@ -5,7 +5,8 @@
 Measures the process CPU time (user + system) over an idle window after a warm-up commit,
 with `create_empty_blocks` False (the shipping default: no blocks while idle) and True (the
 old behaviour: an empty block every `empty_block_interval_s` = 1 s), and writes
-bench/results/idle.json with % of one core per node.
+bench/results/idle_consensus.json with % of one core per node (the whole node
+process on a devnet: bench/idle.py).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             rows.append(trio.run(measure, Path(tmp), empty, args.seconds))
             print(json.dumps(rows[-1]), flush=True)
-    out = Path(__file__).resolve().parent / "results" / "idle.json"
+    out = Path(__file__).resolve().parent / "results" / "idle_consensus.json"
     out.write_text(json.dumps({"nodes": NODES, "in_process": True, "cores": os.cpu_count(),
                                "before_is": "create_empty_blocks=True (an empty block per second)",
                                "rows": rows}, indent=2) + "\n")

@@ -102,6 +102,7 @@ MAX_OWN_ATTESTATIONS = 10_000
 MAX_QUEUED_QUORUMS = 10_000
 QUORUM_RETRY_S = 5.0
 ATTESTATION_RETRY_S = 2.0
+PEER_IDS_FULL_READ_S = 300.0  # the ValidatorSet's peer ids are read in full at least this often
 MAX_ATTESTATIONS_IN_FLIGHT = 64
 # what a full node answers to a write (its payloads would reach no proposer: gossip admits validators' only)
 FULL_NODE_SUBMIT = "this is a full (non-validator) node: it serves reads only; send writes to a validator"
@@ -286,17 +287,42 @@ def merge_bindings(directory: ValidatorDirectory, validators: tuple[bytes, ...],
     return merged
 
 
-async def refresh_peer_bindings(parts: NodeParts, interval_s: float = 5.0) -> None:
-    """Follow validators publishing (or changing) their peer ids in the ValidatorSet."""
+async def refresh_peer_bindings(parts: NodeParts, interval_s: float = 5.0,
+                                full_read_s: float = PEER_IDS_FULL_READ_S) -> None:
+    """Follow validators publishing (or changing) their peer ids in the ValidatorSet.
+
+    Every `interval_s`: one eth_blockNumber and, if blocks were added, one eth_getLogs of the
+    ValidatorSet since the last look; the set itself (3 calls + one per validator, ~20 ms of
+    a core here) is read only when the ValidatorSet emitted an event since, at the first look,
+    and at least every `full_read_s` whatever the logs said."""
     directory = parts.service.config.directory
+    client = parts.client
     me, my_peer = parts.keys.validator.address, parts.keys.peer_id.to_bytes()
     last: tuple[dict[bytes, bytes], dict[bytes, bytes | None]] | None = None  # (merged, directory after it)
     failing = False  # logged once per failing spell, not every interval
+    checked_to: int | None = None  # the ValidatorSet is known as of this block
+    last_full_read = trio.current_time()
+
+    def changes(full: bool) -> tuple[bool, int]:
+        """(whether the set must be read, the head it is checked up to); in a worker thread."""
+        head = client.block_number()
+        if full or checked_to is None:
+            return True, head
+        if head <= checked_to:
+            return False, checked_to
+        return client.logs_count("ValidatorSet", checked_to + 1, head) > 0, head
+
     while True:
         await trio.sleep(interval_s)
         try:
-            state = await trio.to_thread.run_sync(parts.client.validator_set, "latest")
+            full = trio.current_time() - last_full_read >= full_read_s
+            read, head = await trio.to_thread.run_sync(changes, full)
+            if not read:
+                checked_to, failing = head, False
+                continue
+            state = await trio.to_thread.run_sync(client.validator_set, "latest")
             merged = merge_bindings(directory, parts.app.validators, _own_binding_first(state, me, my_peer))
+            checked_to, last_full_read = head, trio.current_time()
         except Exception as exc:  # RPC trouble or hostile data: keep the bindings we have, retry later
             if not failing:
                 log.warning("could not refresh validator peer ids (%s); keeping the current ones, retrying", exc)

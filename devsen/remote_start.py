@@ -12,12 +12,15 @@ its hash (`session_token_hash`).
         --> workers: still open on chain? charger connected here? --> RemoteStartTransaction
             (1.6) / RequestStartTransaction (2.0.1), bounded timeout, answer logged
 
-Chargers connected to another node are skipped (that node starts them). Delivery is at most
-once per session per process run (a bounded memory of sessions already handled); a replay
-after a restart or reorg re-sends only for sessions still open on chain and opened less than
-`MAX_SESSION_AGE_S` ago (a new node reading old history starts nothing stale), and a charger
-already charging that session is refused a second binding by the ledger. Every failure is
-logged; none stops the node.
+Chargers connected to another node are skipped (that node starts them). While no charger is
+connected to this node the follower does not poll the chain (once a minute only, to keep its
+cursor near the head); the first connection resumes it within a poll interval, and the
+requests of the blocks in between are handled then (a session requested moments before its
+charger connected is started too). Delivery is at most once per session per process run (a
+bounded memory of sessions already handled); a replay after a restart or reorg re-sends only
+for sessions still open on chain and opened less than `MAX_SESSION_AGE_S` ago (a new node
+reading old history starts nothing stale), and a charger already charging that session is
+refused a second binding by the ledger. Every failure is logged; none stops the node.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ REMEMBERED_SESSIONS = 4_096  # sessions already handled, for dropping replays
 RETRY_AFTER_ERROR_S = 5.0
 REORG_REWIND_BLOCKS = 64  # re-read this far below a block that changed under the follower
 LEDGER_MARGIN_BLOCKS = 1  # follow one block deeper than the ledger reads, so the token is valid there
+IDLE_CATCH_UP_S = 60.0  # with no charger connected, the follower reads the chain this rarely
 MAX_SESSION_AGE_S = 900  # a driver waits at the charger: older requests (replays, a new node) are not started
 
 
@@ -205,7 +209,10 @@ async def run_remote_starts(
             nursery.start_soon(remote_start_worker, client, connections, receive, call_timeout_s)
         while True:
             try:
-                await follow_events(follower, handle, poll_interval_s=poll_interval_s)
+                # No charger connected here: nothing to start, so the chain is not polled (the
+                # range is read on the first connection; MAX_SESSION_AGE_S bounds what it starts).
+                await follow_events(follower, handle, poll_interval_s=poll_interval_s,
+                                    paused=lambda: len(connections) == 0, max_pause_s=IDLE_CATCH_UP_S)
             except ReorgDetected as exc:
                 rewind_to = max(0, exc.block_number - REORG_REWIND_BLOCKS)
                 log.warning("remote start follower: %s; re-reading from block %d", exc, rewind_to)

@@ -106,6 +106,7 @@ class HostConfig:
 
 
 MAX_ADDRS_PER_PEER = 8  # dial addresses kept per peer (newest first)
+KEEPER_IDLE_CHECK_S = 1.0  # the peer keeper's look at its connections while all are up
 # libp2p's own global cap sits above ours by this many (validators beyond max_peers, our own
 # dials): it must never be what refuses a validator link, since outsiders can fill it.
 LIBP2P_CONNECTION_HEADROOM = 1024
@@ -353,7 +354,11 @@ class PeerKeeper:
                     nursery.start_soon(self._dial, peer_id)
                 self.reachability.tick()
                 self._wake = trio.Event()
-                with trio.move_on_after(self._config.redial_min_s):
+                # All connected (the steady state): a lost connection is noticed within
+                # KEEPER_IDLE_CHECK_S; while one is down, dials are due every redial_min_s.
+                idle = all(self.is_connected(p) for p in self._targets)
+                with trio.move_on_after(max(self._config.redial_min_s, KEEPER_IDLE_CHECK_S) if idle
+                                        else self._config.redial_min_s):
                     await self._wake.wait()
 
     async def _dial(self, peer_id: ID) -> None:

@@ -50,6 +50,8 @@ MAX_CONSENSUS_FRAME_BYTES = 8 * 1024 * 1024  # a proposal carries a whole block
 MAX_PEER_EXCHANGE_ENTRIES = 256
 LINK_RETRY_MIN_S = 0.2  # a link that failed to open is retried after this, doubling...
 LINK_RETRY_MAX_S = 2.0  # ...up to this (the connection itself is the keeper's business)
+LINKS_CHECK_S = 0.2  # links are looked after this often while a validator has none...
+LINKS_IDLE_CHECK_S = 1.0  # ...and this often once every validator is linked
 
 MessageHandler = Callable[[bytes, bytes], Awaitable[None]]
 
@@ -191,11 +193,12 @@ class ConsensusLinks:
                 frame = self._peer_exchange_frame()
                 for peer in list(self._links):
                     self._enqueue(peer, frame)
-            await trio.sleep(0.2)
+            linked = all(p == my_peer or p in self._links for p in validators)
+            await trio.sleep(LINKS_IDLE_CHECK_S if linked else LINKS_CHECK_S)
 
     # -- peer exchange -----------------------------------------------------------------
 
-    def _peer_exchange_frame(self) -> bytes:
+    def _peer_exchange_entries(self) -> dict[bytes, list[str]]:
         known: dict[bytes, list[str]] = {
             self._running.peer_id.to_bytes(): self._running.listen_addrs()[:MAX_ADDRS_PER_PEER]
         }
@@ -204,7 +207,10 @@ class ConsensusLinks:
                 known[peer_id.to_bytes()] = [str(a) for a in addrs[:MAX_ADDRS_PER_PEER]]
         for peer, addrs in self._own_addrs.items():
             known.setdefault(peer, addrs)
-        body = msgpack.packb(dict(list(known.items())[:MAX_PEER_EXCHANGE_ENTRIES]), use_bin_type=True)
+        return dict(list(known.items())[:MAX_PEER_EXCHANGE_ENTRIES])
+
+    def _peer_exchange_frame(self, entries: dict[bytes, list[str]] | None = None) -> bytes:
+        body = msgpack.packb(self._peer_exchange_entries() if entries is None else entries, use_bin_type=True)
         wire = seal(self._keys.validator, self._network_id, MessageKind.PEER_EXCHANGE, body)
         return encode_frame(wire, MAX_CONSENSUS_FRAME_BYTES)
 

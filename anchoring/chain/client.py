@@ -15,7 +15,7 @@ from typing import Any, NamedTuple, TypeVar
 from web3 import Web3
 from web3.contract import Contract
 from web3.logs import DISCARD
-from web3.types import BlockIdentifier
+from web3.types import BlockIdentifier, FilterParams
 
 from anchoring.chain.deploy import Deployment
 from anchoring.chain.errors import ChainError, ChainRevert, revert_from_exception
@@ -247,6 +247,13 @@ class ChainClient:
             validators=tuple(infos),
             quorum=self.read("ValidatorSet", "quorum", block=block),
         )
+
+    def logs_count(self, contract: str, from_block: int, to_block: int) -> int:
+        """How many events `contract` emitted in blocks [from_block, to_block] (one eth_getLogs:
+        a cheap "did anything change" before a read of many calls)."""
+        query: FilterParams = {"fromBlock": from_block, "toBlock": to_block,
+                               "address": self.contracts[contract].address}
+        return len(self.rpc(lambda: self.w3.eth.get_logs(query)))
 
     def epoch_count(self, block: BlockId) -> int:
         """Epochs the ValidatorSet has recorded at `block` (current epoch + 1)."""

@@ -4,8 +4,9 @@
 cursor after it; `acknowledge(batch)` persists that cursor (JSON, written atomically) once
 the caller has handled the events, so a restart resumes exactly after the last handled
 range (at-least-once: a crash between handling and acknowledging replays that range).
-Each poll first checks that the last processed block still has the hash recorded for it;
-if not, the chain reorganised deeper than the confirmation depth: `ReorgDetected`.
+Each poll asks the head first (one request when nothing new is confirmed); before reading a
+new range it checks that the last processed block still has the hash recorded for it; if
+not, the chain reorganised deeper than the confirmation depth: `ReorgDetected`.
 `follow_events` is the trio shell: poll in a worker thread, hand events over, sleep.
 """
 
@@ -93,6 +94,7 @@ class EventBatch:
     from_block: int
     events: tuple[ChainEvent, ...]
     cursor: FollowCursor
+    caught_up: bool = True  # it reached the confirmed head (False: more confirmed blocks wait)
 
 
 class EventFollower:
@@ -131,19 +133,20 @@ class EventFollower:
         return with_retries(operation, self._retry)
 
     def poll(self) -> EventBatch | None:
-        """The next confirmed range's events, or None when there is no new confirmed block.
-        Raises ReorgDetected if the last processed block changed."""
+        """The next confirmed range's events, or None when there is no new confirmed block
+        (then one eth_blockNumber was all it asked). Before a new range is read, raises
+        ReorgDetected if the last processed block changed."""
         cursor = self.cursor
+        head = int(self._rpc(lambda: self.w3.eth.block_number))
+        safe = head - self.confirmations
+        if safe < cursor.next_block:
+            return None
         last_block, last_hash = cursor.last_block, cursor.last_block_hash
         if last_block is not None:
             assert last_hash is not None
             current = bytes(self._rpc(lambda: self.w3.eth.get_block(last_block))["hash"])
             if current != last_hash:
                 raise ReorgDetected(last_block, last_hash, current)
-        head = int(self._rpc(lambda: self.w3.eth.block_number))
-        safe = head - self.confirmations
-        if safe < cursor.next_block:
-            return None
         to_block = min(safe, cursor.next_block + self.max_blocks_per_poll - 1)
         while True:
             query: FilterParams = {
@@ -162,7 +165,8 @@ class EventFollower:
         for event in events:
             if event.block_number == to_block and event.block_hash != to_hash:
                 raise ReorgDetected(to_block, event.block_hash, to_hash)
-        return EventBatch(cursor.next_block, events, FollowCursor(to_block + 1, to_block, to_hash))
+        return EventBatch(cursor.next_block, events, FollowCursor(to_block + 1, to_block, to_hash),
+                          caught_up=to_block >= safe)
 
     def acknowledge(self, batch: EventBatch) -> None:
         """Record that `batch` was handled: advance and persist the cursor."""
@@ -209,10 +213,21 @@ async def follow_events(
     handle: Callable[[tuple[ChainEvent, ...]], Awaitable[None]],
     *,
     poll_interval_s: float = 1.0,
+    paused: Callable[[], bool] | None = None,
+    max_pause_s: float = 60.0,
 ) -> None:
-    """Trio shell: forever poll (in a thread), await `handle(events)`, acknowledge, sleep.
-    ReorgDetected and exhausted RPC retries propagate to the caller's nursery."""
+    """Trio shell: forever poll (in a thread), await `handle(events)`, acknowledge, and sleep
+    `poll_interval_s` once caught up with the confirmed head (a backlog is read without
+    pausing). While `paused()` is true (checked in-process every `poll_interval_s`, e.g. no
+    one here to hand events to) the chain is not asked at all, except once per `max_pause_s`
+    so the cursor stays near the head; the blocks skipped are read (and handled) as one range
+    on resuming. ReorgDetected and exhausted RPC retries propagate to the caller's nursery."""
+    idle_since = trio.current_time()
     while True:
+        if paused is not None:
+            while paused() and trio.current_time() - idle_since < max_pause_s:
+                await trio.sleep(poll_interval_s)
+            idle_since = trio.current_time()
         batch = await trio.to_thread.run_sync(follower.poll)
         if batch is None:
             await trio.sleep(poll_interval_s)
@@ -220,3 +235,5 @@ async def follow_events(
         if batch.events:
             await handle(batch.events)
         follower.acknowledge(batch)
+        if batch.caught_up:
+            await trio.sleep(poll_interval_s)

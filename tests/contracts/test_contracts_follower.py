@@ -166,3 +166,50 @@ def test_deploy_main_writes_deployment_file(tmp_path: Path, monkeypatch: pytest.
             Deployment.load(bad)
     finally:
         anvil.stop()
+
+
+class _CountingFollower:
+    """A follower stand-in for follow_events: counts polls, never finds a new block."""
+
+    def __init__(self) -> None:
+        self.polls = 0
+
+    def poll(self) -> None:
+        self.polls += 1
+        return None
+
+
+async def test_paused_follow_does_not_ask_the_chain_until_resumed() -> None:
+    follower = _CountingFollower()
+    paused = [True]
+
+    async def handle(events: object) -> None:
+        raise AssertionError("no events")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: follow_events(follower, handle, poll_interval_s=0.01,  # type: ignore[arg-type]
+                                                 paused=lambda: paused[0], max_pause_s=60.0))
+        await trio.sleep(0.3)
+        assert follower.polls == 0, "a paused follower polled the chain"
+        paused[0] = False
+        with trio.fail_after(10):  # only catches a hang
+            while follower.polls < 2:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+
+
+async def test_paused_follow_still_polls_once_per_max_pause() -> None:
+    follower = _CountingFollower()
+
+    async def handle(events: object) -> None:
+        raise AssertionError("no events")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: follow_events(follower, handle, poll_interval_s=0.01,  # type: ignore[arg-type]
+                                                 paused=lambda: True, max_pause_s=0.1))
+        started = trio.current_time()
+        with trio.fail_after(10):  # only catches a hang
+            while follower.polls < 2:
+                await trio.sleep(0.005)
+        nursery.cancel_scope.cancel()
+    assert trio.current_time() - started >= 0.2, "each poll waited out max_pause_s"
