@@ -4,9 +4,9 @@ device's per-minute fee per started minute; hostile reservers, cancellers and du
 from __future__ import annotations
 
 import pytest
-from web3.logs import DISCARD
 from conftest import TOKEN, World, advance_time, build_world
 from test_contracts_escrow_terms import FEE, Driver, balance, expect_revert, make_device, unique
+from web3.logs import DISCARD
 
 from anchoring.chain import ChainClient, connect
 
