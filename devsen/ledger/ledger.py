@@ -1078,11 +1078,13 @@ class Ledger:
         if held is not None and self._holds_for(step, held, tag_hash):
             self.reservations.consume(held)
 
-    def _holds_any(self, step: _Step, device: DeviceInfo, tag_hash: bytes) -> bool:
-        """Whether some connector of the charger is held for exactly this idTag (its hash)."""
+    def _held_for(self, step: _Step, device: DeviceInfo, tag_hash: bytes) -> ChainReservation | None:
+        """A reservation holding some connector of the charger for this idTag (its hash) or for
+        the driver of the escrow session whose token this is (`_holds_for`); None if none."""
         reservations = step.chain.reservations(step.event.charger_id)
-        return any(r.id_tag_hash == tag_hash for c in range(1, device.connector_count + 1)
-                   if (r := self.reservations.holding(reservations, c, self._c.block_ms)) is not None)
+        return next((r for c in range(1, device.connector_count + 1)
+                     if (r := self.reservations.holding(reservations, c, self._c.block_ms)) is not None
+                     and self._holds_for(step, r, tag_hash)), None)
 
     def _all_reserved_for_others(self, step: _Step, device: DeviceInfo, tag_hash: bytes) -> bool:
         """Whether every connector of the charger is held for another idTag (an Authorize names none)."""
