@@ -226,8 +226,8 @@ class DemoCharger:
         if not isinstance(payload, dict):
             return {"status": "Rejected"}
         if action == "CancelReservation":
-            known = self.reservations.pop(payload.get("reservationId"), None) if isinstance(
-                payload.get("reservationId"), int) else None
+            reservation_id = payload.get("reservationId")
+            known = self.reservations.pop(reservation_id, None) if isinstance(reservation_id, int) else None
             return {"status": "Accepted" if known is not None else "Rejected"}
         if self.ocpp_version == "1.6":
             reservation_id, connector = payload.get("reservationId"), payload.get("connectorId")
