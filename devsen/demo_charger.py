@@ -257,15 +257,17 @@ class DemoCharger:
     async def _may_start_on(self, connector: Any, id_tag: str) -> bool:
         """Whether a remote start by `id_tag` may use `connector` (free, or reserved for it)."""
         held = self.reservation_on(connector)
-        if held is None or id_tag in (held["id_tag"], held["group"]):
+        if held is None:
+            return True
+        holders = {t for t in (held["id_tag"], held["group"]) if isinstance(t, str)}
+        if id_tag in holders:
             return True
         if self.ocpp_version == "1.6":
             info = (await self.call("Authorize", {"idTag": id_tag})).get("idTagInfo") or {}
-            return info.get("status") == "Accepted" and info.get("parentIdTag") in (held["id_tag"], held["group"])
+            return info.get("status") == "Accepted" and info.get("parentIdTag") in holders
         reply = await self.call("Authorize", {"idToken": {"idToken": id_tag, "type": "Central"}})
         info = reply.get("idTokenInfo") or {}
-        group = (info.get("groupIdToken") or {}).get("idToken")
-        return info.get("status") == "Accepted" and group in (held["id_tag"], held["group"])
+        return info.get("status") == "Accepted" and (info.get("groupIdToken") or {}).get("idToken") in holders
 
     def next_seq_no(self) -> int:
         """The 2.0.1 TransactionEvent seqNo (one counter per charger)."""
