@@ -160,3 +160,20 @@ def test_the_charger_version_survives_a_snapshot() -> None:
     assert record is not None and record.ocpp_version == "2.0.1"
     assert restored.state_hash() == world.ledger.state_hash()
     assert restored.commands.get(remote_start_command_id(FRESH_201)) is not None
+
+
+def test_hostile_a_forged_outcome_of_a_remote_start_is_refused_before_any_block() -> None:
+    """Only a validator may report what a charger answered (devsen/command_gate.py): an outcome
+    "Accepted" signed by anyone else, or signed under another domain, never enters a block."""
+    from devsen.command_gate import CommandGate
+
+    gate = CommandGate(Domain(31337, b"\xdf" * 20), ANCHOR)
+    command_id = remote_start_command_id(FRESH)
+    hostile = SigningKey(b"\x66" * 32)
+    validators = (VALIDATOR.address,)
+    assert gate.outcome_check(sign_outcome(VALIDATOR, ANCHOR, command_id, "result", {"status": "Rejected"}),
+                              validators) is None
+    forged = sign_outcome(hostile, ANCHOR, command_id, "result", {"status": "Accepted"})
+    assert "non-validator" in str(gate.outcome_check(forged, validators))
+    other_domain = sign_outcome(VALIDATOR, Domain(1, b"\xa0" * 20), command_id, "result", {"status": "Accepted"})
+    assert "non-validator" in str(gate.outcome_check(other_domain, validators))
