@@ -577,7 +577,7 @@ class NodeApplication:
         keys = chain_keys(events, self.ledger, (v.session_id for v in parts.vouchers),
                           (c.charger_id for c in parts.commands))
         view = self.chain.view_at(number, eth_hash)
-        requested = getattr(view, "requested_chargers", None)
+        requested = getattr(view, "requested_since", None)
         if requested is not None:  # new escrow sessions: their chargers' remote starts (remote_starts.py)
             first = requested_from_block(self.ledger, number)
             keys = with_requested(keys, patiently("session requests", lambda: requested(first)))

@@ -429,7 +429,7 @@ class ContractChainView(ChainView):
                     sessions.append(converted)
         return sessions
 
-    def requested_chargers(self, first_block: int) -> list[str]:
+    def requested_since(self, first_block: int) -> list[str]:
         """The chargers with escrow sessions requested in blocks first_block..this view's block."""
         result: list[str] = self._read(("requested", first_block),
                                        lambda: self._index.requested_between(first_block, self.block_number))
