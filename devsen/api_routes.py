@@ -30,6 +30,8 @@ from anchoring.chain.client import ValidatorInfo
 from consensus.types import CommittedBlock
 from devsen.http_api import CanonicalJsonResponse, HttpError
 from devsen.ledger import Ledger
+from devsen.ledger.commands import command_document
+from devsen.ledger.remote_starts import remote_start_command_id, remote_start_status
 from devsen.ledger.state import DeviceRecord, Session
 
 MAX_LIMIT = 100
@@ -316,6 +318,19 @@ def read_routes(sources: ReadSources) -> APIRouter:
         items = [i for i in _charger_sessions(None) if state in (None, i["state"])]
         return {"height": height, **_page(items, limit, offset)}
 
+    def _remote_start(session_hex: str) -> dict[str, Any]:
+        """{"remote_start": ...}: the ledger's remote start of this escrow session and the
+        charger's answer (devsen/ledger/remote_starts.py), or {} if none was issued."""
+        command_id = remote_start_command_id(bytes.fromhex(session_hex[2:]))
+        record = ledger.commands.get(command_id)
+        if record is None:
+            return {}
+        doc = command_document(command_id, record, int(ledger.counters()["block_ms"]))
+        return {"remote_start": {"command_id": doc["command_id"], "action": doc["action"], "status": doc["status"],
+                                 "height": doc["height"], "outcome_height": doc["outcome_height"],
+                                 "reported_by": doc["reported_by"],
+                                 **remote_start_status(doc["status"], doc.get("outcome"))}}
+
     @api.get("/sessions/{escrow_session_id}",
              summary="One escrow session: the ledger's view while open or settling, else the Escrow contract's")
     async def session(escrow_session_id: HexId) -> Any:
@@ -323,8 +338,9 @@ def read_routes(sources: ReadSources) -> APIRouter:
         wanted = escrow_session_id.lower()
         matches = [i for i in _charger_sessions(None) if i.get("escrow_session_id") == wanted]
         live = next((i for i in matches if i["state"] != "closed"), None)  # open, or settling
+        remote = _remote_start(wanted)
         if live is not None and live["state"] == "open":
-            return {"height": height, "session": live}
+            return {"height": height, "session": {**live, **remote}}
         # Closed in the ledger: the Escrow contract's record, with the ledger's charger and transaction ref.
         closed = next(({"charger_id": i["charger_id"], "tx_ref": i["tx_ref"], "outcome": i["outcome"]}
                        for i in matches if i["state"] == "closed"), {})
@@ -333,9 +349,9 @@ def read_routes(sources: ReadSources) -> APIRouter:
             read = sources.chain_session
             (found,) = await cache.many("session", [wanted], block, lambda key, b: read(bytes.fromhex(key[2:]), b))
         if live is not None and (found is None or found["state"] != "settled"):
-            return {"height": height, "eth_block": block, "session": {**(found or {}), **live, **closed}}
+            return {"height": height, "eth_block": block, "session": {**(found or {}), **live, **closed, **remote}}
         if found is not None:
-            return {"height": height, "eth_block": block, "session": {**found, **closed}}
+            return {"height": height, "eth_block": block, "session": {**found, **closed, **remote}}
         raise HttpError(404, f"no escrow session {wanted} (in the ledger or on chain)")
 
     @api.get("/validators", summary="The validators in force: address, peer id, endpoint, epoch")

@@ -75,7 +75,15 @@ from consensus.abci import (
     ValidatorUpdate,
 )
 from consensus.types import Block, CommitCertificate, CommittedBlock, ValidatorSet
-from devsen.chain_facts import ChainFacts, ChainKeys, KeyReader, chain_keys, read_facts
+from devsen.chain_facts import (
+    ChainFacts,
+    ChainKeys,
+    KeyReader,
+    chain_keys,
+    read_facts,
+    requested_from_block,
+    with_requested,
+)
 from devsen.chain_view import ChainReadError, patiently
 from devsen.command_gate import MAX_COMMANDS_PER_BLOCK, MAX_OUTCOMES_PER_BLOCK, CommandGate
 from devsen.ledger import BlockContext, BlockRejected, EventResult, Ledger
@@ -569,6 +577,10 @@ class NodeApplication:
         keys = chain_keys(events, self.ledger, (v.session_id for v in parts.vouchers),
                           (c.charger_id for c in parts.commands))
         view = self.chain.view_at(number, eth_hash)
+        requested = getattr(view, "requested_since", None)
+        if requested is not None:  # new escrow sessions: their chargers' remote starts (remote_starts.py)
+            first = requested_from_block(self.ledger, number)
+            keys = with_requested(keys, patiently("session requests", lambda: requested(first)))
         prefetch = getattr(view, "prefetch_devices", None)
         if prefetch is not None:  # uncached device reads of the block at once, not one after another
             prefetch(keys.chargers, PREFETCH_WORKERS)

@@ -11,15 +11,17 @@ is answered "absent" (deterministic: every node lists the same keys) and counted
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Protocol
 
 from devsen.ledger import ChainReservation, ChainView, DeviceInfo, EscrowSession, IdTagInfo, Ledger
+from devsen.ledger.remote_starts import MAX_REQUESTED_CHARGERS
 from ocpp_adapter.events import ChargerEvent, tag_hash_of
 
 MAX_KEY_DEPTH = 8  # OCPP payloads nest a few levels; idTags are never deeper than this
 MAX_OUTSIDE_READS_KEPT = 64
+REQUEST_LOOKBACK_BLOCKS = 256  # Ethereum blocks of session requests one block looks back at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +31,9 @@ class ChainKeys:
     chargers: tuple[str, ...] = ()  # device(charger), open_escrow_sessions(charger), reservations(charger)
     id_tags: tuple[bytes, ...] = ()  # id_tag(hash)
     sessions: tuple[bytes, ...] = ()  # escrow_session(id)
+    # chargers with escrow sessions requested since the previous block's Ethereum block (also in
+    # `chargers`): the ledger issues their remote starts (devsen/ledger/remote_starts.py)
+    requested: tuple[str, ...] = ()
 
 
 def _id_tag_hashes_in(value: Any, depth: int = 0) -> Iterable[bytes]:
@@ -69,6 +74,22 @@ def chain_keys(events: Sequence[ChargerEvent], ledger: Ledger, voucher_sessions:
     sessions.update(voucher_sessions)
     sessions.update(ledger.vouchers.prune_keys())
     return ChainKeys(tuple(chargers), tuple(tags), tuple(sorted(sessions)))
+
+
+def with_requested(keys: ChainKeys, requested: Iterable[str]) -> ChainKeys:
+    """`keys` that also read the chargers of new session requests (at most MAX_REQUESTED_CHARGERS,
+    the first in order; remote_starts.py)."""
+    names = tuple(sorted({c for c in requested if isinstance(c, str) and 0 < len(c) <= 48}))[:MAX_REQUESTED_CHARGERS]
+    if not names:
+        return keys
+    return replace(keys, chargers=tuple(sorted(set(keys.chargers) | set(names))), requested=names)
+
+
+def requested_from_block(ledger: Ledger, eth_number: int) -> int:
+    """The first Ethereum block whose session requests a block at `eth_number` looks at: the one
+    after the previous block's, at most REQUEST_LOOKBACK_BLOCKS back."""
+    previous = int(ledger.counters()["eth_block_number"])
+    return max(previous + 1, eth_number - REQUEST_LOOKBACK_BLOCKS + 1, 0)
 
 
 class KeyReader(Protocol):
@@ -167,6 +188,9 @@ class FactsView(ChainView):
                     return session
         self._miss("escrow_session", session_id)
         return None
+
+    def requested_chargers(self) -> tuple[str, ...]:
+        return self.facts.keys.requested
 
     def reservations(self, charge_box_id: str) -> Sequence[ChainReservation]:
         if charge_box_id not in self.facts.reservations:

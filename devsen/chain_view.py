@@ -41,6 +41,7 @@ MAX_INDEXED_SESSIONS = 1_000_000  # open escrow sessions indexed in all; request
 MAX_OPEN_PER_CHARGER = 256  # open escrow sessions indexed per chargeBoxId; requests beyond are ignored
 CLOSED_KEPT_BLOCKS = 256  # a closed session leaves the index this many blocks after its close
 MAX_LOG_RANGE = 2_000  # blocks per eth_getLogs call
+MAX_REQUESTS_KEPT = 65_536  # (block, charger) of the latest SessionRequested logs, for `requested_between`
 BLOCK_HASH_CACHE = 64
 MAX_CACHED_READS = 100_000
 CHAIN_OUTAGE_LIMIT_S = 300.0  # a read the RPC answers wrongly (not an unreachable RPC) fails after this
@@ -128,6 +129,7 @@ class SessionIndex:
         self._by_charger: dict[str, dict[bytes, tuple[int, int | None]]] = {}
         self._charger_of: dict[bytes, str] = {}
         self._closed: deque[tuple[int, bytes]] = deque()
+        self._requests: deque[tuple[int, str]] = deque(maxlen=MAX_REQUESTS_KEPT)  # (block, charger), log order
         self.ignored = 0
         self.indexed_to = start_block - 1
         self._asked = -1
@@ -172,6 +174,7 @@ class SessionIndex:
             return
         sessions[session_id] = (block, None)
         self._charger_of[session_id] = charger
+        self._requests.append((block, charger))
 
     def _forget_closed(self, asked: int) -> None:
         self._asked = max(self._asked, asked)
@@ -182,6 +185,18 @@ class SessionIndex:
             del sessions[session_id]
             if not sessions:
                 del self._by_charger[charger]
+
+    def requested_between(self, first_block: int, last_block: int) -> list[str]:
+        """The chargers with a session requested (and indexed) in blocks first..last, sorted."""
+        self.ensure(last_block)
+        with self._lock:
+            found: set[str] = set()
+            for block, charger in reversed(self._requests):
+                if block < first_block:
+                    break
+                if block <= last_block:
+                    found.add(charger)
+            return sorted(found)
 
     def session_ids(self, charge_box_id: str, up_to_block: int) -> list[bytes]:
         """Sessions for `charge_box_id` requested at or before `up_to_block` and open at it."""
@@ -413,6 +428,12 @@ class ContractChainView(ChainView):
                 if converted is not None:
                     sessions.append(converted)
         return sessions
+
+    def requested_since(self, first_block: int) -> list[str]:
+        """The chargers with escrow sessions requested in blocks first_block..this view's block."""
+        result: list[str] = self._read(("requested", first_block),
+                                       lambda: self._index.requested_between(first_block, self.block_number))
+        return result
 
     def escrow_session(self, session_id: bytes) -> EscrowSession | None:
         session = self._session(session_id)

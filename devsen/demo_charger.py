@@ -17,6 +17,15 @@ It answers the manager commands of devsen/ledger/commands.py as a charger does
 TriggerMessage, ChangeAvailability, ClearCache, DataTransfer, charging profiles, local list;
 each call is recorded in `csms_calls`); `serve` answers CSMS calls while the charger is otherwise idle.
 
+Reservations are honoured as OCPP 1.6 §5.13 / 2.0.1 H01 describe: ReserveNow (1.6 connectorId,
+idTag, parentIdTag; 2.0.1 evseId, idToken, groupIdToken) is Accepted on a free connector and
+answered Occupied on one that runs a transaction or holds another reservation; CancelReservation
+of a held reservation is Accepted (Rejected if unknown). A remote start on a reserved connector
+is Accepted only for the reservation's idTag or group, or for an idTag whose Authorize reply
+names that group as parentIdTag / groupIdToken (what the node answers for the holder's session
+token); any other is Rejected. A transaction started on the connector uses the reservation up,
+and a reservation past its expiry holds nothing. `reservations` holds them (reservation id -> record).
+
 With a `meter_key` it behaves like an Eichrecht meter: its begin reading (in a MeterValues
 `SignedData` sample) and its end reading (in StopTransaction.transactionData) are OCMF
 documents signed with that key (`demo_meter_key()` is the devnet's well-known P-256 test key).
@@ -32,6 +41,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import trio
@@ -49,6 +59,7 @@ MAX_RUNNING_TRANSACTIONS = 16  # transactions it tracks for remote stops (one pe
 MAX_REMOTE_STOPS_KEPT = 64
 ENERGY_REGISTER = "Energy.Active.Import.Register"
 MAX_RECORDED_CALLS = 256
+MAX_RESERVATIONS = 8  # reservations a demo charger holds at once (one per connector, and a few expired)
 
 
 def demo_configuration() -> dict[str, tuple[str, bool]]:
@@ -83,7 +94,6 @@ def answer_command(config: dict[str, tuple[str, bool]], action: str, payload: An
         "SetChargingProfile": {"status": "Accepted"}, "ClearChargingProfile": {"status": "Accepted"},
         "GetCompositeSchedule": {"status": "Rejected"}, "GetLocalListVersion": {"listVersion": 0},
         "SendLocalList": {"status": "Accepted"},
-        "CancelReservation": {"status": "Rejected"}, "ReserveNow": {"status": "Rejected"},
         "UpdateFirmware": {}, "GetDiagnostics": {},
     }
     reply = simple.get(action)
@@ -137,6 +147,9 @@ class DemoCharger:
     _sending_stops: bool = False
     config: dict[str, tuple[str, bool]] = field(default_factory=demo_configuration)
     csms_calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (action, payload) received
+    # reservation id -> {"connector", "id_tag", "group", "expires_at" (unix s)}
+    reservations: dict[int, dict[str, Any]] = field(default_factory=dict)
+    refused_remote_starts: list[dict[str, Any]] = field(default_factory=list)  # Rejected for a reservation
 
     def signed_sample(self, id_tag: str, tx: str, wh: int) -> dict[str, Any]:
         """A 1.6 sampledValue carrying an OCMF document for one reading (requires `meter_key`)."""
@@ -171,6 +184,10 @@ class DemoCharger:
     def _track(self, action: str, payload: dict[str, Any], result: dict[str, Any]) -> None:
         """Follow the transactions this charger runs (what a remote stop may name) and their meters."""
         accepted = (result.get("idTagInfo") or {}).get("status") == "Accepted"
+        if action == "StartTransaction" and accepted:
+            self._use_reservation(payload.get("connectorId"))
+        if action == "TransactionEvent" and payload.get("eventType") == "Started":
+            self._use_reservation((payload.get("evse") or {}).get("id"))
         if action == "StartTransaction" and accepted and len(self.running) < MAX_RUNNING_TRANSACTIONS:
             self.running[str(result["transactionId"])] = {"connector": payload.get("connectorId"),
                                                           "id_tag": payload.get("idTag"),
@@ -192,6 +209,65 @@ class DemoCharger:
             wh = _last_register_wh(payload.get("meterValue"))
             if ref in self.running and wh is not None:
                 self.running[ref]["meter_wh"] = wh
+
+    def _use_reservation(self, connector: Any) -> None:
+        """A transaction started on `connector`: its reservation is used up."""
+        for reservation_id in [i for i, r in self.reservations.items() if r["connector"] == connector]:
+            del self.reservations[reservation_id]
+
+    def reservation_on(self, connector: Any) -> dict[str, Any] | None:
+        """The unexpired reservation holding `connector`, if any."""
+        now = time.time()
+        return next((r for r in self.reservations.values() if r["connector"] == connector and r["expires_at"] > now),
+                    None)
+
+    def reserve(self, action: str, payload: Any) -> dict[str, Any]:
+        """The reply to a ReserveNow / CancelReservation (changes `reservations`)."""
+        if not isinstance(payload, dict):
+            return {"status": "Rejected"}
+        if action == "CancelReservation":
+            reservation_id = payload.get("reservationId")
+            known = self.reservations.pop(reservation_id, None) if isinstance(reservation_id, int) else None
+            return {"status": "Accepted" if known is not None else "Rejected"}
+        if self.ocpp_version == "1.6":
+            reservation_id, connector = payload.get("reservationId"), payload.get("connectorId")
+            id_tag, group, expiry = payload.get("idTag"), payload.get("parentIdTag"), payload.get("expiryDate")
+        else:
+            reservation_id, connector = payload.get("id"), payload.get("evseId")
+            id_tag = (payload.get("idToken") or {}).get("idToken")
+            group = (payload.get("groupIdToken") or {}).get("idToken")
+            expiry = payload.get("expiryDateTime")
+        try:
+            expires_at = datetime.fromisoformat(str(expiry).replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return {"status": "Rejected"}
+        if not isinstance(reservation_id, int) or not isinstance(connector, int) or not 1 <= connector <= 2 \
+                or not isinstance(id_tag, str):
+            return {"status": "Rejected"}
+        held = self.reservation_on(connector)
+        busy = any(t.get("connector") == connector for t in self.running.values())
+        if busy or (held is not None and held["id"] != reservation_id):
+            return {"status": "Occupied"}
+        if reservation_id not in self.reservations and len(self.reservations) >= MAX_RESERVATIONS:
+            return {"status": "Rejected"}
+        self.reservations[reservation_id] = {"id": reservation_id, "connector": connector, "id_tag": id_tag,
+                                             "group": group, "expires_at": expires_at}
+        return {"status": "Accepted"}
+
+    async def _may_start_on(self, connector: Any, id_tag: str) -> bool:
+        """Whether a remote start by `id_tag` may use `connector` (free, or reserved for it)."""
+        held = self.reservation_on(connector)
+        if held is None:
+            return True
+        holders = {t for t in (held["id_tag"], held["group"]) if isinstance(t, str)}
+        if id_tag in holders:
+            return True
+        if self.ocpp_version == "1.6":
+            info = (await self.call("Authorize", {"idTag": id_tag})).get("idTagInfo") or {}
+            return info.get("status") == "Accepted" and info.get("parentIdTag") in holders
+        reply = await self.call("Authorize", {"idToken": {"idToken": id_tag, "type": "Central"}})
+        info = reply.get("idTokenInfo") or {}
+        return info.get("status") == "Accepted" and (info.get("groupIdToken") or {}).get("idToken") in holders
 
     def next_seq_no(self) -> int:
         """The 2.0.1 TransactionEvent seqNo (one counter per charger)."""
@@ -256,6 +332,15 @@ class DemoCharger:
                 del self.remote_stops[:-MAX_REMOTE_STOPS_KEPT]
             await self.ws.send_message(json.dumps([CALLRESULT, message_id, {"status": "Accepted" if ok else "Rejected"}]))
             return
+        if action in ("RemoteStartTransaction", "RequestStartTransaction") and isinstance(payload, dict):
+            id_tag = payload.get("idTag") if action == "RemoteStartTransaction" else \
+                (payload.get("idToken") or {}).get("idToken")
+            connector = payload.get("connectorId", 1) if action == "RemoteStartTransaction" else payload.get("evseId", 1)
+            if isinstance(id_tag, str) and not await self._may_start_on(connector, id_tag):
+                self.refused_remote_starts.append(payload)
+                del self.refused_remote_starts[:-MAX_REMOTE_STOPS_KEPT]
+                await self.ws.send_message(json.dumps([CALLRESULT, message_id, {"status": "Rejected"}]))
+                return
         if (action == "RemoteStartTransaction" and isinstance(payload, dict) and isinstance(payload.get("idTag"), str)
                 and len(self.remote_starts) < MAX_QUEUED_REMOTE_STARTS):
             self.remote_starts.append(payload)
@@ -273,7 +358,8 @@ class DemoCharger:
             return
         if len(self.csms_calls) < MAX_RECORDED_CALLS:
             self.csms_calls.append((action, payload))
-        reply = answer_command(self.config, action, payload)
+        reply = self.reserve(action, payload) if action in ("ReserveNow", "CancelReservation") else \
+            answer_command(self.config, action, payload)
         if reply is not None:
             await self.ws.send_message(json.dumps([CALLRESULT, message_id, reply]))
             return

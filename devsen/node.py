@@ -79,7 +79,6 @@ from devsen.ledger.vouchers import StopOrder
 from devsen.logs import setup_logging
 from devsen.metrics import CONTENT_TYPE, Levels, NodeMetrics
 from devsen.ocpi import ocpi_router
-from devsen.remote_start import run_remote_starts
 from devsen.remote_stop import RemoteStops
 from devsen.rewards_view import rewards_document
 from devsen.session_audit import ROUTE as SESSION_READINGS_ROUTE
@@ -810,8 +809,6 @@ async def serve_node(parts: NodeParts, *, task_status: Any = trio.TASK_STATUS_IG
             nursery.start_soon(supervised, "voucher remote stops", lambda: stops.run())
         if parts.commands is not None:
             nursery.start_soon(supervised, "command delivery", parts.commands.run)
-        nursery.start_soon(run_remote_starts, parts.client, parts.deployment, parts.connections,
-                           Path(config.node.data_dir), config.chain.confirmations, config.chain.poll_interval_s)
         ocpp_port = await nursery.start(
             lambda task_status: serve_ocpp(ocpp_config, ingest, ChainChargerRegistry(parts.client),
                                            connections=parts.connections, task_status=task_status))

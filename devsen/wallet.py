@@ -191,6 +191,11 @@ def _parser() -> argparse.ArgumentParser:
     session.add_argument("--deposit", type=int, required=True, help="token base units (1 DCT = 1000000)")
     session.add_argument("--voucher-mode", action="store_true",
                          help="pay by per-chunk vouchers (settles at min(metered, latest voucher))")
+    session.add_argument("--wait-start", metavar="NODE_URL",
+                         help="wait (up to --wait-s) for the charger's answer to the remote start, read from "
+                              "this node's HTTP API, e.g. http://127.0.0.1:8080, and print it")
+    session.add_argument("--wait-s", type=float, default=REMOTE_START_WAIT_S,
+                         help=f"how long --wait-start waits, seconds (default {REMOTE_START_WAIT_S:.0f})")
     refund = sub.add_parser("refund")
     refund.add_argument("session_id")
     reserve = sub.add_parser("reserve", help="reserve a connector for your idTag, paying its per-minute fee")
@@ -344,13 +349,18 @@ def _run(args: argparse.Namespace, client: ChainClient) -> tuple[str, dict[str, 
                                                   voucher_mode=args.voucher_mode)
         wait_for_confirmations(client, receipt.block_number)  # the nodes see it from then on
         token = session_token(session_id)
-        return (f"session {hex0x(session_id)} opened at {args.charge_box_id} connector {args.connector} with "
+        text = (f"session {hex0x(session_id)} opened at {args.charge_box_id} connector {args.connector} with "
                 f"deposit {token_amount(args.deposit)}; {_tx_line(receipt)}\n"
                 f"the node the charger is connected to sends it a remote start with idTag {token}; "
-                f"or present idTag {args.id_tag} at the charger",
-                {"session_id": hex0x(session_id), "session_token": token, "charge_box_id": args.charge_box_id,
-                 "connector": args.connector, "deposit_units": args.deposit, "voucher_mode": args.voucher_mode,
-                 **_tx(receipt)})
+                f"or present idTag {args.id_tag} at the charger")
+        doc = {"session_id": hex0x(session_id), "session_token": token, "charge_box_id": args.charge_box_id,
+               "connector": args.connector, "deposit_units": args.deposit, "voucher_mode": args.voucher_mode,
+               **_tx(receipt)}
+        if args.wait_start:
+            remote = wait_remote_start(args.wait_start, session_id, args.wait_s)
+            text += "\n" + format_remote_start(remote)
+            doc["remote_start"] = remote
+        return text, doc
     if args.command == "refund":
         session_id = _session_id(args.session_id)
         receipt = client.refund(session_id)
@@ -468,6 +478,43 @@ def close_with_voucher(client: ChainClient, session_id: bytes, *, voucher_file: 
             {"session_id": hex0x(session_id), "cumulative_amount": str(voucher.cumulative_amount),
              "paid_units": paid, "refunded_units": session.deposit - paid,
              "source": "file" if voucher_file is not None else "node", **_tx(receipt)})
+
+
+REMOTE_START_WAIT_S = 120.0
+REMOTE_START_POLL_S = 1.0
+
+
+def wait_remote_start(node_url: str, session_id: bytes, wait_s: float) -> dict[str, Any]:
+    """The session's remote start as the node's ledger reports it (GET /v1/sessions/{id}
+    "remote_start"), once the charger answered or the request expired, or as it is after
+    `wait_s` seconds (state "waiting": the charger is offline; it is started when it connects)."""
+    url = f"{node_url.rstrip('/')}/v1/sessions/{hex0x(session_id)}"
+    deadline = time.monotonic() + wait_s
+    remote: dict[str, Any] = {"state": "waiting", "detail": "no remote start issued yet"}
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 (the driver's node URL)
+                doc = json.loads(response.read())
+            remote = doc.get("session", {}).get("remote_start") or remote
+        except urllib.error.HTTPError as exc:
+            if exc.code != 404:  # 404: the node does not see the session yet
+                raise ValueError(f"--wait-start: {url} answered {exc.code}") from exc
+        except (urllib.error.URLError, json.JSONDecodeError, OSError) as exc:
+            raise ValueError(f"--wait-start: cannot read {url}: {exc}") from exc
+        if remote["state"] != "waiting" or time.monotonic() >= deadline:
+            return remote
+        time.sleep(REMOTE_START_POLL_S)
+
+
+def format_remote_start(remote: dict[str, Any]) -> str:
+    """One line for people: what became of the remote start."""
+    headline = {"accepted": "remote start ACCEPTED by the charger", "rejected": "remote start REJECTED by the charger",
+                "failed": "remote start FAILED", "expired": "remote start EXPIRED (the charger never answered)",
+                "waiting": "remote start still waiting for the charger (it is sent when the charger connects)"}
+    line = f"{headline.get(str(remote.get('state')), 'remote start: ' + str(remote.get('state')))}: {remote.get('detail')}"
+    if remote.get("outcome_height"):
+        line += f" (committed at height {remote['outcome_height']})"
+    return line
 
 
 def owner_rewards(client: ChainClient, node_url: str, owner_text: str) -> tuple[str, dict[str, Any]]:

@@ -68,6 +68,14 @@ error ReservationNotExpired(uint32 reservationId, uint64 expiresAt);
 /// expiry anyone may close it (the whole fee to the manager: a no-show, or a reservation the
 /// driver used); a new reservation on that connector closes an expired one first. Reservation
 /// ids are 1, 2, 3, ...: the OCPP reservationId the network sends in ReserveNow.
+/// A start applies the fee to the session: when the reservation's driver opens a session on the
+/// reserved connector with the reserved idTag before the reservation expires, its fee moves into
+/// that session (`ReservationApplied`): the session's deposit grows by the fee (the driver pays
+/// only the rest of the deposit) and the fee is the least the session pays
+/// (`sessionReservationFee`): a settlement, a voucher close or a refund pays the manager at least
+/// the fee, so the fee counts toward the charge and is never paid twice, and a driver who opens a
+/// session and never charges still pays it like a no-show. The reservation stays open, its fee
+/// now 0, holding the connector for the driver until it expires (cancel or close then pay nothing).
 contract Escrow is DevsenDomain {
     uint8 public constant STATUS_NONE = 0;
     uint8 public constant STATUS_OPEN = 1;
@@ -141,6 +149,8 @@ contract Escrow is DevsenDomain {
     mapping(uint32 => Reservation) private _reservations;
     /// deviceId => connectorId => id of its open reservation (0: none).
     mapping(bytes32 => mapping(uint8 => uint32)) public reservationOn;
+    /// sessionId => the reservation fee applied to it: the least the session pays its manager.
+    mapping(bytes32 => uint256) public sessionReservationFee;
 
     event SessionRequested(
         bytes32 indexed sessionId,
@@ -168,6 +178,8 @@ contract Escrow is DevsenDomain {
     );
     /// `paid` to the manager, `refunded` to the driver; `cancelled`: by the driver before expiry.
     event ReservationEnded(uint32 indexed reservationId, bool cancelled, uint256 paid, uint256 refunded);
+    /// The reservation's `fee` moved into session `sessionId` (its deposit and its minimum charge).
+    event ReservationApplied(uint32 indexed reservationId, bytes32 indexed sessionId, uint256 fee);
 
     constructor(
         IERC20Minimal token_,
@@ -219,10 +231,15 @@ contract Escrow is DevsenDomain {
         uint256 deposit,
         bool voucherMode
     ) private returns (bytes32 sessionId) {
-        (bytes32 deviceId,, uint8 connectorCount, bool active) = devices.deviceForSession(chargeBoxId);
-        if (!active) revert DeviceInactive(deviceId);
-        if (connectorId == 0 || connectorId > connectorCount) {
-            revert ConnectorInvalid(connectorId, connectorCount);
+        bytes32 deviceId;
+        {
+            uint8 connectorCount;
+            bool active;
+            (deviceId,, connectorCount, active) = devices.deviceForSession(chargeBoxId);
+            if (!active) revert DeviceInactive(deviceId);
+            if (connectorId == 0 || connectorId > connectorCount) {
+                revert ConnectorInvalid(connectorId, connectorCount);
+            }
         }
         if (!users.isIdTagValidFor(idTagHash, msg.sender)) {
             revert IdTagNotValidForDriver(idTagHash, msg.sender);
@@ -231,6 +248,8 @@ contract Escrow is DevsenDomain {
         (uint128 pricePerKWh, uint128 perMinuteFee) = devices.tariffOf(deviceId);
         sessionId = nextSessionId(msg.sender);
         sessionNonce[msg.sender] += 1;
+        uint256 applied = _applyReservation(deviceId, connectorId, idTagHash, sessionId);
+        if (deposit + applied > type(uint96).max) revert DepositInvalid(deposit + applied);
         _sessions[sessionId] = Session({
             driver: msg.sender,
             energyWh: 0,
@@ -239,7 +258,7 @@ contract Escrow is DevsenDomain {
             voucherMode: voucherMode,
             deviceId: deviceId,
             idTagHash: idTagHash,
-            deposit: uint96(deposit),
+            deposit: uint96(deposit + applied),
             settledAmount: 0,
             openedAt: uint64(block.timestamp),
             pricePerKWh: pricePerKWh,
@@ -247,7 +266,7 @@ contract Escrow is DevsenDomain {
         });
         openDeposits += deposit;
         if (!token.transferFrom(msg.sender, address(this), deposit)) revert TokenTransferFailed();
-        emit SessionRequested(sessionId, msg.sender, chargeBoxId, connectorId, idTagHash, deposit);
+        emit SessionRequested(sessionId, msg.sender, chargeBoxId, connectorId, idTagHash, deposit + applied);
         emit SessionTariff(sessionId, voucherMode, pricePerKWh, perMinuteFee);
     }
 
@@ -286,19 +305,20 @@ contract Escrow is DevsenDomain {
                 emit SettlementSkipped(e.sessionId, SKIP_AMOUNT);
                 continue;
             }
+            uint256 charged = _atLeastFee(e.sessionId, e.amount);
             s.status = STATUS_SETTLED;
             s.energyWh = e.energyWh;
-            s.settledAmount = uint96(e.amount);
+            s.settledAmount = uint96(charged);
             released += deposit;
             address manager = devices.managerOf(s.deviceId);
             if (manager != payee) {
                 _pay(payee, owed);
                 (payee, owed) = (manager, 0);
             }
-            owed += e.amount;
-            uint256 back = deposit - e.amount;
+            owed += charged;
+            uint256 back = deposit - charged;
             _pay(s.driver, back);
-            emit SessionSettled(e.sessionId, manager, e.energyWh, e.amount, back);
+            emit SessionSettled(e.sessionId, manager, e.energyWh, charged, back);
             ++settled;
         }
         _pay(payee, owed);
@@ -320,7 +340,7 @@ contract Escrow is DevsenDomain {
         address driver = s.driver;
         if (signer != driver) revert VoucherSignerNotDriver(sessionId, signer);
         uint256 deposit = s.deposit;
-        uint256 amount = cumulativeAmount < deposit ? cumulativeAmount : deposit;
+        uint256 amount = _atLeastFee(sessionId, cumulativeAmount < deposit ? cumulativeAmount : deposit);
         s.status = STATUS_SETTLED;
         s.settledAmount = uint96(amount);
         openDeposits -= deposit;
@@ -337,18 +357,22 @@ contract Escrow is DevsenDomain {
         return uint256(s.openedAt) + refundTimeout;
     }
 
-    /// @notice The driver takes back the whole deposit of a session never settled, once
-    /// `refundTimeout` seconds have passed since it was opened.
+    /// @notice The driver takes back the deposit of a session never settled, once
+    /// `refundTimeout` seconds have passed since it was opened; a reservation fee applied to
+    /// it goes to the manager (the driver reserved and did not charge).
     function refund(bytes32 sessionId) external {
         Session storage s = _openSession(sessionId);
         if (msg.sender != s.driver) revert NotSessionDriver(sessionId, msg.sender);
         uint256 availableAt = uint256(s.openedAt) + refundTimeout;
         if (block.timestamp < availableAt) revert RefundTooEarly(sessionId, availableAt);
         uint256 deposit = s.deposit;
+        uint256 fee = sessionReservationFee[sessionId];
         s.status = STATUS_REFUNDED;
+        s.settledAmount = uint96(fee);
         openDeposits -= deposit;
-        if (!token.transfer(msg.sender, deposit)) revert TokenTransferFailed();
-        emit SessionRefunded(sessionId, msg.sender, deposit);
+        _pay(devices.managerOf(s.deviceId), fee);
+        _pay(msg.sender, deposit - fee);
+        emit SessionRefunded(sessionId, msg.sender, deposit - fee);
     }
 
     function session(bytes32 sessionId) external view returns (Session memory) {
@@ -454,6 +478,28 @@ contract Escrow is DevsenDomain {
         _pay(devices.managerOf(r.deviceId), paid);
         _pay(r.driver, fee - paid);
         emit ReservationEnded(r.reservationId, cancelled, paid, fee - paid);
+    }
+
+    /// The open, unexpired reservation of this driver and idTag on the connector, if any, moves
+    /// its fee into session `sessionId`; returns the fee moved (0: none).
+    function _applyReservation(bytes32 deviceId, uint8 connectorId, bytes32 idTagHash, bytes32 sessionId)
+        private
+        returns (uint256 fee)
+    {
+        uint32 id = reservationOn[deviceId][connectorId];
+        if (id == 0) return 0;
+        Reservation storage r = _reservations[id];
+        if (r.status != STATUS_OPEN || block.timestamp >= r.expiresAt || r.driver != msg.sender) return 0;
+        if (r.idTagHash != idTagHash || r.fee == 0) return 0;
+        fee = r.fee;
+        r.fee = 0;
+        sessionReservationFee[sessionId] = fee;
+        emit ReservationApplied(id, sessionId, fee);
+    }
+
+    function _atLeastFee(bytes32 sessionId, uint256 amount) private view returns (uint256) {
+        uint256 fee = sessionReservationFee[sessionId];
+        return amount < fee ? fee : amount;
     }
 
     function _startedMinutes(uint256 seconds_) private pure returns (uint256) {

@@ -286,6 +286,10 @@ class StaticChainView:
         self.id_tags = {id_tag_hash(tag): info for tag, info in (id_tags or {}).items()}
         self.sessions = {s.session_id: s for s in escrow_sessions}
         self.reserved = {r.reservation_id: r for r in reservations}
+        self.requested: tuple[str, ...] = ()  # chargers with new session requests (remote_starts.py)
+
+    def requested_chargers(self) -> tuple[str, ...]:
+        return self.requested
 
     def device(self, charge_box_id: str) -> DeviceInfo | None:
         return self.devices.get(charge_box_id)

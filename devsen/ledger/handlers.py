@@ -117,8 +117,9 @@ def _authorize(ledger: Ledger, step: _Step, payload: dict[str, Any]) -> dict[str
     elif status == "Accepted" and ledger._all_reserved_for_others(step, device, tag):
         status = RESERVED_STATUS
     reply = _tag_info(ledger, step, status, expiry_s)
-    if status == "Accepted" and device is not None and ledger._holds_any(step, device, tag):
-        token = reservation_token(tag)  # the group the ReserveNow named: the charger admits this card
+    held = ledger._held_for(step, device, tag) if status == "Accepted" and device is not None else None
+    if held is not None:  # the group the ReserveNow named: the charger admits this card or session token
+        token = reservation_token(held.id_tag_hash)
         if step.event.ocpp_version == "1.6":
             reply["idTagInfo"]["parentIdTag"] = token
         else:

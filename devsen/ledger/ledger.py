@@ -74,6 +74,13 @@ from devsen.ledger.kinds import (
     UNSIGNED_READING,
 )
 from devsen.ledger.parse import MAX_METER_WH, MalformedPayload, parse_timestamp_ms
+from devsen.ledger.remote_starts import (
+    MAX_REMOTE_STARTS_PER_CHARGER,
+    MAX_REQUESTED_CHARGERS,
+    remote_start_call,
+    remote_start_command_id,
+    remote_start_expiry_ms,
+)
 from devsen.ledger.reservations import (
     ReservationBook,
     cancel_command_id,
@@ -101,10 +108,11 @@ from devsen.ledger.vouchers import PaymentVoucher, StopOrder, VoucherBook, addre
 from ocpp_adapter.events import ChargerEvent
 from primitives.hashing import keccak256
 
-SNAPSHOT_VERSION = 7  # 4: signed meter values, payment vouchers, uptime and reward tables; 5: the
+SNAPSHOT_VERSION = 8  # 4: signed meter values, payment vouchers, uptime and reward tables; 5: the
 # pagination floor of evicted device records (paginations_forgotten_ms, DeviceRecord.paginations_ms);
 # 6: commands (commands.py: command records, nonce windows, charger configurations);
-# 7: consumed reservations (reservations.py), an 11th table when in use
+# 7: consumed reservations (reservations.py), an 11th table when in use; 8: DeviceRecord.ocpp_version
+# (the version of the charger's last event: remote starts for a charger without an event in the block)
 
 MAX_PAYLOAD_DEPTH = 32  # OCPP payloads nest a handful of levels; deeper is malformed
 CANCEL_RESERVATION_TTL_MS = 2 * 3_600_000  # a CancelReservation waits for its charger as long as a reservation lasts
@@ -248,13 +256,24 @@ class _CheckedChain:
     a ChainView returns can make the ledger raise. One is made per block.
     """
 
-    __slots__ = ("_chain", "report", "_tokens", "_reservations")
+    __slots__ = ("_chain", "report", "_tokens", "_reservations", "_requested")
 
     def __init__(self, chain: ChainView) -> None:
         self._chain = chain
         self.report: Callable[[str], None] = lambda detail: None
         self._tokens: dict[str, dict[bytes, list[EscrowSession]]] = {}
         self._reservations: dict[str, list[ChainReservation]] = {}
+        self._requested: tuple[str, ...] | None = None
+
+    def requested_chargers(self) -> tuple[str, ...]:
+        """The chargers with escrow sessions requested since the previous block's Ethereum block
+        (sorted, at most MAX_REQUESTED_CHARGERS; a ChainView without the method names none)."""
+        if self._requested is None:
+            read = getattr(self._chain, "requested_chargers", None)
+            names = read() if read is not None else ()
+            self._requested = tuple(sorted({n for n in names if isinstance(n, str) and 0 < len(n) <= 48}))[
+                :MAX_REQUESTED_CHARGERS]
+        return self._requested
 
     def reservations(self, charge_box_id: str) -> list[ChainReservation]:
         """The charger's open reservations (checked; at most MAX_CONNECTORS), read once per block."""
@@ -417,6 +436,7 @@ class Ledger:
         self._close_before_refund(checked, settlements)
         results = tuple(self._apply_event(checked, event, settlements) for event in events)
         admitted += self._issue_reservations(checked, events)
+        admitted += self._issue_remote_starts(checked, events)
         stops = self._voucher_stops(checked, events)
         self.vouchers.prune(lambda sid: checked.escrow_session(sid) is not None)
         self._count_uptime(checked, events, results)
@@ -462,6 +482,36 @@ class Ledger:
                                                    reserve_now_payload(versions[charger_id], held),
                                                    held.expires_at_s * 1000, self._c.height):
                     self.reservations.note_sent(held)
+                    record = self.commands.get(command_id)
+                    assert record is not None
+                    issued.append(AdmittedCommand(command_id, record))
+        return tuple(issued)
+
+    def _issue_remote_starts(self, chain: _CheckedChain, events: Sequence[ChargerEvent]) -> tuple[AdmittedCommand, ...]:
+        """A remote start command for each open escrow session of the block's chargers and of the
+        chargers with new session requests that is waiting for one (remote_starts.py)."""
+        versions = {event.charger_id: event.ocpp_version for event in events}
+        for charger_id in chain.requested_chargers():
+            device_record = self._devices.get(charger_id)
+            if charger_id not in versions and device_record is not None and device_record.ocpp_version:
+                versions[charger_id] = device_record.ocpp_version
+        issued = []
+        block_ms = self._c.block_ms
+        for charger_id in sorted(versions):
+            device = chain.device(charger_id)
+            if device is None or not device.active or versions[charger_id] not in ("1.6", "2.0.1"):
+                continue
+            waiting = sorted((s for s in chain.open_escrow_sessions(charger_id)
+                              if remote_start_expiry_ms(s) > block_ms and 1 <= s.connector_id <= device.connector_count
+                              and s.session_id not in self._by_escrow and s.session_id not in self._pending),
+                             key=lambda s: (-s.opened_at_s, s.session_id))[:MAX_REMOTE_STARTS_PER_CHARGER]
+            for session in sorted(waiting, key=lambda s: (s.opened_at_s, s.session_id)):
+                command_id = remote_start_command_id(session.session_id)
+                if self.commands.get(command_id) is not None:
+                    continue
+                action, payload = remote_start_call(versions[charger_id], session.session_id, session.connector_id)
+                if self.commands.admit_from_ledger(command_id, charger_id, versions[charger_id], action, payload,
+                                                   remote_start_expiry_ms(session), self._c.height):
                     record = self.commands.get(command_id)
                     assert record is not None
                     issued.append(AdmittedCommand(command_id, record))
@@ -782,7 +832,7 @@ class Ledger:
         """Apply `changes` to the charger's record (creating it), move it to the end of the LRU order."""
         charger_id = step.event.charger_id
         record = self._devices.get(charger_id) or DeviceRecord(charger_id, 0)
-        record = replace(record, touch_seq=self._next_seq(), **changes)
+        record = replace(record, touch_seq=self._next_seq(), ocpp_version=step.event.ocpp_version, **changes)
         self._devices.put(charger_id, record, to_end=True)
         while len(self._devices) > self.params.max_devices:
             evicted = self._devices.pop(self._devices.oldest())
@@ -1028,11 +1078,13 @@ class Ledger:
         if held is not None and self._holds_for(step, held, tag_hash):
             self.reservations.consume(held)
 
-    def _holds_any(self, step: _Step, device: DeviceInfo, tag_hash: bytes) -> bool:
-        """Whether some connector of the charger is held for exactly this idTag (its hash)."""
+    def _held_for(self, step: _Step, device: DeviceInfo, tag_hash: bytes) -> ChainReservation | None:
+        """A reservation holding some connector of the charger for this idTag (its hash) or for
+        the driver of the escrow session whose token this is (`_holds_for`); None if none."""
         reservations = step.chain.reservations(step.event.charger_id)
-        return any(r.id_tag_hash == tag_hash for c in range(1, device.connector_count + 1)
-                   if (r := self.reservations.holding(reservations, c, self._c.block_ms)) is not None)
+        return next((r for c in range(1, device.connector_count + 1)
+                     if (r := self.reservations.holding(reservations, c, self._c.block_ms)) is not None
+                     and self._holds_for(step, r, tag_hash)), None)
 
     def _all_reserved_for_others(self, step: _Step, device: DeviceInfo, tag_hash: bytes) -> bool:
         """Whether every connector of the charger is held for another idTag (an Authorize names none)."""

@@ -20,12 +20,17 @@ it (id `reservation_command_id`, signer empty: the ledger itself), expiring with
 reservation. The charger only knows plaintext idTags and the chain only hashes, so the
 ReserveNow names the reservation token `reservation_token` ("R" + 19 hex digits of the idTag
 hash) as idTag and parentIdTag (1.6) / idToken and groupIdToken (2.0.1); the ledger's Authorize
-reply for the reserving idTag carries that token as its parentIdTag / groupIdToken, so the
-charger admits the driver's card on the reserved connector (OCPP 1.6 §5.13 "ReserveNow":
+reply for the reserving idTag, or for the session token of its driver's escrow session (a remote
+start), carries that token as its parentIdTag / groupIdToken, so the charger admits the driver's
+card, or the remote start, on the reserved connector (OCPP 1.6 §5.13 "ReserveNow":
 idTag or parentIdTag matches). A reservation whose ReserveNow was issued and that is no longer
 open on chain before its expiry (the driver cancelled it) gets a CancelReservation the same
 way, once (table "reservations_sent" remembers the ReserveNows issued until they expire); an
 expired one is not sent (the charger's reservation expires at the same time).
+
+The fee: the Escrow applies it to the holder's escrow session opened on the reserved connector
+(contracts/src/Escrow.sol: the session's deposit includes it and it is the session's minimum
+charge), so the ledger settles that session as any other; a no-show pays the owner on chain.
 
 The consumed set is part of the ledger state (table "reservations_used"), pruned once each
 entry's reservation has expired, and bounded (oldest dropped first).

@@ -201,6 +201,7 @@ class DeviceRecord:
     data_transfers: int = 0
     meter_paginations: tuple[tuple[str, int], ...] = ()  # (meter serial, highest accepted OCMF pagination)
     paginations_ms: int = 0  # block time at which meter_paginations last changed
+    ocpp_version: str = ""  # of the charger's last event ("1.6" or "2.0.1")
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from conftest import TOKEN, World, advance_time, build_world
 from test_contracts_escrow_terms import FEE, Driver, balance, expect_revert, make_device, unique
+from web3.logs import DISCARD
 
 from anchoring.chain import ChainClient, connect
 
@@ -130,3 +131,113 @@ def test_wallet_reserve_and_cancel_reservation_commands(world: World, monkeypatc
                                   driver)
     assert cancelled["reservation_id"] == doc["reservation_id"] and "cancelled" in text
     assert reservation(world, int(doc["reservation_id"]))["status"] == 2
+
+
+# ---------------------------------------------------------------- a start applies the fee to the session
+
+
+def settle(world: World, session_id: bytes, amount: int) -> None:
+    from conftest import quorum_signatures
+    from test_contracts_escrow_terms import batch_digest
+
+    entries = [(session_id, 1_000, amount)]
+    world.relayer.settle_batch(entries, quorum_signatures(world.validators[:3], batch_digest(world, entries)))
+
+
+def reserved_session(world: World, deposit: int = 2 * TOKEN) -> tuple[str, int, bytes, int]:
+    """(device, reservation id, session id, fee): the driver reserves connector 1 for 15 minutes
+    and then opens its session there with the same idTag."""
+    cbid = make_device(world)
+    driver = world.driver
+    tag = tagged(driver)
+    rid, _ = driver.reserve(cbid, 1, tag, now(world) + 15 * 60)
+    fee = 15 * FEE
+    before = balance(world, driver.sender.address)  # type: ignore[union-attr]
+    session_id, receipt = driver.open_session(cbid, 1, tag, deposit)
+    applied = driver.contracts["Escrow"].events.ReservationApplied().process_receipt(receipt.raw, errors=DISCARD)
+    assert [(e["args"]["reservationId"], bytes(e["args"]["sessionId"]), e["args"]["fee"]) for e in applied] == [
+        (rid, session_id, fee)]
+    assert balance(world, driver.sender.address) == before - deposit  # type: ignore[union-attr]
+    return cbid, rid, session_id, fee
+
+
+def test_a_start_by_the_holder_applies_the_fee_to_the_session_and_it_is_not_paid_twice(world: World) -> None:
+    driver, manager = world.driver.sender.address, world.manager.sender.address  # type: ignore[union-attr]
+    open_before = world.deployer.open_deposits("latest")
+    cbid, rid, session_id, fee = reserved_session(world, deposit=2 * TOKEN)
+    session = world.deployer.session(session_id, "latest")
+    assert session is not None and session.deposit == 2 * TOKEN + fee  # the fee is part of the prepayment
+    assert world.deployer.read("Escrow", "sessionReservationFee", session_id, block="latest") == fee
+    assert reservation(world, rid)["fee"] == 0 and reservation(world, rid)["status"] == 1  # still holds the connector
+    assert world.deployer.open_deposits("latest") == open_before + 2 * TOKEN + fee
+    before_d, before_m = balance(world, driver), balance(world, manager)
+    settle(world, session_id, 1 * TOKEN)  # charged more than the fee: the fee counts toward it
+    assert balance(world, manager) - before_m == 1 * TOKEN
+    assert balance(world, driver) - before_d == 2 * TOKEN + fee - 1 * TOKEN
+    # the reservation ends paying nothing more: its fee went into the session
+    advance_time(world.w3, 15 * 60 + 1)
+    before_m = balance(world, manager)
+    world.driver.close_reservation(rid)
+    assert balance(world, manager) == before_m and reservation(world, rid)["status"] == 2
+    assert world.deployer.open_deposits("latest") == open_before
+
+
+def test_a_session_cheaper_than_the_fee_still_pays_the_fee(world: World) -> None:
+    driver, manager = world.driver.sender.address, world.manager.sender.address  # type: ignore[union-attr]
+    _, _, session_id, fee = reserved_session(world)
+    before_d, before_m = balance(world, driver), balance(world, manager)
+    settle(world, session_id, fee // 3)
+    assert balance(world, manager) - before_m == fee
+    assert balance(world, driver) - before_d == 2 * TOKEN
+    settled = world.deployer.session(session_id, "latest")
+    assert settled is not None and settled.settled_amount == fee
+
+
+def test_a_session_opened_and_never_charged_refunds_all_but_the_fee(world: World) -> None:
+    driver, manager = world.driver.sender.address, world.manager.sender.address  # type: ignore[union-attr]
+    _, _, session_id, fee = reserved_session(world)
+    timeout = world.deployer.refund_timeout("latest")
+    advance_time(world.w3, timeout + 1)
+    before_d, before_m = balance(world, driver), balance(world, manager)
+    world.driver.refund(session_id)
+    assert balance(world, manager) - before_m == fee  # like a no-show
+    assert balance(world, driver) - before_d == 2 * TOKEN
+
+
+def test_hostile_others_cannot_take_or_end_someone_elses_reservation_fee(world: World) -> None:
+    cbid = make_device(world)
+    holder = world.driver
+    tag = tagged(holder)
+    rid, _ = holder.reserve(cbid, 1, tag, now(world) + 10 * 60)
+    fee = 10 * FEE
+    rival = Driver(world, unique("rival"))
+    rival_tag = tagged(rival.client)
+    # a rival's session on the reserved connector takes no fee (the ledger refuses its start there)
+    rival_session, receipt = rival.client.open_session(cbid, 1, rival_tag, 1 * TOKEN)
+    assert rival.client.contracts["Escrow"].events.ReservationApplied().process_receipt(receipt.raw, errors=DISCARD) == ()
+    assert world.deployer.read("Escrow", "sessionReservationFee", rival_session, block="latest") == 0
+    # nor can it name the holder's idTag, cancel it, or close it before expiry
+    expect_revert("IdTagNotValidForDriver", rival.client.open_session, cbid, 1, tag, 1 * TOKEN)
+    expect_revert("NotReservationDriver", rival.client.cancel_reservation, rid)
+    expect_revert("ReservationNotExpired", rival.client.close_reservation, rid)
+    # the holder's session on the other connector, or with another of its idTags, takes no fee either
+    other_tag = tagged(holder)
+    elsewhere, _ = holder.open_session(cbid, 2, tag, 1 * TOKEN)
+    other, _ = holder.open_session(cbid, 1, other_tag, 1 * TOKEN)
+    for session_id in (elsewhere, other):
+        assert world.deployer.read("Escrow", "sessionReservationFee", session_id, block="latest") == 0
+    assert reservation(world, rid)["fee"] == fee
+    # the fee applies once: a second session of the holder gets none
+    first, _ = holder.open_session(cbid, 1, tag, 1 * TOKEN)
+    second, _ = holder.open_session(cbid, 1, tag, 1 * TOKEN)
+    assert world.deployer.read("Escrow", "sessionReservationFee", first, block="latest") == fee
+    assert world.deployer.read("Escrow", "sessionReservationFee", second, block="latest") == 0
+    # after expiry a late session of the holder takes nothing, and the no-show path is unchanged
+    late_rid, _ = holder.reserve(cbid, 2, tag, now(world) + 60)
+    advance_time(world.w3, 61)
+    late, _ = holder.open_session(cbid, 2, tag, 1 * TOKEN)
+    assert world.deployer.read("Escrow", "sessionReservationFee", late, block="latest") == 0
+    manager = world.manager.sender.address  # type: ignore[union-attr]
+    before_m = balance(world, manager)
+    rival.client.close_reservation(late_rid)
+    assert balance(world, manager) - before_m == FEE

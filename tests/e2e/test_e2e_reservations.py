@@ -69,3 +69,53 @@ async def test_a_reservation_reaches_the_charger_as_reserve_now_and_cancels_with
                 await charger.serve(2, until=lambda: any(a == "CancelReservation" for a, _ in charger.csms_calls))
                 cancels = [p for action, p in charger.csms_calls if action == "CancelReservation"]
         assert cancels == [{"reservationId": reservation_id}]
+
+
+async def test_the_holders_remote_start_on_its_reserved_connector_gets_the_fee_applied(
+        network: dict[str, Any]) -> None:
+    """The holder reserves connector 2, the charger gets ReserveNow; the holder opens its session
+    there: the Escrow moves the fee into it, the charger admits the holder's session token (its
+    Authorize names the reservation group) and the driver pays max(charge, fee) in all."""
+    from anchoring.chain.client import SessionStatus
+    from devsen.ledger import session_token
+    from devsen.wallet import open_prepaid_session
+
+    nodes, driver = network["nodes"], network["seeded"]["driver_client"]
+    deployment: Deployment = network["deployment"]
+    manager = ChainClient(driver.w3, deployment, TransactionSender(driver.w3, network["anvil"].dev_keys[1]))
+    await trio.to_thread.run_sync(manager.update_device, "setTariff", DEMO_CHARGER, DEMO_PRICE_PER_KWH,
+                                  PER_MINUTE_FEE)
+    me = driver.sender.address
+    before = driver.token_balance(me, "latest")
+    reservation_id, _, fee, _ = await trio.to_thread.run_sync(
+        reserve_connector, driver, DEMO_CHARGER, 2, DEMO_ID_TAG, 20)
+    async with connect_demo_charger(nodes[2].ocpp_url, DEMO_CHARGER, DEMO_PASSWORD) as charger:
+        assert (await charger.boot(connector=2))["status"] == "Accepted"
+        with trio.fail_after(60):
+            while reservation_id not in charger.reservations:
+                await charger.call("Heartbeat", {})
+                await charger.serve(2, until=lambda: reservation_id in charger.reservations)
+        deposit = 5 * 10**6
+        session_id = await trio.to_thread.run_sync(open_prepaid_session, driver, DEMO_CHARGER, 2, DEMO_ID_TAG,
+                                                   deposit)
+        session = driver.session(session_id, "latest")
+        assert session.deposit == deposit + fee  # the fee moved into the session
+        assert driver.read("Escrow", "sessionReservationFee", session_id, block="latest") == fee
+        token = session_token(session_id)
+        with trio.fail_after(60):
+            request = await charger.next_remote_start(60)
+            while request["idTag"] != token:
+                request = await charger.next_remote_start(60)
+        assert request["connectorId"] == 2 and not charger.refused_remote_starts
+        result = await charger.transaction(token, connector=2, meter_start_wh=1_000, meter_stop_wh=1_500)
+        assert result["start"]["idTagInfo"]["status"] == "Accepted"
+        assert reservation_id not in charger.reservations  # the start used it up at the charger too
+    with trio.fail_after(60):
+        while (session := driver.session(session_id, "latest")).status != SessionStatus.SETTLED:
+            await trio.sleep(0.5)
+    charge = 500 * DEMO_PRICE_PER_KWH // 1000  # at least the energy; the minutes add to it
+    assert session.settled_amount >= max(charge, fee)
+    after = driver.token_balance(me, "latest")
+    assert before - after == session.settled_amount  # the fee and the charge: paid once, as one
+    print(f"reservation {reservation_id}: fee {fee} applied to session 0x{session_id.hex()[:12]}, "
+          f"settled {session.settled_amount} (energy alone {charge}); the driver paid {before - after} in all")
