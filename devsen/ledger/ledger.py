@@ -1041,6 +1041,25 @@ class Ledger:
         return all(self._reservation_for_other(step, c, tag_hash) is not None
                    for c in range(1, device.connector_count + 1))
 
+    def _driver_group(self, step: _Step, tag_hash: bytes) -> bytes | None:
+        """The idTag hash naming the driver's group of `tag_hash` at the event's charger, if any.
+
+        A session token of an open escrow session here belongs to the driver whose idTag opened
+        it (the oldest such session if two ever shared a token); a card belongs to its own group
+        when it opened an escrow session here or holds a reservation here. Elsewhere: None
+        (the reply names no group). `reservation_token` of it is what the charger sees.
+        """
+        charger_id = step.event.charger_id
+        sessions = step.chain.token_sessions(charger_id, tag_hash)
+        if sessions:
+            return min(sessions, key=lambda s: (s.opened_at_s, s.session_id)).id_tag_hash
+        if any(s.id_tag_hash == tag_hash for s in step.chain.open_escrow_sessions(charger_id)):
+            return tag_hash
+        device = step.chain.device(charger_id)
+        if device is not None and device.active and self._holds_any(step, device, tag_hash):
+            return tag_hash
+        return None
+
     def _tag_status(self, step: _Step, tag_hash: bytes, connector_id: int | None = None) -> tuple[str, int]:
         """(Accepted | Invalid | Expired | Blocked, expiry in s or 0) for an idTag (its hash) at this charger.
 
