@@ -181,7 +181,7 @@ def test_hostile_site_data_from_the_chain_is_refused_not_raised() -> None:
     for bad in ({"site_id": -1}, {"site_id": 2**32}, {"site_max_power_w": 0}, {"site_max_power_w": MAX_SITE_POWER_W + 1},
                 {"site_min_session_w": 40_000}, {"site_id": "7"}):
         forged = object.__new__(type(device))
-        for name in device.__slots__:  # type: ignore[attr-defined]
+        for name in device.__slots__:
             object.__setattr__(forged, name, bad.get(name, getattr(device, name)))
         world.chain.devices[CHARGER] = forged
         outcome = world.block(ev("Heartbeat", {}))
