@@ -32,6 +32,7 @@ from devsen.http_api import CanonicalJsonResponse, HttpError
 from devsen.ledger import Ledger
 from devsen.ledger.commands import command_document
 from devsen.ledger.remote_starts import remote_start_command_id, remote_start_status
+from devsen.ledger.sites import MAX_SITE_ID, SiteSchedule
 from devsen.ledger.state import DeviceRecord, Session
 
 MAX_LIMIT = 100
@@ -50,6 +51,7 @@ Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="items per page")]
 Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="items to skip")]
 ChargerId = Annotated[str, Path(min_length=1, max_length=MAX_ID_CHARS, pattern=r"^[\x21-\x7e]+$")]
 HexId = Annotated[str, Path(min_length=66, max_length=66, pattern=r"^0x[0-9a-fA-F]{64}$")]
+SiteId = Annotated[int, Path(ge=1, le=MAX_SITE_ID, description="the DeviceFactory site id")]
 
 
 def bad(parameter: str, message: str) -> HttpError:
@@ -167,6 +169,15 @@ def _session(session: Session) -> dict[str, Any]:
         "deposit": str(session.deposit), "price_per_kwh": str(session.price_per_kwh),
         "opened_block_ms": session.opened_block_ms, "energy_wh": energy, "amount": None,
     }
+
+
+def site_view(schedule: SiteSchedule, chargers: Sequence[str]) -> dict[str, Any]:
+    """A site's committed schedule for people and scripts (watts, ledger heights)."""
+    return {"site_id": schedule.site_id, "max_power_w": schedule.max_power_w,
+            "min_session_w": schedule.min_session_w, "allocated_w": schedule.allocated_w,
+            "changed_height": schedule.height, "chargers": list(chargers),
+            "shares": [{"charger_id": s.charger_id, "tx_ref": s.tx_ref, "connector_id": s.connector_id,
+                        "ocpp_version": s.ocpp_version, "power_w": s.power_w} for s in schedule.shares]}
 
 
 class ChainCache:
@@ -353,6 +364,14 @@ def read_routes(sources: ReadSources) -> APIRouter:
         if found is not None:
             return {"height": height, "eth_block": block, "session": {**found, **closed, **remote}}
         raise HttpError(404, f"no escrow session {wanted} (in the ledger or on chain)")
+
+    @api.get("/sites/{site_id}", summary="A load-management site: its power and the committed division (W)")
+    async def site(site_id: SiteId) -> Any:
+        height, _ = now()
+        schedule = ledger.sites.schedules.get(site_id)
+        if schedule is None:
+            raise HttpError(404, f"no site {site_id} in the ledger (it learns a site from its chargers' events)")
+        return {"height": height, "site": site_view(schedule, ledger.sites.chargers_of(site_id))}
 
     @api.get("/validators", summary="The validators in force: address, peer id, endpoint, epoch")
     async def validators() -> Any:

@@ -228,9 +228,11 @@ def _to_ledger_session(charge_box_id: str, session: ChainEscrowSession, refund_t
         return None
 
 
-def _to_ledger_device(record: Any) -> DeviceInfo | None:
-    """The ledger's record of a device; None (treated as unregistered, logged) if it is outside
-    the ledger's bounds (e.g. more connectors than MAX_CONNECTORS)."""
+def _to_ledger_device(record: Any, site: Any = None) -> DeviceInfo | None:
+    """The ledger's record of a device (with its load-management `site`, a SiteRecord, if it is
+    in one); None (treated as unregistered, logged) if it is outside the ledger's bounds (e.g.
+    more connectors than MAX_CONNECTORS)."""
+    site_id = int(getattr(record, "site_id", 0)) if site is not None else 0
     try:
         return DeviceInfo(
             device_id=record.device_id,
@@ -241,6 +243,9 @@ def _to_ledger_device(record: Any) -> DeviceInfo | None:
             max_power_w=record.max_power_w,
             meter_public_key=bytes(record.charger_public_key),
             require_signed_meter=bool(record.require_signed_meter),
+            site_id=site_id,
+            site_max_power_w=site.max_power_w if site_id else 0,
+            site_min_session_w=site.min_session_w if site_id else 0,
         )
     except (ValueError, TypeError) as exc:
         log.warning("device %s treated as unregistered: %s", str(record.charge_box_id)[:48], exc)
@@ -297,7 +302,8 @@ class ReadCache:
     eth_call per charger per consensus block into one eth_getLogs per new Ethereum block.
     """
 
-    KINDS_BY_CONTRACT = {"DeviceFactory": ("device",), "UserRegistry": ("id_tag",), "Escrow": ("session",)}
+    # a DeviceFactory log's first topic is a deviceId or (SiteChanged) a site id as uint256
+    KINDS_BY_CONTRACT = {"DeviceFactory": ("device", "site"), "UserRegistry": ("id_tag",), "Escrow": ("session",)}
 
     def __init__(self, client: ChainClient, max_entries: int = MAX_CACHED_READS) -> None:
         self._client = client
@@ -404,7 +410,12 @@ class ContractChainView(ChainView):
                                  lambda block: self._client.device(charge_box_id, self.at))
         if record is None:
             return None
-        return _to_ledger_device(record)
+        site_id = int(getattr(record, "site_id", 0))
+        site = None
+        if site_id:
+            site = self._cache.get("site", site_id.to_bytes(32, "big"),
+                                   lambda block: self._client.site(site_id, self.at))
+        return _to_ledger_device(record, site)
 
     def id_tag(self, tag_hash: bytes) -> IdTagInfo | None:
         record = self._cache.get("id_tag", tag_hash, lambda block: self._client.id_tag(tag_hash, self.at))

@@ -26,6 +26,12 @@ names that group as parentIdTag / groupIdToken (what the node answers for the ho
 token); any other is Rejected. A transaction started on the connector uses the reservation up,
 and a reservation past its expiry holds nothing. `reservations` holds them (reservation id -> record).
 
+A card presented at a running transaction stops it only as a real charger allows
+(`present_card`, OCPP 1.6 §3.5.4 / 2.0.1 C01 "stop authorization"): the idTag that started it,
+or another idTag whose Authorize reply names the same parentIdTag (1.6) / groupIdToken (2.0.1)
+as the transaction's own (from its start reply, else its idTag's last Authorize); any other
+card is refused as a stop and the transaction goes on.
+
 With a `meter_key` it behaves like an Eichrecht meter: its begin reading (in a MeterValues
 `SignedData` sample) and its end reading (in StopTransaction.transactionData) are OCMF
 documents signed with that key (`demo_meter_key()` is the devnet's well-known P-256 test key).
@@ -150,6 +156,7 @@ class DemoCharger:
     # reservation id -> {"connector", "id_tag", "group", "expires_at" (unix s)}
     reservations: dict[int, dict[str, Any]] = field(default_factory=dict)
     refused_remote_starts: list[dict[str, Any]] = field(default_factory=list)  # Rejected for a reservation
+    parents: dict[str, str | None] = field(default_factory=dict)  # idTag -> parent of its last Authorize
 
     def signed_sample(self, id_tag: str, tx: str, wh: int) -> dict[str, Any]:
         """A 1.6 sampledValue carrying an OCMF document for one reading (requires `meter_key`)."""
@@ -188,10 +195,17 @@ class DemoCharger:
             self._use_reservation(payload.get("connectorId"))
         if action == "TransactionEvent" and payload.get("eventType") == "Started":
             self._use_reservation((payload.get("evse") or {}).get("id"))
+        if action == "Authorize":
+            tag = payload.get("idTag") if self.ocpp_version == "1.6" else (payload.get("idToken") or {}).get("idToken")
+            if isinstance(tag, str):
+                self.parents[tag] = group_of(result)
+                while len(self.parents) > MAX_RUNNING_TRANSACTIONS * 4:
+                    self.parents.pop(next(iter(self.parents)))
         if action == "StartTransaction" and accepted and len(self.running) < MAX_RUNNING_TRANSACTIONS:
-            self.running[str(result["transactionId"])] = {"connector": payload.get("connectorId"),
-                                                          "id_tag": payload.get("idTag"),
-                                                          "meter_wh": payload.get("meterStart", 0)}
+            tag = payload.get("idTag")
+            self.running[str(result["transactionId"])] = {"connector": payload.get("connectorId"), "id_tag": tag,
+                                                          "meter_wh": payload.get("meterStart", 0),
+                                                          "parent": group_of(result) or self.parents.get(str(tag))}
         elif action == "MeterValues" and str(payload.get("transactionId")) in self.running:
             wh = _last_register_wh(payload.get("meterValue"))
             if wh is not None:
@@ -204,8 +218,9 @@ class DemoCharger:
                 self.running.pop(ref, None)
                 return
             if payload.get("eventType") == "Started" and len(self.running) < MAX_RUNNING_TRANSACTIONS:
-                self.running.setdefault(ref, {"connector": (payload.get("evse") or {}).get("id"),
-                                              "id_tag": (payload.get("idToken") or {}).get("idToken"), "meter_wh": 0})
+                tag = (payload.get("idToken") or {}).get("idToken")
+                self.running.setdefault(ref, {"connector": (payload.get("evse") or {}).get("id"), "id_tag": tag,
+                                              "meter_wh": 0, "parent": group_of(result) or self.parents.get(str(tag))})
             wh = _last_register_wh(payload.get("meterValue"))
             if ref in self.running and wh is not None:
                 self.running[ref]["meter_wh"] = wh
@@ -268,6 +283,30 @@ class DemoCharger:
         reply = await self.call("Authorize", {"idToken": {"idToken": id_tag, "type": "Central"}})
         info = reply.get("idTokenInfo") or {}
         return info.get("status") == "Accepted" and (info.get("groupIdToken") or {}).get("idToken") in holders
+    async def present_card(self, tx_ref: str, id_tag: str) -> dict[str, Any]:
+        """A driver presents `id_tag` at running transaction `tx_ref`: stop it if the charger may.
+
+        The transaction's own idTag stops it at once; another is Authorized first and stops it
+        only if Accepted with the same parentIdTag / groupIdToken as the transaction's. Returns
+        {"stopped": bool, "authorize": reply or None, "stop": reply (when stopped)}."""
+        tx = self.running[tx_ref]
+        authorize = None
+        if id_tag != tx.get("id_tag"):
+            token = {"idTag": id_tag} if self.ocpp_version == "1.6" else {"idToken": {"idToken": id_tag,
+                                                                                       "type": "ISO14443"}}
+            authorize = await self.call("Authorize", token)
+            info = authorize.get("idTagInfo") or authorize.get("idTokenInfo") or {}
+            parent = group_of(authorize)
+            if info.get("status") != "Accepted" or parent is None or parent != tx.get("parent"):
+                return {"stopped": False, "authorize": authorize}
+        action, payload = self.stop_call(tx_ref, reason="Local")
+        if self.ocpp_version == "1.6":
+            payload["idTag"] = id_tag
+        else:
+            payload["idToken"] = {"idToken": id_tag, "type": "ISO14443"}
+        stop = await self.call(action, payload)
+        self.running.pop(tx_ref, None)
+        return {"stopped": True, "authorize": authorize, "stop": stop}
 
     def next_seq_no(self) -> int:
         """The 2.0.1 TransactionEvent seqNo (one counter per charger)."""
@@ -451,6 +490,15 @@ class DemoCharger:
                 {"timestamp": iso_now(), "sampledValue": [self.signed_sample(id_tag, "E", meter_stop_wh)]}]
         stop = await self.call("StopTransaction", stop_payload)
         return {"authorize": authorize, "start": start, "stop": stop}
+
+
+def group_of(reply: dict[str, Any]) -> str | None:
+    """The parentIdTag (1.6 idTagInfo) or groupIdToken.idToken (2.0.1 idTokenInfo) of a CSMS reply."""
+    info = reply.get("idTagInfo") or reply.get("idTokenInfo")
+    if not isinstance(info, dict):
+        return None
+    group = info.get("parentIdTag", (info.get("groupIdToken") or {}).get("idToken"))
+    return group if isinstance(group, str) else None
 
 
 def _last_register_wh(meter_values: Any) -> int | None:

@@ -42,6 +42,8 @@ GAS = {
     "revokeIdTag": 60_000,
     "createDevice": 700_000,
     "deviceUpdate": 250_000,
+    "createSite": 120_000,
+    "siteUpdate": 80_000,
     "approve": 80_000,
     "faucetMint": 100_000,
     "transfer": 80_000,
@@ -112,6 +114,17 @@ class DeviceRecord:
     active: bool
     max_power_w: int = 0  # per connector / EVSE, watts (DeviceFactory.maxPowerW)
     require_signed_meter: bool = False  # settle only on OCMF readings signed with charger_public_key
+    site_id: int = 0  # DeviceFactory.siteOf: the load-management site it is in (0: none)
+
+
+@dataclass(frozen=True, slots=True)
+class SiteRecord:
+    """A DeviceFactory site (issue 13): chargers sharing `max_power_w`, at least `min_session_w` each."""
+
+    site_id: int
+    manager: str
+    max_power_w: int
+    min_session_w: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,10 +327,21 @@ class ChainClient:
                 return None
             raise
         (manager, connectors, active, max_power_w, require_signed, salt, price, fee, auth_hash, cbid, location, key) = d
+        site_id = int(self.read("DeviceFactory", "siteOf", device_id, block=block))
         return DeviceRecord(
             device_id, cbid, manager, location, connectors, price, fee, bytes(salt), bytes(auth_hash), bytes(key), active,
-            max_power_w, require_signed,
+            max_power_w, require_signed, site_id,
         )
+
+    def site(self, site_id: int, block: BlockId) -> SiteRecord | None:
+        """A load-management site of the DeviceFactory, or None if there is none with this id."""
+        try:
+            manager, max_power_w, min_session_w = self.read("DeviceFactory", "site", site_id, block=block)
+        except ChainRevert as exc:
+            if exc.name == "UnknownSite":
+                return None
+            raise
+        return SiteRecord(site_id, manager, max_power_w, min_session_w)
 
     def device_ids(self, block: BlockId) -> list[bytes]:
         count = self.read("DeviceFactory", "deviceCount", block=block)
@@ -434,6 +458,17 @@ class ChainClient:
         if function not in allowed:
             raise ValueError(f"{function} is not a device update")
         return self.send("DeviceFactory", function, device_id_of(charge_box_id), *args, gas=GAS["deviceUpdate"])
+
+    def create_site(self, max_power_w: int, min_session_w: int) -> Receipt:
+        """Open a load-management site managed by the sender (its id: `siteCount` after it)."""
+        return self.send("DeviceFactory", "createSite", max_power_w, min_session_w, gas=GAS["createSite"])
+
+    def set_site_power(self, site_id: int, max_power_w: int, min_session_w: int) -> Receipt:
+        return self.send("DeviceFactory", "setSitePower", site_id, max_power_w, min_session_w, gas=GAS["siteUpdate"])
+
+    def set_device_site(self, charge_box_id: str, site_id: int) -> Receipt:
+        """Put a device in a site (0: out of any); the sender must manage both."""
+        return self.send("DeviceFactory", "setDeviceSite", device_id_of(charge_box_id), site_id, gas=GAS["siteUpdate"])
 
     def approve(self, spender: str, amount: int) -> Receipt:
         return self.send("ChargeToken", "approve", spender, amount, gas=GAS["approve"])

@@ -15,6 +15,9 @@ error ChargerPublicKeyTooLong(uint256 length);
 error AuthCredentialInvalid();
 error ManagerZero();
 error SignedMeterNeedsKey(bytes32 deviceId);
+error UnknownSite(uint32 siteId);
+error NotSiteManager(uint32 siteId, address caller);
+error SitePowerInvalid(uint32 maxPowerW, uint32 minSessionW);
 
 /// @title DeviceFactory (FactoryDEVSEN + DeviceDEVSEN)
 /// @notice One device record per EVSE, keyed by deviceId = keccak256(chargeBoxId).
@@ -54,9 +57,23 @@ contract DeviceFactory is IDeviceFactory {
         bytes chargerPublicKey; // the meter's OCMF key: DER SubjectPublicKeyInfo (e.g. 91 bytes for P-256)
     }
 
+    /// A site (issue 13, load management): chargers of one manager sharing a grid connection of
+    /// `maxPowerW`; the ledger divides it among the site's running transactions, at least
+    /// `minSessionW` each while it lasts (later ones are paused at 0 W).
+    struct Site {
+        address manager;
+        uint32 maxPowerW;
+        uint32 minSessionW;
+    }
+
+    uint32 public constant MAX_SITE_POWER_W = 4_000_000_000; // 4 GW: no grid connection is larger
+
     IUserRegistry public immutable users;
     mapping(bytes32 => Device) private _devices;
     bytes32[] private _deviceIds;
+    mapping(uint32 => Site) private _sites;
+    mapping(bytes32 => uint32) public siteOf; // deviceId -> its site (0: none)
+    uint32 public siteCount;
 
     event DeviceCreated(
         bytes32 indexed deviceId, string chargeBoxId, address indexed manager, uint8 connectorCount
@@ -70,6 +87,9 @@ contract DeviceFactory is IDeviceFactory {
     event DeviceActiveChanged(bytes32 indexed deviceId, bool active);
     event DeviceSignedMeterChanged(bytes32 indexed deviceId, bool requireSignedMeter);
     event DeviceManagerChanged(bytes32 indexed deviceId, address indexed manager);
+    /// siteId is indexed as the first topic: the nodes' read cache drops ("site", siteId) on it.
+    event SiteChanged(uint256 indexed siteId, address indexed manager, uint32 maxPowerW, uint32 minSessionW);
+    event DeviceSiteChanged(bytes32 indexed deviceId, uint32 siteId);
 
     constructor(IUserRegistry users_) {
         users = users_;
@@ -210,6 +230,39 @@ contract DeviceFactory is IDeviceFactory {
         emit DeviceManagerChanged(deviceId, manager);
     }
 
+    /// @notice Open a site managed by the caller (a device-manager account); ids count from 1.
+    function createSite(uint32 maxPowerW, uint32 minSessionW) external returns (uint32 siteId) {
+        if (!users.hasRoles(msg.sender, ROLE_DEVICE_MANAGER)) revert NotADeviceManagerAccount(msg.sender);
+        _checkSitePower(maxPowerW, minSessionW);
+        siteId = ++siteCount;
+        _sites[siteId] = Site(msg.sender, maxPowerW, minSessionW);
+        emit SiteChanged(siteId, msg.sender, maxPowerW, minSessionW);
+    }
+
+    /// @notice Change a site's power (only its manager).
+    function setSitePower(uint32 siteId, uint32 maxPowerW, uint32 minSessionW) external {
+        Site storage site = _managedSite(siteId);
+        _checkSitePower(maxPowerW, minSessionW);
+        site.maxPowerW = maxPowerW;
+        site.minSessionW = minSessionW;
+        emit SiteChanged(siteId, msg.sender, maxPowerW, minSessionW);
+    }
+
+    /// @notice Put a device in a site (0: take it out). The caller must manage the device and
+    /// the site: nobody can load another manager's site, nor move another manager's charger.
+    function setDeviceSite(bytes32 deviceId, uint32 siteId) external {
+        _managed(deviceId);
+        if (siteId != 0) _managedSite(siteId);
+        siteOf[deviceId] = siteId;
+        emit DeviceSiteChanged(deviceId, siteId);
+    }
+
+    function site(uint32 siteId) external view returns (Site memory) {
+        Site storage s = _sites[siteId];
+        if (s.manager == address(0)) revert UnknownSite(siteId);
+        return s;
+    }
+
     function device(bytes32 deviceId) external view returns (Device memory) {
         Device storage d = _devices[deviceId];
         if (d.manager == address(0)) revert UnknownDevice(deviceId);
@@ -255,6 +308,18 @@ contract DeviceFactory is IDeviceFactory {
         d = _devices[deviceId];
         if (d.manager == address(0)) revert UnknownDevice(deviceId);
         if (d.manager != msg.sender) revert NotDeviceManager(deviceId, msg.sender);
+    }
+
+    function _managedSite(uint32 siteId) private view returns (Site storage s) {
+        s = _sites[siteId];
+        if (s.manager == address(0)) revert UnknownSite(siteId);
+        if (s.manager != msg.sender) revert NotSiteManager(siteId, msg.sender);
+    }
+
+    function _checkSitePower(uint32 maxPowerW, uint32 minSessionW) private pure {
+        if (maxPowerW == 0 || maxPowerW > MAX_SITE_POWER_W || minSessionW > maxPowerW) {
+            revert SitePowerInvalid(maxPowerW, minSessionW);
+        }
     }
 
     // OCPP charge point identity: 1..48 bytes of A-Z a-z 0-9 and * - _ = : + | @ . (OCPP 2.0.1).

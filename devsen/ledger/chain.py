@@ -14,6 +14,7 @@ from functools import lru_cache
 from typing import Protocol
 
 from devsen.ledger.parse import MAX_TIMESTAMP_MS
+from devsen.ledger.sites import site_problem
 from primitives.hashing import id_tag_hash
 
 MAX_AMOUNT = 2**256 - 1  # token amounts are uint256 on chain
@@ -71,6 +72,11 @@ class DeviceInfo:
     max_power_w: int = DEFAULT_MAX_POWER_W
     meter_public_key: bytes = b""
     require_signed_meter: bool = False
+    # the load-management site it is in (DeviceFactory.siteOf; 0: none) and that site's power
+    # (devsen/ledger/sites.py): at most site_max_power_w for its transactions, site_min_session_w each
+    site_id: int = 0
+    site_max_power_w: int = 0
+    site_min_session_w: int = 0
 
     def __post_init__(self) -> None:
         problem = device_problem(self)
@@ -99,7 +105,7 @@ def device_problem(device: object) -> str | None:
     key = device.meter_public_key
     if type(key) is not bytes or len(key) > MAX_METER_KEY_BYTES or type(device.require_signed_meter) is not bool:
         return f"meter_public_key must be at most {MAX_METER_KEY_BYTES} bytes and require_signed_meter a bool"
-    return None
+    return site_problem(device.site_id, device.site_max_power_w, device.site_min_session_w)
 
 
 @dataclass(frozen=True, slots=True)

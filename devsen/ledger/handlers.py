@@ -116,15 +116,7 @@ def _authorize(ledger: Ledger, step: _Step, payload: dict[str, Any]) -> dict[str
         status = "Invalid"
     elif status == "Accepted" and ledger._all_reserved_for_others(step, device, tag):
         status = RESERVED_STATUS
-    reply = _tag_info(ledger, step, status, expiry_s)
-    held = ledger._held_for(step, device, tag) if status == "Accepted" and device is not None else None
-    if held is not None:  # the group the ReserveNow named: the charger admits this card or session token
-        token = reservation_token(held.id_tag_hash)
-        if step.event.ocpp_version == "1.6":
-            reply["idTagInfo"]["parentIdTag"] = token
-        else:
-            reply["idTokenInfo"]["groupIdToken"] = {"idToken": token, "type": "Central"}
-    return reply
+    return _tag_info(ledger, step, status, expiry_s, tag=tag)
 
 
 def _id_tag(ledger: Ledger, step: _Step, payload: dict[str, Any], *, required: bool = True) -> bytes | None:
@@ -136,18 +128,30 @@ def _id_tag(ledger: Ledger, step: _Step, payload: dict[str, Any], *, required: b
     return None if token is None else get_tag_hash(token, "idToken")
 
 
-def _tag_info(ledger: Ledger, step: _Step, status: str, expiry_s: int = 0) -> dict[str, Any]:
-    """{"idTagInfo": ...} (1.6) or {"idTokenInfo": ...} (2.0.1)."""
+def _tag_info(ledger: Ledger, step: _Step, status: str, expiry_s: int = 0, *,
+              tag: bytes | None = None) -> dict[str, Any]:
+    """{"idTagInfo": ...} (1.6) or {"idTokenInfo": ...} (2.0.1).
+
+    An Accepted `tag` (its hash) with a driver's group at this charger (`Ledger._driver_group`:
+    a session token, or the card of an open escrow session or reservation here) gets the
+    group's token as parentIdTag (1.6) / groupIdToken (2.0.1): the charger then lets the
+    card stop a transaction its session token started, and the token one the card started."""
     if expiry_s * 1000 > MAX_TIMESTAMP_MS:
         expiry_s = 0  # beyond year 9999: as good as never
+    group = ledger._driver_group(step, tag) if tag is not None and status == "Accepted" else None
+    token = None if group is None else reservation_token(group)
     if step.event.ocpp_version == "1.6":
         info: dict[str, Any] = {"status": status}
         if expiry_s:
             info["expiryDate"] = format_timestamp_ms(expiry_s * 1000)
+        if token is not None:
+            info["parentIdTag"] = token
         return {"idTagInfo": info}
     info = {"status": status}
     if expiry_s:
         info["cacheExpiryDateTime"] = format_timestamp_ms(expiry_s * 1000)
+    if token is not None:
+        info["groupIdToken"] = {"idToken": token, "type": "Central"}
     return {"idTokenInfo": info}
 
 
@@ -203,7 +207,7 @@ def _start_transaction(ledger: Ledger, step: _Step, payload: dict[str, Any]) -> 
     status, expiry_s = _open_transaction(ledger, step, key, connector, tag, meter_start, start_text)
     if status != "Accepted":
         ledger._remember_closed(key, ClosedTransaction(ledger._next_seq(), "rejected"))
-    reply = _tag_info(ledger, step, status, expiry_s)
+    reply = _tag_info(ledger, step, status, expiry_s, tag=tag)
     reply["transactionId"] = tx
     return reply
 
@@ -251,7 +255,7 @@ def _stop_transaction(ledger: Ledger, step: _Step, payload: dict[str, Any]) -> d
     meter_stop = req_int(payload, "meterStop")
     stop_text = req_str(payload, "timestamp", max_len=64)
     tag = get_tag_hash(payload, "idTag", required=False)
-    reply = {} if tag is None else _tag_info(ledger, step, *ledger._tag_status(step, tag))
+    reply = {} if tag is None else _tag_info(ledger, step, *ledger._tag_status(step, tag), tag=tag)
     key = (step.event.charger_id, str(tx))
     if not ledger._is_open(step, key):
         ledger._transaction_unknown(step, key)
@@ -289,7 +293,7 @@ def _transaction_event(ledger: Ledger, step: _Step, payload: dict[str, Any]) -> 
     ledger._record_meter(step, key, wh)
     reply: dict[str, Any] = {}
     if tag is not None:
-        reply = _tag_info(ledger, step, _authorize_session(ledger, step, key, tag, time_text))
+        reply = _tag_info(ledger, step, _authorize_session(ledger, step, key, tag, time_text), tag=tag)
     apply_signed(ledger, step, key, signed_documents(payload.get("meterValue")))
     if event_type == "Ended":
         session = ledger._sessions.get(key)
@@ -326,7 +330,7 @@ def _transaction_started(
     )
     if tag is None:
         return {}
-    reply = _tag_info(ledger, step, _authorize_session(ledger, step, key, tag, time_text))
+    reply = _tag_info(ledger, step, _authorize_session(ledger, step, key, tag, time_text), tag=tag)
     apply_signed(ledger, step, key, signed_documents(meter_values))
     return reply
 

@@ -88,6 +88,15 @@ from devsen.ledger.reservations import (
     reserve_now_payload,
 )
 from devsen.ledger.signed import settlement_terms
+from devsen.ledger.sites import (
+    PROFILE_TTL_MS,
+    SiteBook,
+    SiteSchedule,
+    SiteShare,
+    divide,
+    profile_command_id,
+    set_charging_profile_payload,
+)
 from devsen.ledger.state import (
     Anomaly,
     ClosedTransaction,
@@ -112,7 +121,9 @@ SNAPSHOT_VERSION = 8  # 4: signed meter values, payment vouchers, uptime and rew
 # pagination floor of evicted device records (paginations_forgotten_ms, DeviceRecord.paginations_ms);
 # 6: commands (commands.py: command records, nonce windows, charger configurations);
 # 7: consumed reservations (reservations.py), an 11th table when in use; 8: DeviceRecord.ocpp_version
-# (the version of the charger's last event: remote starts for a charger without an event in the block)
+# (the version of the charger's last event: remote starts for a charger without an event in the block);
+# sites (sites.py) add a 12th table when in use, without a new version: a snapshot without sites
+# reads as before
 
 MAX_PAYLOAD_DEPTH = 32  # OCPP payloads nest a handful of levels; deeper is malformed
 CANCEL_RESERVATION_TTL_MS = 2 * 3_600_000  # a CancelReservation waits for its charger as long as a reservation lasts
@@ -379,6 +390,7 @@ class Ledger:
         self.vouchers = VoucherBook(self._next_seq)  # latest payment voucher per escrow session (vouchers.py)
         self.commands = CommandBook(self._next_seq)  # manager commands, nonces, configurations (commands.py)
         self.reservations = ReservationBook()  # reservations consumed by a start (reservations.py)
+        self.sites = SiteBook()  # site membership and power schedules (sites.py)
 
     # ----------------------------------------------------------------- public API
 
@@ -437,6 +449,7 @@ class Ledger:
         results = tuple(self._apply_event(checked, event, settlements) for event in events)
         admitted += self._issue_reservations(checked, events)
         admitted += self._issue_remote_starts(checked, events)
+        admitted += self._issue_site_profiles(checked, events)
         stops = self._voucher_stops(checked, events)
         self.vouchers.prune(lambda sid: checked.escrow_session(sid) is not None)
         self._count_uptime(checked, events, results)
@@ -517,14 +530,60 @@ class Ledger:
                     issued.append(AdmittedCommand(command_id, record))
         return tuple(issued)
 
+    def _issue_site_profiles(self, chain: _CheckedChain,
+                             events: Sequence[ChargerEvent]) -> tuple[AdmittedCommand, ...]:
+        """Re-divide the power of the sites this block may have changed and issue a
+        SetChargingProfile for each share that is new or changed (sites.py)."""
+        chain.report = lambda detail: None  # the events already reported bad device data
+        affected: set[int] = set()
+        powers: dict[int, tuple[int, int]] = {}
+        for charger_id in sorted({event.charger_id for event in events}):
+            device = chain.device(charger_id)
+            site_id = device.site_id if device is not None and device.active else 0
+            affected |= self.sites.note_member(charger_id, site_id)
+            if device is not None and site_id:
+                affected.add(site_id)
+                powers[site_id] = (device.site_max_power_w, device.site_min_session_w)
+        if not self.sites.in_use():
+            return ()
+        for schedule in self.sites.schedules.values():
+            if any((share.charger_id, share.tx_ref) not in self._sessions for share in schedule.shares):
+                affected.add(schedule.site_id)
+        issued = []
+        for site_id in sorted(affected):
+            old = self.sites.schedules.get(site_id)
+            max_w, min_w = powers.get(site_id) or ((old.max_power_w, old.min_session_w) if old else (0, 0))
+            running = sorted((s for c in self.sites.chargers_of(site_id) for s in self._charger_sessions(c)
+                              if s.bound), key=lambda s: s.opened_seq)
+            watts = divide(max_w, min_w, [s.max_power_w for s in running])
+            shares = tuple(SiteShare(s.charger_id, s.tx_ref, s.connector_id, s.ocpp_version, w)
+                           for s, w in zip(running, watts, strict=True))
+            for share in self.sites.settle(SiteSchedule(site_id, max_w, min_w, self._c.height, shares)):
+                command_id = profile_command_id(share, self._c.height)
+                if self.commands.admit_from_ledger(command_id, share.charger_id, share.ocpp_version,
+                                                   "SetChargingProfile", set_charging_profile_payload(share),
+                                                   self._c.block_ms + PROFILE_TTL_MS, self._c.height):
+                    record = self.commands.get(command_id)
+                    assert record is not None
+                    issued.append(AdmittedCommand(command_id, record))
+        return tuple(issued)
+
+    def _charger_sessions(self, charger_id: str) -> list[Session]:
+        """The charger's open sessions, by connector."""
+        found = []
+        for connector in range(MAX_CONNECTORS + 1):
+            tx_ref = self._by_connector.get((charger_id, connector))
+            session = None if tx_ref is None else self._sessions.get((charger_id, tx_ref))
+            if session is not None:
+                found.append(session)
+        return found
+
     def _voucher_stops(self, chain: _CheckedChain, events: Sequence[ChargerEvent]) -> tuple[StopOrder, ...]:
         """The voucher-mode transactions of the block's chargers whose vouchers fell behind (vouchers.py)."""
         stops: list[StopOrder] = []
         for charger_id in sorted({event.charger_id for event in events}):
-            for connector in range(MAX_CONNECTORS + 1):
-                tx_ref = self._by_connector.get((charger_id, connector))
-                session = None if tx_ref is None else self._sessions.get((charger_id, tx_ref))
-                if session is None or not session.bound:
+            for session in self._charger_sessions(charger_id):
+                if not session.bound:
                     continue
                 energy = 0
                 if session.meter_last_wh is not None and session.meter_start_wh is not None:
@@ -626,6 +685,8 @@ class Ledger:
             tables.extend(t.digest() for t in self.commands.tables())
         if extra >= 3:
             tables.extend((self.reservations.table.digest(), self.reservations.sent.digest()))
+        if extra >= 4:
+            tables.extend((self.sites.members.digest(), self.sites.schedules.digest()))
         return keccak256(state_bytes([SNAPSHOT_VERSION, self.params, self._counter_values(), tables]))
 
     def table_digests(self) -> dict[str, bytes]:
@@ -642,6 +703,8 @@ class Ledger:
             tables.append(self.commands.to_state())
         if extra >= 3:
             tables.append(self.reservations.to_state())
+        if extra >= 4:
+            tables.append(self.sites.to_state())
         return state_bytes([SNAPSHOT_VERSION, self.params, self._counter_values(), tables])
 
     @classmethod
@@ -672,15 +735,17 @@ class Ledger:
             raise SnapshotError(f"snapshot version {version}, expected {SNAPSHOT_VERSION}")
         ledger = cls(LedgerParams(*params))
         ledger._c = _Counters(*counters)
-        if len(tables) not in (8, 9, 10, 11):
-            raise SnapshotError(f"{len(tables)} tables in the snapshot, expected 8 to 11")
+        if len(tables) not in (8, 9, 10, 11, 12):
+            raise SnapshotError(f"{len(tables)} tables in the snapshot, expected 8 to 12")
         devices, sessions, closed, pending, replies, anomalies, uptime, rewards = tables[:8]
         if len(tables) >= 9:
             ledger.vouchers.restore(tables[8])
         if len(tables) >= 10:
             ledger.commands.restore(tables[9])
-        if len(tables) == 11:
+        if len(tables) >= 11:
             ledger.reservations.restore(tables[10])
+        if len(tables) == 12:
+            ledger.sites.restore(tables[11])
         for key, v in devices:
             values = list(v)
             values[8] = tuple(ConnectorStatus(*c) for c in v[8])
@@ -709,8 +774,10 @@ class Ledger:
                 *self._uptime.tables())
 
     def _extra_tables(self) -> int:
-        """How many of the later tables a snapshot carries: 0, 1 (vouchers), 2 (and commands)
-        or 3 (and consumed reservations); each is present when it or a later one is in use."""
+        """How many of the later tables a snapshot carries: 0, 1 (vouchers), 2 (and commands),
+        3 (and consumed reservations) or 4 (and sites); each is present when it or a later one is in use."""
+        if self.sites.in_use():
+            return 4
         if self.reservations.in_use():
             return 3
         if self.commands.in_use():
@@ -1071,13 +1138,6 @@ class Ledger:
         return held.id_tag_hash == tag_hash or any(
             s.id_tag_hash == held.id_tag_hash for s in step.chain.token_sessions(step.event.charger_id, tag_hash))
 
-    def _consume_reservation(self, step: _Step, connector_id: int, tag_hash: bytes) -> None:
-        """A start by the holder on its reserved connector uses the reservation up."""
-        held = self.reservations.holding(step.chain.reservations(step.event.charger_id), connector_id,
-                                         self._c.block_ms)
-        if held is not None and self._holds_for(step, held, tag_hash):
-            self.reservations.consume(held)
-
     def _held_for(self, step: _Step, device: DeviceInfo, tag_hash: bytes) -> ChainReservation | None:
         """A reservation holding some connector of the charger for this idTag (its hash) or for
         the driver of the escrow session whose token this is (`_holds_for`); None if none."""
@@ -1086,12 +1146,38 @@ class Ledger:
                      if (r := self.reservations.holding(reservations, c, self._c.block_ms)) is not None
                      and self._holds_for(step, r, tag_hash)), None)
 
+    def _consume_reservation(self, step: _Step, connector_id: int, tag_hash: bytes) -> None:
+        """A start by the holder on its reserved connector uses the reservation up."""
+        held = self.reservations.holding(step.chain.reservations(step.event.charger_id), connector_id,
+                                         self._c.block_ms)
+        if held is not None and self._holds_for(step, held, tag_hash):
+            self.reservations.consume(held)
+
     def _all_reserved_for_others(self, step: _Step, device: DeviceInfo, tag_hash: bytes) -> bool:
         """Whether every connector of the charger is held for another idTag (an Authorize names none)."""
         if not step.chain.reservations(step.event.charger_id):
             return False
         return all(self._reservation_for_other(step, c, tag_hash) is not None
                    for c in range(1, device.connector_count + 1))
+
+    def _driver_group(self, step: _Step, tag_hash: bytes) -> bytes | None:
+        """The idTag hash naming the driver's group of `tag_hash` at the event's charger, if any.
+
+        A session token of an open escrow session here belongs to the driver whose idTag opened
+        it (the oldest such session if two ever shared a token); a card belongs to its own group
+        when it opened an escrow session here or holds a reservation here. Elsewhere: None
+        (the reply names no group). `reservation_token` of it is what the charger sees.
+        """
+        charger_id = step.event.charger_id
+        sessions = step.chain.token_sessions(charger_id, tag_hash)
+        if sessions:
+            return min(sessions, key=lambda s: (s.opened_at_s, s.session_id)).id_tag_hash
+        if any(s.id_tag_hash == tag_hash for s in step.chain.open_escrow_sessions(charger_id)):
+            return tag_hash
+        device = step.chain.device(charger_id)
+        if device is not None and device.active and self._held_for(step, device, tag_hash) is not None:
+            return tag_hash
+        return None
 
     def _tag_status(self, step: _Step, tag_hash: bytes, connector_id: int | None = None) -> tuple[str, int]:
         """(Accepted | Invalid | Expired | Blocked, expiry in s or 0) for an idTag (its hash) at this charger.

@@ -55,7 +55,10 @@ RESERVATION_TOKEN_HEX_DIGITS = 19  # "R" + 19 hex digits: an OCPP 1.6 CiString20
 
 
 def reservation_token(id_tag_hash: bytes) -> str:
-    """The idTag the network names in ReserveNow for a reservation held for `id_tag_hash`."""
+    """The driver's group token for the idTag hashing to `id_tag_hash`: the idTag the network
+    names in ReserveNow for a reservation held for it, and the parentIdTag (1.6) / groupIdToken
+    (2.0.1) the ledger gives that card and the session tokens of its escrow sessions, so a
+    charger lets either stop a transaction the other started (LEDGER.md "Driver's group")."""
     return RESERVATION_TOKEN_PREFIX + id_tag_hash.hex()[:RESERVATION_TOKEN_HEX_DIGITS]
 
 

@@ -32,6 +32,7 @@ from devsen.ledger import (
     Tariff,
     id_tag_hash,
 )
+from devsen.ledger.reservations import reservation_token
 from ocpp_adapter.auth import ChargerCredentials, InMemoryChargerRegistry
 from ocpp_adapter.config import OcppServerConfig
 from ocpp_adapter.events import ChargerEvent
@@ -124,11 +125,14 @@ async def test_no_plaintext_id_tag_in_blocks_proofs_or_audit(tmp_path: Path) -> 
     ingest = LedgerIngest(net.anchor_domain)
     replies = await converse(ingest)
 
-    # The chargers get exactly the replies they always got, and both sessions settle.
-    assert replies["CP-1"] == [{"idTagInfo": {"status": "Accepted"}},
-                               {"idTagInfo": {"status": "Accepted"}, "transactionId": 1},
-                               {"idTagInfo": {"status": "Accepted"}}]
-    assert replies["CS-2"] == [{"idTokenInfo": {"status": "Accepted"}}] * 3
+    # The chargers get the replies they always got (with the driver's group, named by a prefix
+    # of the hash, never the tag), and both sessions settle.
+    group = reservation_token(id_tag_hash(TAG))
+    accepted = {"status": "Accepted", "parentIdTag": group}
+    assert replies["CP-1"] == [{"idTagInfo": accepted}, {"idTagInfo": accepted, "transactionId": 1},
+                               {"idTagInfo": accepted}]
+    assert replies["CS-2"] == [{"idTokenInfo": {"status": "Accepted",
+                                                "groupIdToken": {"idToken": group, "type": "Central"}}}] * 3
     assert [(s.session_id, s.energy_wh) for s in ingest.settlements] == [(b"\x01" * 32, 5_000), (b"\x02" * 32, 0)]
 
     local = LocalChain(tmp_path, net, BatchPolicy(every_blocks=2, every_ms=10**9))

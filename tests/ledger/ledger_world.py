@@ -19,6 +19,7 @@ from devsen.ledger import (
     Tariff,
     id_tag_hash,
 )
+from devsen.ledger.reservations import reservation_token
 from ocpp_adapter.events import ChargerEvent, tag_hash_of
 
 T0_MS = 1_790_000_000_000  # 2026-09-21, block time of the first block
@@ -30,6 +31,10 @@ DEPOSIT = 100_000
 ESCROW_1 = b"\x01" * 32
 ESCROW_2 = b"\x02" * 32
 ESCROW_201 = b"\x03" * 32
+# the driver's group the ledger names for TAG-OK (and its session tokens) at a charger where it has escrow
+DRIVER_GROUP = reservation_token(id_tag_hash("TAG-OK"))
+ACCEPTED_16 = {"status": "Accepted", "parentIdTag": DRIVER_GROUP}
+ACCEPTED_201 = {"status": "Accepted", "groupIdToken": {"idToken": DRIVER_GROUP, "type": "Central"}}
 _ids = itertools.count(1)
 
 

@@ -11,7 +11,19 @@ from typing import Any
 
 import msgpack
 import pytest
-from ledger_world import CHARGER, CHARGER_201, ESCROW_1, T0_MS, World, ev, start16, stop16, tx_event
+from ledger_world import (
+    ACCEPTED_16,
+    ACCEPTED_201,
+    CHARGER,
+    CHARGER_201,
+    ESCROW_1,
+    T0_MS,
+    World,
+    ev,
+    start16,
+    stop16,
+    tx_event,
+)
 
 from devsen.app import split_payloads
 from devsen.ledger import id_tag_hash, session_token, session_token_hash
@@ -137,15 +149,15 @@ def test_ledger_refuses_a_plaintext_id_tag_deterministically() -> None:
 
 def test_replies_and_settlement_unchanged_on_hashed_tags() -> None:
     world = World()
-    assert world.one(ev("Authorize", {"idTag": "TAG-OK"})) == {"idTagInfo": {"status": "Accepted"}}
+    assert world.one(ev("Authorize", {"idTag": "TAG-OK"})) == {"idTagInfo": ACCEPTED_16}
     assert world.one(ev("Authorize", {"idTag": "TAG-NONE"})) == {"idTagInfo": {"status": "Invalid"}}
     start = world.one(start16())
-    assert start["idTagInfo"] == {"status": "Accepted"}
+    assert start["idTagInfo"] == ACCEPTED_16
     outcome = world.block(stop16(start["transactionId"], 11_000, T0_MS + 600_000, idTag="TAG-OK"))
-    assert outcome.results[0].reply == {"idTagInfo": {"status": "Accepted"}}
+    assert outcome.results[0].reply == {"idTagInfo": ACCEPTED_16}
     assert [(s.session_id, s.energy_wh) for s in outcome.settlements] == [(ESCROW_1, 10_000)]
     reply = world.one(tx_event("Started", "t-1", tag="TAG-OK"))
-    assert reply == {"idTokenInfo": {"status": "Accepted"}}
+    assert reply == {"idTokenInfo": ACCEPTED_201}
     assert world.ledger.open_sessions()[0].id_tag_hash == id_tag_hash("TAG-OK")
 
 
@@ -156,7 +168,7 @@ def test_session_token_matches_by_its_hash() -> None:
     start = ev("StartTransaction", {"connectorId": 1, "idTag": token, "meterStart": 0,
                                     "timestamp": "2026-09-21T00:00:00Z"})
     assert token.encode() not in start.to_bytes()
-    assert world.one(start)["idTagInfo"] == {"status": "Accepted"}
+    assert world.one(start)["idTagInfo"] == ACCEPTED_16
     session = world.ledger.open_sessions()[0]
     assert session.escrow_session_id == ESCROW_1 and session.id_tag_hash == id_tag_hash(token)
     assert World().one(ev("Authorize", {"idTag": token}, charger=CHARGER_201, version="1.6"))["idTagInfo"] == \

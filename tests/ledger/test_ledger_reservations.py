@@ -163,7 +163,9 @@ def test_the_holders_authorize_names_the_reservation_group_so_the_charger_admits
     info = world.one(ev("Authorize", {"idTag": HOLDER}))["idTagInfo"]
     assert isinstance(info, dict) and info["parentIdTag"] == reservation_token(id_tag_hash(HOLDER))
     other = world.one(ev("Authorize", {"idTag": "TAG-OK"}))["idTagInfo"]
-    assert isinstance(other, dict) and "parentIdTag" not in other
+    # another driver's card is in its own group (its escrow session here), never the holder's
+    assert isinstance(other, dict) and other["parentIdTag"] == reservation_token(id_tag_hash("TAG-OK"))
+    assert other["parentIdTag"] != info["parentIdTag"]
     world201 = reserved_world(charger=CHARGER_201)
     reply = world201.one(ev("Authorize", {"idToken": {"idToken": HOLDER, "type": "ISO14443"}}, version="2.0.1"))
     token_info = reply["idTokenInfo"]

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 from ledger_world import (
+    ACCEPTED_16,
+    ACCEPTED_201,
     CHARGER,
     CHARGER_201,
     ESCROW_1,
@@ -63,13 +65,13 @@ def test_v16_token_is_accepted_only_at_its_charger() -> None:
 def test_v16_remote_start_binds_the_token_session_and_settles() -> None:
     world = World()
     reply = world.one(start16(connector=1, tag=TOKEN_1, meter=1_000))
-    assert reply["idTagInfo"] == {"status": "Accepted"}
+    assert reply["idTagInfo"] == ACCEPTED_16
     (session,) = world.ledger.open_sessions()
     assert session.bound and session.escrow_session_id == ESCROW_1
     # the same token cannot start a second transaction on the other connector
     assert world.one(start16(connector=2, tag=TOKEN_1))["idTagInfo"]["status"] == "Invalid"
     outcome = world.block(stop16(reply["transactionId"], 4_000, T0_MS, idTag=TOKEN_1))
-    assert outcome.results[0].reply == {"idTagInfo": {"status": "Accepted"}}
+    assert outcome.results[0].reply == {"idTagInfo": ACCEPTED_16}
     assert outcome.settlements == (SettlementOrder(ESCROW_1, 3_000, 3_000 * TARIFF.price_per_kwh // 1000),)
 
 
@@ -111,11 +113,11 @@ def test_v201_token_authorizes_at_its_station_only() -> None:
 def test_v201_remote_start_binds_the_token_session_and_settles() -> None:
     world = World()
     reply = world.one(tx_event("Started", "rs-1", tag=TOKEN_201, wh=2_000))
-    assert reply == {"idTokenInfo": {"status": "Accepted"}}
+    assert reply == {"idTokenInfo": ACCEPTED_201}
     (session,) = world.ledger.open_sessions()
     assert session.bound and session.escrow_session_id == ESCROW_201
     outcome = world.block(tx_event("Ended", "rs-1", seq=1, tag=TOKEN_201, wh=7_000, at_ms=T0_MS))
-    assert outcome.results[0].reply == {"idTokenInfo": {"status": "Accepted"}}
+    assert outcome.results[0].reply == {"idTokenInfo": ACCEPTED_201}
     assert outcome.settlements == (SettlementOrder(ESCROW_201, 5_000, 5_000 * TARIFF.price_per_kwh // 1000),)
 
 

@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 from ledger_world import (
+    ACCEPTED_16,
+    ACCEPTED_201,
     CHARGER,
     DEPOSIT,
     ESCROW_1,
@@ -95,7 +97,7 @@ def test_authorize_reports_expiry_and_refuses_unregistered_device() -> None:
 def test_full_session_settles_energy_and_minutes() -> None:
     world = World()
     reply = world.one(start16(meter=1_000))
-    assert reply == {"idTagInfo": {"status": "Accepted"}, "transactionId": 1}
+    assert reply == {"idTagInfo": ACCEPTED_16, "transactionId": 1}
     world.one(ev("MeterValues", {"connectorId": 1, "transactionId": 1, "meterValue": [
         {"timestamp": iso(T0_MS + 60_000), "sampledValue": [{"value": "4.5", "unit": "kWh"}]}]}))
     assert world.ledger.open_sessions()[0].meter_last_wh == 4_500
@@ -148,7 +150,7 @@ def test_stop_of_unknown_closed_and_rejected_transactions() -> None:
     assert world.one(stop16(1, 3_000, T0_MS)) == {}  # closed already
     assert world.one(stop16(2, 3_000, T0_MS)) == {}  # rejected start: a normal stop, no anomaly
     reply = world.one(stop16(77, 3_000, T0_MS, idTag="TAG-OK"))
-    assert reply == {"idTagInfo": {"status": "Accepted"}}
+    assert reply == {"idTagInfo": ACCEPTED_16}
     assert kinds(world) == ["closed_transaction", "unknown_transaction"]
 
 
@@ -285,7 +287,7 @@ def test_stale_session_is_settled_when_its_connector_is_needed() -> None:
     world.block(advance_ms=3_600_000)
     world.chain.sessions[b"\x09" * 32] = replace(world.chain.sessions[ESCROW_1], session_id=b"\x09" * 32)
     outcome = world.block(start16(meter=3_000))
-    assert outcome.results[0].reply == {"idTagInfo": {"status": "Accepted"}, "transactionId": 3}
+    assert outcome.results[0].reply == {"idTagInfo": ACCEPTED_16, "transactionId": 3}
     assert outcome.settlements == (SettlementOrder(ESCROW_1, 2_000, 2 * TARIFF.price_per_kwh),)
     assert kinds(world) == ["connector_busy", "stale_session"]
 
@@ -293,7 +295,7 @@ def test_stale_session_is_settled_when_its_connector_is_needed() -> None:
 def test_transaction_ids_of_both_versions_on_one_charger_never_collide() -> None:
     world = World()
     started = ev("TransactionEvent", tx_event("Started", "1", tag="TAG-OK").payload, version="2.0.1", charger=CHARGER)
-    assert world.one(started) == {"idTokenInfo": {"status": "Accepted"}}  # escrow of connector 1
+    assert world.one(started) == {"idTokenInfo": ACCEPTED_201}  # escrow of connector 1
     reply = world.one(start16(connector=2))  # the ledger's counter also gives 1
     assert reply == {"idTagInfo": {"status": "Invalid"}, "transactionId": 1}
     assert world.one(stop16(1, 5_000, T0_MS)) == {}  # a 1.6 stop does not close the 2.0.1 session
@@ -333,6 +335,6 @@ def test_capacity_limits_refuse_new_transactions() -> None:
 def test_far_future_expiry_is_not_reported() -> None:
     world = World()
     world.chain.id_tags[id_tag_hash("TAG-OK")] = IdTagInfo("0x" + "dd" * 20, expiry_s=2**64 - 1)
-    assert world.one(ev("Authorize", {"idTag": "TAG-OK"})) == {"idTagInfo": {"status": "Accepted"}}
+    assert world.one(ev("Authorize", {"idTag": "TAG-OK"})) == {"idTagInfo": ACCEPTED_16}
     with pytest.raises(ValueError):
         BlockContext(1, 10**15, 1, b"\x00" * 32)

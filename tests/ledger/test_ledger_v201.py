@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 from ledger_world import (
+    ACCEPTED_201,
     CHARGER_201,
     ESCROW_201,
     T0_MS,
@@ -62,7 +63,7 @@ def test_authorize_id_token_info(tag: str, status: str) -> None:
 
 def test_transaction_started_with_token_updated_ended_settles() -> None:
     world = World()
-    assert world.one(tx_event("Started", "tx-a", tag="TAG-OK", wh=1_000.4)) == {"idTokenInfo": {"status": "Accepted"}}
+    assert world.one(tx_event("Started", "tx-a", tag="TAG-OK", wh=1_000.4)) == {"idTokenInfo": ACCEPTED_201}
     assert world.one(tx_event("Updated", "tx-a", seq=1, wh=2_500)) == {}
     world.block(advance_ms=20 * 60_000)
     outcome = world.block(tx_event("Ended", "tx-a", seq=2, wh=6_000.9, at_ms=T0_MS + 20 * 60_000 + 5_000))
@@ -78,7 +79,7 @@ def test_transaction_authorized_after_start_and_energy_counted_from_authorizatio
     session = world.ledger.open_sessions()[0]
     assert not session.bound and session.meter_last_wh == 500
     reply = world.one(tx_event("Updated", "tx-b", seq=1, tag="TAG-OK", wh=800))
-    assert reply == {"idTokenInfo": {"status": "Accepted"}}
+    assert reply == {"idTokenInfo": ACCEPTED_201}
     # the same token again is still Accepted; a different token is answered from the registry
     assert world.one(tx_event("Updated", "tx-b", seq=2, tag="TAG-OK"))["idTokenInfo"]["status"] == "Accepted"
     assert world.one(tx_event("Updated", "tx-b", seq=3, tag="TAG-REV"))["idTokenInfo"]["status"] == "Blocked"
