@@ -119,3 +119,22 @@ def plan(charger_id: str, ocpp_version: str, config: ChargerConfig | None,
     known = known_values(config, ocpp_version)
     return tuple((provision_command_id(charger_id, s), s) for s in desired_settings(ocpp_version, endpoints)
                  if not satisfied(s, known.get(s.key)))
+
+
+def provisioning_document(charger_id: str, ocpp_version: str | None, config: ChargerConfig | None,
+                          endpoints: tuple[str, ...], status_of: Any) -> dict[str, Any]:
+    """The JSON view of a charger's provisioning (GET /v1/chargers/{id}/provisioning): per desired
+    setting the desired value, the last known value, whether it is satisfied, and the command
+    issued for it with its status and outcome (`status_of(command_id)` -> (status, outcome) or None)."""
+    if ocpp_version is None:
+        return {"charger_id": charger_id, "ocpp_version": None, "profile": "default", "settings": []}
+    known = known_values(config, ocpp_version)
+    settings = []
+    for setting in desired_settings(ocpp_version, endpoints):
+        command_id = provision_command_id(charger_id, setting)
+        found = status_of(command_id)
+        settings.append({
+            "key": setting.key, "action": setting.action, "desired": setting.value, "known": known.get(setting.key),
+            "satisfied": satisfied(setting, known.get(setting.key)), "command_id": "0x" + command_id.hex(),
+            "status": found[0] if found else None, "outcome": found[1] if found else None})
+    return {"charger_id": charger_id, "ocpp_version": ocpp_version, "profile": "default", "settings": settings}
