@@ -43,7 +43,7 @@ async def test_boot_provisions_outcomes_agree_and_a_reboot_resends_nothing(netwo
             assert (await charger.boot(connector=1))["status"] == "Accepted"
             with trio.fail_after(60):
                 while len(provisioning_calls(charger)) < wanted:
-                    await charger.serve(2, until=lambda c=charger: len(provisioning_calls(c)) >= wanted)
+                    await charger.serve(2, until=lambda c=charger, w=wanted: len(provisioning_calls(c)) >= w)
             doc = await settled(nodes, version)
         assert doc["ocpp_version"] == version
         assert [s["status"] for s in doc["settings"]] == ["result"] * wanted, doc
