@@ -23,6 +23,16 @@ def provisioning_calls(charger: Any) -> list[tuple[str, Any]]:
     return [(a, p) for a, p in charger.csms_calls if a in ACTIONS]
 
 
+async def serve_until(charger: Any, wanted: int) -> None:
+    """Answer the node's calls until `wanted` provisioning commands have arrived."""
+    def enough() -> bool:
+        return len(provisioning_calls(charger)) >= wanted
+
+    with trio.fail_after(60):
+        while not enough():
+            await charger.serve(2, until=enough)
+
+
 async def settled(nodes: list[Any], version: str) -> dict[str, Any]:
     """The provisioning document of `version` once every setting's command has its outcome, alike
     at every node (its version is that of the last known configuration)."""
@@ -41,9 +51,7 @@ async def test_boot_provisions_outcomes_agree_and_a_reboot_resends_nothing(netwo
         async with connect_demo_charger(nodes[1].ocpp_url, DEMO_CHARGER, DEMO_PASSWORD,
                                         ocpp_version=version) as charger:
             assert (await charger.boot(connector=1))["status"] == "Accepted"
-            with trio.fail_after(60):
-                while len(provisioning_calls(charger)) < wanted:
-                    await charger.serve(2, until=lambda c=charger, w=wanted: len(provisioning_calls(c)) >= w)
+            await serve_until(charger, wanted)
             doc = await settled(nodes, version)
         assert doc["ocpp_version"] == version
         assert [s["status"] for s in doc["settings"]] == ["result"] * wanted, doc
