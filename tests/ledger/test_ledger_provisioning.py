@@ -127,3 +127,37 @@ def test_a_paid_transaction_ending_without_an_energy_reading_is_an_anomaly() -> 
     world.one(tx_event("Ended", "T-1", at_ms=T0_MS + 60_000, seq=1, triggerReason="EVDeparted"))
     kinds = [a.kind for a in world.ledger.anomalies() if a.charger_id == CHARGER_201]
     assert NO_ENERGY_READING in kinds
+
+
+def test_the_provisioning_document_shows_desired_known_and_outcome() -> None:
+    from devsen.ledger.provisioning import provisioning_document
+
+    world = CommandWorld()
+    (first, *_) = world.apply(events=(boot(),)).admitted
+    world.apply(outcomes=(sign_outcome(VALIDATOR, ANCHOR, first.command_id, "result", {"status": "Accepted"}),))
+    commands = world.ledger.commands
+
+    def status_of(command_id: bytes) -> tuple[str, Any] | None:
+        record = commands.get(command_id)
+        return (record.status, json.loads(record.body_json) if record.body_json else None) if record else None
+
+    doc = provisioning_document(CHARGER, "1.6", commands.configuration(CHARGER), (), status_of)
+    rows = {s["key"]: (s["desired"], s["known"], s["satisfied"], s["status"], s["outcome"]) for s in doc["settings"]}
+    assert rows["MeterValuesSampledData"] == (ENERGY_MEASURAND, ENERGY_MEASURAND, True, "result", {"status": "Accepted"})
+    assert rows["StopTxnSampledData"] == (ENERGY_MEASURAND, None, False, "pending", None)
+    assert provisioning_document(CHARGER, None, None, (), status_of)["settings"] == []
+
+
+def test_the_demo_charger_answers_provisioning_and_hostile_shapes() -> None:
+    from devsen.demo_charger import answer_command, demo_configuration
+
+    config = demo_configuration()
+    assert answer_command(config, "ChangeConfiguration", {"key": "StopTxnSampledData", "value": "x"}) == {
+        "status": "Accepted"}
+    reply = answer_command(config, "SetVariables", {"setVariableData": [
+        {"component": {"name": "SampledDataCtrlr"}, "variable": {"name": "TxEndedMeasurands"}, "attributeValue": "E"},
+        "garbage", {"component": 5}]})
+    assert reply is not None and [r["attributeStatus"] for r in reply["setVariableResult"]] == [
+        "Accepted", "Rejected", "Rejected"]
+    assert config["SampledDataCtrlr/TxEndedMeasurands"] == ("E", False)
+    assert answer_command(config, "SetNetworkProfile", {"configurationSlot": "1"}) == {"status": "Rejected"}
