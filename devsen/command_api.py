@@ -3,6 +3,7 @@
     POST /v1/chargers/{charger_id}/commands     a signed command (below); 200 once committed
     GET  /v1/commands/{command_id}              the command and its outcome, the same at every node
     GET  /v1/chargers/{charger_id}/configuration the charger's last known configuration (ledger state)
+    GET  /v1/chargers/{charger_id}/provisioning  desired vs last known settings and their commands' outcomes
 
 The POST body: {"ocpp_version": "1.6" | "2.0.1", "action": "Reset", "payload": {...} or
 "payload_json": "<the exact JSON text signed>", "nonce": "N", "expires_at_ms": N,
@@ -16,6 +17,7 @@ comes later (`GET /v1/commands/{id}`, "status" "pending" until then).
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -35,6 +37,7 @@ from devsen.ledger.commands import (
     config_document,
     json_text,
 )
+from devsen.ledger.provisioning import provisioning_document
 from devsen.voucher_api import commit_payload
 from ocpp_adapter.server import ChargerConnections
 
@@ -145,3 +148,19 @@ class CommandRoutes:
         return 200, {**document, "ocpp_version": version, "connected_here": connected is not None,
                      "pending_commands": ["0x" + i.hex() for i, _ in pending[:MAX_PENDING_LISTED]],
                      "at_height": ledger.height}
+
+    async def provisioning(self, params: dict[str, str]) -> tuple[int, Any]:
+        charger_id = params["charger_id"]
+        ledger = self.app.ledger
+        config = ledger.commands.configuration(charger_id)
+        connected = self.connections.version(charger_id) if self.connections is not None else None
+        version = config.ocpp_version if config is not None else connected
+
+        def status_of(command_id: bytes) -> tuple[str, Any] | None:
+            record = ledger.commands.get(command_id)
+            if record is None:
+                return None
+            return record.status, json.loads(record.body_json) if record.body_json else None
+
+        document = provisioning_document(charger_id, version, config, ledger.provisioning_endpoints, status_of)
+        return 200, {**document, "at_height": ledger.height}

@@ -56,6 +56,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from trio_websocket import WebSocketConnection, open_websocket_url
 
 from devsen.ledger.chain import MAX_POWER_W
+from devsen.ledger.commands import variable_key
 from ocpp_adapter import ocmf
 from primitives.hashing import keccak256
 
@@ -72,7 +73,7 @@ def demo_configuration() -> dict[str, tuple[str, bool]]:
     """The demo charger's 1.6 configuration keys: key -> (value, read-only)."""
     return {"HeartbeatInterval": ("300", False), "MeterValueSampleInterval": ("60", False),
             "MeterValuesSampledData": ("Energy.Active.Import.Register", False), "NumberOfConnectors": ("2", True),
-            "AuthorizeRemoteTxRequests": ("true", False)}
+            "AuthorizeRemoteTxRequests": ("true", False), "StopTxnSampledData": ("", False)}
 
 
 def answer_command(config: dict[str, tuple[str, bool]], action: str, payload: Any) -> dict[str, Any] | None:
@@ -92,6 +93,23 @@ def answer_command(config: dict[str, tuple[str, bool]], action: str, payload: An
         if config[key][1]:
             return {"status": "Rejected"}
         config[key] = (value, False)
+        return {"status": "Accepted"}
+    if action == "SetVariables":  # 2.0.1: any variable is kept (keys as the ledger names them)
+        results = []
+        for item in payload.get("setVariableData") or []:
+            key = variable_key(item.get("component"), item.get("variable"), item.get("attributeType")) \
+                if isinstance(item, dict) else None
+            if key is not None and isinstance(item.get("attributeValue"), str):
+                config[key] = (item["attributeValue"], False)
+            results.append({"attributeStatus": "Accepted" if key is not None else "Rejected",
+                            "component": item.get("component") if isinstance(item, dict) else {"name": "?"},
+                            "variable": item.get("variable") if isinstance(item, dict) else {"name": "?"}})
+        return {"setVariableResult": results}
+    if action == "SetNetworkProfile":
+        slot, data = payload.get("configurationSlot"), payload.get("connectionData")
+        if type(slot) is not int or not isinstance(data, dict) or not isinstance(data.get("ocppCsmsUrl"), str):
+            return {"status": "Rejected"}
+        config[f"NetworkConnectionProfiles/{slot}"] = (data["ocppCsmsUrl"], False)
         return {"status": "Accepted"}
     simple: dict[str, dict[str, Any]] = {
         "Reset": {"status": "Accepted"}, "UnlockConnector": {"status": "Unlocked"},

@@ -690,6 +690,8 @@ def build_router(parts: NodeParts) -> Router:
     router.get("/v1/commands/{command_id}", commands.command, summary="A command and its outcome")
     router.get("/v1/chargers/{charger_id}/configuration", commands.configuration,
                summary="A charger's last known configuration (ledger state)")
+    router.get("/v1/chargers/{charger_id}/provisioning", commands.provisioning,
+               summary="A charger's provisioning: desired vs last known settings, outcomes (ledger state)")
     return router
 
 

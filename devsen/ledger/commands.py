@@ -521,6 +521,10 @@ class CommandBook:
         elif action == "ChangeConfiguration" and body.get("status") in ("Accepted", "RebootRequired"):
             if isinstance(request.get("key"), str) and isinstance(request.get("value"), str):
                 updates.append(ConfigEntry(request["key"], request["value"]))
+        elif action == "SetNetworkProfile" and body.get("status") == "Accepted":
+            slot, data = request.get("configurationSlot"), request.get("connectionData")
+            if type(slot) is int and isinstance(data, dict) and isinstance(data.get("ocppCsmsUrl"), str):
+                updates.append(ConfigEntry(f"NetworkConnectionProfiles/{slot}", data["ocppCsmsUrl"]))
         elif action == "GetVariables":
             for item in _items(body.get("getVariableResult")):
                 key = variable_key(item.get("component"), item.get("variable"), item.get("attributeType"))

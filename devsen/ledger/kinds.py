@@ -12,6 +12,7 @@ UNKNOWN_TRANSACTION = "unknown_transaction"
 CLOSED_TRANSACTION = "closed_transaction"
 DUPLICATE_TRANSACTION_ID = "duplicate_transaction_id"
 NEGATIVE_ENERGY = "negative_energy"
+NO_ENERGY_READING = "no_energy_reading"  # a paid transaction ended without a meter reading (0 Wh)
 METER_BACKWARDS = "meter_backwards"
 BAD_METER = "bad_meter"
 BAD_TIMESTAMP = "bad_timestamp"

@@ -66,6 +66,7 @@ from devsen.ledger.kinds import (
     MAX_TRANSACTION_ID,
     METER_BACKWARDS,
     NEGATIVE_ENERGY,
+    NO_ENERGY_READING,
     REFUND_DEADLINE,
     REFUND_MARGIN_MS,
     STALE_SESSION,
@@ -74,6 +75,8 @@ from devsen.ledger.kinds import (
     UNSIGNED_READING,
 )
 from devsen.ledger.parse import MAX_METER_WH, MalformedPayload, parse_timestamp_ms
+from devsen.ledger.provisioning import PROVISION_TTL_MS
+from devsen.ledger.provisioning import plan as provisioning_plan
 from devsen.ledger.remote_starts import (
     MAX_REMOTE_STARTS_PER_CHARGER,
     MAX_REQUESTED_CHARGERS,
@@ -391,6 +394,9 @@ class Ledger:
         self.commands = CommandBook(self._next_seq)  # manager commands, nonces, configurations (commands.py)
         self.reservations = ReservationBook()  # reservations consumed by a start (reservations.py)
         self.sites = SiteBook()  # site membership and power schedules (sites.py)
+        # Node OCPP endpoints the 2.0.1 provisioning names in NetworkConnectionProfiles, by priority
+        # (provisioning.py); the node sets the same list at every node (else state hashes differ).
+        self.provisioning_endpoints: tuple[str, ...] = ()
 
     # ----------------------------------------------------------------- public API
 
@@ -448,6 +454,7 @@ class Ledger:
         self._close_before_refund(checked, settlements)
         results = tuple(self._apply_event(checked, event, settlements) for event in events)
         admitted += self._issue_reservations(checked, events)
+        admitted += self._issue_provisioning(checked, events)
         admitted += self._issue_remote_starts(checked, events)
         admitted += self._issue_site_profiles(checked, events)
         stops = self._voucher_stops(checked, events)
@@ -525,6 +532,27 @@ class Ledger:
                 action, payload = remote_start_call(versions[charger_id], session.session_id, session.connector_id)
                 if self.commands.admit_from_ledger(command_id, charger_id, versions[charger_id], action, payload,
                                                    remote_start_expiry_ms(session), self._c.height):
+                    record = self.commands.get(command_id)
+                    assert record is not None
+                    issued.append(AdmittedCommand(command_id, record))
+        return tuple(issued)
+
+    def _issue_provisioning(self, chain: _CheckedChain, events: Sequence[ChargerEvent]) -> tuple[AdmittedCommand, ...]:
+        """The provisioning commands for each BootNotification of a registered, active charger
+        in the block: the settings its last known configuration lacks (provisioning.py)."""
+        issued = []
+        for event in events:
+            if event.action != "BootNotification":
+                continue
+            device = chain.device(event.charger_id)
+            if device is None or not device.active:
+                continue
+            for command_id, setting in provisioning_plan(event.charger_id, event.ocpp_version,
+                                                         self.commands.configuration(event.charger_id),
+                                                         self.provisioning_endpoints):
+                if self.commands.admit_from_ledger(command_id, event.charger_id, event.ocpp_version, setting.action,
+                                                   setting.payload, self._c.block_ms + PROVISION_TTL_MS,
+                                                   self._c.height):
                     record = self.commands.get(command_id)
                     assert record is not None
                     issued.append(AdmittedCommand(command_id, record))
@@ -1061,6 +1089,9 @@ class Ledger:
             if missing:
                 self._anomaly(step, UNSIGNED_READING, missing)
             energy = signed_energy or 0
+        elif meter_stop_wh is None or start_wh is None:  # settled at 0 Wh: never silently (issue 13)
+            self._anomaly(step, NO_ENERGY_READING, f"session 0x{session.escrow_session_id.hex()} ended with no energy reading: settled "
+                          f"at 0 Wh (start {start_wh}, stop {meter_stop_wh} Wh)")
         elif meter_stop_wh is not None and start_wh is not None:
             if meter_stop_wh < start_wh:
                 self._anomaly(step, NEGATIVE_ENERGY, f"stop {meter_stop_wh} Wh below start {start_wh} Wh")

@@ -238,10 +238,12 @@ async def test_201_variables_and_the_base_report_stream_become_shared_configurat
                 while True:
                     config = await same_everywhere(nodes, f"/v1/chargers/{DEMO_CHARGER}/configuration",
                                                    ("at_height", "connected_here"))
-                    if len(config["keys"]) == 2 and config["height"] > report["outcome_height"]:
+                    # the station's variables: its own two and the measurands the boot's provisioning set
+                    if len(config["keys"]) == len(station.variables) and config["height"] > report["outcome_height"]:
                         break
                     await trio.sleep(0.5)
             nursery.cancel_scope.cancel()
-    assert {e["key"]: e["value"] for e in config["keys"]} == {
-        "OCPPCommCtrlr/HeartbeatInterval": "300", "SampledDataCtrlr/TxUpdatedInterval": "60"}
+    known = {e["key"]: e["value"] for e in config["keys"]}
+    assert known == station.variables and len(known) == 5
+    assert (known["OCPPCommCtrlr/HeartbeatInterval"], known["SampledDataCtrlr/TxUpdatedInterval"]) == ("300", "60")
     assert config["ocpp_version"] == "2.0.1"

@@ -114,6 +114,7 @@ def test_invalid_transaction_events() -> None:
         "connector_out_of_range",
         "connector_out_of_range",
         "unknown_transaction",
+        "no_energy_reading",  # tx-d ended without a meter reading (issue 13: never a silent zero)
         "closed_transaction",
     ]
 
