@@ -8,8 +8,8 @@ outcome is committed and identical at every node (`GET /v1/commands/{id}`); the 
 exactly the signed payload, once. Also: a command for an offline charger reaches it when it
 connects at another node; configuration becomes shared state (GetConfiguration /
 ChangeConfiguration, GetVariables / SetVariables / GetBaseReport + NotifyReport); a
-non-manager's command and a replayed nonce are refused and never reach the charger; an
-expired command is never sent. Latencies (submit -> outcome committed at the submitting node)
+non-manager's command, a replayed nonce and a command expiring too soon to be proposed are
+refused and never reach the charger; an expired command is never sent. Latencies (submit -> outcome committed at the submitting node)
 go to bench/results/commands_e2e.json for bench/commands.py.
 """
 
@@ -38,7 +38,7 @@ NODES = 4
 CHARGER_NODE = 1  # the node holding the chargers' connections; commands go to the others
 SUBMIT_NODES = (0, 2, 3)
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "commands_e2e.json"
-SEQUENTIAL = 5  # the first commands of each version are sent one at a time (clean latencies)
+SEQUENTIAL = 8  # the first commands of each version are sent one at a time (clean latencies)
 EXPIRY_S = 60  # an expiring command: past the proposers' 30 s margin, so it is admitted
 
 CHARGERS = {"1.6": ("RT-CP-16", "round-trip-password-16"), "2.0.1": ("RT-CP-201", "round-trip-password-201")}
@@ -110,7 +110,7 @@ COMMANDS: dict[str, list[tuple[str, dict[str, Any], dict[str, Any] | None]]] = {
 }
 VERSIONS = tuple(COMMANDS)
 _nonce = [time.time_ns() // 1_000]
-_latencies: dict[str, dict[str, list[float]]] = {}
+_latencies: dict[str, dict[str, Any]] = {}
 
 
 def next_nonce() -> int:
@@ -268,8 +268,8 @@ async def test_every_command_round_trips_from_other_nodes_identical_everywhere(d
         assert keys == {"OCPPCommCtrlr/HeartbeatInterval": "300", "SampledDataCtrlr/TxUpdatedInterval": "60",
                         "AuthCtrlr/LocalAuthorizeOffline": "true"}
     assert config["ocpp_version"] == version
-    _latencies[version] = {"sequential_round_trip_s": [round(x, 3) for x in latencies],
-                           "all_commands_wall_s": [round(wall_s, 2)], "commands": [float(len(sent))]}
+    _latencies[version] = {"commands": len(sent), "all_commands_wall_s": round(wall_s, 2),
+                           "sequential_round_trip_s": [round(x, 3) for x in latencies]}
     print(f"OCPP {version}: {len(sent)} commands round tripped in {wall_s:.1f} s; one at a time: "
           f"median {statistics.median(latencies):.2f} s submit -> outcome committed")
 
@@ -301,9 +301,13 @@ async def test_non_manager_and_replayed_nonce_are_refused_and_never_reach_the_ch
         reused = signed_body(domain, manager, charger_id, version, "Reset", reset, nonce=int(json.loads(good)["nonce"]))
         status, again = await submit(nodes[0], charger_id, reused)
         assert status == 400 and "already used" in again["error"], again
+        # Expiring too soon for any proposer to include it: refused at once, not a 30 s wait and a 503.
+        soon = signed_body(domain, manager, charger_id, version, "Reset", reset, ttl_s=10)
+        status, early = await submit(nodes[2], charger_id, soon)
+        assert status == 400 and "must expire more than 30 s after submission" in early["error"], early
         await trio.sleep(2)  # had anything slipped through, the charger would be sent it now
         assert charger.received == [("TriggerMessage", trigger)], charger.received
-    for body in (forged, reused):
+    for body in (forged, reused, soon):
         command_id = command_id_of(domain, charger_id, body)
         for node in nodes:
             status, _ = await http_get_json(f"{node.http_url}/v1/commands/{command_id}")
