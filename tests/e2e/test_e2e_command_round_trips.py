@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import trio
 from e2e_devnet import running_devnet
-from ocpp_charger_client import OcppChargerClient, ocpp_charger
+from ocpp_charger_client import ocpp_charger
 from test_e2e_commands import command_domain, same_everywhere
 
 from anchoring.chain import ChainClient, TransactionSender, connect
@@ -317,17 +317,22 @@ async def test_non_manager_and_replayed_nonce_are_refused_and_never_reach_the_ch
 @pytest.mark.parametrize("version", VERSIONS)
 async def test_expired_command_is_never_sent_even_when_the_charger_connects(devnet: dict[str, Any],
                                                                              version: str) -> None:
-    nodes = devnet["nodes"]
+    """The Reset submitted (fixture) for the offline charger expires; a live command submitted
+    after that (its block is past the expiry: the ledger marks the Reset expired) is what the
+    charger gets when it connects at another node, the expired Reset never."""
+    nodes, domain, manager = devnet["nodes"], devnet["domain"], devnet["manager"]
     command_id, expires_at = devnet["expiring"][version]
     charger_id, password = OFFLINE[version]
     await trio.sleep(max(0.0, expires_at - time.time() + 1))
+    trigger = {"requestedMessage": "Heartbeat"}
+    status, live = await submit(nodes[0], charger_id,
+                                signed_body(domain, manager, charger_id, version, "TriggerMessage", trigger))
+    assert status == 200, live
     doc = await same_everywhere(nodes, f"/v1/commands/{command_id}")
     assert doc["status"] == "expired" and doc.get("outcome") is None, doc
-    client = OcppChargerClient(nodes[2].ocpp_url, charger_id, password, version, retry_s=60)
-    await trio.to_thread.run_sync(client.connect)
-    try:
+    async with ocpp_charger(nodes[2].ocpp_url, charger_id, password, version, retry_s=60) as charger:
+        await charger.wait_until(lambda: bool(charger.received))
         await trio.sleep(3)  # several delivery polls
-        assert client.received == []
-    finally:
-        await trio.to_thread.run_sync(client.close)
+        assert charger.received == [("TriggerMessage", trigger)], charger.received
+    assert (await same_everywhere(nodes, f"/v1/commands/{live['command_id']}"))["status"] == "result"
     assert (await same_everywhere(nodes, f"/v1/commands/{command_id}"))["status"] == "expired"
