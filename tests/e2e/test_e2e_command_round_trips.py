@@ -178,14 +178,20 @@ def devnet(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 async def _submit_expiring(net: dict[str, Any]) -> dict[str, tuple[str, float]]:
-    """One Reset per offline charger, expiring in EXPIRY_S: version -> (command id, expiry time)."""
+    """One Reset per offline charger, expiring in EXPIRY_S, submitted together (so they expire
+    together): version -> (command id, expiry time)."""
     expiring = {}
-    for version, (charger_id, _) in OFFLINE.items():
+
+    async def one(version: str, charger_id: str) -> None:
         payload = {"type": "Hard"} if version == "1.6" else {"type": "Immediate"}
         body = signed_body(net["domain"], net["manager"], charger_id, version, "Reset", payload, ttl_s=EXPIRY_S)
         status, answer = await submit(net["nodes"][0], charger_id, body)
         assert status == 200, answer
         expiring[version] = (answer["command_id"], json.loads(body)["expires_at_ms"] / 1000)
+
+    async with trio.open_nursery() as nursery:
+        for version, (charger_id, _) in OFFLINE.items():
+            nursery.start_soon(one, version, charger_id)
     return expiring
 
 
