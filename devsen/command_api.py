@@ -24,6 +24,7 @@ from typing import Any
 import trio
 
 from devsen.app import NodeApplication
+from devsen.command_gate import EXPIRY_MARGIN_MS
 from devsen.consensus_service import (
     ConsensusService,
 )
@@ -116,7 +117,12 @@ class CommandRoutes:
             raise HttpError(400, f"command refused: {exc}") from exc
         manager = await self._manager(command.charger_id)
         self.app.commands.note_manager(command.charger_id, manager)
-        problem = self.app.ledger.commands.refusal(command, signer, manager, int(time.time() * 1000))
+        now_ms = int(time.time() * 1000)
+        problem = self.app.ledger.commands.refusal(command, signer, manager, now_ms)
+        if problem is None and command.expires_at_ms <= now_ms + EXPIRY_MARGIN_MS:
+            # Honest proposers leave such a command out (command_gate): it would never enter a block.
+            problem = (f"expires in {(command.expires_at_ms - now_ms) / 1000:.1f} s; a command must expire more "
+                       f"than {EXPIRY_MARGIN_MS // 1000} s after submission to be proposed")
         if problem is not None:
             raise HttpError(400, f"command refused: {problem}")
         document = {"command_id": "0x" + command_id.hex(), "charger_id": command.charger_id,
