@@ -16,6 +16,7 @@ from consensus.types import Block, CommitCertificate
 from devsen.app import (
     AppHeaderError,
     AppSettings,
+    CommandsAdmitted,
     NodeApplication,
     OwnAttestationCommitted,
     ValidatorsChanged,
@@ -71,6 +72,7 @@ class Shell:
         self.own: list[bytes] = []
         self.committed_own: list[bytes] = []
         self.quorums: list[Any] = []
+        self.commands: list[CommandsAdmitted] = []
         self.changes: list[Any] = []
         self.updates: list[Any] = []
         self.results: list[Any] = []
@@ -89,6 +91,8 @@ class Shell:
                 self.committed_own.append(notice.payload)
             elif isinstance(notice, ValidatorsChanged):
                 self.changes.append(notice.validators)
+            elif isinstance(notice, CommandsAdmitted):  # e.g. provisioning on a BootNotification
+                self.commands.append(notice)
             else:
                 self.quorums.append(notice)
         if result.validator_update is not None:
