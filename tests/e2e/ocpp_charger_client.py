@@ -36,6 +36,11 @@ from ocpp.v201 import call as call201
 from ocpp.v201 import call_result as result201
 
 from devsen.demo_charger import basic_auth_header
+from devsen.ledger.provisioning import desired_settings
+
+# What the network sends every charger on boot (no endpoints: the ledger names none yet)
+PROVISIONING_CALLS = [(setting.action, setting.payload) for version in ("1.6", "2.0.1")
+                      for setting in desired_settings(version)]
 
 SUBPROTOCOLS = {"1.6": "ocpp1.6", "2.0.1": "ocpp2.0.1"}
 CONNECT_TIMEOUT_S = 20.0
@@ -407,8 +412,14 @@ class OcppChargerClient:
         self._thread.join(15)
 
     @property
-    def received(self) -> list[tuple[str, dict[str, Any]]]:
+    def all_received(self) -> list[tuple[str, dict[str, Any]]]:
+        """Every CSMS CALL, the network's own provisioning on boot included."""
         return list(self.charge_point.received) if self.charge_point is not None else []
+
+    @property
+    def received(self) -> list[tuple[str, dict[str, Any]]]:
+        """The CSMS CALLs other than the ledger's boot-time provisioning (devsen/ledger/provisioning.py)."""
+        return [call for call in self.all_received if call not in PROVISIONING_CALLS]
 
     def actions(self) -> list[str]:
         return [action for action, _ in self.received]
