@@ -99,10 +99,7 @@ async def test_an_unused_reservation_holds_until_it_expires_then_frees_the_conne
     await trio.to_thread.run_sync(wait_for_confirmations, driver, receipt.block_number)
     async with connect_demo_charger(nodes[3].ocpp_url, DEMO_CHARGER, DEMO_PASSWORD) as charger:
         assert (await charger.boot(connector=2))["status"] == "Accepted"
-        with trio.fail_after(20):
-            while reservation_id not in charger.reservations:
-                await charger.call("Heartbeat", {})
-                await charger.serve(1, until=lambda: reservation_id in charger.reservations)
+        await _until_held_at(charger, reservation_id, 20)
         session_id = await trio.to_thread.run_sync(open_prepaid_session, driver, DEMO_CHARGER, 2, other_card,
                                                    5 * 10**6)
         with trio.fail_after(20):  # the network asks; the charger refuses: the connector is reserved
@@ -150,10 +147,7 @@ async def test_the_holders_remote_start_on_its_reserved_connector_gets_the_fee_a
         reserve_connector, driver, DEMO_CHARGER, 2, DEMO_ID_TAG, 20)
     async with connect_demo_charger(nodes[2].ocpp_url, DEMO_CHARGER, DEMO_PASSWORD) as charger:
         assert (await charger.boot(connector=2))["status"] == "Accepted"
-        with trio.fail_after(60):
-            while reservation_id not in charger.reservations:
-                await charger.call("Heartbeat", {})
-                await charger.serve(2, until=lambda: reservation_id in charger.reservations)
+        await _until_held_at(charger, reservation_id, 60)
         deposit = 5 * 10**6
         session_id = await trio.to_thread.run_sync(open_prepaid_session, driver, DEMO_CHARGER, 2, DEMO_ID_TAG,
                                                    deposit)
@@ -178,3 +172,11 @@ async def test_the_holders_remote_start_on_its_reserved_connector_gets_the_fee_a
     assert before - after == session.settled_amount  # the fee and the charge: paid once, as one
     print(f"reservation {reservation_id}: fee {fee} applied to session 0x{session_id.hex()[:12]}, "
           f"settled {session.settled_amount} (energy alone {charge}); the driver paid {before - after} in all")
+
+
+async def _until_held_at(charger: Any, reservation_id: int, timeout_s: float) -> None:
+    """Heartbeat (an event of this charger in a block) until the charger got the reservation's ReserveNow."""
+    with trio.fail_after(timeout_s):
+        while reservation_id not in charger.reservations:
+            await charger.call("Heartbeat", {})
+            await charger.serve(1, until=lambda: reservation_id in charger.reservations)
