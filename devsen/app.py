@@ -273,6 +273,9 @@ class ChainAccess(Protocol):
         """(epoch, sorted validator addresses, address -> peer id) of the ValidatorSet at a block."""
         ...
 
+    # Optional (getattr): `operators_at(number, block_hash) -> tuple[bytes, ...]`, the registered
+    # operators (ValidatorSet.operators()) at a block; without it no operator is registered.
+
 
 @dataclass
 class Payloads:
@@ -372,6 +375,9 @@ class NodeApplication:
                                     settings.rewards_domain)
         self.vouches = VouchCache(ingress_domain(settings.anchor_domain))
         self.validators: tuple[bytes, ...] = tuple(sorted(settings.validators))
+        # Registered operators (full nodes vouching for charger events) as of the last applied block's
+        # agreed Ethereum block: mempool admission only; a block's validity reads its own facts.
+        self.operators: frozenset[bytes] = frozenset()
         self.epoch = settings.epoch
         self.snapshot_path: Path | None = None
         # (charger, message id) -> (height, event id, dedup key) for the HTTP look-up, kept
@@ -428,7 +434,7 @@ class NodeApplication:
             problem = self.commands.outcome_check(outcome, self.validators)
             return CheckResult(problem is None, problem or "", source="outcome")
         for event in parts.events:
-            problem = self.vouches.problem(event, self.validators)
+            problem = self.vouches.problem(event, self.validators, self.operators)
             if problem is not None:
                 return CheckResult(False, problem)
         return CheckResult(True, source=parts.events[0].ingress_node if parts.events else "")
@@ -587,12 +593,16 @@ class NodeApplication:
         reads = read_facts(patiently_reader(view), keys)
         epoch, validators, bindings = patiently(f"ValidatorSet at {number}",
                                                 lambda: self.chain.validators_at(number, eth_hash))
+        operators_at = getattr(self.chain, "operators_at", None)
+        operators = frozenset(patiently(f"operators at {number}", lambda: operators_at(number, eth_hash))
+                              if operators_at is not None else ())
         facts_problem = None
         if not committed and head - number < self.settings.confirmations:
             facts_problem = (f"Ethereum block {number} is {head - number} deep by this node's head {head}, "
                              f"fewer than {self.settings.confirmations} confirmations")
         facts = ChainFacts(number, eth_hash, digest, keys, epoch=epoch, validators=validators,
-                           bindings=MappingProxyType(dict(bindings)), problem=facts_problem, **reads)
+                           bindings=MappingProxyType(dict(bindings)), operators=operators, problem=facts_problem,
+                           **reads)
         if parts.commands:
             self.commands.note_view(facts.view(), (c.charger_id for c in parts.commands))
         if not committed and facts_problem is None:  # its RPC had the block, deep enough: reusable at commit
@@ -647,8 +657,8 @@ class NodeApplication:
             problem = self._attestation_problem(attestation)
             if problem is not None:
                 return problem
-        for event in parts.events:
-            problem = self.vouches.problem(event, self.validators)
+        for event in parts.events:  # a validator's vouch, or a registered operator's at the block's Ethereum block
+            problem = self.vouches.problem(event, self.validators, facts.operators)
             if problem is not None:
                 return f"event 0x{event.event_id.hex()}: {problem}"
         if len(parts.vouchers) > MAX_VOUCHERS_PER_BLOCK:
@@ -697,7 +707,10 @@ class NodeApplication:
         try:
             number, eth_hash = decode_app_header(block.app_header)
             parts = split_payloads(block.payloads)
-            context = BlockContext(block.height, block.timestamp_ms, number, eth_hash)
+            # the vouchers that are validators: what the others (operators) vouch for moves no
+            # money beyond signed readings and vouchers (devsen/ledger/LEDGER.md)
+            context = BlockContext(block.height, block.timestamp_ms, number, eth_hash,
+                                   validators=frozenset("0x" + v.hex() for v in self.validators))
         except ValueError as exc:
             return self._refused_block(block, f"malformed committed block: {exc}")
         view = facts.view()
@@ -720,6 +733,7 @@ class NodeApplication:
             log.error("block %d read chain keys outside its facts (answered as absent): %s", block.height,
                       view.outside[:4])
         self.last_eth_block = number
+        self.operators = facts.operators
         self._last_block = (block.height, block.hash)
         self._remember_messages(block.height, parts.events)
         results = {r.event_id: r for r in outcome.results}
