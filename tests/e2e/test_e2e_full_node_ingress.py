@@ -7,15 +7,20 @@ runs a whole session through the full node only: every reply comes after the blo
 event is applied at the full node, which relayed the events to the validators (it has no
 consensus link; `relay_taken` counts them). The stop event is vouched by the operator's key, is
 anchored, `devsen audit verify` accepts it through the full node, and the escrow session settles
-on chain at the signed energy. Hostile side: the validators admit nothing vouched by an
-unregistered key (tests/node/test_operator_admission.py covers the rule; here the full node's
-events are attributable: the proof's event names the operator as its ingress).
+on chain at the signed energy; the proof's event names the operator as its ingress
+(attributable). Hostile side: a second full node, not registered, that relays its charger's
+events anyway (tests/byzantine/behaviours/unregistered_operator.py): every validator refuses
+them (`relay_payload_refused`), the charger gets a CALLERROR, nothing is committed.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,12 +31,14 @@ from anchoring.audit import audit_main
 from anchoring.chain import ChainClient, TransactionSender, connect
 from anchoring.chain.client import SessionStatus
 from anchoring.chain.deploy import fund_devnet_accounts
-from devsen.demo_charger import connect_demo_charger, demo_meter_key
+from devsen.config import config_to_toml
+from devsen.demo_charger import ChargerCallFailed, connect_demo_charger, demo_meter_key
 from devsen.devnet import (
     DEMO_CHARGER,
     DEMO_ID_TAG,
     DEMO_PASSWORD,
     DEVNET_STAKE,
+    DevnetNode,
     start_node_process,
     stop_process,
     wait_until_serving,
@@ -41,6 +48,18 @@ from ocpp_adapter.events import ChargerEvent
 
 NODES = 4
 SETTLE_TIMEOUT_S = 60
+REPO = Path(__file__).resolve().parents[2]
+LAUNCH = REPO / "tests" / "byzantine" / "launch.py"
+
+
+def _start_with_behaviour(node: DevnetNode, behaviour: str) -> None:
+    """`devsen node` for `node` through the Byzantine launcher (one product method patched)."""
+    node.config_path.write_text(config_to_toml(node.config))
+    with open(node.log_path, "ab") as log_file:
+        node.process = subprocess.Popen(
+            [sys.executable, str(LAUNCH), "--behaviour", behaviour, "--", "node", "--config", str(node.config_path)],
+            stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=str(REPO))
 
 
 async def _status(url: str) -> Any:
@@ -131,3 +150,29 @@ async def test_a_full_node_relays_a_chargers_whole_session_which_settles_and_aud
     finally:
         stop_process(full.process)
         print(f"--- {full.log_path} (tail) ---\n" + full.log_path.read_text()[-3000:])
+
+
+async def test_an_unregistered_full_node_relaying_anyway_is_refused_by_every_validator(devnet: Any) -> None:
+    nodes = devnet["nodes"]
+    rogue = full_node_beside(nodes, "rogue-1", accept_chargers=True, state_sync=False)
+    assert rogue.keys.validator.address not in ChainClient(connect(devnet["anvil"].url), devnet["deployment"]) \
+        .operators("latest")
+    before = [await _status(n.http_url) for n in nodes]
+    refused_before = sum(s["consensus"].get("relay_payload_refused", 0) for s in before)
+    _start_with_behaviour(rogue, "unregistered_operator")
+    try:
+        await wait_until_serving([rogue])
+        async with connect_demo_charger(rogue.ocpp_url, DEMO_CHARGER, DEMO_PASSWORD) as charger:
+            with pytest.raises(ChargerCallFailed) as failed:
+                await charger.call("Heartbeat", {}, message_id="rogue-heartbeat")
+        assert "no validator took the event" in str(failed.value), str(failed.value)
+        assert "nor a registered operator" in str(failed.value)
+        statuses = [await _status(n.http_url) for n in nodes]
+        refused = sum(s["consensus"].get("relay_payload_refused", 0) for s in statuses) - refused_before
+        assert refused >= NODES, [s["consensus"] for s in statuses]  # each validator, at least once
+        for node in nodes:
+            status, _ = await _get(f"{node.http_url}/v1/chargers/{DEMO_CHARGER}/messages/rogue-heartbeat")
+            assert status == 404  # never committed
+    finally:
+        stop_process(rogue.process)
+        print(f"--- {rogue.log_path} (tail) ---\n" + rogue.log_path.read_text()[-2000:])
