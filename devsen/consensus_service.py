@@ -25,8 +25,10 @@ A full node (`follower`) has no mempool that counts: `relay(payload)` hands a ch
 it vouched for to a validator (p2p/relay.py, the validators in turn, again every
 RELAY_RESEND_S while it is not committed) and returns once the block carrying it is applied
 here by block sync. A validator takes relayed events like gossip (`_on_relayed`): events only,
-a token bucket per relaying peer (the gossip origin's rate), admission, then its mempool under
-the vouching operator's own share, and gossip to the other validators.
+a token bucket per relaying peer (1/4 of a gossip origin's rate) and one for all of them (1/2:
+relayed events gossiped on spend this validator's gossip budget at the others, so full nodes
+cannot crowd out its own events), admission, then its mempool under the vouching operator's own
+share, and gossip to the other validators.
 
 Gossiped payloads are bounded per source, cheapest check first, every bound proportional to
 one source's share of a block (`block_max_payloads / n` validators, `ServiceConfig.derived`):
@@ -121,6 +123,8 @@ OFF_LOOP_RECOVERY_MIN = 4
 MAX_RELAY_WAITERS = 4096
 RELAYS_IN_FLIGHT = 4  # a full node's concurrent relay requests (p2p/relay.py allows 4 per peer)
 RELAY_RESEND_S = 5.0  # an event relayed but not committed since is handed to the next validator
+RELAY_PEER_FRACTION = 4  # one full node's relayed events: 1/4 of a gossip origin's rate and burst
+RELAY_TOTAL_FRACTION = 2  # all full nodes' relayed events at one validator: 1/2 of them
 
 
 class ConsensusOverloaded(Exception):
@@ -327,8 +331,12 @@ class ConsensusService:
         self.mempool = Mempool(config.mempool_max_count, config.mempool_max_bytes, max_per_source=per_source)
         assert config.gossip_rate_per_origin is not None and config.gossip_burst_per_origin is not None
         self.gossip_budget = GossipBudget(config.gossip_rate_per_origin, config.gossip_burst_per_origin)
-        # relayed events per full-node peer, at one gossip origin's rate (bounded like the origins)
-        self.relay_budget = GossipBudget(config.gossip_rate_per_origin, config.gossip_burst_per_origin)
+        # Relayed events: a quarter of one gossip origin's rate per full-node peer (bounded like the
+        # origins), half of it for all of them together: what we gossip on spends this validator's
+        # gossip budget at the others, so full nodes never take more than half of it.
+        rate, burst = config.gossip_rate_per_origin, config.gossip_burst_per_origin
+        self.relay_budget = GossipBudget(rate / RELAY_PEER_FRACTION, max(1, burst // RELAY_PEER_FRACTION))
+        self.relay_total = GossipBudget(rate / RELAY_TOTAL_FRACTION, max(1, burst // RELAY_TOTAL_FRACTION), 1)
         self._relay_turn = 0
         self._relay_failing = False  # one log line when relaying starts and stops failing
         self._relay_slots = trio.Semaphore(RELAYS_IN_FLIGHT)
@@ -498,6 +506,9 @@ class ConsensusService:
             elif not self.relay_budget.take(peer, now):
                 self.counters["relay_over_budget"] += 1
                 verdicts.append("over this peer's relay budget; retry later")
+            elif not self.relay_total.take(b"all", now):
+                self.counters["relay_over_total_budget"] += 1
+                verdicts.append("over this validator's relay budget for all full nodes; retry later")
             else:
                 verdicts.append(self._pool_relayed(payload))
         self._input_ready.set()

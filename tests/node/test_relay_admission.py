@@ -69,6 +69,11 @@ def test_a_flooding_full_node_is_held_to_its_token_bucket(tmp_path: Path) -> Non
         assert service.counters["relay_over_budget"] == 2
         # another full node (another peer) still gets in
         assert await service._on_relayed(b"another-full-node", [vouched(OPERATOR, "other", "Heartbeat")]) == [None]
+        # ... but all full nodes together get at most the validator's total relay budget
+        service.relay_total = GossipBudget(rate=0.001, burst=1, max_origins=1)
+        many = [await service._on_relayed(b"full-%d" % i, [vouched(OPERATOR, f"many-{i}", "Heartbeat")])
+                for i in range(3)]
+        assert many[0] == [None] and all(v[0] is not None and "all full nodes" in v[0] for v in many[1:])
 
     trio.run(main)
 
