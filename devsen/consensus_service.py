@@ -25,7 +25,7 @@ A full node (`follower`) has no mempool that counts: `relay(payload)` hands a ch
 it vouched for to a validator (p2p/relay.py, the validators in turn, again every
 RELAY_RESEND_S while it is not committed) and returns once the block carrying it is applied
 here by block sync. A validator takes relayed events like gossip (`_on_relayed`): events only,
-a token bucket per relaying peer (1/4 of a gossip origin's rate) and one for all of them (1/2:
+a token bucket per relaying peer (1/8 of a gossip origin's rate) and one for all of them (1/4:
 relayed events gossiped on spend this validator's gossip budget at the others, so full nodes
 cannot crowd out its own events), admission, then its mempool under the vouching operator's own
 share, and gossip to the other validators.
@@ -123,8 +123,8 @@ OFF_LOOP_RECOVERY_MIN = 4
 MAX_RELAY_WAITERS = 4096
 RELAYS_IN_FLIGHT = 4  # a full node's concurrent relay requests (p2p/relay.py allows 4 per peer)
 RELAY_RESEND_S = 5.0  # an event relayed but not committed since is handed to the next validator
-RELAY_PEER_FRACTION = 4  # one full node's relayed events: 1/4 of a gossip origin's rate and burst
-RELAY_TOTAL_FRACTION = 2  # all full nodes' relayed events at one validator: 1/2 of them
+RELAY_PEER_FRACTION = 8  # one full node's relayed events: 1/8 of a gossip origin's rate and burst
+RELAY_TOTAL_FRACTION = 4  # all full nodes' relayed events at one validator: 1/4 of them
 
 
 class ConsensusOverloaded(Exception):
@@ -331,9 +331,9 @@ class ConsensusService:
         self.mempool = Mempool(config.mempool_max_count, config.mempool_max_bytes, max_per_source=per_source)
         assert config.gossip_rate_per_origin is not None and config.gossip_burst_per_origin is not None
         self.gossip_budget = GossipBudget(config.gossip_rate_per_origin, config.gossip_burst_per_origin)
-        # Relayed events: a quarter of one gossip origin's rate per full-node peer (bounded like the
-        # origins), half of it for all of them together: what we gossip on spends this validator's
-        # gossip budget at the others, so full nodes never take more than half of it.
+        # Relayed events: 1/8 of one gossip origin's rate per full-node peer (bounded like the
+        # origins), 1/4 for all of them together: what we gossip on spends this validator's gossip
+        # budget at the others, so full nodes never take more than a quarter of it.
         rate, burst = config.gossip_rate_per_origin, config.gossip_burst_per_origin
         self.relay_budget = GossipBudget(rate / RELAY_PEER_FRACTION, max(1, burst // RELAY_PEER_FRACTION))
         self.relay_total = GossipBudget(rate / RELAY_TOTAL_FRACTION, max(1, burst // RELAY_TOTAL_FRACTION), 1)
@@ -494,10 +494,13 @@ class ConsensusService:
         return refusal
 
     async def _on_relayed(self, peer: bytes, payloads: list[bytes]) -> list[str | None]:
-        """A full node's vouched events (p2p/relay.py): a verdict per payload, None if taken."""
+        """A full node's vouched events (p2p/relay.py): a verdict per payload, None if taken.
+        Budgets first; the budgeted payloads' signatures are recovered in a worker thread (the
+        event loop never pays for a full node's flood), then admission judges them."""
         now = trio.current_time()
         verdicts: list[str | None] = []
-        for payload in payloads:
+        budgeted: list[int] = []
+        for index, payload in enumerate(payloads):
             digest = keccak256(payload)
             if payload[0] != EVENT_PAYLOAD_FIRST_BYTE:
                 verdicts.append("only charger events are relayed")
@@ -510,7 +513,16 @@ class ConsensusService:
                 self.counters["relay_over_total_budget"] += 1
                 verdicts.append("over this validator's relay budget for all full nodes; retry later")
             else:
-                verdicts.append(self._pool_relayed(payload))
+                verdicts.append(None)
+                budgeted.append(index)
+        recover = getattr(self.app, "recover_signatures", None)
+        if recover is not None and budgeted:
+            try:
+                await trio.to_thread.run_sync(recover, [payloads[i] for i in budgeted])
+            except Exception:  # check_tx below recovers (and judges) them itself
+                logger.exception("recovering relayed signatures off the loop failed")
+        for index in budgeted:
+            verdicts[index] = self._pool_relayed(payloads[index])
         self._input_ready.set()
         return verdicts
 

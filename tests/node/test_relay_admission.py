@@ -8,6 +8,7 @@ refuses to relay at all."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any, cast
 
@@ -40,8 +41,16 @@ def _service(tmp_path: Path, *, follower: bool = False) -> tuple[ConsensusServic
 
 
 def test_relayed_events_are_judged_like_gossip_and_pooled_under_the_operator(tmp_path: Path) -> None:
-    service, _ = _service(tmp_path)
+    service, app = _service(tmp_path)
     mine, theirs = vouched(OPERATOR, "r1"), vouched(STRANGER, "r2")
+    recovered_in: list[str] = []
+    honest = app.recover_signatures
+
+    def recover_signatures(payloads: Any) -> None:  # where the signatures are recovered
+        recovered_in.append(threading.current_thread().name)
+        honest(payloads)
+
+    app.recover_signatures = recover_signatures
 
     async def main() -> None:
         verdicts = await service._on_relayed(FULL_PEER, [mine, theirs, b"\xa1not-an-event"])
@@ -50,6 +59,7 @@ def test_relayed_events_are_judged_like_gossip_and_pooled_under_the_operator(tmp
         assert verdicts[2] == "only charger events are relayed"
         assert service.mempool.usage("0x" + OPERATOR.address.hex())[0] == 1  # the operator's own share
         assert service.mempool.usage("0x" + FULL_PEER.hex())[0] == 0
+        assert recovered_in and threading.main_thread().name not in recovered_in  # off the event loop
         refused = service.counters["relay_payload_refused"]
         assert await service._on_relayed(FULL_PEER, [mine]) == [None]  # a resend: already pooled, not re-judged
         assert service.counters["relay_payload_refused"] == refused and service.counters["relay_payload_pooled"] == 1
