@@ -378,6 +378,7 @@ class NodeApplication:
         # Registered operators (full nodes vouching for charger events) as of the last applied block's
         # agreed Ethereum block: mempool admission only; a block's validity reads its own facts.
         self.operators: frozenset[bytes] = frozenset()
+        self._proposal_operators: tuple[int, bytes, frozenset[bytes]] | None = None  # (eth block, hash, operators)
         self.epoch = settings.epoch
         self.snapshot_path: Path | None = None
         # (charger, message id) -> (height, event id, dedup key) for the HTTP look-up, kept
@@ -497,6 +498,10 @@ class NodeApplication:
         eth_hash = self.chain.block_hash(number)
         if self.commands.unknown:  # managers of mempool commands, so this proposal may carry them
             self.commands.read_unknown_managers(self.chain.view_at(number, eth_hash))
+        operators_at = getattr(self.chain, "operators_at", None)
+        if operators_at is not None:  # who may vouch in this proposal; and admission from now on
+            operators = frozenset(operators_at(number, eth_hash))
+            self._proposal_operators, self.operators = (number, eth_hash, operators), operators
         return number, eth_hash
 
     def prepare_proposal(self, height: int, payloads: tuple[bytes, ...], facts: Any) -> Prepared:
@@ -509,11 +514,19 @@ class NodeApplication:
         share = new_charger_share(len(self.validators))
         budget = VoucherBudget(self._known_charger, len(self.validators), mine="0x" + self.settings.key.address.hex(),
                                new_for_others=max(1, share // PROPOSE_OTHERS_NEW_CHARGER_FRACTION))
+        # the operators registered at this proposal's Ethereum block (propose_facts read them): an
+        # event of one deregistered since the last block would make the block invalid everywhere
+        named = self._proposal_operators
+        operators = named[2] if named is not None and named[:2] == (number, eth_hash) else self.operators
         for payload in payloads:
             if not self.check_tx(payload).ok:  # e.g. a removed validator's
                 continue
-            if payload[0] == EVENT_PAYLOAD_FIRST_BYTE and budget.take(decode_event(payload)) is not None:
-                continue  # over its voucher's share of this block: waits in the mempool for the next
+            if payload[0] == EVENT_PAYLOAD_FIRST_BYTE:
+                event = decode_event(payload)
+                if event.ingress_address not in self.validators and event.ingress_address not in operators:
+                    continue  # no longer a registered operator at this block (check_tx now refuses it too)
+                if budget.take(event) is not None:
+                    continue  # over its voucher's share of this block: waits in the mempool for the next
             if payload[0] == VOUCHER_PAYLOAD_TAG:
                 if vouchers >= MAX_VOUCHERS_PER_BLOCK:
                     continue

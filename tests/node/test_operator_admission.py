@@ -79,3 +79,32 @@ def test_the_ledger_knows_which_vouchers_are_validators(tmp_path: Path) -> None:
     assert app.ledger.uptime("CP-1") is None  # an operator's word earns no rewards
     shell.finalize(block(app, 2, (vouched(KEYS[2], "b2"),), eth_block=REGISTERED_AT))
     assert app.ledger.uptime("CP-1") is not None
+
+
+class LeavingChain(OperatorChain):
+    """The operator is registered from Ethereum block 4 and has left at block 8."""
+
+    def operators_at(self, number: int, block_hash: bytes) -> tuple[bytes, ...]:
+        return (OPERATOR.address,) if REGISTERED_AT <= number < 8 else ()
+
+
+def test_a_proposer_leaves_out_an_operator_that_left_since_the_last_block(tmp_path: Path) -> None:
+    """Liveness: the mempool admitted the operator's event while it was registered; the next
+    proposal names an Ethereum block where it no longer is. Proposing it would make the block
+    invalid on every node, round after round (each proposer's admission still says yes): the
+    proposer reads the registry at its own Ethereum block and leaves the event out, and admission
+    refuses it from then on."""
+    app, shell = _app(tmp_path)
+    chain = LeavingChain()
+    app.chain = chain
+    shell.finalize(block(app, 1, (vouched(OPERATOR, "o1"),), eth_block=REGISTERED_AT))
+    pending = vouched(OPERATOR, "o2")
+    assert app.check_tx(pending).ok  # admitted while registered
+    chain.head_number = 10  # confirmations 2: the proposal names Ethereum block 8
+    facts = app.propose_facts(2)
+    assert facts[0] == 8
+    prepared = app.prepare_proposal(2, (pending, vouched(KEYS[1], "v1")), facts)
+    assert pending not in prepared.payloads and len(prepared.payloads) == 1
+    b = block(app, 2, prepared.payloads, eth_block=8)
+    assert app.process_proposal(b, app.fetch_facts(b.height, b.app_header, b.payloads))
+    assert not app.check_tx(pending).ok
