@@ -117,6 +117,16 @@ class ChainReader:
         self.validator_set = w3.eth.contract(address=Web3.to_checksum_address(self.validator_set_address),
                                              abi=load_artifact("ValidatorSet")["abi"])
 
+    def operators_at(self, eth_block: int) -> tuple[bytes, ...]:
+        """The operators registered in the ValidatorSet (`operators()`) in the state of Ethereum
+        block `eth_block`: the full nodes whose vouches a block naming it may carry (none on a
+        contract without the registry)."""
+        try:
+            return tuple(bytes.fromhex(a[2:]) for a in
+                         self.validator_set.functions.operators().call(block_identifier=eth_block))
+        except Exception:  # no registry in this deployment, or the RPC refused the read: none
+            return ()
+
     @property
     def block(self) -> int:
         """The block all contract reads are made at now: `confirmations` below the head."""
@@ -278,10 +288,12 @@ def block_loader(fetch: Callable[[str], Any]) -> BlockLoader:
 
 
 def _vouch_check(event: ChargerEvent, chain: ChainReader, height: int, prev_block_hash: bytes,
-                 load: BlockLoader | None) -> Check:
+                 load: BlockLoader | None, eth_block: int | None = None) -> Check:
     """Who vouched for the event (the recovered ingress signer), and whether it was a validator
     of the set that judged block `height`'s vouches: the epoch block height-1 names (found,
-    hash-linked, through `load`), as in block validation; never today's set."""
+    hash-linked, through `load`), as in block validation; never today's set. Else, whether it
+    was an operator registered at `eth_block`, the Ethereum block the event's own block names
+    (a full node accepting chargers; block validation reads the registry there)."""
     domain = ingress_domain(Domain(chain.chain_id, chain.anchor_address))
     signer = recovered_voucher(event, domain)
     who = f"vouched for by 0x{signer.hex()}" if isinstance(signer, bytes) else "no voucher"
@@ -293,6 +305,10 @@ def _vouch_check(event: ChargerEvent, chain: ChainReader, height: int, prev_bloc
     except ValueError as exc:
         return Check("vouch", False, f"{who}, but which validator set judged block {height} is unknown: {exc}")
     problem = vouch_problem(event, domain, validators.addresses, signer)
+    if problem is not None and isinstance(signer, bytes) and eth_block is not None \
+            and vouch_problem(event, domain, chain.operators_at(eth_block), signer) is None:
+        return Check("vouch", True, f"{who} over connection 0x{event.connection_id.hex()} (an operator registered "
+                     f"at Ethereum block {eth_block}, not a validator: a full node; it authenticated the charger)")
     return Check("vouch", problem is None, f"{who} over connection 0x{event.connection_id.hex()}"
                  + (f": {problem} (epoch {validators.epoch})" if problem
                     else f" (a validator of epoch {validators.epoch}; it authenticated the charger)"))
@@ -336,7 +352,11 @@ def verify_event(document: dict[str, Any], event_id: bytes, chain: ChainReader,
         event = ChargerEvent.from_bytes(event_bytes)
         checks.append(Check("event bytes", True, f"canonical ChargerEvent {event.action} from charger "
                             f"{event.charger_id!r}, message {event.message_id!r}, received by {event.ingress_node!r}"))
-        checks.append(_vouch_check(event, chain, height, prev_block_hash, load))
+        try:
+            own_eth_block: int | None = eth_block_of(unhex(block["app_header"]))
+        except (KeyError, TypeError, ValueError):
+            own_eth_block = None
+        checks.append(_vouch_check(event, chain, height, prev_block_hash, load, own_eth_block))
     except EventEncodingError as exc:
         checks.append(Check("event bytes", False, f"not a canonical ChargerEvent: {exc}"))
     leaf = leaf_hash(recomputed_id)

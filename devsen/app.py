@@ -273,6 +273,9 @@ class ChainAccess(Protocol):
         """(epoch, sorted validator addresses, address -> peer id) of the ValidatorSet at a block."""
         ...
 
+    # Optional (getattr): `operators_at(number, block_hash) -> tuple[bytes, ...]`, the registered
+    # operators (ValidatorSet.operators()) at a block; without it no operator is registered.
+
 
 @dataclass
 class Payloads:
@@ -372,6 +375,10 @@ class NodeApplication:
                                     settings.rewards_domain)
         self.vouches = VouchCache(ingress_domain(settings.anchor_domain))
         self.validators: tuple[bytes, ...] = tuple(sorted(settings.validators))
+        # Registered operators (full nodes vouching for charger events) as of the last applied block's
+        # agreed Ethereum block: mempool admission only; a block's validity reads its own facts.
+        self.operators: frozenset[bytes] = frozenset()
+        self._proposal_operators: tuple[int, bytes, frozenset[bytes]] | None = None  # (eth block, hash, operators)
         self.epoch = settings.epoch
         self.snapshot_path: Path | None = None
         # (charger, message id) -> (height, event id, dedup key) for the HTTP look-up, kept
@@ -428,7 +435,7 @@ class NodeApplication:
             problem = self.commands.outcome_check(outcome, self.validators)
             return CheckResult(problem is None, problem or "", source="outcome")
         for event in parts.events:
-            problem = self.vouches.problem(event, self.validators)
+            problem = self.vouches.problem(event, self.validators, self.operators)
             if problem is not None:
                 return CheckResult(False, problem)
         return CheckResult(True, source=parts.events[0].ingress_node if parts.events else "")
@@ -491,6 +498,10 @@ class NodeApplication:
         eth_hash = self.chain.block_hash(number)
         if self.commands.unknown:  # managers of mempool commands, so this proposal may carry them
             self.commands.read_unknown_managers(self.chain.view_at(number, eth_hash))
+        operators_at = getattr(self.chain, "operators_at", None)
+        if operators_at is not None:  # who may vouch in this proposal; and admission from now on
+            operators = frozenset(operators_at(number, eth_hash))
+            self._proposal_operators, self.operators = (number, eth_hash, operators), operators
         return number, eth_hash
 
     def prepare_proposal(self, height: int, payloads: tuple[bytes, ...], facts: Any) -> Prepared:
@@ -503,11 +514,19 @@ class NodeApplication:
         share = new_charger_share(len(self.validators))
         budget = VoucherBudget(self._known_charger, len(self.validators), mine="0x" + self.settings.key.address.hex(),
                                new_for_others=max(1, share // PROPOSE_OTHERS_NEW_CHARGER_FRACTION))
+        # the operators registered at this proposal's Ethereum block (propose_facts read them): an
+        # event of one deregistered since the last block would make the block invalid everywhere
+        named = self._proposal_operators
+        operators = named[2] if named is not None and named[:2] == (number, eth_hash) else self.operators
         for payload in payloads:
             if not self.check_tx(payload).ok:  # e.g. a removed validator's
                 continue
-            if payload[0] == EVENT_PAYLOAD_FIRST_BYTE and budget.take(decode_event(payload)) is not None:
-                continue  # over its voucher's share of this block: waits in the mempool for the next
+            if payload[0] == EVENT_PAYLOAD_FIRST_BYTE:
+                event = decode_event(payload)
+                if event.ingress_address not in self.validators and event.ingress_address not in operators:
+                    continue  # no longer a registered operator at this block (check_tx now refuses it too)
+                if budget.take(event) is not None:
+                    continue  # over its voucher's share of this block: waits in the mempool for the next
             if payload[0] == VOUCHER_PAYLOAD_TAG:
                 if vouchers >= MAX_VOUCHERS_PER_BLOCK:
                     continue
@@ -587,12 +606,16 @@ class NodeApplication:
         reads = read_facts(patiently_reader(view), keys)
         epoch, validators, bindings = patiently(f"ValidatorSet at {number}",
                                                 lambda: self.chain.validators_at(number, eth_hash))
+        operators_at = getattr(self.chain, "operators_at", None)
+        operators = frozenset(patiently(f"operators at {number}", lambda: operators_at(number, eth_hash))
+                              if operators_at is not None else ())
         facts_problem = None
         if not committed and head - number < self.settings.confirmations:
             facts_problem = (f"Ethereum block {number} is {head - number} deep by this node's head {head}, "
                              f"fewer than {self.settings.confirmations} confirmations")
         facts = ChainFacts(number, eth_hash, digest, keys, epoch=epoch, validators=validators,
-                           bindings=MappingProxyType(dict(bindings)), problem=facts_problem, **reads)
+                           bindings=MappingProxyType(dict(bindings)), operators=operators, problem=facts_problem,
+                           **reads)
         if parts.commands:
             self.commands.note_view(facts.view(), (c.charger_id for c in parts.commands))
         if not committed and facts_problem is None:  # its RPC had the block, deep enough: reusable at commit
@@ -647,8 +670,8 @@ class NodeApplication:
             problem = self._attestation_problem(attestation)
             if problem is not None:
                 return problem
-        for event in parts.events:
-            problem = self.vouches.problem(event, self.validators)
+        for event in parts.events:  # a validator's vouch, or a registered operator's at the block's Ethereum block
+            problem = self.vouches.problem(event, self.validators, facts.operators)
             if problem is not None:
                 return f"event 0x{event.event_id.hex()}: {problem}"
         if len(parts.vouchers) > MAX_VOUCHERS_PER_BLOCK:
@@ -697,7 +720,10 @@ class NodeApplication:
         try:
             number, eth_hash = decode_app_header(block.app_header)
             parts = split_payloads(block.payloads)
-            context = BlockContext(block.height, block.timestamp_ms, number, eth_hash)
+            # the vouchers that are validators: what the others (operators) vouch for moves no
+            # money beyond signed readings and vouchers (devsen/ledger/LEDGER.md)
+            context = BlockContext(block.height, block.timestamp_ms, number, eth_hash,
+                                   validators=frozenset("0x" + v.hex() for v in self.validators))
         except ValueError as exc:
             return self._refused_block(block, f"malformed committed block: {exc}")
         view = facts.view()
@@ -720,6 +746,7 @@ class NodeApplication:
             log.error("block %d read chain keys outside its facts (answered as absent): %s", block.height,
                       view.outside[:4])
         self.last_eth_block = number
+        self.operators = facts.operators
         self._last_block = (block.height, block.hash)
         self._remember_messages(block.height, parts.events)
         results = {r.event_id: r for r in outcome.results}

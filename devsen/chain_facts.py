@@ -127,6 +127,8 @@ class ChainFacts:
     epoch: int = 0
     validators: tuple[bytes, ...] = ()
     bindings: Mapping[bytes, bytes] = field(default_factory=dict)
+    # ValidatorSet.operators() at the block: full nodes whose vouched events the block may carry
+    operators: frozenset[bytes] = frozenset()
     complete: bool = True
     problem: str | None = None
 

@@ -330,8 +330,9 @@ class ReadCache:
                 self._client.w3.eth.get_logs, {"fromBlock": first, "toBlock": to_block, "address": list(self._contracts)}))
             for entry in logs:
                 contract = self._contracts.get(Web3.to_checksum_address(entry["address"]))
-                if contract == "ValidatorSet":
+                if contract == "ValidatorSet":  # the set, and the operators (stake events included)
                     self.entries.pop(("validators", b""), None)
+                    self.entries.pop(("operators", b""), None)
                 elif contract is not None and len(entry["topics"]) > 1:
                     key = bytes(entry["topics"][1])
                     for kind in self.KINDS_BY_CONTRACT[contract]:
@@ -587,4 +588,20 @@ class ContractChainAccess:
             return state.epoch, tuple(sorted(bytes.fromhex(v.address[2:]) for v in state.validators)), bindings
 
         result: tuple[int, tuple[bytes, ...], dict[bytes, bytes]] = self.cache.get("validators", b"", read)
+        return result
+
+    def operators_at(self, number: int, block_hash: bytes | None = None) -> tuple[bytes, ...]:
+        """The registered network operators (ValidatorSet.operators(), at most MAX_OPERATORS) at
+        block `number`, sorted; cached until a ValidatorSet event. A contract without the
+        registry (an older deployment) reads as none, on every node alike."""
+        self.cache.advance(number)
+        at: Any = BlockHash(block_hash) if block_hash is not None else number
+
+        def read(block: int) -> tuple[bytes, ...]:
+            try:
+                return self.client.operators(at)
+            except ChainRevert:
+                return ()
+
+        result: tuple[bytes, ...] = self.cache.get("operators", b"", read)
         return result

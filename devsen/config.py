@@ -37,12 +37,20 @@ class NodeSection:
     data_dir: str = "./var/node"
     # "validator": proposes, votes and signs (its key must be in the on-chain ValidatorSet);
     # "full": follows the chain by block sync, verifies every commit certificate, serves reads,
-    # never signs, needs no validator key, opens no OCPP port.
+    # never signs a consensus message, needs no validator key, opens no OCPP port...
     role: str = "validator"
+    # ...unless `accept_chargers` (role "full" only): it then opens the OCPP port, vouches for its
+    # chargers' events with the key in keys/validator_secp256k1.key (registered on chain as an
+    # operator: ValidatorSet.registerOperator, `devsen stake register-operator`) and relays them to
+    # the validators. Validators always accept chargers.
+    accept_chargers: bool = False
 
     def validate(self) -> None:
         _require(self.role in ROLES, "node.role", f"{self.role!r} is not a node role (one of {', '.join(ROLES)})",
                  'role = "validator" (a registered validator) or role = "full" (a non-validator node)')
+        _require(not self.accept_chargers or self.role == ROLE_FULL, "node.accept_chargers",
+                 "is for full nodes (a validator always accepts chargers)",
+                 'remove accept_chargers, or role = "full"')
         _require(bool(self.name.strip()), "node.name", "must not be empty", 'name = "node-1"')
         _require(bool(self.data_dir.strip()), "node.data_dir", "must not be empty", 'data_dir = "./var/node-1"')
 

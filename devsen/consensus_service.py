@@ -21,6 +21,15 @@ height until payloads wait here or the application's `block_needed_by_ms` passes
 after a block carrying it is committed and applied. A full mempool raises
 `ConsensusOverloaded` at once.
 
+A full node (`follower`) has no mempool that counts: `relay(payload)` hands a charger event
+it vouched for to a validator (p2p/relay.py, the validators in turn, again every
+RELAY_RESEND_S while it is not committed) and returns once the block carrying it is applied
+here by block sync. A validator takes relayed events like gossip (`_on_relayed`): events only,
+a token bucket per relaying peer (1/8 of a gossip origin's rate) and one for all of them (1/4:
+relayed events gossiped on spend this validator's gossip budget at the others, so full nodes
+cannot crowd out its own events), admission, then its mempool under the vouching operator's own
+share, and gossip to the other validators.
+
 Gossiped payloads are bounded per source, cheapest check first, every bound proportional to
 one source's share of a block (`block_max_payloads / n` validators, `ServiceConfig.derived`):
 a payload already pending or committed is skipped; so is one whose origin (the validator that
@@ -51,6 +60,7 @@ from typing import Any
 
 import trio
 
+from anchoring.proofs import EVENT_PAYLOAD_FIRST_BYTE
 from consensus.abci import Application, CheckResult, FinalizeResult, Snapshot, TxResult
 from consensus.core import (
     Broadcast,
@@ -88,6 +98,7 @@ from p2p.gossip import GossipOverloaded
 from p2p.host import HostConfig
 from p2p.keys import NodeKeys
 from p2p.node import P2PConfig, P2PHandlers, P2PNode, open_p2p
+from p2p.relay import RelayError
 from p2p.sync import SyncError
 from primitives.eip712 import Domain
 from primitives.hashing import keccak256
@@ -108,6 +119,12 @@ GOSSIP_PENDING_BLOCKS = 8  # an origin with this many blocks' shares waiting her
 # A gossiped batch of at least this many budgeted payloads has its signatures recovered in a
 # worker thread first (the GIL is released there; a thread hop costs about 2-3 recoveries).
 OFF_LOOP_RECOVERY_MIN = 4
+# A full node's events waiting for their commit (`relay`): more are refused (ConsensusOverloaded).
+MAX_RELAY_WAITERS = 4096
+RELAYS_IN_FLIGHT = 4  # a full node's concurrent relay requests (p2p/relay.py allows 4 per peer)
+RELAY_RESEND_S = 5.0  # an event relayed but not committed since is handed to the next validator
+RELAY_PEER_FRACTION = 8  # one full node's relayed events: 1/8 of a gossip origin's rate and burst
+RELAY_TOTAL_FRACTION = 4  # all full nodes' relayed events at one validator: 1/4 of them
 
 
 class ConsensusOverloaded(Exception):
@@ -314,6 +331,15 @@ class ConsensusService:
         self.mempool = Mempool(config.mempool_max_count, config.mempool_max_bytes, max_per_source=per_source)
         assert config.gossip_rate_per_origin is not None and config.gossip_burst_per_origin is not None
         self.gossip_budget = GossipBudget(config.gossip_rate_per_origin, config.gossip_burst_per_origin)
+        # Relayed events: 1/8 of one gossip origin's rate per full-node peer (bounded like the
+        # origins), 1/4 for all of them together: what we gossip on spends this validator's gossip
+        # budget at the others, so full nodes never take more than a quarter of it.
+        rate, burst = config.gossip_rate_per_origin, config.gossip_burst_per_origin
+        self.relay_budget = GossipBudget(rate / RELAY_PEER_FRACTION, max(1, burst // RELAY_PEER_FRACTION))
+        self.relay_total = GossipBudget(rate / RELAY_TOTAL_FRACTION, max(1, burst // RELAY_TOTAL_FRACTION), 1)
+        self._relay_turn = 0
+        self._relay_failing = False  # one log line when relaying starts and stops failing
+        self._relay_slots = trio.Semaphore(RELAYS_IN_FLIGHT)
         self._own_source = "0x" + keys.validator_address.hex()
         self.counters: Counter[str] = Counter()
         self.commit_listeners: list[CommitListener] = []
@@ -398,6 +424,124 @@ class ConsensusService:
             raise CommitTimeout(f"payload not committed within {timeout_s} s") from exc
         assert waiter.receipt is not None
         return waiter.receipt
+
+    async def relay(self, payload: bytes, timeout_s: float = 30.0) -> CommitReceipt:
+        """A full node: have a validator take `payload` (an event this node vouched for) and
+        return once the block carrying it is applied here (module docstring).
+
+        Raises ValueError for a payload our own admission refuses (e.g. this node is not a
+        registered operator), ConsensusOverloaded when too many wait or no validator takes it,
+        CommitTimeout when it was taken but not committed within `timeout_s`."""
+        digest = keccak256(payload)
+        receipt = self._receipts.get(digest)
+        if receipt is not None:
+            return receipt
+        verdict = self._check(payload)
+        if verdict is not None:
+            raise ValueError(f"the application refuses this payload: {verdict}")
+        waiter = self._waiters.get(digest)
+        if waiter is None:
+            if len(self._waiters) >= MAX_RELAY_WAITERS:
+                self.counters["relay_overloaded"] += 1
+                raise ConsensusOverloaded(f"{MAX_RELAY_WAITERS} events already wait for their commit")
+            waiter = self._waiters[digest] = _Waiter()
+        taken = False
+        try:
+            with trio.fail_after(timeout_s):
+                while not waiter.event.is_set():
+                    refusal = await self._relay_once(payload)
+                    taken = taken or refusal is None
+                    if refusal is not None and not taken:
+                        raise ConsensusOverloaded(f"no validator took the event: {refusal}")
+                    with trio.move_on_after(RELAY_RESEND_S):
+                        await waiter.event.wait()
+        except trio.TooSlowError as exc:
+            raise CommitTimeout(f"relayed event not committed within {timeout_s} s") from exc
+        finally:
+            if not waiter.event.is_set() and self._waiters.get(digest) is waiter:
+                del self._waiters[digest]
+        assert waiter.receipt is not None
+        return waiter.receipt
+
+    async def _relay_once(self, payload: bytes) -> str | None:
+        """Hand `payload` to the validators in turn until one takes it: None, else the last refusal."""
+        net = self._net
+        if net is None:
+            return "p2p is not running"
+        addresses = net.directory.addresses()
+        refusal = "no validator is known"
+        async with self._relay_slots:
+            for step in range(len(addresses)):
+                address = addresses[(self._relay_turn + step) % len(addresses)]
+                try:
+                    verdict = (await net.relay(address, [payload]))[0]
+                except RelayError as exc:
+                    self.counters["relay_failed"] += 1
+                    refusal = str(exc)
+                    continue
+                if verdict is None:
+                    self._relay_turn = (self._relay_turn + step + 1) % len(addresses)
+                    self.counters["relay_taken"] += 1
+                    if self._relay_failing:
+                        self._relay_failing = False
+                        logger.info("relaying events to validators works again (0x%s took one)", address.hex())
+                    return None
+                self.counters["relay_refused"] += 1
+                refusal = f"0x{address.hex()}: {verdict}"
+        if not self._relay_failing:
+            self._relay_failing = True
+            logger.warning("no validator takes this node's relayed events (%s); retrying", refusal)
+        return refusal
+
+    async def _on_relayed(self, peer: bytes, payloads: list[bytes]) -> list[str | None]:
+        """A full node's vouched events (p2p/relay.py): a verdict per payload, None if taken.
+        Budgets first; the budgeted payloads' signatures are recovered in a worker thread (the
+        event loop never pays for a full node's flood), then admission judges them."""
+        now = trio.current_time()
+        verdicts: list[str | None] = []
+        budgeted: list[int] = []
+        for index, payload in enumerate(payloads):
+            digest = keccak256(payload)
+            if payload[0] != EVENT_PAYLOAD_FIRST_BYTE:
+                verdicts.append("only charger events are relayed")
+            elif digest in self.mempool or self.mempool.is_committed(digest):
+                verdicts.append(None)  # already here: the caller waits for its commit
+            elif not self.relay_budget.take(peer, now):
+                self.counters["relay_over_budget"] += 1
+                verdicts.append("over this peer's relay budget; retry later")
+            elif not self.relay_total.take(b"all", now):
+                self.counters["relay_over_total_budget"] += 1
+                verdicts.append("over this validator's relay budget for all full nodes; retry later")
+            else:
+                verdicts.append(None)
+                budgeted.append(index)
+        recover = getattr(self.app, "recover_signatures", None)
+        if recover is not None and budgeted:
+            try:
+                await trio.to_thread.run_sync(recover, [payloads[i] for i in budgeted])
+            except Exception:  # check_tx below recovers (and judges) them itself
+                logger.exception("recovering relayed signatures off the loop failed")
+        for index in budgeted:
+            verdicts[index] = self._pool_relayed(payloads[index])
+        self._input_ready.set()
+        return verdicts
+
+    def _pool_relayed(self, payload: bytes) -> str | None:
+        result = self._check_result(payload)
+        if not result.ok:
+            self.counters["relay_payload_refused"] += 1
+            return result.reason or "refused"
+        try:
+            self.mempool.add(payload, source=self._source_of(result, b""))
+        except MempoolFull as exc:
+            self.counters["relay_mempool_full"] += 1
+            return f"mempool full: {exc}"
+        except ValueError as exc:
+            return str(exc)
+        self.counters["relay_payload_pooled"] += 1
+        if self._nursery is not None:
+            self._nursery.start_soon(self._gossip, payload)
+        return None
 
     async def _gossip(self, payload: bytes) -> None:
         if self._net is None:
@@ -785,7 +929,8 @@ class ConsensusService:
         """Replay, start p2p, resume from the WAL, and drive consensus until cancelled."""
         handlers = P2PHandlers(self._on_consensus, self._on_payloads, self._block_records, lambda: self.committed_height,
                                snapshots=ServedSnapshots(self.replica.snapshots, self.replica.snapshot_chunk,
-                                                         self.replica.block_records))
+                                                         self.replica.block_records),
+                               on_relayed=None if self.config.follower else self._on_relayed)
         p2p_config = P2PConfig(
             network_id=network_id_of(self.config.domain),
             directory=self.config.directory,

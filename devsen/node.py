@@ -119,10 +119,14 @@ class NodeIngest:
     them when the adapter builds it), so what this node signs and gossips carries none in
     plaintext; the charger's own call, answered by the adapter, stays in its memory."""
 
-    def __init__(self, service: ConsensusService, app: NodeApplication, commit_timeout_s: float) -> None:
+    def __init__(self, service: ConsensusService, app: NodeApplication, commit_timeout_s: float,
+                 *, relay: bool = False) -> None:
         self.service = service
         self.app = app
         self.commit_timeout_s = commit_timeout_s
+        # A full node (a registered operator) hands its vouched events to a validator and waits for
+        # the block carrying them by block sync (ConsensusService.relay), instead of its mempool.
+        self.relay = relay
 
     def _earlier(self, event: ChargerEvent) -> IngestResult | None:
         earlier = self.app.ledger.reply_for(event.dedup_key)
@@ -144,8 +148,11 @@ class NodeIngest:
         earlier = self._earlier(event)
         if earlier is not None:
             return earlier
+        order = self.service.relay if self.relay else self.service.submit
         try:
-            receipt = await self.service.submit(event.to_bytes(), timeout_s=self.commit_timeout_s)
+            receipt = await order(event.to_bytes(), timeout_s=self.commit_timeout_s)
+        except ValueError as exc:  # our own admission refuses it (a full node not registered as an operator)
+            raise IngestRejected(f"this node cannot vouch for the event: {exc}") from exc
         except ConsensusOverloaded as exc:
             raise IngestOverloaded(str(exc)) from exc
         except CommitTimeout as exc:
@@ -355,13 +362,22 @@ def _publish_own_info(client: ChainClient, me: bytes, my_peer: bytes, endpoint: 
                   "another validator needs fresh p2p keys, an endpoint must be at most 256 bytes", exc)
 
 
+def _operators(client: ChainClient) -> tuple[bytes, ...]:
+    """The operators registered now (a deployment without the registry has none)."""
+    try:
+        return client.operators("latest")
+    except ChainRevert:
+        return ()
+
+
 def build_node(config: NodeConfig) -> NodeParts:
     """Load keys and deployment, read the validator set from chain, construct every part."""
     if config.chain.rpc == "embedded":
         raise ConfigError("config key 'chain.rpc': 'embedded' runs in one process only (tests); "
                           "fix: point nodes at a shared JSON-RPC chain, e.g. the devnet's anvil")
     full = config.node.role == ROLE_FULL
-    keys = load_identity(config.keys_dir) if full else load_keys(config.keys_dir)
+    operator = full and config.node.accept_chargers  # vouches with its own (operator) key
+    keys = load_identity(config.keys_dir) if full and not operator else load_keys(config.keys_dir)
     deployment = _load_deployment(config)
     data_dir = Path(config.node.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -381,7 +397,15 @@ def build_node(config: NodeConfig) -> NodeParts:
     validator_state = patiently("reading the validator set at startup", lambda: client.validator_set("latest"))
     addresses = [bytes.fromhex(v.address[2:]) for v in validator_state.validators]
     me = keys.validator.address
-    if full:
+    operators = patiently("reading the registered operators at startup", lambda: _operators(client))
+    if operator:
+        log.info("role = full, accepting chargers: following the chain as peer %s, vouching as operator 0x%s",
+                 keys.peer_id.to_base58(), me.hex())
+        if me not in operators:
+            log.warning("operator 0x%s is not registered on chain (ValidatorSet.operators()): its chargers' "
+                        "events are refused until it is; fix: `devsen stake register-operator` with this key",
+                        me.hex())
+    elif full:
         log.info("role = full: following the chain as peer %s, never signing", keys.peer_id.to_base58())
     elif me not in addresses:
         raise ConfigError(f"this node's validator address 0x{me.hex()} is not in the on-chain ValidatorSet "
@@ -429,6 +453,7 @@ def build_node(config: NodeConfig) -> NodeParts:
     ledger = Ledger(params)
     app = NodeApplication(settings, access, ledger, AnchorIndex(data_dir / "anchors.sqlite"))
     app.snapshot_path = data_dir / "app_snapshot.msgpack"
+    app.operators = frozenset(operators)  # admission until the first block applied names its own
     host = HostConfig(listen=config.p2p.listen, bootstrap=tuple(config.p2p.bootstrap), max_peers=config.p2p.max_peers)
     if config.p2p.state_sync:  # an empty block store: restore a verified snapshot from peers first
         consensus_domain = deployment.domain("ValidatorSet")
@@ -584,6 +609,7 @@ def build_router(parts: NodeParts) -> Router:
             "node": parts.config.node.name,
             "role": parts.config.node.role,
             "validator": None if full else me,
+            "operator": me if full and parts.config.node.accept_chargers else None,
             "peer_id": parts.keys.peer_id.to_base58(),
             "committed_height": service.committed_height,
             "epoch": parts.app.epoch,
@@ -787,7 +813,8 @@ async def supervised(name: str, run: Callable[[], Awaitable[None]], restart_dela
 async def serve_node(parts: NodeParts, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     """Run consensus, the OCPP endpoint, the HTTP API and the submitter until cancelled."""
     config = parts.config
-    ingest = NodeIngest(parts.service, parts.app, commit_timeout_s=config.ocpp.call_timeout_s)
+    ingest = NodeIngest(parts.service, parts.app, commit_timeout_s=config.ocpp.call_timeout_s,
+                        relay=config.node.role == ROLE_FULL)
     ocpp_config = OcppServerConfig(
         host=config.ocpp.host, port=config.ocpp.port, node_name=config.node.name,
         security_profile=config.ocpp.security_profile, tls_cert=config.ocpp.tls_cert or None,
@@ -796,7 +823,8 @@ async def serve_node(parts: NodeParts, *, task_status: Any = trio.TASK_STATUS_IG
         call_timeout=config.ocpp.call_timeout_s, ingest_timeout=config.ocpp.call_timeout_s + 5,
     )
     if config.node.role == ROLE_FULL:
-        await serve_full_node(parts, task_status=task_status)
+        await serve_full_node(parts, ocpp_config if config.node.accept_chargers else None, ingest,
+                              task_status=task_status)
         return
     async with trio.open_nursery() as nursery:
         await nursery.start(parts.service.run)
@@ -821,17 +849,33 @@ async def serve_node(parts: NodeParts, *, task_status: Any = trio.TASK_STATUS_IG
         task_status.started({"ocpp_port": ocpp_port, "http_port": http_port})
 
 
-async def serve_full_node(parts: NodeParts, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-    """A full node: block sync and the read API only. No attestation outbox, submitter, quorum
-    inbox, double-sign reporter or command delivery (it signs nothing), and no OCPP port:
-    chargers connect to validators (forwarding charger events is not built yet)."""
+async def serve_full_node(parts: NodeParts, ocpp_config: OcppServerConfig | None = None,
+                          ingest: NodeIngest | None = None, *,
+                          task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """A full node: block sync and the read API. No attestation outbox, submitter, quorum inbox,
+    double-sign reporter or command delivery (it signs no consensus message). With `ocpp_config`
+    (`node.accept_chargers`) it also serves chargers: it authenticates them against the chain
+    like a validator, vouches for their events with its operator key, relays them to the
+    validators (ConsensusService.relay) and answers once the block carrying them is applied here.
+    Manager commands and remote starts are not delivered to its chargers (an outcome must be a
+    validator's signature): they reach a charger when it connects to a validator."""
     config = parts.config
     async with trio.open_nursery() as nursery:
         await nursery.start(parts.service.run)
+        ocpp_port = None
+        if ocpp_config is not None and ingest is not None:
+            ocpp_port = await nursery.start(
+                lambda task_status: serve_ocpp(ocpp_config, ingest, ChainChargerRegistry(parts.client),
+                                               connections=parts.connections, task_status=task_status))
         http_port = await nursery.start(serve_http, build_router(parts), config.http.host, config.http.port)
-        log.info("full node %s up: peer %s, no OCPP port, HTTP http://%s:%d", config.node.name,
-                 parts.keys.peer_id.to_base58(), config.http.host, http_port)
-        task_status.started({"ocpp_port": None, "http_port": http_port})
+        if ocpp_port is None:
+            log.info("full node %s up: peer %s, no OCPP port, HTTP http://%s:%d", config.node.name,
+                     parts.keys.peer_id.to_base58(), config.http.host, http_port)
+        else:
+            log.info("full node %s up: peer %s, operator 0x%s, OCPP ws://%s:%d/ocpp/{chargeBoxId}, HTTP http://%s:%d",
+                     config.node.name, parts.keys.peer_id.to_base58(), parts.keys.validator.address.hex(),
+                     config.ocpp.host, ocpp_port, config.http.host, http_port)
+        task_status.started({"ocpp_port": ocpp_port, "http_port": http_port})
 
 
 def run_node(config: NodeConfig, *, log_format: str | None = None, log_level: str | None = None) -> int:

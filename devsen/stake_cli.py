@@ -3,13 +3,16 @@
 
     devsen stake show       --keys DIR --network deployment.json --rpc URL
     devsen stake register   --keys DIR --network deployment.json --rpc URL [--amount N] --peer-id ID --endpoint URL
+    devsen stake register-operator --keys DIR --network ... --rpc ... [--amount N] --peer-id ID --endpoint URL
     devsen stake sign-update --keys DIR --network ... --rpc ... (--add 0x.. | --remove 0x..)...
     devsen stake submit-update --keys DIR --network ... --rpc ... --epoch E --validators 0x..,0x.. --signatures F1,F2,...
     devsen stake unbond     --keys DIR --network ... --rpc ...
     devsen stake withdraw   --keys DIR --network ... --rpc ...
 
 `register` approves the ValidatorSet and bonds `--amount` (default: the minimum stake) with
-`registerCandidate`. A set change is the existing quorum path: each current validator runs
+`registerCandidate`; `register-operator` bonds the same way with `registerOperator`, for a full
+node that accepts chargers (`node.accept_chargers`): it vouches for their events as an operator
+of the network without joining the validator set. A set change is the existing quorum path: each current validator runs
 `sign-update` (it prints the proposed set and its signature as one JSON line), anyone collects
 a quorum of those lines into files and runs `submit-update`. A validator leaves by a set change
 without it, then `unbond`s and, after the unbonding period, `withdraw`s.
@@ -79,6 +82,7 @@ def _show(client: ChainClient, me: str) -> dict[str, Any]:
     state = client.validator_set("latest")
     return {"account": me, "stake_base_units": stake.stake, "withdrawable_at": stake.withdrawable_at,
             "in_current_set": me in state.addresses(), "was_validator": stake.was_validator,
+            "operator": bytes.fromhex(me[2:]) in client.operators("latest"),
             "epoch": state.epoch, "min_stake_base_units": terms.min_stake, "unbonding_s": terms.unbonding_s,
             "eth_balance_wei": int(client.w3.eth.get_balance(Web3.to_checksum_address(me))),
             "token_balance_base_units": client.token_balance(me, "latest")}
@@ -99,7 +103,7 @@ def _read_signatures(paths: list[str]) -> list[dict[str, Any]]:
 
 def stake_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    parser.add_argument("action", choices=("show", "register", "sign-update", "submit-update", "unbond", "withdraw"))
+    parser.add_argument("action", choices=("show", "register", "register-operator", "sign-update", "submit-update", "unbond", "withdraw"))
     parser.add_argument("--keys", required=True, type=Path, help="the node's key directory (keys.dir)")
     parser.add_argument("--network", required=True, type=Path, help="the network's deployment.json")
     parser.add_argument("--rpc", required=True, help="JSON-RPC URL of the deployment's chain")
@@ -133,11 +137,11 @@ def _run(args: argparse.Namespace, client: ChainClient, me: str) -> dict[str, An
     deployment = client.deployment
     if args.action == "show":
         return _show(client, me)
-    if args.action == "register":
+    if args.action in ("register", "register-operator"):
         from libp2p.peer.id import ID
 
         if not args.peer_id or not args.endpoint:
-            raise StakeCliError("register needs --peer-id (base58) and --endpoint (ws://host:port/ocpp)")
+            raise StakeCliError(f"{args.action} needs --peer-id (base58) and --endpoint (ws://host:port/ocpp)")
         try:
             peer_id = ID.from_base58(args.peer_id).to_bytes()
         except Exception as exc:  # the base58 decoder raises plain ValueError/Exception kinds
@@ -146,7 +150,8 @@ def _run(args: argparse.Namespace, client: ChainClient, me: str) -> dict[str, An
         if amount <= 0:
             raise StakeCliError("--amount: this network has no minimum stake; give a positive --amount")
         client.approve(deployment.validator_set, amount)
-        receipt = client.register_candidate(amount, peer_id, args.endpoint)
+        register = client.register_operator if args.action == "register-operator" else client.register_candidate
+        receipt = register(amount, peer_id, args.endpoint)
         return {**_show(client, me), "tx": "0x" + receipt.tx_hash.hex()}
     if args.action == "sign-update":
         state = client.validator_set("latest")

@@ -1,4 +1,5 @@
-"""Vouching: every ChargerEvent is signed by the validator that authenticated the charger.
+"""Vouching: every ChargerEvent is signed by the node that authenticated the charger: a
+validator, or a full node registered on chain as an operator of the network.
 
 The ingress validator signs, with its secp256k1 validator key, the EIP-712 digest of
 
@@ -59,8 +60,9 @@ def recovered_voucher(event: ChargerEvent, domain: Domain) -> bytes | str:
 
 
 def vouch_problem(event: ChargerEvent, domain: Domain, validators: Collection[bytes],
-                  signer: bytes | str | None = None) -> str | None:
-    """Why `event` is not vouched for by a current validator, or None if it is.
+                  signer: bytes | str | None = None, operators: Collection[bytes] = ()) -> str | None:
+    """Why `event` is not vouched for by a current validator or a registered operator (a full
+    node accepting chargers, ValidatorSet.operators()), or None if it is.
 
     `signer` is an already recovered voucher (from `recovered_voucher`), to skip recovery.
     """
@@ -70,8 +72,8 @@ def vouch_problem(event: ChargerEvent, domain: Domain, validators: Collection[by
         return signer
     if signer != event.ingress_address:
         return f"the event names ingress {event.ingress_node} but is signed by 0x{signer.hex()}"
-    if signer not in validators:
-        return f"the ingress {event.ingress_node} is not a current validator"
+    if signer not in validators and signer not in operators:
+        return f"the ingress {event.ingress_node} is not a current validator nor a registered operator"
     return None
 
 
@@ -115,6 +117,7 @@ class VouchCache:
         self._keep(vouched.event_id, key.address)
         return vouched
 
-    def problem(self, event: ChargerEvent, validators: Collection[bytes]) -> str | None:
-        """Why `event` is not vouched for by one of `validators`, or None."""
-        return vouch_problem(event, self.domain, validators, self.signer(event))
+    def problem(self, event: ChargerEvent, validators: Collection[bytes],
+                operators: Collection[bytes] = ()) -> str | None:
+        """Why `event` is not vouched for by one of `validators` or `operators`, or None."""
+        return vouch_problem(event, self.domain, validators, self.signer(event), operators)

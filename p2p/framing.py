@@ -125,3 +125,30 @@ async def reset_quietly(stream: ResettableStream) -> None:
         await stream.reset()
     except Exception:  # already closed or reset by the other side
         pass
+
+
+class StreamSlots:
+    """Concurrent inbound streams per peer and in all, bounded (a server's admission): `take`
+    says which bound refused (None: taken; the caller resets the stream), `give_back` frees one."""
+
+    def __init__(self, per_peer: int, total: int) -> None:
+        assert per_peer >= 1 and total >= per_peer
+        self.per_peer = per_peer
+        self.total = total
+        self._open: dict[bytes, int] = {}
+
+    def take(self, peer: bytes) -> str | None:
+        """"peer" when `peer` holds `per_peer` slots, "total" when all are held, else None (taken)."""
+        if self._open.get(peer, 0) >= self.per_peer:
+            return "peer"
+        if sum(self._open.values()) >= self.total:
+            return "total"
+        self._open[peer] = self._open.get(peer, 0) + 1
+        return None
+
+    def give_back(self, peer: bytes) -> None:
+        left = self._open.get(peer, 0) - 1
+        if left > 0:
+            self._open[peer] = left
+        else:
+            self._open.pop(peer, None)

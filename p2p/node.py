@@ -4,6 +4,7 @@
         net.broadcast_consensus(body)          # to every other validator (direct links)
         await net.publish_event(payload)       # batched on the events topic
         latest, records = await net.fetch_blocks(address, lo, hi)
+        verdicts = await net.relay(address, payloads)   # a full node hands events to a validator
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from p2p.gossip import EventGossip
 from p2p.host import HostConfig, RunningHost, open_host
 from p2p.keys import NodeKeys
 from p2p.links import ConsensusLinks
+from p2p.relay import RelayError, RelayHandler, RelayServer, relay_payloads
 from p2p.snapshots import SnapshotServer, SnapshotSource
 from p2p.sync import BlockSource, BlockSyncServer, LatestHeight, fetch_blocks
 
@@ -46,6 +48,7 @@ class P2PHandlers:
     block_source: BlockSource
     latest_height: LatestHeight
     snapshots: SnapshotSource | None = None  # state sync served to any peer (p2p/snapshots.py)
+    on_relayed: RelayHandler | None = None  # a validator takes full nodes' vouched events (p2p/relay.py)
 
 
 class P2PNode:
@@ -59,6 +62,7 @@ class P2PNode:
         self.links = links
         self.sync_server = sync_server
         self.snapshot_server: SnapshotServer | None = None
+        self.relay_server: RelayServer | None = None
 
     @property
     def directory(self) -> ValidatorDirectory:
@@ -80,6 +84,14 @@ class P2PNode:
             raise ValueError("not a validator address")
         return await fetch_blocks(self.running, self.keys, self.config.network_id, self.directory, peer, from_height, to_height)
 
+    async def relay(self, address: bytes, payloads: list[bytes]) -> list[str | None]:
+        """Hand payloads to validator `address` (a full node's events); its verdict per payload.
+        Raises RelayError."""
+        peer = self.directory.peer_of(address)
+        if peer is None:
+            raise RelayError(f"0x{address.hex()} has no known peer id")
+        return await relay_payloads(self.running, self.config.network_id, peer, payloads)
+
     def connected_validators(self) -> list[bytes]:
         """Validator addresses with a live outbound consensus link."""
         return self.links.linked_validators()
@@ -100,6 +112,7 @@ class P2PNode:
             "sync_served": self.sync_server.served_requests,
             "sync_served_outsiders": self.sync_server.served_outsiders,
             "snapshots_served": dict(self.snapshot_server.served) if self.snapshot_server is not None else {},
+            "relay_served": self.relay_server.served if self.relay_server is not None else 0,
             "dial_failures": self.running.keeper.dial_failures,
             "peers_connected": sum(1 for p in self.running.keeper.known_addresses()
                                    if self.running.keeper.is_connected(p)),
@@ -126,11 +139,16 @@ async def open_p2p(keys: NodeKeys, config: P2PConfig, handlers: P2PHandlers) -> 
         if handlers.snapshots is not None:
             snapshot_server = SnapshotServer(running, config.network_id, handlers.snapshots)
             snapshot_server.install()
+        relay_server = None
+        if handlers.on_relayed is not None:
+            relay_server = RelayServer(running, config.network_id, handlers.on_relayed)
+            relay_server.install()
         await nursery.start(links.run)
         await nursery.start(gossip.run)
         try:
             node = P2PNode(running, keys, config, gossip, links, sync_server)
             node.snapshot_server = snapshot_server
+            node.relay_server = relay_server
             yield node
         finally:
             nursery.cancel_scope.cancel()

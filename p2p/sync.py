@@ -31,7 +31,7 @@ from p2p.envelope import (
     open_envelope,
     seal,
 )
-from p2p.framing import FrameReader, encode_frame, reset_quietly
+from p2p.framing import FrameReader, StreamSlots, encode_frame, reset_quietly
 from p2p.host import RunningHost
 from p2p.keys import NodeKeys
 
@@ -76,7 +76,7 @@ class BlockSyncServer:
         self.served_requests = 0
         self.served_outsiders = 0
         self.drops = running.drops
-        self._outsiders_open: dict[bytes, int] = {}
+        self._outsiders = StreamSlots(MAX_OUTSIDER_STREAMS_PER_PEER, MAX_OUTSIDER_STREAMS)
 
     def install(self) -> None:
         """Register the stream handler."""
@@ -102,21 +102,11 @@ class BlockSyncServer:
     def _admit_outsider(self, remote: bytes) -> bool:
         """Full (non-validator) nodes sync too, bounded: one request at a time per peer and
         MAX_OUTSIDER_STREAMS in all (a validator's requests are never counted against these)."""
-        if self._outsiders_open.get(remote, 0) >= MAX_OUTSIDER_STREAMS_PER_PEER:
-            self.drops.add("sync_in", "outsider_busy")
+        refused = self._outsiders.take(remote)
+        if refused is not None:
+            self.drops.add("sync_in", "outsider_busy" if refused == "peer" else "outsiders_full")
             return False
-        if sum(self._outsiders_open.values()) >= MAX_OUTSIDER_STREAMS:
-            self.drops.add("sync_in", "outsiders_full")
-            return False
-        self._outsiders_open[remote] = self._outsiders_open.get(remote, 0) + 1
         return True
-
-    def _release_outsider(self, remote: bytes) -> None:
-        left = self._outsiders_open.get(remote, 0) - 1
-        if left > 0:
-            self._outsiders_open[remote] = left
-        else:
-            self._outsiders_open.pop(remote, None)
 
     async def _handle(self, stream: INetStream) -> None:
         remote = stream.muxed_conn.peer_id.to_bytes()
@@ -130,7 +120,7 @@ class BlockSyncServer:
             await self._serve(stream, remote, None)
             self.served_outsiders += 1
         finally:
-            self._release_outsider(remote)
+            self._outsiders.give_back(remote)
 
     async def _serve(self, stream: INetStream, remote: bytes, directory: ValidatorDirectory | None) -> None:
         """Answer one request; `directory` None: an outsider, whose envelope must be signed by

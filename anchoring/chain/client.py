@@ -61,7 +61,9 @@ GAS = {
     "validatorInfo": 200_000,
     "bond": 120_000,
     "registerCandidate": 130_000,
-    "beginUnbonding": 60_000,
+    "registerOperator": 250_000,
+    "leaveOperators": 60_000,
+    "beginUnbonding": 110_000,
     "withdraw": 80_000,
     "voteEvidence": 180_000,
 }
@@ -301,6 +303,11 @@ class ChainClient:
             int(self.read("ValidatorSet", "withdrawableAt", address, block=block)),
             bool(self.read("ValidatorSet", "wasValidator", address, block=block)),
         )
+
+    def operators(self, block: BlockId) -> tuple[bytes, ...]:
+        """The registered network operators (full nodes vouching for charger events) with at
+        least minStake bonded, as 20-byte addresses sorted ascending; at most MAX_OPERATORS."""
+        return tuple(sorted(bytes.fromhex(str(a)[2:]) for a in self.read("ValidatorSet", "operators", block=block)))
 
     def staking_terms(self, block: BlockId) -> StakingTerms:
         return StakingTerms(
@@ -557,6 +564,14 @@ class ChainClient:
     def register_candidate(self, amount: int, peer_id: bytes, endpoint: str) -> Receipt:
         """Bond `amount` and announce a validator candidacy (stake must reach minStake)."""
         return self.send("ValidatorSet", "registerCandidate", amount, peer_id, endpoint, gas=GAS["registerCandidate"])
+
+    def register_operator(self, amount: int, peer_id: bytes, endpoint: str) -> Receipt:
+        """Bond `amount` and register as an operator of the network (stake must reach minStake)."""
+        return self.send("ValidatorSet", "registerOperator", amount, peer_id, endpoint, gas=GAS["registerOperator"])
+
+    def leave_operators(self) -> Receipt:
+        """Stop being an operator of the network (the stake stays bonded)."""
+        return self.send("ValidatorSet", "leaveOperators", gas=GAS["leaveOperators"])
 
     def begin_unbonding(self) -> Receipt:
         """Start the unbonding period (the sender must be out of the current set)."""

@@ -34,6 +34,9 @@ error EvidenceSignersDiffer(address first, address second);
 error EvidenceSignerNeverValidator(address signer);
 error EvidenceAlreadySubmitted(bytes32 offence);
 error NothingToSlash(address signer);
+error AlreadyAnOperator(address account);
+error OperatorsFull(uint256 max);
+error NotAnOperator(address account);
 
 /// @title ValidatorSet
 /// @notice The DEVSEN validators: secp256k1 address, libp2p peer id and OCPP endpoint URL, and
@@ -64,6 +67,8 @@ contract ValidatorSet is DevsenDomain, IValidatorSet {
     uint256 public constant MAX_VALIDATORS = 128;
     uint256 public constant MAX_PEER_ID_BYTES = 64;
     uint256 public constant MAX_ENDPOINT_BYTES = 256;
+    /// @notice Registered network operators (full nodes vouching for charger events) at most.
+    uint256 public constant MAX_OPERATORS = 256;
     bytes32 public constant VALIDATOR_SET_UPDATE_TYPEHASH =
         keccak256("ValidatorSetUpdate(uint64 epoch,bytes32 validatorsHash)");
 
@@ -108,6 +113,8 @@ contract ValidatorSet is DevsenDomain, IValidatorSet {
     mapping(address => uint64) public withdrawableAt; // 0: not unbonding
     mapping(bytes32 => bool) public offenceSlashed; // offenceId(signer, voteType, height, round)
     uint256 public totalStaked;
+    address[] private _operators; // registered operators, in registration order (swap-and-pop)
+    mapping(address => uint256) private _operatorSlot; // operator -> index in _operators + 1 (0: none)
     uint256 public totalBurnt;
     uint256 private _lock = 1;
 
@@ -117,6 +124,8 @@ contract ValidatorSet is DevsenDomain, IValidatorSet {
     event CandidateRegistered(address indexed candidate, uint256 stake, bytes peerId, string endpoint);
     event UnbondingStarted(address indexed account, uint256 stake, uint64 withdrawableAt);
     event StakeWithdrawn(address indexed account, uint256 amount);
+    event OperatorRegistered(address indexed operator, uint256 stake, bytes peerId, string endpoint);
+    event OperatorLeft(address indexed operator);
     event Slashed(
         address indexed validator, bytes32 indexed offence, uint64 height, uint32 round,
         uint256 amount, address reporter, uint256 reward
@@ -212,14 +221,42 @@ contract ValidatorSet is DevsenDomain, IValidatorSet {
         emit CandidateRegistered(msg.sender, stake, peerId, endpoint);
     }
 
+    /// @notice Bond `amount` and register as an operator of the network: a full node that
+    /// accepts charger connections and vouches for their events (devsen/ledger/LEDGER.md
+    /// "Events vouched by an operator"). The resulting stake must reach `minStake`; at most
+    /// MAX_OPERATORS are registered at once. Unbonding ends the registration.
+    function registerOperator(uint256 amount, bytes calldata peerId, string calldata endpoint)
+        external
+        nonReentrant
+    {
+        if (peerId.length > MAX_PEER_ID_BYTES) revert PeerIdTooLong(0);
+        if (bytes(endpoint).length > MAX_ENDPOINT_BYTES) revert EndpointTooLong(0);
+        if (_operatorSlot[msg.sender] != 0) revert AlreadyAnOperator(msg.sender);
+        if (_operators.length >= MAX_OPERATORS) revert OperatorsFull(MAX_OPERATORS);
+        _bond(msg.sender, amount);
+        uint256 stake = stakeOf[msg.sender];
+        if (stake < minStake) revert InsufficientStake(0, msg.sender, stake, minStake);
+        _operators.push(msg.sender);
+        _operatorSlot[msg.sender] = _operators.length;
+        emit OperatorRegistered(msg.sender, stake, peerId, endpoint);
+    }
+
+    /// @notice The caller stops being an operator (its stake stays bonded).
+    function leaveOperators() external {
+        if (_operatorSlot[msg.sender] == 0) revert NotAnOperator(msg.sender);
+        _removeOperator(msg.sender);
+    }
+
     /// @notice Start the unbonding period of the caller's whole stake. A validator first leaves
-    /// the set (a quorum-approved update without it); a candidate can leave at any time.
+    /// the set (a quorum-approved update without it); a candidate can leave at any time; an
+    /// operator stops being one.
     function beginUnbonding() external {
         if (_isCurrent(msg.sender)) revert StillAValidator(msg.sender);
         uint64 unbondingUntil = withdrawableAt[msg.sender];
         if (unbondingUntil != 0) revert AlreadyUnbonding(msg.sender, unbondingUntil);
         uint256 stake = stakeOf[msg.sender];
         if (stake == 0) revert NothingToWithdraw(msg.sender);
+        if (_operatorSlot[msg.sender] != 0) _removeOperator(msg.sender);
         uint64 at = uint64(block.timestamp) + unbondingSeconds;
         withdrawableAt[msg.sender] = at;
         emit UnbondingStarted(msg.sender, stake, at);
@@ -317,6 +354,26 @@ contract ValidatorSet is DevsenDomain, IValidatorSet {
     /// @notice The current validators, ascending.
     function validators() external view returns (address[] memory) {
         return _epochs[epoch].validators;
+    }
+
+    /// @notice The registered operators whose stake still reaches `minStake` (a slashed one
+    /// below it does not count), in registration order; at most MAX_OPERATORS.
+    function operators() external view returns (address[] memory out) {
+        uint256 n = _operators.length;
+        out = new address[](n);
+        uint256 kept;
+        for (uint256 i; i < n; ++i) {
+            address account = _operators[i];
+            if (stakeOf[account] >= minStake) out[kept++] = account;
+        }
+        assembly {
+            mstore(out, kept)
+        }
+    }
+
+    /// @notice Whether `account` is a registered operator with at least `minStake` bonded.
+    function isOperator(address account) external view returns (bool) {
+        return _operatorSlot[account] != 0 && stakeOf[account] >= minStake;
     }
 
     /// @notice The validator bound to `peerId` (zero address if none).
@@ -420,6 +477,16 @@ contract ValidatorSet is DevsenDomain, IValidatorSet {
         }
         _info[validator] = ValidatorInfo(peerId, endpoint);
         emit ValidatorInfoSet(validator, peerId, endpoint);
+    }
+
+    function _removeOperator(address account) private {
+        uint256 index = _operatorSlot[account] - 1;
+        address last = _operators[_operators.length - 1];
+        _operators[index] = last;
+        _operatorSlot[last] = index + 1;
+        _operators.pop();
+        delete _operatorSlot[account];
+        emit OperatorLeft(account);
     }
 
     function _freePeerId(address validator) private {

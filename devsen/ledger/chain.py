@@ -33,6 +33,10 @@ class BlockContext:
     timestamp_ms: int
     eth_block_number: int
     eth_block_hash: bytes
+    # The ingress names (0x-hex, lowercase) of the validators in force: an event vouched by anyone
+    # else (a registered operator, a full node) moves money only when signed readings or the
+    # driver's vouchers back it. None: every voucher counts as a validator (in-process tests).
+    validators: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
         if self.height < 1 or not 0 <= self.timestamp_ms <= MAX_TIMESTAMP_MS or self.eth_block_number < 0:

@@ -20,6 +20,9 @@ ESCROW_CLOSED = "escrow_closed"
 MALFORMED = "malformed"
 BAD_CHAIN_DATA = "bad_chain_data"
 ENERGY_CAPPED = "energy_capped"
+# A session an operator's (non-validator) event touched settles 0 unless signed readings or the
+# driver's vouchers back it (LEDGER.md "Events vouched by an operator").
+OPERATOR_UNBACKED = "operator_unbacked"
 # Charger-signed meter values (OCMF, devsen/ledger/signed.py): the reading is ignored.
 BAD_SIGNED_METER = "bad_signed_meter"  # not an OCMF document, unsupported algorithm, no key on chain
 BAD_SIGNATURE = "bad_signature"  # does not verify with the device's on-chain meter key

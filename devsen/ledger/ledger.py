@@ -67,6 +67,7 @@ from devsen.ledger.kinds import (
     METER_BACKWARDS,
     NEGATIVE_ENERGY,
     NO_ENERGY_READING,
+    OPERATOR_UNBACKED,
     REFUND_DEADLINE,
     REFUND_MARGIN_MS,
     STALE_SESSION,
@@ -390,6 +391,8 @@ class Ledger:
         self._by_connector: dict[tuple[str, int], str] = {}
         self._by_escrow: dict[bytes, tuple[str, str]] = {}
         self._signed_in_block = 0  # OCMF documents checked in the current block (reset per block)
+        self._validators: frozenset[str] | None = None  # the block's validator ingress names (BlockContext)
+        self._operator_voucher = ""  # the current event's ingress if it is not a validator's, else ""
         self.vouchers = VoucherBook(self._next_seq)  # latest payment voucher per escrow session (vouchers.py)
         self.commands = CommandBook(self._next_seq)  # manager commands, nonces, configurations (commands.py)
         self.reservations = ReservationBook()  # reservations consumed by a start (reservations.py)
@@ -436,6 +439,8 @@ class Ledger:
         self._c.eth_block_number = ctx.eth_block_number
         self._forget_old_replies()
         self._signed_in_block = 0
+        self._validators = ctx.validators
+        self._operator_voucher = ""
         checked = _CheckedChain(chain)
         closed = self._uptime.begin_block(prev_ms, ctx.timestamp_ms, checked)
         self._release_settled(checked)
@@ -460,6 +465,7 @@ class Ledger:
         stops = self._voucher_stops(checked, events)
         self.vouchers.prune(lambda sid: checked.escrow_session(sid) is not None)
         self._count_uptime(checked, events, results)
+        self._operator_voucher = ""
         self._check_invariants()
         rewards = (closed,) if closed is not None else ()
         return BlockOutcome(ctx.height, results, tuple(settlements), self.state_hash(), refusals, stops, rewards,
@@ -646,7 +652,8 @@ class Ledger:
         seen: set[str] = set()
         for event, result in zip(events, results, strict=True):
             charger_id = event.charger_id
-            if result.duplicate or result.error_code is not None or charger_id in seen:
+            if result.duplicate or result.error_code is not None or charger_id in seen \
+                    or self._operator_of(event):  # presence an operator vouches for earns no rewards
                 continue
             seen.add(charger_id)
             record = self._devices.get(charger_id)
@@ -851,6 +858,7 @@ class Ledger:
             self._c.duplicates += 1
             return EventResult(event.event_id, key, copy.deepcopy(stored.reply), stored.error_code, duplicate=True)
         step = _Step(chain, event, settlements)
+        self._operator_voucher = self._operator_of(event)
         chain.report = lambda detail: self._anomaly(step, BAD_CHAIN_DATA, detail)
         handler = HANDLERS.get((event.ocpp_version, event.action))
         reply: dict[str, Any] | None = None
@@ -868,6 +876,19 @@ class Ledger:
         self._c.events_applied += 1
         self._replies.put(key, StoredReply(self._next_seq(), self._c.height, reply, error_code))
         return EventResult(event.event_id, key, copy.deepcopy(reply), error_code, anomalies=tuple(step.anomalies))
+
+    def _operator_of(self, event: ChargerEvent) -> str:
+        """`event`'s ingress if it is not one of the block's validators ("unvouched" if it names
+        none), else "" (also when the block names no validator set)."""
+        if self._validators is None or event.ingress_node in self._validators:
+            return ""
+        return event.ingress_node or "unvouched"
+
+    def _touched(self, session: Session) -> Session:
+        """`session` marked with the current event's operator, if it is one and none is marked yet."""
+        if self._operator_voucher and not session.operator:
+            return replace(session, operator=self._operator_voucher)
+        return session
 
     def _unencodable(
         self, chain: _CheckedChain, event: ChargerEvent, settlements: list[SettlementOrder]
@@ -945,6 +966,8 @@ class Ledger:
         connector = (session.charger_id, session.connector_id)
         assert key not in self._sessions and key not in self._closed, "transaction ids are unique"
         assert connector not in self._by_connector, "one open session per connector"
+        if restoring is None:
+            session = self._touched(session)
         self._sessions.put(key, session)
         self._by_connector[connector] = session.tx_ref
         if session.bound:
@@ -970,7 +993,7 @@ class Ledger:
             charge_start_ms=start_ms,
             meter_start_wh=session.meter_start_wh if session.meter_start_wh is not None else session.meter_last_wh,
         )
-        self._sessions.put(key, session)
+        self._sessions.put(key, self._touched(session))
         self._by_escrow[escrow.session_id] = key
 
     def _find_escrow(self, step: _Step, connector_id: int, tag_hash: bytes) -> EscrowSession | None:
@@ -1052,7 +1075,7 @@ class Ledger:
         session = self._sessions.get(key)
         if session is None:
             return
-        session = replace(session, last_block_ms=self._c.block_ms)
+        session = self._touched(replace(session, last_block_ms=self._c.block_ms))
         if wh is None:
             self._sessions.put(key, session)
             return
@@ -1075,6 +1098,8 @@ class Ledger:
         time, or a stale session's last activity): it ends the window of `energy_bound`.
         """
         session = self._sessions.pop(key)
+        if trusted_end_ms is None:  # the closing event's own reading counts (not a stale session's)
+            session = self._touched(session)
         del self._by_connector[(session.charger_id, session.connector_id)]
         seq = self._next_seq()
         if not session.bound:
@@ -1107,8 +1132,13 @@ class Ledger:
         begin = max(charge_start_ms, window_begin)
         end = min(stop_ms, self._c.block_ms)
         minutes = max(0, end - begin) // 60_000
-        amount = min(energy * session.price_per_kwh // 1000 + minutes * session.per_minute_fee, session.deposit)
         escrow = step.chain.escrow_session(session.escrow_session_id)
+        if session.operator and not session.require_signed and not (escrow is not None and escrow.voucher_mode):
+            if energy or minutes:  # an operator vouched for readings nothing backs: they move no money
+                self._anomaly(step, OPERATOR_UNBACKED, f"vouched by operator {session.operator[:66]}: {energy} Wh and "
+                              f"{minutes} min backed by no signed reading or voucher, settled at 0")
+            energy = minutes = 0
+        amount = min(energy * session.price_per_kwh // 1000 + minutes * session.per_minute_fee, session.deposit)
         amount = self.vouchers.settle(escrow, session.escrow_session_id, amount)  # voucher mode: min
         if recheck_escrow and escrow is None:
             self._anomaly(step, ESCROW_CLOSED, "escrow session closed on chain before the stop")

@@ -241,6 +241,9 @@ class Session:
     signed_last_event: bytes = b""
     signed_stopped: bool = False  # an end reading (TX E/L/R/A) was accepted
     escrow_refund_at_s: int = 0  # when the driver may refund the escrow (0 = no deadline known)
+    # The first non-validator (operator) ingress whose event opened, bound, metered or stopped this
+    # session ("" if none): such a session settles 0 unless signed readings or vouchers back it.
+    operator: str = ""
 
     @property
     def bound(self) -> bool:

@@ -101,3 +101,27 @@ def test_join_and_leave_with_the_stake_cli(staked: World, tmp_path: Path, capsys
     assert code == 1 and "UnbondingNotOver" in err
     code, out, _ = _run(["stake", "show", "--keys", str(candidate_dir), *common], capsys)
     assert code == 0 and "stake_base_units" in out and str(STAKE) in out
+
+
+def test_a_full_node_registers_as_an_operator_with_the_stake_cli(staked: World, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    network = tmp_path / "deployment.json"
+    staked.deployment.save(network)
+    common = ["--network", str(network), "--rpc", str(staked.w3.provider.endpoint_uri)]  # type: ignore[attr-defined]
+    keys_dir = tmp_path / "full" / "keys"
+    keys = init_keys(keys_dir)
+    address = Web3.to_checksum_address(keys.validator.address)
+    fund(staked.w3, address)
+    staked.relayer.faucet_mint(address, STAKE)
+    register = ["stake", "register-operator", "--keys", str(keys_dir), *common, "--json"]
+    code, _, err = _run(register, capsys)
+    assert code == 2 and "--peer-id" in err  # named, before any transaction
+    code, out, err = _run([*register, "--peer-id", keys.peer_id.to_base58(), "--endpoint", "ws://10.0.0.7:9000/ocpp"],
+                          capsys)
+    assert code == 0, err
+    shown = json.loads(out)
+    assert shown["operator"] and not shown["in_current_set"] and shown["stake_base_units"] == STAKE
+    assert staked.relayer.operators("latest") == (keys.validator.address,)
+    code, _, err = _run([*register, "--peer-id", keys.peer_id.to_base58(), "--endpoint", "ws://10.0.0.7:9000/ocpp"],
+                        capsys)
+    assert code == 1 and "AlreadyAnOperator" in err  # hostile: a second registration

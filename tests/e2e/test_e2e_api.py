@@ -12,22 +12,19 @@ from typing import Any
 
 import pytest
 import trio
-from e2e_devnet import running_devnet
+from e2e_devnet import full_node_beside, running_devnet
 
 from devsen.app import SNAPSHOT_EVERY_BLOCKS
-from devsen.config import KeysSection, NodeSection
 from devsen.demo_charger import connect_demo_charger
 from devsen.devnet import (
     DEMO_CHARGER,
     DEMO_PASSWORD,
     DevnetNode,
-    free_ports,
     start_node_process,
     stop_process,
     wait_until_serving,
 )
 from devsen.http_api import http_get, http_post_json
-from p2p.keys import load_identity
 
 NODES = 4
 ROUTES = ["/v1/chargers", "/v1/chargers?status=Available", f"/v1/chargers/{DEMO_CHARGER}",
@@ -153,22 +150,8 @@ async def test_a_node_that_lost_its_data_rejoins_by_state_sync(network: Any) -> 
 
 
 def _full_node(validators: list[Any]) -> DevnetNode:
-    """A `role = "full"` node beside the devnet: a validator's config with its own directory,
-    ports and libp2p identity (no validator key file), bootstrapped to the validators."""
-    template = validators[0]
-    data_dir = Path(template.config.node.data_dir).parent / "full-1"
-    keys = load_identity(data_dir / "keys")
-    p2p_port, ocpp_port, http_port = free_ports(3)
-    config = dataclasses.replace(
-        template.config,
-        node=NodeSection(name="full-1", data_dir=str(data_dir), role="full"),
-        keys=KeysSection(dir=str(data_dir / "keys")),
-        p2p=dataclasses.replace(template.config.p2p, listen=f"/ip4/127.0.0.1/tcp/{p2p_port}", state_sync=True,
-                                bootstrap=[f"{n.config.p2p.listen}/p2p/{n.keys.peer_id.to_base58()}"
-                                           for n in validators]),
-        ocpp=dataclasses.replace(template.config.ocpp, port=ocpp_port),
-        http=dataclasses.replace(template.config.http, port=http_port))
-    return DevnetNode(len(validators) + 1, config, keys, data_dir / "node.toml", data_dir / "node.log")
+    """A `role = "full"` node beside the devnet (no validator key file), joining by state sync."""
+    return full_node_beside(validators)
 
 
 async def _status(url: str) -> Any:

@@ -47,6 +47,8 @@ def test_empty_config_gives_defaults_and_round_trips_through_toml(tmp_path: Path
         ({"anchoring": {"every_blocks": 0}}, "anchoring.every_blocks"),
         ({"nodes": {}}, "[nodes]"),
         ({"node": "x"}, "node"),
+        ({"node": {"accept_chargers": True}}, "node.accept_chargers"),  # a validator always accepts chargers
+        ({"node": {"role": "full", "accept_chargers": "yes"}}, "node.accept_chargers"),
     ],
 )
 def test_bad_values_name_the_key_and_a_fix(data: dict[str, Any], must_mention: str) -> None:

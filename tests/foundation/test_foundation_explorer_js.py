@@ -117,3 +117,38 @@ def test_js_accepts_exactly_the_canonical_events_and_recovers_the_same_voucher()
     assert sum(1 for j in result["events"] if j["ok"]) == 4  # signed, unsigned, and the two altered-v ones
     for event_id, proof, js_root in zip(merkle_ids, proofs, result["merkle"], strict=True):
         assert js_root == "0x" + root_from_proof(event_id, proof).hex() == "0x" + tree.root.hex()
+
+
+OPERATOR_SCRIPT = """
+import { hex, unhex } from '%(js)s/bytes.js';
+import { parseEvent, vouchCheck } from '%(js)s/verify.js';
+import { domainSeparator } from '%(js)s/eth.js';
+const [events, validator, operator] = JSON.parse(process.argv[1]);
+const chain = {
+  ingressSeparator: domainSeparator('DEVSEN Ingress', '1', 31337, unhex('0x%(anchor)s')),
+  validatorsInForce: async () => ({ epoch: 0, addresses: [validator] }),
+  operatorsAt: async (ethBlock) => (ethBlock >= 4 ? [operator] : []),  // registered at Ethereum block 4
+};
+const out = [];
+for (const [bytes, ethBlock] of events) {
+  const c = await vouchCheck(parseEvent(unhex("0x" + bytes)), chain, 1, new Uint8Array(32), null, ethBlock);
+  out.push(c.ok);
+}
+console.log(JSON.stringify(out));
+"""
+
+
+def test_js_vouch_check_accepts_an_operator_registered_at_the_blocks_ethereum_block() -> None:
+    """The browser's vouch check, like `audit verify`: a validator's vouch, or a registered
+    operator's at the Ethereum block the event's own block names; a stranger's never."""
+    assert NODE is not None
+    validator, operator, stranger = (SigningKey(bytes([b]) * 32) for b in (0x21, 0x22, 0x23))
+    base = ChargerEvent("CP-1", "1.6", "Heartbeat", "m-op", {}, "", 1_795_000_000_123, b"\x01" * 16)
+    by = {k: vouch(base, key, DOMAIN).to_bytes().hex() for k, key in
+          (("validator", validator), ("operator", operator), ("stranger", stranger))}
+    cases = [[by["validator"], 5], [by["operator"], 5], [by["operator"], 3], [by["stranger"], 5], [by["operator"], None]]
+    script = OPERATOR_SCRIPT % {"js": JS.as_posix(), "anchor": ANCHOR.hex()}
+    done = subprocess.run([NODE, "--input-type=module", "-e", script,
+                           json.dumps([cases, "0x" + validator.address.hex(), "0x" + operator.address.hex()])],
+                          capture_output=True, text=True, timeout=60, check=True)
+    assert json.loads(done.stdout) == [True, True, False, False, False]

@@ -219,7 +219,7 @@ def test_sync_serves_outsiders_only_under_their_own_key_and_bounded_per_peer() -
     server = BlockSyncServer(Running(), None, NETWORK, ValidatorDirectory(), lambda a, b: [], lambda: 0)  # type: ignore[arg-type]
     assert server._admit_outsider(b"peer-full")
     assert not server._admit_outsider(b"peer-full")  # its second concurrent request
-    server._release_outsider(b"peer-full")
+    server._outsiders.give_back(b"peer-full")
     assert server._admit_outsider(b"peer-full")
     others = [b"peer-%d" % i for i in range(MAX_OUTSIDER_STREAMS - 1)]
     assert all(server._admit_outsider(p) for p in others)

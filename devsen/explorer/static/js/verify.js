@@ -69,6 +69,15 @@ export class ChainReader {
     return { epoch, addresses: this.epochs.get(epoch) };
   }
 
+  /** The operators (full nodes accepting chargers) registered in the state of Ethereum block `ethBlock`;
+   *  none on a ValidatorSet without the registry. */
+  async operatorsAt(ethBlock) {
+    try {
+      const out = await this.rpc.ethCall(this.validatorSet, calldata('operators()', []), ethBlock);
+      return addressArray(out).map(hex);
+    } catch { return []; }
+  }
+
   /** The set certifying a height whose ancestor named Ethereum block `setBlock` (null: epoch 0). */
   async validatorsInForce(setBlock) {
     return this.epochValidators(setBlock === null ? 0 : await this.epochAt(setBlock));
@@ -174,7 +183,7 @@ function plaintextIdTag(version, action, payload) {
   return version === '2.0.1' && action === 'Authorize' && plain(payload.get('certificate'));
 }
 
-async function vouchCheck(event, chain, height, prevBlockHash, load) {
+export async function vouchCheck(event, chain, height, prevBlockHash, load, ownEthBlock) {
   let signer = null;
   let who = 'no voucher';
   if (event.signature.length && event.ingress.length) {
@@ -194,8 +203,12 @@ async function vouchCheck(event, chain, height, prevBlockHash, load) {
   let problem = null;
   if (signer === null) problem = who;
   else if (!equal(signer, event.ingress)) problem = `the event names ingress ${hex(event.ingress)} but is signed by ${hex(signer)}`;
-  else if (!validators.addresses.includes(hex(signer))) problem = `the ingress ${hex(event.ingress)} is not a current validator`;
+  else if (!validators.addresses.includes(hex(signer))) problem = `the ingress ${hex(event.ingress)} is not a current validator nor a registered operator`;
   const over = ` over connection ${hex(event.connectionId)}`;
+  if (problem !== null && signer !== null && equal(signer, event.ingress) && ownEthBlock !== null
+      && (await chain.operatorsAt(ownEthBlock)).includes(hex(signer))) {
+    return check('vouch', true, `${who}${over} (an operator registered at Ethereum block ${ownEthBlock}, not a validator: a full node; it authenticated the charger)`);
+  }
   return check('vouch', problem === null, problem === null
     ? `${who}${over} (a validator of epoch ${validators.epoch}; it authenticated the charger)`
     : `${who}${over}: ${problem} (epoch ${validators.epoch})`);
@@ -265,7 +278,9 @@ export async function verifyEvent(document, eventId, chain, load) {
   try {
     event = parseEvent(p.eventBytes);
     checks.push(check('event bytes', true, `canonical ChargerEvent ${event.action} from charger ${JSON.stringify(event.chargerId)}, message ${JSON.stringify(event.messageId)}, received by ${event.ingress.length ? hex(event.ingress) : '(nobody)'}`));
-    checks.push(await vouchCheck(event, chain, height, p.header.prev_block_hash, load));
+    let ownEthBlock = null;
+    try { ownEthBlock = ethBlockOf(p.header.app_header); } catch { ownEthBlock = null; }
+    checks.push(await vouchCheck(event, chain, height, p.header.prev_block_hash, load, ownEthBlock));
   } catch (exc) {
     checks.push(check('event bytes', false, `not a canonical ChargerEvent: ${exc.message}`));
   }
