@@ -112,6 +112,13 @@ class Fleet:
             await trio.sleep_until(started + self.heartbeat_s)
 
 
+async def _generation(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """A nursery for one generation of charger connections (cancelled to close them all)."""
+    async with trio.open_nursery() as nursery:
+        task_status.started(nursery)
+        await trio.sleep_forever()
+
+
 class Arrivals:
     """Counts chargers that finished connecting (or failed to); `done` once `want` did."""
 
@@ -127,12 +134,17 @@ class Arrivals:
 
 
 async def run_steps(ids: list[str], url: str, password: str, steps: list[int], heartbeat_s: float, window_s: float,
-                    measure: Callable[[str], Awaitable[dict[str, Any]]], settle_s: float) -> list[dict[str, Any]]:
-    """Connect the chargers in cumulative `steps`; after each, a heartbeat window and `measure`."""
+                                    measure: Callable[[str], Awaitable[dict[str, Any]]], settle_s: float,
+                    reconnect: bool = False) -> list[dict[str, Any]]:
+    """Connect the chargers in cumulative `steps`; after each, a heartbeat window and `measure`.
+    `reconnect`: then close every connection, measure, connect them all again (no password
+    hashing: the server remembers verified credentials) and measure: the memory of the
+    connections alone, without what a charger's first login and first events leave behind."""
     fleet = Fleet(url, password, heartbeat_s)
     rows: list[dict[str, Any]] = []
     limit = trio.CapacityLimiter(CONNECT_CONCURRENCY)
-    async with trio.open_nursery() as nursery:
+    async with trio.open_nursery() as outer:
+        nursery: trio.Nursery = await outer.start(_generation)
         rows.append({"connections": 0, **await measure("start")})
         started_ids = 0
         for step in steps:
@@ -167,7 +179,9 @@ async def run_steps(ids: list[str], url: str, password: str, steps: list[int], h
                    "heartbeats": len(sample), "heartbeat_errors": fleet.heartbeat_errors - errors_before,
                    "heartbeat_ms": {"p50": percentile(sample, 0.5), "p99": percentile(sample, 0.99),
                                     "max": percentile(sample, 1.0)},
-                   "load_1m": round(os.getloadavg()[0], 2), **await measure("after_window")}
+                   "load_1m": round(os.getloadavg()[0], 2),
+                   "rss_kib_before_logins": before["rss_kib"], "rss_kib_after_logins": after_logins["rss_kib"],
+                   **await measure("after_window")}
             prev = rows[-1]
             added = row["connections"] - prev["connections"]
             row["kib_per_connection_step"] = round((row["rss_kib"] - prev["rss_kib"]) / added, 1) if added else None
@@ -175,7 +189,27 @@ async def run_steps(ids: list[str], url: str, password: str, steps: list[int], h
                 if row["connections"] else None
             rows.append(row)
             print(json.dumps(row), flush=True)
-        nursery.cancel_scope.cancel()
+        if reconnect:
+            nursery.cancel_scope.cancel()
+            await trio.sleep(settle_s + 5)
+            closed = {"connections": 0, "phase": "all closed", **await measure("closed")}
+            print(json.dumps(closed), flush=True)
+            nursery = await outer.start(_generation)
+            arrivals = Arrivals(len(ids))
+            fleet.connected = 0
+            t0 = trio.current_time()
+            for charge_box_id in ids:
+                nursery.start_soon(fleet.charger, charge_box_id, limit, arrivals.up)
+            await arrivals.done.wait()
+            reconnect_s = trio.current_time() - t0
+            await trio.sleep(settle_s)
+            again = {"connections": fleet.connected, "phase": "reconnected (no password hashing)",
+                     "reconnect_wall_s": round(reconnect_s, 1), "load_1m": round(os.getloadavg()[0], 2),
+                     **await measure("reconnected")}
+            again["kib_per_connection_reconnected"] = round((again["rss_kib"] - closed["rss_kib"]) / max(1, again["connections"]), 1)
+            print(json.dumps(again), flush=True)
+            rows += [closed, again]
+        outer.cancel_scope.cancel()
     if fleet.failed:
         rows[-1]["failed_samples"] = fleet.failed[:5]
     return rows
@@ -226,7 +260,7 @@ def endpoint_mode(args: argparse.Namespace) -> dict[str, Any]:
 
         ids = [f"MEM-CP-{i:05d}" for i in range(max(args.steps))]
         rows = trio.run(run_steps, ids, f"ws://127.0.0.1:{port}/ocpp", "unused", args.steps, args.heartbeat_s,
-                        args.window, measure, 2.0)
+                        args.window, measure, 2.0, args.reconnect)
     finally:
         child.terminate()
         child.wait(10)
@@ -276,7 +310,7 @@ def node_mode(args: argparse.Namespace) -> dict[str, Any]:
 
         ids = [charger_id(i) for i in range(max(args.steps))]
         rows = trio.run(run_steps, ids, node.ocpp_url, PASSWORD, args.steps, args.heartbeat_s, args.window,
-                        measure, 5.0)
+                        measure, 5.0, args.reconnect)
     return {"mode": "node", "steps": rows, "what": "node-1 of a 4-node devnet, every charger connected to it"}
 
 
@@ -289,6 +323,12 @@ def markdown(result: dict[str, Any]) -> str:
              "| node CPU ms/login | heartbeats | p50 ms | p99 ms | errors | load 1m |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["steps"]:
+        if "phase" in r:
+            extra = f" ({r['kib_per_connection_reconnected']} KiB per connection over the closed state)" \
+                if "kib_per_connection_reconnected" in r else ""
+            lines.append(f"| {r['phase']}: {r['connections']} | {r['rss_kib'] / 1024:.1f} | - | - | - | - | - | - | - "
+                         f"| - | - |{extra}")
+            continue
         if not r["connections"]:
             lines.append(f"| 0 | {r['rss_kib'] / 1024:.1f} | - | - | - | - | - | - | - | - | - |")
             continue
@@ -314,6 +354,8 @@ def main() -> int:
     parser.add_argument("--window", type=float, default=30.0, help="seconds of heartbeats after each step")
     parser.add_argument("--trace", action="store_true", help="endpoint mode: tracemalloc in the child")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--reconnect", action="store_true",
+                        help="after the steps, close every connection and connect them all again (measured)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--serve-endpoint", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
