@@ -31,6 +31,7 @@ from anchoring.chain.errors import RpcUnavailable
 from anchoring.chain.transact import TRANSIENT_ERRORS, rpc_health, sleep_until_recovery
 from devsen.ledger import ChainReservation, ChainView, DeviceInfo, EscrowSession, IdTagInfo, Tariff
 from ocpp_adapter.auth import ChargerCredentials, RegistryUnavailable
+from primitives.hashing import keccak256
 
 log = logging.getLogger("devsen.chain")
 MAX_DEPLOYMENTS_REMEMBERED = 16
@@ -292,6 +293,12 @@ def _checksummed(value: Any) -> Any:
     return value
 
 
+def _event_topic(abi_entry: Any) -> bytes:
+    """topics[0] of an event's logs: keccak256 of its signature `Name(type,...)`."""
+    types = ",".join(str(i["type"]) for i in abi_entry.get("inputs", ()))
+    return keccak256(f"{abi_entry['name']}({types})".encode())
+
+
 class ReadCache:
     """Registry and escrow reads kept across Ethereum blocks until a contract event touches them.
 
@@ -302,13 +309,20 @@ class ReadCache:
     eth_call per charger per consensus block into one eth_getLogs per new Ethereum block.
     """
 
-    # a DeviceFactory log's first topic is a deviceId or (SiteChanged) a site id as uint256
-    KINDS_BY_CONTRACT = {"DeviceFactory": ("device", "site"), "UserRegistry": ("id_tag",), "Escrow": ("session",)}
+    # a DeviceFactory log's first topic is a deviceId or (SiteChanged) a site id as uint256;
+    # a device's reservations (Escrow.reservationsOf) depend on its record too (connector count)
+    KINDS_BY_CONTRACT = {"DeviceFactory": ("device", "site", "reservations"), "UserRegistry": ("id_tag",),
+                         "Escrow": ("session",)}
 
     def __init__(self, client: ChainClient, max_entries: int = MAX_CACHED_READS) -> None:
         self._client = client
         self._contracts = {Web3.to_checksum_address(a): name for name, a in client.deployment.addresses().items()
                            if name in ("DeviceFactory", "UserRegistry", "Escrow", "ValidatorSet")}
+        # Escrow's Reservation* events are indexed by reservation id, not device: any of them
+        # drops every cached reservations entry (they are rare; every write emits one)
+        self._reservation_topics = frozenset(
+            _event_topic(entry) for entry in client.contracts["Escrow"].abi
+            if entry.get("type") == "event" and str(entry.get("name", "")).startswith("Reservation"))
         self.max_entries = max_entries
         self.block = -1
         self.entries: OrderedDict[tuple[str, bytes], Any] = OrderedDict()
@@ -333,6 +347,9 @@ class ReadCache:
                 if contract == "ValidatorSet":  # the set, and the operators (stake events included)
                     self.entries.pop(("validators", b""), None)
                     self.entries.pop(("operators", b""), None)
+                elif contract == "Escrow" and entry["topics"] and bytes(entry["topics"][0]) in self._reservation_topics:
+                    for slot in [k for k in self.entries if k[0] == "reservations"]:
+                        del self.entries[slot]
                 elif contract is not None and len(entry["topics"]) > 1:
                     key = bytes(entry["topics"][1])
                     for kind in self.KINDS_BY_CONTRACT[contract]:
@@ -456,8 +473,8 @@ class ContractChainView(ChainView):
         return _to_ledger_session(device.charge_box_id if device else "", session, self._refund_timeout())
 
     def reservations(self, charge_box_id: str) -> Sequence[ChainReservation]:
-        rows = self._read(("reservations", charge_box_id),
-                          lambda: self._client.reservations_of(charge_box_id, self.at))
+        rows = self._cache.get("reservations", device_id_of(charge_box_id),
+                               lambda block: self._client.reservations_of(charge_box_id, self.at))
         found = []
         for row in rows:
             try:

@@ -174,6 +174,7 @@ class ServiceConfig:
     gossip_max_pending_per_origin: int | None = None
     batch_max_count: int = 1000
     batch_max_delay_s: float = 0.005
+    batch_min_interval_s: float = 0.1  # gossip messages of one node at most this often (p2p/gossip.py)
     durable: bool = True
     create_empty_blocks: bool = False  # True: CometBFT's default (a block every interval)
     # False: the node carries FinalizeResult.outbound_payloads itself (a finalize listener with
@@ -937,6 +938,7 @@ class ConsensusService:
             host=self.config.host,
             batch_max_count=self.config.batch_max_count,
             batch_max_delay_s=self.config.batch_max_delay_s,
+            batch_min_interval_s=self.config.batch_min_interval_s,
         )
         try:
             await self._replay()

@@ -94,6 +94,7 @@ from ocpp_adapter.server import ChargerConnections, serve_ocpp
 from p2p.envelope import ValidatorDirectory, network_id_of, peer_id_problem
 from p2p.host import HostConfig
 from p2p.keys import NodeKeys, load_identity, load_keys
+from primitives.credentials import return_scrypt_buffers_to_the_os
 
 log = logging.getLogger("devsen.node")
 
@@ -881,6 +882,7 @@ async def serve_full_node(parts: NodeParts, ocpp_config: OcppServerConfig | None
 def run_node(config: NodeConfig, *, log_format: str | None = None, log_level: str | None = None) -> int:
     """`devsen node`: build the node and serve until interrupted; config problems exit 2."""
     setup_logging(log_level or config.logging.level, log_format or config.logging.format)
+    return_scrypt_buffers_to_the_os()  # each charger login hashes a password (16 MiB of scrypt)
     try:
         parts = build_node(config)
     except (ConfigError, FileNotFoundError, ValueError) as exc:

@@ -47,7 +47,7 @@ class OcppServerConfig:
     send_timeout: float = 10.0
     close_timeout: float = 3.0
     registry_timeout: float = 10.0
-    ping_interval: float | None = 60.0
+    ping_interval: float | None = 60.0  # a connection silent this long is pinged (None: never)
 
     def __post_init__(self) -> None:
         if self.security_profile not in (0, 1, 2):

@@ -9,6 +9,7 @@ CSMS-to-charger calls. Nothing a charger sends can raise out of its own task gro
 from __future__ import annotations
 
 import logging
+import math
 import re
 import secrets
 import ssl
@@ -114,6 +115,7 @@ class _Connection:
         self.close_code = CLOSE_NORMAL
         self.scope = trio.CancelScope()
         self.stats = {"received": 0, "calls": 0, "errors_sent": 0, "rate_limited": 0}
+        self.pinging = False  # a keepalive ping is out
 
     async def send(self, frame: str) -> None:
         """Send within `send_timeout`; a charger that does not read gets disconnected.
@@ -392,26 +394,32 @@ class OcppServer:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._answer_calls, conn, calls_out)
-                if self.config.ping_interval is not None:
-                    nursery.start_soon(self._keepalive, conn)
-                await self._receive_loop(conn, calls_in)
+                await self._receive_loop(conn, calls_in, nursery)
                 nursery.cancel_scope.cancel()
         except Exception:
             log.exception("charger %s: connection task failed (contained)", conn.charge_box_id)
             conn.closed_reason = "internal error"
             conn.close_code = CLOSE_INTERNAL
 
-    async def _receive_loop(self, conn: _Connection, calls: trio.MemorySendChannel[IncomingCall]) -> None:
+    async def _receive_loop(self, conn: _Connection, calls: trio.MemorySendChannel[IncomingCall],
+                            nursery: trio.Nursery) -> None:
         now = trio.current_time()
         bucket = TokenBucket(self.config.messages_per_second, self.config.burst_messages, now)
         # refusals a charger may collect before it is disconnected as a flooder
         strikes = TokenBucket(self.config.messages_per_second / 10, self.config.burst_messages, now)
+        idle_s = self.config.ping_interval if self.config.ping_interval is not None else math.inf
         while True:
             try:
-                message = await conn.ws.get_message()
+                with trio.move_on_after(idle_s) as idle:
+                    message = await conn.ws.get_message()
             except ConnectionClosed as exc:
                 conn.closed_reason = f"closed by charger ({exc.reason})"
                 return
+            if idle.cancelled_caught:  # silent for ping_interval: is the charger still there?
+                if not conn.pinging:
+                    conn.pinging = True
+                    nursery.start_soon(self._ping, conn)
+                continue
             conn.stats["received"] += 1
             wait = bucket.take(trio.current_time())
             outcome = conn.session.receive(message)
@@ -494,18 +502,18 @@ class OcppServer:
             return reply.frame
         return reply
 
-    async def _keepalive(self, conn: _Connection) -> None:
-        assert self.config.ping_interval is not None
-        while True:
-            await trio.sleep(self.config.ping_interval)
-            with trio.move_on_after(self.config.send_timeout) as scope:
-                try:
-                    await conn.ws.ping()
-                except ConnectionClosed:
-                    return
-            if scope.cancelled_caught:
-                conn.close("no pong to our ping")
+    async def _ping(self, conn: _Connection) -> None:
+        """One keepalive ping of a connection idle for `ping_interval`; no pong within
+        `send_timeout` closes it. A task only while the ping is out (no keepalive task per
+        connection: an idle one costs memory at 10,000 connections, bench/conn_memory.py)."""
+        with trio.move_on_after(self.config.send_timeout) as scope:
+            try:
+                await conn.ws.ping()
+            except ConnectionClosed:
                 return
+        conn.pinging = False
+        if scope.cancelled_caught:
+            conn.close("no pong to our ping")
 
 
 def _ssl_context(config: OcppServerConfig) -> ssl.SSLContext | None:

@@ -11,6 +11,7 @@ from ocpp_adapter.auth import InMemoryChargerRegistry
 from ocpp_adapter.config import OcppServerConfig
 from ocpp_adapter.memory_ingest import MemoryIngest
 from ocpp_adapter.server import serve_ocpp
+from primitives.credentials import return_scrypt_buffers_to_the_os
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,6 +36,7 @@ async def run_standalone(argv: list[str]) -> int:
     """Parse `argv`, serve until cancelled (Ctrl-C). Returns a process exit code."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return_scrypt_buffers_to_the_os()  # logins hash passwords in worker threads
     try:
         config = OcppServerConfig(
             host=args.host, port=args.port, node_name=args.node_name,

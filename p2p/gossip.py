@@ -3,8 +3,14 @@
 Publishing: `publish(payload)` puts the payload into the open batch; closed batches wait in
 a bounded ready queue; one sender task seals each batch in an envelope and hands it to
 gossipsub only while every peer's outbound RPC queue is below the configured mark (py-libp2p
-drops silently when a queue is full), at most one message per `min_interval_s` (20 ms), so
-batches grow with load while an event on a quiet network leaves after `max_delay_s` (5 ms). When the ready queue stays full for `publish_timeout_s`
+drops silently when a queue is full), at most one message per `min_interval_s` (100 ms), so
+batches grow with load while an event on a quiet network leaves after `max_delay_s` (5 ms).
+The spacing is what keeps a steady trickle cheap: a gossip message costs the network about
+nine hops (3 sends, 6 forwards in a 4-node mesh) of Noise, yamux, protobuf and an Ed25519
+check whatever its size, so one message per event (the old 20 ms spacing at ~40 events/s per
+node, 1,000 chargers in open loop) left the event loops no time for consensus: the commit
+rate fell to a tenth of the offered load (bench/results/open_loop_fix.md). An event waits at
+most `min_interval_s` more for its batch. When the ready queue stays full for `publish_timeout_s`
 the caller gets `GossipOverloaded`: nothing is dropped without the caller knowing.
 
 Receiving: a topic validator opens the envelope (network id, validator set, origin peer id
@@ -65,7 +71,7 @@ class EventGossip:
         max_count: int = 1000,
         max_bytes: int = 512 * 1024,
         max_delay_s: float = 0.005,
-        min_interval_s: float = 0.02,
+        min_interval_s: float = 0.1,
         max_ready_batches: int = 8,
         publish_timeout_s: float = 2.0,
     ) -> None:

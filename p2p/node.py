@@ -35,7 +35,7 @@ class P2PConfig:
     batch_max_count: int = 1000
     batch_max_bytes: int = 512 * 1024
     batch_max_delay_s: float = 0.005
-    batch_min_interval_s: float = 0.02
+    batch_min_interval_s: float = 0.1  # one events message per 100 ms at most (p2p/gossip.py)
     publish_timeout_s: float = 2.0
 
 

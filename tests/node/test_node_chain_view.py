@@ -64,6 +64,46 @@ def test_views_follow_the_chain_and_the_cache_drops_only_touched_keys() -> None:
     assert cast(IdTagInfo, old.id_tag(id_tag_hash("TAG-1"))).revoked is False
 
 
+def test_reservations_are_read_once_per_device_until_a_reservation_event_or_the_device_changes() -> None:
+    """A device's reservations come from the read cache across Ethereum blocks (not one eth_call
+    per charger per consensus block); a ReservationMade / Ended, or a change of the device's
+    record, drops them, so the next view reads the chain again."""
+    world = build_world(connect("tester"))
+    w3: Web3 = world.w3
+    for charger in ("CP-R", "CP-Q"):
+        world.manager.create_device(charger, location="x", connector_count=2, price_per_kwh=100, per_minute_fee=5,
+                                    auth_salt=b"\x01" * 16, auth_hash=b"\x02" * 32)
+    world.driver.register_id_tag("TAG-R")
+    world.driver.faucet_mint(world.driver.sender.address, 100 * _world.TOKEN)
+    world.driver.approve(world.deployment.escrow, 2**256 - 1)
+    access = ContractChainAccess(world.deployer, SessionIndex(world.deployer, world.deployment.deploy_block))
+    reads: list[str] = []
+    original = world.deployer.reservations_of
+
+    def counted(charge_box_id: str, block: Any) -> Any:
+        reads.append(charge_box_id)
+        return original(charge_box_id, block)
+
+    world.deployer.reservations_of = counted
+    assert access.view_at(w3.eth.block_number).reservations("CP-R") == []
+    world.driver.register_id_tag("TAG-PAD")  # a block passes, no reservation event
+    assert access.view_at(w3.eth.block_number).reservations("CP-R") == []
+    assert reads == ["CP-R"], "untouched: the second view answers from the cache"
+
+    now = int(w3.eth.get_block("latest")["timestamp"])
+    rid, _ = world.driver.reserve("CP-R", 1, "TAG-R", now + 600)
+    view = access.view_at(w3.eth.block_number)
+    assert [r.reservation_id for r in view.reservations("CP-R")] == [rid]
+    assert view.reservations("CP-Q") == []
+    world.driver.cancel_reservation(rid)
+    assert access.view_at(w3.eth.block_number).reservations("CP-R") == []
+    assert reads == ["CP-R", "CP-R", "CP-Q", "CP-R"]
+    world.manager.update_device("setTariff", "CP-Q", 250, 5)  # a DeviceFactory event of CP-Q only
+    view = access.view_at(w3.eth.block_number)
+    assert view.reservations("CP-Q") == [] and view.reservations("CP-R") == []
+    assert reads == ["CP-R", "CP-R", "CP-Q", "CP-R", "CP-Q"]
+
+
 def test_session_index_holds_only_open_sessions_within_its_bound(monkeypatch: pytest.MonkeyPatch) -> None:
     """Settled and refunded sessions leave the index; requests beyond the per-charger bound are
     ignored (deterministically, by log order) instead of raising inside apply."""

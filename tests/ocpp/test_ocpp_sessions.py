@@ -283,6 +283,34 @@ async def test_keepalive_pings_keep_a_responsive_charger() -> None:
         assert (await exchange(ws, HEARTBEAT))[0] == 3
 
 
+async def test_hostile_a_charger_that_never_answers_pings_is_closed_and_a_busy_one_is_not_pinged() -> None:
+    """The keepalive is a ping of a connection silent for ping_interval (no keepalive task per
+    connection): a charger that completes the handshake and then never reads (no pong) is
+    disconnected after send_timeout; one that keeps talking stays connected."""
+    async with running_server(ping_interval=0.1, send_timeout=0.3) as harness:
+        stream = await trio.open_tcp_stream("127.0.0.1", harness.port)
+        auth = basic_auth("CP024", PASSWORD)[0][1].decode()
+        await stream.send_all(("GET /ocpp/CP024 HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                               "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                               "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: ocpp1.6\r\n"
+                               f"Authorization: {auth}\r\n\r\n").encode())
+        with trio.fail_after(5):
+            assert b" 101 " in await stream.receive_some(4096)
+            while "CP024" not in harness.connections.connected():
+                await trio.sleep(0.01)
+        async with charger(harness, "CP025") as ws:
+            for _ in range(10):  # busy: answered every 50 ms, never silent for 100 ms
+                assert (await exchange(ws, HEARTBEAT))[0] == 3
+                await trio.sleep(0.05)
+            with trio.fail_after(5):
+                while "CP024" in harness.connections.connected():  # never read: no pong
+                    await trio.sleep(0.02)
+            assert "CP025" in harness.connections.connected()
+            await trio.sleep(0.6)  # silent CP025 is pinged and answers (its client's reader pongs)
+            assert (await exchange(ws, HEARTBEAT))[0] == 3
+        await stream.aclose()
+
+
 async def test_ingest_may_call_the_charger_while_deciding_no_deadlock() -> None:
     """The receive loop keeps routing while a CALL is being decided, so a decision that
     itself needs an answer from the charger (e.g. read its configuration) completes."""

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import msgpack
 import pytest
 import trio
+import trio.testing
 
 from p2p.envelope import DropCounters, ValidatorDirectory
 from p2p.gossip import EventGossip, GossipOverloaded
@@ -71,4 +72,30 @@ async def test_event_publish_waits_then_reports_overload_when_peers_are_slow() -
             while gossip.published_payloads < accepted:
                 await trio.sleep(0.01)
         assert gossip.published_payloads == accepted
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("trio_clock", [trio.testing.MockClock(autojump_threshold=0)])
+async def test_a_steady_trickle_of_events_rides_in_few_messages_and_a_lone_event_leaves_at_once(
+        trio_clock: trio.testing.MockClock) -> None:
+    """40 events/s for 5 s (1,000 chargers in open loop, one node's share): at most one message
+    per 100 ms, so ~4 events per message instead of one message per event (each message costs
+    every node its hops whatever its size); a lone event on a quiet topic still leaves in 5 ms."""
+    host = _fake_host(queue_length=0)
+    gossip = EventGossip(host, KEYS, NETWORK, ValidatorDirectory(), on_payloads=None)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(gossip._send_loop)
+        started = trio.current_time()
+        for i in range(200):
+            await trio.sleep_until(started + i / 40)
+            await gossip.publish(b"event-%d" % i)
+        await trio.sleep(0.5)
+        assert gossip.published_payloads == 200
+        assert gossip.published_messages <= 5 / 0.1 + 2, gossip.published_messages
+        await trio.sleep(1.0)  # quiet
+        before, quiet_at = gossip.published_messages, trio.current_time()
+        await gossip.publish(b"lone")
+        while gossip.published_messages == before:
+            await trio.sleep(0.001)
+        assert trio.current_time() - quiet_at <= 0.006
         nursery.cancel_scope.cancel()
