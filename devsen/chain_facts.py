@@ -127,6 +127,7 @@ class ChainFacts:
     epoch: int = 0
     validators: tuple[bytes, ...] = ()
     bindings: Mapping[bytes, bytes] = field(default_factory=dict)
+    endpoints: Mapping[bytes, str] = field(default_factory=dict)  # validator -> its on-chain OCPP endpoint
     complete: bool = True
     problem: str | None = None
 
@@ -191,6 +192,10 @@ class FactsView(ChainView):
 
     def requested_chargers(self) -> tuple[str, ...]:
         return self.facts.keys.requested
+
+    def validator_endpoints(self) -> tuple[tuple[bytes, str], ...]:
+        """(address, endpoint) of each validator of the set at the block's Ethereum block, by address."""
+        return tuple((a, self.facts.endpoints.get(a, "")) for a in sorted(self.facts.validators))
 
     def reservations(self, charge_box_id: str) -> Sequence[ChainReservation]:
         if charge_box_id not in self.facts.reservations:

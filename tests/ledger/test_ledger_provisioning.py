@@ -13,7 +13,15 @@ from test_ledger_commands import ANCHOR, VALIDATOR, CommandWorld
 
 from devsen.ledger.commands import ChargerConfig, ConfigEntry, sign_outcome
 from devsen.ledger.kinds import NO_ENERGY_READING
-from devsen.ledger.provisioning import ENERGY_MEASURAND, desired_settings, plan, satisfied
+from devsen.ledger.profiles import ProvisioningProfile
+from devsen.ledger.provisioning import (
+    ENERGY_MEASURAND,
+    desired_settings,
+    network_profile_setting,
+    plan,
+    priority_setting,
+    satisfied,
+)
 
 BOOT16 = {"chargePointVendor": "V", "chargePointModel": "M"}
 BOOT201 = {"reason": "PowerUp", "chargingStation": {"model": "M", "vendorName": "V"}}
@@ -29,12 +37,16 @@ def boot(version: str = "1.6") -> Any:
 def test_every_desired_payload_is_valid_against_the_ocpp_schema() -> None:
     from ocpp.messages import get_validator
 
+    profile = ProvisioningProfile(1, 30, ("Voltage", "SoC"), b"\x01" * 32, 5)
     for version in ("1.6", "2.0.1"):
-        for setting in desired_settings(version, ENDPOINTS):
-            get_validator(2, setting.action, version).validate(setting.payload)
+        for chosen in (None, profile):
+            extra = (priority_setting([1, 2, 3]),) if version == "2.0.1" else ()
+            for setting in (*desired_settings(version, ENDPOINTS, chosen), *extra):
+                get_validator(2, setting.action, version).validate(setting.payload)
     keys = [s.key for s in desired_settings("2.0.1", ENDPOINTS)]
-    assert keys[-4:] == ["NetworkConnectionProfiles/1", "NetworkConnectionProfiles/2", "NetworkConnectionProfiles/3",
-                         "OCPPCommCtrlr/NetworkConfigurationPriority"]
+    assert keys[-3:] == ["NetworkConnectionProfiles/1", "NetworkConnectionProfiles/2", "NetworkConnectionProfiles/3"]
+    wss = network_profile_setting(2, "wss://node.example:443/ocpp").payload
+    assert wss["connectionData"]["securityProfile"] == 2 and wss["configurationSlot"] == 2
     assert desired_settings("1.5") == ()
 
 
@@ -71,21 +83,6 @@ def test_a_2_0_1_boot_sets_sampled_data_variables_skipping_known_ones() -> None:
     world.apply(outcomes=(outcome,))
     known = {e.key: e.value for e in world.ledger.commands.configuration(CHARGER_201).entries}  # type: ignore[union-attr]
     assert known["SampledDataCtrlr/TxStartedMeasurands"] == ENERGY_MEASURAND
-
-
-def test_network_profiles_name_the_endpoints_by_priority() -> None:
-    world = CommandWorld()
-    world.ledger.provisioning_endpoints = ENDPOINTS[:2]
-    admitted = world.apply(events=(boot("2.0.1"),)).admitted
-    profiles = [json.loads(a.record.payload_json) for a in admitted if a.record.action == "SetNetworkProfile"]
-    assert [(p["configurationSlot"], p["connectionData"]["ocppCsmsUrl"]) for p in profiles] == [
-        (1, ENDPOINTS[0]), (2, ENDPOINTS[1])]
-    last = json.loads(admitted[-1].record.payload_json)["setVariableData"][0]
-    assert (last["variable"]["name"], last["attributeValue"]) == ("NetworkConfigurationPriority", "1,2")
-    slot1 = next(a for a in admitted if a.record.action == "SetNetworkProfile")
-    world.apply(outcomes=(sign_outcome(VALIDATOR, ANCHOR, slot1.command_id, "result", {"status": "Accepted"}),))
-    assert plan(CHARGER_201, "2.0.1", world.ledger.commands.configuration(CHARGER_201), ENDPOINTS[:2])[-2][1].key \
-        == "NetworkConnectionProfiles/2"
 
 
 def test_hostile_charger_garbage_rejects_and_boot_loops_get_a_bounded_number_of_commands() -> None:
@@ -141,11 +138,12 @@ def test_the_provisioning_document_shows_desired_known_and_outcome() -> None:
         record = commands.get(command_id)
         return (record.status, json.loads(record.body_json) if record.body_json else None) if record else None
 
-    doc = provisioning_document(CHARGER, "1.6", commands.configuration(CHARGER), (), status_of)
+    doc = provisioning_document(CHARGER, "1.6", commands.configuration(CHARGER), world.ledger.provisioning, status_of)
+    assert doc["profile"]["source"] == "default" and doc["network"] is None
     rows = {s["key"]: (s["desired"], s["known"], s["satisfied"], s["status"], s["outcome"]) for s in doc["settings"]}
     assert rows["MeterValuesSampledData"] == (ENERGY_MEASURAND, ENERGY_MEASURAND, True, "result", {"status": "Accepted"})
     assert rows["StopTxnSampledData"] == (ENERGY_MEASURAND, None, False, "pending", None)
-    assert provisioning_document(CHARGER, None, None, (), status_of)["settings"] == []
+    assert provisioning_document(CHARGER, None, None, world.ledger.provisioning, status_of)["settings"] == []
 
 
 def test_the_demo_charger_answers_provisioning_and_hostile_shapes() -> None:
