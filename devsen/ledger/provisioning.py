@@ -234,7 +234,7 @@ def endpoint_records(raw: Sequence[tuple[bytes, Any]]) -> list[tuple[bytes, str,
     MAX_VALIDATOR_ENDPOINTS), a URL seen at a lower address being a duplicate. Total."""
     seen: set[str] = set()
     records = []
-    pairs = sorted((a, u) for a, u in raw if isinstance(a, bytes) and len(a) == 20)
+    pairs = sorted(((a, u) for a, u in raw if isinstance(a, bytes) and len(a) == 20), key=lambda pair: pair[0])
     for address, url in pairs[:MAX_VALIDATOR_ENDPOINTS]:
         problem = endpoint_problem(url)
         if problem is None and url in seen:
