@@ -450,11 +450,18 @@ class CommandBook:
         return None
 
     def admit_from_ledger(self, command_id: bytes, charger_id: str, ocpp_version: str, action: str,
-                          payload: dict[str, Any], expires_at_ms: int, height: int) -> bool:
+                          payload: dict[str, Any], expires_at_ms: int, height: int, *,
+                          renew_expired: bool = False) -> bool:
         """Admit a command the ledger itself decided (signer empty, no nonce), e.g. a ReserveNow
-        for a reservation from the chain (reservations.py); False if kept already or no room."""
-        if command_id in self.table or len(self._pending.get(charger_id, [])) >= MAX_PENDING_PER_CHARGER:
+        for a reservation from the chain (reservations.py); False if kept already or no room.
+        `renew_expired`: a kept one that expired undelivered is admitted afresh (provisioning)."""
+        if len(self._pending.get(charger_id, [])) >= MAX_PENDING_PER_CHARGER:
             return False
+        kept = self.table.get(command_id)
+        if kept is not None and not (renew_expired and kept.status == EXPIRED):
+            return False
+        if kept is not None:
+            self.table.pop(command_id)
         if len(self.table) >= MAX_COMMANDS:
             evict = self._evictable()
             if evict is None:

@@ -583,7 +583,8 @@ class Ledger:
             if only_key is not None and setting.key != only_key:
                 continue
             if self.commands.admit_from_ledger(command_id, charger_id, ocpp_version, setting.action, setting.payload,
-                                               self._c.block_ms + PROVISION_TTL_MS, self._c.height):
+                                               self._c.block_ms + PROVISION_TTL_MS, self._c.height,
+                                               renew_expired=True):
                 record = self.commands.get(command_id)
                 assert record is not None
                 issued.append(AdmittedCommand(command_id, record))

@@ -29,7 +29,8 @@ profile below its current one (2.0.1 B09.FR.04), and the outcome says so.
 Bounded and loop-proof: a provisioning command's id is the hash of (charger, action, exact
 payload), so a charger that rejects a setting, answers garbage or reboots in a loop gets each
 distinct setting at most once while its record is kept (the ledger's command table); at most
-`len(desired)` commands a boot. A setting already known as set (an accepted change, a
+`len(desired)` commands a boot. Only a command that expired undelivered (the charger left before
+getting it, PROVISION_TTL_MS) is issued again, at a later boot or profile change. A setting already known as set (an accepted change, a
 GetConfiguration / GetVariables / NotifyReport) is skipped, so a reboot does not re-send it.
 
 Pure and total: `plan`, `endpoint_problem` and `note_endpoints` never raise on any input.

@@ -377,3 +377,15 @@ def test_the_cli_provisioning_subcommand_signs_a_valid_profile() -> None:
     assert "sample_interval_s must be" in str(command_problem(profile_command(payload_of("--interval", "0"))))
     with pytest.raises(CliError):
         payload_of()
+
+
+def test_a_setting_that_expired_undelivered_is_issued_again_at_the_next_boot_only_then() -> None:
+    world = CommandWorld()
+    first = world.apply(events=(boot(),)).admitted
+    assert len(first) == 3
+    world.now_ms += provisioning.PROVISION_TTL_MS  # the charger left before getting them
+    world.apply()
+    assert {world.ledger.commands.get(a.command_id).status for a in first} == {"expired"}  # type: ignore[union-attr]
+    again = world.apply(events=(boot(),)).admitted
+    assert [a.command_id for a in again] == [a.command_id for a in first]
+    assert world.apply(events=(boot(),)).admitted == ()  # pending now: not twice
