@@ -40,6 +40,7 @@ DEFAULT_LIMIT = 50
 MAX_OFFSET = 1_000_000
 MAX_ID_CHARS = 64  # longer than any OCPP chargeBoxId / transaction ref
 MAX_SCAN_CHARGERS = 2_000  # chain-filtered searches read at most this many chargers
+MAX_SESSION_ANOMALIES = 16  # anomalies naming one escrow session shown with it
 CHAIN_READ_TIMEOUT_S = 8.0
 CHAIN_CACHE_ENTRIES = 20_000
 EARTH_RADIUS_M = 6_371_008.8
@@ -342,6 +343,13 @@ def read_routes(sources: ReadSources) -> APIRouter:
                                  "reported_by": doc["reported_by"],
                                  **remote_start_status(doc["status"], doc.get("outcome"))}}
 
+    def _session_anomalies(charger_ids: set[str], session_hex: str) -> dict[str, Any]:
+        """{"anomalies": [...]}: the ledger's anomalies at the session's charger that name this
+        escrow session (e.g. no_energy_reading: settled at 0 Wh), newest first, or {} if none."""
+        found = [{"height": a.height, "kind": a.kind, "action": a.action, "detail": a.detail}
+                 for a in reversed(ledger.anomalies()) if a.charger_id in charger_ids and session_hex in a.detail]
+        return {"anomalies": found[:MAX_SESSION_ANOMALIES]} if found else {}
+
     @api.get("/sessions/{escrow_session_id}",
              summary="One escrow session: the ledger's view while open or settling, else the Escrow contract's")
     async def session(escrow_session_id: HexId) -> Any:
@@ -349,7 +357,8 @@ def read_routes(sources: ReadSources) -> APIRouter:
         wanted = escrow_session_id.lower()
         matches = [i for i in _charger_sessions(None) if i.get("escrow_session_id") == wanted]
         live = next((i for i in matches if i["state"] != "closed"), None)  # open, or settling
-        remote = _remote_start(wanted)
+        remote = {**_remote_start(wanted),
+                  **_session_anomalies({i["charger_id"] for i in matches if "charger_id" in i}, wanted)}
         if live is not None and live["state"] == "open":
             return {"height": height, "session": {**live, **remote}}
         # Closed in the ledger: the Escrow contract's record, with the ledger's charger and transaction ref.

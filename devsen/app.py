@@ -609,13 +609,16 @@ class NodeApplication:
         operators_at = getattr(self.chain, "operators_at", None)
         operators = frozenset(patiently(f"operators at {number}", lambda: operators_at(number, eth_hash))
                               if operators_at is not None else ())
+        endpoints_at = getattr(self.chain, "validator_endpoints_at", None)  # provisioning's network profiles
+        endpoints = {} if endpoints_at is None else patiently(f"validator endpoints at {number}",
+                                                              lambda: endpoints_at(number, eth_hash))
         facts_problem = None
         if not committed and head - number < self.settings.confirmations:
             facts_problem = (f"Ethereum block {number} is {head - number} deep by this node's head {head}, "
                              f"fewer than {self.settings.confirmations} confirmations")
         facts = ChainFacts(number, eth_hash, digest, keys, epoch=epoch, validators=validators,
-                           bindings=MappingProxyType(dict(bindings)), operators=operators, problem=facts_problem,
-                           **reads)
+                           bindings=MappingProxyType(dict(bindings)), operators=operators,
+                           endpoints=MappingProxyType(dict(endpoints)), problem=facts_problem, **reads)
         if parts.commands:
             self.commands.note_view(facts.view(), (c.charger_id for c in parts.commands))
         if not committed and facts_problem is None:  # its RPC had the block, deep enough: reusable at commit

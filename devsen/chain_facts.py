@@ -129,6 +129,7 @@ class ChainFacts:
     bindings: Mapping[bytes, bytes] = field(default_factory=dict)
     # ValidatorSet.operators() at the block: full nodes whose vouched events the block may carry
     operators: frozenset[bytes] = frozenset()
+    endpoints: Mapping[bytes, str] = field(default_factory=dict)  # validator -> its on-chain OCPP endpoint
     complete: bool = True
     problem: str | None = None
 
@@ -193,6 +194,10 @@ class FactsView(ChainView):
 
     def requested_chargers(self) -> tuple[str, ...]:
         return self.facts.keys.requested
+
+    def validator_endpoints(self) -> tuple[tuple[bytes, str], ...]:
+        """(address, endpoint) of each validator of the set at the block's Ethereum block, by address."""
+        return tuple((a, self.facts.endpoints.get(a, "")) for a in sorted(self.facts.validators))
 
     def reservations(self, charge_box_id: str) -> Sequence[ChainReservation]:
         if charge_box_id not in self.facts.reservations:

@@ -596,15 +596,28 @@ class ContractChainAccess:
     def validators_at(self, number: int, block_hash: bytes | None = None) -> tuple[int, tuple[bytes, ...], dict[bytes, bytes]]:
         """(epoch, sorted addresses, address -> peer id) of the ValidatorSet at block `number`
         (read by `block_hash` when given)."""
+        epoch, addresses, bindings, _ = self._validator_state(number, block_hash)
+        return epoch, addresses, bindings
+
+    def validator_endpoints_at(self, number: int, block_hash: bytes | None = None) -> dict[bytes, str]:
+        """Address -> OCPP endpoint (as published, unchecked) of each validator at block `number`:
+        the same read as `validators_at`, cached with it."""
+        return self._validator_state(number, block_hash)[3]
+
+    def _validator_state(self, number: int, block_hash: bytes | None
+                         ) -> tuple[int, tuple[bytes, ...], dict[bytes, bytes], dict[bytes, str]]:
         self.cache.advance(number)
         at: Any = BlockHash(block_hash) if block_hash is not None else number
 
-        def read(block: int) -> tuple[int, tuple[bytes, ...], dict[bytes, bytes]]:
+        def read(block: int) -> tuple[int, tuple[bytes, ...], dict[bytes, bytes], dict[bytes, str]]:
             state = self.client.validator_set(at)
             bindings = {bytes.fromhex(v.address[2:]): bytes(v.peer_id) for v in state.validators if v.peer_id}
-            return state.epoch, tuple(sorted(bytes.fromhex(v.address[2:]) for v in state.validators)), bindings
+            endpoints = {bytes.fromhex(v.address[2:]): str(v.endpoint) for v in state.validators}
+            return (state.epoch, tuple(sorted(bytes.fromhex(v.address[2:]) for v in state.validators)), bindings,
+                    endpoints)
 
-        result: tuple[int, tuple[bytes, ...], dict[bytes, bytes]] = self.cache.get("validators", b"", read)
+        result: tuple[int, tuple[bytes, ...], dict[bytes, bytes], dict[bytes, str]] = self.cache.get(
+            "validators", b"", read)
         return result
 
     def operators_at(self, number: int, block_hash: bytes | None = None) -> tuple[bytes, ...]:

@@ -13,13 +13,17 @@
     devsen charger clear-cache CP-42
     devsen charger data-transfer CP-42 VENDOR [--message-id M] [--data TEXT]
     devsen charger send CP-42 ACTION '{"json": "payload"}'   any supported action
+    devsen charger provisioning CP-42 [--interval S] [--measurands Voltage,SoC] [--default]
+                                                   the device's provisioning profile (applied by the
+                                                   ledger, then sent to the charger: profiles.py)
     devsen charger show COMMAND_ID
 
 Each command is signed here with the manager's key (--key-file, or $DEVSEN_WALLET_KEY) under
 the network's DeviceFactory EIP-712 domain (from --deployment), submitted to --node, and the
 CLI waits (--wait-s) for the outcome the network committed and prints it (`--json`: the
 node's command document). The charger's OCPP version comes from --ocpp, else from the node.
-Exit status: 0 the charger answered (CALLRESULT), 1 refused or failed, 3 still pending.
+Exit status: 0 the charger answered (CALLRESULT) or the ledger applied it, 1 refused or failed,
+3 still pending.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import trio
 from anchoring.chain.deploy import Deployment
 from devsen.http_api import http_get_json, http_post_json
 from devsen.ledger.commands import json_text, sign_command
+from devsen.ledger.profiles import PROFILE_ACTION
 from primitives.eip712 import Domain, SigningKey
 
 KEY_ENV = "DEVSEN_WALLET_KEY"  # the wallet's (devsen/wallet.py): the same account manages its devices
@@ -105,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("charger_id")
     send.add_argument("action")
     send.add_argument("payload", help="the CALL payload as JSON")
+    profile = sub.add_parser("provisioning", parents=[common], help="the device's provisioning profile")
+    profile.add_argument("charger_id")
+    profile.add_argument("--interval", type=int, help="meter sample interval, seconds (10..3600)")
+    profile.add_argument("--measurands", help="comma-separated measurands besides the energy register")
+    profile.add_argument("--default", action="store_true", help="back to the network's default profile")
     sub.add_parser("show", parents=[common]).add_argument("command_id")
     return parser
 
@@ -166,6 +176,16 @@ def call_of(args: argparse.Namespace, version: str, nonce: int) -> tuple[str, di
         if args.data is not None:
             payload["data"] = args.data
         return "DataTransfer", payload
+    if command == "provisioning":
+        payload = {}
+        if not args.default:
+            if args.interval is not None:
+                payload["sample_interval_s"] = args.interval
+            if args.measurands:
+                payload["measurands"] = [m.strip() for m in args.measurands.split(",") if m.strip()]
+            if not payload:
+                raise CliError("give --interval and/or --measurands, or --default")
+        return PROFILE_ACTION, payload
     if command == "send":
         try:
             payload = json.loads(args.payload)
@@ -214,6 +234,8 @@ async def submit(args: argparse.Namespace, domain: Domain, key: SigningKey) -> d
     version = args.ocpp
     if version is None:
         version = (await _get(f"{node}/v1/chargers/{args.charger_id}/configuration")).get("ocpp_version")
+        if version is None and args.command == "provisioning":
+            version = "1.6"  # a provisioning profile serves either version
         if version is None:
             raise CliError(f"the node does not know {args.charger_id}'s OCPP version; pass --ocpp 1.6 or 2.0.1")
     nonce = time.time_ns() // 1_000  # microseconds: increasing, so within the ledger's nonce window
@@ -266,6 +288,8 @@ def format_command(doc: dict[str, Any]) -> str:
             if name in outcome:
                 lines.append(f"  {name}: {outcome[name]}")
         return "\n".join(lines)
+    if status == "applied":
+        return f"{head}: applied by the ledger in block {doc['outcome_height']}"
     if status == "error":
         return f"{head}: the charger answered CALLERROR {outcome.get('code')}: {outcome.get('description')}{where}"
     if status == "timeout":
@@ -290,13 +314,13 @@ async def run(args: argparse.Namespace, domain: Domain | None = None, key: Signi
     node = args.node.rstrip("/")
     if args.command == "show":
         doc = await _get(f"{node}/v1/commands/{args.command_id}")
-        return (0 if doc["status"] == "result" else EXIT_REFUSED), doc, format_command(doc)
+        return (0 if doc["status"] in ("result", "applied") else EXIT_REFUSED), doc, format_command(doc)
     if args.command == "config" and args.config_command == "show":
         doc = await _get(f"{node}/v1/chargers/{args.charger_id}/configuration")
         return 0, doc, format_configuration(doc)
     assert domain is not None and key is not None, "signing(args) first"
     doc = await submit(args, domain, key)
-    code = 0 if doc["status"] == "result" else EXIT_PENDING if doc["status"] == "pending" else EXIT_REFUSED
+    code = 0 if doc["status"] in ("result", "applied") else EXIT_PENDING if doc["status"] == "pending" else EXIT_REFUSED
     return code, doc, format_command(doc)
 
 

@@ -3,7 +3,9 @@
     POST /v1/chargers/{charger_id}/commands     a signed command (below); 200 once committed
     GET  /v1/commands/{command_id}              the command and its outcome, the same at every node
     GET  /v1/chargers/{charger_id}/configuration the charger's last known configuration (ledger state)
-    GET  /v1/chargers/{charger_id}/provisioning  desired vs last known settings and their commands' outcomes
+    GET  /v1/chargers/{charger_id}/provisioning  the effective provisioning profile (default or the
+                                                manager's), the network slots, desired vs last known
+                                                settings and their commands' outcomes
 
 The POST body: {"ocpp_version": "1.6" | "2.0.1", "action": "Reset", "payload": {...} or
 "payload_json": "<the exact JSON text signed>", "nonce": "N", "expires_at_ms": N,
@@ -160,7 +162,9 @@ class CommandRoutes:
         ledger = self.app.ledger
         config = ledger.commands.configuration(charger_id)
         connected = self.connections.version(charger_id) if self.connections is not None else None
-        version = config.ocpp_version if config is not None else connected
+        device = ledger.device(charger_id)
+        version = config.ocpp_version if config is not None else (
+            (device.ocpp_version if device is not None else None) or connected)
 
         def status_of(command_id: bytes) -> tuple[str, Any] | None:
             record = ledger.commands.get(command_id)
@@ -168,5 +172,5 @@ class CommandRoutes:
                 return None
             return record.status, json.loads(record.body_json) if record.body_json else None
 
-        document = provisioning_document(charger_id, version, config, ledger.provisioning_endpoints, status_of)
+        document = provisioning_document(charger_id, version, config, ledger.provisioning, status_of)
         return 200, {**document, "at_height": ledger.height}

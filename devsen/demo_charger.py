@@ -94,12 +94,14 @@ def answer_command(config: dict[str, tuple[str, bool]], action: str, payload: An
             return {"status": "Rejected"}
         config[key] = (value, False)
         return {"status": "Accepted"}
-    if action == "SetVariables":  # 2.0.1: any variable is kept (keys as the ledger names them)
+    if action == "SetVariables":  # 2.0.1: any variable is kept (keys as the ledger names them), but a read-only one
         results = []
         for item in payload.get("setVariableData") or []:
             key = variable_key(item.get("component"), item.get("variable"), item.get("attributeType")) \
                 if isinstance(item, dict) else None
-            if key is not None and isinstance(item.get("attributeValue"), str):
+            if key is not None and config.get(key, ("", False))[1]:
+                key = None  # read-only: Rejected, unchanged
+            elif key is not None and isinstance(item.get("attributeValue"), str):
                 config[key] = (item["attributeValue"], False)
             results.append({"attributeStatus": "Accepted" if key is not None else "Rejected",
                             "component": item.get("component") if isinstance(item, dict) else {"name": "?"},

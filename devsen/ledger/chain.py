@@ -297,6 +297,10 @@ class StaticChainView:
         self.sessions = {s.session_id: s for s in escrow_sessions}
         self.reserved = {r.reservation_id: r for r in reservations}
         self.requested: tuple[str, ...] = ()  # chargers with new session requests (remote_starts.py)
+        self.endpoints: list[tuple[bytes, str]] = []  # (validator address, OCPP endpoint) (provisioning.py)
+
+    def validator_endpoints(self) -> Sequence[tuple[bytes, str]]:
+        return self.endpoints
 
     def requested_chargers(self) -> tuple[str, ...]:
         return self.requested

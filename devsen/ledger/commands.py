@@ -43,6 +43,7 @@ from typing import Any
 import msgpack
 
 from consensus.signing import CHARGER_COMMAND_TYPE, COMMAND_OUTCOME_TYPE
+from devsen.ledger.profiles import PROFILE_ACTION, profile_problem
 from devsen.ledger.state import HashedTable
 from ocpp_adapter.protocol import loads_strict
 from ocpp_adapter.schemas import PayloadInvalid, validate
@@ -70,7 +71,7 @@ MAX_KEY_CHARS = 128  # 2.0.1 keys name component, EVSE and variable
 MAX_VALUE_CHARS = 1_000  # 1.6 values are CiString500; 2.0.1 values longer are not kept
 
 OUTCOME_KINDS = ("result", "error", "timeout", "refused")
-PENDING, EXPIRED = "pending", "expired"
+PENDING, EXPIRED, APPLIED = "pending", "expired", "applied"
 
 # The commands a manager may send, per OCPP version (the CSMS-to-charger actions of issue 13).
 ACTIONS: dict[str, frozenset[str]] = {
@@ -85,6 +86,9 @@ ACTIONS: dict[str, frozenset[str]] = {
         "SetChargingProfile", "ClearChargingProfile", "GetCompositeSchedule", "UpdateFirmware", "GetLog",
         "ReserveNow", "CancelReservation", "DataTransfer"}),
 }
+# Commands of either version the ledger itself carries out (never sent to the charger; status
+# "applied" at admission): a device's provisioning profile (profiles.py).
+LEDGER_ACTIONS = frozenset({PROFILE_ACTION})
 
 
 class CommandError(ValueError):
@@ -162,9 +166,9 @@ def _check_fields(charger_id: Any, ocpp_version: Any, action: Any, nonce: Any, e
         raise CommandError(f"charger id must be 1..{MAX_CHARGER_ID_CHARS} characters")
     if ocpp_version not in ACTIONS:
         raise CommandError(f"ocpp_version must be one of {', '.join(ACTIONS)}, not {ocpp_version!r}")
-    if not isinstance(action, str) or action not in ACTIONS[ocpp_version]:
+    if not isinstance(action, str) or (action not in ACTIONS[ocpp_version] and action not in LEDGER_ACTIONS):
         raise CommandError(f"action {action!r} is not a command of OCPP {ocpp_version}; supported: "
-                           + ", ".join(sorted(ACTIONS[ocpp_version])))
+                           + ", ".join(sorted(ACTIONS[ocpp_version] | LEDGER_ACTIONS)))
     for name, value in (("nonce", nonce), ("expires_at_ms", expires_at_ms)):
         if type(value) is not int or not 0 <= value <= MAX_NONCE:
             raise CommandError(f"{name} must be an integer in 0..2^64-1")
@@ -197,6 +201,9 @@ def command_problem(command: ChargerCommand) -> str | None:
         payload = command.payload()
     except CommandError as exc:
         return str(exc)
+    if command.action in LEDGER_ACTIONS:
+        problem = profile_problem(payload)
+        return None if problem is None else f"provisioning profile refused: {problem}"
     try:
         validate(command.ocpp_version, command.action, payload)
     except PayloadInvalid as exc:
@@ -366,6 +373,9 @@ class CommandBook:
         # command ids in admission order (the table's order), and per charger.
         self._pending_all: dict[bytes, None] = {}
         self._pending: dict[str, list[bytes]] = {}
+        # Why a ledger action (LEDGER_ACTIONS) for a charger cannot be carried out now, or None
+        # (the Ledger sets it: e.g. its profile table is full).
+        self.ledger_action_refusal: Callable[[str], str | None] = lambda charger_id: None
 
     # ------------------------------------------------------------ reads
 
@@ -414,6 +424,8 @@ class CommandBook:
             return f"{MAX_PENDING_PER_CHARGER} commands already wait for {command.charger_id}"
         if len(self.table) >= MAX_COMMANDS and self._evictable() is None:
             return f"{MAX_COMMANDS} commands are waiting; retry after some are answered or expire"
+        if command.action in LEDGER_ACTIONS:
+            return self.ledger_action_refusal(command.charger_id)
         return None
 
     def admit(self, command: ChargerCommand, command_id: bytes, signer: bytes, manager: bytes | None,
@@ -438,11 +450,18 @@ class CommandBook:
         return None
 
     def admit_from_ledger(self, command_id: bytes, charger_id: str, ocpp_version: str, action: str,
-                          payload: dict[str, Any], expires_at_ms: int, height: int) -> bool:
+                          payload: dict[str, Any], expires_at_ms: int, height: int, *,
+                          renew_expired: bool = False) -> bool:
         """Admit a command the ledger itself decided (signer empty, no nonce), e.g. a ReserveNow
-        for a reservation from the chain (reservations.py); False if kept already or no room."""
-        if command_id in self.table or len(self._pending.get(charger_id, [])) >= MAX_PENDING_PER_CHARGER:
+        for a reservation from the chain (reservations.py); False if kept already or no room.
+        `renew_expired`: a kept one that expired undelivered is admitted afresh (provisioning)."""
+        if len(self._pending.get(charger_id, [])) >= MAX_PENDING_PER_CHARGER:
             return False
+        kept = self.table.get(command_id)
+        if kept is not None and not (renew_expired and kept.status == EXPIRED):
+            return False
+        if kept is not None:
+            self.table.pop(command_id)
         if len(self.table) >= MAX_COMMANDS:
             evict = self._evictable()
             if evict is None:
@@ -453,6 +472,12 @@ class CommandBook:
         self._pending.setdefault(charger_id, []).append(command_id)
         self._pending_all[command_id] = None
         return True
+
+    def mark_applied(self, command_id: bytes, height: int) -> None:
+        """A ledger action (LEDGER_ACTIONS) was carried out at admission: finished, never delivered."""
+        record = self.table.get(command_id)
+        if record is not None and record.status == PENDING:
+            self._finish(command_id, replace(record, status=APPLIED, outcome_height=height))
 
     def _evictable(self) -> bytes | None:
         for index, command_id in enumerate(self.table):

@@ -33,6 +33,8 @@ Policies (see also LEDGER.md):
 from __future__ import annotations
 
 import copy
+import itertools
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -53,7 +55,13 @@ from devsen.ledger.chain import (
     reservation_problem,
     session_token_hash,
 )
-from devsen.ledger.commands import AdmittedCommand, ChargerCommand, CommandBook, CommandOutcome
+from devsen.ledger.commands import (
+    LEDGER_ACTIONS,
+    AdmittedCommand,
+    ChargerCommand,
+    CommandBook,
+    CommandOutcome,
+)
 from devsen.ledger.handlers import HANDLERS
 from devsen.ledger.kinds import (
     BAD_CHAIN_DATA,
@@ -76,7 +84,7 @@ from devsen.ledger.kinds import (
     UNSIGNED_READING,
 )
 from devsen.ledger.parse import MAX_METER_WH, MalformedPayload, parse_timestamp_ms
-from devsen.ledger.provisioning import PROVISION_TTL_MS
+from devsen.ledger.provisioning import PRIORITY_KEY_201, PROVISION_TTL_MS, ProvisioningBook
 from devsen.ledger.provisioning import plan as provisioning_plan
 from devsen.ledger.remote_starts import (
     MAX_REMOTE_STARTS_PER_CHARGER,
@@ -121,13 +129,14 @@ from devsen.ledger.vouchers import PaymentVoucher, StopOrder, VoucherBook, addre
 from ocpp_adapter.events import ChargerEvent
 from primitives.hashing import keccak256
 
+MAX_ENDPOINT_PAIRS = 512  # validator endpoints a ChainView may name per block (the ValidatorSet holds <= 128)
 SNAPSHOT_VERSION = 8  # 4: signed meter values, payment vouchers, uptime and reward tables; 5: the
 # pagination floor of evicted device records (paginations_forgotten_ms, DeviceRecord.paginations_ms);
 # 6: commands (commands.py: command records, nonce windows, charger configurations);
 # 7: consumed reservations (reservations.py), an 11th table when in use; 8: DeviceRecord.ocpp_version
 # (the version of the charger's last event: remote starts for a charger without an event in the block);
 # sites (sites.py) add a 12th table when in use, without a new version: a snapshot without sites
-# reads as before
+# reads as before; so do provisioning profiles and validator endpoints (provisioning.py), a 13th
 
 MAX_PAYLOAD_DEPTH = 32  # OCPP payloads nest a handful of levels; deeper is malformed
 CANCEL_RESERVATION_TTL_MS = 2 * 3_600_000  # a CancelReservation waits for its charger as long as a reservation lasts
@@ -290,6 +299,14 @@ class _CheckedChain:
                 :MAX_REQUESTED_CHARGERS]
         return self._requested
 
+    def validator_endpoints(self) -> list[tuple[bytes, Any]]:
+        """(validator address, on-chain OCPP endpoint) of the ValidatorSet at the block's Ethereum
+        block (a ChainView without the method names none); shapes other than pairs are dropped,
+        the values are checked by provisioning.endpoint_records."""
+        read = getattr(self._chain, "validator_endpoints", None)
+        found = list(itertools.islice(read(), MAX_ENDPOINT_PAIRS)) if read is not None else []
+        return [(item[0], item[1]) for item in found if isinstance(item, tuple) and len(item) == 2]
+
     def reservations(self, charge_box_id: str) -> list[ChainReservation]:
         """The charger's open reservations (checked; at most MAX_CONNECTORS), read once per block."""
         found = self._reservations.get(charge_box_id)
@@ -397,9 +414,9 @@ class Ledger:
         self.commands = CommandBook(self._next_seq)  # manager commands, nonces, configurations (commands.py)
         self.reservations = ReservationBook()  # reservations consumed by a start (reservations.py)
         self.sites = SiteBook()  # site membership and power schedules (sites.py)
-        # Node OCPP endpoints the 2.0.1 provisioning names in NetworkConnectionProfiles, by priority
-        # (provisioning.py); the node sets the same list at every node (else state hashes differ).
-        self.provisioning_endpoints: tuple[str, ...] = ()
+        # Managers' provisioning profiles and the validators' OCPP endpoints (provisioning.py)
+        self.provisioning = ProvisioningBook(self._next_seq)
+        self.commands.ledger_action_refusal = self.provisioning.refusal
 
     # ----------------------------------------------------------------- public API
 
@@ -442,6 +459,7 @@ class Ledger:
         self._validators = ctx.validators
         self._operator_voucher = ""
         checked = _CheckedChain(chain)
+        self.provisioning.note_endpoints(checked.validator_endpoints())
         closed = self._uptime.begin_block(prev_ms, ctx.timestamp_ms, checked)
         self._release_settled(checked)
         self.reservations.prune(ctx.timestamp_ms)
@@ -454,7 +472,9 @@ class Ledger:
         admitted = tuple(AdmittedCommand(command_id, record) for (_, command_id, _), refusal
                          in zip(commands, command_refusals, strict=True)
                          if refusal is None and (record := self.commands.get(command_id)) is not None)
+        admitted = self._apply_ledger_actions(admitted)
         outcome_refusals = tuple(self.commands.record_outcome(o, reporter, ctx.height) for o, reporter in outcomes)
+        admitted += self._issue_network_priorities(outcomes, outcome_refusals)
         settlements: list[SettlementOrder] = []
         self._close_before_refund(checked, settlements)
         results = tuple(self._apply_event(checked, event, settlements) for event in events)
@@ -546,22 +566,70 @@ class Ledger:
     def _issue_provisioning(self, chain: _CheckedChain, events: Sequence[ChargerEvent]) -> tuple[AdmittedCommand, ...]:
         """The provisioning commands for each BootNotification of a registered, active charger
         in the block: the settings its last known configuration lacks (provisioning.py)."""
-        issued = []
+        issued: list[AdmittedCommand] = []
         for event in events:
             if event.action != "BootNotification":
                 continue
             device = chain.device(event.charger_id)
             if device is None or not device.active:
                 continue
-            for command_id, setting in provisioning_plan(event.charger_id, event.ocpp_version,
-                                                         self.commands.configuration(event.charger_id),
-                                                         self.provisioning_endpoints):
-                if self.commands.admit_from_ledger(command_id, event.charger_id, event.ocpp_version, setting.action,
-                                                   setting.payload, self._c.block_ms + PROVISION_TTL_MS,
-                                                   self._c.height):
-                    record = self.commands.get(command_id)
-                    assert record is not None
-                    issued.append(AdmittedCommand(command_id, record))
+            issued += self._provision(event.charger_id, event.ocpp_version)
+        return tuple(issued)
+
+    def _provision(self, charger_id: str, ocpp_version: str, only_key: str | None = None) -> list[AdmittedCommand]:
+        """Admit the charger's provisioning plan now (only the setting `only_key` if given)."""
+        def finished(command_id: bytes) -> bool:
+            record = self.commands.get(command_id)
+            return record is not None and record.status != "pending"
+
+        issued = []
+        for command_id, setting in provisioning_plan(charger_id, ocpp_version, self.commands.configuration(charger_id),
+                                                     self.provisioning.slots_for(charger_id),
+                                                     self.provisioning.profile(charger_id), finished):
+            if only_key is not None and setting.key != only_key:
+                continue
+            if self.commands.admit_from_ledger(command_id, charger_id, ocpp_version, setting.action, setting.payload,
+                                               self._c.block_ms + PROVISION_TTL_MS, self._c.height,
+                                               renew_expired=True):
+                record = self.commands.get(command_id)
+                assert record is not None
+                issued.append(AdmittedCommand(command_id, record))
+        return issued
+
+    def _apply_ledger_actions(self, admitted: tuple[AdmittedCommand, ...]) -> tuple[AdmittedCommand, ...]:
+        """Carry out the admitted ledger actions (a device's provisioning profile, profiles.py):
+        recorded "applied", never delivered; the charger's provisioning is issued at once under the
+        new profile when its OCPP version is known, else at its next boot. The other commands, as given."""
+        deliver: list[AdmittedCommand] = []
+        for command in admitted:
+            record = command.record
+            if record.action not in LEDGER_ACTIONS:
+                deliver.append(command)
+                continue
+            try:
+                payload = json.loads(record.payload_json)
+            except ValueError:  # admitted only if valid (commands.command_problem)
+                payload = None
+            if isinstance(payload, dict):
+                self.provisioning.set_profile(record.charger_id, payload, command.command_id, self._c.height)
+            self.commands.mark_applied(command.command_id, self._c.height)
+            device = self._devices.get(record.charger_id)
+            if device is not None and device.ocpp_version in ("1.6", "2.0.1"):
+                deliver += self._provision(record.charger_id, device.ocpp_version)
+        return tuple(deliver)
+
+    def _issue_network_priorities(self, outcomes: Sequence[tuple[CommandOutcome, bytes]],
+                                  refusals: Sequence[str | None]) -> tuple[AdmittedCommand, ...]:
+        """NetworkConfigurationPriority for the chargers whose last provisioning SetNetworkProfile
+        got its outcome in this block (provisioning.plan: the accepted slots, in order)."""
+        chargers: dict[str, str] = {}
+        for (outcome, _), refusal in zip(outcomes, refusals, strict=True):
+            record = self.commands.get(outcome.command_id)
+            if refusal is None and record is not None and not record.signer and record.action == "SetNetworkProfile":
+                chargers[record.charger_id] = record.ocpp_version
+        issued: list[AdmittedCommand] = []
+        for charger_id in sorted(chargers):
+            issued += self._provision(charger_id, chargers[charger_id], only_key=PRIORITY_KEY_201)
         return tuple(issued)
 
     def _issue_site_profiles(self, chain: _CheckedChain,
@@ -722,6 +790,8 @@ class Ledger:
             tables.extend((self.reservations.table.digest(), self.reservations.sent.digest()))
         if extra >= 4:
             tables.extend((self.sites.members.digest(), self.sites.schedules.digest()))
+        if extra >= 5:
+            tables.extend(t.digest() for t in self.provisioning.tables())
         return keccak256(state_bytes([SNAPSHOT_VERSION, self.params, self._counter_values(), tables]))
 
     def table_digests(self) -> dict[str, bytes]:
@@ -740,6 +810,8 @@ class Ledger:
             tables.append(self.reservations.to_state())
         if extra >= 4:
             tables.append(self.sites.to_state())
+        if extra >= 5:
+            tables.append(self.provisioning.to_state())
         return state_bytes([SNAPSHOT_VERSION, self.params, self._counter_values(), tables])
 
     @classmethod
@@ -770,8 +842,8 @@ class Ledger:
             raise SnapshotError(f"snapshot version {version}, expected {SNAPSHOT_VERSION}")
         ledger = cls(LedgerParams(*params))
         ledger._c = _Counters(*counters)
-        if len(tables) not in (8, 9, 10, 11, 12):
-            raise SnapshotError(f"{len(tables)} tables in the snapshot, expected 8 to 12")
+        if len(tables) not in (8, 9, 10, 11, 12, 13):
+            raise SnapshotError(f"{len(tables)} tables in the snapshot, expected 8 to 13")
         devices, sessions, closed, pending, replies, anomalies, uptime, rewards = tables[:8]
         if len(tables) >= 9:
             ledger.vouchers.restore(tables[8])
@@ -779,8 +851,10 @@ class Ledger:
             ledger.commands.restore(tables[9])
         if len(tables) >= 11:
             ledger.reservations.restore(tables[10])
-        if len(tables) == 12:
+        if len(tables) >= 12:
             ledger.sites.restore(tables[11])
+        if len(tables) == 13:
+            ledger.provisioning.restore(tables[12])
         for key, v in devices:
             values = list(v)
             values[8] = tuple(ConnectorStatus(*c) for c in v[8])
@@ -810,7 +884,10 @@ class Ledger:
 
     def _extra_tables(self) -> int:
         """How many of the later tables a snapshot carries: 0, 1 (vouchers), 2 (and commands),
-        3 (and consumed reservations) or 4 (and sites); each is present when it or a later one is in use."""
+        3 (and consumed reservations), 4 (and sites) or 5 (and provisioning); each is present when it
+        or a later one is in use."""
+        if self.provisioning.in_use():
+            return 5
         if self.sites.in_use():
             return 4
         if self.reservations.in_use():

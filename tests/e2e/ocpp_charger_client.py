@@ -38,9 +38,18 @@ from ocpp.v201 import call_result as result201
 from devsen.demo_charger import basic_auth_header
 from devsen.ledger.provisioning import desired_settings
 
-# What the network sends every charger on boot (no endpoints: the ledger names none yet)
+# What the network sends every charger on boot: the default profile's settings and, in 2.0.1, the
+# network profiles of the nodes' endpoints (and their priority) (devsen/ledger/provisioning.py)
 PROVISIONING_CALLS = [(setting.action, setting.payload) for version in ("1.6", "2.0.1")
                       for setting in desired_settings(version)]
+
+
+def is_provisioning(call: tuple[str, dict[str, Any]]) -> bool:
+    """Whether a CSMS CALL is the ledger's boot-time provisioning (no manager sends SetNetworkProfile)."""
+    action, payload = call
+    named = [item.get("variable", {}).get("name") for item in payload.get("setVariableData", [])
+             if isinstance(item, dict)] if action == "SetVariables" else []
+    return call in PROVISIONING_CALLS or action == "SetNetworkProfile" or named == ["NetworkConfigurationPriority"]
 
 SUBPROTOCOLS = {"1.6": "ocpp1.6", "2.0.1": "ocpp2.0.1"}
 CONNECT_TIMEOUT_S = 20.0
@@ -419,7 +428,7 @@ class OcppChargerClient:
     @property
     def received(self) -> list[tuple[str, dict[str, Any]]]:
         """The CSMS CALLs other than the ledger's boot-time provisioning (devsen/ledger/provisioning.py)."""
-        return [call for call in self.all_received if call not in PROVISIONING_CALLS]
+        return [call for call in self.all_received if not is_provisioning(call)]
 
     def actions(self) -> list[str]:
         return [action for action, _ in self.received]

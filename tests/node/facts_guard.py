@@ -26,7 +26,11 @@ def pytest_configure(config: Any) -> None:
                 commands: Sequence[tuple[ChargerCommand, bytes, bytes]] = (),
                 outcomes: Sequence[tuple[CommandOutcome, bytes]] = ()) -> BlockOutcome:
         keys = chain_keys(events, self, (v.session_id for v, _ in vouchers), (c.charger_id for c, _, _ in commands))
-        facts = ChainFacts(ctx.eth_block_number, ctx.eth_block_hash, b"", keys, **read_facts(chain, keys))
+        pairs = getattr(chain, "validator_endpoints", lambda: ())()  # what validators_at + endpoints read
+        endpoints = {p[0]: p[1] for p in pairs if isinstance(p, tuple) and len(p) == 2
+                     and isinstance(p[0], bytes) and len(p[0]) == 20}
+        facts = ChainFacts(ctx.eth_block_number, ctx.eth_block_hash, b"", keys, validators=tuple(sorted(endpoints)),
+                           endpoints=endpoints, **read_facts(chain, keys))
         twin = copy.deepcopy(self)
         view = FactsView(facts)
         try:

@@ -42,7 +42,8 @@ def test_the_ledger_tests_never_read_outside_the_prefetched_facts() -> None:
         [sys.executable, "-m", "pytest", "-q", "-p", "tests.node.facts_guard", "-p", "no:cacheprovider",
          "tests/ledger/test_ledger_v16.py", "tests/ledger/test_ledger_v201.py",
          "tests/ledger/test_ledger_session_token.py", "tests/ledger/test_ledger_properties.py",
-         "tests/ledger/test_ledger_commands.py", "tests/ledger/test_ledger_uptime.py",
+         "tests/ledger/test_ledger_commands.py", "tests/ledger/test_ledger_provisioning.py",
+         "tests/ledger/test_ledger_uptime.py",
          "tests/ledger/test_ledger_reward_parts.py"],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
