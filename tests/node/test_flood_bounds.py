@@ -365,6 +365,7 @@ class SlowDevices:
         from types import SimpleNamespace
 
         self.deployment = SimpleNamespace(addresses=lambda: {})
+        self.contracts = {"Escrow": SimpleNamespace(abi=[])}  # no events: nothing to invalidate
         self.calls: list[str] = []
 
     def device(self, charge_box_id: str, block: Any) -> Any:

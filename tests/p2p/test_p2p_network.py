@@ -139,14 +139,23 @@ def test_wrong_network_and_foreign_keys_cannot_join(network: LocalNetwork, tmp_p
         # serve certified blocks to outsiders, bounded), but only the validators' own blocks.
         ours = {(c["height"], c["hash"]) for c in network.nodes[0].commits}
         assert all((c["height"], c["hash"]) in ours for c in foreign_node.commits), foreign_node.commits
+        deadline = time.monotonic() + 30  # a loaded machine may take longer than 3 s to show both refusals
+        while not ((drops := _stranger_drops(network))["wrong_network"] > 0 and drops["not_validator"] > 0) \
+                and time.monotonic() < deadline:
+            time.sleep(0.5)
     finally:
         for node in strangers:
             node.stop()
+    assert drops["wrong_network"] > 0 and drops["not_validator"] > 0, dict(drops)
+
+
+def _stranger_drops(network: LocalNetwork) -> defaultdict[str, int]:
+    """The validators' drop counters summed by reason (the last path segment)."""
     drops: defaultdict[str, int] = defaultdict(int)
     for validator in network.nodes:
         for key, value in _drops(validator).items():
             drops[key.rsplit("/", 1)[1]] += value
-    assert drops["wrong_network"] > 0 and drops["not_validator"] > 0, dict(drops)
+    return drops
 
 
 def _signed(node: NodeProcess) -> list[dict[str, Any]]:
