@@ -45,8 +45,11 @@ typecheck: setup
 	$(VENV)/bin/mypy primitives consensus ocpp_adapter anchoring devsen p2p contracts
 	$(VENV)/bin/mypy bench tests  # every test directory, strict
 
+## Two workers, each running whole modules (a module's devnet fixture stays in one worker): the
+## multi-process tests mostly wait on blocks and confirmations, so two share the 2 cores well.
+PYTEST_WORKERS ?= 2
 pytest: setup
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
 bench: setup
 	$(PY) bench/run_all.py
