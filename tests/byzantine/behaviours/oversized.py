@@ -32,7 +32,10 @@ def install() -> None:
 
 
 class _Raw:
-    """Stands in for a message: Broadcast only asks for its bytes."""
+    """Stands in for a message: Broadcast asks for its bytes, and the shell for its signer (to
+    announce its own signed messages); an empty signer is never this node's."""
+
+    proposer = b""
 
     def __init__(self, data: bytes) -> None:
         self.data = data
