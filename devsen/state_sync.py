@@ -252,12 +252,16 @@ async def _fetch_and_apply(app: NodeApplication, snapshot: Snapshot, peers: list
     """Resume from `store`, fetch the missing chunks, apply each; None once restored, else why not."""
     hashes = snapshot_chunk_hashes(snapshot)[1:]
     outcome: list[bool | None] = [None]
+    applying = trio.Lock()  # one chunk at a time into the application (the last one installs the state)
 
     async def take(index: int, chunk: bytes, save: bool = True) -> None:
         if save:
             store.save(index, chunk)
         report.bytes += len(chunk)
-        outcome[0] = await trio.to_thread.run_sync(app.apply_snapshot_chunk, index, chunk)
+        async with applying:
+            if outcome[0] is True:  # installed already: a late chunk changes nothing
+                return
+            outcome[0] = await trio.to_thread.run_sync(app.apply_snapshot_chunk, index, chunk)
 
     resumed = store.load(hashes)
     for index, chunk in resumed.items():
