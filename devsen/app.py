@@ -49,7 +49,6 @@ from anchoring.attestations import (
     Attestation,
     AttestationError,
     Settlement,
-    SettlementBatch,
     Subject,
     attest,
     decode_attestation,
@@ -75,6 +74,7 @@ from consensus.abci import (
     ValidatorUpdate,
 )
 from consensus.types import Block, CommitCertificate, CommittedBlock, ValidatorSet
+from devsen.beside_ledger import BesideLedger, BesideLedgerDigest, app_state_hash
 from devsen.chain_facts import (
     ChainFacts,
     ChainKeys,
@@ -123,9 +123,10 @@ MESSAGE_WINDOW_BLOCKS = 1_000  # the HTTP charger-message look-up covers this ma
 MAX_FUTURE_DRIFT_MS = 30_000
 IDLE_HEARTBEAT_MS = 30_000  # an idle network still makes one block this often (chain-side changes)
 SETTLE_WINDOW_BLOCK_GAP_MS = 500  # while settlement orders wait for their window to close, blocks this often
-SNAPSHOT_FORMAT = 4  # 3: the open anchor batch's blocks (state sync has no block store) and the
+SNAPSHOT_FORMAT = 5  # 3: the open anchor batch's blocks (state sync has no block store) and the
 # attestation book's recent and re-opened quorums (re-signed after a validator-set change);
-# 4: settlement subjects are settlement batches
+# 4: settlement subjects are settlement batches; 5: [5, height, block hash, ledger hash, ledger,
+# beside-ledger state] and the app hash certifies both (devsen/beside_ledger.py)
 SNAPSHOT_EVERY_BLOCKS = 100  # a restart replays at most this many blocks (and reads the chain for them)
 SNAPSHOTS_KEPT = 3  # snapshots offered for state sync (older ones are deleted)
 SNAPSHOT_CHUNK_BYTES = 1 << 20  # state sync moves a snapshot in chunks of at most 1 MiB
@@ -407,6 +408,7 @@ class NodeApplication:
         # last applied block): the decided block's fetch_facts(committed=True) reuses them (the same
         # keys read at the same block hash) instead of reading the chain again (bench/perf_wins.py).
         self._validated_facts: OrderedDict[tuple[int, bytes, bytes, tuple[int, bytes]], ChainFacts] = OrderedDict()
+        self._beside_digest = BesideLedgerDigest()
         self.counters: dict[str, int] = {"blocks": 0, "events": 0, "attestations_counted": 0,
                                          "attestations_ignored": 0, "batches_closed": 0, "quorums": 0}
 
@@ -812,7 +814,7 @@ class NodeApplication:
             else:
                 tx_results.append(attestation_results.get(payload, TxResult(CODE_ATTESTATION_IGNORED)))
         outbound, self._outbound = tuple(self._outbound), []
-        return FinalizeResult(tuple(tx_results), outcome.state_hash, update, outbound, tuple(notices),
+        return FinalizeResult(tuple(tx_results), self.app_state_hash(outcome.state_hash), update, outbound, tuple(notices),
                               block_needed_by_ms=self._block_needed_by_ms(block.timestamp_ms))
 
     def _block_needed_by_ms(self, block_time_ms: int) -> int:
@@ -830,7 +832,17 @@ class NodeApplication:
         self.counters["blocks_refused"] = self.counters.get("blocks_refused", 0) + 1
         self._last_block = (block.height, block.hash)
         refusal = TxResult(CODE_BLOCK_REFUSED, log=why)
-        return FinalizeResult(tuple(refusal for _ in block.payloads), self.ledger.state_hash())
+        return FinalizeResult(tuple(refusal for _ in block.payloads), self.app_state_hash())
+
+    def app_state_hash(self, ledger_hash: bytes | None = None) -> bytes:
+        """The app hash of the current state: the ledger (`ledger_hash` if the caller has it) and
+        the state beside it (devsen/beside_ledger.py)."""
+        return app_state_hash(ledger_hash or self.ledger.state_hash(), self._beside_digest.of(self._beside_ledger()))
+
+    def _beside_ledger(self) -> BesideLedger:
+        pending, completed, reopened = self.book.export_state()
+        return BesideLedger(self.last_eth_block, self.epoch, self.validators, self.batcher.state, pending,
+                            completed, reopened, tuple(self._open_blocks))
 
     def _remember_messages(self, height: int, events: list[ChargerEvent]) -> None:
         keys = []
@@ -970,17 +982,8 @@ class NodeApplication:
         return None if self.snapshot_path is None else self.snapshot_path.with_name(self.snapshot_path.name + ".d")
 
     def _snapshot_bytes(self, height: int, block_hash: bytes) -> bytes:
-        pending, completed, reopened = self.book.export_state()
-        batcher = self.batcher.state
-        data: bytes = msgpack.packb([
-            SNAPSHOT_FORMAT, height, block_hash, self.ledger.state_hash(), self.ledger.to_bytes(),
-            self.last_eth_block, self.epoch, list(self.validators),
-            [batcher.next_batch_id, batcher.next_height, batcher.last_close_ms],
-            [[_subject_fields(subject), [[a, sig] for a, sig in signatures.items()]] for subject, signatures in pending],
-            [_quorum_fields(q) for q in completed],
-            [[_quorum_fields(q), until] for q, until in reopened],
-            [[h, t, list(ids)] for h, t, ids in self._open_blocks],
-        ], use_bin_type=True)
+        data: bytes = msgpack.packb([SNAPSHOT_FORMAT, height, block_hash, self.ledger.state_hash(),
+                                     self.ledger.to_bytes(), self._beside_ledger().encode()], use_bin_type=True)
         return data
 
     def write_snapshot(self, height: int, block_hash: bytes) -> None:
@@ -1011,7 +1014,7 @@ class NodeApplication:
         except OSError:  # a file system without hard links: copy
             blob.write_bytes(data)
         hashes = [keccak256(chunk) for chunk in _chunks(data)]
-        sidecar = msgpack.packb([SNAPSHOT_FORMAT, height, block_hash, self.ledger.state_hash(), hashes],
+        sidecar = msgpack.packb([SNAPSHOT_FORMAT, height, block_hash, self.app_state_hash(), hashes],
                                 use_bin_type=True)
         temporary = directory / f"{name}.meta.tmp"
         temporary.write_bytes(sidecar)
@@ -1023,8 +1026,10 @@ class NodeApplication:
     def restore(self, last_height: int, get_block: Any) -> tuple[int, bytes] | None:
         """Load the latest snapshot at or below `last_height` that matches the block store.
 
-        Returns (snapshot height, ledger state hash) — the caller replays later blocks — or
-        None (no usable snapshot: replay from genesis). `get_block(h)` reads the block store.
+        Returns (snapshot height, app hash) — the caller replays later blocks — or None (no
+        usable snapshot: replay from genesis). `get_block(h)` reads the block store; where the
+        store holds the next block, the restored state must hash to the app hash its header
+        certifies (a snapshot file altered on disk is refused, the state unchanged).
         """
         if self.snapshot_path is None or not self.snapshot_path.is_file():
             return None
@@ -1035,35 +1040,47 @@ class NodeApplication:
             committed: CommittedBlock | None = get_block(state.height)
             if committed is None or committed.block.hash != state.block_hash:
                 raise ValueError(f"snapshot block {state.height} is not the stored block")
+            after: CommittedBlock | None = get_block(state.height + 1) if state.height < last_height else None
+            app_hash = self._install(state, None if after is None else after.block.app_state_hash)
         except (SnapshotError, ValueError, TypeError, OSError) as exc:
             log.warning("ignoring the application snapshot (%s); replaying from genesis", exc)
             return None
-        assert state.ledger.state_hash() == state.state_hash, "a snapshot's ledger must hash as recorded"
-        self._install(state)
         log.info("application restored from the snapshot at height %d", state.height)
-        return state.height, state.state_hash
+        return state.height, app_hash
 
-    def _install(self, state: _SnapshotState) -> None:
-        """Take a decoded snapshot's state (the open batch is rebuilt from its blocks). Raises
-        ValueError, changing nothing, if the batch or attestation state does not rebuild."""
-        book = AttestationBook(state.validators, self.settings.anchor_domain, self.settings.escrow_domain,
+    def _install(self, state: _SnapshotState, certified: bytes | None) -> bytes:
+        """Take a decoded snapshot's state (the open batch is rebuilt from its blocks) and return
+        its app hash. Raises ValueError, changing nothing, if the ledger does not hash as recorded,
+        the batch or attestation state does not rebuild, or the app hash is not `certified`."""
+        if state.ledger.state_hash() != state.state_hash:
+            raise ValueError("its ledger does not hash as the snapshot records")
+        beside = state.beside
+        book = AttestationBook(beside.validators, self.settings.anchor_domain, self.settings.escrow_domain,
                                self.settings.rewards_domain)
-        book.import_state(state.pending, state.completed, state.reopened)
-        batcher = BatchBuilder(self.settings.batch_policy, state.batcher)
-        saved, self._open_blocks = self._open_blocks, []
-        recorded = {h: (t, ids) for h, t, ids in state.open_blocks}
-        time_ms = state.open_blocks[0][1] if state.open_blocks else 0
-        if not -1 <= state.height - state.batcher.next_height < 10 * MAX_SNAPSHOT_CHUNKS:
+        book.import_state(beside.pending, beside.completed, beside.reopened)
+        batcher = BatchBuilder(self.settings.batch_policy, beside.batcher)
+        open_blocks: list[tuple[int, int, tuple[bytes, ...]]] = []
+        recorded = {h: (t, ids) for h, t, ids in beside.open_blocks}
+        time_ms = beside.open_blocks[0][1] if beside.open_blocks else 0
+        if not -1 <= state.height - beside.batcher.next_height < 10 * MAX_SNAPSHOT_CHUNKS:
             raise ValueError("a snapshot's open batch is implausibly long")
-        for h in range(state.batcher.next_height, state.height + 1):
+        for h in range(beside.batcher.next_height, state.height + 1):
             time_ms, ids = recorded.get(h, (time_ms, ()))  # a block without events: the time of the one before
             if batcher.on_block(BatchBlock(h, time_ms, ids)) is not None:
-                self._open_blocks = saved
                 raise ValueError("a snapshot's open batch closes while it is rebuilt")
-            self._track_open_block(h, time_ms, ids, False)
-        self.ledger, self.last_eth_block, self.epoch = state.ledger, state.last_eth_block, state.epoch
+            if not open_blocks or ids:
+                open_blocks.append((h, time_ms, ids))
+        pending, completed, reopened = book.export_state()
+        app_hash = app_state_hash(state.state_hash, self._beside_digest.digest(
+            beside.last_eth_block, beside.epoch, beside.validators, batcher.state, pending, completed, reopened,
+            open_blocks))
+        if certified is not None and app_hash != certified:
+            raise ValueError(f"the snapshot's state hashes to app hash 0x{app_hash.hex()}, the next block "
+                             f"certifies 0x{certified.hex()}")
+        self.ledger, self.last_eth_block, self.epoch = state.ledger, beside.last_eth_block, beside.epoch
         self._last_block = (state.height, state.block_hash)
-        self.validators, self.book, self.batcher = state.validators, book, batcher
+        self.validators, self.book, self.batcher = beside.validators, book, batcher
+        self._open_blocks = open_blocks
         every = self.settings.settle_every_blocks
         self._settlements_waiting = bool(self.ledger.settlements_ordered_between(
             state.height - state.height % every + 1, state.height))
@@ -1071,6 +1088,7 @@ class NodeApplication:
         self._restored_quorums = self.book.completed_quorums()
         self._restored.extend(self._outbound)
         self._outbound = []
+        return app_hash
 
     # ---------------------------------------------------------------- state sync (ABCI snapshots)
 
@@ -1145,11 +1163,9 @@ class NodeApplication:
         snapshot = restoring.snapshot
         try:
             state = _SnapshotState.decode(b"".join(c for c in restoring.chunks if c is not None))
-            state_hash = state.ledger.state_hash()
-            if state.height != snapshot.height or state_hash != restoring.app_hash \
-                    or state.state_hash != state_hash:
-                raise ValueError("its ledger does not hash to the certified app hash")
-            self._install(state)
+            if state.height != snapshot.height:
+                raise ValueError(f"it holds height {state.height}, not the offered {snapshot.height}")
+            self._install(state, restoring.app_hash)
         except Exception as exc:  # hostile bytes: a refusal, never an escape (apply is total)
             log.warning("state sync: the snapshot at height %d is refused (%s); the state is unchanged",
                         snapshot.height, exc)
@@ -1222,44 +1238,25 @@ class _SnapshotState:
 
     height: int
     block_hash: bytes
-    state_hash: bytes
+    state_hash: bytes  # the ledger's
     ledger: Ledger
-    last_eth_block: int
-    epoch: int
-    validators: tuple[bytes, ...]
-    batcher: BuilderState
-    pending: list[tuple[Subject, dict[bytes, bytes]]]
-    completed: list[Quorum]
-    reopened: list[tuple[Quorum, int]]
-    open_blocks: tuple[tuple[int, int, tuple[bytes, ...]], ...]
+    beside: BesideLedger
 
     @classmethod
     def decode(cls, data: bytes) -> _SnapshotState:
         """Raises ValueError (or SnapshotError from the ledger) for anything malformed."""
         try:
-            (version, height, block_hash, state_hash, ledger_bytes, last_eth_block, epoch, validators,
-             batcher, pending, completed, reopened, open_blocks) = msgpack.unpackb(data, raw=False)
-            if version != SNAPSHOT_FORMAT:
-                raise ValueError(f"snapshot format {version}, this node reads {SNAPSHOT_FORMAT}")
-            ints = (height, last_eth_block, epoch, batcher[0], batcher[1])
-            if not all(type(i) is int and 0 <= i < 2**63 for i in ints) or height < 1 \
-                    or not (batcher[2] is None or type(batcher[2]) is int):
-                raise ValueError("snapshot integers out of bounds")
-            if not all(isinstance(b, bytes) and len(b) == 32 for b in (block_hash, state_hash)):
-                raise ValueError("snapshot hashes malformed")
-            if not all(isinstance(a, bytes) and len(a) == 20 for a in validators):
-                raise ValueError("snapshot validator addresses malformed")
-            return cls(
-                height, block_hash, state_hash, Ledger.from_bytes(ledger_bytes), last_eth_block, epoch,
-                tuple(validators), BuilderState(*batcher),
-                [(_subject_from_fields(f), {bytes(a): bytes(sig) for a, sig in sigs}) for f, sigs in pending],
-                [_quorum_from_fields(q) for q in completed],
-                [(_quorum_from_fields(q), int(until)) for q, until in reopened],
-                tuple((int(h), int(t), tuple(bytes(i) for i in ids)) for h, t, ids in open_blocks))
-        except SnapshotError:
-            raise
+            version, height, block_hash, state_hash, ledger_bytes, beside_bytes = msgpack.unpackb(data, raw=False)
         except Exception as exc:  # wrong shapes of every kind: one refusal
             raise ValueError(f"snapshot malformed: {exc!r}") from exc
+        if version != SNAPSHOT_FORMAT:
+            raise ValueError(f"snapshot format {version}, this node reads {SNAPSHOT_FORMAT}")
+        if type(height) is not int or not 0 < height < 2**63:
+            raise ValueError("snapshot height out of bounds")
+        if not all(isinstance(b, bytes) and len(b) == 32 for b in (block_hash, state_hash)) \
+                or not isinstance(ledger_bytes, bytes) or not isinstance(beside_bytes, bytes):
+            raise ValueError("snapshot hashes or parts malformed")
+        return cls(height, block_hash, state_hash, Ledger.from_bytes(ledger_bytes), BesideLedger.decode(beside_bytes))
 
 
 def _payloads_digest(payloads: tuple[bytes, ...]) -> bytes:
@@ -1279,33 +1276,3 @@ def decode_event_reply(result: TxResult) -> tuple[dict[str, Any] | None, str | N
     """(reply, OCPP error code, duplicate) from an event's TxResult (event_tx_result)."""
     fields = msgpack.unpackb(result.data, raw=False) if result.data else {}
     return fields.get("reply"), fields.get("error_code") or result.log or None, bool(fields.get("duplicate"))
-
-
-def _subject_fields(subject: Subject) -> list[Any]:
-    if isinstance(subject, RewardSubject):
-        return [2, subject.epoch, [[owner, amount.to_bytes(32, "big")] for owner, amount in subject.payouts],
-                subject.part, subject.parts]
-    if isinstance(subject, AnchorBatch):
-        return [0, subject.batch_id, subject.root, subject.first_height, subject.last_height, subject.event_count]
-    return [1, subject.batch_id, [[e.session_id, e.energy_wh, e.amount.to_bytes(32, "big")] for e in subject.entries]]
-
-
-def _quorum_fields(quorum: Quorum) -> list[Any]:
-    return [_subject_fields(quorum.subject), list(quorum.signers), list(quorum.signatures), quorum.height]
-
-
-def _quorum_from_fields(fields: list[Any]) -> Quorum:
-    subject, signers, signatures, height = fields
-    if len(signers) != len(signatures) or not isinstance(height, int):
-        raise ValueError("a snapshot quorum needs one signature per signer and an integer height")
-    return Quorum(_subject_from_fields(subject), tuple(signers), tuple(signatures), height)
-
-
-def _subject_from_fields(fields: list[Any]) -> Subject:
-    if fields[0] == 2:
-        part, parts = fields[3:5] if len(fields) == 5 else (0, 1)  # snapshots before parts: one part
-        return RewardSubject(fields[1], tuple((o, int.from_bytes(a, "big")) for o, a in fields[2]), part, parts)
-    if fields[0] == 0:
-        return AnchorBatch(*fields[1:])
-    return SettlementBatch.of(fields[1], [Settlement(sid, energy, int.from_bytes(amount, "big"))
-                                          for sid, energy, amount in fields[2]])

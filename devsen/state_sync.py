@@ -4,7 +4,7 @@
     trusted = verify_offer(offer, ...)   certificate + chain links + app hash, see below
     app.offer_snapshot(snapshot, trusted.app_hash)
     ChunkFetcher(peers offering it).run(apply each chunk)         (hash-checked per chunk)
-    check_installed(app, trusted, ...)   the parts the app hash does not cover
+    check_installed(app, trusted, ...)   validator set and Ethereum block against our chain
 
 What is trusted, and why. A snapshot at height S is offered with the committed blocks
 S-1, S and S+1. Block S+1's header carries `app_state_hash`, the application hash after S.
@@ -19,20 +19,12 @@ trusted block from its operator). Blocks S-1 and S are tied to the certified S+1
 hashes (`prev_block_hash`). The restored ledger must hash to the certified app hash
 (`NodeApplication.apply_snapshot_chunk`).
 
-Known gap, stated precisely: the certified app hash is the LEDGER's state hash only. The
-snapshot's other parts are checked as follows after the restore (`check_installed`):
-- the validator set and epoch: equal to the ValidatorSet contract at block S's Ethereum
-  block (on our chain); `last_eth_block` equal to block S's certified app header;
-- the open anchor batch's blocks (height, time, event ids) and the batcher's next batch id
-  and height: NOT certified. A hostile peer could make a joiner close batch roots that no
-  validator signs (the joiner's own attestation then never reaches a quorum; no money
-  moves, the anchors of honest validators are unaffected) until the next batch boundary;
-- the attestation book (pending signatures, completed and re-opened quorums): NOT
-  certified. Every signature in it is checked again when it is counted or submitted (the
-  contracts verify quorums), so a forged entry cannot move money, but a joiner may miss an
-  honest validator's pending signature until that subject is re-signed.
-Closing the gap means hashing those parts into the app hash (a consensus change on every
-node): `FinalizeResult.app_hash = keccak(ledger hash || keccak(batcher, open blocks, book))`.
+The certified app hash covers the whole application state: the ledger and the state beside
+it (the validator set and epoch, `last_eth_block`, the anchor batcher and the open batch's
+blocks, the attestation book), `app_hash = keccak(ledger hash || beside-ledger digest)`
+(devsen/beside_ledger.py). A snapshot with any part doctored is refused before it is installed.
+`check_installed` still compares the validator set, epoch and Ethereum read block with our own
+chain (a second, independent check of what the certificate already binds).
 """
 
 from __future__ import annotations
@@ -184,8 +176,8 @@ def verify_offer(offer: Offer, domain: Domain, chain: ChainReads) -> TrustedSnap
 
 
 def check_installed(app: NodeApplication, trusted: TrustedSnapshot, chain: ChainReads) -> None:
-    """The restored parts the app hash does not cover that can be checked: validator set,
-    epoch and the Ethereum read block (raises StateSyncError)."""
+    """The restored validator set, epoch and Ethereum read block against our own chain (the app
+    hash binds them too; this names the mismatch) (raises StateSyncError)."""
     number, _, validators, _ = chain.validator_set(trusted.base.block.app_header, f"block {trusted.height}")
     if app.last_eth_block != number:
         raise StateSyncError(f"the snapshot's Ethereum block {app.last_eth_block} is not block "
@@ -260,12 +252,16 @@ async def _fetch_and_apply(app: NodeApplication, snapshot: Snapshot, peers: list
     """Resume from `store`, fetch the missing chunks, apply each; None once restored, else why not."""
     hashes = snapshot_chunk_hashes(snapshot)[1:]
     outcome: list[bool | None] = [None]
+    applying = trio.Lock()  # one chunk at a time into the application (the last one installs the state)
 
     async def take(index: int, chunk: bytes, save: bool = True) -> None:
         if save:
             store.save(index, chunk)
         report.bytes += len(chunk)
-        outcome[0] = await trio.to_thread.run_sync(app.apply_snapshot_chunk, index, chunk)
+        async with applying:
+            if outcome[0] is True:  # installed already: a late chunk changes nothing
+                return
+            outcome[0] = await trio.to_thread.run_sync(app.apply_snapshot_chunk, index, chunk)
 
     resumed = store.load(hashes)
     for index, chunk in resumed.items():

@@ -279,7 +279,8 @@ class ChunkFetcher:
                     continue
                 score.served += 1
                 self.have.add(index)
-                await on_chunk(index, chunk)
+                with trio.CancelScope(shield=True):  # the last chunk's apply ends the fetch: never cut it short
+                    await on_chunk(index, chunk)
                 wake.set()
                 wake = trio.Event()
 

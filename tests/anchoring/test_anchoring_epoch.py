@@ -249,7 +249,7 @@ async def test_replacing_two_of_four_while_work_is_pending_keeps_anchoring_and_s
     restarted = network.make_app(newcomer)
     restarted.snapshot_path = app.snapshot_path
     stored = {h: types.SimpleNamespace(block=b) for h, b in network.blocks.items()}
-    assert restarted.restore(11, stored.get) == (11, app.ledger.state_hash())
+    assert restarted.restore(11, stored.get) == (11, app.app_state_hash())
     assert restarted.book.export_state() == app.book.export_state()
     resigned = restarted.take_restored_outbound()
     assert {_key(cast("AnchorBatch | SettlementBatch", decode_attestation(p).subject)) for p in resigned} == {1, 2, SETTLED}

@@ -259,14 +259,16 @@ def test_snapshot_restore_then_replay_reaches_the_same_state(tmp_path: Path, mon
     a.snapshot_path = tmp_path / "snapshot.msgpack"
     stored = {}
     prev = ZERO_HASH
+    app_hash = ZERO_HASH  # each header certifies the app hash after the block before (as consensus does)
 
     def commit(shell: Any, height: Any, payloads: Any) -> Any:
-        nonlocal prev
-        b = Block(height, 1_700_000_000_000 + height * 1000, KEYS[0].address, prev, ZERO_HASH, payloads,
+        nonlocal prev, app_hash
+        b = Block(height, 1_700_000_000_000 + height * 1000, KEYS[0].address, prev, app_hash, payloads,
                   encode_app_header(5, (5).to_bytes(32, "big")))
         prev = b.hash
         stored[height] = types.SimpleNamespace(block=b)
-        return shell.finalize(b)
+        app_hash = shell.finalize(b)
+        return app_hash
 
     commit(shell_a, 1, (event("m1"), event("m2", "Heartbeat", {})))
     commit(shell_a, 2, ())  # closes batch 0; node a signs it
@@ -284,7 +286,7 @@ def test_snapshot_restore_then_replay_reaches_the_same_state(tmp_path: Path, mon
     resigned = b.take_restored_outbound()
     for height in (5, 6):
         shell_b.finalize(stored[height].block)
-    assert b.ledger.state_hash() == a.ledger.state_hash()
+    assert b.app_state_hash() == a.app_state_hash()
     assert b.book.export_state() == a.book.export_state()
     assert b.batcher.state == a.batcher.state and b.last_eth_block == a.last_eth_block
     assert sorted([*resigned, *shell_b.own]) == sorted(shell_a.own)  # open batches are signed again
@@ -351,7 +353,7 @@ def test_node_ingest_answers_from_the_commit_receipts_result(tmp_path: Path) -> 
 def test_finalize_is_total_for_a_committed_block_the_ledger_refuses(tmp_path: Path) -> None:
     app, shell = make_app(tmp_path)
     shell.finalize(block(app, 1, ()))
-    before = app.ledger.state_hash()
+    before = app.app_state_hash()
     stale = block(app, 1, (event("m1"),))  # height 1 again: the ledger refuses it
     result = app.finalize_block(stale, CERT, app.fetch_facts(1, stale.app_header, stale.payloads, committed=True))
     assert result.app_hash == before and [r.code for r in result.tx_results] == [3]

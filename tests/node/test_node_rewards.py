@@ -79,7 +79,8 @@ def test_an_attestation_for_other_payouts_does_not_count(tmp_path) -> None:  # t
 
 
 def test_reward_subjects_survive_the_app_snapshot_encoding() -> None:
-    from devsen.app import _subject_fields, _subject_from_fields
+    from devsen.beside_ledger import subject_fields as _subject_fields
+    from devsen.beside_ledger import subject_from_fields as _subject_from_fields
 
     subject = RewardSubject(9, ((b"\x01" * 20, 5), (b"\x02" * 20, 2**255)))
     assert _subject_from_fields(_subject_fields(subject)) == subject
@@ -102,7 +103,8 @@ def test_an_epoch_of_450_owners_is_signed_as_3_parts_and_a_foreign_split_does_no
 
 
 def test_reward_parts_survive_the_wire_and_snapshot_encodings() -> None:
-    from devsen.app import _subject_fields, _subject_from_fields
+    from devsen.beside_ledger import subject_fields as _subject_fields
+    from devsen.beside_ledger import subject_from_fields as _subject_from_fields
 
     subject = RewardSubject(9, ((b"\x01" * 20, 5),), 2, 3)
     assert _subject_from_fields(_subject_fields(subject)) == subject

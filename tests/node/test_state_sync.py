@@ -191,7 +191,7 @@ def test_join_over_libp2p_survives_a_tampering_and_a_stalling_peer(tmp_path: Pat
     assert "error" not in results, results
     trusted, report = results["joined"]
     assert trusted.height == 6 and report.height == 6
-    assert b.ledger.state_hash() == chain.blocks[6].block.app_state_hash == app_hash_after(chain, 6)
+    assert b.app_state_hash() == chain.blocks[6].block.app_state_hash == app_hash_after(chain, 6)
     assert b._last_block == (6, chain.blocks[5].block.hash) and b.last_eth_block == 5
     tamper_peer, silent_peer, stall_peer, honest_peer = (p.hex() for p in results["peers"])
     assert "does not hash" in report.peers[tamper_peer].banned  # penalised at once
@@ -221,16 +221,16 @@ def test_oversized_chunks_are_refused_and_the_peer_banned(tmp_path: Path) -> Non
     results = trio.run(lambda: _run_join(tmp_path, [oversized, honest], b, timeout_s=5.0))
     trusted, report = results["joined"]
     assert "oversized" in report.peers[results["peers"][0].hex()].banned
-    assert b.ledger.state_hash() == trusted.app_hash
+    assert b.app_state_hash() == trusted.app_hash
 
 
 def test_only_hostile_peers_leave_the_state_unchanged(tmp_path: Path) -> None:
     app, chain = serving(tmp_path)
     b = joiner(tmp_path)
-    before = b.ledger.state_hash()
+    before = b.app_state_hash()
     results = trio.run(lambda: _run_join(tmp_path, [Source(app, chain, tamper=True), "stall"], b, timeout_s=0.5))
     assert "every peer is banned" in str(results["error"])
-    assert b.ledger.state_hash() == before and b._last_block[0] == 0
+    assert b.app_state_hash() == before and b._last_block[0] == 0
 
 
 def _offer(app: NodeApplication, chain: CertifiedChain) -> Offer:
@@ -318,7 +318,7 @@ def test_fetch_resumes_from_chunks_on_disk(tmp_path: Path) -> None:
     results = trio.run(lambda: _run_join(tmp_path, [source], b))
     trusted, report = results["joined"]
     assert report.resumed_chunks == len(hashes) - 2 and source.chunk_requests == 2
-    assert b.ledger.state_hash() == trusted.app_hash and not store.path.exists()
+    assert b.app_state_hash() == trusted.app_hash and not store.path.exists()
 
 
 def test_fetcher_bounds_requests_per_peer_and_spreads_chunks() -> None:
@@ -412,7 +412,7 @@ def test_replica_opens_above_the_synced_snapshot_and_decides_the_next_block(tmp_
         fresh.snapshot_path = b.snapshot_path
         replica = Replica(KEYS[1], CONSENSUS, ValidatorSet.equal(VALIDATORS), tmp_path / "b" / "consensus", fresh,
                           durable=False)
-        assert replica.store.first_height() == 6 and fresh.ledger.state_hash() == trusted.app_hash
+        assert replica.store.first_height() == 6 and fresh.app_state_hash() == trusted.app_hash
         if attempt == 0:
             assert replica.height == 7 and replica.app_hash == trusted.app_hash and not list(replica.replay_heights())
             outputs = replica.handle_committed_block(chain.blocks[6])
