@@ -24,7 +24,8 @@ after a block carrying it is committed and applied. A full mempool raises
 A full node (`follower`) has no mempool that counts: `relay(payload)` hands a charger event
 it vouched for to a validator (p2p/relay.py, the validators in turn, again every
 RELAY_RESEND_S while it is not committed) and returns once the block carrying it is applied
-here by block sync. A validator takes relayed events like gossip (`_on_relayed`): events only,
+here by block sync. A validator takes relayed events like gossip (`_on_relayed`): events and
+command outcomes only (the outcomes of the commands the full node delivered to its chargers),
 a token bucket per relaying peer (1/8 of a gossip origin's rate) and one for all of them (1/4:
 relayed events gossiped on spend this validator's gossip budget at the others, so full nodes
 cannot crowd out its own events), admission, then its mempool under the vouching operator's own
@@ -92,6 +93,7 @@ from consensus.types import (
     WireError,
     decode_message,
 )
+from devsen.ledger.commands import OUTCOME_PAYLOAD_TAG
 from p2p.batching import BatchError
 from p2p.envelope import ValidatorDirectory, network_id_of
 from p2p.gossip import GossipOverloaded
@@ -125,6 +127,9 @@ RELAYS_IN_FLIGHT = 4  # a full node's concurrent relay requests (p2p/relay.py al
 RELAY_RESEND_S = 5.0  # an event relayed but not committed since is handed to the next validator
 RELAY_PEER_FRACTION = 8  # one full node's relayed events: 1/8 of a gossip origin's rate and burst
 RELAY_TOTAL_FRACTION = 4  # all full nodes' relayed events at one validator: 1/4 of them
+# What a full node may relay: its vouched charger events and the outcomes of the commands it
+# delivered to its chargers (both signed by its operator key; admission judges them).
+RELAYED_KINDS = frozenset({EVENT_PAYLOAD_FIRST_BYTE, OUTCOME_PAYLOAD_TAG})
 
 
 class ConsensusOverloaded(Exception):
@@ -503,8 +508,8 @@ class ConsensusService:
         budgeted: list[int] = []
         for index, payload in enumerate(payloads):
             digest = keccak256(payload)
-            if payload[0] != EVENT_PAYLOAD_FIRST_BYTE:
-                verdicts.append("only charger events are relayed")
+            if payload[0] not in RELAYED_KINDS:
+                verdicts.append("only charger events and command outcomes are relayed")
             elif digest in self.mempool or self.mempool.is_committed(digest):
                 verdicts.append(None)  # already here: the caller waits for its commit
             elif not self.relay_budget.take(peer, now):

@@ -56,7 +56,7 @@ def test_relayed_events_are_judged_like_gossip_and_pooled_under_the_operator(tmp
         verdicts = await service._on_relayed(FULL_PEER, [mine, theirs, b"\xa1not-an-event"])
         assert verdicts[0] is None
         assert verdicts[1] is not None and "nor a registered operator" in verdicts[1]
-        assert verdicts[2] == "only charger events are relayed"
+        assert verdicts[2] == "only charger events and command outcomes are relayed"
         assert service.mempool.usage("0x" + OPERATOR.address.hex())[0] == 1  # the operator's own share
         assert service.mempool.usage("0x" + FULL_PEER.hex())[0] == 0
         assert recovered_in and threading.main_thread().name not in recovered_in  # off the event loop
