@@ -46,6 +46,18 @@ RELAY_READ_TIMEOUT_S = 10.0
 RelayHandler = Callable[[bytes, list[bytes]], Awaitable[list[str | None]]]
 
 
+def relay_batch_length(sizes: list[int]) -> int:
+    """How many of the leading payloads (of these byte lengths) one request carries: at most
+    MAX_RELAY_PAYLOADS and MAX_RELAY_BYTES (each payload counted with its msgpack header); 0 if
+    the first alone is too large. The request frame stays under MAX_RELAY_FRAME_BYTES."""
+    total = 0
+    for count, size in enumerate(sizes[:MAX_RELAY_PAYLOADS]):
+        total += size + 5
+        if total > MAX_RELAY_BYTES:
+            return count
+    return min(len(sizes), MAX_RELAY_PAYLOADS)
+
+
 class RelayError(Exception):
     """A relay request failed: peer unreachable, refused, malformed or oversized answer."""
 
@@ -117,7 +129,7 @@ class RelayServer:
 async def relay_payloads(running: RunningHost, network_id: bytes, peer: bytes, payloads: list[bytes],
                          *, timeout_s: float = 10.0) -> list[str | None]:
     """Hand `payloads` to the validator at libp2p peer `peer`; its verdict per payload."""
-    assert 1 <= len(payloads) <= MAX_RELAY_PAYLOADS
+    assert 1 <= relay_batch_length([len(p) for p in payloads]) == len(payloads), "over the request bounds"
     stream: INetStream | None = None
     try:
         with trio.fail_after(timeout_s):
