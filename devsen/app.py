@@ -433,9 +433,11 @@ class NodeApplication:
         for command in parts.commands:
             problem = self.commands.command_check(command, self.ledger)
             return CheckResult(problem is None, problem or "", source="command:" + command.charger_id)
-        for outcome in parts.outcomes:
-            problem = self.commands.outcome_check(outcome, self.validators)
-            return CheckResult(problem is None, problem or "", source="outcome")
+        for outcome in parts.outcomes:  # pooled under its reporter's share (a validator's, an operator's)
+            problem = self.commands.outcome_check(outcome, self.validators, self.operators, self.ledger)
+            signer = self.commands.outcome_signer(outcome)
+            return CheckResult(problem is None, problem or "",
+                               source="0x" + signer.hex() if isinstance(signer, bytes) else "outcome")
         for event in parts.events:
             problem = self.vouches.problem(event, self.validators, self.operators)
             if problem is not None:
@@ -688,7 +690,7 @@ class NodeApplication:
                 return f"payment voucher for session 0x{voucher.session_id.hex()}: {exc}"
         if parts.commands or parts.outcomes:
             problem = self.commands.block_problem(parts.commands, parts.outcomes, facts.view(), block.timestamp_ms,
-                                                  self.ledger, self.validators)
+                                                  self.ledger, self.validators, facts.operators)
             if problem is not None:
                 return problem
         context = BlockContext(block.height, block.timestamp_ms, number, eth_hash)

@@ -12,8 +12,12 @@ Delivery of manager commands:
 - The charger's CALLRESULT ("result"), CALLERROR ("error"), no answer within the call timeout
   ("timeout"), or a command the node cannot deliver ("refused": the charger connected with
   another OCPP version, or the adapter refuses the payload) becomes a `CommandOutcome` signed
-  by this validator and submitted until committed; the ledger records the first outcome of a
+  by this node and submitted until committed; the ledger records the first outcome of a
   command, so every node reports the same one (`GET /v1/commands/{id}`).
+- A full node accepting chargers (a registered operator) delivers the same way, signs outcomes
+  with its operator key and relays them to a validator; it sends a charger nothing before the
+  ledger has applied an event of that connection vouched by it (`reports_for`), since the
+  validators take an operator's outcome only for a charger whose last event it vouched.
 - A connection lost before the charger answered records nothing: the command stays pending and
   is sent again when the charger connects, at whichever node, until it expires. An expired
   command is never sent (the node checks its clock, the ledger marks it "expired").
@@ -114,7 +118,8 @@ class CommandDelivery:
 
     def __init__(self, connections: ChargerConnections, pending_for: Callable[[str], Any],
                  pending_chargers: Callable[[], Any], submit_outcome: Callable[[bytes], None],
-                 key: SigningKey, outcome_domain: Domain, call_timeout_s: float = CALL_TIMEOUT_S) -> None:
+                 key: SigningKey, outcome_domain: Domain, call_timeout_s: float = CALL_TIMEOUT_S, *,
+                 reports_for: Callable[[str], bool] | None = None) -> None:
         self.connections = connections
         self._pending_for = pending_for
         self._pending_chargers = pending_chargers
@@ -122,6 +127,9 @@ class CommandDelivery:
         self.key = key
         self.domain = outcome_domain
         self.call_timeout_s = call_timeout_s
+        # None: this node may report outcomes for any charger (a validator); else for which ones (an
+        # operator full node: those whose last applied event it vouched; the others wait for that)
+        self._reports_for = reports_for
         self.sent = _Bounded()  # (command id, connection id)
         self.answered = _Bounded()  # command ids whose outcome this node submitted
         self._busy: set[str] = set()  # chargers with a command in flight
@@ -137,7 +145,8 @@ class CommandDelivery:
         due = []
         for charger_id in self._pending_chargers():
             connection = self.connections.connection_id(charger_id)
-            if connection is None or charger_id in self._busy:
+            if connection is None or charger_id in self._busy \
+                    or (self._reports_for is not None and not self._reports_for(charger_id)):
                 continue
             for command_id, record in self._pending_for(charger_id):
                 if command_id in self.answered or (command_id, connection) in self.sent \

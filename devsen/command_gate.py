@@ -3,7 +3,9 @@ block validity and the inputs of the ledger, kept out of devsen/app.py but for h
 
 - Mempool (`check`): a command that decodes, is well formed (schema of its action and version),
   recovers, is not expired, has a nonce the ledger has not seen used and, if this node knows the
-  device's manager, is signed by it. An outcome signed by a validator of the set.
+  device's manager, is signed by it. An outcome signed by a validator of the set, or by a
+  registered operator (a full node accepting chargers) for a charger whose last applied event
+  that operator vouched (`Ledger.charger_operator`): it reports only for chargers connected to it.
 - Proposal (`proposable`): an honest proposer includes a command only when it has read the
   device's manager (`managers`, filled from the HTTP submission's chain read, from every block's
   chain facts and by `read_unknown_managers` in propose_facts), so a gossiped forgery never makes
@@ -12,7 +14,9 @@ block validity and the inputs of the ledger, kept out of devsen/app.py but for h
 - Validity (`block_problem`, pure over the block, its chain facts and the ledger state before
   it): every command must be admissible (CommandBook.refusal at the block's time, its manager
   read at the block's agreed Ethereum block) and no two may share (charger, nonce); every
-  outcome must be signed by a validator. A block breaking either is refused.
+  outcome must be signed by a validator or an operator registered at the block's Ethereum block.
+  A block breaking either is refused. Whether an operator's outcome counts (it is the charger's
+  ingress) is the ledger's deterministic decision (a refusal in the payload's TxResult).
 """
 
 from __future__ import annotations
@@ -102,14 +106,28 @@ class CommandGate:
                     self.unknown.popitem(last=False)
         return problem
 
-    def outcome_check(self, outcome: CommandOutcome, validators: tuple[bytes, ...]) -> str | None:
+    def outcome_signer(self, outcome: CommandOutcome) -> bytes | str:
+        """The outcome's signer, or why its signature does not recover."""
         try:
-            signer = outcome.signer(self.outcome_domain)
+            return outcome.signer(self.outcome_domain)
         except CommandError as exc:
             return str(exc)
-        if signer not in validators:
-            return f"command outcome from non-validator 0x{signer.hex()}"
-        return None
+
+    def outcome_check(self, outcome: CommandOutcome, validators: tuple[bytes, ...],
+                      operators: frozenset[bytes] = frozenset(), ledger: Ledger | None = None) -> str | None:
+        """Mempool admission of an outcome: a validator's, or a registered operator's for a
+        charger it is the ingress of in `ledger` (the state before the next block)."""
+        signer = self.outcome_signer(outcome)
+        if isinstance(signer, str):
+            return signer
+        if signer in validators:
+            return None
+        if signer not in operators or ledger is None:
+            return f"command outcome from 0x{signer.hex()}, neither a validator nor a registered operator"
+        record = ledger.commands.get(outcome.command_id)
+        if record is None:
+            return f"no command 0x{outcome.command_id.hex()} is kept"
+        return ledger.outcome_reporter_problem(record.charger_id, signer)
 
     # ------------------------------------------------------------ proposing
 
@@ -127,7 +145,8 @@ class CommandGate:
     # ------------------------------------------------------------ validity (pure)
 
     def block_problem(self, commands: list[ChargerCommand], outcomes: list[CommandOutcome], view: ChainView,
-                      block_ms: int, ledger: Ledger, validators: tuple[bytes, ...]) -> str | None:
+                      block_ms: int, ledger: Ledger, validators: tuple[bytes, ...],
+                      operators: frozenset[bytes] = frozenset()) -> str | None:
         """Why a block carrying these commands and outcomes is invalid, or None."""
         if len(commands) > MAX_COMMANDS_PER_BLOCK:
             return f"{len(commands)} commands in one block, at most {MAX_COMMANDS_PER_BLOCK}"
@@ -147,7 +166,10 @@ class CommandGate:
                 return f"command for {command.charger_id}: {problem}"
             seen.add((command.charger_id, command.nonce))
         for outcome in outcomes:
-            problem = self.outcome_check(outcome, validators)
+            reporter = self.outcome_signer(outcome)
+            problem = reporter if isinstance(reporter, str) else None
+            if isinstance(reporter, bytes) and reporter not in validators and reporter not in operators:
+                problem = f"command outcome from 0x{reporter.hex()}, neither a validator nor a registered operator"
             if problem is not None:
                 return f"outcome of command 0x{outcome.command_id.hex()}: {problem}"
         return None

@@ -23,8 +23,10 @@ after a block carrying it is committed and applied. A full mempool raises
 
 A full node (`follower`) has no mempool that counts: `relay(payload)` hands a charger event
 it vouched for to a validator (p2p/relay.py, the validators in turn, again every
-RELAY_RESEND_S while it is not committed) and returns once the block carrying it is applied
-here by block sync. A validator takes relayed events like gossip (`_on_relayed`): events only,
+RELAY_RESEND_S while it is not committed; what waits is sent as one batch per request,
+`_relay_sender`) and returns once the block carrying it is applied
+here by block sync. A validator takes relayed events like gossip (`_on_relayed`): events and
+command outcomes only (the outcomes of the commands the full node delivered to its chargers),
 a token bucket per relaying peer (1/8 of a gossip origin's rate) and one for all of them (1/4:
 relayed events gossiped on spend this validator's gossip budget at the others, so full nodes
 cannot crowd out its own events), admission, then its mempool under the vouching operator's own
@@ -92,13 +94,14 @@ from consensus.types import (
     WireError,
     decode_message,
 )
+from devsen.ledger.commands import OUTCOME_PAYLOAD_TAG
 from p2p.batching import BatchError
 from p2p.envelope import ValidatorDirectory, network_id_of
 from p2p.gossip import GossipOverloaded
 from p2p.host import HostConfig
 from p2p.keys import NodeKeys
 from p2p.node import P2PConfig, P2PHandlers, P2PNode, open_p2p
-from p2p.relay import RelayError
+from p2p.relay import RelayError, relay_batch_length
 from p2p.sync import SyncError
 from primitives.eip712 import Domain
 from primitives.hashing import keccak256
@@ -122,9 +125,13 @@ OFF_LOOP_RECOVERY_MIN = 4
 # A full node's events waiting for their commit (`relay`): more are refused (ConsensusOverloaded).
 MAX_RELAY_WAITERS = 4096
 RELAYS_IN_FLIGHT = 4  # a full node's concurrent relay requests (p2p/relay.py allows 4 per peer)
+MAX_RELAY_QUEUE = 2 * 4096  # payloads waiting for a relay request (MAX_RELAY_WAITERS callers, and resends)
 RELAY_RESEND_S = 5.0  # an event relayed but not committed since is handed to the next validator
 RELAY_PEER_FRACTION = 8  # one full node's relayed events: 1/8 of a gossip origin's rate and burst
 RELAY_TOTAL_FRACTION = 4  # all full nodes' relayed events at one validator: 1/4 of them
+# What a full node may relay: its vouched charger events and the outcomes of the commands it
+# delivered to its chargers (both signed by its operator key; admission judges them).
+RELAYED_KINDS = frozenset({EVENT_PAYLOAD_FIRST_BYTE, OUTCOME_PAYLOAD_TAG})
 
 
 class ConsensusOverloaded(Exception):
@@ -313,6 +320,20 @@ class GossipBudget:
         return True
 
 
+@dataclass(eq=False)
+class _RelayItem:
+    """One payload waiting for a relay request (a full node): its fate once a batch carried it."""
+
+    payload: bytes
+    refusal: str | None = None
+    done: trio.Event = field(default_factory=trio.Event)
+
+    def finish(self, refusal: str | None) -> None:
+        if not self.done.is_set():
+            self.refusal = refusal
+            self.done.set()
+
+
 class ConsensusService:
     """Runs the Replica for one validator node (see the module docstring)."""
 
@@ -341,6 +362,8 @@ class ConsensusService:
         self._relay_turn = 0
         self._relay_failing = False  # one log line when relaying starts and stops failing
         self._relay_slots = trio.Semaphore(RELAYS_IN_FLIGHT)
+        self._relay_queue: deque[_RelayItem] = deque()  # sent in batches by `_relay_sender`
+        self._relay_wake = trio.Event()
         self._own_source = "0x" + keys.validator_address.hex()
         self.counters: Counter[str] = Counter()
         self.commit_listeners: list[CommitListener] = []
@@ -465,34 +488,80 @@ class ConsensusService:
         return waiter.receipt
 
     async def _relay_once(self, payload: bytes) -> str | None:
-        """Hand `payload` to the validators in turn until one takes it: None, else the last refusal."""
-        net = self._net
-        if net is None:
+        """Queue `payload` for the relay sender and wait for its fate: None once a validator took
+        it, else the last refusal (every validator refused it, or none answered)."""
+        if self._net is None or self._nursery is None:
             return "p2p is not running"
-        addresses = net.directory.addresses()
-        refusal = "no validator is known"
-        async with self._relay_slots:
+        if len(self._relay_queue) >= MAX_RELAY_QUEUE:
+            self.counters["relay_queue_full"] += 1
+            return f"{MAX_RELAY_QUEUE} payloads already wait to be relayed"
+        item = _RelayItem(payload)
+        self._relay_queue.append(item)
+        self._relay_wake.set()
+        await item.done.wait()
+        return item.refusal
+
+    async def _relay_sender(self) -> None:
+        """A full node: send what waits in the relay queue, as one batch per request (p2p/relay.py
+        bounds: MAX_RELAY_PAYLOADS payloads, MAX_RELAY_BYTES), RELAYS_IN_FLIGHT requests at a time.
+        While every slot is busy the queue grows, so the next request carries all that came meanwhile."""
+        async with trio.open_nursery() as nursery:
+            while True:
+                while not self._relay_queue:
+                    self._relay_wake = trio.Event()
+                    await self._relay_wake.wait()
+                await self._relay_slots.acquire()
+                count = relay_batch_length([len(i.payload) for i in self._relay_queue])
+                if count == 0:  # the first alone exceeds a request: no validator could take it
+                    self._relay_queue.popleft().finish("larger than a relay request may carry")
+                    self._relay_slots.release()
+                    continue
+                batch = [self._relay_queue.popleft() for _ in range(count)]
+                nursery.start_soon(self._relay_batch, batch)
+
+    async def _relay_batch(self, items: list[_RelayItem]) -> None:
+        """Hand `items` to the validators in turn, each asked for those the previous refused."""
+        net = self._net
+        refusal = "no validator is known" if net is not None else "p2p is not running"
+        try:
+            addresses = net.directory.addresses() if net is not None else ()
+            remaining = items
             for step in range(len(addresses)):
+                assert net is not None
                 address = addresses[(self._relay_turn + step) % len(addresses)]
                 try:
-                    verdict = (await net.relay(address, [payload]))[0]
+                    verdicts = await net.relay(address, [i.payload for i in remaining])
                 except RelayError as exc:
                     self.counters["relay_failed"] += 1
                     refusal = str(exc)
                     continue
-                if verdict is None:
+                self.counters["relay_requests"] += 1
+                left = []
+                for item, verdict in zip(remaining, verdicts, strict=True):
+                    if verdict is None:
+                        self.counters["relay_taken"] += 1
+                        item.finish(None)
+                    else:
+                        self.counters["relay_refused"] += 1
+                        item.refusal = f"0x{address.hex()}: {verdict}"
+                        left.append(item)
+                if len(left) < len(remaining):
                     self._relay_turn = (self._relay_turn + step + 1) % len(addresses)
-                    self.counters["relay_taken"] += 1
                     if self._relay_failing:
                         self._relay_failing = False
-                        logger.info("relaying events to validators works again (0x%s took one)", address.hex())
-                    return None
-                self.counters["relay_refused"] += 1
-                refusal = f"0x{address.hex()}: {verdict}"
-        if not self._relay_failing:
-            self._relay_failing = True
-            logger.warning("no validator takes this node's relayed events (%s); retrying", refusal)
-        return refusal
+                        logger.info("relaying to validators works again (0x%s took %d)", address.hex(),
+                                    len(remaining) - len(left))
+                remaining = left
+                if not remaining:
+                    return
+            if not self._relay_failing:
+                self._relay_failing = True
+                logger.warning("no validator takes this node's relayed payloads (%s); retrying",
+                               remaining[0].refusal or refusal)
+        finally:
+            for item in items:  # refused everywhere, or this task cancelled: the callers decide
+                item.finish(item.refusal or refusal)
+            self._relay_slots.release()
 
     async def _on_relayed(self, peer: bytes, payloads: list[bytes]) -> list[str | None]:
         """A full node's vouched events (p2p/relay.py): a verdict per payload, None if taken.
@@ -503,8 +572,8 @@ class ConsensusService:
         budgeted: list[int] = []
         for index, payload in enumerate(payloads):
             digest = keccak256(payload)
-            if payload[0] != EVENT_PAYLOAD_FIRST_BYTE:
-                verdicts.append("only charger events are relayed")
+            if payload[0] not in RELAYED_KINDS:
+                verdicts.append("only charger events and command outcomes are relayed")
             elif digest in self.mempool or self.mempool.is_committed(digest):
                 verdicts.append(None)  # already here: the caller waits for its commit
             elif not self.relay_budget.take(peer, now):
@@ -949,6 +1018,8 @@ class ConsensusService:
                 self._nursery = nursery
                 nursery.start_soon(self._drive)
                 nursery.start_soon(self._follow if self.config.follower else self._initial_sync)
+                if self.config.follower:
+                    nursery.start_soon(self._relay_sender)
                 self.ready.set()
                 task_status.started(net)
         finally:

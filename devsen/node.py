@@ -104,6 +104,8 @@ QUORUM_RETRY_S = 5.0
 ATTESTATION_RETRY_S = 2.0
 PEER_IDS_FULL_READ_S = 300.0  # the ValidatorSet's peer ids are read in full at least this often
 MAX_ATTESTATIONS_IN_FLIGHT = 64
+OPERATORS_RETRY_FIRST_S = 0.5  # the start-up read of the registered operators: backoff 0.5 s doubling to 30 s
+OPERATORS_RETRY_MAX_S = 30.0
 # what a full node answers to a write (its payloads would reach no proposer: gossip admits validators' only)
 FULL_NODE_SUBMIT = "this is a full (non-validator) node: it serves reads only; send writes to a validator"
 # the p2p message counters /v1/status shows (messages on the wire per committed event, in bench/compare.py)
@@ -173,7 +175,9 @@ class NodeIngest:
 
 
 class AttestationOutbox:
-    """This validator's own attestation payloads, submitted to consensus until committed."""
+    """This node's own payloads (a validator's attestations; command outcomes, from a validator or
+    an operator full node), submitted to consensus until committed: into the mempool on a
+    validator, by relay to a validator on a full node (`run(service, relay=True)`)."""
 
     def __init__(self) -> None:
         self.pending: OrderedDict[bytes, None] = OrderedDict()
@@ -185,7 +189,7 @@ class AttestationOutbox:
         if len(self.pending) >= MAX_OWN_ATTESTATIONS:
             self.pending.popitem(last=False)
             self.dropped += 1
-            log.error("own attestation outbox full: dropped the oldest (the chain is far behind)")
+            log.error("own payload outbox full: dropped the oldest (the chain is far behind)")
         self.pending[payload] = None
         self.wake.set()
 
@@ -193,19 +197,20 @@ class AttestationOutbox:
         """A payload is in a committed block: stop resubmitting it."""
         self.pending.pop(payload, None)
 
-    async def run(self, service: ConsensusService) -> None:
+    async def run(self, service: ConsensusService, *, relay: bool = False) -> None:
         """Submit pending payloads concurrently (bounded); retry after overload or timeouts."""
         in_flight: set[bytes] = set()
+        order = service.relay if relay else service.submit
 
         async def submit_one(payload: bytes) -> None:
             try:
-                await service.submit(payload, timeout_s=30.0)
+                await order(payload, timeout_s=30.0)
                 self.pending.pop(payload, None)
             except (AlreadyCommitted, ValueError) as exc:  # done long ago, or can never count now
-                log.info("own attestation dropped from the outbox: %s", exc)
+                log.info("own payload dropped from the outbox: %s", exc)
                 self.pending.pop(payload, None)
             except (ConsensusOverloaded, CommitTimeout) as exc:
-                log.warning("own attestation not committed yet (%s); retrying", exc)
+                log.warning("own payload not committed yet (%s); retrying", exc)
                 await trio.sleep(ATTESTATION_RETRY_S)
             finally:
                 in_flight.discard(payload)
@@ -371,6 +376,45 @@ def _operators(client: ChainClient) -> tuple[bytes, ...]:
         return ()
 
 
+async def read_operators(app: NodeApplication, read: Callable[[], tuple[bytes, ...]], operator: bytes | None = None,
+                         *, first_delay_s: float = OPERATORS_RETRY_FIRST_S,
+                         max_delay_s: float = OPERATORS_RETRY_MAX_S) -> None:
+    """The registered operators (ValidatorSet.operators()) read at start, in the background: the
+    node starts without them (admission of operators' events waits for this read or the first
+    block applied, which names its own), retrying with capped exponential backoff while the RPC
+    fails. One log line when the read starts failing and one when it succeeds after that.
+    `operator`: this full node's own key, warned about if it is not registered."""
+    delay = first_delay_s
+    failing = False
+    while True:
+        try:
+            operators = await trio.to_thread.run_sync(read, abandon_on_cancel=True)  # type: ignore[call-arg]
+        except Exception as exc:  # RPC down or hostile data: start anyway, retry later
+            if not failing:
+                log.warning("could not read the registered operators (%s); started without them, retrying in the "
+                            "background (operators' events are admitted once a read or a block names them)", exc)
+                failing = True
+            await trio.sleep(delay)
+            delay = min(max_delay_s, delay * 2)
+            continue
+        if failing:
+            log.info("read the registered operators after all: %d registered", len(operators))
+        if not app.operators:  # a block applied meanwhile named its own: that one is the agreed set
+            app.operators = frozenset(operators)
+        if operator is not None and operator not in operators:
+            log.warning("operator 0x%s is not registered on chain (ValidatorSet.operators()): its chargers' "
+                        "events are refused until it is; fix: `devsen stake register-operator` with this key",
+                        operator.hex())
+        return
+
+
+def start_operators_read(nursery: trio.Nursery, parts: NodeParts) -> None:
+    """Read the registered operators in the background (this node's own key checked if it is one)."""
+    operator = parts.keys.validator.address if parts.config.node.accept_chargers and \
+        parts.config.node.role == ROLE_FULL else None
+    nursery.start_soon(read_operators, parts.app, lambda: _operators(parts.client), operator)
+
+
 def build_node(config: NodeConfig) -> NodeParts:
     """Load keys and deployment, read the validator set from chain, construct every part."""
     if config.chain.rpc == "embedded":
@@ -378,6 +422,7 @@ def build_node(config: NodeConfig) -> NodeParts:
                           "fix: point nodes at a shared JSON-RPC chain, e.g. the devnet's anvil")
     full = config.node.role == ROLE_FULL
     operator = full and config.node.accept_chargers  # vouches with its own (operator) key
+    serves_chargers = operator or not full
     keys = load_identity(config.keys_dir) if full and not operator else load_keys(config.keys_dir)
     deployment = _load_deployment(config)
     data_dir = Path(config.node.data_dir)
@@ -398,14 +443,10 @@ def build_node(config: NodeConfig) -> NodeParts:
     validator_state = patiently("reading the validator set at startup", lambda: client.validator_set("latest"))
     addresses = [bytes.fromhex(v.address[2:]) for v in validator_state.validators]
     me = keys.validator.address
-    operators = patiently("reading the registered operators at startup", lambda: _operators(client))
+    # The registered operators are read in the background once the node serves (read_operators).
     if operator:
         log.info("role = full, accepting chargers: following the chain as peer %s, vouching as operator 0x%s",
                  keys.peer_id.to_base58(), me.hex())
-        if me not in operators:
-            log.warning("operator 0x%s is not registered on chain (ValidatorSet.operators()): its chargers' "
-                        "events are refused until it is; fix: `devsen stake register-operator` with this key",
-                        me.hex())
     elif full:
         log.info("role = full: following the chain as peer %s, never signing", keys.peer_id.to_base58())
     elif me not in addresses:
@@ -454,7 +495,7 @@ def build_node(config: NodeConfig) -> NodeParts:
     ledger = Ledger(params)
     app = NodeApplication(settings, access, ledger, AnchorIndex(data_dir / "anchors.sqlite"))
     app.snapshot_path = data_dir / "app_snapshot.msgpack"
-    app.operators = frozenset(operators)  # admission until the first block applied names its own
+    app.operators = frozenset()  # read_operators fills it, unless the first block applied names its own first
     host = HostConfig(listen=config.p2p.listen, bootstrap=tuple(config.p2p.bootstrap), max_peers=config.p2p.max_peers)
     if config.p2p.state_sync:  # an empty block store: restore a verified snapshot from peers first
         consensus_domain = deployment.domain("ValidatorSet")
@@ -469,9 +510,14 @@ def build_node(config: NodeConfig) -> NodeParts:
     on_validators: list[Callable[[ValidatorsChanged], None]] = []
     connections = ChargerConnections()
     stops = RemoteStops(connections)
+    # An operator (full node) delivers only to chargers whose last applied event it vouched: the
+    # only ones whose outcomes the validators take from it (Ledger.outcome_reporter_problem).
+    ingress_name = "0x" + me.hex()
     delivery = CommandDelivery(connections, lambda charger: app.ledger.commands.pending_for(charger),
                                lambda: app.ledger.commands.pending_chargers(), outbox.add, keys.validator,
-                               settings.anchor_domain, config.ocpp.call_timeout_s)
+                               settings.anchor_domain, config.ocpp.call_timeout_s,
+                               reports_for=(lambda charger: app.ledger.charger_operator(charger) == ingress_name)
+                               if full else None)
     route = FinalizeRouter(outbox, quorums, on_validators, stops.add, delivery.wake)
     timeouts = TimeoutConfig(
         propose_ms=config.consensus.timeout_propose_ms, propose_delta_ms=config.consensus.timeout_delta_ms,
@@ -514,8 +560,8 @@ def build_node(config: NodeConfig) -> NodeParts:
     for quorum in app.take_restored_quorums():  # the submitter ignores the ones it knows
         quorums.add(quorum)
     parts = NodeParts(config, keys, deployment, client, app, service, submitter, outbox, quorums,
-                      connections, time.time(), evidence, stops=None if full else stops,
-                      double_sign=None if full else double_sign, commands=None if full else delivery)
+                      connections, time.time(), evidence, stops=stops if serves_chargers else None,
+                      double_sign=None if full else double_sign, commands=delivery if serves_chargers else None)
     parts.metrics = node_metrics(parts)
     return parts
 
@@ -828,18 +874,14 @@ async def serve_node(parts: NodeParts, *, task_status: Any = trio.TASK_STATUS_IG
                               task_status=task_status)
         return
     async with trio.open_nursery() as nursery:
+        start_operators_read(nursery, parts)
         await nursery.start(parts.service.run)
-        nursery.start_soon(supervised, "attestation outbox", lambda: parts.outbox.run(parts.service))
         nursery.start_soon(supervised, "submitter", parts.submitter.run)
         nursery.start_soon(supervised, "quorum inbox", lambda: parts.quorums.run(parts.submitter))
         nursery.start_soon(supervised, "peer-id refresh", lambda: refresh_peer_bindings(parts))
         if parts.double_sign is not None:
             nursery.start_soon(supervised, "double-sign reporter", parts.double_sign.run)
-        if parts.stops is not None:
-            stops = parts.stops
-            nursery.start_soon(supervised, "voucher remote stops", lambda: stops.run())
-        if parts.commands is not None:
-            nursery.start_soon(supervised, "command delivery", parts.commands.run)
+        start_charger_side(nursery, parts)
         ocpp_port = await nursery.start(
             lambda task_status: serve_ocpp(ocpp_config, ingest, ChainChargerRegistry(parts.client),
                                            connections=parts.connections, task_status=task_status))
@@ -850,21 +892,38 @@ async def serve_node(parts: NodeParts, *, task_status: Any = trio.TASK_STATUS_IG
         task_status.started({"ocpp_port": ocpp_port, "http_port": http_port})
 
 
+def start_charger_side(nursery: trio.Nursery, parts: NodeParts) -> None:
+    """What every node serving chargers runs besides the OCPP endpoint, validator or operator
+    full node alike: the outbox of its own payloads (into the mempool, or relayed by a full node),
+    the delivery of the ledger's commands (manager commands, provisioning, remote starts) and the
+    voucher remote stops to the chargers connected here."""
+    relay = parts.config.node.role == ROLE_FULL
+    nursery.start_soon(supervised, "own payload outbox", lambda: parts.outbox.run(parts.service, relay=relay))
+    if parts.stops is not None:
+        stops = parts.stops
+        nursery.start_soon(supervised, "voucher remote stops", lambda: stops.run())
+    if parts.commands is not None:
+        nursery.start_soon(supervised, "command delivery", parts.commands.run)
+
+
 async def serve_full_node(parts: NodeParts, ocpp_config: OcppServerConfig | None = None,
                           ingest: NodeIngest | None = None, *,
                           task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-    """A full node: block sync and the read API. No attestation outbox, submitter, quorum inbox,
-    double-sign reporter or command delivery (it signs no consensus message). With `ocpp_config`
-    (`node.accept_chargers`) it also serves chargers: it authenticates them against the chain
-    like a validator, vouches for their events with its operator key, relays them to the
-    validators (ConsensusService.relay) and answers once the block carrying them is applied here.
-    Manager commands and remote starts are not delivered to its chargers (an outcome must be a
-    validator's signature): they reach a charger when it connects to a validator."""
+    """A full node: block sync and the read API. No submitter, quorum inbox or double-sign
+    reporter (it signs no consensus message). With `ocpp_config` (`node.accept_chargers`) it also
+    serves chargers: it authenticates them against the chain like a validator, vouches for their
+    events with its operator key, relays them to the validators (ConsensusService.relay) and
+    answers once the block carrying them is applied here. It delivers the ledger's commands
+    (manager commands, provisioning, remote starts) and voucher remote stops to its chargers like a
+    validator (`start_charger_side`), once the charger's last applied event is one it vouched; the
+    outcomes, signed by its operator key, are relayed to a validator."""
     config = parts.config
     async with trio.open_nursery() as nursery:
+        start_operators_read(nursery, parts)
         await nursery.start(parts.service.run)
         ocpp_port = None
         if ocpp_config is not None and ingest is not None:
+            start_charger_side(nursery, parts)
             ocpp_port = await nursery.start(
                 lambda task_status: serve_ocpp(ocpp_config, ingest, ChainChargerRegistry(parts.client),
                                                connections=parts.connections, task_status=task_status))

@@ -3,12 +3,18 @@
 A frame is `uvarint(len(body)) || body`. The decoder refuses a declared length above its
 bound before buffering the body, so a peer cannot make a node buffer more than
 `max_frame_bytes` (+ one read) per stream.
+
+The request/response protocols (p2p/relay.py, p2p/sync.py, p2p/snapshots.py: one stream per
+request, one framed request, one framed answer) share `framed_request` (client) and
+`read_request` (server), and `StreamSlots` for a server's concurrent streams.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+import trio
 from libp2p.network.stream.exceptions import StreamEOF
 
 MAX_VARINT_BYTES = 10
@@ -152,3 +158,50 @@ class StreamSlots:
             self._open[peer] = left
         else:
             self._open.pop(peer, None)
+
+
+class RequestFailed(Exception):
+    """One framed request/response exchange failed: `kind` is "timeout", "closed" (the peer ended
+    the stream without an answer) or "failed" (stream trouble, a frame above its bound, truncated)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class RequestStream(ReadableStream, ResettableStream, Protocol):
+    """A client's stream: written, read, reset."""
+
+    async def write(self, data: bytes) -> None: ...
+
+
+async def framed_request(open_stream: Callable[[], Awaitable[RequestStream]], request: bytes, *,
+                         max_request_bytes: int, max_answer_bytes: int, timeout_s: float) -> bytes:
+    """The client side of the request/response protocols (relay, sync, snapshots): open a stream,
+    write one frame, read one answer frame of at most `max_answer_bytes` (refused before it is
+    buffered), all within `timeout_s`; the stream is reset after. Raises RequestFailed."""
+    stream: RequestStream | None = None
+    try:
+        with trio.fail_after(timeout_s):
+            stream = await open_stream()
+            await stream.write(encode_frame(request, max_request_bytes))
+            wire = await FrameReader(stream, max_answer_bytes).read_frame()
+        if wire is None:
+            raise RequestFailed("closed", "the peer closed the stream without an answer")
+        return wire
+    except trio.TooSlowError as exc:
+        raise RequestFailed("timeout", f"no answer within {timeout_s:g} s") from exc
+    except RequestFailed:
+        raise
+    except Exception as exc:  # stream/connection failures, frames over their bound, truncated frames
+        raise RequestFailed("failed", f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        if stream is not None:
+            await reset_quietly(stream)
+
+
+async def read_request(stream: ReadableStream, max_request_bytes: int, timeout_s: float) -> bytes | None:
+    """The server side: the one request frame of a stream (None: it ended first), read within
+    `timeout_s` (trio.TooSlowError) and at most `max_request_bytes` (FrameError)."""
+    with trio.fail_after(timeout_s):
+        return await FrameReader(stream, max_request_bytes).read_frame()

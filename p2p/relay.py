@@ -22,12 +22,18 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgpack
-import trio
 from libp2p.abc import INetStream
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
-from p2p.framing import FrameReader, StreamSlots, encode_frame, reset_quietly
+from p2p.framing import (
+    RequestFailed,
+    StreamSlots,
+    encode_frame,
+    framed_request,
+    read_request,
+    reset_quietly,
+)
 from p2p.host import RunningHost
 
 logger = logging.getLogger(__name__)
@@ -44,6 +50,18 @@ RELAY_READ_TIMEOUT_S = 10.0
 
 # (peer id bytes, payloads) -> a verdict per payload: None if taken, else the reason
 RelayHandler = Callable[[bytes, list[bytes]], Awaitable[list[str | None]]]
+
+
+def relay_batch_length(sizes: list[int]) -> int:
+    """How many of the leading payloads (of these byte lengths) one request carries: at most
+    MAX_RELAY_PAYLOADS and MAX_RELAY_BYTES (each payload counted with its msgpack header); 0 if
+    the first alone is too large. The request frame stays under MAX_RELAY_FRAME_BYTES."""
+    total = 0
+    for count, size in enumerate(sizes[:MAX_RELAY_PAYLOADS]):
+        total += size + 5
+        if total > MAX_RELAY_BYTES:
+            return count
+    return min(len(sizes), MAX_RELAY_PAYLOADS)
 
 
 class RelayError(Exception):
@@ -90,8 +108,7 @@ class RelayServer:
             await reset_quietly(stream)
             return
         try:
-            with trio.fail_after(RELAY_READ_TIMEOUT_S):
-                wire = await FrameReader(stream, MAX_RELAY_FRAME_BYTES).read_frame()
+            wire = await read_request(stream, MAX_RELAY_FRAME_BYTES, RELAY_READ_TIMEOUT_S)
             if wire is None:
                 return
             payloads = decode_request(wire, self._network_id)
@@ -117,29 +134,20 @@ class RelayServer:
 async def relay_payloads(running: RunningHost, network_id: bytes, peer: bytes, payloads: list[bytes],
                          *, timeout_s: float = 10.0) -> list[str | None]:
     """Hand `payloads` to the validator at libp2p peer `peer`; its verdict per payload."""
-    assert 1 <= len(payloads) <= MAX_RELAY_PAYLOADS
-    stream: INetStream | None = None
+    assert 1 <= relay_batch_length([len(p) for p in payloads]) == len(payloads), "over the request bounds"
+    request = msgpack.packb([network_id, payloads], use_bin_type=True)
+    assert isinstance(request, bytes)
     try:
-        with trio.fail_after(timeout_s):
-            stream = await running.host.new_stream(ID(peer), [RELAY_PROTOCOL])
-            request = msgpack.packb([network_id, payloads], use_bin_type=True)
-            assert isinstance(request, bytes)
-            await stream.write(encode_frame(request, MAX_RELAY_FRAME_BYTES))
-            wire = await FrameReader(stream, MAX_ANSWER_FRAME_BYTES).read_frame()
-        if wire is None:
-            raise RelayError("the validator closed the relay stream without an answer")
+        wire = await framed_request(lambda: running.host.new_stream(ID(peer), [RELAY_PROTOCOL]), request,
+                                    max_request_bytes=MAX_RELAY_FRAME_BYTES, max_answer_bytes=MAX_ANSWER_FRAME_BYTES,
+                                    timeout_s=timeout_s)
         answer: Any = msgpack.unpackb(wire, raw=False)
-        if not (isinstance(answer, list) and len(answer) == 2 and answer[0] == "ok"
-                and isinstance(answer[1], list) and len(answer[1]) == len(payloads)
-                and all(v is None or isinstance(v, str) for v in answer[1])):
-            raise RelayError("malformed relay answer")
-        return [v if v is None else v[:MAX_REASON_CHARS] for v in answer[1]]
-    except trio.TooSlowError as exc:
-        raise RelayError(f"relay to {ID(peer)} timed out") from exc
-    except RelayError:
-        raise
-    except Exception as exc:  # stream/connection failures, garbage
-        raise RelayError(f"relay to {ID(peer)} failed: {exc}") from exc
-    finally:
-        if stream is not None:
-            await reset_quietly(stream)
+    except RequestFailed as exc:
+        raise RelayError(f"relay to {ID(peer)}: {exc}") from exc
+    except Exception as exc:  # msgpack garbage
+        raise RelayError(f"relay to {ID(peer)}: malformed answer: {exc}") from exc
+    if not (isinstance(answer, list) and len(answer) == 2 and answer[0] == "ok"
+            and isinstance(answer[1], list) and len(answer[1]) == len(payloads)
+            and all(v is None or isinstance(v, str) for v in answer[1])):
+        raise RelayError("malformed relay answer")
+    return [v if v is None else v[:MAX_REASON_CHARS] for v in answer[1]]

@@ -39,7 +39,14 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
 from consensus.abci import Snapshot
-from p2p.framing import FrameReader, encode_frame, reset_quietly
+from p2p.framing import (
+    RequestFailed,
+    StreamSlots,
+    encode_frame,
+    framed_request,
+    read_request,
+    reset_quietly,
+)
 from p2p.host import RunningHost
 from primitives.hashing import keccak256
 
@@ -89,7 +96,7 @@ class SnapshotServer:
         self._running = running
         self._network_id = network_id
         self._source = source
-        self._open: Counter[bytes] = Counter()
+        self._slots = StreamSlots(MAX_STREAMS_PER_PEER, MAX_STREAMS_TOTAL)
         self.served: Counter[str] = Counter()
         self.drops = running.drops
 
@@ -116,17 +123,16 @@ class SnapshotServer:
 
     async def _handle(self, stream: INetStream) -> None:
         peer = stream.muxed_conn.peer_id.to_bytes()
-        if self._open[peer] >= MAX_STREAMS_PER_PEER or sum(self._open.values()) >= MAX_STREAMS_TOTAL:
+        if self._slots.take(peer) is not None:
             self.drops.add("snapshots_in", "busy")
             await reset_quietly(stream)
             return
-        self._open[peer] += 1
         try:
+            wire = await read_request(stream, MAX_REQUEST_BYTES, REQUEST_TIMEOUT_S)
+            if wire is None:
+                return
+            body = self.answer(msgpack.unpackb(wire, raw=False))
             with trio.fail_after(REQUEST_TIMEOUT_S):
-                wire = await FrameReader(stream, MAX_REQUEST_BYTES).read_frame()
-                if wire is None:
-                    return
-                body = self.answer(msgpack.unpackb(wire, raw=False))
                 await stream.write(encode_frame(body, MAX_LIST_BYTES))
                 await stream.close()
         except Exception as exc:  # garbage, too slow, or the requester went away
@@ -134,30 +140,19 @@ class SnapshotServer:
             logger.debug("snapshot request from %s failed: %s", ID(peer), exc)
             await reset_quietly(stream)
         finally:
-            self._open[peer] -= 1
-            if self._open[peer] <= 0:
-                del self._open[peer]
+            self._slots.give_back(peer)
 
 
 async def _request(running: RunningHost, peer: bytes, request: list[Any], max_bytes: int, timeout_s: float) -> Any:
-    stream: INetStream | None = None
     try:
-        with trio.fail_after(timeout_s):
-            stream = await running.host.new_stream(ID(peer), [SNAPSHOT_PROTOCOL])
-            await stream.write(encode_frame(_pack(request), MAX_REQUEST_BYTES))
-            wire = await FrameReader(stream, max_bytes).read_frame()
-        if wire is None:
-            raise SnapshotFetchError("the peer closed the stream without an answer")
+        wire = await framed_request(lambda: running.host.new_stream(ID(peer), [SNAPSHOT_PROTOCOL]), _pack(request),
+                                    max_request_bytes=MAX_REQUEST_BYTES, max_answer_bytes=max_bytes,
+                                    timeout_s=timeout_s)
         return msgpack.unpackb(wire, raw=False)
-    except trio.TooSlowError as exc:
-        raise SnapshotFetchError(f"no answer from {ID(peer)} within {timeout_s:.0f} s") from exc
-    except SnapshotFetchError:
-        raise
-    except Exception as exc:  # stream failures, oversized frames, msgpack garbage
-        raise SnapshotFetchError(f"snapshot request to {ID(peer)} failed: {exc}") from exc
-    finally:
-        if stream is not None:
-            await reset_quietly(stream)
+    except RequestFailed as exc:
+        raise SnapshotFetchError(f"snapshot request to {ID(peer)}: {exc}") from exc
+    except Exception as exc:  # msgpack garbage
+        raise SnapshotFetchError(f"snapshot request to {ID(peer)}: malformed answer: {exc}") from exc
 
 
 async def list_offers(running: RunningHost, network_id: bytes, peer: bytes,

@@ -31,7 +31,14 @@ from p2p.envelope import (
     open_envelope,
     seal,
 )
-from p2p.framing import FrameReader, StreamSlots, encode_frame, reset_quietly
+from p2p.framing import (
+    RequestFailed,
+    StreamSlots,
+    encode_frame,
+    framed_request,
+    read_request,
+    reset_quietly,
+)
 from p2p.host import RunningHost
 from p2p.keys import NodeKeys
 
@@ -126,10 +133,10 @@ class BlockSyncServer:
         """Answer one request; `directory` None: an outsider, whose envelope must be signed by
         the key it names (bound to nothing: it asks for public, certified blocks only)."""
         try:
+            wire = await read_request(stream, MAX_REQUEST_BYTES + 256, 10)
+            if wire is None:
+                return
             with trio.fail_after(10):
-                wire = await FrameReader(stream, MAX_REQUEST_BYTES + 256).read_frame()
-                if wire is None:
-                    return
                 envelope = open_envelope(
                     wire,
                     network_id=self._network_id,
@@ -180,16 +187,13 @@ async def fetch_blocks(
     """Ask validator peer `peer` for records `from_height..to_height`; (its latest, records)."""
     if directory.address_of(peer) is None:
         raise SyncError("sync only from validators")
-    stream: INetStream | None = None
+    request = msgpack.packb([from_height, to_height], use_bin_type=True)
+    assert isinstance(request, bytes)
     try:
-        with trio.fail_after(timeout_s):
-            stream = await running.host.new_stream(ID(peer), [SYNC_PROTOCOL])
-            request = msgpack.packb([from_height, to_height], use_bin_type=True)
-            assert isinstance(request, bytes)
-            await stream.write(encode_frame(seal(keys.validator, network_id, MessageKind.SYNC_REQUEST, request), MAX_REQUEST_BYTES + 256))
-            wire = await FrameReader(stream, MAX_SYNC_FRAME_BYTES).read_frame()
-        if wire is None:
-            raise SyncError("peer closed the sync stream without an answer")
+        wire = await framed_request(lambda: running.host.new_stream(ID(peer), [SYNC_PROTOCOL]),
+                                    seal(keys.validator, network_id, MessageKind.SYNC_REQUEST, request),
+                                    max_request_bytes=MAX_REQUEST_BYTES + 256, max_answer_bytes=MAX_SYNC_FRAME_BYTES,
+                                    timeout_s=timeout_s)
         envelope = open_envelope(
             wire,
             network_id=network_id,
@@ -209,15 +213,12 @@ async def fetch_blocks(
         ):
             raise SyncError("malformed sync answer")
         return answer[0], answer[1]
+    except RequestFailed as exc:
+        raise SyncError(f"sync from {ID(peer)}: {exc}") from exc
     except EnvelopeDropped as exc:
         raise SyncError(f"sync answer refused: {exc}") from exc
-    except trio.TooSlowError as exc:
-        raise SyncError(f"sync from {ID(peer)} timed out") from exc
     except SyncError:
         raise
-    except Exception as exc:  # stream/connection failures
-        raise SyncError(f"sync from {ID(peer)} failed: {exc}") from exc
-    finally:
-        if stream is not None:
-            await reset_quietly(stream)
+    except Exception as exc:  # msgpack garbage
+        raise SyncError(f"sync from {ID(peer)}: malformed answer: {exc}") from exc
 

@@ -417,6 +417,9 @@ class Ledger:
         # Managers' provisioning profiles and the validators' OCPP endpoints (provisioning.py)
         self.provisioning = ProvisioningBook(self._next_seq)
         self.commands.ledger_action_refusal = self.provisioning.refusal
+        # charger -> the operator (non-validator ingress, 0x-hex) that vouched its last applied event;
+        # no entry when a validator vouched it. Only that operator may report its command outcomes.
+        self._operator_ingress: HashedTable[str, str] = HashedTable("operator_ingress")
 
     # ----------------------------------------------------------------- public API
 
@@ -473,7 +476,8 @@ class Ledger:
                          in zip(commands, command_refusals, strict=True)
                          if refusal is None and (record := self.commands.get(command_id)) is not None)
         admitted = self._apply_ledger_actions(admitted)
-        outcome_refusals = tuple(self.commands.record_outcome(o, reporter, ctx.height) for o, reporter in outcomes)
+        outcome_refusals = tuple(self._outcome_refusal(o, reporter) or self.commands.record_outcome(o, reporter, ctx.height)
+                                 for o, reporter in outcomes)
         admitted += self._issue_network_priorities(outcomes, outcome_refusals)
         settlements: list[SettlementOrder] = []
         self._close_before_refund(checked, settlements)
@@ -490,6 +494,45 @@ class Ledger:
         rewards = (closed,) if closed is not None else ()
         return BlockOutcome(ctx.height, results, tuple(settlements), self.state_hash(), refusals, stops, rewards,
                             command_refusals, outcome_refusals, admitted)
+
+    def charger_operator(self, charger_id: str) -> str | None:
+        """The operator (0x-hex) that vouched this charger's last applied event, or None when a
+        validator did (or the ledger has seen none through an operator)."""
+        return self._operator_ingress.get(charger_id)
+
+    def outcome_reporter_problem(self, charger_id: str, reporter: bytes) -> str | None:
+        """Why `reporter`, not a validator of the block, may not report a command outcome for
+        `charger_id`: only the operator the charger's last applied event came through may. Pure."""
+        name = "0x" + reporter.hex()
+        if self._operator_ingress.get(charger_id) != name:
+            return (f"outcome from 0x{reporter.hex()}, neither a validator nor the operator charger "
+                    f"{charger_id} is connected to (the ingress of its last event)")
+        return None
+
+    def _outcome_refusal(self, outcome: CommandOutcome, reporter: bytes) -> str | None:
+        """An operator's outcome counts only for a charger it is the ingress of (validators: any)."""
+        if self._validators is None or "0x" + reporter.hex() in self._validators:
+            return None
+        record = self.commands.get(outcome.command_id)
+        if record is None:
+            return None  # record_outcome names the problem
+        return self.outcome_reporter_problem(record.charger_id, reporter)
+
+    def _note_ingress(self, chain: _CheckedChain, event: ChargerEvent) -> None:
+        """Remember through which operator a registered charger's event came (or forget it: a
+        validator's). Bounded by `max_devices` (least recently noted forgotten first)."""
+        if self._validators is None or not event.ingress_node:
+            return
+        if event.ingress_node in self._validators:
+            if event.charger_id in self._operator_ingress:
+                self._operator_ingress.pop(event.charger_id)
+            return
+        device = chain.device(event.charger_id)
+        if device is None or not device.active:
+            return
+        self._operator_ingress.put(event.charger_id, event.ingress_node, to_end=True)
+        while len(self._operator_ingress) > self.params.max_devices:
+            self._operator_ingress.pop(self._operator_ingress.oldest())
 
     @staticmethod
     def device_manager(chain: ChainView, charger_id: str) -> bytes | None:
@@ -792,6 +835,8 @@ class Ledger:
             tables.extend((self.sites.members.digest(), self.sites.schedules.digest()))
         if extra >= 5:
             tables.extend(t.digest() for t in self.provisioning.tables())
+        if extra >= 6:
+            tables.append(self._operator_ingress.digest())
         return keccak256(state_bytes([SNAPSHOT_VERSION, self.params, self._counter_values(), tables]))
 
     def table_digests(self) -> dict[str, bytes]:
@@ -812,6 +857,8 @@ class Ledger:
             tables.append(self.sites.to_state())
         if extra >= 5:
             tables.append(self.provisioning.to_state())
+        if extra >= 6:
+            tables.append(self._operator_ingress.to_state())
         return state_bytes([SNAPSHOT_VERSION, self.params, self._counter_values(), tables])
 
     @classmethod
@@ -842,8 +889,8 @@ class Ledger:
             raise SnapshotError(f"snapshot version {version}, expected {SNAPSHOT_VERSION}")
         ledger = cls(LedgerParams(*params))
         ledger._c = _Counters(*counters)
-        if len(tables) not in (8, 9, 10, 11, 12, 13):
-            raise SnapshotError(f"{len(tables)} tables in the snapshot, expected 8 to 13")
+        if len(tables) not in (8, 9, 10, 11, 12, 13, 14):
+            raise SnapshotError(f"{len(tables)} tables in the snapshot, expected 8 to 14")
         devices, sessions, closed, pending, replies, anomalies, uptime, rewards = tables[:8]
         if len(tables) >= 9:
             ledger.vouchers.restore(tables[8])
@@ -853,8 +900,13 @@ class Ledger:
             ledger.reservations.restore(tables[10])
         if len(tables) >= 12:
             ledger.sites.restore(tables[11])
-        if len(tables) == 13:
+        if len(tables) >= 13:
             ledger.provisioning.restore(tables[12])
+        if len(tables) == 14:
+            for key, operator in tables[13]:
+                if not (isinstance(key, str) and isinstance(operator, str)):
+                    raise SnapshotError("operator ingress entries are (charger id, operator)")
+                ledger._operator_ingress.put(key, operator)
         for key, v in devices:
             values = list(v)
             values[8] = tuple(ConnectorStatus(*c) for c in v[8])
@@ -884,8 +936,10 @@ class Ledger:
 
     def _extra_tables(self) -> int:
         """How many of the later tables a snapshot carries: 0, 1 (vouchers), 2 (and commands),
-        3 (and consumed reservations), 4 (and sites) or 5 (and provisioning); each is present when it
-        or a later one is in use."""
+        3 (and consumed reservations), 4 (and sites), 5 (and provisioning) or 6 (and the chargers'
+        operator ingress); each is present when it or a later one is in use."""
+        if len(self._operator_ingress):
+            return 6
         if self.provisioning.in_use():
             return 5
         if self.sites.in_use():
@@ -951,6 +1005,7 @@ class Ledger:
                 error_code = "FormationViolation" if event.ocpp_version == "1.6" else "FormatViolation"
                 self._anomaly(step, MALFORMED, str(exc))
         self._c.events_applied += 1
+        self._note_ingress(chain, event)
         self._replies.put(key, StoredReply(self._next_seq(), self._c.height, reply, error_code))
         return EventResult(event.event_id, key, copy.deepcopy(reply), error_code, anomalies=tuple(step.anomalies))
 

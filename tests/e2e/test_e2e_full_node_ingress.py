@@ -8,7 +8,10 @@ event is applied at the full node, which relayed the events to the validators (i
 consensus link; `relay_taken` counts them). The stop event is vouched by the operator's key, is
 anchored, `devsen audit verify` accepts it through the full node, and the escrow session settles
 on chain at the signed energy; the proof's event names the operator as its ingress
-(attributable). Hostile side: a second full node, not registered, that relays its charger's
+(attributable). Then the ledger's commands reach a charger connected to the full node: a driver
+opens a session on chain, the ledger issues its remote start, the full node sends it (and the
+boot's provisioning commands), relays the outcome it signs with the operator key, and every node
+reports the same "accepted" outcome, reported by the operator. Hostile side: a second full node, not registered, that relays its charger's
 events anyway (tests/byzantine/behaviours/unregistered_operator.py): every validator refuses
 them (`relay_payload_refused`), the charger gets a CALLERROR, nothing is committed.
 """
@@ -26,6 +29,7 @@ from typing import Any
 import pytest
 import trio
 from e2e_devnet import full_node_beside, running_devnet
+from test_e2e_remote_start import remote_start_everywhere, start_for
 
 from anchoring.audit import audit_main
 from anchoring.chain import ChainClient, TransactionSender, connect
@@ -44,6 +48,8 @@ from devsen.devnet import (
     wait_until_serving,
 )
 from devsen.http_api import http_get
+from devsen.ledger import session_token
+from devsen.wallet import open_prepaid_session
 from ocpp_adapter.events import ChargerEvent
 
 NODES = 4
@@ -156,11 +162,38 @@ async def test_a_full_node_relays_a_chargers_whole_session_which_settles_and_aud
             "settled_energy_wh": session.energy_wh, "settled_amount_base_units": session.settled_amount,
             "test_s": round(time.perf_counter() - begun, 1),
             "audit_verify": "VALID",
+            "remote_start_s": round(await _remote_start_through(full, nodes, driver, operator), 1),
+            "remote_start_note": "from the session's opening on chain to its Accepted outcome at every node; the charger sends "
+                                 "nothing meanwhile, so the block issuing the start is the idle block (30 s)",
+            "events_relayed_note": "charger events and the outcomes of the commands the full node delivered "
+                                   "(remote start, provisioning)",
         }, indent=1, sort_keys=True) + "\n")
         assert "Traceback" not in full.log_path.read_text()
     finally:
         stop_process(full.process)
         print(f"--- {full.log_path} (tail) ---\n" + full.log_path.read_text()[-3000:])
+
+
+async def _remote_start_through(full: DevnetNode, nodes: list[Any], driver: ChainClient, operator: bytes) -> float:
+    """A remote start delivered by the full node, its outcome committed; seconds it took."""
+    async with connect_demo_charger(full.ocpp_url, DEMO_CHARGER, DEMO_PASSWORD, demo_meter_key()) as charger:
+        assert (await charger.boot(connector=2))["status"] == "Accepted"
+        began = time.perf_counter()
+        session_id = await trio.to_thread.run_sync(open_prepaid_session, driver, DEMO_CHARGER, 2, DEMO_ID_TAG,
+                                                   5 * 10**6)
+        request = await start_for(charger, session_token(session_id))
+        assert request == {"connectorId": 2, "idTag": session_token(session_id)}
+        doc = await remote_start_everywhere([*nodes, full], session_id, "accepted")
+        took = time.perf_counter() - began
+    status, command = await _get(f"{nodes[0].http_url}/v1/commands/{doc['command_id']}")
+    assert status == 200 and command["status"] == "result", command
+    assert command["reported_by"] == "0x" + operator.hex()  # the operator's signed outcome, relayed
+    log = full.log_path.read_text()
+    assert f"command {doc['command_id']}: RemoteStartTransaction 1.6 at {DEMO_CHARGER}: Accepted" in log
+    mine = await _status(full.http_url)
+    print(f"remote start through the full node: {took:.1f} s from the opening to the committed outcome; "
+          f"relay counters {({k: v for k, v in mine['consensus'].items() if k.startswith('relay')})}")
+    return took
 
 
 async def test_an_unregistered_full_node_relaying_anyway_is_refused_by_every_validator(devnet: Any) -> None:

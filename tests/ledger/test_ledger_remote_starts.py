@@ -175,6 +175,6 @@ def test_hostile_a_forged_outcome_of_a_remote_start_is_refused_before_any_block(
     assert gate.outcome_check(sign_outcome(VALIDATOR, ANCHOR, command_id, "result", {"status": "Rejected"}),
                               validators) is None
     forged = sign_outcome(hostile, ANCHOR, command_id, "result", {"status": "Accepted"})
-    assert "non-validator" in str(gate.outcome_check(forged, validators))
+    assert "neither a validator nor a registered operator" in str(gate.outcome_check(forged, validators))
     other_domain = sign_outcome(VALIDATOR, Domain(1, b"\xa0" * 20), command_id, "result", {"status": "Accepted"})
-    assert "non-validator" in str(gate.outcome_check(other_domain, validators))
+    assert "neither a validator nor a registered operator" in str(gate.outcome_check(other_domain, validators))

@@ -99,6 +99,33 @@ async def test_delivery_sends_once_per_connection_resends_after_a_lost_connectio
     assert len(connections.calls) == 2  # answered once: never re-sent by this node
 
 
+async def test_an_operator_delivers_only_to_chargers_whose_last_event_it_vouched() -> None:
+    """A full node's delivery (`reports_for`): a charger connected here whose last applied event
+    came through another node gets nothing yet (its outcome would be refused); once the ledger
+    says this operator is its ingress, the command is sent."""
+    connections = Connections()
+    pending: dict[str, list[tuple[bytes, CommandRecord]]] = {"CP-1": [(b"\x01" * 32, record("Reset", {"type": "Soft"}))]}
+    submitted: list[bytes] = []
+    ingress = {"CP-1": "0x" + "ab" * 20}  # another operator, as far as the ledger knows
+    mine = "0x" + KEY.address.hex()
+    delivery = CommandDelivery(connections, lambda c: pending.get(c, []), lambda: list(pending),  # type: ignore[arg-type]
+                               submitted.append, KEY, ANCHOR, call_timeout_s=1.0,
+                               reports_for=lambda c: ingress.get(c) == mine)
+    connections.live = {"CP-1": ("1.6", b"conn-1")}
+
+    async def run_for(seconds: float) -> None:
+        with trio.move_on_after(seconds):
+            await delivery.run()
+
+    await run_for(0.3)
+    assert connections.calls == [] and submitted == []
+    ingress["CP-1"] = mine  # its BootNotification through this node is applied
+    await run_for(1.3)
+    assert [(c, a) for c, a, _ in connections.calls] == [("CP-1", "Reset")]
+    outcome = decode_outcome(submitted[0])
+    assert outcome.kind == "result" and outcome.signer(ANCHOR) == KEY.address
+
+
 @pytest.mark.parametrize("version", ["1.6", "2.0.1"])
 @pytest.mark.parametrize("argv", [
     ["config", "get", "CP"], ["config", "get", "CP", "OCPPCommCtrlr/HeartbeatInterval"],

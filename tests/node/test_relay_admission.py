@@ -22,7 +22,7 @@ from consensus.types import ValidatorSet
 from devsen.consensus_service import ConsensusService, GossipBudget, ServiceConfig
 from p2p.envelope import ValidatorDirectory
 from p2p.keys import init_keys
-from p2p.relay import MAX_RELAY_PAYLOADS, decode_request
+from p2p.relay import MAX_RELAY_BYTES, MAX_RELAY_PAYLOADS, decode_request, relay_batch_length
 from primitives.eip712 import Domain
 
 NETWORK = b"\x4e" * 32
@@ -56,7 +56,7 @@ def test_relayed_events_are_judged_like_gossip_and_pooled_under_the_operator(tmp
         verdicts = await service._on_relayed(FULL_PEER, [mine, theirs, b"\xa1not-an-event"])
         assert verdicts[0] is None
         assert verdicts[1] is not None and "nor a registered operator" in verdicts[1]
-        assert verdicts[2] == "only charger events are relayed"
+        assert verdicts[2] == "only charger events and command outcomes are relayed"
         assert service.mempool.usage("0x" + OPERATOR.address.hex())[0] == 1  # the operator's own share
         assert service.mempool.usage("0x" + FULL_PEER.hex())[0] == 0
         assert recovered_in and threading.main_thread().name not in recovered_in  # off the event loop
@@ -110,3 +110,50 @@ def test_a_full_node_not_registered_as_an_operator_does_not_relay(tmp_path: Path
             await service.relay(vouched(OPERATOR, "x1"), timeout_s=1)
 
     trio.run(main)
+
+
+class _BatchingNet:
+    """The validators behind a stand-in p2p: each refuses payloads starting b"bad"; a request takes 50 ms."""
+
+    def __init__(self, directory: ValidatorDirectory) -> None:
+        self.requests: list[tuple[bytes, int]] = []
+        self.directory = directory
+
+    async def relay(self, address: bytes, payloads: list[bytes]) -> list[str | None]:
+        self.requests.append((address, len(payloads)))
+        await trio.sleep(0.05)
+        return ["refused: bad" if p.startswith(b"bad") else None for p in payloads]
+
+
+def test_a_full_node_relays_what_waits_in_batches_with_a_verdict_per_payload(tmp_path: Path) -> None:
+    service, _ = _service(tmp_path, follower=True)
+    net = _BatchingNet(service.config.directory)
+    fates: dict[bytes, str | None] = {}
+
+    async def one(payload: bytes) -> None:
+        fates[payload] = await service._relay_once(payload)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            service._net, service._nursery = cast(Any, net), nursery
+            nursery.start_soon(service._relay_sender)
+            async with trio.open_nursery() as callers:
+                for i in range(150):
+                    callers.start_soon(one, (b"bad-%d" if i == 7 else b"\x9aev-%d") % i)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert len(fates) == 150 and sum(f is None for f in fates.values()) == 149
+    assert "refused: bad" in str(fates[b"bad-7"])  # one bad payload sinks only itself
+    sizes = [n for _, n in net.requests]
+    print(f"relay requests for 150 payloads (sizes): {sizes}")
+    assert max(sizes) == MAX_RELAY_PAYLOADS and len(sizes) <= 8, sizes  # batches, not 150 requests
+    assert len({a for a, _ in net.requests}) >= 2  # the refused one was asked of other validators
+    assert service.counters["relay_taken"] == 149 and service.counters["relay_requests"] == len(sizes)
+
+
+def test_relay_batches_are_bounded_by_count_and_bytes() -> None:
+    assert relay_batch_length([10] * 100) == MAX_RELAY_PAYLOADS
+    assert relay_batch_length([MAX_RELAY_BYTES // 2] * 3) == 1  # the second would pass the byte bound
+    assert relay_batch_length([MAX_RELAY_BYTES]) == 0  # too large alone: refused, never sent
+    assert relay_batch_length([]) == 0

@@ -9,6 +9,7 @@ from typing import Any
 
 import msgpack
 import pytest
+import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -24,7 +25,15 @@ from p2p.envelope import (
     open_envelope,
     seal,
 )
-from p2p.framing import FrameDecoder, FrameError, encode_frame, encode_uvarint
+from p2p.framing import (
+    FrameDecoder,
+    FrameError,
+    RequestFailed,
+    encode_frame,
+    encode_uvarint,
+    framed_request,
+    read_request,
+)
 from p2p.keys import (
     LIBP2P_KEY_FILE,
     VALIDATOR_KEY_FILE,
@@ -225,3 +234,67 @@ def test_sync_serves_outsiders_only_under_their_own_key_and_bounded_per_peer() -
     assert all(server._admit_outsider(p) for p in others)
     assert not server._admit_outsider(b"peer-one-too-many")
     assert Running.drops.snapshot() == {"sync_in/outsider_busy": 1, "sync_in/outsiders_full": 1}
+
+
+class _FakeStream:
+    """A stream whose peer sends `incoming` (then ends, or stalls if `stall`)."""
+
+    def __init__(self, incoming: bytes, stall: bool = False) -> None:
+        self.incoming, self.stall = incoming, stall
+        self.written = b""
+        self.was_reset = False
+
+    async def write(self, data: bytes) -> None:
+        self.written += data
+
+    async def read(self, n: int | None = None) -> bytes:
+        if not self.incoming and self.stall:
+            await trio.sleep_forever()
+        chunk, self.incoming = self.incoming[: n or 1], self.incoming[n or 1:]
+        return chunk
+
+    async def reset(self) -> None:
+        self.was_reset = True
+
+
+def test_framed_request_refuses_oversize_truncated_and_missing_answers() -> None:
+    async def ask(stream: _FakeStream, request: bytes = b"req", timeout_s: float = 1.0) -> bytes:
+        async def open_stream() -> _FakeStream:
+            return stream
+
+        return await framed_request(open_stream, request, max_request_bytes=16, max_answer_bytes=100,
+                                    timeout_s=timeout_s)
+
+    async def main() -> None:
+        good = _FakeStream(encode_frame(b"answer", 100))
+        assert await ask(good) == b"answer" and good.written == encode_frame(b"req", 16) and good.was_reset
+        cases = [
+            (_FakeStream(encode_uvarint(101) + b"x" * 101), "failed", "101-byte frame"),  # oversize answer
+            (_FakeStream(encode_frame(b"x" * 50, 100)[:20]), "failed", "inside a frame"),  # truncated answer
+            (_FakeStream(b""), "closed", "without an answer"),
+            (_FakeStream(b"", stall=True), "timeout", "no answer within"),
+        ]
+        for stream, kind, text in cases:
+            with pytest.raises(RequestFailed, match=text) as failed:
+                await ask(stream, timeout_s=0.2)
+            assert failed.value.kind == kind and stream.was_reset
+        oversize_request = _FakeStream(encode_frame(b"answer", 100))
+        with pytest.raises(RequestFailed, match="exceeds the bound"):
+            await ask(oversize_request, b"r" * 17)
+        assert oversize_request.written == b""  # refused before anything was sent
+
+    trio.run(main)
+
+
+def test_read_request_refuses_oversize_and_truncated_frames_and_slow_peers() -> None:
+    async def main() -> None:
+        assert await read_request(_FakeStream(encode_frame(b"hello", 8)), 8, 1.0) == b"hello"
+        assert await read_request(_FakeStream(b""), 8, 1.0) is None  # ended before a frame
+        with pytest.raises(FrameError, match="9-byte frame"):
+            await read_request(_FakeStream(encode_uvarint(9) + b"y" * 9), 8, 1.0)
+        with pytest.raises(FrameError, match="inside a frame"):
+            await read_request(_FakeStream(encode_frame(b"hello", 8)[:3]), 8, 1.0)
+        with pytest.raises(trio.TooSlowError):
+            await read_request(_FakeStream(encode_frame(b"hello", 8)[:3], stall=True), 8, 0.1)
+
+    trio.run(main)
