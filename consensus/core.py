@@ -96,7 +96,15 @@ class Timeout:
 
 @dataclass(frozen=True, slots=True)
 class TimeoutConfig:
-    """Timer durations in ms; the paper's timeouts grow linearly with the round."""
+    """Timer durations in ms; the paper's timeouts grow linearly with the round.
+
+    They also grow with the block (issue 16): every node validates a block (valid(v), the
+    application's checks of each payload) before it prevotes, and the proposer builds it first,
+    so a block of many payloads needs longer than an empty one. `size_grace(n)` =
+    `per_payload_ms` for each payload beyond `free_payloads`, at most `size_cap_ms`; a block of
+    at most `free_payloads` keeps the plain timeouts. Liveness only: how long a node waits never
+    changes what it may sign.
+    """
 
     propose_ms: int = 3000
     propose_delta_ms: int = 500
@@ -106,16 +114,24 @@ class TimeoutConfig:
     precommit_delta_ms: int = 500
     retransmit_ms: int = 2000
     max_ms: int = 120_000
+    per_payload_ms: int = 2
+    free_payloads: int = 64
+    size_cap_ms: int = 10_000
 
-    def duration(self, kind: TimeoutKind, round: int) -> int:
-        """Duration of `kind` in `round` (bounded by max_ms)."""
+    def duration(self, kind: TimeoutKind, round: int, payloads: int = 0) -> int:
+        """Duration of `kind` in `round` for a block of `payloads` (bounded by max_ms)."""
         base, delta = {
             TimeoutKind.PROPOSE: (self.propose_ms, self.propose_delta_ms),
             TimeoutKind.PREVOTE: (self.prevote_ms, self.prevote_delta_ms),
             TimeoutKind.PRECOMMIT: (self.precommit_ms, self.precommit_delta_ms),
             TimeoutKind.RETRANSMIT: (self.retransmit_ms, 0),
         }[kind]
-        return min(self.max_ms, base + delta * round)
+        grace = 0 if kind == TimeoutKind.RETRANSMIT else self.size_grace(payloads)
+        return min(self.max_ms, base + delta * round + grace)
+
+    def size_grace(self, payloads: int) -> int:
+        """Extra ms a block of `payloads` gets: 0 up to free_payloads, then linear, capped."""
+        return max(0, min(self.size_cap_ms, self.per_payload_ms * (payloads - self.free_payloads)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,6 +312,7 @@ class _HeightState:
     own_proposals: dict[int, Proposal] = field(default_factory=dict)
     evidence_seen: set[tuple[bytes, int, int]] = field(default_factory=set)
     awaiting_content: int | None = None
+    propose_extended: set[int] = field(default_factory=set)  # rounds whose propose timer got the size grace
     ahead_power: dict[bytes, int] = field(default_factory=dict)  # validators seen at later heights
     catch_up_peer: Peer | None = None
     catch_up_requested: bool = False
@@ -342,6 +359,7 @@ class ConsensusCore:
         self.valid_round = -1
         self.prev_block_hash = prev_block_hash
         self.prev_timestamp_ms = prev_timestamp_ms
+        self.prev_payloads = 0  # payloads of the last block decided here (0 after a restart)
         self.started = False
         self._state = _HeightState()
         self._future: OrderedDict[tuple[object, ...], Proposal | Vote] = OrderedDict()
@@ -437,7 +455,7 @@ class ConsensusCore:
             return out
         if timeout.kind == TimeoutKind.PROPOSE:
             # L57-L60
-            if timeout.round == self.round and self.step == Step.PROPOSE:
+            if timeout.round == self.round and self.step == Step.PROPOSE and not self._extend_propose(out):
                 self._vote(VoteType.PREVOTE, ZERO_HASH, out)
                 self.step = Step.PREVOTE
         elif timeout.kind == TimeoutKind.PREVOTE:
@@ -748,7 +766,34 @@ class ConsensusCore:
 
     def _schedule(self, kind: TimeoutKind, out: list[Output], round: int | None = None) -> None:
         r = self.round if round is None else round
-        out.append(ScheduleTimeout(Timeout(self.height, r, kind), self.timeouts.duration(kind, r)))
+        out.append(ScheduleTimeout(Timeout(self.height, r, kind),
+                                   self.timeouts.duration(kind, r, self._expected_payloads(kind, r))))
+
+    def _expected_payloads(self, kind: TimeoutKind, round: int) -> int:
+        """The block size a timer of `round` waits for: the round's proposal once it is in (the
+        others still validate it), else, for the propose timer, the last decided block (under a
+        backlog the proposer builds one as large, and that takes as long)."""
+        proposals = self._state.proposals.get(round)
+        if proposals:
+            return len(proposals[0].block.payloads)
+        return self.prev_payloads if kind == TimeoutKind.PROPOSE else 0
+
+    def _extend_propose(self, out: list[Output]) -> bool:
+        """The propose timer fired while the round's proposal is still being validated: wait
+        once more, the size grace of that block (L57 then fires at the second expiry)."""
+        state = self._state
+        proposals = state.proposals.get(self.round)
+        if not proposals or self.round in state.propose_extended:
+            return False
+        block = proposals[0].block
+        if block.hash in state.verdicts or block.hash not in state.validation_requested:
+            return False
+        grace = self.timeouts.size_grace(len(block.payloads))
+        if grace <= 0:
+            return False
+        state.propose_extended.add(self.round)
+        out.append(ScheduleTimeout(Timeout(self.height, self.round, TimeoutKind.PROPOSE), grace))
+        return True
 
     def _is_validator(self) -> bool:
         return self.address in self.validators
@@ -825,6 +870,7 @@ class ConsensusCore:
         self.height += 1  # L52
         self.prev_block_hash = block.hash
         self.prev_timestamp_ms = block.timestamp_ms
+        self.prev_payloads = len(block.payloads)
         self.locked_hash, self.locked_round = None, -1  # L53
         self.valid_block, self.valid_round = None, -1
         self._state = _HeightState()

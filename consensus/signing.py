@@ -21,6 +21,8 @@ CHARGER_COMMAND_TYPE = ("ChargerCommand(string chargeBoxId,string ocppVersion,st
 # A validator's report of what the charger answered to a command (bodyHash: keccak-256 of its JSON text).
 COMMAND_OUTCOME_TYPE = "CommandOutcome(bytes32 commandId,string kind,bytes32 bodyHash)"
 VALIDATOR_SET_UPDATE_TYPE = "ValidatorSetUpdate(uint64 epoch,bytes32 validatorsHash)"
+# The current set (epoch) removes and bars a network operator (ValidatorSet.removeOperator).
+OPERATOR_REMOVAL_TYPE = "OperatorRemoval(uint64 epoch,address operator)"
 PAYMENT_VOUCHER_TYPE = "PaymentVoucher(bytes32 sessionId,uint256 cumulativeAmount)"
 
 

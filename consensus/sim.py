@@ -194,6 +194,13 @@ class SimConfig:
     hold_prevote_rate: float = 0.6  # prevotes to one node per height held back (it misses polkas)
     split_rate: float = 0.9  # chance that a height before GST gets a lock split (`_plan_split`)
     faulty_core: str = ""  # one of FAULTY_CORES: every honest node runs that bug (must be caught)
+    # The application's cost per payload, in ticks (issue 16): a validator's verdict on a
+    # proposed block (valid(v)) comes `apply_ticks_per_payload` x its payloads after the
+    # ValidateBlock; the proposer's block (prepare_proposal) `build_ticks_per_payload` x its
+    # payloads after RequestProposal.
+    apply_ticks_per_payload: float = 0.0
+    build_ticks_per_payload: float = 0.0
+    timeouts: TimeoutConfig | None = None  # None: SIM_TIMEOUTS
 
 
 @dataclass
@@ -489,7 +496,8 @@ class Simulation:
         node.crash_countdown = None
         node.pending_content = None
         node.app = SimApp(self.submitted, node.honest, self._epoch_change(), self.config.heartbeat_ticks)
-        replica = Replica(node.key, SIM_DOMAIN, self.genesis, "", node.app, timeouts=SIM_TIMEOUTS,
+        replica = Replica(node.key, SIM_DOMAIN, self.genesis, "", node.app,
+                          timeouts=self.config.timeouts or SIM_TIMEOUTS,
                           durable=False, max_payloads=self.config.batch,
                           fault_hook=self._fault_hook(node), wal_path=node.wal_uri,
                           store_path=node.store_uri, core_class=self._core_class(node))
@@ -563,6 +571,14 @@ class Simulation:
             node = self.nodes[index]
             if node.up and node.incarnation == incarnation and node.pending_content:
                 self._answer_content(node)
+        elif kind in ("validated", "built"):
+            index, incarnation, *rest = data
+            node = self.nodes[index]
+            if node.up and node.incarnation == incarnation:
+                if kind == "validated":
+                    self._run_node(node, lambda r: r.validate(rest[0], None))
+                else:
+                    self._run_node(node, lambda r: r.propose(rest[0], rest[1], None, self.now))
         elif kind == "submit":
             self._client_submit(data)
         elif kind == "crash":
@@ -637,7 +653,12 @@ class Simulation:
         request = node.pending_content
         node.pending_content = None
         payloads = node.app.mempool.reap(self.config.batch, 1 << 20)
+        cost = int(self.config.build_ticks_per_payload * len(payloads))
+        if cost:  # the block is ready `cost` ticks later (the shell's prepare_proposal)
+            self._push(self.now + cost, "built", (node.index, node.incarnation, request, payloads))
+            return lambda r: []
         return lambda r: r.propose(request, payloads, None, self.now)
+
 
     # ------------------------------------------------------------------ driving one node
 
@@ -681,7 +702,11 @@ class Simulation:
                            (node.index, node.incarnation))
         elif isinstance(output, ValidateBlock):
             block = output.block
-            yield lambda r: r.validate(block, None)
+            cost = int(self.config.apply_ticks_per_payload * len(block.payloads))
+            if cost:  # the verdict comes `cost` ticks later (the application checks each payload)
+                self._push(self.now + cost, "validated", (node.index, node.incarnation, block))
+            else:
+                yield lambda r: r.validate(block, None)
         elif isinstance(output, Commit):
             self._on_commit(node, output)
             yield lambda r: self._finalize(node, r, output)

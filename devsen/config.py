@@ -179,6 +179,10 @@ class ConsensusSection:
     timeout_propose_ms: int = 1000
     timeout_vote_ms: int = 500
     timeout_delta_ms: int = 250
+    # Blocks beyond 64 payloads get this much more per payload on each timeout, at most
+    # timeout_size_cap_ms (consensus/CONSENSUS.md "Timeouts and block size", issue 16).
+    timeout_per_payload_ms: int = 2
+    timeout_size_cap_ms: int = 10_000
     max_block_payloads: int = 2000
     max_block_bytes: int = 4 * 1024 * 1024
     mempool_max_payloads: int = 20000
@@ -188,6 +192,10 @@ class ConsensusSection:
             value = getattr(self, key)
             _require(10 <= value <= 600_000, f"consensus.{key}", f"{value} is out of 10..600000 ms",
                      f"{key} = 1000")
+        _require(0 <= self.timeout_per_payload_ms <= 100, "consensus.timeout_per_payload_ms",
+                 f"{self.timeout_per_payload_ms} is out of 0..100 ms", "timeout_per_payload_ms = 2")
+        _require(0 <= self.timeout_size_cap_ms <= 600_000, "consensus.timeout_size_cap_ms",
+                 f"{self.timeout_size_cap_ms} is out of 0..600000 ms", "timeout_size_cap_ms = 10000")
         _require(1 <= self.max_block_payloads <= 100_000, "consensus.max_block_payloads",
                  f"{self.max_block_payloads} is out of 1..100000", "max_block_payloads = 2000")
         _require(1024 <= self.max_block_bytes <= 64 * 1024 * 1024, "consensus.max_block_bytes",

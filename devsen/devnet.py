@@ -111,7 +111,7 @@ CHAIN_ID = 31337
 STARTUP_TIMEOUT_S = 90.0
 ANCHOR_TIMEOUT_S = 120.0
 DEV_DRIVER_TOKENS = 100 * 10**6  # minted to the named dev driver account
-DEVNET_STAKE = 1_000 * 10**6  # ValidatorSet.minStake on a devnet; bonded for each bootstrap validator
+DEVNET_STAKE = 1_000 * 10**6  # ValidatorSet.minStake and minOperatorStake on a devnet; bonded for each bootstrap validator
 DEVNET_UNBONDING_S = 300  # seconds from beginUnbonding to withdraw on a devnet
 DEFAULT_DIR = Path("devnet-data").absolute()
 
@@ -202,7 +202,8 @@ def _deploy_and_seed(anvil: AnvilProcess, nodes: list[DevnetNode], deployment_pa
              for n in nodes]
     deployment = deploy_all(deployer, specs, faucet=True, reward_epoch_budget=DEMO_REWARD_BUDGET,
                             reward_epoch_s=reward_epoch_s, token_supply=DEVNET_STAKE * len(specs),
-                            staking=StakingParams(min_stake=DEVNET_STAKE, unbonding_s=DEVNET_UNBONDING_S),
+                            staking=StakingParams(min_stake=DEVNET_STAKE, unbonding_s=DEVNET_UNBONDING_S,
+                                                  min_operator_stake=DEVNET_STAKE),
                             genesis_stake=DEVNET_STAKE)
     deployment.save(deployment_path)
     validator_accounts = [spec.address for spec in specs]

@@ -523,6 +523,7 @@ def build_node(config: NodeConfig) -> NodeParts:
         propose_ms=config.consensus.timeout_propose_ms, propose_delta_ms=config.consensus.timeout_delta_ms,
         prevote_ms=config.consensus.timeout_vote_ms, prevote_delta_ms=config.consensus.timeout_delta_ms,
         precommit_ms=config.consensus.timeout_vote_ms, precommit_delta_ms=config.consensus.timeout_delta_ms,
+        per_payload_ms=config.consensus.timeout_per_payload_ms, size_cap_ms=config.consensus.timeout_size_cap_ms,
     )
     service = ConsensusService(keys, ServiceConfig(
         data_dir=data_dir / "consensus",

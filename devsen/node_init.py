@@ -200,7 +200,8 @@ On-chain steps still to take (chain {summary['chain_id']}, ValidatorSet {summary
   To leave later: a quorum signs `sign-update --remove {summary['validator_address']}`; once it landed,
   `devsen stake unbond {common}`, and after the unbonding period `devsen stake withdraw {common}`.
   Or run a full node that accepts chargers instead (no vote needed): set role = "full" and
-  accept_chargers = true in [node], fund the address, and register it as an operator:
+  accept_chargers = true in [node], fund the address with the minimum operator stake
+  (ValidatorSet minOperatorStake, shown by `devsen stake show`), and register it as an operator:
        devsen stake register-operator {common} \\
          --peer-id {summary['peer_id']} --endpoint {summary['ocpp_endpoint']}
 """

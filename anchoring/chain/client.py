@@ -63,6 +63,8 @@ GAS = {
     "registerCandidate": 130_000,
     "registerOperator": 250_000,
     "leaveOperators": 60_000,
+    "pruneOperator": 60_000,
+    "removeOperatorBase": 90_000,
     "beginUnbonding": 110_000,
     "withdraw": 80_000,
     "voteEvidence": 180_000,
@@ -196,6 +198,7 @@ class StakingTerms:
     unbonding_s: int
     slash_bps: int
     reporter_share_bps: int
+    min_operator_stake: int
 
 
 def device_id_of(charge_box_id: str) -> bytes:
@@ -306,8 +309,14 @@ class ChainClient:
 
     def operators(self, block: BlockId) -> tuple[bytes, ...]:
         """The registered network operators (full nodes vouching for charger events) with at
-        least minStake bonded, as 20-byte addresses sorted ascending; at most MAX_OPERATORS."""
+        least minOperatorStake bonded, as 20-byte addresses sorted ascending; at most MAX_OPERATORS."""
         return tuple(sorted(bytes.fromhex(str(a)[2:]) for a in self.read("ValidatorSet", "operators", block=block)))
+
+    def registered_operators(self, block: BlockId) -> tuple[bytes, ...]:
+        """Every registered operator, those below minOperatorStake too (what pruneOperator frees),
+        as 20-byte addresses sorted ascending; at most MAX_OPERATORS."""
+        return tuple(sorted(bytes.fromhex(str(a)[2:])
+                            for a in self.read("ValidatorSet", "registeredOperators", block=block)))
 
     def staking_terms(self, block: BlockId) -> StakingTerms:
         return StakingTerms(
@@ -316,6 +325,7 @@ class ChainClient:
             int(self.read("ValidatorSet", "unbondingSeconds", block=block)),
             int(self.read("ValidatorSet", "slashBps", block=block)),
             int(self.read("ValidatorSet", "reporterShareBps", block=block)),
+            int(self.read("ValidatorSet", "minOperatorStake", block=block)),
         )
 
     def offence_slashed(self, signer: str | bytes, vote_type: int, height: int, round: int, block: BlockId) -> bool:
@@ -566,8 +576,19 @@ class ChainClient:
         return self.send("ValidatorSet", "registerCandidate", amount, peer_id, endpoint, gas=GAS["registerCandidate"])
 
     def register_operator(self, amount: int, peer_id: bytes, endpoint: str) -> Receipt:
-        """Bond `amount` and register as an operator of the network (stake must reach minStake)."""
+        """Bond `amount` and register as an operator of the network (stake must reach minOperatorStake)."""
         return self.send("ValidatorSet", "registerOperator", amount, peer_id, endpoint, gas=GAS["registerOperator"])
+
+    def prune_operator(self, account: str | bytes) -> Receipt:
+        """Free the slot of an operator whose stake fell below minOperatorStake (anyone may)."""
+        return self.send("ValidatorSet", "pruneOperator", Web3.to_checksum_address(account), gas=GAS["pruneOperator"])
+
+    def remove_operator(self, account: str | bytes, signatures: Sequence[bytes]) -> Receipt:
+        """Remove and bar operator `account`, with a quorum of the current set's signatures over
+        OperatorRemoval(epoch, account), sorted by signer."""
+        gas = GAS["removeOperatorBase"] + GAS["perSignature"] * len(signatures)
+        return self.send("ValidatorSet", "removeOperator", Web3.to_checksum_address(account), list(signatures),
+                         gas=gas)
 
     def leave_operators(self) -> Receipt:
         """Stop being an operator of the network (the stake stays bonded)."""

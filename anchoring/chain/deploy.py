@@ -28,6 +28,12 @@ DEFAULT_INITIAL_HEIGHT = 1
 DEFAULT_UNBONDING_S = 14 * 24 * 3600
 DEFAULT_SLASH_BPS = 5_000  # one double-sign takes half the stake
 DEFAULT_REPORTER_SHARE_BPS = 1_000  # 10 % of it to the reporter, the rest locked for good
+# ValidatorSet.minOperatorStake: 1,000 DCT (6 decimals). Never zero (the constructor refuses it):
+# with nothing to bond, anyone could take all MAX_OPERATORS = 256 operator slots (contracts/STAKING.md).
+DEFAULT_MIN_OPERATOR_STAKE = 1_000 * 10**6
+MIN_OPERATOR_STAKE_FIX = (f"give --min-operator-stake a positive number of ChargeToken base units (default "
+                          f"{DEFAULT_MIN_OPERATOR_STAKE} = 1,000 DCT): with 0 anyone could take all 256 operator "
+                          f"slots for one base unit each (contracts/STAKING.md \"Operators\")")
 DEPLOY_GAS = {
     "ValidatorSet": 6_000_000,
     "UserRegistry": 1_500_000,
@@ -56,16 +62,19 @@ class ValidatorSpec:
 
 @dataclass(frozen=True, slots=True)
 class StakingParams:
-    """ValidatorSet staking parameters (contracts/STAKING.md); `min_stake` in token base units."""
+    """ValidatorSet staking parameters (contracts/STAKING.md); stakes in token base units."""
 
     min_stake: int = 0
     unbonding_s: int = DEFAULT_UNBONDING_S
     slash_bps: int = DEFAULT_SLASH_BPS
     reporter_share_bps: int = DEFAULT_REPORTER_SHARE_BPS
+    min_operator_stake: int = DEFAULT_MIN_OPERATOR_STAKE
 
     def __post_init__(self) -> None:
         if self.min_stake < 0:
             raise ValueError("min_stake must be >= 0 token base units")
+        if self.min_operator_stake <= 0 or self.min_operator_stake >= 1 << 256:
+            raise ValueError(f"min_operator_stake: {self.min_operator_stake} is not allowed; {MIN_OPERATOR_STAKE_FIX}")
         if not 0 <= self.unbonding_s < 1 << 63:
             raise ValueError("unbonding_s must be >= 0 seconds")
         for name in ("slash_bps", "reporter_share_bps"):
@@ -178,7 +187,8 @@ def deploy_all(
         [Web3.to_checksum_address(v.address) for v in ordered],
         [v.peer_id for v in ordered],
         [v.endpoint for v in ordered],
-        (addresses["ChargeToken"], stake.min_stake, stake.unbonding_s, stake.slash_bps, stake.reporter_share_bps),
+        (addresses["ChargeToken"], stake.min_stake, stake.unbonding_s, stake.slash_bps, stake.reporter_share_bps,
+         stake.min_operator_stake),
         extra_gas=DEPLOY_GAS_PER_VALIDATOR * len(ordered),
     )
     if genesis_stake:
@@ -252,6 +262,13 @@ def _read_key(args: argparse.Namespace) -> str:
     return key
 
 
+def _staking_params(args: argparse.Namespace) -> StakingParams:
+    if args.min_operator_stake <= 0:
+        raise ValueError(f"--min-operator-stake: {args.min_operator_stake} is refused; {MIN_OPERATOR_STAKE_FIX}")
+    return StakingParams(args.min_stake, args.unbonding, args.slash_bps, args.reporter_share_bps,
+                         args.min_operator_stake)
+
+
 def deploy_main(argv: list[str]) -> int:
     """`devsen chain deploy`: deploy all contracts to --rpc and write --out. Returns an exit code.
     `argv` may start with the word "deploy" (as `devsen chain` passes it)."""
@@ -274,6 +291,9 @@ def deploy_main(argv: list[str]) -> int:
     parser.add_argument("--reward-epoch", type=int, default=3600, help="reward epoch, seconds of block time")
     parser.add_argument("--min-stake", type=int, default=0,
                         help="ChargeToken base units every member of an approved validator set must bond")
+    parser.add_argument("--min-operator-stake", type=int, default=DEFAULT_MIN_OPERATOR_STAKE,
+                        help="ChargeToken base units a full node must bond to register as an operator "
+                             "(ValidatorSet.minOperatorStake; must be > 0; default 1,000 DCT)")
     parser.add_argument("--unbonding", type=int, default=DEFAULT_UNBONDING_S, help="unbonding period, seconds")
     parser.add_argument("--genesis-stake", type=int, default=0,
                         help="base units of --token-supply bonded for each bootstrap validator")
@@ -283,6 +303,7 @@ def deploy_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         validators = [ValidatorSpec(a) for a in _addresses(args.validators)]
+        staking = _staking_params(args)  # before any RPC: a bad value costs nothing
         funded = _addresses(args.fund)
         if funded and args.fund_tokens and not args.faucet:
             raise ValueError("--fund with tokens needs --faucet (a devnet token)")
@@ -296,7 +317,7 @@ def deploy_main(argv: list[str]) -> int:
             faucet=args.faucet,
             reward_epoch_budget=args.reward_budget,
             reward_epoch_s=args.reward_epoch,
-            staking=StakingParams(args.min_stake, args.unbonding, args.slash_bps, args.reporter_share_bps),
+            staking=staking,
             genesis_stake=args.genesis_stake,
         )
         fund_devnet_accounts(sender, deployment, funded, eth_wei=args.fund_eth_wei, tokens=args.fund_tokens)

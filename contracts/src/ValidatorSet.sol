@@ -37,6 +37,10 @@ error NothingToSlash(address signer);
 error AlreadyAnOperator(address account);
 error OperatorsFull(uint256 max);
 error NotAnOperator(address account);
+error OperatorStakeZero();
+error InsufficientOperatorStake(address account, uint256 stake, uint256 minOperatorStake);
+error OperatorStakeSufficient(address account, uint256 stake, uint256 minOperatorStake);
+error OperatorBanned(address account);
 
 /// @title ValidatorSet
 /// @notice The DEVSEN validators: secp256k1 address, libp2p peer id and OCPP endpoint URL, and
@@ -71,6 +75,9 @@ contract ValidatorSet is DevsenDomain, IValidatorSet {
     uint256 public constant MAX_OPERATORS = 256;
     bytes32 public constant VALIDATOR_SET_UPDATE_TYPEHASH =
         keccak256("ValidatorSetUpdate(uint64 epoch,bytes32 validatorsHash)");
+    /// @notice What a quorum of the current set signs to remove (and bar) an operator.
+    bytes32 public constant OPERATOR_REMOVAL_TYPEHASH =
+        keccak256("OperatorRemoval(uint64 epoch,address operator)");
 
     struct ValidatorInfo {
         bytes peerId;
@@ -93,6 +100,7 @@ contract ValidatorSet is DevsenDomain, IValidatorSet {
         uint64 unbondingSeconds; // from beginUnbonding to withdraw
         uint16 slashBps; // share of the stake one offence takes
         uint16 reporterShareBps; // share of the slashed amount paid to whoever submitted the evidence
+        uint256 minOperatorStake; // base units an operator must keep bonded (non-zero: a slot costs real stake)
     }
 
     IERC20Minimal public immutable stakeToken;
@@ -100,6 +108,7 @@ contract ValidatorSet is DevsenDomain, IValidatorSet {
     uint64 public immutable unbondingSeconds;
     uint16 public immutable slashBps;
     uint16 public immutable reporterShareBps;
+    uint256 public immutable minOperatorStake;
 
     uint64 public epoch;
     // bit CURRENT: in the current set; bit EVER: in the set of some epoch (one slot: one write)
@@ -115,6 +124,7 @@ contract ValidatorSet is DevsenDomain, IValidatorSet {
     uint256 public totalStaked;
     address[] private _operators; // registered operators, in registration order (swap-and-pop)
     mapping(address => uint256) private _operatorSlot; // operator -> index in _operators + 1 (0: none)
+    mapping(address => bool) public operatorBanned; // removed by a quorum: may not register again
     uint256 public totalBurnt;
     uint256 private _lock = 1;
 
@@ -126,6 +136,7 @@ contract ValidatorSet is DevsenDomain, IValidatorSet {
     event StakeWithdrawn(address indexed account, uint256 amount);
     event OperatorRegistered(address indexed operator, uint256 stake, bytes peerId, string endpoint);
     event OperatorLeft(address indexed operator);
+    event OperatorRemovedByQuorum(address indexed operator, uint64 indexed epoch);
     event Slashed(
         address indexed validator, bytes32 indexed offence, uint64 height, uint32 round,
         uint256 amount, address reporter, uint256 reward
@@ -141,7 +152,8 @@ contract ValidatorSet is DevsenDomain, IValidatorSet {
     /// @param validators the epoch-0 set, strictly ascending addresses, with their peer ids
     /// and endpoints: the deployer's one act of bootstrap authority (the bootstrap set needs no
     /// stake; the first update needs every member staked).
-    /// @param staking token, minimum stake, unbonding period, slash and reporter shares.
+    /// @param staking token, minimum stake, unbonding period, slash and reporter shares, minimum
+    /// operator stake (zero is refused: `OperatorStakeZero`, contracts/STAKING.md "Operators").
     constructor(
         address[] memory validators,
         bytes[] memory peerIds,
@@ -149,12 +161,14 @@ contract ValidatorSet is DevsenDomain, IValidatorSet {
         StakingParams memory staking
     ) {
         if (staking.slashBps > BPS || staking.reporterShareBps > BPS) revert StakeParamsInvalid();
-        if (address(staking.token) == address(0) && staking.minStake != 0) revert StakeParamsInvalid();
+        if (staking.minOperatorStake == 0) revert OperatorStakeZero();
+        if (address(staking.token) == address(0)) revert StakeParamsInvalid();
         stakeToken = staking.token;
         minStake = staking.minStake;
         unbondingSeconds = staking.unbondingSeconds;
         slashBps = staking.slashBps;
         reporterShareBps = staking.reporterShareBps;
+        minOperatorStake = staking.minOperatorStake;
         uint256 n = validators.length;
         if (peerIds.length != n || endpoints.length != n) revert ValidatorListLengthMismatch();
         _install(validators);
@@ -223,8 +237,9 @@ contract ValidatorSet is DevsenDomain, IValidatorSet {
 
     /// @notice Bond `amount` and register as an operator of the network: a full node that
     /// accepts charger connections and vouches for their events (devsen/ledger/LEDGER.md
-    /// "Events vouched by an operator"). The resulting stake must reach `minStake`; at most
-    /// MAX_OPERATORS are registered at once. Unbonding ends the registration.
+    /// "Events vouched by an operator"). The resulting stake must reach `minOperatorStake`
+    /// (never zero, so a slot costs real stake); at most MAX_OPERATORS are registered at once.
+    /// Unbonding ends the registration; an operator removed by a quorum may not register again.
     function registerOperator(uint256 amount, bytes calldata peerId, string calldata endpoint)
         external
         nonReentrant
@@ -232,10 +247,11 @@ contract ValidatorSet is DevsenDomain, IValidatorSet {
         if (peerId.length > MAX_PEER_ID_BYTES) revert PeerIdTooLong(0);
         if (bytes(endpoint).length > MAX_ENDPOINT_BYTES) revert EndpointTooLong(0);
         if (_operatorSlot[msg.sender] != 0) revert AlreadyAnOperator(msg.sender);
+        if (operatorBanned[msg.sender]) revert OperatorBanned(msg.sender);
         if (_operators.length >= MAX_OPERATORS) revert OperatorsFull(MAX_OPERATORS);
         _bond(msg.sender, amount);
         uint256 stake = stakeOf[msg.sender];
-        if (stake < minStake) revert InsufficientStake(0, msg.sender, stake, minStake);
+        if (stake < minOperatorStake) revert InsufficientOperatorStake(msg.sender, stake, minOperatorStake);
         _operators.push(msg.sender);
         _operatorSlot[msg.sender] = _operators.length;
         emit OperatorRegistered(msg.sender, stake, peerId, endpoint);
@@ -245,6 +261,28 @@ contract ValidatorSet is DevsenDomain, IValidatorSet {
     function leaveOperators() external {
         if (_operatorSlot[msg.sender] == 0) revert NotAnOperator(msg.sender);
         _removeOperator(msg.sender);
+    }
+
+    /// @notice Anyone frees the slot of a registered operator whose stake fell below
+    /// `minOperatorStake` (slashed): it already does not count (`operators`, `isOperator`).
+    function pruneOperator(address account) external {
+        if (_operatorSlot[account] == 0) revert NotAnOperator(account);
+        uint256 stake = stakeOf[account];
+        if (stake >= minOperatorStake) revert OperatorStakeSufficient(account, stake, minOperatorStake);
+        _removeOperator(account);
+    }
+
+    /// @notice Remove `account` from the operators and bar it from registering again, approved
+    /// by a quorum of the current set signing `OperatorRemoval(epoch, account)` (signatures
+    /// sorted by signer, as for `updateValidators`). Its stake is untouched: it unbonds and
+    /// withdraws as usual. The signature binds the current epoch, so a set change voids it.
+    function removeOperator(address account, bytes[] calldata signatures) external {
+        if (_operatorSlot[account] == 0) revert NotAnOperator(account);
+        bytes32 structHash = keccak256(abi.encode(OPERATOR_REMOVAL_TYPEHASH, epoch, account));
+        verifyQuorum(_typedDigest(structHash), signatures);
+        operatorBanned[account] = true;
+        _removeOperator(account);
+        emit OperatorRemovedByQuorum(account, epoch);
     }
 
     /// @notice Start the unbonding period of the caller's whole stake. A validator first leaves
@@ -356,24 +394,30 @@ contract ValidatorSet is DevsenDomain, IValidatorSet {
         return _epochs[epoch].validators;
     }
 
-    /// @notice The registered operators whose stake still reaches `minStake` (a slashed one
-    /// below it does not count), in registration order; at most MAX_OPERATORS.
+    /// @notice The registered operators whose stake still reaches `minOperatorStake` (a slashed
+    /// one below it does not count), in registration order; at most MAX_OPERATORS.
     function operators() external view returns (address[] memory out) {
         uint256 n = _operators.length;
         out = new address[](n);
         uint256 kept;
         for (uint256 i; i < n; ++i) {
             address account = _operators[i];
-            if (stakeOf[account] >= minStake) out[kept++] = account;
+            if (stakeOf[account] >= minOperatorStake) out[kept++] = account;
         }
         assembly {
             mstore(out, kept)
         }
     }
 
-    /// @notice Whether `account` is a registered operator with at least `minStake` bonded.
+    /// @notice Every registered operator, counting or not (what `pruneOperator` may free), in
+    /// registration order; at most MAX_OPERATORS.
+    function registeredOperators() external view returns (address[] memory) {
+        return _operators;
+    }
+
+    /// @notice Whether `account` is a registered operator with at least `minOperatorStake` bonded.
     function isOperator(address account) external view returns (bool) {
-        return _operatorSlot[account] != 0 && stakeOf[account] >= minStake;
+        return _operatorSlot[account] != 0 && stakeOf[account] >= minOperatorStake;
     }
 
     /// @notice The validator bound to `peerId` (zero address if none).

@@ -27,7 +27,7 @@ python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['private_keys'][
   > "$NET/deployer.key"
 devsen chain deploy --rpc "$RPC" --validators "$VALIDATORS" --out "$NET/deployment.json.tmp" \
   --key-file "$NET/deployer.key" --faucet --fund "$VALIDATORS,$(address full-1)" \
-  --token-supply $((4 * MIN_STAKE)) --min-stake "$MIN_STAKE" --genesis-stake "$MIN_STAKE" --unbonding 600
+  --token-supply $((4 * MIN_STAKE)) --min-stake "$MIN_STAKE" --min-operator-stake "$MIN_STAKE" --genesis-stake "$MIN_STAKE" --unbonding 600
 BOOT="/ip4/$(ip_of node-1)/tcp/4001/p2p/$(peer node-1)"
 for n in $NODES; do
   devsen node init --dir "$NET/$n" --network "$NET/deployment.json.tmp" --use-existing-keys \

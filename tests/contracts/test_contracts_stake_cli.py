@@ -18,11 +18,13 @@ from p2p.keys import LIBP2P_KEY_FILE, VALIDATOR_KEY_FILE, _write_secret, init_ke
 from primitives.eip712 import SigningKey
 
 STAKE = 10 * TOKEN
+OPERATOR_STAKE = 20 * TOKEN  # the operator minimum, not the validator one
 
 
 @pytest.fixture
 def staked(anvil_w3: Web3) -> World:
-    world = build_world(anvil_w3, staking=StakingParams(min_stake=STAKE, unbonding_s=3600))
+    world = build_world(anvil_w3, staking=StakingParams(min_stake=STAKE, unbonding_s=3600,
+                                                        min_operator_stake=OPERATOR_STAKE))
     for key in world.validators:
         client = world.client_for(key.secret.hex())
         fund(world.w3, client.sender.address)  # type: ignore[union-attr]
@@ -112,7 +114,7 @@ def test_a_full_node_registers_as_an_operator_with_the_stake_cli(staked: World, 
     keys = init_keys(keys_dir)
     address = Web3.to_checksum_address(keys.validator.address)
     fund(staked.w3, address)
-    staked.relayer.faucet_mint(address, STAKE)
+    staked.relayer.faucet_mint(address, OPERATOR_STAKE)
     register = ["stake", "register-operator", "--keys", str(keys_dir), *common, "--json"]
     code, _, err = _run(register, capsys)
     assert code == 2 and "--peer-id" in err  # named, before any transaction
@@ -120,8 +122,44 @@ def test_a_full_node_registers_as_an_operator_with_the_stake_cli(staked: World, 
                           capsys)
     assert code == 0, err
     shown = json.loads(out)
-    assert shown["operator"] and not shown["in_current_set"] and shown["stake_base_units"] == STAKE
+    assert shown["operator"] and not shown["in_current_set"] and shown["stake_base_units"] == OPERATOR_STAKE
+    assert shown["min_operator_stake_base_units"] == OPERATOR_STAKE
     assert staked.relayer.operators("latest") == (keys.validator.address,)
     code, _, err = _run([*register, "--peer-id", keys.peer_id.to_base58(), "--endpoint", "ws://10.0.0.7:9000/ocpp"],
                         capsys)
     assert code == 1 and "AlreadyAnOperator" in err  # hostile: a second registration
+    # nobody prunes an operator that holds the minimum
+    operator = ["--operator", address]
+    code, _, err = _run(["stake", "prune-operator", "--keys", str(keys_dir), *common, *operator], capsys)
+    assert code == 1 and "OperatorStakeSufficient" in err
+    # a quorum removes it: the operator's own and an outsider's signature are refused on chain,
+    # a line for another operator before any transaction
+    validator_dirs = [_key_dir(tmp_path / f"v{i}" / "keys", k) for i, k in enumerate(staked.validators)]
+    outsider_dir = _key_dir(tmp_path / "outsider" / "keys", SigningKey(b"\x42" * 32))
+
+    def sign(directory: Path, name: str, target: list[str] = operator) -> str:
+        code, out, err = _run(["stake", "sign-remove-operator", "--keys", str(directory), *common, *target], capsys)
+        assert code == 0, err
+        path = tmp_path / f"{name}.json"
+        path.write_text(out)
+        return str(path)
+
+    good = [sign(d, f"rm-{i}") for i, d in enumerate(validator_dirs[:3])]
+    forged = [*good[:2], sign(keys_dir, "rm-self")]
+    submit = ["stake", "submit-remove-operator", "--keys", str(validator_dirs[0]), *common, *operator]
+    code, _, err = _run([*submit, "--signatures", ",".join(forged)], capsys)
+    assert code == 1 and "SignerNotValidator" in err
+    code, _, err = _run([*submit, "--signatures", ",".join([*good[:2], sign(outsider_dir, "rm-outsider")])], capsys)
+    assert code == 1 and "SignerNotValidator" in err
+    other = sign(validator_dirs[3], "rm-other", ["--operator", staked.relayer.sender.address])  # type: ignore[union-attr]
+    code, _, err = _run([*submit, "--signatures", ",".join([*good[:2], other])], capsys)
+    assert code == 2 and "signed another removal" in err
+    code, _, err = _run([*submit, "--signatures", ",".join(good[:2])], capsys)
+    assert code == 1 and "TooFewSignatures" in err
+    assert staked.relayer.operators("latest") == (keys.validator.address,)
+    code, out, err = _run([*submit, "--signatures", ",".join(good), "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["removed"] == address and staked.relayer.operators("latest") == ()
+    code, _, err = _run([*register, "--peer-id", keys.peer_id.to_base58(), "--endpoint", "ws://10.0.0.7:9000/ocpp"],
+                        capsys)
+    assert code == 1 and "OperatorBanned" in err

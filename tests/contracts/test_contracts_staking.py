@@ -256,7 +256,7 @@ def test_withdraw_cannot_be_reentered(chain: Web3, tmp_path: Path) -> None:
     vs_artifact = load_artifact("ValidatorSet")
     vs_address = sender.deploy(
         vs_artifact["abi"], vs_artifact["bytecode"],
-        ([Web3.to_checksum_address(keys[0].address)], [b""], [""], (token_address, 0, 60, 5_000, 1_000)),
+        ([Web3.to_checksum_address(keys[0].address)], [b""], [""], (token_address, 0, 60, 5_000, 1_000, TOKEN)),
         gas=6_000_000,
     ).contract_address
     assert vs_address is not None
