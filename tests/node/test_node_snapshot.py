@@ -273,7 +273,7 @@ def test_the_app_hash_covers_the_attestation_book(tmp_path: Path) -> None:
 
 def test_remembered_item_digests_equal_a_fresh_computation(tmp_path: Path) -> None:
     """The digest remembers item hashes between blocks; at every height it equals a new digest's."""
-    from devsen.beside_ledger import BesideLedgerDigest
+    from devsen.beside_ledger import BesideLedgerDigest, app_state_hash
 
     (tmp_path / "a").mkdir()
     a, shell = make_app(tmp_path / "a")
@@ -283,5 +283,5 @@ def test_remembered_item_digests_equal_a_fresh_computation(tmp_path: Path) -> No
         if h == 4 and shell.own:
             payloads = (attest(decode_attestation(shell.own[0]).subject, KEYS[1], ANCHOR).encode(),)
         got = shell.finalize(chain.make(payloads))
-        fresh = app_module.app_state_hash(a.ledger.state_hash(), BesideLedgerDigest().of(a._beside_ledger()))
+        fresh = app_state_hash(a.ledger.state_hash(), BesideLedgerDigest().of(a._beside_ledger()))
         assert got == fresh == a.app_state_hash(), h
