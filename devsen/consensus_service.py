@@ -942,8 +942,13 @@ class ConsensusService:
             candidates = ([peer] if peer is not None else []) + [
                 a for a in net.connected_validators() if a != peer
             ]
-            if self.config.follower:  # no links: ask the validators of the directory directly
-                candidates += [a for a in net.directory.addresses() if a not in candidates]
+            if self.config.follower or not candidates:
+                # No links (a full node, or a validator that could not link): ask the
+                # validators of the directory directly, those we know an address of first.
+                dialable = net.dialable_validators()
+                others = [a for a in net.directory.addresses() if a not in dialable]
+                candidates += [a for a in dialable + others
+                               if a not in candidates and a != self.keys.validator_address]
             for address in candidates:
                 if await self._catch_up_from(net, address, max(from_height, self.replica.height)):
                     return
@@ -1027,7 +1032,7 @@ class ConsensusService:
             self.replica.close()
 
     async def _initial_sync(self) -> None:
-        """Once links are up, ask validators for blocks we missed while down."""
+        """Once links are up (or after 10 s without any), ask validators for blocks we missed."""
         net = self._net
         assert net is not None
         with trio.move_on_after(10):

@@ -92,6 +92,11 @@ class P2PNode:
             raise RelayError(f"0x{address.hex()} has no known peer id")
         return await relay_payloads(self.running, self.config.network_id, peer, payloads)
 
+    def dialable_validators(self) -> list[bytes]:
+        """Validator addresses whose peer the host has dial addresses for (bootstrap, peer exchange)."""
+        known = {peer.to_bytes() for peer in self.running.keeper.known_addresses()}
+        return [a for a in self.directory.addresses() if (p := self.directory.peer_of(a)) is not None and p in known]
+
     def connected_validators(self) -> list[bytes]:
         """Validator addresses with a live outbound consensus link."""
         return self.links.linked_validators()
