@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from consensus_testkit import TIMEOUTS, block, core_for, outputs_of, proposal
+from consensus_testkit import KEYS, TIMEOUTS, block, core_for, outputs_of, proposal, vote
 from test_consensus_core import feed, own_votes
 
 from consensus.core import (
@@ -18,6 +18,7 @@ from consensus.core import (
     Timeout,
     TimeoutConfig,
     TimeoutKind,
+    ValidateBlock,
 )
 from consensus.sim import SIM_TIMEOUTS, SimConfig, Simulation
 from consensus.types import VoteType
@@ -60,11 +61,11 @@ def test_a_large_block_still_being_validated_gets_the_size_grace_once() -> None:
     second = core.on_timeout(Timeout(1, 0, TimeoutKind.PROPOSE))
     assert [v.block_hash for v in own_votes(second, VoteType.PREVOTE)] == [bytes(32)]  # nil, once extended
 
-    core, _ = _pending_big_proposal(800)
+    core, out = _pending_big_proposal(800)
     core.on_timeout(Timeout(1, 0, TimeoutKind.PROPOSE))
-    verdict_for = next(iter(core._state.validation_requested))
-    voted = core.on_validation_result(verdict_for, True)
-    assert [v.block_hash for v in own_votes(voted, VoteType.PREVOTE)] == [verdict_for]
+    [check] = outputs_of(out, ValidateBlock)
+    voted = core.on_validation_result(check.block.hash, True)
+    assert [v.block_hash for v in own_votes(voted, VoteType.PREVOTE)] == [check.block.hash]
 
 
 @pytest.mark.parametrize("payloads", [0, 1, 64])
@@ -131,3 +132,16 @@ def test_small_blocks_run_exactly_as_before() -> None:
         a = Simulation(seed, replace(config, timeouts=PLAIN)).run()
         b = Simulation(seed, replace(config, timeouts=SIM_TIMEOUTS)).run()
         assert a.ok and b.ok and a.fingerprint == b.fingerprint
+
+
+def test_the_prevote_timer_of_a_large_blocks_round_carries_its_grace() -> None:
+    """L34: 2f+1 prevotes of any kind for a round whose proposal is an 800-payload block: the
+    prevote timer waits the grace longer (the others may still be validating it)."""
+    core, out = _pending_big_proposal(800)
+    [check] = outputs_of(out, ValidateBlock)
+    core.on_validation_result(check.block.hash, True)
+    others = [k for k in KEYS if k.address != core.address]
+    out = feed(core, vote(others[0], VoteType.PREVOTE, 1, 0, check.block.hash),
+               vote(others[1], VoteType.PREVOTE, 1, 0, bytes(32)))
+    [timer] = [o for o in outputs_of(out, ScheduleTimeout) if o.timeout.kind == TimeoutKind.PREVOTE]
+    assert timer.duration_ms == TIMEOUTS.prevote_ms + TIMEOUTS.size_grace(800)

@@ -4,6 +4,7 @@ early withdrawal is refused. A signature over another set is refused before any 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 from pathlib import Path
@@ -13,6 +14,7 @@ from conftest import TOKEN, World, build_world, fund
 from web3 import Web3
 
 from anchoring.chain import StakingParams
+from consensus.types import Vote, VoteType
 from devsen.cli import main
 from p2p.keys import LIBP2P_KEY_FILE, VALIDATOR_KEY_FILE, _write_secret, init_keys
 from primitives.eip712 import SigningKey
@@ -163,3 +165,53 @@ def test_a_full_node_registers_as_an_operator_with_the_stake_cli(staked: World, 
     code, _, err = _run([*register, "--peer-id", keys.peer_id.to_base58(), "--endpoint", "ws://10.0.0.7:9000/ocpp"],
                         capsys)
     assert code == 1 and "OperatorBanned" in err
+
+
+def test_a_full_registry_names_the_slot_to_reclaim_and_the_newcomer_takes_it(
+        staked: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """All MAX_OPERATORS = 256 slots filled with the full minimum each (what griefing costs now:
+    256 x minOperatorStake). A 257th registration is OperatorsFull; once one operator (a validator
+    that also operates) is slashed below the minimum, `register-operator` names it and the fix,
+    anyone's `prune-operator` frees the slot, and the newcomer takes it."""
+    network = tmp_path / "deployment.json"
+    staked.deployment.save(network)
+    common = ["--network", str(network), "--rpc", str(staked.w3.provider.endpoint_uri)]  # type: ignore[attr-defined]
+    offender = staked.validators[3]  # bonded STAKE (< OPERATOR_STAKE) by the fixture
+    squatters = [SigningKey(hashlib.sha256(b"squatter-%d" % i).digest()) for i in range(255)]
+    for key in [offender, *squatters]:
+        address = Web3.to_checksum_address(key.address)
+        if key is not offender:  # gas money without a transaction (anvil): the registrations are the test
+            staked.w3.provider.make_request("anvil_setBalance", [address, hex(10**18)])  # type: ignore[arg-type]
+        staked.relayer.faucet_mint(address, OPERATOR_STAKE)
+        client = staked.client_for(key.secret.hex())
+        client.approve(staked.deployment.validator_set, OPERATOR_STAKE)
+        client.register_operator(OPERATOR_STAKE, b"", "")
+    assert len(staked.relayer.operators("latest")) == 256
+    gas = staked.w3.eth.estimate_gas({"to": staked.deployment.validator_set,  # type: ignore[typeddict-item]
+                                      "data": Web3.keccak(text="operators()")[:4]})
+    with capsys.disabled():
+        print(f"operators() with 256 registered: {gas} gas (eth_call)")
+    keys_dir = tmp_path / "newcomer" / "keys"
+    keys = init_keys(keys_dir)
+    address = Web3.to_checksum_address(keys.validator.address)
+    fund(staked.w3, address)
+    staked.relayer.faucet_mint(address, OPERATOR_STAKE)
+    register = ["stake", "register-operator", "--keys", str(keys_dir), *common, "--peer-id",
+                keys.peer_id.to_base58(), "--endpoint", "ws://10.0.0.9:9000/ocpp"]
+    code, _, err = _run(register, capsys)
+    assert code == 2 and "OperatorsFull" in err and "every registered operator holds the minimum stake" in err
+    domain = staked.deployment.domain("ValidatorSet")
+    a = Vote.sign(offender, domain, VoteType.PRECOMMIT, 7, 0, b"\xaa" * 32)
+    b = Vote.sign(offender, domain, VoteType.PRECOMMIT, 7, 0, b"\xbb" * 32)
+    staked.relayer.submit_vote_evidence(int(a.vote_type), 7, 0, a.block_hash, a.signature, b.block_hash, b.signature)
+    assert len(staked.relayer.operators("latest")) == 255  # it no longer counts at once
+    code, _, err = _run(register, capsys)
+    stale = Web3.to_checksum_address(offender.address)
+    assert code == 2 and f"prune-operator --operator {stale}" in err
+    code, out, err = _run(["stake", "prune-operator", "--keys", str(keys_dir), *common, "--operator", stale,
+                           "--json"], capsys)
+    assert code == 0, err
+    code, out, err = _run([*register, "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["operator"]
+    assert len(staked.relayer.operators("latest")) == 256 and keys.validator.address in staked.relayer.operators("latest")
