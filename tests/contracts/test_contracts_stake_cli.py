@@ -187,7 +187,7 @@ def test_a_full_registry_names_the_slot_to_reclaim_and_the_newcomer_takes_it(
         client.approve(staked.deployment.validator_set, OPERATOR_STAKE)
         client.register_operator(OPERATOR_STAKE, b"", "")
     assert len(staked.relayer.operators("latest")) == 256
-    gas = staked.w3.eth.estimate_gas({"to": staked.deployment.validator_set,  # type: ignore[typeddict-item]
+    gas = staked.w3.eth.estimate_gas({"to": staked.deployment.validator_set,
                                       "data": Web3.keccak(text="operators()")[:4]})
     with capsys.disabled():
         print(f"operators() with 256 registered: {gas} gas (eth_call)")
