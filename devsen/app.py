@@ -495,6 +495,16 @@ class NodeApplication:
 
     # ---------------------------------------------------------------- proposing
 
+    def chain_wants_block(self) -> bool:
+        """I/O (a worker thread, polled by the shell while the network is idle): True if a
+        driver opened an escrow session in a confirmed Ethereum block after the last block's,
+        so its remote start is issued now rather than at the next idle heartbeat."""
+        number = self.chain.head() - self.settings.confirmations
+        if number <= self.last_eth_block:
+            return False
+        index = getattr(self.chain, "index", None)  # the SessionRequested log index (devsen/chain_view.py)
+        return index is not None and bool(index.requested_between(requested_from_block(self.ledger, number), number))
+
     def propose_facts(self, height: int) -> tuple[int, bytes]:
         """I/O: the Ethereum block to name, head - confirmations by a fresh head, monotonic."""
         head = self.chain.head(max_age_s=0)
@@ -822,7 +832,8 @@ class NodeApplication:
     def _block_needed_by_ms(self, block_time_ms: int) -> int:
         """When this application needs the next block on an idle network: the open anchor
         batch's deadline, else a heartbeat block (so chain-side changes such as an epoch switch
-        or a remote-start request are noticed within IDLE_HEARTBEAT_MS)."""
+        are noticed within IDLE_HEARTBEAT_MS; a remote-start request wakes the shell sooner,
+        `chain_wants_block`)."""
         heartbeat = block_time_ms + IDLE_HEARTBEAT_MS
         if self._settlements_waiting:
             heartbeat = block_time_ms + SETTLE_WINDOW_BLOCK_GAP_MS

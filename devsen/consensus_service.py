@@ -15,7 +15,8 @@ what needs trio: timers, the mempool, p2p, waiting submitters and the worker-thr
 
 Consensus input is queued per sender (bounded) and served round-robin, so one peer's flood
 cannot delay another's messages. An idle network makes no blocks: the Replica holds a new
-height until payloads wait here or the application's `block_needed_by_ms` passes.
+height until payloads wait here, the application's `block_needed_by_ms` passes, or the
+application's `chain_wants_block` (polled while idle, `_watch_chain`) sees a chain-side change.
 
 `submit(payload)` puts a payload in the mempool, gossips it (batched) and returns only
 after a block carrying it is committed and applied. A full mempool raises
@@ -192,6 +193,9 @@ class ServiceConfig:
     # verification validators' block sync uses) and never signs (its key is in no set).
     follower: bool = False
     follow_interval_s: float = 0.5
+    # While idle, a validator asks its application this often whether the chain needs a block
+    # (`chain_wants_block`: e.g. a driver's new escrow session waits for its remote start).
+    chain_watch_interval_s: float = 1.0
 
     @property
     def source_share(self) -> int:
@@ -386,6 +390,7 @@ class ConsensusService:
         self._announced: OrderedDict[tuple[Any, ...], None] = OrderedDict()
         self._installed_bindings: dict[bytes, bytes] = {}
         self._last_commit_at = 0.0
+        self._chain_wants_block = False  # the application saw a chain-side change (`_watch_chain`)
         self._catching_up = False
         self._net: P2PNode | None = None
         self._nursery: trio.Nursery | None = None
@@ -773,7 +778,32 @@ class ConsensusService:
 
     def _wants_block(self) -> bool:
         needed = self.replica.block_needed_by_ms
-        return bool(len(self.mempool)) or (needed is not None and needed <= time.time() * 1000)
+        return (bool(len(self.mempool)) or self._chain_wants_block
+                or (needed is not None and needed <= time.time() * 1000))
+
+    async def _watch_chain(self) -> None:
+        """While the network is idle, ask the application (worker thread: chain reads) every
+        `chain_watch_interval_s` whether a chain-side change needs a block now; if so, wake."""
+        failing = False
+        while True:
+            await trio.sleep(self.config.chain_watch_interval_s)
+            if not self.replica.idle or self._chain_wants_block:
+                continue
+            try:
+                wants = await trio.to_thread.run_sync(self.app.chain_wants_block)  # type: ignore[attr-defined]
+            except Exception as exc:  # the chain RPC is down: the idle heartbeat still comes
+                if not failing:
+                    logger.warning("chain watch failed (retried every %.1f s): %s",
+                                   self.config.chain_watch_interval_s, exc)
+                failing = True
+                continue
+            if failing:
+                logger.info("chain watch works again")
+            failing = False
+            if wants and self.replica.idle:
+                self.counters["chain_woke"] += 1
+                self._chain_wants_block = True
+                self._input_ready.set()
 
     async def _answer_proposal(self) -> None:
         assert self._pending_proposal is not None
@@ -883,6 +913,7 @@ class ConsensusService:
         block = committed.block
         self.mempool.remove_committed(block.payloads)
         self._last_commit_at = trio.current_time()
+        self._chain_wants_block = False
         for index, payload in enumerate(block.payloads):
             digest = keccak256(payload)
             tx = result.tx_results[index] if index < len(result.tx_results) else TxResult(1, log="no result")
@@ -1025,6 +1056,8 @@ class ConsensusService:
                 nursery.start_soon(self._follow if self.config.follower else self._initial_sync)
                 if self.config.follower:
                     nursery.start_soon(self._relay_sender)
+                elif callable(getattr(self.app, "chain_wants_block", None)):
+                    nursery.start_soon(self._watch_chain)
                 self.ready.set()
                 task_status.started(net)
         finally:
@@ -1051,6 +1084,9 @@ class ConsensusService:
         out: dict[str, Any] = dict(self.counters)
         out.update(height=self.replica.height, round=self.replica.core.round, mempool=len(self.mempool),
                    inputs_dropped=self.inputs.dropped, idle=self.replica.idle)
+        needed = self.replica.block_needed_by_ms
+        # while idle: seconds until the application needs its next block (anchor deadline, heartbeat)
+        out["block_due_in_s"] = None if needed is None else round(max(0.0, needed / 1000 - time.time()), 1)
         if self._net is not None:
             out["p2p"] = self._net.stats()
         return out

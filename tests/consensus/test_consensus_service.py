@@ -6,6 +6,7 @@ through FinalizeResult; an idle network makes no blocks; a restarted service rep
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -68,7 +69,10 @@ class EchoApp(HashChainApp):
 
 
 def _network(tmp_path: Path, n: int = 4) -> tuple[list[Any], ValidatorSet, dict[bytes, bytes]]:
-    keys = [init_keys(tmp_path / f"keys{i}") for i in range(n)]
+    return _network_of([init_keys(tmp_path / f"keys{i}") for i in range(n)])
+
+
+def _network_of(keys: list[Any]) -> tuple[list[Any], ValidatorSet, dict[bytes, bytes]]:
     bindings = {k.validator_address: k.peer_id.to_bytes() for k in keys}
     return keys, ValidatorSet.equal(list(bindings)), bindings
 
@@ -86,23 +90,30 @@ async def _start(nursery: trio.Nursery, service: ConsensusService) -> list[str]:
     return list(net.running.listen_addrs())
 
 
+async def _start_all(nursery: trio.Nursery, tmp_path: Path, keys: list[Any], apps: list[Any],
+                     **config: Any) -> list[ConsensusService]:
+    """One service per app, the first one every other bootstraps from (`config`: ServiceConfig fields)."""
+    _, validators, bindings = _network_of(keys)
+    services: list[ConsensusService] = []
+    boot: list[str] = []
+    for i, app in enumerate(apps):
+        service = ConsensusService(keys[i], replace(_config(tmp_path, i, validators, bindings, boot), **config), app)
+        addrs = await _start(nursery, service)
+        boot = boot or addrs
+        services.append(service)
+    return services
+
+
 def test_four_services_commit_reply_and_stay_idle(tmp_path: Path) -> None:
-    keys, validators, bindings = _network(tmp_path)
+    keys, _, _ = _network(tmp_path)
     apps = [EchoApp(f"n{i}") for i in range(4)]
     notices: list[tuple[Any, ...]] = []
 
     async def main() -> None:
         with trio.fail_after(60):
             async with trio.open_nursery() as nursery:
-                services = []
-                boot: list[str] = []
-                for i in range(4):
-                    service = ConsensusService(keys[i], _config(tmp_path, i, validators, bindings, boot), apps[i])
-                    if i == 0:
-                        service.on_notices = notices.append
-                    addrs = await _start(nursery, service)
-                    boot = boot or addrs
-                    services.append(service)
+                services = await _start_all(nursery, tmp_path, keys, apps)
+                services[0].on_notices = notices.append
                 receipt = await services[1].submit(b"hello", timeout_s=30)
                 assert receipt.result == TxResult(0, b"ok:hello")  # in the receipt, no side map
                 with pytest.raises(ValueError, match="bad payload"):
@@ -137,3 +148,64 @@ def test_sender_queues_serve_a_quiet_sender_past_a_flood() -> None:
     queues.put(b"honest", "vote")
     served = [queues.take() for _ in range(2)]
     assert "vote" in served  # the honest message is second in line, not 101st
+
+
+class ChainWatchApp(EchoApp):
+    """EchoApp whose chain changes when the test says: `chain_wants_block` (worker thread only)
+    is True while `changed` is set and no block has been finalized since; `broken` raises."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.changed = False
+        self.broken = False
+        self.asked = 0
+
+    def chain_wants_block(self) -> bool:
+        with pytest.raises(RuntimeError):
+            trio.lowlevel.current_trio_token()  # never on the event loop
+        self.asked += 1
+        if self.broken:
+            raise ConnectionError("chain RPC down")
+        return self.changed
+
+    def finalize_block(self, block: Any, certificate: Any, facts: Any) -> FinalizeResult:
+        self.changed = False  # the block named the change
+        return super().finalize_block(block, certificate, facts)
+
+
+def test_a_chain_side_change_seen_by_one_validator_makes_a_block_on_an_idle_network(tmp_path: Path) -> None:
+    """No payload waits, no heartbeat is due: one validator's application sees a chain change
+    (a driver's escrow session waiting for its remote start) and the network makes one block for
+    it, then goes idle again. A failing chain watch makes no block and does not stop the node."""
+    keys, _, _ = _network(tmp_path)
+    apps = [ChainWatchApp(f"n{i}") for i in range(4)]
+
+    async def main() -> None:
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                services = await _start_all(nursery, tmp_path, keys, apps, chain_watch_interval_s=0.1)
+                await services[0].submit(b"hello", timeout_s=30)
+                with trio.fail_after(20):
+                    while not all(s.replica.idle for s in services):
+                        await trio.sleep(0.05)
+                await trio.sleep(0.5)
+                heights = [s.committed_height for s in services]
+                apps[1].broken = True
+                await trio.sleep(1.0)
+                assert [s.committed_height for s in services] == heights  # asked, failed: no block
+                assert apps[1].asked > 2 and all(a.asked > 2 for a in apps)
+                apps[1].broken = False
+                apps[2].changed = True
+                with trio.fail_after(20):
+                    while not all(s.committed_height > h for s, h in zip(services, heights, strict=True)):
+                        await trio.sleep(0.05)
+                assert services[2].counters["chain_woke"] == 1
+                assert sum(s.counters["chain_woke"] for s in services) == 1
+                await trio.sleep(1.0)
+                after = [s.committed_height for s in services]
+                await trio.sleep(1.0)
+                assert [s.committed_height for s in services] == after  # idle again
+                assert max(after) - max(heights) <= 2
+                nursery.cancel_scope.cancel()
+
+    trio.run(main)

@@ -52,6 +52,30 @@ async def remote_start_everywhere(nodes: list[Any], session_id: bytes, state: st
             await trio.sleep(0.3)
 
 
+async def _consensus_status(nodes: list[Any]) -> list[dict[str, Any]]:
+    out = []
+    for node in nodes:
+        status, doc = await http_get_json(node.http_url + "/v1/status", timeout=10)
+        assert status == 200, doc
+        out.append(doc["consensus"])
+    return out
+
+
+async def chain_woke(nodes: list[Any]) -> list[int]:
+    """Each node's count of blocks its chain watch asked for (ConsensusService._watch_chain)."""
+    return [int(c.get("chain_woke", 0)) for c in await _consensus_status(nodes)]
+
+
+async def network_idle(nodes: list[Any]) -> list[int]:
+    """Wait until every node holds its next height with no block due for 10 s (no payload
+    waits, the anchor batch is closed, the idle heartbeat is far) and return the nodes'
+    chain-watch counts then."""
+    with trio.fail_after(90):
+        while not all(c["idle"] and (c["block_due_in_s"] or 0) > 10 for c in await _consensus_status(nodes)):
+            await trio.sleep(0.5)
+    return await chain_woke(nodes)
+
+
 async def start_for(charger: DemoCharger, token: str) -> dict[str, Any]:
     """The remote start carrying `token` (older sessions' starts are skipped)."""
     with trio.fail_after(60):
@@ -76,12 +100,15 @@ async def test_session_opened_on_chain_is_started_remotely_at_an_idle_charger_an
     nodes, driver = network["nodes"], network["seeded"]["driver_client"]
     async with connect_demo_charger(nodes[1].ocpp_url, DEMO_CHARGER, DEMO_PASSWORD) as charger:
         assert (await charger.boot(connector=2))["status"] == "Accepted"
+        woke = await network_idle(nodes)  # no block due: the heartbeat is up to 30 s away
         session_id = await trio.to_thread.run_sync(
             open_prepaid_session, driver, DEMO_CHARGER, 2, DEMO_ID_TAG, DEPOSIT)
         began = time.perf_counter()
         request = await start_for(charger, session_token(session_id))  # the charger sends nothing meanwhile
         print(f"remote start at an idle connected charger {time.perf_counter() - began:.1f} s after the "
               "session was confirmed")
+        # the validators' chain watch saw the request and made the block that issued it
+        assert sum(await chain_woke(nodes)) > sum(woke)
         assert request == {"connectorId": 2, "idTag": session_token(session_id)}
         doc = await remote_start_everywhere(nodes, session_id, "accepted")
         assert doc["action"] == "RemoteStartTransaction"
