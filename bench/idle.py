@@ -24,7 +24,6 @@ Every process started here is stopped by pid on exit.
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import os
 import subprocess
@@ -53,6 +52,7 @@ from node_throughput import (  # noqa: E402  (sibling bench scripts: network, st
     Network,
     code_version,
     node_status,
+    rpc_counts,
     stop_network,
     summarize_profile,
 )
@@ -98,16 +98,6 @@ def context_switches(pid: int) -> int:
 
 def threads(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
-
-
-def rpc_counts(log_path: Path, offset: int) -> tuple[collections.Counter[str], int]:
-    """JSON-RPC methods anvil logged after byte `offset`; and the log's new size."""
-    with open(log_path, "rb") as log:
-        log.seek(offset)
-        text = log.read()
-    methods = collections.Counter(line.strip() for line in text.decode(errors="replace").splitlines()
-                                  if line.strip().startswith(("eth_", "net_", "web3_", "anvil_", "evm_")))
-    return methods, offset + len(text)
 
 
 async def heights(network: Network) -> list[int | None]:

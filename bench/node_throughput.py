@@ -293,6 +293,16 @@ async def run_charger(network: Network, index: int, window: Window, stats: RunSt
             await trio.sleep(0.2)
 
 
+def rpc_counts(log_path: Path, offset: int) -> tuple[collections.Counter[str], int]:
+    """JSON-RPC methods anvil logged after byte `offset`; and the log's new size."""
+    with open(log_path, "rb") as log:
+        log.seek(offset)
+        text = log.read()
+    methods = collections.Counter(line.strip() for line in text.decode(errors="replace").splitlines()
+                                  if line.strip().startswith(("eth_", "net_", "web3_", "anvil_", "evm_")))
+    return methods, offset + len(text)
+
+
 async def node_status(node: DevnetNode) -> dict[str, Any] | None:
     try:
         status, body = await http_get_json(node.http_url + "/v1/status", timeout=STATUS_TIMEOUT_S)
@@ -337,6 +347,7 @@ def summarize(name: str, chargers: int, stats: RunStats, before: dict[str, Any],
     blocks = counter_delta(before, after, reference, "committed_height")
     payloads = counter_delta(before, after, reference, "consensus", "committed_payloads")
     latencies = sorted(stats.latencies_ms)
+    rpcs: collections.Counter[str] = after.get("rpc_methods") or collections.Counter()
     nodes: dict[str, Any] = {}
     for i, entry in after["nodes"].items():
         cpu = entry["cpu_s"] - before["nodes"][i]["cpu_s"]
@@ -355,6 +366,10 @@ def summarize(name: str, chargers: int, stats: RunStats, before: dict[str, Any],
         "nodes": nodes,
         "node_cpu_pct_total": round(sum(n["cpu_pct"] for n in nodes.values()), 1),
         "anvil_cpu_pct": round(100 * (after["anvil_cpu_s"] - before["anvil_cpu_s"]) / elapsed, 1),
+        # JSON-RPC requests anvil served in the window (all nodes), per second and per block per node
+        "anvil_rpc_per_s": round(sum(rpcs.values()) / elapsed, 1),
+        "rpc_per_block_per_node": round(sum(rpcs.values()) / blocks / NODES, 2) if blocks else None,
+        "anvil_rpc_methods_per_s": {m: round(n / elapsed, 1) for m, n in rpcs.most_common()},
         "client_cpu_pct": round(100 * (after["client_cpu_s"] - before["client_cpu_s"]) / elapsed, 1),
         "errors": dict(stats.errors), "failovers": stats.failovers, "unanswered": stats.unanswered,
         "node1_rss_mib_every_5s": stats.rss_series,
@@ -390,6 +405,7 @@ async def run_load(network: Network, chargers: int, duration_s: float, *, kill_a
             await all_ready.wait()
         stats.connect_seconds = trio.current_time() - connect_started
         before = await snapshot(network)
+        _, rpc_offset = rpc_counts(network.anvil.log_path, 0)
         window.start, window.end = trio.current_time(), trio.current_time() + duration_s
         window.go.set()
         nursery.start_soon(sample_rss, network, window, stats.rss_series)
@@ -411,6 +427,7 @@ async def run_load(network: Network, chargers: int, duration_s: float, *, kill_a
             after_kill = await snapshot(network)
         await trio.sleep_until(window.end)
         after = await snapshot(network)
+        after["rpc_methods"], _ = rpc_counts(network.anvil.log_path, rpc_offset)
         nursery.cancel_scope.deadline = trio.current_time() + CALL_TIMEOUT_S + 5
     if profiler is not None:
         with trio.move_on_after(30):
@@ -593,9 +610,10 @@ async def bench(network: Network, args: argparse.Namespace) -> dict[str, Any]:
         runs.append(await run_load(network, count, args.duration,
                                    profile_out=profile_path if args.profile and largest else None))
         print_table(runs[-1:])
-    kill_chargers = min(50, max(args.chargers))
-    runs.append(await run_load(network, kill_chargers, args.duration, kill_after_s=round(args.duration / 3, 1)))
-    print_table(runs[-1:])
+    if not args.no_kill:
+        kill_chargers = min(50, max(args.chargers))
+        runs.append(await run_load(network, kill_chargers, args.duration, kill_after_s=round(args.duration / 3, 1)))
+        print_table(runs[-1:])
     result: dict[str, Any] = {
         "nodes": NODES, "duration_s": args.duration, "cpu_count": os.cpu_count(), "runs": runs,
         "chain_read_probe": network.chain_read_probe,
@@ -616,6 +634,7 @@ def main() -> int:
     parser.add_argument("--chargers", type=int, nargs="+", default=[1, 10, 50, 100])
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of load per run")
     parser.add_argument("--profile", action="store_true", help="py-spy node 1 during the largest run")
+    parser.add_argument("--no-kill", action="store_true", help="skip the run with node 4 SIGKILLed")
     parser.add_argument("--keep", action="store_true", help="keep the data directory (node logs)")
     parser.add_argument("--signed", action="store_true", help="chargers sign their readings (OCMF, test keys)")
     args = parser.parse_args()

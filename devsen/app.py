@@ -147,6 +147,9 @@ BLOCK_EVENT_BUDGET = 2000  # events in one block, all vouchers (the default cons
 # (PREFETCH_WORKERS), so 256 of them cost a block well under a second even under load.
 NEW_CHARGER_READ_BUDGET = 256
 VALIDATED_FACTS_KEPT = 4  # proposals of the current height (rounds) whose facts a commit can reuse
+# An Ethereum block hash read fresh from the RPC is trusted this long for the next blocks naming
+# it (several consensus blocks a second name the same Ethereum block): one read a second, not a block
+HASH_RECHECK_S = 1.0
 PREFETCH_WORKERS = 8  # concurrent uncached device reads of one block (fetch_facts)
 # Proposer policy (not validity): an honest proposer takes 1/4 of another voucher's new-charger
 # share (it cannot tell an honest first contact from a flood of fresh ids); a voucher's own
@@ -408,6 +411,7 @@ class NodeApplication:
         # last applied block): the decided block's fetch_facts(committed=True) reuses them (the same
         # keys read at the same block hash) instead of reading the chain again (bench/perf_wins.py).
         self._validated_facts: OrderedDict[tuple[int, bytes, bytes, tuple[int, bytes]], ChainFacts] = OrderedDict()
+        self._hash_checked: tuple[int, bytes, float] | None = None  # (number, hash, monotonic read time)
         self._beside_digest = BesideLedgerDigest()
         self.counters: dict[str, int] = {"blocks": 0, "events": 0, "attestations_counted": 0,
                                          "attestations_ignored": 0, "batches_closed": 0, "quorums": 0}
@@ -506,8 +510,9 @@ class NodeApplication:
         return index is not None and bool(index.requested_between(requested_from_block(self.ledger, number), number))
 
     def propose_facts(self, height: int) -> tuple[int, bytes]:
-        """I/O: the Ethereum block to name, head - confirmations by a fresh head, monotonic."""
-        head = self.chain.head(max_age_s=0)
+        """I/O: the Ethereum block to name, head - confirmations by a recent head (at most
+        HEAD_MAX_AGE_S old: blocks come every second or slower), monotonic."""
+        head = self.chain.head()
         number = max(self.last_eth_block, head - self.settings.confirmations, 0)
         eth_hash = self.chain.block_hash(number)
         if self.commands.unknown:  # managers of mempool commands, so this proposal may carry them
@@ -603,8 +608,8 @@ class NodeApplication:
         if committed:
             self._await_chain_block(number, eth_hash)
         else:
-            head = self.chain.head(max_age_s=0)  # one fresh head serves both checks below
-            if number > head or self.chain.block_hash(number, fresh=True) != eth_hash:
+            head, on_chain = self._chain_has(number, eth_hash)  # one head serves both checks
+            if not on_chain:
                 return ChainFacts(number, eth_hash, digest, ChainKeys(), complete=False,
                                   problem=f"Ethereum block {number} 0x{eth_hash.hex()} is not on this node's chain")
         keys = chain_keys(events, self.ledger, (v.session_id for v in parts.vouchers),
@@ -645,10 +650,30 @@ class NodeApplication:
         """Block (worker thread) until our RPC has the committed block's Ethereum block, with
         that hash: a lagging RPC or one on another fork would make this node diverge."""
         def check() -> None:
-            if self.chain.head(max_age_s=0) < number or self.chain.block_hash(number, fresh=True) != eth_hash:
+            if not self._chain_has(number, eth_hash, wanted_depth=0)[1]:
                 raise ChainReadError(f"Ethereum block {number} with hash 0x{eth_hash.hex()} not on our RPC yet")
 
         patiently(f"waiting for Ethereum block {number}", check)
+
+    def _chain_has(self, number: int, eth_hash: bytes, wanted_depth: int | None = None) -> tuple[int, bool]:
+        """(our head, whether our RPC has block `number` with hash `eth_hash`). I/O, but at most
+        one eth_blockNumber per HEAD_MAX_AGE_S and one block-hash read per HASH_RECHECK_S while
+        blocks keep naming the same Ethereum block: the head is read fresh only when the recent
+        one would leave `number` less than `wanted_depth` (default: confirmations) deep, and the
+        hash only when it was not read fresh, with this value, within HASH_RECHECK_S."""
+        depth = self.settings.confirmations if wanted_depth is None else wanted_depth
+        head = self.chain.head()
+        if head - number < depth:
+            head = self.chain.head(max_age_s=0)
+        if number > head:
+            return head, False
+        now = time.monotonic()
+        checked = self._hash_checked
+        if checked is not None and checked[:2] == (number, eth_hash) and now - checked[2] <= HASH_RECHECK_S:
+            return head, True
+        fresh = self.chain.block_hash(number, fresh=True)
+        self._hash_checked = (number, fresh, now)
+        return head, fresh == eth_hash
 
     # ---------------------------------------------------------------- validating (pure)
 

@@ -4,6 +4,7 @@ run the same code against anvil."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -13,6 +14,7 @@ from anchoring.attestations import AnchorBatch, attest, decode_attestation
 from anchoring.batches import BatchPolicy
 from anchoring.proofs import AnchorIndex
 from consensus.types import Block, CommitCertificate
+from devsen import app as app_module
 from devsen.app import (
     AppHeaderError,
     AppSettings,
@@ -403,3 +405,49 @@ def test_signatures_recovered_in_a_worker_thread_are_not_recovered_again_at_admi
     assert len(calls) == 5 and threading.get_ident() not in calls
     assert all(app.check_tx(p).ok for p in payloads[:5]) and len(calls) == 5
     assert not app.check_tx(payloads[5]).ok  # malformed: left to check_tx, which refuses it
+
+
+class CountingChain(StaticChain):
+    """StaticChain that counts fresh reads, with a head the RPC reports only when asked fresh
+    (`cached_head` is what a recent read gave) and block hashes a reorg can replace."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cached_head = self.head_number
+        self.hashes: dict[int, bytes] = {}
+        self.fresh_heads = self.fresh_hashes = 0
+
+    def head(self, max_age_s: float = 0.25) -> int:
+        if max_age_s == 0:
+            self.fresh_heads += 1
+            self.cached_head = self.head_number
+        return self.cached_head
+
+    def block_hash(self, number: int, fresh: bool = False) -> bytes:
+        self.fresh_hashes += int(fresh)
+        return self.hashes.get(number, number.to_bytes(32, "big"))
+
+
+def test_validation_reads_head_and_hash_once_for_blocks_naming_the_same_ethereum_block(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many consensus blocks a second name one Ethereum block: validating them reads its hash
+    fresh once per HASH_RECHECK_S and the head only when the recent one is too shallow; a
+    hash a reorg replaced is still refused, and a proposal naming the new hash accepted."""
+    app, shell = make_app(tmp_path)
+    chain = CountingChain()
+    app.chain = chain
+    for _ in range(10):
+        assert shell.process(block(app, 1, (), eth_block=8))
+    assert (chain.fresh_heads, chain.fresh_hashes) == (0, 1)
+    chain.head_number = 11  # block 9 became deep enough; our recent head (10) says it is not yet
+    assert shell.process(block(app, 1, (), eth_block=9))
+    assert (chain.fresh_heads, chain.fresh_hashes) == (1, 2)
+    chain.hashes[9] = b"\x99" * 32  # a reorg replaced block 9
+    assert shell.process(block(app, 1, (), eth_block=9))  # inside the recheck window: trusted
+    clock = [time.monotonic() + app_module.HASH_RECHECK_S + 0.1]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    assert not shell.process(block(app, 1, (), eth_block=9))  # read again: the old hash is refused
+    renamed = Block(1, 1_700_000_001_000, KEYS[0].address, ZERO_HASH, ZERO_HASH, (),
+                    encode_app_header(9, b"\x99" * 32))
+    assert shell.process(renamed)
+    assert chain.fresh_hashes == 3  # the new hash was the one just read
