@@ -277,6 +277,7 @@ class Submitter:
         self._jobs: dict[tuple[str, str], Job] = {(j.kind, j.key): j for j in store.pending()}
         self._wake = trio.Event()
         self._counters = _Counters()
+        self._confirmed_next: tuple[int, int] | None = None  # (confirmed block, next_batch_id at it)
 
     async def add(self, quorum: Quorum) -> None:
         """Persist a quorum and have it submitted; adding a known one again changes nothing, and
@@ -367,7 +368,7 @@ class Submitter:
                          key=lambda j: j.quorum.subject.batch_id)  # type: ignore[union-attr]
         if anchors:
             next_id = await self._call(self.chain.next_batch_id, None)
-            confirmed_next = await self._call(self.chain.next_batch_id, confirmed) if confirmed >= 0 else 0
+            confirmed_next = await self._confirmed_next_batch_id(confirmed)
             for job in anchors:
                 await self._advance_anchor(job, next_id, confirmed_next, confirmed)
         settlements = sorted((j for j in self._jobs.values() if j.kind == SETTLEMENT),
@@ -382,6 +383,15 @@ class Submitter:
         if isinstance(chain, RewardChain):
             for job in [j for j in self._jobs.values() if j.kind == REWARD][:MAX_SETTLEMENT_CHECKS_PER_ROUND]:
                 await self._advance_reward(chain, job, confirmed)
+
+    async def _confirmed_next_batch_id(self, confirmed: int) -> int:
+        """next_batch_id at the confirmed block, read once per block number (rounds come more
+        often than blocks; a block `confirmations` deep is past the reorgs the network expects)."""
+        if confirmed < 0:
+            return 0
+        if self._confirmed_next is None or self._confirmed_next[0] != confirmed:
+            self._confirmed_next = (confirmed, await self._call(self.chain.next_batch_id, confirmed))
+        return self._confirmed_next[1]
 
     async def _advance_reward(self, chain: RewardChain, job: Job, confirmed: int) -> None:
         subject = job.quorum.subject

@@ -377,3 +377,29 @@ async def test_a_quorum_re_collected_after_an_epoch_change_replaces_the_stale_on
     assert [s for _, s in chain.sent] == [subject] and again.known_done(subject)
     await again.add(Quorum(subject, fresh.signers, tuple(bytes([27]) * 65 for _ in range(3)), 12))
     assert again.pending() == []
+
+
+@pytest.mark.parametrize("trio_clock", [trio.testing.MockClock(autojump_threshold=0)])
+async def test_rounds_within_one_block_read_the_confirmed_batch_id_once(trio_clock: Any) -> None:
+    """New quorums wake the submitter many times per Ethereum block; the batch id at the
+    confirmed block cannot change within it, so it is read once per block, not per round."""
+    chain = FakeChain()
+    reads: list[int | None] = []
+    read = chain.next_batch_id
+
+    async def counted(block: int | None = None) -> int:
+        reads.append(block)
+        return await read(block)
+
+    chain.next_batch_id = counted  # type: ignore[method-assign]
+    chain.mine(3)
+    node = make(chain, first_submitter(batch(0)))
+    await node.add(quorum(batch(0)))
+    for _ in range(5):  # five rounds; only the first one's send mines a block (head 3 -> 4)
+        await node.run_round()
+    assert [b for b in reads if b is not None] == [1, 2]  # once per confirmed block (head - 2)
+    assert reads.count(None) == 5  # the head's is still read each round
+    for _ in range(3):  # the batch goes 2 deep and the job is done
+        chain.mine()
+        await node.run_round()
+    assert node.status()["done"] == {"anchored": 1} and chain.sent == [(node.me, batch(0))]
