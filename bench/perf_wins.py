@@ -187,8 +187,9 @@ def main() -> int:
                 assert app.check_tx(payload).ok
             block = Block(height, 1_700_000_000_000 + height * 1000, KEYS[0].address, ZERO_HASH, ZERO_HASH,
                           payloads, header)
-            assert app.process_proposal(block, app.fetch_facts(height, header, payloads))
-            app.finalize_block(block, CERT, app.fetch_facts(height, header, payloads, committed=True))
+            assert app.process_proposal(block, app.fetch_facts(height, header, payloads, block_ms=block.timestamp_ms))
+            app.finalize_block(block, CERT, app.fetch_facts(height, header, payloads, committed=True,
+                                                             block_ms=block.timestamp_ms))
             app.commit(height)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         gossip_loop, gossip_wall = gossip_admission(app, args.gossip_batches, args.events)

@@ -138,7 +138,7 @@ def build(events: int, directory: Path) -> dict[str, Any]:
 
     def finalize(committed: CommittedBlock) -> bytes:
         block = committed.block
-        facts = app.fetch_facts(block.height, block.app_header, block.payloads, committed=True)
+        facts = app.fetch_facts(block.height, block.app_header, block.payloads, committed=True, block_ms=block.timestamp_ms)
         return app.finalize_block(block, committed.certificate, facts).app_hash
 
     chain = CertifiedChain(finalize, KEYS[:3], CONSENSUS)

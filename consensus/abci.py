@@ -130,11 +130,11 @@ class Application(Protocol):
     def prepare_proposal(self, height: int, payloads: tuple[bytes, ...], facts: Any) -> Prepared: ...
 
     def fetch_facts(self, height: int, app_header: bytes, payloads: tuple[bytes, ...] = (),
-                    *, committed: bool = False) -> Any:
+                    *, committed: bool = False, block_ms: int | None = None) -> Any:
         """I/O (called off the event loop): the chain facts the block with this header and these
-        payloads reads (which keys it reads depends on the payloads and on the state after the
-        previous height). `committed` = the block is decided (commit, catch-up, replay): wait out
-        RPC trouble instead of refusing.
+        payloads reads (which keys it reads depends on the payloads, on the block's timestamp
+        `block_ms` and on the state after the previous height). `committed` = the block is
+        decided (commit, catch-up, replay): wait out RPC trouble instead of refusing.
 
         May block (RPC retries); raises only if the facts can never be had (then the block is
         refused when proposing, and the node cannot commit past it: it stops and says why)."""

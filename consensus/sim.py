@@ -246,7 +246,7 @@ class SimApp:
         return Prepared(b"sim", tuple(p for p in payloads if p not in self.committed))
 
     def fetch_facts(self, height: int, app_header: bytes, payloads: tuple[bytes, ...] = (),
-                    *, committed: bool = False) -> Any:
+                    *, committed: bool = False, block_ms: int | None = None) -> Any:
         return None
 
     def process_proposal(self, block: Block, facts: Any) -> bool:

@@ -71,7 +71,7 @@ class HashChainApp:
         return Prepared(HASH_CHAIN_HEADER, payloads)
 
     def fetch_facts(self, height: int, app_header: bytes, payloads: tuple[bytes, ...] = (),
-                    *, committed: bool = False) -> Any:
+                    *, committed: bool = False, block_ms: int | None = None) -> Any:
         return None
 
     def process_proposal(self, block: Any, facts: Any) -> bool:

@@ -410,7 +410,8 @@ class NodeApplication:
         # The facts of the last few validated proposals, keyed by (height, header, payloads digest,
         # last applied block): the decided block's fetch_facts(committed=True) reuses them (the same
         # keys read at the same block hash) instead of reading the chain again (bench/perf_wins.py).
-        self._validated_facts: OrderedDict[tuple[int, bytes, bytes, tuple[int, bytes]], ChainFacts] = OrderedDict()
+        self._validated_facts: OrderedDict[tuple[int, bytes, bytes, tuple[int, bytes], int | None],
+                                           ChainFacts] = OrderedDict()
         self._hash_checked: tuple[int, bytes, float] | None = None  # (number, hash, monotonic read time)
         self._beside_digest = BesideLedgerDigest()
         self.counters: dict[str, int] = {"blocks": 0, "events": 0, "attestations_counted": 0,
@@ -575,10 +576,11 @@ class NodeApplication:
     # ---------------------------------------------------------------- chain facts (I/O)
 
     def fetch_facts(self, height: int, app_header: bytes, payloads: tuple[bytes, ...] = (),
-                    *, committed: bool = False) -> ChainFacts:
+                    *, committed: bool = False, block_ms: int | None = None) -> ChainFacts:
         """I/O, off the event loop: every chain read of the block (header + payloads) at its
         Ethereum block, by hash. Call it after `finalize_block(height - 1)`: the keys depend on
-        the ledger state before the block.
+        the ledger state before the block, and on `block_ms`, the block's own timestamp (None:
+        read as if the block could have any time, e.g. whether it closes the reward epoch).
 
         A proposal (committed=False) naming a block unknown here, with another hash, or less
         than `confirmations` deep by our own head gets facts with a `problem` (refused) at once.
@@ -586,7 +588,7 @@ class NodeApplication:
         RPC has that block (ChainReadError after the chain view's outage limit).
         """
         digest = _payloads_digest(payloads)
-        reuse_key = (height, app_header, digest, self._last_block)
+        reuse_key = (height, app_header, digest, self._last_block, block_ms)
         if committed:
             validated = self._validated_facts.get(reuse_key)
             if validated is not None:  # read at this block's hash over the same state: no chain I/O
@@ -613,7 +615,7 @@ class NodeApplication:
                 return ChainFacts(number, eth_hash, digest, ChainKeys(), complete=False,
                                   problem=f"Ethereum block {number} 0x{eth_hash.hex()} is not on this node's chain")
         keys = chain_keys(events, self.ledger, (v.session_id for v in parts.vouchers),
-                          (c.charger_id for c in parts.commands))
+                          (c.charger_id for c in parts.commands), block_ms)
         view = self.chain.view_at(number, eth_hash)
         requested = getattr(view, "requested_since", None)
         if requested is not None:  # new escrow sessions: their chargers' remote starts (remote_starts.py)

@@ -54,7 +54,7 @@ def _id_tag_hashes_in(value: Any, depth: int = 0) -> Iterable[bytes]:
 
 
 def chain_keys(events: Sequence[ChargerEvent], ledger: Ledger, voucher_sessions: Iterable[bytes] = (),
-               command_chargers: Iterable[str] = ()) -> ChainKeys:
+               command_chargers: Iterable[str] = (), block_ms: int | None = None) -> ChainKeys:
     """The chain keys applying `events` to `ledger` can read; pure (block + state before it).
 
     Chargers: each event's charger (its device and open escrow sessions). IdTags: every idTag /
@@ -62,10 +62,11 @@ def chain_keys(events: Sequence[ChargerEvent], ledger: Ledger, voucher_sessions:
     ledger re-checks whether they were paid) and of the open sessions of the block's chargers;
     those the block's payment vouchers name and the oldest voucher entries the ledger re-checks.
     The chargers of the block's manager commands (their manager, devsen/ledger/commands.py).
-    The chargers with uptime in the open reward epoch (the block closes it if its time is past
-    the epoch end, unknown here; devsen/ledger/uptime.py reads their devices then).
+    The chargers with uptime in the open reward epoch if the block, at `block_ms` (its own
+    timestamp; None: unknown), closes it (devsen/ledger/uptime.py reads their devices then).
     """
-    chargers = sorted({event.charger_id for event in events} | set(command_chargers) | set(ledger.uptime_reads()))
+    chargers = sorted({event.charger_id for event in events} | set(command_chargers)
+                      | set(ledger.uptime_reads(block_ms)))
     tags = sorted({tag_hash for event in events for tag_hash in _id_tag_hashes_in(event.payload)})
     wanted = set(chargers)
     sessions = {order.session_id for order in ledger.pending_settlements()}

@@ -58,6 +58,7 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -870,8 +871,8 @@ class ConsensusService:
         elif isinstance(output, ValidateBlock):
             block = output.block
             try:
-                facts = await trio.to_thread.run_sync(self.app.fetch_facts, block.height, block.app_header,
-                                                      block.payloads)
+                facts = await trio.to_thread.run_sync(partial(self.app.fetch_facts, block.height, block.app_header,
+                                                              block.payloads, block_ms=block.timestamp_ms))
             except Exception as exc:  # the facts can never be had: the block is refused
                 logger.warning("block %d refused: its facts cannot be fetched: %s", block.height, exc)
                 self.counters["validation_facts_failed"] += 1
@@ -907,7 +908,8 @@ class ConsensusService:
 
     def _committed_facts(self, block: Block) -> Any:
         """A decided block's chain facts (worker thread; the application waits out RPC trouble)."""
-        return self.app.fetch_facts(block.height, block.app_header, block.payloads, committed=True)
+        return self.app.fetch_facts(block.height, block.app_header, block.payloads, committed=True,
+                                    block_ms=block.timestamp_ms)
 
     def _after_commit(self, committed: CommittedBlock, result: FinalizeResult) -> None:
         block = committed.block

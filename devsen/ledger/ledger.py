@@ -745,10 +745,11 @@ class Ledger:
         """The closed epochs' reward distributions kept (at most `max_reward_epochs`), oldest first."""
         return tuple(self._uptime.distributions.values())
 
-    def uptime_reads(self) -> tuple[str, ...]:
-        """Chargers whose on-chain device the next block reads if it closes the reward epoch
-        (UptimeBook.closing_reads): chain facts must hold them, whatever the block's time."""
-        return self._uptime.closing_reads(self._c.block_ms)
+    def uptime_reads(self, block_ms: int | None = None) -> tuple[str, ...]:
+        """Chargers whose on-chain device the next block reads because it closes the reward
+        epoch (UptimeBook.closing_reads): none if `block_ms`, the next block's time, is still in
+        the open epoch; all of them if it may not be (`block_ms` None: any time)."""
+        return self._uptime.closing_reads(self._c.block_ms, block_ms)
 
     def uptime(self, charger_id: str) -> UptimeRecord | None:
         """The device's uptime in the open reward epoch (counted up to its last event)."""

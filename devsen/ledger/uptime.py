@@ -141,10 +141,13 @@ class UptimeBook:
     def tables(self) -> tuple[HashedTable[str, UptimeRecord], HashedTable[int, RewardDistribution]]:
         return (self.records, self.distributions)
 
-    def closing_reads(self, prev_ms: int) -> tuple[str, ...]:
-        """The chargers whose device `begin_block` reads if the next block closes the epoch of
-        `prev_ms` (their records are in that epoch); sorted, at most `max_devices`."""
+    def closing_reads(self, prev_ms: int, block_ms: int | None = None) -> tuple[str, ...]:
+        """The chargers whose device `begin_block` reads if the next block (at `block_ms`, None:
+        any time) closes the epoch of `prev_ms` (their records are in that epoch); sorted, at
+        most `max_devices`. A block inside the open epoch reads none (no per-block cost)."""
         old = prev_ms // self.epoch_ms
+        if block_ms is not None and block_ms // self.epoch_ms <= old:
+            return ()
         return tuple(c for c in sorted(self.records) if (rec := self.records.get(c)) is not None and rec.epoch == old)
 
     def begin_block(self, prev_ms: int, block_ms: int, chain: ChainView) -> RewardDistribution | None:

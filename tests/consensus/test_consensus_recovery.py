@@ -68,7 +68,7 @@ class ChainApp:
     def prepare_proposal(self, height: Any, payloads: Any, facts: Any) -> Prepared:
         return Prepared(b"", payloads)
 
-    def fetch_facts(self, height: Any, app_header: Any, payloads: Any=(), *, committed: Any=False) -> Any:
+    def fetch_facts(self, height: Any, app_header: Any, payloads: Any=(), *, committed: Any=False, block_ms: Any=None) -> Any:
         return None
 
     def process_proposal(self, block: Any, facts: Any) -> bool:

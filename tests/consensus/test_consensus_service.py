@@ -52,7 +52,7 @@ class EchoApp(HashChainApp):
         return Prepared(b"echo", payloads)
 
     def fetch_facts(self, height: int, app_header: bytes, payloads: tuple[bytes, ...] = (),
-                    *, committed: bool = False) -> Any:
+                    *, committed: bool = False, block_ms: int | None = None) -> Any:
         return app_header
 
     def process_proposal(self, block: Any, facts: Any) -> bool:

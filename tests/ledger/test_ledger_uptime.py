@@ -197,3 +197,21 @@ def test_a_replayed_heartbeat_does_not_keep_a_device_online() -> None:
         assert out.results[0].duplicate
     closed = run_until_close(world, lambda: [], EPOCH_END)
     assert closed[0].devices[0].online_ms == 5_000 + OFFLINE_MS
+
+
+def test_only_a_block_that_closes_the_epoch_reads_the_devices_of_its_uptime() -> None:
+    """The chain keys of a block hold every charger with uptime only when the block's time is
+    past the open epoch's end (a block inside it reads none of them, whatever their number);
+    with the time unknown, all of them."""
+    world = World(PARAMS)
+    world.block(status16(1, "Available"), status201(1, "Available"), advance_ms=5_000)
+    both = tuple(sorted((CHARGER, CHARGER_201)))
+    inside, closing = world.now_ms, EPOCH_END
+    assert world.ledger.uptime_reads(inside) == ()
+    assert world.ledger.uptime_reads(EPOCH_END - 1) == ()
+    assert world.ledger.uptime_reads(closing) == both == world.ledger.uptime_reads(closing + 3 * EPOCH_MS)
+    assert world.ledger.uptime_reads(None) == both
+    # and the block that does close it is applied over keys read for its own time: same payout
+    closed = run_until_close(world, lambda: [hb()], EPOCH_END)
+    assert len(closed) == 1 and {d.charger_id for d in closed[0].devices} == set(both)
+    assert world.ledger.uptime_reads(world.now_ms) == ()  # the new epoch's records, not closing yet

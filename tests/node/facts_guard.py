@@ -25,7 +25,8 @@ def pytest_configure(config: Any) -> None:
                 vouchers: Sequence[tuple[PaymentVoucher, bytes]] = (),
                 commands: Sequence[tuple[ChargerCommand, bytes, bytes]] = (),
                 outcomes: Sequence[tuple[CommandOutcome, bytes]] = ()) -> BlockOutcome:
-        keys = chain_keys(events, self, (v.session_id for v, _ in vouchers), (c.charger_id for c, _, _ in commands))
+        keys = chain_keys(events, self, (v.session_id for v, _ in vouchers), (c.charger_id for c, _, _ in commands),
+                          ctx.timestamp_ms)
         pairs = getattr(chain, "validator_endpoints", lambda: ())()  # what validators_at + endpoints read
         endpoints = {p[0]: p[1] for p in pairs if isinstance(p, tuple) and len(p) == 2
                      and isinstance(p[0], bytes) and len(p[0]) == 20}

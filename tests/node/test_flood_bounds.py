@@ -170,7 +170,8 @@ class CountingApp:
     def prepare_proposal(self, height: int, payloads: tuple[bytes, ...], facts: Any) -> Prepared:
         return Prepared(b"h", payloads)
 
-    def fetch_facts(self, height: int, app_header: bytes, payloads: tuple[bytes, ...] = (), *, committed: bool = False) -> Any:
+    def fetch_facts(self, height: int, app_header: bytes, payloads: tuple[bytes, ...] = (), *, committed: bool = False,
+                    block_ms: int | None = None) -> Any:
         return None
 
     def process_proposal(self, block: Any, facts: Any) -> bool:
