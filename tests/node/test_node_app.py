@@ -451,3 +451,33 @@ def test_validation_reads_head_and_hash_once_for_blocks_naming_the_same_ethereum
                     encode_app_header(9, b"\x99" * 32))
     assert shell.process(renamed)
     assert chain.fresh_hashes == 3  # the new hash was the one just read
+
+
+class RequestIndex:
+    """The SessionRequested log index as chain_view.SessionIndex answers it: (block, charger)."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[int, str]] = []
+
+    def requested_between(self, first_block: int, last_block: int) -> list[str]:
+        return sorted({c for b, c in self.requests if first_block <= b <= last_block})
+
+
+def test_a_flood_of_session_requests_wakes_an_idle_network_once_per_ethereum_block(tmp_path: Path) -> None:
+    """A hostile account opening escrow sessions as fast as it can (any charger, any number per
+    Ethereum block) makes the chain watch ask for one block per confirmed Ethereum block that
+    holds requests, never one per request; requests not yet `confirmations` deep wake nothing."""
+    app, shell = make_app(tmp_path)
+    chain = cast(Any, app.chain)
+    chain.index = RequestIndex()
+    assert not app.chain_wants_block()  # no requests
+    chain.index.requests += [(9, f"CP-{n}") for n in range(500)]  # block 9: only 1 deep at head 10
+    assert not app.chain_wants_block()
+    chain.index.requests += [(7, f"CP-{n}") for n in range(500)]  # block 7 is confirmed (head 10 - 2 = 8)
+    assert app.chain_wants_block()
+    shell.finalize(block(app, 1, (), eth_block=8))  # the woken block names Ethereum block 8
+    assert not app.chain_wants_block()  # its 500 requests were looked at by that one block
+    chain.head_number = 11  # block 9 is now confirmed: one more block, for all of its requests
+    assert app.chain_wants_block()
+    shell.finalize(block(app, 2, (), eth_block=9))
+    assert not app.chain_wants_block()
