@@ -185,6 +185,11 @@ def _audit(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
             continue
         if document is None:
             return EXIT_PENDING, {**report, "verdict": "PENDING", "reasons": [f"{name} {text} is not anchored yet"]}
+        batch_id = document.get("batch", {}).get("batch_id") if isinstance(document.get("batch"), dict) else None
+        if isinstance(batch_id, int) and chain.batch(batch_id) is None:  # closed by the node, not yet deep on chain
+            return EXIT_PENDING, {**report, "verdict": "PENDING",
+                                  "reasons": [f"{name} {text}: batch {batch_id} is not anchored "
+                                              f"{chain.confirmations} blocks deep yet"]}
         failed = [c.name for c in verify_event(document, event_id, chain, block_loader(fetch)) if not c.ok]
         if failed:
             reasons.append(f"{name} {text}: proof checks failed: {', '.join(failed)}")
