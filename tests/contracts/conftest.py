@@ -4,9 +4,11 @@ a deployment with 4 validators, and funded actor keys."""
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from eth_account import Account
@@ -101,6 +103,20 @@ def build_world(w3: Web3, validator_count: int = 4, staking: StakingParams | Non
     world.manager.register_roles(2)
     world.driver.register_roles(1)
     return world
+
+
+def write_gas_figures(path: Path, gas: dict[str, int], **about: Any) -> bool:
+    """Record `gas` (operation -> gas used on anvil) in the bench/results file `path`, keeping the
+    file's other figures. Rewritten only when a figure is new or moved by more than 1 % (they vary
+    by a few gas with the random addresses). True when the file was written."""
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    figures = dict(old.get("gas", {}))
+    if all(k in figures and abs(figures[k] - v) <= v // 100 for k, v in gas.items()):
+        return False
+    figures.update(gas)
+    path.write_text(json.dumps({**old, **about, "unit": "gas", "gas": dict(sorted(figures.items()))},
+                               indent=2, sort_keys=True) + "\n")
+    return True
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ token that re-enters `withdraw`. Gas per evidence submission goes to bench/resul
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from conftest import (
     fund,
     quorum_signatures,
     validator_keys,
+    write_gas_figures,
 )
 from test_contracts_core import expect_revert
 from web3 import Web3
@@ -272,19 +272,8 @@ def test_withdraw_cannot_be_reentered(chain: Web3, tmp_path: Path) -> None:
 
 
 def test_zz_write_gas_figures(chain: Web3) -> None:
-    """bench/results/slashing.json: gas of each staking operation (from the anvil run). Rewritten
-    only when a figure moved by more than 1 % (they vary by a few gas with the random addresses)."""
+    """bench/results/slashing.json: gas of each staking operation (from the anvil run)."""
     if "submitVoteEvidence" not in _gas or chain.provider.__class__.__name__ == "EthereumTesterProvider":
         pytest.skip("figures are recorded from the anvil run")
-    if RESULTS.is_file():
-        old = json.loads(RESULTS.read_text()).get("gas", {})
-        if old.keys() == _gas.keys() and all(abs(old[k] - v) <= v // 100 for k, v in _gas.items()):
-            return
-    RESULTS.write_text(json.dumps({
-        "what": "gas used per ValidatorSet staking operation, anvil, solc 0.8.37 optimizer 200 runs",
-        "unit": "gas",
-        "gas": dict(sorted(_gas.items())),
-        "min_stake_base_units": MIN_STAKE,
-        "slash_bps": 5_000,
-        "reporter_share_bps": 1_000,
-    }, indent=2, sort_keys=True) + "\n")
+    write_gas_figures(RESULTS, _gas, what="gas used per ValidatorSet staking operation, anvil, solc 0.8.37 "
+                      "optimizer 200 runs", min_stake_base_units=MIN_STAKE, slash_bps=5_000, reporter_share_bps=1_000)
