@@ -270,22 +270,20 @@ class SenderQueues:
 
 
 class ServedSnapshots:
-    """Snapshots as p2p/snapshots.py serves them: each with the blocks S-1, S and S+1 a joining
-    node needs to trust it (offered once block S+1 is stored). `snapshots` and `chunk` are the
-    application's (via the Replica), `records(lo, hi)` the block store's."""
+    """Snapshots as p2p/snapshots.py serves them (its SnapshotSource): `snapshots` and `chunk`
+    are the application's file reads (via the Replica; p2p calls them in a worker thread),
+    `records(lo, hi)` the block store's (on the event loop)."""
 
     def __init__(self, snapshots: Callable[[], tuple[Snapshot, ...]],
                  chunk: Callable[[int, int, int], bytes | None],
                  records: Callable[[int, int], list[bytes]]) -> None:
         self._snapshots, self._chunk, self._records = snapshots, chunk, records
 
-    def offers(self) -> list[tuple[Snapshot, list[bytes]]]:
-        out = []
-        for snapshot in self._snapshots():
-            records = self._records(snapshot.height - 1, snapshot.height + 1)
-            if len(records) == 3:
-                out.append((snapshot, records))
-        return out
+    def snapshots(self) -> tuple[Snapshot, ...]:
+        return self._snapshots()
+
+    def records(self, from_height: int, to_height: int) -> list[bytes]:
+        return self._records(from_height, to_height)
 
     def chunk(self, height: int, format: int, index: int) -> bytes | None:
         return self._chunk(height, format, index)

@@ -69,11 +69,29 @@ class SnapshotFetchError(Exception):
 
 
 class SnapshotSource(Protocol):
-    """What a serving node offers: its kept snapshots with their trust records, and chunks."""
+    """What a serving node offers: its kept snapshots, the block records that let a joiner trust
+    one, and chunks. `snapshots` and `chunk` read files and are called in a worker thread (they
+    must not touch state the event loop mutates); `records` is called on the event loop."""
 
-    def offers(self) -> Sequence[tuple[Snapshot, Sequence[bytes]]]: ...
+    def snapshots(self) -> Sequence[Snapshot]: ...
+
+    def records(self, from_height: int, to_height: int) -> Sequence[bytes]: ...
 
     def chunk(self, height: int, format: int, index: int) -> bytes | None: ...
+
+
+def trusted_offers(snapshots: Sequence[Snapshot], records: Callable[[int, int], Sequence[bytes]]
+                   ) -> list[tuple[Snapshot, Sequence[bytes]]]:
+    """Each snapshot S with the blocks S-1, S and S+1 a joining node needs to trust it (offered
+    once block S+1 is stored), at most MAX_OFFERS."""
+    out: list[tuple[Snapshot, Sequence[bytes]]] = []
+    for snapshot in snapshots:
+        blocks = records(snapshot.height - 1, snapshot.height + 1)
+        if len(blocks) == 3:
+            out.append((snapshot, blocks))
+            if len(out) == MAX_OFFERS:
+                break
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,20 +121,22 @@ class SnapshotServer:
     def install(self) -> None:
         self._running.host.set_stream_handler(SNAPSHOT_PROTOCOL, self._handle)
 
-    def answer(self, request: Any) -> bytes:
-        """The response to a decoded request (pure apart from the source); raises ValueError."""
+    async def answer(self, request: Any) -> bytes:
+        """The response to a decoded request; raises ValueError. The snapshot files are read in a
+        worker thread, never on the event loop (a chunk is up to MAX_CHUNK_BYTES)."""
         if not (isinstance(request, list) and len(request) >= 2 and request[0] == self._network_id):
             raise ValueError("not a request of this network")
         kind = request[1]
         if kind == "list" and len(request) == 2:
             offers = []
-            for snapshot, records in list(self._source.offers())[:MAX_OFFERS]:
+            snapshots = await trio.to_thread.run_sync(self._source.snapshots)
+            for snapshot, records in trusted_offers(snapshots, self._source.records):
                 offers.append([snapshot.height, snapshot.format, snapshot.chunks, snapshot.hash, snapshot.app_hash,
                                snapshot.metadata, list(records)[:MAX_OFFER_RECORDS]])
             self.served["list"] += 1
             return _pack(["ok", offers])
         if kind == "chunk" and len(request) == 5 and all(type(v) is int for v in request[2:]):
-            chunk = self._source.chunk(request[2], request[3], request[4])
+            chunk = await trio.to_thread.run_sync(self._source.chunk, request[2], request[3], request[4])
             self.served["chunk"] += 1
             return _pack(["none"] if chunk is None else ["ok", chunk])
         raise ValueError("unknown request")
@@ -131,7 +151,7 @@ class SnapshotServer:
             wire = await read_request(stream, MAX_REQUEST_BYTES, REQUEST_TIMEOUT_S)
             if wire is None:
                 return
-            body = self.answer(msgpack.unpackb(wire, raw=False))
+            body = await self.answer(msgpack.unpackb(wire, raw=False))
             with trio.fail_after(REQUEST_TIMEOUT_S):
                 await stream.write(encode_frame(body, MAX_LIST_BYTES))
                 await stream.close()

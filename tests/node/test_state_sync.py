@@ -7,6 +7,7 @@ an offer whose app hash is not certified (refused). The chain is a fake (one lay
 from __future__ import annotations
 
 import dataclasses
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from libp2p.abc import INetStream
 from test_node_app import KEYS, VALIDATORS, StaticChain, event, make_app
 
 import devsen.app as app_module
+from consensus.abci import Snapshot
 from consensus.core import Commit
 from consensus.replica import BLOCKS_FILE, Replica
 from consensus.store import BlockStore
@@ -44,7 +46,9 @@ from p2p.snapshots import (
     ChunkFetcher,
     Offer,
     SnapshotServer,
+    fetch_chunk,
     list_offers,
+    trusted_offers,
 )
 from primitives.eip712 import Domain, SigningKey
 from primitives.hashing import keccak256
@@ -89,9 +93,15 @@ class Source(ServedSnapshots):
                          chain.records)
         self.tamper, self.oversize = tamper, oversize
         self.chunk_requests = 0
+        self.file_read_threads: set[str] = set()  # where the server read the snapshot files
+
+    def snapshots(self) -> tuple[Snapshot, ...]:
+        self.file_read_threads.add(threading.current_thread().name)
+        return super().snapshots()
 
     def chunk(self, height: int, format: int, index: int) -> bytes | None:
         self.chunk_requests += 1
+        self.file_read_threads.add(threading.current_thread().name)
         if self.oversize:
             return b"\x00" * (MAX_CHUNK_BYTES + 1)
         data = super().chunk(height, format, index)
@@ -132,7 +142,7 @@ def _stall_chunks(server: SnapshotServer) -> Any:
                 return
             request = msgpack.unpackb(wire)
             if request[1] == "list":
-                await stream.write(encode_frame(server.answer(request), 1 << 24))
+                await stream.write(encode_frame(await server.answer(request), 1 << 24))
                 await stream.close()
             else:
                 await trio.sleep(3600)
@@ -234,7 +244,8 @@ def test_only_hostile_peers_leave_the_state_unchanged(tmp_path: Path) -> None:
 
 
 def _offer(app: NodeApplication, chain: CertifiedChain) -> Offer:
-    snapshot, records = Source(app, chain).offers()[0]
+    source = Source(app, chain)
+    snapshot, records = trusted_offers(source.snapshots(), source.records)[0]
     return Offer(snapshot, tuple(records))
 
 
@@ -356,6 +367,9 @@ def test_server_answers_only_its_network_and_bounds_requests(tmp_path: Path) -> 
             peer = server_host.peer_id.to_bytes()
             offers = await list_offers(client, NETWORK, peer)
             assert [o.snapshot.height for o in offers] == [6, 4]
+            assert await fetch_chunk(client, NETWORK, peer, 6, offers[0].snapshot.format, 0)
+            # the snapshot files are read in worker threads, never on the event loop
+            assert source.file_read_threads and threading.main_thread().name not in source.file_read_threads
             with pytest.raises(Exception, match="closed|failed"):
                 await list_offers(client, b"\x00" * 32, peer, timeout_s=2)  # another network's request
             # garbage of the right size, and an oversized request: the stream is reset
