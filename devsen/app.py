@@ -382,6 +382,7 @@ class NodeApplication:
         # Registered operators (full nodes vouching for charger events) as of the last applied block's
         # agreed Ethereum block: mempool admission only; a block's validity reads its own facts.
         self.operators: frozenset[bytes] = frozenset()
+        self.operators_named_at: int | None = None  # the Ethereum block whose read named `operators`
         self._proposal_operators: tuple[int, bytes, frozenset[bytes]] | None = None  # (eth block, hash, operators)
         self.epoch = settings.epoch
         self.snapshot_path: Path | None = None
@@ -522,6 +523,7 @@ class NodeApplication:
         if operators_at is not None:  # who may vouch in this proposal; and admission from now on
             operators = frozenset(operators_at(number, eth_hash))
             self._proposal_operators, self.operators = (number, eth_hash, operators), operators
+            self.operators_named_at = number
         return number, eth_hash
 
     def prepare_proposal(self, height: int, payloads: tuple[bytes, ...], facts: Any) -> Prepared:
@@ -790,7 +792,7 @@ class NodeApplication:
             log.error("block %d read chain keys outside its facts (answered as absent): %s", block.height,
                       view.outside[:4])
         self.last_eth_block = number
-        self.operators = facts.operators
+        self.operators, self.operators_named_at = facts.operators, number
         self._last_block = (block.height, block.hash)
         self._remember_messages(block.height, parts.events)
         results = {r.event_id: r for r in outcome.results}

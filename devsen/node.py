@@ -399,8 +399,8 @@ async def read_operators(app: NodeApplication, read: Callable[[], tuple[bytes, .
             continue
         if failing:
             log.info("read the registered operators after all: %d registered", len(operators))
-        if not app.operators:  # a block applied meanwhile named its own: that one is the agreed set
-            app.operators = frozenset(operators)
+        if app.operators_named_at is None:  # else a block (or proposal) read meanwhile named the set,
+            app.operators = frozenset(operators)  # possibly empty, at an agreed Ethereum block: it stays
         if operator is not None and operator not in operators:
             log.warning("operator 0x%s is not registered on chain (ValidatorSet.operators()): its chargers' "
                         "events are refused until it is; fix: `devsen stake register-operator` with this key",
@@ -495,7 +495,7 @@ def build_node(config: NodeConfig) -> NodeParts:
     ledger = Ledger(params)
     app = NodeApplication(settings, access, ledger, AnchorIndex(data_dir / "anchors.sqlite"))
     app.snapshot_path = data_dir / "app_snapshot.msgpack"
-    app.operators = frozenset()  # read_operators fills it, unless the first block applied names its own first
+    app.operators, app.operators_named_at = frozenset(), None  # read_operators fills it, unless a block names it first
     host = HostConfig(listen=config.p2p.listen, bootstrap=tuple(config.p2p.bootstrap), max_peers=config.p2p.max_peers)
     if config.p2p.state_sync:  # an empty block store: restore a verified snapshot from peers first
         consensus_domain = deployment.domain("ValidatorSet")

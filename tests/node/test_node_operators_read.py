@@ -20,7 +20,7 @@ OPERATOR = b"\x0b" * 20
 
 def test_the_operators_read_retries_in_the_background_with_one_line_per_state_change(
         caplog: pytest.LogCaptureFixture) -> None:
-    app = SimpleNamespace(operators=frozenset())
+    app = SimpleNamespace(operators=frozenset(), operators_named_at=None)
     attempts: list[float] = []
 
     def read() -> tuple[bytes, ...]:
@@ -48,12 +48,14 @@ def test_the_operators_read_retries_in_the_background_with_one_line_per_state_ch
     assert not any("is not registered on chain" in m for m in lines)  # its own key is registered
 
 
-def test_a_block_applied_first_wins_and_an_unregistered_operator_is_warned(caplog: pytest.LogCaptureFixture) -> None:
-    named = frozenset({b"\x0c" * 20})
-    app = SimpleNamespace(operators=named)  # the first block applied named its own set meanwhile
+@pytest.mark.parametrize("named", [frozenset({b"\x0c" * 20}), frozenset()], ids=["some", "none"])
+def test_a_block_applied_first_wins_and_an_unregistered_operator_is_warned(
+        caplog: pytest.LogCaptureFixture, named: frozenset[bytes]) -> None:
+    # the first block applied named its own set meanwhile, at Ethereum block 7; an empty set too
+    app = SimpleNamespace(operators=named, operators_named_at=7)
     with caplog.at_level(logging.INFO, logger="devsen.node"):
-        trio.run(read_operators, cast(Any, app), lambda: (), OPERATOR)
-    assert app.operators == named
+        trio.run(read_operators, cast(Any, app), lambda: (b"\x0d" * 20,), OPERATOR)
+    assert app.operators == named  # the later head read does not replace the agreed set
     assert [r.getMessage() for r in caplog.records].count(
         "operator 0x" + OPERATOR.hex() + " is not registered on chain (ValidatorSet.operators()): its chargers' "
         "events are refused until it is; fix: `devsen stake register-operator` with this key") == 1
