@@ -130,16 +130,19 @@ def _hash_additional(item: Any) -> Any:
 
 def canonical_value(value: Any) -> Any:
     """Return `value` with maps key-sorted, recursively; reject types with no canonical form."""
-    if isinstance(value, dict):
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or kind is bytes or value is None:  # the common case first
+        return value
+    if kind is dict or kind is not list and isinstance(value, dict):
         out = {}
         for key in sorted(value):
-            if not isinstance(key, str):
+            if type(key) is not str and not isinstance(key, str):
                 raise EventEncodingError(f"map key {key!r} is not a string")
             out[key] = canonical_value(value[key])
         return out
-    if isinstance(value, (list, tuple)):
+    if kind is list or isinstance(value, (list, tuple)):
         return [canonical_value(v) for v in value]
-    if value is None or isinstance(value, (bool, int, str, bytes)):
+    if isinstance(value, (bool, int, str, bytes)):
         return value
     if isinstance(value, float):
         if value != value or value in (float("inf"), float("-inf")):
@@ -155,6 +158,26 @@ def canonical_bytes(value: Any) -> bytes:
         return packed
     except UnicodeEncodeError as exc:
         raise EventEncodingError(f"a string is not valid Unicode: {exc.reason}") from exc
+
+
+class _Packed:
+    """Already canonical msgpack bytes, spliced as one element by `canonical_array`."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+def canonical_array(items: list[Any]) -> bytes:
+    """`canonical_bytes(items)` for at most 15 items, with `_Packed` items spliced in as they
+    are (a msgpack array is its header followed by its elements' encodings), so a payload
+    shared by several encodings of one event is made canonical and packed once."""
+    assert len(items) <= 15
+    parts = [bytes((0x90 | len(items),))]
+    for item in items:
+        parts.append(item.data if type(item) is _Packed else canonical_bytes(item))
+    return b"".join(parts)
 
 
 @dataclass(frozen=True)
@@ -220,20 +243,25 @@ class ChargerEvent:
         """The canonical encoding; the same event always gives the same bytes."""
         return self._encoded
 
+    @cached_property
+    def _payload(self) -> _Packed:
+        """The payload's canonical bytes, made once for the event's three encodings."""
+        return _Packed(canonical_bytes(self.payload))
+
     def _fields(self) -> list[Any]:
         return [
-            ENCODING_VERSION, self.charger_id, self.ocpp_version, self.action, self.message_id, self.payload,
+            ENCODING_VERSION, self.charger_id, self.ocpp_version, self.action, self.message_id, self._payload,
             self.received_at_ms, self.ingress_address, self.connection_id,
         ]
 
     @cached_property
     def body_hash(self) -> bytes:
         """keccak-256 of the canonical bytes without the signature: what the ingress validator signs."""
-        return keccak256(canonical_bytes(self._fields()))
+        return keccak256(canonical_array(self._fields()))
 
     @cached_property
     def _encoded(self) -> bytes:
-        data = canonical_bytes([*self._fields(), self.signature])
+        data = canonical_array([*self._fields(), self.signature])
         if len(data) > MAX_EVENT_BYTES:
             raise EventEncodingError(f"event is {len(data)} bytes, limit {MAX_EVENT_BYTES}")
         return data
@@ -252,7 +280,7 @@ class ChargerEvent:
         same dedup key, so the ledger applies it once and answers every retry the same way.
         """
         return keccak256(
-            canonical_bytes([self.charger_id, self.ocpp_version, self.message_id, self.action, self.payload])
+            canonical_array([self.charger_id, self.ocpp_version, self.message_id, self.action, self._payload])
         )
 
     @classmethod

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ocpp_adapter import errors, schemas
 from ocpp_adapter.auth import (
@@ -19,13 +21,14 @@ from ocpp_adapter.auth import (
 )
 from ocpp_adapter.bounded import LruMap, TokenBucket
 from ocpp_adapter.config import OcppServerConfig
-from ocpp_adapter.events import ChargerEvent
+from ocpp_adapter.events import ENCODING_VERSION, ChargerEvent, EventEncodingError, canonical_bytes
 from ocpp_adapter.idempotency import ReplyCache, SubmissionFailed
 from ocpp_adapter.ingest import IngestOverloaded, IngestRejected, IngestResult
 from ocpp_adapter.memory_ingest import MemoryIngest
 from ocpp_adapter.protocol import CHARGER_INITIATED, CallAnswered, Ignored, OcppSession
 from ocpp_adapter.server import charge_box_id_from_path, choose_subprotocol
 from primitives.credentials import hash_charger_password, verify_charger_password
+from primitives.hashing import keccak256
 
 NOW = "2026-01-01T00:00:00Z"
 
@@ -332,3 +335,28 @@ def test_multiple_of_is_decimal_exact_on_floats() -> None:
         else:
             with pytest.raises(schemas.PayloadInvalid):
                 schemas.validate("1.6", "RemoteStartTransaction", payload)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=8)
+    | st.floats(allow_nan=False, allow_infinity=False),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=24)
+
+
+@settings(max_examples=300, deadline=None)
+@given(payload=st.dictionaries(st.text(max_size=6), _JSON, max_size=5))
+def test_event_encodings_pack_the_payload_once_and_stay_byte_identical(payload: dict[str, Any]) -> None:
+    """The event packs its canonical payload once and splices it into its three encodings; the
+    bytes must equal the whole-array canonical encoding (what blocks, proofs and vouches hold)."""
+    try:
+        event = ChargerEvent("CP-1", "1.6", "DataTransfer", "m-1", payload, "0x" + "ab" * 20, 7, b"\x01" * 16,
+                             b"\x02" * 65)
+        encoded = event.to_bytes()
+    except EventEncodingError:
+        return  # e.g. lone surrogates: refused alike either way
+    fields = [ENCODING_VERSION, "CP-1", "1.6", "DataTransfer", "m-1", event.payload, 7, b"\xab" * 20, b"\x01" * 16]
+    assert encoded == canonical_bytes([*fields, b"\x02" * 65])
+    assert event.body_hash == keccak256(canonical_bytes(fields))
+    assert event.dedup_key == keccak256(canonical_bytes(["CP-1", "1.6", "m-1", "DataTransfer", event.payload]))
+    assert ChargerEvent.from_bytes(encoded) == event
