@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import json
 import math
 import os
@@ -44,6 +45,7 @@ from trio_websocket import ConnectionClosed, HandshakeError
 from anchoring.chain import ChainClient, Deployment, TransactionSender, connect
 from anchoring.chain.anvil import AnvilProcess, start_anvil
 from anchoring.chain.client import DEFAULT_MAX_POWER_W
+from devsen.config import ConsensusSection
 from devsen.demo_charger import (
     ChargerCallFailed,
     DemoCharger,
@@ -147,13 +149,20 @@ class Network:
         return [n for i, n in enumerate(self.nodes) if i not in self.dead]
 
 
-def start_network(root: Path, devices: int, shared_password: str | None = None) -> Network:
-    """anvil (automining while seeding, then one block per second), contracts, devices, 4 nodes."""
+def start_network(root: Path, devices: int, shared_password: str | None = None,
+                  block_interval_ms: int | None = None) -> Network:
+    """anvil (automining while seeding, then one block per second), contracts, devices, 4 nodes
+    (with `consensus.block_interval_ms` set when given)."""
     anvil = start_anvil(root / "anvil.log", chain_id=CHAIN_ID)
     network = Network(root, anvil, [])
     try:
         deployment_path = root / "deployment.json"
         network.nodes = prepare_nodes(root, NODES, deployment_path, anvil.url)
+        if block_interval_ms is not None:
+            for node in network.nodes:
+                node.config = dataclasses.replace(node.config, consensus=dataclasses.replace(
+                    node.config.consensus, block_interval_ms=block_interval_ms))
+                node.config.consensus.validate()
         deploy_network(anvil, network.nodes, deployment_path)
         started = time.monotonic()
         register_devices(anvil, deployment_path, devices, shared_password)
@@ -177,12 +186,13 @@ def stop_network(network: Network) -> None:
 
 
 @contextmanager
-def running_network(prefix: str, devices: int, keep: bool, shared_password: str | None = None) -> Iterator[Network]:
+def running_network(prefix: str, devices: int, keep: bool, shared_password: str | None = None,
+                    block_interval_ms: int | None = None) -> Iterator[Network]:
     """A network in a fresh temporary directory, stopped (and the directory removed unless
     `keep`) on the way out, whatever happens."""
     root = Path(tempfile.mkdtemp(prefix=prefix))
     try:
-        network = start_network(root, devices, shared_password)
+        network = start_network(root, devices, shared_password, block_interval_ms)
         try:
             yield network
         finally:
@@ -637,22 +647,31 @@ def main() -> int:
     parser.add_argument("--no-kill", action="store_true", help="skip the run with node 4 SIGKILLed")
     parser.add_argument("--keep", action="store_true", help="keep the data directory (node logs)")
     parser.add_argument("--signed", action="store_true", help="chargers sign their readings (OCMF, test keys)")
+    parser.add_argument("--block-interval-ms", type=int, default=None,
+                        help="the nodes' consensus.block_interval_ms (default: the config default)")
     args = parser.parse_args()
     SIGNED["on"] = args.signed
     if not all(1 <= c <= 1000 for c in args.chargers) or not 5 <= args.duration <= 60:
         parser.error("chargers in 1..1000, duration in 5..60 s")
     started = time.monotonic()
     code = code_version()  # what the node processes are about to load
-    with running_network("devsen-bench-", max(args.chargers), args.keep) as network:
+    with running_network("devsen-bench-", max(args.chargers), args.keep,
+                         block_interval_ms=args.block_interval_ms) as network:
         print(f"network up in {time.monotonic() - started:.1f} s (data in {network.root})")
         result = trio.run(_bench_bounded, network, args, TOTAL_BUDGET_S - (time.monotonic() - started))
     result["code"] = code
+    result["block_interval_ms"] = network_block_interval(args.block_interval_ms)
     result["total_s"] = round(time.monotonic() - started, 1)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "node_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / "node_throughput.md").write_text(markdown(result))
     print(f"total {result['total_s']} s; wrote {RESULTS / 'node_throughput.json'} and .md")
     return 0
+
+
+def network_block_interval(override: int | None) -> int:
+    """The nodes' consensus.block_interval_ms (the override, else the config default)."""
+    return override if override is not None else ConsensusSection().block_interval_ms
 
 
 async def _bench_bounded(network: Network, args: argparse.Namespace, budget_s: float) -> dict[str, Any]:

@@ -183,6 +183,9 @@ class ConsensusSection:
     # timeout_size_cap_ms (consensus/CONSENSUS.md "Timeouts and block size", issue 16).
     timeout_per_payload_ms: int = 2
     timeout_size_cap_ms: int = 10_000
+    # A proposer waits at least this long after the last commit before it proposes (CometBFT's
+    # timeout_commit): larger blocks under load, less CPU per event, this much more latency.
+    block_interval_ms: int = 10
     max_block_payloads: int = 2000
     max_block_bytes: int = 4 * 1024 * 1024
     mempool_max_payloads: int = 20000
@@ -196,6 +199,9 @@ class ConsensusSection:
                  f"{self.timeout_per_payload_ms} is out of 0..100 ms", "timeout_per_payload_ms = 2")
         _require(0 <= self.timeout_size_cap_ms <= 600_000, "consensus.timeout_size_cap_ms",
                  f"{self.timeout_size_cap_ms} is out of 0..600000 ms", "timeout_size_cap_ms = 10000")
+        _require(0 <= self.block_interval_ms <= self.timeout_propose_ms // 2, "consensus.block_interval_ms",
+                 f"{self.block_interval_ms} is out of 0..timeout_propose_ms / 2 ({self.timeout_propose_ms // 2}) ms: "
+                 "a longer wait would let the propose timeout fire before the proposal", "block_interval_ms = 10")
         _require(1 <= self.max_block_payloads <= 100_000, "consensus.max_block_payloads",
                  f"{self.max_block_payloads} is out of 1..100000", "max_block_payloads = 2000")
         _require(1024 <= self.max_block_bytes <= 64 * 1024 * 1024, "consensus.max_block_bytes",

@@ -537,6 +537,7 @@ def build_node(config: NodeConfig) -> NodeParts:
         block_max_bytes=config.consensus.max_block_bytes,
         # An idle proposer waits for payloads, but well inside its own propose timeout.
         empty_block_interval_s=max(0.05, min(1.0, config.consensus.timeout_propose_ms / 2000)),
+        min_block_interval_s=config.consensus.block_interval_ms / 1000,
         submit_outbound=False,  # own attestations go through the retrying AttestationOutbox
         follower=full,
     ), app)

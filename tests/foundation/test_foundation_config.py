@@ -45,6 +45,8 @@ def test_empty_config_gives_defaults_and_round_trips_through_toml(tmp_path: Path
         ({"consensus": {"max_block_payloads": 0}}, "consensus.max_block_payloads"),
         ({"consensus": {"timeout_per_payload_ms": -1}}, "consensus.timeout_per_payload_ms"),
         ({"consensus": {"timeout_size_cap_ms": 10**9}}, "consensus.timeout_size_cap_ms"),
+        ({"consensus": {"block_interval_ms": 501}}, "consensus.block_interval_ms"),  # above timeout_propose_ms / 2
+        ({"consensus": {"block_interval_ms": -1}}, "consensus.block_interval_ms"),
         ({"consensus": {"mempool_max_payloads": 10}}, "consensus.mempool_max_payloads"),
         ({"anchoring": {"every_blocks": 0}}, "anchoring.every_blocks"),
         ({"nodes": {}}, "[nodes]"),
