@@ -788,6 +788,7 @@ class ConsensusService:
             await trio.sleep(self.config.chain_watch_interval_s)
             if not self.replica.idle or self._chain_wants_block:
                 continue
+            asked_at = self.committed_height
             try:
                 wants = await trio.to_thread.run_sync(self.app.chain_wants_block)  # type: ignore[attr-defined]
             except Exception as exc:  # the chain RPC is down: the idle heartbeat still comes
@@ -799,7 +800,9 @@ class ConsensusService:
             if failing:
                 logger.info("chain watch works again")
             failing = False
-            if wants and self.replica.idle:
+            # A block committed while the worker read answered the question already: the answer
+            # is stale (it would wake the network for a second, needless block).
+            if wants and self.replica.idle and self.committed_height == asked_at:
                 self.counters["chain_woke"] += 1
                 self._chain_wants_block = True
                 self._input_ready.set()

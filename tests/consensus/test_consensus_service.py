@@ -6,6 +6,7 @@ through FinalizeResult; an idle network makes no blocks; a restarted service rep
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
@@ -173,6 +174,63 @@ class ChainWatchApp(EchoApp):
         return super().finalize_block(block, certificate, facts)
 
 
+async def _watching_network_gone_idle(nursery: trio.Nursery, tmp_path: Path, keys: list[Any],
+                                      apps: list[Any]) -> list[ConsensusService]:
+    """Four services watching the chain every 0.1 s, after one committed payload, all idle."""
+    services = await _start_all(nursery, tmp_path, keys, apps, chain_watch_interval_s=0.1)
+    await services[0].submit(b"first", timeout_s=30)
+    with trio.fail_after(20):
+        while not all(s.replica.idle for s in services):
+            await trio.sleep(0.05)
+    return services
+
+
+class StaleWatchApp(EchoApp):
+    """`chain_wants_block` blocks until the test releases it, then says True: an answer read
+    before a block that meanwhile committed (and named the change) is stale. Asked afresh after
+    the release, it says False."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.asking = threading.Event()
+        self.release = threading.Event()
+
+    def chain_wants_block(self) -> bool:
+        if self.release.is_set():
+            return False  # the block named the change: asked afresh, nothing is waiting
+        self.asking.set()
+        self.release.wait(30)
+        return True
+
+
+def test_a_chain_watch_answer_read_before_a_commit_wakes_nobody(tmp_path: Path) -> None:
+    """The watch asks on an idle network; before the (slow) read answers "yes", a block commits.
+    The answer predates that block, so the validator must not wake the network for another."""
+    keys, _, _ = _network(tmp_path)
+    apps: list[Any] = [EchoApp(f"n{i}") for i in range(3)] + [StaleWatchApp("n3")]
+
+    async def main() -> None:
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                services = await _watching_network_gone_idle(nursery, tmp_path, keys, apps)
+                apps[3].asking.clear()
+                with trio.fail_after(20):
+                    while not apps[3].asking.is_set():  # the watch's read is in flight
+                        await trio.sleep(0.01)
+                before = services[3].committed_height
+                await services[0].submit(b"second", timeout_s=30)
+                with trio.fail_after(20):
+                    while services[3].committed_height == before:
+                        await trio.sleep(0.02)
+                apps[3].release.set()  # the read answers "yes", after the block
+                await trio.sleep(1.0)
+                assert services[3].counters["chain_woke"] == 0
+                assert services[3].committed_height == before + 1  # no second, needless block
+                nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
 def test_a_chain_side_change_seen_by_one_validator_makes_a_block_on_an_idle_network(tmp_path: Path) -> None:
     """No payload waits, no heartbeat is due: one validator's application sees a chain change
     (a driver's escrow session waiting for its remote start) and the network makes one block for
@@ -183,11 +241,7 @@ def test_a_chain_side_change_seen_by_one_validator_makes_a_block_on_an_idle_netw
     async def main() -> None:
         with trio.fail_after(60):
             async with trio.open_nursery() as nursery:
-                services = await _start_all(nursery, tmp_path, keys, apps, chain_watch_interval_s=0.1)
-                await services[0].submit(b"hello", timeout_s=30)
-                with trio.fail_after(20):
-                    while not all(s.replica.idle for s in services):
-                        await trio.sleep(0.05)
+                services = await _watching_network_gone_idle(nursery, tmp_path, keys, apps)
                 await trio.sleep(0.5)
                 heights = [s.committed_height for s in services]
                 apps[1].broken = True
