@@ -182,6 +182,23 @@ async def test_reply_cache_entries_expire(autojump_clock: Any) -> None:
         assert len(calls) == 2
 
 
+async def test_hostile_a_heartbeat_flood_keeps_the_reply_cache_at_its_cap_with_no_event_per_entry() -> None:
+    """One charger sending Heartbeats as fast as it can: the cache holds `capacity` decided
+    entries, each sharing one set Event (no trio.Event kept per remembered reply)."""
+    cache = ReplyCache(capacity=100, max_in_flight=4)
+
+    async def submit(ev: Any) -> IngestResult:
+        return IngestResult({"currentTime": NOW}, ev.event_id)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(2_000):
+            await cache.submit_once(event(message_id=f"hb-{i}"), submit, nursery, 1.0)
+            assert len(cache) <= 100
+        again = await cache.submit_once(event(message_id="hb-1999"), submit, nursery, 1.0)
+    assert len(cache) == 100 and cache.in_flight == 0 and again.reply == {"currentTime": NOW}
+    assert len({id(cache._entries.get(key).done) for key in list(cache._entries)}) == 1  # type: ignore[union-attr]
+
+
 async def test_reply_cache_times_out_and_caps_in_flight() -> None:
     cache = ReplyCache(capacity=10, max_in_flight=1)
 
