@@ -224,7 +224,7 @@ Every committed Heartbeat leaves one entry in each of these; all are bounded, no
 
 | holder | bound | bytes/entry | at the bound |
 |---|---|---|---|
-| OCPP reply cache, `ocpp_adapter/idempotency.py` `ReplyCache` (server.py:234) | 100,000 entries (`reply_cache_entries`); its 600 s TTL is checked only on a hit | ~740 before, ~460 after (no trio.Event per decided entry) | ~72 -> ~45 MiB |
+| OCPP reply cache, `ocpp_adapter/idempotency.py` `ReplyCache` (server.py:234) | 100,000 entries (`reply_cache_entries`); its 600 s TTL was checked only on a hit, now decided entries past it go at every new submission: min(100,000, 600 s of messages) | ~740 before, ~460 after (no trio.Event per decided entry) | ~72 -> ~45 MiB (60,000 entries at 100 msg/s: ~27 MiB) |
 | commit receipts, `devsen/consensus_service.py` `_receipts` | 100,000 (`MAX_RECENT_RECEIPTS`) | ~330 | ~32 MiB |
 | mempool's committed ids, `consensus/mempool.py` `_committed` | 200,000 (`DEFAULT_COMMITTED_MEMORY`) | ~140 | ~27 MiB |
 | recovered vouchers, `ocpp_adapter/vouching.py` `VouchCache` | 65,536 (`MAX_CACHED_VOUCHES`) | ~140 | ~9 MiB |
@@ -238,8 +238,17 @@ as fast as allowed (20 messages/s) fills them no faster per event than 200 hones
 evicts others' entries sooner but cannot add memory past the caps. At ~100 Heartbeats/s the count-bounded caches fill in
 11-33 minutes, which is why a few minutes of Heartbeats showed growth without a plateau
 (conn_memory.md's ~12 KiB per heartbeat also counted each new charger's first-event state: every
-window there brought 1,000 new chargers). The `x0.1` run gives node-1's local caps a tenth of
-their size: they fill within the run and RSS levels off.
+window there brought 1,000 new chargers). The `x0.1` runs give node-1's local caps a tenth of
+their size: they fill within 3-4 minutes and RSS stays flat after (12 min run: 194.6 -> 195.4 MiB
+from minute 4 to 12, ~0.1 MiB/min, over ~45,000 more Heartbeats). As shipped (12 min run), RSS
+was still growing at 12 minutes (286 MiB, ~1.9 KiB per heartbeat): the caps hold ~113 MiB more
+when full (reply cache <= 45, receipts 32, committed ids 27, vouchers 9) and the last one (the
+mempool's 200,000 committed ids) fills after ~33 min at 100 payloads/s; not run that long. From
+the per-entry sizes, the height windows and allocator overhead, a rough ceiling at this load is
+~350-400 MiB (an estimate, not a measurement). Not bounded by node-1's
+caps and left as is: the ledger's 600-height reply window (consensus state; ~55-120 s of
+traffic here). "after" ran the first commit's three product files before they were committed
+(hence "+3"); glibc arenas (MALLOC_ARENA_MAX) were not compared.
 """
 
 
