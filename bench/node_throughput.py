@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,9 +150,10 @@ class Network:
 
 
 def start_network(root: Path, devices: int, shared_password: str | None = None,
+                  start_node: Callable[[DevnetNode], None] = start_node_process,
                   block_interval_ms: int | None = None) -> Network:
     """anvil (automining while seeding, then one block per second), contracts, devices, 4 nodes
-    (with `consensus.block_interval_ms` set when given)."""
+    (each started by `start_node`, with `consensus.block_interval_ms` set when given)."""
     anvil = start_anvil(root / "anvil.log", chain_id=CHAIN_ID)
     network = Network(root, anvil, [])
     try:
@@ -171,7 +172,7 @@ def start_network(root: Path, devices: int, shared_password: str | None = None,
         print(f"one device() chain read: {network.chain_read_probe}")
         connect(anvil.url).provider.make_request("evm_setIntervalMining", [1])  # type: ignore[arg-type]
         for node in network.nodes:
-            start_node_process(node)
+            start_node(node)
         trio.run(wait_until_serving, network.nodes)
     except BaseException:
         stop_network(network)
@@ -187,12 +188,13 @@ def stop_network(network: Network) -> None:
 
 @contextmanager
 def running_network(prefix: str, devices: int, keep: bool, shared_password: str | None = None,
+                    start_node: Callable[[DevnetNode], None] = start_node_process,
                     block_interval_ms: int | None = None) -> Iterator[Network]:
     """A network in a fresh temporary directory, stopped (and the directory removed unless
     `keep`) on the way out, whatever happens."""
     root = Path(tempfile.mkdtemp(prefix=prefix))
     try:
-        network = start_network(root, devices, shared_password, block_interval_ms)
+        network = start_network(root, devices, shared_password, start_node, block_interval_ms)
         try:
             yield network
         finally:

@@ -118,6 +118,10 @@ log = logging.getLogger("devsen.app")
 APP_HEADER_VERSION = 1
 MAX_APP_HEADER_BYTES = 128
 MESSAGE_WINDOW_BLOCKS = 1_000  # the HTTP charger-message look-up covers this many recent heights
+# ... and at most this many messages (the oldest heights go first): a window in heights alone
+# would hold up to MESSAGE_WINDOW_BLOCKS x MAX_PAYLOADS_PER_BLOCK (4 million) entries in a flood.
+# ~0.3 KiB each: at most ~30 MiB. Local to this node (HTTP look-up only), not part of any state.
+MESSAGE_LOOKUP_MAX = 100_000
 # A proposal whose time is this far ahead of our clock is refused (only the future is bounded:
 # a locked value may be re-proposed rounds later with its original, older time).
 MAX_FUTURE_DRIFT_MS = 30_000
@@ -387,7 +391,7 @@ class NodeApplication:
         self.epoch = settings.epoch
         self.snapshot_path: Path | None = None
         # (charger, message id) -> (height, event id, dedup key) for the HTTP look-up, kept
-        # for the last MESSAGE_WINDOW_BLOCKS heights (a height window, not an entry count).
+        # for the last MESSAGE_WINDOW_BLOCKS heights, at most MESSAGE_LOOKUP_MAX entries.
         self.by_message: dict[tuple[str, str], tuple[int, bytes, bytes]] = {}
         self._messages_by_height: deque[tuple[int, tuple[tuple[str, str], ...]]] = deque()
         self.last_eth_block = 0
@@ -894,7 +898,8 @@ class NodeApplication:
                 self.by_message[key] = (height, event.event_id, event.dedup_key)
                 keys.append(key)
         self._messages_by_height.append((height, tuple(keys)))
-        while self._messages_by_height and self._messages_by_height[0][0] <= height - MESSAGE_WINDOW_BLOCKS:
+        while self._messages_by_height and (self._messages_by_height[0][0] <= height - MESSAGE_WINDOW_BLOCKS
+                                            or len(self.by_message) > MESSAGE_LOOKUP_MAX):
             _, old = self._messages_by_height.popleft()
             for key in old:
                 self.by_message.pop(key, None)
@@ -1222,7 +1227,7 @@ class NodeApplication:
 
     def message(self, charger_id: str, message_id: str) -> tuple[int, bytes, bytes] | None:
         """(height, event id, dedup key) of the first committed event carrying this charger
-        message, within the last MESSAGE_WINDOW_BLOCKS heights."""
+        message, within the last MESSAGE_WINDOW_BLOCKS heights (and the last MESSAGE_LOOKUP_MAX messages)."""
         return self.by_message.get((charger_id, message_id))
 
 

@@ -222,6 +222,7 @@ class ServiceConfig:
 class _Waiter:
     event: trio.Event = field(default_factory=trio.Event)
     receipt: CommitReceipt | None = None
+    waiting: int = 0  # `submit` callers waiting on it (the last one to give up removes it)
 
 
 CommitListener = Callable[[CommittedBlock], None]
@@ -444,12 +445,24 @@ class ConsensusService:
                 raise AlreadyCommitted("payload was committed before (its receipt is no longer kept)")
             waiter = self._waiters[digest] = _Waiter()
             self._input_ready.set()
-            await self._gossip(payload)
+            gossip = True
+        else:
+            gossip = False
+        waiter.waiting += 1  # before any await: a caller timing out meanwhile must not drop it
         try:
+            if gossip:
+                await self._gossip(payload)
             with trio.fail_after(timeout_s):
                 await waiter.event.wait()
         except trio.TooSlowError as exc:
             raise CommitTimeout(f"payload not committed within {timeout_s} s") from exc
+        finally:
+            # A payload that never commits (left out of every proposal as refused, or its caller
+            # gave up) must not leave its waiter behind: one per such payload, without bound.
+            # If it commits later its receipt is kept (`_receipts`) and a retry finds it there.
+            waiter.waiting -= 1
+            if not waiter.event.is_set() and not waiter.waiting and self._waiters.get(digest) is waiter:
+                del self._waiters[digest]
         assert waiter.receipt is not None
         return waiter.receipt
 

@@ -55,6 +55,11 @@ class LruMap(Generic[K, V]):
     def pop(self, key: K) -> V | None:
         return self._items.pop(key, None)
 
+    def oldest(self) -> tuple[K, V] | None:
+        """The least recently used entry (left where it is), None when empty."""
+        key = next(iter(self._items), None)
+        return None if key is None else (key, self._items[key])
+
     def __len__(self) -> int:
         return len(self._items)
 

@@ -17,7 +17,7 @@ import trio
 from consensus.abci import CheckResult, FinalizeResult, Prepared, TxResult
 from consensus.testkit import HashChainApp
 from consensus.types import CommittedBlock, ValidatorSet
-from devsen.consensus_service import ConsensusService, SenderQueues, ServiceConfig
+from devsen.consensus_service import CommitTimeout, ConsensusService, SenderQueues, ServiceConfig
 from p2p.envelope import ValidatorDirectory
 from p2p.host import HostConfig
 from p2p.keys import init_keys
@@ -266,5 +266,32 @@ def test_a_chain_side_change_seen_by_one_validator_makes_a_block_on_an_idle_netw
                 assert [s.committed_height for s in services] == after  # idle again
                 assert max(after) - max(heights) <= 2
                 nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_hostile_payloads_that_never_commit_leave_no_commit_waiter_behind(tmp_path: Path) -> None:
+    """A flood of submissions whose payloads never commit (here: no network runs, so nothing
+    does; in a node: payloads left out of every proposal as refused, or given up on) must not
+    leave one waiter each behind; a waiter shared by two callers stays until the last gives up."""
+    keys, validators, bindings = _network(tmp_path, 1)
+
+    async def main() -> None:
+        service = ConsensusService(keys[0], _config(tmp_path, 0, validators, bindings, []), EchoApp("n0"))
+        for i in range(2_000):
+            with pytest.raises(CommitTimeout):
+                await service.submit(b"heartbeat-%d" % i, timeout_s=0.001)
+        assert not service._waiters and len(service.mempool) == 2_000  # pending, bounded by the mempool
+
+        async def wait(timeout_s: float) -> None:
+            with pytest.raises(CommitTimeout):
+                await service.submit(b"shared", timeout_s=timeout_s)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait, 0.05)
+            nursery.start_soon(wait, 0.5)
+            await trio.sleep(0.2)
+            assert len(service._waiters) == 1  # the second caller still waits on it
+        assert not service._waiters
 
     trio.run(main)

@@ -226,6 +226,19 @@ def test_message_lookup_is_kept_for_a_height_window(tmp_path: Path, monkeypatch:
     assert app.message("CP-1", "m1") is None and not app.by_message
 
 
+def test_hostile_a_flood_of_messages_keeps_the_message_lookup_within_its_entry_cap(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A height window alone would hold MESSAGE_WINDOW_BLOCKS x max_block_events look-ups; a
+    charger flooding full blocks of Heartbeats keeps it at MESSAGE_LOOKUP_MAX (oldest heights go)."""
+    monkeypatch.setattr(app_module, "MESSAGE_LOOKUP_MAX", 50)
+    app, shell = make_app(tmp_path, every_blocks=1000)
+    for height in range(1, 21):
+        shell.finalize(block(app, height, tuple(event(f"h{height}-{i}", "Heartbeat", {}) for i in range(20))))
+        assert len(app.by_message) <= 50 + 20  # the cap, plus at most the block just remembered
+    assert app.message("CP-1", "h20-19") is not None and app.message("CP-1", "h1-0") is None
+    assert len(app.by_message) == sum(len(keys) for _, keys in app._messages_by_height) <= 70
+
+
 def test_epoch_change_on_chain_switches_consensus_and_attestations(tmp_path: Path) -> None:
     newcomer = SigningKey(b"\x07" * 32)
     app, shell = make_app(tmp_path, key=newcomer, every_blocks=2)

@@ -185,6 +185,39 @@ async def test_reply_cache_entries_expire(autojump_clock: Any) -> None:
         assert len(calls) == 2
 
 
+async def test_hostile_a_heartbeat_flood_keeps_the_reply_cache_at_its_cap_with_no_event_per_entry() -> None:
+    """One charger sending Heartbeats as fast as it can: the cache holds `capacity` decided
+    entries, each sharing one set Event (no trio.Event kept per remembered reply)."""
+    cache = ReplyCache(capacity=100, max_in_flight=4)
+
+    async def submit(ev: Any) -> IngestResult:
+        return IngestResult({"currentTime": NOW}, ev.event_id)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(2_000):
+            await cache.submit_once(event(message_id=f"hb-{i}"), submit, nursery, 1.0)
+            assert len(cache) <= 100
+        again = await cache.submit_once(event(message_id="hb-1999"), submit, nursery, 1.0)
+    assert len(cache) == 100 and cache.in_flight == 0 and again.reply == {"currentTime": NOW}
+    assert len({id(cache._entries.get(key).done) for key in list(cache._entries)}) == 1  # type: ignore[union-attr]
+
+
+async def test_hostile_a_steady_flood_holds_only_the_ttl_of_replies_not_the_capacity(autojump_clock: Any) -> None:
+    """One charger at 20 messages/s (as fast as the endpoint allows) for 5 minutes against a
+    100,000-entry cache with a 30 s TTL: decided entries older than the TTL go at each new
+    submission, so ~30 s of messages stay, not all 6,000."""
+    cache = ReplyCache(capacity=100_000, max_in_flight=4, ttl=30)
+
+    async def submit(ev: Any) -> IngestResult:
+        return IngestResult({"currentTime": NOW}, ev.event_id)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(6_000):
+            await cache.submit_once(event(message_id=f"hb-{i}"), submit, nursery, 1.0)
+            await trio.sleep(0.05)
+    assert 590 <= len(cache) <= 610 and cache.in_flight == 0
+
+
 async def test_reply_cache_times_out_and_caps_in_flight() -> None:
     cache = ReplyCache(capacity=10, max_in_flight=1)
 
