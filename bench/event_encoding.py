@@ -36,13 +36,14 @@ PAYLOAD: dict[str, Any] = {"connectorId": 1, "transactionId": 42, "meterValue": 
 def module_at(commit: str) -> ModuleType:
     source = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:ocpp_adapter/events.py"], check=True,
                             capture_output=True, text=True).stdout
-    path = Path(tempfile.mkdtemp(prefix="devsen-events-")) / "events_before.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("events_before", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["events_before"] = module
-    spec.loader.exec_module(module)
+    with tempfile.TemporaryDirectory(prefix="devsen-events-") as directory:
+        path = Path(directory) / "events_before.py"
+        path.write_text(source)
+        spec = importlib.util.spec_from_file_location("events_before", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["events_before"] = module
+        spec.loader.exec_module(module)  # the code is loaded: the file may go
     return module
 
 
